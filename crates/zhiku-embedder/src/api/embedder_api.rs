@@ -1,0 +1,228 @@
+//! Handlers of `zhiku.v1.Embedder` (proto/zhiku/v1/embedder.proto). Requests are validated
+//! here, at the edge; the model and batcher below never see a bad request.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use zhiku_proto::v1::embedder_server::Embedder;
+use zhiku_proto::v1::{
+    EmbedKind, EmbedRequest, EmbedResponse, EmbedderInfoRequest, EmbedderInfoResponse, Embedding,
+    Token, TokenizeRequest, TokenizeResponse, TokenizedText,
+};
+use zhiku_runtime::Ready;
+
+use crate::EmbedderState;
+use crate::error::EmbedderError;
+use crate::tokenizer::TextKind;
+
+/// EmbedStream requests processed concurrently per stream (answers keep request order).
+const STREAM_CONCURRENCY: usize = 16;
+
+#[derive(Clone)]
+pub struct EmbedderApi {
+    state: Ready<Arc<EmbedderState>>,
+}
+
+impl EmbedderApi {
+    pub fn new(state: Ready<Arc<EmbedderState>>) -> Self {
+        Self { state }
+    }
+
+    fn state(&self) -> Result<Arc<EmbedderState>, Status> {
+        self.state.get().cloned()
+    }
+}
+
+fn parse_kind(kind: i32) -> Result<TextKind, EmbedderError> {
+    match EmbedKind::try_from(kind) {
+        Ok(EmbedKind::Query) => Ok(TextKind::Query),
+        Ok(EmbedKind::Passage | EmbedKind::Unspecified) => Ok(TextKind::Passage),
+        Err(_) => Err(EmbedderError::Validation(format!(
+            "`kind` {kind} is not an EmbedKind: use EMBED_KIND_QUERY (1) or \
+             EMBED_KIND_PASSAGE (2)"
+        ))),
+    }
+}
+
+fn check_count(texts: &[String], max: usize) -> Result<(), EmbedderError> {
+    if texts.is_empty() {
+        return Err(EmbedderError::Validation(format!(
+            "`texts` is empty: send between 1 and {max} texts"
+        )));
+    }
+    if texts.len() > max {
+        return Err(EmbedderError::Validation(format!(
+            "`texts` has {} texts; at most {max} are allowed per request \
+             (--max-client-batch-size): split the request",
+            texts.len()
+        )));
+    }
+    Ok(())
+}
+
+impl EmbedderState {
+    /// Validates, tokenizes and embeds one request.
+    pub async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, EmbedderError> {
+        check_count(&request.texts, self.max_client_batch_size)?;
+        let kind = parse_kind(request.kind)?;
+        let tokenizer = &self.encoder.tokenizer;
+        let mut inputs = Vec::with_capacity(request.texts.len());
+        let mut meta = Vec::with_capacity(request.texts.len());
+        for (i, text) in request.texts.iter().enumerate() {
+            let tokenized = tokenizer.encode(text, kind)?;
+            if tokenized.truncated && request.reject_overlong {
+                let full = tokenizer.count_untruncated(text, kind)?;
+                return Err(EmbedderError::Validation(format!(
+                    "`texts[{i}]` is {full} tokens, over the model's limit of {}: shorten it, \
+                     or leave `reject_overlong` false to have it truncated",
+                    tokenizer.max_input_tokens()
+                )));
+            }
+            meta.push((tokenized.ids.len() as u32, tokenized.truncated));
+            inputs.push(tokenized.ids);
+        }
+        let vectors = self.batcher.embed(inputs).await?;
+        let total_tokens = meta.iter().map(|(n, _)| n).sum();
+        Ok(EmbedResponse {
+            embeddings: vectors
+                .into_iter()
+                .zip(meta)
+                .map(|(values, (token_count, truncated))| Embedding {
+                    values,
+                    token_count,
+                    truncated,
+                })
+                .collect(),
+            dimensions: self.encoder.info.dimensions as u32,
+            total_tokens,
+            model: self.encoder.info.model_id.clone(),
+            id: request.id,
+        })
+    }
+
+    pub fn tokenize(&self, request: &TokenizeRequest) -> Result<TokenizeResponse, EmbedderError> {
+        check_count(&request.texts, self.max_client_batch_size)?;
+        let kind = parse_kind(request.kind)?;
+        let texts = request
+            .texts
+            .iter()
+            .map(|text| {
+                let (spans, truncated) = self.encoder.tokenizer.tokenize(text, kind)?;
+                Ok(TokenizedText {
+                    tokens: spans
+                        .into_iter()
+                        .map(|s| Token {
+                            id: s.id,
+                            text: s.text,
+                            start: s.start as u32,
+                            end: s.end as u32,
+                            special: s.special,
+                        })
+                        .collect(),
+                    truncated,
+                })
+            })
+            .collect::<Result<_, EmbedderError>>()?;
+        Ok(TokenizeResponse { texts })
+    }
+
+    pub fn info(&self) -> EmbedderInfoResponse {
+        let info = &self.encoder.info;
+        let batching = self.batcher.config();
+        EmbedderInfoResponse {
+            model_id: info.model_id.clone(),
+            model_type: info.model_type.clone(),
+            dimensions: info.dimensions as u32,
+            max_input_tokens: info.max_input_tokens as u32,
+            pooling: info.pooling.as_str().into(),
+            dtype: info.precision.as_str().into(),
+            device: info.device.clone(),
+            query_prefix: info.query_prefix.clone(),
+            passage_prefix: info.passage_prefix.clone(),
+            max_batch_tokens: batching.max_batch_tokens as u32,
+            max_client_batch_size: self.max_client_batch_size as u32,
+            max_queued_texts: batching.max_queued_texts as u32,
+        }
+    }
+}
+
+type EmbedStreamResponse = Pin<Box<dyn Stream<Item = Result<EmbedResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Embedder for EmbedderApi {
+    async fn embed(
+        &self,
+        request: Request<EmbedRequest>,
+    ) -> Result<Response<EmbedResponse>, Status> {
+        let state = self.state()?;
+        let response = state.embed(request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    type EmbedStreamStream = EmbedStreamResponse;
+
+    async fn embed_stream(
+        &self,
+        request: Request<Streaming<EmbedRequest>>,
+    ) -> Result<Response<Self::EmbedStreamStream>, Status> {
+        let state = self.state()?;
+        let inbound = request.into_inner();
+        // `buffered` runs several requests at once but yields answers in request order.
+        // tonic ends the stream at the first error.
+        let outbound = inbound
+            .map(move |message| {
+                let state = state.clone();
+                async move {
+                    let message = message?;
+                    state.embed(message).await.map_err(Status::from)
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(outbound)))
+    }
+
+    async fn tokenize(
+        &self,
+        request: Request<TokenizeRequest>,
+    ) -> Result<Response<TokenizeResponse>, Status> {
+        let state = self.state()?;
+        Ok(Response::new(state.tokenize(request.get_ref())?))
+    }
+
+    async fn info(
+        &self,
+        _request: Request<EmbedderInfoRequest>,
+    ) -> Result<Response<EmbedderInfoResponse>, Status> {
+        Ok(Response::new(self.state()?.info()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(parse_kind(0).unwrap(), TextKind::Passage);
+        assert_eq!(parse_kind(1).unwrap(), TextKind::Query);
+        assert_eq!(parse_kind(2).unwrap(), TextKind::Passage);
+        let err = parse_kind(9).unwrap_err().to_string();
+        assert!(err.contains("`kind` 9"), "{err}");
+    }
+
+    #[test]
+    fn counts() {
+        assert!(
+            check_count(&[], 4)
+                .unwrap_err()
+                .to_string()
+                .contains("`texts` is empty")
+        );
+        let five = vec![String::new(); 5];
+        let err = check_count(&five, 4).unwrap_err().to_string();
+        assert!(err.contains("at most 4"), "{err}");
+        assert!(check_count(&five, 5).is_ok());
+    }
+}

@@ -1,0 +1,392 @@
+//! Dynamic batching across concurrent requests, by a token budget (as TEI's
+//! `--max-batch-tokens`).
+//!
+//! Every text of every request becomes one work item in a FIFO queue. One worker thread
+//! takes items in arrival order while the padded batch (longest sequence × batch size) stays
+//! within the token budget, runs one forward pass and answers each item. The queue is
+//! bounded in texts: a request that would overfill it gets RESOURCE_EXHAUSTED at once, so
+//! an overloaded server says so instead of letting calls hang.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::EmbedderError;
+use crate::model::SentenceEncoder;
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchingConfig {
+    /// Most tokens in one forward pass, padding included.
+    pub max_batch_tokens: usize,
+    /// Most texts waiting for a batch.
+    pub max_queued_texts: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 16_384,
+            max_queued_texts: 4_096,
+        }
+    }
+}
+
+/// Anything that embeds a batch of token sequences; the candle encoder in production.
+pub trait EmbeddingBackend: Send + Sync + 'static {
+    fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedderError>;
+}
+
+impl EmbeddingBackend for SentenceEncoder {
+    fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        SentenceEncoder::embed_batch(self, batch)
+    }
+}
+
+struct WorkItem {
+    ids: Vec<u32>,
+    reply: oneshot::Sender<Result<Vec<f32>, String>>,
+}
+
+/// Counters for tests and Info.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub batches: AtomicUsize,
+    pub texts: AtomicUsize,
+    pub largest_batch: AtomicUsize,
+}
+
+pub struct EmbeddingBatcher {
+    queue: mpsc::UnboundedSender<WorkItem>,
+    queued: Arc<AtomicUsize>,
+    config: BatchingConfig,
+    stats: Arc<BatchStats>,
+}
+
+impl EmbeddingBatcher {
+    /// Starts the worker thread. It ends when the batcher is dropped.
+    pub fn start<B: EmbeddingBackend>(backend: Arc<B>, config: BatchingConfig) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(BatchStats::default());
+        let worker = Worker {
+            backend,
+            rx,
+            queued: queued.clone(),
+            stats: stats.clone(),
+            budget: config.max_batch_tokens.max(1),
+        };
+        std::thread::Builder::new()
+            .name("zhiku-embed-batcher".into())
+            .spawn(move || worker.run())
+            .expect("spawning the batcher thread");
+        Self {
+            queue,
+            queued,
+            config,
+            stats,
+        }
+    }
+
+    pub fn config(&self) -> BatchingConfig {
+        self.config
+    }
+
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    /// Texts waiting for a batch now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Embeds token sequences (each non-empty, within the model's window), in order.
+    pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        let n = inputs.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let max = self.config.max_queued_texts;
+        // Reserve room for all texts of the request at once, or refuse it whole.
+        let mut current = self.queued.load(Ordering::Acquire);
+        loop {
+            if current + n > max {
+                return Err(EmbedderError::Overloaded {
+                    queued: current,
+                    max,
+                });
+            }
+            match self.queued.compare_exchange_weak(
+                current,
+                current + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        let mut replies = Vec::with_capacity(n);
+        for ids in inputs {
+            let (reply, rx) = oneshot::channel();
+            if self.queue.send(WorkItem { ids, reply }).is_err() {
+                self.queued.fetch_sub(n - replies.len(), Ordering::AcqRel);
+                return Err(EmbedderError::ShuttingDown);
+            }
+            replies.push(rx);
+        }
+        let mut vectors = Vec::with_capacity(n);
+        for rx in replies {
+            match rx.await {
+                Ok(Ok(v)) => vectors.push(v),
+                Ok(Err(message)) => return Err(EmbedderError::Inference(message)),
+                Err(_) => return Err(EmbedderError::ShuttingDown),
+            }
+        }
+        Ok(vectors)
+    }
+}
+
+struct Worker<B> {
+    backend: Arc<B>,
+    rx: mpsc::UnboundedReceiver<WorkItem>,
+    queued: Arc<AtomicUsize>,
+    stats: Arc<BatchStats>,
+    budget: usize,
+}
+
+impl<B: EmbeddingBackend> Worker<B> {
+    fn run(mut self) {
+        let mut pending: VecDeque<WorkItem> = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(item) => pending.push_back(item),
+                    None => return,
+                }
+            }
+            while let Ok(item) = self.rx.try_recv() {
+                pending.push_back(item);
+            }
+            // Callers that went away (cancelled, deadline) cost nothing more.
+            let before = pending.len();
+            pending.retain(|item| !item.reply.is_closed());
+            self.queued
+                .fetch_sub(before - pending.len(), Ordering::AcqRel);
+
+            let batch = take_batch(&mut pending, self.budget);
+            if batch.is_empty() {
+                continue;
+            }
+            self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.texts.fetch_add(batch.len(), Ordering::Relaxed);
+            self.stats
+                .largest_batch
+                .fetch_max(batch.len(), Ordering::Relaxed);
+
+            let inputs: Vec<&[u32]> = batch.iter().map(|item| item.ids.as_slice()).collect();
+            let backend = &self.backend;
+            // A panic inside the model must fail this batch, not kill the server's only worker.
+            let result =
+                std::panic::catch_unwind(AssertUnwindSafe(|| backend.embed_batch(&inputs)))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(EmbedderError::Inference(format!("model panicked: {what}")))
+                    });
+            match result {
+                Ok(vectors) if vectors.len() == batch.len() => {
+                    for (item, vector) in batch.into_iter().zip(vectors) {
+                        let _ = item.reply.send(Ok(vector));
+                    }
+                }
+                Ok(vectors) => {
+                    let message = format!(
+                        "model returned {} vectors for {} texts",
+                        vectors.len(),
+                        batch.len()
+                    );
+                    for item in batch {
+                        let _ = item.reply.send(Err(message.clone()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "batch failed");
+                    let message = e.to_string();
+                    for item in batch {
+                        let _ = item.reply.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes items in FIFO order while the padded size stays within `budget`; always at least
+/// one item, so a text longer than the budget still runs (alone).
+fn take_batch(pending: &mut VecDeque<WorkItem>, budget: usize) -> Vec<WorkItem> {
+    let mut batch = Vec::new();
+    let mut longest = 0;
+    while let Some(front) = pending.front() {
+        let len = front.ids.len().max(1);
+        let padded = longest.max(len) * (batch.len() + 1);
+        if !batch.is_empty() && padded > budget {
+            break;
+        }
+        longest = longest.max(len);
+        if let Some(item) = pending.pop_front() {
+            batch.push(item);
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A backend that records batch shapes and returns the length of each sequence.
+    struct Recorder {
+        shapes: Mutex<Vec<(usize, usize)>>,
+        delay: std::time::Duration,
+    }
+
+    impl EmbeddingBackend for Recorder {
+        fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+            std::thread::sleep(self.delay);
+            let longest = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+            self.shapes.lock().unwrap().push((batch.len(), longest));
+            if batch.iter().any(|s| s.first() == Some(&666)) {
+                panic!("poisoned input");
+            }
+            Ok(batch
+                .iter()
+                .map(|s| vec![s.len() as f32, s[0] as f32])
+                .collect())
+        }
+    }
+
+    fn recorder(delay_ms: u64) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            shapes: Mutex::new(Vec::new()),
+            delay: std::time::Duration::from_millis(delay_ms),
+        })
+    }
+
+    #[test]
+    fn take_batch_respects_budget_and_order() {
+        let mut pending: VecDeque<WorkItem> = [3usize, 5, 2, 10, 1]
+            .into_iter()
+            .map(|len| WorkItem {
+                ids: vec![1; len],
+                reply: oneshot::channel().0,
+            })
+            .collect();
+        // 3 -> 3, then 5*2 = 10, then 5*3 = 15 > 12: stop.
+        let batch = take_batch(&mut pending, 12);
+        assert_eq!(
+            batch.iter().map(|i| i.ids.len()).collect::<Vec<_>>(),
+            vec![3, 5]
+        );
+        // An item larger than the budget still goes, alone.
+        let batch = take_batch(&mut pending, 1);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(pending.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_are_batched_in_order() {
+        let backend = recorder(5);
+        let batcher = Arc::new(EmbeddingBatcher::start(
+            backend.clone(),
+            BatchingConfig {
+                max_batch_tokens: 64,
+                max_queued_texts: 10_000,
+            },
+        ));
+        let mut tasks = Vec::new();
+        for r in 0..50u32 {
+            let batcher = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                let inputs: Vec<Vec<u32>> =
+                    (0..3).map(|i| vec![r * 10 + i; 1 + i as usize]).collect();
+                (r, batcher.embed(inputs).await.unwrap())
+            }));
+        }
+        for task in tasks {
+            let (r, vectors) = task.await.unwrap();
+            for (i, v) in vectors.iter().enumerate() {
+                assert_eq!(v, &vec![1.0 + i as f32, (r * 10 + i as u32) as f32]);
+            }
+        }
+        let shapes = backend.shapes.lock().unwrap();
+        assert!(
+            shapes
+                .iter()
+                .all(|(n, longest)| n * longest <= 64 || *n == 1)
+        );
+        assert!(
+            shapes.len() < 150,
+            "150 texts should share batches, got {} batches",
+            shapes.len()
+        );
+        assert_eq!(batcher.queued(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_refuses_at_once() {
+        let backend = recorder(200);
+        let batcher = Arc::new(EmbeddingBatcher::start(
+            backend,
+            BatchingConfig {
+                max_batch_tokens: 4,
+                max_queued_texts: 4,
+            },
+        ));
+        // A: four texts, taken at once into a batch that runs for 200 ms.
+        let a = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.embed(vec![vec![1]; 4]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        // B: four more texts wait in the queue, filling it.
+        let b = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.embed(vec![vec![2]; 4]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert_eq!(batcher.queued(), 4);
+        // C: refused at once.
+        let started = std::time::Instant::now();
+        let err = batcher.embed(vec![vec![3]]).await.unwrap_err();
+        assert!(
+            matches!(err, EmbedderError::Overloaded { queued: 4, max: 4 }),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        assert!(a.await.unwrap().is_ok());
+        assert!(b.await.unwrap().is_ok());
+        // Room again afterwards.
+        assert!(batcher.embed(vec![vec![1]]).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_items_and_the_worker_survives() {
+        let batcher = EmbeddingBatcher::start(recorder(0), BatchingConfig::default());
+        let err = batcher.embed(vec![vec![666]]).await.unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert_eq!(
+            batcher.embed(vec![vec![7, 7]]).await.unwrap(),
+            vec![vec![2.0, 7.0]]
+        );
+    }
+}

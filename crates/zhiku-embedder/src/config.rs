@@ -1,0 +1,112 @@
+//! The embedder's flags (every one also an environment variable).
+
+use std::path::PathBuf;
+
+use crate::batcher::BatchingConfig;
+use crate::model::{ModelOptions, Pooling, Precision};
+
+/// The model the embedder loads when none is given. With the files laid out by
+/// `scripts/fetch-models` under `--models-dir` it loads offline; otherwise from the hub.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmbedderArgs {
+    /// Model to serve: a directory holding config.json, tokenizer.json and
+    /// model.safetensors (sentence-transformers layout), or a Hugging Face hub id
+    /// `org/name[@revision]`.
+    #[arg(long, env = "ZHIKU_EMBEDDER_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Directory of models laid out by scripts/fetch-models. A hub id whose name (after the
+    /// last '/') is a directory here is loaded from it, without the network.
+    #[arg(long, env = "ZHIKU_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Precision of weights and activations. f16/bf16 halve memory; on CPU they are slower.
+    #[arg(long, env = "ZHIKU_EMBEDDER_DTYPE", value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, env = "ZHIKU_EMBEDDER_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Pooling, overriding the model's 1_Pooling/config.json.
+    #[arg(long, env = "ZHIKU_EMBEDDER_POOLING", value_enum)]
+    pub pooling: Option<Pooling>,
+
+    /// Text put before every query (EMBED_KIND_QUERY). Default: the model's
+    /// config_sentence_transformers.json prompt, else the family's known prefix (bge-zh:
+    /// "为这个句子生成表示以用于检索相关文章：", e5: "query: "), else none.
+    #[arg(long, env = "ZHIKU_EMBEDDER_QUERY_PREFIX")]
+    pub query_prefix: Option<String>,
+
+    /// Text put before every passage (EMBED_KIND_PASSAGE). Default as for queries
+    /// (e5: "passage: ").
+    #[arg(long, env = "ZHIKU_EMBEDDER_PASSAGE_PREFIX")]
+    pub passage_prefix: Option<String>,
+
+    /// Lower the longest input in tokens (default: the model's sentence-transformers
+    /// max_seq_length, else its position limit). Longer texts are truncated.
+    #[arg(long, env = "ZHIKU_EMBEDDER_MAX_INPUT_TOKENS")]
+    pub max_input_tokens: Option<usize>,
+
+    /// Most tokens in one forward pass, padding included; concurrent requests share batches
+    /// up to this budget.
+    #[arg(
+        long,
+        env = "ZHIKU_EMBEDDER_MAX_BATCH_TOKENS",
+        default_value_t = 16_384
+    )]
+    pub max_batch_tokens: usize,
+
+    /// Most texts in one Embed request.
+    #[arg(
+        long,
+        env = "ZHIKU_EMBEDDER_MAX_CLIENT_BATCH_SIZE",
+        default_value_t = 256
+    )]
+    pub max_client_batch_size: usize,
+
+    /// Most texts waiting for a batch; past it requests get RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "ZHIKU_EMBEDDER_MAX_QUEUED_TEXTS", default_value_t = 4_096)]
+    pub max_queued_texts: usize,
+}
+
+impl EmbedderArgs {
+    /// Defaults for a given model (what `clap` would give with only `--model`).
+    pub fn for_model(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            models_dir: PathBuf::from("models"),
+            dtype: Precision::F32,
+            device: "cpu".into(),
+            pooling: None,
+            query_prefix: None,
+            passage_prefix: None,
+            max_input_tokens: None,
+            max_batch_tokens: 16_384,
+            max_client_batch_size: 256,
+            max_queued_texts: 4_096,
+        }
+    }
+
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            model: self.model.clone(),
+            models_dir: Some(self.models_dir.clone()),
+            precision: self.dtype,
+            device: self.device.clone(),
+            pooling: self.pooling,
+            query_prefix: self.query_prefix.clone(),
+            passage_prefix: self.passage_prefix.clone(),
+            max_input_tokens: self.max_input_tokens,
+        }
+    }
+
+    pub fn batching(&self) -> BatchingConfig {
+        BatchingConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_queued_texts: self.max_queued_texts,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! zhiku's embedding service: BERT-family sentence encoders on candle behind gRPC.
+//!
+//! - [`model::SentenceEncoder`]: loads `bert` / `xlm-roberta` checkpoints (local directory or
+//!   hub), pools (mean / CLS) and L2-normalises;
+//! - [`tokenizer::TextTokenizer`]: prefixes (query / passage) and truncation that is reported;
+//! - [`batcher::EmbeddingBatcher`]: dynamic batching across concurrent requests by a token
+//!   budget, with a bounded queue;
+//! - [`api::EmbedderApi`]: the `zhiku.v1.Embedder` handlers;
+//! - [`serve`]: everything wired onto the shared runtime (used by the binary and by
+//!   `zhiku serve`).
+
+pub mod api;
+pub mod batcher;
+pub mod config;
+pub mod encoder;
+pub mod error;
+pub mod model;
+pub mod tokenizer;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use zhiku_proto::service_names;
+use zhiku_proto::v1::embedder_server::EmbedderServer;
+use zhiku_runtime::server::RuntimeError;
+use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
+
+pub use batcher::{BatchingConfig, EmbeddingBatcher};
+pub use config::EmbedderArgs;
+pub use error::EmbedderError;
+pub use model::{ModelOptions, SentenceEncoder};
+
+/// A loaded model and its batcher: what the handlers work with.
+pub struct EmbedderState {
+    pub encoder: Arc<SentenceEncoder>,
+    pub batcher: EmbeddingBatcher,
+    pub max_client_batch_size: usize,
+}
+
+impl EmbedderState {
+    /// Loads the model (blocking: call from a blocking thread) and starts the batcher.
+    pub fn load(args: &EmbedderArgs) -> Result<Self, EmbedderError> {
+        let started = std::time::Instant::now();
+        let encoder = Arc::new(SentenceEncoder::load(&args.model_options())?);
+        tracing::info!(
+            model = %encoder.info.model_id,
+            model_type = %encoder.info.model_type,
+            dimensions = encoder.info.dimensions,
+            max_input_tokens = encoder.info.max_input_tokens,
+            pooling = encoder.info.pooling.as_str(),
+            dtype = encoder.info.precision.as_str(),
+            device = %encoder.info.device,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        let batcher = EmbeddingBatcher::start(encoder.clone(), args.batching());
+        Ok(Self {
+            encoder,
+            batcher,
+            max_client_batch_size: args.max_client_batch_size.max(1),
+        })
+    }
+}
+
+/// Serves `zhiku.v1.Embedder` on `listener` until `shutdown`; the model loads in the
+/// background while health says NOT_SERVING.
+pub async fn serve(
+    args: EmbedderArgs,
+    server: ServerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    let ready: Ready<Arc<EmbedderState>> = Ready::new("embedding model");
+    let load = {
+        let ready = ready.clone();
+        async move {
+            let state = tokio::task::spawn_blocking(move || EmbedderState::load(&args))
+                .await
+                .map_err(|e| format!("model loading thread failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            ready.set(Arc::new(state));
+            Ok::<(), String>(())
+        }
+    };
+    run(ready, server, listener, load, shutdown).await
+}
+
+/// Serves an already loaded state (tests and embedding into other programs).
+pub async fn serve_loaded(
+    state: Arc<EmbedderState>,
+    server: ServerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    let ready = Ready::with("embedding model", state);
+    run(
+        ready,
+        server,
+        listener,
+        async { Ok::<(), String>(()) },
+        shutdown,
+    )
+    .await
+}
+
+async fn run(
+    ready: Ready<Arc<EmbedderState>>,
+    server: ServerArgs,
+    listener: TcpListener,
+    load: impl Future<Output = Result<(), String>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    let runtime = ServiceRuntime::new(server, service_names::EMBEDDER).await;
+    let limit = runtime.max_message_bytes();
+    let service = EmbedderServer::new(api::EmbedderApi::new(ready))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    runtime.serve(listener, service, load, shutdown).await
+}

@@ -1,0 +1,40 @@
+//! `zhiku-embedder`: the embedding service binary.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use zhiku_embedder::EmbedderArgs;
+use zhiku_runtime::ServerArgs;
+use zhiku_runtime::server::{run_binary, shutdown_signal};
+
+/// zhiku's embedding service: BERT-family sentence embeddings over gRPC
+/// (zhiku.v1.Embedder, with grpc.health.v1 and server reflection).
+#[derive(Debug, Parser)]
+#[command(name = "zhiku-embedder", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: SocketAddr,
+
+    #[command(flatten)]
+    embedder: EmbedderArgs,
+
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = format!("{args:?}");
+    let server = args.server.clone();
+    run_binary(
+        "zhiku-embedder",
+        &config,
+        &server,
+        args.listen,
+        |listener| zhiku_embedder::serve(args.embedder, args.server, listener, shutdown_signal()),
+    )
+    .await
+}

@@ -1,0 +1,383 @@
+//! Sentence encoders on candle: BERT-family models chosen from `config.json`.
+//!
+//! Supported `model_type`s: `bert` (MiniLM, bge-*-zh, text2vec, m3e) and `xlm-roberta`
+//! (bge-m3, multilingual-e5). Pooling comes from sentence-transformers'
+//! `1_Pooling/config.json`; vectors are L2-normalised.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use zhiku_models::ModelSource;
+
+use crate::encoder::{EncoderConfig, Positions, TransformerEncoder};
+use crate::error::EmbedderError;
+use crate::tokenizer::TextTokenizer;
+
+/// How token states become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooling {
+    /// Average of the token states, padding excluded (MiniLM, text2vec, m3e, e5).
+    Mean,
+    /// The state of the first ([CLS]) token (bge).
+    Cls,
+}
+
+impl Pooling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+/// Floating-point precision of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N` into a candle device.
+pub fn parse_device(spec: &str) -> Result<(Device, String), EmbedderError> {
+    match spec {
+        "cpu" => Ok((Device::Cpu, "cpu".into())),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    EmbedderError::Load(format!("bad device `{s}`: use cpu, cuda or cuda:N"))
+                })?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(EmbedderError::Load(format!(
+                    "device `{s}` asked for, but this binary was built without the `cuda` \
+                     feature (cargo build --features cuda) or no CUDA device is present"
+                )));
+            }
+            let device = Device::new_cuda(ordinal)
+                .map_err(|e| EmbedderError::Load(format!("cannot open {s}: {e}")))?;
+            Ok((device, format!("cuda:{ordinal}")))
+        }
+        other => Err(EmbedderError::Load(format!(
+            "bad device `{other}`: use cpu, cuda or cuda:N"
+        ))),
+    }
+}
+
+/// What to load and how.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub model: String,
+    pub models_dir: Option<std::path::PathBuf>,
+    pub precision: Precision,
+    pub device: String,
+    pub pooling: Option<Pooling>,
+    pub query_prefix: Option<String>,
+    pub passage_prefix: Option<String>,
+    pub max_input_tokens: Option<usize>,
+}
+
+impl ModelOptions {
+    /// Defaults for a model directory or hub id.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            models_dir: None,
+            precision: Precision::F32,
+            device: "cpu".into(),
+            pooling: None,
+            query_prefix: None,
+            passage_prefix: None,
+            max_input_tokens: None,
+        }
+    }
+}
+
+/// Facts about the loaded model, for `Info` and logs.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub model_id: String,
+    pub model_type: String,
+    pub dimensions: usize,
+    pub max_input_tokens: usize,
+    pub pooling: Pooling,
+    pub precision: Precision,
+    pub device: String,
+    pub query_prefix: String,
+    pub passage_prefix: String,
+}
+
+/// A loaded sentence encoder and its tokenizer.
+pub struct SentenceEncoder {
+    encoder: TransformerEncoder,
+    pub info: ModelInfo,
+    pub tokenizer: TextTokenizer,
+}
+
+#[derive(Deserialize)]
+struct ModelTypeOnly {
+    model_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+struct SentenceTransformersConfig {
+    #[serde(default)]
+    prompts: std::collections::HashMap<String, String>,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EmbedderError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EmbedderError::Load(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| EmbedderError::Load(format!("invalid {}: {e}", path.display())))
+}
+
+/// Prefixes known model families expect when their files do not say.
+fn default_prefixes(model_id: &str) -> (String, String) {
+    let id = model_id.to_ascii_lowercase();
+    if id.contains("e5") {
+        ("query: ".into(), "passage: ".into())
+    } else if id.contains("bge") && id.contains("zh") {
+        (
+            "为这个句子生成表示以用于检索相关文章：".into(),
+            String::new(),
+        )
+    } else if id.contains("bge") && id.contains("en") && !id.contains("m3") {
+        (
+            "Represent this sentence for searching relevant passages: ".into(),
+            String::new(),
+        )
+    } else {
+        (String::new(), String::new())
+    }
+}
+
+impl SentenceEncoder {
+    /// Loads a model from a directory or the hub.
+    pub fn load(options: &ModelOptions) -> Result<Self, EmbedderError> {
+        let source = ModelSource::resolve(&options.model, options.models_dir.as_deref())?;
+        let (device, device_name) = parse_device(&options.device)?;
+        let dtype = options.precision.dtype();
+
+        let config_path = source.get("config.json")?;
+        let config_text = std::fs::read_to_string(&config_path).map_err(|e| {
+            EmbedderError::Load(format!("cannot read {}: {e}", config_path.display()))
+        })?;
+        let head: ModelTypeOnly = serde_json::from_str(&config_text)
+            .map_err(|e| EmbedderError::Load(format!("invalid {}: {e}", config_path.display())))?;
+        let model_type = head.model_type.clone().unwrap_or_default();
+        let positions = match model_type.as_str() {
+            "bert" => Positions::FromZero,
+            "xlm-roberta" | "roberta" => Positions::AfterPadding,
+            other => {
+                return Err(EmbedderError::UnsupportedModel(format!(
+                    "config.json model_type `{other}`; zhiku's embedder runs `bert` (MiniLM, \
+                     bge-*-zh, text2vec, m3e) and `xlm-roberta` (bge-m3, multilingual-e5)"
+                )));
+            }
+        };
+        let config: EncoderConfig = serde_json::from_str(&config_text).map_err(|e| {
+            EmbedderError::Load(format!(
+                "{model_type} config.json {}: {e}",
+                config_path.display()
+            ))
+        })?;
+        let hidden_size = config.hidden_size;
+
+        let weights = source.get("model.safetensors")?;
+        // SAFETY: the file is memory-mapped read-only; zhiku never writes model files while
+        // serving them.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, &device) }?;
+        let encoder = TransformerEncoder::load(vb, &config, positions)
+            .map_err(|e| EmbedderError::Load(format!("{model_type} weights: {e}")))?;
+        let window = encoder.max_sequence_length();
+
+        let pooling = match options.pooling {
+            Some(p) => p,
+            None => match source.get_optional("1_Pooling/config.json") {
+                Some(path) => {
+                    let cfg: PoolingConfig = read_json(&path)?;
+                    if cfg.pooling_mode_cls_token {
+                        Pooling::Cls
+                    } else if cfg.pooling_mode_mean_tokens {
+                        Pooling::Mean
+                    } else {
+                        let mode = if cfg.pooling_mode_max_tokens {
+                            "max"
+                        } else if cfg.pooling_mode_mean_sqrt_len_tokens {
+                            "mean_sqrt_len"
+                        } else {
+                            "none"
+                        };
+                        return Err(EmbedderError::UnsupportedModel(format!(
+                            "1_Pooling/config.json asks for `{mode}` pooling; zhiku supports \
+                             mean and cls (override with --pooling)"
+                        )));
+                    }
+                }
+                None => {
+                    tracing::warn!("no 1_Pooling/config.json; using mean pooling (--pooling)");
+                    Pooling::Mean
+                }
+            },
+        };
+
+        // sentence-transformers truncates at max_seq_length, which may be below the window.
+        let st_limit = source
+            .get_optional("sentence_bert_config.json")
+            .map(|p| read_json::<SentenceBertConfig>(&p))
+            .transpose()?
+            .and_then(|c| c.max_seq_length);
+        let mut max_input_tokens = window;
+        if let Some(limit) = st_limit {
+            max_input_tokens = max_input_tokens.min(limit);
+        }
+        if let Some(limit) = options.max_input_tokens {
+            max_input_tokens = max_input_tokens.min(limit);
+        }
+        if max_input_tokens < 2 {
+            return Err(EmbedderError::Load(format!(
+                "max input tokens would be {max_input_tokens}; it must be at least 2"
+            )));
+        }
+
+        let st_prompts = source
+            .get_optional("config_sentence_transformers.json")
+            .map(|p| read_json::<SentenceTransformersConfig>(&p))
+            .transpose()?
+            .unwrap_or_default();
+        let (known_query, known_passage) = default_prefixes(&source.id());
+        let query_prefix = options
+            .query_prefix
+            .clone()
+            .or_else(|| st_prompts.prompts.get("query").cloned())
+            .unwrap_or(known_query);
+        let passage_prefix = options
+            .passage_prefix
+            .clone()
+            .or_else(|| {
+                st_prompts
+                    .prompts
+                    .get("passage")
+                    .or_else(|| st_prompts.prompts.get("document"))
+                    .cloned()
+            })
+            .unwrap_or(known_passage);
+
+        let tokenizer = TextTokenizer::from_file(
+            &source.get("tokenizer.json")?,
+            max_input_tokens,
+            query_prefix.clone(),
+            passage_prefix.clone(),
+        )?;
+
+        let mut encoder = Self {
+            encoder,
+            info: ModelInfo {
+                model_id: source.id(),
+                model_type,
+                dimensions: 0,
+                max_input_tokens,
+                pooling,
+                precision: options.precision,
+                device: device_name,
+                query_prefix,
+                passage_prefix,
+            },
+            tokenizer,
+        };
+        // The true width comes from a forward pass, so a checkpoint whose config lies fails
+        // here, at load, and not on the first request.
+        let probe = encoder.embed_batch(&[&[0, 0]])?;
+        encoder.info.dimensions = probe.first().map(Vec::len).unwrap_or(0);
+        if hidden_size != encoder.info.dimensions {
+            return Err(EmbedderError::Load(format!(
+                "config.json says hidden_size {hidden_size}, the weights give {}",
+                encoder.info.dimensions
+            )));
+        }
+        Ok(encoder)
+    }
+
+    /// Embeds a batch of token-id sequences; every sequence must be non-empty and within
+    /// `max_input_tokens`. Returns one unit-length vector per sequence.
+    pub fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max_len = batch.iter().map(|ids| ids.len()).max().unwrap_or(1).max(1);
+        let pad_id = self.encoder.pad_id();
+        let mut ids = Vec::with_capacity(batch.len() * max_len);
+        let mut mask = Vec::with_capacity(batch.len() * max_len);
+        let mut lengths = Vec::with_capacity(batch.len());
+        for seq in batch {
+            ids.extend_from_slice(seq);
+            ids.extend(std::iter::repeat_n(pad_id, max_len - seq.len()));
+            mask.extend(std::iter::repeat_n(1f32, seq.len()));
+            mask.extend(std::iter::repeat_n(0f32, max_len - seq.len()));
+            lengths.push(seq.len());
+        }
+        let device = self.encoder.device();
+        let shape = (batch.len(), max_len);
+        let input_ids = Tensor::from_vec(ids, shape, device)?;
+        let hidden = self.encoder.forward(&input_ids, &lengths)?;
+        // Pool in f32 whatever the model's dtype: sums over hundreds of tokens lose too much
+        // in f16.
+        let hidden = hidden.to_dtype(DType::F32)?;
+        let pooled = match self.info.pooling {
+            Pooling::Cls => hidden.i((.., 0))?,
+            Pooling::Mean => {
+                let mask = Tensor::from_vec(mask, shape, device)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let counts = mask.sum(1)?.clamp(1.0, f64::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+        };
+        let norms = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        let normalized = pooled.broadcast_div(&norms)?;
+        Ok(normalized.to_vec2::<f32>()?)
+    }
+}

@@ -1,0 +1,153 @@
+//! The model's tokenizer, with the prefix and truncation the embedder applies.
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::error::EmbedderError;
+
+/// What a text is for; selects the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    Query,
+    Passage,
+}
+
+/// Token ids of one text, ready for the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedInput {
+    pub ids: Vec<u32>,
+    /// The text was longer than the model's window and its end was cut.
+    pub truncated: bool,
+}
+
+/// One token with its place in the text, in Unicode characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpan {
+    pub id: u32,
+    pub text: String,
+    pub start: usize,
+    pub end: usize,
+    pub special: bool,
+}
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_input_tokens: usize,
+    query_prefix: String,
+    passage_prefix: String,
+}
+
+impl TextTokenizer {
+    pub fn from_file(
+        path: &Path,
+        max_input_tokens: usize,
+        query_prefix: String,
+        passage_prefix: String,
+    ) -> Result<Self, EmbedderError> {
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| EmbedderError::Load(format!("{}: {e}", path.display())))?;
+        // tokenizer.json often carries its own padding/truncation settings (MiniLM's says 128
+        // tokens); the embedder decides both itself.
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_input_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EmbedderError::Load(format!("tokenizer truncation: {e}")))?;
+        Ok(Self {
+            inner,
+            max_input_tokens,
+            query_prefix,
+            passage_prefix,
+        })
+    }
+
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_input_tokens
+    }
+
+    pub fn prefix(&self, kind: TextKind) -> &str {
+        match kind {
+            TextKind::Query => &self.query_prefix,
+            TextKind::Passage => &self.passage_prefix,
+        }
+    }
+
+    fn with_prefix(&self, text: &str, kind: TextKind) -> String {
+        let prefix = self.prefix(kind);
+        let mut out = String::with_capacity(prefix.len() + text.len());
+        out.push_str(prefix);
+        out.push_str(text);
+        out
+    }
+
+    fn encode_raw(
+        &self,
+        text: &str,
+        kind: TextKind,
+    ) -> Result<tokenizers::Encoding, EmbedderError> {
+        self.inner
+            .encode(self.with_prefix(text, kind), true)
+            .map_err(|e| EmbedderError::Tokenizer(e.to_string()))
+    }
+
+    pub fn encode(&self, text: &str, kind: TextKind) -> Result<TokenizedInput, EmbedderError> {
+        let encoding = self.encode_raw(text, kind)?;
+        Ok(TokenizedInput {
+            truncated: !encoding.get_overflowing().is_empty(),
+            ids: encoding.get_ids().to_vec(),
+        })
+    }
+
+    /// Tokens with their character offsets in `prefix + text`.
+    pub fn tokenize(
+        &self,
+        text: &str,
+        kind: TextKind,
+    ) -> Result<(Vec<TokenSpan>, bool), EmbedderError> {
+        let full = self.with_prefix(text, kind);
+        let encoding = self.encode_raw(text, kind)?;
+        let truncated = !encoding.get_overflowing().is_empty();
+        // Byte offset -> character index, for every char boundary.
+        let mut char_at_byte = vec![0usize; full.len() + 1];
+        let mut chars = 0;
+        for (byte, _) in full.char_indices() {
+            char_at_byte[byte] = chars;
+            chars += 1;
+        }
+        char_at_byte[full.len()] = chars;
+        let to_char = |byte: usize| char_at_byte.get(byte).copied().unwrap_or(chars);
+        let spans = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_tokens())
+            .zip(encoding.get_offsets())
+            .zip(encoding.get_special_tokens_mask())
+            .map(|(((&id, token), &(start, end)), &special)| TokenSpan {
+                id,
+                text: token.clone(),
+                start: if special == 1 { 0 } else { to_char(start) },
+                end: if special == 1 { 0 } else { to_char(end) },
+                special: special == 1,
+            })
+            .collect();
+        Ok((spans, truncated))
+    }
+}
+
+impl TextTokenizer {
+    /// Length of `prefix + text` without truncation, for error messages.
+    pub fn count_untruncated(&self, text: &str, kind: TextKind) -> Result<usize, EmbedderError> {
+        let encoding = self.encode_raw(text, kind)?;
+        Ok(encoding.get_ids().len()
+            + encoding
+                .get_overflowing()
+                .iter()
+                .map(|o| o.get_ids().len())
+                .sum::<usize>())
+    }
+}

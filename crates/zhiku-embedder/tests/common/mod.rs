@@ -1,0 +1,90 @@
+//! Shared helpers of the embedder's integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use zhiku_embedder::{EmbedderArgs, EmbedderState};
+use zhiku_proto::v1::embedder_client::EmbedderClient;
+use zhiku_runtime::ServerArgs;
+
+/// The real all-MiniLM-L6-v2 laid out by `scripts/fetch-models minilm`.
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("ZHIKU_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .join("all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run `scripts/fetch-models minilm` first",
+        dir.display()
+    );
+    dir
+}
+
+pub fn minilm_args() -> EmbedderArgs {
+    EmbedderArgs::for_model(minilm_dir().to_string_lossy().into_owned())
+}
+
+/// A running in-process embedder on a loopback port; stops on drop.
+pub struct TestServer {
+    pub state: Arc<EmbedderState>,
+    pub addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start(args: EmbedderArgs, server: ServerArgs) -> Self {
+        let state = Arc::new(
+            tokio::task::spawn_blocking(move || EmbedderState::load(&args))
+                .await
+                .unwrap()
+                .expect("model loads"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(zhiku_embedder::serve_loaded(
+            state.clone(),
+            server,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            state,
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    pub async fn client(&self) -> EmbedderClient<Channel> {
+        EmbedderClient::new(self.channel().await)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

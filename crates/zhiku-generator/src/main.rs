@@ -1,0 +1,36 @@
+//! `zhiku-generator`: the generator service binary.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use zhiku_runtime::ServerArgs;
+use zhiku_runtime::server::{run_binary, shutdown_signal};
+
+/// zhiku's generator service over gRPC (zhiku.v1.Generator, with grpc.health.v1 and server
+/// reflection). The generator (GLM models on candle) is not built yet: see issue 4.
+#[derive(Debug, Parser)]
+#[command(name = "zhiku-generator", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50054")]
+    listen: SocketAddr,
+
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = format!("{args:?}");
+    let server = args.server.clone();
+    run_binary(
+        "zhiku-generator",
+        &config,
+        &server,
+        args.listen,
+        |listener| zhiku_generator::serve(args.server, listener, shutdown_signal()),
+    )
+    .await
+}

@@ -1,0 +1,27 @@
+//! The server runtime shared by every zhiku service binary.
+//!
+//! One place decides how a zhiku service is served, so that all four behave alike:
+//! - [`server::ServiceRuntime`]: a tonic server with gRPC reflection (v1 and v1alpha, since
+//!   grpcurl 1.8 speaks only v1alpha), `grpc.health.v1` that says NOT_SERVING until the
+//!   service's model or store is loaded, graceful shutdown on SIGTERM/SIGINT that drains
+//!   in-flight calls, and a configurable maximum message size;
+//! - [`limit::ConcurrencyLimitLayer`]: answers RESOURCE_EXHAUSTED past a limit instead of
+//!   queueing without bound;
+//! - [`request_id`]: an `x-request-id` on every call, made when absent, on every log line and
+//!   passed on to downstream calls;
+//! - [`telemetry`]: tracing output, human or JSON;
+//! - [`error`]: the one mapping from service errors to `tonic::Status`;
+//! - [`ready::Ready`]: state that a service fills in once loaded.
+
+pub mod config;
+pub mod error;
+pub mod limit;
+pub mod ready;
+pub mod request_id;
+pub mod server;
+pub mod telemetry;
+
+pub use config::{LogFormat, ServerArgs};
+pub use error::{ErrorKind, ServiceError};
+pub use ready::Ready;
+pub use server::ServiceRuntime;

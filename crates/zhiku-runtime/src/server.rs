@@ -1,0 +1,285 @@
+//! Serving one zhiku gRPC service with everything every service needs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Service;
+
+use crate::config::ServerArgs;
+use crate::limit::ConcurrencyLimitLayer;
+use crate::request_id::RequestIdLayer;
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading failed: {0}")]
+    Load(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Binds a TCP listener with a clear error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Bind { addr, source })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Serves one zhiku service, plus health and reflection.
+pub struct ServiceRuntime {
+    args: ServerArgs,
+    service_name: &'static str,
+    health: HealthReporter,
+}
+
+impl ServiceRuntime {
+    /// `service_name` is the fully qualified gRPC name (`zhiku.v1.Embedder`). Health starts
+    /// NOT_SERVING, for the service and for the whole server ("").
+    pub async fn new(args: ServerArgs, service_name: &'static str) -> Self {
+        let health = HealthReporter::new();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(service_name, ServingStatus::NotServing)
+            .await;
+        Self {
+            args,
+            service_name,
+            health,
+        }
+    }
+
+    pub fn args(&self) -> &ServerArgs {
+        &self.args
+    }
+
+    /// Largest message, for `max_decoding_message_size` / `max_encoding_message_size`.
+    pub fn max_message_bytes(&self) -> usize {
+        self.args.max_message_bytes
+    }
+
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves `service` on `listener` until `shutdown` resolves.
+    ///
+    /// `load` runs beside the server: when it succeeds, health turns SERVING; when it fails,
+    /// the server shuts down and the error is returned (the binary exits non-zero). After
+    /// `shutdown`, health turns NOT_SERVING, new calls are refused and in-flight calls get
+    /// `--shutdown-grace-seconds` to finish.
+    pub async fn serve<S, L, E>(
+        self,
+        listener: TcpListener,
+        service: S,
+        load: L,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RuntimeError>
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        L: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let Self {
+            args,
+            service_name,
+            health,
+        } = self;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(zhiku_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(service_name)
+                .with_service_name("grpc.health.v1.Health")
+        };
+        let reflection_v1 = reflection()
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .build_v1()?;
+        let reflection_v1alpha = reflection()
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+            .build_v1alpha()?;
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        );
+
+        let local = listener.local_addr().ok();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+
+        // `stop` turns true on a signal or a failed load; the server then drains.
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let load_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+
+        {
+            let health = health.clone();
+            let stop_tx = stop_tx.clone();
+            let load_error = load_error.clone();
+            tokio::spawn(async move {
+                match load.await {
+                    Ok(()) => {
+                        health.set_service_status("", ServingStatus::Serving).await;
+                        health
+                            .set_service_status(service_name, ServingStatus::Serving)
+                            .await;
+                        tracing::info!(service = service_name, "loaded; health is SERVING");
+                    }
+                    Err(e) => {
+                        tracing::error!(service = service_name, error = %e, "loading failed");
+                        if let Ok(mut slot) = load_error.lock() {
+                            *slot = Some(e.to_string());
+                        }
+                        let _ = stop_tx.send(true);
+                    }
+                }
+            });
+        }
+        {
+            let stop_tx = stop_tx.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+        }
+
+        let server_shutdown = {
+            let health = health.clone();
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_service_status(service_name, ServingStatus::NotServing)
+                    .await;
+                tracing::info!(
+                    service = service_name,
+                    "shutting down: draining in-flight calls"
+                );
+            }
+        };
+
+        tracing::info!(service = service_name, addr = ?local, "listening");
+        let layers = tower::ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(ConcurrencyLimitLayer::new(args.max_concurrent_requests));
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .layer(layers)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, server_shutdown);
+
+        let grace = args.shutdown_grace();
+        let deadline = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result?,
+            _ = deadline => {
+                tracing::warn!(
+                    service = service_name,
+                    grace_seconds = grace.as_secs(),
+                    "calls still in flight after the shutdown grace period; exiting anyway"
+                );
+            }
+        }
+        let failed = load_error.lock().ok().and_then(|mut slot| slot.take());
+        match failed {
+            Some(message) => Err(RuntimeError::Load(message)),
+            None => {
+                tracing::info!(service = service_name, "stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The body of every service binary's `main`: start logging, print the configuration
+/// (`config`, the binary's parsed flags in Debug form),
+/// bind, serve until SIGTERM/SIGINT, and turn the outcome into an exit code.
+pub async fn run_binary<F, Fut>(
+    name: &str,
+    config: &str,
+    server: &ServerArgs,
+    listen: SocketAddr,
+    serve: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: Future<Output = Result<(), RuntimeError>>,
+{
+    if let Err(e) = crate::telemetry::init(server.log_format, &server.log) {
+        eprintln!("{name}: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    tracing::info!(config = %config, "{name} starting");
+    let listener = match bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "{name} cannot start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match serve(listener).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{name} stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! End-to-end: every service binary starts as its own process, serves grpc.health.v1 and
+//! reflection, and answers its API over real gRPC and real grpcurl.
+
+use std::time::Duration;
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use zhiku_e2e::{ServiceProcess, minilm_dir, run_grpcurl, wait_serving};
+use zhiku_proto::v1::embedder_client::EmbedderClient;
+use zhiku_proto::v1::{EmbedKind, EmbedRequest};
+
+const STARTUP: Duration = Duration::from_secs(120);
+
+/// grpcurl's `list` output for a server.
+fn grpcurl_list(process: &ServiceProcess) -> Vec<String> {
+    let addr = process.addr.to_string();
+    let (ok, stdout, stderr) = run_grpcurl(&["-plaintext", &addr, "list"]);
+    assert!(ok, "grpcurl list failed: {stderr}");
+    stdout.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedder_binary_health_reflection_and_grpcurl_embed() {
+    let model = minilm_dir();
+    let process = ServiceProcess::start(
+        "zhiku-embedder",
+        &["--model", model.to_str().expect("utf-8 path")],
+        &[],
+    );
+    // The model loads after the server listens: health says NOT_SERVING first.
+    let seen = wait_serving(&process, "zhiku.v1.Embedder", STARTUP).await;
+    assert_eq!(
+        seen,
+        vec![ServingStatus::NotServing, ServingStatus::Serving],
+        "{}",
+        process.logs()
+    );
+
+    let services = grpcurl_list(&process);
+    assert!(
+        services.contains(&"zhiku.v1.Embedder".to_owned()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_owned()),
+        "{services:?}"
+    );
+    // Only this server's service is advertised, not the other zhiku services.
+    assert!(
+        !services.iter().any(|s| s == "zhiku.v1.Generator"),
+        "{services:?}"
+    );
+
+    let addr = process.addr.to_string();
+    let (ok, stdout, stderr) =
+        run_grpcurl(&["-plaintext", &addr, "describe", "zhiku.v1.Embedder.Embed"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("rpc Embed ( .zhiku.v1.EmbedRequest ) returns ( .zhiku.v1.EmbedResponse )"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"texts": ["知识库问答", "hello world"], "kind": "EMBED_KIND_QUERY", "id": "grpcurl-1"}"#,
+        &addr,
+        "zhiku.v1.Embedder/Embed",
+    ]);
+    assert!(ok, "grpcurl Embed failed: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("grpcurl prints JSON");
+    let embeddings = json["embeddings"].as_array().expect("embeddings");
+    assert_eq!(embeddings.len(), 2);
+    for e in embeddings {
+        let values = e["values"].as_array().expect("values");
+        assert_eq!(values.len(), 384);
+        let norm: f64 = values.iter().map(|v| v.as_f64().unwrap().powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-3, "not unit length: {norm}");
+    }
+    assert_eq!(json["dimensions"], 384);
+    assert_eq!(json["id"], "grpcurl-1");
+
+    // Bad input through grpcurl: INVALID_ARGUMENT with a message saying what to fix.
+    let (ok, _, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"texts": []}"#,
+        &addr,
+        "zhiku.v1.Embedder/Embed",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("`texts` is empty"), "{stderr}");
+
+    // The x-request-id a client sends comes back and is on the server's log lines.
+    let (ok, stdout, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-v",
+        "-H",
+        "x-request-id: e2e-trace-7",
+        "-d",
+        "{}",
+        &addr,
+        "zhiku.v1.Embedder/Info",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("x-request-id: e2e-trace-7"), "{stdout}");
+    assert!(stdout.contains("\"modelType\": \"bert\""), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(process.logs().contains("e2e-trace-7"), "{}", process.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedder_drains_in_flight_calls_on_sigterm() {
+    let model = minilm_dir();
+    let mut process = ServiceProcess::start(
+        "zhiku-embedder",
+        &["--model", model.to_str().expect("utf-8 path")],
+        &[],
+    );
+    wait_serving(&process, "zhiku.v1.Embedder", STARTUP).await;
+    let channel = process.channel(STARTUP).await;
+    // A large request that takes a while on CPU.
+    let texts: Vec<String> = (0..256)
+        .map(|i| format!("第{i}段：检索增强生成先检索相关段落，再让模型据此回答问题。").repeat(4))
+        .collect();
+    let mut client = EmbedderClient::new(channel);
+    let call = tokio::spawn(async move {
+        client
+            .embed(EmbedRequest {
+                texts,
+                kind: EmbedKind::Passage as i32,
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = process
+        .terminate(Duration::from_secs(60))
+        .expect("exits after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        process.logs()
+    );
+    let response = call
+        .await
+        .expect("task")
+        .expect("the in-flight call completes");
+    assert_eq!(response.into_inner().embeddings.len(), 256);
+    assert!(process.logs().contains("draining"), "{}", process.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedder_with_a_missing_model_exits_with_a_clear_error() {
+    let mut process = ServiceProcess::start(
+        "zhiku-embedder",
+        &[
+            "--model",
+            "/nonexistent/model-dir",
+            "--models-dir",
+            "/nonexistent",
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    );
+    let deadline = std::time::Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = process.try_wait() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running\n{}",
+            process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success());
+    let logs = process.logs();
+    assert!(
+        logs.contains("invalid model id") || logs.contains("--model"),
+        "{logs}"
+    );
+}
+
+/// Services not built yet still start, serve health and reflection, and answer UNIMPLEMENTED.
+async fn check_placeholder_service(binary: &str, service: &str, rpc: &str) {
+    let process = ServiceProcess::start(binary, &[], &[]);
+    let seen = wait_serving(&process, service, STARTUP).await;
+    assert_eq!(seen.last(), Some(&ServingStatus::Serving));
+    let services = grpcurl_list(&process);
+    assert!(services.contains(&service.to_owned()), "{services:?}");
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_owned()),
+        "{services:?}"
+    );
+
+    let addr = process.addr.to_string();
+    let (ok, stdout, stderr) = run_grpcurl(&["-plaintext", &addr, "describe", service]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("rpc {rpc} (")), "{stdout}");
+
+    let method = format!("{service}/{rpc}");
+    let (ok, _, stderr) = run_grpcurl(&["-plaintext", "-d", "{}", &addr, &method]);
+    assert!(!ok);
+    assert!(stderr.contains("Unimplemented"), "{stderr}");
+    assert!(stderr.contains("not built yet"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriever_binary_starts_and_answers_unimplemented() {
+    check_placeholder_service("zhiku-retriever", "zhiku.v1.Retriever", "Search").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_binary_starts_and_answers_unimplemented() {
+    check_placeholder_service("zhiku-generator", "zhiku.v1.Generator", "Generate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_binary_starts_and_answers_unimplemented() {
+    check_placeholder_service("zhiku-orchestrator", "zhiku.v1.Orchestrator", "Ask").await;
+}
