@@ -1,0 +1,245 @@
+//! Tiny checkpoints written by the test (random weights, a real config.json, safetensors and
+//! tokenizer.json) load through the same code as real models: XLM-RoBERTa, BERT with CLS
+//! pooling, and the clear errors for what is not supported.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use common::cosine;
+use serde_json::json;
+use zhiku_embedder::encoder::{EncoderConfig, Positions, TransformerEncoder};
+use zhiku_embedder::model::{ModelOptions, Pooling, Precision};
+use zhiku_embedder::tokenizer::TextKind;
+use zhiku_embedder::{EmbedderError, SentenceEncoder};
+
+const WORDS: &[&str] = &[
+    "知识", "库", "问答", "模型", "检索", "段落", "答案", "问题", "hello", "world",
+];
+
+/// Writes config.json, model.safetensors (random weights) and a WordLevel tokenizer.json.
+fn write_checkpoint(dir: &Path, model_type: &str, pad_id: u32, max_positions: usize) {
+    // Special tokens first, then the words.
+    let specials: &[&str] = if model_type == "bert" {
+        &["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    } else {
+        &["<s>", "<pad>", "</s>", "<unk>"]
+    };
+    let (bos, eos, unk) = if model_type == "bert" {
+        (specials[2], specials[3], specials[1])
+    } else {
+        (specials[0], specials[2], specials[3])
+    };
+    let mut vocab = serde_json::Map::new();
+    for (i, token) in specials.iter().chain(WORDS).enumerate() {
+        vocab.insert(token.to_string(), json!(i));
+    }
+    let id = |t: &str| vocab[t].as_u64().unwrap();
+    let special = |t: &str| {
+        json!({"id": id(t), "content": t, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": specials.iter().map(|t| special(t)).collect::<Vec<_>>(),
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": eos, "type_id": 0}}
+            ],
+            "pair": [
+                {"SpecialToken": {"id": bos, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": eos, "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 0}},
+                {"SpecialToken": {"id": eos, "type_id": 0}}
+            ],
+            "special_tokens": {
+                bos: {"id": bos, "ids": [id(bos)], "tokens": [bos]},
+                eos: {"id": eos, "ids": [id(eos)], "tokens": [eos]}
+            }
+        },
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": unk}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+
+    let config = json!({
+        "model_type": model_type,
+        "vocab_size": specials.len() + WORDS.len(),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "hidden_act": "gelu",
+        "max_position_embeddings": max_positions,
+        "type_vocab_size": if model_type == "bert" { 2 } else { 1 },
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": pad_id,
+        "position_embedding_type": "absolute"
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+
+    let cfg: EncoderConfig = serde_json::from_value(config).unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let positions = if model_type == "bert" {
+        Positions::FromZero
+    } else {
+        Positions::AfterPadding
+    };
+    TransformerEncoder::load(vb, &cfg, positions).unwrap();
+    varmap.save(dir.join("model.safetensors")).unwrap();
+}
+
+fn load(dir: &Path) -> Result<SentenceEncoder, EmbedderError> {
+    SentenceEncoder::load(&ModelOptions::new(dir.to_string_lossy()))
+}
+
+fn embed(encoder: &SentenceEncoder, texts: &[&str]) -> Vec<Vec<f32>> {
+    let tokenized: Vec<_> = texts
+        .iter()
+        .map(|t| encoder.tokenizer.encode(t, TextKind::Passage).unwrap())
+        .collect();
+    let inputs: Vec<&[u32]> = tokenized.iter().map(|t| t.ids.as_slice()).collect();
+    encoder.embed_batch(&inputs).unwrap()
+}
+
+#[test]
+fn xlm_roberta_loads_pads_and_truncates_at_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), "xlm-roberta", 1, 18);
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_mean_tokens": true}"#,
+    )
+    .unwrap();
+    let encoder = load(dir.path()).unwrap();
+    assert_eq!(encoder.info.model_type, "xlm-roberta");
+    assert_eq!(encoder.info.dimensions, 32);
+    // Positions start after the padding index: 18 - (1 + 1) usable.
+    assert_eq!(encoder.info.max_input_tokens, 16);
+    // e5-style ids get their prefixes; this one has none.
+    assert_eq!(encoder.info.query_prefix, "");
+
+    let texts = [
+        "知识 库 问答",
+        "hello",
+        "模型 检索 段落 答案 问题 hello world 知识",
+    ];
+    let batched = embed(&encoder, &texts);
+    for (text, vector) in texts.iter().zip(&batched) {
+        let alone = embed(&encoder, &[text]);
+        let cos = cosine(vector, &alone[0]);
+        assert!(cos > 0.99999, "padding changed {text:?}: {cos}");
+        let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+    // Different texts, different vectors; the same text, the same vector.
+    assert!(cosine(&batched[0], &batched[1]) < 0.999);
+    assert_eq!(embed(&encoder, &[texts[0]]), embed(&encoder, &[texts[0]]));
+
+    let long = vec!["知识"; 40].join(" ");
+    let tokenized = encoder.tokenizer.encode(&long, TextKind::Passage).unwrap();
+    assert!(tokenized.truncated);
+    assert_eq!(tokenized.ids.len(), 16);
+    assert_eq!(embed(&encoder, &[&long]).len(), 1);
+
+    // Half precision is refused by nothing and stays close to f32.
+    let mut options = ModelOptions::new(dir.path().to_string_lossy());
+    options.precision = Precision::Bf16;
+    let half = SentenceEncoder::load(&options).unwrap();
+    assert!(cosine(&embed(&half, &[texts[2]])[0], &batched[2]) > 0.98);
+}
+
+#[test]
+fn bert_with_cls_pooling_and_sentence_transformers_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), "bert", 0, 64);
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 8}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "问题 ", "passage": ""}}"#,
+    )
+    .unwrap();
+    let encoder = load(dir.path()).unwrap();
+    assert_eq!(encoder.info.pooling, Pooling::Cls);
+    assert_eq!(encoder.info.max_input_tokens, 8);
+    assert_eq!(encoder.info.query_prefix, "问题 ");
+    let query = encoder
+        .tokenizer
+        .encode("知识 库", TextKind::Query)
+        .unwrap();
+    let passage = encoder
+        .tokenizer
+        .encode("知识 库", TextKind::Passage)
+        .unwrap();
+    assert_eq!(
+        query.ids.len(),
+        passage.ids.len() + 1,
+        "the prefix adds a token"
+    );
+
+    // CLS pooling reads the first token only, yet attention lets it see the rest.
+    let v = embed(&encoder, &["知识 库", "知识 问答"]);
+    assert!(cosine(&v[0], &v[1]) < 0.99999);
+}
+
+#[test]
+fn unsupported_models_fail_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), "bert", 0, 64);
+
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(
+        dir.path().join("1_Pooling/config.json"),
+        r#"{"pooling_mode_max_tokens": true}"#,
+    )
+    .unwrap();
+    let err = load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("`max` pooling"), "{err}");
+    std::fs::remove_dir_all(dir.path().join("1_Pooling")).unwrap();
+
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["model_type"] = json!("gpt2");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = load(dir.path()).err().unwrap();
+    assert!(matches!(err, EmbedderError::UnsupportedModel(_)));
+    assert!(err.to_string().contains("`gpt2`"), "{err}");
+
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    config["model_type"] = json!("bert");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("has no model.safetensors"), "{err}");
+
+    let err = SentenceEncoder::load(&ModelOptions {
+        device: "tpu".into(),
+        ..ModelOptions::new(dir.path().to_string_lossy())
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("bad device `tpu`"), "{err}");
+}
