@@ -112,16 +112,23 @@ async fn embedder_binary_health_reflection_and_grpcurl_embed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedder_drains_in_flight_calls_on_sigterm() {
     let model = minilm_dir();
+    // Debug logs of the runtime say when a call has reached the server.
     let mut process = ServiceProcess::start(
         "zhiku-embedder",
         &["--model", model.to_str().expect("utf-8 path")],
-        &[],
+        &[
+            ("ZHIKU_LOG", "zhiku_runtime=debug,info"),
+            ("ZHIKU_SHUTDOWN_GRACE_SECONDS", "300"),
+            // Small batches: the call spans many forward passes.
+            ("ZHIKU_EMBEDDER_MAX_BATCH_TOKENS", "256"),
+        ],
     );
     wait_serving(&process, "zhiku.v1.Embedder", STARTUP).await;
     let channel = process.channel(STARTUP).await;
     // A large request that takes a while on CPU.
-    let texts: Vec<String> = (0..256)
-        .map(|i| format!("第{i}段：检索增强生成先检索相关段落，再让模型据此回答问题。").repeat(4))
+    // Enough work to be in flight for a moment (tens of batches), far within the grace time.
+    let texts: Vec<String> = (0..48)
+        .map(|i| format!("第{i}段：检索增强生成先检索相关段落，再让模型据此回答问题。").repeat(2))
         .collect();
     let mut client = EmbedderClient::new(channel);
     let call = tokio::spawn(async move {
@@ -133,7 +140,19 @@ async fn embedder_drains_in_flight_calls_on_sigterm() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let deadline = std::time::Instant::now() + STARTUP;
+    while !process
+        .logs()
+        .lines()
+        .any(|l| l.contains("/zhiku.v1.Embedder/Embed") && l.contains("started"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "call never arrived\n{}",
+            process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = process
         .terminate(Duration::from_secs(60))
         .expect("exits after SIGTERM");
@@ -145,8 +164,8 @@ async fn embedder_drains_in_flight_calls_on_sigterm() {
     let response = call
         .await
         .expect("task")
-        .expect("the in-flight call completes");
-    assert_eq!(response.into_inner().embeddings.len(), 256);
+        .unwrap_or_else(|e| panic!("the in-flight call failed: {e:?}\n{}", process.logs()));
+    assert_eq!(response.into_inner().embeddings.len(), 48);
     assert!(process.logs().contains("draining"), "{}", process.logs());
 }
 
@@ -198,6 +217,20 @@ async fn check_placeholder_service(binary: &str, service: &str, rpc: &str) {
     let (ok, stdout, stderr) = run_grpcurl(&["-plaintext", &addr, "describe", service]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(&format!("rpc {rpc} (")), "{stdout}");
+
+    // The container health-check probe agrees.
+    let probe = std::process::Command::new(zhiku_e2e::binary("zhiku-healthcheck"))
+        .args([addr.as_str(), service])
+        .output()
+        .expect("runs zhiku-healthcheck");
+    assert!(probe.status.success(), "{probe:?}");
+    assert!(String::from_utf8_lossy(&probe.stdout).contains("SERVING"));
+    let closed = format!("127.0.0.1:{}", zhiku_e2e::free_port());
+    let probe = std::process::Command::new(zhiku_e2e::binary("zhiku-healthcheck"))
+        .args([closed.as_str(), service])
+        .output()
+        .expect("runs zhiku-healthcheck");
+    assert!(!probe.status.success());
 
     let method = format!("{service}/{rpc}");
     let (ok, _, stderr) = run_grpcurl(&["-plaintext", "-d", "{}", &addr, &method]);
