@@ -245,8 +245,55 @@ async fn retriever_binary_starts_and_answers_unimplemented() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generator_binary_starts_and_answers_unimplemented() {
-    check_placeholder_service("zhiku-generator", "zhiku.v1.Generator", "Generate").await;
+async fn generator_binary_health_reflection_and_grpcurl_generate() {
+    let model = zhiku_e2e::models_dir().join("SmolLM2-135M-Instruct-GGUF");
+    assert!(
+        model.is_dir(),
+        "{} is missing: run `scripts/fetch-models smollm2`",
+        model.display()
+    );
+    let process = ServiceProcess::start(
+        "zhiku-generator",
+        &["--model", model.to_str().expect("utf-8 path")],
+        &[],
+    );
+    let seen = wait_serving(&process, "zhiku.v1.Generator", STARTUP).await;
+    assert_eq!(seen.last(), Some(&ServingStatus::Serving));
+    let services = grpcurl_list(&process);
+    assert!(
+        services.contains(&"zhiku.v1.Generator".to_owned()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_owned()),
+        "{services:?}"
+    );
+
+    let addr = process.addr.to_string();
+    let (ok, stdout, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"chat": {"messages": [{"role": "ROLE_USER", "content": "What is the capital of France?"}]}, "sampling": {"maxNewTokens": 16}}"#,
+        &addr,
+        "zhiku.v1.Generator/Generate",
+    ]);
+    assert!(ok, "grpcurl Generate failed: {stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("grpcurl prints JSON");
+    assert!(
+        json["text"].as_str().unwrap_or("").contains("Paris"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"prompt": "The capital of France is", "sampling": {"maxNewTokens": 4}}"#,
+        &addr,
+        "zhiku.v1.Generator/GenerateStream",
+    ]);
+    assert!(ok, "grpcurl GenerateStream failed: {stderr}");
+    assert!(stdout.contains("\"chunk\""), "{stdout}");
+    assert!(stdout.contains("\"done\""), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

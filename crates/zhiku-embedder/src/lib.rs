@@ -23,8 +23,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use zhiku_proto::service_names;
 use zhiku_proto::v1::embedder_server::EmbedderServer;
-use zhiku_runtime::server::RuntimeError;
-use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
+use zhiku_runtime::ServerArgs;
+use zhiku_runtime::server::{Loader, RuntimeError, serve_service};
 
 pub use batcher::{BatchingConfig, EmbeddingBatcher};
 pub use config::EmbedderArgs;
@@ -71,19 +71,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
-    let ready: Ready<Arc<EmbedderState>> = Ready::new("embedding model");
-    let load = {
-        let ready = ready.clone();
-        async move {
-            let state = tokio::task::spawn_blocking(move || EmbedderState::load(&args))
-                .await
-                .map_err(|e| format!("model loading thread failed: {e}"))?
-                .map_err(|e| e.to_string())?;
-            ready.set(Arc::new(state));
-            Ok::<(), String>(())
-        }
+    let load = move || {
+        EmbedderState::load(&args)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     };
-    run(ready, server, listener, load, shutdown).await
+    serve_with(Loader::Blocking(Box::new(load)), server, listener, shutdown).await
 }
 
 /// Serves an already loaded state (tests and embedding into other programs).
@@ -93,28 +86,27 @@ pub async fn serve_loaded(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
-    let ready = Ready::with("embedding model", state);
-    run(
-        ready,
-        server,
-        listener,
-        async { Ok::<(), String>(()) },
-        shutdown,
-    )
-    .await
+    serve_with(Loader::Loaded(state), server, listener, shutdown).await
 }
 
-async fn run(
-    ready: Ready<Arc<EmbedderState>>,
+async fn serve_with(
+    loader: Loader<Arc<EmbedderState>>,
     server: ServerArgs,
     listener: TcpListener,
-    load: impl Future<Output = Result<(), String>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
-    let runtime = ServiceRuntime::new(server, service_names::EMBEDDER).await;
-    let limit = runtime.max_message_bytes();
-    let service = EmbedderServer::new(api::EmbedderApi::new(ready))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    runtime.serve(listener, service, load, shutdown).await
+    serve_service(
+        service_names::EMBEDDER,
+        "embedding model",
+        server,
+        listener,
+        shutdown,
+        loader,
+        |ready, limit| {
+            EmbedderServer::new(api::EmbedderApi::new(ready))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+    )
+    .await
 }

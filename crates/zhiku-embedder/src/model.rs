@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use zhiku_models::ModelSource;
@@ -56,33 +56,6 @@ impl Precision {
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
         }
-    }
-}
-
-/// Parses `cpu`, `cuda` or `cuda:N` into a candle device.
-pub fn parse_device(spec: &str) -> Result<(Device, String), EmbedderError> {
-    match spec {
-        "cpu" => Ok((Device::Cpu, "cpu".into())),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| {
-                    EmbedderError::Load(format!("bad device `{s}`: use cpu, cuda or cuda:N"))
-                })?,
-                None => 0,
-            };
-            if !candle_core::utils::cuda_is_available() {
-                return Err(EmbedderError::Load(format!(
-                    "device `{s}` asked for, but this binary was built without the `cuda` \
-                     feature (cargo build --features cuda) or no CUDA device is present"
-                )));
-            }
-            let device = Device::new_cuda(ordinal)
-                .map_err(|e| EmbedderError::Load(format!("cannot open {s}: {e}")))?;
-            Ok((device, format!("cuda:{ordinal}")))
-        }
-        other => Err(EmbedderError::Load(format!(
-            "bad device `{other}`: use cpu, cuda or cuda:N"
-        ))),
     }
 }
 
@@ -195,7 +168,8 @@ impl SentenceEncoder {
     /// Loads a model from a directory or the hub.
     pub fn load(options: &ModelOptions) -> Result<Self, EmbedderError> {
         let source = ModelSource::resolve(&options.model, options.models_dir.as_deref())?;
-        let (device, device_name) = parse_device(&options.device)?;
+        let (device, device_name) =
+            zhiku_models::parse_device(&options.device).map_err(EmbedderError::Load)?;
         let dtype = options.precision.dtype();
 
         let config_path = source.get("config.json")?;

@@ -1,30 +1,116 @@
-//! zhiku's generator service.
+//! zhiku's generation service: language models on candle behind gRPC, streamed.
 //!
-//! The generator (GLM models on candle) is not built yet: see issue 4. The binary already runs on the shared runtime (health,
-//! reflection, request ids, limits, graceful shutdown) and answers UNIMPLEMENTED.
+//! - [`models`]: the [`models::CausalLm`] trait and the loaders (GGUF Llama / Qwen2 /
+//!   GLM-4);
+//! - [`tokenizer`]: `tokenizer.json`, or a BPE tokenizer built from GGUF metadata;
+//! - [`template`]: chat templates per family, the model's own Jinja template first;
+//! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty / seed;
+//! - [`decode_stream`]: UTF-8-correct incremental decoding and stop strings;
+//! - [`engine`]: one worker owning the model, a bounded FIFO queue, cancellation, deadlines;
+//! - [`api::GeneratorApi`]: the `zhiku.v1.Generator` handlers.
 
 pub mod api;
+pub mod config;
+pub mod decode_stream;
+pub mod engine;
+pub mod error;
+pub mod models;
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use zhiku_proto::service_names;
 use zhiku_proto::v1::generator_server::GeneratorServer;
-use zhiku_runtime::server::RuntimeError;
-use zhiku_runtime::{ServerArgs, ServiceRuntime};
+use zhiku_runtime::ServerArgs;
+use zhiku_runtime::server::{Loader, RuntimeError, serve_service};
 
-/// Serves `zhiku.v1.Generator` on `listener` until `shutdown`.
+pub use config::GeneratorArgs;
+pub use engine::{EngineShared, GenerationEngine};
+pub use error::GeneratorError;
+
+/// A loaded model behind its engine: what the handlers work with.
+pub struct GeneratorState {
+    pub engine: GenerationEngine,
+    pub shared: Arc<EngineShared>,
+    pub default_max_new_tokens: usize,
+}
+
+impl GeneratorState {
+    /// Loads the model (blocking: call from a blocking thread) and starts the engine.
+    pub fn load(args: &GeneratorArgs) -> Result<Self, GeneratorError> {
+        let started = std::time::Instant::now();
+        let model = models::load_model(args)?;
+        tracing::info!(
+            model = %model.info.model_id,
+            architecture = %model.info.architecture,
+            dtype = %model.info.dtype,
+            device = %model.info.device,
+            context_length = model.info.context_length,
+            template = model.template.name(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Self::from_model(model, args))
+    }
+
+    pub fn from_model(model: models::LoadedModel, args: &GeneratorArgs) -> Self {
+        let (engine, shared) = GenerationEngine::start(model, args.max_queued_requests);
+        Self {
+            engine,
+            shared,
+            default_max_new_tokens: args.max_new_tokens.max(1),
+        }
+    }
+}
+
+/// Serves `zhiku.v1.Generator` on `listener` until `shutdown`; the model loads in the
+/// background while health says NOT_SERVING.
 pub async fn serve(
+    args: GeneratorArgs,
     server: ServerArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
-    let runtime = ServiceRuntime::new(server, service_names::GENERATOR).await;
-    let limit = runtime.max_message_bytes();
-    let service = GeneratorServer::new(api::GeneratorApi)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    // Nothing to load yet: SERVING as soon as it listens.
-    let load = async { Ok::<(), String>(()) };
-    runtime.serve(listener, service, load, shutdown).await
+    let load = move || {
+        GeneratorState::load(&args)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    };
+    serve_with(Loader::Blocking(Box::new(load)), server, listener, shutdown).await
+}
+
+/// Serves an already loaded state (tests and embedding into other programs).
+pub async fn serve_loaded(
+    state: Arc<GeneratorState>,
+    server: ServerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    serve_with(Loader::Loaded(state), server, listener, shutdown).await
+}
+
+async fn serve_with(
+    loader: Loader<Arc<GeneratorState>>,
+    server: ServerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    serve_service(
+        service_names::GENERATOR,
+        "language model",
+        server,
+        listener,
+        shutdown,
+        loader,
+        |ready, limit| {
+            GeneratorServer::new(api::GeneratorApi::new(ready))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        },
+    )
+    .await
 }

@@ -1,20 +1,24 @@
-//! `zhiku-generator`: the generator service binary.
+//! `zhiku-generator`: the generation service binary.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use zhiku_generator::GeneratorArgs;
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
 
-/// zhiku's generator service over gRPC (zhiku.v1.Generator, with grpc.health.v1 and server
-/// reflection). The generator (GLM models on candle) is not built yet: see issue 4.
+/// zhiku's generation service: language models on candle over gRPC (zhiku.v1.Generator,
+/// with grpc.health.v1 and server reflection), streamed.
 #[derive(Debug, Parser)]
 #[command(name = "zhiku-generator", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50054")]
     listen: SocketAddr,
+
+    #[command(flatten)]
+    generator: GeneratorArgs,
 
     #[command(flatten)]
     server: ServerArgs,
@@ -30,7 +34,7 @@ async fn main() -> ExitCode {
         &config,
         &server,
         args.listen,
-        |listener| zhiku_generator::serve(args.server, listener, shutdown_signal()),
+        |listener| zhiku_generator::serve(args.generator, args.server, listener, shutdown_signal()),
     )
     .await
 }

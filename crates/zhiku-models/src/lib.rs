@@ -9,6 +9,31 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 
+/// Parses `cpu`, `cuda` or `cuda:N` into a candle device and its printable name.
+pub fn parse_device(spec: &str) -> Result<(candle_core::Device, String), String> {
+    match spec {
+        "cpu" => Ok((candle_core::Device::Cpu, "cpu".into())),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad device `{s}`: use cpu, cuda or cuda:N"))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(format!(
+                    "device `{s}` asked for, but this binary was built without the `cuda` \
+                     feature (cargo build --features cuda) or no CUDA device is present"
+                ));
+            }
+            let device = candle_core::Device::new_cuda(ordinal)
+                .map_err(|e| format!("cannot open {s}: {e}"))?;
+            Ok((device, format!("cuda:{ordinal}")))
+        }
+        other => Err(format!("bad device `{other}`: use cpu, cuda or cuda:N")),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelSourceError {
     #[error("model directory {dir} has no {file}")]
@@ -175,6 +200,23 @@ mod tests {
         }
         let hub = ModelSource::resolve("BAAI/bge-small-zh-v1.5", Some(dir.path())).unwrap();
         assert!(matches!(hub, ModelSource::Hub { .. }));
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(parse_device("cpu").unwrap().1, "cpu");
+        assert!(
+            parse_device("tpu")
+                .unwrap_err()
+                .contains("bad device `tpu`")
+        );
+        if !candle_core::utils::cuda_is_available() {
+            assert!(
+                parse_device("cuda:0")
+                    .unwrap_err()
+                    .contains("`cuda` feature")
+            );
+        }
     }
 
     #[test]

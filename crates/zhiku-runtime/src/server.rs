@@ -283,3 +283,54 @@ where
         }
     }
 }
+
+/// How a service's state comes to be.
+pub enum Loader<T> {
+    /// Loaded on a blocking thread after the server listens (health NOT_SERVING meanwhile).
+    Blocking(Box<dyn FnOnce() -> Result<T, String> + Send>),
+    /// Already loaded (tests, programs that embed a service).
+    Loaded(T),
+}
+
+/// Serves a service whose handlers read their state from a [`Ready`] cell: builds the cell
+/// from `loader`, the tonic service with `make_service(cell, max_message_bytes)`, and runs
+/// it on the shared runtime. `what` names the state in UNAVAILABLE messages ("model").
+pub async fn serve_service<T, S>(
+    service_name: &'static str,
+    what: &'static str,
+    server: ServerArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    loader: Loader<T>,
+    make_service: impl FnOnce(crate::Ready<T>, usize) -> S,
+) -> Result<(), RuntimeError>
+where
+    T: Send + Sync + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type LoadFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    let (ready, load): (crate::Ready<T>, LoadFuture) = match loader {
+        Loader::Loaded(value) => (crate::Ready::with(what, value), Box::pin(async { Ok(()) })),
+        Loader::Blocking(load) => {
+            let ready = crate::Ready::new(what);
+            let cell = ready.clone();
+            let future = async move {
+                let value = tokio::task::spawn_blocking(load)
+                    .await
+                    .map_err(|e| format!("the loading thread failed: {e}"))??;
+                cell.set(value);
+                Ok(())
+            };
+            (ready, Box::pin(future))
+        }
+    };
+    let runtime = ServiceRuntime::new(server, service_name).await;
+    let service = make_service(ready, runtime.max_message_bytes());
+    runtime.serve(listener, service, load, shutdown).await
+}

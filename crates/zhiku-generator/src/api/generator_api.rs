@@ -1,64 +1,311 @@
-//! Handlers of `zhiku.v1.Generator` (proto/zhiku/v1/generator.proto).
-//!
-//! Not built yet: every RPC answers UNIMPLEMENTED with a message saying so; the service
-//! already starts, serves health and reflection, so clients and deployments can be wired.
+//! Handlers of `zhiku.v1.Generator` (proto/zhiku/v1/generator.proto). Requests are
+//! validated here, at the edge; the engine below never sees a bad request.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 use zhiku_proto::v1::generator_server::Generator;
 use zhiku_proto::v1::{
-    CountTokensRequest, CountTokensResponse, GenerateRequest, GenerateResponse,
-    GenerateStreamResponse, GeneratorInfoRequest, GeneratorInfoResponse,
+    AdapterInfo, CountTokensRequest, CountTokensResponse, FinishReason, GenerateRequest,
+    GenerateResponse, GenerateStreamResponse, GeneratorInfoRequest, GeneratorInfoResponse,
+    TextChunk, count_tokens_request, generate_request, generate_stream_response,
 };
-use zhiku_runtime::error::unimplemented;
+use zhiku_runtime::Ready;
 
-const SERVICE: &str = "zhiku.v1.Generator";
+use crate::GeneratorState;
+use crate::engine::{Completion, Event, Finish, Job};
+use crate::error::GeneratorError;
+use crate::sampling::{
+    DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_SEED, SamplingConfig,
+};
+use crate::template::{Message, Role};
 
-/// Why nothing works yet, appended to every UNIMPLEMENTED message.
-pub const NOT_BUILT: &str = "the generator (GLM models on candle) is not built yet: see issue 4";
-
-fn not_built(rpc: &str) -> Status {
-    let status = unimplemented(SERVICE, rpc);
-    Status::unimplemented(format!("{}; {NOT_BUILT}", status.message()))
+#[derive(Clone)]
+pub struct GeneratorApi {
+    state: Ready<Arc<GeneratorState>>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct GeneratorApi;
+impl GeneratorApi {
+    pub fn new(state: Ready<Arc<GeneratorState>>) -> Self {
+        Self { state }
+    }
 
-type GenerateStreamStreamType =
+    fn state(&self) -> Result<Arc<GeneratorState>, Status> {
+        self.state.get().cloned()
+    }
+}
+
+/// Reads the gRPC deadline (`grpc-timeout`: digits + unit H M S m u n).
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
+
+fn role(role: i32) -> Result<Role, GeneratorError> {
+    use zhiku_proto::v1::Role as ProtoRole;
+    match ProtoRole::try_from(role) {
+        Ok(ProtoRole::System) => Ok(Role::System),
+        Ok(ProtoRole::User) | Ok(ProtoRole::Unspecified) => Ok(Role::User),
+        Ok(ProtoRole::Assistant) => Ok(Role::Assistant),
+        Err(_) => Err(GeneratorError::Validation(format!(
+            "message role {role} is not a Role: use ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
+        ))),
+    }
+}
+
+impl GeneratorState {
+    /// The prompt text: raw, or the chat rendered with the model's template.
+    fn prompt_text(
+        &self,
+        prompt: Option<&str>,
+        chat: Option<&zhiku_proto::v1::Chat>,
+    ) -> Result<String, GeneratorError> {
+        match (prompt, chat) {
+            (Some(""), _) => Err(GeneratorError::Validation(
+                "`prompt` is empty: send the text to continue, or use `chat`".into(),
+            )),
+            (Some(p), _) => Ok(p.to_owned()),
+            (None, Some(chat)) => {
+                let messages = chat
+                    .messages
+                    .iter()
+                    .map(|m| Ok(Message::new(role(m.role)?, m.content.clone())))
+                    .collect::<Result<Vec<_>, GeneratorError>>()?;
+                self.shared.template.render(&messages)
+            }
+            (None, None) => Err(GeneratorError::Validation(
+                "no input: set `prompt` (raw text) or `chat` (messages)".into(),
+            )),
+        }
+    }
+
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, GeneratorError> {
+        let ids = self.shared.tokenizer.encode(text)?;
+        let context = self.shared.info.context_length;
+        if ids.is_empty() {
+            return Err(GeneratorError::Validation(
+                "the prompt encodes to no tokens".into(),
+            ));
+        }
+        if ids.len() >= context {
+            return Err(GeneratorError::Validation(format!(
+                "the prompt is {} tokens; the model's context is {context}: shorten it",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    fn sampling(
+        &self,
+        params: Option<&zhiku_proto::v1::SamplingParams>,
+        prompt_tokens: usize,
+    ) -> Result<SamplingConfig, GeneratorError> {
+        let p = params.cloned().unwrap_or_default();
+        let room = self.shared.info.context_length - prompt_tokens;
+        let config = SamplingConfig {
+            temperature: p.temperature.unwrap_or(0.0) as f64,
+            top_p: p.top_p.map(f64::from),
+            top_k: p.top_k.map(|k| k as usize),
+            repetition_penalty: p.repetition_penalty.unwrap_or(DEFAULT_REPETITION_PENALTY),
+            repeat_last_n: p
+                .repeat_last_n
+                .map(|n| n as usize)
+                .unwrap_or(DEFAULT_REPEAT_LAST_N),
+            seed: p.seed.unwrap_or(DEFAULT_SEED),
+            max_new_tokens: p
+                .max_new_tokens
+                .map(|n| n as usize)
+                .unwrap_or(self.default_max_new_tokens)
+                .min(room),
+            stop: p.stop,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn adapter(&self, name: &str) -> Result<Option<String>, GeneratorError> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        match self.shared.info.adapters.iter().find(|a| a.name == name) {
+            Some(a) if a.merged => Ok(None), // already in the weights
+            Some(_) => Ok(Some(name.to_owned())),
+            None => Err(GeneratorError::UnknownAdapter(name.to_owned())),
+        }
+    }
+
+    /// Validates a request and queues it; events arrive on the returned channel.
+    pub fn start(
+        &self,
+        request: &GenerateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(mpsc::UnboundedReceiver<Event>, usize), GeneratorError> {
+        let (prompt, chat) = match &request.input {
+            Some(generate_request::Input::Prompt(p)) => (Some(p.as_str()), None),
+            Some(generate_request::Input::Chat(c)) => (None, Some(c)),
+            None => (None, None),
+        };
+        let text = self.prompt_text(prompt, chat)?;
+        let ids = self.encode_prompt(&text)?;
+        let sampling = self.sampling(request.sampling.as_ref(), ids.len())?;
+        let adapter = self.adapter(&request.adapter)?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let prompt_tokens = ids.len();
+        self.engine.submit(Job {
+            prompt: ids,
+            sampling,
+            adapter,
+            deadline,
+            events,
+        })?;
+        Ok((rx, prompt_tokens))
+    }
+
+    fn response(&self, c: Completion, adapter: &str) -> GenerateResponse {
+        GenerateResponse {
+            text: c.text,
+            finish_reason: match c.finish {
+                Finish::Eos => FinishReason::Eos,
+                Finish::Length => FinishReason::Length,
+                Finish::StopString => FinishReason::StopString,
+            } as i32,
+            prompt_tokens: c.prompt_tokens as u32,
+            generated_tokens: c.generated_tokens as u32,
+            prefill_ms: c.prefill_ms,
+            decode_ms: c.decode_ms,
+            model: self.shared.info.model_id.clone(),
+            adapter: adapter.to_owned(),
+        }
+    }
+}
+
+type GenerateStreamResult =
     Pin<Box<dyn Stream<Item = Result<GenerateStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Generator for GeneratorApi {
     async fn generate(
         &self,
-        _request: Request<GenerateRequest>,
+        request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
-        Err(not_built("Generate"))
+        let state = self.state()?;
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let (mut events, _) = state.start(&request, deadline)?;
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Chunk { .. } => {}
+                Event::Done(completion) => {
+                    return Ok(Response::new(state.response(completion, &request.adapter)));
+                }
+                Event::Failed(e) => return Err(e.into()),
+            }
+        }
+        Err(GeneratorError::ShuttingDown.into())
     }
 
-    type GenerateStreamStream = GenerateStreamStreamType;
+    type GenerateStreamStream = GenerateStreamResult;
 
     async fn generate_stream(
         &self,
-        _request: Request<GenerateRequest>,
+        request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        Err(not_built("GenerateStream"))
+        let state = self.state()?;
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let (events, _) = state.start(&request, deadline)?;
+        let adapter = request.adapter;
+        // Dropping this stream (client cancelled) closes the channel: the engine stops.
+        let stream = UnboundedReceiverStream::new(events).map(move |event| match event {
+            Event::Chunk {
+                text,
+                generated_tokens,
+            } => Ok(GenerateStreamResponse {
+                event: Some(generate_stream_response::Event::Chunk(TextChunk {
+                    text,
+                    generated_tokens: generated_tokens as u32,
+                })),
+            }),
+            Event::Done(completion) => Ok(GenerateStreamResponse {
+                event: Some(generate_stream_response::Event::Done(
+                    state.response(completion, &adapter),
+                )),
+            }),
+            Event::Failed(e) => Err(e.into()),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn count_tokens(
         &self,
-        _request: Request<CountTokensRequest>,
+        request: Request<CountTokensRequest>,
     ) -> Result<Response<CountTokensResponse>, Status> {
-        Err(not_built("CountTokens"))
+        let state = self.state()?;
+        let request = request.into_inner();
+        let text = match &request.input {
+            Some(count_tokens_request::Input::Prompt(p)) => state.prompt_text(Some(p), None)?,
+            Some(count_tokens_request::Input::Chat(c)) => state.prompt_text(None, Some(c))?,
+            None => state.prompt_text(None, None)?,
+        };
+        let tokens = state.shared.tokenizer.encode(&text)?.len();
+        Ok(Response::new(CountTokensResponse {
+            tokens: tokens as u32,
+            context_length: state.shared.info.context_length as u32,
+        }))
     }
 
     async fn info(
         &self,
         _request: Request<GeneratorInfoRequest>,
     ) -> Result<Response<GeneratorInfoResponse>, Status> {
-        Err(not_built("Info"))
+        let state = self.state()?;
+        let info = &state.shared.info;
+        Ok(Response::new(GeneratorInfoResponse {
+            model_id: info.model_id.clone(),
+            architecture: info.architecture.clone(),
+            dtype: info.dtype.clone(),
+            device: info.device.clone(),
+            context_length: info.context_length as u32,
+            adapters: info
+                .adapters
+                .iter()
+                .map(|a| AdapterInfo {
+                    name: a.name.clone(),
+                    rank: a.rank as u32,
+                    alpha: a.alpha,
+                    target_modules: a.target_modules.clone(),
+                    merged: a.merged,
+                })
+                .collect(),
+            resident_memory_bytes: resident_memory_bytes(),
+            chat_template: state.shared.template.name().into(),
+        }))
     }
+}
+
+/// Resident set size of this process (Linux: /proc/self/statm), 0 when unknown.
+fn resident_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
 }

@@ -1,0 +1,56 @@
+//! The generator's flags (every one also an environment variable).
+
+use std::path::PathBuf;
+
+/// The model served when none is given: a small Qwen2.5 GGUF that answers Chinese RAG
+/// prompts on a CPU. `scripts/fetch-models qwen2.5-0.5b` puts it under `--models-dir`, where
+/// it loads offline; otherwise it comes from the hub.
+pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF";
+pub const DEFAULT_GGUF_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GeneratorArgs {
+    /// Model to serve: a .gguf file, a directory (holding one .gguf file, or config.json +
+    /// safetensors), or a Hugging Face hub id `org/name[@revision]`.
+    #[arg(long, env = "ZHIKU_GENERATOR_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// The GGUF file to use inside a directory or hub repository holding several.
+    #[arg(long, env = "ZHIKU_GENERATOR_GGUF_FILE", default_value = DEFAULT_GGUF_FILE)]
+    pub gguf_file: String,
+
+    /// Directory of models laid out by scripts/fetch-models. A hub id whose name (after the
+    /// last '/') is a directory here is loaded from it, without the network.
+    #[arg(long, env = "ZHIKU_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, env = "ZHIKU_GENERATOR_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Requests that may wait while one is generated; past it, RESOURCE_EXHAUSTED at once.
+    #[arg(
+        long,
+        env = "ZHIKU_GENERATOR_MAX_QUEUED_REQUESTS",
+        default_value_t = 32
+    )]
+    pub max_queued_requests: usize,
+
+    /// Default `max_new_tokens` for requests that give none.
+    #[arg(long, env = "ZHIKU_GENERATOR_MAX_NEW_TOKENS", default_value_t = 512)]
+    pub max_new_tokens: usize,
+}
+
+impl GeneratorArgs {
+    /// Defaults for a given model (what `clap` would give with only `--model`).
+    pub fn for_model(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            gguf_file: DEFAULT_GGUF_FILE.into(),
+            models_dir: PathBuf::from("models"),
+            device: "cpu".into(),
+            max_queued_requests: 32,
+            max_new_tokens: 512,
+        }
+    }
+}

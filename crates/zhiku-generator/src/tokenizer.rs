@@ -1,0 +1,167 @@
+//! Tokenizers for generation: `tokenizer.json` where the model has one, else built from the
+//! vocabulary inside a GGUF file (`tokenizer.ggml.*`).
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::error::GeneratorError;
+
+/// Qwen2's pre-tokenizer split, as in its tokenizer.json, so that GGUF-built tokenizers cut
+/// text exactly as upstream does.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GPT-2's split (llama.cpp's default for BPE vocabularies), with digits one by one as
+/// SmolLM's tokenizer does.
+const SMOLLM_SPLIT: &str =
+    r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// A tokenizer plus the ids generation needs.
+pub struct GenTokenizer {
+    pub inner: Tokenizer,
+    /// Tokens that end generation (eos may be a list).
+    pub eos_ids: Vec<u32>,
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+}
+
+impl GenTokenizer {
+    pub fn from_file(path: &Path) -> Result<Tokenizer, GeneratorError> {
+        Tokenizer::from_file(path)
+            .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))
+    }
+
+    /// Builds a byte-level BPE tokenizer from GGUF metadata (`tokenizer.ggml.model` = gpt2).
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self, GeneratorError> {
+        let md = &content.metadata;
+        let get = |key: &str| {
+            md.get(key)
+                .ok_or_else(|| GeneratorError::Load(format!("GGUF has no `{key}`")))
+        };
+        let model = get("tokenizer.ggml.model")?
+            .to_string()
+            .map_err(|e| GeneratorError::Load(e.to_string()))?
+            .clone();
+        if model != "gpt2" {
+            return Err(GeneratorError::UnsupportedModel(format!(
+                "GGUF tokenizer `{model}`: only byte-level BPE (`gpt2`) vocabularies are built \
+                 from GGUF; put the model's tokenizer.json beside it"
+            )));
+        }
+        let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+            .to_vec()
+            .map_err(|e| GeneratorError::Load(e.to_string()))?
+            .iter()
+            .map(|v| v.to_string().cloned())
+            .collect::<Result<_, _>>()
+            .map_err(|e| GeneratorError::Load(format!("tokenizer.ggml.tokens: {e}")))?;
+        let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+            .to_vec()
+            .map_err(|e| GeneratorError::Load(e.to_string()))?
+            .iter()
+            .map(|v| {
+                let merge = v
+                    .to_string()
+                    .map_err(|e| GeneratorError::Load(format!("tokenizer.ggml.merges: {e}")))?;
+                merge
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| GeneratorError::Load(format!("bad merge `{merge}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| GeneratorError::Load(e.to_string()))?
+                .iter()
+                .map(|t| t.to_i32().unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        let pre = md
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.insert(t.clone(), i as u32);
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| GeneratorError::Load(format!("GGUF BPE: {e}")))?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        let pattern = if pre == "qwen2" {
+            QWEN2_SPLIT
+        } else {
+            SMOLLM_SPLIT
+        };
+        let split = Split::new(
+            SplitPattern::Regex(pattern.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| GeneratorError::Load(format!("pre-tokenizer regex: {e}")))?;
+        tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            PreTokenizerWrapper::Split(split),
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+        ]))));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole, before BPE.
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == 3 || **t == 4)
+            .map(|(token, _)| AddedToken::from(token.clone(), true))
+            .collect();
+        tokenizer.add_special_tokens(&specials);
+
+        let id_of = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+        let name_of = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+        let eos_id = id_of("tokenizer.ggml.eos_token_id");
+        let bos_id = id_of("tokenizer.ggml.bos_token_id");
+        let mut eos_ids: Vec<u32> = eos_id.into_iter().collect();
+        // Chat models end a turn with their end-of-turn token even when eos says otherwise.
+        for name in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "<|user|>",
+            "<|observation|>",
+        ] {
+            if let Some(i) = tokens.iter().position(|t| t == name) {
+                let i = i as u32;
+                if !eos_ids.contains(&i) {
+                    eos_ids.push(i);
+                }
+            }
+        }
+        Ok(Self {
+            inner: tokenizer,
+            eos_ids,
+            bos: name_of(bos_id),
+            eos: name_of(eos_id),
+        })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GeneratorError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| GeneratorError::Tokenizer(e.to_string()))
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String, GeneratorError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| GeneratorError::Tokenizer(e.to_string()))
+    }
+}
