@@ -2,6 +2,27 @@
 
 use std::path::PathBuf;
 
+use crate::error::GeneratorError;
+use crate::models::directory::AdapterRequest;
+
+/// Floating-point precision of safetensors weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F16 => candle_core::DType::F16,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// The model served when none is given: a small Qwen2.5 GGUF that answers Chinese RAG
 /// prompts on a CPU. `scripts/fetch-models qwen2.5-0.5b` puts it under `--models-dir`, where
 /// it loads offline; otherwise it comes from the hub.
@@ -28,6 +49,26 @@ pub struct GeneratorArgs {
     #[arg(long, env = "ZHIKU_GENERATOR_DEVICE", default_value = "cpu")]
     pub device: String,
 
+    /// Precision of safetensors checkpoints (GGUF files keep their quantisation): f32 on
+    /// CPU; bf16 or f16 halve memory on a GPU.
+    #[arg(long, env = "ZHIKU_GENERATOR_DTYPE", value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+
+    /// A LoRA adapter to keep unmerged and apply per request, as NAME=DIR (a PEFT directory
+    /// with adapter_config.json and adapter_model.safetensors). Repeat for several; requests
+    /// pick one with `adapter: NAME`. Comma-separated in the environment variable.
+    #[arg(long = "lora", env = "ZHIKU_GENERATOR_LORA", value_delimiter = ',')]
+    pub lora: Vec<String>,
+
+    /// A LoRA adapter (PEFT directory) to merge into the weights at load, W = W0 + (alpha/r)·B·A:
+    /// it then applies to every request at no cost per token. Repeatable.
+    #[arg(
+        long = "merge-lora",
+        env = "ZHIKU_GENERATOR_MERGE_LORA",
+        value_delimiter = ','
+    )]
+    pub merge_lora: Vec<PathBuf>,
+
     /// Requests that may wait while one is generated; past it, RESOURCE_EXHAUSTED at once.
     #[arg(
         long,
@@ -49,8 +90,39 @@ impl GeneratorArgs {
             gguf_file: DEFAULT_GGUF_FILE.into(),
             models_dir: PathBuf::from("models"),
             device: "cpu".into(),
+            dtype: Precision::F32,
+            lora: Vec::new(),
+            merge_lora: Vec::new(),
             max_queued_requests: 32,
             max_new_tokens: 512,
         }
+    }
+}
+
+impl GeneratorArgs {
+    /// The adapters to load, from `--lora NAME=DIR` and `--merge-lora DIR`.
+    pub fn adapters(&self) -> Result<AdapterRequest, GeneratorError> {
+        let attach = self
+            .lora
+            .iter()
+            .map(|spec| match spec.split_once('=') {
+                Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+                    Ok((name.to_owned(), PathBuf::from(dir)))
+                }
+                _ => Err(GeneratorError::Load(format!(
+                    "--lora `{spec}`: expected NAME=DIR (e.g. legal=adapters/legal-zh)"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&String> = attach.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != attach.len() {
+            return Err(GeneratorError::Load("--lora names must be distinct".into()));
+        }
+        Ok(AdapterRequest {
+            merge: self.merge_lora.clone(),
+            attach,
+        })
     }
 }

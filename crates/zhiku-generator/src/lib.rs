@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode_stream;
 pub mod engine;
 pub mod error;
+pub mod lora;
 pub mod models;
 pub mod sampling;
 pub mod template;

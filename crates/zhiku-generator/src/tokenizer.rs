@@ -32,6 +32,18 @@ pub struct GenTokenizer {
 }
 
 impl GenTokenizer {
+    /// A `tokenizer.json` and the ids that end generation.
+    pub fn from_json(path: &Path, eos_ids: Vec<u32>) -> Result<Self, GeneratorError> {
+        let inner = Self::from_file(path)?;
+        let eos = eos_ids.first().and_then(|id| inner.id_to_token(*id));
+        Ok(Self {
+            inner,
+            eos_ids,
+            bos: None,
+            eos,
+        })
+    }
+
     pub fn from_file(path: &Path) -> Result<Tokenizer, GeneratorError> {
         Tokenizer::from_file(path)
             .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))

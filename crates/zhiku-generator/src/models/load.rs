@@ -4,20 +4,26 @@ use std::path::{Path, PathBuf};
 
 use zhiku_models::ModelSource;
 
-use super::{LoadedModel, gguf};
+use super::{LoadedModel, directory, gguf};
 use crate::config::GeneratorArgs;
 use crate::error::GeneratorError;
 
 /// Loads the model `args` names.
 pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
     let (device, _) = zhiku_models::parse_device(&args.device).map_err(GeneratorError::Load)?;
+    let adapters = args.adapters()?;
     let model = Path::new(&args.model);
     if model.is_file() {
+        refuse_adapters_for_gguf(&adapters)?;
         return load_file(model, args.model.clone(), &device);
     }
     let source = ModelSource::resolve(&args.model, Some(&args.models_dir))?;
     match &source {
         ModelSource::Local(dir) => {
+            if dir.join("config.json").is_file() && gguf_files(dir).is_empty() {
+                return directory::load(dir, source.id(), &device, args.dtype.dtype(), &adapters);
+            }
+            refuse_adapters_for_gguf(&adapters)?;
             let named = dir.join(&args.gguf_file);
             if named.is_file() {
                 return load_file(&named, source.id(), &device);
@@ -25,9 +31,8 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
             let ggufs = gguf_files(dir);
             match ggufs.as_slice() {
                 [one] => load_file(one, source.id(), &device),
-                [] => Err(GeneratorError::UnsupportedModel(format!(
-                    "{} holds no .gguf file; safetensors checkpoints (ChatGLM, GLM-4) are not \
-                     served by this build yet",
+                [] => Err(GeneratorError::Load(format!(
+                    "{} holds neither a .gguf file nor config.json",
                     dir.display()
                 ))),
                 many => Err(GeneratorError::Load(format!(
@@ -38,6 +43,7 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
             }
         }
         ModelSource::Hub { .. } => {
+            refuse_adapters_for_gguf(&adapters)?;
             let path = source.get(&args.gguf_file)?;
             load_file(&path, source.id(), &device)
         }
@@ -69,4 +75,16 @@ fn gguf_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     files.sort();
     files
+}
+
+fn refuse_adapters_for_gguf(adapters: &directory::AdapterRequest) -> Result<(), GeneratorError> {
+    if adapters.merge.is_empty() && adapters.attach.is_empty() {
+        Ok(())
+    } else {
+        Err(GeneratorError::UnsupportedModel(
+            "LoRA adapters (--lora, --merge-lora) apply to safetensors checkpoints, not to \
+             quantized GGUF files"
+                .into(),
+        ))
+    }
 }

@@ -1,5 +1,7 @@
 //! Language models behind one trait, and loading them from a file, a directory or the hub.
 
+pub mod chatglm6b;
+pub mod directory;
 pub mod gguf;
 pub mod load;
 

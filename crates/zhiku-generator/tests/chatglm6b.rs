@@ -1,0 +1,381 @@
+//! ChatGLM-6B (the article's GLM) on a tiny checkpoint the test writes: seeded random
+//! weights, a real config.json, safetensors and tokenizer.json, loaded through the same code
+//! as a real checkpoint. Shows the article's attention (Part A bidirectional, Part B causal),
+//! its 2-D positions, and LoRA (B = 0 changes nothing; merged = unmerged; two adapters per
+//! request in one server).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::json;
+use tokio::sync::oneshot;
+use zhiku_generator::lora::LoraAdapter;
+use zhiku_generator::models::CausalLm;
+use zhiku_generator::models::chatglm6b::{ChatGlm6b, ChatGlm6bConfig, position_ids};
+use zhiku_generator::{GeneratorArgs, GeneratorState};
+use zhiku_proto::v1::generator_client::GeneratorClient;
+use zhiku_proto::v1::{GenerateRequest, GeneratorInfoRequest, SamplingParams, generate_request};
+use zhiku_runtime::ServerArgs;
+
+const WORDS: &[&str] = &[
+    "小拾",
+    "喜欢",
+    "玩手机",
+    "打游戏",
+    "看电影",
+    "知识",
+    "库",
+    "问",
+    "答",
+    "模型",
+    "的",
+    "是",
+    "我",
+    "你",
+    "他",
+    "好",
+    "天气",
+    "今天",
+    "明天",
+    "学习",
+    "工作",
+    "吃饭",
+    "睡觉",
+    "跑步",
+    "读书",
+    "写字",
+    "唱歌",
+    "跳舞",
+    "画画",
+    "旅行",
+    "音乐",
+    "电影",
+    "游戏",
+    "手机",
+    "电脑",
+];
+
+/// A deterministic stream of numbers in [-1, 1) (xorshift): the weights' seed.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| offset + scale * self.next()).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+}
+
+fn config() -> serde_json::Value {
+    json!({
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "vocab_size": 5 + WORDS.len(),
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+        "inner_hidden_size": 64,
+        "layernorm_epsilon": 1e-5,
+        "max_sequence_length": 64,
+        "position_encoding_2d": true,
+        "bos_token_id": 3,
+        "eos_token_id": 4,
+        "mask_token_id": 1,
+        "gmask_token_id": 2,
+        "pad_token_id": 0
+    })
+}
+
+/// Writes config.json, model.safetensors (seeded weights) and tokenizer.json.
+fn write_checkpoint(dir: &Path, seed: u64) {
+    std::fs::write(dir.join("config.json"), config().to_string()).unwrap();
+    let specials = ["<unk>", "[MASK]", "[gMASK]", "<sop>", "<eop>"];
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in specials.iter().chain(WORDS).enumerate() {
+        vocab.insert(t.to_string(), json!(i));
+    }
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": specials.iter().enumerate().map(|(i, t)| json!({
+            "id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": true
+        })).collect::<Vec<_>>(),
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+
+    let cfg: ChatGlm6bConfig = serde_json::from_value(config()).unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    ChatGlm6b::load(&cfg, vb).unwrap();
+    let mut rng = Seeded(seed);
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    let mut tensors = HashMap::new();
+    for name in names {
+        let var = varmap.data().lock().unwrap()[&name].clone();
+        let shape = var.shape().dims().to_vec();
+        let t = if name.contains("layernorm") && name.ends_with("weight") {
+            rng.tensor(&shape, 0.1, 1.0)
+        } else if name.ends_with("bias") {
+            rng.tensor(&shape, 0.02, 0.0)
+        } else {
+            rng.tensor(&shape, 0.3, 0.0)
+        };
+        tensors.insert(name, t);
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+/// Writes a PEFT LoRA adapter for the attention layers; `b_scale` 0 is the article's
+/// initialisation (B = 0).
+fn write_adapter(dir: &Path, seed: u64, b_scale: f32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let r = 4;
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        json!({"peft_type": "LORA", "r": r, "lora_alpha": 8, "target_modules": ["query_key_value", "dense"]})
+            .to_string(),
+    )
+    .unwrap();
+    let mut rng = Seeded(seed);
+    let mut tensors = HashMap::new();
+    for layer in 0..2 {
+        for (module, out) in [("query_key_value", 96), ("dense", 32)] {
+            let p = format!("base_model.model.transformer.layers.{layer}.attention.{module}");
+            tensors.insert(format!("{p}.lora_A.weight"), rng.tensor(&[r, 32], 0.5, 0.0));
+            tensors.insert(
+                format!("{p}.lora_B.weight"),
+                rng.tensor(&[out, r], b_scale, 0.0),
+            );
+        }
+    }
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+}
+
+fn load_model(dir: &Path) -> ChatGlm6b {
+    let cfg: ChatGlm6bConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .unwrap();
+    ChatGlm6b::load(&cfg, vb).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn position_ids_follow_the_articles_figure() {
+    // x1 x2 x3 x4 [gMASK] <sop> y1 y2: Part A = 0..=4, Part B starts at <sop> (index 5).
+    let (positions, blocks) = position_ids(8, 5, 4);
+    assert_eq!(positions, vec![0, 1, 2, 3, 4, 4, 4, 4]);
+    assert_eq!(blocks, vec![0, 0, 0, 0, 0, 1, 2, 3]);
+}
+
+#[test]
+fn part_a_is_bidirectional_and_part_b_is_causal() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), 42);
+    let mut model = load_model(dir.path());
+
+    // Part A: an early prompt token's hidden state changes when a LATER prompt token changes.
+    let a = [5u32, 6, 7, 8, 2, 3];
+    let mut a2 = a;
+    a2[3] = 9;
+    let h = model.hidden_states(&a, 5, 4).unwrap();
+    let h2 = model.hidden_states(&a2, 5, 4).unwrap();
+    let first = |t: &Tensor| t.get(0).unwrap();
+    assert!(
+        max_abs_diff(&first(&h), &first(&h2)) > 1e-3,
+        "prompt attention is not bidirectional"
+    );
+
+    // Part B: a generated token's logits do not depend on any token after it.
+    let b = [5u32, 6, 7, 8, 2, 3, 10, 11];
+    let mut b2 = b;
+    b2[7] = 12;
+    let l = model.all_logits(&b, 5, 4).unwrap();
+    let l2 = model.all_logits(&b2, 5, 4).unwrap();
+    for row in 0..7 {
+        let d = max_abs_diff(&l.get(row).unwrap(), &l2.get(row).unwrap());
+        assert!(d == 0.0, "row {row} saw a later token (diff {d})");
+    }
+    assert!(max_abs_diff(&l.get(7).unwrap(), &l2.get(7).unwrap()) > 1e-3);
+
+    // The cached, token-by-token path gives the same logits as the whole sequence at once.
+    let prefill = model.forward(&[5, 6, 7, 8], 0).unwrap();
+    assert!(max_abs_diff(&prefill, &l.get(5).unwrap()) < 1e-4);
+    let step = model.forward(&[10], 4).unwrap();
+    assert!(max_abs_diff(&step, &l.get(6).unwrap()) < 1e-4);
+    let step = model.forward(&[11], 5).unwrap();
+    assert!(max_abs_diff(&step, &l.get(7).unwrap()) < 1e-4);
+}
+
+#[test]
+fn lora_zero_b_changes_nothing_and_merged_equals_unmerged() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), 7);
+    let zero = dir.path().join("zero");
+    let trained = dir.path().join("trained");
+    write_adapter(&zero, 1, 0.0);
+    write_adapter(&trained, 2, 0.5);
+    let prompt = [5u32, 6, 7, 8, 9];
+
+    let mut base = load_model(dir.path());
+    let base_logits = base.forward(&prompt, 0).unwrap();
+
+    // B = 0, as LoRA initialises it: merged, the logits are exactly the base model's.
+    let zero_adapter = LoraAdapter::load("zero", &zero, DType::F32, &Device::Cpu).unwrap();
+    let mut merged_zero = load_model(dir.path());
+    merged_zero.merge_adapter(&zero_adapter).unwrap();
+    assert_eq!(
+        max_abs_diff(&merged_zero.forward(&prompt, 0).unwrap(), &base_logits),
+        0.0
+    );
+
+    // A trained adapter: merged W0 + (alpha/r)·B·A equals W0·x + (alpha/r)·B·(A·x).
+    let adapter = LoraAdapter::load("trained", &trained, DType::F32, &Device::Cpu).unwrap();
+    let mut merged = load_model(dir.path());
+    merged.merge_adapter(&adapter).unwrap();
+    let merged_logits = merged.forward(&prompt, 0).unwrap();
+    let mut unmerged = load_model(dir.path());
+    unmerged.attach_adapter(&adapter).unwrap();
+    unmerged.set_adapter(Some("trained")).unwrap();
+    let unmerged_logits = unmerged.forward(&prompt, 0).unwrap();
+    let diff = max_abs_diff(&merged_logits, &unmerged_logits);
+    // Tolerance: f32 rounding of the two association orders, far below the adapter's effect.
+    assert!(diff < 1e-3, "merged and unmerged differ by {diff}");
+    assert!(
+        max_abs_diff(&merged_logits, &base_logits) > 1e-2,
+        "the adapter had no effect"
+    );
+    // Without the adapter selected, the unmerged model is the base model.
+    unmerged.set_adapter(None).unwrap();
+    assert_eq!(
+        max_abs_diff(&unmerged.forward(&prompt, 0).unwrap(), &base_logits),
+        0.0
+    );
+    assert!(unmerged.set_adapter(Some("nope")).is_err());
+}
+
+fn request(adapter: &str) -> GenerateRequest {
+    GenerateRequest {
+        input: Some(generate_request::Input::Prompt("小拾 喜欢 什么".into())),
+        sampling: Some(SamplingParams {
+            max_new_tokens: Some(12),
+            repetition_penalty: Some(1.0),
+            ..Default::default()
+        }),
+        adapter: adapter.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_adapters_chosen_per_request_in_one_server() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), 11);
+    write_adapter(&dir.path().join("legal"), 3, 0.8);
+    write_adapter(&dir.path().join("medical"), 4, 0.8);
+    let mut args = GeneratorArgs::for_model(dir.path().to_string_lossy().into_owned());
+    args.lora = vec![
+        format!("legal={}", dir.path().join("legal").display()),
+        format!("medical={}", dir.path().join("medical").display()),
+    ];
+    let state = Arc::new(
+        tokio::task::spawn_blocking(move || GeneratorState::load(&args))
+            .await
+            .unwrap()
+            .expect("the tiny ChatGLM-6B loads"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(zhiku_generator::serve_loaded(
+        state,
+        ServerArgs::default(),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = GeneratorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let info = client
+        .info(GeneratorInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.architecture, "chatglm");
+    assert_eq!(info.chat_template, "chatglm");
+    let mut names: Vec<_> = info
+        .adapters
+        .iter()
+        .map(|a| (a.name.clone(), a.rank, a.merged))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![("legal".into(), 4, false), ("medical".into(), 4, false)]
+    );
+
+    let mut outputs = HashMap::new();
+    for adapter in ["", "legal", "medical"] {
+        let first = client
+            .generate(request(adapter))
+            .await
+            .unwrap()
+            .into_inner();
+        let again = client
+            .generate(request(adapter))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            first.text, again.text,
+            "adapter {adapter:?} is not reproducible"
+        );
+        assert!(first.generated_tokens > 0);
+        assert_eq!(first.adapter, adapter);
+        outputs.insert(adapter, first.text);
+    }
+    assert_ne!(outputs["legal"], outputs["medical"], "{outputs:?}");
+    assert!(
+        outputs[""] != outputs["legal"] || outputs[""] != outputs["medical"],
+        "{outputs:?}"
+    );
+
+    let err = client.generate(request("finance")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
