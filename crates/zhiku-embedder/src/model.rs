@@ -10,6 +10,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use zhiku_models::ModelSource;
+pub use zhiku_models::Precision;
 
 use crate::encoder::{EncoderConfig, Positions, TransformerEncoder};
 use crate::error::EmbedderError;
@@ -29,32 +30,6 @@ impl Pooling {
         match self {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
-        }
-    }
-}
-
-/// Floating-point precision of the weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    pub fn dtype(self) -> DType {
-        match self {
-            Precision::F32 => DType::F32,
-            Precision::F16 => DType::F16,
-            Precision::Bf16 => DType::BF16,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-            Precision::Bf16 => "bf16",
         }
     }
 }

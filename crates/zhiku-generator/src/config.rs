@@ -4,24 +4,7 @@ use std::path::PathBuf;
 
 use crate::error::GeneratorError;
 use crate::models::directory::AdapterRequest;
-
-/// Floating-point precision of safetensors weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    pub fn dtype(self) -> candle_core::DType {
-        match self {
-            Precision::F32 => candle_core::DType::F32,
-            Precision::F16 => candle_core::DType::F16,
-            Precision::Bf16 => candle_core::DType::BF16,
-        }
-    }
-}
+pub use zhiku_models::Precision;
 
 /// The model served when none is given: a small Qwen2.5 GGUF that answers Chinese RAG
 /// prompts on a CPU. `scripts/fetch-models qwen2.5-0.5b` puts it under `--models-dir`, where
