@@ -6,8 +6,10 @@
 //! The orchestrator runs `load → split → embed → upsert`; the retriever may use the splitter's
 //! types for its BM25 tokens. Nothing here knows about models or services.
 
+mod load;
 mod split;
 
+pub use load::{LoadError, load, load_path, load_paths};
 pub use split::{Passage, PassageSplitter, SplitterConfig, SplitterError};
 
 /// What [`Document::text`] puts between two records: a blank line, the paragraph break, so
@@ -34,7 +36,7 @@ pub enum Format {
 impl Format {
     /// The format a file name's extension names (case-insensitive), if it is one we read.
     pub fn from_file_name(file_name: &str) -> Option<Self> {
-        let (_, extension) = file_name.rsplit_once('.')?;
+        let extension = std::path::Path::new(file_name).extension()?.to_str()?;
         Some(match extension.to_ascii_lowercase().as_str() {
             "txt" | "text" => Self::Text,
             "md" | "markdown" => Self::Markdown,
