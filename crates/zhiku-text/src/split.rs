@@ -473,7 +473,8 @@ fn is_glue(c: char) -> bool {
 }
 
 /// Tokens no cut may fall inside: URLs, and runs of ASCII letters and digits, with `.`, `,`
-/// and `:` allowed between two digits (3.14, 1,000,000, 12:30).
+/// and `:` allowed between two digits (3.14, 1,000,000, 12:30) and `.`, `-` and `@` between
+/// two letters or digits (ChatGLM-6B, main.rs, dev@example.com).
 struct Spans {
     /// For each character, the start of the token that holds it, if any.
     token_of: Vec<Option<usize>>,
@@ -562,6 +563,11 @@ fn word_len(chars: &[char], i: usize) -> Option<usize> {
             && chars[end - 1].is_ascii_digit()
             && chars.get(end + 1).is_some_and(char::is_ascii_digit)
         {
+            end += 2;
+        } else if matches!(chars[end], '.' | '-' | '@')
+            && chars.get(end + 1).is_some_and(|&c| word(c))
+        {
+            // ChatGLM-6B, main.rs, v1.2.3, user@example.com: one token each.
             end += 2;
         } else {
             break;

@@ -163,6 +163,16 @@ fn long_sentences_fall_back_to_clauses_then_hard_cuts() {
         texts(30, 0, text),
         ["一二三四五六七八九十", "https://example.com/a.b?c=1一二三"]
     );
+    let text = "一二三四五六七八九ChatGLM-6B十一二三ai@zhiku.cn";
+    assert_eq!(
+        texts(12, 0, text),
+        [
+            "一二三四五六七八九",
+            "ChatGLM-6B十一",
+            "二三",
+            "ai@zhiku.cn"
+        ]
+    );
 }
 
 #[test]
@@ -206,4 +216,16 @@ fn english_sentences_split_after_period_space_only() {
             "more. Done!"
         ]
     );
+}
+
+#[test]
+fn a_large_document_splits_quickly() {
+    // Linear work per separator level: 100 copies of the knowledge base (about 60k chars)
+    // take milliseconds even in a debug build; a quadratic splitter would take seconds.
+    let big = KB.repeat(100);
+    let started = std::time::Instant::now();
+    let passages = PassageSplitter::default().split_markdown(&big);
+    let elapsed = started.elapsed();
+    assert!(passages.len() >= 300, "{}", passages.len());
+    assert!(elapsed.as_secs() < 5, "took {elapsed:?}");
 }
