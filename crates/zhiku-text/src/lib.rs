@@ -3,6 +3,17 @@
 //! - [`PassageSplitter`] cuts text into [`Passage`]s that fit the embedder, Chinese-aware.
 //! - The loaders ([`load`], [`load_path`]) turn a file's bytes into a [`Document`].
 //!
+//! ```
+//! use zhiku_text::{PassageSplitter, SplitterConfig, load};
+//!
+//! let md = "# 指南\n\n## 安装\n\n运行安装脚本。需要 6GB 显存。\n";
+//! let document = load("guide.md", md.as_bytes())?;
+//! let splitter = PassageSplitter::new(SplitterConfig { chunk_size: 250, overlap: 50 })?;
+//! let passages = splitter.split_document(&document);
+//! assert_eq!(passages[0].indexed_text(), "指南 > 安装\n运行安装脚本。需要 6GB 显存。");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! The orchestrator runs `load → split → embed → upsert`; the retriever may use the splitter's
 //! types for its BM25 tokens. Nothing here knows about models or services.
 

@@ -176,8 +176,8 @@ impl PassageSplitter {
         self.split_sections(&chars, vec![section])
     }
 
-    /// Splits markdown: ATX headings (`#` to `######`, outside fenced code blocks) open
-    /// sections; each passage carries the path of headings above it, and no passage crosses a
+    /// Splits markdown: headings (ATX `#` to `######`, or setext: a line under a blank line,
+    /// underlined with `===` or `---`; never inside fenced code blocks) open sections; each passage carries the path of headings above it, and no passage crosses a
     /// heading. The heading lines themselves are not in any passage's text: they are in its
     /// `heading_path`, so a heading with no text under it yields no passage.
     pub fn split_markdown(&self, text: &str) -> Vec<Passage> {
@@ -576,13 +576,13 @@ fn word_len(chars: &[char], i: usize) -> Option<usize> {
     (end - i >= 2).then_some(end - i)
 }
 
-/// The sections of a markdown text: the text before the first heading, then one per ATX
-/// heading, each from the line after its heading to the next heading.
+/// The sections of a markdown text: the text before the first heading, then one per
+/// heading, each from the line after its heading to the next heading. Headings are ATX
+/// (`## Title`) or setext (`Title` over a line of `=` or `-`, after a blank line), outside
+/// fenced code blocks.
 fn markdown_sections(chars: &[char]) -> Vec<Section> {
-    let mut sections = Vec::new();
-    let mut path: Vec<(usize, String)> = Vec::new();
-    let mut body_start = 0;
-    let mut fence: Option<char> = None;
+    // Each line as (start, end without its `\n`, start of the next line).
+    let mut lines = Vec::new();
     let mut line_start = 0;
     while line_start < chars.len() {
         let line_end = chars[line_start..]
@@ -590,29 +590,58 @@ fn markdown_sections(chars: &[char]) -> Vec<Section> {
             .position(|&c| c == '\n')
             .map_or(chars.len(), |p| line_start + p);
         let next_line = (line_end + 1).min(chars.len());
-        let line: String = chars[line_start..line_end].iter().collect();
-        let trimmed = line.trim_start();
-        if let Some(marker) = fence_marker(trimmed) {
+        lines.push((line_start, line_end, next_line));
+        line_start = next_line;
+    }
+    let text_of = |k: usize| -> Option<String> {
+        lines
+            .get(k)
+            .map(|&(start, end, _)| chars[start..end].iter().collect())
+    };
+
+    let mut sections = Vec::new();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut body_start = 0;
+    let mut fence: Option<char> = None;
+    // Whether the line before starts no paragraph (blank, a heading, or none).
+    let mut after_break = true;
+    let mut k = 0;
+    while let Some(line) = text_of(k) {
+        let (line_start, _, mut next_line) = lines[k];
+        k += 1;
+        let mut heading = None;
+        if let Some(marker) = fence_marker(line.trim_start()) {
             match fence {
                 None => fence = Some(marker),
                 Some(open) if open == marker => fence = None,
                 Some(_) => {}
             }
-        } else if fence.is_none()
-            && let Some((level, title)) = atx_heading(&line)
-        {
-            sections.push(Section {
-                heading_path: path.iter().map(|(_, t)| t.clone()).collect(),
-                start: body_start,
-                end: line_start,
-            });
-            while path.last().is_some_and(|(l, _)| *l >= level) {
-                path.pop();
+        } else if fence.is_none() {
+            heading = atx_heading(&line);
+            if heading.is_none()
+                && after_break
+                && let Some(level) = text_of(k).as_deref().and_then(setext_level)
+                && setext_content(&line)
+            {
+                heading = Some((level, line.trim().to_string()));
+                next_line = lines[k].2;
+                k += 1;
             }
-            path.push((level, title));
-            body_start = next_line;
         }
-        line_start = next_line;
+        after_break = line.trim().is_empty() || heading.is_some();
+        let Some((level, title)) = heading else {
+            continue;
+        };
+        sections.push(Section {
+            heading_path: path.iter().map(|(_, t)| t.clone()).collect(),
+            start: body_start,
+            end: line_start,
+        });
+        while path.last().is_some_and(|(l, _)| *l >= level) {
+            path.pop();
+        }
+        path.push((level, title));
+        body_start = next_line;
     }
     sections.push(Section {
         heading_path: path.into_iter().map(|(_, t)| t).collect(),
@@ -620,6 +649,32 @@ fn markdown_sections(chars: &[char]) -> Vec<Section> {
         end: chars.len(),
     });
     sections
+}
+
+/// A setext underline: up to three spaces, then only `=` (level 1) or only `-` (level 2).
+fn setext_level(line: &str) -> Option<usize> {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let marks = line.trim();
+    if indent > 3 || marks.is_empty() {
+        None
+    } else if marks.chars().all(|c| c == '=') {
+        Some(1)
+    } else if marks.chars().all(|c| c == '-') {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// Whether a line can be a setext heading's text: not blank, not indented code, not a list
+/// item or quote (under which `---` is a rule or a list, not an underline).
+fn setext_content(line: &str) -> bool {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let text = line.trim();
+    indent <= 3
+        && !text.is_empty()
+        && !text.starts_with(['>', '|'])
+        && !["- ", "* ", "+ "].iter().any(|m| text.starts_with(m))
 }
 
 /// ```` ``` ```` or `~~~` opening or closing a fenced code block, in which `#` is no heading.

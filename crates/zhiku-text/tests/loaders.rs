@@ -2,6 +2,8 @@
 //! docx zipped with the `zip` crate, a PDF written by hand with a correct xref table, and
 //! broken files that must give an error naming the file (and never a panic).
 
+mod common;
+
 use std::io::Write;
 
 use zhiku_text::{Document, Format, LoadError, PassageSplitter, load, load_path, load_paths};
@@ -100,10 +102,7 @@ fn markdown_keeps_headings_for_the_splitter() {
         "# 指南\n\n简介。\n\n## 安装\n\n运行 `cargo build`。\n"
     );
     let passages = PassageSplitter::default().split_document(&doc);
-    let got: Vec<(String, &str)> = passages
-        .iter()
-        .map(|p| (p.heading(), p.text.as_str()))
-        .collect();
+    let got = common::headed(&passages);
     assert_eq!(
         got,
         [

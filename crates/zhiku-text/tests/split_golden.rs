@@ -1,5 +1,7 @@
 //! Golden tests of the splitter on a small Chinese knowledge base (tests/golden/).
 
+mod common;
+
 use zhiku_text::{Passage, PassageSplitter, SplitterConfig};
 
 const KB: &str = include_str!("golden/knowledge_base.md");
@@ -49,10 +51,7 @@ fn sentences(text: &str) -> Vec<String> {
 #[test]
 fn knowledge_base_splits_at_sentences_with_heading_paths() {
     let passages = splitter(120, 30).split_markdown(KB);
-    let got: Vec<(String, &str)> = passages
-        .iter()
-        .map(|p| (p.heading(), p.text.as_str()))
-        .collect();
+    let got = common::headed(&passages);
     let expected = [
         (
             "本地知识库问答",
@@ -228,4 +227,33 @@ fn a_large_document_splits_quickly() {
     let elapsed = started.elapsed();
     assert!(passages.len() >= 300, "{}", passages.len());
     assert!(elapsed.as_secs() < 5, "took {elapsed:?}");
+}
+
+#[test]
+fn setext_headings_and_code_fences() {
+    let md = "指南\n====\n\n简介。\n\n安装\n----\n\n```sh\n# 注释，不是标题\ncargo build\n```\n\n- 列表项\n---\n\n结束。\n";
+    let passages = PassageSplitter::default().split_markdown(md);
+    let got = common::headed(&passages);
+    assert_eq!(
+        got,
+        [
+            ("指南".to_string(), "简介。"),
+            (
+                "指南 > 安装".to_string(),
+                "```sh\n# 注释，不是标题\ncargo build\n```\n\n- 列表项\n---\n\n结束。"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn tiny_fragments_merge_into_their_neighbours() {
+    // Short lines and paragraphs, each a piece of its own at some level, end up together.
+    let text = "好。\n\n是。\n对\n\n。\n1.\n\n- a\n- b";
+    assert_eq!(texts(250, 50, text), [text]);
+    // Only a piece that no longer fits starts a new passage.
+    assert_eq!(
+        texts(8, 0, "一。\n二。\n三。\n四。\n五。"),
+        ["一。\n二。\n三。", "四。\n五。"]
+    );
 }

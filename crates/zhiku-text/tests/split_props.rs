@@ -217,7 +217,12 @@ proptest! {
     #[test]
     fn markdown_headings_travel_with_their_passages(
         sections in prop::collection::vec(
-            (1usize..5, "[\u{4e00}-\u{9fa5}a-z]{1,8}", "[\u{4e00}-\u{9fa5}，。！\n ]{0,200}"),
+            (
+                1usize..5,
+                any::<bool>(),
+                "[\u{4e00}-\u{9fa5}a-z]{1,8}",
+                "[\u{4e00}-\u{9fa5}，。！\n ]{0,200}",
+            ),
             0..12,
         ),
         preamble in "[\u{4e00}-\u{9fa5}。\n]{0,50}",
@@ -228,13 +233,20 @@ proptest! {
         // For each source char, the heading path it sits under.
         let mut path_at = vec![Vec::<String>::new(); text.chars().count()];
         let mut stack: Vec<(usize, String)> = Vec::new();
-        for (level, title, body) in &sections {
-            if !text.is_empty() && !text.ends_with('\n') {
+        for (level, setext, title, body) in &sections {
+            // A setext heading (levels 1 and 2 only) needs a blank line above it.
+            let setext = *setext && *level <= 2;
+            let breaks = if setext { 2 } else { 1 };
+            while !text.is_empty() && !text.ends_with(&"\n".repeat(breaks)) {
                 text.push('\n');
                 skipped.push(false);
                 path_at.push(stack.iter().map(|(_, t)| t.clone()).collect());
             }
-            let line = format!("{} {title}\n", "#".repeat(*level));
+            let line = if setext {
+                format!("{title}\n{}\n", if *level == 1 { "===" } else { "-" })
+            } else {
+                format!("{} {title}\n", "#".repeat(*level))
+            };
             skipped.extend(std::iter::repeat_n(true, line.chars().count()));
             while stack.last().is_some_and(|(l, _)| l >= level) {
                 stack.pop();
