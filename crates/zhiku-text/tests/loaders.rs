@@ -237,7 +237,7 @@ fn tsv_and_gbk_csv_are_read() {
 // ---------------------------------------------------------------------------------- docx --
 
 const DOCUMENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
-<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">
+<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" xmlns:wps="http://schemas.microsoft.com/office/word/2010/wordprocessingShape" xmlns:v="urn:schemas-microsoft-com:vml">
 <w:body>
 <w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t>模型微调</w:t></w:r></w:p>
 <w:p><w:r><w:t xml:space="preserve">LoRA 冻结原权重，</w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t>只训练低秩矩阵。</w:t></w:r></w:p>
@@ -248,6 +248,7 @@ const DOCUMENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="y
 <w:tr><w:tc><w:p><w:r><w:t>参数</w:t></w:r></w:p></w:tc><w:tc><w:p><w:r><w:t>值</w:t></w:r></w:p></w:tc></w:tr>
 <w:tr><w:tc><w:p><w:r><w:t>rank</w:t></w:r></w:p></w:tc><w:tc><w:p><w:r><w:t>8</w:t></w:r></w:p><w:p><w:r><w:t>（默认）</w:t></w:r></w:p></w:tc></w:tr>
 </w:tbl>
+<w:p><w:r><w:t>正文前</w:t></w:r><w:r><mc:AlternateContent><mc:Choice Requires="wps"><w:drawing><wps:txbx><w:txbxContent><w:p><w:r><w:t>文本框</w:t></w:r></w:p></w:txbxContent></wps:txbx></w:drawing></mc:Choice><mc:Fallback><w:pict><v:textbox><w:txbxContent><w:p><w:r><w:t>文本框</w:t></w:r></w:p></w:txbxContent></v:textbox></w:pict></mc:Fallback></mc:AlternateContent></w:r><w:r><w:t>正文后</w:t></w:r></w:p>
 <w:p><w:r><w:t>结束。</w:t></w:r></w:p>
 <w:sectPr/>
 </w:body>
@@ -278,7 +279,7 @@ fn docx_paragraphs_headings_and_tables() {
     assert_eq!(doc.format, Format::Docx);
     assert_eq!(
         doc.text,
-        "# 模型微调\n\nLoRA 冻结原权重，只训练低秩矩阵。\n\n## 数据 & 评测\n\n第一行\n第二行\t完\n\n参数 | 值\nrank | 8 （默认）\n\n结束。"
+        "# 模型微调\n\nLoRA 冻结原权重，只训练低秩矩阵。\n\n## 数据 & 评测\n\n第一行\n第二行\t完\n\n参数 | 值\nrank | 8 （默认）\n\n文本框\n\n正文前正文后\n\n结束。"
     );
     let passages = PassageSplitter::default().split_document(&doc);
     let headings: Vec<String> = passages.iter().map(|p| p.heading()).collect();
@@ -462,6 +463,16 @@ fn corrupt_pdfs_are_refused_without_panic() {
 }
 
 // ---------------------------------------------------------------------------------- paths --
+
+#[test]
+fn results_cross_threads() {
+    // The orchestrator loads files on worker threads and sends results back.
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Document>();
+    send_sync::<LoadError>();
+    send_sync::<zhiku_text::Passage>();
+    send_sync::<PassageSplitter>();
+}
 
 #[test]
 fn load_path_and_batches_go_on_past_a_bad_file() {

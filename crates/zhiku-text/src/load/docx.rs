@@ -40,10 +40,14 @@ pub(super) fn text(bytes: &[u8]) -> Result<String, String> {
 #[derive(Default)]
 struct State {
     blocks: Vec<String>,
-    paragraph: String,
-    heading: Option<usize>,
+    /// The open paragraphs, innermost last (a text box's paragraphs sit inside a run of
+    /// another paragraph), each with its heading level.
+    paragraphs: Vec<(String, Option<usize>)>,
     in_text: bool,
     in_properties: bool,
+    /// Inside `mc:Fallback`: the old-Word copy of content the `mc:Choice` beside it already
+    /// holds (text boxes), which would otherwise be read twice.
+    fallback: usize,
     table_depth: usize,
     cell: Vec<String>,
     row: Vec<String>,
@@ -58,12 +62,14 @@ fn paragraphs(xml: &str) -> Result<String, quick_xml::Error> {
             Event::Start(e) => state.open(&e, false),
             Event::Empty(e) => state.open(&e, true),
             Event::End(e) => state.close(e.local_name().as_ref()),
-            Event::Text(t) if state.in_text => state.paragraph.push_str(&t.xml10_content()),
+            Event::Text(t) if state.in_text => state.push_str(&t.xml10_content()),
             Event::GeneralRef(r) if state.in_text => {
-                if let Some(c) = r.resolve_char_ref()? {
-                    state.paragraph.push(c);
-                } else if let Some(c) = predefined_entity(&r) {
-                    state.paragraph.push(c);
+                let c = match r.resolve_char_ref()? {
+                    Some(c) => Some(c),
+                    None => predefined_entity(&r),
+                };
+                if let Some(c) = c {
+                    state.push_str(c.encode_utf8(&mut [0; 4]));
                 }
             }
             Event::Eof => break,
@@ -74,31 +80,55 @@ fn paragraphs(xml: &str) -> Result<String, quick_xml::Error> {
 }
 
 impl State {
+    fn push_str(&mut self, text: &str) {
+        if let Some((paragraph, _)) = self.paragraphs.last_mut() {
+            paragraph.push_str(text);
+        }
+    }
+
+    fn set_heading(&mut self, level: Option<usize>) {
+        if let (Some((_, heading)), Some(level)) = (self.paragraphs.last_mut(), level) {
+            *heading = Some(level);
+        }
+    }
+
     fn open(&mut self, e: &BytesStart<'_>, empty: bool) {
-        match e.local_name().as_ref() {
-            "p" if !empty => {
-                self.paragraph.clear();
-                self.heading = None;
-            }
+        let name = e.local_name();
+        let name = name.as_ref();
+        if name == "Fallback" && !empty {
+            self.fallback += 1;
+        }
+        if self.fallback > 0 {
+            return;
+        }
+        match name {
+            "p" if !empty => self.paragraphs.push((String::new(), None)),
             "pPr" if !empty => self.in_properties = true,
-            "pStyle" => self.heading = self.heading.or_else(|| style_level(&value(e))),
-            "outlineLvl" => {
-                // Word's own mark of a heading paragraph, whatever the style is called.
-                if let Ok(level) = value(e).parse::<usize>()
-                    && level < 9
-                {
-                    self.heading = Some(level + 1);
-                }
-            }
+            "pStyle" => self.set_heading(style_level(&value(e))),
+            // Word's own mark of a heading paragraph, whatever the style is called.
+            "outlineLvl" => self.set_heading(
+                value(e)
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&l| l < 9)
+                    .map(|l| l + 1),
+            ),
             "t" if !empty => self.in_text = true,
-            "tab" if !self.in_properties => self.paragraph.push('\t'),
-            "br" | "cr" if !self.in_properties => self.paragraph.push('\n'),
+            "tab" if !self.in_properties => self.push_str("\t"),
+            "br" | "cr" if !self.in_properties => self.push_str("\n"),
             "tbl" if !empty => self.table_depth += 1,
             _ => {}
         }
     }
 
     fn close(&mut self, name: &str) {
+        if name == "Fallback" {
+            self.fallback = self.fallback.saturating_sub(1);
+            return;
+        }
+        if self.fallback > 0 {
+            return;
+        }
         match name {
             "t" => self.in_text = false,
             "pPr" => self.in_properties = false,
@@ -125,21 +155,22 @@ impl State {
     }
 
     fn end_paragraph(&mut self) {
-        let text = std::mem::take(&mut self.paragraph);
+        let Some((text, heading)) = self.paragraphs.pop() else {
+            return;
+        };
         let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
         if self.table_depth > 0 {
-            if !text.is_empty() {
-                self.cell.push(text.replace('\n', " "));
-            }
-        } else if text.is_empty() {
-        } else if let Some(level) = self.heading {
+            self.cell.push(text.replace('\n', " "));
+        } else if let Some(level) = heading {
             let level = level.clamp(1, 6);
             let title = text.replace(['\n', '\t'], " ");
             self.blocks.push(format!("{} {title}", "#".repeat(level)));
         } else {
             self.blocks.push(text.to_string());
         }
-        self.heading = None;
     }
 }
 
