@@ -503,3 +503,60 @@ fn load_path_and_batches_go_on_past_a_bad_file() {
     assert!(matches!(results[3], Err(LoadError::Unsupported { .. })));
     assert!(results[4].is_ok(), "the batch goes on after bad files");
 }
+
+// ------------------------------------------------------------------------------ fuzzing --
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const EXTENSIONS: &[&str] = &["txt", "md", "html", "pdf", "docx", "csv", "tsv"];
+
+    /// A valid docx and pdf, for mutation.
+    fn valid_files() -> [(&'static str, Vec<u8>); 2] {
+        [
+            ("m.docx", zip_of(&[("word/document.xml", DOCUMENT_XML)])),
+            ("m.pdf", two_page_pdf()),
+        ]
+    }
+
+    /// The loader's contract on any input: a document, or an error naming the file.
+    fn loads_or_names(file: &str, bytes: &[u8]) {
+        if let Err(err) = load(file, bytes) {
+            assert_eq!(err.file(), file);
+            assert!(err.to_string().starts_with(&format!("{file}: ")), "{err}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            extension in prop::sample::select(EXTENSIONS),
+            bytes in prop::collection::vec(any::<u8>(), 0..3000),
+        ) {
+            loads_or_names(&format!("随机.{extension}"), &bytes);
+        }
+
+        #[test]
+        fn damaged_files_never_panic(
+            which in 0usize..2,
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let [docx, pdf] = valid_files();
+            let (file, mut bytes) = if which == 0 { docx } else { pdf };
+            for (at, mask) in &flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= mask;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            loads_or_names(file, &bytes);
+        }
+    }
+}
