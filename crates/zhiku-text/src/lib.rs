@@ -1,0 +1,94 @@
+//! zhiku-text: turning files into passages, with pure functions only (no gRPC, no models).
+//!
+//! - [`PassageSplitter`] cuts text into [`Passage`]s that fit the embedder, Chinese-aware.
+//! - The loaders ([`load`], [`load_path`]) turn a file's bytes into a [`Document`].
+//!
+//! ```
+//! use zhiku_text::{PassageSplitter, SplitterConfig, load};
+//!
+//! let md = "# 指南\n\n## 安装\n\n运行安装脚本。需要 6GB 显存。\n";
+//! let document = load("guide.md", md.as_bytes())?;
+//! let splitter = PassageSplitter::new(SplitterConfig { chunk_size: 250, overlap: 50 })?;
+//! let passages = splitter.split_document(&document);
+//! assert_eq!(passages[0].indexed_text(), "指南 > 安装\n运行安装脚本。需要 6GB 显存。");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The orchestrator runs `load → split → embed → upsert`; the retriever may use the splitter's
+//! types for its BM25 tokens. Nothing here knows about models or services.
+
+mod load;
+mod split;
+
+pub use load::{LoadError, load, load_path, load_paths};
+pub use split::{Passage, PassageSplitter, SplitterConfig, SplitterError};
+
+/// What [`Document::text`] puts between two records: a blank line, the paragraph break, so
+/// that the text still reads as one record per paragraph.
+pub const RECORD_SEPARATOR: &str = "\n\n";
+
+/// The file formats the loaders read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Plain text (`.txt`): UTF-8, UTF-16 with a BOM, or GB18030/GBK.
+    Text,
+    /// Markdown (`.md`, `.markdown`), kept as written so its headings open sections.
+    Markdown,
+    /// HTML (`.html`, `.htm`): the visible text, headings rendered as markdown headings.
+    Html,
+    /// PDF (`.pdf`): the text layer.
+    Pdf,
+    /// Word (`.docx`): the paragraphs, heading styles rendered as markdown headings.
+    Docx,
+    /// Comma- or tab-separated values (`.csv`, `.tsv`): one record per row.
+    Csv,
+}
+
+impl Format {
+    /// The format a file name's extension names (case-insensitive), if it is one we read.
+    pub fn from_file_name(file_name: &str) -> Option<Self> {
+        let extension = std::path::Path::new(file_name).extension()?.to_str()?;
+        Some(match extension.to_ascii_lowercase().as_str() {
+            "txt" | "text" => Self::Text,
+            "md" | "markdown" => Self::Markdown,
+            "html" | "htm" | "xhtml" => Self::Html,
+            "pdf" => Self::Pdf,
+            "docx" => Self::Docx,
+            "csv" | "tsv" => Self::Csv,
+            _ => return None,
+        })
+    }
+
+    /// A short lower-case name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Markdown => "markdown",
+            Self::Html => "html",
+            Self::Pdf => "pdf",
+            Self::Docx => "docx",
+            Self::Csv => "csv",
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A loaded file: its text, and for tabular files its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// The file name it came from, as given to the loader: errors and citations name it.
+    pub source: String,
+    /// The format it was read as.
+    pub format: Format,
+    /// The whole text. For markdown, html and docx it is markdown (headings as `#` lines), so
+    /// that [`PassageSplitter::split_document`] can carry heading paths.
+    pub text: String,
+    /// For csv: one entry per row, each rendered `header: value` per line. `text` is then
+    /// these records joined by [`RECORD_SEPARATOR`], and a passage never spans two of them.
+    pub records: Option<Vec<String>>,
+}

@@ -1,0 +1,713 @@
+//! The Chinese-aware recursive passage splitter.
+//!
+//! Chinese text has no spaces between words, so a splitter that cuts on whitespace (or on a
+//! token count) cuts sentences in half. This one cuts on the text's own structure, coarsest
+//! first: blank lines, line breaks, sentence ends, semicolons, commas, spaces; only a piece
+//! with none of them is cut hard, at a character boundary.
+//!
+//! Everything is measured in Unicode scalar values (`char`s), never bytes, so no cut can fall
+//! inside a character, and every offset a [`Passage`] carries indexes `text.chars()`.
+
+use crate::{Document, Format};
+
+/// Why a [`SplitterConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitterError {
+    /// A chunk must hold at least one character, or the splitter could never make progress.
+    #[error("chunk_size must be at least 1 character")]
+    ZeroChunkSize,
+    /// An overlap as large as the chunk would leave no room for new text in the next chunk.
+    #[error("overlap ({overlap}) must be smaller than chunk_size ({chunk_size})")]
+    OverlapTooLarge {
+        /// The configured chunk size.
+        chunk_size: usize,
+        /// The refused overlap.
+        overlap: usize,
+    },
+}
+
+/// How large passages are and how much consecutive passages share, both in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitterConfig {
+    /// The most characters of source text one passage holds. The heading path that
+    /// [`Passage::indexed_text`] prepends is not counted: it is context, not content.
+    pub chunk_size: usize,
+    /// The most characters two consecutive passages of one section share, so that a sentence
+    /// at a cut can still be found with its neighbour. Overlaps are made of whole pieces
+    /// (sentences, clauses), so the real overlap is often smaller, and may be zero when the
+    /// last piece of a passage is longer than this.
+    pub overlap: usize,
+}
+
+impl Default for SplitterConfig {
+    /// 250 characters with 50 of overlap: Langchain-Chatchat's defaults, which suit the
+    /// 512-token limit of the BERT-family embedders zhiku runs (a Chinese character is about
+    /// one token).
+    fn default() -> Self {
+        Self {
+            chunk_size: 250,
+            overlap: 50,
+        }
+    }
+}
+
+/// One passage: a contiguous span of the source text, ready to embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passage {
+    /// Position among the passages of its document, from 0, without gaps.
+    pub index: usize,
+    /// The passage's text: exactly `source.chars().skip(char_start).take(char_end - char_start)`.
+    /// It never starts or ends with whitespace.
+    pub text: String,
+    /// The markdown headings the passage sits under, outermost first (empty when none).
+    pub heading_path: Vec<String>,
+    /// First character of the passage in the source, counted in `char`s.
+    pub char_start: usize,
+    /// One past the last character of the passage in the source, counted in `char`s.
+    pub char_end: usize,
+}
+
+impl Passage {
+    /// The heading path as one line, e.g. `"Guide > Install"` (empty when there is none).
+    pub fn heading(&self) -> String {
+        self.heading_path.join(" > ")
+    }
+
+    /// The text to embed and index: the heading path on its own line, then the passage.
+    ///
+    /// A passage cut out of a long section often never names its subject; the heading path
+    /// puts it back (Langchain-Chatchat's "title enhance"), so that a question about
+    /// "installation" finds the passages under "Guide > Install".
+    pub fn indexed_text(&self) -> String {
+        if self.heading_path.is_empty() {
+            self.text.clone()
+        } else {
+            format!("{}\n{}", self.heading(), self.text)
+        }
+    }
+}
+
+/// The recursive splitter. Pure: no I/O, no state between calls, deterministic.
+///
+/// Guarantees, for every passage `p` it returns (the property tests check each):
+/// - `p.text.chars().count() <= chunk_size`: the slack is **0** characters. (The heading path
+///   that [`Passage::indexed_text`] adds is outside this bound.)
+/// - `p.text` is the source's characters `[p.char_start, p.char_end)`, and is neither empty nor
+///   padded with whitespace.
+/// - passages are in order: both `char_start` and `char_end` strictly increase;
+/// - every non-whitespace character of the source lies in some passage (for markdown:
+///   except the heading lines, which travel in `heading_path` instead);
+/// - consecutive passages of one section share at most `overlap` characters.
+///
+/// A cut never falls inside a URL, a number such as `3.14` or `1,000`, or an ASCII word,
+/// unless that token alone is longer than `chunk_size`; and a sentence that fits in a chunk
+/// is never cut.
+///
+/// `PassageSplitter::default()` uses [`SplitterConfig::default`].
+#[derive(Debug, Clone, Default)]
+pub struct PassageSplitter {
+    config: SplitterConfig,
+}
+
+/// The separator levels, coarsest first. A piece too long for a chunk is cut at the coarsest
+/// level it contains; each resulting piece still too long goes on to the next level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    /// A blank line: a paragraph break.
+    Blank,
+    /// A line break.
+    Line,
+    /// After a sentence end: 。！？!?… or `.` before whitespace, with any closing quotes
+    /// or brackets that follow it (`。」`, `！”`).
+    Sentence,
+    /// After ；or ;
+    Semicolon,
+    /// After ，, or 、
+    Comma,
+    /// Before a word that follows whitespace: keeps ASCII words whole in English text.
+    Space,
+}
+
+const LEVELS: [Level; 6] = [
+    Level::Blank,
+    Level::Line,
+    Level::Sentence,
+    Level::Semicolon,
+    Level::Comma,
+    Level::Space,
+];
+
+/// A section of the source to split on its own: chunks never cross sections.
+struct Section {
+    heading_path: Vec<String>,
+    start: usize,
+    end: usize,
+}
+
+impl PassageSplitter {
+    /// A splitter with the given sizes; refuses a zero `chunk_size` and an `overlap` that is
+    /// not smaller than `chunk_size`.
+    pub fn new(config: SplitterConfig) -> Result<Self, SplitterError> {
+        if config.chunk_size == 0 {
+            return Err(SplitterError::ZeroChunkSize);
+        }
+        if config.overlap >= config.chunk_size {
+            return Err(SplitterError::OverlapTooLarge {
+                chunk_size: config.chunk_size,
+                overlap: config.overlap,
+            });
+        }
+        Ok(Self { config })
+    }
+
+    /// The sizes this splitter was made with.
+    pub fn config(&self) -> SplitterConfig {
+        self.config
+    }
+
+    /// Splits plain text; `#` lines are text like any other.
+    pub fn split(&self, text: &str) -> Vec<Passage> {
+        let chars: Vec<char> = text.chars().collect();
+        let section = Section {
+            heading_path: Vec::new(),
+            start: 0,
+            end: chars.len(),
+        };
+        self.split_sections(&chars, vec![section])
+    }
+
+    /// Splits markdown: headings (ATX `#` to `######`, or setext: a line under a blank line,
+    /// underlined with `===` or `---`; never inside fenced code blocks) open sections; each passage carries the path of headings above it, and no passage crosses a
+    /// heading. The heading lines themselves are not in any passage's text: they are in its
+    /// `heading_path`, so a heading with no text under it yields no passage.
+    pub fn split_markdown(&self, text: &str) -> Vec<Passage> {
+        let chars: Vec<char> = text.chars().collect();
+        let sections = markdown_sections(&chars);
+        self.split_sections(&chars, sections)
+    }
+
+    /// Splits a loaded document the way its format asks: one record (a csv row) is one
+    /// passage, and is only cut when longer than `chunk_size`; markdown, and the html and docx
+    /// loaders' output (which renders headings as markdown), by heading; the rest as plain
+    /// text. Offsets index `document.text`.
+    pub fn split_document(&self, document: &Document) -> Vec<Passage> {
+        if let Some(records) = &document.records {
+            // The offsets index the records joined as the loader joins them, which is
+            // `document.text`; recomputing the join keeps them right even for a hand-built
+            // document whose `text` disagrees.
+            let mut chars = Vec::new();
+            let mut sections = Vec::with_capacity(records.len());
+            for record in records {
+                if !chars.is_empty() {
+                    chars.extend(crate::RECORD_SEPARATOR.chars());
+                }
+                let start = chars.len();
+                chars.extend(record.chars());
+                sections.push(Section {
+                    heading_path: Vec::new(),
+                    start,
+                    end: chars.len(),
+                });
+            }
+            return self.split_sections(&chars, sections);
+        }
+        match document.format {
+            Format::Markdown | Format::Html | Format::Docx => self.split_markdown(&document.text),
+            Format::Text | Format::Pdf | Format::Csv => self.split(&document.text),
+        }
+    }
+
+    fn split_sections(&self, chars: &[char], sections: Vec<Section>) -> Vec<Passage> {
+        let spans = Spans::find(chars);
+        let mut passages = Vec::new();
+        for section in sections {
+            let mut pieces = Vec::new();
+            self.pieces(chars, &spans, section.start, section.end, 0, &mut pieces);
+            for (start, end) in self.pack(chars, &pieces) {
+                let Some((start, end)) = trim(chars, start, end) else {
+                    continue;
+                };
+                if let Some(last) = passages
+                    .last_mut()
+                    .filter(|p: &&mut Passage| p.char_start >= start)
+                {
+                    // The previous chunk lay wholly in this one's leading overlap (it had
+                    // nothing but whitespace before it): this one replaces it.
+                    *last = passage(chars, &section.heading_path, start, end);
+                    continue;
+                }
+                if passages.last().is_some_and(|p: &Passage| p.char_end >= end) {
+                    // Only whitespace beyond the overlap: nothing new to say.
+                    continue;
+                }
+                passages.push(passage(chars, &section.heading_path, start, end));
+            }
+        }
+        for (index, passage) in passages.iter_mut().enumerate() {
+            passage.index = index;
+        }
+        passages
+    }
+
+    /// Cuts `[start, end)` into consecutive pieces of at most `chunk_size` characters, at the
+    /// coarsest separator level that occurs in it, recursing into pieces still too long.
+    fn pieces(
+        &self,
+        chars: &[char],
+        spans: &Spans,
+        start: usize,
+        end: usize,
+        level: usize,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        // Whitespace at the edges is trimmed off every passage, so it does not count.
+        let content = trim(chars, start, end).map_or(0, |(s, e)| e - s);
+        if content <= self.config.chunk_size {
+            out.push((start, end));
+            return;
+        }
+        let Some(&sep) = LEVELS.get(level) else {
+            self.hard_cut(chars, spans, start, end, out);
+            return;
+        };
+        let cuts = cuts(chars, spans, sep, start, end);
+        let mut from = start;
+        for to in cuts.into_iter().chain([end]) {
+            self.pieces(chars, spans, from, to, level + 1, out);
+            from = to;
+        }
+    }
+
+    /// Cuts a piece that holds no separator at all into chunk-sized pieces, moving each cut
+    /// back out of a protected token (URL, number, word) or off a combining mark when it can.
+    fn hard_cut(
+        &self,
+        chars: &[char],
+        spans: &Spans,
+        mut start: usize,
+        end: usize,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        while end - start > self.config.chunk_size {
+            let mut cut = start + self.config.chunk_size;
+            if let Some(token_start) = spans.token_start(cut).filter(|&s| s > start) {
+                cut = token_start;
+            }
+            while cut > start + 1 && is_glue(chars[cut]) && spans.token_start(cut).is_none() {
+                cut -= 1;
+            }
+            out.push((start, cut));
+            start = cut;
+        }
+        out.push((start, end));
+    }
+
+    /// Packs consecutive pieces greedily into chunks of at most `chunk_size` characters: a
+    /// chunk closes only when the next piece does not fit, which is what merges tiny
+    /// fragments into their neighbours. Each next chunk starts with as many of the previous
+    /// chunk's trailing pieces as fit in `overlap`. Sizes are measured without the whitespace
+    /// at the chunk's edges, which [`trim`] removes.
+    fn pack(&self, chars: &[char], pieces: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        let size = self.config.chunk_size;
+        // Each piece's content bounds; a whitespace-only piece is empty at its start.
+        let bounds: Vec<(usize, usize)> = pieces
+            .iter()
+            .map(|&(s, e)| trim(chars, s, e).unwrap_or((s, s)))
+            .collect();
+        let mut chunks = Vec::new();
+        let mut first = 0;
+        while first < pieces.len() {
+            let from = bounds[first].0;
+            let mut last = first;
+            while last + 1 < pieces.len() && bounds[last + 1].1 - from <= size {
+                last += 1;
+            }
+            chunks.push((pieces[first].0, pieces[last].1));
+            if last + 1 == pieces.len() {
+                break;
+            }
+            // Step back over trailing pieces while they fit in the overlap and leave room for
+            // the next new piece; `next > first` always, so the loop makes progress.
+            let (to, after) = (bounds[last].1, bounds[last + 1].1);
+            let mut next = last + 1;
+            while next > first + 1
+                && to.saturating_sub(bounds[next - 1].0) <= self.config.overlap
+                && after - bounds[next - 1].0 <= size
+            {
+                next -= 1;
+            }
+            first = next;
+        }
+        chunks
+    }
+}
+
+fn passage(chars: &[char], heading_path: &[String], start: usize, end: usize) -> Passage {
+    Passage {
+        index: 0,
+        text: chars[start..end].iter().collect(),
+        heading_path: heading_path.to_vec(),
+        char_start: start,
+        char_end: end,
+    }
+}
+
+/// `[start, end)` without leading and trailing whitespace, or `None` when nothing is left.
+fn trim(chars: &[char], start: usize, end: usize) -> Option<(usize, usize)> {
+    let first = (start..end).find(|&i| !chars[i].is_whitespace())?;
+    let last = (first..end).rev().find(|&i| !chars[i].is_whitespace())?;
+    Some((first, last + 1))
+}
+
+/// The positions in `(start, end)` where a piece may be cut at `level`: each is the index of
+/// the first character of the next piece, so the separator (and the whitespace after it)
+/// stays with the text before it.
+fn cuts(chars: &[char], spans: &Spans, level: Level, start: usize, end: usize) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut i = start;
+    while i < end {
+        let Some(after) = separator_end(chars, spans, level, i, end) else {
+            i += 1;
+            continue;
+        };
+        if after > start && after < end && !spans.protects(after) {
+            cuts.push(after);
+        }
+        i = after.max(i + 1);
+    }
+    cuts
+}
+
+/// When a separator of `level` starts at `i`, the index just past it: past the marks, any
+/// closing quotes and brackets, and the whitespace that follow it.
+fn separator_end(
+    chars: &[char],
+    spans: &Spans,
+    level: Level,
+    i: usize,
+    end: usize,
+) -> Option<usize> {
+    let c = chars[i];
+    if spans.covers(i) {
+        // A `?` in a URL or the `,` of 1,000 ends nothing.
+        return None;
+    }
+    let skip_ws = |mut j: usize| {
+        while j < end && chars[j].is_whitespace() {
+            j += 1;
+        }
+        j
+    };
+    match level {
+        Level::Blank | Level::Line => {
+            if c != '\n' {
+                return None;
+            }
+            let after = skip_ws(i + 1);
+            let breaks = chars[i..after].iter().filter(|&&c| c == '\n').count();
+            (level == Level::Line || breaks >= 2).then_some(after)
+        }
+        Level::Sentence => {
+            let is_end = matches!(
+                c,
+                '。' | '！' | '？' | '!' | '?' | '…' | '‼' | '⁇' | '⁈' | '⁉'
+            ) || (c == '.' && chars.get(i + 1).is_none_or(|n| n.is_whitespace()));
+            if !is_end {
+                return None;
+            }
+            let mut j = i + 1;
+            while j < end && (is_sentence_mark(chars[j]) || is_closer(chars[j])) {
+                j += 1;
+            }
+            Some(skip_ws(j))
+        }
+        Level::Semicolon => matches!(c, '；' | ';').then(|| skip_ws(i + 1)),
+        Level::Comma => matches!(c, '，' | ',' | '、').then(|| skip_ws(i + 1)),
+        Level::Space => c.is_whitespace().then(|| skip_ws(i + 1)),
+    }
+}
+
+fn is_sentence_mark(c: char) -> bool {
+    matches!(
+        c,
+        '。' | '！' | '？' | '!' | '?' | '…' | '.' | '‼' | '⁇' | '⁈' | '⁉'
+    )
+}
+
+/// Closing quotes and brackets, which belong to the sentence they close: `他说：“好。”`.
+fn is_closer(c: char) -> bool {
+    matches!(
+        c,
+        '」' | '』'
+            | '”'
+            | '’'
+            | '"'
+            | '\''
+            | ')'
+            | '）'
+            | ']'
+            | '］'
+            | '】'
+            | '》'
+            | '〉'
+            | '〕'
+            | '}'
+            | '｝'
+    )
+}
+
+/// Characters that only modify the one before them: a cut before one would tear a
+/// user-perceived character (é, 👍🏽, 👨‍👩‍👧) apart.
+fn is_glue(c: char) -> bool {
+    matches!(c,
+        '\u{0300}'..='\u{036F}'     // combining diacritical marks
+        | '\u{1AB0}'..='\u{1AFF}'
+        | '\u{1DC0}'..='\u{1DFF}'
+        | '\u{20D0}'..='\u{20FF}'
+        | '\u{FE20}'..='\u{FE2F}'
+        | '\u{200C}' | '\u{200D}'   // zero-width (non-)joiner
+        | '\u{FE00}'..='\u{FE0F}'   // variation selectors
+        | '\u{E0100}'..='\u{E01EF}'
+        | '\u{1F3FB}'..='\u{1F3FF}' // skin tones
+        | '\u{3099}' | '\u{309A}') // kana voicing marks
+}
+
+/// Tokens no cut may fall inside: URLs, and runs of ASCII letters and digits, with `.`, `,`
+/// and `:` allowed between two digits (3.14, 1,000,000, 12:30) and `.`, `-` and `@` between
+/// two letters or digits (ChatGLM-6B, main.rs, dev@example.com).
+struct Spans {
+    /// For each character, the start of the token that holds it, if any.
+    token_of: Vec<Option<usize>>,
+}
+
+impl Spans {
+    fn find(chars: &[char]) -> Self {
+        let mut token_of = vec![None; chars.len()];
+        let mut i = 0;
+        while i < chars.len() {
+            let len = url_len(chars, i).or_else(|| word_len(chars, i));
+            match len {
+                Some(len) => {
+                    token_of[i..i + len].fill(Some(i));
+                    i += len;
+                }
+                None => i += 1,
+            }
+        }
+        Self { token_of }
+    }
+
+    /// Whether a cut before character `i` would fall inside a token.
+    fn protects(&self, i: usize) -> bool {
+        i > 0 && i < self.token_of.len() && self.token_of[i].is_some_and(|s| s < i)
+    }
+
+    /// The start of the token a cut before `i` would fall inside.
+    fn token_start(&self, i: usize) -> Option<usize> {
+        self.protects(i).then(|| self.token_of[i]).flatten()
+    }
+
+    /// Whether character `i` is part of a token.
+    fn covers(&self, i: usize) -> bool {
+        self.token_of.get(i).is_some_and(Option::is_some)
+    }
+}
+
+/// The length of the URL starting at `i`, if one does: a scheme (`http://`, `https://`,
+/// `ftp://`) or `www.`, then ASCII up to whitespace or a non-ASCII character, without the
+/// trailing punctuation that ends the sentence around it.
+fn url_len(chars: &[char], i: usize) -> Option<usize> {
+    if i > 0 && chars[i - 1].is_ascii_alphanumeric() {
+        return None;
+    }
+    let starts = |prefix: &str| {
+        prefix
+            .chars()
+            .enumerate()
+            .all(|(k, p)| chars.get(i + k).is_some_and(|c| c.eq_ignore_ascii_case(&p)))
+    };
+    let prefix = ["https://", "http://", "ftp://", "www."]
+        .into_iter()
+        .find(|p| starts(p))?
+        .len();
+    let mut end = i + prefix;
+    while end < chars.len()
+        && chars[end].is_ascii_graphic()
+        && !matches!(chars[end], '<' | '>' | '"' | '`')
+    {
+        end += 1;
+    }
+    while end > i + prefix
+        && matches!(
+            chars[end - 1],
+            '.' | ',' | ';' | ':' | '!' | '?' | ')' | ']' | '}' | '\''
+        )
+    {
+        end -= 1;
+    }
+    (end > i + prefix).then_some(end - i)
+}
+
+/// The length of the ASCII word or number starting at `i`, if one of at least two characters
+/// does (a lone character needs no protection).
+fn word_len(chars: &[char], i: usize) -> Option<usize> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if !word(chars[i]) || (i > 0 && word(chars[i - 1])) {
+        return None;
+    }
+    let mut end = i + 1;
+    while end < chars.len() {
+        if word(chars[end]) {
+            end += 1;
+        } else if matches!(chars[end], '.' | ',' | ':')
+            && chars[end - 1].is_ascii_digit()
+            && chars.get(end + 1).is_some_and(char::is_ascii_digit)
+        {
+            end += 2;
+        } else if matches!(chars[end], '.' | '-' | '@')
+            && chars.get(end + 1).is_some_and(|&c| word(c))
+        {
+            // ChatGLM-6B, main.rs, v1.2.3, user@example.com: one token each.
+            end += 2;
+        } else {
+            break;
+        }
+    }
+    (end - i >= 2).then_some(end - i)
+}
+
+/// The sections of a markdown text: the text before the first heading, then one per
+/// heading, each from the line after its heading to the next heading. Headings are ATX
+/// (`## Title`) or setext (`Title` over a line of `=` or `-`, after a blank line), outside
+/// fenced code blocks.
+fn markdown_sections(chars: &[char]) -> Vec<Section> {
+    // Each line as (start, end without its `\n`, start of the next line).
+    let mut lines = Vec::new();
+    let mut line_start = 0;
+    while line_start < chars.len() {
+        let line_end = chars[line_start..]
+            .iter()
+            .position(|&c| c == '\n')
+            .map_or(chars.len(), |p| line_start + p);
+        let next_line = (line_end + 1).min(chars.len());
+        lines.push((line_start, line_end, next_line));
+        line_start = next_line;
+    }
+    let text_of = |k: usize| -> Option<String> {
+        lines
+            .get(k)
+            .map(|&(start, end, _)| chars[start..end].iter().collect())
+    };
+
+    let mut sections = Vec::new();
+    let mut path: Vec<(usize, String)> = Vec::new();
+    let mut body_start = 0;
+    let mut fence: Option<char> = None;
+    // Whether the line before starts no paragraph (blank, a heading, or none).
+    let mut after_break = true;
+    let mut k = 0;
+    while let Some(line) = text_of(k) {
+        let (line_start, _, mut next_line) = lines[k];
+        k += 1;
+        let mut heading = None;
+        if let Some(marker) = fence_marker(line.trim_start()) {
+            match fence {
+                None => fence = Some(marker),
+                Some(open) if open == marker => fence = None,
+                Some(_) => {}
+            }
+        } else if fence.is_none() {
+            heading = atx_heading(&line);
+            if heading.is_none()
+                && after_break
+                && let Some(level) = text_of(k).as_deref().and_then(setext_level)
+                && setext_content(&line)
+            {
+                heading = Some((level, line.trim().to_string()));
+                next_line = lines[k].2;
+                k += 1;
+            }
+        }
+        after_break = line.trim().is_empty() || heading.is_some();
+        let Some((level, title)) = heading else {
+            continue;
+        };
+        sections.push(Section {
+            heading_path: path.iter().map(|(_, t)| t.clone()).collect(),
+            start: body_start,
+            end: line_start,
+        });
+        while path.last().is_some_and(|(l, _)| *l >= level) {
+            path.pop();
+        }
+        path.push((level, title));
+        body_start = next_line;
+    }
+    sections.push(Section {
+        heading_path: path.into_iter().map(|(_, t)| t).collect(),
+        start: body_start.min(chars.len()),
+        end: chars.len(),
+    });
+    sections
+}
+
+/// A setext underline: up to three spaces, then only `=` (level 1) or only `-` (level 2).
+fn setext_level(line: &str) -> Option<usize> {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let marks = line.trim();
+    if indent > 3 || marks.is_empty() {
+        None
+    } else if marks.chars().all(|c| c == '=') {
+        Some(1)
+    } else if marks.chars().all(|c| c == '-') {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// Whether a line can be a setext heading's text: not blank, not indented code, not a list
+/// item or quote (under which `---` is a rule or a list, not an underline).
+fn setext_content(line: &str) -> bool {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let text = line.trim();
+    indent <= 3
+        && !text.is_empty()
+        && !text.starts_with(['>', '|'])
+        && !["- ", "* ", "+ "].iter().any(|m| text.starts_with(m))
+}
+
+/// ```` ``` ```` or `~~~` opening or closing a fenced code block, in which `#` is no heading.
+fn fence_marker(trimmed_line: &str) -> Option<char> {
+    if trimmed_line.starts_with("```") {
+        Some('`')
+    } else if trimmed_line.starts_with("~~~") {
+        Some('~')
+    } else {
+        None
+    }
+}
+
+/// An ATX heading line: up to three spaces, one to six `#`, then a space or the line's end;
+/// the title without a closing `#` sequence.
+fn atx_heading(line: &str) -> Option<(usize, String)> {
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    if indent > 3 {
+        return None;
+    }
+    let rest = &line[indent..];
+    let level = rest.len() - rest.trim_start_matches('#').len();
+    if !(1..=6).contains(&level) {
+        return None;
+    }
+    let rest = &rest[level..];
+    if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
+        return None;
+    }
+    let mut title = rest.trim();
+    let unclosed = title.trim_end_matches('#');
+    if unclosed.is_empty() || unclosed.ends_with([' ', '\t']) {
+        title = unclosed.trim_end();
+    }
+    Some((level, title.to_string()))
+}

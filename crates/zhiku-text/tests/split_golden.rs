@@ -1,0 +1,259 @@
+//! Golden tests of the splitter on a small Chinese knowledge base (tests/golden/).
+
+mod common;
+
+use zhiku_text::{Passage, PassageSplitter, SplitterConfig};
+
+const KB: &str = include_str!("golden/knowledge_base.md");
+const URL: &str = "https://example.com/a.b?c=1";
+
+/// The passage texts of plain `text` split at the given sizes.
+fn texts(chunk_size: usize, overlap: usize, text: &str) -> Vec<String> {
+    splitter(chunk_size, overlap)
+        .split(text)
+        .into_iter()
+        .map(|p| p.text)
+        .collect()
+}
+
+fn splitter(chunk_size: usize, overlap: usize) -> PassageSplitter {
+    PassageSplitter::new(SplitterConfig {
+        chunk_size,
+        overlap,
+    })
+    .expect("valid sizes")
+}
+
+/// The sentences of the knowledge base's body lines, each with its end mark and any closing
+/// quote after it.
+fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut current = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            current.push(c);
+            if matches!(c, '。' | '！' | '？') {
+                while let Some(&close) = chars.peek().filter(|&&n| n == '”') {
+                    current.push(close);
+                    chars.next();
+                }
+                out.push(std::mem::take(&mut current).trim().to_string());
+            }
+        }
+        if !current.trim().is_empty() {
+            out.push(current.trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn knowledge_base_splits_at_sentences_with_heading_paths() {
+    let passages = splitter(120, 30).split_markdown(KB);
+    let got = common::headed(&passages);
+    let expected = [
+        (
+            "本地知识库问答",
+            "基于本地知识库的问答系统，先把文档切成段落，再用向量模型把每个段落编码成向量，存入向量数据库。提问时，系统把问题也编码成向量，检索出最相近的若干段落，连同问题一起交给大语言模型生成答案。",
+        ),
+        (
+            "本地知识库问答",
+            "这样，模型回答的依据来自你自己的文档，而不是它训练时见过的网页。",
+        ),
+        (
+            "本地知识库问答 > ChatGLM 模型",
+            "ChatGLM-6B 是一个开源的、支持中英双语的对话语言模型，基于 General Language Model (GLM) 架构，具有 62 亿参数。",
+        ),
+        (
+            "本地知识库问答 > ChatGLM 模型",
+            "结合模型量化技术，用户可以在消费级的显卡上进行本地部署（INT4 量化级别下最低只需 6GB 显存）。",
+        ),
+        (
+            "本地知识库问答 > ChatGLM 模型",
+            "官方说明见 https://example.com/a.b?c=1 ，其中写道：“模型在 3.14 版本的推理框架上测试通过。”如果显存不足，可以改用 CPU 推理，但速度会慢很多！",
+        ),
+        (
+            "本地知识库问答 > LoRA 微调",
+            "LoRA 的做法是冻结预训练模型的权重，只在每层旁边加一对低秩矩阵；训练时只更新这两个小矩阵，参数量通常不到原模型的 1%。训练好的 LoRA 权重只有几十 MB，可以随时加载或卸载，同一个底座模型因此能服务多个领域。",
+        ),
+        (
+            "本地知识库问答 > LoRA 微调 > 数据准备",
+            "每条训练样本包含指令、输入和输出三部分。数据量不必很大：一千条高质量的样本，往往比十万条杂乱的样本效果更好。",
+        ),
+    ];
+    let expected: Vec<(String, &str)> = expected.iter().map(|(h, t)| (h.to_string(), *t)).collect();
+    assert_eq!(got, expected);
+
+    // Offsets point back into the file.
+    let chars: Vec<char> = KB.chars().collect();
+    for p in &passages {
+        let at: String = chars[p.char_start..p.char_end].iter().collect();
+        assert_eq!(at, p.text);
+    }
+    // Title enhance: the heading path leads the indexed text.
+    assert_eq!(
+        passages[6].indexed_text(),
+        "本地知识库问答 > LoRA 微调 > 数据准备\n每条训练样本包含指令、输入和输出三部分。数据量不必很大：一千条高质量的样本，往往比十万条杂乱的样本效果更好。"
+    );
+    assert_eq!(
+        passages[6].heading_path,
+        ["本地知识库问答", "LoRA 微调", "数据准备"]
+    );
+}
+
+#[test]
+fn no_sentence_that_fits_is_cut_at_any_size() {
+    let all = sentences(KB);
+    assert!(all.len() >= 10, "the fixture has sentences: {all:?}");
+    for chunk_size in (20..=260).step_by(7) {
+        for overlap in [0, chunk_size / 5, chunk_size / 2] {
+            let passages = splitter(chunk_size, overlap).split_markdown(KB);
+            for sentence in all.iter().filter(|s| s.chars().count() <= chunk_size) {
+                assert!(
+                    passages.iter().any(|p| p.text.contains(sentence.as_str())),
+                    "{chunk_size}/{overlap}: {sentence:?} is cut"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn numbers_and_urls_are_never_split() {
+    for chunk_size in 28..=140 {
+        let passages = splitter(chunk_size, chunk_size / 4).split_markdown(KB);
+        for token in [URL, "3.14", "ChatGLM-6B", "1%", "6GB"] {
+            let holding: Vec<&Passage> =
+                passages.iter().filter(|p| p.text.contains(token)).collect();
+            assert!(!holding.is_empty(), "{chunk_size}: {token} is cut");
+        }
+        for p in &passages {
+            // A passage that holds part of the URL holds all of it.
+            for part in ["https://example.com", "a.b?c=1"] {
+                if p.text.contains(part) {
+                    assert!(
+                        p.text.contains(URL),
+                        "{chunk_size}: {:?} cuts the URL",
+                        p.text
+                    );
+                }
+            }
+            assert!(!p.text.ends_with("3.") && !p.text.starts_with(".14"));
+        }
+    }
+}
+
+#[test]
+fn long_sentences_fall_back_to_clauses_then_hard_cuts() {
+    let text = "第一个分句比较长一些，第二个分句也不短；第三个分句在这里。";
+    assert_eq!(
+        texts(12, 0, text),
+        [
+            "第一个分句比较长一些，",
+            "第二个分句也不短；",
+            "第三个分句在这里。"
+        ]
+    );
+
+    // No separator at all: hard cuts at character boundaries, but not inside the URL.
+    let text = "一二三四五六七八九十https://example.com/a.b?c=1一二三";
+    assert_eq!(
+        texts(30, 0, text),
+        ["一二三四五六七八九十", "https://example.com/a.b?c=1一二三"]
+    );
+    let text = "一二三四五六七八九ChatGLM-6B十一二三ai@zhiku.cn";
+    assert_eq!(
+        texts(12, 0, text),
+        [
+            "一二三四五六七八九",
+            "ChatGLM-6B十一",
+            "二三",
+            "ai@zhiku.cn"
+        ]
+    );
+}
+
+#[test]
+fn closing_quotes_and_ellipses_stay_with_their_sentence() {
+    let text = "他说：“明天见。”她答：「好！」然后……沉默了。最后一句？";
+    assert_eq!(
+        texts(9, 0, text),
+        [
+            "他说：“明天见。”",
+            "她答：「好！」",
+            "然后……沉默了。",
+            "最后一句？"
+        ]
+    );
+}
+
+#[test]
+fn consecutive_passages_overlap_by_whole_sentences() {
+    let text = "甲乙丙丁。戊己庚辛。壬癸子丑。寅卯辰巳。午未申酉。戌亥天地。";
+    assert_eq!(
+        texts(15, 5, text),
+        [
+            "甲乙丙丁。戊己庚辛。壬癸子丑。",
+            "壬癸子丑。寅卯辰巳。午未申酉。",
+            "午未申酉。戌亥天地。"
+        ]
+    );
+    let passages = splitter(15, 5).split(text);
+    assert_eq!(passages[1].char_start, 10);
+    assert_eq!(passages[0].char_end - passages[1].char_start, 5);
+}
+
+#[test]
+fn english_sentences_split_after_period_space_only() {
+    let text = "Pi is about 3.14 and e is 2.718. See www.example.org/x.html for more. Done!";
+    assert_eq!(
+        texts(35, 0, text),
+        [
+            "Pi is about 3.14 and e is 2.718.",
+            "See www.example.org/x.html for",
+            "more. Done!"
+        ]
+    );
+}
+
+#[test]
+fn a_large_document_splits_quickly() {
+    // Linear work per separator level: 100 copies of the knowledge base (about 60k chars)
+    // take milliseconds even in a debug build; a quadratic splitter would take seconds.
+    let big = KB.repeat(100);
+    let started = std::time::Instant::now();
+    let passages = PassageSplitter::default().split_markdown(&big);
+    let elapsed = started.elapsed();
+    assert!(passages.len() >= 300, "{}", passages.len());
+    assert!(elapsed.as_secs() < 5, "took {elapsed:?}");
+}
+
+#[test]
+fn setext_headings_and_code_fences() {
+    let md = "指南\n====\n\n简介。\n\n安装\n----\n\n```sh\n# 注释，不是标题\ncargo build\n```\n\n- 列表项\n---\n\n结束。\n";
+    let passages = PassageSplitter::default().split_markdown(md);
+    let got = common::headed(&passages);
+    assert_eq!(
+        got,
+        [
+            ("指南".to_string(), "简介。"),
+            (
+                "指南 > 安装".to_string(),
+                "```sh\n# 注释，不是标题\ncargo build\n```\n\n- 列表项\n---\n\n结束。"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn tiny_fragments_merge_into_their_neighbours() {
+    // Short lines and paragraphs, each a piece of its own at some level, end up together.
+    let text = "好。\n\n是。\n对\n\n。\n1.\n\n- a\n- b";
+    assert_eq!(texts(250, 50, text), [text]);
+    // Only a piece that no longer fits starts a new passage.
+    assert_eq!(
+        texts(8, 0, "一。\n二。\n三。\n四。\n五。"),
+        ["一。\n二。\n三。", "四。\n五。"]
+    );
+}
