@@ -297,6 +297,54 @@ async fn generator_binary_health_reflection_and_grpcurl_generate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orchestrator_binary_starts_and_answers_unimplemented() {
-    check_placeholder_service("zhiku-orchestrator", "zhiku.v1.Orchestrator", "Ask").await;
+async fn orchestrator_binary_serves_and_names_a_downstream_service_that_is_down() {
+    // Nothing listens on these ports: the downstream services are "down".
+    let down = |_| format!("http://127.0.0.1:{}", zhiku_e2e::free_port());
+    let (embedder, retriever, generator) = (down(0), down(1), down(2));
+    let process = ServiceProcess::start(
+        "zhiku-orchestrator",
+        &[
+            "--embedder-addr",
+            &embedder,
+            "--retriever-addr",
+            &retriever,
+            "--generator-addr",
+            &generator,
+        ],
+        &[],
+    );
+    let seen = wait_serving(&process, "zhiku.v1.Orchestrator", STARTUP).await;
+    assert_eq!(seen.last(), Some(&ServingStatus::Serving));
+    let services = grpcurl_list(&process);
+    assert!(
+        services.contains(&"zhiku.v1.Orchestrator".to_owned()),
+        "{services:?}"
+    );
+
+    let addr = process.addr.to_string();
+    let (ok, stdout, stderr) =
+        run_grpcurl(&["-plaintext", &addr, "describe", "zhiku.v1.Orchestrator"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("rpc Ask ("), "{stdout}");
+
+    let (ok, _, stderr) =
+        run_grpcurl(&["-plaintext", "-d", "{}", &addr, "zhiku.v1.Orchestrator/Ask"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("`question` is empty"),
+        "{stderr}"
+    );
+
+    let (ok, _, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-max-time",
+        "20",
+        "-d",
+        r#"{"question": "小拾喜欢做什么？", "knowledgeBase": "demo"}"#,
+        &addr,
+        "zhiku.v1.Orchestrator/Ask",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("Unavailable"), "{stderr}");
+    assert!(stderr.contains("retriever"), "{stderr}");
 }

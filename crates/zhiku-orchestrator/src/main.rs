@@ -4,17 +4,21 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use zhiku_orchestrator::OrchestratorArgs;
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
 
 /// zhiku's orchestrator service over gRPC (zhiku.v1.Orchestrator, with grpc.health.v1 and server
-/// reflection). The orchestrator (ingest and ask pipelines) is not built yet: see issue 5.
+/// reflection): the ingest and ask pipelines over the embedder, retriever and generator.
 #[derive(Debug, Parser)]
 #[command(name = "zhiku-orchestrator", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+
+    #[command(flatten)]
+    orchestrator: OrchestratorArgs,
 
     #[command(flatten)]
     server: ServerArgs,
@@ -30,7 +34,9 @@ async fn main() -> ExitCode {
         &config,
         &server,
         args.listen,
-        |listener| zhiku_orchestrator::serve(args.server, listener, shutdown_signal()),
+        |listener| {
+            zhiku_orchestrator::serve(args.orchestrator, args.server, listener, shutdown_signal())
+        },
     )
     .await
 }

@@ -1,97 +1,177 @@
-//! Handlers of `zhiku.v1.Orchestrator` (proto/zhiku/v1/orchestrator.proto).
-//!
-//! Not built yet: every RPC answers UNIMPLEMENTED with a message saying so; the service
-//! already starts, serves health and reflection, so clients and deployments can be wired.
+//! Handlers of `zhiku.v1.Orchestrator` (proto/zhiku/v1/orchestrator.proto): the pipelines
+//! stream their events; knowledge-base and document management pass to the retriever.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use zhiku_proto::v1::orchestrator_server::Orchestrator;
+use zhiku_proto::v1::orchestrator_server::Orchestrator as OrchestratorService;
 use zhiku_proto::v1::{
     AskEvent, AskRequest, CreateKnowledgeBaseRequest, DeleteDocumentRequest,
     DeleteDocumentResponse, DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse,
     DescribeKnowledgeBaseRequest, IngestEvent, IngestRequest, KnowledgeBase, ListDocumentsRequest,
     ListDocumentsResponse, ListKnowledgeBasesRequest, ListKnowledgeBasesResponse,
 };
-use zhiku_runtime::error::unimplemented;
+use zhiku_runtime::Ready;
 
-const SERVICE: &str = "zhiku.v1.Orchestrator";
+use crate::Orchestrator;
+use crate::downstream::Deadline;
+use crate::error::OrchestratorError;
 
-/// Why nothing works yet, appended to every UNIMPLEMENTED message.
-pub const NOT_BUILT: &str =
-    "the orchestrator (ingest and ask pipelines) is not built yet: see issue 5";
-
-fn not_built(rpc: &str) -> Status {
-    let status = unimplemented(SERVICE, rpc);
-    Status::unimplemented(format!("{}; {NOT_BUILT}", status.message()))
+#[derive(Clone)]
+pub struct OrchestratorApi {
+    state: Ready<Arc<Orchestrator>>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct OrchestratorApi;
+impl OrchestratorApi {
+    pub fn new(state: Ready<Arc<Orchestrator>>) -> Self {
+        Self { state }
+    }
 
-type IngestStreamType = Pin<Box<dyn Stream<Item = Result<IngestEvent, Status>> + Send>>;
-type AskStreamType = Pin<Box<dyn Stream<Item = Result<AskEvent, Status>> + Send>>;
+    fn state(&self) -> Result<Arc<Orchestrator>, Status> {
+        self.state.get().cloned()
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Runs `work` on its own task, feeding a response stream. When the client goes away the
+/// stream is dropped, the channel closes and the pipeline stops at its next step; the
+/// request id goes with the task.
+fn spawn_stream<T, F, Fut>(work: F) -> EventStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let future = work(tx);
+    match zhiku_runtime::request_id::current() {
+        Some(id) => tokio::spawn(zhiku_runtime::request_id::scope(id, future)),
+        None => tokio::spawn(future),
+    };
+    Box::pin(ReceiverStream::new(rx))
+}
+
+type RetrieverClient = zhiku_proto::v1::retriever_client::RetrieverClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        zhiku_runtime::request_id::PropagateRequestId,
+    >,
+>;
+
+impl OrchestratorApi {
+    /// Passes a management call to the retriever, with the caller's deadline.
+    async fn via_retriever<Req, Resp, F, Fut>(
+        &self,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(RetrieverClient, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        let response = call(
+            state.downstream.retriever.clone(),
+            deadline.request(request.into_inner()),
+        )
+        .await
+        .map_err(OrchestratorError::downstream("retriever"))?;
+        Ok(Response::new(response.into_inner()))
+    }
+}
 
 #[tonic::async_trait]
-impl Orchestrator for OrchestratorApi {
-    type IngestStream = IngestStreamType;
+impl OrchestratorService for OrchestratorApi {
+    type IngestStream = EventStream<IngestEvent>;
 
     async fn ingest(
         &self,
-        _request: Request<IngestRequest>,
+        request: Request<IngestRequest>,
     ) -> Result<Response<Self::IngestStream>, Status> {
-        Err(not_built("Ingest"))
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        let request = request.into_inner();
+        Ok(Response::new(spawn_stream(move |tx| async move {
+            state.ingest(request, deadline, tx).await
+        })))
     }
 
-    type AskStream = AskStreamType;
+    type AskStream = EventStream<AskEvent>;
 
-    async fn ask(
-        &self,
-        _request: Request<AskRequest>,
-    ) -> Result<Response<Self::AskStream>, Status> {
-        Err(not_built("Ask"))
+    async fn ask(&self, request: Request<AskRequest>) -> Result<Response<Self::AskStream>, Status> {
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        let request = request.into_inner();
+        Ok(Response::new(spawn_stream(move |tx| async move {
+            state.ask(request, deadline, tx).await
+        })))
     }
 
     async fn create_knowledge_base(
         &self,
-        _request: Request<CreateKnowledgeBaseRequest>,
+        request: Request<CreateKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
-        Err(not_built("CreateKnowledgeBase"))
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        Ok(Response::new(
+            state
+                .create_knowledge_base(request.into_inner(), deadline)
+                .await?,
+        ))
     }
 
     async fn list_knowledge_bases(
         &self,
-        _request: Request<ListKnowledgeBasesRequest>,
+        request: Request<ListKnowledgeBasesRequest>,
     ) -> Result<Response<ListKnowledgeBasesResponse>, Status> {
-        Err(not_built("ListKnowledgeBases"))
+        self.via_retriever(request, |mut c, r| async move {
+            c.list_knowledge_bases(r).await
+        })
+        .await
     }
 
     async fn describe_knowledge_base(
         &self,
-        _request: Request<DescribeKnowledgeBaseRequest>,
+        request: Request<DescribeKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
-        Err(not_built("DescribeKnowledgeBase"))
+        self.via_retriever(request, |mut c, r| async move {
+            c.describe_knowledge_base(r).await
+        })
+        .await
     }
 
     async fn delete_knowledge_base(
         &self,
-        _request: Request<DeleteKnowledgeBaseRequest>,
+        request: Request<DeleteKnowledgeBaseRequest>,
     ) -> Result<Response<DeleteKnowledgeBaseResponse>, Status> {
-        Err(not_built("DeleteKnowledgeBase"))
+        self.via_retriever(request, |mut c, r| async move {
+            c.delete_knowledge_base(r).await
+        })
+        .await
     }
 
     async fn list_documents(
         &self,
-        _request: Request<ListDocumentsRequest>,
+        request: Request<ListDocumentsRequest>,
     ) -> Result<Response<ListDocumentsResponse>, Status> {
-        Err(not_built("ListDocuments"))
+        self.via_retriever(request, |mut c, r| async move { c.list_documents(r).await })
+            .await
     }
 
     async fn delete_document(
         &self,
-        _request: Request<DeleteDocumentRequest>,
+        request: Request<DeleteDocumentRequest>,
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
-        Err(not_built("DeleteDocument"))
+        self.via_retriever(
+            request,
+            |mut c, r| async move { c.delete_document(r).await },
+        )
+        .await
     }
 }

@@ -1,0 +1,311 @@
+//! The ask pipeline: embed the question → search → drop passages under the threshold →
+//! refuse without generating when none is left → the article's prompt → generate, streamed.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::Status;
+use zhiku_proto::v1::{
+    Answer, AskEvent, AskRequest, Chat, ChatMessage, Citation, CountTokensRequest,
+    DescribeKnowledgeBaseRequest, EmbedKind, EmbedRequest, GenerateRequest, Role, SamplingParams,
+    SearchMode, SearchRequest, Sources, TextChunk, Timings, ask_event, count_tokens_request,
+    generate_request, generate_stream_response,
+};
+
+use crate::Orchestrator;
+use crate::downstream::Deadline;
+use crate::error::OrchestratorError;
+use crate::prompt::REFUSAL;
+
+type Events = mpsc::Sender<Result<AskEvent, Status>>;
+
+const MAX_QUESTION_CHARS: usize = 4_000;
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+impl Orchestrator {
+    /// Answers one question, sending events on `events`.
+    pub async fn ask(&self, request: AskRequest, deadline: Deadline, events: Events) {
+        if let Err(e) = self.ask_inner(request, deadline, &events).await {
+            let _ = events.send(Err(e.into())).await;
+        }
+    }
+
+    async fn ask_inner(
+        &self,
+        request: AskRequest,
+        deadline: Deadline,
+        events: &Events,
+    ) -> Result<(), OrchestratorError> {
+        let started = Instant::now();
+        let question = request.question.trim().to_owned();
+        if question.is_empty() {
+            return Err(OrchestratorError::Validation("`question` is empty".into()));
+        }
+        if question.chars().count() > MAX_QUESTION_CHARS {
+            return Err(OrchestratorError::Validation(format!(
+                "`question` is longer than {MAX_QUESTION_CHARS} characters"
+            )));
+        }
+        if request.knowledge_base.is_empty() {
+            return Err(OrchestratorError::Validation(
+                "`knowledge_base` is empty: name the knowledge base to ask".into(),
+            ));
+        }
+        if request.top_k > 100 {
+            return Err(OrchestratorError::Validation(format!(
+                "`top_k` {} is over 100",
+                request.top_k
+            )));
+        }
+        let top_k = if request.top_k == 0 { 5 } else { request.top_k };
+        let mode = match SearchMode::try_from(request.mode) {
+            Ok(SearchMode::Unspecified) => SearchMode::Hybrid,
+            Ok(mode) => mode,
+            Err(_) => {
+                return Err(OrchestratorError::Validation(format!(
+                    "`mode` {} is not a SearchMode",
+                    request.mode
+                )));
+            }
+        };
+
+        let knowledge_base = self
+            .downstream
+            .retriever
+            .clone()
+            .describe_knowledge_base(deadline.request(DescribeKnowledgeBaseRequest {
+                name: request.knowledge_base.clone(),
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner();
+
+        let embed_started = Instant::now();
+        let vector = self
+            .downstream
+            .embedder
+            .clone()
+            .embed(deadline.request(EmbedRequest {
+                texts: vec![question.clone()],
+                kind: EmbedKind::Query as i32,
+                ..Default::default()
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("embedder"))?
+            .into_inner()
+            .embeddings
+            .into_iter()
+            .next()
+            .map(|e| e.values)
+            .ok_or_else(|| OrchestratorError::Internal("the embedder returned no vector".into()))?;
+        let embed_ms = ms(embed_started);
+
+        let search_started = Instant::now();
+        let hits = self
+            .downstream
+            .retriever
+            .clone()
+            .search(deadline.request(SearchRequest {
+                knowledge_base: request.knowledge_base.clone(),
+                vector: if mode == SearchMode::Sparse {
+                    Vec::new()
+                } else {
+                    vector
+                },
+                query_text: if mode == SearchMode::Dense {
+                    String::new()
+                } else {
+                    question.clone()
+                },
+                top_k,
+                score_threshold: request.score_threshold,
+                filter: request.filter.clone(),
+                mode: mode as i32,
+                with_vectors: false,
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner()
+            .hits;
+        let search_ms = ms(search_started);
+
+        // The threshold is a similarity: in dense and hybrid modes it is checked on each
+        // hit's cosine, so a hit found by keywords alone (no cosine) does not pass it.
+        let kept: Vec<_> = hits
+            .into_iter()
+            .filter(|hit| match request.score_threshold {
+                None => true,
+                Some(threshold) => match mode {
+                    SearchMode::Sparse => hit.score >= threshold,
+                    _ => {
+                        hit.dense_score.is_some_and(|s| s >= threshold)
+                            || (mode == SearchMode::Dense && hit.score >= threshold)
+                    }
+                },
+            })
+            .collect();
+        let citations: Vec<Citation> = kept
+            .iter()
+            .enumerate()
+            .map(|(i, hit)| {
+                let passage = hit.passage.clone().unwrap_or_default();
+                Citation {
+                    number: i as u32 + 1,
+                    document_id: passage.document_id,
+                    source: passage.source,
+                    chunk_index: passage.chunk_index,
+                    score: hit.score,
+                    text: passage.text,
+                }
+            })
+            .collect();
+        send(
+            events,
+            ask_event::Event::Sources(Sources {
+                citations: citations.clone(),
+            }),
+        )
+        .await?;
+
+        let mut timings = Timings {
+            embed_ms,
+            search_ms,
+            ..Default::default()
+        };
+        if citations.is_empty() {
+            timings.total_ms = ms(started);
+            return send(
+                events,
+                ask_event::Event::Answer(Answer {
+                    text: REFUSAL.into(),
+                    refused: true,
+                    citations,
+                    timings: Some(timings),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+
+        let passages: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
+        let prompt = self.template.render(&passages, &question);
+        let sampling = request.sampling.clone().unwrap_or(SamplingParams {
+            max_new_tokens: Some(self.args.max_new_tokens),
+            ..Default::default()
+        });
+        let chat = self
+            .fit_history(
+                &request.history,
+                &prompt,
+                sampling.max_new_tokens.unwrap_or(self.args.max_new_tokens),
+                deadline,
+            )
+            .await?;
+
+        let generate_started = Instant::now();
+        let mut stream = self
+            .downstream
+            .generator
+            .clone()
+            .generate_stream(deadline.request(GenerateRequest {
+                input: Some(generate_request::Input::Chat(chat)),
+                sampling: Some(sampling),
+                adapter: knowledge_base.adapter.clone(),
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("generator"))?
+            .into_inner();
+        let mut first_token_ms = None;
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(OrchestratorError::downstream("generator"))?;
+            match event.event {
+                Some(generate_stream_response::Event::Chunk(chunk)) => {
+                    first_token_ms.get_or_insert_with(|| ms(started));
+                    send(events, ask_event::Event::Chunk(TextChunk { ..chunk })).await?;
+                }
+                Some(generate_stream_response::Event::Done(done)) => {
+                    timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
+                    timings.generate_ms = ms(generate_started);
+                    timings.total_ms = ms(started);
+                    return send(
+                        events,
+                        ask_event::Event::Answer(Answer {
+                            text: done.text,
+                            refused: false,
+                            citations,
+                            timings: Some(timings),
+                            finish_reason: done.finish_reason,
+                            prompt_tokens: done.prompt_tokens,
+                            generated_tokens: done.generated_tokens,
+                        }),
+                    )
+                    .await;
+                }
+                None => {}
+            }
+        }
+        Err(OrchestratorError::Downstream {
+            service: "generator",
+            status: Status::unavailable("the answer stream ended before its final event"),
+        })
+    }
+
+    /// Earlier turns go through the model's chat template, dropped oldest first until the
+    /// prompt and the answer fit the context; the passages are never cut.
+    async fn fit_history(
+        &self,
+        history: &[zhiku_proto::v1::Turn],
+        prompt: &str,
+        max_new_tokens: u32,
+        deadline: Deadline,
+    ) -> Result<Chat, OrchestratorError> {
+        let build = |turns: &[zhiku_proto::v1::Turn]| {
+            let mut messages = Vec::with_capacity(turns.len() * 2 + 1);
+            for turn in turns {
+                messages.push(ChatMessage {
+                    role: Role::User as i32,
+                    content: turn.question.clone(),
+                });
+                messages.push(ChatMessage {
+                    role: Role::Assistant as i32,
+                    content: turn.answer.clone(),
+                });
+            }
+            messages.push(ChatMessage {
+                role: Role::User as i32,
+                content: prompt.to_owned(),
+            });
+            Chat { messages }
+        };
+        let mut start = 0;
+        while start < history.len() {
+            let chat = build(&history[start..]);
+            let count = self
+                .downstream
+                .generator
+                .clone()
+                .count_tokens(deadline.request(CountTokensRequest {
+                    input: Some(count_tokens_request::Input::Chat(chat.clone())),
+                }))
+                .await
+                .map_err(OrchestratorError::downstream("generator"))?
+                .into_inner();
+            if count.tokens + max_new_tokens <= count.context_length {
+                return Ok(chat);
+            }
+            start += 1;
+        }
+        Ok(build(&[]))
+    }
+}
+
+async fn send(events: &Events, event: ask_event::Event) -> Result<(), OrchestratorError> {
+    events
+        .send(Ok(AskEvent { event: Some(event) }))
+        .await
+        .map_err(|_| OrchestratorError::Internal("the client went away".into()))
+}

@@ -1,0 +1,106 @@
+//! Clients of the three services the orchestrator calls.
+//!
+//! Channels connect lazily and reconnect by themselves: a service that was down answers the
+//! next call once it is back, without restarting the orchestrator. Every call carries the
+//! caller's request id and what is left of the caller's deadline.
+
+use std::time::{Duration, Instant};
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use zhiku_proto::v1::embedder_client::EmbedderClient;
+use zhiku_proto::v1::generator_client::GeneratorClient;
+use zhiku_proto::v1::retriever_client::RetrieverClient;
+use zhiku_runtime::request_id::PropagateRequestId;
+
+use crate::config::OrchestratorArgs;
+use crate::error::OrchestratorError;
+
+type Svc = InterceptedService<Channel, PropagateRequestId>;
+
+#[derive(Clone)]
+pub struct Downstream {
+    pub embedder: EmbedderClient<Svc>,
+    pub retriever: RetrieverClient<Svc>,
+    pub generator: GeneratorClient<Svc>,
+}
+
+fn channel(service: &'static str, address: &str) -> Result<Channel, OrchestratorError> {
+    let endpoint =
+        Endpoint::from_shared(address.to_owned()).map_err(|e| OrchestratorError::BadAddress {
+            service,
+            address: address.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+impl Downstream {
+    pub fn new(args: &OrchestratorArgs) -> Result<Self, OrchestratorError> {
+        let max = 64 * 1024 * 1024;
+        Ok(Self {
+            embedder: EmbedderClient::with_interceptor(
+                channel("embedder", &args.embedder_addr)?,
+                PropagateRequestId,
+            )
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+            retriever: RetrieverClient::with_interceptor(
+                channel("retriever", &args.retriever_addr)?,
+                PropagateRequestId,
+            )
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+            generator: GeneratorClient::with_interceptor(
+                channel("generator", &args.generator_addr)?,
+                PropagateRequestId,
+            )
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        })
+    }
+}
+
+/// The caller's deadline, carried to every downstream call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deadline(pub Option<Instant>);
+
+impl Deadline {
+    /// Reads `grpc-timeout` (digits + unit H M S m u n) from an incoming request.
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Self {
+        let parse = || {
+            let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+            let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+            let n: u64 = digits.parse().ok()?;
+            let timeout = match unit {
+                "H" => Duration::from_secs(n.saturating_mul(3600)),
+                "M" => Duration::from_secs(n.saturating_mul(60)),
+                "S" => Duration::from_secs(n),
+                "m" => Duration::from_millis(n),
+                "u" => Duration::from_micros(n),
+                "n" => Duration::from_nanos(n),
+                _ => return None,
+            };
+            Instant::now().checked_add(timeout)
+        };
+        Deadline(parse())
+    }
+
+    /// A downstream request with what is left of the deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(deadline) = self.0 {
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        request
+    }
+
+    pub fn expired(&self) -> bool {
+        self.0.is_some_and(|d| Instant::now() >= d)
+    }
+}
