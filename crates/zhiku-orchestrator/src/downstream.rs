@@ -71,24 +71,9 @@ impl Downstream {
 pub struct Deadline(pub Option<Instant>);
 
 impl Deadline {
-    /// Reads `grpc-timeout` (digits + unit H M S m u n) from an incoming request.
+    /// The deadline of an incoming request, if its client set one.
     pub fn from_request<T>(request: &tonic::Request<T>) -> Self {
-        let parse = || {
-            let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-            let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-            let n: u64 = digits.parse().ok()?;
-            let timeout = match unit {
-                "H" => Duration::from_secs(n.saturating_mul(3600)),
-                "M" => Duration::from_secs(n.saturating_mul(60)),
-                "S" => Duration::from_secs(n),
-                "m" => Duration::from_millis(n),
-                "u" => Duration::from_micros(n),
-                "n" => Duration::from_nanos(n),
-                _ => return None,
-            };
-            Instant::now().checked_add(timeout)
-        };
-        Deadline(parse())
+        Deadline(zhiku_runtime::deadline::from_metadata(request.metadata()))
     }
 
     /// A downstream request with what is left of the deadline.

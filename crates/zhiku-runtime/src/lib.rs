@@ -14,6 +14,7 @@
 //! - [`ready::Ready`]: state that a service fills in once loaded.
 
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod limit;
 pub mod ready;

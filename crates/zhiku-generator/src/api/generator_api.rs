@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -41,21 +41,9 @@ impl GeneratorApi {
     }
 }
 
-/// Reads the gRPC deadline (`grpc-timeout`: digits + unit H M S m u n).
+/// The gRPC deadline of a request, if the client set one.
 fn deadline<T>(request: &Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    };
-    Instant::now().checked_add(timeout)
+    zhiku_runtime::deadline::from_metadata(request.metadata())
 }
 
 fn role(role: i32) -> Result<Role, GeneratorError> {
