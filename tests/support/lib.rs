@@ -72,8 +72,12 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` listening on a free loopback port, with `args` and `envs`.
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        Self::start_on(name, addr, args, envs)
+    }
+
+    /// Starts `binary` listening on `addr` (e.g. to restart a service where it was).
+    pub fn start_on(name: &str, addr: SocketAddr, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -141,6 +145,12 @@ impl ServiceProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
