@@ -240,8 +240,73 @@ async fn check_placeholder_service(binary: &str, service: &str, rpc: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retriever_binary_starts_and_answers_unimplemented() {
-    check_placeholder_service("zhiku-retriever", "zhiku.v1.Retriever", "Search").await;
+async fn retriever_binary_health_reflection_and_grpcurl_upsert_search() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = data.path().to_str().expect("utf-8 path");
+    let process = ServiceProcess::start("zhiku-retriever", &["--data-dir", data_dir], &[]);
+    let seen = wait_serving(&process, "zhiku.v1.Retriever", STARTUP).await;
+    assert_eq!(seen.last(), Some(&ServingStatus::Serving));
+    let services = grpcurl_list(&process);
+    assert!(
+        services.contains(&"zhiku.v1.Retriever".to_owned()),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&"grpc.health.v1.Health".to_owned()),
+        "{services:?}"
+    );
+    let addr = process.addr.to_string();
+    let (ok, stdout, stderr) =
+        run_grpcurl(&["-plaintext", &addr, "describe", "zhiku.v1.Retriever"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("rpc Search ("), "{stdout}");
+
+    let call = |method: &str, body: &str| -> serde_json::Value {
+        let (ok, stdout, stderr) = run_grpcurl(&[
+            "-plaintext",
+            "-d",
+            body,
+            &addr,
+            &format!("zhiku.v1.Retriever/{method}"),
+        ]);
+        assert!(ok, "grpcurl {method} failed: {stderr}");
+        serde_json::from_str(&stdout).expect("grpcurl prints JSON")
+    };
+    let kb = call(
+        "CreateKnowledgeBase",
+        r#"{"name": "docs", "dimensions": 3, "distance": "DISTANCE_COSINE"}"#,
+    );
+    assert_eq!(kb["name"], "docs");
+    assert_eq!(kb["dimensions"], 3);
+    let upserted = call(
+        "Upsert",
+        r#"{"knowledge_base": "docs", "passages": [
+            {"document_id": "guide.md", "chunk_index": 0, "chunk_count": 2,
+             "text": "安装知识库服务", "source": "guide.md", "vector": [1, 0, 0]},
+            {"document_id": "guide.md", "chunk_index": 1, "chunk_count": 2,
+             "text": "向量检索与混合检索", "source": "guide.md", "vector": [0, 1, 0]}]}"#,
+    );
+    assert_eq!(upserted["upserted"], "2");
+    let found = call(
+        "Search",
+        r#"{"knowledge_base": "docs", "vector": [0, 0.9, 0.1], "query_text": "混合检索", "top_k": 1}"#,
+    );
+    assert_eq!(found["mode"], "SEARCH_MODE_HYBRID");
+    let hits = found["hits"].as_array().expect("hits");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["passage"]["text"], "向量检索与混合检索");
+
+    // Bad input: INVALID_ARGUMENT with what to fix.
+    let (ok, _, stderr) = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"knowledge_base": "docs", "vector": [1, 0]}"#,
+        &addr,
+        "zhiku.v1.Retriever/Search",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("InvalidArgument"), "{stderr}");
+    assert!(stderr.contains("2 dimensions"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,17 +4,22 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use zhiku_retriever::RetrieverArgs;
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
 
 /// zhiku's retriever service over gRPC (zhiku.v1.Retriever, with grpc.health.v1 and server
-/// reflection). The retriever (Qdrant storage and search) is not built yet: see issue 3.
+/// reflection): knowledge bases of passages in Qdrant — embedded (qdrant-edge, on local
+/// disk) or a Qdrant server — searched by dense vectors, BM25 or both fused.
 #[derive(Debug, Parser)]
 #[command(name = "zhiku-retriever", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50053")]
     listen: SocketAddr,
+
+    #[command(flatten)]
+    retriever: RetrieverArgs,
 
     #[command(flatten)]
     server: ServerArgs,
@@ -30,7 +35,7 @@ async fn main() -> ExitCode {
         &config,
         &server,
         args.listen,
-        |listener| zhiku_retriever::serve(args.server, listener, shutdown_signal()),
+        |listener| zhiku_retriever::serve(args.retriever, args.server, listener, shutdown_signal()),
     )
     .await
 }

@@ -1,10 +1,8 @@
-//! Handlers of `zhiku.v1.Retriever` (proto/zhiku/v1/retriever.proto).
-//!
-//! Not built yet: every RPC answers UNIMPLEMENTED with a message saying so; the service
-//! already starts, serves health and reflection, so clients and deployments can be wired.
+//! Handlers of `zhiku.v1.Retriever` (proto/zhiku/v1/retriever.proto): each unwraps the
+//! request, calls [`Retriever`] and maps its error with the runtime's one mapping.
 
 use tonic::{Request, Response, Status};
-use zhiku_proto::v1::retriever_server::Retriever;
+use zhiku_proto::v1::retriever_server::Retriever as RetrieverService;
 use zhiku_proto::v1::{
     CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteDocumentResponse,
     DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse, DescribeKnowledgeBaseRequest,
@@ -12,84 +10,104 @@ use zhiku_proto::v1::{
     ListKnowledgeBasesResponse, RetrieverInfoRequest, RetrieverInfoResponse, SearchRequest,
     SearchResponse, UpsertRequest, UpsertResponse,
 };
-use zhiku_runtime::error::unimplemented;
+use zhiku_runtime::Ready;
+use zhiku_runtime::error::to_status;
 
-const SERVICE: &str = "zhiku.v1.Retriever";
+use crate::knowledge::Retriever;
 
-/// Why nothing works yet, appended to every UNIMPLEMENTED message.
-pub const NOT_BUILT: &str =
-    "the retriever (Qdrant storage and search) is not built yet: see issue 3";
-
-fn not_built(rpc: &str) -> Status {
-    let status = unimplemented(SERVICE, rpc);
-    Status::unimplemented(format!("{}; {NOT_BUILT}", status.message()))
+#[derive(Clone)]
+pub struct RetrieverApi {
+    retriever: Ready<Retriever>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RetrieverApi;
+impl RetrieverApi {
+    pub fn new(retriever: Ready<Retriever>) -> Self {
+        Self { retriever }
+    }
+}
+
+fn reply<T>(result: crate::error::Result<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| to_status(&e))
+}
 
 #[tonic::async_trait]
-impl Retriever for RetrieverApi {
+impl RetrieverService for RetrieverApi {
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().name))]
     async fn create_knowledge_base(
         &self,
-        _request: Request<CreateKnowledgeBaseRequest>,
+        request: Request<CreateKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
-        Err(not_built("CreateKnowledgeBase"))
+        let r = self.retriever.get()?;
+        reply(r.create_knowledge_base(request.into_inner()).await)
     }
 
     async fn list_knowledge_bases(
         &self,
         _request: Request<ListKnowledgeBasesRequest>,
     ) -> Result<Response<ListKnowledgeBasesResponse>, Status> {
-        Err(not_built("ListKnowledgeBases"))
+        let r = self.retriever.get()?;
+        reply(r.list_knowledge_bases().await)
     }
 
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().name))]
     async fn describe_knowledge_base(
         &self,
-        _request: Request<DescribeKnowledgeBaseRequest>,
+        request: Request<DescribeKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
-        Err(not_built("DescribeKnowledgeBase"))
+        let r = self.retriever.get()?;
+        reply(r.describe_knowledge_base(&request.into_inner().name).await)
     }
 
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().name))]
     async fn delete_knowledge_base(
         &self,
-        _request: Request<DeleteKnowledgeBaseRequest>,
+        request: Request<DeleteKnowledgeBaseRequest>,
     ) -> Result<Response<DeleteKnowledgeBaseResponse>, Status> {
-        Err(not_built("DeleteKnowledgeBase"))
+        let r = self.retriever.get()?;
+        reply(r.delete_knowledge_base(&request.into_inner().name).await)
     }
 
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().knowledge_base, passages = request.get_ref().passages.len()))]
     async fn upsert(
         &self,
-        _request: Request<UpsertRequest>,
+        request: Request<UpsertRequest>,
     ) -> Result<Response<UpsertResponse>, Status> {
-        Err(not_built("Upsert"))
+        let r = self.retriever.get()?;
+        reply(r.upsert(request.into_inner()).await)
     }
 
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().knowledge_base))]
     async fn search(
         &self,
-        _request: Request<SearchRequest>,
+        request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
-        Err(not_built("Search"))
+        let r = self.retriever.get()?;
+        reply(r.search(request.into_inner()).await)
     }
 
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().knowledge_base))]
     async fn delete_document(
         &self,
-        _request: Request<DeleteDocumentRequest>,
+        request: Request<DeleteDocumentRequest>,
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
-        Err(not_built("DeleteDocument"))
+        let r = self.retriever.get()?;
+        reply(r.delete_document(request.into_inner()).await)
     }
 
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().knowledge_base))]
     async fn list_documents(
         &self,
-        _request: Request<ListDocumentsRequest>,
+        request: Request<ListDocumentsRequest>,
     ) -> Result<Response<ListDocumentsResponse>, Status> {
-        Err(not_built("ListDocuments"))
+        let r = self.retriever.get()?;
+        reply(r.list_documents(request.into_inner()).await)
     }
 
     async fn info(
         &self,
         _request: Request<RetrieverInfoRequest>,
     ) -> Result<Response<RetrieverInfoResponse>, Status> {
-        Err(not_built("Info"))
+        let r = self.retriever.get()?;
+        reply(r.info().await)
     }
 }

@@ -1,0 +1,310 @@
+//! `retriever-bench`: recall and latency of the retriever's dense search.
+//!
+//! Stores N random unit vectors (default 100 000 × 384) in the embedded backend (qdrant-edge
+//! in a temporary directory), builds its HNSW index, then for Q random queries compares the
+//! top-10 of the store with the exact top-10 (brute force, computed here) and measures search
+//! latency for several HNSW `ef` values. With `ZHIKU_TEST_QDRANT_URL` set it measures a
+//! Qdrant server the same way. Run it in release: `cargo run --release -p zhiku-retriever
+//! --bin retriever-bench`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use zhiku_retriever::store::embedded::{EmbeddedStore, HnswSettings};
+use zhiku_retriever::store::qdrant::{QdrantSettings, QdrantStore};
+use zhiku_retriever::store::{
+    Distance, KbMeta, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec, SparseVec,
+    VectorStore, now_ms,
+};
+
+/// Recall@10 and p50/p99 search latency of the retriever's vector stores.
+#[derive(Debug, Parser)]
+#[command(name = "retriever-bench")]
+struct Args {
+    /// Vectors stored.
+    #[arg(long, env = "ZHIKU_BENCH_POINTS", default_value_t = 100_000)]
+    points: usize,
+    /// Vector length.
+    #[arg(long, env = "ZHIKU_BENCH_DIMS", default_value_t = 384)]
+    dims: usize,
+    /// Queries measured.
+    #[arg(long, env = "ZHIKU_BENCH_QUERIES", default_value_t = 200)]
+    queries: usize,
+    /// Nearest neighbours compared (recall@k).
+    #[arg(long, env = "ZHIKU_BENCH_K", default_value_t = 10)]
+    k: usize,
+    /// HNSW search beam widths to measure (comma-separated).
+    #[arg(
+        long,
+        env = "ZHIKU_BENCH_EF",
+        value_delimiter = ',',
+        default_value = "64,128,256,512"
+    )]
+    ef: Vec<usize>,
+    /// HNSW edges per node.
+    #[arg(long, env = "ZHIKU_BENCH_HNSW_M", default_value_t = 16)]
+    m: usize,
+    /// HNSW build-time beam width.
+    #[arg(long, env = "ZHIKU_BENCH_HNSW_EF_CONSTRUCT", default_value_t = 100)]
+    ef_construct: usize,
+    /// Seed of the random vectors.
+    #[arg(long, env = "ZHIKU_BENCH_SEED", default_value_t = 42)]
+    seed: u64,
+}
+
+/// SplitMix64: small, deterministic, good enough for test vectors.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn next_f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn unit_vector(&mut self, dims: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dims).map(|_| self.next_f32()).collect();
+        let norm = v
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::EPSILON);
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Exact top-k document ids by cosine (the vectors are unit length).
+fn exact_top_k(data: &[Vec<f32>], query: &[f32], k: usize) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (dot(v, query), i))
+        .collect();
+    scored.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+    scored.truncate(k);
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+struct Figures {
+    ef: usize,
+    recall: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(
+    store: &Arc<dyn VectorStore>,
+    kb: &str,
+    queries: &[Vec<f32>],
+    truth: &[Vec<usize>],
+    k: usize,
+    ef: Option<usize>,
+) -> Result<Figures, Box<dyn std::error::Error>> {
+    let mut latencies = Vec::with_capacity(queries.len());
+    let mut found = 0usize;
+    for (q, want) in queries.iter().zip(truth) {
+        let spec = SearchSpec {
+            mode: Mode::Dense,
+            dense: Some(q.clone()),
+            sparse: None,
+            limit: k,
+            filter: PassageFilter::default(),
+            score_threshold: None,
+            hnsw_ef: ef,
+            exact: false,
+            with_vectors: false,
+        };
+        let started = Instant::now();
+        let hits = store.search(kb, spec).await?;
+        latencies.push(started.elapsed());
+        let got: std::collections::HashSet<usize> = hits
+            .iter()
+            .filter_map(|h| h.payload.document_id.parse().ok())
+            .collect();
+        found += want.iter().filter(|i| got.contains(i)).count();
+    }
+    latencies.sort();
+    Ok(Figures {
+        ef: ef.unwrap_or(0),
+        recall: found as f64 / (queries.len() * k) as f64,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+async fn bench(
+    name: &str,
+    store: Arc<dyn VectorStore>,
+    embedded: Option<Arc<EmbeddedStore>>,
+    args: &Args,
+    data: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    truth: &[Vec<usize>],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let kb = "bench";
+    let _ = store.delete_kb(kb).await;
+    store
+        .create_kb(KbMeta {
+            name: kb.into(),
+            dimensions: args.dims as u32,
+            distance: Distance::Cosine,
+            description: "retriever-bench".into(),
+            adapter: String::new(),
+            created_at_ms: now_ms(),
+        })
+        .await?;
+    let started = Instant::now();
+    for (batch_no, batch) in data.chunks(1000).enumerate() {
+        let points = batch
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let i = batch_no * 1000 + j;
+                PointRecord {
+                    id: zhiku_retriever::knowledge::point_id(kb, &i.to_string(), 0),
+                    dense: v.clone(),
+                    sparse: SparseVec::default(),
+                    payload: PassagePayload {
+                        document_id: i.to_string(),
+                        ..PassagePayload::default()
+                    },
+                }
+            })
+            .collect();
+        store.upsert(kb, points, vec![]).await?;
+    }
+    let upsert_time = started.elapsed();
+    let started = Instant::now();
+    if let Some(embedded) = &embedded {
+        let e = embedded.clone();
+        tokio::task::spawn_blocking(move || e.optimize(kb)).await??;
+    }
+    let index_time = started.elapsed();
+    let count = store.count(kb).await?;
+    println!(
+        "[{name}] {count} points of {} dims: upsert {:.1} s ({:.0} points/s), index build {:.1} s",
+        args.dims,
+        upsert_time.as_secs_f64(),
+        data.len() as f64 / upsert_time.as_secs_f64(),
+        index_time.as_secs_f64()
+    );
+    // Warm-up (page cache, lazy structures).
+    measure(
+        &store,
+        kb,
+        &queries[..queries.len().min(20)],
+        truth,
+        args.k,
+        None,
+    )
+    .await?;
+    println!(
+        "[{name}] {:>6} {:>12} {:>10} {:>10}",
+        "ef", "recall@k", "p50 ms", "p99 ms"
+    );
+    for &ef in &args.ef {
+        let f = measure(&store, kb, queries, truth, args.k, Some(ef)).await?;
+        println!(
+            "[{name}] {:>6} {:>12.4} {:>10.3} {:>10.3}",
+            f.ef,
+            f.recall,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+    store.delete_kb(kb).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let mut rng = Rng(args.seed);
+    let started = Instant::now();
+    let data: Vec<Vec<f32>> = (0..args.points)
+        .map(|_| rng.unit_vector(args.dims))
+        .collect();
+    let queries: Vec<Vec<f32>> = (0..args.queries)
+        .map(|_| rng.unit_vector(args.dims))
+        .collect();
+    let truth: Vec<Vec<usize>> = queries
+        .iter()
+        .map(|q| exact_top_k(&data, q, args.k))
+        .collect();
+    println!(
+        "{} random unit vectors × {} dims, {} queries, exact top-{} by brute force in {:.1} s; \
+         HNSW m={} ef_construct={}",
+        args.points,
+        args.dims,
+        args.queries,
+        args.k,
+        started.elapsed().as_secs_f64(),
+        args.m,
+        args.ef_construct
+    );
+
+    let dir = tempfile::tempdir()?;
+    let hnsw = HnswSettings {
+        m: args.m,
+        ef_construct: args.ef_construct,
+        ..HnswSettings::default()
+    };
+    let embedded = Arc::new(EmbeddedStore::open(dir.path(), hnsw)?);
+    bench(
+        "embedded",
+        embedded.clone(),
+        Some(embedded),
+        &args,
+        &data,
+        &queries,
+        &truth,
+    )
+    .await?;
+
+    match std::env::var("ZHIKU_TEST_QDRANT_URL") {
+        Ok(url) if !url.is_empty() => {
+            let store = QdrantStore::connect(QdrantSettings {
+                url,
+                api_key: std::env::var("ZHIKU_TEST_QDRANT_API_KEY").ok(),
+                collection_prefix: format!("zhiku_bench_{}_", std::process::id()),
+                timeout_secs: 60,
+            })
+            .await?;
+            bench(
+                "qdrant",
+                Arc::new(store),
+                None,
+                &args,
+                &data,
+                &queries,
+                &truth,
+            )
+            .await?;
+        }
+        _ => println!("[qdrant] skipped: set ZHIKU_TEST_QDRANT_URL to measure a Qdrant server"),
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The retriever's flags (every one also an environment variable).
+
+use std::path::PathBuf;
+
+use crate::store::embedded::HnswSettings;
+use crate::store::qdrant::QdrantSettings;
+
+/// Where knowledge bases are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The Qdrant engine in this process (qdrant-edge), on local disk under --data-dir.
+    Embedded,
+    /// A Qdrant server or cluster at --qdrant-url.
+    Qdrant,
+}
+
+/// A value kept out of logs (the configuration is logged at startup).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetrieverArgs {
+    /// Storage backend.
+    #[arg(long, env = "ZHIKU_RETRIEVER_BACKEND", value_enum, default_value_t = Backend::Embedded)]
+    pub backend: Backend,
+
+    /// Directory of the embedded backend: one sub-directory per knowledge base.
+    #[arg(
+        long,
+        env = "ZHIKU_RETRIEVER_DATA_DIR",
+        default_value = "data/retriever"
+    )]
+    pub data_dir: PathBuf,
+
+    /// gRPC URL of the Qdrant server (backend qdrant); an https:// URL turns TLS on.
+    #[arg(
+        long,
+        env = "ZHIKU_QDRANT_URL",
+        default_value = "http://localhost:6334"
+    )]
+    pub qdrant_url: String,
+
+    /// API key of the Qdrant server, if it wants one.
+    #[arg(long, env = "ZHIKU_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<Secret>,
+
+    /// Prefix of the Qdrant collections that hold knowledge bases (collection = prefix + name).
+    #[arg(long, env = "ZHIKU_QDRANT_COLLECTION_PREFIX", default_value = "zhiku_")]
+    pub qdrant_collection_prefix: String,
+
+    /// Seconds a call to the Qdrant server may take.
+    #[arg(long, env = "ZHIKU_QDRANT_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub qdrant_timeout_seconds: u64,
+
+    /// HNSW edges per node of new embedded knowledge bases.
+    #[arg(long, env = "ZHIKU_RETRIEVER_HNSW_M", default_value_t = 16)]
+    pub hnsw_m: usize,
+
+    /// HNSW build-time beam width of new embedded knowledge bases.
+    #[arg(long, env = "ZHIKU_RETRIEVER_HNSW_EF_CONSTRUCT", default_value_t = 100)]
+    pub hnsw_ef_construct: usize,
+
+    /// Vectors (in KiB) a segment collects before the embedded backend builds its HNSW index;
+    /// smaller segments are searched exactly.
+    #[arg(
+        long,
+        env = "ZHIKU_RETRIEVER_INDEXING_THRESHOLD_KB",
+        default_value_t = 10_000
+    )]
+    pub indexing_threshold_kb: usize,
+
+    /// Seconds between checks whether an embedded knowledge base needs its index (re)built.
+    #[arg(
+        long,
+        env = "ZHIKU_RETRIEVER_OPTIMIZE_INTERVAL_SECONDS",
+        default_value_t = 30
+    )]
+    pub optimize_interval_seconds: u64,
+}
+
+impl RetrieverArgs {
+    /// Defaults, with the embedded backend in `data_dir` (tests, tools).
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            backend: Backend::Embedded,
+            data_dir: data_dir.into(),
+            qdrant_url: "http://localhost:6334".into(),
+            qdrant_api_key: None,
+            qdrant_collection_prefix: "zhiku_".into(),
+            qdrant_timeout_seconds: 30,
+            hnsw_m: 16,
+            hnsw_ef_construct: 100,
+            indexing_threshold_kb: 10_000,
+            optimize_interval_seconds: 30,
+        }
+    }
+
+    pub fn hnsw(&self) -> HnswSettings {
+        HnswSettings {
+            m: self.hnsw_m,
+            ef_construct: self.hnsw_ef_construct,
+            indexing_threshold_kb: self.indexing_threshold_kb,
+        }
+    }
+
+    pub fn qdrant(&self) -> QdrantSettings {
+        QdrantSettings {
+            url: self.qdrant_url.clone(),
+            api_key: self.qdrant_api_key.as_ref().map(|s| s.0.clone()),
+            collection_prefix: self.qdrant_collection_prefix.clone(),
+            timeout_secs: self.qdrant_timeout_seconds,
+        }
+    }
+}

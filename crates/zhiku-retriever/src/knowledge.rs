@@ -1,0 +1,538 @@
+//! The retriever's logic above a [`VectorStore`]: request validation, deterministic point
+//! ids, BM25 vectors, modes and paging. The gRPC handlers only call these and map errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+use zhiku_proto::v1 as pb;
+
+use crate::error::{Result, RetrieverError};
+use crate::sparse::Bm25;
+use crate::store::{
+    Distance, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec,
+    StaleChunks, VectorStore, metadata_kv, now_ms,
+};
+
+/// Most passages in one Upsert.
+pub const MAX_UPSERT_PASSAGES: usize = 1024;
+/// Longest vector a knowledge base may hold.
+pub const MAX_DIMENSIONS: u32 = 65_536;
+/// top_k when 0 is given, and its maximum.
+pub const DEFAULT_TOP_K: u32 = 5;
+pub const MAX_TOP_K: u32 = 100;
+/// ListDocuments page size when 0 is given, and its maximum.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Namespace of point ids (UUID v5 of knowledge base, document id and chunk index).
+const POINT_NAMESPACE: Uuid = Uuid::from_bytes([
+    0x7a, 0x68, 0x69, 0x6b, 0x75, 0x2d, 0x5c, 0x4e, 0x9a, 0x2f, 0x70, 0x61, 0x73, 0x73, 0x61, 0x67,
+]);
+
+/// The id of a chunk's point: the same for the same (knowledge base, document, chunk), so
+/// writing a chunk again replaces it.
+pub fn point_id(knowledge_base: &str, document_id: &str, chunk_index: u32) -> Uuid {
+    // Lengths make the encoding unambiguous whatever the names contain.
+    let key = format!(
+        "{}:{knowledge_base}\u{0}{}:{document_id}\u{0}{chunk_index}",
+        knowledge_base.len(),
+        document_id.len()
+    );
+    Uuid::new_v5(&POINT_NAMESPACE, key.as_bytes())
+}
+
+/// Checks a knowledge base name: 1-64 ASCII letters, digits, '_' or '-', starting with a
+/// letter or digit.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let starts_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 64 || !ok_chars || !starts_ok {
+        return Err(RetrieverError::invalid(format!(
+            "knowledge base name {name:?} is invalid: use 1-64 ASCII letters, digits, '_' or \
+             '-', starting with a letter or digit (e.g. \"product-docs\")"
+        )));
+    }
+    Ok(())
+}
+
+fn distance_from_proto(value: i32) -> Result<Distance> {
+    match pb::Distance::try_from(value) {
+        Ok(pb::Distance::Unspecified | pb::Distance::Cosine) => Ok(Distance::Cosine),
+        Ok(pb::Distance::Dot) => Ok(Distance::Dot),
+        Ok(pb::Distance::Euclid) => Ok(Distance::Euclid),
+        Err(_) => Err(RetrieverError::invalid(format!(
+            "distance {value} is unknown: use DISTANCE_COSINE, DISTANCE_DOT or DISTANCE_EUCLID"
+        ))),
+    }
+}
+
+fn distance_to_proto(distance: Distance) -> pb::Distance {
+    match distance {
+        Distance::Cosine => pb::Distance::Cosine,
+        Distance::Dot => pb::Distance::Dot,
+        Distance::Euclid => pb::Distance::Euclid,
+    }
+}
+
+pub fn kb_to_proto(info: KbInfo) -> pb::KnowledgeBase {
+    pb::KnowledgeBase {
+        name: info.meta.name,
+        dimensions: info.meta.dimensions,
+        distance: distance_to_proto(info.meta.distance) as i32,
+        description: info.meta.description,
+        adapter: info.meta.adapter,
+        passage_count: info.passage_count,
+        document_count: info.document_count,
+        created_at_ms: info.meta.created_at_ms,
+    }
+}
+
+fn check_vector(vector: &[f32], dims: u32, what: &str) -> Result<()> {
+    if vector.len() != dims as usize {
+        return Err(RetrieverError::invalid(format!(
+            "{what} has {} dimensions but the knowledge base stores {dims}-dimensional vectors; \
+             embed with the model the knowledge base was created for",
+            vector.len()
+        )));
+    }
+    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(RetrieverError::invalid(format!(
+            "{what} has a non-finite value at index {i}; vectors must hold finite numbers"
+        )));
+    }
+    Ok(())
+}
+
+/// The retriever over one store.
+#[derive(Clone)]
+pub struct Retriever {
+    store: Arc<dyn VectorStore>,
+    bm25: Arc<Bm25>,
+}
+
+impl Retriever {
+    pub fn new(store: Arc<dyn VectorStore>) -> Result<Self> {
+        Ok(Self {
+            store,
+            bm25: Arc::new(Bm25::new()?),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn VectorStore> {
+        &self.store
+    }
+
+    pub async fn create_knowledge_base(
+        &self,
+        req: pb::CreateKnowledgeBaseRequest,
+    ) -> Result<pb::KnowledgeBase> {
+        validate_name(&req.name)?;
+        if req.dimensions == 0 || req.dimensions > MAX_DIMENSIONS {
+            return Err(RetrieverError::invalid(format!(
+                "dimensions {} is out of range: give the embedding length, 1-{MAX_DIMENSIONS} \
+                 (e.g. 384 for all-MiniLM-L6-v2, 1024 for bge-large-zh)",
+                req.dimensions
+            )));
+        }
+        let meta = KbMeta {
+            name: req.name,
+            dimensions: req.dimensions,
+            distance: distance_from_proto(req.distance)?,
+            description: req.description,
+            adapter: req.adapter,
+            created_at_ms: now_ms(),
+        };
+        Ok(kb_to_proto(self.store.create_kb(meta).await?))
+    }
+
+    pub async fn list_knowledge_bases(&self) -> Result<pb::ListKnowledgeBasesResponse> {
+        let mut kbs = self.store.list_kbs().await?;
+        kbs.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        Ok(pb::ListKnowledgeBasesResponse {
+            knowledge_bases: kbs.into_iter().map(kb_to_proto).collect(),
+        })
+    }
+
+    pub async fn describe_knowledge_base(&self, name: &str) -> Result<pb::KnowledgeBase> {
+        validate_name(name)?;
+        Ok(kb_to_proto(self.store.describe_kb(name).await?))
+    }
+
+    pub async fn delete_knowledge_base(
+        &self,
+        name: &str,
+    ) -> Result<pb::DeleteKnowledgeBaseResponse> {
+        validate_name(name)?;
+        Ok(pb::DeleteKnowledgeBaseResponse {
+            deleted_passages: self.store.delete_kb(name).await?,
+        })
+    }
+
+    pub async fn upsert(&self, req: pb::UpsertRequest) -> Result<pb::UpsertResponse> {
+        let kb = req.knowledge_base;
+        validate_name(&kb)?;
+        if req.passages.is_empty() || req.passages.len() > MAX_UPSERT_PASSAGES {
+            return Err(RetrieverError::invalid(format!(
+                "an Upsert carries 1-{MAX_UPSERT_PASSAGES} passages, this one {}; split larger \
+                 batches",
+                req.passages.len()
+            )));
+        }
+        let meta = self.store.kb_meta(&kb).await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut stale: BTreeMap<String, u32> = BTreeMap::new();
+        for (i, p) in req.passages.iter().enumerate() {
+            let what = format!(
+                "passage {i} (document {:?}, chunk {})",
+                p.document_id, p.chunk_index
+            );
+            if p.document_id.is_empty() {
+                return Err(RetrieverError::invalid(format!(
+                    "passage {i} has an empty document_id; give every passage the id of its document"
+                )));
+            }
+            check_vector(&p.vector, meta.dimensions, &format!("the vector of {what}"))?;
+            if p.chunk_count != 0 && p.chunk_index >= p.chunk_count {
+                return Err(RetrieverError::invalid(format!(
+                    "{what} has chunk_index >= chunk_count ({}); chunk indexes run from 0 to \
+                     chunk_count - 1",
+                    p.chunk_count
+                )));
+            }
+            if p.char_end < p.char_start {
+                return Err(RetrieverError::invalid(format!(
+                    "{what} has char_end {} before char_start {}",
+                    p.char_end, p.char_start
+                )));
+            }
+            if !seen.insert((p.document_id.as_str(), p.chunk_index)) {
+                return Err(RetrieverError::invalid(format!(
+                    "{what} appears twice in this request; send each chunk once"
+                )));
+            }
+            if p.chunk_count != 0 {
+                match stale.get(&p.document_id) {
+                    Some(&c) if c != p.chunk_count => {
+                        return Err(RetrieverError::invalid(format!(
+                            "{what} says chunk_count {} but another passage of the document \
+                             says {c}; all chunks of one version share chunk_count",
+                            p.chunk_count
+                        )));
+                    }
+                    _ => {
+                        stale.insert(p.document_id.clone(), p.chunk_count);
+                    }
+                }
+            }
+        }
+        let bm25 = self.bm25.clone();
+        let kb_name = kb.clone();
+        let points = tokio::task::spawn_blocking(move || {
+            req.passages
+                .into_iter()
+                .map(|p| {
+                    // The heading path is indexed with the text (as it is embedded).
+                    let indexed = if p.heading_path.is_empty() {
+                        p.text.clone()
+                    } else {
+                        format!("{}\n{}", p.heading_path, p.text)
+                    };
+                    let metadata: BTreeMap<String, String> = p.metadata.into_iter().collect();
+                    PointRecord {
+                        id: point_id(&kb_name, &p.document_id, p.chunk_index),
+                        dense: p.vector,
+                        sparse: bm25.document(&indexed),
+                        payload: PassagePayload {
+                            metadata_kv: metadata.iter().map(|(k, v)| metadata_kv(k, v)).collect(),
+                            metadata,
+                            document_id: p.document_id,
+                            chunk_index: p.chunk_index,
+                            text: p.text,
+                            source: p.source,
+                            heading_path: p.heading_path,
+                            char_start: p.char_start,
+                            char_end: p.char_end,
+                        },
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| RetrieverError::Task(e.to_string()))?;
+        let stale = stale
+            .into_iter()
+            .map(|(document_id, chunk_count)| StaleChunks {
+                document_id,
+                chunk_count,
+            })
+            .collect();
+        let outcome = self.store.upsert(&kb, points, stale).await?;
+        Ok(pb::UpsertResponse {
+            upserted: outcome.upserted,
+            removed_stale: outcome.removed_stale,
+        })
+    }
+
+    pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse> {
+        validate_name(&req.knowledge_base)?;
+        let has_vector = !req.vector.is_empty();
+        let has_text = !req.query_text.trim().is_empty();
+        let mode = match pb::SearchMode::try_from(req.mode) {
+            Ok(pb::SearchMode::Unspecified) => match (has_vector, has_text) {
+                (true, true) => Mode::Hybrid,
+                (true, false) => Mode::Dense,
+                (false, true) => Mode::Sparse,
+                (false, false) => {
+                    return Err(RetrieverError::invalid(
+                        "a search needs `vector` (dense), `query_text` (sparse) or both (hybrid)",
+                    ));
+                }
+            },
+            Ok(pb::SearchMode::Dense) => Mode::Dense,
+            Ok(pb::SearchMode::Sparse) => Mode::Sparse,
+            Ok(pb::SearchMode::Hybrid) => Mode::Hybrid,
+            Err(_) => {
+                return Err(RetrieverError::invalid(format!(
+                    "search mode {} is unknown: use SEARCH_MODE_DENSE, SEARCH_MODE_SPARSE or \
+                     SEARCH_MODE_HYBRID",
+                    req.mode
+                )));
+            }
+        };
+        if matches!(mode, Mode::Dense | Mode::Hybrid) && !has_vector {
+            return Err(RetrieverError::invalid(
+                "this search mode needs `vector`: embed the question first (or use \
+                 SEARCH_MODE_SPARSE with query_text only)",
+            ));
+        }
+        if matches!(mode, Mode::Sparse | Mode::Hybrid) && !has_text {
+            return Err(RetrieverError::invalid(
+                "this search mode needs `query_text` (the question's words for BM25)",
+            ));
+        }
+        if req.top_k > MAX_TOP_K {
+            return Err(RetrieverError::invalid(format!(
+                "top_k {} is too large: ask for 1-{MAX_TOP_K} passages (0 means {DEFAULT_TOP_K})",
+                req.top_k
+            )));
+        }
+        if let Some(t) = req.score_threshold
+            && !t.is_finite()
+        {
+            return Err(RetrieverError::invalid(
+                "score_threshold must be a finite number",
+            ));
+        }
+        let limit = if req.top_k == 0 {
+            DEFAULT_TOP_K
+        } else {
+            req.top_k
+        } as usize;
+        let meta = self.store.kb_meta(&req.knowledge_base).await?;
+        let dense = if matches!(mode, Mode::Dense | Mode::Hybrid) {
+            check_vector(&req.vector, meta.dimensions, "the query vector")?;
+            Some(req.vector)
+        } else {
+            None
+        };
+        let sparse = if matches!(mode, Mode::Sparse | Mode::Hybrid) {
+            Some(self.bm25.query(&req.query_text))
+        } else {
+            None
+        };
+        let filter = req.filter.unwrap_or_default();
+        let spec = SearchSpec {
+            mode,
+            dense,
+            sparse,
+            limit,
+            filter: PassageFilter {
+                document_ids: filter.document_ids,
+                sources: filter.sources,
+                metadata: filter.metadata.into_iter().collect(),
+            },
+            score_threshold: req.score_threshold,
+            hnsw_ef: None,
+            exact: false,
+            with_vectors: req.with_vectors,
+        };
+        let hits = self.store.search(&req.knowledge_base, spec).await?;
+        Ok(pb::SearchResponse {
+            hits: hits.into_iter().map(hit_to_proto).collect(),
+            mode: match mode {
+                Mode::Dense => pb::SearchMode::Dense,
+                Mode::Sparse => pb::SearchMode::Sparse,
+                Mode::Hybrid => pb::SearchMode::Hybrid,
+            } as i32,
+        })
+    }
+
+    pub async fn delete_document(
+        &self,
+        req: pb::DeleteDocumentRequest,
+    ) -> Result<pb::DeleteDocumentResponse> {
+        validate_name(&req.knowledge_base)?;
+        if req.document_id.is_empty() {
+            return Err(RetrieverError::invalid(
+                "document_id is empty: give the id of the document to delete",
+            ));
+        }
+        Ok(pb::DeleteDocumentResponse {
+            deleted_passages: self
+                .store
+                .delete_document(&req.knowledge_base, &req.document_id)
+                .await?,
+        })
+    }
+
+    pub async fn list_documents(
+        &self,
+        req: pb::ListDocumentsRequest,
+    ) -> Result<pb::ListDocumentsResponse> {
+        validate_name(&req.knowledge_base)?;
+        if req.page_size > MAX_PAGE_SIZE {
+            return Err(RetrieverError::invalid(format!(
+                "page_size {} is too large: use 1-{MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})",
+                req.page_size
+            )));
+        }
+        let size = if req.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            req.page_size
+        } as usize;
+        // The page token is the last document id of the previous page, hex-encoded.
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(&req.page_token)?)
+        };
+        let docs = self.store.list_documents(&req.knowledge_base).await?;
+        let mut page: Vec<_> = docs
+            .into_iter()
+            .filter(|d| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| d.document_id.as_str() > a.as_str())
+            })
+            .take(size + 1)
+            .collect();
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|d| encode_token(&d.document_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListDocumentsResponse {
+            documents: page
+                .into_iter()
+                .map(|d| pb::DocumentSummary {
+                    document_id: d.document_id,
+                    source: d.source,
+                    chunk_count: d.chunk_count,
+                    metadata: d.metadata.into_iter().collect(),
+                })
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    pub async fn info(&self) -> Result<pb::RetrieverInfoResponse> {
+        let count = self.store.list_kbs().await?.len() as u32;
+        Ok(pb::RetrieverInfoResponse {
+            backend: self.store.backend().to_string(),
+            location: self.store.location(),
+            knowledge_base_count: count,
+            engine_version: self.store.engine_version(),
+        })
+    }
+}
+
+fn hit_to_proto(hit: Hit) -> pb::ScoredPassage {
+    let p = hit.payload;
+    pb::ScoredPassage {
+        passage: Some(pb::Passage {
+            document_id: p.document_id,
+            chunk_index: p.chunk_index,
+            chunk_count: 0,
+            text: p.text,
+            source: p.source,
+            vector: hit.vector.unwrap_or_default(),
+            heading_path: p.heading_path,
+            char_start: p.char_start,
+            char_end: p.char_end,
+            metadata: p.metadata.into_iter().collect(),
+        }),
+        score: hit.score,
+        dense_score: hit.dense_score,
+        sparse_score: hit.sparse_score,
+    }
+}
+
+fn encode_token(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Result<String> {
+    let bad = || {
+        RetrieverError::invalid(
+            "page_token is not one this server gave out: pass next_page_token unchanged, or \"\" \
+             for the first page",
+        )
+    };
+    if !token.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "kb_1", "Product-Docs", &"x".repeat(64)] {
+            validate_name(ok).expect(ok);
+        }
+        for bad in ["", "-a", "_a", "a b", "知识", "a/b", &"x".repeat(65)] {
+            let err = validate_name(bad).expect_err(bad).to_string();
+            assert!(err.contains("1-64 ASCII letters"), "{err}");
+        }
+    }
+
+    #[test]
+    fn point_ids_are_deterministic_and_distinct() {
+        assert_eq!(point_id("kb", "doc", 0), point_id("kb", "doc", 0));
+        assert_ne!(point_id("kb", "doc", 0), point_id("kb", "doc", 1));
+        assert_ne!(point_id("kb", "doc", 0), point_id("kb2", "doc", 0));
+        // No ambiguity from separators inside names.
+        assert_ne!(point_id("a", "b\u{0}1", 2), point_id("a", "b", 12));
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        for id in ["", "doc", "文档/1.md"] {
+            assert_eq!(decode_token(&encode_token(id)).expect("decodes"), id);
+        }
+        assert!(decode_token("zz").is_err());
+        assert!(decode_token("abc").is_err());
+    }
+}

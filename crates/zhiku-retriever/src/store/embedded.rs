@@ -1,0 +1,852 @@
+//! The embedded backend: the Qdrant engine (`qdrant-edge`) in this process.
+//!
+//! Layout of the data directory: one directory per knowledge base, named like it, holding
+//! `kb.json` (its [`KbMeta`], written atomically) and `shard/` (the qdrant-edge shard: WAL,
+//! segments, config). A knowledge base is created in a hidden `.tmp-*` directory and renamed
+//! into place when complete, and deleted by renaming it to a hidden `.deleting-*` directory
+//! first, so a crash never leaves half a knowledge base behind; hidden leftovers are removed
+//! at startup.
+//!
+//! Durability: qdrant-edge 0.7 does not replay its WAL when a shard is loaded, so every
+//! write is followed by `EdgeShard::flush` (WAL and segments, fsynced) before it is
+//! acknowledged; a `kill -9` can only lose writes that were never acknowledged. Point ids are
+//! deterministic, so a write repeated after a crash replaces and never duplicates. Writes to
+//! one knowledge base are serialised (the engine's flush wants no concurrent writer).
+//!
+//! Everything that touches qdrant-edge is in this file, so an engine upgrade touches it only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use qdrant_edge::external::ordered_float::OrderedFloat;
+use qdrant_edge::external::serde_json;
+use qdrant_edge::{
+    AnyVariants, Condition, CountRequest, CreateIndex, EdgeConfigBuilder, EdgeShard,
+    EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations,
+    Filter, Fusion, HnswIndexConfig, JsonPath, Match, Modifier, NamedQuery, PayloadFieldSchema,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch,
+    QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery, ScrollRequest, SearchParams,
+    SparseVector, UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal, Vectors,
+    WithPayloadInterface, WithVector,
+};
+use uuid::Uuid;
+
+use super::{
+    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload,
+    PointRecord, RRF_K, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore,
+    count_documents, fields, group_documents,
+};
+use crate::error::{Result, RetrieverError};
+
+const META_FILE: &str = "kb.json";
+const SHARD_DIR: &str = "shard";
+/// Version of the engine crate (kept in step with Cargo.toml's pin).
+pub const ENGINE_VERSION: &str = "qdrant-edge 0.7.0";
+
+/// HNSW settings of new knowledge bases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswSettings {
+    /// Edges per node.
+    pub m: usize,
+    /// Neighbours considered while building.
+    pub ef_construct: usize,
+    /// Segments with fewer points than this (in KiB of vectors) are searched exactly.
+    pub indexing_threshold_kb: usize,
+}
+
+impl Default for HnswSettings {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construct: 100,
+            indexing_threshold_kb: 10_000,
+        }
+    }
+}
+
+/// One open knowledge base.
+struct Kb {
+    meta: KbMeta,
+    shard: EdgeShard,
+    /// Serialises writes (and flushes) to the shard.
+    write: Mutex<()>,
+    /// Written since the last optimisation.
+    dirty: AtomicBool,
+}
+
+impl Kb {
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        // A panic in a previous write poisons the lock; the shard itself stays usable.
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The embedded store.
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    hnsw: HnswSettings,
+    kbs: RwLock<BTreeMap<String, Arc<Kb>>>,
+    /// Serialises creation and deletion of knowledge bases.
+    admin: tokio::sync::Mutex<()>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the data directory and every knowledge base in it.
+    /// Blocking: call from a blocking thread.
+    pub fn open(dir: impl Into<PathBuf>, hnsw: HnswSettings) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            RetrieverError::io(format!("cannot create data dir {}", dir.display()), e)
+        })?;
+        let mut kbs = BTreeMap::new();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| RetrieverError::io(format!("cannot read {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| RetrieverError::io(format!("cannot read {}", dir.display()), e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_dir() {
+                continue;
+            }
+            if name.starts_with('.') {
+                // A creation or deletion that did not finish.
+                tracing::warn!(path = %path.display(), "removing unfinished knowledge base directory");
+                std::fs::remove_dir_all(&path).map_err(|e| {
+                    RetrieverError::io(format!("cannot remove {}", path.display()), e)
+                })?;
+                continue;
+            }
+            if !path.join(META_FILE).is_file() {
+                tracing::warn!(path = %path.display(), "skipping a directory without kb.json");
+                continue;
+            }
+            let meta = read_meta(&path)?;
+            let started = std::time::Instant::now();
+            let shard = EdgeShard::load(&path.join(SHARD_DIR), None).map_err(|e| {
+                RetrieverError::Engine(format!(
+                    "cannot load knowledge base `{name}` from {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tracing::info!(
+                knowledge_base = %meta.name,
+                points = shard.info().points_count,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "knowledge base loaded"
+            );
+            kbs.insert(
+                meta.name.clone(),
+                Arc::new(Kb {
+                    meta,
+                    shard,
+                    write: Mutex::new(()),
+                    dirty: AtomicBool::new(true),
+                }),
+            );
+        }
+        Ok(Self {
+            dir,
+            hnsw,
+            kbs: RwLock::new(kbs),
+            admin: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Kb>> {
+        self.kbs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RetrieverError::KnowledgeBaseNotFound(name.to_string()))
+    }
+
+    /// Builds the HNSW index of knowledge bases that have grown past the indexing threshold
+    /// (blocking; writes to those knowledge bases wait meanwhile). Returns whether anything
+    /// was optimised.
+    pub fn optimize(&self, name: &str) -> Result<bool> {
+        let kb = self.get(name)?;
+        let _writes = kb.lock_writes();
+        kb.dirty.store(false, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let changed = kb.shard.optimize().map_err(engine)?;
+        if changed {
+            kb.shard.flush();
+            tracing::info!(
+                knowledge_base = name,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "knowledge base optimised (HNSW index built)"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// Optimises every knowledge base written since its last optimisation (blocking).
+    pub fn optimize_dirty(&self) -> Result<()> {
+        let dirty: Vec<String> = self
+            .kbs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, kb)| kb.dirty.load(Ordering::SeqCst))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dirty {
+            match self.optimize(&name) {
+                Ok(_) | Err(RetrieverError::KnowledgeBaseNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn edge_config(&self, meta: &KbMeta) -> qdrant_edge::EdgeConfig {
+        let distance = match meta.distance {
+            Distance::Cosine => qdrant_edge::Distance::Cosine,
+            Distance::Dot => qdrant_edge::Distance::Dot,
+            Distance::Euclid => qdrant_edge::Distance::Euclid,
+        };
+        let hnsw = HnswIndexConfig {
+            m: self.hnsw.m,
+            ef_construct: self.hnsw.ef_construct,
+            ..HnswIndexConfig::default()
+        };
+        let mut config = EdgeConfigBuilder::new()
+            .vector(
+                DENSE_VECTOR,
+                EdgeVectorParamsBuilder::new(meta.dimensions as usize, distance).build(),
+            )
+            .sparse_vector(
+                SPARSE_VECTOR,
+                EdgeSparseVectorParamsBuilder::new()
+                    .modifier(Modifier::Idf)
+                    .build(),
+            )
+            .hnsw_config(hnsw)
+            .build();
+        config.optimizers.indexing_threshold = Some(self.hnsw.indexing_threshold_kb);
+        config
+    }
+}
+
+fn engine(e: impl std::fmt::Display) -> RetrieverError {
+    RetrieverError::Engine(e.to_string())
+}
+
+fn read_meta(kb_dir: &Path) -> Result<KbMeta> {
+    let path = kb_dir.join(META_FILE);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| RetrieverError::io(format!("cannot read {}", path.display()), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RetrieverError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+/// Writes `kb.json` atomically: a temporary file, fsynced, renamed over, directory fsynced.
+fn write_meta(kb_dir: &Path, meta: &KbMeta) -> Result<()> {
+    let path = kb_dir.join(META_FILE);
+    let tmp = kb_dir.join(".kb.json.tmp");
+    let bytes =
+        serde_json::to_vec_pretty(meta).map_err(|e| RetrieverError::Corrupt(e.to_string()))?;
+    let io = |e| RetrieverError::io(format!("cannot write {}", path.display()), e);
+    {
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    sync_dir(kb_dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| RetrieverError::io(format!("cannot sync {}", dir.display()), e))
+}
+
+fn json_path(field: &str) -> Result<JsonPath> {
+    field
+        .parse()
+        .map_err(|_| RetrieverError::Engine(format!("bad payload path `{field}`")))
+}
+
+fn any_of(field: &str, values: &[String]) -> Result<Condition> {
+    let set = values.iter().cloned().collect();
+    Ok(Condition::Field(FieldCondition::new_match(
+        json_path(field)?,
+        Match::new_any(AnyVariants::Strings(set)),
+    )))
+}
+
+fn equals(field: &str, value: &str) -> Result<Condition> {
+    Ok(Condition::Field(FieldCondition::new_match(
+        json_path(field)?,
+        Match::new_value(ValueVariants::String(value.to_string())),
+    )))
+}
+
+fn to_filter(filter: &PassageFilter) -> Result<Option<Filter>> {
+    if filter.is_empty() {
+        return Ok(None);
+    }
+    let mut must = Vec::new();
+    if !filter.document_ids.is_empty() {
+        must.push(any_of(fields::DOCUMENT_ID, &filter.document_ids)?);
+    }
+    if !filter.sources.is_empty() {
+        must.push(any_of(fields::SOURCE, &filter.sources)?);
+    }
+    for (k, v) in &filter.metadata {
+        must.push(equals(fields::METADATA_KV, &super::metadata_kv(k, v))?);
+    }
+    Ok(Some(Filter {
+        must: Some(must),
+        ..Filter::default()
+    }))
+}
+
+fn stale_filter(stale: &StaleChunks) -> Result<Filter> {
+    let range = Range {
+        gte: Some(OrderedFloat(f64::from(stale.chunk_count))),
+        gt: None,
+        lt: None,
+        lte: None,
+    };
+    Ok(Filter {
+        must: Some(vec![
+            equals(fields::DOCUMENT_ID, &stale.document_id)?,
+            Condition::Field(FieldCondition::new_range(
+                json_path(fields::CHUNK_INDEX)?,
+                range,
+            )),
+        ]),
+        ..Filter::default()
+    })
+}
+
+fn document_filter(document_id: &str) -> Result<Filter> {
+    Ok(Filter {
+        must: Some(vec![equals(fields::DOCUMENT_ID, document_id)?]),
+        ..Filter::default()
+    })
+}
+
+fn count(shard: &EdgeShard, filter: Option<Filter>) -> Result<u64> {
+    shard
+        .count(CountRequest {
+            filter,
+            exact: true,
+        })
+        .map(|n| n as u64)
+        .map_err(engine)
+}
+
+fn payload_of(payload: Option<qdrant_edge::Payload>) -> Result<PassagePayload> {
+    let map = payload.map(|p| p.0).unwrap_or_default();
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| RetrieverError::Corrupt(format!("point payload: {e}")))
+}
+
+fn point_key(id: &PointId) -> String {
+    match id {
+        PointId::NumId(n) => n.to_string(),
+        PointId::Uuid(u) => u.to_string(),
+    }
+}
+
+fn dense_of(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector? {
+        VectorStructInternal::Single(v) => Some(v),
+        VectorStructInternal::Named(mut named) => match named.remove(DENSE_VECTOR)? {
+            VectorInternal::Dense(v) => Some(v),
+            _ => None,
+        },
+        VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
+fn dense_query(vector: Vec<f32>) -> ScoringQuery {
+    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(
+        VectorInternal::Dense(vector),
+        DENSE_VECTOR,
+    )))
+}
+
+fn sparse_query(indices: Vec<u32>, values: Vec<f32>) -> ScoringQuery {
+    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(
+        VectorInternal::Sparse(SparseVector { indices, values }),
+        SPARSE_VECTOR,
+    )))
+}
+
+/// How many candidates each ranking contributes to a hybrid fusion.
+pub(crate) fn prefetch_limit(limit: usize) -> usize {
+    (limit * 4).max(20)
+}
+
+fn run_query(
+    shard: &EdgeShard,
+    query: ScoringQuery,
+    prefetches: Vec<Prefetch>,
+    spec: &SearchSpec,
+    limit: usize,
+    score_threshold: Option<f32>,
+    with_payload: bool,
+) -> Result<Vec<ScoredPoint>> {
+    let params = SearchParams {
+        hnsw_ef: spec.hnsw_ef,
+        exact: spec.exact,
+        ..SearchParams::default()
+    };
+    let with_vector = if spec.with_vectors && with_payload {
+        WithVector::Selector(vec![DENSE_VECTOR.to_string()])
+    } else {
+        WithVector::Bool(false)
+    };
+    shard
+        .query(QueryRequest {
+            prefetches,
+            query: Some(query),
+            filter: to_filter(&spec.filter)?,
+            score_threshold: score_threshold.map(OrderedFloat),
+            limit,
+            offset: 0,
+            params: Some(params),
+            with_vector,
+            with_payload: WithPayloadInterface::Bool(with_payload),
+        })
+        .map_err(engine)
+}
+
+fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
+    let shard = &kb.shard;
+    let to_hits = |points: Vec<ScoredPoint>,
+                   dense: &HashMap<String, f32>,
+                   sparse: &HashMap<String, f32>|
+     -> Result<Vec<Hit>> {
+        points
+            .into_iter()
+            .map(|p| {
+                let key = point_key(&p.id);
+                Ok(Hit {
+                    score: p.score,
+                    dense_score: dense.get(&key).copied(),
+                    sparse_score: sparse.get(&key).copied(),
+                    vector: if spec.with_vectors {
+                        dense_of(p.vector)
+                    } else {
+                        None
+                    },
+                    payload: payload_of(p.payload)?,
+                })
+            })
+            .collect()
+    };
+    let scores = |points: &[ScoredPoint]| -> HashMap<String, f32> {
+        points.iter().map(|p| (point_key(&p.id), p.score)).collect()
+    };
+    let dense_vec = || spec.dense.clone().unwrap_or_default();
+    let sparse_parts = || {
+        let s = spec.sparse.clone().unwrap_or_default();
+        (s.indices, s.values)
+    };
+    match spec.mode {
+        Mode::Dense => {
+            let points = run_query(
+                shard,
+                dense_query(dense_vec()),
+                vec![],
+                &spec,
+                spec.limit,
+                spec.score_threshold,
+                true,
+            )?;
+            let dense = scores(&points);
+            to_hits(points, &dense, &HashMap::new())
+        }
+        Mode::Sparse => {
+            let (i, v) = sparse_parts();
+            if i.is_empty() {
+                // No indexable word in the query: nothing can match.
+                return Ok(vec![]);
+            }
+            let points = run_query(
+                shard,
+                sparse_query(i, v),
+                vec![],
+                &spec,
+                spec.limit,
+                spec.score_threshold,
+                true,
+            )?;
+            let sparse = scores(&points);
+            to_hits(points, &HashMap::new(), &sparse)
+        }
+        Mode::Hybrid => {
+            let candidates = prefetch_limit(spec.limit);
+            let filter = to_filter(&spec.filter)?;
+            let params = SearchParams {
+                hnsw_ef: spec.hnsw_ef,
+                exact: spec.exact,
+                ..SearchParams::default()
+            };
+            let (i, v) = sparse_parts();
+            let mut prefetches = vec![Prefetch {
+                prefetches: vec![],
+                query: Some(dense_query(dense_vec())),
+                limit: candidates,
+                params: Some(params),
+                filter: filter.clone(),
+                score_threshold: spec.score_threshold.map(OrderedFloat),
+            }];
+            if !i.is_empty() {
+                prefetches.push(Prefetch {
+                    prefetches: vec![],
+                    query: Some(sparse_query(i.clone(), v.clone())),
+                    limit: candidates,
+                    params: None,
+                    filter,
+                    score_threshold: None,
+                });
+            }
+            let fused = run_query(
+                shard,
+                ScoringQuery::Fusion(Fusion::Rrf {
+                    k: RRF_K as usize,
+                    weights: None,
+                }),
+                prefetches,
+                &spec,
+                spec.limit,
+                None,
+                true,
+            )?;
+            // The same two rankings again, for each hit's own dense and BM25 scores.
+            let dense_points = run_query(
+                shard,
+                dense_query(dense_vec()),
+                vec![],
+                &spec,
+                candidates,
+                spec.score_threshold,
+                false,
+            )?;
+            let sparse_points = if i.is_empty() {
+                vec![]
+            } else {
+                run_query(
+                    shard,
+                    sparse_query(i, v),
+                    vec![],
+                    &spec,
+                    candidates,
+                    None,
+                    false,
+                )?
+            };
+            to_hits(fused, &scores(&dense_points), &scores(&sparse_points))
+        }
+    }
+}
+
+fn upsert_blocking(
+    kb: &Kb,
+    points: Vec<PointRecord>,
+    stale: Vec<StaleChunks>,
+) -> Result<UpsertOutcome> {
+    let upserted = points.len() as u64;
+    let mut structs = Vec::with_capacity(points.len());
+    for p in points {
+        let mut named = HashMap::new();
+        named.insert(DENSE_VECTOR.to_string(), VectorInternal::Dense(p.dense));
+        if !p.sparse.is_empty() {
+            named.insert(
+                SPARSE_VECTOR.to_string(),
+                VectorInternal::Sparse(SparseVector {
+                    indices: p.sparse.indices,
+                    values: p.sparse.values,
+                }),
+            );
+        }
+        let payload = p.payload.to_json()?;
+        structs.push(
+            PointStruct::new(
+                PointId::Uuid(p.id),
+                Vectors::from(VectorStructInternal::Named(named)),
+                payload,
+            )
+            .into(),
+        );
+    }
+    let _writes = kb.lock_writes();
+    let shard = &kb.shard;
+    if !structs.is_empty() {
+        shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
+            ))
+            .map_err(engine)?;
+    }
+    let mut removed_stale = 0;
+    for rule in &stale {
+        let filter = stale_filter(rule)?;
+        let n = count(shard, Some(filter.clone()))?;
+        if n > 0 {
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(filter),
+                ))
+                .map_err(engine)?;
+            removed_stale += n;
+        }
+    }
+    // Durable before acknowledged (qdrant-edge 0.7 does not replay its WAL on load).
+    shard.flush();
+    kb.dirty.store(true, Ordering::SeqCst);
+    Ok(UpsertOutcome {
+        upserted,
+        removed_stale,
+    })
+}
+
+fn info_blocking(kb: &Kb) -> Result<KbInfo> {
+    let (passages, documents) = scan_documents(&kb.shard)?;
+    Ok(KbInfo {
+        meta: kb.meta.clone(),
+        passage_count: passages,
+        document_count: documents,
+    })
+}
+
+/// Every point's payload fields of `fields_wanted` (None: all), in pages.
+fn scroll_all(shard: &EdgeShard, fields_wanted: Option<&[&str]>) -> Result<Vec<PassagePayload>> {
+    let with_payload = match fields_wanted {
+        None => WithPayloadInterface::Bool(true),
+        Some(list) => WithPayloadInterface::Fields(
+            list.iter()
+                .map(|f| json_path(f))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    let mut out = Vec::new();
+    let mut offset = None;
+    loop {
+        let (records, next) = shard
+            .scroll(ScrollRequest {
+                offset,
+                limit: Some(1000),
+                filter: None,
+                with_payload: Some(with_payload.clone()),
+                with_vector: WithVector::Bool(false),
+                order_by: None,
+            })
+            .map_err(engine)?;
+        for r in records {
+            out.push(payload_of(r.payload)?);
+        }
+        match next {
+            Some(n) => offset = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn scan_documents(shard: &EdgeShard) -> Result<(u64, u64)> {
+    let payloads = scroll_all(shard, Some(&[fields::DOCUMENT_ID, fields::CHUNK_INDEX]))?;
+    let documents = count_documents(payloads.iter().map(|p| p.document_id.as_str()));
+    Ok((payloads.len() as u64, documents))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RetrieverError::Task(e.to_string()))?
+}
+
+#[tonic::async_trait]
+impl VectorStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn engine_version(&self) -> String {
+        ENGINE_VERSION.to_string()
+    }
+
+    async fn create_kb(&self, meta: KbMeta) -> Result<KbInfo> {
+        let _admin = self.admin.lock().await;
+        if self.get(&meta.name).is_ok() {
+            return Err(RetrieverError::KnowledgeBaseExists(meta.name));
+        }
+        let final_dir = self.dir.join(&meta.name);
+        let tmp_dir = self.dir.join(format!(".tmp-{}", Uuid::new_v4()));
+        let config = self.edge_config(&meta);
+        let kb_meta = meta.clone();
+        let kb = blocking(move || {
+            if final_dir.exists() {
+                return Err(RetrieverError::KnowledgeBaseExists(kb_meta.name));
+            }
+            let io = |e| RetrieverError::io(format!("cannot create {}", tmp_dir.display()), e);
+            std::fs::create_dir_all(tmp_dir.join(SHARD_DIR)).map_err(io)?;
+            {
+                let shard = EdgeShard::new(&tmp_dir.join(SHARD_DIR), config).map_err(engine)?;
+                for (field, schema) in [
+                    (fields::DOCUMENT_ID, PayloadSchemaType::Keyword),
+                    (fields::SOURCE, PayloadSchemaType::Keyword),
+                    (fields::METADATA_KV, PayloadSchemaType::Keyword),
+                    (fields::CHUNK_INDEX, PayloadSchemaType::Integer),
+                ] {
+                    shard
+                        .update(UpdateOperation::FieldIndexOperation(
+                            FieldIndexOperations::CreateIndex(CreateIndex {
+                                field_name: json_path(field)?,
+                                field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                            }),
+                        ))
+                        .map_err(engine)?;
+                }
+                shard.flush();
+            }
+            write_meta(&tmp_dir, &kb_meta)?;
+            sync_dir(&tmp_dir.join(SHARD_DIR))?;
+            std::fs::rename(&tmp_dir, &final_dir).map_err(|e| {
+                RetrieverError::io(format!("cannot create {}", final_dir.display()), e)
+            })?;
+            if let Some(parent) = final_dir.parent() {
+                sync_dir(parent)?;
+            }
+            let shard = EdgeShard::load(&final_dir.join(SHARD_DIR), None).map_err(engine)?;
+            Ok(Arc::new(Kb {
+                meta: kb_meta,
+                shard,
+                write: Mutex::new(()),
+                dirty: AtomicBool::new(false),
+            }))
+        })
+        .await?;
+        self.kbs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(meta.name.clone(), kb);
+        tracing::info!(knowledge_base = %meta.name, dimensions = meta.dimensions, "knowledge base created");
+        Ok(KbInfo {
+            meta,
+            passage_count: 0,
+            document_count: 0,
+        })
+    }
+
+    async fn list_kbs(&self) -> Result<Vec<KbInfo>> {
+        let kbs: Vec<Arc<Kb>> = self
+            .kbs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        blocking(move || kbs.iter().map(|kb| info_blocking(kb)).collect()).await
+    }
+
+    async fn describe_kb(&self, name: &str) -> Result<KbInfo> {
+        let kb = self.get(name)?;
+        blocking(move || info_blocking(&kb)).await
+    }
+
+    async fn kb_meta(&self, name: &str) -> Result<KbMeta> {
+        Ok(self.get(name)?.meta.clone())
+    }
+
+    async fn delete_kb(&self, name: &str) -> Result<u64> {
+        let _admin = self.admin.lock().await;
+        let kb = self
+            .kbs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| RetrieverError::KnowledgeBaseNotFound(name.to_string()))?;
+        let dir = self.dir.join(name);
+        let graveyard = self.dir.join(format!(".deleting-{}", Uuid::new_v4()));
+        blocking(move || {
+            let passages = {
+                let _writes = kb.lock_writes();
+                count(&kb.shard, None)?
+            };
+            // Searches still holding the shard keep working on its open files.
+            drop(kb);
+            std::fs::rename(&dir, &graveyard)
+                .map_err(|e| RetrieverError::io(format!("cannot delete {}", dir.display()), e))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+            std::fs::remove_dir_all(&graveyard).map_err(|e| {
+                RetrieverError::io(format!("cannot remove {}", graveyard.display()), e)
+            })?;
+            Ok(passages)
+        })
+        .await
+    }
+
+    async fn upsert(
+        &self,
+        kb: &str,
+        points: Vec<PointRecord>,
+        stale: Vec<StaleChunks>,
+    ) -> Result<UpsertOutcome> {
+        let kb = self.get(kb)?;
+        blocking(move || upsert_blocking(&kb, points, stale)).await
+    }
+
+    async fn search(&self, kb: &str, spec: SearchSpec) -> Result<Vec<Hit>> {
+        let kb = self.get(kb)?;
+        blocking(move || search_blocking(&kb, spec)).await
+    }
+
+    async fn delete_document(&self, kb: &str, document_id: &str) -> Result<u64> {
+        let kb = self.get(kb)?;
+        let document_id = document_id.to_string();
+        blocking(move || {
+            let filter = document_filter(&document_id)?;
+            let _writes = kb.lock_writes();
+            let n = count(&kb.shard, Some(filter.clone()))?;
+            if n > 0 {
+                kb.shard
+                    .update(UpdateOperation::PointOperation(
+                        PointOperations::DeletePointsByFilter(filter),
+                    ))
+                    .map_err(engine)?;
+                kb.shard.flush();
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn list_documents(&self, kb: &str) -> Result<Vec<DocumentInfo>> {
+        let kb = self.get(kb)?;
+        blocking(move || {
+            let payloads = scroll_all(
+                &kb.shard,
+                Some(&[
+                    fields::DOCUMENT_ID,
+                    fields::CHUNK_INDEX,
+                    fields::SOURCE,
+                    "metadata",
+                ]),
+            )?;
+            Ok(group_documents(payloads))
+        })
+        .await
+    }
+
+    async fn count(&self, kb: &str) -> Result<u64> {
+        let kb = self.get(kb)?;
+        blocking(move || count(&kb.shard, None)).await
+    }
+}
