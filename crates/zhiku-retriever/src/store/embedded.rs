@@ -13,6 +13,16 @@
 //! deterministic, so a write repeated after a crash replaces and never duplicates. Writes to
 //! one knowledge base are serialised (the engine's flush wants no concurrent writer).
 //!
+//! Known limits of qdrant-edge 0.7: its WAL is never truncated (nothing acknowledges it), so
+//! a shard's `wal/` grows by every write ever made (deleting it is not safe: operation
+//! numbers would restart and later updates of existing points would be ignored); and one
+//! data directory can be open in one process only (the WAL is locked), which makes a second
+//! retriever on the same directory fail at startup with a clear error.
+//!
+//! HNSW indexes: segments are searched exactly until they hold `indexing_threshold_kb` of
+//! vectors; [`EmbeddedStore::optimize`] (run in the background by the service) then builds
+//! their index.
+//!
 //! Everything that touches qdrant-edge is in this file, so an engine upgrade touches it only.
 
 use std::collections::{BTreeMap, HashMap};
@@ -752,6 +762,16 @@ impl VectorStore for EmbeddedStore {
             .cloned()
             .collect();
         blocking(move || kbs.iter().map(|kb| info_blocking(kb)).collect()).await
+    }
+
+    async fn kb_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .kbs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect())
     }
 
     async fn describe_kb(&self, name: &str) -> Result<KbInfo> {
