@@ -182,21 +182,34 @@ async fn retriever_survives_kill_9_during_upserts() {
                             acked.lock().expect("lock").push(target);
                             doc += 1;
                         }
-                        Err(_) => return doc,
+                        // Killed: (next counter, the document that was in flight).
+                        Err(_) => return (doc, target),
                     }
                 }
             })
         };
-        // Let it write a while, then SIGKILL (ServiceProcess's drop kills with SIGKILL).
-        let wait = Duration::from_millis(800 + 400 * round as u64);
-        tokio::time::sleep(wait).await;
+        // Let it write a while (at least a few acknowledged upserts, then a little more so
+        // the kill lands at varying points), then SIGKILL (ServiceProcess's drop does that).
+        let start = acked.lock().expect("lock").len();
+        let deadline = std::time::Instant::now() + STARTUP;
+        while acked.lock().expect("lock").len() < start + 5 + 5 * round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "upserts do not progress"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(37 * (round as u64 + 1))).await;
         let before = acked.lock().expect("lock").len();
         drop(process);
-        let interrupted = writer.await.expect("writer");
+        let (counter, interrupted) = writer.await.expect("writer");
         in_flight.push(interrupted);
-        next_doc = interrupted + 1;
+        next_doc = counter + 1;
         let after = acked.lock().expect("lock").len();
-        assert!(after >= before && after > 0, "nothing was written");
+        assert!(after >= before, "acknowledgements went missing");
+        eprintln!(
+            "round {round}: {after} upserts acknowledged, killed during the upsert of document {interrupted}"
+        );
     }
 
     // Final restart: everything acknowledged is there, exactly once.

@@ -446,7 +446,7 @@ impl Retriever {
     }
 
     pub async fn info(&self) -> Result<pb::RetrieverInfoResponse> {
-        let count = self.store.list_kbs().await?.len() as u32;
+        let count = self.store.kb_names().await?.len() as u32;
         Ok(pb::RetrieverInfoResponse {
             backend: self.store.backend().to_string(),
             location: self.store.location(),

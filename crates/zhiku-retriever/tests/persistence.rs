@@ -166,3 +166,77 @@ async fn indexed_knowledge_base_survives_restart() {
     assert_eq!(summary(&search(&mut c, req).await), before);
     let _ = DIMS;
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A crash while the optimiser swaps segments can leave a point in two segments; opening
+/// the store finds and repairs that (qdrant-edge 0.7 does not de-duplicate at load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_points_are_repaired_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kb = "dup";
+    {
+        let server = TestServer::start(common::embedded_retriever(dir.path()).await).await;
+        let mut c = server.client().await;
+        conformance::create(&mut c, kb).await;
+        conformance::upsert_corpus(&mut c, kb).await;
+        drop(c);
+        server.stop().await;
+    }
+    // Duplicate the segment, as an interrupted swap would.
+    let shard = dir.path().join(kb).join("shard");
+    let segments = shard.join("segments");
+    let segment = std::fs::read_dir(&segments)
+        .expect("segments")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.is_dir())
+        .expect("a segment");
+    copy_dir(&segment, &segments.join(uuid::Uuid::new_v4().to_string()));
+    {
+        let raw = qdrant_edge::EdgeShard::load(&shard, None).expect("loads");
+        let n = raw
+            .count(qdrant_edge::CountRequest {
+                filter: None,
+                exact: true,
+            })
+            .expect("count");
+        assert_eq!(n, 10, "the copy did not duplicate the points");
+    }
+
+    // (Only the store is kept: `OpenedStore::embedded` would hold the files open.)
+    let store = zhiku_retriever::open_store(&RetrieverArgs::embedded(dir.path()))
+        .await
+        .expect("opens and repairs")
+        .store;
+    assert_eq!(store.count(kb).await.expect("count"), 5);
+    let server = TestServer::start(Retriever::new(store).expect("retriever")).await;
+    let mut c = server.client().await;
+    assert_eq!(counts(&server, kb).await, (5, 2));
+    let mut req = search_request(kb);
+    req.vector = vec![0.0, 0.0, 0.0, 1.0];
+    req.top_k = 10;
+    let r = search(&mut c, req).await;
+    let mut found = ids(&r);
+    assert_eq!(found.len(), 5, "{found:?}");
+    found.sort();
+    found.dedup();
+    assert_eq!(found.len(), 5);
+    drop(c);
+    server.stop().await;
+    // Still right after another restart.
+    let opened = zhiku_retriever::open_store(&RetrieverArgs::embedded(dir.path()))
+        .await
+        .expect("opens");
+    assert_eq!(opened.store.count(kb).await.expect("count"), 5);
+}

@@ -13,6 +13,16 @@
 //! deterministic, so a write repeated after a crash replaces and never duplicates. Writes to
 //! one knowledge base are serialised (the engine's flush wants no concurrent writer).
 //!
+//! Known limits of qdrant-edge 0.7: its WAL is never truncated (nothing acknowledges it), so
+//! a shard's `wal/` grows by every write ever made (deleting it is not safe: operation
+//! numbers would restart and later updates of existing points would be ignored); and one
+//! data directory can be open in one process only (the WAL is locked), which makes a second
+//! retriever on the same directory fail at startup with a clear error.
+//!
+//! HNSW indexes: segments are searched exactly until they hold `indexing_threshold_kb` of
+//! vectors; [`EmbeddedStore::optimize`] (run in the background by the service) then builds
+//! their index.
+//!
 //! Everything that touches qdrant-edge is in this file, so an engine upgrade touches it only.
 
 use std::collections::{BTreeMap, HashMap};
@@ -132,6 +142,7 @@ impl EmbeddedStore {
                     path.display()
                 ))
             })?;
+            repair_duplicates(&shard, &meta.name)?;
             tracing::info!(
                 knowledge_base = %meta.name,
                 points = shard.info().points_count,
@@ -612,6 +623,99 @@ fn upsert_blocking(
     })
 }
 
+/// Makes every point live in one segment only.
+///
+/// A crash while the optimiser swaps a rebuilt segment in can leave a point in both the old
+/// and the new segment; Qdrant's server de-duplicates at load, qdrant-edge 0.7 does not. The
+/// point count (per segment) then exceeds the number of distinct ids (which scrolls
+/// de-duplicate), and writing every point again (the engine keeps one copy of a written
+/// point) repairs it. Costs one id scan per knowledge base at startup.
+fn repair_duplicates(shard: &EdgeShard, name: &str) -> Result<()> {
+    let counted = count(shard, None)?;
+    let distinct = scroll_records(shard, WithPayloadInterface::Bool(false), false, |_| Ok(()))?;
+    if counted == distinct {
+        return Ok(());
+    }
+    tracing::warn!(
+        knowledge_base = name,
+        counted,
+        distinct,
+        "duplicate points left by an interrupted optimisation; rewriting every point"
+    );
+    let mut batch: Vec<(PointId, qdrant_edge::PointStructPersisted)> = Vec::new();
+    scroll_records(shard, WithPayloadInterface::Bool(true), true, |record| {
+        let payload = serde_json::Value::Object(record.payload.map(|p| p.0).unwrap_or_default());
+        let vectors = record.vector.ok_or_else(|| {
+            RetrieverError::Corrupt(format!("point {} has no vectors", point_key(&record.id)))
+        })?;
+        batch.push((
+            record.id,
+            PointStruct::new(record.id, Vectors::from(vectors), payload).into(),
+        ));
+        Ok(())
+    })?;
+    // Delete every copy, then write one. Nothing is flushed until all is done, so a crash
+    // meanwhile leaves the duplicates on disk (and this repair runs again), not a loss.
+    for chunk in batch.chunks(1000) {
+        let ids = chunk.iter().map(|(id, _)| *id).collect();
+        shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::DeletePoints { ids },
+            ))
+            .map_err(engine)?;
+        let points = chunk.iter().map(|(_, p)| p.clone()).collect();
+        shard
+            .update(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))
+            .map_err(engine)?;
+    }
+    shard.flush();
+    let counted = count(shard, None)?;
+    if counted != distinct {
+        return Err(RetrieverError::Corrupt(format!(
+            "knowledge base `{name}` still counts {counted} points for {distinct} ids after repair"
+        )));
+    }
+    tracing::info!(
+        knowledge_base = name,
+        points = distinct,
+        "duplicate points repaired"
+    );
+    Ok(())
+}
+
+/// Calls `each` on every point (distinct ids, in id order); returns how many there were.
+fn scroll_records(
+    shard: &EdgeShard,
+    with_payload: WithPayloadInterface,
+    with_vectors: bool,
+    mut each: impl FnMut(qdrant_edge::Record) -> Result<()>,
+) -> Result<u64> {
+    let mut n = 0;
+    let mut offset = None;
+    loop {
+        let (records, next) = shard
+            .scroll(ScrollRequest {
+                offset,
+                limit: Some(1000),
+                filter: None,
+                with_payload: Some(with_payload.clone()),
+                with_vector: WithVector::Bool(with_vectors),
+                order_by: None,
+            })
+            .map_err(engine)?;
+        for r in records {
+            n += 1;
+            each(r)?;
+        }
+        match next {
+            Some(next) => offset = Some(next),
+            None => return Ok(n),
+        }
+    }
+}
+
 fn info_blocking(kb: &Kb) -> Result<KbInfo> {
     let (passages, documents) = scan_documents(&kb.shard)?;
     Ok(KbInfo {
@@ -632,26 +736,11 @@ fn scroll_all(shard: &EdgeShard, fields_wanted: Option<&[&str]>) -> Result<Vec<P
         ),
     };
     let mut out = Vec::new();
-    let mut offset = None;
-    loop {
-        let (records, next) = shard
-            .scroll(ScrollRequest {
-                offset,
-                limit: Some(1000),
-                filter: None,
-                with_payload: Some(with_payload.clone()),
-                with_vector: WithVector::Bool(false),
-                order_by: None,
-            })
-            .map_err(engine)?;
-        for r in records {
-            out.push(payload_of(r.payload)?);
-        }
-        match next {
-            Some(n) => offset = Some(n),
-            None => return Ok(out),
-        }
-    }
+    scroll_records(shard, with_payload, false, |r| {
+        out.push(payload_of(r.payload)?);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn scan_documents(shard: &EdgeShard) -> Result<(u64, u64)> {
@@ -752,6 +841,16 @@ impl VectorStore for EmbeddedStore {
             .cloned()
             .collect();
         blocking(move || kbs.iter().map(|kb| info_blocking(kb)).collect()).await
+    }
+
+    async fn kb_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .kbs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect())
     }
 
     async fn describe_kb(&self, name: &str) -> Result<KbInfo> {

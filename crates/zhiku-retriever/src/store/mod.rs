@@ -210,8 +210,10 @@ pub trait VectorStore: Send + Sync + 'static {
 
     /// Creates a knowledge base; `KnowledgeBaseExists` if the name is taken.
     async fn create_kb(&self, meta: KbMeta) -> Result<KbInfo>;
-    /// Every knowledge base, sorted by name.
+    /// Every knowledge base with its counts, sorted by name (scans every point).
     async fn list_kbs(&self) -> Result<Vec<KbInfo>>;
+    /// The names of the knowledge bases, sorted (cheap).
+    async fn kb_names(&self) -> Result<Vec<String>>;
     /// `KnowledgeBaseNotFound` if absent.
     async fn describe_kb(&self, name: &str) -> Result<KbInfo>;
     /// The metadata only (cheap; used to check dimensions).

@@ -402,7 +402,7 @@ impl VectorStore for QdrantStore {
         })
     }
 
-    async fn list_kbs(&self) -> Result<Vec<KbInfo>> {
+    async fn kb_names(&self) -> Result<Vec<String>> {
         let response = self.client.list_collections().await.map_err(map_err)?;
         let mut names: Vec<String> = response
             .collections
@@ -414,6 +414,11 @@ impl VectorStore for QdrantStore {
             })
             .collect();
         names.sort();
+        Ok(names)
+    }
+
+    async fn list_kbs(&self) -> Result<Vec<KbInfo>> {
+        let names = self.kb_names().await?;
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             match self.info(&name).await {

@@ -346,6 +346,22 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     assert_eq!(ids(&r)[0], ("a".to_string(), 1));
     assert!(r.hits[0].dense_score.is_some() && r.hits[0].sparse_score.is_some());
     assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    // score_threshold in hybrid: dense candidates under it are dropped, BM25 finds are kept.
+    let mut h = search_request(kb);
+    h.vector = vec![0.0, 1.0, 0.0, 0.0];
+    h.query_text = "hybrid search 向量数据库".into();
+    h.score_threshold = Some(0.99);
+    let r = search(&mut c, h).await;
+    assert_eq!(ids(&r)[0], ("a".to_string(), 1));
+    assert!(
+        ids(&r).contains(&("b".to_string(), 0)),
+        "BM25-only hit dropped: {r:?}"
+    );
+    for hit in &r.hits {
+        if let Some(d) = hit.dense_score {
+            assert!(d >= 0.99, "dense score {d} under the threshold");
+        }
+    }
     // A hybrid search whose text matches nothing is the dense ranking.
     let mut h = search_request(kb);
     h.vector = vec![0.0, 0.0, 0.0, 1.0];
