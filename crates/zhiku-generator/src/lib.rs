@@ -17,6 +17,7 @@ pub mod error;
 pub mod lora;
 pub mod models;
 pub mod sampling;
+pub mod sentencepiece;
 pub mod template;
 pub mod tokenizer;
 

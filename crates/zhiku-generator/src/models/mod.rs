@@ -3,6 +3,7 @@
 pub mod chatglm6b;
 pub mod directory;
 pub mod gguf;
+pub mod glm;
 pub mod load;
 
 pub use load::load_model;
