@@ -14,7 +14,10 @@ use zhiku_generator::models::glm::{GlmFamily, GlmModel};
 use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorError, GeneratorState};
 
-use common::{ask, max_abs_diff, write_adapter, write_seeded_weights, write_wordlevel_tokenizer};
+use common::{
+    GLM4_SPECIALS, ask, max_abs_diff, write_adapter, write_seeded_weights,
+    write_wordlevel_tokenizer,
+};
 
 /// ChatGLM2's tokenizer: SentencePiece's first three, then the appended specials.
 const CHATGLM2_SPECIALS: &[&str] = &[
@@ -29,18 +32,6 @@ const CHATGLM3_SPECIALS: &[&str] = &[
     "[sMASK]",
     "sop",
     "eop",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-];
-const GLM4_SPECIALS: &[&str] = &[
-    "<|endoftext|>",
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "<sop>",
-    "<eop>",
     "<|system|>",
     "<|user|>",
     "<|assistant|>",

@@ -55,6 +55,20 @@ pub const WORDS: &[&str] = &[
     "电脑",
 ];
 
+/// GLM-4's special tokens, in the order of its vocabulary (after the words in the real one).
+pub const GLM4_SPECIALS: &[&str] = &[
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+];
+
 /// A deterministic stream of numbers in [-1, 1) (xorshift): the weights' seed.
 pub struct Seeded(pub u64);
 
