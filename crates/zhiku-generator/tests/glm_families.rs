@@ -15,7 +15,7 @@ use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorError, GeneratorState};
 
 use common::{
-    GLM4_SPECIALS, ask, max_abs_diff, write_adapter, write_seeded_weights,
+    GLM4_SPECIALS, ask, chatglm_style_bpe_model, max_abs_diff, write_adapter, write_seeded_weights,
     write_wordlevel_tokenizer,
 };
 
@@ -114,22 +114,28 @@ fn glm4_0414_config(vocab: usize) -> serde_json::Value {
 
 /// Writes a tiny checkpoint of `family`: config.json, tokenizer.json, model.safetensors.
 fn write_checkpoint(dir: &Path, family: GlmFamily, seed: u64) {
-    let (specials, config): (&[&str], fn(usize) -> serde_json::Value) = match family {
-        GlmFamily::ChatGlm2 => (CHATGLM2_SPECIALS, |v| chatglm_config(None, v, json!({}))),
-        GlmFamily::ChatGlm3 => (CHATGLM3_SPECIALS, |v| {
-            chatglm_config(Some("THUDM/chatglm3-6b"), v, json!({}))
-        }),
-        GlmFamily::Glm4 => (GLM4_SPECIALS, |v| {
-            chatglm_config(
-                Some("THUDM/glm-4-9b-chat"),
-                v,
-                json!({"rope_ratio": 500, "eos_token_id": [0, 7, 9], "pad_token_id": 0}),
-            )
-        }),
-        GlmFamily::Glm4_0414 => (GLM4_SPECIALS, glm4_0414_config),
+    let specials = match family {
+        GlmFamily::ChatGlm2 => CHATGLM2_SPECIALS,
+        GlmFamily::ChatGlm3 => CHATGLM3_SPECIALS,
+        GlmFamily::Glm4 | GlmFamily::Glm4_0414 => GLM4_SPECIALS,
     };
     let vocab = write_wordlevel_tokenizer(dir, specials);
-    let config = config(vocab).to_string();
+    write_model(dir, family, seed, vocab);
+}
+
+/// Writes config.json (`vocab` tokens) and seeded weights of `family`.
+fn write_model(dir: &Path, family: GlmFamily, seed: u64, vocab: usize) {
+    let config = match family {
+        GlmFamily::ChatGlm2 => chatglm_config(None, vocab, json!({})),
+        GlmFamily::ChatGlm3 => chatglm_config(Some("THUDM/chatglm3-6b"), vocab, json!({})),
+        GlmFamily::Glm4 => chatglm_config(
+            Some("THUDM/glm-4-9b-chat"),
+            vocab,
+            json!({"rope_ratio": 500, "eos_token_id": [0, 7, 9], "pad_token_id": 0}),
+        ),
+        GlmFamily::Glm4_0414 => glm4_0414_config(vocab),
+    }
+    .to_string();
     std::fs::write(dir.join("config.json"), &config).unwrap();
     // The loader's own network, built over a VarMap, names and shapes the weights.
     let varmap = VarMap::new();
@@ -298,4 +304,26 @@ fn unknown_model_types_are_refused_clearly() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a mamba config must be refused"),
     }
+}
+
+/// ChatGLM2 as the hub ships it: a SentencePiece tokenizer.model, no tokenizer.json. The
+/// specials ChatGLM's Python tokenizer appends get the ids after the pieces.
+#[test]
+fn chatglm2_with_a_sentencepiece_tokenizer_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, pieces) = chatglm_style_bpe_model();
+    std::fs::write(dir.path().join("tokenizer.model"), model).unwrap();
+    write_model(dir.path(), GlmFamily::ChatGlm2, 13, pieces + 5);
+    let state = GeneratorState::load(&args(dir.path())).expect("loads with tokenizer.model");
+    assert_eq!(state.shared.info.architecture, "chatglm2");
+    let tokenizer = &state.shared.tokenizer;
+    assert_eq!(
+        tokenizer.inner.token_to_id("[gMASK]"),
+        Some(pieces as u32 + 1)
+    );
+    assert_eq!(tokenizer.inner.token_to_id("sop"), Some(pieces as u32 + 3));
+    assert_eq!(tokenizer.eos_ids, [2]);
+    let first = ask(&state, "hello world", 8);
+    assert!(first.generated_tokens > 0, "{first:?}");
+    assert_eq!(first.text, ask(&state, "hello world", 8).text);
 }

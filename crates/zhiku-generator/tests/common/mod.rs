@@ -9,11 +9,15 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use prost::Message as _;
 use serde_json::json;
 use tokio::sync::mpsc;
 use zhiku_generator::GeneratorState;
 use zhiku_generator::engine::{Completion, Event, Job};
 use zhiku_generator::sampling::SamplingConfig;
+use zhiku_generator::sentencepiece::{
+    ModelProto, NormalizerSpec, SentencePiece, TrainerSpec, piece_type,
+};
 use zhiku_generator::template::{Message, Role};
 
 /// The tiny vocabulary's words (after each family's special tokens).
@@ -213,4 +217,56 @@ pub fn ask(state: &GeneratorState, question: &str, max_new_tokens: usize) -> Com
             None => panic!("the engine dropped the request"),
         }
     }
+}
+
+/// A SentencePiece piece for [`sentencepiece_model`].
+pub fn piece(text: &str, score: f32, kind: i32) -> SentencePiece {
+    SentencePiece {
+        piece: Some(text.to_owned()),
+        score: Some(score),
+        r#type: Some(kind),
+    }
+}
+
+/// Encodes a SentencePiece `ModelProto` (as `tokenizer.model` holds it): `model_type` 1 =
+/// unigram, 2 = BPE.
+pub fn sentencepiece_model(
+    pieces: Vec<SentencePiece>,
+    model_type: i32,
+    byte_fallback: bool,
+) -> Vec<u8> {
+    ModelProto {
+        pieces,
+        trainer_spec: Some(TrainerSpec {
+            model_type: Some(model_type),
+            byte_fallback: Some(byte_fallback),
+            unk_id: Some(0),
+        }),
+        normalizer_spec: Some(NormalizerSpec {
+            add_dummy_prefix: Some(true),
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// A BPE `tokenizer.model` like ChatGLM2/3's (byte fallback): `<unk> <s> </s>`, the 256
+/// byte pieces, then "hello" / "world" and their merges in merge order, then the characters.
+pub fn chatglm_style_bpe_model() -> (Vec<u8>, usize) {
+    let mut pieces = vec![
+        piece("<unk>", 0.0, piece_type::UNKNOWN),
+        piece("<s>", 0.0, piece_type::CONTROL),
+        piece("</s>", 0.0, piece_type::CONTROL),
+    ];
+    for b in 0..=255u8 {
+        pieces.push(piece(&format!("<0x{b:02X}>"), 0.0, piece_type::BYTE));
+    }
+    let merged = [
+        "▁h", "▁he", "ll", "▁hell", "▁hello", "▁w", "or", "▁wor", "ld", "▁world",
+    ];
+    let chars = ["▁", "h", "e", "l", "o", "w", "r", "d"];
+    for (i, p) in merged.iter().chain(&chars).enumerate() {
+        pieces.push(piece(p, -(i as f32), piece_type::NORMAL));
+    }
+    let n = pieces.len();
+    (sentencepiece_model(pieces, 2, true), n)
 }
