@@ -90,14 +90,16 @@ pub fn tokenizer_from_model_file(path: &Path, added: &[&str]) -> Result<Tokenize
 
 /// [`tokenizer_from_model_file`] on the file's bytes; errors are plain messages.
 pub fn tokenizer_from_model_bytes(bytes: &[u8], added: &[&str]) -> Result<Tokenizer, String> {
-    let proto = <ModelProto as prost::Message>::decode(bytes).map_err(|e| {
+    let not_sentencepiece = |why: String| {
         format!(
-            "not a SentencePiece model ({e}); GLM-4's tokenizer.model is a tiktoken file: use \
+            "not a SentencePiece model ({why}); GLM-4's tokenizer.model is a tiktoken file: use \
              the model's tokenizer.json"
         )
-    })?;
+    };
+    let proto = <ModelProto as prost::Message>::decode(bytes)
+        .map_err(|e| not_sentencepiece(e.to_string()))?;
     if proto.pieces.is_empty() {
-        return Err("a SentencePiece model without pieces".into());
+        return Err(not_sentencepiece("no pieces".into()));
     }
     let trainer = proto.trainer_spec.clone().unwrap_or_default();
     let byte_fallback = trainer.byte_fallback.unwrap_or(false);

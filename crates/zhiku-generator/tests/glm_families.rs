@@ -327,3 +327,18 @@ fn chatglm2_with_a_sentencepiece_tokenizer_model() {
     assert!(first.generated_tokens > 0, "{first:?}");
     assert_eq!(first.text, ask(&state, "hello world", 8).text);
 }
+
+/// Stop ids: config.json's `eos_token_id` list, then generation_config.json's, once each.
+#[test]
+fn stop_ids_come_from_config_and_generation_config() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), GlmFamily::Glm4_0414, 4);
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        json!({"eos_token_id": [0, 8], "do_sample": true}).to_string(),
+    )
+    .unwrap();
+    let loaded = load_model(&args(dir.path())).unwrap();
+    assert_eq!(loaded.tokenizer.eos_ids, [0, 7, 9, 8]);
+    assert_eq!(loaded.tokenizer.eos.as_deref(), Some("<|endoftext|>"));
+}

@@ -77,7 +77,8 @@ fn files_that_are_not_sentencepiece_are_refused_clearly() {
     let err = tokenizer_from_model_file(&path, &[])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("tokenizer.model"), "{err}");
+    assert!(err.contains("not a SentencePiece model"), "{err}");
+    assert!(err.contains("tokenizer.json"), "{err}");
     let missing = tokenizer_from_model_file(&dir.path().join("nope.model"), &[]);
     assert!(missing.is_err());
 }
