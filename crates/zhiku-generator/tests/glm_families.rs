@@ -219,6 +219,13 @@ fn chatglm3_prompts_start_with_gmask_sop_once() {
     let step = loaded.model.forward(&[15], 3).unwrap();
     let whole = loaded.model.forward(&[12, 13, 14, 15], 0).unwrap();
     assert!(max_abs_diff(&step, &whole) < 1e-4);
+    // Past seq_length (128, with the two prefix tokens) is a request error, not a panic.
+    let long = vec![12u32; 127];
+    assert!(matches!(
+        loaded.model.forward(&long, 0),
+        Err(GeneratorError::Validation(_))
+    ));
+    assert!(loaded.model.forward(&long[..126], 0).is_ok());
 }
 
 /// LoRA on a candle-built family: merged at load (B = 0 changes nothing; a trained adapter
