@@ -1,9 +1,11 @@
 //! zhiku's generation service: language models on candle behind gRPC, streamed.
 //!
-//! - [`models`]: the [`models::CausalLm`] trait and the loaders (GGUF Llama / Qwen2 /
-//!   GLM-4);
+//! - [`models`]: the [`models::CausalLm`] trait and the loaders (ChatGLM-6B, ChatGLM2/3,
+//!   GLM-4 and GLM-4-0414 safetensors; GGUF Llama / Qwen2 / GLM-4);
 //! - [`tokenizer`]: `tokenizer.json`, or a BPE tokenizer built from GGUF metadata;
+//! - [`sentencepiece`]: SentencePiece `tokenizer.model` files (the ChatGLM family's);
 //! - [`template`]: chat templates per family, the model's own Jinja template first;
+//! - [`lora`]: PEFT LoRA adapters, merged at load or applied per request;
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty / seed;
 //! - [`decode_stream`]: UTF-8-correct incremental decoding and stop strings;
 //! - [`engine`]: one worker owning the model, a bounded FIFO queue, cancellation, deadlines;
@@ -17,6 +19,7 @@ pub mod error;
 pub mod lora;
 pub mod models;
 pub mod sampling;
+pub mod sentencepiece;
 pub mod template;
 pub mod tokenizer;
 

@@ -163,6 +163,48 @@ impl LoraAdapter {
     }
 }
 
+/// W0 + (alpha/r)·B·A in W0's dtype: the one merge rule, used by our own layers
+/// ([`LoraLinear::merge`]) and by checkpoints merged before candle builds them
+/// ([`merge_into_tensors`]).
+pub fn merged_weight(weight: &Tensor, pair: &LoraPair) -> Result<Tensor, GeneratorError> {
+    let delta = pair.delta()?.to_dtype(weight.dtype())?;
+    if delta.dims() != weight.dims() {
+        return Err(GeneratorError::Load(format!(
+            "adapter update {:?} does not fit weight {:?}",
+            delta.dims(),
+            weight.dims()
+        )));
+    }
+    Ok((weight + delta)?)
+}
+
+/// Merges `adapter` into a checkpoint's tensors, keyed by their safetensors names. PEFT
+/// module names are the checkpoint's weight names without ".weight", so module `m` updates
+/// `m.weight`. This is how adapters reach architectures whose layers candle-transformers
+/// builds (they cannot carry unmerged adapters): merge first, then build the model from the
+/// merged tensors. Every module of the adapter must find its weight, so that an adapter made
+/// for another model is refused rather than half applied.
+pub fn merge_into_tensors(
+    tensors: &mut HashMap<String, Tensor>,
+    adapter: &LoraAdapter,
+    dtype: DType,
+) -> Result<(), GeneratorError> {
+    let mut modules: Vec<(&String, &LoraPair)> = adapter.pairs.iter().collect();
+    modules.sort_by_key(|(module, _)| *module);
+    for (module, pair) in modules {
+        let key = format!("{module}.weight");
+        let weight = tensors.get(&key).ok_or_else(|| {
+            GeneratorError::Load(format!(
+                "adapter `{}`: module {module} matches no weight of the model (no `{key}`)",
+                adapter.name
+            ))
+        })?;
+        let merged = merged_weight(&weight.to_dtype(dtype)?, pair)?;
+        tensors.insert(key, merged);
+    }
+    Ok(())
+}
+
 /// A linear layer that may carry unmerged LoRA adapters, one of which is applied per call.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
@@ -198,16 +240,7 @@ impl LoraLinear {
 
     /// Folds `pair` into the base weight: W = W0 + (alpha/r)·B·A.
     pub fn merge(&mut self, pair: &LoraPair) -> Result<(), GeneratorError> {
-        let weight = self.base.weight();
-        let delta = pair.delta()?.to_dtype(weight.dtype())?;
-        if delta.dims() != weight.dims() {
-            return Err(GeneratorError::Load(format!(
-                "adapter update {:?} does not fit weight {:?}",
-                delta.dims(),
-                weight.dims()
-            )));
-        }
-        let merged = (weight + delta)?;
+        let merged = merged_weight(self.base.weight(), pair)?;
         self.base = Linear::new(merged, self.base.bias().cloned());
         Ok(())
     }

@@ -45,7 +45,7 @@ pub enum ChatTemplate {
     ChatGlm2,
     /// ChatGLM3-6B: "<|system|>\n…<|user|>\n…<|assistant|>".
     ChatGlm3,
-    /// GLM-4: "[gMASK]<sop><|user|>\n…<|assistant|>".
+    /// GLM-4: `"[gMASK]<sop><|user|>\n…<|assistant|>"`.
     Glm4,
     /// ChatML (Qwen, SmolLM): "<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n".
     ChatMl,

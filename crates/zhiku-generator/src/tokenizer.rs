@@ -34,14 +34,18 @@ pub struct GenTokenizer {
 impl GenTokenizer {
     /// A `tokenizer.json` and the ids that end generation.
     pub fn from_json(path: &Path, eos_ids: Vec<u32>) -> Result<Self, GeneratorError> {
-        let inner = Self::from_file(path)?;
+        Ok(Self::with_stops(Self::from_file(path)?, eos_ids))
+    }
+
+    /// A built tokenizer and the ids that end generation.
+    pub fn with_stops(inner: Tokenizer, eos_ids: Vec<u32>) -> Self {
         let eos = eos_ids.first().and_then(|id| inner.id_to_token(*id));
-        Ok(Self {
+        Self {
             inner,
             eos_ids,
             bos: None,
             eos,
-        })
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Tokenizer, GeneratorError> {

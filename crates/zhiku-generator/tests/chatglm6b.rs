@@ -4,6 +4,8 @@
 //! its 2-D positions, and LoRA (B = 0 changes nothing; merged = unmerged; two adapters per
 //! request in one server).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,61 +22,7 @@ use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{GenerateRequest, GeneratorInfoRequest, SamplingParams, generate_request};
 use zhiku_runtime::ServerArgs;
 
-const WORDS: &[&str] = &[
-    "小拾",
-    "喜欢",
-    "玩手机",
-    "打游戏",
-    "看电影",
-    "知识",
-    "库",
-    "问",
-    "答",
-    "模型",
-    "的",
-    "是",
-    "我",
-    "你",
-    "他",
-    "好",
-    "天气",
-    "今天",
-    "明天",
-    "学习",
-    "工作",
-    "吃饭",
-    "睡觉",
-    "跑步",
-    "读书",
-    "写字",
-    "唱歌",
-    "跳舞",
-    "画画",
-    "旅行",
-    "音乐",
-    "电影",
-    "游戏",
-    "手机",
-    "电脑",
-];
-
-/// A deterministic stream of numbers in [-1, 1) (xorshift): the weights' seed.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| offset + scale * self.next()).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-}
+use common::{WORDS, max_abs_diff, write_seeded_weights, write_wordlevel_tokenizer};
 
 fn config() -> serde_json::Value {
     json!({
@@ -99,74 +47,29 @@ fn config() -> serde_json::Value {
 /// Writes config.json, model.safetensors (seeded weights) and tokenizer.json.
 fn write_checkpoint(dir: &Path, seed: u64) {
     std::fs::write(dir.join("config.json"), config().to_string()).unwrap();
-    let specials = ["<unk>", "[MASK]", "[gMASK]", "<sop>", "<eop>"];
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in specials.iter().chain(WORDS).enumerate() {
-        vocab.insert(t.to_string(), json!(i));
-    }
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": specials.iter().enumerate().map(|(i, t)| json!({
-            "id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-            "normalized": false, "special": true
-        })).collect::<Vec<_>>(),
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-
+    write_wordlevel_tokenizer(dir, &["<unk>", "[MASK]", "[gMASK]", "<sop>", "<eop>"]);
     let cfg: ChatGlm6bConfig = serde_json::from_value(config()).unwrap();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     ChatGlm6b::load(&cfg, vb).unwrap();
-    let mut rng = Seeded(seed);
-    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
-    names.sort();
-    let mut tensors = HashMap::new();
-    for name in names {
-        let var = varmap.data().lock().unwrap()[&name].clone();
-        let shape = var.shape().dims().to_vec();
-        let t = if name.contains("layernorm") && name.ends_with("weight") {
-            rng.tensor(&shape, 0.1, 1.0)
-        } else if name.ends_with("bias") {
-            rng.tensor(&shape, 0.02, 0.0)
-        } else {
-            rng.tensor(&shape, 0.3, 0.0)
-        };
-        tensors.insert(name, t);
-    }
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    write_seeded_weights(&varmap, seed, &dir.join("model.safetensors"));
 }
 
 /// Writes a PEFT LoRA adapter for the attention layers; `b_scale` 0 is the article's
 /// initialisation (B = 0).
 fn write_adapter(dir: &Path, seed: u64, b_scale: f32) {
-    std::fs::create_dir_all(dir).unwrap();
-    let r = 4;
-    std::fs::write(
-        dir.join("adapter_config.json"),
-        json!({"peft_type": "LORA", "r": r, "lora_alpha": 8, "target_modules": ["query_key_value", "dense"]})
-            .to_string(),
-    )
-    .unwrap();
-    let mut rng = Seeded(seed);
-    let mut tensors = HashMap::new();
-    for layer in 0..2 {
-        for (module, out) in [("query_key_value", 96), ("dense", 32)] {
-            let p = format!("base_model.model.transformer.layers.{layer}.attention.{module}");
-            tensors.insert(format!("{p}.lora_A.weight"), rng.tensor(&[r, 32], 0.5, 0.0));
-            tensors.insert(
-                format!("{p}.lora_B.weight"),
-                rng.tensor(&[out, r], b_scale, 0.0),
-            );
-        }
-    }
-    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+    let modules: Vec<(String, usize, usize)> = (0..2)
+        .flat_map(|layer| {
+            [("query_key_value", 96), ("dense", 32)].map(|(module, out)| {
+                (
+                    format!("transformer.layers.{layer}.attention.{module}"),
+                    32,
+                    out,
+                )
+            })
+        })
+        .collect();
+    common::write_adapter(dir, seed, b_scale, &["query_key_value", "dense"], &modules);
 }
 
 fn load_model(dir: &Path) -> ChatGlm6b {
@@ -181,17 +84,6 @@ fn load_model(dir: &Path) -> ChatGlm6b {
     }
     .unwrap();
     ChatGlm6b::load(&cfg, vb).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -1,16 +1,24 @@
 //! Safetensors checkpoints in a directory (`config.json` + `model.safetensors` or shards +
-//! `tokenizer.json`): ChatGLM-6B, with LoRA adapters merged at load or kept per request.
+//! `tokenizer.json`, or the SentencePiece `tokenizer.model` the ChatGLM family ships):
+//!
+//! - ChatGLM-6B (`model_type` "chatglm" with `position_encoding_2d`): our own implementation,
+//!   with LoRA adapters merged at load or kept per request;
+//! - ChatGLM2/3-6B, GLM-4-9B-chat and GLM-4-0414: candle-transformers' networks (see
+//!   [`super::glm`]), with LoRA adapters merged at load only.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
+use tokenizers::Tokenizer;
 
 use super::chatglm6b::{ChatGlm6b, ChatGlm6bConfig};
-use super::{LoadedModel, ModelInfo};
+use super::glm::{GlmFamily, GlmHead, GlmModel, detect_family};
+use super::{AdapterSummary, LoadedModel, ModelInfo};
 use crate::error::GeneratorError;
-use crate::lora::LoraAdapter;
+use crate::lora::{LoraAdapter, merge_into_tensors};
 use crate::template::ChatTemplate;
 use crate::tokenizer::GenTokenizer;
 
@@ -35,6 +43,12 @@ struct Head {
 struct TokenizerConfig {
     chat_template: Option<String>,
 }
+
+/// The special tokens ChatGLM2's tokenizer appends after its SentencePiece vocabulary, in
+/// id order (`[gMASK]` and `sop` start every prompt).
+const CHATGLM2_SPECIALS: &[&str] = &["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"];
+/// ChatGLM3 appends its role tokens after ChatGLM2's.
+const CHATGLM3_ROLES: &[&str] = &["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
 
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, GeneratorError> {
     let single = dir.join("model.safetensors");
@@ -81,6 +95,68 @@ fn eos_ids(value: Option<&serde_json::Value>) -> Vec<u32> {
     }
 }
 
+/// The ids that end generation: config.json's `eos_token_id` and `generation_config.json`'s
+/// (chat models often list their end-of-turn tokens only there), without repeats.
+fn stop_ids(dir: &Path, config_eos: Option<&serde_json::Value>) -> Vec<u32> {
+    let mut ids = eos_ids(config_eos);
+    let generation = std::fs::read_to_string(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    if let Some(g) = generation {
+        for id in eos_ids(g.get("eos_token_id")) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// `tokenizer.json` when present, else the SentencePiece `tokenizer.model` with `added`
+/// appended after its vocabulary (as ChatGLM2/3's Python tokenizer appends them).
+fn read_tokenizer(dir: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorError> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return GenTokenizer::from_file(&json);
+    }
+    let model = dir.join("tokenizer.model");
+    if model.is_file() {
+        return crate::sentencepiece::tokenizer_from_model_file(&model, added);
+    }
+    Err(GeneratorError::Load(format!(
+        "{} has neither tokenizer.json nor tokenizer.model",
+        dir.display()
+    )))
+}
+
+/// The model's own chat template (tokenizer_config.json) when it has one, else `family`.
+fn chat_template(dir: &Path, tokenizer: &GenTokenizer, family: ChatTemplate) -> ChatTemplate {
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<TokenizerConfig>(&t).ok())
+        .and_then(|c| c.chat_template)
+        .map(|source| ChatTemplate::Jinja {
+            source,
+            bos: tokenizer.bos.clone().unwrap_or_default(),
+            eos: tokenizer.eos.clone().unwrap_or_default(),
+        })
+        .unwrap_or(family)
+}
+
+fn device_name(device: &Device) -> String {
+    if device.is_cpu() {
+        "cpu".into()
+    } else {
+        "cuda".into()
+    }
+}
+
+fn adapter_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "merged".into())
+}
+
 pub fn load(
     dir: &Path,
     model_id: String,
@@ -94,77 +170,221 @@ pub fn load(
     let head: Head = serde_json::from_str(&config_text)
         .map_err(|e| GeneratorError::Load(format!("{}: {e}", config_path.display())))?;
     let model_type = head.model_type.clone().unwrap_or_default();
-    if !(model_type == "chatglm" && head.position_encoding_2d == Some(true)) {
-        return Err(GeneratorError::UnsupportedModel(format!(
-            "config.json model_type `{model_type}`: this build serves ChatGLM-6B safetensors \
-             checkpoints and GGUF files (llama, qwen2, glm4); ChatGLM2/3 and GLM-4 safetensors \
-             are not wired yet"
-        )));
+    let stop = stop_ids(dir, head.eos_token_id.as_ref());
+    let model = ModelFiles {
+        dir,
+        model_id,
+        device,
+        dtype,
+        config_text: &config_text,
+        stop,
+    };
+    match model_type.as_str() {
+        "chatglm" if head.position_encoding_2d == Some(true) => model.chatglm6b(adapters),
+        "chatglm" | "glm4" => model.glm(adapters),
+        other => Err(GeneratorError::UnsupportedModel(format!(
+            "config.json model_type `{other}`: zhiku serves safetensors checkpoints of \
+             ChatGLM-6B, ChatGLM2/3-6B, GLM-4-9B-chat (`chatglm`) and GLM-4-0414 (`glm4`), \
+             and GGUF files (llama, qwen2, glm4)"
+        ))),
     }
-    let config: ChatGlm6bConfig = serde_json::from_str(&config_text)
-        .map_err(|e| GeneratorError::Load(format!("ChatGLM-6B config.json: {e}")))?;
+}
 
-    let tokenizer_path = dir.join("tokenizer.json");
-    if !tokenizer_path.is_file() {
-        return Err(GeneratorError::Load(format!(
-            "{} has no tokenizer.json; SentencePiece tokenizer.model files are not read yet",
-            dir.display()
-        )));
-    }
-    let mut stop = eos_ids(head.eos_token_id.as_ref());
-    if stop.is_empty() {
-        stop.push(config.eos_token_id);
-    }
-    let tokenizer = GenTokenizer::from_json(&tokenizer_path, stop)?;
+/// What every family's loader starts from.
+struct ModelFiles<'a> {
+    dir: &'a Path,
+    model_id: String,
+    device: &'a Device,
+    dtype: DType,
+    config_text: &'a str,
+    /// Stop ids from config.json and generation_config.json.
+    stop: Vec<u32>,
+}
 
-    let files = weight_files(dir)?;
-    // SAFETY: the files are memory-mapped read-only; zhiku never writes model files while
-    // serving them.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }?;
-    let mut model = ChatGlm6b::load(&config, vb)?;
-
-    let mut summaries = Vec::new();
-    for path in &adapters.merge {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "merged".into());
-        let adapter = LoraAdapter::load(&name, path, dtype, device)?;
-        model.merge_adapter(&adapter)?;
-        summaries.push(adapter.summary(true));
-    }
-    for (name, path) in &adapters.attach {
-        let adapter = LoraAdapter::load(name, path, dtype, device)?;
-        model.attach_adapter(&adapter)?;
-        summaries.push(adapter.summary(false));
-    }
-
-    let template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<TokenizerConfig>(&t).ok())
-        .and_then(|c| c.chat_template)
-        .map(|source| ChatTemplate::Jinja {
-            source,
-            bos: tokenizer.bos.clone().unwrap_or_default(),
-            eos: tokenizer.eos.clone().unwrap_or_default(),
-        })
-        .unwrap_or(ChatTemplate::ChatGlm6b);
-    let context_length = config.max_sequence_length.saturating_sub(2);
-    Ok(LoadedModel {
-        model: Box::new(model),
-        tokenizer,
-        template,
-        info: ModelInfo {
-            model_id,
-            architecture: "chatglm".into(),
-            dtype: format!("{dtype:?}").to_lowercase(),
-            device: if device.is_cpu() {
-                "cpu".into()
-            } else {
-                "cuda".into()
-            },
+impl ModelFiles<'_> {
+    fn info(
+        &self,
+        architecture: &str,
+        context_length: usize,
+        adapters: Vec<AdapterSummary>,
+    ) -> ModelInfo {
+        ModelInfo {
+            model_id: self.model_id.clone(),
+            architecture: architecture.into(),
+            dtype: format!("{:?}", self.dtype).to_lowercase(),
+            device: device_name(self.device),
             context_length,
-            adapters: summaries,
-        },
-    })
+            adapters,
+        }
+    }
+
+    /// The weights, memory-mapped.
+    fn mmap(&self) -> Result<VarBuilder<'static>, GeneratorError> {
+        let files = weight_files(self.dir)?;
+        // SAFETY: the files are memory-mapped read-only; zhiku never writes model files while
+        // serving them.
+        Ok(unsafe { VarBuilder::from_mmaped_safetensors(&files, self.dtype, self.device) }?)
+    }
+
+    /// ChatGLM-6B: our own implementation, adapters merged or attached.
+    fn chatglm6b(self, adapters: &AdapterRequest) -> Result<LoadedModel, GeneratorError> {
+        let config: ChatGlm6bConfig = serde_json::from_str(self.config_text)
+            .map_err(|e| GeneratorError::Load(format!("ChatGLM-6B config.json: {e}")))?;
+        let mut stop = self.stop.clone();
+        if stop.is_empty() {
+            stop.push(config.eos_token_id);
+        }
+        let tokenizer = GenTokenizer::with_stops(read_tokenizer(self.dir, &[])?, stop);
+        let mut model = ChatGlm6b::load(&config, self.mmap()?)?;
+
+        let mut summaries = Vec::new();
+        for path in &adapters.merge {
+            let adapter = LoraAdapter::load(&adapter_name(path), path, self.dtype, self.device)?;
+            model.merge_adapter(&adapter)?;
+            summaries.push(adapter.summary(true));
+        }
+        for (name, path) in &adapters.attach {
+            let adapter = LoraAdapter::load(name, path, self.dtype, self.device)?;
+            model.attach_adapter(&adapter)?;
+            summaries.push(adapter.summary(false));
+        }
+        let template = chat_template(self.dir, &tokenizer, ChatTemplate::ChatGlm6b);
+        let info = self.info(
+            "chatglm",
+            config.max_sequence_length.saturating_sub(2),
+            summaries,
+        );
+        Ok(LoadedModel {
+            model: Box::new(model),
+            tokenizer,
+            template,
+            info,
+        })
+    }
+
+    /// ChatGLM2/3, GLM-4-9B-chat, GLM-4-0414: candle's networks; adapters merged only.
+    fn glm(self, adapters: &AdapterRequest) -> Result<LoadedModel, GeneratorError> {
+        let head: GlmHead = serde_json::from_str(self.config_text)
+            .map_err(|e| GeneratorError::Load(format!("config.json: {e}")))?;
+        // Rule 5 of `detect_family` asks whether the tokenizer knows ChatGLM3's role tokens;
+        // a SentencePiece tokenizer.model never holds them (the Python code appends them), so
+        // only tokenizer.json can answer yes.
+        let json_tokenizer = self.dir.join("tokenizer.json");
+        let json_tokenizer = if json_tokenizer.is_file() {
+            Some(GenTokenizer::from_file(&json_tokenizer)?)
+        } else {
+            None
+        };
+        let has_roles = json_tokenizer
+            .as_ref()
+            .is_some_and(|t| t.token_to_id("<|user|>").is_some());
+        let family = detect_family(&head, has_roles).ok_or_else(|| {
+            GeneratorError::UnsupportedModel(format!(
+                "config.json model_type `{}` is not a GLM family zhiku knows",
+                head.model_type.as_deref().unwrap_or_default()
+            ))
+        })?;
+        if !adapters.attach.is_empty() {
+            return Err(GeneratorError::UnsupportedModel(format!(
+                "{}: per-request LoRA adapters (--lora) need layers that carry unmerged \
+                 adapters, which only zhiku's own ChatGLM-6B has; merge the adapter at load \
+                 with --merge-lora instead",
+                family.architecture()
+            )));
+        }
+        let inner = match json_tokenizer {
+            Some(t) => t,
+            None => {
+                let added: Vec<&str> = match family {
+                    GlmFamily::ChatGlm2 => CHATGLM2_SPECIALS.to_vec(),
+                    GlmFamily::ChatGlm3 => CHATGLM2_SPECIALS
+                        .iter()
+                        .chain(CHATGLM3_ROLES)
+                        .copied()
+                        .collect(),
+                    GlmFamily::Glm4 | GlmFamily::Glm4_0414 => Vec::new(),
+                };
+                read_tokenizer(self.dir, &added)?
+            }
+        };
+        let mut stop = self.stop.clone();
+        let (template, prefix) = match family {
+            GlmFamily::ChatGlm2 | GlmFamily::ChatGlm3 => {
+                // Every ChatGLM2/3 prompt starts with `[gMASK] sop` (the Python tokenizer's
+                // prefix tokens); the model wrapper adds them.
+                let id = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+                let prefix = match (id(&["[gMASK]"]), id(&["sop", "<sop>"])) {
+                    (Some(g), Some(s)) => vec![g, s],
+                    _ => {
+                        return Err(GeneratorError::Load(format!(
+                            "{}: the tokenizer has no [gMASK]/sop tokens, which every prompt \
+                             of this family starts with",
+                            family.architecture()
+                        )));
+                    }
+                };
+                if family == GlmFamily::ChatGlm3 {
+                    // ChatGLM3 ends its turn by starting the next one.
+                    for name in ["<|user|>", "<|observation|>"] {
+                        if let Some(i) = inner.token_to_id(name)
+                            && !stop.contains(&i)
+                        {
+                            stop.push(i);
+                        }
+                    }
+                    (ChatTemplate::ChatGlm3, prefix)
+                } else {
+                    (ChatTemplate::ChatGlm2, prefix)
+                }
+            }
+            GlmFamily::Glm4 | GlmFamily::Glm4_0414 => (ChatTemplate::Glm4, Vec::new()),
+        };
+        if stop.is_empty() {
+            return Err(GeneratorError::Load(format!(
+                "{}: neither config.json nor generation_config.json gives eos_token_id",
+                family.architecture()
+            )));
+        }
+        let tokenizer = GenTokenizer::with_stops(inner, stop);
+        let template = chat_template(self.dir, &tokenizer, template);
+
+        let (vb, summaries) = if adapters.merge.is_empty() {
+            (self.mmap()?, Vec::new())
+        } else {
+            self.merged_weights(&adapters.merge)?
+        };
+        let model = GlmModel::new(family, self.config_text, vb)?.with_prefix(prefix);
+        let info = self.info(family.architecture(), model.context_length(), summaries);
+        Ok(LoadedModel {
+            model: Box::new(model),
+            tokenizer,
+            template,
+            info,
+        })
+    }
+
+    /// The checkpoint's tensors with `paths`' adapters merged in (W = W0 + (alpha/r)·B·A), for
+    /// networks that candle builds from a VarBuilder: they are read into memory (one copy,
+    /// instead of the memory map) so the targeted weights can be replaced before the build.
+    fn merged_weights(
+        &self,
+        paths: &[PathBuf],
+    ) -> Result<(VarBuilder<'static>, Vec<AdapterSummary>), GeneratorError> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for file in weight_files(self.dir)? {
+            let part = candle_core::safetensors::load(&file, self.device)
+                .map_err(|e| GeneratorError::Load(format!("{}: {e}", file.display())))?;
+            tensors.extend(part);
+        }
+        let mut summaries = Vec::new();
+        for path in paths {
+            let adapter = LoraAdapter::load(&adapter_name(path), path, self.dtype, self.device)?;
+            merge_into_tensors(&mut tensors, &adapter, self.dtype)?;
+            summaries.push(adapter.summary(true));
+        }
+        Ok((
+            VarBuilder::from_tensors(tensors, self.dtype, self.device),
+            summaries,
+        ))
+    }
 }

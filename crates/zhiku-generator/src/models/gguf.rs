@@ -46,9 +46,15 @@ impl CausalLm for GgufModel {
 }
 
 fn quantization_name(content: &gguf_file::Content) -> String {
-    // The most common dtype among the tensors names the file's quantisation.
+    // The most common dtype among the weight matrices names the file's quantisation. Norms
+    // and biases (1-D) stay F32 in every GGUF and outnumber the matrices in GLM-4's layers
+    // (four norms and three biases beside six matrices), so they do not count.
     let mut counts = std::collections::HashMap::new();
-    for info in content.tensor_infos.values() {
+    for info in content
+        .tensor_infos
+        .values()
+        .filter(|info| info.shape.rank() >= 2)
+    {
         *counts
             .entry(format!("{:?}", info.ggml_dtype))
             .or_insert(0usize) += 1;

@@ -3,6 +3,7 @@
 pub mod chatglm6b;
 pub mod directory;
 pub mod gguf;
+pub mod glm;
 pub mod load;
 
 pub use load::load_model;
@@ -16,7 +17,7 @@ use crate::tokenizer::GenTokenizer;
 /// A causal language model with a KV cache.
 pub trait CausalLm: Send {
     /// Feeds `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the
-    /// last one, shape [vocab]. `pos == 0` starts a new sequence (the cache is dropped).
+    /// last one, shape `[vocab]`. `pos == 0` starts a new sequence (the cache is dropped).
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, GeneratorError>;
 
     /// Frees the KV cache.

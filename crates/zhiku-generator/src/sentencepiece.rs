@@ -1,0 +1,237 @@
+//! SentencePiece `tokenizer.model` files, which the ChatGLM family ships instead of a
+//! `tokenizer.json`. The file is a `ModelProto` protobuf; we read the few fields a tokenizer
+//! needs with hand-written prost messages (no protoc, no generated code) and build the
+//! equivalent `tokenizers` pipeline, as `transformers`' SentencePiece converters do:
+//!
+//! - model: Unigram (`model_type` 1, SentencePiece's default) from the pieces' scores, or BPE
+//!   (`model_type` 2, ChatGLM2/3) with merges recovered from the vocabulary: a piece that
+//!   splits into two pieces is their merge, ranked by the piece's id (SentencePiece stores
+//!   BPE pieces in merge order);
+//! - normalizer: spaces become "▁", with one prepended when `add_dummy_prefix`;
+//! - decoder: "▁" back to spaces, `<0xNN>` byte pieces back to bytes (byte fallback);
+//! - control and user-defined pieces are matched whole, and `added` tokens (the specials
+//!   ChatGLM's Python tokenizer appends after the vocabulary) get the ids after it.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer};
+
+use crate::error::GeneratorError;
+
+/// `sentencepiece_model.proto`'s `ModelProto`, only the fields read here (prost skips the
+/// others).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelProto {
+    #[prost(message, repeated, tag = "1")]
+    pub pieces: Vec<SentencePiece>,
+    #[prost(message, optional, tag = "2")]
+    pub trainer_spec: Option<TrainerSpec>,
+    #[prost(message, optional, tag = "3")]
+    pub normalizer_spec: Option<NormalizerSpec>,
+}
+
+/// One vocabulary entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SentencePiece {
+    #[prost(string, optional, tag = "1")]
+    pub piece: Option<String>,
+    #[prost(float, optional, tag = "2")]
+    pub score: Option<f32>,
+    /// [`piece_type`]; absent means NORMAL.
+    #[prost(int32, optional, tag = "3")]
+    pub r#type: Option<i32>,
+}
+
+/// SentencePiece's `SentencePiece.Type` values.
+pub mod piece_type {
+    pub const NORMAL: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+    pub const BYTE: i32 = 6;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrainerSpec {
+    /// 1 = UNIGRAM (the default), 2 = BPE, 3 = WORD, 4 = CHAR.
+    #[prost(int32, optional, tag = "3")]
+    pub model_type: Option<i32>,
+    #[prost(bool, optional, tag = "35")]
+    pub byte_fallback: Option<bool>,
+    #[prost(int32, optional, tag = "40")]
+    pub unk_id: Option<i32>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NormalizerSpec {
+    /// Default true: "hello" is encoded as "▁hello".
+    #[prost(bool, optional, tag = "3")]
+    pub add_dummy_prefix: Option<bool>,
+}
+
+const SPACE: &str = "\u{2581}";
+
+/// Reads `path` (a SentencePiece model) and builds its tokenizer, with `added` special
+/// tokens appended after the vocabulary.
+pub fn tokenizer_from_model_file(path: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", path.display())))?;
+    tokenizer_from_model_bytes(&bytes, added)
+        .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))
+}
+
+/// [`tokenizer_from_model_file`] on the file's bytes; errors are plain messages.
+pub fn tokenizer_from_model_bytes(bytes: &[u8], added: &[&str]) -> Result<Tokenizer, String> {
+    let not_sentencepiece = |why: String| {
+        format!(
+            "not a SentencePiece model ({why}); GLM-4's tokenizer.model is a tiktoken file: use \
+             the model's tokenizer.json"
+        )
+    };
+    let proto = <ModelProto as prost::Message>::decode(bytes)
+        .map_err(|e| not_sentencepiece(e.to_string()))?;
+    if proto.pieces.is_empty() {
+        return Err(not_sentencepiece("no pieces".into()));
+    }
+    let trainer = proto.trainer_spec.clone().unwrap_or_default();
+    let byte_fallback = trainer.byte_fallback.unwrap_or(false);
+    let kind = |p: &SentencePiece| p.r#type.unwrap_or(piece_type::NORMAL);
+    let text = |p: &SentencePiece| p.piece.clone().unwrap_or_default();
+    let unk_id = proto
+        .pieces
+        .iter()
+        .position(|p| kind(p) == piece_type::UNKNOWN)
+        .or_else(|| trainer.unk_id.and_then(|i| usize::try_from(i).ok()))
+        .filter(|i| *i < proto.pieces.len());
+
+    let mut tokenizer = match trainer.model_type.unwrap_or(1) {
+        1 => {
+            let vocab: Vec<(String, f64)> = proto
+                .pieces
+                .iter()
+                .map(|p| (text(p), f64::from(p.score.unwrap_or(0.0))))
+                .collect();
+            let unigram = Unigram::from(vocab, unk_id, byte_fallback)
+                .map_err(|e| format!("unigram model: {e}"))?;
+            Tokenizer::new(unigram)
+        }
+        2 => {
+            let bpe = bpe_from_pieces(&proto.pieces, unk_id, byte_fallback)?;
+            Tokenizer::new(bpe)
+        }
+        other => {
+            return Err(format!(
+                "SentencePiece model_type {other}: only unigram (1) and BPE (2) models are read"
+            ));
+        }
+    };
+
+    let dummy_prefix = proto
+        .normalizer_spec
+        .as_ref()
+        .and_then(|n| n.add_dummy_prefix)
+        .unwrap_or(true);
+    let replace =
+        |from: &str, to: &str| Replace::new(from, to).map_err(|e| format!("normalizer: {e}"));
+    let mut normalizers = Vec::new();
+    if dummy_prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPACE.into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(replace(" ", SPACE)?));
+    tokenizer.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(
+        normalizers,
+    ))));
+    let mut decoders = vec![
+        DecoderWrapper::Replace(replace(SPACE, " ")?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if dummy_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tokenizer.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
+        decoders,
+    ))));
+
+    // Control (<s>, </s>) and user-defined pieces are matched whole, never split.
+    let whole: Vec<AddedToken> = proto
+        .pieces
+        .iter()
+        .filter(|p| matches!(kind(p), piece_type::CONTROL | piece_type::USER_DEFINED))
+        .map(|p| AddedToken::from(text(p), true))
+        .collect();
+    tokenizer.add_special_tokens(&whole);
+    let appended: Vec<AddedToken> = added
+        .iter()
+        .map(|t| {
+            // "sop" and "eop" are plain words: match them only as whole words, so that
+            // "sophisticated" stays a word.
+            let word = t.chars().all(char::is_alphanumeric);
+            AddedToken::from(*t, true).single_word(word)
+        })
+        .collect();
+    tokenizer.add_special_tokens(&appended);
+    for (i, name) in added.iter().enumerate() {
+        let expected = (proto.pieces.len() + i) as u32;
+        if tokenizer.token_to_id(name) != Some(expected) {
+            return Err(format!(
+                "special token {name} should have id {expected} (after the {} pieces) but has \
+                 {:?}",
+                proto.pieces.len(),
+                tokenizer.token_to_id(name)
+            ));
+        }
+    }
+    Ok(tokenizer)
+}
+
+/// A BPE model from SentencePiece BPE pieces: merges are recovered from the vocabulary (a
+/// piece that is the concatenation of two pieces is their merge), ranked by the merged
+/// piece's id, then by its halves' ids.
+fn bpe_from_pieces(
+    pieces: &[SentencePiece],
+    unk_id: Option<usize>,
+    byte_fallback: bool,
+) -> Result<BPE, String> {
+    let mut vocab = tokenizers::models::bpe::Vocab::default();
+    for (i, p) in pieces.iter().enumerate() {
+        vocab
+            .entry(p.piece.clone().unwrap_or_default())
+            .or_insert(i as u32);
+    }
+    let mut ranked: Vec<(u32, u32, u32, String, String)> = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        let kind = p.r#type.unwrap_or(piece_type::NORMAL);
+        if kind != piece_type::NORMAL && kind != piece_type::USER_DEFINED {
+            continue;
+        }
+        let piece = p.piece.as_deref().unwrap_or_default();
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(cut);
+            if let (Some(l), Some(r)) = (vocab.get(left), vocab.get(right)) {
+                ranked.push((i as u32, *l, *r, left.to_owned(), right.to_owned()));
+            }
+        }
+    }
+    ranked.sort();
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(byte_fallback);
+    if let Some(unk) = unk_id
+        .and_then(|i| pieces.get(i))
+        .and_then(|p| p.piece.clone())
+    {
+        builder = builder.unk_token(unk);
+    }
+    builder.build().map_err(|e| format!("BPE model: {e}"))
+}

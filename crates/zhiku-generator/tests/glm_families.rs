@@ -1,0 +1,351 @@
+//! ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B-chat and GLM-4-0414 on tiny checkpoints the tests
+//! write: seeded random weights, a config.json in each family's real format, safetensors and
+//! tokenizer.json, loaded through `GeneratorState::load` / `load_model` exactly as real
+//! checkpoints. Generation is greedy, so the same request twice gives the same text.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::json;
+use zhiku_generator::models::glm::{GlmFamily, GlmModel};
+use zhiku_generator::models::load_model;
+use zhiku_generator::{GeneratorArgs, GeneratorError, GeneratorState};
+
+use common::{
+    GLM4_SPECIALS, ask, chatglm_style_bpe_model, max_abs_diff, write_adapter, write_seeded_weights,
+    write_wordlevel_tokenizer,
+};
+
+/// ChatGLM2's tokenizer: SentencePiece's first three, then the appended specials.
+const CHATGLM2_SPECIALS: &[&str] = &[
+    "<unk>", "<s>", "</s>", "[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
+];
+const CHATGLM3_SPECIALS: &[&str] = &[
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+];
+
+/// A ChatGLM2/3 / GLM-4-9B config.json (their real format; the sizes are tiny).
+fn chatglm_config(name: Option<&str>, vocab: usize, extra: serde_json::Value) -> serde_json::Value {
+    let mut c = json!({
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "add_bias_linear": false,
+        "add_qkv_bias": true,
+        "apply_query_key_layer_scaling": true,
+        "apply_residual_connection_post_layernorm": false,
+        "attention_dropout": 0.0,
+        "attention_softmax_in_fp32": true,
+        "bias_dropout_fusion": true,
+        "ffn_hidden_size": 64,
+        "fp32_residual_connection": false,
+        "hidden_dropout": 0.0,
+        "hidden_size": 32,
+        "kv_channels": 8,
+        "layernorm_epsilon": 1e-05,
+        "multi_query_attention": true,
+        "multi_query_group_num": 2,
+        "num_attention_heads": 4,
+        "num_layers": 2,
+        "original_rope": true,
+        "padded_vocab_size": vocab,
+        "post_layer_norm": true,
+        "rmsnorm": true,
+        "seq_length": 128,
+        "use_cache": true,
+        "torch_dtype": "float32",
+        "transformers_version": "4.27.1",
+        "tie_word_embeddings": false,
+        "eos_token_id": 2,
+        "pad_token_id": 0
+    });
+    if let Some(name) = name {
+        c["_name_or_path"] = json!(name);
+    }
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+/// A GLM-4-0414 config.json (model_type "glm4"), tiny.
+fn glm4_0414_config(vocab: usize) -> serde_json::Value {
+    json!({
+        "architectures": ["Glm4ForCausalLM"],
+        "attention_bias": true,
+        "attention_dropout": 0.0,
+        "eos_token_id": [0, 7, 9],
+        "head_dim": 8,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "model_type": "glm4",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "pad_token_id": 0,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": false,
+        "torch_dtype": "float32",
+        "transformers_version": "4.51.3",
+        "use_cache": true,
+        "vocab_size": vocab
+    })
+}
+
+/// Writes a tiny checkpoint of `family`: config.json, tokenizer.json, model.safetensors.
+fn write_checkpoint(dir: &Path, family: GlmFamily, seed: u64) {
+    let specials = match family {
+        GlmFamily::ChatGlm2 => CHATGLM2_SPECIALS,
+        GlmFamily::ChatGlm3 => CHATGLM3_SPECIALS,
+        GlmFamily::Glm4 | GlmFamily::Glm4_0414 => GLM4_SPECIALS,
+    };
+    let vocab = write_wordlevel_tokenizer(dir, specials);
+    write_model(dir, family, seed, vocab);
+}
+
+/// Writes config.json (`vocab` tokens) and seeded weights of `family`.
+fn write_model(dir: &Path, family: GlmFamily, seed: u64, vocab: usize) {
+    let config = match family {
+        GlmFamily::ChatGlm2 => chatglm_config(None, vocab, json!({})),
+        GlmFamily::ChatGlm3 => chatglm_config(Some("THUDM/chatglm3-6b"), vocab, json!({})),
+        GlmFamily::Glm4 => chatglm_config(
+            Some("THUDM/glm-4-9b-chat"),
+            vocab,
+            json!({"rope_ratio": 500, "eos_token_id": [0, 7, 9], "pad_token_id": 0}),
+        ),
+        GlmFamily::Glm4_0414 => glm4_0414_config(vocab),
+    }
+    .to_string();
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    // The loader's own network, built over a VarMap, names and shapes the weights.
+    let varmap = VarMap::new();
+    GlmModel::new(
+        family,
+        &config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    write_seeded_weights(&varmap, seed, &dir.join("model.safetensors"));
+}
+
+fn args(dir: &Path) -> GeneratorArgs {
+    GeneratorArgs::for_model(dir.to_string_lossy().into_owned())
+}
+
+/// Loads the tiny checkpoint through `GeneratorState::load`, checks what Info reports, and
+/// asks the same question twice.
+fn loads_and_generates(family: GlmFamily, architecture: &str, template: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), family, 5);
+    let state = GeneratorState::load(&args(dir.path())).expect("the tiny checkpoint loads");
+    assert_eq!(state.shared.info.architecture, architecture);
+    assert_eq!(state.shared.template.name(), template);
+    assert_eq!(state.shared.info.context_length, 128);
+    let first = ask(&state, "小拾 喜欢 什么", 10);
+    let again = ask(&state, "小拾 喜欢 什么", 10);
+    assert!(first.generated_tokens > 0, "{first:?}");
+    assert_eq!(
+        first.text, again.text,
+        "greedy generation is not reproducible"
+    );
+    assert_eq!(first.generated_tokens, again.generated_tokens);
+    let other = ask(&state, "今天 天气 好", 10);
+    assert_eq!(other.text, ask(&state, "今天 天气 好", 10).text);
+}
+
+#[test]
+fn chatglm2_loads_and_generates_deterministically() {
+    // No name in config.json and no role tokens in the tokenizer: ChatGLM2.
+    loads_and_generates(GlmFamily::ChatGlm2, "chatglm2", "chatglm2");
+}
+
+#[test]
+fn chatglm3_loads_and_generates_deterministically() {
+    loads_and_generates(GlmFamily::ChatGlm3, "chatglm3", "chatglm3");
+}
+
+#[test]
+fn glm4_9b_chat_loads_and_generates_deterministically() {
+    loads_and_generates(GlmFamily::Glm4, "glm4", "glm4");
+}
+
+#[test]
+fn glm4_0414_loads_and_generates_deterministically() {
+    loads_and_generates(GlmFamily::Glm4_0414, "glm4-0414", "glm4");
+}
+
+#[test]
+fn chatglm3_prompts_start_with_gmask_sop_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), GlmFamily::ChatGlm3, 8);
+    let mut loaded = load_model(&args(dir.path())).unwrap();
+    // ChatGLM3 stops at its eos and at the next turn's role tokens.
+    for id in [2, 9, 11] {
+        assert!(
+            loaded.tokenizer.eos_ids.contains(&id),
+            "{:?}",
+            loaded.tokenizer.eos_ids
+        );
+    }
+    let words = [12u32, 13, 14];
+    let bare = loaded.model.forward(&words, 0).unwrap();
+    // [gMASK]=4, sop=6: a prompt that already starts with them is not prefixed twice.
+    let prefixed = loaded.model.forward(&[4, 6, 12, 13, 14], 0).unwrap();
+    assert_eq!(max_abs_diff(&bare, &prefixed), 0.0);
+    let without = loaded.model.forward(&[13, 14], 0).unwrap();
+    assert!(max_abs_diff(&bare, &without) > 1e-4);
+    // The cached step continues the sequence.
+    loaded.model.forward(&words, 0).unwrap();
+    let step = loaded.model.forward(&[15], 3).unwrap();
+    let whole = loaded.model.forward(&[12, 13, 14, 15], 0).unwrap();
+    assert!(max_abs_diff(&step, &whole) < 1e-4);
+    // Past seq_length (128, with the two prefix tokens) is a request error, not a panic.
+    let long = vec![12u32; 127];
+    assert!(matches!(
+        loaded.model.forward(&long, 0),
+        Err(GeneratorError::Validation(_))
+    ));
+    assert!(loaded.model.forward(&long[..126], 0).is_ok());
+}
+
+/// LoRA on a candle-built family: merged at load (B = 0 changes nothing; a trained adapter
+/// does), and per-request adapters refused with a clear error.
+#[test]
+fn glm4_0414_merges_lora_and_refuses_per_request_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), GlmFamily::Glm4_0414, 9);
+    let modules: Vec<(String, usize, usize)> = (0..2)
+        .flat_map(|layer| {
+            [("q_proj", 32), ("v_proj", 16)]
+                .map(|(m, out)| (format!("model.layers.{layer}.self_attn.{m}"), 32, out))
+        })
+        .collect();
+    let zero = dir.path().join("zero");
+    let trained = dir.path().join("trained");
+    write_adapter(&zero, 1, 0.0, &["q_proj", "v_proj"], &modules);
+    write_adapter(&trained, 2, 0.5, &["q_proj", "v_proj"], &modules);
+    let prompt = [12u32, 13, 14, 15];
+
+    let base = load_model(&args(dir.path()))
+        .unwrap()
+        .model
+        .forward(&prompt, 0)
+        .unwrap();
+    let mut zero_args = args(dir.path());
+    zero_args.merge_lora = vec![zero.clone()];
+    let merged_zero = load_model(&zero_args).unwrap();
+    assert_eq!(merged_zero.info.adapters.len(), 1);
+    assert!(merged_zero.info.adapters[0].merged);
+    let mut model = merged_zero.model;
+    // B = 0: W0 + 0 is W0 exactly.
+    assert_eq!(
+        max_abs_diff(&model.forward(&prompt, 0).unwrap(), &base),
+        0.0
+    );
+
+    let mut trained_args = args(dir.path());
+    trained_args.merge_lora = vec![trained.clone()];
+    let mut merged = load_model(&trained_args).unwrap().model;
+    assert!(max_abs_diff(&merged.forward(&prompt, 0).unwrap(), &base) > 1e-3);
+
+    let mut per_request = args(dir.path());
+    per_request.lora = vec![format!("legal={}", trained.display())];
+    match load_model(&per_request) {
+        Err(GeneratorError::UnsupportedModel(m)) => assert!(m.contains("--merge-lora"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("--lora must be refused for glm4-0414"),
+    }
+
+    // An adapter for another model's modules is refused, not half applied.
+    let stray = dir.path().join("stray");
+    write_adapter(
+        &stray,
+        3,
+        0.5,
+        &["query_key_value"],
+        &[(
+            "transformer.encoder.layers.0.self_attention.query_key_value".into(),
+            32,
+            48,
+        )],
+    );
+    let mut stray_args = args(dir.path());
+    stray_args.merge_lora = vec![stray];
+    assert!(matches!(
+        load_model(&stray_args),
+        Err(GeneratorError::Load(_))
+    ));
+}
+
+#[test]
+fn unknown_model_types_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), GlmFamily::Glm4_0414, 1);
+    std::fs::write(
+        dir.path().join("config.json"),
+        json!({"model_type": "mamba"}).to_string(),
+    )
+    .unwrap();
+    match load_model(&args(dir.path())) {
+        Err(GeneratorError::UnsupportedModel(m)) => assert!(m.contains("mamba"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a mamba config must be refused"),
+    }
+}
+
+/// ChatGLM2 as the hub ships it: a SentencePiece tokenizer.model, no tokenizer.json. The
+/// specials ChatGLM's Python tokenizer appends get the ids after the pieces.
+#[test]
+fn chatglm2_with_a_sentencepiece_tokenizer_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, pieces) = chatglm_style_bpe_model();
+    std::fs::write(dir.path().join("tokenizer.model"), model).unwrap();
+    write_model(dir.path(), GlmFamily::ChatGlm2, 13, pieces + 5);
+    let state = GeneratorState::load(&args(dir.path())).expect("loads with tokenizer.model");
+    assert_eq!(state.shared.info.architecture, "chatglm2");
+    let tokenizer = &state.shared.tokenizer;
+    assert_eq!(
+        tokenizer.inner.token_to_id("[gMASK]"),
+        Some(pieces as u32 + 1)
+    );
+    assert_eq!(tokenizer.inner.token_to_id("sop"), Some(pieces as u32 + 3));
+    assert_eq!(tokenizer.eos_ids, [2]);
+    let first = ask(&state, "hello world", 8);
+    assert!(first.generated_tokens > 0, "{first:?}");
+    assert_eq!(first.text, ask(&state, "hello world", 8).text);
+}
+
+/// Stop ids: config.json's `eos_token_id` list, then generation_config.json's, once each.
+#[test]
+fn stop_ids_come_from_config_and_generation_config() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), GlmFamily::Glm4_0414, 4);
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        json!({"eos_token_id": [0, 8], "do_sample": true}).to_string(),
+    )
+    .unwrap();
+    let loaded = load_model(&args(dir.path())).unwrap();
+    assert_eq!(loaded.tokenizer.eos_ids, [0, 7, 9, 8]);
+    assert_eq!(loaded.tokenizer.eos.as_deref(), Some("<|endoftext|>"));
+}
