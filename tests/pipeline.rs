@@ -26,7 +26,10 @@ pub fn documents() -> Vec<DocumentInput> {
         metadata: Default::default(),
     };
     vec![
-        doc("xiaoshi.txt", "小拾喜欢玩手机、打游戏、看电影。阿敏喜欢吐槽小拾。"),
+        doc(
+            "xiaoshi.txt",
+            "小拾喜欢玩手机、打游戏、看电影。阿敏喜欢吐槽小拾。",
+        ),
         doc(
             "glm.md",
             "# ChatGLM\n\nChatGLM-6B 是一个开源的、支持中英双语的对话语言模型，基于 General Language Model 架构，\
@@ -114,30 +117,40 @@ pub async fn ask(
             None => {}
         }
     }
-    Err(tonic::Status::internal("the stream ended without an answer"))
+    Err(tonic::Status::internal(
+        "the stream ended without an answer",
+    ))
 }
 
 pub fn assert_answerable(asked: &Asked) {
     assert!(!asked.answer.refused);
     assert!(
-        asked.sources.iter().any(|c| c.source == "xiaoshi.txt" && c.text.contains("玩手机")),
+        asked
+            .sources
+            .iter()
+            .any(|c| c.source == "xiaoshi.txt" && c.text.contains("玩手机")),
         "the passage is not among the sources: {:?}",
         asked.sources
     );
     assert!(asked.chunks > 0, "the answer did not stream");
     assert!(
-        ["玩手机", "打游戏", "看电影"].iter().any(|w| asked.answer.text.contains(w)),
+        ["玩手机", "打游戏", "看电影"]
+            .iter()
+            .any(|w| asked.answer.text.contains(w)),
         "{:?}",
         asked.answer.text
     );
-    let timings = asked.answer.timings.clone().expect("timings");
+    let timings = asked.answer.timings.expect("timings");
     assert!(timings.total_ms >= timings.generate_ms && timings.generate_ms > 0.0);
 }
 
 pub const UNANSWERABLE: &str = "量子计算机的纠错码有哪些种类？";
 
 fn generate_calls(generator: &ServiceProcess) -> usize {
-    generator.logs().matches("/zhiku.v1.Generator/GenerateStream").count()
+    generator
+        .logs()
+        .matches("/zhiku.v1.Generator/GenerateStream")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -146,10 +159,15 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     let minilm = minilm_dir();
     let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
     assert!(qwen.is_dir(), "run scripts/fetch-models qwen2.5-0.5b");
-    let embedder = ServiceProcess::start("zhiku-embedder", &["--model", minilm.to_str().unwrap()], &[]);
+    let embedder = ServiceProcess::start(
+        "zhiku-embedder",
+        &["--model", minilm.to_str().unwrap()],
+        &[],
+    );
     let data_dir = data.path().to_str().unwrap().to_owned();
     let mut retriever = ServiceProcess::start("zhiku-retriever", &["--data-dir", &data_dir], &[]);
-    let generator = ServiceProcess::start("zhiku-generator", &["--model", qwen.to_str().unwrap()], &[]);
+    let generator =
+        ServiceProcess::start("zhiku-generator", &["--model", qwen.to_str().unwrap()], &[]);
     let orchestrator = ServiceProcess::start(
         "zhiku-orchestrator",
         &[
@@ -169,30 +187,52 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     let mut client = OrchestratorClient::new(orchestrator.channel(STARTUP).await);
 
     ingest(&mut client, "demo").await;
-    let asked = ask(&mut client, "demo", "小拾喜欢做什么？", None, Duration::from_secs(300))
-        .await
-        .expect("ask");
+    let asked = ask(
+        &mut client,
+        "demo",
+        "小拾喜欢做什么？",
+        None,
+        Duration::from_secs(300),
+    )
+    .await
+    .expect("ask");
     assert_answerable(&asked);
 
     // Unanswerable, with a threshold: refused, and the generator is never called.
     let calls_before = generate_calls(&generator);
-    let refused = ask(&mut client, "demo", UNANSWERABLE, Some(0.8), Duration::from_secs(60))
-        .await
-        .expect("ask");
+    let refused = ask(
+        &mut client,
+        "demo",
+        UNANSWERABLE,
+        Some(0.8),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("ask");
     assert!(refused.answer.refused);
     assert_eq!(refused.answer.text, "根据已知信息无法回答该问题");
     assert!(refused.sources.is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(generate_calls(&generator), calls_before, "the generator was called");
+    assert_eq!(
+        generate_calls(&generator),
+        calls_before,
+        "the generator was called"
+    );
 
     // The retriever dies: UNAVAILABLE naming it, well within the deadline.
     let retriever_addr = retriever.addr;
     retriever.kill();
     let started = Instant::now();
-    let err = ask(&mut client, "demo", "小拾喜欢做什么？", None, Duration::from_secs(20))
-        .await
-        .err()
-        .expect("fails while the retriever is down");
+    let err = ask(
+        &mut client,
+        "demo",
+        "小拾喜欢做什么？",
+        None,
+        Duration::from_secs(20),
+    )
+    .await
+    .err()
+    .expect("fails while the retriever is down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("retriever"), "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -207,7 +247,15 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     wait_serving(&retriever, "zhiku.v1.Retriever", STARTUP).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let asked = loop {
-        match ask(&mut client, "demo", "小拾喜欢做什么？", None, Duration::from_secs(300)).await {
+        match ask(
+            &mut client,
+            "demo",
+            "小拾喜欢做什么？",
+            None,
+            Duration::from_secs(300),
+        )
+        .await
+        {
             Ok(asked) => break asked,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;

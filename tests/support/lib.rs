@@ -72,7 +72,9 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` listening on a free loopback port, with `args` and `envs`.
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
         Self::start_on(name, addr, args, envs)
     }
 

@@ -1,0 +1,210 @@
+//! `zhiku`: the command line of the zhiku knowledge base.
+//!
+//! ```text
+//! zhiku serve                              all four services in one process
+//! zhiku ingest docs/ --kb handbook         put documents in (progress bar)
+//! zhiku ask "小拾喜欢做什么？" --kb handbook  answer, streamed, then the sources
+//! zhiku kb list | create NAME | delete NAME
+//! zhiku docs list --kb NAME | delete --kb NAME DOC_ID
+//! ```
+//! Commands talk to a running orchestrator (`--addr`, `ZHIKU_ADDR`); without one they run
+//! the whole pipeline in this process, on the embedded store and the local models.
+
+mod commands;
+mod stack;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use zhiku_runtime::ServerArgs;
+
+use stack::{Ports, Stack, StackArgs};
+
+/// zhiku 知库: a knowledge base that answers questions from your documents.
+#[derive(Debug, Parser)]
+#[command(name = "zhiku", version, propagate_version = true)]
+struct Cli {
+    /// A running orchestrator (e.g. http://127.0.0.1:50051). Unset: run the pipeline in
+    /// this process.
+    #[arg(long, env = "ZHIKU_ADDR", global = true)]
+    addr: Option<String>,
+
+    #[command(flatten)]
+    stack: StackArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedder, retriever (embedded store), generator and orchestrator in one
+    /// process, each on its own port, with the same gRPC API as the separate services.
+    Serve {
+        /// Orchestrator address.
+        #[arg(
+            long,
+            env = "ZHIKU_ORCHESTRATOR_LISTEN",
+            default_value = "0.0.0.0:50051"
+        )]
+        orchestrator_listen: SocketAddr,
+        /// Embedder address.
+        #[arg(long, env = "ZHIKU_EMBEDDER_LISTEN", default_value = "127.0.0.1:50052")]
+        embedder_listen: SocketAddr,
+        /// Retriever address.
+        #[arg(
+            long,
+            env = "ZHIKU_RETRIEVER_LISTEN",
+            default_value = "127.0.0.1:50053"
+        )]
+        retriever_listen: SocketAddr,
+        /// Generator address.
+        #[arg(
+            long,
+            env = "ZHIKU_GENERATOR_LISTEN",
+            default_value = "127.0.0.1:50054"
+        )]
+        generator_listen: SocketAddr,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Put files or directories (walked recursively) into a knowledge base.
+    Ingest {
+        /// Files or directories (.txt .md .html .pdf .docx .csv).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The knowledge base (created when missing).
+        #[arg(long, env = "ZHIKU_KB")]
+        kb: String,
+        /// Passage length in characters.
+        #[arg(long, default_value_t = 250)]
+        chunk_size: u32,
+        /// Characters neighbouring passages share.
+        #[arg(long, default_value_t = 50)]
+        overlap: u32,
+    },
+    /// Ask a question; the answer streams, then its sources.
+    Ask {
+        /// The question.
+        question: String,
+        /// The knowledge base.
+        #[arg(long, env = "ZHIKU_KB")]
+        kb: String,
+        /// Passages to retrieve.
+        #[arg(long, default_value_t = 5)]
+        top_k: u32,
+        /// Drop passages whose cosine similarity to the question is below this; with none
+        /// left the answer is "根据已知信息无法回答该问题".
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Retrieval: dense, sparse or hybrid.
+        #[arg(long, value_enum, default_value_t = commands::Mode::Hybrid)]
+        mode: commands::Mode,
+        /// Longest answer in tokens.
+        #[arg(long, default_value_t = 512)]
+        max_new_tokens: u32,
+        /// Print one JSON object {answer, refused, sources: [{source, score, text}], timings}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage knowledge bases.
+    Kb {
+        #[command(subcommand)]
+        action: commands::KbAction,
+    },
+    /// Manage the documents of a knowledge base.
+    Docs {
+        #[command(subcommand)]
+        action: commands::DocsAction,
+    },
+}
+
+fn quiet_server_args() -> ServerArgs {
+    ServerArgs {
+        log: std::env::var("ZHIKU_LOG").unwrap_or_else(|_| "warn".into()),
+        ..ServerArgs::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Serve {
+        orchestrator_listen,
+        embedder_listen,
+        retriever_listen,
+        generator_listen,
+        server,
+    } = &cli.command
+    {
+        if let Err(e) = zhiku_runtime::telemetry::init(server.log_format, &server.log) {
+            eprintln!("zhiku: {e}");
+            return ExitCode::from(2);
+        }
+        tracing::info!(config = ?cli, "zhiku serve starting");
+        let ports = Ports {
+            orchestrator: *orchestrator_listen,
+            embedder: *embedder_listen,
+            retriever: *retriever_listen,
+            generator: *generator_listen,
+        };
+        let stack = match Stack::start(&cli.stack, ports, server).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("zhiku serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let p = stack.ports;
+        tracing::info!(
+            orchestrator = %p.orchestrator,
+            embedder = %p.embedder,
+            retriever = %p.retriever,
+            generator = %p.generator,
+            "zhiku serve: all services listening"
+        );
+        return match stack
+            .run_until(zhiku_runtime::server::shutdown_signal())
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("zhiku serve: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    // Other commands: a running orchestrator, or the pipeline in this process.
+    let (addr, stack) = match &cli.addr {
+        Some(addr) => (addr.clone(), None),
+        None => {
+            let server = quiet_server_args();
+            let _ = zhiku_runtime::telemetry::init(server.log_format, &server.log);
+            let mut stack = match Stack::start(&cli.stack, Ports::ephemeral(), &server).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("zhiku: cannot start the in-process pipeline: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) =
+                commands::with_spinner("loading models", stack.ready(Duration::from_secs(600)))
+                    .await
+            {
+                eprintln!("zhiku: {e}");
+                stack.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+            (format!("http://{}", stack.ports.orchestrator), Some(stack))
+        }
+    };
+    let code = commands::run(&addr, cli.command).await;
+    if let Some(stack) = stack {
+        stack.shutdown().await;
+    }
+    code
+}

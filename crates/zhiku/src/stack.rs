@@ -1,0 +1,255 @@
+//! All four services in one process, on the embedded store: `zhiku serve`, and the
+//! in-process pipeline the other commands use when no `--addr` is given.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health_client::check_serving;
+use zhiku_embedder::EmbedderArgs;
+use zhiku_generator::GeneratorArgs;
+use zhiku_orchestrator::OrchestratorArgs;
+use zhiku_runtime::ServerArgs;
+use zhiku_runtime::server::{RuntimeError, bind};
+
+/// Models and storage of the in-process stack.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StackArgs {
+    /// Embedding model: a directory or a hub id.
+    #[arg(long, env = "ZHIKU_EMBEDDER_MODEL", default_value = zhiku_embedder::config::DEFAULT_MODEL)]
+    pub embedding_model: String,
+
+    /// Chat model: a .gguf file, a directory or a hub id.
+    #[arg(long, env = "ZHIKU_GENERATOR_MODEL", default_value = zhiku_generator::config::DEFAULT_MODEL)]
+    pub chat_model: String,
+
+    /// The GGUF file inside the chat model's directory or hub repository.
+    #[arg(long, env = "ZHIKU_GENERATOR_GGUF_FILE", default_value = zhiku_generator::config::DEFAULT_GGUF_FILE)]
+    pub gguf_file: String,
+
+    /// Models laid out by scripts/fetch-models; hub ids whose name is a directory here load
+    /// offline.
+    #[arg(long, env = "ZHIKU_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Where the embedded vector store keeps its knowledge bases.
+    #[arg(long, env = "ZHIKU_RETRIEVER_DATA_DIR", default_value = "zhiku-data")]
+    pub data_dir: PathBuf,
+
+    /// Device for both models: cpu, cuda or cuda:N.
+    #[arg(long, env = "ZHIKU_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Directory the orchestrator may read server-side paths under (Ingest `paths`).
+    #[arg(long, env = "ZHIKU_INGEST_ROOT")]
+    pub ingest_root: Option<PathBuf>,
+}
+
+/// Where each service listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub orchestrator: SocketAddr,
+    pub embedder: SocketAddr,
+    pub retriever: SocketAddr,
+    pub generator: SocketAddr,
+}
+
+impl Ports {
+    /// Free loopback ports, for the in-process pipeline.
+    pub fn ephemeral() -> Self {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            orchestrator: any,
+            embedder: any,
+            retriever: any,
+            generator: any,
+        }
+    }
+}
+
+/// The running services.
+pub struct Stack {
+    pub ports: Ports,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), RuntimeError>>)>,
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl Stack {
+    pub async fn start(
+        args: &StackArgs,
+        ports: Ports,
+        server: &ServerArgs,
+    ) -> Result<Self, String> {
+        let (stop, rx) = watch::channel(false);
+        let bind = |addr| async move { bind(addr).await.map_err(|e| e.to_string()) };
+        let embedder_listener: TcpListener = bind(ports.embedder).await?;
+        let retriever_listener: TcpListener = bind(ports.retriever).await?;
+        let generator_listener: TcpListener = bind(ports.generator).await?;
+        let orchestrator_listener: TcpListener = bind(ports.orchestrator).await?;
+        let local = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
+        let ports = Ports {
+            embedder: local(&embedder_listener)?,
+            retriever: local(&retriever_listener)?,
+            generator: local(&generator_listener)?,
+            orchestrator: local(&orchestrator_listener)?,
+        };
+
+        let mut embedder = EmbedderArgs::for_model(args.embedding_model.clone());
+        embedder.models_dir = args.models_dir.clone();
+        embedder.device = args.device.clone();
+        let mut generator = GeneratorArgs::for_model(args.chat_model.clone());
+        generator.models_dir = args.models_dir.clone();
+        generator.gguf_file = args.gguf_file.clone();
+        generator.device = args.device.clone();
+        let mut orchestrator = OrchestratorArgs::local(
+            ports.embedder.port(),
+            ports.retriever.port(),
+            ports.generator.port(),
+        );
+        orchestrator.ingest_root = args.ingest_root.clone();
+        let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
+
+        let tasks = vec![
+            (
+                "embedder",
+                tokio::spawn(zhiku_embedder::serve(
+                    embedder,
+                    server.clone(),
+                    embedder_listener,
+                    stopped(rx.clone()),
+                )),
+            ),
+            (
+                "retriever",
+                tokio::spawn(zhiku_retriever::serve(
+                    retriever,
+                    server.clone(),
+                    retriever_listener,
+                    stopped(rx.clone()),
+                )),
+            ),
+            (
+                "generator",
+                tokio::spawn(zhiku_generator::serve(
+                    generator,
+                    server.clone(),
+                    generator_listener,
+                    stopped(rx.clone()),
+                )),
+            ),
+            (
+                "orchestrator",
+                tokio::spawn(zhiku_orchestrator::serve(
+                    orchestrator,
+                    server.clone(),
+                    orchestrator_listener,
+                    stopped(rx),
+                )),
+            ),
+        ];
+        Ok(Self { ports, stop, tasks })
+    }
+
+    /// Waits until every service is SERVING; fails when one of them stopped (e.g. a model
+    /// that cannot be loaded), with its error.
+    pub async fn ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let checks = [
+            (self.ports.embedder, "zhiku.v1.Embedder"),
+            (self.ports.retriever, "zhiku.v1.Retriever"),
+            (self.ports.generator, "zhiku.v1.Generator"),
+            (self.ports.orchestrator, "zhiku.v1.Orchestrator"),
+        ];
+        loop {
+            for (name, task) in &mut self.tasks {
+                if task.is_finished() {
+                    return Err(match task.await {
+                        Ok(Ok(())) => format!("the {name} stopped"),
+                        Ok(Err(e)) => format!("the {name} failed: {e}"),
+                        Err(e) => format!("the {name} crashed: {e}"),
+                    });
+                }
+            }
+            let mut all = true;
+            for (addr, service) in checks {
+                if !check_serving(addr, service).await {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the services were not ready after {timeout:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs until `signal`, or until a service stops by itself; then stops all.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), String> {
+        tokio::pin!(signal);
+        let failure = loop {
+            tokio::select! {
+                _ = &mut signal => break None,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(i) = self.tasks.iter().position(|(_, t)| t.is_finished()) {
+                        let (name, task) = self.tasks.remove(i);
+                        break Some(match task.await {
+                            Ok(Ok(())) => format!("the {name} stopped"),
+                            Ok(Err(e)) => format!("the {name} failed: {e}"),
+                            Err(e) => format!("the {name} crashed: {e}"),
+                        });
+                    }
+                }
+            }
+        };
+        self.shutdown().await;
+        match failure {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for (_, task) in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+mod tonic_health_client {
+    use std::net::SocketAddr;
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// True when `service` at `addr` says SERVING.
+    pub async fn check_serving(addr: SocketAddr, service: &str) -> bool {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            return false;
+        };
+        let Ok(channel) = endpoint.connect().await else {
+            return false;
+        };
+        let mut client = HealthClient::new(channel);
+        client
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
+            .unwrap_or(false)
+    }
+}
