@@ -80,13 +80,19 @@ impl ServiceProcess {
 
     /// Starts `binary` listening on `addr` (e.g. to restart a service where it was).
     pub fn start_on(name: &str, addr: SocketAddr, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let listen = addr.to_string();
+        let mut all = vec!["--listen", listen.as_str()];
+        all.extend_from_slice(args);
+        Self::spawn(name, addr, &all, envs)
+    }
+
+    /// Runs binary `name` with exactly `args`; `addr` is where it will serve.
+    pub fn spawn(name: &str, addr: SocketAddr, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(binary(name));
         command
-            .arg("--listen")
-            .arg(addr.to_string())
             .args(args)
             .env("ZHIKU_LOG", "info")
             .env("ZHIKU_MODELS_DIR", models_dir())
@@ -215,6 +221,11 @@ pub fn grpcurl() -> PathBuf {
         return venv;
     }
     PathBuf::from("grpcurl")
+}
+
+/// A loopback address that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// Runs grpcurl with `args`; returns (success, stdout, stderr).

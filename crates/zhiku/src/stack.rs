@@ -20,32 +20,42 @@ use zhiku_runtime::server::{RuntimeError, bind};
 #[derive(Debug, Clone, clap::Args)]
 pub struct StackArgs {
     /// Embedding model: a directory or a hub id.
-    #[arg(long, env = "ZHIKU_EMBEDDER_MODEL", default_value = zhiku_embedder::config::DEFAULT_MODEL)]
+    #[arg(long, global = true, env = "ZHIKU_EMBEDDER_MODEL", default_value = zhiku_embedder::config::DEFAULT_MODEL)]
     pub embedding_model: String,
 
     /// Chat model: a .gguf file, a directory or a hub id.
-    #[arg(long, env = "ZHIKU_GENERATOR_MODEL", default_value = zhiku_generator::config::DEFAULT_MODEL)]
+    #[arg(long, global = true, env = "ZHIKU_GENERATOR_MODEL", default_value = zhiku_generator::config::DEFAULT_MODEL)]
     pub chat_model: String,
 
     /// The GGUF file inside the chat model's directory or hub repository.
-    #[arg(long, env = "ZHIKU_GENERATOR_GGUF_FILE", default_value = zhiku_generator::config::DEFAULT_GGUF_FILE)]
+    #[arg(long, global = true, env = "ZHIKU_GENERATOR_GGUF_FILE", default_value = zhiku_generator::config::DEFAULT_GGUF_FILE)]
     pub gguf_file: String,
 
     /// Models laid out by scripts/fetch-models; hub ids whose name is a directory here load
     /// offline.
-    #[arg(long, env = "ZHIKU_MODELS_DIR", default_value = "models")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_MODELS_DIR",
+        default_value = "models"
+    )]
     pub models_dir: PathBuf,
 
     /// Where the embedded vector store keeps its knowledge bases.
-    #[arg(long, env = "ZHIKU_RETRIEVER_DATA_DIR", default_value = "zhiku-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_RETRIEVER_DATA_DIR",
+        default_value = "zhiku-data"
+    )]
     pub data_dir: PathBuf,
 
     /// Device for both models: cpu, cuda or cuda:N.
-    #[arg(long, env = "ZHIKU_DEVICE", default_value = "cpu")]
+    #[arg(long, global = true, env = "ZHIKU_DEVICE", default_value = "cpu")]
     pub device: String,
 
     /// Directory the orchestrator may read server-side paths under (Ingest `paths`).
-    #[arg(long, env = "ZHIKU_INGEST_ROOT")]
+    #[arg(long, global = true, env = "ZHIKU_INGEST_ROOT")]
     pub ingest_root: Option<PathBuf>,
 }
 

@@ -1,0 +1,288 @@
+//! End-to-end through `zhiku serve` (all four services in one process) and the `zhiku` CLI:
+//! every grpcurl example of the README runs against the live server, and the CLI ingests a
+//! directory holding a corrupt pdf and a binary file, answers and refuses.
+
+use std::process::Command;
+use std::time::Duration;
+
+use zhiku_e2e::{
+    ServiceProcess, binary, free_addr, grpcurl, minilm_dir, models_dir, wait_serving,
+    workspace_root,
+};
+
+const STARTUP: Duration = Duration::from_secs(180);
+
+/// The grpcurl commands of README.md's shell blocks, in order, continuation lines joined.
+fn readme_grpcurl_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    let mut commands = Vec::new();
+    let mut in_shell = false;
+    let mut pending = String::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_shell = line == "```sh";
+            continue;
+        }
+        if !in_shell {
+            continue;
+        }
+        let line = line.trim();
+        if pending.is_empty() && !line.starts_with("grpcurl ") {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(line);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}
+
+fn zhiku(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary("zhiku"))
+        .args(args)
+        .env("ZHIKU_MODELS_DIR", models_dir())
+        .output()
+        .expect("runs zhiku");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
+    let (orchestrator, embedder, retriever, generator) =
+        (free_addr(), free_addr(), free_addr(), free_addr());
+    let minilm = minilm_dir();
+    let serve = ServiceProcess::spawn(
+        "zhiku",
+        orchestrator,
+        &[
+            "serve",
+            "--embedding-model",
+            minilm.to_str().unwrap(),
+            "--chat-model",
+            qwen.to_str().unwrap(),
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--orchestrator-listen",
+            &orchestrator.to_string(),
+            "--embedder-listen",
+            &embedder.to_string(),
+            "--retriever-listen",
+            &retriever.to_string(),
+            "--generator-listen",
+            &generator.to_string(),
+        ],
+        &[],
+    );
+    wait_serving(&serve, "zhiku.v1.Orchestrator", STARTUP).await;
+    for (addr, service) in [
+        (embedder, "zhiku.v1.Embedder"),
+        (retriever, "zhiku.v1.Retriever"),
+        (generator, "zhiku.v1.Generator"),
+    ] {
+        let status = zhiku_e2e::health(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+            service,
+        );
+        let deadline = std::time::Instant::now() + STARTUP;
+        let mut status = status.await;
+        while status.as_ref().ok()
+            != Some(&tonic_health::pb::health_check_response::ServingStatus::Serving)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{service} not serving\n{}",
+                serve.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            status = zhiku_e2e::health(channel, service).await;
+        }
+    }
+
+    // Every grpcurl example of the README, against the live server.
+    let commands = readme_grpcurl_commands();
+    assert!(commands.len() >= 8, "{commands:?}");
+    let grpcurl_path = grpcurl();
+    for command in &commands {
+        let concrete = command
+            .replacen("grpcurl", &grpcurl_path.to_string_lossy(), 1)
+            .replace("localhost:50051", &orchestrator.to_string())
+            .replace("localhost:50052", &embedder.to_string())
+            .replace("localhost:50053", &retriever.to_string())
+            .replace("localhost:50054", &generator.to_string());
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(&concrete)
+            .output()
+            .expect("sh");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "README example failed: {command}\n{}\n{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if command.contains("Orchestrator/Ask") {
+            assert!(stdout.contains("\"answer\""), "{stdout}");
+        }
+        if command.contains("Orchestrator/Ingest") {
+            assert!(stdout.contains("\"filesIngested\": 1"), "{stdout}");
+        }
+    }
+
+    // The CLI against the running server: a directory with a corrupt pdf and a binary file.
+    let docs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        docs.path().join("good.txt"),
+        "小拾喜欢玩手机、打游戏、看电影。阿敏喜欢吐槽小拾。",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.path().join("notes.md"),
+        "# 笔记\n\n知识库问答先检索段落，再让模型回答。",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.path().join("broken.pdf"),
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog >>\ngarbage",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.path().join("blob.bin"),
+        (0..4096u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let url = format!("http://{orchestrator}");
+    let (code, stdout, stderr) = zhiku(&[
+        "ingest",
+        docs.path().to_str().unwrap(),
+        "--kb",
+        "cli",
+        "--addr",
+        &url,
+    ]);
+    assert_ne!(
+        code, 0,
+        "failures must make the exit code non-zero\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ingested 2 file(s)"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("broken.pdf"), "{stdout}");
+    assert!(stdout.contains("blob.bin"), "{stdout}");
+
+    let (code, stdout, stderr) = zhiku(&[
+        "ask",
+        "小拾喜欢做什么？",
+        "--kb",
+        "cli",
+        "--json",
+        "--max-new-tokens",
+        "40",
+        "--addr",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(answer["refused"], false);
+    assert!(answer["answer"].as_str().unwrap().chars().count() > 0);
+    assert!(
+        answer["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["source"] == "good.txt"),
+        "{answer}"
+    );
+    assert!(answer["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+
+    let (code, stdout, _) = zhiku(&[
+        "ask",
+        "量子计算机的纠错码有哪些种类？",
+        "--kb",
+        "cli",
+        "--json",
+        "--threshold",
+        "0.8",
+        "--addr",
+        &url,
+    ]);
+    assert_eq!(code, 0);
+    let refused: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(refused["refused"], true);
+    assert_eq!(refused["answer"], "根据已知信息无法回答该问题");
+
+    let (code, stdout, _) = zhiku(&["kb", "list", "--addr", &url]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("cli") && stdout.contains("demo"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = zhiku(&["docs", "list", "--kb", "cli", "--addr", &url]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("good.txt") && stdout.contains("notes.md"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = zhiku(&["docs", "delete", "--kb", "cli", "good.txt", "--addr", &url]);
+    assert_eq!(code, 0, "{stdout}");
+    let (code, stdout, stderr) = zhiku(&["kb", "delete", "nope-kb", "--addr", &url]);
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        stderr.contains("NotFound")
+            || stderr.contains("not found")
+            || stderr.contains("no knowledge base"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_cli_runs_the_pipeline_in_process_without_a_server() {
+    let data = tempfile::tempdir().unwrap();
+    let minilm = minilm_dir();
+    let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
+    let common = [
+        "--embedding-model",
+        minilm.to_str().unwrap(),
+        "--chat-model",
+        smollm.to_str().unwrap(),
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend_from_slice(&common);
+        zhiku(&args)
+    };
+    let (code, stdout, stderr) = run(&["kb", "create", "local"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("created `local` (384 dimensions)"),
+        "{stdout}"
+    );
+    // The embedded store persists between runs.
+    let (code, stdout, stderr) = run(&["kb", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("local"), "{stdout}");
+}
