@@ -223,6 +223,11 @@ async fn retriever_survives_kill_9_during_upserts() {
         "too few upserts to mean anything: {}",
         docs.len()
     );
+    eprintln!(
+        "after 3 kills: {} acknowledged upserts of {} documents, all present exactly once",
+        done.len(),
+        docs.len()
+    );
     // And it still takes writes.
     client
         .upsert(UpsertRequest {

@@ -74,6 +74,11 @@ pub struct RetrieverArgs {
     #[arg(long, env = "ZHIKU_RETRIEVER_HNSW_EF_CONSTRUCT", default_value_t = 100)]
     pub hnsw_ef_construct: usize,
 
+    /// HNSW beam width of dense searches: higher finds more of the true nearest neighbours,
+    /// slower (0: the engine's default, ef_construct). See retriever-bench for the trade-off.
+    #[arg(long, env = "ZHIKU_RETRIEVER_HNSW_EF", default_value_t = 128)]
+    pub hnsw_ef: usize,
+
     /// Vectors (in KiB) a segment collects before the embedded backend builds its HNSW index;
     /// smaller segments are searched exactly.
     #[arg(
@@ -104,6 +109,7 @@ impl RetrieverArgs {
             qdrant_timeout_seconds: 30,
             hnsw_m: 16,
             hnsw_ef_construct: 100,
+            hnsw_ef: 128,
             indexing_threshold_kb: 10_000,
             optimize_interval_seconds: 30,
         }

@@ -114,6 +114,7 @@ fn check_vector(vector: &[f32], dims: u32, what: &str) -> Result<()> {
 pub struct Retriever {
     store: Arc<dyn VectorStore>,
     bm25: Arc<Bm25>,
+    hnsw_ef: Option<usize>,
 }
 
 impl Retriever {
@@ -121,7 +122,14 @@ impl Retriever {
         Ok(Self {
             store,
             bm25: Arc::new(Bm25::new()?),
+            hnsw_ef: None,
         })
+    }
+
+    /// Sets the HNSW beam width of dense searches (None: the engine's default).
+    pub fn with_hnsw_ef(mut self, hnsw_ef: Option<usize>) -> Self {
+        self.hnsw_ef = hnsw_ef.filter(|ef| *ef > 0);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
@@ -358,7 +366,7 @@ impl Retriever {
                 metadata: filter.metadata.into_iter().collect(),
             },
             score_threshold: req.score_threshold,
-            hnsw_ef: None,
+            hnsw_ef: self.hnsw_ef,
             exact: false,
             with_vectors: req.with_vectors,
         };

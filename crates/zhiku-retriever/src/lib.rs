@@ -103,7 +103,9 @@ pub async fn serve(
                     Duration::from_secs(args.optimize_interval_seconds),
                 );
             }
-            let retriever = Retriever::new(opened.store.clone()).map_err(|e| e.to_string())?;
+            let retriever = Retriever::new(opened.store.clone())
+                .map_err(|e| e.to_string())?
+                .with_hnsw_ef(Some(args.hnsw_ef));
             tracing::info!(
                 backend = opened.store.backend(),
                 location = %opened.store.location(),

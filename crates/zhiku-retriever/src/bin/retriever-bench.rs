@@ -51,6 +51,23 @@ struct Args {
     /// Seed of the random vectors.
     #[arg(long, env = "ZHIKU_BENCH_SEED", default_value_t = 42)]
     seed: u64,
+    /// How the random vectors are drawn: `uniform` on the sphere (no structure at all: the
+    /// worst case for any graph index) or `clustered` around random centres (like real
+    /// text embeddings, whose neighbours are much nearer than the rest).
+    #[arg(long, env = "ZHIKU_BENCH_DISTRIBUTION", value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    /// Centres of the clustered distribution.
+    #[arg(long, env = "ZHIKU_BENCH_CLUSTERS", default_value_t = 1000)]
+    clusters: usize,
+    /// Also measure exact (brute-force) search by the engine.
+    #[arg(long, env = "ZHIKU_BENCH_EXACT", default_value_t = true, action = clap::ArgAction::Set)]
+    exact: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Distribution {
+    Uniform,
+    Clustered,
 }
 
 /// SplitMix64: small, deterministic, good enough for test vectors.
@@ -71,16 +88,26 @@ impl Rng {
     }
 
     fn unit_vector(&mut self, dims: usize) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dims).map(|_| self.next_f32()).collect();
-        let norm = v
-            .iter()
-            .map(|x| x * x)
-            .sum::<f32>()
-            .sqrt()
-            .max(f32::EPSILON);
-        v.iter_mut().for_each(|x| *x /= norm);
-        v
+        normalized((0..dims).map(|_| self.next_f32()).collect())
     }
+
+    /// A point near a random one of `centres`: the centre plus noise of about 0.6 its length.
+    fn near(&mut self, centres: &[Vec<f32>]) -> Vec<f32> {
+        let c = &centres[(self.next_u64() % centres.len() as u64) as usize];
+        let scale = 0.6 * (3.0 / c.len() as f32).sqrt();
+        normalized(c.iter().map(|x| x + scale * self.next_f32()).collect())
+    }
+}
+
+fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -122,6 +149,7 @@ async fn measure(
     truth: &[Vec<usize>],
     k: usize,
     ef: Option<usize>,
+    exact: bool,
 ) -> Result<Figures, Box<dyn std::error::Error>> {
     let mut latencies = Vec::with_capacity(queries.len());
     let mut found = 0usize;
@@ -134,7 +162,7 @@ async fn measure(
             filter: PassageFilter::default(),
             score_threshold: None,
             hnsw_ef: ef,
-            exact: false,
+            exact,
             with_vectors: false,
         };
         let started = Instant::now();
@@ -219,6 +247,7 @@ async fn bench(
         truth,
         args.k,
         None,
+        false,
     )
     .await?;
     println!(
@@ -226,10 +255,20 @@ async fn bench(
         "ef", "recall@k", "p50 ms", "p99 ms"
     );
     for &ef in &args.ef {
-        let f = measure(&store, kb, queries, truth, args.k, Some(ef)).await?;
+        let f = measure(&store, kb, queries, truth, args.k, Some(ef), false).await?;
         println!(
             "[{name}] {:>6} {:>12.4} {:>10.3} {:>10.3}",
             f.ef,
+            f.recall,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3
+        );
+    }
+    if args.exact {
+        let f = measure(&store, kb, queries, truth, args.k, None, true).await?;
+        println!(
+            "[{name}] {:>6} {:>12.4} {:>10.3} {:>10.3}",
+            "exact",
             f.recall,
             f.p50.as_secs_f64() * 1e3,
             f.p99.as_secs_f64() * 1e3
@@ -244,20 +283,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let mut rng = Rng(args.seed);
     let started = Instant::now();
-    let data: Vec<Vec<f32>> = (0..args.points)
+    let centres: Vec<Vec<f32>> = (0..args.clusters.max(1))
         .map(|_| rng.unit_vector(args.dims))
         .collect();
-    let queries: Vec<Vec<f32>> = (0..args.queries)
-        .map(|_| rng.unit_vector(args.dims))
-        .collect();
+    let draw = |rng: &mut Rng| match args.distribution {
+        Distribution::Uniform => rng.unit_vector(args.dims),
+        Distribution::Clustered => rng.near(&centres),
+    };
+    let data: Vec<Vec<f32>> = (0..args.points).map(|_| draw(&mut rng)).collect();
+    let queries: Vec<Vec<f32>> = (0..args.queries).map(|_| draw(&mut rng)).collect();
     let truth: Vec<Vec<usize>> = queries
         .iter()
         .map(|q| exact_top_k(&data, q, args.k))
         .collect();
     println!(
-        "{} random unit vectors × {} dims, {} queries, exact top-{} by brute force in {:.1} s; \
-         HNSW m={} ef_construct={}",
+        "{} random unit vectors ({:?}) × {} dims, {} queries, exact top-{} by brute force in \
+         {:.1} s; HNSW m={} ef_construct={}",
         args.points,
+        args.distribution,
         args.dims,
         args.queries,
         args.k,
