@@ -11,8 +11,8 @@ use tonic::transport::Channel;
 use zhiku_e2e::{ServiceProcess, minilm_dir, models_dir, wait_serving};
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
-    Answer, AskRequest, Citation, DocumentInput, IngestRequest, IngestStage, SamplingParams,
-    ask_event, ingest_event,
+    Answer, AskRequest, Citation, CreateKnowledgeBaseRequest, DocumentInput, IngestRequest,
+    IngestStage, SamplingParams, Turn, ask_event, ingest_event,
 };
 
 const STARTUP: Duration = Duration::from_secs(180);
@@ -197,6 +197,94 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     .await
     .expect("ask");
     assert_answerable(&asked);
+
+    // Multi-turn: earlier turns go in through the chat template.
+    let mut follow_up = tonic::Request::new(AskRequest {
+        question: "她呢？阿敏喜欢做什么？".into(),
+        knowledge_base: "demo".into(),
+        top_k: 3,
+        history: vec![Turn {
+            question: "小拾喜欢做什么？".into(),
+            answer: asked.answer.text.clone(),
+        }],
+        sampling: Some(SamplingParams {
+            max_new_tokens: Some(24),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    follow_up.set_timeout(Duration::from_secs(300));
+    let mut stream = client
+        .ask(follow_up)
+        .await
+        .expect("ask with history")
+        .into_inner();
+    let mut answered = false;
+    while let Some(event) = stream.next().await {
+        if let Some(ask_event::Event::Answer(a)) = event.expect("event").event {
+            assert!(!a.refused && !a.text.is_empty());
+            assert!(
+                a.prompt_tokens > asked.answer.prompt_tokens,
+                "the history is in the prompt"
+            );
+            answered = true;
+        }
+    }
+    assert!(answered);
+
+    // A deadline that cannot be met fails fast (the pipeline enforces it on the stream).
+    let started = Instant::now();
+    let err = ask(
+        &mut client,
+        "demo",
+        "小拾喜欢做什么？",
+        None,
+        Duration::from_millis(1500),
+    )
+    .await
+    .err()
+    .expect("the deadline is too short for an answer");
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A knowledge base that names a LoRA adapter asks with it (this generator has none).
+    let mut with_adapter = tonic::Request::new(CreateKnowledgeBaseRequest {
+        name: "legal".into(),
+        adapter: "legal-zh".into(),
+        ..Default::default()
+    });
+    with_adapter.set_timeout(Duration::from_secs(60));
+    client
+        .create_knowledge_base(with_adapter)
+        .await
+        .expect("create");
+    let mut stream = client
+        .ingest(IngestRequest {
+            knowledge_base: "legal".into(),
+            documents: documents()[..1].to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(event) = stream.next().await {
+        event.expect("ingest event");
+    }
+    let err = ask(
+        &mut client,
+        "legal",
+        "小拾喜欢做什么？",
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .err()
+    .expect("the generator has no such adapter");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("legal-zh"), "{}", err.message());
 
     // Unanswerable, with a threshold: refused, and the generator is never called.
     let calls_before = generate_calls(&generator);

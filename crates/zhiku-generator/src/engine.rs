@@ -129,9 +129,12 @@ fn worker(
             }
             Err(GeneratorError::Cancelled) => {
                 shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("request cancelled by the client; slot freed");
+                tracing::info!("request cancelled by the client; generation stopped, slot freed");
             }
             Err(e) => {
+                if let GeneratorError::DeadlineExceeded { generated } = &e {
+                    tracing::info!(generated, "the deadline passed; generation stopped");
+                }
                 let _ = job.events.send(Event::Failed(e));
             }
         }

@@ -29,7 +29,8 @@ fn ms(since: Instant) -> f64 {
 impl Orchestrator {
     /// Answers one question, sending events on `events`.
     pub async fn ask(&self, request: AskRequest, deadline: Deadline, events: Events) {
-        if let Err(e) = self.ask_inner(request, deadline, &events).await {
+        let work = self.ask_inner(request, deadline, &events);
+        if let Err(e) = deadline.run("before the answer was complete", work).await {
             let _ = events.send(Err(e.into())).await;
         }
     }

@@ -88,4 +88,20 @@ impl Deadline {
     pub fn expired(&self) -> bool {
         self.0.is_some_and(|d| Instant::now() >= d)
     }
+
+    /// Runs `work` until the deadline: a streaming call's deadline only bounds its headers,
+    /// so the pipeline enforces it itself. Dropping `work` at the deadline drops its
+    /// downstream calls, which cancels them (the generator frees its slot).
+    pub async fn run<T>(
+        &self,
+        stage: &'static str,
+        work: impl std::future::Future<Output = Result<T, OrchestratorError>>,
+    ) -> Result<T, OrchestratorError> {
+        match self.0 {
+            None => work.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), work)
+                .await
+                .unwrap_or(Err(OrchestratorError::DeadlineExceeded(stage))),
+        }
+    }
 }

@@ -22,6 +22,8 @@ pub enum OrchestratorError {
         address: String,
         reason: String,
     },
+    #[error("the deadline passed {0}")]
+    DeadlineExceeded(&'static str),
     #[error("{0}")]
     Internal(String),
 }
@@ -39,6 +41,7 @@ impl ServiceError for OrchestratorError {
             OrchestratorError::PermissionDenied(_) => ErrorKind::PermissionDenied,
             OrchestratorError::BadAddress { .. } => ErrorKind::FailedPrecondition,
             OrchestratorError::Internal(_) => ErrorKind::Internal,
+            OrchestratorError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             OrchestratorError::Downstream { status, .. } => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
                 Code::NotFound => ErrorKind::NotFound,

@@ -211,16 +211,21 @@ impl Orchestrator {
             if events.is_closed() {
                 return; // the client went away
             }
-            match self
-                .ingest_one(
-                    &request.knowledge_base,
-                    &source,
-                    &splitter,
-                    deadline,
-                    &events,
-                )
+            let one = self.ingest_one(
+                &request.knowledge_base,
+                &source,
+                &splitter,
+                deadline,
+                &events,
+            );
+            let one = match deadline
+                .run("during the ingest", async { Ok(one.await) })
                 .await
             {
+                Ok(result) => result,
+                Err(e) => Err(FileFailure::Call(e)),
+            };
+            match one {
                 Ok(stored) => {
                     summary.files_ingested += 1;
                     summary.passages_stored += stored as u64;

@@ -198,16 +198,25 @@ impl Generator for GeneratorApi {
         let deadline = deadline(&request);
         let request = request.into_inner();
         let (mut events, _) = state.start(&request, deadline)?;
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Chunk { .. } => {}
-                Event::Done(completion) => {
-                    return Ok(Response::new(state.response(completion, &request.adapter)));
+        let answer = async {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Chunk { .. } => {}
+                    Event::Done(completion) => return Ok(completion),
+                    Event::Failed(e) => return Err(e),
                 }
-                Event::Failed(e) => return Err(e.into()),
             }
-        }
-        Err(GeneratorError::ShuttingDown.into())
+            Err(GeneratorError::ShuttingDown)
+        };
+        // The engine checks the deadline between tokens; a long prefill is cut here, and
+        // dropping the receiver stops the engine at its next token.
+        let completion = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), answer)
+                .await
+                .unwrap_or(Err(GeneratorError::DeadlineExceeded { generated: 0 })),
+            None => answer.await,
+        }?;
+        Ok(Response::new(state.response(completion, &request.adapter)))
     }
 
     type GenerateStreamStream = GenerateStreamResult;
@@ -221,8 +230,14 @@ impl Generator for GeneratorApi {
         let request = request.into_inner();
         let (events, _) = state.start(&request, deadline)?;
         let adapter = request.adapter;
-        // Dropping this stream (client cancelled) closes the channel: the engine stops.
-        let stream = UnboundedReceiverStream::new(events).map(move |event| match event {
+        // Dropping this stream (client cancelled, or the deadline below) closes the channel:
+        // the engine stops at its next token.
+        let events = UnboundedReceiverStream::new(events);
+        let events: Pin<Box<dyn Stream<Item = Event> + Send>> = match deadline {
+            Some(d) => Box::pin(until_deadline(events, d)),
+            None => Box::pin(events),
+        };
+        let stream = events.map(move |event| match event {
             Event::Chunk {
                 text,
                 generated_tokens,
@@ -287,6 +302,30 @@ impl Generator for GeneratorApi {
             chat_template: state.shared.template.name().into(),
         }))
     }
+}
+
+/// Ends `events` with a DeadlineExceeded event at `deadline`.
+fn until_deadline(
+    events: impl Stream<Item = Event> + Send + 'static,
+    deadline: Instant,
+) -> impl Stream<Item = Event> + Send + 'static {
+    let events: Pin<Box<dyn Stream<Item = Event> + Send>> = Box::pin(events);
+    futures::stream::unfold((events, false), move |(mut events, ended)| async move {
+        if ended {
+            return None;
+        }
+        tokio::select! {
+            event = events.next() => {
+                let event = event?;
+                let last = matches!(event, Event::Done(_) | Event::Failed(_));
+                Some((event, (events, last)))
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => Some((
+                Event::Failed(GeneratorError::DeadlineExceeded { generated: 0 }),
+                (events, true),
+            )),
+        }
+    })
 }
 
 /// Resident set size of this process (Linux: /proc/self/statm), 0 when unknown.
