@@ -184,6 +184,22 @@ impl ModelSource {
         }
     }
 
+    /// Whether `file` is already on this machine (a local directory, or the local hub
+    /// cache), without touching the network.
+    pub fn is_local(&self, file: &str) -> bool {
+        match self {
+            Self::Local(dir) => dir.join(file).is_file(),
+            Self::Hub { repo, revision } => Cache::from_env()
+                .repo(Repo::with_revision(
+                    repo.clone(),
+                    RepoType::Model,
+                    revision.clone(),
+                ))
+                .get(file)
+                .is_some(),
+        }
+    }
+
     /// The path of a file the model may have; `None` when it has not.
     pub fn get_optional(&self, file: &str) -> Option<PathBuf> {
         match self {

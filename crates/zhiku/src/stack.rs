@@ -19,17 +19,22 @@ use zhiku_runtime::server::{RuntimeError, bind};
 /// Models and storage of the in-process stack.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StackArgs {
-    /// Embedding model: a directory or a hub id.
-    #[arg(long, global = true, env = "ZHIKU_EMBEDDER_MODEL", default_value = zhiku_embedder::config::DEFAULT_MODEL)]
-    pub embedding_model: String,
+    /// Embedding model: a directory or a hub id. Default: BAAI/bge-small-zh-v1.5 (a Chinese
+    /// embedder) from the hub; offline, when it is not cached but scripts/fetch-models' MiniLM
+    /// is in --models-dir, that one.
+    #[arg(long, global = true, env = "ZHIKU_EMBEDDER_MODEL")]
+    pub embedding_model: Option<String>,
 
-    /// Chat model: a .gguf file, a directory or a hub id.
-    #[arg(long, global = true, env = "ZHIKU_GENERATOR_MODEL", default_value = zhiku_generator::config::DEFAULT_MODEL)]
-    pub chat_model: String,
+    /// Chat model: a .gguf file, a directory or a hub id. Default: a GLM-4 GGUF from the hub
+    /// (CPU-sized); offline, when it is not cached but scripts/fetch-models' Qwen2.5-0.5B is
+    /// in --models-dir, that one. On a GPU pass e.g. THUDM/glm-4-9b-chat with --device cuda.
+    #[arg(long, global = true, env = "ZHIKU_GENERATOR_MODEL")]
+    pub chat_model: Option<String>,
 
-    /// The GGUF file inside the chat model's directory or hub repository.
-    #[arg(long, global = true, env = "ZHIKU_GENERATOR_GGUF_FILE", default_value = zhiku_generator::config::DEFAULT_GGUF_FILE)]
-    pub gguf_file: String,
+    /// The GGUF file inside the chat model's directory or hub repository (default: the
+    /// default model's file).
+    #[arg(long, global = true, env = "ZHIKU_GENERATOR_GGUF_FILE")]
+    pub gguf_file: Option<String>,
 
     /// Models laid out by scripts/fetch-models; hub ids whose name is a directory here load
     /// offline.
@@ -57,6 +62,64 @@ pub struct StackArgs {
     /// Directory the orchestrator may read server-side paths under (Ingest `paths`).
     #[arg(long, global = true, env = "ZHIKU_INGEST_ROOT")]
     pub ingest_root: Option<PathBuf>,
+}
+
+/// Default models for real users: a Chinese embedder and a GLM-4 GGUF, from the hub.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "BAAI/bge-small-zh-v1.5";
+pub const DEFAULT_CHAT_MODEL: &str = "unsloth/GLM-4-9B-0414-GGUF";
+pub const DEFAULT_CHAT_GGUF_FILE: &str = "GLM-4-9B-0414-Q4_K_M.gguf";
+
+/// The models the stack runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Models {
+    pub embedding: String,
+    pub chat: String,
+    pub gguf_file: String,
+}
+
+impl StackArgs {
+    /// Explicit choices win. Otherwise the hub defaults, unless they are not on this machine
+    /// and scripts/fetch-models' models are: then those (offline use).
+    pub fn models(&self) -> Models {
+        let local = |model: &str, file: &str| {
+            zhiku_models::ModelSource::resolve(model, Some(&self.models_dir))
+                .map(|s| s.is_local(file))
+                .unwrap_or(false)
+        };
+        let offline = |default: &str, file: &str, fallback: &str| {
+            let fallback_dir = self.models_dir.join(fallback);
+            if !local(default, file) && fallback_dir.is_dir() {
+                Some(fallback_dir.to_string_lossy().into_owned())
+            } else {
+                None
+            }
+        };
+        let embedding = self.embedding_model.clone().unwrap_or_else(|| {
+            offline(DEFAULT_EMBEDDING_MODEL, "config.json", "all-MiniLM-L6-v2")
+                .unwrap_or_else(|| DEFAULT_EMBEDDING_MODEL.into())
+        });
+        let (chat, gguf_file) = match (&self.chat_model, &self.gguf_file) {
+            (Some(model), file) => (
+                model.clone(),
+                file.clone()
+                    .unwrap_or_else(|| zhiku_generator::config::DEFAULT_GGUF_FILE.into()),
+            ),
+            (None, Some(file)) => (DEFAULT_CHAT_MODEL.into(), file.clone()),
+            (None, None) => match offline(
+                DEFAULT_CHAT_MODEL,
+                DEFAULT_CHAT_GGUF_FILE,
+                "Qwen2.5-Coder-0.5B-Instruct-GGUF",
+            ) {
+                Some(dir) => (dir, zhiku_generator::config::DEFAULT_GGUF_FILE.into()),
+                None => (DEFAULT_CHAT_MODEL.into(), DEFAULT_CHAT_GGUF_FILE.into()),
+            },
+        };
+        Models {
+            embedding,
+            chat,
+            gguf_file,
+        }
+    }
 }
 
 /// Where each service listens.
@@ -112,12 +175,14 @@ impl Stack {
             orchestrator: local(&orchestrator_listener)?,
         };
 
-        let mut embedder = EmbedderArgs::for_model(args.embedding_model.clone());
+        let models = args.models();
+        tracing::info!(embedding = %models.embedding, chat = %models.chat, gguf = %models.gguf_file, "models");
+        let mut embedder = EmbedderArgs::for_model(models.embedding.clone());
         embedder.models_dir = args.models_dir.clone();
         embedder.device = args.device.clone();
-        let mut generator = GeneratorArgs::for_model(args.chat_model.clone());
+        let mut generator = GeneratorArgs::for_model(models.chat.clone());
         generator.models_dir = args.models_dir.clone();
-        generator.gguf_file = args.gguf_file.clone();
+        generator.gguf_file = models.gguf_file.clone();
         generator.device = args.device.clone();
         let mut orchestrator = OrchestratorArgs::local(
             ports.embedder.port(),
@@ -261,5 +326,54 @@ mod tonic_health_client {
             .await
             .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(models_dir: &std::path::Path) -> StackArgs {
+        StackArgs {
+            embedding_model: None,
+            chat_model: None,
+            gguf_file: None,
+            models_dir: models_dir.to_path_buf(),
+            data_dir: "zhiku-data".into(),
+            device: "cpu".into(),
+            ingest_root: None,
+        }
+    }
+
+    #[test]
+    fn hub_defaults_unless_only_the_offline_models_are_here() {
+        let empty = tempfile::tempdir().unwrap();
+        // SAFETY: this test alone reads HF_HOME in this process.
+        unsafe { std::env::set_var("HF_HOME", empty.path().join("hf")) };
+        let m = args(empty.path()).models();
+        assert_eq!(m.embedding, DEFAULT_EMBEDDING_MODEL);
+        assert_eq!(
+            (m.chat.as_str(), m.gguf_file.as_str()),
+            (DEFAULT_CHAT_MODEL, DEFAULT_CHAT_GGUF_FILE)
+        );
+
+        let offline = tempfile::tempdir().unwrap();
+        std::fs::create_dir(offline.path().join("all-MiniLM-L6-v2")).unwrap();
+        std::fs::create_dir(offline.path().join("Qwen2.5-Coder-0.5B-Instruct-GGUF")).unwrap();
+        let m = args(offline.path()).models();
+        assert!(m.embedding.ends_with("all-MiniLM-L6-v2"), "{m:?}");
+        assert!(
+            m.chat.ends_with("Qwen2.5-Coder-0.5B-Instruct-GGUF"),
+            "{m:?}"
+        );
+        assert_eq!(m.gguf_file, zhiku_generator::config::DEFAULT_GGUF_FILE);
+
+        // An explicit choice always wins.
+        let mut explicit = args(offline.path());
+        explicit.embedding_model = Some("BAAI/bge-m3".into());
+        explicit.chat_model = Some("model.gguf".into());
+        let m = explicit.models();
+        assert_eq!(m.embedding, "BAAI/bge-m3");
+        assert_eq!(m.chat, "model.gguf");
     }
 }
