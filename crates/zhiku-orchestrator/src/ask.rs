@@ -9,8 +9,8 @@ use tonic::Status;
 use zhiku_proto::v1::{
     Answer, AskEvent, AskRequest, Chat, ChatMessage, Citation, CountTokensRequest,
     DescribeKnowledgeBaseRequest, EmbedKind, EmbedRequest, GenerateRequest, Role, SamplingParams,
-    SearchMode, SearchRequest, Sources, TextChunk, Timings, ask_event, count_tokens_request,
-    generate_request, generate_stream_response,
+    SearchMode, SearchRequest, Sources, Timings, ask_event, count_tokens_request, generate_request,
+    generate_stream_response,
 };
 
 use crate::Orchestrator;
@@ -226,7 +226,7 @@ impl Orchestrator {
             match event.event {
                 Some(generate_stream_response::Event::Chunk(chunk)) => {
                     first_token_ms.get_or_insert_with(|| ms(started));
-                    send(events, ask_event::Event::Chunk(TextChunk { ..chunk })).await?;
+                    send(events, ask_event::Event::Chunk(chunk)).await?;
                 }
                 Some(generate_stream_response::Event::Done(done)) => {
                     timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));

@@ -85,10 +85,6 @@ impl Deadline {
         request
     }
 
-    pub fn expired(&self) -> bool {
-        self.0.is_some_and(|d| Instant::now() >= d)
-    }
-
     /// Runs `work` until the deadline: a streaming call's deadline only bounds its headers,
     /// so the pipeline enforces it itself. Dropping `work` at the deadline drops its
     /// downstream calls, which cancels them (the generator frees its slot).
