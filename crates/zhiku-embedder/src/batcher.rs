@@ -2,8 +2,8 @@
 //! `--max-batch-tokens`).
 //!
 //! Every text of every request becomes one work item in a FIFO queue. One worker thread
-//! takes items in arrival order while the padded batch (longest sequence × batch size) stays
-//! within the token budget, runs one forward pass and answers each item. The queue is
+//! takes items in arrival order while their tokens (packed, no padding) stay within the
+//! token budget, runs one forward pass and answers each item. The queue is
 //! bounded in texts: a request that would overfill it gets RESOURCE_EXHAUSTED at once, so
 //! an overloaded server says so instead of letting calls hang.
 
@@ -20,7 +20,7 @@ use crate::model::SentenceEncoder;
 /// Batching limits.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchingConfig {
-    /// Most tokens in one forward pass, padding included.
+    /// Most tokens in one forward pass (sequences are packed, without padding).
     pub max_batch_tokens: usize,
     /// Most texts waiting for a batch.
     pub max_queued_texts: usize,
@@ -230,18 +230,18 @@ impl<B: EmbeddingBackend> Worker<B> {
     }
 }
 
-/// Takes items in FIFO order while the padded size stays within `budget`; always at least
-/// one item, so a text longer than the budget still runs (alone).
+/// Takes items in FIFO order while their tokens stay within `budget` (the encoder packs
+/// sequences, so there is no padding to count); always at least one item, so a text longer
+/// than the budget still runs (alone).
 fn take_batch(pending: &mut VecDeque<WorkItem>, budget: usize) -> Vec<WorkItem> {
     let mut batch = Vec::new();
-    let mut longest = 0;
+    let mut tokens = 0;
     while let Some(front) = pending.front() {
         let len = front.ids.len().max(1);
-        let padded = longest.max(len) * (batch.len() + 1);
-        if !batch.is_empty() && padded > budget {
+        if !batch.is_empty() && tokens + len > budget {
             break;
         }
-        longest = longest.max(len);
+        tokens += len;
         if let Some(item) = pending.pop_front() {
             batch.push(item);
         }
@@ -254,7 +254,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A backend that records batch shapes and returns the length of each sequence.
+    /// A backend that records batch shapes (texts, tokens) and returns the length of each
+    /// sequence.
     struct Recorder {
         shapes: Mutex<Vec<(usize, usize)>>,
         delay: std::time::Duration,
@@ -263,8 +264,8 @@ mod tests {
     impl EmbeddingBackend for Recorder {
         fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedderError> {
             std::thread::sleep(self.delay);
-            let longest = batch.iter().map(|s| s.len()).max().unwrap_or(0);
-            self.shapes.lock().unwrap().push((batch.len(), longest));
+            let tokens = batch.iter().map(|s| s.len()).sum();
+            self.shapes.lock().unwrap().push((batch.len(), tokens));
             if batch.iter().any(|s| s.first() == Some(&666)) {
                 panic!("poisoned input");
             }
@@ -291,16 +292,17 @@ mod tests {
                 reply: oneshot::channel().0,
             })
             .collect();
-        // 3 -> 3, then 5*2 = 10, then 5*3 = 15 > 12: stop.
+        // 3, 3 + 5 = 8, 8 + 2 = 10, then 10 + 10 = 20 > 12: stop.
         let batch = take_batch(&mut pending, 12);
         assert_eq!(
             batch.iter().map(|i| i.ids.len()).collect::<Vec<_>>(),
-            vec![3, 5]
+            vec![3, 5, 2]
         );
         // An item larger than the budget still goes, alone.
         let batch = take_batch(&mut pending, 1);
         assert_eq!(batch.len(), 1);
-        assert_eq!(pending.len(), 2);
+        assert_eq!(batch[0].ids.len(), 10);
+        assert_eq!(pending.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,11 +331,7 @@ mod tests {
             }
         }
         let shapes = backend.shapes.lock().unwrap();
-        assert!(
-            shapes
-                .iter()
-                .all(|(n, longest)| n * longest <= 64 || *n == 1)
-        );
+        assert!(shapes.iter().all(|(n, tokens)| *tokens <= 64 || *n == 1));
         assert!(
             shapes.len() < 150,
             "150 texts should share batches, got {} batches",

@@ -50,8 +50,8 @@ pub struct EmbedderArgs {
     #[arg(long, env = "ZHIKU_EMBEDDER_MAX_INPUT_TOKENS")]
     pub max_input_tokens: Option<usize>,
 
-    /// Most tokens in one forward pass, padding included; concurrent requests share batches
-    /// up to this budget.
+    /// Most tokens in one forward pass (sequences are packed, no padding); concurrent
+    /// requests share batches up to this budget.
     #[arg(
         long,
         env = "ZHIKU_EMBEDDER_MAX_BATCH_TOKENS",

@@ -5,15 +5,15 @@
 //! `0 * -inf = NaN` once cast to f16/bf16, and XLM-RoBERTa adds an f32 mask to f16 scores.
 //! Both families share one architecture here; they differ only in where positions start
 //! (XLM-RoBERTa counts from `padding_idx + 1`) and in the weight-name prefix.
+//!
+//! Batches are packed, not padded (see [`TransformerEncoder::forward_packed`]), so no mask is
+//! needed at all.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{
     Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear,
 };
 use serde::Deserialize;
-
-/// Added to attention scores of padding: small enough that softmax gives 0, finite in f16.
-const MASKED: f64 = -10_000.0;
 
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,14 +58,15 @@ pub enum Positions {
 struct Embeddings {
     word: Embedding,
     position: Embedding,
-    token_type: Embedding,
+    /// Row 0 of the token-type table: every input is one segment, so one row serves all.
+    token_type: Tensor,
     norm: LayerNorm,
 }
 
+/// Self-attention with the query, key and value projections fused into one matmul, and the
+/// 1/sqrt(head_dim) scale folded into the query weights at load.
 struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: Linear,
     output: Linear,
     norm: LayerNorm,
     heads: usize,
@@ -81,37 +82,74 @@ impl SelfAttention {
                 cfg.num_attention_heads
             );
         }
+        let head_dim = h / cfg.num_attention_heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let query = linear(h, h, vb.pp("self.query"))?;
+        let key = linear(h, h, vb.pp("self.key"))?;
+        let value = linear(h, h, vb.pp("self.value"))?;
+        let bias = |l: &Linear| {
+            l.bias()
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("attention projection without bias".into()))
+        };
+        let weight = Tensor::cat(
+            &[
+                (query.weight() * scale)?,
+                key.weight().clone(),
+                value.weight().clone(),
+            ],
+            0,
+        )?;
+        let bias = Tensor::cat(&[(bias(&query)? * scale)?, bias(&key)?, bias(&value)?], 0)?;
         Ok(Self {
-            query: linear(h, h, vb.pp("self.query"))?,
-            key: linear(h, h, vb.pp("self.key"))?,
-            value: linear(h, h, vb.pp("self.value"))?,
+            qkv: Linear::new(weight, Some(bias)),
             output: linear(h, h, vb.pp("output.dense"))?,
             norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
-            head_dim: h / cfg.num_attention_heads,
+            head_dim,
         })
     }
 
-    /// `bias`: [batch, 1, 1, len], 0 for tokens and MASKED for padding.
-    fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = xs.dims3()?;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, self.head_dim))?
+    /// `xs`: [tokens, hidden], the sequences of `lengths` end to end.
+    fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let qkv = self.qkv.forward(xs)?;
+        let first = lengths.first().copied().unwrap_or(0);
+        let context = if lengths.iter().all(|&n| n == first) {
+            // Equal lengths (always so for one text): one batched attention, nothing masked.
+            self.attend(&qkv.reshape((lengths.len(), first, ()))?)?
+        } else {
+            // Mixed lengths: attention per sequence, so no padding is ever computed.
+            let mut parts = Vec::with_capacity(lengths.len());
+            let mut offset = 0;
+            for &n in lengths {
+                let seq = qkv.narrow(0, offset, n)?.unsqueeze(0)?;
+                parts.push(self.attend(&seq)?);
+                offset += n;
+            }
+            Tensor::cat(&parts, 0)?
+        };
+        self.norm.forward(&(self.output.forward(&context)? + xs)?)
+    }
+
+    /// `qkv`: [batch, len, 3 * hidden] of equal-length sequences → context [batch * len,
+    /// hidden].
+    fn attend(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = qkv.dims3()?;
+        let qkv = qkv.reshape((b, l, 3, self.heads, self.head_dim))?;
+        let part = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i, 1)?
+                .squeeze(2)?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.query.forward(xs)?)?;
-        let k = split(self.key.forward(xs)?)?;
-        let v = split(self.value.forward(xs)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scores = q.matmul(&k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
+        probs
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, l, h))?;
-        self.norm.forward(&(self.output.forward(&context)? + xs)?)
+            .reshape((b * l, self.heads * self.head_dim))
     }
 }
 
@@ -146,8 +184,8 @@ impl Layer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let attended = self.attention.forward(xs, bias)?;
+    fn forward(&self, xs: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+        let attended = self.attention.forward(xs, lengths)?;
         let inner = self.act.forward(&self.intermediate.forward(&attended)?)?;
         self.norm
             .forward(&(self.output.forward(&inner)? + attended)?)
@@ -161,7 +199,6 @@ pub struct TransformerEncoder {
     positions: Positions,
     pad_id: u32,
     max_positions: usize,
-    dtype: DType,
     device: Device,
 }
 
@@ -190,7 +227,9 @@ impl TransformerEncoder {
                 cfg.type_vocab_size,
                 cfg.hidden_size,
                 e.pp("token_type_embeddings"),
-            )?,
+            )?
+            .embeddings()
+            .get(0)?,
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, e.pp("LayerNorm"))?,
         };
         let layers = (0..cfg.num_hidden_layers)
@@ -202,7 +241,6 @@ impl TransformerEncoder {
             positions,
             pad_id: cfg.pad_token_id,
             max_positions: cfg.max_position_embeddings,
-            dtype: vb.dtype(),
             device: vb.device().clone(),
         })
     }
@@ -215,51 +253,47 @@ impl TransformerEncoder {
         }
     }
 
-    pub fn pad_id(&self) -> u32 {
-        self.pad_id
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// Encodes right-padded sequences. `lengths[i]` is the number of real tokens of row i;
-    /// returns [batch, len, hidden] in the model's dtype.
-    pub fn forward(&self, input_ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-        let (b, l) = input_ids.dims2()?;
-        if lengths.len() != b || lengths.iter().any(|&n| n > l) {
-            candle_core::bail!("lengths {lengths:?} do not fit input of shape ({b}, {l})");
-        }
-        if l > self.max_sequence_length() {
+    /// Encodes sequences packed end to end, without padding: `ids` holds every sequence's
+    /// tokens in order and `lengths[i]` the number of tokens of sequence i. Returns
+    /// [tokens, hidden] in the model's dtype, rows in the order of `ids`.
+    ///
+    /// Packing is why no compute goes to padding: the projections and the feed-forward
+    /// layers (nearly all the work) run on the real tokens only, and attention runs per
+    /// sequence (or batched when all lengths are equal).
+    pub fn forward_packed(&self, ids: &[u32], lengths: &[usize]) -> Result<Tensor> {
+        let total: usize = lengths.iter().sum();
+        if lengths.is_empty() || total != ids.len() || lengths.contains(&0) {
             candle_core::bail!(
-                "sequence of {l} tokens is longer than the model's {} positions",
-                self.max_sequence_length()
+                "lengths {lengths:?} do not partition {} tokens into non-empty sequences",
+                ids.len()
             );
         }
-        let mut positions = Vec::with_capacity(b * l);
-        let mut bias = Vec::with_capacity(b * l);
-        for &n in lengths {
-            for j in 0..l {
-                let real = j < n;
-                positions.push(match (self.positions, real) {
-                    (Positions::FromZero, _) => j as u32,
-                    (Positions::AfterPadding, true) => self.pad_id + 1 + j as u32,
-                    (Positions::AfterPadding, false) => self.pad_id,
-                });
-                bias.push(if real { 0f32 } else { MASKED as f32 });
-            }
+        let window = self.max_sequence_length();
+        if let Some(n) = lengths.iter().find(|&&n| n > window) {
+            candle_core::bail!(
+                "sequence of {n} tokens is longer than the model's {window} positions"
+            );
         }
-        let positions = Tensor::from_vec(positions, (b, l), &self.device)?;
-        let bias = Tensor::from_vec(bias, (b, 1, 1, l), &self.device)?.to_dtype(self.dtype)?;
-        let token_types = input_ids.zeros_like()?;
+        let mut positions = Vec::with_capacity(total);
+        for &n in lengths {
+            positions.extend((0..n as u32).map(|j| match self.positions {
+                Positions::FromZero => j,
+                Positions::AfterPadding => self.pad_id + 1 + j,
+            }));
+        }
+        let positions = Tensor::from_vec(positions, total, &self.device)?;
+        let input_ids = Tensor::from_slice(ids, total, &self.device)?;
 
         let e = &self.embeddings;
-        let xs = (e.word.forward(input_ids)?
-            + e.position.forward(&positions)?
-            + e.token_type.forward(&token_types)?)?;
+        let xs = (e.word.forward(&input_ids)? + e.position.forward(&positions)?)?
+            .broadcast_add(&e.token_type)?;
         let mut xs = e.norm.forward(&xs)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &bias)?;
+            xs = layer.forward(&xs, lengths)?;
         }
         Ok(xs)
     }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, IndexOp, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use zhiku_models::ModelSource;
@@ -293,34 +293,22 @@ impl SentenceEncoder {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let max_len = batch.iter().map(|ids| ids.len()).max().unwrap_or(1).max(1);
-        let pad_id = self.encoder.pad_id();
-        let mut ids = Vec::with_capacity(batch.len() * max_len);
-        let mut mask = Vec::with_capacity(batch.len() * max_len);
-        let mut lengths = Vec::with_capacity(batch.len());
-        for seq in batch {
-            ids.extend_from_slice(seq);
-            ids.extend(std::iter::repeat_n(pad_id, max_len - seq.len()));
-            mask.extend(std::iter::repeat_n(1f32, seq.len()));
-            mask.extend(std::iter::repeat_n(0f32, max_len - seq.len()));
-            lengths.push(seq.len());
-        }
-        let device = self.encoder.device();
-        let shape = (batch.len(), max_len);
-        let input_ids = Tensor::from_vec(ids, shape, device)?;
-        let hidden = self.encoder.forward(&input_ids, &lengths)?;
+        let lengths: Vec<usize> = batch.iter().map(|ids| ids.len()).collect();
+        let ids: Vec<u32> = batch.iter().flat_map(|ids| ids.iter().copied()).collect();
+        let hidden = self.encoder.forward_packed(&ids, &lengths)?;
         // Pool in f32 whatever the model's dtype: sums over hundreds of tokens lose too much
         // in f16.
         let hidden = hidden.to_dtype(DType::F32)?;
-        let pooled = match self.info.pooling {
-            Pooling::Cls => hidden.i((.., 0))?,
-            Pooling::Mean => {
-                let mask = Tensor::from_vec(mask, shape, device)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1.0, f64::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-        };
+        let mut pooled = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for &n in &lengths {
+            pooled.push(match self.info.pooling {
+                Pooling::Cls => hidden.get(offset)?,
+                Pooling::Mean => hidden.narrow(0, offset, n)?.mean(0)?,
+            });
+            offset += n;
+        }
+        let pooled = Tensor::stack(&pooled, 0)?;
         let norms = pooled
             .sqr()?
             .sum_keepdim(1)?

@@ -155,7 +155,11 @@ impl ServiceRuntime {
         );
 
         let local = listener.local_addr().ok();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Server::tcp_nodelay only reaches sockets tonic binds itself; ours come from our own
+        // listener, so Nagle is turned off here. Without this a small unary reply waits for
+        // the client's delayed ACK: ~40 ms added to every call.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
 
         // `stop` turns true on a signal or a failed load; the server then drains.
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -215,7 +219,6 @@ impl ServiceRuntime {
             .layer(RequestIdLayer)
             .layer(ConcurrencyLimitLayer::new(args.max_concurrent_requests));
         let server = Server::builder()
-            .tcp_nodelay(true)
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
