@@ -3,7 +3,9 @@
 //! - [`models`]: the [`models::CausalLm`] trait and the loaders (ChatGLM-6B, ChatGLM2/3,
 //!   GLM-4 and GLM-4-0414 safetensors; GGUF Llama / Qwen2 / GLM-4);
 //! - [`tokenizer`]: `tokenizer.json`, or a BPE tokenizer built from GGUF metadata;
-//! - [`sentencepiece`]: SentencePiece `tokenizer.model` files (the ChatGLM family's);
+//! - [`sentencepiece`]: SentencePiece `tokenizer.model` files (the ChatGLM family's, and
+//!   ChatGLM-6B's `ice_text.model` with its whitespace pieces and id offset);
+//! - [`tiktoken`]: GLM-4-9B-chat's tiktoken `tokenizer.model`;
 //! - [`template`]: chat templates per family, the model's own Jinja template first;
 //! - [`lora`]: PEFT LoRA adapters, merged at load or applied per request;
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty / seed;
@@ -21,6 +23,7 @@ pub mod models;
 pub mod sampling;
 pub mod sentencepiece;
 pub mod template;
+pub mod tiktoken;
 pub mod tokenizer;
 
 use std::future::Future;

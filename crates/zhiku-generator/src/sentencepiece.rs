@@ -11,6 +11,11 @@
 //! - decoder: "▁" back to spaces, `<0xNN>` byte pieces back to bytes (byte fallback);
 //! - control and user-defined pieces are matched whole, and `added` tokens (the specials
 //!   ChatGLM's Python tokenizer appends after the vocabulary) get the ids after it.
+//!
+//! ChatGLM-6B's `ice_text.model` ([`chatglm6b_tokenizer_from_model_bytes`]) adds its Python
+//! tokenizer's text rules on top: "\n" is the piece `<n>`, a tab `<|tab|>`, a run of 2 to 80
+//! spaces `<|blank_N|>`, and every id is shifted by `num_image_tokens` (the ids below it were
+//! image tokens of the multimodal vocabulary; see [`crate::tokenizer::GenTokenizer`]).
 
 use std::path::Path;
 
@@ -90,10 +95,37 @@ pub fn tokenizer_from_model_file(path: &Path, added: &[&str]) -> Result<Tokenize
 
 /// [`tokenizer_from_model_file`] on the file's bytes; errors are plain messages.
 pub fn tokenizer_from_model_bytes(bytes: &[u8], added: &[&str]) -> Result<Tokenizer, String> {
+    build(bytes, added, false)
+}
+
+/// Longest run of spaces ChatGLM-6B encodes as one `<|blank_N|>` piece.
+pub const CHATGLM6B_MAX_BLANK: usize = 80;
+
+/// ChatGLM-6B's `ice_text.model`: the SentencePiece model plus its Python tokenizer's text
+/// rules, "\n" → `<n>`, tab → `<|tab|>` and runs of spaces → `<|blank_N|>` (longest first),
+/// undone when decoding. Only pieces the vocabulary holds are used. Ids are the model's own;
+/// the caller shifts them by `num_image_tokens`.
+pub fn chatglm6b_tokenizer_from_model_bytes(bytes: &[u8]) -> Result<Tokenizer, String> {
+    build(bytes, &[], true)
+}
+
+/// ChatGLM-6B's text rules as (text, piece) pairs, longest runs of spaces first.
+fn chatglm6b_whitespace() -> Vec<(String, String)> {
+    let mut rules = vec![
+        ("\n".to_owned(), "<n>".to_owned()),
+        ("\t".to_owned(), "<|tab|>".to_owned()),
+    ];
+    for n in (2..=CHATGLM6B_MAX_BLANK).rev() {
+        rules.push((" ".repeat(n), format!("<|blank_{n}|>")));
+    }
+    rules
+}
+
+fn build(bytes: &[u8], added: &[&str], chatglm6b: bool) -> Result<Tokenizer, String> {
     let not_sentencepiece = |why: String| {
         format!(
-            "not a SentencePiece model ({why}); GLM-4's tokenizer.model is a tiktoken file: use \
-             the model's tokenizer.json"
+            "not a SentencePiece model ({why}), nor a tiktoken vocabulary (`base64 rank` lines); \
+             give the model's tokenizer.json"
         )
     };
     let proto = <ModelProto as prost::Message>::decode(bytes)
@@ -142,6 +174,24 @@ pub fn tokenizer_from_model_bytes(bytes: &[u8], added: &[&str]) -> Result<Tokeni
     let replace =
         |from: &str, to: &str| Replace::new(from, to).map_err(|e| format!("normalizer: {e}"));
     let mut normalizers = Vec::new();
+    // ChatGLM-6B's rules run before SentencePiece's own normalisation, as its Python
+    // tokenizer rewrites the text before calling SentencePiece.
+    let whitespace: Vec<(String, String)> = if chatglm6b {
+        let known: std::collections::HashSet<&str> = proto
+            .pieces
+            .iter()
+            .filter_map(|p| p.piece.as_deref())
+            .collect();
+        chatglm6b_whitespace()
+            .into_iter()
+            .filter(|(_, piece)| known.contains(piece.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (from, to) in &whitespace {
+        normalizers.push(NormalizerWrapper::Replace(replace(from, to)?));
+    }
     if dummy_prefix {
         normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPACE.into())));
     }
@@ -157,18 +207,34 @@ pub fn tokenizer_from_model_bytes(bytes: &[u8], added: &[&str]) -> Result<Tokeni
     if dummy_prefix {
         decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
     }
+    // After the strip: a leading `<|blank_2|>` is two real spaces, not the dummy prefix.
+    for (text, piece) in &whitespace {
+        decoders.push(DecoderWrapper::Replace(replace(piece, text)?));
+    }
     tokenizer.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
         decoders,
     ))));
 
-    // Control (<s>, </s>) and user-defined pieces are matched whole, never split.
+    // Control (<s>, </s>) and user-defined pieces are matched whole, never split. The
+    // whitespace pieces are matched in the normalised text, where the rules above put them.
+    let is_whitespace = |p: &SentencePiece| {
+        whitespace
+            .iter()
+            .any(|(_, piece)| p.piece.as_deref() == Some(piece.as_str()))
+    };
     let whole: Vec<AddedToken> = proto
         .pieces
         .iter()
         .filter(|p| matches!(kind(p), piece_type::CONTROL | piece_type::USER_DEFINED))
+        .filter(|p| !is_whitespace(p))
         .map(|p| AddedToken::from(text(p), true))
         .collect();
     tokenizer.add_special_tokens(&whole);
+    let whitespace_tokens: Vec<AddedToken> = whitespace
+        .iter()
+        .map(|(_, piece)| AddedToken::from(piece.clone(), false).normalized(true))
+        .collect();
+    tokenizer.add_tokens(&whitespace_tokens);
     let appended: Vec<AddedToken> = added
         .iter()
         .map(|t| {

@@ -22,6 +22,35 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 const SMOLLM_SPLIT: &str =
     r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+/// A byte-level BPE tokenizer (GPT-2's byte alphabet) whose pre-tokenizer splits on
+/// `pattern`. `ignore_merges`: a pre-token that is itself in the vocabulary is one token
+/// (tiktoken's rule).
+pub(crate) fn byte_level_bpe(
+    vocab: tokenizers::models::bpe::Vocab,
+    merges: Vec<(String, String)>,
+    pattern: &str,
+    ignore_merges: bool,
+) -> Result<Tokenizer, String> {
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| format!("BPE model: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let split = Split::new(
+        SplitPattern::Regex(pattern.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
+    tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Split(split),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+    ]))));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
+}
+
 /// A tokenizer plus the ids generation needs.
 pub struct GenTokenizer {
     pub inner: Tokenizer,
@@ -29,6 +58,9 @@ pub struct GenTokenizer {
     pub eos_ids: Vec<u32>,
     pub bos: Option<String>,
     pub eos: Option<String>,
+    /// Added to every id `inner` gives (and taken off before decoding): ChatGLM-6B's model
+    /// ids are its SentencePiece ids plus `num_image_tokens`. Ids below it decode to nothing.
+    id_offset: u32,
 }
 
 impl GenTokenizer {
@@ -39,13 +71,30 @@ impl GenTokenizer {
 
     /// A built tokenizer and the ids that end generation.
     pub fn with_stops(inner: Tokenizer, eos_ids: Vec<u32>) -> Self {
-        let eos = eos_ids.first().and_then(|id| inner.id_to_token(*id));
+        Self::with_offset(inner, eos_ids, 0)
+    }
+
+    /// [`Self::with_stops`] for a model whose ids are the tokenizer's plus `id_offset`;
+    /// `eos_ids` are model ids.
+    pub fn with_offset(inner: Tokenizer, eos_ids: Vec<u32>, id_offset: u32) -> Self {
+        let eos = eos_ids
+            .first()
+            .and_then(|id| id.checked_sub(id_offset))
+            .and_then(|id| inner.id_to_token(id));
         Self {
             inner,
             eos_ids,
             bos: None,
             eos,
+            id_offset,
         }
+    }
+
+    /// The model id of `token`, if the vocabulary holds it.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner
+            .token_to_id(token)
+            .and_then(|id| id.checked_add(self.id_offset))
     }
 
     pub fn from_file(path: &Path) -> Result<Tokenizer, GeneratorError> {
@@ -110,27 +159,13 @@ impl GenTokenizer {
         for (i, t) in tokens.iter().enumerate() {
             vocab.insert(t.clone(), i as u32);
         }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| GeneratorError::Load(format!("GGUF BPE: {e}")))?;
-        let mut tokenizer = Tokenizer::new(bpe);
         let pattern = if pre == "qwen2" {
             QWEN2_SPLIT
         } else {
             SMOLLM_SPLIT
         };
-        let split = Split::new(
-            SplitPattern::Regex(pattern.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| GeneratorError::Load(format!("pre-tokenizer regex: {e}")))?;
-        tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
-            PreTokenizerWrapper::Split(split),
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
-        ]))));
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut tokenizer = byte_level_bpe(vocab, merges, pattern, false)
+            .map_err(|e| GeneratorError::Load(format!("GGUF vocabulary: {e}")))?;
         // Control (3) and user-defined (4) tokens are matched whole, before BPE.
         let specials: Vec<AddedToken> = tokens
             .iter()
@@ -165,17 +200,39 @@ impl GenTokenizer {
             eos_ids,
             bos: name_of(bos_id),
             eos: name_of(eos_id),
+            id_offset: 0,
         })
     }
 
+    /// Model ids of `text`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, GeneratorError> {
-        self.inner
+        let encoding = self
+            .inner
             .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| GeneratorError::Tokenizer(e.to_string()))
+            .map_err(|e| GeneratorError::Tokenizer(e.to_string()))?;
+        encoding
+            .get_ids()
+            .iter()
+            .map(|id| {
+                id.checked_add(self.id_offset).ok_or_else(|| {
+                    GeneratorError::Tokenizer(format!("token id {id} overflows with its offset"))
+                })
+            })
+            .collect()
     }
 
+    /// Text of model ids; special tokens and ids below the offset are left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, GeneratorError> {
+        let shifted: Vec<u32>;
+        let ids = if self.id_offset == 0 {
+            ids
+        } else {
+            shifted = ids
+                .iter()
+                .filter_map(|id| id.checked_sub(self.id_offset))
+                .collect();
+            &shifted
+        };
         self.inner
             .decode(ids, true)
             .map_err(|e| GeneratorError::Tokenizer(e.to_string()))

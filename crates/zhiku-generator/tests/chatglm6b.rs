@@ -271,3 +271,175 @@ async fn two_adapters_chosen_per_request_in_one_server() {
     let err = client.generate(request("finance")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+/// Image tokens before the text pieces in the tiny `ice_text.model` checkpoint.
+const IMAGE_TOKENS: usize = 2;
+
+/// A unigram `ice_text.model` like ChatGLM-6B's: `<n>`, `<|tab|>` and `<|blank_2..80|>`
+/// pieces, the words with and without "▁", their characters, then the GLM specials.
+/// Returns the model and the piece index of each named piece.
+fn ice_text_model() -> (Vec<u8>, HashMap<String, usize>) {
+    use common::{piece, sentencepiece_model};
+    use zhiku_generator::sentencepiece::piece_type;
+    let mut pieces = vec![
+        piece("<unk>", 0.0, piece_type::UNKNOWN),
+        piece("<s>", 0.0, piece_type::CONTROL),
+        piece("</s>", 0.0, piece_type::CONTROL),
+        piece("<n>", 0.0, piece_type::USER_DEFINED),
+        piece("<|tab|>", 0.0, piece_type::USER_DEFINED),
+    ];
+    for n in 2..=80 {
+        pieces.push(piece(
+            &format!("<|blank_{n}|>"),
+            0.0,
+            piece_type::USER_DEFINED,
+        ));
+    }
+    pieces.push(piece("▁", -4.0, piece_type::NORMAL));
+    for w in WORDS {
+        pieces.push(piece(&format!("▁{w}"), -2.0, piece_type::NORMAL));
+        pieces.push(piece(w, -3.0, piece_type::NORMAL));
+    }
+    let mut chars: Vec<char> = WORDS.iter().flat_map(|w| w.chars()).collect();
+    chars.extend('a'..='z');
+    chars.sort();
+    chars.dedup();
+    for c in chars {
+        if !WORDS.contains(&c.to_string().as_str()) {
+            pieces.push(piece(&c.to_string(), -8.0, piece_type::NORMAL));
+        }
+    }
+    for s in [
+        "[MASK]",
+        "[gMASK]",
+        "[sMASK]",
+        "<unused_0>",
+        "<sop>",
+        "<eop>",
+    ] {
+        pieces.push(piece(s, 0.0, piece_type::CONTROL));
+    }
+    let index = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.piece.clone().unwrap(), i))
+        .collect();
+    (sentencepiece_model(pieces, 1, false), index)
+}
+
+/// A ChatGLM-6B checkpoint as the hub ships it: `ice_text.model`, no tokenizer.json; model
+/// ids are piece ids + IMAGE_TOKENS. `declared` writes tokenizer_config.json's
+/// `num_image_tokens`.
+fn write_ice_text_checkpoint(dir: &Path, declared: Option<usize>) -> HashMap<String, usize> {
+    let (model, index) = ice_text_model();
+    std::fs::write(dir.join("ice_text.model"), model).unwrap();
+    if let Some(n) = declared {
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            json!({"num_image_tokens": n, "tokenizer_class": "ChatGLMTokenizer"}).to_string(),
+        )
+        .unwrap();
+    }
+    let id = |name: &str| IMAGE_TOKENS + index[name];
+    let mut config = config();
+    config["vocab_size"] = json!(IMAGE_TOKENS + index.len());
+    config["mask_token_id"] = json!(id("[MASK]"));
+    config["gmask_token_id"] = json!(id("[gMASK]"));
+    config["bos_token_id"] = json!(id("<sop>"));
+    config["eos_token_id"] = json!(id("<eop>"));
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let cfg: ChatGlm6bConfig = serde_json::from_value(config).unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    ChatGlm6b::load(&cfg, vb).unwrap();
+    write_seeded_weights(&varmap, 17, &dir.join("model.safetensors"));
+    index
+}
+
+/// ChatGLM-6B's `ice_text.model`: newlines, tabs and runs of spaces become their pieces as
+/// the Python tokenizer makes them, ids are shifted by the image tokens, and text round-trips.
+#[test]
+fn chatglm6b_reads_ice_text_model_with_its_whitespace_pieces_and_id_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = write_ice_text_checkpoint(dir.path(), Some(IMAGE_TOKENS));
+    let id = |name: &str| (IMAGE_TOKENS + index[name]) as u32;
+    let state = GeneratorState::load(&GeneratorArgs::for_model(
+        dir.path().to_string_lossy().into_owned(),
+    ))
+    .expect("loads with ice_text.model");
+    assert_eq!(state.shared.info.architecture, "chatglm");
+    let t = &state.shared.tokenizer;
+    assert_eq!(t.token_to_id("[gMASK]"), Some(id("[gMASK]")));
+    assert_eq!(t.eos_ids, [id("<eop>")]);
+
+    assert_eq!(
+        t.encode("小拾\n喜欢").unwrap(),
+        [id("▁小拾"), id("<n>"), id("喜欢")]
+    );
+    assert_eq!(
+        t.encode("小拾   喜欢\t看电影").unwrap(),
+        [
+            id("▁小拾"),
+            id("<|blank_3|>"),
+            id("喜欢"),
+            id("<|tab|>"),
+            id("看电影")
+        ]
+    );
+    // 85 spaces: the longest blank first, then the rest.
+    let long = format!("小拾{}喜欢", " ".repeat(85));
+    assert_eq!(
+        t.encode(&long).unwrap(),
+        [
+            id("▁小拾"),
+            id("<|blank_80|>"),
+            id("<|blank_5|>"),
+            id("喜欢")
+        ]
+    );
+    for text in [
+        "小拾\n喜欢   看电影\t好",
+        "  小拾 喜欢",
+        "今天\n\n天气 好",
+        long.as_str(),
+    ] {
+        let ids = t.encode(text).unwrap();
+        assert!(ids.iter().all(|i| *i >= IMAGE_TOKENS as u32));
+        assert_eq!(t.decode(&ids).unwrap(), text, "{ids:?}");
+    }
+    // Image-token ids (below the offset) decode to nothing.
+    assert_eq!(t.decode(&[0, 1]).unwrap(), "");
+
+    let first = common::ask(&state, "小拾 喜欢 什么", 6);
+    assert!(first.generated_tokens > 0, "{first:?}");
+    assert_eq!(first.text, common::ask(&state, "小拾 喜欢 什么", 6).text);
+}
+
+/// Without tokenizer_config.json the offset is what config.json's vocabulary has beyond the
+/// pieces; a declared offset that puts [gMASK] elsewhere is refused with what to fix.
+#[test]
+fn chatglm6b_ice_text_offset_is_inferred_or_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = write_ice_text_checkpoint(dir.path(), None);
+    let state = GeneratorState::load(&GeneratorArgs::for_model(
+        dir.path().to_string_lossy().into_owned(),
+    ))
+    .expect("the offset is inferred");
+    assert_eq!(
+        state.shared.tokenizer.token_to_id("<sop>"),
+        Some((IMAGE_TOKENS + index["<sop>"]) as u32)
+    );
+
+    let wrong = tempfile::tempdir().unwrap();
+    write_ice_text_checkpoint(wrong.path(), Some(0));
+    let err = match GeneratorState::load(&GeneratorArgs::for_model(
+        wrong.path().to_string_lossy().into_owned(),
+    )) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a wrong num_image_tokens must be refused"),
+    };
+    assert!(
+        err.contains("gmask_token_id") && err.contains("num_image_tokens"),
+        "{err}"
+    );
+}

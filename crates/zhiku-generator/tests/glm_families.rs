@@ -15,8 +15,8 @@ use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorError, GeneratorState};
 
 use common::{
-    GLM4_SPECIALS, ask, chatglm_style_bpe_model, max_abs_diff, write_adapter, write_seeded_weights,
-    write_wordlevel_tokenizer,
+    GLM4_SPECIALS, added_tokens_config, ask, chatglm_style_bpe_model, max_abs_diff, tiktoken_file,
+    tiktoken_ranks, write_adapter, write_seeded_weights, write_wordlevel_tokenizer,
 };
 
 /// ChatGLM2's tokenizer: SentencePiece's first three, then the appended specials.
@@ -333,6 +333,48 @@ fn chatglm2_with_a_sentencepiece_tokenizer_model() {
     let first = ask(&state, "hello world", 8);
     assert!(first.generated_tokens > 0, "{first:?}");
     assert_eq!(first.text, ask(&state, "hello world", 8).text);
+}
+
+/// GLM-4-9B-chat as the hub ships it: a tiktoken tokenizer.model (`base64 rank` lines) and
+/// the special tokens in tokenizer_config.json, no tokenizer.json.
+#[test]
+fn glm4_9b_chat_with_a_tiktoken_tokenizer_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = common::WORDS.iter().map(|w| format!(" {w}")).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let ranks = tiktoken_ranks(&words, &[]);
+    std::fs::write(dir.path().join("tokenizer.model"), tiktoken_file(&ranks)).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        added_tokens_config(GLM4_SPECIALS, ranks.len()),
+    )
+    .unwrap();
+    write_model(
+        dir.path(),
+        GlmFamily::Glm4,
+        21,
+        ranks.len() + GLM4_SPECIALS.len(),
+    );
+    let state = GeneratorState::load(&args(dir.path())).expect("loads with tiktoken");
+    assert_eq!(state.shared.info.architecture, "glm4");
+    assert_eq!(state.shared.template.name(), "glm4");
+    let tokenizer = &state.shared.tokenizer;
+    let special =
+        |name: &str| (ranks.len() + GLM4_SPECIALS.iter().position(|s| *s == name).unwrap()) as u32;
+    let prompt = tokenizer
+        .encode("[gMASK]<sop><|user|>\n小拾 喜欢<|assistant|>")
+        .unwrap();
+    assert_eq!(
+        &prompt[..3],
+        [special("[gMASK]"), special("<sop>"), special("<|user|>")]
+    );
+    assert_eq!(prompt.last(), Some(&special("<|assistant|>")));
+    // " 喜欢" is one token of the vocabulary.
+    let xihuan = ranks.iter().position(|r| r == " 喜欢".as_bytes()).unwrap() as u32;
+    assert!(prompt.contains(&xihuan), "{prompt:?}");
+    let first = ask(&state, "小拾 喜欢 什么", 8);
+    assert!(first.generated_tokens > 0, "{first:?}");
+    assert_eq!(first.text, ask(&state, "小拾 喜欢 什么", 8).text);
 }
 
 /// Stop ids: config.json's `eos_token_id` list, then generation_config.json's, once each.

@@ -112,7 +112,18 @@ fn stop_ids(dir: &Path, config_eos: Option<&serde_json::Value>) -> Vec<u32> {
     ids
 }
 
-/// `tokenizer.json` when present, else the SentencePiece `tokenizer.model` with `added`
+/// The first bytes of `path`, enough to tell its format.
+fn read_head(path: &Path) -> Result<Vec<u8>, GeneratorError> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", path.display())))?;
+    Ok(head)
+}
+
+/// `tokenizer.json` when present, else `tokenizer.model`: GLM-4's tiktoken vocabulary (with
+/// tokenizer_config.json's special tokens), or a SentencePiece model with `added`
 /// appended after its vocabulary (as ChatGLM2/3's Python tokenizer appends them).
 fn read_tokenizer(dir: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorError> {
     let json = dir.join("tokenizer.json");
@@ -121,12 +132,81 @@ fn read_tokenizer(dir: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorErro
     }
     let model = dir.join("tokenizer.model");
     if model.is_file() {
+        // GLM-4-9B-chat's tokenizer.model is a tiktoken text file, the others SentencePiece.
+        let head = read_head(&model)?;
+        if crate::tiktoken::looks_like_tiktoken(&head) {
+            return crate::tiktoken::tokenizer_from_tiktoken_file(&model);
+        }
         return crate::sentencepiece::tokenizer_from_model_file(&model, added);
     }
     Err(GeneratorError::Load(format!(
         "{} has neither tokenizer.json nor tokenizer.model",
         dir.display()
     )))
+}
+
+/// ChatGLM-6B's tokenizer: `tokenizer.json` when present, else the SentencePiece
+/// `ice_text.model` (or `tokenizer.model`) with the Python tokenizer's whitespace pieces and
+/// its id offset. The offset is tokenizer_config.json's `num_image_tokens`, else what
+/// config.json's vocabulary has beyond the pieces (20,000 image tokens in the first release,
+/// none later); `[gMASK]` must then land on config.json's `gmask_token_id`.
+fn chatglm6b_tokenizer(
+    dir: &Path,
+    config: &ChatGlm6bConfig,
+    stop: Vec<u32>,
+) -> Result<GenTokenizer, GeneratorError> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return Ok(GenTokenizer::with_stops(
+            GenTokenizer::from_file(&json)?,
+            stop,
+        ));
+    }
+    let Some(path) = ["ice_text.model", "tokenizer.model"]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+    else {
+        return Err(GeneratorError::Load(format!(
+            "{} has no tokenizer.json, ice_text.model or tokenizer.model",
+            dir.display()
+        )));
+    };
+    let bytes = std::fs::read(&path)
+        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", path.display())))?;
+    let inner = crate::sentencepiece::chatglm6b_tokenizer_from_model_bytes(&bytes)
+        .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))?;
+    let pieces = inner.get_vocab_size(false);
+    let declared = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("num_image_tokens").and_then(|n| n.as_u64()));
+    let offset = match declared {
+        Some(n) => u32::try_from(n).map_err(|_| {
+            GeneratorError::Load(format!(
+                "tokenizer_config.json: num_image_tokens {n} is too large"
+            ))
+        })?,
+        None => config.vocab_size.saturating_sub(pieces) as u32,
+    };
+    if offset as usize + pieces > config.vocab_size {
+        return Err(GeneratorError::Load(format!(
+            "{}: {pieces} pieces after {offset} image tokens exceed config.json's vocab_size {}",
+            path.display(),
+            config.vocab_size
+        )));
+    }
+    let tokenizer = GenTokenizer::with_offset(inner, stop, offset);
+    match tokenizer.token_to_id("[gMASK]") {
+        Some(id) if id == config.gmask_token_id => Ok(tokenizer),
+        found => Err(GeneratorError::Load(format!(
+            "{}: [gMASK] has id {found:?} after {offset} image tokens, but config.json's \
+             gmask_token_id is {}; set num_image_tokens in tokenizer_config.json to the \
+             checkpoint's",
+            path.display(),
+            config.gmask_token_id
+        ))),
+    }
 }
 
 /// The model's own chat template (tokenizer_config.json) when it has one, else `family`.
@@ -234,7 +314,7 @@ impl ModelFiles<'_> {
         if stop.is_empty() {
             stop.push(config.eos_token_id);
         }
-        let tokenizer = GenTokenizer::with_stops(read_tokenizer(self.dir, &[])?, stop);
+        let tokenizer = chatglm6b_tokenizer(self.dir, &config, stop)?;
         let mut model = ChatGlm6b::load(&config, self.mmap()?)?;
 
         let mut summaries = Vec::new();

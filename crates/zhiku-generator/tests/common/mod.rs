@@ -270,3 +270,54 @@ pub fn chatglm_style_bpe_model() -> (Vec<u8>, usize) {
     let n = pieces.len();
     (sentencepiece_model(pieces, 2, true), n)
 }
+
+/// A tiktoken vocabulary: the 256 single bytes (ranks 0..=255), then each of `words` built up
+/// byte by byte (every prefix a token, the merge of the shorter prefix and one byte), then
+/// `extra` tokens whose halves are not tokens (reachable only as a whole pre-token).
+pub fn tiktoken_ranks(words: &[&str], extra: &[&str]) -> Vec<Vec<u8>> {
+    let mut ranks: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    for word in words {
+        let bytes = word.as_bytes();
+        for end in 2..=bytes.len() {
+            let prefix = bytes[..end].to_vec();
+            if !ranks.contains(&prefix) {
+                ranks.push(prefix);
+            }
+        }
+    }
+    for token in extra {
+        ranks.push(token.as_bytes().to_vec());
+    }
+    ranks
+}
+
+/// `ranks` as a tiktoken file: `base64(token) rank` per line.
+pub fn tiktoken_file(ranks: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    ranks
+        .iter()
+        .enumerate()
+        .map(|(rank, token)| {
+            format!(
+                "{} {rank}\n",
+                base64::engine::general_purpose::STANDARD.encode(token)
+            )
+        })
+        .collect()
+}
+
+/// A tokenizer_config.json whose `added_tokens_decoder` gives `specials` the ids from `first`.
+pub fn added_tokens_config(specials: &[&str], first: usize) -> String {
+    let decoder: serde_json::Map<String, serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                (first + i).to_string(),
+                json!({"content": t, "lstrip": false, "normalized": false, "rstrip": false,
+                       "single_word": false, "special": true}),
+            )
+        })
+        .collect();
+    json!({"added_tokens_decoder": decoder, "tokenizer_class": "ChatGLM4Tokenizer"}).to_string()
+}
