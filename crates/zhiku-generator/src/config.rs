@@ -15,7 +15,8 @@ pub const DEFAULT_GGUF_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 #[derive(Debug, Clone, clap::Args)]
 pub struct GeneratorArgs {
     /// Model to serve: a .gguf file, a directory (holding one .gguf file, or config.json +
-    /// safetensors), or a Hugging Face hub id `org/name[@revision]`.
+    /// safetensors), or a Hugging Face hub id `org/name[@revision]` (the --gguf-file in it,
+    /// else its safetensors checkpoint).
     #[arg(long, env = "ZHIKU_GENERATOR_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
 

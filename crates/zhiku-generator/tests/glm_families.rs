@@ -391,3 +391,79 @@ fn stop_ids_come_from_config_and_generation_config() {
     assert_eq!(loaded.tokenizer.eos_ids, [0, 7, 9, 8]);
     assert_eq!(loaded.tokenizer.eos.as_deref(), Some("<|endoftext|>"));
 }
+
+/// A hub id of a safetensors checkpoint (no GGUF file in the repository) is fetched through
+/// the hub cache: config.json, the tokenizer, generation_config.json and the shards that
+/// model.safetensors.index.json names. The cache is written here as hf-hub lays it out
+/// (refs/main → snapshots/<commit>/…) and read offline, through the same code that
+/// downloads from the hub.
+#[test]
+fn hub_checkpoints_load_from_the_hub_cache_with_sharded_weights() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--THUDM--chatglm3-6b");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    write_checkpoint(&snapshot, GlmFamily::ChatGlm3, 31);
+    std::fs::write(
+        snapshot.join("generation_config.json"),
+        json!({"eos_token_id": [2, 9]}).to_string(),
+    )
+    .unwrap();
+
+    // Re-save the weights as two shards and an index, as large checkpoints ship.
+    let single = snapshot.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&single, &Device::Cpu).unwrap();
+    std::fs::remove_file(&single).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut shards = [
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    ];
+    let mut weight_map = serde_json::Map::new();
+    for (i, name) in names.iter().enumerate() {
+        let shard = i % 2;
+        shards[shard].insert((*name).clone(), tensors[*name].clone());
+        weight_map.insert(
+            (*name).clone(),
+            json!(format!("model-0000{}-of-00002.safetensors", shard + 1)),
+        );
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        let path = snapshot.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        candle_core::safetensors::save(shard, path).unwrap();
+    }
+    std::fs::write(
+        snapshot.join("model.safetensors.index.json"),
+        json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+
+    // SAFETY: no other test of this binary reads HF_HOME or HF_HUB_OFFLINE (they load
+    // local directories, which never consult the hub cache).
+    unsafe {
+        std::env::set_var("HF_HOME", home.path());
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
+    let mut hub_args = GeneratorArgs::for_model("THUDM/chatglm3-6b");
+    hub_args.models_dir = home.path().join("no-models-dir");
+    let state = GeneratorState::load(&hub_args).expect("loads from the hub cache");
+    assert_eq!(state.shared.info.architecture, "chatglm3");
+    assert_eq!(state.shared.info.model_id, "THUDM/chatglm3-6b");
+    assert!(state.shared.tokenizer.eos_ids.contains(&9));
+    let first = ask(&state, "小拾 喜欢 什么", 6);
+    assert!(first.generated_tokens > 0, "{first:?}");
+    // The same checkpoint from its directory gives the same answer.
+    let local = GeneratorState::load(&args(&snapshot)).unwrap();
+    assert_eq!(first.text, ask(&local, "小拾 喜欢 什么", 6).text);
+
+    // A repository with neither the GGUF file nor config.json: the GGUF error, offline.
+    let err = match GeneratorState::load(&GeneratorArgs::for_model("THUDM/nothing-here")) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an empty repository must not load"),
+    };
+    assert!(err.contains("HF_HUB_OFFLINE=1"), "{err}");
+}

@@ -42,12 +42,83 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
                 ))),
             }
         }
-        ModelSource::Hub { .. } => {
-            refuse_adapters_for_gguf(&adapters)?;
-            let path = source.get(&args.gguf_file)?;
-            load_file(&path, source.id(), &device)
-        }
+        // A hub repository holds GGUF files or a safetensors checkpoint: the named GGUF file
+        // wins; without it, a repository with config.json is a checkpoint.
+        ModelSource::Hub { .. } => match source.get(&args.gguf_file) {
+            Ok(path) => {
+                refuse_adapters_for_gguf(&adapters)?;
+                load_file(&path, source.id(), &device)
+            }
+            Err(gguf_missing) => match source.get_optional("config.json") {
+                Some(config) => {
+                    let dir = fetch_checkpoint(&source, &config)?;
+                    directory::load(&dir, source.id(), &device, args.dtype.dtype(), &adapters)
+                }
+                None => Err(gguf_missing.into()),
+            },
+        },
     }
+}
+
+/// Files a safetensors checkpoint may have besides config.json and its weights.
+const CHECKPOINT_EXTRAS: &[&str] = &[
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "ice_text.model",
+];
+
+/// Fetches a hub checkpoint (config.json at `config`): the tokenizer and generation files it
+/// has, and its weights, one file or the shards its index names. The hub cache keeps one
+/// revision's files in one snapshot directory, which is returned for the directory loader.
+fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, GeneratorError> {
+    let dir = config
+        .parent()
+        .ok_or_else(|| GeneratorError::Load(format!("{} has no directory", config.display())))?
+        .to_path_buf();
+    for file in CHECKPOINT_EXTRAS {
+        let _ = source.get_optional(file);
+    }
+    if source.get_optional("model.safetensors").is_some() {
+        return Ok(dir);
+    }
+    let index = source.get("model.safetensors.index.json").map_err(|e| {
+        GeneratorError::Load(format!(
+            "{} has neither a GGUF file named by --gguf-file nor model.safetensors: {e}",
+            source.id()
+        ))
+    })?;
+    let text = std::fs::read_to_string(&index)
+        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
+    let mut shards: Vec<&str> = value["weight_map"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    shards.sort_unstable();
+    shards.dedup();
+    if shards.is_empty() {
+        return Err(GeneratorError::Load(format!(
+            "{}: weight_map names no shard",
+            index.display()
+        )));
+    }
+    for shard in shards {
+        // The names come from the repository: keep them inside its snapshot directory.
+        let inside = Path::new(shard)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(GeneratorError::Load(format!(
+                "{}: shard name `{shard}` leaves the repository",
+                index.display()
+            )));
+        }
+        source.get(shard)?;
+    }
+    Ok(dir)
 }
 
 fn load_file(
