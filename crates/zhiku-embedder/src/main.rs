@@ -24,8 +24,14 @@ struct Args {
     server: ServerArgs,
 }
 
+fn main() -> ExitCode {
+    // SAFETY: the first statement of main; no other thread exists yet.
+    unsafe { zhiku_models::pin_cpu_threads() };
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let args = Args::parse();
     let config = format!("{args:?}");
     let server = args.server.clone();

@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use common::cosine;
 use serde_json::json;
-use zhiku_embedder::encoder::{EncoderConfig, Positions, TransformerEncoder};
+use zhiku_embedder::encoder::{AttentionMode, EncoderConfig, Positions, TransformerEncoder};
 use zhiku_embedder::model::{ModelOptions, Pooling, Precision};
 use zhiku_embedder::tokenizer::TextKind;
 use zhiku_embedder::{EmbedderError, SentenceEncoder};
@@ -242,4 +242,50 @@ fn unsupported_models_fail_with_clear_errors() {
     .unwrap()
     .to_string();
     assert!(err.contains("bad device `tpu`"), "{err}");
+}
+
+/// Attention per sequence (the CPU's mode) and batched (equal lengths reshaped, mixed
+/// lengths padded and masked, or per sequence when padding would waste too much) give the
+/// same hidden states for every token, for both position schemes.
+#[test]
+fn attention_modes_agree_on_packed_batches() {
+    for (model_type, pad_id, positions) in [
+        ("bert", 0, Positions::FromZero),
+        ("xlm-roberta", 1, Positions::AfterPadding),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), model_type, pad_id, 64);
+        let cfg: EncoderConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.path().join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
+        }
+        .unwrap();
+        let encoder = TransformerEncoder::load(vb, &cfg, positions).unwrap();
+        let max_len = encoder.max_sequence_length();
+        for lengths in [vec![3, 7, 5], vec![4, 4, 4], vec![2, max_len], vec![9]] {
+            let ids: Vec<u32> = (0..lengths.iter().sum::<usize>())
+                .map(|i| 3 + (i as u32 * 7) % 9)
+                .collect();
+            let per_sequence = encoder
+                .forward_packed_with(&ids, &lengths, AttentionMode::PerSequence)
+                .unwrap();
+            let batched = encoder
+                .forward_packed_with(&ids, &lengths, AttentionMode::Batched)
+                .unwrap();
+            assert_eq!(per_sequence.dims(), [ids.len(), 32]);
+            let diff: f32 = (per_sequence - batched)
+                .and_then(|d| d.abs()?.max_all()?.to_scalar())
+                .unwrap();
+            assert!(diff < 1e-4, "{model_type} {lengths:?}: differ by {diff}");
+        }
+        // Lengths that do not partition the ids are an error, not a panic.
+        assert!(encoder.forward_packed(&[1, 2, 3], &[2, 2]).is_err());
+        assert!(encoder.forward_packed(&[1, 2], &[2, 0]).is_err());
+    }
 }

@@ -129,8 +129,14 @@ fn quiet_server_args() -> ServerArgs {
     }
 }
 
+fn main() -> ExitCode {
+    // SAFETY: the first statement of main; no other thread exists yet.
+    unsafe { zhiku_models::pin_cpu_threads() };
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Serve {
         orchestrator_listen,

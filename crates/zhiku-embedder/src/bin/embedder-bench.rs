@@ -1,5 +1,6 @@
 //! Embedder benchmark: texts/s and p50 latency at batch 1, 8 and 32 over gRPC, next to
-//! sentence-transformers on the same texts, measured in the same run.
+//! sentence-transformers on the same texts, measured in the same run, for two kinds of text:
+//! passages (as ingested, in batches) and questions (as asked, usually one at a time).
 //!
 //! `scripts/bench-embedder` installs sentence-transformers and runs this with
 //! `--python .venv-bench/bin/python`. Without `--python` only zhiku is measured.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use zhiku_embedder::tokenizer::TextKind;
 use zhiku_embedder::{EmbedderArgs, EmbedderState};
 use zhiku_proto::v1::EmbedRequest;
 use zhiku_proto::v1::embedder_client::EmbedderClient;
@@ -34,6 +36,10 @@ struct Args {
     /// Seconds to measure each batch size.
     #[arg(long, env = "ZHIKU_BENCH_SECONDS", default_value_t = 10.0)]
     seconds: f64,
+    /// Which texts: `passages` (10-60 tokens, as ingested), `questions` (8-25 tokens, as
+    /// asked) or `both`.
+    #[arg(long, env = "ZHIKU_BENCH_CORPUS", default_value = "both", value_parser = ["passages", "questions", "both"])]
+    corpus: String,
     /// Batch sizes to measure.
     #[arg(
         long,
@@ -65,6 +71,26 @@ fn corpus() -> Vec<String> {
                 1 => format!("{a} {b}"),
                 _ => format!("{b} ({i})"),
             }
+        })
+        .collect()
+}
+
+/// Questions as users ask them (the Ask path embeds one at a time): 8-25 tokens.
+fn questions() -> Vec<String> {
+    let seeds = [
+        "小拾喜欢做什么？",
+        "ChatGLM-6B 是什么模型？",
+        "知识库问答怎么找到相关段落？",
+        "What does LoRA train?",
+        "GLM 的 Part B 用什么注意力？",
+        "How many passages are sent to the model?",
+        "向量数据库存了哪些内容？",
+        "Which model answers the question?",
+    ];
+    (0..512)
+        .map(|i| match i % 2 {
+            0 => seeds[i % seeds.len()].to_owned(),
+            _ => format!("{} ({i})", seeds[(i * 5 + 1) % seeds.len()]),
         })
         .collect()
 }
@@ -164,49 +190,23 @@ fn reference(args: &Args, texts: &[String]) -> Option<serde_json::Value> {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).ok()
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let texts = corpus();
-    let mut embedder = EmbedderArgs::for_model(args.model.to_string_lossy().into_owned());
-    embedder.max_client_batch_size = 1024;
-    let state = Arc::new(EmbedderState::load(&embedder).expect("model loads"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(zhiku_embedder::serve_loaded(
-        state,
-        ServerArgs {
-            log: "warn".into(),
-            ..ServerArgs::default()
-        },
-        listener,
-        std::future::pending(),
-    ));
+/// Mean token count of `texts` under the model's tokenizer (special tokens included).
+fn mean_tokens(state: &EmbedderState, texts: &[String]) -> f64 {
+    let total: usize = texts
+        .iter()
+        .filter_map(|t| state.encoder.tokenizer.encode(t, TextKind::Passage).ok())
+        .map(|t| t.ids.len())
+        .sum();
+    total as f64 / texts.len().max(1) as f64
+}
 
-    println!(
-        "model {} · {} texts · {:.0}s per batch size · CPU threads {}",
-        args.model.display(),
-        texts.len(),
-        args.seconds,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    let mut ours = Vec::new();
-    for &batch in &args.batches {
-        let f = measure(addr, &texts, batch, args.seconds).await;
-        ours.push((batch, f));
-    }
-    let reference = reference(&args, &texts);
-
+fn print_table(ours: &[(usize, Figures)], reference: Option<&serde_json::Value>) {
     println!(
         "{:>6} | {:>14} {:>10} | {:>14} {:>10} | {:>9} {:>9}",
         "batch", "zhiku texts/s", "p50 ms", "s-t texts/s", "p50 ms", "speed x", "p50 x"
     );
-    for (batch, f) in &ours {
-        let r = reference.as_ref().and_then(|r| r.get(batch.to_string()));
+    for (batch, f) in ours {
+        let r = reference.and_then(|r| r.get(batch.to_string()));
         let (rt, rp) = match r {
             Some(r) => (
                 r["texts_per_second"].as_f64().unwrap_or(f64::NAN),
@@ -224,6 +224,59 @@ async fn main() {
             f.texts_per_second / rt,
             rp / f.p50_ms
         );
+    }
+}
+
+fn main() {
+    // SAFETY: the first statement of main; no other thread exists yet.
+    unsafe { zhiku_models::pin_cpu_threads() };
+    run()
+}
+
+#[tokio::main]
+async fn run() {
+    let args = Args::parse();
+    let mut embedder = EmbedderArgs::for_model(args.model.to_string_lossy().into_owned());
+    embedder.max_client_batch_size = 1024;
+    let state = Arc::new(EmbedderState::load(&embedder).expect("model loads"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(zhiku_embedder::serve_loaded(
+        state.clone(),
+        ServerArgs {
+            log: "warn".into(),
+            ..ServerArgs::default()
+        },
+        listener,
+        std::future::pending(),
+    ));
+
+    println!(
+        "model {} · {:.0}s per batch size · CPU threads {}",
+        args.model.display(),
+        args.seconds,
+        candle_core::utils::get_num_threads(),
+    );
+    let corpora: Vec<(&str, Vec<String>)> = match args.corpus.as_str() {
+        "passages" => vec![("passages", corpus())],
+        "questions" => vec![("questions", questions())],
+        _ => vec![("passages", corpus()), ("questions", questions())],
+    };
+    for (name, texts) in &corpora {
+        let tokens = mean_tokens(&state, texts);
+        println!(
+            "\n{name}: {} texts, {tokens:.1} tokens each on average",
+            texts.len()
+        );
+        let mut ours = Vec::new();
+        for &batch in &args.batches {
+            let f = measure(addr, texts, batch, args.seconds).await;
+            ours.push((batch, f));
+        }
+        let reference = reference(&args, texts);
+        print_table(&ours, reference.as_ref());
     }
     println!("speed x = zhiku texts/s ÷ sentence-transformers texts/s (higher is better);");
     println!(

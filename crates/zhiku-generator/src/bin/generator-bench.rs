@@ -208,6 +208,8 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first statement of main; no other thread exists yet.
+    unsafe { zhiku_models::pin_cpu_threads() };
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
