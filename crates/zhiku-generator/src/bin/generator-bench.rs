@@ -2,7 +2,8 @@
 //! zhiku's engine (queue, worker thread, sampling, incremental decoding), beside candle's
 //! plain example loop on the same file (`quantized_qwen2::ModelWeights` + `LogitsProcessor`,
 //! no engine, no gRPC), measured in the same run, so the ratio shows what zhiku's machinery
-//! costs over the bare model.
+//! costs over the bare model; with `--python`, also beside llama.cpp (llama-cpp-python) on
+//! the same file and prompt ids, which shows where candle's kernels stand.
 //!
 //! Both sides get the same prompt token ids and decode the same number of tokens greedily
 //! (end-of-sequence is ignored on both, so neither stops early). Each side is run `--runs`
@@ -13,7 +14,7 @@
 //!     --model models/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -50,6 +51,73 @@ struct Args {
     /// Runs per side; the best counts.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// A Python with llama-cpp-python installed: llama.cpp is then measured on the same file,
+    /// prompt and token count, in the same run (`pip install llama-cpp-python numpy` builds
+    /// llama.cpp from source for this CPU).
+    #[arg(long, env = "ZHIKU_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+}
+
+/// llama.cpp through llama-cpp-python: the same prompt ids are prefilled in one batch, then
+/// `decode` tokens are fed one at a time, greedily; the best of `runs` counts.
+const LLAMA_CPP_SCRIPT: &str = r#"
+import json, sys, time
+import numpy as np
+import llama_cpp
+model, ids, decode, runs, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+llm = llama_cpp.Llama(model_path=model, n_ctx=len(ids) + decode + 8, n_batch=max(512, len(ids)),
+                      n_threads=threads, n_threads_batch=threads, verbose=False)
+best = {"prefill_tps": 0.0, "decode_tps": 0.0}
+for _ in range(runs):
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(ids)
+    prefill = len(ids) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(decode):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    decode_tps = decode / (time.perf_counter() - t)
+    best["prefill_tps"] = max(best["prefill_tps"], prefill)
+    best["decode_tps"] = max(best["decode_tps"], decode_tps)
+best["version"] = llama_cpp.__version__
+print(json.dumps(best))
+"#;
+
+/// Runs [`LLAMA_CPP_SCRIPT`]; `None` (with the reason on stderr) when it cannot.
+fn run_llama_cpp(args: &Args, python: &Path, prompt: &[u32]) -> Option<(Speed, String)> {
+    let ids = serde_json::to_string(prompt).ok()?;
+    let output = std::process::Command::new(python)
+        .arg("-c")
+        .arg(LLAMA_CPP_SCRIPT)
+        .arg(&args.model)
+        .arg(&ids)
+        .arg(args.decode_tokens.to_string())
+        .arg(args.runs.max(1).to_string())
+        .arg(candle_core::utils::get_num_threads().to_string())
+        .output();
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "llama.cpp reference failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("cannot run {}: {e}", python.display());
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value: serde_json::Value = serde_json::from_str(stdout.lines().last()?).ok()?;
+    Some((
+        Speed {
+            prefill_tps: value["prefill_tps"].as_f64()?,
+            decode_tps: value["decode_tps"].as_f64()?,
+        },
+        value["version"].as_str().unwrap_or("?").to_owned(),
+    ))
 }
 
 /// Prefill and decode speed of one run.
@@ -204,6 +272,22 @@ fn run(args: &Args) -> Result<(), String> {
         ours.prefill_tps / theirs.prefill_tps,
         ours.decode_tps / theirs.decode_tps
     );
+    if let Some(python) = &args.python
+        && let Some((llama, version)) = run_llama_cpp(args, python, &prompt)
+    {
+        println!(
+            "{:<24}{:>16.1}{:>16.1}",
+            format!("llama.cpp ({version})"),
+            llama.prefill_tps,
+            llama.decode_tps
+        );
+        println!(
+            "{:<24}{:>16.3}{:>16.3}",
+            "ratio zhiku/llama.cpp",
+            ours.prefill_tps / llama.prefill_tps,
+            ours.decode_tps / llama.decode_tps
+        );
+    }
     Ok(())
 }
 
