@@ -244,9 +244,10 @@ fn unsupported_models_fail_with_clear_errors() {
     assert!(err.contains("bad device `tpu`"), "{err}");
 }
 
-/// Attention per sequence (the CPU's mode) and batched (equal lengths reshaped, mixed
-/// lengths padded and masked, or per sequence when padding would waste too much) give the
-/// same hidden states for every token, for both position schemes.
+/// Attention by length (the CPU's mode: sequences sorted by length, each length one batch,
+/// rows put back in order) and batched (equal lengths reshaped, mixed lengths padded and
+/// masked, or by length when padding would waste too much) give the same hidden states for
+/// every token, in the caller's order, for both position schemes.
 #[test]
 fn attention_modes_agree_on_packed_batches() {
     for (model_type, pad_id, positions) in [
@@ -268,18 +269,24 @@ fn attention_modes_agree_on_packed_batches() {
         .unwrap();
         let encoder = TransformerEncoder::load(vb, &cfg, positions).unwrap();
         let max_len = encoder.max_sequence_length();
-        for lengths in [vec![3, 7, 5], vec![4, 4, 4], vec![2, max_len], vec![9]] {
+        for lengths in [
+            vec![3, 7, 5],
+            vec![4, 4, 4],
+            vec![2, max_len],
+            vec![9],
+            vec![5, 3, 5, 3, 7, 3],
+        ] {
             let ids: Vec<u32> = (0..lengths.iter().sum::<usize>())
                 .map(|i| 3 + (i as u32 * 7) % 9)
                 .collect();
-            let per_sequence = encoder
-                .forward_packed_with(&ids, &lengths, AttentionMode::PerSequence)
+            let by_length = encoder
+                .forward_packed_with(&ids, &lengths, AttentionMode::ByLength)
                 .unwrap();
             let batched = encoder
                 .forward_packed_with(&ids, &lengths, AttentionMode::Batched)
                 .unwrap();
-            assert_eq!(per_sequence.dims(), [ids.len(), 32]);
-            let diff: f32 = (per_sequence - batched)
+            assert_eq!(by_length.dims(), [ids.len(), 32]);
+            let diff: f32 = (by_length - batched)
                 .and_then(|d| d.abs()?.max_all()?.to_scalar())
                 .unwrap();
             assert!(diff < 1e-4, "{model_type} {lengths:?}: differ by {diff}");
