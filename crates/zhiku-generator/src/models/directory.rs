@@ -50,6 +50,26 @@ const CHATGLM2_SPECIALS: &[&str] = &["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop
 /// ChatGLM3 appends its role tokens after ChatGLM2's.
 const CHATGLM3_ROLES: &[&str] = &["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
 
+/// The shard files a `model.safetensors.index.json` names in its `weight_map`, sorted, each
+/// once.
+pub(super) fn index_shards(index: &Path) -> Result<Vec<String>, GeneratorError> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
+    let mut files: Vec<String> = value["weight_map"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, GeneratorError> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
@@ -57,20 +77,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, GeneratorError> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
-        let mut files: Vec<String> = value["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files.dedup();
+        let files = index_shards(&index)?;
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     Err(GeneratorError::Load(format!(

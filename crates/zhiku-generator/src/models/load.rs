@@ -89,23 +89,14 @@ fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, Gene
             source.id()
         ))
     })?;
-    let text = std::fs::read_to_string(&index)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
-    let mut shards: Vec<&str> = value["weight_map"]
-        .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    shards.sort_unstable();
-    shards.dedup();
+    let shards = directory::index_shards(&index)?;
     if shards.is_empty() {
         return Err(GeneratorError::Load(format!(
             "{}: weight_map names no shard",
             index.display()
         )));
     }
-    for shard in shards {
+    for shard in &shards {
         // The names come from the repository: keep them inside its snapshot directory.
         let inside = Path::new(shard)
             .components()
