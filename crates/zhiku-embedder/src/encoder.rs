@@ -317,7 +317,11 @@ impl Layer {
 
     fn forward(&self, xs: &Tensor, plan: &AttentionPlan) -> Result<Tensor> {
         let attended = self.attention.forward(xs, plan)?;
-        let inner = self.act.forward(&self.intermediate.forward(&attended)?)?;
+        let inner = self.intermediate.forward(&attended)?;
+        let inner = match self.act {
+            Activation::Gelu => crate::kernels::gelu_erf(inner)?,
+            act => act.forward(&inner)?,
+        };
         self.norm
             .forward(&(self.output.forward(&inner)? + attended)?)
     }

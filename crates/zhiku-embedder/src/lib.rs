@@ -14,6 +14,7 @@ pub mod batcher;
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod tokenizer;
 

@@ -24,6 +24,10 @@ struct Args {
     server: ServerArgs,
 }
 
+/// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();

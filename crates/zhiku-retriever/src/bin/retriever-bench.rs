@@ -278,6 +278,10 @@ async fn bench(
     Ok(())
 }
 
+/// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
