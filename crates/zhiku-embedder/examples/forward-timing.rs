@@ -59,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cases = [
         ("question ×1 (15 tok)", batch(1, 15, 15, vocab, 1)),
         ("passage ×1 (41 tok)", batch(1, 41, 41, vocab, 2)),
+        ("questions ×8 (8-25)", batch(8, 8, 25, vocab, 5)),
         ("questions ×32 (8-25)", batch(32, 8, 25, vocab, 3)),
         ("passages ×32 (10-60)", batch(32, 10, 60, vocab, 4)),
     ];

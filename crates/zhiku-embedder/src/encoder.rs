@@ -63,11 +63,47 @@ struct Embeddings {
     norm: LayerNorm,
 }
 
+/// A linear layer, y = x·Wᵀ + b, that keeps W transposed: [in, out], contiguous.
+///
+/// candle hands x·Wᵀ to gemm with W as stored, [out, in], a layout gemm repacks on every
+/// call (15% of the time for 8 questions). Stored as [in, out], W is already in the
+/// column order gemm's kernels read, and gemm's AVX-512 kernels then beat its AVX2 ones at
+/// every batch size (see the x86-v4 note in Cargo.toml). Forward passes, best of 30,
+/// MiniLM, 2 cores: one question 8.2 → 5.8 ms, one passage 12.0 → 8.6 ms, 32 questions
+/// 102 → 93 ms.
+struct Dense {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let l = linear(in_dim, out_dim, vb)?;
+        Self::new(l.weight(), l.bias().cloned())
+    }
+
+    /// `xs`: [tokens, in] → [tokens, out].
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = xs.matmul(&self.weight_t)?;
+        match &self.bias {
+            Some(bias) => ys.broadcast_add(bias),
+            None => Ok(ys),
+        }
+    }
+}
+
 /// Self-attention with the query, key and value projections fused into one matmul, and the
 /// 1/sqrt(head_dim) scale folded into the query weights at load.
 struct SelfAttention {
-    qkv: Linear,
-    output: Linear,
+    qkv: Dense,
+    output: Dense,
     norm: LayerNorm,
     heads: usize,
     head_dim: usize,
@@ -102,8 +138,8 @@ impl SelfAttention {
         )?;
         let bias = Tensor::cat(&[(bias(&query)? * scale)?, bias(&key)?, bias(&value)?], 0)?;
         Ok(Self {
-            qkv: Linear::new(weight, Some(bias)),
-            output: linear(h, h, vb.pp("output.dense"))?,
+            qkv: Dense::new(&weight, Some(bias))?,
+            output: Dense::load(h, h, vb.pp("output.dense"))?,
             norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
             head_dim,
@@ -286,9 +322,9 @@ impl AttentionPlan {
 
 struct Layer {
     attention: SelfAttention,
-    intermediate: Linear,
+    intermediate: Dense,
     act: Activation,
-    output: Linear,
+    output: Dense,
     norm: LayerNorm,
 }
 
@@ -296,13 +332,13 @@ impl Layer {
     fn load(vb: VarBuilder, cfg: &EncoderConfig) -> Result<Self> {
         Ok(Self {
             attention: SelfAttention::load(vb.pp("attention"), cfg)?,
-            intermediate: linear(
+            intermediate: Dense::load(
                 cfg.hidden_size,
                 cfg.intermediate_size,
                 vb.pp("intermediate.dense"),
             )?,
             act: cfg.hidden_act,
-            output: linear(
+            output: Dense::load(
                 cfg.intermediate_size,
                 cfg.hidden_size,
                 vb.pp("output.dense"),
