@@ -63,64 +63,50 @@ async fn bad_input_is_invalid_argument_and_the_server_stays_up() {
     let server = TestServer::start(minilm_args(), ServerArgs::default()).await;
     let mut client = server.client().await;
 
-    let empty = client
-        .embed(request(&[], EmbedKind::Query))
-        .await
-        .unwrap_err();
-    assert_eq!(empty.code(), Code::InvalidArgument);
-    assert!(
-        empty.message().contains("`texts` is empty"),
-        "{}",
-        empty.message()
-    );
-
-    let many: Vec<&str> = vec!["x"; 257];
-    let too_many = client
-        .embed(request(&many, EmbedKind::Query))
-        .await
-        .unwrap_err();
-    assert_eq!(too_many.code(), Code::InvalidArgument);
-    assert!(
-        too_many.message().contains("at most 256"),
-        "{}",
-        too_many.message()
-    );
-
-    let unknown_kind = client
-        .embed(EmbedRequest {
-            texts: vec!["a".into()],
-            kind: 7,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(unknown_kind.code(), Code::InvalidArgument);
-    assert!(
-        unknown_kind.message().contains("`kind` 7"),
-        "{}",
-        unknown_kind.message()
-    );
-
     let long = "检索增强生成。".repeat(200);
-    let rejected = client
-        .embed(EmbedRequest {
-            texts: vec!["short".into(), long.clone()],
-            reject_overlong: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(rejected.code(), Code::InvalidArgument);
-    assert!(
-        rejected.message().contains("`texts[1]`"),
-        "{}",
-        rejected.message()
-    );
-    assert!(
-        rejected.message().contains("limit of 256"),
-        "{}",
-        rejected.message()
-    );
+    let many: Vec<&str> = vec!["x"; 257];
+    // Each bad request, and what its message must name so that the caller can fix it.
+    let bad: [(&str, EmbedRequest, &[&str]); 4] = [
+        (
+            "empty",
+            request(&[], EmbedKind::Query),
+            &["`texts` is empty"],
+        ),
+        (
+            "too many",
+            request(&many, EmbedKind::Query),
+            &["at most 256"],
+        ),
+        (
+            "unknown kind",
+            EmbedRequest {
+                texts: vec!["a".into()],
+                kind: 7,
+                ..Default::default()
+            },
+            &["`kind` 7"],
+        ),
+        (
+            "over-long and rejected",
+            EmbedRequest {
+                texts: vec!["short".into(), long.clone()],
+                reject_overlong: true,
+                ..Default::default()
+            },
+            &["`texts[1]`", "limit of 256"],
+        ),
+    ];
+    for (case, req, fragments) in bad {
+        let status = client.embed(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}");
+        for fragment in fragments {
+            assert!(
+                status.message().contains(fragment),
+                "{case}: {:?} lacks {fragment:?}",
+                status.message()
+            );
+        }
+    }
 
     // Truncated by default, and reported.
     let truncated = client

@@ -14,7 +14,8 @@ use zhiku_generator::{GeneratorArgs, GeneratorState};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{
     Chat, ChatMessage, CountTokensRequest, FinishReason, GenerateRequest, GeneratorInfoRequest,
-    Role, SamplingParams, count_tokens_request, generate_request, generate_stream_response,
+    GeneratorInfoResponse, Role, SamplingParams, count_tokens_request, generate_request,
+    generate_stream_response,
 };
 use zhiku_runtime::ServerArgs;
 
@@ -69,6 +70,20 @@ async fn start(name: &str, configure: impl FnOnce(&mut GeneratorArgs)) -> TestSe
     }
 }
 
+impl TestServer {
+    fn client(&self) -> GeneratorClient<Channel> {
+        GeneratorClient::new(self.channel.clone())
+    }
+
+    async fn info(&self) -> GeneratorInfoResponse {
+        self.client()
+            .info(GeneratorInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
 fn chat(question: &str, max_new_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         input: Some(generate_request::Input::Chat(Chat {
@@ -91,12 +106,8 @@ const QWEN: &str = "Qwen2.5-Coder-0.5B-Instruct-GGUF";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_greedy_is_deterministic_and_the_stream_equals_unary() {
     let server = start(SMOLLM, |_| {}).await;
-    let mut client = GeneratorClient::new(server.channel.clone());
-    let info = client
-        .info(GeneratorInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = server.client();
+    let info = server.info().await;
     assert_eq!(info.architecture, "llama");
     assert_eq!(info.chat_template, "model");
     assert_eq!(info.context_length, 8192);
@@ -162,7 +173,7 @@ async fn smollm2_greedy_is_deterministic_and_the_stream_equals_unary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_what_to_fix() {
     let server = start(SMOLLM, |_| {}).await;
-    let mut client = GeneratorClient::new(server.channel.clone());
+    let mut client = server.client();
     let no_input = client
         .generate(GenerateRequest::default())
         .await
@@ -218,7 +229,7 @@ async fn bad_requests_are_refused_with_what_to_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_stream_frees_the_slot_for_the_next_request() {
     let server = start(SMOLLM, |_| {}).await;
-    let mut client = GeneratorClient::new(server.channel.clone());
+    let mut client = server.client();
     let mut long = chat(
         "Tell me a very long story about a dragon and a knight.",
         2000,
@@ -231,7 +242,7 @@ async fn cancelling_a_stream_frees_the_slot_for_the_next_request() {
     }
     drop(stream);
 
-    let mut other = GeneratorClient::new(server.channel.clone());
+    let mut other = server.client();
     let answer = tokio::time::timeout(Duration::from_secs(120), other.generate(chat("Say hi.", 8)))
         .await
         .expect("the next request is served")
@@ -253,7 +264,7 @@ async fn a_full_queue_answers_resource_exhausted() {
     let server = start(SMOLLM, |a| a.max_queued_requests = 1).await;
     let mut calls = Vec::new();
     for _ in 0..6 {
-        let mut client = GeneratorClient::new(server.channel.clone());
+        let mut client = server.client();
         calls.push(tokio::spawn(async move {
             client.generate(chat("Tell me about the sea.", 16)).await
         }));
@@ -275,12 +286,8 @@ async fn a_full_queue_answers_resource_exhausted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qwen_answers_the_articles_chinese_rag_prompt() {
     let server = start(QWEN, |_| {}).await;
-    let mut client = GeneratorClient::new(server.channel.clone());
-    let info = client
-        .info(GeneratorInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = server.client();
+    let info = server.info().await;
     assert_eq!(info.architecture, "qwen2");
     let prompt = "已知信息：\n小拾喜欢玩手机、打游戏、看电影。\n\n根据上述已知信息，简洁和专业的来回答用户的问题。\
 如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，不允许在答案中添加编造成分，\
