@@ -9,6 +9,8 @@
 //! Batches are packed, not padded (see [`TransformerEncoder::forward_packed`]): only
 //! attention may see padding, and only when that is cheaper than running it per sequence.
 
+use std::borrow::Cow;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{
     Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear,
@@ -467,21 +469,21 @@ impl TransformerEncoder {
         }
         // ByLength: sort the sequences by length (stably) so that each length's sequences
         // are adjacent and share one attention batch; the rows are put back at the end.
-        let offsets: Vec<usize> = lengths
-            .iter()
-            .scan(0, |at, &n| {
-                let start = *at;
-                *at += n;
-                Some(start)
-            })
-            .collect();
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         if mode == AttentionMode::ByLength {
             order.sort_by_key(|&i| lengths[i]);
         }
         let sorted = order.iter().enumerate().any(|(at, &i)| at != i);
         let caller_lengths = lengths;
-        let (ids, lengths): (std::borrow::Cow<[u32]>, Vec<usize>) = if sorted {
+        let (ids, lengths): (Cow<[u32]>, Cow<[usize]>) = if sorted {
+            let offsets: Vec<usize> = lengths
+                .iter()
+                .scan(0, |at, &n| {
+                    let start = *at;
+                    *at += n;
+                    Some(start)
+                })
+                .collect();
             let ids = order
                 .iter()
                 .flat_map(|&i| &ids[offsets[i]..offsets[i] + lengths[i]])
@@ -489,9 +491,9 @@ impl TransformerEncoder {
                 .collect();
             (ids, order.iter().map(|&i| lengths[i]).collect())
         } else {
-            (ids.into(), lengths.to_vec())
+            (ids.into(), lengths.into())
         };
-        let lengths = lengths.as_slice();
+        let lengths: &[usize] = &lengths;
 
         let mut positions = Vec::with_capacity(total);
         for &n in lengths {
