@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::engine::{EngineConfig, KvDtype};
 use crate::error::GeneratorError;
 use crate::models::directory::AdapterRequest;
 pub use zhiku_models::Precision;
@@ -64,6 +65,34 @@ pub struct GeneratorArgs {
     /// Default `max_new_tokens` for requests that give none.
     #[arg(long, env = "ZHIKU_GENERATOR_MAX_NEW_TOKENS", default_value_t = 512)]
     pub max_new_tokens: usize,
+
+    /// Tokens the KV cache holds, over all running sequences (preallocated; pages become
+    /// resident as they are used). A request reserves its prompt plus max_new_tokens.
+    #[arg(
+        long,
+        env = "ZHIKU_GENERATOR_KV_CACHE_TOKENS",
+        default_value_t = 16_384
+    )]
+    pub kv_cache_tokens: usize,
+
+    /// Element type of the KV cache on the CPU: f16 halves its memory (on a GPU the cache
+    /// takes the model's dtype).
+    #[arg(long, env = "ZHIKU_GENERATOR_KV_CACHE_DTYPE", value_enum, default_value_t = KvDtype::F32)]
+    pub kv_cache_dtype: KvDtype,
+
+    /// Sequences decoded together in one batched step (continuous batching).
+    #[arg(long, env = "ZHIKU_GENERATOR_MAX_BATCH_SIZE", default_value_t = 16)]
+    pub max_batch_size: usize,
+
+    /// Prompt tokens prefilled per step; longer prompts are split into chunks interleaved
+    /// with the decode steps of the other streams.
+    #[arg(long, env = "ZHIKU_GENERATOR_PREFILL_CHUNK", default_value_t = 512)]
+    pub prefill_chunk: usize,
+
+    /// Turn off reuse of cached prompt prefixes (the chat template, repeated passages,
+    /// earlier turns).
+    #[arg(long, env = "ZHIKU_GENERATOR_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
 }
 
 impl GeneratorArgs {
@@ -79,6 +108,25 @@ impl GeneratorArgs {
             merge_lora: Vec::new(),
             max_queued_requests: 32,
             max_new_tokens: 512,
+            kv_cache_tokens: 16_384,
+            kv_cache_dtype: KvDtype::F32,
+            max_batch_size: 16,
+            prefill_chunk: 512,
+            no_prefix_cache: false,
+        }
+    }
+
+    /// The engine's settings.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_queued: self.max_queued_requests.max(1),
+            max_batch: self.max_batch_size.max(1),
+            kv_cache_tokens: self
+                .kv_cache_tokens
+                .max(crate::engine::kv_cache::BLOCK_SIZE),
+            kv_dtype: self.kv_cache_dtype,
+            prefill_chunk: self.prefill_chunk.max(1),
+            prefix_cache: !self.no_prefix_cache,
         }
     }
 }

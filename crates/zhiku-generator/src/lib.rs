@@ -1,7 +1,8 @@
 //! zhiku's generation service: language models on candle behind gRPC, streamed.
 //!
-//! - [`models`]: the [`models::CausalLm`] trait and the loaders (ChatGLM-6B, ChatGLM2/3,
-//!   GLM-4 and GLM-4-0414 safetensors; GGUF Llama / Qwen2 / GLM-4);
+//! - [`models`]: one batched decoder on shared layers (`layers`, `attention`, `decoder`)
+//!   for Llama / Qwen2 / GLM-4 GGUF and ChatGLM2/3, GLM-4-9B, GLM-4-0414 safetensors;
+//!   ChatGLM-6B's own 2-D-position network; the loaders;
 //! - [`tokenizer`]: `tokenizer.json`, or a BPE tokenizer built from GGUF metadata;
 //! - [`sentencepiece`]: SentencePiece `tokenizer.model` files (the ChatGLM family's, and
 //!   ChatGLM-6B's `ice_text.model` with its whitespace pieces and id offset);
@@ -10,7 +11,8 @@
 //! - [`lora`]: PEFT LoRA adapters, merged at load or applied per request;
 //! - [`sampling`]: greedy / temperature / top-k / top-p / repetition penalty / seed;
 //! - [`decode_stream`]: UTF-8-correct incremental decoding and stop strings;
-//! - [`engine`]: one worker owning the model, a bounded FIFO queue, cancellation, deadlines;
+//! - [`engine`]: the scheduler (continuous batching, chunked prefill), the paged KV cache
+//!   with prefix reuse, a bounded FIFO queue, cancellation, deadlines;
 //! - [`api::GeneratorApi`]: the `zhiku.v1.Generator` handlers.
 
 pub mod api;
@@ -61,16 +63,19 @@ impl GeneratorState {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        Ok(Self::from_model(model, args))
+        Self::from_model(model, args)
     }
 
-    pub fn from_model(model: models::LoadedModel, args: &GeneratorArgs) -> Self {
-        let (engine, shared) = GenerationEngine::start(model, args.max_queued_requests);
-        Self {
+    pub fn from_model(
+        model: models::LoadedModel,
+        args: &GeneratorArgs,
+    ) -> Result<Self, GeneratorError> {
+        let (engine, shared) = GenerationEngine::start(model, args.engine_config())?;
+        Ok(Self {
             engine,
             shared,
             default_max_new_tokens: args.max_new_tokens.max(1),
-        }
+        })
     }
 }
 

@@ -60,6 +60,8 @@ impl LoraPair {
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
     pub name: String,
+    /// Unique per load: K/V cached under one load of a name are never reused by another.
+    pub id: u64,
     pub rank: usize,
     pub alpha: f32,
     pub target_modules: Vec<String>,
@@ -145,11 +147,17 @@ impl LoraAdapter {
         };
         Ok(Self {
             name: name.to_owned(),
+            id: NEXT_ADAPTER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             rank: config.r,
             alpha: config.lora_alpha,
             target_modules,
             pairs,
         })
+    }
+
+    /// Identifies this load of the adapter (prefix-cache entries are keyed by it).
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.name, self.id)
     }
 
     pub fn summary(&self, merged: bool) -> AdapterSummary {
@@ -161,6 +169,56 @@ impl LoraAdapter {
             merged,
         }
     }
+}
+
+static NEXT_ADAPTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Checks every module of `adapter` against the layers of `model` (names and shapes), and
+/// readies its weights for them: on the model's device, in the activations' dtype, with
+/// B's rows in the order the model's layer produces them.
+pub fn prepare_for(
+    mut adapter: LoraAdapter,
+    model: &dyn crate::models::decoder::BatchModel,
+) -> Result<LoraAdapter, GeneratorError> {
+    let modules = model.linear_modules();
+    let device = model.device().clone();
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        model.kv_dtype()
+    };
+    let mut names: Vec<String> = adapter.pairs.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let Some((_, inp, out)) = modules.iter().find(|(m, _, _)| *m == name) else {
+            let example = modules.first().map(|m| m.0.as_str()).unwrap_or_default();
+            return Err(GeneratorError::Validation(format!(
+                "adapter `{}`: module `{name}` matches no layer of the model (its modules are \
+                 named like `{example}`)",
+                adapter.name
+            )));
+        };
+        let Some(pair) = adapter.pairs.get_mut(&name) else {
+            continue;
+        };
+        let (_, a_in) = pair.a.dims2()?;
+        let (b_out, _) = pair.b.dims2()?;
+        if a_in != *inp || b_out != *out {
+            return Err(GeneratorError::Validation(format!(
+                "adapter `{}`: module `{name}` is [{out}, {inp}] in the model, but its A takes \
+                 {a_in} inputs and its B gives {b_out} outputs",
+                adapter.name
+            )));
+        }
+        pair.a = pair.a.to_device(&device)?.to_dtype(dtype)?;
+        let mut b = pair.b.to_device(&device)?.to_dtype(dtype)?;
+        if let Some(perm) = model.lora_output_permutation(&name) {
+            let perm = Tensor::from_vec(perm, b_out, &device)?;
+            b = b.index_select(&perm, 0)?;
+        }
+        pair.b = b;
+    }
+    Ok(adapter)
 }
 
 /// W0 + (alpha/r)·B·A in W0's dtype: the one merge rule, used by our own layers

@@ -7,10 +7,10 @@ mod common;
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorState};
 
+use common::tiny_gguf::vocabulary;
 use common::{GLM4_SPECIALS, Seeded, ask};
 
 const HIDDEN: usize = 32;
@@ -19,31 +19,6 @@ const KV_HEADS: usize = 2;
 const HEAD_DIM: usize = 8;
 const INTERMEDIATE: usize = 64;
 const LAYERS: usize = 2;
-
-/// A byte-level BPE vocabulary: every byte, a few merges, then GLM-4's special tokens.
-fn vocabulary() -> (Vec<String>, Vec<String>, Vec<i32>) {
-    let mut tokens: Vec<String> = {
-        let mut bytes: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-        bytes.sort();
-        bytes.into_iter().map(String::from).collect()
-    };
-    let merges = [
-        "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
-    ];
-    for m in merges {
-        tokens.push(m.replace(' ', ""));
-    }
-    let mut types = vec![1; tokens.len()];
-    for s in GLM4_SPECIALS {
-        tokens.push((*s).to_owned());
-        types.push(3);
-    }
-    (
-        tokens,
-        merges.iter().map(|m| (*m).to_owned()).collect(),
-        types,
-    )
-}
 
 fn write_gguf(path: &Path, seed: u64) {
     let (tokens, merges, types) = vocabulary();

@@ -7,16 +7,23 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
+use zhiku_generator::lora::LoraAdapter;
+use zhiku_generator::models::CausalLm;
+use zhiku_generator::models::decoder::{BatchModel, Solo};
+use zhiku_generator::models::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
 use zhiku_generator::models::glm::{GlmFamily, GlmModel};
 use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorError, GeneratorState};
 
 use common::{
-    GLM4_SPECIALS, added_tokens_config, ask, chatglm_style_bpe_model, max_abs_diff, tiktoken_file,
-    tiktoken_ranks, write_adapter, write_seeded_weights, write_wordlevel_tokenizer,
+    GLM4_SPECIALS, added_tokens_config, ask, chatglm_style_bpe_model, generate_ids, max_abs_diff,
+    tiktoken_file, tiktoken_ranks, try_generate_ids, write_adapter, write_seeded_weights,
+    write_wordlevel_tokenizer,
 };
 
 /// ChatGLM2's tokenizer: SentencePiece's first three, then the appended specials.
@@ -194,44 +201,85 @@ fn glm4_0414_loads_and_generates_deterministically() {
     loads_and_generates(GlmFamily::Glm4_0414, "glm4-0414", "glm4");
 }
 
+/// Logits of `prompt` on a batched model, run alone.
+fn solo_logits(
+    model: &dyn BatchModel,
+    prompt: &[u32],
+    adapter: Option<Arc<LoraAdapter>>,
+) -> Tensor {
+    let mut solo = Solo::new(model, 128).unwrap().with_adapter(adapter);
+    solo.feed(model, prompt).unwrap()
+}
+
+/// Every GLM family on zhiku's decoder gives candle-transformers' logits (the reference
+/// network, built from the same checkpoint), after a prompt and after each decoded token.
+#[test]
+fn glm_families_match_candles_networks() {
+    for family in [
+        GlmFamily::ChatGlm2,
+        GlmFamily::ChatGlm3,
+        GlmFamily::Glm4,
+        GlmFamily::Glm4_0414,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), family, 13);
+        let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        let files = [dir.path().join("model.safetensors")];
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu).unwrap()
+        };
+        let mut reference = GlmModel::new(family, &config, vb).unwrap();
+        let mut weights = SafetensorsWeights::open(&files, &Device::Cpu, DType::F32, &[]).unwrap();
+        let ours = match family {
+            GlmFamily::Glm4_0414 => glm4_0414_decoder(&config, &mut weights).unwrap(),
+            _ => chatglm_decoder(&config, &mut weights).unwrap(),
+        };
+        let prompt = [12u32, 13, 14, 20, 21, 22, 23];
+        let mut solo = Solo::new(&ours, 64).unwrap();
+        let mut worst = max_abs_diff(
+            &solo.feed(&ours, &prompt).unwrap(),
+            &reference.forward(&prompt, 0).unwrap(),
+        );
+        for (i, t) in [30u32, 31, 15].iter().enumerate() {
+            let a = solo.feed(&ours, &[*t]).unwrap();
+            let b = reference.forward(&[*t], prompt.len() + i).unwrap();
+            worst = worst.max(max_abs_diff(&a, &b));
+        }
+        assert!(worst < 1e-3, "{family:?}: logits differ by {worst}");
+    }
+}
+
 #[test]
 fn chatglm3_prompts_start_with_gmask_sop_once() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), GlmFamily::ChatGlm3, 8);
-    let mut loaded = load_model(&args(dir.path())).unwrap();
+    let state = GeneratorState::load(&args(dir.path())).unwrap();
     // ChatGLM3 stops at its eos and at the next turn's role tokens.
     for id in [2, 9, 11] {
         assert!(
-            loaded.tokenizer.eos_ids.contains(&id),
+            state.shared.tokenizer.eos_ids.contains(&id),
             "{:?}",
-            loaded.tokenizer.eos_ids
+            state.shared.tokenizer.eos_ids
         );
     }
-    let words = [12u32, 13, 14];
-    let bare = loaded.model.forward(&words, 0).unwrap();
+    assert_eq!(state.shared.prompt_prefix, vec![4, 6]);
     // [gMASK]=4, sop=6: a prompt that already starts with them is not prefixed twice.
-    let prefixed = loaded.model.forward(&[4, 6, 12, 13, 14], 0).unwrap();
-    assert_eq!(max_abs_diff(&bare, &prefixed), 0.0);
-    let without = loaded.model.forward(&[13, 14], 0).unwrap();
-    assert!(max_abs_diff(&bare, &without) > 1e-4);
-    // The cached step continues the sequence.
-    loaded.model.forward(&words, 0).unwrap();
-    let step = loaded.model.forward(&[15], 3).unwrap();
-    let whole = loaded.model.forward(&[12, 13, 14, 15], 0).unwrap();
-    assert!(max_abs_diff(&step, &whole) < 1e-4);
+    let bare = generate_ids(&state, vec![12, 13, 14], 8);
+    let prefixed = generate_ids(&state, vec![4, 6, 12, 13, 14], 8);
+    assert_eq!(bare.text, prefixed.text);
+    assert_eq!(bare.prompt_tokens + 2, prefixed.prompt_tokens);
     // Past seq_length (128, with the two prefix tokens) is a request error, not a panic.
-    let long = vec![12u32; 127];
-    assert!(matches!(
-        loaded.model.forward(&long, 0),
-        Err(GeneratorError::Validation(_))
-    ));
-    assert!(loaded.model.forward(&long[..126], 0).is_ok());
+    match try_generate_ids(&state, vec![12u32; 127], 4) {
+        Err(GeneratorError::Validation(m)) => assert!(m.contains("128"), "{m}"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    assert!(try_generate_ids(&state, vec![12u32; 120], 4).is_ok());
 }
 
-/// LoRA on a candle-built family: merged at load (B = 0 changes nothing; a trained adapter
-/// does), and per-request adapters refused with a clear error.
+/// LoRA on GLM-4-0414: merged at load (B = 0 changes nothing; a trained adapter does), and
+/// the same adapter applied per request gives the merged model's logits.
 #[test]
-fn glm4_0414_merges_lora_and_refuses_per_request_adapters() {
+fn glm4_0414_lora_merged_and_per_request_agree() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), GlmFamily::Glm4_0414, 9);
     let modules: Vec<(String, usize, usize)> = (0..2)
@@ -245,36 +293,35 @@ fn glm4_0414_merges_lora_and_refuses_per_request_adapters() {
     write_adapter(&zero, 1, 0.0, &["q_proj", "v_proj"], &modules);
     write_adapter(&trained, 2, 0.5, &["q_proj", "v_proj"], &modules);
     let prompt = [12u32, 13, 14, 15];
+    let logits = |loaded: &zhiku_generator::models::LoadedModel,
+                  adapter: Option<Arc<LoraAdapter>>| {
+        solo_logits(loaded.model.batched().unwrap().as_ref(), &prompt, adapter)
+    };
 
-    let base = load_model(&args(dir.path()))
-        .unwrap()
-        .model
-        .forward(&prompt, 0)
-        .unwrap();
+    let base = logits(&load_model(&args(dir.path())).unwrap(), None);
     let mut zero_args = args(dir.path());
     zero_args.merge_lora = vec![zero.clone()];
     let merged_zero = load_model(&zero_args).unwrap();
     assert_eq!(merged_zero.info.adapters.len(), 1);
     assert!(merged_zero.info.adapters[0].merged);
-    let mut model = merged_zero.model;
     // B = 0: W0 + 0 is W0 exactly.
-    assert_eq!(
-        max_abs_diff(&model.forward(&prompt, 0).unwrap(), &base),
-        0.0
-    );
+    assert_eq!(max_abs_diff(&logits(&merged_zero, None), &base), 0.0);
 
     let mut trained_args = args(dir.path());
     trained_args.merge_lora = vec![trained.clone()];
-    let mut merged = load_model(&trained_args).unwrap().model;
-    assert!(max_abs_diff(&merged.forward(&prompt, 0).unwrap(), &base) > 1e-3);
+    let merged = logits(&load_model(&trained_args).unwrap(), None);
+    assert!(max_abs_diff(&merged, &base) > 1e-3);
 
     let mut per_request = args(dir.path());
     per_request.lora = vec![format!("legal={}", trained.display())];
-    match load_model(&per_request) {
-        Err(GeneratorError::UnsupportedModel(m)) => assert!(m.contains("--merge-lora"), "{m}"),
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("--lora must be refused for glm4-0414"),
-    }
+    let loaded = load_model(&per_request).unwrap();
+    assert_eq!(loaded.info.adapters.len(), 1);
+    assert!(!loaded.info.adapters[0].merged);
+    let adapter = Arc::new(loaded.adapter_weights[0].clone());
+    let unmerged = logits(&loaded, Some(adapter));
+    let diff = max_abs_diff(&unmerged, &merged);
+    assert!(diff < 1e-4, "per-request vs merged: {diff}");
+    assert_eq!(max_abs_diff(&logits(&loaded, None), &base), 0.0);
 
     // An adapter for another model's modules is refused, not half applied.
     let stray = dir.path().join("stray");
@@ -290,10 +337,16 @@ fn glm4_0414_merges_lora_and_refuses_per_request_adapters() {
         )],
     );
     let mut stray_args = args(dir.path());
-    stray_args.merge_lora = vec![stray];
+    stray_args.merge_lora = vec![stray.clone()];
     assert!(matches!(
         load_model(&stray_args),
         Err(GeneratorError::Load(_))
+    ));
+    let mut stray_args = args(dir.path());
+    stray_args.lora = vec![format!("stray={}", stray.display())];
+    assert!(matches!(
+        load_model(&stray_args),
+        Err(GeneratorError::Validation(_))
     ));
 }
 

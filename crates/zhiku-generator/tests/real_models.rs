@@ -19,6 +19,8 @@ use zhiku_proto::v1::{
 };
 use zhiku_runtime::ServerArgs;
 
+mod common;
+
 fn model_dir(name: &str) -> PathBuf {
     let dir = std::env::var_os("ZHIKU_MODELS_DIR")
         .map(PathBuf::from)
@@ -228,7 +230,8 @@ async fn bad_requests_are_refused_with_what_to_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_stream_frees_the_slot_for_the_next_request() {
-    let server = start(SMOLLM, |_| {}).await;
+    // One sequence at a time: the next request can only run once the cancelled one is gone.
+    let server = start(SMOLLM, |a| a.max_batch_size = 1).await;
     let mut client = server.client();
     let mut long = chat(
         "Tell me a very long story about a dragon and a knight.",
@@ -314,4 +317,196 @@ async fn qwen_answers_the_articles_chinese_rag_prompt() {
             .any(|w| answer.contains(w)),
         "{answer:?}"
     );
+}
+
+/// An adapter for SmolLM2's q and v projections of every layer (576 hidden, 9 heads and 3
+/// KV heads of 64).
+fn smollm_adapter(dir: &std::path::Path, seed: u64) {
+    let modules: Vec<(String, usize, usize)> = (0..30)
+        .flat_map(|l| {
+            [("q_proj", 576), ("v_proj", 192)]
+                .map(|(m, out)| (format!("model.layers.{l}.self_attn.{m}"), 576, out))
+        })
+        .collect();
+    common::write_adapter(dir, seed, 0.02, &["q_proj", "v_proj"], &modules);
+}
+
+fn with_adapter(mut request: GenerateRequest, adapter: &str) -> GenerateRequest {
+    request.adapter = adapter.into();
+    request
+}
+
+/// Continuous batching changes nothing: eight greedy requests of different lengths, some
+/// with adapters, run together give exactly the text each gives alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_adapters_yield_what_each_yields_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    smollm_adapter(&dir.path().join("a"), 1);
+    smollm_adapter(&dir.path().join("b"), 2);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let server = start(SMOLLM, |args| {
+        args.lora = vec![format!("a={}", a.display()), format!("b={}", b.display())];
+    })
+    .await;
+    let requests: Vec<GenerateRequest> = [
+        ("What is the capital of France?", ""),
+        ("Name three colours.", "a"),
+        (
+            "Write one sentence about the sea and the wind and the ships.",
+            "",
+        ),
+        ("Hi", "b"),
+        ("What is two plus two?", "a"),
+        ("Tell me about knowledge bases in one line.", ""),
+        (
+            "Why is the sky blue? Answer briefly, please, in simple words.",
+            "b",
+        ),
+        ("Count to five.", ""),
+    ]
+    .into_iter()
+    .map(|(q, adapter)| with_adapter(chat(q, 24), adapter))
+    .collect();
+    let mut alone = Vec::new();
+    for r in &requests {
+        alone.push(
+            server
+                .client()
+                .generate(r.clone())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let together = futures::future::join_all(requests.iter().map(|r| {
+        let mut client = server.client();
+        let r = r.clone();
+        async move { client.generate(r).await.unwrap().into_inner() }
+    }))
+    .await;
+    for (i, (one, many)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(one.text, many.text, "request {i} changed in a batch");
+        assert_eq!(one.generated_tokens, many.generated_tokens, "request {i}");
+        assert_eq!(one.adapter, many.adapter);
+    }
+    // The adapters do change the answers, and the requests really shared steps.
+    assert_ne!(
+        alone[0].text,
+        server
+            .client()
+            .generate(with_adapter(
+                chat("What is the capital of France?", 24),
+                "a"
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .text
+    );
+    let seen = server
+        .state
+        .shared
+        .stats
+        .max_batch_seen
+        .load(Ordering::Relaxed);
+    assert!(seen >= 4, "at most {seen} sequences ever shared a step");
+}
+
+/// The same Ask twice: the second reuses the first's prompt K/V and answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_identical_request_reuses_the_cached_prompt() {
+    let server = start(SMOLLM, |_| {}).await;
+    let question = "Known facts: zhiku splits documents into passages, embeds them and stores \
+        them in Qdrant. Answer from the facts only. Question: where are passages stored?";
+    let first = server
+        .client()
+        .generate(chat(question, 16))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = server
+        .client()
+        .generate(chat(question, 16))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.text, second.text);
+    assert_eq!(first.cached_prompt_tokens, 0);
+    assert!(
+        second.cached_prompt_tokens >= 16 && second.cached_prompt_tokens < second.prompt_tokens,
+        "{} of {} prompt tokens cached",
+        second.cached_prompt_tokens,
+        second.prompt_tokens
+    );
+    let info = server.info().await;
+    assert!(info.prefix_cache_hits >= 1, "{info:?}");
+    assert!(info.prefix_cached_tokens >= second.cached_prompt_tokens as u64);
+    assert!(info.kv_cache_tokens >= 16_384);
+}
+
+/// Adapters loaded and unloaded while serving: one loaded at run time answers exactly as
+/// the same adapter given at start-up; unloaded, it is NOT_FOUND; a bad one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_load_and_unload_while_serving() {
+    use zhiku_proto::v1::{LoadAdapterRequest, UnloadAdapterRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    smollm_adapter(&a, 5);
+    let server = start(SMOLLM, |args| {
+        args.lora = vec![format!("boot={}", a.display())]
+    })
+    .await;
+    let mut client = server.client();
+    let loaded = client
+        .load_adapter(LoadAdapterRequest {
+            name: "live".into(),
+            path: a.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (loaded.name.as_str(), loaded.rank, loaded.merged),
+        ("live", 4, false)
+    );
+    let q = chat("Name a fruit.", 12);
+    let boot = client
+        .generate(with_adapter(q.clone(), "boot"))
+        .await
+        .unwrap()
+        .into_inner();
+    let live = client
+        .generate(with_adapter(q.clone(), "live"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(boot.text, live.text);
+    assert!(
+        server
+            .info()
+            .await
+            .adapters
+            .iter()
+            .any(|x| x.name == "live")
+    );
+    client
+        .unload_adapter(UnloadAdapterRequest {
+            name: "live".into(),
+        })
+        .await
+        .unwrap();
+    let gone = client
+        .generate(with_adapter(q.clone(), "live"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    let bad = client
+        .load_adapter(LoadAdapterRequest {
+            name: "bad".into(),
+            path: dir.path().join("nowhere").to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("nowhere"), "{}", bad.message());
 }

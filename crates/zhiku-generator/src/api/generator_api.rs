@@ -14,7 +14,8 @@ use zhiku_proto::v1::generator_server::Generator;
 use zhiku_proto::v1::{
     AdapterInfo, CountTokensRequest, CountTokensResponse, FinishReason, GenerateRequest,
     GenerateResponse, GenerateStreamResponse, GeneratorInfoRequest, GeneratorInfoResponse,
-    TextChunk, count_tokens_request, generate_request, generate_stream_response,
+    LoadAdapterRequest, TextChunk, UnloadAdapterRequest, UnloadAdapterResponse,
+    count_tokens_request, generate_request, generate_stream_response,
 };
 use zhiku_runtime::Ready;
 
@@ -133,9 +134,15 @@ impl GeneratorState {
         if name.is_empty() {
             return Ok(None);
         }
-        match self.shared.info.adapters.iter().find(|a| a.name == name) {
-            Some(a) if a.merged => Ok(None), // already in the weights
-            Some(_) => Ok(Some(name.to_owned())),
+        let merged = self
+            .shared
+            .adapter_summaries()
+            .into_iter()
+            .find(|a| a.name == name)
+            .map(|a| a.merged);
+        match merged {
+            Some(true) => Ok(None), // already in the weights
+            Some(false) => Ok(Some(name.to_owned())),
             None => Err(GeneratorError::UnknownAdapter(name.to_owned())),
         }
     }
@@ -181,6 +188,7 @@ impl GeneratorState {
             decode_ms: c.decode_ms,
             model: self.shared.info.model_id.clone(),
             adapter: adapter.to_owned(),
+            cached_prompt_tokens: c.cached_prompt_tokens as u32,
         }
     }
 }
@@ -281,26 +289,90 @@ impl Generator for GeneratorApi {
     ) -> Result<Response<GeneratorInfoResponse>, Status> {
         let state = self.state()?;
         let info = &state.shared.info;
+        let cache = state.shared.cache.lock().map(|c| *c).unwrap_or_default();
         Ok(Response::new(GeneratorInfoResponse {
             model_id: info.model_id.clone(),
             architecture: info.architecture.clone(),
             dtype: info.dtype.clone(),
             device: info.device.clone(),
             context_length: info.context_length as u32,
-            adapters: info
-                .adapters
+            adapters: state
+                .shared
+                .adapter_summaries()
                 .iter()
-                .map(|a| AdapterInfo {
-                    name: a.name.clone(),
-                    rank: a.rank as u32,
-                    alpha: a.alpha,
-                    target_modules: a.target_modules.clone(),
-                    merged: a.merged,
-                })
+                .map(adapter_info)
                 .collect(),
             resident_memory_bytes: resident_memory_bytes(),
             chat_template: state.shared.template.name().into(),
+            max_batch_size: cache.max_batch as u32,
+            kv_cache_tokens: cache.capacity_tokens as u32,
+            kv_cache_used_tokens: cache.used_tokens as u32,
+            active_sequences: cache.active as u32,
+            prefix_cache_hits: cache.prefix.hits,
+            prefix_cache_misses: cache.prefix.misses,
+            prefix_cached_tokens: cache.prefix.cached_tokens,
         }))
+    }
+
+    async fn load_adapter(
+        &self,
+        request: Request<LoadAdapterRequest>,
+    ) -> Result<Response<AdapterInfo>, Status> {
+        let state = self.state()?;
+        let request = request.into_inner();
+        if request.name.is_empty() || request.name.contains(['/', '=', ',']) {
+            return Err(GeneratorError::Validation(
+                "`name` must be non-empty, without '/', '=' or ','".into(),
+            )
+            .into());
+        }
+        if request.path.is_empty() {
+            return Err(GeneratorError::Validation(
+                "`path`: the adapter directory (adapter_config.json + adapter_model.safetensors)"
+                    .into(),
+            )
+            .into());
+        }
+        // Reading and checking the weights is file and tensor work: off the async threads.
+        let summary = tokio::task::spawn_blocking(move || {
+            // A path the client names that does not hold an adapter is the client's error.
+            let adapter = crate::lora::LoraAdapter::load(
+                &request.name,
+                std::path::Path::new(&request.path),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )
+            .map_err(|e| match e {
+                GeneratorError::Load(m) => GeneratorError::Validation(m),
+                other => other,
+            })?;
+            state.shared.load_adapter(adapter)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("adapter loading stopped: {e}")))??;
+        tracing::info!(adapter = %summary.name, rank = summary.rank, "adapter loaded");
+        Ok(Response::new(adapter_info(&summary)))
+    }
+
+    async fn unload_adapter(
+        &self,
+        request: Request<UnloadAdapterRequest>,
+    ) -> Result<Response<UnloadAdapterResponse>, Status> {
+        let state = self.state()?;
+        let name = request.into_inner().name;
+        state.shared.unload_adapter(&name)?;
+        tracing::info!(adapter = %name, "adapter unloaded");
+        Ok(Response::new(UnloadAdapterResponse {}))
+    }
+}
+
+fn adapter_info(a: &crate::models::AdapterSummary) -> AdapterInfo {
+    AdapterInfo {
+        name: a.name.clone(),
+        rank: a.rank as u32,
+        alpha: a.alpha,
+        target_modules: a.target_modules.clone(),
+        merged: a.merged,
     }
 }
 

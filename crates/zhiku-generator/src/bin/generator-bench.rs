@@ -1,91 +1,114 @@
-//! Generator benchmark: prefill and decode tokens/s of a GGUF model on the CPU through
-//! zhiku's engine (queue, worker thread, sampling, incremental decoding), beside candle's
-//! plain example loop on the same file (`quantized_qwen2::ModelWeights` + `LogitsProcessor`,
-//! no engine, no gRPC), measured in the same run, so the ratio shows what zhiku's machinery
-//! costs over the bare model; with `--python`, also beside llama.cpp (llama-cpp-python) on
-//! the same file and prompt ids, which shows where candle's kernels stand.
+//! Generator benchmark: zhiku's engine on a GGUF model, measured in one run against
+//! references measured in the same run.
 //!
-//! Both sides get the same prompt token ids and decode the same number of tokens greedily
-//! (end-of-sequence is ignored on both, so neither stops early). Each side is run `--runs`
-//! times, alternating, and the best run counts (the least disturbed by other load).
+//! 1. **One stream vs llama.cpp** (with `--python`, a Python with llama-cpp-python): the
+//!    same file and prompt ids, prefill tok/s at each `--prompt-tokens` length and decode
+//!    tok/s, with the ratio zhiku / llama.cpp. Both use `--threads` threads.
+//! 2. **Concurrent streams**: `--streams` requests at once (distinct prompts), time to first
+//!    token and aggregate decode tok/s, with the ratio to one stream.
+//! 3. **Prefix cache**: the same RAG Ask twice; time to first token of the second over the
+//!    first.
+//! 4. **Memory**: resident memory after the runs over the GGUF file's size.
 //!
 //! ```sh
-//! cargo run --release -p zhiku-generator --bin generator-bench -- \
-//!     --model models/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+//! cargo run --release -p zhiku-generator --bin generator-bench -- --threads 2 \
+//!     --python .venv-bench/bin/python
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_qwen2;
 use clap::Parser;
 use tokio::sync::mpsc;
-use zhiku_generator::engine::{Event, GenerationEngine, Job};
+use zhiku_generator::engine::{EngineConfig, Event, GenerationEngine, Job};
 use zhiku_generator::models::load_model;
 use zhiku_generator::sampling::SamplingConfig;
+use zhiku_generator::template::{Message, Role};
 use zhiku_generator::{GeneratorArgs, GeneratorError};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "generator-bench",
-    about = "Generator prefill/decode tokens/s vs candle's plain loop"
+    about = "zhiku's generator: prefill/decode tok/s vs llama.cpp, streams, prefix cache"
 )]
 struct Args {
-    /// The Qwen2 GGUF file.
+    /// The GGUF file.
     #[arg(
         long,
         env = "ZHIKU_BENCH_MODEL",
         default_value = "models/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     )]
     model: PathBuf,
-    /// Prompt length in tokens (the article's RAG prompt, repeated and cut).
-    #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
-    /// Tokens to decode per run.
-    #[arg(long, default_value_t = 64)]
+    /// Prompt lengths in tokens for the one-stream comparison.
+    #[arg(long, value_delimiter = ',', default_value = "128,512,1024")]
+    prompt_tokens: Vec<usize>,
+    /// Tokens decoded per stream.
+    #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// Runs per side; the best counts.
-    #[arg(long, default_value_t = 3)]
+    /// Concurrent stream counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    streams: Vec<usize>,
+    /// Prompt length of each concurrent stream.
+    #[arg(long, default_value_t = 64)]
+    stream_prompt_tokens: usize,
+    /// Runs of each one-stream measurement; the best counts.
+    #[arg(long, default_value_t = 2)]
     runs: usize,
-    /// A Python with llama-cpp-python installed: llama.cpp is then measured on the same file,
-    /// prompt and token count, in the same run (`pip install llama-cpp-python numpy` builds
-    /// llama.cpp from source for this CPU).
+    /// Compute threads, for zhiku and llama.cpp alike (default: all cores).
+    #[arg(long, env = "ZHIKU_THREADS")]
+    threads: Option<usize>,
+    /// A Python with llama-cpp-python: llama.cpp is then measured on the same file, prompt
+    /// ids and thread count.
     #[arg(long, env = "ZHIKU_BENCH_PYTHON")]
     python: Option<PathBuf>,
+    /// Skip sections: any of one,streams,prefix.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
 }
 
-/// llama.cpp through llama-cpp-python: the same prompt ids are prefilled in one batch, then
-/// `decode` tokens are fed one at a time, greedily; the best of `runs` counts.
+/// llama.cpp through llama-cpp-python: for each prompt, the ids prefilled in one batch
+/// (n_batch = n_ubatch = the prompt, so prompts past 512 tokens run), then `decode` tokens
+/// fed one at a time; the best of `runs`.
 const LLAMA_CPP_SCRIPT: &str = r#"
 import json, sys, time
 import numpy as np
 import llama_cpp
-model, ids, decode, runs, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = llama_cpp.Llama(model_path=model, n_ctx=len(ids) + decode + 8, n_batch=max(512, len(ids)),
-                      n_threads=threads, n_threads_batch=threads, verbose=False)
-best = {"prefill_tps": 0.0, "decode_tps": 0.0}
-for _ in range(runs):
-    llm.reset()
-    t = time.perf_counter()
-    llm.eval(ids)
-    prefill = len(ids) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(decode):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-    decode_tps = decode / (time.perf_counter() - t)
-    best["prefill_tps"] = max(best["prefill_tps"], prefill)
-    best["decode_tps"] = max(best["decode_tps"], decode_tps)
-best["version"] = llama_cpp.__version__
-print(json.dumps(best))
+model, prompts, decode, runs, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+longest = max(len(p) for p in prompts)
+llm = llama_cpp.Llama(model_path=model, n_ctx=longest + decode + 8, n_batch=longest,
+                      n_ubatch=longest, n_threads=threads, n_threads_batch=threads, verbose=False)
+out = []
+for ids in prompts:
+    best = {"prefill_tps": 0.0, "decode_tps": 0.0}
+    for _ in range(runs):
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(ids)
+        prefill = len(ids) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(decode):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        decode_tps = decode / (time.perf_counter() - t)
+        best["prefill_tps"] = max(best["prefill_tps"], prefill)
+        best["decode_tps"] = max(best["decode_tps"], decode_tps)
+    out.append(best)
+print(json.dumps({"version": llama_cpp.__version__, "runs": out}))
 "#;
 
-/// Runs [`LLAMA_CPP_SCRIPT`]; `None` (with the reason on stderr) when it cannot.
-fn run_llama_cpp(args: &Args, python: &Path, prompt: &[u32]) -> Option<(Speed, String)> {
-    let ids = serde_json::to_string(prompt).ok()?;
+#[derive(Debug, Clone, Copy, Default)]
+struct Speed {
+    prefill_tps: f64,
+    decode_tps: f64,
+}
+
+fn run_llama_cpp(
+    args: &Args,
+    python: &Path,
+    prompts: &[Vec<u32>],
+    threads: usize,
+) -> Result<(String, Vec<Speed>), String> {
+    let ids = serde_json::to_string(prompts).map_err(|e| e.to_string())?;
     let output = std::process::Command::new(python)
         .arg("-c")
         .arg(LLAMA_CPP_SCRIPT)
@@ -93,63 +116,54 @@ fn run_llama_cpp(args: &Args, python: &Path, prompt: &[u32]) -> Option<(Speed, S
         .arg(&ids)
         .arg(args.decode_tokens.to_string())
         .arg(args.runs.max(1).to_string())
-        .arg(candle_core::utils::get_num_threads().to_string())
-        .output();
-    let output = match output {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "llama.cpp reference failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("cannot run {}: {e}", python.display());
-            return None;
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let value: serde_json::Value = serde_json::from_str(stdout.lines().last()?).ok()?;
-    Some((
-        Speed {
-            prefill_tps: value["prefill_tps"].as_f64()?,
-            decode_tps: value["decode_tps"].as_f64()?,
-        },
-        value["version"].as_str().unwrap_or("?").to_owned(),
-    ))
-}
-
-/// Prefill and decode speed of one run.
-#[derive(Debug, Clone, Copy, Default)]
-struct Speed {
-    prefill_tps: f64,
-    decode_tps: f64,
-}
-
-impl Speed {
-    fn best(self, other: Speed) -> Speed {
-        Speed {
-            prefill_tps: self.prefill_tps.max(other.prefill_tps),
-            decode_tps: self.decode_tps.max(other.decode_tps),
-        }
+        .arg(threads.to_string())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "llama.cpp failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or("llama.cpp printed no result")?;
+    let speeds = value["runs"]
+        .as_array()
+        .ok_or("no runs")?
+        .iter()
+        .map(|r| Speed {
+            prefill_tps: r["prefill_tps"].as_f64().unwrap_or(0.0),
+            decode_tps: r["decode_tps"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    Ok((value["version"].as_str().unwrap_or("?").to_owned(), speeds))
 }
 
-const PROMPT: &str = "已知信息：小拾喜欢玩手机、打游戏、看电影。根据上述已知信息，简洁和专业地回答用户的问题。\
-    问题是：小拾喜欢做什么？";
+/// What one request saw.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// Submit → first token's logits (the engine's own prefill time plus queueing).
+    ttft: Duration,
+    /// Submit → done.
+    total: Duration,
+    generated: usize,
+    cached: usize,
+}
 
-/// One run through zhiku's engine; `decode_tokens` forwards after the prefill's.
-fn run_engine(
+fn submit(
     engine: &GenerationEngine,
-    prompt: &[u32],
-    decode_tokens: usize,
-) -> Result<Speed, GeneratorError> {
-    let (events, mut rx) = mpsc::unbounded_channel();
+    prompt: Vec<u32>,
+    decode: usize,
+) -> Result<mpsc::UnboundedReceiver<Event>, GeneratorError> {
+    let (events, rx) = mpsc::unbounded_channel();
     engine.submit(Job {
-        prompt: prompt.to_vec(),
+        prompt,
         sampling: SamplingConfig {
-            max_new_tokens: decode_tokens + 1,
+            max_new_tokens: decode,
             repetition_penalty: 1.0,
             ..Default::default()
         },
@@ -157,15 +171,24 @@ fn run_engine(
         deadline: None,
         events,
     })?;
+    Ok(rx)
+}
+
+fn wait(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    started: Instant,
+) -> Result<Timing, GeneratorError> {
     loop {
         match rx.blocking_recv() {
             Some(Event::Chunk { .. }) => {}
             Some(Event::Done(c)) => {
-                // The engine forwards every generated token but the last.
-                let forwarded = c.generated_tokens.saturating_sub(1);
-                return Ok(Speed {
-                    prefill_tps: c.prompt_tokens as f64 / (c.prefill_ms / 1e3),
-                    decode_tps: forwarded as f64 / (c.decode_ms / 1e3),
+                let total = started.elapsed();
+                let decode = Duration::from_secs_f64(c.decode_ms / 1e3);
+                return Ok(Timing {
+                    ttft: total.saturating_sub(decode),
+                    total,
+                    generated: c.generated_tokens,
+                    cached: c.cached_prompt_tokens,
                 });
             }
             Some(Event::Failed(e)) => return Err(e),
@@ -174,121 +197,261 @@ fn run_engine(
     }
 }
 
-/// One run of candle's example loop: prefill, then sample and forward one token at a time.
-fn run_candle(
-    model: &mut quantized_qwen2::ModelWeights,
-    prompt: &[u32],
-    decode_tokens: usize,
-) -> candle_core::Result<Speed> {
-    let device = Device::Cpu;
-    let mut processor = LogitsProcessor::new(299_792_458, None, None);
-    model.clear_kv_cache();
-    let started = Instant::now();
-    let input = Tensor::new(prompt, &device)?.unsqueeze(0)?;
-    let mut logits = model.forward(&input, 0)?.squeeze(0)?;
-    let prefill = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    for i in 0..decode_tokens {
-        let next = processor.sample(&logits)?;
-        let input = Tensor::new(&[next], &device)?.unsqueeze(0)?;
-        logits = model.forward(&input, prompt.len() + i)?.squeeze(0)?;
-    }
-    // The engine samples once more after its last forward; so does this loop.
-    processor.sample(&logits)?;
-    Ok(Speed {
-        prefill_tps: prompt.len() as f64 / prefill,
-        decode_tps: decode_tokens as f64 / started.elapsed().as_secs_f64(),
-    })
+/// `n` tokens of the article's RAG prompt, starting `offset` tokens in (so prompts differ).
+fn prompt_of(piece: &[u32], n: usize, offset: usize) -> Vec<u32> {
+    piece
+        .iter()
+        .cycle()
+        .skip(offset)
+        .take(n.max(1))
+        .copied()
+        .collect()
 }
 
+const PASSAGE: &str = "已知信息：ChatGLM-6B 是一个开源的、支持中英双语的对话语言模型，基于 General \
+    Language Model (GLM) 架构，具有 62 亿参数。结合模型量化技术，用户可以在消费级的显卡上进行本地部署\
+    （INT4 量化级别下最低只需 6GB 显存）。LoRA 的做法是冻结预训练模型的权重，在每一层注入可训练的低秩\
+    分解矩阵：W = W0 + B·A。根据上述已知信息，简洁和专业地回答用户的问题。";
+
 fn run(args: &Args) -> Result<(), String> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut generator = GeneratorArgs::for_model(args.model.to_string_lossy().into_owned());
-    generator.max_queued_requests = 1;
+    generator.max_queued_requests = 64;
     let mut loaded = load_model(&generator).map_err(|e| e.to_string())?;
-    if loaded.info.architecture != "qwen2" {
-        return Err(format!(
-            "{} is `{}`; the reference loop is candle's quantized_qwen2",
-            args.model.display(),
-            loaded.info.architecture
-        ));
-    }
-    let mut prompt = Vec::new();
-    let piece = loaded.tokenizer.encode(PROMPT).map_err(|e| e.to_string())?;
+    let file_bytes = std::fs::metadata(&args.model).map(|m| m.len()).unwrap_or(0);
+    let piece = loaded
+        .tokenizer
+        .encode(PASSAGE)
+        .map_err(|e| e.to_string())?;
     if piece.is_empty() {
         return Err("the prompt encodes to no tokens".into());
     }
-    while prompt.len() < args.prompt_tokens {
-        prompt.extend_from_slice(&piece);
-    }
-    prompt.truncate(args.prompt_tokens.max(1));
-    // Both sides decode exactly `decode_tokens`: no end-of-sequence stop.
+    let ask = loaded
+        .template
+        .render(&[Message::new(
+            Role::User,
+            format!(
+                "{}\n{}\n问题是：LoRA 的公式是什么？",
+                PASSAGE,
+                PASSAGE.repeat(3)
+            ),
+        )])
+        .map_err(|e| e.to_string())?;
+    let ask = loaded.tokenizer.encode(&ask).map_err(|e| e.to_string())?;
+    // Every run decodes exactly what it asks for: no end-of-sequence stop.
     loaded.tokenizer.eos_ids.clear();
     let info = loaded.info.clone();
-    let (engine, _shared) = GenerationEngine::start(loaded, 1);
-
-    let mut file = std::fs::File::open(&args.model).map_err(|e| e.to_string())?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
-    let mut reference = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
-        .map_err(|e| e.to_string())?;
-
+    let longest = args.prompt_tokens.iter().copied().max().unwrap_or(128);
+    let max_stream = args.streams.iter().copied().max().unwrap_or(1);
+    let config = EngineConfig {
+        max_queued: 64,
+        max_batch: max_stream.max(1),
+        kv_cache_tokens: (longest + args.decode_tokens + 32)
+            .max(max_stream * (args.stream_prompt_tokens + args.decode_tokens + 32))
+            .max(2 * (ask.len() + args.decode_tokens + 32)),
+        prefix_cache: true,
+        ..Default::default()
+    };
+    let (engine, shared) = GenerationEngine::start(loaded, config).map_err(|e| e.to_string())?;
     println!(
-        "model {} ({}, {}), prompt {} tokens, {} decoded, best of {} runs, {} CPU threads",
+        "model {} ({}, {}), {threads} threads, {} decoded per stream",
         args.model.display(),
         info.architecture,
         info.dtype,
-        prompt.len(),
         args.decode_tokens,
-        args.runs.max(1),
-        candle_core::utils::get_num_threads(),
     );
-    let (mut ours, mut theirs) = (Speed::default(), Speed::default());
-    for run in 0..args.runs.max(1) {
-        let a = run_engine(&engine, &prompt, args.decode_tokens).map_err(|e| e.to_string())?;
-        let b =
-            run_candle(&mut reference, &prompt, args.decode_tokens).map_err(|e| e.to_string())?;
-        eprintln!(
-            "run {}: zhiku {:.1}/{:.1} tok/s, candle {:.1}/{:.1} tok/s (prefill/decode)",
-            run + 1,
-            a.prefill_tps,
-            a.decode_tps,
-            b.prefill_tps,
-            b.decode_tps
-        );
-        ours = ours.best(a);
-        theirs = theirs.best(b);
-    }
-    println!("{:<24}{:>16}{:>16}", "", "prefill tok/s", "decode tok/s");
-    println!(
-        "{:<24}{:>16.1}{:>16.1}",
-        "zhiku engine", ours.prefill_tps, ours.decode_tps
-    );
-    println!(
-        "{:<24}{:>16.1}{:>16.1}",
-        "candle example loop", theirs.prefill_tps, theirs.decode_tps
-    );
-    println!(
-        "{:<24}{:>16.3}{:>16.3}",
-        "ratio zhiku/candle",
-        ours.prefill_tps / theirs.prefill_tps,
-        ours.decode_tps / theirs.decode_tps
-    );
-    if let Some(python) = &args.python
-        && let Some((llama, version)) = run_llama_cpp(args, python, &prompt)
-    {
+
+    if !args.skip.iter().any(|s| s == "one") {
         println!(
-            "{:<24}{:>16.1}{:>16.1}",
-            format!("llama.cpp ({version})"),
-            llama.prefill_tps,
-            llama.decode_tps
+            "\n## One stream{}",
+            if args.python.is_some() {
+                " vs llama.cpp"
+            } else {
+                ""
+            }
+        );
+        let prompts: Vec<Vec<u32>> = args
+            .prompt_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| prompt_of(&piece, n, 7 * i + 1))
+            .collect();
+        let mut ours = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let mut best = Speed::default();
+            for run in 0..args.runs.max(1) {
+                // A fresh prefix each run, so the prefix cache cannot help.
+                let mut p = p.clone();
+                p[0] = piece[(run * 13 + i) % piece.len()];
+                let shift = run % p.len().max(1);
+                p.rotate_left(shift);
+                let started = Instant::now();
+                let t = wait(
+                    submit(&engine, p.clone(), args.decode_tokens + 1)
+                        .map_err(|e| e.to_string())?,
+                    started,
+                )
+                .map_err(|e| e.to_string())?;
+                let decode_s = (t.total - t.ttft).as_secs_f64();
+                best.prefill_tps = best.prefill_tps.max(p.len() as f64 / t.ttft.as_secs_f64());
+                best.decode_tps = best
+                    .decode_tps
+                    .max(t.generated.saturating_sub(1) as f64 / decode_s);
+            }
+            ours.push(best);
+        }
+        let reference = match &args.python {
+            Some(py) => match run_llama_cpp(args, py, &prompts, threads) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("{e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        println!(
+            "| prompt | zhiku prefill tok/s | zhiku decode tok/s | llama.cpp prefill | llama.cpp decode | prefill ratio | decode ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for (i, s) in ours.iter().enumerate() {
+            match &reference {
+                Some((_, speeds)) => {
+                    let l = speeds.get(i).copied().unwrap_or_default();
+                    println!(
+                        "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                        prompts[i].len(),
+                        s.prefill_tps,
+                        s.decode_tps,
+                        l.prefill_tps,
+                        l.decode_tps,
+                        s.prefill_tps / l.prefill_tps,
+                        s.decode_tps / l.decode_tps
+                    );
+                }
+                None => println!(
+                    "| {} | {:.1} | {:.1} | - | - | - | - |",
+                    prompts[i].len(),
+                    s.prefill_tps,
+                    s.decode_tps
+                ),
+            }
+        }
+        if let Some((version, _)) = &reference {
+            println!("(llama.cpp: llama-cpp-python {version})");
+        }
+    }
+
+    if !args.skip.iter().any(|s| s == "streams") {
+        println!(
+            "\n## Concurrent streams ({}-token prompts)",
+            args.stream_prompt_tokens
         );
         println!(
-            "{:<24}{:>16.3}{:>16.3}",
-            "ratio zhiku/llama.cpp",
-            ours.prefill_tps / llama.prefill_tps,
-            ours.decode_tps / llama.decode_tps
+            "| streams | TTFT p50 ms | TTFT max ms | aggregate decode tok/s | per stream tok/s | vs one stream |"
+        );
+        println!("|---|---|---|---|---|---|");
+        let mut one = None;
+        for (k, &n) in args.streams.iter().enumerate() {
+            let started = Instant::now();
+            let rxs: Vec<_> = (0..n)
+                .map(|i| {
+                    submit(
+                        &engine,
+                        prompt_of(&piece, args.stream_prompt_tokens, 100 + 31 * i + 977 * k),
+                        args.decode_tokens + 1,
+                    )
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let timings: Vec<Timing> = rxs
+                .into_iter()
+                .map(|rx| wait(rx, started))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let mut ttfts: Vec<f64> = timings.iter().map(|t| t.ttft.as_secs_f64() * 1e3).collect();
+            ttfts.sort_by(f64::total_cmp);
+            let end = timings.iter().map(|t| t.total).max().unwrap_or_default();
+            let first_max = timings.iter().map(|t| t.ttft).max().unwrap_or_default();
+            let decoded: usize = timings.iter().map(|t| t.generated.saturating_sub(1)).sum();
+            // Decode steps after the last stream's first token: every stream decodes then.
+            let aggregate = decoded as f64 / (end - first_max.min(end)).as_secs_f64().max(1e-9);
+            let base = *one.get_or_insert(aggregate);
+            println!(
+                "| {n} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}x |",
+                ttfts[ttfts.len() / 2],
+                ttfts.last().copied().unwrap_or(0.0),
+                aggregate,
+                aggregate / n as f64,
+                aggregate / base
+            );
+        }
+        let stats = &shared.stats;
+        let steps = stats
+            .steps
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        println!(
+            "(largest batch {}, mean {:.1} sequences per step)",
+            stats
+                .max_batch_seen
+                .load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .batched_sequences
+                .load(std::sync::atomic::Ordering::Relaxed) as f64
+                / steps as f64
         );
     }
+
+    if !args.skip.iter().any(|s| s == "prefix") {
+        println!(
+            "\n## Prefix cache: the same Ask twice ({} prompt tokens)",
+            ask.len()
+        );
+        let mut times = Vec::new();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let t = wait(
+                submit(&engine, ask.clone(), 4).map_err(|e| e.to_string())?,
+                started,
+            )
+            .map_err(|e| e.to_string())?;
+            times.push(t);
+        }
+        println!("| ask | TTFT ms | cached prompt tokens |");
+        println!("|---|---|---|");
+        for (i, t) in times.iter().enumerate() {
+            println!(
+                "| {} | {:.0} | {} |",
+                i + 1,
+                t.ttft.as_secs_f64() * 1e3,
+                t.cached
+            );
+        }
+        println!(
+            "second / first TTFT: {:.3}",
+            times[1].ttft.as_secs_f64() / times[0].ttft.as_secs_f64()
+        );
+    }
+
+    let rss = resident_bytes();
+    println!(
+        "\n## Memory\nresident {:.0} MiB, GGUF file {:.0} MiB: {:.2}x the file",
+        rss as f64 / 1048576.0,
+        file_bytes as f64 / 1048576.0,
+        rss as f64 / file_bytes.max(1) as f64
+    );
     Ok(())
+}
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
 }
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
@@ -296,9 +459,17 @@ fn run(args: &Args) -> Result<(), String> {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // SAFETY: the first statement of main; no other thread exists yet.
-    unsafe { zhiku_models::pin_cpu_threads() };
     let args = Args::parse();
+    if let Some(n) = args.threads {
+        // SAFETY: the first statements of main; no other thread exists yet.
+        unsafe {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe { zhiku_models::pin_cpu_threads() };
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,22 +3,22 @@
 //!
 //! - ChatGLM-6B (`model_type` "chatglm" with `position_encoding_2d`): our own implementation,
 //!   with LoRA adapters merged at load or kept per request;
-//! - ChatGLM2/3-6B, GLM-4-9B-chat and GLM-4-0414: candle-transformers' networks (see
-//!   [`super::glm`]), with LoRA adapters merged at load only.
+//! - ChatGLM2/3-6B, GLM-4-9B-chat and GLM-4-0414: zhiku's batched decoder (see
+//!   [`super::families`]), with LoRA adapters merged at load or applied per request.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use super::chatglm6b::{ChatGlm6b, ChatGlm6bConfig};
-use super::glm::{GlmFamily, GlmHead, GlmModel, detect_family};
-use super::{AdapterSummary, LoadedModel, ModelInfo};
+use super::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
+use super::glm::{GlmFamily, GlmHead, detect_family};
+use super::{AdapterSummary, LoadedModel, ModelInfo, ModelKind};
 use crate::error::GeneratorError;
-use crate::lora::{LoraAdapter, merge_into_tensors};
+use crate::lora::LoraAdapter;
 use crate::template::ChatTemplate;
 use crate::tokenizer::GenTokenizer;
 
@@ -342,10 +342,11 @@ impl ModelFiles<'_> {
             summaries,
         );
         Ok(LoadedModel {
-            model: Box::new(model),
+            model: ModelKind::Single(Box::new(model)),
             tokenizer,
             template,
             info,
+            adapter_weights: Vec::new(),
         })
     }
 
@@ -371,14 +372,6 @@ impl ModelFiles<'_> {
                 head.model_type.as_deref().unwrap_or_default()
             ))
         })?;
-        if !adapters.attach.is_empty() {
-            return Err(GeneratorError::UnsupportedModel(format!(
-                "{}: per-request LoRA adapters (--lora) need layers that carry unmerged \
-                 adapters, which only zhiku's own ChatGLM-6B has; merge the adapter at load \
-                 with --merge-lora instead",
-                family.architecture()
-            )));
-        }
         let inner = match json_tokenizer {
             Some(t) => t,
             None => {
@@ -435,43 +428,38 @@ impl ModelFiles<'_> {
         let tokenizer = GenTokenizer::with_stops(inner, stop);
         let template = chat_template(self.dir, &tokenizer, template);
 
-        let (vb, summaries) = if adapters.merge.is_empty() {
-            (self.mmap()?, Vec::new())
-        } else {
-            self.merged_weights(&adapters.merge)?
+        let mut summaries = Vec::new();
+        let mut merged = Vec::new();
+        for path in &adapters.merge {
+            let adapter = LoraAdapter::load(&adapter_name(path), path, self.dtype, self.device)?;
+            summaries.push(adapter.summary(true));
+            merged.push(adapter);
+        }
+        let mut weights =
+            SafetensorsWeights::open(&weight_files(self.dir)?, self.device, self.dtype, &merged)?;
+        let mut decoder = match family {
+            GlmFamily::Glm4_0414 => glm4_0414_decoder(self.config_text, &mut weights)?,
+            _ => chatglm_decoder(self.config_text, &mut weights)?,
         };
-        let model = GlmModel::new(family, self.config_text, vb)?.with_prefix(prefix);
-        let info = self.info(family.architecture(), model.context_length(), summaries);
+        decoder.prefix = prefix;
+        let mut attached = Vec::new();
+        for (name, path) in &adapters.attach {
+            let adapter = LoraAdapter::load(name, path, self.dtype, self.device)?;
+            let adapter = crate::lora::prepare_for(adapter, &decoder)?;
+            summaries.push(adapter.summary(false));
+            attached.push(adapter);
+        }
+        let info = self.info(
+            family.architecture(),
+            decoder.spec.context_length,
+            summaries,
+        );
         Ok(LoadedModel {
-            model: Box::new(model),
+            model: ModelKind::Batched(std::sync::Arc::new(decoder)),
             tokenizer,
             template,
             info,
+            adapter_weights: attached,
         })
-    }
-
-    /// The checkpoint's tensors with `paths`' adapters merged in (W = W0 + (alpha/r)·B·A), for
-    /// networks that candle builds from a VarBuilder: they are read into memory (one copy,
-    /// instead of the memory map) so the targeted weights can be replaced before the build.
-    fn merged_weights(
-        &self,
-        paths: &[PathBuf],
-    ) -> Result<(VarBuilder<'static>, Vec<AdapterSummary>), GeneratorError> {
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for file in weight_files(self.dir)? {
-            let part = candle_core::safetensors::load(&file, self.device)
-                .map_err(|e| GeneratorError::Load(format!("{}: {e}", file.display())))?;
-            tensors.extend(part);
-        }
-        let mut summaries = Vec::new();
-        for path in paths {
-            let adapter = LoraAdapter::load(&adapter_name(path), path, self.dtype, self.device)?;
-            merge_into_tensors(&mut tensors, &adapter, self.dtype)?;
-            summaries.push(adapter.summary(true));
-        }
-        Ok((
-            VarBuilder::from_tensors(tensors, self.dtype, self.device),
-            summaries,
-        ))
     }
 }

@@ -1,5 +1,6 @@
-//! GGUF (quantized) models: Llama, Qwen2 and GLM-4, as candle-transformers implements them.
-//! INT4/INT8 weights are what let a 6B-9B model fit on a consumer card or a laptop.
+//! GGUF (quantized) models: Llama, Qwen2 and GLM-4 on zhiku's decoder. INT4/INT8 weights
+//! are what let a 6B-9B model fit on a consumer card or a laptop. candle-transformers'
+//! networks for the same files stay here as the reference the tests compare against.
 
 use std::path::Path;
 
@@ -7,8 +8,11 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{quantized_glm4, quantized_llama, quantized_qwen2};
 
-use super::{CausalLm, LoadedModel, ModelInfo};
+use super::directory::AdapterRequest;
+use super::families::{GgufTensors, gguf_decoder};
+use super::{CausalLm, LoadedModel, ModelInfo, ModelKind};
 use crate::error::GeneratorError;
+use crate::lora::LoraAdapter;
 use crate::template::ChatTemplate;
 use crate::tokenizer::GenTokenizer;
 
@@ -66,26 +70,69 @@ fn quantization_name(content: &gguf_file::Content) -> String {
         .unwrap_or_else(|| "gguf".into())
 }
 
-/// Loads a GGUF file; the tokenizer is `tokenizer.json` beside it when there is one, else the
-/// vocabulary inside the file.
-pub fn load(path: &Path, model_id: String, device: &Device) -> Result<LoadedModel, GeneratorError> {
+/// candle-transformers' own network for a GGUF file: the reference our decoder is tested
+/// against (never the serving path).
+pub fn load_reference(path: &Path, device: &Device) -> Result<GgufModel, GeneratorError> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| GeneratorError::Load(format!("cannot open {}: {e}", path.display())))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| GeneratorError::Load(format!("{} is not a GGUF file: {e}", path.display())))?;
-    let md = &content.metadata;
-    let architecture = md
+    let architecture = architecture(&content)?;
+    let weights = match architecture.as_str() {
+        "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
+            content, &mut file, device,
+        )?),
+        "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+            content, &mut file, device,
+        )?),
+        "glm4" | "chatglm" => Weights::Glm4(quantized_glm4::ModelWeights::from_gguf(
+            content,
+            &mut file,
+            device,
+            DType::F32,
+        )?),
+        other => {
+            return Err(GeneratorError::UnsupportedModel(format!(
+                "GGUF architecture `{other}`"
+            )));
+        }
+    };
+    Ok(GgufModel {
+        weights,
+        device: device.clone(),
+    })
+}
+
+fn architecture(content: &gguf_file::Content) -> Result<String, GeneratorError> {
+    content
+        .metadata
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .ok_or_else(|| GeneratorError::Load("GGUF has no general.architecture".into()))?;
-    let context_length = md
-        .get(&format!("{architecture}.context_length"))
-        .and_then(|v| v.to_u32().ok())
-        .unwrap_or(2048) as usize;
-    let dtype = quantization_name(&content);
+        .ok_or_else(|| GeneratorError::Load("GGUF has no general.architecture".into()))
+}
 
-    let mut tokenizer = GenTokenizer::from_gguf(&content)?;
+/// Loads a GGUF file into zhiku's batched decoder; the tokenizer is `tokenizer.json` beside
+/// it when there is one, else the vocabulary inside the file. `--lora` adapters are kept
+/// beside the quantized weights and applied per request.
+pub fn load(
+    path: &Path,
+    model_id: String,
+    device: &Device,
+    adapters: &AdapterRequest,
+) -> Result<LoadedModel, GeneratorError> {
+    if !adapters.merge.is_empty() {
+        return Err(GeneratorError::UnsupportedModel(
+            "--merge-lora folds an adapter into full-precision weights, which a quantized GGUF \
+             file does not have; serve the adapter unmerged with --lora NAME=DIR instead"
+                .into(),
+        ));
+    }
+    let mut gg = GgufTensors::open(path, device)?;
+    let architecture = architecture(&gg.content)?;
+    let md = &gg.content.metadata;
+    let dtype = quantization_name(&gg.content);
+    let mut tokenizer = GenTokenizer::from_gguf(&gg.content)?;
     if let Some(json) = path
         .parent()
         .map(|d| d.join("tokenizer.json"))
@@ -97,35 +144,16 @@ pub fn load(path: &Path, model_id: String, device: &Device) -> Result<LoadedMode
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned();
-
-    let (weights, family_template) = match architecture.as_str() {
-        "llama" => (
-            Weights::Llama(quantized_llama::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
-            ChatTemplate::ChatMl,
-        ),
-        "qwen2" => (
-            Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
-            ChatTemplate::ChatMl,
-        ),
-        "glm4" | "chatglm" => (
-            Weights::Glm4(quantized_glm4::ModelWeights::from_gguf(
-                content,
-                &mut file,
-                device,
-                DType::F32,
-            )?),
-            ChatTemplate::Glm4,
-        ),
-        other => {
-            return Err(GeneratorError::UnsupportedModel(format!(
-                "GGUF architecture `{other}`; zhiku runs GGUF `llama`, `qwen2` and `glm4`"
-            )));
-        }
+    let arch = match architecture.as_str() {
+        "chatglm" => "glm4",
+        other => other,
     };
+    let family_template = match arch {
+        "glm4" => ChatTemplate::Glm4,
+        _ => ChatTemplate::ChatMl,
+    };
+    let decoder = gguf_decoder(&mut gg, arch)?;
+    let context_length = decoder.spec.context_length;
     let template = match embedded_template {
         Some(source) => ChatTemplate::Jinja {
             source,
@@ -134,15 +162,20 @@ pub fn load(path: &Path, model_id: String, device: &Device) -> Result<LoadedMode
         },
         None => family_template,
     };
-    let architecture = match architecture.as_str() {
-        "glm4" | "chatglm" => "quantized-glm4".to_owned(),
+    let architecture = match arch {
+        "glm4" => "quantized-glm4".to_owned(),
         other => other.to_owned(),
     };
+    let mut summaries = Vec::new();
+    let mut weights = Vec::new();
+    for (name, dir) in &adapters.attach {
+        let adapter = LoraAdapter::load(name, dir, DType::F32, &Device::Cpu)?;
+        let adapter = crate::lora::prepare_for(adapter, &decoder)?;
+        summaries.push(adapter.summary(false));
+        weights.push(adapter);
+    }
     Ok(LoadedModel {
-        model: Box::new(GgufModel {
-            weights,
-            device: device.clone(),
-        }),
+        model: ModelKind::Batched(std::sync::Arc::new(decoder)),
         tokenizer,
         template,
         info: ModelInfo {
@@ -155,7 +188,8 @@ pub fn load(path: &Path, model_id: String, device: &Device) -> Result<LoadedMode
                 "cuda".into()
             },
             context_length,
-            adapters: Vec::new(),
+            adapters: summaries,
         },
+        adapter_weights: weights,
     })
 }

@@ -14,8 +14,7 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
     let adapters = args.adapters()?;
     let model = Path::new(&args.model);
     if model.is_file() {
-        refuse_adapters_for_gguf(&adapters)?;
-        return load_file(model, args.model.clone(), &device);
+        return load_file(model, args.model.clone(), &device, &adapters);
     }
     let source = ModelSource::resolve(&args.model, Some(&args.models_dir))?;
     match &source {
@@ -23,14 +22,13 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
             if dir.join("config.json").is_file() && gguf_files(dir).is_empty() {
                 return directory::load(dir, source.id(), &device, args.dtype.dtype(), &adapters);
             }
-            refuse_adapters_for_gguf(&adapters)?;
             let named = dir.join(&args.gguf_file);
             if named.is_file() {
-                return load_file(&named, source.id(), &device);
+                return load_file(&named, source.id(), &device, &adapters);
             }
             let ggufs = gguf_files(dir);
             match ggufs.as_slice() {
-                [one] => load_file(one, source.id(), &device),
+                [one] => load_file(one, source.id(), &device, &adapters),
                 [] => Err(GeneratorError::Load(format!(
                     "{} holds neither a .gguf file nor config.json",
                     dir.display()
@@ -45,10 +43,7 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
         // A hub repository holds GGUF files or a safetensors checkpoint: the named GGUF file
         // wins; without it, a repository with config.json is a checkpoint.
         ModelSource::Hub { .. } => match source.get(&args.gguf_file) {
-            Ok(path) => {
-                refuse_adapters_for_gguf(&adapters)?;
-                load_file(&path, source.id(), &device)
-            }
+            Ok(path) => load_file(&path, source.id(), &device, &adapters),
             Err(gguf_missing) => match source.get_optional("config.json") {
                 Some(config) => {
                     let dir = fetch_checkpoint(&source, &config)?;
@@ -116,9 +111,10 @@ fn load_file(
     path: &Path,
     model_id: String,
     device: &candle_core::Device,
+    adapters: &directory::AdapterRequest,
 ) -> Result<LoadedModel, GeneratorError> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("gguf") => gguf::load(path, model_id, device),
+        Some("gguf") => gguf::load(path, model_id, device, adapters),
         _ => Err(GeneratorError::UnsupportedModel(format!(
             "{}: expected a .gguf file or a model directory",
             path.display()
@@ -137,16 +133,4 @@ fn gguf_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     files.sort();
     files
-}
-
-fn refuse_adapters_for_gguf(adapters: &directory::AdapterRequest) -> Result<(), GeneratorError> {
-    if adapters.merge.is_empty() && adapters.attach.is_empty() {
-        Ok(())
-    } else {
-        Err(GeneratorError::UnsupportedModel(
-            "LoRA adapters (--lora, --merge-lora) apply to safetensors checkpoints, not to \
-             quantized GGUF files"
-                .into(),
-        ))
-    }
 }

@@ -1,9 +1,13 @@
 //! Language models behind one trait, and loading them from a file, a directory or the hub.
 
+pub mod attention;
 pub mod chatglm6b;
+pub mod decoder;
 pub mod directory;
+pub mod families;
 pub mod gguf;
 pub mod glm;
+pub mod layers;
 pub mod load;
 
 pub use load::load_model;
@@ -53,10 +57,30 @@ pub struct ModelInfo {
     pub adapters: Vec<AdapterSummary>,
 }
 
+/// How the engine runs a model.
+pub enum ModelKind {
+    /// Our decoder: continuous batching over the engine's KV cache.
+    Batched(std::sync::Arc<dyn decoder::BatchModel>),
+    /// A model with its own single-sequence cache (ChatGLM-6B).
+    Single(Box<dyn CausalLm>),
+}
+
+impl ModelKind {
+    /// The batched decoder, if the model is one.
+    pub fn batched(&self) -> Option<&std::sync::Arc<dyn decoder::BatchModel>> {
+        match self {
+            ModelKind::Batched(m) => Some(m),
+            ModelKind::Single(_) => None,
+        }
+    }
+}
+
 /// A model ready to generate: weights, tokenizer, template.
 pub struct LoadedModel {
-    pub model: Box<dyn CausalLm>,
+    pub model: ModelKind,
     pub tokenizer: GenTokenizer,
     pub template: ChatTemplate,
     pub info: ModelInfo,
+    /// Unmerged adapters of a batched model, applied per request (named in `info.adapters`).
+    pub adapter_weights: Vec<crate::lora::LoraAdapter>,
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod tiny_gguf;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -185,6 +187,39 @@ pub fn write_adapter(
     candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
 }
 
+/// Greedy generation from prompt ids through the engine; the engine's error as it is.
+pub fn try_generate_ids(
+    state: &GeneratorState,
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+) -> Result<Completion, zhiku_generator::GeneratorError> {
+    let (events, mut rx) = mpsc::unbounded_channel();
+    state.engine.submit(Job {
+        prompt,
+        sampling: SamplingConfig {
+            max_new_tokens,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        },
+        adapter: None,
+        deadline: None,
+        events,
+    })?;
+    loop {
+        match rx.blocking_recv() {
+            Some(Event::Chunk { .. }) => continue,
+            Some(Event::Done(c)) => return Ok(c),
+            Some(Event::Failed(e)) => return Err(e),
+            None => panic!("the engine dropped the request"),
+        }
+    }
+}
+
+/// [`try_generate_ids`] that must succeed.
+pub fn generate_ids(state: &GeneratorState, prompt: Vec<u32>, max_new_tokens: usize) -> Completion {
+    try_generate_ids(state, prompt, max_new_tokens).expect("generation succeeds")
+}
+
 /// Greedy generation of an answer to `question` (rendered with the model's chat template),
 /// through the engine as the gRPC handlers drive it. Call outside an async runtime.
 pub fn ask(state: &GeneratorState, question: &str, max_new_tokens: usize) -> Completion {
@@ -194,29 +229,7 @@ pub fn ask(state: &GeneratorState, question: &str, max_new_tokens: usize) -> Com
         .render(&[Message::new(Role::User, question)])
         .unwrap();
     let prompt = state.shared.tokenizer.encode(&text).unwrap();
-    let (events, mut rx) = mpsc::unbounded_channel();
-    state
-        .engine
-        .submit(Job {
-            prompt,
-            sampling: SamplingConfig {
-                max_new_tokens,
-                repetition_penalty: 1.0,
-                ..Default::default()
-            },
-            adapter: None,
-            deadline: None,
-            events,
-        })
-        .unwrap();
-    loop {
-        match rx.blocking_recv() {
-            Some(Event::Chunk { .. }) => continue,
-            Some(Event::Done(c)) => return c,
-            Some(Event::Failed(e)) => panic!("generation failed: {e}"),
-            None => panic!("the engine dropped the request"),
-        }
-    }
+    generate_ids(state, prompt, max_new_tokens)
 }
 
 /// A SentencePiece piece for [`sentencepiece_model`].

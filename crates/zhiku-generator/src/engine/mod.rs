@@ -1,0 +1,307 @@
+//! The generation engine: one worker thread owns the model and the KV cache.
+//!
+//! - Batched models ([`crate::models::decoder::BatchModel`]) run under the [`scheduler`]:
+//!   continuous batching over a paged KV cache with prefix reuse, long prompts prefilled in
+//!   chunks between decode steps, a LoRA adapter per sequence.
+//! - Single-sequence models (ChatGLM-6B with its 2-D positions and bidirectional prompt)
+//!   run one request at a time ([`legacy`]).
+//!
+//! Either way requests wait in a bounded FIFO queue (full: RESOURCE_EXHAUSTED at once), and
+//! a request whose client went away or whose deadline passed is dropped at the next step,
+//! its KV blocks freed for the next one.
+
+pub mod kv_cache;
+mod legacy;
+pub mod scheduler;
+mod sequence;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::error::GeneratorError;
+use crate::lora::LoraAdapter;
+use crate::models::{AdapterSummary, LoadedModel, ModelKind};
+use crate::sampling::SamplingConfig;
+pub use kv_cache::{KvDtype, PrefixStats};
+pub use scheduler::EngineConfig;
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Eos,
+    Length,
+    StopString,
+}
+
+/// The outcome of a finished request.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Prompt tokens whose K/V came from the prefix cache.
+    pub cached_prompt_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// New text; never splits a character, never contains (part of) a stop string.
+    Chunk {
+        text: String,
+        generated_tokens: usize,
+    },
+    Done(Completion),
+    Failed(GeneratorError),
+}
+
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingConfig,
+    pub adapter: Option<String>,
+    pub deadline: Option<Instant>,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+pub struct GenerationEngine {
+    queue: mpsc::Sender<Job>,
+    max_queued: usize,
+}
+
+/// An adapter the engine knows: merged into the weights, or kept beside them.
+#[derive(Clone)]
+pub struct AdapterEntry {
+    pub summary: AdapterSummary,
+    /// Unmerged adapters of batched models: applied per request.
+    pub weights: Option<Arc<LoraAdapter>>,
+}
+
+/// Checks an adapter against the model and readies it for the model's layers.
+pub type AdapterLoader =
+    Box<dyn Fn(LoraAdapter) -> Result<LoraAdapter, GeneratorError> + Send + Sync>;
+
+/// What the handlers need besides the model itself.
+pub struct EngineShared {
+    pub tokenizer: crate::tokenizer::GenTokenizer,
+    pub template: crate::template::ChatTemplate,
+    pub info: crate::models::ModelInfo,
+    pub stats: EngineStats,
+    /// Adapters by name; LoadAdapter / UnloadAdapter change it while serving.
+    pub adapters: RwLock<HashMap<String, AdapterEntry>>,
+    /// Checks a new adapter against the model and prepares it (None: the model cannot take
+    /// adapters at run time).
+    pub adapter_loader: Option<AdapterLoader>,
+    /// Tokens every prompt starts with (added when missing).
+    pub prompt_prefix: Vec<u32>,
+    /// KV cache and batch facts, for Info.
+    pub cache: Mutex<CacheReport>,
+}
+
+/// The engine's KV cache as Info reports it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CacheReport {
+    pub capacity_tokens: usize,
+    pub used_tokens: usize,
+    pub max_batch: usize,
+    pub active: usize,
+    pub prefix: PrefixStats,
+    pub batched: bool,
+}
+
+/// Counters, for tests and logs.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub completed: AtomicUsize,
+    pub cancelled: AtomicUsize,
+    pub generated_tokens: AtomicUsize,
+    /// Forward steps run, and sequences summed over them (their ratio is the mean batch).
+    pub steps: AtomicUsize,
+    pub batched_sequences: AtomicUsize,
+    pub max_batch_seen: AtomicUsize,
+}
+
+impl EngineShared {
+    /// The weights of an unmerged adapter, Ok(None) for the base model or a merged one.
+    pub fn resolve_adapter(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Option<Arc<LoraAdapter>>, GeneratorError> {
+        let Some(name) = name else { return Ok(None) };
+        let adapters = self
+            .adapters
+            .read()
+            .map_err(|_| GeneratorError::Inference("adapter registry poisoned".into()))?;
+        match adapters.get(name) {
+            Some(e) => Ok(e.weights.clone()),
+            None => Err(GeneratorError::UnknownAdapter(name.to_owned())),
+        }
+    }
+
+    pub fn adapter_summaries(&self) -> Vec<AdapterSummary> {
+        let mut list: Vec<AdapterSummary> = self
+            .adapters
+            .read()
+            .map(|a| a.values().map(|e| e.summary.clone()).collect())
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Adds (or replaces) an unmerged adapter while serving.
+    pub fn load_adapter(&self, adapter: LoraAdapter) -> Result<AdapterSummary, GeneratorError> {
+        let Some(prepare) = &self.adapter_loader else {
+            return Err(GeneratorError::UnsupportedModel(format!(
+                "{} takes adapters only at start-up (--lora / --merge-lora)",
+                self.info.architecture
+            )));
+        };
+        let adapter = prepare(adapter)?;
+        let summary = adapter.summary(false);
+        let mut adapters = self
+            .adapters
+            .write()
+            .map_err(|_| GeneratorError::Inference("adapter registry poisoned".into()))?;
+        if adapters
+            .get(&adapter.name)
+            .is_some_and(|e| e.summary.merged)
+        {
+            return Err(GeneratorError::Validation(format!(
+                "adapter `{}` is merged into the weights; pick another name",
+                adapter.name
+            )));
+        }
+        adapters.insert(
+            adapter.name.clone(),
+            AdapterEntry {
+                summary: summary.clone(),
+                weights: Some(Arc::new(adapter)),
+            },
+        );
+        Ok(summary)
+    }
+
+    /// Removes an unmerged adapter; requests already running with it finish with it.
+    pub fn unload_adapter(&self, name: &str) -> Result<(), GeneratorError> {
+        let mut adapters = self
+            .adapters
+            .write()
+            .map_err(|_| GeneratorError::Inference("adapter registry poisoned".into()))?;
+        match adapters.get(name) {
+            None => Err(GeneratorError::UnknownAdapter(name.to_owned())),
+            Some(e) if e.summary.merged => Err(GeneratorError::Validation(format!(
+                "adapter `{name}` is merged into the weights and cannot be unloaded"
+            ))),
+            Some(_) => {
+                adapters.remove(name);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl GenerationEngine {
+    /// Starts the worker thread that owns `model`.
+    pub fn start(
+        model: LoadedModel,
+        config: EngineConfig,
+    ) -> Result<(Self, Arc<EngineShared>), GeneratorError> {
+        let max_queued = config.max_queued.max(1);
+        let (queue, rx) = mpsc::channel(max_queued);
+        let LoadedModel {
+            model,
+            tokenizer,
+            template,
+            info,
+            adapter_weights,
+        } = model;
+        let mut weights: HashMap<String, Arc<LoraAdapter>> = adapter_weights
+            .into_iter()
+            .map(|a| (a.name.clone(), Arc::new(a)))
+            .collect();
+        let registry: HashMap<String, AdapterEntry> = info
+            .adapters
+            .iter()
+            .map(|s| {
+                let entry = AdapterEntry {
+                    summary: s.clone(),
+                    weights: weights.remove(&s.name),
+                };
+                (s.name.clone(), entry)
+            })
+            .collect();
+        let (prompt_prefix, loader): (Vec<u32>, _) = match &model {
+            ModelKind::Batched(m) => {
+                let m = m.clone();
+                let prefix = m.prompt_prefix().to_vec();
+                let loader: AdapterLoader =
+                    Box::new(move |a| crate::lora::prepare_for(a, m.as_ref()));
+                (prefix, Some(loader))
+            }
+            ModelKind::Single(_) => (Vec::new(), None),
+        };
+        let shared = Arc::new(EngineShared {
+            tokenizer,
+            template,
+            info,
+            stats: EngineStats::default(),
+            adapters: RwLock::new(registry),
+            adapter_loader: loader,
+            prompt_prefix,
+            cache: Mutex::new(CacheReport::default()),
+        });
+        let worker_shared = shared.clone();
+        match model {
+            ModelKind::Batched(m) => {
+                let scheduler = scheduler::Scheduler::new(m, worker_shared, config)?;
+                std::thread::Builder::new()
+                    .name("zhiku-generate".into())
+                    .spawn(move || scheduler.run(rx))
+                    .map_err(|e| GeneratorError::Load(format!("cannot start the engine: {e}")))?;
+            }
+            ModelKind::Single(m) => {
+                if let Ok(mut c) = shared.cache.lock() {
+                    c.max_batch = 1;
+                }
+                std::thread::Builder::new()
+                    .name("zhiku-generate".into())
+                    .spawn(move || legacy::worker(m, worker_shared, rx))
+                    .map_err(|e| GeneratorError::Load(format!("cannot start the engine: {e}")))?;
+            }
+        }
+        Ok((Self { queue, max_queued }, shared))
+    }
+
+    /// Queues a job, or refuses it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), GeneratorError> {
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => GeneratorError::Overloaded(self.max_queued),
+            mpsc::error::TrySendError::Closed(_) => GeneratorError::ShuttingDown,
+        })
+    }
+}
+
+/// Records a finished, cancelled or failed sequence in the counters and tells its client.
+fn report(shared: &EngineShared, job: &Job, outcome: Result<Completion, GeneratorError>) {
+    match outcome {
+        Ok(completion) => {
+            shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+            let _ = job.events.send(Event::Done(completion));
+        }
+        Err(GeneratorError::Cancelled) => {
+            shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("request cancelled by the client; generation stopped, slot freed");
+        }
+        Err(e) => {
+            if let GeneratorError::DeadlineExceeded { generated } = &e {
+                tracing::info!(generated, "the deadline passed; generation stopped");
+            }
+            let _ = job.events.send(Event::Failed(e));
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Continuous batching. The scheduler owns the sequences and the KV blocks; every step it
+//!
+//! 1. drops sequences whose client went away or whose deadline passed (blocks freed);
+//! 2. admits waiting requests, in arrival order, while the batch and the KV budget allow
+//!    (each reserves blocks for its prompt plus `max_new_tokens`, starting from the longest
+//!    cached prefix of its prompt);
+//! 3. runs one forward over every decoding sequence (one token each) plus prompt chunks of
+//!    the sequences still prefilling, up to `--prefill-chunk` prompt tokens per step, so a
+//!    long prompt never stalls the streams already running;
+//! 4. samples each sequence that got logits, streams its text, retires the finished ones
+//!    (their computed blocks stay in the prefix cache).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::kv_cache::{BlockManager, KvCache, KvDtype};
+use super::sequence::{Next, Sequence};
+use super::{EngineShared, Job, report};
+use crate::error::GeneratorError;
+use crate::lora::LoraAdapter;
+use crate::models::decoder::{Batch, BatchModel};
+
+/// How the engine batches and caches.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Requests that may wait; past it, RESOURCE_EXHAUSTED at once.
+    pub max_queued: usize,
+    /// Sequences decoded together in one step.
+    pub max_batch: usize,
+    /// Tokens the KV cache holds, over all sequences.
+    pub kv_cache_tokens: usize,
+    pub kv_dtype: KvDtype,
+    /// Prompt tokens prefilled per step.
+    pub prefill_chunk: usize,
+    /// Reuse the K/V of prompt prefixes seen before.
+    pub prefix_cache: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_queued: 32,
+            max_batch: 16,
+            kv_cache_tokens: 16_384,
+            kv_dtype: KvDtype::F32,
+            prefill_chunk: 512,
+            prefix_cache: true,
+        }
+    }
+}
+
+/// A request being generated.
+struct Running {
+    seq: Sequence,
+    /// Prompt, then generated tokens.
+    tokens: Vec<u32>,
+    /// Tokens whose K/V are in the cache.
+    computed: usize,
+    blocks: Vec<u32>,
+    adapter: Option<Arc<LoraAdapter>>,
+    adapter_key: String,
+}
+
+pub struct Scheduler {
+    model: Arc<dyn BatchModel>,
+    shared: Arc<EngineShared>,
+    config: EngineConfig,
+    cache: KvCache,
+    blocks: BlockManager,
+    waiting: VecDeque<Job>,
+    running: Vec<Running>,
+}
+
+impl Scheduler {
+    pub fn new(
+        model: Arc<dyn BatchModel>,
+        shared: Arc<EngineShared>,
+        config: EngineConfig,
+    ) -> Result<Self, GeneratorError> {
+        let cache = KvCache::new(
+            model.kv_shape(),
+            config.kv_cache_tokens,
+            config.kv_dtype,
+            model.device(),
+            model.kv_dtype(),
+        )?;
+        let blocks = BlockManager::new(cache.num_blocks);
+        tracing::info!(
+            kv_cache_tokens = cache.capacity_tokens(),
+            kv_cache_mib = cache.bytes() >> 20,
+            max_batch = config.max_batch,
+            prefill_chunk = config.prefill_chunk,
+            prefix_cache = config.prefix_cache,
+            "engine ready"
+        );
+        Ok(Self {
+            model,
+            shared,
+            config,
+            cache,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        })
+    }
+
+    /// Serves until the queue closes (the engine was dropped).
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.blocking_recv() {
+                    Some(job) => self.waiting.push_back(job),
+                    None => return,
+                }
+            }
+            self.drop_dead();
+            self.admit(&mut rx);
+            self.publish();
+            if self.running.is_empty() {
+                // Nothing admissible: the front request waits for blocks that nobody holds
+                // (cannot happen: admission refuses what can never fit) or was dropped.
+                continue;
+            }
+            self.step();
+        }
+    }
+
+    fn publish(&self) {
+        if let Ok(mut c) = self.shared.cache.lock() {
+            c.capacity_tokens = self.cache.capacity_tokens();
+            c.used_tokens = self.blocks.in_use() * super::kv_cache::BLOCK_SIZE;
+            c.max_batch = self.config.max_batch;
+            c.active = self.running.len();
+            c.prefix = self.blocks.stats;
+            c.batched = true;
+        }
+    }
+
+    fn retire(&mut self, i: usize, outcome: Result<super::Completion, GeneratorError>) {
+        let r = self.running.remove(i);
+        if self.config.prefix_cache && outcome.is_ok() {
+            self.blocks
+                .register_prefix(&r.blocks, &r.tokens[..r.computed], &r.adapter_key);
+        }
+        self.blocks.release(&r.blocks);
+        report(&self.shared, &r.seq.job, outcome);
+    }
+
+    fn drop_dead(&mut self) {
+        self.waiting.retain(|job| !job.events.is_closed());
+        let mut i = 0;
+        while i < self.running.len() {
+            match self.running[i].seq.check_alive() {
+                Ok(()) => i += 1,
+                Err(e) => self.retire(i, Err(e)),
+            }
+        }
+    }
+
+    /// Moves waiting requests into the batch while there is room, in arrival order. The
+    /// channel is read only when the waiting list is empty, so the queue bound holds.
+    fn admit(&mut self, rx: &mut mpsc::Receiver<Job>) {
+        while self.running.len() < self.config.max_batch {
+            if self.waiting.is_empty() {
+                match rx.try_recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            let Some(job) = self.waiting.front() else {
+                return;
+            };
+            if job.events.is_closed() {
+                self.waiting.pop_front();
+                continue;
+            }
+            let adapter = match self.shared.resolve_adapter(job.adapter.as_deref()) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.refuse_front(e);
+                    continue;
+                }
+            };
+            let adapter_key = adapter.as_ref().map(|a| a.key()).unwrap_or_default();
+            let mut tokens = self.shared.prompt_prefix.clone();
+            if !job.prompt.starts_with(&tokens) {
+                tokens.extend_from_slice(&job.prompt);
+            } else {
+                tokens = job.prompt.clone();
+            }
+            let context = self.shared.info.context_length;
+            if tokens.len() >= context {
+                let added = tokens.len() - job.prompt.len().min(tokens.len());
+                self.refuse_front(GeneratorError::Validation(format!(
+                    "the prompt is {} tokens with the model's {added} start tokens; the \
+                     model's context is {context}: shorten it",
+                    tokens.len(),
+                )));
+                continue;
+            }
+            let max_new = job
+                .sampling
+                .max_new_tokens
+                .min(context - tokens.len())
+                .max(1);
+            let total = tokens.len() + max_new;
+            let capacity = self.cache.capacity_tokens();
+            if total > capacity {
+                self.refuse_front(GeneratorError::Validation(format!(
+                    "the prompt ({} tokens) plus max_new_tokens ({max_new}) exceed the KV cache \
+                     of {capacity} tokens (--kv-cache-tokens): shorten the prompt or ask for \
+                     fewer tokens",
+                    tokens.len(),
+                )));
+                continue;
+            }
+            let Some((blocks, cached)) =
+                self.blocks
+                    .allocate(&tokens, total, &adapter_key, self.config.prefix_cache)
+            else {
+                return; // waits for running sequences to free blocks
+            };
+            let Some(mut job) = self.waiting.pop_front() else {
+                return;
+            };
+            job.sampling.max_new_tokens = max_new;
+            let mut seq = Sequence::new(job);
+            seq.cached_prompt_tokens = cached;
+            self.running.push(Running {
+                seq,
+                tokens,
+                computed: cached,
+                blocks,
+                adapter,
+                adapter_key,
+            });
+        }
+    }
+
+    /// Answers the front waiting request with `e` and drops it.
+    fn refuse_front(&mut self, e: GeneratorError) {
+        if let Some(job) = self.waiting.pop_front() {
+            report(&self.shared, &job, Err(e));
+        }
+    }
+
+    fn step(&mut self) {
+        // Decoding sequences first (one token each), then prompt chunks in arrival order.
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| {
+            let r = &self.running[i];
+            r.tokens.len() - r.computed > 1
+        });
+        let mut batch = Batch::default();
+        let mut members: Vec<(usize, bool)> = Vec::new();
+        let mut budget = self.config.prefill_chunk.max(1);
+        for i in order {
+            let r = &self.running[i];
+            let pending = r.tokens.len() - r.computed;
+            let take = if pending == 1 {
+                1
+            } else {
+                if budget == 0 {
+                    continue;
+                }
+                let t = pending.min(budget);
+                budget -= t;
+                t
+            };
+            let finishes = take == pending;
+            batch.push(
+                &r.tokens[r.computed..r.computed + take],
+                r.computed,
+                &r.blocks,
+                r.adapter.clone(),
+                finishes,
+            );
+            members.push((i, finishes));
+        }
+        let stats = &self.shared.stats;
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        stats
+            .batched_sequences
+            .fetch_add(members.len(), Ordering::Relaxed);
+        stats
+            .max_batch_seen
+            .fetch_max(members.len(), Ordering::Relaxed);
+
+        let model = self.model.clone();
+        let cache = &mut self.cache;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(&batch, cache)))
+            .unwrap_or_else(|_| Err(GeneratorError::Inference("the model panicked".into())));
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, sequences = members.len(), "forward failed");
+                let mut failed: Vec<usize> = members.iter().map(|(i, _)| *i).collect();
+                failed.sort_unstable_by_key(|i| std::cmp::Reverse(*i));
+                for i in failed {
+                    self.retire(i, Err(GeneratorError::Inference(e.to_string())));
+                }
+                return;
+            }
+        };
+        // Advance every member; sample those that got logits.
+        let mut finished: Vec<(usize, Result<super::Completion, GeneratorError>)> = Vec::new();
+        let mut row = 0;
+        for (k, &(i, wants)) in members.iter().enumerate() {
+            let took = batch.seqs[k].len;
+            let r = &mut self.running[i];
+            r.computed += took;
+            if took > 1 && self.config.prefix_cache {
+                // A prompt chunk: its full blocks can serve other prompts from now on.
+                self.blocks
+                    .register_prefix(&r.blocks, &r.tokens[..r.computed], &r.adapter_key);
+            }
+            if !wants {
+                continue;
+            }
+            let next = logits
+                .get(row)
+                .map_err(GeneratorError::from)
+                .and_then(|l| r.seq.on_logits(&l, &self.shared));
+            row += 1;
+            match next {
+                Ok(Next::Feed(token)) => r.tokens.push(token),
+                Ok(Next::Done(c)) => finished.push((i, Ok(c))),
+                Err(e) => finished.push((i, Err(e))),
+            }
+        }
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+        for (i, outcome) in finished {
+            self.retire(i, outcome);
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Attention over the engine's paged KV cache, for a batch of sequences at once.
+//!
+//! Every row of the batch is one new token of some sequence, at its own position. New K/V
+//! are rotated and written into the sequence's cache slots, then each row attends to every
+//! cached token of its sequence up to its own position (causal). Grouped-query heads read
+//! each key and value once for their whole group, straight from the cache: nothing is
+//! copied or repeated per head.
+//!
+//! Two paths: on the CPU, loops over the cache's own memory, split over rows with rayon;
+//! on a GPU, candle ops (slot gather, one matmul per sequence and KV head group).
+
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::layers::Rotary;
+use crate::engine::kv_cache::{BLOCK_SIZE, KvCache, LayerKv};
+
+/// One sequence's rows in a batch.
+#[derive(Debug, Clone)]
+pub struct SeqRows {
+    /// First row of the batch that belongs to it.
+    pub start: usize,
+    /// Its rows (new tokens) in this step.
+    pub len: usize,
+    /// Position of its first new token (tokens already cached before this step).
+    pub first_pos: usize,
+    /// Its block table.
+    pub blocks: Vec<u32>,
+}
+
+impl SeqRows {
+    #[inline]
+    pub fn slot(&self, pos: usize) -> usize {
+        self.blocks[pos / BLOCK_SIZE] as usize * BLOCK_SIZE + pos % BLOCK_SIZE
+    }
+}
+
+/// Heads of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// The f32 values of a CPU tensor, in row-major order.
+pub fn cpu_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Element of a CPU cache.
+trait KvElem: Copy + Send + Sync {
+    fn load(self) -> f32;
+    fn store(x: f32) -> Self;
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn load(self) -> f32 {
+        self
+    }
+    #[inline]
+    fn store(x: f32) -> Self {
+        x
+    }
+}
+
+impl KvElem for f16 {
+    #[inline]
+    fn load(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline]
+    fn store(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+
+/// a·b with eight partial sums, so the compiler vectorises it.
+#[inline]
+fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l].load();
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i].load();
+    }
+    s
+}
+
+#[inline]
+fn axpy<T: KvElem>(out: &mut [f32], w: f32, v: &[T]) {
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += w * x.load();
+    }
+}
+
+/// Rotates the new q/k rows, writes k/v to the cache, attends. q [rows, heads·head_dim],
+/// k, v [rows, kv_heads·head_dim]; returns [rows, heads·head_dim].
+pub fn attention(
+    layer: usize,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    positions: &[u32],
+    seqs: &[SeqRows],
+    shape: AttnShape,
+    rotary: &Rotary,
+    cache: &mut KvCache,
+) -> candle_core::Result<Tensor> {
+    let device = q.device().clone();
+    match &mut cache.layers[layer] {
+        LayerKv::F32 { k: kc, v: vc } => {
+            cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
+        }
+        LayerKv::F16 { k: kc, v: vc } => {
+            cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
+        }
+        LayerKv::Device { k: kc, v: vc } => {
+            tensor_attention(q, k, v, positions, seqs, shape, rotary, kc, vc)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cpu_attention<T: KvElem>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &[u32],
+    seqs: &[SeqRows],
+    shape: AttnShape,
+    rotary: &Rotary,
+    kc: &mut [T],
+    vc: &mut [T],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let rows = positions.len();
+    let width = kv_heads * d;
+    let mut qv = cpu_f32(q)?;
+    let mut kv = cpu_f32(k)?;
+    let vv = cpu_f32(v)?;
+    if qv.len() != rows * heads * d || kv.len() != rows * width || vv.len() != rows * width {
+        candle_core::bail!("attention: q/k/v do not match {rows} rows of {shape:?}");
+    }
+    // Rotary on every head of q and k, each row at its own position.
+    for (r, &pos) in positions.iter().enumerate() {
+        let pos = pos as usize;
+        for h in qv[r * heads * d..(r + 1) * heads * d].chunks_exact_mut(d) {
+            rotary.apply(h, pos);
+        }
+        for h in kv[r * width..(r + 1) * width].chunks_exact_mut(d) {
+            rotary.apply(h, pos);
+        }
+    }
+    // New K/V into their slots.
+    for s in seqs {
+        for i in 0..s.len {
+            let r = s.start + i;
+            let slot = s.slot(s.first_pos + i);
+            let (src_k, src_v) = (
+                &kv[r * width..(r + 1) * width],
+                &vv[r * width..(r + 1) * width],
+            );
+            for (dst, x) in kc[slot * width..(slot + 1) * width].iter_mut().zip(src_k) {
+                *dst = T::store(*x);
+            }
+            for (dst, x) in vc[slot * width..(slot + 1) * width].iter_mut().zip(src_v) {
+                *dst = T::store(*x);
+            }
+        }
+    }
+    // Which sequence each row belongs to.
+    let mut owner = vec![0usize; rows];
+    for (si, s) in seqs.iter().enumerate() {
+        owner[s.start..s.start + s.len].fill(si);
+    }
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (kc, vc) = (&*kc, &*vc);
+    let mut out = vec![0f32; rows * heads * d];
+    out.par_chunks_mut(heads * d)
+        .enumerate()
+        .for_each(|(r, out_row)| {
+            let s = &seqs[owner[r]];
+            let pos = positions[r] as usize;
+            let n = pos + 1;
+            let mut scores = vec![0f32; group * n];
+            for g in 0..kv_heads {
+                let q_heads =
+                    &qv[r * heads * d + g * group * d..r * heads * d + (g + 1) * group * d];
+                for j in 0..n {
+                    let slot = s.slot(j);
+                    let key = &kc[slot * width + g * d..slot * width + (g + 1) * d];
+                    for (h, qh) in q_heads.chunks_exact(d).enumerate() {
+                        scores[h * n + j] = dot(qh, key) * scale;
+                    }
+                }
+                for h in 0..group {
+                    let sc = &mut scores[h * n..(h + 1) * n];
+                    let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for x in sc.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    for x in sc.iter_mut() {
+                        *x *= inv;
+                    }
+                }
+                let out_group = &mut out_row[g * group * d..(g + 1) * group * d];
+                for j in 0..n {
+                    let slot = s.slot(j);
+                    let value = &vc[slot * width + g * d..slot * width + (g + 1) * d];
+                    for (h, oh) in out_group.chunks_exact_mut(d).enumerate() {
+                        axpy(oh, scores[h * n + j], value);
+                    }
+                }
+            }
+        });
+    Tensor::from_vec(out, (rows, heads * d), device)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tensor_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &[u32],
+    seqs: &[SeqRows],
+    shape: AttnShape,
+    rotary: &Rotary,
+    kc: &Tensor,
+    vc: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let rows = positions.len();
+    let device = q.device();
+    let pos_t = Tensor::from_slice(positions, rows, device)?;
+    let q = rotary.apply_tensor(&q.reshape((rows, heads, d))?, &pos_t)?;
+    let k = rotary
+        .apply_tensor(&k.reshape((rows, kv_heads, d))?, &pos_t)?
+        .reshape((rows, kv_heads * d))?
+        .to_dtype(kc.dtype())?;
+    let v = v.reshape((rows, kv_heads * d))?.to_dtype(vc.dtype())?;
+    // Write new K/V: one copy per run of consecutive slots.
+    for s in seqs {
+        let mut i = 0;
+        while i < s.len {
+            let slot = s.slot(s.first_pos + i);
+            let mut run = 1;
+            while i + run < s.len && s.slot(s.first_pos + i + run) == slot + run {
+                run += 1;
+            }
+            kc.slice_set(&k.narrow(0, s.start + i, run)?.contiguous()?, 0, slot)?;
+            vc.slice_set(&v.narrow(0, s.start + i, run)?.contiguous()?, 0, slot)?;
+            i += run;
+        }
+    }
+    let group = heads / kv_heads;
+    let mut outs = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        let total = s.first_pos + s.len;
+        let slots: Vec<u32> = (0..total).map(|p| s.slot(p) as u32).collect();
+        let slots = Tensor::from_vec(slots, total, device)?;
+        // [total, kv, d] -> [kv, total, d]
+        let ks = kc
+            .index_select(&slots, 0)?
+            .reshape((total, kv_heads, d))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let vs = vc
+            .index_select(&slots, 0)?
+            .reshape((total, kv_heads, d))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        // q rows of this sequence: [n, kv, group, d] -> [kv, n·group, d]
+        let n = s.len;
+        let qs = q
+            .narrow(0, s.start, n)?
+            .reshape((n, kv_heads, group, d))?
+            .transpose(0, 1)?
+            .reshape((kv_heads, n * group, d))?
+            .to_dtype(ks.dtype())?;
+        let scores = (qs.matmul(&ks.t()?)? * (1.0 / (d as f64).sqrt()))?.to_dtype(DType::F32)?;
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let limit = s.first_pos + i;
+                (0..group).flat_map(move |_| {
+                    (0..total).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, n * group, total), device)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?
+            .to_dtype(vs.dtype())?;
+        let ctx = probs
+            .matmul(&vs)?
+            .reshape((kv_heads, n, group, d))?
+            .transpose(0, 1)?
+            .reshape((n, heads * d))?;
+        outs.push(ctx);
+    }
+    Tensor::cat(&outs, 0)?.to_dtype(q.dtype())
+}

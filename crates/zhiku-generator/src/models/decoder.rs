@@ -1,0 +1,373 @@
+//! One causal decoder that every batched family is an instance of: Llama (SmolLM2), Qwen2,
+//! GLM-4 (GGUF `glm4`, GLM-4-0414 safetensors) and ChatGLM2/3 / GLM-4-9B-chat. They differ
+//! only in what [`DecoderSpec`] says and in the names of their tensors (see `families`).
+//!
+//! A forward takes a [`Batch`]: the new tokens of several sequences, flattened into rows,
+//! each sequence with its positions, its KV blocks and its adapter. Every matmul runs once
+//! per layer for the whole batch; attention goes per sequence over the engine's cache.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::attention::{AttnShape, SeqRows, attention};
+use super::layers::{Adapters, Embedding, Linear, Mlp, Norm, Rotary};
+use crate::engine::kv_cache::{KvCache, KvShape};
+use crate::error::GeneratorError;
+
+/// The new tokens of one step, for several sequences.
+#[derive(Clone, Default)]
+pub struct Batch {
+    /// Token of every row.
+    pub tokens: Vec<u32>,
+    /// Position of every row in its sequence.
+    pub positions: Vec<u32>,
+    /// The sequences, in row order.
+    pub seqs: Vec<SeqRows>,
+    /// Adapter of every run of rows.
+    pub adapters: Adapters,
+    /// Rows whose next-token logits are wanted, in the order they are returned.
+    pub logit_rows: Vec<u32>,
+}
+
+impl Batch {
+    /// Appends a sequence's new tokens; `logits`: return the logits of its last row.
+    pub fn push(
+        &mut self,
+        tokens: &[u32],
+        first_pos: usize,
+        blocks: &[u32],
+        adapter: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
+        logits: bool,
+    ) {
+        let start = self.tokens.len();
+        self.tokens.extend_from_slice(tokens);
+        self.positions
+            .extend((first_pos..first_pos + tokens.len()).map(|p| p as u32));
+        self.seqs.push(SeqRows {
+            start,
+            len: tokens.len(),
+            first_pos,
+            blocks: blocks.to_vec(),
+        });
+        self.adapters.groups.push(super::layers::RowGroup {
+            start,
+            len: tokens.len(),
+            adapter,
+        });
+        if logits {
+            self.logit_rows.push((start + tokens.len() - 1) as u32);
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// A model the engine can batch.
+pub trait BatchModel: Send + Sync {
+    /// Runs one step; returns f32 logits [batch.logit_rows.len(), vocab].
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, GeneratorError>;
+    /// What the KV cache must hold per token.
+    fn kv_shape(&self) -> KvShape;
+    /// Tokens every prompt must start with (ChatGLM2/3's `[gMASK] sop`).
+    fn prompt_prefix(&self) -> &[u32] {
+        &[]
+    }
+    fn device(&self) -> &Device;
+    /// The dtype K/V take on a GPU.
+    fn kv_dtype(&self) -> DType;
+    /// Names of every linear module (PEFT's), with (in, out) features: adapters are
+    /// checked against them when loaded.
+    fn linear_modules(&self) -> Vec<(String, usize, usize)>;
+    /// For a layer whose output rows the file stores in another order than the Hugging Face
+    /// checkpoint: row i of the layer is row `perm[i]` of the checkpoint's.
+    fn lora_output_permutation(&self, _module: &str) -> Option<Vec<u32>> {
+        None
+    }
+}
+
+/// Sizes and variants of a decoder.
+#[derive(Debug, Clone)]
+pub struct DecoderSpec {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+}
+
+/// Query, key and value projections.
+pub enum Qkv {
+    Split {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    /// One matrix giving [q | k | v] (the GLM family's query_key_value).
+    Fused(Linear),
+}
+
+/// One transformer block: x + post_attn(attn(attn_norm(x))), then h + post_ffn(mlp(ffn_norm(h))).
+pub struct Block {
+    pub attn_norm: Norm,
+    pub qkv: Qkv,
+    pub o: Linear,
+    pub post_attn_norm: Option<Norm>,
+    pub ffn_norm: Norm,
+    pub mlp: Mlp,
+    pub post_ffn_norm: Option<Norm>,
+}
+
+pub struct Decoder {
+    pub spec: DecoderSpec,
+    pub embed: Embedding,
+    pub blocks: Vec<Block>,
+    pub final_norm: Option<Norm>,
+    pub lm_head: Linear,
+    pub rotary: Rotary,
+    pub device: Device,
+    /// Activations' dtype (f32 on the CPU).
+    pub act_dtype: DType,
+    pub prefix: Vec<u32>,
+    /// GGUF Llama: llama.cpp stores q/k rows permuted so that rotary pairs are adjacent.
+    pub permuted_qk: bool,
+}
+
+impl Decoder {
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.spec.heads,
+            kv_heads: self.spec.kv_heads,
+            head_dim: self.spec.head_dim,
+        }
+    }
+
+    fn block_forward(
+        &self,
+        index: usize,
+        block: &Block,
+        x: &Tensor,
+        batch: &Batch,
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let a = &batch.adapters;
+        let h = block.attn_norm.forward(x)?;
+        let (q, k, v) = match &block.qkv {
+            Qkv::Split { q, k, v } => (q.forward(&h, a)?, k.forward(&h, a)?, v.forward(&h, a)?),
+            Qkv::Fused(qkv) => {
+                let y = qkv.forward(&h, a)?;
+                let qw = self.spec.heads * self.spec.head_dim;
+                let kw = self.spec.kv_heads * self.spec.head_dim;
+                (
+                    y.narrow(1, 0, qw)?,
+                    y.narrow(1, qw, kw)?,
+                    y.narrow(1, qw + kw, kw)?,
+                )
+            }
+        };
+        let ctx = attention(
+            index,
+            (&q, &k, &v),
+            &batch.positions,
+            &batch.seqs,
+            self.attn_shape(),
+            &self.rotary,
+            cache,
+        )?;
+        let mut attn = block.o.forward(&ctx.to_dtype(self.act_dtype)?, a)?;
+        if let Some(n) = &block.post_attn_norm {
+            attn = n.forward(&attn)?;
+        }
+        let dtype = x.dtype();
+        let x = (x + attn.to_dtype(dtype)?)?;
+        let h = block.ffn_norm.forward(&x)?;
+        let mut m = block.mlp.forward(&h, a)?;
+        if let Some(n) = &block.post_ffn_norm {
+            m = n.forward(&m)?;
+        }
+        let dtype = x.dtype();
+        x + m.to_dtype(dtype)?
+    }
+
+    fn forward_inner(&self, batch: &Batch, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let mut x = self
+            .embed
+            .forward(&batch.tokens, &self.device)?
+            .to_dtype(self.act_dtype)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = self.block_forward(i, block, &x, batch, cache)?;
+        }
+        if batch.logit_rows.is_empty() {
+            return Tensor::zeros((0, self.spec.vocab), DType::F32, &self.device);
+        }
+        let rows = Tensor::from_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
+        let mut last = x.index_select(&rows, 0)?;
+        if let Some(n) = &self.final_norm {
+            last = n.forward(&last)?;
+        }
+        // The adapters of the logit rows: one row per sequence that wants logits.
+        let mut head_adapters = Adapters::none();
+        for (i, row) in batch.logit_rows.iter().enumerate() {
+            let adapter = batch
+                .adapters
+                .groups
+                .iter()
+                .find(|g| (g.start..g.start + g.len).contains(&(*row as usize)))
+                .and_then(|g| g.adapter.clone());
+            head_adapters.groups.push(super::layers::RowGroup {
+                start: i,
+                len: 1,
+                adapter,
+            });
+        }
+        self.lm_head
+            .forward(&last, &head_adapters)?
+            .to_dtype(DType::F32)
+    }
+
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut all = Vec::new();
+        for b in &self.blocks {
+            match &b.qkv {
+                Qkv::Split { q, k, v } => all.extend([q, k, v]),
+                Qkv::Fused(l) => all.push(l),
+            }
+            all.push(&b.o);
+            all.extend(b.mlp.linears());
+        }
+        all.push(&self.lm_head);
+        all
+    }
+}
+
+impl BatchModel for Decoder {
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, GeneratorError> {
+        if batch.rows() == 0 {
+            return Err(GeneratorError::Inference("an empty batch".into()));
+        }
+        if let Some(&p) = batch.positions.iter().max()
+            && p as usize >= self.spec.context_length.min(self.rotary.max_positions)
+        {
+            return Err(GeneratorError::Validation(format!(
+                "position {p} is past the model's context of {} tokens",
+                self.spec.context_length
+            )));
+        }
+        Ok(self.forward_inner(batch, cache)?)
+    }
+
+    fn kv_shape(&self) -> KvShape {
+        KvShape {
+            layers: self.blocks.len(),
+            kv_heads: self.spec.kv_heads,
+            head_dim: self.spec.head_dim,
+        }
+    }
+
+    fn prompt_prefix(&self) -> &[u32] {
+        &self.prefix
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn kv_dtype(&self) -> DType {
+        self.act_dtype
+    }
+
+    fn linear_modules(&self) -> Vec<(String, usize, usize)> {
+        self.linears()
+            .into_iter()
+            .map(|l| (l.module().to_owned(), l.in_features(), l.out_features()))
+            .collect()
+    }
+
+    fn lora_output_permutation(&self, module: &str) -> Option<Vec<u32>> {
+        if !self.permuted_qk {
+            return None;
+        }
+        let heads = if module.ends_with("self_attn.q_proj") {
+            self.spec.heads
+        } else if module.ends_with("self_attn.k_proj") {
+            self.spec.kv_heads
+        } else {
+            return None;
+        };
+        Some(qk_permutation(heads, self.spec.head_dim))
+    }
+}
+
+/// llama.cpp's q/k row order for `heads` heads of `head_dim`: within a head, row 2i + j of
+/// the file is row j·head_dim/2 + i of the checkpoint.
+pub fn qk_permutation(heads: usize, head_dim: usize) -> Vec<u32> {
+    (0..heads * head_dim)
+        .map(|row| {
+            let (h, r) = (row / head_dim, row % head_dim);
+            (h * head_dim + (r % 2) * (head_dim / 2) + r / 2) as u32
+        })
+        .collect()
+}
+
+/// One sequence run straight on a model with a cache of its own, outside the engine: for
+/// tests (logits against reference implementations) and benchmarks.
+pub struct Solo {
+    cache: KvCache,
+    blocks: Vec<u32>,
+    len: usize,
+    adapter: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
+}
+
+impl Solo {
+    /// Room for `max_tokens` tokens.
+    pub fn new(model: &dyn BatchModel, max_tokens: usize) -> Result<Self, GeneratorError> {
+        let cache = KvCache::new(
+            model.kv_shape(),
+            max_tokens,
+            crate::engine::KvDtype::F32,
+            model.device(),
+            model.kv_dtype(),
+        )?;
+        let blocks = (0..cache.num_blocks as u32).collect();
+        Ok(Self {
+            cache,
+            blocks,
+            len: 0,
+            adapter: None,
+        })
+    }
+
+    pub fn with_adapter(
+        mut self,
+        adapter: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
+    ) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Feeds `tokens` after what was fed before; the logits [vocab] of the last one.
+    pub fn feed(
+        &mut self,
+        model: &dyn BatchModel,
+        tokens: &[u32],
+    ) -> Result<Tensor, GeneratorError> {
+        if self.len + tokens.len() > self.cache.capacity_tokens() {
+            return Err(GeneratorError::Validation("the Solo cache is full".into()));
+        }
+        let mut batch = Batch::default();
+        batch.push(tokens, self.len, &self.blocks, self.adapter.clone(), true);
+        let logits = model.forward(&batch, &mut self.cache)?;
+        self.len += tokens.len();
+        Ok(logits.get(0)?)
+    }
+
+    /// Tokens fed so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

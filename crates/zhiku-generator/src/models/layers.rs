@@ -1,0 +1,395 @@
+//! The layers every family is built from: a `Linear` that holds dense or block-quantized
+//! weights and optional LoRA adapters, RMSNorm / LayerNorm, rotary tables (full or partial,
+//! half-split or interleaved pairs) and the MLPs. Layers know nothing of requests: a forward
+//! takes the rows of a batch and, per run of rows, the adapter those rows use.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use crate::lora::LoraAdapter;
+
+/// A run of consecutive rows of a batch that share one adapter (None: the base model).
+#[derive(Clone)]
+pub struct RowGroup {
+    pub start: usize,
+    pub len: usize,
+    pub adapter: Option<Arc<LoraAdapter>>,
+}
+
+/// How the rows of a forward map to adapters. Built once per step by the engine.
+#[derive(Clone, Default)]
+pub struct Adapters {
+    pub groups: Vec<RowGroup>,
+}
+
+impl Adapters {
+    /// Every row on the base model.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    fn any(&self) -> bool {
+        self.groups.iter().any(|g| g.adapter.is_some())
+    }
+}
+
+/// The weight of a linear layer, [out, in].
+pub enum Weight {
+    /// f32 / f16 / bf16, stored transposed ([in, out], contiguous) so the CPU matmul does
+    /// not repack it on every call.
+    Dense { wt: Tensor },
+    /// GGUF block-quantized (candle's kernels; CUDA and CPU).
+    Quant(QMatMul),
+}
+
+/// y = x·W0ᵀ + b (+ (alpha/r)·(x·Aᵀ)·Bᵀ for rows whose adapter targets this layer).
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+    /// The module path adapters name (PEFT's, as in the Hugging Face checkpoint).
+    module: String,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl Linear {
+    /// `weight` is [out, in] as checkpoints store it.
+    pub fn dense(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        module: impl Into<String>,
+    ) -> candle_core::Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        Ok(Self {
+            weight: Weight::Dense {
+                wt: weight.t()?.contiguous()?,
+            },
+            bias,
+            module: module.into(),
+            out_features,
+            in_features,
+        })
+    }
+
+    pub fn quantized(
+        weight: QMatMul,
+        out_features: usize,
+        in_features: usize,
+        bias: Option<Tensor>,
+        module: impl Into<String>,
+    ) -> Self {
+        Self {
+            weight: Weight::Quant(weight),
+            bias,
+            module: module.into(),
+            out_features,
+            in_features,
+        }
+    }
+
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// The base product x·W0ᵀ (+ bias), x [rows, in].
+    pub fn base(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense { wt } => x.to_dtype(wt.dtype())?.matmul(wt)?,
+            Weight::Quant(q) => q.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    /// x [rows, in] → [rows, out], each run of rows with its own adapter.
+    pub fn forward(&self, x: &Tensor, adapters: &Adapters) -> candle_core::Result<Tensor> {
+        let y = self.base(x)?;
+        if !adapters.any() {
+            return Ok(y);
+        }
+        let mut parts = Vec::with_capacity(adapters.groups.len());
+        let mut touched = false;
+        for g in &adapters.groups {
+            let rows = y.narrow(0, g.start, g.len)?;
+            let pair = g
+                .adapter
+                .as_ref()
+                .and_then(|a| a.pairs.get(self.module.as_str()));
+            match pair {
+                None => parts.push(rows),
+                Some(pair) => {
+                    touched = true;
+                    let xs = x.narrow(0, g.start, g.len)?.to_dtype(pair.a.dtype())?;
+                    let low = xs.matmul(&pair.a.t()?)?;
+                    let update = (low.matmul(&pair.b.t()?)? * pair.scale)?;
+                    parts.push((rows + update.to_dtype(y.dtype())?)?);
+                }
+            }
+        }
+        if !touched {
+            return Ok(y);
+        }
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// RMSNorm or LayerNorm over the last dimension.
+pub enum Norm {
+    Rms {
+        weight: Tensor,
+        eps: f32,
+    },
+    Layer {
+        weight: Tensor,
+        bias: Tensor,
+        eps: f32,
+    },
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Rms { weight, eps } => {
+                let x = x.to_dtype(weight.dtype())?.contiguous()?;
+                candle_nn::ops::rms_norm(&x, weight, *eps)
+            }
+            Norm::Layer { weight, bias, eps } => {
+                let x = x.to_dtype(weight.dtype())?.contiguous()?;
+                candle_nn::ops::layer_norm(&x, weight, bias, *eps)
+            }
+        }
+    }
+}
+
+/// Rotary position embedding: `rotary_dim` leading dimensions of each head rotate, the rest
+/// pass. Pairs are (i, i + rotary_dim/2) ("half", Qwen2/NeoX) or (2i, 2i+1) ("interleaved",
+/// GGUF Llama, the GLM family).
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    pub rotary_dim: usize,
+    pub interleaved: bool,
+    /// cos / sin [max_positions, rotary_dim / 2], f32, row-major.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub max_positions: usize,
+    /// The same tables as tensors on the model's device (for the tensor path).
+    pub cos_t: Tensor,
+    pub sin_t: Tensor,
+}
+
+impl Rotary {
+    pub fn new(
+        rotary_dim: usize,
+        base: f64,
+        interleaved: bool,
+        max_positions: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let half = rotary_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1f32 / base.powf((2 * i) as f64 / rotary_dim as f64) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos_t = Tensor::from_slice(&cos, (max_positions, half), device)?;
+        let sin_t = Tensor::from_slice(&sin, (max_positions, half), device)?;
+        Ok(Self {
+            rotary_dim,
+            interleaved,
+            cos,
+            sin,
+            max_positions,
+            cos_t,
+            sin_t,
+        })
+    }
+
+    /// Rotates one head vector `x` (head_dim) in place at position `pos`.
+    #[inline]
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.rotary_dim / 2;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        if self.interleaved {
+            for i in 0..half {
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                x[2 * i] = a * cos[i] - b * sin[i];
+                x[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        } else {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                x[i] = a * cos[i] - b * sin[i];
+                x[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+
+    /// The tensor path: x [tokens, heads, head_dim] rotated at `positions` [tokens] (u32).
+    pub fn apply_tensor(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, head_dim) = x.dims3()?;
+        let cos = self.cos_t.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let sin = self.sin_t.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let rot = x
+            .narrow(D::Minus1, 0, self.rotary_dim)?
+            .transpose(0, 1)?
+            .unsqueeze(0)?
+            .contiguous()?;
+        let rot = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&rot, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&rot, &cos, &sin)?
+        };
+        let rot = rot.squeeze(0)?.transpose(0, 1)?;
+        if self.rotary_dim == head_dim {
+            rot.contiguous()
+        } else {
+            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Tensor::cat(&[&rot, &pass], D::Minus1)?.contiguous()
+        }
+    }
+}
+
+/// The feed-forward block.
+pub enum Mlp {
+    /// down(silu(gate(x)) · up(x)).
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// One matrix gives [gate | up] (GLM's dense_h_to_4h, GGUF glm4's ffn_up).
+    SwiGluFused { gate_up: Linear, down: Linear },
+    /// down(gelu(up(x))).
+    Gelu { up: Linear, down: Linear },
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor, adapters: &Adapters) -> candle_core::Result<Tensor> {
+        match self {
+            Mlp::SwiGlu { gate, up, down } => {
+                let g = candle_nn::ops::silu(&gate.forward(x, adapters)?)?;
+                let u = up.forward(x, adapters)?;
+                down.forward(&(g * u)?, adapters)
+            }
+            Mlp::SwiGluFused { gate_up, down } => {
+                let w = gate_up.forward(x, adapters)?;
+                let half = w.dim(D::Minus1)? / 2;
+                let g = candle_nn::ops::silu(&w.narrow(D::Minus1, 0, half)?.contiguous()?)?;
+                let u = w.narrow(D::Minus1, half, half)?;
+                down.forward(&(g * u)?, adapters)
+            }
+            Mlp::Gelu { up, down } => {
+                let h = up.forward(x, adapters)?.gelu_erf()?;
+                down.forward(&h, adapters)
+            }
+        }
+    }
+
+    /// Every linear layer of the block.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::SwiGlu { gate, up, down } => vec![gate, up, down],
+            Mlp::SwiGluFused { gate_up, down } => vec![gate_up, down],
+            Mlp::Gelu { up, down } => vec![up, down],
+        }
+    }
+}
+
+/// The token embedding table, [vocab, hidden].
+pub enum Embedding {
+    Dense(Tensor),
+    /// GGUF rows left quantized in the memory-mapped file and dequantized per lookup: a
+    /// 150k-token table in f32 would take more memory than the whole quantized model.
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        row_bytes: usize,
+        dtype: GgmlDType,
+        vocab: usize,
+        hidden: usize,
+    },
+}
+
+impl Embedding {
+    pub fn new(table: Tensor) -> Self {
+        Embedding::Dense(table)
+    }
+
+    pub fn mapped(
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        row_bytes: usize,
+        dtype: GgmlDType,
+        vocab: usize,
+        hidden: usize,
+    ) -> Self {
+        Embedding::Mapped {
+            map,
+            start,
+            row_bytes,
+            dtype,
+            vocab,
+            hidden,
+        }
+    }
+
+    /// Rows of `ids` [n] (u32) → [n, hidden].
+    pub fn forward(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Embedding::Dense(table) => {
+                let ids = Tensor::from_slice(ids, ids.len(), table.device())?;
+                table.index_select(&ids, 0)
+            }
+            Embedding::Mapped {
+                map,
+                start,
+                row_bytes,
+                dtype,
+                vocab,
+                hidden,
+            } => {
+                let mut rows = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    let id = id as usize;
+                    if id >= *vocab {
+                        candle_core::bail!("token id {id} is outside the vocabulary of {vocab}");
+                    }
+                    let at = start + id * row_bytes;
+                    let row = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                        *dtype,
+                        &map[at..at + row_bytes],
+                        vec![*hidden],
+                        &Device::Cpu,
+                    )?;
+                    rows.push(row.dequantize(&Device::Cpu)?);
+                }
+                Tensor::stack(&rows, 0)?.to_device(device)
+            }
+        }
+    }
+}
+
+/// The dtype activations flow in: f32 on the CPU, the weights' dtype on a GPU.
+pub fn activation_dtype(device: &Device, weights: DType) -> DType {
+    if device.is_cpu() { DType::F32 } else { weights }
+}
