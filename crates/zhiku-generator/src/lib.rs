@@ -2,7 +2,8 @@
 //!
 //! - [`models`]: the [`models::CausalLm`] trait and the loaders (ChatGLM-6B, ChatGLM2/3,
 //!   GLM-4 and GLM-4-0414 safetensors; GGUF Llama / Qwen2 / GLM-4);
-//! - [`tokenizer`]: `tokenizer.json`, or a BPE tokenizer built from GGUF metadata;
+//! - [`tokenizer`]: `tokenizer.json`, or a BPE / SentencePiece tokenizer built from GGUF
+//!   metadata; control tokens only from the chat template, never from message contents;
 //! - [`sentencepiece`]: SentencePiece `tokenizer.model` files (the ChatGLM family's, and
 //!   ChatGLM-6B's `ice_text.model` with its whitespace pieces and id offset);
 //! - [`tiktoken`]: GLM-4-9B-chat's tiktoken `tokenizer.model`;
