@@ -60,6 +60,12 @@ fn assert_contents_are_plain(tokenizer: &GenTokenizer, template: &ChatTemplate) 
         tokenizer.encode_prompt(&prompt).unwrap()
     };
     let (harmless_ids, injected_ids) = (encode(&harmless), encode(&injected));
+    // Contents without control tokens: the ids of the whole rendered text, as llama.cpp
+    // tokenizes a rendered prompt (`special=True`).
+    let whole = tokenizer
+        .encode(&template.render(&harmless).unwrap())
+        .unwrap();
+    assert_eq!(harmless_ids, whole);
     let expected = count_controls(tokenizer, &harmless_ids);
     assert!(expected >= 3, "the template opens turns: {harmless_ids:?}");
     assert_eq!(
