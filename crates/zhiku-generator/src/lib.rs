@@ -3,7 +3,8 @@
 //! - [`models`]: one batched decoder on shared layers (`layers`, `attention`, `decoder`)
 //!   for Llama / Qwen2 / GLM-4 GGUF and ChatGLM2/3, GLM-4-9B, GLM-4-0414 safetensors;
 //!   ChatGLM-6B's own 2-D-position network; the loaders;
-//! - [`tokenizer`]: `tokenizer.json`, or a BPE tokenizer built from GGUF metadata;
+//! - [`tokenizer`]: `tokenizer.json`, or a BPE / SentencePiece tokenizer built from GGUF
+//!   metadata; control tokens only from the chat template, never from message contents;
 //! - [`sentencepiece`]: SentencePiece `tokenizer.model` files (the ChatGLM family's, and
 //!   ChatGLM-6B's `ice_text.model` with its whitespace pieces and id offset);
 //! - [`tiktoken`]: GLM-4-9B-chat's tiktoken `tokenizer.model`;

@@ -95,7 +95,16 @@ pub fn tokenizer_from_model_file(path: &Path, added: &[&str]) -> Result<Tokenize
 
 /// [`tokenizer_from_model_file`] on the file's bytes; errors are plain messages.
 pub fn tokenizer_from_model_bytes(bytes: &[u8], added: &[&str]) -> Result<Tokenizer, String> {
-    build(bytes, added, false)
+    build(&decode(bytes)?, added, false)
+}
+
+/// [`tokenizer_from_model_bytes`] on an already decoded model (a GGUF SentencePiece
+/// vocabulary arrives as pieces, scores and types, not as protobuf).
+pub fn tokenizer_from_proto(proto: &ModelProto, added: &[&str]) -> Result<Tokenizer, String> {
+    if proto.pieces.is_empty() {
+        return Err("no pieces".into());
+    }
+    build(proto, added, false)
 }
 
 /// Longest run of spaces ChatGLM-6B encodes as one `<|blank_N|>` piece.
@@ -106,7 +115,7 @@ pub const CHATGLM6B_MAX_BLANK: usize = 80;
 /// undone when decoding. Only pieces the vocabulary holds are used. Ids are the model's own;
 /// the caller shifts them by `num_image_tokens`.
 pub fn chatglm6b_tokenizer_from_model_bytes(bytes: &[u8]) -> Result<Tokenizer, String> {
-    build(bytes, &[], true)
+    build(&decode(bytes)?, &[], true)
 }
 
 /// ChatGLM-6B's text rules as (text, piece) pairs, longest runs of spaces first.
@@ -121,7 +130,8 @@ fn chatglm6b_whitespace() -> Vec<(String, String)> {
     rules
 }
 
-fn build(bytes: &[u8], added: &[&str], chatglm6b: bool) -> Result<Tokenizer, String> {
+/// A `tokenizer.model` file's bytes as a `ModelProto` with pieces.
+fn decode(bytes: &[u8]) -> Result<ModelProto, String> {
     let not_sentencepiece = |why: String| {
         format!(
             "not a SentencePiece model ({why}), nor a tiktoken vocabulary (`base64 rank` lines); \
@@ -133,6 +143,10 @@ fn build(bytes: &[u8], added: &[&str], chatglm6b: bool) -> Result<Tokenizer, Str
     if proto.pieces.is_empty() {
         return Err(not_sentencepiece("no pieces".into()));
     }
+    Ok(proto)
+}
+
+fn build(proto: &ModelProto, added: &[&str], chatglm6b: bool) -> Result<Tokenizer, String> {
     let trainer = proto.trainer_spec.clone().unwrap_or_default();
     let byte_fallback = trainer.byte_fallback.unwrap_or(false);
     let kind = |p: &SentencePiece| p.r#type.unwrap_or(piece_type::NORMAL);
@@ -215,21 +229,26 @@ fn build(bytes: &[u8], added: &[&str], chatglm6b: bool) -> Result<Tokenizer, Str
         decoders,
     ))));
 
-    // Control (<s>, </s>) and user-defined pieces are matched whole, never split. The
-    // whitespace pieces are matched in the normalised text, where the rules above put them.
+    // Control (<s>, </s>) and user-defined pieces are matched whole, never split: control
+    // pieces as special tokens (only in trusted text, see `crate::tokenizer`), user-defined
+    // ones as ordinary vocabulary, matched everywhere in the text as it was written
+    // (SentencePiece's and llama.cpp's rule). The whitespace pieces are matched in the
+    // normalised text, where the rules above put them.
     let is_whitespace = |p: &SentencePiece| {
         whitespace
             .iter()
             .any(|(_, piece)| p.piece.as_deref() == Some(piece.as_str()))
     };
-    let whole: Vec<AddedToken> = proto
-        .pieces
-        .iter()
-        .filter(|p| matches!(kind(p), piece_type::CONTROL | piece_type::USER_DEFINED))
-        .filter(|p| !is_whitespace(p))
-        .map(|p| AddedToken::from(text(p), true))
-        .collect();
-    tokenizer.add_special_tokens(&whole);
+    let of_kind = |wanted: i32| -> Vec<AddedToken> {
+        proto
+            .pieces
+            .iter()
+            .filter(|p| kind(p) == wanted && !is_whitespace(p))
+            .map(|p| AddedToken::from(text(p), wanted == piece_type::CONTROL).normalized(false))
+            .collect()
+    };
+    tokenizer.add_special_tokens(&of_kind(piece_type::CONTROL));
+    tokenizer.add_tokens(&of_kind(piece_type::USER_DEFINED));
     let whitespace_tokens: Vec<AddedToken> = whitespace
         .iter()
         .map(|(_, piece)| AddedToken::from(piece.clone(), false).normalized(true))
@@ -261,7 +280,9 @@ fn build(bytes: &[u8], added: &[&str], chatglm6b: bool) -> Result<Tokenizer, Str
 
 /// A BPE model from SentencePiece BPE pieces: merges are recovered from the vocabulary (a
 /// piece that is the concatenation of two pieces is their merge), ranked by the merged
-/// piece's id, then by its halves' ids.
+/// piece's score, best first (SentencePiece and llama.cpp merge the best-scored pair), then
+/// by its id and its halves' ids. Files store BPE pieces in merge order with falling
+/// scores, so both orders agree there.
 fn bpe_from_pieces(
     pieces: &[SentencePiece],
     unk_id: Option<usize>,
@@ -273,7 +294,7 @@ fn bpe_from_pieces(
             .entry(p.piece.clone().unwrap_or_default())
             .or_insert(i as u32);
     }
-    let mut ranked: Vec<(u32, u32, u32, String, String)> = Vec::new();
+    let mut ranked: Vec<(f32, u32, u32, u32, String, String)> = Vec::new();
     for (i, p) in pieces.iter().enumerate() {
         let kind = p.r#type.unwrap_or(piece_type::NORMAL);
         if kind != piece_type::NORMAL && kind != piece_type::USER_DEFINED {
@@ -283,12 +304,19 @@ fn bpe_from_pieces(
         for (cut, _) in piece.char_indices().skip(1) {
             let (left, right) = piece.split_at(cut);
             if let (Some(l), Some(r)) = (vocab.get(left), vocab.get(right)) {
-                ranked.push((i as u32, *l, *r, left.to_owned(), right.to_owned()));
+                let score = p.score.unwrap_or(0.0);
+                ranked.push((score, i as u32, *l, *r, left.to_owned(), right.to_owned()));
             }
         }
     }
-    ranked.sort();
-    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect();
+    ranked.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| (a.1, a.2, a.3).cmp(&(b.1, b.2, b.3)))
+    });
+    let merges: Vec<(String, String)> = ranked
+        .into_iter()
+        .map(|(_, _, _, _, l, r)| (l, r))
+        .collect();
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .fuse_unk(true)

@@ -134,7 +134,7 @@ pub fn tokenizer_from_tiktoken(
             (as_chars(left), as_chars(right))
         })
         .collect();
-    let mut tokenizer = crate::tokenizer::byte_level_bpe(vocab, merges, GLM4_SPLIT, true)?;
+    let mut tokenizer = crate::tokenizer::byte_level_bpe(vocab, merges, &[GLM4_SPLIT], true)?;
 
     let mut specials = specials.to_vec();
     specials.sort();

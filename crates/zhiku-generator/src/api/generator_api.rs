@@ -25,7 +25,7 @@ use crate::error::GeneratorError;
 use crate::sampling::{
     DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_SEED, SamplingConfig,
 };
-use crate::template::{Message, Role};
+use crate::template::{Message, Prompt, Role};
 
 #[derive(Clone)]
 pub struct GeneratorApi {
@@ -60,24 +60,27 @@ fn role(role: i32) -> Result<Role, GeneratorError> {
 }
 
 impl GeneratorState {
-    /// The prompt text: raw, or the chat rendered with the model's template.
+    /// The prompt: a raw `prompt` is the caller's own trusted text (control tokens written
+    /// in it count, as in llama.cpp's completion endpoint); a `chat` is rendered with the
+    /// model's template, and its message contents are plain text: only the template's text
+    /// yields control tokens.
     fn prompt_text(
         &self,
         prompt: Option<&str>,
         chat: Option<&zhiku_proto::v1::Chat>,
-    ) -> Result<String, GeneratorError> {
+    ) -> Result<Prompt, GeneratorError> {
         match (prompt, chat) {
             (Some(""), _) => Err(GeneratorError::Validation(
                 "`prompt` is empty: send the text to continue, or use `chat`".into(),
             )),
-            (Some(p), _) => Ok(p.to_owned()),
+            (Some(p), _) => Ok(Prompt::trusted(p)),
             (None, Some(chat)) => {
                 let messages = chat
                     .messages
                     .iter()
                     .map(|m| Ok(Message::new(role(m.role)?, m.content.clone())))
                     .collect::<Result<Vec<_>, GeneratorError>>()?;
-                self.shared.template.render(&messages)
+                self.shared.template.render_prompt(&messages)
             }
             (None, None) => Err(GeneratorError::Validation(
                 "no input: set `prompt` (raw text) or `chat` (messages)".into(),
@@ -85,8 +88,29 @@ impl GeneratorState {
         }
     }
 
-    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, GeneratorError> {
-        let ids = self.shared.tokenizer.encode(text)?;
+    /// The ids Generate feeds the model for this input, validated: not empty, shorter than
+    /// the context. CountTokens counts the same ids.
+    pub fn encode_request(
+        &self,
+        prompt: Option<&str>,
+        chat: Option<&zhiku_proto::v1::Chat>,
+    ) -> Result<Vec<u32>, GeneratorError> {
+        self.encode_prompt(&self.prompt_text(prompt, chat)?)
+    }
+
+    /// How many ids [`Self::encode_request`] gives for this input, without its length checks
+    /// (a client counts to learn whether a prompt fits).
+    pub fn count_request_tokens(
+        &self,
+        prompt: Option<&str>,
+        chat: Option<&zhiku_proto::v1::Chat>,
+    ) -> Result<usize, GeneratorError> {
+        let prompt = self.prompt_text(prompt, chat)?;
+        Ok(self.shared.tokenizer.encode_prompt(&prompt)?.len())
+    }
+
+    fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, GeneratorError> {
+        let ids = self.shared.tokenizer.encode_prompt(prompt)?;
         let context = self.shared.info.context_length;
         if ids.is_empty() {
             return Err(GeneratorError::Validation(
@@ -271,12 +295,15 @@ impl Generator for GeneratorApi {
     ) -> Result<Response<CountTokensResponse>, Status> {
         let state = self.state()?;
         let request = request.into_inner();
-        let text = match &request.input {
-            Some(count_tokens_request::Input::Prompt(p)) => state.prompt_text(Some(p), None)?,
-            Some(count_tokens_request::Input::Chat(c)) => state.prompt_text(None, Some(c))?,
-            None => state.prompt_text(None, None)?,
+        let tokens = match &request.input {
+            Some(count_tokens_request::Input::Prompt(p)) => {
+                state.count_request_tokens(Some(p), None)?
+            }
+            Some(count_tokens_request::Input::Chat(c)) => {
+                state.count_request_tokens(None, Some(c))?
+            }
+            None => state.count_request_tokens(None, None)?,
         };
-        let tokens = state.shared.tokenizer.encode(&text)?.len();
         Ok(Response::new(CountTokensResponse {
             tokens: tokens as u32,
             context_length: state.shared.info.context_length as u32,

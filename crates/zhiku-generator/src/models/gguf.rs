@@ -138,7 +138,7 @@ pub fn load(
         .map(|d| d.join("tokenizer.json"))
         .filter(|p| p.is_file())
     {
-        tokenizer.inner = GenTokenizer::from_file(&json)?;
+        tokenizer.set_tokenizer(GenTokenizer::from_file(&json)?);
     }
     let embedded_template = md
         .get("tokenizer.chat_template")

@@ -334,3 +334,65 @@ pub fn added_tokens_config(specials: &[&str], first: usize) -> String {
         .collect();
     json!({"added_tokens_decoder": decoder, "tokenizer_class": "ChatGLM4Tokenizer"}).to_string()
 }
+
+/// Writes a GGUF that holds only `metadata` (a vocabulary, no tensors) and reads it back as
+/// the loader reads a model file.
+pub fn gguf_vocab(
+    metadata: &[(&str, candle_core::quantized::gguf_file::Value)],
+) -> candle_core::quantized::gguf_file::Content {
+    use candle_core::quantized::gguf_file;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vocab.gguf");
+    let entries: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let mut file = std::fs::File::create(&path).unwrap();
+    gguf_file::write(&mut file, &entries, &[]).unwrap();
+    drop(file);
+    let mut file = std::fs::File::open(&path).unwrap();
+    gguf_file::Content::read(&mut file).unwrap()
+}
+
+/// A GGUF string array.
+pub fn gguf_strings<S: AsRef<str>>(items: &[S]) -> candle_core::quantized::gguf_file::Value {
+    use candle_core::quantized::gguf_file::Value;
+    Value::Array(
+        items
+            .iter()
+            .map(|s| Value::String(s.as_ref().to_owned()))
+            .collect(),
+    )
+}
+
+/// A tiny byte-level BPE vocabulary as GGUF metadata (`tokenizer.ggml.model = gpt2`): the 256
+/// byte characters, the tokens `merges` build, then `controls` (type 3) and `user_defined`
+/// (type 4).
+pub fn byte_level_gguf_vocab(
+    pre: &str,
+    merges: &[&str],
+    controls: &[&str],
+    user_defined: &[&str],
+) -> Vec<(&'static str, candle_core::quantized::gguf_file::Value)> {
+    use candle_core::quantized::gguf_file::Value;
+    let mut bytes: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+        .into_iter()
+        .collect();
+    bytes.sort();
+    let mut tokens: Vec<String> = bytes.into_iter().map(String::from).collect();
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let mut types = vec![1; tokens.len()];
+    for (list, kind) in [(controls, 3), (user_defined, 4)] {
+        for t in list {
+            tokens.push((*t).to_owned());
+            types.push(kind);
+        }
+    }
+    vec![
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String(pre.into())),
+        ("tokenizer.ggml.tokens", gguf_strings(&tokens)),
+        ("tokenizer.ggml.merges", gguf_strings(merges)),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+    ]
+}
