@@ -17,6 +17,8 @@ mod pool;
 #[doc(hidden)]
 pub mod quantize;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::sync::OnceLock;
 
@@ -156,7 +158,22 @@ impl SimdPath {
 
     /// Whether this CPU can run the path.
     pub fn supported(self) -> bool {
-        self == SimdPath::Scalar
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            let avx512 = avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+            match self {
+                SimdPath::Scalar => true,
+                SimdPath::Avx2 => avx2,
+                SimdPath::Avx512 => avx512,
+                SimdPath::Avx512Vnni => avx512 && has!("avx512vnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == SimdPath::Scalar
+        }
     }
 }
 
@@ -366,6 +383,27 @@ impl QuantMatrix {
                         }
                     })
                 }
+                #[cfg(target_arch = "x86_64")]
+                _ => {
+                    let job = x86::Job {
+                        w: gb.as_ptr(),
+                        nb,
+                        a: x86::ActPtrs::new(acts),
+                        y: out.get(),
+                        n,
+                    };
+                    // SAFETY: the path was checked as supported; `gb` holds `ngroups`
+                    // groups of `nb` blocks; `acts` has `m` rows of `k`; the item's rows ×
+                    // groups are inside y and written by this item only.
+                    unsafe {
+                        match path {
+                            SimdPath::Avx2 => x86::range_avx2(ty, &job, rows, groups),
+                            SimdPath::Avx512 => x86::range_avx512(ty, &job, rows, groups),
+                            _ => x86::range_vnni(ty, &job, rows, groups),
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
                 _ => unreachable!("only the scalar path is supported here"),
             }
         });
@@ -464,6 +502,11 @@ fn quantize_acts(path: SimdPath, ty: QuantType, x: &[f32], m: usize, k: usize) -
     let mut a = Acts::new(m, k, blk);
     let one = |x: &[f32], o: &mut RowOut<'_>| match path {
         SimdPath::Scalar => act::quantize_row_scalar(x, blk, o),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: every non-scalar path implies AVX2/FMA/F16C (checked by the caller);
+        // the slices are one row's.
+        _ => unsafe { act::quantize_row_avx2(x, blk, o) },
+        #[cfg(not(target_arch = "x86_64"))]
         _ => act::quantize_row_scalar(x, blk, o),
     };
     macro_rules! rows {
