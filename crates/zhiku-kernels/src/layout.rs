@@ -6,8 +6,9 @@
 //! multiples of 16 bytes; every load is unaligned):
 //! - `d` (8 × f16) and, for the types with a minimum, `m` / `dmin` (8 × f16);
 //! - K-quants: sub-block scales (and mins) in pair order `[pair p][row r][2]`, u8 (Q6_K: i8);
-//! - 5-bit types: per chunk of 4 elements a u32 whose bit `4r + t` is bit 4 of row r's
-//!   element `4c + t`; Q6_K: per 4 chunks a 32-byte register of 2-bit pairs;
+//! - high bits, per byte `4r + t` of a 32-byte register: 5-bit types, for 8 chunks of 4
+//!   elements, bit `c % 8` is bit 4 of row r's element `4c + t`; Q6_K, for 4 chunks, bits
+//!   `2(c % 4)..` are bits 4..5 of that element (so one shift and one mask extract a chunk);
 //! - the low 4 bits, nibble-packed: for a segment of `S` elements (32, or 64 for K-quants)
 //!   register `i` holds elements `4i..4i+4` in its low nibbles and `S/2 + 4i..` in its high
 //!   nibbles, 4 bytes per row; Q8_0 instead holds plain i8 chunks.
@@ -274,13 +275,13 @@ pub fn canon_to_gb(ty: QuantType, c: &Canon, out: &mut [u8]) {
         }
         match ty {
             Q5_0 | Q5_1 | Q5K => {
-                let mut bits = 0u32;
+                let (reg, bit) = (ch / 8, ch % 8);
                 for r in 0..R {
                     for t in 0..4 {
-                        bits |= u32::from((c.q[r][4 * ch + t] >> 4) as u8 & 1) << (4 * r + t);
+                        let b4 = (c.q[r][4 * ch + t] >> 4) as u8 & 1;
+                        out[g.qh + 32 * reg + 4 * r + t] |= b4 << bit;
                     }
                 }
-                out[g.qh + 4 * ch..g.qh + 4 * ch + 4].copy_from_slice(&bits.to_le_bytes());
             }
             Q6K => {
                 let (reg, a) = (ch / 4, ch % 4);
@@ -342,21 +343,15 @@ pub fn gb_to_canon(ty: QuantType, b: &[u8], c: &mut Canon) {
     let seg = segment(ty);
     for ch in 0..e / 4 {
         let (off, high) = nibble_pos(seg, ch);
-        let bits = match ty {
-            Q5_0 | Q5_1 | Q5K => u32::from_le_bytes([
-                b[g.qh + 4 * ch],
-                b[g.qh + 4 * ch + 1],
-                b[g.qh + 4 * ch + 2],
-                b[g.qh + 4 * ch + 3],
-            ]),
-            _ => 0,
-        };
         for r in 0..R {
             for t in 0..4 {
                 let byte = b[g.qs + off + 4 * r + t];
                 let mut v = i16::from(if high { byte >> 4 } else { byte & 0xF });
                 match ty {
-                    Q5_0 | Q5_1 | Q5K => v |= (((bits >> (4 * r + t)) & 1) << 4) as i16,
+                    Q5_0 | Q5_1 | Q5K => {
+                        let byte = b[g.qh + 32 * (ch / 8) + 4 * r + t];
+                        v |= i16::from((byte >> (ch % 8)) & 1) << 4;
+                    }
                     Q6K => {
                         let (reg, a) = (ch / 4, ch % 4);
                         let two = (b[g.qh + 32 * reg + 4 * r + t] >> (2 * a)) & 3;

@@ -97,7 +97,10 @@ pub struct ActPtrs {
     pub b32: *const i16,
     pub b16: *const i16,
     pub k: usize,
-    pub blk: usize,
+    /// Scales per row (k / block), and k / 32, k / 16: strides of the other arrays.
+    pub nbk: usize,
+    pub k32: usize,
+    pub k16: usize,
 }
 
 impl ActPtrs {
@@ -109,7 +112,9 @@ impl ActPtrs {
             b32: a.b32.as_ptr(),
             b16: a.b16.as_ptr(),
             k: a.k,
-            blk: a.blk,
+            nbk: a.k / a.blk,
+            k32: a.k / 32,
+            k16: a.k / 16,
         }
     }
 }
@@ -152,40 +157,23 @@ unsafe fn scales_pairs(p: *const u8, e: usize, signed: bool) -> __m256i {
     }
 }
 
-/// Bit `j` of `bits` → 0x10 in byte `j`.
+/// Chunk `cs` of segment `seg` (elements `S·seg + 4cs ..+4` of all 8 rows, `S` the
+/// segment length) of a group-block, as 32 code bytes. `cs` is a constant wherever this is
+/// inlined (the callers unroll over it), so the nibble half and the shifts fold away.
 ///
 /// # Safety
-/// AVX2.
+/// AVX2; `gb` points to a whole group-block of `ty` and `seg` is one of its segments.
 #[inline(always)]
-unsafe fn bits_to_0x10(bits: i32) -> __m256i {
-    // SAFETY: the caller guarantees AVX2.
-    unsafe {
-        let v = _mm256_set1_epi32(bits);
-        let shuf = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
-        let v = _mm256_shuffle_epi8(v, shuf);
-        let v = _mm256_or_si256(v, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
-        let v = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(-1));
-        _mm256_and_si256(v, _mm256_set1_epi8(0x10))
-    }
-}
-
-/// Chunk `c` (elements `4c..4c+4` of all 8 rows) of a group-block as 32 code bytes.
-///
-/// # Safety
-/// AVX2; `gb` points to a whole group-block of `ty`.
-#[inline(always)]
-unsafe fn chunk(ty: QuantType, gb: *const u8, c: usize) -> __m256i {
+unsafe fn chunk(ty: QuantType, gb: *const u8, seg: usize, cs: usize) -> __m256i {
     let g = regions(ty);
+    let slen = segment(ty);
     // SAFETY: every offset below stays inside the group-block (see `layout`).
     unsafe {
         if ty == QuantType::Q8_0 {
-            return _mm256_loadu_si256(gb.add(g.qs + 32 * c).cast());
+            return _mm256_loadu_si256(gb.add(g.qs + 32 * cs).cast());
         }
-        let (off, high) = nibble_pos(segment(ty), c);
-        let v = _mm256_loadu_si256(gb.add(g.qs + off).cast());
+        let (off, high) = nibble_pos(slen, cs);
+        let v = _mm256_loadu_si256(gb.add(g.qs + seg * slen * R / 2 + off).cast());
         let low4 = _mm256_set1_epi8(0x0F);
         let mut q = if high {
             _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4)
@@ -194,12 +182,25 @@ unsafe fn chunk(ty: QuantType, gb: *const u8, c: usize) -> __m256i {
         };
         match ty {
             QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q5K => {
-                let bits = gb.add(g.qh + 4 * c).cast::<i32>().read_unaligned();
-                q = _mm256_or_si256(q, bits_to_0x10(bits));
+                // Bit (chunk % 8) of each byte is that byte's bit 4.
+                let c = seg * slen / 4 + cs;
+                let h = _mm256_loadu_si256(gb.add(g.qh + 32 * (c / 8)).cast());
+                let h = match cs % 8 {
+                    0 => _mm256_slli_epi16::<4>(h),
+                    1 => _mm256_slli_epi16::<3>(h),
+                    2 => _mm256_slli_epi16::<2>(h),
+                    3 => _mm256_slli_epi16::<1>(h),
+                    4 => h,
+                    5 => _mm256_srli_epi16::<1>(h),
+                    6 => _mm256_srli_epi16::<2>(h),
+                    _ => _mm256_srli_epi16::<3>(h),
+                };
+                q = _mm256_or_si256(q, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
             }
             QuantType::Q6K => {
+                let c = seg * slen / 4 + cs;
                 let h = _mm256_loadu_si256(gb.add(g.qh + 32 * (c / 4)).cast());
-                let h = match c % 4 {
+                let h = match cs % 4 {
                     0 => _mm256_slli_epi16::<4>(h),
                     1 => _mm256_slli_epi16::<2>(h),
                     2 => h,
@@ -211,6 +212,14 @@ unsafe fn chunk(ty: QuantType, gb: *const u8, c: usize) -> __m256i {
         }
         q
     }
+}
+
+/// Expands `$body` once per listed constant, bound to `$i`: chunk loops are unrolled so
+/// every layout offset in them is a constant.
+macro_rules! unroll {
+    ($i:ident in [$($n:literal),*] $body:block) => {
+        $( { let $i: usize = $n; $body } )*
+    };
 }
 
 /// Chunks summed into one i16 partial before it must be widened (the AVX2 bound:
@@ -254,61 +263,54 @@ unsafe fn tile<S: Isa, const MR: usize>(
         let zero = _mm256_setzero_si256();
         for b in 0..nb {
             let gb = w.add(b * g.size);
-            let x = |i: usize, c: usize| -> __m256i {
-                let p = a.qs.add((i0 + i) * a.k + b * e + 4 * c);
+            let x = |i: usize, e0: usize| -> __m256i {
+                let p = a.qs.add((i0 + i) * a.k + b * e + e0);
                 _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
             };
             let mut isum = [zero; MR];
-            match ty {
-                Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => {
-                    let mut part = [zero; MR];
-                    for c in 0..8 {
-                        let wq = chunk(ty, gb, c);
+            let mut part = [zero; MR];
+            let slen = segment(ty);
+            let cps = slen / 4;
+            // Chunks per scale sub-block (K-quants); 32-element types have one scale.
+            let sub_chunks = if ty == Q6K { 4 } else { 8 };
+            let signed = ty == Q6K;
+            let mut sc = zero;
+            for seg in 0..e / slen {
+                unroll!(cs in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                    if cs < cps {
+                        let scaled = ty.block_elems() == 256;
+                        if scaled && cs.is_multiple_of(sub_chunks) {
+                            let j = seg * (cps / sub_chunks) + cs / sub_chunks;
+                            sc = scales_pairs(gb.add(g.sc + 16 * (j / 2)), j % 2, signed);
+                        }
+                        let wq = chunk(ty, gb, seg, cs);
                         for i in 0..MR {
+                            let xv = x(i, seg * slen + 4 * cs);
                             part[i] = if ty == Q8_0 {
-                                S::acc_signed(part[i], wq, x(i, c))
+                                S::acc_signed(part[i], wq, xv)
                             } else {
-                                S::acc(part[i], wq, x(i, c))
+                                S::acc(part[i], wq, xv)
                             };
                         }
-                        if (c + 1) % fl == 0 {
+                        if (cs + 1).is_multiple_of(fl) {
                             for i in 0..MR {
-                                isum[i] = _mm256_add_epi32(isum[i], S::flush(part[i]));
+                                let f = if scaled {
+                                    S::flush_scaled(part[i], sc)
+                                } else {
+                                    S::flush(part[i])
+                                };
+                                isum[i] = _mm256_add_epi32(isum[i], f);
                                 part[i] = zero;
                             }
                         }
                     }
-                }
-                Q4K | Q5K | Q6K => {
-                    let sub_chunks = if ty == Q6K { 4 } else { 8 };
-                    let signed = ty == Q6K;
-                    for j in 0..e / (4 * sub_chunks) {
-                        let sc = scales_pairs(gb.add(g.sc + 16 * (j / 2)), j % 2, signed);
-                        let mut part = [zero; MR];
-                        for t in 0..sub_chunks {
-                            let c = j * sub_chunks + t;
-                            let wq = chunk(ty, gb, c);
-                            for i in 0..MR {
-                                part[i] = S::acc(part[i], wq, x(i, c));
-                            }
-                            if (t + 1) % fl == 0 {
-                                for i in 0..MR {
-                                    let s = S::flush_scaled(part[i], sc);
-                                    isum[i] = _mm256_add_epi32(isum[i], s);
-                                    part[i] = zero;
-                                }
-                            }
-                        }
-                    }
-                }
-                F32 | F16 | BF16 => unreachable!("float types use gemm"),
+                });
             }
             // Per block, the f32 steps of `scalar::block_dot` in its order.
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(g.d).cast()));
-            let nbk = a.k / a.blk;
             for i in 0..MR {
                 let row = i0 + i;
-                let dx = _mm256_set1_ps(*a.d.add(row * nbk + b));
+                let dx = _mm256_set1_ps(*a.d.add(row * a.nbk + b));
                 match ty {
                     Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => {
                         let t = _mm256_mul_ps(dw, dx);
@@ -319,7 +321,7 @@ unsafe fn tile<S: Isa, const MR: usize>(
                                 Q5_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-16.0)),
                                 _ => _mm256_cvtph_ps(_mm_loadu_si128(gb.add(g.m).cast())),
                             };
-                            let sx = _mm256_set1_ps(*a.s.add(row * (a.k / 32) + b));
+                            let sx = _mm256_set1_ps(*a.s.add(row * a.k32 + b));
                             acc[i] = _mm256_fmadd_ps(mw, sx, acc[i]);
                         }
                     }
@@ -328,7 +330,7 @@ unsafe fn tile<S: Isa, const MR: usize>(
                         for p in 0..4 {
                             let mn =
                                 _mm256_cvtepu8_epi16(_mm_loadu_si128(gb.add(g.mn + 16 * p).cast()));
-                            let bs = a.b32.add(row * (a.k / 32) + 8 * b + 2 * p);
+                            let bs = a.b32.add(row * a.k32 + 8 * b + 2 * p);
                             let bs = _mm256_set1_epi32(bs.cast::<i32>().read_unaligned());
                             msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn, bs));
                         }
@@ -343,7 +345,7 @@ unsafe fn tile<S: Isa, const MR: usize>(
                         for p in 0..8 {
                             let sc =
                                 _mm256_cvtepi8_epi16(_mm_loadu_si128(gb.add(g.sc + 16 * p).cast()));
-                            let bs = a.b16.add(row * (a.k / 16) + 16 * b + 2 * p);
+                            let bs = a.b16.add(row * a.k16 + 16 * b + 2 * p);
                             let bs = _mm256_set1_epi32(bs.cast::<i32>().read_unaligned());
                             csum = _mm256_add_epi32(csum, _mm256_madd_epi16(sc, bs));
                         }
