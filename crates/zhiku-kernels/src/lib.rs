@@ -236,6 +236,9 @@ unsafe impl Sync for OutPtr {}
 /// Rows of activations per cache block of the prefill GEMM.
 const MBLOCK: usize = 64;
 
+/// The least work (multiply-adds) worth handing to another thread.
+const MIN_ITEM_MACS: usize = 1 << 18;
+
 impl QuantMatrix {
     /// Builds the matrix from ggml's bytes (any alignment, e.g. a slice of a memory-mapped
     /// GGUF), repacking them. `data` must be exactly `n · k / block_elems · block_bytes`.
@@ -359,11 +362,16 @@ impl QuantMatrix {
         let ngroups = n.div_ceil(R);
         let mblocks = m.div_ceil(MBLOCK);
         let th = threads();
-        // Enough items per thread to balance, each a run of whole groups.
+        // Enough items per thread to balance, each a run of whole groups, but none so
+        // small that waking a worker costs more than it saves (small decode GEMVs).
+        let macs = m * n * self.k;
         let chunks = if th == 1 {
             1
         } else {
-            (4 * th).div_ceil(mblocks).min(ngroups)
+            (4 * th)
+                .min(macs / MIN_ITEM_MACS)
+                .div_ceil(mblocks)
+                .clamp(1, ngroups)
         };
         let per = ngroups.div_ceil(chunks);
         let chunks = ngroups.div_ceil(per);

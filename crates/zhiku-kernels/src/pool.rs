@@ -1,6 +1,7 @@
-//! The one persistent compute pool: a rayon pool of a fixed size, started on first use.
-//! Work is split into items claimed from an atomic counter by one task per worker, so a
-//! matmul costs one broadcast however many items it has.
+//! The one persistent compute pool: the calling thread plus a rayon pool of `threads - 1`
+//! workers, started on first use. Work is split into items claimed from an atomic counter;
+//! the caller works through them too, and a helper task that starts late (its worker busy
+//! or descheduled on a shared machine) finds nothing left instead of holding the call up.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +45,7 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
         // A pool that cannot start (no threads left to the process) degrades to running
         // on the caller's thread rather than failing every matmul.
         rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(n - 1)
             .thread_name(|i| format!("zhiku-kernel-{i}"))
             .build()
             .ok()
@@ -57,7 +58,7 @@ pub fn parallel_for(items: usize, f: impl Fn(usize) + Sync) {
     match pool() {
         Some(pool) if items > 1 => {
             let next = AtomicUsize::new(0);
-            pool.broadcast(|_| {
+            let work = || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= items {
@@ -65,6 +66,13 @@ pub fn parallel_for(items: usize, f: impl Fn(usize) + Sync) {
                     }
                     f(i);
                 }
+            };
+            let helpers = (items - 1).min(pool.current_num_threads());
+            pool.in_place_scope(|s| {
+                for _ in 0..helpers {
+                    s.spawn(|_| work());
+                }
+                work();
             });
         }
         _ => (0..items).for_each(f),
@@ -72,6 +80,7 @@ pub fn parallel_for(items: usize, f: impl Fn(usize) + Sync) {
 }
 
 /// Runs `f` inside the pool (so rayon-parallel code such as `gemm` uses its workers).
+/// The caller waits meanwhile, so float matmuls get one thread fewer than `threads`.
 pub fn install<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     match pool() {
         Some(pool) => pool.install(f),
