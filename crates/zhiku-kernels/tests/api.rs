@@ -95,6 +95,26 @@ fn short_long_and_misshapen_buffers_are_errors() {
 }
 
 #[test]
+fn a_matrix_is_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<QuantMatrix>();
+    let mut rng = Rng(8);
+    let w = random_matrix(&mut rng, QuantType::Q4K, 24, 512);
+    let x = rng.vec(2 * 512, 1.0);
+    let mut want = vec![0f32; 2 * 24];
+    w.matmul(&x, 2, &mut want).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                let mut y = vec![0f32; 2 * 24];
+                w.matmul(&x, 2, &mut y).unwrap();
+                assert_eq!(y, want);
+            });
+        }
+    });
+}
+
+#[test]
 fn the_thread_count_is_set_once() {
     let n = zhiku_kernels::threads();
     assert!(n >= 1);
