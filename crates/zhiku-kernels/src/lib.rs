@@ -9,6 +9,22 @@
 //! Decode (few activation rows) is a GEMV split over threads by chunks of output rows;
 //! prefill (many rows) tiles `MR` activation rows × 8 weight rows per register tile, so a
 //! weight block is unpacked once per tile, and blocks the activations by 64 rows.
+//!
+//! ```
+//! use zhiku_kernels::{QuantMatrix, QuantType};
+//! # fn main() -> Result<(), zhiku_kernels::KernelError> {
+//! // Call `zhiku_kernels::set_threads(n)` first if the count is configured.
+//! let (n, k) = (8, 64);
+//! // One ggml Q8_0 block: scale 1.0 (f16 0x3c00), then 32 codes of 1.
+//! let block: Vec<u8> = [0x00, 0x3c].into_iter().chain([1u8; 32]).collect();
+//! let w = QuantMatrix::from_gguf_bytes(QuantType::Q8_0, n, k, &block.repeat(n * k / 32))?;
+//! let x = vec![1.0f32; 2 * k]; // m = 2 rows
+//! let mut y = vec![0.0f32; 2 * n];
+//! w.matmul(&x, 2, &mut y)?;
+//! assert!(y.iter().all(|&v| (v - k as f32).abs() < 1e-3));
+//! # Ok(())
+//! # }
+//! ```
 
 mod act;
 pub mod half;
@@ -483,23 +499,25 @@ fn repack(ty: QuantType, n: usize, nb: usize, data: &[u8]) -> Vec<u8> {
     let size = regions(ty).size;
     let bb = ty.block_bytes();
     let mut gb = vec![0u8; n.div_ceil(R) * nb * size];
-    pool::install(|| {
-        gb.par_chunks_mut(nb * size)
-            .enumerate()
-            .for_each(|(g, out)| {
-                let mut c = Canon::default();
-                for b in 0..nb {
-                    for r in 0..R {
-                        let row = g * R + r;
-                        if row < n {
-                            let at = (row * nb + b) * bb;
-                            ggml_to_canon(ty, &data[at..at + bb], r, &mut c);
-                        }
-                    }
-                    canon_to_gb(ty, &c, &mut out[b * size..(b + 1) * size]);
+    let group = |(g, out): (usize, &mut [u8])| {
+        let mut c = Canon::default();
+        for b in 0..nb {
+            for r in 0..R {
+                let row = g * R + r;
+                if row < n {
+                    let at = (row * nb + b) * bb;
+                    ggml_to_canon(ty, &data[at..at + bb], r, &mut c);
                 }
-            })
-    });
+            }
+            canon_to_gb(ty, &c, &mut out[b * size..(b + 1) * size]);
+        }
+    };
+    // Only on our pool: with one thread, rayon would fall back to its global pool.
+    if threads() > 1 {
+        pool::install(|| gb.par_chunks_mut(nb * size).enumerate().for_each(group));
+    } else {
+        gb.chunks_mut(nb * size).enumerate().for_each(group);
+    }
     gb
 }
 
