@@ -89,6 +89,11 @@ pub struct GeneratorArgs {
     #[arg(long, env = "ZHIKU_GENERATOR_PREFILL_CHUNK", default_value_t = 512)]
     pub prefill_chunk: usize,
 
+    /// Compute threads of the CPU kernels (default: the cores this process may use, from
+    /// its CPU affinity and cgroup quota).
+    #[arg(long, env = "ZHIKU_THREADS")]
+    pub threads: Option<usize>,
+
     /// Turn off reuse of cached prompt prefixes (the chat template, repeated passages,
     /// earlier turns).
     #[arg(long, env = "ZHIKU_GENERATOR_NO_PREFIX_CACHE")]
@@ -112,6 +117,7 @@ impl GeneratorArgs {
             kv_cache_dtype: KvDtype::F32,
             max_batch_size: 16,
             prefill_chunk: 512,
+            threads: None,
             no_prefix_cache: false,
         }
     }

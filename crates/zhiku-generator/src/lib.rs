@@ -53,6 +53,17 @@ impl GeneratorState {
     /// Loads the model (blocking: call from a blocking thread) and starts the engine.
     pub fn load(args: &GeneratorArgs) -> Result<Self, GeneratorError> {
         let started = std::time::Instant::now();
+        // The kernels' pool starts with the first repacked matrix: size it first. A second
+        // model in the same process keeps the first one's pool.
+        let threads = args.threads.unwrap_or_else(zhiku_kernels::default_threads);
+        if let Err(e) = zhiku_kernels::set_threads(threads) {
+            tracing::warn!(error = %e, "kernel threads already set");
+        }
+        tracing::info!(
+            threads = zhiku_kernels::threads(),
+            simd = zhiku_kernels::simd_level(),
+            "CPU kernels"
+        );
         let model = models::load_model(args)?;
         tracing::info!(
             model = %model.info.model_id,

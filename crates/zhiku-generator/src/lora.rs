@@ -155,6 +155,18 @@ impl LoraAdapter {
         })
     }
 
+    /// An adapter with no modules (changes nothing).
+    pub fn none() -> Self {
+        Self {
+            name: String::new(),
+            id: 0,
+            rank: 0,
+            alpha: 0.0,
+            target_modules: Vec::new(),
+            pairs: HashMap::new(),
+        }
+    }
+
     /// Identifies this load of the adapter (prefix-cache entries are keyed by it).
     pub fn key(&self) -> String {
         format!("{}#{}", self.name, self.id)

@@ -53,20 +53,56 @@ fn worst(a: &[Tensor], b: &[Tensor]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// In f32, zhiku's decoder and candle's networks compute the same function: only
+/// attention and rotary are summed in another order.
 #[test]
 fn gguf_families_match_candles_networks() {
     let dir = tempfile::tempdir().unwrap();
     for arch in ["llama", "qwen2", "glm4"] {
-        for dtype in [GgmlDType::F32, GgmlDType::Q8_0] {
-            let path = dir.path().join(format!("{arch}-{dtype:?}.gguf"));
-            write_tiny_gguf(&path, arch, &tiny_weights(arch, 7), dtype);
-            let model = ours(&path, arch);
-            let diff = worst(&our_logits(&model, None), &reference_logits(&path));
-            // Both sides run the same matmul kernels; only attention and rotary are summed in
-            // another order.
-            assert!(diff < 1e-3, "{arch} {dtype:?}: logits differ by {diff}");
+        let path = dir.path().join(format!("{arch}-f32.gguf"));
+        write_tiny_gguf(&path, arch, &tiny_weights(arch, 7), GgmlDType::F32);
+        let diff = worst(
+            &our_logits(&ours(&path, arch), None),
+            &reference_logits(&path),
+        );
+        assert!(diff < 1e-3, "{arch} f32: logits differ by {diff}");
+    }
+}
+
+/// Quantized, both sides round activations to 8-bit blocks for every matmul (zhiku's
+/// kernels and candle's each in their own way), so neither equals the f32 function exactly.
+/// zhiku's logits must be as close to the exact (dequantized, f32) model as candle's are.
+#[test]
+fn quantized_gguf_logits_are_as_exact_as_candles() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["llama", "qwen2", "glm4"] {
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4_1,
+        ] {
+            let q = dir.path().join(format!("{arch}-{dtype:?}.gguf"));
+            write_tiny_gguf(&q, arch, &tiny_weights(arch, 7), dtype);
+            // The same quantized weights, dequantized, in an f32 file: the exact function.
+            let exact_path = dir.path().join(format!("{arch}-{dtype:?}-f32.gguf"));
+            let dequantized = dequantized_weights(&q);
+            write_tiny_gguf(&exact_path, arch, &dequantized, GgmlDType::F32);
+            let exact = our_logits(&ours(&exact_path, arch), None);
+            let zhiku = worst(&our_logits(&ours(&q, arch), None), &exact);
+            let candle = worst(&reference_logits(&q), &exact);
+            println!("{arch} {dtype:?}: zhiku {zhiku:.2e}, candle {candle:.2e} from exact");
+            assert!(
+                zhiku <= 1.5 * candle + 1e-4,
+                "{arch} {dtype:?}: zhiku is {zhiku} from the exact logits, candle {candle}"
+            );
         }
     }
+}
+
+/// Every tensor of a GGUF file, dequantized to f32, in file order.
+fn dequantized_weights(path: &Path) -> Vec<(String, Tensor)> {
+    merged_weights(path, &LoraAdapter::none())
 }
 
 /// The adapter's modules: q, v and down of every layer, with their (in, out).

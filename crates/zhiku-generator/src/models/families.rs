@@ -19,6 +19,7 @@ use super::decoder::{Block, Decoder, DecoderSpec, Qkv};
 use super::layers::{Embedding, Linear, Mlp, Norm, Rotary, activation_dtype};
 use crate::error::GeneratorError;
 use crate::lora::{LoraAdapter, merged_weight};
+use zhiku_kernels::{QuantMatrix, QuantType};
 
 fn load_err(e: impl std::fmt::Display) -> GeneratorError {
     GeneratorError::Load(e.to_string())
@@ -121,10 +122,32 @@ impl GgufTensors {
         }
     }
 
+    /// On the CPU, a block-quantized matrix repacked for zhiku's kernels straight from the
+    /// map (None: a GPU, or a type the kernels do not serve).
+    fn kernel_matrix(&self, name: &str) -> Result<Option<Arc<QuantMatrix>>, GeneratorError> {
+        if !self.device.is_cpu() {
+            return Ok(None);
+        }
+        let (start, bytes, dtype, dims) = self.raw(name)?;
+        let [n, k] = dims[..] else {
+            return Ok(None);
+        };
+        let Some(ty) = kernel_type(dtype) else {
+            return Ok(None);
+        };
+        let m = QuantMatrix::from_gguf_bytes(ty, n, k, &self.map[start..start + bytes])
+            .map_err(|e| GeneratorError::Load(format!("{}: {name}: {e}", self.path.display())))?;
+        Ok(Some(Arc::new(m)))
+    }
+
     fn linear(&mut self, name: &str, module: &str) -> Result<Linear, GeneratorError> {
-        let qt = self.qtensor(&format!("{name}.weight"))?;
-        let (out, inp) = qt.shape().dims2()?;
+        let weight = format!("{name}.weight");
         let bias = self.optional_dense(&format!("{name}.bias"))?;
+        if let Some(m) = self.kernel_matrix(&weight)? {
+            return Ok(Linear::kernel(m, bias, module));
+        }
+        let qt = self.qtensor(&weight)?;
+        let (out, inp) = qt.shape().dims2()?;
         Ok(Linear::quantized(
             QMatMul::from_qtensor(qt)?,
             out,
@@ -157,6 +180,22 @@ impl GgufTensors {
         self.md_u32(key)
             .ok_or_else(|| GeneratorError::Load(format!("GGUF has no `{key}`")))
     }
+}
+
+/// The kernels' type of a GGUF tensor type (None: candle's kernels run it).
+fn kernel_type(dtype: GgmlDType) -> Option<QuantType> {
+    let id = match dtype {
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        _ => return None,
+    };
+    QuantType::from_ggml_id(id)
 }
 
 /// The GGUF architectures the decoder serves.
@@ -206,7 +245,17 @@ pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, Generat
         )));
     }
     let device = gg.device.clone();
-    let (embed, vocab) = gg.embedding("token_embd.weight")?;
+    let tied = !gg.has("output.weight");
+    // A tied table serves as the output layer too: one copy for both, on the kernels.
+    let shared = if tied {
+        gg.kernel_matrix("token_embd.weight")?
+    } else {
+        None
+    };
+    let (embed, vocab) = match &shared {
+        Some(m) => (Embedding::Kernel(m.clone()), m.rows()),
+        None => gg.embedding("token_embd.weight")?,
+    };
     let mut blocks = Vec::with_capacity(layers);
     for i in 0..layers {
         let p = format!("blk.{i}");
@@ -251,8 +300,10 @@ pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, Generat
         });
     }
     let final_norm = Some(gg.rms("output_norm", eps)?);
-    let lm_head = if gg.has("output.weight") {
+    let lm_head = if !tied {
         gg.linear("output", "lm_head")?
+    } else if let Some(m) = shared {
+        Linear::kernel(m, None, "lm_head")
     } else {
         // Tied embeddings.
         let qt = gg.qtensor("token_embd.weight")?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{D, DType, Device, Module, Tensor};
+use zhiku_kernels::QuantMatrix;
 
 use crate::lora::LoraAdapter;
 
@@ -40,8 +41,10 @@ pub enum Weight {
     /// f32 / f16 / bf16, stored transposed ([in, out], contiguous) so the CPU matmul does
     /// not repack it on every call.
     Dense { wt: Tensor },
-    /// GGUF block-quantized (candle's kernels; CUDA and CPU).
+    /// GGUF block-quantized (candle's kernels: on a GPU, and CPU types ours lack).
     Quant(QMatMul),
+    /// GGUF block-quantized on zhiku's own CPU kernels.
+    Kernel(Arc<QuantMatrix>),
 }
 
 /// y = x·W0ᵀ + b (+ (alpha/r)·(x·Aᵀ)·Bᵀ for rows whose adapter targets this layer).
@@ -89,6 +92,21 @@ impl Linear {
         }
     }
 
+    pub fn kernel(
+        weight: Arc<QuantMatrix>,
+        bias: Option<Tensor>,
+        module: impl Into<String>,
+    ) -> Self {
+        let (out_features, in_features) = (weight.rows(), weight.cols());
+        Self {
+            weight: Weight::Kernel(weight),
+            bias,
+            module: module.into(),
+            out_features,
+            in_features,
+        }
+    }
+
     pub fn module(&self) -> &str {
         &self.module
     }
@@ -106,6 +124,7 @@ impl Linear {
         let y = match &self.weight {
             Weight::Dense { wt } => x.to_dtype(wt.dtype())?.matmul(wt)?,
             Weight::Quant(q) => q.forward(x)?,
+            Weight::Kernel(m) => kernel_matmul(m, x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
@@ -143,6 +162,16 @@ impl Linear {
         }
         Tensor::cat(&parts, 0)
     }
+}
+
+/// x [rows, k] · Wᵀ on zhiku's kernels (activations quantized once for the whole batch).
+fn kernel_matmul(m: &QuantMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, _) = x.dims2()?;
+    let input = crate::models::attention::cpu_f32(x)?;
+    let mut out = vec![0f32; rows * m.rows()];
+    m.matmul(&input, rows, &mut out)
+        .map_err(candle_core::Error::wrap)?;
+    Tensor::from_vec(out, (rows, m.rows()), x.device())
 }
 
 /// RMSNorm or LayerNorm over the last dimension.
@@ -318,6 +347,8 @@ impl Mlp {
 /// The token embedding table, [vocab, hidden].
 pub enum Embedding {
     Dense(Tensor),
+    /// Rows of a quantized matrix on zhiku's kernels, shared with a tied output layer.
+    Kernel(Arc<QuantMatrix>),
     /// GGUF rows left quantized in the memory-mapped file and dequantized per lookup: a
     /// 150k-token table in f32 would take more memory than the whole quantized model.
     Mapped {
@@ -359,6 +390,15 @@ impl Embedding {
             Embedding::Dense(table) => {
                 let ids = Tensor::from_slice(ids, ids.len(), table.device())?;
                 table.index_select(&ids, 0)
+            }
+            Embedding::Kernel(m) => {
+                let hidden = m.cols();
+                let mut out = vec![0f32; ids.len() * hidden];
+                for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
+                    m.dequantize_row(id as usize, row)
+                        .map_err(candle_core::Error::wrap)?;
+                }
+                Tensor::from_vec(out, (ids.len(), hidden), device)
             }
             Embedding::Mapped {
                 map,
