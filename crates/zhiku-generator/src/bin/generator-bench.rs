@@ -68,16 +68,18 @@ struct Args {
 }
 
 /// llama.cpp through llama-cpp-python: for each prompt, the ids prefilled in one batch
-/// (n_batch = n_ubatch = the prompt, so prompts past 512 tokens run), then `decode` tokens
+/// (n_batch = n_ubatch = the context, so prompts past 512 tokens run), then `decode` tokens
 /// fed one at a time; the best of `runs`.
 const LLAMA_CPP_SCRIPT: &str = r#"
 import json, sys, time
 import numpy as np
 import llama_cpp
 model, prompts, decode, runs, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-longest = max(len(p) for p in prompts)
-llm = llama_cpp.Llama(model_path=model, n_ctx=longest + decode + 8, n_batch=longest,
-                      n_ubatch=longest, n_threads=threads, n_threads_batch=threads, verbose=False)
+ctx = max(len(p) for p in prompts) + decode + 8
+# llama-cpp-python keeps n_batch rows of scores: a batch as long as the context keeps the
+# last token's row in range.
+llm = llama_cpp.Llama(model_path=model, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx,
+                      n_threads=threads, n_threads_batch=threads, verbose=False)
 out = []
 for ids in prompts:
     best = {"prefill_tps": 0.0, "decode_tps": 0.0}
