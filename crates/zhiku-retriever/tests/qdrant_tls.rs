@@ -3,27 +3,15 @@
 //! with the CA file works; without it, the server's certificate is refused. Prints SKIPPED
 //! without the Qdrant binary (../shared/qdrant/qdrant or ZHIKU_TEST_QDRANT_BIN) or openssl.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::qdrant_node::{binary, free_port, skipped};
 use zhiku_retriever::store::qdrant::{QdrantSettings, QdrantStore};
 use zhiku_retriever::{RetrieverError, VectorStore};
-
-fn skipped(why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED the Qdrant TLS test: {why}");
-}
-
-fn qdrant_binary() -> Option<PathBuf> {
-    std::env::var_os("ZHIKU_TEST_QDRANT_BIN")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(std::iter::once(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/qdrant/qdrant"),
-        ))
-        .find(|p| p.is_file())
-}
 
 fn openssl(dir: &Path, args: &[&str]) -> bool {
     Command::new("openssl")
@@ -92,13 +80,6 @@ fn make_certificates(dir: &Path) -> bool {
     steps.iter().all(|args| openssl(dir, args))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 struct Server(Child);
 
 impl Drop for Server {
@@ -110,13 +91,17 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_ca_file_besides_the_system_roots() {
-    let Some(binary) = qdrant_binary() else {
-        skipped("no Qdrant binary (../shared/qdrant/qdrant, or set ZHIKU_TEST_QDRANT_BIN)");
+    const WHAT: &str = "the Qdrant TLS test";
+    let Some(binary) = binary() else {
+        skipped(
+            WHAT,
+            "no Qdrant binary (../shared/qdrant/qdrant, or set ZHIKU_TEST_QDRANT_BIN)",
+        );
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
     if !make_certificates(dir.path()) {
-        skipped("the openssl command is missing or failed");
+        skipped(WHAT, "the openssl command is missing or failed");
         return;
     }
     let (http, grpc) = (free_port(), free_port());

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod qdrant_node;
 pub mod ranking;
 
 use std::path::Path;
