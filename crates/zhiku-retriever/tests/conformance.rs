@@ -70,7 +70,8 @@ sections!(
 /// Both backends given the same 400 passages answer the same searches alike: dense (exact at
 /// this size on both) and BM25 with the same scores (1e-4 relative) and order; where scores
 /// tie, the engines may order the tied passages differently (and pick different ones at the
-/// top_k cut). Hybrid within the tolerance of `ranking::assert_fused_alike`.
+/// top_k cut). Hybrid: only as much as `ranking::assert_fused_alike` says (the engines' fused
+/// orders differ).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_rank_alike() {
     let Some(url) = common::qdrant_url("the conformance suite on a Qdrant server") else {

@@ -13,17 +13,17 @@ pub fn skipped(what: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");
 }
 
-/// The Qdrant binary: `ZHIKU_TEST_QDRANT_BIN`, `ZHIKU_QDRANT_BIN`, else
-/// `../shared/qdrant/qdrant` beside the repository; None when there is none.
+/// The Qdrant binary: `ZHIKU_TEST_QDRANT_BIN`, else `ZHIKU_QDRANT_BIN`, else
+/// `../shared/qdrant/qdrant` beside the repository; None when that file is not there (so a
+/// variable naming a missing file turns the tests off).
 pub fn binary() -> Option<PathBuf> {
-    ["ZHIKU_TEST_QDRANT_BIN", "ZHIKU_QDRANT_BIN"]
-        .iter()
-        .filter_map(std::env::var_os)
+    let path = std::env::var_os("ZHIKU_TEST_QDRANT_BIN")
+        .or_else(|| std::env::var_os("ZHIKU_QDRANT_BIN"))
         .map(PathBuf::from)
-        .chain(std::iter::once(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/qdrant/qdrant"),
-        ))
-        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/qdrant/qdrant")
+        });
+    path.is_file().then_some(path)
 }
 
 /// A loopback port that was free a moment ago.
