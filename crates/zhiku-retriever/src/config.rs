@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::store::embedded::HnswSettings;
-use crate::store::qdrant::QdrantSettings;
+use crate::store::qdrant::{QdrantSettings, WriteOrder};
 
 /// Where knowledge bases are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,7 +46,8 @@ pub struct RetrieverArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// gRPC URL of the Qdrant server (backend qdrant); an https:// URL turns TLS on.
+    /// gRPC URL of the Qdrant server (backend qdrant); an https:// URL turns TLS on. Several
+    /// nodes of a cluster, comma-separated: calls move on to the next when one is unavailable.
     #[arg(
         long,
         env = "ZHIKU_QDRANT_URL",
@@ -62,9 +63,36 @@ pub struct RetrieverArgs {
     #[arg(long, env = "ZHIKU_QDRANT_COLLECTION_PREFIX", default_value = "zhiku_")]
     pub qdrant_collection_prefix: String,
 
-    /// Seconds a call to the Qdrant server may take.
+    /// Seconds a call to the Qdrant server may take (then DEADLINE_EXCEEDED).
     #[arg(long, env = "ZHIKU_QDRANT_TIMEOUT_SECONDS", default_value_t = 30)]
     pub qdrant_timeout_seconds: u64,
+
+    /// Retries of a Qdrant call that failed with UNAVAILABLE (pauses of 0.1 s doubling to 2 s,
+    /// on the next --qdrant-url node); the error names the node and the cause when all fail.
+    #[arg(long, env = "ZHIKU_QDRANT_RETRIES", default_value_t = 3)]
+    pub qdrant_retries: u32,
+
+    /// PEM file of CA certificates to trust for https:// Qdrant URLs, besides the system roots.
+    #[arg(long, env = "ZHIKU_QDRANT_CA_CERT")]
+    pub qdrant_ca_cert: Option<PathBuf>,
+
+    /// Shards of new knowledge bases' collections (unset: the server's default, which is 1
+    /// on a single node and the number of nodes in a cluster).
+    #[arg(long, env = "ZHIKU_QDRANT_SHARDS")]
+    pub qdrant_shards: Option<u32>,
+
+    /// Copies of each shard kept on different cluster nodes (unset: the server's default, 1).
+    #[arg(long, env = "ZHIKU_QDRANT_REPLICATION_FACTOR")]
+    pub qdrant_replication_factor: Option<u32>,
+
+    /// Replicas of a shard that must apply a write before it is acknowledged (unset: 1).
+    #[arg(long, env = "ZHIKU_QDRANT_WRITE_CONSISTENCY_FACTOR")]
+    pub qdrant_write_consistency_factor: Option<u32>,
+
+    /// Ordering of writes across replicas: weak (fastest), medium (a dynamic leader) or
+    /// strong (the permanent leader; writes fail while it is down).
+    #[arg(long, env = "ZHIKU_QDRANT_WRITE_ORDERING", value_enum, default_value_t = WriteOrder::Weak)]
+    pub qdrant_write_ordering: WriteOrder,
 
     /// HNSW edges per node of new embedded knowledge bases.
     #[arg(long, env = "ZHIKU_RETRIEVER_HNSW_M", default_value_t = 16)]
@@ -107,6 +135,12 @@ impl RetrieverArgs {
             qdrant_api_key: None,
             qdrant_collection_prefix: "zhiku_".into(),
             qdrant_timeout_seconds: 30,
+            qdrant_retries: 3,
+            qdrant_ca_cert: None,
+            qdrant_shards: None,
+            qdrant_replication_factor: None,
+            qdrant_write_consistency_factor: None,
+            qdrant_write_ordering: WriteOrder::Weak,
             hnsw_m: 16,
             hnsw_ef_construct: 100,
             hnsw_ef: 128,
@@ -129,6 +163,13 @@ impl RetrieverArgs {
             api_key: self.qdrant_api_key.as_ref().map(|s| s.0.clone()),
             collection_prefix: self.qdrant_collection_prefix.clone(),
             timeout_secs: self.qdrant_timeout_seconds,
+            retries: self.qdrant_retries,
+            ca_cert: self.qdrant_ca_cert.clone(),
+            shard_number: self.qdrant_shards,
+            replication_factor: self.qdrant_replication_factor,
+            write_consistency_factor: self.qdrant_write_consistency_factor,
+            write_ordering: self.qdrant_write_ordering,
+            hnsw: self.hnsw(),
         }
     }
 }

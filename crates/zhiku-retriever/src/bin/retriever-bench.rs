@@ -3,8 +3,10 @@
 //! Stores N random unit vectors (default 100 000 × 384) in the embedded backend (qdrant-edge
 //! in a temporary directory), builds its HNSW index, then for Q random queries compares the
 //! top-10 of the store with the exact top-10 (brute force, computed here) and measures search
-//! latency for several HNSW `ef` values. With `ZHIKU_TEST_QDRANT_URL` set it measures a
-//! Qdrant server the same way. Run it in release: `cargo run --release -p zhiku-retriever
+//! latency for several HNSW `ef` values. With `ZHIKU_TEST_QDRANT_URL` set (e.g. under
+//! `scripts/qdrant-test-server`) it measures a Qdrant server the same way on the same data,
+//! once the server has indexed every vector (status green, `indexed_vectors_count` = points),
+//! and prints both side by side. Run it in release: `cargo run --release -p zhiku-retriever
 //! --bin retriever-bench`.
 
 use std::sync::Arc;
@@ -135,6 +137,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// What builds a store's HNSW index after the upserts.
+enum Indexer {
+    /// The embedded store builds it when told to.
+    Embedded(Arc<EmbeddedStore>),
+    /// The server builds it in the background: wait until it has.
+    Server(Arc<QdrantStore>),
+}
+
 struct Figures {
     ef: usize,
     recall: f64,
@@ -183,15 +193,17 @@ async fn measure(
     })
 }
 
+/// Fills a knowledge base of `store`, waits for its index, measures every ef (and exact);
+/// returns the rows of figures (ef 0 = exact).
 async fn bench(
     name: &str,
     store: Arc<dyn VectorStore>,
-    embedded: Option<Arc<EmbeddedStore>>,
+    indexer: Indexer,
     args: &Args,
     data: &[Vec<f32>],
     queries: &[Vec<f32>],
     truth: &[Vec<usize>],
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<Vec<Figures>, Box<dyn std::error::Error>> {
     let kb = "bench";
     let _ = store.delete_kb(kb).await;
     store
@@ -226,14 +238,24 @@ async fn bench(
     }
     let upsert_time = started.elapsed();
     let started = Instant::now();
-    if let Some(embedded) = &embedded {
-        let e = embedded.clone();
-        tokio::task::spawn_blocking(move || e.optimize(kb)).await??;
-    }
-    let index_time = started.elapsed();
+    let index_time = match &indexer {
+        Indexer::Embedded(embedded) => {
+            let e = embedded.clone();
+            tokio::task::spawn_blocking(move || e.optimize(kb)).await??;
+            started.elapsed()
+        }
+        Indexer::Server(server) => {
+            let (took, indexed, points) = server
+                .wait_indexed(kb, Duration::from_secs(10), Duration::from_secs(3600))
+                .await?;
+            println!("[{name}] status green, {indexed} of {points} vectors indexed");
+            took
+        }
+    };
     let count = store.count(kb).await?;
     println!(
-        "[{name}] {count} points of {} dims: upsert {:.1} s ({:.0} points/s), index build {:.1} s",
+        "[{name}] {count} points of {} dims: upsert {:.1} s ({:.0} points/s), indexed {:.1} s \
+         after the last upsert",
         args.dims,
         upsert_time.as_secs_f64(),
         data.len() as f64 / upsert_time.as_secs_f64(),
@@ -254,28 +276,36 @@ async fn bench(
         "[{name}] {:>6} {:>12} {:>10} {:>10}",
         "ef", "recall@k", "p50 ms", "p99 ms"
     );
+    let mut rows = Vec::new();
     for &ef in &args.ef {
-        let f = measure(&store, kb, queries, truth, args.k, Some(ef), false).await?;
-        println!(
-            "[{name}] {:>6} {:>12.4} {:>10.3} {:>10.3}",
-            f.ef,
-            f.recall,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3
-        );
+        rows.push(measure(&store, kb, queries, truth, args.k, Some(ef), false).await?);
     }
     if args.exact {
-        let f = measure(&store, kb, queries, truth, args.k, None, true).await?;
+        rows.push(measure(&store, kb, queries, truth, args.k, None, true).await?);
+    }
+    for f in &rows {
         println!(
             "[{name}] {:>6} {:>12.4} {:>10.3} {:>10.3}",
-            "exact",
+            ef_label(f.ef),
             f.recall,
             f.p50.as_secs_f64() * 1e3,
             f.p99.as_secs_f64() * 1e3
         );
     }
     store.delete_kb(kb).await?;
-    Ok(())
+    Ok(rows)
+}
+
+fn ef_label(ef: usize) -> String {
+    if ef == 0 {
+        "exact".to_string()
+    } else {
+        ef.to_string()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
@@ -320,10 +350,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..HnswSettings::default()
     };
     let embedded = Arc::new(EmbeddedStore::open(dir.path(), hnsw)?);
-    bench(
+    let local = bench(
         "embedded",
         embedded.clone(),
-        Some(embedded),
+        Indexer::Embedded(embedded),
         &args,
         &data,
         &queries,
@@ -334,22 +364,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match std::env::var("ZHIKU_TEST_QDRANT_URL") {
         Ok(url) if !url.is_empty() => {
             let store = QdrantStore::connect(QdrantSettings {
-                url,
                 api_key: std::env::var("ZHIKU_TEST_QDRANT_API_KEY").ok(),
                 collection_prefix: format!("zhiku_bench_{}_", std::process::id()),
                 timeout_secs: 60,
+                hnsw,
+                ..QdrantSettings::new(url)
             })
             .await?;
-            bench(
+            let store = Arc::new(store);
+            let server = bench(
                 "qdrant",
-                Arc::new(store),
-                None,
+                store.clone(),
+                Indexer::Server(store),
                 &args,
                 &data,
                 &queries,
                 &truth,
             )
             .await?;
+            println!(
+                "\nside by side (recall@{}, ms):\n{:>6} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8}",
+                args.k, "ef", "embedded", "p50", "p99", "qdrant", "p50", "p99"
+            );
+            for (e, q) in local.iter().zip(&server) {
+                println!(
+                    "{:>6} | {:>8.4} {:>8.3} {:>8.3} | {:>8.4} {:>8.3} {:>8.3}",
+                    ef_label(e.ef),
+                    e.recall,
+                    ms(e.p50),
+                    ms(e.p99),
+                    q.recall,
+                    ms(q.p50),
+                    ms(q.p99)
+                );
+            }
         }
         _ => println!("[qdrant] skipped: set ZHIKU_TEST_QDRANT_URL to measure a Qdrant server"),
     }

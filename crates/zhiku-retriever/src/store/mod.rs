@@ -24,7 +24,8 @@ use crate::error::Result;
 pub const DENSE_VECTOR: &str = "dense";
 /// Name of the BM25 sparse vector of every point.
 pub const SPARSE_VECTOR: &str = "bm25";
-/// The `k` of reciprocal-rank fusion: score = Σ 1 / (k + rank), rank from 1.
+/// The `k` of reciprocal-rank fusion: score = Σ 1 / (k + rank), rank from 0 (as both
+/// engines count it).
 pub const RRF_K: u32 = 60;
 
 /// Payload field names (shared by filters of both backends).

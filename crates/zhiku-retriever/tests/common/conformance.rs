@@ -102,7 +102,7 @@ pub async fn create(c: &mut RetrieverClient<Channel>, kb: &str) {
     .expect("create");
 }
 
-async fn passage_count(c: &mut RetrieverClient<Channel>, kb: &str) -> (u64, u64) {
+pub async fn passage_count(c: &mut RetrieverClient<Channel>, kb: &str) -> (u64, u64) {
     let d = c
         .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
         .await
@@ -155,22 +155,63 @@ fn expect_code<T: std::fmt::Debug>(
     status.message().to_string()
 }
 
-/// Runs everything a backend must do on knowledge bases named `<prefix>…`.
-pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
-    let kb = format!("{prefix}conf");
-    let kb = kb.as_str();
+/// The sections of the suite, in the order they were written; each runs on its own
+/// knowledge base (so they run in parallel against one server) and is one test per backend
+/// (`tests/conformance.rs`).
+pub const SECTIONS: &[&str] = &[
+    "knowledge_bases",
+    "reingest_and_stale_chunks",
+    "documents_paged",
+    "dense_search",
+    "filters",
+    "sparse_bm25",
+    "hybrid",
+    "bad_input",
+    "deletes",
+];
+
+/// Deletes `kb` if it is there (a run that died earlier may have left it).
+pub async fn clean(c: &mut RetrieverClient<Channel>, kb: &str) {
     let _ = c
         .delete_knowledge_base(DeleteKnowledgeBaseRequest { name: kb.into() })
         .await;
+}
 
-    // Knowledge bases.
+/// `kb` created afresh and filled: the corpus, then document "a" re-ingested shorter (2
+/// chunks), so it holds a:0, a:1, b:0, b:1.
+pub async fn fresh(c: &mut RetrieverClient<Channel>, kb: &str) {
+    clean(c, kb).await;
+    create(c, kb).await;
+    upsert_corpus(c, kb).await;
+    let r = c
+        .upsert(UpsertRequest {
+            knowledge_base: kb.into(),
+            passages: shorter_a(),
+        })
+        .await
+        .expect("upsert shorter")
+        .into_inner();
+    assert_eq!((r.upserted, r.removed_stale), (2, 1));
+}
+
+fn shorter_a() -> Vec<Passage> {
+    corpus()
+        .into_iter()
+        .filter(|(doc, chunk, _, _)| *doc == "a" && *chunk < 2)
+        .map(|(doc, chunk, text, v)| passage(doc, chunk, 2, text, &v))
+        .collect()
+}
+
+/// Create, describe, list, names taken and missing.
+pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend: &str) {
+    clean(c, kb).await;
     let info = c
         .info(RetrieverInfoRequest {})
         .await
         .expect("info")
         .into_inner();
     assert_eq!(info.backend, backend);
-    create(&mut c, kb).await;
+    create(c, kb).await;
     let d = c
         .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
         .await
@@ -188,7 +229,18 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         .await
         .expect("list")
         .into_inner();
-    assert!(list.knowledge_bases.iter().any(|k| k.name == kb));
+    let listed = list
+        .knowledge_bases
+        .iter()
+        .find(|k| k.name == kb)
+        .expect("listed");
+    assert_eq!(listed.adapter, "legal-lora");
+    let info = c
+        .info(RetrieverInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert!(info.knowledge_base_count >= 1);
     expect_code(
         c.create_knowledge_base(CreateKnowledgeBaseRequest {
             name: kb.into(),
@@ -201,39 +253,66 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     );
     expect_code(
         c.describe_knowledge_base(DescribeKnowledgeBaseRequest {
-            name: format!("{prefix}missing"),
+            name: format!("{kb}-missing"),
         })
         .await,
         Code::NotFound,
         &["does not exist"],
     );
+    upsert_corpus(c, kb).await;
+    let list = c
+        .list_knowledge_bases(ListKnowledgeBasesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let listed = list
+        .knowledge_bases
+        .iter()
+        .find(|k| k.name == kb)
+        .expect("listed");
+    assert_eq!((listed.passage_count, listed.document_count), (5, 2));
+    clean(c, kb).await;
+}
 
-    // Upsert, re-ingest, stale chunks.
-    upsert_corpus(&mut c, kb).await;
-    assert_eq!(passage_count(&mut c, kb).await, (5, 2));
-    upsert_corpus(&mut c, kb).await;
-    assert_eq!(
-        passage_count(&mut c, kb).await,
-        (5, 2),
-        "re-ingest duplicated"
-    );
-    let shorter: Vec<Passage> = corpus()
-        .into_iter()
-        .filter(|(doc, chunk, _, _)| *doc == "a" && *chunk < 2)
-        .map(|(doc, chunk, text, v)| passage(doc, chunk, 2, text, &v))
-        .collect();
+/// Deterministic ids: re-ingesting replaces; a shorter version removes the chunks past it.
+pub async fn reingest_and_stale_chunks(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    clean(c, kb).await;
+    create(c, kb).await;
+    upsert_corpus(c, kb).await;
+    assert_eq!(passage_count(c, kb).await, (5, 2));
+    upsert_corpus(c, kb).await;
+    assert_eq!(passage_count(c, kb).await, (5, 2), "re-ingest duplicated");
     let r = c
         .upsert(UpsertRequest {
             knowledge_base: kb.into(),
-            passages: shorter,
+            passages: shorter_a(),
         })
         .await
         .expect("upsert shorter")
         .into_inner();
     assert_eq!((r.upserted, r.removed_stale), (2, 1));
-    assert_eq!(passage_count(&mut c, kb).await, (4, 2));
+    assert_eq!(passage_count(c, kb).await, (4, 2));
+    // The removed chunk is gone from searches too.
+    let mut req = search_request(kb);
+    req.vector = vec![0.0, 0.0, 1.0, 0.0];
+    req.top_k = 10;
+    assert!(!ids(&search(c, req).await).contains(&("a".to_string(), 2)));
+    // The same shorter version again removes nothing more.
+    let r = c
+        .upsert(UpsertRequest {
+            knowledge_base: kb.into(),
+            passages: shorter_a(),
+        })
+        .await
+        .expect("upsert shorter again")
+        .into_inner();
+    assert_eq!((r.upserted, r.removed_stale), (2, 0));
+    clean(c, kb).await;
+}
 
-    // Documents, paged and sorted.
+/// ListDocuments: sorted by id, paged, with source, chunk count and metadata.
+pub async fn documents_paged(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
     let page1 = c
         .list_documents(ListDocumentsRequest {
             knowledge_base: kb.into(),
@@ -265,41 +344,77 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     assert_eq!(page2.documents[0].document_id, "b");
     assert_eq!(page2.documents[0].chunk_count, 2);
     assert!(page2.next_page_token.is_empty());
+    let all = c
+        .list_documents(ListDocumentsRequest {
+            knowledge_base: kb.into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list documents")
+        .into_inner();
+    let names: Vec<_> = all
+        .documents
+        .iter()
+        .map(|d| d.document_id.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(all.next_page_token.is_empty());
+    clean(c, kb).await;
+}
 
-    // Dense search.
+/// The dense request of several sections: nearest to passage b:0.
+fn dense_request(kb: &str) -> SearchRequest {
     let mut req = search_request(kb);
     req.vector = vec![0.0, 0.0, 0.0, 1.0];
-    let r = search(&mut c, req.clone()).await;
+    req
+}
+
+/// Dense search: cosine scores, order, top_k, vectors, threshold.
+pub async fn dense_search(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
+    let req = dense_request(kb);
+    let r = search(c, req.clone()).await;
     assert_eq!(r.mode, SearchMode::Dense as i32);
     assert_eq!(r.hits.len(), 4, "top_k 0 means 5; 4 passages stored");
     assert_eq!(ids(&r)[0], ("b".to_string(), 0));
     assert!((r.hits[0].score - 1.0).abs() < 1e-4, "{}", r.hits[0].score);
+    // b:1 is [0.5; 4]: cosine 0.5 with the query.
+    assert_eq!(ids(&r)[1], ("b".to_string(), 1));
+    assert!((r.hits[1].score - 0.5).abs() < 1e-4, "{}", r.hits[1].score);
     assert_eq!(r.hits[0].dense_score, Some(r.hits[0].score));
     assert_eq!(r.hits[0].sparse_score, None);
     let p = r.hits[0].passage.as_ref().expect("passage");
     assert_eq!(p.text, corpus()[3].2);
     assert_eq!(p.source, "b.md");
     assert_eq!((p.char_start, p.char_end), (0, 20));
+    assert_eq!(p.metadata.get("lang").map(String::as_str), Some("mixed"));
     assert!(p.vector.is_empty());
     assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
     let mut top2 = req.clone();
     top2.top_k = 2;
     top2.with_vectors = true;
-    let r = search(&mut c, top2).await;
+    let r = search(c, top2).await;
     assert_eq!(r.hits.len(), 2);
     let v = &r.hits[0].passage.as_ref().expect("passage").vector;
     assert_eq!(v.len(), DIMS as usize);
+    assert!((v[3] - 1.0).abs() < 1e-4, "{v:?}");
     let mut thr = req.clone();
     thr.score_threshold = Some(0.9);
-    assert_eq!(ids(&search(&mut c, thr).await), vec![("b".to_string(), 0)]);
+    assert_eq!(ids(&search(c, thr).await), vec![("b".to_string(), 0)]);
+    clean(c, kb).await;
+}
 
-    // Filters.
+/// Filters on document ids, sources and metadata (all must hold).
+pub async fn filters(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
+    let req = dense_request(kb);
     let mut f = req.clone();
     f.filter = Some(Filter {
         document_ids: vec!["a".into()],
         ..Default::default()
     });
-    let r = search(&mut c, f).await;
+    let r = search(c, f).await;
     assert_eq!(r.hits.len(), 2);
     assert!(ids(&r).iter().all(|(d, _)| d == "a"));
     let mut f = req.clone();
@@ -307,13 +422,15 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         sources: vec!["b.md".into()],
         ..Default::default()
     });
-    assert!(ids(&search(&mut c, f).await).iter().all(|(d, _)| d == "b"));
+    let r = search(c, f).await;
+    assert_eq!(r.hits.len(), 2);
+    assert!(ids(&r).iter().all(|(d, _)| d == "b"));
     let mut f = req.clone();
     f.filter = Some(Filter {
         metadata: [("lang".to_string(), "mixed".to_string())].into(),
         ..Default::default()
     });
-    let r = search(&mut c, f).await;
+    let r = search(c, f).await;
     assert_eq!(r.hits.len(), 2);
     assert!(ids(&r).iter().all(|(d, _)| d == "b"));
     let mut f = req.clone();
@@ -321,12 +438,32 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         metadata: [("lang".to_string(), "fr".to_string())].into(),
         ..Default::default()
     });
-    assert!(search(&mut c, f).await.hits.is_empty());
-
-    // Sparse (BM25, Chinese segmented).
+    assert!(search(c, f).await.hits.is_empty());
+    // Two conditions that no passage meets together.
+    let mut f = req.clone();
+    f.filter = Some(Filter {
+        document_ids: vec!["a".into()],
+        sources: vec!["b.md".into()],
+        ..Default::default()
+    });
+    assert!(search(c, f).await.hits.is_empty());
+    // A filter applies to BM25 as well.
     let mut s = search_request(kb);
     s.query_text = "向量数据库".into();
-    let r = search(&mut c, s.clone()).await;
+    s.filter = Some(Filter {
+        document_ids: vec!["b".into()],
+        ..Default::default()
+    });
+    assert!(ids(&search(c, s).await).iter().all(|(d, _)| d == "b"));
+    clean(c, kb).await;
+}
+
+/// BM25 on Chinese segmented words and English words.
+pub async fn sparse_bm25(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
+    let mut s = search_request(kb);
+    s.query_text = "向量数据库".into();
+    let r = search(c, s.clone()).await;
     assert_eq!(r.mode, SearchMode::Sparse as i32);
     assert!(!r.hits.is_empty());
     assert_eq!(ids(&r)[0], ("a".to_string(), 1), "{r:?}");
@@ -335,23 +472,37 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     assert_eq!(r.hits[0].dense_score, None);
     let mut s2 = search_request(kb);
     s2.query_text = "hybrid search".into();
-    assert_eq!(ids(&search(&mut c, s2).await)[0], ("b".to_string(), 0));
+    assert_eq!(ids(&search(c, s2).await)[0], ("b".to_string(), 0));
+    // Words in no passage: no hits.
+    let mut none = search_request(kb);
+    none.query_text = "完全无关的词语".into();
+    assert!(search(c, none).await.hits.is_empty());
+    clean(c, kb).await;
+}
 
-    // Hybrid: both rankings fused.
+/// Hybrid: both rankings fused by reciprocal rank; the threshold cuts dense candidates only.
+pub async fn hybrid(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
     let mut h = search_request(kb);
     h.vector = vec![0.0, 1.0, 0.0, 0.0];
     h.query_text = "向量数据库".into();
-    let r = search(&mut c, h).await;
+    let r = search(c, h).await;
     assert_eq!(r.mode, SearchMode::Hybrid as i32);
     assert_eq!(ids(&r)[0], ("a".to_string(), 1));
     assert!(r.hits[0].dense_score.is_some() && r.hits[0].sparse_score.is_some());
+    // First in both rankings: 2 / (60 + 0) (ranks count from 0 in both engines).
+    assert!(
+        (r.hits[0].score - 2.0 / 60.0).abs() < 1e-5,
+        "{}",
+        r.hits[0].score
+    );
     assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
     // score_threshold in hybrid: dense candidates under it are dropped, BM25 finds are kept.
     let mut h = search_request(kb);
     h.vector = vec![0.0, 1.0, 0.0, 0.0];
     h.query_text = "hybrid search 向量数据库".into();
     h.score_threshold = Some(0.99);
-    let r = search(&mut c, h).await;
+    let r = search(c, h).await;
     assert_eq!(ids(&r)[0], ("a".to_string(), 1));
     assert!(
         ids(&r).contains(&("b".to_string(), 0)),
@@ -363,13 +514,16 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         }
     }
     // A hybrid search whose text matches nothing is the dense ranking.
-    let mut h = search_request(kb);
-    h.vector = vec![0.0, 0.0, 0.0, 1.0];
+    let mut h = dense_request(kb);
     h.query_text = "完全无关的词语".into();
     h.mode = SearchMode::Hybrid as i32;
-    assert_eq!(ids(&search(&mut c, h).await)[0], ("b".to_string(), 0));
+    assert_eq!(ids(&search(c, h).await)[0], ("b".to_string(), 0));
+    clean(c, kb).await;
+}
 
-    // Bad input: INVALID_ARGUMENT saying what to fix.
+/// Bad input: INVALID_ARGUMENT (or NOT_FOUND) saying what to fix, and nothing written.
+pub async fn bad_input(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
     let mut bad = corpus_passages();
     bad[1].vector = vec![1.0; 3];
     expect_code(
@@ -388,7 +542,7 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         Code::InvalidArgument,
         &["5 dimensions"],
     );
-    let mut bad = req.clone();
+    let mut bad = dense_request(kb);
     bad.top_k = 101;
     expect_code(c.search(bad).await, Code::InvalidArgument, &["top_k"]);
     expect_code(
@@ -404,6 +558,9 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         Code::InvalidArgument,
         &["needs `vector`"],
     );
+    let mut bad = dense_request(&format!("{kb}-missing"));
+    bad.top_k = 1;
+    expect_code(c.search(bad).await, Code::NotFound, &["does not exist"]);
     expect_code(
         c.create_knowledge_base(CreateKnowledgeBaseRequest {
             name: "bad name!".into(),
@@ -416,7 +573,7 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     );
     expect_code(
         c.create_knowledge_base(CreateKnowledgeBaseRequest {
-            name: format!("{prefix}zero"),
+            name: format!("{kb}-zero"),
             dimensions: 0,
             ..Default::default()
         })
@@ -435,7 +592,7 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     );
     expect_code(
         c.upsert(UpsertRequest {
-            knowledge_base: format!("{prefix}missing"),
+            knowledge_base: format!("{kb}-missing"),
             passages: corpus_passages(),
         })
         .await,
@@ -464,9 +621,13 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         &["page_token"],
     );
     // Nothing was written by the refused calls.
-    assert_eq!(passage_count(&mut c, kb).await, (4, 2));
+    assert_eq!(passage_count(c, kb).await, (4, 2));
+    clean(c, kb).await;
+}
 
-    // Delete a document, then the knowledge base.
+/// Deleting a document (twice), then the knowledge base.
+pub async fn deletes(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
     let r = c
         .delete_document(DeleteDocumentRequest {
             knowledge_base: kb.into(),
@@ -485,7 +646,18 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         .expect("delete document again")
         .into_inner();
     assert_eq!(r.deleted_passages, 0);
-    assert_eq!(passage_count(&mut c, kb).await, (2, 1));
+    assert_eq!(passage_count(c, kb).await, (2, 1));
+    let r = search(c, dense_request(kb)).await;
+    assert!(ids(&r).iter().all(|(d, _)| d == "a"), "{r:?}");
+    expect_code(
+        c.delete_document(DeleteDocumentRequest {
+            knowledge_base: format!("{kb}-missing"),
+            document_id: "b".into(),
+        })
+        .await,
+        Code::NotFound,
+        &["does not exist"],
+    );
     let r = c
         .delete_knowledge_base(DeleteKnowledgeBaseRequest { name: kb.into() })
         .await
@@ -498,4 +670,16 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         Code::NotFound,
         &[kb],
     );
+    expect_code(
+        c.delete_knowledge_base(DeleteKnowledgeBaseRequest { name: kb.into() })
+            .await,
+        Code::NotFound,
+        &[kb],
+    );
+    let list = c
+        .list_knowledge_bases(ListKnowledgeBasesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(!list.knowledge_bases.iter().any(|k| k.name == kb));
 }

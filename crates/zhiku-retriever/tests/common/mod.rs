@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod qdrant_node;
+pub mod ranking;
 
 use std::path::Path;
 
@@ -76,5 +78,41 @@ pub async fn embedded_retriever(dir: &Path) -> Retriever {
     let opened = zhiku_retriever::open_store(&RetrieverArgs::embedded(dir))
         .await
         .expect("opens the data dir");
+    Retriever::new(opened.store).expect("retriever")
+}
+
+/// The Qdrant server the server-backend tests run against: `ZHIKU_TEST_QDRANT_URL`
+/// (`scripts/qdrant-test-server` sets it). Without it, says so once on stderr past the test
+/// harness's capture, so that a skipped run reads as skipped and not as a plain `ok`.
+pub fn qdrant_url(what: &str) -> Option<String> {
+    static NOTE: std::sync::Once = std::sync::Once::new();
+    let url = std::env::var("ZHIKU_TEST_QDRANT_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        NOTE.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {what}: no Qdrant server (set ZHIKU_TEST_QDRANT_URL, or run under \
+                 scripts/qdrant-test-server)"
+            );
+        });
+    }
+    url
+}
+
+/// A retriever over the Qdrant server at `url`, its collections named `<prefix>…`.
+pub async fn qdrant_retriever(url: &str, prefix: &str) -> Retriever {
+    let mut args = RetrieverArgs::embedded("unused");
+    args.backend = zhiku_retriever::Backend::Qdrant;
+    args.qdrant_url = url.to_string();
+    args.qdrant_api_key = std::env::var("ZHIKU_TEST_QDRANT_API_KEY")
+        .ok()
+        .map(zhiku_retriever::config::Secret);
+    args.qdrant_collection_prefix = prefix.to_string();
+    let opened = zhiku_retriever::open_store(&args)
+        .await
+        .expect("connects to the Qdrant server");
     Retriever::new(opened.store).expect("retriever")
 }
