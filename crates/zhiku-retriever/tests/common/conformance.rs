@@ -104,7 +104,10 @@ pub async fn create(c: &mut RetrieverClient<Channel>, kb: &str) {
 
 async fn passage_count(c: &mut RetrieverClient<Channel>, kb: &str) -> (u64, u64) {
     let d = c
-        .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
         .await
         .expect("describe")
         .into_inner();
@@ -172,7 +175,10 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     assert_eq!(info.backend, backend);
     create(&mut c, kb).await;
     let d = c
-        .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
         .await
         .expect("describe")
         .into_inner();
@@ -202,6 +208,7 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
     expect_code(
         c.describe_knowledge_base(DescribeKnowledgeBaseRequest {
             name: format!("{prefix}missing"),
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -493,8 +500,11 @@ pub async fn run(mut c: RetrieverClient<Channel>, prefix: &str, backend: &str) {
         .into_inner();
     assert_eq!(r.deleted_passages, 2);
     expect_code(
-        c.describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
-            .await,
+        c.describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         &[kb],
     );
