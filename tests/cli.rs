@@ -60,6 +60,13 @@ fn zhiku(args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
     let data = tempfile::tempdir().unwrap();
+    let served = tempfile::tempdir().unwrap();
+    let ingest_root = served.path().join("root");
+    std::fs::create_dir_all(ingest_root.join("kb/sub")).unwrap();
+    std::fs::write(ingest_root.join("kb/a.txt"), "阿敏喜欢吐槽小拾。").unwrap();
+    std::fs::write(served.path().join("secret.txt"), "outside").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("..", ingest_root.join("kb/sub/up")).unwrap();
     let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
     let (orchestrator, embedder, retriever, generator) =
         (free_addr(), free_addr(), free_addr(), free_addr());
@@ -83,6 +90,8 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
             &retriever.to_string(),
             "--generator-listen",
             &generator.to_string(),
+            "--ingest-root",
+            ingest_root.to_str().unwrap(),
         ],
         &[],
     );
@@ -247,6 +256,115 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
     );
     let (code, stdout, _) = zhiku(&["docs", "delete", "--kb", "cli", "good.txt", "--addr", &url]);
     assert_eq!(code, 0, "{stdout}");
+    // Same-named files in two directories are two documents.
+    let tree = tempfile::tempdir().unwrap();
+    for (dir, text) in [("a", "小拾喜欢看电影。"), ("b", "阿敏喜欢吐槽小拾。")] {
+        std::fs::create_dir_all(tree.path().join(dir)).unwrap();
+        std::fs::write(tree.path().join(dir).join("README.md"), text).unwrap();
+    }
+    let a = tree.path().join("a/README.md");
+    let b = tree.path().join("b/README.md");
+    let (code, stdout, stderr) = zhiku(&[
+        "ingest",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--kb",
+        "pair",
+        "--addr",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("ingested 2 file(s)"), "{stdout}");
+    assert_eq!(documents(&url, "pair"), ["a/README.md", "b/README.md"]);
+
+    // A symlink loop is ingested once; a 200 MiB file fails alone and the rest goes on.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("..", tree.path().join("b/up")).unwrap();
+    std::fs::File::create(tree.path().join("b/big.txt"))
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let (code, stdout, stderr) = zhiku(&[
+        "ingest",
+        tree.path().to_str().unwrap(),
+        "--kb",
+        "tree",
+        "--addr",
+        &url,
+    ]);
+    assert_ne!(code, 0, "the big file failed\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ingested 2 file(s)"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("b/big.txt: too large"), "{stdout}");
+    assert_eq!(documents(&url, "tree"), ["a/README.md", "b/README.md"]);
+
+    // Server-side paths: the loop under the ingest root is walked once, and every path
+    // outside the root gets the same answer, whether it exists or not.
+    let mut client = zhiku_proto::v1::orchestrator_client::OrchestratorClient::new(
+        tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let secret = served.path().join("secret.txt");
+    let summary = ingest_paths(
+        &mut client,
+        "served",
+        &[
+            "kb",
+            "../secret.txt",
+            secret.to_str().unwrap(),
+            "../missing.txt",
+        ],
+    )
+    .await;
+    assert_eq!(summary.files_ingested, 1, "{summary:?}");
+    assert_eq!(summary.files_failed, 3, "{summary:?}");
+    let reasons: Vec<&str> = summary
+        .errors
+        .iter()
+        .map(|e| e.rsplit(": ").next().unwrap())
+        .collect();
+    assert_eq!(reasons, ["outside the ingest root"; 3], "{summary:?}");
+    #[cfg(unix)]
+    assert_eq!(summary.files_skipped, 1, "{summary:?}");
+    assert_eq!(documents(&url, "served"), ["kb/a.txt"]);
+
+    // A client that goes away mid-answer: CANCELLED in the log, not an error.
+    let mut request = zhiku_proto::v1::AskRequest {
+        question: "小拾喜欢做什么？请详细地说。".into(),
+        knowledge_base: "cli".into(),
+        sampling: Some(zhiku_proto::v1::SamplingParams {
+            max_new_tokens: Some(400),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    request.top_k = 3;
+    let mut stream = client.ask(request).await.unwrap().into_inner();
+    loop {
+        let event = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("an event before the answer");
+        if let Some(zhiku_proto::v1::ask_event::Event::Chunk(_)) = event.event {
+            break;
+        }
+    }
+    drop(stream);
+    zhiku_e2e::wait_log(&serve, "the client went away; the ask stopped", STARTUP).await;
+    let logs = serve.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("the client went away; the ask stopped"))
+        .unwrap();
+    assert!(
+        line.contains("INFO") && line.contains("CANCELLED"),
+        "{line}"
+    );
+    assert!(!logs.contains("internal error"), "{logs}");
+
     let (code, stdout, stderr) = zhiku(&["kb", "delete", "nope-kb", "--addr", &url]);
     assert_ne!(code, 0, "{stdout}");
     assert!(
@@ -255,6 +373,43 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
             || stderr.contains("no knowledge base"),
         "{stderr}"
     );
+}
+
+/// The document ids of a knowledge base, from `zhiku docs list`.
+fn documents(url: &str, kb: &str) -> Vec<String> {
+    let (code, stdout, stderr) = zhiku(&["docs", "list", "--kb", kb, "--addr", url]);
+    assert_eq!(code, 0, "{stderr}");
+    stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Ingests server-side `paths`; the summary.
+async fn ingest_paths(
+    client: &mut zhiku_proto::v1::orchestrator_client::OrchestratorClient<
+        tonic::transport::Channel,
+    >,
+    kb: &str,
+    paths: &[&str],
+) -> zhiku_proto::v1::IngestSummary {
+    let mut stream = client
+        .ingest(zhiku_proto::v1::IngestRequest {
+            knowledge_base: kb.into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            create_if_missing: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(zhiku_proto::v1::ingest_event::Event::Summary(summary)) = event.event {
+            return summary;
+        }
+    }
+    panic!("no summary");
 }
 
 #[test]

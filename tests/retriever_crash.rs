@@ -100,6 +100,7 @@ async fn check(
     let kb = client
         .describe_knowledge_base(DescribeKnowledgeBaseRequest {
             name: "crash".into(),
+            ..Default::default()
         })
         .await
         .expect("describe")

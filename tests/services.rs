@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tonic_health::pb::health_check_response::ServingStatus;
-use zhiku_e2e::{ServiceProcess, minilm_dir, run_grpcurl, wait_serving};
+use zhiku_e2e::{ServiceProcess, minilm_dir, models_dir, run_grpcurl, wait_log, wait_serving};
 use zhiku_proto::v1::embedder_client::EmbedderClient;
 use zhiku_proto::v1::{EmbedKind, EmbedRequest};
 
@@ -340,8 +340,15 @@ async fn orchestrator_binary_serves_and_names_a_downstream_service_that_is_down(
         ],
         &[],
     );
-    let seen = wait_serving(&process, "zhiku.v1.Orchestrator", STARTUP).await;
-    assert_eq!(seen.last(), Some(&ServingStatus::Serving));
+    // Loaded, but its downstream services are down: NOT_SERVING.
+    wait_log(&process, "health follows its readiness", STARTUP).await;
+    let channel = process.channel(STARTUP).await;
+    assert_eq!(
+        zhiku_e2e::health(channel, "zhiku.v1.Orchestrator")
+            .await
+            .ok(),
+        Some(ServingStatus::NotServing)
+    );
     let services = grpcurl_list(&process);
     assert!(
         services.contains(&"zhiku.v1.Orchestrator".to_owned()),
@@ -354,8 +361,8 @@ async fn orchestrator_binary_serves_and_names_a_downstream_service_that_is_down(
         .args([addr.as_str(), "zhiku.v1.Orchestrator"])
         .output()
         .expect("runs zhiku-healthcheck");
-    assert!(probe.status.success(), "{probe:?}");
-    assert!(String::from_utf8_lossy(&probe.stdout).contains("SERVING"));
+    assert!(!probe.status.success(), "{probe:?}");
+    assert!(String::from_utf8_lossy(&probe.stdout).contains("NOT_SERVING"));
     let closed = format!("127.0.0.1:{}", zhiku_e2e::free_port());
     let probe = std::process::Command::new(zhiku_e2e::binary("zhiku-healthcheck"))
         .args([closed.as_str(), "zhiku.v1.Orchestrator"])
@@ -388,4 +395,102 @@ async fn orchestrator_binary_serves_and_names_a_downstream_service_that_is_down(
     assert!(!ok);
     assert!(stderr.contains("Unavailable"), "{stderr}");
     assert!(stderr.contains("retriever"), "{stderr}");
+}
+
+/// The orchestrator's health, then the generator's: read in that order, so that a SERVING
+/// orchestrator must be followed by a SERVING generator.
+async fn orchestrator_then_generator(
+    orchestrator: &ServiceProcess,
+    generator_addr: std::net::SocketAddr,
+) -> (Option<ServingStatus>, Option<ServingStatus>) {
+    let orchestrator_status =
+        zhiku_e2e::health(orchestrator.channel(STARTUP).await, "zhiku.v1.Orchestrator")
+            .await
+            .ok();
+    let generator_status =
+        match tonic::transport::Channel::from_shared(format!("http://{generator_addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            Ok(channel) => zhiku_e2e::health(channel, "zhiku.v1.Generator").await.ok(),
+            Err(_) => None,
+        };
+    (orchestrator_status, generator_status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrator_is_not_serving_until_its_generator_loads_and_while_it_is_down() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let embedder = ServiceProcess::start(
+        "zhiku-embedder",
+        &["--model", minilm_dir().to_str().expect("utf-8 path")],
+        &[],
+    );
+    let retriever = ServiceProcess::start(
+        "zhiku-retriever",
+        &["--data-dir", data.path().to_str().expect("utf-8 path")],
+        &[],
+    );
+    let generator_addr = zhiku_e2e::free_addr();
+    let orchestrator = ServiceProcess::start(
+        "zhiku-orchestrator",
+        &[
+            "--embedder-addr",
+            &embedder.endpoint(),
+            "--retriever-addr",
+            &retriever.endpoint(),
+            "--generator-addr",
+            &format!("http://{generator_addr}"),
+        ],
+        &[],
+    );
+    wait_serving(&embedder, "zhiku.v1.Embedder", STARTUP).await;
+    wait_serving(&retriever, "zhiku.v1.Retriever", STARTUP).await;
+    // Two services up, the generator not started: NOT_SERVING.
+    wait_log(&orchestrator, "health follows its readiness", STARTUP).await;
+    let (status, _) = orchestrator_then_generator(&orchestrator, generator_addr).await;
+    assert_eq!(status, Some(ServingStatus::NotServing));
+
+    let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
+    let smollm = smollm.to_str().expect("utf-8 path");
+    for round in 0..2 {
+        let mut generator =
+            ServiceProcess::start_on("zhiku-generator", generator_addr, &["--model", smollm], &[]);
+        // While the generator loads the orchestrator stays NOT_SERVING; it turns SERVING by
+        // itself once the generator is.
+        let deadline = std::time::Instant::now() + STARTUP;
+        loop {
+            let (orchestrator_status, generator_status) =
+                orchestrator_then_generator(&orchestrator, generator_addr).await;
+            if orchestrator_status == Some(ServingStatus::Serving) {
+                assert_eq!(
+                    generator_status,
+                    Some(ServingStatus::Serving),
+                    "round {round}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the orchestrator did not turn SERVING\n{}",
+                orchestrator.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The generator dies: NOT_SERVING again, by itself.
+        generator.kill();
+        let deadline = std::time::Instant::now() + STARTUP;
+        while orchestrator_then_generator(&orchestrator, generator_addr)
+            .await
+            .0
+            != Some(ServingStatus::NotServing)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: still SERVING with the generator down"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -211,6 +211,20 @@ pub async fn wait_serving(
     }
 }
 
+/// Waits until `process`'s log holds `text`.
+pub async fn wait_log(process: &ServiceProcess, text: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !process.logs().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never logged {text:?}\n{}",
+            process.name,
+            process.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The grpcurl executable: $ZHIKU_GRPCURL, else `grpcurl` in the repo's .venv, else on PATH.
 pub fn grpcurl() -> PathBuf {
     if let Some(path) = std::env::var_os("ZHIKU_GRPCURL") {

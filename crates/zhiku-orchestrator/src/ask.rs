@@ -27,11 +27,26 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl Orchestrator {
-    /// Answers one question, sending events on `events`.
+    /// Answers one question, sending events on `events`. A client that goes away stops the
+    /// work at once (its downstream calls are dropped, which cancels them); that is logged
+    /// as CANCELLED, not as an error.
     pub async fn ask(&self, request: AskRequest, deadline: Deadline, events: Events) {
-        let work = self.ask_inner(request, deadline, &events);
-        if let Err(e) = deadline.run("before the answer was complete", work).await {
-            let _ = events.send(Err(e.into())).await;
+        let work = deadline.run(
+            "before the answer was complete",
+            self.ask_inner(request, deadline, &events),
+        );
+        let result = tokio::select! {
+            result = work => result,
+            () = events.closed() => Err(OrchestratorError::Cancelled),
+        };
+        match result {
+            Ok(()) => {}
+            Err(OrchestratorError::Cancelled) => {
+                tracing::info!(code = "CANCELLED", "the client went away; the ask stopped");
+            }
+            Err(e) => {
+                let _ = events.send(Err(e.into())).await;
+            }
         }
     }
 
@@ -42,6 +57,12 @@ impl Orchestrator {
         events: &Events,
     ) -> Result<(), OrchestratorError> {
         let started = Instant::now();
+        // Sizes are checked before anything is copied: a UTF-8 character is at most 4 bytes.
+        if request.question.len() > MAX_QUESTION_CHARS * 4 {
+            return Err(OrchestratorError::Validation(format!(
+                "`question` is longer than {MAX_QUESTION_CHARS} characters"
+            )));
+        }
         let question = request.question.trim().to_owned();
         if question.is_empty() {
             return Err(OrchestratorError::Validation("`question` is empty".into()));
@@ -80,6 +101,8 @@ impl Orchestrator {
             .clone()
             .describe_knowledge_base(deadline.request(DescribeKnowledgeBaseRequest {
                 name: request.knowledge_base.clone(),
+                // The adapter only: no scan of the passages.
+                metadata_only: true,
             }))
             .await
             .map_err(OrchestratorError::downstream("retriever"))?
@@ -255,8 +278,10 @@ impl Orchestrator {
         })
     }
 
-    /// Earlier turns go through the model's chat template, dropped oldest first until the
-    /// prompt and the answer fit the context; the passages are never cut.
+    /// Earlier turns go through the model's chat template: the last `--max-history-turns`,
+    /// then dropped oldest first until the prompt and the answer fit the context; the
+    /// passages are never cut. Fewer turns never take more tokens, so one count answers
+    /// when everything fits, and a binary search over where the kept turns start otherwise.
     async fn fit_history(
         &self,
         history: &[zhiku_proto::v1::Turn],
@@ -282,25 +307,41 @@ impl Orchestrator {
             });
             Chat { messages }
         };
-        let mut start = 0;
-        while start < history.len() {
-            let chat = build(&history[start..]);
+        let history = &history[history.len().saturating_sub(self.args.max_history_turns)..];
+        if history.is_empty() {
+            return Ok(build(history));
+        }
+        let fits = |chat: Chat| async move {
             let count = self
                 .downstream
                 .generator
                 .clone()
                 .count_tokens(deadline.request(CountTokensRequest {
-                    input: Some(count_tokens_request::Input::Chat(chat.clone())),
+                    input: Some(count_tokens_request::Input::Chat(chat)),
                 }))
                 .await
                 .map_err(OrchestratorError::downstream("generator"))?
                 .into_inner();
-            if count.tokens + max_new_tokens <= count.context_length {
-                return Ok(chat);
-            }
-            start += 1;
+            Ok::<_, OrchestratorError>(
+                u64::from(count.tokens) + u64::from(max_new_tokens)
+                    <= u64::from(count.context_length),
+            )
+        };
+        let all = build(history);
+        if fits(all.clone()).await? {
+            return Ok(all);
         }
-        Ok(build(&[]))
+        // The first kept turn is in (0, len]; len keeps none, which is taken as it is.
+        let (mut low, mut high) = (1, history.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if fits(build(&history[middle..])).await? {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        Ok(build(&history[low..]))
     }
 }
 
@@ -308,5 +349,5 @@ async fn send(events: &Events, event: ask_event::Event) -> Result<(), Orchestrat
     events
         .send(Ok(AskEvent { event: Some(event) }))
         .await
-        .map_err(|_| OrchestratorError::Internal("the client went away".into()))
+        .map_err(|_| OrchestratorError::Cancelled)
 }

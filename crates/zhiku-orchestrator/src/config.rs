@@ -33,6 +33,10 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "ZHIKU_INGEST_ROOT")]
     pub ingest_root: Option<PathBuf>,
 
+    /// Largest server-side file Ingest reads, in bytes; a larger one fails alone.
+    #[arg(long, env = "ZHIKU_INGEST_MAX_FILE_BYTES", default_value_t = 64 << 20)]
+    pub max_file_bytes: u64,
+
     /// A file holding the prompt template, with `{context}` and `{question}` placeholders.
     /// Default: the article's template.
     #[arg(long, env = "ZHIKU_PROMPT_TEMPLATE")]
@@ -41,6 +45,10 @@ pub struct OrchestratorArgs {
     /// Passages per Embed call while ingesting.
     #[arg(long, env = "ZHIKU_INGEST_EMBED_BATCH", default_value_t = 32)]
     pub embed_batch: usize,
+
+    /// Earlier turns of a conversation an Ask keeps at most (the most recent ones).
+    #[arg(long, env = "ZHIKU_ASK_MAX_HISTORY_TURNS", default_value_t = 16)]
+    pub max_history_turns: usize,
 
     /// Answer length (tokens) the context is trimmed for when a request does not say.
     #[arg(long, env = "ZHIKU_ASK_MAX_NEW_TOKENS", default_value_t = 512)]
@@ -55,8 +63,10 @@ impl OrchestratorArgs {
             retriever_addr: format!("http://127.0.0.1:{retriever}"),
             generator_addr: format!("http://127.0.0.1:{generator}"),
             ingest_root: None,
+            max_file_bytes: 64 << 20,
             prompt_template: None,
             embed_batch: 32,
+            max_history_turns: 16,
             max_new_tokens: 512,
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use zhiku_proto::service_names;
 use zhiku_proto::v1::embedder_client::EmbedderClient;
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::retriever_client::RetrieverClient;
@@ -23,6 +24,8 @@ pub struct Downstream {
     pub embedder: EmbedderClient<Svc>,
     pub retriever: RetrieverClient<Svc>,
     pub generator: GeneratorClient<Svc>,
+    /// (name, gRPC service, channel) of each, for health checks.
+    pub health: Vec<(&'static str, &'static str, Channel)>,
 }
 
 fn channel(service: &'static str, address: &str) -> Result<Channel, OrchestratorError> {
@@ -43,25 +46,24 @@ fn channel(service: &'static str, address: &str) -> Result<Channel, Orchestrator
 impl Downstream {
     pub fn new(args: &OrchestratorArgs) -> Result<Self, OrchestratorError> {
         let max = 64 * 1024 * 1024;
+        let embedder = channel("embedder", &args.embedder_addr)?;
+        let retriever = channel("retriever", &args.retriever_addr)?;
+        let generator = channel("generator", &args.generator_addr)?;
         Ok(Self {
-            embedder: EmbedderClient::with_interceptor(
-                channel("embedder", &args.embedder_addr)?,
-                PropagateRequestId,
-            )
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-            retriever: RetrieverClient::with_interceptor(
-                channel("retriever", &args.retriever_addr)?,
-                PropagateRequestId,
-            )
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-            generator: GeneratorClient::with_interceptor(
-                channel("generator", &args.generator_addr)?,
-                PropagateRequestId,
-            )
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
+            health: vec![
+                ("embedder", service_names::EMBEDDER, embedder.clone()),
+                ("retriever", service_names::RETRIEVER, retriever.clone()),
+                ("generator", service_names::GENERATOR, generator.clone()),
+            ],
+            embedder: EmbedderClient::with_interceptor(embedder, PropagateRequestId)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            retriever: RetrieverClient::with_interceptor(retriever, PropagateRequestId)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            generator: GeneratorClient::with_interceptor(generator, PropagateRequestId)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
         })
     }
 }

@@ -24,6 +24,9 @@ pub enum OrchestratorError {
     },
     #[error("the deadline passed {0}")]
     DeadlineExceeded(&'static str),
+    /// The client went away (cancelled, disconnected): not a failure of ours.
+    #[error("the client cancelled the call")]
+    Cancelled,
     #[error("{0}")]
     Internal(String),
 }
@@ -42,6 +45,7 @@ impl ServiceError for OrchestratorError {
             OrchestratorError::BadAddress { .. } => ErrorKind::FailedPrecondition,
             OrchestratorError::Internal(_) => ErrorKind::Internal,
             OrchestratorError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            OrchestratorError::Cancelled => ErrorKind::Cancelled,
             OrchestratorError::Downstream { status, .. } => match status.code() {
                 Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
                 Code::NotFound => ErrorKind::NotFound,
@@ -52,9 +56,7 @@ impl ServiceError for OrchestratorError {
                 Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
                 Code::Cancelled => ErrorKind::Cancelled,
                 Code::Unimplemented => ErrorKind::Unimplemented,
-                // A connection that fails (the service is down) surfaces as Unavailable or
-                // Unknown "transport error".
-                Code::Unavailable | Code::Unknown | Code::Aborted => ErrorKind::Unavailable,
+                Code::Unavailable => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
         }
@@ -63,15 +65,65 @@ impl ServiceError for OrchestratorError {
 
 impl From<OrchestratorError> for tonic::Status {
     fn from(e: OrchestratorError) -> Self {
-        let status = zhiku_runtime::error::to_status(&e);
-        if let OrchestratorError::Downstream { service, .. } = &e
-            && status.code() == Code::Unavailable
-        {
-            return tonic::Status::unavailable(format!(
-                "the {service} is unavailable ({}); it is retried on the next call",
-                e
-            ));
+        match &e {
+            // The downstream's own code goes on, with the downstream named; its failure is
+            // logged as a warning here, not as an internal error of the orchestrator.
+            OrchestratorError::Downstream { service, status } => {
+                let code = match status.code() {
+                    // Made on this side from a broken connection (a status from the wire
+                    // has no source): the downstream is unreachable, not failing.
+                    Code::Unknown if std::error::Error::source(status).is_some() => {
+                        Code::Unavailable
+                    }
+                    code => code,
+                };
+                let message = if code == Code::Unavailable {
+                    format!(
+                        "the {service} is unavailable ({}); it is retried on the next call",
+                        status.message()
+                    )
+                } else {
+                    format!("the {service}: {}", status.message())
+                };
+                if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
+                    tracing::warn!(service, code = ?code, error = %status.message(), "downstream failure");
+                }
+                tonic::Status::new(code, message)
+            }
+            _ => zhiku_runtime::error::to_status(&e),
         }
-        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_downstream_code_is_passed_on_with_the_downstream_named() {
+        for code in [
+            Code::Unknown,
+            Code::ResourceExhausted,
+            Code::Unavailable,
+            Code::NotFound,
+            Code::Aborted,
+        ] {
+            let status: tonic::Status =
+                OrchestratorError::downstream("generator")(tonic::Status::new(code, "went wrong"))
+                    .into();
+            assert_eq!(status.code(), code);
+            assert!(
+                status.message().contains("generator"),
+                "{}",
+                status.message()
+            );
+            assert!(
+                status.message().contains("went wrong"),
+                "{}",
+                status.message()
+            );
+        }
+        let cancelled: tonic::Status = OrchestratorError::Cancelled.into();
+        assert_eq!(cancelled.code(), Code::Cancelled);
     }
 }

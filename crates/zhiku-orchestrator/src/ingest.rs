@@ -1,6 +1,5 @@
 //! The ingest pipeline: load → split → embed → upsert, with progress streamed per file.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -10,7 +9,8 @@ use zhiku_proto::v1::{
     EmbedderInfoRequest, FileProgress, IngestEvent, IngestRequest, IngestStage, IngestSummary,
     Passage, UpsertRequest, ingest_event,
 };
-use zhiku_text::{PassageSplitter, SplitterConfig};
+use zhiku_text::walk::check_unique_ids;
+use zhiku_text::{Format, LoadError, PassageSplitter, SplitterConfig, WalkedFile};
 
 use crate::Orchestrator;
 use crate::downstream::Deadline;
@@ -29,19 +29,24 @@ struct Source {
 
 enum Content {
     Bytes(Vec<u8>),
-    Path(PathBuf),
-    /// A path that could not be resolved; reported as a failed file.
-    Missing(String),
+    File(WalkedFile),
+    /// A path that could not be walked; reported as a failed file.
+    Failed(String),
+}
+
+/// What an ingest will do: its files, the splitter, and what the walk left out.
+struct Plan {
+    sources: Vec<Source>,
+    splitter: PassageSplitter,
+    skipped: Vec<String>,
 }
 
 type Events = mpsc::Sender<Result<IngestEvent, Status>>;
 
 impl Orchestrator {
-    /// Checks the request and resolves its files; errors here fail the whole call.
-    fn plan_ingest(
-        &self,
-        request: &mut IngestRequest,
-    ) -> Result<(Vec<Source>, PassageSplitter), OrchestratorError> {
+    /// Checks the request and resolves its files; errors here fail the whole call, before
+    /// anything is written.
+    async fn plan_ingest(&self, request: &mut IngestRequest) -> Result<Plan, OrchestratorError> {
         if request.knowledge_base.is_empty() {
             return Err(OrchestratorError::Validation(
                 "`knowledge_base` is empty: name the knowledge base to ingest into".into(),
@@ -89,40 +94,54 @@ impl Orchestrator {
                 content: Content::Bytes(doc.content),
             });
         }
+        let mut skipped = Vec::new();
         if !request.paths.is_empty() {
-            let root = self.ingest_root.as_ref().ok_or_else(|| {
+            let walker = self.ingest_walker.clone().ok_or_else(|| {
                 OrchestratorError::PermissionDenied(
                     "server-side paths are disabled: start the orchestrator with --ingest-root"
                         .into(),
                 )
             })?;
-            for path in &request.paths {
-                let candidate = Path::new(path);
-                let candidate = if candidate.is_absolute() {
-                    candidate.to_path_buf()
-                } else {
-                    root.join(candidate)
-                };
-                match candidate.canonicalize() {
-                    Ok(resolved) if resolved.starts_with(root) => {
-                        walk(root, &resolved, &mut sources)
-                    }
-                    Ok(_) => {
-                        return Err(OrchestratorError::PermissionDenied(format!(
-                            "`{path}` is outside the ingest root {}",
-                            root.display()
-                        )));
-                    }
-                    Err(e) => sources.push(Source {
-                        name: path.clone(),
-                        document_id: path.clone(),
+            let paths = std::mem::take(&mut request.paths);
+            // Walking is blocking I/O: off the async threads.
+            let walk = tokio::task::spawn_blocking(move || walker.walk(&paths))
+                .await
+                .map_err(|e| OrchestratorError::Internal(format!("the walk failed: {e}")))?
+                .map_err(|e| OrchestratorError::Validation(e.to_string()))?;
+            for skip in walk.skipped {
+                if skip.is_failure() {
+                    sources.push(Source {
+                        name: skip.path.clone(),
+                        document_id: skip.path,
                         metadata: Default::default(),
-                        content: Content::Missing(format!("cannot open: {e}")),
-                    }),
+                        content: Content::Failed(skip.reason.to_string()),
+                    });
+                } else {
+                    skipped.push(skip.to_string());
                 }
             }
+            for file in walk.files {
+                sources.push(Source {
+                    name: file.id.clone(),
+                    document_id: file.id.clone(),
+                    metadata: Default::default(),
+                    content: Content::File(file),
+                });
+            }
         }
-        Ok((sources, splitter))
+        // Two files with one id would replace each other: refuse before writing anything.
+        check_unique_ids(
+            sources
+                .iter()
+                .filter(|s| !matches!(s.content, Content::Failed(_)))
+                .map(|s| (s.document_id.as_str(), s.name.as_str())),
+        )
+        .map_err(|e| OrchestratorError::Validation(e.to_string()))?;
+        Ok(Plan {
+            sources,
+            splitter,
+            skipped,
+        })
     }
 
     /// Makes sure the knowledge base exists (creating it when asked).
@@ -136,6 +155,7 @@ impl Orchestrator {
         match retriever
             .describe_knowledge_base(deadline.request(DescribeKnowledgeBaseRequest {
                 name: name.to_owned(),
+                metadata_only: true,
             }))
             .await
         {
@@ -188,8 +208,12 @@ impl Orchestrator {
     /// error; a file that cannot be read or split is reported and the others go on.
     pub async fn ingest(&self, mut request: IngestRequest, deadline: Deadline, events: Events) {
         let started = Instant::now();
-        let plan = self.plan_ingest(&mut request);
-        let (sources, splitter) = match plan {
+        let plan = self.plan_ingest(&mut request).await;
+        let Plan {
+            sources,
+            splitter,
+            skipped,
+        } = match plan {
             Ok(p) => p,
             Err(e) => {
                 let _ = events.send(Err(e.into())).await;
@@ -205,11 +229,17 @@ impl Orchestrator {
         }
         let mut summary = IngestSummary {
             files_total: sources.len() as u32,
+            files_skipped: skipped.len() as u32,
+            skipped,
             ..Default::default()
         };
         for source in sources {
             if events.is_closed() {
-                return; // the client went away
+                tracing::info!(
+                    code = "CANCELLED",
+                    "the client went away; the ingest stopped"
+                );
+                return;
             }
             let one = self.ingest_one(
                 &request.knowledge_base,
@@ -261,16 +291,21 @@ impl Orchestrator {
     ) -> Result<usize, FileFailure> {
         let content = match &source.content {
             Content::Bytes(b) => Ok(b.clone()),
-            Content::Path(p) => Err(p.clone()),
-            Content::Missing(message) => return Err(FileFailure::File(message.clone())),
+            Content::File(file) => Err(file.clone()),
+            Content::Failed(message) => return Err(FileFailure::File(message.clone())),
         };
         let name = source.name.clone();
         let splitter = splitter.clone();
+        let max_file_bytes = self.args.max_file_bytes;
         // Reading, loading (pdf, docx) and splitting are blocking work: off the async threads.
         let passages = tokio::task::spawn_blocking(move || {
             let bytes = match content {
                 Ok(bytes) => bytes,
-                Err(path) => std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?,
+                // The extension is checked first: an unsupported file is never read.
+                Err(_) if Format::from_file_name(&name).is_none() => {
+                    return Err(LoadError::Unsupported { file: name }.to_string());
+                }
+                Err(file) => file.read(max_file_bytes).map_err(|e| e.to_string())?,
             };
             let document = zhiku_text::load(&name, &bytes).map_err(|e| e.to_string())?;
             Ok::<_, String>(splitter.split_document(&document))
@@ -364,45 +399,5 @@ fn file_event(
             done: done as u32,
             error,
         })),
-    }
-}
-
-/// Adds `path` (a file, or every file below a directory, in name order) to `sources`, with
-/// document ids relative to `root`.
-fn walk(root: &Path, path: &Path, sources: &mut Vec<Source>) {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
-            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-            Err(e) => {
-                let name = path.display().to_string();
-                sources.push(Source {
-                    document_id: name.clone(),
-                    name,
-                    metadata: Default::default(),
-                    content: Content::Missing(format!("cannot list: {e}")),
-                });
-                return;
-            }
-        };
-        entries.sort();
-        for entry in entries {
-            // Symlinks could lead outside the root: only real files and directories count.
-            match entry.canonicalize() {
-                Ok(resolved) if resolved.starts_with(root) => walk(root, &resolved, sources),
-                _ => {}
-            }
-        }
-    } else {
-        let relative = path
-            .strip_prefix(root)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .replace('\\', "/");
-        sources.push(Source {
-            name: relative.clone(),
-            document_id: relative,
-            metadata: Default::default(),
-            content: Content::Path(path.to_path_buf()),
-        });
     }
 }

@@ -15,16 +15,17 @@ pub mod downstream;
 pub mod error;
 pub mod ingest;
 pub mod prompt;
+pub mod readiness;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use zhiku_proto::service_names;
 use zhiku_proto::v1::orchestrator_server::OrchestratorServer;
-use zhiku_runtime::ServerArgs;
-use zhiku_runtime::server::{Loader, RuntimeError, serve_service};
+use zhiku_runtime::server::RuntimeError;
+use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
+use zhiku_text::Walker;
 
 pub use config::OrchestratorArgs;
 pub use error::OrchestratorError;
@@ -37,8 +38,8 @@ pub struct Orchestrator {
     pub downstream: Downstream,
     pub args: OrchestratorArgs,
     pub template: PromptTemplate,
-    /// Canonical --ingest-root, when set.
-    pub ingest_root: Option<PathBuf>,
+    /// Walks server-side paths under --ingest-root, when set.
+    pub ingest_walker: Option<Walker>,
 }
 
 impl Orchestrator {
@@ -47,8 +48,8 @@ impl Orchestrator {
             Some(path) => PromptTemplate::from_file(path)?,
             None => PromptTemplate::default(),
         };
-        let ingest_root = match &args.ingest_root {
-            Some(root) => Some(root.canonicalize().map_err(|e| {
+        let ingest_walker = match &args.ingest_root {
+            Some(root) => Some(Walker::confined(root).map_err(|e| {
                 OrchestratorError::Validation(format!("--ingest-root {}: {e}", root.display()))
             })?),
             None => None,
@@ -57,36 +58,44 @@ impl Orchestrator {
             downstream: Downstream::new(&args)?,
             args,
             template,
-            ingest_root,
+            ingest_walker,
         })
     }
 }
 
-/// Serves `zhiku.v1.Orchestrator` on `listener` until `shutdown`. It needs no model: it is
-/// SERVING at once; calls to a downstream service that is down answer UNAVAILABLE naming it.
+/// Serves `zhiku.v1.Orchestrator` on `listener` until `shutdown`. Health is SERVING while its
+/// three downstream services are (checked every half second); calls are answered either way,
+/// and a call that needs a service that is down answers UNAVAILABLE naming it.
 pub async fn serve(
     args: OrchestratorArgs,
     server: ServerArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
-    let load = move || {
-        Orchestrator::new(args)
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let runtime = ServiceRuntime::new(server, service_names::ORCHESTRATOR)
+        .await
+        .follow_readiness(ready_rx);
+    let state: Ready<Arc<Orchestrator>> = Ready::new("orchestrator");
+    let load = {
+        let state = state.clone();
+        async move {
+            // Reading the template and resolving the ingest root touch the disk.
+            let orchestrator = tokio::task::spawn_blocking(move || Orchestrator::new(args))
+                .await
+                .map_err(|e| format!("the loading thread failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(readiness::watch_downstreams(
+                orchestrator.downstream.health.clone(),
+                ready_tx,
+            ));
+            state.set(Arc::new(orchestrator));
+            Ok::<(), String>(())
+        }
     };
-    serve_service(
-        service_names::ORCHESTRATOR,
-        "orchestrator",
-        server,
-        listener,
-        shutdown,
-        Loader::Blocking(Box::new(load)),
-        |ready, limit| {
-            OrchestratorServer::new(api::OrchestratorApi::new(ready))
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
-        },
-    )
-    .await
+    let limit = runtime.max_message_bytes();
+    let service = OrchestratorServer::new(api::OrchestratorApi::new(state))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    runtime.serve(listener, service, load, shutdown).await
 }

@@ -1,6 +1,7 @@
 //! The article's prompt: known information (numbered passages), then the instruction and the
 //! question.
 
+use std::fmt::Write;
 use std::path::Path;
 
 use crate::error::OrchestratorError;
@@ -50,17 +51,35 @@ impl PromptTemplate {
         Ok(Self { template })
     }
 
-    /// Fills the template with passages numbered [1], [2], … and the question.
+    /// Fills the template with passages numbered [1], [2], … and the question, in one pass
+    /// over the template: passages and the question are data, so a `{question}` inside a
+    /// passage stays as written.
     pub fn render(&self, passages: &[&str], question: &str) -> String {
-        let context = passages
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("[{}] {}", i + 1, p.trim()))
-            .collect::<Vec<_>>()
-            .join("\n");
-        self.template
-            .replace("{context}", &context)
-            .replace("{question}", question.trim())
+        let question = question.trim();
+        let context_len: usize = passages.iter().map(|p| p.len() + 8).sum();
+        let mut out = String::with_capacity(self.template.len() + context_len + question.len());
+        let mut rest = self.template.as_str();
+        while let Some(at) = rest.find('{') {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(after) = tail.strip_prefix("{context}") {
+                for (i, passage) in passages.iter().enumerate() {
+                    if i > 0 {
+                        out.push('\n');
+                    }
+                    let _ = write!(out, "[{}] {}", i + 1, passage.trim());
+                }
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("{question}") {
+                out.push_str(question);
+                rest = after;
+            } else {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -85,5 +104,14 @@ mod tests {
         assert!(PromptTemplate::new("{context}".into()).is_err());
         let t = PromptTemplate::new("Q: {question}\nC: {context}".into()).unwrap();
         assert_eq!(t.render(&["a", "b"], "q"), "Q: q\nC: [1] a\n[2] b");
+    }
+
+    #[test]
+    fn placeholders_inside_passages_and_questions_stay_literal() {
+        let t = PromptTemplate::new("C: {context}\nQ: {question} {other}".into()).unwrap();
+        assert_eq!(
+            t.render(&["see {question} and {context}"], "why {context}?"),
+            "C: [1] see {question} and {context}\nQ: why {context}? {other}"
+        );
     }
 }

@@ -167,9 +167,23 @@ impl Retriever {
         })
     }
 
-    pub async fn describe_knowledge_base(&self, name: &str) -> Result<pb::KnowledgeBase> {
+    /// With `metadata_only` the counts (which read every passage) are left at 0.
+    pub async fn describe_knowledge_base(
+        &self,
+        name: &str,
+        metadata_only: bool,
+    ) -> Result<pb::KnowledgeBase> {
         validate_name(name)?;
-        Ok(kb_to_proto(self.store.describe_kb(name).await?))
+        let info = if metadata_only {
+            KbInfo {
+                meta: self.store.kb_meta(name).await?,
+                passage_count: 0,
+                document_count: 0,
+            }
+        } else {
+            self.store.describe_kb(name).await?
+        };
+        Ok(kb_to_proto(info))
     }
 
     pub async fn delete_knowledge_base(
@@ -287,7 +301,7 @@ impl Retriever {
         })
     }
 
-    pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse> {
+    pub async fn search(&self, mut req: pb::SearchRequest) -> Result<pb::SearchResponse> {
         validate_name(&req.knowledge_base)?;
         let has_vector = !req.vector.is_empty();
         let has_text = !req.query_text.trim().is_empty();
@@ -350,7 +364,13 @@ impl Retriever {
             None
         };
         let sparse = if matches!(mode, Mode::Sparse | Mode::Hybrid) {
-            Some(self.bm25.query(&req.query_text))
+            // Segmenting (jieba for Chinese) is CPU work: off the async threads.
+            let bm25 = self.bm25.clone();
+            let text = std::mem::take(&mut req.query_text);
+            let query = tokio::task::spawn_blocking(move || bm25.query(&text))
+                .await
+                .map_err(|e| RetrieverError::Task(e.to_string()))?;
+            Some(query)
         } else {
             None
         };
@@ -421,16 +441,10 @@ impl Retriever {
         } else {
             Some(decode_token(&req.page_token)?)
         };
-        let docs = self.store.list_documents(&req.knowledge_base).await?;
-        let mut page: Vec<_> = docs
-            .into_iter()
-            .filter(|d| {
-                after
-                    .as_ref()
-                    .is_none_or(|a| d.document_id.as_str() > a.as_str())
-            })
-            .take(size + 1)
-            .collect();
+        let mut page = self
+            .store
+            .list_documents_page(&req.knowledge_base, after.as_deref(), size + 1)
+            .await?;
         let next_page_token = if page.len() > size {
             page.truncate(size);
             page.last()

@@ -38,7 +38,10 @@ async fn counts(server: &TestServer, kb: &str) -> (u64, u64) {
     let d = server
         .client()
         .await
-        .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
         .await
         .expect("describe")
         .into_inner();

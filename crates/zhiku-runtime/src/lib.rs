@@ -11,11 +11,13 @@
 //!   passed on to downstream calls;
 //! - [`telemetry`]: tracing output, human or JSON;
 //! - [`error`]: the one mapping from service errors to `tonic::Status`;
-//! - [`ready::Ready`]: state that a service fills in once loaded.
+//! - [`ready::Ready`]: state that a service fills in once loaded;
+//! - [`health`]: asking another server for its health.
 
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod health;
 pub mod limit;
 pub mod ready;
 pub mod request_id;

@@ -3,6 +3,10 @@
 //! tower's `ConcurrencyLimit` makes callers wait without bound; a serving system should say
 //! "busy" at once so that clients back off or go to another replica. Health and reflection
 //! calls are never refused, so that an overloaded server still reports its health.
+//!
+//! A call holds its permit until its response body is dropped, not only until its handler
+//! returns: a streaming call (Ask, Ingest, GenerateStream) counts until its last message is
+//! sent or its client goes away, which is when the work it stands for ends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::sync::Semaphore;
+use http_body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body;
 use tower::{Layer, Service};
 
 #[derive(Debug, Clone)]
@@ -52,13 +58,38 @@ fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
-impl<S, B, R> Service<Request<B>> for ConcurrencyLimit<S>
+/// A response body that holds its call's permit until it is dropped.
+struct PermitBody {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<S, B> Service<Request<B>> for ConcurrencyLimit<S>
 where
-    S: Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    R: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -76,9 +107,13 @@ where
         }
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Box::pin(async move {
-                let response = inner.call(request).await;
-                drop(permit);
-                response
+                let response = inner.call(request).await?;
+                Ok(response.map(|inner| {
+                    Body::new(PermitBody {
+                        inner,
+                        _permit: permit,
+                    })
+                }))
             }),
             Err(_) => {
                 let max = self.max;
@@ -89,5 +124,105 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use tower::ServiceExt;
+
+    /// A streaming call's response: a body that yields nothing until `hold` is dropped.
+    fn streaming(hold: tokio::sync::oneshot::Receiver<()>) -> Response<Body> {
+        let stream = futures::stream::once(async move {
+            let _ = hold.await;
+            Ok::<_, tonic::Status>(Frame::data(tonic::codegen::Bytes::new()))
+        });
+        Response::new(Body::new(StreamBody(Box::pin(stream))))
+    }
+
+    type Frames = Pin<
+        Box<dyn futures::Stream<Item = Result<Frame<tonic::codegen::Bytes>, tonic::Status>> + Send>,
+    >;
+
+    struct StreamBody(Frames);
+
+    impl http_body::Body for StreamBody {
+        type Data = tonic::codegen::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            self.0.as_mut().poll_next(cx)
+        }
+    }
+
+    fn grpc_status(response: &Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_stream_holds_its_permit_until_its_body_is_dropped() {
+        let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let service = {
+            let holds = holds.clone();
+            tower::service_fn(move |_request: Request<()>| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                holds.lock().unwrap().push(tx);
+                async move { Ok::<_, std::convert::Infallible>(streaming(rx)) }
+            })
+        };
+        let mut limited = ConcurrencyLimitLayer::new(1).layer(service);
+        let call = |path: &str| Request::builder().uri(path).body(()).unwrap();
+
+        // The handler has returned its headers; the stream is still open.
+        let first = limited
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/zhiku.v1.Orchestrator/Ask"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&first), None);
+        let second = limited
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/zhiku.v1.Orchestrator/Ask"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&second), Some("8"), "RESOURCE_EXHAUSTED");
+        // Health is never refused.
+        let health = limited
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/grpc.health.v1.Health/Check"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&health), None);
+
+        // The stream ends (its body is consumed and dropped): the permit is back.
+        holds.lock().unwrap().clear();
+        let mut body = first.into_body();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            frame.unwrap();
+        }
+        drop(body);
+        let third = limited
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/zhiku.v1.Orchestrator/Ask"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&third), None);
     }
 }

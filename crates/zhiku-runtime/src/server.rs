@@ -74,6 +74,7 @@ pub struct ServiceRuntime {
     args: ServerArgs,
     service_name: &'static str,
     health: HealthReporter,
+    readiness: Option<watch::Receiver<bool>>,
 }
 
 impl ServiceRuntime {
@@ -81,17 +82,20 @@ impl ServiceRuntime {
     /// NOT_SERVING, for the service and for the whole server ("").
     pub async fn new(args: ServerArgs, service_name: &'static str) -> Self {
         let health = HealthReporter::new();
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(service_name, ServingStatus::NotServing)
-            .await;
+        set_status(&health, service_name, ServingStatus::NotServing).await;
         Self {
             args,
             service_name,
             health,
+            readiness: None,
         }
+    }
+
+    /// After loading, health follows `readiness` (SERVING while it is true) instead of
+    /// turning SERVING for good: for a service that is only useful while others are up.
+    pub fn follow_readiness(mut self, readiness: watch::Receiver<bool>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     pub fn args(&self) -> &ServerArgs {
@@ -135,6 +139,7 @@ impl ServiceRuntime {
             args,
             service_name,
             health,
+            readiness,
         } = self;
 
         let reflection = || {
@@ -169,15 +174,22 @@ impl ServiceRuntime {
             let health = health.clone();
             let stop_tx = stop_tx.clone();
             let load_error = load_error.clone();
+            let stop_rx = stop_rx.clone();
             tokio::spawn(async move {
                 match load.await {
-                    Ok(()) => {
-                        health.set_service_status("", ServingStatus::Serving).await;
-                        health
-                            .set_service_status(service_name, ServingStatus::Serving)
-                            .await;
-                        tracing::info!(service = service_name, "loaded; health is SERVING");
-                    }
+                    Ok(()) => match readiness {
+                        None => {
+                            set_status(&health, service_name, ServingStatus::Serving).await;
+                            tracing::info!(service = service_name, "loaded; health is SERVING");
+                        }
+                        Some(readiness) => {
+                            tracing::info!(
+                                service = service_name,
+                                "loaded; health follows its readiness"
+                            );
+                            follow(health, service_name, readiness, stop_rx).await;
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(service = service_name, error = %e, "loading failed");
                         if let Ok(mut slot) = load_error.lock() {
@@ -201,12 +213,7 @@ impl ServiceRuntime {
             let mut stop_rx = stop_rx.clone();
             async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
-                health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-                health
-                    .set_service_status(service_name, ServingStatus::NotServing)
-                    .await;
+                set_status(&health, service_name, ServingStatus::NotServing).await;
                 tracing::info!(
                     service = service_name,
                     "shutting down: draining in-flight calls"
@@ -248,6 +255,42 @@ impl ServiceRuntime {
                 tracing::info!(service = service_name, "stopped");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Sets the health of `service_name` and of the whole server ("").
+async fn set_status(health: &HealthReporter, service_name: &'static str, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(service_name, status).await;
+}
+
+/// Sets health from `readiness` until the server stops (it then stays NOT_SERVING).
+async fn follow(
+    health: HealthReporter,
+    service_name: &'static str,
+    mut readiness: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let ready = *readiness.borrow_and_update();
+        if *stop.borrow() {
+            return;
+        }
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_status(&health, service_name, status).await;
+        if *stop.borrow() {
+            // The server began to stop while this was set: leave it NOT_SERVING.
+            set_status(&health, service_name, ServingStatus::NotServing).await;
+            return;
+        }
+        tokio::select! {
+            changed = readiness.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

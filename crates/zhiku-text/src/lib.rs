@@ -2,6 +2,7 @@
 //!
 //! - [`PassageSplitter`] cuts text into [`Passage`]s that fit the embedder, Chinese-aware.
 //! - The loaders ([`load`], [`load_path`]) turn a file's bytes into a [`Document`].
+//! - [`Walker`] finds the files of a list of files and directories, with their document ids.
 //!
 //! ```
 //! use zhiku_text::{PassageSplitter, SplitterConfig, load};
@@ -19,9 +20,11 @@
 
 mod load;
 mod split;
+pub mod walk;
 
 pub use load::{LoadError, load, load_path, load_paths};
 pub use split::{Passage, PassageSplitter, SplitterConfig, SplitterError};
+pub use walk::{Walk, WalkError, WalkedFile, Walker};
 
 /// What [`Document::text`] puts between two records: a blank line, the paragraph break, so
 /// that the text still reads as one record per paragraph.

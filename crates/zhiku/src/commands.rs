@@ -1,7 +1,7 @@
 //! The client side of each command: calls to the orchestrator and what a person sees.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use zhiku_proto::v1::{
     DocumentInput, IngestRequest, IngestStage, ListDocumentsRequest, ListKnowledgeBasesRequest,
     SamplingParams, SearchMode, SplitOptions, ask_event, ingest_event,
 };
+use zhiku_text::Walker;
 
 use crate::Command;
 
@@ -96,7 +97,16 @@ pub async fn run(addr: &str, command: Command) -> ExitCode {
             kb,
             chunk_size,
             overlap,
-        } => ingest(client, &paths, kb, chunk_size, overlap).await,
+            max_file_bytes,
+        } => {
+            let options = IngestOptions {
+                kb,
+                chunk_size,
+                overlap,
+                max_file_bytes,
+            };
+            ingest(client, &paths, options).await
+        }
         Command::Ask {
             question,
             kb,
@@ -129,156 +139,187 @@ pub async fn run(addr: &str, command: Command) -> ExitCode {
     }
 }
 
-/// Files under `paths` (directories walked in name order), with the names they go in under.
-fn collect(paths: &[PathBuf]) -> Vec<(String, PathBuf)> {
-    fn walk(base: &Path, path: &Path, out: &mut Vec<(String, PathBuf)>) {
-        if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            entries.sort();
-            for entry in entries {
-                walk(base, &entry, out);
-            }
-        } else {
-            let name = path
-                .strip_prefix(base)
-                .ok()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            out.push((name, path.to_path_buf()));
-        }
-    }
-    let mut out = Vec::new();
-    for path in paths {
-        let base = if path.is_dir() {
-            path.as_path()
-        } else {
-            path.parent().unwrap_or(Path::new(""))
-        };
-        walk(base, path, &mut out);
-    }
-    out
-}
+/// Bytes sent per Ingest call: files are read one at a time and small ones share a call,
+/// so the CLI holds at most this much (plus one file) in memory.
+const INGEST_CALL_BYTES: u64 = 8 << 20;
+/// Files per Ingest call.
+const INGEST_CALL_FILES: usize = 64;
 
-/// Bytes sent per Ingest call (well under the 64 MiB message limit).
-const INGEST_CALL_BYTES: usize = 16 << 20;
+/// What `zhiku ingest` adds up over its calls.
+#[derive(Default)]
+struct IngestTally {
+    failures: Vec<String>,
+    stored: u64,
+    ingested: u32,
+}
 
 async fn ingest(
     mut client: OrchestratorClient<Channel>,
     paths: &[PathBuf],
-    kb: String,
-    chunk_size: u32,
-    overlap: u32,
+    options: IngestOptions,
 ) -> ExitCode {
-    let files = collect(paths);
-    if files.is_empty() {
+    let walked = {
+        let paths = paths.to_vec();
+        tokio::task::spawn_blocking(move || Walker::new().walk(&paths)).await
+    };
+    let walk = match walked {
+        Ok(Ok(walk)) => walk,
+        // Two files with one id: nothing is sent.
+        Ok(Err(e)) => {
+            eprintln!("zhiku: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("zhiku: walking {paths:?} failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut tally = IngestTally::default();
+    let mut skipped = 0;
+    for skip in &walk.skipped {
+        if skip.is_failure() {
+            tally.failures.push(skip.to_string());
+        } else {
+            skipped += 1;
+            eprintln!("zhiku: skipped {skip}");
+        }
+    }
+    if walk.files.is_empty() && tally.failures.is_empty() {
         eprintln!("zhiku: no files under {paths:?}");
         return ExitCode::FAILURE;
     }
-    let bar = ProgressBar::new(files.len() as u64);
+    let bar = ProgressBar::new(walk.files.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} files · {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let mut failures: Vec<String> = Vec::new();
-    let mut stored = 0u64;
-    let mut ingested = 0u32;
-
-    // Files go in groups that fit one message; unreadable files fail here, the rest go on.
+    // One file read at a time; a file that cannot be read or is too large fails alone.
     let mut batch: Vec<DocumentInput> = Vec::new();
     let mut batch_bytes = 0;
-    let mut groups = Vec::new();
-    for (name, path) in files {
-        match std::fs::read(&path) {
-            Ok(content) => {
-                if batch_bytes + content.len() > INGEST_CALL_BYTES && !batch.is_empty() {
-                    groups.push(std::mem::take(&mut batch));
-                    batch_bytes = 0;
-                }
-                batch_bytes += content.len();
+    for file in walk.files {
+        if file.size > options.max_file_bytes {
+            tally.failures.push(format!(
+                "{}: too large ({} bytes; the limit is {}, --max-file-bytes)",
+                file.id, file.size, options.max_file_bytes
+            ));
+            bar.inc(1);
+            continue;
+        }
+        if !batch.is_empty()
+            && (batch_bytes + file.size > INGEST_CALL_BYTES || batch.len() >= INGEST_CALL_FILES)
+        {
+            let documents = std::mem::take(&mut batch);
+            batch_bytes = 0;
+            if let Err(status) =
+                send_ingest(&mut client, &options, documents, &bar, &mut tally).await
+            {
+                bar.abandon();
+                return fail("ingest", status);
+            }
+        }
+        let max = options.max_file_bytes;
+        let read = tokio::task::spawn_blocking(move || {
+            let bytes = file.read(max);
+            (file, bytes)
+        })
+        .await;
+        match read {
+            Ok((file, Ok(content))) => {
+                batch_bytes += content.len() as u64;
                 batch.push(DocumentInput {
-                    file_name: name.clone(),
+                    file_name: file.id.clone(),
                     content,
-                    document_id: name,
+                    document_id: file.id,
                     metadata: Default::default(),
                 });
             }
+            Ok((_, Err(e))) => {
+                tally.failures.push(e.to_string());
+                bar.inc(1);
+            }
             Err(e) => {
-                failures.push(format!("{name}: cannot read: {e}"));
+                tally.failures.push(format!("reading failed: {e}"));
                 bar.inc(1);
             }
         }
     }
-    if !batch.is_empty() {
-        groups.push(batch);
-    }
-    for documents in groups {
-        let request = IngestRequest {
-            knowledge_base: kb.clone(),
-            documents,
-            paths: Vec::new(),
-            split: Some(SplitOptions {
-                chunk_size,
-                overlap: Some(overlap),
-            }),
-            create_if_missing: true,
-        };
-        let mut stream = match client.ingest(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                bar.abandon();
-                return fail("ingest", status);
-            }
-        };
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => match event.event {
-                    Some(ingest_event::Event::File(file)) => {
-                        let stage =
-                            IngestStage::try_from(file.stage).unwrap_or(IngestStage::Unspecified);
-                        bar.set_message(format!(
-                            "{} {}",
-                            file.source,
-                            stage_name(stage, file.done, file.chunks)
-                        ));
-                        if matches!(stage, IngestStage::Stored | IngestStage::Failed) {
-                            bar.inc(1);
-                        }
-                        if stage == IngestStage::Failed {
-                            bar.println(format!("✗ {}: {}", file.source, file.error));
-                        }
-                    }
-                    Some(ingest_event::Event::Summary(summary)) => {
-                        stored += summary.passages_stored;
-                        ingested += summary.files_ingested;
-                        failures.extend(summary.errors);
-                    }
-                    None => {}
-                },
-                Err(status) => {
-                    bar.abandon();
-                    return fail("ingest", status);
-                }
-            }
-        }
+    if !batch.is_empty()
+        && let Err(status) = send_ingest(&mut client, &options, batch, &bar, &mut tally).await
+    {
+        bar.abandon();
+        return fail("ingest", status);
     }
     bar.finish_and_clear();
+    let kb = &options.kb;
     println!(
-        "ingested {ingested} file(s), {stored} passage(s) into `{kb}`; {} failed",
-        failures.len()
+        "ingested {} file(s), {} passage(s) into `{kb}`; {} failed, {skipped} skipped",
+        tally.ingested,
+        tally.stored,
+        tally.failures.len()
     );
-    for failure in &failures {
+    for failure in &tally.failures {
         println!("  ✗ {failure}");
     }
-    if failures.is_empty() {
+    if tally.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The settings of `zhiku ingest`.
+pub struct IngestOptions {
+    pub kb: String,
+    pub chunk_size: u32,
+    pub overlap: u32,
+    pub max_file_bytes: u64,
+}
+
+/// One Ingest call; its progress goes to the bar and its summary into `tally`.
+async fn send_ingest(
+    client: &mut OrchestratorClient<Channel>,
+    options: &IngestOptions,
+    documents: Vec<DocumentInput>,
+    bar: &ProgressBar,
+    tally: &mut IngestTally,
+) -> Result<(), tonic::Status> {
+    let request = IngestRequest {
+        knowledge_base: options.kb.clone(),
+        documents,
+        paths: Vec::new(),
+        split: Some(SplitOptions {
+            chunk_size: options.chunk_size,
+            overlap: Some(options.overlap),
+        }),
+        create_if_missing: true,
+    };
+    let mut stream = client.ingest(request).await?.into_inner();
+    while let Some(event) = stream.next().await {
+        match event?.event {
+            Some(ingest_event::Event::File(file)) => {
+                let stage = IngestStage::try_from(file.stage).unwrap_or(IngestStage::Unspecified);
+                bar.set_message(format!(
+                    "{} {}",
+                    file.source,
+                    stage_name(stage, file.done, file.chunks)
+                ));
+                if matches!(stage, IngestStage::Stored | IngestStage::Failed) {
+                    bar.inc(1);
+                }
+                if stage == IngestStage::Failed {
+                    bar.println(format!("✗ {}: {}", file.source, file.error));
+                }
+            }
+            Some(ingest_event::Event::Summary(summary)) => {
+                tally.stored += summary.passages_stored;
+                tally.ingested += summary.files_ingested;
+                tally.failures.extend(summary.errors);
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn stage_name(stage: IngestStage, done: u32, chunks: u32) -> String {

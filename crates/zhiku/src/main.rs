@@ -85,6 +85,10 @@ enum Command {
         /// Characters neighbouring passages share.
         #[arg(long, default_value_t = 50)]
         overlap: u32,
+        /// Largest file sent, in bytes; a larger one fails alone and the rest goes on. It
+        /// must fit one gRPC message (the server's --max-message-bytes).
+        #[arg(long, env = "ZHIKU_INGEST_MAX_FILE_BYTES", default_value_t = 60 << 20)]
+        max_file_bytes: u64,
     },
     /// Ask a question; the answer streams, then its sources.
     Ask {

@@ -305,10 +305,7 @@ impl Stack {
 
 mod tonic_health_client {
     use std::net::SocketAddr;
-
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
+    use std::time::Duration;
 
     /// True when `service` at `addr` says SERVING.
     pub async fn check_serving(addr: SocketAddr, service: &str) -> bool {
@@ -318,14 +315,7 @@ mod tonic_health_client {
         let Ok(channel) = endpoint.connect().await else {
             return false;
         };
-        let mut client = HealthClient::new(channel);
-        client
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await
-            .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
-            .unwrap_or(false)
+        zhiku_runtime::health::is_serving(channel, service, Duration::from_secs(5)).await
     }
 }
 

@@ -55,7 +55,11 @@ impl RetrieverService for RetrieverApi {
         request: Request<DescribeKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
         let r = self.retriever.get()?;
-        reply(r.describe_knowledge_base(&request.into_inner().name).await)
+        let request = request.into_inner();
+        reply(
+            r.describe_knowledge_base(&request.name, request.metadata_only)
+                .await,
+        )
     }
 
     #[tracing::instrument(skip_all, fields(kb = %request.get_ref().name))]

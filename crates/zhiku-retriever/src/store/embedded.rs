@@ -46,8 +46,8 @@ use uuid::Uuid;
 
 use super::{
     DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload,
-    PointRecord, RRF_K, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore,
-    count_documents, fields, group_documents,
+    PointRecord, RRF_K, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, fields,
+    group_documents,
 };
 use crate::error::{Result, RetrieverError};
 
@@ -85,12 +85,34 @@ struct Kb {
     write: Mutex<()>,
     /// Written since the last optimisation.
     dirty: AtomicBool,
+    /// Every document with its chunk count, by id: read from the shard once when it is
+    /// opened and kept up to date by each write (under the write lock), so that counts and
+    /// document pages never scan the passages.
+    documents: RwLock<BTreeMap<String, DocumentInfo>>,
 }
 
 impl Kb {
+    fn new(meta: KbMeta, shard: EdgeShard, documents: BTreeMap<String, DocumentInfo>) -> Self {
+        Self {
+            meta,
+            shard,
+            write: Mutex::new(()),
+            dirty: AtomicBool::new(true),
+            documents: RwLock::new(documents),
+        }
+    }
+
     fn lock_writes(&self) -> MutexGuard<'_, ()> {
         // A panic in a previous write poisons the lock; the shard itself stays usable.
         self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn documents(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, DocumentInfo>> {
+        self.documents.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn documents_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, DocumentInfo>> {
+        self.documents.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -143,21 +165,14 @@ impl EmbeddedStore {
                 ))
             })?;
             repair_duplicates(&shard, &meta.name)?;
+            let documents = document_index(&shard)?;
             tracing::info!(
                 knowledge_base = %meta.name,
                 points = shard.info().points_count,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "knowledge base loaded"
             );
-            kbs.insert(
-                meta.name.clone(),
-                Arc::new(Kb {
-                    meta,
-                    shard,
-                    write: Mutex::new(()),
-                    dirty: AtomicBool::new(true),
-                }),
-            );
+            kbs.insert(meta.name.clone(), Arc::new(Kb::new(meta, shard, documents)));
         }
         Ok(Self {
             dir,
@@ -569,6 +584,23 @@ fn upsert_blocking(
     stale: Vec<StaleChunks>,
 ) -> Result<UpsertOutcome> {
     let upserted = points.len() as u64;
+    // What each written document looks like in this batch (its first chunk speaks for it).
+    let mut touched: BTreeMap<String, DocumentInfo> = BTreeMap::new();
+    for p in &points {
+        let doc = touched
+            .entry(p.payload.document_id.clone())
+            .or_insert_with(|| DocumentInfo {
+                document_id: p.payload.document_id.clone(),
+                source: p.payload.source.clone(),
+                chunk_count: 0,
+                metadata: p.payload.metadata.clone(),
+            });
+        if p.payload.chunk_index == 0 {
+            doc.source = p.payload.source.clone();
+            doc.metadata = p.payload.metadata.clone();
+            doc.chunk_count = 1; // marks "has chunk 0"
+        }
+    }
     let mut structs = Vec::with_capacity(points.len());
     for p in points {
         let mut named = HashMap::new();
@@ -617,6 +649,35 @@ fn upsert_blocking(
     // Durable before acknowledged (qdrant-edge 0.7 does not replay its WAL on load).
     shard.flush();
     kb.dirty.store(true, Ordering::SeqCst);
+    // The document index follows, one indexed count per written document.
+    for rule in &stale {
+        touched
+            .entry(rule.document_id.clone())
+            .or_insert_with(|| DocumentInfo {
+                document_id: rule.document_id.clone(),
+                source: String::new(),
+                chunk_count: 0,
+                metadata: BTreeMap::new(),
+            });
+    }
+    for (id, seen) in touched {
+        let chunks = count(shard, Some(document_filter(&id)?))?;
+        let mut documents = kb.documents_mut();
+        if chunks == 0 {
+            documents.remove(&id);
+            continue;
+        }
+        let has_first_chunk = seen.chunk_count == 1;
+        let doc = documents.entry(id).or_insert(DocumentInfo {
+            chunk_count: 0,
+            ..seen.clone()
+        });
+        if has_first_chunk {
+            doc.source = seen.source;
+            doc.metadata = seen.metadata;
+        }
+        doc.chunk_count = chunks as u32;
+    }
     Ok(UpsertOutcome {
         upserted,
         removed_stale,
@@ -717,11 +778,10 @@ fn scroll_records(
 }
 
 fn info_blocking(kb: &Kb) -> Result<KbInfo> {
-    let (passages, documents) = scan_documents(&kb.shard)?;
     Ok(KbInfo {
         meta: kb.meta.clone(),
-        passage_count: passages,
-        document_count: documents,
+        passage_count: count(&kb.shard, None)?,
+        document_count: kb.documents().len() as u64,
     })
 }
 
@@ -743,10 +803,21 @@ fn scroll_all(shard: &EdgeShard, fields_wanted: Option<&[&str]>) -> Result<Vec<P
     Ok(out)
 }
 
-fn scan_documents(shard: &EdgeShard) -> Result<(u64, u64)> {
-    let payloads = scroll_all(shard, Some(&[fields::DOCUMENT_ID, fields::CHUNK_INDEX]))?;
-    let documents = count_documents(payloads.iter().map(|p| p.document_id.as_str()));
-    Ok((payloads.len() as u64, documents))
+/// Every document of a shard, read once when it is opened.
+fn document_index(shard: &EdgeShard) -> Result<BTreeMap<String, DocumentInfo>> {
+    let payloads = scroll_all(
+        shard,
+        Some(&[
+            fields::DOCUMENT_ID,
+            fields::CHUNK_INDEX,
+            fields::SOURCE,
+            "metadata",
+        ]),
+    )?;
+    Ok(group_documents(payloads)
+        .into_iter()
+        .map(|d| (d.document_id.clone(), d))
+        .collect())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -812,12 +883,9 @@ impl VectorStore for EmbeddedStore {
                 sync_dir(parent)?;
             }
             let shard = EdgeShard::load(&final_dir.join(SHARD_DIR), None).map_err(engine)?;
-            Ok(Arc::new(Kb {
-                meta: kb_meta,
-                shard,
-                write: Mutex::new(()),
-                dirty: AtomicBool::new(false),
-            }))
+            let kb = Kb::new(kb_meta, shard, BTreeMap::new());
+            kb.dirty.store(false, Ordering::SeqCst);
+            Ok(Arc::new(kb))
         })
         .await?;
         self.kbs
@@ -922,26 +990,34 @@ impl VectorStore for EmbeddedStore {
                     .map_err(engine)?;
                 kb.shard.flush();
             }
+            kb.documents_mut().remove(&document_id);
             Ok(n)
         })
         .await
     }
 
     async fn list_documents(&self, kb: &str) -> Result<Vec<DocumentInfo>> {
+        Ok(self.get(kb)?.documents().values().cloned().collect())
+    }
+
+    async fn list_documents_page(
+        &self,
+        kb: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>> {
+        use std::ops::Bound;
         let kb = self.get(kb)?;
-        blocking(move || {
-            let payloads = scroll_all(
-                &kb.shard,
-                Some(&[
-                    fields::DOCUMENT_ID,
-                    fields::CHUNK_INDEX,
-                    fields::SOURCE,
-                    "metadata",
-                ]),
-            )?;
-            Ok(group_documents(payloads))
-        })
-        .await
+        let documents = kb.documents();
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        Ok(documents
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
     }
 
     async fn count(&self, kb: &str) -> Result<u64> {

@@ -234,6 +234,23 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn delete_document(&self, kb: &str, document_id: &str) -> Result<u64>;
     /// Every document with its chunk count, sorted by document id.
     async fn list_documents(&self, kb: &str) -> Result<Vec<DocumentInfo>>;
+    /// At most `limit` documents whose ids sort after `after`, sorted by id: one page of
+    /// ListDocuments. The default reads every document; a backend that keeps a document
+    /// index answers from it.
+    async fn list_documents_page(
+        &self,
+        kb: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocumentInfo>> {
+        Ok(self
+            .list_documents(kb)
+            .await?
+            .into_iter()
+            .filter(|d| after.is_none_or(|a| d.document_id.as_str() > a))
+            .take(limit)
+            .collect())
+    }
     /// Number of points of a knowledge base.
     async fn count(&self, kb: &str) -> Result<u64>;
 }

@@ -104,7 +104,10 @@ pub async fn create(c: &mut RetrieverClient<Channel>, kb: &str) {
 
 pub async fn passage_count(c: &mut RetrieverClient<Channel>, kb: &str) -> (u64, u64) {
     let d = c
-        .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
         .await
         .expect("describe")
         .into_inner();
@@ -213,7 +216,10 @@ pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend
     assert_eq!(info.backend, backend);
     create(c, kb).await;
     let d = c
-        .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
         .await
         .expect("describe")
         .into_inner();
@@ -254,6 +260,7 @@ pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend
     expect_code(
         c.describe_knowledge_base(DescribeKnowledgeBaseRequest {
             name: format!("{kb}-missing"),
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -665,8 +672,11 @@ pub async fn deletes(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         .into_inner();
     assert_eq!(r.deleted_passages, 2);
     expect_code(
-        c.describe_knowledge_base(DescribeKnowledgeBaseRequest { name: kb.into() })
-            .await,
+        c.describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         &[kb],
     );

@@ -55,6 +55,22 @@ pub enum LoadError {
         /// What the parser said.
         reason: String,
     },
+    /// The file is over the size limit; nothing of it was read.
+    #[error("{file}: too large ({size} bytes; the limit is {limit})")]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The path names another file than when it was listed (replaced in between).
+    #[error("{file}: the file changed between listing and reading; not read")]
+    Changed {
+        /// The file.
+        file: String,
+    },
     /// A PDF with pages but no text layer: a scan, which would need OCR.
     #[error(
         "{file}: the pdf has no text layer (a scanned document needs OCR, which zhiku does not do)"
@@ -73,6 +89,8 @@ impl LoadError {
             | Self::Io { file, .. }
             | Self::NotText { file, .. }
             | Self::Corrupt { file, .. }
+            | Self::TooLarge { file, .. }
+            | Self::Changed { file }
             | Self::NoTextLayer { file } => file,
         }
     }
