@@ -344,7 +344,10 @@ async fn a_three_node_cluster_loses_a_node_while_searches_and_upserts_run() {
         );
     }
     let kb = c
-        .describe_knowledge_base(DescribeKnowledgeBaseRequest { name: KB.into() })
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: KB.into(),
+            ..Default::default()
+        })
         .await
         .expect("describe")
         .into_inner();

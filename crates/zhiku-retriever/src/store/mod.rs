@@ -280,13 +280,6 @@ pub(crate) fn group_documents(
     docs.into_values().collect()
 }
 
-/// Counts distinct documents in payloads.
-pub(crate) fn count_documents<'a>(ids: impl IntoIterator<Item = &'a str>) -> u64 {
-    ids.into_iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len() as u64
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
