@@ -27,6 +27,7 @@
 //! ```
 
 mod act;
+mod attn;
 pub mod half;
 mod layout;
 mod pool;
@@ -38,6 +39,9 @@ mod x86;
 
 use std::sync::OnceLock;
 
+#[doc(hidden)]
+pub use attn::attend_with;
+pub use attn::{HeadGroup, KvRows, attend};
 pub use pool::{default_threads, set_threads, threads};
 
 use act::{Acts, RowOut};

@@ -51,53 +51,29 @@ pub fn cpu_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
 
 /// Element of a CPU cache.
 trait KvElem: Copy + Send + Sync {
-    fn load(self) -> f32;
     fn store(x: f32) -> Self;
+    /// The cache as the kernels read it.
+    fn rows(cache: &[Self]) -> zhiku_kernels::KvRows<'_>;
 }
 
 impl KvElem for f32 {
     #[inline]
-    fn load(self) -> f32 {
-        self
-    }
-    #[inline]
     fn store(x: f32) -> Self {
         x
+    }
+    fn rows(cache: &[Self]) -> zhiku_kernels::KvRows<'_> {
+        zhiku_kernels::KvRows::F32(cache)
     }
 }
 
 impl KvElem for f16 {
     #[inline]
-    fn load(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline]
     fn store(x: f32) -> Self {
         f16::from_f32(x)
     }
-}
-
-/// a·b with eight partial sums, so the compiler vectorises it.
-#[inline]
-fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l].load();
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i].load();
-    }
-    s
-}
-
-#[inline]
-fn axpy<T: KvElem>(out: &mut [f32], w: f32, v: &[T]) {
-    for (o, x) in out.iter_mut().zip(v) {
-        *o += w * x.load();
+    fn rows(cache: &[Self]) -> zhiku_kernels::KvRows<'_> {
+        use half::slice::HalfFloatSliceExt;
+        zhiku_kernels::KvRows::F16(cache.reinterpret_cast())
     }
 }
 
@@ -186,48 +162,45 @@ fn cpu_attention<T: KvElem>(
     }
     let group = heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let (kc, vc) = (&*kc, &*vc);
+    let (keys, values) = (T::rows(kc), T::rows(vc));
+    // Where each cached token's K/V row starts, per sequence, up to its last new token.
+    let starts: Vec<Vec<usize>> = seqs
+        .iter()
+        .map(|s| {
+            (0..s.first_pos + s.len)
+                .map(|j| s.slot(j) * width)
+                .collect()
+        })
+        .collect();
     let mut out = vec![0f32; rows * heads * d];
     out.par_chunks_mut(heads * d)
         .enumerate()
-        .for_each(|(r, out_row)| {
-            let s = &seqs[owner[r]];
-            let pos = positions[r] as usize;
-            let n = pos + 1;
-            let mut scores = vec![0f32; group * n];
+        .try_for_each_init(Vec::new, |scores, (r, out_row)| {
+            let n = positions[r] as usize + 1;
+            let tokens = starts[owner[r]].get(..n).ok_or_else(|| {
+                candle_core::Error::Msg(format!("attention: row {r} at position {}", n - 1))
+            })?;
             for g in 0..kv_heads {
-                let q_heads =
-                    &qv[r * heads * d + g * group * d..r * heads * d + (g + 1) * group * d];
-                for j in 0..n {
-                    let slot = s.slot(j);
-                    let key = &kc[slot * width + g * d..slot * width + (g + 1) * d];
-                    for (h, qh) in q_heads.chunks_exact(d).enumerate() {
-                        scores[h * n + j] = dot(qh, key) * scale;
-                    }
-                }
-                for h in 0..group {
-                    let sc = &mut scores[h * n..(h + 1) * n];
-                    let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for x in sc.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    for x in sc.iter_mut() {
-                        *x *= inv;
-                    }
-                }
-                let out_group = &mut out_row[g * group * d..(g + 1) * group * d];
-                for j in 0..n {
-                    let slot = s.slot(j);
-                    let value = &vc[slot * width + g * d..slot * width + (g + 1) * d];
-                    for (h, oh) in out_group.chunks_exact_mut(d).enumerate() {
-                        axpy(oh, scores[h * n + j], value);
-                    }
-                }
+                let q_heads = &qv[(r * heads + g * group) * d..(r * heads + (g + 1) * group) * d];
+                let group_ctx = zhiku_kernels::HeadGroup {
+                    q: q_heads,
+                    heads: group,
+                    d,
+                    keys,
+                    values,
+                    rows: tokens,
+                    col: g * d,
+                    scale,
+                };
+                zhiku_kernels::attend(
+                    &group_ctx,
+                    scores,
+                    &mut out_row[g * group * d..(g + 1) * group * d],
+                )
+                .map_err(candle_core::Error::wrap)?;
             }
-        });
+            Ok::<(), candle_core::Error>(())
+        })?;
     Tensor::from_vec(out, (rows, heads * d), device)
 }
 
