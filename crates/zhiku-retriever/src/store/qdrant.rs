@@ -186,6 +186,11 @@ fn map_status(status: Status, url: &str, what: &str, attempts: u32) -> Retriever
         Code::InvalidArgument => RetrieverError::InvalidArgument(format!(
             "the Qdrant server rejected the request ({what}): {message}"
         )),
+        // Qdrant's own back-pressure: passed on as such, so that clients back off instead
+        // of treating the server as down.
+        Code::ResourceExhausted => {
+            RetrieverError::ResourceExhausted(format!("{url}: {what}: {message}"))
+        }
         _ if retryable(&status) => RetrieverError::Unavailable(format!(
             "{url}: {what}: {message}, after {attempts} attempts"
         )),
@@ -1017,5 +1022,41 @@ impl VectorStore for QdrantStore {
     async fn count(&self, kb: &str) -> Result<u64> {
         self.require(kb).await?;
         self.count_filtered(kb, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status a client of the retriever gets for what the Qdrant server answered.
+    fn passed_on(status: Status) -> (Code, String) {
+        let err = map_status(status, "http://qdrant:6334", "upsert", 1);
+        let status = zhiku_runtime::error::to_status(&err);
+        (status.code(), status.message().to_string())
+    }
+
+    #[test]
+    fn resource_exhausted_stays_resource_exhausted() {
+        let (code, message) = passed_on(Status::resource_exhausted("Too many requests"));
+        assert_eq!(code, Code::ResourceExhausted, "{message}");
+        assert!(message.contains("Too many requests"), "{message}");
+        assert!(message.contains("http://qdrant:6334"), "{message}");
+        // Not retried in place: the caller decides when to come back.
+        assert!(!retryable(&Status::resource_exhausted("Too many requests")));
+    }
+
+    #[test]
+    fn other_codes_keep_their_meaning() {
+        for (from, to) in [
+            (Code::Unavailable, Code::Unavailable),
+            (Code::DeadlineExceeded, Code::Unavailable),
+            (Code::PermissionDenied, Code::PermissionDenied),
+            (Code::Unauthenticated, Code::PermissionDenied),
+            (Code::InvalidArgument, Code::InvalidArgument),
+            (Code::FailedPrecondition, Code::Internal),
+        ] {
+            assert_eq!(passed_on(Status::new(from, "why")).0, to, "{from:?}");
+        }
     }
 }
