@@ -331,7 +331,9 @@ impl EmbeddedStore {
             );
             let kb = Kb::new(meta, path.join(SHARD_DIR), shard, documents);
             // What a crash before a compaction left, or what older versions wrote.
-            compact_wal(&kb)?;
+            if let Err(e) = compact_wal(&kb) {
+                tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
+            }
             kbs.insert(kb.meta.name.clone(), Arc::new(kb));
         }
         Ok(Self {
