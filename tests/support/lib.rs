@@ -1,6 +1,9 @@
 //! Helpers for zhiku's end-to-end tests: start service binaries on loopback, wait for their
 //! health, run grpcurl.
 
+pub mod pipeline;
+pub mod qdrant;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

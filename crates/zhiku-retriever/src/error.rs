@@ -18,6 +18,11 @@ pub enum RetrieverError {
     #[error("the Qdrant server is unavailable: {0}")]
     Unavailable(String),
 
+    /// The Qdrant server is over one of its limits (RESOURCE_EXHAUSTED: rate limit, full
+    /// queue, too large a request); the client may retry later.
+    #[error("the Qdrant server is over a limit: {0}")]
+    ResourceExhausted(String),
+
     /// The Qdrant server refused the API key.
     #[error("the Qdrant server refused the request: {0}")]
     PermissionDenied(String),
@@ -63,6 +68,7 @@ impl ServiceError for RetrieverError {
             RetrieverError::KnowledgeBaseNotFound(_) => ErrorKind::NotFound,
             RetrieverError::KnowledgeBaseExists(_) => ErrorKind::AlreadyExists,
             RetrieverError::Unavailable(_) => ErrorKind::Unavailable,
+            RetrieverError::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             RetrieverError::PermissionDenied(_) => ErrorKind::PermissionDenied,
             RetrieverError::Engine(_)
             | RetrieverError::Io { .. }

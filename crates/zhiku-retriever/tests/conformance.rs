@@ -67,11 +67,15 @@ sections!(
     deletes,
 );
 
-/// Both backends given the same 400 passages answer the same searches alike: dense (exact at
-/// this size on both) and BM25 with the same scores (1e-4 relative) and order; where scores
-/// tie, the engines may order the tied passages differently (and pick different ones at the
-/// top_k cut). Hybrid: only as much as `ranking::assert_fused_alike` says (the engines' fused
-/// orders differ).
+/// Both backends given the same 400 passages answer the same searches alike, in every mode:
+/// the same scores (1e-4 relative: the engines sum floats in different orders) in the same
+/// order. Dense (exact at this size on both) and BM25: where scores tie, the engines may order
+/// the tied passages differently (and pick different ones at the top_k cut). Hybrid: the
+/// retriever fuses both backends' rankings itself with ties broken by point id
+/// (`store::fuse_rrf`), so the fused scores agree too, up to `ranking::FUSED_EPS` (a swap of
+/// neighbouring ranks between passages whose scores differ by less than the engines'
+/// rounding); the engines' own fusion did not (they break ties, and cut candidate lists
+/// inside ties, each their own way: fused scores up to a third apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_rank_alike() {
     let Some(url) = common::qdrant_url("the conformance suite on a Qdrant server") else {
@@ -92,7 +96,7 @@ async fn both_backends_rank_alike() {
         let b = common::conformance::search(&mut s, query.request(kb)).await;
         let what = format!("query {i} ({query:?})");
         if query.mode == zhiku_proto::v1::SearchMode::Hybrid {
-            common::ranking::assert_fused_alike(&a, &b, &what);
+            common::ranking::assert_alike_within(&a, &b, &what, common::ranking::FUSED_EPS);
         } else {
             common::ranking::assert_alike(&a, &b, &what);
         }

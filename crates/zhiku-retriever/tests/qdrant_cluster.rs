@@ -32,18 +32,9 @@ const DIMS: usize = 8;
 const CHUNKS: u32 = 3;
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A pseudo-random vector of its own for every chunk (SplitMix64 of its number).
+/// A pseudo-random vector of its own for every chunk.
 fn vector(doc: usize, chunk: u32) -> Vec<f32> {
-    let mut x = (doc as u64) << 8 | u64::from(chunk);
-    (0..DIMS)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    common::splitmix_vector((doc as u64) << 8 | u64::from(chunk), DIMS)
 }
 
 fn passages(doc: usize) -> Vec<Passage> {

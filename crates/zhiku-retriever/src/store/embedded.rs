@@ -13,11 +13,20 @@
 //! deterministic, so a write repeated after a crash replaces and never duplicates. Writes to
 //! one knowledge base are serialised (the engine's flush wants no concurrent writer).
 //!
-//! Known limits of qdrant-edge 0.7: its WAL is never truncated (nothing acknowledges it), so
-//! a shard's `wal/` grows by every write ever made (deleting it is not safe: operation
-//! numbers would restart and later updates of existing points would be ignored); and one
-//! data directory can be open in one process only (the WAL is locked), which makes a second
-//! retriever on the same directory fail at startup with a clear error.
+//! Bounded disk: qdrant-edge 0.7 never truncates its WAL (nothing acknowledges it), so left
+//! alone a shard's `wal/` would grow by every write ever made. Since the WAL is never read
+//! back, its only job here is numbering operations (point versions), and that numbering
+//! lives in the newest closed WAL segment and the open one. So once the older closed
+//! segments outweigh half the shard's segments (see [`compact_wal`]), the shard is closed
+//! (flushed), those files are deleted oldest first (what the engine's own truncation does,
+//! so a crash midway leaves a valid WAL), and the shard is opened again; meanwhile the
+//! knowledge base's reads wait. New knowledge bases use WAL segments of
+//! [`WAL_SEGMENT_BYTES`] so that what stays is small beside the data. Deleting the whole WAL
+//! is not safe: operation numbers would restart and later updates of existing points would
+//! be ignored.
+//!
+//! One data directory can be open in one process only (the WAL is locked), which makes a
+//! second retriever on the same directory fail at startup with a clear error.
 //!
 //! HNSW indexes: segments are searched exactly until they hold `indexing_threshold_kb` of
 //! vectors; [`EmbeddedStore::optimize`] (run in the background by the service) then builds
@@ -29,30 +38,38 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::external::serde_json;
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, EdgeConfigBuilder, EdgeShard,
     EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations,
-    Filter, Fusion, HnswIndexConfig, JsonPath, Match, Modifier, NamedQuery, PayloadFieldSchema,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch,
-    QueryEnum, QueryRequest, Range, ScoredPoint, ScoringQuery, ScrollRequest, SearchParams,
-    SparseVector, UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal, Vectors,
+    Filter, HnswIndexConfig, JsonPath, Match, Modifier, NamedQuery, PayloadFieldSchema,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
+    QueryRequest, Range, ScoredPoint, ScoringQuery, ScrollRequest, SearchParams, SparseVector,
+    UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal, Vectors, WalOptions,
     WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
 use super::{
     DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload,
-    PointRecord, RRF_K, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, fields,
-    group_documents,
+    PointRecord, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, fields,
+    fuse_rrf, group_documents, prefetch_limit,
 };
 use crate::error::{Result, RetrieverError};
 
 const META_FILE: &str = "kb.json";
 const SHARD_DIR: &str = "shard";
+/// The WAL directory of a qdrant-edge shard, and its closed segments' file-name prefix.
+const WAL_DIR: &str = "wal";
+const CLOSED_WAL_PREFIX: &str = "closed-";
+/// The segments directory of a qdrant-edge shard.
+const SEGMENTS_DIR: &str = "segments";
+/// WAL segment size of new knowledge bases (qdrant-edge's default is 32 MiB): after a
+/// compaction up to two segments stay, so this is what a knowledge base keeps at least.
+pub const WAL_SEGMENT_BYTES: usize = 256 << 10;
 /// Version of the engine crate (kept in step with Cargo.toml's pin).
 pub const ENGINE_VERSION: &str = "qdrant-edge 0.7.0";
 
@@ -80,8 +97,11 @@ impl Default for HnswSettings {
 /// One open knowledge base.
 struct Kb {
     meta: KbMeta,
-    shard: EdgeShard,
-    /// Serialises writes (and flushes) to the shard.
+    /// The shard's directory.
+    path: PathBuf,
+    /// None only while a WAL compaction reopens the shard, or if reopening failed.
+    shard: RwLock<Option<EdgeShard>>,
+    /// Serialises writes (and flushes and compactions) to the shard.
     write: Mutex<()>,
     /// Written since the last optimisation.
     dirty: AtomicBool,
@@ -92,14 +112,34 @@ struct Kb {
 }
 
 impl Kb {
-    fn new(meta: KbMeta, shard: EdgeShard, documents: BTreeMap<String, DocumentInfo>) -> Self {
+    fn new(
+        meta: KbMeta,
+        path: PathBuf,
+        shard: EdgeShard,
+        documents: BTreeMap<String, DocumentInfo>,
+    ) -> Self {
         Self {
             meta,
-            shard,
+            path,
+            shard: RwLock::new(Some(shard)),
             write: Mutex::new(()),
             dirty: AtomicBool::new(true),
             documents: RwLock::new(documents),
         }
+    }
+
+    /// The open shard, held while in use (a compaction waits until it is let go). Take it
+    /// once per operation: a second read lock while a compaction waits would deadlock.
+    fn shard(&self) -> Result<Shard<'_>> {
+        let guard = self.shard.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(RetrieverError::Engine(format!(
+                "knowledge base `{}` could not be reopened after its WAL was compacted; \
+                 restart the retriever",
+                self.meta.name
+            )));
+        }
+        Ok(Shard(guard))
     }
 
     fn lock_writes(&self) -> MutexGuard<'_, ()> {
@@ -114,6 +154,123 @@ impl Kb {
     fn documents_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, DocumentInfo>> {
         self.documents.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A knowledge base's open shard, read-locked.
+struct Shard<'a>(RwLockReadGuard<'a, Option<EdgeShard>>);
+
+impl std::ops::Deref for Shard<'_> {
+    type Target = EdgeShard;
+
+    fn deref(&self) -> &EdgeShard {
+        // Kb::shard only hands out a guard over an open shard.
+        self.0.as_ref().expect("an open shard")
+    }
+}
+
+/// The closed WAL segments of a shard, oldest first: (first operation number, path, bytes
+/// on disk).
+fn closed_wal_segments(shard_dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>> {
+    let dir = shard_dir.join(WAL_DIR);
+    let io = |e| RetrieverError::io(format!("cannot read {}", dir.display()), e);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(start) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(CLOSED_WAL_PREFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let meta = entry.metadata().map_err(io)?;
+        if meta.is_file() {
+            out.push((start, entry.path(), disk_bytes(&meta)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Bytes a file takes on disk (WAL segments are sparse until written).
+fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    {
+        meta.len()
+    }
+}
+
+/// Bytes on disk of everything under `path`.
+pub fn tree_bytes(path: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(disk_bytes(&meta));
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += tree_bytes(&entry?.path())?;
+    }
+    Ok(total)
+}
+
+/// Deletes the WAL segments that only hold old operations, once they outweigh half the
+/// shard's segments (so the WAL stays in proportion to the data, and reopening the shard
+/// costs little per write): closes the shard, deletes them oldest first, opens it again.
+/// Keeps the newest closed segment, which with the open one carries the operation
+/// numbering on. Acknowledged writes are in the flushed segments, which this does not
+/// touch. Call with the write lock held. Returns the bytes freed.
+fn compact_wal(kb: &Kb) -> Result<u64> {
+    let closed = closed_wal_segments(&kb.path)?;
+    let Some((_newest, old)) = closed.split_last() else {
+        return Ok(0);
+    };
+    let old_bytes: u64 = old.iter().map(|(_, _, bytes)| bytes).sum();
+    if old.is_empty() || old_bytes < WAL_SEGMENT_BYTES as u64 {
+        return Ok(0);
+    }
+    let segments = tree_bytes(&kb.path.join(SEGMENTS_DIR))
+        .map_err(|e| RetrieverError::io(format!("cannot measure {}", kb.path.display()), e))?;
+    if old_bytes < segments / 2 {
+        return Ok(0);
+    }
+    let started = std::time::Instant::now();
+    let mut slot = kb.shard.write().unwrap_or_else(|e| e.into_inner());
+    // Dropping the shard flushes it and lets go of the WAL's lock.
+    drop(slot.take());
+    let mut removed = Ok(());
+    for (_, path, _) in old {
+        if let Err(e) = std::fs::remove_file(path) {
+            removed = Err(RetrieverError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            ));
+            break;
+        }
+    }
+    let synced = sync_dir(&kb.path.join(WAL_DIR));
+    *slot = Some(EdgeShard::load(&kb.path, None).map_err(|e| {
+        RetrieverError::Engine(format!(
+            "cannot reopen knowledge base `{}` after compacting its WAL: {e}",
+            kb.meta.name
+        ))
+    })?);
+    drop(slot);
+    removed?;
+    synced?;
+    tracing::info!(
+        knowledge_base = %kb.meta.name,
+        freed_bytes = old_bytes,
+        segments_removed = old.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "WAL compacted"
+    );
+    Ok(old_bytes)
 }
 
 /// The embedded store.
@@ -172,7 +329,12 @@ impl EmbeddedStore {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "knowledge base loaded"
             );
-            kbs.insert(meta.name.clone(), Arc::new(Kb::new(meta, shard, documents)));
+            let kb = Kb::new(meta, path.join(SHARD_DIR), shard, documents);
+            // What a crash before a compaction left, or what older versions wrote.
+            if let Err(e) = compact_wal(&kb) {
+                tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
+            }
+            kbs.insert(kb.meta.name.clone(), Arc::new(kb));
         }
         Ok(Self {
             dir,
@@ -199,9 +361,10 @@ impl EmbeddedStore {
         let _writes = kb.lock_writes();
         kb.dirty.store(false, Ordering::SeqCst);
         let started = std::time::Instant::now();
-        let changed = kb.shard.optimize().map_err(engine)?;
+        let shard = kb.shard()?;
+        let changed = shard.optimize().map_err(engine)?;
         if changed {
-            kb.shard.flush();
+            shard.flush();
             tracing::info!(
                 knowledge_base = name,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -255,6 +418,10 @@ impl EmbeddedStore {
             .hnsw_config(hnsw)
             .build();
         config.optimizers.indexing_threshold = Some(self.hnsw.indexing_threshold_kb);
+        config.wal_options = Some(WalOptions {
+            segment_capacity: WAL_SEGMENT_BYTES,
+            ..WalOptions::default()
+        });
         config
     }
 }
@@ -408,15 +575,9 @@ fn sparse_query(indices: Vec<u32>, values: Vec<f32>) -> ScoringQuery {
     )))
 }
 
-/// How many candidates each ranking contributes to a hybrid fusion.
-pub(crate) fn prefetch_limit(limit: usize) -> usize {
-    (limit * 4).max(20)
-}
-
 fn run_query(
     shard: &EdgeShard,
     query: ScoringQuery,
-    prefetches: Vec<Prefetch>,
     spec: &SearchSpec,
     limit: usize,
     score_threshold: Option<f32>,
@@ -434,7 +595,7 @@ fn run_query(
     };
     shard
         .query(QueryRequest {
-            prefetches,
+            prefetches: vec![],
             query: Some(query),
             filter: to_filter(&spec.filter)?,
             score_threshold: score_threshold.map(OrderedFloat),
@@ -448,7 +609,8 @@ fn run_query(
 }
 
 fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
-    let shard = &kb.shard;
+    let guard = kb.shard()?;
+    let shard: &EdgeShard = &guard;
     let to_hits = |points: Vec<ScoredPoint>,
                    dense: &HashMap<String, f32>,
                    sparse: &HashMap<String, f32>|
@@ -484,7 +646,6 @@ fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
             let points = run_query(
                 shard,
                 dense_query(dense_vec()),
-                vec![],
                 &spec,
                 spec.limit,
                 spec.score_threshold,
@@ -502,7 +663,6 @@ fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
             let points = run_query(
                 shard,
                 sparse_query(i, v),
-                vec![],
                 &spec,
                 spec.limit,
                 spec.score_threshold,
@@ -512,68 +672,36 @@ fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
             to_hits(points, &HashMap::new(), &sparse)
         }
         Mode::Hybrid => {
-            let candidates = prefetch_limit(spec.limit);
-            let filter = to_filter(&spec.filter)?;
-            let params = SearchParams {
-                hnsw_ef: spec.hnsw_ef,
-                exact: spec.exact,
-                ..SearchParams::default()
+            // Both rankings from the engine, fused here (see `fuse_rrf`).
+            // One more than fused: `fuse_rrf` drops a full ranking's last run of ties.
+            let candidates = prefetch_limit(spec.limit) + 1;
+            let keyed = |points: Vec<ScoredPoint>, dense: bool| -> Result<Vec<(String, Hit)>> {
+                let keys: Vec<String> = points.iter().map(|p| point_key(&p.id)).collect();
+                let own = scores(&points);
+                let none = HashMap::new();
+                let (d, s) = if dense { (&own, &none) } else { (&none, &own) };
+                Ok(keys.into_iter().zip(to_hits(points, d, s)?).collect())
             };
-            let (i, v) = sparse_parts();
-            let mut prefetches = vec![Prefetch {
-                prefetches: vec![],
-                query: Some(dense_query(dense_vec())),
-                limit: candidates,
-                params: Some(params),
-                filter: filter.clone(),
-                score_threshold: spec.score_threshold.map(OrderedFloat),
-            }];
-            if !i.is_empty() {
-                prefetches.push(Prefetch {
-                    prefetches: vec![],
-                    query: Some(sparse_query(i.clone(), v.clone())),
-                    limit: candidates,
-                    params: None,
-                    filter,
-                    score_threshold: None,
-                });
-            }
-            let fused = run_query(
-                shard,
-                ScoringQuery::Fusion(Fusion::Rrf {
-                    k: RRF_K as usize,
-                    weights: None,
-                }),
-                prefetches,
-                &spec,
-                spec.limit,
-                None,
-                true,
-            )?;
-            // The same two rankings again, for each hit's own dense and BM25 scores.
-            let dense_points = run_query(
+            let dense = run_query(
                 shard,
                 dense_query(dense_vec()),
-                vec![],
                 &spec,
                 candidates,
                 spec.score_threshold,
-                false,
+                true,
             )?;
-            let sparse_points = if i.is_empty() {
+            let (i, v) = sparse_parts();
+            let sparse = if i.is_empty() {
                 vec![]
             } else {
-                run_query(
-                    shard,
-                    sparse_query(i, v),
-                    vec![],
-                    &spec,
-                    candidates,
-                    None,
-                    false,
-                )?
+                run_query(shard, sparse_query(i, v), &spec, candidates, None, true)?
             };
-            to_hits(fused, &scores(&dense_points), &scores(&sparse_points))
+            Ok(fuse_rrf(
+                keyed(dense, true)?,
+                keyed(sparse, false)?,
+                candidates,
+                spec.limit,
+            ))
         }
     }
 }
@@ -625,7 +753,8 @@ fn upsert_blocking(
         );
     }
     let _writes = kb.lock_writes();
-    let shard = &kb.shard;
+    let guard = kb.shard()?;
+    let shard: &EdgeShard = &guard;
     if !structs.is_empty() {
         shard
             .update(UpdateOperation::PointOperation(
@@ -677,6 +806,11 @@ fn upsert_blocking(
             doc.metadata = seen.metadata;
         }
         doc.chunk_count = chunks as u32;
+    }
+    drop(guard);
+    // The write is durable and acknowledged whatever the compaction does.
+    if let Err(e) = compact_wal(kb) {
+        tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
     }
     Ok(UpsertOutcome {
         upserted,
@@ -780,7 +914,7 @@ fn scroll_records(
 fn info_blocking(kb: &Kb) -> Result<KbInfo> {
     Ok(KbInfo {
         meta: kb.meta.clone(),
-        passage_count: count(&kb.shard, None)?,
+        passage_count: count(&*kb.shard()?, None)?,
         document_count: kb.documents().len() as u64,
     })
 }
@@ -883,7 +1017,7 @@ impl VectorStore for EmbeddedStore {
                 sync_dir(parent)?;
             }
             let shard = EdgeShard::load(&final_dir.join(SHARD_DIR), None).map_err(engine)?;
-            let kb = Kb::new(kb_meta, shard, BTreeMap::new());
+            let kb = Kb::new(kb_meta, final_dir.join(SHARD_DIR), shard, BTreeMap::new());
             kb.dirty.store(false, Ordering::SeqCst);
             Ok(Arc::new(kb))
         })
@@ -943,7 +1077,7 @@ impl VectorStore for EmbeddedStore {
         blocking(move || {
             let passages = {
                 let _writes = kb.lock_writes();
-                count(&kb.shard, None)?
+                count(&*kb.shard()?, None)?
             };
             // Searches still holding the shard keep working on its open files.
             drop(kb);
@@ -981,16 +1115,23 @@ impl VectorStore for EmbeddedStore {
         blocking(move || {
             let filter = document_filter(&document_id)?;
             let _writes = kb.lock_writes();
-            let n = count(&kb.shard, Some(filter.clone()))?;
-            if n > 0 {
-                kb.shard
-                    .update(UpdateOperation::PointOperation(
-                        PointOperations::DeletePointsByFilter(filter),
-                    ))
-                    .map_err(engine)?;
-                kb.shard.flush();
-            }
+            let n = {
+                let shard = kb.shard()?;
+                let n = count(&shard, Some(filter.clone()))?;
+                if n > 0 {
+                    shard
+                        .update(UpdateOperation::PointOperation(
+                            PointOperations::DeletePointsByFilter(filter),
+                        ))
+                        .map_err(engine)?;
+                    shard.flush();
+                }
+                n
+            };
             kb.documents_mut().remove(&document_id);
+            if let Err(e) = compact_wal(&kb) {
+                tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
+            }
             Ok(n)
         })
         .await
@@ -1022,6 +1163,6 @@ impl VectorStore for EmbeddedStore {
 
     async fn count(&self, kb: &str) -> Result<u64> {
         let kb = self.get(kb)?;
-        blocking(move || count(&kb.shard, None)).await
+        blocking(move || count(&*kb.shard()?, None)).await
     }
 }

@@ -24,8 +24,8 @@ use crate::error::Result;
 pub const DENSE_VECTOR: &str = "dense";
 /// Name of the BM25 sparse vector of every point.
 pub const SPARSE_VECTOR: &str = "bm25";
-/// The `k` of reciprocal-rank fusion: score = Σ 1 / (k + rank), rank from 0 (as both
-/// engines count it).
+/// The `k` of reciprocal-rank fusion: score = Σ 1 / (k + rank), rank from 0 (as Qdrant
+/// counts it).
 pub const RRF_K: u32 = 60;
 
 /// Payload field names (shared by filters of both backends).
@@ -282,10 +282,135 @@ pub(crate) fn group_documents(
     docs.into_values().collect()
 }
 
+/// How many candidates each ranking contributes to a hybrid fusion.
+pub(crate) fn prefetch_limit(limit: usize) -> usize {
+    (limit * 4).max(20)
+}
+
+/// Reciprocal-rank fusion of a dense and a BM25 ranking (each `(point id, hit)` with that
+/// ranking's score, at most `candidates` long), the top `limit`, for both backends.
+///
+/// Done here rather than by the engines: Qdrant (server and qdrant-edge alike) orders
+/// passages of equal score in no fixed order, inside each ranking, at its cut, and in the
+/// fused result, so the same data fused by the two engines gave different ranks, and so
+/// different fused scores, to the same passage. Here ties go by point id (the same on both
+/// backends), and a full ranking loses its last run of equal scores (the engine may have cut
+/// through it, keeping any of them), so the fused order depends only on the scores.
+pub(crate) fn fuse_rrf(
+    dense: Vec<(String, Hit)>,
+    sparse: Vec<(String, Hit)>,
+    candidates: usize,
+    limit: usize,
+) -> Vec<Hit> {
+    let ranked = |mut list: Vec<(String, Hit)>| {
+        list.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
+        if list.len() >= candidates
+            && let Some(last) = list.last().map(|(_, h)| h.score)
+        {
+            let run = list.iter().position(|(_, h)| h.score == last).unwrap_or(0);
+            // All tied: nothing better to keep.
+            if run > 0 {
+                list.truncate(run);
+            }
+        }
+        list
+    };
+    let mut fused: BTreeMap<String, Hit> = BTreeMap::new();
+    for (list, is_dense) in [(ranked(dense), true), (ranked(sparse), false)] {
+        for (rank, (key, hit)) in list.into_iter().enumerate() {
+            let part = 1.0 / (RRF_K as f32 + rank as f32);
+            let score = hit.score;
+            let entry = fused.entry(key).or_insert_with(|| Hit {
+                score: 0.0,
+                dense_score: None,
+                sparse_score: None,
+                ..hit
+            });
+            entry.score += part;
+            if is_dense {
+                entry.dense_score = Some(score);
+            } else {
+                entry.sparse_score = Some(score);
+            }
+        }
+    }
+    let mut hits: Vec<(String, Hit)> = fused.into_iter().collect();
+    hits.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
+    hits.into_iter().take(limit).map(|(_, hit)| hit).collect()
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(text: &str, score: f32) -> Hit {
+        Hit {
+            payload: PassagePayload {
+                text: text.into(),
+                ..PassagePayload::default()
+            },
+            score,
+            dense_score: None,
+            sparse_score: None,
+            vector: None,
+        }
+    }
+
+    fn ranking(scores: &[(&str, f32)]) -> Vec<(String, Hit)> {
+        scores
+            .iter()
+            .map(|(id, s)| (id.to_string(), hit(id, *s)))
+            .collect()
+    }
+
+    #[test]
+    fn fusion_sums_reciprocal_ranks_and_keeps_the_parts() {
+        let dense = ranking(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
+        let sparse = ranking(&[("c", 5.0), ("d", 4.0)]);
+        let hits = fuse_rrf(dense, sparse, 10, 10);
+        let texts: Vec<&str> = hits.iter().map(|h| h.payload.text.as_str()).collect();
+        // c: 1/62 + 1/60; a: 1/60; d: 1/61; b: 1/61 (b before d by id).
+        assert_eq!(texts, ["c", "a", "b", "d"]);
+        let k = RRF_K as f32;
+        assert!((hits[0].score - (1.0 / (k + 2.0) + 1.0 / k)).abs() < 1e-7);
+        assert_eq!(
+            (hits[0].dense_score, hits[0].sparse_score),
+            (Some(0.7), Some(5.0))
+        );
+        assert_eq!(
+            (hits[3].dense_score, hits[3].sparse_score),
+            (None, Some(4.0))
+        );
+        assert_eq!(fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0), vec![]);
+    }
+
+    #[test]
+    fn fusion_does_not_depend_on_the_order_of_tied_scores() {
+        let one = fuse_rrf(
+            ranking(&[("x", 0.5), ("y", 0.5), ("z", 0.4)]),
+            ranking(&[("z", 2.0), ("y", 1.0), ("x", 1.0)]),
+            10,
+            3,
+        );
+        let other = fuse_rrf(
+            ranking(&[("y", 0.5), ("x", 0.5), ("z", 0.4)]),
+            ranking(&[("z", 2.0), ("x", 1.0), ("y", 1.0)]),
+            10,
+            3,
+        );
+        assert_eq!(one, other);
+        // A full ranking cut inside a tie (either of b, c could have been returned): the
+        // tie goes, on whichever side it was cut.
+        let cut = |tied: &str| fuse_rrf(ranking(&[("a", 0.9), (tied, 0.5)]), vec![], 2, 10);
+        assert_eq!(cut("b"), cut("c"));
+        assert_eq!(cut("b").len(), 1);
+    }
 }

@@ -28,11 +28,10 @@ use qdrant_client::qdrant::{
     CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeleteCollectionBuilder,
     DeletePointsBuilder, Distance as QDistance, FacetCounts, FieldType, Filter,
     GetCollectionInfoRequest, HealthCheckRequest, HnswConfigDiffBuilder, ListCollectionsRequest,
-    Modifier, OptimizersConfigDiffBuilder, PointStruct, PrefetchQueryBuilder, Query,
-    QueryPointsBuilder, Range, Rrf, ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder,
-    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
-    VectorInput, VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, WriteOrdering,
-    WriteOrderingType, vector_output,
+    Modifier, OptimizersConfigDiffBuilder, PointStruct, Query, QueryPointsBuilder, Range,
+    ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder,
+    VectorsConfigBuilder, VectorsSelector, WriteOrdering, WriteOrderingType, vector_output,
 };
 use serde::de::DeserializeOwned;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -41,8 +40,8 @@ use tonic::{Code, Status};
 use super::embedded::HnswSettings;
 use super::{
     DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload,
-    PointRecord, RRF_K, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore,
-    embedded::prefetch_limit, fields, group_documents,
+    PointRecord, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, fields,
+    fuse_rrf, group_documents, prefetch_limit,
 };
 use crate::error::{Result, RetrieverError};
 
@@ -186,6 +185,11 @@ fn map_status(status: Status, url: &str, what: &str, attempts: u32) -> Retriever
         Code::InvalidArgument => RetrieverError::InvalidArgument(format!(
             "the Qdrant server rejected the request ({what}): {message}"
         )),
+        // Qdrant's own back-pressure: passed on as such, so that clients back off instead
+        // of treating the server as down.
+        Code::ResourceExhausted => {
+            RetrieverError::ResourceExhausted(format!("{url}: {what}: {message}"))
+        }
         _ if retryable(&status) => RetrieverError::Unavailable(format!(
             "{url}: {what}: {message}, after {attempts} attempts"
         )),
@@ -940,47 +944,31 @@ impl VectorStore for QdrantStore {
                 to_hits(points, &spec, &none, &s)
             }
             Mode::Hybrid => {
-                let candidates = prefetch_limit(spec.limit);
-                let filter = to_filter(&spec.filter);
-                let prefetch = |(input, using): (VectorInput, &str), threshold: Option<f32>| {
-                    let mut p = PrefetchQueryBuilder::default()
-                        .query(Query::new_nearest(input))
-                        .using(using)
-                        .limit(candidates as u64)
-                        .params(search_params(&spec));
-                    if let Some(t) = threshold {
-                        p = p.score_threshold(t);
-                    }
-                    if let Some(f) = filter.clone() {
-                        p = p.filter(f);
-                    }
-                    p
+                // Both rankings from the server, fused here (see `fuse_rrf`).
+                // One more than fused: `fuse_rrf` drops a full ranking's last run of ties.
+                let candidates = prefetch_limit(spec.limit) + 1;
+                let keyed = |points: Vec<ScoredPoint>, dense: bool| -> Result<Vec<(String, Hit)>> {
+                    let keys: Vec<String> = points.iter().map(point_key).collect();
+                    let own = scores(&points);
+                    let (d, s) = if dense { (&own, &none) } else { (&none, &own) };
+                    Ok(keys
+                        .into_iter()
+                        .zip(to_hits(points, &spec, d, s)?)
+                        .collect())
                 };
-                let mut request = self
-                    .request(kb, &spec, spec.limit, true)
-                    .query(Query::new_rrf(Rrf {
-                        k: Some(RRF_K),
-                        weights: vec![],
-                    }))
-                    .add_prefetch(prefetch(dense(), spec.score_threshold));
-                if let Some(s) = sparse.clone() {
-                    request = request.add_prefetch(prefetch(s, None));
-                }
-                let fused = self.query(request).await?;
-                // The same two rankings again, for each hit's own dense and BM25 scores.
                 let dense_points = self
-                    .nearest(kb, &spec, dense(), candidates, spec.score_threshold, false)
+                    .nearest(kb, &spec, dense(), candidates, spec.score_threshold, true)
                     .await?;
                 let sparse_points = match sparse {
-                    Some(s) => self.nearest(kb, &spec, s, candidates, None, false).await?,
+                    Some(s) => self.nearest(kb, &spec, s, candidates, None, true).await?,
                     None => vec![],
                 };
-                to_hits(
-                    fused,
-                    &spec,
-                    &scores(&dense_points),
-                    &scores(&sparse_points),
-                )
+                Ok(fuse_rrf(
+                    keyed(dense_points, true)?,
+                    keyed(sparse_points, false)?,
+                    candidates,
+                    spec.limit,
+                ))
             }
         }
     }
@@ -1017,5 +1005,41 @@ impl VectorStore for QdrantStore {
     async fn count(&self, kb: &str) -> Result<u64> {
         self.require(kb).await?;
         self.count_filtered(kb, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status a client of the retriever gets for what the Qdrant server answered.
+    fn passed_on(status: Status) -> (Code, String) {
+        let err = map_status(status, "http://qdrant:6334", "upsert", 1);
+        let status = zhiku_runtime::error::to_status(&err);
+        (status.code(), status.message().to_string())
+    }
+
+    #[test]
+    fn resource_exhausted_stays_resource_exhausted() {
+        let (code, message) = passed_on(Status::resource_exhausted("Too many requests"));
+        assert_eq!(code, Code::ResourceExhausted, "{message}");
+        assert!(message.contains("Too many requests"), "{message}");
+        assert!(message.contains("http://qdrant:6334"), "{message}");
+        // Not retried in place: the caller decides when to come back.
+        assert!(!retryable(&Status::resource_exhausted("Too many requests")));
+    }
+
+    #[test]
+    fn other_codes_keep_their_meaning() {
+        for (from, to) in [
+            (Code::Unavailable, Code::Unavailable),
+            (Code::DeadlineExceeded, Code::Unavailable),
+            (Code::PermissionDenied, Code::PermissionDenied),
+            (Code::Unauthenticated, Code::PermissionDenied),
+            (Code::InvalidArgument, Code::InvalidArgument),
+            (Code::FailedPrecondition, Code::Internal),
+        ] {
+            assert_eq!(passed_on(Status::new(from, "why")).0, to, "{from:?}");
+        }
     }
 }

@@ -499,7 +499,7 @@ pub async fn hybrid(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
     assert_eq!(r.mode, SearchMode::Hybrid as i32);
     assert_eq!(ids(&r)[0], ("a".to_string(), 1));
     assert!(r.hits[0].dense_score.is_some() && r.hits[0].sparse_score.is_some());
-    // First in both rankings: 2 / (60 + 0) (ranks count from 0 in both engines).
+    // First in both rankings: 2 / (60 + 0) (ranks count from 0).
     assert!(
         (r.hits[0].score - 2.0 / 60.0).abs() < 1e-5,
         "{}",

@@ -116,3 +116,18 @@ pub async fn qdrant_retriever(url: &str, prefix: &str) -> Retriever {
         .expect("connects to the Qdrant server");
     Retriever::new(opened.store).expect("retriever")
 }
+
+/// A pseudo-random vector with components in [-0.5, 0.5), its own for every `seed`
+/// (SplitMix64: deterministic data without a dependency).
+pub fn splitmix_vector(seed: u64, dims: usize) -> Vec<f32> {
+    let mut x = seed;
+    (0..dims)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
