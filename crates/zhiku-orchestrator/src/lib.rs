@@ -4,6 +4,7 @@
 //! - [`ask`]: embed the question → search (hybrid by default) → threshold → the article's
 //!   refusal without generating when nothing passes → the article's prompt with numbered
 //!   passages → generate, streamed → the answer with citations and per-stage timings;
+//! - [`eval`]: questions with known answers through the ask pipeline, scored (Evaluate);
 //! - [`downstream`]: lazily connected clients that reconnect by themselves, carrying the
 //!   request id and the caller's deadline;
 //! - [`api::OrchestratorApi`]: the `zhiku.v1.Orchestrator` handlers.
@@ -13,6 +14,7 @@ pub mod ask;
 pub mod config;
 pub mod downstream;
 pub mod error;
+pub mod eval;
 pub mod ingest;
 pub mod prompt;
 pub mod readiness;
