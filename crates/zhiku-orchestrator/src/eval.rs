@@ -32,6 +32,57 @@ const MAX_RUNS: usize = 100_000;
 /// for "根据已知信息无法回答该问题" or "没有提供足够的相关信息").
 const REFUSAL_MARKS: &[&str] = &["无法回答", "没有提供足够的相关信息"];
 
+/// Support under this marks an answer as likely not grounded in its passages.
+pub const SUPPORTED: f64 = 0.5;
+
+/// The units support is counted in: each CJK (or other non-ASCII) character, and each run of
+/// ASCII letters and digits; punctuation and whitespace are dropped, case ignored.
+fn units(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        if !c.is_ascii() && c.is_alphanumeric() {
+            out.push(c.to_string());
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+fn bigrams(units: &[String]) -> Vec<(&str, &str)> {
+    units
+        .windows(2)
+        .map(|w| (w[0].as_str(), w[1].as_str()))
+        .collect()
+}
+
+/// The share of the answer's unit bigrams (unigrams for a one-unit answer) that occur in the
+/// passages: lexical evidence that the answer says what the passages say. 0 for no content.
+pub fn support(answer: &str, passages: &[&str]) -> f64 {
+    let answer = units(answer);
+    let passages: Vec<Vec<String>> = passages.iter().map(|p| units(p)).collect();
+    if answer.len() == 1 {
+        let found = passages.iter().any(|p| p.contains(&answer[0]));
+        return if found { 1.0 } else { 0.0 };
+    }
+    let wanted = bigrams(&answer);
+    if wanted.is_empty() {
+        return 0.0;
+    }
+    let known: std::collections::HashSet<(&str, &str)> =
+        passages.iter().flat_map(|p| bigrams(p)).collect();
+    wanted.iter().filter(|b| known.contains(b)).count() as f64 / wanted.len() as f64
+}
+
 /// Whitespace removed, lower case: how gold and answers are compared.
 pub fn normalize(text: &str) -> String {
     text.chars()
@@ -81,6 +132,11 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         0
     };
     let refused = answer.refused || is_refusal(&answer.text);
+    let support = if refused {
+        0.0
+    } else {
+        support(&answer.text, &texts)
+    };
     EvalCaseResult {
         setting,
         id: case.id.clone(),
@@ -94,6 +150,7 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         timings: answer.timings,
         prompt_tokens: answer.prompt_tokens,
         generated_tokens: answer.generated_tokens,
+        support,
     }
 }
 
@@ -145,6 +202,11 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
         .filter(|(r, _)| r.prompt_tokens > 0 || r.generated_tokens > 0)
         .map(|(_, t)| t)
         .collect();
+    let answered: Vec<f64> = results
+        .iter()
+        .filter(|r| !r.refused)
+        .map(|r| r.support)
+        .collect();
     let stage = |f: fn(&Timings) -> f64| stats(&timings.iter().map(f).collect::<Vec<_>>());
     let generated_stage =
         |f: fn(&Timings) -> f64| stats(&generated.iter().map(|t| f(t)).collect::<Vec<_>>());
@@ -171,6 +233,12 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
         prompt_tokens: results.iter().map(|r| u64::from(r.prompt_tokens)).sum(),
         generated_tokens: results.iter().map(|r| u64::from(r.generated_tokens)).sum(),
         generated_cases: generated.len() as u32,
+        mean_support: if answered.is_empty() {
+            0.0
+        } else {
+            answered.iter().sum::<f64>() / answered.len() as f64
+        },
+        unsupported: answered.iter().filter(|&&s| s < SUPPORTED).count() as u32,
     }
 }
 
@@ -547,6 +615,28 @@ mod tests {
     }
 
     #[test]
+    fn support_is_high_for_grounded_answers_and_low_for_invented_ones() {
+        let passages = [
+            "从 0.3.0 版本起，Langchain-Chatchat 提供以 Python 库形式的安装方式，请执行 pip install langchain-chatchat -U",
+            "默认使用 FAISS 知识库类型，默认监听地址 DEFAULT_BIND_HOST 为 127.0.0.1。",
+        ];
+        let grounded = "从 0.3.0 版本起，用 pip install langchain-chatchat -U 安装。";
+        let restated = "默认监听地址 DEFAULT_BIND_HOST 是 127.0.0.1。";
+        let invented =
+            "在 Kubernetes 上配置 HorizontalPodAutoscaler，设置 CPU 利用率目标为百分之八十。";
+        let g = support(grounded, &passages);
+        let r = support(restated, &passages);
+        let i = support(invented, &passages);
+        assert!(g >= 0.7, "{g}");
+        assert!(r >= SUPPORTED, "{r}");
+        assert!(i < 0.2, "{i}");
+        assert_eq!(support("FAISS", &passages), 1.0);
+        assert_eq!(support("Milvus", &passages), 0.0);
+        assert_eq!(support("。", &passages), 0.0);
+        assert_eq!(units("Hello, 世界 v0.3"), ["hello", "世", "界", "v0", "3"]);
+    }
+
+    #[test]
     fn percentiles_take_the_nearest_rank() {
         let values: Vec<f64> = (1..=20).map(f64::from).collect();
         assert_eq!(percentile(&values, 50.0), 10.0);
@@ -562,7 +652,12 @@ mod tests {
             score_case(
                 0,
                 &case("a", &["740"], true),
-                answer("知识条目数为 740。", &["共 740 条", "x", "y"], false, 10.0),
+                answer(
+                    "知识条目数为 740。",
+                    &["初始化后知识条目数为 740 条", "x", "y"],
+                    false,
+                    10.0,
+                ),
             ),
             // Gold at rank 3, answered wrong.
             score_case(
@@ -625,6 +720,10 @@ mod tests {
         assert_eq!(report.correct, 1);
         assert_eq!(report.false_refusals, 2);
         assert_eq!(report.abstained, 1);
+        // Answered rows a, b and f: a says what its passage says (support 1), "Milvus" and
+        // "用 HPA 配置" appear nowhere (0).
+        assert!((report.mean_support - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(report.unsupported, 2);
         // Four rows reached the generator (a, b, c, f): totals 10, 20, 30, 60.
         assert_eq!(report.generated_cases, 4);
         assert_eq!(report.prompt_tokens, 400);

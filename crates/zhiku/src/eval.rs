@@ -222,6 +222,8 @@ fn report_json(r: &EvalReport) -> Value {
         "prompt_tokens": r.prompt_tokens,
         "generated_tokens": r.generated_tokens,
         "generated_cases": r.generated_cases,
+        "mean_support": r.mean_support,
+        "unsupported": r.unsupported,
     })
 }
 
@@ -237,6 +239,7 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "sources": c.citations.iter().map(|s| json!({
             "source": s.source, "chunk": s.chunk_index, "score": s.score,
         })).collect::<Vec<_>>(),
+        "support": c.support,
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,
         "generated_tokens": c.generated_tokens,
@@ -264,8 +267,13 @@ fn progress_line(c: &EvalCaseResult, done: usize, total: usize, retrieval_only: 
         "unanswerable".to_owned()
     };
     let answer: String = c.answer.replace('\n', " ").chars().take(60).collect();
+    let support = if retrieval_only || c.refused {
+        String::new()
+    } else {
+        format!("support {:.2}  ", c.support)
+    };
     format!(
-        "[{done}/{total}] {:<6} {outcome:<9} {rank:<19} {:>7.0} ms  {answer}",
+        "[{done}/{total}] {:<6} {outcome:<9} {rank:<19} {:>7.0} ms  {support}{answer}",
         c.id,
         c.timings.unwrap_or_default().total_ms
     )
@@ -280,11 +288,15 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
     let setting = r.settings.unwrap_or_default();
     let k = if setting.top_k == 0 { 5 } else { setting.top_k };
     let mut out = format!("setting: {}\n", describe(&setting));
+    let at_k = if k == 1 || k == 3 {
+        String::new()
+    } else {
+        format!("recall@{k} {}  ", fraction(r.recall_at_k, r.answerable))
+    };
     out += &format!(
-        "retrieval     recall@1 {}  recall@3 {}  recall@{k} {}  MRR {:.3}\n",
+        "retrieval     recall@1 {}  recall@3 {}  {at_k}MRR {:.3}\n",
         fraction(r.recall_at_1, r.answerable),
         fraction(r.recall_at_3, r.answerable),
-        fraction(r.recall_at_k, r.answerable),
         r.mrr
     );
     if retrieval_only {
@@ -302,6 +314,10 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
         out += &format!(
             "unanswerable  refused {}\n",
             fraction(r.abstained, r.unanswerable)
+        );
+        out += &format!(
+            "support       mean {:.2} over answered questions; {} under 0.5 (likely not grounded)\n",
+            r.mean_support, r.unsupported
         );
     }
     out += "latency (ms)       p50       p95\n";
