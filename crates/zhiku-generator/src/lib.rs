@@ -42,6 +42,23 @@ pub use config::GeneratorArgs;
 pub use engine::{EngineShared, GenerationEngine};
 pub use error::GeneratorError;
 
+/// Runs candle's element-wise CPU ops on the calling thread, unless the user set
+/// `CANDLE_NUM_THREADS`. The matmuls and attention run on the kernels' pool; candle's own
+/// pool of spinning workers would compete with it for the same cores between ops (a
+/// decode step has hundreds of small element-wise ops), and those ops are too small to gain
+/// from threads. Dense (safetensors) matmuls keep all threads: they follow
+/// `RAYON_NUM_THREADS`.
+///
+/// # Safety
+/// It writes the process environment: call it first thing in `main`, before any other
+/// thread exists (the async runtime included).
+pub unsafe fn serial_elementwise_ops() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the caller guarantees no other thread is running.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 /// A loaded model behind its engine: what the handlers work with.
 pub struct GeneratorState {
     pub engine: GenerationEngine,

@@ -29,8 +29,11 @@ struct Args {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // SAFETY: the first statement of main; no other thread exists yet.
-    unsafe { zhiku_models::pin_cpu_threads() };
+    // SAFETY: the first statements of main; no other thread exists yet.
+    unsafe {
+        zhiku_models::pin_cpu_threads();
+        zhiku_generator::serial_elementwise_ops();
+    }
     run()
 }
 

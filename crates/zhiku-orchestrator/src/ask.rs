@@ -231,18 +231,14 @@ impl Orchestrator {
             .await?;
 
         let generate_started = Instant::now();
+        let generate = GenerateRequest {
+            input: Some(generate_request::Input::Chat(chat)),
+            sampling: Some(sampling),
+            adapter: knowledge_base.adapter.clone(),
+        };
         let mut stream = self
-            .downstream
-            .generator
-            .clone()
-            .generate_stream(deadline.request(GenerateRequest {
-                input: Some(generate_request::Input::Chat(chat)),
-                sampling: Some(sampling),
-                adapter: knowledge_base.adapter.clone(),
-            }))
-            .await
-            .map_err(OrchestratorError::downstream("generator"))?
-            .into_inner();
+            .generate_for(&knowledge_base, generate, deadline)
+            .await?;
         let mut first_token_ms = None;
         while let Some(event) = stream.next().await {
             let event = event.map_err(OrchestratorError::downstream("generator"))?;

@@ -194,6 +194,7 @@ impl Orchestrator {
                 .into_inner();
             request.dimensions = info.dimensions;
         }
+        self.load_kb_adapter(&mut request, deadline).await?;
         Ok(self
             .downstream
             .retriever

@@ -5,10 +5,13 @@
 //!   refusal without generating when nothing passes → the article's prompt with numbered
 //!   passages → generate, streamed → the answer with citations and per-stage timings;
 //! - [`eval`]: questions with known answers through the ask pipeline, scored (Evaluate);
+//! - [`adapters`]: knowledge bases with their own LoRA adapter, loaded into the generator
+//!   when created and again when the generator lost it;
 //! - [`downstream`]: lazily connected clients that reconnect by themselves, carrying the
 //!   request id and the caller's deadline;
 //! - [`api::OrchestratorApi`]: the `zhiku.v1.Orchestrator` handlers.
 
+pub mod adapters;
 pub mod api;
 pub mod ask;
 pub mod config;

@@ -87,6 +87,7 @@ pub fn kb_to_proto(info: KbInfo) -> pb::KnowledgeBase {
         distance: distance_to_proto(info.meta.distance) as i32,
         description: info.meta.description,
         adapter: info.meta.adapter,
+        adapter_path: info.meta.adapter_path,
         passage_count: info.passage_count,
         document_count: info.document_count,
         created_at_ms: info.meta.created_at_ms,
@@ -148,12 +149,18 @@ impl Retriever {
                 req.dimensions
             )));
         }
+        if req.adapter.len() > 256 || req.adapter_path.len() > 4096 {
+            return Err(RetrieverError::invalid(
+                "`adapter` is at most 256 bytes and `adapter_path` at most 4096",
+            ));
+        }
         let meta = KbMeta {
             name: req.name,
             dimensions: req.dimensions,
             distance: distance_from_proto(req.distance)?,
             description: req.description,
             adapter: req.adapter,
+            adapter_path: req.adapter_path,
             created_at_ms: now_ms(),
         };
         Ok(kb_to_proto(self.store.create_kb(meta).await?))

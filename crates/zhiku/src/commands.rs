@@ -37,7 +37,11 @@ pub enum KbAction {
         /// Free text for people.
         #[arg(long, default_value = "")]
         description: String,
-        /// A generator LoRA adapter its answers use.
+        /// The generator LoRA adapter its answers use: the name of an adapter the generator
+        /// holds, or a PEFT adapter directory (adapter_config.json +
+        /// adapter_model.safetensors), which the generator then loads under the knowledge
+        /// base's name, with no restart. The directory must be readable by the generator at
+        /// the same path (the CLI sends it made absolute).
         #[arg(long, default_value = "")]
         adapter: String,
     },
@@ -449,23 +453,33 @@ async fn kb(mut client: OrchestratorClient<Channel>, action: KbAction) -> ExitCo
             name,
             description,
             adapter,
-        } => match client
-            .create_knowledge_base(CreateKnowledgeBaseRequest {
-                name,
-                dimensions: 0,
-                distance: 0,
-                description,
-                adapter,
-            })
-            .await
-        {
-            Ok(r) => {
-                let kb = r.into_inner();
-                println!("created `{}` ({} dimensions)", kb.name, kb.dimensions);
-                ExitCode::SUCCESS
+        } => {
+            let (adapter, adapter_path) = adapter_or_directory(adapter);
+            match client
+                .create_knowledge_base(CreateKnowledgeBaseRequest {
+                    name,
+                    dimensions: 0,
+                    distance: 0,
+                    description,
+                    adapter,
+                    adapter_path,
+                })
+                .await
+            {
+                Ok(r) => {
+                    let kb = r.into_inner();
+                    match kb.adapter.as_str() {
+                        "" => println!("created `{}` ({} dimensions)", kb.name, kb.dimensions),
+                        a => println!(
+                            "created `{}` ({} dimensions), answering with adapter `{a}`",
+                            kb.name, kb.dimensions
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(status) => fail("kb create", status),
             }
-            Err(status) => fail("kb create", status),
-        },
+        }
         KbAction::Delete { name } => {
             match client
                 .delete_knowledge_base(DeleteKnowledgeBaseRequest { name: name.clone() })
@@ -529,4 +543,15 @@ async fn docs(mut client: OrchestratorClient<Channel>, action: DocsAction) -> Ex
             Err(status) => fail("docs delete", status),
         },
     }
+}
+
+/// `--adapter`: an existing directory is an adapter to load (sent absolute, under the
+/// knowledge base's name); anything else names an adapter the generator holds.
+fn adapter_or_directory(adapter: String) -> (String, String) {
+    let path = std::path::Path::new(&adapter);
+    if adapter.is_empty() || !path.is_dir() {
+        return (adapter, String::new());
+    }
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    (String::new(), absolute.to_string_lossy().into_owned())
 }

@@ -8,7 +8,8 @@
 //!    token and aggregate decode tok/s, with the ratio to one stream.
 //! 3. **Prefix cache**: the same RAG Ask twice; time to first token of the second over the
 //!    first.
-//! 4. **Memory**: resident memory after the runs over the GGUF file's size.
+//! 4. **Memory**: resident memory after loading, after the one-stream runs and at the end,
+//!    over the GGUF file's size.
 //!
 //! ```sh
 //! cargo run --release -p zhiku-generator --bin generator-bench -- --threads 2 \
@@ -265,6 +266,8 @@ fn run(args: &Args) -> Result<(), String> {
         args.decode_tokens,
     );
 
+    let after_load = memory_line("after loading", file_bytes);
+    let mut after_one = None;
     if !args.skip.iter().any(|s| s == "one") {
         println!(
             "\n## One stream{}",
@@ -344,6 +347,8 @@ fn run(args: &Args) -> Result<(), String> {
         if let Some((version, _)) = &reference {
             println!("(llama.cpp: llama-cpp-python {version})");
         }
+        // The llama.cpp reference ran in its own process: this is zhiku's alone.
+        after_one = Some(memory_line("after one stream", file_bytes));
     }
 
     if !args.skip.iter().any(|s| s == "streams") {
@@ -438,22 +443,39 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
 
-    let rss = resident_bytes();
-    println!(
-        "\n## Memory\nresident {:.0} MiB, GGUF file {:.0} MiB: {:.2}x the file",
-        rss as f64 / 1048576.0,
-        file_bytes as f64 / 1048576.0,
-        rss as f64 / file_bytes.max(1) as f64
-    );
+    println!("\n## Memory\n{after_load}");
+    if let Some(one) = &after_one {
+        println!("{one}");
+    }
+    println!("{}", memory_line("at the end", file_bytes));
     Ok(())
 }
 
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
+/// Resident bytes: (all, anonymous, file-backed), from /proc/self/status (0 elsewhere).
+fn resident() -> (u64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("RssAnon:"), field("RssFile:"))
+}
+
+fn memory_line(when: &str, file_bytes: u64) -> String {
+    let (rss, anon, file) = resident();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    format!(
+        "resident {when}: {:.0} MiB (anonymous {:.0}, file-backed {:.0}), GGUF file {:.0} MiB: \
+         {:.2}x the file",
+        mib(rss),
+        mib(anon),
+        mib(file),
+        mib(file_bytes),
+        rss as f64 / file_bytes.max(1) as f64
+    )
 }
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
@@ -466,12 +488,13 @@ fn main() -> ExitCode {
         // SAFETY: the first statements of main; no other thread exists yet.
         unsafe {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         }
     } else {
         // SAFETY: as above.
         unsafe { zhiku_models::pin_cpu_threads() };
     }
+    // SAFETY: as above; as the generator does.
+    unsafe { zhiku_generator::serial_elementwise_ops() };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -89,8 +89,28 @@ impl GgufTensors {
 
     fn qtensor(&mut self, name: &str) -> Result<QTensor, GeneratorError> {
         let (start, bytes, dtype, dims) = self.raw(name)?;
-        qtensor_from_ggml(dtype, &self.map[start..start + bytes], dims, &self.device)
-            .map_err(|e| GeneratorError::Load(format!("{}: {name}: {e}", self.path.display())))
+        let t = qtensor_from_ggml(dtype, &self.map[start..start + bytes], dims, &self.device)
+            .map_err(|e| GeneratorError::Load(format!("{}: {name}: {e}", self.path.display())))?;
+        self.release(start, bytes);
+        Ok(t)
+    }
+
+    /// Drops the resident pages of a range whose bytes were copied out (repacked for the
+    /// kernels, or into a tensor): otherwise the file would stay resident beside its copy.
+    /// The pages are the file's, unmodified, so a later read (a tied token table read by row,
+    /// a shared boundary page) faults them back in with the same bytes.
+    fn release(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        // SAFETY: the map is a read-only shared file mapping that nothing writes, so
+        // MADV_DONTNEED discards no data: the kernel re-reads the same file bytes on the next
+        // access. Ranges come from `raw`, inside the map. The advice is a hint; its failure
+        // only leaves the pages resident.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+        };
+        #[cfg(not(unix))]
+        let _ = (start, len);
     }
 
     /// The token table: rows read from the map on the CPU, dequantized whole on a GPU.
@@ -137,6 +157,7 @@ impl GgufTensors {
         };
         let m = QuantMatrix::from_gguf_bytes(ty, n, k, &self.map[start..start + bytes])
             .map_err(|e| GeneratorError::Load(format!("{}: {name}: {e}", self.path.display())))?;
+        self.release(start, bytes);
         Ok(Some(Arc::new(m)))
     }
 

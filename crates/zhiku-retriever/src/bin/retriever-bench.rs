@@ -213,6 +213,7 @@ async fn bench(
             distance: Distance::Cosine,
             description: "retriever-bench".into(),
             adapter: String::new(),
+            adapter_path: String::new(),
             created_at_ms: now_ms(),
         })
         .await?;

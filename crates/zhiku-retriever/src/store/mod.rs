@@ -55,6 +55,8 @@ pub struct KbMeta {
     pub description: String,
     #[serde(default)]
     pub adapter: String,
+    #[serde(default)]
+    pub adapter_path: String,
     pub created_at_ms: i64,
 }
 

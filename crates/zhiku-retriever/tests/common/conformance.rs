@@ -97,6 +97,7 @@ pub async fn create(c: &mut RetrieverClient<Channel>, kb: &str) {
         distance: Distance::Cosine as i32,
         description: "conformance".into(),
         adapter: "legal-lora".into(),
+        adapter_path: "/srv/adapters/legal-lora".into(),
     })
     .await
     .expect("create");
@@ -228,6 +229,7 @@ pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend
     assert_eq!(d.distance, Distance::Cosine as i32);
     assert_eq!(d.description, "conformance");
     assert_eq!(d.adapter, "legal-lora");
+    assert_eq!(d.adapter_path, "/srv/adapters/legal-lora");
     assert!(d.created_at_ms > 1_700_000_000_000, "{}", d.created_at_ms);
     assert_eq!((d.passage_count, d.document_count), (0, 0));
     let list = c
