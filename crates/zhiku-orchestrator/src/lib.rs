@@ -4,6 +4,7 @@
 //! - [`ask`]: embed the question → search (hybrid by default) → threshold → the article's
 //!   refusal without generating when nothing passes → the article's prompt with numbered
 //!   passages → generate, streamed → the answer with citations and per-stage timings;
+//! - [`eval`]: questions with known answers through the ask pipeline, scored (Evaluate);
 //! - [`adapters`]: knowledge bases with their own LoRA adapter, loaded into the generator
 //!   when created and again when the generator lost it;
 //! - [`downstream`]: lazily connected clients that reconnect by themselves, carrying the
@@ -16,6 +17,7 @@ pub mod ask;
 pub mod config;
 pub mod downstream;
 pub mod error;
+pub mod eval;
 pub mod ingest;
 pub mod prompt;
 pub mod readiness;

@@ -74,7 +74,7 @@ pub async fn with_spinner<T>(message: &str, work: impl std::future::Future<Outpu
     out
 }
 
-fn fail(what: &str, status: tonic::Status) -> ExitCode {
+pub fn fail(what: &str, status: tonic::Status) -> ExitCode {
     eprintln!(
         "zhiku: {what} failed: {} ({:?})",
         status.message(),
@@ -138,6 +138,7 @@ pub async fn run(addr: &str, command: Command) -> ExitCode {
             };
             ask(client, request, json).await
         }
+        Command::Eval(args) => crate::eval::run(client, args).await,
         Command::Kb { action } => kb(client, action).await,
         Command::Docs { action } => docs(client, action).await,
     }
@@ -158,9 +159,27 @@ struct IngestTally {
 }
 
 async fn ingest(
+    client: OrchestratorClient<Channel>,
+    paths: &[PathBuf],
+    options: IngestOptions,
+) -> ExitCode {
+    ingest_to(client, paths, options, &mut std::io::stdout()).await
+}
+
+/// `zhiku ingest` with its summary on stderr (for commands whose stdout is their result).
+pub async fn ingest_quietly(
+    client: OrchestratorClient<Channel>,
+    paths: &[PathBuf],
+    options: IngestOptions,
+) -> ExitCode {
+    ingest_to(client, paths, options, &mut std::io::stderr()).await
+}
+
+async fn ingest_to(
     mut client: OrchestratorClient<Channel>,
     paths: &[PathBuf],
     options: IngestOptions,
+    out: &mut (dyn Write + Send),
 ) -> ExitCode {
     let walked = {
         let paths = paths.to_vec();
@@ -256,14 +275,15 @@ async fn ingest(
     }
     bar.finish_and_clear();
     let kb = &options.kb;
-    println!(
+    let _ = writeln!(
+        out,
         "ingested {} file(s), {} passage(s) into `{kb}`; {} failed, {skipped} skipped",
         tally.ingested,
         tally.stored,
         tally.failures.len()
     );
     for failure in &tally.failures {
-        println!("  ✗ {failure}");
+        let _ = writeln!(out, "  ✗ {failure}");
     }
     if tally.failures.is_empty() {
         ExitCode::SUCCESS

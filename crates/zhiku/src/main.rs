@@ -4,6 +4,7 @@
 //! zhiku serve                              all four services in one process
 //! zhiku ingest docs/ --kb handbook         put documents in (progress bar)
 //! zhiku ask "小拾喜欢做什么？" --kb handbook  answer, streamed, then the sources
+//! zhiku eval cases.jsonl --kb handbook   retrieval recall, answer accuracy, refusals, latency
 //! zhiku kb list | create NAME | delete NAME
 //! zhiku docs list --kb NAME | delete --kb NAME DOC_ID
 //! ```
@@ -11,6 +12,7 @@
 //! the whole pipeline in this process, on the embedded store and the local models.
 
 mod commands;
+mod eval;
 mod stack;
 
 use std::net::SocketAddr;
@@ -114,6 +116,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Score a knowledge base on questions with known answers (JSONL): retrieval recall@1/3/k
+    /// and MRR, answers holding their gold, false refusals, abstention on unanswerable
+    /// questions, per-stage latency and tokens; `--sweep` runs a grid and names the best.
+    Eval(eval::EvalArgs),
     /// Manage knowledge bases.
     Kb {
         #[command(subcommand)]

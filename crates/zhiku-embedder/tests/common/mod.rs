@@ -12,13 +12,23 @@ use zhiku_runtime::ServerArgs;
 
 /// The real all-MiniLM-L6-v2 laid out by `scripts/fetch-models minilm`.
 pub fn minilm_dir() -> PathBuf {
+    fetched("all-MiniLM-L6-v2", "minilm")
+}
+
+/// multilingual-e5-small as `scripts/fetch-models e5-small` converts it.
+pub fn e5_small_dir() -> PathBuf {
+    fetched("multilingual-e5-small", "e5-small")
+}
+
+/// `dir` under the models directory; panics with the command that fetches `name`.
+fn fetched(dir: &str, name: &str) -> PathBuf {
     let dir = std::env::var_os("ZHIKU_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-        .join("all-MiniLM-L6-v2");
+        .join(dir);
     assert!(
         dir.join("model.safetensors").is_file(),
-        "{} is missing: run `scripts/fetch-models minilm` first",
+        "{} is missing: run `scripts/fetch-models {name}` first",
         dir.display()
     );
     dir

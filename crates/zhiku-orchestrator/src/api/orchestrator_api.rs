@@ -12,8 +12,9 @@ use zhiku_proto::v1::orchestrator_server::Orchestrator as OrchestratorService;
 use zhiku_proto::v1::{
     AskEvent, AskRequest, CreateKnowledgeBaseRequest, DeleteDocumentRequest,
     DeleteDocumentResponse, DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse,
-    DescribeKnowledgeBaseRequest, IngestEvent, IngestRequest, KnowledgeBase, ListDocumentsRequest,
-    ListDocumentsResponse, ListKnowledgeBasesRequest, ListKnowledgeBasesResponse,
+    DescribeKnowledgeBaseRequest, EvaluateEvent, EvaluateRequest, IngestEvent, IngestRequest,
+    KnowledgeBase, ListDocumentsRequest, ListDocumentsResponse, ListKnowledgeBasesRequest,
+    ListKnowledgeBasesResponse,
 };
 use zhiku_runtime::Ready;
 
@@ -110,6 +111,20 @@ impl OrchestratorService for OrchestratorApi {
         let request = request.into_inner();
         Ok(Response::new(spawn_stream(move |tx| async move {
             state.ask(request, deadline, tx).await
+        })))
+    }
+
+    type EvaluateStream = EventStream<EvaluateEvent>;
+
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<Self::EvaluateStream>, Status> {
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        let request = request.into_inner();
+        Ok(Response::new(spawn_stream(move |tx| async move {
+            state.evaluate(request, deadline, tx).await
         })))
     }
 

@@ -1,0 +1,794 @@
+//! Evaluation: questions with known answers go through the Ask pipeline itself (or, with
+//! `retrieval_only`, through its first two stages) under each setting of a sweep, and the
+//! outcomes are scored: where the gold first appears in the sources, whether the answer holds
+//! it, refusals on answerable and unanswerable questions, per-stage latency and tokens.
+//!
+//! The scoring is pure ([`score_case`], [`report`], [`best`]) so that it is tested on
+//! hand-made rows; [`Orchestrator::evaluate`] only runs the cases.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tonic::Status;
+use zhiku_proto::v1::{
+    Answer, AskEvent, AskRequest, Citation, EmbedKind, EmbedRequest, EvalCase, EvalCaseResult,
+    EvalReport, EvalSetting, EvalSummary, EvaluateEvent, EvaluateRequest, LatencyStats, SearchMode,
+    SearchRequest, Timings, ask_event, evaluate_event,
+};
+
+use crate::Orchestrator;
+use crate::downstream::Deadline;
+use crate::error::OrchestratorError;
+use crate::prompt::REFUSAL;
+
+type Events = mpsc::Sender<Result<EvaluateEvent, Status>>;
+
+/// Bounds on one request: each case is a full Ask.
+const MAX_CASES: usize = 10_000;
+const MAX_SETTINGS: usize = 256;
+const MAX_RUNS: usize = 100_000;
+
+/// What the model says when the passages do not hold the answer (the article's prompt asks
+/// for "根据已知信息无法回答该问题" or "没有提供足够的相关信息").
+const REFUSAL_MARKS: &[&str] = &["无法回答", "没有提供足够的相关信息"];
+
+/// Support under this marks an answer as likely not grounded in its passages.
+pub const SUPPORTED: f64 = 0.5;
+
+/// The units support is counted in: each CJK (or other non-ASCII) character, and each run of
+/// ASCII letters and digits; punctuation and whitespace are dropped, case ignored.
+fn units(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        if !c.is_ascii() && c.is_alphanumeric() {
+            out.push(c.to_string());
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+fn bigrams(units: &[String]) -> Vec<(&str, &str)> {
+    units
+        .windows(2)
+        .map(|w| (w[0].as_str(), w[1].as_str()))
+        .collect()
+}
+
+/// The share of the answer's unit bigrams (unigrams for a one-unit answer) that occur in the
+/// passages: lexical evidence that the answer says what the passages say. 0 for no content.
+pub fn support(answer: &str, passages: &[&str]) -> f64 {
+    let answer = units(answer);
+    let passages: Vec<Vec<String>> = passages.iter().map(|p| units(p)).collect();
+    if answer.len() == 1 {
+        let found = passages.iter().any(|p| p.contains(&answer[0]));
+        return if found { 1.0 } else { 0.0 };
+    }
+    let wanted = bigrams(&answer);
+    if wanted.is_empty() {
+        return 0.0;
+    }
+    let known: std::collections::HashSet<(&str, &str)> =
+        passages.iter().flat_map(|p| bigrams(p)).collect();
+    wanted.iter().filter(|b| known.contains(b)).count() as f64 / wanted.len() as f64
+}
+
+/// Whitespace removed, lower case: how gold and answers are compared.
+pub fn normalize(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Every gold substring is in `text` (normalized). No gold never matches.
+pub fn contains_gold(text: &str, gold: &[String]) -> bool {
+    let text = normalize(text);
+    !gold.is_empty() && gold.iter().all(|g| text.contains(&normalize(g)))
+}
+
+/// The 1-based rank of the source by which every gold substring has appeared in the sources
+/// (each gold may sit in a different passage); `None` when some never does.
+pub fn gold_rank(sources: &[&str], gold: &[String]) -> Option<usize> {
+    if gold.is_empty() {
+        return None;
+    }
+    let gold: Vec<String> = gold.iter().map(|g| normalize(g)).collect();
+    let mut found = vec![false; gold.len()];
+    for (i, source) in sources.iter().enumerate() {
+        let source = normalize(source);
+        for (seen, g) in found.iter_mut().zip(&gold) {
+            *seen |= source.contains(g.as_str());
+        }
+        if found.iter().all(|&f| f) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// A refusal: the pipeline's own (nothing passed the threshold) or the model's.
+pub fn is_refusal(answer: &str) -> bool {
+    let answer = normalize(answer);
+    answer == normalize(REFUSAL) || REFUSAL_MARKS.iter().any(|m| answer.contains(m))
+}
+
+/// Scores one case from what the pipeline returned.
+pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResult {
+    let texts: Vec<&str> = answer.citations.iter().map(|c| c.text.as_str()).collect();
+    let gold_rank = if case.answerable {
+        gold_rank(&texts, &case.gold).unwrap_or(0) as u32
+    } else {
+        0
+    };
+    let refused = answer.refused || is_refusal(&answer.text);
+    let support = if refused {
+        0.0
+    } else {
+        support(&answer.text, &texts)
+    };
+    EvalCaseResult {
+        setting,
+        id: case.id.clone(),
+        question: case.question.clone(),
+        answerable: case.answerable,
+        gold_rank,
+        correct: case.answerable && !refused && contains_gold(&answer.text, &case.gold),
+        refused,
+        answer: answer.text,
+        citations: answer.citations,
+        timings: answer.timings,
+        prompt_tokens: answer.prompt_tokens,
+        generated_tokens: answer.generated_tokens,
+        support,
+    }
+}
+
+/// Nearest-rank percentile (`p` in (0, 100]) of `values`; 0 for none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn stats(values: &[f64]) -> LatencyStats {
+    LatencyStats {
+        p50_ms: percentile(values, 50.0),
+        p95_ms: percentile(values, 95.0),
+    }
+}
+
+/// The figures of one setting over its case results.
+pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> EvalReport {
+    let top_k = effective_top_k(setting.top_k) as usize;
+    let answerable: Vec<&EvalCaseResult> = results.iter().filter(|r| r.answerable).collect();
+    let within = |k: usize| {
+        answerable
+            .iter()
+            .filter(|r| r.gold_rank != 0 && r.gold_rank as usize <= k)
+            .count() as u32
+    };
+    let mrr = if answerable.is_empty() {
+        0.0
+    } else {
+        answerable
+            .iter()
+            .filter(|r| r.gold_rank != 0)
+            .map(|r| 1.0 / f64::from(r.gold_rank))
+            .sum::<f64>()
+            / answerable.len() as f64
+    };
+    let timings: Vec<Timings> = results
+        .iter()
+        .map(|r| r.timings.unwrap_or_default())
+        .collect();
+    let generated: Vec<&Timings> = results
+        .iter()
+        .zip(&timings)
+        .filter(|(r, _)| r.prompt_tokens > 0 || r.generated_tokens > 0)
+        .map(|(_, t)| t)
+        .collect();
+    let answered: Vec<f64> = results
+        .iter()
+        .filter(|r| !r.refused)
+        .map(|r| r.support)
+        .collect();
+    let stage = |f: fn(&Timings) -> f64| stats(&timings.iter().map(f).collect::<Vec<_>>());
+    let generated_stage =
+        |f: fn(&Timings) -> f64| stats(&generated.iter().map(|t| f(t)).collect::<Vec<_>>());
+    EvalReport {
+        setting: index,
+        settings: Some(*setting),
+        answerable: answerable.len() as u32,
+        unanswerable: (results.len() - answerable.len()) as u32,
+        recall_at_1: within(1),
+        recall_at_3: within(3),
+        recall_at_k: within(top_k),
+        mrr,
+        correct: answerable.iter().filter(|r| r.correct).count() as u32,
+        false_refusals: answerable.iter().filter(|r| r.refused).count() as u32,
+        abstained: results
+            .iter()
+            .filter(|r| !r.answerable && r.refused)
+            .count() as u32,
+        embed: Some(stage(|t| t.embed_ms)),
+        search: Some(stage(|t| t.search_ms)),
+        first_token: Some(generated_stage(|t| t.first_token_ms)),
+        generate: Some(generated_stage(|t| t.generate_ms)),
+        total: Some(stage(|t| t.total_ms)),
+        prompt_tokens: results.iter().map(|r| u64::from(r.prompt_tokens)).sum(),
+        generated_tokens: results.iter().map(|r| u64::from(r.generated_tokens)).sum(),
+        generated_cases: generated.len() as u32,
+        mean_support: if answered.is_empty() {
+            0.0
+        } else {
+            answered.iter().sum::<f64>() / answered.len() as f64
+        },
+        unsupported: answered.iter().filter(|&&s| s < SUPPORTED).count() as u32,
+    }
+}
+
+/// The best report's index: most right outcomes (answers with their gold, or with
+/// `retrieval_only` the gold in the sources, plus abstentions), then fewer false refusals,
+/// higher MRR, lower median total time; the first of equals.
+pub fn best(reports: &[EvalReport], retrieval_only: bool) -> u32 {
+    let key = |r: &EvalReport| {
+        let right = if retrieval_only {
+            r.recall_at_k
+        } else {
+            r.correct
+        } + r.abstained;
+        (right, u32::MAX - r.false_refusals, r.mrr)
+    };
+    let mut best = 0;
+    for (i, r) in reports.iter().enumerate().skip(1) {
+        let (b, candidate) = (key(&reports[best]), key(r));
+        let total = |r: &EvalReport| r.total.map_or(f64::INFINITY, |t| t.p50_ms);
+        let better = match candidate.0.cmp(&b.0).then(candidate.1.cmp(&b.1)) {
+            std::cmp::Ordering::Equal => match candidate.2.total_cmp(&b.2) {
+                std::cmp::Ordering::Equal => total(r) < total(&reports[best]),
+                order => order.is_gt(),
+            },
+            order => order.is_gt(),
+        };
+        if better {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn effective_top_k(top_k: u32) -> u32 {
+    if top_k == 0 { 5 } else { top_k }
+}
+
+fn case_error(case: &EvalCase, status: Status) -> Status {
+    Status::new(
+        status.code(),
+        format!("case {}: {}", case.id, status.message()),
+    )
+}
+
+fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
+    let invalid = |m: String| Err(OrchestratorError::Validation(m));
+    if request.knowledge_base.is_empty() {
+        return invalid("`knowledge_base` is empty: name the knowledge base to evaluate".into());
+    }
+    if request.cases.is_empty() {
+        return invalid("`cases` is empty: give at least one question".into());
+    }
+    if request.cases.len() > MAX_CASES {
+        return invalid(format!("more than {MAX_CASES} cases"));
+    }
+    if request.settings.len() > MAX_SETTINGS {
+        return invalid(format!("more than {MAX_SETTINGS} settings"));
+    }
+    if request.settings.is_empty() {
+        request.settings.push(EvalSetting::default());
+    }
+    if request.cases.len() * request.settings.len() > MAX_RUNS {
+        return invalid(format!(
+            "{} cases × {} settings is over {MAX_RUNS} runs",
+            request.cases.len(),
+            request.settings.len()
+        ));
+    }
+    for (i, case) in request.cases.iter_mut().enumerate() {
+        if case.id.is_empty() {
+            case.id = (i + 1).to_string();
+        }
+        if case.answerable && case.gold.iter().all(|g| normalize(g).is_empty()) {
+            return invalid(format!(
+                "case {}: answerable but `gold` is empty; give the substrings a right answer holds",
+                case.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Orchestrator {
+    /// Runs every case under every setting, one at a time (so that latencies are those of
+    /// one request alone), sending a result per case, a report per setting and a summary.
+    pub async fn evaluate(&self, request: EvaluateRequest, deadline: Deadline, events: Events) {
+        let work = self.evaluate_inner(request, deadline, &events);
+        let work = async {
+            match deadline.0 {
+                None => work.await,
+                Some(at) => tokio::time::timeout_at(at.into(), work)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(OrchestratorError::DeadlineExceeded(
+                            "before the evaluation was complete",
+                        )
+                        .into())
+                    }),
+            }
+        };
+        let result = tokio::select! {
+            result = work => result,
+            () = events.closed() => Err(Status::cancelled("the client went away")),
+        };
+        match result {
+            Ok(()) => {}
+            Err(status) if status.code() == tonic::Code::Cancelled => {
+                tracing::info!(
+                    code = "CANCELLED",
+                    "the client went away; the evaluation stopped"
+                );
+            }
+            Err(status) => {
+                let _ = events.send(Err(status)).await;
+            }
+        }
+    }
+
+    async fn evaluate_inner(
+        &self,
+        mut request: EvaluateRequest,
+        deadline: Deadline,
+        events: &Events,
+    ) -> Result<(), Status> {
+        validate(&mut request)?;
+        let mut reports = Vec::with_capacity(request.settings.len());
+        for (index, setting) in request.settings.iter().enumerate() {
+            let index = index as u32;
+            let mut results = Vec::with_capacity(request.cases.len());
+            for case in &request.cases {
+                let answer = if request.retrieval_only {
+                    self.retrieve_only(&request.knowledge_base, case, setting, deadline)
+                        .await
+                        .map_err(|e| case_error(case, e.into()))?
+                } else {
+                    self.ask_case(&request, case, setting, deadline)
+                        .await
+                        .map_err(|e| case_error(case, e))?
+                };
+                let result = score_case(index, case, answer);
+                send(events, evaluate_event::Event::CaseResult(result.clone())).await?;
+                results.push(result);
+            }
+            let report = report(index, setting, &results);
+            send(events, evaluate_event::Event::Report(report)).await?;
+            reports.push(report);
+        }
+        let best = best(&reports, request.retrieval_only);
+        send(
+            events,
+            evaluate_event::Event::Summary(EvalSummary { reports, best }),
+        )
+        .await
+    }
+
+    /// One case through the Ask pipeline itself; its final Answer.
+    async fn ask_case(
+        &self,
+        request: &EvaluateRequest,
+        case: &EvalCase,
+        setting: &EvalSetting,
+        deadline: Deadline,
+    ) -> Result<Answer, Status> {
+        let ask = AskRequest {
+            question: case.question.clone(),
+            knowledge_base: request.knowledge_base.clone(),
+            top_k: setting.top_k,
+            score_threshold: setting.score_threshold,
+            mode: setting.mode,
+            sampling: request.sampling.clone(),
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::channel::<Result<AskEvent, Status>>(16);
+        let collect = async {
+            let mut answer = None;
+            while let Some(event) = rx.recv().await {
+                if let Some(ask_event::Event::Answer(a)) = event?.event {
+                    answer = Some(a);
+                }
+            }
+            answer.ok_or_else(|| Status::internal("the ask ended without an answer"))
+        };
+        let ((), answer) = tokio::join!(self.ask(ask, deadline, tx), collect);
+        answer
+    }
+
+    /// The first two stages of Ask (embed, search, threshold) without generation: an Answer
+    /// holding the sources, refused when none passed.
+    async fn retrieve_only(
+        &self,
+        knowledge_base: &str,
+        case: &EvalCase,
+        setting: &EvalSetting,
+        deadline: Deadline,
+    ) -> Result<Answer, OrchestratorError> {
+        let started = Instant::now();
+        let mode = match SearchMode::try_from(setting.mode) {
+            Ok(SearchMode::Unspecified) => SearchMode::Hybrid,
+            Ok(mode) => mode,
+            Err(_) => {
+                return Err(OrchestratorError::Validation(format!(
+                    "`mode` {} is not a SearchMode",
+                    setting.mode
+                )));
+            }
+        };
+        let vector = if mode == SearchMode::Sparse {
+            Vec::new()
+        } else {
+            self.downstream
+                .embedder
+                .clone()
+                .embed(deadline.request(EmbedRequest {
+                    texts: vec![case.question.trim().to_owned()],
+                    kind: EmbedKind::Query as i32,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(OrchestratorError::downstream("embedder"))?
+                .into_inner()
+                .embeddings
+                .into_iter()
+                .next()
+                .map(|e| e.values)
+                .ok_or_else(|| {
+                    OrchestratorError::Internal("the embedder returned no vector".into())
+                })?
+        };
+        let embed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let search_started = Instant::now();
+        let hits = self
+            .downstream
+            .retriever
+            .clone()
+            .search(deadline.request(SearchRequest {
+                knowledge_base: knowledge_base.to_owned(),
+                query_text: if mode == SearchMode::Dense {
+                    String::new()
+                } else {
+                    case.question.trim().to_owned()
+                },
+                vector,
+                top_k: effective_top_k(setting.top_k),
+                score_threshold: setting.score_threshold,
+                filter: None,
+                mode: mode as i32,
+                with_vectors: false,
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner()
+            .hits;
+        let search_ms = search_started.elapsed().as_secs_f64() * 1e3;
+        // As Ask: in dense and hybrid modes the threshold is a cosine, so a hit found by
+        // keywords alone does not pass it.
+        let citations: Vec<Citation> = hits
+            .into_iter()
+            .filter(|hit| match (setting.score_threshold, mode) {
+                (None, _) => true,
+                (Some(t), SearchMode::Sparse | SearchMode::Dense) => hit.score >= t,
+                (Some(t), _) => hit.dense_score.is_some_and(|s| s >= t),
+            })
+            .enumerate()
+            .map(|(i, hit)| {
+                let passage = hit.passage.unwrap_or_default();
+                Citation {
+                    number: i as u32 + 1,
+                    document_id: passage.document_id,
+                    source: passage.source,
+                    chunk_index: passage.chunk_index,
+                    score: hit.score,
+                    text: passage.text,
+                }
+            })
+            .collect();
+        let refused = citations.is_empty();
+        Ok(Answer {
+            text: if refused {
+                REFUSAL.into()
+            } else {
+                String::new()
+            },
+            refused,
+            citations,
+            timings: Some(Timings {
+                embed_ms,
+                search_ms,
+                total_ms: started.elapsed().as_secs_f64() * 1e3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+async fn send(events: &Events, event: evaluate_event::Event) -> Result<(), Status> {
+    events
+        .send(Ok(EvaluateEvent { event: Some(event) }))
+        .await
+        .map_err(|_| Status::cancelled("the client went away"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(id: &str, gold: &[&str], answerable: bool) -> EvalCase {
+        EvalCase {
+            id: id.into(),
+            question: format!("question {id}"),
+            gold: gold.iter().map(|g| g.to_string()).collect(),
+            answerable,
+        }
+    }
+
+    fn answer(text: &str, sources: &[&str], refused: bool, total_ms: f64) -> Answer {
+        Answer {
+            text: text.into(),
+            refused,
+            citations: sources
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Citation {
+                    number: i as u32 + 1,
+                    text: t.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            timings: Some(Timings {
+                embed_ms: 1.0,
+                search_ms: 2.0,
+                first_token_ms: if refused { 0.0 } else { total_ms / 2.0 },
+                generate_ms: if refused { 0.0 } else { total_ms - 3.0 },
+                total_ms,
+            }),
+            prompt_tokens: if refused { 0 } else { 100 },
+            generated_tokens: if refused { 0 } else { 10 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gold_is_compared_without_whitespace_or_case() {
+        let gold = vec!["pip install Langchain-Chatchat".to_string()];
+        assert!(contains_gold(
+            "用 PIP  install\nlangchain-chatchat -U 安装",
+            &gold
+        ));
+        assert!(!contains_gold("用 pip install chatchat 安装", &gold));
+        assert!(!contains_gold("anything", &[]), "no gold never matches");
+        let two = vec!["FAISS".to_string(), "127.0.0.1".to_string()];
+        assert!(
+            !contains_gold("默认 faiss", &two),
+            "every gold must be there"
+        );
+        assert!(contains_gold("默认 faiss，监听 127.0.0.1", &two));
+    }
+
+    #[test]
+    fn the_gold_rank_is_where_the_last_gold_piece_appears() {
+        let gold = vec!["a b".to_string(), "C".to_string()];
+        assert_eq!(gold_rank(&["x", "ab", "yc"], &gold), Some(3));
+        assert_eq!(gold_rank(&["x", "ab c"], &gold), Some(2));
+        assert_eq!(gold_rank(&["ab", "x"], &gold), None);
+        assert_eq!(gold_rank(&["x"], &[]), None);
+    }
+
+    #[test]
+    fn refusals_are_the_pipelines_and_the_models() {
+        assert!(is_refusal(REFUSAL));
+        assert!(is_refusal("很抱歉，根据已知信息无法回答该问题。"));
+        assert!(is_refusal("没有提供足够的相关信息"));
+        assert!(!is_refusal("默认使用 FAISS。"));
+    }
+
+    #[test]
+    fn support_is_high_for_grounded_answers_and_low_for_invented_ones() {
+        let passages = [
+            "从 0.3.0 版本起，Langchain-Chatchat 提供以 Python 库形式的安装方式，请执行 pip install langchain-chatchat -U",
+            "默认使用 FAISS 知识库类型，默认监听地址 DEFAULT_BIND_HOST 为 127.0.0.1。",
+        ];
+        let grounded = "从 0.3.0 版本起，用 pip install langchain-chatchat -U 安装。";
+        let restated = "默认监听地址 DEFAULT_BIND_HOST 是 127.0.0.1。";
+        let invented =
+            "在 Kubernetes 上配置 HorizontalPodAutoscaler，设置 CPU 利用率目标为百分之八十。";
+        let g = support(grounded, &passages);
+        let r = support(restated, &passages);
+        let i = support(invented, &passages);
+        assert!(g >= 0.7, "{g}");
+        assert!(r >= SUPPORTED, "{r}");
+        assert!(i < 0.2, "{i}");
+        assert_eq!(support("FAISS", &passages), 1.0);
+        assert_eq!(support("Milvus", &passages), 0.0);
+        assert_eq!(support("。", &passages), 0.0);
+        assert_eq!(units("Hello, 世界 v0.3"), ["hello", "世", "界", "v0", "3"]);
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 10.0);
+        assert_eq!(percentile(&values, 95.0), 19.0);
+        assert_eq!(percentile(&[7.0], 95.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    /// Hand-made rows: every outcome once, with the figures worked out by hand.
+    fn rows() -> Vec<EvalCaseResult> {
+        vec![
+            // Gold at rank 1, answered: correct.
+            score_case(
+                0,
+                &case("a", &["740"], true),
+                answer(
+                    "知识条目数为 740。",
+                    &["初始化后知识条目数为 740 条", "x", "y"],
+                    false,
+                    10.0,
+                ),
+            ),
+            // Gold at rank 3, answered wrong.
+            score_case(
+                0,
+                &case("b", &["FAISS"], true),
+                answer("Milvus", &["x", "y", "默认 faiss"], false, 20.0),
+            ),
+            // Gold at rank 2, the model refused: a false refusal.
+            score_case(
+                0,
+                &case("c", &["chatchat kb -r"], true),
+                answer(
+                    "根据已知信息无法回答该问题",
+                    &["x", "chatchat kb -r"],
+                    false,
+                    30.0,
+                ),
+            ),
+            // Gold not retrieved at all, nothing passed the threshold: a false refusal.
+            score_case(
+                0,
+                &case("d", &["3.8"], true),
+                answer(REFUSAL, &[], true, 4.0),
+            ),
+            // Unanswerable, refused without generating: abstained.
+            score_case(0, &case("e", &[], false), answer(REFUSAL, &[], true, 5.0)),
+            // Unanswerable, the model invented an answer.
+            score_case(
+                0,
+                &case("f", &[], false),
+                answer("用 HPA 配置。", &["x"], false, 60.0),
+            ),
+        ]
+    }
+
+    #[test]
+    fn cases_are_scored_by_hand() {
+        let r = rows();
+        let ranks: Vec<u32> = r.iter().map(|r| r.gold_rank).collect();
+        assert_eq!(ranks, [1, 3, 2, 0, 0, 0]);
+        let correct: Vec<bool> = r.iter().map(|r| r.correct).collect();
+        assert_eq!(correct, [true, false, false, false, false, false]);
+        let refused: Vec<bool> = r.iter().map(|r| r.refused).collect();
+        assert_eq!(refused, [false, false, true, true, true, false]);
+    }
+
+    #[test]
+    fn a_report_adds_up_the_rows() {
+        let setting = EvalSetting {
+            top_k: 3,
+            ..Default::default()
+        };
+        let report = report(0, &setting, &rows());
+        assert_eq!((report.answerable, report.unanswerable), (4, 2));
+        assert_eq!(
+            (report.recall_at_1, report.recall_at_3, report.recall_at_k),
+            (1, 3, 3)
+        );
+        assert!((report.mrr - (1.0 + 1.0 / 3.0 + 0.5) / 4.0).abs() < 1e-12);
+        assert_eq!(report.correct, 1);
+        assert_eq!(report.false_refusals, 2);
+        assert_eq!(report.abstained, 1);
+        // Answered rows a, b and f: a says what its passage says (support 1), "Milvus" and
+        // "用 HPA 配置" appear nowhere (0).
+        assert!((report.mean_support - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(report.unsupported, 2);
+        // Four rows reached the generator (a, b, c, f): totals 10, 20, 30, 60.
+        assert_eq!(report.generated_cases, 4);
+        assert_eq!(report.prompt_tokens, 400);
+        assert_eq!(report.generated_tokens, 40);
+        let total = report.total.unwrap();
+        // All six totals: 4, 5, 10, 20, 30, 60.
+        assert_eq!((total.p50_ms, total.p95_ms), (10.0, 60.0));
+        let generate = report.generate.unwrap();
+        assert_eq!((generate.p50_ms, generate.p95_ms), (17.0, 57.0));
+        // recall@k is bounded by k: with top_k 1 only rank 1 counts.
+        let k1 = super::report(
+            0,
+            &EvalSetting {
+                top_k: 1,
+                ..Default::default()
+            },
+            &rows(),
+        );
+        assert_eq!(k1.recall_at_k, 1);
+    }
+
+    #[test]
+    fn the_best_setting_has_the_most_right_outcomes_then_fewer_false_refusals() {
+        let base = report(0, &EvalSetting::default(), &rows());
+        let with = |correct, abstained, false_refusals, mrr, p50| EvalReport {
+            correct,
+            abstained,
+            false_refusals,
+            mrr,
+            total: Some(LatencyStats {
+                p50_ms: p50,
+                p95_ms: p50,
+            }),
+            ..base
+        };
+        let reports = [
+            with(2, 0, 1, 0.5, 10.0),
+            with(1, 2, 1, 0.5, 10.0),
+            with(3, 0, 0, 0.5, 10.0),
+            with(3, 0, 0, 0.5, 5.0),
+            with(3, 0, 0, 0.4, 1.0),
+        ];
+        assert_eq!(best(&reports, false), 3);
+        assert_eq!(best(&reports[..2], false), 1);
+        // Retrieval only: recall@k (3 in every row here) counts instead of answers.
+        assert_eq!(best(&reports, true), 1);
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_runs() {
+        let mut request = EvaluateRequest {
+            knowledge_base: "kb".into(),
+            cases: vec![case("", &["x"], true), case("", &[], false)],
+            ..Default::default()
+        };
+        validate(&mut request).unwrap();
+        assert_eq!(request.settings.len(), 1, "no settings: one default run");
+        assert_eq!(request.cases[1].id, "2");
+        request.cases.push(case("z", &[" "], true));
+        let e = validate(&mut request).unwrap_err().to_string();
+        assert!(e.contains("case z") && e.contains("gold"), "{e}");
+        let mut empty = EvaluateRequest {
+            knowledge_base: "kb".into(),
+            ..Default::default()
+        };
+        assert!(validate(&mut empty).is_err());
+    }
+}
