@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tonic::Code;
-use zhiku_e2e::{ServiceProcess, binary, minilm_dir, models_dir, wait_serving};
+use zhiku_e2e::binary;
+use zhiku_e2e::pipeline::{STARTUP, Services};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
     AskRequest, CreateKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, DocumentInput,
     GeneratorInfoRequest, IngestRequest, SamplingParams, UnloadAdapterRequest, ask_event,
 };
-
-const STARTUP: Duration = Duration::from_secs(180);
 
 /// A PEFT LoRA adapter on SmolLM2-135M's q and v projections (576 hidden; 3 KV heads of
 /// 64), random but seeded, large enough to change greedy answers.
@@ -104,43 +103,16 @@ async fn a_knowledge_base_created_with_an_adapter_answers_through_it() {
     let data = tempfile::tempdir().unwrap();
     let adapter_dir = data.path().join("adapters/xiaoshi");
     write_smollm_adapter(&adapter_dir);
-    let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
-    assert!(smollm.is_dir(), "run scripts/fetch-models smollm2");
-    let minilm = minilm_dir();
-    let embedder = ServiceProcess::start(
-        "zhiku-embedder",
-        &["--model", minilm.to_str().unwrap()],
-        &[],
-    );
     let store = data.path().join("store");
-    let retriever = ServiceProcess::start(
-        "zhiku-retriever",
+    let services = Services::start_with(
+        "SmolLM2-135M-Instruct-GGUF",
         &["--data-dir", store.to_str().unwrap()],
         &[],
-    );
-    let generator = ServiceProcess::start(
-        "zhiku-generator",
-        &["--model", smollm.to_str().unwrap()],
-        &[],
-    );
-    let orchestrator = ServiceProcess::start(
-        "zhiku-orchestrator",
-        &[
-            "--embedder-addr",
-            &embedder.endpoint(),
-            "--retriever-addr",
-            &retriever.endpoint(),
-            "--generator-addr",
-            &generator.endpoint(),
-        ],
-        &[],
-    );
-    wait_serving(&embedder, "zhiku.v1.Embedder", STARTUP).await;
-    wait_serving(&retriever, "zhiku.v1.Retriever", STARTUP).await;
-    wait_serving(&generator, "zhiku.v1.Generator", STARTUP).await;
-    wait_serving(&orchestrator, "zhiku.v1.Orchestrator", STARTUP).await;
-    let mut client = OrchestratorClient::new(orchestrator.channel(STARTUP).await);
-    let mut gen_client = GeneratorClient::new(generator.channel(STARTUP).await);
+    )
+    .await;
+    let orchestrator = &services.orchestrator;
+    let mut client = services.client().await;
+    let mut gen_client = GeneratorClient::new(services.generator.channel(STARTUP).await);
 
     // The CLI: a directory given to --adapter is loaded under the knowledge base's name.
     let cli = |args: &[&str]| {

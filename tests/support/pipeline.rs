@@ -16,7 +16,7 @@ use zhiku_proto::v1::{
 pub const STARTUP: Duration = Duration::from_secs(180);
 
 /// The four services as processes on loopback: the MiniLM embedder, the retriever (its own
-/// flags), the Qwen2.5-0.5B GGUF generator and the orchestrator wired to them, all SERVING.
+/// flags), a GGUF generator (Qwen2.5-0.5B unless named) and the orchestrator wired to them, all SERVING.
 pub struct Services {
     pub embedder: ServiceProcess,
     pub retriever: ServiceProcess,
@@ -26,13 +26,31 @@ pub struct Services {
 
 impl Services {
     pub async fn start(retriever_args: &[&str], retriever_envs: &[(&str, &str)]) -> Self {
+        Self::start_with(
+            "Qwen2.5-Coder-0.5B-Instruct-GGUF",
+            retriever_args,
+            retriever_envs,
+        )
+        .await
+    }
+
+    /// As [`Services::start`], with the generator on `models/<generator_model>`.
+    pub async fn start_with(
+        generator_model: &str,
+        retriever_args: &[&str],
+        retriever_envs: &[(&str, &str)],
+    ) -> Self {
         let minilm = minilm_dir();
-        let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
-        assert!(qwen.is_dir(), "run scripts/fetch-models qwen2.5-0.5b");
+        let chat = models_dir().join(generator_model);
+        assert!(
+            chat.is_dir(),
+            "{} is missing: run scripts/fetch-models",
+            chat.display()
+        );
         let model = |dir: &std::path::Path| dir.to_str().expect("utf-8 path").to_owned();
         let embedder = ServiceProcess::start("zhiku-embedder", &["--model", &model(&minilm)], &[]);
         let retriever = ServiceProcess::start("zhiku-retriever", retriever_args, retriever_envs);
-        let generator = ServiceProcess::start("zhiku-generator", &["--model", &model(&qwen)], &[]);
+        let generator = ServiceProcess::start("zhiku-generator", &["--model", &model(&chat)], &[]);
         let orchestrator = ServiceProcess::start(
             "zhiku-orchestrator",
             &[
