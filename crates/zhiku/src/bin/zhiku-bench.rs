@@ -6,7 +6,8 @@
 //!                        RESOURCE_EXHAUSTED / other, p50/p99, the server's peak memory,
 //!                        and that it is SERVING afterwards
 //! zhiku-bench overhead   Ask's cost outside the model (describe + embed + search +
-//!                        prompt) at 1k, 10k and 100k passages, filled by direct upserts
+//!                        prompt) at 1k, 10k and 100k passages, written and indexed through
+//!                        the retriever's API in this process before the server starts
 //! ```
 
 use std::net::SocketAddr;
@@ -20,7 +21,6 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
-use zhiku_proto::v1::retriever_client::RetrieverClient;
 use zhiku_proto::v1::{
     AskRequest, CreateKnowledgeBaseRequest, DocumentInput, IngestRequest, Passage, SamplingParams,
     UpsertRequest, ask_event, ingest_event,
@@ -104,7 +104,6 @@ enum Bench {
 struct Server {
     child: Child,
     orchestrator: SocketAddr,
-    retriever: SocketAddr,
     data_dir: PathBuf,
 }
 
@@ -122,14 +121,13 @@ fn free_port() -> Result<SocketAddr, String> {
 }
 
 impl Server {
-    async fn start(setup: &ServerSetup) -> Result<Self, String> {
+    async fn start(setup: &ServerSetup, data_dir: PathBuf) -> Result<Self, String> {
         let zhiku = match &setup.zhiku {
             Some(path) => path.clone(),
             None => std::env::current_exe()
                 .map_err(|e| e.to_string())?
                 .with_file_name("zhiku"),
         };
-        let data_dir = std::env::temp_dir().join(format!("zhiku-bench-{}", std::process::id()));
         let (orchestrator, embedder, retriever, generator) =
             (free_port()?, free_port()?, free_port()?, free_port()?);
         let models = &setup.models_dir;
@@ -157,7 +155,6 @@ impl Server {
         let mut server = Self {
             child,
             orchestrator,
-            retriever,
             data_dir,
         };
         let started = Instant::now();
@@ -200,13 +197,6 @@ impl Server {
         OrchestratorClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
-    }
-
-    fn retriever(&self) -> RetrieverClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.retriever))
-            .map(|e| e.connect_lazy())
-            .expect("a loopback address is a valid URI");
-        RetrieverClient::new(channel).max_encoding_message_size(64 << 20)
     }
 
     /// (current, peak) resident memory in MiB, from /proc.
@@ -476,18 +466,17 @@ const WORDS: [&str; 16] = [
     "games", "films", "phone", "reading", "hills", "floor", "weeks",
 ];
 
+/// Writes `count` passages into `kb` through the retriever's own API, in this process.
 async fn fill(
-    server: &Server,
+    retriever: &zhiku_retriever::Retriever,
     kb: &str,
-    from: usize,
-    to: usize,
+    count: usize,
     dims: usize,
     rng: &mut Rng,
 ) -> Result<(), String> {
-    let mut retriever = server.retriever();
-    let mut at = from;
-    while at < to {
-        let end = (at + 1024).min(to);
+    let mut at = 0;
+    while at < count {
+        let end = (at + 1024).min(count);
         let passages = (at..end)
             .map(|i| {
                 let text: Vec<&str> = (0..40)
@@ -503,16 +492,67 @@ async fn fill(
                 }
             })
             .collect();
-        let mut request = Request::new(UpsertRequest {
-            knowledge_base: kb.into(),
-            passages,
-        });
-        request.set_timeout(Duration::from_secs(600));
         retriever
-            .upsert(request)
+            .upsert(UpsertRequest {
+                knowledge_base: kb.into(),
+                passages,
+            })
             .await
             .map_err(|e| format!("upsert: {e}"))?;
         at = end;
+    }
+    Ok(())
+}
+
+/// The embedding model's vector length (`hidden_size` in its config.json).
+fn embedding_dims(setup: &ServerSetup) -> Result<usize, String> {
+    let path = setup
+        .models_dir
+        .join(&setup.embedding_model)
+        .join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    config["hidden_size"]
+        .as_u64()
+        .map(|d| d as usize)
+        .ok_or_else(|| format!("{}: no hidden_size", path.display()))
+}
+
+/// One knowledge base per size in `data_dir`, filled and indexed (HNSW built) before the
+/// server opens it, so that each size is measured in its steady state.
+async fn prefill(setup: &ServerSetup, data_dir: &Path, sizes: &[usize]) -> Result<(), String> {
+    let dims = embedding_dims(setup)?;
+    let args = zhiku_retriever::RetrieverArgs::embedded(data_dir);
+    let opened = zhiku_retriever::open_store(&args)
+        .await
+        .map_err(|e| e.to_string())?;
+    let embedded = opened.embedded.clone().ok_or("not an embedded store")?;
+    let retriever = zhiku_retriever::Retriever::new(opened.store).map_err(|e| e.to_string())?;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for &size in sizes {
+        let kb = format!("overhead-{size}");
+        retriever
+            .create_knowledge_base(CreateKnowledgeBaseRequest {
+                name: kb.clone(),
+                dimensions: dims as u32,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("create {kb}: {e}"))?;
+        let started = Instant::now();
+        fill(&retriever, &kb, size, dims, &mut rng).await?;
+        let filled = started.elapsed().as_secs_f64();
+        let store = embedded.clone();
+        let name = kb.clone();
+        tokio::task::spawn_blocking(move || store.optimize(&name))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("optimize {kb}: {e}"))?;
+        println!(
+            "{kb}: {size} passages written in {filled:.1} s, indexed in {:.1} s",
+            started.elapsed().as_secs_f64() - filled
+        );
     }
     Ok(())
 }
@@ -523,34 +563,19 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 async fn overhead(server: &Server, sizes: &[usize], asks: usize) -> Result<(), String> {
-    let mut client = server.orchestrator();
-    let kb = "overhead";
-    let created = client
-        .create_knowledge_base(CreateKnowledgeBaseRequest {
-            name: kb.into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("create: {e}"))?
-        .into_inner();
-    let dims = created.dimensions as usize;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut filled = 0;
+    let client = server.orchestrator();
     let mut reference = None;
     println!(
-        "{:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {:>6}   (medians of {asks} Asks, 1 new token)",
-        "passages", "fill s", "embed ms", "search ms", "overhead", "ratio",
+        "{:>8}  {:>9}  {:>9}  {:>9}  {:>6}   (medians of {asks} Asks, 1 new token)",
+        "passages", "embed ms", "search ms", "overhead", "ratio",
     );
     for &size in sizes {
-        let started = Instant::now();
-        fill(server, kb, filled, size.max(filled), dims, &mut rng).await?;
-        filled = size.max(filled);
-        let fill_s = started.elapsed().as_secs_f64();
-        // One unmeasured Ask warms the caches of this size.
-        let _ = ask(client.clone(), ask_request(kb, QUESTIONS[0], 1)).await;
+        let kb = format!("overhead-{size}");
+        // One unmeasured Ask warms the caches of this knowledge base.
+        let _ = ask(client.clone(), ask_request(&kb, QUESTIONS[0], 1)).await;
         let (mut embed, mut search, mut outside) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..asks {
-            let request = ask_request(kb, QUESTIONS[i % QUESTIONS.len()], 1);
+            let request = ask_request(&kb, QUESTIONS[i % QUESTIONS.len()], 1);
             let (result, _, timings) = ask(client.clone(), request).await;
             let timings = match (result, timings) {
                 (Outcome::Answered, Some(t)) => t,
@@ -564,7 +589,7 @@ async fn overhead(server: &Server, sizes: &[usize], asks: usize) -> Result<(), S
         let outside = median(outside);
         let ratio = outside / *reference.get_or_insert(outside);
         println!(
-            "{size:>8}  {fill_s:>9.1}  {:>9.2}  {:>9.2}  {outside:>9.2}  {ratio:>6.2}",
+            "{size:>8}  {:>9.2}  {:>9.2}  {outside:>9.2}  {ratio:>6.2}",
             median(embed),
             median(search),
         );
@@ -579,7 +604,14 @@ fn print_config(cli: &Cli) {
 
 async fn run(cli: Cli) -> Result<bool, String> {
     print_config(&cli);
-    let server = Server::start(&cli.server).await?;
+    let data_dir = std::env::temp_dir().join(format!("zhiku-bench-{}", std::process::id()));
+    if let Bench::Overhead { ref sizes, .. } = cli.command
+        && let Err(e) = prefill(&cli.server, &data_dir, sizes).await
+    {
+        let _ = std::fs::remove_dir_all(&data_dir);
+        return Err(e);
+    }
+    let server = Server::start(&cli.server, data_dir).await?;
     match cli.command {
         Bench::Load { asks, ingests } => Ok(load(&server, &cli.server, asks, ingests).await),
         Bench::Overhead { ref sizes, asks } => {
