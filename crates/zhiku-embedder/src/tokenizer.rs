@@ -112,15 +112,7 @@ impl TextTokenizer {
         let full = self.with_prefix(text, kind);
         let encoding = self.encode_raw(text, kind)?;
         let truncated = !encoding.get_overflowing().is_empty();
-        // Byte offset -> character index, for every char boundary.
-        let mut char_at_byte = vec![0usize; full.len() + 1];
-        let mut chars = 0;
-        for (byte, _) in full.char_indices() {
-            char_at_byte[byte] = chars;
-            chars += 1;
-        }
-        char_at_byte[full.len()] = chars;
-        let to_char = |byte: usize| char_at_byte.get(byte).copied().unwrap_or(chars);
+        let to_char = char_indices_at(&full, encoding.get_offsets());
         let spans = encoding
             .get_ids()
             .iter()
@@ -139,6 +131,36 @@ impl TextTokenizer {
     }
 }
 
+/// Byte offset -> character index, for the offsets a tokenization gives: memory in the
+/// number of tokens, not of bytes (the request's text may be large).
+fn char_indices_at(text: &str, offsets: &[(usize, usize)]) -> impl Fn(usize) -> usize {
+    let mut bytes: Vec<usize> = offsets.iter().flat_map(|&(s, e)| [s, e]).collect();
+    bytes.sort_unstable();
+    bytes.dedup();
+    let mut chars = Vec::with_capacity(bytes.len());
+    let mut wanted = bytes.iter().peekable();
+    let mut count = 0;
+    for (byte, _) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        // A wanted offset inside a character maps to the character that holds it.
+        while wanted.next_if(|&&b| b < byte).is_some() {
+            chars.push(count.max(1) - 1);
+        }
+        if wanted.next_if(|&&b| b == byte).is_some() {
+            chars.push(count);
+        }
+        count += 1;
+    }
+    let total = count - 1;
+    chars.resize(bytes.len(), total);
+    move |byte| match bytes.binary_search(&byte) {
+        Ok(i) => chars[i],
+        Err(_) => total,
+    }
+}
+
 impl TextTokenizer {
     /// Length of `prefix + text` without truncation, for error messages.
     pub fn count_untruncated(&self, text: &str, kind: TextKind) -> Result<usize, EmbedderError> {
@@ -149,5 +171,26 @@ impl TextTokenizer {
                 .iter()
                 .map(|o| o.get_ids().len())
                 .sum::<usize>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::char_indices_at;
+
+    #[test]
+    fn byte_offsets_become_character_indices() {
+        // "a知b": bytes 0, 1..4, 4; characters 0, 1, 2.
+        let text = "a知b";
+        let to_char = char_indices_at(text, &[(0, 1), (1, 4), (4, 5), (2, 3)]);
+        assert_eq!(
+            [0, 1, 4, 5].map(&to_char),
+            [0, 1, 2, 3],
+            "boundaries and the end"
+        );
+        // Inside a character: the character that holds it; past the end: the end.
+        assert_eq!(to_char(2), 1);
+        assert_eq!(to_char(3), 1);
+        assert_eq!(to_char(99), 3);
     }
 }

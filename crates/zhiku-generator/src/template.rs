@@ -23,6 +23,9 @@ pub struct Prompt {
     pub text: String,
     /// Sorted, disjoint, on character boundaries.
     content: Vec<Range<usize>>,
+    /// (message index, byte where its content starts), in text order: where a rendered
+    /// chat can be cut between messages.
+    starts: Vec<(usize, usize)>,
 }
 
 impl Prompt {
@@ -30,7 +33,7 @@ impl Prompt {
     pub fn trusted(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
-            content: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -57,6 +60,28 @@ impl Prompt {
     /// The byte ranges of `text` that are message contents.
     pub fn content_ranges(&self) -> &[Range<usize>] {
         &self.content
+    }
+
+    /// The part of the prompt in `range` (on character boundaries), with its contents.
+    pub fn slice(&self, range: Range<usize>) -> Prompt {
+        let mut out = Prompt::default();
+        let mut cursor = range.start;
+        for content in &self.content {
+            let (start, end) = (content.start.max(range.start), content.end.min(range.end));
+            if start >= end {
+                continue;
+            }
+            out.push(&self.text[cursor..start], false);
+            out.push(&self.text[start..end], true);
+            cursor = end;
+        }
+        out.push(&self.text[cursor..range.end], false);
+        out
+    }
+
+    /// Where each message's content starts in `text`: (message index, byte), in text order.
+    pub fn message_starts(&self) -> &[(usize, usize)] {
+        &self.starts
     }
 }
 
@@ -278,11 +303,12 @@ fn fill<'m>(
         let after = &rest[open + marker.len_utf8()..];
         let stand_in = after.find(marker).and_then(|close| {
             let index: usize = after[..close].parse().ok()?;
-            Some((messages.get(index)?, close))
+            Some((index, messages.get(index)?, close))
         });
         match stand_in {
-            Some((message, close)) => {
+            Some((index, message, close)) => {
                 prompt.push(&rest[..open], false);
+                prompt.starts.push((index, prompt.text.len()));
                 prompt.push(content(message), true);
                 rest = &after[close + marker.len_utf8()..];
             }

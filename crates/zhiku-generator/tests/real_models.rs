@@ -217,6 +217,7 @@ async fn bad_requests_are_refused_with_what_to_fix() {
     let count = client
         .count_tokens(CountTokensRequest {
             input: Some(count_tokens_request::Input::Prompt("hello world".into())),
+            without_first: false,
         })
         .await
         .unwrap()
@@ -529,6 +530,7 @@ async fn a_document_in_the_chat_cannot_change_roles() {
     let counted = client
         .count_tokens(CountTokensRequest {
             input: Some(count_tokens_request::Input::Chat(messages.clone())),
+            without_first: false,
         })
         .await
         .unwrap()

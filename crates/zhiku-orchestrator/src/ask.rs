@@ -276,9 +276,9 @@ impl Orchestrator {
 
     /// Earlier turns go through the model's chat template: the last `--max-history-turns`,
     /// then dropped oldest first until the prompt and the answer fit the context; the
-    /// passages are never cut. Fewer turns never take more tokens, so one count answers
-    /// when everything fits, and a binary search over where the kept turns start otherwise.
-    async fn fit_history(
+    /// passages are never cut. One CountTokens call counts the whole conversation and what
+    /// it would be without each number of its oldest turns (`without_first`).
+    pub async fn fit_history(
         &self,
         history: &[zhiku_proto::v1::Turn],
         prompt: &str,
@@ -307,38 +307,36 @@ impl Orchestrator {
         if history.is_empty() {
             return Ok(build(history));
         }
-        let fits = |chat: Chat| async move {
-            let count = self
-                .downstream
-                .generator
-                .clone()
-                .count_tokens(deadline.request(CountTokensRequest {
-                    input: Some(count_tokens_request::Input::Chat(chat)),
-                }))
-                .await
-                .map_err(OrchestratorError::downstream("generator"))?
-                .into_inner();
-            Ok::<_, OrchestratorError>(
-                u64::from(count.tokens) + u64::from(max_new_tokens)
-                    <= u64::from(count.context_length),
-            )
-        };
         let all = build(history);
-        if fits(all.clone()).await? {
+        let count = self
+            .downstream
+            .generator
+            .clone()
+            .count_tokens(deadline.request(CountTokensRequest {
+                input: Some(count_tokens_request::Input::Chat(all.clone())),
+                without_first: true,
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("generator"))?
+            .into_inner();
+        let room = u64::from(count.context_length);
+        let fits = |tokens: u32| u64::from(tokens) + u64::from(max_new_tokens) <= room;
+        if fits(count.tokens) {
             return Ok(all);
         }
-        // The first kept turn is in (0, len]; len keeps none, which is taken as it is.
-        let (mut low, mut high) = (1, history.len());
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if fits(build(&history[middle..])).await? {
-                high = middle;
-            } else {
-                low = middle + 1;
-            }
-        }
-        Ok(build(&history[low..]))
+        Ok(build(
+            &history[first_kept_turn(&count.without_first, history.len(), fits)..],
+        ))
     }
+}
+
+/// The oldest turn to keep: the first whose conversation from there on `fits`, judged on
+/// `without_first` (entry k: the tokens without the first k messages, two per turn).
+/// Keeps none when nothing fits or the counts are missing (a generator that predates them).
+fn first_kept_turn(without_first: &[u32], turns: usize, fits: impl Fn(u32) -> bool) -> usize {
+    (0..turns)
+        .find(|&turn| without_first.get(2 * turn).copied().is_some_and(&fits))
+        .unwrap_or(turns)
 }
 
 async fn send(events: &Events, event: ask_event::Event) -> Result<(), OrchestratorError> {
@@ -346,4 +344,24 @@ async fn send(events: &Events, event: ask_event::Event) -> Result<(), Orchestrat
         .send(Ok(AskEvent { event: Some(event) }))
         .await
         .map_err(|_| OrchestratorError::Cancelled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_kept_turn;
+
+    #[test]
+    fn keeps_the_most_recent_turns_that_fit() {
+        // Three turns (six messages) and the question: 700, 600, … tokens without the first
+        // 0, 1, … messages.
+        let counts = [700, 600, 500, 400, 300, 200, 100];
+        let fits = |limit: u32| move |tokens: u32| tokens <= limit;
+        assert_eq!(first_kept_turn(&counts, 3, fits(700)), 0);
+        assert_eq!(first_kept_turn(&counts, 3, fits(650)), 1);
+        assert_eq!(first_kept_turn(&counts, 3, fits(300)), 2);
+        // Entry 6 (no turn at all) is not a turn: nothing fits, none is kept.
+        assert_eq!(first_kept_turn(&counts, 3, fits(150)), 3);
+        // A generator without the counts: no turn is kept.
+        assert_eq!(first_kept_turn(&[], 3, fits(10_000)), 3);
+    }
 }

@@ -42,6 +42,11 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "ZHIKU_PROMPT_TEMPLATE")]
     pub prompt_template: Option<PathBuf>,
 
+    /// Files read, parsed and split at once across all Ingest calls (the CPU stage of the
+    /// pipeline; more wait their turn). 0: one per CPU core.
+    #[arg(long, env = "ZHIKU_INGEST_MAX_PARALLEL_LOADS", default_value_t = 0)]
+    pub max_parallel_loads: usize,
+
     /// Passages per Embed call while ingesting.
     #[arg(long, env = "ZHIKU_INGEST_EMBED_BATCH", default_value_t = 32)]
     pub embed_batch: usize,
@@ -56,6 +61,14 @@ pub struct OrchestratorArgs {
 }
 
 impl OrchestratorArgs {
+    /// Files loaded at once: the flag, or one per CPU core.
+    pub fn parallel_loads(&self) -> usize {
+        match self.max_parallel_loads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Downstream services on the default local ports.
     pub fn local(embedder: u16, retriever: u16, generator: u16) -> Self {
         Self {
@@ -65,9 +78,26 @@ impl OrchestratorArgs {
             ingest_root: None,
             max_file_bytes: 64 << 20,
             prompt_template: None,
+            max_parallel_loads: 0,
             embed_batch: 32,
             max_history_turns: 16,
             max_new_tokens: 512,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn parallel_loads_default_to_the_cores() {
+        let mut args = OrchestratorArgs::local(1, 2, 3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(args.parallel_loads(), cores);
+        args.max_parallel_loads = 3;
+        assert_eq!(args.parallel_loads(), 3);
+        let orchestrator = crate::Orchestrator::new(args).unwrap();
+        assert_eq!(orchestrator.load_permits.available_permits(), 3);
     }
 }

@@ -298,8 +298,16 @@ impl Orchestrator {
         let name = source.name.clone();
         let splitter = splitter.clone();
         let max_file_bytes = self.args.max_file_bytes;
-        // Reading, loading (pdf, docx) and splitting are blocking work: off the async threads.
+        // Reading, loading (pdf, docx) and splitting are blocking work: off the async threads,
+        // and at most --max-parallel-loads files at once (the others wait here).
+        let permit = self
+            .load_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| FileFailure::File(format!("loading stopped: {e}")))?;
         let passages = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let bytes = match content {
                 Ok(bytes) => bytes,
                 // The extension is checked first: an unsupported file is never read.

@@ -45,6 +45,8 @@ pub struct Orchestrator {
     pub template: PromptTemplate,
     /// Walks server-side paths under --ingest-root, when set.
     pub ingest_walker: Option<Walker>,
+    /// Bounds the files being read, parsed and split at once (--max-parallel-loads).
+    pub load_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Orchestrator {
@@ -61,6 +63,7 @@ impl Orchestrator {
         };
         Ok(Self {
             downstream: Downstream::new(&args)?,
+            load_permits: Arc::new(tokio::sync::Semaphore::new(args.parallel_loads())),
             args,
             template,
             ingest_walker,

@@ -15,7 +15,7 @@ use zhiku_runtime::Ready;
 
 use crate::EmbedderState;
 use crate::error::EmbedderError;
-use crate::tokenizer::TextKind;
+use crate::tokenizer::{TextKind, TextTokenizer};
 
 /// EmbedStream requests processed concurrently per stream (answers keep request order).
 const STREAM_CONCURRENCY: usize = 16;
@@ -63,26 +63,21 @@ fn check_count(texts: &[String], max: usize) -> Result<(), EmbedderError> {
 }
 
 impl EmbedderState {
-    /// Validates, tokenizes and embeds one request.
+    /// Validates, tokenizes and embeds one request. Tokenizing is CPU work in proportion to
+    /// the request's text: it runs on a blocking thread, never on an async worker.
     pub async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, EmbedderError> {
         check_count(&request.texts, self.max_client_batch_size)?;
         let kind = parse_kind(request.kind)?;
-        let tokenizer = &self.encoder.tokenizer;
-        let mut inputs = Vec::with_capacity(request.texts.len());
-        let mut meta = Vec::with_capacity(request.texts.len());
-        for (i, text) in request.texts.iter().enumerate() {
-            let tokenized = tokenizer.encode(text, kind)?;
-            if tokenized.truncated && request.reject_overlong {
-                let full = tokenizer.count_untruncated(text, kind)?;
-                return Err(EmbedderError::Validation(format!(
-                    "`texts[{i}]` is {full} tokens, over the model's limit of {}: shorten it, \
-                     or leave `reject_overlong` false to have it truncated",
-                    tokenizer.max_input_tokens()
-                )));
-            }
-            meta.push((tokenized.ids.len() as u32, tokenized.truncated));
-            inputs.push(tokenized.ids);
-        }
+        let encoder = self.encoder.clone();
+        let EmbedRequest {
+            texts,
+            reject_overlong,
+            id,
+            ..
+        } = request;
+        let (inputs, meta) =
+            blocking(move || tokenize_for_model(&encoder.tokenizer, &texts, kind, reject_overlong))
+                .await??;
         let vectors = self.batcher.embed(inputs).await?;
         let total_tokens = meta.iter().map(|(n, _)| n).sum();
         Ok(EmbedResponse {
@@ -98,34 +93,42 @@ impl EmbedderState {
             dimensions: self.encoder.info.dimensions as u32,
             total_tokens,
             model: self.encoder.info.model_id.clone(),
-            id: request.id,
+            id,
         })
     }
 
-    pub fn tokenize(&self, request: &TokenizeRequest) -> Result<TokenizeResponse, EmbedderError> {
+    /// The Tokenize call's answer, computed on a blocking thread.
+    pub async fn tokenize(
+        &self,
+        request: TokenizeRequest,
+    ) -> Result<TokenizeResponse, EmbedderError> {
         check_count(&request.texts, self.max_client_batch_size)?;
         let kind = parse_kind(request.kind)?;
-        let texts = request
-            .texts
-            .iter()
-            .map(|text| {
-                let (spans, truncated) = self.encoder.tokenizer.tokenize(text, kind)?;
-                Ok(TokenizedText {
-                    tokens: spans
-                        .into_iter()
-                        .map(|s| Token {
-                            id: s.id,
-                            text: s.text,
-                            start: s.start as u32,
-                            end: s.end as u32,
-                            special: s.special,
-                        })
-                        .collect(),
-                    truncated,
+        let encoder = self.encoder.clone();
+        blocking(move || {
+            let texts = request
+                .texts
+                .iter()
+                .map(|text| {
+                    let (spans, truncated) = encoder.tokenizer.tokenize(text, kind)?;
+                    Ok(TokenizedText {
+                        tokens: spans
+                            .into_iter()
+                            .map(|s| Token {
+                                id: s.id,
+                                text: s.text,
+                                start: s.start as u32,
+                                end: s.end as u32,
+                                special: s.special,
+                            })
+                            .collect(),
+                        truncated,
+                    })
                 })
-            })
-            .collect::<Result<_, EmbedderError>>()?;
-        Ok(TokenizeResponse { texts })
+                .collect::<Result<_, EmbedderError>>()?;
+            Ok(TokenizeResponse { texts })
+        })
+        .await?
     }
 
     pub fn info(&self) -> EmbedderInfoResponse {
@@ -146,6 +149,42 @@ impl EmbedderState {
             max_queued_texts: batching.max_queued_texts as u32,
         }
     }
+}
+
+/// Runs CPU work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EmbedderError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| EmbedderError::Tokenizer(format!("the tokenizing thread failed: {e}")))
+}
+
+/// Ids of each text for the model, with their count and whether they were cut.
+type Tokenized = (Vec<Vec<u32>>, Vec<(u32, bool)>);
+
+fn tokenize_for_model(
+    tokenizer: &TextTokenizer,
+    texts: &[String],
+    kind: TextKind,
+    reject_overlong: bool,
+) -> Result<Tokenized, EmbedderError> {
+    let mut inputs = Vec::with_capacity(texts.len());
+    let mut meta = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let tokenized = tokenizer.encode(text, kind)?;
+        if tokenized.truncated && reject_overlong {
+            let full = tokenizer.count_untruncated(text, kind)?;
+            return Err(EmbedderError::Validation(format!(
+                "`texts[{i}]` is {full} tokens, over the model's limit of {}: shorten it, \
+                 or leave `reject_overlong` false to have it truncated",
+                tokenizer.max_input_tokens()
+            )));
+        }
+        meta.push((tokenized.ids.len() as u32, tokenized.truncated));
+        inputs.push(tokenized.ids);
+    }
+    Ok((inputs, meta))
 }
 
 type EmbedStreamResponse = Pin<Box<dyn Stream<Item = Result<EmbedResponse, Status>> + Send>>;
@@ -188,7 +227,7 @@ impl Embedder for EmbedderApi {
         request: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
         let state = self.state()?;
-        Ok(Response::new(state.tokenize(request.get_ref())?))
+        Ok(Response::new(state.tokenize(request.into_inner()).await?))
     }
 
     async fn info(

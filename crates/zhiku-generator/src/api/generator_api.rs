@@ -109,6 +109,73 @@ impl GeneratorState {
         Ok(self.shared.tokenizer.encode_prompt(&prompt)?.len())
     }
 
+    /// The CountTokens answer (blocking: rendering and tokenizing are CPU work).
+    pub fn count(
+        &self,
+        request: &CountTokensRequest,
+    ) -> Result<CountTokensResponse, GeneratorError> {
+        let context_length = self.shared.info.context_length as u32;
+        let (prompt, chat) = match &request.input {
+            Some(count_tokens_request::Input::Prompt(p)) => (Some(p.as_str()), None),
+            Some(count_tokens_request::Input::Chat(c)) => (None, Some(c)),
+            None => (None, None),
+        };
+        let text = self.prompt_text(prompt, chat)?;
+        let tokens = self.shared.tokenizer.encode_prompt(&text)?.len();
+        let without_first = match chat {
+            Some(chat) if request.without_first => self.without_first(chat, &text, tokens)?,
+            _ => Vec::new(),
+        };
+        Ok(CountTokensResponse {
+            tokens: tokens as u32,
+            context_length,
+            without_first,
+        })
+    }
+
+    /// Entry k: the tokens of `chat` without its first k messages, from the one rendering
+    /// `text` (of `tokens` tokens): the text from one message's content to the next one's is
+    /// what dropping that message takes away.
+    fn without_first(
+        &self,
+        chat: &zhiku_proto::v1::Chat,
+        text: &Prompt,
+        tokens: usize,
+    ) -> Result<Vec<u32>, GeneratorError> {
+        let n = chat.messages.len();
+        let starts = text.message_starts();
+        let in_order = starts.len() == n
+            && starts.iter().enumerate().all(|(i, &(m, _))| m == i)
+            && starts.windows(2).all(|w| w[0].1 <= w[1].1);
+        if !in_order {
+            // The template moves or merges messages: count each shorter chat.
+            return (0..n)
+                .map(|k| {
+                    let rest = zhiku_proto::v1::Chat {
+                        messages: chat.messages[k..].to_vec(),
+                    };
+                    // A chat the template refuses (one that starts with an answer) never fits.
+                    Ok(self
+                        .count_request_tokens(None, Some(&rest))
+                        .map_or(u32::MAX, |t| t as u32))
+                })
+                .collect();
+        }
+        let tokenizer = &self.shared.tokenizer;
+        // A piece that does not start the prompt gets no BOS in the whole prompt.
+        let bos = tokenizer.encode_prompt(&Prompt::trusted(""))?.len();
+        let mut out = Vec::with_capacity(n);
+        let mut left = tokens;
+        out.push(left as u32);
+        for pair in starts.windows(2) {
+            let piece = text.slice(pair[0].1..pair[1].1);
+            let dropped = tokenizer.encode_prompt(&piece)?.len().saturating_sub(bos);
+            left = left.saturating_sub(dropped);
+            out.push(left as u32);
+        }
+        Ok(out)
+    }
+
     fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, GeneratorError> {
         let ids = self.shared.tokenizer.encode_prompt(prompt)?;
         let context = self.shared.info.context_length;
@@ -217,6 +284,29 @@ impl GeneratorState {
     }
 }
 
+/// Runs CPU work (template rendering, tokenizing) on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, GeneratorError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| GeneratorError::Inference(format!("the tokenizing thread failed: {e}")))
+}
+
+/// [`GeneratorState::start`] on a blocking thread; gives the request back.
+async fn start_blocking(
+    state: &Arc<GeneratorState>,
+    request: GenerateRequest,
+    deadline: Option<Instant>,
+) -> Result<(GenerateRequest, (mpsc::UnboundedReceiver<Event>, usize)), GeneratorError> {
+    let state = state.clone();
+    blocking(move || {
+        let started = state.start(&request, deadline)?;
+        Ok((request, started))
+    })
+    .await?
+}
+
 type GenerateStreamResult =
     Pin<Box<dyn Stream<Item = Result<GenerateStreamResponse, Status>> + Send>>;
 
@@ -229,7 +319,7 @@ impl Generator for GeneratorApi {
         let state = self.state()?;
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let (mut events, _) = state.start(&request, deadline)?;
+        let (request, (mut events, _)) = start_blocking(&state, request, deadline).await?;
         let answer = async {
             while let Some(event) = events.recv().await {
                 match event {
@@ -260,7 +350,7 @@ impl Generator for GeneratorApi {
         let state = self.state()?;
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let (events, _) = state.start(&request, deadline)?;
+        let (request, (events, _)) = start_blocking(&state, request, deadline).await?;
         let adapter = request.adapter;
         // Dropping this stream (client cancelled, or the deadline below) closes the channel:
         // the engine stops at its next token.
@@ -295,19 +385,8 @@ impl Generator for GeneratorApi {
     ) -> Result<Response<CountTokensResponse>, Status> {
         let state = self.state()?;
         let request = request.into_inner();
-        let tokens = match &request.input {
-            Some(count_tokens_request::Input::Prompt(p)) => {
-                state.count_request_tokens(Some(p), None)?
-            }
-            Some(count_tokens_request::Input::Chat(c)) => {
-                state.count_request_tokens(None, Some(c))?
-            }
-            None => state.count_request_tokens(None, None)?,
-        };
-        Ok(Response::new(CountTokensResponse {
-            tokens: tokens as u32,
-            context_length: state.shared.info.context_length as u32,
-        }))
+        let response = blocking(move || state.count(&request)).await??;
+        Ok(Response::new(response))
     }
 
     async fn info(
