@@ -26,7 +26,128 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
+/// Passages searched for when a request asks for 0.
+pub(crate) fn effective_top_k(top_k: u32) -> u32 {
+    if top_k == 0 { 5 } else { top_k }
+}
+
+/// The search mode a request names (UNSPECIFIED: hybrid).
+pub(crate) fn search_mode(mode: i32) -> Result<SearchMode, OrchestratorError> {
+    match SearchMode::try_from(mode) {
+        Ok(SearchMode::Unspecified) => Ok(SearchMode::Hybrid),
+        Ok(mode) => Ok(mode),
+        Err(_) => Err(OrchestratorError::Validation(format!(
+            "`mode` {mode} is not a SearchMode"
+        ))),
+    }
+}
+
+/// What the first stages of Ask found: the passages past the threshold, numbered as the
+/// prompt cites them, with the time each stage took.
+pub(crate) struct Retrieved {
+    pub citations: Vec<Citation>,
+    pub embed_ms: f64,
+    pub search_ms: f64,
+}
+
 impl Orchestrator {
+    /// Embeds the question (not in sparse mode, which searches by keywords alone), searches
+    /// and drops the hits under the threshold. The threshold is a similarity: in dense and
+    /// hybrid modes it is checked on each hit's cosine, so a hit found by keywords alone
+    /// (no cosine) does not pass it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn retrieve(
+        &self,
+        knowledge_base: &str,
+        question: &str,
+        top_k: u32,
+        score_threshold: Option<f32>,
+        filter: Option<zhiku_proto::v1::Filter>,
+        mode: SearchMode,
+        deadline: Deadline,
+    ) -> Result<Retrieved, OrchestratorError> {
+        let embed_started = Instant::now();
+        let vector = if mode == SearchMode::Sparse {
+            Vec::new()
+        } else {
+            self.downstream
+                .embedder
+                .clone()
+                .embed(deadline.request(EmbedRequest {
+                    texts: vec![question.to_owned()],
+                    kind: EmbedKind::Query as i32,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(OrchestratorError::downstream("embedder"))?
+                .into_inner()
+                .embeddings
+                .into_iter()
+                .next()
+                .map(|e| e.values)
+                .ok_or_else(|| {
+                    OrchestratorError::Internal("the embedder returned no vector".into())
+                })?
+        };
+        let embed_ms = ms(embed_started);
+
+        let search_started = Instant::now();
+        let hits = self
+            .downstream
+            .retriever
+            .clone()
+            .search(deadline.request(SearchRequest {
+                knowledge_base: knowledge_base.to_owned(),
+                vector,
+                query_text: if mode == SearchMode::Dense {
+                    String::new()
+                } else {
+                    question.to_owned()
+                },
+                top_k,
+                score_threshold,
+                filter,
+                mode: mode as i32,
+                with_vectors: false,
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner()
+            .hits;
+        let search_ms = ms(search_started);
+
+        let citations = hits
+            .into_iter()
+            .filter(|hit| match score_threshold {
+                None => true,
+                Some(threshold) => match mode {
+                    SearchMode::Sparse => hit.score >= threshold,
+                    _ => {
+                        hit.dense_score.is_some_and(|s| s >= threshold)
+                            || (mode == SearchMode::Dense && hit.score >= threshold)
+                    }
+                },
+            })
+            .enumerate()
+            .map(|(i, hit)| {
+                let passage = hit.passage.unwrap_or_default();
+                Citation {
+                    number: i as u32 + 1,
+                    document_id: passage.document_id,
+                    source: passage.source,
+                    chunk_index: passage.chunk_index,
+                    score: hit.score,
+                    text: passage.text,
+                }
+            })
+            .collect();
+        Ok(Retrieved {
+            citations,
+            embed_ms,
+            search_ms,
+        })
+    }
+
     /// Answers one question, sending events on `events`. A client that goes away stops the
     /// work at once (its downstream calls are dropped, which cancels them); that is logged
     /// as CANCELLED, not as an error.
@@ -83,17 +204,8 @@ impl Orchestrator {
                 request.top_k
             )));
         }
-        let top_k = if request.top_k == 0 { 5 } else { request.top_k };
-        let mode = match SearchMode::try_from(request.mode) {
-            Ok(SearchMode::Unspecified) => SearchMode::Hybrid,
-            Ok(mode) => mode,
-            Err(_) => {
-                return Err(OrchestratorError::Validation(format!(
-                    "`mode` {} is not a SearchMode",
-                    request.mode
-                )));
-            }
-        };
+        let top_k = effective_top_k(request.top_k);
+        let mode = search_mode(request.mode)?;
 
         let knowledge_base = self
             .downstream
@@ -108,85 +220,21 @@ impl Orchestrator {
             .map_err(OrchestratorError::downstream("retriever"))?
             .into_inner();
 
-        let embed_started = Instant::now();
-        let vector = self
-            .downstream
-            .embedder
-            .clone()
-            .embed(deadline.request(EmbedRequest {
-                texts: vec![question.clone()],
-                kind: EmbedKind::Query as i32,
-                ..Default::default()
-            }))
-            .await
-            .map_err(OrchestratorError::downstream("embedder"))?
-            .into_inner()
-            .embeddings
-            .into_iter()
-            .next()
-            .map(|e| e.values)
-            .ok_or_else(|| OrchestratorError::Internal("the embedder returned no vector".into()))?;
-        let embed_ms = ms(embed_started);
-
-        let search_started = Instant::now();
-        let hits = self
-            .downstream
-            .retriever
-            .clone()
-            .search(deadline.request(SearchRequest {
-                knowledge_base: request.knowledge_base.clone(),
-                vector: if mode == SearchMode::Sparse {
-                    Vec::new()
-                } else {
-                    vector
-                },
-                query_text: if mode == SearchMode::Dense {
-                    String::new()
-                } else {
-                    question.clone()
-                },
+        let Retrieved {
+            citations,
+            embed_ms,
+            search_ms,
+        } = self
+            .retrieve(
+                &request.knowledge_base,
+                &question,
                 top_k,
-                score_threshold: request.score_threshold,
-                filter: request.filter.clone(),
-                mode: mode as i32,
-                with_vectors: false,
-            }))
-            .await
-            .map_err(OrchestratorError::downstream("retriever"))?
-            .into_inner()
-            .hits;
-        let search_ms = ms(search_started);
-
-        // The threshold is a similarity: in dense and hybrid modes it is checked on each
-        // hit's cosine, so a hit found by keywords alone (no cosine) does not pass it.
-        let kept: Vec<_> = hits
-            .into_iter()
-            .filter(|hit| match request.score_threshold {
-                None => true,
-                Some(threshold) => match mode {
-                    SearchMode::Sparse => hit.score >= threshold,
-                    _ => {
-                        hit.dense_score.is_some_and(|s| s >= threshold)
-                            || (mode == SearchMode::Dense && hit.score >= threshold)
-                    }
-                },
-            })
-            .collect();
-        let citations: Vec<Citation> = kept
-            .iter()
-            .enumerate()
-            .map(|(i, hit)| {
-                let passage = hit.passage.clone().unwrap_or_default();
-                Citation {
-                    number: i as u32 + 1,
-                    document_id: passage.document_id,
-                    source: passage.source,
-                    chunk_index: passage.chunk_index,
-                    score: hit.score,
-                    text: passage.text,
-                }
-            })
-            .collect();
+                request.score_threshold,
+                request.filter.clone(),
+                mode,
+                deadline,
+            )
+            .await?;
         send(
             events,
             ask_event::Event::Sources(Sources {

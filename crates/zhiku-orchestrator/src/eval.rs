@@ -11,12 +11,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tonic::Status;
 use zhiku_proto::v1::{
-    Answer, AskEvent, AskRequest, Citation, EmbedKind, EmbedRequest, EvalCase, EvalCaseResult,
-    EvalReport, EvalSetting, EvalSummary, EvaluateEvent, EvaluateRequest, LatencyStats, SearchMode,
-    SearchRequest, Timings, ask_event, evaluate_event,
+    Answer, AskEvent, AskRequest, EvalCase, EvalCaseResult, EvalReport, EvalSetting, EvalSummary,
+    EvaluateEvent, EvaluateRequest, LatencyStats, Timings, ask_event, evaluate_event,
 };
 
 use crate::Orchestrator;
+use crate::ask::{Retrieved, effective_top_k, search_mode};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::prompt::REFUSAL;
@@ -272,10 +272,6 @@ pub fn best(reports: &[EvalReport], retrieval_only: bool) -> u32 {
     best as u32
 }
 
-fn effective_top_k(top_k: u32) -> u32 {
-    if top_k == 0 { 5 } else { top_k }
-}
-
 fn case_error(case: &EvalCase, status: Status) -> Status {
     Status::new(
         status.code(),
@@ -435,85 +431,21 @@ impl Orchestrator {
         deadline: Deadline,
     ) -> Result<Answer, OrchestratorError> {
         let started = Instant::now();
-        let mode = match SearchMode::try_from(setting.mode) {
-            Ok(SearchMode::Unspecified) => SearchMode::Hybrid,
-            Ok(mode) => mode,
-            Err(_) => {
-                return Err(OrchestratorError::Validation(format!(
-                    "`mode` {} is not a SearchMode",
-                    setting.mode
-                )));
-            }
-        };
-        let vector = if mode == SearchMode::Sparse {
-            Vec::new()
-        } else {
-            self.downstream
-                .embedder
-                .clone()
-                .embed(deadline.request(EmbedRequest {
-                    texts: vec![case.question.trim().to_owned()],
-                    kind: EmbedKind::Query as i32,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(OrchestratorError::downstream("embedder"))?
-                .into_inner()
-                .embeddings
-                .into_iter()
-                .next()
-                .map(|e| e.values)
-                .ok_or_else(|| {
-                    OrchestratorError::Internal("the embedder returned no vector".into())
-                })?
-        };
-        let embed_ms = started.elapsed().as_secs_f64() * 1e3;
-        let search_started = Instant::now();
-        let hits = self
-            .downstream
-            .retriever
-            .clone()
-            .search(deadline.request(SearchRequest {
-                knowledge_base: knowledge_base.to_owned(),
-                query_text: if mode == SearchMode::Dense {
-                    String::new()
-                } else {
-                    case.question.trim().to_owned()
-                },
-                vector,
-                top_k: effective_top_k(setting.top_k),
-                score_threshold: setting.score_threshold,
-                filter: None,
-                mode: mode as i32,
-                with_vectors: false,
-            }))
-            .await
-            .map_err(OrchestratorError::downstream("retriever"))?
-            .into_inner()
-            .hits;
-        let search_ms = search_started.elapsed().as_secs_f64() * 1e3;
-        // As Ask: in dense and hybrid modes the threshold is a cosine, so a hit found by
-        // keywords alone does not pass it.
-        let citations: Vec<Citation> = hits
-            .into_iter()
-            .filter(|hit| match (setting.score_threshold, mode) {
-                (None, _) => true,
-                (Some(t), SearchMode::Sparse | SearchMode::Dense) => hit.score >= t,
-                (Some(t), _) => hit.dense_score.is_some_and(|s| s >= t),
-            })
-            .enumerate()
-            .map(|(i, hit)| {
-                let passage = hit.passage.unwrap_or_default();
-                Citation {
-                    number: i as u32 + 1,
-                    document_id: passage.document_id,
-                    source: passage.source,
-                    chunk_index: passage.chunk_index,
-                    score: hit.score,
-                    text: passage.text,
-                }
-            })
-            .collect();
+        let Retrieved {
+            citations,
+            embed_ms,
+            search_ms,
+        } = self
+            .retrieve(
+                knowledge_base,
+                case.question.trim(),
+                effective_top_k(setting.top_k),
+                setting.score_threshold,
+                None,
+                search_mode(setting.mode)?,
+                deadline,
+            )
+            .await?;
         let refused = citations.is_empty();
         Ok(Answer {
             text: if refused {
@@ -544,6 +476,7 @@ async fn send(events: &Events, event: evaluate_event::Event) -> Result<(), Statu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zhiku_proto::v1::Citation;
 
     fn case(id: &str, gold: &[&str], answerable: bool) -> EvalCase {
         EvalCase {
