@@ -75,9 +75,10 @@ pub struct GeneratorArgs {
     )]
     pub kv_cache_tokens: usize,
 
-    /// Element type of the KV cache on the CPU: f16 halves its memory (on a GPU the cache
-    /// takes the model's dtype).
-    #[arg(long, env = "ZHIKU_GENERATOR_KV_CACHE_DTYPE", value_enum, default_value_t = KvDtype::F32)]
+    /// Element type of the KV cache on the CPU: f16 (as llama.cpp's default) halves its
+    /// memory and the bytes a decode step reads from it; f32 keeps every rounding out of it
+    /// (on a GPU the cache takes the model's dtype).
+    #[arg(long, env = "ZHIKU_GENERATOR_KV_CACHE_DTYPE", value_enum, default_value_t = KvDtype::F16)]
     pub kv_cache_dtype: KvDtype,
 
     /// Sequences decoded together in one batched step (continuous batching).
@@ -114,7 +115,7 @@ impl GeneratorArgs {
             max_queued_requests: 32,
             max_new_tokens: 512,
             kv_cache_tokens: 16_384,
-            kv_cache_dtype: KvDtype::F32,
+            kv_cache_dtype: KvDtype::F16,
             max_batch_size: 16,
             prefill_chunk: 512,
             threads: None,

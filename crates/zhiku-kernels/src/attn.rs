@@ -61,30 +61,59 @@ pub fn attend_with(
     if !path.supported() {
         return Err(KernelError::Unsupported(path));
     }
-    let (heads, d, n) = (g.heads, g.d, g.rows.len());
-    let bad = |what, expected, got| {
-        Err(KernelError::Length {
-            what,
-            expected,
-            got,
-        })
-    };
+    let (heads, d) = (g.heads, g.d);
     if g.q.len() != heads * d {
-        return bad("attention queries [heads, d]", heads * d, g.q.len());
+        return length("attention queries [heads, d]", heads * d, g.q.len());
     }
     if out.len() != heads * d {
-        return bad("attention output [heads, d]", heads * d, out.len());
+        return length("attention output [heads, d]", heads * d, out.len());
     }
     // Every row inside both caches: the loops below then read without checks.
     let need = g.rows.iter().map(|&r| r + g.col + d).max().unwrap_or(0);
-    for (what, rows) in [("attention keys", g.keys), ("attention values", g.values)] {
+    check_caches(g.keys, g.values, need)?;
+    let mut max = vec![0f32; heads];
+    let mut sum = vec![0f32; heads];
+    partial(path, g, scores, out, &mut max, &mut sum);
+    normalize(out, d, &sum);
+    Ok(())
+}
+
+fn length<T>(what: &'static str, expected: usize, got: usize) -> Result<T, KernelError> {
+    Err(KernelError::Length {
+        what,
+        expected,
+        got,
+    })
+}
+
+fn check_caches(keys: KvRows<'_>, values: KvRows<'_>, need: usize) -> Result<(), KernelError> {
+    for (what, rows) in [("attention keys", keys), ("attention values", values)] {
         if need > rows.len() {
-            return bad(what, need, rows.len());
+            return length(what, need, rows.len());
         }
     }
+    Ok(())
+}
+
+/// The group's attention over its tokens before normalisation: out_h = Σ_j e_hj · v_j with
+/// e_hj = exp(s_hj − max_h), and sum_h = Σ_j e_hj. Chunks of one token range computed
+/// apart combine exactly through (max, sum) (see [`attend_batch`]).
+///
+/// The caller has checked every length and that every row lies inside both caches.
+fn partial(
+    path: SimdPath,
+    g: &HeadGroup<'_>,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    max: &mut [f32],
+    sum: &mut [f32],
+) {
+    let (heads, d, n) = (g.heads, g.d, g.rows.len());
     out.fill(0.0);
+    max.fill(f32::NEG_INFINITY);
+    sum.fill(0.0);
     if n == 0 || heads == 0 || d == 0 {
-        return Ok(());
+        return;
     }
     scores.clear();
     scores.resize(heads * n, 0.0);
@@ -92,17 +121,221 @@ pub fn attend_with(
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 | SimdPath::Avx512 | SimdPath::Avx512Vnni => {
             // SAFETY: the path is supported (AVX2, FMA and F16C were detected); every row
-            // offset plus d is inside its cache (checked above); q, out and scores have
-            // heads·d, heads·d and heads·n elements.
+            // offset plus d is inside its cache (the caller checked); q, out and scores
+            // have heads·d, heads·d and heads·n elements.
             unsafe { x86::scores(g, scores) };
-            softmax_rows(scores, n);
+            for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
+                // SAFETY: as above (AVX2 and FMA present).
+                (max[h], sum[h]) = unsafe { x86::exp_shifted(sc) };
+            }
             // SAFETY: as above.
             unsafe { x86::weighted_sum(g, scores, out) };
         }
         _ => {
             scalar_scores(g, scores);
-            softmax_rows(scores, n);
+            for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
+                (max[h], sum[h]) = exp_shifted(sc);
+            }
             scalar_weighted_sum(g, scores, out);
+        }
+    }
+}
+
+/// Divides head h's d outputs by sum[h].
+fn normalize(out: &mut [f32], d: usize, sum: &[f32]) {
+    for (o, &s) in out.chunks_exact_mut(d).zip(sum) {
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Many query rows at once (a batched step: several sequences, each row at its own
+/// position), every row with all its heads, run on the kernel pool.
+pub struct AttnBatch<'a> {
+    /// Queries, [rows, heads, d] row-major.
+    pub q: &'a [f32],
+    pub heads: usize,
+    /// Key/value heads; `heads` is a multiple of it (grouped-query attention).
+    pub kv_heads: usize,
+    pub d: usize,
+    /// Caches of rows of kv_heads · d elements (KV head g at column g · d).
+    pub keys: KvRows<'a>,
+    pub values: KvRows<'a>,
+    /// Per query row, where each token it attends to starts in the caches.
+    pub tokens: &'a [&'a [usize]],
+    /// Multiplies every score (1/√d).
+    pub scale: f32,
+}
+
+/// A row's KV group is split into chunks of tokens when there are too few (row, group)
+/// pairs to keep every thread busy (decode of one long sequence); no chunk is shorter.
+const MIN_CHUNK: usize = 64;
+
+thread_local! {
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// out [rows, heads, d]: every row of the batch attends to its own tokens. Work is split
+/// over (row, KV group) pairs, and a pair's tokens into chunks when pairs are too few for
+/// the threads; chunks are combined exactly through their running max and sum.
+pub fn attend_batch(b: &AttnBatch<'_>, out: &mut [f32]) -> Result<(), KernelError> {
+    attend_batch_with(best_path(), b, out)
+}
+
+/// [`attend_batch`] on a chosen path (tests compare the paths).
+#[doc(hidden)]
+pub fn attend_batch_with(
+    path: SimdPath,
+    b: &AttnBatch<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if !path.supported() {
+        return Err(KernelError::Unsupported(path));
+    }
+    let (heads, kv, d) = (b.heads, b.kv_heads, b.d);
+    let rows = b.tokens.len();
+    if kv == 0 || heads % kv != 0 {
+        return Err(KernelError::Attention(format!(
+            "{heads} query heads are no multiple of {kv} key/value heads"
+        )));
+    }
+    if b.q.len() != rows * heads * d {
+        return length(
+            "attention queries [rows, heads, d]",
+            rows * heads * d,
+            b.q.len(),
+        );
+    }
+    if out.len() != rows * heads * d {
+        return length(
+            "attention output [rows, heads, d]",
+            rows * heads * d,
+            out.len(),
+        );
+    }
+    // Every token of every row inside both caches. Rows of one sequence usually share one
+    // token list, each a prefix of the next: only the new part of such a list is scanned.
+    let width = kv * d;
+    let mut need = 0usize;
+    let mut seen: Option<(*const usize, usize)> = None;
+    for t in b.tokens {
+        let from = match seen {
+            Some((p, len)) if p == t.as_ptr() && len <= t.len() => len,
+            _ => 0,
+        };
+        need = need.max(t[from..].iter().map(|&r| r + width).max().unwrap_or(0));
+        seen = Some((t.as_ptr(), t.len()));
+    }
+    check_caches(b.keys, b.values, need)?;
+    out.fill(0.0);
+    let group = heads / kv;
+    if rows == 0 || group == 0 || d == 0 {
+        return Ok(());
+    }
+
+    // Chunk length: whole pairs when they are enough to balance the threads.
+    let threads = crate::threads();
+    let pairs = rows * kv;
+    let longest = b.tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+    let chunk = if threads == 1 || pairs >= 4 * threads {
+        longest.max(1)
+    } else {
+        let per_pair = (8 * threads).div_ceil(pairs);
+        longest.div_ceil(per_pair).max(MIN_CHUNK)
+    };
+    // Jobs: (row, group, token range, partial slot or none when the pair is one chunk).
+    let mut jobs = Vec::with_capacity(pairs);
+    let mut split = Vec::new();
+    let mut slots = 0usize;
+    for (r, t) in b.tokens.iter().enumerate() {
+        let n = t.len();
+        let chunks = n.div_ceil(chunk).max(1);
+        for g in 0..kv {
+            if chunks == 1 {
+                jobs.push((r, g, 0..n, None));
+            } else {
+                split.push((r, g, slots, chunks));
+                for c in 0..chunks {
+                    jobs.push((r, g, c * chunk..n.min((c + 1) * chunk), Some(slots + c)));
+                }
+                slots += chunks;
+            }
+        }
+    }
+    // Per partial slot: group·d unnormalised outputs, then group maxima, then group sums.
+    let stride = group * (d + 2);
+    let mut partials = vec![0f32; slots * stride];
+    let out_ptr = crate::OutPtr(out.as_mut_ptr());
+    let part_ptr = crate::OutPtr(partials.as_mut_ptr());
+    crate::pool::parallel_for(jobs.len(), |i| {
+        let (r, g, ref range, slot) = jobs[i];
+        let hg = HeadGroup {
+            q: &b.q[(r * heads + g * group) * d..(r * heads + (g + 1) * group) * d],
+            heads: group,
+            d,
+            keys: b.keys,
+            values: b.values,
+            rows: &b.tokens[r][range.clone()],
+            col: g * d,
+            scale: b.scale,
+        };
+        SCORES.with_borrow_mut(|scores| match slot {
+            None => {
+                // SAFETY: row r's group g occupies out[(r·heads + g·group)·d ..][..group·d],
+                // written by this job only; `out` outlives the parallel section.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out_ptr.get().add((r * heads + g * group) * d),
+                        group * d,
+                    )
+                };
+                let mut ms = [0f32; 64];
+                let mut ls = [0f32; 64];
+                if group <= 64 {
+                    partial(path, &hg, scores, o, &mut ms[..group], &mut ls[..group]);
+                    normalize(o, d, &ls[..group]);
+                } else {
+                    let (mut m, mut l) = (vec![0f32; group], vec![0f32; group]);
+                    partial(path, &hg, scores, o, &mut m, &mut l);
+                    normalize(o, d, &l);
+                }
+            }
+            Some(s) => {
+                // SAFETY: partial slot s is partials[s·stride ..][..stride], written by
+                // this job only; `partials` outlives the parallel section.
+                let p = unsafe {
+                    std::slice::from_raw_parts_mut(part_ptr.get().add(s * stride), stride)
+                };
+                let (o, ml) = p.split_at_mut(group * d);
+                let (m, l) = ml.split_at_mut(group);
+                partial(path, &hg, scores, o, m, l);
+            }
+        });
+    });
+    // Chunks of a pair combined: out_h = Σ_c e^(m_c − M) o_c / Σ_c e^(m_c − M) l_c.
+    for (r, g, first, chunks) in split {
+        let o = &mut out[(r * heads + g * group) * d..(r * heads + (g + 1) * group) * d];
+        for h in 0..group {
+            let at = |c: usize, k: usize| partials[(first + c) * stride + k];
+            let big = (0..chunks)
+                .map(|c| at(c, group * d + h))
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            let oh = &mut o[h * d..(h + 1) * d];
+            for c in 0..chunks {
+                let m = at(c, group * d + h);
+                if m == f32::NEG_INFINITY {
+                    continue;
+                }
+                let w = (m - big).exp();
+                total += w * at(c, group * d + group + h);
+                let base = (first + c) * stride + h * d;
+                for (x, &y) in oh.iter_mut().zip(&partials[base..base + d]) {
+                    *x += w * y;
+                }
+            }
+            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+            oh.iter_mut().for_each(|x| *x *= inv);
         }
     }
     Ok(())
@@ -145,20 +378,16 @@ fn scalar_weighted_sum(g: &HeadGroup<'_>, scores: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Each run of n scores becomes its softmax (max subtracted first, so exp cannot overflow).
-fn softmax_rows(scores: &mut [f32], n: usize) {
-    for sc in scores.chunks_exact_mut(n) {
-        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in sc.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        for x in sc.iter_mut() {
-            *x *= inv;
-        }
+/// scores become exp(s − max) (max subtracted first, so exp cannot overflow); returns
+/// (max, Σ exp).
+fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
     }
+    (max, sum)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -187,6 +416,80 @@ mod x86 {
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
             _mm_cvtss_f32(s)
+        }
+    }
+
+    /// exp of 8 lanes (Cephes' polynomial on x − n·ln 2, times 2^n): relative error a few
+    /// parts in 10^7 over the range softmax needs (x ≤ 0); lanes below −87.3 give 2^−126.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        // SAFETY: register-only arithmetic; AVX2 and FMA are enabled by the caller.
+        unsafe {
+            let x = _mm256_min_ps(
+                _mm256_max_ps(x, _mm256_set1_ps(-87.336_54)),
+                _mm256_set1_ps(88.0),
+            );
+            let fx = _mm256_round_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
+            let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+            let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
+            let mut y = _mm256_set1_ps(1.987_569_1e-4);
+            for c in [
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                1.666_666_5e-1,
+                0.5,
+            ] {
+                y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_fmadd_ps(
+                y,
+                _mm256_mul_ps(r, r),
+                _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+            );
+            let n = _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127));
+            _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n)))
+        }
+    }
+
+    /// As the portable `exp_shifted`: scores become exp(s − max); returns (max, Σ exp).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted(sc: &mut [f32]) -> (f32, f32) {
+        let n = sc.len();
+        let full = n / 8 * 8;
+        let p = sc.as_mut_ptr();
+        // SAFETY: every vector access is at i + 8 <= full <= n.
+        unsafe {
+            let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+            for i in (0..full).step_by(8) {
+                mv = _mm256_max_ps(mv, _mm256_loadu_ps(p.add(i)));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
+            let max = lanes
+                .iter()
+                .chain(&sc[full..])
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let m = _mm256_set1_ps(max);
+            let mut sv = _mm256_setzero_ps();
+            for i in (0..full).step_by(8) {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                sv = _mm256_add_ps(sv, e);
+            }
+            let mut sum = hsum(sv);
+            for x in &mut sc[full..] {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            (max, sum)
         }
     }
 
@@ -336,6 +639,141 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A batch (one long row split into chunks; many rows of one sequence sharing one
+    /// token list; rows of other sequences) equals each row's groups attended alone on the
+    /// portable path, on every path and both cache types.
+    #[test]
+    fn batches_match_rows_attended_alone() {
+        let mut seed = 11;
+        for &(heads, kv, d, lens) in &[
+            (9, 3, 64, &[1000usize][..]),
+            (14, 2, 64, &[1, 2, 3, 17, 300, 301][..]),
+            (4, 4, 40, &[70, 5, 129][..]),
+            (6, 1, 16, &[][..]),
+        ] {
+            let width = kv * d;
+            let slots = lens.iter().copied().max().unwrap_or(0) + 7;
+            let keys: Vec<f32> = (0..slots * width).map(|_| lcg(&mut seed) * 4.0).collect();
+            let values: Vec<f32> = (0..slots * width).map(|_| lcg(&mut seed)).collect();
+            let keys16: Vec<u16> = keys.iter().map(|&x| f32_to_f16(x)).collect();
+            let values16: Vec<u16> = values.iter().map(|&x| f32_to_f16(x)).collect();
+            // One shared list (slots scattered), each row attending to a prefix of it.
+            let all: Vec<usize> = (0..slots).map(|j| ((j * 5 + 2) % slots) * width).collect();
+            let tokens: Vec<&[usize]> = lens.iter().map(|&n| &all[..n]).collect();
+            let rows = tokens.len();
+            let q: Vec<f32> = (0..rows * heads * d).map(|_| lcg(&mut seed)).collect();
+            for half in [false, true] {
+                let (k, v) = if half {
+                    (KvRows::F16(&keys16), KvRows::F16(&values16))
+                } else {
+                    (KvRows::F32(&keys), KvRows::F32(&values))
+                };
+                let group = heads / kv;
+                let mut reference = vec![0f32; rows * heads * d];
+                for (r, t) in tokens.iter().enumerate() {
+                    for g in 0..kv {
+                        let at = (r * heads + g * group) * d;
+                        let hg = HeadGroup {
+                            q: &q[at..at + group * d],
+                            heads: group,
+                            d,
+                            keys: k,
+                            values: v,
+                            rows: t,
+                            col: g * d,
+                            scale: 0.125,
+                        };
+                        let o = &mut reference[at..at + group * d];
+                        attend_with(SimdPath::Scalar, &hg, &mut Vec::new(), o).unwrap();
+                    }
+                }
+                let b = AttnBatch {
+                    q: &q,
+                    heads,
+                    kv_heads: kv,
+                    d,
+                    keys: k,
+                    values: v,
+                    tokens: &tokens,
+                    scale: 0.125,
+                };
+                for path in crate::supported_paths() {
+                    let mut out = vec![1f32; rows * heads * d];
+                    attend_batch_with(path, &b, &mut out).unwrap();
+                    for (i, (a, r)) in out.iter().zip(&reference).enumerate() {
+                        assert!(
+                            (a - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                            "{path:?} heads {heads}/{kv} lens {lens:?} f16 {half} at {i}: {a} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heads that do not group, queries of the wrong size and tokens past the cache are
+    /// errors, not reads.
+    #[test]
+    fn bad_batches_are_refused() {
+        let cache = vec![0f32; 4 * 32];
+        let q = vec![0f32; 3 * 16];
+        let tokens: Vec<&[usize]> = vec![&[0, 32]];
+        let b = AttnBatch {
+            q: &q,
+            heads: 3,
+            kv_heads: 2,
+            d: 16,
+            keys: KvRows::F32(&cache),
+            values: KvRows::F32(&cache),
+            tokens: &tokens,
+            scale: 1.0,
+        };
+        let mut out = vec![0f32; 3 * 16];
+        assert!(matches!(
+            attend_batch(&b, &mut out),
+            Err(KernelError::Attention(_))
+        ));
+        let b = AttnBatch { heads: 2, ..b };
+        assert!(matches!(
+            attend_batch(&b, &mut out),
+            Err(KernelError::Length { .. })
+        ));
+        let past: Vec<&[usize]> = vec![&[0, 97]];
+        let b = AttnBatch {
+            q: &q[..32],
+            tokens: &past,
+            ..b
+        };
+        assert!(matches!(
+            attend_batch(&b, &mut out[..32]),
+            Err(KernelError::Length { .. })
+        ));
+        let fits: Vec<&[usize]> = vec![&[0, 96]];
+        let b = AttnBatch { tokens: &fits, ..b };
+        assert!(attend_batch(&b, &mut out[..32]).is_ok());
+    }
+
+    /// The SIMD exp stays within a few parts in 10^7 of the portable one.
+    #[test]
+    fn simd_exp_is_close() {
+        if !SimdPath::Avx2.supported() {
+            return;
+        }
+        let mut xs: Vec<f32> = (0..2001).map(|i| -100.0 + i as f32 * 0.05).collect();
+        let mut reference = xs.clone();
+        let (m0, s0) = exp_shifted(&mut reference);
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: AVX2 was detected above (FMA comes with it on every CPU of this path).
+            let (m1, s1) = unsafe { x86::exp_shifted(&mut xs) };
+            assert_eq!(m0, m1);
+            assert!((s0 - s1).abs() <= 1e-6 * s0, "{s0} vs {s1}");
+            for (a, b) in xs.iter().zip(&reference) {
+                assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-37, "{a} vs {b}");
             }
         }
     }

@@ -39,9 +39,9 @@ mod x86;
 
 use std::sync::OnceLock;
 
+pub use attn::{AttnBatch, HeadGroup, KvRows, attend, attend_batch};
 #[doc(hidden)]
-pub use attn::attend_with;
-pub use attn::{HeadGroup, KvRows, attend};
+pub use attn::{attend_batch_with, attend_with};
 pub use pool::{default_threads, set_threads, threads};
 
 use act::{Acts, RowOut};
@@ -154,6 +154,8 @@ pub enum KernelError {
     Unsupported(SimdPath),
     #[error("threads: {0}")]
     Threads(String),
+    #[error("attention: {0}")]
+    Attention(String),
 }
 
 /// The kernel implementations, for tests and benches (`matmul_with`).
@@ -239,11 +241,11 @@ pub struct QuantMatrix {
 
 /// Output pointer shared by the workers; each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 
 impl OutPtr {
     /// A method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -6,12 +6,12 @@
 //! each key and value once for their whole group, straight from the cache: nothing is
 //! copied or repeated per head.
 //!
-//! Two paths: on the CPU, loops over the cache's own memory, split over rows with rayon;
+//! Two paths: on the CPU, the kernels' loops over the cache's own memory, split over rows,
+//! KV groups and (for few long rows) chunks of tokens on the kernel pool;
 //! on a GPU, candle ops (slot gather, one matmul per sequence and KV head group).
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
 use super::layers::Rotary;
 use crate::engine::kv_cache::{BLOCK_SIZE, KvCache, LayerKv};
@@ -160,9 +160,6 @@ fn cpu_attention<T: KvElem>(
     for (si, s) in seqs.iter().enumerate() {
         owner[s.start..s.start + s.len].fill(si);
     }
-    let group = heads / kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    let (keys, values) = (T::rows(kc), T::rows(vc));
     // Where each cached token's K/V row starts, per sequence, up to its last new token.
     let starts: Vec<Vec<usize>> = seqs
         .iter()
@@ -172,35 +169,27 @@ fn cpu_attention<T: KvElem>(
                 .collect()
         })
         .collect();
-    let mut out = vec![0f32; rows * heads * d];
-    out.par_chunks_mut(heads * d)
-        .enumerate()
-        .try_for_each_init(Vec::new, |scores, (r, out_row)| {
+    // Each row attends to its sequence's tokens up to its own position (causal).
+    let tokens = (0..rows)
+        .map(|r| {
             let n = positions[r] as usize + 1;
-            let tokens = starts[owner[r]].get(..n).ok_or_else(|| {
+            starts[owner[r]].get(..n).ok_or_else(|| {
                 candle_core::Error::Msg(format!("attention: row {r} at position {}", n - 1))
-            })?;
-            for g in 0..kv_heads {
-                let q_heads = &qv[(r * heads + g * group) * d..(r * heads + (g + 1) * group) * d];
-                let group_ctx = zhiku_kernels::HeadGroup {
-                    q: q_heads,
-                    heads: group,
-                    d,
-                    keys,
-                    values,
-                    rows: tokens,
-                    col: g * d,
-                    scale,
-                };
-                zhiku_kernels::attend(
-                    &group_ctx,
-                    scores,
-                    &mut out_row[g * group * d..(g + 1) * group * d],
-                )
-                .map_err(candle_core::Error::wrap)?;
-            }
-            Ok::<(), candle_core::Error>(())
-        })?;
+            })
+        })
+        .collect::<candle_core::Result<Vec<&[usize]>>>()?;
+    let batch = zhiku_kernels::AttnBatch {
+        q: &qv,
+        heads,
+        kv_heads,
+        d,
+        keys: T::rows(kc),
+        values: T::rows(vc),
+        tokens: &tokens,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    let mut out = vec![0f32; rows * heads * d];
+    zhiku_kernels::attend_batch(&batch, &mut out).map_err(candle_core::Error::wrap)?;
     Tensor::from_vec(out, (rows, heads * d), device)
 }
 

@@ -320,12 +320,21 @@ pub struct Solo {
 }
 
 impl Solo {
-    /// Room for `max_tokens` tokens.
+    /// Room for `max_tokens` tokens, in an f32 cache on the CPU.
     pub fn new(model: &dyn BatchModel, max_tokens: usize) -> Result<Self, GeneratorError> {
+        Self::with_kv_dtype(model, max_tokens, crate::engine::KvDtype::F32)
+    }
+
+    /// Room for `max_tokens` tokens, in a cache of `dtype` on the CPU.
+    pub fn with_kv_dtype(
+        model: &dyn BatchModel,
+        max_tokens: usize,
+        dtype: crate::engine::KvDtype,
+    ) -> Result<Self, GeneratorError> {
         let cache = KvCache::new(
             model.kv_shape(),
             max_tokens,
-            crate::engine::KvDtype::F32,
+            dtype,
             model.device(),
             model.kv_dtype(),
         )?;
