@@ -1,9 +1,11 @@
 //! Per-type microbenchmark of zhiku-kernels (a program, not a test):
-//! prefill GFLOP/s (m = 128, 512) and decode GB/s of weights read (m = 1), next to this
+//! GFLOP/s for many rows (m = 16: a decode step of 16 streams; 128, 512: prefill) and
+//! decode GB/s of weights read (m = 1), next to this
 //! machine's measured peaks (a plain f32 `gemm` on the same shape, a memory-bandwidth
 //! loop) and candle 0.11's own CPU `QMatMul` on the same weights as the reference column.
 //!
-//! `cargo bench -p zhiku-kernels --bench kernels-bench [-- --threads 1,2] [--types q5_0,q8_0]`
+//! `cargo bench -p zhiku-kernels --bench kernels-bench [-- --threads 1,2] [--types q5_0,q8_0]
+//! [--rows 1,16,128,512]`
 //! Each thread count runs in a child process (the pool's size is fixed per process).
 
 use std::time::{Duration, Instant};
@@ -111,7 +113,7 @@ fn parse_types(s: &str) -> Vec<QuantType> {
         .collect()
 }
 
-fn child(threads: usize, types: &[QuantType]) {
+fn child(threads: usize, types: &[QuantType], rows: &[usize]) {
     zhiku_kernels::set_threads(threads).expect("first use of the pool");
     let budget = Duration::from_millis(1500);
     let dev = Device::Cpu;
@@ -151,7 +153,7 @@ fn child(threads: usize, types: &[QuantType]) {
             .expect("f32 matrix");
             let qt = qtensor_from_ggml(candle_type(ty), &bytes, vec![n, k], &dev).expect("qtensor");
             let qmm = QMatMul::from_qtensor(qt).expect("qmatmul");
-            for m in [1usize, 128, 512] {
+            for &m in rows {
                 let x: Vec<f32> = (0..m * k).map(|_| rand() * 10.0).collect();
                 let mut y = vec![0f32; m * n];
                 let mut y2 = vec![0f32; m * n];
@@ -196,8 +198,13 @@ fn main() {
     let types = arg("--types")
         .map(|s| parse_types(&s))
         .unwrap_or_else(|| QuantType::ALL[3..].to_vec());
+    let rows_arg = arg("--rows").unwrap_or_else(|| "1,16,128,512".into());
+    let rows: Vec<usize> = rows_arg
+        .split(',')
+        .map(|m| m.parse().expect("--rows: row counts, e.g. 1,16,128"))
+        .collect();
     if let Some(t) = arg("--child") {
-        child(t.parse().expect("thread count"), &types);
+        child(t.parse().expect("thread count"), &types, &rows);
         return;
     }
     let counts = arg("--threads").unwrap_or_else(|| "1,2".into());
@@ -211,7 +218,14 @@ fn main() {
     for t in counts.split(',') {
         let types_arg: Vec<String> = types.iter().map(|t| format!("{t:?}")).collect();
         let status = std::process::Command::new(&exe)
-            .args(["--child", t, "--types", &types_arg.join(",")])
+            .args([
+                "--child",
+                t,
+                "--types",
+                &types_arg.join(","),
+                "--rows",
+                &rows_arg,
+            ])
             .env("RAYON_NUM_THREADS", t)
             .status()
             .expect("run the child");

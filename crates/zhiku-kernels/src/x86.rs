@@ -453,7 +453,7 @@ macro_rules! per_type {
     };
 }
 
-per_type!(range_avx2, Avx2, 4, "avx2,fma,f16c");
+per_type!(range_avx2, Avx2, 8, "avx2,fma,f16c");
 per_type!(
     range_avx512,
     Avx2,
