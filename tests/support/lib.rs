@@ -99,6 +99,9 @@ impl ServiceProcess {
             .args(args)
             .env("ZHIKU_LOG", "info")
             .env("ZHIKU_MODELS_DIR", models_dir())
+            // The orchestrator's HTTP side would take port 8080 in every test at once;
+            // tests that want it pass --http-listen.
+            .env("ZHIKU_HTTP_LISTEN", "off")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file);
