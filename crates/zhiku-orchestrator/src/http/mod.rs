@@ -417,6 +417,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     #[test]
     fn grpc_codes_map_to_http_statuses_and_openai_types() {
@@ -439,6 +440,62 @@ mod tests {
             assert_eq!(body["error"]["type"], kind, "{code:?}");
             assert_eq!(body["error"]["message"], "went wrong");
         }
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert!(response.headers().contains_key("x-request-id"));
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn http_calls_share_the_limits_and_fail_as_openai_errors() {
+        let limit = ConcurrencyLimitLayer::new(1);
+        let (_ready_tx, ready) = watch::channel(false);
+        let router = router(
+            HttpState::new(Ready::new("orchestrator"), ready),
+            Limits::shared(&limit, 1024),
+        );
+        // Still loading: 503, as the gRPC side's UNAVAILABLE.
+        let (status, body) = call(&router, "GET", "/v1/models", Vec::new()).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (503, &json!("unavailable"))
+        );
+        assert_eq!(call(&router, "GET", "/healthz", Vec::new()).await.0, 503);
+        // A body over --max-message-bytes is refused before it is read.
+        let big = format!("{{\"input\": \"{}\"}}", "x".repeat(2048)).into_bytes();
+        let (status, body) = call(&router, "POST", "/v1/embeddings", big).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (429, &json!("resource_exhausted"))
+        );
+        let (status, body) = call(&router, "GET", "/v1/nothing", Vec::new()).await;
+        assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+        // The one permit taken elsewhere (a gRPC call): API calls are refused at once; the
+        // page and the health are not counted.
+        let _held = limit.permits().try_acquire_owned().unwrap();
+        let (status, body) = call(&router, "GET", "/v1/models", Vec::new()).await;
+        assert_eq!(
+            (status, &body["error"]["type"]),
+            (429, &json!("rate_limit_error"))
+        );
+        assert_eq!(call(&router, "GET", "/", Vec::new()).await.0, 200);
+        assert_eq!(call(&router, "GET", "/healthz", Vec::new()).await.0, 503);
     }
 
     #[test]
