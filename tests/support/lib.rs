@@ -99,6 +99,9 @@ impl ServiceProcess {
             .args(args)
             .env("ZHIKU_LOG", "info")
             .env("ZHIKU_MODELS_DIR", models_dir())
+            // The orchestrator's HTTP side would take port 8080 in every test at once;
+            // tests that want it pass --http-listen.
+            .env("ZHIKU_HTTP_LISTEN", "off")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file);
@@ -173,6 +176,53 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `zhiku serve` as a process: all four services, each on a free loopback port, the
+/// orchestrator's at `serve.addr`.
+pub struct ZhikuServe {
+    pub serve: ServiceProcess,
+    pub embedder: SocketAddr,
+    pub retriever: SocketAddr,
+    pub generator: SocketAddr,
+}
+
+impl ZhikuServe {
+    /// Runs `zhiku serve` with these models and data directory, and `extra` flags.
+    pub fn spawn(embedding: &Path, chat: &Path, data: &Path, extra: &[&str]) -> Self {
+        let (orchestrator, embedder, retriever, generator) =
+            (free_addr(), free_addr(), free_addr(), free_addr());
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        let addrs = [orchestrator, embedder, retriever, generator].map(|a| a.to_string());
+        let mut args = vec![
+            "serve",
+            "--embedding-model",
+            &path(embedding),
+            "--chat-model",
+            &path(chat),
+            "--data-dir",
+            &path(data),
+            "--orchestrator-listen",
+            &addrs[0],
+            "--embedder-listen",
+            &addrs[1],
+            "--retriever-listen",
+            &addrs[2],
+            "--generator-listen",
+            &addrs[3],
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self {
+            serve: ServiceProcess::spawn("zhiku", orchestrator, &args, &[]),
+            embedder,
+            retriever,
+            generator,
+        }
     }
 }
 

@@ -1,6 +1,24 @@
 //! The orchestrator's flags (every one also an environment variable).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+/// Where the HTTP side (OpenAI API, REST, web page) listens: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" | "off" | "none" | "false" => Ok(Self(None)),
+            addr => addr.parse().map(|a| Self(Some(a))).map_err(|e| {
+                format!("`{addr}` is not an address such as 0.0.0.0:8080, nor `off`: {e}")
+            }),
+        }
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
@@ -89,6 +107,16 @@ impl OrchestratorArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http_side_takes_an_address_or_off() {
+        assert_eq!(
+            "127.0.0.1:8080".parse::<HttpListen>().unwrap(),
+            HttpListen(Some(([127, 0, 0, 1], 8080).into()))
+        );
+        assert_eq!("off".parse::<HttpListen>().unwrap(), HttpListen(None));
+        assert!("8080".parse::<HttpListen>().is_err());
+    }
 
     #[tokio::test]
     async fn parallel_loads_default_to_the_cores() {

@@ -9,7 +9,9 @@
 //!   when created and again when the generator lost it;
 //! - [`downstream`]: lazily connected clients that reconnect by themselves, carrying the
 //!   request id and the caller's deadline;
-//! - [`api::OrchestratorApi`]: the `zhiku.v1.Orchestrator` handlers.
+//! - [`api::OrchestratorApi`]: the `zhiku.v1.Orchestrator` handlers;
+//! - [`http`]: the same pipelines over HTTP (`--http-listen`): the OpenAI-compatible API,
+//!   REST for knowledge bases and documents, and the web page.
 
 pub mod adapters;
 pub mod api;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod eval;
+pub mod http;
 pub mod ingest;
 pub mod prompt;
 pub mod readiness;
@@ -32,7 +35,7 @@ use zhiku_runtime::server::RuntimeError;
 use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
 use zhiku_text::Walker;
 
-pub use config::OrchestratorArgs;
+pub use config::{HttpListen, OrchestratorArgs};
 pub use error::OrchestratorError;
 
 use downstream::Downstream;
@@ -80,10 +83,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
+    serve_with_http(args, server, listener, None, shutdown).await
+}
+
+/// As [`serve`], and the HTTP side ([`http::router`]) on `http_listener` when there is one.
+/// One shutdown stops both: on `shutdown`, or when the gRPC side stops by itself (a failed
+/// load), the HTTP side stops taking connections and its calls in flight get the same
+/// `--shutdown-grace-seconds`.
+pub async fn serve_with_http(
+    args: OrchestratorArgs,
+    server: ServerArgs,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    let grace = server.shutdown_grace();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let runtime = ServiceRuntime::new(server, service_names::ORCHESTRATOR)
         .await
-        .follow_readiness(ready_rx);
+        .follow_readiness(ready_rx.clone());
     let state: Ready<Arc<Orchestrator>> = Ready::new("orchestrator");
     let load = {
         let state = state.clone();
@@ -102,8 +120,53 @@ pub async fn serve(
         }
     };
     let limit = runtime.max_message_bytes();
+    let router = http_listener.as_ref().map(|_| {
+        http::router(
+            http::HttpState::new(state.clone(), ready_rx),
+            http::Limits::shared(&runtime.concurrency_limit(), limit),
+        )
+    });
     let service = OrchestratorServer::new(api::OrchestratorApi::new(state))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    runtime.serve(listener, service, load, shutdown).await
+    let (Some(http_listener), Some(router)) = (http_listener, router) else {
+        return runtime.serve(listener, service, load, shutdown).await;
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let grpc = async {
+        let result = runtime
+            .serve(listener, service, load, stopped(stop_rx.clone()))
+            .await;
+        let _ = stop_tx.send(true);
+        result
+    };
+    let http = async {
+        let served = http::serve(http_listener, router, stopped(stop_rx.clone()));
+        let deadline = async {
+            stopped(stop_rx.clone()).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = served => if let Err(e) = result {
+                tracing::error!(error = %e, "the HTTP server failed");
+            },
+            () = deadline => tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "HTTP calls still in flight after the shutdown grace period; exiting anyway"
+            ),
+        }
+    };
+    let (result, ()) = tokio::join!(grpc, http);
+    result
 }

@@ -4,18 +4,25 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use zhiku_orchestrator::OrchestratorArgs;
+use zhiku_orchestrator::{HttpListen, OrchestratorArgs};
 use zhiku_runtime::ServerArgs;
-use zhiku_runtime::server::{run_binary, shutdown_signal};
+use zhiku_runtime::server::{bind, run_binary, shutdown_signal};
 
 /// zhiku's orchestrator service over gRPC (zhiku.v1.Orchestrator, with grpc.health.v1 and server
-/// reflection): the ingest and ask pipelines over the embedder, retriever and generator.
+/// reflection): the ingest and ask pipelines over the embedder, retriever and generator; and
+/// over HTTP (--http-listen): the OpenAI-compatible API, REST and the web page.
 #[derive(Debug, Parser)]
 #[command(name = "zhiku-orchestrator", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+
+    /// Address of the HTTP side: the OpenAI-compatible API (/v1/chat/completions,
+    /// /v1/models, /v1/embeddings), REST for knowledge bases and documents, and the web page
+    /// at /. `off` turns it off.
+    #[arg(long, env = "ZHIKU_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: HttpListen,
 
     #[command(flatten)]
     orchestrator: OrchestratorArgs,
@@ -38,8 +45,19 @@ async fn main() -> ExitCode {
         &config,
         &server,
         args.listen,
-        |listener| {
-            zhiku_orchestrator::serve(args.orchestrator, args.server, listener, shutdown_signal())
+        |listener| async move {
+            let http = match args.http_listen.0 {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            };
+            zhiku_orchestrator::serve_with_http(
+                args.orchestrator,
+                args.server,
+                listener,
+                http,
+                shutdown_signal(),
+            )
+            .await
         },
     )
     .await

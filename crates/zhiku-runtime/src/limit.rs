@@ -33,6 +33,16 @@ impl ConcurrencyLimitLayer {
             max,
         }
     }
+
+    /// The permits, for another listener of the same server (the orchestrator's HTTP side)
+    /// to count its calls against the same limit.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
 }
 
 impl<S> Layer<S> for ConcurrencyLimitLayer {

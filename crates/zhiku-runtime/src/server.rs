@@ -75,6 +75,7 @@ pub struct ServiceRuntime {
     service_name: &'static str,
     health: HealthReporter,
     readiness: Option<watch::Receiver<bool>>,
+    limit: ConcurrencyLimitLayer,
 }
 
 impl ServiceRuntime {
@@ -84,11 +85,18 @@ impl ServiceRuntime {
         let health = HealthReporter::new();
         set_status(&health, service_name, ServingStatus::NotServing).await;
         Self {
+            limit: ConcurrencyLimitLayer::new(args.max_concurrent_requests),
             args,
             service_name,
             health,
             readiness: None,
         }
+    }
+
+    /// The server's concurrency limit (--max-concurrent-requests), shared by everything that
+    /// serves calls beside the gRPC service.
+    pub fn concurrency_limit(&self) -> ConcurrencyLimitLayer {
+        self.limit.clone()
     }
 
     /// After loading, health follows `readiness` (SERVING while it is true) instead of
@@ -140,6 +148,7 @@ impl ServiceRuntime {
             service_name,
             health,
             readiness,
+            limit,
         } = self;
 
         let reflection = || {
@@ -224,7 +233,7 @@ impl ServiceRuntime {
         tracing::info!(service = service_name, addr = ?local, "listening");
         let layers = tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
-            .layer(ConcurrencyLimitLayer::new(args.max_concurrent_requests));
+            .layer(limit);
         let server = Server::builder()
             .layer(layers)
             .add_service(health_service)

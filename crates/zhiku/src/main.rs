@@ -70,6 +70,10 @@ enum Command {
             default_value = "127.0.0.1:50054"
         )]
         generator_listen: SocketAddr,
+        /// The orchestrator's HTTP address: the OpenAI-compatible API, REST and the web page
+        /// (the same port as the orchestrator binary's default). `off` turns it off.
+        #[arg(long, env = "ZHIKU_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+        http_listen: zhiku_orchestrator::HttpListen,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -157,6 +161,7 @@ async fn run() -> ExitCode {
         embedder_listen,
         retriever_listen,
         generator_listen,
+        http_listen,
         server,
     } = &cli.command
     {
@@ -170,6 +175,7 @@ async fn run() -> ExitCode {
             embedder: *embedder_listen,
             retriever: *retriever_listen,
             generator: *generator_listen,
+            http: http_listen.0,
         };
         let stack = match Stack::start(&cli.stack, ports, server).await {
             Ok(s) => s,
@@ -184,6 +190,7 @@ async fn run() -> ExitCode {
             embedder = %p.embedder,
             retriever = %p.retriever,
             generator = %p.generator,
+            http = %p.http.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/")),
             "zhiku serve: all services listening"
         );
         return match stack

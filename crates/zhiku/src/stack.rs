@@ -136,6 +136,8 @@ pub struct Ports {
     pub embedder: SocketAddr,
     pub retriever: SocketAddr,
     pub generator: SocketAddr,
+    /// The orchestrator's HTTP side (OpenAI API, REST, web page); None: off.
+    pub http: Option<SocketAddr>,
 }
 
 impl Ports {
@@ -147,6 +149,7 @@ impl Ports {
             embedder: any,
             retriever: any,
             generator: any,
+            http: None,
         }
     }
 }
@@ -174,12 +177,20 @@ impl Stack {
         let retriever_listener: TcpListener = bind(ports.retriever).await?;
         let generator_listener: TcpListener = bind(ports.generator).await?;
         let orchestrator_listener: TcpListener = bind(ports.orchestrator).await?;
+        let http_listener = match ports.http {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let local = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
         let ports = Ports {
             embedder: local(&embedder_listener)?,
             retriever: local(&retriever_listener)?,
             generator: local(&generator_listener)?,
             orchestrator: local(&orchestrator_listener)?,
+            http: match &http_listener {
+                Some(l) => Some(local(l)?),
+                None => None,
+            },
         };
 
         let models = args.models();
@@ -229,10 +240,11 @@ impl Stack {
             ),
             (
                 "orchestrator",
-                tokio::spawn(zhiku_orchestrator::serve(
+                tokio::spawn(zhiku_orchestrator::serve_with_http(
                     orchestrator,
                     server.clone(),
                     orchestrator_listener,
+                    http_listener,
                     stopped(rx),
                 )),
             ),

@@ -1,0 +1,515 @@
+//! The orchestrator's HTTP side (`--http-listen`): the OpenAI-compatible API
+//! ([`openai`]), REST for knowledge bases and documents ([`rest`]) and the web page
+//! ([`page`]), served on the same tokio runtime as the gRPC service.
+//!
+//! It shares the gRPC side's rules: the same `x-request-id` layer, the same concurrency
+//! permits (`--max-concurrent-requests` counts gRPC and HTTP calls together), the same
+//! largest message (`--max-message-bytes`, here the largest request body), the same shutdown
+//! (a signal stops both; in-flight calls get the same grace) and the same error mapping:
+//! every failure becomes the `tonic::Status` the gRPC side would send, and [`ApiError`] turns
+//! its code into the HTTP status and OpenAI's error JSON. Handlers call the pipelines in this
+//! process, as the gRPC handlers do.
+//!
+//! [`router`] returns a plain `axum::Router`, so that more layers (authentication, metrics)
+//! can wrap it before [`serve`].
+
+pub mod openai;
+pub mod page;
+pub mod rest;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tonic::Code;
+use zhiku_runtime::Ready;
+use zhiku_runtime::limit::ConcurrencyLimitLayer;
+
+use crate::Orchestrator;
+use crate::error::OrchestratorError;
+
+/// What every handler reaches.
+#[derive(Clone)]
+pub struct HttpState {
+    orchestrator: Ready<Arc<Orchestrator>>,
+    /// True while the three downstream services are SERVING (the gRPC health's source).
+    ready: watch::Receiver<bool>,
+}
+
+impl HttpState {
+    pub fn new(orchestrator: Ready<Arc<Orchestrator>>, ready: watch::Receiver<bool>) -> Self {
+        Self {
+            orchestrator,
+            ready,
+        }
+    }
+
+    fn orchestrator(&self) -> Result<Arc<Orchestrator>, ApiError> {
+        Ok(self.orchestrator.get()?.clone())
+    }
+
+    /// One call to the retriever: knowledge-base and document management pass to it, as
+    /// they do on the gRPC side.
+    async fn retriever<T, F, Fut>(&self, call: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(RetrieverClient) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.orchestrator()?.downstream.retriever.clone();
+        Ok(call(client)
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner())
+    }
+}
+
+type RetrieverClient = zhiku_proto::v1::retriever_client::RetrieverClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        zhiku_runtime::request_id::PropagateRequestId,
+    >,
+>;
+
+/// The limits the HTTP side shares with the gRPC side of the same server.
+#[derive(Clone)]
+pub struct Limits {
+    permits: Arc<Semaphore>,
+    max_calls: usize,
+    max_body_bytes: usize,
+}
+
+impl Limits {
+    /// `limit`: the gRPC side's concurrency limit (its permits are shared);
+    /// `max_body_bytes`: its largest message.
+    pub fn shared(limit: &ConcurrencyLimitLayer, max_body_bytes: usize) -> Self {
+        Self {
+            permits: limit.permits(),
+            max_calls: limit.max(),
+            max_body_bytes,
+        }
+    }
+}
+
+/// The whole HTTP API and the page. Calls under `/v1` count against the shared concurrency
+/// limit until their response body ends (a streamed answer counts while it streams); the
+/// page and `/healthz` never do, so an overloaded server still shows its health.
+pub fn router(state: HttpState, limits: Limits) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route(
+            "/v1/knowledge_bases",
+            get(rest::list_knowledge_bases).post(rest::create_knowledge_base),
+        )
+        .route(
+            "/v1/knowledge_bases/{name}",
+            get(rest::describe_knowledge_base).delete(rest::delete_knowledge_base),
+        )
+        .route(
+            "/v1/knowledge_bases/{name}/documents",
+            get(rest::list_documents).post(rest::upload_documents),
+        )
+        .route(
+            "/v1/knowledge_bases/{name}/documents/{*document_id}",
+            delete(rest::delete_document),
+        )
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(limits),
+            limit_calls,
+        ));
+    Router::new()
+        .merge(page::routes())
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(zhiku_runtime::request_id::RequestIdLayer)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets in-flight calls finish (the
+/// caller bounds that wait with the shutdown grace).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "HTTP listening (OpenAI API, REST, web page)");
+    // As on the gRPC side: a small reply must not wait for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// 200 while the orchestrator is loaded and its downstream services are SERVING, else 503:
+/// the gRPC health check's answer, for HTTP probes.
+async fn healthz(State(state): State<HttpState>) -> Response {
+    let serving = state.orchestrator.is_ready() && *state.ready.borrow();
+    let (status, text) = if serving {
+        (StatusCode::OK, "SERVING")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING")
+    };
+    (status, Json(serde_json::json!({ "status": text }))).into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::from(tonic::Status::not_found(format!(
+        "no such route: {} {}",
+        request.method(),
+        request.uri().path()
+    )))
+}
+
+/// Takes one of the shared permits for the call, or answers 429 at once (as the gRPC side
+/// answers RESOURCE_EXHAUSTED). The permit is held by the response body.
+async fn limit_calls(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    match limits.permits.clone().try_acquire_owned() {
+        Ok(permit) => next.run(request).await.map(|inner| {
+            Body::new(PermitBody {
+                inner,
+                _permit: permit,
+            })
+        }),
+        Err(_) => {
+            let max = limits.max_calls;
+            tracing::warn!(max, "concurrency limit reached; refusing HTTP call");
+            ApiError::from(tonic::Status::resource_exhausted(format!(
+                "server is busy: {max} calls in flight (--max-concurrent-requests); retry later"
+            )))
+            .into_response()
+        }
+    }
+}
+
+/// A response body that holds its call's permit until it is dropped.
+struct PermitBody {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for PermitBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The HTTP status of a gRPC code: the one mapping, so that HTTP and gRPC clients see the
+/// same kind of failure (Google's HTTP mapping of the canonical codes).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        // nginx's "client closed request": the client went away.
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// OpenAI's error `type` for a gRPC code.
+fn error_type(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::Aborted
+        | Code::Cancelled => "invalid_request_error",
+        Code::Unauthenticated => "authentication_error",
+        Code::PermissionDenied => "permission_error",
+        Code::ResourceExhausted => "rate_limit_error",
+        Code::Unavailable | Code::DeadlineExceeded => "service_unavailable",
+        _ => "server_error",
+    }
+}
+
+/// `snake_case` name of a gRPC code, as OpenAI's error `code`.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// A failed HTTP call: OpenAI's error JSON,
+/// `{"error": {"message", "type", "param", "code"}}`, with the HTTP status of the gRPC code
+/// the same failure has on the gRPC side.
+#[derive(Debug)]
+pub struct ApiError {
+    status: tonic::Status,
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A wrong request, naming the field at fault.
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: tonic::Status::invalid_argument(message.into()),
+            param: Some(param),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        self.status.code()
+    }
+
+    /// The error object as OpenAI sends it (also the `error` event of a stream).
+    pub fn body(&self) -> serde_json::Value {
+        let code = self.status.code();
+        serde_json::json!({
+            "error": {
+                "message": self.status.message(),
+                "type": error_type(code),
+                "param": self.param,
+                "code": code_name(code),
+            }
+        })
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            status,
+            param: None,
+        }
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        tonic::Status::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (http_status(self.status.code()), Json(self.body())).into_response()
+    }
+}
+
+/// A JSON body: read with a malformed one answered as OpenAI's error JSON (400), and
+/// written with its content type. (axum's own `Json` needs its "json" feature, which turns
+/// on serde_json's `raw_value` across the whole dependency tree.)
+pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes =
+            match <Bytes as axum::extract::FromRequest<S>>::from_request(request, state).await {
+                Ok(bytes) => bytes,
+                Err(rejection) => {
+                    let message = rejection.body_text();
+                    return Err(ApiError::from(
+                        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                            tonic::Status::resource_exhausted(format!(
+                                "{message} (--max-message-bytes)"
+                            ))
+                        } else {
+                            tonic::Status::invalid_argument(message)
+                        },
+                    ));
+                }
+            };
+        serde_json::from_slice(&bytes).map(Json).map_err(|e| {
+            ApiError::from(tonic::Status::invalid_argument(format!(
+                "the request body is not the JSON expected: {e}"
+            )))
+        })
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
+}
+
+/// Runs `work` on its own task with the call's request id, the way the gRPC handlers run a
+/// pipeline: the events come out of the receiver; dropping the receiver (the client went
+/// away) stops the pipeline at its next step.
+pub(crate) fn spawn_events<T, F, Fut>(work: F) -> mpsc::Receiver<Result<T, tonic::Status>>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<Result<T, tonic::Status>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let future = work(tx);
+    match zhiku_runtime::request_id::current() {
+        Some(id) => tokio::spawn(zhiku_runtime::request_id::scope(id, future)),
+        None => tokio::spawn(future),
+    };
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn grpc_codes_map_to_http_statuses_and_openai_types() {
+        let cases = [
+            (Code::InvalidArgument, 400, "invalid_request_error"),
+            (Code::NotFound, 404, "invalid_request_error"),
+            (Code::AlreadyExists, 409, "invalid_request_error"),
+            (Code::PermissionDenied, 403, "permission_error"),
+            (Code::Unauthenticated, 401, "authentication_error"),
+            (Code::ResourceExhausted, 429, "rate_limit_error"),
+            (Code::Unavailable, 503, "service_unavailable"),
+            (Code::DeadlineExceeded, 504, "service_unavailable"),
+            (Code::Internal, 500, "server_error"),
+            (Code::Unimplemented, 501, "server_error"),
+        ];
+        for (code, http, kind) in cases {
+            let error = ApiError::from(tonic::Status::new(code, "went wrong"));
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+            let body = error.body();
+            assert_eq!(body["error"]["type"], kind, "{code:?}");
+            assert_eq!(body["error"]["message"], "went wrong");
+        }
+    }
+
+    async fn call(router: &Router, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert!(response.headers().contains_key("x-request-id"));
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn http_calls_share_the_limits_and_fail_as_openai_errors() {
+        let limit = ConcurrencyLimitLayer::new(1);
+        let (_ready_tx, ready) = watch::channel(false);
+        let router = router(
+            HttpState::new(Ready::new("orchestrator"), ready),
+            Limits::shared(&limit, 1024),
+        );
+        // Still loading: 503, as the gRPC side's UNAVAILABLE.
+        let (status, body) = call(&router, "GET", "/v1/models", Vec::new()).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (503, &json!("unavailable"))
+        );
+        assert_eq!(call(&router, "GET", "/healthz", Vec::new()).await.0, 503);
+        // A body over --max-message-bytes is refused before it is read.
+        let big = format!("{{\"input\": \"{}\"}}", "x".repeat(2048)).into_bytes();
+        let (status, body) = call(&router, "POST", "/v1/embeddings", big).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (429, &json!("resource_exhausted"))
+        );
+        let (status, body) = call(&router, "GET", "/v1/nothing", Vec::new()).await;
+        assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+        // The one permit taken elsewhere (a gRPC call): API calls are refused at once; the
+        // page and the health are not counted.
+        let _held = limit.permits().try_acquire_owned().unwrap();
+        let (status, body) = call(&router, "GET", "/v1/models", Vec::new()).await;
+        assert_eq!(
+            (status, &body["error"]["type"]),
+            (429, &json!("rate_limit_error"))
+        );
+        assert_eq!(call(&router, "GET", "/", Vec::new()).await.0, 200);
+        assert_eq!(call(&router, "GET", "/healthz", Vec::new()).await.0, 503);
+    }
+
+    #[test]
+    fn an_orchestrator_error_keeps_its_grpc_kind_over_http() {
+        let not_found = ApiError::from(OrchestratorError::downstream("retriever")(
+            tonic::Status::not_found("knowledge base `x` does not exist"),
+        ));
+        assert_eq!(http_status(not_found.code()), StatusCode::NOT_FOUND);
+        assert_eq!(not_found.body()["error"]["code"], "not_found");
+        let invalid = ApiError::from(OrchestratorError::Validation("`question` is empty".into()));
+        assert_eq!(http_status(invalid.code()), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            ApiError::invalid("model", "bad").body()["error"]["param"],
+            "model"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! REST for knowledge bases and their documents, over the same pipelines as the gRPC
+//! `zhiku.v1.Orchestrator` calls:
+//!
+//! | route | gRPC |
+//! |---|---|
+//! | `GET /v1/knowledge_bases` | ListKnowledgeBases |
+//! | `POST /v1/knowledge_bases` `{"name", "description"?, "dimensions"?}` | CreateKnowledgeBase |
+//! | `GET /v1/knowledge_bases/NAME` | DescribeKnowledgeBase |
+//! | `DELETE /v1/knowledge_bases/NAME` | DeleteKnowledgeBase |
+//! | `GET /v1/knowledge_bases/NAME/documents` | ListDocuments (every page) |
+//! | `POST /v1/knowledge_bases/NAME/documents` (multipart) | Ingest |
+//! | `DELETE /v1/knowledge_bases/NAME/documents/ID` | DeleteDocument |
+//!
+//! An upload is `multipart/form-data`: every part with a file name is a document (its
+//! name picks the loader); the text fields `chunk_size` and `overlap` set the splitter. The
+//! knowledge base is created when missing. With `Accept: application/x-ndjson` the progress
+//! streams, one JSON object a line (`{"file": …}` per step of each file, then
+//! `{"summary": …}`, or `{"error": …}`); otherwise one JSON object answers at the end with
+//! each file's last step and the summary. A file that fails is reported (stage `failed`,
+//! with its error) and the others go on.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::multipart::Multipart;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::ReceiverStream;
+use zhiku_proto::v1::{
+    CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
+    DescribeKnowledgeBaseRequest, Distance, DocumentInput, FileProgress, IngestRequest,
+    IngestStage, IngestSummary, KnowledgeBase, ListDocumentsRequest, ListKnowledgeBasesRequest,
+    SplitOptions, ingest_event,
+};
+
+use super::{ApiError, HttpState, Json, spawn_events};
+use crate::downstream::Deadline;
+
+fn kb_json(kb: &KnowledgeBase) -> Value {
+    json!({
+        "name": kb.name,
+        "dimensions": kb.dimensions,
+        "distance": match Distance::try_from(kb.distance) {
+            Ok(Distance::Dot) => "dot",
+            Ok(Distance::Euclid) => "euclid",
+            _ => "cosine",
+        },
+        "description": kb.description,
+        "adapter": kb.adapter,
+        "passage_count": kb.passage_count,
+        "document_count": kb.document_count,
+        "created_at_ms": kb.created_at_ms,
+    })
+}
+
+fn stage_name(stage: i32) -> &'static str {
+    match IngestStage::try_from(stage) {
+        Ok(IngestStage::Loaded) => "loaded",
+        Ok(IngestStage::Split) => "split",
+        Ok(IngestStage::Embedded) => "embedded",
+        Ok(IngestStage::Stored) => "stored",
+        Ok(IngestStage::Failed) => "failed",
+        _ => "unspecified",
+    }
+}
+
+fn progress_json(f: &FileProgress) -> Value {
+    json!({
+        "source": f.source,
+        "document_id": f.document_id,
+        "stage": stage_name(f.stage),
+        "chunks": f.chunks,
+        "done": f.done,
+        "error": f.error,
+    })
+}
+
+fn summary_json(s: &IngestSummary) -> Value {
+    json!({
+        "files_total": s.files_total,
+        "files_ingested": s.files_ingested,
+        "files_failed": s.files_failed,
+        "passages_stored": s.passages_stored,
+        "elapsed_ms": s.elapsed_ms,
+        "errors": s.errors,
+    })
+}
+
+pub async fn list_knowledge_bases(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let kbs = state
+        .retriever(
+            |mut c| async move { c.list_knowledge_bases(ListKnowledgeBasesRequest {}).await },
+        )
+        .await?
+        .knowledge_bases;
+    let data: Vec<Value> = kbs.iter().map(kb_json).collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateKnowledgeBase {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// 0 or unset: the embedder's.
+    #[serde(default)]
+    pub dimensions: u32,
+}
+
+pub async fn create_knowledge_base(
+    State(state): State<HttpState>,
+    Json(request): Json<CreateKnowledgeBase>,
+) -> Result<Response, ApiError> {
+    let kb = state
+        .orchestrator()?
+        .create_knowledge_base(
+            CreateKnowledgeBaseRequest {
+                name: request.name,
+                dimensions: request.dimensions,
+                description: request.description,
+                ..Default::default()
+            },
+            Deadline::default(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(kb_json(&kb))).into_response())
+}
+
+pub async fn describe_knowledge_base(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let request = DescribeKnowledgeBaseRequest {
+        name,
+        metadata_only: false,
+    };
+    let kb = state
+        .retriever(|mut c| async move { c.describe_knowledge_base(request).await })
+        .await?;
+    Ok(Json(kb_json(&kb)).into_response())
+}
+
+pub async fn delete_knowledge_base(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let request = DeleteKnowledgeBaseRequest { name: name.clone() };
+    let deleted = state
+        .retriever(|mut c| async move { c.delete_knowledge_base(request).await })
+        .await?;
+    Ok(Json(json!({
+        "name": name,
+        "deleted": true,
+        "deleted_passages": deleted.deleted_passages,
+    }))
+    .into_response())
+}
+
+/// Every document, page after page.
+pub async fn list_documents(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut data = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListDocumentsRequest {
+            knowledge_base: name.clone(),
+            page_size: 1000,
+            page_token,
+        };
+        let page = state
+            .retriever(|mut c| async move { c.list_documents(request).await })
+            .await?;
+        data.extend(page.documents.iter().map(|d| {
+            json!({
+                "document_id": d.document_id,
+                "source": d.source,
+                "chunk_count": d.chunk_count,
+                "metadata": d.metadata.iter().collect::<BTreeMap<_, _>>(),
+            })
+        }));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+pub async fn delete_document(
+    State(state): State<HttpState>,
+    Path((name, document_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let request = DeleteDocumentRequest {
+        knowledge_base: name,
+        document_id: document_id.clone(),
+    };
+    let deleted = state
+        .retriever(|mut c| async move { c.delete_document(request).await })
+        .await?;
+    if deleted.deleted_passages == 0 {
+        return Err(tonic::Status::not_found(format!(
+            "document `{document_id}` is not in the knowledge base"
+        ))
+        .into());
+    }
+    Ok(Json(json!({
+        "document_id": document_id,
+        "deleted": true,
+        "deleted_passages": deleted.deleted_passages,
+    }))
+    .into_response())
+}
+
+fn field_number(param: &'static str, text: &str) -> Result<u32, ApiError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ApiError::invalid(param, format!("`{param}` `{text}` is not a number")))
+}
+
+/// Reads the documents and the splitter's fields of an upload.
+async fn read_upload(
+    mut multipart: Multipart,
+) -> Result<(Vec<DocumentInput>, SplitOptions), ApiError> {
+    let mut documents = Vec::new();
+    let mut split = SplitOptions::default();
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        let status = e.status();
+        ApiError::from(if status == StatusCode::PAYLOAD_TOO_LARGE {
+            tonic::Status::resource_exhausted(format!("{} (--max-message-bytes)", e.body_text()))
+        } else {
+            tonic::Status::invalid_argument(format!("multipart upload: {}", e.body_text()))
+        })
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match field.file_name().map(str::to_owned) {
+            Some(file_name) => {
+                let content = field.bytes().await.map_err(bad)?;
+                documents.push(DocumentInput {
+                    file_name,
+                    content: content.to_vec(),
+                    ..Default::default()
+                });
+            }
+            None => {
+                let text = field.text().await.map_err(bad)?;
+                match name.as_str() {
+                    "chunk_size" => split.chunk_size = field_number("chunk_size", &text)?,
+                    "overlap" => split.overlap = Some(field_number("overlap", &text)?),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if documents.is_empty() {
+        return Err(ApiError::invalid(
+            "files",
+            "the upload holds no file (a multipart part with a file name)",
+        ));
+    }
+    Ok((documents, split))
+}
+
+pub async fn upload_documents(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Result<Response, ApiError> {
+    let orchestrator = state.orchestrator()?;
+    let (documents, split) = read_upload(multipart).await?;
+    let request = IngestRequest {
+        knowledge_base: name,
+        documents,
+        split: Some(split),
+        create_if_missing: true,
+        ..Default::default()
+    };
+    let mut events = spawn_events(move |tx| async move {
+        orchestrator.ingest(request, Deadline::default(), tx).await
+    });
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if streamed {
+        let lines = ReceiverStream::new(events).map(|event| {
+            let value = match event {
+                Ok(event) => match event.event {
+                    Some(ingest_event::Event::File(f)) => json!({"file": progress_json(&f)}),
+                    Some(ingest_event::Event::Summary(s)) => json!({"summary": summary_json(&s)}),
+                    None => json!({}),
+                },
+                Err(status) => ApiError::from(status).body(),
+            };
+            Ok::<_, std::convert::Infallible>(format!("{value}\n"))
+        });
+        return Ok((
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(lines),
+        )
+            .into_response());
+    }
+    // Each file's last step, in the order the files came.
+    let mut files: Vec<FileProgress> = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event?.event {
+            Some(ingest_event::Event::File(f)) => {
+                match files.iter_mut().find(|g| g.source == f.source) {
+                    Some(slot) => *slot = f,
+                    None => files.push(f),
+                }
+            }
+            Some(ingest_event::Event::Summary(s)) => {
+                return Ok(Json(json!({
+                    "files": files.iter().map(progress_json).collect::<Vec<_>>(),
+                    "summary": summary_json(&s),
+                }))
+                .into_response());
+            }
+            None => {}
+        }
+    }
+    Err(tonic::Status::internal("the ingest ended without a summary").into())
+}
