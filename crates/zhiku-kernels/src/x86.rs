@@ -1,6 +1,6 @@
 //! The x86-64 kernels: one generic register tile (`MR` activation rows × one group of 8
 //! weight rows, the weight rows in the 8 lanes of each accumulator), instantiated for AVX2
-//! and, on CPUs that have them, AVX-512 (VL/BW: 32 registers, so taller tiles) and
+//! and, on CPUs that have them, AVX-512 (VL/BW: 32 registers, so no spills) and
 //! AVX-512 VNNI (`vpdpbusd` instead of `vpmaddubsw` + `vpmaddwd`).
 //!
 //! The generic code is `#[inline(always)]` and has no target features of its own: it is
