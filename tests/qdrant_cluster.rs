@@ -28,6 +28,9 @@ const KB: &str = "cluster";
 const COLLECTION: &str = "zhiku_cluster";
 const REPLICAS: usize = 4; // 2 shards × replication factor 2
 
+/// (start, outcome) of each call made while the cluster changes.
+type Log<T> = Arc<Mutex<Vec<(Instant, Result<T, String>)>>>;
+
 fn notes(range: std::ops::Range<usize>) -> Vec<DocumentInput> {
     range
         .map(|i| DocumentInput {
@@ -92,7 +95,7 @@ async fn a_three_node_cluster_loses_a_node_while_asks_run() {
 
     // Asks in a loop, and searches straight at the retriever beside them.
     let stop = Arc::new(AtomicBool::new(false));
-    let asks: Arc<Mutex<Vec<(Instant, Result<usize, String>)>>> = Arc::default();
+    let asks: Log<usize> = Arc::default();
     let asker = {
         let (stop, asks, mut client) = (stop.clone(), asks.clone(), client.clone());
         tokio::spawn(async move {
@@ -117,7 +120,7 @@ async fn a_three_node_cluster_loses_a_node_while_asks_run() {
             }
         })
     };
-    let searches: Arc<Mutex<Vec<(Instant, Result<(), String>)>>> = Arc::default();
+    let searches: Log<()> = Arc::default();
     let searcher = {
         let (stop, searches, mut store) = (stop.clone(), searches.clone(), store.clone());
         tokio::spawn(async move {
