@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tonic::transport::Channel;
+use zhiku_e2e::pipeline::{ask_request, ask_with};
 use zhiku_e2e::{ServiceProcess, binary, free_addr, models_dir, wait_serving};
+use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
     DocumentInput, EvalCase, EvalCaseResult, EvalReport, EvalSetting, EvalSummary, EvaluateRequest,
-    IngestRequest, SamplingParams, SearchMode, evaluate_event,
+    GeneratorInfoRequest, IngestRequest, SamplingParams, SearchMode, evaluate_event,
 };
 
 const STARTUP: Duration = Duration::from_secs(180);
@@ -49,6 +51,7 @@ fn case(id: &str, question: &str, gold: &[&str], answerable: bool) -> EvalCase {
         question: question.into(),
         gold: gold.iter().map(|g| g.to_string()).collect(),
         answerable,
+        history: Vec::new(),
     }
 }
 
@@ -98,11 +101,19 @@ async fn evaluate(client: &mut OrchestratorClient<Channel>, request: EvaluateReq
     panic!("the evaluation ended without a summary");
 }
 
-fn generate_calls(serve: &ServiceProcess) -> usize {
-    serve
-        .logs()
-        .matches("/zhiku.v1.Generator/GenerateStream")
-        .count()
+/// Generate requests the generator has received (its own counter, from Info).
+async fn generate_requests(generator: std::net::SocketAddr) -> u64 {
+    let channel = Channel::from_shared(format!("http://{generator}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects to the generator");
+    GeneratorClient::new(channel)
+        .info(GeneratorInfoRequest {})
+        .await
+        .expect("generator info")
+        .into_inner()
+        .generate_requests
 }
 
 /// The visible benchmark, when ../shared/eval is there.
@@ -170,23 +181,26 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
         case("hobby", "小拾喜欢做什么？", &["玩手机"], true),
         case("cup", "2022 年世界杯的冠军是哪支球队？", &[], false),
     ];
-    let before = generate_calls(&serve);
+    let before = generate_requests(generator).await;
     let run = evaluate(
         &mut client,
         EvaluateRequest {
             knowledge_base: "evalkb".into(),
             cases: cases.clone(),
             settings: vec![
+                // No threshold (a negative one), rather than the embedder's default.
                 EvalSetting {
                     top_k: 2,
-                    score_threshold: None,
+                    score_threshold: Some(-1.0),
                     mode: SearchMode::Hybrid as i32,
+                    context_tokens: None,
                 },
                 // No passage is that similar: every case is refused without generating.
                 EvalSetting {
                     top_k: 2,
                     score_threshold: Some(0.999),
                     mode: SearchMode::Dense as i32,
+                    context_tokens: None,
                 },
             ],
             sampling: Some(SamplingParams {
@@ -223,9 +237,34 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
             .all(|c| c.refused && c.citations.is_empty())
     );
     assert_eq!(
-        generate_calls(&serve) - before,
+        generate_requests(generator).await - before,
         3,
-        "only the first setting called the generator"
+        "only the first setting called the generator: the refusals made no Generate call"
+    );
+
+    // The token budget: what an Ask's passages take never exceeds it, and a budget no
+    // passage fits refuses without a Generate call.
+    let mut request = ask_request("evalkb", "小拾喜欢做什么？", Some(-1.0), 8);
+    request.context_tokens = Some(200);
+    let asked = ask_with(&mut client, request.clone(), STARTUP)
+        .await
+        .expect("ask");
+    let used = asked.answer.context_tokens;
+    assert!(used > 0 && used <= 200, "{:?}", asked.answer);
+    assert!(!asked.sources.is_empty());
+    let before = generate_requests(generator).await;
+    request.context_tokens = Some(1);
+    let asked = ask_with(&mut client, request, STARTUP).await.expect("ask");
+    assert!(
+        asked.answer.refused && asked.sources.is_empty(),
+        "{:?}",
+        asked.answer
+    );
+    assert_eq!(asked.answer.context_tokens, 0);
+    assert_eq!(
+        generate_requests(generator).await,
+        before,
+        "the refusal called the generator"
     );
     // The strict setting has one right outcome (the abstention); the open one has at least
     // that unless the model both missed 50051 and answered the football question.
@@ -272,7 +311,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
     // football question refused); the strict threshold also refuses the answerable case, so
     // fewer false refusals make the best one without a threshold.
     let best = json["best"].as_u64().unwrap() as usize;
-    assert!(settings[best]["setting"]["threshold"].is_null(), "{json}");
+    assert_eq!(settings[best]["setting"]["threshold"], -1.0, "{json}");
 
     // The visible benchmark's retrieval floor (retrieval only: no generation).
     let Some((docs, cases)) = chatchat() else {
@@ -308,6 +347,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     .map(|g| g.as_str().unwrap().to_owned())
                     .collect(),
                 answerable: v["answerable"].as_bool().unwrap(),
+                history: Vec::new(),
             }
         })
         .collect();
@@ -317,6 +357,11 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
             knowledge_base: "chatchat".into(),
             cases,
             retrieval_only: true,
+            // The floor was measured without a threshold.
+            settings: vec![EvalSetting {
+                score_threshold: Some(-1.0),
+                ..Default::default()
+            }],
             ..Default::default()
         },
     )

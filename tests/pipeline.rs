@@ -11,15 +11,20 @@ use zhiku_e2e::pipeline::{
     STARTUP, Services, UNANSWERABLE, ask, assert_answerable, documents, ingest,
 };
 use zhiku_e2e::{ServiceProcess, wait_serving};
+use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{
-    AskRequest, CreateKnowledgeBaseRequest, IngestRequest, SamplingParams, Turn, ask_event,
+    AskRequest, CreateKnowledgeBaseRequest, GeneratorInfoRequest, IngestRequest, SamplingParams,
+    Turn, ask_event,
 };
 
-fn generate_calls(generator: &ServiceProcess) -> usize {
-    generator
-        .logs()
-        .matches("/zhiku.v1.Generator/GenerateStream")
-        .count()
+/// Generate requests the generator has received (its own counter, from Info).
+async fn generate_requests(generator: &ServiceProcess) -> u64 {
+    GeneratorClient::new(generator.channel(STARTUP).await)
+        .info(GeneratorInfoRequest {})
+        .await
+        .expect("generator info")
+        .into_inner()
+        .generate_requests
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -41,7 +46,9 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     .expect("ask");
     assert_answerable(&asked);
 
-    // Multi-turn: earlier turns go in through the chat template.
+    // Multi-turn: the follow-up is rewritten into a standalone question by the generator
+    // (one Generate request) before retrieval; earlier turns go in through the chat template.
+    let requests_before = generate_requests(&services.generator).await;
     let mut follow_up = tonic::Request::new(AskRequest {
         question: "她呢？阿敏喜欢做什么？".into(),
         knowledge_base: "demo".into(),
@@ -70,10 +77,16 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
                 a.prompt_tokens > asked.answer.prompt_tokens,
                 "the history is in the prompt"
             );
+            assert!(!a.search_question.is_empty());
             answered = true;
         }
     }
     assert!(answered);
+    assert_eq!(
+        generate_requests(&services.generator).await,
+        requests_before + 2,
+        "the rewrite and the answer"
+    );
 
     // A deadline that cannot be met fails fast (the pipeline enforces it on the stream). The
     // question was asked before, so its prompt is in the generator's prefix cache and only
@@ -132,7 +145,7 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     assert!(err.message().contains("legal-zh"), "{}", err.message());
 
     // Unanswerable, with a threshold: refused, and the generator is never called.
-    let calls_before = generate_calls(&services.generator);
+    let calls_before = generate_requests(&services.generator).await;
     let refused = ask(
         &mut client,
         "demo",
@@ -145,9 +158,8 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
     assert!(refused.answer.refused);
     assert_eq!(refused.answer.text, "根据已知信息无法回答该问题");
     assert!(refused.sources.is_empty());
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        generate_calls(&services.generator),
+        generate_requests(&services.generator).await,
         calls_before,
         "the generator was called"
     );

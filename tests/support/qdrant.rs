@@ -1,6 +1,7 @@
 //! The Qdrant server of an end-to-end run: the one `scripts/qdrant-test-server` started
-//! (`ZHIKU_TEST_QDRANT_URL`). The cluster test lives with the retriever
-//! (`crates/zhiku-retriever/tests/qdrant_cluster.rs`), which starts its own nodes.
+//! (`ZHIKU_TEST_QDRANT_URL`). The cluster tests start their own nodes with the retriever's
+//! helpers (`crates/zhiku-retriever/tests/common/qdrant_node.rs`): the retriever's on its
+//! Store API, `tests/qdrant_cluster.rs` through the four processes.
 
 use std::io::Write;
 

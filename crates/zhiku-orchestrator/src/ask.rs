@@ -1,5 +1,7 @@
-//! The ask pipeline: embed the question → search → drop passages under the threshold →
-//! refuse without generating when none is left → the article's prompt → generate, streamed.
+//! The ask pipeline: (with history) rewrite a follow-up into a standalone question → embed
+//! it → search → drop passages under the threshold → merge overlapping chunks and keep what
+//! fits the token budget ([`crate::context`]) → refuse without generating when none is left
+//! → the article's prompt → generate, streamed → the answer with its support score.
 
 use std::time::Instant;
 
@@ -8,15 +10,17 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 use zhiku_proto::v1::{
     Answer, AskEvent, AskRequest, Chat, ChatMessage, Citation, CountTokensRequest,
-    DescribeKnowledgeBaseRequest, EmbedKind, EmbedRequest, GenerateRequest, Role, SamplingParams,
-    SearchMode, SearchRequest, Sources, Timings, ask_event, count_tokens_request, generate_request,
-    generate_stream_response,
+    DescribeKnowledgeBaseRequest, EmbedKind, EmbedRequest, EmbedderInfoRequest, GenerateRequest,
+    Role, SamplingParams, SearchMode, SearchRequest, Sources, Timings, Turn, ask_event,
+    count_tokens_request, generate_request, generate_stream_response,
 };
 
 use crate::Orchestrator;
+use crate::context;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
-use crate::prompt::REFUSAL;
+use crate::eval::{SUPPORTED, is_refusal, support};
+use crate::prompt::{REFUSAL, REWRITE_TEMPLATE};
 
 type Events = mpsc::Sender<Result<AskEvent, Status>>;
 
@@ -24,6 +28,53 @@ const MAX_QUESTION_CHARS: usize = 4_000;
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
+}
+
+/// The most tokens of passages the budget takes from a model's context by default: what the
+/// default 5 passages of the default chunk size need (5 answered better than 3, README).
+pub const AUTO_CONTEXT_CAP: u32 = 1536;
+/// Context tokens left for the template, the question and the history when the budget comes
+/// from the model's context.
+const PROMPT_RESERVE: u32 = 512;
+
+/// Default thresholds (cosine) by embedder, calibrated with `zhiku eval --retrieval-only
+/// --sweep threshold=…` on every eval set (README, "Thresholds"): the model id holds the key.
+pub const CALIBRATED_THRESHOLDS: &[(&str, f32)] = &[("multilingual-e5-small", 0.85)];
+
+/// The calibrated default threshold of the embedder named `model_id`, if it has one.
+pub fn calibrated_threshold(model_id: &str) -> Option<f32> {
+    CALIBRATED_THRESHOLDS
+        .iter()
+        .find(|(key, _)| model_id.contains(key))
+        .map(|(_, t)| *t)
+}
+
+/// The passages' token budget: the request's, else --context-tokens, else from the model's
+/// context (after the answer and [`PROMPT_RESERVE`]), at most [`AUTO_CONTEXT_CAP`].
+pub fn context_budget(
+    requested: Option<u32>,
+    configured: u32,
+    context_length: u32,
+    max_new_tokens: u32,
+) -> u32 {
+    match requested.filter(|&t| t > 0) {
+        Some(t) => t,
+        None if configured > 0 => configured,
+        None => context_length
+            .saturating_sub(max_new_tokens)
+            .saturating_sub(PROMPT_RESERVE)
+            .min(AUTO_CONTEXT_CAP),
+    }
+}
+
+/// How grounded an answer is: its support score, and whether that reaches [`SUPPORTED`].
+/// Refusals claim nothing: support 1, grounded.
+pub fn grounding(answer: &str, passages: &[&str]) -> (f64, bool) {
+    if is_refusal(answer) {
+        return (1.0, true);
+    }
+    let s = support(answer, passages);
+    (s, s >= SUPPORTED)
 }
 
 /// Passages searched for when a request asks for 0.
@@ -66,6 +117,7 @@ impl Orchestrator {
         mode: SearchMode,
         deadline: Deadline,
     ) -> Result<Retrieved, OrchestratorError> {
+        let score_threshold = self.threshold(score_threshold, deadline).await;
         let embed_started = Instant::now();
         let vector = if mode == SearchMode::Sparse {
             Vec::new()
@@ -138,6 +190,10 @@ impl Orchestrator {
                     chunk_index: passage.chunk_index,
                     score: hit.score,
                     text: passage.text,
+                    heading_path: passage.heading_path,
+                    char_start: passage.char_start,
+                    char_end: passage.char_end,
+                    last_chunk_index: passage.chunk_index,
                 }
             })
             .collect();
@@ -146,6 +202,133 @@ impl Orchestrator {
             embed_ms,
             search_ms,
         })
+    }
+
+    /// The threshold a search uses: the request's (a negative one: none), else
+    /// --score-threshold, else the embedder's calibrated one (asked of the embedder once).
+    pub(crate) async fn threshold(
+        &self,
+        requested: Option<f32>,
+        deadline: Deadline,
+    ) -> Option<f32> {
+        let chosen = match requested.or(self.args.score_threshold) {
+            Some(t) => Some(t),
+            // Kept once known; an embedder that does not answer is asked again next time.
+            None => match self
+                .default_threshold
+                .get_or_try_init(|| async {
+                    self.downstream
+                        .embedder
+                        .clone()
+                        .info(deadline.request(EmbedderInfoRequest {}))
+                        .await
+                        .map(|info| calibrated_threshold(&info.into_inner().model_id))
+                })
+                .await
+            {
+                Ok(threshold) => *threshold,
+                Err(status) => {
+                    tracing::warn!(%status, "no embedder info: no default threshold this time");
+                    None
+                }
+            },
+        };
+        chosen.filter(|t| *t >= 0.0)
+    }
+
+    /// Rewrites a follow-up into a standalone question with the generator (greedy, short);
+    /// the question itself when the model gives nothing usable.
+    async fn standalone_question(
+        &self,
+        history: &[Turn],
+        question: &str,
+        deadline: Deadline,
+    ) -> Result<String, OrchestratorError> {
+        let recent = &history[history.len().saturating_sub(3)..];
+        let mut turns = String::new();
+        for turn in recent {
+            let answer: String = turn.answer.chars().take(200).collect();
+            turns.push_str(&format!(
+                "用户：{}\n助手：{}\n",
+                turn.question.trim(),
+                answer.trim()
+            ));
+        }
+        let prompt = REWRITE_TEMPLATE
+            .replace("{history}", turns.trim_end())
+            .replacen("{question}", question, 1);
+        let response = self
+            .downstream
+            .generator
+            .clone()
+            .generate(deadline.request(GenerateRequest {
+                input: Some(generate_request::Input::Chat(Chat {
+                    messages: vec![ChatMessage {
+                        role: Role::User as i32,
+                        content: prompt,
+                    }],
+                })),
+                sampling: Some(SamplingParams {
+                    temperature: Some(0.0),
+                    max_new_tokens: Some(64),
+                    ..Default::default()
+                }),
+                adapter: String::new(),
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("generator"))?
+            .into_inner();
+        Ok(clean_rewrite(&response.text).unwrap_or_else(|| question.to_owned()))
+    }
+
+    /// Merges the retrieved passages and keeps, in rank order, those whose tokens (as the
+    /// prompt shows them, counted by the generator) fit the budget; with the tokens used.
+    async fn fit_passages(
+        &self,
+        citations: Vec<Citation>,
+        requested: Option<u32>,
+        max_new_tokens: u32,
+        deadline: Deadline,
+    ) -> Result<(Vec<Citation>, u32), OrchestratorError> {
+        let merged = context::merge(citations);
+        if merged.is_empty() {
+            return Ok((merged, 0));
+        }
+        let counts = futures::future::try_join_all(merged.iter().map(|c| {
+            let mut generator = self.downstream.generator.clone();
+            let text = context::render(c);
+            async move {
+                generator
+                    .count_tokens(deadline.request(CountTokensRequest {
+                        input: Some(count_tokens_request::Input::Prompt(text)),
+                        without_first: false,
+                    }))
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        }))
+        .await
+        .map_err(OrchestratorError::downstream("generator"))?;
+        let context_length = counts.first().map_or(0, |c| c.context_length);
+        let budget = context_budget(
+            requested,
+            self.args.context_tokens,
+            context_length,
+            max_new_tokens,
+        );
+        let costs: Vec<u32> = counts.iter().map(|c| c.tokens).collect();
+        let kept = context::within_budget(&costs, budget);
+        let used: u32 = kept.iter().map(|&i| costs[i]).sum();
+        let mut passages: Vec<Citation> = merged
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| kept.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+        for (i, c) in passages.iter_mut().enumerate() {
+            c.number = i as u32 + 1;
+        }
+        Ok((passages, used))
     }
 
     /// Answers one question, sending events on `events`. A client that goes away stops the
@@ -220,6 +403,21 @@ impl Orchestrator {
             .map_err(OrchestratorError::downstream("retriever"))?
             .into_inner();
 
+        let rewrite = request
+            .rewrite_follow_up
+            .unwrap_or(self.args.rewrite_follow_ups);
+        let search_question = if rewrite && !request.history.is_empty() {
+            self.standalone_question(&request.history, &question, deadline)
+                .await?
+        } else {
+            question.clone()
+        };
+        let sampling = request.sampling.clone().unwrap_or(SamplingParams {
+            max_new_tokens: Some(self.args.max_new_tokens),
+            ..Default::default()
+        });
+        let max_new_tokens = sampling.max_new_tokens.unwrap_or(self.args.max_new_tokens);
+
         let Retrieved {
             citations,
             embed_ms,
@@ -227,13 +425,16 @@ impl Orchestrator {
         } = self
             .retrieve(
                 &request.knowledge_base,
-                &question,
+                &search_question,
                 top_k,
                 request.score_threshold,
                 request.filter.clone(),
                 mode,
                 deadline,
             )
+            .await?;
+        let (citations, context_tokens) = self
+            .fit_passages(citations, request.context_tokens, max_new_tokens, deadline)
             .await?;
         send(
             events,
@@ -257,25 +458,20 @@ impl Orchestrator {
                     refused: true,
                     citations,
                     timings: Some(timings),
+                    support: 1.0,
+                    grounded: true,
+                    search_question,
                     ..Default::default()
                 }),
             )
             .await;
         }
 
-        let passages: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
-        let prompt = self.template.render(&passages, &question);
-        let sampling = request.sampling.clone().unwrap_or(SamplingParams {
-            max_new_tokens: Some(self.args.max_new_tokens),
-            ..Default::default()
-        });
+        let rendered: Vec<String> = citations.iter().map(context::render).collect();
+        let passages: Vec<&str> = rendered.iter().map(String::as_str).collect();
+        let prompt = self.template.render(&passages, &search_question);
         let chat = self
-            .fit_history(
-                &request.history,
-                &prompt,
-                sampling.max_new_tokens.unwrap_or(self.args.max_new_tokens),
-                deadline,
-            )
+            .fit_history(&request.history, &prompt, max_new_tokens, deadline)
             .await?;
 
         let generate_started = Instant::now();
@@ -299,6 +495,8 @@ impl Orchestrator {
                     timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
                     timings.generate_ms = ms(generate_started);
                     timings.total_ms = ms(started);
+                    let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
+                    let (support, grounded) = grounding(&done.text, &texts);
                     return send(
                         events,
                         ask_event::Event::Answer(Answer {
@@ -309,6 +507,10 @@ impl Orchestrator {
                             finish_reason: done.finish_reason,
                             prompt_tokens: done.prompt_tokens,
                             generated_tokens: done.generated_tokens,
+                            support,
+                            grounded,
+                            context_tokens,
+                            search_question,
                         }),
                     )
                     .await;
@@ -387,6 +589,28 @@ fn first_kept_turn(without_first: &[u32], turns: usize, fits: impl Fn(u32) -> bo
         .unwrap_or(turns)
 }
 
+/// The model's rewrite, cleaned: its first non-empty line without a label or quotes; None
+/// when that is empty or far longer than a question.
+fn clean_rewrite(text: &str) -> Option<String> {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let line = [
+        "独立问题：",
+        "独立问题:",
+        "改写后的问题：",
+        "问题：",
+        "问题:",
+    ]
+    .iter()
+    .find_map(|label| line.strip_prefix(label))
+    .unwrap_or(line);
+    let line = line
+        .trim()
+        .trim_matches(|c| matches!(c, '"' | '“' | '”' | '「' | '」' | '\''))
+        .trim();
+    let length = line.chars().count();
+    (length > 0 && length <= 400).then(|| line.to_owned())
+}
+
 async fn send(events: &Events, event: ask_event::Event) -> Result<(), OrchestratorError> {
     events
         .send(Ok(AskEvent { event: Some(event) }))
@@ -396,7 +620,59 @@ async fn send(events: &Events, event: ask_event::Event) -> Result<(), Orchestrat
 
 #[cfg(test)]
 mod tests {
-    use super::first_kept_turn;
+    use super::*;
+
+    #[test]
+    fn the_budget_comes_from_the_request_the_flag_or_the_models_context() {
+        assert_eq!(context_budget(Some(300), 800, 32_768, 512), 300);
+        assert_eq!(context_budget(None, 800, 32_768, 512), 800);
+        assert_eq!(context_budget(Some(0), 0, 32_768, 512), AUTO_CONTEXT_CAP);
+        // A small context: what is left after the answer and the reserve.
+        assert_eq!(
+            context_budget(None, 0, 2048, 512),
+            2048 - 512 - PROMPT_RESERVE
+        );
+        assert_eq!(context_budget(None, 0, 512, 512), 0);
+    }
+
+    #[test]
+    fn thresholds_are_calibrated_per_embedder() {
+        assert_eq!(
+            calibrated_threshold("models/multilingual-e5-small"),
+            Some(0.85)
+        );
+        assert_eq!(
+            calibrated_threshold("sentence-transformers/all-MiniLM-L6-v2"),
+            None
+        );
+    }
+
+    #[test]
+    fn grounded_and_ungrounded_answers() {
+        let passages =
+            ["ChatGLM-6B 在 INT4 量化级别下最低只需 6GB 显存，可在消费级显卡上本地部署。"];
+        let (s, grounded) = grounding("INT4 量化级别下最低只需 6GB 显存。", &passages);
+        assert!(grounded && s >= 0.9, "{s}");
+        let (s, grounded) = grounding(
+            "需要在 Kubernetes 集群里配置三个副本和负载均衡器。",
+            &passages,
+        );
+        assert!(!grounded && s < 0.2, "{s}");
+        assert_eq!(
+            grounding("根据已知信息无法回答该问题。", &passages),
+            (1.0, true)
+        );
+    }
+
+    #[test]
+    fn rewrites_are_cleaned() {
+        assert_eq!(
+            clean_rewrite("\n独立问题：“ChatGLM-6B 需要多少显存？”\n解释……").as_deref(),
+            Some("ChatGLM-6B 需要多少显存？")
+        );
+        assert_eq!(clean_rewrite("  \n "), None);
+        assert_eq!(clean_rewrite(&"长".repeat(401)), None);
+    }
 
     #[test]
     fn keeps_the_most_recent_turns_that_fit() {

@@ -76,6 +76,24 @@ pub struct OrchestratorArgs {
     /// Answer length (tokens) the context is trimmed for when a request does not say.
     #[arg(long, env = "ZHIKU_ASK_MAX_NEW_TOKENS", default_value_t = 512)]
     pub max_new_tokens: u32,
+
+    /// Tokens the passages may take in a prompt, when a request does not say. 0: from the
+    /// model's context (what is left after the answer and room for the question and the
+    /// template), at most 1536: the default 5 passages of the default chunk size fit, and
+    /// 5 passages answered better than 3 on the eval sets (see the README).
+    #[arg(long, env = "ZHIKU_ASK_CONTEXT_TOKENS", default_value_t = 0)]
+    pub context_tokens: u32,
+
+    /// The cosine similarity a passage needs to reach the prompt when a request sets no
+    /// threshold. Unset: calibrated per embedder from `zhiku eval --sweep` (the README's
+    /// table; none for an embedder not calibrated). A negative value: no threshold.
+    #[arg(long, env = "ZHIKU_ASK_SCORE_THRESHOLD", allow_negative_numbers = true)]
+    pub score_threshold: Option<f32>,
+
+    /// With history, rewrite a follow-up into a standalone question with the generator
+    /// before retrieval (a request may say otherwise).
+    #[arg(long, env = "ZHIKU_ASK_REWRITE_FOLLOW_UPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rewrite_follow_ups: bool,
 }
 
 impl OrchestratorArgs {
@@ -100,6 +118,9 @@ impl OrchestratorArgs {
             embed_batch: 32,
             max_history_turns: 16,
             max_new_tokens: 512,
+            context_tokens: 0,
+            score_threshold: None,
+            rewrite_follow_ups: true,
         }
     }
 }

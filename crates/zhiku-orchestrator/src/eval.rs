@@ -150,6 +150,8 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         timings: answer.timings,
         prompt_tokens: answer.prompt_tokens,
         generated_tokens: answer.generated_tokens,
+        grounded: refused || support >= SUPPORTED,
+        search_question: answer.search_question,
         support,
     }
 }
@@ -405,6 +407,8 @@ impl Orchestrator {
             score_threshold: setting.score_threshold,
             mode: setting.mode,
             sampling: request.sampling.clone(),
+            history: case.history.clone(),
+            context_tokens: setting.context_tokens,
             ..Default::default()
         };
         let (tx, mut rx) = mpsc::channel::<Result<AskEvent, Status>>(16);
@@ -484,6 +488,7 @@ mod tests {
             question: format!("question {id}"),
             gold: gold.iter().map(|g| g.to_string()).collect(),
             answerable,
+            history: Vec::new(),
         }
     }
 

@@ -1,9 +1,11 @@
 //! zhiku's orchestrator: the knowledge-base pipelines over the other three services.
 //!
 //! - [`ingest`]: load → split (zhiku-text) → embed in batches → upsert, progress per file;
-//! - [`ask`]: embed the question → search (hybrid by default) → threshold → the article's
-//!   refusal without generating when nothing passes → the article's prompt with numbered
-//!   passages → generate, streamed → the answer with citations and per-stage timings;
+//! - [`ask`]: (follow-ups) a standalone question → embed → search (hybrid by default) →
+//!   threshold (calibrated per embedder by default) → the article's refusal without
+//!   generating when nothing passes → merged passages within a token budget ([`context`])
+//!   → the article's prompt with numbered passages, each with its source and heading path →
+//!   generate, streamed → the answer with citations, support score and per-stage timings;
 //! - [`eval`]: questions with known answers through the ask pipeline, scored (Evaluate);
 //! - [`adapters`]: knowledge bases with their own LoRA adapter, loaded into the generator
 //!   when created and again when the generator lost it;
@@ -17,6 +19,7 @@ pub mod adapters;
 pub mod api;
 pub mod ask;
 pub mod config;
+pub mod context;
 pub mod downstream;
 pub mod error;
 pub mod eval;
@@ -50,6 +53,8 @@ pub struct Orchestrator {
     pub ingest_walker: Option<Walker>,
     /// Bounds the files being read, parsed and split at once (--max-parallel-loads).
     pub load_permits: Arc<tokio::sync::Semaphore>,
+    /// The embedder's calibrated threshold, asked for at the first Ask without one.
+    pub default_threshold: tokio::sync::OnceCell<Option<f32>>,
 }
 
 impl Orchestrator {
@@ -70,6 +75,7 @@ impl Orchestrator {
             args,
             template,
             ingest_walker,
+            default_threshold: tokio::sync::OnceCell::new(),
         })
     }
 }

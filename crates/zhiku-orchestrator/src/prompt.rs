@@ -15,6 +15,12 @@ pub const ARTICLE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述�
 /// The answer given, without calling the model, when no passage passes the threshold.
 pub const REFUSAL: &str = "根据已知信息无法回答该问题";
 
+/// Asks the generator to turn a follow-up into a standalone question before retrieval.
+/// `{history}` becomes the last turns ("用户：…\n助手：…"), `{question}` the follow-up.
+pub const REWRITE_TEMPLATE: &str = "下面是一段对话和用户的最后一个问题。请把最后一个问题改写成一个\
+不依赖对话、意思完整的独立问题：补全其中“它”“这个”等指代的具体名称。只输出改写后的问题，不要回答。\n\n\
+对话：\n{history}\n\n最后一个问题：{question}\n\n独立问题：";
+
 #[derive(Debug, Clone)]
 pub struct PromptTemplate {
     template: String,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::qdrant_node::{QdrantNode, binary, skipped};
+use common::qdrant_node::{QdrantNode, assert_every_node_counts, binary, replica_states, skipped};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use zhiku_proto::v1::retriever_client::RetrieverClient;
@@ -51,46 +51,10 @@ fn passages(doc: usize) -> Vec<Passage> {
         .collect()
 }
 
-/// (replicas every answering node sees Active, every node's view of every replica).
-fn replica_states(nodes: &[QdrantNode]) -> (usize, Vec<String>) {
-    let mut views: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
-    for node in nodes {
-        let info = node.get(&format!("/collections/{COLLECTION}/cluster"));
-        let me = info["result"]["peer_id"].as_u64();
-        let local = info["result"]["local_shards"]
-            .as_array()
-            .into_iter()
-            .flatten();
-        let remote = info["result"]["remote_shards"]
-            .as_array()
-            .into_iter()
-            .flatten();
-        for (shard, peer) in local
-            .map(|s| (s, me))
-            .chain(remote.map(|s| (s, s["peer_id"].as_u64())))
-        {
-            let (Some(id), Some(peer)) = (shard["shard_id"].as_u64(), peer) else {
-                continue;
-            };
-            let state = shard["state"].as_str().unwrap_or("?").to_string();
-            views.entry((id, peer)).or_default().push(state);
-        }
-    }
-    let active = views
-        .values()
-        .filter(|states| states.iter().all(|s| s == "Active"))
-        .count();
-    let all = views
-        .iter()
-        .map(|((shard, peer), states)| format!("shard {shard} on peer {peer}: {states:?}"))
-        .collect();
-    (active, all)
-}
-
 async fn wait_replicas(nodes: &[QdrantNode]) -> Duration {
     let started = Instant::now();
     loop {
-        let (active, layout) = replica_states(nodes);
+        let (active, layout) = replica_states(nodes, COLLECTION);
         if active == REPLICAS {
             return started.elapsed();
         }
@@ -175,7 +139,7 @@ async fn a_three_node_cluster_loses_a_node_while_searches_and_upserts_run() {
         .await
         .expect("upsert");
     }
-    let (active, layout) = replica_states(&nodes);
+    let (active, layout) = replica_states(&nodes, COLLECTION);
     assert_eq!(active, REPLICAS, "{layout:?}");
     eprintln!("3 nodes, {} chunks: {layout:?}", FIRST as u32 * CHUNKS);
 
@@ -345,17 +309,6 @@ async fn a_three_node_cluster_loses_a_node_while_searches_and_upserts_run() {
     let chunks: u64 = docs.values().map(|n| u64::from(*n)).sum();
     assert_eq!(kb.passage_count, chunks);
     assert_eq!(kb.document_count, docs.len() as u64);
-    for node in &nodes {
-        let count = node.post(
-            &format!("/collections/{COLLECTION}/points/count"),
-            &serde_json::json!({"exact": true}),
-        );
-        assert_eq!(
-            count["result"]["count"].as_u64(),
-            Some(chunks),
-            "node {}: {count}",
-            node.index
-        );
-    }
+    assert_every_node_counts(&nodes, COLLECTION, chunks);
     server.stop().await;
 }

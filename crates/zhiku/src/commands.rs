@@ -388,10 +388,13 @@ async fn ask(
                     let object = json!({
                         "answer": answer.text,
                         "refused": answer.refused,
+                        "support": answer.support,
+                        "grounded": answer.grounded,
                         "sources": answer.citations.iter().map(|c| json!({
                             "source": c.source,
                             "document_id": c.document_id,
                             "chunk": c.chunk_index,
+                            "heading_path": c.heading_path,
                             "score": c.score,
                             "text": c.text,
                         })).collect::<Vec<_>>(),
@@ -409,6 +412,13 @@ async fn ask(
                         print!("{}", answer.text);
                     }
                     println!();
+                    if !answer.grounded {
+                        println!(
+                            "\n[ungrounded] support {:.2}: the sources hold little of this \
+                             answer; check it against them",
+                            answer.support
+                        );
+                    }
                     if !answer.citations.is_empty() {
                         println!("\nsources:");
                         for c in &answer.citations {

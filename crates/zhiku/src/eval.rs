@@ -10,14 +10,15 @@ use tonic::transport::Channel;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
     EvalCase, EvalCaseResult, EvalReport, EvalSetting, EvalSummary, EvaluateRequest, LatencyStats,
-    SamplingParams, SearchMode, evaluate_event,
+    SamplingParams, SearchMode, Turn, evaluate_event,
 };
 
 use crate::commands::Mode;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// JSONL, one case a line: {"id", "question", "gold": [substrings], "answerable"}.
+    /// JSONL, one case a line: {"id", "question", "gold": [substrings], "answerable",
+    /// "history": [{"question", "answer"}, …] (earlier turns: the question is a follow-up)}.
     pub cases: PathBuf,
     /// The knowledge base to evaluate.
     #[arg(long, env = "ZHIKU_KB")]
@@ -28,17 +29,22 @@ pub struct EvalArgs {
     /// Passages to retrieve.
     #[arg(long, default_value_t = 5)]
     pub top_k: u32,
-    /// Cosine similarity under which passages are dropped (unset: none dropped).
-    #[arg(long)]
+    /// Cosine similarity under which passages are dropped (unset: the orchestrator's
+    /// default, calibrated per embedder; negative: none dropped).
+    #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f32>,
+    /// Tokens the passages may take in a prompt (unset: the orchestrator's default).
+    #[arg(long)]
+    pub context_tokens: Option<u32>,
     /// Retrieval: dense, sparse or hybrid.
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
     pub mode: Mode,
     /// Longest answer in tokens.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: u32,
-    /// A grid to run, e.g. `top_k=3,5,threshold=none,0.3,mode=dense,hybrid`; keys left out
-    /// keep --top-k / --threshold / --mode. Prints the best setting.
+    /// A grid to run, e.g. `top_k=3,5,threshold=none,default,0.3,mode=dense,hybrid,
+    /// context_tokens=512,1024`; keys left out keep --top-k / --threshold / --mode /
+    /// --context-tokens. Prints the best setting.
     #[arg(long)]
     pub sweep: Option<String>,
     /// Score retrieval only: the generator is not called.
@@ -89,11 +95,29 @@ pub fn parse_cases(text: &str) -> Result<Vec<EvalCase>, String> {
             Some(Value::Number(n)) => n.to_string(),
             _ => String::new(),
         };
+        let history = match value.get("history") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(turns)) => turns
+                .iter()
+                .map(|t| {
+                    let field = |k: &str| t.get(k).and_then(Value::as_str).map(str::to_owned);
+                    Some(Turn {
+                        question: field("question")?,
+                        answer: field("answer")?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    at("\"history\" holds a turn without \"question\" and \"answer\" strings")
+                })?,
+            Some(_) => return Err(at("\"history\" is not a list of turns")),
+        };
         cases.push(EvalCase {
             id,
             question: question.to_owned(),
             gold,
             answerable,
+            history,
         });
     }
     if cases.is_empty() {
@@ -116,6 +140,7 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     let mut top_k: Vec<u32> = Vec::new();
     let mut threshold: Vec<Option<f32>> = Vec::new();
     let mut mode: Vec<i32> = Vec::new();
+    let mut context: Vec<Option<u32>> = Vec::new();
     let mut key = String::new();
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let value = match token.split_once('=') {
@@ -133,7 +158,9 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                     .map_err(|_| format!("top_k `{value}` is not a whole number"))?,
             ),
             "threshold" => threshold.push(match value {
-                "none" | "off" => None,
+                // A negative threshold: the orchestrator drops nothing.
+                "none" | "off" => Some(-1.0),
+                "default" => None,
                 v => Some(
                     v.parse()
                         .map_err(|_| format!("threshold `{v}` is not a number or none"))?,
@@ -145,7 +172,16 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                 "hybrid" => SearchMode::Hybrid,
                 v => return Err(format!("mode `{v}`: dense, sparse or hybrid")),
             } as i32),
-            k => return Err(format!("unknown sweep key `{k}`: top_k, threshold or mode")),
+            "context_tokens" => {
+                context.push(Some(value.parse().map_err(|_| {
+                    format!("context_tokens `{value}` is not a whole number")
+                })?))
+            }
+            k => {
+                return Err(format!(
+                    "unknown sweep key `{k}`: top_k, threshold, mode or context_tokens"
+                ));
+            }
         }
     }
     if top_k.is_empty() {
@@ -157,15 +193,21 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     if mode.is_empty() {
         mode.push(base.mode);
     }
+    if context.is_empty() {
+        context.push(base.context_tokens);
+    }
     let mut grid = Vec::new();
     for &k in &top_k {
         for &t in &threshold {
             for &m in &mode {
-                grid.push(EvalSetting {
-                    top_k: k,
-                    score_threshold: t,
-                    mode: m,
-                });
+                for &c in &context {
+                    grid.push(EvalSetting {
+                        top_k: k,
+                        score_threshold: t,
+                        mode: m,
+                        context_tokens: c,
+                    });
+                }
             }
         }
     }
@@ -178,11 +220,16 @@ fn describe(setting: &EvalSetting) -> String {
         Ok(SearchMode::Sparse) => "sparse",
         _ => "hybrid",
     };
-    let threshold = setting
-        .score_threshold
-        .map_or_else(|| "none".to_owned(), |t| t.to_string());
+    let threshold = match setting.score_threshold {
+        None => "default".to_owned(),
+        Some(t) if t < 0.0 => "none".to_owned(),
+        Some(t) => t.to_string(),
+    };
+    let context = setting
+        .context_tokens
+        .map_or_else(|| "default".to_owned(), |t| t.to_string());
     format!(
-        "top_k={} threshold={threshold} mode={mode}",
+        "top_k={} threshold={threshold} mode={mode} context_tokens={context}",
         if setting.top_k == 0 { 5 } else { setting.top_k }
     )
 }
@@ -201,7 +248,12 @@ fn report_json(r: &EvalReport) -> Value {
             "threshold": setting
                 .score_threshold
                 .map(|t| t.to_string().parse::<f64>().unwrap_or(f64::from(t))),
-            "mode": describe(&setting).rsplit("mode=").next().unwrap_or("hybrid"),
+            "mode": match SearchMode::try_from(setting.mode) {
+                Ok(SearchMode::Dense) => "dense",
+                Ok(SearchMode::Sparse) => "sparse",
+                _ => "hybrid",
+            },
+            "context_tokens": setting.context_tokens,
         },
         "answerable": r.answerable,
         "unanswerable": r.unanswerable,
@@ -240,6 +292,8 @@ fn case_json(c: &EvalCaseResult) -> Value {
             "source": s.source, "chunk": s.chunk_index, "score": s.score,
         })).collect::<Vec<_>>(),
         "support": c.support,
+        "grounded": c.grounded,
+        "search_question": c.search_question,
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,
         "generated_tokens": c.generated_tokens,
@@ -269,11 +323,18 @@ fn progress_line(c: &EvalCaseResult, done: usize, total: usize, retrieval_only: 
     let answer: String = c.answer.replace('\n', " ").chars().take(60).collect();
     let support = if retrieval_only || c.refused {
         String::new()
-    } else {
+    } else if c.grounded {
         format!("support {:.2}  ", c.support)
+    } else {
+        format!("support {:.2} UNGROUNDED  ", c.support)
+    };
+    let rewritten = if c.search_question.is_empty() || c.search_question == c.question {
+        String::new()
+    } else {
+        format!("  (searched: {})", c.search_question)
     };
     format!(
-        "[{done}/{total}] {:<6} {outcome:<9} {rank:<19} {:>7.0} ms  {support}{answer}",
+        "[{done}/{total}] {:<6} {outcome:<9} {rank:<19} {:>7.0} ms  {support}{answer}{rewritten}",
         c.id,
         c.timings.unwrap_or_default().total_ms
     )
@@ -382,6 +443,7 @@ pub async fn run(mut client: OrchestratorClient<Channel>, args: EvalArgs) -> Exi
         top_k: args.top_k,
         score_threshold: args.threshold,
         mode: search_mode(args.mode) as i32,
+        context_tokens: args.context_tokens,
     };
     let settings = match &args.sweep {
         None => vec![base],
@@ -494,6 +556,17 @@ mod tests {
         assert!(e.starts_with("line 2"), "{e}");
         assert!(parse_cases("{\"question\":\"q\",\"gold\":[1]}").is_err());
         assert!(parse_cases("\n").is_err());
+        // A follow-up with its earlier turn.
+        let follow = parse_cases(
+            "{\"question\":\"它呢？\",\"gold\":[\"x\"],\"history\":[{\"question\":\"a\",\"answer\":\"b\"}]}",
+        )
+        .unwrap();
+        assert_eq!(follow[0].history.len(), 1);
+        assert_eq!(follow[0].history[0].answer, "b");
+        assert!(
+            parse_cases("{\"question\":\"q\",\"gold\":[\"x\"],\"history\":[{\"question\":\"a\"}]}")
+                .is_err()
+        );
     }
 
     #[test]
@@ -502,11 +575,23 @@ mod tests {
             top_k: 5,
             score_threshold: None,
             mode: SearchMode::Hybrid as i32,
+            context_tokens: None,
         };
         let grid = parse_sweep("top_k=3,5,threshold=none,0.3,mode=dense,hybrid", &base).unwrap();
         assert_eq!(grid.len(), 8);
-        assert_eq!(describe(&grid[0]), "top_k=3 threshold=none mode=dense");
-        assert_eq!(describe(&grid[7]), "top_k=5 threshold=0.3 mode=hybrid");
+        assert_eq!(
+            describe(&grid[0]),
+            "top_k=3 threshold=none mode=dense context_tokens=default"
+        );
+        assert_eq!(grid[0].score_threshold, Some(-1.0), "none: drop nothing");
+        assert_eq!(
+            describe(&grid[7]),
+            "top_k=5 threshold=0.3 mode=hybrid context_tokens=default"
+        );
+        let budgets = parse_sweep("threshold=default,context_tokens=256,512", &base).unwrap();
+        assert_eq!(budgets.len(), 2);
+        assert_eq!(budgets[0].score_threshold, None);
+        assert_eq!(budgets[1].context_tokens, Some(512));
         let only_k = parse_sweep("top-k=1,2", &base).unwrap();
         assert_eq!(only_k.len(), 2);
         assert_eq!(only_k[1].mode, SearchMode::Hybrid as i32);

@@ -107,8 +107,9 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         top_k: u32,
         /// Drop passages whose cosine similarity to the question is below this; with none
-        /// left the answer is "根据已知信息无法回答该问题".
-        #[arg(long)]
+        /// left the answer is "根据已知信息无法回答该问题". Unset: the orchestrator's default,
+        /// calibrated per embedder; negative: drop none.
+        #[arg(long, allow_negative_numbers = true)]
         threshold: Option<f32>,
         /// Retrieval: dense, sparse or hybrid.
         #[arg(long, value_enum, default_value_t = commands::Mode::Hybrid)]

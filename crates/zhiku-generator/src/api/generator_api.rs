@@ -30,11 +30,22 @@ use crate::template::{Message, Prompt, Role};
 #[derive(Clone)]
 pub struct GeneratorApi {
     state: Ready<Arc<GeneratorState>>,
+    /// Generate and GenerateStream requests received (Info reports it): what shows that a
+    /// caller did or did not ask for generation.
+    generate_requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl GeneratorApi {
     pub fn new(state: Ready<Arc<GeneratorState>>) -> Self {
-        Self { state }
+        Self {
+            state,
+            generate_requests: Arc::default(),
+        }
+    }
+
+    fn count_generate_request(&self) {
+        self.generate_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn state(&self) -> Result<Arc<GeneratorState>, Status> {
@@ -316,6 +327,7 @@ impl Generator for GeneratorApi {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
+        self.count_generate_request();
         let state = self.state()?;
         let deadline = deadline(&request);
         let request = request.into_inner();
@@ -347,6 +359,7 @@ impl Generator for GeneratorApi {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        self.count_generate_request();
         let state = self.state()?;
         let deadline = deadline(&request);
         let request = request.into_inner();
@@ -417,6 +430,9 @@ impl Generator for GeneratorApi {
             prefix_cache_hits: cache.prefix.hits,
             prefix_cache_misses: cache.prefix.misses,
             prefix_cached_tokens: cache.prefix.cached_tokens,
+            generate_requests: self
+                .generate_requests
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -1,5 +1,6 @@
 //! Qdrant processes started by a test from the Qdrant binary: a cluster on loopback whose
-//! nodes can be killed and restarted on their ports and storage.
+//! nodes can be killed and restarted on their ports and storage. Used by the retriever's
+//! cluster test and, through `#[path]`, by the end-to-end one (`tests/qdrant_cluster.rs`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,15 +15,20 @@ pub fn skipped(what: &str, why: &str) {
 }
 
 /// The Qdrant binary: `ZHIKU_TEST_QDRANT_BIN`, else `ZHIKU_QDRANT_BIN`, else
-/// `../shared/qdrant/qdrant` beside the repository; None when that file is not there (so a
-/// variable naming a missing file turns the tests off).
+/// `shared/qdrant/qdrant` in the nearest directory above the testing package that has one
+/// (`../shared` beside the repository); None when that file is not there (so a variable
+/// naming a missing file turns the tests off). The package may be the retriever or the
+/// end-to-end one, which includes this file too.
 pub fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("ZHIKU_TEST_QDRANT_BIN")
+    let path = match std::env::var_os("ZHIKU_TEST_QDRANT_BIN")
         .or_else(|| std::env::var_os("ZHIKU_QDRANT_BIN"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/qdrant/qdrant")
-        });
+    {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|dir| dir.join("shared/qdrant/qdrant"))
+            .find(|path| path.is_file())?,
+    };
     path.is_file().then_some(path)
 }
 
@@ -190,6 +196,59 @@ impl QdrantNode {
 impl Drop for QdrantNode {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Of a collection on `nodes`: (replicas that every answering node sees Active, every node's
+/// view of every replica).
+pub fn replica_states(nodes: &[QdrantNode], collection: &str) -> (usize, Vec<String>) {
+    let mut views: std::collections::BTreeMap<(u64, u64), Vec<String>> = Default::default();
+    for node in nodes {
+        let info = node.get(&format!("/collections/{collection}/cluster"));
+        let me = info["result"]["peer_id"].as_u64();
+        let local = info["result"]["local_shards"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        let remote = info["result"]["remote_shards"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        for (shard, peer) in local
+            .map(|s| (s, me))
+            .chain(remote.map(|s| (s, s["peer_id"].as_u64())))
+        {
+            let (Some(id), Some(peer)) = (shard["shard_id"].as_u64(), peer) else {
+                continue;
+            };
+            let state = shard["state"].as_str().unwrap_or("?").to_string();
+            views.entry((id, peer)).or_default().push(state);
+        }
+    }
+    let active = views
+        .values()
+        .filter(|states| states.iter().all(|s| s == "Active"))
+        .count();
+    let all = views
+        .iter()
+        .map(|((shard, peer), states)| format!("shard {shard} on {peer}: {states:?}"))
+        .collect();
+    (active, all)
+}
+
+/// Every node counts `expected` points in `collection` (exact counts, cluster-wide).
+pub fn assert_every_node_counts(nodes: &[QdrantNode], collection: &str, expected: u64) {
+    for node in nodes {
+        let count = node.post(
+            &format!("/collections/{collection}/points/count"),
+            &serde_json::json!({"exact": true}),
+        );
+        assert_eq!(
+            count["result"]["count"].as_u64(),
+            Some(expected),
+            "node {}: {count}",
+            node.index
+        );
     }
 }
 
