@@ -53,6 +53,11 @@ pub struct ChatOptions {
     pub mode: Option<String>,
     /// False: the content holds the answer alone, without the `[n] source` lines.
     pub sources_in_content: Option<bool>,
+    /// Token budget of the passages (unset: the orchestrator's `--context-tokens`).
+    pub context_tokens: Option<u32>,
+    /// With history, rewrite the question into a standalone one before retrieval (unset:
+    /// the orchestrator's `--rewrite-follow-ups`).
+    pub rewrite_follow_up: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +331,8 @@ fn ask_request(
         mode: mode as i32,
         sampling: Some(request.sampling(max_new_tokens)),
         filter: None,
+        context_tokens: request.zhiku.context_tokens,
+        rewrite_follow_up: request.zhiku.rewrite_follow_up,
     })
 }
 
