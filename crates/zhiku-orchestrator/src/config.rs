@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use zhiku_runtime::Secret;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
     /// The embedder's gRPC address.
@@ -27,6 +29,16 @@ pub struct OrchestratorArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     pub generator_addr: String,
+
+    /// API key sent to the embedder, retriever and generator (`authorization: Bearer`),
+    /// for when they were started with --api-key.
+    #[arg(long, env = "ZHIKU_DOWNSTREAM_API_KEY", hide_env_values = true)]
+    pub downstream_api_key: Option<Secret>,
+
+    /// PEM file of CA certificates to trust for https:// downstream addresses, besides the
+    /// system roots.
+    #[arg(long, env = "ZHIKU_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// Directory under which Ingest may read server-side paths; paths outside it are
     /// refused. Unset: server-side paths are refused altogether.
@@ -75,6 +87,8 @@ impl OrchestratorArgs {
             embedder_addr: format!("http://127.0.0.1:{embedder}"),
             retriever_addr: format!("http://127.0.0.1:{retriever}"),
             generator_addr: format!("http://127.0.0.1:{generator}"),
+            downstream_api_key: None,
+            ca_cert: None,
             ingest_root: None,
             max_file_bytes: 64 << 20,
             prompt_template: None,

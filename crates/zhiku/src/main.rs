@@ -35,6 +35,9 @@ struct Cli {
     addr: Option<String>,
 
     #[command(flatten)]
+    access: commands::ClientArgs,
+
+    #[command(flatten)]
     stack: StackArgs,
 
     #[command(subcommand)]
@@ -165,6 +168,10 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
         tracing::info!(config = ?cli, "zhiku serve starting");
+        if let Err(e) = zhiku_runtime::server::start_metrics(server).await {
+            eprintln!("zhiku serve: {e}");
+            return ExitCode::FAILURE;
+        }
         let ports = Ports {
             orchestrator: *orchestrator_listen,
             embedder: *embedder_listen,
@@ -222,7 +229,7 @@ async fn run() -> ExitCode {
             (format!("http://{}", stack.ports.orchestrator), Some(stack))
         }
     };
-    let code = commands::run(&addr, cli.command).await;
+    let code = commands::run(&addr, &cli.access, cli.command).await;
     if let Some(stack) = stack {
         stack.shutdown().await;
     }
