@@ -130,6 +130,7 @@ impl EmbeddingBatcher {
                 Err(actual) => current = actual,
             }
         }
+        publish_queue(current + n);
         let mut replies = Vec::with_capacity(n);
         for ids in inputs {
             let (reply, rx) = oneshot::channel();
@@ -149,6 +150,11 @@ impl EmbeddingBatcher {
         }
         Ok(vectors)
     }
+}
+
+/// Publishes `zhiku_queue_depth{queue="embedder_texts"}`.
+fn publish_queue(depth: usize) {
+    zhiku_runtime::metrics::metrics().set_queue("embedder_texts", depth);
 }
 
 struct Worker<B> {
@@ -189,6 +195,13 @@ impl<B: EmbeddingBackend> Worker<B> {
                 .largest_batch
                 .fetch_max(batch.len(), Ordering::Relaxed);
 
+            let metrics = zhiku_runtime::metrics::metrics();
+            publish_queue(self.queued.load(Ordering::Acquire));
+            metrics.embed_batch_texts.observe(batch.len() as f64);
+            let tokens: usize = batch.iter().map(|item| item.ids.len()).sum();
+            metrics.embed_batch_tokens.observe(tokens as f64);
+            let started = std::time::Instant::now();
+
             let inputs: Vec<&[u32]> = batch.iter().map(|item| item.ids.as_slice()).collect();
             let backend = &self.backend;
             // A panic inside the model must fail this batch, not kill the server's only worker.
@@ -202,6 +215,10 @@ impl<B: EmbeddingBackend> Worker<B> {
                             .unwrap_or_else(|| "unknown panic".into());
                         Err(EmbedderError::Inference(format!("model panicked: {what}")))
                     });
+            metrics.stage(
+                zhiku_runtime::metrics::stage::EMBED,
+                started.elapsed().as_secs_f64(),
+            );
             match result {
                 Ok(vectors) if vectors.len() == batch.len() => {
                     for (item, vector) in batch.into_iter().zip(vectors) {

@@ -436,6 +436,23 @@ impl Orchestrator {
         let (citations, context_tokens) = self
             .fit_passages(citations, request.context_tokens, max_new_tokens, deadline)
             .await?;
+        // Labelled by knowledge bases that exist (described above), so the label set stays
+        // as small as their list.
+        let metrics = zhiku_runtime::metrics::metrics();
+        let kb = request.knowledge_base.as_str();
+        metrics
+            .retrieval_passages
+            .with_label_values(&[kb])
+            .inc_by(citations.len() as u64);
+        let refused = if citations.is_empty() {
+            "true"
+        } else {
+            "false"
+        };
+        metrics
+            .retrieval_asks
+            .with_label_values(&[kb, refused])
+            .inc();
         send(
             events,
             ask_event::Event::Sources(Sources {

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use zhiku_runtime::Secret;
+
 /// Where the HTTP side (OpenAI API, REST, web page) listens: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpListen(pub Option<SocketAddr>);
@@ -45,6 +47,16 @@ pub struct OrchestratorArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     pub generator_addr: String,
+
+    /// API key sent to the embedder, retriever and generator (`authorization: Bearer`),
+    /// for when they were started with --api-key.
+    #[arg(long, env = "ZHIKU_DOWNSTREAM_API_KEY", hide_env_values = true)]
+    pub downstream_api_key: Option<Secret>,
+
+    /// PEM file of CA certificates to trust for https:// downstream addresses, besides the
+    /// system roots.
+    #[arg(long, env = "ZHIKU_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// Directory under which Ingest may read server-side paths; paths outside it are
     /// refused. Unset: server-side paths are refused altogether.
@@ -111,6 +123,8 @@ impl OrchestratorArgs {
             embedder_addr: format!("http://127.0.0.1:{embedder}"),
             retriever_addr: format!("http://127.0.0.1:{retriever}"),
             generator_addr: format!("http://127.0.0.1:{generator}"),
+            downstream_api_key: None,
+            ca_cert: None,
             ingest_root: None,
             max_file_bytes: 64 << 20,
             prompt_template: None,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use zhiku_proto::service_names;
 use zhiku_proto::v1::embedder_client::EmbedderClient;
 use zhiku_proto::v1::generator_client::GeneratorClient;
@@ -26,15 +26,22 @@ pub struct Downstream {
     pub generator: GeneratorClient<Svc>,
     /// (name, gRPC service, channel) of each, for health checks.
     pub health: Vec<(&'static str, &'static str, Channel)>,
+    /// What every downstream call carries: the request id, and --downstream-api-key.
+    pub caller: PropagateRequestId,
 }
 
-fn channel(service: &'static str, address: &str) -> Result<Channel, OrchestratorError> {
-    let endpoint =
-        Endpoint::from_shared(address.to_owned()).map_err(|e| OrchestratorError::BadAddress {
+fn channel(
+    service: &'static str,
+    address: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Channel, OrchestratorError> {
+    let endpoint = zhiku_runtime::client::endpoint(address, ca_cert).map_err(|reason| {
+        OrchestratorError::BadAddress {
             service,
             address: address.to_owned(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        }
+    })?;
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
@@ -46,24 +53,30 @@ fn channel(service: &'static str, address: &str) -> Result<Channel, Orchestrator
 impl Downstream {
     pub fn new(args: &OrchestratorArgs) -> Result<Self, OrchestratorError> {
         let max = 64 * 1024 * 1024;
-        let embedder = channel("embedder", &args.embedder_addr)?;
-        let retriever = channel("retriever", &args.retriever_addr)?;
-        let generator = channel("generator", &args.generator_addr)?;
+        let ca = args.ca_cert.as_deref();
+        let embedder = channel("embedder", &args.embedder_addr, ca)?;
+        let retriever = channel("retriever", &args.retriever_addr, ca)?;
+        let generator = channel("generator", &args.generator_addr, ca)?;
+        let caller = PropagateRequestId::with_api_key(
+            args.downstream_api_key.as_ref().map(|k| k.0.as_str()),
+        )
+        .map_err(|e| OrchestratorError::Validation(format!("--downstream-api-key: {e}")))?;
         Ok(Self {
             health: vec![
                 ("embedder", service_names::EMBEDDER, embedder.clone()),
                 ("retriever", service_names::RETRIEVER, retriever.clone()),
                 ("generator", service_names::GENERATOR, generator.clone()),
             ],
-            embedder: EmbedderClient::with_interceptor(embedder, PropagateRequestId)
+            embedder: EmbedderClient::with_interceptor(embedder, caller.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            retriever: RetrieverClient::with_interceptor(retriever, PropagateRequestId)
+            retriever: RetrieverClient::with_interceptor(retriever, caller.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            generator: GeneratorClient::with_interceptor(generator, PropagateRequestId)
+            generator: GeneratorClient::with_interceptor(generator, caller.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            caller,
         })
     }
 }

@@ -119,6 +119,7 @@ pub async fn serve_with_http(
                 .map_err(|e| e.to_string())?;
             tokio::spawn(readiness::watch_downstreams(
                 orchestrator.downstream.health.clone(),
+                orchestrator.downstream.caller.clone(),
                 ready_tx,
             ));
             state.set(Arc::new(orchestrator));

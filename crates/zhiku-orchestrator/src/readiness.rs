@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use zhiku_runtime::request_id::PropagateRequestId;
 
 /// Time between two rounds of health checks.
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -16,18 +17,24 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// all are SERVING; ends when nobody listens to `ready` any more.
 pub async fn watch_downstreams(
     downstreams: Vec<(&'static str, &'static str, Channel)>,
+    caller: PropagateRequestId,
     ready: watch::Sender<bool>,
 ) {
     let mut last_down: Option<Vec<&'static str>> = None;
     loop {
-        let checks = downstreams
-            .iter()
-            .map(|(name, service, channel)| async move {
-                let serving =
-                    zhiku_runtime::health::is_serving(channel.clone(), service, CHECK_TIMEOUT)
-                        .await;
+        let checks = downstreams.iter().map(|(name, service, channel)| {
+            let caller = caller.clone();
+            async move {
+                let serving = zhiku_runtime::health::is_serving_as(
+                    channel.clone(),
+                    caller,
+                    service,
+                    CHECK_TIMEOUT,
+                )
+                .await;
                 (*name, serving)
-            });
+            }
+        });
         let down: Vec<&'static str> = futures::future::join_all(checks)
             .await
             .into_iter()

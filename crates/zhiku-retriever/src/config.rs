@@ -15,22 +15,7 @@ pub enum Backend {
 }
 
 /// A value kept out of logs (the configuration is logged at startup).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
+pub use zhiku_runtime::Secret;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetrieverArgs {

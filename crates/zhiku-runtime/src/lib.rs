@@ -12,19 +12,25 @@
 //! - [`telemetry`]: tracing output, human or JSON;
 //! - [`error`]: the one mapping from service errors to `tonic::Status`;
 //! - [`ready::Ready`]: state that a service fills in once loaded;
-//! - [`health`]: asking another server for its health.
+//! - [`health`]: asking another server for its health;
+//! - [`auth`]: API keys (`authorization: Bearer …`), a tower layer for gRPC and HTTP alike;
+//! - [`metrics`]: the Prometheus registry, the per-request layer and `/metrics`;
+//! - [`client`]: endpoints for `http://` and `https://` (TLS, with a CA of one's own).
 
+pub mod auth;
+pub mod client;
 pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod limit;
+pub mod metrics;
 pub mod ready;
 pub mod request_id;
 pub mod server;
 pub mod telemetry;
 
-pub use config::{LogFormat, ServerArgs};
+pub use config::{AuthArgs, LogFormat, Secret, ServerArgs, TlsArgs};
 pub use error::{ErrorKind, ServiceError};
 pub use ready::Ready;
 pub use server::ServiceRuntime;

@@ -36,9 +36,37 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Adds the current request id to outgoing calls made with a tonic client.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PropagateRequestId;
+/// Adds the current request id to outgoing calls made with a tonic client, and the
+/// caller's API key when it has one.
+#[derive(Clone, Default)]
+pub struct PropagateRequestId {
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for PropagateRequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PropagateRequestId")
+            .field("api_key", &self.authorization.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl PropagateRequestId {
+    /// Also sends `authorization: Bearer KEY` on every call (none: no header).
+    pub fn with_api_key(key: Option<&str>) -> Result<Self, String> {
+        let authorization = match key {
+            None => None,
+            Some(key) => {
+                let mut value: tonic::metadata::AsciiMetadataValue = format!("Bearer {key}")
+                    .parse()
+                    .map_err(|_| "an API key must be visible ASCII".to_owned())?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(Self { authorization })
+    }
+}
 
 impl tonic::service::Interceptor for PropagateRequestId {
     fn call(
@@ -49,6 +77,11 @@ impl tonic::service::Interceptor for PropagateRequestId {
             && let Ok(value) = id.parse()
         {
             request.metadata_mut().insert(HEADER, value);
+        }
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -143,14 +176,22 @@ mod tests {
     #[tokio::test]
     async fn interceptor_copies_current_id() {
         use tonic::service::Interceptor;
-        let mut interceptor = PropagateRequestId;
+        let mut interceptor = PropagateRequestId::default();
         let out = scope("req-42".into(), async move {
             interceptor.call(tonic::Request::new(())).unwrap()
         })
         .await;
         assert_eq!(out.metadata().get(HEADER).unwrap(), "req-42");
         // Outside a call nothing is added.
-        let out = PropagateRequestId.call(tonic::Request::new(())).unwrap();
+        let out = PropagateRequestId::default()
+            .call(tonic::Request::new(()))
+            .unwrap();
         assert!(out.metadata().get(HEADER).is_none());
+        assert!(out.metadata().get("authorization").is_none());
+        // With a key, every call carries it; its Debug form does not.
+        let mut keyed = PropagateRequestId::with_api_key(Some("k1")).unwrap();
+        let out = keyed.call(tonic::Request::new(())).unwrap();
+        assert_eq!(out.metadata().get("authorization").unwrap(), "Bearer k1");
+        assert!(!format!("{keyed:?}").contains("k1"));
     }
 }

@@ -13,8 +13,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::Service;
 
+use crate::auth::{ApiKeyLayer, ApiKeys};
 use crate::config::ServerArgs;
 use crate::limit::ConcurrencyLimitLayer;
+use crate::metrics::MetricsLayer;
 use crate::request_id::RequestIdLayer;
 
 /// Why a server stopped with an error.
@@ -32,6 +34,30 @@ pub enum RuntimeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("API keys: {0}")]
+    Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The TLS identity of `--tls-cert` / `--tls-key`, when set.
+async fn tls_config(
+    args: &crate::config::TlsArgs,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, RuntimeError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: std::path::PathBuf, what: &'static str| async move {
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| RuntimeError::Tls(format!("cannot read {what} {}: {e}", path.display())))
+    };
+    let cert = read(cert.clone(), "--tls-cert").await?;
+    let key = read(key.clone(), "--tls-key").await?;
+    Ok(Some(
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key)),
+    ))
 }
 
 /// Binds a TCP listener with a clear error.
@@ -151,6 +177,8 @@ impl ServiceRuntime {
             limit,
         } = self;
 
+        let keys = ApiKeys::from_args(&args.auth).map_err(RuntimeError::Auth)?;
+        let tls = tls_config(&args.tls).await?;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(zhiku_proto::FILE_DESCRIPTOR_SET)
@@ -230,11 +258,26 @@ impl ServiceRuntime {
             }
         };
 
-        tracing::info!(service = service_name, addr = ?local, "listening");
+        tracing::info!(
+            service = service_name,
+            addr = ?local,
+            tls = tls.is_some(),
+            api_keys = keys.is_some(),
+            "listening"
+        );
+        // Metrics outside the key check, so that refused calls are counted too.
         let layers = tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
+            .layer(MetricsLayer)
+            .layer(ApiKeyLayer::new(keys))
             .layer(limit);
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| RuntimeError::Tls(e.to_string()))?;
+        }
+        let server = builder
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -323,6 +366,10 @@ where
         return std::process::ExitCode::from(2);
     }
     tracing::info!(config = %config, "{name} starting");
+    if let Err(e) = start_metrics(server).await {
+        tracing::error!(error = %e, "{name} cannot start");
+        return std::process::ExitCode::FAILURE;
+    }
     let listener = match bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -337,6 +384,16 @@ where
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Starts the `/metrics` listener of `--metrics-listen`, when set (once per process: `zhiku
+/// serve` shows all its services there).
+pub async fn start_metrics(server: &ServerArgs) -> Result<(), RuntimeError> {
+    if let Some(addr) = server.metrics_listen {
+        let keys = ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
+        crate::metrics::spawn(addr, keys).await?;
+    }
+    Ok(())
 }
 
 /// How a service's state comes to be.

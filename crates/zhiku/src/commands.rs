@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
@@ -15,9 +16,32 @@ use zhiku_proto::v1::{
     DocumentInput, IngestRequest, IngestStage, ListDocumentsRequest, ListKnowledgeBasesRequest,
     SamplingParams, SearchMode, SplitOptions, ask_event, ingest_event,
 };
+use zhiku_runtime::request_id::PropagateRequestId;
 use zhiku_text::Walker;
 
 use crate::Command;
+
+/// A client of the orchestrator that sends the caller's API key.
+pub type Client = OrchestratorClient<InterceptedService<Channel, PropagateRequestId>>;
+
+/// How the CLI reaches a running orchestrator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// API key sent as `authorization: Bearer KEY` (the first, when several are given).
+    /// With `zhiku serve`: the keys the services accept.
+    #[arg(
+        long = "api-key",
+        env = "ZHIKU_API_KEY",
+        global = true,
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<zhiku_runtime::Secret>,
+
+    /// PEM file of CA certificates to trust for an https:// --addr, besides the system roots.
+    #[arg(long, env = "ZHIKU_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
 
 /// Retrieval mode of `zhiku ask`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -83,15 +107,23 @@ pub fn fail(what: &str, status: tonic::Status) -> ExitCode {
     ExitCode::FAILURE
 }
 
-pub async fn run(addr: &str, command: Command) -> ExitCode {
-    let channel = match Channel::from_shared(addr.to_owned()) {
+pub async fn run(addr: &str, access: &ClientArgs, command: Command) -> ExitCode {
+    let channel = match zhiku_runtime::client::endpoint(addr, access.ca_cert.as_deref()) {
         Ok(endpoint) => endpoint.connect_lazy(),
         Err(e) => {
             eprintln!("zhiku: bad --addr `{addr}`: {e}");
             return ExitCode::from(2);
         }
     };
-    let client = OrchestratorClient::new(channel)
+    let caller =
+        match PropagateRequestId::with_api_key(access.api_keys.first().map(|k| k.0.as_str())) {
+            Ok(caller) => caller,
+            Err(e) => {
+                eprintln!("zhiku: --api-key: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let client = OrchestratorClient::with_interceptor(channel, caller)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     match command {
@@ -158,25 +190,17 @@ struct IngestTally {
     ingested: u32,
 }
 
-async fn ingest(
-    client: OrchestratorClient<Channel>,
-    paths: &[PathBuf],
-    options: IngestOptions,
-) -> ExitCode {
+async fn ingest(client: Client, paths: &[PathBuf], options: IngestOptions) -> ExitCode {
     ingest_to(client, paths, options, &mut std::io::stdout()).await
 }
 
 /// `zhiku ingest` with its summary on stderr (for commands whose stdout is their result).
-pub async fn ingest_quietly(
-    client: OrchestratorClient<Channel>,
-    paths: &[PathBuf],
-    options: IngestOptions,
-) -> ExitCode {
+pub async fn ingest_quietly(client: Client, paths: &[PathBuf], options: IngestOptions) -> ExitCode {
     ingest_to(client, paths, options, &mut std::io::stderr()).await
 }
 
 async fn ingest_to(
-    mut client: OrchestratorClient<Channel>,
+    mut client: Client,
     paths: &[PathBuf],
     options: IngestOptions,
     out: &mut (dyn Write + Send),
@@ -302,7 +326,7 @@ pub struct IngestOptions {
 
 /// One Ingest call; its progress goes to the bar and its summary into `tally`.
 async fn send_ingest(
-    client: &mut OrchestratorClient<Channel>,
+    client: &mut Client,
     options: &IngestOptions,
     documents: Vec<DocumentInput>,
     bar: &ProgressBar,
@@ -357,11 +381,7 @@ fn stage_name(stage: IngestStage, done: u32, chunks: u32) -> String {
     }
 }
 
-async fn ask(
-    mut client: OrchestratorClient<Channel>,
-    request: AskRequest,
-    json_output: bool,
-) -> ExitCode {
+async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> ExitCode {
     let mut stream = match client.ask(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => return fail("ask", status),
@@ -438,7 +458,7 @@ async fn ask(
     ExitCode::SUCCESS
 }
 
-async fn kb(mut client: OrchestratorClient<Channel>, action: KbAction) -> ExitCode {
+async fn kb(mut client: Client, action: KbAction) -> ExitCode {
     match action {
         KbAction::List => match client
             .list_knowledge_bases(ListKnowledgeBasesRequest {})
@@ -508,7 +528,7 @@ async fn kb(mut client: OrchestratorClient<Channel>, action: KbAction) -> ExitCo
     }
 }
 
-async fn docs(mut client: OrchestratorClient<Channel>, action: DocsAction) -> ExitCode {
+async fn docs(mut client: Client, action: DocsAction) -> ExitCode {
     match action {
         DocsAction::List { kb } => {
             let mut token = String::new();

@@ -6,8 +6,6 @@ use std::process::ExitCode;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
-use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
     EvalCase, EvalCaseResult, EvalReport, EvalSetting, EvalSummary, EvaluateRequest, LatencyStats,
     SamplingParams, SearchMode, Turn, evaluate_event,
@@ -431,7 +429,7 @@ pub fn sweep_table(summary: &EvalSummary) -> String {
     out
 }
 
-pub async fn run(mut client: OrchestratorClient<Channel>, args: EvalArgs) -> ExitCode {
+pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCode {
     let cases = match read_cases(&args.cases) {
         Ok(cases) => cases,
         Err(e) => {

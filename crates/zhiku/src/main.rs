@@ -35,12 +35,17 @@ struct Cli {
     addr: Option<String>,
 
     #[command(flatten)]
+    access: commands::ClientArgs,
+
+    #[command(flatten)]
     stack: StackArgs,
 
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per run: the size of `Serve`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the embedder, retriever (embedded store), generator and orchestrator in one
@@ -171,6 +176,10 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
         tracing::info!(config = ?cli, "zhiku serve starting");
+        if let Err(e) = zhiku_runtime::server::start_metrics(server).await {
+            eprintln!("zhiku serve: {e}");
+            return ExitCode::FAILURE;
+        }
         let ports = Ports {
             orchestrator: *orchestrator_listen,
             embedder: *embedder_listen,
@@ -230,7 +239,7 @@ async fn run() -> ExitCode {
             (format!("http://{}", stack.ports.orchestrator), Some(stack))
         }
     };
-    let code = commands::run(&addr, cli.command).await;
+    let code = commands::run(&addr, &cli.access, cli.command).await;
     if let Some(stack) = stack {
         stack.shutdown().await;
     }

@@ -209,13 +209,26 @@ impl Stack {
         );
         orchestrator.ingest_root = args.ingest_root.clone();
         let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
+        // The three services behind the orchestrator: on loopback by default, so TLS is the
+        // orchestrator's alone; they take the same API keys, plus one made for this process
+        // that the orchestrator passes on (its callers' keys may all be read-only).
+        let mut internal = server.clone();
+        internal.tls = zhiku_runtime::TlsArgs::default();
+        if zhiku_runtime::auth::ApiKeys::from_args(&server.auth)?.is_some() {
+            let key = zhiku_runtime::auth::random_key();
+            internal
+                .auth
+                .api_keys
+                .push(zhiku_runtime::Secret(key.clone()));
+            orchestrator.downstream_api_key = Some(zhiku_runtime::Secret(key));
+        }
 
         let tasks = vec![
             (
                 "embedder",
                 tokio::spawn(zhiku_embedder::serve(
                     embedder,
-                    server.clone(),
+                    internal.clone(),
                     embedder_listener,
                     stopped(rx.clone()),
                 )),
@@ -224,7 +237,7 @@ impl Stack {
                 "retriever",
                 tokio::spawn(zhiku_retriever::serve(
                     retriever,
-                    server.clone(),
+                    internal.clone(),
                     retriever_listener,
                     stopped(rx.clone()),
                 )),
@@ -233,7 +246,7 @@ impl Stack {
                 "generator",
                 tokio::spawn(zhiku_generator::serve(
                     generator,
-                    server.clone(),
+                    internal.clone(),
                     generator_listener,
                     stopped(rx.clone()),
                 )),

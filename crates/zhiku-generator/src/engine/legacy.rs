@@ -21,10 +21,14 @@ pub(super) fn worker(
             continue; // cancelled while it waited
         }
         let mut seq = Sequence::new(job);
+        let metrics = zhiku_runtime::metrics::metrics();
+        metrics.active_sequences.set(1);
+        metrics.set_queue("generator_requests", rx.len());
         let outcome =
             std::panic::catch_unwind(AssertUnwindSafe(|| run(model.as_mut(), &shared, &mut seq)))
                 .unwrap_or_else(|_| Err(GeneratorError::Inference("the model panicked".into())));
         model.reset();
+        metrics.active_sequences.set(0);
         report(&shared, &seq.job, outcome);
     }
 }

@@ -286,11 +286,29 @@ impl GenerationEngine {
     }
 }
 
+/// A finished generation in the metrics: its stages, tokens and decode speed.
+fn record(completion: &Completion) {
+    use zhiku_runtime::metrics::{metrics, stage};
+    let m = metrics();
+    m.stage(stage::PREFILL, completion.prefill_ms / 1e3);
+    m.stage(stage::DECODE, completion.decode_ms / 1e3);
+    m.add_tokens("prompt", completion.prompt_tokens);
+    m.add_tokens("cached", completion.cached_prompt_tokens);
+    m.add_tokens("generated", completion.generated_tokens);
+    // The first token comes with the prefill; the rest were decoded.
+    let decoded = completion.generated_tokens.saturating_sub(1);
+    if decoded > 0 && completion.decode_ms > 0.0 {
+        m.decode_tokens_per_second
+            .observe(decoded as f64 / (completion.decode_ms / 1e3));
+    }
+}
+
 /// Records a finished, cancelled or failed sequence in the counters and tells its client.
 fn report(shared: &EngineShared, job: &Job, outcome: Result<Completion, GeneratorError>) {
     match outcome {
         Ok(completion) => {
             shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+            record(&completion);
             let _ = job.events.send(Event::Done(completion));
         }
         Err(GeneratorError::Cancelled) => {

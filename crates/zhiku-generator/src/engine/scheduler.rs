@@ -119,7 +119,7 @@ impl Scheduler {
             }
             self.drop_dead();
             self.admit(&mut rx);
-            self.publish();
+            self.publish(rx.len());
             if self.running.is_empty() {
                 // Nothing admissible: the front request waits for blocks that nobody holds
                 // (cannot happen: admission refuses what can never fit) or was dropped.
@@ -129,7 +129,14 @@ impl Scheduler {
         }
     }
 
-    fn publish(&self) {
+    /// Reports the cache and batch for Info, and the queue and batch to the metrics
+    /// (`queued`: requests still in the channel, besides those waiting here).
+    fn publish(&self, queued: usize) {
+        let metrics = zhiku_runtime::metrics::metrics();
+        metrics
+            .active_sequences
+            .set(i64::try_from(self.running.len()).unwrap_or(i64::MAX));
+        metrics.set_queue("generator_requests", self.waiting.len() + queued);
         if let Ok(mut c) = self.shared.cache.lock() {
             c.capacity_tokens = self.cache.capacity_tokens();
             c.used_tokens = self.blocks.in_use() * super::kv_cache::BLOCK_SIZE;
@@ -230,6 +237,13 @@ impl Scheduler {
             job.sampling.max_new_tokens = max_new;
             let mut seq = Sequence::new(job);
             seq.cached_prompt_tokens = cached;
+            if self.config.prefix_cache {
+                let result = if cached > 0 { "hit" } else { "miss" };
+                zhiku_runtime::metrics::metrics()
+                    .prefix_cache
+                    .with_label_values(&[result])
+                    .inc();
+            }
             self.running.push(Running {
                 seq,
                 tokens,

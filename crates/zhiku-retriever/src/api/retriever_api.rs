@@ -86,7 +86,13 @@ impl RetrieverService for RetrieverApi {
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let r = self.retriever.get()?;
-        reply(r.search(request.into_inner()).await)
+        let started = std::time::Instant::now();
+        let result = r.search(request.into_inner()).await;
+        zhiku_runtime::metrics::metrics().stage(
+            zhiku_runtime::metrics::stage::SEARCH,
+            started.elapsed().as_secs_f64(),
+        );
+        reply(result)
     }
 
     #[tracing::instrument(skip_all, fields(kb = %request.get_ref().knowledge_base))]

@@ -1,5 +1,7 @@
 //! `zhiku-healthcheck ADDR [SERVICE]`: exits 0 when the gRPC server at ADDR reports SERVING
 //! for SERVICE (default: the whole server), 1 otherwise. For container health checks.
+//! `https://HOST:PORT` speaks TLS, trusting `ZHIKU_CA_CERT` besides the system roots; the
+//! first key of `ZHIKU_API_KEY`, when set, is sent as `authorization: Bearer`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,7 +23,8 @@ async fn main() -> ExitCode {
     } else {
         format!("http://{addr}")
     };
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint) {
+    let ca_cert = std::env::var_os("ZHIKU_CA_CERT").map(std::path::PathBuf::from);
+    let channel = match zhiku_runtime::client::endpoint(&endpoint, ca_cert.as_deref()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(3)),
@@ -37,7 +40,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match HealthClient::new(channel)
+    let key = std::env::var("ZHIKU_API_KEY").ok();
+    let key = key.as_deref().and_then(|k| k.split(',').next());
+    let caller = match zhiku_runtime::request_id::PropagateRequestId::with_api_key(key) {
+        Ok(caller) => caller,
+        Err(e) => {
+            eprintln!("ZHIKU_API_KEY: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match HealthClient::with_interceptor(channel, caller)
         .check(HealthCheckRequest {
             service: service.clone(),
         })
