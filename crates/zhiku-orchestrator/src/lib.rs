@@ -104,6 +104,8 @@ pub async fn serve_with_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
     let grace = server.shutdown_grace();
+    let http_keys =
+        zhiku_runtime::auth::ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let runtime = ServiceRuntime::new(server, service_names::ORCHESTRATOR)
         .await
@@ -131,6 +133,7 @@ pub async fn serve_with_http(
         http::router(
             http::HttpState::new(state.clone(), ready_rx),
             http::Limits::shared(&runtime.concurrency_limit(), limit),
+            http_keys,
         )
     });
     let service = OrchestratorServer::new(api::OrchestratorApi::new(state))

@@ -103,7 +103,13 @@ impl Limits {
 /// The whole HTTP API and the page. Calls under `/v1` count against the shared concurrency
 /// limit until their response body ends (a streamed answer counts while it streams); the
 /// page and `/healthz` never do, so an overloaded server still shows its health.
-pub fn router(state: HttpState, limits: Limits) -> Router {
+/// With `keys`, every API route and `/metrics` needs `authorization: Bearer KEY` (as the
+/// gRPC side); the web page's static files and `/healthz` stay open.
+pub fn router(
+    state: HttpState,
+    limits: Limits,
+    keys: Option<Arc<zhiku_runtime::auth::ApiKeys>>,
+) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
@@ -128,7 +134,9 @@ pub fn router(state: HttpState, limits: Limits) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(limits),
             limit_calls,
-        ));
+        ))
+        .route("/metrics", get(metrics))
+        .layer(zhiku_runtime::auth::ApiKeyLayer::new(keys));
     Router::new()
         .merge(page::routes())
         .route("/healthz", get(healthz))
@@ -136,6 +144,17 @@ pub fn router(state: HttpState, limits: Limits) -> Router {
         .fallback(not_found)
         .with_state(state)
         .layer(zhiku_runtime::request_id::RequestIdLayer)
+}
+
+/// Prometheus text of this process (every service in `zhiku serve`), as `--metrics-listen`.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            zhiku_runtime::metrics::CONTENT_TYPE,
+        )],
+        zhiku_runtime::metrics::render(),
+    )
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets in-flight calls finish (the
@@ -443,13 +462,25 @@ mod tests {
     }
 
     async fn call(router: &Router, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        call_with(router, method, path, body, None).await
+    }
+
+    async fn call_with(
+        router: &Router,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
         use tower::ServiceExt;
-        let request = axum::http::Request::builder()
+        let mut request = axum::http::Request::builder()
             .method(method)
             .uri(path)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap();
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request.body(Body::from(body)).unwrap();
         let response = router.clone().oneshot(request).await.unwrap();
         assert!(response.headers().contains_key("x-request-id"));
         let status = response.status().as_u16();
@@ -462,6 +493,40 @@ mod tests {
         )
     }
 
+    /// With API keys, the API and /metrics need one (401 without, 403 for a read-only key
+    /// on a write); the page and /healthz stay open.
+    #[tokio::test]
+    async fn api_keys_guard_the_api_and_metrics_not_the_page() {
+        use zhiku_runtime::auth::{ApiKeys, Role};
+        let limit = ConcurrencyLimitLayer::new(8);
+        let (_ready_tx, ready) = watch::channel(false);
+        let keys = ApiKeys::new([("full", Role::Full), ("reader", Role::ReadOnly)], false);
+        let router = router(
+            HttpState::new(Ready::new("orchestrator"), ready),
+            Limits::shared(&limit, 1024),
+            Some(Arc::new(keys)),
+        );
+        let models = |key| call_with(&router, "GET", "/v1/models", Vec::new(), key);
+        assert_eq!(models(None).await.0, 401);
+        assert_eq!(models(Some("wrong")).await.0, 401);
+        // Past the key check: the orchestrator is still loading.
+        assert_eq!(models(Some("full")).await.0, 503);
+        assert_eq!(models(Some("reader")).await.0, 503);
+        let delete = call_with(
+            &router,
+            "DELETE",
+            "/v1/knowledge_bases/x",
+            vec![],
+            Some("reader"),
+        );
+        assert_eq!(delete.await.0, 403);
+        let metrics = |key| call_with(&router, "GET", "/metrics", Vec::new(), key);
+        assert_eq!(metrics(None).await.0, 401);
+        assert_eq!(metrics(Some("reader")).await.0, 200);
+        assert_eq!(call(&router, "GET", "/", Vec::new()).await.0, 200);
+        assert_ne!(call(&router, "GET", "/healthz", Vec::new()).await.0, 401);
+    }
+
     #[tokio::test]
     async fn http_calls_share_the_limits_and_fail_as_openai_errors() {
         let limit = ConcurrencyLimitLayer::new(1);
@@ -469,6 +534,7 @@ mod tests {
         let router = router(
             HttpState::new(Ready::new("orchestrator"), ready),
             Limits::shared(&limit, 1024),
+            None,
         );
         // Still loading: 503, as the gRPC side's UNAVAILABLE.
         let (status, body) = call(&router, "GET", "/v1/models", Vec::new()).await;
