@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tonic::transport::Channel;
 use zhiku_e2e::pipeline::{ask_request, ask_with};
-use zhiku_e2e::{ServiceProcess, binary, free_addr, models_dir, wait_serving};
+use zhiku_e2e::{ZhikuServe, binary, models_dir, wait_serving};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
@@ -128,30 +128,13 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
     let data = tempfile::tempdir().unwrap();
     let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
     let e5 = e5_dir();
-    let (orchestrator, embedder, retriever, generator) =
-        (free_addr(), free_addr(), free_addr(), free_addr());
-    let serve = ServiceProcess::spawn(
-        "zhiku",
-        orchestrator,
-        &[
-            "serve",
-            "--embedding-model",
-            e5.to_str().unwrap(),
-            "--chat-model",
-            smollm.to_str().unwrap(),
-            "--gguf-file",
-            "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--orchestrator-listen",
-            &orchestrator.to_string(),
-            "--embedder-listen",
-            &embedder.to_string(),
-            "--retriever-listen",
-            &retriever.to_string(),
-            "--generator-listen",
-            &generator.to_string(),
-        ],
+    let ZhikuServe {
+        serve, generator, ..
+    } = ZhikuServe::spawn_with_env(
+        &e5,
+        &smollm,
+        data.path(),
+        &["--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf"],
         &[("ZHIKU_LOG", "info,tower_http=debug")],
     );
     wait_serving(&serve, "zhiku.v1.Orchestrator", STARTUP).await;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use zhiku_e2e::{ServiceProcess, binary, free_addr, grpcurl, minilm_dir, models_dir};
+use zhiku_e2e::{ZhikuServe, binary, free_addr, grpcurl, minilm_dir, models_dir};
 
 const STARTUP: Duration = Duration::from_secs(180);
 const FULL_KEY: &str = "full-key-for-the-test";
@@ -126,34 +126,17 @@ fn keys_tls_and_metrics_through_zhiku_serve() {
     let data = dir.path().join("data");
     let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
     let minilm = minilm_dir();
-    let (orchestrator, embedder, retriever, generator, metrics) = (
-        free_addr(),
-        free_addr(),
-        free_addr(),
-        free_addr(),
-        free_addr(),
-    );
-    let serve = ServiceProcess::spawn(
-        "zhiku",
-        orchestrator,
+    let metrics = free_addr();
+    let metrics_arg = metrics.to_string();
+    let ZhikuServe {
+        serve, embedder, ..
+    } = ZhikuServe::spawn(
+        &minilm,
+        &qwen,
+        &data,
         &[
-            "serve",
-            "--embedding-model",
-            minilm.to_str().unwrap(),
-            "--chat-model",
-            qwen.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--orchestrator-listen",
-            &orchestrator.to_string(),
-            "--embedder-listen",
-            &embedder.to_string(),
-            "--retriever-listen",
-            &retriever.to_string(),
-            "--generator-listen",
-            &generator.to_string(),
             "--metrics-listen",
-            &metrics.to_string(),
+            &metrics_arg,
             "--tls-cert",
             &cert,
             "--tls-key",
@@ -163,8 +146,8 @@ fn keys_tls_and_metrics_through_zhiku_serve() {
             "--read-only-api-key",
             READ_ONLY_KEY,
         ],
-        &[],
     );
+    let orchestrator = serve.addr;
     let addr = format!("https://localhost:{}", orchestrator.port());
     let cli = |key: &str, args: &[&str]| {
         let mut all = vec!["--addr", addr.as_str(), "--ca-cert", ca.as_str()];

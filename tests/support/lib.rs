@@ -191,6 +191,17 @@ pub struct ZhikuServe {
 impl ZhikuServe {
     /// Runs `zhiku serve` with these models and data directory, and `extra` flags.
     pub fn spawn(embedding: &Path, chat: &Path, data: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with_env(embedding, chat, data, extra, &[])
+    }
+
+    /// As [`ZhikuServe::spawn`], with environment variables for the process.
+    pub fn spawn_with_env(
+        embedding: &Path,
+        chat: &Path,
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let (orchestrator, embedder, retriever, generator) =
             (free_addr(), free_addr(), free_addr(), free_addr());
         let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
@@ -218,7 +229,7 @@ impl ZhikuServe {
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self {
-            serve: ServiceProcess::spawn("zhiku", orchestrator, &args, &[]),
+            serve: ServiceProcess::spawn("zhiku", orchestrator, &args, env),
             embedder,
             retriever,
             generator,
