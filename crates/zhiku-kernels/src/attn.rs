@@ -172,7 +172,9 @@ pub struct AttnBatch<'a> {
 const MIN_CHUNK: usize = 64;
 
 thread_local! {
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per worker: the scores of one job, and its group's maxima and sums.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// out [rows, heads, d]: every row of the batch attends to its own tokens. Work is split
@@ -279,7 +281,7 @@ pub fn attend_batch_with(
             col: g * d,
             scale: b.scale,
         };
-        SCORES.with_borrow_mut(|scores| match slot {
+        SCRATCH.with_borrow_mut(|(scores, ml)| match slot {
             None => {
                 // SAFETY: row r's group g occupies out[(r·heads + g·group)·d ..][..group·d],
                 // written by this job only; `out` outlives the parallel section.
@@ -289,16 +291,10 @@ pub fn attend_batch_with(
                         group * d,
                     )
                 };
-                let mut ms = [0f32; 64];
-                let mut ls = [0f32; 64];
-                if group <= 64 {
-                    partial(path, &hg, scores, o, &mut ms[..group], &mut ls[..group]);
-                    normalize(o, d, &ls[..group]);
-                } else {
-                    let (mut m, mut l) = (vec![0f32; group], vec![0f32; group]);
-                    partial(path, &hg, scores, o, &mut m, &mut l);
-                    normalize(o, d, &l);
-                }
+                ml.resize(2 * group, 0.0);
+                let (m, l) = ml.split_at_mut(group);
+                partial(path, &hg, scores, o, m, l);
+                normalize(o, d, l);
             }
             Some(s) => {
                 // SAFETY: partial slot s is partials[s·stride ..][..stride], written by
