@@ -387,7 +387,7 @@ fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{HeadGroup, KvRows};
@@ -401,6 +401,27 @@ mod x86 {
                 KvRows::F32(s) => _mm256_loadu_ps(s.as_ptr().add(at)),
                 KvRows::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(at).cast())),
             }
+        }
+    }
+
+    /// Tokens ahead whose rows are prefetched: a paged cache scatters rows over blocks
+    /// (a new page every block), so the hardware prefetcher cannot run ahead of the loop,
+    /// and each first touch of a row would otherwise wait for memory.
+    const AHEAD: usize = 8;
+
+    /// Asks for the `d` elements at `at` (one cache row) to be brought into L1.
+    #[inline(always)]
+    unsafe fn prefetch(rows: KvRows<'_>, at: usize, d: usize) {
+        let (p, bytes) = match rows {
+            KvRows::F32(s) => (s.as_ptr().wrapping_add(at).cast::<i8>(), 4 * d),
+            KvRows::F16(s) => (s.as_ptr().wrapping_add(at).cast::<i8>(), 2 * d),
+        };
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch is a hint and never faults; the address is only computed
+            // (wrapping), not dereferenced.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
         }
     }
 
@@ -418,7 +439,7 @@ mod x86 {
     /// exp of 8 lanes (Cephes' polynomial on x − n·ln 2, times 2^n): relative error a few
     /// parts in 10^7 over the range softmax needs (x ≤ 0); lanes below −87.3 give 2^−126.
     #[inline(always)]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
         // SAFETY: register-only arithmetic; AVX2 and FMA are enabled by the caller.
         unsafe {
             let x = _mm256_min_ps(
@@ -499,8 +520,23 @@ mod x86 {
         let (d, n) = (g.d, g.rows.len());
         let full = d / 8 * 8;
         let q = g.q.as_ptr();
+        for &row in g.rows.iter().take(AHEAD) {
+            // SAFETY: hints only.
+            unsafe {
+                prefetch(g.keys, row + g.col, d);
+                prefetch(g.values, row + g.col, d);
+            }
+        }
         for (j, &row) in g.rows.iter().enumerate() {
             let at = row + g.col;
+            if let Some(&next) = g.rows.get(j + AHEAD) {
+                // SAFETY: hints only. The values are fetched here too: the weighted sum
+                // reads them right after, and they would miss as the keys do.
+                unsafe {
+                    prefetch(g.keys, next + g.col, d);
+                    prefetch(g.values, next + g.col, d);
+                }
+            }
             for h in 0..g.heads {
                 // SAFETY: qh + c + 8 <= heads·d for c < full; at + c + 8 <= the cache
                 // (caller); the tail reads stay below d.

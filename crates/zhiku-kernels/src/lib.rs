@@ -34,6 +34,7 @@ mod pool;
 #[doc(hidden)]
 pub mod quantize;
 mod scalar;
+mod swiglu;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -43,6 +44,9 @@ pub use attn::{AttnBatch, HeadGroup, KvRows, attend, attend_batch};
 #[doc(hidden)]
 pub use attn::{attend_batch_with, attend_with};
 pub use pool::{default_threads, set_threads, threads};
+pub use swiglu::silu_mul;
+#[doc(hidden)]
+pub use swiglu::silu_mul_with;
 
 use act::{Acts, RowOut};
 use layout::{Canon, R, canon_row_f32, canon_to_gb, gb_to_canon, ggml_to_canon, regions};
@@ -250,7 +254,7 @@ impl OutPtr {
     }
 }
 // SAFETY: workers write disjoint elements (distinct rows × groups) and the caller's
-// `&mut [f32]` outlives the parallel section.
+// output outlives the parallel section.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
@@ -341,6 +345,39 @@ impl QuantMatrix {
         m: usize,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
+        self.check(path, x, m, Some(y.len()))?;
+        // SAFETY: y has m·n elements (checked).
+        unsafe { self.matmul_raw(path, x, m, y.as_mut_ptr()) };
+        Ok(())
+    }
+
+    /// y[m, n] = x[m, k] · Wᵀ into a new vector. Every element is written by the kernels,
+    /// so the output is not zeroed first (for the lm_head of a batch, that is megabytes per
+    /// step).
+    pub fn matmul_vec(&self, x: &[f32], m: usize) -> Result<Vec<f32>, KernelError> {
+        let path = best_path();
+        self.check(path, x, m, None)?;
+        let len = m * self.n;
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        // SAFETY: the vector holds room for m·n elements; `matmul_raw` writes each of them
+        // (every row × group item of the kernels, or gemm without reading the
+        // destination), so all `len` are initialised before `set_len`.
+        unsafe {
+            self.matmul_raw(path, x, m, y.as_mut_ptr());
+            y.set_len(len);
+        }
+        Ok(y)
+    }
+
+    /// The checks of a matmul: the path, x's length, and y's if given (else m·n must not
+    /// overflow).
+    fn check(
+        &self,
+        path: SimdPath,
+        x: &[f32],
+        m: usize,
+        y_len: Option<usize>,
+    ) -> Result<(), KernelError> {
         if !path.supported() {
             return Err(KernelError::Unsupported(path));
         }
@@ -354,31 +391,43 @@ impl QuantMatrix {
             }),
         };
         len("activations x[m, k]", m.checked_mul(k), x.len())?;
-        len("output y[m, n]", m.checked_mul(n), y.len())?;
+        match y_len {
+            Some(got) => len("output y[m, n]", m.checked_mul(n), got),
+            None => m.checked_mul(n).map(|_| ()).ok_or(KernelError::Length {
+                what: "output y[m, n]",
+                expected: usize::MAX,
+                got: m,
+            }),
+        }
+    }
+
+    /// # Safety
+    /// `path` is supported, x has m·k elements and `y` is valid for writes of m·n.
+    unsafe fn matmul_raw(&self, path: SimdPath, x: &[f32], m: usize, y: *mut f32) {
         if m == 0 {
-            return Ok(());
+            return;
         }
         match &self.store {
-            Store::Float(w) => {
-                float_matmul(w, n, k, x, m, y);
-                Ok(())
-            }
+            // SAFETY: the caller's contract on y and x.
+            Store::Float(w) => unsafe { float_matmul(w, self.n, self.k, x, m, OutPtr(y)) },
             Store::Blocks { gb, nb } => {
-                let acts = quantize_acts(path, self.ty, x, m, k);
-                self.block_matmul(path, gb, *nb, &acts, m, y);
-                Ok(())
+                let acts = quantize_acts(path, self.ty, x, m, self.k);
+                // SAFETY: as above; `acts` has m rows of k.
+                unsafe { self.block_matmul(path, gb, *nb, &acts, m, OutPtr(y)) };
             }
         }
     }
 
-    fn block_matmul(
+    /// # Safety
+    /// `out` is valid for writes of m·n elements; `path` is supported.
+    unsafe fn block_matmul(
         &self,
         path: SimdPath,
         gb: &[u8],
         nb: usize,
         acts: &Acts,
         m: usize,
-        y: &mut [f32],
+        out: OutPtr,
     ) {
         let n = self.n;
         let ngroups = n.div_ceil(R);
@@ -397,7 +446,6 @@ impl QuantMatrix {
         };
         let per = ngroups.div_ceil(chunks);
         let chunks = ngroups.div_ceil(per);
-        let out = OutPtr(y.as_mut_ptr());
         let ty = self.ty;
         pool::parallel_for(mblocks * chunks, |item| {
             let (mb, ch) = (item / chunks, item % chunks);
@@ -565,7 +613,10 @@ fn quantize_acts(path: SimdPath, ty: QuantType, x: &[f32], m: usize, k: usize) -
 }
 
 /// y = x · Wᵀ in f32 through `gemm`.
-fn float_matmul(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) {
+///
+/// # Safety
+/// `y` is valid for writes of m·n elements.
+unsafe fn float_matmul(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: OutPtr) {
     let th = threads();
     let par = if th > 1 && m * n * k >= 1 << 20 {
         gemm::Parallelism::Rayon(th)
@@ -581,7 +632,7 @@ fn float_matmul(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32
                 m,
                 n,
                 k,
-                y.as_mut_ptr(),
+                y.get(),
                 1,
                 n as isize,
                 false,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::sync::mpsc;
-use zhiku_generator::engine::{EngineConfig, Event, GenerationEngine, Job};
+use zhiku_generator::engine::{EngineConfig, Event, GenerationEngine, Job, KvDtype};
 use zhiku_generator::models::load_model;
 use zhiku_generator::sampling::SamplingConfig;
 use zhiku_generator::template::{Message, Role};
@@ -63,6 +63,9 @@ struct Args {
     /// ids and thread count.
     #[arg(long, env = "ZHIKU_BENCH_PYTHON")]
     python: Option<PathBuf>,
+    /// Element type of the KV cache (the generator's default: f16).
+    #[arg(long, value_enum, default_value_t = KvDtype::F16)]
+    kv_cache_dtype: KvDtype,
     /// Skip sections: any of one,streams,prefix.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -294,16 +297,18 @@ fn run(args: &Args) -> Result<(), String> {
         kv_cache_tokens: (longest + args.decode_tokens + 32)
             .max(max_stream * (args.stream_prompt_tokens + args.decode_tokens + 32))
             .max(2 * (ask.len() + args.decode_tokens + 32)),
+        kv_dtype: args.kv_cache_dtype,
         prefix_cache: true,
         ..Default::default()
     };
     let (engine, shared) = GenerationEngine::start(loaded, config).map_err(|e| e.to_string())?;
     println!(
-        "model {} ({}, {}), {threads} threads, {} decoded per stream",
+        "model {} ({}, {}), {threads} threads, {} decoded per stream, {:?} KV cache",
         args.model.display(),
         info.architecture,
         info.dtype,
         args.decode_tokens,
+        args.kv_cache_dtype,
     );
 
     let after_load = memory_line("after loading", file_bytes);

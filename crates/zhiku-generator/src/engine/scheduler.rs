@@ -33,6 +33,7 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Tokens the KV cache holds, over all sequences.
     pub kv_cache_tokens: usize,
+    /// Element type of the CPU cache; the default is `generator --kv-cache-dtype`'s.
     pub kv_dtype: KvDtype,
     /// Prompt tokens prefilled per step.
     pub prefill_chunk: usize,
@@ -46,7 +47,7 @@ impl Default for EngineConfig {
             max_queued: 32,
             max_batch: 16,
             kv_cache_tokens: 16_384,
-            kv_dtype: KvDtype::F32,
+            kv_dtype: KvDtype::F16,
             prefill_chunk: 512,
             prefix_cache: true,
         }

@@ -167,11 +167,42 @@ impl Linear {
 /// x [rows, k] · Wᵀ on zhiku's kernels (activations quantized once for the whole batch).
 fn kernel_matmul(m: &QuantMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
     let (rows, _) = x.dims2()?;
-    let input = crate::models::attention::cpu_f32(x)?;
-    let mut out = vec![0f32; rows * m.rows()];
-    m.matmul(&input, rows, &mut out)
-        .map_err(candle_core::Error::wrap)?;
+    let run = |input: &[f32]| m.matmul_vec(input, rows).map_err(candle_core::Error::wrap);
+    let out = match with_cpu_f32(x, run) {
+        Some(out) => out?,
+        None => run(&crate::models::attention::cpu_f32(x)?)?,
+    };
     Tensor::from_vec(out, (rows, m.rows()), x.device())
+}
+
+/// `f` on the elements of a contiguous f32 CPU tensor, borrowed rather than copied out;
+/// None for any other tensor.
+pub fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+            let (start, end) = layout.contiguous_offsets()?;
+            v.get(start..end).map(f)
+        }
+        _ => None,
+    }
+}
+
+/// silu(g) · u: one pass on the kernels for f32 CPU tensors, candle's ops elsewhere.
+fn swiglu(g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
+    if g.shape() == u.shape() {
+        let fused = with_cpu_f32(g, |gs| {
+            with_cpu_f32(u, |us| {
+                let mut out = vec![0f32; gs.len()];
+                zhiku_kernels::silu_mul(gs, us, &mut out).map(|()| out)
+            })
+        });
+        if let Some(Some(out)) = fused {
+            let out = out.map_err(candle_core::Error::wrap)?;
+            return Tensor::from_vec(out, g.shape(), g.device());
+        }
+    }
+    candle_nn::ops::silu(g)? * u
 }
 
 /// RMSNorm or LayerNorm over the last dimension.
@@ -316,16 +347,16 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor, adapters: &Adapters) -> candle_core::Result<Tensor> {
         match self {
             Mlp::SwiGlu { gate, up, down } => {
-                let g = candle_nn::ops::silu(&gate.forward(x, adapters)?)?;
+                let g = gate.forward(x, adapters)?;
                 let u = up.forward(x, adapters)?;
-                down.forward(&(g * u)?, adapters)
+                down.forward(&swiglu(&g, &u)?, adapters)
             }
             Mlp::SwiGluFused { gate_up, down } => {
                 let w = gate_up.forward(x, adapters)?;
                 let half = w.dim(D::Minus1)? / 2;
-                let g = candle_nn::ops::silu(&w.narrow(D::Minus1, 0, half)?.contiguous()?)?;
-                let u = w.narrow(D::Minus1, half, half)?;
-                down.forward(&(g * u)?, adapters)
+                let g = w.narrow(D::Minus1, 0, half)?.contiguous()?;
+                let u = w.narrow(D::Minus1, half, half)?.contiguous()?;
+                down.forward(&swiglu(&g, &u)?, adapters)
             }
             Mlp::Gelu { up, down } => {
                 let h = up.forward(x, adapters)?.gelu_erf()?;
