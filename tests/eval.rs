@@ -177,6 +177,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     score_threshold: Some(-1.0),
                     mode: SearchMode::Hybrid as i32,
                     context_tokens: None,
+                    rerank: None,
                 },
                 // No passage is that similar: every case is refused without generating.
                 EvalSetting {
@@ -184,6 +185,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     score_threshold: Some(0.999),
                     mode: SearchMode::Dense as i32,
                     context_tokens: None,
+                    rerank: None,
                 },
             ],
             sampling: Some(SamplingParams {

@@ -321,7 +321,7 @@ fn keys_tls_and_metrics_through_zhiku_serve() {
         "{body}"
     );
     assert!(histogram_count(&parsed, "zhiku_request_duration_seconds", "method", ask) >= 3.0);
-    for stage in ["embed", "search", "rerank", "prefill", "decode"] {
+    for stage in ["embed", "search", "fuse", "prefill", "decode"] {
         assert!(
             histogram_count(&parsed, "zhiku_stage_duration_seconds", "stage", stage) >= 1.0,
             "no {stage} latency\n{body}"

@@ -1,5 +1,6 @@
 //! Dynamic batching across concurrent requests, by a token budget (as TEI's
-//! `--max-batch-tokens`).
+//! `--max-batch-tokens`), for the sentence encoder (texts) and the cross-encoder (pairs)
+//! alike: each model has its own batcher and worker thread.
 //!
 //! Every text of every request becomes one work item in a FIFO queue. One worker thread
 //! takes items in arrival order while their tokens (packed, no padding) stay within the
@@ -35,9 +36,38 @@ impl Default for BatchingConfig {
     }
 }
 
+/// A model that runs a batch of inputs in one forward pass, one output per input.
+pub trait BatchBackend: Send + Sync + 'static {
+    type Input: Send + 'static;
+    type Output: Send + 'static;
+    /// The `zhiku_stage_duration_seconds` stage a forward pass is recorded under.
+    const STAGE: &'static str;
+    /// The `zhiku_queue_depth` queue of the inputs waiting.
+    const QUEUE: &'static str;
+    /// Tokens `input` takes in a packed batch.
+    fn tokens(input: &Self::Input) -> usize;
+    fn run_batch(&self, batch: &[&Self::Input]) -> Result<Vec<Self::Output>, EmbedderError>;
+}
+
 /// Anything that embeds a batch of token sequences; the candle encoder in production.
 pub trait EmbeddingBackend: Send + Sync + 'static {
     fn embed_batch(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedderError>;
+}
+
+impl<T: EmbeddingBackend> BatchBackend for T {
+    type Input = Vec<u32>;
+    type Output = Vec<f32>;
+    const STAGE: &'static str = zhiku_runtime::metrics::stage::EMBED;
+    const QUEUE: &'static str = "embedder_texts";
+
+    fn tokens(input: &Vec<u32>) -> usize {
+        input.len()
+    }
+
+    fn run_batch(&self, batch: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        let inputs: Vec<&[u32]> = batch.iter().map(|ids| ids.as_slice()).collect();
+        self.embed_batch(&inputs)
+    }
 }
 
 impl EmbeddingBackend for SentenceEncoder {
@@ -46,9 +76,11 @@ impl EmbeddingBackend for SentenceEncoder {
     }
 }
 
-struct WorkItem {
-    ids: Vec<u32>,
-    reply: oneshot::Sender<Result<Vec<f32>, String>>,
+struct WorkItem<I, O> {
+    input: I,
+    /// Tokens of `input`, counted once when it is queued.
+    tokens: usize,
+    reply: oneshot::Sender<Result<O, String>>,
 }
 
 /// Counters for tests and Info.
@@ -59,16 +91,32 @@ pub struct BatchStats {
     pub largest_batch: AtomicUsize,
 }
 
-pub struct EmbeddingBatcher {
-    queue: mpsc::UnboundedSender<WorkItem>,
+/// A batcher of inputs `I` (token ids, or pairs) answered with outputs `O`.
+pub struct Batcher<I, O> {
+    queue: mpsc::UnboundedSender<WorkItem<I, O>>,
     queued: Arc<AtomicUsize>,
     config: BatchingConfig,
     stats: Arc<BatchStats>,
+    tokens: fn(&I) -> usize,
+    queue_name: &'static str,
 }
 
+/// The sentence encoder's batcher: token ids in, vectors out.
+pub type EmbeddingBatcher = Batcher<Vec<u32>, Vec<f32>>;
+
 impl EmbeddingBatcher {
+    /// Embeds token sequences (each non-empty, within the model's window), in order.
+    pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EmbedderError> {
+        self.run(inputs).await
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the worker thread. It ends when the batcher is dropped.
-    pub fn start<B: EmbeddingBackend>(backend: Arc<B>, config: BatchingConfig) -> Self {
+    pub fn start<B: BatchBackend<Input = I, Output = O>>(
+        backend: Arc<B>,
+        config: BatchingConfig,
+    ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(BatchStats::default());
@@ -80,7 +128,7 @@ impl EmbeddingBatcher {
             budget: config.max_batch_tokens.max(1),
         };
         std::thread::Builder::new()
-            .name("zhiku-embed-batcher".into())
+            .name(format!("zhiku-{}", B::QUEUE))
             .spawn(move || worker.run())
             .expect("spawning the batcher thread");
         Self {
@@ -88,6 +136,8 @@ impl EmbeddingBatcher {
             queued,
             config,
             stats,
+            tokens: B::tokens,
+            queue_name: B::QUEUE,
         }
     }
 
@@ -104,8 +154,9 @@ impl EmbeddingBatcher {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Embeds token sequences (each non-empty, within the model's window), in order.
-    pub async fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EmbedderError> {
+    /// Runs `inputs` (each non-empty, within the model's window) in batches shared with
+    /// other requests; the outputs in order.
+    pub async fn run(&self, inputs: Vec<I>) -> Result<Vec<O>, EmbedderError> {
         let n = inputs.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -130,11 +181,17 @@ impl EmbeddingBatcher {
                 Err(actual) => current = actual,
             }
         }
-        publish_queue(current + n);
+        publish_queue(self.queue_name, current + n);
         let mut replies = Vec::with_capacity(n);
-        for ids in inputs {
+        for input in inputs {
             let (reply, rx) = oneshot::channel();
-            if self.queue.send(WorkItem { ids, reply }).is_err() {
+            let tokens = (self.tokens)(&input);
+            let item = WorkItem {
+                input,
+                tokens,
+                reply,
+            };
+            if self.queue.send(item).is_err() {
                 self.queued.fetch_sub(n - replies.len(), Ordering::AcqRel);
                 return Err(EmbedderError::ShuttingDown);
             }
@@ -152,22 +209,22 @@ impl EmbeddingBatcher {
     }
 }
 
-/// Publishes `zhiku_queue_depth{queue="embedder_texts"}`.
-fn publish_queue(depth: usize) {
-    zhiku_runtime::metrics::metrics().set_queue("embedder_texts", depth);
+/// Publishes `zhiku_queue_depth{queue}` (`embedder_texts`, `reranker_pairs`).
+fn publish_queue(queue: &str, depth: usize) {
+    zhiku_runtime::metrics::metrics().set_queue(queue, depth);
 }
 
-struct Worker<B> {
+struct Worker<B: BatchBackend> {
     backend: Arc<B>,
-    rx: mpsc::UnboundedReceiver<WorkItem>,
+    rx: mpsc::UnboundedReceiver<WorkItem<B::Input, B::Output>>,
     queued: Arc<AtomicUsize>,
     stats: Arc<BatchStats>,
     budget: usize,
 }
 
-impl<B: EmbeddingBackend> Worker<B> {
+impl<B: BatchBackend> Worker<B> {
     fn run(mut self) {
-        let mut pending: VecDeque<WorkItem> = VecDeque::new();
+        let mut pending: VecDeque<WorkItem<B::Input, B::Output>> = VecDeque::new();
         loop {
             if pending.is_empty() {
                 match self.rx.blocking_recv() {
@@ -196,29 +253,27 @@ impl<B: EmbeddingBackend> Worker<B> {
                 .fetch_max(batch.len(), Ordering::Relaxed);
 
             let metrics = zhiku_runtime::metrics::metrics();
-            publish_queue(self.queued.load(Ordering::Acquire));
-            metrics.embed_batch_texts.observe(batch.len() as f64);
-            let tokens: usize = batch.iter().map(|item| item.ids.len()).sum();
-            metrics.embed_batch_tokens.observe(tokens as f64);
+            publish_queue(B::QUEUE, self.queued.load(Ordering::Acquire));
+            if B::STAGE == zhiku_runtime::metrics::stage::EMBED {
+                metrics.embed_batch_texts.observe(batch.len() as f64);
+                let tokens: usize = batch.iter().map(|item| item.tokens).sum();
+                metrics.embed_batch_tokens.observe(tokens as f64);
+            }
             let started = std::time::Instant::now();
 
-            let inputs: Vec<&[u32]> = batch.iter().map(|item| item.ids.as_slice()).collect();
+            let inputs: Vec<&B::Input> = batch.iter().map(|item| &item.input).collect();
             let backend = &self.backend;
             // A panic inside the model must fail this batch, not kill the server's only worker.
-            let result =
-                std::panic::catch_unwind(AssertUnwindSafe(|| backend.embed_batch(&inputs)))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
-                        Err(EmbedderError::Inference(format!("model panicked: {what}")))
-                    });
-            metrics.stage(
-                zhiku_runtime::metrics::stage::EMBED,
-                started.elapsed().as_secs_f64(),
-            );
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| backend.run_batch(&inputs)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(EmbedderError::Inference(format!("model panicked: {what}")))
+                });
+            metrics.stage(B::STAGE, started.elapsed().as_secs_f64());
             match result {
                 Ok(vectors) if vectors.len() == batch.len() => {
                     for (item, vector) in batch.into_iter().zip(vectors) {
@@ -227,7 +282,7 @@ impl<B: EmbeddingBackend> Worker<B> {
                 }
                 Ok(vectors) => {
                     let message = format!(
-                        "model returned {} vectors for {} texts",
+                        "model returned {} outputs for {} inputs",
                         vectors.len(),
                         batch.len()
                     );
@@ -250,11 +305,11 @@ impl<B: EmbeddingBackend> Worker<B> {
 /// Takes items in FIFO order while their tokens stay within `budget` (the encoder packs
 /// sequences, so there is no padding to count); always at least one item, so a text longer
 /// than the budget still runs (alone).
-fn take_batch(pending: &mut VecDeque<WorkItem>, budget: usize) -> Vec<WorkItem> {
+fn take_batch<I, O>(pending: &mut VecDeque<WorkItem<I, O>>, budget: usize) -> Vec<WorkItem<I, O>> {
     let mut batch = Vec::new();
     let mut tokens = 0;
     while let Some(front) = pending.front() {
-        let len = front.ids.len().max(1);
+        let len = front.tokens.max(1);
         if !batch.is_empty() && tokens + len > budget {
             break;
         }
@@ -302,23 +357,24 @@ mod tests {
 
     #[test]
     fn take_batch_respects_budget_and_order() {
-        let mut pending: VecDeque<WorkItem> = [3usize, 5, 2, 10, 1]
+        let mut pending: VecDeque<WorkItem<Vec<u32>, Vec<f32>>> = [3usize, 5, 2, 10, 1]
             .into_iter()
             .map(|len| WorkItem {
-                ids: vec![1; len],
+                input: vec![1; len],
+                tokens: len,
                 reply: oneshot::channel().0,
             })
             .collect();
         // 3, 3 + 5 = 8, 8 + 2 = 10, then 10 + 10 = 20 > 12: stop.
         let batch = take_batch(&mut pending, 12);
         assert_eq!(
-            batch.iter().map(|i| i.ids.len()).collect::<Vec<_>>(),
+            batch.iter().map(|i| i.input.len()).collect::<Vec<_>>(),
             vec![3, 5, 2]
         );
         // An item larger than the budget still goes, alone.
         let batch = take_batch(&mut pending, 1);
         assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].ids.len(), 10);
+        assert_eq!(batch[0].input.len(), 10);
         assert_eq!(pending.len(), 1);
     }
 

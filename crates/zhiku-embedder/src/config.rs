@@ -70,6 +70,19 @@ pub struct EmbedderArgs {
     /// Most texts waiting for a batch; past it requests get RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "ZHIKU_EMBEDDER_MAX_QUEUED_TEXTS", default_value_t = 4_096)]
     pub max_queued_texts: usize,
+
+    /// A cross-encoder for the Rerank call (bge-reranker-base, bge-reranker-v2-m3,
+    /// bce-reranker-base_v1, or any BertForSequenceClassification with one label): a
+    /// directory or a hub id, loaded as --model is, with the same --dtype and --device.
+    /// Unset: Rerank answers FAILED_PRECONDITION.
+    #[arg(long, env = "ZHIKU_RERANKER_MODEL")]
+    pub reranker_model: Option<String>,
+
+    /// Lower the reranker's longest (query, passage) pair in tokens (default: its position
+    /// limit, 512 for bge-reranker-base); longer pairs are truncated. Cross-encoder time
+    /// grows with it.
+    #[arg(long, env = "ZHIKU_RERANKER_MAX_INPUT_TOKENS")]
+    pub reranker_max_input_tokens: Option<usize>,
 }
 
 impl EmbedderArgs {
@@ -87,6 +100,8 @@ impl EmbedderArgs {
             max_batch_tokens: 16_384,
             max_client_batch_size: 256,
             max_queued_texts: 4_096,
+            reranker_model: None,
+            reranker_max_input_tokens: None,
         }
     }
 
@@ -101,6 +116,22 @@ impl EmbedderArgs {
             passage_prefix: self.passage_prefix.clone(),
             max_input_tokens: self.max_input_tokens,
         }
+    }
+
+    /// How to load the reranker, when one is set.
+    pub fn reranker_options(&self) -> Option<ModelOptions> {
+        let model = self
+            .reranker_model
+            .as_ref()
+            .filter(|m| !m.trim().is_empty())?;
+        Some(ModelOptions {
+            model: model.clone(),
+            max_input_tokens: self.reranker_max_input_tokens,
+            pooling: None,
+            query_prefix: None,
+            passage_prefix: None,
+            ..self.model_options()
+        })
     }
 
     pub fn batching(&self) -> BatchingConfig {

@@ -60,8 +60,10 @@ pub enum Positions {
 struct Embeddings {
     word: Embedding,
     position: Embedding,
-    /// Row 0 of the token-type table: every input is one segment, so one row serves all.
+    /// Row 0 of the token-type table: a sentence is one segment, so one row serves all.
     token_type: Tensor,
+    /// The whole table, for pairs (a cross-encoder's second segment is type 1 in BERT).
+    token_types: Embedding,
     norm: LayerNorm,
 }
 
@@ -365,6 +367,9 @@ impl Layer {
     }
 }
 
+/// Token ids, their types (pairs only) and the sequence lengths, in the order attention runs.
+type Sorted<'a> = (Cow<'a, [u32]>, Option<Cow<'a, [u32]>>, Cow<'a, [usize]>);
+
 /// A BERT-family encoder: token ids in, one hidden state per token out.
 pub struct TransformerEncoder {
     embeddings: Embeddings,
@@ -391,6 +396,11 @@ impl TransformerEncoder {
             .map(|p| vb.pp(p))
             .unwrap_or(vb);
         let e = vb.pp("embeddings");
+        let token_types = embedding(
+            cfg.type_vocab_size,
+            cfg.hidden_size,
+            e.pp("token_type_embeddings"),
+        )?;
         let embeddings = Embeddings {
             word: embedding(cfg.vocab_size, cfg.hidden_size, e.pp("word_embeddings"))?,
             position: embedding(
@@ -398,13 +408,8 @@ impl TransformerEncoder {
                 cfg.hidden_size,
                 e.pp("position_embeddings"),
             )?,
-            token_type: embedding(
-                cfg.type_vocab_size,
-                cfg.hidden_size,
-                e.pp("token_type_embeddings"),
-            )?
-            .embeddings()
-            .get(0)?,
+            token_type: token_types.embeddings().get(0)?,
+            token_types,
             norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, e.pp("LayerNorm"))?,
         };
         let layers = (0..cfg.num_hidden_layers)
@@ -454,6 +459,35 @@ impl TransformerEncoder {
         lengths: &[usize],
         mode: AttentionMode,
     ) -> Result<Tensor> {
+        self.forward_segments(ids, None, lengths, mode)
+    }
+
+    /// [`Self::forward_packed`] for pairs: `type_ids[i]` is the segment (token type) of
+    /// `ids[i]`, as the tokenizer's pair template gives it.
+    pub fn forward_packed_pairs(
+        &self,
+        ids: &[u32],
+        type_ids: &[u32],
+        lengths: &[usize],
+    ) -> Result<Tensor> {
+        if type_ids.len() != ids.len() {
+            candle_core::bail!("{} type ids for {} tokens", type_ids.len(), ids.len());
+        }
+        self.forward_segments(
+            ids,
+            Some(type_ids),
+            lengths,
+            AttentionMode::for_device(&self.device),
+        )
+    }
+
+    fn forward_segments(
+        &self,
+        ids: &[u32],
+        type_ids: Option<&[u32]>,
+        lengths: &[usize],
+        mode: AttentionMode,
+    ) -> Result<Tensor> {
         let total: usize = lengths.iter().sum();
         if lengths.is_empty() || total != ids.len() || lengths.contains(&0) {
             candle_core::bail!(
@@ -475,7 +509,7 @@ impl TransformerEncoder {
         }
         let sorted = order.iter().enumerate().any(|(at, &i)| at != i);
         let caller_lengths = lengths;
-        let (ids, lengths): (Cow<[u32]>, Cow<[usize]>) = if sorted {
+        let (ids, type_ids, lengths): Sorted = if sorted {
             let offsets: Vec<usize> = lengths
                 .iter()
                 .scan(0, |at, &n| {
@@ -484,14 +518,20 @@ impl TransformerEncoder {
                     Some(start)
                 })
                 .collect();
-            let ids = order
-                .iter()
-                .flat_map(|&i| &ids[offsets[i]..offsets[i] + lengths[i]])
-                .copied()
-                .collect();
-            (ids, order.iter().map(|&i| lengths[i]).collect())
+            let reorder = |values: &[u32]| -> Vec<u32> {
+                order
+                    .iter()
+                    .flat_map(|&i| &values[offsets[i]..offsets[i] + lengths[i]])
+                    .copied()
+                    .collect()
+            };
+            (
+                reorder(ids).into(),
+                type_ids.map(|t| reorder(t).into()),
+                order.iter().map(|&i| lengths[i]).collect(),
+            )
         } else {
-            (ids.into(), lengths.into())
+            (ids.into(), type_ids.map(Cow::from), lengths.into())
         };
         let lengths: &[usize] = &lengths;
 
@@ -506,8 +546,14 @@ impl TransformerEncoder {
         let input_ids = Tensor::from_slice(&ids, total, &self.device)?;
 
         let e = &self.embeddings;
-        let xs = (e.word.forward(&input_ids)? + e.position.forward(&positions)?)?
-            .broadcast_add(&e.token_type)?;
+        let xs = (e.word.forward(&input_ids)? + e.position.forward(&positions)?)?;
+        let xs = match &type_ids {
+            Some(types) => {
+                let types = Tensor::from_slice(types, total, &self.device)?;
+                (xs + e.token_types.forward(&types)?)?
+            }
+            None => xs.broadcast_add(&e.token_type)?,
+        };
         let mut xs = e.norm.forward(&xs)?;
         let plan = AttentionPlan::new(
             lengths,

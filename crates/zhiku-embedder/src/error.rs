@@ -25,6 +25,11 @@ pub enum EmbedderError {
     Inference(String),
     #[error("the embedder is shutting down")]
     ShuttingDown,
+    #[error(
+        "this embedder has no reranker: start it with --reranker-model DIR_OR_HUB_ID \
+         (ZHIKU_RERANKER_MODEL), e.g. BAAI/bge-reranker-base"
+    )]
+    NoReranker,
 }
 
 impl From<candle_core::Error> for EmbedderError {
@@ -40,7 +45,8 @@ impl ServiceError for EmbedderError {
             EmbedderError::Overloaded { .. } => ErrorKind::ResourceExhausted,
             EmbedderError::UnsupportedModel(_)
             | EmbedderError::Load(_)
-            | EmbedderError::ModelSource(_) => ErrorKind::FailedPrecondition,
+            | EmbedderError::ModelSource(_)
+            | EmbedderError::NoReranker => ErrorKind::FailedPrecondition,
             EmbedderError::Tokenizer(_) | EmbedderError::Inference(_) => ErrorKind::Internal,
             EmbedderError::ShuttingDown => ErrorKind::Unavailable,
         }

@@ -3,8 +3,11 @@
 //! - [`model::SentenceEncoder`]: loads `bert` / `xlm-roberta` checkpoints (local directory or
 //!   hub), pools (mean / CLS) and L2-normalises;
 //! - [`tokenizer::TextTokenizer`]: prefixes (query / passage) and truncation that is reported;
-//! - [`batcher::EmbeddingBatcher`]: dynamic batching across concurrent requests by a token
-//!   budget, with a bounded queue;
+//! - [`reranker::CrossEncoder`]: a cross-encoder (bge-reranker, bce-reranker) for Rerank,
+//!   loaded the same way, with `--reranker-model`;
+//! - [`batcher::Batcher`]: dynamic batching across concurrent requests by a token
+//!   budget, with a bounded queue (one for texts, one for reranked pairs);
+//! - [`testing`]: tiny checkpoints in the real file formats, for tests;
 //! - [`api::EmbedderApi`]: the `zhiku.v1.Embedder` handlers;
 //! - [`serve`]: everything wired onto the shared runtime (used by the binary and by
 //!   `zhiku serve`).
@@ -16,6 +19,8 @@ pub mod encoder;
 pub mod error;
 pub mod kernels;
 pub mod model;
+pub mod reranker;
+pub mod testing;
 pub mod tokenizer;
 
 use std::future::Future;
@@ -27,16 +32,25 @@ use zhiku_proto::v1::embedder_server::EmbedderServer;
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{Loader, RuntimeError, serve_service};
 
-pub use batcher::{BatchingConfig, EmbeddingBatcher};
+pub use batcher::{Batcher, BatchingConfig, EmbeddingBatcher};
 pub use config::EmbedderArgs;
 pub use error::EmbedderError;
 pub use model::{ModelOptions, SentenceEncoder};
+pub use reranker::CrossEncoder;
 
 /// A loaded model and its batcher: what the handlers work with.
 pub struct EmbedderState {
     pub encoder: Arc<SentenceEncoder>,
     pub batcher: EmbeddingBatcher,
+    /// The cross-encoder and its batcher, with --reranker-model.
+    pub reranker: Option<RerankerState>,
     pub max_client_batch_size: usize,
+}
+
+/// A loaded cross-encoder and its own batcher (same token budget and queue bound as Embed's).
+pub struct RerankerState {
+    pub model: Arc<CrossEncoder>,
+    pub batcher: Batcher<tokenizer::PairInput, f32>,
 }
 
 impl EmbedderState {
@@ -56,9 +70,30 @@ impl EmbedderState {
             "model loaded"
         );
         let batcher = EmbeddingBatcher::start(encoder.clone(), args.batching());
+        let reranker = match args.reranker_options() {
+            Some(options) => {
+                let started = std::time::Instant::now();
+                let model = Arc::new(CrossEncoder::load(&options).map_err(|e| {
+                    EmbedderError::Load(format!("--reranker-model {}: {e}", options.model))
+                })?);
+                tracing::info!(
+                    reranker = %model.info.model_id,
+                    architecture = model.info.architecture,
+                    max_input_tokens = model.info.max_input_tokens,
+                    dtype = model.info.precision.as_str(),
+                    device = %model.info.device,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reranker loaded"
+                );
+                let batcher = Batcher::start(model.clone(), args.batching());
+                Some(RerankerState { model, batcher })
+            }
+            None => None,
+        };
         Ok(Self {
             encoder,
             batcher,
+            reranker,
             max_client_batch_size: args.max_client_batch_size.max(1),
         })
     }

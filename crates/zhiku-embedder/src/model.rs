@@ -139,9 +139,24 @@ fn default_prefixes(model_id: &str) -> (String, String) {
     }
 }
 
-impl SentenceEncoder {
-    /// Loads a model from a directory or the hub.
-    pub fn load(options: &ModelOptions) -> Result<Self, EmbedderError> {
+/// A BERT-family checkpoint opened from a directory or the hub: what sentence encoders and
+/// cross-encoders ([`crate::reranker::CrossEncoder`]) load the same way.
+pub(crate) struct Checkpoint {
+    pub source: ModelSource,
+    pub device_name: String,
+    pub model_type: String,
+    /// config.json's text, for the fields a model adds to [`EncoderConfig`].
+    pub config_text: String,
+    pub config: EncoderConfig,
+    /// model.safetensors, memory-mapped.
+    pub vb: VarBuilder<'static>,
+    pub encoder: TransformerEncoder,
+}
+
+impl Checkpoint {
+    /// Resolves `options.model`, reads config.json (model_type `bert` or `xlm-roberta`) and
+    /// loads the encoder's weights from model.safetensors.
+    pub(crate) fn open(options: &ModelOptions) -> Result<Self, EmbedderError> {
         let source = ModelSource::resolve(&options.model, options.models_dir.as_deref())?;
         let (device, device_name) =
             zhiku_models::parse_device(&options.device).map_err(EmbedderError::Load)?;
@@ -160,7 +175,8 @@ impl SentenceEncoder {
             other => {
                 return Err(EmbedderError::UnsupportedModel(format!(
                     "config.json model_type `{other}`; zhiku's embedder runs `bert` (MiniLM, \
-                     bge-*-zh, text2vec, m3e) and `xlm-roberta` (bge-m3, multilingual-e5)"
+                     bge-*-zh, text2vec, m3e) and `xlm-roberta` (bge-m3, multilingual-e5, \
+                     bge-reranker, bce-reranker)"
                 )));
             }
         };
@@ -170,15 +186,52 @@ impl SentenceEncoder {
                 config_path.display()
             ))
         })?;
-        let hidden_size = config.hidden_size;
 
         let weights = source.get("model.safetensors")?;
         // SAFETY: the file is memory-mapped read-only; zhiku never writes model files while
         // serving them.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, &device) }?;
-        let encoder = TransformerEncoder::load(vb, &config, positions)
+        let encoder = TransformerEncoder::load(vb.clone(), &config, positions)
             .map_err(|e| EmbedderError::Load(format!("{model_type} weights: {e}")))?;
-        let window = encoder.max_sequence_length();
+        Ok(Self {
+            source,
+            device_name,
+            model_type,
+            config_text,
+            config,
+            vb,
+            encoder,
+        })
+    }
+}
+
+/// The longest input: the encoder's `window`, lowered by each of `limits` that is set.
+pub(crate) fn input_limit(window: usize, limits: &[Option<usize>]) -> Result<usize, EmbedderError> {
+    let mut max_input_tokens = window;
+    for limit in limits.iter().flatten() {
+        max_input_tokens = max_input_tokens.min(*limit);
+    }
+    if max_input_tokens < 2 {
+        return Err(EmbedderError::Load(format!(
+            "max input tokens would be {max_input_tokens}; it must be at least 2"
+        )));
+    }
+    Ok(max_input_tokens)
+}
+
+impl SentenceEncoder {
+    /// Loads a model from a directory or the hub.
+    pub fn load(options: &ModelOptions) -> Result<Self, EmbedderError> {
+        let Checkpoint {
+            source,
+            device_name,
+            model_type,
+            config,
+            encoder,
+            ..
+        } = Checkpoint::open(options)?;
+        let hidden_size = config.hidden_size;
+        let checkpoint_window = encoder.max_sequence_length();
 
         let pooling = match options.pooling {
             Some(p) => p,
@@ -216,18 +269,8 @@ impl SentenceEncoder {
             .map(|p| read_json::<SentenceBertConfig>(&p))
             .transpose()?
             .and_then(|c| c.max_seq_length);
-        let mut max_input_tokens = window;
-        if let Some(limit) = st_limit {
-            max_input_tokens = max_input_tokens.min(limit);
-        }
-        if let Some(limit) = options.max_input_tokens {
-            max_input_tokens = max_input_tokens.min(limit);
-        }
-        if max_input_tokens < 2 {
-            return Err(EmbedderError::Load(format!(
-                "max input tokens would be {max_input_tokens}; it must be at least 2"
-            )));
-        }
+        let max_input_tokens =
+            input_limit(checkpoint_window, &[st_limit, options.max_input_tokens])?;
 
         let st_prompts = source
             .get_optional("config_sentence_transformers.json")

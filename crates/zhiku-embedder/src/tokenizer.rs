@@ -21,6 +21,16 @@ pub struct TokenizedInput {
     pub truncated: bool,
 }
 
+/// Token ids of a (query, passage) pair as the tokenizer's pair template joins them, with
+/// the segment (token type) of each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairInput {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// The pair was longer than the model's window and the longer side was cut.
+    pub truncated: bool,
+}
+
 /// One token with its place in the text, in Unicode characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSpan {
@@ -100,6 +110,20 @@ impl TextTokenizer {
         Ok(TokenizedInput {
             truncated: !encoding.get_overflowing().is_empty(),
             ids: encoding.get_ids().to_vec(),
+        })
+    }
+
+    /// Encodes `(first, second)` with the pair template (`[CLS] a [SEP] b [SEP]`, `<s> a
+    /// </s></s> b </s>`), truncated longest side first to the window; no prefixes.
+    pub fn encode_pair(&self, first: &str, second: &str) -> Result<PairInput, EmbedderError> {
+        let encoding = self
+            .inner
+            .encode((first, second), true)
+            .map_err(|e| EmbedderError::Tokenizer(e.to_string()))?;
+        Ok(PairInput {
+            truncated: !encoding.get_overflowing().is_empty(),
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
         })
     }
 

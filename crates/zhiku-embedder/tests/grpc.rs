@@ -1,4 +1,5 @@
-//! The embedder over real gRPC on loopback, with the real MiniLM model.
+//! The embedder over real gRPC on loopback, with the real MiniLM model (and Rerank with a
+//! tiny cross-encoder written by the test).
 
 mod common;
 
@@ -362,4 +363,122 @@ async fn the_concurrency_limit_refuses_but_health_still_answers() {
         busy > 0,
         "24 concurrent calls against a limit of 2: some must be refused"
     );
+}
+
+/// Rerank over gRPC with a tiny cross-encoder written by the test (see
+/// zhiku_embedder::testing::write_reranker: relevance grows with the share of "答案"):
+/// scores in input order, the order best first, pairs of concurrent calls batched with the
+/// same scores, and every bad request INVALID_ARGUMENT with what to fix. Without
+/// --reranker-model: FAILED_PRECONDITION naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rerank_scores_orders_batches_and_checks_its_input() {
+    use zhiku_embedder::testing;
+    use zhiku_proto::v1::RerankRequest;
+
+    let embedder_dir = tempfile::tempdir().unwrap();
+    testing::write_checkpoint(embedder_dir.path(), "bert", 0, 64).unwrap();
+    let reranker_dir = tempfile::tempdir().unwrap();
+    testing::write_reranker(reranker_dir.path(), "xlm-roberta", 40, "答案").unwrap();
+    let mut args = zhiku_embedder::EmbedderArgs::for_model(embedder_dir.path().to_string_lossy());
+    args.max_client_batch_size = 4;
+    let plain = TestServer::start(args.clone(), ServerArgs::default()).await;
+    args.reranker_model = Some(reranker_dir.path().to_string_lossy().into_owned());
+    let server = TestServer::start(args, ServerArgs::default()).await;
+    let mut client = server.client().await;
+
+    let info = client
+        .info(EmbedderInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        info.reranker_model
+            .ends_with(&*reranker_dir.path().to_string_lossy())
+    );
+    // 40 positions, less XLM-R's padding offset.
+    assert_eq!(info.reranker_max_input_tokens, 38);
+
+    let rerank = |query: &str, passages: &[&str]| RerankRequest {
+        query: query.into(),
+        passages: passages.iter().map(|p| p.to_string()).collect(),
+        reject_overlong: false,
+    };
+    let passages = ["hello world", "答案 答案", "知识 答案 库 问答"];
+    let response = client
+        .rerank(rerank("问题", &passages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.order, [1, 2, 0]);
+    assert_eq!(response.scores.len(), 3);
+    for (i, s) in response.scores.iter().enumerate() {
+        assert_eq!(s.index as usize, i);
+        assert!((s.score - 1.0 / (1.0 + (-s.logit).exp())).abs() < 1e-6);
+        assert!(!s.truncated);
+    }
+    assert_eq!(
+        response.total_tokens,
+        response.scores.iter().map(|s| s.token_count).sum::<u32>()
+    );
+
+    // Concurrent calls (their pairs batched together) get the scores they get alone.
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let mut client = client.clone();
+        let request = rerank("问题", &passages);
+        calls.push(tokio::spawn(async move {
+            client.rerank(request).await.unwrap().into_inner()
+        }));
+    }
+    for call in calls {
+        let again = call.await.unwrap();
+        for (a, b) in again.scores.iter().zip(&response.scores) {
+            assert!((a.logit - b.logit).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+    let stats = server.state.reranker.as_ref().unwrap().batcher.stats();
+    assert_eq!(stats.texts.load(Ordering::Relaxed), 3 + 16 * 3);
+
+    // Bad requests: INVALID_ARGUMENT, with what to fix.
+    let long_query = vec!["问题"; 30].join(" ");
+    let long_passage = vec!["段落"; 60].join(" ");
+    let mut overlong = rerank("问题", &[&long_passage]);
+    overlong.reject_overlong = true;
+    for (request, says) in [
+        (rerank("", &passages), "`query` is empty"),
+        (rerank("  ", &passages), "`query` is empty"),
+        (rerank("问题", &[]), "`passages` is empty"),
+        (rerank("问题", &["a"; 5]), "at most 4"),
+        (rerank(&long_query, &passages), "`query` is 32 tokens"),
+        (overlong, "`passages[0]`"),
+    ] {
+        let status = client.rerank(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(says), "{says}: {status:?}");
+    }
+    // Truncated when allowed, and it says so.
+    let cut = client
+        .rerank(rerank("问题", &[&long_passage]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cut.scores[0].truncated);
+    assert_eq!(cut.scores[0].token_count, 38);
+
+    let status = plain
+        .client()
+        .await
+        .rerank(rerank("问题", &passages))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("--reranker-model"), "{status:?}");
+    let info = plain
+        .client()
+        .await
+        .info(EmbedderInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.reranker_model.is_empty());
 }

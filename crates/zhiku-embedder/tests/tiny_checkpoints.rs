@@ -1,103 +1,25 @@
 //! Tiny checkpoints written by the test (random weights, a real config.json, safetensors and
 //! tokenizer.json) load through the same code as real models: XLM-RoBERTa, BERT with CLS
-//! pooling, and the clear errors for what is not supported.
+//! pooling, and the clear errors for what is not supported. Cross-encoders in both layouts
+//! (XLMRobertaForSequenceClassification as bge-reranker, BertForSequenceClassification),
+//! with weights made so that the ordering is known, rank and batch as they should.
 
 mod common;
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use common::cosine;
 use serde_json::json;
 use zhiku_embedder::encoder::{AttentionMode, EncoderConfig, Positions, TransformerEncoder};
 use zhiku_embedder::model::{ModelOptions, Pooling, Precision};
 use zhiku_embedder::tokenizer::TextKind;
-use zhiku_embedder::{EmbedderError, SentenceEncoder};
+use zhiku_embedder::{CrossEncoder, EmbedderError, SentenceEncoder, testing};
 
-const WORDS: &[&str] = &[
-    "知识", "库", "问答", "模型", "检索", "段落", "答案", "问题", "hello", "world",
-];
-
-/// Writes config.json, model.safetensors (random weights) and a WordLevel tokenizer.json.
+/// A sentence encoder with random weights, written in the real formats.
 fn write_checkpoint(dir: &Path, model_type: &str, pad_id: u32, max_positions: usize) {
-    // Special tokens first, then the words.
-    let specials: &[&str] = if model_type == "bert" {
-        &["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    } else {
-        &["<s>", "<pad>", "</s>", "<unk>"]
-    };
-    let (bos, eos, unk) = if model_type == "bert" {
-        (specials[2], specials[3], specials[1])
-    } else {
-        (specials[0], specials[2], specials[3])
-    };
-    let mut vocab = serde_json::Map::new();
-    for (i, token) in specials.iter().chain(WORDS).enumerate() {
-        vocab.insert(token.to_string(), json!(i));
-    }
-    let id = |t: &str| vocab[t].as_u64().unwrap();
-    let special = |t: &str| {
-        json!({"id": id(t), "content": t, "single_word": false, "lstrip": false,
-               "rstrip": false, "normalized": false, "special": true})
-    };
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": specials.iter().map(|t| special(t)).collect::<Vec<_>>(),
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [
-                {"SpecialToken": {"id": bos, "type_id": 0}},
-                {"Sequence": {"id": "A", "type_id": 0}},
-                {"SpecialToken": {"id": eos, "type_id": 0}}
-            ],
-            "pair": [
-                {"SpecialToken": {"id": bos, "type_id": 0}},
-                {"Sequence": {"id": "A", "type_id": 0}},
-                {"SpecialToken": {"id": eos, "type_id": 0}},
-                {"Sequence": {"id": "B", "type_id": 0}},
-                {"SpecialToken": {"id": eos, "type_id": 0}}
-            ],
-            "special_tokens": {
-                bos: {"id": bos, "ids": [id(bos)], "tokens": [bos]},
-                eos: {"id": eos, "ids": [id(eos)], "tokens": [eos]}
-            }
-        },
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": unk}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-
-    let config = json!({
-        "model_type": model_type,
-        "vocab_size": specials.len() + WORDS.len(),
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "hidden_act": "gelu",
-        "max_position_embeddings": max_positions,
-        "type_vocab_size": if model_type == "bert" { 2 } else { 1 },
-        "layer_norm_eps": 1e-5,
-        "pad_token_id": pad_id,
-        "position_embedding_type": "absolute"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-
-    let cfg: EncoderConfig = serde_json::from_value(config).unwrap();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let positions = if model_type == "bert" {
-        Positions::FromZero
-    } else {
-        Positions::AfterPadding
-    };
-    TransformerEncoder::load(vb, &cfg, positions).unwrap();
-    varmap.save(dir.join("model.safetensors")).unwrap();
+    testing::write_checkpoint(dir, model_type, pad_id, max_positions).unwrap();
 }
 
 fn load(dir: &Path) -> Result<SentenceEncoder, EmbedderError> {
@@ -295,4 +217,99 @@ fn attention_modes_agree_on_packed_batches() {
         assert!(encoder.forward_packed(&[1, 2, 3], &[2, 2]).is_err());
         assert!(encoder.forward_packed(&[1, 2], &[2, 0]).is_err());
     }
+}
+
+fn load_reranker(dir: &Path) -> Result<CrossEncoder, EmbedderError> {
+    CrossEncoder::load(&ModelOptions::new(dir.to_string_lossy()))
+}
+
+fn scores(reranker: &CrossEncoder, query: &str, passages: &[&str]) -> Vec<f32> {
+    let pairs: Vec<_> = passages
+        .iter()
+        .map(|p| reranker.encode(query, p).unwrap())
+        .collect();
+    reranker
+        .score_batch(&pairs.iter().collect::<Vec<_>>())
+        .unwrap()
+}
+
+/// Both layouts load through the embedder's loading code and rank by the share of the
+/// relevant word ("答案"), whatever the query; scores of a batch equal those one by one.
+#[test]
+fn rerankers_of_both_layouts_rank_as_built_and_batch_exactly() {
+    let passages = [
+        "知识 库 问答 模型",
+        "答案 答案 问题",
+        "hello world",
+        "检索 段落 答案 知识 库 问答",
+        "答案",
+    ];
+    // By the share of 答案 among the pair's tokens (the query's and the special ones
+    // included): 2 of 9, 1 of 6, 1 of 11 with XLM-R's template.
+    let expected = [1, 4, 3];
+    for (model_type, architecture) in [
+        ("xlm-roberta", "XLMRobertaForSequenceClassification"),
+        ("bert", "BertForSequenceClassification"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        testing::write_reranker(dir.path(), model_type, 40, "答案").unwrap();
+        let reranker = load_reranker(dir.path()).unwrap();
+        assert_eq!(reranker.info.architecture, architecture);
+        assert_eq!(reranker.info.model_type, model_type);
+
+        let batched = scores(&reranker, "问题 检索", &passages);
+        let order = zhiku_embedder::reranker::order(&batched);
+        assert_eq!(&order[..3], &expected, "{model_type}: {batched:?}");
+        // Those without the word score below every one with it.
+        let without = batched[0].max(batched[2]);
+        assert!(
+            expected
+                .iter()
+                .all(|&i| batched[i as usize] > without + 0.1),
+            "{model_type}: {batched:?}"
+        );
+        for (passage, score) in passages.iter().zip(&batched) {
+            let alone = scores(&reranker, "问题 检索", &[passage])[0];
+            assert!(
+                (alone - score).abs() < 1e-5,
+                "{model_type} {passage:?}: batched {score}, alone {alone}"
+            );
+        }
+
+        // BERT's pair template puts the passage in segment 1; XLM-R's in 0, after </s></s>.
+        let pair = reranker.encode("问题", "答案 hello").unwrap();
+        let (types, len) = if model_type == "bert" {
+            (vec![0, 0, 0, 1, 1, 1], 6)
+        } else {
+            (vec![0; 7], 7)
+        };
+        assert_eq!((pair.type_ids.clone(), pair.ids.len()), (types, len));
+        assert!(!pair.truncated);
+        // Too long for the window (40 positions): the longer side is cut, and it says so.
+        let long = vec!["段落"; 60].join(" ");
+        let cut = reranker.encode("问题", &long).unwrap();
+        assert!(cut.truncated);
+        assert_eq!(cut.ids.len(), reranker.info.max_input_tokens);
+        assert_eq!(scores(&reranker, "问题", &[&long]).len(), 1);
+    }
+}
+
+#[test]
+fn a_checkpoint_without_a_classification_head_is_not_a_reranker() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), "xlm-roberta", 1, 18);
+    let err = load_reranker(dir.path()).err().unwrap();
+    assert!(matches!(err, EmbedderError::UnsupportedModel(_)), "{err}");
+    assert!(err.to_string().contains("--reranker-model"), "{err}");
+
+    // Two labels (a classifier, not a relevance score) are refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    testing::write_reranker(dir.path(), "bert", 40, "答案").unwrap();
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["id2label"] = json!({"0": "no", "1": "yes"});
+    std::fs::write(&path, config.to_string()).unwrap();
+    let err = load_reranker(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("2 labels"), "{err}");
 }

@@ -1,7 +1,9 @@
 //! The ask pipeline: (with history) rewrite a follow-up into a standalone question → embed
-//! it → search → drop passages under the threshold → merge overlapping chunks and keep what
-//! fits the token budget ([`crate::context`]) → refuse without generating when none is left
-//! → the article's prompt → generate, streamed → the answer with its support score.
+//! it → search → drop passages under the threshold → (with a reranker) rerank the
+//! candidates with the embedder's cross-encoder and keep the top_k → merge overlapping
+//! chunks and keep what fits the token budget ([`crate::context`]) → refuse without
+//! generating when none is left → the article's prompt → generate, streamed → the answer
+//! with its support score.
 
 use std::time::Instant;
 
@@ -11,16 +13,17 @@ use tonic::Status;
 use zhiku_proto::v1::{
     Answer, AskEvent, AskRequest, Chat, ChatMessage, Citation, CountTokensRequest,
     DescribeKnowledgeBaseRequest, EmbedKind, EmbedRequest, EmbedderInfoRequest, GenerateRequest,
-    Role, SamplingParams, SearchMode, SearchRequest, Sources, Timings, Turn, ask_event,
-    count_tokens_request, generate_request, generate_stream_response,
+    RerankRequest, Role, SamplingParams, SearchMode, SearchRequest, Sources, Timings, Turn,
+    ask_event, count_tokens_request, generate_request, generate_stream_response,
 };
 
-use crate::Orchestrator;
+use crate::config::Rerank;
 use crate::context;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::eval::{SUPPORTED, is_refusal, support};
 use crate::prompt::{REFUSAL, REWRITE_TEMPLATE};
+use crate::{EmbedderFacts, Orchestrator};
 
 type Events = mpsc::Sender<Result<AskEvent, Status>>;
 
@@ -77,6 +80,9 @@ pub fn grounding(answer: &str, passages: &[&str]) -> (f64, bool) {
     (s, s >= SUPPORTED)
 }
 
+/// The most candidates a search returns (the retriever's limit).
+const MAX_CANDIDATES: u32 = 100;
+
 /// Passages searched for when a request asks for 0.
 pub(crate) fn effective_top_k(top_k: u32) -> u32 {
     if top_k == 0 { 5 } else { top_k }
@@ -93,19 +99,63 @@ pub(crate) fn search_mode(mode: i32) -> Result<SearchMode, OrchestratorError> {
     }
 }
 
-/// What the first stages of Ask found: the passages past the threshold, numbered as the
-/// prompt cites them, with the time each stage took.
+/// What the first stages of Ask found: the passages past the threshold (reranked when it
+/// reranked), numbered as the prompt cites them, with the time each stage took.
 pub(crate) struct Retrieved {
     pub citations: Vec<Citation>,
     pub embed_ms: f64,
     pub search_ms: f64,
+    /// 0 when it did not rerank.
+    pub rerank_ms: f64,
+}
+
+/// `citations` in the order the reranker gave (`order`, indices best first), each with its
+/// `score`, the first `top_k` of them, renumbered.
+pub fn apply_rerank(
+    citations: Vec<Citation>,
+    order: &[u32],
+    scores: &[f32],
+    top_k: usize,
+) -> Result<Vec<Citation>, OrchestratorError> {
+    let n = citations.len();
+    let mut seen = vec![false; n];
+    let valid = order.len() == n
+        && scores.len() == n
+        && order
+            .iter()
+            .all(|&i| (i as usize) < n && !std::mem::replace(&mut seen[i as usize], true));
+    if !valid {
+        return Err(OrchestratorError::Internal(format!(
+            "the reranker answered {} scores and an order of {} for {n} passages",
+            scores.len(),
+            order.len()
+        )));
+    }
+    let mut slots: Vec<Option<Citation>> = citations.into_iter().map(Some).collect();
+    Ok(order
+        .iter()
+        .take(top_k)
+        .filter_map(|&i| {
+            let mut c = slots[i as usize].take()?;
+            c.rerank_score = Some(scores[i as usize]);
+            Some(c)
+        })
+        .enumerate()
+        .map(|(rank, mut c)| {
+            c.number = rank as u32 + 1;
+            c
+        })
+        .collect())
 }
 
 impl Orchestrator {
     /// Embeds the question (not in sparse mode, which searches by keywords alone), searches
     /// and drops the hits under the threshold. The threshold is a similarity: in dense and
     /// hybrid modes it is checked on each hit's cosine, so a hit found by keywords alone
-    /// (no cosine) does not pass it.
+    /// (no cosine) does not pass it. When it reranks (`rerank`, else --rerank), it searches
+    /// for --rerank-candidates, thresholds them the same way, has the embedder's
+    /// cross-encoder score those left against the question and keeps the best `top_k` in
+    /// the reranker's order.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn retrieve(
         &self,
@@ -115,9 +165,16 @@ impl Orchestrator {
         score_threshold: Option<f32>,
         filter: Option<zhiku_proto::v1::Filter>,
         mode: SearchMode,
+        rerank: Option<bool>,
         deadline: Deadline,
     ) -> Result<Retrieved, OrchestratorError> {
         let score_threshold = self.threshold(score_threshold, deadline).await;
+        let rerank = self.reranks(rerank, deadline).await;
+        let candidates = if rerank {
+            top_k.max(self.args.rerank_candidates).min(MAX_CANDIDATES)
+        } else {
+            top_k
+        };
         let embed_started = Instant::now();
         let vector = if mode == SearchMode::Sparse {
             Vec::new()
@@ -156,7 +213,7 @@ impl Orchestrator {
                 } else {
                     question.to_owned()
                 },
-                top_k,
+                top_k: candidates,
                 score_threshold,
                 filter,
                 mode: mode as i32,
@@ -168,7 +225,7 @@ impl Orchestrator {
             .hits;
         let search_ms = ms(search_started);
 
-        let citations = hits
+        let citations: Vec<Citation> = hits
             .into_iter()
             .filter(|hit| match score_threshold {
                 None => true,
@@ -194,14 +251,87 @@ impl Orchestrator {
                     char_start: passage.char_start,
                     char_end: passage.char_end,
                     last_chunk_index: passage.chunk_index,
+                    rerank_score: None,
                 }
             })
             .collect();
+        if !rerank || citations.is_empty() {
+            return Ok(Retrieved {
+                citations,
+                embed_ms,
+                search_ms,
+                rerank_ms: 0.0,
+            });
+        }
+        let rerank_started = Instant::now();
+        let response = self
+            .downstream
+            .embedder
+            .clone()
+            .rerank(deadline.request(RerankRequest {
+                query: question.to_owned(),
+                passages: citations.iter().map(|c| c.text.clone()).collect(),
+                reject_overlong: false,
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("embedder"))?
+            .into_inner();
+        let mut scores = vec![f32::NAN; citations.len()];
+        for s in &response.scores {
+            if let Some(slot) = scores.get_mut(s.index as usize) {
+                *slot = s.score;
+            }
+        }
+        let citations = apply_rerank(citations, &response.order, &scores, top_k as usize)?;
         Ok(Retrieved {
             citations,
             embed_ms,
             search_ms,
+            rerank_ms: ms(rerank_started),
         })
+    }
+
+    /// What the embedder's Info says, asked once; None (and asked again next time) when the
+    /// embedder does not answer.
+    async fn embedder_facts(&self, deadline: Deadline) -> Option<EmbedderFacts> {
+        let facts = self
+            .embedder_facts
+            .get_or_try_init(|| async {
+                self.downstream
+                    .embedder
+                    .clone()
+                    .info(deadline.request(EmbedderInfoRequest {}))
+                    .await
+                    .map(|info| {
+                        let info = info.into_inner();
+                        EmbedderFacts {
+                            threshold: calibrated_threshold(&info.model_id),
+                            reranker: !info.reranker_model.is_empty(),
+                        }
+                    })
+            })
+            .await;
+        match facts {
+            Ok(facts) => Some(*facts),
+            Err(status) => {
+                tracing::warn!(%status, "no embedder info: no default threshold nor automatic reranking this time");
+                None
+            }
+        }
+    }
+
+    /// Whether to rerank: the request's (an eval setting's) choice, else --rerank (auto: when
+    /// the embedder has a reranker).
+    pub(crate) async fn reranks(&self, requested: Option<bool>, deadline: Deadline) -> bool {
+        match (requested, self.args.rerank) {
+            (Some(choice), _) => choice,
+            (None, Rerank::On) => true,
+            (None, Rerank::Off) => false,
+            (None, Rerank::Auto) => self
+                .embedder_facts(deadline)
+                .await
+                .is_some_and(|f| f.reranker),
+        }
     }
 
     /// The threshold a search uses: the request's (a negative one: none), else
@@ -213,25 +343,10 @@ impl Orchestrator {
     ) -> Option<f32> {
         let chosen = match requested.or(self.args.score_threshold) {
             Some(t) => Some(t),
-            // Kept once known; an embedder that does not answer is asked again next time.
-            None => match self
-                .default_threshold
-                .get_or_try_init(|| async {
-                    self.downstream
-                        .embedder
-                        .clone()
-                        .info(deadline.request(EmbedderInfoRequest {}))
-                        .await
-                        .map(|info| calibrated_threshold(&info.into_inner().model_id))
-                })
+            None => self
+                .embedder_facts(deadline)
                 .await
-            {
-                Ok(threshold) => *threshold,
-                Err(status) => {
-                    tracing::warn!(%status, "no embedder info: no default threshold this time");
-                    None
-                }
-            },
+                .and_then(|f| f.threshold),
         };
         chosen.filter(|t| *t >= 0.0)
     }
@@ -335,9 +450,20 @@ impl Orchestrator {
     /// work at once (its downstream calls are dropped, which cancels them); that is logged
     /// as CANCELLED, not as an error.
     pub async fn ask(&self, request: AskRequest, deadline: Deadline, events: Events) {
+        self.ask_reranked(request, None, deadline, events).await
+    }
+
+    /// [`Self::ask`], reranking as `rerank` says (unset: as --rerank says).
+    pub(crate) async fn ask_reranked(
+        &self,
+        request: AskRequest,
+        rerank: Option<bool>,
+        deadline: Deadline,
+        events: Events,
+    ) {
         let work = deadline.run(
             "before the answer was complete",
-            self.ask_inner(request, deadline, &events),
+            self.ask_inner(request, rerank, deadline, &events),
         );
         let result = tokio::select! {
             result = work => result,
@@ -357,6 +483,7 @@ impl Orchestrator {
     async fn ask_inner(
         &self,
         request: AskRequest,
+        rerank: Option<bool>,
         deadline: Deadline,
         events: &Events,
     ) -> Result<(), OrchestratorError> {
@@ -422,6 +549,7 @@ impl Orchestrator {
             citations,
             embed_ms,
             search_ms,
+            rerank_ms,
         } = self
             .retrieve(
                 &request.knowledge_base,
@@ -430,6 +558,7 @@ impl Orchestrator {
                 request.score_threshold,
                 request.filter.clone(),
                 mode,
+                rerank,
                 deadline,
             )
             .await?;
@@ -464,6 +593,7 @@ impl Orchestrator {
         let mut timings = Timings {
             embed_ms,
             search_ms,
+            rerank_ms,
             ..Default::default()
         };
         if citations.is_empty() {
@@ -650,6 +780,29 @@ mod tests {
             2048 - 512 - PROMPT_RESERVE
         );
         assert_eq!(context_budget(None, 0, 512, 512), 0);
+    }
+
+    #[test]
+    fn the_reranker_reorders_scores_and_cuts_to_top_k() {
+        let citations: Vec<Citation> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Citation {
+                number: i as u32 + 1,
+                text: t.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        let kept = apply_rerank(citations.clone(), &[2, 0, 1], &[0.5, 0.1, 0.9], 2).unwrap();
+        let shown: Vec<(u32, &str, Option<f32>)> = kept
+            .iter()
+            .map(|c| (c.number, c.text.as_str(), c.rerank_score))
+            .collect();
+        assert_eq!(shown, [(1, "c", Some(0.9)), (2, "a", Some(0.5))]);
+        // An answer that does not cover the passages once each is an error, not a panic.
+        for order in [&[0, 1][..], &[0, 0, 1], &[0, 1, 7]] {
+            assert!(apply_rerank(citations.clone(), order, &[0.0; 3], 3).is_err());
+        }
     }
 
     #[test]

@@ -22,6 +22,17 @@ impl std::str::FromStr for HttpListen {
     }
 }
 
+/// Whether an Ask reranks its candidates with the embedder's cross-encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rerank {
+    /// When the embedder has a reranker (its Info names one; asked once).
+    Auto,
+    /// Always: an Ask fails with FAILED_PRECONDITION when the embedder has none.
+    On,
+    /// Never.
+    Off,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
     /// The embedder's gRPC address.
@@ -106,6 +117,18 @@ pub struct OrchestratorArgs {
     /// before retrieval (a request may say otherwise).
     #[arg(long, env = "ZHIKU_ASK_REWRITE_FOLLOW_UPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub rewrite_follow_ups: bool,
+
+    /// Rerank the retrieved candidates with the embedder's cross-encoder (its Rerank call,
+    /// served with --reranker-model) before the context budget: auto = when the embedder
+    /// has a reranker, on = always, off = never. The threshold still applies to the
+    /// retrieval scores, before reranking.
+    #[arg(long, env = "ZHIKU_ASK_RERANK", value_enum, default_value_t = Rerank::Auto)]
+    pub rerank: Rerank,
+
+    /// Candidates an Ask retrieves for the reranker when it reranks (at least its top_k, at
+    /// most 100); the reranked top_k go on to the context budget.
+    #[arg(long, env = "ZHIKU_ASK_RERANK_CANDIDATES", default_value_t = 20)]
+    pub rerank_candidates: u32,
 }
 
 impl OrchestratorArgs {
@@ -135,6 +158,8 @@ impl OrchestratorArgs {
             context_tokens: 0,
             score_threshold: None,
             rewrite_follow_ups: true,
+            rerank: Rerank::Auto,
+            rerank_candidates: 20,
         }
     }
 }

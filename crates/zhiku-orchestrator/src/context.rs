@@ -4,8 +4,9 @@
 //!   merged into one passage (the splitter makes consecutive chunks share up to its overlap,
 //!   and retrieval often returns neighbours together), so nothing is said twice;
 //! - each passage is shown with its source name and heading path;
-//! - passages are kept in rank order (the best first: a small model reads the start of its
-//!   context most reliably, and `[1]` is then the strongest evidence), each while its tokens
+//! - passages are kept in rank order (the reranker's when the Ask reranked; the best first:
+//!   a small model reads the start of its context most reliably, and `[1]` is then the
+//!   strongest evidence), each while its tokens
 //!   fit what is left of the budget; one that does not fit is skipped and later, shorter
 //!   ones may still fit. The budget is never exceeded: a passage larger than the whole
 //!   budget is left out, and when none fits the Ask refuses as if nothing had been found.
@@ -85,6 +86,10 @@ fn append(last: &mut Citation, next: Citation) {
     }
     last.last_chunk_index = last.last_chunk_index.max(next.last_chunk_index);
     last.score = last.score.max(next.score);
+    last.rerank_score = match (last.rerank_score, next.rerank_score) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
 }
 
 /// A passage as the prompt shows it (its `[n]` aside): where it comes from, then its text.

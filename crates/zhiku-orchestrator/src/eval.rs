@@ -209,6 +209,11 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
         .filter(|r| !r.refused)
         .map(|r| r.support)
         .collect();
+    let reranked: Vec<f64> = timings
+        .iter()
+        .map(|t| t.rerank_ms)
+        .filter(|&ms| ms > 0.0)
+        .collect();
     let stage = |f: fn(&Timings) -> f64| stats(&timings.iter().map(f).collect::<Vec<_>>());
     let generated_stage =
         |f: fn(&Timings) -> f64| stats(&generated.iter().map(|t| f(t)).collect::<Vec<_>>());
@@ -241,6 +246,8 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
             answered.iter().sum::<f64>() / answered.len() as f64
         },
         unsupported: answered.iter().filter(|&&s| s < SUPPORTED).count() as u32,
+        rerank: Some(stats(&reranked)),
+        reranked_cases: reranked.len() as u32,
     }
 }
 
@@ -421,12 +428,15 @@ impl Orchestrator {
             }
             answer.ok_or_else(|| Status::internal("the ask ended without an answer"))
         };
-        let ((), answer) = tokio::join!(self.ask(ask, deadline, tx), collect);
+        let ((), answer) = tokio::join!(
+            self.ask_reranked(ask, setting.rerank, deadline, tx),
+            collect
+        );
         answer
     }
 
-    /// The first two stages of Ask (embed, search, threshold) without generation: an Answer
-    /// holding the sources, refused when none passed.
+    /// The first stages of Ask (embed, search, threshold, rerank) without generation: an
+    /// Answer holding the sources, refused when none passed.
     async fn retrieve_only(
         &self,
         knowledge_base: &str,
@@ -439,6 +449,7 @@ impl Orchestrator {
             citations,
             embed_ms,
             search_ms,
+            rerank_ms,
         } = self
             .retrieve(
                 knowledge_base,
@@ -447,6 +458,7 @@ impl Orchestrator {
                 setting.score_threshold,
                 None,
                 search_mode(setting.mode)?,
+                setting.rerank,
                 deadline,
             )
             .await?;
@@ -462,6 +474,7 @@ impl Orchestrator {
             timings: Some(Timings {
                 embed_ms,
                 search_ms,
+                rerank_ms,
                 total_ms: started.elapsed().as_secs_f64() * 1e3,
                 ..Default::default()
             }),
@@ -511,6 +524,7 @@ mod tests {
                 first_token_ms: if refused { 0.0 } else { total_ms / 2.0 },
                 generate_ms: if refused { 0.0 } else { total_ms - 3.0 },
                 total_ms,
+                rerank_ms: if refused { 0.0 } else { 4.0 },
             }),
             prompt_tokens: if refused { 0 } else { 100 },
             generated_tokens: if refused { 0 } else { 10 },
@@ -671,6 +685,9 @@ mod tests {
         assert_eq!((total.p50_ms, total.p95_ms), (10.0, 60.0));
         let generate = report.generate.unwrap();
         assert_eq!((generate.p50_ms, generate.p95_ms), (17.0, 57.0));
+        // Rerank latency counts over the reranked rows alone.
+        assert_eq!(report.reranked_cases, 4);
+        assert_eq!(report.rerank.unwrap().p50_ms, 4.0);
         // recall@k is bounded by k: with top_k 1 only rank 1 counts.
         let k1 = super::report(
             0,

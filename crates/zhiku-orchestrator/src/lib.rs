@@ -2,7 +2,8 @@
 //!
 //! - [`ingest`]: load → split (zhiku-text) → embed in batches → upsert, progress per file;
 //! - [`ask`]: (follow-ups) a standalone question → embed → search (hybrid by default) →
-//!   threshold (calibrated per embedder by default) → the article's refusal without
+//!   threshold (calibrated per embedder by default) → (with a reranker) the candidates
+//!   reranked by the embedder's cross-encoder → the article's refusal without
 //!   generating when nothing passes → merged passages within a token budget ([`context`])
 //!   → the article's prompt with numbered passages, each with its source and heading path →
 //!   generate, streamed → the answer with citations, support score and per-stage timings;
@@ -38,7 +39,7 @@ use zhiku_runtime::server::RuntimeError;
 use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
 use zhiku_text::Walker;
 
-pub use config::{HttpListen, OrchestratorArgs};
+pub use config::{HttpListen, OrchestratorArgs, Rerank};
 pub use error::OrchestratorError;
 
 use downstream::Downstream;
@@ -53,8 +54,18 @@ pub struct Orchestrator {
     pub ingest_walker: Option<Walker>,
     /// Bounds the files being read, parsed and split at once (--max-parallel-loads).
     pub load_permits: Arc<tokio::sync::Semaphore>,
-    /// The embedder's calibrated threshold, asked for at the first Ask without one.
-    pub default_threshold: tokio::sync::OnceCell<Option<f32>>,
+    /// What the embedder's Info said (its calibrated threshold, whether it reranks), asked
+    /// for at the first Ask that needs it.
+    pub embedder_facts: tokio::sync::OnceCell<EmbedderFacts>,
+}
+
+/// What the orchestrator takes from the embedder's Info.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmbedderFacts {
+    /// The calibrated default threshold of its model, if it has one.
+    pub threshold: Option<f32>,
+    /// It serves Rerank (--reranker-model).
+    pub reranker: bool,
 }
 
 impl Orchestrator {
@@ -75,7 +86,7 @@ impl Orchestrator {
             args,
             template,
             ingest_walker,
-            default_threshold: tokio::sync::OnceCell::new(),
+            embedder_facts: tokio::sync::OnceCell::new(),
         })
     }
 }

@@ -30,7 +30,9 @@ pub mod stage {
     pub const EMBED: &str = "embed";
     /// A retriever search.
     pub const SEARCH: &str = "search";
-    /// Reranking retrieved passages (the orchestrator's threshold and fusion step).
+    /// Fusing a hybrid search's dense and keyword rankings (the retriever).
+    pub const FUSE: &str = "fuse";
+    /// A cross-encoder forward pass over (query, passage) pairs (a batch, in the embedder).
     pub const RERANK: &str = "rerank";
     /// A generation's prompt, up to its first token.
     pub const PREFILL: &str = "prefill";
@@ -114,7 +116,7 @@ impl Metrics {
             )?,
             stage_seconds: histogram(
                 "zhiku_stage_duration_seconds",
-                "Latency of a pipeline stage: embed, search, rerank, prefill, decode.",
+                "Latency of a pipeline stage: embed, search, fuse, rerank, prefill, decode.",
                 &["stage"],
                 latency_buckets(),
             )?,

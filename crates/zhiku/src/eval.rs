@@ -37,12 +37,16 @@ pub struct EvalArgs {
     /// Retrieval: dense, sparse or hybrid.
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
     pub mode: Mode,
+    /// Rerank the candidates with the embedder's cross-encoder: on or off (unset: the
+    /// orchestrator's --rerank; on needs an embedder with --reranker-model).
+    #[arg(long, value_parser = parse_on_off)]
+    pub rerank: Option<bool>,
     /// Longest answer in tokens.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: u32,
     /// A grid to run, e.g. `top_k=3,5,threshold=none,default,0.3,mode=dense,hybrid,
-    /// context_tokens=512,1024`; keys left out keep --top-k / --threshold / --mode /
-    /// --context-tokens. Prints the best setting.
+    /// context_tokens=512,1024,rerank=off,on`; keys left out keep --top-k / --threshold /
+    /// --mode / --context-tokens / --rerank. Prints the best setting.
     #[arg(long)]
     pub sweep: Option<String>,
     /// Score retrieval only: the generator is not called.
@@ -132,9 +136,19 @@ fn search_mode(mode: Mode) -> SearchMode {
     }
 }
 
-/// The grid of `--sweep` (top_k × threshold × mode, in that order), from the flags where a
-/// key is not given.
+/// `on` / `off` (also true/false, yes/no).
+pub fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        v => Err(format!("`{v}`: on or off")),
+    }
+}
+
+/// The grid of `--sweep` (top_k × threshold × mode × context_tokens × rerank, in that
+/// order), from the flags where a key is not given.
 pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, String> {
+    let mut rerank: Vec<Option<bool>> = Vec::new();
     let mut top_k: Vec<u32> = Vec::new();
     let mut threshold: Vec<Option<f32>> = Vec::new();
     let mut mode: Vec<i32> = Vec::new();
@@ -175,9 +189,13 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                     format!("context_tokens `{value}` is not a whole number")
                 })?))
             }
+            "rerank" => rerank.push(match value {
+                "default" => None,
+                v => Some(parse_on_off(v).map_err(|e| format!("rerank {e}"))?),
+            }),
             k => {
                 return Err(format!(
-                    "unknown sweep key `{k}`: top_k, threshold, mode or context_tokens"
+                    "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens or rerank"
                 ));
             }
         }
@@ -194,17 +212,23 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     if context.is_empty() {
         context.push(base.context_tokens);
     }
+    if rerank.is_empty() {
+        rerank.push(base.rerank);
+    }
     let mut grid = Vec::new();
     for &k in &top_k {
         for &t in &threshold {
             for &m in &mode {
                 for &c in &context {
-                    grid.push(EvalSetting {
-                        top_k: k,
-                        score_threshold: t,
-                        mode: m,
-                        context_tokens: c,
-                    });
+                    for &r in &rerank {
+                        grid.push(EvalSetting {
+                            top_k: k,
+                            score_threshold: t,
+                            mode: m,
+                            context_tokens: c,
+                            rerank: r,
+                        });
+                    }
                 }
             }
         }
@@ -226,8 +250,13 @@ fn describe(setting: &EvalSetting) -> String {
     let context = setting
         .context_tokens
         .map_or_else(|| "default".to_owned(), |t| t.to_string());
+    let rerank = match setting.rerank {
+        None => "",
+        Some(true) => " rerank=on",
+        Some(false) => " rerank=off",
+    };
     format!(
-        "top_k={} threshold={threshold} mode={mode} context_tokens={context}",
+        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}",
         if setting.top_k == 0 { 5 } else { setting.top_k }
     )
 }
@@ -252,6 +281,7 @@ fn report_json(r: &EvalReport) -> Value {
                 _ => "hybrid",
             },
             "context_tokens": setting.context_tokens,
+            "rerank": setting.rerank,
         },
         "answerable": r.answerable,
         "unanswerable": r.unanswerable,
@@ -265,6 +295,7 @@ fn report_json(r: &EvalReport) -> Value {
         "latency": {
             "embed": latency_json(r.embed),
             "search": latency_json(r.search),
+            "rerank": latency_json(r.rerank),
             "first_token": latency_json(r.first_token),
             "generate": latency_json(r.generate),
             "total": latency_json(r.total),
@@ -272,6 +303,7 @@ fn report_json(r: &EvalReport) -> Value {
         "prompt_tokens": r.prompt_tokens,
         "generated_tokens": r.generated_tokens,
         "generated_cases": r.generated_cases,
+        "reranked_cases": r.reranked_cases,
         "mean_support": r.mean_support,
         "unsupported": r.unsupported,
     })
@@ -383,12 +415,16 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
     let stages = [
         ("embed", r.embed),
         ("search", r.search),
+        ("rerank", r.rerank),
         ("first token", r.first_token),
         ("generate", r.generate),
         ("total", r.total),
     ];
     for (name, stats) in stages {
         if retrieval_only && matches!(name, "first token" | "generate") {
+            continue;
+        }
+        if name == "rerank" && r.reranked_cases == 0 {
             continue;
         }
         let s = stats.unwrap_or_default();
@@ -442,6 +478,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
         score_threshold: args.threshold,
         mode: search_mode(args.mode) as i32,
         context_tokens: args.context_tokens,
+        rerank: args.rerank,
     };
     let settings = match &args.sweep {
         None => vec![base],
@@ -574,6 +611,7 @@ mod tests {
             score_threshold: None,
             mode: SearchMode::Hybrid as i32,
             context_tokens: None,
+            rerank: None,
         };
         let grid = parse_sweep("top_k=3,5,threshold=none,0.3,mode=dense,hybrid", &base).unwrap();
         assert_eq!(grid.len(), 8);
@@ -593,7 +631,23 @@ mod tests {
         let only_k = parse_sweep("top-k=1,2", &base).unwrap();
         assert_eq!(only_k.len(), 2);
         assert_eq!(only_k[1].mode, SearchMode::Hybrid as i32);
-        for bad in ["3,5", "top_k=x", "mode=fuzzy", "depth=3", "threshold=high"] {
+        let reranks = parse_sweep("rerank=off,on", &base).unwrap();
+        assert_eq!(
+            reranks.iter().map(|s| s.rerank).collect::<Vec<_>>(),
+            [Some(false), Some(true)]
+        );
+        assert_eq!(
+            describe(&reranks[1]),
+            "top_k=5 threshold=default mode=hybrid context_tokens=default rerank=on"
+        );
+        for bad in [
+            "3,5",
+            "top_k=x",
+            "mode=fuzzy",
+            "depth=3",
+            "threshold=high",
+            "rerank=maybe",
+        ] {
             assert!(parse_sweep(bad, &base).is_err(), "{bad}");
         }
     }

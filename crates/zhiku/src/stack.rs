@@ -62,6 +62,20 @@ pub struct StackArgs {
     /// Directory the orchestrator may read server-side paths under (Ingest `paths`).
     #[arg(long, global = true, env = "ZHIKU_INGEST_ROOT")]
     pub ingest_root: Option<PathBuf>,
+
+    /// A cross-encoder that reranks Ask's candidates (e.g. BAAI/bge-reranker-base, or a
+    /// directory): served by the embedder's Rerank, used by every Ask. Unset: no reranking.
+    #[arg(long, global = true, env = "ZHIKU_RERANKER_MODEL")]
+    pub reranker_model: Option<String>,
+
+    /// Candidates an Ask retrieves for the reranker (at least its top_k, at most 100).
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_ASK_RERANK_CANDIDATES",
+        default_value_t = 20
+    )]
+    pub rerank_candidates: u32,
 }
 
 /// Default models for real users: a Chinese embedder and a GLM-4 GGUF, from the hub.
@@ -194,10 +208,11 @@ impl Stack {
         };
 
         let models = args.models();
-        tracing::info!(embedding = %models.embedding, chat = %models.chat, gguf = %models.gguf_file, "models");
+        tracing::info!(embedding = %models.embedding, chat = %models.chat, gguf = %models.gguf_file, reranker = args.reranker_model.as_deref().unwrap_or("none"), "models");
         let mut embedder = EmbedderArgs::for_model(models.embedding.clone());
         embedder.models_dir = args.models_dir.clone();
         embedder.device = args.device.clone();
+        embedder.reranker_model = args.reranker_model.clone();
         let mut generator = GeneratorArgs::for_model(models.chat.clone());
         generator.models_dir = args.models_dir.clone();
         generator.gguf_file = models.gguf_file.clone();
@@ -208,6 +223,7 @@ impl Stack {
             ports.generator.port(),
         );
         orchestrator.ingest_root = args.ingest_root.clone();
+        orchestrator.rerank_candidates = args.rerank_candidates;
         let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
         // The three services behind the orchestrator: on loopback by default, so TLS is the
         // orchestrator's alone; they take the same API keys, plus one made for this process
@@ -364,6 +380,8 @@ mod tests {
             data_dir: "zhiku-data".into(),
             device: "cpu".into(),
             ingest_root: None,
+            reranker_model: None,
+            rerank_candidates: 20,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Ask's history is trimmed with one CountTokens call, on the real generator (SmolLM2):
 //! the orchestrator talks to it through a pass-through proxy that counts the calls.
 
+mod common;
+
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -17,6 +18,8 @@ use zhiku_orchestrator::{Orchestrator, OrchestratorArgs};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{Chat, CountTokensRequest, Turn, count_tokens_request};
 use zhiku_runtime::ServerArgs;
+
+use common::{listener, smollm2_args};
 
 /// Passes every call to the generator; counts CountTokens calls.
 #[derive(Clone)]
@@ -56,25 +59,6 @@ impl tower::Service<http::Request<Body>> for CountingProxy {
     }
 }
 
-fn smollm2() -> PathBuf {
-    let dir = std::env::var_os("ZHIKU_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
-        .join("SmolLM2-135M-Instruct-GGUF");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: run `scripts/fetch-models smollm2` first",
-        dir.display()
-    );
-    dir
-}
-
-async fn listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
-
 async fn count(generator: &mut GeneratorClient<Channel>, chat: Chat) -> (u32, Vec<u32>, u32) {
     let response = generator
         .count_tokens(CountTokensRequest {
@@ -93,8 +77,7 @@ async fn count(generator: &mut GeneratorClient<Channel>, chat: Chat) -> (u32, Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_history_is_trimmed_with_one_count() {
-    let mut args = zhiku_generator::GeneratorArgs::for_model(smollm2().to_string_lossy());
-    args.gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf".into();
+    let args = smollm2_args();
     let (generator_listener, generator_addr) = listener().await;
     let (_stop_generator, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(zhiku_generator::serve(

@@ -9,13 +9,15 @@ use tonic::{Request, Response, Status, Streaming};
 use zhiku_proto::v1::embedder_server::Embedder;
 use zhiku_proto::v1::{
     EmbedKind, EmbedRequest, EmbedResponse, EmbedderInfoRequest, EmbedderInfoResponse, Embedding,
-    Token, TokenizeRequest, TokenizeResponse, TokenizedText,
+    RerankRequest, RerankResponse, RerankScore, Token, TokenizeRequest, TokenizeResponse,
+    TokenizedText,
 };
 use zhiku_runtime::Ready;
 
 use crate::EmbedderState;
 use crate::error::EmbedderError;
-use crate::tokenizer::{TextKind, TextTokenizer};
+use crate::reranker::{CrossEncoder, order, sigmoid};
+use crate::tokenizer::{PairInput, TextKind, TextTokenizer};
 
 /// EmbedStream requests processed concurrently per stream (answers keep request order).
 const STREAM_CONCURRENCY: usize = 16;
@@ -47,16 +49,21 @@ fn parse_kind(kind: i32) -> Result<TextKind, EmbedderError> {
 }
 
 fn check_count(texts: &[String], max: usize) -> Result<(), EmbedderError> {
-    if texts.is_empty() {
+    check_items("texts", texts, max)
+}
+
+/// 1 to `max` items in the request's `field`.
+fn check_items(field: &str, items: &[String], max: usize) -> Result<(), EmbedderError> {
+    if items.is_empty() {
         return Err(EmbedderError::Validation(format!(
-            "`texts` is empty: send between 1 and {max} texts"
+            "`{field}` is empty: send between 1 and {max} {field}"
         )));
     }
-    if texts.len() > max {
+    if items.len() > max {
         return Err(EmbedderError::Validation(format!(
-            "`texts` has {} texts; at most {max} are allowed per request \
+            "`{field}` has {} {field}; at most {max} are allowed per request \
              (--max-client-batch-size): split the request",
-            texts.len()
+            items.len()
         )));
     }
     Ok(())
@@ -131,6 +138,50 @@ impl EmbedderState {
         .await?
     }
 
+    /// Validates, tokenizes (on a blocking thread) and scores one Rerank request.
+    pub async fn rerank(&self, request: RerankRequest) -> Result<RerankResponse, EmbedderError> {
+        let Some(reranker) = &self.reranker else {
+            return Err(EmbedderError::NoReranker);
+        };
+        if request.query.trim().is_empty() {
+            return Err(EmbedderError::Validation(
+                "`query` is empty: give the text the passages are scored against".into(),
+            ));
+        }
+        check_items("passages", &request.passages, self.max_client_batch_size)?;
+        let model = reranker.model.clone();
+        let RerankRequest {
+            query,
+            passages,
+            reject_overlong,
+        } = request;
+        let pairs =
+            blocking(move || tokenize_pairs(&model, &query, &passages, reject_overlong)).await??;
+        let meta: Vec<(u32, bool)> = pairs
+            .iter()
+            .map(|p| (p.ids.len() as u32, p.truncated))
+            .collect();
+        let logits = reranker.batcher.run(pairs).await?;
+        let total_tokens = meta.iter().map(|(n, _)| n).sum();
+        Ok(RerankResponse {
+            order: order(&logits),
+            scores: logits
+                .into_iter()
+                .zip(meta)
+                .enumerate()
+                .map(|(index, (logit, (token_count, truncated)))| RerankScore {
+                    index: index as u32,
+                    score: sigmoid(logit),
+                    logit,
+                    token_count,
+                    truncated,
+                })
+                .collect(),
+            model: reranker.model.info.model_id.clone(),
+            total_tokens,
+        })
+    }
+
     pub fn info(&self) -> EmbedderInfoResponse {
         let info = &self.encoder.info;
         let batching = self.batcher.config();
@@ -147,6 +198,15 @@ impl EmbedderState {
             max_batch_tokens: batching.max_batch_tokens as u32,
             max_client_batch_size: self.max_client_batch_size as u32,
             max_queued_texts: batching.max_queued_texts as u32,
+            reranker_model: self
+                .reranker
+                .as_ref()
+                .map(|r| r.model.info.model_id.clone())
+                .unwrap_or_default(),
+            reranker_max_input_tokens: self
+                .reranker
+                .as_ref()
+                .map_or(0, |r| r.model.info.max_input_tokens as u32),
         }
     }
 }
@@ -185,6 +245,39 @@ fn tokenize_for_model(
         inputs.push(tokenized.ids);
     }
     Ok((inputs, meta))
+}
+
+/// The pairs of one Rerank request. The query may take at most half of the window, so that
+/// truncation (longest side first) always leaves the passage room.
+fn tokenize_pairs(
+    model: &CrossEncoder,
+    query: &str,
+    passages: &[String],
+    reject_overlong: bool,
+) -> Result<Vec<PairInput>, EmbedderError> {
+    let max = model.info.max_input_tokens;
+    let query_tokens = model.tokenizer.count_untruncated(query, TextKind::Query)?;
+    if query_tokens > max / 2 {
+        return Err(EmbedderError::Validation(format!(
+            "`query` is {query_tokens} tokens; the reranker reads at most {max} per (query, \
+             passage) pair and the query may take half of them ({}): shorten it",
+            max / 2
+        )));
+    }
+    passages
+        .iter()
+        .enumerate()
+        .map(|(i, passage)| {
+            let pair = model.encode(query, passage)?;
+            if pair.truncated && reject_overlong {
+                return Err(EmbedderError::Validation(format!(
+                    "`passages[{i}]` with the query is over the reranker's limit of {max} \
+                     tokens: shorten it, or leave `reject_overlong` false to have it truncated"
+                )));
+            }
+            Ok(pair)
+        })
+        .collect()
 }
 
 type EmbedStreamResponse = Pin<Box<dyn Stream<Item = Result<EmbedResponse, Status>> + Send>>;
@@ -228,6 +321,14 @@ impl Embedder for EmbedderApi {
     ) -> Result<Response<TokenizeResponse>, Status> {
         let state = self.state()?;
         Ok(Response::new(state.tokenize(request.into_inner()).await?))
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<RerankRequest>,
+    ) -> Result<Response<RerankResponse>, Status> {
+        let state = self.state()?;
+        Ok(Response::new(state.rerank(request.into_inner()).await?))
     }
 
     async fn info(

@@ -296,7 +296,7 @@ pub(crate) fn prefetch_limit(limit: usize) -> usize {
 /// different fused scores, to the same passage. Here ties go by point id (the same on both
 /// backends), and a full ranking loses its last run of equal scores (the engine may have cut
 /// through it, keeping any of them), so the fused order depends only on the scores.
-/// Its time is the `rerank` stage of the metrics.
+/// Its time is the `fuse` stage of the metrics.
 pub(crate) fn fuse_rrf(
     dense: Vec<(String, Hit)>,
     sparse: Vec<(String, Hit)>,
@@ -306,7 +306,7 @@ pub(crate) fn fuse_rrf(
     let started = std::time::Instant::now();
     let hits = fuse(dense, sparse, candidates, limit);
     zhiku_runtime::metrics::metrics().stage(
-        zhiku_runtime::metrics::stage::RERANK,
+        zhiku_runtime::metrics::stage::FUSE,
         started.elapsed().as_secs_f64(),
     );
     hits
