@@ -26,6 +26,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const ACCEPTED_QUEUE: usize = 64;
 
+/// Handshakes at once; past it, accepting waits for one to end.
+const MAX_HANDSHAKES: usize = 256;
+
 /// The PEM certificate chain and private key of `--tls-cert` / `--tls-key`.
 #[derive(Clone)]
 pub struct Identity {
@@ -91,14 +94,23 @@ async fn read(path: &Path, what: &str) -> Result<Vec<u8>, RuntimeError> {
 
 /// Accepts on `listener` and hands over the connections whose TLS handshake succeeded
 /// (TCP_NODELAY set, as on the gRPC side). A failed handshake is logged at debug level and
-/// dropped. The accepting stops once the receiver is dropped.
+/// dropped. At most [`MAX_HANDSHAKES`] run at once. The accepting stops once the receiver is
+/// dropped.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
 ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return,
@@ -118,7 +130,9 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, peer)).await;
                     }

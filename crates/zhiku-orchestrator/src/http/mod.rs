@@ -10,6 +10,10 @@
 //! its code into the HTTP status and OpenAI's error JSON. Handlers call the pipelines in this
 //! process, as the gRPC handlers do.
 //!
+//! Its keys and TLS are the gRPC side's too: `--api-key` & co. guard the API and `/metrics`
+//! (a refusal is OpenAI's error JSON), and `--tls-cert` / `--tls-key` put this listener on
+//! HTTPS ([`serve`] with the acceptor of [`zhiku_runtime::tls`]).
+//!
 //! [`router`] returns a plain `axum::Router`, so that more layers (authentication, metrics)
 //! can wrap it before [`serve`].
 
