@@ -1,7 +1,8 @@
 //! API keys, TLS and metrics through `zhiku serve`: the CLI and grpcurl talk to a TLS
 //! orchestrator with a CA this test makes (rcgen), a wrong key is refused with
 //! UNAUTHENTICATED and a read-only key with PERMISSION_DENIED, and a `/metrics` scrape after
-//! that traffic, parsed as Prometheus text, holds the counters and histograms of every stage.
+//! that traffic (over TLS, as every listener of a server with --tls-cert), parsed as
+//! Prometheus text, holds the counters and histograms of every stage.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -9,38 +10,14 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use zhiku_e2e::{ZhikuServe, binary, free_addr, grpcurl, minilm_dir, models_dir};
+use zhiku_e2e::{
+    ZhikuServe, binary, free_addr, grpcurl, minilm_dir, models_dir, test_certificates,
+    tls_and_key_flags,
+};
 
 const STARTUP: Duration = Duration::from_secs(180);
 const FULL_KEY: &str = "full-key-for-the-test";
 const READ_ONLY_KEY: &str = "read-only-key-for-the-test";
-
-/// A CA and a certificate for localhost / 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "zhiku test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    (
-        write("ca.pem", ca.pem()),
-        write("cert.pem", cert.pem()),
-        write("key.pem", key.serialize_pem()),
-    )
-}
 
 fn zhiku(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(binary("zhiku"))
@@ -56,19 +33,36 @@ fn zhiku(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// GET /metrics over HTTP/1.1: (status line, body).
-fn scrape(addr: SocketAddr, key: Option<&str>) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics listener");
+/// GET /metrics over HTTP/1.1 and TLS, trusting the CA at `ca`: (status line, body).
+fn scrape(addr: SocketAddr, ca: &str, key: Option<&str>) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).expect("metrics listener");
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
     let auth = key
         .map(|k| format!("authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nhost: localhost\r\n{auth}connection: close\r\n\r\n"
     )
     .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let mut response = Vec::new();
+    // The server may close without TLS's close_notify: what was read counts.
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     (
         head.lines().next().unwrap_or("").to_owned(),
@@ -122,7 +116,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, want: &[(&str, &str)]) -
 #[test]
 fn keys_tls_and_metrics_through_zhiku_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = test_certificates(dir.path());
     let data = dir.path().join("data");
     let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
     let minilm = minilm_dir();
@@ -134,18 +128,10 @@ fn keys_tls_and_metrics_through_zhiku_serve() {
         &minilm,
         &qwen,
         &data,
-        &[
-            "--metrics-listen",
-            &metrics_arg,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--api-key",
-            FULL_KEY,
-            "--read-only-api-key",
-            READ_ONLY_KEY,
-        ],
+        &["--metrics-listen", metrics_arg.as_str()]
+            .into_iter()
+            .chain(tls_and_key_flags(&cert, &key, FULL_KEY, READ_ONLY_KEY))
+            .collect::<Vec<_>>(),
     );
     let orchestrator = serve.addr;
     let addr = format!("https://localhost:{}", orchestrator.port());
@@ -284,10 +270,10 @@ fn keys_tls_and_metrics_through_zhiku_serve() {
     };
     assert!(!ok && stderr.contains("Unauthenticated"), "{stderr}");
 
-    // /metrics: guarded by the key, then parsed.
-    let (status, _) = scrape(metrics, None);
+    // /metrics: over TLS as every listener, guarded by the key, then parsed.
+    let (status, _) = scrape(metrics, &ca, None);
     assert!(status.contains("401"), "{status}");
-    let (status, body) = scrape(metrics, Some(FULL_KEY));
+    let (status, body) = scrape(metrics, &ca, Some(FULL_KEY));
     assert!(status.contains("200"), "{status}");
     let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
         .expect("Prometheus text format");

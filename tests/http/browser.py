@@ -1,6 +1,9 @@
 """The web page in a real browser: headless Chromium driven over the DevTools protocol.
 
-Run by tests/http.rs: python3 browser.py BASE_URL CHROMIUM SCREENSHOT.png
+Run by tests/http.rs: python3 browser.py BASE_URL CHROMIUM SCREENSHOT.png FULL_KEY READ_ONLY_KEY
+The server speaks TLS with the test's own CA (Chromium is told to accept its certificate) and
+wants API keys: the page shows its 401 message until a key is entered in its key field, and
+its 403 message when a read-only key tries to create a knowledge base.
 With the browser's language set to Chinese (navigator.language zh-CN), it creates a knowledge base on the page, uploads
 a Chinese document through the page's file input (the same path as a drop), asks a question,
 watches the answer stream in, clicks a citation to see its passage, and saves a screenshot.
@@ -18,7 +21,7 @@ import urllib.request
 
 import websocket
 
-BASE, CHROMIUM, SCREENSHOT = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
+BASE, CHROMIUM, SCREENSHOT, FULL_KEY, READ_ONLY_KEY = sys.argv[1].rstrip("/"), *sys.argv[2:6]
 ANSWER_WORDS = ("玩手机", "打游戏", "看电影")
 
 
@@ -67,7 +70,7 @@ browser = subprocess.Popen(
         CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--no-first-run", "--no-default-browser-check", "--disable-extensions",
         f"--user-data-dir={profile}", "--remote-debugging-port=0", "--remote-allow-origins=*",
-        "--window-size=1280,900", "about:blank",
+        "--window-size=1280,900", "--ignore-certificate-errors", "about:blank",
     ],
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
@@ -92,6 +95,29 @@ try:
     check(page.eval("window.zhiku.lang") == "zh" and page.eval("document.getElementById('ask').textContent") == "提问",
           "the page speaks Chinese to a Chinese browser", page.eval("navigator.language"))
 
+    # No key yet: the page says that one is needed, in Chinese.
+    page.wait("document.getElementById('status').textContent.includes('401')", "the 401 message")
+    check("需要 API 密钥" in page.eval("document.getElementById('status').textContent"),
+          "without a key the page asks for one (401, in Chinese)", page.eval("document.getElementById('status').textContent"))
+
+    def use_key(key):
+        page.eval(f"document.getElementById('api-key').value = {json.dumps(key)}; "
+                  "document.getElementById('key-form').requestSubmit(); 1")
+
+    # A read-only key lists, but may not create.
+    use_key(READ_ONLY_KEY)
+    page.wait("document.getElementById('status').className !== 'error'", "the key accepted")
+    page.eval("document.getElementById('kb-new').value = 'webpage'; document.getElementById('kb-form').requestSubmit(); 1")
+    page.wait("document.getElementById('status').textContent.includes('403')", "the 403 message")
+    check("只读" in page.eval("document.getElementById('status').textContent"),
+          "a read-only key cannot create a knowledge base (403, in Chinese)", page.eval("document.getElementById('status').textContent"))
+
+    use_key(FULL_KEY)
+    check(page.eval("localStorage.getItem('zhiku.apiKey')") == FULL_KEY, "the key is kept in localStorage")
+    # A reload keeps it, and every call after carries it (the upload and the streamed ask too).
+    page.call("Page.navigate", url=f"{BASE}/?max_tokens=40")
+    page.wait("document.readyState === 'complete' && window.zhiku !== undefined", "the page again")
+    check(page.eval("document.getElementById('api-key').value") == FULL_KEY, "the key field holds the kept key after a reload")
     page.eval("document.getElementById('kb-new').value = 'webpage'; document.getElementById('kb-form').requestSubmit(); 1")
     page.wait("document.getElementById('kb-select').value === 'webpage'", "the new knowledge base selected")
     check(True, "a knowledge base created on the page")
@@ -117,7 +143,9 @@ try:
     answer = page.eval("document.querySelector('.turn .answer').innerText")
     check(any(w in answer for w in ANSWER_WORDS) and page.eval("window.zhiku.chunks") > 1
           and not page.eval("!!document.querySelector('.turn .error')"), "the answer", answer)
-    check(page.eval("document.querySelectorAll('.turn button.cite').length") >= 1, "a citation [n] is shown",
+    check(page.eval("document.querySelectorAll('.turn .answer button.cite').length") >= 1
+          and page.eval("document.querySelectorAll('.turn .sources button.cite').length") >= 1,
+          "citations [n] are shown in the answer's text and under it",
           page.eval("document.querySelector('.turn').innerHTML"))
     page.eval("document.querySelector('.turn .sources button.cite').click(); 1")
     page.wait("!document.getElementById('passage').hidden", "the passage panel")

@@ -324,3 +324,50 @@ pub fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A CA and a certificate for localhost / 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
+pub fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "zhiku test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+/// The flags of a `zhiku serve` with TLS on every listener (`cert`, `key` of
+/// [`test_certificates`]) and two API keys, one with full access and one read-only.
+pub fn tls_and_key_flags<'a>(
+    cert: &'a str,
+    key: &'a str,
+    full_key: &'a str,
+    read_only_key: &'a str,
+) -> [&'a str; 8] {
+    [
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--api-key",
+        full_key,
+        "--read-only-api-key",
+        read_only_key,
+    ]
+}

@@ -115,6 +115,13 @@ pub async fn serve_with_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RuntimeError> {
     let grace = server.shutdown_grace();
+    let http_tls = match &http_listener {
+        Some(_) => match zhiku_runtime::tls::Identity::from_args(&server.tls).await? {
+            Some(identity) => Some(identity.acceptor()?),
+            None => None,
+        },
+        None => None,
+    };
     let http_keys =
         zhiku_runtime::auth::ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
@@ -173,7 +180,7 @@ pub async fn serve_with_http(
         result
     };
     let http = async {
-        let served = http::serve(http_listener, router, stopped(stop_rx.clone()));
+        let served = http::serve(http_listener, router, http_tls, stopped(stop_rx.clone()));
         let deadline = async {
             stopped(stop_rx.clone()).await;
             tokio::time::sleep(grace).await;

@@ -242,13 +242,16 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The response to a refused request: trailers-only gRPC, or HTTP 401/403.
+/// The response to a refused request: trailers-only gRPC, or HTTP 401/403 with an empty
+/// body and the [`Refusal`] in the response's extensions.
 fn refuse<B: Default>(refusal: &Refusal, grpc: bool) -> Response<B> {
     if grpc {
         return tonic::Status::new(refusal.grpc_code(), refusal.to_string()).into_http();
     }
     let mut response = Response::new(B::default());
     *response.status_mut() = refusal.http_status();
+    // For an HTTP API above that writes its own error bodies.
+    response.extensions_mut().insert(refusal.clone());
     if refusal.http_status() == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,

@@ -15,6 +15,7 @@
 //! - [`health`]: asking another server for its health;
 //! - [`auth`]: API keys (`authorization: Bearer …`), a tower layer for gRPC and HTTP alike;
 //! - [`metrics`]: the Prometheus registry, the per-request layer and `/metrics`;
+//! - [`tls`]: `--tls-cert` / `--tls-key` on every listener (gRPC, HTTP, `/metrics`);
 //! - [`client`]: endpoints for `http://` and `https://` (TLS, with a CA of one's own).
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod ready;
 pub mod request_id;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{AuthArgs, LogFormat, Secret, ServerArgs, TlsArgs};
 pub use error::{ErrorKind, ServiceError};

@@ -405,29 +405,42 @@ where
     }
 }
 
-/// Serves `GET /metrics` on `listener` (HTTP/1.1) until the process ends, behind `keys`
-/// (open when they say so, or when there are none).
+/// Serves `GET /metrics` on `listener` (HTTP/1.1, over TLS with `tls`) until the process
+/// ends, behind `keys` (open when they say so, or when there are none).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     keys: Option<Arc<crate::auth::ApiKeys>>,
+    tls: Option<crate::tls::TlsAcceptor>,
 ) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let keys = keys.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let response = scrape(&request, keys.as_deref());
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
+    match tls {
+        None => loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(serve_connection(stream, keys.clone()));
+        },
+        Some(acceptor) => {
+            let mut incoming = crate::tls::incoming(listener, acceptor);
+            while let Some((stream, _)) = incoming.recv().await {
+                tokio::spawn(serve_connection(stream, keys.clone()));
             }
-        });
+            Ok(())
+        }
+    }
+}
+
+async fn serve_connection<Io>(stream: Io, keys: Option<Arc<crate::auth::ApiKeys>>)
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let response = scrape(&request, keys.as_deref());
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(error = %e, "metrics connection ended");
     }
 }
 
@@ -464,15 +477,17 @@ fn scrape<B>(request: &Request<B>, keys: Option<&crate::auth::ApiKeys>) -> Respo
 pub async fn spawn(
     addr: std::net::SocketAddr,
     keys: Option<Arc<crate::auth::ApiKeys>>,
+    tls: Option<crate::tls::TlsAcceptor>,
 ) -> Result<std::net::SocketAddr, crate::server::RuntimeError> {
     let listener = crate::server::bind(addr).await?;
     let local = listener.local_addr().unwrap_or(addr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, keys).await {
+        if let Err(e) = serve(listener, keys, tls).await {
             tracing::error!(error = %e, "the metrics listener stopped");
         }
     });
-    tracing::info!(addr = %local, "metrics at http://{local}/metrics");
+    tracing::info!(addr = %local, "metrics at {scheme}://{local}/metrics");
     Ok(local)
 }
 

@@ -40,26 +40,6 @@ pub enum RuntimeError {
     Tls(String),
 }
 
-/// The TLS identity of `--tls-cert` / `--tls-key`, when set.
-async fn tls_config(
-    args: &crate::config::TlsArgs,
-) -> Result<Option<tonic::transport::ServerTlsConfig>, RuntimeError> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let read = |path: std::path::PathBuf, what: &'static str| async move {
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| RuntimeError::Tls(format!("cannot read {what} {}: {e}", path.display())))
-    };
-    let cert = read(cert.clone(), "--tls-cert").await?;
-    let key = read(key.clone(), "--tls-key").await?;
-    Ok(Some(
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert, key)),
-    ))
-}
-
 /// Binds a TCP listener with a clear error.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
     TcpListener::bind(addr)
@@ -178,7 +158,9 @@ impl ServiceRuntime {
         } = self;
 
         let keys = ApiKeys::from_args(&args.auth).map_err(RuntimeError::Auth)?;
-        let tls = tls_config(&args.tls).await?;
+        let tls = crate::tls::Identity::from_args(&args.tls)
+            .await?
+            .map(|identity| identity.grpc());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(zhiku_proto::FILE_DESCRIPTOR_SET)
@@ -391,7 +373,11 @@ where
 pub async fn start_metrics(server: &ServerArgs) -> Result<(), RuntimeError> {
     if let Some(addr) = server.metrics_listen {
         let keys = ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
-        crate::metrics::spawn(addr, keys).await?;
+        let tls = match crate::tls::Identity::from_args(&server.tls).await? {
+            Some(identity) => Some(identity.acceptor()?),
+            None => None,
+        };
+        crate::metrics::spawn(addr, keys, tls).await?;
     }
     Ok(())
 }

@@ -10,9 +10,14 @@
 //! its code into the HTTP status and OpenAI's error JSON. Handlers call the pipelines in this
 //! process, as the gRPC handlers do.
 //!
+//! Its keys and TLS are the gRPC side's too: `--api-key` & co. guard the API and `/metrics`
+//! (a refusal is OpenAI's error JSON), and `--tls-cert` / `--tls-key` put this listener on
+//! HTTPS ([`serve`] with the acceptor of [`zhiku_runtime::tls`]).
+//!
 //! [`router`] returns a plain `axum::Router`, so that more layers (authentication, metrics)
 //! can wrap it before [`serve`].
 
+pub mod cite;
 pub mod openai;
 pub mod page;
 pub mod rest;
@@ -136,7 +141,8 @@ pub fn router(
             limit_calls,
         ))
         .route("/metrics", get(metrics))
-        .layer(zhiku_runtime::auth::ApiKeyLayer::new(keys));
+        .layer(zhiku_runtime::auth::ApiKeyLayer::new(keys))
+        .layer(axum::middleware::map_response(refusal_as_openai_error));
     Router::new()
         .merge(page::routes())
         .route("/healthz", get(healthz))
@@ -157,25 +163,66 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-/// Serves `router` on `listener` until `shutdown`, then lets in-flight calls finish (the
-/// caller bounds that wait with the shutdown grace).
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`, then lets in-flight
+/// calls finish (the caller bounds that wait with the shutdown grace).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<zhiku_runtime::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "HTTP listening (OpenAI API, REST, web page)");
-    // As on the gRPC side: a small reply must not wait for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, tls = tls.is_some(), "HTTP listening (OpenAI API, REST, web page)");
+    match tls {
+        None => {
+            // As on the gRPC side: a small reply must not wait for the client's delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        Some(acceptor) => {
+            let listener = TlsListener {
+                incoming: zhiku_runtime::tls::incoming(listener, acceptor),
+                local,
+            };
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// The HTTP listener over TLS: connections whose handshake is done (see
+/// [`zhiku_runtime::tls::incoming`]).
+struct TlsListener {
+    incoming: mpsc::Receiver<(
+        zhiku_runtime::tls::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = zhiku_runtime::tls::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task ended: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// 200 while the orchestrator is loaded and its downstream services are SERVING, else 503:
@@ -188,6 +235,24 @@ async fn healthz(State(state): State<HttpState>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING")
     };
     (status, Json(serde_json::json!({ "status": text }))).into_response()
+}
+
+/// A call the key layer refused, answered as OpenAI's error JSON (401 or 403, with the
+/// layer's reason).
+async fn refusal_as_openai_error(response: Response) -> Response {
+    match response.extensions().get::<zhiku_runtime::auth::Refusal>() {
+        Some(refusal) => {
+            let mut error =
+                ApiError::from(tonic::Status::new(refusal.grpc_code(), refusal.to_string()))
+                    .into_response();
+            let challenge = axum::http::header::WWW_AUTHENTICATE;
+            if let Some(value) = response.headers().get(&challenge) {
+                error.headers_mut().insert(challenge, value.clone());
+            }
+            error
+        }
+        None => response,
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -507,7 +572,11 @@ mod tests {
             Some(Arc::new(keys)),
         );
         let models = |key| call_with(&router, "GET", "/v1/models", Vec::new(), key);
-        assert_eq!(models(None).await.0, 401);
+        let (status, body) = models(None).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("unauthenticated"))
+        );
         assert_eq!(models(Some("wrong")).await.0, 401);
         // Past the key check: the orchestrator is still loading.
         assert_eq!(models(Some("full")).await.0, 503);
@@ -519,7 +588,11 @@ mod tests {
             vec![],
             Some("reader"),
         );
-        assert_eq!(delete.await.0, 403);
+        let (status, body) = delete.await;
+        assert_eq!(
+            (status, &body["error"]["type"]),
+            (403, &json!("permission_error"))
+        );
         let metrics = |key| call_with(&router, "GET", "/metrics", Vec::new(), key);
         assert_eq!(metrics(None).await.0, 401);
         assert_eq!(metrics(Some("reader")).await.0, 200);

@@ -8,9 +8,12 @@
 //! template); the generator's own model id gives a plain chat with every message.
 //!
 //! The answer of a knowledge base carries its citations in both forms of the response:
-//! - in the content: the passages are numbered `[1]`, `[2]`, … in the prompt, and the content
-//!   ends with one line per source, `[n] source`, so that any OpenAI client shows them
-//!   (`"zhiku": {"sources_in_content": false}` in the request leaves them out);
+//! - in the content: the passages are numbered `[1]`, `[2]`, … in the prompt; each sentence
+//!   of the answer ends with the `[n]` of the passage that supports it best ([`cite`]: the
+//!   model's own markers are kept, none added to a sentence no passage supports), and the
+//!   content ends with one line per source, `[n] source`, so that any OpenAI client shows
+//!   them. In the request, `"zhiku": {"sources_in_content": false}` leaves the source lines
+//!   out and `"inline_citations": false` the sentence markers;
 //! - in the extension field `zhiku` of the response (unary) or of the first and the last
 //!   chunk (streamed): `{"knowledge_base", "sources": [{"number", "document_id", "source",
 //!   "chunk_index", "score", "text"}], "refused", "timings"}`.
@@ -37,6 +40,7 @@ use zhiku_proto::v1::{
     SearchMode, Timings, Turn, ask_event, generate_request, generate_stream_response,
 };
 
+use super::cite::{self, Citer};
 use super::{ApiError, HttpState, Json, spawn_events};
 use crate::Orchestrator;
 use crate::downstream::Deadline;
@@ -51,8 +55,10 @@ pub struct ChatOptions {
     pub score_threshold: Option<f32>,
     /// "dense", "sparse" or "hybrid" (default).
     pub mode: Option<String>,
-    /// False: the content holds the answer alone, without the `[n] source` lines.
+    /// False: the content holds the answer without the `[n] source` lines at its end.
     pub sources_in_content: Option<bool>,
+    /// False: no `[n]` markers put after the answer's sentences.
+    pub inline_citations: Option<bool>,
     /// Token budget of the passages (unset: the orchestrator's `--context-tokens`).
     pub context_tokens: Option<u32>,
     /// With history, rewrite the question into a standalone one before retrieval (unset:
@@ -377,12 +383,52 @@ fn usage(f: &Final) -> Value {
     })
 }
 
-fn kb_final(kb: &str, answer: Answer, sources_in_content: bool) -> Final {
-    let refused = answer.refused || crate::eval::is_refusal(&answer.text);
-    let mut text = answer.text;
-    if sources_in_content && !refused && !answer.citations.is_empty() {
-        text.push_str(&sources_footer(&answer.citations));
+/// How the citations show in the content.
+#[derive(Debug, Clone, Copy)]
+struct Cites {
+    /// `[n]` after each supported sentence.
+    inline: bool,
+    /// The `[n] source` lines at the end.
+    footer: bool,
+}
+
+impl Cites {
+    fn of(options: &ChatOptions) -> Self {
+        Self {
+            inline: options.inline_citations.unwrap_or(true),
+            footer: options.sources_in_content.unwrap_or(true),
+        }
     }
+}
+
+/// The content after the answer's text: the source lines, unless refused or asked not to.
+fn footer(answer: &Answer, refused: bool, cites: Cites) -> String {
+    if cites.footer && !refused && !answer.citations.is_empty() {
+        sources_footer(&answer.citations)
+    } else {
+        String::new()
+    }
+}
+
+fn is_refused(answer: &Answer) -> bool {
+    answer.refused || crate::eval::is_refusal(&answer.text)
+}
+
+/// The content of a unary answer: its text with the markers, then the source lines.
+fn content(answer: &Answer, cites: Cites) -> String {
+    let refused = is_refused(answer);
+    let mut text = if cites.inline && !refused {
+        cite::cite(&answer.text, &answer.citations)
+    } else {
+        answer.text.clone()
+    };
+    text.push_str(&footer(answer, refused, cites));
+    text
+}
+
+/// The final answer; `text`: its content, the answer's text with the citations in.
+fn kb_final(kb: &str, answer: Answer, text: String) -> Final {
+    let refused = is_refused(&answer);
     Final {
         text,
         finish_reason: if answer.refused {
@@ -432,23 +478,18 @@ pub async fn chat_completions(
     match target {
         Target::KnowledgeBase(kb) => {
             let ask = ask_request(&request, kb.clone(), max_new_tokens)?;
-            let sources_in_content = request.zhiku.sources_in_content.unwrap_or(true);
+            let cites = Cites::of(&request.zhiku);
             let events = spawn_events(move |tx| {
                 let orchestrator = orchestrator.clone();
                 async move { orchestrator.ask(ask, Deadline::default(), tx).await }
             });
             if request.stream {
                 let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-                Ok(sse(kb_chunks(
-                    header,
-                    kb,
-                    events,
-                    sources_in_content,
-                    include_usage,
-                )))
+                Ok(sse(kb_chunks(header, kb, events, cites, include_usage)))
             } else {
                 let answer = collect_answer(events).await?;
-                Ok(header.completion(&kb_final(&kb, answer, sources_in_content)))
+                let text = content(&answer, cites);
+                Ok(header.completion(&kb_final(&kb, answer, text)))
             }
         }
         Target::Chat(model) => {
@@ -600,16 +641,21 @@ fn kb_chunks(
     header: Header,
     kb: String,
     events: Events,
-    sources_in_content: bool,
+    cites: Cites,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Vec<Value>, ApiError>> + Send + 'static {
     let header = Arc::new(header);
+    // Puts the markers in as the pieces pass (set once the sources are known).
+    let mut citer: Option<Citer> = None;
     ReceiverStream::new(events)
         .map(move |event| {
             let header = header.clone();
             let event = event.map_err(ApiError::from)?;
             Ok(match event.event {
                 Some(ask_event::Event::Sources(sources)) => {
+                    if cites.inline {
+                        citer = Some(Citer::new(&sources.citations));
+                    }
                     let mut chunk = header.chunk(json!({"role": "assistant", "content": ""}), None);
                     chunk["zhiku"] = json!({
                         "knowledge_base": kb,
@@ -618,19 +664,28 @@ fn kb_chunks(
                     vec![chunk]
                 }
                 Some(ask_event::Event::Chunk(chunk)) => {
-                    vec![header.chunk(json!({ "content": chunk.text }), None)]
+                    let text = match &mut citer {
+                        Some(citer) => citer.push(&chunk.text),
+                        None => chunk.text,
+                    };
+                    // Empty while the citer holds a sentence's end back.
+                    if text.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![header.chunk(json!({ "content": text }), None)]
+                    }
                 }
                 Some(ask_event::Event::Answer(answer)) => {
-                    // A refusal was not streamed: its text goes out here. A generated answer
-                    // was: only the source lines are left.
-                    let pipeline_refusal = answer.refused;
-                    let generated = answer.text.len();
-                    let f = kb_final(&kb, answer, sources_in_content);
-                    let rest = if pipeline_refusal {
-                        f.text.clone()
+                    // A refusal of the pipeline was not streamed: its text goes out here. A
+                    // generated answer was: what the citer held, and the source lines.
+                    let rest = if answer.refused {
+                        answer.text.clone()
                     } else {
-                        f.text.get(generated..).unwrap_or_default().to_owned()
+                        let mut rest = citer.as_mut().map(Citer::finish).unwrap_or_default();
+                        rest.push_str(&footer(&answer, is_refused(&answer), cites));
+                        rest
                     };
+                    let f = kb_final(&kb, answer, rest.clone());
                     header.last_chunks(Some(rest), &f, include_usage)
                 }
                 None => Vec::new(),
@@ -895,7 +950,7 @@ mod tests {
                 refused: true,
                 ..Default::default()
             },
-            true,
+            crate::prompt::REFUSAL.into(),
         );
         assert_eq!(f.text, crate::prompt::REFUSAL);
         assert_eq!(f.finish_reason, "stop");
@@ -904,25 +959,43 @@ mod tests {
 
     #[test]
     fn the_content_ends_with_the_numbered_sources() {
-        let citation = |n: u32, source: &str| Citation {
+        let citation = |n: u32, source: &str, text: &str| Citation {
             number: n,
             source: source.into(),
+            text: text.into(),
             ..Default::default()
         };
-        let f = kb_final(
-            "kb",
-            Answer {
-                text: "小拾喜欢玩手机 [1]。".into(),
-                citations: vec![citation(1, "xiaoshi.txt"), citation(2, "glm.md")],
-                finish_reason: FinishReason::Eos as i32,
-                ..Default::default()
-            },
-            true,
-        );
+        let answer = |text: &str| Answer {
+            text: text.into(),
+            citations: vec![
+                citation(1, "xiaoshi.txt", "小拾喜欢玩手机、打游戏、看电影。"),
+                citation(2, "glm.md", "GLM 是清华大学的模型。"),
+            ],
+            finish_reason: FinishReason::Eos as i32,
+            ..Default::default()
+        };
+        let all = Cites {
+            inline: true,
+            footer: true,
+        };
+        // The model's own marker is kept; a sentence without one gets the passage's.
+        let written = answer("小拾喜欢玩手机 [1]。GLM 是清华大学的模型。");
         assert_eq!(
-            f.text,
-            "小拾喜欢玩手机 [1]。\n\n[1] xiaoshi.txt\n[2] glm.md"
+            content(&written, all),
+            "小拾喜欢玩手机 [1]。GLM 是清华大学的模型。[2]\n\n[1] xiaoshi.txt\n[2] glm.md"
         );
+        let plain = answer("小拾喜欢看电影。");
+        let bare = Cites {
+            inline: false,
+            footer: false,
+        };
+        assert_eq!(content(&plain, bare), "小拾喜欢看电影。");
+        let inline_only = Cites {
+            inline: true,
+            footer: false,
+        };
+        assert_eq!(content(&plain, inline_only), "小拾喜欢看电影。[1]");
+        let f = kb_final("kb", plain, String::new());
         assert_eq!(f.zhiku.unwrap()["sources"][1]["source"], "glm.md");
         assert_eq!(short_name("/models/Qwen/qwen.gguf"), "qwen.gguf");
     }

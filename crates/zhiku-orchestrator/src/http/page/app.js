@@ -13,6 +13,10 @@ const I18N = {
     refused: 'No relevant passage was found: the knowledge base cannot answer this.',
     sources: 'Sources', score: 'score', chunk: 'passage', confirmKb: 'Delete knowledge base {kb} and all its documents?',
     created: 'Created {kb}.', deleted: 'Deleted {x}.', none: 'no knowledge base yet',
+    apiKey: 'API key (if the server needs one)', saveKey: 'Use key', keySaved: 'API key saved in this browser.',
+    keyCleared: 'API key removed.',
+    unauthorized: 'This server needs an API key: enter a valid key above (HTTP 401).',
+    forbidden: 'This API key is read-only: uploads and deletions need a full-access key (HTTP 403).',
   },
   zh: {
     tagline: '向你的文档提问', kb: '知识库', deleteKb: '删除', create: '新建',
@@ -24,6 +28,10 @@ const I18N = {
     refused: '没有找到相关段落：知识库无法回答这个问题。',
     sources: '来源', score: '分数', chunk: '段落', confirmKb: '删除知识库 {kb} 及其全部文档？',
     created: '已新建 {kb}。', deleted: '已删除 {x}。', none: '还没有知识库',
+    apiKey: 'API 密钥（服务器需要时填写）', saveKey: '使用密钥', keySaved: 'API 密钥已保存在此浏览器中。',
+    keyCleared: '已移除 API 密钥。',
+    unauthorized: '此服务器需要 API 密钥：请在上方输入有效的密钥（HTTP 401）。',
+    forbidden: '此 API 密钥为只读：上传和删除需要完全访问权限的密钥（HTTP 403）。',
   },
 };
 
@@ -59,15 +67,32 @@ function status(text, isError) {
   s.className = isError ? 'error' : '';
 }
 
+// The API key (stored in this browser) goes with every API call as `authorization: Bearer`.
+const KEY_ITEM = 'zhiku.apiKey';
+const apiKey = () => localStorage.getItem(KEY_ITEM) || '';
+function authHeaders(headers) {
+  const key = apiKey();
+  if (key) headers.authorization = `Bearer ${key}`;
+  return headers;
+}
+
+// The message of a failed call: the page's own words for a missing or wrong key (401) and a
+// read-only one (403), else the server's message.
+function failure(statusCode, data, fallback) {
+  if (statusCode === 401) return T.unauthorized;
+  if (statusCode === 403) return T.forbidden;
+  return (data && data.error && data.error.message) || fallback;
+}
+
 async function api(method, path, body) {
-  const init = { method, headers: {} };
+  const init = { method, headers: authHeaders({}) };
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error((data.error && data.error.message) || `${response.status} ${response.statusText}`);
+  if (!response.ok) throw new Error(failure(response.status, data, `${response.status} ${response.statusText}`));
   return data;
 }
 
@@ -159,13 +184,14 @@ function uploadOne(file) {
   };
   xhr.open('POST', `${kbPath(name)}/documents`);
   xhr.setRequestHeader('accept', 'application/x-ndjson');
+  for (const [name, value] of Object.entries(authHeaders({}))) xhr.setRequestHeader(name, value);
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (40 * e.loaded) / e.total; };
   xhr.onprogress = readLines;
   xhr.onload = () => {
     if (xhr.status >= 400) {
-      let message = `${xhr.status} ${xhr.statusText}`;
-      try { message = JSON.parse(xhr.responseText).error.message; } catch (_) { /* not JSON */ }
-      fail(message);
+      let data = {};
+      try { data = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      fail(failure(xhr.status, data, `${xhr.status} ${xhr.statusText}`));
     } else {
       readLines();
     }
@@ -223,12 +249,12 @@ async function ask(question) {
   try {
     const response = await fetch('/v1/chat/completions', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: authHeaders({ 'content-type': 'application/json' }),
       body: JSON.stringify({ model: `kb:${kb()}`, stream: true, messages, max_tokens: maxTokens, zhiku: { sources_in_content: false } }),
     });
     if (!response.ok) {
       const data = await response.json().catch(() => ({}));
-      throw new Error((data.error && data.error.message) || `${response.status}`);
+      throw new Error(failure(response.status, data, `${response.status}`));
     }
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -320,4 +346,12 @@ $('question').addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('ask-form').requestSubmit(); }
 });
 $('new-chat').onclick = () => { history = []; $('conversation').innerHTML = ''; };
+$('api-key').value = apiKey();
+$('key-form').onsubmit = (e) => {
+  e.preventDefault();
+  const key = $('api-key').value.trim();
+  if (key) localStorage.setItem(KEY_ITEM, key); else localStorage.removeItem(KEY_ITEM);
+  status(key ? T.keySaved : T.keyCleared);
+  loadKbs();
+};
 loadKbs();
