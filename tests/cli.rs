@@ -6,8 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use zhiku_e2e::{
-    ServiceProcess, binary, free_addr, grpcurl, minilm_dir, models_dir, wait_serving,
-    workspace_root,
+    ZhikuServe, binary, grpcurl, minilm_dir, models_dir, wait_serving, workspace_root,
 };
 
 const STARTUP: Duration = Duration::from_secs(180);
@@ -68,34 +67,17 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
     #[cfg(unix)]
     std::os::unix::fs::symlink("..", ingest_root.join("kb/sub/up")).unwrap();
     let qwen = models_dir().join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
-    let (orchestrator, embedder, retriever, generator) =
-        (free_addr(), free_addr(), free_addr(), free_addr());
     let minilm = minilm_dir();
-    let serve = ServiceProcess::spawn(
-        "zhiku",
-        orchestrator,
-        &[
-            "serve",
-            "--embedding-model",
-            minilm.to_str().unwrap(),
-            "--chat-model",
-            qwen.to_str().unwrap(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--orchestrator-listen",
-            &orchestrator.to_string(),
-            "--embedder-listen",
-            &embedder.to_string(),
-            "--retriever-listen",
-            &retriever.to_string(),
-            "--generator-listen",
-            &generator.to_string(),
-            "--ingest-root",
-            ingest_root.to_str().unwrap(),
-        ],
-        &[],
+    let stack = ZhikuServe::spawn(
+        &minilm,
+        &qwen,
+        data.path(),
+        &["--ingest-root", ingest_root.to_str().unwrap()],
     );
-    wait_serving(&serve, "zhiku.v1.Orchestrator", STARTUP).await;
+    let serve = &stack.serve;
+    let (orchestrator, embedder, retriever, generator) =
+        (serve.addr, stack.embedder, stack.retriever, stack.generator);
+    wait_serving(serve, "zhiku.v1.Orchestrator", STARTUP).await;
     for (addr, service) in [
         (embedder, "zhiku.v1.Embedder"),
         (retriever, "zhiku.v1.Retriever"),
@@ -353,7 +335,7 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
         }
     }
     drop(stream);
-    zhiku_e2e::wait_log(&serve, "the client went away; the ask stopped", STARTUP).await;
+    zhiku_e2e::wait_log(serve, "the client went away; the ask stopped", STARTUP).await;
     let logs = serve.logs();
     let line = logs
         .lines()
