@@ -37,6 +37,8 @@ pub struct EmbedderState {
     pub encoder: Arc<SentenceEncoder>,
     pub batcher: EmbeddingBatcher,
     pub max_client_batch_size: usize,
+    /// Longest text of a request, in bytes (--max-text-bytes).
+    pub max_text_bytes: usize,
 }
 
 impl EmbedderState {
@@ -60,6 +62,7 @@ impl EmbedderState {
             encoder,
             batcher,
             max_client_batch_size: args.max_client_batch_size.max(1),
+            max_text_bytes: args.max_text_bytes.max(1),
         })
     }
 }

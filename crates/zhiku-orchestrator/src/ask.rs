@@ -24,8 +24,6 @@ use crate::prompt::{REFUSAL, REWRITE_TEMPLATE};
 
 type Events = mpsc::Sender<Result<AskEvent, Status>>;
 
-const MAX_QUESTION_CHARS: usize = 4_000;
-
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -362,19 +360,35 @@ impl Orchestrator {
     ) -> Result<(), OrchestratorError> {
         let started = Instant::now();
         // Sizes are checked before anything is copied: a UTF-8 character is at most 4 bytes.
-        if request.question.len() > MAX_QUESTION_CHARS * 4 {
+        let max_chars = self.args.max_question_chars;
+        let too_long = || {
+            OrchestratorError::Validation(format!(
+                "`question` is longer than {max_chars} characters (--max-question-chars)"
+            ))
+        };
+        if request.question.len() > max_chars.saturating_mul(4) {
+            return Err(too_long());
+        }
+        let kept = &request.history[request
+            .history
+            .len()
+            .saturating_sub(self.args.max_history_turns)..];
+        let history_bytes: usize = kept.iter().map(|t| t.question.len() + t.answer.len()).sum();
+        if history_bytes > self.args.max_history_bytes {
             return Err(OrchestratorError::Validation(format!(
-                "`question` is longer than {MAX_QUESTION_CHARS} characters"
+                "the last {} turns of `history` are {history_bytes} bytes; at most {} are \
+                 allowed (--max-history-bytes, of the turns --max-history-turns keeps): send \
+                 fewer or shorter turns",
+                kept.len(),
+                self.args.max_history_bytes
             )));
         }
         let question = request.question.trim().to_owned();
         if question.is_empty() {
             return Err(OrchestratorError::Validation("`question` is empty".into()));
         }
-        if question.chars().count() > MAX_QUESTION_CHARS {
-            return Err(OrchestratorError::Validation(format!(
-                "`question` is longer than {MAX_QUESTION_CHARS} characters"
-            )));
+        if question.chars().count() > max_chars {
+            return Err(too_long());
         }
         if request.knowledge_base.is_empty() {
             return Err(OrchestratorError::Validation(

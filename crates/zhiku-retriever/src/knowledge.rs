@@ -24,6 +24,11 @@ pub const MAX_TOP_K: u32 = 100;
 /// ListDocuments page size when 0 is given, and its maximum.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Longest `query_text` of a Search by default, in bytes (--max-query-bytes): a question's
+/// 4,000 characters fit.
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 16_384;
+/// Most values a search filter lists (document ids, sources and metadata pairs together).
+pub const MAX_FILTER_VALUES: usize = 1024;
 
 /// Namespace of point ids (UUID v5 of knowledge base, document id and chunk index).
 const POINT_NAMESPACE: Uuid = Uuid::from_bytes([
@@ -116,6 +121,7 @@ pub struct Retriever {
     store: Arc<dyn VectorStore>,
     bm25: Arc<Bm25>,
     hnsw_ef: Option<usize>,
+    max_query_bytes: usize,
 }
 
 impl Retriever {
@@ -124,7 +130,14 @@ impl Retriever {
             store,
             bm25: Arc::new(Bm25::new()?),
             hnsw_ef: None,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
         })
+    }
+
+    /// Sets the longest `query_text` a Search takes, in bytes (--max-query-bytes).
+    pub fn with_max_query_bytes(mut self, max: usize) -> Self {
+        self.max_query_bytes = max.max(1);
+        self
     }
 
     /// Sets the HNSW beam width of dense searches (None: the engine's default).
@@ -310,6 +323,24 @@ impl Retriever {
 
     pub async fn search(&self, mut req: pb::SearchRequest) -> Result<pb::SearchResponse> {
         validate_name(&req.knowledge_base)?;
+        // Sizes first: nothing is segmented or copied for a request over its limits.
+        if req.query_text.len() > self.max_query_bytes {
+            return Err(RetrieverError::invalid(format!(
+                "`query_text` is {} bytes; at most {} are allowed (--max-query-bytes): send \
+                 the question, not a document",
+                req.query_text.len(),
+                self.max_query_bytes
+            )));
+        }
+        if let Some(filter) = &req.filter {
+            let values = filter.document_ids.len() + filter.sources.len() + filter.metadata.len();
+            if values > MAX_FILTER_VALUES {
+                return Err(RetrieverError::invalid(format!(
+                    "the filter lists {values} values; at most {MAX_FILTER_VALUES} are allowed \
+                     (document ids, sources and metadata pairs together)"
+                )));
+            }
+        }
         let has_vector = !req.vector.is_empty();
         let has_text = !req.query_text.trim().is_empty();
         let mode = match pb::SearchMode::try_from(req.mode) {
