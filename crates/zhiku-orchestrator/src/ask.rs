@@ -526,8 +526,18 @@ impl Orchestrator {
                     timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
                     timings.generate_ms = ms(generate_started);
                     timings.total_ms = ms(started);
-                    let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
-                    let (support, grounded) = grounding(&done.text, &texts);
+                    // Scoring is CPU work in proportion to the answer and its passages:
+                    // off the async threads.
+                    let texts: Vec<String> = citations.iter().map(|c| c.text.clone()).collect();
+                    let answer = done.text.clone();
+                    let (support, grounded) = tokio::task::spawn_blocking(move || {
+                        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        grounding(&answer, &texts)
+                    })
+                    .await
+                    .map_err(|e| {
+                        OrchestratorError::Internal(format!("the scoring thread failed: {e}"))
+                    })?;
                     return send(
                         events,
                         ask_event::Event::Answer(Answer {
