@@ -227,56 +227,60 @@ impl Retriever {
             )));
         }
         let meta = self.store.kb_meta(&kb).await?;
-        let mut seen = std::collections::HashSet::new();
-        let mut stale: BTreeMap<String, u32> = BTreeMap::new();
-        for (i, p) in req.passages.iter().enumerate() {
-            let what = format!(
-                "passage {i} (document {:?}, chunk {})",
-                p.document_id, p.chunk_index
-            );
-            if p.document_id.is_empty() {
-                return Err(RetrieverError::invalid(format!(
-                    "passage {i} has an empty document_id; give every passage the id of its document"
-                )));
-            }
-            check_vector(&p.vector, meta.dimensions, &format!("the vector of {what}"))?;
-            if p.chunk_count != 0 && p.chunk_index >= p.chunk_count {
-                return Err(RetrieverError::invalid(format!(
-                    "{what} has chunk_index >= chunk_count ({}); chunk indexes run from 0 to \
-                     chunk_count - 1",
-                    p.chunk_count
-                )));
-            }
-            if p.char_end < p.char_start {
-                return Err(RetrieverError::invalid(format!(
-                    "{what} has char_end {} before char_start {}",
-                    p.char_end, p.char_start
-                )));
-            }
-            if !seen.insert((p.document_id.as_str(), p.chunk_index)) {
-                return Err(RetrieverError::invalid(format!(
-                    "{what} appears twice in this request; send each chunk once"
-                )));
-            }
-            if p.chunk_count != 0 {
-                match stale.get(&p.document_id) {
-                    Some(&c) if c != p.chunk_count => {
-                        return Err(RetrieverError::invalid(format!(
-                            "{what} says chunk_count {} but another passage of the document \
-                             says {c}; all chunks of one version share chunk_count",
-                            p.chunk_count
-                        )));
-                    }
-                    _ => {
-                        stale.insert(p.document_id.clone(), p.chunk_count);
+        let bm25 = self.bm25.clone();
+        let kb_name = kb.clone();
+        // Checking every vector and computing BM25 (jieba for Chinese) is CPU work in
+        // proportion to the request: all of it off the async threads.
+        let (points, stale) = tokio::task::spawn_blocking(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut stale: BTreeMap<String, u32> = BTreeMap::new();
+            for (i, p) in req.passages.iter().enumerate() {
+                let what = format!(
+                    "passage {i} (document {:?}, chunk {})",
+                    p.document_id, p.chunk_index
+                );
+                if p.document_id.is_empty() {
+                    return Err(RetrieverError::invalid(format!(
+                        "passage {i} has an empty document_id; give every passage the id of \
+                         its document"
+                    )));
+                }
+                check_vector(&p.vector, meta.dimensions, &format!("the vector of {what}"))?;
+                if p.chunk_count != 0 && p.chunk_index >= p.chunk_count {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} has chunk_index >= chunk_count ({}); chunk indexes run from 0 to \
+                         chunk_count - 1",
+                        p.chunk_count
+                    )));
+                }
+                if p.char_end < p.char_start {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} has char_end {} before char_start {}",
+                        p.char_end, p.char_start
+                    )));
+                }
+                if !seen.insert((p.document_id.as_str(), p.chunk_index)) {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} appears twice in this request; send each chunk once"
+                    )));
+                }
+                if p.chunk_count != 0 {
+                    match stale.get(&p.document_id) {
+                        Some(&c) if c != p.chunk_count => {
+                            return Err(RetrieverError::invalid(format!(
+                                "{what} says chunk_count {} but another passage of the document \
+                                 says {c}; all chunks of one version share chunk_count",
+                                p.chunk_count
+                            )));
+                        }
+                        _ => {
+                            stale.insert(p.document_id.clone(), p.chunk_count);
+                        }
                     }
                 }
             }
-        }
-        let bm25 = self.bm25.clone();
-        let kb_name = kb.clone();
-        let points = tokio::task::spawn_blocking(move || {
-            req.passages
+            let points = req
+                .passages
                 .into_iter()
                 .map(|p| {
                     // The heading path is indexed with the text (as it is embedded).
@@ -303,10 +307,11 @@ impl Retriever {
                         },
                     }
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            Ok::<_, RetrieverError>((points, stale))
         })
         .await
-        .map_err(|e| RetrieverError::Task(e.to_string()))?;
+        .map_err(|e| RetrieverError::Task(e.to_string()))??;
         let stale = stale
             .into_iter()
             .map(|(document_id, chunk_count)| StaleChunks {
