@@ -67,6 +67,11 @@ pub struct EmbedderArgs {
     )]
     pub max_client_batch_size: usize,
 
+    /// Longest text (in bytes) of an Embed or Tokenize request, checked before it is
+    /// tokenized: the model reads at most its first max-input-tokens tokens anyway.
+    #[arg(long, env = "ZHIKU_EMBEDDER_MAX_TEXT_BYTES", default_value_t = 65_536)]
+    pub max_text_bytes: usize,
+
     /// Most texts waiting for a batch; past it requests get RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "ZHIKU_EMBEDDER_MAX_QUEUED_TEXTS", default_value_t = 4_096)]
     pub max_queued_texts: usize,
@@ -99,6 +104,7 @@ impl EmbedderArgs {
             max_input_tokens: None,
             max_batch_tokens: 16_384,
             max_client_batch_size: 256,
+            max_text_bytes: 65_536,
             max_queued_texts: 4_096,
             reranker_model: None,
             reranker_max_input_tokens: None,

@@ -45,6 +45,8 @@ pub struct EmbedderState {
     /// The cross-encoder and its batcher, with --reranker-model.
     pub reranker: Option<RerankerState>,
     pub max_client_batch_size: usize,
+    /// Longest text of a request, in bytes (--max-text-bytes).
+    pub max_text_bytes: usize,
 }
 
 /// A loaded cross-encoder and its own batcher (same token budget and queue bound as Embed's).
@@ -95,6 +97,7 @@ impl EmbedderState {
             batcher,
             reranker,
             max_client_batch_size: args.max_client_batch_size.max(1),
+            max_text_bytes: args.max_text_bytes.max(1),
         })
     }
 }

@@ -66,8 +66,10 @@ async fn bad_input_is_invalid_argument_and_the_server_stays_up() {
 
     let long = "检索增强生成。".repeat(200);
     let many: Vec<&str> = vec!["x"; 257];
+    // One byte over --max-text-bytes (65536 by default).
+    let huge = format!("{}xx", "知".repeat(65_536 / 3));
     // Each bad request, and what its message must name so that the caller can fix it.
-    let bad: [(&str, EmbedRequest, &[&str]); 4] = [
+    let bad: [(&str, EmbedRequest, &[&str]); 5] = [
         (
             "empty",
             request(&[], EmbedKind::Query),
@@ -96,6 +98,15 @@ async fn bad_input_is_invalid_argument_and_the_server_stays_up() {
             },
             &["`texts[1]`", "limit of 256"],
         ),
+        (
+            "over the byte limit",
+            request(&["short", &huge], EmbedKind::Passage),
+            &[
+                "`texts[1]` is 65537 bytes",
+                "at most 65536",
+                "--max-text-bytes",
+            ],
+        ),
     ];
     for (case, req, fragments) in bad {
         let status = client.embed(req).await.unwrap_err();
@@ -108,6 +119,17 @@ async fn bad_input_is_invalid_argument_and_the_server_stays_up() {
             );
         }
     }
+
+    // Tokenize checks the same limit before tokenizing.
+    let status = client
+        .tokenize(TokenizeRequest {
+            texts: vec![huge.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("--max-text-bytes"), "{status:?}");
 
     // Truncated by default, and reported.
     let truncated = client

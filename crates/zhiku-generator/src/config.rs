@@ -66,6 +66,23 @@ pub struct GeneratorArgs {
     #[arg(long, env = "ZHIKU_GENERATOR_MAX_NEW_TOKENS", default_value_t = 512)]
     pub max_new_tokens: usize,
 
+    /// Longest input of Generate, GenerateStream and CountTokens, in bytes (a `prompt`, or
+    /// the sum of a `chat`'s message contents), checked before it is rendered or tokenized.
+    #[arg(
+        long,
+        env = "ZHIKU_GENERATOR_MAX_PROMPT_BYTES",
+        default_value_t = 1 << 20
+    )]
+    pub max_prompt_bytes: usize,
+
+    /// Most messages in one `chat`, checked with --max-prompt-bytes.
+    #[arg(
+        long,
+        env = "ZHIKU_GENERATOR_MAX_CHAT_MESSAGES",
+        default_value_t = 1024
+    )]
+    pub max_chat_messages: usize,
+
     /// Tokens the KV cache holds, over all running sequences (preallocated; pages become
     /// resident as they are used). A request reserves its prompt plus max_new_tokens.
     #[arg(
@@ -114,6 +131,8 @@ impl GeneratorArgs {
             merge_lora: Vec::new(),
             max_queued_requests: 32,
             max_new_tokens: 512,
+            max_prompt_bytes: 1 << 20,
+            max_chat_messages: 1024,
             kv_cache_tokens: 16_384,
             kv_cache_dtype: KvDtype::F16,
             max_batch_size: 16,

@@ -64,6 +64,10 @@ pub struct GeneratorState {
     pub engine: GenerationEngine,
     pub shared: Arc<EngineShared>,
     pub default_max_new_tokens: usize,
+    /// Input limits checked before rendering or tokenizing (--max-prompt-bytes,
+    /// --max-chat-messages).
+    pub max_prompt_bytes: usize,
+    pub max_chat_messages: usize,
 }
 
 impl GeneratorState {
@@ -104,6 +108,8 @@ impl GeneratorState {
             engine,
             shared,
             default_max_new_tokens: args.max_new_tokens.max(1),
+            max_prompt_bytes: args.max_prompt_bytes.max(1),
+            max_chat_messages: args.max_chat_messages.max(1),
         })
     }
 }

@@ -217,6 +217,50 @@ async fn bad_requests_are_refused_with_what_to_fix() {
         err.message()
     );
 
+    // Sizes are checked before rendering or tokenizing, for Generate and CountTokens alike.
+    let over = "x".repeat((1 << 20) + 1);
+    let err = client
+        .generate(GenerateRequest {
+            input: Some(generate_request::Input::Prompt(over.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("1048577 bytes") && err.message().contains("--max-prompt-bytes"),
+        "{}",
+        err.message()
+    );
+    let many = Chat {
+        messages: vec![
+            ChatMessage {
+                role: Role::User as i32,
+                content: "hi".into(),
+            };
+            1025
+        ],
+    };
+    for input in [
+        count_tokens_request::Input::Prompt(over),
+        count_tokens_request::Input::Chat(many),
+    ] {
+        let err = client
+            .count_tokens(CountTokensRequest {
+                input: Some(input),
+                without_first: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("--max-prompt-bytes")
+                || err.message().contains("--max-chat-messages"),
+            "{}",
+            err.message()
+        );
+    }
+
     let count = client
         .count_tokens(CountTokensRequest {
             input: Some(count_tokens_request::Input::Prompt("hello world".into())),

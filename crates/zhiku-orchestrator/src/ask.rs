@@ -27,8 +27,6 @@ use crate::{EmbedderFacts, Orchestrator};
 
 type Events = mpsc::Sender<Result<AskEvent, Status>>;
 
-const MAX_QUESTION_CHARS: usize = 4_000;
-
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -489,19 +487,35 @@ impl Orchestrator {
     ) -> Result<(), OrchestratorError> {
         let started = Instant::now();
         // Sizes are checked before anything is copied: a UTF-8 character is at most 4 bytes.
-        if request.question.len() > MAX_QUESTION_CHARS * 4 {
+        let max_chars = self.args.max_question_chars;
+        let too_long = || {
+            OrchestratorError::Validation(format!(
+                "`question` is longer than {max_chars} characters (--max-question-chars)"
+            ))
+        };
+        if request.question.len() > max_chars.saturating_mul(4) {
+            return Err(too_long());
+        }
+        let kept = &request.history[request
+            .history
+            .len()
+            .saturating_sub(self.args.max_history_turns)..];
+        let history_bytes: usize = kept.iter().map(|t| t.question.len() + t.answer.len()).sum();
+        if history_bytes > self.args.max_history_bytes {
             return Err(OrchestratorError::Validation(format!(
-                "`question` is longer than {MAX_QUESTION_CHARS} characters"
+                "the last {} turns of `history` are {history_bytes} bytes; at most {} are \
+                 allowed (--max-history-bytes, of the turns --max-history-turns keeps): send \
+                 fewer or shorter turns",
+                kept.len(),
+                self.args.max_history_bytes
             )));
         }
         let question = request.question.trim().to_owned();
         if question.is_empty() {
             return Err(OrchestratorError::Validation("`question` is empty".into()));
         }
-        if question.chars().count() > MAX_QUESTION_CHARS {
-            return Err(OrchestratorError::Validation(format!(
-                "`question` is longer than {MAX_QUESTION_CHARS} characters"
-            )));
+        if question.chars().count() > max_chars {
+            return Err(too_long());
         }
         if request.knowledge_base.is_empty() {
             return Err(OrchestratorError::Validation(
@@ -642,8 +656,18 @@ impl Orchestrator {
                     timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
                     timings.generate_ms = ms(generate_started);
                     timings.total_ms = ms(started);
-                    let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
-                    let (support, grounded) = grounding(&done.text, &texts);
+                    // Scoring is CPU work in proportion to the answer and its passages:
+                    // off the async threads.
+                    let texts: Vec<String> = citations.iter().map(|c| c.text.clone()).collect();
+                    let answer = done.text.clone();
+                    let (support, grounded) = tokio::task::spawn_blocking(move || {
+                        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        grounding(&answer, &texts)
+                    })
+                    .await
+                    .map_err(|e| {
+                        OrchestratorError::Internal(format!("the scoring thread failed: {e}"))
+                    })?;
                     return send(
                         events,
                         ask_event::Event::Answer(Answer {

@@ -96,6 +96,16 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "ZHIKU_ASK_MAX_HISTORY_TURNS", default_value_t = 16)]
     pub max_history_turns: usize,
 
+    /// Longest `question` of an Ask, in characters (checked on its bytes first, before it
+    /// is copied).
+    #[arg(long, env = "ZHIKU_ASK_MAX_QUESTION_CHARS", default_value_t = 4_000)]
+    pub max_question_chars: usize,
+
+    /// Most bytes of history (questions and answers of the turns --max-history-turns keeps)
+    /// an Ask takes, checked before anything is built or counted from them.
+    #[arg(long, env = "ZHIKU_ASK_MAX_HISTORY_BYTES", default_value_t = 65_536)]
+    pub max_history_bytes: usize,
+
     /// Answer length (tokens) the context is trimmed for when a request does not say.
     #[arg(long, env = "ZHIKU_ASK_MAX_NEW_TOKENS", default_value_t = 512)]
     pub max_new_tokens: u32,
@@ -154,6 +164,8 @@ impl OrchestratorArgs {
             max_parallel_loads: 0,
             embed_batch: 32,
             max_history_turns: 16,
+            max_question_chars: 4_000,
+            max_history_bytes: 65_536,
             max_new_tokens: 512,
             context_tokens: 0,
             score_threshold: None,

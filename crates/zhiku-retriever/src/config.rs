@@ -101,6 +101,15 @@ pub struct RetrieverArgs {
     )]
     pub indexing_threshold_kb: usize,
 
+    /// Longest `query_text` of a Search, in bytes; longer ones are refused before BM25
+    /// segments them.
+    #[arg(
+        long,
+        env = "ZHIKU_RETRIEVER_MAX_QUERY_BYTES",
+        default_value_t = crate::knowledge::DEFAULT_MAX_QUERY_BYTES
+    )]
+    pub max_query_bytes: usize,
+
     /// Seconds between checks whether an embedded knowledge base needs its index (re)built.
     #[arg(
         long,
@@ -131,6 +140,7 @@ impl RetrieverArgs {
             hnsw_ef: 128,
             indexing_threshold_kb: 10_000,
             optimize_interval_seconds: 30,
+            max_query_bytes: crate::knowledge::DEFAULT_MAX_QUERY_BYTES,
         }
     }
 

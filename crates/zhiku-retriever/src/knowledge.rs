@@ -24,6 +24,11 @@ pub const MAX_TOP_K: u32 = 100;
 /// ListDocuments page size when 0 is given, and its maximum.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Longest `query_text` of a Search by default, in bytes (--max-query-bytes): a question's
+/// 4,000 characters fit.
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 16_384;
+/// Most values a search filter lists (document ids, sources and metadata pairs together).
+pub const MAX_FILTER_VALUES: usize = 1024;
 
 /// Namespace of point ids (UUID v5 of knowledge base, document id and chunk index).
 const POINT_NAMESPACE: Uuid = Uuid::from_bytes([
@@ -116,6 +121,7 @@ pub struct Retriever {
     store: Arc<dyn VectorStore>,
     bm25: Arc<Bm25>,
     hnsw_ef: Option<usize>,
+    max_query_bytes: usize,
 }
 
 impl Retriever {
@@ -124,7 +130,14 @@ impl Retriever {
             store,
             bm25: Arc::new(Bm25::new()?),
             hnsw_ef: None,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
         })
+    }
+
+    /// Sets the longest `query_text` a Search takes, in bytes (--max-query-bytes).
+    pub fn with_max_query_bytes(mut self, max: usize) -> Self {
+        self.max_query_bytes = max.max(1);
+        self
     }
 
     /// Sets the HNSW beam width of dense searches (None: the engine's default).
@@ -214,56 +227,60 @@ impl Retriever {
             )));
         }
         let meta = self.store.kb_meta(&kb).await?;
-        let mut seen = std::collections::HashSet::new();
-        let mut stale: BTreeMap<String, u32> = BTreeMap::new();
-        for (i, p) in req.passages.iter().enumerate() {
-            let what = format!(
-                "passage {i} (document {:?}, chunk {})",
-                p.document_id, p.chunk_index
-            );
-            if p.document_id.is_empty() {
-                return Err(RetrieverError::invalid(format!(
-                    "passage {i} has an empty document_id; give every passage the id of its document"
-                )));
-            }
-            check_vector(&p.vector, meta.dimensions, &format!("the vector of {what}"))?;
-            if p.chunk_count != 0 && p.chunk_index >= p.chunk_count {
-                return Err(RetrieverError::invalid(format!(
-                    "{what} has chunk_index >= chunk_count ({}); chunk indexes run from 0 to \
-                     chunk_count - 1",
-                    p.chunk_count
-                )));
-            }
-            if p.char_end < p.char_start {
-                return Err(RetrieverError::invalid(format!(
-                    "{what} has char_end {} before char_start {}",
-                    p.char_end, p.char_start
-                )));
-            }
-            if !seen.insert((p.document_id.as_str(), p.chunk_index)) {
-                return Err(RetrieverError::invalid(format!(
-                    "{what} appears twice in this request; send each chunk once"
-                )));
-            }
-            if p.chunk_count != 0 {
-                match stale.get(&p.document_id) {
-                    Some(&c) if c != p.chunk_count => {
-                        return Err(RetrieverError::invalid(format!(
-                            "{what} says chunk_count {} but another passage of the document \
-                             says {c}; all chunks of one version share chunk_count",
-                            p.chunk_count
-                        )));
-                    }
-                    _ => {
-                        stale.insert(p.document_id.clone(), p.chunk_count);
+        let bm25 = self.bm25.clone();
+        let kb_name = kb.clone();
+        // Checking every vector and computing BM25 (jieba for Chinese) is CPU work in
+        // proportion to the request: all of it off the async threads.
+        let (points, stale) = tokio::task::spawn_blocking(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut stale: BTreeMap<String, u32> = BTreeMap::new();
+            for (i, p) in req.passages.iter().enumerate() {
+                let what = format!(
+                    "passage {i} (document {:?}, chunk {})",
+                    p.document_id, p.chunk_index
+                );
+                if p.document_id.is_empty() {
+                    return Err(RetrieverError::invalid(format!(
+                        "passage {i} has an empty document_id; give every passage the id of \
+                         its document"
+                    )));
+                }
+                check_vector(&p.vector, meta.dimensions, &format!("the vector of {what}"))?;
+                if p.chunk_count != 0 && p.chunk_index >= p.chunk_count {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} has chunk_index >= chunk_count ({}); chunk indexes run from 0 to \
+                         chunk_count - 1",
+                        p.chunk_count
+                    )));
+                }
+                if p.char_end < p.char_start {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} has char_end {} before char_start {}",
+                        p.char_end, p.char_start
+                    )));
+                }
+                if !seen.insert((p.document_id.as_str(), p.chunk_index)) {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} appears twice in this request; send each chunk once"
+                    )));
+                }
+                if p.chunk_count != 0 {
+                    match stale.get(&p.document_id) {
+                        Some(&c) if c != p.chunk_count => {
+                            return Err(RetrieverError::invalid(format!(
+                                "{what} says chunk_count {} but another passage of the document \
+                                 says {c}; all chunks of one version share chunk_count",
+                                p.chunk_count
+                            )));
+                        }
+                        _ => {
+                            stale.insert(p.document_id.clone(), p.chunk_count);
+                        }
                     }
                 }
             }
-        }
-        let bm25 = self.bm25.clone();
-        let kb_name = kb.clone();
-        let points = tokio::task::spawn_blocking(move || {
-            req.passages
+            let points = req
+                .passages
                 .into_iter()
                 .map(|p| {
                     // The heading path is indexed with the text (as it is embedded).
@@ -290,10 +307,11 @@ impl Retriever {
                         },
                     }
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            Ok::<_, RetrieverError>((points, stale))
         })
         .await
-        .map_err(|e| RetrieverError::Task(e.to_string()))?;
+        .map_err(|e| RetrieverError::Task(e.to_string()))??;
         let stale = stale
             .into_iter()
             .map(|(document_id, chunk_count)| StaleChunks {
@@ -310,6 +328,24 @@ impl Retriever {
 
     pub async fn search(&self, mut req: pb::SearchRequest) -> Result<pb::SearchResponse> {
         validate_name(&req.knowledge_base)?;
+        // Sizes first: nothing is segmented or copied for a request over its limits.
+        if req.query_text.len() > self.max_query_bytes {
+            return Err(RetrieverError::invalid(format!(
+                "`query_text` is {} bytes; at most {} are allowed (--max-query-bytes): send \
+                 the question, not a document",
+                req.query_text.len(),
+                self.max_query_bytes
+            )));
+        }
+        if let Some(filter) = &req.filter {
+            let values = filter.document_ids.len() + filter.sources.len() + filter.metadata.len();
+            if values > MAX_FILTER_VALUES {
+                return Err(RetrieverError::invalid(format!(
+                    "the filter lists {values} values; at most {MAX_FILTER_VALUES} are allowed \
+                     (document ids, sources and metadata pairs together)"
+                )));
+            }
+        }
         let has_vector = !req.vector.is_empty();
         let has_text = !req.query_text.trim().is_empty();
         let mode = match pb::SearchMode::try_from(req.mode) {

@@ -105,7 +105,8 @@ pub async fn serve(
             }
             let retriever = Retriever::new(opened.store.clone())
                 .map_err(|e| e.to_string())?
-                .with_hnsw_ef(Some(args.hnsw_ef));
+                .with_hnsw_ef(Some(args.hnsw_ef))
+                .with_max_query_bytes(args.max_query_bytes);
             tracing::info!(
                 backend = opened.store.backend(),
                 location = %opened.store.location(),

@@ -204,3 +204,100 @@ fn messages_of(turn: &Turn) -> Vec<zhiku_proto::v1::ChatMessage> {
         },
     ]
 }
+
+/// Ask checks its sizes before any downstream call: with nothing listening downstream, an
+/// oversized question or history is INVALID_ARGUMENT naming its flag, not UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_questions_and_histories_are_refused_before_any_call() {
+    use tokio_stream::StreamExt;
+    use zhiku_proto::v1::AskRequest;
+    use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
+
+    // Ports with nothing behind them.
+    let dead = {
+        let (_l, addr) = listener().await;
+        addr.port()
+    };
+    let (orchestrator_listener, orchestrator_addr) = listener().await;
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(zhiku_orchestrator::serve(
+        OrchestratorArgs::local(dead, dead, dead),
+        ServerArgs::default(),
+        orchestrator_listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = Channel::from_shared(format!("http://{orchestrator_addr}"))
+        .unwrap()
+        .connect_lazy();
+    let client = OrchestratorClient::new(channel);
+    let ask = |request: AskRequest| {
+        let mut client = client.clone();
+        async move {
+            match client.ask(request).await {
+                Err(status) => status,
+                Ok(stream) => match stream.into_inner().next().await {
+                    Some(Err(status)) => status,
+                    other => panic!("expected an error, got {other:?}"),
+                },
+            }
+        }
+    };
+    let long_question = AskRequest {
+        question: "问".repeat(4_001),
+        knowledge_base: "kb".into(),
+        ..Default::default()
+    };
+    // The orchestrator loads in the background: UNAVAILABLE until it has.
+    let mut status = ask(long_question.clone()).await;
+    for _ in 0..100 {
+        if status.code() != tonic::Code::Unavailable {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = ask(long_question.clone()).await;
+    }
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("4000 characters")
+            && status.message().contains("--max-question-chars"),
+        "{status:?}"
+    );
+    let long_history = AskRequest {
+        question: "今天开门吗？".into(),
+        knowledge_base: "kb".into(),
+        history: vec![
+            Turn {
+                question: "问".repeat(10_000),
+                answer: "答".repeat(20_000),
+            };
+            2
+        ],
+        ..Default::default()
+    };
+    let status = ask(long_history).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("180000 bytes")
+            && status.message().contains("--max-history-bytes"),
+        "{status:?}"
+    );
+    // Only the turns --max-history-turns keeps count: an old long turn does not.
+    let mut old_long = vec![Turn::default(); 16];
+    old_long.insert(
+        0,
+        Turn {
+            question: "问".repeat(30_000),
+            answer: String::new(),
+        },
+    );
+    let status = ask(AskRequest {
+        question: "今天开门吗？".into(),
+        knowledge_base: "kb".into(),
+        history: old_long,
+        ..Default::default()
+    })
+    .await;
+    assert_ne!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+}

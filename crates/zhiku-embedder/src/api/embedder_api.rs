@@ -48,6 +48,20 @@ fn parse_kind(kind: i32) -> Result<TextKind, EmbedderError> {
     }
 }
 
+/// Checks a request's texts against --max-client-batch-size and --max-text-bytes, before
+/// anything is tokenized or allocated for them.
+fn check_texts(texts: &[String], max: usize, max_bytes: usize) -> Result<(), EmbedderError> {
+    check_count(texts, max)?;
+    if let Some((i, text)) = texts.iter().enumerate().find(|(_, t)| t.len() > max_bytes) {
+        return Err(EmbedderError::Validation(format!(
+            "`texts[{i}]` is {} bytes; at most {max_bytes} are allowed per text \
+             (--max-text-bytes): shorten it (the model reads only its first tokens)",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_count(texts: &[String], max: usize) -> Result<(), EmbedderError> {
     check_items("texts", texts, max)
 }
@@ -73,7 +87,11 @@ impl EmbedderState {
     /// Validates, tokenizes and embeds one request. Tokenizing is CPU work in proportion to
     /// the request's text: it runs on a blocking thread, never on an async worker.
     pub async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, EmbedderError> {
-        check_count(&request.texts, self.max_client_batch_size)?;
+        check_texts(
+            &request.texts,
+            self.max_client_batch_size,
+            self.max_text_bytes,
+        )?;
         let kind = parse_kind(request.kind)?;
         let encoder = self.encoder.clone();
         let EmbedRequest {
@@ -109,7 +127,11 @@ impl EmbedderState {
         &self,
         request: TokenizeRequest,
     ) -> Result<TokenizeResponse, EmbedderError> {
-        check_count(&request.texts, self.max_client_batch_size)?;
+        check_texts(
+            &request.texts,
+            self.max_client_batch_size,
+            self.max_text_bytes,
+        )?;
         let kind = parse_kind(request.kind)?;
         let encoder = self.encoder.clone();
         blocking(move || {

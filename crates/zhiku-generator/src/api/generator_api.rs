@@ -80,6 +80,7 @@ impl GeneratorState {
         prompt: Option<&str>,
         chat: Option<&zhiku_proto::v1::Chat>,
     ) -> Result<Prompt, GeneratorError> {
+        self.check_size(prompt, chat)?;
         match (prompt, chat) {
             (Some(""), _) => Err(GeneratorError::Validation(
                 "`prompt` is empty: send the text to continue, or use `chat`".into(),
@@ -97,6 +98,38 @@ impl GeneratorState {
                 "no input: set `prompt` (raw text) or `chat` (messages)".into(),
             )),
         }
+    }
+
+    /// Checks an input against --max-prompt-bytes and --max-chat-messages, before anything
+    /// is rendered, copied or tokenized for it.
+    fn check_size(
+        &self,
+        prompt: Option<&str>,
+        chat: Option<&zhiku_proto::v1::Chat>,
+    ) -> Result<(), GeneratorError> {
+        let max = self.max_prompt_bytes;
+        let bytes = match (prompt, chat) {
+            (Some(p), _) => p.len(),
+            (None, Some(chat)) => {
+                let n = chat.messages.len();
+                if n > self.max_chat_messages {
+                    return Err(GeneratorError::Validation(format!(
+                        "`chat` has {n} messages; at most {} are allowed \
+                         (--max-chat-messages): drop the oldest",
+                        self.max_chat_messages
+                    )));
+                }
+                chat.messages.iter().map(|m| m.content.len()).sum()
+            }
+            (None, None) => 0,
+        };
+        if bytes > max {
+            return Err(GeneratorError::Validation(format!(
+                "the input is {bytes} bytes; at most {max} are allowed (--max-prompt-bytes): \
+                 shorten it"
+            )));
+        }
+        Ok(())
     }
 
     /// The ids Generate feeds the model for this input, validated: not empty, shorter than

@@ -567,6 +567,28 @@ pub async fn bad_input(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         Code::InvalidArgument,
         &["needs `vector`"],
     );
+    // Size limits come before any segmenting or lookup.
+    let mut bad = search_request(kb);
+    bad.query_text = "检索".repeat(3000);
+    expect_code(
+        c.search(bad).await,
+        Code::InvalidArgument,
+        &[
+            "`query_text` is 18000 bytes",
+            "at most 16384",
+            "--max-query-bytes",
+        ],
+    );
+    let mut bad = dense_request(kb);
+    bad.filter = Some(Filter {
+        document_ids: (0..1025).map(|i| i.to_string()).collect(),
+        ..Default::default()
+    });
+    expect_code(
+        c.search(bad).await,
+        Code::InvalidArgument,
+        &["1025 values", "at most 1024"],
+    );
     let mut bad = dense_request(&format!("{kb}-missing"));
     bad.top_k = 1;
     expect_code(c.search(bad).await, Code::NotFound, &["does not exist"]);

@@ -7,8 +7,15 @@
 //!                        and that it is SERVING afterwards
 //! zhiku-bench overhead   Ask's cost outside the model (describe + embed + search +
 //!                        prompt) at 1k, 10k and 100k passages, written and indexed through
-//!                        the retriever's API in this process before the server starts
+//!                        the retriever's API in this process before the server starts, and
+//!                        its parts measured apart: Embed alone, and dense, BM25 and hybrid
+//!                        Search alone, straight on the embedder's and retriever's ports
 //! ```
+//!
+//! The overhead's passages are real text: windows of a corpus (by default the article and
+//! the eval set's documents under `../shared`) with words drawn from a Zipf-distributed
+//! vocabulary mixed in, so that BM25 terms have the document frequencies of text and not
+//! those of a handful of words that every passage holds; the questions are the eval set's.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,10 +27,12 @@ use futures::StreamExt;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+use zhiku_proto::v1::embedder_client::EmbedderClient;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
+use zhiku_proto::v1::retriever_client::RetrieverClient;
 use zhiku_proto::v1::{
-    AskRequest, CreateKnowledgeBaseRequest, DocumentInput, IngestRequest, Passage, SamplingParams,
-    UpsertRequest, ask_event, ingest_event,
+    AskRequest, CreateKnowledgeBaseRequest, DocumentInput, EmbedKind, EmbedRequest, IngestRequest,
+    Passage, SamplingParams, SearchMode, SearchRequest, UpsertRequest, ask_event, ingest_event,
 };
 
 #[derive(Debug, Parser)]
@@ -71,6 +80,10 @@ struct ServerSetup {
     /// The whole run stops (and fails) after this many seconds.
     #[arg(long, env = "ZHIKU_BENCH_TIMEOUT_SECONDS", default_value_t = 900)]
     timeout_seconds: u64,
+    /// Data directory of the server, kept after the run (default: a temporary one, removed);
+    /// `overhead` reuses the knowledge bases it finds filled there.
+    #[arg(long, env = "ZHIKU_BENCH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,9 +107,24 @@ enum Bench {
             default_value = "1000,10000,100000"
         )]
         sizes: Vec<usize>,
-        /// Asks measured at each size (one at a time).
+        /// Asks measured at each size (one at a time, the sizes in turn).
         #[arg(long, env = "ZHIKU_BENCH_ASKS_PER_SIZE", default_value_t = 20)]
         asks: usize,
+        /// Text files or directories of them whose text makes the passages.
+        #[arg(
+            long,
+            env = "ZHIKU_BENCH_CORPUS",
+            value_delimiter = ',',
+            default_value = "../shared/article.zh.txt,../shared/eval/chatchat-docs"
+        )]
+        corpus: Vec<PathBuf>,
+        /// Questions, one JSON object with a "question" a line.
+        #[arg(
+            long,
+            env = "ZHIKU_BENCH_QUESTIONS",
+            default_value = "../shared/eval/chatchat-docs.jsonl"
+        )]
+        questions: PathBuf,
     },
 }
 
@@ -104,14 +132,25 @@ enum Bench {
 struct Server {
     child: Child,
     orchestrator: SocketAddr,
+    embedder: SocketAddr,
+    retriever: SocketAddr,
     data_dir: PathBuf,
+    keep_data: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if !self.keep_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
+}
+
+fn channel(address: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
+        .map(|e| e.connect_lazy())
+        .expect("a loopback address is a valid URI")
 }
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -121,7 +160,11 @@ fn free_port() -> Result<SocketAddr, String> {
 }
 
 impl Server {
-    async fn start(setup: &ServerSetup, data_dir: PathBuf) -> Result<Self, String> {
+    async fn start(
+        setup: &ServerSetup,
+        data_dir: PathBuf,
+        keep_data: bool,
+    ) -> Result<Self, String> {
         let zhiku = match &setup.zhiku {
             Some(path) => path.clone(),
             None => std::env::current_exe()
@@ -155,7 +198,10 @@ impl Server {
         let mut server = Self {
             child,
             orchestrator,
+            embedder,
+            retriever,
             data_dir,
+            keep_data,
         };
         let started = Instant::now();
         while !server.serving().await {
@@ -191,12 +237,17 @@ impl Server {
     }
 
     fn orchestrator(&self) -> OrchestratorClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.orchestrator))
-            .map(|e| e.connect_lazy())
-            .expect("a loopback address is a valid URI");
-        OrchestratorClient::new(channel)
+        OrchestratorClient::new(channel(self.orchestrator))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
+    }
+
+    fn embedder(&self) -> EmbedderClient<Channel> {
+        EmbedderClient::new(channel(self.embedder))
+    }
+
+    fn retriever(&self) -> RetrieverClient<Channel> {
+        RetrieverClient::new(channel(self.retriever))
     }
 
     /// (current, peak) resident memory in MiB, from /proc.
@@ -447,6 +498,15 @@ impl Rng {
         self.0
     }
 
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     fn unit_vector(&mut self, dims: usize) -> Vec<f32> {
         let v: Vec<f32> = (0..dims)
             .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
@@ -461,10 +521,114 @@ impl Rng {
     }
 }
 
-const WORDS: [&str; 16] = [
-    "office", "holiday", "library", "canteen", "portal", "staff", "book", "lunch", "hiking",
-    "games", "films", "phone", "reading", "hills", "floor", "weeks",
+/// Distinct words of the Zipf vocabulary, and its exponent (natural text is close to 1).
+const VOCABULARY: usize = 50_000;
+const ZIPF_EXPONENT: f64 = 1.0;
+/// Characters of real text, then Zipf words, in each passage.
+const WINDOW_CHARS: usize = 150;
+const ZIPF_WORDS: usize = 30;
+
+const SYLLABLES: [&str; 32] = [
+    "ba", "chen", "da", "fang", "gu", "hai", "jin", "kai", "lan", "ming", "nuo", "pei", "qiu",
+    "ren", "shan", "tao", "wei", "xin", "yao", "zhou", "bo", "cui", "dong", "feng", "guo", "hua",
+    "jun", "kun", "li", "mei", "ning", "ping",
 ];
+
+/// The word of Zipf rank `rank`: two or more syllables, distinct for each rank.
+fn zipf_word(rank: usize) -> String {
+    let mut n = rank + SYLLABLES.len();
+    let mut word = String::new();
+    while n > 0 {
+        word.push_str(SYLLABLES[n % SYLLABLES.len()]);
+        n /= SYLLABLES.len();
+    }
+    word
+}
+
+/// Passage texts: a window of a corpus's sentences, then words drawn from a Zipf-distributed
+/// vocabulary, so that terms have the spread of document frequencies text has.
+struct Corpus {
+    sentences: Vec<String>,
+    /// Cumulative weights of the vocabulary's ranks.
+    cumulative: Vec<f64>,
+}
+
+impl Corpus {
+    fn load(paths: &[PathBuf]) -> Result<Self, String> {
+        let mut files = Vec::new();
+        for path in paths {
+            if path.is_dir() {
+                let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "md" || x == "txt"))
+                    .collect();
+                inside.sort();
+                files.extend(inside);
+            } else {
+                files.push(path.clone());
+            }
+        }
+        let mut sentences = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("corpus {}: {e}", file.display()))?;
+            sentences.extend(
+                text.split_inclusive(['。', '！', '？', '\n'])
+                    .map(str::trim)
+                    .filter(|s| s.chars().count() >= 8)
+                    .map(str::to_owned),
+            );
+        }
+        if sentences.is_empty() {
+            return Err(format!("the corpus {paths:?} holds no sentence"));
+        }
+        let mut total = 0.0;
+        let cumulative = (1..=VOCABULARY)
+            .map(|rank| {
+                total += 1.0 / (rank as f64).powf(ZIPF_EXPONENT);
+                total
+            })
+            .collect();
+        Ok(Self {
+            sentences,
+            cumulative,
+        })
+    }
+
+    fn zipf_rank(&self, rng: &mut Rng) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        let target = rng.unit() * total;
+        self.cumulative.partition_point(|&c| c < target)
+    }
+
+    fn passage(&self, rng: &mut Rng) -> String {
+        let mut text = String::new();
+        let mut at = rng.below(self.sentences.len());
+        while text.chars().count() < WINDOW_CHARS {
+            text.push_str(&self.sentences[at % self.sentences.len()]);
+            at += 1;
+        }
+        for _ in 0..ZIPF_WORDS {
+            text.push(' ');
+            text.push_str(&zipf_word(self.zipf_rank(rng)));
+        }
+        text
+    }
+}
+
+fn load_questions(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let questions: Vec<String> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| v["question"].as_str().map(str::to_owned))
+        .collect();
+    if questions.is_empty() {
+        return Err(format!("{}: no question", path.display()));
+    }
+    Ok(questions)
+}
 
 /// Writes `count` passages into `kb` through the retriever's own API, in this process.
 async fn fill(
@@ -472,24 +636,20 @@ async fn fill(
     kb: &str,
     count: usize,
     dims: usize,
+    corpus: &Corpus,
     rng: &mut Rng,
 ) -> Result<(), String> {
     let mut at = 0;
     while at < count {
         let end = (at + 1024).min(count);
         let passages = (at..end)
-            .map(|i| {
-                let text: Vec<&str> = (0..40)
-                    .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
-                    .collect();
-                Passage {
-                    document_id: format!("doc-{}", i / 100),
-                    chunk_index: (i % 100) as u32,
-                    text: format!("Passage {i}: {}.", text.join(" ")),
-                    source: format!("doc-{}.md", i / 100),
-                    vector: rng.unit_vector(dims),
-                    ..Default::default()
-                }
+            .map(|i| Passage {
+                document_id: format!("doc-{}", i / 100),
+                chunk_index: (i % 100) as u32,
+                text: corpus.passage(rng),
+                source: format!("doc-{}.md", i / 100),
+                vector: rng.unit_vector(dims),
+                ..Default::default()
             })
             .collect();
         retriever
@@ -520,8 +680,14 @@ fn embedding_dims(setup: &ServerSetup) -> Result<usize, String> {
 }
 
 /// One knowledge base per size in `data_dir`, filled and indexed (HNSW built) before the
-/// server opens it, so that each size is measured in its steady state.
-async fn prefill(setup: &ServerSetup, data_dir: &Path, sizes: &[usize]) -> Result<(), String> {
+/// server opens it, so that each size is measured in its steady state. One already filled
+/// (a kept --data-dir) is reused.
+async fn prefill(
+    setup: &ServerSetup,
+    data_dir: &Path,
+    sizes: &[usize],
+    corpus: &Corpus,
+) -> Result<(), String> {
     let dims = embedding_dims(setup)?;
     let args = zhiku_retriever::RetrieverArgs::embedded(data_dir);
     let opened = zhiku_retriever::open_store(&args)
@@ -529,9 +695,23 @@ async fn prefill(setup: &ServerSetup, data_dir: &Path, sizes: &[usize]) -> Resul
         .map_err(|e| e.to_string())?;
     let embedded = opened.embedded.clone().ok_or("not an embedded store")?;
     let retriever = zhiku_retriever::Retriever::new(opened.store).map_err(|e| e.to_string())?;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for &size in sizes {
         let kb = format!("overhead-{size}");
+        // Each size its own sequence, so that a kept size stays the same when others change.
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ size as u64);
+        match retriever.describe_knowledge_base(&kb, false).await {
+            Ok(found) if found.passage_count == size as u64 && found.dimensions == dims as u32 => {
+                println!("{kb}: {size} passages found in {}", data_dir.display());
+                continue;
+            }
+            Ok(_) => {
+                retriever
+                    .delete_knowledge_base(&kb)
+                    .await
+                    .map_err(|e| format!("delete {kb}: {e}"))?;
+            }
+            Err(_) => {}
+        }
         retriever
             .create_knowledge_base(CreateKnowledgeBaseRequest {
                 name: kb.clone(),
@@ -541,7 +721,7 @@ async fn prefill(setup: &ServerSetup, data_dir: &Path, sizes: &[usize]) -> Resul
             .await
             .map_err(|e| format!("create {kb}: {e}"))?;
         let started = Instant::now();
-        fill(&retriever, &kb, size, dims, &mut rng).await?;
+        fill(&retriever, &kb, size, dims, corpus, &mut rng).await?;
         let filled = started.elapsed().as_secs_f64();
         let store = embedded.clone();
         let name = kb.clone();
@@ -562,39 +742,167 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-async fn overhead(server: &Server, sizes: &[usize], asks: usize) -> Result<(), String> {
-    let client = server.orchestrator();
-    let mut reference = None;
-    println!(
-        "{:>8}  {:>9}  {:>9}  {:>9}  {:>6}   (medians of {asks} Asks, 1 new token)",
-        "passages", "embed ms", "search ms", "overhead", "ratio",
-    );
-    for &size in sizes {
-        let kb = format!("overhead-{size}");
-        // One unmeasured Ask warms the caches of this knowledge base.
-        let _ = ask(client.clone(), ask_request(&kb, QUESTIONS[0], 1)).await;
-        let (mut embed, mut search, mut outside) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..asks {
-            let request = ask_request(&kb, QUESTIONS[i % QUESTIONS.len()], 1);
-            let (result, _, timings) = ask(client.clone(), request).await;
-            let timings = match (result, timings) {
-                (Outcome::Answered, Some(t)) => t,
-                (result, _) => return Err(format!("an Ask at {size} passages: {result:?}")),
-            };
-            embed.push(timings.embed_ms);
-            search.push(timings.search_ms);
-            // Everything the Ask did besides the generator's work.
-            outside.push(timings.total_ms - timings.generate_ms);
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// One size's measurements, one entry per question asked.
+#[derive(Default)]
+struct Parts {
+    embed: Vec<f64>,
+    dense: Vec<f64>,
+    sparse: Vec<f64>,
+    hybrid: Vec<f64>,
+    ask_embed: Vec<f64>,
+    ask_search: Vec<f64>,
+    ask_rest: Vec<f64>,
+    overhead: Vec<f64>,
+}
+
+/// Times each stage alone (Embed; dense, BM25 and hybrid Search), then one Ask.
+async fn measure(
+    server: &Server,
+    kb: &str,
+    question: &str,
+    parts: &mut Parts,
+) -> Result<(), String> {
+    const TOP_K: u32 = 3;
+    let started = Instant::now();
+    let vector = server
+        .embedder()
+        .embed(EmbedRequest {
+            texts: vec![question.to_owned()],
+            kind: EmbedKind::Query as i32,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("embed: {e}"))?
+        .into_inner()
+        .embeddings
+        .pop()
+        .map(|e| e.values)
+        .ok_or("embed: no vector")?;
+    parts.embed.push(elapsed_ms(started));
+    for (mode, times) in [
+        (SearchMode::Dense, &mut parts.dense),
+        (SearchMode::Sparse, &mut parts.sparse),
+        (SearchMode::Hybrid, &mut parts.hybrid),
+    ] {
+        let request = SearchRequest {
+            knowledge_base: kb.into(),
+            vector: if mode == SearchMode::Sparse {
+                Vec::new()
+            } else {
+                vector.clone()
+            },
+            query_text: if mode == SearchMode::Dense {
+                String::new()
+            } else {
+                question.to_owned()
+            },
+            top_k: TOP_K,
+            mode: mode as i32,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        server
+            .retriever()
+            .search(request)
+            .await
+            .map_err(|e| format!("{mode:?} search: {e}"))?;
+        times.push(elapsed_ms(started));
+    }
+    let (result, _, timings) = ask(server.orchestrator(), ask_request(kb, question, 1)).await;
+    let timings = match (result, timings) {
+        (Outcome::Answered, Some(t)) => t,
+        (result, _) => return Err(format!("an Ask on {kb}: {result:?}")),
+    };
+    // Everything the Ask did besides the generator's work.
+    let overhead = timings.total_ms - timings.generate_ms;
+    parts.ask_embed.push(timings.embed_ms);
+    parts.ask_search.push(timings.search_ms);
+    parts
+        .ask_rest
+        .push(overhead - timings.embed_ms - timings.search_ms);
+    parts.overhead.push(overhead);
+    Ok(())
+}
+
+async fn overhead(
+    server: &Server,
+    sizes: &[usize],
+    asks: usize,
+    questions: &[String],
+) -> Result<(), String> {
+    let mut parts: Vec<Parts> = sizes.iter().map(|_| Parts::default()).collect();
+    // One unmeasured round warms the caches; then the sizes take turns, question by
+    // question, so that a change in the machine's load falls on every size alike.
+    for round in 0..=asks {
+        let question = &questions[round % questions.len()];
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut sink = Parts::default();
+            let into = if round == 0 { &mut sink } else { &mut parts[i] };
+            measure(server, &format!("overhead-{size}"), question, into).await?;
         }
-        let outside = median(outside);
-        let ratio = outside / *reference.get_or_insert(outside);
+    }
+    println!(
+        "medians of {asks} rounds, the sizes in turn; ms; Search and Embed called alone, then \
+         one Ask (1 new token)"
+    );
+    println!(
+        "{:>8}  {:>7} {:>7} {:>7} {:>7} | {:>9} {:>10} {:>8} {:>9} {:>6}",
+        "passages",
+        "embed",
+        "dense",
+        "bm25",
+        "hybrid",
+        "ask embed",
+        "ask search",
+        "ask rest",
+        "overhead",
+        "ratio",
+    );
+    let mut reference = None;
+    let mut rows = Vec::new();
+    for (&size, p) in sizes.iter().zip(parts) {
+        let row = [
+            median(p.embed),
+            median(p.dense),
+            median(p.sparse),
+            median(p.hybrid),
+            median(p.ask_embed),
+            median(p.ask_search),
+            median(p.ask_rest),
+            median(p.overhead),
+        ];
+        let first: &[f64; 8] = reference.get_or_insert(row);
+        let ratio = row[7] / first[7];
         println!(
-            "{size:>8}  {:>9.2}  {:>9.2}  {outside:>9.2}  {ratio:>6.2}",
-            median(embed),
-            median(search),
+            "{size:>8}  {:>7.2} {:>7.2} {:>7.2} {:>7.2} | {:>9.2} {:>10.2} {:>8.2} {:>9.2} {ratio:>6.2}",
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+        );
+        rows.push(row);
+    }
+    if let (Some(first), Some(last), Some(&small), Some(&large)) =
+        (rows.first(), rows.last(), sizes.first(), sizes.last())
+    {
+        let r = |i: usize| last[i] / first[i];
+        println!(
+            "ratio {large}/{small}: overhead {:.2}x (embed {:.2}x, dense {:.2}x, bm25 {:.2}x, \
+             hybrid {:.2}x, ask search {:.2}x, ask rest {:.2}x)",
+            r(7),
+            r(0),
+            r(1),
+            r(2),
+            r(3),
+            r(5),
+            r(6),
         );
     }
-    println!("overhead = total − generate: describe + embed + search + prompt, per Ask");
+    println!(
+        "overhead = Ask total − generate: describe + embed + search + prompt (ask rest = \
+         overhead − ask embed − ask search: describe, CountTokens, the prompt)"
+    );
     Ok(())
 }
 
@@ -604,18 +912,39 @@ fn print_config(cli: &Cli) {
 
 async fn run(cli: Cli) -> Result<bool, String> {
     print_config(&cli);
-    let data_dir = std::env::temp_dir().join(format!("zhiku-bench-{}", std::process::id()));
-    if let Bench::Overhead { ref sizes, .. } = cli.command
-        && let Err(e) = prefill(&cli.server, &data_dir, sizes).await
+    let keep_data = cli.server.data_dir.is_some();
+    let data_dir = cli.server.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("zhiku-bench-{}", std::process::id()))
+    });
+    let mut questions = Vec::new();
+    if let Bench::Overhead {
+        ref sizes,
+        ref corpus,
+        questions: ref questions_file,
+        ..
+    } = cli.command
     {
-        let _ = std::fs::remove_dir_all(&data_dir);
-        return Err(e);
+        let prepared = match (Corpus::load(corpus), load_questions(questions_file)) {
+            (Ok(corpus), Ok(q)) => {
+                questions = q;
+                prefill(&cli.server, &data_dir, sizes, &corpus).await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = prepared {
+            if !keep_data {
+                let _ = std::fs::remove_dir_all(&data_dir);
+            }
+            return Err(e);
+        }
     }
-    let server = Server::start(&cli.server, data_dir).await?;
+    let server = Server::start(&cli.server, data_dir, keep_data).await?;
     match cli.command {
         Bench::Load { asks, ingests } => Ok(load(&server, &cli.server, asks, ingests).await),
-        Bench::Overhead { ref sizes, asks } => {
-            overhead(&server, sizes, asks).await?;
+        Bench::Overhead {
+            ref sizes, asks, ..
+        } => {
+            overhead(&server, sizes, asks, &questions).await?;
             Ok(true)
         }
     }
