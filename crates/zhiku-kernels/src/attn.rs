@@ -71,11 +71,65 @@ pub fn attend_with(
     // Every row inside both caches: the loops below then read without checks.
     let need = g.rows.iter().map(|&r| r + g.col + d).max().unwrap_or(0);
     check_caches(g.keys, g.values, need)?;
-    let mut max = vec![0f32; heads];
-    let mut sum = vec![0f32; heads];
-    partial(path, g, scores, out, &mut max, &mut sum);
-    normalize(out, d, &sum);
+    let chunks = g.rows.len().div_ceil(CHUNK).max(1);
+    let mut parts = vec![0f32; chunks * heads * (d + 2)];
+    chunk_partials(path, g, 0..chunks, scores, &mut parts);
+    combine(&parts, chunks, heads, d, out);
     Ok(())
+}
+
+/// Tokens per partial softmax. Every (row, KV group) is computed in chunks of this many
+/// tokens, combined in order, whatever else shares its batch and however the work is spread
+/// over threads: a row's result is then the same bits alone or in any batch.
+const CHUNK: usize = 64;
+
+/// Partials of chunks `range` of `g`'s tokens into `parts` (one stride of heads·(d + 2)
+/// per chunk: the unnormalised outputs, then the maxima, then the sums).
+fn chunk_partials(
+    path: SimdPath,
+    g: &HeadGroup<'_>,
+    range: std::ops::Range<usize>,
+    scores: &mut Vec<f32>,
+    parts: &mut [f32],
+) {
+    let (heads, d) = (g.heads, g.d);
+    let stride = heads * (d + 2);
+    for (c, p) in range.zip(parts.chunks_exact_mut(stride)) {
+        let tokens = &g.rows[(c * CHUNK).min(g.rows.len())..g.rows.len().min((c + 1) * CHUNK)];
+        let hg = HeadGroup { rows: tokens, ..*g };
+        let (o, ml) = p.split_at_mut(heads * d);
+        let (m, l) = ml.split_at_mut(heads);
+        partial(path, &hg, scores, o, m, l);
+    }
+}
+
+/// out_h = Σ_c e^(m_c − M) o_c / Σ_c e^(m_c − M) l_c over the chunks' partials, in chunk
+/// order (the one combination every path uses).
+fn combine(parts: &[f32], chunks: usize, heads: usize, d: usize, out: &mut [f32]) {
+    let stride = heads * (d + 2);
+    let at = |c: usize, k: usize| parts[c * stride + k];
+    for h in 0..heads {
+        let big = (0..chunks)
+            .map(|c| at(c, heads * d + h))
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0f32;
+        let oh = &mut out[h * d..(h + 1) * d];
+        oh.fill(0.0);
+        for c in 0..chunks {
+            let m = at(c, heads * d + h);
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let w = (m - big).exp();
+            total += w * at(c, heads * d + heads + h);
+            let base = c * stride + h * d;
+            for (x, &y) in oh.iter_mut().zip(&parts[base..base + d]) {
+                *x += w * y;
+            }
+        }
+        let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+        oh.iter_mut().for_each(|x| *x *= inv);
+    }
 }
 
 fn length<T>(what: &'static str, expected: usize, got: usize) -> Result<T, KernelError> {
@@ -141,14 +195,6 @@ fn partial(
     }
 }
 
-/// Divides head h's d outputs by sum[h].
-fn normalize(out: &mut [f32], d: usize, sum: &[f32]) {
-    for (o, &s) in out.chunks_exact_mut(d).zip(sum) {
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        o.iter_mut().for_each(|x| *x *= inv);
-    }
-}
-
 /// Many query rows at once (a batched step: several sequences, each row at its own
 /// position), every row with all its heads, run on the kernel pool.
 pub struct AttnBatch<'a> {
@@ -167,19 +213,16 @@ pub struct AttnBatch<'a> {
     pub scale: f32,
 }
 
-/// A row's KV group is split into chunks of tokens when there are too few (row, group)
-/// pairs to keep every thread busy (decode of one long sequence); no chunk is shorter.
-const MIN_CHUNK: usize = 64;
-
 thread_local! {
-    /// Per worker: the scores of one job, and its group's maxima and sums.
+    /// Per worker: the scores of one chunk, and the partials of a pair done whole.
     static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// out [rows, heads, d]: every row of the batch attends to its own tokens. Work is split
-/// over (row, KV group) pairs, and a pair's tokens into chunks when pairs are too few for
-/// the threads; chunks are combined exactly through their running max and sum.
+/// over (row, KV group) pairs, and a pair's chunks of tokens over several jobs when pairs
+/// are too few for the threads; either way each pair is computed in the same chunks and
+/// combined in the same order (see [`CHUNK`]), so the split changes no bit.
 pub fn attend_batch(b: &AttnBatch<'_>, out: &mut [f32]) -> Result<(), KernelError> {
     attend_batch_with(best_path(), b, out)
 }
@@ -235,36 +278,38 @@ pub fn attend_batch_with(
         return Ok(());
     }
 
-    // Chunk length: whole pairs when they are enough to balance the threads.
+    // Jobs of a pair: all its chunks in one job when pairs are enough to balance the
+    // threads, else its chunks spread over several jobs (at least one chunk each).
     let threads = crate::threads();
     let pairs = rows * kv;
-    let longest = b.tokens.iter().map(|t| t.len()).max().unwrap_or(0);
-    let chunk = if threads == 1 || pairs >= 4 * threads {
-        longest.max(1)
+    let jobs_per_pair = if threads == 1 || pairs >= 4 * threads {
+        1
     } else {
-        let per_pair = (8 * threads).div_ceil(pairs);
-        longest.div_ceil(per_pair).max(MIN_CHUNK)
+        (8 * threads).div_ceil(pairs)
     };
-    // Jobs: (row, group, token range, partial slot or none when the pair is one chunk).
+    // Jobs: (row, group, chunk range, first partial slot, or None when the job is the
+    // whole pair and combines it itself).
     let mut jobs = Vec::with_capacity(pairs);
     let mut split = Vec::new();
     let mut slots = 0usize;
     for (r, t) in b.tokens.iter().enumerate() {
-        let n = t.len();
-        let chunks = n.div_ceil(chunk).max(1);
+        let chunks = t.len().div_ceil(CHUNK).max(1);
+        let per_job = chunks.div_ceil(jobs_per_pair);
         for g in 0..kv {
-            if chunks == 1 {
-                jobs.push((r, g, 0..n, None));
+            if per_job >= chunks {
+                jobs.push((r, g, 0..chunks, None));
             } else {
                 split.push((r, g, slots, chunks));
-                for c in 0..chunks {
-                    jobs.push((r, g, c * chunk..n.min((c + 1) * chunk), Some(slots + c)));
+                let mut c = 0;
+                while c < chunks {
+                    let end = chunks.min(c + per_job);
+                    jobs.push((r, g, c..end, Some(slots + c)));
+                    c = end;
                 }
                 slots += chunks;
             }
         }
     }
-    // Per partial slot: group·d unnormalised outputs, then group maxima, then group sums.
     let stride = group * (d + 2);
     let mut partials = vec![0f32; slots * stride];
     let out_ptr = crate::OutPtr(out.as_mut_ptr());
@@ -277,12 +322,14 @@ pub fn attend_batch_with(
             d,
             keys: b.keys,
             values: b.values,
-            rows: &b.tokens[r][range.clone()],
+            rows: b.tokens[r],
             col: g * d,
             scale: b.scale,
         };
-        SCRATCH.with_borrow_mut(|(scores, ml)| match slot {
+        SCRATCH.with_borrow_mut(|(scores, local)| match slot {
             None => {
+                local.resize(range.len() * stride, 0.0);
+                chunk_partials(path, &hg, range.clone(), scores, local);
                 // SAFETY: row r's group g occupies out[(r·heads + g·group)·d ..][..group·d],
                 // written by this job only; `out` outlives the parallel section.
                 let o = unsafe {
@@ -291,48 +338,32 @@ pub fn attend_batch_with(
                         group * d,
                     )
                 };
-                ml.resize(2 * group, 0.0);
-                let (m, l) = ml.split_at_mut(group);
-                partial(path, &hg, scores, o, m, l);
-                normalize(o, d, l);
+                combine(local, range.len(), group, d, o);
             }
-            Some(s) => {
-                // SAFETY: partial slot s is partials[s·stride ..][..stride], written by
-                // this job only; `partials` outlives the parallel section.
+            Some(first) => {
+                // SAFETY: slots first..first + range.len() are partials[first·stride ..]
+                // [..range.len()·stride], written by this job only; `partials` outlives
+                // the parallel section.
                 let p = unsafe {
-                    std::slice::from_raw_parts_mut(part_ptr.get().add(s * stride), stride)
+                    std::slice::from_raw_parts_mut(
+                        part_ptr.get().add(first * stride),
+                        range.len() * stride,
+                    )
                 };
-                let (o, ml) = p.split_at_mut(group * d);
-                let (m, l) = ml.split_at_mut(group);
-                partial(path, &hg, scores, o, m, l);
+                chunk_partials(path, &hg, range.clone(), scores, p);
             }
         });
     });
-    // Chunks of a pair combined: out_h = Σ_c e^(m_c − M) o_c / Σ_c e^(m_c − M) l_c.
+    // Pairs split over jobs, combined here from their chunks' partials.
     for (r, g, first, chunks) in split {
         let o = &mut out[(r * heads + g * group) * d..(r * heads + (g + 1) * group) * d];
-        for h in 0..group {
-            let at = |c: usize, k: usize| partials[(first + c) * stride + k];
-            let big = (0..chunks)
-                .map(|c| at(c, group * d + h))
-                .fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0f32;
-            let oh = &mut o[h * d..(h + 1) * d];
-            for c in 0..chunks {
-                let m = at(c, group * d + h);
-                if m == f32::NEG_INFINITY {
-                    continue;
-                }
-                let w = (m - big).exp();
-                total += w * at(c, group * d + group + h);
-                let base = (first + c) * stride + h * d;
-                for (x, &y) in oh.iter_mut().zip(&partials[base..base + d]) {
-                    *x += w * y;
-                }
-            }
-            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
-            oh.iter_mut().for_each(|x| *x *= inv);
-        }
+        combine(
+            &partials[first * stride..(first + chunks) * stride],
+            chunks,
+            group,
+            d,
+            o,
+        );
     }
     Ok(())
 }
@@ -742,6 +773,77 @@ mod tests {
                             "{path:?} heads {heads}/{kv} lens {lens:?} f16 {half} at {i}: {a} vs {r}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A row's output is the same bits alone (its chunks spread over jobs), in a batch big
+    /// enough to give every pair one job, and through `attend`: batching changes nothing.
+    #[test]
+    fn a_row_gives_the_same_bits_alone_and_in_any_batch() {
+        let mut seed = 11;
+        let (heads, kv, d) = (6, 2, 64);
+        let width = kv * d;
+        let slots = 700;
+        let keys: Vec<u16> = (0..slots * width)
+            .map(|_| f32_to_f16(lcg(&mut seed) * 4.0))
+            .collect();
+        let values: Vec<u16> = (0..slots * width)
+            .map(|_| f32_to_f16(lcg(&mut seed)))
+            .collect();
+        let all: Vec<usize> = (0..slots).map(|j| ((j * 7 + 3) % slots) * width).collect();
+        let lens = [650usize, 1, 63, 64, 65, 129, 300, 512, 640, 200];
+        let tokens: Vec<&[usize]> = lens.iter().map(|&n| &all[..n]).collect();
+        let q: Vec<f32> = (0..lens.len() * heads * d)
+            .map(|_| lcg(&mut seed))
+            .collect();
+        let batch = |rows: std::ops::Range<usize>| AttnBatch {
+            q: &q[rows.start * heads * d..rows.end * heads * d],
+            heads,
+            kv_heads: kv,
+            d,
+            keys: KvRows::F16(&keys),
+            values: KvRows::F16(&values),
+            tokens: &tokens[rows],
+            scale: 0.125,
+        };
+        for path in crate::supported_paths() {
+            let mut together = vec![0f32; lens.len() * heads * d];
+            attend_batch_with(path, &batch(0..lens.len()), &mut together).unwrap();
+            for r in 0..lens.len() {
+                let mut alone = vec![0f32; heads * d];
+                attend_batch_with(path, &batch(r..r + 1), &mut alone).unwrap();
+                let want = &together[r * heads * d..(r + 1) * heads * d];
+                assert!(
+                    alone
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{path:?}: row {r} ({} tokens) differs alone",
+                    lens[r]
+                );
+                let group = heads / kv;
+                for g in 0..kv {
+                    let at = (r * heads + g * group) * d;
+                    let hg = HeadGroup {
+                        q: &q[at..at + group * d],
+                        heads: group,
+                        d,
+                        keys: KvRows::F16(&keys),
+                        values: KvRows::F16(&values),
+                        rows: tokens[r],
+                        col: g * d,
+                        scale: 0.125,
+                    };
+                    let mut one = vec![0f32; group * d];
+                    attend_with(path, &hg, &mut Vec::new(), &mut one).unwrap();
+                    assert!(
+                        one.iter()
+                            .zip(&together[at..at + group * d])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{path:?}: row {r} group {g} differs through attend"
+                    );
                 }
             }
         }
