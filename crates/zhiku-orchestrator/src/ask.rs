@@ -17,7 +17,7 @@ use zhiku_proto::v1::{
     ask_event, count_tokens_request, generate_request, generate_stream_response,
 };
 
-use crate::config::Rerank;
+use crate::config::{PassageOrder, Rerank};
 use crate::context;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
@@ -40,7 +40,7 @@ const PROMPT_RESERVE: u32 = 512;
 
 /// Default thresholds (cosine) by embedder, calibrated with `zhiku eval --retrieval-only
 /// --sweep threshold=…` on every eval set (README, "Thresholds"): the model id holds the key.
-pub const CALIBRATED_THRESHOLDS: &[(&str, f32)] = &[("multilingual-e5-small", 0.85)];
+pub const CALIBRATED_THRESHOLDS: &[(&str, f32)] = &[("multilingual-e5-small", 0.84)];
 
 /// The calibrated default threshold of the embedder named `model_id`, if it has one.
 pub fn calibrated_threshold(model_id: &str) -> Option<f32> {
@@ -76,6 +76,12 @@ pub fn grounding(answer: &str, passages: &[&str]) -> (f64, bool) {
     }
     let s = support(answer, passages);
     (s, s >= SUPPORTED)
+}
+
+/// Grounded abstention: an answer with `support` under `level` (0: never) gives way to the
+/// refusal. A refusal's own support is 1, so it never abstains.
+pub fn abstains(support: f64, level: f64) -> bool {
+    support < level
 }
 
 /// The most candidates a search returns (the retriever's limit).
@@ -629,8 +635,15 @@ impl Orchestrator {
         }
 
         let rendered: Vec<String> = citations.iter().map(context::render).collect();
-        let passages: Vec<&str> = rendered.iter().map(String::as_str).collect();
-        let prompt = self.template.render(&passages, &search_question);
+        let mut passages: Vec<(u32, &str)> = citations
+            .iter()
+            .zip(&rendered)
+            .map(|(c, r)| (c.number, r.as_str()))
+            .collect();
+        if self.args.passage_order == PassageOrder::BestLast {
+            passages.reverse();
+        }
+        let prompt = self.template.render_numbered(&passages, &search_question);
         let chat = self
             .fit_history(&request.history, &prompt, max_new_tokens, deadline)
             .await?;
@@ -668,11 +681,19 @@ impl Orchestrator {
                     .map_err(|e| {
                         OrchestratorError::Internal(format!("the scoring thread failed: {e}"))
                     })?;
+                    let abstained = abstains(support, self.args.abstain_below);
+                    if abstained {
+                        tracing::info!(
+                            support,
+                            draft = %done.text,
+                            "grounded abstention: the answer was replaced by the refusal"
+                        );
+                    }
                     return send(
                         events,
                         ask_event::Event::Answer(Answer {
-                            text: done.text,
-                            refused: false,
+                            text: if abstained { REFUSAL.into() } else { done.text },
+                            refused: abstained,
                             citations,
                             timings: Some(timings),
                             finish_reason: done.finish_reason,
@@ -833,7 +854,7 @@ mod tests {
     fn thresholds_are_calibrated_per_embedder() {
         assert_eq!(
             calibrated_threshold("models/multilingual-e5-small"),
-            Some(0.85)
+            Some(0.84)
         );
         assert_eq!(
             calibrated_threshold("sentence-transformers/all-MiniLM-L6-v2"),
@@ -856,6 +877,22 @@ mod tests {
             grounding("根据已知信息无法回答该问题。", &passages),
             (1.0, true)
         );
+    }
+
+    #[test]
+    fn only_answers_under_the_level_abstain() {
+        let passages =
+            ["ChatGLM-6B 在 INT4 量化级别下最低只需 6GB 显存，可在消费级显卡上本地部署。"];
+        let (invented, _) = grounding(
+            "需要在 Kubernetes 集群里配置三个副本和负载均衡器。",
+            &passages,
+        );
+        let (right, _) = grounding("INT4 量化级别下最低只需 6GB 显存。", &passages);
+        let (refusal, _) = grounding("根据已知信息无法回答该问题。", &passages);
+        assert!(abstains(invented, 0.25));
+        assert!(!abstains(right, 0.25));
+        assert!(!abstains(refusal, 0.25));
+        assert!(!abstains(invented, 0.0), "0: never");
     }
 
     #[test]

@@ -33,6 +33,16 @@ pub enum Rerank {
     Off,
 }
 
+/// Where the strongest passage sits in the prompt. Passages keep their rank as their number
+/// (`[1]` is the best) either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PassageOrder {
+    /// `[1]` first, at the start of the context.
+    BestFirst,
+    /// `[1]` last, next to the instruction and the question.
+    BestLast,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
     /// The embedder's gRPC address.
@@ -139,6 +149,19 @@ pub struct OrchestratorArgs {
     /// most 100); the reranked top_k go on to the context budget.
     #[arg(long, env = "ZHIKU_ASK_RERANK_CANDIDATES", default_value_t = 20)]
     pub rerank_candidates: u32,
+
+    /// The order of the passages in the prompt: best-last puts the strongest one ([1]) at
+    /// the end of the context, next to the instruction and the question; best-first at its
+    /// start. Their numbers are their rank either way.
+    #[arg(long, env = "ZHIKU_ASK_PASSAGE_ORDER", value_enum, default_value_t = PassageOrder::BestFirst)]
+    pub passage_order: PassageOrder,
+
+    /// Grounded abstention: an answer whose support (the share of its character bigrams
+    /// found in its passages) is under this is replaced by the refusal (`refused` true,
+    /// after the model was called; the streamed chunks were its draft). 0 (the default):
+    /// never; the README gives the level measured on the eval sets.
+    #[arg(long, env = "ZHIKU_ASK_ABSTAIN_BELOW", default_value_t = 0.0)]
+    pub abstain_below: f64,
 }
 
 impl OrchestratorArgs {
@@ -172,6 +195,8 @@ impl OrchestratorArgs {
             rewrite_follow_ups: true,
             rerank: Rerank::Auto,
             rerank_candidates: 20,
+            passage_order: PassageOrder::BestFirst,
+            abstain_below: 0.0,
         }
     }
 }

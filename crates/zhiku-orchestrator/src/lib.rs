@@ -39,7 +39,7 @@ use zhiku_runtime::server::RuntimeError;
 use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
 use zhiku_text::Walker;
 
-pub use config::{HttpListen, OrchestratorArgs, Rerank};
+pub use config::{HttpListen, OrchestratorArgs, PassageOrder, Rerank};
 pub use error::OrchestratorError;
 
 use downstream::Downstream;

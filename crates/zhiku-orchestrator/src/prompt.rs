@@ -57,23 +57,34 @@ impl PromptTemplate {
         Ok(Self { template })
     }
 
-    /// Fills the template with passages numbered [1], [2], … and the question, in one pass
-    /// over the template: passages and the question are data, so a `{question}` inside a
-    /// passage stays as written.
+    /// Fills the template with passages numbered [1], [2], … in the order given and the
+    /// question; see [`Self::render_numbered`].
     pub fn render(&self, passages: &[&str], question: &str) -> String {
+        let numbered: Vec<(u32, &str)> = passages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, *p))
+            .collect();
+        self.render_numbered(&numbered, question)
+    }
+
+    /// Fills the template with `(number, passage)` pairs, shown in the order given as
+    /// `[number] passage`, and the question, in one pass over the template: passages and
+    /// the question are data, so a `{question}` inside a passage stays as written.
+    pub fn render_numbered(&self, passages: &[(u32, &str)], question: &str) -> String {
         let question = question.trim();
-        let context_len: usize = passages.iter().map(|p| p.len() + 8).sum();
+        let context_len: usize = passages.iter().map(|(_, p)| p.len() + 8).sum();
         let mut out = String::with_capacity(self.template.len() + context_len + question.len());
         let mut rest = self.template.as_str();
         while let Some(at) = rest.find('{') {
             out.push_str(&rest[..at]);
             let tail = &rest[at..];
             if let Some(after) = tail.strip_prefix("{context}") {
-                for (i, passage) in passages.iter().enumerate() {
+                for (i, (number, passage)) in passages.iter().enumerate() {
                     if i > 0 {
                         out.push('\n');
                     }
-                    let _ = write!(out, "[{}] {}", i + 1, passage.trim());
+                    let _ = write!(out, "[{number}] {}", passage.trim());
                 }
                 rest = after;
             } else if let Some(after) = tail.strip_prefix("{question}") {
@@ -110,6 +121,15 @@ mod tests {
         assert!(PromptTemplate::new("{context}".into()).is_err());
         let t = PromptTemplate::new("Q: {question}\nC: {context}".into()).unwrap();
         assert_eq!(t.render(&["a", "b"], "q"), "Q: q\nC: [1] a\n[2] b");
+    }
+
+    #[test]
+    fn passages_keep_their_numbers_in_any_order() {
+        let t = PromptTemplate::new("C: {context}\nQ: {question}".into()).unwrap();
+        assert_eq!(
+            t.render_numbered(&[(2, "b"), (1, "a")], "q"),
+            "C: [2] b\n[1] a\nQ: q"
+        );
     }
 
     #[test]

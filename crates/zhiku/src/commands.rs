@@ -428,11 +428,19 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                     });
                     println!("{object}");
                 } else {
+                    let abstained = answer.refused && answer.generated_tokens > 0;
+                    if abstained {
+                        print!(
+                            "\n\n[abstained] support {:.2}: the sources hold almost none of \
+                             the answer above, so it is withdrawn:\n",
+                            answer.support
+                        );
+                    }
                     if answer.refused {
                         print!("{}", answer.text);
                     }
                     println!();
-                    if !answer.grounded {
+                    if !answer.grounded && !abstained {
                         println!(
                             "\n[ungrounded] support {:.2}: the sources hold little of this \
                              answer; check it against them",

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tonic_health_client::check_serving;
 use zhiku_embedder::EmbedderArgs;
 use zhiku_generator::GeneratorArgs;
-use zhiku_orchestrator::OrchestratorArgs;
+use zhiku_orchestrator::{OrchestratorArgs, PassageOrder};
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{RuntimeError, bind};
 
@@ -76,6 +76,32 @@ pub struct StackArgs {
         default_value_t = 20
     )]
     pub rerank_candidates: u32,
+
+    /// A file holding the prompt template (`{context}` and `{question}` placeholders).
+    /// Unset: the article's template.
+    #[arg(long, global = true, env = "ZHIKU_PROMPT_TEMPLATE")]
+    pub prompt_template: Option<PathBuf>,
+
+    /// Where the strongest passage sits in the prompt: best-last (next to the question) or
+    /// best-first.
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_ASK_PASSAGE_ORDER",
+        value_enum,
+        default_value_t = PassageOrder::BestFirst
+    )]
+    pub passage_order: PassageOrder,
+
+    /// Grounded abstention: answers whose support is under this give way to the refusal
+    /// (0: never).
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_ASK_ABSTAIN_BELOW",
+        default_value_t = 0.0
+    )]
+    pub abstain_below: f64,
 }
 
 /// Default models for real users: a Chinese embedder and a GLM-4 GGUF, from the hub.
@@ -224,6 +250,9 @@ impl Stack {
         );
         orchestrator.ingest_root = args.ingest_root.clone();
         orchestrator.rerank_candidates = args.rerank_candidates;
+        orchestrator.prompt_template = args.prompt_template.clone();
+        orchestrator.passage_order = args.passage_order;
+        orchestrator.abstain_below = args.abstain_below;
         let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
         // The three services behind the orchestrator: on loopback by default, so TLS is the
         // orchestrator's alone; they take the same API keys, plus one made for this process
@@ -382,6 +411,9 @@ mod tests {
             ingest_root: None,
             reranker_model: None,
             rerank_candidates: 20,
+            prompt_template: None,
+            passage_order: PassageOrder::BestFirst,
+            abstain_below: 0.0,
         }
     }
 
