@@ -466,7 +466,14 @@ async fn rerank_scores_orders_batches_and_checks_its_input() {
     let long_passage = vec!["段落"; 60].join(" ");
     let mut overlong = rerank("问题", &[&long_passage]);
     overlong.reject_overlong = true;
+    // One byte over --max-text-bytes (65536 by default): refused before tokenizing.
+    let huge = "a".repeat(65_537);
     for (request, says) in [
+        (rerank(&huge, &passages), "`query` is 65537 bytes"),
+        (
+            rerank("问题", &["a", &huge]),
+            "`passages[1]` is 65537 bytes",
+        ),
         (rerank("", &passages), "`query` is empty"),
         (rerank("  ", &passages), "`query` is empty"),
         (rerank("问题", &[]), "`passages` is empty"),

@@ -50,20 +50,22 @@ fn parse_kind(kind: i32) -> Result<TextKind, EmbedderError> {
 
 /// Checks a request's texts against --max-client-batch-size and --max-text-bytes, before
 /// anything is tokenized or allocated for them.
-fn check_texts(texts: &[String], max: usize, max_bytes: usize) -> Result<(), EmbedderError> {
-    check_count(texts, max)?;
+/// 1 to `max` items in `field`, none over `max_bytes` (checked before anything is tokenized).
+fn check_texts(
+    field: &str,
+    texts: &[String],
+    max: usize,
+    max_bytes: usize,
+) -> Result<(), EmbedderError> {
+    check_items(field, texts, max)?;
     if let Some((i, text)) = texts.iter().enumerate().find(|(_, t)| t.len() > max_bytes) {
         return Err(EmbedderError::Validation(format!(
-            "`texts[{i}]` is {} bytes; at most {max_bytes} are allowed per text \
+            "`{field}[{i}]` is {} bytes; at most {max_bytes} are allowed per text \
              (--max-text-bytes): shorten it (the model reads only its first tokens)",
             text.len()
         )));
     }
     Ok(())
-}
-
-fn check_count(texts: &[String], max: usize) -> Result<(), EmbedderError> {
-    check_items("texts", texts, max)
 }
 
 /// 1 to `max` items in the request's `field`.
@@ -88,6 +90,7 @@ impl EmbedderState {
     /// the request's text: it runs on a blocking thread, never on an async worker.
     pub async fn embed(&self, request: EmbedRequest) -> Result<EmbedResponse, EmbedderError> {
         check_texts(
+            "texts",
             &request.texts,
             self.max_client_batch_size,
             self.max_text_bytes,
@@ -128,6 +131,7 @@ impl EmbedderState {
         request: TokenizeRequest,
     ) -> Result<TokenizeResponse, EmbedderError> {
         check_texts(
+            "texts",
             &request.texts,
             self.max_client_batch_size,
             self.max_text_bytes,
@@ -170,7 +174,19 @@ impl EmbedderState {
                 "`query` is empty: give the text the passages are scored against".into(),
             ));
         }
-        check_items("passages", &request.passages, self.max_client_batch_size)?;
+        if request.query.len() > self.max_text_bytes {
+            return Err(EmbedderError::Validation(format!(
+                "`query` is {} bytes; at most {} are allowed (--max-text-bytes): shorten it",
+                request.query.len(),
+                self.max_text_bytes
+            )));
+        }
+        check_texts(
+            "passages",
+            &request.passages,
+            self.max_client_batch_size,
+            self.max_text_bytes,
+        )?;
         let model = reranker.model.clone();
         let RerankRequest {
             query,
@@ -377,14 +393,14 @@ mod tests {
     #[test]
     fn counts() {
         assert!(
-            check_count(&[], 4)
+            check_items("texts", &[], 4)
                 .unwrap_err()
                 .to_string()
                 .contains("`texts` is empty")
         );
         let five = vec![String::new(); 5];
-        let err = check_count(&five, 4).unwrap_err().to_string();
+        let err = check_items("texts", &five, 4).unwrap_err().to_string();
         assert!(err.contains("at most 4"), "{err}");
-        assert!(check_count(&five, 5).is_ok());
+        assert!(check_items("texts", &five, 5).is_ok());
     }
 }
