@@ -502,10 +502,7 @@ impl Orchestrator {
         if request.question.len() > max_chars.saturating_mul(4) {
             return Err(too_long());
         }
-        let kept = &request.history[request
-            .history
-            .len()
-            .saturating_sub(self.args.max_history_turns)..];
+        let kept = self.last_turns(&request.history);
         let history_bytes: usize = kept.iter().map(|t| t.question.len() + t.answer.len()).sum();
         if history_bytes > self.args.max_history_bytes {
             return Err(OrchestratorError::Validation(format!(
@@ -716,6 +713,12 @@ impl Orchestrator {
         })
     }
 
+    /// The turns of `history` an Ask may use: the last --max-history-turns (the size check
+    /// and the prompt see the same ones).
+    fn last_turns<'h>(&self, history: &'h [zhiku_proto::v1::Turn]) -> &'h [zhiku_proto::v1::Turn] {
+        &history[history.len().saturating_sub(self.args.max_history_turns)..]
+    }
+
     /// Earlier turns go through the model's chat template: the last `--max-history-turns`,
     /// then dropped oldest first until the prompt and the answer fit the context; the
     /// passages are never cut. One CountTokens call counts the whole conversation and what
@@ -745,7 +748,7 @@ impl Orchestrator {
             });
             Chat { messages }
         };
-        let history = &history[history.len().saturating_sub(self.args.max_history_turns)..];
+        let history = self.last_turns(history);
         if history.is_empty() {
             return Ok(build(history));
         }
