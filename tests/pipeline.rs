@@ -17,6 +17,9 @@ use zhiku_proto::v1::{
     Turn, ask_event,
 };
 
+/// The orchestrator's default --min-coverage.
+const MIN_COVERAGE: f64 = 0.35;
+
 /// Generate requests the generator has received (its own counter, from Info).
 async fn generate_requests(generator: &ServiceProcess) -> u64 {
     GeneratorClient::new(generator.channel(STARTUP).await)
@@ -162,6 +165,41 @@ async fn four_processes_ingest_ask_refuse_and_survive_a_dead_retriever() {
         generate_requests(&services.generator).await,
         calls_before,
         "the generator was called"
+    );
+
+    // Unanswerable, without a threshold: the nearest passages come back, but they hold
+    // almost none of the question's terms, so zhiku refuses from the evidence (the default
+    // --abstention evidence) and the generator is never called either.
+    let refused = ask(
+        &mut client,
+        "demo",
+        UNANSWERABLE,
+        Some(-1.0),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("ask");
+    assert!(refused.answer.refused);
+    assert_eq!(refused.answer.text, "根据已知信息无法回答该问题");
+    assert!(
+        !refused.sources.is_empty(),
+        "no threshold: passages came back"
+    );
+    assert!(
+        refused.answer.coverage < MIN_COVERAGE,
+        "{}",
+        refused.answer.coverage
+    );
+    assert_eq!(refused.answer.generated_tokens, 0);
+    assert_eq!(
+        generate_requests(&services.generator).await,
+        calls_before,
+        "the generator was called"
+    );
+    assert!(
+        asked.answer.coverage >= MIN_COVERAGE,
+        "the answerable question was covered: {}",
+        asked.answer.coverage
     );
 
     // The retriever dies: UNAVAILABLE naming it, well within the deadline.

@@ -2,7 +2,8 @@
 //! it → search → drop passages under the threshold → (with a reranker) rerank the
 //! candidates with the embedder's cross-encoder and keep the top_k → merge overlapping
 //! chunks and keep what fits the token budget ([`crate::context`]) → refuse without
-//! generating when none is left → the article's prompt → generate, streamed → the answer
+//! generating when none is left or (`--abstention evidence`) when they cover too little of
+//! the question ([`crate::coverage`]) → the article's prompt → generate, streamed → the answer
 //! with its support score.
 
 use std::time::Instant;
@@ -17,8 +18,9 @@ use zhiku_proto::v1::{
     ask_event, count_tokens_request, generate_request, generate_stream_response,
 };
 
-use crate::config::{PassageOrder, Rerank};
+use crate::config::{Abstention, PassageOrder, Rerank};
 use crate::context;
+use crate::coverage::question_coverage;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::eval::{SUPPORTED, is_refusal, support};
@@ -484,6 +486,39 @@ impl Orchestrator {
         }
     }
 
+    /// The question's coverage by its passages, and whether zhiku refuses from the evidence:
+    /// no passage left, or (`--abstention evidence`) coverage under --min-coverage. The
+    /// passages count as the prompt shows them, with their source and heading path, which
+    /// often name what a short chunk is about. Counting is CPU work in proportion to the
+    /// passages: off the async threads.
+    pub(crate) async fn evidence(
+        &self,
+        question: &str,
+        citations: &[Citation],
+    ) -> Result<(f64, bool), OrchestratorError> {
+        if citations.is_empty() {
+            return Ok((0.0, true));
+        }
+        let rendered: Vec<String> = citations.iter().map(context::render).collect();
+        let asked = question.to_owned();
+        let coverage = tokio::task::spawn_blocking(move || {
+            let texts: Vec<&str> = rendered.iter().map(String::as_str).collect();
+            question_coverage(&asked, &texts)
+        })
+        .await
+        .map_err(|e| OrchestratorError::Internal(format!("the scoring thread failed: {e}")))?;
+        let refuse =
+            self.args.abstention == Abstention::Evidence && coverage < self.args.min_coverage;
+        if refuse {
+            tracing::info!(
+                coverage,
+                min_coverage = self.args.min_coverage,
+                "the passages cover too little of the question: refused without generating"
+            );
+        }
+        Ok((coverage, refuse))
+    }
+
     async fn ask_inner(
         &self,
         request: AskRequest,
@@ -582,6 +617,7 @@ impl Orchestrator {
         let (citations, context_tokens) = self
             .fit_passages(citations, request.context_tokens, max_new_tokens, deadline)
             .await?;
+        let (coverage, refuse) = self.evidence(&search_question, &citations).await?;
         // Labelled by knowledge bases that exist (described above), so the label set stays
         // as small as their list.
         let metrics = zhiku_runtime::metrics::metrics();
@@ -590,14 +626,9 @@ impl Orchestrator {
             .retrieval_passages
             .with_label_values(&[kb])
             .inc_by(citations.len() as u64);
-        let refused = if citations.is_empty() {
-            "true"
-        } else {
-            "false"
-        };
         metrics
             .retrieval_asks
-            .with_label_values(&[kb, refused])
+            .with_label_values(&[kb, if refuse { "true" } else { "false" }])
             .inc();
         send(
             events,
@@ -613,7 +644,7 @@ impl Orchestrator {
             rerank_ms,
             ..Default::default()
         };
-        if citations.is_empty() {
+        if refuse {
             timings.total_ms = ms(started);
             return send(
                 events,
@@ -624,7 +655,9 @@ impl Orchestrator {
                     timings: Some(timings),
                     support: 1.0,
                     grounded: true,
+                    context_tokens,
                     search_question,
+                    coverage,
                     ..Default::default()
                 }),
             )
@@ -700,6 +733,7 @@ impl Orchestrator {
                             grounded,
                             context_tokens,
                             search_question,
+                            coverage,
                         }),
                     )
                     .await;

@@ -43,6 +43,20 @@ pub enum PassageOrder {
     BestLast,
 }
 
+/// Who decides that the passages do not answer a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Abstention {
+    /// zhiku, from the evidence: no passage over the threshold, or passages that cover
+    /// under --min-coverage of the question's terms, give the refusal without calling the
+    /// model; the default prompt is the article's without its refusal sentence, so the
+    /// model answers from what it is given.
+    Evidence,
+    /// The model, as the article has it: its prompt asks it to say "根据已知信息无法回答该问题"
+    /// when the passages hold no answer (zhiku still refuses without calling it when no
+    /// passage passes the threshold).
+    Model,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
     /// The embedder's gRPC address.
@@ -89,7 +103,8 @@ pub struct OrchestratorArgs {
     pub max_file_bytes: u64,
 
     /// A file holding the prompt template, with `{context}` and `{question}` placeholders.
-    /// Default: the article's template.
+    /// Default: the article's template (with --abstention evidence, without its refusal
+    /// sentence).
     #[arg(long, env = "ZHIKU_PROMPT_TEMPLATE")]
     pub prompt_template: Option<PathBuf>,
 
@@ -162,7 +177,23 @@ pub struct OrchestratorArgs {
     /// never; the README gives the level measured on the eval sets.
     #[arg(long, env = "ZHIKU_ASK_ABSTAIN_BELOW", default_value_t = 0.0)]
     pub abstain_below: f64,
+
+    /// Who decides that the passages hold no answer: evidence (zhiku: the threshold and
+    /// --min-coverage, before the model is called; the prompt does not ask the model to
+    /// refuse) or model (the article's prompt asks the model to refuse). Measured on the
+    /// eval sets in the README.
+    #[arg(long, env = "ZHIKU_ASK_ABSTENTION", value_enum, default_value_t = Abstention::Evidence)]
+    pub abstention: Abstention,
+
+    /// With --abstention evidence: the share (0 to 1) of the question's terms (ASCII words,
+    /// CJK character pairs, question words left out) its passages must hold, else the
+    /// refusal is given without calling the model. 0: never refuse on coverage.
+    #[arg(long, env = "ZHIKU_ASK_MIN_COVERAGE", default_value_t = DEFAULT_MIN_COVERAGE)]
+    pub min_coverage: f64,
 }
+
+/// The --min-coverage default, measured on the eval sets (README, "Abstention").
+pub const DEFAULT_MIN_COVERAGE: f64 = 0.35;
 
 impl OrchestratorArgs {
     /// Files loaded at once: the flag, or one per CPU core.
@@ -197,6 +228,8 @@ impl OrchestratorArgs {
             rerank_candidates: 20,
             passage_order: PassageOrder::BestFirst,
             abstain_below: 0.0,
+            abstention: Abstention::Evidence,
+            min_coverage: DEFAULT_MIN_COVERAGE,
         }
     }
 }

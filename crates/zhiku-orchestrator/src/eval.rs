@@ -153,6 +153,7 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         grounded: refused || support >= SUPPORTED,
         search_question: answer.search_question,
         support,
+        coverage: answer.coverage,
     }
 }
 
@@ -436,7 +437,8 @@ impl Orchestrator {
     }
 
     /// The first stages of Ask (embed, search, threshold, rerank) without generation: an
-    /// Answer holding the sources, refused when none passed.
+    /// Answer holding the sources, refused as an Ask would be before generating: none
+    /// passed, or (`--abstention evidence`) they cover too little of the question.
     async fn retrieve_only(
         &self,
         knowledge_base: &str,
@@ -462,7 +464,7 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let refused = citations.is_empty();
+        let (coverage, refused) = self.evidence(case.question.trim(), &citations).await?;
         Ok(Answer {
             text: if refused {
                 REFUSAL.into()
@@ -478,6 +480,7 @@ impl Orchestrator {
                 total_ms: started.elapsed().as_secs_f64() * 1e3,
                 ..Default::default()
             }),
+            coverage,
             ..Default::default()
         })
     }

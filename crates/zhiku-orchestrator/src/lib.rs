@@ -21,6 +21,7 @@ pub mod api;
 pub mod ask;
 pub mod config;
 pub mod context;
+pub mod coverage;
 pub mod downstream;
 pub mod error;
 pub mod eval;
@@ -39,7 +40,9 @@ use zhiku_runtime::server::RuntimeError;
 use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
 use zhiku_text::Walker;
 
-pub use config::{HttpListen, OrchestratorArgs, PassageOrder, Rerank};
+pub use config::{
+    Abstention, DEFAULT_MIN_COVERAGE, HttpListen, OrchestratorArgs, PassageOrder, Rerank,
+};
 pub use error::OrchestratorError;
 
 use downstream::Downstream;
@@ -72,7 +75,7 @@ impl Orchestrator {
     pub fn new(args: OrchestratorArgs) -> Result<Self, OrchestratorError> {
         let template = match &args.prompt_template {
             Some(path) => PromptTemplate::from_file(path)?,
-            None => PromptTemplate::default(),
+            None => PromptTemplate::for_abstention(args.abstention),
         };
         let ingest_walker = match &args.ingest_root {
             Some(root) => Some(Walker::confined(root).map_err(|e| {

@@ -12,6 +12,12 @@ pub const ARTICLE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述�
 如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，\
 不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
 
+/// The article's template without its refusal sentence, for `--abstention evidence`: zhiku
+/// refuses from the evidence, and a small model told it may refuse refuses questions whose
+/// answer is in its passages (README, "Abstention").
+pub const EVIDENCE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述已知信息，简洁和专业的来回答用户的问题，\
+不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
+
 /// The answer given, without calling the model, when no passage passes the threshold.
 pub const REFUSAL: &str = "根据已知信息无法回答该问题";
 
@@ -35,6 +41,18 @@ impl Default for PromptTemplate {
 }
 
 impl PromptTemplate {
+    /// The default template for who decides to refuse: the article's when the model does,
+    /// [`EVIDENCE_TEMPLATE`] when zhiku does.
+    pub fn for_abstention(abstention: crate::config::Abstention) -> Self {
+        let template = match abstention {
+            crate::config::Abstention::Model => ARTICLE_TEMPLATE,
+            crate::config::Abstention::Evidence => EVIDENCE_TEMPLATE,
+        };
+        Self {
+            template: template.to_owned(),
+        }
+    }
+
     /// Reads a template file; it must hold both placeholders.
     pub fn from_file(path: &Path) -> Result<Self, OrchestratorError> {
         let template = std::fs::read_to_string(path).map_err(|e| {
@@ -113,6 +131,24 @@ mod tests {
             "已知信息：\n[1] 小拾喜欢玩手机、打游戏、看电影。\n\n根据上述已知信息，简洁和专业的来回答用户的问题。\
 如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，\
 不允许在答案中添加编造成分，答案请使用中文。问题是：小拾喜欢做什么"
+        );
+    }
+
+    #[test]
+    fn the_evidence_template_is_the_articles_without_its_refusal_sentence() {
+        use crate::config::Abstention;
+        let article = PromptTemplate::for_abstention(Abstention::Model).render(&["甲"], "乙");
+        let evidence = PromptTemplate::for_abstention(Abstention::Evidence).render(&["甲"], "乙");
+        assert_eq!(article, PromptTemplate::default().render(&["甲"], "乙"));
+        assert!(article.contains(REFUSAL));
+        assert!(!evidence.contains(REFUSAL) && !evidence.contains("无法"));
+        let sentence =
+            "如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，";
+        assert_eq!(
+            evidence,
+            article
+                .replace(sentence, "")
+                .replace("问题。不允许", "问题，不允许")
         );
     }
 

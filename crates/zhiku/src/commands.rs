@@ -410,6 +410,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                         "refused": answer.refused,
                         "support": answer.support,
                         "grounded": answer.grounded,
+                        "coverage": answer.coverage,
                         "sources": answer.citations.iter().map(|c| json!({
                             "source": c.source,
                             "document_id": c.document_id,
@@ -438,6 +439,13 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                     }
                     if answer.refused {
                         print!("{}", answer.text);
+                        if !abstained && !answer.citations.is_empty() {
+                            print!(
+                                "\n[refused] the sources below hold {:.0}% of the question's \
+                                 terms (under --min-coverage): the model was not asked",
+                                answer.coverage * 100.0
+                            );
+                        }
                     }
                     println!();
                     if !answer.grounded && !abstained {

@@ -323,6 +323,7 @@ fn case_json(c: &EvalCaseResult) -> Value {
         })).collect::<Vec<_>>(),
         "support": c.support,
         "grounded": c.grounded,
+        "coverage": c.coverage,
         "search_question": c.search_question,
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,
@@ -351,12 +352,17 @@ fn progress_line(c: &EvalCaseResult, done: usize, total: usize, retrieval_only: 
         "unanswerable".to_owned()
     };
     let answer: String = c.answer.replace('\n', " ").chars().take(60).collect();
-    let support = if retrieval_only || c.refused {
+    let support = if retrieval_only {
         String::new()
+    } else if c.refused {
+        format!("coverage {:.2}  ", c.coverage)
     } else if c.grounded {
-        format!("support {:.2}  ", c.support)
+        format!("coverage {:.2}  support {:.2}  ", c.coverage, c.support)
     } else {
-        format!("support {:.2} UNGROUNDED  ", c.support)
+        format!(
+            "coverage {:.2}  support {:.2} UNGROUNDED  ",
+            c.coverage, c.support
+        )
     };
     let rewritten = if c.search_question.is_empty() || c.search_question == c.question {
         String::new()

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tonic_health_client::check_serving;
 use zhiku_embedder::EmbedderArgs;
 use zhiku_generator::GeneratorArgs;
-use zhiku_orchestrator::{OrchestratorArgs, PassageOrder};
+use zhiku_orchestrator::{Abstention, DEFAULT_MIN_COVERAGE, OrchestratorArgs, PassageOrder};
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{RuntimeError, bind};
 
@@ -102,6 +102,28 @@ pub struct StackArgs {
         default_value_t = 0.0
     )]
     pub abstain_below: f64,
+
+    /// Who decides that the passages hold no answer: evidence (zhiku, from the threshold and
+    /// --min-coverage, before the model is called) or model (the article's prompt asks the
+    /// model to refuse).
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_ASK_ABSTENTION",
+        value_enum,
+        default_value_t = Abstention::Evidence
+    )]
+    pub abstention: Abstention,
+
+    /// With --abstention evidence: the share of the question's terms its passages must
+    /// hold, else the refusal is given without calling the model (0: never).
+    #[arg(
+        long,
+        global = true,
+        env = "ZHIKU_ASK_MIN_COVERAGE",
+        default_value_t = DEFAULT_MIN_COVERAGE
+    )]
+    pub min_coverage: f64,
 }
 
 /// Default models for real users: a Chinese embedder and a GLM-4 GGUF, from the hub.
@@ -253,6 +275,8 @@ impl Stack {
         orchestrator.prompt_template = args.prompt_template.clone();
         orchestrator.passage_order = args.passage_order;
         orchestrator.abstain_below = args.abstain_below;
+        orchestrator.abstention = args.abstention;
+        orchestrator.min_coverage = args.min_coverage;
         let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
         // The three services behind the orchestrator: on loopback by default, so TLS is the
         // orchestrator's alone; they take the same API keys, plus one made for this process
@@ -414,6 +438,8 @@ mod tests {
             prompt_template: None,
             passage_order: PassageOrder::BestFirst,
             abstain_below: 0.0,
+            abstention: Abstention::Evidence,
+            min_coverage: DEFAULT_MIN_COVERAGE,
         }
     }
 
