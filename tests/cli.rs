@@ -314,7 +314,7 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
 
     // A client that goes away mid-answer: CANCELLED in the log, not an error.
     let mut request = zhiku_proto::v1::AskRequest {
-        question: "小拾喜欢做什么？请详细地说。".into(),
+        question: "知识库问答先做什么？请详细地说。".into(),
         knowledge_base: "cli".into(),
         sampling: Some(zhiku_proto::v1::SamplingParams {
             max_new_tokens: Some(400),
@@ -323,15 +323,22 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
         ..Default::default()
     };
     request.top_k = 3;
+    // No threshold: the note must reach the prompt, or the Ask is refused without
+    // generating (nothing to cancel). The question is on the note, the one document of
+    // `cli` left by now, so its passage covers it.
+    request.score_threshold = Some(-1.0);
     let mut stream = client.ask(request).await.unwrap().into_inner();
     loop {
-        let event = stream
-            .message()
-            .await
-            .unwrap()
-            .expect("an event before the answer");
-        if let Some(zhiku_proto::v1::ask_event::Event::Chunk(_)) = event.event {
-            break;
+        let event = stream.message().await.unwrap();
+        let Some(event) = event else {
+            panic!("the answer came before any chunk: refused without generating?");
+        };
+        match event.event {
+            Some(zhiku_proto::v1::ask_event::Event::Chunk(_)) => break,
+            Some(zhiku_proto::v1::ask_event::Event::Answer(answer)) => {
+                panic!("an answer before any chunk: {answer:?}")
+            }
+            _ => {}
         }
     }
     drop(stream);

@@ -78,7 +78,8 @@ pub struct StackArgs {
     pub rerank_candidates: u32,
 
     /// A file holding the prompt template (`{context}` and `{question}` placeholders).
-    /// Unset: the article's template.
+    /// Unset: the article's template (without its refusal sentence under --abstention
+    /// evidence).
     #[arg(long, global = true, env = "ZHIKU_PROMPT_TEMPLATE")]
     pub prompt_template: Option<PathBuf>,
 
