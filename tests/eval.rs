@@ -178,6 +178,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     mode: SearchMode::Hybrid as i32,
                     context_tokens: None,
                     rerank: None,
+                    min_coverage: None,
                 },
                 // No passage is that similar: every case is refused without generating.
                 EvalSetting {
@@ -186,6 +187,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     mode: SearchMode::Dense as i32,
                     context_tokens: None,
                     rerank: None,
+                    min_coverage: None,
                 },
             ],
             sampling: Some(SamplingParams {
@@ -307,6 +309,41 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
     // the best one without a threshold.
     let best = json["best"].as_u64().unwrap() as usize;
     assert_eq!(settings[best]["setting"]["threshold"], -1.0, "{json}");
+
+    // --min-coverage per setting: at 0 the football question is not refused on coverage.
+    let output = Command::new(binary("zhiku"))
+        .args([
+            "eval",
+            file.to_str().unwrap(),
+            "--kb",
+            "evalkb",
+            "--retrieval-only",
+            "--sweep",
+            "threshold=none,min_coverage=0,default",
+            "--json",
+            "--addr",
+            &serve.endpoint(),
+        ])
+        .output()
+        .expect("runs zhiku eval");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(
+        json["settings"][0]["setting"]["min_coverage"], 0.0,
+        "{json}"
+    );
+    assert_eq!(json["settings"][0]["abstained"], 0, "{json}");
+    assert_eq!(json["settings"][1]["abstained"], 1, "{json}");
+    // Out of range: INVALID_ARGUMENT naming the field.
+    let mut request = ask_request("evalkb", "小拾喜欢做什么？", Some(-1.0), 8);
+    request.min_coverage = Some(1.5);
+    let err = ask_with(&mut client, request, STARTUP)
+        .await
+        .err()
+        .expect("min_coverage 1.5 is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("min_coverage"), "{}", err.message());
 
     // The visible benchmark's retrieval floor (retrieval only: no generation).
     let Some((docs, cases)) = chatchat() else {

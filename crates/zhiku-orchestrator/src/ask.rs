@@ -495,7 +495,17 @@ impl Orchestrator {
         &self,
         question: &str,
         citations: &[Citation],
+        min_coverage: Option<f64>,
     ) -> Result<(f64, bool), OrchestratorError> {
+        let min_coverage = match min_coverage {
+            Some(m) if !(0.0..=1.0).contains(&m) => {
+                return Err(OrchestratorError::Validation(format!(
+                    "`min_coverage` {m} is not between 0 and 1"
+                )));
+            }
+            Some(m) => m,
+            None => self.args.min_coverage,
+        };
         if citations.is_empty() {
             return Ok((0.0, true));
         }
@@ -507,12 +517,11 @@ impl Orchestrator {
         })
         .await
         .map_err(|e| OrchestratorError::Internal(format!("the scoring thread failed: {e}")))?;
-        let refuse =
-            self.args.abstention == Abstention::Evidence && coverage < self.args.min_coverage;
+        let refuse = self.args.abstention == Abstention::Evidence && coverage < min_coverage;
         if refuse {
             tracing::info!(
                 coverage,
-                min_coverage = self.args.min_coverage,
+                min_coverage,
                 "the passages cover too little of the question: refused without generating"
             );
         }
@@ -617,7 +626,9 @@ impl Orchestrator {
         let (citations, context_tokens) = self
             .fit_passages(citations, request.context_tokens, max_new_tokens, deadline)
             .await?;
-        let (coverage, refuse) = self.evidence(&search_question, &citations).await?;
+        let (coverage, refuse) = self
+            .evidence(&search_question, &citations, request.min_coverage)
+            .await?;
         // Labelled by knowledge bases that exist (described above), so the label set stays
         // as small as their list.
         let metrics = zhiku_runtime::metrics::metrics();

@@ -417,6 +417,7 @@ impl Orchestrator {
             sampling: request.sampling.clone(),
             history: case.history.clone(),
             context_tokens: setting.context_tokens,
+            min_coverage: setting.min_coverage,
             ..Default::default()
         };
         let (tx, mut rx) = mpsc::channel::<Result<AskEvent, Status>>(16);
@@ -464,7 +465,9 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let (coverage, refused) = self.evidence(case.question.trim(), &citations).await?;
+        let (coverage, refused) = self
+            .evidence(case.question.trim(), &citations, setting.min_coverage)
+            .await?;
         Ok(Answer {
             text: if refused {
                 REFUSAL.into()

@@ -145,14 +145,15 @@ pub fn parse_on_off(value: &str) -> Result<bool, String> {
     }
 }
 
-/// The grid of `--sweep` (top_k × threshold × mode × context_tokens × rerank, in that
-/// order), from the flags where a key is not given.
+/// The grid of `--sweep` (top_k × threshold × mode × context_tokens × rerank ×
+/// min_coverage, in that order), from the flags where a key is not given.
 pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, String> {
     let mut rerank: Vec<Option<bool>> = Vec::new();
     let mut top_k: Vec<u32> = Vec::new();
     let mut threshold: Vec<Option<f32>> = Vec::new();
     let mut mode: Vec<i32> = Vec::new();
     let mut context: Vec<Option<u32>> = Vec::new();
+    let mut coverage: Vec<Option<f64>> = Vec::new();
     let mut key = String::new();
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let value = match token.split_once('=') {
@@ -189,13 +190,23 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                     format!("context_tokens `{value}` is not a whole number")
                 })?))
             }
+            "min_coverage" => coverage.push(match value {
+                "default" => None,
+                v => Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|c| (0.0..=1.0).contains(c))
+                        .ok_or_else(|| format!("min_coverage `{v}` is not a number in 0..1"))?,
+                ),
+            }),
             "rerank" => rerank.push(match value {
                 "default" => None,
                 v => Some(parse_on_off(v).map_err(|e| format!("rerank {e}"))?),
             }),
             k => {
                 return Err(format!(
-                    "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens or rerank"
+                    "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens, rerank or \
+                     min_coverage"
                 ));
             }
         }
@@ -215,19 +226,25 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     if rerank.is_empty() {
         rerank.push(base.rerank);
     }
+    if coverage.is_empty() {
+        coverage.push(base.min_coverage);
+    }
     let mut grid = Vec::new();
     for &k in &top_k {
         for &t in &threshold {
             for &m in &mode {
                 for &c in &context {
                     for &r in &rerank {
-                        grid.push(EvalSetting {
-                            top_k: k,
-                            score_threshold: t,
-                            mode: m,
-                            context_tokens: c,
-                            rerank: r,
-                        });
+                        for &v in &coverage {
+                            grid.push(EvalSetting {
+                                top_k: k,
+                                score_threshold: t,
+                                mode: m,
+                                context_tokens: c,
+                                rerank: r,
+                                min_coverage: v,
+                            });
+                        }
                     }
                 }
             }
@@ -255,8 +272,11 @@ fn describe(setting: &EvalSetting) -> String {
         Some(true) => " rerank=on",
         Some(false) => " rerank=off",
     };
+    let coverage = setting
+        .min_coverage
+        .map_or_else(String::new, |c| format!(" min_coverage={c}"));
     format!(
-        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}",
+        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}{coverage}",
         if setting.top_k == 0 { 5 } else { setting.top_k }
     )
 }
@@ -282,6 +302,7 @@ fn report_json(r: &EvalReport) -> Value {
             },
             "context_tokens": setting.context_tokens,
             "rerank": setting.rerank,
+            "min_coverage": setting.min_coverage,
         },
         "answerable": r.answerable,
         "unanswerable": r.unanswerable,
@@ -485,6 +506,8 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
         mode: search_mode(args.mode) as i32,
         context_tokens: args.context_tokens,
         rerank: args.rerank,
+        // The orchestrator's --min-coverage (in this process: the global flag).
+        min_coverage: None,
     };
     let settings = match &args.sweep {
         None => vec![base],
@@ -618,6 +641,7 @@ mod tests {
             mode: SearchMode::Hybrid as i32,
             context_tokens: None,
             rerank: None,
+            min_coverage: None,
         };
         let grid = parse_sweep("top_k=3,5,threshold=none,0.3,mode=dense,hybrid", &base).unwrap();
         assert_eq!(grid.len(), 8);
@@ -646,7 +670,15 @@ mod tests {
             describe(&reranks[1]),
             "top_k=5 threshold=default mode=hybrid context_tokens=default rerank=on"
         );
+        let levels = parse_sweep("min_coverage=0,0.35,default", &base).unwrap();
+        assert_eq!(
+            levels.iter().map(|s| s.min_coverage).collect::<Vec<_>>(),
+            [Some(0.0), Some(0.35), None]
+        );
+        assert!(describe(&levels[1]).ends_with(" min_coverage=0.35"));
         for bad in [
+            "min_coverage=2",
+            "min_coverage=high",
             "3,5",
             "top_k=x",
             "mode=fuzzy",

@@ -184,6 +184,7 @@ async fn the_reranker_decides_which_passage_comes_first() {
         mode: SearchMode::Sparse as i32,
         context_tokens: None,
         rerank: Some(rerank),
+        min_coverage: None,
     };
     let mut events = plain
         .evaluate(EvaluateRequest {

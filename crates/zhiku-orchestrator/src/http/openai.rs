@@ -64,6 +64,9 @@ pub struct ChatOptions {
     /// With history, rewrite the question into a standalone one before retrieval (unset:
     /// the orchestrator's `--rewrite-follow-ups`).
     pub rewrite_follow_up: Option<bool>,
+    /// With `--abstention evidence`, the question coverage an answer needs (unset: the
+    /// orchestrator's `--min-coverage`).
+    pub min_coverage: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -339,6 +342,7 @@ fn ask_request(
         filter: None,
         context_tokens: request.zhiku.context_tokens,
         rewrite_follow_up: request.zhiku.rewrite_follow_up,
+        min_coverage: request.zhiku.min_coverage,
     })
 }
 
