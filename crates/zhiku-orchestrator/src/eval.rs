@@ -117,7 +117,8 @@ pub fn gold_rank(sources: &[&str], gold: &[String]) -> Option<usize> {
     None
 }
 
-/// A refusal: the pipeline's own (nothing passed the threshold) or the model's.
+/// A refusal: the pipeline's own (nothing passed the threshold, or too little coverage) or
+/// the model's.
 pub fn is_refusal(answer: &str) -> bool {
     let answer = normalize(answer);
     answer == normalize(REFUSAL) || REFUSAL_MARKS.iter().any(|m| answer.contains(m))

@@ -419,7 +419,8 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
     );
     if retrieval_only {
         out += &format!(
-            "refusals      nothing passed the threshold: {} answerable, {} unanswerable\n",
+            "refusals      refused before generating (threshold or coverage): {} answerable, {} \
+             unanswerable\n",
             fraction(r.false_refusals, r.answerable),
             fraction(r.abstained, r.unanswerable)
         );
