@@ -272,28 +272,32 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
          {\"id\":\"cup\",\"question\":\"2022 年世界杯的冠军是哪支球队？\",\"gold\":[],\"answerable\":false}\n",
     )
     .unwrap();
-    let output = Command::new(binary("zhiku"))
-        .args([
-            "eval",
-            file.to_str().unwrap(),
-            "--kb",
-            "evalkb",
-            "--retrieval-only",
-            "--sweep",
-            "top_k=1,2,threshold=none,0.999",
-            "--json",
-            "--addr",
-            &serve.endpoint(),
-        ])
-        .output()
-        .expect("runs zhiku eval");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    // `zhiku eval` on the file, retrieval only, over a sweep: its one JSON object.
+    let eval_json = |sweep: &str| -> serde_json::Value {
+        let output = Command::new(binary("zhiku"))
+            .args([
+                "eval",
+                file.to_str().unwrap(),
+                "--kb",
+                "evalkb",
+                "--retrieval-only",
+                "--sweep",
+                sweep,
+                "--json",
+                "--addr",
+                &serve.endpoint(),
+            ])
+            .output()
+            .expect("runs zhiku eval");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(stdout.trim()).expect("one JSON object")
+    };
+    let json = eval_json("top_k=1,2,threshold=none,0.999");
     let settings = json["settings"].as_array().expect("settings");
     assert_eq!(settings.len(), 4);
     assert_eq!(settings[0]["setting"]["top_k"], 1);
@@ -311,24 +315,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
     assert_eq!(settings[best]["setting"]["threshold"], -1.0, "{json}");
 
     // --min-coverage per setting: at 0 the football question is not refused on coverage.
-    let output = Command::new(binary("zhiku"))
-        .args([
-            "eval",
-            file.to_str().unwrap(),
-            "--kb",
-            "evalkb",
-            "--retrieval-only",
-            "--sweep",
-            "threshold=none,min_coverage=0,default",
-            "--json",
-            "--addr",
-            &serve.endpoint(),
-        ])
-        .output()
-        .expect("runs zhiku eval");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let json = eval_json("threshold=none,min_coverage=0,default");
     assert_eq!(
         json["settings"][0]["setting"]["min_coverage"], 0.0,
         "{json}"

@@ -86,6 +86,17 @@ pub fn abstains(support: f64, level: f64) -> bool {
     support < level
 }
 
+/// A request's own question-coverage level, if it sets one, lies in 0..1; `field` names it
+/// in the error.
+pub(crate) fn check_min_coverage(field: &str, level: Option<f64>) -> Result<(), OrchestratorError> {
+    match level {
+        Some(m) if !(0.0..=1.0).contains(&m) => Err(OrchestratorError::Validation(format!(
+            "`{field}` {m} is not between 0 and 1"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The most candidates a search returns (the retriever's limit).
 const MAX_CANDIDATES: u32 = 100;
 
@@ -486,34 +497,28 @@ impl Orchestrator {
         }
     }
 
-    /// The question's coverage by its passages, and whether zhiku refuses from the evidence:
-    /// no passage left, or (`--abstention evidence`) coverage under --min-coverage. The
-    /// passages count as the prompt shows them, with their source and heading path, which
-    /// often name what a short chunk is about. Counting is CPU work in proportion to the
-    /// passages: off the async threads.
+    /// The passages as the prompt shows them (with their source and heading path, which
+    /// often name what a short chunk is about), the question's coverage by them, and whether
+    /// zhiku refuses from the evidence: no passage left, or (`--abstention evidence`)
+    /// coverage under `min_coverage` (a request's, checked by [`check_min_coverage`], else
+    /// --min-coverage). Counting is CPU work in proportion to the passages and the question:
+    /// off the async threads.
     pub(crate) async fn evidence(
         &self,
         question: &str,
         citations: &[Citation],
         min_coverage: Option<f64>,
-    ) -> Result<(f64, bool), OrchestratorError> {
-        let min_coverage = match min_coverage {
-            Some(m) if !(0.0..=1.0).contains(&m) => {
-                return Err(OrchestratorError::Validation(format!(
-                    "`min_coverage` {m} is not between 0 and 1"
-                )));
-            }
-            Some(m) => m,
-            None => self.args.min_coverage,
-        };
+    ) -> Result<(Vec<String>, f64, bool), OrchestratorError> {
+        let min_coverage = min_coverage.unwrap_or(self.args.min_coverage);
         if citations.is_empty() {
-            return Ok((0.0, true));
+            return Ok((Vec::new(), 0.0, true));
         }
         let rendered: Vec<String> = citations.iter().map(context::render).collect();
         let asked = question.to_owned();
-        let coverage = tokio::task::spawn_blocking(move || {
+        let (rendered, coverage) = tokio::task::spawn_blocking(move || {
             let texts: Vec<&str> = rendered.iter().map(String::as_str).collect();
-            question_coverage(&asked, &texts)
+            let coverage = question_coverage(&asked, &texts);
+            (rendered, coverage)
         })
         .await
         .map_err(|e| OrchestratorError::Internal(format!("the scoring thread failed: {e}")))?;
@@ -525,7 +530,7 @@ impl Orchestrator {
                 "the passages cover too little of the question: refused without generating"
             );
         }
-        Ok((coverage, refuse))
+        Ok((rendered, coverage, refuse))
     }
 
     async fn ask_inner(
@@ -577,6 +582,7 @@ impl Orchestrator {
         }
         let top_k = effective_top_k(request.top_k);
         let mode = search_mode(request.mode)?;
+        check_min_coverage("min_coverage", request.min_coverage)?;
 
         let knowledge_base = self
             .downstream
@@ -626,7 +632,7 @@ impl Orchestrator {
         let (citations, context_tokens) = self
             .fit_passages(citations, request.context_tokens, max_new_tokens, deadline)
             .await?;
-        let (coverage, refuse) = self
+        let (rendered, coverage, refuse) = self
             .evidence(&search_question, &citations, request.min_coverage)
             .await?;
         // Labelled by knowledge bases that exist (described above), so the label set stays
@@ -675,7 +681,6 @@ impl Orchestrator {
             .await;
         }
 
-        let rendered: Vec<String> = citations.iter().map(context::render).collect();
         let mut passages: Vec<(u32, &str)> = citations
             .iter()
             .zip(&rendered)

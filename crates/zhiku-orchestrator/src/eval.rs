@@ -16,7 +16,7 @@ use zhiku_proto::v1::{
 };
 
 use crate::Orchestrator;
-use crate::ask::{Retrieved, effective_top_k, search_mode};
+use crate::ask::{Retrieved, check_min_coverage, effective_top_k, search_mode};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::prompt::REFUSAL;
@@ -307,6 +307,9 @@ fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
     if request.settings.is_empty() {
         request.settings.push(EvalSetting::default());
     }
+    for (i, setting) in request.settings.iter().enumerate() {
+        check_min_coverage(&format!("settings[{i}].min_coverage"), setting.min_coverage)?;
+    }
     if request.cases.len() * request.settings.len() > MAX_RUNS {
         return invalid(format!(
             "{} cases × {} settings is over {MAX_RUNS} runs",
@@ -466,7 +469,7 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let (coverage, refused) = self
+        let (_, coverage, refused) = self
             .evidence(case.question.trim(), &citations, setting.min_coverage)
             .await?;
         Ok(Answer {
