@@ -148,6 +148,9 @@ fn retryable(status: &Status) -> bool {
             ]
             .iter()
             .any(|w| m.contains(w))
+                // A node just restarted answers this until its replica of the shard is
+                // loaded again; another node holds one.
+                || (m.contains("local shard") && m.contains("not found"))
         }
         _ => false,
     }
@@ -1027,6 +1030,18 @@ mod tests {
         assert!(message.contains("http://qdrant:6334"), "{message}");
         // Not retried in place: the caller decides when to come back.
         assert!(!retryable(&Status::resource_exhausted("Too many requests")));
+    }
+
+    #[test]
+    fn a_restarting_nodes_missing_shard_is_retried_elsewhere() {
+        let missing = Status::internal(
+            "Service internal error: 1 of 1 read operations failed:\n  Service internal \
+             error: Local shard 0 not found",
+        );
+        assert!(retryable(&missing));
+        assert_eq!(passed_on(missing).0, Code::Unavailable);
+        // A collection that does not exist is no node's passing state.
+        assert!(!retryable(&Status::internal("Collection `kb` not found")));
     }
 
     #[test]
