@@ -1,5 +1,5 @@
 //! End-to-end through `zhiku serve` (all four services in one process) and the `zhiku` CLI:
-//! every grpcurl example of the README runs against the live server, and the CLI ingests a
+//! every grpcurl example of the book runs against the live server, and the CLI ingests a
 //! directory holding a corrupt pdf and a binary file, answers and refuses.
 
 use std::process::Command;
@@ -11,13 +11,25 @@ use zhiku_e2e::{
 
 const STARTUP: Duration = Duration::from_secs(180);
 
-/// The grpcurl commands of README.md's shell blocks, in order, continuation lines joined.
-fn readme_grpcurl_commands() -> Vec<String> {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+/// The book's pages in reading order: the links of docs/src/SUMMARY.md.
+fn book_pages() -> Vec<std::path::PathBuf> {
+    let src = workspace_root().join("docs/src");
+    let summary = std::fs::read_to_string(src.join("SUMMARY.md")).expect("docs/src/SUMMARY.md");
+    summary
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|link| link.ends_with(".md"))
+        .map(|link| src.join(link))
+        .collect()
+}
+
+/// The grpcurl commands of a page's `sh` blocks, in order, continuation lines joined.
+fn grpcurl_commands(markdown: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut in_shell = false;
     let mut pending = String::new();
-    for line in readme.lines() {
+    for line in markdown.lines() {
         if line.starts_with("```") {
             in_shell = line == "```sh";
             continue;
@@ -41,6 +53,41 @@ fn readme_grpcurl_commands() -> Vec<String> {
         }
     }
     commands
+}
+
+/// Every grpcurl command of the book's `sh` blocks (docs/src), page by page in SUMMARY.md's
+/// order (the grpcurl guide's Ingest comes before the calls that read what it wrote).
+fn book_grpcurl_commands() -> Vec<String> {
+    book_pages()
+        .iter()
+        .flat_map(|page| {
+            let text =
+                std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+            grpcurl_commands(&text)
+        })
+        .collect()
+}
+
+#[test]
+fn the_book_holds_the_grpcurl_examples() {
+    let commands = book_grpcurl_commands();
+    for command in &commands {
+        println!("{command}");
+    }
+    assert!(commands.len() >= 8, "{commands:?}");
+    let position = |method: &str| commands.iter().position(|c| c.contains(method));
+    let ingest = position("Orchestrator/Ingest").expect("an Ingest example");
+    let ask = position("Orchestrator/Ask").expect("an Ask example");
+    assert!(
+        ingest < ask,
+        "the Ask example runs before anything was ingested"
+    );
+    // A code block that is not `sh` is not run.
+    assert!(grpcurl_commands("```text\ngrpcurl -plaintext localhost:1 list\n```\n").is_empty());
+    assert_eq!(
+        grpcurl_commands("```sh\ngrpcurl -d '{}' \\\n  localhost:1 a/B\necho\n```\n"),
+        ["grpcurl -d '{}'  localhost:1 a/B"]
+    );
 }
 
 fn zhiku(args: &[&str]) -> (i32, String, String) {
@@ -111,8 +158,8 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
         }
     }
 
-    // Every grpcurl example of the README, against the live server.
-    let commands = readme_grpcurl_commands();
+    // Every grpcurl example of the book, against the live server.
+    let commands = book_grpcurl_commands();
     assert!(commands.len() >= 8, "{commands:?}");
     let grpcurl_path = grpcurl();
     for command in &commands {
@@ -130,7 +177,7 @@ async fn zhiku_serve_runs_the_readme_examples_and_the_cli() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "README example failed: {command}\n{}\n{}",
+            "book example failed: {command}\n{}\n{}",
             stdout,
             String::from_utf8_lossy(&output.stderr)
         );
