@@ -448,24 +448,32 @@ async fn ingest_paths(
     panic!("no summary");
 }
 
+/// Runs `zhiku ARGS` in process (no --addr) on MiniLM and SmolLM2, its store in `data`,
+/// with no log filter from the environment.
+fn in_process(data: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let minilm = minilm_dir();
+    let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
+    let output = Command::new(binary("zhiku"))
+        .args(args)
+        .args(["--embedding-model", minilm.to_str().unwrap()])
+        .args(["--chat-model", smollm.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .env("ZHIKU_MODELS_DIR", models_dir())
+        .env_remove("ZHIKU_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs zhiku");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn the_cli_runs_the_pipeline_in_process_without_a_server() {
     let data = tempfile::tempdir().unwrap();
-    let minilm = minilm_dir();
-    let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
-    let common = [
-        "--embedding-model",
-        minilm.to_str().unwrap(),
-        "--chat-model",
-        smollm.to_str().unwrap(),
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ];
-    let run = |extra: &[&str]| {
-        let mut args: Vec<&str> = extra.to_vec();
-        args.extend_from_slice(&common);
-        zhiku(&args)
-    };
+    let run = |args: &[&str]| in_process(data.path(), args);
     let (code, stdout, stderr) = run(&["kb", "create", "local"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
@@ -476,4 +484,55 @@ fn the_cli_runs_the_pipeline_in_process_without_a_server() {
     let (code, stdout, stderr) = run(&["kb", "list"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("local"), "{stdout}");
+}
+
+/// Lines of other crates' operator logs that an in-process command must not print: the
+/// orchestrator's readiness while its services load, and qdrant-edge's start-up warnings.
+fn operator_noise(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| {
+            line.contains(" WARN ")
+                || line.contains("Feature flags not initialized")
+                || line.contains("MULTI_MMAP_SUPPORT_CHECK_RESULT")
+        })
+        .collect()
+}
+
+#[test]
+fn the_in_process_cli_prints_only_its_own_output() {
+    let data = tempfile::tempdir().unwrap();
+    let docs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        docs.path().join("handbook.md"),
+        "# 手册\n\n小拾喜欢在周末做木工，做过一把椅子和一张书桌。\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| in_process(data.path(), args);
+    let (code, stdout, stderr) = run(&["ingest", docs.path().to_str().unwrap(), "--kb", "quiet"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("ingested 1 file(s)"), "{stdout}\n{stderr}");
+    assert_eq!(operator_noise(&stderr), Vec::<&str>::new(), "{stderr}");
+
+    let (code, stdout, stderr) = run(&[
+        "ask",
+        "小拾周末喜欢做什么？",
+        "--kb",
+        "quiet",
+        "--max-new-tokens",
+        "16",
+        "--threshold",
+        "-1",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        !stdout.trim().is_empty(),
+        "an answer or the refusal\n{stderr}"
+    );
+    assert_eq!(operator_noise(&stderr), Vec::<&str>::new(), "{stderr}");
+
+    // --log asks for the services' warnings: the same command shows them again.
+    let (code, stdout, stderr) = run(&["kb", "list", "--log", "warn"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(!operator_noise(&stderr).is_empty(), "{stderr}");
 }

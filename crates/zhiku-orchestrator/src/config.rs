@@ -3,7 +3,30 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use zhiku_runtime::Secret;
+use zhiku_runtime::{Secret, ServerArgs};
+
+/// zhiku's orchestrator service over gRPC (zhiku.v1.Orchestrator, with grpc.health.v1 and server
+/// reflection): the ingest and ask pipelines over the embedder, retriever and generator; and
+/// over HTTP (--http-listen): the OpenAI-compatible API, REST and the web page.
+#[derive(Debug, clap::Parser)]
+#[command(name = "zhiku-orchestrator", version)]
+pub struct OrchestratorCli {
+    /// Address to listen on.
+    #[arg(long, env = "ZHIKU_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Address of the HTTP side: the OpenAI-compatible API (/v1/chat/completions,
+    /// /v1/models, /v1/embeddings), REST for knowledge bases and documents, and the web page
+    /// at /. `off` turns it off.
+    #[arg(long, env = "ZHIKU_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: HttpListen,
+
+    #[command(flatten)]
+    pub orchestrator: OrchestratorArgs,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
 
 /// Where the HTTP side (OpenAI API, REST, web page) listens: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,14 +122,8 @@ pub struct OrchestratorArgs {
     pub ingest_root: Option<PathBuf>,
 
     /// Largest server-side file Ingest reads, in bytes; a larger one fails alone.
-    #[arg(long, env = "ZHIKU_INGEST_MAX_FILE_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "ZHIKU_INGEST_MAX_FILE_BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
     pub max_file_bytes: u64,
-
-    /// A file holding the prompt template, with `{context}` and `{question}` placeholders.
-    /// Default: the article's template (with --abstention evidence, without its refusal
-    /// sentence).
-    #[arg(long, env = "ZHIKU_PROMPT_TEMPLATE")]
-    pub prompt_template: Option<PathBuf>,
 
     /// Files read, parsed and split at once across all Ingest calls (the CPU stage of the
     /// pipeline; more wait their turn). 0: one per CPU core.
@@ -116,6 +133,23 @@ pub struct OrchestratorArgs {
     /// Passages per Embed call while ingesting.
     #[arg(long, env = "ZHIKU_INGEST_EMBED_BATCH", default_value_t = 32)]
     pub embed_batch: usize,
+
+    /// Every setting of the Ask pipeline.
+    #[command(flatten)]
+    pub ask: AskPolicy,
+}
+
+/// The Ask policy: every setting of the Ask pipeline (prompt, history limits, answer length,
+/// context budget, threshold, rewriting, reranking, passage order, abstention). One group,
+/// flattened by the orchestrator binary and by `zhiku serve` and the in-process CLI, so that
+/// its flags, environment variables and defaults are written here alone.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct AskPolicy {
+    /// A file holding the prompt template, with `{context}` and `{question}` placeholders.
+    /// Default: the article's template (with --abstention evidence, without its refusal
+    /// sentence).
+    #[arg(long, env = "ZHIKU_PROMPT_TEMPLATE")]
+    pub prompt_template: Option<PathBuf>,
 
     /// Earlier turns of a conversation an Ask keeps at most (the most recent ones).
     #[arg(long, env = "ZHIKU_ASK_MAX_HISTORY_TURNS", default_value_t = 16)]
@@ -195,6 +229,12 @@ pub struct OrchestratorArgs {
 /// The --min-coverage default, measured on the eval sets (README, "Abstention").
 pub const DEFAULT_MIN_COVERAGE: f64 = 0.35;
 
+/// The largest file ingested by default, server-side (`--max-file-bytes` of the
+/// orchestrator) or sent by `zhiku ingest`: one definition for both, small enough that such
+/// a file fits one gRPC message of the default `--max-message-bytes` (64 MiB) with the
+/// request around it.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 60 << 20;
+
 impl OrchestratorArgs {
     /// Files loaded at once: the flag, or one per CPU core.
     pub fn parallel_loads(&self) -> usize {
@@ -204,34 +244,35 @@ impl OrchestratorArgs {
         }
     }
 
-    /// Downstream services on the default local ports.
+    /// Downstream services on the given local ports, every other setting at its flag's
+    /// default (environment variables are not read).
     pub fn local(embedder: u16, retriever: u16, generator: u16) -> Self {
-        Self {
-            embedder_addr: format!("http://127.0.0.1:{embedder}"),
-            retriever_addr: format!("http://127.0.0.1:{retriever}"),
-            generator_addr: format!("http://127.0.0.1:{generator}"),
-            downstream_api_key: None,
-            ca_cert: None,
-            ingest_root: None,
-            max_file_bytes: 64 << 20,
-            prompt_template: None,
-            max_parallel_loads: 0,
-            embed_batch: 32,
-            max_history_turns: 16,
-            max_question_chars: 4_000,
-            max_history_bytes: 65_536,
-            max_new_tokens: 512,
-            context_tokens: 0,
-            score_threshold: None,
-            rewrite_follow_ups: true,
-            rerank: Rerank::Auto,
-            rerank_candidates: 20,
-            passage_order: PassageOrder::BestFirst,
-            abstain_below: 0.0,
-            abstention: Abstention::Evidence,
-            min_coverage: DEFAULT_MIN_COVERAGE,
-        }
+        let mut args = defaults::<OrchestratorArgs>();
+        args.embedder_addr = format!("http://127.0.0.1:{embedder}");
+        args.retriever_addr = format!("http://127.0.0.1:{retriever}");
+        args.generator_addr = format!("http://127.0.0.1:{generator}");
+        args
     }
+}
+
+impl Default for AskPolicy {
+    /// Every flag's default (environment variables are not read).
+    fn default() -> Self {
+        defaults::<AskPolicy>()
+    }
+}
+
+/// A flag group at its defaults, as clap gives them with no argument and no environment:
+/// the defaults stay written once, in the `#[arg]` attributes.
+fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"))
+        .mut_args(|arg| arg.env(None::<&'static str>));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every flag has a default or is optional");
+    // No input reaches this: only a bug in the attributes could fail, which the unit tests
+    // would show.
+    T::from_arg_matches(&matches).expect("every flag has a default or is optional")
 }
 
 #[cfg(test)]

@@ -117,6 +117,20 @@ pub fn within_budget(costs: &[u32], budget: u32) -> Vec<usize> {
     kept
 }
 
+/// Passages of these texts, numbered from 1 in order: the citations unit tests start from.
+#[cfg(test)]
+pub(crate) fn numbered(texts: &[&str]) -> Vec<Citation> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Citation {
+            number: i as u32 + 1,
+            text: t.to_string(),
+            ..Default::default()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

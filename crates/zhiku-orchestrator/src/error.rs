@@ -1,7 +1,8 @@
-//! The orchestrator's errors and their gRPC kinds.
+//! The pipelines' error: what Ask, Ingest, Evaluate and the management calls fail with. Each
+//! transport maps it once: [`crate::api::error`] to a gRPC `Status`, [`crate::http::error`]
+//! to an HTTP status and OpenAI's error JSON.
 
 use tonic::Code;
-use zhiku_runtime::{ErrorKind, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -10,6 +11,9 @@ pub enum OrchestratorError {
     Validation(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A call to another zhiku service failed; `service` names it.
     #[error("{service}: {}", status.message())]
     Downstream {
@@ -22,52 +26,74 @@ pub enum OrchestratorError {
         address: String,
         reason: String,
     },
+    /// The orchestrator is still loading (its template, its ingest root).
+    #[error(
+        "the orchestrator is still loading; retry when grpc.health.v1 (or /healthz) says SERVING"
+    )]
+    Loading,
     #[error("the deadline passed {0}")]
     DeadlineExceeded(&'static str),
     /// The client went away (cancelled, disconnected): not a failure of ours.
     #[error("the client cancelled the call")]
     Cancelled,
+    /// One case of an evaluation failed: the case names it, the error says how.
+    #[error("case {case}: {error}")]
+    Case {
+        case: String,
+        error: Box<OrchestratorError>,
+    },
     #[error("{0}")]
     Internal(String),
+}
+
+/// How a failure of ours reads to a caller, whichever the transport: the gRPC code it is (the
+/// HTTP side derives its status from it) and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: Code,
+    pub message: String,
 }
 
 impl OrchestratorError {
     pub fn downstream(service: &'static str) -> impl FnOnce(tonic::Status) -> Self {
         move |status| OrchestratorError::Downstream { service, status }
     }
-}
 
-impl ServiceError for OrchestratorError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            OrchestratorError::Validation(_) => ErrorKind::InvalidArgument,
-            OrchestratorError::PermissionDenied(_) => ErrorKind::PermissionDenied,
-            OrchestratorError::BadAddress { .. } => ErrorKind::FailedPrecondition,
-            OrchestratorError::Internal(_) => ErrorKind::Internal,
-            OrchestratorError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
-            OrchestratorError::Cancelled => ErrorKind::Cancelled,
-            OrchestratorError::Downstream { status, .. } => match status.code() {
-                Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
-                Code::NotFound => ErrorKind::NotFound,
-                Code::AlreadyExists => ErrorKind::AlreadyExists,
-                Code::PermissionDenied | Code::Unauthenticated => ErrorKind::PermissionDenied,
-                Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-                Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-                Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-                Code::Cancelled => ErrorKind::Cancelled,
-                Code::Unimplemented => ErrorKind::Unimplemented,
-                Code::Unavailable => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+    /// This failure wrapped as the failure of evaluation case `case`.
+    pub fn in_case(self, case: &str) -> Self {
+        OrchestratorError::Case {
+            case: case.to_owned(),
+            error: Box::new(self),
         }
     }
-}
 
-impl From<OrchestratorError> for tonic::Status {
-    fn from(e: OrchestratorError) -> Self {
-        match &e {
-            // The downstream's own code goes on, with the downstream named; its failure is
-            // logged as a warning here, not as an internal error of the orchestrator.
+    /// The one classification of every failure, for both transports. A downstream's own
+    /// code goes on, with the downstream named; its failure is logged as a warning here,
+    /// not as an internal error of the orchestrator.
+    pub fn outcome(&self) -> Outcome {
+        let plain = |code| Outcome {
+            code,
+            message: self.to_string(),
+        };
+        match self {
+            OrchestratorError::Validation(_) => plain(Code::InvalidArgument),
+            OrchestratorError::PermissionDenied(_) => plain(Code::PermissionDenied),
+            OrchestratorError::NotFound(_) => plain(Code::NotFound),
+            OrchestratorError::BadAddress { .. } => plain(Code::FailedPrecondition),
+            OrchestratorError::Loading => plain(Code::Unavailable),
+            OrchestratorError::DeadlineExceeded(_) => plain(Code::DeadlineExceeded),
+            OrchestratorError::Cancelled => plain(Code::Cancelled),
+            OrchestratorError::Internal(message) => {
+                tracing::error!(error = %message, "internal error");
+                plain(Code::Internal)
+            }
+            OrchestratorError::Case { case, error } => {
+                let inner = error.outcome();
+                Outcome {
+                    code: inner.code,
+                    message: format!("case {case}: {}", inner.message),
+                }
+            }
             OrchestratorError::Downstream { service, status } => {
                 let code = match status.code() {
                     // Made on this side from a broken connection (a status from the wire
@@ -88,42 +114,8 @@ impl From<OrchestratorError> for tonic::Status {
                 if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
                     tracing::warn!(service, code = ?code, error = %status.message(), "downstream failure");
                 }
-                tonic::Status::new(code, message)
+                Outcome { code, message }
             }
-            _ => zhiku_runtime::error::to_status(&e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_downstream_code_is_passed_on_with_the_downstream_named() {
-        for code in [
-            Code::Unknown,
-            Code::ResourceExhausted,
-            Code::Unavailable,
-            Code::NotFound,
-            Code::Aborted,
-        ] {
-            let status: tonic::Status =
-                OrchestratorError::downstream("generator")(tonic::Status::new(code, "went wrong"))
-                    .into();
-            assert_eq!(status.code(), code);
-            assert!(
-                status.message().contains("generator"),
-                "{}",
-                status.message()
-            );
-            assert!(
-                status.message().contains("went wrong"),
-                "{}",
-                status.message()
-            );
-        }
-        let cancelled: tonic::Status = OrchestratorError::Cancelled.into();
-        assert_eq!(cancelled.code(), Code::Cancelled);
     }
 }

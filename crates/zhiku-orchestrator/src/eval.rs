@@ -9,87 +9,24 @@
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tonic::Status;
 use zhiku_proto::v1::{
     Answer, AskEvent, AskRequest, EvalCase, EvalCaseResult, EvalReport, EvalSetting, EvalSummary,
     EvaluateEvent, EvaluateRequest, LatencyStats, Timings, ask_event, evaluate_event,
 };
 
-use crate::Orchestrator;
-use crate::ask::{Retrieved, check_min_coverage, effective_top_k, search_mode};
+use crate::ask::{Retrieved, Search, effective_top_k, search_mode};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
+use crate::grounding::{
+    SUPPORTED, check_min_coverage, is_refusal, normalize, support, weigh_evidence,
+};
 use crate::prompt::REFUSAL;
-
-type Events = mpsc::Sender<Result<EvaluateEvent, Status>>;
+use crate::{Events, Orchestrator};
 
 /// Bounds on one request: each case is a full Ask.
 const MAX_CASES: usize = 10_000;
 const MAX_SETTINGS: usize = 256;
 const MAX_RUNS: usize = 100_000;
-
-/// What the model says when the passages do not hold the answer (the article's prompt asks
-/// for "根据已知信息无法回答该问题" or "没有提供足够的相关信息").
-const REFUSAL_MARKS: &[&str] = &["无法回答", "没有提供足够的相关信息"];
-
-/// Support under this marks an answer as likely not grounded in its passages.
-pub const SUPPORTED: f64 = 0.5;
-
-/// The units support is counted in: each CJK (or other non-ASCII) character, and each run of
-/// ASCII letters and digits; punctuation and whitespace are dropped, case ignored.
-fn units(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    for c in text.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            word.push(c);
-            continue;
-        }
-        if !word.is_empty() {
-            out.push(std::mem::take(&mut word));
-        }
-        if !c.is_ascii() && c.is_alphanumeric() {
-            out.push(c.to_string());
-        }
-    }
-    if !word.is_empty() {
-        out.push(word);
-    }
-    out
-}
-
-fn bigrams(units: &[String]) -> Vec<(&str, &str)> {
-    units
-        .windows(2)
-        .map(|w| (w[0].as_str(), w[1].as_str()))
-        .collect()
-}
-
-/// The share of the answer's unit bigrams (unigrams for a one-unit answer) that occur in the
-/// passages: lexical evidence that the answer says what the passages say. 0 for no content.
-pub fn support(answer: &str, passages: &[&str]) -> f64 {
-    let answer = units(answer);
-    let passages: Vec<Vec<String>> = passages.iter().map(|p| units(p)).collect();
-    if answer.len() == 1 {
-        let found = passages.iter().any(|p| p.contains(&answer[0]));
-        return if found { 1.0 } else { 0.0 };
-    }
-    let wanted = bigrams(&answer);
-    if wanted.is_empty() {
-        return 0.0;
-    }
-    let known: std::collections::HashSet<(&str, &str)> =
-        passages.iter().flat_map(|p| bigrams(p)).collect();
-    wanted.iter().filter(|b| known.contains(b)).count() as f64 / wanted.len() as f64
-}
-
-/// Whitespace removed, lower case: how gold and answers are compared.
-pub fn normalize(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect()
-}
 
 /// Every gold substring is in `text` (normalized). No gold never matches.
 pub fn contains_gold(text: &str, gold: &[String]) -> bool {
@@ -115,13 +52,6 @@ pub fn gold_rank(sources: &[&str], gold: &[String]) -> Option<usize> {
         }
     }
     None
-}
-
-/// A refusal: the pipeline's own (nothing passed the threshold, or too little coverage) or
-/// the model's.
-pub fn is_refusal(answer: &str) -> bool {
-    let answer = normalize(answer);
-    answer == normalize(REFUSAL) || REFUSAL_MARKS.iter().any(|m| answer.contains(m))
 }
 
 /// Scores one case from what the pipeline returned.
@@ -283,13 +213,6 @@ pub fn best(reports: &[EvalReport], retrieval_only: bool) -> u32 {
     best as u32
 }
 
-fn case_error(case: &EvalCase, status: Status) -> Status {
-    Status::new(
-        status.code(),
-        format!("case {}: {}", case.id, status.message()),
-    )
-}
-
 fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
     let invalid = |m: String| Err(OrchestratorError::Validation(m));
     if request.knowledge_base.is_empty() {
@@ -334,45 +257,28 @@ fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
 impl Orchestrator {
     /// Runs every case under every setting, one at a time (so that latencies are those of
     /// one request alone), sending a result per case, a report per setting and a summary.
-    pub async fn evaluate(&self, request: EvaluateRequest, deadline: Deadline, events: Events) {
-        let work = self.evaluate_inner(request, deadline, &events);
-        let work = async {
-            match deadline.0 {
-                None => work.await,
-                Some(at) => tokio::time::timeout_at(at.into(), work)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(OrchestratorError::DeadlineExceeded(
-                            "before the evaluation was complete",
-                        )
-                        .into())
-                    }),
-            }
-        };
-        let result = tokio::select! {
-            result = work => result,
-            () = events.closed() => Err(Status::cancelled("the client went away")),
-        };
-        match result {
-            Ok(()) => {}
-            Err(status) if status.code() == tonic::Code::Cancelled => {
-                tracing::info!(
-                    code = "CANCELLED",
-                    "the client went away; the evaluation stopped"
-                );
-            }
-            Err(status) => {
-                let _ = events.send(Err(status)).await;
-            }
-        }
+    pub async fn evaluate(
+        &self,
+        request: EvaluateRequest,
+        deadline: Deadline,
+        events: Events<EvaluateEvent>,
+    ) {
+        crate::run_pipeline(
+            "evaluation",
+            "before the evaluation was complete",
+            deadline,
+            &events,
+            self.evaluate_inner(request, deadline, &events),
+        )
+        .await
     }
 
     async fn evaluate_inner(
         &self,
         mut request: EvaluateRequest,
         deadline: Deadline,
-        events: &Events,
-    ) -> Result<(), Status> {
+        events: &Events<EvaluateEvent>,
+    ) -> Result<(), OrchestratorError> {
         validate(&mut request)?;
         let mut reports = Vec::with_capacity(request.settings.len());
         for (index, setting) in request.settings.iter().enumerate() {
@@ -382,11 +288,11 @@ impl Orchestrator {
                 let answer = if request.retrieval_only {
                     self.retrieve_only(&request.knowledge_base, case, setting, deadline)
                         .await
-                        .map_err(|e| case_error(case, e.into()))?
+                        .map_err(|e| e.in_case(&case.id))?
                 } else {
                     self.ask_case(&request, case, setting, deadline)
                         .await
-                        .map_err(|e| case_error(case, e))?
+                        .map_err(|e| e.in_case(&case.id))?
                 };
                 let result = score_case(index, case, answer);
                 send(events, evaluate_event::Event::CaseResult(result.clone())).await?;
@@ -411,7 +317,7 @@ impl Orchestrator {
         case: &EvalCase,
         setting: &EvalSetting,
         deadline: Deadline,
-    ) -> Result<Answer, Status> {
+    ) -> Result<Answer, OrchestratorError> {
         let ask = AskRequest {
             question: case.question.clone(),
             knowledge_base: request.knowledge_base.clone(),
@@ -424,7 +330,7 @@ impl Orchestrator {
             min_coverage: setting.min_coverage,
             ..Default::default()
         };
-        let (tx, mut rx) = mpsc::channel::<Result<AskEvent, Status>>(16);
+        let (tx, mut rx) = mpsc::channel::<Result<AskEvent, OrchestratorError>>(16);
         let collect = async {
             let mut answer = None;
             while let Some(event) = rx.recv().await {
@@ -432,7 +338,9 @@ impl Orchestrator {
                     answer = Some(a);
                 }
             }
-            answer.ok_or_else(|| Status::internal("the ask ended without an answer"))
+            answer.ok_or_else(|| {
+                OrchestratorError::Internal("the ask ended without an answer".into())
+            })
         };
         let ((), answer) = tokio::join!(
             self.ask_reranked(ask, setting.rerank, deadline, tx),
@@ -459,19 +367,26 @@ impl Orchestrator {
             rerank_ms,
         } = self
             .retrieve(
-                knowledge_base,
-                case.question.trim(),
-                effective_top_k(setting.top_k),
-                setting.score_threshold,
-                None,
-                search_mode(setting.mode)?,
-                setting.rerank,
+                Search {
+                    knowledge_base,
+                    question: case.question.trim(),
+                    top_k: effective_top_k(setting.top_k),
+                    score_threshold: setting.score_threshold,
+                    filter: None,
+                    mode: search_mode(setting.mode)?,
+                    rerank: setting.rerank,
+                },
                 deadline,
             )
             .await?;
-        let (_, coverage, refused) = self
-            .evidence(case.question.trim(), &citations, setting.min_coverage)
-            .await?;
+        let evidence = weigh_evidence(
+            &self.args.ask,
+            case.question.trim(),
+            &citations,
+            setting.min_coverage,
+        )
+        .await?;
+        let (coverage, refused) = (evidence.coverage, evidence.refuse);
         Ok(Answer {
             text: if refused {
                 REFUSAL.into()
@@ -493,17 +408,19 @@ impl Orchestrator {
     }
 }
 
-async fn send(events: &Events, event: evaluate_event::Event) -> Result<(), Status> {
+async fn send(
+    events: &Events<EvaluateEvent>,
+    event: evaluate_event::Event,
+) -> Result<(), OrchestratorError> {
     events
         .send(Ok(EvaluateEvent { event: Some(event) }))
         .await
-        .map_err(|_| Status::cancelled("the client went away"))
+        .map_err(|_| OrchestratorError::Cancelled)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zhiku_proto::v1::Citation;
 
     fn case(id: &str, gold: &[&str], answerable: bool) -> EvalCase {
         EvalCase {
@@ -519,15 +436,7 @@ mod tests {
         Answer {
             text: text.into(),
             refused,
-            citations: sources
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Citation {
-                    number: i as u32 + 1,
-                    text: t.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
+            citations: crate::context::numbered(sources),
             timings: Some(Timings {
                 embed_ms: 1.0,
                 search_ms: 2.0,
@@ -566,36 +475,6 @@ mod tests {
         assert_eq!(gold_rank(&["x", "ab c"], &gold), Some(2));
         assert_eq!(gold_rank(&["ab", "x"], &gold), None);
         assert_eq!(gold_rank(&["x"], &[]), None);
-    }
-
-    #[test]
-    fn refusals_are_the_pipelines_and_the_models() {
-        assert!(is_refusal(REFUSAL));
-        assert!(is_refusal("很抱歉，根据已知信息无法回答该问题。"));
-        assert!(is_refusal("没有提供足够的相关信息"));
-        assert!(!is_refusal("默认使用 FAISS。"));
-    }
-
-    #[test]
-    fn support_is_high_for_grounded_answers_and_low_for_invented_ones() {
-        let passages = [
-            "从 0.3.0 版本起，Langchain-Chatchat 提供以 Python 库形式的安装方式，请执行 pip install langchain-chatchat -U",
-            "默认使用 FAISS 知识库类型，默认监听地址 DEFAULT_BIND_HOST 为 127.0.0.1。",
-        ];
-        let grounded = "从 0.3.0 版本起，用 pip install langchain-chatchat -U 安装。";
-        let restated = "默认监听地址 DEFAULT_BIND_HOST 是 127.0.0.1。";
-        let invented =
-            "在 Kubernetes 上配置 HorizontalPodAutoscaler，设置 CPU 利用率目标为百分之八十。";
-        let g = support(grounded, &passages);
-        let r = support(restated, &passages);
-        let i = support(invented, &passages);
-        assert!(g >= 0.7, "{g}");
-        assert!(r >= SUPPORTED, "{r}");
-        assert!(i < 0.2, "{i}");
-        assert_eq!(support("FAISS", &passages), 1.0);
-        assert_eq!(support("Milvus", &passages), 0.0);
-        assert_eq!(support("。", &passages), 0.0);
-        assert_eq!(units("Hello, 世界 v0.3"), ["hello", "世", "界", "v0", "3"]);
     }
 
     #[test]

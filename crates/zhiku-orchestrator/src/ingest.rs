@@ -2,8 +2,6 @@
 
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use tonic::Status;
 use zhiku_proto::v1::{
     CreateKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, Distance, EmbedKind, EmbedRequest,
     EmbedderInfoRequest, FileProgress, IngestEvent, IngestRequest, IngestStage, IngestSummary,
@@ -12,9 +10,9 @@ use zhiku_proto::v1::{
 use zhiku_text::walk::check_unique_ids;
 use zhiku_text::{Format, LoadError, PassageSplitter, SplitterConfig, WalkedFile};
 
-use crate::Orchestrator;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
+use crate::{Events, Orchestrator};
 
 /// Passages per Upsert call.
 const UPSERT_BATCH: usize = 256;
@@ -40,8 +38,6 @@ struct Plan {
     splitter: PassageSplitter,
     skipped: Vec<String>,
 }
-
-type Events = mpsc::Sender<Result<IngestEvent, Status>>;
 
 impl Orchestrator {
     /// Checks the request and resolves its files; errors here fail the whole call, before
@@ -207,7 +203,12 @@ impl Orchestrator {
 
     /// Runs an ingest, sending progress on `events`. Downstream failures end it with an
     /// error; a file that cannot be read or split is reported and the others go on.
-    pub async fn ingest(&self, mut request: IngestRequest, deadline: Deadline, events: Events) {
+    pub async fn ingest(
+        &self,
+        mut request: IngestRequest,
+        deadline: Deadline,
+        events: Events<IngestEvent>,
+    ) {
         let started = Instant::now();
         let plan = self.plan_ingest(&mut request).await;
         let Plan {
@@ -217,7 +218,7 @@ impl Orchestrator {
         } = match plan {
             Ok(p) => p,
             Err(e) => {
-                let _ = events.send(Err(e.into())).await;
+                let _ = events.send(Err(e)).await;
                 return;
             }
         };
@@ -225,7 +226,7 @@ impl Orchestrator {
             .ensure_knowledge_base(&request.knowledge_base, request.create_if_missing, deadline)
             .await
         {
-            let _ = events.send(Err(e.into())).await;
+            let _ = events.send(Err(e)).await;
             return;
         }
         let mut summary = IngestSummary {
@@ -269,7 +270,7 @@ impl Orchestrator {
                         .await;
                 }
                 Err(FileFailure::Call(e)) => {
-                    let _ = events.send(Err(e.into())).await;
+                    let _ = events.send(Err(e)).await;
                     return;
                 }
             }
@@ -288,7 +289,7 @@ impl Orchestrator {
         source: &Source,
         splitter: &PassageSplitter,
         deadline: Deadline,
-        events: &Events,
+        events: &Events<IngestEvent>,
     ) -> Result<usize, FileFailure> {
         let content = match &source.content {
             Content::Bytes(b) => Ok(b.clone()),

@@ -21,10 +21,10 @@ pub mod api;
 pub mod ask;
 pub mod config;
 pub mod context;
-pub mod coverage;
 pub mod downstream;
 pub mod error;
 pub mod eval;
+pub mod grounding;
 pub mod http;
 pub mod ingest;
 pub mod prompt;
@@ -41,12 +41,78 @@ use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
 use zhiku_text::Walker;
 
 pub use config::{
-    Abstention, DEFAULT_MIN_COVERAGE, HttpListen, OrchestratorArgs, PassageOrder, Rerank,
+    Abstention, AskPolicy, DEFAULT_MAX_FILE_BYTES, DEFAULT_MIN_COVERAGE, HttpListen,
+    OrchestratorArgs, OrchestratorCli, PassageOrder, Rerank,
 };
 pub use error::OrchestratorError;
 
 use downstream::Downstream;
 use prompt::PromptTemplate;
+
+/// The events of a pipeline, ending with its failure if it fails: what a transport streams
+/// (mapping the failure its own way).
+pub type Events<T> = tokio::sync::mpsc::Sender<Result<T, OrchestratorError>>;
+
+/// Runs a pipeline (`work`, given the sender of its events) on its own task with the call's
+/// request id; its events come out of the receiver. Dropping the receiver (the client went
+/// away) stops the pipeline at its next step.
+pub(crate) fn spawn_pipeline<T, F, Fut>(
+    work: F,
+) -> tokio::sync::mpsc::Receiver<Result<T, OrchestratorError>>
+where
+    T: Send + 'static,
+    F: FnOnce(Events<T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let future = work(tx);
+    match zhiku_runtime::request_id::current() {
+        Some(id) => tokio::spawn(zhiku_runtime::request_id::scope(id, future)),
+        None => tokio::spawn(future),
+    };
+    rx
+}
+
+/// Runs a pipeline's `work` until `deadline` (`stage` says what it had not completed then),
+/// stopping it at once when the client goes away (its downstream calls are dropped, which
+/// cancels them): that is logged as CANCELLED, not as an error. Any other failure is sent as
+/// the last event.
+pub(crate) async fn run_pipeline<T>(
+    pipeline: &'static str,
+    stage: &'static str,
+    deadline: downstream::Deadline,
+    events: &Events<T>,
+    work: impl Future<Output = Result<(), OrchestratorError>>,
+) {
+    let work = deadline.run(stage, work);
+    let result = tokio::select! {
+        result = work => result,
+        () = events.closed() => Err(OrchestratorError::Cancelled),
+    };
+    match result {
+        Ok(()) => {}
+        Err(OrchestratorError::Cancelled) => {
+            tracing::info!(
+                code = "CANCELLED",
+                pipeline,
+                "the client went away; the {pipeline} stopped"
+            );
+        }
+        Err(e) => {
+            let _ = events.send(Err(e)).await;
+        }
+    }
+}
+
+/// The orchestrator, once it is loaded.
+pub(crate) fn loaded(
+    state: &Ready<Arc<Orchestrator>>,
+) -> Result<Arc<Orchestrator>, OrchestratorError> {
+    state
+        .get()
+        .map(Arc::clone)
+        .map_err(|_| OrchestratorError::Loading)
+}
 
 /// The pipelines and their clients.
 pub struct Orchestrator {
@@ -73,9 +139,9 @@ pub struct EmbedderFacts {
 
 impl Orchestrator {
     pub fn new(args: OrchestratorArgs) -> Result<Self, OrchestratorError> {
-        let template = match &args.prompt_template {
+        let template = match &args.ask.prompt_template {
             Some(path) => PromptTemplate::from_file(path)?,
-            None => PromptTemplate::for_abstention(args.abstention),
+            None => PromptTemplate::for_abstention(args.ask.abstention),
         };
         let ingest_walker = match &args.ingest_root {
             Some(root) => Some(Walker::confined(root).map_err(|e| {

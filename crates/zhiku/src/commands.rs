@@ -107,12 +107,14 @@ pub fn fail(what: &str, status: tonic::Status) -> ExitCode {
     ExitCode::FAILURE
 }
 
-pub async fn run(addr: &str, access: &ClientArgs, command: Command) -> ExitCode {
+/// A client of the orchestrator at `addr` (connected at its first call); the exit code of a
+/// bad address or key, said on stderr.
+pub fn connect(addr: &str, access: &ClientArgs) -> Result<Client, ExitCode> {
     let channel = match zhiku_runtime::client::endpoint(addr, access.ca_cert.as_deref()) {
         Ok(endpoint) => endpoint.connect_lazy(),
         Err(e) => {
             eprintln!("zhiku: bad --addr `{addr}`: {e}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
     let caller =
@@ -120,14 +122,18 @@ pub async fn run(addr: &str, access: &ClientArgs, command: Command) -> ExitCode 
             Ok(caller) => caller,
             Err(e) => {
                 eprintln!("zhiku: --api-key: {e}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         };
-    let client = OrchestratorClient::with_interceptor(channel, caller)
+    Ok(OrchestratorClient::with_interceptor(channel, caller)
         .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Runs one client command (`zhiku eval` runs in its own module).
+pub async fn run(client: Client, command: Command) -> ExitCode {
     match command {
-        Command::Serve { .. } => ExitCode::SUCCESS,
+        Command::Serve { .. } | Command::Eval(_) => ExitCode::SUCCESS,
         Command::Ingest {
             paths,
             kb,
@@ -170,7 +176,6 @@ pub async fn run(addr: &str, access: &ClientArgs, command: Command) -> ExitCode 
             };
             ask(client, request, json).await
         }
-        Command::Eval(args) => crate::eval::run(client, args).await,
         Command::Kb { action } => kb(client, action).await,
         Command::Docs { action } => docs(client, action).await,
     }

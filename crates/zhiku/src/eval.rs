@@ -525,7 +525,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
             kb: args.kb.clone(),
             chunk_size: 250,
             overlap: 50,
-            max_file_bytes: 60 << 20,
+            max_file_bytes: zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES,
         };
         let code = crate::commands::ingest_quietly(client.clone(), &args.ingest, options).await;
         if code != ExitCode::SUCCESS {

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use zhiku_orchestrator::AskPolicy;
 use zhiku_runtime::ServerArgs;
 
 use stack::{Ports, Stack, StackArgs};
@@ -40,8 +41,60 @@ struct Cli {
     #[command(flatten)]
     stack: StackArgs,
 
+    /// The Ask policy of the in-process orchestrator (`zhiku serve` has its own, the same
+    /// flags): global where no subcommand has a flag of the same name ([`command`]).
+    #[command(flatten)]
+    ask: AskPolicy,
+
+    /// Log filter of the in-process services (`tracing` EnvFilter syntax, e.g. `warn`).
+    /// Unset: errors only, so that a command prints its own output, not the services'
+    /// operator warnings.
+    #[arg(long, env = "ZHIKU_LOG", global = true)]
+    log: Option<String>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// What the in-process services log unless --log says otherwise.
+const IN_PROCESS_LOG: &str = "error";
+
+/// The command line: [`Cli`], with the Ask policy's flags made global (usable after any
+/// subcommand, as `zhiku ask --min-coverage 0.5 …`) where no subcommand has a flag of the
+/// same name of its own (`zhiku ask --max-new-tokens` is the request's, not the policy's).
+fn command() -> clap::Command {
+    fn own_flags(command: &clap::Command, taken: &mut std::collections::HashSet<String>) {
+        for arg in command.get_arguments() {
+            taken.insert(arg.get_id().to_string());
+            if let Some(long) = arg.get_long() {
+                taken.insert(long.to_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            own_flags(sub, taken);
+        }
+    }
+    let cli = Cli::command();
+    let mut taken = std::collections::HashSet::new();
+    for sub in cli.get_subcommands().filter(|s| s.get_name() != "serve") {
+        own_flags(sub, &mut taken);
+    }
+    let policy: Vec<(String, Option<String>)> = AskPolicy::augment_args(clap::Command::new("ask"))
+        .get_arguments()
+        .map(|a| (a.get_id().to_string(), a.get_long().map(str::to_owned)))
+        .collect();
+    cli.mut_args(|arg| {
+        let global = policy.iter().any(|(id, long)| {
+            id == arg.get_id().as_str()
+                && !taken.contains(id)
+                && long.as_ref().is_none_or(|l| !taken.contains(l))
+        });
+        if global { arg.global(true) } else { arg }
+    })
+}
+
+fn parse() -> Cli {
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 // Parsed once per run: the size of `Serve`'s flags costs nothing.
@@ -79,6 +132,9 @@ enum Command {
         /// (the same port as the orchestrator binary's default). `off` turns it off.
         #[arg(long, env = "ZHIKU_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
         http_listen: zhiku_orchestrator::HttpListen,
+        /// The orchestrator's Ask policy: every Ask flag of `zhiku-orchestrator`.
+        #[command(flatten)]
+        ask: AskPolicy,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -98,7 +154,11 @@ enum Command {
         overlap: u32,
         /// Largest file sent, in bytes; a larger one fails alone and the rest goes on. It
         /// must fit one gRPC message (the server's --max-message-bytes).
-        #[arg(long, env = "ZHIKU_INGEST_MAX_FILE_BYTES", default_value_t = 60 << 20)]
+        #[arg(
+            long,
+            env = "ZHIKU_INGEST_MAX_FILE_BYTES",
+            default_value_t = zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES
+        )]
         max_file_bytes: u64,
     },
     /// Ask a question; the answer streams, then its sources.
@@ -142,9 +202,11 @@ enum Command {
     },
 }
 
-fn quiet_server_args() -> ServerArgs {
+/// The in-process services' settings: the defaults, logging as `log` says (else
+/// [`IN_PROCESS_LOG`]).
+fn in_process_server_args(log: Option<&str>) -> ServerArgs {
     ServerArgs {
-        log: std::env::var("ZHIKU_LOG").unwrap_or_else(|_| "warn".into()),
+        log: log.unwrap_or(IN_PROCESS_LOG).to_owned(),
         ..ServerArgs::default()
     }
 }
@@ -161,13 +223,14 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     if let Command::Serve {
         orchestrator_listen,
         embedder_listen,
         retriever_listen,
         generator_listen,
         http_listen,
+        ask,
         server,
     } = &cli.command
     {
@@ -187,7 +250,7 @@ async fn run() -> ExitCode {
             generator: *generator_listen,
             http: http_listen.0,
         };
-        let stack = match Stack::start(&cli.stack, ports, server).await {
+        let stack = match Stack::start(&cli.stack, ask, ports, server).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("zhiku serve: {e}");
@@ -219,15 +282,19 @@ async fn run() -> ExitCode {
     let (addr, stack) = match &cli.addr {
         Some(addr) => (addr.clone(), None),
         None => {
-            let server = quiet_server_args();
-            let _ = zhiku_runtime::telemetry::init(server.log_format, &server.log);
-            let mut stack = match Stack::start(&cli.stack, Ports::ephemeral(), &server).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("zhiku: cannot start the in-process pipeline: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let server = in_process_server_args(cli.log.as_deref());
+            if let Err(e) = zhiku_runtime::telemetry::init(server.log_format, &server.log) {
+                eprintln!("zhiku: {e}");
+                return ExitCode::from(2);
+            }
+            let mut stack =
+                match Stack::start(&cli.stack, &cli.ask, Ports::ephemeral(), &server).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("zhiku: cannot start the in-process pipeline: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
             if let Err(e) =
                 commands::with_spinner("loading models", stack.ready(Duration::from_secs(600)))
                     .await
@@ -239,9 +306,176 @@ async fn run() -> ExitCode {
             (format!("http://{}", stack.ports.orchestrator), Some(stack))
         }
     };
-    let code = commands::run(&addr, &cli.access, cli.command).await;
+    let code = match commands::connect(&addr, &cli.access) {
+        Ok(client) => match cli.command {
+            Command::Eval(args) => eval::run(client, args).await,
+            command => commands::run(client, command).await,
+        },
+        Err(code) => code,
+    };
     if let Some(stack) = stack {
         stack.shutdown().await;
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zhiku_orchestrator::{Abstention, OrchestratorCli, PassageOrder, Rerank};
+
+    /// Every Ask setting away from its default.
+    const POLICY_FLAGS: &[&str] = &[
+        "--prompt-template",
+        "template.txt",
+        "--max-history-turns",
+        "3",
+        "--max-question-chars",
+        "100",
+        "--max-history-bytes",
+        "999",
+        "--max-new-tokens",
+        "77",
+        "--context-tokens",
+        "300",
+        "--score-threshold",
+        "-1",
+        "--rewrite-follow-ups",
+        "false",
+        "--rerank",
+        "on",
+        "--rerank-candidates",
+        "30",
+        "--passage-order",
+        "best-last",
+        "--abstain-below",
+        "0.2",
+        "--abstention",
+        "model",
+        "--min-coverage",
+        "0.6",
+    ];
+
+    fn zhiku(args: &[&str]) -> Cli {
+        let argv = std::iter::once("zhiku").chain(args.iter().copied());
+        let matches = command().try_get_matches_from(argv).unwrap();
+        Cli::from_arg_matches(&matches).unwrap()
+    }
+
+    fn orchestrator_policy(args: &[&str]) -> AskPolicy {
+        let argv = std::iter::once("zhiku-orchestrator").chain(args.iter().copied());
+        OrchestratorCli::try_parse_from(argv)
+            .unwrap()
+            .orchestrator
+            .ask
+    }
+
+    fn serve_policy(cli: Cli) -> AskPolicy {
+        match cli.command {
+            Command::Serve { ask, .. } => ask,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn zhiku_serve_and_the_orchestrator_parse_the_same_ask_policy() {
+        let orchestrator = orchestrator_policy(POLICY_FLAGS);
+        assert_ne!(orchestrator, AskPolicy::default(), "the flags were taken");
+        assert_eq!(orchestrator.abstention, Abstention::Model);
+        assert_eq!(orchestrator.passage_order, PassageOrder::BestLast);
+        assert_eq!(orchestrator.rerank, Rerank::On);
+        assert_eq!(orchestrator.score_threshold, Some(-1.0));
+
+        let mut serve = vec!["serve"];
+        serve.extend_from_slice(POLICY_FLAGS);
+        assert_eq!(serve_policy(zhiku(&serve)), orchestrator);
+        // With no flag, the same defaults.
+        assert_eq!(serve_policy(zhiku(&["serve"])), orchestrator_policy(&[]));
+    }
+
+    #[test]
+    fn every_ask_flag_of_the_orchestrator_is_a_flag_of_zhiku_serve() {
+        let policy: Vec<String> = AskPolicy::augment_args(clap::Command::new("policy"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let mut orchestrator = OrchestratorCli::command();
+        orchestrator.build();
+        let mut cli = command();
+        cli.build();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let mut checked = 0;
+        for arg in orchestrator.get_arguments() {
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let is_ask = policy.contains(&arg.get_id().to_string())
+                || env.as_deref().is_some_and(|e| e.starts_with("ZHIKU_ASK_"));
+            if !is_ask {
+                continue;
+            }
+            let long = arg.get_long().unwrap();
+            let on_serve = serve
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("zhiku serve has no --{long}"));
+            assert_eq!(
+                on_serve.get_env().map(|e| e.to_string_lossy().into_owned()),
+                env,
+                "--{long}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, policy.len(), "every Ask flag is in the policy");
+        assert!(checked >= 14, "{checked}");
+    }
+
+    #[test]
+    fn the_in_process_commands_take_the_policy_before_or_after_the_subcommand() {
+        let after = zhiku(&[
+            "ask",
+            "q",
+            "--kb",
+            "k",
+            "--min-coverage",
+            "0.6",
+            "--abstention",
+            "model",
+            "--max-new-tokens",
+            "64",
+        ]);
+        assert_eq!(after.ask.min_coverage, 0.6);
+        assert_eq!(after.ask.abstention, Abstention::Model);
+        // `zhiku ask --max-new-tokens` is the request's own, as before.
+        match &after.command {
+            Command::Ask { max_new_tokens, .. } => assert_eq!(*max_new_tokens, 64),
+            other => panic!("{other:?}"),
+        }
+        let before = zhiku(&["--rerank", "off", "--min-coverage", "0.1", "kb", "list"]);
+        assert_eq!(before.ask.rerank, Rerank::Off);
+        assert_eq!(before.ask.min_coverage, 0.1);
+        let eval = zhiku(&["eval", "cases.jsonl", "--kb", "k", "--rerank", "on"]);
+        match eval.command {
+            Command::Eval(args) => assert_eq!(args.rerank, Some(true)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_largest_file_has_one_default() {
+        match zhiku(&["ingest", "docs", "--kb", "k"]).command {
+            Command::Ingest { max_file_bytes, .. } => {
+                assert_eq!(max_file_bytes, zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+        let orchestrator = OrchestratorCli::try_parse_from(["zhiku-orchestrator"]).unwrap();
+        assert_eq!(
+            orchestrator.orchestrator.max_file_bytes,
+            zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES
+        );
+    }
 }

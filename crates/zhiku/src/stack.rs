@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tonic_health_client::check_serving;
 use zhiku_embedder::EmbedderArgs;
 use zhiku_generator::GeneratorArgs;
-use zhiku_orchestrator::{Abstention, DEFAULT_MIN_COVERAGE, OrchestratorArgs, PassageOrder};
+use zhiku_orchestrator::{AskPolicy, OrchestratorArgs};
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{RuntimeError, bind};
 
@@ -67,64 +67,6 @@ pub struct StackArgs {
     /// directory): served by the embedder's Rerank, used by every Ask. Unset: no reranking.
     #[arg(long, global = true, env = "ZHIKU_RERANKER_MODEL")]
     pub reranker_model: Option<String>,
-
-    /// Candidates an Ask retrieves for the reranker (at least its top_k, at most 100).
-    #[arg(
-        long,
-        global = true,
-        env = "ZHIKU_ASK_RERANK_CANDIDATES",
-        default_value_t = 20
-    )]
-    pub rerank_candidates: u32,
-
-    /// A file holding the prompt template (`{context}` and `{question}` placeholders).
-    /// Unset: the article's template (without its refusal sentence under --abstention
-    /// evidence).
-    #[arg(long, global = true, env = "ZHIKU_PROMPT_TEMPLATE")]
-    pub prompt_template: Option<PathBuf>,
-
-    /// Where the strongest passage sits in the prompt: best-last (next to the question) or
-    /// best-first.
-    #[arg(
-        long,
-        global = true,
-        env = "ZHIKU_ASK_PASSAGE_ORDER",
-        value_enum,
-        default_value_t = PassageOrder::BestFirst
-    )]
-    pub passage_order: PassageOrder,
-
-    /// Grounded abstention: answers whose support is under this give way to the refusal
-    /// (0: never).
-    #[arg(
-        long,
-        global = true,
-        env = "ZHIKU_ASK_ABSTAIN_BELOW",
-        default_value_t = 0.0
-    )]
-    pub abstain_below: f64,
-
-    /// Who decides that the passages hold no answer: evidence (zhiku, from the threshold and
-    /// --min-coverage, before the model is called) or model (the article's prompt asks the
-    /// model to refuse).
-    #[arg(
-        long,
-        global = true,
-        env = "ZHIKU_ASK_ABSTENTION",
-        value_enum,
-        default_value_t = Abstention::Evidence
-    )]
-    pub abstention: Abstention,
-
-    /// With --abstention evidence: the share of the question's terms its passages must
-    /// hold, else the refusal is given without calling the model (0: never).
-    #[arg(
-        long,
-        global = true,
-        env = "ZHIKU_ASK_MIN_COVERAGE",
-        default_value_t = DEFAULT_MIN_COVERAGE
-    )]
-    pub min_coverage: f64,
 }
 
 /// Default models for real users: a Chinese embedder and a GLM-4 GGUF, from the hub.
@@ -229,8 +171,10 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 impl Stack {
+    /// Starts the four services; the orchestrator asks under `ask`.
     pub async fn start(
         args: &StackArgs,
+        ask: &AskPolicy,
         ports: Ports,
         server: &ServerArgs,
     ) -> Result<Self, String> {
@@ -272,12 +216,7 @@ impl Stack {
             ports.generator.port(),
         );
         orchestrator.ingest_root = args.ingest_root.clone();
-        orchestrator.rerank_candidates = args.rerank_candidates;
-        orchestrator.prompt_template = args.prompt_template.clone();
-        orchestrator.passage_order = args.passage_order;
-        orchestrator.abstain_below = args.abstain_below;
-        orchestrator.abstention = args.abstention;
-        orchestrator.min_coverage = args.min_coverage;
+        orchestrator.ask = ask.clone();
         let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
         // The three services behind the orchestrator: on loopback by default, so TLS is the
         // orchestrator's alone; they take the same API keys, plus one made for this process
@@ -435,12 +374,6 @@ mod tests {
             device: "cpu".into(),
             ingest_root: None,
             reranker_model: None,
-            rerank_candidates: 20,
-            prompt_template: None,
-            passage_order: PassageOrder::BestFirst,
-            abstain_below: 0.0,
-            abstention: Abstention::Evidence,
-            min_coverage: DEFAULT_MIN_COVERAGE,
         }
     }
 

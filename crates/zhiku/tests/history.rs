@@ -131,7 +131,7 @@ async fn a_long_history_is_trimmed_with_one_count() {
     );
 
     let mut orchestrator_args = OrchestratorArgs::local(1, 1, proxy_addr.port());
-    orchestrator_args.max_history_turns = 1_000;
+    orchestrator_args.ask.max_history_turns = 1_000;
     let orchestrator = Orchestrator::new(orchestrator_args).expect("orchestrator");
 
     // Sixty turns of a few hundred tokens each: far more than SmolLM2's context holds.

@@ -128,11 +128,9 @@ async fn the_reranker_decides_which_passage_comes_first() {
         )
     };
     let mut reranking = orchestrator(local()).await;
-    let mut plain = orchestrator(OrchestratorArgs {
-        rerank: Rerank::Off,
-        ..local()
-    })
-    .await;
+    let mut plain_args = local();
+    plain_args.ask.rerank = Rerank::Off;
+    let mut plain = orchestrator(plain_args).await;
 
     let doc = |name: &str, text: &str| DocumentInput {
         file_name: name.into(),

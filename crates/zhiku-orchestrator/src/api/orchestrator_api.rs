@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zhiku_proto::v1::orchestrator_server::Orchestrator as OrchestratorService;
@@ -33,28 +33,23 @@ impl OrchestratorApi {
     }
 
     fn state(&self) -> Result<Arc<Orchestrator>, Status> {
-        self.state.get().cloned()
+        Ok(crate::loaded(&self.state)?)
     }
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Runs `work` on its own task, feeding a response stream. When the client goes away the
-/// stream is dropped, the channel closes and the pipeline stops at its next step; the
-/// request id goes with the task.
+/// Runs a pipeline on its own task (see [`crate::spawn_pipeline`]), its failure as the
+/// stream's last item, mapped to a `Status`. When the client goes away the stream is
+/// dropped, the channel closes and the pipeline stops at its next step.
 fn spawn_stream<T, F, Fut>(work: F) -> EventStream<T>
 where
     T: Send + 'static,
-    F: FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
+    F: FnOnce(crate::Events<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(64);
-    let future = work(tx);
-    match zhiku_runtime::request_id::current() {
-        Some(id) => tokio::spawn(zhiku_runtime::request_id::scope(id, future)),
-        None => tokio::spawn(future),
-    };
-    Box::pin(ReceiverStream::new(rx))
+    let events = crate::spawn_pipeline(work);
+    Box::pin(ReceiverStream::new(events).map(|event| event.map_err(Status::from)))
 }
 
 type RetrieverClient = zhiku_proto::v1::retriever_client::RetrieverClient<

@@ -4,7 +4,7 @@
 //!
 //! The small models zhiku runs do not write `[n]` reliably, so the markers are placed here:
 //! a sentence is attributed to the passage with the highest lexical support (the share of
-//! its character bigrams found in the passage, [`crate::eval::support`], which works for
+//! its character bigrams found in the passage, [`crate::grounding::support`], which works for
 //! Chinese without a word splitter), when that support reaches [`MIN_SUPPORT`]. A sentence
 //! that already holds a marker the model wrote, or a refusal, gets none.
 //!
@@ -96,12 +96,15 @@ impl Citer {
 
     /// The number of the passage that best supports `sentence`, if one does enough.
     pub fn attribute(&self, sentence: &str) -> Option<u32> {
-        if sentence.trim().is_empty() || has_marker(sentence) || crate::eval::is_refusal(sentence) {
+        if sentence.trim().is_empty()
+            || has_marker(sentence)
+            || crate::grounding::is_refusal(sentence)
+        {
             return None;
         }
         let mut best: Option<(u32, f64)> = None;
         for (number, text) in &self.passages {
-            let support = crate::eval::support(sentence, &[text.as_str()]);
+            let support = crate::grounding::support(sentence, &[text.as_str()]);
             // Ties go to the earlier (better-ranked) passage.
             if support >= MIN_SUPPORT && best.is_none_or(|(_, b)| support > b) {
                 best = Some((*number, support));

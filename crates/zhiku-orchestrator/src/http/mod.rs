@@ -5,10 +5,10 @@
 //! It shares the gRPC side's rules: the same `x-request-id` layer, the same concurrency
 //! permits (`--max-concurrent-requests` counts gRPC and HTTP calls together), the same
 //! largest message (`--max-message-bytes`, here the largest request body), the same shutdown
-//! (a signal stops both; in-flight calls get the same grace) and the same error mapping:
-//! every failure becomes the `tonic::Status` the gRPC side would send, and [`ApiError`] turns
-//! its code into the HTTP status and OpenAI's error JSON. Handlers call the pipelines in this
-//! process, as the gRPC handlers do.
+//! (a signal stops both; in-flight calls get the same grace) and the same classification of
+//! failures: the pipelines' error becomes the HTTP status and OpenAI's error JSON in one
+//! place ([`error`]), as it becomes a `Status` in one place on the gRPC side. Handlers call
+//! the pipelines in this process, as the gRPC handlers do.
 //!
 //! Its keys and TLS are the gRPC side's too: `--api-key` & co. guard the API and `/metrics`
 //! (a refusal is OpenAI's error JSON), and `--tls-cert` / `--tls-key` put this listener on
@@ -18,6 +18,7 @@
 //! can wrap it before [`serve`].
 
 pub mod cite;
+pub mod error;
 pub mod openai;
 pub mod page;
 pub mod rest;
@@ -36,12 +37,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tonic::Code;
 use zhiku_runtime::Ready;
 use zhiku_runtime::limit::ConcurrencyLimitLayer;
 
 use crate::Orchestrator;
 use crate::error::OrchestratorError;
+
+pub use error::ApiError;
 
 /// What every handler reaches.
 #[derive(Clone)]
@@ -60,7 +62,7 @@ impl HttpState {
     }
 
     fn orchestrator(&self) -> Result<Arc<Orchestrator>, ApiError> {
-        Ok(self.orchestrator.get()?.clone())
+        Ok(crate::loaded(&self.orchestrator)?)
     }
 
     /// One call to the retriever: knowledge-base and document management pass to it, as
@@ -242,9 +244,7 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 async fn refusal_as_openai_error(response: Response) -> Response {
     match response.extensions().get::<zhiku_runtime::auth::Refusal>() {
         Some(refusal) => {
-            let mut error =
-                ApiError::from(tonic::Status::new(refusal.grpc_code(), refusal.to_string()))
-                    .into_response();
+            let mut error = ApiError::refused(refusal).into_response();
             let challenge = axum::http::header::WWW_AUTHENTICATE;
             if let Some(value) = response.headers().get(&challenge) {
                 error.headers_mut().insert(challenge, value.clone());
@@ -256,11 +256,7 @@ async fn refusal_as_openai_error(response: Response) -> Response {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::from(tonic::Status::not_found(format!(
-        "no such route: {} {}",
-        request.method(),
-        request.uri().path()
-    )))
+    ApiError::no_route(request.method(), request.uri().path())
 }
 
 /// Takes one of the shared permits for the call, or answers 429 at once (as the gRPC side
@@ -276,10 +272,7 @@ async fn limit_calls(State(limits): State<Arc<Limits>>, request: Request, next: 
         Err(_) => {
             let max = limits.max_calls;
             tracing::warn!(max, "concurrency limit reached; refusing HTTP call");
-            ApiError::from(tonic::Status::resource_exhausted(format!(
-                "server is busy: {max} calls in flight (--max-concurrent-requests); retry later"
-            )))
-            .into_response()
+            ApiError::busy(max).into_response()
         }
     }
 }
@@ -310,126 +303,6 @@ impl HttpBody for PermitBody {
     }
 }
 
-/// The HTTP status of a gRPC code: the one mapping, so that HTTP and gRPC clients see the
-/// same kind of failure (Google's HTTP mapping of the canonical codes).
-pub fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            StatusCode::BAD_REQUEST
-        }
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        // nginx's "client closed request": the client went away.
-        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// OpenAI's error `type` for a gRPC code.
-fn error_type(code: Code) -> &'static str {
-    match code {
-        Code::InvalidArgument
-        | Code::OutOfRange
-        | Code::FailedPrecondition
-        | Code::NotFound
-        | Code::AlreadyExists
-        | Code::Aborted
-        | Code::Cancelled => "invalid_request_error",
-        Code::Unauthenticated => "authentication_error",
-        Code::PermissionDenied => "permission_error",
-        Code::ResourceExhausted => "rate_limit_error",
-        Code::Unavailable | Code::DeadlineExceeded => "service_unavailable",
-        _ => "server_error",
-    }
-}
-
-/// `snake_case` name of a gRPC code, as OpenAI's error `code`.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
-    }
-}
-
-/// A failed HTTP call: OpenAI's error JSON,
-/// `{"error": {"message", "type", "param", "code"}}`, with the HTTP status of the gRPC code
-/// the same failure has on the gRPC side.
-#[derive(Debug)]
-pub struct ApiError {
-    status: tonic::Status,
-    param: Option<&'static str>,
-}
-
-impl ApiError {
-    /// A wrong request, naming the field at fault.
-    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: tonic::Status::invalid_argument(message.into()),
-            param: Some(param),
-        }
-    }
-
-    pub fn code(&self) -> Code {
-        self.status.code()
-    }
-
-    /// The error object as OpenAI sends it (also the `error` event of a stream).
-    pub fn body(&self) -> serde_json::Value {
-        let code = self.status.code();
-        serde_json::json!({
-            "error": {
-                "message": self.status.message(),
-                "type": error_type(code),
-                "param": self.param,
-                "code": code_name(code),
-            }
-        })
-    }
-}
-
-impl From<tonic::Status> for ApiError {
-    fn from(status: tonic::Status) -> Self {
-        Self {
-            status,
-            param: None,
-        }
-    }
-}
-
-impl From<OrchestratorError> for ApiError {
-    fn from(e: OrchestratorError) -> Self {
-        tonic::Status::from(e).into()
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (http_status(self.status.code()), Json(self.body())).into_response()
-    }
-}
-
 /// A JSON body: read with a malformed one answered as OpenAI's error JSON (400), and
 /// written with its content type. (axum's own `Json` needs its "json" feature, which turns
 /// on serde_json's `raw_value` across the whole dependency tree.)
@@ -448,21 +321,15 @@ where
                 Ok(bytes) => bytes,
                 Err(rejection) => {
                     let message = rejection.body_text();
-                    return Err(ApiError::from(
-                        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                            tonic::Status::resource_exhausted(format!(
-                                "{message} (--max-message-bytes)"
-                            ))
-                        } else {
-                            tonic::Status::invalid_argument(message)
-                        },
-                    ));
+                    return Err(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::too_large(message)
+                    } else {
+                        ApiError::bad_body(message)
+                    });
                 }
             };
         serde_json::from_slice(&bytes).map(Json).map_err(|e| {
-            ApiError::from(tonic::Status::invalid_argument(format!(
-                "the request body is not the JSON expected: {e}"
-            )))
+            ApiError::bad_body(format!("the request body is not the JSON expected: {e}"))
         })
     }
 }
@@ -480,51 +347,10 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// Runs `work` on its own task with the call's request id, the way the gRPC handlers run a
-/// pipeline: the events come out of the receiver; dropping the receiver (the client went
-/// away) stops the pipeline at its next step.
-pub(crate) fn spawn_events<T, F, Fut>(work: F) -> mpsc::Receiver<Result<T, tonic::Status>>
-where
-    T: Send + 'static,
-    F: FnOnce(mpsc::Sender<Result<T, tonic::Status>>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(64);
-    let future = work(tx);
-    match zhiku_runtime::request_id::current() {
-        Some(id) => tokio::spawn(zhiku_runtime::request_id::scope(id, future)),
-        None => tokio::spawn(future),
-    };
-    rx
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
-
-    #[test]
-    fn grpc_codes_map_to_http_statuses_and_openai_types() {
-        let cases = [
-            (Code::InvalidArgument, 400, "invalid_request_error"),
-            (Code::NotFound, 404, "invalid_request_error"),
-            (Code::AlreadyExists, 409, "invalid_request_error"),
-            (Code::PermissionDenied, 403, "permission_error"),
-            (Code::Unauthenticated, 401, "authentication_error"),
-            (Code::ResourceExhausted, 429, "rate_limit_error"),
-            (Code::Unavailable, 503, "service_unavailable"),
-            (Code::DeadlineExceeded, 504, "service_unavailable"),
-            (Code::Internal, 500, "server_error"),
-            (Code::Unimplemented, 501, "server_error"),
-        ];
-        for (code, http, kind) in cases {
-            let error = ApiError::from(tonic::Status::new(code, "went wrong"));
-            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
-            let body = error.body();
-            assert_eq!(body["error"]["type"], kind, "{code:?}");
-            assert_eq!(body["error"]["message"], "went wrong");
-        }
-    }
 
     async fn call(router: &Router, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
         call_with(router, method, path, body, None).await
@@ -616,13 +442,23 @@ mod tests {
             (503, &json!("unavailable"))
         );
         assert_eq!(call(&router, "GET", "/healthz", Vec::new()).await.0, 503);
-        // A body over --max-message-bytes is refused before it is read.
+        // A body over --max-message-bytes is refused before it is read: 413, a request
+        // error, not a rate limit.
         let big = format!("{{\"input\": \"{}\"}}", "x".repeat(2048)).into_bytes();
-        let (status, body) = call(&router, "POST", "/v1/embeddings", big).await;
-        assert_eq!(
-            (status, &body["error"]["code"]),
-            (429, &json!("resource_exhausted"))
-        );
+        for route in ["/v1/embeddings", "/v1/chat/completions"] {
+            let (status, body) = call(&router, "POST", route, big.clone()).await;
+            assert_eq!(
+                (status, &body["error"]["type"]),
+                (413, &json!("invalid_request_error")),
+                "{route}: {body}"
+            );
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("--max-message-bytes")),
+                "{body}"
+            );
+        }
         let (status, body) = call(&router, "GET", "/v1/nothing", Vec::new()).await;
         assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
         // The one permit taken elsewhere (a gRPC call): API calls are refused at once; the
@@ -635,20 +471,5 @@ mod tests {
         );
         assert_eq!(call(&router, "GET", "/", Vec::new()).await.0, 200);
         assert_eq!(call(&router, "GET", "/healthz", Vec::new()).await.0, 503);
-    }
-
-    #[test]
-    fn an_orchestrator_error_keeps_its_grpc_kind_over_http() {
-        let not_found = ApiError::from(OrchestratorError::downstream("retriever")(
-            tonic::Status::not_found("knowledge base `x` does not exist"),
-        ));
-        assert_eq!(http_status(not_found.code()), StatusCode::NOT_FOUND);
-        assert_eq!(not_found.body()["error"]["code"], "not_found");
-        let invalid = ApiError::from(OrchestratorError::Validation("`question` is empty".into()));
-        assert_eq!(http_status(invalid.code()), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            ApiError::invalid("model", "bad").body()["error"]["param"],
-            "model"
-        );
     }
 }

@@ -41,7 +41,7 @@ use zhiku_proto::v1::{
 };
 
 use super::cite::{self, Citer};
-use super::{ApiError, HttpState, Json, spawn_events};
+use super::{ApiError, HttpState, Json};
 use crate::Orchestrator;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
@@ -415,7 +415,7 @@ fn footer(answer: &Answer, refused: bool, cites: Cites) -> String {
 }
 
 fn is_refused(answer: &Answer) -> bool {
-    answer.refused || crate::eval::is_refusal(&answer.text)
+    answer.refused || crate::grounding::is_refusal(&answer.text)
 }
 
 /// The content of a unary answer: its text with the markers, then the source lines.
@@ -473,7 +473,7 @@ pub async fn chat_completions(
     }
     let orchestrator = state.orchestrator()?;
     let target = target(&orchestrator, &request.model).await?;
-    let max_new_tokens = orchestrator.args.max_new_tokens;
+    let max_new_tokens = orchestrator.args.ask.max_new_tokens;
     let header = Header {
         id: completion_id(),
         created: now_secs(),
@@ -483,7 +483,7 @@ pub async fn chat_completions(
         Target::KnowledgeBase(kb) => {
             let ask = ask_request(&request, kb.clone(), max_new_tokens)?;
             let cites = Cites::of(&request.zhiku);
-            let events = spawn_events(move |tx| {
+            let events = crate::spawn_pipeline(move |tx| {
                 let orchestrator = orchestrator.clone();
                 async move { orchestrator.ask(ask, Deadline::default(), tx).await }
             });
@@ -535,7 +535,7 @@ pub async fn chat_completions(
     }
 }
 
-type Events = tokio::sync::mpsc::Receiver<Result<zhiku_proto::v1::AskEvent, tonic::Status>>;
+type Events = tokio::sync::mpsc::Receiver<Result<zhiku_proto::v1::AskEvent, OrchestratorError>>;
 
 async fn collect_answer(mut events: Events) -> Result<Answer, ApiError> {
     while let Some(event) = events.recv().await {
@@ -543,7 +543,7 @@ async fn collect_answer(mut events: Events) -> Result<Answer, ApiError> {
             return Ok(answer);
         }
     }
-    Err(tonic::Status::internal("the answer ended before its final event").into())
+    Err(OrchestratorError::Internal("the answer ended before its final event".into()).into())
 }
 
 /// The fields every response and chunk of one completion share.
@@ -930,7 +930,7 @@ mod tests {
 
         let last_is_not_a_question = request(&[("user", "q"), ("assistant", "a")]);
         let e = ask_request(&last_is_not_a_question, "x".into(), 64).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -37,8 +37,9 @@ use zhiku_proto::v1::{
     SplitOptions, ingest_event,
 };
 
-use super::{ApiError, HttpState, Json, spawn_events};
+use super::{ApiError, HttpState, Json};
 use crate::downstream::Deadline;
+use crate::error::OrchestratorError;
 
 fn kb_json(kb: &KnowledgeBase) -> Value {
     json!({
@@ -204,7 +205,7 @@ pub async fn delete_document(
         .retriever(|mut c| async move { c.delete_document(request).await })
         .await?;
     if deleted.deleted_passages == 0 {
-        return Err(tonic::Status::not_found(format!(
+        return Err(OrchestratorError::NotFound(format!(
             "document `{document_id}` is not in the knowledge base"
         ))
         .into());
@@ -230,12 +231,11 @@ async fn read_upload(
     let mut documents = Vec::new();
     let mut split = SplitOptions::default();
     let bad = |e: axum::extract::multipart::MultipartError| {
-        let status = e.status();
-        ApiError::from(if status == StatusCode::PAYLOAD_TOO_LARGE {
-            tonic::Status::resource_exhausted(format!("{} (--max-message-bytes)", e.body_text()))
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(e.body_text())
         } else {
-            tonic::Status::invalid_argument(format!("multipart upload: {}", e.body_text()))
-        })
+            ApiError::bad_body(format!("multipart upload: {}", e.body_text()))
+        }
     };
     while let Some(field) = multipart.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -282,7 +282,7 @@ pub async fn upload_documents(
         create_if_missing: true,
         ..Default::default()
     };
-    let mut events = spawn_events(move |tx| async move {
+    let mut events = crate::spawn_pipeline(move |tx| async move {
         orchestrator.ingest(request, Deadline::default(), tx).await
     });
     let streamed = headers
@@ -297,7 +297,7 @@ pub async fn upload_documents(
                     Some(ingest_event::Event::Summary(s)) => json!({"summary": summary_json(&s)}),
                     None => json!({}),
                 },
-                Err(status) => ApiError::from(status).body(),
+                Err(e) => ApiError::from(e).body(),
             };
             Ok::<_, std::convert::Infallible>(format!("{value}\n"))
         });
@@ -327,5 +327,5 @@ pub async fn upload_documents(
             None => {}
         }
     }
-    Err(tonic::Status::internal("the ingest ended without a summary").into())
+    Err(OrchestratorError::Internal("the ingest ended without a summary".into()).into())
 }
