@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zhiku_orchestrator::{HttpListen, OrchestratorArgs};
-use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{bind, run_binary, shutdown_signal};
+use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// zhiku's orchestrator service over gRPC (zhiku.v1.Orchestrator, with grpc.health.v1 and server
 /// reflection): the ingest and ask pipelines over the embedder, retriever and generator; and
@@ -38,7 +38,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = format!("{args:?}");
+    let config = EffectiveConfig::of::<Args>();
     let server = args.server.clone();
     run_binary(
         "zhiku-orchestrator",
