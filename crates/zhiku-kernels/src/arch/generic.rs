@@ -1,13 +1,29 @@
-//! The portable kernel, and the definition of every path's arithmetic: integer dot products
-//! per (sub-)block, exact in i32, then per block the same f32 operations in the same order
-//! (fused multiply-adds), so a SIMD path that sums the same integers gives the same bits.
+//! The portable kernels: the table of the scalar path, and the reference every SIMD path
+//! is tested against.
+//!
+//! The matmul here defines every path's arithmetic: integer dot products per (sub-)block,
+//! exact in i32, then per block the same f32 operations in the same order (fused
+//! multiply-adds), so a SIMD path that sums the same integers gives the same bits.
 
 use std::ops::Range;
 
-use crate::QuantType;
-use crate::act::Acts;
+use super::{Kernels, MatmulJob};
+use crate::act::{Acts, RowOut, finish_row, scale_of};
 use crate::half::f16_to_f32;
+use crate::heads::{HeadGroup, load};
 use crate::layout::{Canon, R, gb_to_canon, regions};
+use crate::{QuantType, SimdPath};
+
+/// The scalar path: every function portable Rust, safe on any CPU.
+pub static KERNELS: Kernels = Kernels {
+    path: SimdPath::Scalar,
+    quantize_row,
+    gemm,
+    scores,
+    exp_shifted,
+    weighted_sum,
+    silu_mul,
+};
 
 /// Adds one group-block's contribution for activation row `i` and weight row `r`.
 #[inline]
@@ -59,7 +75,7 @@ fn block_dot(ty: QuantType, c: &Canon, r: usize, a: &Acts, i: usize, b: usize, a
 
 /// Computes outputs `rows × groups` (groups of [`R`] weight rows): `out(i, col, v)` stores
 /// row `i`, column `col`.
-pub fn gemm_range(
+fn gemm_range(
     ty: QuantType,
     w: &[u8],
     nb: usize,
@@ -88,5 +104,88 @@ pub fn gemm_range(
                 out(i, g * R + r, acc[ii * R + r]);
             }
         }
+    }
+}
+
+/// [`Kernels::gemm`]: the item's rows × groups of `job`, written into `job.y`.
+///
+/// # Safety
+/// `job.y` is valid for writes at rows `rows` × the columns of `groups` (below `job.n`) and
+/// nobody else writes there meanwhile.
+unsafe fn gemm(ty: QuantType, job: &MatmulJob<'_>, rows: Range<usize>, groups: Range<usize>) {
+    let (n, y) = (job.n, job.y);
+    gemm_range(ty, job.w, job.nb, job.acts, rows, groups, |i, c, v| {
+        if c < n {
+            // SAFETY: (i, c) is inside y (i in rows, c < n) and written by this item only
+            // (the caller's contract).
+            unsafe { *y.get().add(i * n + c) = v };
+        }
+    });
+}
+
+/// Quantizes one row of activations into `o` (see [`crate::act`]).
+pub fn quantize_row(x: &[f32], blk: usize, o: &mut RowOut<'_>) {
+    for (b, xs) in x.chunks_exact(blk).enumerate() {
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let (d, id) = scale_of(amax);
+        o.d[b] = d;
+        let qs = &mut o.qs[b * blk..(b + 1) * blk];
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+        for (j, c) in qs.chunks_exact(16).enumerate() {
+            o.b16[b * blk / 16 + j] = c.iter().map(|&q| i16::from(q)).sum();
+        }
+    }
+    finish_row(blk, o);
+}
+
+/// scores[h·n + j] = scale · q_h·k_j.
+pub fn scores(g: &HeadGroup<'_>, scores: &mut [f32]) {
+    let (d, n) = (g.d, g.rows.len());
+    for (j, &row) in g.rows.iter().enumerate() {
+        let at = row + g.col;
+        for h in 0..g.heads {
+            let q = &g.q[h * d..(h + 1) * d];
+            let s: f32 = q
+                .iter()
+                .enumerate()
+                .map(|(c, x)| x * load(g.keys, at + c))
+                .sum();
+            scores[h * n + j] = s * g.scale;
+        }
+    }
+}
+
+/// out_h += Σ_j scores[h·n + j] · v_j.
+pub fn weighted_sum(g: &HeadGroup<'_>, scores: &[f32], out: &mut [f32]) {
+    let (d, n) = (g.d, g.rows.len());
+    for h in 0..g.heads {
+        let o = &mut out[h * d..(h + 1) * d];
+        for (j, &row) in g.rows.iter().enumerate() {
+            let w = scores[h * n + j];
+            for (c, x) in o.iter_mut().enumerate() {
+                *x += w * load(g.values, row + g.col + c);
+            }
+        }
+    }
+}
+
+/// scores become exp(s − max) (max subtracted first, so exp cannot overflow); returns
+/// (max, Σ exp).
+pub fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    (max, sum)
+}
+
+/// out[i] = silu(gate[i]) · up[i], with silu(x) = x / (1 + e^−x).
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
     }
 }
