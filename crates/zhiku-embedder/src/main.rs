@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zhiku_embedder::EmbedderArgs;
-use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
+use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// zhiku's embedding service: BERT-family sentence embeddings over gRPC
 /// (zhiku.v1.Embedder, with grpc.health.v1 and server reflection).
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> ExitCode {
     let args = Args::parse();
-    let config = format!("{args:?}");
+    let config = EffectiveConfig::of::<Args>();
     let server = args.server.clone();
     run_binary(
         "zhiku-embedder",

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zhiku_generator::GeneratorArgs;
-use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
+use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// zhiku's generation service: language models on candle over gRPC (zhiku.v1.Generator,
 /// with grpc.health.v1 and server reflection), streamed.
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> ExitCode {
     let args = Args::parse();
-    let config = format!("{args:?}");
+    let config = EffectiveConfig::of::<Args>();
     let server = args.server.clone();
     run_binary(
         "zhiku-generator",

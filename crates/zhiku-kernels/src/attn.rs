@@ -1,44 +1,11 @@
-//! Attention's inner loops: a group of query heads that share one key/value head, against
-//! n cached key and value rows that sit anywhere in a cache (a paged cache gives each token
-//! its own slot). Scores q·k, softmax, then the weighted sum of values, with the dot
-//! products and the accumulation in AVX2/FMA (F16C for an f16 cache) where the CPU has it,
-//! portable code elsewhere.
-//!
-//! The weighted sum keeps each output head in registers over all n values (32 floats at a
-//! time), so a value row costs one load per multiply-add and the output is written once.
+//! Attention: a group of query heads that share one key/value head, against n cached key
+//! and value rows that sit anywhere in a cache (a paged cache gives each token its own
+//! slot). Scores q·k, softmax, then the weighted sum of values, in chunks of tokens combined
+//! in a fixed order; the inner loops are the dispatch table's ([`crate::arch::Kernels`]).
 
-use crate::{KernelError, SimdPath, best_path, half::f16_to_f32};
-
-/// Cached key or value rows, f32 or IEEE half (as bits).
-#[derive(Clone, Copy)]
-pub enum KvRows<'a> {
-    F32(&'a [f32]),
-    F16(&'a [u16]),
-}
-
-impl KvRows<'_> {
-    fn len(&self) -> usize {
-        match self {
-            KvRows::F32(s) => s.len(),
-            KvRows::F16(s) => s.len(),
-        }
-    }
-}
-
-/// One attention head group.
-pub struct HeadGroup<'a> {
-    /// Query heads, [heads, d] row-major.
-    pub q: &'a [f32],
-    pub heads: usize,
-    pub d: usize,
-    pub keys: KvRows<'a>,
-    pub values: KvRows<'a>,
-    /// Where token j's key (and value) starts: `rows[j] + col` in `keys` / `values`.
-    pub rows: &'a [usize],
-    pub col: usize,
-    /// Multiplies every score (1/√d).
-    pub scale: f32,
-}
+use crate::arch::{self, Kernels};
+pub use crate::heads::{HeadGroup, KvRows};
+use crate::{KernelError, SimdPath};
 
 /// out [heads, d] = softmax_j(scale · q_h·k_j) · v_j for every head h of the group, over
 /// the n = `rows.len()` tokens. `scores` is scratch (resized to heads · n).
@@ -47,7 +14,7 @@ pub fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    attend_with(best_path(), g, scores, out)
+    attend_on(arch::best(), g, scores, out)
 }
 
 /// [`attend`] on a chosen path (tests compare the paths).
@@ -58,9 +25,15 @@ pub fn attend_with(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    if !path.supported() {
-        return Err(KernelError::Unsupported(path));
-    }
+    attend_on(arch::table(path)?, g, scores, out)
+}
+
+fn attend_on(
+    kernels: &Kernels,
+    g: &HeadGroup<'_>,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     let (heads, d) = (g.heads, g.d);
     if g.q.len() != heads * d {
         return length("attention queries [heads, d]", heads * d, g.q.len());
@@ -73,7 +46,7 @@ pub fn attend_with(
     check_caches(g.keys, g.values, need)?;
     let chunks = g.rows.len().div_ceil(CHUNK).max(1);
     let mut parts = vec![0f32; chunks * heads * (d + 2)];
-    chunk_partials(path, g, 0..chunks, scores, &mut parts);
+    chunk_partials(kernels, g, 0..chunks, scores, &mut parts);
     combine(&parts, chunks, heads, d, out);
     Ok(())
 }
@@ -86,7 +59,7 @@ const CHUNK: usize = 64;
 /// Partials of chunks `range` of `g`'s tokens into `parts` (one stride of heads·(d + 2)
 /// per chunk: the unnormalised outputs, then the maxima, then the sums).
 fn chunk_partials(
-    path: SimdPath,
+    kernels: &Kernels,
     g: &HeadGroup<'_>,
     range: std::ops::Range<usize>,
     scores: &mut Vec<f32>,
@@ -99,7 +72,7 @@ fn chunk_partials(
         let hg = HeadGroup { rows: tokens, ..*g };
         let (o, ml) = p.split_at_mut(heads * d);
         let (m, l) = ml.split_at_mut(heads);
-        partial(path, &hg, scores, o, m, l);
+        partial(kernels, &hg, scores, o, m, l);
     }
 }
 
@@ -155,7 +128,7 @@ fn check_caches(keys: KvRows<'_>, values: KvRows<'_>, need: usize) -> Result<(),
 ///
 /// The caller has checked every length and that every row lies inside both caches.
 fn partial(
-    path: SimdPath,
+    kernels: &Kernels,
     g: &HeadGroup<'_>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
@@ -171,27 +144,14 @@ fn partial(
     }
     scores.clear();
     scores.resize(heads * n, 0.0);
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        SimdPath::Avx2 | SimdPath::Avx512 | SimdPath::Avx512Vnni => {
-            // SAFETY: the path is supported (AVX2, FMA and F16C were detected); every row
-            // offset plus d is inside its cache (the caller checked); q, out and scores
-            // have heads·d, heads·d and heads·n elements.
-            unsafe { x86::scores(g, scores) };
-            for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
-                // SAFETY: as above (AVX2 and FMA present).
-                (max[h], sum[h]) = unsafe { x86::exp_shifted(sc) };
-            }
-            // SAFETY: as above.
-            unsafe { x86::weighted_sum(g, scores, out) };
+    // SAFETY: the table is one this CPU runs; every row offset plus d is inside its cache
+    // (the caller checked); q, out and scores have heads·d, heads·d and heads·n elements.
+    unsafe {
+        (kernels.scores)(g, scores);
+        for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
+            (max[h], sum[h]) = (kernels.exp_shifted)(sc);
         }
-        _ => {
-            scalar_scores(g, scores);
-            for (h, sc) in scores.chunks_exact_mut(n).enumerate() {
-                (max[h], sum[h]) = exp_shifted(sc);
-            }
-            scalar_weighted_sum(g, scores, out);
-        }
+        (kernels.weighted_sum)(g, scores, out);
     }
 }
 
@@ -224,7 +184,7 @@ thread_local! {
 /// are too few for the threads; either way each pair is computed in the same chunks and
 /// combined in the same order (see [`CHUNK`]), so the split changes no bit.
 pub fn attend_batch(b: &AttnBatch<'_>, out: &mut [f32]) -> Result<(), KernelError> {
-    attend_batch_with(best_path(), b, out)
+    attend_batch_on(arch::best(), b, out)
 }
 
 /// [`attend_batch`] on a chosen path (tests compare the paths).
@@ -234,9 +194,14 @@ pub fn attend_batch_with(
     b: &AttnBatch<'_>,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    if !path.supported() {
-        return Err(KernelError::Unsupported(path));
-    }
+    attend_batch_on(arch::table(path)?, b, out)
+}
+
+fn attend_batch_on(
+    kernels: &Kernels,
+    b: &AttnBatch<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     let (heads, kv, d) = (b.heads, b.kv_heads, b.d);
     let rows = b.tokens.len();
     if kv == 0 || heads % kv != 0 {
@@ -329,7 +294,7 @@ pub fn attend_batch_with(
         SCRATCH.with_borrow_mut(|(scores, local)| match slot {
             None => {
                 local.resize(range.len() * stride, 0.0);
-                chunk_partials(path, &hg, range.clone(), scores, local);
+                chunk_partials(kernels, &hg, range.clone(), scores, local);
                 // SAFETY: row r's group g occupies out[(r·heads + g·group)·d ..][..group·d],
                 // written by this job only; `out` outlives the parallel section.
                 let o = unsafe {
@@ -350,7 +315,7 @@ pub fn attend_batch_with(
                         range.len() * stride,
                     )
                 };
-                chunk_partials(path, &hg, range.clone(), scores, p);
+                chunk_partials(kernels, &hg, range.clone(), scores, p);
             }
         });
     });
@@ -366,279 +331,6 @@ pub fn attend_batch_with(
         );
     }
     Ok(())
-}
-
-#[inline]
-fn load(rows: KvRows<'_>, i: usize) -> f32 {
-    match rows {
-        KvRows::F32(s) => s[i],
-        KvRows::F16(s) => f16_to_f32(s[i]),
-    }
-}
-
-fn scalar_scores(g: &HeadGroup<'_>, scores: &mut [f32]) {
-    let (d, n) = (g.d, g.rows.len());
-    for (j, &row) in g.rows.iter().enumerate() {
-        let at = row + g.col;
-        for h in 0..g.heads {
-            let q = &g.q[h * d..(h + 1) * d];
-            let s: f32 = q
-                .iter()
-                .enumerate()
-                .map(|(c, x)| x * load(g.keys, at + c))
-                .sum();
-            scores[h * n + j] = s * g.scale;
-        }
-    }
-}
-
-fn scalar_weighted_sum(g: &HeadGroup<'_>, scores: &[f32], out: &mut [f32]) {
-    let (d, n) = (g.d, g.rows.len());
-    for h in 0..g.heads {
-        let o = &mut out[h * d..(h + 1) * d];
-        for (j, &row) in g.rows.iter().enumerate() {
-            let w = scores[h * n + j];
-            for (c, x) in o.iter_mut().enumerate() {
-                *x += w * load(g.values, row + g.col + c);
-            }
-        }
-    }
-}
-
-/// scores become exp(s − max) (max subtracted first, so exp cannot overflow); returns
-/// (max, Σ exp).
-fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    (max, sum)
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{HeadGroup, KvRows};
-
-    /// 8 cached elements from `p`, widened to f32.
-    #[inline(always)]
-    unsafe fn load8(rows: KvRows<'_>, at: usize) -> __m256 {
-        // SAFETY (both arms): the caller guarantees at + 8 <= the cache's length.
-        unsafe {
-            match rows {
-                KvRows::F32(s) => _mm256_loadu_ps(s.as_ptr().add(at)),
-                KvRows::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(at).cast())),
-            }
-        }
-    }
-
-    /// Tokens ahead whose rows are prefetched: a paged cache scatters rows over blocks
-    /// (a new page every block), so the hardware prefetcher cannot run ahead of the loop,
-    /// and each first touch of a row would otherwise wait for memory.
-    const AHEAD: usize = 8;
-
-    /// Asks for the `d` elements at `at` (one cache row) to be brought into L1.
-    #[inline(always)]
-    unsafe fn prefetch(rows: KvRows<'_>, at: usize, d: usize) {
-        let (p, bytes) = match rows {
-            KvRows::F32(s) => (s.as_ptr().wrapping_add(at).cast::<i8>(), 4 * d),
-            KvRows::F16(s) => (s.as_ptr().wrapping_add(at).cast::<i8>(), 2 * d),
-        };
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch is a hint and never faults; the address is only computed
-            // (wrapping), not dereferenced.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            off += 64;
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // SAFETY: register-only arithmetic; AVX is enabled by the caller's features.
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-            _mm_cvtss_f32(s)
-        }
-    }
-
-    /// exp of 8 lanes (Cephes' polynomial on x − n·ln 2, times 2^n): relative error a few
-    /// parts in 10^7 over the range softmax needs (x ≤ 0); lanes below −87.3 give 2^−126.
-    #[inline(always)]
-    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-        // SAFETY: register-only arithmetic; AVX2 and FMA are enabled by the caller.
-        unsafe {
-            let x = _mm256_min_ps(
-                _mm256_max_ps(x, _mm256_set1_ps(-87.336_54)),
-                _mm256_set1_ps(88.0),
-            );
-            let fx = _mm256_round_ps(
-                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-            );
-            let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
-            let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
-            let mut y = _mm256_set1_ps(1.987_569_1e-4);
-            for c in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-            ] {
-                y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
-            }
-            let y = _mm256_fmadd_ps(
-                y,
-                _mm256_mul_ps(r, r),
-                _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-            );
-            let n = _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127));
-            _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n)))
-        }
-    }
-
-    /// As the portable `exp_shifted`: scores become exp(s − max); returns (max, Σ exp).
-    ///
-    /// # Safety
-    /// AVX2 and FMA are present.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_shifted(sc: &mut [f32]) -> (f32, f32) {
-        let n = sc.len();
-        let full = n / 8 * 8;
-        let p = sc.as_mut_ptr();
-        // SAFETY: every vector access is at i + 8 <= full <= n.
-        unsafe {
-            let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
-            for i in (0..full).step_by(8) {
-                mv = _mm256_max_ps(mv, _mm256_loadu_ps(p.add(i)));
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), mv);
-            let max = lanes
-                .iter()
-                .chain(&sc[full..])
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let m = _mm256_set1_ps(max);
-            let mut sv = _mm256_setzero_ps();
-            for i in (0..full).step_by(8) {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
-                _mm256_storeu_ps(p.add(i), e);
-                sv = _mm256_add_ps(sv, e);
-            }
-            let mut sum = hsum(sv);
-            for x in &mut sc[full..] {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            (max, sum)
-        }
-    }
-
-    /// scores[h·n + j] = scale · q_h·k_j.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C are present; rows[j] + col + d is inside `keys`; q has heads·d
-    /// elements and scores heads·n.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(g: &HeadGroup<'_>, scores: &mut [f32]) {
-        let (d, n) = (g.d, g.rows.len());
-        let full = d / 8 * 8;
-        let q = g.q.as_ptr();
-        for &row in g.rows.iter().take(AHEAD) {
-            // SAFETY: hints only.
-            unsafe {
-                prefetch(g.keys, row + g.col, d);
-                prefetch(g.values, row + g.col, d);
-            }
-        }
-        for (j, &row) in g.rows.iter().enumerate() {
-            let at = row + g.col;
-            if let Some(&next) = g.rows.get(j + AHEAD) {
-                // SAFETY: hints only. The values are fetched here too: the weighted sum
-                // reads them right after, and they would miss as the keys do.
-                unsafe {
-                    prefetch(g.keys, next + g.col, d);
-                    prefetch(g.values, next + g.col, d);
-                }
-            }
-            for h in 0..g.heads {
-                // SAFETY: qh + c + 8 <= heads·d for c < full; at + c + 8 <= the cache
-                // (caller); the tail reads stay below d.
-                unsafe {
-                    let qh = q.add(h * d);
-                    let mut a0 = _mm256_setzero_ps();
-                    let mut a1 = _mm256_setzero_ps();
-                    let mut c = 0;
-                    while c + 16 <= full {
-                        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c)), load8(g.keys, at + c), a0);
-                        a1 = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(qh.add(c + 8)),
-                            load8(g.keys, at + c + 8),
-                            a1,
-                        );
-                        c += 16;
-                    }
-                    if c < full {
-                        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(c)), load8(g.keys, at + c), a0);
-                    }
-                    let mut s = hsum(_mm256_add_ps(a0, a1));
-                    for c in full..d {
-                        s += *qh.add(c) * super::load(g.keys, at + c);
-                    }
-                    *scores.get_unchecked_mut(h * n + j) = s * g.scale;
-                }
-            }
-        }
-    }
-
-    /// out_h = Σ_j scores[h·n + j] · v_j, 32 output floats of a head held in registers
-    /// over all j.
-    ///
-    /// # Safety
-    /// As [`scores`], for `values`; out has heads·d elements (zeroed).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_sum(g: &HeadGroup<'_>, scores: &[f32], out: &mut [f32]) {
-        let (d, n) = (g.d, g.rows.len());
-        let full = d / 8 * 8;
-        for h in 0..g.heads {
-            let w = &scores[h * n..(h + 1) * n];
-            let o = out.as_mut_ptr();
-            let mut c = 0;
-            while c < full {
-                let lanes = ((full - c) / 8).min(4);
-                // SAFETY: c + 8·lanes <= d, so every load is inside its row (caller) and
-                // every store inside head h of out.
-                unsafe {
-                    let mut acc = [_mm256_setzero_ps(); 4];
-                    for (j, &row) in g.rows.iter().enumerate() {
-                        let wj = _mm256_set1_ps(*w.get_unchecked(j));
-                        let at = row + g.col + c;
-                        for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                            *a = _mm256_fmadd_ps(wj, load8(g.values, at + 8 * l), *a);
-                        }
-                    }
-                    for (l, a) in acc.iter().enumerate().take(lanes) {
-                        _mm256_storeu_ps(o.add(h * d + c + 8 * l), *a);
-                    }
-                }
-                c += 8 * lanes;
-            }
-            for c in full..d {
-                let mut s = 0f32;
-                for (j, &row) in g.rows.iter().enumerate() {
-                    s += w[j] * super::load(g.values, row + g.col + c);
-                }
-                out[h * d + c] = s;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -891,23 +583,24 @@ mod tests {
         assert!(attend_batch(&b, &mut out[..32]).is_ok());
     }
 
-    /// The SIMD exp stays within a few parts in 10^7 of the portable one.
+    /// Every path's exp stays within a few parts in 10^7 of the portable one.
     #[test]
     fn simd_exp_is_close() {
-        if !SimdPath::Avx2.supported() {
-            return;
-        }
-        let mut xs: Vec<f32> = (0..2001).map(|i| -100.0 + i as f32 * 0.05).collect();
+        let xs: Vec<f32> = (0..2001).map(|i| -100.0 + i as f32 * 0.05).collect();
         let mut reference = xs.clone();
-        let (m0, s0) = exp_shifted(&mut reference);
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: AVX2 was detected above (FMA comes with it on every CPU of this path).
-            let (m1, s1) = unsafe { x86::exp_shifted(&mut xs) };
-            assert_eq!(m0, m1);
-            assert!((s0 - s1).abs() <= 1e-6 * s0, "{s0} vs {s1}");
-            for (a, b) in xs.iter().zip(&reference) {
-                assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-37, "{a} vs {b}");
+        let (m0, s0) = crate::arch::generic::exp_shifted(&mut reference);
+        for path in crate::supported_paths() {
+            let kernels = crate::arch::table(path).unwrap();
+            let mut got = xs.clone();
+            // SAFETY: the table is one this CPU runs; exp_shifted has no other contract.
+            let (m1, s1) = unsafe { (kernels.exp_shifted)(&mut got) };
+            assert_eq!(m0, m1, "{path:?}");
+            assert!((s0 - s1).abs() <= 1e-6 * s0, "{path:?}: {s0} vs {s1}");
+            for (a, b) in got.iter().zip(&reference) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs() + 1e-37,
+                    "{path:?}: {a} vs {b}"
+                );
             }
         }
     }

@@ -3,8 +3,10 @@
 //! Weights are repacked at load into a private layout (rows interleaved in groups of 8,
 //! see `layout`); activations are quantized once per call (int8 blocks of 32 or 256);
 //! the kernels compute integer dot products and one f32 step per block. The SIMD path is
-//! chosen at run time (AVX-512 VNNI, AVX-512, AVX2, else portable scalar code), and every
-//! path gives bit-identical results. Work runs on one persistent pool (`set_threads`).
+//! chosen once at run time (AVX-512 VNNI, AVX-512, AVX2, else portable scalar code): one
+//! dispatch table of function pointers (`arch`), portable code in `arch::generic` and each
+//! architecture's beside it. Every path gives bit-identical matmuls. Work runs on one
+//! persistent pool (`set_threads`).
 //!
 //! Decode (few activation rows) is a GEMV split over threads by chunks of output rows;
 //! prefill (many rows) tiles `MR` activation rows × 8 weight rows per register tile, so a
@@ -27,28 +29,27 @@
 //! ```
 
 mod act;
+mod arch;
 mod attn;
 pub mod half;
+mod heads;
 mod layout;
 mod pool;
 #[doc(hidden)]
 pub mod quantize;
-mod scalar;
 mod swiglu;
-#[cfg(target_arch = "x86_64")]
-mod x86;
 
-use std::sync::OnceLock;
-
-pub use attn::{AttnBatch, HeadGroup, KvRows, attend, attend_batch};
+pub use attn::{AttnBatch, attend, attend_batch};
 #[doc(hidden)]
 pub use attn::{attend_batch_with, attend_with};
+pub use heads::{HeadGroup, KvRows};
 pub use pool::{default_threads, set_threads, threads};
 pub use swiglu::silu_mul;
 #[doc(hidden)]
 pub use swiglu::silu_mul_with;
 
 use act::{Acts, RowOut};
+use arch::{Kernels, MatmulJob};
 use layout::{Canon, R, canon_row_f32, canon_to_gb, gb_to_canon, ggml_to_canon, regions};
 
 /// GGUF/ggml block types served.
@@ -184,47 +185,19 @@ impl SimdPath {
 
     /// Whether this CPU can run the path.
     pub fn supported(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            let avx512 = avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl");
-            match self {
-                SimdPath::Scalar => true,
-                SimdPath::Avx2 => avx2,
-                SimdPath::Avx512 => avx512,
-                SimdPath::Avx512Vnni => avx512 && has!("avx512vnni"),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self == SimdPath::Scalar
-        }
+        arch::table(self).is_ok()
     }
 }
 
 /// Every path this CPU runs, fastest last.
 #[doc(hidden)]
 pub fn supported_paths() -> Vec<SimdPath> {
-    [
-        SimdPath::Scalar,
-        SimdPath::Avx2,
-        SimdPath::Avx512,
-        SimdPath::Avx512Vnni,
-    ]
-    .into_iter()
-    .filter(|p| p.supported())
-    .collect()
+    arch::supported().iter().map(|k| k.path).collect()
 }
 
-fn best_path() -> SimdPath {
-    static BEST: OnceLock<SimdPath> = OnceLock::new();
-    *BEST.get_or_init(|| *supported_paths().last().unwrap_or(&SimdPath::Scalar))
-}
-
-/// Which SIMD path runs (for logs/benches): "avx512-vnni" | "avx512" | "avx2" | "neon" | "scalar".
+/// Which SIMD path runs (for logs/benches): "avx512-vnni" | "avx512" | "avx2" | "scalar".
 pub fn simd_level() -> &'static str {
-    best_path().name()
+    arch::best().path.name()
 }
 
 enum Store {
@@ -333,7 +306,7 @@ impl QuantMatrix {
     /// y[m, n] = x[m, k] · Wᵀ, all row-major f32. Activations quantized once per call
     /// (Q8_0 / Q8_K-like blocks as the type needs).
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), KernelError> {
-        self.matmul_with(best_path(), x, m, y)
+        self.matmul_on(arch::best(), x, m, y)
     }
 
     /// [`QuantMatrix::matmul`] on a chosen path (tests compare the paths).
@@ -345,9 +318,19 @@ impl QuantMatrix {
         m: usize,
         y: &mut [f32],
     ) -> Result<(), KernelError> {
-        self.check(path, x, m, Some(y.len()))?;
+        self.matmul_on(arch::table(path)?, x, m, y)
+    }
+
+    fn matmul_on(
+        &self,
+        kernels: &Kernels,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.check(x, m, Some(y.len()))?;
         // SAFETY: y has m·n elements (checked).
-        unsafe { self.matmul_raw(path, x, m, y.as_mut_ptr()) };
+        unsafe { self.matmul_raw(kernels, x, m, y.as_mut_ptr()) };
         Ok(())
     }
 
@@ -355,32 +338,22 @@ impl QuantMatrix {
     /// so the output is not zeroed first (for the lm_head of a batch, that is megabytes per
     /// step).
     pub fn matmul_vec(&self, x: &[f32], m: usize) -> Result<Vec<f32>, KernelError> {
-        let path = best_path();
-        self.check(path, x, m, None)?;
+        let kernels = arch::best();
+        self.check(x, m, None)?;
         let len = m * self.n;
         let mut y: Vec<f32> = Vec::with_capacity(len);
         // SAFETY: the vector holds room for m·n elements; `matmul_raw` writes each of them
         // (every row × group item of the kernels, or gemm without reading the
         // destination), so all `len` are initialised before `set_len`.
         unsafe {
-            self.matmul_raw(path, x, m, y.as_mut_ptr());
+            self.matmul_raw(kernels, x, m, y.as_mut_ptr());
             y.set_len(len);
         }
         Ok(y)
     }
 
-    /// The checks of a matmul: the path, x's length, and y's if given (else m·n must not
-    /// overflow).
-    fn check(
-        &self,
-        path: SimdPath,
-        x: &[f32],
-        m: usize,
-        y_len: Option<usize>,
-    ) -> Result<(), KernelError> {
-        if !path.supported() {
-            return Err(KernelError::Unsupported(path));
-        }
+    /// The checks of a matmul: x's length, and y's if given (else m·n must not overflow).
+    fn check(&self, x: &[f32], m: usize, y_len: Option<usize>) -> Result<(), KernelError> {
         let (n, k) = (self.n, self.k);
         let len = |what, expected: Option<usize>, got| match expected {
             Some(expected) if expected == got => Ok(()),
@@ -402,8 +375,8 @@ impl QuantMatrix {
     }
 
     /// # Safety
-    /// `path` is supported, x has m·k elements and `y` is valid for writes of m·n.
-    unsafe fn matmul_raw(&self, path: SimdPath, x: &[f32], m: usize, y: *mut f32) {
+    /// x has m·k elements and `y` is valid for writes of m·n.
+    unsafe fn matmul_raw(&self, kernels: &Kernels, x: &[f32], m: usize, y: *mut f32) {
         if m == 0 {
             return;
         }
@@ -411,18 +384,18 @@ impl QuantMatrix {
             // SAFETY: the caller's contract on y and x.
             Store::Float(w) => unsafe { float_matmul(w, self.n, self.k, x, m, OutPtr(y)) },
             Store::Blocks { gb, nb } => {
-                let acts = quantize_acts(path, self.ty, x, m, self.k);
+                let acts = quantize_acts(kernels, self.ty, x, m, self.k);
                 // SAFETY: as above; `acts` has m rows of k.
-                unsafe { self.block_matmul(path, gb, *nb, &acts, m, OutPtr(y)) };
+                unsafe { self.block_matmul(kernels, gb, *nb, &acts, m, OutPtr(y)) };
             }
         }
     }
 
     /// # Safety
-    /// `out` is valid for writes of m·n elements; `path` is supported.
+    /// `out` is valid for writes of m·n elements.
     unsafe fn block_matmul(
         &self,
-        path: SimdPath,
+        kernels: &Kernels,
         gb: &[u8],
         nb: usize,
         acts: &Acts,
@@ -447,43 +420,21 @@ impl QuantMatrix {
         let per = ngroups.div_ceil(chunks);
         let chunks = ngroups.div_ceil(per);
         let ty = self.ty;
+        let job = MatmulJob {
+            w: gb,
+            nb,
+            acts,
+            y: out,
+            n,
+        };
         pool::parallel_for(mblocks * chunks, |item| {
             let (mb, ch) = (item / chunks, item % chunks);
             let rows = mb * MBLOCK..(m.min((mb + 1) * MBLOCK));
             let groups = ch * per..ngroups.min((ch + 1) * per);
-            match path {
-                SimdPath::Scalar => {
-                    scalar::gemm_range(ty, gb, nb, acts, rows, groups, |i, c, v| {
-                        if c < n {
-                            // SAFETY: (i, c) is inside y (i < m, c < n) and written by this
-                            // item only (its rows × its groups).
-                            unsafe { *out.get().add(i * n + c) = v };
-                        }
-                    })
-                }
-                #[cfg(target_arch = "x86_64")]
-                _ => {
-                    let job = x86::Job {
-                        w: gb.as_ptr(),
-                        nb,
-                        a: x86::ActPtrs::new(acts),
-                        y: out.get(),
-                        n,
-                    };
-                    // SAFETY: the path was checked as supported; `gb` holds `ngroups`
-                    // groups of `nb` blocks; `acts` has `m` rows of `k`; the item's rows ×
-                    // groups are inside y and written by this item only.
-                    unsafe {
-                        match path {
-                            SimdPath::Avx2 => x86::range_avx2(ty, &job, rows, groups),
-                            SimdPath::Avx512 => x86::range_avx512(ty, &job, rows, groups),
-                            _ => x86::range_vnni(ty, &job, rows, groups),
-                        }
-                    }
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => unreachable!("only the scalar path is supported here"),
-            }
+            // SAFETY: the table is one this CPU runs; `gb` holds `ngroups` groups of `nb`
+            // blocks; `acts` has `m` rows of `k`; the item's rows × groups are inside y and
+            // written by this item only.
+            unsafe { (kernels.gemm)(ty, &job, rows, groups) };
         });
     }
 
@@ -576,19 +527,13 @@ fn repack(ty: QuantType, n: usize, nb: usize, data: &[u8]) -> Vec<u8> {
 }
 
 /// Quantizes the activations, rows in parallel when there are many.
-fn quantize_acts(path: SimdPath, ty: QuantType, x: &[f32], m: usize, k: usize) -> Acts {
+fn quantize_acts(kernels: &Kernels, ty: QuantType, x: &[f32], m: usize, k: usize) -> Acts {
     use rayon::prelude::*;
     let blk = if ty.block_elems() == 256 { 256 } else { 32 };
     let mut a = Acts::new(m, k, blk);
-    let one = |x: &[f32], o: &mut RowOut<'_>| match path {
-        SimdPath::Scalar => act::quantize_row_scalar(x, blk, o),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: every non-scalar path implies AVX2/FMA/F16C (checked by the caller);
-        // the slices are one row's.
-        _ => unsafe { act::quantize_row_avx2(x, blk, o) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => act::quantize_row_scalar(x, blk, o),
-    };
+    // SAFETY: the table is one this CPU runs; the slices are one row's (k, a multiple of
+    // blk, and the outputs sized for it by `Acts::new`).
+    let one = |x: &[f32], o: &mut RowOut<'_>| unsafe { (kernels.quantize_row)(x, blk, o) };
     macro_rules! rows {
         ($chunks:ident, $chunks_mut:ident) => {
             x.$chunks(k)
@@ -656,7 +601,7 @@ unsafe fn float_matmul(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, y: Ou
 /// The activations as the kernels see them (dequantized), for tests' error bounds.
 #[doc(hidden)]
 pub fn activation_roundtrip(ty: QuantType, x: &[f32], m: usize, k: usize) -> Vec<f32> {
-    let a = quantize_acts(SimdPath::Scalar, ty, x, m, k);
+    let a = quantize_acts(&arch::generic::KERNELS, ty, x, m, k);
     a.qs.iter()
         .enumerate()
         .map(|(j, &q)| f32::from(q) * a.d[j / a.blk])

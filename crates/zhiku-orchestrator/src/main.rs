@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use zhiku_orchestrator::OrchestratorCli;
 use zhiku_runtime::server::{bind, run_binary, shutdown_signal};
+use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
 #[global_allocator]
@@ -14,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = OrchestratorCli::parse();
-    let config = format!("{args:?}");
+    let config = EffectiveConfig::of::<OrchestratorCli>();
     let server = args.server.clone();
     run_binary(
         "zhiku-orchestrator",

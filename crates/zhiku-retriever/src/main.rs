@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zhiku_retriever::RetrieverArgs;
-use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
+use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// zhiku's retriever service over gRPC (zhiku.v1.Retriever, with grpc.health.v1 and server
 /// reflection): knowledge bases of passages in Qdrant — embedded (qdrant-edge, on local
@@ -32,7 +32,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = format!("{args:?}");
+    let config = EffectiveConfig::of::<Args>();
     let server = args.server.clone();
     run_binary(
         "zhiku-retriever",

@@ -1,10 +1,11 @@
-//! Flags shared by every service binary (flattened into each binary's clap parser).
+//! Flags shared by every service binary (flattened into each binary's clap parser), and
+//! the effective configuration a binary prints at start-up ([`EffectiveConfig`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A value kept out of logs: the configuration is printed at start-up in Debug form.
+/// A value kept out of logs (its Debug form is `"***"`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
@@ -132,5 +133,207 @@ impl Default for ServerArgs {
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
         }
+    }
+}
+
+/// The effective configuration of a command line: every flag of the command (and of its
+/// subcommand, if one ran) with the value it took and where from, one `key = value` line each.
+/// Secrets (flags with `hide_env_values`, or named for a key, secret, password or token) show
+/// as `***`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectiveConfig {
+    lines: Vec<(String, String)>,
+}
+
+/// The words of a flag's name that mark its value as secret.
+const SECRET_WORDS: [&str; 4] = ["key", "secret", "password", "token"];
+
+impl EffectiveConfig {
+    /// The configuration of this process's command line (and environment) as `T` parses it.
+    /// Call it after `T::parse()` succeeded: it parses the same arguments again.
+    pub fn of<T: clap::CommandFactory>() -> Self {
+        Self::of_command(T::command())
+    }
+
+    /// [`EffectiveConfig::of`] for a command built by hand (e.g. `T::command()` changed
+    /// before parsing).
+    pub fn of_command(command: clap::Command) -> Self {
+        Self::parse(command, std::env::args_os())
+    }
+
+    /// The configuration of `args` (the program's name first) as `command` parses them;
+    /// empty when they do not parse.
+    pub fn parse(
+        mut command: clap::Command,
+        args: impl IntoIterator<Item = std::ffi::OsString>,
+    ) -> Self {
+        let mut config = Self::default();
+        if let Ok(matches) = command.try_get_matches_from_mut(args) {
+            config.add(&command, &matches);
+        }
+        config
+    }
+
+    fn add(&mut self, command: &clap::Command, matches: &clap::ArgMatches) {
+        use clap::ArgAction;
+        for arg in command.get_arguments() {
+            if matches!(
+                arg.get_action(),
+                ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong | ArgAction::Version
+            ) {
+                continue;
+            }
+            let id = arg.get_id().as_str();
+            let key = arg.get_long().unwrap_or(id).to_owned();
+            if self.lines.iter().any(|(k, _)| *k == key) {
+                continue; // a global flag, seen on the parent command
+            }
+            let present = matches.ids().any(|i| i.as_str() == id);
+            let values: Vec<String> = match present.then(|| matches.try_get_raw(id)) {
+                Some(Ok(Some(raw))) => raw.map(|v| v.to_string_lossy().into_owned()).collect(),
+                _ => Vec::new(),
+            };
+            let secret = arg.is_hide_env_values_set()
+                || key
+                    .split(['-', '_'])
+                    .any(|word| SECRET_WORDS.contains(&word));
+            let value = if values.is_empty() {
+                "(unset)".to_owned()
+            } else if secret {
+                "***".to_owned()
+            } else {
+                values.join(",")
+            };
+            let source = match present.then(|| matches.value_source(id)).flatten() {
+                Some(clap::parser::ValueSource::DefaultValue) => " (default)",
+                Some(clap::parser::ValueSource::EnvVariable) => " (env)",
+                _ => "",
+            };
+            self.lines.push((key, format!("{value}{source}")));
+        }
+        if let Some((name, sub_matches)) = matches.subcommand()
+            && let Some(sub) = command.find_subcommand(name)
+        {
+            self.add(sub, sub_matches);
+        }
+    }
+
+    /// Logs `{name} starting` and the configuration at INFO, as one event.
+    pub fn log_start(&self, name: &str) {
+        tracing::info!(
+            "{name} starting; configuration:\n{}",
+            self.to_string().trim_end()
+        );
+    }
+
+    /// The (key, value) pairs, in the command's order.
+    pub fn lines(&self) -> &[(String, String)] {
+        &self.lines
+    }
+}
+
+/// Aligned `key = value` lines, each indented by two spaces and ended by a newline.
+impl std::fmt::Display for EffectiveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let width = self.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (key, value) in &self.lines {
+            writeln!(f, "  {key:<width$} = {value}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "demo")]
+    struct Demo {
+        /// A plain value.
+        #[arg(long, default_value_t = 7)]
+        count: usize,
+
+        #[arg(long)]
+        model: Option<String>,
+
+        #[arg(long)]
+        verbose: bool,
+
+        #[command(flatten)]
+        server: ServerArgs,
+
+        #[command(subcommand)]
+        command: Option<Sub>,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Serve {
+            #[arg(long, default_value = "0.0.0.0:1")]
+            listen: String,
+        },
+    }
+
+    fn config(args: &[&str]) -> EffectiveConfig {
+        EffectiveConfig::parse(
+            <Demo as clap::CommandFactory>::command(),
+            std::iter::once("demo")
+                .chain(args.iter().copied())
+                .map(Into::into),
+        )
+    }
+
+    fn value<'a>(c: &'a EffectiveConfig, key: &str) -> &'a str {
+        c.lines()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {key} in {c}"))
+    }
+
+    #[test]
+    fn every_flag_with_its_value_and_source() {
+        let c = config(&["--model", "m.gguf", "--max-message-bytes", "1024", "serve"]);
+        assert_eq!(value(&c, "count"), "7 (default)");
+        assert_eq!(value(&c, "model"), "m.gguf");
+        assert_eq!(value(&c, "max-message-bytes"), "1024");
+        assert_eq!(value(&c, "log"), "info (default)");
+        assert_eq!(value(&c, "metrics-listen"), "(unset)");
+        assert_eq!(value(&c, "listen"), "0.0.0.0:1 (default)");
+        assert!(!c.lines().iter().any(|(k, _)| k == "help" || k == "version"));
+        assert_eq!(value(&c, "verbose"), "false (default)");
+        let text = c.to_string();
+        let line = text.lines().find(|l| l.starts_with("  model ")).unwrap();
+        assert!(line.ends_with(" = m.gguf"), "{text}");
+        assert_eq!(text.lines().count(), c.lines().len());
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = config(&[
+            "--api-key",
+            "s3cret-a,s3cret-b",
+            "--read-only-api-key",
+            "s3cret-c",
+            "--tls-cert",
+            "/etc/cert.pem",
+            "--tls-key",
+            "/etc/key.pem",
+        ]);
+        let text = c.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("key.pem"), "{text}");
+        assert_eq!(value(&c, "api-key"), "***");
+        assert_eq!(value(&c, "tls-key"), "***");
+        assert_eq!(value(&c, "tls-cert"), "/etc/cert.pem");
+        // Unset secrets say so.
+        assert_eq!(value(&config(&[]), "api-key"), "(unset)");
+    }
+
+    #[test]
+    fn a_command_line_that_does_not_parse_gives_nothing() {
+        assert!(config(&["--count", "many"]).lines().is_empty());
     }
 }

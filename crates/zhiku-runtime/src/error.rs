@@ -1,9 +1,33 @@
-//! The one mapping from service errors to gRPC status codes.
+//! The one mapping from service errors to gRPC status codes, and the runtime's own error.
 //!
 //! Each crate has its own `thiserror` enum and says, through [`ServiceError::kind`], which
 //! kind each variant is; [`to_status`] turns any of them into a `tonic::Status` the same way.
+//! A leaf module: the rest of the runtime imports it, it imports none of them.
+
+use std::net::SocketAddr;
 
 use tonic::{Code, Status};
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading failed: {0}")]
+    Load(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("API keys: {0}")]
+    Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
 
 /// What kind of failure an error is, as a gRPC client should see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,13 @@
 //! - [`request_id`]: an `x-request-id` on every call, made when absent, on every log line and
 //!   passed on to downstream calls;
 //! - [`telemetry`]: tracing output, human or JSON;
-//! - [`error`]: the one mapping from service errors to `tonic::Status`;
+//! - [`error`]: the one mapping from service errors to `tonic::Status`, and [`RuntimeError`];
 //! - [`ready::Ready`]: state that a service fills in once loaded;
 //! - [`health`]: asking another server for its health;
 //! - [`auth`]: API keys (`authorization: Bearer …`), a tower layer for gRPC and HTTP alike;
-//! - [`metrics`]: the Prometheus registry, the per-request layer and `/metrics`;
+//! - [`metrics`]: the Prometheus registry and the per-request layer;
+//! - [`http_server`]: the one HTTP server (axum, plain or TLS, graceful shutdown), for the
+//!   orchestrator's HTTP side and `/metrics`;
 //! - [`tls`]: `--tls-cert` / `--tls-key` on every listener (gRPC, HTTP, `/metrics`);
 //! - [`client`]: endpoints for `http://` and `https://` (TLS, with a CA of one's own).
 
@@ -24,6 +26,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod http_server;
 pub mod limit;
 pub mod metrics;
 pub mod ready;
@@ -32,7 +35,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
-pub use config::{AuthArgs, LogFormat, Secret, ServerArgs, TlsArgs};
-pub use error::{ErrorKind, ServiceError};
+pub use config::{AuthArgs, EffectiveConfig, LogFormat, Secret, ServerArgs, TlsArgs};
+pub use error::{ErrorKind, RuntimeError, ServiceError};
 pub use ready::Ready;
 pub use server::ServiceRuntime;

@@ -3,13 +3,14 @@
 //! Every service records into [`metrics()`]; `zhiku serve` runs all four in one process and
 //! so shows all of them on one endpoint. [`MetricsLayer`] counts requests by method and
 //! status with their latency (over any `http::Request<B>`: tonic or axum); the services
-//! record their own stages, queues and counts. [`render`] is the scrape's body, for
-//! [`serve`] and for an HTTP router that mounts `/metrics` itself.
+//! record their own stages, queues and counts. [`render`] is the scrape's body, for the
+//! `/metrics` endpoint ([`crate::http_server::metrics_router`]) and for an HTTP router that
+//! mounts `/metrics` itself. A leaf module: it imports nothing else of the runtime.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -403,92 +404,6 @@ where
             }))
         })
     }
-}
-
-/// Serves `GET /metrics` on `listener` (HTTP/1.1, over TLS with `tls`) until the process
-/// ends, behind `keys` (open when they say so, or when there are none).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    keys: Option<Arc<crate::auth::ApiKeys>>,
-    tls: Option<crate::tls::TlsAcceptor>,
-) -> std::io::Result<()> {
-    match tls {
-        None => loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::spawn(serve_connection(stream, keys.clone()));
-        },
-        Some(acceptor) => {
-            let mut incoming = crate::tls::incoming(listener, acceptor);
-            while let Some((stream, _)) = incoming.recv().await {
-                tokio::spawn(serve_connection(stream, keys.clone()));
-            }
-            Ok(())
-        }
-    }
-}
-
-async fn serve_connection<Io>(stream: Io, keys: Option<Arc<crate::auth::ApiKeys>>)
-where
-    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let response = scrape(&request, keys.as_deref());
-        async move { Ok::<_, std::convert::Infallible>(response) }
-    });
-    let io = hyper_util::rt::TokioIo::new(stream);
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, service)
-        .await
-    {
-        tracing::debug!(error = %e, "metrics connection ended");
-    }
-}
-
-type Full = http_body_util::Full<tonic::codegen::Bytes>;
-
-/// The answer to one request on the metrics listener.
-fn scrape<B>(request: &Request<B>, keys: Option<&crate::auth::ApiKeys>) -> Response<Full> {
-    let reply = |status: http::StatusCode, body: String| {
-        let mut response = Response::new(Full::from(body));
-        *response.status_mut() = status;
-        response
-    };
-    if request.uri().path() != "/metrics" {
-        return reply(
-            http::StatusCode::NOT_FOUND,
-            "only /metrics is here\n".into(),
-        );
-    }
-    if let Some(keys) = keys
-        && let Err(refusal) = keys.check(request.method(), "/metrics", request.headers())
-    {
-        metrics().auth_refusals.inc();
-        return reply(refusal.http_status(), format!("{refusal}\n"));
-    }
-    let mut response = reply(http::StatusCode::OK, render());
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(CONTENT_TYPE),
-    );
-    response
-}
-
-/// Binds `addr` and serves [`serve`] on a task; the error says when it cannot bind.
-pub async fn spawn(
-    addr: std::net::SocketAddr,
-    keys: Option<Arc<crate::auth::ApiKeys>>,
-    tls: Option<crate::tls::TlsAcceptor>,
-) -> Result<std::net::SocketAddr, crate::server::RuntimeError> {
-    let listener = crate::server::bind(addr).await?;
-    let local = listener.local_addr().unwrap_or(addr);
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tokio::spawn(async move {
-        if let Err(e) = serve(listener, keys, tls).await {
-            tracing::error!(error = %e, "the metrics listener stopped");
-        }
-    });
-    tracing::info!(addr = %local, "metrics at {scheme}://{local}/metrics");
-    Ok(local)
 }
 
 #[cfg(test)]

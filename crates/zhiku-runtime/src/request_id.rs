@@ -36,6 +36,12 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Health checks and scrapes: probes and pollers (the orchestrator checks its downstream
+/// services twice a second) call them all the time, so their answers are logged at DEBUG.
+fn is_probe(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path == "/healthz" || path == "/metrics"
+}
+
 /// Adds the current request id to outgoing calls made with a tonic client, and the
 /// caller's API key when it has one.
 #[derive(Clone, Default)]
@@ -131,6 +137,7 @@ where
         request.headers_mut().insert(HEADER, header.clone());
 
         let method = request.uri().path().to_owned();
+        let routine = is_probe(&method);
         let span = tracing::info_span!("call", request_id = %id, method = %method);
         // The clone that was polled ready must serve this call (tower's contract).
         let clone = self.inner.clone();
@@ -148,11 +155,12 @@ where
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("0 or in trailers")
                         .to_owned();
-                    tracing::info!(
-                        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                        grpc_status = %grpc_status,
-                        "answered"
-                    );
+                    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                    if routine {
+                        tracing::debug!(elapsed_ms, grpc_status = %grpc_status, "answered");
+                    } else {
+                        tracing::info!(elapsed_ms, grpc_status = %grpc_status, "answered");
+                    }
                     Ok(response)
                 })
                 .instrument(span),
@@ -171,6 +179,16 @@ mod tests {
         assert!(!acceptable("has space"));
         assert!(!acceptable(&"x".repeat(129)));
         assert!(!acceptable("中文"));
+    }
+
+    #[test]
+    fn probes_are_told_apart() {
+        assert!(is_probe("/grpc.health.v1.Health/Check"));
+        assert!(is_probe("/grpc.health.v1.Health/Watch"));
+        assert!(is_probe("/healthz"));
+        assert!(is_probe("/metrics"));
+        assert!(!is_probe("/zhiku.v1.Orchestrator/Ask"));
+        assert!(!is_probe("/v1/chat/completions"));
     }
 
     #[tokio::test]

@@ -14,31 +14,11 @@ use tonic_health::server::HealthReporter;
 use tower::Service;
 
 use crate::auth::{ApiKeyLayer, ApiKeys};
-use crate::config::ServerArgs;
+use crate::config::{EffectiveConfig, ServerArgs};
+pub use crate::error::RuntimeError;
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metrics::MetricsLayer;
 use crate::request_id::RequestIdLayer;
-
-/// Why a server stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("loading failed: {0}")]
-    Load(String),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("API keys: {0}")]
-    Auth(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-}
 
 /// Binds a TCP listener with a clear error.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
@@ -330,11 +310,11 @@ async fn follow(
 }
 
 /// The body of every service binary's `main`: start logging, print the configuration
-/// (`config`, the binary's parsed flags in Debug form),
-/// bind, serve until SIGTERM/SIGINT, and turn the outcome into an exit code.
+/// (`config`: [`EffectiveConfig::of`] the binary's parser), bind, serve until
+/// SIGTERM/SIGINT, and turn the outcome into an exit code.
 pub async fn run_binary<F, Fut>(
     name: &str,
-    config: &str,
+    config: &EffectiveConfig,
     server: &ServerArgs,
     listen: SocketAddr,
     serve: F,
@@ -347,7 +327,7 @@ where
         eprintln!("{name}: {e}");
         return std::process::ExitCode::from(2);
     }
-    tracing::info!(config = %config, "{name} starting");
+    config.log_start(name);
     if let Err(e) = start_metrics(server).await {
         tracing::error!(error = %e, "{name} cannot start");
         return std::process::ExitCode::FAILURE;
@@ -369,16 +349,24 @@ where
 }
 
 /// Starts the `/metrics` listener of `--metrics-listen`, when set (once per process: `zhiku
-/// serve` shows all its services there).
+/// serve` shows all its services there), on a task of its own until the process ends.
 pub async fn start_metrics(server: &ServerArgs) -> Result<(), RuntimeError> {
-    if let Some(addr) = server.metrics_listen {
-        let keys = ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
-        let tls = match crate::tls::Identity::from_args(&server.tls).await? {
-            Some(identity) => Some(identity.acceptor()?),
-            None => None,
-        };
-        crate::metrics::spawn(addr, keys, tls).await?;
-    }
+    let Some(addr) = server.metrics_listen else {
+        return Ok(());
+    };
+    let keys = ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
+    let tls = crate::tls::http_acceptor(&server.tls).await?;
+    let listener = bind(addr).await?;
+    let local = listener.local_addr().unwrap_or(addr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let router = crate::http_server::metrics_router(keys);
+    tokio::spawn(async move {
+        let forever = std::future::pending::<()>();
+        if let Err(e) = crate::http_server::serve(listener, router, tls, forever).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    tracing::info!(addr = %local, "metrics at {scheme}://{local}/metrics");
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use tokio_rustls::rustls;
 pub use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsArgs;
-use crate::server::RuntimeError;
+use crate::error::RuntimeError;
 
 /// A handshake that takes longer is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +83,14 @@ impl Identity {
             .map_err(|e| RuntimeError::Tls(format!("--tls-cert / --tls-key: {e}")))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// The acceptor of an HTTP listener for the flags; None when they are unset (plain TCP).
+pub async fn http_acceptor(args: &TlsArgs) -> Result<Option<TlsAcceptor>, RuntimeError> {
+    match Identity::from_args(args).await? {
+        Some(identity) => identity.acceptor().map(Some),
+        None => Ok(None),
     }
 }
 

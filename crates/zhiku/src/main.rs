@@ -238,7 +238,7 @@ async fn run() -> ExitCode {
             eprintln!("zhiku: {e}");
             return ExitCode::from(2);
         }
-        tracing::info!(config = ?cli, "zhiku serve starting");
+        zhiku_runtime::EffectiveConfig::of_command(command()).log_start("zhiku serve");
         if let Err(e) = zhiku_runtime::server::start_metrics(server).await {
             eprintln!("zhiku serve: {e}");
             return ExitCode::FAILURE;

@@ -166,65 +166,17 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`, then lets in-flight
-/// calls finish (the caller bounds that wait with the shutdown grace).
+/// calls finish (the caller bounds that wait with the shutdown grace): the runtime's one
+/// HTTP server, [`zhiku_runtime::http_server::serve`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<zhiku_runtime::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, tls = tls.is_some(), "HTTP listening (OpenAI API, REST, web page)");
-    match tls {
-        None => {
-            // As on the gRPC side: a small reply must not wait for the client's delayed ACK.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(acceptor) => {
-            let listener = TlsListener {
-                incoming: zhiku_runtime::tls::incoming(listener, acceptor),
-                local,
-            };
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
-}
-
-/// The HTTP listener over TLS: connections whose handshake is done (see
-/// [`zhiku_runtime::tls::incoming`]).
-struct TlsListener {
-    incoming: mpsc::Receiver<(
-        zhiku_runtime::tls::TlsStream<tokio::net::TcpStream>,
-        std::net::SocketAddr,
-    )>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = zhiku_runtime::tls::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task ended: nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+    zhiku_runtime::http_server::serve(listener, router, tls, shutdown).await
 }
 
 /// 200 while the orchestrator is loaded and its downstream services are SERVING, else 503:

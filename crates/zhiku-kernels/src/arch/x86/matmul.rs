@@ -1,18 +1,19 @@
-//! The x86-64 kernels: one generic register tile (`MR` activation rows × one group of 8
+//! The x86-64 matmul: one generic register tile (`MR` activation rows × one group of 8
 //! weight rows, the weight rows in the 8 lanes of each accumulator), instantiated for AVX2
 //! and, on CPUs that have them, AVX-512 (VL/BW: 32 registers, so no spills) and
 //! AVX-512 VNNI (`vpdpbusd` instead of `vpmaddubsw` + `vpmaddwd`).
 //!
 //! The generic code is `#[inline(always)]` and has no target features of its own: it is
 //! inlined into the `#[target_feature]` entry points below, where the intrinsics it calls
-//! are inlined too. It computes exactly the integers and f32 operations of
-//! [`crate::scalar`], so every path gives the same bits.
+//! are inlined too. It computes exactly the integers and f32 operations of the portable
+//! matmul ([`crate::arch::generic`]), so every path gives the same bits.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::QuantType;
 use crate::act::Acts;
+use crate::arch::MatmulJob;
 use crate::layout::{R, nibble_pos, regions, segment};
 
 /// The integer dot-product primitive of one instruction set. `P` is a partial sum of
@@ -90,7 +91,7 @@ impl Isa for Vnni {
 
 /// Raw views of the quantized activations (rows of `k`).
 #[derive(Clone, Copy)]
-pub struct ActPtrs {
+struct ActPtrs {
     pub qs: *const i8,
     pub d: *const f32,
     pub s: *const f32,
@@ -104,7 +105,7 @@ pub struct ActPtrs {
 }
 
 impl ActPtrs {
-    pub fn new(a: &Acts) -> Self {
+    fn new(a: &Acts) -> Self {
         ActPtrs {
             qs: a.qs.as_ptr(),
             d: a.d.as_ptr(),
@@ -306,7 +307,7 @@ unsafe fn tile<S: Isa, const MR: usize>(
                     }
                 });
             }
-            // Per block, the f32 steps of `scalar::block_dot` in its order.
+            // Per block, the f32 steps of the portable `block_dot` in its order.
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(gb.add(g.d).cast()));
             for i in 0..MR {
                 let row = i0 + i;
@@ -370,9 +371,9 @@ unsafe fn tile<S: Isa, const MR: usize>(
     }
 }
 
-/// One matmul's weights, activations and output, shared by its work items.
+/// One matmul's weights, activations and output, as raw pointers for the tiles.
 #[derive(Clone, Copy)]
-pub struct Job {
+struct Job {
     /// `ceil(n/8)` groups of `nb` group-blocks.
     pub w: *const u8,
     pub nb: usize,
@@ -429,12 +430,27 @@ unsafe fn range<S: Isa, const MR: usize>(
 /// Monomorphizes `range` per weight type so the type's branches fold away.
 macro_rules! per_type {
     ($name:ident, $isa:ty, $mr:literal, $features:literal) => {
+        /// The dispatch table's `gemm`.
+        ///
         /// # Safety
-        /// The CPU has the features named here; `j` describes a matrix of `ty` and its
-        /// pointers cover `rows` × `groups`.
+        /// The CPU has the features named here; `job` is a matrix of `ty` (weights of
+        /// `job.nb` blocks a row, activations of its rows) and `job.y` is writable at `rows`
+        /// × the columns of `groups`, by this call only.
         #[target_feature(enable = $features)]
-        pub unsafe fn $name(ty: QuantType, j: &Job, rows: Range<usize>, groups: Range<usize>) {
+        pub unsafe fn $name(
+            ty: QuantType,
+            job: &MatmulJob<'_>,
+            rows: Range<usize>,
+            groups: Range<usize>,
+        ) {
             use QuantType::*;
+            let j = &Job {
+                w: job.w.as_ptr(),
+                nb: job.nb,
+                a: ActPtrs::new(job.acts),
+                y: job.y.get(),
+                n: job.n,
+            };
             // SAFETY: forwarded contract; `ty` is matched to a constant for each arm.
             unsafe {
                 match ty {
