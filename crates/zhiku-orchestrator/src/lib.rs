@@ -29,6 +29,7 @@ pub mod http;
 pub mod ingest;
 pub mod prompt;
 pub mod readiness;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,1723 @@
+//! Fact-level verification of an answer against the passages it cites, and detection of an
+//! answer that echoes the prompt's instructions. Pure functions: no model, no I/O.
+//!
+//! An invented answer in a large in-domain knowledge base reuses the question's and the
+//! passages' words, so word overlap cannot catch it; what it gets wrong are its key facts.
+//! [`check_answer`] extracts them — numbers with units (6GB, 13 GB, 6.7G, 128 token/s, 72G显存),
+//! bare numbers of two digits or more, versions (v1.2.3, 4.49.0), command-line flags and
+//! `key=value` settings (`--world_size 2`, `lora_alpha=32`), model names and other ASCII
+//! identifiers (ChatGLM-6B, Qwen2.5-1.5B, INT4, `vicuna`), and Chinese numerals before a unit
+//! or a measure word (六 GB, 两张) — and checks that each is stated by a passage or by the
+//! question. Comparison ignores spacing, case and full width; G, GB and GiB are one unit, as
+//! are 张, 块, 台, 卡 and GPUs; 亿, 万, K, M, B and T scale a count (62 亿 is 6.2B).
+//!
+//! A number from a neighbouring table row (the FP16 figure when the question asks about INT4)
+//! is stated by the passage, so presence alone passes it. When a number appears in the
+//! passages only inside markdown table rows and the question names what tells the rows apart
+//! (INT4, a bit width, a model size), the number must sit in a row holding it, and under a
+//! heading naming the question's model when the passage heads its tables by model.
+//!
+//! What it cannot tell: which column of a row a number sits in, the rows of HTML tables
+//! (their cells span lines; their header still names a bare number's unit), a number the
+//! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
+//! not of the question's subject when nothing ASCII or numeric in the question says so.
+
+/// What kind of key fact a span of the answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactKind {
+    /// A number with a unit or measure word: 6GB, 128 token/s, 两张.
+    Quantity,
+    /// A number without a unit, of two digits or more or with a decimal point: 2048, 0.1.
+    Number,
+    /// A version: v0.7.0, 4.49.0.
+    Version,
+    /// A command-line flag or a `snake_case` setting, with its value when it has one.
+    Flag,
+    /// An ASCII name holding letters and digits: ChatGLM-6B, INT4, A100.
+    ModelName,
+    /// Another ASCII identifier: `vicuna`, dataset_info.json, LoRA.
+    Identifier,
+}
+
+/// A key fact of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fact {
+    /// The span as the answer writes it.
+    pub text: String,
+    pub kind: FactKind,
+    key: Key,
+}
+
+/// A key fact that no passage nor the question states, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsupportedFact {
+    pub fact: Fact,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every key fact is stated by a passage or the question (or the answer has none).
+    Supported,
+    /// At least one key fact is stated by neither.
+    UnsupportedKeyFact,
+}
+
+/// What [`check_answer`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactCheck {
+    pub facts: Vec<Fact>,
+    pub unsupported: Vec<UnsupportedFact>,
+    pub verdict: Verdict,
+    /// Key facts of the question that no passage states (RTX 4090, 3-bit): a near-miss
+    /// question whose answer the passages cannot hold. An answer may repeat them and still be
+    /// [`Verdict::Supported`]; whether to refuse is the caller's call.
+    pub question_unstated: Vec<Fact>,
+}
+
+/// Checks every key fact of `answer` against `passages` and `question`.
+pub fn check_answer(answer: &str, passages: &[&str], question: &str) -> FactCheck {
+    let facts = extract_facts(answer);
+    let question_qualifiers: Vec<Qualifier> = extract_facts(question)
+        .into_iter()
+        .filter_map(|f| match (f.kind, f.key) {
+            (FactKind::ModelName | FactKind::Identifier, Key::Literal(name)) => {
+                Some(Qualifier::Name(name))
+            }
+            (FactKind::Quantity | FactKind::Number, Key::Quantity { value, .. }) => {
+                Some(Qualifier::Value(value))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut sources: Vec<Source> = passages.iter().map(|p| Source::new(p)).collect();
+    // Stated by the passages alone (the question index past their end).
+    let question_unstated: Vec<Fact> = extract_facts(question)
+        .into_iter()
+        .filter(|f| unsupported_reason(f, &sources, sources.len(), &[]).is_some())
+        .collect();
+    sources.push(Source::new(question));
+    let question_index = sources.len() - 1;
+    let mut unsupported = Vec::new();
+    for fact in &facts {
+        if let Some(reason) =
+            unsupported_reason(fact, &sources, question_index, &question_qualifiers)
+        {
+            unsupported.push(UnsupportedFact {
+                fact: fact.clone(),
+                reason,
+            });
+        }
+    }
+    let verdict = if unsupported.is_empty() {
+        Verdict::Supported
+    } else {
+        Verdict::UnsupportedKeyFact
+    };
+    FactCheck {
+        facts,
+        unsupported,
+        verdict,
+        question_unstated,
+    }
+}
+
+/// The key facts of `text`, in order.
+pub fn extract_facts(text: &str) -> Vec<Fact> {
+    scan(&fold_width(text), false)
+        .into_iter()
+        .map(|s| s.fact)
+        .collect()
+}
+
+/// Why an answer reproduces the prompt's instructions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Echo {
+    /// The instruction clauses the answer holds that no passage holds.
+    pub clauses: Vec<String>,
+    pub reason: String,
+}
+
+/// Share of an answer that instruction clauses must make up for the answer to be an echo.
+const ECHO_SHARE: f64 = 0.5;
+
+/// Clauses shorter than this (in characters, whitespace left out) are too common to tell an
+/// echo: 问题是, 已知信息.
+const MIN_CLAUSE_CHARS: usize = 6;
+
+/// Whether `answer` echoes the instructions of `template` (the prompt template, with its
+/// `{context}` and `{question}` placeholders) instead of answering: instruction clauses make
+/// up most of the answer, or the answer reproduces an instruction clause followed by the
+/// question itself, as the prompt ends. A clause that a passage also holds does not count
+/// towards the share (the answer may quote the passage), but the instruction followed by the
+/// user's question is an echo whatever the passages hold: no passage holds the question.
+pub fn echoes_instructions(
+    answer: &str,
+    question: &str,
+    passages: &[&str],
+    template: &str,
+) -> Option<Echo> {
+    let answer_n = squash(answer);
+    if answer_n.is_empty() {
+        return None;
+    }
+    let passages_n: Vec<String> = passages.iter().map(|p| squash(p)).collect();
+    let clauses = instruction_clauses(template);
+    let mut own: Vec<String> = Vec::new();
+    let mut covered = vec![false; answer_n.chars().count()];
+    let answer_chars: Vec<char> = answer_n.chars().collect();
+    let mut last_clause_end: Option<usize> = None;
+    for clause in &clauses {
+        let clause_chars: Vec<char> = clause.chars().collect();
+        let Some(start) = find_chars(&answer_chars, &clause_chars) else {
+            continue;
+        };
+        let end = start + clause_chars.len();
+        last_clause_end = Some(last_clause_end.map_or(end, |e: usize| e.max(end)));
+        if passages_n.iter().any(|p| p.contains(clause.as_str())) {
+            continue;
+        }
+        for c in &mut covered[start..end] {
+            *c = true;
+        }
+        own.push(clause.clone());
+    }
+    let share = covered.iter().filter(|&&c| c).count() as f64 / covered.len() as f64;
+    if !own.is_empty() && share >= ECHO_SHARE {
+        return Some(Echo {
+            reason: format!(
+                "{:.0}% of the answer is the prompt's instructions, which no passage holds",
+                share * 100.0
+            ),
+            clauses: own,
+        });
+    }
+    let question_n = squash(question);
+    if let Some(end) = last_clause_end {
+        let after: String = answer_chars[end..].iter().collect();
+        if question_n.chars().count() >= 2 && after.contains(question_n.as_str()) {
+            return Some(Echo {
+                reason: "the answer reproduces the prompt's instructions followed by the question"
+                    .to_owned(),
+                clauses: if own.is_empty() {
+                    clauses
+                        .iter()
+                        .filter(|c| answer_n.contains(c.as_str()))
+                        .cloned()
+                        .collect()
+                } else {
+                    own
+                },
+            });
+        }
+    }
+    None
+}
+
+/// The template's fixed text (placeholders left out) cut at punctuation into clauses, each
+/// whitespace-free and lower case; short ones left out.
+fn instruction_clauses(template: &str) -> Vec<String> {
+    let mut text = template.to_owned();
+    for placeholder in ["{context}", "{question}"] {
+        text = text.replace(placeholder, "\n");
+    }
+    // What the template quotes is what the model is told to say (the refusal), not an
+    // instruction to echo.
+    let mut unquoted = String::with_capacity(text.len());
+    let mut quoted = false;
+    for ch in text.chars() {
+        match ch {
+            '“' | '「' if !quoted => quoted = true,
+            '”' | '」' if quoted => {
+                quoted = false;
+                unquoted.push('\n');
+            }
+            _ if !quoted => unquoted.push(ch),
+            _ => {}
+        }
+    }
+    let text = unquoted;
+    let mut out: Vec<String> = Vec::new();
+    for piece in squash_keep_breaks(&text).split(|c: char| {
+        matches!(
+            c,
+            '\n' | '。'
+                | '，'
+                | ','
+                | '：'
+                | ':'
+                | '；'
+                | ';'
+                | '“'
+                | '”'
+                | '"'
+                | '!'
+                | '！'
+                | '?'
+                | '？'
+        )
+    }) {
+        if piece.chars().count() >= MIN_CLAUSE_CHARS && !out.iter().any(|c| c == piece) {
+            out.push(piece.to_owned());
+        }
+    }
+    out
+}
+
+fn find_chars(haystack: &[char], needle: &[char]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return None;
+    }
+    (0..=haystack.len() - needle.len()).find(|&i| haystack[i..i + needle.len()] == *needle)
+}
+
+/// Full width folded, whitespace removed, lower case.
+fn squash(text: &str) -> String {
+    fold_width(text)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// As [`squash`], keeping line breaks (they end clauses).
+fn squash_keep_breaks(text: &str) -> String {
+    fold_width(text)
+        .chars()
+        .filter(|c| *c == '\n' || !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Full-width ASCII forms and the ideographic space folded to ASCII.
+fn fold_width(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\u{3000}' => ' ',
+            // The full-width comma separates list items (128，256), never digit groups.
+            '\u{FF0C}' => c,
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Facts and their keys
+
+/// The units a quantity is compared in: spellings of one unit share a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Bare numbers and counts: K, M, B, T, 万, 亿 scale them; tokens, 词元 are counts too.
+    Count,
+    Gigabytes,
+    Megabytes,
+    Terabytes,
+    Kilobytes,
+    Bits,
+    Percent,
+    Seconds,
+    Milliseconds,
+    TokensPerSecond,
+    SecondsPerIteration,
+    IterationsPerSecond,
+    MillisecondsPerToken,
+    /// GPUs, cards: 张, 块, 台, 卡, GPU.
+    Cards,
+    /// 倍, x.
+    Times,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Count => "count",
+            Unit::Gigabytes => "GB",
+            Unit::Megabytes => "MB",
+            Unit::Terabytes => "TB",
+            Unit::Kilobytes => "KB",
+            Unit::Bits => "bit",
+            Unit::Percent => "%",
+            Unit::Seconds => "s",
+            Unit::Milliseconds => "ms",
+            Unit::TokensPerSecond => "token/s",
+            Unit::SecondsPerIteration => "s/it",
+            Unit::IterationsPerSecond => "it/s",
+            Unit::MillisecondsPerToken => "ms/token",
+            Unit::Cards => "cards",
+            Unit::Times => "times",
+        }
+    }
+}
+
+/// An ASCII unit word after a number: its class and the factor it scales a count by.
+fn ascii_unit(word: &str) -> Option<(Unit, f64)> {
+    Some(match word {
+        "g" | "gb" | "gib" => (Unit::Gigabytes, 1.0),
+        "mb" | "mib" => (Unit::Megabytes, 1.0),
+        "tb" | "tib" => (Unit::Terabytes, 1.0),
+        "kb" | "kib" => (Unit::Kilobytes, 1.0),
+        "k" => (Unit::Count, 1e3),
+        "m" => (Unit::Count, 1e6),
+        "b" => (Unit::Count, 1e9),
+        "t" => (Unit::Count, 1e12),
+        "token" | "tokens" => (Unit::Count, 1.0),
+        "bit" | "bits" => (Unit::Bits, 1.0),
+        "s" | "sec" => (Unit::Seconds, 1.0),
+        "ms" => (Unit::Milliseconds, 1.0),
+        "gpu" | "gpus" | "card" | "cards" => (Unit::Cards, 1.0),
+        "x" => (Unit::Times, 1.0),
+        _ => return None,
+    })
+}
+
+/// A rate written `a/b` after a number.
+fn ascii_rate(numerator: &str, denominator: &str) -> Option<Unit> {
+    Some(match (numerator, denominator) {
+        ("token" | "tokens" | "tok" | "t", "s") => Unit::TokensPerSecond,
+        ("s", "it") => Unit::SecondsPerIteration,
+        ("it", "s") => Unit::IterationsPerSecond,
+        ("ms", "tok" | "token") => Unit::MillisecondsPerToken,
+        _ => return None,
+    })
+}
+
+/// A CJK unit or measure word after a number: its class, the factor, and its length.
+fn cjk_unit(rest: &[char]) -> Option<(Unit, f64, usize)> {
+    let first = *rest.first()?;
+    let second = rest.get(1).copied();
+    Some(match (first, second) {
+        ('亿', _) => (Unit::Count, 1e8, 1),
+        ('万', _) => (Unit::Count, 1e4, 1),
+        ('张' | '块' | '台' | '卡', _) => (Unit::Cards, 1.0, 1),
+        ('倍', _) => (Unit::Times, 1.0, 1),
+        ('秒', _) => (Unit::Seconds, 1.0, 1),
+        ('毫', Some('秒')) => (Unit::Milliseconds, 1.0, 2),
+        ('词', Some('元')) | ('令', Some('牌')) => (Unit::Count, 1.0, 2),
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Key {
+    Quantity {
+        value: f64,
+        unit: Unit,
+        bare: bool,
+    },
+    /// A version (without its leading v), or a name in lower case with `_` as `-`.
+    Literal(String),
+    Setting {
+        name: String,
+        value: Option<String>,
+    },
+}
+
+/// A fact with the line it was found on.
+#[derive(Debug, Clone)]
+struct Spanned {
+    fact: Fact,
+    line: usize,
+}
+
+/// Letter-only words that name a category rather than state a fact.
+const GENERIC_WORDS: &[&str] = &[
+    "ai", "api", "cpu", "gpu", "gpus", "http", "https", "id", "json", "llm", "ok", "pdf", "url",
+];
+
+fn is_run_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+}
+
+fn is_connector(c: char) -> bool {
+    matches!(c, '.' | '-' | '_')
+}
+
+fn is_cjk_numeral(c: char) -> bool {
+    matches!(
+        c,
+        '零' | '〇'
+            | '一'
+            | '二'
+            | '两'
+            | '三'
+            | '四'
+            | '五'
+            | '六'
+            | '七'
+            | '八'
+            | '九'
+            | '十'
+            | '百'
+            | '千'
+            | '万'
+            | '亿'
+    )
+}
+
+/// The value of a Chinese numeral (一百二十八, 两, 六十二亿); `None` when it is not one.
+fn cjk_numeral_value(chars: &[char]) -> Option<f64> {
+    let digit = |c: char| -> Option<f64> {
+        Some(match c {
+            '零' | '〇' => 0.0,
+            '一' => 1.0,
+            '二' | '两' => 2.0,
+            '三' => 3.0,
+            '四' => 4.0,
+            '五' => 5.0,
+            '六' => 6.0,
+            '七' => 7.0,
+            '八' => 8.0,
+            '九' => 9.0,
+            _ => return None,
+        })
+    };
+    let mut total = 0.0;
+    let mut section = 0.0;
+    let mut current: Option<f64> = None;
+    let mut any_digit = false;
+    for &c in chars {
+        if let Some(d) = digit(c) {
+            current = Some(d);
+            any_digit = true;
+            continue;
+        }
+        let scale = match c {
+            '十' => 10.0,
+            '百' => 100.0,
+            '千' => 1000.0,
+            '万' => 1e4,
+            '亿' => 1e8,
+            _ => return None,
+        };
+        if scale >= 1e4 {
+            total = (total + section + current.unwrap_or(0.0)) * scale;
+            section = 0.0;
+        } else {
+            section += current.unwrap_or(1.0) * scale;
+        }
+        current = None;
+    }
+    any_digit
+        .then(|| total + section + current.unwrap_or(0.0))
+        .or_else(|| (chars == ['十']).then_some(10.0))
+}
+
+/// The facts of `text` (full width folded), each with its line. Bare single digits are facts
+/// only with `single_digits` (in a passage, a table cell or a bit width; in an answer, a list
+/// marker).
+fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
+    let c: Vec<char> = text.chars().collect();
+    let n = c.len();
+    let mut out = Vec::new();
+    let mut line = 0usize;
+    let mut in_code = false;
+    let mut i = 0usize;
+    let skip_blanks = |mut j: usize| {
+        while j < n && (c[j] == ' ' || c[j] == '\t') {
+            j += 1;
+        }
+        j
+    };
+    while i < n {
+        let ch = c[i];
+        if ch == '\n' {
+            line += 1;
+            i += 1;
+            continue;
+        }
+        if ch == '`' {
+            in_code = !in_code;
+            i += 1;
+            continue;
+        }
+        let after_boundary = i == 0 || !(is_run_char(c[i - 1]) || is_connector(c[i - 1]));
+        // A long flag: --name, with a value after a space or `=` when one follows.
+        if ch == '-'
+            && i + 2 < n
+            && c[i + 1] == '-'
+            && c[i + 2].is_ascii_alphabetic()
+            && (i == 0 || !(is_run_char(c[i - 1]) || c[i - 1] == '-'))
+        {
+            let (name, end) = read_run(&c, i + 2);
+            let (value, end) = read_value(&c, end);
+            out.push(Spanned {
+                fact: Fact {
+                    text: c[i..end].iter().collect::<String>().trim_end().to_owned(),
+                    kind: FactKind::Flag,
+                    key: Key::Setting {
+                        name: canonical_name(&name),
+                        value: value.map(|v| v.to_ascii_lowercase()),
+                    },
+                },
+                line,
+            });
+            i = end;
+            continue;
+        }
+        if ch.is_ascii_alphanumeric() && after_boundary {
+            let (run, end) = read_run(&c, i);
+            let (fact, end) = classify_run(&c, i, &run, end, in_code, single_digits);
+            if let Some(fact) = fact {
+                out.push(Spanned { fact, line });
+            }
+            i = end;
+            continue;
+        }
+        if is_cjk_numeral(ch)
+            || (ch == '单' && matches!(c.get(i + 1), Some('张' | '块' | '台' | '卡')))
+        {
+            let mut j = i;
+            if ch == '单' {
+                j += 1;
+            } else {
+                while j < n && is_cjk_numeral(c[j]) {
+                    j += 1;
+                }
+            }
+            let value = if ch == '单' {
+                Some(1.0)
+            } else {
+                cjk_numeral_value(&c[i..j])
+            };
+            if let Some(value) = value {
+                let k = skip_blanks(j);
+                if let Some((unit, factor, end)) = unit_after(&c, k) {
+                    // 一 before a measure word is mostly an article (一张图); before a
+                    // memory unit it is a figure.
+                    if value != 1.0 || matches!(unit, Unit::Gigabytes | Unit::Megabytes) {
+                        out.push(Spanned {
+                            fact: Fact {
+                                text: c[i..end].iter().collect(),
+                                kind: FactKind::Quantity,
+                                key: Key::Quantity {
+                                    value: value * factor,
+                                    unit,
+                                    bare: false,
+                                },
+                            },
+                            line,
+                        });
+                    }
+                    i = end;
+                    continue;
+                }
+            }
+            i = j.max(i + 1);
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A run of ASCII letters and digits joined by `.`, `-`, `_` (a connector only between two
+/// run characters), and `,` between digit groups of three.
+fn read_run(c: &[char], start: usize) -> (String, usize) {
+    let n = c.len();
+    let mut j = start;
+    let mut run = String::new();
+    while j < n {
+        let joins = is_connector(c[j]) && j + 1 < n && is_run_char(c[j + 1]) && !run.is_empty();
+        if is_run_char(c[j]) || joins {
+            run.push(c[j]);
+            j += 1;
+        } else if c[j] == ','
+            && run.chars().all(|d| d.is_ascii_digit())
+            && !run.is_empty()
+            && c[j + 1..]
+                .iter()
+                .take(3)
+                .filter(|d| d.is_ascii_digit())
+                .count()
+                == 3
+            && c.get(j + 4).is_none_or(|d| !d.is_ascii_digit())
+        {
+            run.extend(c[j + 1..j + 4].iter());
+            j += 4;
+        } else {
+            break;
+        }
+    }
+    (run, j)
+}
+
+/// The value after a flag or a setting: a run after blanks or `=` (or `: `), on the same line.
+fn read_value(c: &[char], mut j: usize) -> (Option<String>, usize) {
+    let n = c.len();
+    let start = j;
+    let mut separated = false;
+    while j < n && matches!(c[j], ' ' | '\t' | '=' | ':') {
+        separated = true;
+        j += 1;
+    }
+    if !separated || j >= n || !(c[j].is_ascii_alphanumeric() || c[j] == '.') {
+        return (None, start);
+    }
+    let mut end = j;
+    while end < n && (c[end].is_ascii_alphanumeric() || matches!(c[end], '.' | '_' | '-' | '/')) {
+        end += 1;
+    }
+    let value: String = c[j..end].iter().collect();
+    (Some(value), end)
+}
+
+/// A unit right after a number at `k` (blanks skipped by the caller): ASCII word, rate,
+/// `%`, or CJK unit. Returns its class, factor and where it ends.
+fn unit_after(c: &[char], k: usize) -> Option<(Unit, f64, usize)> {
+    let n = c.len();
+    if k >= n {
+        return None;
+    }
+    if c[k] == '%' {
+        return Some((Unit::Percent, 1.0, k + 1));
+    }
+    if c[k].is_ascii_alphabetic() {
+        let mut end = k;
+        while end < n && c[end].is_ascii_alphabetic() {
+            end += 1;
+        }
+        let word: String = c[k..end].iter().collect::<String>().to_ascii_lowercase();
+        if end < n && c[end] == '/' {
+            let mut e2 = end + 1;
+            while e2 < n && c[e2].is_ascii_alphabetic() {
+                e2 += 1;
+            }
+            let denominator = c[end + 1..e2]
+                .iter()
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if let Some(unit) = ascii_rate(&word, &denominator) {
+                return Some((unit, 1.0, e2));
+            }
+        }
+        // A unit word ends there: 6GB显存, 6 GB, not 6 Gradio.
+        if end < n && c[end].is_ascii_alphanumeric() {
+            return None;
+        }
+        return ascii_unit(&word).map(|(u, f)| (u, f, end));
+    }
+    cjk_unit(&c[k..]).map(|(u, f, len)| (u, f, k + len))
+}
+
+/// Classifies the run `run` at `start..end`; returns the fact, if it is one, and where the
+/// scan goes on.
+fn classify_run(
+    c: &[char],
+    start: usize,
+    run: &str,
+    end: usize,
+    in_code: bool,
+    single_digits: bool,
+) -> (Option<Fact>, usize) {
+    let text_of = |e: usize| c[start..e].iter().collect::<String>();
+    let lower = run.to_ascii_lowercase();
+    let first = run.chars().next().unwrap_or(' ');
+    if first.is_ascii_digit() {
+        let numeric: String = {
+            let mut s = String::new();
+            let chars: Vec<char> = run.chars().collect();
+            for (k, &ch) in chars.iter().enumerate() {
+                if ch.is_ascii_digit()
+                    || (ch == '.' && chars.get(k + 1).is_some_and(|d| d.is_ascii_digit()))
+                {
+                    s.push(ch);
+                } else {
+                    break;
+                }
+            }
+            s
+        };
+        let rest = lower[numeric.len()..].trim_start_matches('-').to_owned();
+        let dots = numeric.matches('.').count();
+        if dots >= 2 {
+            return (
+                Some(Fact {
+                    text: text_of(end),
+                    kind: FactKind::Version,
+                    key: Key::Literal(lower.clone()),
+                }),
+                end,
+            );
+        }
+        let value: f64 = numeric.parse().unwrap_or(f64::NAN);
+        if rest.is_empty() {
+            let before_rate = preceded_by_per_second(c, start);
+            let k = {
+                let mut k = end;
+                while k < c.len() && (c[k] == ' ' || c[k] == '\t') {
+                    k += 1;
+                }
+                k
+            };
+            if let Some((mut unit, factor, unit_end)) = unit_after(c, k) {
+                if before_rate && unit == Unit::Count && factor == 1.0 {
+                    unit = Unit::TokensPerSecond;
+                }
+                return (
+                    Some(Fact {
+                        text: text_of(unit_end),
+                        kind: FactKind::Quantity,
+                        key: Key::Quantity {
+                            value: value * factor,
+                            unit,
+                            bare: false,
+                        },
+                    }),
+                    unit_end,
+                );
+            }
+            // One bare digit is a list marker or an article, not a key fact.
+            let is_fact = single_digits || numeric.len() >= 2;
+            return (
+                is_fact.then(|| Fact {
+                    text: text_of(end),
+                    kind: FactKind::Number,
+                    key: Key::Quantity {
+                        value,
+                        unit: Unit::Count,
+                        bare: true,
+                    },
+                }),
+                end,
+            );
+        }
+        // 6gb, 4-bit, 128tokens/s
+        let (rest_word, rest_tail) = match rest.find(|ch: char| !ch.is_ascii_alphabetic()) {
+            Some(p) => (&rest[..p], &rest[p..]),
+            None => (rest.as_str(), ""),
+        };
+        if rest_tail.is_empty() {
+            if end < c.len()
+                && c[end] == '/'
+                && let Some((unit, _, unit_end)) = unit_after(c, start + numeric.len())
+            {
+                return (
+                    Some(Fact {
+                        text: text_of(unit_end),
+                        kind: FactKind::Quantity,
+                        key: Key::Quantity {
+                            value,
+                            unit,
+                            bare: false,
+                        },
+                    }),
+                    unit_end,
+                );
+            }
+            if let Some((unit, factor)) = ascii_unit(rest_word) {
+                return (
+                    Some(Fact {
+                        text: text_of(end),
+                        kind: FactKind::Quantity,
+                        key: Key::Quantity {
+                            value: value * factor,
+                            unit,
+                            bare: false,
+                        },
+                    }),
+                    end,
+                );
+            }
+        }
+        // 3090ti, 2xa100: a name.
+        return (
+            Some(Fact {
+                text: text_of(end),
+                kind: FactKind::ModelName,
+                key: Key::Literal(canonical_name(&lower)),
+            }),
+            end,
+        );
+    }
+    // v0.7.0
+    if (first == 'v' || first == 'V')
+        && run.len() > 1
+        && run[1..].chars().all(|ch| ch.is_ascii_digit() || ch == '.')
+        && run[1..].starts_with(|ch: char| ch.is_ascii_digit())
+        && run.contains('.')
+    {
+        return (
+            Some(Fact {
+                text: text_of(end),
+                kind: FactKind::Version,
+                key: Key::Literal(lower[1..].to_owned()),
+            }),
+            end,
+        );
+    }
+    // A snake_case setting with its value: lora_alpha=32, neftune_noise_alpha: 5.
+    if run.contains('_') {
+        let (value, value_end) = read_value(c, end);
+        let is_setting =
+            value.is_some() && c[end..value_end].iter().any(|&ch| ch == '=' || ch == ':');
+        if is_setting {
+            return (
+                Some(Fact {
+                    text: text_of(value_end),
+                    kind: FactKind::Flag,
+                    key: Key::Setting {
+                        name: canonical_name(run),
+                        value: value.map(|v| v.to_ascii_lowercase()),
+                    },
+                }),
+                value_end,
+            );
+        }
+    }
+    let has_digit = run.chars().any(|ch| ch.is_ascii_digit());
+    if has_digit {
+        return (
+            Some(Fact {
+                text: text_of(end),
+                kind: FactKind::ModelName,
+                key: Key::Literal(canonical_name(run)),
+            }),
+            end,
+        );
+    }
+    // In Chinese text a capitalised ASCII word names a product (Milvus, Gradio).
+    let capitalised = run.chars().any(|ch| ch.is_ascii_uppercase());
+    let is_identifier = (in_code || capitalised || run.contains(['_', '.']))
+        && !GENERIC_WORDS.contains(&lower.as_str())
+        && run.len() >= 2;
+    (
+        is_identifier.then(|| Fact {
+            text: text_of(end),
+            kind: FactKind::Identifier,
+            key: Key::Literal(canonical_name(run)),
+        }),
+        end,
+    )
+}
+
+/// 每秒 right before the number at `start` (blanks between allowed): its count is a rate.
+fn preceded_by_per_second(c: &[char], start: usize) -> bool {
+    let mut j = start;
+    while j > 0 && (c[j - 1] == ' ' || c[j - 1] == '\t') {
+        j -= 1;
+    }
+    j >= 2 && c[j - 2] == '每' && c[j - 1] == '秒'
+}
+
+/// A name compared across spellings: lower case, `_` as `-`.
+fn canonical_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+// ---------------------------------------------------------------------------------------
+// The passages' side
+
+/// One passage (or the question): its lines, their facts, and where its markdown tables are.
+struct Source {
+    /// Each line in lower case, full width folded, `_` as `-`.
+    lines: Vec<String>,
+    /// Facts per line, and the parts of hyphenated names (Qwen-7B states 7B).
+    facts: Vec<Vec<Key>>,
+    /// For each line in a markdown table: the index of the table's first line.
+    table_of: Vec<Option<usize>>,
+    /// For each line in an HTML table: the lines of the table. Its rows span lines, so its
+    /// numbers are not checked by row; its header names their unit.
+    html_table_of: Vec<Option<(usize, usize)>>,
+    /// For each line: the markdown headings above it, nearest first, each of a higher level
+    /// than the one before it (the line's heading path).
+    headings_of: Vec<Vec<usize>>,
+    /// Lines that are markdown headings.
+    is_heading: Vec<bool>,
+}
+
+impl Source {
+    fn new(text: &str) -> Self {
+        let folded = fold_width(text);
+        let raw_lines: Vec<&str> = folded.split('\n').collect();
+        let mut facts: Vec<Vec<Key>> = vec![Vec::new(); raw_lines.len()];
+        for s in scan(&folded, true) {
+            if let Some(slot) = facts.get_mut(s.line) {
+                if let Key::Literal(name) = &s.fact.key {
+                    for part in name.split('-').filter(|p| !p.is_empty()) {
+                        for sub in scan(part, true) {
+                            if let Key::Quantity { .. } = sub.fact.key {
+                                slot.push(sub.fact.key);
+                            }
+                        }
+                    }
+                }
+                slot.push(s.fact.key);
+            }
+        }
+        let mut table_of = vec![None; raw_lines.len()];
+        let mut current: Option<usize> = None;
+        for (k, l) in raw_lines.iter().enumerate() {
+            if l.trim_start().starts_with('|') {
+                let first = *current.get_or_insert(k);
+                table_of[k] = Some(first);
+            } else {
+                current = None;
+            }
+        }
+        let lines: Vec<String> = raw_lines.iter().map(|l| canonical_name(l)).collect();
+        let mut html_table_of = vec![None; lines.len()];
+        let mut open: Option<usize> = None;
+        for (k, l) in lines.iter().enumerate() {
+            if open.is_none() && l.contains("<table") {
+                open = Some(k);
+            }
+            if let Some(start) = open
+                && l.contains("</table")
+            {
+                for slot in &mut html_table_of[start..=k] {
+                    *slot = Some((start, k));
+                }
+                open = None;
+            }
+        }
+        let level = |l: &str| {
+            let t = l.trim_start();
+            let hashes = t.chars().take_while(|&ch| ch == '#').count();
+            (hashes > 0 && t[hashes..].starts_with(' ')).then_some(hashes)
+        };
+        let is_heading: Vec<bool> = lines.iter().map(|l| level(l).is_some()).collect();
+        let mut headings_of = vec![Vec::new(); lines.len()];
+        let mut path: Vec<(usize, usize)> = Vec::new();
+        for (k, l) in lines.iter().enumerate() {
+            headings_of[k] = path.iter().rev().map(|&(line, _)| line).collect();
+            if let Some(lv) = level(l) {
+                path.retain(|&(_, upper)| upper < lv);
+                path.push((k, lv));
+            }
+        }
+        Self {
+            lines,
+            facts,
+            table_of,
+            html_table_of,
+            headings_of,
+            is_heading,
+        }
+    }
+
+    /// Whether line `k` is a table's header or its separator row (`|---|`).
+    fn is_table_head(&self, k: usize) -> bool {
+        match self.table_of.get(k).copied().flatten() {
+            Some(first) => {
+                k == first
+                    || self.lines[k]
+                        .chars()
+                        .all(|ch| matches!(ch, '|' | '-' | ':' | ' ' | '\t'))
+            }
+            None => false,
+        }
+    }
+
+    /// The body rows of the table starting at `first`.
+    fn table_body(&self, first: usize) -> Vec<usize> {
+        (first..self.lines.len())
+            .take_while(|&k| self.table_of[k] == Some(first))
+            .filter(|&k| !self.is_table_head(k))
+            .collect()
+    }
+}
+
+/// `needle` in `hay` with no ASCII letter or digit on either side.
+fn contains_word(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return false;
+    }
+    let mut from = 0;
+    while let Some(p) = hay[from..].find(needle) {
+        let start = from + p;
+        let end = start + needle.len();
+        let before_ok = hay[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|ch| !ch.is_ascii_alphanumeric());
+        let after_ok = hay[end..]
+            .chars()
+            .next()
+            .is_none_or(|ch| !ch.is_ascii_alphanumeric());
+        if before_ok && after_ok {
+            return true;
+        }
+        from = start + hay[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    false
+}
+
+fn same_value(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Whether line `k` of `source` states the quantity `value unit`: the same unit (any
+/// spelling), or, for a bare number in the answer, any unit; or a bare number on a line (or
+/// under a table header) that names the unit.
+fn line_states_quantity(source: &Source, k: usize, value: f64, unit: Unit, bare: bool) -> bool {
+    let names_unit = |line: usize| {
+        source.facts[line]
+            .iter()
+            .any(|f| matches!(f, Key::Quantity { unit: u, bare: false, .. } if *u == unit))
+            || unit_spelled_in(&source.lines[line], unit)
+    };
+    let html_header_names_unit = |line: usize| {
+        source.html_table_of[line].is_some_and(|(start, end)| {
+            (start..=end).any(|l| unit_spelled_in(&source.lines[l], unit))
+        })
+    };
+    source.facts[k].iter().any(|f| match f {
+        Key::Quantity {
+            value: v,
+            unit: u,
+            bare: b,
+        } => {
+            same_value(*v, value)
+                && (bare
+                    || *u == unit
+                    || (*b
+                        && (names_unit(k)
+                            || source.table_of[k].is_some_and(&names_unit)
+                            || html_header_names_unit(k))))
+        }
+        _ => false,
+    })
+}
+
+/// A table header or a line naming a unit without a number: 显存（GB）.
+fn unit_spelled_in(line: &str, unit: Unit) -> bool {
+    let words: &[&str] = match unit {
+        Unit::Gigabytes => &["gb", "gib"],
+        Unit::Megabytes => &["mb", "mib"],
+        Unit::TokensPerSecond => &["tokens/s", "token/s"],
+        Unit::Milliseconds => &["ms"],
+        Unit::Percent => &["%"],
+        _ => &[],
+    };
+    words.iter().any(|w| {
+        if w.chars().all(|ch| ch.is_ascii_alphanumeric()) {
+            contains_word(line, w)
+        } else {
+            line.contains(w)
+        }
+    })
+}
+
+fn line_states_literal(source: &Source, k: usize, literal: &str, kind: FactKind) -> bool {
+    let line = &source.lines[k];
+    match kind {
+        FactKind::Version => {
+            source.facts[k]
+                .iter()
+                .any(|f| matches!(f, Key::Literal(l) if l.trim_start_matches('v') == literal))
+                || contains_word(line, literal)
+        }
+        _ => contains_word(line, literal),
+    }
+}
+
+fn line_states_setting(source: &Source, k: usize, name: &str, value: Option<&str>) -> bool {
+    let line = &source.lines[k];
+    if !contains_word(line, name) {
+        return false;
+    }
+    match value {
+        None => true,
+        Some(v) => {
+            let v = canonical_name(v);
+            // After the name on the line: `--world_size 2`, `lora_alpha=32, # …`.
+            line.find(name)
+                .is_some_and(|p| contains_word(&line[p + name.len()..], &v))
+        }
+    }
+}
+
+/// What the question says that may tell table rows apart: a name (INT4, GLM-4-9B-0414) or a
+/// value (4-bit, 8000 tokens).
+#[derive(Debug, Clone, PartialEq)]
+enum Qualifier {
+    Name(String),
+    Value(f64),
+}
+
+impl Qualifier {
+    fn in_line(&self, source: &Source, k: usize) -> bool {
+        match self {
+            Qualifier::Name(name) => contains_word(&source.lines[k], name),
+            Qualifier::Value(value) => source.facts[k]
+                .iter()
+                .any(|f| matches!(f, Key::Quantity { value: v, .. } if same_value(*v, *value))),
+        }
+    }
+
+    /// A model name: names like it head the sections of a document (#### GLM-4-9B-0414).
+    fn is_model_name(&self) -> bool {
+        matches!(self, Qualifier::Name(name) if name.chars().any(|ch| ch.is_ascii_digit()))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Qualifier::Name(name) => name.clone(),
+            Qualifier::Value(value) => value.to_string(),
+        }
+    }
+}
+
+/// Why the table row `k` of `source` is not the one `qualifiers` pick, or `None` when it is:
+/// the row holds every qualifier that some rows of its table hold and others do not, and
+/// every model name that heads a section of the passage heads the row's section (or is in
+/// the row).
+fn wrong_row(source: &Source, k: usize, first: usize, qualifiers: &[Qualifier]) -> Option<String> {
+    let body = source.table_body(first);
+    let missing_in_row: Vec<&Qualifier> = qualifiers
+        .iter()
+        .filter(|q| {
+            let holding = body.iter().filter(|&&r| q.in_line(source, r)).count();
+            holding > 0 && holding < body.len() && !q.in_line(source, k)
+        })
+        .collect();
+    let label = row_label(&source.lines[k]);
+    if let Some(q) = missing_in_row.first() {
+        return Some(format!(
+            "the table row for {label}, not the row for {}",
+            q.describe()
+        ));
+    }
+    let headed_elsewhere = qualifiers.iter().find(|q| {
+        q.is_model_name()
+            && (0..source.lines.len()).any(|h| source.is_heading[h] && q.in_line(source, h))
+            && !q.in_line(source, k)
+            && !source.headings_of[first]
+                .iter()
+                .any(|&h| q.in_line(source, h))
+    });
+    headed_elsewhere.map(|q| {
+        let section = source.headings_of[first]
+            .first()
+            .map(|&h| {
+                source.lines[h]
+                    .trim_start_matches(['#', ' '])
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        format!(
+            "the table row for {label} under \"{section}\", not under the section for {}",
+            q.describe()
+        )
+    })
+}
+
+/// Why `fact` is unsupported, or `None` when a passage or the question states it.
+fn unsupported_reason(
+    fact: &Fact,
+    sources: &[Source],
+    question_index: usize,
+    qualifiers: &[Qualifier],
+) -> Option<String> {
+    let states = |source: &Source, k: usize| -> bool {
+        match &fact.key {
+            Key::Quantity { value, unit, bare } => {
+                line_states_quantity(source, k, *value, *unit, *bare)
+            }
+            Key::Literal(l) => line_states_literal(source, k, l, fact.kind),
+            Key::Setting { name, value } => line_states_setting(source, k, name, value.as_deref()),
+        }
+    };
+    let mut table_hits: Vec<(usize, usize)> = Vec::new();
+    for (s, source) in sources.iter().enumerate() {
+        for k in 0..source.lines.len() {
+            if !states(source, k) {
+                continue;
+            }
+            let in_table_body = source.table_of[k].is_some() && !source.is_table_head(k);
+            // Prose, a header, or the question itself states it.
+            if s == question_index || !in_table_body || !matches!(fact.key, Key::Quantity { .. }) {
+                return None;
+            }
+            table_hits.push((s, k));
+        }
+    }
+    if table_hits.is_empty() {
+        return Some(not_stated_reason(fact, sources));
+    }
+    // Only table rows state the number: it must sit in a row the question's qualifiers pick.
+    let mut wrong: Vec<String> = Vec::new();
+    for &(s, k) in &table_hits {
+        let source = &sources[s];
+        let Some(first) = source.table_of[k] else {
+            continue;
+        };
+        match wrong_row(source, k, first, qualifiers) {
+            None => return None,
+            Some(why) => {
+                if !wrong.contains(&why) {
+                    wrong.push(why);
+                }
+            }
+        }
+    }
+    Some(format!("{} is only in {}", fact.text, wrong.join("; ")))
+}
+
+/// The first cell of a table row, trimmed.
+fn row_label(line: &str) -> String {
+    line.trim()
+        .trim_start_matches('|')
+        .split('|')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn not_stated_reason(fact: &Fact, sources: &[Source]) -> String {
+    match (&fact.key, fact.kind) {
+        (Key::Quantity { value, unit, bare }, _) => {
+            // The passages' figures in the same unit, nearest first: what the answer
+            // probably misread.
+            let mut near: Vec<f64> = Vec::new();
+            if !bare {
+                for f in sources.iter().flat_map(|s| s.facts.iter().flatten()) {
+                    if let Key::Quantity {
+                        value: v,
+                        unit: u,
+                        bare: false,
+                    } = f
+                        && u == unit
+                        && v.is_finite()
+                        && !near.iter().any(|n| same_value(*n, *v))
+                    {
+                        near.push(*v);
+                    }
+                }
+            }
+            near.sort_by(|a, b| (a - value).abs().total_cmp(&(b - value).abs()));
+            let seen: Vec<String> = near
+                .iter()
+                .take(3)
+                .map(|v| format!("{v}{}", unit.name()))
+                .collect();
+            if seen.is_empty() {
+                format!("no passage states {}", fact.text)
+            } else {
+                format!(
+                    "no passage states {}; they give {}",
+                    fact.text,
+                    seen.join(", ")
+                )
+            }
+        }
+        (
+            Key::Setting {
+                name,
+                value: Some(_),
+            },
+            _,
+        ) if sources
+            .iter()
+            .any(|s| s.lines.iter().any(|l| contains_word(l, name))) =>
+        {
+            format!("the passages give {name} another value than {}", fact.text)
+        }
+        (_, FactKind::Flag) => format!("no passage has the flag or setting {}", fact.text),
+        (_, FactKind::Version) => format!("no passage names version {}", fact.text),
+        _ => format!("no passage names {}", fact.text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsupported(answer: &str, passages: &[&str], question: &str) -> Vec<String> {
+        check_answer(answer, passages, question)
+            .unsupported
+            .into_iter()
+            .map(|u| u.fact.text)
+            .collect()
+    }
+
+    fn verdict(answer: &str, passages: &[&str], question: &str) -> Verdict {
+        check_answer(answer, passages, question).verdict
+    }
+
+    fn assert_verdicts(passages: &[&str], question: &str, cases: &[(&str, Verdict)]) {
+        for (answer, expected) in cases {
+            assert_eq!(verdict(answer, passages, question), *expected, "{answer}");
+        }
+    }
+
+    fn kinds(text: &str) -> Vec<(String, FactKind)> {
+        extract_facts(text)
+            .into_iter()
+            .map(|f| (f.text, f.kind))
+            .collect()
+    }
+
+    // --- extraction ---
+
+    #[test]
+    fn extracts_each_kind_of_key_fact() {
+        let facts = kinds(
+            "用 `--quantize 4` 加载 ChatGLM-6B 的 INT4 模型需要 6GB 显存，transformers 4.49.0，\
+             每秒 128 token，两张卡，lora_alpha=32，模板填 `vicuna`，共 2048 个。",
+        );
+        let expect = [
+            ("--quantize 4", FactKind::Flag),
+            ("ChatGLM-6B", FactKind::ModelName),
+            ("INT4", FactKind::ModelName),
+            ("6GB", FactKind::Quantity),
+            ("4.49.0", FactKind::Version),
+            ("128 token", FactKind::Quantity),
+            ("两张", FactKind::Quantity),
+            ("lora_alpha=32", FactKind::Flag),
+            ("vicuna", FactKind::Identifier),
+            ("2048", FactKind::Number),
+        ];
+        for (text, kind) in expect {
+            assert!(
+                facts.iter().any(|(t, k)| t == text && *k == kind),
+                "{text} as {kind:?} not in {facts:?}"
+            );
+        }
+        // List markers, single digits and plain prose are not key facts.
+        assert!(kinds("1. 先安装依赖\n2. 再运行 python 脚本").is_empty());
+    }
+
+    // --- one test per rule ---
+
+    #[test]
+    fn numbers_with_units_match_across_spellings_and_only_their_value() {
+        let passage =
+            "INT4 量化级别下最低只需 6 GB 显存，生成速度 24.4 tokens/s，首 Token 延迟 0.16s。";
+        for answer in [
+            "需要 6GB 显存",
+            "需要 6G 显存",
+            "需要 6 GiB",
+            "需要６ＧＢ显存",
+            "速度是 24.4 token/s",
+            "每秒 24.4 token",
+            "延迟 0.16 s",
+        ] {
+            assert_eq!(
+                verdict(answer, &[passage], ""),
+                Verdict::Supported,
+                "{answer}"
+            );
+        }
+        assert_eq!(unsupported("需要 6MB", &[passage], ""), ["6MB"]);
+        assert_eq!(unsupported("需要 16GB", &[passage], ""), ["16GB"]);
+        assert_eq!(
+            unsupported("生成速度能达到每秒 128 token", &[passage], ""),
+            ["128 token"]
+        );
+        // 62 亿 and 6.2B are one count.
+        assert!(unsupported("有 6.2B 参数", &["具有 62 亿参数"], "").is_empty());
+    }
+
+    #[test]
+    fn versions_must_match_exactly_with_or_without_v() {
+        let passage = "本流程将使用 v0.7.0 Release 版本；transformers 至少 4.49.0，推荐 4.50.0。";
+        assert!(unsupported("用的是 0.7.0", &[passage], "").is_empty());
+        assert!(unsupported("用的是 v0.7.0，transformers 4.49.0", &[passage], "").is_empty());
+        assert_eq!(unsupported("用的是 v0.8.0", &[passage], ""), ["v0.8.0"]);
+        assert_eq!(unsupported("至少 4.49.1", &[passage], ""), ["4.49.1"]);
+    }
+
+    #[test]
+    fn flags_and_settings_need_their_name_and_value_in_a_passage() {
+        let passage = "python3 build.py -m chatglm3_6b --world_size 2 --output_dir trt_engines\n\
+                       请使用 `neftune_noise_alpha: 5` 参数启用 NEFTune。";
+        assert!(unsupported("加上 `--world_size 2`", &[passage], "").is_empty());
+        assert!(unsupported("加上 --world-size 2", &[passage], "").is_empty());
+        assert!(unsupported("设置 neftune_noise_alpha: 5", &[passage], "").is_empty());
+        assert_eq!(
+            unsupported("加上 --world_size 4", &[passage], ""),
+            ["--world_size 4"]
+        );
+        assert_eq!(
+            unsupported("加上 --quantize 4 即可", &[passage], ""),
+            ["--quantize 4"]
+        );
+        assert_eq!(unsupported("用 `--lora`", &[passage], ""), ["--lora"]);
+        let reason = &check_answer("neftune_noise_alpha=10", &[passage], "").unsupported[0].reason;
+        assert!(reason.contains("another value"), "{reason}");
+    }
+
+    #[test]
+    fn model_names_and_identifiers_match_case_and_separator_blind() {
+        let passage = "可以选择 chatglm3_6b 或 THUDM/chatglm3-6b-32k，量化后 ChatGLM3-6B 用 Int4；默认用 FAISS。";
+        assert!(unsupported("ChatGLM3-6B 支持 INT4，向量库 FAISS", &[passage], "").is_empty());
+        assert!(unsupported("模型 ChatGLM3-6B-32K", &[passage], "").is_empty());
+        assert_eq!(
+            unsupported("推荐 Qwen2.5-1.5B 和 Milvus", &[passage], ""),
+            ["Qwen2.5-1.5B", "Milvus"]
+        );
+        assert_eq!(
+            unsupported("模板参数应该填 `vicuna`", &[passage], ""),
+            ["vicuna"]
+        );
+        // A name inside a longer one is not a different name, but a prefix of a word is.
+        assert_eq!(unsupported("ChatGLM3-6", &[passage], ""), ["ChatGLM3-6"]);
+    }
+
+    #[test]
+    fn chinese_numerals_are_compared_with_digits() {
+        let passage = "LORA 微调: 1张显卡，占用 14082MiB；SFT 全量微调: 4张显卡平均分配，需要 6GB 显存 Need 2 GPUs。";
+        assert!(unsupported("需要六 GB 显存", &[passage], "").is_empty());
+        assert!(unsupported("要四张显卡", &[passage], "").is_empty());
+        assert!(unsupported("用两块 GPU", &[passage], "").is_empty());
+        assert!(unsupported("单卡即可", &[passage], "").is_empty());
+        assert_eq!(unsupported("要三张显卡", &[passage], ""), ["三张"]);
+        assert_eq!(unsupported("需要十三GB", &[passage], ""), ["十三GB"]);
+        assert!(unsupported("需要十三GB", &["FP16 需要 13 GB"], "").is_empty());
+        // 一 before a measure word is an article.
+        assert!(extract_facts("给出一张图").is_empty());
+    }
+
+    #[test]
+    fn the_question_supports_its_own_facts() {
+        let question = "在 INT4 量化级别下部署 ChatGLM-6B 最低需要多少显存？";
+        assert!(
+            unsupported(
+                "ChatGLM-6B 在 INT4 下需要 6GB",
+                &["最低只需 6GB 显存"],
+                question
+            )
+            .is_empty()
+        );
+    }
+
+    // --- the issue's failures ---
+
+    const CHATGLM_TABLE: &str = "| **量化等级**   | **最低 GPU 显存**（推理） | **最低 GPU 显存**（高效参数微调） |\n\
+        | -------------- | ------------------------- | --------------------------------- |\n\
+        | FP16（无量化） | 13 GB                     | 14 GB                             |\n\
+        | INT8           | 8 GB                     | 9 GB                             |\n\
+        | INT4           | 6 GB                      | 7 GB                              |";
+
+    #[test]
+    fn an_invented_72g_is_unsupported() {
+        let passages = [
+            "| GLM-4-9B-0414     | lora                 | 22G (Each GPU, Need 1 GPU)   |\n\
+             | GLM-4-9B-0414     | SFT (Zero3 method)   | 55G (Each GPU, Need 4 GPUs)  |",
+            "GLM-4-32B-0414 系列模型，320 亿参数。",
+        ];
+        let check = check_answer(
+            "最少需要准备 72G显存",
+            &passages,
+            "用 LLaMA-Factory 做 GLM-4-9B-0414 的 LoRA 微调要准备多少显存？",
+        );
+        assert_eq!(check.verdict, Verdict::UnsupportedKeyFact);
+        assert_eq!(check.unsupported.len(), 1);
+        let reason = &check.unsupported[0].reason;
+        assert!(
+            reason.contains("72G") && reason.contains("22GB"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_number_from_the_neighbouring_row_is_unsupported() {
+        let question = "INT4 量化下推理 ChatGLM-6B 最少要多少显存？";
+        let wrong = check_answer("INT4 量化下需要 13GB 显存。", &[CHATGLM_TABLE], question);
+        assert_eq!(wrong.verdict, Verdict::UnsupportedKeyFact);
+        let reason = &wrong.unsupported[0].reason;
+        assert!(
+            reason.contains("fp16") && reason.contains("int4"),
+            "{reason}"
+        );
+        let right = check_answer("INT4 量化下需要 6GB 显存。", &[CHATGLM_TABLE], question);
+        assert_eq!(right.verdict, Verdict::Supported, "{right:?}");
+        // Without a qualifier in the question, any row states it.
+        assert_eq!(
+            check_answer(
+                "需要 13GB 显存",
+                &[CHATGLM_TABLE],
+                "ChatGLM-6B 要多少显存？"
+            )
+            .verdict,
+            Verdict::Supported
+        );
+        // Stated in prose, a number is supported whatever the question qualifies.
+        let prose = "默认情况下，模型以 FP16 精度加载，运行上述代码需要大概 13GB 显存。";
+        assert_eq!(
+            verdict("需要 13GB", &[CHATGLM_TABLE, prose], question),
+            Verdict::Supported
+        );
+    }
+
+    #[test]
+    fn a_number_from_a_table_under_another_models_heading_is_unsupported() {
+        let passage = "#### GLM-4-32B-0414\n\n| 精度 | 显卡数量 | 显存占用 | 输入token数 |\n\
+            |------|------|-------|----------|\n| BF16 | 1 | 68 GB | 1000 |\n| BF16 | 1 | 72 GB | 8000 |\n\n\
+            #### GLM-4-9B-0414\n\n| 精度 | 显卡数量 | 显存占用 | 输入token数 |\n\
+            |------|------|-------|----------|\n| BF16 | 1 | 19 GB | 1000 |\n| BF16 | 1 | 25 GB | 8000 |";
+        let question = "GLM-4-9B-0414 用 BF16、输入 8000 个 token 时显存占用多少？";
+        let wrong = check_answer("显存占用为 72 GB。", &[passage], question);
+        assert_eq!(wrong.verdict, Verdict::UnsupportedKeyFact);
+        let reason = &wrong.unsupported[0].reason;
+        assert!(reason.contains("glm-4-32b-0414"), "{reason}");
+        // 19 GB is the right section but the 1000-token row: the question's 8000 picks the row.
+        assert_verdicts(
+            &[passage],
+            question,
+            &[
+                ("显存占用为 19 GB。", Verdict::UnsupportedKeyFact),
+                ("显存占用为 25 GB。", Verdict::Supported),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_bit_width_in_the_question_picks_its_row() {
+        let passage = "| 方法 | 精度 | 7B | 14B |\n| ---- | ---- | ---- | ---- |\n\
+            | Freeze/LoRA | 16 | 16GB | 32GB |\n| QLoRA | 8 | 10GB | 20GB |\n\
+            | QLoRA | 4 | 6GB | 12GB |\n| QLoRA | 2 | 4GB | 8GB |";
+        let question = "用 4-bit QLoRA 微调 7B 模型需要多少显存？";
+        assert_verdicts(
+            &[passage],
+            question,
+            &[
+                ("大约需要 6GB。", Verdict::Supported),
+                ("大约需要 10GB。", Verdict::UnsupportedKeyFact),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_bare_number_under_an_html_header_naming_the_unit_is_stated() {
+        let passage = "<table>\n<tr><th>Quantization</th><th>Speed (Tokens/s)</th><th>GPU Memory Usage</th></tr>\n\
+            <tr>\n<td>Int4</td>\n<td>50.09</td>\n<td>8.21GB</td>\n</tr>\n</table>";
+        assert!(unsupported("速度 50.09 tokens/s，显存 8.21GB", &[passage], "").is_empty());
+        assert_eq!(unsupported("显存 50.09GB", &[passage], ""), ["50.09GB"]);
+    }
+
+    #[test]
+    fn question_facts_no_passage_states_are_reported() {
+        let check = check_answer(
+            "在 RTX 4090 上约为 50.09 tokens/s。",
+            &["单张 A100 上 Int4 模型速度为 50.09 tokens/s。"],
+            "Qwen-7B-Chat-Int4 在 RTX 4090 上生成速度能到每秒多少 token？",
+        );
+        // The answer only repeats the question, so it is supported …
+        assert_eq!(check.verdict, Verdict::Supported);
+        // … but the question names what the passages never do.
+        let unstated: Vec<&str> = check
+            .question_unstated
+            .iter()
+            .map(|f| f.text.as_str())
+            .collect();
+        assert_eq!(unstated, ["Qwen-7B-Chat-Int4", "RTX", "4090"]);
+    }
+
+    #[test]
+    fn a_figure_from_another_sentence_is_unsupported() {
+        let question = "INT4 量化下对 ChatGLM-6B 做高效参数微调最低需要多少显存？";
+        let check = check_answer("最低需要 6.7G 显存", &[CHATGLM_TABLE], question);
+        assert_eq!(check.verdict, Verdict::UnsupportedKeyFact);
+        assert!(
+            check.unsupported[0].reason.contains("7GB"),
+            "{:?}",
+            check.unsupported
+        );
+        assert_eq!(
+            verdict("最低需要 7GB 显存", &[CHATGLM_TABLE], question),
+            Verdict::Supported
+        );
+    }
+
+    #[test]
+    fn no_input_panics() {
+        let long_numeral = "九".repeat(400) + "亿亿亿万万GB";
+        for text in [
+            "",
+            "--",
+            "--a",
+            "v",
+            "v.",
+            "1,",
+            "1,00",
+            "99999999999999999999999999999999999999999GB",
+            "1e999 0.0.0.0.0 ....---___",
+            "单",
+            "十",
+            "亿GB",
+            "｀－－ｘ＝",
+            long_numeral.as_str(),
+            "| | |\n|---|\n| 6 | x |",
+        ] {
+            let _ = check_answer(text, &[text, "| a | 6 GB |"], text);
+            let _ = echoes_instructions(text, text, &[text], text);
+        }
+    }
+
+    // --- echoed instructions ---
+
+    const ARTICLE: &str = "已知信息：\n{context}\n\n根据上述已知信息，简洁和专业的来回答用户的问题。\
+如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，\
+不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
+
+    #[test]
+    fn an_answer_that_is_the_instruction_is_an_echo() {
+        let question = "ChatGLM-6B 有多少参数？";
+        let passages = ["ChatGLM-6B 具有 62 亿参数。"];
+        let echo = echoes_instructions(
+            "根据上述已知信息，简洁和专业的来回答用户的问题，不允许在答案中添加编造成分。",
+            question,
+            &passages,
+            ARTICLE,
+        );
+        assert!(echo.is_some());
+        let with_question = echoes_instructions(
+            "根据上述已知信息，简洁和专业的来回答用户的问题。问题是：ChatGLM-6B 有多少参数？",
+            question,
+            &passages,
+            ARTICLE,
+        );
+        assert!(with_question.is_some());
+        assert_eq!(
+            echoes_instructions("ChatGLM-6B 具有 62 亿参数。", question, &passages, ARTICLE),
+            None
+        );
+        // A right answer that mentions one short instruction phrase is not an echo.
+        assert_eq!(
+            echoes_instructions(
+                "ChatGLM-6B 具有 62 亿参数，INT4 量化下最低只需 6GB 显存即可部署，适合消费级显卡。答案请使用中文",
+                question,
+                &passages,
+                ARTICLE,
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_passage_holding_the_instruction_lets_the_answer_quote_it() {
+        // The knowledge base is the article, which prints its own prompt template.
+        let passage = "本项目的 prompt 模板如下：已知信息：{context} 根据上述已知信息，简洁和专业的来回答用户的问题。\
+            如果无法从中得到答案，请说 “根据已知信息无法回答该问题”。另外，文本分割时 chunk_size 设为 500。";
+        let question = "文本分割的 chunk_size 设为多少？";
+        assert_eq!(
+            echoes_instructions("chunk_size 设为 500。", question, &[passage], ARTICLE),
+            None
+        );
+        // Quoting the template the passage prints, when asked for it, is an answer.
+        assert_eq!(
+            echoes_instructions(
+                "模板是：根据上述已知信息，简洁和专业的来回答用户的问题。",
+                "项目用的 prompt 模板是什么？",
+                &[passage],
+                ARTICLE
+            ),
+            None
+        );
+        // The instruction followed by the user's question is an echo even so.
+        assert!(
+            echoes_instructions(
+                "根据上述已知信息，简洁和专业的来回答用户的问题。问题是：文本分割的 chunk_size 设为多少？",
+                question,
+                &[passage],
+                ARTICLE
+            )
+            .is_some()
+        );
+    }
+}
