@@ -2,10 +2,48 @@
 
 use std::path::PathBuf;
 
-use crate::engine::{EngineConfig, KvDtype};
-use crate::error::GeneratorError;
-use crate::models::directory::AdapterRequest;
+use zhiku_lm::kv::KvDtype;
+use zhiku_lm::load::AdapterRequest;
+use zhiku_lm::{ComputePath, ModelSpec};
 pub use zhiku_models::Precision;
+
+use crate::engine::EngineConfig;
+use crate::error::GeneratorError;
+
+/// Element type of the KV cache on the CPU (`--kv-cache-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCacheDtype {
+    F32,
+    /// Half the memory; K/V are rounded to f16 when stored.
+    F16,
+}
+
+impl From<KvCacheDtype> for KvDtype {
+    fn from(d: KvCacheDtype) -> Self {
+        match d {
+            KvCacheDtype::F32 => KvDtype::F32,
+            KvCacheDtype::F16 => KvDtype::F16,
+        }
+    }
+}
+
+/// Which code runs the model on the CPU (`--compute-path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComputePathArg {
+    /// zhiku's CPU kernels (quantized matmuls, attention over a host KV cache).
+    Kernels,
+    /// candle's tensor ops, as on a GPU: slower on the CPU; for checking the GPU's code.
+    Tensors,
+}
+
+impl From<ComputePathArg> for ComputePath {
+    fn from(p: ComputePathArg) -> Self {
+        match p {
+            ComputePathArg::Kernels => ComputePath::Kernels,
+            ComputePathArg::Tensors => ComputePath::Tensors,
+        }
+    }
+}
 
 /// The model served when none is given: a small Qwen2.5 GGUF that answers Chinese RAG
 /// prompts on a CPU. `scripts/fetch-models qwen2.5-0.5b` puts it under `--models-dir`, where
@@ -95,8 +133,14 @@ pub struct GeneratorArgs {
     /// Element type of the KV cache on the CPU: f16 (as llama.cpp's default) halves its
     /// memory and the bytes a decode step reads from it; f32 keeps every rounding out of it
     /// (on a GPU the cache takes the model's dtype).
-    #[arg(long, env = "ZHIKU_GENERATOR_KV_CACHE_DTYPE", value_enum, default_value_t = KvDtype::F16)]
-    pub kv_cache_dtype: KvDtype,
+    #[arg(long, env = "ZHIKU_GENERATOR_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F16)]
+    pub kv_cache_dtype: KvCacheDtype,
+
+    /// Which code runs the model on the CPU: `kernels` (zhiku's quantized kernels and
+    /// attention, the fast path) or `tensors` (candle's tensor ops, the code a GPU runs, to
+    /// check it on a machine without one). Off the CPU it is always `tensors`.
+    #[arg(long, env = "ZHIKU_GENERATOR_COMPUTE_PATH", value_enum, default_value_t = ComputePathArg::Kernels)]
+    pub compute_path: ComputePathArg,
 
     /// Sequences decoded together in one batched step (continuous batching).
     #[arg(long, env = "ZHIKU_GENERATOR_MAX_BATCH_SIZE", default_value_t = 16)]
@@ -134,7 +178,8 @@ impl GeneratorArgs {
             max_prompt_bytes: 1 << 20,
             max_chat_messages: 1024,
             kv_cache_tokens: 16_384,
-            kv_cache_dtype: KvDtype::F16,
+            kv_cache_dtype: KvCacheDtype::F16,
+            compute_path: ComputePathArg::Kernels,
             max_batch_size: 16,
             prefill_chunk: 512,
             threads: None,
@@ -147,10 +192,8 @@ impl GeneratorArgs {
         EngineConfig {
             max_queued: self.max_queued_requests.max(1),
             max_batch: self.max_batch_size.max(1),
-            kv_cache_tokens: self
-                .kv_cache_tokens
-                .max(crate::engine::kv_cache::BLOCK_SIZE),
-            kv_dtype: self.kv_cache_dtype,
+            kv_cache_tokens: self.kv_cache_tokens.max(zhiku_lm::kv::BLOCK_SIZE),
+            kv_dtype: self.kv_cache_dtype.into(),
             prefill_chunk: self.prefill_chunk.max(1),
             prefix_cache: !self.no_prefix_cache,
         }
@@ -158,6 +201,25 @@ impl GeneratorArgs {
 }
 
 impl GeneratorArgs {
+    /// The model to load, as the model code takes it.
+    pub fn model_spec(&self) -> Result<ModelSpec, GeneratorError> {
+        let (device, _) = zhiku_models::parse_device(&self.device).map_err(GeneratorError::Load)?;
+        Ok(ModelSpec {
+            model: self.model.clone(),
+            gguf_file: self.gguf_file.clone(),
+            models_dir: self.models_dir.clone(),
+            device,
+            dtype: self.dtype.dtype(),
+            adapters: self.adapters()?,
+            compute: self.compute_path.into(),
+        })
+    }
+
+    /// Loads the model these flags name (blocking: call from a blocking thread).
+    pub fn load_model(&self) -> Result<zhiku_lm::LoadedModel, GeneratorError> {
+        Ok(zhiku_lm::load_model(&self.model_spec()?)?)
+    }
+
     /// The adapters to load, from `--lora NAME=DIR` and `--merge-lora DIR`.
     pub fn adapters(&self) -> Result<AdapterRequest, GeneratorError> {
         let attach = self

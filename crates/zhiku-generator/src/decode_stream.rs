@@ -4,7 +4,7 @@
 //! would give U+FFFD halves. Text is emitted only once the decoded tail is whole.
 
 use crate::error::GeneratorError;
-use crate::tokenizer::GenTokenizer;
+use zhiku_lm::tokenizer::GenTokenizer;
 
 pub struct DecodeStream {
     tokens: Vec<u32>,

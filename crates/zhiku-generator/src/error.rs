@@ -34,6 +34,23 @@ pub enum GeneratorError {
     Cancelled,
 }
 
+/// The model code's errors keep their meaning: a bad input stays a bad input.
+impl From<zhiku_lm::LmError> for GeneratorError {
+    fn from(e: zhiku_lm::LmError) -> Self {
+        use zhiku_lm::LmError as L;
+        match e {
+            L::Validation(m) => GeneratorError::Validation(m),
+            L::UnknownAdapter(m) => GeneratorError::UnknownAdapter(m),
+            L::UnsupportedModel(m) => GeneratorError::UnsupportedModel(m),
+            L::Load(m) => GeneratorError::Load(m),
+            L::ModelSource(e) => GeneratorError::ModelSource(e),
+            L::Template(m) => GeneratorError::Template(m),
+            L::Tokenizer(m) => GeneratorError::Tokenizer(m),
+            L::Inference(m) => GeneratorError::Inference(m),
+        }
+    }
+}
+
 impl From<candle_core::Error> for GeneratorError {
     fn from(e: candle_core::Error) -> Self {
         GeneratorError::Inference(e.to_string())

@@ -14,10 +14,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 use tokio::sync::oneshot;
-use zhiku_generator::lora::LoraAdapter;
-use zhiku_generator::models::CausalLm;
-use zhiku_generator::models::chatglm6b::{ChatGlm6b, ChatGlm6bConfig, position_ids};
 use zhiku_generator::{GeneratorArgs, GeneratorState};
+use zhiku_lm::CausalLm;
+use zhiku_lm::chatglm6b::{ChatGlm6b, ChatGlm6bConfig, position_ids};
+use zhiku_lm::lora::LoraAdapter;
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{GenerateRequest, GeneratorInfoRequest, SamplingParams, generate_request};
 use zhiku_runtime::ServerArgs;
@@ -280,7 +280,7 @@ const IMAGE_TOKENS: usize = 2;
 /// Returns the model and the piece index of each named piece.
 fn ice_text_model() -> (Vec<u8>, HashMap<String, usize>) {
     use common::{piece, sentencepiece_model};
-    use zhiku_generator::sentencepiece::piece_type;
+    use zhiku_lm::tokenizer::sentencepiece::piece_type;
     let mut pieces = vec![
         piece("<unk>", 0.0, piece_type::UNKNOWN),
         piece("<s>", 0.0, piece_type::CONTROL),

@@ -9,21 +9,22 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
-use zhiku_generator::engine::kv_cache::{KvCache, KvDtype};
-use zhiku_generator::lora::{LoraAdapter, prepare_for};
-use zhiku_generator::models::CausalLm;
-use zhiku_generator::models::decoder::{Batch, BatchModel, Decoder, Solo, qk_permutation};
-use zhiku_generator::models::families::{GgufTensors, gguf_decoder};
-use zhiku_generator::models::gguf::load_reference;
+use zhiku_lm::CausalLm;
+use zhiku_lm::decoder::prepare_adapter;
+use zhiku_lm::decoder::{Batch, BatchModel, Decoder, Solo, qk_permutation};
+use zhiku_lm::families::{GgufTensors, gguf_decoder};
+use zhiku_lm::kv::{KvCache, KvDtype};
+use zhiku_lm::lora::LoraAdapter;
+use zhiku_lm::reference::load_reference;
 
 use common::tiny_gguf::{HEAD_DIM, HEADS, HIDDEN, KV_HEADS, LAYERS, tiny_weights, write_tiny_gguf};
-use common::{max_abs_diff, write_adapter};
+use common::{max_abs_diff, worst, write_adapter};
 
 const PROMPT: &[u32] = &[17, 104, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 3];
 const FOLLOW: &[u32] = &[44, 200, 7, 99];
 
 fn ours(path: &Path, arch: &str) -> Decoder {
-    let mut gg = GgufTensors::open(path, &Device::Cpu).unwrap();
+    let mut gg = GgufTensors::open(path, &Device::Cpu, zhiku_lm::ComputePath::Kernels).unwrap();
     gguf_decoder(&mut gg, arch).unwrap()
 }
 
@@ -44,13 +45,6 @@ fn reference_logits(path: &Path) -> Vec<Tensor> {
         out.push(reference.forward(&[*t], PROMPT.len() + i).unwrap());
     }
     out
-}
-
-fn worst(a: &[Tensor], b: &[Tensor]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| max_abs_diff(x, y))
-        .fold(0.0, f32::max)
 }
 
 /// In f32, zhiku's decoder and candle's networks compute the same function: only
@@ -127,7 +121,7 @@ fn adapter(dir: &Path, name: &str, seed: u64, b_scale: f32, model: &Decoder) -> 
         &adapter_modules(),
     );
     let a = LoraAdapter::load(name, &path, candle_core::DType::F32, &Device::Cpu).unwrap();
-    Arc::new(prepare_for(a, model).unwrap())
+    Arc::new(prepare_adapter(a, model).unwrap())
 }
 
 /// The GGUF name of a Hugging Face module of the tiny Llama.
@@ -246,6 +240,7 @@ fn a_batch_gives_each_sequence_the_logits_it_gets_alone() {
         KvDtype::F32,
         &Device::Cpu,
         candle_core::DType::F32,
+        model.compute_path(),
     )
     .unwrap();
     let tables: Vec<Vec<u32>> = (0..prompts.len() as u32)
@@ -299,7 +294,7 @@ fn an_adapter_that_does_not_fit_is_refused_with_its_module() {
         &[("model.layers.0.self_attn.q_proj".into(), HIDDEN + 1, 64)],
     );
     let a = LoraAdapter::load("bad", &bad, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let err = prepare_for(a, &model).unwrap_err().to_string();
+    let err = prepare_adapter(a, &model).unwrap_err().to_string();
     assert!(err.contains("model.layers.0.self_attn.q_proj"), "{err}");
     let missing = dir.path().join("missing");
     write_adapter(
@@ -310,6 +305,6 @@ fn an_adapter_that_does_not_fit_is_refused_with_its_module() {
         &[("transformer.h.0.attn.c_attn".into(), HIDDEN, 64)],
     );
     let a = LoraAdapter::load("m", &missing, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let err = prepare_for(a, &model).unwrap_err().to_string();
+    let err = prepare_adapter(a, &model).unwrap_err().to_string();
     assert!(err.contains("matches no layer"), "{err}");
 }

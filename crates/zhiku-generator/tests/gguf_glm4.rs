@@ -7,7 +7,6 @@ mod common;
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorState};
 
 use common::tiny_gguf::vocabulary;
@@ -112,7 +111,7 @@ fn tiny_gguf_glm4_loads_and_generates_deterministically() {
     write_gguf(&path, 21);
     let args = GeneratorArgs::for_model(path.to_string_lossy().into_owned());
 
-    let loaded = load_model(&args).expect("the tiny GGUF loads");
+    let loaded = args.load_model().expect("the tiny GGUF loads");
     assert_eq!(loaded.info.architecture, "quantized-glm4");
     assert_eq!(loaded.info.dtype, "q8_0");
     assert_eq!(loaded.info.context_length, 128);

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
-use zhiku_generator::lora::LoraAdapter;
-use zhiku_generator::models::CausalLm;
-use zhiku_generator::models::decoder::{BatchModel, Solo};
-use zhiku_generator::models::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
-use zhiku_generator::models::glm::{GlmFamily, GlmModel};
-use zhiku_generator::models::load_model;
 use zhiku_generator::{GeneratorArgs, GeneratorError, GeneratorState};
+use zhiku_lm::CausalLm;
+use zhiku_lm::decoder::{BatchModel, Solo};
+use zhiku_lm::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
+use zhiku_lm::glm::GlmFamily;
+use zhiku_lm::lora::LoraAdapter;
+use zhiku_lm::reference::GlmModel;
 
 use common::{
     GLM4_SPECIALS, added_tokens_config, ask, chatglm_style_bpe_model, generate_ids, max_abs_diff,
@@ -293,15 +293,14 @@ fn glm4_0414_lora_merged_and_per_request_agree() {
     write_adapter(&zero, 1, 0.0, &["q_proj", "v_proj"], &modules);
     write_adapter(&trained, 2, 0.5, &["q_proj", "v_proj"], &modules);
     let prompt = [12u32, 13, 14, 15];
-    let logits = |loaded: &zhiku_generator::models::LoadedModel,
-                  adapter: Option<Arc<LoraAdapter>>| {
+    let logits = |loaded: &zhiku_lm::LoadedModel, adapter: Option<Arc<LoraAdapter>>| {
         solo_logits(loaded.model.batched().unwrap().as_ref(), &prompt, adapter)
     };
 
-    let base = logits(&load_model(&args(dir.path())).unwrap(), None);
+    let base = logits(&args(dir.path()).load_model().unwrap(), None);
     let mut zero_args = args(dir.path());
     zero_args.merge_lora = vec![zero.clone()];
-    let merged_zero = load_model(&zero_args).unwrap();
+    let merged_zero = zero_args.load_model().unwrap();
     assert_eq!(merged_zero.info.adapters.len(), 1);
     assert!(merged_zero.info.adapters[0].merged);
     // B = 0: W0 + 0 is W0 exactly.
@@ -309,12 +308,12 @@ fn glm4_0414_lora_merged_and_per_request_agree() {
 
     let mut trained_args = args(dir.path());
     trained_args.merge_lora = vec![trained.clone()];
-    let merged = logits(&load_model(&trained_args).unwrap(), None);
+    let merged = logits(&trained_args.load_model().unwrap(), None);
     assert!(max_abs_diff(&merged, &base) > 1e-3);
 
     let mut per_request = args(dir.path());
     per_request.lora = vec![format!("legal={}", trained.display())];
-    let loaded = load_model(&per_request).unwrap();
+    let loaded = per_request.load_model().unwrap();
     assert_eq!(loaded.info.adapters.len(), 1);
     assert!(!loaded.info.adapters[0].merged);
     let adapter = Arc::new(loaded.adapter_weights[0].clone());
@@ -339,13 +338,13 @@ fn glm4_0414_lora_merged_and_per_request_agree() {
     let mut stray_args = args(dir.path());
     stray_args.merge_lora = vec![stray.clone()];
     assert!(matches!(
-        load_model(&stray_args),
+        stray_args.load_model(),
         Err(GeneratorError::Load(_))
     ));
     let mut stray_args = args(dir.path());
     stray_args.lora = vec![format!("stray={}", stray.display())];
     assert!(matches!(
-        load_model(&stray_args),
+        stray_args.load_model(),
         Err(GeneratorError::Validation(_))
     ));
 }
@@ -359,7 +358,7 @@ fn unknown_model_types_are_refused_clearly() {
         json!({"model_type": "mamba"}).to_string(),
     )
     .unwrap();
-    match load_model(&args(dir.path())) {
+    match args(dir.path()).load_model() {
         Err(GeneratorError::UnsupportedModel(m)) => assert!(m.contains("mamba"), "{m}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a mamba config must be refused"),
@@ -440,7 +439,7 @@ fn stop_ids_come_from_config_and_generation_config() {
         json!({"eos_token_id": [0, 8], "do_sample": true}).to_string(),
     )
     .unwrap();
-    let loaded = load_model(&args(dir.path())).unwrap();
+    let loaded = args(dir.path()).load_model().unwrap();
     assert_eq!(loaded.tokenizer.eos_ids, [0, 7, 9, 8]);
     assert_eq!(loaded.tokenizer.eos.as_deref(), Some("<|endoftext|>"));
 }
@@ -519,4 +518,44 @@ fn hub_checkpoints_load_from_the_hub_cache_with_sharded_weights() {
         Ok(_) => panic!("an empty repository must not load"),
     };
     assert!(err.contains("HF_HUB_OFFLINE=1"), "{err}");
+}
+
+/// Every GLM family on the tensor path (what a GPU runs) gives the kernel path's logits, for
+/// a prompt prefilled in two chunks and each decoded token after it (f32: the paths differ
+/// only in the order of their sums).
+#[test]
+fn glm_families_give_the_same_logits_on_the_tensor_path() {
+    use zhiku_generator::config::ComputePathArg;
+    for family in [
+        GlmFamily::ChatGlm2,
+        GlmFamily::ChatGlm3,
+        GlmFamily::Glm4,
+        GlmFamily::Glm4_0414,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), family, 17);
+        let run = |compute: ComputePathArg| -> Vec<Tensor> {
+            let mut a = args(dir.path());
+            a.compute_path = compute;
+            let loaded = a.load_model().unwrap();
+            let model = loaded.model.batched().unwrap().as_ref();
+            let mut solo = Solo::new(model, 64).unwrap();
+            let mut out = vec![
+                solo.feed(model, &[12, 13, 14, 20]).unwrap(),
+                solo.feed(model, &[21, 22, 23]).unwrap(),
+            ];
+            for t in [30u32, 31, 15] {
+                out.push(solo.feed(model, &[t]).unwrap());
+            }
+            out
+        };
+        let kernels = run(ComputePathArg::Kernels);
+        let tensors = run(ComputePathArg::Tensors);
+        let worst = kernels
+            .iter()
+            .zip(&tensors)
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-4, "{family:?}: the paths differ by {worst}");
+    }
 }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file;
 use common::{byte_level_gguf_vocab, gguf_vocab};
-use zhiku_generator::template::{ChatTemplate, Message, Prompt, Role};
-use zhiku_generator::tokenizer::GenTokenizer;
+use zhiku_lm::template::{ChatTemplate, Message, Prompt, Role};
+use zhiku_lm::tokenizer::GenTokenizer;
 
 const CHATML: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 

@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use zhiku_generator::GeneratorArgs;
-use zhiku_generator::engine::KvDtype;
-use zhiku_generator::models::decoder::Solo;
-use zhiku_generator::models::families::{GgufTensors, gguf_decoder};
-use zhiku_generator::models::gguf::load_reference;
-use zhiku_generator::models::{CausalLm, load_model};
-use zhiku_generator::template::{Message, Role};
+use zhiku_lm::CausalLm;
+use zhiku_lm::decoder::Solo;
+use zhiku_lm::families::{GgufTensors, gguf_decoder};
+use zhiku_lm::kv::KvDtype;
+use zhiku_lm::reference::load_reference;
+use zhiku_lm::template::{Message, Role};
 
 use common::max_abs_diff;
 
@@ -74,10 +74,9 @@ struct GoldenModel {
 /// the same tokens, spread of the prompt's logits).
 fn compare(path: &Path, golden: &GoldenModel) -> (Vec<u32>, f32, f32, f32) {
     let arch = golden.architecture.as_str();
-    let loaded = load_model(&GeneratorArgs::for_model(
-        path.to_string_lossy().into_owned(),
-    ))
-    .unwrap();
+    let loaded = GeneratorArgs::for_model(path.to_string_lossy().into_owned())
+        .load_model()
+        .unwrap();
     let text = loaded
         .template
         .render(&[Message::new(Role::User, RAG_PROMPT.to_owned())])
@@ -89,7 +88,7 @@ fn compare(path: &Path, golden: &GoldenModel) -> (Vec<u32>, f32, f32, f32) {
         "{arch}: the prompt's ids changed: run scripts/greedy-golden"
     );
 
-    let mut gg = GgufTensors::open(path, &Device::Cpu).unwrap();
+    let mut gg = GgufTensors::open(path, &Device::Cpu, zhiku_lm::ComputePath::Kernels).unwrap();
     let ours = gguf_decoder(&mut gg, arch).unwrap();
     drop(gg);
     // An f16 cache, as the generator's default and llama.cpp's.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{chatglm_style_bpe_model, piece, sentencepiece_model};
-use zhiku_generator::sentencepiece::{
+use zhiku_lm::tokenizer::sentencepiece::{
     piece_type, tokenizer_from_model_bytes, tokenizer_from_model_file,
 };
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{added_tokens_config, tiktoken_file, tiktoken_ranks};
-use zhiku_generator::tiktoken::{
+use zhiku_lm::tokenizer::tiktoken::{
     added_tokens, looks_like_tiktoken, read_ranks, tokenizer_from_tiktoken,
 };
 

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use serde::Deserialize;
-use zhiku_generator::template::Prompt;
-use zhiku_generator::tokenizer::GenTokenizer;
+use zhiku_lm::template::Prompt;
+use zhiku_lm::tokenizer::GenTokenizer;
 
 #[derive(Deserialize)]
 struct Golden {

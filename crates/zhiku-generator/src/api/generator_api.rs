@@ -15,17 +15,13 @@ use zhiku_proto::v1::{
     AdapterInfo, CountTokensRequest, CountTokensResponse, FinishReason, GenerateRequest,
     GenerateResponse, GenerateStreamResponse, GeneratorInfoRequest, GeneratorInfoResponse,
     LoadAdapterRequest, TextChunk, UnloadAdapterRequest, UnloadAdapterResponse,
-    count_tokens_request, generate_request, generate_stream_response,
+    generate_stream_response,
 };
 use zhiku_runtime::Ready;
 
 use crate::GeneratorState;
-use crate::engine::{Completion, Event, Finish, Job};
+use crate::engine::{Completion, Event, Finish};
 use crate::error::GeneratorError;
-use crate::sampling::{
-    DEFAULT_REPEAT_LAST_N, DEFAULT_REPETITION_PENALTY, DEFAULT_SEED, SamplingConfig,
-};
-use crate::template::{Message, Prompt, Role};
 
 #[derive(Clone)]
 pub struct GeneratorApi {
@@ -58,257 +54,7 @@ fn deadline<T>(request: &Request<T>) -> Option<Instant> {
     zhiku_runtime::deadline::from_metadata(request.metadata())
 }
 
-fn role(role: i32) -> Result<Role, GeneratorError> {
-    use zhiku_proto::v1::Role as ProtoRole;
-    match ProtoRole::try_from(role) {
-        Ok(ProtoRole::System) => Ok(Role::System),
-        Ok(ProtoRole::User) | Ok(ProtoRole::Unspecified) => Ok(Role::User),
-        Ok(ProtoRole::Assistant) => Ok(Role::Assistant),
-        Err(_) => Err(GeneratorError::Validation(format!(
-            "message role {role} is not a Role: use ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
-        ))),
-    }
-}
-
 impl GeneratorState {
-    /// The prompt: a raw `prompt` is the caller's own trusted text (control tokens written
-    /// in it count, as in llama.cpp's completion endpoint); a `chat` is rendered with the
-    /// model's template, and its message contents are plain text: only the template's text
-    /// yields control tokens.
-    fn prompt_text(
-        &self,
-        prompt: Option<&str>,
-        chat: Option<&zhiku_proto::v1::Chat>,
-    ) -> Result<Prompt, GeneratorError> {
-        self.check_size(prompt, chat)?;
-        match (prompt, chat) {
-            (Some(""), _) => Err(GeneratorError::Validation(
-                "`prompt` is empty: send the text to continue, or use `chat`".into(),
-            )),
-            (Some(p), _) => Ok(Prompt::trusted(p)),
-            (None, Some(chat)) => {
-                let messages = chat
-                    .messages
-                    .iter()
-                    .map(|m| Ok(Message::new(role(m.role)?, m.content.clone())))
-                    .collect::<Result<Vec<_>, GeneratorError>>()?;
-                self.shared.template.render_prompt(&messages)
-            }
-            (None, None) => Err(GeneratorError::Validation(
-                "no input: set `prompt` (raw text) or `chat` (messages)".into(),
-            )),
-        }
-    }
-
-    /// Checks an input against --max-prompt-bytes and --max-chat-messages, before anything
-    /// is rendered, copied or tokenized for it.
-    fn check_size(
-        &self,
-        prompt: Option<&str>,
-        chat: Option<&zhiku_proto::v1::Chat>,
-    ) -> Result<(), GeneratorError> {
-        let max = self.max_prompt_bytes;
-        let bytes = match (prompt, chat) {
-            (Some(p), _) => p.len(),
-            (None, Some(chat)) => {
-                let n = chat.messages.len();
-                if n > self.max_chat_messages {
-                    return Err(GeneratorError::Validation(format!(
-                        "`chat` has {n} messages; at most {} are allowed \
-                         (--max-chat-messages): drop the oldest",
-                        self.max_chat_messages
-                    )));
-                }
-                chat.messages.iter().map(|m| m.content.len()).sum()
-            }
-            (None, None) => 0,
-        };
-        if bytes > max {
-            return Err(GeneratorError::Validation(format!(
-                "the input is {bytes} bytes; at most {max} are allowed (--max-prompt-bytes): \
-                 shorten it"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The ids Generate feeds the model for this input, validated: not empty, shorter than
-    /// the context. CountTokens counts the same ids.
-    pub fn encode_request(
-        &self,
-        prompt: Option<&str>,
-        chat: Option<&zhiku_proto::v1::Chat>,
-    ) -> Result<Vec<u32>, GeneratorError> {
-        self.encode_prompt(&self.prompt_text(prompt, chat)?)
-    }
-
-    /// How many ids [`Self::encode_request`] gives for this input, without its length checks
-    /// (a client counts to learn whether a prompt fits).
-    pub fn count_request_tokens(
-        &self,
-        prompt: Option<&str>,
-        chat: Option<&zhiku_proto::v1::Chat>,
-    ) -> Result<usize, GeneratorError> {
-        let prompt = self.prompt_text(prompt, chat)?;
-        Ok(self.shared.tokenizer.encode_prompt(&prompt)?.len())
-    }
-
-    /// The CountTokens answer (blocking: rendering and tokenizing are CPU work).
-    pub fn count(
-        &self,
-        request: &CountTokensRequest,
-    ) -> Result<CountTokensResponse, GeneratorError> {
-        let context_length = self.shared.info.context_length as u32;
-        let (prompt, chat) = match &request.input {
-            Some(count_tokens_request::Input::Prompt(p)) => (Some(p.as_str()), None),
-            Some(count_tokens_request::Input::Chat(c)) => (None, Some(c)),
-            None => (None, None),
-        };
-        let text = self.prompt_text(prompt, chat)?;
-        let tokens = self.shared.tokenizer.encode_prompt(&text)?.len();
-        let without_first = match chat {
-            Some(chat) if request.without_first => self.without_first(chat, &text, tokens)?,
-            _ => Vec::new(),
-        };
-        Ok(CountTokensResponse {
-            tokens: tokens as u32,
-            context_length,
-            without_first,
-        })
-    }
-
-    /// Entry k: the tokens of `chat` without its first k messages, from the one rendering
-    /// `text` (of `tokens` tokens): the text from one message's content to the next one's is
-    /// what dropping that message takes away.
-    fn without_first(
-        &self,
-        chat: &zhiku_proto::v1::Chat,
-        text: &Prompt,
-        tokens: usize,
-    ) -> Result<Vec<u32>, GeneratorError> {
-        let n = chat.messages.len();
-        let starts = text.message_starts();
-        let in_order = starts.len() == n
-            && starts.iter().enumerate().all(|(i, &(m, _))| m == i)
-            && starts.windows(2).all(|w| w[0].1 <= w[1].1);
-        if !in_order {
-            // The template moves or merges messages: count each shorter chat.
-            return (0..n)
-                .map(|k| {
-                    let rest = zhiku_proto::v1::Chat {
-                        messages: chat.messages[k..].to_vec(),
-                    };
-                    // A chat the template refuses (one that starts with an answer) never fits.
-                    Ok(self
-                        .count_request_tokens(None, Some(&rest))
-                        .map_or(u32::MAX, |t| t as u32))
-                })
-                .collect();
-        }
-        let tokenizer = &self.shared.tokenizer;
-        // A piece that does not start the prompt gets no BOS in the whole prompt.
-        let bos = tokenizer.encode_prompt(&Prompt::trusted(""))?.len();
-        let mut out = Vec::with_capacity(n);
-        let mut left = tokens;
-        out.push(left as u32);
-        for pair in starts.windows(2) {
-            let piece = text.slice(pair[0].1..pair[1].1);
-            let dropped = tokenizer.encode_prompt(&piece)?.len().saturating_sub(bos);
-            left = left.saturating_sub(dropped);
-            out.push(left as u32);
-        }
-        Ok(out)
-    }
-
-    fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, GeneratorError> {
-        let ids = self.shared.tokenizer.encode_prompt(prompt)?;
-        let context = self.shared.info.context_length;
-        if ids.is_empty() {
-            return Err(GeneratorError::Validation(
-                "the prompt encodes to no tokens".into(),
-            ));
-        }
-        if ids.len() >= context {
-            return Err(GeneratorError::Validation(format!(
-                "the prompt is {} tokens; the model's context is {context}: shorten it",
-                ids.len()
-            )));
-        }
-        Ok(ids)
-    }
-
-    fn sampling(
-        &self,
-        params: Option<&zhiku_proto::v1::SamplingParams>,
-        prompt_tokens: usize,
-    ) -> Result<SamplingConfig, GeneratorError> {
-        let p = params.cloned().unwrap_or_default();
-        let room = self.shared.info.context_length - prompt_tokens;
-        let config = SamplingConfig {
-            temperature: p.temperature.unwrap_or(0.0) as f64,
-            top_p: p.top_p.map(f64::from),
-            top_k: p.top_k.map(|k| k as usize),
-            repetition_penalty: p.repetition_penalty.unwrap_or(DEFAULT_REPETITION_PENALTY),
-            repeat_last_n: p
-                .repeat_last_n
-                .map(|n| n as usize)
-                .unwrap_or(DEFAULT_REPEAT_LAST_N),
-            seed: p.seed.unwrap_or(DEFAULT_SEED),
-            max_new_tokens: p
-                .max_new_tokens
-                .map(|n| n as usize)
-                .unwrap_or(self.default_max_new_tokens)
-                .min(room),
-            stop: p.stop,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn adapter(&self, name: &str) -> Result<Option<String>, GeneratorError> {
-        if name.is_empty() {
-            return Ok(None);
-        }
-        let merged = self
-            .shared
-            .adapter_summaries()
-            .into_iter()
-            .find(|a| a.name == name)
-            .map(|a| a.merged);
-        match merged {
-            Some(true) => Ok(None), // already in the weights
-            Some(false) => Ok(Some(name.to_owned())),
-            None => Err(GeneratorError::UnknownAdapter(name.to_owned())),
-        }
-    }
-
-    /// Validates a request and queues it; events arrive on the returned channel.
-    pub fn start(
-        &self,
-        request: &GenerateRequest,
-        deadline: Option<Instant>,
-    ) -> Result<(mpsc::UnboundedReceiver<Event>, usize), GeneratorError> {
-        let (prompt, chat) = match &request.input {
-            Some(generate_request::Input::Prompt(p)) => (Some(p.as_str()), None),
-            Some(generate_request::Input::Chat(c)) => (None, Some(c)),
-            None => (None, None),
-        };
-        let text = self.prompt_text(prompt, chat)?;
-        let ids = self.encode_prompt(&text)?;
-        let sampling = self.sampling(request.sampling.as_ref(), ids.len())?;
-        let adapter = self.adapter(&request.adapter)?;
-        let (events, rx) = mpsc::unbounded_channel();
-        let prompt_tokens = ids.len();
-        self.engine.submit(Job {
-            prompt: ids,
-            sampling,
-            adapter,
-            deadline,
-            events,
-        })?;
-        Ok((rx, prompt_tokens))
-    }
-
     fn response(&self, c: Completion, adapter: &str) -> GenerateResponse {
         GenerateResponse {
             text: c.text,
@@ -491,15 +237,16 @@ impl Generator for GeneratorApi {
         // Reading and checking the weights is file and tensor work: off the async threads.
         let summary = tokio::task::spawn_blocking(move || {
             // A path the client names that does not hold an adapter is the client's error.
-            let adapter = crate::lora::LoraAdapter::load(
+            let adapter = zhiku_lm::lora::LoraAdapter::load(
                 &request.name,
                 std::path::Path::new(&request.path),
                 candle_core::DType::F32,
                 &candle_core::Device::Cpu,
             )
             .map_err(|e| match e {
-                GeneratorError::Load(m) => GeneratorError::Validation(m),
-                other => other,
+                // A directory the caller named that does not hold an adapter is a bad request.
+                zhiku_lm::LmError::Load(m) => GeneratorError::Validation(m),
+                other => GeneratorError::from(other),
             })?;
             state.shared.load_adapter(adapter)
         })
@@ -521,7 +268,7 @@ impl Generator for GeneratorApi {
     }
 }
 
-fn adapter_info(a: &crate::models::AdapterSummary) -> AdapterInfo {
+fn adapter_info(a: &zhiku_lm::lora::AdapterSummary) -> AdapterInfo {
     AdapterInfo {
         name: a.name.clone(),
         rank: a.rank as u32,

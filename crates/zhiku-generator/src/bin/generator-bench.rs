@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::sync::mpsc;
-use zhiku_generator::engine::{EngineConfig, Event, GenerationEngine, Job, KvDtype};
-use zhiku_generator::models::load_model;
+use zhiku_generator::config::{ComputePathArg, KvCacheDtype};
+use zhiku_generator::engine::{EngineConfig, Event, GenerationEngine, Job};
 use zhiku_generator::sampling::SamplingConfig;
-use zhiku_generator::template::{Message, Role};
 use zhiku_generator::{GeneratorArgs, GeneratorError};
+use zhiku_lm::template::{Message, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,8 +64,12 @@ struct Args {
     #[arg(long, env = "ZHIKU_BENCH_PYTHON")]
     python: Option<PathBuf>,
     /// Element type of the KV cache (the generator's default: f16).
-    #[arg(long, value_enum, default_value_t = KvDtype::F16)]
-    kv_cache_dtype: KvDtype,
+    #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
+    kv_cache_dtype: KvCacheDtype,
+
+    /// Which code runs the model: zhiku's kernels, or candle's tensor ops (the GPU's code).
+    #[arg(long, value_enum, default_value_t = ComputePathArg::Kernels)]
+    compute_path: ComputePathArg,
     /// Skip sections: any of one,streams,prefix.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -265,7 +269,9 @@ fn run(args: &Args) -> Result<(), String> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut generator = GeneratorArgs::for_model(args.model.to_string_lossy().into_owned());
     generator.max_queued_requests = 64;
-    let mut loaded = load_model(&generator).map_err(|e| e.to_string())?;
+    generator.compute_path = args.compute_path;
+    let spec = generator.model_spec().map_err(|e| e.to_string())?;
+    let mut loaded = zhiku_lm::load_model(&spec).map_err(|e| e.to_string())?;
     let file_bytes = std::fs::metadata(&args.model).map(|m| m.len()).unwrap_or(0);
     let piece = loaded
         .tokenizer
@@ -297,7 +303,7 @@ fn run(args: &Args) -> Result<(), String> {
         kv_cache_tokens: (longest + args.decode_tokens + 32)
             .max(max_stream * (args.stream_prompt_tokens + args.decode_tokens + 32))
             .max(2 * (ask.len() + args.decode_tokens + 32)),
-        kv_dtype: args.kv_cache_dtype,
+        kv_dtype: args.kv_cache_dtype.into(),
         prefix_cache: true,
         ..Default::default()
     };

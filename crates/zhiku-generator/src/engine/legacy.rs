@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::sequence::{Next, Sequence};
 use super::{Completion, EngineShared, Job, report};
 use crate::error::GeneratorError;
-use crate::models::CausalLm;
+use zhiku_lm::CausalLm;
 
 pub(super) fn worker(
     mut model: Box<dyn CausalLm>,

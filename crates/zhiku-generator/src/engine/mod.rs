@@ -1,6 +1,6 @@
 //! The generation engine: one worker thread owns the model and the KV cache.
 //!
-//! - Batched models ([`crate::models::decoder::BatchModel`]) run under the [`scheduler`]:
+//! - Batched models ([`zhiku_lm::decoder::BatchModel`]) run under the [`scheduler`]:
 //!   continuous batching over a paged KV cache with prefix reuse, long prompts prefilled in
 //!   chunks between decode steps, a LoRA adapter per sequence.
 //! - Single-sequence models (ChatGLM-6B with its 2-D positions and bidirectional prompt)
@@ -10,8 +10,10 @@
 //! a request whose client went away or whose deadline passed is dropped at the next step,
 //! its KV blocks freed for the next one.
 
-pub mod kv_cache;
+pub mod block_manager;
+mod executor;
 mod legacy;
+pub mod plan;
 pub mod scheduler;
 mod sequence;
 
@@ -23,11 +25,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::error::GeneratorError;
-use crate::lora::LoraAdapter;
-use crate::models::{AdapterSummary, LoadedModel, ModelKind};
 use crate::sampling::SamplingConfig;
-pub use kv_cache::{KvDtype, PrefixStats};
+pub use block_manager::PrefixStats;
 pub use scheduler::EngineConfig;
+pub use zhiku_lm::kv::KvDtype;
+use zhiku_lm::lora::{AdapterSummary, LoraAdapter};
+use zhiku_lm::{LoadedModel, ModelKind};
 
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +91,9 @@ pub type AdapterLoader =
 
 /// What the handlers need besides the model itself.
 pub struct EngineShared {
-    pub tokenizer: crate::tokenizer::GenTokenizer,
-    pub template: crate::template::ChatTemplate,
-    pub info: crate::models::ModelInfo,
+    pub tokenizer: zhiku_lm::tokenizer::GenTokenizer,
+    pub template: zhiku_lm::template::ChatTemplate,
+    pub info: zhiku_lm::ModelInfo,
     pub stats: EngineStats,
     /// Adapters by name; LoadAdapter / UnloadAdapter change it while serving.
     pub adapters: RwLock<HashMap<String, AdapterEntry>>,
@@ -240,7 +243,7 @@ impl GenerationEngine {
                 let m = m.clone();
                 let prefix = m.prompt_prefix().to_vec();
                 let loader: AdapterLoader =
-                    Box::new(move |a| crate::lora::prepare_for(a, m.as_ref()));
+                    Box::new(move |a| Ok(zhiku_lm::decoder::prepare_adapter(a, m.as_ref())?));
                 (prefix, Some(loader))
             }
             ModelKind::Single(_) => (Vec::new(), None),

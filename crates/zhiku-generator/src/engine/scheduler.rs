@@ -4,25 +4,27 @@
 //! 2. admits waiting requests, in arrival order, while the batch and the KV budget allow
 //!    (each reserves blocks for its prompt plus `max_new_tokens`, starting from the longest
 //!    cached prefix of its prompt);
-//! 3. runs one forward over every decoding sequence (one token each) plus prompt chunks of
-//!    the sequences still prefilling, up to `--prefill-chunk` prompt tokens per step, so a
-//!    long prompt never stalls the streams already running;
+//! 3. plans a step ([`super::plan`]): every decoding sequence (one token each) plus prompt
+//!    chunks of the sequences still prefilling, up to `--prefill-chunk` prompt tokens, so a
+//!    long prompt never stalls the streams already running; the executor runs it;
 //! 4. samples each sequence that got logits, streams its text, retires the finished ones
 //!    (their computed blocks stay in the prefix cache).
 
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::kv_cache::{BlockManager, KvCache, KvDtype};
+use super::block_manager::BlockManager;
+use super::executor::execute;
+use super::plan::plan_step;
 use super::sequence::{Next, Sequence};
 use super::{EngineShared, Job, report};
 use crate::error::GeneratorError;
-use crate::lora::LoraAdapter;
-use crate::models::decoder::{Batch, BatchModel};
+use zhiku_lm::decoder::{Batch, BatchModel};
+use zhiku_lm::kv::{BLOCK_SIZE, KvCache, KvDtype};
+use zhiku_lm::lora::LoraAdapter;
 
 /// How the engine batches and caches.
 #[derive(Debug, Clone)]
@@ -88,6 +90,7 @@ impl Scheduler {
             config.kv_dtype,
             model.device(),
             model.kv_dtype(),
+            model.compute_path(),
         )?;
         let blocks = BlockManager::new(cache.num_blocks);
         tracing::info!(
@@ -140,7 +143,7 @@ impl Scheduler {
         metrics.set_queue("generator_requests", self.waiting.len() + queued);
         if let Ok(mut c) = self.shared.cache.lock() {
             c.capacity_tokens = self.cache.capacity_tokens();
-            c.used_tokens = self.blocks.in_use() * super::kv_cache::BLOCK_SIZE;
+            c.used_tokens = self.blocks.in_use() * BLOCK_SIZE;
             c.max_batch = self.config.max_batch;
             c.active = self.running.len();
             c.prefix = self.blocks.stats;
@@ -263,39 +266,26 @@ impl Scheduler {
         }
     }
 
+    /// One step: plan it, build its batch, run it, apply what came out.
     fn step(&mut self) {
-        // Decoding sequences first (one token each), then prompt chunks in arrival order.
-        let mut order: Vec<usize> = (0..self.running.len()).collect();
-        order.sort_by_key(|&i| {
-            let r = &self.running[i];
-            r.tokens.len() - r.computed > 1
-        });
+        let pending: Vec<usize> = self
+            .running
+            .iter()
+            .map(|r| r.tokens.len() - r.computed)
+            .collect();
+        let plan = plan_step(&pending, self.config.prefill_chunk);
         let mut batch = Batch::default();
-        let mut members: Vec<(usize, bool)> = Vec::new();
-        let mut budget = self.config.prefill_chunk.max(1);
-        for i in order {
-            let r = &self.running[i];
-            let pending = r.tokens.len() - r.computed;
-            let take = if pending == 1 {
-                1
-            } else {
-                if budget == 0 {
-                    continue;
-                }
-                let t = pending.min(budget);
-                budget -= t;
-                t
-            };
-            let finishes = take == pending;
+        for entry in &plan {
+            let r = &self.running[entry.index];
             batch.push(
-                &r.tokens[r.computed..r.computed + take],
+                &r.tokens[r.computed..r.computed + entry.tokens],
                 r.computed,
                 &r.blocks,
                 r.adapter.clone(),
-                finishes,
+                entry.logits,
             );
-            members.push((i, finishes));
         }
+        let members: Vec<(usize, bool)> = plan.iter().map(|e| (e.index, e.logits)).collect();
         let stats = &self.shared.stats;
         stats.steps.fetch_add(1, Ordering::Relaxed);
         stats
@@ -305,11 +295,7 @@ impl Scheduler {
             .max_batch_seen
             .fetch_max(members.len(), Ordering::Relaxed);
 
-        let model = self.model.clone();
-        let cache = &mut self.cache;
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(&batch, cache)))
-            .unwrap_or_else(|_| Err(GeneratorError::Inference("the model panicked".into())));
-        let logits = match result {
+        let logits = match execute(self.model.as_ref(), &batch, &mut self.cache) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, sequences = members.len(), "forward failed");

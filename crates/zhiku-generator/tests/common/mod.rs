@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use zhiku_generator::GeneratorState;
 use zhiku_generator::engine::{Completion, Event, Job};
 use zhiku_generator::sampling::SamplingConfig;
-use zhiku_generator::sentencepiece::{
+use zhiku_lm::template::{Message, Role};
+use zhiku_lm::tokenizer::sentencepiece::{
     ModelProto, NormalizerSpec, SentencePiece, TrainerSpec, piece_type,
 };
-use zhiku_generator::template::{Message, Role};
 
 /// The tiny vocabulary's words (after each family's special tokens).
 pub const WORDS: &[&str] = &[
@@ -94,6 +94,15 @@ impl Seeded {
 }
 
 /// The largest absolute difference between two tensors (logits, hidden states).
+/// The largest [`max_abs_diff`] over pairs of logits.
+pub fn worst(a: &[Tensor], b: &[Tensor]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max)
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()

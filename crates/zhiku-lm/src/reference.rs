@@ -1,102 +1,91 @@
-//! The GLM successors of ChatGLM-6B, as candle-transformers implements them, behind
-//! [`CausalLm`]:
+//! candle-transformers' own networks of the families zhiku serves, behind [`CausalLm`]: the
+//! references the tests compare zhiku's decoder against (feature `reference`; nothing
+//! serves them).
 //!
-//! - ChatGLM2-6B / ChatGLM3-6B: `chatglm` (GLM v2: causal decoder, multi-query attention,
-//!   RMSNorm, rotary on half of each head);
-//! - GLM-4-9B-chat: `glm4` (the same network with a rope base scaled by `rope_ratio` and a
-//!   151k vocabulary);
-//! - GLM-4-0414 (`model_type` "glm4"): `glm4_new` (Llama-like names, partial rotary, extra
-//!   post-attention and post-MLP norms).
+//! - GGUF Llama / Qwen2 / GLM-4: `quantized_llama`, `quantized_qwen2`, `quantized_glm4`;
+//! - ChatGLM2/3: `chatglm`; GLM-4-9B-chat: `glm4` (a rope base scaled by `rope_ratio`);
+//!   GLM-4-0414: `glm4_new`.
 //!
-//! candle's `chatglm::Config` is hard-coded (`glm3_6b()`): we build it from config.json, so
-//! that any checkpoint of the family (and the tests' tiny ones) loads with its own sizes.
+//! candle's `chatglm::Config` is hard-coded (`glm3_6b()`): it is built from config.json
+//! here, so that the tests' tiny checkpoints load with their own sizes.
 
-use candle_core::{Device, Tensor};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{chatglm, glm4, glm4_new};
-use serde::Deserialize;
+use candle_transformers::models::{quantized_glm4, quantized_llama, quantized_qwen2};
 
-use super::CausalLm;
-use crate::error::GeneratorError;
+use crate::error::LmError;
+use crate::glm::GlmFamily;
+use crate::load::gguf::architecture;
+use crate::model::CausalLm;
 
-/// Which network a `config.json` describes (ChatGLM-6B, our own, is not among these).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GlmFamily {
-    ChatGlm2,
-    ChatGlm3,
-    /// GLM-4-9B-chat and its variants (model_type "chatglm", 151k vocabulary).
-    Glm4,
-    /// GLM-4-0414 (model_type "glm4").
-    Glm4_0414,
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+    Glm4(quantized_glm4::ModelWeights),
 }
 
-impl GlmFamily {
-    /// The `ModelInfo.architecture` name.
-    pub fn architecture(self) -> &'static str {
-        match self {
-            GlmFamily::ChatGlm2 => "chatglm2",
-            GlmFamily::ChatGlm3 => "chatglm3",
-            GlmFamily::Glm4 => "glm4",
-            GlmFamily::Glm4_0414 => "glm4-0414",
+pub struct GgufModel {
+    weights: Weights,
+    device: Device,
+}
+
+impl CausalLm for GgufModel {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, LmError> {
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.weights {
+            Weights::Llama(m) => m.forward(&input, pos)?,
+            Weights::Qwen2(m) => m.forward(&input, pos)?,
+            Weights::Glm4(m) => m.forward(&input, pos)?,
+        };
+        // [1, vocab] (or [1, 1, vocab]) -> [vocab], in f32 for sampling.
+        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+    }
+
+    fn reset(&mut self) {
+        // Llama and Qwen2 drop their cache when a sequence starts at position 0; GLM-4 too.
+        match &mut self.weights {
+            Weights::Llama(m) => m.clear_kv_cache(),
+            Weights::Qwen2(m) => m.clear_kv_cache(),
+            Weights::Glm4(_) => {}
         }
     }
 }
 
-/// ChatGLM2/3 and GLM-4-9B ship the 6B's vocabulary size or GLM-4's 151,552 (padded).
-const CHATGLM2_VOCAB: usize = 65_024;
-
-/// The config.json fields that tell the GLM families apart.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct GlmHead {
-    pub model_type: Option<String>,
-    pub position_encoding_2d: Option<bool>,
-    pub padded_vocab_size: Option<usize>,
-    #[serde(rename = "_name_or_path")]
-    pub name_or_path: Option<String>,
-}
-
-/// Picks the family of a `model_type` "chatglm" or "glm4" checkpoint; `None` for ChatGLM-6B
-/// (2-D positions, served by our own implementation) and anything else.
-///
-/// The rule, in order (the configs of the families share `model_type` "chatglm"):
-/// 1. `model_type` "glm4" → GLM-4-0414;
-/// 2. `position_encoding_2d` → ChatGLM-6B (None here);
-/// 3. `_name_or_path` naming glm-4 / chatglm3 / chatglm2 → that family (real configs name
-///    their hub repository there);
-/// 4. a padded vocabulary larger than ChatGLM2/3's 65,024 → GLM-4-9B (151,552);
-/// 5. otherwise ChatGLM3 when the tokenizer knows ChatGLM3's role tokens (`<|user|>`), which
-///    ChatGLM2 lacks, else ChatGLM2.
-pub fn detect_family(head: &GlmHead, tokenizer_has_role_tokens: bool) -> Option<GlmFamily> {
-    match head.model_type.as_deref() {
-        Some("glm4") => return Some(GlmFamily::Glm4_0414),
-        Some("chatglm") => {}
-        _ => return None,
-    }
-    if head.position_encoding_2d == Some(true) {
-        return None;
-    }
-    let name = head
-        .name_or_path
-        .as_deref()
-        .unwrap_or_default()
-        .to_lowercase();
-    if name.contains("glm-4") || name.contains("glm4") {
-        return Some(GlmFamily::Glm4);
-    }
-    if name.contains("chatglm3") {
-        return Some(GlmFamily::ChatGlm3);
-    }
-    if name.contains("chatglm2") {
-        return Some(GlmFamily::ChatGlm2);
-    }
-    if head.padded_vocab_size.is_some_and(|v| v > CHATGLM2_VOCAB) {
-        return Some(GlmFamily::Glm4);
-    }
-    if tokenizer_has_role_tokens {
-        Some(GlmFamily::ChatGlm3)
-    } else {
-        Some(GlmFamily::ChatGlm2)
-    }
+/// candle-transformers' own network for a GGUF file: the reference our decoder is tested
+/// against (never the serving path).
+pub fn load_reference(path: &Path, device: &Device) -> Result<GgufModel, LmError> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| LmError::Load(format!("cannot open {}: {e}", path.display())))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| LmError::Load(format!("{} is not a GGUF file: {e}", path.display())))?;
+    let architecture = architecture(&content)?;
+    let weights = match architecture.as_str() {
+        "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
+            content, &mut file, device,
+        )?),
+        "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+            content, &mut file, device,
+        )?),
+        "glm4" | "chatglm" => Weights::Glm4(quantized_glm4::ModelWeights::from_gguf(
+            content,
+            &mut file,
+            device,
+            DType::F32,
+        )?),
+        other => {
+            return Err(LmError::UnsupportedModel(format!(
+                "GGUF architecture `{other}`"
+            )));
+        }
+    };
+    Ok(GgufModel {
+        weights,
+        device: device.clone(),
+    })
 }
 
 /// candle's ChatGLM2/3 config from the fields of config.json (the same fields GLM-4-9B's
@@ -150,20 +139,16 @@ pub struct GlmModel {
 
 impl GlmModel {
     /// Builds the network `family` from config.json's text and the weights in `vb`.
-    pub fn new(
-        family: GlmFamily,
-        config_json: &str,
-        vb: VarBuilder,
-    ) -> Result<Self, GeneratorError> {
+    pub fn new(family: GlmFamily, config_json: &str, vb: VarBuilder) -> Result<Self, LmError> {
         let device = vb.device().clone();
         let bad = |e: serde_json::Error| {
-            GeneratorError::Load(format!("{} config.json: {e}", family.architecture()))
+            LmError::Load(format!("{} config.json: {e}", family.architecture()))
         };
         let (net, max_len) = match family {
             GlmFamily::ChatGlm2 | GlmFamily::ChatGlm3 => {
                 let c: glm4::Config = serde_json::from_str(config_json).map_err(bad)?;
                 if !c.multi_query_attention {
-                    return Err(GeneratorError::UnsupportedModel(
+                    return Err(LmError::UnsupportedModel(
                         "ChatGLM2/3 without multi_query_attention".into(),
                     ));
                 }
@@ -181,7 +166,7 @@ impl GlmModel {
             GlmFamily::Glm4 => {
                 let c: glm4::Config = serde_json::from_str(config_json).map_err(bad)?;
                 if !c.multi_query_attention {
-                    return Err(GeneratorError::UnsupportedModel(
+                    return Err(LmError::UnsupportedModel(
                         "GLM-4 without multi_query_attention".into(),
                     ));
                 }
@@ -233,9 +218,9 @@ impl GlmModel {
 impl CausalLm for GlmModel {
     /// candle's GLM networks continue from their own cache length, so `pos` only marks a new
     /// sequence (0); the engine always feeds tokens in order.
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, GeneratorError> {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, LmError> {
         if tokens.is_empty() {
-            return Err(GeneratorError::Validation("no tokens to run".into()));
+            return Err(LmError::Validation("no tokens to run".into()));
         }
         let ids: Vec<u32> = if pos == 0 {
             self.clear_cache();
@@ -248,7 +233,7 @@ impl CausalLm for GlmModel {
             tokens.to_vec()
         };
         if self.len + ids.len() > self.max_len {
-            return Err(GeneratorError::Validation(format!(
+            return Err(LmError::Validation(format!(
                 "the sequence would reach {} tokens; {} takes at most {}",
                 self.len + ids.len(),
                 self.family.architecture(),
@@ -268,65 +253,5 @@ impl CausalLm for GlmModel {
 
     fn reset(&mut self) {
         self.clear_cache();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(model_type: &str, vocab: Option<usize>, name: Option<&str>) -> GlmHead {
-        GlmHead {
-            model_type: Some(model_type.into()),
-            position_encoding_2d: None,
-            padded_vocab_size: vocab,
-            name_or_path: name.map(str::to_owned),
-        }
-    }
-
-    #[test]
-    fn families_are_told_apart() {
-        use GlmFamily::*;
-        assert_eq!(
-            detect_family(&head("glm4", None, None), false),
-            Some(Glm4_0414)
-        );
-        let mut glm6b = head("chatglm", Some(130_528), None);
-        glm6b.position_encoding_2d = Some(true);
-        assert_eq!(detect_family(&glm6b, false), None);
-        assert_eq!(
-            detect_family(&head("chatglm", Some(151_552), None), false),
-            Some(Glm4)
-        );
-        assert_eq!(
-            detect_family(
-                &head("chatglm", Some(65_024), Some("THUDM/glm-4-9b-chat")),
-                false
-            ),
-            Some(Glm4)
-        );
-        assert_eq!(
-            detect_family(
-                &head("chatglm", Some(65_024), Some("THUDM/chatglm3-6b")),
-                false
-            ),
-            Some(ChatGlm3)
-        );
-        assert_eq!(
-            detect_family(
-                &head("chatglm", Some(65_024), Some("THUDM/chatglm2-6b")),
-                true
-            ),
-            Some(ChatGlm2)
-        );
-        assert_eq!(
-            detect_family(&head("chatglm", Some(65_024), None), true),
-            Some(ChatGlm3)
-        );
-        assert_eq!(
-            detect_family(&head("chatglm", Some(65_024), None), false),
-            Some(ChatGlm2)
-        );
-        assert_eq!(detect_family(&head("llama", None, None), false), None);
     }
 }

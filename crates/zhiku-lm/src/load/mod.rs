@@ -1,39 +1,81 @@
-//! Finds the model's files and picks the loader.
+//! Finds the model's files and picks the loader: [`ModelSpec`] says which model and how.
+
+pub mod directory;
+pub mod gguf;
 
 use std::path::{Path, PathBuf};
 
+use candle_core::{DType, Device};
 use zhiku_models::ModelSource;
 
-use super::{LoadedModel, directory, gguf};
-use crate::config::GeneratorArgs;
-use crate::error::GeneratorError;
+pub use directory::AdapterRequest;
 
-/// Loads the model `args` names.
-pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
-    let (device, _) = zhiku_models::parse_device(&args.device).map_err(GeneratorError::Load)?;
-    let adapters = args.adapters()?;
-    let model = Path::new(&args.model);
-    if model.is_file() {
-        return load_file(model, args.model.clone(), &device, &adapters);
+use crate::ComputePath;
+use crate::error::LmError;
+use crate::model::LoadedModel;
+
+/// Which model to load, where, and how it runs.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// A .gguf file, a directory (one .gguf file, or config.json + safetensors), or a
+    /// Hugging Face hub id `org/name[@revision]`.
+    pub model: String,
+    /// The GGUF file to use inside a directory or hub repository holding several.
+    pub gguf_file: String,
+    /// Where a hub id's name is looked up first, offline.
+    pub models_dir: PathBuf,
+    pub device: Device,
+    /// Precision of safetensors checkpoints (GGUF files keep their quantisation).
+    pub dtype: DType,
+    /// LoRA adapters merged at load or kept beside the weights.
+    pub adapters: AdapterRequest,
+    /// Kernels or tensor ops (tensors always off the CPU).
+    pub compute: ComputePath,
+}
+
+impl ModelSpec {
+    /// `model` on the CPU in f32, kernel path, no adapters; the GGUF file name when the
+    /// model is a directory or hub id holding several is `gguf_file`.
+    pub fn cpu(model: impl Into<String>, gguf_file: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            gguf_file: gguf_file.into(),
+            models_dir: PathBuf::from("models"),
+            device: Device::Cpu,
+            dtype: DType::F32,
+            adapters: AdapterRequest::default(),
+            compute: ComputePath::Kernels,
+        }
     }
-    let source = ModelSource::resolve(&args.model, Some(&args.models_dir))?;
+}
+
+/// Loads the model `spec` names.
+pub fn load_model(spec: &ModelSpec) -> Result<LoadedModel, LmError> {
+    let device = &spec.device;
+    let adapters = &spec.adapters;
+    let compute = ComputePath::on(spec.compute, device);
+    let model = Path::new(&spec.model);
+    if model.is_file() {
+        return load_file(model, spec.model.clone(), device, adapters, compute);
+    }
+    let source = ModelSource::resolve(&spec.model, Some(&spec.models_dir))?;
     match &source {
         ModelSource::Local(dir) => {
             if dir.join("config.json").is_file() && gguf_files(dir).is_empty() {
-                return directory::load(dir, source.id(), &device, args.dtype.dtype(), &adapters);
+                return directory::load(dir, source.id(), device, spec.dtype, adapters, compute);
             }
-            let named = dir.join(&args.gguf_file);
+            let named = dir.join(&spec.gguf_file);
             if named.is_file() {
-                return load_file(&named, source.id(), &device, &adapters);
+                return load_file(&named, source.id(), device, adapters, compute);
             }
             let ggufs = gguf_files(dir);
             match ggufs.as_slice() {
-                [one] => load_file(one, source.id(), &device, &adapters),
-                [] => Err(GeneratorError::Load(format!(
+                [one] => load_file(one, source.id(), device, adapters, compute),
+                [] => Err(LmError::Load(format!(
                     "{} holds neither a .gguf file nor config.json",
                     dir.display()
                 ))),
-                many => Err(GeneratorError::Load(format!(
+                many => Err(LmError::Load(format!(
                     "{} holds {} .gguf files: name one with --gguf-file",
                     dir.display(),
                     many.len()
@@ -42,12 +84,12 @@ pub fn load_model(args: &GeneratorArgs) -> Result<LoadedModel, GeneratorError> {
         }
         // A hub repository holds GGUF files or a safetensors checkpoint: the named GGUF file
         // wins; without it, a repository with config.json is a checkpoint.
-        ModelSource::Hub { .. } => match source.get(&args.gguf_file) {
-            Ok(path) => load_file(&path, source.id(), &device, &adapters),
+        ModelSource::Hub { .. } => match source.get(&spec.gguf_file) {
+            Ok(path) => load_file(&path, source.id(), device, adapters, compute),
             Err(gguf_missing) => match source.get_optional("config.json") {
                 Some(config) => {
                     let dir = fetch_checkpoint(&source, &config)?;
-                    directory::load(&dir, source.id(), &device, args.dtype.dtype(), &adapters)
+                    directory::load(&dir, source.id(), device, spec.dtype, adapters, compute)
                 }
                 None => Err(gguf_missing.into()),
             },
@@ -67,10 +109,10 @@ const CHECKPOINT_EXTRAS: &[&str] = &[
 /// Fetches a hub checkpoint (config.json at `config`): the tokenizer and generation files it
 /// has, and its weights, one file or the shards its index names. The hub cache keeps one
 /// revision's files in one snapshot directory, which is returned for the directory loader.
-fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, GeneratorError> {
+fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, LmError> {
     let dir = config
         .parent()
-        .ok_or_else(|| GeneratorError::Load(format!("{} has no directory", config.display())))?
+        .ok_or_else(|| LmError::Load(format!("{} has no directory", config.display())))?
         .to_path_buf();
     for file in CHECKPOINT_EXTRAS {
         let _ = source.get_optional(file);
@@ -79,14 +121,14 @@ fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, Gene
         return Ok(dir);
     }
     let index = source.get("model.safetensors.index.json").map_err(|e| {
-        GeneratorError::Load(format!(
+        LmError::Load(format!(
             "{} has neither a GGUF file named by --gguf-file nor model.safetensors: {e}",
             source.id()
         ))
     })?;
     let shards = directory::index_shards(&index)?;
     if shards.is_empty() {
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "{}: weight_map names no shard",
             index.display()
         )));
@@ -97,7 +139,7 @@ fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, Gene
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !inside {
-            return Err(GeneratorError::Load(format!(
+            return Err(LmError::Load(format!(
                 "{}: shard name `{shard}` leaves the repository",
                 index.display()
             )));
@@ -110,12 +152,13 @@ fn fetch_checkpoint(source: &ModelSource, config: &Path) -> Result<PathBuf, Gene
 fn load_file(
     path: &Path,
     model_id: String,
-    device: &candle_core::Device,
-    adapters: &directory::AdapterRequest,
-) -> Result<LoadedModel, GeneratorError> {
+    device: &Device,
+    adapters: &AdapterRequest,
+    compute: ComputePath,
+) -> Result<LoadedModel, LmError> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("gguf") => gguf::load(path, model_id, device, adapters),
-        _ => Err(GeneratorError::UnsupportedModel(format!(
+        Some("gguf") => gguf::load(path, model_id, device, adapters, compute),
+        _ => Err(LmError::UnsupportedModel(format!(
             "{}: expected a .gguf file or a model directory",
             path.display()
         ))),

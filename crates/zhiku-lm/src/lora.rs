@@ -15,8 +15,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 use serde::Deserialize;
 
-use crate::error::GeneratorError;
-use crate::models::AdapterSummary;
+use crate::error::LmError;
 
 #[derive(Debug, Clone, Deserialize)]
 struct AdapterConfig {
@@ -35,6 +34,16 @@ enum TargetModules {
     One(String),
     #[default]
     None,
+}
+
+/// An adapter the model can apply .
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub rank: usize,
+    pub alpha: f32,
+    pub target_modules: Vec<String>,
+    pub merged: bool,
 }
 
 /// One module's low-rank pair.
@@ -70,38 +79,32 @@ pub struct LoraAdapter {
 
 impl LoraAdapter {
     /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
-    pub fn load(
-        name: &str,
-        dir: &Path,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self, GeneratorError> {
+    pub fn load(name: &str, dir: &Path, dtype: DType, device: &Device) -> Result<Self, LmError> {
         let config_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            GeneratorError::Load(format!(
+            LmError::Load(format!(
                 "adapter `{name}`: cannot read {}: {e}",
                 config_path.display()
             ))
         })?;
         let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| {
-            GeneratorError::Load(format!("adapter `{name}`: {}: {e}", config_path.display()))
+            LmError::Load(format!("adapter `{name}`: {}: {e}", config_path.display()))
         })?;
         if let Some(kind) = config.peft_type.as_deref()
             && kind != "LORA"
         {
-            return Err(GeneratorError::UnsupportedModel(format!(
+            return Err(LmError::UnsupportedModel(format!(
                 "adapter `{name}` is PEFT `{kind}`; only LORA adapters are supported"
             )));
         }
         if config.r == 0 {
-            return Err(GeneratorError::Load(format!(
+            return Err(LmError::Load(format!(
                 "adapter `{name}`: r must be at least 1"
             )));
         }
         let weights = dir.join("adapter_model.safetensors");
-        let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
-            GeneratorError::Load(format!("adapter `{name}`: {}: {e}", weights.display()))
-        })?;
+        let tensors = candle_core::safetensors::load(&weights, device)
+            .map_err(|e| LmError::Load(format!("adapter `{name}`: {}: {e}", weights.display())))?;
         let scale = config.lora_alpha as f64 / config.r as f64;
         let mut a_parts: HashMap<String, Tensor> = HashMap::new();
         let mut b_parts: HashMap<String, Tensor> = HashMap::new();
@@ -120,14 +123,14 @@ impl LoraAdapter {
         let mut pairs = HashMap::new();
         for (module, a) in a_parts {
             let b = b_parts.remove(&module).ok_or_else(|| {
-                GeneratorError::Load(format!(
+                LmError::Load(format!(
                     "adapter `{name}`: {module} has lora_A but no lora_B"
                 ))
             })?;
             let (r_a, _) = a.dims2()?;
             let (_, r_b) = b.dims2()?;
             if r_a != config.r || r_b != config.r {
-                return Err(GeneratorError::Load(format!(
+                return Err(LmError::Load(format!(
                     "adapter `{name}`: {module} has rank {r_a}/{r_b}, adapter_config.json says {}",
                     config.r
                 )));
@@ -135,7 +138,7 @@ impl LoraAdapter {
             pairs.insert(module, LoraPair { a, b, scale });
         }
         if pairs.is_empty() {
-            return Err(GeneratorError::Load(format!(
+            return Err(LmError::Load(format!(
                 "adapter `{name}`: {} holds no lora_A/lora_B weights",
                 weights.display()
             )));
@@ -185,61 +188,13 @@ impl LoraAdapter {
 
 static NEXT_ADAPTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Checks every module of `adapter` against the layers of `model` (names and shapes), and
-/// readies its weights for them: on the model's device, in the activations' dtype, with
-/// B's rows in the order the model's layer produces them.
-pub fn prepare_for(
-    mut adapter: LoraAdapter,
-    model: &dyn crate::models::decoder::BatchModel,
-) -> Result<LoraAdapter, GeneratorError> {
-    let modules = model.linear_modules();
-    let device = model.device().clone();
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        model.kv_dtype()
-    };
-    let mut names: Vec<String> = adapter.pairs.keys().cloned().collect();
-    names.sort();
-    for name in names {
-        let Some((_, inp, out)) = modules.iter().find(|(m, _, _)| *m == name) else {
-            let example = modules.first().map(|m| m.0.as_str()).unwrap_or_default();
-            return Err(GeneratorError::Validation(format!(
-                "adapter `{}`: module `{name}` matches no layer of the model (its modules are \
-                 named like `{example}`)",
-                adapter.name
-            )));
-        };
-        let Some(pair) = adapter.pairs.get_mut(&name) else {
-            continue;
-        };
-        let (_, a_in) = pair.a.dims2()?;
-        let (b_out, _) = pair.b.dims2()?;
-        if a_in != *inp || b_out != *out {
-            return Err(GeneratorError::Validation(format!(
-                "adapter `{}`: module `{name}` is [{out}, {inp}] in the model, but its A takes \
-                 {a_in} inputs and its B gives {b_out} outputs",
-                adapter.name
-            )));
-        }
-        pair.a = pair.a.to_device(&device)?.to_dtype(dtype)?;
-        let mut b = pair.b.to_device(&device)?.to_dtype(dtype)?;
-        if let Some(perm) = model.lora_output_permutation(&name) {
-            let perm = Tensor::from_vec(perm, b_out, &device)?;
-            b = b.index_select(&perm, 0)?;
-        }
-        pair.b = b;
-    }
-    Ok(adapter)
-}
-
 /// W0 + (alpha/r)·B·A in W0's dtype: the one merge rule, used by our own layers
 /// ([`LoraLinear::merge`]) and by checkpoints merged before candle builds them
 /// ([`merge_into_tensors`]).
-pub fn merged_weight(weight: &Tensor, pair: &LoraPair) -> Result<Tensor, GeneratorError> {
+pub fn merged_weight(weight: &Tensor, pair: &LoraPair) -> Result<Tensor, LmError> {
     let delta = pair.delta()?.to_dtype(weight.dtype())?;
     if delta.dims() != weight.dims() {
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "adapter update {:?} does not fit weight {:?}",
             delta.dims(),
             weight.dims()
@@ -258,13 +213,13 @@ pub fn merge_into_tensors(
     tensors: &mut HashMap<String, Tensor>,
     adapter: &LoraAdapter,
     dtype: DType,
-) -> Result<(), GeneratorError> {
+) -> Result<(), LmError> {
     let mut modules: Vec<(&String, &LoraPair)> = adapter.pairs.iter().collect();
     modules.sort_by_key(|(module, _)| *module);
     for (module, pair) in modules {
         let key = format!("{module}.weight");
         let weight = tensors.get(&key).ok_or_else(|| {
-            GeneratorError::Load(format!(
+            LmError::Load(format!(
                 "adapter `{}`: module {module} matches no weight of the model (no `{key}`)",
                 adapter.name
             ))
@@ -295,12 +250,12 @@ impl LoraLinear {
     }
 
     /// Keeps `pair` beside the base weight under `name`.
-    pub fn attach(&mut self, name: &str, pair: LoraPair) -> Result<(), GeneratorError> {
+    pub fn attach(&mut self, name: &str, pair: LoraPair) -> Result<(), LmError> {
         let (out, inp) = self.base.weight().dims2()?;
         let (_, a_in) = pair.a.dims2()?;
         let (b_out, _) = pair.b.dims2()?;
         if a_in != inp || b_out != out {
-            return Err(GeneratorError::Load(format!(
+            return Err(LmError::Load(format!(
                 "adapter `{name}` does not fit a [{out}, {inp}] layer (A takes {a_in}, B gives {b_out})"
             )));
         }
@@ -309,7 +264,7 @@ impl LoraLinear {
     }
 
     /// Folds `pair` into the base weight: W = W0 + (alpha/r)·B·A.
-    pub fn merge(&mut self, pair: &LoraPair) -> Result<(), GeneratorError> {
+    pub fn merge(&mut self, pair: &LoraPair) -> Result<(), LmError> {
         let merged = merged_weight(self.base.weight(), pair)?;
         self.base = Linear::new(merged, self.base.bias().cloned());
         Ok(())

@@ -21,9 +21,9 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder, embedding, layer_norm, linear, linear_no_bias};
 use serde::Deserialize;
 
-use super::CausalLm;
-use crate::error::GeneratorError;
+use crate::error::LmError;
 use crate::lora::{LoraAdapter, LoraLinear};
+use crate::model::CausalLm;
 
 /// ChatGLM-6B's `config.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,16 +112,16 @@ pub struct ChatGlm6b {
 }
 
 impl ChatGlm6b {
-    pub fn load(cfg: &ChatGlm6bConfig, vb: VarBuilder) -> Result<Self, GeneratorError> {
+    pub fn load(cfg: &ChatGlm6bConfig, vb: VarBuilder) -> Result<Self, LmError> {
         if !cfg.position_encoding_2d {
-            return Err(GeneratorError::UnsupportedModel(
+            return Err(LmError::UnsupportedModel(
                 "ChatGLM-6B with position_encoding_2d = false".into(),
             ));
         }
         let h = cfg.hidden_size;
         let heads = cfg.num_attention_heads;
         if heads == 0 || !h.is_multiple_of(heads) || !(h / heads).is_multiple_of(4) {
-            return Err(GeneratorError::Load(format!(
+            return Err(LmError::Load(format!(
                 "hidden_size {h} must split into {heads} heads whose size is a multiple of 4"
             )));
         }
@@ -191,8 +191,8 @@ impl ChatGlm6b {
     /// Calls `f` on every linear layer with its module path, as PEFT names them.
     fn for_each_linear(
         &mut self,
-        mut f: impl FnMut(&str, &mut LoraLinear) -> Result<(), GeneratorError>,
-    ) -> Result<(), GeneratorError> {
+        mut f: impl FnMut(&str, &mut LoraLinear) -> Result<(), LmError>,
+    ) -> Result<(), LmError> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("transformer.layers.{i}");
             f(
@@ -207,7 +207,7 @@ impl ChatGlm6b {
     }
 
     /// Folds an adapter into the weights (it then applies to every request).
-    pub fn merge_adapter(&mut self, adapter: &LoraAdapter) -> Result<(), GeneratorError> {
+    pub fn merge_adapter(&mut self, adapter: &LoraAdapter) -> Result<(), LmError> {
         let mut used = 0;
         self.for_each_linear(|path, linear| {
             if let Some(pair) = adapter.pairs.get(path) {
@@ -220,7 +220,7 @@ impl ChatGlm6b {
     }
 
     /// Keeps an adapter beside the weights, selectable per request by its name.
-    pub fn attach_adapter(&mut self, adapter: &LoraAdapter) -> Result<(), GeneratorError> {
+    pub fn attach_adapter(&mut self, adapter: &LoraAdapter) -> Result<(), LmError> {
         let mut used = 0;
         self.for_each_linear(|path, linear| {
             if let Some(pair) = adapter.pairs.get(path) {
@@ -350,7 +350,7 @@ impl ChatGlm6b {
         ids: &[u32],
         context_length: usize,
         mask_position: usize,
-    ) -> Result<Tensor, GeneratorError> {
+    ) -> Result<Tensor, LmError> {
         self.clear_cache();
         let (positions, blocks) = position_ids(ids.len(), context_length, mask_position);
         let mask = self.prefix_mask(ids.len(), context_length)?;
@@ -365,7 +365,7 @@ impl ChatGlm6b {
         ids: &[u32],
         context_length: usize,
         mask_position: usize,
-    ) -> Result<Tensor, GeneratorError> {
+    ) -> Result<Tensor, LmError> {
         let hidden = self.hidden_states(ids, context_length, mask_position)?;
         let adapter = self.adapter.clone();
         Ok(self
@@ -375,11 +375,11 @@ impl ChatGlm6b {
     }
 }
 
-fn check_all_used(adapter: &LoraAdapter, used: usize) -> Result<(), GeneratorError> {
+fn check_all_used(adapter: &LoraAdapter, used: usize) -> Result<(), LmError> {
     if used != adapter.pairs.len() {
         let mut names: Vec<&String> = adapter.pairs.keys().collect();
         names.sort();
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "adapter `{}`: {} of its {} modules match no layer of the model (modules: {names:?})",
             adapter.name,
             adapter.pairs.len() - used,
@@ -392,9 +392,9 @@ fn check_all_used(adapter: &LoraAdapter, used: usize) -> Result<(), GeneratorErr
 impl CausalLm for ChatGlm6b {
     /// At `pos == 0` the prompt gets `[gMASK] <sop>` appended and becomes Part A; every later
     /// token continues Part B.
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, GeneratorError> {
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, LmError> {
         if tokens.is_empty() {
-            return Err(GeneratorError::Validation("no tokens to run".into()));
+            return Err(LmError::Validation("no tokens to run".into()));
         }
         let hidden = if pos == 0 {
             self.clear_cache();
@@ -402,7 +402,7 @@ impl CausalLm for ChatGlm6b {
             ids.push(self.cfg.gmask_token_id);
             ids.push(self.cfg.bos_token_id);
             if ids.len() > self.cfg.max_sequence_length {
-                return Err(GeneratorError::Validation(format!(
+                return Err(LmError::Validation(format!(
                     "the prompt is {} tokens; ChatGLM-6B takes at most {}",
                     ids.len(),
                     self.cfg.max_sequence_length
@@ -426,7 +426,7 @@ impl CausalLm for ChatGlm6b {
                 mask_position,
             } = self.state;
             if len + tokens.len() > self.cfg.max_sequence_length {
-                return Err(GeneratorError::Validation(format!(
+                return Err(LmError::Validation(format!(
                     "the sequence reached ChatGLM-6B's {} tokens",
                     self.cfg.max_sequence_length
                 )));
@@ -459,7 +459,7 @@ impl CausalLm for ChatGlm6b {
         self.clear_cache();
     }
 
-    fn set_adapter(&mut self, adapter: Option<&str>) -> Result<(), GeneratorError> {
+    fn set_adapter(&mut self, adapter: Option<&str>) -> Result<(), LmError> {
         match adapter {
             None => {
                 self.adapter = None;
@@ -469,7 +469,7 @@ impl CausalLm for ChatGlm6b {
                 self.adapter = Some(name.to_owned());
                 Ok(())
             }
-            Some(name) => Err(GeneratorError::UnknownAdapter(name.to_owned())),
+            Some(name) => Err(LmError::UnknownAdapter(name.to_owned())),
         }
     }
 }
@@ -484,7 +484,7 @@ pub struct AdapterPlan {
 }
 
 impl AdapterPlan {
-    pub fn apply(&self, model: &mut ChatGlm6b) -> Result<HashMap<String, bool>, GeneratorError> {
+    pub fn apply(&self, model: &mut ChatGlm6b) -> Result<HashMap<String, bool>, LmError> {
         let mut applied = HashMap::new();
         for a in &self.merge {
             model.merge_adapter(a)?;

@@ -4,7 +4,7 @@
 //! - ChatGLM-6B (`model_type` "chatglm" with `position_encoding_2d`): our own implementation,
 //!   with LoRA adapters merged at load or kept per request;
 //! - ChatGLM2/3-6B, GLM-4-9B-chat and GLM-4-0414: zhiku's batched decoder (see
-//!   [`super::families`]), with LoRA adapters merged at load or applied per request.
+//!   [`crate::families`]), with LoRA adapters merged at load or applied per request.
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +13,14 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use super::chatglm6b::{ChatGlm6b, ChatGlm6bConfig};
-use super::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
-use super::glm::{GlmFamily, GlmHead, detect_family};
-use super::{AdapterSummary, LoadedModel, ModelInfo, ModelKind};
-use crate::error::GeneratorError;
+use crate::ComputePath;
+use crate::chatglm6b::{ChatGlm6b, ChatGlm6bConfig};
+use crate::error::LmError;
+use crate::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
+use crate::glm::{GlmFamily, GlmHead, detect_family};
+use crate::lora::AdapterSummary;
 use crate::lora::LoraAdapter;
+use crate::model::{LoadedModel, ModelInfo, ModelKind};
 use crate::template::ChatTemplate;
 use crate::tokenizer::GenTokenizer;
 
@@ -52,11 +54,11 @@ const CHATGLM3_ROLES: &[&str] = &["<|system|>", "<|user|>", "<|assistant|>", "<|
 
 /// The shard files a `model.safetensors.index.json` names in its `weight_map`, sorted, each
 /// once.
-pub(super) fn index_shards(index: &Path) -> Result<Vec<String>, GeneratorError> {
+pub(super) fn index_shards(index: &Path) -> Result<Vec<String>, LmError> {
     let text = std::fs::read_to_string(index)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
+        .map_err(|e| LmError::Load(format!("{}: {e}", index.display())))?;
     let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", index.display())))?;
+        .map_err(|e| LmError::Load(format!("{}: {e}", index.display())))?;
     let mut files: Vec<String> = value["weight_map"]
         .as_object()
         .map(|m| {
@@ -70,7 +72,7 @@ pub(super) fn index_shards(index: &Path) -> Result<Vec<String>, GeneratorError> 
     Ok(files)
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, GeneratorError> {
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LmError> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);
@@ -80,7 +82,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, GeneratorError> {
         let files = index_shards(&index)?;
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
-    Err(GeneratorError::Load(format!(
+    Err(LmError::Load(format!(
         "{} has no model.safetensors (or model.safetensors.index.json); convert .bin \
          checkpoints to safetensors first",
         dir.display()
@@ -120,19 +122,19 @@ fn stop_ids(dir: &Path, config_eos: Option<&serde_json::Value>) -> Vec<u32> {
 }
 
 /// The first bytes of `path`, enough to tell its format.
-fn read_head(path: &Path) -> Result<Vec<u8>, GeneratorError> {
+fn read_head(path: &Path) -> Result<Vec<u8>, LmError> {
     use std::io::Read;
     let mut head = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(4096).read_to_end(&mut head))
-        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| LmError::Load(format!("cannot read {}: {e}", path.display())))?;
     Ok(head)
 }
 
 /// `tokenizer.json` when present, else `tokenizer.model`: GLM-4's tiktoken vocabulary (with
 /// tokenizer_config.json's special tokens), or a SentencePiece model with `added`
 /// appended after its vocabulary (as ChatGLM2/3's Python tokenizer appends them).
-fn read_tokenizer(dir: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorError> {
+fn read_tokenizer(dir: &Path, added: &[&str]) -> Result<Tokenizer, LmError> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
         return GenTokenizer::from_file(&json);
@@ -141,12 +143,12 @@ fn read_tokenizer(dir: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorErro
     if model.is_file() {
         // GLM-4-9B-chat's tokenizer.model is a tiktoken text file, the others SentencePiece.
         let head = read_head(&model)?;
-        if crate::tiktoken::looks_like_tiktoken(&head) {
-            return crate::tiktoken::tokenizer_from_tiktoken_file(&model);
+        if crate::tokenizer::tiktoken::looks_like_tiktoken(&head) {
+            return crate::tokenizer::tiktoken::tokenizer_from_tiktoken_file(&model);
         }
-        return crate::sentencepiece::tokenizer_from_model_file(&model, added);
+        return crate::tokenizer::sentencepiece::tokenizer_from_model_file(&model, added);
     }
-    Err(GeneratorError::Load(format!(
+    Err(LmError::Load(format!(
         "{} has neither tokenizer.json nor tokenizer.model",
         dir.display()
     )))
@@ -161,7 +163,7 @@ fn chatglm6b_tokenizer(
     dir: &Path,
     config: &ChatGlm6bConfig,
     stop: Vec<u32>,
-) -> Result<GenTokenizer, GeneratorError> {
+) -> Result<GenTokenizer, LmError> {
     let json = dir.join("tokenizer.json");
     if json.is_file() {
         return Ok(GenTokenizer::with_stops(
@@ -174,15 +176,15 @@ fn chatglm6b_tokenizer(
         .map(|name| dir.join(name))
         .find(|p| p.is_file())
     else {
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "{} has no tokenizer.json, ice_text.model or tokenizer.model",
             dir.display()
         )));
     };
     let bytes = std::fs::read(&path)
-        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", path.display())))?;
-    let inner = crate::sentencepiece::chatglm6b_tokenizer_from_model_bytes(&bytes)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))?;
+        .map_err(|e| LmError::Load(format!("cannot read {}: {e}", path.display())))?;
+    let inner = crate::tokenizer::sentencepiece::chatglm6b_tokenizer_from_model_bytes(&bytes)
+        .map_err(|e| LmError::Load(format!("{}: {e}", path.display())))?;
     let pieces = inner.get_vocab_size(false);
     let declared = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
@@ -190,14 +192,14 @@ fn chatglm6b_tokenizer(
         .and_then(|v| v.get("num_image_tokens").and_then(|n| n.as_u64()));
     let offset = match declared {
         Some(n) => u32::try_from(n).map_err(|_| {
-            GeneratorError::Load(format!(
+            LmError::Load(format!(
                 "tokenizer_config.json: num_image_tokens {n} is too large"
             ))
         })?,
         None => config.vocab_size.saturating_sub(pieces) as u32,
     };
     if offset as usize + pieces > config.vocab_size {
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "{}: {pieces} pieces after {offset} image tokens exceed config.json's vocab_size {}",
             path.display(),
             config.vocab_size
@@ -206,7 +208,7 @@ fn chatglm6b_tokenizer(
     let tokenizer = GenTokenizer::with_offset(inner, stop, offset);
     match tokenizer.token_to_id("[gMASK]") {
         Some(id) if id == config.gmask_token_id => Ok(tokenizer),
-        found => Err(GeneratorError::Load(format!(
+        found => Err(LmError::Load(format!(
             "{}: [gMASK] has id {found:?} after {offset} image tokens, but config.json's \
              gmask_token_id is {}; set num_image_tokens in tokenizer_config.json to the \
              checkpoint's",
@@ -250,12 +252,13 @@ pub fn load(
     device: &Device,
     dtype: DType,
     adapters: &AdapterRequest,
-) -> Result<LoadedModel, GeneratorError> {
+    compute: ComputePath,
+) -> Result<LoadedModel, LmError> {
     let config_path = dir.join("config.json");
     let config_text = std::fs::read_to_string(&config_path)
-        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", config_path.display())))?;
+        .map_err(|e| LmError::Load(format!("cannot read {}: {e}", config_path.display())))?;
     let head: Head = serde_json::from_str(&config_text)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", config_path.display())))?;
+        .map_err(|e| LmError::Load(format!("{}: {e}", config_path.display())))?;
     let model_type = head.model_type.clone().unwrap_or_default();
     let stop = stop_ids(dir, head.eos_token_id.as_ref());
     let model = ModelFiles {
@@ -263,13 +266,14 @@ pub fn load(
         model_id,
         device,
         dtype,
+        compute,
         config_text: &config_text,
         stop,
     };
     match model_type.as_str() {
         "chatglm" if head.position_encoding_2d == Some(true) => model.chatglm6b(adapters),
         "chatglm" | "glm4" => model.glm(adapters),
-        other => Err(GeneratorError::UnsupportedModel(format!(
+        other => Err(LmError::UnsupportedModel(format!(
             "config.json model_type `{other}`: zhiku serves safetensors checkpoints of \
              ChatGLM-6B, ChatGLM2/3-6B, GLM-4-9B-chat (`chatglm`) and GLM-4-0414 (`glm4`), \
              and GGUF files (llama, qwen2, glm4)"
@@ -283,6 +287,7 @@ struct ModelFiles<'a> {
     model_id: String,
     device: &'a Device,
     dtype: DType,
+    compute: ComputePath,
     config_text: &'a str,
     /// Stop ids from config.json and generation_config.json.
     stop: Vec<u32>,
@@ -306,7 +311,7 @@ impl ModelFiles<'_> {
     }
 
     /// The weights, memory-mapped.
-    fn mmap(&self) -> Result<VarBuilder<'static>, GeneratorError> {
+    fn mmap(&self) -> Result<VarBuilder<'static>, LmError> {
         let files = weight_files(self.dir)?;
         // SAFETY: the files are memory-mapped read-only; zhiku never writes model files while
         // serving them.
@@ -314,9 +319,9 @@ impl ModelFiles<'_> {
     }
 
     /// ChatGLM-6B: our own implementation, adapters merged or attached.
-    fn chatglm6b(self, adapters: &AdapterRequest) -> Result<LoadedModel, GeneratorError> {
+    fn chatglm6b(self, adapters: &AdapterRequest) -> Result<LoadedModel, LmError> {
         let config: ChatGlm6bConfig = serde_json::from_str(self.config_text)
-            .map_err(|e| GeneratorError::Load(format!("ChatGLM-6B config.json: {e}")))?;
+            .map_err(|e| LmError::Load(format!("ChatGLM-6B config.json: {e}")))?;
         let mut stop = self.stop.clone();
         if stop.is_empty() {
             stop.push(config.eos_token_id);
@@ -351,9 +356,9 @@ impl ModelFiles<'_> {
     }
 
     /// ChatGLM2/3, GLM-4-9B-chat, GLM-4-0414: candle's networks; adapters merged only.
-    fn glm(self, adapters: &AdapterRequest) -> Result<LoadedModel, GeneratorError> {
+    fn glm(self, adapters: &AdapterRequest) -> Result<LoadedModel, LmError> {
         let head: GlmHead = serde_json::from_str(self.config_text)
-            .map_err(|e| GeneratorError::Load(format!("config.json: {e}")))?;
+            .map_err(|e| LmError::Load(format!("config.json: {e}")))?;
         // Rule 5 of `detect_family` asks whether the tokenizer knows ChatGLM3's role tokens;
         // a SentencePiece tokenizer.model never holds them (the Python code appends them), so
         // only tokenizer.json can answer yes.
@@ -367,7 +372,7 @@ impl ModelFiles<'_> {
             .as_ref()
             .is_some_and(|t| t.token_to_id("<|user|>").is_some());
         let family = detect_family(&head, has_roles).ok_or_else(|| {
-            GeneratorError::UnsupportedModel(format!(
+            LmError::UnsupportedModel(format!(
                 "config.json model_type `{}` is not a GLM family zhiku knows",
                 head.model_type.as_deref().unwrap_or_default()
             ))
@@ -396,7 +401,7 @@ impl ModelFiles<'_> {
                 let prefix = match (id(&["[gMASK]"]), id(&["sop", "<sop>"])) {
                     (Some(g), Some(s)) => vec![g, s],
                     _ => {
-                        return Err(GeneratorError::Load(format!(
+                        return Err(LmError::Load(format!(
                             "{}: the tokenizer has no [gMASK]/sop tokens, which every prompt \
                              of this family starts with",
                             family.architecture()
@@ -420,7 +425,7 @@ impl ModelFiles<'_> {
             GlmFamily::Glm4 | GlmFamily::Glm4_0414 => (ChatTemplate::Glm4, Vec::new()),
         };
         if stop.is_empty() {
-            return Err(GeneratorError::Load(format!(
+            return Err(LmError::Load(format!(
                 "{}: neither config.json nor generation_config.json gives eos_token_id",
                 family.architecture()
             )));
@@ -440,12 +445,13 @@ impl ModelFiles<'_> {
         let mut decoder = match family {
             GlmFamily::Glm4_0414 => glm4_0414_decoder(self.config_text, &mut weights)?,
             _ => chatglm_decoder(self.config_text, &mut weights)?,
-        };
+        }
+        .with_compute(self.compute);
         decoder.prefix = prefix;
         let mut attached = Vec::new();
         for (name, path) in &adapters.attach {
             let adapter = LoraAdapter::load(name, path, self.dtype, self.device)?;
-            let adapter = crate::lora::prepare_for(adapter, &decoder)?;
+            let adapter = crate::decoder::prepare_adapter(adapter, &decoder)?;
             summaries.push(adapter.summary(false));
             attached.push(adapter);
         }

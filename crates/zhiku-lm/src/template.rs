@@ -13,7 +13,7 @@ use std::ops::Range;
 use minijinja::{Environment, context};
 use serde::Serialize;
 
-use crate::error::GeneratorError;
+use crate::error::LmError;
 
 /// A prompt ready to tokenize: its text, and the byte ranges of it that are message
 /// contents (plain text: control tokens written there stay text). The rest is trusted: the
@@ -148,7 +148,7 @@ impl ChatTemplate {
     /// contents on their way (`| trim`), the stand-ins cannot tell: the contents are then put
     /// in trimmed if that gives the template's own text, else as they were sent, with a
     /// warning.
-    pub fn render_prompt(&self, messages: &[Message]) -> Result<Prompt, GeneratorError> {
+    pub fn render_prompt(&self, messages: &[Message]) -> Result<Prompt, LmError> {
         let rendered = self.render(messages)?;
         let source = match self {
             ChatTemplate::Jinja { source, .. } => source.as_str(),
@@ -157,7 +157,7 @@ impl ChatTemplate {
         let marker = ('\u{E000}'..='\u{F8FF}')
             .find(|c| !source.contains(*c) && !messages.iter().any(|m| m.content.contains(*c)))
             .ok_or_else(|| {
-                GeneratorError::Validation(
+                LmError::Validation(
                     "the messages use every private-use character; cannot mark them".into(),
                 )
             })?;
@@ -184,9 +184,9 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation, ending where the assistant's answer begins.
-    pub fn render(&self, messages: &[Message]) -> Result<String, GeneratorError> {
+    pub fn render(&self, messages: &[Message]) -> Result<String, LmError> {
         if messages.is_empty() {
-            return Err(GeneratorError::Validation(
+            return Err(LmError::Validation(
                 "`chat.messages` is empty: send at least one user message".into(),
             ));
         }
@@ -203,11 +203,11 @@ impl ChatTemplate {
                     },
                 );
                 env.add_template("chat", source).map_err(|e| {
-                    GeneratorError::Template(format!("the model's template does not parse: {e}"))
+                    LmError::Template(format!("the model's template does not parse: {e}"))
                 })?;
                 let template = env
                     .get_template("chat")
-                    .map_err(|e| GeneratorError::Template(e.to_string()))?;
+                    .map_err(|e| LmError::Template(e.to_string()))?;
                 template
                     .render(context! {
                         messages => messages,
@@ -215,7 +215,7 @@ impl ChatTemplate {
                         bos_token => bos,
                         eos_token => eos,
                     })
-                    .map_err(|e| GeneratorError::Template(e.to_string()))
+                    .map_err(|e| LmError::Template(e.to_string()))
             }
             ChatTemplate::ChatMl => {
                 let mut out = String::new();
@@ -264,7 +264,7 @@ impl ChatTemplate {
                 }
                 let last_is_question = matches!(rounds.last(), Some((_, None)));
                 if !last_is_question {
-                    return Err(GeneratorError::Validation(
+                    return Err(LmError::Validation(
                         "the last chat message must be from the user".into(),
                     ));
                 }

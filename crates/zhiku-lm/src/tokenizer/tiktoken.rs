@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::error::GeneratorError;
+use crate::error::LmError;
 
 /// GLM-4's pre-tokenizer split (its tokenization_chatglm.py `pat_str`): digits in threes.
 pub const GLM4_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -155,8 +155,8 @@ pub fn tokenizer_from_tiktoken(
 
 /// [`tokenizer_from_tiktoken`] on a file, with the special tokens of the
 /// `tokenizer_config.json` beside it (`added_tokens_decoder`).
-pub fn tokenizer_from_tiktoken_file(path: &Path) -> Result<Tokenizer, GeneratorError> {
-    let load = |why: String| GeneratorError::Load(format!("{}: {why}", path.display()));
+pub fn tokenizer_from_tiktoken_file(path: &Path) -> Result<Tokenizer, LmError> {
+    let load = |why: String| LmError::Load(format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| load(format!("cannot read: {e}")))?;
     let specials = match path.parent().map(|d| d.join("tokenizer_config.json")) {
         Some(config) if config.is_file() => {

@@ -8,10 +8,13 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::{AttnShape, SeqRows, attention};
-use super::layers::{Adapters, Embedding, Linear, Mlp, Norm, Rotary};
-use crate::engine::kv_cache::{KvCache, KvShape};
-use crate::error::GeneratorError;
+use crate::ComputePath;
+use crate::attention::{AttnShape, SeqRows, attention};
+use crate::error::LmError;
+use crate::kv::{KvCache, KvShape};
+use crate::layers::{Adapters, Embedding, Linear, Mlp, Norm};
+use crate::lora::LoraAdapter;
+use crate::rotary::Rotary;
 
 /// The new tokens of one step, for several sequences.
 #[derive(Clone, Default)]
@@ -48,7 +51,7 @@ impl Batch {
             first_pos,
             blocks: blocks.to_vec(),
         });
-        self.adapters.groups.push(super::layers::RowGroup {
+        self.adapters.groups.push(crate::layers::RowGroup {
             start,
             len: tokens.len(),
             adapter,
@@ -66,7 +69,7 @@ impl Batch {
 /// A model the engine can batch.
 pub trait BatchModel: Send + Sync {
     /// Runs one step; returns f32 logits [batch.logit_rows.len(), vocab].
-    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, GeneratorError>;
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, LmError>;
     /// What the KV cache must hold per token.
     fn kv_shape(&self) -> KvShape;
     /// Tokens every prompt must start with (ChatGLM2/3's `[gMASK] sop`).
@@ -74,8 +77,10 @@ pub trait BatchModel: Send + Sync {
         &[]
     }
     fn device(&self) -> &Device;
-    /// The dtype K/V take on a GPU.
+    /// The dtype K/V take on the tensor path.
     fn kv_dtype(&self) -> DType;
+    /// Which code runs its forward; the KV cache must be laid out for it.
+    fn compute_path(&self) -> ComputePath;
     /// Names of every linear module (PEFT's), with (in, out) features: adapters are
     /// checked against them when loaded.
     fn linear_modules(&self) -> Vec<(String, usize, usize)>;
@@ -129,12 +134,20 @@ pub struct Decoder {
     pub device: Device,
     /// Activations' dtype (f32 on the CPU).
     pub act_dtype: DType,
+    /// Kernels or tensor ops (always tensors off the CPU).
+    pub compute: ComputePath,
     pub prefix: Vec<u32>,
     /// GGUF Llama: llama.cpp stores q/k rows permuted so that rotary pairs are adjacent.
     pub permuted_qk: bool,
 }
 
 impl Decoder {
+    /// The same decoder on `compute` (tensors always off the CPU).
+    pub fn with_compute(mut self, compute: ComputePath) -> Self {
+        self.compute = ComputePath::on(compute, &self.device);
+        self
+    }
+
     fn attn_shape(&self) -> AttnShape {
         AttnShape {
             heads: self.spec.heads,
@@ -182,7 +195,7 @@ impl Decoder {
         let dtype = x.dtype();
         let x = (x + attn.to_dtype(dtype)?)?;
         let h = block.ffn_norm.forward(&x)?;
-        let mut m = block.mlp.forward(&h, a)?;
+        let mut m = block.mlp.forward(&h, a, self.compute)?;
         if let Some(n) = &block.post_ffn_norm {
             m = n.forward(&m)?;
         }
@@ -215,7 +228,7 @@ impl Decoder {
                 .iter()
                 .find(|g| (g.start..g.start + g.len).contains(&(*row as usize)))
                 .and_then(|g| g.adapter.clone());
-            head_adapters.groups.push(super::layers::RowGroup {
+            head_adapters.groups.push(crate::layers::RowGroup {
                 start: i,
                 len: 1,
                 adapter,
@@ -242,14 +255,14 @@ impl Decoder {
 }
 
 impl BatchModel for Decoder {
-    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, GeneratorError> {
+    fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, LmError> {
         if batch.rows() == 0 {
-            return Err(GeneratorError::Inference("an empty batch".into()));
+            return Err(LmError::Inference("an empty batch".into()));
         }
         if let Some(&p) = batch.positions.iter().max()
             && p as usize >= self.spec.context_length.min(self.rotary.max_positions)
         {
-            return Err(GeneratorError::Validation(format!(
+            return Err(LmError::Validation(format!(
                 "position {p} is past the model's context of {} tokens",
                 self.spec.context_length
             )));
@@ -277,6 +290,10 @@ impl BatchModel for Decoder {
         self.act_dtype
     }
 
+    fn compute_path(&self) -> ComputePath {
+        self.compute
+    }
+
     fn linear_modules(&self) -> Vec<(String, usize, usize)> {
         self.linears()
             .into_iter()
@@ -297,6 +314,54 @@ impl BatchModel for Decoder {
         };
         Some(qk_permutation(heads, self.spec.head_dim))
     }
+}
+
+/// Checks every module of `adapter` against the layers of `model` (names and shapes), and
+/// readies its weights for them: on the model's device, in the activations' dtype, with
+/// B's rows in the order the model's layer produces them.
+pub fn prepare_adapter(
+    mut adapter: LoraAdapter,
+    model: &dyn BatchModel,
+) -> Result<LoraAdapter, LmError> {
+    let modules = model.linear_modules();
+    let device = model.device().clone();
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        model.kv_dtype()
+    };
+    let mut names: Vec<String> = adapter.pairs.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let Some((_, inp, out)) = modules.iter().find(|(m, _, _)| *m == name) else {
+            let example = modules.first().map(|m| m.0.as_str()).unwrap_or_default();
+            return Err(LmError::Validation(format!(
+                "adapter `{}`: module `{name}` matches no layer of the model (its modules are \
+                 named like `{example}`)",
+                adapter.name
+            )));
+        };
+        let Some(pair) = adapter.pairs.get_mut(&name) else {
+            continue;
+        };
+        let (_, a_in) = pair.a.dims2()?;
+        let (b_out, _) = pair.b.dims2()?;
+        if a_in != *inp || b_out != *out {
+            return Err(LmError::Validation(format!(
+                "adapter `{}`: module `{name}` is [{out}, {inp}] in the model, but its A takes \
+                 {a_in} inputs and its B gives {b_out} outputs",
+                adapter.name
+            )));
+        }
+        pair.a = pair.a.to_device(&device)?.to_dtype(dtype)?;
+        let mut b = pair.b.to_device(&device)?.to_dtype(dtype)?;
+        if let Some(perm) = model.lora_output_permutation(&name) {
+            let perm = Tensor::from_vec(perm, b_out, &device)?;
+            b = b.index_select(&perm, 0)?;
+        }
+        pair.b = b;
+    }
+    Ok(adapter)
 }
 
 /// llama.cpp's q/k row order for `heads` heads of `head_dim`: within a head, row 2i + j of
@@ -320,23 +385,26 @@ pub struct Solo {
 }
 
 impl Solo {
-    /// Room for `max_tokens` tokens, in an f32 cache on the CPU.
-    pub fn new(model: &dyn BatchModel, max_tokens: usize) -> Result<Self, GeneratorError> {
-        Self::with_kv_dtype(model, max_tokens, crate::engine::KvDtype::F32)
+    /// Room for `max_tokens` tokens, in an f32 cache on the CPU (the tensor path's cache
+    /// on a model that takes that path).
+    pub fn new(model: &dyn BatchModel, max_tokens: usize) -> Result<Self, LmError> {
+        Self::with_kv_dtype(model, max_tokens, crate::kv::KvDtype::F32)
     }
 
-    /// Room for `max_tokens` tokens, in a cache of `dtype` on the CPU.
+    /// Room for `max_tokens` tokens, in a host cache of `dtype` (kernel path) or the tensor
+    /// path's cache.
     pub fn with_kv_dtype(
         model: &dyn BatchModel,
         max_tokens: usize,
-        dtype: crate::engine::KvDtype,
-    ) -> Result<Self, GeneratorError> {
+        dtype: crate::kv::KvDtype,
+    ) -> Result<Self, LmError> {
         let cache = KvCache::new(
             model.kv_shape(),
             max_tokens,
             dtype,
             model.device(),
             model.kv_dtype(),
+            model.compute_path(),
         )?;
         let blocks = (0..cache.num_blocks as u32).collect();
         Ok(Self {
@@ -356,13 +424,9 @@ impl Solo {
     }
 
     /// Feeds `tokens` after what was fed before; the logits [vocab] of the last one.
-    pub fn feed(
-        &mut self,
-        model: &dyn BatchModel,
-        tokens: &[u32],
-    ) -> Result<Tensor, GeneratorError> {
+    pub fn feed(&mut self, model: &dyn BatchModel, tokens: &[u32]) -> Result<Tensor, LmError> {
         if self.len + tokens.len() > self.cache.capacity_tokens() {
-            return Err(GeneratorError::Validation("the Solo cache is full".into()));
+            return Err(LmError::Validation("the Solo cache is full".into()));
         }
         let mut batch = Batch::default();
         batch.push(tokens, self.len, &self.blocks, self.adapter.clone(), true);

@@ -1,53 +1,20 @@
 //! GGUF (quantized) models: Llama, Qwen2 and GLM-4 on zhiku's decoder. INT4/INT8 weights
 //! are what let a 6B-9B model fit on a consumer card or a laptop. candle-transformers'
-//! networks for the same files stay here as the reference the tests compare against.
+//! networks for the same files are in `crate::reference`.
 
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{quantized_glm4, quantized_llama, quantized_qwen2};
+use candle_core::{DType, Device};
 
 use super::directory::AdapterRequest;
-use super::families::{GgufTensors, gguf_decoder};
-use super::{CausalLm, LoadedModel, ModelInfo, ModelKind};
-use crate::error::GeneratorError;
+use crate::ComputePath;
+use crate::error::LmError;
+use crate::families::{GgufTensors, gguf_decoder};
 use crate::lora::LoraAdapter;
+use crate::model::{LoadedModel, ModelInfo, ModelKind};
 use crate::template::ChatTemplate;
 use crate::tokenizer::GenTokenizer;
-
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-    Glm4(quantized_glm4::ModelWeights),
-}
-
-pub struct GgufModel {
-    weights: Weights,
-    device: Device,
-}
-
-impl CausalLm for GgufModel {
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, GeneratorError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.weights {
-            Weights::Llama(m) => m.forward(&input, pos)?,
-            Weights::Qwen2(m) => m.forward(&input, pos)?,
-            Weights::Glm4(m) => m.forward(&input, pos)?,
-        };
-        // [1, vocab] (or [1, 1, vocab]) -> [vocab], in f32 for sampling.
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
-    }
-
-    fn reset(&mut self) {
-        // Llama and Qwen2 drop their cache when a sequence starts at position 0; GLM-4 too.
-        match &mut self.weights {
-            Weights::Llama(m) => m.clear_kv_cache(),
-            Weights::Qwen2(m) => m.clear_kv_cache(),
-            Weights::Glm4(_) => {}
-        }
-    }
-}
 
 fn quantization_name(content: &gguf_file::Content) -> String {
     // The most common dtype among the weight matrices names the file's quantisation. Norms
@@ -70,46 +37,13 @@ fn quantization_name(content: &gguf_file::Content) -> String {
         .unwrap_or_else(|| "gguf".into())
 }
 
-/// candle-transformers' own network for a GGUF file: the reference our decoder is tested
-/// against (never the serving path).
-pub fn load_reference(path: &Path, device: &Device) -> Result<GgufModel, GeneratorError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| GeneratorError::Load(format!("cannot open {}: {e}", path.display())))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| GeneratorError::Load(format!("{} is not a GGUF file: {e}", path.display())))?;
-    let architecture = architecture(&content)?;
-    let weights = match architecture.as_str() {
-        "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
-            content, &mut file, device,
-        )?),
-        "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
-            content, &mut file, device,
-        )?),
-        "glm4" | "chatglm" => Weights::Glm4(quantized_glm4::ModelWeights::from_gguf(
-            content,
-            &mut file,
-            device,
-            DType::F32,
-        )?),
-        other => {
-            return Err(GeneratorError::UnsupportedModel(format!(
-                "GGUF architecture `{other}`"
-            )));
-        }
-    };
-    Ok(GgufModel {
-        weights,
-        device: device.clone(),
-    })
-}
-
-fn architecture(content: &gguf_file::Content) -> Result<String, GeneratorError> {
+pub(crate) fn architecture(content: &gguf_file::Content) -> Result<String, LmError> {
     content
         .metadata
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .ok_or_else(|| GeneratorError::Load("GGUF has no general.architecture".into()))
+        .ok_or_else(|| LmError::Load("GGUF has no general.architecture".into()))
 }
 
 /// Loads a GGUF file into zhiku's batched decoder; the tokenizer is `tokenizer.json` beside
@@ -120,15 +54,16 @@ pub fn load(
     model_id: String,
     device: &Device,
     adapters: &AdapterRequest,
-) -> Result<LoadedModel, GeneratorError> {
+    compute: ComputePath,
+) -> Result<LoadedModel, LmError> {
     if !adapters.merge.is_empty() {
-        return Err(GeneratorError::UnsupportedModel(
+        return Err(LmError::UnsupportedModel(
             "--merge-lora folds an adapter into full-precision weights, which a quantized GGUF \
              file does not have; serve the adapter unmerged with --lora NAME=DIR instead"
                 .into(),
         ));
     }
-    let mut gg = GgufTensors::open(path, device)?;
+    let mut gg = GgufTensors::open(path, device, compute)?;
     let architecture = architecture(&gg.content)?;
     let md = &gg.content.metadata;
     let dtype = quantization_name(&gg.content);
@@ -170,7 +105,7 @@ pub fn load(
     let mut weights = Vec::new();
     for (name, dir) in &adapters.attach {
         let adapter = LoraAdapter::load(name, dir, DType::F32, &Device::Cpu)?;
-        let adapter = crate::lora::prepare_for(adapter, &decoder)?;
+        let adapter = crate::decoder::prepare_adapter(adapter, &decoder)?;
         summaries.push(adapter.summary(false));
         weights.push(adapter);
     }

@@ -13,8 +13,9 @@
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use super::layers::Rotary;
-use crate::engine::kv_cache::{BLOCK_SIZE, KvCache, LayerKv};
+use crate::kv::{BLOCK_SIZE, KvCache, LayerKv};
+use crate::layers::cpu_f32;
+use crate::rotary::Rotary;
 
 /// One sequence's rows in a batch.
 #[derive(Debug, Clone)]
@@ -42,11 +43,6 @@ pub struct AttnShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-}
-
-/// The f32 values of a CPU tensor, in row-major order.
-pub fn cpu_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
 /// Element of a CPU cache.
@@ -96,7 +92,7 @@ pub fn attention(
         LayerKv::F16 { k: kc, v: vc } => {
             cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
         }
-        LayerKv::Device { k: kc, v: vc } => {
+        LayerKv::Tensor { k: kc, v: vc } => {
             tensor_attention(q, k, v, positions, seqs, shape, rotary, kc, vc)
         }
     }

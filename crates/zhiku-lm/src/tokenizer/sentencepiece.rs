@@ -28,7 +28,7 @@ use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer};
 
-use crate::error::GeneratorError;
+use crate::error::LmError;
 
 /// `sentencepiece_model.proto`'s `ModelProto`, only the fields read here (prost skips the
 /// others).
@@ -86,11 +86,11 @@ const SPACE: &str = "\u{2581}";
 
 /// Reads `path` (a SentencePiece model) and builds its tokenizer, with `added` special
 /// tokens appended after the vocabulary.
-pub fn tokenizer_from_model_file(path: &Path, added: &[&str]) -> Result<Tokenizer, GeneratorError> {
+pub fn tokenizer_from_model_file(path: &Path, added: &[&str]) -> Result<Tokenizer, LmError> {
     let bytes = std::fs::read(path)
-        .map_err(|e| GeneratorError::Load(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| LmError::Load(format!("cannot read {}: {e}", path.display())))?;
     tokenizer_from_model_bytes(&bytes, added)
-        .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))
+        .map_err(|e| LmError::Load(format!("{}: {e}", path.display())))
 }
 
 /// [`tokenizer_from_model_file`] on the file's bytes; errors are plain messages.

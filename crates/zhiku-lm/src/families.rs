@@ -15,14 +15,16 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::decoder::{Block, Decoder, DecoderSpec, Qkv};
-use super::layers::{Embedding, Linear, Mlp, Norm, Rotary, activation_dtype};
-use crate::error::GeneratorError;
+use crate::ComputePath;
+use crate::decoder::{Block, Decoder, DecoderSpec, Qkv};
+use crate::error::LmError;
+use crate::layers::{Embedding, Linear, Mlp, Norm, activation_dtype};
 use crate::lora::{LoraAdapter, merged_weight};
+use crate::rotary::Rotary;
 use zhiku_kernels::{QuantMatrix, QuantType};
 
-fn load_err(e: impl std::fmt::Display) -> GeneratorError {
-    GeneratorError::Load(e.to_string())
+fn load_err(e: impl std::fmt::Display) -> LmError {
+    LmError::Load(e.to_string())
 }
 
 /// A GGUF file, memory-mapped: tensors are built from the mapped bytes, and a quantized
@@ -32,24 +34,27 @@ pub struct GgufTensors {
     map: Arc<memmap2::Mmap>,
     path: PathBuf,
     device: Device,
+    /// Kernels: matrices repacked for zhiku's CPU kernels and the token table read by row
+    /// from the map; Tensors: candle's quantized matmuls and a dense table, as on a GPU.
+    compute: ComputePath,
 }
 
 impl GgufTensors {
-    pub fn open(path: &Path, device: &Device) -> Result<Self, GeneratorError> {
+    pub fn open(path: &Path, device: &Device, compute: ComputePath) -> Result<Self, LmError> {
         let mut file = File::open(path)
-            .map_err(|e| GeneratorError::Load(format!("cannot open {}: {e}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            GeneratorError::Load(format!("{} is not a GGUF file: {e}", path.display()))
-        })?;
+            .map_err(|e| LmError::Load(format!("cannot open {}: {e}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| LmError::Load(format!("{} is not a GGUF file: {e}", path.display())))?;
         // SAFETY: the map is read-only and zhiku never writes model files while serving them;
         // a file truncated by someone else underneath would fault, as with any mmap reader.
         let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| GeneratorError::Load(format!("cannot map {}: {e}", path.display())))?;
+            .map_err(|e| LmError::Load(format!("cannot map {}: {e}", path.display())))?;
         Ok(Self {
             content,
             map: Arc::new(map),
             path: path.to_path_buf(),
             device: device.clone(),
+            compute: ComputePath::on(compute, device),
         })
     }
 
@@ -58,8 +63,8 @@ impl GgufTensors {
     }
 
     /// The tensor's bytes in the map, with its type and (candle-order) dims.
-    fn raw(&self, name: &str) -> Result<(usize, usize, GgmlDType, Vec<usize>), GeneratorError> {
-        let bad = |m: String| GeneratorError::Load(format!("{}: {name}: {m}", self.path.display()));
+    fn raw(&self, name: &str) -> Result<(usize, usize, GgmlDType, Vec<usize>), LmError> {
+        let bad = |m: String| LmError::Load(format!("{}: {name}: {m}", self.path.display()));
         let info = self
             .content
             .tensor_infos
@@ -87,10 +92,10 @@ impl GgufTensors {
         Ok((start, bytes, info.ggml_dtype, info.shape.dims().to_vec()))
     }
 
-    fn qtensor(&mut self, name: &str) -> Result<QTensor, GeneratorError> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor, LmError> {
         let (start, bytes, dtype, dims) = self.raw(name)?;
         let t = qtensor_from_ggml(dtype, &self.map[start..start + bytes], dims, &self.device)
-            .map_err(|e| GeneratorError::Load(format!("{}: {name}: {e}", self.path.display())))?;
+            .map_err(|e| LmError::Load(format!("{}: {name}: {e}", self.path.display())))?;
         self.release(start, bytes);
         Ok(t)
     }
@@ -113,15 +118,14 @@ impl GgufTensors {
         let _ = (start, len);
     }
 
-    /// The token table: rows read from the map on the CPU, dequantized whole on a GPU.
-    fn embedding(&mut self, name: &str) -> Result<(Embedding, usize), GeneratorError> {
+    /// The token table: rows read from the map on the kernel path, dequantized whole on the
+    /// tensor path.
+    fn embedding(&mut self, name: &str) -> Result<(Embedding, usize), LmError> {
         let (start, bytes, dtype, dims) = self.raw(name)?;
         let [vocab, hidden] = dims[..] else {
-            return Err(GeneratorError::Load(format!(
-                "{name} is not a matrix: {dims:?}"
-            )));
+            return Err(LmError::Load(format!("{name} is not a matrix: {dims:?}")));
         };
-        if !self.device.is_cpu() || !hidden.is_multiple_of(dtype.block_size()) {
+        if self.compute == ComputePath::Tensors || !hidden.is_multiple_of(dtype.block_size()) {
             return Ok((Embedding::new(self.dense(name)?), vocab));
         }
         Ok((
@@ -130,11 +134,11 @@ impl GgufTensors {
         ))
     }
 
-    fn dense(&mut self, name: &str) -> Result<Tensor, GeneratorError> {
+    fn dense(&mut self, name: &str) -> Result<Tensor, LmError> {
         Ok(self.qtensor(name)?.dequantize(&self.device)?)
     }
 
-    fn optional_dense(&mut self, name: &str) -> Result<Option<Tensor>, GeneratorError> {
+    fn optional_dense(&mut self, name: &str) -> Result<Option<Tensor>, LmError> {
         if self.has(name) {
             self.dense(name).map(Some)
         } else {
@@ -142,10 +146,10 @@ impl GgufTensors {
         }
     }
 
-    /// On the CPU, a block-quantized matrix repacked for zhiku's kernels straight from the
-    /// map (None: a GPU, or a type the kernels do not serve).
-    fn kernel_matrix(&self, name: &str) -> Result<Option<Arc<QuantMatrix>>, GeneratorError> {
-        if !self.device.is_cpu() {
+    /// On the kernel path, a block-quantized matrix repacked for zhiku's kernels straight
+    /// from the map (None: the tensor path, or a type the kernels do not serve).
+    fn kernel_matrix(&self, name: &str) -> Result<Option<Arc<QuantMatrix>>, LmError> {
+        if self.compute == ComputePath::Tensors {
             return Ok(None);
         }
         let (start, bytes, dtype, dims) = self.raw(name)?;
@@ -156,12 +160,12 @@ impl GgufTensors {
             return Ok(None);
         };
         let m = QuantMatrix::from_gguf_bytes(ty, n, k, &self.map[start..start + bytes])
-            .map_err(|e| GeneratorError::Load(format!("{}: {name}: {e}", self.path.display())))?;
+            .map_err(|e| LmError::Load(format!("{}: {name}: {e}", self.path.display())))?;
         self.release(start, bytes);
         Ok(Some(Arc::new(m)))
     }
 
-    fn linear(&mut self, name: &str, module: &str) -> Result<Linear, GeneratorError> {
+    fn linear(&mut self, name: &str, module: &str) -> Result<Linear, LmError> {
         let weight = format!("{name}.weight");
         let bias = self.optional_dense(&format!("{name}.bias"))?;
         if let Some(m) = self.kernel_matrix(&weight)? {
@@ -178,7 +182,7 @@ impl GgufTensors {
         ))
     }
 
-    fn rms(&mut self, name: &str, eps: f32) -> Result<Norm, GeneratorError> {
+    fn rms(&mut self, name: &str, eps: f32) -> Result<Norm, LmError> {
         Ok(Norm::Rms {
             weight: self.dense(&format!("{name}.weight"))?,
             eps,
@@ -197,9 +201,9 @@ impl GgufTensors {
         self.content.metadata.get(key).and_then(|v| v.to_f32().ok())
     }
 
-    fn need_u32(&self, key: &str) -> Result<usize, GeneratorError> {
+    fn need_u32(&self, key: &str) -> Result<usize, LmError> {
         self.md_u32(key)
-            .ok_or_else(|| GeneratorError::Load(format!("GGUF has no `{key}`")))
+            .ok_or_else(|| LmError::Load(format!("GGUF has no `{key}`")))
     }
 }
 
@@ -220,14 +224,14 @@ fn kernel_type(dtype: GgmlDType) -> Option<QuantType> {
 }
 
 /// The GGUF architectures the decoder serves.
-pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, GeneratorError> {
+pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, LmError> {
     let (interleaved, glm) = match arch {
         // llama.cpp stores Llama's q/k rows permuted for rotation of adjacent pairs.
         "llama" => (true, false),
         "qwen2" => (false, false),
         "glm4" => (true, true),
         other => {
-            return Err(GeneratorError::UnsupportedModel(format!(
+            return Err(LmError::UnsupportedModel(format!(
                 "GGUF architecture `{other}`; zhiku runs GGUF `llama`, `qwen2` and `glm4`"
             )));
         }
@@ -246,7 +250,7 @@ pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, Generat
         .md_f32(&format!("{arch}.rope.freq_base"))
         .unwrap_or(10_000.0) as f64;
     if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "GGUF: {heads} attention heads do not split into {kv_heads} KV heads"
         )));
     }
@@ -261,7 +265,7 @@ pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, Generat
             .unwrap_or(head_dim)
     };
     if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
-        return Err(GeneratorError::Load(format!(
+        return Err(LmError::Load(format!(
             "GGUF: rotary dimension {rotary_dim} does not fit heads of {head_dim}"
         )));
     }
@@ -347,6 +351,7 @@ pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, Generat
         lm_head,
         rotary,
         act_dtype: DType::F32,
+        compute: gg.compute,
         device,
         prefix: Vec::new(),
         permuted_qk: arch == "llama",
@@ -369,7 +374,7 @@ impl<'a> SafetensorsWeights<'a> {
         device: &Device,
         dtype: DType,
         merge: &'a [LoraAdapter],
-    ) -> Result<Self, GeneratorError> {
+    ) -> Result<Self, LmError> {
         // SAFETY: the files are memory-mapped read-only; zhiku never writes model files while
         // serving them.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(load_err)?;
@@ -386,14 +391,14 @@ impl<'a> SafetensorsWeights<'a> {
         self.st.get(name).is_ok()
     }
 
-    fn tensor(&self, name: &str) -> Result<Tensor, GeneratorError> {
+    fn tensor(&self, name: &str) -> Result<Tensor, LmError> {
         self.st
             .load(name, &self.device)
             .and_then(|t| t.to_dtype(self.dtype))
-            .map_err(|e| GeneratorError::Load(format!("checkpoint tensor `{name}`: {e}")))
+            .map_err(|e| LmError::Load(format!("checkpoint tensor `{name}`: {e}")))
     }
 
-    fn optional(&self, name: &str) -> Result<Option<Tensor>, GeneratorError> {
+    fn optional(&self, name: &str) -> Result<Option<Tensor>, LmError> {
         if self.has(name) {
             self.tensor(name).map(Some)
         } else {
@@ -403,7 +408,7 @@ impl<'a> SafetensorsWeights<'a> {
 
     /// The linear layer `module` (`module.weight`, optional `module.bias`), with the merged
     /// adapters folded in.
-    fn linear(&mut self, module: &str) -> Result<Linear, GeneratorError> {
+    fn linear(&mut self, module: &str) -> Result<Linear, LmError> {
         let mut w = self.tensor(&format!("{module}.weight"))?;
         for adapter in self.merge {
             if let Some(pair) = adapter.pairs.get(module) {
@@ -415,7 +420,7 @@ impl<'a> SafetensorsWeights<'a> {
         Ok(Linear::dense(w, bias, module)?)
     }
 
-    fn norm(&self, name: &str, eps: f32, rms: bool) -> Result<Norm, GeneratorError> {
+    fn norm(&self, name: &str, eps: f32, rms: bool) -> Result<Norm, LmError> {
         let weight = self.tensor(&format!("{name}.weight"))?;
         Ok(if rms {
             Norm::Rms { weight, eps }
@@ -429,13 +434,13 @@ impl<'a> SafetensorsWeights<'a> {
     }
 
     /// Every module of every merged adapter must have found its layer.
-    fn check_merged(&self) -> Result<(), GeneratorError> {
+    fn check_merged(&self) -> Result<(), LmError> {
         for a in self.merge {
             let used = self.used.get(&a.name).copied().unwrap_or(0);
             if used != a.pairs.len() {
                 let mut names: Vec<&String> = a.pairs.keys().collect();
                 names.sort();
-                return Err(GeneratorError::Load(format!(
+                return Err(LmError::Load(format!(
                     "adapter `{}`: {} of its {} modules match no layer of the model \
                      (modules: {names:?})",
                     a.name,
@@ -482,14 +487,11 @@ fn one() -> usize {
 
 /// ChatGLM2/3 and GLM-4-9B-chat: fused query_key_value (multi-query groups), rotary on the
 /// first half of each head in adjacent pairs, SwiGLU in dense_h_to_4h.
-pub fn chatglm_decoder(
-    config_json: &str,
-    w: &mut SafetensorsWeights,
-) -> Result<Decoder, GeneratorError> {
+pub fn chatglm_decoder(config_json: &str, w: &mut SafetensorsWeights) -> Result<Decoder, LmError> {
     let c: ChatGlmConfig = serde_json::from_str(config_json)
-        .map_err(|e| GeneratorError::Load(format!("config.json: {e}")))?;
+        .map_err(|e| LmError::Load(format!("config.json: {e}")))?;
     if c.apply_residual_connection_post_layernorm {
-        return Err(GeneratorError::UnsupportedModel(
+        return Err(LmError::UnsupportedModel(
             "GLM with apply_residual_connection_post_layernorm".into(),
         ));
     }
@@ -542,6 +544,7 @@ pub fn chatglm_decoder(
         lm_head,
         rotary,
         act_dtype: activation_dtype(&device, w.dtype),
+        compute: ComputePath::on(ComputePath::Kernels, &device),
         device,
         prefix: Vec::new(),
         permuted_qk: false,
@@ -570,9 +573,9 @@ pub struct Glm4Config {
 pub fn glm4_0414_decoder(
     config_json: &str,
     w: &mut SafetensorsWeights,
-) -> Result<Decoder, GeneratorError> {
+) -> Result<Decoder, LmError> {
     let c: Glm4Config = serde_json::from_str(config_json)
-        .map_err(|e| GeneratorError::Load(format!("config.json: {e}")))?;
+        .map_err(|e| LmError::Load(format!("config.json: {e}")))?;
     let eps = c.rms_norm_eps as f32;
     let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
     let mut blocks = Vec::with_capacity(c.num_hidden_layers);
@@ -627,6 +630,7 @@ pub fn glm4_0414_decoder(
         lm_head,
         rotary,
         act_dtype: activation_dtype(&device, w.dtype),
+        compute: ComputePath::on(ComputePath::Kernels, &device),
         device,
         prefix: Vec::new(),
         permuted_qk: false,

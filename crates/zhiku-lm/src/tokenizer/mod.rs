@@ -4,7 +4,7 @@
 //! - `tokenizer.ggml.model = gpt2`: byte-level BPE, pre-tokenized with the regexes that
 //!   `tokenizer.ggml.pre` names ([`bpe_pre_tokenizer`]);
 //! - `tokenizer.ggml.model = llama`: SentencePiece (tokens, scores, token types, `<0xNN>`
-//!   byte fallback, "▁" for spaces, `add_space_prefix`), built by [`crate::sentencepiece`].
+//!   byte fallback, "▁" for spaces, `add_space_prefix`), built by [`sentencepiece`].
 //!
 //! **Control tokens come only from trusted text.** A prompt is a [`Prompt`]: the chat
 //! template's text (trusted: `<|im_start|>`, `[gMASK]`, … become their control tokens) and
@@ -27,9 +27,12 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
-use crate::error::GeneratorError;
-use crate::sentencepiece::{self, ModelProto, NormalizerSpec, SentencePiece, TrainerSpec};
+use crate::error::LmError;
+pub mod sentencepiece;
+pub mod tiktoken;
+
 use crate::template::Prompt;
+use sentencepiece::{ModelProto, NormalizerSpec, SentencePiece, TrainerSpec};
 
 /// GPT-2's split, as llama.cpp writes it.
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
@@ -223,7 +226,7 @@ pub struct GenTokenizer {
 
 impl GenTokenizer {
     /// A `tokenizer.json` and the ids that end generation.
-    pub fn from_json(path: &Path, eos_ids: Vec<u32>) -> Result<Self, GeneratorError> {
+    pub fn from_json(path: &Path, eos_ids: Vec<u32>) -> Result<Self, LmError> {
         Ok(Self::with_stops(Self::from_file(path)?, eos_ids))
     }
 
@@ -281,19 +284,18 @@ impl GenTokenizer {
         ids
     }
 
-    pub fn from_file(path: &Path) -> Result<Tokenizer, GeneratorError> {
-        Tokenizer::from_file(path)
-            .map_err(|e| GeneratorError::Load(format!("{}: {e}", path.display())))
+    pub fn from_file(path: &Path) -> Result<Tokenizer, LmError> {
+        Tokenizer::from_file(path).map_err(|e| LmError::Load(format!("{}: {e}", path.display())))
     }
 
     /// Builds the tokenizer of a GGUF vocabulary: byte-level BPE (`tokenizer.ggml.model` =
     /// gpt2) or SentencePiece (`llama`).
-    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self, GeneratorError> {
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self, LmError> {
         let md = &content.metadata;
-        let load = |e: String| GeneratorError::Load(e);
+        let load = |e: String| LmError::Load(e);
         let get = |key: &str| {
             md.get(key)
-                .ok_or_else(|| GeneratorError::Load(format!("GGUF has no `{key}`")))
+                .ok_or_else(|| LmError::Load(format!("GGUF has no `{key}`")))
         };
         let string = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
         let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
@@ -344,7 +346,7 @@ impl GenTokenizer {
             }
             "llama" => (sentencepiece_from_gguf(md, &tokens, &types)?, true),
             other => {
-                return Err(GeneratorError::UnsupportedModel(format!(
+                return Err(LmError::UnsupportedModel(format!(
                     "GGUF tokenizer `{other}`: zhiku builds byte-level BPE (`gpt2`) and \
                      SentencePiece (`llama`) vocabularies from GGUF; put the model's \
                      tokenizer.json beside it"
@@ -407,7 +409,7 @@ impl GenTokenizer {
 
     /// Model ids of trusted `text`: control tokens written in it are matched (a raw prompt,
     /// a template's text). No BOS.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GeneratorError> {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LmError> {
         let mut matches = Vec::new();
         self.find_controls(text, 0..text.len(), &mut matches);
         let mut ids = Vec::new();
@@ -416,7 +418,7 @@ impl GenTokenizer {
     }
 
     /// Model ids of plain `text`: control tokens written in it are text, never control ids.
-    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, GeneratorError> {
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, LmError> {
         let mut ids = Vec::new();
         self.encode_piece(text, &mut ids)?;
         Ok(ids)
@@ -428,7 +430,7 @@ impl GenTokenizer {
     /// Text between two control tokens is encoded as one piece, whatever mix of template and
     /// content it holds, so that the ids equal those of the whole prompt text wherever the
     /// contents hold no control token.
-    pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, GeneratorError> {
+    pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, LmError> {
         let text = prompt.text.as_str();
         let mut matches = Vec::new();
         let mut cursor = 0;
@@ -457,7 +459,7 @@ impl GenTokenizer {
         text: &str,
         matches: &[(usize, usize, u32)],
         ids: &mut Vec<u32>,
-    ) -> Result<(), GeneratorError> {
+    ) -> Result<(), LmError> {
         let mut cursor = 0;
         for &(start, end, id) in matches {
             self.encode_piece(&text[cursor..start], ids)?;
@@ -509,14 +511,14 @@ impl GenTokenizer {
     }
 
     /// Encodes `piece` (no control tokens matched) into `ids`.
-    fn encode_piece(&self, piece: &str, ids: &mut Vec<u32>) -> Result<(), GeneratorError> {
+    fn encode_piece(&self, piece: &str, ids: &mut Vec<u32>) -> Result<(), LmError> {
         if piece.is_empty() {
             return Ok(());
         }
         let tokenizer = self.derived().plain.as_ref().unwrap_or(&self.inner);
         let encoding = tokenizer
             .encode_fast(piece, false)
-            .map_err(|e| GeneratorError::Tokenizer(e.to_string()))?;
+            .map_err(|e| LmError::Tokenizer(e.to_string()))?;
         for id in encoding.get_ids() {
             ids.push(id.checked_add(self.id_offset).ok_or_else(overflow)?);
         }
@@ -551,7 +553,7 @@ impl GenTokenizer {
     }
 
     /// Text of model ids; special tokens and ids below the offset are left out.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, GeneratorError> {
+    pub fn decode(&self, ids: &[u32]) -> Result<String, LmError> {
         let shifted: Vec<u32>;
         let ids = if self.id_offset == 0 {
             ids
@@ -564,12 +566,12 @@ impl GenTokenizer {
         };
         self.inner
             .decode(ids, true)
-            .map_err(|e| GeneratorError::Tokenizer(e.to_string()))
+            .map_err(|e| LmError::Tokenizer(e.to_string()))
     }
 }
 
-fn overflow() -> GeneratorError {
-    GeneratorError::Tokenizer("a token id overflows with the model's id offset".into())
+fn overflow() -> LmError {
+    LmError::Tokenizer("a token id overflows with the model's id offset".into())
 }
 
 /// `tokenizers`' word characters (`\w`) for single-word tokens.
@@ -586,20 +588,18 @@ fn starts_with_word(text: &str) -> bool {
 }
 
 /// `tokenizer.ggml.merges` as pairs.
-fn gguf_merges(
-    md: &HashMap<String, gguf_file::Value>,
-) -> Result<Vec<(String, String)>, GeneratorError> {
+fn gguf_merges(md: &HashMap<String, gguf_file::Value>) -> Result<Vec<(String, String)>, LmError> {
     let merges = md
         .get("tokenizer.ggml.merges")
-        .ok_or_else(|| GeneratorError::Load("GGUF has no `tokenizer.ggml.merges`".into()))?
+        .ok_or_else(|| LmError::Load("GGUF has no `tokenizer.ggml.merges`".into()))?
         .to_vec()
-        .map_err(|e| GeneratorError::Load(e.to_string()))?;
+        .map_err(|e| LmError::Load(e.to_string()))?;
     merges
         .iter()
         .map(|v| {
             let merge = v
                 .to_string()
-                .map_err(|e| GeneratorError::Load(format!("tokenizer.ggml.merges: {e}")))?;
+                .map_err(|e| LmError::Load(format!("tokenizer.ggml.merges: {e}")))?;
             // llama.cpp splits at the first space after the first byte: a merge's left half
             // may itself be a space. A space is one byte, so the cut is a char boundary.
             merge
@@ -608,7 +608,7 @@ fn gguf_merges(
                 .skip(1)
                 .position(|b| *b == b' ')
                 .map(|i| (merge[..i + 1].to_owned(), merge[i + 2..].to_owned()))
-                .ok_or_else(|| GeneratorError::Load(format!("bad merge `{merge}`")))
+                .ok_or_else(|| LmError::Load(format!("bad merge `{merge}`")))
         })
         .collect()
 }
@@ -620,8 +620,8 @@ fn sentencepiece_from_gguf(
     md: &HashMap<String, gguf_file::Value>,
     tokens: &[String],
     types: &[i32],
-) -> Result<Tokenizer, GeneratorError> {
-    let load = |e: String| GeneratorError::Load(format!("GGUF SentencePiece vocabulary: {e}"));
+) -> Result<Tokenizer, LmError> {
+    let load = |e: String| LmError::Load(format!("GGUF SentencePiece vocabulary: {e}"));
     let mut scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
         Some(v) => v
             .to_vec()

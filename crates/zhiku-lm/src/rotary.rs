@@ -1,0 +1,99 @@
+//! Rotary position embedding tables, applied on host rows (the kernel path) or on tensors.
+
+use candle_core::{D, Device, Tensor};
+
+/// Rotary position embedding: `rotary_dim` leading dimensions of each head rotate, the rest
+/// pass. Pairs are (i, i + rotary_dim/2) ("half", Qwen2/NeoX) or (2i, 2i+1) ("interleaved",
+/// GGUF Llama, the GLM family).
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    pub rotary_dim: usize,
+    pub interleaved: bool,
+    /// cos / sin [max_positions, rotary_dim / 2], f32, row-major.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub max_positions: usize,
+    /// The same tables as tensors on the model's device (for the tensor path).
+    pub cos_t: Tensor,
+    pub sin_t: Tensor,
+}
+
+impl Rotary {
+    pub fn new(
+        rotary_dim: usize,
+        base: f64,
+        interleaved: bool,
+        max_positions: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let half = rotary_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1f32 / base.powf((2 * i) as f64 / rotary_dim as f64) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos_t = Tensor::from_slice(&cos, (max_positions, half), device)?;
+        let sin_t = Tensor::from_slice(&sin, (max_positions, half), device)?;
+        Ok(Self {
+            rotary_dim,
+            interleaved,
+            cos,
+            sin,
+            max_positions,
+            cos_t,
+            sin_t,
+        })
+    }
+
+    /// Rotates one head vector `x` (head_dim) in place at position `pos`.
+    #[inline]
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.rotary_dim / 2;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        if self.interleaved {
+            for i in 0..half {
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                x[2 * i] = a * cos[i] - b * sin[i];
+                x[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        } else {
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                x[i] = a * cos[i] - b * sin[i];
+                x[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+
+    /// The tensor path: x [tokens, heads, head_dim] rotated at `positions` [tokens] (u32).
+    pub fn apply_tensor(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, head_dim) = x.dims3()?;
+        let cos = self.cos_t.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let sin = self.sin_t.index_select(positions, 0)?.to_dtype(x.dtype())?;
+        let rot = x
+            .narrow(D::Minus1, 0, self.rotary_dim)?
+            .transpose(0, 1)?
+            .unsqueeze(0)?
+            .contiguous()?;
+        let rot = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&rot, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&rot, &cos, &sin)?
+        };
+        let rot = rot.squeeze(0)?.transpose(0, 1)?;
+        if self.rotary_dim == head_dim {
+            rot.contiguous()
+        } else {
+            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Tensor::cat(&[&rot, &pass], D::Minus1)?.contiguous()
+        }
+    }
+}
