@@ -65,15 +65,16 @@ sections!(
     hybrid,
     bad_input,
     deletes,
+    search_options,
 );
 
 /// Both backends given the same 400 passages answer the same searches alike, in every mode:
 /// the same scores (1e-4 relative: the engines sum floats in different orders) in the same
 /// order. Dense (exact at this size on both) and BM25: where scores tie, the engines may order
 /// the tied passages differently (and pick different ones at the top_k cut). Hybrid: the
-/// retriever fuses both backends' rankings itself with ties broken by point id
-/// (`store::fuse_rrf`), so the fused scores agree too, up to `ranking::FUSED_EPS` (a swap of
-/// neighbouring ranks between passages whose scores differ by less than the engines'
+/// retriever fuses both backends' rankings itself with ties broken by point id (`fuse_rrf`
+/// in `src/store/points.rs`), so the fused scores agree too, up to `ranking::FUSED_EPS` (a
+/// swap of neighbouring ranks between passages whose scores differ by less than the engines'
 /// rounding); the engines' own fusion did not (they break ties, and cut candidate lists
 /// inside ties, each their own way: fused scores up to a third apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,17 +46,18 @@ use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, EdgeConfigBuilder, EdgeShard,
     EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations,
     Filter, HnswIndexConfig, JsonPath, Match, Modifier, NamedQuery, PayloadFieldSchema,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
-    QueryRequest, Range, ScoredPoint, ScoringQuery, ScrollRequest, SearchParams, SparseVector,
-    UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal, Vectors, WalOptions,
-    WithPayloadInterface, WithVector,
+    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
+    PointStructPersisted, QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest,
+    SearchParams, SparseVector, UpdateOperation, ValueVariants, VectorInternal,
+    VectorStructInternal, Vectors, WalOptions, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
+use super::fields::{self, IndexKind};
+use super::points::{self, FieldMatch, Nearest, Points, QueryVector, Scored};
 use super::{
-    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload,
-    PointRecord, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, fields,
-    fuse_rrf, group_documents, prefetch_limit,
+    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, PassagePayload, PointRecord,
+    SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, group_documents,
 };
 use crate::error::{Result, RetrieverError};
 
@@ -466,63 +467,35 @@ fn json_path(field: &str) -> Result<JsonPath> {
         .map_err(|_| RetrieverError::Engine(format!("bad payload path `{field}`")))
 }
 
-fn any_of(field: &str, values: &[String]) -> Result<Condition> {
-    let set = values.iter().cloned().collect();
-    Ok(Condition::Field(FieldCondition::new_match(
-        json_path(field)?,
-        Match::new_any(AnyVariants::Strings(set)),
-    )))
-}
-
-fn equals(field: &str, value: &str) -> Result<Condition> {
-    Ok(Condition::Field(FieldCondition::new_match(
-        json_path(field)?,
-        Match::new_value(ValueVariants::String(value.to_string())),
-    )))
-}
-
-fn to_filter(filter: &PassageFilter) -> Result<Option<Filter>> {
-    if filter.is_empty() {
-        return Ok(None);
-    }
-    let mut must = Vec::new();
-    if !filter.document_ids.is_empty() {
-        must.push(any_of(fields::DOCUMENT_ID, &filter.document_ids)?);
-    }
-    if !filter.sources.is_empty() {
-        must.push(any_of(fields::SOURCE, &filter.sources)?);
-    }
-    for (k, v) in &filter.metadata {
-        must.push(equals(fields::METADATA_KV, &super::metadata_kv(k, v))?);
-    }
-    Ok(Some(Filter {
+/// The engine's filter of `all` (every condition must hold).
+fn to_filter(all: &[FieldMatch]) -> Result<Filter> {
+    let must = all
+        .iter()
+        .map(|condition| {
+            let field = match condition {
+                FieldMatch::Is(field, value) => FieldCondition::new_match(
+                    json_path(field)?,
+                    Match::new_value(ValueVariants::String(value.clone())),
+                ),
+                FieldMatch::AnyOf(field, values) => FieldCondition::new_match(
+                    json_path(field)?,
+                    Match::new_any(AnyVariants::Strings(values.iter().cloned().collect())),
+                ),
+                FieldMatch::AtLeast(field, n) => FieldCondition::new_range(
+                    json_path(field)?,
+                    Range {
+                        gte: Some(OrderedFloat(f64::from(*n))),
+                        gt: None,
+                        lt: None,
+                        lte: None,
+                    },
+                ),
+            };
+            Ok(Condition::Field(field))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Filter {
         must: Some(must),
-        ..Filter::default()
-    }))
-}
-
-fn stale_filter(stale: &StaleChunks) -> Result<Filter> {
-    let range = Range {
-        gte: Some(OrderedFloat(f64::from(stale.chunk_count))),
-        gt: None,
-        lt: None,
-        lte: None,
-    };
-    Ok(Filter {
-        must: Some(vec![
-            equals(fields::DOCUMENT_ID, &stale.document_id)?,
-            Condition::Field(FieldCondition::new_range(
-                json_path(fields::CHUNK_INDEX)?,
-                range,
-            )),
-        ]),
-        ..Filter::default()
-    })
-}
-
-fn document_filter(document_id: &str) -> Result<Filter> {
-    Ok(Filter {
-        must: Some(vec![equals(fields::DOCUMENT_ID, document_id)?]),
         ..Filter::default()
     })
 }
@@ -561,69 +534,73 @@ fn dense_of(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
     }
 }
 
-fn dense_query(vector: Vec<f32>) -> ScoringQuery {
-    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(
-        VectorInternal::Dense(vector),
-        DENSE_VECTOR,
-    )))
+fn to_point(p: PointRecord) -> Result<PointStructPersisted> {
+    let mut named = HashMap::new();
+    named.insert(DENSE_VECTOR.to_string(), VectorInternal::Dense(p.dense));
+    if !p.sparse.is_empty() {
+        named.insert(
+            SPARSE_VECTOR.to_string(),
+            VectorInternal::Sparse(SparseVector {
+                indices: p.sparse.indices,
+                values: p.sparse.values,
+            }),
+        );
+    }
+    let payload = p.payload.to_json()?;
+    Ok(PointStruct::new(
+        PointId::Uuid(p.id),
+        Vectors::from(VectorStructInternal::Named(named)),
+        payload,
+    )
+    .into())
 }
 
-fn sparse_query(indices: Vec<u32>, values: Vec<f32>) -> ScoringQuery {
-    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(
-        VectorInternal::Sparse(SparseVector { indices, values }),
-        SPARSE_VECTOR,
-    )))
-}
-
-fn run_query(
-    shard: &EdgeShard,
-    query: ScoringQuery,
-    spec: &SearchSpec,
-    limit: usize,
-    score_threshold: Option<f32>,
-    with_payload: bool,
-) -> Result<Vec<ScoredPoint>> {
-    let params = SearchParams {
-        hnsw_ef: spec.hnsw_ef,
-        exact: spec.exact,
-        ..SearchParams::default()
-    };
-    let with_vector = if spec.with_vectors && with_payload {
-        WithVector::Selector(vec![DENSE_VECTOR.to_string()])
-    } else {
-        WithVector::Bool(false)
-    };
-    shard
-        .query(QueryRequest {
-            prefetches: vec![],
-            query: Some(query),
-            filter: to_filter(&spec.filter)?,
-            score_threshold: score_threshold.map(OrderedFloat),
-            limit,
-            offset: 0,
-            params: Some(params),
-            with_vector,
-            with_payload: WithPayloadInterface::Bool(with_payload),
-        })
-        .map_err(engine)
-}
-
-fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
-    let guard = kb.shard()?;
-    let shard: &EdgeShard = &guard;
-    let to_hits = |points: Vec<ScoredPoint>,
-                   dense: &HashMap<String, f32>,
-                   sparse: &HashMap<String, f32>|
-     -> Result<Vec<Hit>> {
+/// A shard's points for the shared algorithm ([`points`]). Every call blocks: run it on a
+/// blocking thread (see [`on_blocking_thread`]).
+#[tonic::async_trait]
+impl Points for EdgeShard {
+    async fn nearest(&self, query: Nearest<'_>) -> Result<Vec<Scored>> {
+        let vector = match query.vector {
+            QueryVector::Dense(v) => {
+                NamedQuery::new(VectorInternal::Dense(v.to_vec()), DENSE_VECTOR)
+            }
+            QueryVector::Sparse(s) => NamedQuery::new(
+                VectorInternal::Sparse(SparseVector {
+                    indices: s.indices.clone(),
+                    values: s.values.clone(),
+                }),
+                SPARSE_VECTOR,
+            ),
+        };
+        let with_vector = if query.with_vector {
+            WithVector::Selector(vec![DENSE_VECTOR.to_string()])
+        } else {
+            WithVector::Bool(false)
+        };
+        let points = self
+            .query(QueryRequest {
+                prefetches: vec![],
+                query: Some(ScoringQuery::Vector(QueryEnum::Nearest(vector))),
+                filter: query.filter.map(to_filter).transpose()?,
+                score_threshold: query.score_threshold.map(OrderedFloat),
+                limit: query.limit,
+                offset: 0,
+                params: Some(SearchParams {
+                    hnsw_ef: query.hnsw_ef,
+                    exact: query.exact,
+                    ..SearchParams::default()
+                }),
+                with_vector,
+                with_payload: WithPayloadInterface::Bool(true),
+            })
+            .map_err(engine)?;
         points
             .into_iter()
             .map(|p| {
-                let key = point_key(&p.id);
-                Ok(Hit {
+                Ok(Scored {
+                    key: point_key(&p.id),
                     score: p.score,
-                    dense_score: dense.get(&key).copied(),
-                    sparse_score: sparse.get(&key).copied(),
-                    vector: if spec.with_vectors {
+                    vector: if query.with_vector {
                         dense_of(p.vector)
                     } else {
                         None
@@ -632,89 +609,50 @@ fn search_blocking(kb: &Kb, spec: SearchSpec) -> Result<Vec<Hit>> {
                 })
             })
             .collect()
-    };
-    let scores = |points: &[ScoredPoint]| -> HashMap<String, f32> {
-        points.iter().map(|p| (point_key(&p.id), p.score)).collect()
-    };
-    let dense_vec = || spec.dense.clone().unwrap_or_default();
-    let sparse_parts = || {
-        let s = spec.sparse.clone().unwrap_or_default();
-        (s.indices, s.values)
-    };
-    match spec.mode {
-        Mode::Dense => {
-            let points = run_query(
-                shard,
-                dense_query(dense_vec()),
-                &spec,
-                spec.limit,
-                spec.score_threshold,
-                true,
-            )?;
-            let dense = scores(&points);
-            to_hits(points, &dense, &HashMap::new())
-        }
-        Mode::Sparse => {
-            let (i, v) = sparse_parts();
-            if i.is_empty() {
-                // No indexable word in the query: nothing can match.
-                return Ok(vec![]);
-            }
-            let points = run_query(
-                shard,
-                sparse_query(i, v),
-                &spec,
-                spec.limit,
-                spec.score_threshold,
-                true,
-            )?;
-            let sparse = scores(&points);
-            to_hits(points, &HashMap::new(), &sparse)
-        }
-        Mode::Hybrid => {
-            // Both rankings from the engine, fused here (see `fuse_rrf`).
-            // One more than fused: `fuse_rrf` drops a full ranking's last run of ties.
-            let candidates = prefetch_limit(spec.limit) + 1;
-            let keyed = |points: Vec<ScoredPoint>, dense: bool| -> Result<Vec<(String, Hit)>> {
-                let keys: Vec<String> = points.iter().map(|p| point_key(&p.id)).collect();
-                let own = scores(&points);
-                let none = HashMap::new();
-                let (d, s) = if dense { (&own, &none) } else { (&none, &own) };
-                Ok(keys.into_iter().zip(to_hits(points, d, s)?).collect())
-            };
-            let dense = run_query(
-                shard,
-                dense_query(dense_vec()),
-                &spec,
-                candidates,
-                spec.score_threshold,
-                true,
-            )?;
-            let (i, v) = sparse_parts();
-            let sparse = if i.is_empty() {
-                vec![]
-            } else {
-                run_query(shard, sparse_query(i, v), &spec, candidates, None, true)?
-            };
-            Ok(fuse_rrf(
-                keyed(dense, true)?,
-                keyed(sparse, false)?,
-                candidates,
-                spec.limit,
-            ))
-        }
     }
+
+    async fn upsert(&self, points: Vec<PointRecord>) -> Result<()> {
+        let points = points.into_iter().map(to_point).collect::<Result<_>>()?;
+        self.update(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
+        .map_err(engine)?;
+        Ok(())
+    }
+
+    async fn count(&self, filter: Option<&[FieldMatch]>) -> Result<u64> {
+        count(self, filter.map(to_filter).transpose()?)
+    }
+
+    async fn delete(&self, filter: &[FieldMatch]) -> Result<()> {
+        self.update(UpdateOperation::PointOperation(
+            PointOperations::DeletePointsByFilter(to_filter(filter)?),
+        ))
+        .map_err(engine)?;
+        Ok(())
+    }
+}
+
+/// Runs `f` on a blocking thread, handing it the runtime to run the shared algorithm's
+/// futures with: over a shard they never wait, every engine call blocks in place, so the
+/// whole operation (lock, writes, flush) stays on one thread and finishes even if the
+/// request that started it goes away.
+async fn on_blocking_thread<T: Send + 'static>(
+    f: impl FnOnce(&tokio::runtime::Handle) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let runtime = tokio::runtime::Handle::current();
+    blocking(move || f(&runtime)).await
 }
 
 fn upsert_blocking(
     kb: &Kb,
-    points: Vec<PointRecord>,
+    records: Vec<PointRecord>,
     stale: Vec<StaleChunks>,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<UpsertOutcome> {
-    let upserted = points.len() as u64;
     // What each written document looks like in this batch (its first chunk speaks for it).
     let mut touched: BTreeMap<String, DocumentInfo> = BTreeMap::new();
-    for p in &points {
+    for p in &records {
         let doc = touched
             .entry(p.payload.document_id.clone())
             .or_insert_with(|| DocumentInfo {
@@ -729,52 +667,10 @@ fn upsert_blocking(
             doc.chunk_count = 1; // marks "has chunk 0"
         }
     }
-    let mut structs = Vec::with_capacity(points.len());
-    for p in points {
-        let mut named = HashMap::new();
-        named.insert(DENSE_VECTOR.to_string(), VectorInternal::Dense(p.dense));
-        if !p.sparse.is_empty() {
-            named.insert(
-                SPARSE_VECTOR.to_string(),
-                VectorInternal::Sparse(SparseVector {
-                    indices: p.sparse.indices,
-                    values: p.sparse.values,
-                }),
-            );
-        }
-        let payload = p.payload.to_json()?;
-        structs.push(
-            PointStruct::new(
-                PointId::Uuid(p.id),
-                Vectors::from(VectorStructInternal::Named(named)),
-                payload,
-            )
-            .into(),
-        );
-    }
     let _writes = kb.lock_writes();
     let guard = kb.shard()?;
     let shard: &EdgeShard = &guard;
-    if !structs.is_empty() {
-        shard
-            .update(UpdateOperation::PointOperation(
-                PointOperations::UpsertPoints(PointInsertOperations::PointsList(structs)),
-            ))
-            .map_err(engine)?;
-    }
-    let mut removed_stale = 0;
-    for rule in &stale {
-        let filter = stale_filter(rule)?;
-        let n = count(shard, Some(filter.clone()))?;
-        if n > 0 {
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePointsByFilter(filter),
-                ))
-                .map_err(engine)?;
-            removed_stale += n;
-        }
-    }
+    let outcome = runtime.block_on(points::upsert(shard, records, &stale))?;
     // Durable before acknowledged (qdrant-edge 0.7 does not replay its WAL on load).
     shard.flush();
     kb.dirty.store(true, Ordering::SeqCst);
@@ -790,7 +686,7 @@ fn upsert_blocking(
             });
     }
     for (id, seen) in touched {
-        let chunks = count(shard, Some(document_filter(&id)?))?;
+        let chunks = count(shard, Some(to_filter(&points::document_filter(&id))?))?;
         let mut documents = kb.documents_mut();
         if chunks == 0 {
             documents.remove(&id);
@@ -812,10 +708,7 @@ fn upsert_blocking(
     if let Err(e) = compact_wal(kb) {
         tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
     }
-    Ok(UpsertOutcome {
-        upserted,
-        removed_stale,
-    })
+    Ok(outcome)
 }
 
 /// Makes every point live in one segment only.
@@ -837,7 +730,7 @@ fn repair_duplicates(shard: &EdgeShard, name: &str) -> Result<()> {
         distinct,
         "duplicate points left by an interrupted optimisation; rewriting every point"
     );
-    let mut batch: Vec<(PointId, qdrant_edge::PointStructPersisted)> = Vec::new();
+    let mut batch: Vec<(PointId, PointStructPersisted)> = Vec::new();
     scroll_records(shard, WithPayloadInterface::Bool(true), true, |record| {
         let payload = serde_json::Value::Object(record.payload.map(|p| p.0).unwrap_or_default());
         let vectors = record.vector.ok_or_else(|| {
@@ -919,16 +812,14 @@ fn info_blocking(kb: &Kb) -> Result<KbInfo> {
     })
 }
 
-/// Every point's payload fields of `fields_wanted` (None: all), in pages.
-fn scroll_all(shard: &EdgeShard, fields_wanted: Option<&[&str]>) -> Result<Vec<PassagePayload>> {
-    let with_payload = match fields_wanted {
-        None => WithPayloadInterface::Bool(true),
-        Some(list) => WithPayloadInterface::Fields(
-            list.iter()
-                .map(|f| json_path(f))
-                .collect::<Result<Vec<_>>>()?,
-        ),
-    };
+/// Every point's payload fields of `fields_wanted`, in pages.
+fn scroll_all(shard: &EdgeShard, fields_wanted: &[&str]) -> Result<Vec<PassagePayload>> {
+    let with_payload = WithPayloadInterface::Fields(
+        fields_wanted
+            .iter()
+            .map(|f| json_path(f))
+            .collect::<Result<Vec<_>>>()?,
+    );
     let mut out = Vec::new();
     scroll_records(shard, with_payload, false, |r| {
         out.push(payload_of(r.payload)?);
@@ -939,15 +830,7 @@ fn scroll_all(shard: &EdgeShard, fields_wanted: Option<&[&str]>) -> Result<Vec<P
 
 /// Every document of a shard, read once when it is opened.
 fn document_index(shard: &EdgeShard) -> Result<BTreeMap<String, DocumentInfo>> {
-    let payloads = scroll_all(
-        shard,
-        Some(&[
-            fields::DOCUMENT_ID,
-            fields::CHUNK_INDEX,
-            fields::SOURCE,
-            "metadata",
-        ]),
-    )?;
+    let payloads = scroll_all(shard, &fields::OF_DOCUMENT)?;
     Ok(group_documents(payloads)
         .into_iter()
         .map(|d| (d.document_id.clone(), d))
@@ -991,12 +874,11 @@ impl VectorStore for EmbeddedStore {
             std::fs::create_dir_all(tmp_dir.join(SHARD_DIR)).map_err(io)?;
             {
                 let shard = EdgeShard::new(&tmp_dir.join(SHARD_DIR), config).map_err(engine)?;
-                for (field, schema) in [
-                    (fields::DOCUMENT_ID, PayloadSchemaType::Keyword),
-                    (fields::SOURCE, PayloadSchemaType::Keyword),
-                    (fields::METADATA_KV, PayloadSchemaType::Keyword),
-                    (fields::CHUNK_INDEX, PayloadSchemaType::Integer),
-                ] {
+                for (field, kind) in fields::INDEXED {
+                    let schema = match kind {
+                        IndexKind::Keyword => PayloadSchemaType::Keyword,
+                        IndexKind::Integer => PayloadSchemaType::Integer,
+                    };
                     shard
                         .update(UpdateOperation::FieldIndexOperation(
                             FieldIndexOperations::CreateIndex(CreateIndex {
@@ -1101,29 +983,27 @@ impl VectorStore for EmbeddedStore {
         stale: Vec<StaleChunks>,
     ) -> Result<UpsertOutcome> {
         let kb = self.get(kb)?;
-        blocking(move || upsert_blocking(&kb, points, stale)).await
+        on_blocking_thread(move |runtime| upsert_blocking(&kb, points, stale, runtime)).await
     }
 
     async fn search(&self, kb: &str, spec: SearchSpec) -> Result<Vec<Hit>> {
         let kb = self.get(kb)?;
-        blocking(move || search_blocking(&kb, spec)).await
+        on_blocking_thread(move |runtime| {
+            let shard = kb.shard()?;
+            runtime.block_on(points::search(&*shard, &spec))
+        })
+        .await
     }
 
     async fn delete_document(&self, kb: &str, document_id: &str) -> Result<u64> {
         let kb = self.get(kb)?;
         let document_id = document_id.to_string();
-        blocking(move || {
-            let filter = document_filter(&document_id)?;
+        on_blocking_thread(move |runtime| {
             let _writes = kb.lock_writes();
             let n = {
                 let shard = kb.shard()?;
-                let n = count(&shard, Some(filter.clone()))?;
+                let n = runtime.block_on(points::delete_document(&*shard, &document_id))?;
                 if n > 0 {
-                    shard
-                        .update(UpdateOperation::PointOperation(
-                            PointOperations::DeletePointsByFilter(filter),
-                        ))
-                        .map_err(engine)?;
                     shard.flush();
                 }
                 n

@@ -8,9 +8,11 @@
 //! checked and computed once, above it, in [`crate::knowledge`]. Both backends keep the same
 //! layout so they rank alike: a dense vector named [`DENSE_VECTOR`] with the knowledge base's
 //! distance, a sparse vector named [`SPARSE_VECTOR`] with the IDF modifier (BM25), and the
-//! payload of [`PassagePayload`].
+//! payload of [`PassagePayload`]. Both run one search, fusion and write algorithm
+//! ([`points`]) and differ only in how they reach their engine.
 
 pub mod embedded;
+mod points;
 pub mod qdrant;
 
 use std::collections::BTreeMap;
@@ -33,7 +35,26 @@ pub mod fields {
     pub const DOCUMENT_ID: &str = "document_id";
     pub const CHUNK_INDEX: &str = "chunk_index";
     pub const SOURCE: &str = "source";
+    pub const METADATA: &str = "metadata";
     pub const METADATA_KV: &str = "metadata_kv";
+
+    /// How an indexed field is indexed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum IndexKind {
+        Keyword,
+        Integer,
+    }
+
+    /// The fields both backends index in every knowledge base (what filters match on).
+    pub(crate) const INDEXED: [(&str, IndexKind); 4] = [
+        (DOCUMENT_ID, IndexKind::Keyword),
+        (SOURCE, IndexKind::Keyword),
+        (METADATA_KV, IndexKind::Keyword),
+        (CHUNK_INDEX, IndexKind::Integer),
+    ];
+
+    /// The fields that describe a document: all [`super::group_documents`] reads.
+    pub(crate) const OF_DOCUMENT: [&str; 4] = [DOCUMENT_ID, CHUNK_INDEX, SOURCE, METADATA];
 }
 
 /// How vectors are compared; fixed when a knowledge base is created.
@@ -257,8 +278,8 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn count(&self, kb: &str) -> Result<u64>;
 }
 
-/// Groups point payloads into documents, sorted by id (shared by both backends'
-/// `list_documents`).
+/// Groups point payloads (of which only [`fields::OF_DOCUMENT`] are needed) into documents,
+/// sorted by id (shared by both backends' `list_documents`).
 pub(crate) fn group_documents(
     payloads: impl IntoIterator<Item = PassagePayload>,
 ) -> Vec<DocumentInfo> {
@@ -282,151 +303,10 @@ pub(crate) fn group_documents(
     docs.into_values().collect()
 }
 
-/// How many candidates each ranking contributes to a hybrid fusion.
-pub(crate) fn prefetch_limit(limit: usize) -> usize {
-    (limit * 4).max(20)
-}
-
-/// Reciprocal-rank fusion of a dense and a BM25 ranking (each `(point id, hit)` with that
-/// ranking's score, at most `candidates` long), the top `limit`, for both backends.
-///
-/// Done here rather than by the engines: Qdrant (server and qdrant-edge alike) orders
-/// passages of equal score in no fixed order, inside each ranking, at its cut, and in the
-/// fused result, so the same data fused by the two engines gave different ranks, and so
-/// different fused scores, to the same passage. Here ties go by point id (the same on both
-/// backends), and a full ranking loses its last run of equal scores (the engine may have cut
-/// through it, keeping any of them), so the fused order depends only on the scores.
-/// Its time is the `fuse` stage of the metrics.
-pub(crate) fn fuse_rrf(
-    dense: Vec<(String, Hit)>,
-    sparse: Vec<(String, Hit)>,
-    candidates: usize,
-    limit: usize,
-) -> Vec<Hit> {
-    let started = std::time::Instant::now();
-    let hits = fuse(dense, sparse, candidates, limit);
-    zhiku_runtime::metrics::metrics().stage(
-        zhiku_runtime::metrics::stage::FUSE,
-        started.elapsed().as_secs_f64(),
-    );
-    hits
-}
-
-fn fuse(
-    dense: Vec<(String, Hit)>,
-    sparse: Vec<(String, Hit)>,
-    candidates: usize,
-    limit: usize,
-) -> Vec<Hit> {
-    let ranked = |mut list: Vec<(String, Hit)>| {
-        list.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
-        if list.len() >= candidates
-            && let Some(last) = list.last().map(|(_, h)| h.score)
-        {
-            let run = list.iter().position(|(_, h)| h.score == last).unwrap_or(0);
-            // All tied: nothing better to keep.
-            if run > 0 {
-                list.truncate(run);
-            }
-        }
-        list
-    };
-    let mut fused: BTreeMap<String, Hit> = BTreeMap::new();
-    for (list, is_dense) in [(ranked(dense), true), (ranked(sparse), false)] {
-        for (rank, (key, hit)) in list.into_iter().enumerate() {
-            let part = 1.0 / (RRF_K as f32 + rank as f32);
-            let score = hit.score;
-            let entry = fused.entry(key).or_insert_with(|| Hit {
-                score: 0.0,
-                dense_score: None,
-                sparse_score: None,
-                ..hit
-            });
-            entry.score += part;
-            if is_dense {
-                entry.dense_score = Some(score);
-            } else {
-                entry.sparse_score = Some(score);
-            }
-        }
-    }
-    let mut hits: Vec<(String, Hit)> = fused.into_iter().collect();
-    hits.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
-    hits.into_iter().take(limit).map(|(_, hit)| hit).collect()
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hit(text: &str, score: f32) -> Hit {
-        Hit {
-            payload: PassagePayload {
-                text: text.into(),
-                ..PassagePayload::default()
-            },
-            score,
-            dense_score: None,
-            sparse_score: None,
-            vector: None,
-        }
-    }
-
-    fn ranking(scores: &[(&str, f32)]) -> Vec<(String, Hit)> {
-        scores
-            .iter()
-            .map(|(id, s)| (id.to_string(), hit(id, *s)))
-            .collect()
-    }
-
-    #[test]
-    fn fusion_sums_reciprocal_ranks_and_keeps_the_parts() {
-        let dense = ranking(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
-        let sparse = ranking(&[("c", 5.0), ("d", 4.0)]);
-        let hits = fuse_rrf(dense, sparse, 10, 10);
-        let texts: Vec<&str> = hits.iter().map(|h| h.payload.text.as_str()).collect();
-        // c: 1/62 + 1/60; a: 1/60; d: 1/61; b: 1/61 (b before d by id).
-        assert_eq!(texts, ["c", "a", "b", "d"]);
-        let k = RRF_K as f32;
-        assert!((hits[0].score - (1.0 / (k + 2.0) + 1.0 / k)).abs() < 1e-7);
-        assert_eq!(
-            (hits[0].dense_score, hits[0].sparse_score),
-            (Some(0.7), Some(5.0))
-        );
-        assert_eq!(
-            (hits[3].dense_score, hits[3].sparse_score),
-            (None, Some(4.0))
-        );
-        assert_eq!(fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0), vec![]);
-    }
-
-    #[test]
-    fn fusion_does_not_depend_on_the_order_of_tied_scores() {
-        let one = fuse_rrf(
-            ranking(&[("x", 0.5), ("y", 0.5), ("z", 0.4)]),
-            ranking(&[("z", 2.0), ("y", 1.0), ("x", 1.0)]),
-            10,
-            3,
-        );
-        let other = fuse_rrf(
-            ranking(&[("y", 0.5), ("x", 0.5), ("z", 0.4)]),
-            ranking(&[("z", 2.0), ("x", 1.0), ("y", 1.0)]),
-            10,
-            3,
-        );
-        assert_eq!(one, other);
-        // A full ranking cut inside a tie (either of b, c could have been returned): the
-        // tie goes, on whichever side it was cut.
-        let cut = |tied: &str| fuse_rrf(ranking(&[("a", 0.9), (tied, 0.5)]), vec![], 2, 10);
-        assert_eq!(cut("b"), cut("c"));
-        assert_eq!(cut("b").len(), 1);
-    }
 }

@@ -38,10 +38,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::embedded::HnswSettings;
+use super::fields::{self, IndexKind};
+use super::points::{self, FieldMatch, Nearest, Points, QueryVector, Scored};
 use super::{
-    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload,
-    PointRecord, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, fields,
-    fuse_rrf, group_documents, prefetch_limit,
+    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, PassagePayload, PointRecord,
+    SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, group_documents,
 };
 use crate::error::{Result, RetrieverError};
 
@@ -377,6 +378,10 @@ impl QdrantStore {
         }
     }
 
+    fn points_of<'a>(&'a self, kb: &'a str) -> Collection<'a> {
+        Collection { store: self, kb }
+    }
+
     fn collection(&self, kb: &str) -> String {
         format!("{}{kb}", self.settings.collection_prefix)
     }
@@ -564,23 +569,6 @@ impl QdrantStore {
         }
     }
 
-    /// A query on `kb` with the search's filter, parameters and payload/vector selection.
-    fn request(&self, kb: &str, spec: &SearchSpec, limit: usize, full: bool) -> QueryPointsBuilder {
-        let mut request = QueryPointsBuilder::new(self.collection(kb))
-            .limit(limit as u64)
-            .with_payload(full)
-            .params(search_params(spec));
-        if let Some(filter) = to_filter(&spec.filter) {
-            request = request.filter(filter);
-        }
-        if spec.with_vectors && full {
-            request = request.with_vectors(VectorsSelector {
-                names: vec![DENSE_VECTOR.to_string()],
-            });
-        }
-        request
-    }
-
     async fn query(&self, request: QueryPointsBuilder) -> Result<Vec<ScoredPoint>> {
         let response = self
             .call("query", request.build(), |ch, r| async move {
@@ -589,57 +577,21 @@ impl QdrantStore {
             .await?;
         Ok(response.result)
     }
-
-    /// One ranking: nearest neighbours of `input` in the vector `using`.
-    async fn nearest(
-        &self,
-        kb: &str,
-        spec: &SearchSpec,
-        (input, using): (VectorInput, &str),
-        limit: usize,
-        score_threshold: Option<f32>,
-        full: bool,
-    ) -> Result<Vec<ScoredPoint>> {
-        let mut request = self
-            .request(kb, spec, limit, full)
-            .query(Query::new_nearest(input))
-            .using(using);
-        if let Some(t) = score_threshold {
-            request = request.score_threshold(t);
-        }
-        self.query(request).await
-    }
 }
 
-fn search_params(spec: &SearchSpec) -> SearchParamsBuilder {
-    let mut params = SearchParamsBuilder::default().exact(spec.exact);
-    if let Some(ef) = spec.hnsw_ef {
-        params = params.hnsw_ef(ef as u64);
-    }
-    params
-}
-
-fn to_filter(filter: &PassageFilter) -> Option<Filter> {
-    if filter.is_empty() {
-        return None;
-    }
-    let mut must = Vec::new();
-    if !filter.document_ids.is_empty() {
-        must.push(Condition::matches(
-            fields::DOCUMENT_ID,
-            filter.document_ids.clone(),
-        ));
-    }
-    if !filter.sources.is_empty() {
-        must.push(Condition::matches(fields::SOURCE, filter.sources.clone()));
-    }
-    for (k, v) in &filter.metadata {
-        must.push(Condition::matches(
-            fields::METADATA_KV,
-            super::metadata_kv(k, v),
-        ));
-    }
-    Some(Filter::must(must))
+/// The filter of `all` (every condition must hold).
+fn to_filter(all: &[FieldMatch]) -> Filter {
+    Filter::must(all.iter().map(|condition| match condition {
+        FieldMatch::Is(field, value) => Condition::matches(*field, value.clone()),
+        FieldMatch::AnyOf(field, values) => Condition::matches(*field, values.clone()),
+        FieldMatch::AtLeast(field, n) => Condition::range(
+            *field,
+            Range {
+                gte: Some(f64::from(*n)),
+                ..Range::default()
+            },
+        ),
+    }))
 }
 
 fn payload_of<T: DeserializeOwned>(
@@ -669,45 +621,102 @@ fn dense_of(point: &ScoredPoint) -> Option<Vec<f32>> {
     }
 }
 
-fn sparse_input(spec: &SearchSpec) -> Option<VectorInput> {
-    let s = spec.sparse.as_ref().filter(|s| !s.is_empty())?;
-    let pairs: Vec<(u32, f32)> = s
-        .indices
-        .iter()
-        .copied()
-        .zip(s.values.iter().copied())
-        .collect();
-    Some(VectorInput::from(pairs.as_slice()))
+fn scored(point: ScoredPoint, with_vector: bool) -> Result<Scored> {
+    Ok(Scored {
+        key: point_key(&point),
+        score: point.score,
+        vector: if with_vector { dense_of(&point) } else { None },
+        payload: payload_of(point.payload)?,
+    })
 }
 
-fn to_hits(
-    points: Vec<ScoredPoint>,
-    spec: &SearchSpec,
-    dense: &HashMap<String, f32>,
-    sparse: &HashMap<String, f32>,
-) -> Result<Vec<Hit>> {
-    points
-        .into_iter()
-        .map(|p| {
-            let key = point_key(&p);
-            let vector = if spec.with_vectors {
-                dense_of(&p)
-            } else {
-                None
-            };
-            Ok(Hit {
-                score: p.score,
-                dense_score: dense.get(&key).copied(),
-                sparse_score: sparse.get(&key).copied(),
-                vector,
-                payload: payload_of(p.payload)?,
+fn to_point(p: PointRecord) -> Result<PointStruct> {
+    let mut vectors: HashMap<String, Vector> = HashMap::new();
+    vectors.insert(DENSE_VECTOR.to_string(), Vector::from(p.dense));
+    if !p.sparse.is_empty() {
+        let pairs: Vec<(u32, f32)> = p.sparse.indices.into_iter().zip(p.sparse.values).collect();
+        vectors.insert(SPARSE_VECTOR.to_string(), Vector::from(pairs));
+    }
+    let payload = Payload::try_from(p.payload.to_json()?)
+        .map_err(|e| RetrieverError::Corrupt(format!("payload: {e}")))?;
+    Ok(PointStruct::new(p.id.to_string(), vectors, payload))
+}
+
+/// A knowledge base's collection: its points for the shared algorithm ([`points`]).
+struct Collection<'a> {
+    store: &'a QdrantStore,
+    kb: &'a str,
+}
+
+#[tonic::async_trait]
+impl Points for Collection<'_> {
+    async fn nearest(&self, query: Nearest<'_>) -> Result<Vec<Scored>> {
+        let (input, using) = match query.vector {
+            QueryVector::Dense(v) => (VectorInput::from(v.to_vec()), DENSE_VECTOR),
+            QueryVector::Sparse(s) => {
+                let pairs: Vec<(u32, f32)> = s
+                    .indices
+                    .iter()
+                    .copied()
+                    .zip(s.values.iter().copied())
+                    .collect();
+                (VectorInput::from(pairs.as_slice()), SPARSE_VECTOR)
+            }
+        };
+        let mut params = SearchParamsBuilder::default().exact(query.exact);
+        if let Some(ef) = query.hnsw_ef {
+            params = params.hnsw_ef(ef as u64);
+        }
+        let mut request = QueryPointsBuilder::new(self.store.collection(self.kb))
+            .query(Query::new_nearest(input))
+            .using(using)
+            .limit(query.limit as u64)
+            .with_payload(true)
+            .params(params);
+        if let Some(filter) = query.filter {
+            request = request.filter(to_filter(filter));
+        }
+        if let Some(t) = query.score_threshold {
+            request = request.score_threshold(t);
+        }
+        if query.with_vector {
+            request = request.with_vectors(VectorsSelector {
+                names: vec![DENSE_VECTOR.to_string()],
+            });
+        }
+        let points = self.store.query(request).await?;
+        points
+            .into_iter()
+            .map(|p| scored(p, query.with_vector))
+            .collect()
+    }
+
+    async fn upsert(&self, points: Vec<PointRecord>) -> Result<()> {
+        let points = points
+            .into_iter()
+            .map(to_point)
+            .collect::<Result<Vec<_>>>()?;
+        let request = UpsertPointsBuilder::new(self.store.collection(self.kb), points)
+            .wait(true)
+            .ordering(self.store.ordering())
+            .build();
+        self.store
+            .call("upsert", request, |ch, r| async move {
+                QdrantStore::points(ch).upsert(r).await
             })
-        })
-        .collect()
-}
+            .await?;
+        Ok(())
+    }
 
-fn scores(points: &[ScoredPoint]) -> HashMap<String, f32> {
-    points.iter().map(|p| (point_key(p), p.score)).collect()
+    async fn count(&self, filter: Option<&[FieldMatch]>) -> Result<u64> {
+        self.store
+            .count_filtered(self.kb, filter.map(to_filter))
+            .await
+    }
+
+    async fn delete(&self, filter: &[FieldMatch]) -> Result<()> {
+        self.store.delete_filtered(self.kb, to_filter(filter)).await
+    }
 }
 
 #[tonic::async_trait]
@@ -784,12 +793,11 @@ impl VectorStore for QdrantStore {
             }
             Err(f) => return Err(f.into()),
         }
-        for (field, kind) in [
-            (fields::DOCUMENT_ID, FieldType::Keyword),
-            (fields::SOURCE, FieldType::Keyword),
-            (fields::METADATA_KV, FieldType::Keyword),
-            (fields::CHUNK_INDEX, FieldType::Integer),
-        ] {
+        for (field, kind) in fields::INDEXED {
+            let kind = match kind {
+                IndexKind::Keyword => FieldType::Keyword,
+                IndexKind::Integer => FieldType::Integer,
+            };
             let request = CreateFieldIndexCollectionBuilder::new(collection.clone(), field, kind)
                 .wait(true)
                 .ordering(self.ordering())
@@ -867,141 +875,25 @@ impl VectorStore for QdrantStore {
     async fn upsert(
         &self,
         kb: &str,
-        points: Vec<PointRecord>,
+        records: Vec<PointRecord>,
         stale: Vec<StaleChunks>,
     ) -> Result<UpsertOutcome> {
-        let upserted = points.len() as u64;
-        let mut structs = Vec::with_capacity(points.len());
-        for p in points {
-            let mut vectors: HashMap<String, Vector> = HashMap::new();
-            vectors.insert(DENSE_VECTOR.to_string(), Vector::from(p.dense));
-            if !p.sparse.is_empty() {
-                let pairs: Vec<(u32, f32)> =
-                    p.sparse.indices.into_iter().zip(p.sparse.values).collect();
-                vectors.insert(SPARSE_VECTOR.to_string(), Vector::from(pairs));
-            }
-            let payload = Payload::try_from(p.payload.to_json()?)
-                .map_err(|e| RetrieverError::Corrupt(format!("payload: {e}")))?;
-            structs.push(PointStruct::new(p.id.to_string(), vectors, payload));
-        }
-        if !structs.is_empty() {
-            let request = UpsertPointsBuilder::new(self.collection(kb), structs)
-                .wait(true)
-                .ordering(self.ordering())
-                .build();
-            self.call("upsert", request, |ch, r| async move {
-                Self::points(ch).upsert(r).await
-            })
-            .await?;
-        }
-        let mut removed_stale = 0;
-        for rule in stale {
-            let filter = Filter::must([
-                Condition::matches(fields::DOCUMENT_ID, rule.document_id.clone()),
-                Condition::range(
-                    fields::CHUNK_INDEX,
-                    Range {
-                        gte: Some(f64::from(rule.chunk_count)),
-                        ..Range::default()
-                    },
-                ),
-            ]);
-            let n = self.count_filtered(kb, Some(filter.clone())).await?;
-            if n > 0 {
-                self.delete_filtered(kb, filter).await?;
-                removed_stale += n;
-            }
-        }
-        Ok(UpsertOutcome {
-            upserted,
-            removed_stale,
-        })
+        points::upsert(&self.points_of(kb), records, &stale).await
     }
 
     async fn search(&self, kb: &str, spec: SearchSpec) -> Result<Vec<Hit>> {
         self.require(kb).await?;
-        let dense = || {
-            (
-                VectorInput::from(spec.dense.clone().unwrap_or_default()),
-                DENSE_VECTOR,
-            )
-        };
-        let sparse = sparse_input(&spec).map(|s| (s, SPARSE_VECTOR));
-        let none = HashMap::new();
-        match spec.mode {
-            Mode::Dense => {
-                let points = self
-                    .nearest(kb, &spec, dense(), spec.limit, spec.score_threshold, true)
-                    .await?;
-                let d = scores(&points);
-                to_hits(points, &spec, &d, &none)
-            }
-            Mode::Sparse => {
-                let Some(sparse) = sparse else {
-                    return Ok(vec![]);
-                };
-                let points = self
-                    .nearest(kb, &spec, sparse, spec.limit, spec.score_threshold, true)
-                    .await?;
-                let s = scores(&points);
-                to_hits(points, &spec, &none, &s)
-            }
-            Mode::Hybrid => {
-                // Both rankings from the server, fused here (see `fuse_rrf`).
-                // One more than fused: `fuse_rrf` drops a full ranking's last run of ties.
-                let candidates = prefetch_limit(spec.limit) + 1;
-                let keyed = |points: Vec<ScoredPoint>, dense: bool| -> Result<Vec<(String, Hit)>> {
-                    let keys: Vec<String> = points.iter().map(point_key).collect();
-                    let own = scores(&points);
-                    let (d, s) = if dense { (&own, &none) } else { (&none, &own) };
-                    Ok(keys
-                        .into_iter()
-                        .zip(to_hits(points, &spec, d, s)?)
-                        .collect())
-                };
-                let dense_points = self
-                    .nearest(kb, &spec, dense(), candidates, spec.score_threshold, true)
-                    .await?;
-                let sparse_points = match sparse {
-                    Some(s) => self.nearest(kb, &spec, s, candidates, None, true).await?,
-                    None => vec![],
-                };
-                Ok(fuse_rrf(
-                    keyed(dense_points, true)?,
-                    keyed(sparse_points, false)?,
-                    candidates,
-                    spec.limit,
-                ))
-            }
-        }
+        points::search(&self.points_of(kb), &spec).await
     }
 
     async fn delete_document(&self, kb: &str, document_id: &str) -> Result<u64> {
         self.require(kb).await?;
-        let filter = Filter::must([Condition::matches(
-            fields::DOCUMENT_ID,
-            document_id.to_string(),
-        )]);
-        let n = self.count_filtered(kb, Some(filter.clone())).await?;
-        if n > 0 {
-            self.delete_filtered(kb, filter).await?;
-        }
-        Ok(n)
+        points::delete_document(&self.points_of(kb), document_id).await
     }
 
     async fn list_documents(&self, kb: &str) -> Result<Vec<DocumentInfo>> {
         self.require(kb).await?;
-        let payloads: Vec<PassagePayload> = self
-            .scroll_all(
-                kb,
-                &[
-                    fields::DOCUMENT_ID,
-                    fields::CHUNK_INDEX,
-                    fields::SOURCE,
-                    "metadata",
-                ],
-            )
-            .await?;
+        let payloads: Vec<PassagePayload> = self.scroll_all(kb, &fields::OF_DOCUMENT).await?;
         Ok(group_documents(payloads))
     }
 

@@ -172,6 +172,7 @@ pub const SECTIONS: &[&str] = &[
     "hybrid",
     "bad_input",
     "deletes",
+    "search_options",
 ];
 
 /// Deletes `kb` if it is there (a run that died earlier may have left it).
@@ -716,4 +717,114 @@ pub async fn deletes(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         .expect("list")
         .into_inner();
     assert!(!list.knowledge_bases.iter().any(|k| k.name == kb));
+}
+
+/// What every mode passes on to its rankings: vectors, filters (a list matches any of its
+/// values, all conditions hold), the threshold and top_k.
+pub async fn search_options(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    fresh(c, kb).await;
+    let vector_of =
+        |r: &SearchResponse, i: usize| r.hits[i].passage.as_ref().expect("passage").vector.clone();
+    // Vectors come back in BM25 and hybrid searches too, for every hit.
+    let mut s = search_request(kb);
+    s.query_text = "向量数据库".into();
+    s.with_vectors = true;
+    let r = search(c, s).await;
+    assert_eq!(ids(&r)[0], ("a".to_string(), 1));
+    assert_eq!(vector_of(&r, 0), [0.0, 1.0, 0.0, 0.0]);
+    // Dense: b:0, b:1, then a:0 and a:1 (cosine 0); BM25: a:1, a:0. Fused: a:1 first.
+    let mut h = dense_request(kb);
+    h.query_text = "向量数据库".into();
+    h.with_vectors = true;
+    let r = search(c, h.clone()).await;
+    assert_eq!(r.mode, SearchMode::Hybrid as i32);
+    assert_eq!(r.hits.len(), 4, "{r:?}");
+    assert_eq!(ids(&r)[0], ("a".to_string(), 1), "{r:?}");
+    assert_eq!(vector_of(&r, 0), [0.0, 1.0, 0.0, 0.0]);
+    for i in 0..r.hits.len() {
+        assert_eq!(vector_of(&r, i).len(), DIMS as usize, "hit {i}: {r:?}");
+    }
+    // A dense-only hit: its vector and dense score, no BM25 score, fused score 1/60 (first
+    // in the dense ranking).
+    let b0 = ids(&r)
+        .iter()
+        .position(|id| *id == ("b".to_string(), 0))
+        .expect("b:0 fused in");
+    assert_eq!(vector_of(&r, b0), [0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(r.hits[b0].sparse_score, None, "{r:?}");
+    let dense = r.hits[b0].dense_score.expect("a dense score");
+    assert!((dense - 1.0).abs() < 1e-4, "{r:?}");
+    assert!((r.hits[b0].score - 1.0 / 60.0).abs() < 1e-6, "{r:?}");
+    // Without vectors asked for, none.
+    h.with_vectors = false;
+    let r = search(c, h.clone()).await;
+    assert!(
+        r.hits
+            .iter()
+            .all(|hit| hit.passage.as_ref().is_some_and(|p| p.vector.is_empty()))
+    );
+    // top_k cuts the fused list.
+    let mut one = h.clone();
+    one.top_k = 1;
+    assert_eq!(ids(&search(c, one).await), vec![("a".to_string(), 1)]);
+    // A hybrid filter holds in both rankings: BM25's a:1 is filtered out, so nothing has a
+    // BM25 score.
+    let mut f = h.clone();
+    f.filter = Some(Filter {
+        document_ids: vec!["b".into()],
+        ..Default::default()
+    });
+    let r = search(c, f).await;
+    assert_eq!(
+        ids(&r),
+        [("b".to_string(), 0), ("b".to_string(), 1)],
+        "{r:?}"
+    );
+    assert!(r.hits.iter().all(|hit| hit.sparse_score.is_none()), "{r:?}");
+    // A list matches any of its values.
+    let mut f = dense_request(kb);
+    f.filter = Some(Filter {
+        document_ids: vec!["a".into(), "b".into(), "c".into()],
+        ..Default::default()
+    });
+    assert_eq!(search(c, f).await.hits.len(), 4);
+    let mut f = dense_request(kb);
+    f.filter = Some(Filter {
+        sources: vec!["a.md".into(), "b.md".into()],
+        ..Default::default()
+    });
+    assert_eq!(search(c, f).await.hits.len(), 4);
+    // Metadata pairs and other conditions: all hold.
+    let mut f = dense_request(kb);
+    f.filter = Some(Filter {
+        document_ids: vec!["a".into(), "b".into()],
+        sources: vec!["a.md".into()],
+        metadata: [("lang".to_string(), "zh".to_string())].into(),
+    });
+    let r = search(c, f).await;
+    assert_eq!(r.hits.len(), 2, "{r:?}");
+    assert!(ids(&r).iter().all(|(d, _)| d == "a"), "{r:?}");
+    let mut f = dense_request(kb);
+    f.filter = Some(Filter {
+        metadata: [
+            ("lang".to_string(), "zh".to_string()),
+            ("team".to_string(), "search".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    });
+    assert!(search(c, f).await.hits.is_empty());
+    // BM25's threshold is on the BM25 score.
+    let mut s = search_request(kb);
+    s.query_text = "向量数据库 hybrid".into();
+    let all = search(c, s.clone()).await;
+    assert!(all.hits.len() >= 2, "{all:?}");
+    assert!(all.hits[0].score > all.hits[1].score, "{all:?}");
+    let cut = (all.hits[0].score + all.hits[1].score) / 2.0;
+    s.score_threshold = Some(cut);
+    let r = search(c, s.clone()).await;
+    assert_eq!(ids(&r), ids(&all)[..1].to_vec(), "threshold {cut}: {r:?}");
+    s.score_threshold = Some(all.hits[0].score * 2.0);
+    assert!(search(c, s).await.hits.is_empty());
+    clean(c, kb).await;
 }

@@ -1,0 +1,347 @@
+//! The one search, fusion and write algorithm of both backends, over [`Points`]: what a
+//! backend does with the points of one knowledge base (nearest neighbours, upsert, count and
+//! delete by filter).
+//!
+//! Here: which rankings a search mode asks for, the filter a search or a write means,
+//! reciprocal-rank fusion, the scores a hit carries, stale-chunk and document deletion. A
+//! backend converts [`Nearest`], [`FieldMatch`] and [`PointRecord`] into its engine's
+//! requests and its engine's points into [`Scored`], and adds its own extras around these
+//! calls (the embedded one: write lock, flush and document index; the server one: retries
+//! and the knowledge base's existence check).
+
+use std::collections::BTreeMap;
+
+use super::{
+    Hit, Mode, PassageFilter, PassagePayload, PointRecord, RRF_K, SearchSpec, SparseVec,
+    StaleChunks, UpsertOutcome, fields, metadata_kv,
+};
+use crate::error::Result;
+
+/// One condition on a payload field; a filter is a list of them that must all hold.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FieldMatch {
+    /// The keyword field holds this value.
+    Is(&'static str, String),
+    /// The keyword field holds one of these values.
+    AnyOf(&'static str, Vec<String>),
+    /// The integer field is at least this.
+    AtLeast(&'static str, u32),
+}
+
+/// The vector a ranking is nearest to, and so the named vector it searches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum QueryVector<'a> {
+    Dense(&'a [f32]),
+    Sparse(&'a SparseVec),
+}
+
+/// One ranking to ask a backend for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Nearest<'a> {
+    pub vector: QueryVector<'a>,
+    pub limit: usize,
+    pub score_threshold: Option<f32>,
+    /// Conditions every point must meet (None: every point).
+    pub filter: Option<&'a [FieldMatch]>,
+    pub hnsw_ef: Option<usize>,
+    pub exact: bool,
+    /// Return each point's dense vector.
+    pub with_vector: bool,
+}
+
+/// A point of a ranking, converted from the engine's.
+#[derive(Debug, Clone)]
+pub(crate) struct Scored {
+    /// The point id as text: what breaks ties in the fusion.
+    pub key: String,
+    pub score: f32,
+    pub payload: PassagePayload,
+    /// The dense vector, when [`Nearest::with_vector`] asked for it.
+    pub vector: Option<Vec<f32>>,
+}
+
+/// The points of one knowledge base, as a backend stores them.
+#[tonic::async_trait]
+pub(crate) trait Points: Sync {
+    /// The `query.limit` points nearest to `query.vector` that meet the filter and the
+    /// threshold, best first, with their payloads.
+    async fn nearest(&self, query: Nearest<'_>) -> Result<Vec<Scored>>;
+    /// Writes `points` (never empty), replacing points of the same id.
+    async fn upsert(&self, points: Vec<PointRecord>) -> Result<()>;
+    /// The points that meet `filter` (None: all of them), counted exactly.
+    async fn count(&self, filter: Option<&[FieldMatch]>) -> Result<u64>;
+    /// Deletes the points that meet `filter`.
+    async fn delete(&self, filter: &[FieldMatch]) -> Result<()>;
+}
+
+/// The conditions of a search filter (None: it lets every passage through).
+pub(crate) fn passage_filter(filter: &PassageFilter) -> Option<Vec<FieldMatch>> {
+    if filter.is_empty() {
+        return None;
+    }
+    let mut all = Vec::new();
+    if !filter.document_ids.is_empty() {
+        all.push(FieldMatch::AnyOf(
+            fields::DOCUMENT_ID,
+            filter.document_ids.clone(),
+        ));
+    }
+    if !filter.sources.is_empty() {
+        all.push(FieldMatch::AnyOf(fields::SOURCE, filter.sources.clone()));
+    }
+    for (k, v) in &filter.metadata {
+        all.push(FieldMatch::Is(fields::METADATA_KV, metadata_kv(k, v)));
+    }
+    Some(all)
+}
+
+/// Every chunk of a document.
+pub(crate) fn document_filter(document_id: &str) -> Vec<FieldMatch> {
+    vec![FieldMatch::Is(fields::DOCUMENT_ID, document_id.to_string())]
+}
+
+/// The chunks a shorter version of a document leaves behind.
+fn stale_filter(stale: &StaleChunks) -> Vec<FieldMatch> {
+    vec![
+        FieldMatch::Is(fields::DOCUMENT_ID, stale.document_id.clone()),
+        FieldMatch::AtLeast(fields::CHUNK_INDEX, stale.chunk_count),
+    ]
+}
+
+/// Which ranking a score comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ranking {
+    Dense,
+    Sparse,
+}
+
+impl Scored {
+    fn into_hit(self, ranking: Ranking) -> (String, Hit) {
+        let hit = Hit {
+            score: self.score,
+            dense_score: (ranking == Ranking::Dense).then_some(self.score),
+            sparse_score: (ranking == Ranking::Sparse).then_some(self.score),
+            vector: self.vector,
+            payload: self.payload,
+        };
+        (self.key, hit)
+    }
+}
+
+fn keyed(points: Vec<Scored>, ranking: Ranking) -> Vec<(String, Hit)> {
+    points.into_iter().map(|p| p.into_hit(ranking)).collect()
+}
+
+/// Searches `points` as `spec` says: one ranking (dense or BM25), or both fused.
+pub(crate) async fn search(points: &impl Points, spec: &SearchSpec) -> Result<Vec<Hit>> {
+    let filter = passage_filter(&spec.filter);
+    let nearest = |vector, limit, score_threshold| Nearest {
+        vector,
+        limit,
+        score_threshold,
+        filter: filter.as_deref(),
+        hnsw_ef: spec.hnsw_ef,
+        exact: spec.exact,
+        with_vector: spec.with_vectors,
+    };
+    let dense = QueryVector::Dense(spec.dense.as_deref().unwrap_or_default());
+    // No indexable word in the query: BM25 matches nothing.
+    let sparse = spec
+        .sparse
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(QueryVector::Sparse);
+    let (vector, ranking) = match (spec.mode, sparse) {
+        (Mode::Dense, _) => (dense, Ranking::Dense),
+        (Mode::Sparse, Some(sparse)) => (sparse, Ranking::Sparse),
+        (Mode::Sparse, None) => return Ok(vec![]),
+        (Mode::Hybrid, sparse) => {
+            // Both rankings from the engine, fused here (see `fuse_rrf`).
+            // One more than fused: `fuse_rrf` drops a full ranking's last run of ties.
+            let candidates = prefetch_limit(spec.limit) + 1;
+            let dense = points
+                .nearest(nearest(dense, candidates, spec.score_threshold))
+                .await?;
+            let sparse = match sparse {
+                Some(sparse) => points.nearest(nearest(sparse, candidates, None)).await?,
+                None => vec![],
+            };
+            return Ok(fuse_rrf(
+                keyed(dense, Ranking::Dense),
+                keyed(sparse, Ranking::Sparse),
+                candidates,
+                spec.limit,
+            ));
+        }
+    };
+    let found = points
+        .nearest(nearest(vector, spec.limit, spec.score_threshold))
+        .await?;
+    Ok(found.into_iter().map(|p| p.into_hit(ranking).1).collect())
+}
+
+/// Writes `records`, then removes the `stale` chunks.
+pub(crate) async fn upsert(
+    points: &impl Points,
+    records: Vec<PointRecord>,
+    stale: &[StaleChunks],
+) -> Result<UpsertOutcome> {
+    let upserted = records.len() as u64;
+    if !records.is_empty() {
+        points.upsert(records).await?;
+    }
+    let mut removed_stale = 0;
+    for rule in stale {
+        removed_stale += delete_counted(points, &stale_filter(rule)).await?;
+    }
+    Ok(UpsertOutcome {
+        upserted,
+        removed_stale,
+    })
+}
+
+/// Deletes every chunk of a document; returns how many there were.
+pub(crate) async fn delete_document(points: &impl Points, document_id: &str) -> Result<u64> {
+    delete_counted(points, &document_filter(document_id)).await
+}
+
+/// Deletes the points that meet `filter`, when there are any; returns how many.
+async fn delete_counted(points: &impl Points, filter: &[FieldMatch]) -> Result<u64> {
+    let n = points.count(Some(filter)).await?;
+    if n > 0 {
+        points.delete(filter).await?;
+    }
+    Ok(n)
+}
+
+/// How many candidates each ranking contributes to a hybrid fusion.
+fn prefetch_limit(limit: usize) -> usize {
+    (limit * 4).max(20)
+}
+
+/// Reciprocal-rank fusion of a dense and a BM25 ranking (each `(point id, hit)` with that
+/// ranking's score, at most `candidates` long), the top `limit`, for both backends.
+///
+/// Done here rather than by the engines: Qdrant (server and qdrant-edge alike) orders
+/// passages of equal score in no fixed order, inside each ranking, at its cut, and in the
+/// fused result, so the same data fused by the two engines gave different ranks, and so
+/// different fused scores, to the same passage. Here ties go by point id (the same on both
+/// backends), and a full ranking loses its last run of equal scores (the engine may have cut
+/// through it, keeping any of them), so the fused order depends only on the scores.
+/// Its time is the `fuse` stage of the metrics.
+fn fuse_rrf(
+    dense: Vec<(String, Hit)>,
+    sparse: Vec<(String, Hit)>,
+    candidates: usize,
+    limit: usize,
+) -> Vec<Hit> {
+    let started = std::time::Instant::now();
+    let ranked = |mut list: Vec<(String, Hit)>| {
+        list.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
+        if list.len() >= candidates
+            && let Some(last) = list.last().map(|(_, h)| h.score)
+        {
+            let run = list.iter().position(|(_, h)| h.score == last).unwrap_or(0);
+            // All tied: nothing better to keep.
+            if run > 0 {
+                list.truncate(run);
+            }
+        }
+        list
+    };
+    let mut fused: BTreeMap<String, Hit> = BTreeMap::new();
+    for (list, is_dense) in [(ranked(dense), true), (ranked(sparse), false)] {
+        for (rank, (key, hit)) in list.into_iter().enumerate() {
+            let part = 1.0 / (RRF_K as f32 + rank as f32);
+            let score = hit.score;
+            let entry = fused.entry(key).or_insert_with(|| Hit {
+                score: 0.0,
+                dense_score: None,
+                sparse_score: None,
+                ..hit
+            });
+            entry.score += part;
+            if is_dense {
+                entry.dense_score = Some(score);
+            } else {
+                entry.sparse_score = Some(score);
+            }
+        }
+    }
+    let mut hits: Vec<(String, Hit)> = fused.into_iter().collect();
+    hits.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
+    let hits = hits.into_iter().take(limit).map(|(_, hit)| hit).collect();
+    zhiku_runtime::metrics::metrics().stage(
+        zhiku_runtime::metrics::stage::FUSE,
+        started.elapsed().as_secs_f64(),
+    );
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(text: &str, score: f32) -> Hit {
+        Hit {
+            payload: PassagePayload {
+                text: text.into(),
+                ..PassagePayload::default()
+            },
+            score,
+            dense_score: None,
+            sparse_score: None,
+            vector: None,
+        }
+    }
+
+    fn ranking(scores: &[(&str, f32)]) -> Vec<(String, Hit)> {
+        scores
+            .iter()
+            .map(|(id, s)| (id.to_string(), hit(id, *s)))
+            .collect()
+    }
+
+    #[test]
+    fn fusion_sums_reciprocal_ranks_and_keeps_the_parts() {
+        let dense = ranking(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
+        let sparse = ranking(&[("c", 5.0), ("d", 4.0)]);
+        let hits = fuse_rrf(dense, sparse, 10, 10);
+        let texts: Vec<&str> = hits.iter().map(|h| h.payload.text.as_str()).collect();
+        // c: 1/62 + 1/60; a: 1/60; d: 1/61; b: 1/61 (b before d by id).
+        assert_eq!(texts, ["c", "a", "b", "d"]);
+        let k = RRF_K as f32;
+        assert!((hits[0].score - (1.0 / (k + 2.0) + 1.0 / k)).abs() < 1e-7);
+        assert_eq!(
+            (hits[0].dense_score, hits[0].sparse_score),
+            (Some(0.7), Some(5.0))
+        );
+        assert_eq!(
+            (hits[3].dense_score, hits[3].sparse_score),
+            (None, Some(4.0))
+        );
+        assert_eq!(fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0), vec![]);
+    }
+
+    #[test]
+    fn fusion_does_not_depend_on_the_order_of_tied_scores() {
+        let one = fuse_rrf(
+            ranking(&[("x", 0.5), ("y", 0.5), ("z", 0.4)]),
+            ranking(&[("z", 2.0), ("y", 1.0), ("x", 1.0)]),
+            10,
+            3,
+        );
+        let other = fuse_rrf(
+            ranking(&[("y", 0.5), ("x", 0.5), ("z", 0.4)]),
+            ranking(&[("z", 2.0), ("x", 1.0), ("y", 1.0)]),
+            10,
+            3,
+        );
+        assert_eq!(one, other);
+        // A full ranking cut inside a tie (either of b, c could have been returned): the
+        // tie goes, on whichever side it was cut.
+        let cut = |tied: &str| fuse_rrf(ranking(&[("a", 0.9), (tied, 0.5)]), vec![], 2, 10);
+        assert_eq!(cut("b"), cut("c"));
+        assert_eq!(cut("b").len(), 1);
+    }
+}
