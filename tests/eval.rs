@@ -22,7 +22,7 @@ use zhiku_proto::v1::{
 const STARTUP: Duration = Duration::from_secs(180);
 
 /// The visible benchmark's retrieval floor, measured with the offline default embedder in
-/// hybrid mode at top_k 5 (the README's evaluation section has the figures): recall@3 of the
+/// hybrid mode at top_k 5 (docs/src/benchmarks/eval.md has the figures): recall@3 of the
 /// 11 answerable questions.
 const CHATCHAT_RECALL_AT_3_FLOOR: u32 = 10;
 

@@ -172,13 +172,13 @@ pub struct AskPolicy {
     /// Tokens the passages may take in a prompt, when a request does not say. 0: from the
     /// model's context (what is left after the answer and room for the question and the
     /// template), at most 1536: the default 5 passages of the default chunk size fit, and
-    /// 5 passages answered better than 3 on the eval sets (see the README).
+    /// 5 passages answered better than 3 on the eval sets (the book: benchmarks/eval).
     #[arg(long, env = "ZHIKU_ASK_CONTEXT_TOKENS", default_value_t = 0)]
     pub context_tokens: u32,
 
     /// The cosine similarity a passage needs to reach the prompt when a request sets no
-    /// threshold. Unset: calibrated per embedder from `zhiku eval --sweep` (the README's
-    /// table; none for an embedder not calibrated). A negative value: no threshold.
+    /// threshold. Unset: calibrated per embedder from `zhiku eval --sweep` (the
+    /// book's benchmarks/eval table; none for an embedder not calibrated). A negative value: no threshold.
     #[arg(long, env = "ZHIKU_ASK_SCORE_THRESHOLD", allow_negative_numbers = true)]
     pub score_threshold: Option<f32>,
 
@@ -208,14 +208,14 @@ pub struct AskPolicy {
     /// Grounded abstention: an answer whose support (the share of its character bigrams
     /// found in its passages) is under this is replaced by the refusal (`refused` true,
     /// after the model was called; the streamed chunks were its draft). 0 (the default):
-    /// never; the README gives the level measured on the eval sets.
+    /// never; the book (benchmarks/eval) gives the level measured on the eval sets.
     #[arg(long, env = "ZHIKU_ASK_ABSTAIN_BELOW", default_value_t = 0.0)]
     pub abstain_below: f64,
 
     /// Who decides that the passages hold no answer: evidence (zhiku: the threshold and
     /// --min-coverage, before the model is called; the prompt does not ask the model to
     /// refuse) or model (the article's prompt asks the model to refuse). Measured on the
-    /// eval sets in the README.
+    /// eval sets in the book (benchmarks/eval).
     #[arg(long, env = "ZHIKU_ASK_ABSTENTION", value_enum, default_value_t = Abstention::Evidence)]
     pub abstention: Abstention,
 
@@ -226,7 +226,7 @@ pub struct AskPolicy {
     pub min_coverage: f64,
 }
 
-/// The --min-coverage default, measured on the eval sets (README, "Abstention").
+/// The --min-coverage default, measured on the eval sets (docs/src/benchmarks/eval.md, "Abstention from the evidence").
 pub const DEFAULT_MIN_COVERAGE: f64 = 0.35;
 
 /// The largest file ingested by default, server-side (`--max-file-bytes` of the

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zhiku_orchestrator::OrchestratorCli;
+use zhiku_runtime::EffectiveConfig;
 use zhiku_runtime::server::{bind, run_binary, shutdown_signal};
-use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
 #[global_allocator]

@@ -14,7 +14,7 @@ pub const ARTICLE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述�
 
 /// The article's template without its refusal sentence, for `--abstention evidence`: zhiku
 /// refuses from the evidence, and a small model told it may refuse refuses questions whose
-/// answer is in its passages (README, "Abstention").
+/// answer is in its passages (docs/src/guides/ask.md, "The Ask pipeline").
 pub const EVIDENCE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述已知信息，简洁和专业的来回答用户的问题，\
 不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
 

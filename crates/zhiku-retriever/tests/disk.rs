@@ -137,7 +137,7 @@ async fn reingesting_keeps_the_data_directory_within_twice_its_first_size() {
     );
 }
 
-/// The measurement of the README: 1,000 passages × 384 dimensions, ingested 50 times.
+/// The measurement of docs/src/benchmarks/retriever.md ("Disk of the embedded store"): 1,000 passages × 384 dimensions, ingested 50 times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 async fn disk_use_of_fifty_reingests() {

@@ -99,8 +99,8 @@ impl StackArgs {
                 None
             }
         };
-        // e5-small first: it retrieves Chinese far better than MiniLM (README, "The visible
-        // benchmark").
+        // e5-small first: it retrieves Chinese far better than MiniLM (docs/src/benchmarks/eval.md,
+        // "Embedders, retrieval only").
         let embedding = self.embedding_model.clone().unwrap_or_else(|| {
             offline(
                 DEFAULT_EMBEDDING_MODEL,

@@ -9,7 +9,7 @@ use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 
 /// The most tokens of passages the budget takes from a model's context by default: what the
-/// default 5 passages of the default chunk size need (5 answered better than 3, README).
+/// default 5 passages of the default chunk size need (5 answered better than 3: docs/src/benchmarks/eval.md).
 pub const AUTO_CONTEXT_CAP: u32 = 1536;
 /// Context tokens left for the template, the question and the history when the budget comes
 /// from the model's context.

@@ -16,7 +16,7 @@ use crate::{EmbedderFacts, Orchestrator};
 use super::ms;
 
 /// Default thresholds (cosine) by embedder, calibrated with `zhiku eval --retrieval-only
-/// --sweep threshold=…` on every eval set (README, "Thresholds"): the model id holds the key.
+/// --sweep threshold=…` on every eval set (docs/src/benchmarks/eval.md, "Thresholds for e5-small"): the model id holds the key.
 pub const CALIBRATED_THRESHOLDS: &[(&str, f32)] = &[("multilingual-e5-small", 0.84)];
 
 /// The calibrated default threshold of the embedder named `model_id`, if it has one.
