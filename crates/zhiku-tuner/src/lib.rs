@@ -3,5 +3,7 @@
 //! them in PEFT's layout so that zhiku, PEFT and vLLM load them.
 
 mod error;
+mod spec;
 
 pub use error::TuneError;
+pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
