@@ -42,7 +42,7 @@ fn run(
     let prompt = seq.job.prompt.clone();
     let mut logits = model.forward(&prompt, 0)?;
     loop {
-        match seq.on_logits(&logits, shared)? {
+        match seq.on_logits(&logits, &shared.tokenizer, &shared.stats)? {
             Next::Done(c) => return Ok(c),
             Next::Feed(token) => {
                 let pos = prompt.len() + seq.generated.len() - 1;

@@ -322,10 +322,10 @@ impl Scheduler {
             if !wants {
                 continue;
             }
-            let next = logits
-                .get(row)
-                .map_err(GeneratorError::from)
-                .and_then(|l| r.seq.on_logits(&l, &self.shared));
+            let next = logits.get(row).map_err(GeneratorError::from).and_then(|l| {
+                r.seq
+                    .on_logits(&l, &self.shared.tokenizer, &self.shared.stats)
+            });
             row += 1;
             match next {
                 Ok(Next::Feed(token)) => r.tokens.push(token),

@@ -8,9 +8,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 
-use super::{Completion, EngineShared, Event, Finish, Job};
+use super::{Completion, EngineStats, Event, Finish, Job};
 use crate::decode_stream::{DecodeStream, StopMatcher, StopOutcome};
 use crate::error::GeneratorError;
+use zhiku_lm::tokenizer::GenTokenizer;
 
 /// What a sequence does after a sampled token.
 pub enum Next {
@@ -77,7 +78,8 @@ impl Sequence {
     pub fn on_logits(
         &mut self,
         logits: &Tensor,
-        shared: &EngineShared,
+        tokenizer: &GenTokenizer,
+        stats: &EngineStats,
     ) -> Result<Next, GeneratorError> {
         if self.first_logits.is_none() {
             self.first_logits = Some(Instant::now());
@@ -95,15 +97,11 @@ impl Sequence {
         } else {
             self.processor.sample(logits)?
         };
-        let tokenizer = &shared.tokenizer;
         if tokenizer.eos_ids.contains(&next) {
-            return self.finish(Finish::Eos, shared).map(Next::Done);
+            return self.finish(Finish::Eos, tokenizer).map(Next::Done);
         }
         self.generated.push(next);
-        shared
-            .stats
-            .generated_tokens
-            .fetch_add(1, Ordering::Relaxed);
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if let Some(piece) = self.decoder.push(tokenizer, next)? {
             match self.stops.push(&piece) {
                 StopOutcome::Continue(text) => self.send(text)?,
@@ -114,7 +112,7 @@ impl Sequence {
             }
         }
         if self.generated.len() >= self.job.sampling.max_new_tokens {
-            return self.finish(Finish::Length, shared).map(Next::Done);
+            return self.finish(Finish::Length, tokenizer).map(Next::Done);
         }
         Ok(Next::Feed(next))
     }
@@ -123,9 +121,9 @@ impl Sequence {
     fn finish(
         &mut self,
         finish: Finish,
-        shared: &EngineShared,
+        tokenizer: &GenTokenizer,
     ) -> Result<Completion, GeneratorError> {
-        if let Some(rest) = self.decoder.finish(&shared.tokenizer)? {
+        if let Some(rest) = self.decoder.finish(tokenizer)? {
             match self.stops.push(&rest) {
                 StopOutcome::Continue(text) => self.send(text)?,
                 StopOutcome::Stopped(text) => {
@@ -150,5 +148,195 @@ impl Sequence {
             prefill_ms: first.duration_since(self.started).as_secs_f64() * 1e3,
             decode_ms: first.elapsed().as_secs_f64() * 1e3,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use candle_core::Device;
+    use tokenizers::Tokenizer;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::sampling::SamplingConfig;
+
+    const WORDS: [&str; 6] = ["<eos>", "a", "b", "c", "STOP", "<unk>"];
+    const EOS: u32 = 0;
+
+    fn tokenizer() -> GenTokenizer {
+        let vocab: HashMap<String, u32> = WORDS
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ((*w).to_owned(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token("<unk>".into())
+            .build()
+            .expect("a valid word-level vocabulary");
+        GenTokenizer::with_stops(Tokenizer::new(model), vec![EOS])
+    }
+
+    fn sequence(
+        sampling: SamplingConfig,
+        deadline: Option<Instant>,
+    ) -> (Sequence, mpsc::UnboundedReceiver<Event>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            prompt: vec![1, 2],
+            sampling,
+            adapter: None,
+            deadline,
+            events,
+        };
+        (Sequence::new(job), rx)
+    }
+
+    /// Logits that make `token` the greedy pick.
+    fn pick(token: u32) -> Tensor {
+        let mut row = vec![0f32; WORDS.len()];
+        row[token as usize] = 5.0;
+        Tensor::new(row, &Device::Cpu).expect("a logits row")
+    }
+
+    fn chunks(rx: &mut mpsc::UnboundedReceiver<Event>) -> String {
+        let mut text = String::new();
+        while let Ok(event) = rx.try_recv() {
+            if let Event::Chunk { text: t, .. } = event {
+                text.push_str(&t);
+            }
+        }
+        text
+    }
+
+    fn greedy() -> SamplingConfig {
+        SamplingConfig {
+            repetition_penalty: 1.0,
+            ..SamplingConfig::default()
+        }
+    }
+
+    #[test]
+    fn greedy_tokens_are_fed_back_and_streamed_until_eos() {
+        let (tok, stats) = (tokenizer(), EngineStats::default());
+        let (mut seq, mut rx) = sequence(greedy(), None);
+        for token in [1, 2, 3] {
+            match seq.on_logits(&pick(token), &tok, &stats).unwrap() {
+                Next::Feed(t) => assert_eq!(t, token),
+                Next::Done(_) => panic!("finished before eos"),
+            }
+        }
+        let Next::Done(done) = seq.on_logits(&pick(EOS), &tok, &stats).unwrap() else {
+            panic!("eos must finish the sequence")
+        };
+        assert_eq!(done.finish, Finish::Eos);
+        assert_eq!(done.generated_tokens, 3, "eos is not counted as generated");
+        assert_eq!(done.prompt_tokens, 2);
+        assert_eq!(stats.generated_tokens.load(Ordering::Relaxed), 3);
+        let streamed = chunks(&mut rx);
+        assert_eq!(
+            streamed.split_whitespace().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            done.text, streamed,
+            "the completion holds what was streamed"
+        );
+    }
+
+    #[test]
+    fn max_new_tokens_ends_with_length() {
+        let (tok, stats) = (tokenizer(), EngineStats::default());
+        let sampling = SamplingConfig {
+            max_new_tokens: 2,
+            ..greedy()
+        };
+        let (mut seq, _rx) = sequence(sampling, None);
+        assert!(matches!(
+            seq.on_logits(&pick(1), &tok, &stats).unwrap(),
+            Next::Feed(1)
+        ));
+        let Next::Done(done) = seq.on_logits(&pick(2), &tok, &stats).unwrap() else {
+            panic!("the second token reaches max_new_tokens")
+        };
+        assert_eq!(done.finish, Finish::Length);
+        assert_eq!(done.generated_tokens, 2);
+    }
+
+    #[test]
+    fn a_stop_string_ends_the_answer_and_is_never_streamed() {
+        let (tok, stats) = (tokenizer(), EngineStats::default());
+        let sampling = SamplingConfig {
+            stop: vec!["STOP".into()],
+            ..greedy()
+        };
+        let (mut seq, mut rx) = sequence(sampling, None);
+        assert!(matches!(
+            seq.on_logits(&pick(1), &tok, &stats).unwrap(),
+            Next::Feed(1)
+        ));
+        let Next::Done(done) = seq.on_logits(&pick(4), &tok, &stats).unwrap() else {
+            panic!("the stop string must end the sequence")
+        };
+        assert_eq!(done.finish, Finish::StopString);
+        let streamed = chunks(&mut rx);
+        assert!(!streamed.contains("STOP"), "streamed {streamed:?}");
+        assert!(!done.text.contains("STOP"), "answer {:?}", done.text);
+        assert_eq!(streamed.trim(), "a");
+    }
+
+    #[test]
+    fn a_client_that_went_away_cancels_at_the_next_token() {
+        let (tok, stats) = (tokenizer(), EngineStats::default());
+        let (mut seq, rx) = sequence(greedy(), None);
+        assert!(seq.check_alive().is_ok());
+        drop(rx);
+        assert!(matches!(seq.check_alive(), Err(GeneratorError::Cancelled)));
+        assert!(matches!(
+            seq.on_logits(&pick(1), &tok, &stats),
+            Err(GeneratorError::Cancelled)
+        ));
+        assert!(seq.generated.is_empty(), "nothing generated after cancel");
+    }
+
+    #[test]
+    fn a_past_deadline_reports_what_was_generated() {
+        let (tok, stats) = (tokenizer(), EngineStats::default());
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let (mut seq, _rx) = sequence(greedy(), Some(deadline));
+        assert!(matches!(
+            seq.on_logits(&pick(1), &tok, &stats).unwrap(),
+            Next::Feed(1)
+        ));
+        seq.job.deadline = Some(Instant::now() - Duration::from_millis(1));
+        match seq.check_alive() {
+            Err(GeneratorError::DeadlineExceeded { generated }) => assert_eq!(generated, 1),
+            other => panic!("expected DeadlineExceeded, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_repetition_penalty_turns_the_greedy_pick_away_from_a_repeat() {
+        let (tok, stats) = (tokenizer(), EngineStats::default());
+        let sampling = SamplingConfig {
+            repetition_penalty: 2.0,
+            repeat_last_n: 8,
+            ..SamplingConfig::default()
+        };
+        let (mut seq, _rx) = sequence(sampling, None);
+        // a and b are close; after `a` was generated, its logit is halved and b wins.
+        let close = Tensor::new(vec![0f32, 4.0, 3.0, 0.0, 0.0, 0.0], &Device::Cpu).unwrap();
+        assert!(matches!(
+            seq.on_logits(&close, &tok, &stats).unwrap(),
+            Next::Feed(1)
+        ));
+        assert!(matches!(
+            seq.on_logits(&close, &tok, &stats).unwrap(),
+            Next::Feed(2)
+        ));
     }
 }
