@@ -42,3 +42,51 @@ pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> TuneError + '_ {
         source,
     }
 }
+
+/// Moves the complete `staging` directory to `dir` (in `parent`, named `name`). A directory
+/// of ours already at `dir` (one holding `marker`, or empty) is moved aside first and
+/// removed after; `dir` holding anything else is refused.
+pub(crate) fn replace_dir(
+    staging: &Path,
+    dir: &Path,
+    parent: &Path,
+    name: &str,
+    marker: &str,
+) -> Result<(), TuneError> {
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let replacing = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io(dir)(e)),
+        Ok(meta) if meta.is_dir() => {
+            let is_empty = std::fs::read_dir(dir).map_err(io(dir))?.next().is_none();
+            if !is_empty && !dir.join(marker).is_file() {
+                return Err(TuneError::Validation(format!(
+                    "{} exists and holds other files than zhiku writes there; choose another place",
+                    dir.display()
+                )));
+            }
+            true
+        }
+        Ok(_) => {
+            return Err(TuneError::Validation(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+    };
+    if replacing {
+        remove_stale(&old)?;
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    if let Err(e) = std::fs::rename(staging, dir) {
+        if replacing {
+            let _ = std::fs::rename(&old, dir);
+        }
+        return Err(io(dir)(e));
+    }
+    sync_dir(parent)?;
+    if replacing {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}

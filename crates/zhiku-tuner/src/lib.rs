@@ -3,6 +3,7 @@
 //! them in PEFT's layout so that zhiku, PEFT and vLLM load them.
 
 mod atomic;
+pub mod checkpoint;
 pub mod dataset;
 mod digest;
 mod error;

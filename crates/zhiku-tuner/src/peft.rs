@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::atomic::{io, remove_stale, sync_dir, sync_file, write_synced};
+use crate::atomic::{io, remove_stale, replace_dir, sync_dir, sync_file, write_synced};
 use crate::digest::sha256_file;
 use crate::error::TuneError;
 use crate::spec::{LoraInit, LoraSpec, TrainedPair};
@@ -146,7 +146,7 @@ pub fn write_adapter(
             .map_err(|e| TuneError::Training(format!("cannot write {}: {e}", weights.display())))?;
         sync_file(&weights)?;
         sync_dir(&staging)?;
-        replace_dir(&staging, dir, &parent, &name)
+        replace_dir(&staging, dir, &parent, &name, CONFIG_FILE)
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -293,45 +293,4 @@ fn split_dir(dir: &Path) -> Result<(PathBuf, String), TuneError> {
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     Ok((parent, name))
-}
-
-/// Moves the complete `staging` directory to `dir`. An adapter already at `dir` is moved
-/// aside first and removed after; `dir` holding anything but an adapter is refused.
-fn replace_dir(staging: &Path, dir: &Path, parent: &Path, name: &str) -> Result<(), TuneError> {
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let replacing = match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io(dir)(e)),
-        Ok(meta) if meta.is_dir() => {
-            let is_empty = std::fs::read_dir(dir).map_err(io(dir))?.next().is_none();
-            if !is_empty && !dir.join(CONFIG_FILE).is_file() {
-                return Err(TuneError::Validation(format!(
-                    "{} exists and is not an adapter directory; choose another output",
-                    dir.display()
-                )));
-            }
-            true
-        }
-        Ok(_) => {
-            return Err(TuneError::Validation(format!(
-                "{} exists and is not a directory",
-                dir.display()
-            )));
-        }
-    };
-    if replacing {
-        remove_stale(&old)?;
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    if let Err(e) = std::fs::rename(staging, dir) {
-        if replacing {
-            let _ = std::fs::rename(&old, dir);
-        }
-        return Err(io(dir)(e));
-    }
-    sync_dir(parent)?;
-    if replacing {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
 }

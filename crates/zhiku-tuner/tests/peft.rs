@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::values;
 use zhiku_lm::lora::LoraAdapter;
 use zhiku_tuner::peft::{BaseModel, read_adapter, write_adapter};
 use zhiku_tuner::{LoraInit, LoraSpec, TrainedPair, TuneError, sha256_file};
@@ -29,15 +32,6 @@ fn pairs() -> Vec<TrainedPair> {
             })
         })
         .collect()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]
@@ -162,7 +156,9 @@ fn a_refused_write_leaves_what_was_there() {
     std::fs::create_dir(&notes).unwrap();
     std::fs::write(notes.join("todo.txt"), "keep").unwrap();
     match write_adapter(&notes, &pairs(), &spec(), &base) {
-        Err(TuneError::Validation(m)) => assert!(m.contains("not an adapter directory"), "{m}"),
+        Err(TuneError::Validation(m)) => {
+            assert!(m.contains("holds other files than zhiku writes"), "{m}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
