@@ -15,12 +15,14 @@ use zhiku_tuner::dataset::{
 use zhiku_tuner::{TrainExample, TuneError};
 
 const SMOLLM: &str = "models/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf";
+const QWEN: &str =
+    "models/Qwen2.5-Coder-0.5B-Instruct-GGUF/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
-/// SmolLM2's tokenizer and its own (Jinja) chat template, as the generator loads them.
-fn smollm() -> Option<(GenTokenizer, ChatTemplate)> {
+/// A GGUF model's tokenizer and its own (Jinja) chat template, as the generator loads them.
+fn gguf_model(file: &str) -> Option<(GenTokenizer, ChatTemplate)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
-        .join(SMOLLM);
+        .join(file);
     let Ok(mut file) = std::fs::File::open(&path) else {
         eprintln!(
             "SKIPPED: {} is missing (scripts/fetch-models)",
@@ -28,14 +30,14 @@ fn smollm() -> Option<(GenTokenizer, ChatTemplate)> {
         );
         return None;
     };
-    let content = gguf_file::Content::read(&mut file).expect("SmolLM2's GGUF reads");
-    let tokenizer = GenTokenizer::from_gguf(&content).expect("SmolLM2's tokenizer");
+    let content = gguf_file::Content::read(&mut file).expect("the GGUF reads");
+    let tokenizer = GenTokenizer::from_gguf(&content).expect("the GGUF's tokenizer");
     let source = content
         .metadata
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .expect("SmolLM2's GGUF has a chat template");
+        .expect("the GGUF has a chat template");
     let template = ChatTemplate::Jinja {
         source,
         bos: tokenizer.bos.clone().unwrap_or_default(),
@@ -146,7 +148,7 @@ fn truncated_or_mutated_input_never_panics() {
         "\n"
     );
     let as_array = format!("[{}]", valid.lines().collect::<Vec<_>>().join(",\n"));
-    let model = smollm();
+    let model = gguf_model(SMOLLM);
     let check = |text: &str| {
         if let Ok(conversations) = parse_conversations(text, "fuzz")
             && let Some((tokenizer, template)) = &model
@@ -200,18 +202,21 @@ fn answer_spans(example: &TrainExample) -> Vec<std::ops::Range<usize>> {
     spans
 }
 
-#[test]
-fn examples_render_with_the_models_template_and_mask_only_the_answers() {
-    let Some((tokenizer, template)) = smollm() else {
-        return;
-    };
-    let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
-    let conversations = parse_conversations(
+fn two_turns() -> Vec<Conversation> {
+    parse_conversations(
         r#"{"conversations": [{"from": "human", "value": "What is r?"}, {"from": "gpt", "value": "The rank."}, {"from": "human", "value": "And alpha?"}, {"from": "gpt", "value": "The scale."}]}"#,
         "c.jsonl",
     )
-    .unwrap();
-    let examples = render_conversation(&conversations[0], &template, &tokenizer).unwrap();
+    .unwrap()
+}
+
+/// A ChatML model's own template: a two-turn conversation is one example whose answers
+/// (and only they, each with its `<|im_end|>`) count, and whose prompts are exactly what the
+/// generator feeds for each turn.
+fn multi_turn_chatml(tokenizer: &GenTokenizer, template: &ChatTemplate) {
+    let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
+    let conversations = two_turns();
+    let examples = render_conversation(&conversations[0], template, tokenizer).unwrap();
     assert_eq!(
         examples.len(),
         1,
@@ -232,7 +237,6 @@ fn examples_render_with_the_models_template_and_mask_only_the_answers() {
             "the end of turn is learnt"
         );
     }
-    // The prompt before each answer is exactly what the generator feeds for that turn.
     let messages = &conversations[0].messages;
     for (span, j) in spans.iter().zip([1, 3]) {
         let served = tokenizer
@@ -246,7 +250,7 @@ fn examples_render_with_the_models_template_and_mask_only_the_answers() {
         "i.jsonl",
     )
     .unwrap();
-    let example = &render_conversation(&injected[0], &template, &tokenizer).unwrap()[0];
+    let example = &render_conversation(&injected[0], template, tokenizer).unwrap()[0];
     let answer: Vec<u32> = example
         .tokens
         .iter()
@@ -255,9 +259,18 @@ fn examples_render_with_the_models_template_and_mask_only_the_answers() {
         .map(|(t, _)| *t)
         .collect();
     assert_eq!(answer.iter().filter(|&&t| t == im_end).count(), 1);
+}
+
+#[test]
+fn examples_render_with_the_models_template_and_mask_only_the_answers() {
+    let Some((tokenizer, template)) = gguf_model(SMOLLM) else {
+        return;
+    };
+    multi_turn_chatml(&tokenizer, &template);
 
     // GLM-4's template does not extend turn by turn: one example per assistant turn, each
     // with the template's `\n` lead-in before the answer.
+    let conversations = two_turns();
     let examples = render_conversation(&conversations[0], &ChatTemplate::Glm4, &tokenizer).unwrap();
     assert_eq!(examples.len(), 2);
     for (example, answer) in examples.iter().zip(["\nThe rank.", "\nThe scale."]) {
@@ -271,9 +284,17 @@ fn examples_render_with_the_models_template_and_mask_only_the_answers() {
     }
 }
 
+/// Qwen2.5's own template (ChatML with a default system prompt) renders the same way.
+#[test]
+fn qwen_examples_render_with_its_own_template() {
+    if let Some((tokenizer, template)) = gguf_model(QWEN) {
+        multi_turn_chatml(&tokenizer, &template);
+    }
+}
+
 #[test]
 fn max_seq_len_truncates_or_skips_and_counts() {
-    let Some((tokenizer, template)) = smollm() else {
+    let Some((tokenizer, template)) = gguf_model(SMOLLM) else {
         return;
     };
     let long = "word ".repeat(200);
