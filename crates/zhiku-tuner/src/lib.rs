@@ -2,8 +2,14 @@
 //! A Gaussian, B zero) on the same model families that the generator serves, and writes
 //! them in PEFT's layout so that zhiku, PEFT and vLLM load them.
 
+mod atomic;
+pub mod checkpoint;
+pub mod dataset;
+mod digest;
 mod error;
+pub mod peft;
 mod spec;
 
+pub use digest::sha256_file;
 pub use error::TuneError;
 pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
