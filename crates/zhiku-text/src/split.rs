@@ -213,7 +213,7 @@ impl PassageSplitter {
         }
         match document.format {
             Format::Markdown | Format::Html | Format::Docx => self.split_markdown(&document.text),
-            Format::Text | Format::Pdf | Format::Csv => self.split(&document.text),
+            Format::Text | Format::Pdf | Format::Csv | Format::Image => self.split(&document.text),
         }
     }
 
