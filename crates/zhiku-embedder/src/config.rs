@@ -118,6 +118,10 @@ pub struct EmbedderArgs {
     /// Most images in one Recognize request.
     #[arg(long, env = "ZHIKU_OCR_MAX_IMAGES", default_value_t = 16)]
     pub ocr_max_images: usize,
+
+    /// Most pages of one multi-page image (TIFF); more is INVALID_ARGUMENT.
+    #[arg(long, env = "ZHIKU_OCR_MAX_PAGES", default_value_t = 200)]
+    pub ocr_max_pages: usize,
 }
 
 /// The OCR models' directory name under --models-dir (what `scripts/fetch-models ppocr`
@@ -159,6 +163,7 @@ impl EmbedderArgs {
             ocr_max_queued: 64,
             ocr_max_pixels: 100_000_000,
             ocr_max_images: 16,
+            ocr_max_pages: 200,
         }
     }
 

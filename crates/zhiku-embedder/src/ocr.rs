@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Semaphore;
-use zhiku_ocr::{DecodeLimits, OcrEngine, OcrError, OcrOptions};
+use zhiku_ocr::{DecodeLimits, OcrEngine, OcrError, OcrOptions, decode_pages};
 use zhiku_proto::v1::{OcrLine, OcrPage, RecognizeRequest, RecognizeResponse};
 
 use crate::config::{EmbedderArgs, OcrModelChoice};
@@ -22,6 +22,7 @@ pub struct OcrState {
     queued: AtomicUsize,
     max_queued: usize,
     max_images: usize,
+    max_pages: usize,
 }
 
 /// Releases the queue slots of a request however it ends.
@@ -83,6 +84,7 @@ impl OcrState {
             queued: AtomicUsize::new(0),
             max_queued: args.ocr_max_queued.max(1),
             max_images: args.ocr_max_images.max(1),
+            max_pages: args.ocr_max_pages.max(1),
         }
     }
 
@@ -115,15 +117,20 @@ impl OcrState {
                 .await
                 .map_err(|_| EmbedderError::ShuttingDown)?;
             let engine = self.engine.clone();
-            let limits = self.limits;
-            let page = tokio::task::spawn_blocking(move || {
+            let (limits, max_pages) = (self.limits, self.max_pages);
+            let read = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                engine.recognize_bytes(&bytes, &limits)
+                decode_pages(&bytes, &limits, max_pages)?
+                    .iter()
+                    .map(|image| engine.recognize(image))
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await
             .map_err(|e| EmbedderError::Inference(format!("the OCR thread failed: {e}")))?
             .map_err(|e| ocr_error(index, e))?;
-            pages.push(page_message(index as u32, 1, &page));
+            for (number, page) in read.iter().enumerate() {
+                pages.push(page_message(index as u32, number as u32 + 1, page));
+            }
         }
         Ok(RecognizeResponse {
             pages,
@@ -152,6 +159,7 @@ fn ocr_error(index: usize, e: OcrError) -> EmbedderError {
     match e {
         OcrError::UnsupportedFormat
         | OcrError::TooLarge { .. }
+        | OcrError::TooManyPages { .. }
         | OcrError::Empty { .. }
         | OcrError::Corrupt(_) => EmbedderError::Validation(format!("`images[{index}]`: {e}")),
         other => EmbedderError::Inference(format!("`images[{index}]`: {other}")),

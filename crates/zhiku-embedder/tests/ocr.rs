@@ -121,6 +121,26 @@ async fn recognize_reads_images_and_refuses_bad_ones() {
     assert_eq!((read.pages[0].width, read.pages[0].height), (320, 240));
     assert!(read.pages.iter().all(|p| p.text.is_empty() && p.page == 1));
 
+    // A multi-page TIFF: each page, numbered, after the image before it.
+    let mut tiff_bytes = Cursor::new(Vec::new());
+    let mut encoder = tiff::encoder::TiffEncoder::new(&mut tiff_bytes).unwrap();
+    for (w, h) in [(120, 80), (90, 60), (64, 64)] {
+        encoder
+            .write_image::<tiff::encoder::colortype::Gray8>(w, h, &vec![255; (w * h) as usize])
+            .unwrap();
+    }
+    let read = client
+        .recognize(request(vec![png(50, 50), tiff_bytes.into_inner()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let pages: Vec<(u32, u32, u32)> = read
+        .pages
+        .iter()
+        .map(|p| (p.image_index, p.page, p.width))
+        .collect();
+    assert_eq!(pages, [(0, 1, 50), (1, 1, 120), (1, 2, 90), (1, 3, 64)]);
+
     let refused = |status: tonic::Status, code: Code, words: &str| {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(words), "{status:?}");
