@@ -1,6 +1,7 @@
 //! End-to-end OCR over the four service binaries on loopback: pages rendered here from
 //! Chinese text with a CJK font, saved as an image-only PDF (two scanned pages, JPEG as a
-//! scanner embeds them) and as a PNG, are ingested beside text files; the embedder reads
+//! scanner embeds them), as a PNG and as the scanned page of an OFD (whose other page is
+//! typed text), are ingested beside text files; the embedder reads
 //! them with the PP-OCR models (Recognize), and an Ask whose answer is only on a scanned
 //! page cites that file and page. A truncated image fails alone, naming the file. Needs
 //! models/ppocr (with libonnxruntime), a CJK font, an embedder and the chat model; prints
@@ -27,6 +28,10 @@ const CHAT_MODEL: &str = "Qwen2.5-Coder-0.5B-Instruct-GGUF";
 
 /// Only on page 2 of the scanned PDF.
 const PDF_FACT: &str = "青松实验室的门禁密码每周一上午更换，本周的密码是七三九五。";
+/// Only in the OFD's scanned page 2 (page 1 is typed text).
+const OFD_FACT: &str = "红杉项目的验收会议定在十一月二十日，由质量部主持。";
+const OFD_TYPED: &str = "采购合同第一页：甲方为华东公司，乙方为西岭科技。";
+
 /// Only in the PNG.
 const PNG_FACT: &str = "蓝湖仓库的负责人是周明远，仓库每天下午五点关门。";
 
@@ -92,6 +97,27 @@ fn image_only_pdf(pages: &[RgbImage]) -> Vec<u8> {
             .push(format!("<< /Length {} >>\nstream\n{draw}\nendstream", draw.len()).into_bytes());
     }
     pdf::pdf_of(&objects)
+}
+
+/// An OFD (GB/T 33190) of two pages: typed text, then a scanned page (one PNG image).
+fn ofd(typed: &str, scan_png: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let ns = r#"xmlns:ofd="http://www.ofdspec.org/2016""#;
+    let entries: Vec<(&str, Vec<u8>)> = vec![
+        ("OFD.xml", format!(r#"<ofd:OFD {ns} Version="1.0" DocType="OFD"><ofd:DocBody><ofd:DocRoot>Doc_0/Document.xml</ofd:DocRoot></ofd:DocBody></ofd:OFD>"#).into_bytes()),
+        ("Doc_0/Document.xml", format!(r#"<ofd:Document {ns}><ofd:CommonData><ofd:DocumentRes>DocumentRes.xml</ofd:DocumentRes></ofd:CommonData><ofd:Pages><ofd:Page ID="1" BaseLoc="Pages/Page_0/Content.xml"/><ofd:Page ID="2" BaseLoc="Pages/Page_1/Content.xml"/></ofd:Pages></ofd:Document>"#).into_bytes()),
+        ("Doc_0/DocumentRes.xml", format!(r#"<ofd:Res {ns} BaseLoc="Res"><ofd:MultiMedias><ofd:MultiMedia ID="10" Type="Image"><ofd:MediaFile>scan.png</ofd:MediaFile></ofd:MultiMedia></ofd:MultiMedias></ofd:Res>"#).into_bytes()),
+        ("Doc_0/Pages/Page_0/Content.xml", format!(r#"<ofd:Page {ns}><ofd:Content><ofd:Layer ID="3"><ofd:TextObject ID="4" Boundary="20 20 170 10" Font="1" Size="5"><ofd:TextCode X="0" Y="5">{typed}</ofd:TextCode></ofd:TextObject></ofd:Layer></ofd:Content></ofd:Page>"#).into_bytes()),
+        ("Doc_0/Pages/Page_1/Content.xml", format!(r#"<ofd:Page {ns}><ofd:Content><ofd:Layer ID="5"><ofd:ImageObject ID="6" ResourceID="10" Boundary="0 0 210 297"/></ofd:Layer></ofd:Content></ofd:Page>"#).into_bytes()),
+        ("Doc_0/Res/scan.png", scan_png.to_vec()),
+    ];
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, content) in entries {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .expect("an OFD entry");
+        zip.write_all(&content).expect("an OFD entry");
+    }
+    zip.finish().expect("the OFD").into_inner()
 }
 
 fn document(name: &str, content: Vec<u8>) -> DocumentInput {
@@ -230,12 +256,17 @@ async fn scanned_pdf_and_png_are_ingested_and_cited_by_page() {
     let texts = files.len() as u32;
     files.push(document("scan.pdf", pdf));
     files.push(document("notice.png", png.clone()));
+    let ofd_scan = encoded(
+        &page_image(&font, &[corpus::PARAGRAPHS[3], OFD_FACT]),
+        ImageFormat::Png,
+    );
+    files.push(document("contract.ofd", ofd(OFD_TYPED, &ofd_scan)));
     files.push(document("broken.png", png[..png.len() / 3].to_vec()));
     let summary = ingest_files(&mut client, "scans", files)
         .await
         .expect("ingest");
     println!("{summary:?}");
-    assert_eq!(summary.files_ingested, texts + 2, "{summary:?}");
+    assert_eq!(summary.files_ingested, texts + 3, "{summary:?}");
     assert_eq!(summary.files_failed, 1, "{summary:?}");
     assert!(
         summary.errors[0].starts_with("broken.png: ") && summary.errors[0].contains("corrupt"),
@@ -246,6 +277,8 @@ async fn scanned_pdf_and_png_are_ingested_and_cited_by_page() {
     for (question, file, page) in [
         ("青松实验室本周的门禁密码是什么？", "scan.pdf", 2),
         ("蓝湖仓库的负责人是谁？", "notice.png", 1),
+        ("红杉项目的验收会议定在哪一天？", "contract.ofd", 2),
+        ("采购合同的乙方是谁？", "contract.ofd", 1),
     ] {
         let mut request = ask_request("scans", question, Some(-1.0), 24);
         request.top_k = 3;

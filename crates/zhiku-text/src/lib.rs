@@ -46,6 +46,8 @@ pub enum Format {
     Pdf,
     /// Word (`.docx`): the paragraphs, heading styles rendered as markdown headings.
     Docx,
+    /// OFD (`.ofd`, GB/T 33190): the pages' text in reading order.
+    Ofd,
     /// Comma- or tab-separated values (`.csv`, `.tsv`): one record per row.
     Csv,
     /// A picture of pages (`.png`, `.jpg`, `.jpeg`, `.bmp`, `.tif`, `.tiff`, `.webp`): its
@@ -63,6 +65,7 @@ impl Format {
             "html" | "htm" | "xhtml" => Self::Html,
             "pdf" => Self::Pdf,
             "docx" => Self::Docx,
+            "ofd" => Self::Ofd,
             "csv" | "tsv" => Self::Csv,
             "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff" | "webp" => Self::Image,
             _ => return None,
@@ -77,6 +80,7 @@ impl Format {
             Self::Html => "html",
             Self::Pdf => "pdf",
             Self::Docx => "docx",
+            Self::Ofd => "ofd",
             Self::Csv => "csv",
             Self::Image => "image",
         }
@@ -102,7 +106,7 @@ pub struct Document {
     /// For csv: one entry per row, each rendered `header: value` per line. `text` is then
     /// these records joined by [`RECORD_SEPARATOR`], and a passage never spans two of them.
     pub records: Option<Vec<String>>,
-    /// For paged formats (pdf, images): where each page's text lies in `text`, in order;
+    /// For paged formats (pdf, ofd, images): where each page's text lies in `text`, in order;
     /// empty otherwise. Pages without text have none.
     pub pages: Vec<PageSpan>,
 }

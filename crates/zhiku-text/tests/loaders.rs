@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-
-use common::pdf_of;
+use common::{pdf_of, zip_of};
 
 use zhiku_text::{Document, Format, LoadError, PassageSplitter, load, load_path, load_paths};
 
@@ -257,17 +255,6 @@ const DOCUMENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="y
 </w:document>"#;
 
 /// A zip archive of the given entries, deflated as Word writes them.
-fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, content) in entries {
-        zip.start_file(*name, options).expect("start entry");
-        zip.write_all(content.as_bytes()).expect("write entry");
-    }
-    zip.finish().expect("finish zip").into_inner()
-}
-
 #[test]
 fn docx_paragraphs_headings_and_tables() {
     let docx = zip_of(&[

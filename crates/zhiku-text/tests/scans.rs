@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::pdf_of;
+use common::{pdf_of, zip_of};
 use zhiku_text::{
     Document, Format, LoadError, Loaded, OcrMode, PageText, Scan, ScanLimits, load, load_for_ocr,
 };
@@ -233,31 +233,34 @@ fn encrypted_pdfs_say_so() {
     assert!(err.to_string().contains("qpdf --decrypt"), "{err}");
 }
 
-#[test]
-fn truncated_and_mutated_scans_never_panic() {
-    let good = mixed_pdf();
-    for cut in (0..good.len()).step_by(5) {
-        if let Err(err) = load_for_ocr(
-            "cut.pdf",
-            &good[..cut],
-            OcrMode::Auto,
-            &ScanLimits::default(),
-        ) {
-            assert_eq!(err.file(), "cut.pdf");
+/// Truncations (every `step`-th) and flipped bytes of `good`, loaded as `name` (its
+/// extension picks the loader): a document, a scan or an error naming the file, never a
+/// panic.
+fn damaged_never_panic(name: &str, good: &[u8], step: usize) {
+    let cut = format!("cut-{name}");
+    for end in (0..good.len()).step_by(step) {
+        if let Err(err) = load_for_ocr(&cut, &good[..end], OcrMode::Auto, &ScanLimits::default()) {
+            assert_eq!(err.file(), cut);
         }
     }
-    for at in (0..good.len()).step_by(3) {
-        let mut flipped = good.clone();
+    let flipped_name = format!("flipped-{name}");
+    for at in (0..good.len()).step_by(step.div_ceil(2)) {
+        let mut flipped = good.to_vec();
         flipped[at] ^= 0x5A;
         if let Err(err) = load_for_ocr(
-            "flipped.pdf",
+            &flipped_name,
             &flipped,
             OcrMode::Always,
             &ScanLimits::default(),
         ) {
-            assert_eq!(err.file(), "flipped.pdf");
+            assert_eq!(err.file(), flipped_name);
         }
     }
+}
+
+#[test]
+fn truncated_and_mutated_scans_never_panic() {
+    damaged_never_panic("scan.pdf", &mixed_pdf(), 5);
 }
 
 #[test]
@@ -292,4 +295,147 @@ fn documents_from_pages_skip_empty_pages() {
     assert_eq!(spans, [(1, 0, 1), (3, 3, 5)]);
     assert_eq!(document.page_at(1).map(|p| p.number), Some(3));
     assert_eq!(document.page_at(5), None);
+}
+
+#[test]
+fn passages_of_a_paged_document_never_span_two_pages() {
+    let document = Document::from_pages(
+        "scan.pdf".into(),
+        Format::Pdf,
+        (1..=3)
+            .map(|number| PageText {
+                number,
+                text: format!("第{number}页很短。"),
+                confidence: None,
+            })
+            .collect(),
+    );
+    let splitter = zhiku_text::PassageSplitter::new(zhiku_text::SplitterConfig {
+        chunk_size: 250,
+        overlap: 50,
+    })
+    .unwrap();
+    let passages = splitter.split_document(&document);
+    let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(texts, ["第1页很短。", "第2页很短。", "第3页很短。"]);
+    let pages: Vec<u32> = passages
+        .iter()
+        .map(|p| document.page_at(p.char_start).unwrap().number)
+        .collect();
+    assert_eq!(pages, [1, 2, 3]);
+    assert_eq!(
+        passages.iter().map(|p| p.index).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+}
+
+// ----------------------------------------------------------------------------------- ofd --
+
+const OFD_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ofd:OFD xmlns:ofd="http://www.ofdspec.org/2016" Version="1.0" DocType="OFD">
+<ofd:DocBody><ofd:DocInfo><ofd:DocID>x</ofd:DocID></ofd:DocInfo>
+<ofd:DocRoot>Doc_0/Document.xml</ofd:DocRoot></ofd:DocBody></ofd:OFD>"#;
+
+const DOCUMENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ofd:Document xmlns:ofd="http://www.ofdspec.org/2016">
+<ofd:CommonData><ofd:PageArea><ofd:PhysicalBox>0 0 210 297</ofd:PhysicalBox></ofd:PageArea>
+<ofd:DocumentRes>DocumentRes.xml</ofd:DocumentRes></ofd:CommonData>
+<ofd:Pages>
+<ofd:Page ID="1" BaseLoc="Pages/Page_0/Content.xml"/>
+<ofd:Page ID="2" BaseLoc="Pages/Page_1/Content.xml"/>
+</ofd:Pages></ofd:Document>"#;
+
+const DOCUMENT_RES_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ofd:Res xmlns:ofd="http://www.ofdspec.org/2016" BaseLoc="Res">
+<ofd:MultiMedias><ofd:MultiMedia ID="10" Type="Image"><ofd:MediaFile>image_10.png</ofd:MediaFile></ofd:MultiMedia></ofd:MultiMedias>
+</ofd:Res>"#;
+
+/// Text objects written out of reading order: the second line first, the title last, a
+/// line wrapped mid-sentence, and an entity.
+const PAGE_0_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ofd:Page xmlns:ofd="http://www.ofdspec.org/2016"><ofd:Content><ofd:Layer ID="3">
+<ofd:TextObject ID="4" Boundary="20 60 170 10" Font="1" Size="5"><ofd:TextCode X="0" Y="5">合同金额为人民币&lt;十万&gt;元，</ofd:TextCode></ofd:TextObject>
+<ofd:TextObject ID="5" Boundary="20 70 170 10" Font="1" Size="5"><ofd:TextCode X="0" Y="5">付款期限三十天。</ofd:TextCode></ofd:TextObject>
+<ofd:TextObject ID="6" Boundary="20 20 170 10" Font="1" Size="8"><ofd:TextCode X="0" Y="8">采购合同</ofd:TextCode></ofd:TextObject>
+<ofd:TextObject ID="7" Boundary="120 40 70 10" Font="1" Size="5"><ofd:TextCode X="0" Y="5">编号：A-17</ofd:TextCode></ofd:TextObject>
+<ofd:TextObject ID="8" Boundary="20 40 90 10" Font="1" Size="5"><ofd:TextCode X="0" Y="5">甲方：华东公司</ofd:TextCode></ofd:TextObject>
+</ofd:Layer></ofd:Content></ofd:Page>"#;
+
+/// A scanned page: one image, no text.
+const PAGE_1_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ofd:Page xmlns:ofd="http://www.ofdspec.org/2016"><ofd:Content><ofd:Layer ID="9">
+<ofd:ImageObject ID="11" ResourceID="10" Boundary="0 0 210 297" CTM="210 0 0 297 0 0"/>
+</ofd:Layer></ofd:Content></ofd:Page>"#;
+
+const PNG_STAND_IN: &[u8] = b"\x89PNG stand-in";
+
+fn ofd() -> Vec<u8> {
+    zip_of(&[
+        ("OFD.xml", OFD_XML.as_bytes()),
+        ("Doc_0/Document.xml", DOCUMENT_XML.as_bytes()),
+        ("Doc_0/DocumentRes.xml", DOCUMENT_RES_XML.as_bytes()),
+        ("Doc_0/Pages/Page_0/Content.xml", PAGE_0_XML.as_bytes()),
+        ("Doc_0/Pages/Page_1/Content.xml", PAGE_1_XML.as_bytes()),
+        ("Doc_0/Res/image_10.png", PNG_STAND_IN),
+    ])
+}
+
+const OFD_PAGE_0: &str =
+    "采购合同\n甲方：华东公司编号：A-17\n合同金额为人民币<十万>元，付款期限三十天。";
+
+#[test]
+fn ofd_text_in_reading_order_with_pages() {
+    let document = load("contract.ofd", &ofd()).expect("an ofd");
+    assert_eq!(document.format, Format::Ofd);
+    assert_eq!(document.text, OFD_PAGE_0);
+    assert_eq!(document.page_at(0).map(|p| p.number), Some(1));
+    // With OCR, the scanned page hands its image over; the typed one needs none.
+    let scan = scan_of("contract.ofd", &ofd(), OcrMode::Auto);
+    assert_eq!(scan.format, Format::Ofd);
+    assert!(scan.pages[0].images.is_empty());
+    assert_eq!(scan.pages[1].images, vec![PNG_STAND_IN.to_vec()]);
+    let document = scan.into_document(|_| Some(("扫描页的文字".into(), 0.8)));
+    assert_eq!(document.text, format!("{OFD_PAGE_0}\n\n扫描页的文字"));
+    let last = document.text.chars().count() - 1;
+    assert_eq!(document.page_at(last).map(|p| p.number), Some(2));
+    // OCR off: the text pages alone.
+    let Ok(Loaded::Document(document)) =
+        load_for_ocr("contract.ofd", &ofd(), OcrMode::Off, &ScanLimits::default())
+    else {
+        panic!("an ofd without OCR");
+    };
+    assert_eq!(document.text, OFD_PAGE_0);
+}
+
+#[test]
+fn bad_ofd_files_give_errors_naming_the_file() {
+    let not_ofd = zip_of(&[("hello.txt", "hi")]);
+    let err = load("a.ofd", &not_ofd).expect_err("no OFD.xml");
+    assert_eq!(err.file(), "a.ofd");
+    assert!(err.to_string().contains("OFD.xml is missing"), "{err}");
+    let scanned_only = zip_of(&[
+        ("OFD.xml", OFD_XML),
+        (
+            "Doc_0/Document.xml",
+            &DOCUMENT_XML.replace(
+                "<ofd:Page ID=\"1\" BaseLoc=\"Pages/Page_0/Content.xml\"/>",
+                "",
+            ),
+        ),
+        ("Doc_0/DocumentRes.xml", DOCUMENT_RES_XML),
+        ("Doc_0/Pages/Page_1/Content.xml", PAGE_1_XML),
+        ("Doc_0/Res/image_10.png", "x"),
+    ]);
+    let err = load("scan.ofd", &scanned_only).expect_err("no text");
+    assert!(
+        matches!(
+            err,
+            LoadError::NoTextLayer {
+                format: Format::Ofd,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    damaged_never_panic("contract.ofd", &ofd(), 2);
 }

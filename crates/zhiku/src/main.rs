@@ -140,7 +140,7 @@ enum Command {
     },
     /// Put files or directories (walked recursively) into a knowledge base.
     Ingest {
-        /// Files or directories (.txt .md .html .pdf .docx .csv, and with OCR .png .jpg .bmp
+        /// Files or directories (.txt .md .html .pdf .ofd .docx .csv, and with OCR .png .jpg .bmp
         /// .tif .webp).
         #[arg(required = true)]
         paths: Vec<PathBuf>,

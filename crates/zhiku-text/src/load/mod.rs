@@ -8,6 +8,7 @@
 mod decode;
 mod docx;
 mod html;
+mod ofd;
 mod pdf;
 mod pdf_images;
 mod table;
@@ -21,7 +22,7 @@ use crate::{Document, Format, PageText, RECORD_SEPARATOR};
 pub enum LoadError {
     /// The extension names no format we read.
     #[error(
-        "{file}: unsupported file type (zhiku reads .txt, .md, .markdown, .html, .htm, .xhtml, .pdf, .docx, .csv and .tsv, and with OCR .png, .jpg, .jpeg, .bmp, .tif, .tiff and .webp)"
+        "{file}: unsupported file type (zhiku reads .txt, .md, .markdown, .html, .htm, .xhtml, .pdf, .ofd, .docx, .csv and .tsv, and with OCR .png, .jpg, .jpeg, .bmp, .tif, .tiff and .webp)"
     )]
     Unsupported {
         /// The file.
@@ -72,14 +73,16 @@ pub enum LoadError {
         /// The file.
         file: String,
     },
-    /// A PDF with pages but no text layer: a scan, which needs OCR.
+    /// A PDF or OFD with pages but no text layer: a scan, which needs OCR.
     #[error(
-        "{file}: the pdf has no text layer (a scanned document needs OCR: ingest it with \
-         --ocr auto, with an embedder that has the OCR models)"
+        "{file}: the {format} has no text layer (a scanned document needs OCR: ingest it \
+         with --ocr auto, with an embedder that has the OCR models)"
     )]
     NoTextLayer {
         /// The file.
         file: String,
+        /// Pdf or ofd.
+        format: Format,
     },
     /// An image, read without OCR.
     #[error(
@@ -230,7 +233,7 @@ impl LoadError {
             | Self::Corrupt { file, .. }
             | Self::TooLarge { file, .. }
             | Self::Changed { file }
-            | Self::NoTextLayer { file }
+            | Self::NoTextLayer { file, .. }
             | Self::NeedsOcr { file }
             | Self::Encrypted { file }
             | Self::TooManyPages { file, .. }
@@ -247,6 +250,8 @@ impl LoadError {
 /// - html: the visible text (no script, style, head or hidden elements); block elements
 ///   become line breaks and `h1`–`h6` become markdown headings.
 /// - pdf: the text layer of every page, pages separated by a blank line.
+/// - ofd: each page's text (`TextCode`s) in reading order, pages separated by a blank
+///   line.
 /// - docx: the paragraphs of `word/document.xml`; heading styles become markdown headings,
 ///   table rows become `cell | cell` lines.
 /// - csv, tsv: one record per data row, rendered `header: value` per line (empty values left
@@ -273,6 +278,17 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Result<Document, LoadError> {
         Format::Html => html::visible_text(&decoded()?),
         Format::Pdf => {
             let pages = pdf::text_pages(bytes).map_err(|e| pdf_error(file_name, e))?;
+            return Ok(Document::from_pages(file(), format, pages));
+        }
+        Format::Ofd => {
+            let pages = ofd::pages(bytes, |_| false, &ScanLimits::default()).map_err(corrupt)?;
+            if pages.iter().all(|p| p.text.text.is_empty()) {
+                return Err(LoadError::NoTextLayer {
+                    file: file(),
+                    format,
+                });
+            }
+            let pages = pages.into_iter().map(|p| p.text).collect();
             return Ok(Document::from_pages(file(), format, pages));
         }
         Format::Image => return Err(LoadError::NeedsOcr { file: file() }),
@@ -321,9 +337,13 @@ pub fn load_for_ocr(
                 images: vec![bytes.to_vec()],
             }],
         })),
-        (Some(Format::Pdf), _) => {
-            let pages = pdf::scan_pages(bytes, mode == OcrMode::Always, limits)
-                .map_err(|e| pdf_error(file_name, e))?;
+        (Some(format @ (Format::Pdf | Format::Ofd)), _) => {
+            let always = mode == OcrMode::Always;
+            let pages = if format == Format::Pdf {
+                pdf::scan_pages(bytes, always, limits).map_err(|e| pdf_error(file_name, e))?
+            } else {
+                ofd_scan(file_name, bytes, always, limits)?
+            };
             let needs_ocr = pages.iter().filter(|p| !p.images.is_empty()).count();
             if needs_ocr > limits.max_pages {
                 return Err(LoadError::TooManyPages {
@@ -334,7 +354,7 @@ pub fn load_for_ocr(
             }
             let scan = Scan {
                 source: file_name.to_string(),
-                format: Format::Pdf,
+                format,
                 pages,
             };
             if needs_ocr == 0 {
@@ -347,10 +367,74 @@ pub fn load_for_ocr(
     }
 }
 
+/// An OFD's pages, with the images of those without text (of all, when `always`).
+fn ofd_scan(
+    file_name: &str,
+    bytes: &[u8],
+    always: bool,
+    limits: &ScanLimits,
+) -> Result<Vec<ScanPage>, LoadError> {
+    let file = || file_name.to_string();
+    let pages = ofd::pages(bytes, |has_text| always || !has_text, limits).map_err(|reason| {
+        LoadError::Corrupt {
+            file: file(),
+            format: Format::Ofd,
+            reason,
+        }
+    })?;
+    if pages
+        .iter()
+        .all(|p| p.text.text.is_empty() && p.images.is_empty())
+    {
+        return Err(LoadError::NoTextLayer {
+            file: file(),
+            format: Format::Ofd,
+        });
+    }
+    Ok(pages
+        .into_iter()
+        .map(|p| ScanPage {
+            number: p.text.number,
+            text: p.text.text,
+            images: p.images,
+        })
+        .collect())
+}
+
+/// A zip entry's bytes, at most `max` of them (a zip bomb stops there).
+fn zip_entry(
+    archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    name: &str,
+    max: u64,
+) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    // Some writers store paths with a leading slash.
+    let stored = if archive.index_for_name(name).is_some() {
+        name.to_string()
+    } else {
+        format!("/{name}")
+    };
+    let entry = archive
+        .by_name(&stored)
+        .map_err(|_| format!("{name} is missing"))?;
+    let mut out = Vec::new();
+    entry
+        .take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{name} cannot be inflated: {e}"))?;
+    if out.len() as u64 > max {
+        return Err(format!("{name} inflates past {max} bytes"));
+    }
+    Ok(out)
+}
+
 fn pdf_error(file_name: &str, e: pdf::PdfError) -> LoadError {
     let file = file_name.to_string();
     match e {
-        pdf::PdfError::NoTextLayer => LoadError::NoTextLayer { file },
+        pdf::PdfError::NoTextLayer => LoadError::NoTextLayer {
+            file,
+            format: Format::Pdf,
+        },
         pdf::PdfError::Encrypted => LoadError::Encrypted { file },
         pdf::PdfError::UnreadablePage { page, reason } => {
             LoadError::UnreadablePage { file, page, reason }

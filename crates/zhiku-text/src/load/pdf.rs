@@ -147,7 +147,7 @@ fn text_layer(document: &lopdf::Document) -> Result<(Vec<PageText>, Option<Strin
 /// and the splitter (which prefers line breaks to sentence ends) would cut it there. A line
 /// break between two CJK characters, where the first ends no sentence, is such a wrap and is
 /// removed; between two Latin letters (or a comma and a lower-case letter) it becomes a space.
-fn join_wrapped_lines(page: &str) -> String {
+pub(super) fn join_wrapped_lines(page: &str) -> String {
     let chars: Vec<char> = page.chars().collect();
     let mut out = String::with_capacity(page.len());
     for (i, &c) in chars.iter().enumerate() {
