@@ -53,7 +53,11 @@ pub(super) fn scan_pages(
             let wanted = always || page.text.is_empty();
             let images = match ids.get(&page.number) {
                 Some(&id) if wanted => {
-                    let (images, skipped) = super::pdf_images::page_images(&document, id, limits)?;
+                    let (images, skipped) = super::pdf_images::page_images(&document, id, limits)
+                        .map_err(|over| PdfError::UnreadablePage {
+                        page: page.number,
+                        reason: over.0,
+                    })?;
                     if let Some(reason) = skipped {
                         unreadable.get_or_insert((page.number, reason));
                     }

@@ -6,7 +6,10 @@
 use lopdf::{Document, Object, ObjectId};
 
 use super::ScanLimits;
-use super::pdf::PdfError;
+
+/// An image over the pixel limit: the file is refused (a decompression bomb, or a scan far
+/// finer than OCR needs), not just the image skipped.
+pub(super) struct OverLimit(pub String);
 
 /// Images smaller than this on a side are logos, bullets or rules, not text.
 const MIN_SIDE: i64 = 16;
@@ -17,12 +20,7 @@ pub(super) fn page_images(
     document: &Document,
     page_id: ObjectId,
     limits: &ScanLimits,
-) -> Result<(Vec<Vec<u8>>, Option<String>), PdfError> {
-    let page = document
-        .get_pages()
-        .iter()
-        .find(|(_, id)| **id == page_id)
-        .map_or(0, |(n, _)| *n);
+) -> Result<(Vec<Vec<u8>>, Option<String>), OverLimit> {
     let images = match document.get_page_images(page_id) {
         Ok(images) => images,
         Err(e) => {
@@ -43,13 +41,10 @@ pub(super) fn page_images(
             .unwrap_or(u64::MAX)
             .saturating_mul(u64::try_from(height).unwrap_or(u64::MAX));
         if pixels > limits.max_pixels {
-            return Err(PdfError::UnreadablePage {
-                page,
-                reason: format!(
-                    "an image of {width}x{height} pixels is over the limit of {} pixels",
-                    limits.max_pixels
-                ),
-            });
+            return Err(OverLimit(format!(
+                "an image of {width}x{height} pixels is over the limit of {} pixels",
+                limits.max_pixels
+            )));
         }
         let Ok(stream) = document.get_object(image.id).and_then(Object::as_stream) else {
             continue;
