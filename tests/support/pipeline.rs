@@ -41,28 +41,50 @@ impl Services {
         retriever_envs: &[(&str, &str)],
     ) -> Self {
         let minilm = minilm_dir();
+        let minilm = minilm.to_str().expect("utf-8 path");
+        Self::start_custom(
+            &["--model", minilm],
+            (retriever_args, retriever_envs),
+            generator_model,
+            &[],
+        )
+        .await
+    }
+
+    /// The four services with the embedder's flags `embedder_args` (its --model among
+    /// them), the retriever's flags and variables, the generator on
+    /// `models/<generator_model>`, and `orchestrator_args` added to the orchestrator's.
+    pub async fn start_custom(
+        embedder_args: &[&str],
+        (retriever_args, retriever_envs): (&[&str], &[(&str, &str)]),
+        generator_model: &str,
+        orchestrator_args: &[&str],
+    ) -> Self {
         let chat = models_dir().join(generator_model);
         assert!(
             chat.is_dir(),
             "{} is missing: run scripts/fetch-models",
             chat.display()
         );
-        let model = |dir: &std::path::Path| dir.to_str().expect("utf-8 path").to_owned();
-        let embedder = ServiceProcess::start("zhiku-embedder", &["--model", &model(&minilm)], &[]);
+        let chat = chat.to_str().expect("utf-8 path");
+        let embedder = ServiceProcess::start("zhiku-embedder", embedder_args, &[]);
         let retriever = ServiceProcess::start("zhiku-retriever", retriever_args, retriever_envs);
-        let generator = ServiceProcess::start("zhiku-generator", &["--model", &model(&chat)], &[]);
-        let orchestrator = ServiceProcess::start(
-            "zhiku-orchestrator",
-            &[
-                "--embedder-addr",
-                &embedder.endpoint(),
-                "--retriever-addr",
-                &retriever.endpoint(),
-                "--generator-addr",
-                &generator.endpoint(),
-            ],
-            &[],
+        let generator = ServiceProcess::start("zhiku-generator", &["--model", chat], &[]);
+        let (embedder_addr, retriever_addr, generator_addr) = (
+            embedder.endpoint(),
+            retriever.endpoint(),
+            generator.endpoint(),
         );
+        let mut args = vec![
+            "--embedder-addr",
+            &embedder_addr,
+            "--retriever-addr",
+            &retriever_addr,
+            "--generator-addr",
+            &generator_addr,
+        ];
+        args.extend_from_slice(orchestrator_args);
+        let orchestrator = ServiceProcess::start("zhiku-orchestrator", &args, &[]);
         wait_serving(&embedder, "zhiku.v1.Embedder", STARTUP).await;
         wait_serving(&retriever, "zhiku.v1.Retriever", STARTUP).await;
         wait_serving(&generator, "zhiku.v1.Generator", STARTUP).await;

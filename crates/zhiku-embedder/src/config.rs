@@ -88,6 +88,55 @@ pub struct EmbedderArgs {
     /// grows with it.
     #[arg(long, env = "ZHIKU_RERANKER_MAX_INPUT_TOKENS")]
     pub reranker_max_input_tokens: Option<usize>,
+
+    /// PP-OCR models for the Recognize call (detection, direction and recognition ONNX
+    /// files, with libonnxruntime beside them or at ORT_DYLIB_PATH): a directory or a hub
+    /// id, resolved as --model is. Unset: `ppocr` under --models-dir when
+    /// `scripts/fetch-models ppocr` put it there, else Recognize answers
+    /// FAILED_PRECONDITION. `off`: no OCR.
+    #[arg(long, env = "ZHIKU_OCR_MODEL")]
+    pub ocr_model: Option<String>,
+
+    /// Threads each OCR model computes with. 0: one per core, at most 4.
+    #[arg(long, env = "ZHIKU_OCR_THREADS", default_value_t = 0)]
+    pub ocr_threads: usize,
+
+    /// Images read at once, each on a blocking thread of its own (OCR is CPU-bound: more
+    /// than the cores buys nothing).
+    #[arg(long, env = "ZHIKU_OCR_WORKERS", default_value_t = 1)]
+    pub ocr_workers: usize,
+
+    /// Images waiting for a worker; past it Recognize answers RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "ZHIKU_OCR_MAX_QUEUED", default_value_t = 64)]
+    pub ocr_max_queued: usize,
+
+    /// Largest image Recognize decodes, in pixels (width × height), checked from the
+    /// header before any pixel is decoded: a decompression bomb is refused.
+    #[arg(long, env = "ZHIKU_OCR_MAX_PIXELS", default_value_t = 100_000_000)]
+    pub ocr_max_pixels: u64,
+
+    /// Most images in one Recognize request.
+    #[arg(long, env = "ZHIKU_OCR_MAX_IMAGES", default_value_t = 16)]
+    pub ocr_max_images: usize,
+
+    /// Most pages of one multi-page image (TIFF); more is INVALID_ARGUMENT.
+    #[arg(long, env = "ZHIKU_OCR_MAX_PAGES", default_value_t = 200)]
+    pub ocr_max_pages: usize,
+}
+
+/// The OCR models' directory name under --models-dir (what `scripts/fetch-models ppocr`
+/// writes).
+pub const DEFAULT_OCR_MODEL: &str = "ppocr";
+
+/// Where Recognize's models come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OcrModelChoice {
+    /// Given with --ocr-model: failing to load it fails the start.
+    Explicit(String),
+    /// Found under --models-dir: failing to load it (e.g. no ONNX Runtime) leaves OCR off
+    /// with a warning, so that an embedder without OCR still starts.
+    Found(PathBuf),
+    Off,
 }
 
 impl EmbedderArgs {
@@ -108,6 +157,37 @@ impl EmbedderArgs {
             max_queued_texts: 4_096,
             reranker_model: None,
             reranker_max_input_tokens: None,
+            ocr_model: None,
+            ocr_threads: 0,
+            ocr_workers: 1,
+            ocr_max_queued: 64,
+            ocr_max_pixels: 100_000_000,
+            ocr_max_images: 16,
+            ocr_max_pages: 200,
+        }
+    }
+
+    /// Where the OCR models come from: --ocr-model, else `ppocr` under --models-dir.
+    pub fn ocr_model_choice(&self) -> OcrModelChoice {
+        match self.ocr_model.as_deref().map(str::trim) {
+            Some(off) if off.is_empty() || off.eq_ignore_ascii_case("off") => OcrModelChoice::Off,
+            Some(model) => OcrModelChoice::Explicit(model.to_owned()),
+            None => {
+                let dir = self.models_dir.join(DEFAULT_OCR_MODEL);
+                if dir.join(zhiku_ocr::DETECTION_MODEL).is_file() {
+                    OcrModelChoice::Found(dir)
+                } else {
+                    OcrModelChoice::Off
+                }
+            }
+        }
+    }
+
+    /// Threads per OCR model: the flag, or one per core up to 4.
+    pub fn ocr_threads(&self) -> usize {
+        match self.ocr_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            n => n,
         }
     }
 

@@ -30,6 +30,17 @@ pub enum EmbedderError {
          (ZHIKU_RERANKER_MODEL), e.g. BAAI/bge-reranker-base"
     )]
     NoReranker,
+    #[error(
+        "this embedder has no OCR models: run `scripts/fetch-models ppocr` (it puts them in \
+         models/ppocr, found under --models-dir) or start it with --ocr-model DIR_OR_HUB_ID \
+         (ZHIKU_OCR_MODEL)"
+    )]
+    NoOcr,
+    #[error(
+        "the OCR queue is full ({queued} images waiting, limit {max} set by \
+         --ocr-max-queued); retry later"
+    )]
+    OcrOverloaded { queued: usize, max: usize },
 }
 
 impl From<candle_core::Error> for EmbedderError {
@@ -42,11 +53,14 @@ impl ServiceError for EmbedderError {
     fn kind(&self) -> ErrorKind {
         match self {
             EmbedderError::Validation(_) => ErrorKind::InvalidArgument,
-            EmbedderError::Overloaded { .. } => ErrorKind::ResourceExhausted,
+            EmbedderError::Overloaded { .. } | EmbedderError::OcrOverloaded { .. } => {
+                ErrorKind::ResourceExhausted
+            }
             EmbedderError::UnsupportedModel(_)
             | EmbedderError::Load(_)
             | EmbedderError::ModelSource(_)
-            | EmbedderError::NoReranker => ErrorKind::FailedPrecondition,
+            | EmbedderError::NoReranker
+            | EmbedderError::NoOcr => ErrorKind::FailedPrecondition,
             EmbedderError::Tokenizer(_) | EmbedderError::Inference(_) => ErrorKind::Internal,
             EmbedderError::ShuttingDown => ErrorKind::Unavailable,
         }

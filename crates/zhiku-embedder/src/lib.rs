@@ -8,6 +8,8 @@
 //! - [`batcher::Batcher`]: dynamic batching across concurrent requests by a token
 //!   budget, with a bounded queue (one for texts, one for reranked pairs);
 //! - [`testing`]: tiny checkpoints in the real file formats, for tests;
+//! - [`ocr::OcrState`]: PP-OCR (zhiku-ocr) for Recognize, with `--ocr-model` or the
+//!   models under `--models-dir/ppocr`, behind a bounded queue;
 //! - [`api::EmbedderApi`]: the `zhiku.v1.Embedder` handlers;
 //! - [`serve`]: everything wired onto the shared runtime (used by the binary and by
 //!   `zhiku serve`).
@@ -19,6 +21,7 @@ pub mod encoder;
 pub mod error;
 pub mod kernels;
 pub mod model;
+pub mod ocr;
 pub mod reranker;
 pub mod testing;
 pub mod tokenizer;
@@ -47,6 +50,8 @@ pub struct EmbedderState {
     pub max_client_batch_size: usize,
     /// Longest text of a request, in bytes (--max-text-bytes).
     pub max_text_bytes: usize,
+    /// The OCR models and their queue, for Recognize (--ocr-model).
+    pub ocr: Option<ocr::OcrState>,
 }
 
 /// A loaded cross-encoder and its own batcher (same token budget and queue bound as Embed's).
@@ -92,12 +97,14 @@ impl EmbedderState {
             }
             None => None,
         };
+        let ocr = ocr::OcrState::load(args)?;
         Ok(Self {
             encoder,
             batcher,
             reranker,
             max_client_batch_size: args.max_client_batch_size.max(1),
             max_text_bytes: args.max_text_bytes.max(1),
+            ocr,
         })
     }
 }

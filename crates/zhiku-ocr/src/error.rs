@@ -19,6 +19,9 @@ pub enum OcrError {
         height: u32,
         max_pixels: u64,
     },
+    /// A multi-page image with more pages than allowed.
+    #[error("image has more than {max} pages: split it into smaller files")]
+    TooManyPages { max: usize },
     /// The image has no pixels.
     #[error("image has no pixels ({width}x{height})")]
     Empty { width: u32, height: u32 },

@@ -28,7 +28,7 @@ mod rec;
 
 use std::path::{Path, PathBuf};
 
-pub use decode::{DecodeLimits, decode_image};
+pub use decode::{DecodeLimits, decode_image, decode_pages};
 pub use error::OcrError;
 pub use geometry::Point;
 pub use image;

@@ -66,6 +66,14 @@ pub enum PassageOrder {
     BestLast,
 }
 
+/// When the ingest reads text from images (see `--ocr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OcrSetting {
+    Auto,
+    Always,
+    Off,
+}
+
 /// Who decides that the passages do not answer a question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Abstention {
@@ -133,6 +141,13 @@ pub struct OrchestratorArgs {
     /// Passages per Embed call while ingesting.
     #[arg(long, env = "ZHIKU_INGEST_EMBED_BATCH", default_value_t = 32)]
     pub embed_batch: usize,
+
+    /// OCR while ingesting (the embedder's Recognize): `auto` reads images (PNG, JPEG,
+    /// BMP, TIFF, WebP) and the PDF pages without a text layer; `always` also reads every
+    /// PDF page with images from them; `off` reads no image. An Ingest request's `ocr`
+    /// overrides it.
+    #[arg(long, env = "ZHIKU_OCR", value_enum, default_value_t = OcrSetting::Auto)]
+    pub ocr: OcrSetting,
 
     /// Every setting of the Ask pipeline.
     #[command(flatten)]

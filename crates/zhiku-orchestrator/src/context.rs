@@ -63,6 +63,10 @@ pub fn merge(citations: Vec<Citation>) -> Vec<Citation> {
 
 /// `next` (later in the document than `last`) overlaps `last` or follows it in its section.
 fn joins(last: &Citation, next: &Citation) -> bool {
+    // A citation names one page.
+    if last.page != next.page {
+        return false;
+    }
     let ranged = last.char_end > 0 && next.char_end > 0;
     if ranged && next.char_start <= last.char_end {
         return true;
@@ -177,6 +181,18 @@ mod tests {
         assert_eq!((a.char_start, a.char_end), (0, 20));
         assert_eq!(a.score, 0.8, "the best score of its chunks");
         assert_eq!(merged.iter().map(|c| c.number).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn chunks_of_two_pages_stay_apart() {
+        // Touching chunks, the second on the next page: each citation names its page.
+        let mut next_page = chunk("a", 1, 10, 20, 0.8);
+        next_page.page = 2;
+        let mut first = chunk("a", 0, 0, 10, 0.9);
+        first.page = 1;
+        let merged = merge(vec![first, next_page]);
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert_eq!(merged.iter().map(|c| c.page).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]

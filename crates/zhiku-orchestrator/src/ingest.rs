@@ -5,17 +5,26 @@ use std::time::Instant;
 use zhiku_proto::v1::{
     CreateKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, Distance, EmbedKind, EmbedRequest,
     EmbedderInfoRequest, FileProgress, IngestEvent, IngestRequest, IngestStage, IngestSummary,
-    Passage, UpsertRequest, ingest_event,
+    OcrMode, Passage, RecognizeRequest, UpsertRequest, ingest_event,
 };
 use zhiku_text::walk::check_unique_ids;
-use zhiku_text::{Format, LoadError, PassageSplitter, SplitterConfig, WalkedFile};
+use zhiku_text::{
+    Document, Format, LoadError, Loaded, PageText, PassageSplitter, Scan, ScanLimits,
+    SplitterConfig, WalkedFile,
+};
 
+use crate::config::OcrSetting;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::{Events, Orchestrator};
 
 /// Passages per Upsert call.
 const UPSERT_BATCH: usize = 256;
+
+/// The passage metadata keys a paged document's passages carry: the page they start on
+/// (from 1), and for OCR text the recogniser's confidence on that page (0 to 1).
+pub const PAGE_KEY: &str = "page";
+pub const OCR_CONFIDENCE_KEY: &str = "ocr_confidence";
 
 /// One file to ingest, inline or from disk.
 struct Source {
@@ -229,6 +238,7 @@ impl Orchestrator {
             let _ = events.send(Err(e)).await;
             return;
         }
+        let ocr = self.ocr_mode(request.ocr);
         let mut summary = IngestSummary {
             files_total: sources.len() as u32,
             files_skipped: skipped.len() as u32,
@@ -247,6 +257,7 @@ impl Orchestrator {
                 &request.knowledge_base,
                 &source,
                 &splitter,
+                ocr,
                 deadline,
                 &events,
             );
@@ -283,11 +294,26 @@ impl Orchestrator {
             .await;
     }
 
+    /// The request's OCR mode, or the orchestrator's --ocr.
+    fn ocr_mode(&self, requested: i32) -> zhiku_text::OcrMode {
+        match OcrMode::try_from(requested).unwrap_or(OcrMode::Unspecified) {
+            OcrMode::Auto => zhiku_text::OcrMode::Auto,
+            OcrMode::Always => zhiku_text::OcrMode::Always,
+            OcrMode::Off => zhiku_text::OcrMode::Off,
+            OcrMode::Unspecified => match self.args.ocr {
+                OcrSetting::Auto => zhiku_text::OcrMode::Auto,
+                OcrSetting::Always => zhiku_text::OcrMode::Always,
+                OcrSetting::Off => zhiku_text::OcrMode::Off,
+            },
+        }
+    }
+
     async fn ingest_one(
         &self,
         knowledge_base: &str,
         source: &Source,
         splitter: &PassageSplitter,
+        ocr: zhiku_text::OcrMode,
         deadline: Deadline,
         events: &Events<IngestEvent>,
     ) -> Result<usize, FileFailure> {
@@ -297,7 +323,6 @@ impl Orchestrator {
             Content::Failed(message) => return Err(FileFailure::File(message.clone())),
         };
         let name = source.name.clone();
-        let splitter = splitter.clone();
         let max_file_bytes = self.args.max_file_bytes;
         // Reading, loading (pdf, docx) and splitting are blocking work: off the async threads,
         // and at most --max-parallel-loads files at once (the others wait here).
@@ -306,8 +331,8 @@ impl Orchestrator {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| FileFailure::File(format!("loading stopped: {e}")))?;
-        let passages = tokio::task::spawn_blocking(move || {
+            .map_err(|e| FileFailure::File(format!("loading failed: {e}")))?;
+        let loaded = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let bytes = match content {
                 Ok(bytes) => bytes,
@@ -317,12 +342,30 @@ impl Orchestrator {
                 }
                 Err(file) => file.read(max_file_bytes).map_err(|e| e.to_string())?,
             };
-            let document = zhiku_text::load(&name, &bytes).map_err(|e| e.to_string())?;
-            Ok::<_, String>(splitter.split_document(&document))
+            zhiku_text::load_for_ocr(&name, &bytes, ocr, &ScanLimits::default())
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| FileFailure::File(format!("loading failed: {e}")))?
         .map_err(FileFailure::File)?;
+        let document = match loaded {
+            Loaded::Document(document) => document,
+            // Every image is read before anything of the file is written.
+            Loaded::Scan(scan) => self.read_scan(scan, deadline).await?,
+        };
+        let splitter = splitter.clone();
+        let passages = tokio::task::spawn_blocking(move || {
+            let passages = splitter.split_document(&document);
+            passages
+                .into_iter()
+                .map(|p| {
+                    let page = document.page_at(p.char_start).cloned();
+                    (p, page)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| FileFailure::File(format!("splitting failed: {e}")))?;
         let send = |stage, chunks: usize, done: usize| {
             events.send(Ok(file_event(source, stage, chunks, done, String::new())))
         };
@@ -335,6 +378,7 @@ impl Orchestrator {
 
         let mut vectors = Vec::with_capacity(total);
         for batch in passages.chunks(self.args.embed_batch.max(1)) {
+            let batch: Vec<_> = batch.iter().map(|(p, _)| p).collect();
             let response = self
                 .downstream
                 .embedder
@@ -353,7 +397,7 @@ impl Orchestrator {
         let points: Vec<Passage> = passages
             .iter()
             .zip(vectors)
-            .map(|(p, vector)| Passage {
+            .map(|((p, page), vector)| Passage {
                 document_id: source.document_id.clone(),
                 chunk_index: p.index as u32,
                 chunk_count: total as u32,
@@ -363,7 +407,7 @@ impl Orchestrator {
                 heading_path: p.heading(),
                 char_start: p.char_start as u32,
                 char_end: p.char_end as u32,
-                metadata: source.metadata.clone(),
+                metadata: page_metadata(&source.metadata, page.as_ref()),
             })
             .collect();
         for batch in points.chunks(UPSERT_BATCH) {
@@ -384,6 +428,96 @@ impl Orchestrator {
         let _ = send(IngestStage::Stored, total, total).await;
         Ok(total)
     }
+}
+
+impl Orchestrator {
+    /// Reads a scan's images with the embedder's Recognize, one image per call, and puts
+    /// its text together. A bad image, or an embedder without OCR, fails the file alone.
+    async fn read_scan(&self, scan: Scan, deadline: Deadline) -> Result<Document, FileFailure> {
+        let mut read = std::collections::HashMap::new();
+        let mut image_pages = Vec::new();
+        for page in &scan.pages {
+            let mut texts = Vec::new();
+            let (mut weighted, mut chars) = (0.0f32, 0usize);
+            for image in &page.images {
+                let response = self
+                    .downstream
+                    .embedder
+                    .clone()
+                    .recognize(deadline.request(RecognizeRequest {
+                        images: vec![image.clone()],
+                    }))
+                    .await
+                    .map_err(|status| match status.code() {
+                        tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::Unimplemented
+                        | tonic::Code::ResourceExhausted => FileFailure::File(format!(
+                            "OCR of page {}: {}",
+                            page.number,
+                            // One image per call: its index says nothing here.
+                            status.message().trim_start_matches("`images[0]`: ")
+                        )),
+                        _ => FileFailure::Call(OrchestratorError::downstream("embedder")(status)),
+                    })?
+                    .into_inner();
+                for ocr_page in response.pages {
+                    let n = ocr_page.text.chars().count();
+                    weighted += ocr_page.confidence * n as f32;
+                    chars += n;
+                    if scan.format == Format::Image {
+                        // The pages of an image file (a multi-page TIFF) are its pages.
+                        image_pages.push(PageText {
+                            number: image_pages.len() as u32 + 1,
+                            text: ocr_page.text.clone(),
+                            confidence: Some(ocr_page.confidence),
+                        });
+                    }
+                    texts.push(ocr_page.text);
+                }
+            }
+            let confidence = if chars == 0 {
+                0.0
+            } else {
+                weighted / chars as f32
+            };
+            read.insert(page.number, (texts.join("\n"), confidence));
+        }
+        let document = if scan.format == Format::Image {
+            Document::from_pages(scan.source, scan.format, image_pages)
+        } else {
+            scan.into_document(|page| read.remove(&page.number))
+        };
+        if document.text.trim().is_empty() {
+            return Err(FileFailure::File(
+                "OCR found no text in its images (blank, or too small or blurred to read)".into(),
+            ));
+        }
+        Ok(document)
+    }
+}
+
+/// The page a stored passage starts on (its `page` metadata), 0 when it has none.
+pub fn page_of(metadata: &std::collections::HashMap<String, String>) -> u32 {
+    metadata
+        .get(PAGE_KEY)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A passage's metadata: the document's, with its page and OCR confidence when it has them.
+fn page_metadata(
+    metadata: &std::collections::HashMap<String, String>,
+    page: Option<&zhiku_text::PageSpan>,
+) -> std::collections::HashMap<String, String> {
+    let mut metadata = metadata.clone();
+    if let Some(page) = page {
+        metadata.insert(PAGE_KEY.into(), page.number.to_string());
+        if let Some(confidence) = page.confidence {
+            metadata.insert(OCR_CONFIDENCE_KEY.into(), format!("{confidence:.3}"));
+        }
+    }
+    metadata
 }
 
 enum FileFailure {
@@ -409,5 +543,61 @@ fn file_event(
             done: done as u32,
             error,
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn passages_of_pages_carry_their_page_and_confidence() {
+        let labels = HashMap::from([("team".to_string(), "ops".to_string())]);
+        let scanned = zhiku_text::PageSpan {
+            number: 3,
+            char_start: 0,
+            char_end: 10,
+            confidence: Some(0.9512),
+        };
+        let metadata = page_metadata(&labels, Some(&scanned));
+        assert_eq!(metadata["team"], "ops");
+        assert_eq!(metadata[PAGE_KEY], "3");
+        assert_eq!(metadata[OCR_CONFIDENCE_KEY], "0.951");
+        assert_eq!(page_of(&metadata), 3);
+        let typed = zhiku_text::PageSpan {
+            confidence: None,
+            ..scanned
+        };
+        let metadata = page_metadata(&labels, Some(&typed));
+        assert!(!metadata.contains_key(OCR_CONFIDENCE_KEY));
+        // Documents without pages keep their labels alone.
+        assert_eq!(page_metadata(&labels, None), labels);
+        assert_eq!(page_of(&labels), 0);
+        let garbled = HashMap::from([(PAGE_KEY.to_string(), "x".to_string())]);
+        assert_eq!(page_of(&garbled), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_s_ocr_mode_overrides_the_flag() {
+        let mut args = crate::OrchestratorArgs::local(1, 2, 3);
+        assert_eq!(args.ocr, OcrSetting::Auto);
+        args.ocr = OcrSetting::Off;
+        let orchestrator = Orchestrator::new(args).unwrap();
+        assert_eq!(
+            orchestrator.ocr_mode(OcrMode::Unspecified as i32),
+            zhiku_text::OcrMode::Off
+        );
+        assert_eq!(
+            orchestrator.ocr_mode(OcrMode::Always as i32),
+            zhiku_text::OcrMode::Always
+        );
+        assert_eq!(
+            orchestrator.ocr_mode(OcrMode::Auto as i32),
+            zhiku_text::OcrMode::Auto
+        );
+        // An unknown value is the flag's.
+        assert_eq!(orchestrator.ocr_mode(42), zhiku_text::OcrMode::Off);
     }
 }

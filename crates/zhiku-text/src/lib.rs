@@ -22,7 +22,10 @@ mod load;
 mod split;
 pub mod walk;
 
-pub use load::{LoadError, load, load_path, load_paths};
+pub use load::{
+    LoadError, Loaded, OcrMode, Scan, ScanLimits, ScanPage, load, load_for_ocr, load_path,
+    load_paths,
+};
 pub use split::{Passage, PassageSplitter, SplitterConfig, SplitterError};
 pub use walk::{Walk, WalkError, WalkedFile, Walker};
 
@@ -43,8 +46,13 @@ pub enum Format {
     Pdf,
     /// Word (`.docx`): the paragraphs, heading styles rendered as markdown headings.
     Docx,
+    /// OFD (`.ofd`, GB/T 33190): the pages' text in reading order.
+    Ofd,
     /// Comma- or tab-separated values (`.csv`, `.tsv`): one record per row.
     Csv,
+    /// A picture of pages (`.png`, `.jpg`, `.jpeg`, `.bmp`, `.tif`, `.tiff`, `.webp`): its
+    /// text comes from OCR ([`load_for_ocr`]).
+    Image,
 }
 
 impl Format {
@@ -57,7 +65,9 @@ impl Format {
             "html" | "htm" | "xhtml" => Self::Html,
             "pdf" => Self::Pdf,
             "docx" => Self::Docx,
+            "ofd" => Self::Ofd,
             "csv" | "tsv" => Self::Csv,
+            "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff" | "webp" => Self::Image,
             _ => return None,
         })
     }
@@ -70,7 +80,9 @@ impl Format {
             Self::Html => "html",
             Self::Pdf => "pdf",
             Self::Docx => "docx",
+            Self::Ofd => "ofd",
             Self::Csv => "csv",
+            Self::Image => "image",
         }
     }
 }
@@ -82,7 +94,7 @@ impl std::fmt::Display for Format {
 }
 
 /// A loaded file: its text, and for tabular files its records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     /// The file name it came from, as given to the loader: errors and citations name it.
     pub source: String,
@@ -94,4 +106,71 @@ pub struct Document {
     /// For csv: one entry per row, each rendered `header: value` per line. `text` is then
     /// these records joined by [`RECORD_SEPARATOR`], and a passage never spans two of them.
     pub records: Option<Vec<String>>,
+    /// For paged formats (pdf, ofd, images): where each page's text lies in `text`, in order;
+    /// empty otherwise. Pages without text have none.
+    pub pages: Vec<PageSpan>,
+}
+
+/// One page's share of a [`Document::text`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageSpan {
+    /// The page number, from 1.
+    pub number: u32,
+    /// Its characters in the document's text, `[char_start, char_end)`.
+    pub char_start: usize,
+    pub char_end: usize,
+    /// For text read by OCR: the recogniser's confidence, 0 to 1.
+    pub confidence: Option<f32>,
+}
+
+/// One page's text, as a text layer or OCR gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageText {
+    /// The page number, from 1.
+    pub number: u32,
+    pub text: String,
+    /// For text read by OCR: the recogniser's confidence, 0 to 1.
+    pub confidence: Option<f32>,
+}
+
+impl Document {
+    /// A paged document: its pages' text joined by blank lines (pages with no text left
+    /// out), with each page's span.
+    pub fn from_pages(source: String, format: Format, pages: Vec<PageText>) -> Self {
+        let mut text = String::new();
+        let mut chars = 0;
+        let mut spans = Vec::with_capacity(pages.len());
+        for page in pages {
+            let page_text = page.text.trim();
+            if page_text.is_empty() {
+                continue;
+            }
+            if !text.is_empty() {
+                text.push_str(RECORD_SEPARATOR);
+                chars += RECORD_SEPARATOR.chars().count();
+            }
+            let start = chars;
+            text.push_str(page_text);
+            chars += page_text.chars().count();
+            spans.push(PageSpan {
+                number: page.number,
+                char_start: start,
+                char_end: chars,
+                confidence: page.confidence,
+            });
+        }
+        Self {
+            source,
+            format,
+            text,
+            records: None,
+            pages: spans,
+        }
+    }
+
+    /// The page a passage starting at character `char_start` of the text begins on.
+    pub fn page_at(&self, char_start: usize) -> Option<&PageSpan> {
+        let i = self.pages.partition_point(|p| p.char_end <= char_start);
+        self.pages.get(i)
+    }
 }

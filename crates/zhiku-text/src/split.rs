@@ -211,9 +211,25 @@ impl PassageSplitter {
             }
             return self.split_sections(&chars, sections);
         }
+        if !document.pages.is_empty() {
+            // A passage never spans two pages, so that it cites one.
+            let chars: Vec<char> = document.text.chars().collect();
+            let sections = document
+                .pages
+                .iter()
+                .map(|page| Section {
+                    heading_path: Vec::new(),
+                    start: page.char_start.min(chars.len()),
+                    end: page.char_end.min(chars.len()),
+                })
+                .collect();
+            return self.split_sections(&chars, sections);
+        }
         match document.format {
             Format::Markdown | Format::Html | Format::Docx => self.split_markdown(&document.text),
-            Format::Text | Format::Pdf | Format::Csv => self.split(&document.text),
+            Format::Text | Format::Pdf | Format::Ofd | Format::Csv | Format::Image => {
+                self.split(&document.text)
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use common::{pdf_of, zip_of};
 
 use zhiku_text::{Document, Format, LoadError, PassageSplitter, load, load_path, load_paths};
 
@@ -255,17 +255,6 @@ const DOCUMENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="y
 </w:document>"#;
 
 /// A zip archive of the given entries, deflated as Word writes them.
-fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, content) in entries {
-        zip.start_file(*name, options).expect("start entry");
-        zip.write_all(content.as_bytes()).expect("write entry");
-    }
-    zip.finish().expect("finish zip").into_inner()
-}
-
 #[test]
 fn docx_paragraphs_headings_and_tables() {
     let docx = zip_of(&[
@@ -313,32 +302,6 @@ fn broken_docx_files_are_refused() {
 }
 
 // ----------------------------------------------------------------------------------- pdf --
-
-/// A PDF file of the given objects (numbered from 1; object 1 is the catalog), with the xref
-/// table's byte offsets computed as a PDF writer would.
-fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
-    let mut pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n".to_vec();
-    let mut offsets = Vec::new();
-    for (i, object) in objects.iter().enumerate() {
-        offsets.push(pdf.len());
-        pdf.extend(format!("{} 0 obj\n", i + 1).as_bytes());
-        pdf.extend(object);
-        pdf.extend(b"\nendobj\n");
-    }
-    let xref = pdf.len();
-    pdf.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
-    for offset in offsets {
-        pdf.extend(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    pdf.extend(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    pdf
-}
 
 fn dict(text: &str) -> Vec<u8> {
     text.as_bytes().to_vec()

@@ -10,11 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use zhiku_orchestrator::OcrSetting;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
     AskRequest, CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
     DocumentInput, IngestRequest, IngestStage, ListDocumentsRequest, ListKnowledgeBasesRequest,
-    SamplingParams, SearchMode, SplitOptions, ask_event, ingest_event,
+    OcrMode, SamplingParams, SearchMode, SplitOptions, ask_event, ingest_event,
 };
 use zhiku_runtime::request_id::PropagateRequestId;
 use zhiku_text::Walker;
@@ -131,7 +132,7 @@ pub fn connect(addr: &str, access: &ClientArgs) -> Result<Client, ExitCode> {
 }
 
 /// Runs one client command (`zhiku eval` runs in its own module).
-pub async fn run(client: Client, command: Command) -> ExitCode {
+pub async fn run(client: Client, command: Command, ocr: Option<OcrSetting>) -> ExitCode {
     match command {
         Command::Serve { .. } | Command::Eval(_) => ExitCode::SUCCESS,
         Command::Ingest {
@@ -146,6 +147,7 @@ pub async fn run(client: Client, command: Command) -> ExitCode {
                 chunk_size,
                 overlap,
                 max_file_bytes,
+                ocr,
             };
             ingest(client, &paths, options).await
         }
@@ -327,6 +329,8 @@ pub struct IngestOptions {
     pub chunk_size: u32,
     pub overlap: u32,
     pub max_file_bytes: u64,
+    /// Sent with each call; unset leaves it to the server's --ocr.
+    pub ocr: Option<OcrSetting>,
 }
 
 /// One Ingest call; its progress goes to the bar and its summary into `tally`.
@@ -346,6 +350,12 @@ async fn send_ingest(
             overlap: Some(options.overlap),
         }),
         create_if_missing: true,
+        ocr: match options.ocr {
+            None => OcrMode::Unspecified,
+            Some(OcrSetting::Auto) => OcrMode::Auto,
+            Some(OcrSetting::Always) => OcrMode::Always,
+            Some(OcrSetting::Off) => OcrMode::Off,
+        } as i32,
     };
     let mut stream = client.ingest(request).await?.into_inner();
     while let Some(event) = stream.next().await {
@@ -421,6 +431,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "document_id": c.document_id,
                             "chunk": c.chunk_index,
                             "heading_path": c.heading_path,
+                            "page": c.page,
                             "score": c.score,
                             "text": c.text,
                         })).collect::<Vec<_>>(),
@@ -464,8 +475,13 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                         println!("\nsources:");
                         for c in &answer.citations {
                             let preview: String = c.text.chars().take(60).collect();
+                            let page = if c.page > 0 {
+                                format!(" p.{}", c.page)
+                            } else {
+                                String::new()
+                            };
                             println!(
-                                "  [{}] {} #{} (score {:.3}) {}",
+                                "  [{}] {}{page} #{} (score {:.3}) {}",
                                 c.number, c.source, c.chunk_index, c.score, preview
                             );
                         }

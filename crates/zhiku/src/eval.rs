@@ -526,6 +526,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
             chunk_size: 250,
             overlap: 50,
             max_file_bytes: zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES,
+            ocr: None,
         };
         let code = crate::commands::ingest_quietly(client.clone(), &args.ingest, options).await;
         if code != ExitCode::SUCCESS {

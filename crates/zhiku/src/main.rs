@@ -140,7 +140,8 @@ enum Command {
     },
     /// Put files or directories (walked recursively) into a knowledge base.
     Ingest {
-        /// Files or directories (.txt .md .html .pdf .docx .csv).
+        /// Files or directories (.txt .md .html .pdf .ofd .docx .csv, and with OCR .png .jpg .bmp
+        /// .tif .webp).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// The knowledge base (created when missing).
@@ -309,7 +310,7 @@ async fn run() -> ExitCode {
     let code = match commands::connect(&addr, &cli.access) {
         Ok(client) => match cli.command {
             Command::Eval(args) => eval::run(client, args).await,
-            command => commands::run(client, command).await,
+            command => commands::run(client, command, cli.stack.ocr).await,
         },
         Err(code) => code,
     };

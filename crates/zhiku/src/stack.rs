@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tonic_health_client::check_serving;
 use zhiku_embedder::EmbedderArgs;
 use zhiku_generator::GeneratorArgs;
-use zhiku_orchestrator::{AskPolicy, OrchestratorArgs};
+use zhiku_orchestrator::{AskPolicy, OcrSetting, OrchestratorArgs};
 use zhiku_runtime::ServerArgs;
 use zhiku_runtime::server::{RuntimeError, bind};
 
@@ -67,6 +67,18 @@ pub struct StackArgs {
     /// directory): served by the embedder's Rerank, used by every Ask. Unset: no reranking.
     #[arg(long, global = true, env = "ZHIKU_RERANKER_MODEL")]
     pub reranker_model: Option<String>,
+
+    /// OCR models for scans and images (served by the embedder's Recognize): a directory
+    /// or a hub id. Default: `ppocr` in --models-dir when `scripts/fetch-models ppocr` put
+    /// it there; `off`: none.
+    #[arg(long, global = true, env = "ZHIKU_OCR_MODEL")]
+    pub ocr_model: Option<String>,
+
+    /// OCR while ingesting: `auto` reads images and the PDF pages without a text layer,
+    /// `always` also every PDF page with images, `off` none. Default: auto (`zhiku
+    /// ingest` then leaves it to the server).
+    #[arg(long, global = true, env = "ZHIKU_OCR", value_enum)]
+    pub ocr: Option<OcrSetting>,
 }
 
 /// Default models for real users: a Chinese embedder and a GLM-4 GGUF, from the hub.
@@ -206,6 +218,7 @@ impl Stack {
         embedder.models_dir = args.models_dir.clone();
         embedder.device = args.device.clone();
         embedder.reranker_model = args.reranker_model.clone();
+        embedder.ocr_model = args.ocr_model.clone();
         let mut generator = GeneratorArgs::for_model(models.chat.clone());
         generator.models_dir = args.models_dir.clone();
         generator.gguf_file = models.gguf_file.clone();
@@ -216,6 +229,7 @@ impl Stack {
             ports.generator.port(),
         );
         orchestrator.ingest_root = args.ingest_root.clone();
+        orchestrator.ocr = args.ocr.unwrap_or(OcrSetting::Auto);
         orchestrator.ask = ask.clone();
         let retriever = zhiku_retriever::RetrieverArgs::embedded(args.data_dir.clone());
         // The three services behind the orchestrator: on loopback by default, so TLS is the
@@ -374,6 +388,8 @@ mod tests {
             device: "cpu".into(),
             ingest_root: None,
             reranker_model: None,
+            ocr_model: None,
+            ocr: None,
         }
     }
 

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status, Streaming};
 use zhiku_proto::v1::embedder_server::Embedder;
 use zhiku_proto::v1::{
     EmbedKind, EmbedRequest, EmbedResponse, EmbedderInfoRequest, EmbedderInfoResponse, Embedding,
-    RerankRequest, RerankResponse, RerankScore, Token, TokenizeRequest, TokenizeResponse,
-    TokenizedText,
+    RecognizeRequest, RecognizeResponse, RerankRequest, RerankResponse, RerankScore, Token,
+    TokenizeRequest, TokenizeResponse, TokenizedText,
 };
 use zhiku_runtime::Ready;
 
@@ -245,6 +245,11 @@ impl EmbedderState {
                 .reranker
                 .as_ref()
                 .map_or(0, |r| r.model.info.max_input_tokens as u32),
+            ocr_model: self
+                .ocr
+                .as_ref()
+                .map(|o| o.model_id.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -367,6 +372,17 @@ impl Embedder for EmbedderApi {
     ) -> Result<Response<RerankResponse>, Status> {
         let state = self.state()?;
         Ok(Response::new(state.rerank(request.into_inner()).await?))
+    }
+
+    async fn recognize(
+        &self,
+        request: Request<RecognizeRequest>,
+    ) -> Result<Response<RecognizeResponse>, Status> {
+        let state = self.state()?;
+        let Some(ocr) = &state.ocr else {
+            return Err(EmbedderError::NoOcr.into());
+        };
+        Ok(Response::new(ocr.recognize(request.into_inner()).await?))
     }
 
     async fn info(

@@ -216,6 +216,7 @@ impl Orchestrator {
                     char_end: passage.char_end,
                     last_chunk_index: passage.chunk_index,
                     rerank_score: None,
+                    page: crate::ingest::page_of(&passage.metadata),
                 }
             })
             .collect();

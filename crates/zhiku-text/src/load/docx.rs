@@ -5,7 +5,7 @@
 //! (no dependencies but memchr) read it; a full docx crate would add a writer and styles
 //! model we do not need.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
@@ -19,19 +19,13 @@ const MAX_XML_BYTES: u64 = 256 << 20;
 pub(super) fn text(bytes: &[u8]) -> Result<String, String> {
     let mut archive =
         zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
-    let entry = archive
-        .by_name("word/document.xml")
-        .map_err(|_| "word/document.xml is missing: not a Word document".to_string())?;
-    let mut xml = Vec::new();
-    entry
-        .take(MAX_XML_BYTES + 1)
-        .read_to_end(&mut xml)
-        .map_err(|e| format!("word/document.xml cannot be inflated: {e}"))?;
-    if xml.len() as u64 > MAX_XML_BYTES {
-        return Err(format!(
-            "word/document.xml inflates past {MAX_XML_BYTES} bytes"
-        ));
-    }
+    let xml = super::zip_entry(&mut archive, "word/document.xml", MAX_XML_BYTES).map_err(|e| {
+        if e.ends_with("is missing") {
+            "word/document.xml is missing: not a Word document".to_string()
+        } else {
+            e
+        }
+    })?;
     let xml = String::from_utf8(xml).map_err(|_| "word/document.xml is not UTF-8".to_string())?;
     paragraphs(&xml).map_err(|e| format!("word/document.xml: {e}"))
 }
@@ -195,7 +189,7 @@ fn style_level(style: &str) -> Option<usize> {
     level.parse().ok().filter(|l| (1..=9).contains(l))
 }
 
-fn predefined_entity(name: &str) -> Option<char> {
+pub(super) fn predefined_entity(name: &str) -> Option<char> {
     Some(match name {
         "lt" => '<',
         "gt" => '>',

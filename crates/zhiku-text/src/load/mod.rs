@@ -8,19 +8,21 @@
 mod decode;
 mod docx;
 mod html;
+mod ofd;
 mod pdf;
+mod pdf_images;
 mod table;
 
 use std::path::Path;
 
-use crate::{Document, Format, RECORD_SEPARATOR};
+use crate::{Document, Format, PageText, RECORD_SEPARATOR};
 
 /// Why a file could not be loaded. Every variant names the file, as given to the loader.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The extension names no format we read.
     #[error(
-        "{file}: unsupported file type (zhiku reads .txt, .md, .markdown, .html, .htm, .xhtml, .pdf, .docx, .csv and .tsv)"
+        "{file}: unsupported file type (zhiku reads .txt, .md, .markdown, .html, .htm, .xhtml, .pdf, .ofd, .docx, .csv and .tsv, and with OCR .png, .jpg, .jpeg, .bmp, .tif, .tiff and .webp)"
     )]
     Unsupported {
         /// The file.
@@ -71,14 +73,154 @@ pub enum LoadError {
         /// The file.
         file: String,
     },
-    /// A PDF with pages but no text layer: a scan, which would need OCR.
+    /// A PDF or OFD with pages but no text layer: a scan, which needs OCR.
     #[error(
-        "{file}: the pdf has no text layer (a scanned document needs OCR, which zhiku does not do)"
+        "{file}: the {format} has no text layer (a scanned document needs OCR: ingest it \
+         with --ocr auto, with an embedder that has the OCR models)"
     )]
     NoTextLayer {
         /// The file.
         file: String,
+        /// Pdf or ofd.
+        format: Format,
     },
+    /// An image, read without OCR.
+    #[error(
+        "{file}: an image's text needs OCR, which is off: ingest it with --ocr auto, with an \
+         embedder that has the OCR models"
+    )]
+    NeedsOcr {
+        /// The file.
+        file: String,
+    },
+    /// A PDF protected by a password.
+    #[error(
+        "{file}: the pdf is encrypted: save it without its password (e.g. `qpdf --decrypt \
+         in.pdf out.pdf`) and ingest that"
+    )]
+    Encrypted {
+        /// The file.
+        file: String,
+    },
+    /// More pages to OCR than the limit.
+    #[error(
+        "{file}: {pages} pages need OCR, over the limit of {limit}: split the file into \
+         smaller ones"
+    )]
+    TooManyPages {
+        /// The file.
+        file: String,
+        /// Pages that need OCR.
+        pages: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A page with no text layer whose images are in no form the OCR reads.
+    #[error("{file}: page {page} has no text layer and no image the OCR can read: {reason}")]
+    UnreadablePage {
+        /// The file.
+        file: String,
+        /// The page, from 1.
+        page: u32,
+        /// Why its images cannot be read.
+        reason: String,
+    },
+}
+
+/// Whether a load reads text from images (the caller runs the OCR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OcrMode {
+    /// Images, and the PDF pages without a text layer.
+    #[default]
+    Auto,
+    /// As `Auto`, and every PDF page with images is read from them.
+    Always,
+    /// None: images are refused and a PDF without a text layer fails.
+    Off,
+}
+
+/// Limits on what a scan hands to OCR (against decompression bombs and runaway files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// The most pixels (width × height) of one embedded image.
+    pub max_pixels: u64,
+    /// The most pages of one file that need OCR.
+    pub max_pages: usize,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: 100_000_000,
+            max_pages: 1_000,
+        }
+    }
+}
+
+/// What [`load_for_ocr`] gives: a document, or pages whose images need OCR first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loaded {
+    Document(Document),
+    Scan(Scan),
+}
+
+/// A file some of whose text is in images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    /// The file name, as given to the loader.
+    pub source: String,
+    pub format: Format,
+    /// Every page, in order. For an image file, one entry holding the whole file (a TIFF
+    /// may hold several pages: the OCR numbers them).
+    pub pages: Vec<ScanPage>,
+}
+
+/// One page of a [`Scan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanPage {
+    /// The page number, from 1.
+    pub number: u32,
+    /// Its text layer; kept when `images` is empty.
+    pub text: String,
+    /// Image files (JPEG, PNG) whose OCR text replaces the text layer; empty when the page
+    /// needs no OCR.
+    pub images: Vec<Vec<u8>>,
+}
+
+impl Scan {
+    /// The document, once each page that needs it was read: `ocr` gives, for each page with
+    /// images, the text of its images (joined in order) and their confidence.
+    pub fn into_document(
+        self,
+        mut ocr: impl FnMut(&ScanPage) -> Option<(String, f32)>,
+    ) -> Document {
+        let pages = self
+            .pages
+            .iter()
+            .map(|page| {
+                if page.images.is_empty() {
+                    return PageText {
+                        number: page.number,
+                        text: page.text.clone(),
+                        confidence: None,
+                    };
+                }
+                match ocr(page) {
+                    Some((text, confidence)) => PageText {
+                        number: page.number,
+                        text,
+                        confidence: Some(confidence),
+                    },
+                    None => PageText {
+                        number: page.number,
+                        text: page.text.clone(),
+                        confidence: None,
+                    },
+                }
+            })
+            .collect();
+        Document::from_pages(self.source, self.format, pages)
+    }
 }
 
 impl LoadError {
@@ -91,7 +233,11 @@ impl LoadError {
             | Self::Corrupt { file, .. }
             | Self::TooLarge { file, .. }
             | Self::Changed { file }
-            | Self::NoTextLayer { file } => file,
+            | Self::NoTextLayer { file, .. }
+            | Self::NeedsOcr { file }
+            | Self::Encrypted { file }
+            | Self::TooManyPages { file, .. }
+            | Self::UnreadablePage { file, .. } => file,
         }
     }
 }
@@ -104,6 +250,8 @@ impl LoadError {
 /// - html: the visible text (no script, style, head or hidden elements); block elements
 ///   become line breaks and `h1`–`h6` become markdown headings.
 /// - pdf: the text layer of every page, pages separated by a blank line.
+/// - ofd: each page's text (`TextCode`s) in reading order, pages separated by a blank
+///   line.
 /// - docx: the paragraphs of `word/document.xml`; heading styles become markdown headings,
 ///   table rows become `cell | cell` lines.
 /// - csv, tsv: one record per data row, rendered `header: value` per line (empty values left
@@ -128,11 +276,22 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Result<Document, LoadError> {
     let text = match format {
         Format::Text | Format::Markdown => decoded()?,
         Format::Html => html::visible_text(&decoded()?),
-        Format::Pdf => match pdf::text(bytes) {
-            Ok(text) => text,
-            Err(pdf::PdfError::NoTextLayer) => return Err(LoadError::NoTextLayer { file: file() }),
-            Err(pdf::PdfError::Corrupt(reason)) => return Err(corrupt(reason)),
-        },
+        Format::Pdf => {
+            let pages = pdf::text_pages(bytes).map_err(|e| pdf_error(file_name, e))?;
+            return Ok(Document::from_pages(file(), format, pages));
+        }
+        Format::Ofd => {
+            let pages = ofd::pages(bytes, |_| false, &ScanLimits::default()).map_err(corrupt)?;
+            if pages.iter().all(|p| p.text.text.is_empty()) {
+                return Err(LoadError::NoTextLayer {
+                    file: file(),
+                    format,
+                });
+            }
+            let pages = pages.into_iter().map(|p| p.text).collect();
+            return Ok(Document::from_pages(file(), format, pages));
+        }
+        Format::Image => return Err(LoadError::NeedsOcr { file: file() }),
         Format::Docx => docx::text(bytes).map_err(corrupt)?,
         Format::Csv => {
             let delimiter = if has_extension(file_name, "tsv") {
@@ -151,7 +310,141 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Result<Document, LoadError> {
         format,
         text,
         records,
+        pages: Vec::new(),
     })
+}
+
+/// Loads a file as [`load`] does, except that with OCR on, images and the PDF pages that
+/// need it come back as a [`Scan`]: the caller reads their images (zhiku-text runs no
+/// models) and then calls [`Scan::into_document`]. PDF page images are the ones scanners
+/// embed (JPEG as stored; Flate-compressed gray, RGB or CMYK samples as PNG), taken
+/// without rendering the page.
+pub fn load_for_ocr(
+    file_name: &str,
+    bytes: &[u8],
+    mode: OcrMode,
+    limits: &ScanLimits,
+) -> Result<Loaded, LoadError> {
+    let format = Format::from_file_name(file_name);
+    match (format, mode) {
+        (_, OcrMode::Off) | (None, _) => load(file_name, bytes).map(Loaded::Document),
+        (Some(Format::Image), _) => Ok(Loaded::Scan(Scan {
+            source: file_name.to_string(),
+            format: Format::Image,
+            pages: vec![ScanPage {
+                number: 1,
+                text: String::new(),
+                images: vec![bytes.to_vec()],
+            }],
+        })),
+        (Some(format @ (Format::Pdf | Format::Ofd)), _) => {
+            let always = mode == OcrMode::Always;
+            let pages = if format == Format::Pdf {
+                pdf::scan_pages(bytes, always, limits).map_err(|e| pdf_error(file_name, e))?
+            } else {
+                ofd_scan(file_name, bytes, always, limits)?
+            };
+            let needs_ocr = pages.iter().filter(|p| !p.images.is_empty()).count();
+            if needs_ocr > limits.max_pages {
+                return Err(LoadError::TooManyPages {
+                    file: file_name.to_string(),
+                    pages: needs_ocr,
+                    limit: limits.max_pages,
+                });
+            }
+            let scan = Scan {
+                source: file_name.to_string(),
+                format,
+                pages,
+            };
+            if needs_ocr == 0 {
+                Ok(Loaded::Document(scan.into_document(|_| None)))
+            } else {
+                Ok(Loaded::Scan(scan))
+            }
+        }
+        _ => load(file_name, bytes).map(Loaded::Document),
+    }
+}
+
+/// An OFD's pages, with the images of those without text (of all, when `always`).
+fn ofd_scan(
+    file_name: &str,
+    bytes: &[u8],
+    always: bool,
+    limits: &ScanLimits,
+) -> Result<Vec<ScanPage>, LoadError> {
+    let file = || file_name.to_string();
+    let pages = ofd::pages(bytes, |has_text| always || !has_text, limits).map_err(|reason| {
+        LoadError::Corrupt {
+            file: file(),
+            format: Format::Ofd,
+            reason,
+        }
+    })?;
+    if pages
+        .iter()
+        .all(|p| p.text.text.is_empty() && p.images.is_empty())
+    {
+        return Err(LoadError::NoTextLayer {
+            file: file(),
+            format: Format::Ofd,
+        });
+    }
+    Ok(pages
+        .into_iter()
+        .map(|p| ScanPage {
+            number: p.text.number,
+            text: p.text.text,
+            images: p.images,
+        })
+        .collect())
+}
+
+/// A zip entry's bytes, at most `max` of them (a zip bomb stops there).
+fn zip_entry(
+    archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    name: &str,
+    max: u64,
+) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    // Some writers store paths with a leading slash.
+    let stored = if archive.index_for_name(name).is_some() {
+        name.to_string()
+    } else {
+        format!("/{name}")
+    };
+    let entry = archive
+        .by_name(&stored)
+        .map_err(|_| format!("{name} is missing"))?;
+    let mut out = Vec::new();
+    entry
+        .take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{name} cannot be inflated: {e}"))?;
+    if out.len() as u64 > max {
+        return Err(format!("{name} inflates past {max} bytes"));
+    }
+    Ok(out)
+}
+
+fn pdf_error(file_name: &str, e: pdf::PdfError) -> LoadError {
+    let file = file_name.to_string();
+    match e {
+        pdf::PdfError::NoTextLayer => LoadError::NoTextLayer {
+            file,
+            format: Format::Pdf,
+        },
+        pdf::PdfError::Encrypted => LoadError::Encrypted { file },
+        pdf::PdfError::UnreadablePage { page, reason } => {
+            LoadError::UnreadablePage { file, page, reason }
+        }
+        pdf::PdfError::Corrupt(reason) => LoadError::Corrupt {
+            file,
+            format: Format::Pdf,
+            reason,
+        },
+    }
 }
 
 /// Reads and loads one file; errors name it by its path.

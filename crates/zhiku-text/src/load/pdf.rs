@@ -8,6 +8,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::PageText;
+use crate::load::{ScanLimits, ScanPage};
+
 /// Why a PDF gave no text.
 #[derive(Debug)]
 pub(super) enum PdfError {
@@ -15,15 +18,72 @@ pub(super) enum PdfError {
     Corrupt(String),
     /// The file parsed, but its pages carry no text: a scan.
     NoTextLayer,
+    /// The file is protected by a password.
+    Encrypted,
+    /// A page that needs OCR has no image the OCR can read.
+    UnreadablePage { page: u32, reason: String },
 }
 
-/// The text of every page, pages separated by a blank line.
-pub(super) fn text(bytes: &[u8]) -> Result<String, PdfError> {
-    guarded(|| extract(bytes))
+/// The text layer of every page (pages without one give empty text).
+pub(super) fn text_pages(bytes: &[u8]) -> Result<Vec<PageText>, PdfError> {
+    guarded(|| {
+        let document = parse(bytes)?;
+        let (pages, first_error) = text_layer(&document)?;
+        if pages.iter().all(|p| p.text.is_empty()) {
+            return Err(first_error.map_or(PdfError::NoTextLayer, PdfError::Corrupt));
+        }
+        Ok(pages)
+    })
+}
+
+/// Every page with its text layer, and for the pages without one (every page with images,
+/// when `always`) their images for OCR.
+pub(super) fn scan_pages(
+    bytes: &[u8],
+    always: bool,
+    limits: &ScanLimits,
+) -> Result<Vec<ScanPage>, PdfError> {
+    guarded(|| {
+        let document = parse(bytes)?;
+        let (pages, first_error) = text_layer(&document)?;
+        let ids = document.get_pages();
+        let mut out = Vec::with_capacity(pages.len());
+        let mut unreadable = None;
+        for page in pages {
+            let wanted = always || page.text.is_empty();
+            let images = match ids.get(&page.number) {
+                Some(&id) if wanted => {
+                    let (images, skipped) = super::pdf_images::page_images(&document, id, limits)
+                        .map_err(|over| PdfError::UnreadablePage {
+                        page: page.number,
+                        reason: over.0,
+                    })?;
+                    if let Some(reason) = skipped {
+                        unreadable.get_or_insert((page.number, reason));
+                    }
+                    images
+                }
+                _ => Vec::new(),
+            };
+            out.push(ScanPage {
+                number: page.number,
+                text: page.text,
+                images,
+            });
+        }
+        if out.iter().all(|p| p.text.is_empty() && p.images.is_empty()) {
+            return Err(match (unreadable, first_error) {
+                (Some((page, reason)), _) => PdfError::UnreadablePage { page, reason },
+                (None, Some(error)) => PdfError::Corrupt(error),
+                (None, None) => PdfError::NoTextLayer,
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// Runs the parser, turning a panic into [`PdfError::Corrupt`] with the panic's message.
-fn guarded(parse: impl FnOnce() -> Result<String, PdfError>) -> Result<String, PdfError> {
+fn guarded<T>(parse: impl FnOnce() -> Result<T, PdfError>) -> Result<T, PdfError> {
     catch_unwind(AssertUnwindSafe(parse)).unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
@@ -36,14 +96,36 @@ fn guarded(parse: impl FnOnce() -> Result<String, PdfError>) -> Result<String, P
     })
 }
 
-fn extract(bytes: &[u8]) -> Result<String, PdfError> {
-    let document =
-        lopdf::Document::load_mem(bytes).map_err(|e| PdfError::Corrupt(e.to_string()))?;
-    let pages = document.get_pages();
-    if pages.is_empty() {
+fn parse(bytes: &[u8]) -> Result<lopdf::Document, PdfError> {
+    let document = match lopdf::Document::load_mem(bytes) {
+        Ok(document) => document,
+        // lopdf opens a file encrypted with an empty user password itself; any other
+        // encrypted file fails to load, or loads without pages.
+        Err(_) if declares_encryption(bytes) => return Err(PdfError::Encrypted),
+        Err(e) => return Err(PdfError::Corrupt(e.to_string())),
+    };
+    if document.is_encrypted() {
+        return Err(PdfError::Encrypted);
+    }
+    if document.get_pages().is_empty() {
+        // What lopdf gives for a file it could not decrypt.
+        if declares_encryption(bytes) {
+            return Err(PdfError::Encrypted);
+        }
         return Err(PdfError::Corrupt("it has no pages".to_string()));
     }
-    let mut text_pages = Vec::new();
+    Ok(document)
+}
+
+/// Whether the file's trailer names an encryption dictionary.
+fn declares_encryption(bytes: &[u8]) -> bool {
+    bytes.windows(8).any(|w| w == b"/Encrypt")
+}
+
+/// Each page's text layer, numbered from 1 in page order, and the first decoding error.
+fn text_layer(document: &lopdf::Document) -> Result<(Vec<PageText>, Option<String>), PdfError> {
+    let pages = document.get_pages();
+    let mut text_pages = Vec::with_capacity(pages.len());
     let mut first_error = None;
     for &number in pages.keys() {
         // A page with one undecodable font still gives the text of its other fonts.
@@ -56,22 +138,20 @@ fn extract(bytes: &[u8]) -> Result<String, PdfError> {
                 }
             }
         }
-        let page = join_wrapped_lines(page.trim());
-        if !page.is_empty() {
-            text_pages.push(page);
-        }
+        text_pages.push(PageText {
+            number,
+            text: join_wrapped_lines(page.trim()),
+            confidence: None,
+        });
     }
-    if text_pages.is_empty() {
-        return Err(first_error.map_or(PdfError::NoTextLayer, PdfError::Corrupt));
-    }
-    Ok(text_pages.join("\n\n"))
+    Ok((text_pages, first_error))
 }
 
 /// PDFs store lines, not paragraphs: a sentence wrapped at the margin arrives as two lines,
 /// and the splitter (which prefers line breaks to sentence ends) would cut it there. A line
 /// break between two CJK characters, where the first ends no sentence, is such a wrap and is
 /// removed; between two Latin letters (or a comma and a lower-case letter) it becomes a space.
-fn join_wrapped_lines(page: &str) -> String {
+pub(super) fn join_wrapped_lines(page: &str) -> String {
     let chars: Vec<char> = page.chars().collect();
     let mut out = String::with_capacity(page.len());
     for (i, &c) in chars.iter().enumerate() {
@@ -108,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_parser_panic_is_a_corrupt_file() {
-        let result = guarded(|| panic!("index out of bounds"));
+        let result: Result<(), _> = guarded(|| panic!("index out of bounds"));
         match result {
             Err(PdfError::Corrupt(reason)) => {
                 assert_eq!(reason, "the pdf parser failed: index out of bounds");
