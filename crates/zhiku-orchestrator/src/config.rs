@@ -88,6 +88,19 @@ pub enum Abstention {
     Model,
 }
 
+/// What an Ask does with a generated answer whose key facts (numbers with units, versions,
+/// flags, model names) no passage nor the question states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Verify {
+    /// Withdraw it: the refusal is given in its place (`refused` true), with the
+    /// unsupported facts named in `verification`.
+    Withdraw,
+    /// Return it, marked: `verification` names the unsupported facts.
+    Mark,
+    /// Do not check.
+    Off,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
     /// The embedder's gRPC address.
@@ -239,6 +252,14 @@ pub struct AskPolicy {
     /// refusal is given without calling the model. 0: never refuse on coverage.
     #[arg(long, env = "ZHIKU_ASK_MIN_COVERAGE", default_value_t = DEFAULT_MIN_COVERAGE)]
     pub min_coverage: f64,
+
+    /// Fact-level verification of a generated answer: its numbers with units, versions,
+    /// flags and model names must be stated by its passages or the question. withdraw: an
+    /// answer with a key fact stated by neither is replaced by the refusal, the fact named
+    /// as the reason (streamed, its chunks were the draft); mark: it is returned with the
+    /// facts listed; off: not checked. The bigram support stays reported beside it.
+    #[arg(long, env = "ZHIKU_VERIFY", value_enum, default_value_t = Verify::Withdraw)]
+    pub verify: Verify,
 }
 
 /// The --min-coverage default, measured on the eval sets (docs/src/benchmarks/eval.md, "Abstention from the evidence").

@@ -546,6 +546,25 @@ mod tests {
     }
 
     #[test]
+    fn a_withdrawn_answer_counts_as_a_refusal() {
+        let sources = ["| ChatGLM-6B | INT4 | 6 GB |"];
+        let question = "ChatGLM-6B 在 INT4 下最少要多少显存？";
+        let verification = crate::ask::verification(
+            crate::config::Verify::Withdraw,
+            "最少需要准备 72GB 显存。",
+            &sources,
+            question,
+        );
+        assert!(verification.withdrawn);
+        let mut withdrawn = answer(REFUSAL, &sources, true, 50.0);
+        withdrawn.verification = Some(verification);
+        let unanswerable = score_case(0, &case("g", &[], false), withdrawn.clone());
+        assert!(unanswerable.refused && !unanswerable.correct);
+        let answerable = score_case(0, &case("h", &["6"], true), withdrawn);
+        assert!(answerable.refused && !answerable.correct);
+    }
+
+    #[test]
     fn a_report_adds_up_the_rows() {
         let setting = EvalSetting {
             top_k: 3,

@@ -120,6 +120,9 @@ pub struct Orchestrator {
     pub downstream: Downstream,
     pub args: OrchestratorArgs,
     pub template: PromptTemplate,
+    /// The article's template (as --abstention has it): the one regeneration of an answer
+    /// that echoed the instructions of [`Self::template`].
+    pub article_template: PromptTemplate,
     /// Walks server-side paths under --ingest-root, when set.
     pub ingest_walker: Option<Walker>,
     /// Bounds the files being read, parsed and split at once (--max-parallel-loads).
@@ -142,8 +145,9 @@ impl Orchestrator {
     pub fn new(args: OrchestratorArgs) -> Result<Self, OrchestratorError> {
         let template = match &args.ask.prompt_template {
             Some(path) => PromptTemplate::from_file(path)?,
-            None => PromptTemplate::for_abstention(args.ask.abstention),
+            None => PromptTemplate::system_role(args.ask.abstention),
         };
+        let article_template = PromptTemplate::for_abstention(args.ask.abstention);
         let ingest_walker = match &args.ingest_root {
             Some(root) => Some(Walker::confined(root).map_err(|e| {
                 OrchestratorError::Validation(format!("--ingest-root {}: {e}", root.display()))
@@ -155,6 +159,7 @@ impl Orchestrator {
             load_permits: Arc::new(tokio::sync::Semaphore::new(args.parallel_loads())),
             args,
             template,
+            article_template,
             ingest_walker,
             embedder_facts: tokio::sync::OnceCell::new(),
         })

@@ -1,5 +1,7 @@
-//! The article's prompt: known information (numbered passages), then the instruction and the
-//! question.
+//! Prompts: by default the instructions in the system role and the passages and the question
+//! in the user turn ([`PromptTemplate::system_role`]); the article's prompt (known
+//! information, then the instruction and the question, in one user turn) on
+//! `--prompt-template` and for the one regeneration after an echo.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -18,6 +20,21 @@ pub const ARTICLE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述�
 pub const EVIDENCE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述已知信息，简洁和专业的来回答用户的问题，\
 不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
 
+/// The default prompt's instructions, sent in the system role of the model's chat template
+/// (a template without one puts them at the head of the user turn), so that a small model
+/// continuing the user turn has no instruction sentence right before its answer to echo.
+/// The article's wording, without its refusal sentence (for `--abstention evidence`).
+pub const SYSTEM_INSTRUCTIONS: &str = "你是知识库问答助手。根据用户给出的已知信息，简洁和专业的来回答用户的问题，\
+不允许在答案中添加编造成分，答案请使用中文。";
+
+/// [`SYSTEM_INSTRUCTIONS`] with the article's refusal sentence, for `--abstention model`.
+pub const SYSTEM_INSTRUCTIONS_MAY_REFUSE: &str = "你是知识库问答助手。根据用户给出的已知信息，简洁和专业的来回答用户的问题。\
+如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，\
+不允许在答案中添加编造成分，答案请使用中文。";
+
+/// The user turn of the default prompt: the passages, then the question last.
+pub const USER_TEMPLATE: &str = "已知信息：\n{context}\n\n问题：{question}";
+
 /// The answer given, without calling the model, when no passage passes the threshold.
 pub const REFUSAL: &str = "根据已知信息无法回答该问题";
 
@@ -30,17 +47,49 @@ pub const REWRITE_TEMPLATE: &str = "下面是一段对话和用户的最后一�
 #[derive(Debug, Clone)]
 pub struct PromptTemplate {
     template: String,
+    /// Instructions for the system role; None: the template holds them (the article's, a
+    /// --prompt-template file).
+    system: Option<String>,
 }
 
 impl Default for PromptTemplate {
     fn default() -> Self {
         Self {
             template: ARTICLE_TEMPLATE.to_owned(),
+            system: None,
         }
     }
 }
 
 impl PromptTemplate {
+    /// The default prompt: the instructions in the system role ([`SYSTEM_INSTRUCTIONS`], or
+    /// with the refusal sentence when the model decides to refuse), the passages and the
+    /// question in the user turn ([`USER_TEMPLATE`]).
+    pub fn system_role(abstention: crate::config::Abstention) -> Self {
+        let system = match abstention {
+            crate::config::Abstention::Model => SYSTEM_INSTRUCTIONS_MAY_REFUSE,
+            crate::config::Abstention::Evidence => SYSTEM_INSTRUCTIONS,
+        };
+        Self {
+            template: USER_TEMPLATE.to_owned(),
+            system: Some(system.to_owned()),
+        }
+    }
+
+    /// The instructions for the system role, if the prompt has any apart from its template.
+    pub fn system(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
+    /// Every fixed text the model is shown (system instructions, then the template): what
+    /// an answer must not echo ([`crate::verify::echoes_instructions`]).
+    pub fn instructions(&self) -> String {
+        match &self.system {
+            Some(system) => format!("{system}\n{}", self.template),
+            None => self.template.clone(),
+        }
+    }
+
     /// The default template for who decides to refuse: the article's when the model does,
     /// [`EVIDENCE_TEMPLATE`] when zhiku does.
     pub fn for_abstention(abstention: crate::config::Abstention) -> Self {
@@ -50,6 +99,7 @@ impl PromptTemplate {
         };
         Self {
             template: template.to_owned(),
+            system: None,
         }
     }
 
@@ -72,7 +122,10 @@ impl PromptTemplate {
                 )));
             }
         }
-        Ok(Self { template })
+        Ok(Self {
+            template,
+            system: None,
+        })
     }
 
     /// Fills the template with passages numbered [1], [2], … in the order given and the
@@ -149,6 +202,28 @@ mod tests {
             article
                 .replace(sentence, "")
                 .replace("问题。不允许", "问题，不允许")
+        );
+    }
+
+    #[test]
+    fn the_default_prompt_puts_the_instructions_in_the_system_role_and_the_question_last() {
+        use crate::config::Abstention;
+        let prompt = PromptTemplate::system_role(Abstention::Evidence);
+        assert_eq!(prompt.system(), Some(SYSTEM_INSTRUCTIONS));
+        let user = prompt.render(&["甲", "乙"], "问什么");
+        assert_eq!(user, "已知信息：\n[1] 甲\n[2] 乙\n\n问题：问什么");
+        assert!(user.ends_with("问什么"), "the question comes last");
+        assert!(!user.contains("不允许"), "no instruction in the user turn");
+        assert!(!SYSTEM_INSTRUCTIONS.contains("无法"));
+        let may_refuse = PromptTemplate::system_role(Abstention::Model);
+        assert!(may_refuse.system().unwrap().contains(REFUSAL));
+        // Echo detection sees both parts; a template file has no system part.
+        assert!(prompt.instructions().starts_with(SYSTEM_INSTRUCTIONS));
+        assert!(prompt.instructions().ends_with(USER_TEMPLATE));
+        let article = PromptTemplate::for_abstention(Abstention::Evidence);
+        assert_eq!(
+            (article.system(), article.instructions()),
+            (None, EVIDENCE_TEMPLATE.to_owned())
         );
     }
 

@@ -426,6 +426,13 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                         "support": answer.support,
                         "grounded": answer.grounded,
                         "coverage": answer.coverage,
+                        "verification": answer.verification.as_ref().map(|v| json!({
+                            "checked": v.checked,
+                            "withdrawn": v.withdrawn,
+                            "unsupported_facts": v.unsupported_facts,
+                            "reason": v.reason,
+                            "echoed": v.echoed,
+                        })),
                         "sources": answer.citations.iter().map(|c| json!({
                             "source": c.source,
                             "document_id": c.document_id,
@@ -445,8 +452,14 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                     });
                     println!("{object}");
                 } else {
+                    let verification = answer.verification.clone().unwrap_or_default();
                     let abstained = answer.refused && answer.generated_tokens > 0;
-                    if abstained {
+                    if verification.withdrawn {
+                        print!(
+                            "\n\n[withdrawn] {}: the answer above is withdrawn:\n",
+                            verification.reason
+                        );
+                    } else if abstained {
                         print!(
                             "\n\n[abstained] support {:.2}: the sources hold almost none of \
                              the answer above, so it is withdrawn:\n",
@@ -464,6 +477,12 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                         }
                     }
                     println!();
+                    if !verification.withdrawn && !verification.unsupported_facts.is_empty() {
+                        println!(
+                            "\n[unverified] {}: check it against the sources",
+                            verification.reason
+                        );
+                    }
                     if !answer.grounded && !abstained {
                         println!(
                             "\n[ungrounded] support {:.2}: the sources hold little of this \

@@ -1,29 +1,34 @@
-//! Ask's last stages: the prompt (numbered passages, the question, the earlier turns that
-//! fit), the answer streamed from the generator, and its grounding.
+//! Ask's last stages: the prompt (instructions in the system role, numbered passages and the
+//! question last, the earlier turns that fit), the answer streamed from the generator (once
+//! more with the article's template when it echoed the instructions), its grounding and its
+//! fact-level verification.
 
 use std::time::Instant;
 
 use tokio_stream::StreamExt;
 use zhiku_proto::v1::{
     Answer, AskEvent, Chat, Citation, GenerateRequest, KnowledgeBase, SamplingParams, Turn,
-    ask_event, generate_request, generate_stream_response,
+    Verification, ask_event, generate_request, generate_stream_response,
 };
 
-use crate::config::PassageOrder;
+use crate::config::{PassageOrder, Verify};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::grounding::{abstains, grounding_of};
-use crate::prompt::REFUSAL;
+use crate::prompt::{PromptTemplate, REFUSAL};
+use crate::verify::echoes_instructions;
 use crate::{Events, Orchestrator};
 
 use super::{ms, send};
 
 impl Orchestrator {
-    /// The conversation sent to the generator: the template with the passages (`rendered`,
-    /// numbered as `citations`, in --passage-order) and `question`, after the earlier turns
-    /// of `history` that fit.
+    /// The conversation sent to the generator: `template` with the passages (`rendered`,
+    /// numbered as `citations`, in --passage-order) and `question` (its instructions in the
+    /// system role when it has them apart), after the earlier turns of `history` that fit.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn prompt_chat(
         &self,
+        template: &PromptTemplate,
         history: &[Turn],
         citations: &[Citation],
         rendered: &[String],
@@ -39,19 +44,29 @@ impl Orchestrator {
         if self.args.ask.passage_order == PassageOrder::BestLast {
             passages.reverse();
         }
-        let prompt = self.template.render_numbered(&passages, question);
-        self.fit_history(history, &prompt, max_new_tokens, deadline)
-            .await
+        let prompt = template.render_numbered(&passages, question);
+        self.fit_conversation(
+            template.system(),
+            history,
+            &prompt,
+            max_new_tokens,
+            deadline,
+        )
+        .await
     }
 
-    /// Generates the answer to `chat` with `knowledge_base`'s adapter, sending each chunk
-    /// as it comes; `draft` (sources, timings so far, coverage) completed with the answer,
-    /// its support and, under --abstain-below, the refusal in its place.
+    /// Generates the answer to the prompt of `template` with `knowledge_base`'s adapter,
+    /// sending each chunk as it comes. An answer that echoes the prompt's instructions is
+    /// generated once more with the article's template (its chunks follow), and refused if
+    /// that one echoes too. `draft` (sources, timings so far, coverage) is completed with
+    /// the answer, its support, its fact-level verification (--verify) and, under
+    /// --abstain-below or when verification withdraws it, the refusal in its place.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn generate_answer(
         &self,
         knowledge_base: &KnowledgeBase,
-        chat: Chat,
+        history: &[Turn],
+        rendered: &[String],
         sampling: SamplingParams,
         draft: Answer,
         started: Instant,
@@ -59,6 +74,136 @@ impl Orchestrator {
         events: &Events<AskEvent>,
     ) -> Result<Answer, OrchestratorError> {
         let generate_started = Instant::now();
+        let max_new_tokens = sampling
+            .max_new_tokens
+            .unwrap_or(self.args.ask.max_new_tokens);
+        let question = draft.search_question.clone();
+        let passages: Vec<&str> = draft.citations.iter().map(|c| c.text.as_str()).collect();
+        let mut first_token_ms = None;
+        let mut echo = None;
+        let mut done = None;
+        for template in [&self.template, &self.article_template] {
+            let chat = self
+                .prompt_chat(
+                    template,
+                    history,
+                    &draft.citations,
+                    rendered,
+                    &question,
+                    max_new_tokens,
+                    deadline,
+                )
+                .await?;
+            let generated = self
+                .generate_streamed(
+                    knowledge_base,
+                    chat,
+                    sampling.clone(),
+                    started,
+                    &mut first_token_ms,
+                    deadline,
+                    events,
+                )
+                .await?;
+            echo = echoes_instructions(
+                &generated.text,
+                &question,
+                &passages,
+                &template.instructions(),
+            );
+            done = Some(generated);
+            match &echo {
+                None => break,
+                Some(e) => tracing::info!(
+                    reason = %e.reason,
+                    draft = %done.as_ref().map_or("", |d| d.text.as_str()),
+                    "the answer echoed the prompt's instructions"
+                ),
+            }
+            if self.template.instructions() == self.article_template.instructions() {
+                // Already the article's template: nothing else to try.
+                break;
+            }
+        }
+        let Some(done) = done else {
+            return Err(OrchestratorError::Internal(
+                "no answer was generated".into(),
+            ));
+        };
+        let mut timings = draft.timings.unwrap_or_default();
+        timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
+        timings.generate_ms = ms(generate_started);
+        timings.total_ms = ms(started);
+        let (support, grounded) = grounding_of(&done.text, &draft.citations).await?;
+        let abstained = abstains(support, self.args.ask.abstain_below);
+        if abstained {
+            tracing::info!(
+                support,
+                draft = %done.text,
+                "grounded abstention: the answer was replaced by the refusal"
+            );
+        }
+        let verification = match &echo {
+            Some(echo) => Verification {
+                checked: true,
+                withdrawn: true,
+                unsupported_facts: Vec::new(),
+                reason: format!(
+                    "the answer echoed the prompt's instructions, also when generated again \
+                     with the article's template: {}",
+                    echo.reason
+                ),
+                echoed: true,
+            },
+            None => {
+                let mut verification = verification_of(
+                    self.args.ask.verify,
+                    &done.text,
+                    &draft.citations,
+                    &question,
+                )
+                .await?;
+                // The answer given was the regeneration after an echo.
+                verification.echoed = done.regenerated;
+                verification
+            }
+        };
+        if verification.withdrawn {
+            tracing::info!(
+                reason = %verification.reason,
+                draft = %done.text,
+                "the answer was withdrawn"
+            );
+        }
+        let refused = abstained || verification.withdrawn;
+        Ok(Answer {
+            text: if refused { REFUSAL.into() } else { done.text },
+            refused,
+            verification: Some(verification),
+            timings: Some(timings),
+            finish_reason: done.finish_reason,
+            prompt_tokens: done.prompt_tokens,
+            generated_tokens: done.generated_tokens,
+            support,
+            grounded,
+            ..draft
+        })
+    }
+
+    /// One generation of `chat`, its chunks sent on `events` as they come; `first_token_ms`
+    /// set at the first of them (of any attempt).
+    #[allow(clippy::too_many_arguments)]
+    async fn generate_streamed(
+        &self,
+        knowledge_base: &KnowledgeBase,
+        chat: Chat,
+        sampling: SamplingParams,
+        started: Instant,
+        first_token_ms: &mut Option<f64>,
+        deadline: Deadline,
+        events: &Events<AskEvent>,
+    ) -> Result<Generated, OrchestratorError> {
+        let regenerated = first_token_ms.is_some();
         let generate = GenerateRequest {
             input: Some(generate_request::Input::Chat(chat)),
             sampling: Some(sampling),
@@ -67,7 +212,6 @@ impl Orchestrator {
         let mut stream = self
             .generate_for(knowledge_base, generate, deadline)
             .await?;
-        let mut first_token_ms = None;
         while let Some(event) = stream.next().await {
             let event = event.map_err(OrchestratorError::downstream("generator"))?;
             match event.event {
@@ -76,29 +220,12 @@ impl Orchestrator {
                     send(events, ask_event::Event::Chunk(chunk)).await?;
                 }
                 Some(generate_stream_response::Event::Done(done)) => {
-                    let mut timings = draft.timings.unwrap_or_default();
-                    timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
-                    timings.generate_ms = ms(generate_started);
-                    timings.total_ms = ms(started);
-                    let (support, grounded) = grounding_of(&done.text, &draft.citations).await?;
-                    let abstained = abstains(support, self.args.ask.abstain_below);
-                    if abstained {
-                        tracing::info!(
-                            support,
-                            draft = %done.text,
-                            "grounded abstention: the answer was replaced by the refusal"
-                        );
-                    }
-                    return Ok(Answer {
-                        text: if abstained { REFUSAL.into() } else { done.text },
-                        refused: abstained,
-                        timings: Some(timings),
+                    return Ok(Generated {
+                        text: done.text,
                         finish_reason: done.finish_reason,
                         prompt_tokens: done.prompt_tokens,
                         generated_tokens: done.generated_tokens,
-                        support,
-                        grounded,
-                        ..draft
+                        regenerated,
                     });
                 }
                 None => {}
@@ -108,5 +235,113 @@ impl Orchestrator {
             service: "generator",
             status: tonic::Status::unavailable("the answer stream ended before its final event"),
         })
+    }
+}
+
+/// What one generation gave.
+struct Generated {
+    text: String,
+    finish_reason: i32,
+    prompt_tokens: u32,
+    generated_tokens: u32,
+    /// It followed an earlier attempt that echoed the instructions.
+    regenerated: bool,
+}
+
+/// The fact-level verification of `answer` against its passages and `question`
+/// ([`crate::verify::check_answer`]), off the async threads, as `mode` says.
+async fn verification_of(
+    mode: Verify,
+    answer: &str,
+    citations: &[Citation],
+    question: &str,
+) -> Result<Verification, OrchestratorError> {
+    if mode == Verify::Off {
+        return Ok(Verification::default());
+    }
+    let texts: Vec<String> = citations.iter().map(|c| c.text.clone()).collect();
+    let (answer, question) = (answer.to_owned(), question.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        verification(mode, &answer, &texts, &question)
+    })
+    .await
+    .map_err(|e| OrchestratorError::Internal(format!("verifying the answer failed: {e}")))
+}
+
+/// [`verification_of`] itself: an answer whose model wrote the refusal claims nothing.
+pub fn verification(mode: Verify, answer: &str, passages: &[&str], question: &str) -> Verification {
+    if mode == Verify::Off {
+        return Verification::default();
+    }
+    let check = crate::verify::check_answer(answer, passages, question);
+    if check.unsupported.is_empty() || crate::grounding::is_refusal(answer) {
+        return Verification {
+            checked: true,
+            ..Default::default()
+        };
+    }
+    let reason = check
+        .unsupported
+        .iter()
+        .map(|u| u.reason.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Verification {
+        checked: true,
+        withdrawn: mode == Verify::Withdraw,
+        unsupported_facts: check.unsupported.into_iter().map(|u| u.fact.text).collect(),
+        reason: format!("unsupported key fact: {reason}"),
+        echoed: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSAGE: &str =
+        "| 量化等级 | 最低 GPU 显存 |\n| --- | --- |\n| FP16 | 13 GB |\n| INT4 | 6 GB |";
+    const QUESTION: &str = "ChatGLM-6B 在 INT4 量化下最少要多少显存？";
+
+    #[test]
+    fn an_invented_number_is_withdrawn_with_its_name_in_the_reason() {
+        let v = verification(
+            Verify::Withdraw,
+            "最少需要准备 72GB 显存。",
+            &[PASSAGE],
+            QUESTION,
+        );
+        assert!(v.checked && v.withdrawn && !v.echoed);
+        assert_eq!(v.unsupported_facts, ["72GB"]);
+        assert!(v.reason.contains("72GB"), "{}", v.reason);
+    }
+
+    #[test]
+    fn mark_keeps_the_answer_and_names_the_fact() {
+        let v = verification(
+            Verify::Mark,
+            "最少需要准备 72GB 显存。",
+            &[PASSAGE],
+            QUESTION,
+        );
+        assert!(v.checked && !v.withdrawn);
+        assert_eq!(v.unsupported_facts, ["72GB"]);
+    }
+
+    #[test]
+    fn a_stated_fact_a_refusal_and_off_stand() {
+        let right = verification(
+            Verify::Withdraw,
+            "INT4 下最少需要 6GB 显存。",
+            &[PASSAGE],
+            QUESTION,
+        );
+        assert!(right.checked && !right.withdrawn && right.unsupported_facts.is_empty());
+        assert!(right.reason.is_empty());
+        let refusal = verification(Verify::Withdraw, REFUSAL, &[PASSAGE], QUESTION);
+        assert!(refusal.checked && !refusal.withdrawn);
+        let off = verification(Verify::Off, "72GB", &[PASSAGE], QUESTION);
+        assert_eq!(off, Verification::default());
     }
 }

@@ -68,8 +68,28 @@ impl Orchestrator {
         max_new_tokens: u32,
         deadline: Deadline,
     ) -> Result<Chat, OrchestratorError> {
+        self.fit_conversation(None, history, prompt, max_new_tokens, deadline)
+            .await
+    }
+
+    /// [`Self::fit_history`] with `system` instructions first, in the system role (never
+    /// dropped, like the passages).
+    pub async fn fit_conversation(
+        &self,
+        system: Option<&str>,
+        history: &[Turn],
+        prompt: &str,
+        max_new_tokens: u32,
+        deadline: Deadline,
+    ) -> Result<Chat, OrchestratorError> {
         let build = |turns: &[Turn]| {
-            let mut messages = Vec::with_capacity(turns.len() * 2 + 1);
+            let mut messages = Vec::with_capacity(turns.len() * 2 + 2);
+            if let Some(system) = system {
+                messages.push(ChatMessage {
+                    role: Role::System as i32,
+                    content: system.to_owned(),
+                });
+            }
             for turn in turns {
                 messages.push(ChatMessage {
                     role: Role::User as i32,
@@ -91,25 +111,60 @@ impl Orchestrator {
             return Ok(build(history));
         }
         let all = build(history);
+        // `without_first` drops messages from the front: counted without the system
+        // message, which goes back in front of whatever turns are kept.
+        let turns_only = if system.is_some() {
+            Chat {
+                messages: all.messages[1..].to_vec(),
+            }
+        } else {
+            all.clone()
+        };
         let count = self
             .downstream
             .generator
             .clone()
             .count_tokens(deadline.request(CountTokensRequest {
-                input: Some(count_tokens_request::Input::Chat(all.clone())),
+                input: Some(count_tokens_request::Input::Chat(turns_only)),
                 without_first: true,
             }))
             .await
             .map_err(OrchestratorError::downstream("generator"))?
             .into_inner();
+        let system_tokens = match system {
+            Some(system) => self.count_prompt_tokens(system, deadline).await?,
+            None => 0,
+        };
         let room = u64::from(count.context_length);
-        let fits = |tokens: u32| u64::from(tokens) + u64::from(max_new_tokens) <= room;
+        let fits = |tokens: u32| {
+            u64::from(tokens) + u64::from(system_tokens) + u64::from(max_new_tokens) <= room
+        };
         if fits(count.tokens) {
             return Ok(all);
         }
         Ok(build(
             &history[first_kept_turn(&count.without_first, history.len(), fits)..],
         ))
+    }
+
+    /// The tokens of `text` as a raw prompt.
+    async fn count_prompt_tokens(
+        &self,
+        text: &str,
+        deadline: Deadline,
+    ) -> Result<u32, OrchestratorError> {
+        Ok(self
+            .downstream
+            .generator
+            .clone()
+            .count_tokens(deadline.request(CountTokensRequest {
+                input: Some(count_tokens_request::Input::Prompt(text.to_owned())),
+                without_first: false,
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("generator"))?
+            .into_inner()
+            .tokens)
     }
 }
 

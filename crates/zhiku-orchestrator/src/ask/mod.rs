@@ -8,8 +8,11 @@
 //!    ([`crate::context`]), then weigh them ([`crate::grounding`]): refuse without
 //!    generating when none is left or (`--abstention evidence`) when they cover too little
 //!    of the question;
-//! 5. [`generate`]: the article's prompt → generate, streamed → the answer with its support
-//!    score (and grounded abstention).
+//! 5. [`generate`]: the prompt (instructions in the system role, the passages and the
+//!    question in the user turn; or --prompt-template) → generate, streamed (once more with
+//!    the article's template when the answer echoed the instructions) → the answer with its
+//!    support score (and grounded abstention) and its fact-level verification (--verify:
+//!    an answer whose key fact no passage states is withdrawn or marked).
 
 mod evidence;
 mod generate;
@@ -31,6 +34,7 @@ use crate::prompt::REFUSAL;
 use crate::{Events, Orchestrator};
 
 pub use evidence::{AUTO_CONTEXT_CAP, context_budget};
+pub use generate::verification;
 pub use retrieve::{CALIBRATED_THRESHOLDS, apply_rerank, calibrated_threshold};
 pub(crate) use retrieve::{Retrieved, Search, effective_top_k, search_mode};
 
@@ -131,19 +135,10 @@ impl Orchestrator {
         let answer = if evidence.refuse {
             refusal(draft, started)
         } else {
-            let chat = self
-                .prompt_chat(
-                    &request.history,
-                    &draft.citations,
-                    &evidence.rendered,
-                    &draft.search_question,
-                    max_new_tokens,
-                    deadline,
-                )
-                .await?;
             self.generate_answer(
                 &knowledge_base,
-                chat,
+                &request.history,
+                &evidence.rendered,
                 sampling,
                 draft,
                 started,

@@ -37,7 +37,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use zhiku_proto::v1::{
     Answer, AskRequest, Chat, ChatMessage, Citation, EmbedKind, EmbedRequest, FinishReason,
     GenerateRequest, GeneratorInfoRequest, ListKnowledgeBasesRequest, Role, SamplingParams,
-    SearchMode, Timings, Turn, ask_event, generate_request, generate_stream_response,
+    SearchMode, Timings, Turn, Verification, ask_event, generate_request, generate_stream_response,
 };
 
 use super::cite::{self, Citer};
@@ -447,8 +447,29 @@ fn kb_final(kb: &str, answer: Answer, text: String) -> Final {
             "refused": refused,
             "sources": answer.citations.iter().map(source_json).collect::<Vec<_>>(),
             "timings": timings_json(&answer.timings),
+            "verification": verification_json(answer.verification.as_ref()),
         })),
     }
+}
+
+/// The answer's fact-level verification (`null` when it was not generated).
+fn verification_json(verification: Option<&Verification>) -> Value {
+    verification.map_or(Value::Null, |v| {
+        json!({
+            "checked": v.checked,
+            "withdrawn": v.withdrawn,
+            "unsupported_facts": v.unsupported_facts,
+            "reason": v.reason,
+            "echoed": v.echoed,
+        })
+    })
+}
+
+/// What the last content chunk of a stream says when verification withdrew the streamed
+/// draft: that it was withdrawn and why, then the refusal.
+fn withdrawal_notice(answer: &Answer) -> Option<String> {
+    let v = answer.verification.as_ref().filter(|v| v.withdrawn)?;
+    Some(format!("\n\n[withdrawn: {}]\n{}", v.reason, answer.text))
 }
 
 fn completion_id() -> String {
@@ -682,7 +703,9 @@ fn kb_chunks(
                 Some(ask_event::Event::Answer(answer)) => {
                     // A refusal of the pipeline was not streamed: its text goes out here. A
                     // generated answer was: what the citer held, and the source lines.
-                    let rest = if answer.refused {
+                    let rest = if let Some(notice) = withdrawal_notice(&answer) {
+                        notice
+                    } else if answer.refused {
                         answer.text.clone()
                     } else {
                         let mut rest = citer.as_mut().map(Citer::finish).unwrap_or_default();
@@ -959,6 +982,44 @@ mod tests {
         assert_eq!(f.text, crate::prompt::REFUSAL);
         assert_eq!(f.finish_reason, "stop");
         assert_eq!(f.zhiku.unwrap()["refused"], true);
+    }
+
+    #[test]
+    fn a_withdrawn_answer_says_so_in_its_last_chunk_and_its_zhiku_object() {
+        let withdrawn = Answer {
+            text: crate::prompt::REFUSAL.into(),
+            refused: true,
+            generated_tokens: 12,
+            verification: Some(Verification {
+                checked: true,
+                withdrawn: true,
+                unsupported_facts: vec!["72GB".into()],
+                reason: "unsupported key fact: no passage states 72GB".into(),
+                echoed: false,
+            }),
+            ..Default::default()
+        };
+        let notice = withdrawal_notice(&withdrawn).unwrap();
+        assert!(notice.contains("[withdrawn: unsupported key fact: no passage states 72GB]"));
+        assert!(notice.ends_with(crate::prompt::REFUSAL));
+        let zhiku = kb_final("kb", withdrawn, notice).zhiku.unwrap();
+        assert_eq!(zhiku["refused"], true);
+        assert_eq!(zhiku["verification"]["withdrawn"], true);
+        assert_eq!(zhiku["verification"]["unsupported_facts"][0], "72GB");
+
+        let kept = Answer {
+            text: "INT4 需要 6GB。".into(),
+            verification: Some(Verification {
+                checked: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(withdrawal_notice(&kept), None);
+        assert_eq!(
+            kb_final("kb", kept, String::new()).zhiku.unwrap()["verification"]["withdrawn"],
+            false
+        );
     }
 
     #[test]
