@@ -31,6 +31,7 @@ pub mod model;
 pub mod reference;
 pub mod rotary;
 pub mod template;
+pub mod tiny;
 pub mod tokenizer;
 
 pub use error::LmError;
