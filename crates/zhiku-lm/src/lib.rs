@@ -30,6 +30,7 @@ pub mod model;
 #[cfg(feature = "reference")]
 pub mod reference;
 pub mod rotary;
+pub mod seeded;
 pub mod template;
 pub mod tiny;
 pub mod tokenizer;

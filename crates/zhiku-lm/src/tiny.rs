@@ -15,6 +15,7 @@ use crate::error::LmError;
 use crate::families::{
     GgufTensors, SafetensorsWeights, chatglm_decoder, gguf_decoder, glm4_0414_decoder,
 };
+use crate::seeded::SplitMix64;
 
 pub const HIDDEN: usize = 32;
 pub const HEADS: usize = 4;
@@ -59,22 +60,15 @@ impl TinyFamily {
     }
 }
 
-/// splitmix64: the same seed gives the same weights on every machine.
-struct Seeded(u64);
+/// Seeded weights: the same seed gives the same model on every machine.
+struct Seeded(SplitMix64);
 
 impl Seeded {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
     fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> candle_core::Result<Tensor> {
         let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| offset + scale * self.next()).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| offset + scale * (self.0.uniform() as f32 * 2.0 - 1.0))
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
 }
@@ -82,7 +76,7 @@ impl Seeded {
 /// Writes a tiny checkpoint of `family` under `dir`; returns what [`load`] takes (the GGUF
 /// file, or the directory of config.json and model.safetensors).
 pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
-    let mut rng = Seeded(seed);
+    let mut rng = Seeded(SplitMix64(seed));
     let mut t = Vec::<(String, Tensor)>::new();
     let mut add = |name: String, shape: &[usize], rng: &mut Seeded| -> Result<(), LmError> {
         let (scale, offset) = match shape.len() {

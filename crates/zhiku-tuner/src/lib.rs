@@ -4,6 +4,8 @@
 
 mod error;
 mod spec;
+pub mod trainer;
 
 pub use error::TuneError;
 pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
+pub use trainer::{Gradients, StepReport, TrainConfig, Trainer, target_modules};
