@@ -262,7 +262,9 @@ pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmErr
     Ok(dir.to_path_buf())
 }
 
-fn write_gguf(path: &Path, arch: &str, weights: &[(String, Tensor)]) -> Result<(), LmError> {
+/// Writes `weights` (GGUF names, f32 [out, in] as checkpoints hold them) as a GGUF file of
+/// `arch` with the sizes of this module.
+pub fn write_gguf(path: &Path, arch: &str, weights: &[(String, Tensor)]) -> Result<(), LmError> {
     use gguf_file::Value;
     let tensors = weights
         .iter()

@@ -3,9 +3,12 @@
 //! nothing, training lowers the loss, accumulation equals one larger batch, clipping bounds
 //! the norm, and only A and B change.
 
+mod common;
+
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
+use common::values;
 use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::Decoder;
 use zhiku_lm::lora::LoraAdapter;
@@ -51,15 +54,6 @@ fn examples() -> Vec<TrainExample> {
         example(&[3, 17, 5, 40, 22, 9, 31, 2], 4),
         example(&[8, 1, 44, 13, 27, 6], 3),
     ]
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
