@@ -89,6 +89,8 @@ pub trait BatchModel: Send + Sync {
     fn lora_output_permutation(&self, _module: &str) -> Option<Vec<u32>> {
         None
     }
+    /// The model as `Any`, so that a trainer can take back the [`Decoder`] a loader built.
+    fn into_any(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Sizes and variants of a decoder.
@@ -365,6 +367,10 @@ impl Decoder {
 }
 
 impl BatchModel for Decoder {
+    fn into_any(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+
     fn forward(&self, batch: &Batch, cache: &mut KvCache) -> Result<Tensor, LmError> {
         if batch.rows() == 0 {
             return Err(LmError::Inference("an empty batch".into()));

@@ -37,7 +37,7 @@ pub mod tokenizer;
 
 pub use error::LmError;
 pub use load::{ModelSpec, load_model};
-pub use model::{CausalLm, LoadedModel, ModelInfo, ModelKind};
+pub use model::{CausalLm, LoadedModel, ModelInfo, ModelKind, TrainableModel};
 
 /// Which code runs a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -63,3 +63,43 @@ pub struct LoadedModel {
     /// Unmerged adapters of a batched model, applied per request (named in `info.adapters`).
     pub adapter_weights: Vec<crate::lora::LoraAdapter>,
 }
+
+/// A loaded decoder taken apart for training: the same network, tokenizer and template the
+/// generator serves.
+pub struct TrainableModel {
+    pub decoder: crate::decoder::Decoder,
+    pub tokenizer: GenTokenizer,
+    pub template: ChatTemplate,
+    pub info: ModelInfo,
+}
+
+impl LoadedModel {
+    /// The decoder itself, for a trainer. ChatGLM-6B (its own single-sequence network) is
+    /// refused with a message, as are adapters loaded beside the weights.
+    pub fn into_trainable(self) -> Result<TrainableModel, LmError> {
+        let ModelKind::Batched(model) = self.model else {
+            return Err(LmError::UnsupportedModel(format!(
+                "{} runs on its own single-sequence network, which cannot be trained yet; \
+                 train ChatGLM2/3, GLM-4, Llama or Qwen2 models",
+                self.info.architecture
+            )));
+        };
+        let decoder = model
+            .into_any()
+            .downcast::<crate::decoder::Decoder>()
+            .ok()
+            .and_then(std::sync::Arc::into_inner)
+            .ok_or_else(|| {
+                LmError::UnsupportedModel(format!(
+                    "{} is not zhiku's decoder, or is shared, and cannot be trained",
+                    self.info.architecture
+                ))
+            })?;
+        Ok(TrainableModel {
+            decoder,
+            tokenizer: self.tokenizer,
+            template: self.template,
+            info: self.info,
+        })
+    }
+}

@@ -2,10 +2,16 @@
 //! A Gaussian, B zero) on the same model families that the generator serves, and writes
 //! them in PEFT's layout so that zhiku, PEFT and vLLM load them.
 
+mod atomic;
+pub mod checkpoint;
+pub mod dataset;
+mod digest;
 mod error;
+pub mod peft;
 mod spec;
 pub mod trainer;
 
+pub use digest::sha256_file;
 pub use error::TuneError;
 pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
 pub use trainer::{Gradients, StepReport, TrainConfig, Trainer, target_modules};

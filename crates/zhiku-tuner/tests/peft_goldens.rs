@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use common::values;
+use common::values_f64 as values;
 use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::qk_permutation;
 use zhiku_lm::tiny::{self, TinyFamily};

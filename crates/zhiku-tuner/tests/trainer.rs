@@ -8,7 +8,7 @@ mod common;
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
-use common::values;
+use common::values_f64 as values;
 use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::Decoder;
 use zhiku_lm::lora::LoraAdapter;

@@ -1,9 +1,21 @@
-//! Helpers the trainer's tests share.
+//! Helpers shared by the tests.
 
 use candle_core::{DType, Tensor};
 
-/// The elements of `t` as f64, row-major.
-pub fn values(t: &Tensor) -> Vec<f64> {
+/// A tensor's values as f32, in row-major order.
+#[allow(dead_code)] // not every test binary uses both
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// A tensor's values as f64, in row-major order (the trainer's f64 checks).
+#[allow(dead_code)]
+pub fn values_f64(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1())
