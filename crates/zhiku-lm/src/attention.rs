@@ -275,3 +275,45 @@ fn tensor_attention(
     }
     Tensor::cat(&outs, 0)?.to_dtype(q.dtype())
 }
+
+/// Causal self-attention of a training forward, without a cache: q [batch·tokens,
+/// heads·head_dim], k, v [batch·tokens, kv_heads·head_dim], every sequence `tokens` long from
+/// position 0; returns [batch·tokens, heads·head_dim]. Differentiable ops only. Right-padded
+/// sequences need no pad mask: a real token never attends to a later one.
+pub fn causal_attention_train(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (batch, tokens): (usize, usize),
+    shape: AttnShape,
+    rotary: &Rotary,
+) -> candle_core::Result<Tensor> {
+    let AttnShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let group = heads / kv_heads;
+    let split = |x: &Tensor, n: usize| {
+        x.reshape((batch, tokens, n, d))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let q = rotary.apply_train(&split(q, heads)?)?;
+    let k = rotary.apply_train(&split(k, kv_heads)?)?;
+    let v = split(v, kv_heads)?;
+    // Query heads of one KV group side by side: [batch, kv_heads, group·tokens, d].
+    let q = q.reshape((batch, kv_heads, group * tokens, d))?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let mask: Vec<f32> = (0..group * tokens)
+        .flat_map(|row| {
+            let limit = row % tokens;
+            (0..tokens).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
+    let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, candle_core::D::Minus1)?;
+    probs
+        .matmul(&v)?
+        .reshape((batch, heads, tokens, d))?
+        .transpose(1, 2)?
+        .reshape((batch * tokens, heads * d))
+}

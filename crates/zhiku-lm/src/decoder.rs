@@ -9,11 +9,11 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::ComputePath;
-use crate::attention::{AttnShape, SeqRows, attention};
+use crate::attention::{AttnShape, SeqRows, attention, causal_attention_train};
 use crate::error::LmError;
 use crate::kv::{KvCache, KvShape};
 use crate::layers::{Adapters, Embedding, Linear, Mlp, Norm};
-use crate::lora::LoraAdapter;
+use crate::lora::{LoraAdapter, TrainLora};
 use crate::rotary::Rotary;
 
 /// The new tokens of one step, for several sequences.
@@ -167,11 +167,44 @@ impl Decoder {
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let a = &batch.adapters;
-        let h = block.attn_norm.forward(x)?;
+        let shape = self.attn_shape();
+        self.block_apply(
+            block,
+            x,
+            &|l, x| l.forward(x, a),
+            &|n, x| n.forward(x),
+            &|m, x| m.forward(x, a, self.compute),
+            &mut |q, k, v| {
+                attention(
+                    index,
+                    (q, k, v),
+                    &batch.positions,
+                    &batch.seqs,
+                    shape,
+                    &self.rotary,
+                    cache,
+                )
+            },
+        )
+    }
+
+    /// A block's structure, once for serving and for training: the closures say how a
+    /// linear layer, a norm, the MLP and attention run.
+    #[allow(clippy::type_complexity)]
+    fn block_apply(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        linear: &dyn Fn(&Linear, &Tensor) -> candle_core::Result<Tensor>,
+        norm: &dyn Fn(&Norm, &Tensor) -> candle_core::Result<Tensor>,
+        mlp: &dyn Fn(&Mlp, &Tensor) -> candle_core::Result<Tensor>,
+        attend: &mut dyn FnMut(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let h = norm(&block.attn_norm, x)?;
         let (q, k, v) = match &block.qkv {
-            Qkv::Split { q, k, v } => (q.forward(&h, a)?, k.forward(&h, a)?, v.forward(&h, a)?),
+            Qkv::Split { q, k, v } => (linear(q, &h)?, linear(k, &h)?, linear(v, &h)?),
             Qkv::Fused(qkv) => {
-                let y = qkv.forward(&h, a)?;
+                let y = linear(qkv, &h)?;
                 let qw = self.spec.heads * self.spec.head_dim;
                 let kw = self.spec.kv_heads * self.spec.head_dim;
                 (
@@ -181,28 +214,105 @@ impl Decoder {
                 )
             }
         };
-        let ctx = attention(
-            index,
-            (&q, &k, &v),
-            &batch.positions,
-            &batch.seqs,
-            self.attn_shape(),
-            &self.rotary,
-            cache,
-        )?;
-        let mut attn = block.o.forward(&ctx.to_dtype(self.act_dtype)?, a)?;
+        let ctx = attend(&q, &k, &v)?;
+        let mut attn = linear(&block.o, &ctx.to_dtype(self.act_dtype)?)?;
         if let Some(n) = &block.post_attn_norm {
-            attn = n.forward(&attn)?;
+            attn = norm(n, &attn)?;
         }
         let dtype = x.dtype();
         let x = (x + attn.to_dtype(dtype)?)?;
-        let h = block.ffn_norm.forward(&x)?;
-        let mut m = block.mlp.forward(&h, a, self.compute)?;
+        let h = norm(&block.ffn_norm, &x)?;
+        let mut m = mlp(&block.mlp, &h)?;
         if let Some(n) = &block.post_ffn_norm {
-            m = n.forward(&m)?;
+            m = norm(n, &m)?;
         }
         let dtype = x.dtype();
         x + m.to_dtype(dtype)?
+    }
+
+    /// The training forward: logits [batch, tokens, vocab] of `tokens` [batch, tokens] (u32),
+    /// every sequence from position 0, causal, without a KV cache, on differentiable ops only,
+    /// with `lora`'s pairs added to the layers they target. The same blocks as
+    /// [`BatchModel::forward`]; the weights must be dense ([`Decoder::into_training`]).
+    /// Right-padded batches need no attention mask (a token never sees a later one).
+    pub fn forward_train(&self, tokens: &Tensor, lora: &dyn TrainLora) -> Result<Tensor, LmError> {
+        let (batch, len) = tokens.dims2()?;
+        if batch == 0 || len == 0 {
+            return Err(LmError::Validation("an empty training batch".into()));
+        }
+        if len > self.spec.context_length.min(self.rotary.max_positions) {
+            return Err(LmError::Validation(format!(
+                "{len} tokens are past the model's context of {} tokens",
+                self.spec.context_length
+            )));
+        }
+        let ids = tokens.flatten_all()?.to_vec1::<u32>()?;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.spec.vocab) {
+            return Err(LmError::Validation(format!(
+                "token id {id} is outside the vocabulary of {}",
+                self.spec.vocab
+            )));
+        }
+        let mut x = self
+            .embed
+            .forward(&ids, &self.device)?
+            .to_dtype(self.act_dtype)?;
+        let shape = self.attn_shape();
+        for block in &self.blocks {
+            x = self.block_apply(
+                block,
+                &x,
+                &|l, x| l.forward_train(x, lora),
+                &|n, x| n.forward_train(x),
+                &|m, x| m.forward_train(x, lora),
+                &mut |q, k, v| causal_attention_train((q, k, v), (batch, len), shape, &self.rotary),
+            )?;
+        }
+        if let Some(n) = &self.final_norm {
+            x = n.forward_train(&x)?;
+        }
+        let logits = self.lm_head.forward_train(&x, lora)?;
+        Ok(logits.reshape((batch, len, self.spec.vocab))?)
+    }
+
+    /// The same model made trainable: every weight dense in `dtype` (GGUF blocks
+    /// dequantized, the token table too), activations in `dtype`, on the tensor path.
+    /// What [`Decoder::forward_train`] needs; f64 on the CPU for gradient checks.
+    pub fn into_training(mut self, dtype: DType) -> Result<Self, LmError> {
+        let device = self.device.clone();
+        self.embed = self.embed.to_dense(dtype, &device)?;
+        for l in self.linears_mut() {
+            l.make_dense(dtype, &device)?;
+        }
+        for b in &mut self.blocks {
+            for n in [Some(&mut b.attn_norm), b.post_attn_norm.as_mut()]
+                .into_iter()
+                .chain([Some(&mut b.ffn_norm), b.post_ffn_norm.as_mut()])
+                .flatten()
+            {
+                n.to_dtype(dtype)?;
+            }
+        }
+        if let Some(n) = &mut self.final_norm {
+            n.to_dtype(dtype)?;
+        }
+        self.act_dtype = dtype;
+        self.compute = ComputePath::Tensors;
+        Ok(self)
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = Vec::new();
+        for b in &mut self.blocks {
+            match &mut b.qkv {
+                Qkv::Split { q, k, v } => all.extend([q, k, v]),
+                Qkv::Fused(l) => all.push(l),
+            }
+            all.push(&mut b.o);
+            all.extend(b.mlp.linears_mut());
+        }
+        all.push(&mut self.lm_head);
+        all
     }
 
     fn forward_inner(&self, batch: &Batch, cache: &mut KvCache) -> candle_core::Result<Tensor> {

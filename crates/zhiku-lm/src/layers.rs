@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use zhiku_kernels::QuantMatrix;
 
 use crate::ComputePath;
-use crate::lora::LoraAdapter;
+use crate::lora::{LoraAdapter, TrainLora};
 
 /// A run of consecutive rows of a batch that share one adapter (None: the base model).
 #[derive(Clone)]
@@ -165,6 +165,62 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The training forward, x [rows, in] → [rows, out]: x·W0ᵀ (+ bias) plus, where `lora`
+    /// targets this layer, scale·(dropout(x)·Aᵀ)·Bᵀ. Only differentiable ops, and W0 is
+    /// used as it is (never merged nor copied), so gradients reach A and B and nothing else.
+    /// The weight must be dense ([`Linear::make_dense`]): candle's quantized matmul and
+    /// zhiku's kernels have no backward, and would cut the graph silently.
+    pub fn forward_train(&self, x: &Tensor, lora: &dyn TrainLora) -> candle_core::Result<Tensor> {
+        let Weight::Dense { wt } = &self.weight else {
+            candle_core::bail!(
+                "layer `{}` holds quantized weights; a training forward needs them dense \
+                 (Decoder::into_training)",
+                self.module
+            );
+        };
+        let mut y = x.to_dtype(wt.dtype())?.matmul(wt)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
+        }
+        let Some(pair) = lora.pair(&self.module) else {
+            return Ok(y);
+        };
+        let xs = lora.lora_input(&self.module, x)?.to_dtype(pair.a.dtype())?;
+        let update = (xs.matmul(&pair.a.t()?)?.matmul(&pair.b.t()?)? * pair.scale)?;
+        let update = update.to_dtype(y.dtype())?;
+        y + update
+    }
+
+    /// Turns the weight into a dense one of `dtype` (dequantizing GGUF blocks), and the bias
+    /// into `dtype`: what a training forward needs.
+    pub fn make_dense(&mut self, dtype: DType, device: &Device) -> candle_core::Result<()> {
+        let w = match &self.weight {
+            Weight::Dense { wt } => wt.to_dtype(dtype)?,
+            Weight::Quant(QMatMul::QTensor(qt)) => qt.dequantize(device)?.t()?,
+            Weight::Quant(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.t()?,
+            Weight::Kernel(m) => dequantize_matrix(m, device)?.t()?,
+        };
+        self.weight = Weight::Dense {
+            wt: w.to_dtype(dtype)?.contiguous()?,
+        };
+        if let Some(b) = &self.bias {
+            self.bias = Some(b.to_dtype(dtype)?);
+        }
+        Ok(())
+    }
+}
+
+/// A kernel matrix as a dense f32 tensor [rows, cols].
+fn dequantize_matrix(m: &QuantMatrix, device: &Device) -> candle_core::Result<Tensor> {
+    let cols = m.cols();
+    let mut out = vec![0f32; m.rows() * cols];
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        m.dequantize_row(r, row).map_err(candle_core::Error::wrap)?;
+    }
+    Tensor::from_vec(out, (m.rows(), cols), device)
+}
+
 /// x [rows, k] · Wᵀ on zhiku's kernels (activations quantized once for the whole batch).
 fn kernel_matmul(m: &QuantMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
     let (rows, _) = x.dims2()?;
@@ -225,6 +281,39 @@ pub enum Norm {
 }
 
 impl Norm {
+    /// The training forward: the same norm from primitive ops (candle's fused norms have no
+    /// backward).
+    pub fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (weight, eps) = match self {
+            Norm::Rms { weight, eps } | Norm::Layer { weight, eps, .. } => (weight, *eps as f64),
+        };
+        let x = x.to_dtype(weight.dtype())?;
+        let centred = match self {
+            Norm::Rms { .. } => x,
+            Norm::Layer { .. } => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+        };
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = centred
+            .broadcast_div(&(var + eps)?.sqrt()?)?
+            .broadcast_mul(weight)?;
+        match self {
+            Norm::Rms { .. } => Ok(y),
+            Norm::Layer { bias, .. } => y.broadcast_add(bias),
+        }
+    }
+
+    /// The norm's parameters in `dtype`.
+    pub fn to_dtype(&mut self, dtype: DType) -> candle_core::Result<()> {
+        match self {
+            Norm::Rms { weight, .. } => *weight = weight.to_dtype(dtype)?,
+            Norm::Layer { weight, bias, .. } => {
+                *weight = weight.to_dtype(dtype)?;
+                *bias = bias.to_dtype(dtype)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Norm::Rms { weight, eps } => {
@@ -266,28 +355,54 @@ impl Mlp {
             ComputePath::Kernels => swiglu_kernel(g, u),
             ComputePath::Tensors => candle_nn::ops::silu(g)? * u,
         };
+        self.apply(x, &|l, x| l.forward(x, adapters), &swiglu)
+    }
+
+    /// The training forward: every linear through [`Linear::forward_train`].
+    pub fn forward_train(&self, x: &Tensor, lora: &dyn TrainLora) -> candle_core::Result<Tensor> {
+        self.apply(x, &|l, x| l.forward_train(x, lora), &|g, u| {
+            candle_nn::ops::silu(g)? * u
+        })
+    }
+
+    /// The block's structure, once for serving and training: `linear` runs a layer,
+    /// `swiglu` is silu(g)·u.
+    fn apply(
+        &self,
+        x: &Tensor,
+        linear: &dyn Fn(&Linear, &Tensor) -> candle_core::Result<Tensor>,
+        swiglu: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         match self {
             Mlp::SwiGlu { gate, up, down } => {
-                let g = gate.forward(x, adapters)?;
-                let u = up.forward(x, adapters)?;
-                down.forward(&swiglu(&g, &u)?, adapters)
+                let g = linear(gate, x)?;
+                let u = linear(up, x)?;
+                linear(down, &swiglu(&g, &u)?)
             }
             Mlp::SwiGluFused { gate_up, down } => {
-                let w = gate_up.forward(x, adapters)?;
+                let w = linear(gate_up, x)?;
                 let half = w.dim(D::Minus1)? / 2;
                 let g = w.narrow(D::Minus1, 0, half)?.contiguous()?;
                 let u = w.narrow(D::Minus1, half, half)?.contiguous()?;
-                down.forward(&swiglu(&g, &u)?, adapters)
+                linear(down, &swiglu(&g, &u)?)
             }
             Mlp::Gelu { up, down } => {
-                let h = up.forward(x, adapters)?.gelu_erf()?;
-                down.forward(&h, adapters)
+                let h = linear(up, x)?.gelu_erf()?;
+                linear(down, &h)
             }
         }
     }
 
     /// Every linear layer of the block.
     pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::SwiGlu { gate, up, down } => vec![gate, up, down],
+            Mlp::SwiGluFused { gate_up, down } => vec![gate_up, down],
+            Mlp::Gelu { up, down } => vec![up, down],
+        }
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         match self {
             Mlp::SwiGlu { gate, up, down } => vec![gate, up, down],
             Mlp::SwiGluFused { gate_up, down } => vec![gate_up, down],
@@ -334,6 +449,29 @@ impl Embedding {
             vocab,
             hidden,
         }
+    }
+
+    /// The same table as a dense tensor of `dtype` (dequantized whole).
+    pub fn to_dense(&self, dtype: DType, device: &Device) -> candle_core::Result<Embedding> {
+        let table = match self {
+            Embedding::Dense(t) => t.clone(),
+            Embedding::Kernel(m) => dequantize_matrix(m, device)?,
+            Embedding::Mapped {
+                map,
+                start,
+                row_bytes,
+                dtype: ggml,
+                vocab,
+                hidden,
+            } => candle_core::quantized::ggml_file::qtensor_from_ggml(
+                *ggml,
+                &map[*start..*start + vocab * row_bytes],
+                vec![*vocab, *hidden],
+                &Device::Cpu,
+            )?
+            .dequantize(device)?,
+        };
+        Ok(Embedding::Dense(table.to_dtype(dtype)?))
     }
 
     /// Rows of `ids` [n] (u32) → [n, hidden].

@@ -30,7 +30,9 @@ pub mod model;
 #[cfg(feature = "reference")]
 pub mod reference;
 pub mod rotary;
+pub mod seeded;
 pub mod template;
+pub mod tiny;
 pub mod tokenizer;
 
 pub use error::LmError;

@@ -186,6 +186,24 @@ impl LoraAdapter {
     }
 }
 
+/// The LoRA pairs a training forward ([`crate::decoder::Decoder::forward_train`]) applies:
+/// A and B are tensors of the trainer's variables, so gradients flow to them.
+pub trait TrainLora {
+    /// The pair on the layer named `module` (PEFT's module path), if it is targeted.
+    fn pair(&self, module: &str) -> Option<&LoraPair>;
+    /// The input LoRA's A sees at `module`: `x` itself, or x with dropout while training.
+    fn lora_input(&self, _module: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(x.clone())
+    }
+}
+
+/// A loaded adapter applied as it is (no dropout).
+impl TrainLora for LoraAdapter {
+    fn pair(&self, module: &str) -> Option<&LoraPair> {
+        self.pairs.get(module)
+    }
+}
+
 static NEXT_ADAPTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// W0 + (alpha/r)·B·A in W0's dtype: the one merge rule, used by our own layers

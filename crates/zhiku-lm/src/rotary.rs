@@ -96,4 +96,30 @@ impl Rotary {
             Tensor::cat(&[&rot, &pass], D::Minus1)?.contiguous()
         }
     }
+
+    /// The training path: x [batch, heads, tokens, head_dim] at positions 0..tokens, rotated
+    /// with differentiable ops (candle's fused rope has no backward).
+    pub fn apply_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, tokens, head_dim) = x.dims4()?;
+        if tokens > self.max_positions {
+            candle_core::bail!(
+                "{tokens} tokens are past the rotary table of {} positions",
+                self.max_positions
+            );
+        }
+        let cos = self.cos_t.narrow(0, 0, tokens)?.to_dtype(x.dtype())?;
+        let sin = self.sin_t.narrow(0, 0, tokens)?.to_dtype(x.dtype())?;
+        let rot = x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?;
+        let rot = if self.interleaved {
+            candle_nn::rotary_emb::rope_i_slow(&rot, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope_slow(&rot, &cos, &sin)?
+        };
+        if self.rotary_dim == head_dim {
+            Ok(rot)
+        } else {
+            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Tensor::cat(&[&rot, &pass], D::Minus1)
+        }
+    }
 }

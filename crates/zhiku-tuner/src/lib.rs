@@ -9,7 +9,9 @@ mod digest;
 mod error;
 pub mod peft;
 mod spec;
+pub mod trainer;
 
 pub use digest::sha256_file;
 pub use error::TuneError;
 pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
+pub use trainer::{Gradients, StepReport, TrainConfig, Trainer, target_modules};

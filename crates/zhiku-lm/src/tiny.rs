@@ -1,0 +1,310 @@
+//! Tiny checkpoints of every family the decoder serves, written with seeded weights in each
+//! family's real file format (GGUF metadata and tensor names, safetensors with a real
+//! config.json): the fixtures of tests that load a model the way a user's file loads, here
+//! and in the crates built on this one (the trainer's gradient checks).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{DType, Device, Tensor};
+
+use crate::ComputePath;
+use crate::decoder::Decoder;
+use crate::error::LmError;
+use crate::families::{
+    GgufTensors, SafetensorsWeights, chatglm_decoder, gguf_decoder, glm4_0414_decoder,
+};
+use crate::seeded::SplitMix64;
+
+pub const HIDDEN: usize = 32;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const HEAD_DIM: usize = 8;
+pub const INTERMEDIATE: usize = 48;
+pub const LAYERS: usize = 2;
+pub const VOCAB: usize = 48;
+pub const CONTEXT: usize = 64;
+
+/// A family of the decoder, in the file format it loads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinyFamily {
+    /// GGUF `llama` (q/k rows permuted as llama.cpp stores them).
+    Llama,
+    /// GGUF `qwen2` (q/k/v biases).
+    Qwen2,
+    /// GGUF `glm4` (fused gate/up, post-attention and post-MLP norms).
+    Glm4Gguf,
+    /// ChatGLM2/3 safetensors (fused query_key_value with bias, multi-query groups).
+    ChatGlm,
+    /// GLM-4-0414 safetensors (partial rotary, extra norms).
+    Glm4_0414,
+}
+
+impl TinyFamily {
+    pub const ALL: [TinyFamily; 5] = [
+        TinyFamily::Llama,
+        TinyFamily::Qwen2,
+        TinyFamily::Glm4Gguf,
+        TinyFamily::ChatGlm,
+        TinyFamily::Glm4_0414,
+    ];
+
+    fn gguf_arch(self) -> Option<&'static str> {
+        match self {
+            TinyFamily::Llama => Some("llama"),
+            TinyFamily::Qwen2 => Some("qwen2"),
+            TinyFamily::Glm4Gguf => Some("glm4"),
+            TinyFamily::ChatGlm | TinyFamily::Glm4_0414 => None,
+        }
+    }
+}
+
+/// Seeded weights: the same seed gives the same model on every machine.
+struct Seeded(SplitMix64);
+
+impl Seeded {
+    fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> candle_core::Result<Tensor> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| offset + scale * (self.0.uniform() as f32 * 2.0 - 1.0))
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+}
+
+/// Writes a tiny checkpoint of `family` under `dir`; returns what [`load`] takes (the GGUF
+/// file, or the directory of config.json and model.safetensors).
+pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
+    let mut rng = Seeded(SplitMix64(seed));
+    let mut t = Vec::<(String, Tensor)>::new();
+    let mut add = |name: String, shape: &[usize], rng: &mut Seeded| -> Result<(), LmError> {
+        let (scale, offset) = match shape.len() {
+            1 if name.contains("norm") => (0.1, 1.0),
+            1 => (0.05, 0.0),
+            _ => (0.3, 0.0),
+        };
+        t.push((name, rng.tensor(shape, scale, offset)?));
+        Ok(())
+    };
+    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    if let Some(arch) = family.gguf_arch() {
+        let glm = arch == "glm4";
+        add("token_embd.weight".into(), &[VOCAB, HIDDEN], &mut rng)?;
+        for i in 0..LAYERS {
+            let p = format!("blk.{i}");
+            let mut norms = vec!["attn_norm", "ffn_norm"];
+            if glm {
+                norms.extend(["post_attention_norm", "post_ffw_norm"]);
+            }
+            for n in norms {
+                add(format!("{p}.{n}.weight"), &[HIDDEN], &mut rng)?;
+            }
+            for (proj, width) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                add(format!("{p}.{proj}.weight"), &[width, HIDDEN], &mut rng)?;
+                if arch != "llama" {
+                    add(format!("{p}.{proj}.bias"), &[width], &mut rng)?;
+                }
+            }
+            add(format!("{p}.attn_output.weight"), &[HIDDEN, q], &mut rng)?;
+            if glm {
+                add(
+                    format!("{p}.ffn_up.weight"),
+                    &[2 * INTERMEDIATE, HIDDEN],
+                    &mut rng,
+                )?;
+            } else {
+                add(
+                    format!("{p}.ffn_gate.weight"),
+                    &[INTERMEDIATE, HIDDEN],
+                    &mut rng,
+                )?;
+                add(
+                    format!("{p}.ffn_up.weight"),
+                    &[INTERMEDIATE, HIDDEN],
+                    &mut rng,
+                )?;
+            }
+            add(
+                format!("{p}.ffn_down.weight"),
+                &[HIDDEN, INTERMEDIATE],
+                &mut rng,
+            )?;
+        }
+        add("output_norm.weight".into(), &[HIDDEN], &mut rng)?;
+        add("output.weight".into(), &[VOCAB, HIDDEN], &mut rng)?;
+        let path = dir.join(format!("tiny-{arch}.gguf"));
+        write_gguf(&path, arch, &t)?;
+        return Ok(path);
+    }
+    let config = if family == TinyFamily::ChatGlm {
+        let e = "transformer.encoder";
+        for i in 0..LAYERS {
+            let p = format!("{e}.layers.{i}");
+            add(format!("{p}.input_layernorm.weight"), &[HIDDEN], &mut rng)?;
+            let qkv = format!("{p}.self_attention.query_key_value");
+            add(format!("{qkv}.weight"), &[q + 2 * kv, HIDDEN], &mut rng)?;
+            add(format!("{qkv}.bias"), &[q + 2 * kv], &mut rng)?;
+            add(
+                format!("{p}.self_attention.dense.weight"),
+                &[HIDDEN, q],
+                &mut rng,
+            )?;
+            add(
+                format!("{p}.post_attention_layernorm.weight"),
+                &[HIDDEN],
+                &mut rng,
+            )?;
+            add(
+                format!("{p}.mlp.dense_h_to_4h.weight"),
+                &[2 * INTERMEDIATE, HIDDEN],
+                &mut rng,
+            )?;
+            add(
+                format!("{p}.mlp.dense_4h_to_h.weight"),
+                &[HIDDEN, INTERMEDIATE],
+                &mut rng,
+            )?;
+        }
+        add(format!("{e}.final_layernorm.weight"), &[HIDDEN], &mut rng)?;
+        add(
+            "transformer.output_layer.weight".into(),
+            &[VOCAB, HIDDEN],
+            &mut rng,
+        )?;
+        add(
+            "transformer.embedding.word_embeddings.weight".into(),
+            &[VOCAB, HIDDEN],
+            &mut rng,
+        )?;
+        serde_json::json!({
+            "model_type": "chatglm",
+            "_name_or_path": "THUDM/chatglm3-6b",
+            "add_qkv_bias": true,
+            "ffn_hidden_size": INTERMEDIATE,
+            "hidden_size": HIDDEN,
+            "kv_channels": HEAD_DIM,
+            "layernorm_epsilon": 1e-5,
+            "multi_query_attention": true,
+            "multi_query_group_num": KV_HEADS,
+            "num_attention_heads": HEADS,
+            "num_layers": LAYERS,
+            "padded_vocab_size": VOCAB,
+            "post_layer_norm": true,
+            "rmsnorm": true,
+            "seq_length": CONTEXT,
+            "torch_dtype": "float32"
+        })
+    } else {
+        for i in 0..LAYERS {
+            let p = format!("model.layers.{i}");
+            for n in [
+                "input_layernorm",
+                "post_self_attn_layernorm",
+                "post_attention_layernorm",
+                "post_mlp_layernorm",
+            ] {
+                add(format!("{p}.{n}.weight"), &[HIDDEN], &mut rng)?;
+            }
+            for (proj, width) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                add(
+                    format!("{p}.self_attn.{proj}.weight"),
+                    &[width, HIDDEN],
+                    &mut rng,
+                )?;
+                add(format!("{p}.self_attn.{proj}.bias"), &[width], &mut rng)?;
+            }
+            add(
+                format!("{p}.self_attn.o_proj.weight"),
+                &[HIDDEN, q],
+                &mut rng,
+            )?;
+            add(
+                format!("{p}.mlp.gate_up_proj.weight"),
+                &[2 * INTERMEDIATE, HIDDEN],
+                &mut rng,
+            )?;
+            add(
+                format!("{p}.mlp.down_proj.weight"),
+                &[HIDDEN, INTERMEDIATE],
+                &mut rng,
+            )?;
+        }
+        add("model.norm.weight".into(), &[HIDDEN], &mut rng)?;
+        add(
+            "model.embed_tokens.weight".into(),
+            &[VOCAB, HIDDEN],
+            &mut rng,
+        )?;
+        add("lm_head.weight".into(), &[VOCAB, HIDDEN], &mut rng)?;
+        serde_json::json!({
+            "model_type": "glm4",
+            "attention_bias": true,
+            "head_dim": HEAD_DIM,
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "max_position_embeddings": CONTEXT,
+            "num_attention_heads": HEADS,
+            "num_hidden_layers": LAYERS,
+            "num_key_value_heads": KV_HEADS,
+            "partial_rotary_factor": 0.5,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": false,
+            "torch_dtype": "float32",
+            "vocab_size": VOCAB
+        })
+    };
+    let io = |e: std::io::Error| LmError::Load(format!("{}: {e}", dir.display()));
+    std::fs::write(dir.join("config.json"), config.to_string()).map_err(io)?;
+    let map: HashMap<String, Tensor> = t.into_iter().collect();
+    candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Writes `weights` (GGUF names, f32 [out, in] as checkpoints hold them) as a GGUF file of
+/// `arch` with the sizes of this module.
+pub fn write_gguf(path: &Path, arch: &str, weights: &[(String, Tensor)]) -> Result<(), LmError> {
+    use gguf_file::Value;
+    let tensors = weights
+        .iter()
+        .map(|(name, t)| Ok((name.as_str(), QTensor::quantize(t, GgmlDType::F32)?)))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let key = |k: &str| format!("{arch}.{k}");
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (key("attention.head_count"), Value::U32(HEADS as u32)),
+        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
+        (key("block_count"), Value::U32(LAYERS as u32)),
+        (key("embedding_length"), Value::U32(HIDDEN as u32)),
+        (key("context_length"), Value::U32(CONTEXT as u32)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (key("rope.freq_base"), Value::F32(10_000.0)),
+        (key("rope.dimension_count"), Value::U32(HEAD_DIM as u32)),
+    ];
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    let mut file = std::fs::File::create(path)
+        .map_err(|e| LmError::Load(format!("{}: {e}", path.display())))?;
+    gguf_file::write(&mut file, &metadata, &tensors)?;
+    Ok(())
+}
+
+/// Loads what [`write`] wrote, as the serving loaders do, on `compute`.
+pub fn load(family: TinyFamily, path: &Path, compute: ComputePath) -> Result<Decoder, LmError> {
+    let device = Device::Cpu;
+    if let Some(arch) = family.gguf_arch() {
+        let mut gg = GgufTensors::open(path, &device, compute)?;
+        return gguf_decoder(&mut gg, arch);
+    }
+    let config = std::fs::read_to_string(path.join("config.json"))
+        .map_err(|e| LmError::Load(format!("{}: {e}", path.display())))?;
+    let files = [path.join("model.safetensors")];
+    let mut w = SafetensorsWeights::open(&files, &device, DType::F32, &[])?;
+    let decoder = match family {
+        TinyFamily::ChatGlm => chatglm_decoder(&config, &mut w)?,
+        _ => glm4_0414_decoder(&config, &mut w)?,
+    };
+    Ok(decoder.with_compute(compute))
+}

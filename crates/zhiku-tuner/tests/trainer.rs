@@ -1,0 +1,403 @@
+//! The trainer on tiny checkpoints of every family (written by `zhiku_lm::tiny`): its
+//! gradients are the loss's (central finite differences, f64), an untrained adapter changes
+//! nothing, training lowers the loss, accumulation equals one larger batch, clipping bounds
+//! the norm, and only A and B change.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Device, Tensor};
+use common::values_f64 as values;
+use zhiku_lm::ComputePath;
+use zhiku_lm::decoder::Decoder;
+use zhiku_lm::lora::LoraAdapter;
+use zhiku_lm::tiny::{self, TinyFamily};
+use zhiku_tuner::{LoraInit, LoraSpec, TrainConfig, TrainExample, TrainedPair, Trainer};
+
+const ALL_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+fn model(family: TinyFamily, seed: u64) -> Decoder {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny::write(family, dir.path(), seed).unwrap();
+    // Loaded as it serves (kernels where the file allows), then readied by the trainer.
+    tiny::load(family, &path, ComputePath::Kernels).unwrap()
+}
+
+fn config(dtype: DType) -> TrainConfig {
+    TrainConfig {
+        lora: LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
+            init: LoraInit::Gaussian,
+        },
+        learning_rate: 1e-2,
+        max_grad_norm: None,
+        dtype,
+        ..TrainConfig::default()
+    }
+}
+
+/// A prompt whose answer (the last tokens) counts in the loss.
+fn example(tokens: &[u32], answer: usize) -> TrainExample {
+    let n = tokens.len();
+    TrainExample {
+        tokens: tokens.to_vec(),
+        loss_mask: (0..n).map(|i| i >= n - answer).collect(),
+    }
+}
+
+fn examples() -> Vec<TrainExample> {
+    vec![
+        example(&[3, 17, 5, 40, 22, 9, 31, 2], 4),
+        example(&[8, 1, 44, 13, 27, 6], 3),
+    ]
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Seeded pairs with B ≠ 0 (at B = 0 the gradient of A is 0 and proves nothing).
+fn perturbed(pairs: &[TrainedPair], seed: u32) -> Vec<TrainedPair> {
+    let mut s = seed;
+    let mut noise = |t: &Tensor| {
+        let v: Vec<f64> = (0..t.elem_count())
+            .map(|_| {
+                s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                ((s >> 8) as f64 / (1u32 << 24) as f64 - 0.5) * 0.2
+            })
+            .collect();
+        Tensor::from_vec(v, t.shape(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(t.dtype())
+            .unwrap()
+    };
+    pairs
+        .iter()
+        .map(|p| TrainedPair {
+            module: p.module.clone(),
+            a: (&p.a + noise(&p.a)).unwrap(),
+            b: noise(&p.b),
+        })
+        .collect()
+}
+
+/// `pairs` with one element of module `m`'s A (or B) moved by `h`.
+fn nudged(pairs: &[TrainedPair], m: usize, in_b: bool, at: usize, h: f64) -> Vec<TrainedPair> {
+    let mut out = pairs.to_vec();
+    let t = if in_b { &out[m].b } else { &out[m].a };
+    let mut v = values(t);
+    v[at] += h;
+    let moved = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
+    if in_b {
+        out[m].b = moved;
+    } else {
+        out[m].a = moved;
+    }
+    out
+}
+
+/// Relative tolerance of analytic against central-difference gradients in f64 (h = 1e-5:
+/// truncation error ~h², rounding ~1e-16/h), with an absolute floor for entries near 0.
+const GRAD_REL: f64 = 1e-5;
+const GRAD_ABS: f64 = 1e-8;
+
+#[test]
+fn gradients_of_a_and_b_match_finite_differences_in_every_family() {
+    let data = examples();
+    for family in TinyFamily::ALL {
+        let mut trainer = Trainer::new(model(family, 5), config(DType::F64)).unwrap();
+        let start = perturbed(&trainer.pairs().unwrap(), 9);
+        trainer.load_pairs(&start).unwrap();
+        let grads = trainer.gradients(&data).unwrap();
+        assert_eq!(grads.pairs.len(), start.len());
+        let h = 1e-5;
+        let mut checked = 0;
+        let mut worst = 0f64;
+        for (m, g) in grads.pairs.iter().enumerate() {
+            assert_eq!(g.module, start[m].module);
+            for in_b in [false, true] {
+                let analytic = values(if in_b { &g.b } else { &g.a });
+                // A few entries spread over the matrix, and its largest one.
+                let n = analytic.len();
+                let largest = (0..n)
+                    .max_by(|&i, &j| analytic[i].abs().total_cmp(&analytic[j].abs()))
+                    .unwrap();
+                for at in [0, n / 3, 2 * n / 3 + 1, largest] {
+                    trainer.load_pairs(&nudged(&start, m, in_b, at, h)).unwrap();
+                    let up = trainer.evaluate(&data).unwrap();
+                    trainer
+                        .load_pairs(&nudged(&start, m, in_b, at, -h))
+                        .unwrap();
+                    let down = trainer.evaluate(&data).unwrap();
+                    let numeric = (up - down) / (2.0 * h);
+                    let err = (analytic[at] - numeric).abs();
+                    worst = worst.max(err / numeric.abs().max(1e-12));
+                    assert!(
+                        err <= GRAD_ABS + GRAD_REL * numeric.abs(),
+                        "{family:?} {} {}[{at}]: analytic {} vs finite differences {numeric}",
+                        g.module,
+                        if in_b { "B" } else { "A" },
+                        analytic[at]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        trainer.load_pairs(&start).unwrap();
+        assert!((trainer.evaluate(&data).unwrap() - grads.loss).abs() < 1e-12);
+        assert!(checked >= 8 * 4 * 2, "{family:?}: {checked} entries");
+        eprintln!("{family:?}: {checked} entries, worst relative error {worst:.2e}");
+    }
+}
+
+#[test]
+fn an_untrained_adapter_gives_the_base_models_logits() {
+    for family in TinyFamily::ALL {
+        let trainer = Trainer::new(model(family, 6), config(DType::F32)).unwrap();
+        assert!(trainer.pairs().unwrap().iter().all(|p| {
+            values(&p.b).iter().all(|&x| x == 0.0) && values(&p.a).iter().any(|&x| x != 0.0)
+        }));
+        let tokens = Tensor::new(&[[3u32, 17, 5, 40, 22, 9]], &Device::Cpu).unwrap();
+        let with = trainer.logits(&tokens).unwrap();
+        let base = trainer
+            .model()
+            .forward_train(&tokens, &LoraAdapter::none())
+            .unwrap();
+        assert_eq!(max_diff(&with, &base), 0.0, "{family:?}");
+    }
+}
+
+#[test]
+fn loss_falls_when_memorising_two_examples() {
+    for family in [TinyFamily::Qwen2, TinyFamily::ChatGlm] {
+        let mut c = config(DType::F32);
+        c.lora.dropout = 0.05;
+        c.batch_size = 2;
+        c.max_grad_norm = Some(1.0);
+        c.warmup_steps = 3;
+        let mut trainer = Trainer::new(model(family, 7), c).unwrap();
+        let data = examples();
+        let before = trainer.evaluate(&data).unwrap();
+        let mut seen = Vec::new();
+        let reports = trainer
+            .train(&data, 30, &mut |r| {
+                seen.push(r.step);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(reports.len(), 30);
+        assert_eq!(seen, (1..=30).collect::<Vec<_>>());
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.total_steps == 30 && r.tokens == 14)
+        );
+        assert_eq!(reports[0].lr, 0.0, "warm-up starts at 0");
+        let after = trainer.evaluate(&data).unwrap();
+        eprintln!("{family:?}: loss {before:.4} → {after:.4} in 30 steps");
+        assert!(
+            after < 0.3 * before,
+            "{family:?}: loss {before} → {after} after 30 steps"
+        );
+    }
+}
+
+#[test]
+fn training_stops_when_the_callback_says_so() {
+    let mut trainer = Trainer::new(model(TinyFamily::Llama, 8), config(DType::F32)).unwrap();
+    let reports = trainer
+        .train(&examples(), 10, &mut |r| {
+            if r.step == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(trainer.steps_done(), 3);
+}
+
+#[test]
+fn accumulating_two_batches_of_one_equals_one_batch_of_two() {
+    // Examples of different lengths: the batch of two pads the shorter one.
+    let data = examples();
+    let mut one_batch = config(DType::F64);
+    one_batch.batch_size = 2;
+    let mut accumulated = config(DType::F64);
+    accumulated.batch_size = 1;
+    accumulated.grad_accumulation = 2;
+    let mut a = Trainer::new(model(TinyFamily::Glm4_0414, 9), one_batch).unwrap();
+    let mut b = Trainer::new(model(TinyFamily::Glm4_0414, 9), accumulated).unwrap();
+    for _ in 0..3 {
+        let ra = a.step(&data).unwrap();
+        let rb = b.step(&data).unwrap();
+        assert!(
+            (ra.loss - rb.loss).abs() < 1e-12,
+            "{} vs {}",
+            ra.loss,
+            rb.loss
+        );
+    }
+    for (pa, pb) in a.pairs().unwrap().iter().zip(b.pairs().unwrap()) {
+        assert!(max_diff(&pa.a, &pb.a) < 1e-12, "{}", pa.module);
+        assert!(max_diff(&pa.b, &pb.b) < 1e-12, "{}", pa.module);
+        assert!(values(&pa.b).iter().any(|&x| x != 0.0));
+    }
+}
+
+fn global_norm(pairs: &[TrainedPair]) -> f64 {
+    pairs
+        .iter()
+        .flat_map(|p| values(&p.a).into_iter().chain(values(&p.b)))
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn clipping_bounds_the_gradient_norm() {
+    let data = examples();
+    let mut free = Trainer::new(model(TinyFamily::Glm4Gguf, 10), config(DType::F64)).unwrap();
+    let start = perturbed(&free.pairs().unwrap(), 3);
+    free.load_pairs(&start).unwrap();
+    let unclipped = free.gradients(&data).unwrap();
+    assert!((global_norm(&unclipped.pairs) - unclipped.norm).abs() < 1e-9 * unclipped.norm);
+    let max = unclipped.norm / 10.0;
+    let mut c = config(DType::F64);
+    c.max_grad_norm = Some(max);
+    let mut clipped = Trainer::new(model(TinyFamily::Glm4Gguf, 10), c).unwrap();
+    clipped.load_pairs(&start).unwrap();
+    let g = clipped.gradients(&data).unwrap();
+    assert!((g.norm - unclipped.norm).abs() < 1e-12);
+    let norm = global_norm(&g.pairs);
+    assert!(norm <= max && norm > 0.999 * max, "{norm} vs {max}");
+    // The same direction, scaled.
+    let ratio = max / (unclipped.norm + 1e-6);
+    for (p, q) in g.pairs.iter().zip(&unclipped.pairs) {
+        assert!(max_diff(&p.a, &(&q.a * ratio).unwrap()) < 1e-12);
+        assert!(max_diff(&p.b, &(&q.b * ratio).unwrap()) < 1e-12);
+    }
+    // And a step reports the norm before clipping.
+    let report = clipped.step(&data).unwrap();
+    assert!((report.grad_norm - unclipped.norm).abs() < 1e-9);
+}
+
+#[test]
+fn only_a_and_b_change() {
+    let data = examples();
+    let mut c = config(DType::F32);
+    c.lora.init = LoraInit::Kaiming;
+    let mut trainer = Trainer::new(model(TinyFamily::Llama, 11), c).unwrap();
+    let tokens = Tensor::new(&[[3u32, 17, 5, 40, 22, 9, 31, 2]], &Device::Cpu).unwrap();
+    let base_before = trainer
+        .model()
+        .forward_train(&tokens, &LoraAdapter::none())
+        .unwrap();
+    let pairs_before = trainer.pairs().unwrap();
+    for _ in 0..3 {
+        trainer.step(&data).unwrap();
+    }
+    let base_after = trainer
+        .model()
+        .forward_train(&tokens, &LoraAdapter::none())
+        .unwrap();
+    assert_eq!(max_diff(&base_before, &base_after), 0.0, "W0 changed");
+    let pairs_after = trainer.pairs().unwrap();
+    for (p, q) in pairs_before.iter().zip(&pairs_after) {
+        assert!(max_diff(&p.a, &q.a) > 0.0, "{}: A did not train", p.module);
+        assert!(max_diff(&p.b, &q.b) > 0.0, "{}: B did not train", p.module);
+    }
+    // The adapter changes the logits now.
+    assert!(max_diff(&trainer.logits(&tokens).unwrap(), &base_after) > 0.0);
+}
+
+#[test]
+fn the_same_seed_trains_the_same_adapter() {
+    let data = examples();
+    let run = |seed: u64| {
+        let mut c = config(DType::F32);
+        c.lora.dropout = 0.2;
+        c.seed = seed;
+        c.threads = Some(1);
+        let mut t = Trainer::new(model(TinyFamily::Qwen2, 12), c).unwrap();
+        t.train(&data, 2, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        t.pairs().unwrap()
+    };
+    let (a, b, other) = (run(1), run(1), run(2));
+    let same = a
+        .iter()
+        .zip(&b)
+        .all(|(p, q)| max_diff(&p.a, &q.a) == 0.0 && max_diff(&p.b, &q.b) == 0.0);
+    assert!(same, "one seed, two adapters");
+    let differ = a
+        .iter()
+        .zip(&other)
+        .any(|(p, q)| max_diff(&p.a, &q.a) > 0.0);
+    assert!(differ, "two seeds, one adapter");
+}
+
+#[test]
+fn targets_map_to_each_familys_modules() {
+    let names = |family, targets: &[&str]| {
+        let m = model(family, 13);
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        zhiku_tuner::target_modules(&m, &t)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .filter(|n| n.contains("layers.0."))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(TinyFamily::ChatGlm, &["q", "v", "up"]),
+        [
+            "transformer.encoder.layers.0.self_attention.query_key_value",
+            "transformer.encoder.layers.0.mlp.dense_h_to_4h"
+        ]
+    );
+    assert_eq!(
+        names(TinyFamily::Qwen2, &["q", "v", "gate"]),
+        [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.self_attn.v_proj",
+            "model.layers.0.mlp.gate_proj"
+        ]
+    );
+    assert_eq!(
+        names(TinyFamily::Glm4_0414, &["o", "gate", "down"]),
+        [
+            "model.layers.0.self_attn.o_proj",
+            "model.layers.0.mlp.gate_up_proj",
+            "model.layers.0.mlp.down_proj"
+        ]
+    );
+    let m = model(TinyFamily::Llama, 13);
+    let err = zhiku_tuner::target_modules(&m, &["lm".to_string()]).unwrap_err();
+    assert!(err.to_string().contains("q, k, v"), "{err}");
+}
+
+#[test]
+fn bad_examples_are_refused_with_their_index() {
+    let mut trainer = Trainer::new(model(TinyFamily::Qwen2, 14), config(DType::F32)).unwrap();
+    let mut data = examples();
+    data.push(TrainExample {
+        tokens: vec![1, 2, 3],
+        loss_mask: vec![false, true],
+    });
+    let err = trainer.step(&data).unwrap_err().to_string();
+    assert!(err.contains("example 2"), "{err}");
+    let too_big = example(&[1, tiny::VOCAB as u32], 1);
+    assert!(trainer.step(&[too_big]).is_err());
+    let nothing = example(&[1, 2, 3], 0);
+    assert!(trainer.step(&[nothing]).is_err());
+}
