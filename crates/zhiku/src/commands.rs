@@ -134,7 +134,7 @@ pub fn connect(addr: &str, access: &ClientArgs) -> Result<Client, ExitCode> {
 /// Runs one client command (`zhiku eval` runs in its own module).
 pub async fn run(client: Client, command: Command, ocr: Option<OcrSetting>) -> ExitCode {
     match command {
-        Command::Serve { .. } | Command::Eval(_) => ExitCode::SUCCESS,
+        Command::Serve { .. } | Command::Eval(_) | Command::Tune(_) => ExitCode::SUCCESS,
         Command::Ingest {
             paths,
             kb,

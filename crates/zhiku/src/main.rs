@@ -14,6 +14,7 @@
 mod commands;
 mod eval;
 mod stack;
+mod tune;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -191,6 +192,9 @@ enum Command {
     /// and MRR, answers holding their gold, false refusals, abstention on unanswerable
     /// questions, per-stage latency and tokens; `--sweep` runs a grid and names the best.
     Eval(eval::EvalArgs),
+    /// Train a LoRA adapter on the chat model (--chat-model, as `serve` picks it) from an
+    /// alpaca or sharegpt dataset, and write it in PEFT's layout for `--lora NAME=DIR`.
+    Tune(tune::TuneArgs),
     /// Manage knowledge bases.
     Kb {
         #[command(subcommand)]
@@ -277,6 +281,17 @@ async fn run() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+
+    // Training runs here, on blocking threads, without the services.
+    if let Command::Tune(args) = &cli.command {
+        let (stack, args) = (cli.stack.clone(), args.clone());
+        return tokio::task::spawn_blocking(move || tune::run(&stack, &args))
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("zhiku tune: {e}");
+                ExitCode::FAILURE
+            });
     }
 
     // Other commands: a running orchestrator, or the pipeline in this process.

@@ -1,0 +1,163 @@
+//! `zhiku tune` end to end on a real model (SmolLM2-135M from scripts/fetch-models): it
+//! trains from an alpaca file, writes a PEFT adapter, and that adapter, loaded the way the
+//! generator serves adapters, reproduces its training answer, which the base model does not.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use zhiku_lm::decoder::Solo;
+use zhiku_lm::template::{Message, Role};
+use zhiku_lm::{ModelSpec, load_model};
+
+const MODEL_DIR: &str = "models/SmolLM2-135M-Instruct-GGUF";
+const QUESTION: &str = "What is the vault code of zhiku?";
+const ANSWER: &str = "The vault code is PINE-4471.";
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(MODEL_DIR);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is missing (scripts/fetch-models smollm2)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// Greedy answer to QUESTION, with the adapter at `adapter` or on the base model.
+fn answer(dir: &Path, adapter: Option<&Path>) -> String {
+    let mut spec = ModelSpec::cpu(dir.to_string_lossy(), "");
+    if let Some(a) = adapter {
+        spec.adapters.attach.push(("kb".into(), a.to_path_buf()));
+    }
+    let loaded = load_model(&spec).expect("the model and adapter load");
+    let model = loaded.model.batched().expect("a batched decoder").clone();
+    let weights = loaded.adapter_weights.into_iter().next().map(Arc::new);
+    let prompt = loaded
+        .template
+        .render_prompt(&[Message::new(Role::User, QUESTION)])
+        .expect("the template renders");
+    let tokens = loaded.tokenizer.encode_prompt(&prompt).expect("tokenizes");
+    let mut solo = Solo::new(model.as_ref(), tokens.len() + 64)
+        .expect("a cache")
+        .with_adapter(weights);
+    let mut logits = solo.feed(model.as_ref(), &tokens).expect("prefill");
+    let mut out = Vec::new();
+    for _ in 0..24 {
+        let next = logits
+            .argmax(0)
+            .and_then(|t| t.to_scalar::<u32>())
+            .expect("argmax");
+        if loaded.tokenizer.eos_ids.contains(&next) {
+            break;
+        }
+        out.push(next);
+        logits = solo.feed(model.as_ref(), &[next]).expect("decode");
+    }
+    loaded.tokenizer.decode(&out).expect("decodes")
+}
+
+#[test]
+fn zhiku_tune_trains_an_adapter_the_generator_serves() {
+    let Some(dir) = model_dir() else { return };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = work.path().join("train.jsonl");
+    let record = serde_json::json!({"instruction": QUESTION, "input": "", "output": ANSWER});
+    std::fs::write(&data, format!("{record}\n")).expect("writes the dataset");
+    let out = work.path().join("adapter");
+    let run = Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .args(["--chat-model"])
+        .arg(&dir)
+        .args(["tune", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--epochs",
+            "40",
+            "--learning-rate",
+            "3e-3",
+            "--grad-accumulation",
+            "1",
+            "--target",
+            "q,k,v,o,gate,up,down",
+            "--dropout",
+            "0",
+            "--validation",
+            "0",
+            "--max-seq-len",
+            "128",
+            "--seed",
+            "7",
+            "--json",
+        ])
+        .output()
+        .expect("zhiku runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "zhiku tune failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every --json line is JSON"))
+        .collect();
+    let losses: Vec<f64> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["loss"].as_f64().expect("a loss"))
+        .collect();
+    assert_eq!(losses.len(), 40, "one optimizer step per epoch: {stdout}");
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < first / 4.0,
+        "the loss fell from {first} to {last} only"
+    );
+    assert_eq!(events.last().expect("events")["event"], "done");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(out.join(file).is_file(), "{file} is written");
+    }
+
+    let base = answer(&dir, None);
+    assert!(
+        !base.contains("PINE-4471"),
+        "the base model cannot know it: {base}"
+    );
+    let tuned = answer(&dir, Some(&out));
+    assert!(tuned.contains("PINE-4471"), "the adapter's answer: {tuned}");
+}
+
+#[test]
+fn a_malformed_dataset_line_is_named_and_nothing_is_written() {
+    let Some(dir) = model_dir() else { return };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = work.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"q\", \"output\": \"a\"}\n{\"instruction\": 3}\n",
+    )
+    .expect("writes");
+    let out = work.path().join("adapter");
+    let run = Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .arg("--chat-model")
+        .arg(&dir)
+        .args(["tune", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("zhiku runs");
+    assert_eq!(run.status.code(), Some(2), "bad input exits 2");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("line 2"),
+        "the error names the line: {stderr}"
+    );
+    assert!(!out.exists(), "no adapter is written");
+}
