@@ -135,11 +135,12 @@ async fn invented_numbers_are_withdrawn_or_marked_and_echoes_are_regenerated() {
     let retriever = ServiceProcess::start("zhiku-retriever", &["--data-dir", &path(&data)], &[]);
     let generator = ServiceProcess::start("zhiku-generator", &["--model", &path(&chat)], &[]);
     let downstream = [&embedder, &retriever, &generator];
-    // --verify withdraw is the default; mark comes from the environment variable.
-    let withdrawing = orchestrator(&downstream, Some(&inventing), &[]);
+    // withdraw and mark from the environment variable (mark is the default).
+    let withdraw = [("ZHIKU_VERIFY", "withdraw")];
+    let withdrawing = orchestrator(&downstream, Some(&inventing), &withdraw);
     let marking = orchestrator(&downstream, Some(&inventing), &[("ZHIKU_VERIFY", "mark")]);
-    let honest = orchestrator(&downstream, Some(&stating), &[]);
-    let copying = orchestrator(&downstream, Some(&echoing), &[]);
+    let honest = orchestrator(&downstream, Some(&stating), &withdraw);
+    let copying = orchestrator(&downstream, Some(&echoing), &withdraw);
     let default = orchestrator(&downstream, None, &[]);
     wait_serving(&embedder, "zhiku.v1.Embedder", STARTUP).await;
     wait_serving(&retriever, "zhiku.v1.Retriever", STARTUP).await;
