@@ -75,6 +75,7 @@ fn write_adapter(dir: &Path, seed: u64, b_scale: f32) {
 fn load_model(dir: &Path) -> ChatGlm6b {
     let cfg: ChatGlm6bConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // SAFETY: the test wrote the file and nothing changes it while it is mapped.
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(
             &[dir.join("model.safetensors")],

@@ -225,6 +225,7 @@ fn glm_families_match_candles_networks() {
         write_checkpoint(dir.path(), family, 13);
         let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
         let files = [dir.path().join("model.safetensors")];
+        // SAFETY: the test wrote the file and nothing changes it while it is mapped.
         let vb = unsafe {
             VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu).unwrap()
         };
