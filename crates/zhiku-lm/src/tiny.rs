@@ -262,27 +262,71 @@ pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmErr
     Ok(dir.to_path_buf())
 }
 
+/// The sizes a GGUF file's metadata declares.
+#[derive(Debug, Clone, Copy)]
+pub struct GgufSizes {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub layers: usize,
+    pub context: usize,
+}
+
+/// The sizes of this module's checkpoints.
+pub const TINY_SIZES: GgufSizes = GgufSizes {
+    hidden: HIDDEN,
+    heads: HEADS,
+    kv_heads: KV_HEADS,
+    head_dim: HEAD_DIM,
+    layers: LAYERS,
+    context: CONTEXT,
+};
+
 /// Writes `weights` (GGUF names, f32 [out, in] as checkpoints hold them) as a GGUF file of
 /// `arch` with the sizes of this module.
 pub fn write_gguf(path: &Path, arch: &str, weights: &[(String, Tensor)]) -> Result<(), LmError> {
+    write_gguf_with(path, arch, &TINY_SIZES, weights, GgmlDType::F32, Vec::new())
+}
+
+/// Writes `weights` as a GGUF file of `arch` declaring `sizes`: matrices stored as
+/// `matrix_dtype`, norms and biases (1-D) as F32, and `extra` metadata (a tokenizer, say)
+/// after the architecture's keys.
+pub fn write_gguf_with(
+    path: &Path,
+    arch: &str,
+    sizes: &GgufSizes,
+    weights: &[(String, Tensor)],
+    matrix_dtype: GgmlDType,
+    extra: Vec<(String, gguf_file::Value)>,
+) -> Result<(), LmError> {
     use gguf_file::Value;
     let tensors = weights
         .iter()
-        .map(|(name, t)| Ok((name.as_str(), QTensor::quantize(t, GgmlDType::F32)?)))
+        .map(|(name, t)| {
+            let dtype = if t.rank() == 1 {
+                GgmlDType::F32
+            } else {
+                matrix_dtype
+            };
+            Ok((name.as_str(), QTensor::quantize(t, dtype)?))
+        })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let key = |k: &str| format!("{arch}.{k}");
-    let metadata: Vec<(String, Value)> = vec![
+    let u32_of = |n: usize| Value::U32(n as u32);
+    let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
-        (key("attention.head_count"), Value::U32(HEADS as u32)),
-        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
-        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
-        (key("block_count"), Value::U32(LAYERS as u32)),
-        (key("embedding_length"), Value::U32(HIDDEN as u32)),
-        (key("context_length"), Value::U32(CONTEXT as u32)),
+        (key("attention.head_count"), u32_of(sizes.heads)),
+        (key("attention.head_count_kv"), u32_of(sizes.kv_heads)),
+        (key("attention.key_length"), u32_of(sizes.head_dim)),
+        (key("block_count"), u32_of(sizes.layers)),
+        (key("embedding_length"), u32_of(sizes.hidden)),
+        (key("context_length"), u32_of(sizes.context)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (key("rope.freq_base"), Value::F32(10_000.0)),
-        (key("rope.dimension_count"), Value::U32(HEAD_DIM as u32)),
+        (key("rope.dimension_count"), u32_of(sizes.head_dim)),
     ];
+    metadata.extend(extra);
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
     let mut file = std::fs::File::create(path)

@@ -4,8 +4,10 @@
 
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::Value;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use zhiku_lm::tiny::{GgufSizes, write_gguf_with};
 
 use super::{GLM4_SPECIALS, Seeded};
 
@@ -123,7 +125,7 @@ pub fn tiny_weights(arch: &str, seed: u64) -> Vec<(String, candle_core::Tensor)>
 }
 
 /// Writes `weights` (see [`tiny_weights`]) as a GGUF file of `arch`: matrices in `dtype`,
-/// norms and biases in F32, the metadata candle's reference networks need.
+/// norms and biases in F32, the metadata and tokenizer candle's reference networks need.
 pub fn write_tiny_gguf(
     path: &Path,
     arch: &str,
@@ -132,27 +134,8 @@ pub fn write_tiny_gguf(
 ) {
     let (tokens, merges, types) = vocabulary();
     let vocab = tokens.len();
-    let tensors: Vec<(String, QTensor)> = weights
-        .iter()
-        .map(|(name, t)| {
-            let d = if t.rank() == 1 { GgmlDType::F32 } else { dtype };
-            (name.clone(), QTensor::quantize(t, d).unwrap())
-        })
-        .collect();
-    use gguf_file::Value;
     let strings = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
-    let key = |k: &str| format!("{arch}.{k}");
-    let mut metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(arch.into())),
-        (key("attention.head_count"), Value::U32(HEADS as u32)),
-        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
-        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
-        (key("block_count"), Value::U32(LAYERS as u32)),
-        (key("embedding_length"), Value::U32(HIDDEN as u32)),
-        (key("context_length"), Value::U32(CONTEXT as u32)),
-        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
-        (key("rope.freq_base"), Value::F32(10_000.0)),
-        (key("rope.dimension_count"), Value::U32(HEAD_DIM as u32)),
+    let mut extra: Vec<(String, Value)> = vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String(arch.into())),
         ("tokenizer.ggml.tokens".into(), strings(&tokens)),
@@ -167,13 +150,18 @@ pub fn write_tiny_gguf(
         ),
     ];
     if arch == "llama" {
-        metadata.push((
+        extra.push((
             "llama.feed_forward_length".into(),
             Value::U32(INTERMEDIATE as u32),
         ));
     }
-    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+    let sizes = GgufSizes {
+        hidden: HIDDEN,
+        heads: HEADS,
+        kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+        layers: LAYERS,
+        context: CONTEXT,
+    };
+    write_gguf_with(path, arch, &sizes, weights, dtype, extra).expect("write the tiny GGUF");
 }
