@@ -24,6 +24,7 @@ pub mod context;
 pub mod downstream;
 pub mod error;
 pub mod eval;
+pub mod examples;
 pub mod grounding;
 pub mod http;
 pub mod ingest;

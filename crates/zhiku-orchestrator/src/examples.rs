@@ -1,0 +1,676 @@
+//! Retrieval-aware training examples made from a knowledge base itself, for `zhiku tune --kb`
+//! (RAFT, Zhang et al. 2024): the model learns to answer from the passage that holds the
+//! answer among distractors retrieved from the same base, and to refuse when only
+//! distractors are there.
+//!
+//! For each sampled passage the teacher (the served chat model) writes a question and a short
+//! answer; an answer whose key facts or wording the passage does not state is dropped (the
+//! teacher got it wrong). The question is then retrieved as an Ask retrieves it, the best
+//! other passages become the distractors, and the example is the Ask's own prompt (the
+//! serving template, numbered passages, the question last) with the teacher's answer, or, for
+//! a share of them, the distractors alone with the refusal as the target.
+//!
+//! Sampling is seeded and keyed by passage (`document_id#chunk_index`), so a run that stopped
+//! resumes where it was: the caller passes the keys already tried.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use zhiku_proto::v1::{
+    Chat, ChatMessage, EmbedKind, EmbedRequest, Filter, GenerateRequest, ListDocumentsRequest,
+    Role, SamplingParams, SearchMode, SearchRequest, generate_request,
+};
+
+use crate::Orchestrator;
+use crate::ask::Search;
+use crate::downstream::Deadline;
+use crate::error::OrchestratorError;
+use crate::grounding::{is_refusal, support};
+use crate::prompt::REFUSAL;
+use crate::verify::{Verdict, check_answer};
+
+/// Asks the teacher for one question the passage answers and its short answer.
+pub const QUESTION_TEMPLATE: &str = "下面是知识库中的一段文字。请提出一个用户可能会问的具体问题，\
+它的答案必须能在这段文字中找到；再给出简短的答案（一句话，保留原文中的数字、版本、名称和术语）。\n\n\
+文字：\n{passage}\n\n只按下面的格式输出两行：\n问题：……\n答案：……";
+
+/// Passages shorter than this (characters) hold too little to ask about.
+const MIN_PASSAGE_CHARS: usize = 40;
+/// Passages read from one document when sampling (a Search returns at most 100).
+const PASSAGES_PER_DOCUMENT: u32 = 100;
+/// Lexical support an answer needs in its passage (the share of its bigrams the passage has).
+const MIN_ANSWER_SUPPORT: f64 = 0.5;
+
+/// How many examples, of what kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExampleSettings {
+    /// Examples to make at most (attempts stop when this many were kept).
+    pub max_examples: usize,
+    /// Distractor passages per example.
+    pub distractors: usize,
+    /// Share of examples, 0–1, whose passages are distractors only and whose target is the
+    /// refusal.
+    pub refusal_share: f64,
+    /// Passages tried per document at most, so that examples spread over the base.
+    pub per_document: usize,
+    /// Seeds which passages are tried, in which order, and where the answering passage sits.
+    pub seed: u64,
+    /// Tokens the teacher may write for a question and its answer.
+    pub max_new_tokens: u32,
+}
+
+impl Default for ExampleSettings {
+    fn default() -> Self {
+        Self {
+            max_examples: 200,
+            distractors: 3,
+            refusal_share: 0.2,
+            per_document: 8,
+            seed: 0,
+            max_new_tokens: 160,
+        }
+    }
+}
+
+impl ExampleSettings {
+    pub fn validate(&self) -> Result<(), OrchestratorError> {
+        let bad = |what: String| Err(OrchestratorError::Validation(what));
+        if self.max_examples == 0 {
+            return bad("max examples must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.refusal_share) {
+            return bad(format!(
+                "refusal share {} must be between 0 and 1",
+                self.refusal_share
+            ));
+        }
+        if self.refusal_share > 0.0 && self.distractors == 0 {
+            return bad("refusal examples need at least 1 distractor".into());
+        }
+        if self.distractors > 20 {
+            return bad(format!("{} distractors: at most 20", self.distractors));
+        }
+        if self.per_document == 0 {
+            return bad("passages per document must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether the example teaches an answer or the refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExampleKind {
+    Answer,
+    Refusal,
+}
+
+/// One turn of a sharegpt record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub from: String,
+    pub value: String,
+}
+
+/// Where an example came from (kept in the record for people; the trainer ignores it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExampleOrigin {
+    /// `document_id#chunk_index` of the passage the question was written from.
+    pub passage: String,
+    pub source: String,
+    pub kind: ExampleKind,
+    /// The teacher's question and answer, before they were put in the prompt.
+    pub question: String,
+    pub answer: String,
+    /// The answer's support in its passage.
+    pub support: f64,
+}
+
+/// One training example as a sharegpt record (`zhiku tune --data` reads it back): the
+/// serving prompt's system instructions, its user turn, and the target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingExample {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub system: Option<String>,
+    pub conversations: Vec<Turn>,
+    pub zhiku: ExampleOrigin,
+}
+
+/// Why a passage gave no example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The teacher's output has no `问题：`/`答案：` lines.
+    Unparsed,
+    /// The teacher refused or answered with nothing.
+    NoAnswer,
+    /// A key fact of the answer is not in the passage (named).
+    UnsupportedFact(String),
+    /// Too little of the answer's wording is in the passage.
+    WeakSupport,
+    /// Retrieval found no passage to serve as a distractor.
+    NoDistractors,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Unparsed => write!(f, "the teacher's output has no 问题/答案 lines"),
+            Rejection::NoAnswer => write!(f, "the teacher gave no answer"),
+            Rejection::UnsupportedFact(fact) => {
+                write!(f, "the answer's \"{fact}\" is not in the passage")
+            }
+            Rejection::WeakSupport => write!(f, "the passage does not state the answer"),
+            Rejection::NoDistractors => write!(f, "no other passage to use as a distractor"),
+        }
+    }
+}
+
+/// What happened to one sampled passage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExampleEvent {
+    /// The sampling plan: passages that may be tried, in order.
+    Planned { passages: usize },
+    /// A passage was tried (`attempt` counts from 1, this run and earlier ones).
+    Made {
+        attempt: usize,
+        example: Box<TrainingExample>,
+    },
+    Rejected {
+        attempt: usize,
+        passage: String,
+        reason: Rejection,
+    },
+}
+
+/// A passage that may be asked about.
+#[derive(Debug, Clone)]
+struct Candidate {
+    key: String,
+    chunk_index: u32,
+    source: String,
+    text: String,
+}
+
+impl Orchestrator {
+    /// Makes up to `settings.max_examples` examples from `knowledge_base`, skipping the
+    /// passages in `tried` (keys of an earlier run); `on_event` gets every kept example and
+    /// every rejection as it happens (and can stop the run with an error).
+    pub async fn make_examples(
+        &self,
+        knowledge_base: &str,
+        settings: &ExampleSettings,
+        tried: &HashSet<String>,
+        already_made: usize,
+        mut on_event: impl FnMut(ExampleEvent) -> Result<(), OrchestratorError>,
+    ) -> Result<usize, OrchestratorError> {
+        settings.validate()?;
+        let deadline = Deadline::default();
+        let candidates = self
+            .sample_passages(knowledge_base, settings, deadline)
+            .await?;
+        on_event(ExampleEvent::Planned {
+            passages: candidates.len(),
+        })?;
+        let mut made = already_made;
+        let mut attempt = tried.len();
+        for candidate in candidates {
+            if made >= settings.max_examples {
+                break;
+            }
+            if tried.contains(&candidate.key) {
+                continue;
+            }
+            attempt += 1;
+            match self
+                .example_from(knowledge_base, &candidate, settings, deadline)
+                .await?
+            {
+                Ok(example) => {
+                    made += 1;
+                    on_event(ExampleEvent::Made {
+                        attempt,
+                        example: Box::new(example),
+                    })?;
+                }
+                Err(reason) => on_event(ExampleEvent::Rejected {
+                    attempt,
+                    passage: candidate.key.clone(),
+                    reason,
+                })?,
+            }
+        }
+        Ok(made)
+    }
+
+    /// The passages to try, in a seeded order: documents shuffled, up to `per_document`
+    /// passages of each (shuffled), then all of them shuffled together.
+    async fn sample_passages(
+        &self,
+        knowledge_base: &str,
+        settings: &ExampleSettings,
+        deadline: Deadline,
+    ) -> Result<Vec<Candidate>, OrchestratorError> {
+        let mut documents = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .downstream
+                .retriever
+                .clone()
+                .list_documents(deadline.request(ListDocumentsRequest {
+                    knowledge_base: knowledge_base.to_owned(),
+                    page_size: 1000,
+                    page_token,
+                }))
+                .await
+                .map_err(OrchestratorError::downstream("retriever"))?
+                .into_inner();
+            documents.extend(page.documents);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if documents.is_empty() {
+            return Err(OrchestratorError::Validation(format!(
+                "knowledge base {knowledge_base} has no documents to make examples from: \
+                 ingest some first"
+            )));
+        }
+        shuffle(&mut documents, settings.seed, |d| d.document_id.as_str());
+        // Three tries per wanted example is enough when a third of the teacher's answers
+        // survive the checks; the documents beyond that are not read.
+        let wanted = settings.max_examples.saturating_mul(3);
+        let mut candidates = Vec::new();
+        for document in documents {
+            if candidates.len() >= wanted {
+                break;
+            }
+            let mut passages: Vec<Candidate> = self
+                .document_passages(
+                    knowledge_base,
+                    &document.document_id,
+                    &document.source,
+                    deadline,
+                )
+                .await?
+                .into_iter()
+                .filter(|c| c.text.chars().count() >= MIN_PASSAGE_CHARS)
+                .collect();
+            shuffle(&mut passages, settings.seed, |c| c.key.as_str());
+            passages.truncate(settings.per_document);
+            candidates.extend(passages);
+        }
+        shuffle(&mut candidates, settings.seed ^ 0x5eed, |c| c.key.as_str());
+        Ok(candidates)
+    }
+
+    /// Up to 100 passages of one document: a dense search restricted to it (its source as the
+    /// query, so every passage of the document qualifies whatever it scores).
+    async fn document_passages(
+        &self,
+        knowledge_base: &str,
+        document_id: &str,
+        source: &str,
+        deadline: Deadline,
+    ) -> Result<Vec<Candidate>, OrchestratorError> {
+        let query = if source.is_empty() {
+            document_id
+        } else {
+            source
+        };
+        let vector = self
+            .downstream
+            .embedder
+            .clone()
+            .embed(deadline.request(EmbedRequest {
+                texts: vec![query.to_owned()],
+                kind: EmbedKind::Query as i32,
+                ..Default::default()
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("embedder"))?
+            .into_inner()
+            .embeddings
+            .into_iter()
+            .next()
+            .map(|e| e.values)
+            .ok_or_else(|| OrchestratorError::Internal("the embedder returned no vector".into()))?;
+        let hits = self
+            .downstream
+            .retriever
+            .clone()
+            .search(deadline.request(SearchRequest {
+                knowledge_base: knowledge_base.to_owned(),
+                vector,
+                top_k: PASSAGES_PER_DOCUMENT,
+                filter: Some(Filter {
+                    document_ids: vec![document_id.to_owned()],
+                    ..Default::default()
+                }),
+                mode: SearchMode::Dense as i32,
+                ..Default::default()
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("retriever"))?
+            .into_inner()
+            .hits;
+        let mut passages: Vec<Candidate> = hits
+            .into_iter()
+            .filter_map(|hit| hit.passage)
+            .map(|p| Candidate {
+                key: passage_key(&p.document_id, p.chunk_index),
+                chunk_index: p.chunk_index,
+                source: p.source,
+                text: p.text,
+            })
+            .collect();
+        passages.sort_by_key(|c| c.chunk_index);
+        Ok(passages)
+    }
+
+    /// One example from one passage, or why none.
+    async fn example_from(
+        &self,
+        knowledge_base: &str,
+        candidate: &Candidate,
+        settings: &ExampleSettings,
+        deadline: Deadline,
+    ) -> Result<Result<TrainingExample, Rejection>, OrchestratorError> {
+        let written = self
+            .teacher_question(&candidate.text, settings.max_new_tokens, deadline)
+            .await?;
+        let Some((question, answer)) = parse_question_answer(&written) else {
+            return Ok(Err(Rejection::Unparsed));
+        };
+        if answer.is_empty() || is_refusal(&answer) {
+            return Ok(Err(Rejection::NoAnswer));
+        }
+        let check = check_answer(&answer, &[&candidate.text], "");
+        if check.verdict == Verdict::UnsupportedKeyFact {
+            let fact = check
+                .unsupported
+                .first()
+                .map(|u| u.fact.text.clone())
+                .unwrap_or_default();
+            return Ok(Err(Rejection::UnsupportedFact(fact)));
+        }
+        let answer_support = support(&answer, &[&candidate.text]);
+        if answer_support < MIN_ANSWER_SUPPORT {
+            return Ok(Err(Rejection::WeakSupport));
+        }
+
+        let retrieved = self
+            .retrieve(
+                Search {
+                    knowledge_base,
+                    question: &question,
+                    top_k: (settings.distractors + 4) as u32,
+                    score_threshold: Some(-1.0),
+                    filter: None,
+                    mode: SearchMode::Hybrid,
+                    rerank: Some(false),
+                },
+                deadline,
+            )
+            .await?;
+        // A distractor must not answer the question too: one that states the answer would
+        // teach the model to refuse (or to cite) the wrong way.
+        let distractors: Vec<String> = retrieved
+            .citations
+            .into_iter()
+            .filter(|c| passage_key(&c.document_id, c.chunk_index) != candidate.key)
+            .filter(|c| support(&answer, &[&c.text]) < MIN_ANSWER_SUPPORT)
+            .map(|c| c.text)
+            .take(settings.distractors)
+            .collect();
+        if settings.distractors > 0 && distractors.is_empty() {
+            return Ok(Err(Rejection::NoDistractors));
+        }
+
+        let draw = unit_draw(settings.seed, &candidate.key);
+        let kind = if draw < settings.refusal_share {
+            ExampleKind::Refusal
+        } else {
+            ExampleKind::Answer
+        };
+        let mut passages: Vec<&str> = distractors.iter().map(String::as_str).collect();
+        if kind == ExampleKind::Answer {
+            let slot = (mix(settings.seed ^ 0xa11ce, &candidate.key) % (passages.len() as u64 + 1))
+                as usize;
+            passages.insert(slot, &candidate.text);
+        }
+        let numbered: Vec<(u32, &str)> = passages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, *p))
+            .collect();
+        let user = self.template.render_numbered(&numbered, &question);
+        let target = match kind {
+            ExampleKind::Answer => answer.clone(),
+            ExampleKind::Refusal => REFUSAL.to_owned(),
+        };
+        Ok(Ok(TrainingExample {
+            system: self.template.system().map(str::to_owned),
+            conversations: vec![
+                Turn {
+                    from: "human".into(),
+                    value: user,
+                },
+                Turn {
+                    from: "gpt".into(),
+                    value: target,
+                },
+            ],
+            zhiku: ExampleOrigin {
+                passage: candidate.key.clone(),
+                source: candidate.source.clone(),
+                kind,
+                question,
+                answer,
+                support: answer_support,
+            },
+        }))
+    }
+
+    async fn teacher_question(
+        &self,
+        passage: &str,
+        max_new_tokens: u32,
+        deadline: Deadline,
+    ) -> Result<String, OrchestratorError> {
+        let response = self
+            .downstream
+            .generator
+            .clone()
+            .generate(deadline.request(GenerateRequest {
+                input: Some(generate_request::Input::Chat(Chat {
+                    messages: vec![ChatMessage {
+                        role: Role::User as i32,
+                        content: QUESTION_TEMPLATE.replacen("{passage}", passage, 1),
+                    }],
+                })),
+                sampling: Some(SamplingParams {
+                    temperature: Some(0.0),
+                    max_new_tokens: Some(max_new_tokens),
+                    ..Default::default()
+                }),
+                adapter: String::new(),
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("generator"))?
+            .into_inner();
+        Ok(response.text)
+    }
+}
+
+/// `document_id#chunk_index`: a passage's key in the examples file.
+pub fn passage_key(document_id: &str, chunk_index: u32) -> String {
+    format!("{document_id}#{chunk_index}")
+}
+
+/// The question and the answer of the teacher's output: the text after `问题：` up to the
+/// end of its line, and after `答案：` to the end of the output (markdown bold and list marks
+/// trimmed). None when either is missing or the question is empty.
+pub fn parse_question_answer(output: &str) -> Option<(String, String)> {
+    let output = output.replace("**", "");
+    let output = output.as_str();
+    let after = |label: &str| -> Option<usize> {
+        [format!("{label}："), format!("{label}:")]
+            .iter()
+            .filter_map(|l| output.find(l.as_str()).map(|i| i + l.len()))
+            .min()
+    };
+    let q_start = after("问题")?;
+    let a_start = after("答案")?;
+    if a_start <= q_start {
+        return None;
+    }
+    let clean = |s: &str| {
+        s.trim()
+            .trim_matches(|c: char| c == '*' || c == '-' || c == '#')
+            .trim()
+            .to_owned()
+    };
+    let question_text = output[q_start..].lines().next().unwrap_or_default();
+    let question = clean(question_text);
+    let answer = clean(&output[a_start..]);
+    // A second question the teacher went on to write is not part of this answer.
+    let answer = match answer.find("问题") {
+        Some(i) => clean(&answer[..i]),
+        None => answer,
+    };
+    if question.is_empty() || question.chars().count() > 200 || answer.chars().count() > 400 {
+        return None;
+    }
+    Some((question, answer))
+}
+
+/// SplitMix64 of the seed and a key's FNV-1a hash: the same on every machine and release.
+fn mix(seed: u64, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut z = seed ^ h;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A draw in [0, 1) fixed by the seed and the key.
+fn unit_draw(seed: u64, key: &str) -> f64 {
+    (mix(seed, key) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Orders `items` by a seeded hash of each one's key: a shuffle that does not depend on the
+/// order the items came in.
+fn shuffle<T>(items: &mut [T], seed: u64, key: impl Fn(&T) -> &str) {
+    items.sort_by_cached_key(|item| mix(seed, key(item)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_and_answer_are_read_from_the_teachers_lines() {
+        let (q, a) =
+            parse_question_answer("问题：ChatGLM-6B 在 INT4 下需要多少显存？\n答案：6GB。")
+                .unwrap();
+        assert_eq!(q, "ChatGLM-6B 在 INT4 下需要多少显存？");
+        assert_eq!(a, "6GB。");
+        let (q, a) =
+            parse_question_answer("**问题**: 默认端口是什么？\n**答案**: 7861\n\n问题：再来一个")
+                .unwrap();
+        assert_eq!(q, "默认端口是什么？");
+        assert_eq!(a, "7861");
+    }
+
+    #[test]
+    fn output_without_both_lines_is_unparsed() {
+        assert_eq!(parse_question_answer("这段文字讲了部署。"), None);
+        assert_eq!(parse_question_answer("答案：6GB\n问题：多少显存？"), None);
+        assert_eq!(parse_question_answer("问题：\n答案：6GB"), None);
+    }
+
+    #[test]
+    fn draws_are_fixed_by_seed_and_key_and_spread() {
+        assert_eq!(unit_draw(7, "a.md#3"), unit_draw(7, "a.md#3"));
+        assert_ne!(unit_draw(7, "a.md#3"), unit_draw(8, "a.md#3"));
+        let refusals = (0..1000)
+            .filter(|i| unit_draw(1, &format!("doc#{i}")) < 0.2)
+            .count();
+        assert!(
+            (150..250).contains(&refusals),
+            "{refusals} of 1000 under 0.2"
+        );
+    }
+
+    #[test]
+    fn shuffle_does_not_depend_on_input_order() {
+        let mut a = vec!["x#1", "x#2", "y#0", "z#5"];
+        let mut b = vec!["z#5", "y#0", "x#2", "x#1"];
+        shuffle(&mut a, 3, |s| s);
+        shuffle(&mut b, 3, |s| s);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_with_the_reason() {
+        let bad = |s: ExampleSettings| s.validate().unwrap_err().to_string();
+        assert!(
+            bad(ExampleSettings {
+                refusal_share: 1.5,
+                ..Default::default()
+            })
+            .contains("between 0 and 1")
+        );
+        assert!(
+            bad(ExampleSettings {
+                distractors: 0,
+                ..Default::default()
+            })
+            .contains("distractor")
+        );
+        assert!(
+            bad(ExampleSettings {
+                max_examples: 0,
+                ..Default::default()
+            })
+            .contains("at least 1")
+        );
+        assert!(ExampleSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn an_example_reads_back_as_a_sharegpt_record() {
+        let example = TrainingExample {
+            system: Some("你是知识库问答助手。".into()),
+            conversations: vec![
+                Turn {
+                    from: "human".into(),
+                    value: "已知信息：\n[1] …\n\n问题：多少显存？".into(),
+                },
+                Turn {
+                    from: "gpt".into(),
+                    value: "6GB".into(),
+                },
+            ],
+            zhiku: ExampleOrigin {
+                passage: "a.md#0".into(),
+                source: "a.md".into(),
+                kind: ExampleKind::Answer,
+                question: "多少显存？".into(),
+                answer: "6GB".into(),
+                support: 1.0,
+            },
+        };
+        let line = serde_json::to_string(&example).unwrap();
+        assert!(line.contains("\"kind\":\"answer\""));
+        let back: TrainingExample = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, example);
+    }
+}
