@@ -16,10 +16,7 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use zhiku_proto::v1::{
-    Chat, ChatMessage, EmbedKind, EmbedRequest, Filter, GenerateRequest, ListDocumentsRequest,
-    Role, SamplingParams, SearchMode, SearchRequest, generate_request,
-};
+use zhiku_proto::v1::{Filter, ListDocumentsRequest, SearchMode, SearchRequest};
 
 use crate::Orchestrator;
 use crate::ask::Search;
@@ -319,23 +316,7 @@ impl Orchestrator {
         } else {
             source
         };
-        let vector = self
-            .downstream
-            .embedder
-            .clone()
-            .embed(deadline.request(EmbedRequest {
-                texts: vec![query.to_owned()],
-                kind: EmbedKind::Query as i32,
-                ..Default::default()
-            }))
-            .await
-            .map_err(OrchestratorError::downstream("embedder"))?
-            .into_inner()
-            .embeddings
-            .into_iter()
-            .next()
-            .map(|e| e.values)
-            .ok_or_else(|| OrchestratorError::Internal("the embedder returned no vector".into()))?;
+        let vector = self.embed_query(query, deadline).await?;
         let hits = self
             .downstream
             .retriever
@@ -479,28 +460,12 @@ impl Orchestrator {
         max_new_tokens: u32,
         deadline: Deadline,
     ) -> Result<String, OrchestratorError> {
-        let response = self
-            .downstream
-            .generator
-            .clone()
-            .generate(deadline.request(GenerateRequest {
-                input: Some(generate_request::Input::Chat(Chat {
-                    messages: vec![ChatMessage {
-                        role: Role::User as i32,
-                        content: QUESTION_TEMPLATE.replacen("{passage}", passage, 1),
-                    }],
-                })),
-                sampling: Some(SamplingParams {
-                    temperature: Some(0.0),
-                    max_new_tokens: Some(max_new_tokens),
-                    ..Default::default()
-                }),
-                adapter: String::new(),
-            }))
-            .await
-            .map_err(OrchestratorError::downstream("generator"))?
-            .into_inner();
-        Ok(response.text)
+        self.complete_greedy(
+            QUESTION_TEMPLATE.replacen("{passage}", passage, 1),
+            max_new_tokens,
+            deadline,
+        )
+        .await
     }
 }
 

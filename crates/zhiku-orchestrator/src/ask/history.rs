@@ -33,6 +33,19 @@ impl Orchestrator {
         let prompt = REWRITE_TEMPLATE
             .replace("{history}", turns.trim_end())
             .replacen("{question}", question, 1);
+        let text = self.complete_greedy(prompt, 64, deadline).await?;
+        Ok(clean_rewrite(&text).unwrap_or_else(|| question.to_owned()))
+    }
+
+    /// The base model's greedy reply to one user message of `prompt`, at most
+    /// `max_new_tokens` long: the orchestrator's own short calls (rewrites, training
+    /// examples), never a user's Ask.
+    pub(crate) async fn complete_greedy(
+        &self,
+        prompt: String,
+        max_new_tokens: u32,
+        deadline: Deadline,
+    ) -> Result<String, OrchestratorError> {
         let response = self
             .downstream
             .generator
@@ -46,7 +59,7 @@ impl Orchestrator {
                 })),
                 sampling: Some(SamplingParams {
                     temperature: Some(0.0),
-                    max_new_tokens: Some(64),
+                    max_new_tokens: Some(max_new_tokens),
                     ..Default::default()
                 }),
                 adapter: String::new(),
@@ -54,7 +67,7 @@ impl Orchestrator {
             .await
             .map_err(OrchestratorError::downstream("generator"))?
             .into_inner();
-        Ok(clean_rewrite(&response.text).unwrap_or_else(|| question.to_owned()))
+        Ok(response.text)
     }
 
     /// Earlier turns go through the model's chat template: the last `--max-history-turns`,

@@ -143,24 +143,7 @@ impl Orchestrator {
         let vector = if mode == SearchMode::Sparse {
             Vec::new()
         } else {
-            self.downstream
-                .embedder
-                .clone()
-                .embed(deadline.request(EmbedRequest {
-                    texts: vec![question.to_owned()],
-                    kind: EmbedKind::Query as i32,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(OrchestratorError::downstream("embedder"))?
-                .into_inner()
-                .embeddings
-                .into_iter()
-                .next()
-                .map(|e| e.values)
-                .ok_or_else(|| {
-                    OrchestratorError::Internal("the embedder returned no vector".into())
-                })?
+            self.embed_query(question, deadline).await?
         };
         let embed_ms = ms(embed_started);
 
@@ -254,6 +237,30 @@ impl Orchestrator {
             search_ms,
             rerank_ms: ms(rerank_started),
         })
+    }
+
+    /// The embedding of one query text.
+    pub(crate) async fn embed_query(
+        &self,
+        text: &str,
+        deadline: Deadline,
+    ) -> Result<Vec<f32>, OrchestratorError> {
+        self.downstream
+            .embedder
+            .clone()
+            .embed(deadline.request(EmbedRequest {
+                texts: vec![text.to_owned()],
+                kind: EmbedKind::Query as i32,
+                ..Default::default()
+            }))
+            .await
+            .map_err(OrchestratorError::downstream("embedder"))?
+            .into_inner()
+            .embeddings
+            .into_iter()
+            .next()
+            .map(|e| e.values)
+            .ok_or_else(|| OrchestratorError::Internal("the embedder returned no vector".into()))
     }
 
     /// What the embedder's Info says, asked once; None (and asked again next time) when the
