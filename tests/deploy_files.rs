@@ -1,0 +1,79 @@
+//! The deploy files agree with each other: one CUDA version and compute capability
+//! (deploy/cuda.env) for the CUDA image and scripts/check-cuda, and a generator health check
+//! that leaves room for the first start's model download.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+fn cuda_env() -> HashMap<String, String> {
+    read("deploy/cuda.env")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=VALUE lines");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn cuda_image_builds_with_the_shared_version_and_capability() {
+    let env = cuda_env();
+    let dockerfile = read("deploy/Dockerfile.cuda");
+    let version = &env["CUDA_VERSION"];
+    let cap = &env["CUDA_COMPUTE_CAP"];
+    assert!(
+        dockerfile.contains(&format!("ARG CUDA_VERSION={version}\n")),
+        "deploy/Dockerfile.cuda must default CUDA_VERSION to deploy/cuda.env's {version}"
+    );
+    assert!(
+        dockerfile.contains(&format!("CUDA_COMPUTE_CAP={cap}")),
+        "deploy/Dockerfile.cuda must build for deploy/cuda.env's compute capability {cap}"
+    );
+    // The PyPI toolkit check-cuda installs is the image's CUDA release.
+    let release = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    assert_eq!(release(version), release(&env["CUDA_PYPI_VERSION"]));
+    assert_eq!(release(version), release(&env["CUDA_CCCL_PYPI_VERSION"]));
+}
+
+#[test]
+fn check_cuda_reads_the_shared_versions() {
+    let script = read("scripts/check-cuda");
+    assert!(script.contains("source deploy/cuda.env"));
+    for pinned in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        assert!(
+            !pinned.contains("==1"),
+            "scripts/check-cuda pins a version itself: {pinned}"
+        );
+    }
+}
+
+#[test]
+fn generator_health_check_allows_the_first_download() {
+    let compose = read("docker-compose.yml");
+    let generator = compose
+        .split("\n  generator:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("a generator service in docker-compose.yml");
+    let start_period = generator
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("start_period:"))
+        .expect("the generator's health check has a start_period");
+    let minutes: u32 = start_period
+        .trim()
+        .strip_suffix('m')
+        .and_then(|m| m.parse().ok())
+        .expect("start_period in minutes, e.g. 60m");
+    assert!(
+        minutes >= 30,
+        "a 19 GB download needs more than {minutes} minutes on slow links"
+    );
+    assert!(generator.contains("ZHIKU_GENERATOR_DEVICE: cuda"));
+}
