@@ -292,7 +292,7 @@ async fn run() -> ExitCode {
     // Training runs here, on blocking threads, without the services; the gate (--kb) then
     // starts them to evaluate and bind the adapter.
     if let Command::Tune(args) = &cli.command {
-        let cases = match tune_gate::check(args) {
+        let cases = match tune_gate::check(&args.gate) {
             Ok(cases) => cases,
             Err(e) => {
                 eprintln!("zhiku tune: {e}");
@@ -309,7 +309,13 @@ async fn run() -> ExitCode {
         if trained != ExitCode::SUCCESS || !args.gate.requested() {
             return trained;
         }
-        return tune_gate::run(&cli.stack, &cli.ask, cli.log.as_deref(), args, cases).await;
+        let written = tune_gate::Trained {
+            data: &args.data,
+            out: &args.out,
+            json: args.json,
+            gate: &args.gate,
+        };
+        return tune_gate::run(&cli.stack, &cli.ask, cli.log.as_deref(), written, cases).await;
     }
 
     // Other commands: a running orchestrator, or the pipeline in this process.

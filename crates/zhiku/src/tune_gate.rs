@@ -18,7 +18,6 @@ use zhiku_proto::v1::{
 };
 
 use crate::stack::{Ports, Stack, StackArgs};
-use crate::tune::TuneArgs;
 
 /// The name the new adapter is evaluated under, before it is bound under its own.
 const CANDIDATE: &str = "zhiku-tune-candidate";
@@ -110,12 +109,10 @@ pub fn worse(with: Row, without: Row) -> Vec<String> {
 /// Both rows side by side.
 pub fn table(with: Row, without: Row) -> String {
     let row = |name: &str, r: Row| {
-        format!(
-            "{name:<17} {:<7} {:<16} {}\n",
-            format!("{}/{}", r.correct, r.answerable),
-            format!("{}/{}", r.false_refusals, r.answerable),
-            format!("{}/{}", r.abstained, r.unanswerable)
-        )
+        let right = format!("{}/{}", r.correct, r.answerable);
+        let false_refusals = format!("{}/{}", r.false_refusals, r.answerable);
+        let refused = format!("{}/{}", r.abstained, r.unanswerable);
+        format!("{name:<17} {right:<7} {false_refusals:<16} {refused}\n")
     };
     let mut out = format!(
         "{:<17} {:<7} {:<16} {}\n",
@@ -128,8 +125,7 @@ pub fn table(with: Row, without: Row) -> String {
 
 /// Checks the gate's flags and reads the eval file before any training: a mistake there
 /// must not cost a training run.
-pub fn check(args: &TuneArgs) -> Result<Option<Vec<EvalCase>>, String> {
-    let gate = &args.gate;
+pub fn check(gate: &GateArgs) -> Result<Option<Vec<EvalCase>>, String> {
     match (&gate.kb, &gate.eval) {
         (None, Some(_)) => Err("--eval needs --kb, the knowledge base to evaluate on".into()),
         (None, None) => Ok(None),
@@ -192,13 +188,24 @@ async fn evaluate(
         .ok_or_else(|| "the evaluation ended without a report".into())
 }
 
+/// What the training was given and how it reports, as the gate needs them.
+pub struct Trained<'a> {
+    /// Its training data (`--data`).
+    pub data: &'a Path,
+    /// The adapter it wrote (`--out`).
+    pub out: &'a Path,
+    /// One JSON object per line (`--json`).
+    pub json: bool,
+    pub gate: &'a GateArgs,
+}
+
 /// Runs the gate after a training that wrote its adapter to `args.out`, on the services
 /// of this process.
 pub async fn run(
     stack_args: &StackArgs,
     ask: &AskPolicy,
     log: Option<&str>,
-    args: &TuneArgs,
+    args: Trained<'_>,
     cases: Option<Vec<EvalCase>>,
 ) -> ExitCode {
     let server = crate::in_process_server_args(log);
@@ -210,7 +217,7 @@ pub async fn run(
         }
     };
     let code = match stack.ready(Duration::from_secs(600)).await {
-        Ok(()) => gate(&stack, stack_args, args, cases).await,
+        Ok(()) => gate(&stack, stack_args, &args, cases).await,
         Err(e) => Err(e),
     };
     stack.shutdown().await;
@@ -226,10 +233,10 @@ pub async fn run(
 async fn gate(
     stack: &Stack,
     stack_args: &StackArgs,
-    args: &TuneArgs,
+    args: &Trained<'_>,
     cases: Option<Vec<EvalCase>>,
 ) -> Result<(), String> {
-    let gate = &args.gate;
+    let gate = args.gate;
     let Some(kb) = gate.kb.clone() else {
         return Ok(());
     };
@@ -241,11 +248,11 @@ async fn gate(
         },
     )
     .map_err(|_| "cannot reach the in-process orchestrator".to_owned())?;
-    let adapter_dir = absolute(&args.out);
+    let adapter_dir = absolute(args.out);
     let adapter_path = adapter_dir.to_string_lossy().into_owned();
     let models = stack_args.models();
     let mut provenance = AdapterProvenance {
-        data_file: absolute(&args.data).to_string_lossy().into_owned(),
+        data_file: absolute(args.data).to_string_lossy().into_owned(),
         base_model: models.chat.clone(),
         base_sha256: base_sha256(&adapter_dir),
         ..Default::default()
