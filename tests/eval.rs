@@ -195,6 +195,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                 ..Default::default()
             }),
             retrieval_only: false,
+            adapter: None,
         },
     )
     .await;

@@ -10,6 +10,7 @@
 //!   [`engine::EngineConfig`].
 
 pub mod api;
+pub mod base_check;
 pub mod config;
 pub mod decode_stream;
 pub mod engine;

@@ -28,6 +28,8 @@ pub struct GeneratorState {
     /// --max-chat-messages).
     pub max_prompt_bytes: usize,
     pub max_chat_messages: usize,
+    /// The served model's identity, which LoadAdapter checks an adapter's base against.
+    pub served_base: crate::base_check::ServedBase,
 }
 
 impl GeneratorState {
@@ -70,6 +72,7 @@ impl GeneratorState {
             default_max_new_tokens: args.max_new_tokens.max(1),
             max_prompt_bytes: args.max_prompt_bytes.max(1),
             max_chat_messages: args.max_chat_messages.max(1),
+            served_base: crate::base_check::ServedBase::of(args),
         })
     }
 }

@@ -559,6 +559,52 @@ async fn adapters_load_and_unload_while_serving() {
     assert!(bad.message().contains("nowhere"), "{}", bad.message());
 }
 
+/// An adapter that records a GGUF base (as `zhiku tune` does) loads only on that base: on
+/// another it is refused at LoadAdapter, naming both; with the served file's SHA-256 it loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_for_another_base_is_refused_naming_both() {
+    use sha2::{Digest, Sha256};
+    use zhiku_proto::v1::LoadAdapterRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("a");
+    smollm_adapter(&adapter, 3);
+    let record = |sha: &str| {
+        let path = adapter.join("adapter_config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["base_model_name_or_path"] = "Qwen/Qwen2.5-0.5B-Instruct".into();
+        config["zhiku"] = serde_json::json!({"base_sha256": sha});
+        std::fs::write(&path, config.to_string()).unwrap();
+    };
+    let server = start(SMOLLM, |_| {}).await;
+    let mut client = server.client();
+    let load = |name: &str| LoadAdapterRequest {
+        name: name.into(),
+        path: adapter.to_string_lossy().into_owned(),
+    };
+    record(&"0".repeat(64));
+    let refused = client.load_adapter(load("other")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let message = refused.message();
+    assert!(
+        message.contains("Qwen/Qwen2.5-0.5B-Instruct") && message.contains(SMOLLM),
+        "both names: {message}"
+    );
+    assert!(server.info().await.adapters.is_empty(), "nothing loaded");
+    let gguf = model_dir(SMOLLM).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let served: String = Sha256::digest(std::fs::read(&gguf).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    record(&served);
+    let loaded = client
+        .load_adapter(load("same"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(loaded.name, "same");
+}
+
 /// A passage holding ChatML control text is plain text to the model: CountTokens counts what
 /// Generate feeds, and the prompt holds only the template's control tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,6 +280,12 @@ impl Orchestrator {
         events: &Events<EvaluateEvent>,
     ) -> Result<(), OrchestratorError> {
         validate(&mut request)?;
+        if let Some(adapter) = request.adapter.as_deref().filter(|a| !a.is_empty())
+            && !request.retrieval_only
+        {
+            // Before the first case: an unknown adapter fails the evaluation, not each case.
+            self.require_loaded(adapter, deadline).await?;
+        }
         let mut reports = Vec::with_capacity(request.settings.len());
         for (index, setting) in request.settings.iter().enumerate() {
             let index = index as u32;
@@ -328,6 +334,7 @@ impl Orchestrator {
             history: case.history.clone(),
             context_tokens: setting.context_tokens,
             min_coverage: setting.min_coverage,
+            adapter: request.adapter.clone(),
             ..Default::default()
         };
         let (tx, mut rx) = mpsc::channel::<Result<AskEvent, OrchestratorError>>(16);

@@ -10,8 +10,8 @@ use zhiku_proto::v1 as pb;
 use crate::error::{Result, RetrieverError};
 use crate::sparse::Bm25;
 use crate::store::{
-    Distance, Hit, KbInfo, KbMeta, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec,
-    StaleChunks, VectorStore, metadata_kv, now_ms,
+    AdapterBinding, AdapterRecord, Distance, EvalFigures, Hit, KbInfo, KbMeta, Mode, PassageFilter,
+    PassagePayload, PointRecord, SearchSpec, StaleChunks, VectorStore, metadata_kv, now_ms,
 };
 
 /// Most passages in one Upsert.
@@ -93,9 +93,56 @@ pub fn kb_to_proto(info: KbInfo) -> pb::KnowledgeBase {
         description: info.meta.description,
         adapter: info.meta.adapter,
         adapter_path: info.meta.adapter_path,
+        adapter_provenance: info.meta.adapter_provenance.map(record_to_proto),
         passage_count: info.passage_count,
         document_count: info.document_count,
         created_at_ms: info.meta.created_at_ms,
+    }
+}
+
+fn figures_from_proto(f: pb::AdapterEvalFigures) -> EvalFigures {
+    EvalFigures {
+        answerable: f.answerable,
+        unanswerable: f.unanswerable,
+        correct: f.correct,
+        false_refusals: f.false_refusals,
+        abstained: f.abstained,
+    }
+}
+
+fn figures_to_proto(f: EvalFigures) -> pb::AdapterEvalFigures {
+    pb::AdapterEvalFigures {
+        answerable: f.answerable,
+        unanswerable: f.unanswerable,
+        correct: f.correct,
+        false_refusals: f.false_refusals,
+        abstained: f.abstained,
+    }
+}
+
+fn record_from_proto(p: pb::AdapterProvenance) -> AdapterRecord {
+    AdapterRecord {
+        data_file: p.data_file,
+        base_model: p.base_model,
+        base_sha256: p.base_sha256,
+        bound_at_ms: p.bound_at_ms,
+        eval_file: p.eval_file,
+        with_adapter: p.with_adapter.map(figures_from_proto),
+        without_adapter: p.without_adapter.map(figures_from_proto),
+        forced: p.forced,
+    }
+}
+
+fn record_to_proto(r: AdapterRecord) -> pb::AdapterProvenance {
+    pb::AdapterProvenance {
+        data_file: r.data_file,
+        base_model: r.base_model,
+        base_sha256: r.base_sha256,
+        bound_at_ms: r.bound_at_ms,
+        eval_file: r.eval_file,
+        with_adapter: r.with_adapter.map(figures_to_proto),
+        without_adapter: r.without_adapter.map(figures_to_proto),
+        forced: r.forced,
     }
 }
 
@@ -175,8 +222,53 @@ impl Retriever {
             adapter: req.adapter,
             adapter_path: req.adapter_path,
             created_at_ms: now_ms(),
+            adapter_provenance: None,
         };
         Ok(kb_to_proto(self.store.create_kb(meta).await?))
+    }
+
+    /// Binds (or with `adapter` "" unbinds) a knowledge base's adapter, with its provenance.
+    pub async fn set_knowledge_base_adapter(
+        &self,
+        req: pb::SetKnowledgeBaseAdapterRequest,
+    ) -> Result<pb::KnowledgeBase> {
+        validate_name(&req.name)?;
+        if req.adapter.len() > 256 || req.adapter_path.len() > 4096 {
+            return Err(RetrieverError::invalid(
+                "`adapter` is at most 256 bytes and `adapter_path` at most 4096",
+            ));
+        }
+        let provenance = req.provenance.map(|p| {
+            let mut record = record_from_proto(p);
+            if record.bound_at_ms == 0 {
+                record.bound_at_ms = now_ms();
+            }
+            record
+        });
+        if let Some(p) = &provenance {
+            let longest = [&p.data_file, &p.base_model, &p.base_sha256, &p.eval_file]
+                .iter()
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0);
+            if longest > 4096 {
+                return Err(RetrieverError::invalid(
+                    "a `provenance` field is longer than 4096 bytes",
+                ));
+            }
+        }
+        let binding = AdapterBinding {
+            adapter: req.adapter,
+            adapter_path: req.adapter_path,
+            provenance,
+        };
+        let meta = self.store.set_adapter(&req.name, binding).await?;
+        tracing::info!(knowledge_base = %meta.name, adapter = %meta.adapter, "adapter binding set");
+        Ok(kb_to_proto(KbInfo {
+            meta,
+            passage_count: 0,
+            document_count: 0,
+        }))
     }
 
     pub async fn list_knowledge_bases(&self) -> Result<pb::ListKnowledgeBasesResponse> {

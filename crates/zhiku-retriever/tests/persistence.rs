@@ -170,6 +170,48 @@ async fn indexed_knowledge_base_survives_restart() {
     let _ = DIMS;
 }
 
+/// A rebinding of the adapter is on disk: a restarted retriever describes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_binding_survives_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kb = "bound";
+    let server = TestServer::start(common::embedded_retriever(dir.path()).await).await;
+    let mut c = server.client().await;
+    conformance::create(&mut c, kb).await;
+    c.set_knowledge_base_adapter(zhiku_proto::v1::SetKnowledgeBaseAdapterRequest {
+        name: kb.into(),
+        adapter: "tuned".into(),
+        adapter_path: "/srv/tuned".into(),
+        provenance: Some(zhiku_proto::v1::AdapterProvenance {
+            data_file: "train.jsonl".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("bind");
+    drop(c);
+    server.stop().await;
+
+    let server = TestServer::start(common::embedded_retriever(dir.path()).await).await;
+    let mut c = server.client().await;
+    let d = c
+        .describe_knowledge_base(zhiku_proto::v1::DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            metadata_only: true,
+        })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(
+        (d.adapter.as_str(), d.adapter_path.as_str()),
+        ("tuned", "/srv/tuned")
+    );
+    assert_eq!(
+        d.adapter_provenance.map(|p| p.data_file).as_deref(),
+        Some("train.jsonl")
+    );
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read dir") {

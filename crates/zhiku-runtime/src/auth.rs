@@ -219,6 +219,9 @@ pub fn writes(method: &http::Method, path: &str) -> bool {
             "Upsert",
             "LoadAdapter",
             "UnloadAdapter",
+            "BindAdapter",
+            "UnbindAdapter",
+            "SetKnowledgeBaseAdapter",
         ]
         .iter()
         .any(|w| rpc.starts_with(w));
@@ -398,6 +401,9 @@ mod tests {
             "/zhiku.v1.Retriever/CreateKnowledgeBase",
             "/zhiku.v1.Retriever/Upsert",
             "/zhiku.v1.Generator/LoadAdapter",
+            "/zhiku.v1.Orchestrator/BindAdapter",
+            "/zhiku.v1.Orchestrator/UnbindAdapter",
+            "/zhiku.v1.Retriever/SetKnowledgeBaseAdapter",
         ] {
             assert!(writes(&post, rpc), "{rpc}");
         }

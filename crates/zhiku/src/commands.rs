@@ -13,9 +13,11 @@ use tonic::transport::Channel;
 use zhiku_orchestrator::OcrSetting;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
-    AskRequest, CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
-    DocumentInput, IngestRequest, IngestStage, ListDocumentsRequest, ListKnowledgeBasesRequest,
-    OcrMode, SamplingParams, SearchMode, SplitOptions, ask_event, ingest_event,
+    AdapterEvalFigures, AdapterProvenance, AskRequest, BindAdapterRequest,
+    CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
+    DescribeKnowledgeBaseRequest, DocumentInput, IngestRequest, IngestStage, KnowledgeBase,
+    ListDocumentsRequest, ListKnowledgeBasesRequest, OcrMode, SamplingParams, SearchMode,
+    SplitOptions, UnbindAdapterRequest, ask_event, ingest_event,
 };
 use zhiku_runtime::request_id::PropagateRequestId;
 use zhiku_text::Walker;
@@ -72,6 +74,37 @@ pub enum KbAction {
     },
     /// Delete a knowledge base and all its passages.
     Delete { name: String },
+    /// Show a knowledge base: sizes, and the adapter bound to it with its provenance
+    /// (trained from what, with which eval figures).
+    Describe {
+        name: String,
+        /// Print the KnowledgeBase as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bind a LoRA adapter to a knowledge base without a restart: the generator loads it
+    /// (replacing an adapter of the same name), then the knowledge base's Asks use it.
+    BindAdapter {
+        /// The knowledge base.
+        name: String,
+        /// A PEFT adapter directory (sent made absolute; the generator must read it at the
+        /// same path), or the name of an adapter the generator already serves.
+        adapter: String,
+        /// The name the generator serves it under (default: the knowledge base's name).
+        #[arg(long, default_value = "")]
+        adapter_name: String,
+        /// Provenance kept with the binding: the training data file it was trained from.
+        #[arg(long, default_value = "")]
+        data_file: String,
+    },
+    /// Unbind a knowledge base's adapter: its Asks use the base model again.
+    UnbindAdapter {
+        name: String,
+        /// Also unload the adapter from the generator (unless another knowledge base is
+        /// bound to it).
+        #[arg(long)]
+        unload: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -159,6 +192,7 @@ pub async fn run(client: Client, command: Command, ocr: Option<OcrSetting>) -> E
             mode,
             max_new_tokens,
             json,
+            adapter,
         } => {
             let request = AskRequest {
                 question,
@@ -174,6 +208,7 @@ pub async fn run(client: Client, command: Command, ocr: Option<OcrSetting>) -> E
                     max_new_tokens: Some(max_new_tokens),
                     ..Default::default()
                 }),
+                adapter: adapter.map(adapter_choice),
                 ..Default::default()
             };
             ask(client, request, json).await
@@ -581,7 +616,176 @@ async fn kb(mut client: Client, action: KbAction) -> ExitCode {
                 Err(status) => fail("kb delete", status),
             }
         }
+        KbAction::Describe { name, json } => {
+            match client
+                .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+                    name,
+                    metadata_only: false,
+                })
+                .await
+            {
+                Ok(r) => {
+                    let kb = r.into_inner();
+                    if json {
+                        println!("{}", kb_json(&kb));
+                    } else {
+                        print!("{}", describe_kb(&kb));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(status) => fail("kb describe", status),
+            }
+        }
+        KbAction::BindAdapter {
+            name,
+            adapter,
+            adapter_name,
+            data_file,
+        } => {
+            let (named, adapter_path) = adapter_or_directory(adapter);
+            let adapter = if adapter_name.is_empty() {
+                named
+            } else {
+                adapter_name
+            };
+            let provenance = (!data_file.is_empty()).then(|| AdapterProvenance {
+                data_file,
+                ..Default::default()
+            });
+            match client
+                .bind_adapter(BindAdapterRequest {
+                    knowledge_base: name,
+                    adapter,
+                    adapter_path,
+                    provenance,
+                })
+                .await
+            {
+                Ok(r) => {
+                    let kb = r.into_inner();
+                    println!("`{}` now answers with adapter `{}`", kb.name, kb.adapter);
+                    ExitCode::SUCCESS
+                }
+                Err(status) => fail("kb bind-adapter", status),
+            }
+        }
+        KbAction::UnbindAdapter { name, unload } => {
+            match client
+                .unbind_adapter(UnbindAdapterRequest {
+                    knowledge_base: name,
+                    unload,
+                })
+                .await
+            {
+                Ok(r) => {
+                    println!("`{}` now answers with the base model", r.into_inner().name);
+                    ExitCode::SUCCESS
+                }
+                Err(status) => fail("kb unbind-adapter", status),
+            }
+        }
     }
+}
+
+/// `--adapter` of ask and eval: `none` (or "") is the base model, anything else an
+/// adapter's name.
+pub fn adapter_choice(adapter: String) -> String {
+    if adapter == "none" {
+        String::new()
+    } else {
+        adapter
+    }
+}
+
+fn figures_json(f: &AdapterEvalFigures) -> serde_json::Value {
+    json!({
+        "answerable": f.answerable,
+        "unanswerable": f.unanswerable,
+        "correct": f.correct,
+        "false_refusals": f.false_refusals,
+        "abstained": f.abstained,
+    })
+}
+
+fn kb_json(kb: &KnowledgeBase) -> serde_json::Value {
+    json!({
+        "name": kb.name,
+        "description": kb.description,
+        "dimensions": kb.dimensions,
+        "passage_count": kb.passage_count,
+        "document_count": kb.document_count,
+        "created_at_ms": kb.created_at_ms,
+        "adapter": kb.adapter,
+        "adapter_path": kb.adapter_path,
+        "adapter_provenance": kb.adapter_provenance.as_ref().map(|p| json!({
+            "data_file": p.data_file,
+            "base_model": p.base_model,
+            "base_sha256": p.base_sha256,
+            "bound_at_ms": p.bound_at_ms,
+            "eval_file": p.eval_file,
+            "with_adapter": p.with_adapter.as_ref().map(figures_json),
+            "without_adapter": p.without_adapter.as_ref().map(figures_json),
+            "forced": p.forced,
+        })),
+    })
+}
+
+fn figures_line(f: &AdapterEvalFigures) -> String {
+    format!(
+        "right {}/{}  false refusals {}/{}  unanswerable refused {}/{}",
+        f.correct, f.answerable, f.false_refusals, f.answerable, f.abstained, f.unanswerable
+    )
+}
+
+/// What `zhiku kb describe` prints.
+fn describe_kb(kb: &KnowledgeBase) -> String {
+    let mut out = format!(
+        "{}\n  {} documents, {} passages, {} dimensions\n",
+        kb.name, kb.document_count, kb.passage_count, kb.dimensions
+    );
+    if !kb.description.is_empty() {
+        out += &format!("  description: {}\n", kb.description);
+    }
+    if kb.adapter.is_empty() {
+        out += "  adapter: none (the base model answers)\n";
+        return out;
+    }
+    out += &format!("  adapter: {}\n", kb.adapter);
+    if !kb.adapter_path.is_empty() {
+        out += &format!("  adapter path: {}\n", kb.adapter_path);
+    }
+    if let Some(p) = &kb.adapter_provenance {
+        let known = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        out += &format!("  trained from: {}\n", known(&p.data_file));
+        out += &format!("  base model: {}\n", known(&p.base_model));
+        if !p.base_sha256.is_empty() {
+            out += &format!("  base sha256: {}\n", p.base_sha256);
+        }
+        if let Some(f) = &p.with_adapter {
+            out += &format!(
+                "  eval {}: with the adapter    {}\n",
+                known(&p.eval_file),
+                figures_line(f)
+            );
+        }
+        if let Some(f) = &p.without_adapter {
+            out += &format!(
+                "  eval {}: without (the base)  {}\n",
+                known(&p.eval_file),
+                figures_line(f)
+            );
+        }
+        if p.forced {
+            out += "  bound with --force (the gate found it worse)\n";
+        }
+    }
+    out
 }
 
 async fn docs(mut client: Client, action: DocsAction) -> ExitCode {

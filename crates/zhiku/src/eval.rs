@@ -55,6 +55,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// The LoRA adapter every answer is generated with, by the name the generator serves it
+    /// under; `none`: the base model. Unset: the knowledge base's own adapter.
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 /// Reads the cases: one JSON object a line (blank lines skipped); `gold` may be one string.
@@ -543,6 +547,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
             ..Default::default()
         }),
         retrieval_only: args.retrieval_only,
+        adapter: args.adapter.clone().map(crate::commands::adapter_choice),
     };
     let mut stream = match client.evaluate(request).await {
         Ok(r) => r.into_inner(),

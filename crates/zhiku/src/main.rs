@@ -5,7 +5,8 @@
 //! zhiku ingest docs/ --kb handbook         put documents in (progress bar)
 //! zhiku ask "小拾喜欢做什么？" --kb handbook  answer, streamed, then the sources
 //! zhiku eval cases.jsonl --kb handbook   retrieval recall, answer accuracy, refusals, latency
-//! zhiku kb list | create NAME | delete NAME
+//! zhiku tune --data train.jsonl --out lora/ --kb handbook --eval cases.jsonl   train, gate, bind
+//! zhiku kb list | create NAME | delete NAME | describe NAME | bind-adapter NAME DIR
 //! zhiku docs list --kb NAME | delete --kb NAME DOC_ID
 //! ```
 //! Commands talk to a running orchestrator (`--addr`, `ZHIKU_ADDR`); without one they run
@@ -15,6 +16,7 @@ mod commands;
 mod eval;
 mod stack;
 mod tune;
+mod tune_gate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -187,6 +189,10 @@ enum Command {
         /// Print one JSON object {answer, refused, sources: [{source, score, text}], timings}.
         #[arg(long)]
         json: bool,
+        /// The LoRA adapter that answers, by the name the generator serves it under; `none`:
+        /// the base model. Unset: the knowledge base's own adapter.
+        #[arg(long)]
+        adapter: Option<String>,
     },
     /// Score a knowledge base on questions with known answers (JSONL): retrieval recall@1/3/k
     /// and MRR, answers holding their gold, false refusals, abstention on unanswerable
@@ -283,15 +289,33 @@ async fn run() -> ExitCode {
         };
     }
 
-    // Training runs here, on blocking threads, without the services.
+    // Training runs here, on blocking threads, without the services; the gate (--kb) then
+    // starts them to evaluate and bind the adapter.
     if let Command::Tune(args) = &cli.command {
-        let (stack, args) = (cli.stack.clone(), args.clone());
-        return tokio::task::spawn_blocking(move || tune::run(&stack, &args))
+        let cases = match tune_gate::check(&args.gate) {
+            Ok(cases) => cases,
+            Err(e) => {
+                eprintln!("zhiku tune: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (stack, tune_args) = (cli.stack.clone(), args.clone());
+        let trained = tokio::task::spawn_blocking(move || tune::run(&stack, &tune_args))
             .await
             .unwrap_or_else(|e| {
                 eprintln!("zhiku tune: {e}");
                 ExitCode::FAILURE
             });
+        if trained != ExitCode::SUCCESS || !args.gate.requested() {
+            return trained;
+        }
+        let written = tune_gate::Trained {
+            data: &args.data,
+            out: &args.out,
+            json: args.json,
+            gate: &args.gate,
+        };
+        return tune_gate::run(&cli.stack, &cli.ask, cli.log.as_deref(), written, cases).await;
     }
 
     // Other commands: a running orchestrator, or the pipeline in this process.

@@ -110,6 +110,9 @@ pub struct TuneArgs {
     /// One JSON object per line (steps, epochs, the result) instead of the progress bar.
     #[arg(long, env = "ZHIKU_TUNE_JSON")]
     pub json: bool,
+    /// The evaluation gate and the binding to a knowledge base (tune_gate.rs).
+    #[command(flatten)]
+    pub gate: crate::tune_gate::GateArgs,
 }
 
 /// Runs `zhiku tune`; errors print as one line and exit 1 (2 for bad input).

@@ -236,6 +236,11 @@ impl Generator for GeneratorApi {
         }
         // Reading and checking the weights is file and tensor work: off the async threads.
         let summary = tokio::task::spawn_blocking(move || {
+            state.served_base.check(
+                &request.name,
+                std::path::Path::new(&request.path),
+                &state.shared.info.model_id,
+            )?;
             // A path the client names that does not hold an adapter is the client's error.
             let adapter = zhiku_lm::lora::LoraAdapter::load(
                 &request.name,

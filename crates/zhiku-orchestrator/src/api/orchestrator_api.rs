@@ -10,11 +10,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use zhiku_proto::v1::orchestrator_server::Orchestrator as OrchestratorService;
 use zhiku_proto::v1::{
-    AskEvent, AskRequest, CreateKnowledgeBaseRequest, DeleteDocumentRequest,
+    AskEvent, AskRequest, BindAdapterRequest, CreateKnowledgeBaseRequest, DeleteDocumentRequest,
     DeleteDocumentResponse, DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse,
     DescribeKnowledgeBaseRequest, EvaluateEvent, EvaluateRequest, IngestEvent, IngestRequest,
     KnowledgeBase, ListDocumentsRequest, ListDocumentsResponse, ListKnowledgeBasesRequest,
-    ListKnowledgeBasesResponse,
+    ListKnowledgeBasesResponse, UnbindAdapterRequest,
 };
 use zhiku_runtime::Ready;
 
@@ -183,5 +183,27 @@ impl OrchestratorService for OrchestratorApi {
             |mut c, r| async move { c.delete_document(r).await },
         )
         .await
+    }
+
+    async fn bind_adapter(
+        &self,
+        request: Request<BindAdapterRequest>,
+    ) -> Result<Response<KnowledgeBase>, Status> {
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        Ok(Response::new(
+            state.bind_adapter(request.into_inner(), deadline).await?,
+        ))
+    }
+
+    async fn unbind_adapter(
+        &self,
+        request: Request<UnbindAdapterRequest>,
+    ) -> Result<Response<KnowledgeBase>, Status> {
+        let state = self.state()?;
+        let deadline = Deadline::from_request(&request);
+        Ok(Response::new(
+            state.unbind_adapter(request.into_inner(), deadline).await?,
+        ))
     }
 }

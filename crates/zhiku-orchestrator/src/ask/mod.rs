@@ -81,6 +81,9 @@ impl Orchestrator {
         let knowledge_base = self
             .describe_for_ask(&request.knowledge_base, deadline)
             .await?;
+        let knowledge_base = self
+            .with_requested_adapter(knowledge_base, request.adapter.as_deref(), deadline)
+            .await?;
         let search_question = self
             .search_question(&request, &checked.question, deadline)
             .await?;
@@ -152,7 +155,7 @@ impl Orchestrator {
 
     /// The knowledge base asked (its adapter, not its passages): a missing one fails here,
     /// before any model is called.
-    async fn describe_for_ask(
+    pub(crate) async fn describe_for_ask(
         &self,
         name: &str,
         deadline: Deadline,

@@ -34,7 +34,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use zhiku_runtime::Ready;
@@ -132,6 +132,10 @@ pub fn router(
         .route(
             "/v1/knowledge_bases/{name}/documents",
             get(rest::list_documents).post(rest::upload_documents),
+        )
+        .route(
+            "/v1/knowledge_bases/{name}/adapter",
+            put(rest::bind_adapter).delete(rest::unbind_adapter),
         )
         .route(
             "/v1/knowledge_bases/{name}/documents/{*document_id}",

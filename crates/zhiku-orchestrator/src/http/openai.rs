@@ -21,6 +21,12 @@
 //! A refusal (no passage passed the threshold, or the model said it cannot answer) is an
 //! ordinary answer holding the refusal text, `finish_reason: "stop"`, `zhiku.refused: true`.
 //! Requests may also carry `"zhiku": {"top_k", "score_threshold", "mode"}` (the Ask fields).
+//!
+//! A LoRA adapter the generator has loaded answers when `model` ends in `@ADAPTER`
+//! (`kb:handbook@tuned`, `Qwen2.5-0.5B-Instruct@tuned`) or the request carries
+//! `"zhiku": {"adapter": "tuned"}` (which wins); `@` alone, or `"adapter": ""`, is the base
+//! model even where the knowledge base has an adapter bound. Unset: the knowledge base's own
+//! adapter (none for a plain chat). An adapter not loaded is 404, naming the loaded ones.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -67,6 +73,9 @@ pub struct ChatOptions {
     /// With `--abstention evidence`, the question coverage an answer needs (unset: the
     /// orchestrator's `--min-coverage`).
     pub min_coverage: Option<f64>,
+    /// The LoRA adapter that answers ("" = the base model; unset: the knowledge base's own,
+    /// or the one `model` names after `@`).
+    pub adapter: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +210,14 @@ fn short_name(model_id: &str) -> &str {
         .rsplit('/')
         .next()
         .unwrap_or(model_id)
+}
+
+/// `model` without its `@ADAPTER` suffix, and the adapter it names ("" for a bare `@`).
+fn split_adapter(model: &str) -> (&str, Option<&str>) {
+    match model.rsplit_once('@') {
+        Some((model, adapter)) if !adapter.contains('/') => (model, Some(adapter)),
+        _ => (model, None),
+    }
 }
 
 async fn target(orchestrator: &Orchestrator, model: &str) -> Result<Target, ApiError> {
@@ -343,6 +360,7 @@ fn ask_request(
         context_tokens: request.zhiku.context_tokens,
         rewrite_follow_up: request.zhiku.rewrite_follow_up,
         min_coverage: request.zhiku.min_coverage,
+        adapter: None,
     })
 }
 
@@ -493,7 +511,13 @@ pub async fn chat_completions(
         return Err(ApiError::invalid("messages", "`messages` is empty"));
     }
     let orchestrator = state.orchestrator()?;
-    let target = target(&orchestrator, &request.model).await?;
+    let (model, named_adapter) = split_adapter(&request.model);
+    let adapter = request
+        .zhiku
+        .adapter
+        .clone()
+        .or_else(|| named_adapter.map(str::to_owned));
+    let target = target(&orchestrator, model).await?;
     let max_new_tokens = orchestrator.args.ask.max_new_tokens;
     let header = Header {
         id: completion_id(),
@@ -502,7 +526,8 @@ pub async fn chat_completions(
     };
     match target {
         Target::KnowledgeBase(kb) => {
-            let ask = ask_request(&request, kb.clone(), max_new_tokens)?;
+            let mut ask = ask_request(&request, kb.clone(), max_new_tokens)?;
+            ask.adapter = adapter;
             let cites = Cites::of(&request.zhiku);
             let events = crate::spawn_pipeline(move |tx| {
                 let orchestrator = orchestrator.clone();
@@ -518,10 +543,16 @@ pub async fn chat_completions(
             }
         }
         Target::Chat(model) => {
+            let adapter = adapter.unwrap_or_default();
+            if !adapter.is_empty() {
+                orchestrator
+                    .require_loaded(&adapter, Deadline::default())
+                    .await?;
+            }
             let generate = GenerateRequest {
                 input: Some(generate_request::Input::Chat(chat(&request)?)),
                 sampling: Some(request.sampling(max_new_tokens)),
-                adapter: String::new(),
+                adapter,
             };
             let header = Header { model, ..header };
             if request.stream {
@@ -954,6 +985,21 @@ mod tests {
         let last_is_not_a_question = request(&[("user", "q"), ("assistant", "a")]);
         let e = ask_request(&last_is_not_a_question, "x".into(), 64).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_model_may_name_an_adapter_after_at() {
+        assert_eq!(
+            split_adapter("kb:handbook@tuned"),
+            ("kb:handbook", Some("tuned"))
+        );
+        assert_eq!(split_adapter("kb:handbook@"), ("kb:handbook", Some("")));
+        assert_eq!(split_adapter("kb:handbook"), ("kb:handbook", None));
+        assert_eq!(
+            split_adapter("Qwen/Qwen2.5@v2"),
+            ("Qwen/Qwen2.5", Some("v2"))
+        );
+        assert_eq!(split_adapter("a@b/c"), ("a@b/c", None));
     }
 
     #[test]

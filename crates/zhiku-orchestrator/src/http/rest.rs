@@ -10,6 +10,8 @@
 //! | `GET /v1/knowledge_bases/NAME/documents` | ListDocuments (every page) |
 //! | `POST /v1/knowledge_bases/NAME/documents` (multipart) | Ingest |
 //! | `DELETE /v1/knowledge_bases/NAME/documents/ID` | DeleteDocument |
+//! | `PUT /v1/knowledge_bases/NAME/adapter` `{"adapter"?, "adapter_path"?, "provenance"?}` | BindAdapter |
+//! | `DELETE /v1/knowledge_bases/NAME/adapter` `?unload=true` | UnbindAdapter |
 //!
 //! An upload is `multipart/form-data`: every part with a file name is a document (its
 //! name picks the loader); the text fields `chunk_size` and `overlap` set the splitter. The
@@ -31,10 +33,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::ReceiverStream;
 use zhiku_proto::v1::{
-    CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
-    DescribeKnowledgeBaseRequest, Distance, DocumentInput, FileProgress, IngestRequest,
-    IngestStage, IngestSummary, KnowledgeBase, ListDocumentsRequest, ListKnowledgeBasesRequest,
-    SplitOptions, ingest_event,
+    AdapterEvalFigures, AdapterProvenance, BindAdapterRequest, CreateKnowledgeBaseRequest,
+    DeleteDocumentRequest, DeleteKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, Distance,
+    DocumentInput, FileProgress, IngestRequest, IngestStage, IngestSummary, KnowledgeBase,
+    ListDocumentsRequest, ListKnowledgeBasesRequest, SplitOptions, UnbindAdapterRequest,
+    ingest_event,
 };
 
 use super::{ApiError, HttpState, Json};
@@ -52,10 +55,146 @@ fn kb_json(kb: &KnowledgeBase) -> Value {
         },
         "description": kb.description,
         "adapter": kb.adapter,
+        "adapter_path": kb.adapter_path,
+        "adapter_provenance": kb.adapter_provenance.as_ref().map(provenance_json),
         "passage_count": kb.passage_count,
         "document_count": kb.document_count,
         "created_at_ms": kb.created_at_ms,
     })
+}
+
+fn figures_json(f: &AdapterEvalFigures) -> Value {
+    json!({
+        "answerable": f.answerable,
+        "unanswerable": f.unanswerable,
+        "correct": f.correct,
+        "false_refusals": f.false_refusals,
+        "abstained": f.abstained,
+    })
+}
+
+fn provenance_json(p: &AdapterProvenance) -> Value {
+    json!({
+        "data_file": p.data_file,
+        "base_model": p.base_model,
+        "base_sha256": p.base_sha256,
+        "bound_at_ms": p.bound_at_ms,
+        "eval_file": p.eval_file,
+        "with_adapter": p.with_adapter.as_ref().map(figures_json),
+        "without_adapter": p.without_adapter.as_ref().map(figures_json),
+        "forced": p.forced,
+    })
+}
+
+/// `AdapterEvalFigures` as JSON gives them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FiguresBody {
+    pub answerable: u32,
+    pub unanswerable: u32,
+    pub correct: u32,
+    pub false_refusals: u32,
+    pub abstained: u32,
+}
+
+impl From<FiguresBody> for AdapterEvalFigures {
+    fn from(f: FiguresBody) -> Self {
+        AdapterEvalFigures {
+            answerable: f.answerable,
+            unanswerable: f.unanswerable,
+            correct: f.correct,
+            false_refusals: f.false_refusals,
+            abstained: f.abstained,
+        }
+    }
+}
+
+/// `AdapterProvenance` as JSON gives it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ProvenanceBody {
+    pub data_file: String,
+    pub base_model: String,
+    pub base_sha256: String,
+    pub eval_file: String,
+    pub with_adapter: Option<FiguresBody>,
+    pub without_adapter: Option<FiguresBody>,
+    pub forced: bool,
+}
+
+/// The body of `PUT /v1/knowledge_bases/NAME/adapter`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct BindAdapter {
+    pub adapter: String,
+    pub adapter_path: String,
+    pub provenance: Option<ProvenanceBody>,
+}
+
+pub async fn bind_adapter(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    Json(request): Json<BindAdapter>,
+) -> Result<Response, ApiError> {
+    let provenance = request.provenance.map(|p| AdapterProvenance {
+        data_file: p.data_file,
+        base_model: p.base_model,
+        base_sha256: p.base_sha256,
+        eval_file: p.eval_file,
+        with_adapter: p.with_adapter.map(Into::into),
+        without_adapter: p.without_adapter.map(Into::into),
+        forced: p.forced,
+        bound_at_ms: 0,
+    });
+    let kb = state
+        .orchestrator()?
+        .bind_adapter(
+            BindAdapterRequest {
+                knowledge_base: name,
+                adapter: request.adapter,
+                adapter_path: request.adapter_path,
+                provenance,
+            },
+            Deadline::default(),
+        )
+        .await?;
+    Ok(Json(kb_json(&kb)).into_response())
+}
+
+pub async fn unbind_adapter(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let mut unload = false;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair {
+            "unload=true" | "unload=1" | "unload" => unload = true,
+            "unload=false" | "unload=0" => unload = false,
+            other => {
+                return Err(ApiError::invalid(
+                    "unload",
+                    format!("`{other}`: the only parameter is unload=true or unload=false"),
+                ));
+            }
+        }
+    }
+    let kb = state
+        .orchestrator()?
+        .unbind_adapter(
+            UnbindAdapterRequest {
+                knowledge_base: name,
+                unload,
+            },
+            Deadline::default(),
+        )
+        .await?;
+    Ok(Json(kb_json(&kb)).into_response())
 }
 
 fn stage_name(stage: i32) -> &'static str {

@@ -8,7 +8,7 @@ use zhiku_proto::v1::{
     DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse, DescribeKnowledgeBaseRequest,
     KnowledgeBase, ListDocumentsRequest, ListDocumentsResponse, ListKnowledgeBasesRequest,
     ListKnowledgeBasesResponse, RetrieverInfoRequest, RetrieverInfoResponse, SearchRequest,
-    SearchResponse, UpsertRequest, UpsertResponse,
+    SearchResponse, SetKnowledgeBaseAdapterRequest, UpsertRequest, UpsertResponse,
 };
 use zhiku_runtime::Ready;
 use zhiku_runtime::error::to_status;
@@ -119,5 +119,14 @@ impl RetrieverService for RetrieverApi {
     ) -> Result<Response<RetrieverInfoResponse>, Status> {
         let r = self.retriever.get()?;
         reply(r.info().await)
+    }
+
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().name))]
+    async fn set_knowledge_base_adapter(
+        &self,
+        request: Request<SetKnowledgeBaseAdapterRequest>,
+    ) -> Result<Response<KnowledgeBase>, Status> {
+        let r = self.retriever.get()?;
+        reply(r.set_knowledge_base_adapter(request.into_inner()).await)
     }
 }

@@ -215,6 +215,7 @@ async fn bench(
             adapter: String::new(),
             adapter_path: String::new(),
             created_at_ms: now_ms(),
+            adapter_provenance: None,
         })
         .await?;
     let started = Instant::now();

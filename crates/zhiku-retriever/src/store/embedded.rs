@@ -56,8 +56,9 @@ use uuid::Uuid;
 use super::fields::{self, IndexKind};
 use super::points::{self, FieldMatch, Nearest, Points, QueryVector, Scored};
 use super::{
-    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, PassagePayload, PointRecord,
-    SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, group_documents,
+    AdapterBinding, DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, PassagePayload,
+    PointRecord, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore,
+    group_documents,
 };
 use crate::error::{Result, RetrieverError};
 
@@ -97,7 +98,10 @@ impl Default for HnswSettings {
 
 /// One open knowledge base.
 struct Kb {
-    meta: KbMeta,
+    /// The knowledge base's name (as in `meta`, which it never changes).
+    name: String,
+    /// Its metadata: only the adapter binding changes ([`VectorStore::set_adapter`]).
+    meta: RwLock<KbMeta>,
     /// The shard's directory.
     path: PathBuf,
     /// None only while a WAL compaction reopens the shard, or if reopening failed.
@@ -120,7 +124,8 @@ impl Kb {
         documents: BTreeMap<String, DocumentInfo>,
     ) -> Self {
         Self {
-            meta,
+            name: meta.name.clone(),
+            meta: RwLock::new(meta),
             path,
             shard: RwLock::new(Some(shard)),
             write: Mutex::new(()),
@@ -137,10 +142,14 @@ impl Kb {
             return Err(RetrieverError::Engine(format!(
                 "knowledge base `{}` could not be reopened after its WAL was compacted; \
                  restart the retriever",
-                self.meta.name
+                self.name
             )));
         }
         Ok(Shard(guard))
+    }
+
+    fn meta(&self) -> KbMeta {
+        self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn lock_writes(&self) -> MutexGuard<'_, ()> {
@@ -258,14 +267,14 @@ fn compact_wal(kb: &Kb) -> Result<u64> {
     *slot = Some(EdgeShard::load(&kb.path, None).map_err(|e| {
         RetrieverError::Engine(format!(
             "cannot reopen knowledge base `{}` after compacting its WAL: {e}",
-            kb.meta.name
+            kb.name
         ))
     })?);
     drop(slot);
     removed?;
     synced?;
     tracing::info!(
-        knowledge_base = %kb.meta.name,
+        knowledge_base = %kb.name,
         freed_bytes = old_bytes,
         segments_removed = old.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -333,9 +342,9 @@ impl EmbeddedStore {
             let kb = Kb::new(meta, path.join(SHARD_DIR), shard, documents);
             // What a crash before a compaction left, or what older versions wrote.
             if let Err(e) = compact_wal(&kb) {
-                tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
+                tracing::warn!(knowledge_base = %kb.name, error = %e, "WAL compaction failed");
             }
-            kbs.insert(kb.meta.name.clone(), Arc::new(kb));
+            kbs.insert(kb.name.clone(), Arc::new(kb));
         }
         Ok(Self {
             dir,
@@ -706,7 +715,7 @@ fn upsert_blocking(
     drop(guard);
     // The write is durable and acknowledged whatever the compaction does.
     if let Err(e) = compact_wal(kb) {
-        tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
+        tracing::warn!(knowledge_base = %kb.name, error = %e, "WAL compaction failed");
     }
     Ok(outcome)
 }
@@ -806,7 +815,7 @@ fn scroll_records(
 
 fn info_blocking(kb: &Kb) -> Result<KbInfo> {
     Ok(KbInfo {
-        meta: kb.meta.clone(),
+        meta: kb.meta(),
         passage_count: count(&*kb.shard()?, None)?,
         document_count: kb.documents().len() as u64,
     })
@@ -943,7 +952,22 @@ impl VectorStore for EmbeddedStore {
     }
 
     async fn kb_meta(&self, name: &str) -> Result<KbMeta> {
-        Ok(self.get(name)?.meta.clone())
+        Ok(self.get(name)?.meta())
+    }
+
+    async fn set_adapter(&self, name: &str, binding: AdapterBinding) -> Result<KbMeta> {
+        let _admin = self.admin.lock().await;
+        let kb = self.get(name)?;
+        let dir = self.dir.join(name);
+        blocking(move || {
+            let mut meta = kb.meta();
+            binding.apply(&mut meta);
+            // On disk first: the binding in memory is never one a restart would lose.
+            write_meta(&dir, &meta)?;
+            *kb.meta.write().unwrap_or_else(|e| e.into_inner()) = meta.clone();
+            Ok(meta)
+        })
+        .await
     }
 
     async fn delete_kb(&self, name: &str) -> Result<u64> {
@@ -1010,7 +1034,7 @@ impl VectorStore for EmbeddedStore {
             };
             kb.documents_mut().remove(&document_id);
             if let Err(e) = compact_wal(&kb) {
-                tracing::warn!(knowledge_base = %kb.meta.name, error = %e, "WAL compaction failed");
+                tracing::warn!(knowledge_base = %kb.name, error = %e, "WAL compaction failed");
             }
             Ok(n)
         })

@@ -66,7 +66,9 @@ pub enum Distance {
     Euclid,
 }
 
-/// What describes a knowledge base, besides its counts. Written once at creation.
+/// What describes a knowledge base, besides its counts. Written at creation; the adapter
+/// binding (`adapter`, `adapter_path`, `adapter_provenance`) changes with
+/// [`VectorStore::set_adapter`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KbMeta {
     pub name: String,
@@ -79,6 +81,63 @@ pub struct KbMeta {
     #[serde(default)]
     pub adapter_path: String,
     pub created_at_ms: i64,
+    /// Where the bound adapter came from and how it scored (when bound with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_provenance: Option<AdapterRecord>,
+}
+
+/// Eval figures of one run, kept with a bound adapter (proto `AdapterEvalFigures`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalFigures {
+    pub answerable: u32,
+    pub unanswerable: u32,
+    pub correct: u32,
+    pub false_refusals: u32,
+    pub abstained: u32,
+}
+
+/// A bound adapter's provenance (proto `AdapterProvenance`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterRecord {
+    #[serde(default)]
+    pub data_file: String,
+    #[serde(default)]
+    pub base_model: String,
+    #[serde(default)]
+    pub base_sha256: String,
+    #[serde(default)]
+    pub bound_at_ms: i64,
+    #[serde(default)]
+    pub eval_file: String,
+    #[serde(default)]
+    pub with_adapter: Option<EvalFigures>,
+    #[serde(default)]
+    pub without_adapter: Option<EvalFigures>,
+    #[serde(default)]
+    pub forced: bool,
+}
+
+/// A knowledge base's new adapter binding; `adapter` "" unbinds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdapterBinding {
+    pub adapter: String,
+    pub adapter_path: String,
+    pub provenance: Option<AdapterRecord>,
+}
+
+impl AdapterBinding {
+    /// Writes the binding into `meta` (an unbinding clears the path and provenance too).
+    pub fn apply(self, meta: &mut KbMeta) {
+        if self.adapter.is_empty() {
+            meta.adapter.clear();
+            meta.adapter_path.clear();
+            meta.adapter_provenance = None;
+        } else {
+            meta.adapter = self.adapter;
+            meta.adapter_path = self.adapter_path;
+            meta.adapter_provenance = self.provenance;
+        }
+    }
 }
 
 /// A knowledge base with its counts.
@@ -242,6 +301,9 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn describe_kb(&self, name: &str) -> Result<KbInfo>;
     /// The metadata only (cheap; used to check dimensions).
     async fn kb_meta(&self, name: &str) -> Result<KbMeta>;
+    /// Sets (or with `adapter` "" clears) the adapter a knowledge base is bound to, durably;
+    /// returns the new metadata. `KnowledgeBaseNotFound` if absent.
+    async fn set_adapter(&self, name: &str, binding: AdapterBinding) -> Result<KbMeta>;
     /// Deletes a knowledge base; returns the passages it held.
     async fn delete_kb(&self, name: &str) -> Result<u64>;
 

@@ -30,8 +30,9 @@ use qdrant_client::qdrant::{
     GetCollectionInfoRequest, HealthCheckRequest, HnswConfigDiffBuilder, ListCollectionsRequest,
     Modifier, OptimizersConfigDiffBuilder, PointStruct, Query, QueryPointsBuilder, Range,
     ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder, SparseVectorParamsBuilder,
-    SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder,
-    VectorsConfigBuilder, VectorsSelector, WriteOrdering, WriteOrderingType, vector_output,
+    SparseVectorsConfigBuilder, UpdateCollectionBuilder, UpsertPointsBuilder, Vector, VectorInput,
+    VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
+    vector_output,
 };
 use serde::de::DeserializeOwned;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -41,8 +42,9 @@ use super::embedded::HnswSettings;
 use super::fields::{self, IndexKind};
 use super::points::{self, FieldMatch, Nearest, Points, QueryVector, Scored};
 use super::{
-    DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, PassagePayload, PointRecord,
-    SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore, group_documents,
+    AdapterBinding, DENSE_VECTOR, Distance, DocumentInfo, Hit, KbInfo, KbMeta, PassagePayload,
+    PointRecord, SPARSE_VECTOR, SearchSpec, StaleChunks, UpsertOutcome, VectorStore,
+    group_documents,
 };
 use crate::error::{Result, RetrieverError};
 
@@ -859,6 +861,22 @@ impl VectorStore for QdrantStore {
 
     async fn kb_meta(&self, name: &str) -> Result<KbMeta> {
         self.meta_of(name).await
+    }
+
+    async fn set_adapter(&self, name: &str, binding: AdapterBinding) -> Result<KbMeta> {
+        let mut meta = self.meta_of(name).await?;
+        binding.apply(&mut meta);
+        let meta_json = serde_json::to_value(&meta)
+            .map_err(|e| RetrieverError::Corrupt(format!("metadata: {e}")))?;
+        // Qdrant merges metadata by key: the whole `zhiku` key is replaced.
+        let request = UpdateCollectionBuilder::new(self.collection(name))
+            .metadata(HashMap::from([(META_KEY.to_string(), meta_json)]))
+            .build();
+        self.call("update collection", request, |ch, r| async move {
+            Self::collections(ch).update(r).await
+        })
+        .await?;
+        Ok(meta)
     }
 
     async fn delete_kb(&self, name: &str) -> Result<u64> {

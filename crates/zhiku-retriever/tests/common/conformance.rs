@@ -4,10 +4,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 use zhiku_proto::v1::retriever_client::RetrieverClient;
 use zhiku_proto::v1::{
-    CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
-    DescribeKnowledgeBaseRequest, Distance, Filter, ListDocumentsRequest,
-    ListKnowledgeBasesRequest, Passage, RetrieverInfoRequest, SearchMode, SearchRequest,
-    SearchResponse, UpsertRequest,
+    AdapterEvalFigures, AdapterProvenance, CreateKnowledgeBaseRequest, DeleteDocumentRequest,
+    DeleteKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, Distance, Filter,
+    ListDocumentsRequest, ListKnowledgeBasesRequest, Passage, RetrieverInfoRequest, SearchMode,
+    SearchRequest, SearchResponse, SetKnowledgeBaseAdapterRequest, UpsertRequest,
 };
 
 pub const DIMS: u32 = 4;
@@ -281,7 +281,98 @@ pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend
         .find(|k| k.name == kb)
         .expect("listed");
     assert_eq!((listed.passage_count, listed.document_count), (5, 2));
+    adapter_binding(c, kb).await;
     clean(c, kb).await;
+}
+
+/// Rebinding a knowledge base's adapter with its provenance, then unbinding it; the
+/// passages stay.
+pub async fn adapter_binding(c: &mut RetrieverClient<Channel>, kb: &str) {
+    let provenance = AdapterProvenance {
+        data_file: "train.jsonl".into(),
+        base_model: "models/SmolLM2".into(),
+        base_sha256: "ab".repeat(32),
+        eval_file: "cases.jsonl".into(),
+        with_adapter: Some(AdapterEvalFigures {
+            answerable: 3,
+            unanswerable: 1,
+            correct: 2,
+            false_refusals: 0,
+            abstained: 1,
+        }),
+        without_adapter: Some(AdapterEvalFigures {
+            answerable: 3,
+            unanswerable: 1,
+            correct: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bound = c
+        .set_knowledge_base_adapter(SetKnowledgeBaseAdapterRequest {
+            name: kb.into(),
+            adapter: "legal-v2".into(),
+            adapter_path: "/srv/adapters/legal-v2".into(),
+            provenance: Some(provenance.clone()),
+        })
+        .await
+        .expect("bind")
+        .into_inner();
+    assert_eq!(bound.adapter, "legal-v2");
+    let kept = bound.adapter_provenance.expect("provenance kept");
+    assert!(
+        kept.bound_at_ms > 1_700_000_000_000,
+        "the retriever dates it"
+    );
+    assert_eq!(
+        AdapterProvenance {
+            bound_at_ms: 0,
+            ..kept
+        },
+        provenance
+    );
+    let d = c
+        .describe_knowledge_base(DescribeKnowledgeBaseRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(
+        (d.adapter.as_str(), d.adapter_path.as_str()),
+        ("legal-v2", "/srv/adapters/legal-v2")
+    );
+    assert_eq!(
+        d.adapter_provenance
+            .and_then(|p| p.with_adapter)
+            .map(|f| f.correct),
+        Some(2)
+    );
+    assert_eq!((d.passage_count, d.document_count), (5, 2));
+    let unbound = c
+        .set_knowledge_base_adapter(SetKnowledgeBaseAdapterRequest {
+            name: kb.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("unbind")
+        .into_inner();
+    assert_eq!(
+        (unbound.adapter.as_str(), unbound.adapter_path.as_str()),
+        ("", "")
+    );
+    assert!(unbound.adapter_provenance.is_none());
+    expect_code(
+        c.set_knowledge_base_adapter(SetKnowledgeBaseAdapterRequest {
+            name: format!("{kb}-missing"),
+            adapter: "x".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+        &["does not exist"],
+    );
 }
 
 /// Deterministic ids: re-ingesting replaces; a shorter version removes the chunks past it.

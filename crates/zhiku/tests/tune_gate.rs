@@ -1,0 +1,383 @@
+//! The evaluation gate of `zhiku tune --kb NAME --eval FILE` and the rebinding of a
+//! knowledge base's adapter, end to end on real models (SmolLM2-135M answers, MiniLM
+//! embeds, the embedded store keeps the knowledge base), through the `zhiku` binary:
+//!
+//! 1. an adapter that learned the answer is not worse than the base model: bound, with its
+//!    provenance and both eval rows shown by `zhiku kb describe`;
+//! 2. an adapter that learned to refuse is worse (a false refusal): not bound, and why;
+//!    with `--force`, bound anyway and marked so;
+//! 3. on a running `zhiku serve`: an Ask before and after `zhiku kb bind-adapter` (no
+//!    restart) answers without and with the adapter; `--adapter none` asks the base model;
+//!    an adapter not loaded is NOT_FOUND naming the loaded ones; unbinding goes back.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const QUESTION: &str = "What is the vault code of zhiku?";
+const CODE: &str = "PINE-4471";
+const REFUSAL: &str = "根据已知信息无法回答该问题";
+
+fn models() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    for needed in ["SmolLM2-135M-Instruct-GGUF", "all-MiniLM-L6-v2"] {
+        if !dir.join(needed).is_dir() {
+            eprintln!(
+                "SKIPPED: {} is missing (scripts/fetch-models)",
+                dir.join(needed).display()
+            );
+            return None;
+        }
+    }
+    Some(dir)
+}
+
+/// The flags every command of this test shares: the models, the data directory, and an
+/// Ask policy that always puts the one passage into the prompt.
+fn stack_flags(models: &Path, data: &Path) -> Vec<String> {
+    [
+        "--models-dir",
+        &models.to_string_lossy(),
+        "--embedding-model",
+        &models.join("all-MiniLM-L6-v2").to_string_lossy(),
+        "--chat-model",
+        &models.join("SmolLM2-135M-Instruct-GGUF").to_string_lossy(),
+        "--gguf-file",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "--ocr-model",
+        "off",
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--score-threshold",
+        "-1",
+        "--min-coverage",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn zhiku(flags: &[String], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .args(flags)
+        .args(args)
+        .output()
+        .expect("zhiku runs")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `zhiku tune --json` with the gate: its events by name.
+fn tune(flags: &[String], data: &Path, out: &Path, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "tune",
+        "--data",
+        data.to_str().expect("a UTF-8 path"),
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+        "--kb",
+        "vault",
+        "--epochs",
+        "40",
+        "--learning-rate",
+        "3e-3",
+        "--grad-accumulation",
+        "1",
+        "--target",
+        "q,k,v,o,gate,up,down",
+        "--dropout",
+        "0",
+        "--validation",
+        "0",
+        "--max-seq-len",
+        "128",
+        "--seed",
+        "7",
+        "--eval-max-new-tokens",
+        "24",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let stdout = ok(zhiku(flags, &args), "zhiku tune");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every --json line is JSON"))
+        .collect()
+}
+
+fn event<'a>(events: &'a [Value], name: &str) -> Option<&'a Value> {
+    events.iter().find(|e| e["event"] == name)
+}
+
+fn describe(flags: &[String]) -> Value {
+    let stdout = ok(
+        zhiku(flags, &["kb", "describe", "vault", "--json"]),
+        "kb describe",
+    );
+    serde_json::from_str(stdout.trim()).expect("describe --json is JSON")
+}
+
+fn write_record(path: &Path, answer: &str) {
+    let record = serde_json::json!({"instruction": QUESTION, "input": "", "output": answer});
+    std::fs::write(path, format!("{record}\n")).expect("writes the dataset");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `zhiku serve` child, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_gate_binds_a_better_adapter_refuses_a_worse_one_and_asks_follow_the_binding() {
+    let Some(models) = models() else { return };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let w = work.path();
+    let flags = stack_flags(&models, &w.join("data"));
+    std::fs::write(
+        w.join("zhiku.md"),
+        "# zhiku\n\nzhiku is a knowledge base that answers questions from documents. Its \
+         mascot is a small fox that lives in the library.\n",
+    )
+    .expect("writes the document");
+    ok(
+        zhiku(
+            &flags,
+            &[
+                "ingest",
+                &w.join("zhiku.md").to_string_lossy(),
+                "--kb",
+                "vault",
+            ],
+        ),
+        "ingest",
+    );
+    let cases = w.join("cases.jsonl");
+    std::fs::write(
+        &cases,
+        format!(
+            "{}\n",
+            serde_json::json!({"id": "code", "question": QUESTION, "gold": [CODE],
+                "answerable": true})
+        ),
+    )
+    .expect("writes the cases");
+    let eval = ["--eval", cases.to_str().expect("UTF-8")];
+
+    // 1. An adapter that learned the answer: not worse, bound.
+    let good_data = w.join("good.jsonl");
+    write_record(&good_data, &format!("The vault code is {CODE}."));
+    let good = w.join("good");
+    let events = tune(&flags, &good_data, &good, &eval);
+    let gate = event(&events, "gate").expect("the gate ran");
+    let (with, without) = (&gate["with_adapter"], &gate["without_adapter"]);
+    assert_eq!(
+        without["correct"], 0,
+        "the base model cannot know it: {gate}"
+    );
+    assert_eq!(with["correct"], 1, "the adapter answers it: {gate}");
+    let bound = event(&events, "bound").expect("bound");
+    assert_eq!(bound["adapter"], "vault");
+    let kb = describe(&flags);
+    assert_eq!(kb["adapter"], "vault");
+    assert_eq!(
+        kb["adapter_path"],
+        std::fs::canonicalize(&good)
+            .expect("written")
+            .to_string_lossy()
+            .as_ref()
+    );
+    let provenance = &kb["adapter_provenance"];
+    assert!(
+        provenance["data_file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("good.jsonl")),
+        "{provenance}"
+    );
+    assert_eq!(provenance["with_adapter"]["correct"], 1);
+    assert_eq!(provenance["without_adapter"]["correct"], 0);
+    assert_eq!(
+        provenance["base_sha256"].as_str().map(str::len),
+        Some(64),
+        "a GGUF base records its SHA-256: {provenance}"
+    );
+    assert_eq!(provenance["forced"], false);
+    let human = ok(zhiku(&flags, &["kb", "describe", "vault"]), "kb describe");
+    assert!(
+        human.contains("with the adapter") && human.contains("without (the base)"),
+        "{human}"
+    );
+
+    // 2. An adapter that learned to refuse: a false refusal the base model does not make.
+    let refuse_data = w.join("refuse.jsonl");
+    write_record(&refuse_data, REFUSAL);
+    let refuser = w.join("refuser");
+    let events = tune(&flags, &refuse_data, &refuser, &eval);
+    let gate = event(&events, "gate").expect("the gate ran");
+    assert_eq!(gate["with_adapter"]["false_refusals"], 1, "{gate}");
+    assert!(event(&events, "bound").is_none(), "not bound: {events:?}");
+    let not_bound = event(&events, "not_bound").expect("says why");
+    assert!(
+        not_bound["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("more false refusals")),
+        "{not_bound}"
+    );
+    let kb = describe(&flags);
+    assert!(
+        kb["adapter_path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("good")),
+        "the good adapter stays bound: {kb}"
+    );
+    // With --force it binds anyway, marked so (one more step from the refusing adapter).
+    let forced = w.join("forced");
+    let events = tune(
+        &flags,
+        &refuse_data,
+        &forced,
+        &[
+            eval[0],
+            eval[1],
+            "--force",
+            "--init-adapter",
+            refuser.to_str().expect("UTF-8"),
+            "--epochs",
+            "1",
+            "--learning-rate",
+            "1e-6",
+        ],
+    );
+    assert!(event(&events, "bound").is_some(), "bound: {events:?}");
+    let kb = describe(&flags);
+    assert!(
+        kb["adapter_path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("forced")),
+        "{kb}"
+    );
+    assert_eq!(kb["adapter_provenance"]["forced"], true, "{kb}");
+
+    // 3. A running server: rebinding without a restart, and the adapter field of Ask.
+    let orchestrator = free_port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_zhiku"));
+    serve.args(&flags).args(["serve", "--http-listen", "off"]);
+    for (flag, port) in [
+        ("--orchestrator-listen", orchestrator),
+        ("--embedder-listen", free_port()),
+        ("--retriever-listen", free_port()),
+        ("--generator-listen", free_port()),
+    ] {
+        serve.arg(flag).arg(format!("127.0.0.1:{port}"));
+    }
+    let _server = Server(
+        serve
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("zhiku serve starts"),
+    );
+    let addr = format!("http://127.0.0.1:{orchestrator}");
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--addr", addr.as_str()];
+        all.extend_from_slice(args);
+        zhiku(&[], &all)
+    };
+    let started = Instant::now();
+    while !remote(&["kb", "list"]).status.success() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "zhiku serve was not ready"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let answer = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "ask",
+            QUESTION,
+            "--kb",
+            "vault",
+            "--max-new-tokens",
+            "24",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let stdout = ok(remote(&args), "ask");
+        serde_json::from_str(stdout.trim()).expect("ask --json is JSON")
+    };
+    ok(
+        remote(&["kb", "unbind-adapter", "vault"]),
+        "kb unbind-adapter",
+    );
+    let before = answer(&[]);
+    assert!(
+        !before["answer"].as_str().unwrap_or("").contains(CODE),
+        "unbound, the base model answers: {before}"
+    );
+    ok(
+        remote(&["kb", "bind-adapter", "vault", good.to_str().expect("UTF-8")]),
+        "kb bind-adapter",
+    );
+    let after = answer(&[]);
+    assert!(
+        after["answer"].as_str().unwrap_or("").contains(CODE),
+        "bound, the adapter answers: {after}"
+    );
+    let base = answer(&["--adapter", "none"]);
+    assert!(
+        !base["answer"].as_str().unwrap_or("").contains(CODE),
+        "--adapter none is the base model: {base}"
+    );
+    let named = answer(&["--adapter", "vault"]);
+    assert!(
+        named["answer"].as_str().unwrap_or("").contains(CODE),
+        "{named}"
+    );
+    let unknown = remote(&["ask", QUESTION, "--kb", "vault", "--adapter", "nosuch"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("`nosuch`")
+            && stderr.contains("loaded: vault")
+            && stderr.contains("NotFound"),
+        "{stderr}"
+    );
+    ok(
+        remote(&["kb", "unbind-adapter", "vault", "--unload"]),
+        "kb unbind-adapter --unload",
+    );
+    let unbound = answer(&[]);
+    assert!(
+        !unbound["answer"].as_str().unwrap_or("").contains(CODE),
+        "{unbound}"
+    );
+    let gone = remote(&["ask", QUESTION, "--kb", "vault", "--adapter", "vault"]);
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        !gone.status.success() && stderr.contains("loaded: none"),
+        "--unload unloaded it: {stderr}"
+    );
+}
