@@ -16,6 +16,7 @@ mod commands;
 mod eval;
 mod stack;
 mod tune;
+mod tune_examples;
 mod tune_gate;
 
 use std::net::SocketAddr;
@@ -215,6 +216,71 @@ enum Command {
 
 /// The in-process services' settings: the defaults, logging as `log` says (else
 /// [`IN_PROCESS_LOG`]).
+/// `zhiku tune --kb NAME` without `--data`: makes (or resumes) the examples file from the
+/// knowledge base and returns its path; exit status 2 for bad flags, 1 when nothing came out.
+async fn examples_from_kb(cli: &Cli, args: &tune::TuneArgs) -> Result<PathBuf, ExitCode> {
+    let Some(kb) = &args.gate.kb else {
+        eprintln!(
+            "zhiku tune: no training data: give --data FILE (alpaca or sharegpt records), or \
+             --kb NAME to make examples from that knowledge base"
+        );
+        return Err(ExitCode::from(2));
+    };
+    let path = args.from_kb.path(&args.out);
+    let server = in_process_server_args(cli.log.as_deref());
+    let json = args.json;
+    let progress = |line: &str| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "examples", "message": line})
+            );
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    progress(&format!(
+        "making training examples from knowledge base {kb} into {}",
+        path.display()
+    ));
+    let made = tune_examples::make_examples_file(
+        &cli.stack,
+        &cli.ask,
+        &server,
+        kb,
+        &args.from_kb,
+        args.seed,
+        &path,
+        progress,
+    )
+    .await;
+    match made {
+        Ok(summary) if summary.answers + summary.refusals > 0 => {
+            progress(&format!(
+                "{} examples ({} answers, {} refusals) from {} passages tried: {}",
+                summary.answers + summary.refusals,
+                summary.answers,
+                summary.refusals,
+                summary.tried,
+                path.display()
+            ));
+            Ok(path)
+        }
+        Ok(summary) => {
+            eprintln!(
+                "zhiku tune: no example survived the checks ({} passages tried in {kb}); a \
+                 stronger --teacher-model writes better questions",
+                summary.tried
+            );
+            Err(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("zhiku tune: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn in_process_server_args(log: Option<&str>) -> ServerArgs {
     ServerArgs {
         log: log.unwrap_or(IN_PROCESS_LOG).to_owned(),
@@ -299,6 +365,13 @@ async fn run() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let mut args = args.clone();
+        if args.data.is_none() {
+            match examples_from_kb(&cli, &args).await {
+                Ok(path) => args.data = Some(path),
+                Err(code) => return code,
+            }
+        }
         let (stack, tune_args) = (cli.stack.clone(), args.clone());
         let trained = tokio::task::spawn_blocking(move || tune::run(&stack, &tune_args))
             .await
@@ -309,8 +382,9 @@ async fn run() -> ExitCode {
         if trained != ExitCode::SUCCESS || !args.gate.requested() {
             return trained;
         }
+        let data = args.data.clone().unwrap_or_default();
         let written = tune_gate::Trained {
-            data: &args.data,
+            data: &data,
             out: &args.out,
             json: args.json,
             gate: &args.gate,

@@ -37,9 +37,10 @@ pub enum TooLong {
 #[derive(Debug, Clone, clap::Args)]
 pub struct TuneArgs {
     /// Training data: alpaca (instruction/input/output) or sharegpt (conversations or
-    /// messages) records, as a JSON array or JSON lines.
+    /// messages) records, as a JSON array or JSON lines. Without it, --kb NAME makes the
+    /// examples from that knowledge base (see --examples).
     #[arg(long, env = "ZHIKU_TUNE_DATA")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// Where to write the adapter (adapter_config.json + adapter_model.safetensors). An
     /// adapter already there is replaced once the new one is complete.
     #[arg(long, env = "ZHIKU_TUNE_OUT")]
@@ -113,6 +114,9 @@ pub struct TuneArgs {
     /// The evaluation gate and the binding to a knowledge base (tune_gate.rs).
     #[command(flatten)]
     pub gate: crate::tune_gate::GateArgs,
+    /// Examples made from the knowledge base (--kb) when there is no --data (tune_examples.rs).
+    #[command(flatten)]
+    pub from_kb: crate::tune_examples::ExampleArgs,
 }
 
 /// Runs `zhiku tune`; errors print as one line and exit 1 (2 for bad input).
@@ -183,7 +187,10 @@ fn train(stack: &StackArgs, args: &TuneArgs) -> Result<(), TuneError> {
     } else {
         DType::BF16
     };
-    let conversations = read_conversations(&args.data)?;
+    let data = args.data.as_deref().ok_or_else(|| {
+        TuneError::Validation("no training data: give --data FILE, or --kb NAME".into())
+    })?;
+    let conversations = read_conversations(data)?;
     let (train_records, validation_records) =
         split_train_validation(&conversations, args.validation, args.seed)?;
 
@@ -215,7 +222,7 @@ fn train(stack: &StackArgs, args: &TuneArgs) -> Result<(), TuneError> {
     if train_set.is_empty() {
         return Err(TuneError::Validation(format!(
             "{}: no training example is left ({} records read, {} longer than --max-seq-len {})",
-            args.data.display(),
+            data.display(),
             report.read,
             report.skipped_too_long,
             args.max_seq_len

@@ -1,0 +1,364 @@
+//! `zhiku tune --kb NAME` without `--data`: training examples made from the knowledge base
+//! itself (see `zhiku_orchestrator::examples`), written to a JSON-lines file that people can
+//! read and edit and that `--data` reads back. A run that stops resumes: the passages already
+//! tried are listed beside the file (`FILE.tried`) and are not tried again.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use zhiku_orchestrator::examples::{ExampleEvent, ExampleKind, ExampleSettings, TrainingExample};
+use zhiku_orchestrator::{AskPolicy, Orchestrator, OrchestratorArgs, OrchestratorError};
+use zhiku_runtime::ServerArgs;
+
+use crate::stack::{Ports, Stack, StackArgs};
+
+/// How examples are made from a knowledge base.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExampleArgs {
+    /// With --kb and no --data: the examples file to write (JSON lines of sharegpt records,
+    /// which --data reads back). An existing one is resumed. Default: the adapter directory's
+    /// path with `.examples.jsonl` appended.
+    #[arg(long, env = "ZHIKU_TUNE_EXAMPLES")]
+    pub examples: Option<PathBuf>,
+    /// Examples to make from the knowledge base at most (each costs one generation of the
+    /// teacher; on 2 CPU cores and a 0.5B model, a few seconds).
+    #[arg(long, env = "ZHIKU_TUNE_MAX_EXAMPLES", default_value_t = 200)]
+    pub max_examples: usize,
+    /// Distractor passages (retrieved for the question from the same base) in each example.
+    #[arg(long, env = "ZHIKU_TUNE_DISTRACTORS", default_value_t = 3)]
+    pub distractors: usize,
+    /// Share of examples (0-1) with distractors only, whose target is the refusal.
+    #[arg(long, env = "ZHIKU_TUNE_REFUSAL_SHARE", default_value_t = 0.2)]
+    pub refusal_share: f64,
+    /// Passages tried per document at most, so that examples spread over the base.
+    #[arg(long, env = "ZHIKU_TUNE_EXAMPLES_PER_DOCUMENT", default_value_t = 8)]
+    pub examples_per_document: usize,
+    /// The model that writes the questions and answers: a .gguf file, a directory or a hub
+    /// id. Default: the chat model (--chat-model).
+    #[arg(long, env = "ZHIKU_TUNE_TEACHER_MODEL")]
+    pub teacher_model: Option<String>,
+}
+
+impl ExampleArgs {
+    /// Where the examples go for an adapter written to `out`.
+    pub fn path(&self, out: &Path) -> PathBuf {
+        self.examples.clone().unwrap_or_else(|| {
+            let mut name = out.as_os_str().to_owned();
+            name.push(".examples.jsonl");
+            PathBuf::from(name)
+        })
+    }
+
+    fn settings(&self, seed: u64) -> ExampleSettings {
+        ExampleSettings {
+            max_examples: self.max_examples,
+            distractors: self.distractors,
+            refusal_share: self.refusal_share,
+            per_document: self.examples_per_document,
+            seed,
+            ..ExampleSettings::default()
+        }
+    }
+}
+
+/// What a run of [`make_examples_file`] left in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExamplesSummary {
+    pub answers: usize,
+    pub refusals: usize,
+    /// Passages tried (this run and earlier ones).
+    pub tried: usize,
+}
+
+/// Makes examples from `knowledge_base` into `path` with the services of `stack` started in
+/// this process (the teacher as their chat model), resuming what an earlier run wrote there.
+#[allow(clippy::too_many_arguments)]
+pub async fn make_examples_file(
+    stack: &StackArgs,
+    ask: &AskPolicy,
+    server: &ServerArgs,
+    knowledge_base: &str,
+    args: &ExampleArgs,
+    seed: u64,
+    path: &Path,
+    progress: impl Fn(&str),
+) -> Result<ExamplesSummary, String> {
+    let settings = args.settings(seed);
+    settings.validate().map_err(|e| e.to_string())?;
+    let tried_path = tried_path(path);
+    let (mut summary, tried) = read_progress(path, &tried_path)?;
+    if summary.answers + summary.refusals >= settings.max_examples {
+        progress(&format!(
+            "{}: {} examples already made (--max-examples {})",
+            path.display(),
+            summary.answers + summary.refusals,
+            settings.max_examples
+        ));
+        return Ok(summary);
+    }
+
+    let mut stack_args = stack.clone();
+    if let Some(teacher) = &args.teacher_model {
+        stack_args.chat_model = Some(teacher.clone());
+        stack_args.gguf_file = None;
+    }
+    let mut services = Stack::start(&stack_args, ask, Ports::ephemeral(), server)
+        .await
+        .map_err(|e| format!("cannot start the services that make examples: {e}"))?;
+    if let Err(e) = services.ready(Duration::from_secs(600)).await {
+        services.shutdown().await;
+        return Err(e);
+    }
+    let mut orchestrator_args = OrchestratorArgs::local(
+        services.ports.embedder.port(),
+        services.ports.retriever.port(),
+        services.ports.generator.port(),
+    );
+    orchestrator_args.ask = ask.clone();
+    let result = async {
+        let orchestrator = Orchestrator::new(orchestrator_args).map_err(|e| e.to_string())?;
+        let mut writer = ExamplesWriter::open(path, &tried_path)?;
+        let started = Instant::now();
+        let mut planned = 0usize;
+        let mut this_run = 0usize;
+        let already = summary.answers + summary.refusals;
+        orchestrator
+            .make_examples(knowledge_base, &settings, &tried, already, |event| {
+                match event {
+                    ExampleEvent::Planned { passages } => planned = passages,
+                    ExampleEvent::Made { attempt, example } => {
+                        writer.example(&example)?;
+                        match example.zhiku.kind {
+                            ExampleKind::Answer => summary.answers += 1,
+                            ExampleKind::Refusal => summary.refusals += 1,
+                        }
+                        summary.tried = attempt;
+                        this_run += 1;
+                        progress(&status_line(
+                            &summary, planned, &settings, started, this_run,
+                        ));
+                    }
+                    ExampleEvent::Rejected {
+                        attempt,
+                        passage,
+                        reason,
+                    } => {
+                        writer.tried(&passage)?;
+                        summary.tried = attempt;
+                        this_run += 1;
+                        progress(&format!("{passage}: dropped, {reason}"));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(summary)
+    }
+    .await;
+    services.shutdown().await;
+    result
+}
+
+fn tried_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tried");
+    PathBuf::from(name)
+}
+
+/// The examples already in `path` (counted by kind) and every passage tried: those of the
+/// examples and those listed in `tried_path`. A missing file is an empty one.
+fn read_progress(
+    path: &Path,
+    tried_path: &Path,
+) -> Result<(ExamplesSummary, HashSet<String>), String> {
+    let read = |p: &Path| match std::fs::read_to_string(p) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    };
+    let mut summary = ExamplesSummary {
+        answers: 0,
+        refusals: 0,
+        tried: 0,
+    };
+    let mut tried = HashSet::new();
+    for (i, line) in read(path)?.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let example: TrainingExample = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{} line {}: not an example zhiku made ({e}); move the file away or pass \
+                 --examples with another path",
+                path.display(),
+                i + 1
+            )
+        })?;
+        match example.zhiku.kind {
+            ExampleKind::Answer => summary.answers += 1,
+            ExampleKind::Refusal => summary.refusals += 1,
+        }
+        tried.insert(example.zhiku.passage);
+    }
+    for key in read(tried_path)?.lines().map(str::trim) {
+        if !key.is_empty() {
+            tried.insert(key.to_owned());
+        }
+    }
+    summary.tried = tried.len();
+    Ok((summary, tried))
+}
+
+/// Appends examples and tried passages, each flushed as it comes, so that a run stopped at any
+/// point loses at most the passage it was on.
+struct ExamplesWriter {
+    examples: std::fs::File,
+    tried: std::fs::File,
+    path: PathBuf,
+}
+
+impl ExamplesWriter {
+    fn open(path: &Path, tried_path: &Path) -> Result<Self, String> {
+        let append = |p: &Path| {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("{}: {e}", p.display()))
+        };
+        Ok(Self {
+            examples: append(path)?,
+            tried: append(tried_path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn example(&mut self, example: &TrainingExample) -> Result<(), OrchestratorError> {
+        let line = serde_json::to_string(example)
+            .map_err(|e| OrchestratorError::Internal(format!("an example as JSON: {e}")))?;
+        writeln!(self.examples, "{line}")
+            .and_then(|()| self.examples.flush())
+            .map_err(|e| OrchestratorError::Internal(format!("{}: {e}", self.path.display())))
+    }
+
+    fn tried(&mut self, passage: &str) -> Result<(), OrchestratorError> {
+        writeln!(self.tried, "{passage}")
+            .and_then(|()| self.tried.flush())
+            .map_err(|e| OrchestratorError::Internal(format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// "12 examples (10 answers, 2 refusals) from 30 passages tried of 600; ETA 4 min".
+fn status_line(
+    summary: &ExamplesSummary,
+    planned: usize,
+    settings: &ExampleSettings,
+    started: Instant,
+    this_run: usize,
+) -> String {
+    let made = summary.answers + summary.refusals;
+    let per_attempt = started.elapsed().as_secs_f64() / this_run.max(1) as f64;
+    let keep_rate = made as f64 / summary.tried.max(1) as f64;
+    let attempts_left = if keep_rate > 0.0 {
+        (settings.max_examples.saturating_sub(made) as f64 / keep_rate).ceil() as usize
+    } else {
+        planned
+    };
+    let attempts_left = attempts_left.min(planned.saturating_sub(summary.tried));
+    let eta = (attempts_left as f64 * per_attempt).round() as u64;
+    format!(
+        "{made} examples ({} answers, {} refusals) from {} passages tried of {planned}; ETA {}",
+        summary.answers,
+        summary.refusals,
+        summary.tried,
+        duration(eta)
+    )
+}
+
+fn duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 90 => format!("{s} s"),
+        s if s < 90 * 60 => format!("{} min", (s + 30) / 60),
+        s => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_examples_by_kind_and_every_tried_passage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.examples.jsonl");
+        let line = |key: &str, kind: &str| {
+            format!(
+                r#"{{"conversations":[{{"from":"human","value":"q"}},{{"from":"gpt","value":"a"}}],"zhiku":{{"passage":"{key}","source":"a.md","kind":"{kind}","question":"q","answer":"a","support":1.0}}}}"#
+            )
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n\n{}\n{}\n",
+                line("a.md#0", "answer"),
+                line("a.md#1", "refusal"),
+                line("b.md#4", "answer")
+            ),
+        )
+        .unwrap();
+        std::fs::write(tried_path(&path), "c.md#2\na.md#0\n").unwrap();
+        let (summary, tried) = read_progress(&path, &tried_path(&path)).unwrap();
+        assert_eq!(
+            (summary.answers, summary.refusals, summary.tried),
+            (2, 1, 4)
+        );
+        assert!(tried.contains("c.md#2") && tried.contains("b.md#4"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_zhikus_examples_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.jsonl");
+        std::fs::write(&path, "{\"instruction\":\"x\",\"output\":\"y\"}\n").unwrap();
+        let e = read_progress(&path, &tried_path(&path)).unwrap_err();
+        assert!(e.contains("mine.jsonl line 1"), "{e}");
+    }
+
+    #[test]
+    fn missing_files_are_an_empty_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.jsonl");
+        let (summary, tried) = read_progress(&path, &tried_path(&path)).unwrap();
+        assert_eq!(summary.tried, 0);
+        assert!(tried.is_empty());
+    }
+
+    #[test]
+    fn the_default_file_sits_beside_the_adapter() {
+        let args = ExampleArgs {
+            examples: None,
+            max_examples: 1,
+            distractors: 1,
+            refusal_share: 0.0,
+            examples_per_document: 1,
+            teacher_model: None,
+        };
+        assert_eq!(
+            args.path(Path::new("out/kb-adapter")),
+            PathBuf::from("out/kb-adapter.examples.jsonl")
+        );
+    }
+
+    #[test]
+    fn eta_reads_as_people_say_it() {
+        assert_eq!(duration(42), "42 s");
+        assert_eq!(duration(600), "10 min");
+        assert_eq!(duration(3 * 3600), "3.0 h");
+    }
+}
