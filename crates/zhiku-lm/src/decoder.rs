@@ -235,7 +235,22 @@ impl Decoder {
     /// with `lora`'s pairs added to the layers they target. The same blocks as
     /// [`BatchModel::forward`]; the weights must be dense ([`Decoder::into_training`]).
     /// Right-padded batches need no attention mask (a token never sees a later one).
+    /// It is [`Decoder::embed_train`], [`Decoder::block_train`] for every block, then
+    /// [`Decoder::head_train`]: a trainer may run the blocks one by one (to recompute them in
+    /// the backward pass instead of keeping their activations).
     pub fn forward_train(&self, tokens: &Tensor, lora: &dyn TrainLora) -> Result<Tensor, LmError> {
+        let (batch, len) = tokens.dims2()?;
+        let mut x = self.embed_train(tokens)?;
+        for index in 0..self.blocks.len() {
+            x = self.block_train(index, &x, lora, (batch, len))?;
+        }
+        let logits = self.head_train(&x, lora)?;
+        Ok(logits.reshape((batch, len, self.spec.vocab))?)
+    }
+
+    /// The hidden states [batch·tokens, hidden] that enter the first block, for `tokens`
+    /// [batch, tokens] (checked against the context and the vocabulary).
+    pub fn embed_train(&self, tokens: &Tensor) -> Result<Tensor, LmError> {
         let (batch, len) = tokens.dims2()?;
         if batch == 0 || len == 0 {
             return Err(LmError::Validation("an empty training batch".into()));
@@ -253,26 +268,46 @@ impl Decoder {
                 self.spec.vocab
             )));
         }
-        let mut x = self
+        Ok(self
             .embed
             .forward(&ids, &self.device)?
-            .to_dtype(self.act_dtype)?;
+            .to_dtype(self.act_dtype)?)
+    }
+
+    /// Block `index` of the training forward on hidden states `x` [batch·tokens, hidden] of
+    /// a (batch, tokens) batch.
+    pub fn block_train(
+        &self,
+        index: usize,
+        x: &Tensor,
+        lora: &dyn TrainLora,
+        (batch, len): (usize, usize),
+    ) -> Result<Tensor, LmError> {
+        let block = self.blocks.get(index).ok_or_else(|| {
+            LmError::Validation(format!(
+                "block {index} of a model with {} blocks",
+                self.blocks.len()
+            ))
+        })?;
         let shape = self.attn_shape();
-        for block in &self.blocks {
-            x = self.block_apply(
-                block,
-                &x,
-                &|l, x| l.forward_train(x, lora),
-                &|n, x| n.forward_train(x),
-                &|m, x| m.forward_train(x, lora),
-                &mut |q, k, v| causal_attention_train((q, k, v), (batch, len), shape, &self.rotary),
-            )?;
-        }
-        if let Some(n) = &self.final_norm {
-            x = n.forward_train(&x)?;
-        }
-        let logits = self.lm_head.forward_train(&x, lora)?;
-        Ok(logits.reshape((batch, len, self.spec.vocab))?)
+        Ok(self.block_apply(
+            block,
+            x,
+            &|l, x| l.forward_train(x, lora),
+            &|n, x| n.forward_train(x),
+            &|m, x| m.forward_train(x, lora),
+            &mut |q, k, v| causal_attention_train((q, k, v), (batch, len), shape, &self.rotary),
+        )?)
+    }
+
+    /// The final norm and the LM head on hidden states [rows, hidden]: logits [rows, vocab]
+    /// (a trainer may pass only the rows whose logits the loss needs).
+    pub fn head_train(&self, x: &Tensor, lora: &dyn TrainLora) -> Result<Tensor, LmError> {
+        let x = match &self.final_norm {
+            Some(n) => n.forward_train(x)?,
+            None => x.clone(),
+        };
+        Ok(self.lm_head.forward_train(&x, lora)?)
     }
 
     /// The same model made trainable: every weight dense in `dtype` (GGUF blocks

@@ -179,7 +179,8 @@ impl Linear {
                 self.module
             );
         };
-        let mut y = x.to_dtype(wt.dtype())?.matmul(wt)?;
+        // W0 is frozen: its gradient is never computed.
+        let mut y = crate::autograd::frozen_matmul(&x.to_dtype(wt.dtype())?, wt)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }

@@ -5,6 +5,7 @@
 //!   shared layers (Linear dense / quantized + LoRA, norms, RoPE, GQA attention over a paged
 //!   KV cache), with two compute paths ([`ComputePath`]): zhiku's CPU kernels, or candle
 //!   tensor ops on any device (the only path on a GPU, and the differentiable one);
+//! - [`autograd`]: custom backward passes for training (frozen matmuls, recomputation);
 //! - [`kv`]: the KV cache's storage (which blocks a sequence holds is the engine's business);
 //! - [`families`]: Llama / Qwen2 / GLM-4 GGUF and ChatGLM2/3, GLM-4-9B, GLM-4-0414
 //!   safetensors as instances of the decoder; [`chatglm6b`]: ChatGLM-6B's 2-D-position
@@ -17,6 +18,7 @@
 //!   which the tests compare the decoder against.
 
 pub mod attention;
+pub mod autograd;
 pub mod chatglm6b;
 pub mod decoder;
 pub mod error;

@@ -1,7 +1,8 @@
 //! Training checkpoints, for `--resume`: the A/B tensors, AdamW's moments and step count,
 //! the LR schedule's step, the data cursor (epoch, batch index) and the RNG state, with the
-//! LoRA spec and the dataset's fingerprint so that a resume with other data or other
-//! hyper-parameters is refused instead of silently training something else.
+//! LoRA spec, the training hyper-parameters and the dataset's fingerprint so that a resume
+//! with other data or other hyper-parameters is refused instead of silently training
+//! something else.
 //!
 //! A checkpoint is a directory `step-NNNNNNNNNN/` (`state.json`, `tensors.safetensors`)
 //! under the run's checkpoint directory. It is written under a temporary name, fsynced and
@@ -21,7 +22,7 @@ use crate::spec::{LoraInit, LoraSpec};
 const STATE_FILE: &str = "state.json";
 const TENSORS_FILE: &str = "tensors.safetensors";
 const STEP_PREFIX: &str = "step-";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Where training stands: enough to continue as if it had not stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -51,11 +52,83 @@ pub struct ModuleState {
     pub b_second_moment: Tensor,
 }
 
+/// What else than the LoRA spec must stay the same for a run to continue: the optimizer,
+/// the schedule (its length included), batching and the seed (the data order).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    pub learning_rate: f64,
+    pub warmup_steps: u64,
+    /// Optimizer steps of the whole run (the cosine's length).
+    pub total_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub batch_size: u64,
+    pub grad_accumulation: u64,
+    pub max_grad_norm: Option<f64>,
+    pub seed: u64,
+}
+
+impl Hyperparameters {
+    /// "name: X then, Y now" for every field that differs.
+    fn differences(&self, now: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, then: String, now: String| {
+            if then != now {
+                out.push(format!("{name} {then} then, {now} now"));
+            }
+        };
+        let opt = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+        field(
+            "learning rate",
+            self.learning_rate.to_string(),
+            now.learning_rate.to_string(),
+        );
+        field(
+            "warm-up steps",
+            self.warmup_steps.to_string(),
+            now.warmup_steps.to_string(),
+        );
+        field(
+            "total steps (--epochs, the data's size, the batch)",
+            self.total_steps.to_string(),
+            now.total_steps.to_string(),
+        );
+        field(
+            "weight decay",
+            self.weight_decay.to_string(),
+            now.weight_decay.to_string(),
+        );
+        field("beta1", self.beta1.to_string(), now.beta1.to_string());
+        field("beta2", self.beta2.to_string(), now.beta2.to_string());
+        field("eps", self.eps.to_string(), now.eps.to_string());
+        field(
+            "batch size",
+            self.batch_size.to_string(),
+            now.batch_size.to_string(),
+        );
+        field(
+            "gradient accumulation",
+            self.grad_accumulation.to_string(),
+            now.grad_accumulation.to_string(),
+        );
+        field(
+            "max gradient norm",
+            opt(self.max_grad_norm),
+            opt(now.max_grad_norm),
+        );
+        field("seed", self.seed.to_string(), now.seed.to_string());
+        out
+    }
+}
+
 /// A whole checkpoint.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub progress: Progress,
     pub spec: LoraSpec,
+    pub hyperparameters: Hyperparameters,
     /// [`crate::dataset::fingerprint`] of the training examples.
     pub data_fingerprint: String,
     pub modules: Vec<ModuleState>,
@@ -94,6 +167,7 @@ struct StateRecord {
     format: u32,
     progress: Progress,
     spec: SpecRecord,
+    hyperparameters: Hyperparameters,
     data_fingerprint: String,
     modules: Vec<String>,
 }
@@ -101,11 +175,12 @@ struct StateRecord {
 const PARTS: [&str; 6] = ["a", "b", "a.m", "a.v", "b.m", "b.v"];
 
 impl Checkpoint {
-    /// Refuses to resume this checkpoint into a run with another spec or other data; the
-    /// error says what differs.
+    /// Refuses to resume this checkpoint into a run with another spec, other
+    /// hyper-parameters or other data; the error says what differs.
     pub fn check_resumable(
         &self,
         spec: &LoraSpec,
+        hyperparameters: &Hyperparameters,
         data_fingerprint: &str,
     ) -> Result<(), TuneError> {
         let (was, now) = (SpecRecord::from(&self.spec), SpecRecord::from(spec));
@@ -115,6 +190,14 @@ impl Checkpoint {
                  use the same flags, or train into a new output directory without --resume",
                 describe(&was),
                 describe(&now)
+            )));
+        }
+        let differ = self.hyperparameters.differences(hyperparameters);
+        if !differ.is_empty() {
+            return Err(TuneError::Validation(format!(
+                "cannot resume: {}; use the same flags, or train into a new output directory \
+                 without --resume",
+                differ.join("; ")
             )));
         }
         if self.data_fingerprint != data_fingerprint {
@@ -178,6 +261,7 @@ pub fn save_checkpoint(
         format: FORMAT,
         progress: checkpoint.progress,
         spec: SpecRecord::from(&checkpoint.spec),
+        hyperparameters: checkpoint.hyperparameters,
         data_fingerprint: checkpoint.data_fingerprint.clone(),
         modules,
     };
@@ -293,25 +377,36 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint, TuneE
             targets: state.spec.targets,
             init,
         },
+        hyperparameters: state.hyperparameters,
         data_fingerprint: state.data_fingerprint,
         modules,
     })
 }
 
-/// `--resume`: the newest checkpoint under `dir`, checked against this run's spec and data
-/// (None when there is none yet).
+/// The checkpoint `dir` is (a `step-N` directory), or the newest one under it.
+pub fn find_checkpoint(dir: &Path) -> Result<Option<PathBuf>, TuneError> {
+    if dir.join(STATE_FILE).is_file() {
+        return Ok(Some(dir.to_path_buf()));
+    }
+    latest_checkpoint(dir)
+}
+
+/// `--resume`: the checkpoint at `dir` (one `step-N` directory) or the newest one under it,
+/// checked against this run's spec, hyper-parameters and data (None when there is none
+/// yet). Returns where it was read from.
 pub fn resume_from(
     dir: &Path,
     spec: &LoraSpec,
+    hyperparameters: &Hyperparameters,
     data_fingerprint: &str,
     device: &Device,
-) -> Result<Option<Checkpoint>, TuneError> {
-    let Some(path) = latest_checkpoint(dir)? else {
+) -> Result<Option<(PathBuf, Checkpoint)>, TuneError> {
+    let Some(path) = find_checkpoint(dir)? else {
         return Ok(None);
     };
     let checkpoint = load_checkpoint(&path, device)?;
     checkpoint
-        .check_resumable(spec, data_fingerprint)
+        .check_resumable(spec, hyperparameters, data_fingerprint)
         .map_err(|e| TuneError::Validation(format!("{}: {e}", path.display())))?;
-    Ok(Some(checkpoint))
+    Ok(Some((path, checkpoint)))
 }

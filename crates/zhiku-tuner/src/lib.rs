@@ -7,11 +7,14 @@ pub mod checkpoint;
 pub mod dataset;
 mod digest;
 mod error;
+pub mod optimizer;
 pub mod peft;
+mod recompute;
 mod spec;
 pub mod trainer;
+mod view;
 
 pub use digest::sha256_file;
 pub use error::TuneError;
 pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
-pub use trainer::{Gradients, StepReport, TrainConfig, Trainer, target_modules};
+pub use trainer::{CheckpointPlan, Gradients, StepReport, TrainConfig, Trainer, target_modules};

@@ -1,9 +1,13 @@
 //! The LoRA trainer on candle's autograd: A and B of every targeted layer are `Var`s, the
 //! model is zhiku-lm's serving [`Decoder`] run through its training forward (W0 frozen, never
 //! merged nor copied per step), the loss is the mean cross-entropy over the tokens that the
-//! examples' loss masks select, and candle-nn's AdamW steps on a warm-up + cosine schedule
-//! with gradient accumulation and global-norm clipping. Seeded: the same seed, data and
-//! configuration give the same adapter.
+//! examples' loss masks select, and AdamW ([`crate::optimizer`], candle-nn's update with its
+//! state exposed) steps on a warm-up + cosine schedule with gradient accumulation and
+//! global-norm clipping. Seeded: the same seed, data and configuration give the same
+//! adapter, and a run resumed from a checkpoint ([`Trainer::checkpoint`],
+//! [`Trainer::restore`]) continues exactly as if it had not stopped. With gradient
+//! checkpointing a block keeps only its input for the backward pass and is recomputed there
+//! ([`crate::recompute`]).
 //!
 //! Batches: a step's examples are sorted by length and cut into micro-batches of
 //! `batch_size`, each right-padded to its longest example. Right padding needs no attention
@@ -11,19 +15,26 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use zhiku_lm::decoder::{BatchModel, Decoder, Qkv};
 use zhiku_lm::layers::{Linear, Mlp};
-use zhiku_lm::lora::{LoraPair, TrainLora};
+use zhiku_lm::lora::LoraPair;
 use zhiku_lm::seeded::SplitMix64;
 
+use crate::checkpoint::{
+    Checkpoint, Hyperparameters, ModuleState, Progress, find_checkpoint, load_checkpoint,
+    save_checkpoint,
+};
 use crate::error::TuneError;
+use crate::optimizer::{AdamW, AdamWParams};
+use crate::recompute::{GradientSink, checkpointed_block};
 use crate::spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
+use crate::view::LoraView;
 
 /// How to train: LoRA's shape, the optimizer, the schedule, batching, seeds, threads.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +64,10 @@ pub struct TrainConfig {
     /// The dtype of weights, activations and A/B while training (f32 on the CPU, bf16 on a
     /// GPU; f64 for gradient checks).
     pub dtype: DType,
+    /// Keep only each block's input through the forward pass and recompute the block in the
+    /// backward pass: activation memory of one block instead of all, for about one more
+    /// forward of compute. The gradients are the same.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +93,7 @@ impl Default for TrainConfig {
             seed: 42,
             threads: None,
             dtype: DType::F32,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -119,6 +135,19 @@ pub struct StepReport {
     pub loss_tokens: usize,
     pub tokens_per_second: f64,
     pub seconds: f64,
+    /// The checkpoint written after this step, if one was due.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Where and how often [`Trainer::train`] writes checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointPlan {
+    /// The run's checkpoint directory (`step-N/` directories go under it).
+    pub dir: PathBuf,
+    /// A checkpoint after every this many optimizer steps (0: none).
+    pub every: usize,
+    /// How many of the newest checkpoints to keep (at least 1).
+    pub keep: usize,
 }
 
 /// The gradients of one batch ([`Trainer::gradients`]).
@@ -140,44 +169,37 @@ struct TrainVar {
 }
 
 /// The trainable adapter: the pairs the forward applies (tensors of the Vars, so that the
-/// optimizer's in-place updates show through), and dropout's generator.
+/// optimizer's in-place updates show through; and the same detached, for forwards that
+/// need no gradient), and dropout's generator.
 struct TrainableLora {
     vars: Vec<TrainVar>,
-    pairs: HashMap<String, LoraPair>,
+    pairs: Arc<HashMap<String, LoraPair>>,
+    detached: Arc<HashMap<String, LoraPair>>,
     dropout: f64,
-    rng: Mutex<SplitMix64>,
+    rng: Arc<Mutex<SplitMix64>>,
 }
 
-/// The adapter as one forward sees it: with dropout (training) or without (evaluation).
-struct LoraView<'a> {
-    lora: &'a TrainableLora,
-    dropout: bool,
-}
-
-impl TrainLora for LoraView<'_> {
-    fn pair(&self, module: &str) -> Option<&LoraPair> {
-        self.lora.pairs.get(module)
+impl TrainableLora {
+    /// The adapter as a forward sees it: tracked for gradients or detached, with dropout
+    /// (training) or without (evaluation).
+    fn view(&self, tracked: bool, dropout: bool) -> LoraView {
+        LoraView {
+            pairs: if tracked {
+                self.pairs.clone()
+            } else {
+                self.detached.clone()
+            },
+            dropout: if dropout { self.dropout } else { 0.0 },
+            rng: self.rng.clone(),
+        }
     }
 
-    fn lora_input(&self, _module: &str, x: &Tensor) -> candle_core::Result<Tensor> {
-        let p = self.lora.dropout;
-        if !self.dropout || p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 / (1.0 - p);
-        let n = x.elem_count();
-        let mask: Vec<f64> = {
-            let mut rng = self
-                .lora
-                .rng
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
-            (0..n)
-                .map(|_| if rng.uniform() < p { 0.0 } else { keep })
-                .collect()
-        };
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+    fn rng_state(&self) -> Result<u64, TuneError> {
+        Ok(self
+            .rng
+            .lock()
+            .map_err(|_| TuneError::Training("dropout generator poisoned".into()))?
+            .0)
     }
 }
 
@@ -252,12 +274,15 @@ pub fn target_modules(
 
 /// A LoRA training run over one model.
 pub struct Trainer {
-    model: Decoder,
+    model: Arc<Decoder>,
     config: TrainConfig,
     lora: TrainableLora,
     optimizer: AdamW,
     steps_done: usize,
-    order_rng: SplitMix64,
+    /// The data cursor: the epoch being trained and the next step in it.
+    epoch: usize,
+    step_in_epoch: usize,
+    checkpoints: Option<CheckpointPlan>,
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
@@ -304,6 +329,7 @@ impl Trainer {
         let device = model.device.clone();
         let mut vars = Vec::with_capacity(modules.len());
         let mut pairs = HashMap::new();
+        let mut detached = HashMap::new();
         for (module, inp, out) in modules {
             let values: Vec<f64> = match spec.init {
                 LoraInit::Gaussian => {
@@ -323,17 +349,22 @@ impl Trainer {
             let a = Tensor::from_vec(values, (spec.rank, inp), &device)?.to_dtype(config.dtype)?;
             let a = Var::from_tensor(&a)?;
             let b = Var::zeros((out, spec.rank), config.dtype, &device)?;
-            pairs.insert(
-                module.clone(),
-                LoraPair {
-                    a: a.as_tensor().clone(),
-                    b: b.as_tensor().clone(),
-                    scale: spec.scale(),
-                },
-            );
+            let pair = LoraPair {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: spec.scale(),
+            };
+            // The same storage without gradient tracking.
+            let frozen = LoraPair {
+                a: pair.a.detach(),
+                b: pair.b.detach(),
+                scale: pair.scale,
+            };
+            pairs.insert(module.clone(), pair);
+            detached.insert(module.clone(), frozen);
             vars.push(TrainVar { module, a, b });
         }
-        let params = ParamsAdamW {
+        let params = AdamWParams {
             lr: config.learning_rate,
             beta1: config.beta1,
             beta2: config.beta2,
@@ -346,16 +377,19 @@ impl Trainer {
             .collect();
         let optimizer = AdamW::new(all, params)?;
         Ok(Self {
-            model,
+            model: Arc::new(model),
             lora: TrainableLora {
                 vars,
-                pairs,
+                pairs: Arc::new(pairs),
+                detached: Arc::new(detached),
                 dropout: spec.dropout,
-                rng: Mutex::new(SplitMix64(config.seed ^ 0xD0D0_D0D0_D0D0_D0D0)),
+                rng: Arc::new(Mutex::new(SplitMix64(config.seed ^ 0xD0D0_D0D0_D0D0_D0D0))),
             },
             optimizer,
             steps_done: 0,
-            order_rng: SplitMix64(config.seed ^ 0x5EED_0F0D_E5E5),
+            epoch: 0,
+            step_in_epoch: 0,
+            checkpoints: None,
             pool,
             config,
         })
@@ -373,6 +407,16 @@ impl Trainer {
     /// Optimizer steps done.
     pub fn steps_done(&self) -> usize {
         self.steps_done
+    }
+
+    /// The data cursor: (epoch, step in that epoch) that training continues from.
+    pub fn cursor(&self) -> (usize, usize) {
+        (self.epoch, self.step_in_epoch)
+    }
+
+    /// Writes checkpoints while [`Trainer::train`] runs (None: none).
+    pub fn set_checkpoints(&mut self, plan: Option<CheckpointPlan>) {
+        self.checkpoints = plan;
     }
 
     /// The modules being trained, in order.
@@ -426,11 +470,14 @@ impl Trainer {
     }
 
     /// The summed cross-entropy of one micro-batch (right-padded) over its counted tokens,
-    /// and how many tokens it counted.
+    /// and how many tokens it counted; tracked for gradients or not (evaluation). With
+    /// gradient checkpointing, the recomputed blocks' gradients of A and B go to `sink`.
     fn batch_nll(
         &self,
         batch: &[&TrainExample],
         dropout: bool,
+        gradients: bool,
+        sink: Option<&GradientSink>,
     ) -> Result<(Tensor, usize), TuneError> {
         let len = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
         let device = &self.model.device;
@@ -448,22 +495,39 @@ impl Trainer {
                 }
             }
         }
-        let vocab = self.model.spec.vocab;
         if rows.is_empty() {
             return Ok((Tensor::zeros((), self.config.dtype, device)?, 0));
         }
         let tokens = Tensor::from_vec(ids, (batch.len(), len), device)?;
-        let view = LoraView {
-            lora: &self.lora,
-            dropout,
-        };
-        let logits = self
-            .model
-            .forward_train(&tokens, &view)?
-            .reshape((batch.len() * len, vocab))?;
+        let view = self.lora.view(gradients, dropout);
+        let shape = (batch.len(), len);
+        let mut x = self.model.embed_train(&tokens)?;
+        if gradients && self.config.gradient_checkpointing {
+            let sink = sink.ok_or_else(|| {
+                TuneError::Training("gradient checkpointing needs a gradient sink".into())
+            })?;
+            // Tracked, so that the first block's recomputation is on the graph.
+            x = Var::from_tensor(&x)?.into_inner();
+            for index in 0..self.model.blocks.len() {
+                x = checkpointed_block(
+                    &self.model,
+                    index,
+                    &x,
+                    &self.lora.view(false, dropout),
+                    &view,
+                    shape,
+                    sink,
+                )?;
+            }
+        } else {
+            for index in 0..self.model.blocks.len() {
+                x = self.model.block_train(index, &x, &view, shape)?;
+            }
+        }
+        // Only the rows whose logits the loss needs go through the head.
         let count = rows.len();
         let rows = Tensor::from_vec(rows, count, device)?;
-        let logits = logits.index_select(&rows, 0)?;
+        let logits = self.model.head_train(&x.index_select(&rows, 0)?, &view)?;
         // log-sum-exp with the row maximum held constant (it cancels in the value).
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let lse = logits
@@ -520,6 +584,7 @@ impl Trainer {
             loss_tokens,
             tokens_per_second: tokens as f64 / seconds.max(1e-9),
             seconds,
+            checkpoint: None,
         })
     }
 
@@ -545,14 +610,17 @@ impl Trainer {
         }
         let mut loss = 0f64;
         let mut acc: Option<GradStore> = None;
+        let sink = GradientSink::default();
         for batch in self.micro_batches(examples) {
-            let (nll, counted) = self.batch_nll(&batch, dropout)?;
+            let (nll, counted) = self.batch_nll(&batch, dropout, true, Some(&sink))?;
             if counted == 0 {
                 continue;
             }
             let part = (nll / loss_tokens as f64)?;
             loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let grads = part.backward()?;
+            let mut grads = part.backward()?;
+            drop(part);
+            sink.drain_into(&mut grads)?;
             acc = Some(match acc {
                 None => grads,
                 Some(mut acc) => {
@@ -642,9 +710,12 @@ impl Trainer {
         Ok(norm)
     }
 
-    /// Trains `epochs` passes over `examples`, shuffled per epoch by the seed, one optimizer
-    /// step per `batch_size × grad_accumulation` examples; `on_step` sees every step and
-    /// may stop training (`ControlFlow::Break`). Returns the reports.
+    /// Trains up to the end of epoch `epochs` (counted from the run's start: a trainer
+    /// restored from a checkpoint continues from its data cursor), each epoch's examples
+    /// shuffled by (seed, epoch), one optimizer step per `batch_size × grad_accumulation`
+    /// examples; writes checkpoints per [`Trainer::set_checkpoints`] (a failed write stops
+    /// training with the error; the checkpoints before it stay). `on_step` sees every step
+    /// and may stop training (`ControlFlow::Break`). Returns this call's reports.
     pub fn train(
         &mut self,
         examples: &[TrainExample],
@@ -658,20 +729,42 @@ impl Trainer {
             self.check(i, e)?;
         }
         let per_step = self.config.batch_size * self.config.grad_accumulation;
-        let total = match self.config.total_steps {
-            0 => examples.len().div_ceil(per_step) * epochs,
-            n => n,
+        let steps_per_epoch = examples.len().div_ceil(per_step);
+        let total = self.planned_steps(examples.len(), epochs);
+        if self.step_in_epoch >= steps_per_epoch {
+            return Err(TuneError::Validation(format!(
+                "the data cursor (epoch {}, step {}) is past the {steps_per_epoch} steps of an \
+                 epoch of these examples",
+                self.epoch + 1,
+                self.step_in_epoch
+            )));
+        }
+        let fingerprint = match self.checkpoints {
+            Some(ref plan) if plan.every > 0 => crate::dataset::fingerprint(examples),
+            _ => String::new(),
         };
         let mut reports = Vec::new();
-        for epoch in 0..epochs {
-            let mut order: Vec<usize> = (0..examples.len()).collect();
-            for i in (1..order.len()).rev() {
-                let j = (self.order_rng.next_u64() % (i as u64 + 1)) as usize;
-                order.swap(i, j);
-            }
-            for chunk in order.chunks(per_step) {
+        while self.epoch < epochs {
+            let epoch = self.epoch;
+            let order = epoch_order(self.config.seed, epoch, examples.len());
+            let steps: Vec<&[usize]> = order.chunks(per_step).collect();
+            for (index, chunk) in steps.iter().enumerate().skip(self.step_in_epoch) {
                 let step: Vec<TrainExample> = chunk.iter().map(|&i| examples[i].clone()).collect();
-                let report = self.run(|t| t.step_inner(&step, total, epoch))?;
+                let mut report = self.run(|t| t.step_inner(&step, total, epoch))?;
+                if index + 1 == steps.len() {
+                    self.epoch += 1;
+                    self.step_in_epoch = 0;
+                } else {
+                    self.step_in_epoch = index + 1;
+                }
+                if let Some(plan) = &self.checkpoints
+                    && plan.every > 0
+                    && self.steps_done.is_multiple_of(plan.every)
+                {
+                    let plan = plan.clone();
+                    let checkpoint = self.checkpoint(&fingerprint, total)?;
+                    report.checkpoint = Some(save_checkpoint(&plan.dir, &checkpoint, plan.keep)?);
+                }
                 let flow = on_step(&report);
                 reports.push(report);
                 if flow.is_break() {
@@ -680,6 +773,166 @@ impl Trainer {
             }
         }
         Ok(reports)
+    }
+
+    /// The optimizer steps a run of `epochs` over `examples` examples takes: the configured
+    /// total, or as many as the epochs hold.
+    pub fn planned_steps(&self, examples: usize, epochs: usize) -> usize {
+        let per_step = self.config.batch_size * self.config.grad_accumulation;
+        match self.config.total_steps {
+            0 => examples.div_ceil(per_step) * epochs,
+            n => n,
+        }
+    }
+
+    /// The hyper-parameters a resumed run must share with its checkpoint.
+    fn hyperparameters(&self, total_steps: usize) -> Hyperparameters {
+        let c = &self.config;
+        Hyperparameters {
+            learning_rate: c.learning_rate,
+            warmup_steps: c.warmup_steps as u64,
+            total_steps: total_steps as u64,
+            weight_decay: c.weight_decay,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            batch_size: c.batch_size as u64,
+            grad_accumulation: c.grad_accumulation as u64,
+            max_grad_norm: c.max_grad_norm,
+            seed: c.seed,
+        }
+    }
+
+    /// The whole training state (A/B as trained, AdamW's moments and step, the schedule's
+    /// step, the data cursor, dropout's generator), for examples whose
+    /// [`crate::dataset::fingerprint`] is `data_fingerprint` and a run of `total_steps`
+    /// optimizer steps ([`Trainer::planned_steps`]). B and its moments keep the trainer's row
+    /// order (a checkpoint is read back only by the trainer, on the same model).
+    pub fn checkpoint(
+        &self,
+        data_fingerprint: &str,
+        total_steps: usize,
+    ) -> Result<Checkpoint, TuneError> {
+        let mut modules = Vec::with_capacity(self.lora.vars.len());
+        for (i, v) in self.lora.vars.iter().enumerate() {
+            let moments = |k: usize| {
+                self.optimizer
+                    .moments(k)
+                    .ok_or_else(|| TuneError::Training("the optimizer lost a parameter".into()))
+            };
+            let (am, av) = moments(2 * i)?;
+            let (bm, bv) = moments(2 * i + 1)?;
+            modules.push(ModuleState {
+                module: v.module.clone(),
+                a: v.a.as_tensor().copy()?,
+                b: v.b.as_tensor().copy()?,
+                a_first_moment: am.clone(),
+                a_second_moment: av.clone(),
+                b_first_moment: bm.clone(),
+                b_second_moment: bv.clone(),
+            });
+        }
+        Ok(Checkpoint {
+            progress: Progress {
+                optimizer_step: self.optimizer.step_count() as u64,
+                schedule_step: self.steps_done as u64,
+                epoch: self.epoch as u64,
+                batch_index: self.step_in_epoch as u64,
+                rng_state: self.lora.rng_state()?,
+            },
+            spec: self.config.lora.clone(),
+            hyperparameters: self.hyperparameters(total_steps),
+            data_fingerprint: data_fingerprint.to_owned(),
+            modules,
+        })
+    }
+
+    /// Continues from `checkpoint`: refuses one made with another LoRA spec, other
+    /// hyper-parameters, another run length (`total_steps`) or other data (saying what
+    /// differs), then restores A/B, AdamW's state, the schedule, the data cursor and
+    /// dropout's generator.
+    pub fn restore(
+        &mut self,
+        checkpoint: &Checkpoint,
+        data_fingerprint: &str,
+        total_steps: usize,
+    ) -> Result<(), TuneError> {
+        checkpoint.check_resumable(
+            &self.config.lora,
+            &self.hyperparameters(total_steps),
+            data_fingerprint,
+        )?;
+        let device = self.model.device.clone();
+        let dtype = self.config.dtype;
+        let mut values = Vec::with_capacity(self.lora.vars.len());
+        let mut moments = Vec::with_capacity(2 * self.lora.vars.len());
+        for v in &self.lora.vars {
+            let Some(m) = checkpoint.modules.iter().find(|m| m.module == v.module) else {
+                return Err(TuneError::Validation(format!(
+                    "cannot resume: the checkpoint has no state for `{}`",
+                    v.module
+                )));
+            };
+            if m.a.dims() != v.a.dims() || m.b.dims() != v.b.dims() {
+                return Err(TuneError::Validation(format!(
+                    "cannot resume: `{}` is A {:?} / B {:?} in the checkpoint and {:?} / {:?} \
+                     in this model",
+                    v.module,
+                    m.a.dims(),
+                    m.b.dims(),
+                    v.a.dims(),
+                    v.b.dims()
+                )));
+            }
+            let fit = |t: &Tensor| t.to_device(&device)?.to_dtype(dtype);
+            values.push((fit(&m.a)?, fit(&m.b)?));
+            moments.push((m.a_first_moment.clone(), m.a_second_moment.clone()));
+            moments.push((m.b_first_moment.clone(), m.b_second_moment.clone()));
+        }
+        let p = checkpoint.progress;
+        self.optimizer.restore(p.optimizer_step as usize, moments)?;
+        for (v, (a, b)) in self.lora.vars.iter().zip(values) {
+            v.a.set(&a)?;
+            v.b.set(&b)?;
+        }
+        self.steps_done = p.schedule_step as usize;
+        self.epoch = p.epoch as usize;
+        self.step_in_epoch = p.batch_index as usize;
+        *self
+            .lora
+            .rng
+            .lock()
+            .map_err(|_| TuneError::Training("dropout generator poisoned".into()))? =
+            SplitMix64(p.rng_state);
+        Ok(())
+    }
+
+    /// `--resume`: restores the checkpoint at `dir` (one `step-N` directory) or the newest
+    /// one under it, for a run of `epochs` over `examples` ([`Trainer::restore`]'s checks).
+    /// Returns the checkpoint's directory; an error when `dir` holds none.
+    pub fn resume(
+        &mut self,
+        dir: &Path,
+        examples: &[TrainExample],
+        epochs: usize,
+    ) -> Result<PathBuf, TuneError> {
+        let path = find_checkpoint(dir)?.ok_or_else(|| {
+            TuneError::Validation(format!(
+                "--resume {}: no checkpoint there (a step-N directory, or a directory holding \
+                 them)",
+                dir.display()
+            ))
+        })?;
+        let checkpoint = load_checkpoint(&path, &self.model.device)?;
+        let total = self.planned_steps(examples.len(), epochs);
+        self.restore(&checkpoint, &crate::dataset::fingerprint(examples), total)
+            .map_err(|e| match e {
+                TuneError::Validation(m) => {
+                    TuneError::Validation(format!("{}: {m}", path.display()))
+                }
+                other => other,
+            })?;
+        Ok(path)
     }
 
     /// Mean cross-entropy over the counted tokens of `examples`, without dropout or
@@ -692,8 +945,8 @@ impl Trainer {
             let mut sum = 0f64;
             let mut count = 0usize;
             for batch in t.micro_batches(examples) {
-                let (nll, n) = t.batch_nll(&batch, false)?;
-                sum += nll.detach().to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let (nll, n) = t.batch_nll(&batch, false, false, None)?;
+                sum += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 count += n;
             }
             if count == 0 {
@@ -707,11 +960,9 @@ impl Trainer {
 
     /// Logits [batch, tokens, vocab] of the model with the adapter as it stands (no dropout).
     pub fn logits(&self, tokens: &Tensor) -> Result<Tensor, TuneError> {
-        let view = LoraView {
-            lora: &self.lora,
-            dropout: false,
-        };
-        Ok(self.model.forward_train(tokens, &view)?)
+        Ok(self
+            .model
+            .forward_train(tokens, &self.lora.view(false, false))?)
     }
 
     /// The trained pairs, by module, in the checkpoint's row order (B un-permuted where the
@@ -761,6 +1012,19 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// The order of the examples in epoch `epoch`: a pure function of (seed, epoch), so that a
+/// resumed run rebuilds it from its data cursor.
+fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut rng =
+        SplitMix64(seed ^ 0x5EED_0F0D_E5E5 ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 #[cfg(test)]

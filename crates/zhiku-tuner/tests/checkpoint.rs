@@ -8,8 +8,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::values;
 use zhiku_tuner::checkpoint::{
-    Checkpoint, ModuleState, Progress, latest_checkpoint, load_checkpoint, resume_from,
-    save_checkpoint,
+    Checkpoint, Hyperparameters, ModuleState, Progress, latest_checkpoint, load_checkpoint,
+    resume_from, save_checkpoint,
 };
 use zhiku_tuner::{LoraInit, LoraSpec, TuneError};
 
@@ -20,6 +20,22 @@ fn spec() -> LoraSpec {
         dropout: 0.1,
         targets: vec!["q".into(), "v".into()],
         init: LoraInit::Kaiming,
+    }
+}
+
+fn hyperparameters() -> Hyperparameters {
+    Hyperparameters {
+        learning_rate: 2e-4,
+        warmup_steps: 3,
+        total_steps: 40,
+        weight_decay: 0.0,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        batch_size: 2,
+        grad_accumulation: 4,
+        max_grad_norm: Some(1.0),
+        seed: 42,
     }
 }
 
@@ -37,6 +53,7 @@ fn checkpoint(step: u64) -> Checkpoint {
             rng_state: 0xDEAD_BEEF_u64 + step,
         },
         spec: spec(),
+        hyperparameters: hyperparameters(),
         data_fingerprint: "ab".repeat(32),
         modules: [
             "model.layers.0.self_attn.q_proj",
@@ -58,6 +75,7 @@ fn checkpoint(step: u64) -> Checkpoint {
 fn assert_same(a: &Checkpoint, b: &Checkpoint) {
     assert_eq!(a.progress, b.progress);
     assert_eq!(a.spec, b.spec);
+    assert_eq!(a.hyperparameters, b.hyperparameters);
     assert_eq!(a.data_fingerprint, b.data_fingerprint);
     assert_eq!(a.modules.len(), b.modules.len());
     for (x, y) in a.modules.iter().zip(&b.modules) {
@@ -82,7 +100,7 @@ fn a_checkpoint_round_trips_and_old_ones_go_once_the_new_one_is_complete() {
     let runs = dir.path().join("run/checkpoints");
     assert!(latest_checkpoint(&runs).unwrap().is_none());
     assert!(
-        resume_from(&runs, &spec(), "x", &Device::Cpu)
+        resume_from(&runs, &spec(), &hyperparameters(), "x", &Device::Cpu)
             .unwrap()
             .is_none()
     );
@@ -103,10 +121,24 @@ fn a_checkpoint_round_trips_and_old_ones_go_once_the_new_one_is_complete() {
     left.sort();
     assert_eq!(left, ["step-0000000020", "step-0000000030"]);
     assert_eq!(latest_checkpoint(&runs).unwrap(), Some(newest));
-    let resumed = resume_from(&runs, &spec(), &"ab".repeat(32), &Device::Cpu)
+    let resume = |dir: &Path| {
+        resume_from(
+            dir,
+            &spec(),
+            &hyperparameters(),
+            &"ab".repeat(32),
+            &Device::Cpu,
+        )
         .unwrap()
-        .unwrap();
+        .unwrap()
+    };
+    let (from, resumed) = resume(&runs);
+    assert!(from.ends_with("step-0000000030"));
     assert_same(&third, &resumed);
+    // One step-N directory resumes that checkpoint.
+    let (from, older) = resume(&runs.join("step-0000000020"));
+    assert!(from.ends_with("step-0000000020"));
+    assert_eq!(older.progress.optimizer_step, 20);
 
     // Saving the same step again replaces it whole.
     let again = checkpoint(30);
@@ -124,7 +156,8 @@ fn resume_refuses_another_spec_or_other_data() {
     save_checkpoint(dir.path(), &checkpoint(5), 1).unwrap();
     let mut other = spec();
     other.rank = 4;
-    match resume_from(dir.path(), &other, &"ab".repeat(32), &Device::Cpu) {
+    let h = hyperparameters();
+    match resume_from(dir.path(), &other, &h, &"ab".repeat(32), &Device::Cpu) {
         Err(TuneError::Validation(m)) => {
             assert!(m.contains("step-0000000005"), "{m}");
             assert!(m.contains("rank 2") && m.contains("rank 4"), "{m}");
@@ -133,8 +166,22 @@ fn resume_refuses_another_spec_or_other_data() {
     }
     let mut other = spec();
     other.targets.push("o".into());
-    assert!(resume_from(dir.path(), &other, &"ab".repeat(32), &Device::Cpu).is_err());
-    match resume_from(dir.path(), &spec(), &"cd".repeat(32), &Device::Cpu) {
+    assert!(resume_from(dir.path(), &other, &h, &"ab".repeat(32), &Device::Cpu).is_err());
+    let mut longer = h;
+    longer.total_steps = 80;
+    longer.batch_size = 4;
+    match resume_from(dir.path(), &spec(), &longer, &"ab".repeat(32), &Device::Cpu) {
+        Err(TuneError::Validation(m)) => {
+            assert!(
+                m.contains("total steps") && m.contains("40 then, 80 now"),
+                "{m}"
+            );
+            assert!(m.contains("batch size 2 then, 4 now"), "{m}");
+            assert!(!m.contains("seed"), "{m}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match resume_from(dir.path(), &spec(), &h, &"cd".repeat(32), &Device::Cpu) {
         Err(TuneError::Validation(m)) => {
             assert!(m.contains("training data differ"), "{m}");
             assert!(

@@ -8,12 +8,16 @@ mod common;
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
-use common::values_f64 as values;
+use common::{max_diff, values_f64 as values};
 use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::Decoder;
 use zhiku_lm::lora::LoraAdapter;
 use zhiku_lm::tiny::{self, TinyFamily};
-use zhiku_tuner::{LoraInit, LoraSpec, TrainConfig, TrainExample, TrainedPair, Trainer};
+use zhiku_tuner::checkpoint::{latest_checkpoint, load_checkpoint};
+use zhiku_tuner::dataset::fingerprint;
+use zhiku_tuner::{
+    CheckpointPlan, LoraInit, LoraSpec, StepReport, TrainConfig, TrainExample, TrainedPair, Trainer,
+};
 
 const ALL_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
 
@@ -54,14 +58,6 @@ fn examples() -> Vec<TrainExample> {
         example(&[3, 17, 5, 40, 22, 9, 31, 2], 4),
         example(&[8, 1, 44, 13, 27, 6], 3),
     ]
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    values(a)
-        .iter()
-        .zip(values(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// Seeded pairs with B ≠ 0 (at B = 0 the gradient of A is 0 and proves nothing).
@@ -400,4 +396,276 @@ fn bad_examples_are_refused_with_their_index() {
     assert!(trainer.step(&[too_big]).is_err());
     let nothing = example(&[1, 2, 3], 0);
     assert!(trainer.step(&[nothing]).is_err());
+}
+
+fn more_examples() -> Vec<TrainExample> {
+    let mut data = examples();
+    data.push(example(&[12, 30, 7, 7, 19, 41, 5], 3));
+    data.push(example(&[2, 9, 33, 18, 4], 2));
+    data.push(example(&[25, 14, 38, 6, 1, 29, 44, 10, 3], 5));
+    data
+}
+
+/// A run that resumes must see dropout, shuffling, accumulation, clipping and the schedule.
+fn resume_config() -> TrainConfig {
+    let mut c = config(DType::F32);
+    c.lora.dropout = 0.1;
+    c.batch_size = 2;
+    c.grad_accumulation = 1;
+    c.max_grad_norm = Some(0.5);
+    c.warmup_steps = 2;
+    c.weight_decay = 0.01;
+    c.threads = Some(1);
+    c.seed = 77;
+    c
+}
+
+fn same_pairs(a: &[TrainedPair], b: &[TrainedPair]) -> bool {
+    a.iter().zip(b).all(|(p, q)| {
+        p.module == q.module && max_diff(&p.a, &q.a) == 0.0 && max_diff(&p.b, &q.b) == 0.0
+    })
+}
+
+const EPOCHS: usize = 4;
+
+/// Trains `EPOCHS` epochs in one go (3 steps each): the reference.
+fn uninterrupted(data: &[TrainExample]) -> (Vec<StepReport>, Vec<TrainedPair>) {
+    let mut t = Trainer::new(model(TinyFamily::Qwen2, 21), resume_config()).unwrap();
+    let reports = t
+        .train(data, EPOCHS, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(reports.len(), 12);
+    (reports, t.pairs().unwrap())
+}
+
+#[test]
+fn training_k_steps_then_resuming_k_equals_training_2k() {
+    let data = more_examples();
+    let (straight, straight_pairs) = uninterrupted(&data);
+
+    // Checkpoints every 2 steps; stop after step 7 (mid-epoch); the newest is step 6.
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("checkpoints");
+    let mut first = Trainer::new(model(TinyFamily::Qwen2, 21), resume_config()).unwrap();
+    first.set_checkpoints(Some(CheckpointPlan {
+        dir: runs.clone(),
+        every: 2,
+        keep: 2,
+    }));
+    let reports = first
+        .train(&data, EPOCHS, &mut |r| {
+            if r.step == 7 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(reports.len(), 7);
+    let written: Vec<bool> = reports.iter().map(|r| r.checkpoint.is_some()).collect();
+    assert_eq!(written, [false, true, false, true, false, true, false]);
+    let newest = latest_checkpoint(&runs).unwrap().unwrap();
+    assert!(newest.ends_with("step-0000000006"), "{}", newest.display());
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 2, "keep 2");
+    for (r, s) in reports.iter().zip(&straight) {
+        assert_eq!(r.loss, s.loss, "step {}", r.step);
+    }
+
+    // A new process: the model, the checkpoint, the rest of the run.
+    let mut resumed = Trainer::new(model(TinyFamily::Qwen2, 21), resume_config()).unwrap();
+    let checkpoint = load_checkpoint(&newest, &Device::Cpu).unwrap();
+    assert_eq!(checkpoint.progress.optimizer_step, 6);
+    assert_eq!(
+        (checkpoint.progress.epoch, checkpoint.progress.batch_index),
+        (2, 0)
+    );
+    let total = resumed.planned_steps(data.len(), EPOCHS);
+    resumed
+        .restore(&checkpoint, &fingerprint(&data), total)
+        .unwrap();
+    assert_eq!(resumed.steps_done(), 6);
+    assert_eq!(resumed.cursor(), (2, 0));
+    let rest = resumed
+        .train(&data, EPOCHS, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(rest.len(), 6);
+    for (r, s) in rest.iter().zip(&straight[6..]) {
+        assert_eq!((r.step, r.epoch), (s.step, s.epoch));
+        assert_eq!(
+            (r.loss, r.lr, r.grad_norm),
+            (s.loss, s.lr, s.grad_norm),
+            "step {}",
+            r.step
+        );
+    }
+    assert!(
+        same_pairs(&resumed.pairs().unwrap(), &straight_pairs),
+        "the adapters differ"
+    );
+
+    // The same from a mid-epoch checkpoint (step 4: epoch 1, its second step).
+    let mut again = Trainer::new(model(TinyFamily::Qwen2, 21), resume_config()).unwrap();
+    let mut at_4 = first.checkpoint(&fingerprint(&data), total).unwrap();
+    assert_eq!(at_4.progress.optimizer_step, 7);
+    at_4 = load_checkpoint(&runs.join("step-0000000004"), &Device::Cpu).unwrap();
+    assert_eq!((at_4.progress.epoch, at_4.progress.batch_index), (1, 1));
+    again.restore(&at_4, &fingerprint(&data), total).unwrap();
+    again
+        .train(&data, EPOCHS, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(
+        same_pairs(&again.pairs().unwrap(), &straight_pairs),
+        "from step 4"
+    );
+}
+
+#[test]
+fn resume_refuses_another_spec_other_hyperparameters_or_other_data() {
+    let data = more_examples();
+    let mut t = Trainer::new(model(TinyFamily::Llama, 22), resume_config()).unwrap();
+    t.train(&data, 1, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let total = t.planned_steps(data.len(), EPOCHS);
+    let checkpoint = t.checkpoint(&fingerprint(&data), total).unwrap();
+
+    let mut other = resume_config();
+    other.lora.rank = 2;
+    let mut t2 = Trainer::new(model(TinyFamily::Llama, 22), other).unwrap();
+    let m = t2
+        .restore(&checkpoint, &fingerprint(&data), total)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("rank 4") && m.contains("rank 2"), "{m}");
+
+    let mut other = resume_config();
+    other.learning_rate = 5e-3;
+    let mut t3 = Trainer::new(model(TinyFamily::Llama, 22), other).unwrap();
+    let m = t3
+        .restore(&checkpoint, &fingerprint(&data), total)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("learning rate 0.01 then, 0.005 now"), "{m}");
+    let m = t3
+        .restore(&checkpoint, &fingerprint(&data), total * 2)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("total steps"), "{m}");
+
+    let mut t4 = Trainer::new(model(TinyFamily::Llama, 22), resume_config()).unwrap();
+    let fewer = &data[..4];
+    let m = t4
+        .restore(&checkpoint, &fingerprint(fewer), total)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("training data differ"), "{m}");
+    // Nothing was restored by the refusals.
+    assert_eq!(t4.steps_done(), 0);
+    t4.restore(&checkpoint, &fingerprint(&data), total).unwrap();
+    assert_eq!(t4.steps_done(), 3);
+}
+
+#[test]
+fn a_failed_checkpoint_write_stops_training_and_the_previous_checkpoint_resumes() {
+    let data = more_examples();
+    let (_, straight_pairs) = uninterrupted(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("checkpoints");
+    std::fs::create_dir_all(&runs).unwrap();
+    // The write of step 4 fails: a file (not ours) stands where its temporary directory
+    // goes (a read-only directory stops nothing when the tests run as root).
+    let blocker = runs.join(".step-0000000004.partial");
+    std::fs::write(&blocker, b"not zhiku's").unwrap();
+    let mut t = Trainer::new(model(TinyFamily::Qwen2, 21), resume_config()).unwrap();
+    t.set_checkpoints(Some(CheckpointPlan {
+        dir: runs.clone(),
+        every: 2,
+        keep: 1,
+    }));
+    let mut seen = 0;
+    let err = t
+        .train(&data, EPOCHS, &mut |r| {
+            seen = r.step;
+            ControlFlow::Continue(())
+        })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(seen, 3, "training stopped at the failed write");
+    assert!(err.contains(".step-0000000004.partial"), "{err}");
+    let latest = latest_checkpoint(&runs).unwrap().unwrap();
+    assert!(latest.ends_with("step-0000000002"), "{}", latest.display());
+    assert!(!runs.join("step-0000000004").exists());
+
+    // The previous checkpoint loads and the run continues from it to the same adapter.
+    std::fs::remove_file(&blocker).unwrap();
+    let checkpoint = load_checkpoint(&latest, &Device::Cpu).unwrap();
+    let mut resumed = Trainer::new(model(TinyFamily::Qwen2, 21), resume_config()).unwrap();
+    let total = resumed.planned_steps(data.len(), EPOCHS);
+    resumed
+        .restore(&checkpoint, &fingerprint(&data), total)
+        .unwrap();
+    resumed
+        .train(&data, EPOCHS, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(same_pairs(&resumed.pairs().unwrap(), &straight_pairs));
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_and_training() {
+    let data = more_examples();
+    for family in TinyFamily::ALL {
+        let mut plain = config(DType::F64);
+        plain.batch_size = 2;
+        let mut recomputed = plain.clone();
+        recomputed.gradient_checkpointing = true;
+        let mut a = Trainer::new(model(family, 23), plain.clone()).unwrap();
+        let mut b = Trainer::new(model(family, 23), recomputed.clone()).unwrap();
+        let start = perturbed(&a.pairs().unwrap(), 4);
+        a.load_pairs(&start).unwrap();
+        b.load_pairs(&start).unwrap();
+        let ga = a.gradients(&data).unwrap();
+        let gb = b.gradients(&data).unwrap();
+        assert!((ga.loss - gb.loss).abs() < 1e-12, "{family:?}");
+        assert!((ga.norm - gb.norm).abs() < 1e-12, "{family:?}");
+        let mut worst = 0f64;
+        for (p, q) in ga.pairs.iter().zip(&gb.pairs) {
+            assert_eq!(p.module, q.module);
+            worst = worst.max(max_diff(&p.a, &q.a)).max(max_diff(&p.b, &q.b));
+            assert!(
+                values(&p.b).iter().any(|&x| x != 0.0),
+                "{family:?} {}",
+                p.module
+            );
+        }
+        assert!(worst < 1e-12, "{family:?}: gradients differ by {worst}");
+
+        // Training with dropout: the recomputation replays the same masks.
+        for c in [&mut plain, &mut recomputed] {
+            c.lora.dropout = 0.2;
+            c.grad_accumulation = 2;
+            c.batch_size = 1;
+        }
+        let mut a = Trainer::new(model(family, 24), plain).unwrap();
+        let mut b = Trainer::new(model(family, 24), recomputed).unwrap();
+        let ra = a
+            .train(&data, 2, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        let rb = b
+            .train(&data, 2, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        for (x, y) in ra.iter().zip(&rb) {
+            assert!(
+                (x.loss - y.loss).abs() < 1e-12,
+                "{family:?} step {}",
+                x.step
+            );
+        }
+        let mut worst = 0f64;
+        for (p, q) in a.pairs().unwrap().iter().zip(&b.pairs().unwrap()) {
+            worst = worst.max(max_diff(&p.a, &q.a)).max(max_diff(&p.b, &q.b));
+        }
+        assert!(
+            worst < 1e-12,
+            "{family:?}: trained adapters differ by {worst}"
+        );
+    }
 }

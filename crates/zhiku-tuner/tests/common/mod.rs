@@ -21,3 +21,13 @@ pub fn values_f64(t: &Tensor) -> Vec<f64> {
         .and_then(|t| t.to_vec1())
         .unwrap()
 }
+
+/// The largest absolute difference between two tensors' values.
+#[allow(dead_code)]
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    values_f64(a)
+        .iter()
+        .zip(values_f64(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
