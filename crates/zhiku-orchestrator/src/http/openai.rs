@@ -343,6 +343,7 @@ fn ask_request(
         context_tokens: request.zhiku.context_tokens,
         rewrite_follow_up: request.zhiku.rewrite_follow_up,
         min_coverage: request.zhiku.min_coverage,
+        min_relevance: None,
     })
 }
 
