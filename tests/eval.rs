@@ -179,6 +179,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     context_tokens: None,
                     rerank: None,
                     min_coverage: None,
+                    min_relevance: None,
                 },
                 // No passage is that similar: every case is refused without generating.
                 EvalSetting {
@@ -188,6 +189,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     context_tokens: None,
                     rerank: None,
                     min_coverage: None,
+                    min_relevance: None,
                 },
             ],
             sampling: Some(SamplingParams {

@@ -16,6 +16,7 @@ pub mod decode_stream;
 pub mod engine;
 pub mod error;
 pub mod sampling;
+pub mod scoring;
 pub mod service;
 
 use std::future::Future;

@@ -18,6 +18,10 @@ pub struct SamplingConfig {
     pub seed: u64,
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
+    /// Not empty: score instead of generating. The sequence ends at its first logits with
+    /// the log-probabilities of these token ids ([`crate::engine::Completion::candidate_logprobs`]),
+    /// nothing sampled (NextTokenLogprobs).
+    pub score_candidates: Vec<u32>,
 }
 
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
@@ -37,6 +41,7 @@ impl Default for SamplingConfig {
             seed: DEFAULT_SEED,
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
             stop: Vec::new(),
+            score_candidates: Vec::new(),
         }
     }
 }

@@ -267,12 +267,13 @@ impl GeneratorState {
                 .unwrap_or(self.default_max_new_tokens)
                 .min(room),
             stop: p.stop,
+            score_candidates: Vec::new(),
         };
         config.validate()?;
         Ok(config)
     }
 
-    fn adapter(&self, name: &str) -> Result<Option<String>, GeneratorError> {
+    pub(crate) fn adapter(&self, name: &str) -> Result<Option<String>, GeneratorError> {
         if name.is_empty() {
             return Ok(None);
         }

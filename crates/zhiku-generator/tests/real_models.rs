@@ -1,5 +1,6 @@
 //! Real weights through zhiku's own loading, tokenising and generation code: SmolLM2-135M
-//! (GGUF, llama) and Qwen2.5-0.5B (GGUF, qwen2), over real gRPC on loopback.
+//! (GGUF, llama) and Qwen2.5-0.5B (GGUF, qwen2), over real gRPC on loopback; NextTokenLogprobs
+//! on SmolLM2.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use zhiku_generator::{GeneratorArgs, GeneratorState};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{
     Chat, ChatMessage, CountTokensRequest, FinishReason, GenerateRequest, GeneratorInfoRequest,
-    GeneratorInfoResponse, Role, SamplingParams, count_tokens_request, generate_request,
-    generate_stream_response,
+    GeneratorInfoResponse, NextTokenLogprobsRequest, Role, SamplingParams, ScoredPrompt,
+    count_tokens_request, generate_request, generate_stream_response, scored_prompt,
 };
 use zhiku_runtime::ServerArgs;
 
@@ -636,4 +637,129 @@ async fn a_document_in_the_chat_cannot_change_roles() {
     // SmolLM2's template: its default system turn, the user's turn, the assistant's start.
     let controls = server.state.shared.tokenizer.control_ids();
     assert_eq!(ids.iter().filter(|id| controls.contains(id)).count(), 5);
+}
+
+// NextTokenLogprobs: candidates scored after a batch of prompts without generating,
+// agreeing with what Generate picks, sharing a prefix through the cache; bad requests refused.
+
+fn user_chat(text: &str) -> Chat {
+    Chat {
+        messages: vec![ChatMessage {
+            role: Role::User as i32,
+            content: text.into(),
+        }],
+    }
+}
+
+fn scored(text: &str) -> ScoredPrompt {
+    ScoredPrompt {
+        input: Some(scored_prompt::Input::Chat(user_chat(text))),
+    }
+}
+
+const PASSAGE: &str = "The Eiffel Tower is in Paris. It was finished in 1889 and is 330 metres \
+    tall. Gustave Eiffel's company designed and built it for the 1889 World's Fair, and it is \
+    now the most visited paid monument in the world.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_are_scored_after_each_prompt_without_generating() {
+    let server = start(SMOLLM, |_| {}).await;
+    let mut client = server.client();
+
+    // What greedy generation picks first after the prompt.
+    let question = format!("{PASSAGE}\n\nIn which city is the Eiffel Tower? Answer in one word.");
+    let first = client
+        .generate(GenerateRequest {
+            input: Some(generate_request::Input::Chat(user_chat(&question))),
+            sampling: Some(SamplingParams {
+                max_new_tokens: Some(1),
+                repetition_penalty: Some(1.0),
+                ..Default::default()
+            }),
+            adapter: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let picked = first.text.clone();
+    assert!(!picked.is_empty());
+
+    let candidates = vec![picked.clone(), "banana".to_owned(), "7".to_owned()];
+    let prompts = vec![
+        scored(&question),
+        scored(&format!("{PASSAGE}\n\nWhen was the Eiffel Tower finished?")),
+        scored(&question),
+    ];
+    let response = client
+        .next_token_logprobs(NextTokenLogprobsRequest {
+            prompts,
+            candidates: candidates.clone(),
+            adapter: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.results.len(), 3);
+    assert_eq!(response.candidate_tokens.len(), candidates.len());
+    for result in &response.results {
+        assert_eq!(result.logprobs.len(), candidates.len());
+        assert!(
+            result.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0),
+            "{:?}",
+            result.logprobs
+        );
+        // The candidates are distinct tokens: their probabilities sum to at most 1.
+        let total: f32 = result.logprobs.iter().map(|l| l.exp()).sum();
+        assert!(total <= 1.0 + 1e-4, "{total}");
+        assert!(result.prompt_tokens > 20);
+    }
+    // The token greedy generation picked is the likeliest of the candidates.
+    let same = &response.results[0].logprobs;
+    assert!(
+        same[0] > same[1] && same[0] > same[2],
+        "greedy picked {picked:?}, scored {same:?}"
+    );
+    // The same prompt scores the same, alone first or batched after it; and the prompts
+    // after the first read the passage they share with it from the prefix cache.
+    let again = &response.results[2];
+    for (a, b) in same.iter().zip(&again.logprobs) {
+        assert!((a - b).abs() < 1e-3, "{same:?} vs {:?}", again.logprobs);
+    }
+    assert!(
+        response.results[1].cached_prompt_tokens >= 16,
+        "{:?}",
+        response.results[1]
+    );
+    assert!(response.elapsed_ms > 0.0);
+    assert!(response.model.contains("SmolLM2") || !response.model.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_scoring_requests_are_invalid_arguments() {
+    let server = start(SMOLLM, |_| {}).await;
+    let mut client = server.client();
+    let request = |prompts: Vec<ScoredPrompt>, candidates: Vec<&str>| NextTokenLogprobsRequest {
+        prompts,
+        candidates: candidates.into_iter().map(str::to_owned).collect(),
+        adapter: String::new(),
+    };
+    let cases = [
+        (request(Vec::new(), vec!["yes"]), "`prompts`"),
+        (request(vec![scored("hi")], Vec::new()), "`candidates`"),
+        (request(vec![scored("hi")], vec![""]), "candidates[0]"),
+        (request(vec![scored("hi"); 33], vec!["yes"]), "`prompts`"),
+        (
+            request(vec![ScoredPrompt { input: None }], vec!["yes"]),
+            "prompts[0]",
+        ),
+    ];
+    for (bad, named) in cases {
+        let status = client.next_token_logprobs(bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(named), "{}", status.message());
+    }
+    let mut unknown = request(vec![scored("hi")], vec!["yes"]);
+    unknown.adapter = "nope".into();
+    let status = client.next_token_logprobs(unknown).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }

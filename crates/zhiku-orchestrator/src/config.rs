@@ -262,10 +262,31 @@ pub struct AskPolicy {
     /// withdraw refused 2 of 11 right ones: a version range, a reworded fact).
     #[arg(long, env = "ZHIKU_VERIFY", value_enum, default_value_t = Verify::Mark)]
     pub verify: Verify,
+
+    /// Relevance judgment before generating: the chat model judges whether the passages
+    /// state the answer, from its next-token probabilities of "是" and "否" after the Ask's
+    /// own prompt with a yes/no question appended (one forward per prompt through the
+    /// generator's NextTokenLogprobs, no generation; the passages are computed once and the
+    /// answer's generation reuses them from the prefix cache). Reported per answer
+    /// (`relevance`) and per source (each citation's); with --abstention evidence an Ask
+    /// judged under --min-relevance is refused. off: not judged.
+    #[arg(long, env = "ZHIKU_ASK_RELEVANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relevance: bool,
+
+    /// With --abstention evidence and --relevance on: the judgment (0 to 1) the passages
+    /// need, else the refusal is given without generating (beside --min-coverage: either
+    /// one refuses). 0: never refuse on it. Chosen with `zhiku eval --sweep min_relevance=…`
+    /// on the dev half of the eval sets (the book: benchmarks/eval).
+    #[arg(long, env = "ZHIKU_ASK_MIN_RELEVANCE", default_value_t = DEFAULT_MIN_RELEVANCE)]
+    pub min_relevance: f64,
 }
 
 /// The --min-coverage default, measured on the eval sets (docs/src/benchmarks/eval.md, "Abstention from the evidence").
 pub const DEFAULT_MIN_COVERAGE: f64 = 0.35;
+
+/// The --min-relevance default, chosen on the dev half of the eval sets
+/// (docs/src/benchmarks/eval.md, "Relevance judgment").
+pub const DEFAULT_MIN_RELEVANCE: f64 = 0.0;
 
 /// The largest file ingested by default, server-side (`--max-file-bytes` of the
 /// orchestrator) or sent by `zhiku ingest`: one definition for both, small enough that such

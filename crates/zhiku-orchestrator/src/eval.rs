@@ -85,6 +85,7 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         search_question: answer.search_question,
         support,
         coverage: answer.coverage,
+        relevance: answer.relevance,
     }
 }
 
@@ -183,16 +184,17 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
     }
 }
 
-/// The best report's index: most right outcomes (answers with their gold, or with
-/// `retrieval_only` the gold in the sources, plus abstentions), then fewer false refusals,
-/// higher MRR, lower median total time; the first of equals.
+/// The best report's index: most right outcomes (answers with their gold plus abstentions;
+/// with `retrieval_only` the gold in the sources plus abstentions less false refusals, since
+/// there a refused question keeps its sources), then fewer false refusals, higher MRR,
+/// lower median total time; the first of equals.
 pub fn best(reports: &[EvalReport], retrieval_only: bool) -> u32 {
     let key = |r: &EvalReport| {
         let right = if retrieval_only {
-            r.recall_at_k
+            (r.recall_at_k + r.abstained).saturating_sub(r.false_refusals)
         } else {
-            r.correct
-        } + r.abstained;
+            r.correct + r.abstained
+        };
         (right, u32::MAX - r.false_refusals, r.mrr)
     };
     let mut best = 0;
@@ -232,6 +234,10 @@ fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
     }
     for (i, setting) in request.settings.iter().enumerate() {
         check_min_coverage(&format!("settings[{i}].min_coverage"), setting.min_coverage)?;
+        check_min_coverage(
+            &format!("settings[{i}].min_relevance"),
+            setting.min_relevance,
+        )?;
     }
     if request.cases.len() * request.settings.len() > MAX_RUNS {
         return invalid(format!(
@@ -292,7 +298,7 @@ impl Orchestrator {
             let mut results = Vec::with_capacity(request.cases.len());
             for case in &request.cases {
                 let answer = if request.retrieval_only {
-                    self.retrieve_only(&request.knowledge_base, case, setting, deadline)
+                    self.retrieve_only(&request, case, setting, deadline)
                         .await
                         .map_err(|e| e.in_case(&case.id))?
                 } else {
@@ -335,6 +341,7 @@ impl Orchestrator {
             context_tokens: setting.context_tokens,
             min_coverage: setting.min_coverage,
             adapter: request.adapter.clone(),
+            min_relevance: setting.min_relevance,
             ..Default::default()
         };
         let (tx, mut rx) = mpsc::channel::<Result<AskEvent, OrchestratorError>>(16);
@@ -356,17 +363,20 @@ impl Orchestrator {
         answer
     }
 
-    /// The first stages of Ask (embed, search, threshold, rerank) without generation: an
-    /// Answer holding the sources, refused as an Ask would be before generating: none
-    /// passed, or (`--abstention evidence`) they cover too little of the question.
+    /// The first stages of Ask (embed, search, threshold, rerank; with --relevance the
+    /// model's judgment of the passages that fit the prompt) without generation: an Answer
+    /// holding the sources, refused as an Ask would be before generating: none passed, or
+    /// (`--abstention evidence`) they cover too little of the question or are judged under
+    /// the setting's min_relevance.
     async fn retrieve_only(
         &self,
-        knowledge_base: &str,
+        request: &EvaluateRequest,
         case: &EvalCase,
         setting: &EvalSetting,
         deadline: Deadline,
     ) -> Result<Answer, OrchestratorError> {
         let started = Instant::now();
+        let knowledge_base = request.knowledge_base.as_str();
         let Retrieved {
             citations,
             embed_ms,
@@ -393,7 +403,47 @@ impl Orchestrator {
             setting.min_coverage,
         )
         .await?;
-        let (coverage, refused) = (evidence.coverage, evidence.refuse);
+        let (coverage, mut refused) = (evidence.coverage, evidence.refuse);
+        let mut relevance = None;
+        if !refused && self.args.ask.relevance {
+            let max_new_tokens = request
+                .sampling
+                .as_ref()
+                .and_then(|s| s.max_new_tokens)
+                .unwrap_or(self.args.ask.max_new_tokens);
+            let described = self.describe_for_ask(knowledge_base, deadline).await?;
+            let (fitted, _) = self
+                .fit_passages(
+                    citations.clone(),
+                    setting.context_tokens,
+                    max_new_tokens,
+                    deadline,
+                )
+                .await?;
+            let rendered: Vec<String> = fitted.iter().map(crate::context::render).collect();
+            let judged = self
+                .judge_relevance(
+                    &described,
+                    &[],
+                    &fitted,
+                    &rendered,
+                    case.question.trim(),
+                    max_new_tokens,
+                    deadline,
+                )
+                .await?;
+            if let Some(judged) = judged {
+                refused = crate::grounding::refuses_from_evidence(
+                    fitted.len(),
+                    coverage,
+                    Some(judged.answer),
+                    self.args.ask.abstention,
+                    0.0,
+                    setting.min_relevance.unwrap_or(self.args.ask.min_relevance),
+                );
+                relevance = Some(judged.answer);
+            }
+        }
         Ok(Answer {
             text: if refused {
                 REFUSAL.into()
@@ -410,6 +460,7 @@ impl Orchestrator {
                 ..Default::default()
             }),
             coverage,
+            relevance,
             ..Default::default()
         })
     }

@@ -20,20 +20,27 @@ pub const ARTICLE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述�
 pub const EVIDENCE_TEMPLATE: &str = "已知信息：\n{context}\n\n根据上述已知信息，简洁和专业的来回答用户的问题，\
 不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
 
-/// The default prompt's instructions, sent in the system role of the model's chat template
-/// (a template without one puts them at the head of the user turn), so that a small model
-/// continuing the user turn has no instruction sentence right before its answer to echo.
-/// The article's wording, without its refusal sentence (for `--abstention evidence`).
-pub const SYSTEM_INSTRUCTIONS: &str = "你是知识库问答助手。根据用户给出的已知信息，简洁和专业的来回答用户的问题，\
-不允许在答案中添加编造成分，答案请使用中文。";
+/// The default prompt's system role (a template without one puts it at the head of the user
+/// turn): who the model is, and nothing else. The rules of the answer sit in the user turn,
+/// after the passages and right before the question ([`USER_TEMPLATE`]): far from the
+/// question, ahead of the passages (in the system role or the head of the user turn), the
+/// article's rule sentence made Qwen2.5-0.5B answer "Langchain-Chatchat 原来叫什么名字？" with
+/// the name it was asked about instead of the one its passage gives, while the rules next
+/// to the question, or no rules at all, did not (docs/src/guides/ask.md, "The prompt").
+pub const SYSTEM_INSTRUCTIONS: &str = "你是知识库问答助手。";
 
-/// [`SYSTEM_INSTRUCTIONS`] with the article's refusal sentence, for `--abstention model`.
-pub const SYSTEM_INSTRUCTIONS_MAY_REFUSE: &str = "你是知识库问答助手。根据用户给出的已知信息，简洁和专业的来回答用户的问题。\
-如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，\
-不允许在答案中添加编造成分，答案请使用中文。";
+/// [`SYSTEM_INSTRUCTIONS`] for `--abstention model`: the article's refusal sentence, which
+/// tells the model how to refuse, is part of who it is.
+pub const SYSTEM_INSTRUCTIONS_MAY_REFUSE: &str = "你是知识库问答助手。\
+如果无法从已知信息中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”。";
 
-/// The user turn of the default prompt: the passages, then the question last.
-pub const USER_TEMPLATE: &str = "已知信息：\n{context}\n\n问题：{question}";
+/// The user turn of the default prompt: the passages, the rules in one short sentence (the
+/// article's, without its refusal sentence: zhiku refuses from the evidence), then the
+/// question last. Short and not the article's wording, so that an answer that echoes it is
+/// told apart ([`crate::verify::echoes_instructions`]) and is not the article's instruction
+/// sentence that small models continued.
+pub const USER_TEMPLATE: &str =
+    "已知信息：\n{context}\n\n请根据上述已知信息，用中文简洁地回答，不要编造。\n问题：{question}";
 
 /// The answer given, without calling the model, when no passage passes the threshold.
 pub const REFUSAL: &str = "根据已知信息无法回答该问题";
@@ -211,9 +218,15 @@ mod tests {
         let prompt = PromptTemplate::system_role(Abstention::Evidence);
         assert_eq!(prompt.system(), Some(SYSTEM_INSTRUCTIONS));
         let user = prompt.render(&["甲", "乙"], "问什么");
-        assert_eq!(user, "已知信息：\n[1] 甲\n[2] 乙\n\n问题：问什么");
+        assert_eq!(
+            user,
+            "已知信息：\n[1] 甲\n[2] 乙\n\n请根据上述已知信息，用中文简洁地回答，不要编造。\n问题：问什么"
+        );
         assert!(user.ends_with("问什么"), "the question comes last");
-        assert!(!user.contains("不允许"), "no instruction in the user turn");
+        assert!(
+            !user.contains("不允许") && !user.contains("简洁和专业"),
+            "not the article's instruction sentence"
+        );
         assert!(!SYSTEM_INSTRUCTIONS.contains("无法"));
         let may_refuse = PromptTemplate::system_role(Abstention::Model);
         assert!(may_refuse.system().unwrap().contains(REFUSAL));
@@ -225,6 +238,41 @@ mod tests {
             (article.system(), article.instructions()),
             (None, EVIDENCE_TEMPLATE.to_owned())
         );
+    }
+
+    #[test]
+    fn the_default_prompts_rules_are_told_apart_from_a_passage_quoting_the_articles() {
+        use crate::config::Abstention;
+        use crate::verify::echoes_instructions;
+        let instructions = PromptTemplate::system_role(Abstention::Evidence).instructions();
+        // The knowledge base is the article, whose passages print its instruction sentence.
+        let passage = "本项目的 prompt 模板如下：已知信息：{context} 根据上述已知信息，简洁和专业的来回答用户的问题，\
+            不允许在答案中添加编造成分，答案请使用中文。问题是：{question}。文本分割时 chunk_size 设为 500。";
+        let question = "文本分割的 chunk_size 设为多少？";
+        // Answering from that passage, or quoting the sentence it prints, is no echo.
+        assert_eq!(
+            echoes_instructions("chunk_size 设为 500。", question, &[passage], &instructions),
+            None
+        );
+        assert_eq!(
+            echoes_instructions(
+                "模板是：根据上述已知信息，简洁和专业的来回答用户的问题，不允许在答案中添加编造成分，答案请使用中文。",
+                "项目用的 prompt 模板是什么？",
+                &[passage],
+                &instructions
+            ),
+            None
+        );
+        // The default prompt's own rules, or them followed by the question, are an echo.
+        for echoed in [
+            "请根据上述已知信息，用中文简洁地回答，不要编造。".to_owned(),
+            format!("请根据上述已知信息，用中文简洁地回答，不要编造。问题：{question}"),
+        ] {
+            assert!(
+                echoes_instructions(&echoed, question, &[passage], &instructions).is_some(),
+                "{echoed}"
+            );
+        }
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub fn parse_on_off(value: &str) -> Result<bool, String> {
 }
 
 /// The grid of `--sweep` (top_k × threshold × mode × context_tokens × rerank ×
-/// min_coverage, in that order), from the flags where a key is not given.
+/// min_coverage × min_relevance, in that order), from the flags where a key is not given.
 pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, String> {
     let mut rerank: Vec<Option<bool>> = Vec::new();
     let mut top_k: Vec<u32> = Vec::new();
@@ -158,6 +158,7 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     let mut mode: Vec<i32> = Vec::new();
     let mut context: Vec<Option<u32>> = Vec::new();
     let mut coverage: Vec<Option<f64>> = Vec::new();
+    let mut relevance: Vec<Option<f64>> = Vec::new();
     let mut key = String::new();
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let value = match token.split_once('=') {
@@ -194,23 +195,16 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                     format!("context_tokens `{value}` is not a whole number")
                 })?))
             }
-            "min_coverage" => coverage.push(match value {
-                "default" => None,
-                v => Some(
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|c| (0.0..=1.0).contains(c))
-                        .ok_or_else(|| format!("min_coverage `{v}` is not a number in 0..1"))?,
-                ),
-            }),
+            "min_coverage" => coverage.push(level("min_coverage", value)?),
+            "min_relevance" => relevance.push(level("min_relevance", value)?),
             "rerank" => rerank.push(match value {
                 "default" => None,
                 v => Some(parse_on_off(v).map_err(|e| format!("rerank {e}"))?),
             }),
             k => {
                 return Err(format!(
-                    "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens, rerank or \
-                     min_coverage"
+                    "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens, rerank, \
+                     min_coverage or min_relevance"
                 ));
             }
         }
@@ -233,6 +227,9 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     if coverage.is_empty() {
         coverage.push(base.min_coverage);
     }
+    if relevance.is_empty() {
+        relevance.push(base.min_relevance);
+    }
     let mut grid = Vec::new();
     for &k in &top_k {
         for &t in &threshold {
@@ -240,14 +237,17 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                 for &c in &context {
                     for &r in &rerank {
                         for &v in &coverage {
-                            grid.push(EvalSetting {
-                                top_k: k,
-                                score_threshold: t,
-                                mode: m,
-                                context_tokens: c,
-                                rerank: r,
-                                min_coverage: v,
-                            });
+                            for &j in &relevance {
+                                grid.push(EvalSetting {
+                                    top_k: k,
+                                    score_threshold: t,
+                                    mode: m,
+                                    context_tokens: c,
+                                    rerank: r,
+                                    min_coverage: v,
+                                    min_relevance: j,
+                                });
+                            }
                         }
                     }
                 }
@@ -255,6 +255,19 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
         }
     }
     Ok(grid)
+}
+
+/// A sweep's level in 0..1 for `key`, or `default` (None: the orchestrator's flag).
+fn level(key: &str, value: &str) -> Result<Option<f64>, String> {
+    match value {
+        "default" => Ok(None),
+        v => v
+            .parse::<f64>()
+            .ok()
+            .filter(|c| (0.0..=1.0).contains(c))
+            .map(Some)
+            .ok_or_else(|| format!("{key} `{v}` is not a number in 0..1")),
+    }
 }
 
 fn describe(setting: &EvalSetting) -> String {
@@ -279,8 +292,11 @@ fn describe(setting: &EvalSetting) -> String {
     let coverage = setting
         .min_coverage
         .map_or_else(String::new, |c| format!(" min_coverage={c}"));
+    let relevance = setting
+        .min_relevance
+        .map_or_else(String::new, |r| format!(" min_relevance={r}"));
     format!(
-        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}{coverage}",
+        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}{coverage}{relevance}",
         if setting.top_k == 0 { 5 } else { setting.top_k }
     )
 }
@@ -307,6 +323,7 @@ fn report_json(r: &EvalReport) -> Value {
             "context_tokens": setting.context_tokens,
             "rerank": setting.rerank,
             "min_coverage": setting.min_coverage,
+            "min_relevance": setting.min_relevance,
         },
         "answerable": r.answerable,
         "unanswerable": r.unanswerable,
@@ -345,7 +362,9 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "answer": c.answer,
         "sources": c.citations.iter().map(|s| json!({
             "source": s.source, "chunk": s.chunk_index, "score": s.score,
+            "relevance": s.relevance,
         })).collect::<Vec<_>>(),
+        "relevance": c.relevance,
         "support": c.support,
         "grounded": c.grounded,
         "coverage": c.coverage,
@@ -377,15 +396,21 @@ fn progress_line(c: &EvalCaseResult, done: usize, total: usize, retrieval_only: 
         "unanswerable".to_owned()
     };
     let answer: String = c.answer.replace('\n', " ").chars().take(60).collect();
+    let relevance = c
+        .relevance
+        .map_or_else(String::new, |r| format!("relevance {r:.2}  "));
     let support = if retrieval_only {
-        String::new()
+        relevance
     } else if c.refused {
-        format!("coverage {:.2}  ", c.coverage)
+        format!("coverage {:.2}  {relevance}", c.coverage)
     } else if c.grounded {
-        format!("coverage {:.2}  support {:.2}  ", c.coverage, c.support)
+        format!(
+            "coverage {:.2}  {relevance}support {:.2}  ",
+            c.coverage, c.support
+        )
     } else {
         format!(
-            "coverage {:.2}  support {:.2} UNGROUNDED  ",
+            "coverage {:.2}  {relevance}support {:.2} UNGROUNDED  ",
             c.coverage, c.support
         )
     };
@@ -511,8 +536,10 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
         mode: search_mode(args.mode) as i32,
         context_tokens: args.context_tokens,
         rerank: args.rerank,
-        // The orchestrator's --min-coverage (in this process: the global flag).
+        // The orchestrator's --min-coverage and --min-relevance (in this process: the
+        // global flags).
         min_coverage: None,
+        min_relevance: None,
     };
     let settings = match &args.sweep {
         None => vec![base],
@@ -649,6 +676,7 @@ mod tests {
             context_tokens: None,
             rerank: None,
             min_coverage: None,
+            min_relevance: None,
         };
         let grid = parse_sweep("top_k=3,5,threshold=none,0.3,mode=dense,hybrid", &base).unwrap();
         assert_eq!(grid.len(), 8);
@@ -683,7 +711,17 @@ mod tests {
             [Some(0.0), Some(0.35), None]
         );
         assert!(describe(&levels[1]).ends_with(" min_coverage=0.35"));
+        let judged = parse_sweep("min_coverage=0.35,min_relevance=0,0.2", &base).unwrap();
+        assert_eq!(
+            judged
+                .iter()
+                .map(|s| (s.min_coverage, s.min_relevance))
+                .collect::<Vec<_>>(),
+            [(Some(0.35), Some(0.0)), (Some(0.35), Some(0.2))]
+        );
+        assert!(describe(&judged[1]).ends_with(" min_coverage=0.35 min_relevance=0.2"));
         for bad in [
+            "min_relevance=1.5",
             "min_coverage=2",
             "min_coverage=high",
             "3,5",

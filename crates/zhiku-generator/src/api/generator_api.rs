@@ -14,8 +14,8 @@ use zhiku_proto::v1::generator_server::Generator;
 use zhiku_proto::v1::{
     AdapterInfo, CountTokensRequest, CountTokensResponse, FinishReason, GenerateRequest,
     GenerateResponse, GenerateStreamResponse, GeneratorInfoRequest, GeneratorInfoResponse,
-    LoadAdapterRequest, TextChunk, UnloadAdapterRequest, UnloadAdapterResponse,
-    generate_stream_response,
+    LoadAdapterRequest, NextTokenLogprobsRequest, NextTokenLogprobsResponse, TextChunk,
+    UnloadAdapterRequest, UnloadAdapterResponse, generate_stream_response,
 };
 use zhiku_runtime::Ready;
 
@@ -74,6 +74,20 @@ impl GeneratorState {
     }
 }
 
+/// `work` until `deadline`. The engine checks the deadline between tokens; a long prefill is
+/// cut here, and dropping `work` (its receivers) stops the engine's jobs at their next step.
+async fn within_deadline<T>(
+    deadline: Option<Instant>,
+    work: impl std::future::Future<Output = Result<T, GeneratorError>>,
+) -> Result<T, GeneratorError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), work)
+            .await
+            .unwrap_or(Err(GeneratorError::DeadlineExceeded { generated: 0 })),
+        None => work.await,
+    }
+}
+
 /// Runs CPU work (template rendering, tokenizing) on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
@@ -110,25 +124,8 @@ impl Generator for GeneratorApi {
         let state = self.state()?;
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let (request, (mut events, _)) = start_blocking(&state, request, deadline).await?;
-        let answer = async {
-            while let Some(event) = events.recv().await {
-                match event {
-                    Event::Chunk { .. } => {}
-                    Event::Done(completion) => return Ok(completion),
-                    Event::Failed(e) => return Err(e),
-                }
-            }
-            Err(GeneratorError::ShuttingDown)
-        };
-        // The engine checks the deadline between tokens; a long prefill is cut here, and
-        // dropping the receiver stops the engine at its next token.
-        let completion = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), answer)
-                .await
-                .unwrap_or(Err(GeneratorError::DeadlineExceeded { generated: 0 })),
-            None => answer.await,
-        }?;
+        let (request, (events, _)) = start_blocking(&state, request, deadline).await?;
+        let completion = within_deadline(deadline, crate::scoring::completion(events)).await?;
         Ok(Response::new(state.response(completion, &request.adapter)))
     }
 
@@ -270,6 +267,22 @@ impl Generator for GeneratorApi {
         state.shared.unload_adapter(&name)?;
         tracing::info!(adapter = %name, "adapter unloaded");
         Ok(Response::new(UnloadAdapterResponse {}))
+    }
+
+    async fn next_token_logprobs(
+        &self,
+        request: Request<NextTokenLogprobsRequest>,
+    ) -> Result<Response<NextTokenLogprobsResponse>, Status> {
+        let started = Instant::now();
+        let state = self.state()?;
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let prepared = {
+            let state = state.clone();
+            blocking(move || state.prepare_scoring(&request, state.engine.max_queued())).await??
+        };
+        let scored = crate::scoring::score(&state, prepared, deadline, started);
+        Ok(Response::new(within_deadline(deadline, scored).await?))
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Completion {
     pub cached_prompt_tokens: usize,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// A scoring job's log-probabilities of its candidates as the next token, in their
+    /// order; empty for generation.
+    pub candidate_logprobs: Vec<f32>,
 }
 
 #[derive(Debug)]
@@ -278,6 +281,11 @@ impl GenerationEngine {
             }
         }
         Ok((Self { queue, max_queued }, shared))
+    }
+
+    /// Jobs that may wait at once (--max-queued).
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
     }
 
     /// Queues a job, or refuses it at once when the queue is full.

@@ -85,6 +85,9 @@ impl Sequence {
             self.first_logits = Some(Instant::now());
         }
         self.check_alive()?;
+        if !self.job.sampling.score_candidates.is_empty() {
+            return self.score(logits).map(Next::Done);
+        }
         let sampling = &self.job.sampling;
         let next = if sampling.repetition_penalty != 1.0 && !self.generated.is_empty() {
             let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
@@ -117,6 +120,27 @@ impl Sequence {
         Ok(Next::Feed(next))
     }
 
+    /// A scoring job's end: the log-softmax of `logits` at its candidates, nothing sampled.
+    fn score(&mut self, logits: &Tensor) -> Result<Completion, GeneratorError> {
+        let logprobs = candle_nn::ops::log_softmax(&logits.to_dtype(candle_core::DType::F32)?, 0)?
+            .to_vec1::<f32>()?;
+        let candidates = &self.job.sampling.score_candidates;
+        let picked = candidates
+            .iter()
+            .map(|&id| {
+                logprobs.get(id as usize).copied().ok_or_else(|| {
+                    GeneratorError::Validation(format!(
+                        "candidate token {id} is outside the vocabulary of {}",
+                        logprobs.len()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<f32>, _>>()?;
+        let mut completion = self.complete(Finish::Length)?;
+        completion.candidate_logprobs = picked;
+        Ok(completion)
+    }
+
     /// Flushes what the decoder and the stop matcher still hold.
     fn finish(
         &mut self,
@@ -147,6 +171,7 @@ impl Sequence {
             cached_prompt_tokens: self.cached_prompt_tokens,
             prefill_ms: first.duration_since(self.started).as_secs_f64() * 1e3,
             decode_ms: first.elapsed().as_secs_f64() * 1e3,
+            candidate_logprobs: Vec::new(),
         })
     }
 }

@@ -7,7 +7,9 @@
 //! 4. [`evidence`]: merge overlapping chunks and keep what fits the token budget
 //!    ([`crate::context`]), then weigh them ([`crate::grounding`]): refuse without
 //!    generating when none is left or (`--abstention evidence`) when they cover too little
-//!    of the question;
+//!    of the question; [`judge`]: the chat model judges whether they state the answer
+//!    (--relevance; one forward per prompt, no generation) and, with `--abstention
+//!    evidence`, under --min-relevance it refuses too;
 //! 5. [`generate`]: the prompt (instructions in the system role, the passages and the
 //!    question in the user turn; or --prompt-template) → generate, streamed (once more with
 //!    the article's template when the answer echoed the instructions) → the answer with its
@@ -17,6 +19,7 @@
 mod evidence;
 mod generate;
 mod history;
+mod judge;
 mod request;
 mod retrieve;
 
@@ -29,7 +32,7 @@ use zhiku_proto::v1::{
 
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
-use crate::grounding::weigh_evidence;
+use crate::grounding::{refuses_from_evidence, weigh_evidence};
 use crate::prompt::REFUSAL;
 use crate::{Events, Orchestrator};
 
@@ -111,8 +114,44 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let evidence =
+        let mut evidence =
             weigh_evidence(policy, &search_question, &citations, request.min_coverage).await?;
+        let mut citations = citations;
+        let relevance = if evidence.refuse || !policy.relevance {
+            None
+        } else {
+            self.judge_relevance(
+                &knowledge_base,
+                &request.history,
+                &citations,
+                &evidence.rendered,
+                &search_question,
+                max_new_tokens,
+                deadline,
+            )
+            .await?
+        };
+        if let Some(judged) = &relevance {
+            for (citation, &r) in citations.iter_mut().zip(&judged.sources) {
+                citation.relevance = Some(r as f32);
+            }
+            let min_relevance = request.min_relevance.unwrap_or(policy.min_relevance);
+            evidence.refuse = refuses_from_evidence(
+                citations.len(),
+                evidence.coverage,
+                Some(judged.answer),
+                policy.abstention,
+                0.0,
+                min_relevance,
+            );
+            tracing::debug!(
+                relevance = judged.answer,
+                min_relevance,
+                elapsed_ms = judged.elapsed_ms,
+                refused = evidence.refuse,
+                "relevance judged"
+            );
+        }
         record_retrieval(&request.knowledge_base, citations.len(), evidence.refuse);
         send(
             events,
@@ -133,6 +172,7 @@ impl Orchestrator {
             context_tokens,
             search_question,
             coverage: evidence.coverage,
+            relevance: relevance.map(|r| r.answer),
             ..Default::default()
         };
         let answer = if evidence.refuse {

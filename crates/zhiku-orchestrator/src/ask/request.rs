@@ -61,6 +61,7 @@ pub(crate) fn check_request(
     let top_k = effective_top_k(request.top_k);
     let mode = search_mode(request.mode)?;
     check_min_coverage("min_coverage", request.min_coverage)?;
+    check_min_coverage("min_relevance", request.min_relevance)?;
     Ok(CheckedAsk {
         question,
         top_k,

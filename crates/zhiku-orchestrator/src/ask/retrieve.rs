@@ -200,6 +200,7 @@ impl Orchestrator {
                     last_chunk_index: passage.chunk_index,
                     rerank_score: None,
                     page: crate::ingest::page_of(&passage.metadata),
+                    relevance: None,
                 }
             })
             .collect();

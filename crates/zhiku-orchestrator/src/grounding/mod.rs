@@ -1,14 +1,16 @@
 //! Grounding: how far the passages answer a question and an answer says what its passages
 //! say, and the refusals decided from that. Ask and Evaluate both judge by it:
 //!
-//! - before generating: the question's coverage by its passages ([`coverage`]) and the
-//!   refusal from the evidence ([`weigh_evidence`]: no passage, or, with
-//!   `--abstention evidence`, too little coverage);
+//! - before generating: the question's coverage by its passages ([`coverage`]), the chat
+//!   model's judgment that they state the answer ([`relevance`]) and the refusal from the
+//!   evidence ([`weigh_evidence`]: no passage, or, with `--abstention evidence`, too little
+//!   coverage; [`relevance::refuses`] once the model has judged);
 //! - after generating: the answer's support score ([`support`], [`grounding`]) and grounded
 //!   abstention ([`abstains`]);
 //! - refusals the model wrote ([`is_refusal`]).
 
 pub mod coverage;
+pub mod relevance;
 
 use std::collections::HashSet;
 
@@ -144,14 +146,19 @@ pub(crate) struct Evidence {
 }
 
 /// Whether zhiku refuses from the evidence: no passage left, or (`--abstention evidence`)
-/// coverage under `min_coverage`.
+/// coverage under `min_coverage` or the model's judgment of the passages, when it judged,
+/// under `min_relevance` ([`relevance::refuses`]).
 pub fn refuses_from_evidence(
     passages: usize,
     coverage: f64,
+    relevance: Option<f64>,
     abstention: Abstention,
     min_coverage: f64,
+    min_relevance: f64,
 ) -> bool {
-    passages == 0 || (abstention == Abstention::Evidence && coverage < min_coverage)
+    passages == 0
+        || (abstention == Abstention::Evidence
+            && relevance::refuses(coverage, min_coverage, relevance, min_relevance))
 }
 
 /// Weighs `citations` against `question` under `policy`; `min_coverage` is a request's own
@@ -180,7 +187,14 @@ pub(crate) async fn weigh_evidence(
     })
     .await
     .map_err(|e| OrchestratorError::Internal(format!("the scoring thread failed: {e}")))?;
-    let refuse = refuses_from_evidence(rendered.len(), coverage, policy.abstention, min_coverage);
+    let refuse = refuses_from_evidence(
+        rendered.len(),
+        coverage,
+        None,
+        policy.abstention,
+        min_coverage,
+        0.0,
+    );
     if refuse {
         tracing::info!(
             coverage,
@@ -264,11 +278,22 @@ mod tests {
 
     #[test]
     fn the_evidence_refuses_on_no_passage_or_too_little_coverage_when_zhiku_decides() {
-        assert!(refuses_from_evidence(0, 1.0, Abstention::Model, 0.0));
-        assert!(refuses_from_evidence(2, 0.2, Abstention::Evidence, 0.35));
-        assert!(!refuses_from_evidence(2, 0.5, Abstention::Evidence, 0.35));
+        let refuses = |n, coverage, relevance, abstention| {
+            refuses_from_evidence(n, coverage, relevance, abstention, 0.35, 0.5)
+        };
+        assert!(refuses(0, 1.0, None, Abstention::Model));
+        assert!(refuses(2, 0.2, None, Abstention::Evidence));
+        assert!(!refuses(2, 0.5, None, Abstention::Evidence));
         assert!(
-            !refuses_from_evidence(2, 0.2, Abstention::Model, 0.35),
+            !refuses(2, 0.2, None, Abstention::Model),
+            "the model decides"
+        );
+        // The model's judgment of the passages refuses on its own, covered or not.
+        assert!(refuses(2, 0.9, Some(0.1), Abstention::Evidence));
+        assert!(!refuses(2, 0.9, Some(0.9), Abstention::Evidence));
+        assert!(refuses(2, 0.2, Some(0.9), Abstention::Evidence));
+        assert!(
+            !refuses(2, 0.9, Some(0.1), Abstention::Model),
             "the model decides"
         );
         assert!(check_min_coverage("min_coverage", Some(1.5)).is_err());

@@ -361,6 +361,7 @@ fn ask_request(
         rewrite_follow_up: request.zhiku.rewrite_follow_up,
         min_coverage: request.zhiku.min_coverage,
         adapter: None,
+        min_relevance: None,
     })
 }
 
