@@ -61,6 +61,11 @@ pub struct Passage {
     pub text: String,
     /// The markdown headings the passage sits under, outermost first (empty when none).
     pub heading_path: Vec<String>,
+    /// When the passage starts inside a markdown table below its header row: that header row
+    /// (`| 精度 | 显存占用 |`), so that the rows cut away from it still say what their
+    /// columns are. Like the heading path, it is context for [`Passage::indexed_text`], not
+    /// part of `text`.
+    pub table_header: Option<String>,
     /// First character of the passage in the source, counted in `char`s.
     pub char_start: usize,
     /// One past the last character of the passage in the source, counted in `char`s.
@@ -73,17 +78,25 @@ impl Passage {
         self.heading_path.join(" > ")
     }
 
-    /// The text to embed and index: the heading path on its own line, then the passage.
+    /// The text to embed and index: the heading path on its own line, then the table header
+    /// row when the passage continues a table, then the passage.
     ///
     /// A passage cut out of a long section often never names its subject; the heading path
     /// puts it back (Langchain-Chatchat's "title enhance"), so that a question about
-    /// "installation" finds the passages under "Guide > Install".
+    /// "installation" finds the passages under "Guide > Install". Table rows cut away from
+    /// their header are only numbers without it: the header names their columns.
     pub fn indexed_text(&self) -> String {
-        if self.heading_path.is_empty() {
-            self.text.clone()
-        } else {
-            format!("{}\n{}", self.heading(), self.text)
+        let mut out = String::with_capacity(self.text.len() + 64);
+        if !self.heading_path.is_empty() {
+            out.push_str(&self.heading());
+            out.push('\n');
         }
+        if let Some(header) = &self.table_header {
+            out.push_str(header);
+            out.push('\n');
+        }
+        out.push_str(&self.text);
+        out
     }
 }
 
@@ -180,10 +193,23 @@ impl PassageSplitter {
     /// underlined with `===` or `---`; never inside fenced code blocks) open sections; each passage carries the path of headings above it, and no passage crosses a
     /// heading. The heading lines themselves are not in any passage's text: they are in its
     /// `heading_path`, so a heading with no text under it yields no passage.
+    ///
+    /// A passage that starts inside a markdown table, below its header, carries the table's
+    /// header row in [`Passage::table_header`].
     pub fn split_markdown(&self, text: &str) -> Vec<Passage> {
         let chars: Vec<char> = text.chars().collect();
         let sections = markdown_sections(&chars);
-        self.split_sections(&chars, sections)
+        let mut passages = self.split_sections(&chars, sections);
+        let tables = markdown_tables(&chars);
+        if !tables.is_empty() {
+            for passage in &mut passages {
+                passage.table_header = tables
+                    .iter()
+                    .find(|t| t.body_start <= passage.char_start && passage.char_start < t.end)
+                    .map(|t| t.header.clone());
+            }
+        }
+        passages
     }
 
     /// Splits a loaded document the way its format asks: one record (a csv row) is one
@@ -363,6 +389,7 @@ fn passage(chars: &[char], heading_path: &[String], start: usize, end: usize) ->
         index: 0,
         text: chars[start..end].iter().collect(),
         heading_path: heading_path.to_vec(),
+        table_header: None,
         char_start: start,
         char_end: end,
     }
@@ -592,12 +619,8 @@ fn word_len(chars: &[char], i: usize) -> Option<usize> {
     (end - i >= 2).then_some(end - i)
 }
 
-/// The sections of a markdown text: the text before the first heading, then one per
-/// heading, each from the line after its heading to the next heading. Headings are ATX
-/// (`## Title`) or setext (`Title` over a line of `=` or `-`, after a blank line), outside
-/// fenced code blocks.
-fn markdown_sections(chars: &[char]) -> Vec<Section> {
-    // Each line as (start, end without its `\n`, start of the next line).
+/// Each line of `chars` as (start, end without its `\n`, start of the next line).
+fn line_spans(chars: &[char]) -> Vec<(usize, usize, usize)> {
     let mut lines = Vec::new();
     let mut line_start = 0;
     while line_start < chars.len() {
@@ -609,6 +632,15 @@ fn markdown_sections(chars: &[char]) -> Vec<Section> {
         lines.push((line_start, line_end, next_line));
         line_start = next_line;
     }
+    lines
+}
+
+/// The sections of a markdown text: the text before the first heading, then one per
+/// heading, each from the line after its heading to the next heading. Headings are ATX
+/// (`## Title`) or setext (`Title` over a line of `=` or `-`, after a blank line), outside
+/// fenced code blocks.
+fn markdown_sections(chars: &[char]) -> Vec<Section> {
+    let lines = line_spans(chars);
     let text_of = |k: usize| -> Option<String> {
         lines
             .get(k)
@@ -665,6 +697,168 @@ fn markdown_sections(chars: &[char]) -> Vec<Section> {
         end: chars.len(),
     });
     sections
+}
+
+/// A markdown table: its header row, and the span of its rows below the delimiter row.
+struct Table {
+    /// The header row, trimmed.
+    header: String,
+    /// The first character of the first row under the delimiter row.
+    body_start: usize,
+    /// One past the last character of the last row.
+    end: usize,
+}
+
+/// The tables of a markdown text, outside fenced code blocks: a line holding `|`, a delimiter
+/// row under it (`|---|:--:|`), and the lines holding `|` that follow, up to a blank line.
+fn markdown_tables(chars: &[char]) -> Vec<Table> {
+    let lines: Vec<(usize, usize, String)> = line_spans(chars)
+        .into_iter()
+        .map(|(start, end, _)| (start, end, chars[start..end].iter().collect()))
+        .collect();
+    let mut tables = Vec::new();
+    let mut fence: Option<char> = None;
+    let mut k = 0;
+    while k < lines.len() {
+        let trimmed = lines[k].2.trim();
+        if let Some(marker) = fence_marker(trimmed) {
+            match fence {
+                None => fence = Some(marker),
+                Some(open) if open == marker => fence = None,
+                Some(_) => {}
+            }
+            k += 1;
+            continue;
+        }
+        let is_header = fence.is_none()
+            && trimmed.contains('|')
+            && lines.get(k + 1).is_some_and(|l| is_table_delimiter(&l.2));
+        if !is_header {
+            k += 1;
+            continue;
+        }
+        let header = trimmed.to_string();
+        let mut last = k + 2;
+        while lines.get(last).is_some_and(|l| {
+            let row = l.2.trim();
+            !row.is_empty() && row.contains('|') && fence_marker(row).is_none()
+        }) {
+            last += 1;
+        }
+        if last > k + 2 {
+            tables.push(Table {
+                header,
+                body_start: lines[k + 2].0,
+                end: lines[last - 1].1,
+            });
+        }
+        k = last.max(k + 1);
+    }
+    tables.extend(html_tables(chars));
+    tables
+}
+
+/// The HTML tables a markdown text embeds (`<table>` … `</table>`, as READMEs write tables
+/// with merged cells): the header is the first row's cells as a markdown row, the body what
+/// follows that row's `</tr>`.
+fn html_tables(chars: &[char]) -> Vec<Table> {
+    let lower: String = chars.iter().map(|c| c.to_ascii_lowercase()).collect();
+    // Char offsets of the lowercased text's byte offsets: every char lowercases to itself or
+    // to one ASCII char, so the lengths per char are unchanged.
+    let byte_to_char = |byte: usize| lower[..byte].chars().count();
+    let mut tables = Vec::new();
+    let mut from = 0;
+    while let Some(open) = lower[from..].find("<table").map(|o| from + o) {
+        let Some(close) = lower[open..].find("</table>").map(|c| open + c) else {
+            break;
+        };
+        let table = &lower[open..close];
+        let header_row = table
+            .find("<tr")
+            .and_then(|start| table[start..].find("</tr>").map(|end| (start, start + end)));
+        if let Some((row_start, row_end)) = header_row {
+            let original: String = chars
+                [byte_to_char(open + row_start)..byte_to_char(open + row_end)]
+                .iter()
+                .collect();
+            let cells = html_cells(&original);
+            if !cells.is_empty() {
+                tables.push(Table {
+                    header: format!("| {} |", cells.join(" | ")),
+                    body_start: byte_to_char(open + row_end + "</tr>".len()),
+                    end: byte_to_char(close),
+                });
+            }
+        }
+        from = close + "</table>".len();
+    }
+    tables
+}
+
+/// The text of each `<td>` or `<th>` cell of an HTML row, tags removed, whitespace collapsed.
+fn html_cells(row: &str) -> Vec<String> {
+    // Each tag as (its start, one past its `>`, its lowercased name, whether it closes).
+    let mut tags = Vec::new();
+    let mut at = 0;
+    while let Some(lt) = row[at..].find('<').map(|i| at + i) {
+        let Some(gt) = row[lt..].find('>').map(|i| lt + i + 1) else {
+            break;
+        };
+        let inner = &row[lt + 1..gt - 1];
+        let closing = inner.starts_with('/');
+        let name: String = inner
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        tags.push((lt, gt, name, closing));
+        at = gt;
+    }
+    let is_cell = |name: &str| name == "td" || name == "th";
+    let mut cells = Vec::new();
+    for (i, (_, open_end, name, closing)) in tags.iter().enumerate() {
+        if *closing || !is_cell(name) {
+            continue;
+        }
+        // The cell ends at the next cell tag, opening or closing, or at the row's end.
+        let end = tags[i + 1..]
+            .iter()
+            .find(|(_, _, n, _)| is_cell(n) || n == "tr")
+            .map_or(row.len(), |(start, ..)| *start);
+        let text = strip_tags(&row[*open_end..end]);
+        cells.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    cells
+}
+
+/// `html` without its tags.
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A table's delimiter row: cells of `-` with optional `:` alignment marks, split by `|`.
+fn is_table_delimiter(line: &str) -> bool {
+    let row = line.trim();
+    row.contains('-')
+        && (row.contains('|') || row.starts_with(':'))
+        && row
+            .chars()
+            .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'))
+        && row
+            .trim_matches('|')
+            .split('|')
+            .all(|cell| cell.trim().trim_matches(':').chars().any(|c| c == '-'))
 }
 
 /// A setext underline: up to three spaces, then only `=` (level 1) or only `-` (level 2).

@@ -257,3 +257,83 @@ fn tiny_fragments_merge_into_their_neighbours() {
         ["一。\n二。\n三。", "四。\n五。"]
     );
 }
+
+#[test]
+fn table_rows_cut_from_their_header_carry_it() {
+    let header = "| 精度 | 显卡数量 | 显存占用 | 输入token数 |";
+    let rows: Vec<String> = (1..=8)
+        .map(|i| format!("| BF16 | {i} | {} GB | {}000 |", 10 + i, i))
+        .collect();
+    let md = format!(
+        "# 显存\n\n下表是实测数据。\n\n{header}\n|------|------|------|------|\n{}\n\n表后的说明。\n",
+        rows.join("\n")
+    );
+    let passages = splitter(80, 0).split_markdown(&md);
+    assert!(passages.len() >= 3, "{passages:#?}");
+    // The first passage holds the header row itself; every later one that starts on a row
+    // carries it for indexing, and text outside the table carries none.
+    assert!(passages[0].text.contains(header));
+    assert_eq!(passages[0].table_header, None);
+    let continued: Vec<_> = passages
+        .iter()
+        .filter(|p| p.text.starts_with("| BF16"))
+        .collect();
+    assert!(!continued.is_empty(), "{passages:#?}");
+    for p in &continued {
+        assert_eq!(p.table_header.as_deref(), Some(header));
+        assert_eq!(p.indexed_text(), format!("显存\n{header}\n{}", p.text));
+    }
+    let after = passages.last().expect("passages");
+    if after.text.starts_with("表后") {
+        assert_eq!(after.table_header, None);
+    }
+    // Offsets still index the source: the header is context, not text.
+    let chars: Vec<char> = md.chars().collect();
+    for p in &passages {
+        let span: String = chars[p.char_start..p.char_end].iter().collect();
+        assert_eq!(span, p.text);
+    }
+}
+
+#[test]
+fn pipes_in_code_and_prose_are_no_table() {
+    let md = "# 命令\n\n```sh\n| a | b |\n|---|---|\n| 1 | 2 |\n```\n\n用 a | b 连接管道。\n";
+    let passages = splitter(12, 0).split_markdown(md);
+    assert!(
+        passages.iter().all(|p| p.table_header.is_none()),
+        "{passages:#?}"
+    );
+}
+
+#[test]
+fn html_table_rows_carry_the_first_row_as_their_header() {
+    let rows: String = (1..=6)
+        .map(|i| {
+            format!(
+                "    <tr>\n        <td>{i}B</td>\n        <td>{}.5</td>\n    </tr>\n",
+                10 * i
+            )
+        })
+        .collect();
+    let md = format!(
+        "# 速度\n\n<table>\n    <tr>\n        <th>Model Size</th>\n        <td><b>Speed</b> (Tokens/s)</td>\n    </tr>\n{rows}</table>\n\n表后。\n"
+    );
+    let passages = splitter(100, 0).split_markdown(&md);
+    let continued: Vec<_> = passages
+        .iter()
+        .filter(|p| p.text.contains("<td>") && !p.text.contains("Model Size"))
+        .collect();
+    assert!(!continued.is_empty(), "{passages:#?}");
+    for p in continued {
+        assert_eq!(
+            p.table_header.as_deref(),
+            Some("| Model Size | Speed (Tokens/s) |"),
+            "{p:#?}"
+        );
+    }
+    assert!(passages[0].table_header.is_none(), "{passages:#?}");
+    let after = passages.last().expect("passages");
+    if after.text.starts_with("表后") {
+        assert!(after.table_header.is_none(), "{after:#?}");
+    }
+}
