@@ -66,14 +66,20 @@ pub async fn open_store(args: &RetrieverArgs) -> Result<OpenedStore, RetrieverEr
     }
 }
 
-/// Builds the HNSW indexes of embedded knowledge bases that grew, every `interval`.
+/// Builds the HNSW indexes of embedded knowledge bases that grew, every `interval`, while
+/// the store is open.
 pub fn spawn_optimizer(store: Arc<EmbeddedStore>, interval: Duration) {
+    // A weak reference: the store closes (and releases its data directory's locks) once the
+    // service that opened it has stopped, and the optimiser stops with it.
+    let store = Arc::downgrade(&store);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(1)));
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let store = store.clone();
+            let Some(store) = store.upgrade() else {
+                break;
+            };
             match tokio::task::spawn_blocking(move || store.optimize_dirty()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "optimising knowledge bases failed"),

@@ -299,14 +299,15 @@ impl Stack {
             (self.ports.orchestrator, "zhiku.v1.Orchestrator"),
         ];
         loop {
-            for (name, task) in &mut self.tasks {
-                if task.is_finished() {
-                    return Err(match task.await {
-                        Ok(Ok(())) => format!("the {name} stopped"),
-                        Ok(Err(e)) => format!("the {name} failed: {e}"),
-                        Err(e) => format!("the {name} crashed: {e}"),
-                    });
-                }
+            // A finished task is taken out before it is awaited, so that shutdown() does not
+            // await it a second time.
+            if let Some(i) = self.tasks.iter().position(|(_, t)| t.is_finished()) {
+                let (name, task) = self.tasks.remove(i);
+                return Err(match task.await {
+                    Ok(Ok(())) => format!("the {name} stopped"),
+                    Ok(Err(e)) => format!("the {name} failed: {e}"),
+                    Err(e) => format!("the {name} crashed: {e}"),
+                });
             }
             let mut all = true;
             for (addr, service) in checks {

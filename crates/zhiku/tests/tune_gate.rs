@@ -381,3 +381,152 @@ fn the_gate_binds_a_better_adapter_refuses_a_worse_one_and_asks_follow_the_bindi
         "--unload unloaded it: {stderr}"
     );
 }
+
+/// `zhiku tune --kb NAME` without `--data`: a teacher (Qwen2.5-Coder-0.5B) writes questions
+/// for the knowledge base's passages; each kept example is the Ask's prompt with the
+/// answering passage among distractors (or distractors alone and the refusal), written to a
+/// JSONL that trains the adapter; a second run resumes and makes no more.
+#[test]
+fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
+    let Some(models) = models() else { return };
+    let teacher = models.join("Qwen2.5-Coder-0.5B-Instruct-GGUF");
+    if !teacher.is_dir() {
+        eprintln!(
+            "SKIPPED: {} is missing (scripts/fetch-models)",
+            teacher.display()
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let w = work.path();
+    let flags = stack_flags(&models, &w.join("data"));
+    let docs = w.join("docs");
+    std::fs::create_dir(&docs).expect("a docs directory");
+    for (name, text) in [
+        (
+            "deploy.md",
+            "# 部署指南\n\n## 显存需求\n\n在 FP16 精度下运行 ChatGLM-6B 模型需要 13GB 显存。使用 INT4 \
+             量化后，最低只需要 6GB 显存即可完成推理。\n\n## 服务端口\n\nAPI 服务默认监听 8000 端口，\
+             可以通过 --port 参数修改。网页界面默认使用 7860 端口。\n",
+        ),
+        (
+            "finetune.md",
+            "# 微调说明\n\n## 学习率\n\nP-Tuning v2 微调推荐使用 2e-2 的学习率，训练 3000 步。LoRA \
+             微调推荐的秩为 8，alpha 为 32。\n\n## 数据格式\n\n训练数据使用 JSON 格式，每行包含 content 和 \
+             summary 两个字段，文件名为 train.json。\n",
+        ),
+        (
+            "history.md",
+            "# 项目历史\n\n## 名称\n\n本项目最早发布于 2023 年 3 月，原来叫 Langchain-ChatGLM，后来改名为 \
+             Langchain-Chatchat，支持更多的模型。\n\n## 许可证\n\n代码使用 Apache-2.0 许可证发布，模型权重\
+             需要遵守单独的模型许可证。\n",
+        ),
+    ] {
+        std::fs::write(docs.join(name), text).expect("writes a document");
+    }
+    ok(
+        zhiku(
+            &flags,
+            &["ingest", docs.to_str().expect("UTF-8"), "--kb", "handbook"],
+        ),
+        "ingest",
+    );
+    let out = w.join("adapter");
+    let examples = w.join("adapter.examples.jsonl");
+    let run = || {
+        zhiku(
+            &flags,
+            &[
+                "tune",
+                "--kb",
+                "handbook",
+                "--out",
+                out.to_str().expect("UTF-8"),
+                "--teacher-model",
+                teacher.to_str().expect("UTF-8"),
+                "--max-examples",
+                "4",
+                "--examples-per-document",
+                "4",
+                "--distractors",
+                "1",
+                "--refusal-share",
+                "0.5",
+                "--force",
+                "--epochs",
+                "1",
+                "--validation",
+                "0",
+                "--max-seq-len",
+                "512",
+                "--json",
+            ],
+        )
+    };
+    let stdout = ok(run(), "zhiku tune --kb");
+    assert!(stdout.contains("\"examples\""), "progress events: {stdout}");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(out.join(file).is_file(), "{file} is written");
+    }
+    let written = std::fs::read_to_string(&examples).expect("the examples file");
+    let records: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(
+        (1..=4).contains(&records.len()),
+        "{} examples: {written}",
+        records.len()
+    );
+    let texts: Vec<String> = ["deploy.md", "finetune.md", "history.md"]
+        .iter()
+        .map(|n| std::fs::read_to_string(docs.join(n)).expect("reads"))
+        .collect();
+    for record in &records {
+        let turns = record["conversations"].as_array().expect("sharegpt turns");
+        assert_eq!(turns.len(), 2, "{record}");
+        assert_eq!(
+            (turns[0]["from"].as_str(), turns[1]["from"].as_str()),
+            (Some("human"), Some("gpt"))
+        );
+        let prompt = turns[0]["value"].as_str().expect("the prompt");
+        let target = turns[1]["value"].as_str().expect("the target");
+        let origin = &record["zhiku"];
+        let question = origin["question"].as_str().expect("the question");
+        assert!(
+            prompt.contains("已知信息") && prompt.trim_end().ends_with(question),
+            "the Ask's prompt with the question last: {prompt}"
+        );
+        // The passage the question was written from is in the prompt exactly when the target
+        // is an answer; the answer's text is stated by that document.
+        let source = origin["source"].as_str().expect("a source");
+        let document = &texts[["deploy.md", "finetune.md", "history.md"]
+            .iter()
+            .position(|n| source.ends_with(n))
+            .expect("one of the documents")];
+        match origin["kind"].as_str() {
+            Some("answer") => {
+                assert_eq!(target, origin["answer"].as_str().expect("an answer"));
+                assert!(
+                    prompt.contains("[2]"),
+                    "the passage and a distractor: {prompt}"
+                );
+            }
+            Some("refusal") => {
+                assert_eq!(target, REFUSAL);
+                assert!(!prompt.contains("[2]"), "one distractor alone: {prompt}");
+            }
+            other => panic!("kind {other:?}"),
+        }
+        assert!(document.len() > 40);
+    }
+
+    // The same command again: every wanted example or passage is done; nothing is regenerated.
+    let before = std::fs::read_to_string(&examples).expect("reads");
+    let stdout = ok(run(), "zhiku tune --kb (resumed)");
+    assert_eq!(
+        std::fs::read_to_string(&examples).expect("reads"),
+        before,
+        "{stdout}"
+    );
+}
