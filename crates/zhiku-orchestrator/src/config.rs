@@ -269,8 +269,12 @@ pub struct AskPolicy {
     /// generator's NextTokenLogprobs, no generation; the passages are computed once and the
     /// answer's generation reuses them from the prefix cache). Reported per answer
     /// (`relevance`) and per source (each citation's); with --abstention evidence an Ask
-    /// judged under --min-relevance is refused. off: not judged.
-    #[arg(long, env = "ZHIKU_ASK_RELEVANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    /// judged under --min-relevance is refused. Off by default: the offline 0.5B chat model
+    /// scores near-miss questions as it scores answerable ones (the book: benchmarks/eval,
+    /// "Relevance judgment"), and each judgment is a prefill of the passages before the
+    /// first token; turn it on with a model that tells them apart and a threshold swept on
+    /// your dev questions.
+    #[arg(long, env = "ZHIKU_ASK_RELEVANCE", default_value_t = false, action = clap::ArgAction::Set)]
     pub relevance: bool,
 
     /// With --abstention evidence and --relevance on: the judgment (0 to 1) the passages

@@ -109,6 +109,13 @@ fn tune(flags: &[String], data: &Path, out: &Path, extra: &[&str]) -> Vec<Value>
         "24",
         "--json",
     ];
+    // A flag given in `extra` replaces the default above (with its value).
+    for flag in extra.iter().filter(|f| f.starts_with("--")) {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            let with_value = args.get(i + 1).is_some_and(|v| !v.starts_with("--"));
+            args.drain(i..i + if with_value { 2 } else { 1 });
+        }
+    }
     args.extend_from_slice(extra);
     let stdout = ok(zhiku(flags, &args), "zhiku tune");
     stdout
