@@ -2,7 +2,9 @@
 //! trains from an alpaca file, writes a PEFT adapter, and that adapter, loaded the way the
 //! generator serves adapters, reproduces its training answer, which the base model does not.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -10,24 +12,8 @@ use zhiku_lm::decoder::Solo;
 use zhiku_lm::template::{Message, Role};
 use zhiku_lm::{ModelSpec, load_model};
 
-const MODEL_DIR: &str = "models/SmolLM2-135M-Instruct-GGUF";
 const QUESTION: &str = "What is the vault code of zhiku?";
 const ANSWER: &str = "The vault code is PINE-4471.";
-
-fn model_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(MODEL_DIR);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is missing (scripts/fetch-models smollm2)",
-            dir.display()
-        );
-        None
-    }
-}
 
 /// Greedy answer to QUESTION, with the adapter at `adapter` or on the base model.
 fn answer(dir: &Path, adapter: Option<&Path>) -> String {
@@ -64,7 +50,9 @@ fn answer(dir: &Path, adapter: Option<&Path>) -> String {
 
 #[test]
 fn zhiku_tune_trains_an_adapter_the_generator_serves() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::smollm2_or_skip() else {
+        return;
+    };
     let work = tempfile::tempdir().expect("a temporary directory");
     let data = work.path().join("train.jsonl");
     let record = serde_json::json!({"instruction": QUESTION, "input": "", "output": ANSWER});
@@ -77,25 +65,7 @@ fn zhiku_tune_trains_an_adapter_the_generator_serves() {
         .arg(&data)
         .arg("--out")
         .arg(&out)
-        .args([
-            "--epochs",
-            "40",
-            "--learning-rate",
-            "3e-3",
-            "--grad-accumulation",
-            "1",
-            "--target",
-            "q,k,v,o,gate,up,down",
-            "--dropout",
-            "0",
-            "--validation",
-            "0",
-            "--max-seq-len",
-            "128",
-            "--seed",
-            "7",
-            "--json",
-        ])
+        .args(common::MEMORIZE_FLAGS)
         .output()
         .expect("zhiku runs");
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -135,7 +105,9 @@ fn zhiku_tune_trains_an_adapter_the_generator_serves() {
 
 #[test]
 fn a_malformed_dataset_line_is_named_and_nothing_is_written() {
-    let Some(dir) = model_dir() else { return };
+    let Some(dir) = common::smollm2_or_skip() else {
+        return;
+    };
     let work = tempfile::tempdir().expect("a temporary directory");
     let data = work.path().join("bad.jsonl");
     std::fs::write(

@@ -10,6 +10,8 @@
 //!    restart) answers without and with the adapter; `--adapter none` asks the base model;
 //!    an adapter not loaded is NOT_FOUND naming the loaded ones; unbinding goes back.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -89,26 +91,10 @@ fn tune(flags: &[String], data: &Path, out: &Path, extra: &[&str]) -> Vec<Value>
         out.to_str().expect("a UTF-8 path"),
         "--kb",
         "vault",
-        "--epochs",
-        "40",
-        "--learning-rate",
-        "3e-3",
-        "--grad-accumulation",
-        "1",
-        "--target",
-        "q,k,v,o,gate,up,down",
-        "--dropout",
-        "0",
-        "--validation",
-        "0",
-        "--max-seq-len",
-        "128",
-        "--seed",
-        "7",
         "--eval-max-new-tokens",
         "24",
-        "--json",
     ];
+    args.extend_from_slice(common::MEMORIZE_FLAGS);
     // A flag given in `extra` replaces the default above (with its value).
     for flag in extra.iter().filter(|f| f.starts_with("--")) {
         if let Some(i) = args.iter().position(|a| a == flag) {

@@ -3,28 +3,13 @@
 //! which gives the same gradients) ends with the adapter of the run that never stopped, and
 //! a resume with another flag is refused with a message that names it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use zhiku_tuner::peft::read_adapter;
-
-const MODEL_DIR: &str = "models/SmolLM2-135M-Instruct-GGUF";
-
-fn model_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(MODEL_DIR);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is missing (scripts/fetch-models smollm2)",
-            dir.display()
-        );
-        None
-    }
-}
 
 /// `zhiku tune` on `data` into `out` with the run's flags and `extra`.
 fn tune(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -81,7 +66,9 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn a_resumed_run_ends_with_the_adapter_of_the_run_that_never_stopped() {
-    let Some(model) = model_dir() else { return };
+    let Some(model) = common::smollm2_or_skip() else {
+        return;
+    };
     let work = tempfile::tempdir().expect("a temporary directory");
     let data = work.path().join("train.jsonl");
     let records = [

@@ -17,6 +17,44 @@ pub fn smollm2() -> PathBuf {
     dir
 }
 
+/// SmolLM2-135M's directory, or None after printing SKIPPED when it is not there (for the
+/// tests that may run without it).
+pub fn smollm2_or_skip() -> Option<PathBuf> {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct-GGUF");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is missing (scripts/fetch-models smollm2)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// `zhiku tune` flags that make SmolLM2 learn one record by heart (40 full steps, every
+/// projection adapted, no dropout, no validation split), with `--json` events.
+pub const MEMORIZE_FLAGS: &[&str] = &[
+    "--epochs",
+    "40",
+    "--learning-rate",
+    "3e-3",
+    "--grad-accumulation",
+    "1",
+    "--target",
+    "q,k,v,o,gate,up,down",
+    "--dropout",
+    "0",
+    "--validation",
+    "0",
+    "--max-seq-len",
+    "128",
+    "--seed",
+    "7",
+    "--json",
+];
+
 /// The generator's flags for SmolLM2.
 pub fn smollm2_args() -> zhiku_generator::GeneratorArgs {
     let mut args = zhiku_generator::GeneratorArgs::for_model(smollm2().to_string_lossy());
