@@ -183,7 +183,6 @@ pub enum ExampleEvent {
 #[derive(Debug, Clone)]
 struct Candidate {
     key: String,
-    chunk_index: u32,
     source: String,
     text: String,
 }
@@ -336,18 +335,16 @@ impl Orchestrator {
             .map_err(OrchestratorError::downstream("retriever"))?
             .into_inner()
             .hits;
-        let mut passages: Vec<Candidate> = hits
+        // In the order of the hits: the caller's shuffle does not depend on it.
+        Ok(hits
             .into_iter()
             .filter_map(|hit| hit.passage)
             .map(|p| Candidate {
                 key: passage_key(&p.document_id, p.chunk_index),
-                chunk_index: p.chunk_index,
                 source: p.source,
                 text: p.text,
             })
-            .collect();
-        passages.sort_by_key(|c| c.chunk_index);
-        Ok(passages)
+            .collect())
     }
 
     /// One example from one passage, or why none.
