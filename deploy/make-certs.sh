@@ -9,7 +9,7 @@ set -euo pipefail
 
 dir=${1:-"$(dirname "$0")/certs"}
 days=${ZHIKU_TLS_DAYS:-825}
-names="orchestrator embedder retriever generator localhost ${ZHIKU_TLS_NAMES:-}"
+names="orchestrator embedder retriever generator tuner localhost ${ZHIKU_TLS_NAMES:-}"
 mkdir -p "$dir"
 cd "$dir"
 

@@ -11,12 +11,13 @@ use std::process::Command;
 use zhiku_e2e::{binary, workspace_root};
 
 /// The binaries whose flags the page documents, in the page's order.
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
     "zhiku",
     "zhiku-orchestrator",
     "zhiku-embedder",
     "zhiku-retriever",
     "zhiku-generator",
+    "zhiku-tuner",
 ];
 
 const PAGE: &str = "docs/src/reference/configuration.md";

@@ -77,3 +77,46 @@ fn generator_health_check_allows_the_first_download() {
     );
     assert!(generator.contains("ZHIKU_GENERATOR_DEVICE: cuda"));
 }
+
+/// One compose service's block (up to the next blank line).
+fn compose_service<'a>(compose: &'a str, name: &str) -> &'a str {
+    compose
+        .split(&format!("\n  {name}:\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("a {name} service in docker-compose.yml"))
+}
+
+#[test]
+fn tuner_trains_the_generators_model_on_its_gpu_into_the_volume_it_reads() {
+    let compose = read("docker-compose.yml");
+    let generator = compose_service(&compose, "generator");
+    let tuner = compose_service(&compose, "tuner");
+    assert!(tuner.contains("command: [\"zhiku-tuner\"]"));
+    assert!(tuner.contains("ZHIKU_LISTEN: 0.0.0.0:50055"));
+    // An adapter serves only on the model it was trained on: one variable sets both.
+    assert!(tuner.contains("ZHIKU_TUNER_MODEL: ${ZHIKU_GENERATOR_MODEL:-THUDM/glm-4-9b-chat}"));
+    assert!(
+        generator.contains("ZHIKU_GENERATOR_MODEL: ${ZHIKU_GENERATOR_MODEL:-THUDM/glm-4-9b-chat}")
+    );
+    assert!(tuner.contains("ZHIKU_TUNER_DEVICE: cuda"));
+    // The same GPU reservation.
+    let reservation = |block: &str| {
+        block
+            .split("deploy:\n")
+            .nth(1)
+            .and_then(|r| r.split("healthcheck:").next())
+            .map(str::to_owned)
+            .expect("a deploy section")
+    };
+    assert_eq!(reservation(tuner), reservation(generator));
+    // Adapters: written by the tuner, read by the generator, at the same path.
+    assert!(tuner.contains("ZHIKU_TUNER_ADAPTER_DIR: /adapters"));
+    assert!(tuner.contains("- adapters:/adapters\n"));
+    assert!(generator.contains("- adapters:/adapters:ro"));
+    assert!(compose.contains("\nvolumes:\n") && compose.contains("\n  adapters:\n"));
+    // The CUDA image has the tuner, built for the GPU.
+    let dockerfile = read("deploy/Dockerfile.cuda");
+    assert!(dockerfile.contains("-p zhiku-tuner --features cuda"));
+    assert!(dockerfile.contains("target/release/zhiku-tuner"));
+}

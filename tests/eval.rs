@@ -168,6 +168,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
     let run = evaluate(
         &mut client,
         EvaluateRequest {
+            filter: None,
             knowledge_base: "evalkb".into(),
             cases: cases.clone(),
             settings: vec![

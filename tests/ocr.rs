@@ -122,6 +122,7 @@ fn ofd(typed: &str, scan_png: &[u8]) -> Vec<u8> {
 
 fn document(name: &str, content: Vec<u8>) -> DocumentInput {
     DocumentInput {
+        readers: Vec::new(),
         file_name: name.into(),
         content,
         document_id: String::new(),

@@ -57,6 +57,7 @@ async fn documents(client: &mut RetrieverClient<Channel>) -> BTreeMap<String, u3
     loop {
         let page = client
             .list_documents(ListDocumentsRequest {
+                readable_by: None,
                 knowledge_base: "crash".into(),
                 page_size: 1000,
                 page_token: token,

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "zhiku/v1/retriever.proto",
     "zhiku/v1/generator.proto",
     "zhiku/v1/orchestrator.proto",
+    "zhiku/v1/tuner.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

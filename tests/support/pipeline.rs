@@ -105,6 +105,7 @@ impl Services {
 /// Chinese documents written for the test (the article's example among them).
 pub fn documents() -> Vec<DocumentInput> {
     let doc = |name: &str, text: &str| DocumentInput {
+        readers: Vec::new(),
         file_name: name.into(),
         content: text.as_bytes().to_vec(),
         document_id: String::new(),
@@ -154,17 +155,38 @@ pub async fn ingest_files(
         .await?
         .into_inner();
     let mut stored = 0;
+    // Files go through the pipeline side by side; each one's stages come in order, and
+    // each file ends once (stored or failed).
+    let mut last_stage: std::collections::HashMap<String, i32> = Default::default();
     while let Some(event) = stream.message().await? {
         match event.event {
-            Some(ingest_event::Event::File(f)) if f.stage == IngestStage::Stored as i32 => {
-                stored += 1
+            Some(ingest_event::Event::File(f)) => {
+                let before = last_stage.insert(f.source.clone(), f.stage);
+                let ended =
+                    |s: i32| s == IngestStage::Stored as i32 || s == IngestStage::Failed as i32;
+                assert!(
+                    before.is_none_or(|b| b <= f.stage && !ended(b)),
+                    "{}: stage {} after {before:?}",
+                    f.source,
+                    f.stage
+                );
+                if f.stage == IngestStage::Stored as i32 {
+                    stored += 1
+                }
             }
             Some(ingest_event::Event::Summary(s)) => {
                 assert_eq!(s.files_total as usize, files, "{s:?}");
                 assert_eq!(s.files_ingested, stored, "{s:?}");
+                let ended = last_stage
+                    .values()
+                    .filter(|&&s| {
+                        s == IngestStage::Stored as i32 || s == IngestStage::Failed as i32
+                    })
+                    .count();
+                assert_eq!(ended as u32, s.files_ingested + s.files_failed, "{s:?}");
                 return Ok(s);
             }
-            _ => {}
+            None => {}
         }
     }
     Err(tonic::Status::internal(

@@ -71,6 +71,22 @@ impl Seeded {
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
+
+    /// Appends a weight named `name`: norms near 1, biases and matrices near 0.
+    fn weight(
+        &mut self,
+        out: &mut Vec<(String, Tensor)>,
+        name: String,
+        shape: &[usize],
+    ) -> Result<(), LmError> {
+        let (scale, offset) = match shape.len() {
+            1 if name.contains("norm") => (0.1, 1.0),
+            1 => (0.05, 0.0),
+            _ => (0.3, 0.0),
+        };
+        out.push((name, self.tensor(shape, scale, offset)?));
+        Ok(())
+    }
 }
 
 /// Writes a tiny checkpoint of `family` under `dir`; returns what [`load`] takes (the GGUF
@@ -78,61 +94,10 @@ impl Seeded {
 pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
     let mut rng = Seeded(SplitMix64(seed));
     let mut t = Vec::<(String, Tensor)>::new();
-    let mut add = |name: String, shape: &[usize], rng: &mut Seeded| -> Result<(), LmError> {
-        let (scale, offset) = match shape.len() {
-            1 if name.contains("norm") => (0.1, 1.0),
-            1 => (0.05, 0.0),
-            _ => (0.3, 0.0),
-        };
-        t.push((name, rng.tensor(shape, scale, offset)?));
-        Ok(())
-    };
+    let mut add = |name: String, shape: &[usize], rng: &mut Seeded| rng.weight(&mut t, name, shape);
     let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
     if let Some(arch) = family.gguf_arch() {
-        let glm = arch == "glm4";
-        add("token_embd.weight".into(), &[VOCAB, HIDDEN], &mut rng)?;
-        for i in 0..LAYERS {
-            let p = format!("blk.{i}");
-            let mut norms = vec!["attn_norm", "ffn_norm"];
-            if glm {
-                norms.extend(["post_attention_norm", "post_ffw_norm"]);
-            }
-            for n in norms {
-                add(format!("{p}.{n}.weight"), &[HIDDEN], &mut rng)?;
-            }
-            for (proj, width) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
-                add(format!("{p}.{proj}.weight"), &[width, HIDDEN], &mut rng)?;
-                if arch != "llama" {
-                    add(format!("{p}.{proj}.bias"), &[width], &mut rng)?;
-                }
-            }
-            add(format!("{p}.attn_output.weight"), &[HIDDEN, q], &mut rng)?;
-            if glm {
-                add(
-                    format!("{p}.ffn_up.weight"),
-                    &[2 * INTERMEDIATE, HIDDEN],
-                    &mut rng,
-                )?;
-            } else {
-                add(
-                    format!("{p}.ffn_gate.weight"),
-                    &[INTERMEDIATE, HIDDEN],
-                    &mut rng,
-                )?;
-                add(
-                    format!("{p}.ffn_up.weight"),
-                    &[INTERMEDIATE, HIDDEN],
-                    &mut rng,
-                )?;
-            }
-            add(
-                format!("{p}.ffn_down.weight"),
-                &[HIDDEN, INTERMEDIATE],
-                &mut rng,
-            )?;
-        }
-        add("output_norm.weight".into(), &[HIDDEN], &mut rng)?;
-        add("output.weight".into(), &[VOCAB, HIDDEN], &mut rng)?;
+        let t = gguf_weights(arch, VOCAB, &mut rng)?;
         let path = dir.join(format!("tiny-{arch}.gguf"));
         write_gguf(&path, arch, &t)?;
         return Ok(path);
@@ -282,6 +247,106 @@ pub const TINY_SIZES: GgufSizes = GgufSizes {
     layers: LAYERS,
     context: CONTEXT,
 };
+
+/// ChatML's special tokens, after the bytes in [`write_chat_model`]'s vocabulary.
+const CHATML_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Writes a tiny Qwen2 GGUF that [`crate::load_model`] reads as a whole chat model, as a
+/// user's file reads: a byte-level BPE vocabulary (every byte, a few merges, ChatML's special
+/// tokens, `<|im_end|>` the end of a turn) and ChatML, the family's template. The fixture of
+/// tests that train or serve through the loaders (the Tuner service's) without a real model.
+/// Returns the file's path (alone in `dir`).
+pub fn write_chat_model(dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
+    use gguf_file::Value;
+    let mut tokens: Vec<String> = {
+        let mut bytes: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+            .into_iter()
+            .collect();
+        bytes.sort_unstable();
+        bytes.into_iter().map(String::from).collect()
+    };
+    let merges = ["Ġ t", "h e", "Ġt he", "i s", "Ġ a"];
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let mut types = vec![1i32; tokens.len()];
+    for special in CHATML_SPECIALS {
+        tokens.push(special.to_owned());
+        types.push(3);
+    }
+    let vocab = tokens.len();
+    let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+    let extra = vec![
+        (
+            "tokenizer.ggml.model".to_owned(),
+            Value::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_owned(),
+            Value::String("qwen2".into()),
+        ),
+        ("tokenizer.ggml.tokens".to_owned(), strings(tokens)),
+        (
+            "tokenizer.ggml.merges".to_owned(),
+            strings(merges.iter().map(|m| (*m).to_owned()).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_owned(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".to_owned(),
+            Value::U32((vocab - 1) as u32),
+        ),
+    ];
+    let weights = gguf_weights("qwen2", vocab, &mut Seeded(SplitMix64(seed)))?;
+    let path = dir.join("tiny-chat-qwen2.gguf");
+    write_gguf_with(&path, "qwen2", &TINY_SIZES, &weights, GgmlDType::F32, extra)?;
+    Ok(path)
+}
+
+/// The weights of a tiny GGUF checkpoint of `arch` with a vocabulary of `vocab` tokens, by
+/// GGUF name, in file order.
+fn gguf_weights(
+    arch: &str,
+    vocab: usize,
+    rng: &mut Seeded,
+) -> Result<Vec<(String, Tensor)>, LmError> {
+    let mut t = Vec::<(String, Tensor)>::new();
+    let mut add = |name: String, shape: &[usize], rng: &mut Seeded| rng.weight(&mut t, name, shape);
+    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    let glm = arch == "glm4";
+    add("token_embd.weight".into(), &[vocab, HIDDEN], rng)?;
+    for i in 0..LAYERS {
+        let p = format!("blk.{i}");
+        let mut norms = vec!["attn_norm", "ffn_norm"];
+        if glm {
+            norms.extend(["post_attention_norm", "post_ffw_norm"]);
+        }
+        for n in norms {
+            add(format!("{p}.{n}.weight"), &[HIDDEN], rng)?;
+        }
+        for (proj, width) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+            add(format!("{p}.{proj}.weight"), &[width, HIDDEN], rng)?;
+            if arch != "llama" {
+                add(format!("{p}.{proj}.bias"), &[width], rng)?;
+            }
+        }
+        add(format!("{p}.attn_output.weight"), &[HIDDEN, q], rng)?;
+        if glm {
+            add(
+                format!("{p}.ffn_up.weight"),
+                &[2 * INTERMEDIATE, HIDDEN],
+                rng,
+            )?;
+        } else {
+            add(format!("{p}.ffn_gate.weight"), &[INTERMEDIATE, HIDDEN], rng)?;
+            add(format!("{p}.ffn_up.weight"), &[INTERMEDIATE, HIDDEN], rng)?;
+        }
+        add(format!("{p}.ffn_down.weight"), &[HIDDEN, INTERMEDIATE], rng)?;
+    }
+    add("output_norm.weight".into(), &[HIDDEN], rng)?;
+    add("output.weight".into(), &[vocab, HIDDEN], rng)?;
+    Ok(t)
+}
 
 /// Writes `weights` (GGUF names, f32 [out, in] as checkpoints hold them) as a GGUF file of
 /// `arch` with the sizes of this module.

@@ -103,7 +103,9 @@ pub enum Verify {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrchestratorArgs {
-    /// The embedder's gRPC address.
+    /// The embedder's gRPC address; several replicas: a comma-separated list of addresses,
+    /// or `dns://name:port` (`dns+https://` for TLS) for every address the name resolves to
+    /// (a headless service), re-resolved every --downstream-dns-refresh-seconds.
     #[arg(
         long,
         env = "ZHIKU_EMBEDDER_ADDR",
@@ -111,7 +113,9 @@ pub struct OrchestratorArgs {
     )]
     pub embedder_addr: String,
 
-    /// The retriever's gRPC address.
+    /// The retriever's gRPC address; several replicas: a comma-separated list of addresses,
+    /// or `dns://name:port` (`dns+https://` for TLS) for every address the name resolves to
+    /// (a headless service), re-resolved every --downstream-dns-refresh-seconds.
     #[arg(
         long,
         env = "ZHIKU_RETRIEVER_ADDR",
@@ -119,7 +123,9 @@ pub struct OrchestratorArgs {
     )]
     pub retriever_addr: String,
 
-    /// The generator's gRPC address.
+    /// The generator's gRPC address; several replicas: a comma-separated list of addresses,
+    /// or `dns://name:port` (`dns+https://` for TLS) for every address the name resolves to
+    /// (a headless service), re-resolved every --downstream-dns-refresh-seconds.
     #[arg(
         long,
         env = "ZHIKU_GENERATOR_ADDR",
@@ -162,9 +168,18 @@ pub struct OrchestratorArgs {
     #[arg(long, env = "ZHIKU_OCR", value_enum, default_value_t = OcrSetting::Auto)]
     pub ocr: OcrSetting,
 
+    /// The tuner's gRPC address (zhiku-tuner): the HTTP side's /v1/fine_tuning/jobs routes
+    /// pass to it. Unset: they answer 501.
+    #[arg(long, env = "ZHIKU_TUNER_ADDR")]
+    pub tuner_addr: Option<String>,
+
     /// Every setting of the Ask pipeline.
     #[command(flatten)]
     pub ask: AskPolicy,
+
+    /// Health checks, DNS and routing over the downstream replicas.
+    #[command(flatten)]
+    pub replicas: crate::replicas::ReplicaArgs,
 }
 
 /// The Ask policy: every setting of the Ask pipeline (prompt, history limits, answer length,

@@ -1,13 +1,13 @@
-//! Clients of the three services the orchestrator calls.
+//! Clients of the three services the orchestrator calls, each over its replicas
+//! ([`crate::replicas`]).
 //!
 //! Channels connect lazily and reconnect by themselves: a service that was down answers the
 //! next call once it is back, without restarting the orchestrator. Every call carries the
 //! caller's request id and what is left of the caller's deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use zhiku_proto::service_names;
 use zhiku_proto::v1::embedder_client::EmbedderClient;
 use zhiku_proto::v1::generator_client::GeneratorClient;
@@ -16,57 +16,74 @@ use zhiku_runtime::request_id::PropagateRequestId;
 
 use crate::config::OrchestratorArgs;
 use crate::error::OrchestratorError;
+use crate::replicas::ReplicaSet;
 
-type Svc = InterceptedService<Channel, PropagateRequestId>;
+type Svc = InterceptedService<ReplicaSet, PropagateRequestId>;
 
 #[derive(Clone)]
 pub struct Downstream {
     pub embedder: EmbedderClient<Svc>,
     pub retriever: RetrieverClient<Svc>,
     pub generator: GeneratorClient<Svc>,
-    /// (name, gRPC service, channel) of each, for health checks.
-    pub health: Vec<(&'static str, &'static str, Channel)>,
+    /// The replicas of each, for readiness.
+    pub replicas: Vec<ReplicaSet>,
     /// What every downstream call carries: the request id, and --downstream-api-key.
     pub caller: PropagateRequestId,
 }
 
-fn channel(
+/// The replicas of `service` at `addresses` (a comma-separated list, `dns://name:port`).
+fn replicas(
     service: &'static str,
-    address: &str,
-    ca_cert: Option<&std::path::Path>,
-) -> Result<Channel, OrchestratorError> {
-    let endpoint = zhiku_runtime::client::endpoint(address, ca_cert).map_err(|reason| {
-        OrchestratorError::BadAddress {
-            service,
-            address: address.to_owned(),
-            reason,
-        }
-    })?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    grpc_service: &'static str,
+    addresses: &str,
+    args: &OrchestratorArgs,
+    caller: &PropagateRequestId,
+) -> Result<ReplicaSet, OrchestratorError> {
+    ReplicaSet::new(
+        service,
+        grpc_service,
+        addresses,
+        args.ca_cert.as_deref(),
+        caller.clone(),
+        args.replicas.clone(),
+    )
+    .map_err(|reason| OrchestratorError::BadAddress {
+        service,
+        address: addresses.to_owned(),
+        reason,
+    })
 }
 
 impl Downstream {
     pub fn new(args: &OrchestratorArgs) -> Result<Self, OrchestratorError> {
         let max = 64 * 1024 * 1024;
-        let ca = args.ca_cert.as_deref();
-        let embedder = channel("embedder", &args.embedder_addr, ca)?;
-        let retriever = channel("retriever", &args.retriever_addr, ca)?;
-        let generator = channel("generator", &args.generator_addr, ca)?;
         let caller = PropagateRequestId::with_api_key(
             args.downstream_api_key.as_ref().map(|k| k.0.as_str()),
         )
         .map_err(|e| OrchestratorError::Validation(format!("--downstream-api-key: {e}")))?;
+        let embedder = replicas(
+            "embedder",
+            service_names::EMBEDDER,
+            &args.embedder_addr,
+            args,
+            &caller,
+        )?;
+        let retriever = replicas(
+            "retriever",
+            service_names::RETRIEVER,
+            &args.retriever_addr,
+            args,
+            &caller,
+        )?;
+        let generator = replicas(
+            "generator",
+            service_names::GENERATOR,
+            &args.generator_addr,
+            args,
+            &caller,
+        )?;
         Ok(Self {
-            health: vec![
-                ("embedder", service_names::EMBEDDER, embedder.clone()),
-                ("retriever", service_names::RETRIEVER, retriever.clone()),
-                ("generator", service_names::GENERATOR, generator.clone()),
-            ],
+            replicas: vec![embedder.clone(), retriever.clone(), generator.clone()],
             embedder: EmbedderClient::with_interceptor(embedder, caller.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),

@@ -342,6 +342,7 @@ impl Orchestrator {
             min_coverage: setting.min_coverage,
             adapter: request.adapter.clone(),
             min_relevance: setting.min_relevance,
+            filter: request.filter.clone(),
             ..Default::default()
         };
         let (tx, mut rx) = mpsc::channel::<Result<AskEvent, OrchestratorError>>(16);
@@ -389,7 +390,7 @@ impl Orchestrator {
                     question: case.question.trim(),
                     top_k: effective_top_k(setting.top_k),
                     score_threshold: setting.score_threshold,
-                    filter: None,
+                    filter: request.filter.clone(),
                     mode: search_mode(setting.mode)?,
                     rerank: setting.rerank,
                 },

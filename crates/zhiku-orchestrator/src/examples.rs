@@ -254,6 +254,7 @@ impl Orchestrator {
                 .retriever
                 .clone()
                 .list_documents(deadline.request(ListDocumentsRequest {
+                    readable_by: None,
                     knowledge_base: knowledge_base.to_owned(),
                     page_size: 1000,
                     page_token,

@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use futures::{FutureExt, StreamExt};
+
 use zhiku_proto::v1::{
     CreateKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, Distance, EmbedKind, EmbedRequest,
     EmbedderInfoRequest, FileProgress, IngestEvent, IngestRequest, IngestStage, IngestSummary,
@@ -20,6 +22,10 @@ use crate::{Events, Orchestrator};
 
 /// Passages per Upsert call.
 const UPSERT_BATCH: usize = 256;
+/// Embed calls of one file in flight at once.
+const EMBEDS_IN_FLIGHT: usize = 2;
+/// Files loaded and split ahead of the one embedding (each still waits for a load permit).
+const LOADS_AHEAD: usize = 4;
 
 /// The passage metadata keys a paged document's passages carry: the page they start on
 /// (from 1), and for OCR text the recogniser's confidence on that page (0 to 1).
@@ -31,6 +37,8 @@ struct Source {
     name: String,
     document_id: String,
     metadata: std::collections::HashMap<String, String>,
+    /// Its reader groups, checked and sorted (empty: everyone).
+    readers: Vec<String>,
     content: Content,
 }
 
@@ -78,6 +86,11 @@ impl Orchestrator {
         let splitter = PassageSplitter::new(config)
             .map_err(|e| OrchestratorError::Validation(format!("`split`: {e}")))?;
 
+        let readers_of = |readers: Vec<String>, what: &str| {
+            zhiku_runtime::auth::normalize_readers(readers, what)
+                .map_err(OrchestratorError::Validation)
+        };
+        let call_readers = readers_of(std::mem::take(&mut request.readers), "`readers`")?;
         let mut sources = Vec::new();
         for (i, doc) in std::mem::take(&mut request.documents)
             .into_iter()
@@ -93,6 +106,11 @@ impl Orchestrator {
                     doc.file_name.clone()
                 } else {
                     doc.document_id
+                },
+                readers: if doc.readers.is_empty() {
+                    call_readers.clone()
+                } else {
+                    readers_of(doc.readers, &format!("`documents[{i}].readers`"))?
                 },
                 name: doc.file_name,
                 metadata: doc.metadata,
@@ -119,6 +137,7 @@ impl Orchestrator {
                         name: skip.path.clone(),
                         document_id: skip.path,
                         metadata: Default::default(),
+                        readers: call_readers.clone(),
                         content: Content::Failed(skip.reason.to_string()),
                     });
                 } else {
@@ -130,6 +149,7 @@ impl Orchestrator {
                     name: file.id.clone(),
                     document_id: file.id.clone(),
                     metadata: Default::default(),
+                    readers: call_readers.clone(),
                     content: Content::File(file),
                 });
             }
@@ -245,7 +265,25 @@ impl Orchestrator {
             skipped,
             ..Default::default()
         };
-        for source in sources {
+        // A pipeline over the files, in order: the next files load and split on blocking
+        // threads while one file embeds, and the previous file's passages are written while
+        // this one embeds, so that the embedder, the slowest stage, is seldom idle.
+        // Boxed futures made up front (they start only when polled): a stream that holds a
+        // borrowing closure is not provably Send.
+        let splitter = &splitter;
+        let loads: Vec<_> = sources
+            .into_iter()
+            .map(|source| {
+                async move {
+                    let passages = self.prepare(&source, splitter, ocr, deadline).await;
+                    (source, passages)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut prepared = futures::stream::iter(loads).buffered(LOADS_AHEAD);
+        let mut storing: Option<(Source, Vec<Passage>)> = None;
+        loop {
             if events.is_closed() {
                 tracing::info!(
                     code = "CANCELLED",
@@ -253,36 +291,58 @@ impl Orchestrator {
                 );
                 return;
             }
-            let one = self.ingest_one(
-                &request.knowledge_base,
-                &source,
-                &splitter,
-                ocr,
-                deadline,
-                &events,
-            );
-            let one = match deadline
-                .run("during the ingest", async { Ok(one.await) })
-                .await
-            {
-                Ok(result) => result,
-                Err(e) => Err(FileFailure::Call(e)),
+            let embed_next = async {
+                match prepared.next().await {
+                    None => None,
+                    Some((source, Ok(passages))) => {
+                        let points = self.embed_file(&source, passages, deadline, &events).await;
+                        Some((source, points))
+                    }
+                    Some((source, Err(failure))) => Some((source, Err(failure))),
+                }
             };
-            match one {
-                Ok(stored) => {
-                    summary.files_ingested += 1;
-                    summary.passages_stored += stored as u64;
+            let store_previous = async {
+                match storing.take() {
+                    None => None,
+                    Some((source, points)) => {
+                        let stored = self
+                            .store_file(&request.knowledge_base, &source, points, deadline, &events)
+                            .await;
+                        Some((source, stored))
+                    }
                 }
-                Err(FileFailure::File(message)) => {
-                    summary.files_failed += 1;
-                    summary.errors.push(format!("{}: {message}", source.name));
-                    let _ = events
-                        .send(Ok(file_event(&source, IngestStage::Failed, 0, 0, message)))
-                        .await;
-                }
-                Err(FileFailure::Call(e)) => {
+            };
+            let both = async { Ok(tokio::join!(embed_next, store_previous)) };
+            let (embedded, stored) = match deadline.run("during the ingest", both).await {
+                Ok(both) => both,
+                Err(e) => {
                     let _ = events.send(Err(e)).await;
                     return;
+                }
+            };
+            if let Some((source, result)) = stored {
+                let recorded = match result {
+                    Ok(count) => {
+                        summary.files_ingested += 1;
+                        summary.passages_stored += count as u64;
+                        Ok(())
+                    }
+                    Err(failure) => record_failure(&mut summary, &source, failure, &events).await,
+                };
+                if let Err(e) = recorded {
+                    let _ = events.send(Err(e)).await;
+                    return;
+                }
+            }
+            match embedded {
+                // Nothing left to embed, and (so) nothing left to store.
+                None => break,
+                Some((source, Ok(points))) => storing = Some((source, points)),
+                Some((source, Err(failure))) => {
+                    if let Err(e) = record_failure(&mut summary, &source, failure, &events).await {
+                        let _ = events.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
         }
@@ -308,15 +368,14 @@ impl Orchestrator {
         }
     }
 
-    async fn ingest_one(
+    /// Reads, loads (OCR included) and splits one file: its passages, each with its page.
+    async fn prepare(
         &self,
-        knowledge_base: &str,
         source: &Source,
         splitter: &PassageSplitter,
         ocr: zhiku_text::OcrMode,
         deadline: Deadline,
-        events: &Events<IngestEvent>,
-    ) -> Result<usize, FileFailure> {
+    ) -> Result<Vec<PagedPassage>, FileFailure> {
         let content = match &source.content {
             Content::Bytes(b) => Ok(b.clone()),
             Content::File(file) => Err(file.clone()),
@@ -332,6 +391,7 @@ impl Orchestrator {
             .acquire_owned()
             .await
             .map_err(|e| FileFailure::File(format!("loading failed: {e}")))?;
+        let text_splitter = splitter.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let bytes = match content {
@@ -342,30 +402,39 @@ impl Orchestrator {
                 }
                 Err(file) => file.read(max_file_bytes).map_err(|e| e.to_string())?,
             };
-            zhiku_text::load_for_ocr(&name, &bytes, ocr, &ScanLimits::default())
-                .map_err(|e| e.to_string())
+            let loaded = zhiku_text::load_for_ocr(&name, &bytes, ocr, &ScanLimits::default())
+                .map_err(|e| e.to_string())?;
+            // A document with text splits here, in the same blocking task.
+            Ok(match loaded {
+                Loaded::Document(document) => Ok(split(&text_splitter, &document)),
+                Loaded::Scan(scan) => Err(scan),
+            })
         })
         .await
         .map_err(|e| FileFailure::File(format!("loading failed: {e}")))?
         .map_err(FileFailure::File)?;
-        let document = match loaded {
-            Loaded::Document(document) => document,
+        match loaded {
+            Ok(passages) => Ok(passages),
             // Every image is read before anything of the file is written.
-            Loaded::Scan(scan) => self.read_scan(scan, deadline).await?,
-        };
-        let splitter = splitter.clone();
-        let passages = tokio::task::spawn_blocking(move || {
-            let passages = splitter.split_document(&document);
-            passages
-                .into_iter()
-                .map(|p| {
-                    let page = document.page_at(p.char_start).cloned();
-                    (p, page)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| FileFailure::File(format!("splitting failed: {e}")))?;
+            Err(scan) => {
+                let document = self.read_scan(scan, deadline).await?;
+                let splitter = splitter.clone();
+                tokio::task::spawn_blocking(move || split(&splitter, &document))
+                    .await
+                    .map_err(|e| FileFailure::File(format!("splitting failed: {e}")))
+            }
+        }
+    }
+
+    /// Embeds one file's passages, two Embed calls in flight (the next batch waits in the
+    /// embedder's queue while one runs): the points to store.
+    async fn embed_file(
+        &self,
+        source: &Source,
+        passages: Vec<PagedPassage>,
+        deadline: Deadline,
+        events: &Events<IngestEvent>,
+    ) -> Result<Vec<Passage>, FileFailure> {
         let send = |stage, chunks: usize, done: usize| {
             events.send(Ok(file_event(source, stage, chunks, done, String::new())))
         };
@@ -377,39 +446,55 @@ impl Orchestrator {
         let _ = send(IngestStage::Split, total, total).await;
 
         let mut vectors = Vec::with_capacity(total);
-        for batch in passages.chunks(self.args.embed_batch.max(1)) {
-            let batch: Vec<_> = batch.iter().map(|(p, _)| p).collect();
-            let response = self
-                .downstream
-                .embedder
-                .clone()
-                .embed(deadline.request(EmbedRequest {
-                    texts: batch.iter().map(|p| p.indexed_text()).collect(),
+        let calls: Vec<_> = passages
+            .chunks(self.args.embed_batch.max(1))
+            .map(|batch| {
+                let request = deadline.request(EmbedRequest {
+                    texts: batch.iter().map(|(p, _)| p.indexed_text()).collect(),
                     kind: EmbedKind::Passage as i32,
                     ..Default::default()
-                }))
-                .await
+                });
+                let mut embedder = self.downstream.embedder.clone();
+                async move { embedder.embed(request).await }.boxed()
+            })
+            .collect();
+        let mut batches = futures::stream::iter(calls).buffered(EMBEDS_IN_FLIGHT);
+        while let Some(response) = batches.next().await {
+            let response = response
                 .map_err(|s| FileFailure::Call(OrchestratorError::downstream("embedder")(s)))?
                 .into_inner();
             vectors.extend(response.embeddings.into_iter().map(|e| e.values));
             let _ = send(IngestStage::Embedded, total, vectors.len()).await;
         }
-        let points: Vec<Passage> = passages
-            .iter()
+        Ok(passages
+            .into_iter()
             .zip(vectors)
             .map(|((p, page), vector)| Passage {
+                readers: source.readers.clone(),
                 document_id: source.document_id.clone(),
                 chunk_index: p.index as u32,
                 chunk_count: total as u32,
-                text: p.text.clone(),
+                heading_path: p.heading(),
+                text: p.text,
                 source: source.name.clone(),
                 vector,
-                heading_path: p.heading(),
                 char_start: p.char_start as u32,
                 char_end: p.char_end as u32,
                 metadata: page_metadata(&source.metadata, page.as_ref()),
             })
-            .collect();
+            .collect())
+    }
+
+    /// Writes one file's points: the number stored.
+    async fn store_file(
+        &self,
+        knowledge_base: &str,
+        source: &Source,
+        points: Vec<Passage>,
+        deadline: Deadline,
+        events: &Events<IngestEvent>,
+    ) -> Result<usize, FileFailure> {
+        let total = points.len();
         for batch in points.chunks(UPSERT_BATCH) {
             self.downstream
                 .retriever
@@ -425,8 +510,43 @@ impl Orchestrator {
                     _ => FileFailure::Call(OrchestratorError::downstream("retriever")(status)),
                 })?;
         }
-        let _ = send(IngestStage::Stored, total, total).await;
+        let event = file_event(source, IngestStage::Stored, total, total, String::new());
+        let _ = events.send(Ok(event)).await;
         Ok(total)
+    }
+}
+
+/// A passage and the page it starts on, if its document has pages.
+type PagedPassage = (zhiku_text::Passage, Option<zhiku_text::PageSpan>);
+
+fn split(splitter: &PassageSplitter, document: &Document) -> Vec<PagedPassage> {
+    splitter
+        .split_document(document)
+        .into_iter()
+        .map(|p| {
+            let page = document.page_at(p.char_start).cloned();
+            (p, page)
+        })
+        .collect()
+}
+
+/// Counts a file that failed and reports it; a failed downstream call is returned, as it
+/// ends the whole ingest.
+async fn record_failure(
+    summary: &mut IngestSummary,
+    source: &Source,
+    failure: FileFailure,
+    events: &Events<IngestEvent>,
+) -> Result<(), OrchestratorError> {
+    match failure {
+        FileFailure::File(message) => {
+            summary.files_failed += 1;
+            summary.errors.push(format!("{}: {message}", source.name));
+            let event = file_event(source, IngestStage::Failed, 0, 0, message);
+            let _ = events.send(Ok(event)).await;
+            Ok(())
+        }
+        FileFailure::Call(e) => Err(e),
     }
 }
 

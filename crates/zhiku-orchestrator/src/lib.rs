@@ -12,10 +12,13 @@
 //!   when created and again when the generator lost it;
 //! - [`downstream`]: lazily connected clients that reconnect by themselves, carrying the
 //!   request id and the caller's deadline;
+//! - [`replicas`]: each downstream service over its replicas: health-aware, least loaded,
+//!   retried elsewhere, generations routed by prompt prefix;
 //! - [`api::OrchestratorApi`]: the `zhiku.v1.Orchestrator` handlers;
 //! - [`http`]: the same pipelines over HTTP (`--http-listen`): the OpenAI-compatible API,
 //!   REST for knowledge bases and documents, and the web page.
 
+pub mod access;
 pub mod adapters;
 pub mod api;
 pub mod ask;
@@ -30,6 +33,7 @@ pub mod http;
 pub mod ingest;
 pub mod prompt;
 pub mod readiness;
+pub mod replicas;
 pub mod verify;
 
 use std::future::Future;
@@ -200,6 +204,18 @@ pub async fn serve_with_http(
     };
     let http_keys =
         zhiku_runtime::auth::ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
+    let tuner = match &http_listener {
+        Some(_) => http::fine_tuning::client(
+            args.tuner_addr.as_deref(),
+            args.ca_cert.as_deref(),
+            zhiku_runtime::request_id::PropagateRequestId::with_api_key(
+                args.downstream_api_key.as_ref().map(|k| k.0.as_str()),
+            )
+            .map_err(|e| RuntimeError::Load(format!("--downstream-api-key: {e}")))?,
+        )
+        .map_err(|e| RuntimeError::Load(e.to_string()))?,
+        None => None,
+    };
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let runtime = ServiceRuntime::new(server, service_names::ORCHESTRATOR)
         .await
@@ -214,8 +230,7 @@ pub async fn serve_with_http(
                 .map_err(|e| format!("the loading thread failed: {e}"))?
                 .map_err(|e| e.to_string())?;
             tokio::spawn(readiness::watch_downstreams(
-                orchestrator.downstream.health.clone(),
-                orchestrator.downstream.caller.clone(),
+                orchestrator.downstream.replicas.clone(),
                 ready_tx,
             ));
             state.set(Arc::new(orchestrator));
@@ -225,7 +240,7 @@ pub async fn serve_with_http(
     let limit = runtime.max_message_bytes();
     let router = http_listener.as_ref().map(|_| {
         http::router(
-            http::HttpState::new(state.clone(), ready_rx),
+            http::HttpState::new(state.clone(), ready_rx).with_tuner(tuner),
             http::Limits::shared(&runtime.concurrency_limit(), limit),
             http_keys,
         )

@@ -1,47 +1,32 @@
-//! The orchestrator is ready while its three downstream services are: it watches their
-//! `grpc.health.v1` status and says NOT_SERVING while one of them is down or loading, and
-//! SERVING again by itself when all are back.
+//! The orchestrator is ready while each of its three downstream services has a replica that
+//! is: the replica sets check their replicas' `grpc.health.v1` status; this says
+//! NOT_SERVING while a service has none SERVING, and SERVING again by itself when all have.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::transport::Channel;
-use zhiku_runtime::request_id::PropagateRequestId;
 
-/// Time between two rounds of health checks.
+use crate::replicas::ReplicaSet;
+
+/// Time between two looks at the replica sets.
 const INTERVAL: Duration = Duration::from_millis(500);
-/// Longest wait for one downstream's answer.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Checks `downstreams` ((name, gRPC service, channel)) every [`INTERVAL`] and sends whether
-/// all are SERVING; ends when nobody listens to `ready` any more.
-pub async fn watch_downstreams(
-    downstreams: Vec<(&'static str, &'static str, Channel)>,
-    caller: PropagateRequestId,
-    ready: watch::Sender<bool>,
-) {
+/// Starts the health checks of `downstreams`, looks at them every [`INTERVAL`] and sends
+/// whether each has a SERVING replica; ends when nobody listens to `ready` any more.
+pub async fn watch_downstreams(downstreams: Vec<ReplicaSet>, ready: watch::Sender<bool>) {
+    for set in &downstreams {
+        set.start();
+    }
     let mut last_down: Option<Vec<&'static str>> = None;
     loop {
-        let checks = downstreams.iter().map(|(name, service, channel)| {
-            let caller = caller.clone();
-            async move {
-                let serving = zhiku_runtime::health::is_serving_as(
-                    channel.clone(),
-                    caller,
-                    service,
-                    CHECK_TIMEOUT,
-                )
-                .await;
-                (*name, serving)
-            }
-        });
-        let down: Vec<&'static str> = futures::future::join_all(checks)
-            .await
-            .into_iter()
-            .filter(|(_, serving)| !serving)
-            .map(|(name, _)| name)
+        let down: Vec<&'static str> = downstreams
+            .iter()
+            .filter(|set| !set.serving())
+            .map(ReplicaSet::service)
             .collect();
-        if last_down.as_ref() != Some(&down) {
+        // Before every replica was checked once, "down" is only "not checked yet".
+        let checked = downstreams.iter().all(ReplicaSet::checked);
+        if checked && last_down.as_ref() != Some(&down) {
             if down.is_empty() {
                 tracing::info!("every downstream service is SERVING");
             } else {

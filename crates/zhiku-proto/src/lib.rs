@@ -1,8 +1,8 @@
 //! zhiku's public gRPC API (`proto/zhiku/v1`), generated at build time.
 //!
 //! Every service lives in the `zhiku.v1` package: [`v1::embedder_server`],
-//! [`v1::retriever_server`], [`v1::generator_server`], [`v1::orchestrator_server`] and the
-//! matching `*_client` modules.
+//! [`v1::retriever_server`], [`v1::generator_server`], [`v1::orchestrator_server`],
+//! [`v1::tuner_server`] and the matching `*_client` modules.
 
 /// Messages and service stubs of the `zhiku.v1` protobuf package.
 pub mod v1 {
@@ -19,6 +19,7 @@ pub mod service_names {
     pub const RETRIEVER: &str = "zhiku.v1.Retriever";
     pub const GENERATOR: &str = "zhiku.v1.Generator";
     pub const ORCHESTRATOR: &str = "zhiku.v1.Orchestrator";
+    pub const TUNER: &str = "zhiku.v1.Tuner";
 }
 
 #[cfg(test)]
@@ -28,7 +29,13 @@ mod tests {
     #[test]
     fn descriptor_set_names_every_service() {
         let fds = prost_types_free_decode(super::FILE_DESCRIPTOR_SET);
-        for name in ["Embedder", "Retriever", "Generator", "Orchestrator"] {
+        for name in [
+            "Embedder",
+            "Retriever",
+            "Generator",
+            "Orchestrator",
+            "Tuner",
+        ] {
             assert!(
                 fds.contains(&name.to_string()),
                 "{name} missing from {fds:?}"

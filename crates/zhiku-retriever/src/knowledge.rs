@@ -29,6 +29,25 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_MAX_QUERY_BYTES: usize = 16_384;
 /// Most values a search filter lists (document ids, sources and metadata pairs together).
 pub const MAX_FILTER_VALUES: usize = 1024;
+/// Most reader groups of one document.
+pub const MAX_READERS: usize = zhiku_runtime::auth::MAX_READERS;
+
+/// A document's reader groups, checked, sorted and without repeats.
+fn normalize_readers(readers: Vec<String>, what: &str) -> Result<Vec<String>> {
+    zhiku_runtime::auth::normalize_readers(readers, what).map_err(RetrieverError::InvalidArgument)
+}
+
+/// The groups of a reader scope, checked; None: no restriction.
+fn scope_groups(scope: Option<pb::ReaderScope>) -> Result<Option<Vec<String>>> {
+    let Some(scope) = scope else { return Ok(None) };
+    if scope.groups.len() > MAX_FILTER_VALUES {
+        return Err(RetrieverError::invalid(format!(
+            "`readable_by` lists {} groups; at most {MAX_FILTER_VALUES} are allowed",
+            scope.groups.len()
+        )));
+    }
+    Ok(Some(scope.groups))
+}
 
 /// Namespace of point ids (UUID v5 of knowledge base, document id and chunk index).
 const POINT_NAMESPACE: Uuid = Uuid::from_bytes([
@@ -351,6 +370,12 @@ impl Retriever {
                         p.char_end, p.char_start
                     )));
                 }
+                if p.readers.len() > MAX_READERS {
+                    return Err(RetrieverError::invalid(format!(
+                        "{what} lists {} reader groups; at most {MAX_READERS} are allowed",
+                        p.readers.len()
+                    )));
+                }
                 if !seen.insert((p.document_id.as_str(), p.chunk_index)) {
                     return Err(RetrieverError::invalid(format!(
                         "{what} appears twice in this request; send each chunk once"
@@ -375,6 +400,10 @@ impl Retriever {
                 .passages
                 .into_iter()
                 .map(|p| {
+                    let readers = normalize_readers(
+                        p.readers,
+                        &format!("passage of document {:?}", p.document_id),
+                    )?;
                     // The heading path is indexed with the text (as it is embedded).
                     let indexed = if p.heading_path.is_empty() {
                         p.text.clone()
@@ -382,7 +411,7 @@ impl Retriever {
                         format!("{}\n{}", p.heading_path, p.text)
                     };
                     let metadata: BTreeMap<String, String> = p.metadata.into_iter().collect();
-                    PointRecord {
+                    Ok(PointRecord {
                         id: point_id(&kb_name, &p.document_id, p.chunk_index),
                         dense: p.vector,
                         sparse: bm25.document(&indexed),
@@ -396,10 +425,11 @@ impl Retriever {
                             heading_path: p.heading_path,
                             char_start: p.char_start,
                             char_end: p.char_end,
+                            readers,
                         },
-                    }
+                    })
                 })
-                .collect::<Vec<_>>();
+                .collect::<Result<Vec<_>>>()?;
             Ok::<_, RetrieverError>((points, stale))
         })
         .await
@@ -510,6 +540,7 @@ impl Retriever {
             None
         };
         let filter = req.filter.unwrap_or_default();
+        let readable_by = scope_groups(filter.readable_by)?;
         let spec = SearchSpec {
             mode,
             dense,
@@ -519,6 +550,7 @@ impl Retriever {
                 document_ids: filter.document_ids,
                 sources: filter.sources,
                 metadata: filter.metadata.into_iter().collect(),
+                readable_by,
             },
             score_threshold: req.score_threshold,
             hnsw_ef: self.hnsw_ef,
@@ -576,10 +608,26 @@ impl Retriever {
         } else {
             Some(decode_token(&req.page_token)?)
         };
-        let mut page = self
-            .store
-            .list_documents_page(&req.knowledge_base, after.as_deref(), size + 1)
-            .await?;
+        let groups = scope_groups(req.readable_by)?;
+        // Pages of the store, less what the scope hides, until one more than a page is seen.
+        let mut page = Vec::new();
+        let mut cursor = after;
+        loop {
+            let chunk = self
+                .store
+                .list_documents_page(&req.knowledge_base, cursor.as_deref(), size + 1)
+                .await?;
+            let full = chunk.len() > size;
+            cursor = chunk.last().map(|d| d.document_id.clone());
+            page.extend(
+                chunk
+                    .into_iter()
+                    .filter(|d| crate::store::readable(&d.readers, groups.as_deref())),
+            );
+            if page.len() > size || !full {
+                break;
+            }
+        }
         let next_page_token = if page.len() > size {
             page.truncate(size);
             page.last()
@@ -596,10 +644,31 @@ impl Retriever {
                     source: d.source,
                     chunk_count: d.chunk_count,
                     metadata: d.metadata.into_iter().collect(),
+                    readers: d.readers,
                 })
                 .collect(),
             next_page_token,
         })
+    }
+
+    /// Sets who may read a document, on every one of its passages (no re-embedding).
+    pub async fn set_document_readers(
+        &self,
+        req: pb::SetDocumentReadersRequest,
+    ) -> Result<pb::SetDocumentReadersResponse> {
+        validate_name(&req.knowledge_base)?;
+        if req.document_id.is_empty() {
+            return Err(RetrieverError::invalid(
+                "document_id is empty: give the id of the document whose readers to set",
+            ));
+        }
+        let what = format!("document {:?}", req.document_id);
+        let readers = normalize_readers(req.readers, &what)?;
+        let updated_passages = self
+            .store
+            .set_readers(&req.knowledge_base, &req.document_id, readers)
+            .await?;
+        Ok(pb::SetDocumentReadersResponse { updated_passages })
     }
 
     pub async fn info(&self) -> Result<pb::RetrieverInfoResponse> {
@@ -627,6 +696,7 @@ fn hit_to_proto(hit: Hit) -> pb::ScoredPassage {
             char_start: p.char_start,
             char_end: p.char_end,
             metadata: p.metadata.into_iter().collect(),
+            readers: p.readers,
         }),
         score: hit.score,
         dense_score: hit.dense_score,

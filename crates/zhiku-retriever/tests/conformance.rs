@@ -66,6 +66,7 @@ sections!(
     bad_input,
     deletes,
     search_options,
+    readers,
 );
 
 /// Both backends given the same 400 passages answer the same searches alike, in every mode:

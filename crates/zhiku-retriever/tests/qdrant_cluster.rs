@@ -70,6 +70,7 @@ async fn wait_replicas(nodes: &[QdrantNode]) -> Duration {
 async fn documents(c: &mut RetrieverClient<Channel>) -> BTreeMap<String, u32> {
     let page = c
         .list_documents(ListDocumentsRequest {
+            readable_by: None,
             knowledge_base: KB.into(),
             page_size: 1000,
             page_token: String::new(),

@@ -46,8 +46,12 @@ pub struct AuthArgs {
     )]
     pub read_only_api_keys: Vec<Secret>,
 
-    /// A file of API keys, one a line: `KEY` (full access) or `KEY read-only`; blank lines
-    /// and lines starting with `#` are skipped.
+    /// A file of API keys, one a line: `KEY` (full access) or `KEY read-only`, or a
+    /// principal as one JSON object: `{"name": "alice", "sha256": "<zhiku keys hash>",
+    /// "role": "admin|editor|reader", "knowledge_bases": ["hr"], "groups": ["hr"]}`
+    /// (knowledge_bases absent: all). Blank lines and lines starting with `#` are skipped.
+    /// Read again when it changes and on SIGHUP; a file that does not parse leaves the keys
+    /// as they were.
     #[arg(long, env = "ZHIKU_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 

@@ -186,6 +186,15 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Registers another crate's collector (the orchestrator's replica metrics) in the one
+    /// registry, so that it shows on the same `/metrics`.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
     /// Records one stage's latency.
     pub fn stage(&self, stage: &str, seconds: f64) {
         self.stage_seconds

@@ -203,19 +203,27 @@ impl TrainableLora {
     }
 }
 
+/// The short names of the layers LoRA can target.
+const LORA_TARGETS: [&str; 8] = ["q", "k", "v", "qkv", "o", "gate", "up", "down"];
+
+/// Refuses a target name that is not one of [`LORA_TARGETS`] (before any model is loaded).
+pub fn check_targets(targets: &[String]) -> Result<(), TuneError> {
+    match targets.iter().find(|t| !LORA_TARGETS.contains(&t.as_str())) {
+        Some(t) => Err(TuneError::Validation(format!(
+            "LoRA target `{t}` is not one of {}",
+            LORA_TARGETS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The layers that `targets` (q, k, v, qkv, o, gate, up, down) name in `model`, with
 /// (in, out): a fused projection is targeted when any of its parts is.
 pub fn target_modules(
     model: &Decoder,
     targets: &[String],
 ) -> Result<Vec<(String, usize, usize)>, TuneError> {
-    const KNOWN: [&str; 8] = ["q", "k", "v", "qkv", "o", "gate", "up", "down"];
-    if let Some(t) = targets.iter().find(|t| !KNOWN.contains(&t.as_str())) {
-        return Err(TuneError::Validation(format!(
-            "LoRA target `{t}` is not one of {}",
-            KNOWN.join(", ")
-        )));
-    }
+    check_targets(targets)?;
     let wants = |names: &[&str]| names.iter().any(|n| targets.iter().any(|t| t == n));
     let mut out: Vec<&Linear> = Vec::new();
     for block in &model.blocks {

@@ -17,7 +17,7 @@ use zhiku_proto::v1::{
     CreateKnowledgeBaseRequest, DeleteDocumentRequest, DeleteKnowledgeBaseRequest,
     DescribeKnowledgeBaseRequest, DocumentInput, IngestRequest, IngestStage, KnowledgeBase,
     ListDocumentsRequest, ListKnowledgeBasesRequest, OcrMode, SamplingParams, SearchMode,
-    SplitOptions, UnbindAdapterRequest, ask_event, ingest_event,
+    SetDocumentReadersRequest, SplitOptions, UnbindAdapterRequest, ask_event, ingest_event,
 };
 use zhiku_runtime::request_id::PropagateRequestId;
 use zhiku_text::Walker;
@@ -120,6 +120,80 @@ pub enum DocsAction {
         kb: String,
         document_id: String,
     },
+    /// Set who may read a document (no re-embedding).
+    SetReaders {
+        #[arg(long, env = "ZHIKU_KB")]
+        kb: String,
+        document_id: String,
+        /// Reader groups, comma-separated; empty (`--readers ''`): everyone.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        readers: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysAction {
+    /// Print the SHA-256 of a key (read from standard input), as a key file's `sha256`.
+    Hash,
+    /// Make a new random key; print it, then its key-file line.
+    New {
+        /// The principal's name (in logs and the audit trail).
+        #[arg(long)]
+        name: String,
+        /// admin, editor or reader.
+        #[arg(long, default_value = "reader")]
+        role: String,
+        /// Its reader groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The knowledge bases it may use, comma-separated; unset: all.
+        #[arg(long, value_delimiter = ',')]
+        knowledge_bases: Option<Vec<String>>,
+    },
+}
+
+/// `zhiku keys`.
+pub fn keys(action: &KeysAction) -> ExitCode {
+    use zhiku_runtime::auth::key_hash;
+    match action {
+        KeysAction::Hash => {
+            let mut key = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut key) {
+                eprintln!("zhiku keys hash: cannot read the key: {e}");
+                return ExitCode::FAILURE;
+            }
+            if key.trim().is_empty() {
+                eprintln!("zhiku keys hash: give the key on standard input");
+                return ExitCode::from(2);
+            }
+            println!("{}", key_hash(&key));
+            ExitCode::SUCCESS
+        }
+        KeysAction::New {
+            name,
+            role,
+            groups,
+            knowledge_bases,
+        } => {
+            if !matches!(role.as_str(), "admin" | "editor" | "reader") {
+                eprintln!("zhiku keys new: --role is admin, editor or reader, not `{role}`");
+                return ExitCode::from(2);
+            }
+            let key = zhiku_runtime::auth::random_key();
+            let mut line = serde_json::json!({
+                "name": name,
+                "sha256": key_hash(&key),
+                "role": role,
+                "groups": groups,
+            });
+            if let Some(kbs) = knowledge_bases {
+                line["knowledge_bases"] = serde_json::json!(kbs);
+            }
+            println!("key: {key}");
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 /// Shows a spinner while `work` runs (on a terminal).
@@ -167,13 +241,16 @@ pub fn connect(addr: &str, access: &ClientArgs) -> Result<Client, ExitCode> {
 /// Runs one client command (`zhiku eval` runs in its own module).
 pub async fn run(client: Client, command: Command, ocr: Option<OcrSetting>) -> ExitCode {
     match command {
-        Command::Serve { .. } | Command::Eval(_) | Command::Tune(_) => ExitCode::SUCCESS,
+        Command::Serve { .. } | Command::Eval(_) | Command::Tune(_) | Command::Keys { .. } => {
+            ExitCode::SUCCESS
+        }
         Command::Ingest {
             paths,
             kb,
             chunk_size,
             overlap,
             max_file_bytes,
+            readers,
         } => {
             let options = IngestOptions {
                 kb,
@@ -181,6 +258,7 @@ pub async fn run(client: Client, command: Command, ocr: Option<OcrSetting>) -> E
                 overlap,
                 max_file_bytes,
                 ocr,
+                readers,
             };
             ingest(client, &paths, options).await
         }
@@ -317,6 +395,7 @@ async fn ingest_to(
             Ok((file, Ok(content))) => {
                 batch_bytes += content.len() as u64;
                 batch.push(DocumentInput {
+                    readers: Vec::new(),
                     file_name: file.id.clone(),
                     content,
                     document_id: file.id,
@@ -366,6 +445,8 @@ pub struct IngestOptions {
     pub max_file_bytes: u64,
     /// Sent with each call; unset leaves it to the server's --ocr.
     pub ocr: Option<OcrSetting>,
+    /// Reader groups of every file (empty: everyone).
+    pub readers: Vec<String>,
 }
 
 /// One Ingest call; its progress goes to the bar and its summary into `tally`.
@@ -377,6 +458,7 @@ async fn send_ingest(
     tally: &mut IngestTally,
 ) -> Result<(), tonic::Status> {
     let request = IngestRequest {
+        readers: options.readers.clone(),
         knowledge_base: options.kb.clone(),
         documents,
         paths: Vec::new(),
@@ -795,6 +877,7 @@ async fn docs(mut client: Client, action: DocsAction) -> ExitCode {
             loop {
                 let page = match client
                     .list_documents(ListDocumentsRequest {
+                        readable_by: None,
                         knowledge_base: kb.clone(),
                         page_size: 1000,
                         page_token: token.clone(),
@@ -805,8 +888,13 @@ async fn docs(mut client: Client, action: DocsAction) -> ExitCode {
                     Err(status) => return fail("docs list", status),
                 };
                 for doc in page.documents {
+                    let readers = if doc.readers.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  readers: {}", doc.readers.join(","))
+                    };
                     println!(
-                        "{:<40} {:>6} passages  {}",
+                        "{:<40} {:>6} passages  {}{readers}",
                         doc.document_id, doc.chunk_count, doc.source
                     );
                 }
@@ -831,6 +919,30 @@ async fn docs(mut client: Client, action: DocsAction) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(status) => fail("docs delete", status),
+        },
+        DocsAction::SetReaders {
+            kb,
+            document_id,
+            readers,
+        } => match client
+            .set_document_readers(SetDocumentReadersRequest {
+                knowledge_base: kb,
+                document_id: document_id.clone(),
+                readers: readers.into_iter().filter(|r| !r.is_empty()).collect(),
+            })
+            .await
+        {
+            Ok(r) => match r.into_inner().updated_passages {
+                0 => {
+                    eprintln!("zhiku docs set-readers: no document `{document_id}`");
+                    ExitCode::FAILURE
+                }
+                n => {
+                    println!("readers of `{document_id}` set ({n} passages)");
+                    ExitCode::SUCCESS
+                }
+            },
+            Err(status) => fail("docs set-readers", status),
         },
     }
 }

@@ -558,6 +558,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
             overlap: 50,
             max_file_bytes: zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES,
             ocr: None,
+            readers: Vec::new(),
         };
         let code = crate::commands::ingest_quietly(client.clone(), &args.ingest, options).await;
         if code != ExitCode::SUCCESS {
@@ -566,6 +567,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
     }
     let total = cases.len() * settings.len();
     let request = EvaluateRequest {
+        filter: None,
         knowledge_base: args.kb.clone(),
         cases,
         settings,

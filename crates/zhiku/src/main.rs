@@ -165,6 +165,11 @@ enum Command {
             default_value_t = zhiku_orchestrator::DEFAULT_MAX_FILE_BYTES
         )]
         max_file_bytes: u64,
+        /// Reader groups of every file, comma-separated: only keys holding one of these
+        /// groups read them (see --api-key-file). Unset: everyone with access to the
+        /// knowledge base.
+        #[arg(long, env = "ZHIKU_READERS", value_delimiter = ',')]
+        readers: Vec<String>,
     },
     /// Ask a question; the answer streams, then its sources.
     Ask {
@@ -211,6 +216,11 @@ enum Command {
     Docs {
         #[command(subcommand)]
         action: commands::DocsAction,
+    },
+    /// API keys for --api-key-file (no server needed).
+    Keys {
+        #[command(subcommand)]
+        action: commands::KeysAction,
     },
 }
 
@@ -301,6 +311,9 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> ExitCode {
     let cli = parse();
+    if let Command::Keys { action } = &cli.command {
+        return commands::keys(action);
+    }
     if let Command::Serve {
         orchestrator_listen,
         embedder_listen,

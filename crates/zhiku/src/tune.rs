@@ -3,17 +3,11 @@
 //! generator's `--lora NAME=DIR` (or PEFT, or vLLM).
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use candle_core::DType;
-use zhiku_lm::{ComputePath, ModelSpec};
-use zhiku_tuner::dataset::{
-    LengthPolicy, read_conversations, render_dataset, split_train_validation,
-};
-use zhiku_tuner::peft::{BaseModel, read_adapter, write_adapter};
-use zhiku_tuner::{CheckpointPlan, StepReport, TrainConfig, Trainer};
+use zhiku_tuner::dataset::{LengthPolicy, read_conversations};
+use zhiku_tuner::{CheckpointPlan, JobBase, JobEvent, JobParams, run_job};
 use zhiku_tuner::{LoraInit, LoraSpec, TuneError};
 
 use crate::stack::StackArgs;
@@ -165,22 +159,6 @@ fn spec(args: &TuneArgs) -> LoraSpec {
     }
 }
 
-/// The GGUF file the chat model resolves to, when it is one on this machine (its SHA-256
-/// goes into the adapter's config).
-fn gguf_path(model: &str, gguf_file: &str, models_dir: &Path) -> Option<PathBuf> {
-    let path = Path::new(model);
-    if path.is_file() {
-        return Some(path.to_path_buf());
-    }
-    match zhiku_models::ModelSource::resolve(model, Some(models_dir)).ok()? {
-        zhiku_models::ModelSource::Local(dir) => {
-            let named = dir.join(gguf_file);
-            named.is_file().then_some(named)
-        }
-        _ => None,
-    }
-}
-
 fn emit(args: &TuneArgs, value: serde_json::Value, human: impl FnOnce() -> String) {
     if args.json {
         println!("{value}");
@@ -189,226 +167,191 @@ fn emit(args: &TuneArgs, value: serde_json::Value, human: impl FnOnce() -> Strin
     }
 }
 
+/// The job's hyper-parameters, as the flags give them.
+fn params(args: &TuneArgs) -> JobParams {
+    let checkpoints = (args.checkpoint_every > 0).then(|| CheckpointPlan {
+        dir: args.checkpoint_dir.clone().unwrap_or_else(|| {
+            let mut name = args.out.file_name().unwrap_or_default().to_os_string();
+            name.push(".checkpoints");
+            args.out.with_file_name(name)
+        }),
+        every: args.checkpoint_every,
+        keep: args.keep_checkpoints.max(1),
+    });
+    JobParams {
+        lora: spec(args),
+        learning_rate: args.learning_rate,
+        warmup_steps: args.warmup_steps,
+        weight_decay: args.weight_decay,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        grad_accumulation: args.grad_accumulation,
+        max_grad_norm: args.max_grad_norm,
+        max_seq_len: args.max_seq_len,
+        too_long: match args.too_long {
+            TooLong::Truncate => LengthPolicy::Truncate,
+            TooLong::Skip => LengthPolicy::Skip,
+        },
+        validation: args.validation,
+        early_stop: args.early_stop,
+        seed: args.seed,
+        threads: args.threads,
+        gradient_checkpointing: args.gradient_checkpointing,
+        init_adapter: args.init_adapter.clone(),
+        resume: args.resume.clone(),
+        checkpoints,
+    }
+}
+
 fn train(stack: &StackArgs, args: &TuneArgs) -> Result<(), TuneError> {
-    if !(0.0..1.0).contains(&args.validation) {
-        return Err(TuneError::Validation(format!(
-            "--validation {} is not a share in [0, 1)",
-            args.validation
-        )));
-    }
-    if args.epochs == 0 {
-        return Err(TuneError::Validation("--epochs must be at least 1".into()));
-    }
+    let params = params(args);
+    params.check()?;
     let models = stack.models();
     let (device, _) = zhiku_models::parse_device(&stack.device).map_err(TuneError::Validation)?;
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
     let data = args.data.as_deref().ok_or_else(|| {
         TuneError::Validation("no training data: give --data FILE, or --kb NAME".into())
     })?;
     let conversations = read_conversations(data)?;
-    let (train_records, validation_records) =
-        split_train_validation(&conversations, args.validation, args.seed)?;
-
-    let started = Instant::now();
-    let mut model_spec = ModelSpec::cpu(models.chat.clone(), models.gguf_file.clone());
-    model_spec.models_dir = stack.models_dir.clone();
-    model_spec.device = device.clone();
-    model_spec.dtype = dtype;
-    model_spec.compute = ComputePath::Tensors;
-    let model = zhiku_lm::load_model(&model_spec)?.into_trainable()?;
-    let policy = match args.too_long {
-        TooLong::Truncate => LengthPolicy::Truncate,
-        TooLong::Skip => LengthPolicy::Skip,
+    let base = JobBase {
+        model: models.chat.clone(),
+        gguf_file: models.gguf_file.clone(),
+        models_dir: stack.models_dir.clone(),
+        device,
     };
-    let (train_set, report) = render_dataset(
-        &train_records,
-        &model.template,
-        &model.tokenizer,
-        args.max_seq_len,
-        policy,
-    )?;
-    let (validation_set, _) = render_dataset(
-        &validation_records,
-        &model.template,
-        &model.tokenizer,
-        args.max_seq_len,
-        policy,
-    )?;
-    if train_set.is_empty() {
-        return Err(TuneError::Validation(format!(
-            "{}: no training example is left ({} records read, {} longer than --max-seq-len {})",
-            data.display(),
-            report.read,
-            report.skipped_too_long,
-            args.max_seq_len
-        )));
-    }
-    emit(
-        args,
-        serde_json::json!({"event": "data", "model": models.chat, "train": train_set.len(),
-            "validation": validation_set.len(), "report": report,
-            "load_seconds": started.elapsed().as_secs_f64()}),
-        || {
-            format!(
-                "model {} ({}); {} training and {} validation examples; {} truncated, {} \
-                 skipped as longer than {} tokens",
-                models.chat,
-                model.info.architecture,
-                train_set.len(),
-                validation_set.len(),
-                report.truncated,
-                report.skipped_too_long,
-                args.max_seq_len
-            )
-        },
-    );
 
-    let per_step = args.batch_size.max(1) * args.grad_accumulation.max(1);
-    let steps_per_epoch = train_set.len().div_ceil(per_step);
-    let config = TrainConfig {
-        lora: spec(args),
-        learning_rate: args.learning_rate,
-        warmup_steps: args.warmup_steps,
-        total_steps: steps_per_epoch * args.epochs,
-        weight_decay: args.weight_decay,
-        batch_size: args.batch_size,
-        grad_accumulation: args.grad_accumulation,
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
-        seed: args.seed,
-        threads: args.threads,
-        dtype,
-        gradient_checkpointing: args.gradient_checkpointing,
-        ..TrainConfig::default()
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    // A line beside the progress bar, or on stderr before it exists.
+    let println = |bar: &Option<indicatif::ProgressBar>, line: String| match bar {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
     };
-    let lora = config.lora.clone();
-    let mut trainer = Trainer::new(model.decoder, config)?;
-    if let Some(dir) = &args.init_adapter {
-        let init = read_adapter(dir, &device)?;
-        trainer.load_pairs(&init.pairs)?;
-    }
-    if let Some(dir) = &args.resume {
-        let from = trainer.resume(dir, &train_set, args.epochs)?;
-        let (epoch, step) = trainer.cursor();
-        emit(
-            args,
-            serde_json::json!({"event": "resume", "checkpoint": from,
-                "step": trainer.steps_done(), "epoch": epoch + 1}),
-            || {
-                format!(
-                    "resumed from {} at step {} (epoch {}, its step {step})",
-                    from.display(),
-                    trainer.steps_done(),
-                    epoch + 1
-                )
-            },
-        );
-    }
-    if args.checkpoint_every > 0 {
-        let dir = args.checkpoint_dir.clone().unwrap_or_else(|| {
-            let mut name = args.out.file_name().unwrap_or_default().to_os_string();
-            name.push(".checkpoints");
-            args.out.with_file_name(name)
-        });
-        trainer.set_checkpoints(Some(CheckpointPlan {
-            dir,
-            every: args.checkpoint_every,
-            keep: args.keep_checkpoints.max(1),
-        }));
-    }
-
-    let bar = (!args.json).then(|| {
-        let bar = indicatif::ProgressBar::new((steps_per_epoch * args.epochs) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let mut best: Option<(f64, usize, Vec<zhiku_tuner::TrainedPair>)> = None;
-    let mut since_best = 0usize;
-    let first_epoch = trainer.cursor().0;
-    if let Some(bar) = &bar {
-        bar.set_position(trainer.steps_done() as u64);
-    }
-    for epoch in first_epoch..args.epochs {
-        let mut on_step = |r: &StepReport| {
-            match &bar {
+    let mut on_event = |event: JobEvent<'_>| {
+        match event {
+            JobEvent::Data {
+                architecture,
+                train,
+                validation,
+                report,
+                total_steps,
+                load_seconds,
+            } => {
+                emit(
+                    args,
+                    serde_json::json!({"event": "data", "model": models.chat, "train": train,
+                        "validation": validation, "report": report,
+                        "load_seconds": load_seconds}),
+                    || {
+                        format!(
+                            "model {} ({architecture}); {train} training and {validation} \
+                             validation examples; {} truncated, {} skipped as longer than {} \
+                             tokens",
+                            models.chat,
+                            report.truncated,
+                            report.skipped_too_long,
+                            args.max_seq_len
+                        )
+                    },
+                );
+                if !args.json {
+                    let b = indicatif::ProgressBar::new(total_steps as u64);
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} steps  {msg}  ETA {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar = Some(b);
+                }
+            }
+            JobEvent::Resumed {
+                checkpoint,
+                step,
+                epoch,
+                step_in_epoch,
+            } => {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "resume", "checkpoint": checkpoint,
+                            "step": step, "epoch": epoch})
+                    );
+                } else {
+                    println(
+                        &bar,
+                        format!(
+                            "resumed from {} at step {step} (epoch {epoch}, its step \
+                             {step_in_epoch})",
+                            checkpoint.display()
+                        ),
+                    );
+                }
+                if let Some(bar) = &bar {
+                    bar.set_position(step as u64);
+                }
+            }
+            JobEvent::Step { epoch, report: r } => match &bar {
                 Some(bar) => {
                     bar.set_position(r.step as u64);
                     bar.set_message(format!(
-                        "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
-                        epoch + 1,
-                        r.loss,
-                        r.lr,
-                        r.tokens_per_second
+                        "epoch {epoch} loss {:.4} lr {:.2e} {:.0} tok/s",
+                        r.loss, r.lr, r.tokens_per_second
                     ));
                 }
                 None => println!(
                     "{}",
-                    serde_json::json!({"event": "step", "epoch": epoch + 1, "step": r.step,
+                    serde_json::json!({"event": "step", "epoch": epoch, "step": r.step,
                         "total_steps": r.total_steps, "loss": r.loss, "lr": r.lr,
                         "grad_norm": r.grad_norm, "tokens": r.tokens,
                         "tokens_per_second": r.tokens_per_second,
                         "checkpoint": r.checkpoint})
                 ),
-            }
-            ControlFlow::Continue(())
-        };
-        // Up to the end of this epoch (a resumed run finishes the epoch it stopped in).
-        let reports = trainer.train(&train_set, epoch + 1, &mut on_step)?;
-        let train_loss = reports.iter().map(|r| r.loss).sum::<f64>() / reports.len().max(1) as f64;
-        let validation_loss = if validation_set.is_empty() {
-            None
-        } else {
-            Some(trainer.evaluate(&validation_set)?)
-        };
-        let line = format!(
-            "epoch {}: train loss {train_loss:.4}{}",
-            epoch + 1,
-            validation_loss.map_or_else(String::new, |v| format!(", validation loss {v:.4}"))
-        );
-        match &bar {
-            Some(bar) => bar.println(line),
-            None => println!(
-                "{}",
-                serde_json::json!({"event": "epoch", "epoch": epoch + 1,
-                    "train_loss": train_loss, "validation_loss": validation_loss})
-            ),
-        }
-        let Some(v) = validation_loss else { continue };
-        if best.as_ref().is_none_or(|(b, _, _)| v < *b) {
-            best = Some((v, epoch + 1, trainer.pairs()?));
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if args.early_stop > 0 && since_best >= args.early_stop {
+            },
+            JobEvent::Epoch {
+                epoch,
+                train_loss,
+                validation_loss,
+            } => match &bar {
+                Some(bar) => bar.println(format!(
+                    "epoch {epoch}: train loss {train_loss:.4}{}",
+                    validation_loss
+                        .map_or_else(String::new, |v| format!(", validation loss {v:.4}"))
+                )),
+                None => println!(
+                    "{}",
+                    serde_json::json!({"event": "epoch", "epoch": epoch,
+                        "train_loss": train_loss, "validation_loss": validation_loss})
+                ),
+            },
+            JobEvent::EarlyStop {
+                epochs_without_improvement,
+            } => {
                 if let Some(bar) = &bar {
                     bar.println(format!(
-                        "early stop: no better validation loss for {since_best} epoch(s)"
+                        "early stop: no better validation loss for \
+                         {epochs_without_improvement} epoch(s)"
                     ));
                 }
-                break;
             }
         }
-    }
+        ControlFlow::Continue(())
+    };
+    let result = run_job(
+        &base,
+        &conversations,
+        &data.display().to_string(),
+        &params,
+        &args.out,
+        &mut on_event,
+    );
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let (pairs, epoch, validation_loss) = match best {
-        Some((v, epoch, pairs)) => (pairs, epoch, Some(v)),
-        None => (trainer.pairs()?, args.epochs, None),
-    };
-    let file = gguf_path(&models.chat, &models.gguf_file, &stack.models_dir);
-    let base = BaseModel::new(models.chat.clone(), file.as_deref())?;
-    write_adapter(&args.out, &pairs, &lora, &base)?;
+    let outcome = result?;
+    let (epoch, validation_loss) = (outcome.epoch, outcome.validation_loss);
     emit(
         args,
         serde_json::json!({"event": "done", "adapter": args.out, "epoch": epoch,
-            "validation_loss": validation_loss, "seconds": started.elapsed().as_secs_f64()}),
+            "validation_loss": validation_loss, "seconds": outcome.seconds}),
         || {
             format!(
                 "adapter written to {} (epoch {epoch}{}); serve it with \

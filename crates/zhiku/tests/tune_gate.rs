@@ -299,11 +299,30 @@ fn the_gate_binds_a_better_adapter_refuses_a_worse_one_and_asks_follow_the_bindi
         all.extend_from_slice(args);
         zhiku(&[], &all)
     };
+    // The orchestrator says SERVING once every service it calls does (the generator's
+    // model loaded); `kb list` alone answers while the model still loads.
+    let serving = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let channel = tonic::transport::Channel::from_shared(addr.clone())
+                .expect("a loopback URI")
+                .connect_lazy();
+            zhiku_runtime::health::is_serving(
+                channel,
+                zhiku_proto::service_names::ORCHESTRATOR,
+                Duration::from_secs(1),
+            )
+            .await
+        })
+    };
     let started = Instant::now();
-    while !remote(&["kb", "list"]).status.success() {
+    while !serving() {
         assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "zhiku serve was not ready"
+            started.elapsed() < Duration::from_secs(600),
+            "zhiku serve was not SERVING after 600 s"
         );
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -14,11 +14,14 @@ use zhiku_proto::v1::{
     DeleteDocumentResponse, DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse,
     DescribeKnowledgeBaseRequest, EvaluateEvent, EvaluateRequest, IngestEvent, IngestRequest,
     KnowledgeBase, ListDocumentsRequest, ListDocumentsResponse, ListKnowledgeBasesRequest,
-    ListKnowledgeBasesResponse, UnbindAdapterRequest,
+    ListKnowledgeBasesResponse, SetDocumentReadersRequest, SetDocumentReadersResponse,
+    UnbindAdapterRequest,
 };
 use zhiku_runtime::Ready;
+use zhiku_runtime::auth::caller;
 
 use crate::Orchestrator;
+use crate::access::{Audit, Audited, check_readers, confine_filter, may_create, require_kb};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 
@@ -52,9 +55,20 @@ where
     Box::pin(ReceiverStream::new(events).map(|event| event.map_err(Status::from)))
 }
 
+/// `stream`, its returned or changed documents noted in `audit` (written when it ends).
+fn audited<T: Audited + Send + 'static>(
+    stream: EventStream<T>,
+    mut audit: Audit,
+) -> EventStream<T> {
+    Box::pin(stream.map(move |item| {
+        audit.observe(&item);
+        item
+    }))
+}
+
 type RetrieverClient = zhiku_proto::v1::retriever_client::RetrieverClient<
     tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
+        crate::replicas::ReplicaSet,
         zhiku_runtime::request_id::PropagateRequestId,
     >,
 >;
@@ -92,10 +106,23 @@ impl OrchestratorService for OrchestratorApi {
     ) -> Result<Response<Self::IngestStream>, Status> {
         let state = self.state()?;
         let deadline = Deadline::from_request(&request);
-        let request = request.into_inner();
-        Ok(Response::new(spawn_stream(move |tx| async move {
-            state.ingest(request, deadline, tx).await
-        })))
+        let principal = caller(&request);
+        let known = request
+            .extensions()
+            .get::<zhiku_runtime::auth::KnownGroups>()
+            .cloned();
+        let mut request = request.into_inner();
+        require_kb(principal.as_deref(), &request.knowledge_base)?;
+        check_readers(
+            known.as_ref(),
+            std::iter::once(&request.readers).chain(request.documents.iter().map(|d| &d.readers)),
+        )?;
+        // Creating a knowledge base is an admin's.
+        request.create_if_missing &= may_create(principal.as_deref());
+        let audit = Audit::new("ingest", principal.as_deref(), &request.knowledge_base);
+        let stream =
+            spawn_stream(move |tx| async move { state.ingest(request, deadline, tx).await });
+        Ok(Response::new(audited(stream, audit)))
     }
 
     type AskStream = EventStream<AskEvent>;
@@ -103,10 +130,13 @@ impl OrchestratorService for OrchestratorApi {
     async fn ask(&self, request: Request<AskRequest>) -> Result<Response<Self::AskStream>, Status> {
         let state = self.state()?;
         let deadline = Deadline::from_request(&request);
-        let request = request.into_inner();
-        Ok(Response::new(spawn_stream(move |tx| async move {
-            state.ask(request, deadline, tx).await
-        })))
+        let principal = caller(&request);
+        let mut request = request.into_inner();
+        require_kb(principal.as_deref(), &request.knowledge_base)?;
+        confine_filter(principal.as_deref(), &mut request.filter);
+        let audit = Audit::new("ask", principal.as_deref(), &request.knowledge_base);
+        let stream = spawn_stream(move |tx| async move { state.ask(request, deadline, tx).await });
+        Ok(Response::new(audited(stream, audit)))
     }
 
     type EvaluateStream = EventStream<EvaluateEvent>;
@@ -117,10 +147,14 @@ impl OrchestratorService for OrchestratorApi {
     ) -> Result<Response<Self::EvaluateStream>, Status> {
         let state = self.state()?;
         let deadline = Deadline::from_request(&request);
-        let request = request.into_inner();
-        Ok(Response::new(spawn_stream(move |tx| async move {
-            state.evaluate(request, deadline, tx).await
-        })))
+        let principal = caller(&request);
+        let mut request = request.into_inner();
+        require_kb(principal.as_deref(), &request.knowledge_base)?;
+        confine_filter(principal.as_deref(), &mut request.filter);
+        let audit = Audit::new("evaluate", principal.as_deref(), &request.knowledge_base);
+        let stream =
+            spawn_stream(move |tx| async move { state.evaluate(request, deadline, tx).await });
+        Ok(Response::new(audited(stream, audit)))
     }
 
     async fn create_knowledge_base(
@@ -140,16 +174,26 @@ impl OrchestratorService for OrchestratorApi {
         &self,
         request: Request<ListKnowledgeBasesRequest>,
     ) -> Result<Response<ListKnowledgeBasesResponse>, Status> {
-        self.via_retriever(request, |mut c, r| async move {
-            c.list_knowledge_bases(r).await
-        })
-        .await
+        let principal = caller(&request);
+        let mut response = self
+            .via_retriever(request, |mut c, r| async move {
+                c.list_knowledge_bases(r).await
+            })
+            .await?;
+        if let Some(p) = principal {
+            response
+                .get_mut()
+                .knowledge_bases
+                .retain(|kb| p.may_use(&kb.name));
+        }
+        Ok(response)
     }
 
     async fn describe_knowledge_base(
         &self,
         request: Request<DescribeKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
+        require_kb(caller(&request).as_deref(), &request.get_ref().name)?;
         self.via_retriever(request, |mut c, r| async move {
             c.describe_knowledge_base(r).await
         })
@@ -168,8 +212,14 @@ impl OrchestratorService for OrchestratorApi {
 
     async fn list_documents(
         &self,
-        request: Request<ListDocumentsRequest>,
+        mut request: Request<ListDocumentsRequest>,
     ) -> Result<Response<ListDocumentsResponse>, Status> {
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().knowledge_base)?;
+        zhiku_runtime::auth::confine_scope(
+            principal.as_deref(),
+            &mut request.get_mut().readable_by,
+        );
         self.via_retriever(request, |mut c, r| async move { c.list_documents(r).await })
             .await
     }
@@ -178,11 +228,24 @@ impl OrchestratorService for OrchestratorApi {
         &self,
         request: Request<DeleteDocumentRequest>,
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
-        self.via_retriever(
-            request,
-            |mut c, r| async move { c.delete_document(r).await },
-        )
-        .await
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().knowledge_base)?;
+        let mut audit = Audit::new(
+            "delete",
+            principal.as_deref(),
+            &request.get_ref().knowledge_base,
+        );
+        audit.document(&request.get_ref().document_id);
+        let response = self
+            .via_retriever(
+                request,
+                |mut c, r| async move { c.delete_document(r).await },
+            )
+            .await;
+        if response.is_err() {
+            audit.failed();
+        }
+        response
     }
 
     async fn bind_adapter(
@@ -205,5 +268,34 @@ impl OrchestratorService for OrchestratorApi {
         Ok(Response::new(
             state.unbind_adapter(request.into_inner(), deadline).await?,
         ))
+    }
+
+    async fn set_document_readers(
+        &self,
+        request: Request<SetDocumentReadersRequest>,
+    ) -> Result<Response<SetDocumentReadersResponse>, Status> {
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().knowledge_base)?;
+        check_readers(
+            request
+                .extensions()
+                .get::<zhiku_runtime::auth::KnownGroups>(),
+            [&request.get_ref().readers],
+        )?;
+        let mut audit = Audit::new(
+            "set_readers",
+            principal.as_deref(),
+            &request.get_ref().knowledge_base,
+        );
+        audit.document(&request.get_ref().document_id);
+        let response = self
+            .via_retriever(request, |mut c, r| async move {
+                c.set_document_readers(r).await
+            })
+            .await;
+        if response.is_err() {
+            audit.failed();
+        }
+        response
     }
 }

@@ -69,6 +69,11 @@ impl ApiError {
         )
     }
 
+    /// A route this server is not configured for (501), saying what would enable it.
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Self::of_code(Code::Unimplemented, message.into())
+    }
+
     /// No route answers `method` `path`.
     pub fn no_route(method: &axum::http::Method, path: &str) -> Self {
         Self::of_code(Code::NotFound, format!("no such route: {method} {path}"))

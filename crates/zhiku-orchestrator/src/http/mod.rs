@@ -19,6 +19,7 @@
 
 pub mod cite;
 pub mod error;
+pub mod fine_tuning;
 pub mod openai;
 pub mod page;
 pub mod rest;
@@ -51,6 +52,8 @@ pub struct HttpState {
     orchestrator: Ready<Arc<Orchestrator>>,
     /// True while the three downstream services are SERVING (the gRPC health's source).
     ready: watch::Receiver<bool>,
+    /// The tuner (`--tuner-addr`), for the fine-tuning routes.
+    tuner: Option<fine_tuning::Tuner>,
 }
 
 impl HttpState {
@@ -58,7 +61,14 @@ impl HttpState {
         Self {
             orchestrator,
             ready,
+            tuner: None,
         }
+    }
+
+    /// With the tuner's client: the fine-tuning routes pass to it (else they answer 501).
+    pub fn with_tuner(mut self, tuner: Option<fine_tuning::Tuner>) -> Self {
+        self.tuner = tuner;
+        self
     }
 
     fn orchestrator(&self) -> Result<Arc<Orchestrator>, ApiError> {
@@ -82,7 +92,7 @@ impl HttpState {
 
 type RetrieverClient = zhiku_proto::v1::retriever_client::RetrieverClient<
     tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
+        crate::replicas::ReplicaSet,
         zhiku_runtime::request_id::PropagateRequestId,
     >,
 >;
@@ -140,6 +150,19 @@ pub fn router(
         .route(
             "/v1/knowledge_bases/{name}/documents/{*document_id}",
             delete(rest::delete_document),
+        )
+        .route(
+            "/v1/fine_tuning/jobs",
+            get(fine_tuning::list_jobs).post(fine_tuning::create_job),
+        )
+        .route("/v1/fine_tuning/jobs/{id}", get(fine_tuning::get_job))
+        .route(
+            "/v1/fine_tuning/jobs/{id}/cancel",
+            post(fine_tuning::cancel_job),
+        )
+        .route(
+            "/v1/fine_tuning/jobs/{id}/events",
+            get(fine_tuning::job_events),
         )
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(

@@ -49,6 +49,7 @@ use zhiku_proto::v1::{
 use super::cite::{self, Citer};
 use super::{ApiError, HttpState, Json};
 use crate::Orchestrator;
+use crate::access::{Audit, HttpCaller, confine_filter, http_principal, require_kb, spawn_audited};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 
@@ -503,6 +504,7 @@ fn uuid_like() -> String {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<HttpState>,
+    caller: HttpCaller,
     Json(request): Json<ChatRequest>,
 ) -> Result<Response, ApiError> {
     if request.n.is_some_and(|n| n != 1) {
@@ -529,11 +531,18 @@ pub async fn chat_completions(
         Target::KnowledgeBase(kb) => {
             let mut ask = ask_request(&request, kb.clone(), max_new_tokens)?;
             ask.adapter = adapter;
+            let principal = http_principal(&caller);
+            require_kb(principal, &kb)?;
+            confine_filter(principal, &mut ask.filter);
+            let audit = Audit::new("ask", principal, &kb);
             let cites = Cites::of(&request.zhiku);
-            let events = crate::spawn_pipeline(move |tx| {
-                let orchestrator = orchestrator.clone();
-                async move { orchestrator.ask(ask, Deadline::default(), tx).await }
-            });
+            let events = spawn_audited(
+                move |tx| {
+                    let orchestrator = orchestrator.clone();
+                    async move { orchestrator.ask(ask, Deadline::default(), tx).await }
+                },
+                audit,
+            );
             if request.stream {
                 let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
                 Ok(sse(kb_chunks(header, kb, events, cites, include_usage)))
@@ -805,7 +814,10 @@ fn chat_chunks(
 }
 
 /// `GET /v1/models`: every knowledge base (`kb:NAME`) and the generator's model.
-pub async fn models(State(state): State<HttpState>) -> Result<Response, ApiError> {
+pub async fn models(
+    State(state): State<HttpState>,
+    caller: HttpCaller,
+) -> Result<Response, ApiError> {
     let orchestrator = state.orchestrator()?;
     let generator = generator_model(&orchestrator).await?;
     let kbs = state
@@ -822,7 +834,11 @@ pub async fn models(State(state): State<HttpState>) -> Result<Response, ApiError
         "owned_by": "zhiku",
         "zhiku": {"kind": "generator"},
     })];
-    for kb in kbs {
+    let principal = http_principal(&caller);
+    for kb in kbs
+        .into_iter()
+        .filter(|kb| principal.is_none_or(|p| p.may_use(&kb.name)))
+    {
         data.push(json!({
             "id": format!("kb:{}", kb.name),
             "object": "model",

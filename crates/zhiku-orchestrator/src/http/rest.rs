@@ -41,6 +41,7 @@ use zhiku_proto::v1::{
 };
 
 use super::{ApiError, HttpState, Json};
+use crate::access::{Audit, HttpCaller, http_principal, may_create, require_kb, spawn_audited};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 
@@ -230,14 +231,22 @@ fn summary_json(s: &IngestSummary) -> Value {
     })
 }
 
-pub async fn list_knowledge_bases(State(state): State<HttpState>) -> Result<Response, ApiError> {
+pub async fn list_knowledge_bases(
+    State(state): State<HttpState>,
+    caller: HttpCaller,
+) -> Result<Response, ApiError> {
     let kbs = state
         .retriever(
             |mut c| async move { c.list_knowledge_bases(ListKnowledgeBasesRequest {}).await },
         )
         .await?
         .knowledge_bases;
-    let data: Vec<Value> = kbs.iter().map(kb_json).collect();
+    let principal = http_principal(&caller);
+    let data: Vec<Value> = kbs
+        .iter()
+        .filter(|kb| principal.is_none_or(|p| p.may_use(&kb.name)))
+        .map(kb_json)
+        .collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
@@ -272,8 +281,10 @@ pub async fn create_knowledge_base(
 
 pub async fn describe_knowledge_base(
     State(state): State<HttpState>,
+    caller: HttpCaller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    require_kb(http_principal(&caller), &name)?;
     let request = DescribeKnowledgeBaseRequest {
         name,
         metadata_only: false,
@@ -303,12 +314,18 @@ pub async fn delete_knowledge_base(
 /// Every document, page after page.
 pub async fn list_documents(
     State(state): State<HttpState>,
+    caller: HttpCaller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    let principal = http_principal(&caller);
+    require_kb(principal, &name)?;
+    let mut readable_by = None;
+    zhiku_runtime::auth::confine_scope(principal, &mut readable_by);
     let mut data = Vec::new();
     let mut page_token = String::new();
     loop {
         let request = ListDocumentsRequest {
+            readable_by: readable_by.clone(),
             knowledge_base: name.clone(),
             page_size: 1000,
             page_token,
@@ -322,6 +339,7 @@ pub async fn list_documents(
                 "source": d.source,
                 "chunk_count": d.chunk_count,
                 "metadata": d.metadata.iter().collect::<BTreeMap<_, _>>(),
+                "readers": d.readers,
             })
         }));
         if page.next_page_token.is_empty() {
@@ -334,15 +352,21 @@ pub async fn list_documents(
 
 pub async fn delete_document(
     State(state): State<HttpState>,
+    caller: HttpCaller,
     Path((name, document_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let principal = http_principal(&caller);
+    require_kb(principal, &name)?;
+    let mut audit = Audit::new("delete", principal, &name);
+    audit.document(&document_id);
     let request = DeleteDocumentRequest {
         knowledge_base: name,
         document_id: document_id.clone(),
     };
     let deleted = state
         .retriever(|mut c| async move { c.delete_document(request).await })
-        .await?;
+        .await
+        .inspect_err(|_| audit.failed())?;
     if deleted.deleted_passages == 0 {
         return Err(OrchestratorError::NotFound(format!(
             "document `{document_id}` is not in the knowledge base"
@@ -363,12 +387,14 @@ fn field_number(param: &'static str, text: &str) -> Result<u32, ApiError> {
         .map_err(|_| ApiError::invalid(param, format!("`{param}` `{text}` is not a number")))
 }
 
-/// Reads the documents and the splitter's fields of an upload.
+/// Reads the documents, the splitter's fields and the reader groups (`readers`,
+/// comma-separated) of an upload.
 async fn read_upload(
     mut multipart: Multipart,
-) -> Result<(Vec<DocumentInput>, SplitOptions), ApiError> {
+) -> Result<(Vec<DocumentInput>, SplitOptions, Vec<String>), ApiError> {
     let mut documents = Vec::new();
     let mut split = SplitOptions::default();
+    let mut readers = Vec::new();
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(e.body_text())
@@ -392,6 +418,12 @@ async fn read_upload(
                 match name.as_str() {
                     "chunk_size" => split.chunk_size = field_number("chunk_size", &text)?,
                     "overlap" => split.overlap = Some(field_number("overlap", &text)?),
+                    "readers" => readers.extend(
+                        text.split(',')
+                            .map(str::trim)
+                            .filter(|g| !g.is_empty())
+                            .map(str::to_owned),
+                    ),
                     _ => {}
                 }
             }
@@ -403,27 +435,36 @@ async fn read_upload(
             "the upload holds no file (a multipart part with a file name)",
         ));
     }
-    Ok((documents, split))
+    Ok((documents, split, readers))
 }
 
 pub async fn upload_documents(
     State(state): State<HttpState>,
+    caller: HttpCaller,
+    known: Option<axum::Extension<zhiku_runtime::auth::KnownGroups>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     multipart: Multipart,
 ) -> Result<Response, ApiError> {
+    let principal = http_principal(&caller);
+    require_kb(principal, &name)?;
     let orchestrator = state.orchestrator()?;
-    let (documents, split) = read_upload(multipart).await?;
+    let (documents, split, readers) = read_upload(multipart).await?;
+    crate::access::check_readers(known.as_ref().map(|axum::Extension(k)| k), [&readers])?;
+    let audit = Audit::new("ingest", principal, &name);
     let request = IngestRequest {
         knowledge_base: name,
         documents,
         split: Some(split),
-        create_if_missing: true,
+        // Creating a knowledge base is an admin's.
+        create_if_missing: may_create(principal),
+        readers,
         ..Default::default()
     };
-    let mut events = crate::spawn_pipeline(move |tx| async move {
-        orchestrator.ingest(request, Deadline::default(), tx).await
-    });
+    let mut events = spawn_audited(
+        move |tx| async move { orchestrator.ingest(request, Deadline::default(), tx).await },
+        audit,
+    );
     let streamed = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

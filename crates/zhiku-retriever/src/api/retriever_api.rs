@@ -8,9 +8,11 @@ use zhiku_proto::v1::{
     DeleteKnowledgeBaseRequest, DeleteKnowledgeBaseResponse, DescribeKnowledgeBaseRequest,
     KnowledgeBase, ListDocumentsRequest, ListDocumentsResponse, ListKnowledgeBasesRequest,
     ListKnowledgeBasesResponse, RetrieverInfoRequest, RetrieverInfoResponse, SearchRequest,
-    SearchResponse, SetKnowledgeBaseAdapterRequest, UpsertRequest, UpsertResponse,
+    SearchResponse, SetDocumentReadersRequest, SetDocumentReadersResponse,
+    SetKnowledgeBaseAdapterRequest, UpsertRequest, UpsertResponse,
 };
 use zhiku_runtime::Ready;
+use zhiku_runtime::auth::{caller, confine_scope, require_kb};
 use zhiku_runtime::error::to_status;
 
 use crate::knowledge::Retriever;
@@ -24,6 +26,34 @@ impl RetrieverApi {
     pub fn new(retriever: Ready<Retriever>) -> Self {
         Self { retriever }
     }
+}
+
+/// The audit line of a Search (target `zhiku::audit`): who, where, which documents.
+fn audit_search(
+    caller: Option<&zhiku_runtime::auth::Principal>,
+    knowledge_base: &str,
+    result: &crate::error::Result<SearchResponse>,
+) {
+    let mut documents: Vec<&str> = match result {
+        Ok(response) => response
+            .hits
+            .iter()
+            .filter_map(|h| h.passage.as_ref().map(|p| p.document_id.as_str()))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    documents.sort_unstable();
+    documents.dedup();
+    tracing::info!(
+        target: "zhiku::audit",
+        action = "search",
+        principal = caller.map_or("anonymous", |p| p.name.as_str()),
+        knowledge_base,
+        documents = ?documents,
+        request_id = %zhiku_runtime::request_id::current().unwrap_or_default(),
+        outcome = if result.is_ok() { "ok" } else { "failed" },
+        "audit"
+    );
 }
 
 fn reply<T>(result: crate::error::Result<T>) -> Result<Response<T>, Status> {
@@ -77,6 +107,10 @@ impl RetrieverService for RetrieverApi {
         request: Request<UpsertRequest>,
     ) -> Result<Response<UpsertResponse>, Status> {
         let r = self.retriever.get()?;
+        require_kb(
+            caller(&request).as_deref(),
+            &request.get_ref().knowledge_base,
+        )?;
         reply(r.upsert(request.into_inner()).await)
     }
 
@@ -86,8 +120,16 @@ impl RetrieverService for RetrieverApi {
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let r = self.retriever.get()?;
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().knowledge_base)?;
+        let mut request = request.into_inner();
+        // Groups forwarded by a caller that may not vouch for them give way to its own.
+        let filter = request.filter.get_or_insert_default();
+        confine_scope(principal.as_deref(), &mut filter.readable_by);
+        let knowledge_base = request.knowledge_base.clone();
         let started = std::time::Instant::now();
-        let result = r.search(request.into_inner()).await;
+        let result = r.search(request).await;
+        audit_search(principal.as_deref(), &knowledge_base, &result);
         zhiku_runtime::metrics::metrics().stage(
             zhiku_runtime::metrics::stage::SEARCH,
             started.elapsed().as_secs_f64(),
@@ -101,6 +143,10 @@ impl RetrieverService for RetrieverApi {
         request: Request<DeleteDocumentRequest>,
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
         let r = self.retriever.get()?;
+        require_kb(
+            caller(&request).as_deref(),
+            &request.get_ref().knowledge_base,
+        )?;
         reply(r.delete_document(request.into_inner()).await)
     }
 
@@ -110,7 +156,11 @@ impl RetrieverService for RetrieverApi {
         request: Request<ListDocumentsRequest>,
     ) -> Result<Response<ListDocumentsResponse>, Status> {
         let r = self.retriever.get()?;
-        reply(r.list_documents(request.into_inner()).await)
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().knowledge_base)?;
+        let mut request = request.into_inner();
+        confine_scope(principal.as_deref(), &mut request.readable_by);
+        reply(r.list_documents(request).await)
     }
 
     async fn info(
@@ -128,5 +178,18 @@ impl RetrieverService for RetrieverApi {
     ) -> Result<Response<KnowledgeBase>, Status> {
         let r = self.retriever.get()?;
         reply(r.set_knowledge_base_adapter(request.into_inner()).await)
+    }
+
+    #[tracing::instrument(skip_all, fields(kb = %request.get_ref().knowledge_base))]
+    async fn set_document_readers(
+        &self,
+        request: Request<SetDocumentReadersRequest>,
+    ) -> Result<Response<SetDocumentReadersResponse>, Status> {
+        let r = self.retriever.get()?;
+        require_kb(
+            caller(&request).as_deref(),
+            &request.get_ref().knowledge_base,
+        )?;
+        reply(r.set_document_readers(request.into_inner()).await)
     }
 }

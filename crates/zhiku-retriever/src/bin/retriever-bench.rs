@@ -8,6 +8,11 @@
 //! once the server has indexed every vector (status green, `indexed_vectors_count` = points),
 //! and prints both side by side. Run it in release: `cargo run --release -p zhiku-retriever
 //! --bin retriever-bench`.
+//!
+//! With `--filtered` (the default) every point also carries readers (every point `all`, one
+//! in 100 `p1`, one in 2 `p50`), and searches confined to the readers `p1` (1% of the
+//! points) and `p50` (50%) are compared with the exact top-10 of the points they may read,
+//! their p50 latency beside the unfiltered search's at the same ef.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,6 +69,24 @@ struct Args {
     /// Also measure exact (brute-force) search by the engine.
     #[arg(long, env = "ZHIKU_BENCH_EXACT", default_value_t = true, action = clap::ArgAction::Set)]
     exact: bool,
+    /// Also measure searches confined by readers to 1% and 50% of the points.
+    #[arg(long, env = "ZHIKU_BENCH_FILTERED", default_value_t = true, action = clap::ArgAction::Set)]
+    filtered: bool,
+}
+
+/// The reader groups of the filtered searches: (group, one point in how many holds it).
+const READER_SHARES: [(&str, usize); 2] = [("p1", 100), ("p50", 2)];
+
+/// The readers of point `i`: `all`, and each group of [`READER_SHARES`] it holds.
+fn readers_of(i: usize) -> Vec<String> {
+    let mut readers = vec!["all".to_string()];
+    readers.extend(
+        READER_SHARES
+            .iter()
+            .filter(|(_, every)| i.is_multiple_of(*every))
+            .map(|(group, _)| group.to_string()),
+    );
+    readers
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -152,6 +175,8 @@ struct Figures {
     p99: Duration,
 }
 
+// The benchmark's knobs, each named at its call.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     store: &Arc<dyn VectorStore>,
     kb: &str,
@@ -160,6 +185,7 @@ async fn measure(
     k: usize,
     ef: Option<usize>,
     exact: bool,
+    filter: &PassageFilter,
 ) -> Result<Figures, Box<dyn std::error::Error>> {
     let mut latencies = Vec::with_capacity(queries.len());
     let mut found = 0usize;
@@ -169,7 +195,7 @@ async fn measure(
             dense: Some(q.clone()),
             sparse: None,
             limit: k,
-            filter: PassageFilter::default(),
+            filter: filter.clone(),
             score_threshold: None,
             hnsw_ef: ef,
             exact,
@@ -231,6 +257,11 @@ async fn bench(
                     sparse: SparseVec::default(),
                     payload: PassagePayload {
                         document_id: i.to_string(),
+                        readers: if args.filtered {
+                            readers_of(i)
+                        } else {
+                            Vec::new()
+                        },
                         ..PassagePayload::default()
                     },
                 }
@@ -272,6 +303,7 @@ async fn bench(
         args.k,
         None,
         false,
+        &PassageFilter::default(),
     )
     .await?;
     println!(
@@ -279,11 +311,12 @@ async fn bench(
         "ef", "recall@k", "p50 ms", "p99 ms"
     );
     let mut rows = Vec::new();
+    let all = PassageFilter::default();
     for &ef in &args.ef {
-        rows.push(measure(&store, kb, queries, truth, args.k, Some(ef), false).await?);
+        rows.push(measure(&store, kb, queries, truth, args.k, Some(ef), false, &all).await?);
     }
     if args.exact {
-        rows.push(measure(&store, kb, queries, truth, args.k, None, true).await?);
+        rows.push(measure(&store, kb, queries, truth, args.k, None, true, &all).await?);
     }
     for f in &rows {
         println!(
@@ -293,6 +326,51 @@ async fn bench(
             f.p50.as_secs_f64() * 1e3,
             f.p99.as_secs_f64() * 1e3
         );
+    }
+    if args.filtered {
+        println!(
+            "[{name}] {:>6} {:>6} {:>12} {:>10} {:>14}",
+            "filter", "ef", "recall@k", "p50 ms", "p50 / unfiltered"
+        );
+        for (group, every) in READER_SHARES {
+            // The exact top-k of the points the group may read.
+            let readable: Vec<usize> = (0..data.len()).filter(|i| i % every == 0).collect();
+            let subset: Vec<Vec<f32>> = readable.iter().map(|&i| data[i].clone()).collect();
+            let filtered_truth: Vec<Vec<usize>> = queries
+                .iter()
+                .map(|q| {
+                    exact_top_k(&subset, q, args.k)
+                        .into_iter()
+                        .map(|j| readable[j])
+                        .collect()
+                })
+                .collect();
+            let filter = PassageFilter {
+                readable_by: Some(vec![group.to_string()]),
+                ..PassageFilter::default()
+            };
+            for (&ef, unfiltered) in args.ef.iter().zip(&rows) {
+                let f = measure(
+                    &store,
+                    kb,
+                    queries,
+                    &filtered_truth,
+                    args.k,
+                    Some(ef),
+                    false,
+                    &filter,
+                )
+                .await?;
+                println!(
+                    "[{name}] {:>6} {:>6} {:>12.4} {:>10.3} {:>14.2}",
+                    format!("{}%", 100 / every),
+                    ef,
+                    f.recall,
+                    ms(f.p50),
+                    f.p50.as_secs_f64() / unfiltered.p50.as_secs_f64().max(1e-9)
+                );
+            }
+        }
     }
     store.delete_kb(kb).await?;
     Ok(rows)

@@ -45,11 +45,12 @@ use qdrant_edge::external::serde_json;
 use qdrant_edge::{
     AnyVariants, Condition, CountRequest, CreateIndex, EdgeConfigBuilder, EdgeShard,
     EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations,
-    Filter, HnswIndexConfig, JsonPath, Match, Modifier, NamedQuery, PayloadFieldSchema,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
-    PointStructPersisted, QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest,
-    SearchParams, SparseVector, UpdateOperation, ValueVariants, VectorInternal,
-    VectorStructInternal, Vectors, WalOptions, WithPayloadInterface, WithVector,
+    Filter, HnswIndexConfig, IsEmptyCondition, JsonPath, Match, Modifier, NamedQuery,
+    PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, PointStructPersisted, QueryEnum, QueryRequest, Range,
+    ScoringQuery, ScrollRequest, SearchParams, SetPayloadOp, SparseVector, UpdateOperation,
+    ValueVariants, VectorInternal, VectorStructInternal, Vectors, WalOptions, WithPayloadInterface,
+    WithVector,
 };
 use uuid::Uuid;
 
@@ -482,6 +483,20 @@ fn to_filter(all: &[FieldMatch]) -> Result<Filter> {
         .iter()
         .map(|condition| {
             let field = match condition {
+                FieldMatch::AnyOfOrEmpty(field, values) => {
+                    let key = json_path(field)?;
+                    let mut should = vec![Condition::IsEmpty(IsEmptyCondition::from(key.clone()))];
+                    if !values.is_empty() {
+                        should.push(Condition::Field(FieldCondition::new_match(
+                            key,
+                            Match::new_any(AnyVariants::Strings(values.iter().cloned().collect())),
+                        )));
+                    }
+                    return Ok(Condition::Filter(Filter {
+                        should: Some(should),
+                        ..Filter::default()
+                    }));
+                }
                 FieldMatch::Is(field, value) => FieldCondition::new_match(
                     json_path(field)?,
                     Match::new_value(ValueVariants::String(value.clone())),
@@ -640,6 +655,26 @@ impl Points for EdgeShard {
         .map_err(engine)?;
         Ok(())
     }
+
+    async fn set_field(
+        &self,
+        filter: &[FieldMatch],
+        field: &'static str,
+        value: serde_json::Value,
+    ) -> Result<()> {
+        let mut payload = serde_json::Map::new();
+        payload.insert(field.to_string(), value);
+        self.update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(
+            SetPayloadOp {
+                payload: qdrant_edge::Payload(payload),
+                points: None,
+                filter: Some(to_filter(filter)?),
+                key: None,
+            },
+        )))
+        .map_err(engine)?;
+        Ok(())
+    }
 }
 
 /// Runs `f` on a blocking thread, handing it the runtime to run the shared algorithm's
@@ -669,10 +704,12 @@ fn upsert_blocking(
                 source: p.payload.source.clone(),
                 chunk_count: 0,
                 metadata: p.payload.metadata.clone(),
+                readers: p.payload.readers.clone(),
             });
         if p.payload.chunk_index == 0 {
             doc.source = p.payload.source.clone();
             doc.metadata = p.payload.metadata.clone();
+            doc.readers = p.payload.readers.clone();
             doc.chunk_count = 1; // marks "has chunk 0"
         }
     }
@@ -692,6 +729,7 @@ fn upsert_blocking(
                 source: String::new(),
                 chunk_count: 0,
                 metadata: BTreeMap::new(),
+                readers: Vec::new(),
             });
     }
     for (id, seen) in touched {
@@ -709,6 +747,7 @@ fn upsert_blocking(
         if has_first_chunk {
             doc.source = seen.source;
             doc.metadata = seen.metadata;
+            doc.readers = seen.readers;
         }
         doc.chunk_count = chunks as u32;
     }
@@ -1035,6 +1074,28 @@ impl VectorStore for EmbeddedStore {
             kb.documents_mut().remove(&document_id);
             if let Err(e) = compact_wal(&kb) {
                 tracing::warn!(knowledge_base = %kb.name, error = %e, "WAL compaction failed");
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn set_readers(&self, kb: &str, document_id: &str, readers: Vec<String>) -> Result<u64> {
+        let kb = self.get(kb)?;
+        let document_id = document_id.to_string();
+        on_blocking_thread(move |runtime| {
+            let _writes = kb.lock_writes();
+            let n = {
+                let shard = kb.shard()?;
+                let n = runtime.block_on(points::set_readers(&*shard, &document_id, &readers))?;
+                if n > 0 {
+                    shard.flush();
+                    kb.dirty.store(true, Ordering::SeqCst);
+                }
+                n
+            };
+            if let Some(doc) = kb.documents_mut().get_mut(&document_id) {
+                doc.readers = readers;
             }
             Ok(n)
         })

@@ -37,6 +37,8 @@ pub mod fields {
     pub const SOURCE: &str = "source";
     pub const METADATA: &str = "metadata";
     pub const METADATA_KV: &str = "metadata_kv";
+    /// The reader groups of a passage's document (absent: everyone).
+    pub const READERS: &str = "readers";
 
     /// How an indexed field is indexed.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +48,16 @@ pub mod fields {
     }
 
     /// The fields both backends index in every knowledge base (what filters match on).
-    pub(crate) const INDEXED: [(&str, IndexKind); 4] = [
+    pub(crate) const INDEXED: [(&str, IndexKind); 5] = [
         (DOCUMENT_ID, IndexKind::Keyword),
         (SOURCE, IndexKind::Keyword),
         (METADATA_KV, IndexKind::Keyword),
         (CHUNK_INDEX, IndexKind::Integer),
+        (READERS, IndexKind::Keyword),
     ];
 
     /// The fields that describe a document: all [`super::group_documents`] reads.
-    pub(crate) const OF_DOCUMENT: [&str; 4] = [DOCUMENT_ID, CHUNK_INDEX, SOURCE, METADATA];
+    pub(crate) const OF_DOCUMENT: [&str; 5] = [DOCUMENT_ID, CHUNK_INDEX, SOURCE, METADATA, READERS];
 }
 
 /// How vectors are compared; fixed when a knowledge base is created.
@@ -182,6 +185,10 @@ pub struct PassagePayload {
     /// field matches when any element does, and any key or value is allowed).
     #[serde(default)]
     pub metadata_kv: Vec<String>,
+    /// The reader groups of the document, sorted; empty (and then absent from the stored
+    /// payload, as in points written before readers existed): everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
 }
 
 impl PassagePayload {
@@ -220,11 +227,25 @@ pub struct PassageFilter {
     pub sources: Vec<String>,
     /// Pairs the passage's metadata must all have.
     pub metadata: Vec<(String, String)>,
+    /// Only passages these groups may read: readers naming one of them, or no readers.
+    /// None: no restriction.
+    pub readable_by: Option<Vec<String>>,
 }
 
 impl PassageFilter {
     pub fn is_empty(&self) -> bool {
-        self.document_ids.is_empty() && self.sources.is_empty() && self.metadata.is_empty()
+        self.document_ids.is_empty()
+            && self.sources.is_empty()
+            && self.metadata.is_empty()
+            && self.readable_by.is_none()
+    }
+}
+
+/// Whether `groups` (None: anyone) may read what `readers` (empty: everyone) guard.
+pub fn readable(readers: &[String], groups: Option<&[String]>) -> bool {
+    match groups {
+        None => true,
+        Some(groups) => readers.is_empty() || readers.iter().any(|r| groups.contains(r)),
     }
 }
 
@@ -272,6 +293,8 @@ pub struct DocumentInfo {
     pub source: String,
     pub chunk_count: u32,
     pub metadata: BTreeMap<String, String>,
+    /// Its reader groups (those of its first chunk); empty: everyone.
+    pub readers: Vec<String>,
 }
 
 /// What an upsert did.
@@ -338,6 +361,9 @@ pub trait VectorStore: Send + Sync + 'static {
     }
     /// Number of points of a knowledge base.
     async fn count(&self, kb: &str) -> Result<u64>;
+    /// Sets the reader groups of every chunk of a document (no re-embedding); returns how
+    /// many chunks there were.
+    async fn set_readers(&self, kb: &str, document_id: &str, readers: Vec<String>) -> Result<u64>;
 }
 
 /// Groups point payloads (of which only [`fields::OF_DOCUMENT`] are needed) into documents,
@@ -354,12 +380,14 @@ pub(crate) fn group_documents(
                 source: String::new(),
                 chunk_count: 0,
                 metadata: BTreeMap::new(),
+                readers: Vec::new(),
             });
         doc.chunk_count += 1;
         // The first chunk speaks for the document.
         if p.chunk_index == 0 || doc.source.is_empty() {
             doc.source = p.source;
             doc.metadata = p.metadata;
+            doc.readers = p.readers;
         }
     }
     docs.into_values().collect()

@@ -26,6 +26,9 @@ pub(crate) enum FieldMatch {
     AnyOf(&'static str, Vec<String>),
     /// The integer field is at least this.
     AtLeast(&'static str, u32),
+    /// The keyword-list field holds one of these values, or is empty or absent (readers:
+    /// a passage without readers is everyone's).
+    AnyOfOrEmpty(&'static str, Vec<String>),
 }
 
 /// The vector a ranking is nearest to, and so the named vector it searches.
@@ -72,6 +75,13 @@ pub(crate) trait Points: Sync {
     async fn count(&self, filter: Option<&[FieldMatch]>) -> Result<u64>;
     /// Deletes the points that meet `filter`.
     async fn delete(&self, filter: &[FieldMatch]) -> Result<()>;
+    /// Sets the payload field `field` to `value` on the points that meet `filter`.
+    async fn set_field(
+        &self,
+        filter: &[FieldMatch],
+        field: &'static str,
+        value: serde_json::Value,
+    ) -> Result<()>;
 }
 
 /// The conditions of a search filter (None: it lets every passage through).
@@ -91,6 +101,9 @@ pub(crate) fn passage_filter(filter: &PassageFilter) -> Option<Vec<FieldMatch>> 
     }
     for (k, v) in &filter.metadata {
         all.push(FieldMatch::Is(fields::METADATA_KV, metadata_kv(k, v)));
+    }
+    if let Some(groups) = &filter.readable_by {
+        all.push(FieldMatch::AnyOfOrEmpty(fields::READERS, groups.clone()));
     }
     Some(all)
 }
@@ -203,6 +216,22 @@ pub(crate) async fn upsert(
 /// Deletes every chunk of a document; returns how many there were.
 pub(crate) async fn delete_document(points: &impl Points, document_id: &str) -> Result<u64> {
     delete_counted(points, &document_filter(document_id)).await
+}
+
+/// Sets the readers of every chunk of a document; returns how many chunks there were.
+pub(crate) async fn set_readers(
+    points: &impl Points,
+    document_id: &str,
+    readers: &[String],
+) -> Result<u64> {
+    let filter = document_filter(document_id);
+    let n = points.count(Some(&filter)).await?;
+    if n > 0 {
+        points
+            .set_field(&filter, fields::READERS, serde_json::json!(readers))
+            .await?;
+    }
+    Ok(n)
 }
 
 /// Deletes the points that meet `filter`, when there are any; returns how many.

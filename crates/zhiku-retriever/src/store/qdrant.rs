@@ -29,10 +29,10 @@ use qdrant_client::qdrant::{
     DeletePointsBuilder, Distance as QDistance, FacetCounts, FieldType, Filter,
     GetCollectionInfoRequest, HealthCheckRequest, HnswConfigDiffBuilder, ListCollectionsRequest,
     Modifier, OptimizersConfigDiffBuilder, PointStruct, Query, QueryPointsBuilder, Range,
-    ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder, SparseVectorParamsBuilder,
-    SparseVectorsConfigBuilder, UpdateCollectionBuilder, UpsertPointsBuilder, Vector, VectorInput,
-    VectorParamsBuilder, VectorsConfigBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
-    vector_output,
+    ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder, SetPayloadPointsBuilder,
+    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpdateCollectionBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+    VectorsSelector, WriteOrdering, WriteOrderingType, vector_output,
 };
 use serde::de::DeserializeOwned;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -584,6 +584,13 @@ impl QdrantStore {
 /// The filter of `all` (every condition must hold).
 fn to_filter(all: &[FieldMatch]) -> Filter {
     Filter::must(all.iter().map(|condition| match condition {
+        FieldMatch::AnyOfOrEmpty(field, values) => {
+            let mut should = vec![Condition::is_empty(*field)];
+            if !values.is_empty() {
+                should.push(Condition::matches(*field, values.clone()));
+            }
+            Condition::from(Filter::should(should))
+        }
         FieldMatch::Is(field, value) => Condition::matches(*field, value.clone()),
         FieldMatch::AnyOf(field, values) => Condition::matches(*field, values.clone()),
         FieldMatch::AtLeast(field, n) => Condition::range(
@@ -718,6 +725,27 @@ impl Points for Collection<'_> {
 
     async fn delete(&self, filter: &[FieldMatch]) -> Result<()> {
         self.store.delete_filtered(self.kb, to_filter(filter)).await
+    }
+
+    async fn set_field(
+        &self,
+        filter: &[FieldMatch],
+        field: &'static str,
+        value: serde_json::Value,
+    ) -> Result<()> {
+        let payload = Payload::try_from(serde_json::json!({ field: value }))
+            .map_err(|e| RetrieverError::Corrupt(format!("payload: {e}")))?;
+        let request = SetPayloadPointsBuilder::new(self.store.collection(self.kb), payload)
+            .points_selector(to_filter(filter))
+            .wait(true)
+            .ordering(self.store.ordering())
+            .build();
+        self.store
+            .call("set payload", request, |ch, r| async move {
+                QdrantStore::points(ch).set_payload(r).await
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -907,6 +935,11 @@ impl VectorStore for QdrantStore {
     async fn delete_document(&self, kb: &str, document_id: &str) -> Result<u64> {
         self.require(kb).await?;
         points::delete_document(&self.points_of(kb), document_id).await
+    }
+
+    async fn set_readers(&self, kb: &str, document_id: &str, readers: Vec<String>) -> Result<u64> {
+        self.require(kb).await?;
+        points::set_readers(&self.points_of(kb), document_id, &readers).await
     }
 
     async fn list_documents(&self, kb: &str) -> Result<Vec<DocumentInfo>> {

@@ -6,8 +6,9 @@ use zhiku_proto::v1::retriever_client::RetrieverClient;
 use zhiku_proto::v1::{
     AdapterEvalFigures, AdapterProvenance, CreateKnowledgeBaseRequest, DeleteDocumentRequest,
     DeleteKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, Distance, Filter,
-    ListDocumentsRequest, ListKnowledgeBasesRequest, Passage, RetrieverInfoRequest, SearchMode,
-    SearchRequest, SearchResponse, SetKnowledgeBaseAdapterRequest, UpsertRequest,
+    ListDocumentsRequest, ListKnowledgeBasesRequest, Passage, ReaderScope, RetrieverInfoRequest,
+    SearchMode, SearchRequest, SearchResponse, SetDocumentReadersRequest,
+    SetKnowledgeBaseAdapterRequest, UpsertRequest,
 };
 
 pub const DIMS: u32 = 4;
@@ -55,6 +56,7 @@ pub fn passage(doc: &str, chunk: u32, count: u32, text: &str, vector: &[f32]) ->
         if doc == "b" { "mixed" } else { "zh" }.to_string(),
     );
     Passage {
+        readers: Vec::new(),
         document_id: doc.into(),
         chunk_index: chunk,
         chunk_count: count,
@@ -173,6 +175,7 @@ pub const SECTIONS: &[&str] = &[
     "bad_input",
     "deletes",
     "search_options",
+    "readers",
 ];
 
 /// Deletes `kb` if it is there (a run that died earlier may have left it).
@@ -416,6 +419,7 @@ pub async fn documents_paged(c: &mut RetrieverClient<Channel>, kb: &str, _: &str
     fresh(c, kb).await;
     let page1 = c
         .list_documents(ListDocumentsRequest {
+            readable_by: None,
             knowledge_base: kb.into(),
             page_size: 1,
             page_token: String::new(),
@@ -434,6 +438,7 @@ pub async fn documents_paged(c: &mut RetrieverClient<Channel>, kb: &str, _: &str
     assert!(!page1.next_page_token.is_empty());
     let page2 = c
         .list_documents(ListDocumentsRequest {
+            readable_by: None,
             knowledge_base: kb.into(),
             page_size: 1,
             page_token: page1.next_page_token,
@@ -447,6 +452,7 @@ pub async fn documents_paged(c: &mut RetrieverClient<Channel>, kb: &str, _: &str
     assert!(page2.next_page_token.is_empty());
     let all = c
         .list_documents(ListDocumentsRequest {
+            readable_by: None,
             knowledge_base: kb.into(),
             page_size: 0,
             page_token: String::new(),
@@ -735,6 +741,7 @@ pub async fn bad_input(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
     );
     expect_code(
         c.list_documents(ListDocumentsRequest {
+            readable_by: None,
             knowledge_base: kb.into(),
             page_size: 0,
             page_token: "not-a-token".into(),
@@ -888,6 +895,7 @@ pub async fn search_options(c: &mut RetrieverClient<Channel>, kb: &str, _: &str)
     // Metadata pairs and other conditions: all hold.
     let mut f = dense_request(kb);
     f.filter = Some(Filter {
+        readable_by: None,
         document_ids: vec!["a".into(), "b".into()],
         sources: vec!["a.md".into()],
         metadata: [("lang".to_string(), "zh".to_string())].into(),
@@ -917,5 +925,222 @@ pub async fn search_options(c: &mut RetrieverClient<Channel>, kb: &str, _: &str)
     assert_eq!(ids(&r), ids(&all)[..1].to_vec(), "threshold {cut}: {r:?}");
     s.score_threshold = Some(all.hits[0].score * 2.0);
     assert!(search(c, s).await.hits.is_empty());
+    clean(c, kb).await;
+}
+
+/// A scope of `groups`, in a filter.
+fn readable_by(groups: &[&str]) -> Option<Filter> {
+    Some(Filter {
+        readable_by: Some(ReaderScope {
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Sets the readers of `document_id` in `kb`.
+async fn set_readers(
+    c: &mut RetrieverClient<Channel>,
+    kb: &str,
+    document_id: &str,
+    readers: &[&str],
+) -> Result<u64, tonic::Status> {
+    c.set_document_readers(SetDocumentReadersRequest {
+        knowledge_base: kb.into(),
+        document_id: document_id.into(),
+        readers: readers.iter().map(|r| r.to_string()).collect(),
+    })
+    .await
+    .map(|r| r.into_inner().updated_passages)
+}
+
+/// The documents of a response's hits, sorted and deduplicated.
+fn documents_of(r: &SearchResponse) -> Vec<String> {
+    let mut docs: Vec<String> = ids(r).into_iter().map(|(d, _)| d).collect();
+    docs.sort();
+    docs.dedup();
+    docs
+}
+
+/// Documents with readers: a search confined to some groups finds (in every mode, inside
+/// the engine's search, so that top_k is filled from what they may read) the documents of
+/// those groups and the public ones, never another group's; listings alike; the readers
+/// change without a re-embed; too many readers is INVALID_ARGUMENT.
+pub async fn readers(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
+    clean(c, kb).await;
+    create(c, kb).await;
+    // Four documents of one chunk each, all near the query vector: hr's, finance's, one of
+    // both, and a public one; finance's is the nearest.
+    let docs: [(&str, &[&str], [f32; 4]); 4] = [
+        ("hr-secret", &["hr"], [0.9, 0.1, 0.0, 0.0]),
+        ("fin-secret", &["finance"], [1.0, 0.0, 0.0, 0.0]),
+        ("both", &["finance", "hr"], [0.8, 0.2, 0.0, 0.0]),
+        ("public", &[], [0.7, 0.3, 0.0, 0.0]),
+    ];
+    let passages = docs
+        .iter()
+        .map(|(doc, readers, v)| {
+            let mut p = passage(doc, 0, 1, &format!("{doc} 薪资 salary report"), v);
+            p.readers = readers.iter().map(|r| r.to_string()).collect();
+            p
+        })
+        .collect();
+    c.upsert(UpsertRequest {
+        knowledge_base: kb.into(),
+        passages,
+    })
+    .await
+    .expect("upsert");
+    let dense = |filter: Option<Filter>| {
+        let mut r = search_request(kb);
+        r.vector = vec![1.0, 0.0, 0.0, 0.0];
+        r.top_k = 2;
+        r.mode = SearchMode::Dense as i32;
+        r.filter = filter;
+        r
+    };
+    // No scope: every document.
+    let r = search(c, dense(None)).await;
+    assert_eq!(ids(&r)[0].0, "fin-secret");
+    // hr fills its top 2 from what it may read, nearest first.
+    let r = search(c, dense(readable_by(&["hr"]))).await;
+    assert_eq!(
+        ids(&r),
+        [("hr-secret".to_string(), 0), ("both".to_string(), 0)]
+    );
+    // No groups: public documents only.
+    let r = search(c, dense(readable_by(&[]))).await;
+    assert_eq!(documents_of(&r), ["public"]);
+    let r = search(c, dense(readable_by(&["marketing"]))).await;
+    assert_eq!(documents_of(&r), ["public"]);
+    for mode in [SearchMode::Sparse, SearchMode::Hybrid] {
+        let mut r = dense(readable_by(&["hr"]));
+        r.top_k = 10;
+        r.mode = mode as i32;
+        r.query_text = "薪资 salary".into();
+        let found = search(c, r).await;
+        assert_eq!(
+            documents_of(&found),
+            ["both", "hr-secret", "public"],
+            "{mode:?}"
+        );
+        // With another condition, both hold.
+        let mut r = dense(Some(Filter {
+            document_ids: vec!["hr-secret".into(), "fin-secret".into()],
+            ..readable_by(&["finance"]).unwrap_or_default()
+        }));
+        r.top_k = 10;
+        r.mode = mode as i32;
+        r.query_text = "薪资 salary".into();
+        assert_eq!(
+            documents_of(&search(c, r).await),
+            ["fin-secret"],
+            "{mode:?}"
+        );
+    }
+    // Hits and listings say who may read.
+    let r = search(c, dense(readable_by(&["finance"]))).await;
+    let first = r.hits[0].passage.as_ref().expect("passage");
+    assert_eq!(first.readers, ["finance"]);
+    let list = |scope: Option<ReaderScope>| ListDocumentsRequest {
+        knowledge_base: kb.into(),
+        page_size: 1,
+        page_token: String::new(),
+        readable_by: scope,
+    };
+    let mut listed = Vec::new();
+    let mut request = list(Some(ReaderScope {
+        groups: vec!["finance".into()],
+    }));
+    loop {
+        let page = c
+            .list_documents(request.clone())
+            .await
+            .expect("list")
+            .into_inner();
+        listed.extend(
+            page.documents
+                .into_iter()
+                .map(|d| (d.document_id, d.readers)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    assert_eq!(
+        listed,
+        [
+            (
+                "both".to_string(),
+                vec!["finance".to_string(), "hr".to_string()]
+            ),
+            ("fin-secret".to_string(), vec!["finance".to_string()]),
+            ("public".to_string(), vec![]),
+        ]
+    );
+    let all = c
+        .list_documents(ListDocumentsRequest {
+            page_size: 10,
+            ..list(None)
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(all.documents.len(), 4);
+
+    // New readers without a re-embed: finance's document becomes hr's.
+    let set = set_readers(c, kb, "fin-secret", &["hr"]).await;
+    assert_eq!(set.expect("set readers"), 1);
+    let r = search(c, dense(readable_by(&["hr"]))).await;
+    assert_eq!(ids(&r)[0].0, "fin-secret");
+    let r = search(c, dense(readable_by(&["finance"]))).await;
+    assert_eq!(documents_of(&r), ["both", "public"]);
+    let listed = c
+        .list_documents(ListDocumentsRequest {
+            page_size: 10,
+            ..list(None)
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let fin = listed
+        .documents
+        .iter()
+        .find(|d| d.document_id == "fin-secret")
+        .expect("listed");
+    assert_eq!(fin.readers, ["hr"]);
+    // Made public again.
+    set_readers(c, kb, "fin-secret", &[])
+        .await
+        .expect("set readers");
+    let r = search(c, dense(readable_by(&[]))).await;
+    assert_eq!(documents_of(&r), ["fin-secret", "public"]);
+    let none = set_readers(c, kb, "nope", &["hr"]).await;
+    assert_eq!(none.expect("set readers"), 0);
+
+    // Bad readers.
+    let mut p = passage("x", 0, 1, "x", &[1.0, 0.0, 0.0, 0.0]);
+    p.readers = (0..65).map(|i| format!("g{i}")).collect();
+    let upsert = |p: Passage| UpsertRequest {
+        knowledge_base: kb.into(),
+        passages: vec![p],
+    };
+    expect_code(
+        c.upsert(upsert(p.clone())).await,
+        Code::InvalidArgument,
+        &["65 reader groups", "at most 64"],
+    );
+    p.readers = vec!["a b".into()];
+    expect_code(
+        c.upsert(upsert(p)).await,
+        Code::InvalidArgument,
+        &["\"a b\"", "without commas"],
+    );
+    expect_code(
+        set_readers(c, kb, "public", &[""]).await,
+        Code::InvalidArgument,
+        &["invalid"],
+    );
     clean(c, kb).await;
 }

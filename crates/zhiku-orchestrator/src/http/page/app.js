@@ -120,7 +120,9 @@ async function loadDocs() {
     const { data } = await api('GET', `${kbPath()}/documents`);
     for (const d of data) {
       const row = el('tr');
-      row.append(el('td', '', d.source || d.document_id), el('td', '', String(d.chunk_count)));
+      // Who may read it (none: everyone with access to the knowledge base).
+      const readers = d.readers && d.readers.length ? ` [${d.readers.join(', ')}]` : '';
+      row.append(el('td', '', (d.source || d.document_id) + readers), el('td', '', String(d.chunk_count)));
       const cell = el('td');
       const del = el('button', 'small danger', T.remove);
       del.onclick = async () => {

@@ -10,6 +10,9 @@
 //!                        the retriever's API in this process before the server starts, and
 //!                        its parts measured apart: Embed alone, and dense, BM25 and hybrid
 //!                        Search alone, straight on the embedder's and retriever's ports
+//! zhiku-bench ingest     where an Ingest's time goes: the whole Ingest of a folder, then
+//!                        each stage alone on the same passages (load, split, tokenize,
+//!                        Embed, Upsert), beside sentence-transformers embedding them
 //! ```
 //!
 //! The overhead's passages are real text: windows of a corpus (by default the article and
@@ -21,6 +24,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+mod ingest;
 
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
@@ -125,6 +130,21 @@ enum Bench {
             default_value = "../shared/eval/chatchat-docs.jsonl"
         )]
         questions: PathBuf,
+    },
+    /// Ingest throughput and where its time goes (run with
+    /// `--embedding-model multilingual-e5-small`, the offline default of `zhiku serve`).
+    Ingest {
+        /// The folder of documents to ingest.
+        #[arg(
+            long,
+            env = "ZHIKU_BENCH_DOCS",
+            default_value = "eval/llm-docs-zh/docs"
+        )]
+        docs: PathBuf,
+        /// Python with sentence-transformers installed, for the reference embedding of the
+        /// same passages (without it, only zhiku is measured).
+        #[arg(long, env = "ZHIKU_BENCH_PYTHON")]
+        python: Option<PathBuf>,
     },
 }
 
@@ -945,6 +965,18 @@ async fn run(cli: Cli) -> Result<bool, String> {
             ref sizes, asks, ..
         } => {
             overhead(&server, sizes, asks, &questions).await?;
+            Ok(true)
+        }
+        Bench::Ingest {
+            ref docs,
+            ref python,
+        } => {
+            let settings = ingest::Settings {
+                docs,
+                model: cli.server.models_dir.join(&cli.server.embedding_model),
+                python: python.as_deref(),
+            };
+            ingest::run(&server, settings).await?;
             Ok(true)
         }
     }
