@@ -1042,32 +1042,7 @@ pub async fn readers(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
     let r = search(c, dense(readable_by(&["finance"]))).await;
     let first = r.hits[0].passage.as_ref().expect("passage");
     assert_eq!(first.readers, ["finance"]);
-    let list = |scope: Option<ReaderScope>| ListDocumentsRequest {
-        knowledge_base: kb.into(),
-        page_size: 1,
-        page_token: String::new(),
-        readable_by: scope,
-    };
-    let mut listed = Vec::new();
-    let mut request = list(Some(ReaderScope {
-        groups: vec!["finance".into()],
-    }));
-    loop {
-        let page = c
-            .list_documents(request.clone())
-            .await
-            .expect("list")
-            .into_inner();
-        listed.extend(
-            page.documents
-                .into_iter()
-                .map(|d| (d.document_id, d.readers)),
-        );
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        request.page_token = page.next_page_token;
-    }
+    let listed = list_all(c, kb, Some(&["finance"])).await;
     assert_eq!(
         listed,
         [
@@ -1079,15 +1054,7 @@ pub async fn readers(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
             ("public".to_string(), vec![]),
         ]
     );
-    let all = c
-        .list_documents(ListDocumentsRequest {
-            page_size: 10,
-            ..list(None)
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(all.documents.len(), 4);
+    assert_eq!(list_all(c, kb, None).await.len(), 4);
 
     // New readers without a re-embed: finance's document becomes hr's.
     let set = set_readers(c, kb, "fin-secret", &["hr"]).await;
@@ -1096,20 +1063,12 @@ pub async fn readers(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
     assert_eq!(ids(&r)[0].0, "fin-secret");
     let r = search(c, dense(readable_by(&["finance"]))).await;
     assert_eq!(documents_of(&r), ["both", "public"]);
-    let listed = c
-        .list_documents(ListDocumentsRequest {
-            page_size: 10,
-            ..list(None)
-        })
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = list_all(c, kb, None).await;
     let fin = listed
-        .documents
         .iter()
-        .find(|d| d.document_id == "fin-secret")
+        .find(|(id, _)| id == "fin-secret")
         .expect("listed");
-    assert_eq!(fin.readers, ["hr"]);
+    assert_eq!(fin.1, ["hr"]);
     // Made public again.
     set_readers(c, kb, "fin-secret", &[])
         .await
@@ -1143,4 +1102,38 @@ pub async fn readers(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         &["invalid"],
     );
     clean(c, kb).await;
+}
+
+/// Every document of `kb` as (id, readers), one document a page (so paging is exercised),
+/// seen by the reader groups `scope` or, with `None`, by a service key.
+async fn list_all(
+    c: &mut RetrieverClient<Channel>,
+    kb: &str,
+    scope: Option<&[&str]>,
+) -> Vec<(String, Vec<String>)> {
+    let mut request = ListDocumentsRequest {
+        knowledge_base: kb.into(),
+        page_size: 1,
+        page_token: String::new(),
+        readable_by: scope.map(|groups| ReaderScope {
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }),
+    };
+    let mut listed = Vec::new();
+    loop {
+        let page = c
+            .list_documents(request.clone())
+            .await
+            .expect("list")
+            .into_inner();
+        listed.extend(
+            page.documents
+                .into_iter()
+                .map(|d| (d.document_id, d.readers)),
+        );
+        if page.next_page_token.is_empty() {
+            return listed;
+        }
+        request.page_token = page.next_page_token;
+    }
 }
