@@ -620,14 +620,27 @@ impl Trainer {
         let mut acc: Option<GradStore> = None;
         let sink = GradientSink::default();
         for batch in self.micro_batches(examples) {
+            let trace = crate::memtrace::enabled();
+            if trace {
+                crate::memtrace::point("before forward");
+            }
             let (nll, counted) = self.batch_nll(&batch, dropout, true, Some(&sink))?;
             if counted == 0 {
                 continue;
             }
             let part = (nll / loss_tokens as f64)?;
             loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if trace {
+                crate::memtrace::graph(&part);
+            }
             let mut grads = part.backward()?;
+            if trace {
+                crate::memtrace::point("after backward");
+            }
             drop(part);
+            if trace {
+                crate::memtrace::point("graph dropped");
+            }
             sink.drain_into(&mut grads)?;
             acc = Some(match acc {
                 None => grads,
