@@ -15,7 +15,7 @@ use half::f16;
 
 use crate::kv::{BLOCK_SIZE, KvCache, LayerKv};
 use crate::layers::cpu_f32;
-use crate::rotary::Rotary;
+use crate::rotary::{Rotary, RotaryTables};
 
 /// One sequence's rows in a batch.
 #[derive(Debug, Clone)]
@@ -278,13 +278,29 @@ fn tensor_attention(
 
 /// Causal self-attention of a training forward, without a cache: q [batch·tokens,
 /// heads·head_dim], k, v [batch·tokens, kv_heads·head_dim], every sequence `tokens` long from
-/// position 0; returns [batch·tokens, heads·head_dim]. Differentiable ops only. Right-padded
-/// sequences need no pad mask: a real token never attends to a later one.
+/// position 0; returns [batch·tokens, heads·head_dim]. Differentiable ops only, run as one
+/// recomputed node ([`crate::autograd::recomputed`]): the graph keeps q, k, v and the
+/// result; rotary, the scores and the softmax are computed again in the backward pass
+/// instead of living until it. Right-padded sequences need no pad mask: a real token never
+/// attends to a later one.
 pub fn causal_attention_train(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (batch, tokens): (usize, usize),
     shape: AttnShape,
     rotary: &Rotary,
+) -> candle_core::Result<Tensor> {
+    let tables = rotary.train_tables(tokens)?;
+    crate::autograd::recomputed(&[q, k, v], move |t| {
+        causal_attention_composed((&t[0], &t[1], &t[2]), (batch, tokens), shape, &tables)
+    })
+}
+
+/// [`causal_attention_train`]'s ops.
+fn causal_attention_composed(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (batch, tokens): (usize, usize),
+    shape: AttnShape,
+    rotary: &RotaryTables,
 ) -> candle_core::Result<Tensor> {
     let AttnShape {
         heads,
@@ -297,8 +313,8 @@ pub fn causal_attention_train(
             .transpose(1, 2)?
             .contiguous()
     };
-    let q = rotary.apply_train(&split(q, heads)?)?;
-    let k = rotary.apply_train(&split(k, kv_heads)?)?;
+    let q = rotary.apply(&split(q, heads)?)?;
+    let k = rotary.apply(&split(k, kv_heads)?)?;
     let v = split(v, kv_heads)?;
     // Query heads of one KV group side by side: [batch, kv_heads, group·tokens, d].
     let q = q.reshape((batch, kv_heads, group * tokens, d))?;
@@ -316,4 +332,67 @@ pub fn causal_attention_train(
         .reshape((batch, heads, tokens, d))?
         .transpose(1, 2)?
         .reshape((batch * tokens, heads * d))
+}
+
+#[cfg(test)]
+mod train_tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn seeded(shape: (usize, usize), seed: f64) -> Tensor {
+        let n = shape.0 * shape.1;
+        Tensor::arange(0f64, n as f64, &Device::Cpu)
+            .and_then(|t| t.affine(0.37, seed)?.sin())
+            .and_then(|t| t.reshape(shape))
+            .unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    }
+
+    /// The recomputed attention node against candle's autograd of the same ops: the same
+    /// value and the same gradients of q, k and v, exactly (half-split and interleaved
+    /// rotary, grouped KV heads, partial rotary).
+    #[test]
+    fn recomputed_attention_has_the_compositions_value_and_gradients() {
+        let (batch, tokens) = (2, 5);
+        let shape = AttnShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        for (rotary_dim, interleaved) in [(8, false), (8, true), (4, true)] {
+            let rotary = Rotary::new(rotary_dim, 10000.0, interleaved, 16, &Device::Cpu).unwrap();
+            let rows = batch * tokens;
+            let q = Var::from_tensor(&seeded((rows, 32), 0.1)).unwrap();
+            let k = Var::from_tensor(&seeded((rows, 16), 0.5)).unwrap();
+            let v = Var::from_tensor(&seeded((rows, 16), 0.9)).unwrap();
+            let probe = seeded((rows, 32), 1.7);
+            let qkv = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            let tables = rotary.train_tables(tokens).unwrap();
+            let composed = causal_attention_composed(qkv, (batch, tokens), shape, &tables).unwrap();
+            let node = causal_attention_train(qkv, (batch, tokens), shape, &rotary).unwrap();
+            assert_eq!(values(&composed), values(&node));
+            let g1 = (composed * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (node * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for t in [&q, &k, &v] {
+                assert_eq!(
+                    values(g1.get(t.as_tensor()).unwrap()),
+                    values(g2.get(t.as_tensor()).unwrap())
+                );
+            }
+        }
+    }
 }

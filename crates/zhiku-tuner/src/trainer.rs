@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+use zhiku_lm::autograd::cross_entropy_sum;
 use zhiku_lm::decoder::{BatchModel, Decoder, Qkv};
 use zhiku_lm::layers::{Linear, Mlp};
 use zhiku_lm::lora::LoraPair;
@@ -536,17 +537,9 @@ impl Trainer {
         let count = rows.len();
         let rows = Tensor::from_vec(rows, count, device)?;
         let logits = self.model.head_train(&x.index_select(&rows, 0)?, &view)?;
-        // log-sum-exp with the row maximum held constant (it cancels in the value).
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            .add(&max)?;
+        // log-sum-exp − the target's logit, one node that keeps only the logits.
         let targets = Tensor::from_vec(targets, (count, 1), device)?;
-        let picked = logits.gather(&targets, 1)?;
-        Ok(((lse - picked)?.sum_all()?, count))
+        Ok((cross_entropy_sum(&logits, &targets)?, count))
     }
 
     /// Micro-batches of a step: sorted by length, `batch_size` each.
