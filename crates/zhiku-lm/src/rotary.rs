@@ -132,6 +132,17 @@ pub struct RotaryTables {
 }
 
 impl RotaryTables {
+    /// The inverse rotation (sin negated): also the transpose, which carries a gradient back
+    /// through [`RotaryTables::apply`].
+    pub fn inverse(&self) -> candle_core::Result<Self> {
+        Ok(Self {
+            cos: self.cos.clone(),
+            sin: self.sin.neg()?,
+            rotary_dim: self.rotary_dim,
+            interleaved: self.interleaved,
+        })
+    }
+
     /// x [batch, heads, tokens, head_dim] rotated with differentiable ops.
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, _, head_dim) = x.dims4()?;
