@@ -433,10 +433,29 @@ impl Trainer {
         self.lora.vars.iter().map(|v| v.module.clone()).collect()
     }
 
+    /// Runs `f` in the trainer's thread pool, always on its first worker: a step's tensors
+    /// are allocated by the thread that runs it, and glibc gives each thread its own
+    /// arena, so steps run on changing workers would each keep their own freed graph
+    /// (`install` picks any worker; `broadcast` runs on each, and only worker 0 runs `f`).
     fn run<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
-        match self.pool.clone() {
-            Some(pool) => pool.install(|| f(self)),
-            None => f(self),
+        let Some(pool) = self.pool.clone() else {
+            return f(self);
+        };
+        let job = Mutex::new(Some((f, self)));
+        let mut results = pool.broadcast(|ctx| {
+            if ctx.index() != 0 {
+                return None;
+            }
+            let taken = job.lock().ok().and_then(|mut j| j.take());
+            taken.map(|(f, this)| f(this))
+        });
+        match results.iter_mut().find_map(Option::take) {
+            Some(r) => r,
+            // Worker 0 always runs the job; should it not have, run it here.
+            None => match job.into_inner().ok().flatten() {
+                Some((f, this)) => f(this),
+                None => unreachable!("the job ran on worker 0 but returned nothing"),
+            },
         }
     }
 
