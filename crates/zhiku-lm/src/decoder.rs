@@ -319,6 +319,14 @@ impl Decoder {
         for l in self.linears_mut() {
             l.make_dense(dtype, &device)?;
         }
+        // A tied output layer (its weight the token table, value for value) shares the
+        // embedding's dense table: one copy, not two.
+        if let Some(table) = self.embed.dense_table()
+            && self.lm_head.dense_weight_is(table)?
+        {
+            let table = table.clone();
+            self.lm_head.share_dense_table(&table)?;
+        }
         for b in &mut self.blocks {
             for n in [Some(&mut b.attn_norm), b.post_attn_norm.as_mut()]
                 .into_iter()

@@ -179,18 +179,74 @@ impl Linear {
                 self.module
             );
         };
+        let x = x.to_dtype(wt.dtype())?;
+        let pair = lora.pair(&self.module);
+        if let Some(pair) = pair
+            && pair.a.dtype() == wt.dtype()
+            && pair.b.dtype() == wt.dtype()
+        {
+            // One node for W0 and the pair (W0 frozen: its gradient is never computed).
+            let bias = match &self.bias {
+                Some(b) => Some(b.to_dtype(wt.dtype())?),
+                None => None,
+            };
+            let mask = lora.lora_mask(&self.module, &x)?;
+            return crate::autograd::lora_linear(
+                &x,
+                wt,
+                bias.as_ref(),
+                &pair.a,
+                &pair.b,
+                pair.scale,
+                mask,
+            );
+        }
         // W0 is frozen: its gradient is never computed.
-        let mut y = crate::autograd::frozen_matmul(&x.to_dtype(wt.dtype())?, wt)?;
+        let mut y = crate::autograd::frozen_matmul(&x, wt)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
-        let Some(pair) = lora.pair(&self.module) else {
+        let Some(pair) = pair else {
             return Ok(y);
         };
-        let xs = lora.lora_input(&self.module, x)?.to_dtype(pair.a.dtype())?;
+        let xs = match lora.lora_mask(&self.module, &x)? {
+            Some(m) => (&x * m)?,
+            None => x,
+        }
+        .to_dtype(pair.a.dtype())?;
         let update = (xs.matmul(&pair.a.t()?)?.matmul(&pair.b.t()?)? * pair.scale)?;
         let update = update.to_dtype(y.dtype())?;
         y + update
+    }
+
+    /// Whether this layer's weight is dense and equal, value for value, to `w` [out, in].
+    pub fn dense_weight_is(&self, w: &Tensor) -> candle_core::Result<bool> {
+        let Weight::Dense { wt } = &self.weight else {
+            return Ok(false);
+        };
+        if w.dims() != [self.out_features, self.in_features] || w.dtype() != wt.dtype() {
+            return Ok(false);
+        }
+        Ok(wt.t()?.eq(w)?.min_all()?.to_scalar::<u8>()? == 1)
+    }
+
+    /// Makes the dense token table `table` [out, in] this layer's weight, as a view (no copy:
+    /// a tied output layer shares the embedding's dense table), the bias in its dtype.
+    pub fn share_dense_table(&mut self, table: &Tensor) -> candle_core::Result<()> {
+        let (out, inp) = table.dims2()?;
+        if (out, inp) != (self.out_features, self.in_features) {
+            candle_core::bail!(
+                "a table of {out}×{inp} for layer `{}` of {}×{}",
+                self.module,
+                self.out_features,
+                self.in_features
+            );
+        }
+        self.weight = Weight::Dense { wt: table.t()? };
+        if let Some(b) = &self.bias {
+            self.bias = Some(b.to_dtype(table.dtype())?);
+        }
+        Ok(())
     }
 
     /// Turns the weight into a dense one of `dtype` (dequantizing GGUF blocks), and the bias
@@ -283,24 +339,17 @@ pub enum Norm {
 
 impl Norm {
     /// The training forward: the same norm from primitive ops (candle's fused norms have no
-    /// backward).
+    /// backward), as one recomputed node ([`crate::autograd::recomputed`]): the graph keeps
+    /// the input and the output, not every step between.
     pub fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (weight, eps) = match self {
-            Norm::Rms { weight, eps } | Norm::Layer { weight, eps, .. } => (weight, *eps as f64),
+        let (weight, bias, eps) = match self {
+            Norm::Rms { weight, eps } => (weight.clone(), None, *eps as f64),
+            Norm::Layer { weight, bias, eps } => (weight.clone(), Some(bias.clone()), *eps as f64),
         };
         let x = x.to_dtype(weight.dtype())?;
-        let centred = match self {
-            Norm::Rms { .. } => x,
-            Norm::Layer { .. } => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
-        };
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = centred
-            .broadcast_div(&(var + eps)?.sqrt()?)?
-            .broadcast_mul(weight)?;
-        match self {
-            Norm::Rms { .. } => Ok(y),
-            Norm::Layer { bias, .. } => y.broadcast_add(bias),
-        }
+        crate::autograd::recomputed(&[&x], move |x| {
+            norm_composed(&x[0], &weight, bias.as_ref(), eps)
+        })
     }
 
     /// The norm's parameters in `dtype`.
@@ -326,6 +375,27 @@ impl Norm {
                 candle_nn::ops::layer_norm(&x, weight, bias, *eps)
             }
         }
+    }
+}
+
+/// RMSNorm (no bias) or LayerNorm (a bias) over the last dimension from primitive ops.
+fn norm_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let centred = match bias {
+        None => x.clone(),
+        Some(_) => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+    };
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(weight)?;
+    match bias {
+        None => Ok(y),
+        Some(bias) => y.broadcast_add(bias),
     }
 }
 
@@ -361,8 +431,9 @@ impl Mlp {
 
     /// The training forward: every linear through [`Linear::forward_train`].
     pub fn forward_train(&self, x: &Tensor, lora: &dyn TrainLora) -> candle_core::Result<Tensor> {
+        // silu(g)·u as one recomputed node: the graph keeps g, u and the product, not silu(g).
         self.apply(x, &|l, x| l.forward_train(x, lora), &|g, u| {
-            candle_nn::ops::silu(g)? * u
+            crate::autograd::recomputed(&[g, u], |t| candle_nn::ops::silu(&t[0])? * &t[1])
         })
     }
 
@@ -432,6 +503,14 @@ pub enum Embedding {
 impl Embedding {
     pub fn new(table: Tensor) -> Self {
         Embedding::Dense(table)
+    }
+
+    /// The table, when it is dense.
+    pub fn dense_table(&self) -> Option<&Tensor> {
+        match self {
+            Embedding::Dense(t) => Some(t),
+            _ => None,
+        }
     }
 
     pub fn mapped(
@@ -523,4 +602,101 @@ impl Embedding {
 /// The dtype activations flow in: f32 on the CPU, the weights' dtype on a GPU.
 pub fn activation_dtype(device: &Device, weights: DType) -> DType {
     if device.is_cpu() { DType::F32 } else { weights }
+}
+
+#[cfg(test)]
+mod train_tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn seeded(shape: (usize, usize), seed: f64) -> Tensor {
+        let n = shape.0 * shape.1;
+        Tensor::arange(0f64, n as f64, &Device::Cpu)
+            .and_then(|t| t.affine(0.37, seed)?.sin())
+            .and_then(|t| t.reshape(shape))
+            .unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    }
+
+    /// The recomputed norm nodes against candle's autograd of the same ops (RMSNorm and
+    /// LayerNorm): the same value and gradient, exactly.
+    #[test]
+    fn recomputed_norms_have_the_compositions_value_and_gradient() {
+        let weight = (seeded((1, 6), 0.3).squeeze(0).unwrap() + 1.0).unwrap();
+        let bias = seeded((1, 6), 0.8).squeeze(0).unwrap();
+        let probe = seeded((4, 6), 2.1);
+        let norms = [
+            Norm::Rms {
+                weight: weight.clone(),
+                eps: 1e-5,
+            },
+            Norm::Layer {
+                weight: weight.clone(),
+                bias: bias.clone(),
+                eps: 1e-5,
+            },
+        ];
+        for (norm, b) in norms.iter().zip([None, Some(&bias)]) {
+            let x = Var::from_tensor(&seeded((4, 6), 0.2)).unwrap();
+            let composed = norm_composed(x.as_tensor(), &weight, b, 1e-5f32 as f64).unwrap();
+            let node = norm.forward_train(x.as_tensor()).unwrap();
+            assert_eq!(values(&composed), values(&node));
+            let g1 = (composed * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (node * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert_eq!(
+                values(g1.get(x.as_tensor()).unwrap()),
+                values(g2.get(x.as_tensor()).unwrap())
+            );
+        }
+    }
+
+    /// The training MLP's recomputed silu(g)·u against candle's autograd of silu(g)·u.
+    #[test]
+    fn recomputed_swiglu_has_the_compositions_value_and_gradients() {
+        let mlp = Mlp::SwiGlu {
+            gate: Linear::dense(seeded((5, 3), 0.1), None, "gate").unwrap(),
+            up: Linear::dense(seeded((5, 3), 0.6), None, "up").unwrap(),
+            down: Linear::dense(seeded((3, 5), 1.2), None, "down").unwrap(),
+        };
+        let x = Var::from_tensor(&seeded((4, 3), 0.4)).unwrap();
+        let probe = seeded((4, 3), 2.5);
+        let none = crate::lora::LoraAdapter::none();
+        let node = mlp.forward_train(x.as_tensor(), &none).unwrap();
+        let composed = mlp
+            .apply(x.as_tensor(), &|l, x| l.forward_train(x, &none), &|g, u| {
+                candle_nn::ops::silu(g)? * u
+            })
+            .unwrap();
+        assert_eq!(values(&composed), values(&node));
+        let g1 = (composed * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (node * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            values(g1.get(x.as_tensor()).unwrap()),
+            values(g2.get(x.as_tensor()).unwrap())
+        );
+    }
 }

@@ -191,9 +191,10 @@ impl LoraAdapter {
 pub trait TrainLora {
     /// The pair on the layer named `module` (PEFT's module path), if it is targeted.
     fn pair(&self, module: &str) -> Option<&LoraPair>;
-    /// The input LoRA's A sees at `module`: `x` itself, or x with dropout while training.
-    fn lora_input(&self, _module: &str, x: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(x.clone())
+    /// The dropout mask on the input LoRA's A sees at `module` (x⊙mask, kept entries scaled
+    /// by 1/(1-p)), drawn anew at every call; None: no dropout.
+    fn lora_mask(&self, _module: &str, _x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
     }
 }
 

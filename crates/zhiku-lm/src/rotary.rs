@@ -100,15 +100,54 @@ impl Rotary {
     /// The training path: x [batch, heads, tokens, head_dim] at positions 0..tokens, rotated
     /// with differentiable ops (candle's fused rope has no backward).
     pub fn apply_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, tokens, head_dim) = x.dims4()?;
+        let (_, _, tokens, _) = x.dims4()?;
+        self.train_tables(tokens)?.apply(x)
+    }
+
+    /// The tables of positions 0..tokens, for [`RotaryTables::apply`] (cheap: views).
+    pub fn train_tables(&self, tokens: usize) -> candle_core::Result<RotaryTables> {
         if tokens > self.max_positions {
             candle_core::bail!(
                 "{tokens} tokens are past the rotary table of {} positions",
                 self.max_positions
             );
         }
-        let cos = self.cos_t.narrow(0, 0, tokens)?.to_dtype(x.dtype())?;
-        let sin = self.sin_t.narrow(0, 0, tokens)?.to_dtype(x.dtype())?;
+        Ok(RotaryTables {
+            cos: self.cos_t.narrow(0, 0, tokens)?,
+            sin: self.sin_t.narrow(0, 0, tokens)?,
+            rotary_dim: self.rotary_dim,
+            interleaved: self.interleaved,
+        })
+    }
+}
+
+/// The rotary tables of positions 0..tokens of a training forward, owned (a recomputed
+/// attention node holds them).
+#[derive(Debug, Clone)]
+pub struct RotaryTables {
+    cos: Tensor,
+    sin: Tensor,
+    rotary_dim: usize,
+    interleaved: bool,
+}
+
+impl RotaryTables {
+    /// The inverse rotation (sin negated): also the transpose, which carries a gradient back
+    /// through [`RotaryTables::apply`].
+    pub fn inverse(&self) -> candle_core::Result<Self> {
+        Ok(Self {
+            cos: self.cos.clone(),
+            sin: self.sin.neg()?,
+            rotary_dim: self.rotary_dim,
+            interleaved: self.interleaved,
+        })
+    }
+
+    /// x [batch, heads, tokens, head_dim] rotated with differentiable ops.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, _, head_dim) = x.dims4()?;
+        let cos = self.cos.to_dtype(x.dtype())?;
+        let sin = self.sin.to_dtype(x.dtype())?;
         let rot = x.narrow(D::Minus1, 0, self.rotary_dim)?.contiguous()?;
         let rot = if self.interleaved {
             candle_nn::rotary_emb::rope_i_slow(&rot, &cos, &sin)?

@@ -11,6 +11,7 @@ pub mod dataset;
 mod digest;
 mod error;
 pub mod job;
+mod memtrace;
 pub mod optimizer;
 pub mod peft;
 mod recompute;

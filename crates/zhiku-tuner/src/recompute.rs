@@ -88,5 +88,5 @@ pub(crate) fn checkpointed_block(
         }
         Ok(grads.get(x.as_tensor()).cloned())
     };
-    Ok(with_backward(x, &y, Box::new(recompute))?)
+    Ok(with_backward(x, y, Box::new(recompute))?)
 }

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
+use zhiku_lm::autograd::cross_entropy_sum;
 use zhiku_lm::decoder::{BatchModel, Decoder, Qkv};
 use zhiku_lm::layers::{Linear, Mlp};
 use zhiku_lm::lora::LoraPair;
@@ -432,10 +433,29 @@ impl Trainer {
         self.lora.vars.iter().map(|v| v.module.clone()).collect()
     }
 
+    /// Runs `f` in the trainer's thread pool, always on its first worker: a step's tensors
+    /// are allocated by the thread that runs it, and glibc gives each thread its own
+    /// arena, so steps run on changing workers would each keep their own freed graph
+    /// (`install` picks any worker; `broadcast` runs on each, and only worker 0 runs `f`).
     fn run<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
-        match self.pool.clone() {
-            Some(pool) => pool.install(|| f(self)),
-            None => f(self),
+        let Some(pool) = self.pool.clone() else {
+            return f(self);
+        };
+        let job = Mutex::new(Some((f, self)));
+        let mut results = pool.broadcast(|ctx| {
+            if ctx.index() != 0 {
+                return None;
+            }
+            let taken = job.lock().ok().and_then(|mut j| j.take());
+            taken.map(|(f, this)| f(this))
+        });
+        match results.iter_mut().find_map(Option::take) {
+            Some(r) => r,
+            // Worker 0 always runs the job; should it not have, run it here.
+            None => match job.into_inner().ok().flatten() {
+                Some((f, this)) => f(this),
+                None => unreachable!("the job ran on worker 0 but returned nothing"),
+            },
         }
     }
 
@@ -536,17 +556,9 @@ impl Trainer {
         let count = rows.len();
         let rows = Tensor::from_vec(rows, count, device)?;
         let logits = self.model.head_train(&x.index_select(&rows, 0)?, &view)?;
-        // log-sum-exp with the row maximum held constant (it cancels in the value).
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            .add(&max)?;
+        // log-sum-exp − the target's logit, one node that keeps only the logits.
         let targets = Tensor::from_vec(targets, (count, 1), device)?;
-        let picked = logits.gather(&targets, 1)?;
-        Ok(((lse - picked)?.sum_all()?, count))
+        Ok((cross_entropy_sum(&logits, &targets)?, count))
     }
 
     /// Micro-batches of a step: sorted by length, `batch_size` each.
@@ -620,14 +632,27 @@ impl Trainer {
         let mut acc: Option<GradStore> = None;
         let sink = GradientSink::default();
         for batch in self.micro_batches(examples) {
+            let trace = crate::memtrace::enabled();
+            if trace {
+                crate::memtrace::point("before forward");
+            }
             let (nll, counted) = self.batch_nll(&batch, dropout, true, Some(&sink))?;
             if counted == 0 {
                 continue;
             }
             let part = (nll / loss_tokens as f64)?;
             loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if trace {
+                crate::memtrace::graph(&part);
+            }
             let mut grads = part.backward()?;
+            if trace {
+                crate::memtrace::point("after backward");
+            }
             drop(part);
+            if trace {
+                crate::memtrace::point("graph dropped");
+            }
             sink.drain_into(&mut grads)?;
             acc = Some(match acc {
                 None => grads,

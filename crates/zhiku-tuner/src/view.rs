@@ -23,10 +23,10 @@ impl TrainLora for LoraView {
         self.pairs.get(module)
     }
 
-    fn lora_input(&self, _module: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn lora_mask(&self, _module: &str, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let p = self.dropout;
         if p <= 0.0 {
-            return Ok(x.clone());
+            return Ok(None);
         }
         let n = x.elem_count();
         let mut rng = self
@@ -50,7 +50,6 @@ impl TrainLora for LoraView {
                 Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(dtype)?
             }
         };
-        drop(rng);
-        x * mask
+        Ok(Some(mask))
     }
 }
