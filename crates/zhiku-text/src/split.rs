@@ -79,12 +79,15 @@ impl Passage {
     }
 
     /// The text to embed and index: the heading path on its own line, then the table header
-    /// row when the passage continues a table, then the passage.
+    /// row when the passage continues a table, then the passage, its HTML table rows written
+    /// as `cell | cell` lines.
     ///
     /// A passage cut out of a long section often never names its subject; the heading path
     /// puts it back (Langchain-Chatchat's "title enhance"), so that a question about
     /// "installation" finds the passages under "Guide > Install". Table rows cut away from
-    /// their header are only numbers without it: the header names their columns.
+    /// their header are only numbers without it: the header names their columns. A passage
+    /// cut from an HTML table is mostly markup (`<td align="center">`): written as its cells,
+    /// the same characters hold several times the rows, and the embedder reads no tags.
     pub fn indexed_text(&self) -> String {
         let mut out = String::with_capacity(self.text.len() + 64);
         if !self.heading_path.is_empty() {
@@ -95,7 +98,11 @@ impl Passage {
             out.push_str(header);
             out.push('\n');
         }
-        out.push_str(&self.text);
+        if has_html_cells(&self.text) {
+            out.push_str(&html_rows_as_text(&self.text));
+        } else {
+            out.push_str(&self.text);
+        }
         out
     }
 }
@@ -830,6 +837,56 @@ fn html_cells(row: &str) -> Vec<String> {
         cells.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
     }
     cells
+}
+
+/// Whether `text` holds an HTML table cell.
+fn has_html_cells(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("<td") || lower.contains("<th")
+}
+
+/// `text` with its HTML table rows as `cell | cell` lines and every other tag removed;
+/// blank lines dropped. A passage that starts inside a row keeps that row's cells.
+fn html_rows_as_text(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    // Pieces that start at each `<tr` (the first piece: what comes before the first one).
+    // Lowercasing ASCII keeps byte offsets, so they index `text` too.
+    let mut starts = vec![0];
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("<tr").map(|i| from + i) {
+        if i > 0 {
+            starts.push(i);
+        }
+        from = i + 3;
+    }
+    starts.push(text.len());
+    let mut lines: Vec<String> = Vec::new();
+    for piece in starts.windows(2).map(|w| &text[w[0]..w[1]]) {
+        let cells = html_cells(piece);
+        if cells.iter().any(|c| !c.is_empty()) {
+            // Text before the first cell (a piece that starts mid-cell) is a cell's tail.
+            let head_end = piece.to_ascii_lowercase().find("<t").unwrap_or(0);
+            let head = collapse_whitespace(&strip_tags(&piece[..head_end]));
+            let mut row = Vec::with_capacity(cells.len() + 1);
+            if !head.is_empty() {
+                row.push(head);
+            }
+            row.extend(cells);
+            lines.push(row.join(" | "));
+        } else {
+            lines.extend(
+                strip_tags(piece)
+                    .lines()
+                    .map(collapse_whitespace)
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+    }
+    lines.join("\n")
+}
+
+fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `html` without its tags.

@@ -337,3 +337,33 @@ fn html_table_rows_carry_the_first_row_as_their_header() {
         assert!(after.table_header.is_none(), "{after:#?}");
     }
 }
+
+#[test]
+fn html_table_rows_are_indexed_as_cells_without_markup() {
+    let md = "# 推理性能\n\n<table>\n    <tr>\n        <th>Model</th><th>精度</th><th>速度</th>\n    </tr>\n    <tr>\n        <td rowspan=\"2\">14B</td>\n        <td align=\"center\">BF16</td>\n        <td>32.22</td>\n    </tr>\n    <tr>\n        <td>Int4</td>\n        <td>50.09</td>\n    </tr>\n</table>\n";
+    let passages = splitter(400, 0).split_markdown(md);
+    let indexed: Vec<String> = passages.iter().map(|p| p.indexed_text()).collect();
+    let all = indexed.join("\n");
+    assert!(!all.contains("<td"), "{all}");
+    assert!(!all.contains("align"), "{all}");
+    assert!(all.contains("14B | BF16 | 32.22"), "{all}");
+    assert!(all.contains("Int4 | 50.09"), "{all}");
+    // The displayed text is the source's, markup and all.
+    assert!(passages.iter().any(|p| p.text.contains("<td>32.22</td>")));
+    // A passage cut inside a row keeps the cell it starts in.
+    let cut = zhiku_text::Passage {
+        index: 0,
+        text: "32.22</td>\n    </tr>\n    <tr>\n        <td>Int4</td>".into(),
+        heading_path: vec![],
+        table_header: None,
+        char_start: 0,
+        char_end: 0,
+    };
+    assert_eq!(cut.indexed_text(), "32.22\nInt4");
+    // Text without table cells is indexed as it is, HTML or not.
+    let prose = zhiku_text::Passage {
+        text: "用 <b>INT4</b> 量化。".into(),
+        ..cut
+    };
+    assert_eq!(prose.indexed_text(), "用 <b>INT4</b> 量化。");
+}
