@@ -75,13 +75,13 @@ struct Embeddings {
 /// every batch size (see the x86-v4 note in Cargo.toml). Forward passes, best of 30,
 /// MiniLM, 2 cores: one question 8.2 → 5.8 ms, one passage 12.0 → 8.6 ms, 32 questions
 /// 102 → 93 ms.
-struct Dense {
+pub(crate) struct Dense {
     weight_t: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Dense {
-    fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+    pub(crate) fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
         Ok(Self {
             weight_t: weight.t()?.contiguous()?,
             bias,
@@ -94,7 +94,7 @@ impl Dense {
     }
 
     /// `xs`: [tokens, in] → [tokens, out].
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = xs.matmul(&self.weight_t)?;
         match &self.bias {
             Some(bias) => ys.broadcast_add(bias),
@@ -210,7 +210,7 @@ impl SelfAttention {
 }
 
 /// Added to attention scores of padding: softmax gives it 0, and it stays finite in f16.
-const MASKED: f32 = -10_000.0;
+pub(crate) const MASKED: f32 = -10_000.0;
 
 /// What running one more attention batch costs beyond its arithmetic, in floating-point
 /// operations of the same time: about ten small kernels per batch and layer, each ~20 µs of
@@ -243,7 +243,7 @@ impl AttentionMode {
 }
 
 /// (length, count) runs of consecutive equal-length sequences.
-fn runs_of(lengths: &[usize]) -> Vec<(usize, usize)> {
+pub(crate) fn runs_of(lengths: &[usize]) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for &n in lengths {
         match runs.last_mut() {

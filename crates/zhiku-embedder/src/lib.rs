@@ -1,7 +1,8 @@
-//! zhiku's embedding service: BERT-family sentence encoders on candle behind gRPC.
+//! zhiku's embedding service: sentence encoders on candle behind gRPC.
 //!
-//! - [`model::SentenceEncoder`]: loads `bert` / `xlm-roberta` checkpoints (local directory or
-//!   hub), pools (mean / CLS) and L2-normalises;
+//! - [`model::SentenceEncoder`]: loads `bert` / `xlm-roberta` checkpoints and bidirectional
+//!   `gemma3_text` ones ([`gemma`], EmbeddingGemma) from a local directory or the hub, pools
+//!   (mean / CLS), applies sentence-transformers' Dense modules and L2-normalises;
 //! - [`tokenizer::TextTokenizer`]: prefixes (query / passage) and truncation that is reported;
 //! - [`reranker::CrossEncoder`]: a cross-encoder (bge-reranker, bce-reranker) for Rerank,
 //!   loaded the same way, with `--reranker-model`;
@@ -19,6 +20,7 @@ pub mod batcher;
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod gemma;
 pub mod kernels;
 pub mod model;
 pub mod ocr;

@@ -11,6 +11,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 
 use crate::encoder::{EncoderConfig, Positions, TransformerEncoder};
+use crate::gemma::{GemmaConfig, GemmaEncoder};
 
 /// The words of the tiny vocabulary (after four special tokens); text is split on spaces.
 pub const WORDS: &[&str] = &[
@@ -26,18 +27,19 @@ fn io(e: impl std::fmt::Display) -> String {
 
 /// Writes a WordLevel tokenizer.json over [`WORDS`] with the family's special tokens and
 /// pair template (BERT: `[CLS] a [SEP] b [SEP]`, the second segment type 1; XLM-R:
-/// `<s> a </s></s> b </s>`); returns the vocabulary size.
+/// `<s> a </s></s> b </s>`; Gemma: `<bos> a <eos>`, ids as Gemma's: pad 0, eos 1, bos 2);
+/// returns the vocabulary size.
 pub fn write_tokenizer(dir: &Path, model_type: &str) -> Result<usize, String> {
     let bert = model_type == "bert";
-    let specials: &[&str] = if bert {
-        &["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    } else {
-        &["<s>", "<pad>", "</s>", "<unk>"]
+    let specials: &[&str] = match model_type {
+        "bert" => &["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+        "gemma3_text" => &["<pad>", "<eos>", "<bos>", "<unk>"],
+        _ => &["<s>", "<pad>", "</s>", "<unk>"],
     };
-    let (bos, eos, unk) = if bert {
-        (specials[2], specials[3], specials[1])
-    } else {
-        (specials[0], specials[2], specials[3])
+    let (bos, eos, unk) = match model_type {
+        "bert" => (specials[2], specials[3], specials[1]),
+        "gemma3_text" => (specials[2], specials[1], specials[3]),
+        _ => (specials[0], specials[2], specials[3]),
     };
     let mut vocab = serde_json::Map::new();
     for (i, token) in specials.iter().chain(WORDS).enumerate() {
@@ -129,6 +131,115 @@ pub fn write_checkpoint(
     };
     TransformerEncoder::load(vb, &cfg, positions).map_err(io)?;
     varmap.save(dir.join("model.safetensors")).map_err(io)
+}
+
+/// Hidden size of [`write_gemma_checkpoint`]'s encoder; its Dense modules map it to
+/// [`GEMMA_INNER_DENSE`] and then to [`GEMMA_DIMENSIONS`].
+pub const GEMMA_HIDDEN: usize = 32;
+pub const GEMMA_INNER_DENSE: usize = 64;
+pub const GEMMA_DIMENSIONS: usize = 24;
+
+/// An EmbeddingGemma-shaped sentence encoder with random weights, in the layout
+/// sentence-transformers saves: a `gemma3_text` config.json (hidden 32, 4 query heads over 2
+/// key/value heads of 16, bidirectional, one layer per entry of `layer_types`, window
+/// `sliding_window` (`sliding_window / 2` each side), 64 positions), model.safetensors (norm weights random too, so that
+/// Gemma's 1 + w matters), tokenizer.json over [`WORDS`], mean pooling, two bias-free
+/// Identity Dense modules (32 → 64 → 24), modules.json and EmbeddingGemma's prompts.
+pub fn write_gemma_checkpoint(
+    dir: &Path,
+    layer_types: &[&str],
+    sliding_window: usize,
+) -> Result<(), String> {
+    let vocab = write_tokenizer(dir, "gemma3_text")?;
+    let config = json!({
+        "architectures": ["Gemma3TextModel"],
+        "model_type": "gemma3_text",
+        "vocab_size": vocab,
+        "hidden_size": GEMMA_HIDDEN,
+        "intermediate_size": 48,
+        "num_hidden_layers": layer_types.len(),
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": sliding_window,
+        "layer_types": layer_types,
+        "max_position_embeddings": 64,
+        "use_bidirectional_attention": true,
+        "attention_bias": false,
+        "attn_logit_softcapping": null,
+        "rope_scaling": null,
+        "pad_token_id": 0,
+        "bos_token_id": 2,
+        "eos_token_id": 1
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).map_err(io)?;
+    let cfg: GemmaConfig = serde_json::from_value(config).map_err(io)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    GemmaEncoder::load(vb, &cfg).map_err(io)?;
+    for (name, var) in varmap.data().lock().map_err(io)?.iter() {
+        if name.ends_with("norm.weight") {
+            let noise = Tensor::randn(0f32, 0.3, var.shape(), &Device::Cpu).map_err(io)?;
+            var.set(&noise).map_err(io)?;
+        }
+    }
+    varmap.save(dir.join("model.safetensors")).map_err(io)?;
+
+    let write = |rel: &str, value: serde_json::Value| -> Result<(), String> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::write(path, value.to_string()).map_err(io)
+    };
+    write(
+        "1_Pooling/config.json",
+        json!({"word_embedding_dimension": GEMMA_HIDDEN, "pooling_mode_cls_token": false,
+               "pooling_mode_mean_tokens": true, "include_prompt": true}),
+    )?;
+    for (name, inputs, outputs) in [
+        ("2_Dense", GEMMA_HIDDEN, GEMMA_INNER_DENSE),
+        ("3_Dense", GEMMA_INNER_DENSE, GEMMA_DIMENSIONS),
+    ] {
+        write(
+            &format!("{name}/config.json"),
+            json!({"in_features": inputs, "out_features": outputs, "bias": false,
+                   "activation_function": "torch.nn.modules.linear.Identity"}),
+        )?;
+        let weight = Tensor::randn(0f32, 0.2, (outputs, inputs), &Device::Cpu).map_err(io)?;
+        let tensors = HashMap::from([("linear.weight".to_string(), weight)]);
+        candle_core::safetensors::save(&tensors, dir.join(format!("{name}/model.safetensors")))
+            .map_err(io)?;
+    }
+    let module = |idx: usize, path: &str, kind: &str| {
+        json!({"idx": idx, "name": idx.to_string(), "path": path,
+               "type": format!("sentence_transformers.models.{kind}")})
+    };
+    write(
+        "modules.json",
+        json!([
+            module(0, "", "Transformer"),
+            module(1, "1_Pooling", "Pooling"),
+            module(2, "2_Dense", "Dense"),
+            module(3, "3_Dense", "Dense"),
+            module(4, "4_Normalize", "Normalize"),
+        ]),
+    )?;
+    write(
+        "config_sentence_transformers.json",
+        json!({"prompts": {"query": "task: search result | query: ",
+                           "document": "title: none | text: "},
+               "default_prompt_name": null}),
+    )?;
+    write(
+        "sentence_bert_config.json",
+        json!({"max_seq_length": 2048, "do_lower_case": false}),
+    )
 }
 
 /// A cross-encoder whose relevance grows with the share of the word `relevant` among the
