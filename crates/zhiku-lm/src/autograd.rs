@@ -486,10 +486,52 @@ impl CustomOp3 for Joined {
     }
 }
 
+/// What the gradient tests of the training nodes share (here, `layers` and `attention`).
+#[cfg(test)]
+pub(crate) mod grad_check {
+    use candle_core::backprop::GradStore;
+    use candle_core::{Device, Tensor};
+
+    /// A deterministic f64 matrix: sin(0.37·i + seed).
+    pub fn seeded(shape: (usize, usize), seed: f64) -> Tensor {
+        let n = shape.0 * shape.1;
+        Tensor::arange(0f64, n as f64, &Device::Cpu)
+            .and_then(|t| t.affine(0.37, seed)?.sin())
+            .and_then(|t| t.reshape(shape))
+            .unwrap()
+    }
+
+    pub fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    }
+
+    /// The largest |a - b| relative to the largest |b|.
+    pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let (a, b) = (values(a), values(b));
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
+        a.iter()
+            .zip(&b)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// The gradients of Σ(output ⊙ probe): every output element weighed differently.
+    pub fn probed(output: Tensor, probe: &Tensor) -> GradStore {
+        (output * probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::grad_check::{probed, rel_diff, seeded, values};
     use super::*;
 
     #[test]
@@ -533,29 +575,6 @@ mod tests {
         assert!(!untracked.track_op());
     }
 
-    fn seeded(shape: (usize, usize), seed: f64) -> Tensor {
-        let n = shape.0 * shape.1;
-        Tensor::arange(0f64, n as f64, &Device::Cpu)
-            .and_then(|t| t.affine(0.37, seed)?.sin())
-            .and_then(|t| t.reshape(shape))
-            .unwrap()
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
-    }
-
-    /// The largest |a - b| relative to the largest |b|.
-    fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-        let (a, b) = (values(a), values(b));
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
-        a.iter()
-            .zip(&b)
-            .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-            / scale
-    }
-
     #[test]
     fn a_recomputed_node_has_the_compositions_value_and_gradients_exactly() {
         let x = Var::from_tensor(&seeded((4, 6), 0.1)).unwrap();
@@ -569,18 +588,8 @@ mod tests {
         let composed = f(&[x.as_tensor().clone(), y.as_tensor().clone(), frozen.clone()]).unwrap();
         let node = recomputed(&[x.as_tensor(), y.as_tensor(), &frozen], f).unwrap();
         assert_eq!(values(&composed), values(&node));
-        let g1 = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (node * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probed(composed, &probe);
+        let g2 = probed(node, &probe);
         for v in [&x, &y] {
             assert_eq!(
                 values(g1.get(v.as_tensor()).unwrap()),
@@ -660,18 +669,8 @@ mod tests {
             )
             .unwrap();
             assert_eq!(values(&composed), values(&node), "the forward differs");
-            let g1 = (composed * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (node * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probed(composed, &probe);
+            let g2 = probed(node, &probe);
             for v in [&x, &a, &b] {
                 let d = rel_diff(
                     g2.get(v.as_tensor()).unwrap(),
@@ -686,12 +685,7 @@ mod tests {
         let a = Var::from_tensor(&seeded((rank, inp), 1.1)).unwrap();
         let b = Var::from_tensor(&seeded((out, rank), 2.2)).unwrap();
         let node = lora_linear(&x, &wt, None, a.as_tensor(), b.as_tensor(), 2.0, None).unwrap();
-        let grads = (node * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = probed(node, &probe);
         assert!(grads.get(&x).is_none());
         assert!(grads.get(a.as_tensor()).is_some());
         let plain = lora_linear(

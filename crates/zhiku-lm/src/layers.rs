@@ -606,21 +606,10 @@ pub fn activation_dtype(device: &Device, weights: DType) -> DType {
 
 #[cfg(test)]
 mod train_tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::*;
-
-    fn seeded(shape: (usize, usize), seed: f64) -> Tensor {
-        let n = shape.0 * shape.1;
-        Tensor::arange(0f64, n as f64, &Device::Cpu)
-            .and_then(|t| t.affine(0.37, seed)?.sin())
-            .and_then(|t| t.reshape(shape))
-            .unwrap()
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
-    }
+    use crate::autograd::grad_check::{probed, seeded, values};
 
     /// The recomputed norm nodes against candle's autograd of the same ops (RMSNorm and
     /// LayerNorm): the same value and gradient, exactly.
@@ -645,18 +634,8 @@ mod train_tests {
             let composed = norm_composed(x.as_tensor(), &weight, b, 1e-5f32 as f64).unwrap();
             let node = norm.forward_train(x.as_tensor()).unwrap();
             assert_eq!(values(&composed), values(&node));
-            let g1 = (composed * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (node * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = probed(composed, &probe);
+            let g2 = probed(node, &probe);
             assert_eq!(
                 values(g1.get(x.as_tensor()).unwrap()),
                 values(g2.get(x.as_tensor()).unwrap())
@@ -682,18 +661,8 @@ mod train_tests {
             })
             .unwrap();
         assert_eq!(values(&composed), values(&node));
-        let g1 = (composed * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (node * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probed(composed, &probe);
+        let g2 = probed(node, &probe);
         assert_eq!(
             values(g1.get(x.as_tensor()).unwrap()),
             values(g2.get(x.as_tensor()).unwrap())
