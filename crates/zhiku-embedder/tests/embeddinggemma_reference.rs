@@ -9,24 +9,10 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::cosine;
-use serde::Deserialize;
+use common::{cosine, embed_reference_items, reference_items};
 use zhiku_embedder::SentenceEncoder;
 use zhiku_embedder::model::ModelOptions;
 use zhiku_embedder::tokenizer::TextKind;
-
-#[derive(Deserialize)]
-struct Reference {
-    items: Vec<Item>,
-}
-
-#[derive(Deserialize)]
-struct Item {
-    text: String,
-    kind: String,
-    tokens: usize,
-    vector: Vec<f32>,
-}
 
 fn model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("ZHIKU_MODELS_DIR")
@@ -47,12 +33,7 @@ fn model_dir() -> Option<PathBuf> {
 #[test]
 fn loads_as_gemma3_and_matches_sentence_transformers() {
     let Some(dir) = model_dir() else { return };
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/embeddinggemma_reference.json"
-    );
-    let reference: Reference =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let items = reference_items("embeddinggemma_reference.json");
     let encoder = SentenceEncoder::load(&ModelOptions::new(dir.to_string_lossy())).expect("loads");
     assert_eq!(encoder.info.model_type, "gemma3_text");
     assert_eq!(encoder.info.dimensions, 768);
@@ -61,26 +42,11 @@ fn loads_as_gemma3_and_matches_sentence_transformers() {
     assert_eq!(encoder.info.query_prefix, "task: search result | query: ");
     assert_eq!(encoder.info.passage_prefix, "title: none | text: ");
 
-    let tokenized: Vec<_> = reference
-        .items
-        .iter()
-        .map(|item| {
-            let kind = if item.kind == "query" {
-                TextKind::Query
-            } else {
-                TextKind::Passage
-            };
-            let t = encoder.tokenizer.encode(&item.text, kind).unwrap();
-            // <bos>, the prompt, the text, <eos>, as sentence-transformers tokenizes.
-            assert_eq!(t.ids.len(), item.tokens, "{} {:?}", item.kind, item.text);
-            t
-        })
-        .collect();
-    // All in one batch: mixed lengths, the long ones past the 512-token window.
-    let inputs: Vec<&[u32]> = tokenized.iter().map(|t| t.ids.as_slice()).collect();
-    let vectors = encoder.embed_batch(&inputs).unwrap();
+    // <bos>, the prompt, the text, <eos>, as sentence-transformers tokenizes; all in one
+    // batch: mixed lengths, the long ones past the 512-token window.
+    let vectors = embed_reference_items(&encoder, &items);
     let mut worst = 1.0f64;
-    for (item, vector) in reference.items.iter().zip(&vectors) {
+    for (item, vector) in items.iter().zip(&vectors) {
         let cos = cosine(vector, &item.vector);
         println!("cosine {cos:.6} {} ({} tokens)", item.kind, item.tokens);
         worst = worst.min(cos);

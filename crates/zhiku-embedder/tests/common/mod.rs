@@ -98,3 +98,51 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// One text of a reference fixture (`tests/fixtures/*_reference.json`): its kind (`query`
+/// or `passage`), the token count the reference implementation saw, and its vector.
+#[derive(serde::Deserialize)]
+pub struct ReferenceItem {
+    pub text: String,
+    pub kind: String,
+    pub tokens: usize,
+    pub vector: Vec<f32>,
+}
+
+/// The items of `tests/fixtures/{file}`.
+pub fn reference_items(file: &str) -> Vec<ReferenceItem> {
+    #[derive(serde::Deserialize)]
+    struct Reference {
+        items: Vec<ReferenceItem>,
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let reference: Reference = serde_json::from_str(&text).unwrap();
+    reference.items
+}
+
+/// Each item tokenized as its kind (its token count must be the reference's), then all
+/// embedded in one batch of mixed lengths.
+pub fn embed_reference_items(
+    encoder: &zhiku_embedder::SentenceEncoder,
+    items: &[ReferenceItem],
+) -> Vec<Vec<f32>> {
+    use zhiku_embedder::tokenizer::TextKind;
+    let tokenized: Vec<_> = items
+        .iter()
+        .map(|item| {
+            let kind = if item.kind == "query" {
+                TextKind::Query
+            } else {
+                TextKind::Passage
+            };
+            let t = encoder.tokenizer.encode(&item.text, kind).unwrap();
+            assert_eq!(t.ids.len(), item.tokens, "{} {:?}", item.kind, item.text);
+            t
+        })
+        .collect();
+    let inputs: Vec<&[u32]> = tokenized.iter().map(|t| t.ids.as_slice()).collect();
+    encoder.embed_batch(&inputs).unwrap()
+}
