@@ -8,15 +8,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tonic::transport::Channel;
-use zhiku_e2e::pipeline::{ask_request, ask_with};
+use zhiku_e2e::pipeline::{ask_request, ask_with, evaluate};
 use zhiku_e2e::{ZhikuServe, binary, models_dir, wait_serving};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
-    DocumentInput, EvalCase, EvalCaseResult, EvalReport, EvalSetting, EvalSummary, EvaluateRequest,
-    GeneratorInfoRequest, IngestRequest, SamplingParams, SearchMode, evaluate_event,
+    DocumentInput, EvalCase, EvalSetting, EvaluateRequest, GeneratorInfoRequest, IngestRequest,
+    SamplingParams, SearchMode,
 };
 
 const STARTUP: Duration = Duration::from_secs(180);
@@ -66,39 +65,7 @@ async fn ingest(client: &mut OrchestratorClient<Channel>, kb: &str, documents: V
         .await
         .expect("ingest starts")
         .into_inner();
-    while let Some(event) = stream.next().await {
-        event.expect("ingest event");
-    }
-}
-
-struct Evaluated {
-    cases: Vec<EvalCaseResult>,
-    reports: Vec<EvalReport>,
-    summary: EvalSummary,
-}
-
-async fn evaluate(client: &mut OrchestratorClient<Channel>, request: EvaluateRequest) -> Evaluated {
-    let mut stream = client
-        .evaluate(request)
-        .await
-        .expect("evaluate starts")
-        .into_inner();
-    let (mut cases, mut reports) = (Vec::new(), Vec::new());
-    while let Some(event) = stream.next().await {
-        match event.expect("evaluate event").event {
-            Some(evaluate_event::Event::CaseResult(c)) => cases.push(c),
-            Some(evaluate_event::Event::Report(r)) => reports.push(r),
-            Some(evaluate_event::Event::Summary(summary)) => {
-                return Evaluated {
-                    cases,
-                    reports,
-                    summary,
-                };
-            }
-            None => {}
-        }
-    }
-    panic!("the evaluation ended without a summary");
+    while stream.message().await.expect("ingest event").is_some() {}
 }
 
 /// Generate requests the generator has received (its own counter, from Info).
@@ -180,6 +147,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     context_tokens: None,
                     rerank: None,
                     min_coverage: None,
+                    min_anchors: None,
                     min_relevance: None,
                 },
                 // No passage is that similar: every case is refused without generating.
@@ -190,6 +158,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     context_tokens: None,
                     rerank: None,
                     min_coverage: None,
+                    min_anchors: None,
                     min_relevance: None,
                 },
             ],

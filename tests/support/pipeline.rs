@@ -8,8 +8,9 @@ use crate::{ServiceProcess, minilm_dir, models_dir, wait_serving};
 use tonic::transport::Channel;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::{
-    Answer, AskRequest, Citation, DocumentInput, IngestRequest, IngestStage, IngestSummary,
-    SamplingParams, ask_event, ingest_event,
+    Answer, AskRequest, Citation, DocumentInput, EvalCaseResult, EvalReport, EvalSummary,
+    EvaluateRequest, IngestRequest, IngestStage, IngestSummary, SamplingParams, ask_event,
+    evaluate_event, ingest_event,
 };
 
 /// How long a service may take to start (loading models).
@@ -284,3 +285,38 @@ pub fn assert_answerable(asked: &Asked) {
 }
 
 pub const UNANSWERABLE: &str = "量子计算机的纠错码有哪些种类？";
+
+/// What an Evaluate streamed: each case's result, each setting's report, the summary.
+pub struct Evaluated {
+    pub cases: Vec<EvalCaseResult>,
+    pub reports: Vec<EvalReport>,
+    pub summary: EvalSummary,
+}
+
+/// Runs `request` to its summary; panics on an error or a stream without one.
+pub async fn evaluate(
+    client: &mut OrchestratorClient<Channel>,
+    request: EvaluateRequest,
+) -> Evaluated {
+    let mut stream = client
+        .evaluate(request)
+        .await
+        .expect("evaluate starts")
+        .into_inner();
+    let (mut cases, mut reports) = (Vec::new(), Vec::new());
+    while let Some(event) = stream.message().await.expect("evaluate event") {
+        match event.event {
+            Some(evaluate_event::Event::CaseResult(c)) => cases.push(c),
+            Some(evaluate_event::Event::Report(r)) => reports.push(r),
+            Some(evaluate_event::Event::Summary(summary)) => {
+                return Evaluated {
+                    cases,
+                    reports,
+                    summary,
+                };
+            }
+            None => {}
+        }
+    }
+    panic!("the evaluation ended without a summary");
+}

@@ -298,10 +298,27 @@ pub struct AskPolicy {
     /// on the dev half of the eval sets (the book: benchmarks/eval).
     #[arg(long, env = "ZHIKU_ASK_MIN_RELEVANCE", default_value_t = DEFAULT_MIN_RELEVANCE)]
     pub min_relevance: f64,
+
+    /// With --abstention evidence: the share (0 to 1) of the question's anchors (its ASCII
+    /// names and figures: model names, versions, quantisation levels, hardware, such as
+    /// `ChatGLM3-6B`, `INT8`, `RTX 4090`) that one passage must hold (with its source name and
+    /// heading path), else the refusal is given without calling the model. Catches the near
+    /// miss that coverage cannot: passages that together share the question's words while
+    /// none states the combination it asks about. 0: never refuse on anchors. The default
+    /// is 0: on the dev half of eval/llm-docs-zh, 0.6 refused as many right answers as near
+    /// misses; set 0.6 where an invented figure costs more than a refused answer (the book:
+    /// benchmarks/eval, "Table context, and anchors"; choose with `zhiku eval --sweep
+    /// min_anchors=…` on your own dev questions).
+    #[arg(long, env = "ZHIKU_ASK_MIN_ANCHORS", default_value_t = DEFAULT_MIN_ANCHORS)]
+    pub min_anchors: f64,
 }
 
 /// The --min-coverage default, measured on the eval sets (docs/src/benchmarks/eval.md, "Abstention from the evidence").
 pub const DEFAULT_MIN_COVERAGE: f64 = 0.35;
+
+/// The --min-anchors default, chosen on the dev halves of the eval sets
+/// (docs/src/benchmarks/eval.md, "Table context, and anchors").
+pub const DEFAULT_MIN_ANCHORS: f64 = 0.0;
 
 /// The --min-relevance default, chosen on the dev half of the eval sets
 /// (docs/src/benchmarks/eval.md, "Relevance judgment").

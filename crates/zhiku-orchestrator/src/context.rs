@@ -96,9 +96,18 @@ fn append(last: &mut Citation, next: Citation) {
     };
 }
 
-/// A passage as the prompt shows it (its `[n]` aside): where it comes from, then its text.
+/// A passage as the prompt shows it (its `[n]` aside): where it comes from, then its context
+/// (a table's caption and header row) and its text.
 pub fn render(c: &Citation) -> String {
-    let text = c.text.trim();
+    let trimmed = c.text.trim();
+    let context = c.context.trim();
+    let joined;
+    let text = if context.is_empty() {
+        trimmed
+    } else {
+        joined = format!("{context}\n{trimmed}");
+        &joined
+    };
     match (c.source.is_empty(), c.heading_path.is_empty()) {
         (true, true) => text.to_owned(),
         (false, true) => format!("（来源：{}）\n{text}", c.source),
@@ -233,6 +242,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(render(&bare), "x");
+        // A row cut out of a table shows its table's caption and header before it.
+        let row = Citation {
+            context: "以 7B 为例。\n| 精度 | 大小 |".into(),
+            text: "| 4-bit | 3.7 GB |".into(),
+            ..c.clone()
+        };
+        assert_eq!(
+            render(&row),
+            "（来源：a.md；章节：指南 > 安装）\n以 7B 为例。\n| 精度 | 大小 |\n| 4-bit | 3.7 GB |"
+        );
+        // Merging keeps the first chunk's context: the passage starts where it did.
+        let next = Citation {
+            context: String::new(),
+            chunk_index: 1,
+            last_chunk_index: 1,
+            char_start: 3,
+            char_end: 6,
+            text: "def".into(),
+            ..row.clone()
+        };
+        let merged = merge(vec![row, next]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].context, "以 7B 为例。\n| 精度 | 大小 |");
     }
 
     #[test]

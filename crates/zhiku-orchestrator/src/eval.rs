@@ -18,7 +18,7 @@ use crate::ask::{Retrieved, Search, effective_top_k, search_mode};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::grounding::{
-    SUPPORTED, check_min_coverage, is_refusal, normalize, support, weigh_evidence,
+    EvidenceLevels, SUPPORTED, check_min_coverage, is_refusal, normalize, support, weigh_evidence,
 };
 use crate::prompt::REFUSAL;
 use crate::{Events, Orchestrator};
@@ -85,6 +85,7 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         search_question: answer.search_question,
         support,
         coverage: answer.coverage,
+        anchors: answer.anchors,
         relevance: answer.relevance,
     }
 }
@@ -161,6 +162,10 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
         mrr,
         correct: answerable.iter().filter(|r| r.correct).count() as u32,
         false_refusals: answerable.iter().filter(|r| r.refused).count() as u32,
+        refused_with_gold: answerable
+            .iter()
+            .filter(|r| r.refused && r.gold_rank != 0 && r.gold_rank as usize <= top_k)
+            .count() as u32,
         abstained: results
             .iter()
             .filter(|r| !r.answerable && r.refused)
@@ -185,13 +190,13 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
 }
 
 /// The best report's index: most right outcomes (answers with their gold plus abstentions;
-/// with `retrieval_only` the gold in the sources plus abstentions less false refusals, since
-/// there a refused question keeps its sources), then fewer false refusals, higher MRR,
-/// lower median total time; the first of equals.
+/// with `retrieval_only` the gold in the sources plus abstentions less the refusals of
+/// questions whose gold was in them, since there a refused question keeps its sources), then
+/// fewer false refusals, higher MRR, lower median total time; the first of equals.
 pub fn best(reports: &[EvalReport], retrieval_only: bool) -> u32 {
     let key = |r: &EvalReport| {
         let right = if retrieval_only {
-            (r.recall_at_k + r.abstained).saturating_sub(r.false_refusals)
+            (r.recall_at_k + r.abstained).saturating_sub(r.refused_with_gold)
         } else {
             r.correct + r.abstained
         };
@@ -238,6 +243,7 @@ fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
             &format!("settings[{i}].min_relevance"),
             setting.min_relevance,
         )?;
+        check_min_coverage(&format!("settings[{i}].min_anchors"), setting.min_anchors)?;
     }
     if request.cases.len() * request.settings.len() > MAX_RUNS {
         return invalid(format!(
@@ -342,6 +348,7 @@ impl Orchestrator {
             min_coverage: setting.min_coverage,
             adapter: request.adapter.clone(),
             min_relevance: setting.min_relevance,
+            min_anchors: setting.min_anchors,
             filter: request.filter.clone(),
             ..Default::default()
         };
@@ -397,14 +404,20 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let evidence = weigh_evidence(
+        let levels = EvidenceLevels::of(
             &self.args.ask,
-            case.question.trim(),
-            &citations,
             setting.min_coverage,
-        )
-        .await?;
-        let (coverage, mut refused) = (evidence.coverage, evidence.refuse);
+            setting.min_anchors,
+            setting.min_relevance,
+        );
+        let evidence =
+            weigh_evidence(&self.args.ask, case.question.trim(), &citations, levels).await?;
+        let (coverage, anchors, mut refused) =
+            (evidence.coverage, evidence.anchors, evidence.refuse);
+        let mut citations = citations;
+        for (citation, &share) in citations.iter_mut().zip(&evidence.passage_anchors) {
+            citation.anchors = Some(share as f32);
+        }
         let mut relevance = None;
         if !refused && self.args.ask.relevance {
             let max_new_tokens = request
@@ -437,10 +450,10 @@ impl Orchestrator {
                 refused = crate::grounding::refuses_from_evidence(
                     fitted.len(),
                     coverage,
+                    anchors,
                     Some(judged.answer),
                     self.args.ask.abstention,
-                    0.0,
-                    setting.min_relevance.unwrap_or(self.args.ask.min_relevance),
+                    levels,
                 );
                 relevance = Some(judged.answer);
             }
@@ -461,6 +474,7 @@ impl Orchestrator {
                 ..Default::default()
             }),
             coverage,
+            anchors,
             relevance,
             ..Default::default()
         })
@@ -692,6 +706,17 @@ mod tests {
         assert_eq!(best(&reports[..2], false), 1);
         // Retrieval only: recall@k (3 in every row here) counts instead of answers.
         assert_eq!(best(&reports, true), 1);
+        // … less the refusals that cost a found gold; refusing a question whose gold was
+        // not retrieved costs nothing there, beyond the tie on false refusals.
+        let retrieval = |abstained, false_refusals, refused_with_gold| EvalReport {
+            abstained,
+            false_refusals,
+            refused_with_gold,
+            ..base
+        };
+        let refusing = [retrieval(0, 0, 0), retrieval(2, 2, 2), retrieval(2, 2, 0)];
+        assert_eq!(best(&refusing[..2], true), 0, "a tie: fewer false refusals");
+        assert_eq!(best(&refusing, true), 2);
     }
 
     #[test]

@@ -475,6 +475,7 @@ impl Orchestrator {
                 chunk_index: p.index as u32,
                 chunk_count: total as u32,
                 heading_path: p.heading(),
+                context: p.context(),
                 text: p.text,
                 source: source.name.clone(),
                 vector,

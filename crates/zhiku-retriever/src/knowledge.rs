@@ -404,12 +404,13 @@ impl Retriever {
                         p.readers,
                         &format!("passage of document {:?}", p.document_id),
                     )?;
-                    // The heading path is indexed with the text (as it is embedded).
-                    let indexed = if p.heading_path.is_empty() {
-                        p.text.clone()
-                    } else {
-                        format!("{}\n{}", p.heading_path, p.text)
-                    };
+                    // The heading path and the context are indexed with the text (as they
+                    // are embedded).
+                    let indexed = [p.heading_path.as_str(), p.context.as_str(), &p.text]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("\n");
                     let metadata: BTreeMap<String, String> = p.metadata.into_iter().collect();
                     Ok(PointRecord {
                         id: point_id(&kb_name, &p.document_id, p.chunk_index),
@@ -423,6 +424,7 @@ impl Retriever {
                             text: p.text,
                             source: p.source,
                             heading_path: p.heading_path,
+                            context: p.context,
                             char_start: p.char_start,
                             char_end: p.char_end,
                             readers,
@@ -697,6 +699,7 @@ fn hit_to_proto(hit: Hit) -> pb::ScoredPassage {
             char_end: p.char_end,
             metadata: p.metadata.into_iter().collect(),
             readers: p.readers,
+            context: p.context,
         }),
         score: hit.score,
         dense_score: hit.dense_score,

@@ -66,6 +66,11 @@ pub struct Passage {
     /// columns are. Like the heading path, it is context for [`Passage::indexed_text`], not
     /// part of `text`.
     pub table_header: Option<String>,
+    /// When the passage starts inside a table (markdown or HTML, its header row included):
+    /// the paragraph just before the table, which often names what the table is about
+    /// ("以 Chinese-LLaMA-2-7B 为例，对比不同精度下的模型大小"), at most
+    /// [`MAX_CAPTION_CHARS`] characters of it. Context like [`Passage::table_header`].
+    pub table_caption: Option<String>,
     /// First character of the passage in the source, counted in `char`s.
     pub char_start: usize,
     /// One past the last character of the passage in the source, counted in `char`s.
@@ -78,9 +83,26 @@ impl Passage {
         self.heading_path.join(" > ")
     }
 
-    /// The text to embed and index: the heading path on its own line, then the table header
-    /// row when the passage continues a table, then the passage, its HTML table rows written
-    /// as `cell | cell` lines.
+    /// What the passage's text does not say about itself that a table around it does: the
+    /// table's caption paragraph, then its header row, each on its own line (empty when the
+    /// passage starts outside a table). Stored and shown with the passage.
+    pub fn context(&self) -> String {
+        let mut out = String::new();
+        for line in [&self.table_caption, &self.table_header]
+            .into_iter()
+            .flatten()
+        {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(line);
+        }
+        out
+    }
+
+    /// The text to embed and index: the heading path on its own line, then the context
+    /// ([`Passage::context`]) when the passage starts in a table, then the passage, its HTML
+    /// table rows written as `cell | cell` lines.
     ///
     /// A passage cut out of a long section often never names its subject; the heading path
     /// puts it back (Langchain-Chatchat's "title enhance"), so that a question about
@@ -94,8 +116,9 @@ impl Passage {
             out.push_str(&self.heading());
             out.push('\n');
         }
-        if let Some(header) = &self.table_header {
-            out.push_str(header);
+        let context = self.context();
+        if !context.is_empty() {
+            out.push_str(&context);
             out.push('\n');
         }
         if has_html_cells(&self.text) {
@@ -202,7 +225,8 @@ impl PassageSplitter {
     /// `heading_path`, so a heading with no text under it yields no passage.
     ///
     /// A passage that starts inside a markdown table, below its header, carries the table's
-    /// header row in [`Passage::table_header`].
+    /// header row in [`Passage::table_header`]; one that starts in a table at all, the
+    /// paragraph before it in [`Passage::table_caption`].
     pub fn split_markdown(&self, text: &str) -> Vec<Passage> {
         let chars: Vec<char> = text.chars().collect();
         let sections = markdown_sections(&chars);
@@ -214,6 +238,10 @@ impl PassageSplitter {
                     .iter()
                     .find(|t| t.body_start <= passage.char_start && passage.char_start < t.end)
                     .map(|t| t.header.clone());
+                passage.table_caption = tables
+                    .iter()
+                    .find(|t| t.start <= passage.char_start && passage.char_start < t.end)
+                    .and_then(|t| t.caption.clone());
             }
         }
         passages
@@ -397,6 +425,7 @@ fn passage(chars: &[char], heading_path: &[String], start: usize, end: usize) ->
         text: chars[start..end].iter().collect(),
         heading_path: heading_path.to_vec(),
         table_header: None,
+        table_caption: None,
         char_start: start,
         char_end: end,
     }
@@ -708,6 +737,10 @@ fn markdown_sections(chars: &[char]) -> Vec<Section> {
 
 /// A markdown table: its header row, and the span of its rows below the delimiter row.
 struct Table {
+    /// The first character of its header row (of an HTML table: of `<table`).
+    start: usize,
+    /// The paragraph before it ([`lead_paragraph`]).
+    caption: Option<String>,
     /// The header row, trimmed.
     header: String,
     /// The first character of the first row under the delimiter row.
@@ -754,6 +787,8 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
         }
         if last > k + 2 {
             tables.push(Table {
+                start: lines[k].0,
+                caption: lead_paragraph(chars, lines[k].0),
                 header,
                 body_start: lines[k + 2].0,
                 end: lines[last - 1].1,
@@ -763,6 +798,58 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
     }
     tables.extend(html_tables(chars));
     tables
+}
+
+/// The most characters of a table's caption paragraph kept as context (its start: where a
+/// caption names its subject).
+pub const MAX_CAPTION_CHARS: usize = 200;
+
+/// The paragraph that ends just before the line holding `start` (blank lines between them
+/// allowed), its lines joined by spaces and cut to [`MAX_CAPTION_CHARS`]: None when a
+/// heading, a table row, a fence, an HTML tag line or the text's start comes first.
+fn lead_paragraph(chars: &[char], start: usize) -> Option<String> {
+    let line_start = chars[..start]
+        .iter()
+        .rposition(|&c| c == '\n')
+        .map_or(0, |p| p + 1);
+    let mut end = line_start;
+    let mut lines: Vec<String> = Vec::new();
+    while end > 0 {
+        let line_end = end - 1; // the '\n' ending the line before
+        let begin = chars[..line_end]
+            .iter()
+            .rposition(|&c| c == '\n')
+            .map_or(0, |p| p + 1);
+        let line: String = chars[begin..line_end].iter().collect();
+        let trimmed = line.trim();
+        end = begin;
+        if trimmed.is_empty() {
+            if lines.is_empty() {
+                continue;
+            }
+            break;
+        }
+        let structural = atx_heading(&line).is_some()
+            || trimmed.contains('|')
+            || fence_marker(trimmed).is_some()
+            || trimmed.starts_with('<')
+            || is_setext_underline(trimmed);
+        if structural {
+            break;
+        }
+        lines.push(trimmed.to_owned());
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    lines.reverse();
+    let paragraph = lines.join(" ");
+    Some(paragraph.chars().take(MAX_CAPTION_CHARS).collect())
+}
+
+/// A setext underline (`===` or `---`): the line above it is a heading, not a caption.
+fn is_setext_underline(trimmed: &str) -> bool {
+    !trimmed.is_empty() && (trimmed.chars().all(|c| c == '=') || trimmed.chars().all(|c| c == '-'))
 }
 
 /// The HTML tables a markdown text embeds (`<table>` … `</table>`, as READMEs write tables
@@ -790,7 +877,10 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
                 .collect();
             let cells = html_cells(&original);
             if !cells.is_empty() {
+                let start = byte_to_char(open);
                 tables.push(Table {
+                    start,
+                    caption: lead_paragraph(chars, start),
                     header: format!("| {} |", cells.join(" | ")),
                     body_start: byte_to_char(open + row_end + "</tr>".len()),
                     end: byte_to_char(close),

@@ -281,11 +281,20 @@ fn table_rows_cut_from_their_header_carry_it() {
     assert!(!continued.is_empty(), "{passages:#?}");
     for p in &continued {
         assert_eq!(p.table_header.as_deref(), Some(header));
-        assert_eq!(p.indexed_text(), format!("显存\n{header}\n{}", p.text));
+        assert_eq!(p.table_caption.as_deref(), Some("下表是实测数据。"));
+        assert_eq!(p.context(), format!("下表是实测数据。\n{header}"));
+        assert_eq!(
+            p.indexed_text(),
+            format!("显存\n下表是实测数据。\n{header}\n{}", p.text)
+        );
     }
+    // The first passage holds the caption in its text: no context.
+    assert!(passages[0].text.contains("下表是实测数据。"));
+    assert_eq!(passages[0].context(), "");
     let after = passages.last().expect("passages");
     if after.text.starts_with("表后") {
         assert_eq!(after.table_header, None);
+        assert_eq!(after.table_caption, None);
     }
     // Offsets still index the source: the header is context, not text.
     let chars: Vec<char> = md.chars().collect();
@@ -356,6 +365,7 @@ fn html_table_rows_are_indexed_as_cells_without_markup() {
         text: "32.22</td>\n    </tr>\n    <tr>\n        <td>Int4</td>".into(),
         heading_path: vec![],
         table_header: None,
+        table_caption: None,
         char_start: 0,
         char_end: 0,
     };
@@ -366,4 +376,46 @@ fn html_table_rows_are_indexed_as_cells_without_markup() {
         ..cut
     };
     assert_eq!(prose.indexed_text(), "用 <b>INT4</b> 量化。");
+}
+
+#[test]
+fn a_table_passage_carries_the_paragraph_before_its_table_as_caption() {
+    let rows: String = (0..12)
+        .map(|i| format!("| {i}-bit量化 | {i}.7 GB | 10.{i} |\n"))
+        .collect();
+    let table = format!("| 精度 | 模型大小 | PPL |\n| :-- | :--: | :--: |\n{rows}");
+    let caption = |md: &str| -> Vec<Option<String>> {
+        splitter(60, 0)
+            .split_markdown(md)
+            .into_iter()
+            .filter(|p| p.text.starts_with('|'))
+            .map(|p| p.table_caption)
+            .collect()
+    };
+    // Two lines of one paragraph, joined; every passage that starts in the table has it,
+    // the one starting on the header row too.
+    let md = format!(
+        "## 量化效果评测\n\n以Chinese-LLaMA-2-7B为例，\n对比不同精度下的模型大小。\n\n{table}"
+    );
+    let captions = caption(&md);
+    assert!(captions.len() >= 2, "{captions:?}");
+    for c in &captions {
+        assert_eq!(
+            c.as_deref(),
+            Some("以Chinese-LLaMA-2-7B为例， 对比不同精度下的模型大小。")
+        );
+    }
+    // A heading right above the table: no caption (the heading path says it already).
+    let captions = caption(&format!("## 量化效果评测\n\n{table}"));
+    assert!(captions.iter().all(Option::is_none), "{captions:?}");
+    // A long paragraph is cut to its start.
+    let long = "很".repeat(500);
+    let captions = caption(&format!("# 表\n\n{long}\n\n{table}"));
+    assert!(!captions.is_empty());
+    for c in captions {
+        assert_eq!(
+            c.expect("a caption").chars().count(),
+            zhiku_text::MAX_CAPTION_CHARS
+        );
+    }
 }

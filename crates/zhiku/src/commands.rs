@@ -543,6 +543,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                         "support": answer.support,
                         "grounded": answer.grounded,
                         "coverage": answer.coverage,
+                        "anchors": answer.anchors,
                         "verification": answer.verification.as_ref().map(|v| json!({
                             "checked": v.checked,
                             "withdrawn": v.withdrawn,
@@ -557,6 +558,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "heading_path": c.heading_path,
                             "page": c.page,
                             "score": c.score,
+                            "anchors": c.anchors,
                             "text": c.text,
                         })).collect::<Vec<_>>(),
                         "timings": {
@@ -588,8 +590,11 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                         if !abstained && !answer.citations.is_empty() {
                             print!(
                                 "\n[refused] the sources below hold {:.0}% of the question's \
-                                 terms (under --min-coverage): the model was not asked",
-                                answer.coverage * 100.0
+                                 terms (--min-coverage), and one of them at most {:.0}% of \
+                                 its names and figures (--min-anchors): the model was not \
+                                 asked",
+                                answer.coverage * 100.0,
+                                answer.anchors * 100.0
                             );
                         }
                     }

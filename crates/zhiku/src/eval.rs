@@ -150,7 +150,8 @@ pub fn parse_on_off(value: &str) -> Result<bool, String> {
 }
 
 /// The grid of `--sweep` (top_k × threshold × mode × context_tokens × rerank ×
-/// min_coverage × min_relevance, in that order), from the flags where a key is not given.
+/// min_coverage × min_anchors × min_relevance, in that order), from the flags where a key is
+/// not given.
 pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, String> {
     let mut rerank: Vec<Option<bool>> = Vec::new();
     let mut top_k: Vec<u32> = Vec::new();
@@ -159,6 +160,7 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     let mut context: Vec<Option<u32>> = Vec::new();
     let mut coverage: Vec<Option<f64>> = Vec::new();
     let mut relevance: Vec<Option<f64>> = Vec::new();
+    let mut anchors: Vec<Option<f64>> = Vec::new();
     let mut key = String::new();
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let value = match token.split_once('=') {
@@ -197,6 +199,7 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
             }
             "min_coverage" => coverage.push(level("min_coverage", value)?),
             "min_relevance" => relevance.push(level("min_relevance", value)?),
+            "min_anchors" => anchors.push(level("min_anchors", value)?),
             "rerank" => rerank.push(match value {
                 "default" => None,
                 v => Some(parse_on_off(v).map_err(|e| format!("rerank {e}"))?),
@@ -204,57 +207,40 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
             k => {
                 return Err(format!(
                     "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens, rerank, \
-                     min_coverage or min_relevance"
+                     min_coverage, min_anchors or min_relevance"
                 ));
             }
         }
     }
-    if top_k.is_empty() {
-        top_k.push(base.top_k);
-    }
-    if threshold.is_empty() {
-        threshold.push(base.score_threshold);
-    }
-    if mode.is_empty() {
-        mode.push(base.mode);
-    }
-    if context.is_empty() {
-        context.push(base.context_tokens);
-    }
-    if rerank.is_empty() {
-        rerank.push(base.rerank);
-    }
-    if coverage.is_empty() {
-        coverage.push(base.min_coverage);
-    }
-    if relevance.is_empty() {
-        relevance.push(base.min_relevance);
-    }
-    let mut grid = Vec::new();
-    for &k in &top_k {
-        for &t in &threshold {
-            for &m in &mode {
-                for &c in &context {
-                    for &r in &rerank {
-                        for &v in &coverage {
-                            for &j in &relevance {
-                                grid.push(EvalSetting {
-                                    top_k: k,
-                                    score_threshold: t,
-                                    mode: m,
-                                    context_tokens: c,
-                                    rerank: r,
-                                    min_coverage: v,
-                                    min_relevance: j,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    // Each key multiplies the grid by its values (the flags' one where not given), the
+    // first key outermost.
+    let mut grid = vec![*base];
+    expand(&mut grid, top_k, |s, v| s.top_k = v);
+    expand(&mut grid, threshold, |s, v| s.score_threshold = v);
+    expand(&mut grid, mode, |s, v| s.mode = v);
+    expand(&mut grid, context, |s, v| s.context_tokens = v);
+    expand(&mut grid, rerank, |s, v| s.rerank = v);
+    expand(&mut grid, coverage, |s, v| s.min_coverage = v);
+    expand(&mut grid, anchors, |s, v| s.min_anchors = v);
+    expand(&mut grid, relevance, |s, v| s.min_relevance = v);
     Ok(grid)
+}
+
+/// Every setting of `grid` once per value of `values` (none: unchanged).
+fn expand<T: Copy>(grid: &mut Vec<EvalSetting>, values: Vec<T>, set: impl Fn(&mut EvalSetting, T)) {
+    if values.is_empty() {
+        return;
+    }
+    *grid = grid
+        .iter()
+        .flat_map(|setting| {
+            values.iter().map(|&v| {
+                let mut s = *setting;
+                set(&mut s, v);
+                s
+            })
+        })
+        .collect();
 }
 
 /// A sweep's level in 0..1 for `key`, or `default` (None: the orchestrator's flag).
@@ -292,11 +278,14 @@ fn describe(setting: &EvalSetting) -> String {
     let coverage = setting
         .min_coverage
         .map_or_else(String::new, |c| format!(" min_coverage={c}"));
+    let anchors = setting
+        .min_anchors
+        .map_or_else(String::new, |a| format!(" min_anchors={a}"));
     let relevance = setting
         .min_relevance
         .map_or_else(String::new, |r| format!(" min_relevance={r}"));
     format!(
-        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}{coverage}{relevance}",
+        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}{coverage}{anchors}{relevance}",
         if setting.top_k == 0 { 5 } else { setting.top_k }
     )
 }
@@ -323,6 +312,7 @@ fn report_json(r: &EvalReport) -> Value {
             "context_tokens": setting.context_tokens,
             "rerank": setting.rerank,
             "min_coverage": setting.min_coverage,
+            "min_anchors": setting.min_anchors,
             "min_relevance": setting.min_relevance,
         },
         "answerable": r.answerable,
@@ -333,6 +323,7 @@ fn report_json(r: &EvalReport) -> Value {
         "mrr": r.mrr,
         "correct": r.correct,
         "false_refusals": r.false_refusals,
+        "refused_with_gold": r.refused_with_gold,
         "abstained": r.abstained,
         "latency": {
             "embed": latency_json(r.embed),
@@ -362,12 +353,13 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "answer": c.answer,
         "sources": c.citations.iter().map(|s| json!({
             "source": s.source, "chunk": s.chunk_index, "score": s.score,
-            "relevance": s.relevance,
+            "relevance": s.relevance, "anchors": s.anchors, "heading_path": s.heading_path, "text": s.text,
         })).collect::<Vec<_>>(),
         "relevance": c.relevance,
         "support": c.support,
         "grounded": c.grounded,
         "coverage": c.coverage,
+        "anchors": c.anchors,
         "search_question": c.search_question,
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,
@@ -448,9 +440,10 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
     );
     if retrieval_only {
         out += &format!(
-            "refusals      refused before generating (threshold or coverage): {} answerable, {} \
-             unanswerable\n",
+            "refusals      refused before generating (threshold, coverage or anchors): {} \
+             answerable ({} with the gold in the sources), {} unanswerable\n",
             fraction(r.false_refusals, r.answerable),
+            r.refused_with_gold,
             fraction(r.abstained, r.unanswerable)
         );
     } else {
@@ -536,9 +529,10 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
         mode: search_mode(args.mode) as i32,
         context_tokens: args.context_tokens,
         rerank: args.rerank,
-        // The orchestrator's --min-coverage and --min-relevance (in this process: the
-        // global flags).
+        // The orchestrator's --min-coverage, --min-anchors and --min-relevance (in this
+        // process: the global flags).
         min_coverage: None,
+        min_anchors: None,
         min_relevance: None,
     };
     let settings = match &args.sweep {
@@ -678,6 +672,7 @@ mod tests {
             context_tokens: None,
             rerank: None,
             min_coverage: None,
+            min_anchors: None,
             min_relevance: None,
         };
         let grid = parse_sweep("top_k=3,5,threshold=none,0.3,mode=dense,hybrid", &base).unwrap();
@@ -722,8 +717,18 @@ mod tests {
             [(Some(0.35), Some(0.0)), (Some(0.35), Some(0.2))]
         );
         assert!(describe(&judged[1]).ends_with(" min_coverage=0.35 min_relevance=0.2"));
+        let anchored = parse_sweep("min_anchors=0,1,min_relevance=0.2", &base).unwrap();
+        assert_eq!(
+            anchored
+                .iter()
+                .map(|s| (s.min_anchors, s.min_relevance))
+                .collect::<Vec<_>>(),
+            [(Some(0.0), Some(0.2)), (Some(1.0), Some(0.2))]
+        );
+        assert!(describe(&anchored[1]).ends_with(" min_anchors=1 min_relevance=0.2"));
         for bad in [
             "min_relevance=1.5",
+            "min_anchors=-0.5",
             "min_coverage=2",
             "min_coverage=high",
             "3,5",

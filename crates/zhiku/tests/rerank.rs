@@ -183,6 +183,7 @@ async fn the_reranker_decides_which_passage_comes_first() {
         context_tokens: None,
         rerank: Some(rerank),
         min_coverage: None,
+        min_anchors: None,
         min_relevance: None,
     };
     let mut events = plain

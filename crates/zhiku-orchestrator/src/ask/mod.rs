@@ -32,7 +32,7 @@ use zhiku_proto::v1::{
 
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
-use crate::grounding::{refuses_from_evidence, weigh_evidence};
+use crate::grounding::{EvidenceLevels, refuses_from_evidence, weigh_evidence};
 use crate::prompt::REFUSAL;
 use crate::{Events, Orchestrator};
 
@@ -114,9 +114,17 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let mut evidence =
-            weigh_evidence(policy, &search_question, &citations, request.min_coverage).await?;
+        let levels = EvidenceLevels::of(
+            policy,
+            request.min_coverage,
+            request.min_anchors,
+            request.min_relevance,
+        );
+        let mut evidence = weigh_evidence(policy, &search_question, &citations, levels).await?;
         let mut citations = citations;
+        for (citation, &share) in citations.iter_mut().zip(&evidence.passage_anchors) {
+            citation.anchors = Some(share as f32);
+        }
         let relevance = if evidence.refuse || !policy.relevance {
             None
         } else {
@@ -135,18 +143,17 @@ impl Orchestrator {
             for (citation, &r) in citations.iter_mut().zip(&judged.sources) {
                 citation.relevance = Some(r as f32);
             }
-            let min_relevance = request.min_relevance.unwrap_or(policy.min_relevance);
             evidence.refuse = refuses_from_evidence(
                 citations.len(),
                 evidence.coverage,
+                evidence.anchors,
                 Some(judged.answer),
                 policy.abstention,
-                0.0,
-                min_relevance,
+                levels,
             );
             tracing::debug!(
                 relevance = judged.answer,
-                min_relevance,
+                min_relevance = levels.min_relevance,
                 elapsed_ms = judged.elapsed_ms,
                 refused = evidence.refuse,
                 "relevance judged"
@@ -172,6 +179,7 @@ impl Orchestrator {
             context_tokens,
             search_question,
             coverage: evidence.coverage,
+            anchors: evidence.anchors,
             relevance: relevance.map(|r| r.answer),
             ..Default::default()
         };

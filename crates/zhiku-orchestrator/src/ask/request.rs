@@ -62,6 +62,7 @@ pub(crate) fn check_request(
     let mode = search_mode(request.mode)?;
     check_min_coverage("min_coverage", request.min_coverage)?;
     check_min_coverage("min_relevance", request.min_relevance)?;
+    check_min_coverage("min_anchors", request.min_anchors)?;
     Ok(CheckedAsk {
         question,
         top_k,

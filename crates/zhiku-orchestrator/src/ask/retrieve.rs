@@ -199,12 +199,14 @@ impl Orchestrator {
                     score: hit.score,
                     text: passage.text,
                     heading_path: passage.heading_path,
+                    context: passage.context,
                     char_start: passage.char_start,
                     char_end: passage.char_end,
                     last_chunk_index: passage.chunk_index,
                     rerank_score: None,
                     page: crate::ingest::page_of(&passage.metadata),
                     relevance: None,
+                    anchors: None,
                 }
             })
             .collect();

@@ -1,14 +1,16 @@
 //! Grounding: how far the passages answer a question and an answer says what its passages
 //! say, and the refusals decided from that. Ask and Evaluate both judge by it:
 //!
-//! - before generating: the question's coverage by its passages ([`coverage`]), the chat
-//!   model's judgment that they state the answer ([`relevance`]) and the refusal from the
-//!   evidence ([`weigh_evidence`]: no passage, or, with `--abstention evidence`, too little
-//!   coverage; [`relevance::refuses`] once the model has judged);
+//! - before generating: the question's coverage by its passages ([`coverage`]), the share
+//!   of its anchors one passage holds ([`anchors`]), the chat model's judgment that they
+//!   state the answer ([`relevance`]) and the refusal from the evidence
+//!   ([`weigh_evidence`]: no passage, or, with `--abstention evidence`, too little coverage
+//!   or too few anchors; [`relevance::refuses`] once the model has judged);
 //! - after generating: the answer's support score ([`support`], [`grounding`]) and grounded
 //!   abstention ([`abstains`]);
 //! - refusals the model wrote ([`is_refusal`]).
 
+pub mod anchors;
 pub mod coverage;
 pub mod relevance;
 
@@ -136,75 +138,121 @@ pub fn check_min_coverage(field: &str, level: Option<f64>) -> Result<(), Orchest
 }
 
 /// What the passages are worth before generating: as the prompt shows them, how much of the
-/// question they cover, and whether zhiku refuses from them.
+/// question they cover, how many of its anchors each holds, and whether zhiku refuses from
+/// them.
 pub(crate) struct Evidence {
     /// Each passage as the prompt shows it (with its source and heading path, which often
     /// name what a short chunk is about).
     pub rendered: Vec<String>,
     pub coverage: f64,
+    /// The question's anchor share: its best passage's ([`anchors`]).
+    pub anchors: f64,
+    /// Each passage's anchor share, in the order of the citations.
+    pub passage_anchors: Vec<f64>,
     pub refuse: bool,
 }
 
+/// The levels the evidence must reach with `--abstention evidence` (0: never refuse on it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvidenceLevels {
+    pub min_coverage: f64,
+    pub min_anchors: f64,
+    /// Applies once the model has judged.
+    pub min_relevance: f64,
+}
+
+impl EvidenceLevels {
+    /// A request's own levels (checked by [`check_min_coverage`]), else the policy's.
+    pub fn of(
+        policy: &AskPolicy,
+        min_coverage: Option<f64>,
+        min_anchors: Option<f64>,
+        min_relevance: Option<f64>,
+    ) -> Self {
+        Self {
+            min_coverage: min_coverage.unwrap_or(policy.min_coverage),
+            min_anchors: min_anchors.unwrap_or(policy.min_anchors),
+            min_relevance: min_relevance.unwrap_or(policy.min_relevance),
+        }
+    }
+}
+
 /// Whether zhiku refuses from the evidence: no passage left, or (`--abstention evidence`)
-/// coverage under `min_coverage` or the model's judgment of the passages, when it judged,
-/// under `min_relevance` ([`relevance::refuses`]).
+/// coverage under `min_coverage`, an anchor share under `min_anchors`, or the model's
+/// judgment of the passages, when it judged, under `min_relevance`
+/// ([`relevance::refuses`]).
 pub fn refuses_from_evidence(
     passages: usize,
     coverage: f64,
+    anchors: f64,
     relevance: Option<f64>,
     abstention: Abstention,
-    min_coverage: f64,
-    min_relevance: f64,
+    levels: EvidenceLevels,
 ) -> bool {
     passages == 0
         || (abstention == Abstention::Evidence
-            && relevance::refuses(coverage, min_coverage, relevance, min_relevance))
+            && (anchors < levels.min_anchors
+                || relevance::refuses(
+                    coverage,
+                    levels.min_coverage,
+                    relevance,
+                    levels.min_relevance,
+                )))
 }
 
-/// Weighs `citations` against `question` under `policy`; `min_coverage` is a request's own
-/// level (checked by [`check_min_coverage`]), else the policy's. Counting is CPU work in
+/// Weighs `citations` against `question` at `levels` under `policy`'s abstention (the
+/// model's judgment comes later: see [`refuses_from_evidence`]). Counting is CPU work in
 /// proportion to the passages and the question: off the async threads.
 pub(crate) async fn weigh_evidence(
     policy: &AskPolicy,
     question: &str,
     citations: &[Citation],
-    min_coverage: Option<f64>,
+    levels: EvidenceLevels,
 ) -> Result<Evidence, OrchestratorError> {
-    let min_coverage = min_coverage.unwrap_or(policy.min_coverage);
     if citations.is_empty() {
         return Ok(Evidence {
             rendered: Vec::new(),
             coverage: 0.0,
+            anchors: 0.0,
+            passage_anchors: Vec::new(),
             refuse: true,
         });
     }
     let rendered: Vec<String> = citations.iter().map(context::render).collect();
     let asked = question.to_owned();
-    let (rendered, coverage) = tokio::task::spawn_blocking(move || {
+    let (rendered, coverage, anchors, passage_anchors) = tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = rendered.iter().map(String::as_str).collect();
         let coverage = question_coverage(&asked, &texts);
-        (rendered, coverage)
+        let named = anchors::question_anchors(&asked);
+        let shares = anchors::anchor_shares(&named, &texts);
+        let best = anchors::best_share(&named, &shares);
+        (rendered, coverage, best, shares)
     })
     .await
     .map_err(|e| OrchestratorError::Internal(format!("the scoring thread failed: {e}")))?;
     let refuse = refuses_from_evidence(
         rendered.len(),
         coverage,
+        anchors,
         None,
         policy.abstention,
-        min_coverage,
-        0.0,
+        levels,
     );
     if refuse {
         tracing::info!(
             coverage,
-            min_coverage,
-            "the passages cover too little of the question: refused without generating"
+            min_coverage = levels.min_coverage,
+            anchors,
+            min_anchors = levels.min_anchors,
+            "the passages cover too little of the question, or no passage names what it \
+             asks about: refused without generating"
         );
     }
     Ok(Evidence {
         rendered,
         coverage,
+        anchors,
+        passage_anchors,
         refuse,
     })
 }
@@ -278,8 +326,13 @@ mod tests {
 
     #[test]
     fn the_evidence_refuses_on_no_passage_or_too_little_coverage_when_zhiku_decides() {
+        let levels = EvidenceLevels {
+            min_coverage: 0.35,
+            min_anchors: 0.0,
+            min_relevance: 0.5,
+        };
         let refuses = |n, coverage, relevance, abstention| {
-            refuses_from_evidence(n, coverage, relevance, abstention, 0.35, 0.5)
+            refuses_from_evidence(n, coverage, 1.0, relevance, abstention, levels)
         };
         assert!(refuses(0, 1.0, None, Abstention::Model));
         assert!(refuses(2, 0.2, None, Abstention::Evidence));
@@ -296,6 +349,43 @@ mod tests {
             !refuses(2, 0.9, Some(0.1), Abstention::Model),
             "the model decides"
         );
+        // Anchors refuse on their own at their level; 0 never.
+        let anchored = EvidenceLevels {
+            min_anchors: 1.0,
+            ..levels
+        };
+        assert!(refuses_from_evidence(
+            2,
+            0.9,
+            0.5,
+            None,
+            Abstention::Evidence,
+            anchored
+        ));
+        assert!(!refuses_from_evidence(
+            2,
+            0.9,
+            1.0,
+            None,
+            Abstention::Evidence,
+            anchored
+        ));
+        assert!(!refuses_from_evidence(
+            2,
+            0.9,
+            0.0,
+            None,
+            Abstention::Evidence,
+            levels
+        ));
+        assert!(!refuses_from_evidence(
+            2,
+            0.9,
+            0.5,
+            None,
+            Abstention::Model,
+            anchored
+        ));
         assert!(check_min_coverage("min_coverage", Some(1.5)).is_err());
         assert!(check_min_coverage("min_coverage", Some(0.5)).is_ok());
         assert!(check_min_coverage("min_coverage", None).is_ok());

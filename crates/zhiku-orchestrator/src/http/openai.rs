@@ -74,6 +74,9 @@ pub struct ChatOptions {
     /// With `--abstention evidence`, the question coverage an answer needs (unset: the
     /// orchestrator's `--min-coverage`).
     pub min_coverage: Option<f64>,
+    /// With `--abstention evidence`, the share of the question's anchors (names and
+    /// figures) one passage must hold (unset: the orchestrator's `--min-anchors`).
+    pub min_anchors: Option<f64>,
     /// The LoRA adapter that answers ("" = the base model; unset: the knowledge base's own,
     /// or the one `model` names after `@`).
     pub adapter: Option<String>,
@@ -363,6 +366,7 @@ fn ask_request(
         min_coverage: request.zhiku.min_coverage,
         adapter: None,
         min_relevance: None,
+        min_anchors: request.zhiku.min_anchors,
     })
 }
 

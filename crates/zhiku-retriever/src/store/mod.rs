@@ -175,6 +175,9 @@ pub struct PassagePayload {
     pub source: String,
     #[serde(default)]
     pub heading_path: String,
+    /// [`zhiku_proto::v1::Passage::context`]; absent from the stored payload when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub context: String,
     #[serde(default)]
     pub char_start: u32,
     #[serde(default)]

@@ -64,6 +64,7 @@ pub fn passage(doc: &str, chunk: u32, count: u32, text: &str, vector: &[f32]) ->
         source: format!("{doc}.md"),
         vector: vector.to_vec(),
         heading_path: String::new(),
+        context: String::new(),
         char_start: chunk * 20,
         char_end: chunk * 20 + 20,
         metadata,
@@ -584,6 +585,23 @@ pub async fn sparse_bm25(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
     let mut none = search_request(kb);
     none.query_text = "完全无关的词语".into();
     assert!(search(c, none).await.hits.is_empty());
+    // A passage's context (a table's caption and header) is indexed with its text and
+    // comes back with it.
+    let mut row = passage("c", 0, 1, "| 4-bit | 3.7 GB |", &[0.5; DIMS as usize]);
+    row.context = "困惑度评测表\n| 精度 | 模型大小 |".into();
+    c.upsert(UpsertRequest {
+        knowledge_base: kb.into(),
+        passages: vec![row.clone()],
+    })
+    .await
+    .expect("upsert a passage with context");
+    let mut by_context = search_request(kb);
+    by_context.query_text = "困惑度评测".into();
+    let r = search(c, by_context).await;
+    assert_eq!(ids(&r)[0], ("c".to_string(), 0), "{r:?}");
+    let found = r.hits[0].passage.as_ref().expect("passage");
+    assert_eq!(found.context, row.context);
+    assert_eq!(found.text, row.text);
     clean(c, kb).await;
 }
 

@@ -1,0 +1,291 @@
+//! Anchors: the question's names and figures (model names, versions, quantisation levels,
+//! hardware, sizes: its ASCII words, such as `ChatGLM3-6B`, `INT8`, `3-bit`, `RTX 4090`,
+//! `Q4_K`) and whether one passage holds them all.
+//!
+//! Coverage ([`super::coverage`]) asks whether the passages together hold the question's
+//! terms. In a knowledge base on one subject they nearly always do, also for a question that
+//! combines facts no document states together ("ChatGLM3-6B with INT8" where one file gives
+//! ChatGLM3-6B's FP16 figure and another ChatGLM-6B's INT8 one): the near miss that a small
+//! model answers with an invented figure. A document that states the answer names what the
+//! answer is about in the same passage (or in its source name or heading path, which the
+//! rendered passage carries), so the anchor share of a passage is the share of the question's
+//! anchors it holds, and the Ask's is its best passage's.
+//!
+//! Matching ignores case and the joiners `-`, `_`, `.` and `/` inside a name (and, in a
+//! passage, the spaces between ASCII words), and respects the name's parts: `Qwen-72B`
+//! matches `Qwen-72B-Chat`, `qwen72b` and `Qwen 72B`, `7B` does not match `17B`, `3-bit`
+//! does not match `2-bit`. A name whose parts the passage holds apart also matches
+//! (`Chinese-LLaMA-2` in a passage of `chinese-llama-alpaca-2--README.md`): documents name
+//! a model's family and size in different places.
+
+use std::collections::HashSet;
+
+/// Characters that join the parts of one name (`ChatGLM3-6B`, `Q4_K`, `llama.cpp`).
+const JOINERS: &[char] = &['-', '_', '.', '/'];
+
+/// The most parts of a passage's name joined into one (`chinese-alpaca-2-13b` has four):
+/// bounds the names a long run of English words yields.
+const MAX_JOINED_PARTS: usize = 6;
+
+/// English words that name nothing.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "be", "by", "can", "do", "does", "for", "how", "i", "in", "is", "it",
+    "of", "on", "or", "the", "to", "what", "when", "where", "which", "who", "why", "with", "you",
+    "vs",
+];
+
+/// One ASCII name of a text.
+struct Name {
+    /// Its lower-case parts (split at the joiners).
+    parts: Vec<String>,
+    /// As written, joiners included.
+    written: String,
+    /// It opens the text or a sentence, where a plain word is capitalised too.
+    opens_sentence: bool,
+}
+
+impl Name {
+    /// A name rather than a plain word: it holds a digit, joins parts, or is capitalised
+    /// where a plain word would not be (`INT8`, `3-bit`, `QLoRA`, `Ollama`; not `port`, and
+    /// not `List` opening a sentence).
+    fn is_anchor(&self) -> bool {
+        let w = &self.written;
+        w.chars().any(|c| c.is_ascii_digit())
+            || self.parts.len() > 1
+            || w.chars().skip(1).any(|c| c.is_ascii_uppercase())
+            || (!self.opens_sentence && w.starts_with(|c: char| c.is_ascii_uppercase()))
+    }
+}
+
+/// The ASCII names of `text`; with `join_spaces`, words apart by one space are parts of one
+/// name (`RTX 4090`, `MiniCPM 2B`).
+fn names(text: &str, join_spaces: bool) -> Vec<Name> {
+    let mut out = Vec::new();
+    let mut name = Name {
+        parts: Vec::new(),
+        written: String::new(),
+        opens_sentence: true,
+    };
+    let mut part = String::new();
+    let mut sentence_open = true;
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            if name.written.is_empty() {
+                name.opens_sentence = sentence_open;
+            }
+            part.push(c.to_ascii_lowercase());
+            name.written.push(c);
+            sentence_open = false;
+            continue;
+        }
+        if (JOINERS.contains(&c) || (join_spaces && c == ' ')) && !part.is_empty() {
+            name.parts.push(std::mem::take(&mut part));
+            name.written.push(c);
+            continue;
+        }
+        if !part.is_empty() {
+            name.parts.push(std::mem::take(&mut part));
+        }
+        // A joiner that ends the name punctuates the text: "… the API. List …".
+        if name.written.ends_with(JOINERS) || name.written.ends_with(' ') {
+            sentence_open |= name.written.pop() == Some('.');
+        }
+        if !name.parts.is_empty() {
+            out.push(std::mem::replace(
+                &mut name,
+                Name {
+                    parts: Vec::new(),
+                    written: String::new(),
+                    opens_sentence: false,
+                },
+            ));
+        } else {
+            name.written.clear();
+        }
+        if matches!(c, '.' | '?' | '!' | '。' | '？' | '！' | '\n') {
+            sentence_open = true;
+        } else if !c.is_whitespace() {
+            sentence_open = false;
+        }
+    }
+    if !part.is_empty() {
+        name.parts.push(part);
+    }
+    if !name.parts.is_empty() {
+        out.push(name);
+    }
+    out
+}
+
+/// One of the question's names and figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anchor {
+    /// Its parts joined, joiners dropped (`chatglm36b`).
+    pub name: String,
+    /// Its lower-case parts (`chatglm3`, `6b`).
+    pub parts: Vec<String>,
+}
+
+/// The question's anchors, without repeats.
+pub fn question_anchors(question: &str) -> Vec<Anchor> {
+    let mut seen = HashSet::new();
+    names(question, false)
+        .into_iter()
+        .filter(Name::is_anchor)
+        .map(|name| Anchor {
+            name: name.parts.concat(),
+            parts: name.parts,
+        })
+        .filter(|a| !STOP_WORDS.contains(&a.name.as_str()))
+        .filter(|a| seen.insert(a.name.clone()))
+        .collect()
+}
+
+/// What a passage names: every run of up to [`MAX_JOINED_PARTS`] consecutive parts of each
+/// of its names, joined, so that an anchor matches a whole name or a whole-part piece of one.
+fn passage_names(passage: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for Name { parts, .. } in names(passage, true) {
+        for start in 0..parts.len() {
+            let mut joined = String::new();
+            for part in parts[start..].iter().take(MAX_JOINED_PARTS) {
+                joined.push_str(part);
+                out.insert(joined.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The share (0 to 1) of `anchors` that each passage holds. No anchors: 1 each (nothing to
+/// check by).
+pub fn anchor_shares(anchors: &[Anchor], passages: &[&str]) -> Vec<f64> {
+    passages
+        .iter()
+        .map(|p| {
+            if anchors.is_empty() {
+                return 1.0;
+            }
+            let named = passage_names(p);
+            let held = anchors
+                .iter()
+                .filter(|a| named.contains(&a.name) || a.parts.iter().all(|x| named.contains(x)))
+                .count();
+            held as f64 / anchors.len() as f64
+        })
+        .collect()
+}
+
+/// The question's anchor share: its best passage's. No anchors: 1; no passages: 0.
+pub fn best_share(anchors: &[Anchor], shares: &[f64]) -> f64 {
+    if anchors.is_empty() {
+        return 1.0;
+    }
+    shares.iter().copied().fold(0.0, f64::max)
+}
+
+/// The share (0 to 1) of the question's anchors held by the passage that holds most of them.
+/// No anchors: 1; no passages: 0.
+pub fn question_anchor_share(question: &str, passages: &[&str]) -> f64 {
+    let anchors = question_anchors(question);
+    best_share(&anchors, &anchor_shares(&anchors, passages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_of(question: &str) -> Vec<String> {
+        question_anchors(question)
+            .into_iter()
+            .map(|a| a.name)
+            .collect()
+    }
+
+    #[test]
+    fn anchors_are_the_questions_ascii_names_with_joiners_dropped() {
+        assert_eq!(
+            names_of("ChatGLM3-6B 用 INT8 量化推理最少需要多少显存？"),
+            ["chatglm36b", "int8"]
+        );
+        assert_eq!(
+            names_of("用 LLaMA-Factory 做 3-bit QLoRA 微调 7B 模型需要多少显存？"),
+            ["llamafactory", "3bit", "qlora", "7b"]
+        );
+        assert_eq!(
+            names_of("Chinese-Alpaca-2-13B 在 llama.cpp 里 Q4_K 量化后文件有多大？"),
+            ["chinesealpaca213b", "llamacpp", "q4k"]
+        );
+        assert_eq!(
+            names_of("What is the default port of the API? List the API keys."),
+            ["api"],
+            "plain words, and a capital opening a sentence, name nothing"
+        );
+        assert_eq!(
+            names_of("Does Ollama serve RTX 4090 cards?"),
+            ["ollama", "rtx", "4090"]
+        );
+        assert!(names_of("默认使用哪种知识库类型？").is_empty());
+    }
+
+    #[test]
+    fn a_name_matches_whole_parts_only() {
+        let share = |q: &str, p: &str| question_anchor_share(q, &[p]);
+        assert_eq!(share("Qwen-72B 呢", "Qwen-72B-Chat 的显存"), 1.0);
+        assert_eq!(share("qwen72b 呢", "Qwen-72B-Chat"), 1.0);
+        assert_eq!(share("Qwen 72B 呢", "Qwen-72B-Chat"), 1.0);
+        assert_eq!(share("7B 呢", "Qwen-17B"), 0.0, "7b is not a part of 17b");
+        assert_eq!(share("3-bit 呢", "2-bit、4-bit 和 8-bit"), 0.0);
+        assert_eq!(share("RTX 4090 呢", "在 RTX 4090 上"), 1.0);
+        assert_eq!(
+            share("RTX4090 呢", "在 RTX 4090 上"),
+            1.0,
+            "joined by the space"
+        );
+        assert_eq!(share("MiniCPM-2B 呢", "MiniCPM 2B 的 LoRA"), 1.0);
+        assert_eq!(
+            share(
+                "Chinese-LLaMA-2 呢",
+                "（来源：chinese-llama-alpaca-2--README.md）"
+            ),
+            1.0,
+            "the parts, apart"
+        );
+        assert_eq!(
+            share("ChatGLM3-6B 呢", "ChatGLM-6B 的量化"),
+            0.0,
+            "chatglm3 is not chatglm"
+        );
+        assert_eq!(share("Q4_K 呢", "q4_k_m.gguf"), 1.0);
+        assert_eq!(share("INT4 呢", "int4"), 1.0, "case is ignored");
+    }
+
+    #[test]
+    fn the_best_single_passage_counts_not_the_union() {
+        let q = "ChatGLM3-6B 用 INT8 量化推理最少需要多少显存？";
+        let fp16 =
+            "[1] chatglm3--README.md · 推理\nChatGLM3-6B 以 FP16 精度加载运行需要 13GB 显存。";
+        let int8 = "[2] chatglm-6b--README.md · 硬件需求\n| INT8 | 8 GB | 10 GB |";
+        assert_eq!(
+            question_anchor_share(q, &[fp16, int8]),
+            0.5,
+            "each passage holds one of the two anchors"
+        );
+        let both = "[3] chatglm3--README.md\nChatGLM3-6B 在 INT8 量化下需要 8GB 显存。";
+        assert_eq!(question_anchor_share(q, &[fp16, int8, both]), 1.0);
+        assert_eq!(
+            question_anchor_share(
+                "ChatGLM-6B 用 INT4 要多少显存",
+                &["[1] chatglm-6b--README.md · 硬件需求\n| INT4 | 6 GB |"]
+            ),
+            1.0,
+            "the source name rendered with the passage names its subject"
+        );
+    }
+
+    #[test]
+    fn no_anchors_is_fully_held_and_no_passages_hold_nothing() {
+        assert_eq!(question_anchor_share("默认端口是多少？", &[]), 1.0);
+        assert_eq!(question_anchor_share("INT8 呢", &[]), 0.0);
+    }
+}
