@@ -71,6 +71,11 @@ pub struct Passage {
     /// ("以 Chinese-LLaMA-2-7B 为例，对比不同精度下的模型大小"), at most
     /// [`MAX_CAPTION_CHARS`] characters of it. Context like [`Passage::table_header`].
     pub table_caption: Option<String>,
+    /// When the passage starts inside an HTML table below a row whose cells span down into
+    /// it (`<td rowspan="3">14B</td>`): those cells' text, joined by ` | ` ("14B"), so that
+    /// the rows under a merged cell still say which model or setting they belong to. Context
+    /// like [`Passage::table_header`].
+    pub table_spanned: Option<String>,
     /// First character of the passage in the source, counted in `char`s.
     pub char_start: usize,
     /// One past the last character of the passage in the source, counted in `char`s.
@@ -84,11 +89,11 @@ impl Passage {
     }
 
     /// What the passage's text does not say about itself that a table around it does: the
-    /// table's caption paragraph, then its header row, each on its own line (empty when the
-    /// passage starts outside a table). Stored and shown with the passage.
+    /// table's caption paragraph, then its header row, then the merged cells spanning into
+    /// its first row, each on its own line (empty when the passage starts outside a table). Stored and shown with the passage.
     pub fn context(&self) -> String {
         let mut out = String::new();
-        for line in [&self.table_caption, &self.table_header]
+        for line in [&self.table_caption, &self.table_header, &self.table_spanned]
             .into_iter()
             .flatten()
         {
@@ -109,7 +114,8 @@ impl Passage {
     /// "installation" finds the passages under "Guide > Install". Table rows cut away from
     /// their header are only numbers without it: the header names their columns. A passage
     /// cut from an HTML table is mostly markup (`<td align="center">`): written as its cells,
-    /// the same characters hold several times the rows, and the embedder reads no tags.
+    /// the same characters hold several times the rows, and the embedder reads no tags; a
+    /// merged cell (`rowspan`) is repeated in each row it spans.
     pub fn indexed_text(&self) -> String {
         let mut out = String::with_capacity(self.text.len() + 64);
         if !self.heading_path.is_empty() {
@@ -242,6 +248,10 @@ impl PassageSplitter {
                     .iter()
                     .find(|t| t.start <= passage.char_start && passage.char_start < t.end)
                     .and_then(|t| t.caption.clone());
+                passage.table_spanned = tables
+                    .iter()
+                    .find(|t| t.body_start <= passage.char_start && passage.char_start < t.end)
+                    .and_then(|t| t.spanned_at(passage.char_start));
             }
         }
         passages
@@ -426,6 +436,7 @@ fn passage(chars: &[char], heading_path: &[String], start: usize, end: usize) ->
         heading_path: heading_path.to_vec(),
         table_header: None,
         table_caption: None,
+        table_spanned: None,
         char_start: start,
         char_end: end,
     }
@@ -747,6 +758,18 @@ struct Table {
     body_start: usize,
     /// One past the last character of the last row.
     end: usize,
+    /// Of an HTML table: each body row's first character, with the text of the merged
+    /// cells that earlier rows span into it (None when there are none). Empty for markdown.
+    body_rows: Vec<(usize, Option<String>)>,
+}
+
+impl Table {
+    /// The merged cells spanning into the row that holds `at` (the last row starting at or
+    /// before it), joined by ` | `.
+    fn spanned_at(&self, at: usize) -> Option<String> {
+        let row = self.body_rows.partition_point(|(start, _)| *start <= at);
+        self.body_rows.get(row.checked_sub(1)?)?.1.clone()
+    }
 }
 
 /// The tables of a markdown text, outside fenced code blocks: a line holding `|`, a delimiter
@@ -792,6 +815,7 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
                 header,
                 body_start: lines[k + 2].0,
                 end: lines[last - 1].1,
+                body_rows: Vec::new(),
             });
         }
         k = last.max(k + 1);
@@ -878,12 +902,28 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
             let cells = html_cells(&original);
             if !cells.is_empty() {
                 let start = byte_to_char(open);
+                let body_start = open + row_end + "</tr>".len();
+                let mut spans = RowSpans::default();
+                spans.fill(html_cell_spans(&original));
+                let body_rows = row_pieces(&lower[body_start..close])
+                    .into_iter()
+                    .map(|(from, to)| {
+                        let piece: String = chars
+                            [byte_to_char(body_start + from)..byte_to_char(body_start + to)]
+                            .iter()
+                            .collect();
+                        let carried = spans.fill(html_cell_spans(&piece)).1;
+                        let carried = (!carried.is_empty()).then(|| carried.join(" | "));
+                        (byte_to_char(body_start + from), carried)
+                    })
+                    .collect();
                 tables.push(Table {
                     start,
                     caption: lead_paragraph(chars, start),
                     header: format!("| {} |", cells.join(" | ")),
-                    body_start: byte_to_char(open + row_end + "</tr>".len()),
+                    body_start: byte_to_char(body_start),
                     end: byte_to_char(close),
+                    body_rows,
                 });
             }
         }
@@ -894,6 +934,24 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
 
 /// The text of each `<td>` or `<th>` cell of an HTML row, tags removed, whitespace collapsed.
 fn html_cells(row: &str) -> Vec<String> {
+    html_cell_spans(row).into_iter().map(|c| c.text).collect()
+}
+
+/// The most rows a merged cell is repeated in, and the most columns it covers: bounds on
+/// what a `rowspan`/`colspan` attribute, which a document controls, can make us hold.
+const MAX_ROWSPAN: usize = 1_000;
+const MAX_COLSPAN: usize = 64;
+
+/// One cell of an HTML row: its text and how many rows and columns it covers.
+struct HtmlCell {
+    text: String,
+    rowspan: usize,
+    colspan: usize,
+}
+
+/// The cells of an HTML row, as [`html_cells`] with their `rowspan`/`colspan` (1 when absent
+/// or unreadable, bounded by [`MAX_ROWSPAN`] and [`MAX_COLSPAN`]).
+fn html_cell_spans(row: &str) -> Vec<HtmlCell> {
     // Each tag as (its start, one past its `>`, its lowercased name, whether it closes).
     let mut tags = Vec::new();
     let mut at = 0;
@@ -924,9 +982,84 @@ fn html_cells(row: &str) -> Vec<String> {
             .find(|(_, _, n, _)| is_cell(n) || n == "tr")
             .map_or(row.len(), |(start, ..)| *start);
         let text = strip_tags(&row[*open_end..end]);
-        cells.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+        let attributes = row[..*open_end].rsplit_once('<').map_or("", |(_, tag)| tag);
+        cells.push(HtmlCell {
+            text: collapse_whitespace(&text),
+            rowspan: span_attribute(attributes, "rowspan").min(MAX_ROWSPAN),
+            colspan: span_attribute(attributes, "colspan").min(MAX_COLSPAN),
+        });
     }
     cells
+}
+
+/// The number a tag's `name="n"` attribute gives (quoted or not), or 1.
+fn span_attribute(tag: &str, name: &str) -> usize {
+    let lower = tag.to_ascii_lowercase();
+    let Some(at) = lower.find(name) else {
+        return 1;
+    };
+    let value = lower[at + name.len()..]
+        .trim_start()
+        .strip_prefix('=')
+        .map(|v| v.trim_start().trim_start_matches(['"', '\'']))
+        .unwrap_or("");
+    let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|n| *n >= 1).unwrap_or(1)
+}
+
+/// The merged cells of earlier rows that still cover columns of the rows to come.
+#[derive(Default)]
+struct RowSpans {
+    /// Per column: the merged cell's text and how many more rows it covers.
+    pending: Vec<Option<(String, usize)>>,
+}
+
+impl RowSpans {
+    /// The row's cells with the merged cells of earlier rows put back in their columns, and
+    /// those put-back cells alone.
+    fn fill(&mut self, cells: Vec<HtmlCell>) -> (Vec<String>, Vec<String>) {
+        let (mut row, mut carried) = (Vec::new(), Vec::new());
+        let mut cells = cells.into_iter();
+        let mut column = 0;
+        loop {
+            if let Some(Some((text, left))) = self.pending.get(column).cloned() {
+                row.push(text.clone());
+                carried.push(text.clone());
+                self.pending[column] = (left > 1).then_some((text, left - 1));
+                column += 1;
+                continue;
+            }
+            let Some(cell) = cells.next() else {
+                if self.pending[column.min(self.pending.len())..]
+                    .iter()
+                    .all(Option::is_none)
+                {
+                    break;
+                }
+                column += 1;
+                continue;
+            };
+            if cell.rowspan > 1 {
+                if self.pending.len() < column + cell.colspan {
+                    self.pending.resize(column + cell.colspan, None);
+                }
+                for slot in &mut self.pending[column..column + cell.colspan] {
+                    *slot = Some((cell.text.clone(), cell.rowspan - 1));
+                }
+            }
+            row.push(cell.text);
+            column += cell.colspan;
+        }
+        (row, carried)
+    }
+}
+
+/// The byte spans of the rows of an HTML table body (lowercased): each from a `<tr` to the
+/// next one or the end.
+fn row_pieces(lower: &str) -> Vec<(usize, usize)> {
+    let mut starts: Vec<usize> = lower.match_indices("<tr").map(|(i, _)| i).collect();
+    starts.push(lower.len());
+    starts.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
 /// Whether `text` holds an HTML table cell.
@@ -951,8 +1084,9 @@ fn html_rows_as_text(text: &str) -> String {
     }
     starts.push(text.len());
     let mut lines: Vec<String> = Vec::new();
+    let mut spans = RowSpans::default();
     for piece in starts.windows(2).map(|w| &text[w[0]..w[1]]) {
-        let cells = html_cells(piece);
+        let cells = spans.fill(html_cell_spans(piece)).0;
         if cells.iter().any(|c| !c.is_empty()) {
             // Text before the first cell (a piece that starts mid-cell) is a cell's tail.
             let head_end = piece.to_ascii_lowercase().find("<t").unwrap_or(0);

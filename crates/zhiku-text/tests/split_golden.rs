@@ -356,7 +356,8 @@ fn html_table_rows_are_indexed_as_cells_without_markup() {
     assert!(!all.contains("<td"), "{all}");
     assert!(!all.contains("align"), "{all}");
     assert!(all.contains("14B | BF16 | 32.22"), "{all}");
-    assert!(all.contains("Int4 | 50.09"), "{all}");
+    // The merged cell is repeated in the row it spans.
+    assert!(all.contains("14B | Int4 | 50.09"), "{all}");
     // The displayed text is the source's, markup and all.
     assert!(passages.iter().any(|p| p.text.contains("<td>32.22</td>")));
     // A passage cut inside a row keeps the cell it starts in.
@@ -366,6 +367,7 @@ fn html_table_rows_are_indexed_as_cells_without_markup() {
         heading_path: vec![],
         table_header: None,
         table_caption: None,
+        table_spanned: None,
         char_start: 0,
         char_end: 0,
     };
@@ -418,4 +420,76 @@ fn a_table_passage_carries_the_paragraph_before_its_table_as_caption() {
             zhiku_text::MAX_CAPTION_CHARS
         );
     }
+}
+
+#[test]
+fn html_rows_under_a_merged_cell_carry_it() {
+    // Three models, each a merged cell over three precisions, as Qwen's README writes its
+    // speed table; passages small enough that most start below a model's first row.
+    let mut rows = String::new();
+    for model in ["1.8B", "7B", "14B"] {
+        for (k, precision) in ["BF16", "Int8", "Int4"].iter().enumerate() {
+            rows.push_str("    <tr>\n");
+            if k == 0 {
+                rows.push_str(&format!("        <td rowspan=\"3\">{model}</td>\n"));
+            }
+            rows.push_str(&format!(
+                "        <td>{precision}</td>\n        <td>{model}-{precision}-speed</td>\n    </tr>\n"
+            ));
+        }
+    }
+    let md = format!(
+        "# 推理性能\n\n下表是 Qwen-Chat 的生成速度。\n\n<table>\n    <tr>\n        <th>Model</th><th>Quantization</th><th>Speed</th>\n    </tr>\n{rows}</table>\n"
+    );
+    let passages = splitter(90, 0).split_markdown(&md);
+    let mut checked = 0;
+    for p in &passages {
+        // The row a passage starts in, by its speed cell: the model it names must be in
+        // the passage's context or its own text.
+        let Some(first) = p
+            .text
+            .split("-speed")
+            .next()
+            .filter(|_| p.text.contains("-speed"))
+        else {
+            continue;
+        };
+        let model = first
+            .rsplit('>')
+            .next()
+            .and_then(|cell| cell.split('-').next())
+            .expect("a speed cell");
+        let own_row_names_it = p.text.contains(&format!("rowspan=\"3\">{model}<"));
+        if !own_row_names_it {
+            assert_eq!(p.table_spanned.as_deref(), Some(model), "{p:#?}");
+            assert!(p.context().ends_with(model), "{p:#?}");
+            assert!(
+                p.indexed_text().contains(&format!("{model}\n")),
+                "{}",
+                p.indexed_text()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "too few passages start under a merged cell: {passages:#?}"
+    );
+    // Within one passage the merged cell is repeated in each row it spans.
+    let whole = splitter(4000, 0).split_markdown(&md);
+    let indexed = whole[0].indexed_text();
+    assert!(indexed.contains("14B | Int4 | 14B-Int4-speed"), "{indexed}");
+    assert!(indexed.contains("7B | Int8 | 7B-Int8-speed"), "{indexed}");
+    assert_eq!(whole[0].table_spanned, None);
+}
+
+#[test]
+fn merged_cell_attributes_from_a_document_are_bounded() {
+    // A rowspan or colspan no table has must not make the splitter hold that many cells.
+    let md = "<table>\n<tr><th>a</th><th>b</th></tr>\n<tr><td rowspan=\"999999999\" colspan=\"99999999\">x</td><td>y</td></tr>\n<tr><td>z</td></tr>\n<tr><td rowspan=abc>w</td></tr>\n</table>\n";
+    let passages = splitter(400, 0).split_markdown(md);
+    let indexed = passages[0].indexed_text();
+    assert!(indexed.contains("x | y"), "{indexed}");
+    assert!(indexed.contains("x | z"), "{indexed}");
+    assert!(indexed.contains("x | w"), "{indexed}");
 }
