@@ -148,6 +148,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     rerank: None,
                     min_coverage: None,
                     min_anchors: None,
+                    rrf_k: None,
                     min_relevance: None,
                 },
                 // No passage is that similar: every case is refused without generating.
@@ -159,6 +160,7 @@ async fn evaluate_streams_scores_sweeps_and_keeps_the_retrieval_floor() {
                     rerank: None,
                     min_coverage: None,
                     min_anchors: None,
+                    rrf_k: None,
                     min_relevance: None,
                 },
             ],

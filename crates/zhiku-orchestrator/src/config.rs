@@ -225,6 +225,19 @@ pub struct AskPolicy {
     #[arg(long, env = "ZHIKU_ASK_SCORE_THRESHOLD", allow_negative_numbers = true)]
     pub score_threshold: Option<f32>,
 
+    /// Hybrid search: the k of the reciprocal-rank fusion of the dense and BM25 rankings
+    /// (score = 1/(k + dense rank) + 1/(k + BM25 rank), ranks from 0), sent with every search.
+    /// A small k (3) lets either ranking's first hits lead; 60, the usual constant, rewards
+    /// passages both rank. Try it with `zhiku eval --sweep rrf_k=3,60` on your own dev
+    /// questions (the book: benchmarks/eval, "Fusion").
+    #[arg(
+        long,
+        env = "ZHIKU_ASK_RRF_K",
+        default_value_t = DEFAULT_RRF_K,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub rrf_k: u32,
+
     /// With history, rewrite a follow-up into a standalone question with the generator
     /// before retrieval (a request may say otherwise).
     #[arg(long, env = "ZHIKU_ASK_REWRITE_FOLLOW_UPS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -319,6 +332,11 @@ pub const DEFAULT_MIN_COVERAGE: f64 = 0.35;
 /// The --min-anchors default, chosen on the dev halves of the eval sets
 /// (docs/src/benchmarks/eval.md, "Table context, and anchors").
 pub const DEFAULT_MIN_ANCHORS: f64 = 0.0;
+
+/// The --rrf-k default: the usual constant. On the dev half of eval/llm-docs-zh a small k
+/// (3) raised recall@3 but not the right answers, and cost two false refusals
+/// (docs/src/benchmarks/eval.md, "Fusion").
+pub const DEFAULT_RRF_K: u32 = 60;
 
 /// The --min-relevance default, chosen on the dev half of the eval sets
 /// (docs/src/benchmarks/eval.md, "Relevance judgment").

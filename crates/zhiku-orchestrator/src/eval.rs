@@ -244,6 +244,13 @@ fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
             setting.min_relevance,
         )?;
         check_min_coverage(&format!("settings[{i}].min_anchors"), setting.min_anchors)?;
+        if let Some(k) = setting.rrf_k
+            && !(1..=1000).contains(&k)
+        {
+            return invalid(format!(
+                "settings[{i}].rrf_k {k} is out of range: give 1-1000, or leave it unset"
+            ));
+        }
     }
     if request.cases.len() * request.settings.len() > MAX_RUNS {
         return invalid(format!(
@@ -400,6 +407,7 @@ impl Orchestrator {
                     filter: request.filter.clone(),
                     mode: search_mode(setting.mode)?,
                     rerank: setting.rerank,
+                    rrf_k: setting.rrf_k,
                 },
                 deadline,
             )
@@ -521,6 +529,43 @@ mod tests {
             prompt_tokens: if refused { 0 } else { 100 },
             generated_tokens: if refused { 0 } else { 10 },
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        let request = |setting: EvalSetting| EvaluateRequest {
+            knowledge_base: "kb".into(),
+            cases: vec![EvalCase {
+                id: "q".into(),
+                question: "问题？".into(),
+                ..Default::default()
+            }],
+            settings: vec![EvalSetting::default(), setting],
+            ..Default::default()
+        };
+        let message = |setting| match validate(&mut request(setting)) {
+            Err(OrchestratorError::Validation(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        for k in [0, 1001] {
+            let m = message(EvalSetting {
+                rrf_k: Some(k),
+                ..Default::default()
+            });
+            assert!(m.contains("settings[1].rrf_k"), "{m}");
+        }
+        let m = message(EvalSetting {
+            min_anchors: Some(1.5),
+            ..Default::default()
+        });
+        assert!(m.contains("settings[1].min_anchors"), "{m}");
+        for k in [1, 3, 1000] {
+            let setting = EvalSetting {
+                rrf_k: Some(k),
+                ..Default::default()
+            };
+            assert!(validate(&mut request(setting)).is_ok(), "{k}");
         }
     }
 

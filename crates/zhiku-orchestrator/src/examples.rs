@@ -389,6 +389,7 @@ impl Orchestrator {
                     filter: None,
                     mode: SearchMode::Hybrid,
                     rerank: Some(false),
+                    rrf_k: None,
                 },
                 deadline,
             )

@@ -92,6 +92,18 @@ pub struct RetrieverArgs {
     #[arg(long, env = "ZHIKU_RETRIEVER_HNSW_EF", default_value_t = 128)]
     pub hnsw_ef: usize,
 
+    /// The k of hybrid search's reciprocal-rank fusion (score = 1/(k + dense rank) +
+    /// 1/(k + BM25 rank), ranks from 0) when a Search sets no `rrf_k`: a small k lets either
+    /// ranking's first hits lead, a large one rewards passages both rank. The orchestrator
+    /// sends its own (--rrf-k of the Ask settings) with every search.
+    #[arg(
+        long,
+        env = "ZHIKU_RETRIEVER_RRF_K",
+        default_value_t = crate::store::DEFAULT_RRF_K,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::store::MAX_RRF_K))
+    )]
+    pub rrf_k: u32,
+
     /// Vectors (in KiB) a segment collects before the embedded backend builds its HNSW index;
     /// smaller segments are searched exactly.
     #[arg(
@@ -138,6 +150,7 @@ impl RetrieverArgs {
             hnsw_m: 16,
             hnsw_ef_construct: 100,
             hnsw_ef: 128,
+            rrf_k: crate::store::DEFAULT_RRF_K,
             indexing_threshold_kb: 10_000,
             optimize_interval_seconds: 30,
             max_query_bytes: crate::knowledge::DEFAULT_MAX_QUERY_BYTES,

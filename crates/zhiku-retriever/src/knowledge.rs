@@ -10,8 +10,9 @@ use zhiku_proto::v1 as pb;
 use crate::error::{Result, RetrieverError};
 use crate::sparse::Bm25;
 use crate::store::{
-    AdapterBinding, AdapterRecord, Distance, EvalFigures, Hit, KbInfo, KbMeta, Mode, PassageFilter,
-    PassagePayload, PointRecord, SearchSpec, StaleChunks, VectorStore, metadata_kv, now_ms,
+    AdapterBinding, AdapterRecord, DEFAULT_RRF_K, Distance, EvalFigures, Hit, KbInfo, KbMeta,
+    MAX_RRF_K, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec, StaleChunks,
+    VectorStore, metadata_kv, now_ms,
 };
 
 /// Most passages in one Upsert.
@@ -188,6 +189,7 @@ pub struct Retriever {
     bm25: Arc<Bm25>,
     hnsw_ef: Option<usize>,
     max_query_bytes: usize,
+    rrf_k: u32,
 }
 
 impl Retriever {
@@ -197,12 +199,20 @@ impl Retriever {
             bm25: Arc::new(Bm25::new()?),
             hnsw_ef: None,
             max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
+            rrf_k: DEFAULT_RRF_K,
         })
     }
 
     /// Sets the longest `query_text` a Search takes, in bytes (--max-query-bytes).
     pub fn with_max_query_bytes(mut self, max: usize) -> Self {
         self.max_query_bytes = max.max(1);
+        self
+    }
+
+    /// Sets the `k` of hybrid searches' reciprocal-rank fusion when a request sets none
+    /// (--rrf-k), clamped to 1-[`MAX_RRF_K`].
+    pub fn with_rrf_k(mut self, k: u32) -> Self {
+        self.rrf_k = k.clamp(1, MAX_RRF_K);
         self
     }
 
@@ -518,6 +528,14 @@ impl Retriever {
                 "score_threshold must be a finite number",
             ));
         }
+        if let Some(k) = req.rrf_k
+            && !(1..=MAX_RRF_K).contains(&k)
+        {
+            return Err(RetrieverError::invalid(format!(
+                "rrf_k {k} is out of range: give 1-{MAX_RRF_K}, or leave it unset for {}",
+                self.rrf_k
+            )));
+        }
         let limit = if req.top_k == 0 {
             DEFAULT_TOP_K
         } else {
@@ -557,6 +575,7 @@ impl Retriever {
             score_threshold: req.score_threshold,
             hnsw_ef: self.hnsw_ef,
             exact: false,
+            rrf_k: req.rrf_k.unwrap_or(self.rrf_k),
             with_vectors: req.with_vectors,
         };
         let hits = self.store.search(&req.knowledge_base, spec).await?;

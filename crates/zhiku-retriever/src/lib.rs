@@ -112,6 +112,7 @@ pub async fn serve(
             let retriever = Retriever::new(opened.store.clone())
                 .map_err(|e| e.to_string())?
                 .with_hnsw_ef(Some(args.hnsw_ef))
+                .with_rrf_k(args.rrf_k)
                 .with_max_query_bytes(args.max_query_bytes);
             tracing::info!(
                 backend = opened.store.backend(),

@@ -45,8 +45,10 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: u32,
     /// A grid to run, e.g. `top_k=3,5,threshold=none,default,0.3,mode=dense,hybrid,
-    /// context_tokens=512,1024,rerank=off,on`; keys left out keep --top-k / --threshold /
-    /// --mode / --context-tokens / --rerank. Prints the best setting.
+    /// context_tokens=512,1024,rerank=off,on`; also `rrf_k=3,60` (hybrid fusion's k),
+    /// `min_coverage=…`, `min_anchors=…`, `min_relevance=…` (0 to 1). Keys left out keep
+    /// --top-k / --threshold / --mode / --context-tokens / --rerank and the orchestrator's
+    /// Ask flags. Prints the best setting.
     #[arg(long)]
     pub sweep: Option<String>,
     /// Score retrieval only: the generator is not called.
@@ -149,7 +151,7 @@ pub fn parse_on_off(value: &str) -> Result<bool, String> {
     }
 }
 
-/// The grid of `--sweep` (top_k × threshold × mode × context_tokens × rerank ×
+/// The grid of `--sweep` (top_k × threshold × mode × rrf_k × context_tokens × rerank ×
 /// min_coverage × min_anchors × min_relevance, in that order), from the flags where a key is
 /// not given.
 pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, String> {
@@ -161,6 +163,7 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     let mut coverage: Vec<Option<f64>> = Vec::new();
     let mut relevance: Vec<Option<f64>> = Vec::new();
     let mut anchors: Vec<Option<f64>> = Vec::new();
+    let mut rrf_k: Vec<Option<u32>> = Vec::new();
     let mut key = String::new();
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let value = match token.split_once('=') {
@@ -197,6 +200,15 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                     format!("context_tokens `{value}` is not a whole number")
                 })?))
             }
+            "rrf_k" => rrf_k.push(match value {
+                "default" => None,
+                v => Some(
+                    v.parse()
+                        .ok()
+                        .filter(|k| (1..=1000).contains(k))
+                        .ok_or_else(|| format!("rrf_k `{v}` is not a whole number in 1..1000"))?,
+                ),
+            }),
             "min_coverage" => coverage.push(level("min_coverage", value)?),
             "min_relevance" => relevance.push(level("min_relevance", value)?),
             "min_anchors" => anchors.push(level("min_anchors", value)?),
@@ -206,8 +218,8 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
             }),
             k => {
                 return Err(format!(
-                    "unknown sweep key `{k}`: top_k, threshold, mode, context_tokens, rerank, \
-                     min_coverage, min_anchors or min_relevance"
+                    "unknown sweep key `{k}`: top_k, threshold, mode, rrf_k, context_tokens, \
+                     rerank, min_coverage, min_anchors or min_relevance"
                 ));
             }
         }
@@ -218,6 +230,7 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
     expand(&mut grid, top_k, |s, v| s.top_k = v);
     expand(&mut grid, threshold, |s, v| s.score_threshold = v);
     expand(&mut grid, mode, |s, v| s.mode = v);
+    expand(&mut grid, rrf_k, |s, v| s.rrf_k = v);
     expand(&mut grid, context, |s, v| s.context_tokens = v);
     expand(&mut grid, rerank, |s, v| s.rerank = v);
     expand(&mut grid, coverage, |s, v| s.min_coverage = v);
@@ -275,6 +288,9 @@ fn describe(setting: &EvalSetting) -> String {
         Some(true) => " rerank=on",
         Some(false) => " rerank=off",
     };
+    let rrf_k = setting
+        .rrf_k
+        .map_or_else(String::new, |k| format!(" rrf_k={k}"));
     let coverage = setting
         .min_coverage
         .map_or_else(String::new, |c| format!(" min_coverage={c}"));
@@ -285,7 +301,7 @@ fn describe(setting: &EvalSetting) -> String {
         .min_relevance
         .map_or_else(String::new, |r| format!(" min_relevance={r}"));
     format!(
-        "top_k={} threshold={threshold} mode={mode} context_tokens={context}{rerank}{coverage}{anchors}{relevance}",
+        "top_k={} threshold={threshold} mode={mode}{rrf_k} context_tokens={context}{rerank}{coverage}{anchors}{relevance}",
         if setting.top_k == 0 { 5 } else { setting.top_k }
     )
 }
@@ -309,6 +325,7 @@ fn report_json(r: &EvalReport) -> Value {
                 Ok(SearchMode::Sparse) => "sparse",
                 _ => "hybrid",
             },
+            "rrf_k": setting.rrf_k,
             "context_tokens": setting.context_tokens,
             "rerank": setting.rerank,
             "min_coverage": setting.min_coverage,
@@ -534,6 +551,8 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
         min_coverage: None,
         min_anchors: None,
         min_relevance: None,
+        // The orchestrator's --rrf-k.
+        rrf_k: None,
     };
     let settings = match &args.sweep {
         None => vec![base],
@@ -673,6 +692,7 @@ mod tests {
             rerank: None,
             min_coverage: None,
             min_anchors: None,
+            rrf_k: None,
             min_relevance: None,
         };
         let grid = parse_sweep("top_k=3,5,threshold=none,0.3,mode=dense,hybrid", &base).unwrap();
@@ -726,7 +746,16 @@ mod tests {
             [(Some(0.0), Some(0.2)), (Some(1.0), Some(0.2))]
         );
         assert!(describe(&anchored[1]).ends_with(" min_anchors=1 min_relevance=0.2"));
+        let fused = parse_sweep("rrf_k=3,60,default,mode=hybrid", &base).unwrap();
+        assert_eq!(
+            fused.iter().map(|s| s.rrf_k).collect::<Vec<_>>(),
+            [Some(3), Some(60), None]
+        );
+        assert!(describe(&fused[0]).contains(" mode=hybrid rrf_k=3 "));
         for bad in [
+            "rrf_k=0",
+            "rrf_k=1001",
+            "rrf_k=-3",
             "min_relevance=1.5",
             "min_anchors=-0.5",
             "min_coverage=2",

@@ -184,6 +184,7 @@ async fn the_reranker_decides_which_passage_comes_first() {
         rerank: Some(rerank),
         min_coverage: None,
         min_anchors: None,
+        rrf_k: None,
         min_relevance: None,
     };
     let mut events = plain

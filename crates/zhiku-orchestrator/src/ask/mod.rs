@@ -104,6 +104,7 @@ impl Orchestrator {
             filter: request.filter.clone(),
             mode: checked.mode,
             rerank,
+            rrf_k: None,
         };
         let retrieved = self.retrieve(search, deadline).await?;
         let (citations, context_tokens) = self

@@ -61,6 +61,8 @@ pub(crate) struct Search<'a> {
     pub mode: SearchMode,
     /// Unset: as --rerank says.
     pub rerank: Option<bool>,
+    /// Hybrid fusion's k; unset: --rrf-k.
+    pub rrf_k: Option<u32>,
 }
 
 /// What the first stages of Ask found: the passages past the threshold (reranked when it
@@ -133,6 +135,7 @@ impl Orchestrator {
             filter,
             mode,
             rerank,
+            rrf_k,
         } = search;
         let score_threshold = self.threshold(score_threshold, deadline).await;
         let rerank = self.reranks(rerank, deadline).await;
@@ -169,6 +172,7 @@ impl Orchestrator {
                 filter,
                 mode: mode as i32,
                 with_vectors: false,
+                rrf_k: Some(rrf_k.unwrap_or(self.args.ask.rrf_k)),
             }))
             .await
             .map_err(OrchestratorError::downstream("retriever"))?

@@ -200,6 +200,7 @@ async fn measure(
             hnsw_ef: ef,
             exact,
             with_vectors: false,
+            rrf_k: zhiku_retriever::store::DEFAULT_RRF_K,
         };
         let started = Instant::now();
         let hits = store.search(kb, spec).await?;

@@ -26,9 +26,12 @@ use crate::error::Result;
 pub const DENSE_VECTOR: &str = "dense";
 /// Name of the BM25 sparse vector of every point.
 pub const SPARSE_VECTOR: &str = "bm25";
-/// The `k` of reciprocal-rank fusion: score = Σ 1 / (k + rank), rank from 0 (as Qdrant
-/// counts it).
-pub const RRF_K: u32 = 60;
+/// The default `k` of reciprocal-rank fusion: score = Σ 1 / (k + rank), rank from 0 (as
+/// Qdrant counts it). 60 is the usual constant (Cormack et al., and Qdrant's).
+pub const DEFAULT_RRF_K: u32 = 60;
+
+/// The largest `k` a search may ask for (beyond it every rank scores alike).
+pub const MAX_RRF_K: u32 = 1000;
 
 /// Payload field names (shared by filters of both backends).
 pub mod fields {
@@ -277,6 +280,8 @@ pub struct SearchSpec {
     /// Exact (brute-force) dense search, for measuring recall.
     pub exact: bool,
     pub with_vectors: bool,
+    /// Hybrid: the `k` of reciprocal-rank fusion (see [`DEFAULT_RRF_K`]).
+    pub rrf_k: u32,
 }
 
 /// One search result.

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Hit, Mode, PassageFilter, PassagePayload, PointRecord, RRF_K, SearchSpec, SparseVec,
-    StaleChunks, UpsertOutcome, fields, metadata_kv,
+    Hit, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec, SparseVec, StaleChunks,
+    UpsertOutcome, fields, metadata_kv,
 };
 use crate::error::Result;
 
@@ -184,6 +184,7 @@ pub(crate) async fn search(points: &impl Points, spec: &SearchSpec) -> Result<Ve
                 keyed(sparse, Ranking::Sparse),
                 candidates,
                 spec.limit,
+                spec.rrf_k,
             ));
         }
     };
@@ -249,7 +250,8 @@ fn prefetch_limit(limit: usize) -> usize {
 }
 
 /// Reciprocal-rank fusion of a dense and a BM25 ranking (each `(point id, hit)` with that
-/// ranking's score, at most `candidates` long), the top `limit`, for both backends.
+/// ranking's score, at most `candidates` long) with constant `k`, the top `limit`, for
+/// both backends.
 ///
 /// Done here rather than by the engines: Qdrant (server and qdrant-edge alike) orders
 /// passages of equal score in no fixed order, inside each ranking, at its cut, and in the
@@ -263,6 +265,7 @@ fn fuse_rrf(
     sparse: Vec<(String, Hit)>,
     candidates: usize,
     limit: usize,
+    k: u32,
 ) -> Vec<Hit> {
     let started = std::time::Instant::now();
     let ranked = |mut list: Vec<(String, Hit)>| {
@@ -281,7 +284,7 @@ fn fuse_rrf(
     let mut fused: BTreeMap<String, Hit> = BTreeMap::new();
     for (list, is_dense) in [(ranked(dense), true), (ranked(sparse), false)] {
         for (rank, (key, hit)) in list.into_iter().enumerate() {
-            let part = 1.0 / (RRF_K as f32 + rank as f32);
+            let part = 1.0 / (k as f32 + rank as f32);
             let score = hit.score;
             let entry = fused.entry(key).or_insert_with(|| Hit {
                 score: 0.0,
@@ -310,6 +313,7 @@ fn fuse_rrf(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DEFAULT_RRF_K;
 
     fn hit(text: &str, score: f32) -> Hit {
         Hit {
@@ -335,11 +339,11 @@ mod tests {
     fn fusion_sums_reciprocal_ranks_and_keeps_the_parts() {
         let dense = ranking(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
         let sparse = ranking(&[("c", 5.0), ("d", 4.0)]);
-        let hits = fuse_rrf(dense, sparse, 10, 10);
+        let hits = fuse_rrf(dense, sparse, 10, 10, DEFAULT_RRF_K);
         let texts: Vec<&str> = hits.iter().map(|h| h.payload.text.as_str()).collect();
         // c: 1/62 + 1/60; a: 1/60; d: 1/61; b: 1/61 (b before d by id).
         assert_eq!(texts, ["c", "a", "b", "d"]);
-        let k = RRF_K as f32;
+        let k = DEFAULT_RRF_K as f32;
         assert!((hits[0].score - (1.0 / (k + 2.0) + 1.0 / k)).abs() < 1e-7);
         assert_eq!(
             (hits[0].dense_score, hits[0].sparse_score),
@@ -349,7 +353,10 @@ mod tests {
             (hits[3].dense_score, hits[3].sparse_score),
             (None, Some(4.0))
         );
-        assert_eq!(fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0), vec![]);
+        assert_eq!(
+            fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0, DEFAULT_RRF_K),
+            vec![]
+        );
     }
 
     #[test]
@@ -359,18 +366,45 @@ mod tests {
             ranking(&[("z", 2.0), ("y", 1.0), ("x", 1.0)]),
             10,
             3,
+            DEFAULT_RRF_K,
         );
         let other = fuse_rrf(
             ranking(&[("y", 0.5), ("x", 0.5), ("z", 0.4)]),
             ranking(&[("z", 2.0), ("x", 1.0), ("y", 1.0)]),
             10,
             3,
+            DEFAULT_RRF_K,
         );
         assert_eq!(one, other);
         // A full ranking cut inside a tie (either of b, c could have been returned): the
         // tie goes, on whichever side it was cut.
-        let cut = |tied: &str| fuse_rrf(ranking(&[("a", 0.9), (tied, 0.5)]), vec![], 2, 10);
+        let cut = |tied: &str| {
+            fuse_rrf(
+                ranking(&[("a", 0.9), (tied, 0.5)]),
+                vec![],
+                2,
+                10,
+                DEFAULT_RRF_K,
+            )
+        };
         assert_eq!(cut("b"), cut("c"));
         assert_eq!(cut("b").len(), 1);
+    }
+
+    #[test]
+    fn a_small_k_lets_either_rankings_first_hit_lead() {
+        // "a" is second in both rankings, "d" first in the dense one and absent from BM25.
+        let dense = || ranking(&[("d", 0.9), ("a", 0.8), ("x", 0.7), ("y", 0.6)]);
+        let sparse = || ranking(&[("s", 9.0), ("a", 8.0), ("x", 7.0), ("y", 6.0)]);
+        let order = |k| {
+            fuse_rrf(dense(), sparse(), 10, 10, k)
+                .into_iter()
+                .map(|h| h.payload.text)
+                .collect::<Vec<_>>()
+        };
+        // k = 60: agreement wins; the passages both rank lead, each list's own first last.
+        assert_eq!(order(60), ["a", "x", "y", "d", "s"]);
+        // k = 1: a first place (1/1) is worth two second places (1/2 + 1/2).
+        assert_eq!(order(1), ["a", "d", "s", "x", "y"]);
     }
 }

@@ -128,6 +128,7 @@ pub fn search_request(kb: &str) -> SearchRequest {
         filter: None,
         mode: SearchMode::Unspecified as i32,
         with_vectors: false,
+        rrf_k: None,
     }
 }
 
@@ -622,6 +623,24 @@ pub async fn hybrid(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         r.hits[0].score
     );
     assert!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    // The request's fusion constant: first in both rankings, 2 / (3 + 0).
+    let mut h = search_request(kb);
+    h.vector = vec![0.0, 1.0, 0.0, 0.0];
+    h.query_text = "向量数据库".into();
+    h.rrf_k = Some(3);
+    let small = search(c, h.clone()).await;
+    assert_eq!(ids(&small)[0], ("a".to_string(), 1));
+    assert!(
+        (small.hits[0].score - 2.0 / 3.0).abs() < 1e-5,
+        "{}",
+        small.hits[0].score
+    );
+    for k in [0, 1001] {
+        h.rrf_k = Some(k);
+        let status = c.search(h.clone()).await.expect_err("rrf_k out of range");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("rrf_k"), "{status:?}");
+    }
     // score_threshold in hybrid: dense candidates under it are dropped, BM25 finds are kept.
     let mut h = search_request(kb);
     h.vector = vec![0.0, 1.0, 0.0, 0.0];
