@@ -234,7 +234,7 @@ pub struct AskPolicy {
         long,
         env = "ZHIKU_ASK_RRF_K",
         default_value_t = DEFAULT_RRF_K,
-        value_parser = clap::value_parser!(u32).range(1..=1000)
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RRF_K))
     )]
     pub rrf_k: u32,
 
@@ -337,6 +337,9 @@ pub const DEFAULT_MIN_ANCHORS: f64 = 0.0;
 /// (3) raised recall@3 but not the right answers, and cost two false refusals
 /// (docs/src/benchmarks/eval.md, "Fusion").
 pub const DEFAULT_RRF_K: u32 = 60;
+
+/// The largest --rrf-k, or `rrf_k` of an eval setting (the retriever's bound).
+pub const MAX_RRF_K: u32 = 1000;
 
 /// The --min-relevance default, chosen on the dev half of the eval sets
 /// (docs/src/benchmarks/eval.md, "Relevance judgment").

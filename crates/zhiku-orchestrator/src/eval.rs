@@ -15,6 +15,7 @@ use zhiku_proto::v1::{
 };
 
 use crate::ask::{Retrieved, Search, effective_top_k, search_mode};
+use crate::config::MAX_RRF_K;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::grounding::{
@@ -245,10 +246,10 @@ fn validate(request: &mut EvaluateRequest) -> Result<(), OrchestratorError> {
         )?;
         check_min_coverage(&format!("settings[{i}].min_anchors"), setting.min_anchors)?;
         if let Some(k) = setting.rrf_k
-            && !(1..=1000).contains(&k)
+            && !(1..=MAX_RRF_K).contains(&k)
         {
             return invalid(format!(
-                "settings[{i}].rrf_k {k} is out of range: give 1-1000, or leave it unset"
+                "settings[{i}].rrf_k {k} is out of range: give 1-{MAX_RRF_K}, or leave it unset"
             ));
         }
     }
@@ -423,9 +424,7 @@ impl Orchestrator {
         let (coverage, anchors, mut refused) =
             (evidence.coverage, evidence.anchors, evidence.refuse);
         let mut citations = citations;
-        for (citation, &share) in citations.iter_mut().zip(&evidence.passage_anchors) {
-            citation.anchors = Some(share as f32);
-        }
+        evidence.mark_anchors(&mut citations);
         let mut relevance = None;
         if !refused && self.args.ask.relevance {
             let max_new_tokens = request

@@ -47,8 +47,8 @@ use zhiku_runtime::{Ready, ServerArgs, ServiceRuntime};
 use zhiku_text::Walker;
 
 pub use config::{
-    Abstention, AskPolicy, DEFAULT_MAX_FILE_BYTES, DEFAULT_MIN_COVERAGE, HttpListen, OcrSetting,
-    OrchestratorArgs, OrchestratorCli, PassageOrder, Rerank,
+    Abstention, AskPolicy, DEFAULT_MAX_FILE_BYTES, DEFAULT_MIN_COVERAGE, HttpListen, MAX_RRF_K,
+    OcrSetting, OrchestratorArgs, OrchestratorCli, PassageOrder, Rerank,
 };
 pub use error::OrchestratorError;
 

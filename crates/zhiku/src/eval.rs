@@ -205,8 +205,13 @@ pub fn parse_sweep(spec: &str, base: &EvalSetting) -> Result<Vec<EvalSetting>, S
                 v => Some(
                     v.parse()
                         .ok()
-                        .filter(|k| (1..=1000).contains(k))
-                        .ok_or_else(|| format!("rrf_k `{v}` is not a whole number in 1..1000"))?,
+                        .filter(|k| (1..=zhiku_orchestrator::MAX_RRF_K).contains(k))
+                        .ok_or_else(|| {
+                            format!(
+                                "rrf_k `{v}` is not a whole number in 1..{}",
+                                zhiku_orchestrator::MAX_RRF_K
+                            )
+                        })?,
                 ),
             }),
             "min_coverage" => coverage.push(level("min_coverage", value)?),

@@ -123,9 +123,7 @@ impl Orchestrator {
         );
         let mut evidence = weigh_evidence(policy, &search_question, &citations, levels).await?;
         let mut citations = citations;
-        for (citation, &share) in citations.iter_mut().zip(&evidence.passage_anchors) {
-            citation.anchors = Some(share as f32);
-        }
+        evidence.mark_anchors(&mut citations);
         let relevance = if evidence.refuse || !policy.relevance {
             None
         } else {

@@ -152,6 +152,15 @@ pub(crate) struct Evidence {
     pub refuse: bool,
 }
 
+impl Evidence {
+    /// Sets each citation's anchor share (`citations` in the order they were weighed).
+    pub fn mark_anchors(&self, citations: &mut [Citation]) {
+        for (citation, &share) in citations.iter_mut().zip(&self.passage_anchors) {
+            citation.anchors = Some(share as f32);
+        }
+    }
+}
+
 /// The levels the evidence must reach with `--abstention evidence` (0: never refuse on it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvidenceLevels {
