@@ -1072,20 +1072,17 @@ fn has_html_cells(text: &str) -> bool {
 /// blank lines dropped. A passage that starts inside a row keeps that row's cells.
 fn html_rows_as_text(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
-    // Pieces that start at each `<tr` (the first piece: what comes before the first one).
+    // The rows, and before the first one what comes before it (a row's tail, or text).
     // Lowercasing ASCII keeps byte offsets, so they index `text` too.
-    let mut starts = vec![0];
-    let mut from = 0;
-    while let Some(i) = lower[from..].find("<tr").map(|i| from + i) {
-        if i > 0 {
-            starts.push(i);
-        }
-        from = i + 3;
+    let mut pieces = row_pieces(&lower);
+    match pieces.first() {
+        None => pieces.push((0, text.len())),
+        Some(&(first, _)) if first > 0 => pieces.insert(0, (0, first)),
+        Some(_) => {}
     }
-    starts.push(text.len());
     let mut lines: Vec<String> = Vec::new();
     let mut spans = RowSpans::default();
-    for piece in starts.windows(2).map(|w| &text[w[0]..w[1]]) {
+    for piece in pieces.into_iter().map(|(from, to)| &text[from..to]) {
         let cells = spans.fill(html_cell_spans(piece)).0;
         if cells.iter().any(|c| !c.is_empty()) {
             // Text before the first cell (a piece that starts mid-cell) is a cell's tail.
