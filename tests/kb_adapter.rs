@@ -142,6 +142,7 @@ async fn a_knowledge_base_created_with_an_adapter_answers_through_it() {
         .describe_knowledge_base(DescribeKnowledgeBaseRequest {
             name: "tuned".into(),
             metadata_only: true,
+            ..Default::default()
         })
         .await
         .expect("describe")
@@ -220,6 +221,7 @@ async fn a_knowledge_base_created_with_an_adapter_answers_through_it() {
         .describe_knowledge_base(DescribeKnowledgeBaseRequest {
             name: "broken".into(),
             metadata_only: true,
+            ..Default::default()
         })
         .await
         .expect_err("nothing was created");

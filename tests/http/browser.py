@@ -2,7 +2,8 @@
 
 Run by tests/http.rs: python3 browser.py BASE_URL CHROMIUM SCREENSHOT.png FULL_KEY READ_ONLY_KEY
 The server speaks TLS with the test's own CA (Chromium is told to accept its certificate) and
-wants API keys: the page shows its 401 message until a key is entered in its key field, and
+wants API keys: the page shows its 401 message, marks its key field and gives it the focus
+until a key is entered there (then lists the knowledge bases), and
 its 403 message when a read-only key tries to create a knowledge base.
 With the browser's language set to Chinese (navigator.language zh-CN), it creates a knowledge base on the page, uploads
 a Chinese document through the page's file input (the same path as a drop), asks a question,
@@ -100,6 +101,13 @@ try:
     check("需要 API 密钥" in page.eval("document.getElementById('status').textContent"),
           "without a key the page asks for one (401, in Chinese)", page.eval("document.getElementById('status').textContent"))
 
+    # ...and asks for it: the key form is marked and holds the focus; nothing is listed.
+    check(page.eval("document.getElementById('key-form').classList.contains('need-key') && "
+                    "document.activeElement === document.getElementById('api-key') && "
+                    "document.getElementById('kb-select').options.length === 0"),
+          "the 401 marks the key form and focuses the key field",
+          page.eval("document.getElementById('key-form').className + ' / ' + (document.activeElement || {}).id"))
+
     def use_key(key):
         page.eval(f"document.getElementById('api-key').value = {json.dumps(key)}; "
                   "document.getElementById('key-form').requestSubmit(); 1")
@@ -107,6 +115,10 @@ try:
     # A read-only key lists, but may not create.
     use_key(READ_ONLY_KEY)
     page.wait("document.getElementById('status').className !== 'error'", "the key accepted")
+    # Saving the key clears the mark and reloads the knowledge-base list.
+    page.wait("document.getElementById('kb-select').options.length > 0", "the list reloaded with the key")
+    check(not page.eval("document.getElementById('key-form').classList.contains('need-key')"),
+          "a saved key clears the mark and the knowledge bases are listed")
     page.eval("document.getElementById('kb-new').value = 'webpage'; document.getElementById('kb-form').requestSubmit(); 1")
     page.wait("document.getElementById('status').textContent.includes('403')", "the 403 message")
     check("只读" in page.eval("document.getElementById('status').textContent"),

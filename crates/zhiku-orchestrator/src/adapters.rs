@@ -173,7 +173,7 @@ impl Orchestrator {
                 .downstream
                 .retriever
                 .clone()
-                .list_knowledge_bases(deadline.request(ListKnowledgeBasesRequest {}))
+                .list_knowledge_bases(deadline.request(ListKnowledgeBasesRequest::default()))
                 .await
                 .map_err(OrchestratorError::downstream("retriever"))?
                 .into_inner()

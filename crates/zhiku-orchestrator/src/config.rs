@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use zhiku_runtime::{Secret, ServerArgs};
+use zhiku_runtime::{AuditArgs, Secret, ServerArgs};
 
 /// zhiku's orchestrator service over gRPC (zhiku.v1.Orchestrator, with grpc.health.v1 and server
 /// reflection): the ingest and ask pipelines over the embedder, retriever and generator; and
@@ -26,6 +26,9 @@ pub struct OrchestratorCli {
 
     #[command(flatten)]
     pub server: ServerArgs,
+
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 /// Where the HTTP side (OpenAI API, REST, web page) listens: an address, or `off`.

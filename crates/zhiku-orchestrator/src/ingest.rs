@@ -181,6 +181,7 @@ impl Orchestrator {
             .describe_knowledge_base(deadline.request(DescribeKnowledgeBaseRequest {
                 name: name.to_owned(),
                 metadata_only: true,
+                ..Default::default()
             }))
             .await
         {

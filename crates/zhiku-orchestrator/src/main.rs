@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use zhiku_orchestrator::OrchestratorCli;
-use zhiku_runtime::EffectiveConfig;
 use zhiku_runtime::server::{bind, run_binary, shutdown_signal};
+use zhiku_runtime::{EffectiveConfig, ServerArgs};
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
 #[global_allocator]
@@ -16,7 +16,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let args = OrchestratorCli::parse();
     let config = EffectiveConfig::of::<OrchestratorCli>();
-    let server = args.server.clone();
+    let server = ServerArgs {
+        audit: args.audit.clone(),
+        ..args.server.clone()
+    };
     run_binary(
         "zhiku-orchestrator",
         &config,

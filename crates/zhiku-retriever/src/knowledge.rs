@@ -300,21 +300,32 @@ impl Retriever {
         }))
     }
 
-    pub async fn list_knowledge_bases(&self) -> Result<pb::ListKnowledgeBasesResponse> {
+    /// Every knowledge base, its counts confined to what `scope` may read.
+    pub async fn list_knowledge_bases(
+        &self,
+        scope: Option<pb::ReaderScope>,
+    ) -> Result<pb::ListKnowledgeBasesResponse> {
+        let groups = scope_groups(scope)?;
         let mut kbs = self.store.list_kbs().await?;
         kbs.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
-        Ok(pb::ListKnowledgeBasesResponse {
-            knowledge_bases: kbs.into_iter().map(kb_to_proto).collect(),
-        })
+        let mut knowledge_bases = Vec::with_capacity(kbs.len());
+        for info in kbs {
+            let info = self.confine_counts(info, groups.as_deref()).await?;
+            knowledge_bases.push(kb_to_proto(info));
+        }
+        Ok(pb::ListKnowledgeBasesResponse { knowledge_bases })
     }
 
-    /// With `metadata_only` the counts (which read every passage) are left at 0.
+    /// With `metadata_only` the counts (which read every passage) are left at 0; else they
+    /// count what `scope` may read.
     pub async fn describe_knowledge_base(
         &self,
         name: &str,
         metadata_only: bool,
+        scope: Option<pb::ReaderScope>,
     ) -> Result<pb::KnowledgeBase> {
         validate_name(name)?;
+        let groups = scope_groups(scope)?;
         let info = if metadata_only {
             KbInfo {
                 meta: self.store.kb_meta(name).await?,
@@ -322,9 +333,30 @@ impl Retriever {
                 document_count: 0,
             }
         } else {
-            self.store.describe_kb(name).await?
+            let info = self.store.describe_kb(name).await?;
+            self.confine_counts(info, groups.as_deref()).await?
         };
         Ok(kb_to_proto(info))
+    }
+
+    /// `info` with its passage and document counts of the documents `groups` may read
+    /// (None: as they are): a reader's counts do not tell how much it may not see.
+    async fn confine_counts(&self, mut info: KbInfo, groups: Option<&[String]>) -> Result<KbInfo> {
+        if groups.is_none() {
+            return Ok(info);
+        }
+        let documents = self.store.list_documents(&info.meta.name).await?;
+        let readable = documents
+            .iter()
+            .filter(|d| crate::store::readable(&d.readers, groups));
+        let (mut document_count, mut passage_count) = (0, 0);
+        for d in readable {
+            document_count += 1;
+            passage_count += u64::from(d.chunk_count);
+        }
+        info.document_count = document_count;
+        info.passage_count = passage_count;
+        Ok(info)
     }
 
     pub async fn delete_knowledge_base(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use zhiku_retriever::RetrieverArgs;
 use zhiku_runtime::server::{run_binary, shutdown_signal};
-use zhiku_runtime::{EffectiveConfig, ServerArgs};
+use zhiku_runtime::{AuditArgs, EffectiveConfig, ServerArgs};
 
 /// zhiku's retriever service over gRPC (zhiku.v1.Retriever, with grpc.health.v1 and server
 /// reflection): knowledge bases of passages in Qdrant — embedded (qdrant-edge, on local
@@ -23,6 +23,9 @@ struct Args {
 
     #[command(flatten)]
     server: ServerArgs,
+
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 /// The allocator of every zhiku binary (why: zhiku-embedder's main.rs).
@@ -33,7 +36,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let args = Args::parse();
     let config = EffectiveConfig::of::<Args>();
-    let server = args.server.clone();
+    let server = ServerArgs {
+        audit: args.audit.clone(),
+        ..args.server.clone()
+    };
     run_binary(
         "zhiku-retriever",
         &config,

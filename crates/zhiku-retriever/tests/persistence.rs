@@ -198,6 +198,7 @@ async fn an_adapter_binding_survives_restart() {
         .describe_knowledge_base(zhiku_proto::v1::DescribeKnowledgeBaseRequest {
             name: kb.into(),
             metadata_only: true,
+            ..Default::default()
         })
         .await
         .expect("describe")

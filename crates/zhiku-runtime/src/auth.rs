@@ -620,6 +620,13 @@ pub fn confine_scope(caller: Option<&Principal>, scope: &mut Option<zhiku_proto:
     }
 }
 
+/// Whether `caller` (None: a server without keys) is shown who may read each document:
+/// admins and editors (who set readers) are; a reader is not, since the other groups a
+/// document it reads is shared with are not its to know.
+pub fn sees_readers(caller: Option<&Principal>) -> bool {
+    caller.is_none_or(|p| p.role != Role::ReadOnly)
+}
+
 /// PERMISSION_DENIED unless `caller` (None: a server without keys) may use knowledge base
 /// `kb`.
 pub fn require_kb(caller: Option<&Principal>, kb: &str) -> Result<(), tonic::Status> {

@@ -74,6 +74,57 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// Where the audit lines go besides the log: the flags of every binary that writes them
+/// (the orchestrator, the retriever, `zhiku serve`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuditArgs {
+    /// Also write the audit lines (log target `zhiku::audit`: one per Ask, Search, Ingest,
+    /// Evaluate and Delete, with the principal, knowledge base, documents and request id) to
+    /// this file, one JSON object a line, whatever --log lets through. Its directory is
+    /// made; a path that cannot be written stops the start. Unset: the log only.
+    #[arg(long, env = "ZHIKU_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
+
+    /// When the audit file is rotated: `never` (one file, the path as given), `hourly` or
+    /// `daily` (UTC; the date goes before the extension, e.g. audit.2026-12-05.jsonl).
+    #[arg(
+        long,
+        env = "ZHIKU_AUDIT_ROTATION",
+        value_enum,
+        default_value_t = AuditRotation::Never,
+        requires = "audit_file"
+    )]
+    pub audit_rotation: AuditRotation,
+
+    /// With rotation, how many audit files to keep; older ones are deleted when a new one
+    /// starts. Unset: all are kept.
+    #[arg(long, env = "ZHIKU_AUDIT_MAX_FILES", requires = "audit_file")]
+    pub audit_max_files: Option<std::num::NonZeroUsize>,
+}
+
+/// When the audit file starts a new one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditRotation {
+    /// One file, never rotated.
+    #[default]
+    Never,
+    /// A new file every hour.
+    Hourly,
+    /// A new file every day.
+    Daily,
+}
+
+impl AuditRotation {
+    pub fn rotation(self) -> tracing_appender::rolling::Rotation {
+        use tracing_appender::rolling::Rotation;
+        match self {
+            AuditRotation::Never => Rotation::NEVER,
+            AuditRotation::Hourly => Rotation::HOURLY,
+            AuditRotation::Daily => Rotation::DAILY,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -117,6 +168,12 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    /// Where the audit lines also go: not a flag of every service, but the [`AuditArgs`] a
+    /// binary that writes audit lines flattens into its own parser, copied here for
+    /// [`crate::server::run_binary`] to open.
+    #[arg(skip)]
+    pub audit: AuditArgs,
 }
 
 impl ServerArgs {
@@ -136,6 +193,7 @@ impl Default for ServerArgs {
             metrics_listen: None,
             auth: AuthArgs::default(),
             tls: TlsArgs::default(),
+            audit: AuditArgs::default(),
         }
     }
 }
@@ -339,5 +397,48 @@ mod tests {
     #[test]
     fn a_command_line_that_does_not_parse_gives_nothing() {
         assert!(config(&["--count", "many"]).lines().is_empty());
+    }
+
+    #[derive(Debug, Parser)]
+    struct Audited {
+        #[command(flatten)]
+        audit: AuditArgs,
+    }
+
+    fn audit(args: &[&str]) -> Result<AuditArgs, String> {
+        Audited::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
+            .map(|a| a.audit)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_audit_rotation_parses_and_needs_a_file() {
+        let args = audit(&[]).expect("no audit flags");
+        assert_eq!(args.audit_file, None);
+        assert_eq!(args.audit_rotation, AuditRotation::Never);
+        let args = audit(&[
+            "--audit-file",
+            "/var/log/zhiku/audit.jsonl",
+            "--audit-rotation",
+            "hourly",
+            "--audit-max-files",
+            "48",
+        ])
+        .expect("parses");
+        assert_eq!(args.audit_rotation, AuditRotation::Hourly);
+        assert_eq!(args.audit_max_files.map(|n| n.get()), Some(48));
+        let daily = audit(&["--audit-file", "a.jsonl", "--audit-rotation", "daily"]);
+        assert_eq!(daily.map(|a| a.audit_rotation), Ok(AuditRotation::Daily));
+
+        let err = audit(&["--audit-file", "a.jsonl", "--audit-rotation", "weekly"]).unwrap_err();
+        assert!(
+            err.contains("weekly") && err.contains("never, hourly, daily"),
+            "{err}"
+        );
+        let err = audit(&["--audit-file", "a.jsonl", "--audit-max-files", "0"]).unwrap_err();
+        assert!(err.contains("--audit-max-files"), "{err}");
+        // Rotation without a file is a mistake, not a silent no-op.
+        let err = audit(&["--audit-rotation", "daily"]).unwrap_err();
+        assert!(err.contains("--audit-file"), "{err}");
     }
 }

@@ -27,6 +27,13 @@ pub enum RuntimeError {
     Auth(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    LogFilter(String),
+    #[error("cannot write the audit file {} (--audit-file / ZHIKU_AUDIT_FILE): {reason}", path.display())]
+    AuditFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// What kind of failure an error is, as a gRPC client should see it.

@@ -9,7 +9,7 @@
 //!   queueing without bound;
 //! - [`request_id`]: an `x-request-id` on every call, made when absent, on every log line and
 //!   passed on to downstream calls;
-//! - [`telemetry`]: tracing output, human or JSON;
+//! - [`telemetry`]: tracing output, human or JSON, and the audit file (`--audit-file`);
 //! - [`error`]: the one mapping from service errors to `tonic::Status`, and [`RuntimeError`];
 //! - [`ready::Ready`]: state that a service fills in once loaded;
 //! - [`health`]: asking another server for its health;
@@ -35,7 +35,9 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
-pub use config::{AuthArgs, EffectiveConfig, LogFormat, Secret, ServerArgs, TlsArgs};
+pub use config::{
+    AuditArgs, AuditRotation, AuthArgs, EffectiveConfig, LogFormat, Secret, ServerArgs, TlsArgs,
+};
 pub use error::{ErrorKind, RuntimeError, ServiceError};
 pub use ready::Ready;
 pub use server::ServiceRuntime;

@@ -309,7 +309,8 @@ async fn follow(
     }
 }
 
-/// The body of every service binary's `main`: start logging, print the configuration
+/// The body of every service binary's `main`: start logging (and the audit file of
+/// `server.audit`: a path that cannot be written is exit code 2), print the configuration
 /// (`config`: [`EffectiveConfig::of`] the binary's parser), bind, serve until
 /// SIGTERM/SIGINT, and turn the outcome into an exit code.
 pub async fn run_binary<F, Fut>(
@@ -323,10 +324,16 @@ where
     F: FnOnce(TcpListener) -> Fut,
     Fut: Future<Output = Result<(), RuntimeError>>,
 {
-    if let Err(e) = crate::telemetry::init(server.log_format, &server.log) {
-        eprintln!("{name}: {e}");
-        return std::process::ExitCode::from(2);
-    }
+    // The audit file (of a binary that writes audit lines) is opened first; its writer is
+    // held to the end of this function, which is the end of `main`.
+    let _audit =
+        match crate::telemetry::init_with_audit(server.log_format, &server.log, &server.audit) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
     config.log_start(name);
     if let Err(e) = start_metrics(server).await {
         tracing::error!(error = %e, "{name} cannot start");

@@ -639,7 +639,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
 async fn kb(mut client: Client, action: KbAction) -> ExitCode {
     match action {
         KbAction::List => match client
-            .list_knowledge_bases(ListKnowledgeBasesRequest {})
+            .list_knowledge_bases(ListKnowledgeBasesRequest::default())
             .await
         {
             Ok(r) => {
@@ -708,6 +708,7 @@ async fn kb(mut client: Client, action: KbAction) -> ExitCode {
                 .describe_knowledge_base(DescribeKnowledgeBaseRequest {
                     name,
                     metadata_only: false,
+                    ..Default::default()
                 })
                 .await
             {

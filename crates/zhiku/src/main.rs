@@ -141,6 +141,8 @@ enum Command {
         ask: AskPolicy,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        audit: zhiku_runtime::AuditArgs,
     },
     /// Put files or directories (walked recursively) into a knowledge base.
     Ingest {
@@ -322,12 +324,21 @@ async fn run() -> ExitCode {
         http_listen,
         ask,
         server,
+        audit,
     } = &cli.command
     {
-        if let Err(e) = zhiku_runtime::telemetry::init(server.log_format, &server.log) {
-            eprintln!("zhiku: {e}");
-            return ExitCode::from(2);
-        }
+        // Held until `serve` returns: the audit file's last lines are written then.
+        let _audit = match zhiku_runtime::telemetry::init_with_audit(
+            server.log_format,
+            &server.log,
+            audit,
+        ) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("zhiku: {e}");
+                return ExitCode::from(2);
+            }
+        };
         zhiku_runtime::EffectiveConfig::of_command(command()).log_start("zhiku serve");
         if let Err(e) = zhiku_runtime::server::start_metrics(server).await {
             eprintln!("zhiku serve: {e}");

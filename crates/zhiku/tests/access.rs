@@ -5,8 +5,8 @@
 //!
 //! Two groups' secret documents and a public one: a reader of group A never gets B's
 //! passage (sources, answer text, eval output, listings, the retriever's own Search, the
-//! OpenAI and REST endpoints), even with B's question copied; an admin does (so the test
-//! could fail); an editor of one knowledge base cannot ingest into another nor create one;
+//! OpenAI and REST endpoints), even with B's question copied, nor counts that include B's
+//! documents, nor the readers of what it lists; an admin does (so the test could fail); an editor of one knowledge base cannot ingest into another nor create one;
 //! a reader list over the limit is INVALID_ARGUMENT; a revoked key is refused within a
 //! second of the key file changing, and a malformed file keeps the keys in force.
 
@@ -24,9 +24,9 @@ use zhiku_orchestrator::OrchestratorArgs;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
 use zhiku_proto::v1::retriever_client::RetrieverClient;
 use zhiku_proto::v1::{
-    AskRequest, CreateKnowledgeBaseRequest, DocumentInput, EvalCase, EvaluateRequest,
-    IngestRequest, ListDocumentsRequest, ListKnowledgeBasesRequest, ReaderScope, SamplingParams,
-    SearchRequest, ask_event, evaluate_event, ingest_event,
+    AskRequest, CreateKnowledgeBaseRequest, DescribeKnowledgeBaseRequest, DocumentInput, EvalCase,
+    EvaluateRequest, IngestRequest, ListDocumentsRequest, ListKnowledgeBasesRequest, ReaderScope,
+    SamplingParams, SearchRequest, ask_event, evaluate_event, ingest_event,
 };
 use zhiku_runtime::auth::key_hash;
 use zhiku_runtime::request_id::PropagateRequestId;
@@ -408,6 +408,55 @@ async fn no_leak(dir: &Path) {
         .map(|d| d.document_id.as_str())
         .collect();
     assert_eq!(ids, ["a-secret", "public"]);
+    // Who else may read them is for admins and editors: a reader is not told.
+    assert!(listed.documents.iter().all(|d| d.readers.is_empty()));
+    let listed = root
+        .list_documents(ListDocumentsRequest {
+            knowledge_base: KB.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let readers: Vec<(&str, Vec<String>)> = listed
+        .documents
+        .iter()
+        .map(|d| (d.document_id.as_str(), d.readers.clone()))
+        .collect();
+    assert_eq!(
+        readers,
+        [
+            ("a-secret", vec!["a".to_string()]),
+            ("b-secret", vec!["b".to_string()]),
+            ("public", vec![])
+        ]
+    );
+
+    // Counts: a reader's are of what it may read, not of B's documents too.
+    let mut counts = Vec::new();
+    let describe = DescribeKnowledgeBaseRequest {
+        name: KB.into(),
+        ..Default::default()
+    };
+    for client in [&mut root, &mut ann] {
+        let kb = client
+            .describe_knowledge_base(describe.clone())
+            .await
+            .expect("describe")
+            .into_inner();
+        counts.push((kb.document_count, kb.passage_count));
+    }
+    let (all, anns) = (counts[0], counts[1]);
+    assert_eq!(all.0, 3, "{all:?}");
+    assert_eq!(anns.0, 2, "{anns:?}");
+    assert!(anns.1 < all.1, "{anns:?} of {all:?}");
+    let listed = ann
+        .list_knowledge_bases(ListKnowledgeBasesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let acl = listed.knowledge_bases.iter().find(|kb| kb.name == KB);
+    assert_eq!(acl.map(|kb| kb.document_count), Some(2), "{listed:?}");
 
     // The retriever itself: a reader's forwarded groups give way to its own, a key without
     // groups sees public documents only; the service key is trusted.
@@ -479,6 +528,43 @@ async fn no_leak(dir: &Path) {
         text.contains("a-secret") && !text.contains("b-secret"),
         "{text}"
     );
+    // The web page's listing: a reader is not shown the readers, an admin is.
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let docs = json["data"].as_array().expect("data");
+    assert!(docs.iter().all(|d| d.get("readers").is_none()), "{text}");
+    let (status, text) = http(http_addr, "GET", &path, ROOT, "");
+    assert_eq!(status, 200, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let b = json["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["document_id"] == "b-secret"));
+    assert_eq!(
+        b.map(|b| &b["readers"]),
+        Some(&serde_json::json!(["b"])),
+        "{text}"
+    );
+    // The knowledge bases the page lists, with counts of what the key may read.
+    let (status, text) = http(http_addr, "GET", "/v1/knowledge_bases", ANN, "");
+    assert_eq!(status, 200, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let acl = json["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|kb| kb["name"] == KB));
+    assert_eq!(
+        acl.map(|kb| &kb["document_count"]),
+        Some(&serde_json::json!(2)),
+        "{text}"
+    );
+    let (status, text) = http(
+        http_addr,
+        "GET",
+        &format!("/v1/knowledge_bases/{KB}"),
+        ANN,
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(json["document_count"], 2, "{text}");
 
     // An editor of `acl` cannot ingest elsewhere nor create a knowledge base; in `acl` it can.
     let mut ed = client(&orchestrator, ED);
@@ -539,7 +625,10 @@ async fn no_leak(dir: &Path) {
     std::fs::write(&keys, key_file(false)).expect("key file");
     let revoked = Instant::now();
     loop {
-        match ann.list_knowledge_bases(ListKnowledgeBasesRequest {}).await {
+        match ann
+            .list_knowledge_bases(ListKnowledgeBasesRequest::default())
+            .await
+        {
             Err(status) if status.code() == Code::Unauthenticated => break,
             _ => assert!(
                 revoked.elapsed() < Duration::from_secs(1),
@@ -551,11 +640,11 @@ async fn no_leak(dir: &Path) {
     // A malformed file keeps the keys in force: bob still in, ann still out.
     std::fs::write(&keys, key_file(true) + "{\"name\": \"broken\"\n").expect("key file");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    bob.list_knowledge_bases(ListKnowledgeBasesRequest {})
+    bob.list_knowledge_bases(ListKnowledgeBasesRequest::default())
         .await
         .expect("bob still served");
     let status = ann
-        .list_knowledge_bases(ListKnowledgeBasesRequest {})
+        .list_knowledge_bases(ListKnowledgeBasesRequest::default())
         .await
         .expect_err("ann still out");
     assert_eq!(status.code(), Code::Unauthenticated);

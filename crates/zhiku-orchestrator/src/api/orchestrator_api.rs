@@ -172,9 +172,14 @@ impl OrchestratorService for OrchestratorApi {
 
     async fn list_knowledge_bases(
         &self,
-        request: Request<ListKnowledgeBasesRequest>,
+        mut request: Request<ListKnowledgeBasesRequest>,
     ) -> Result<Response<ListKnowledgeBasesResponse>, Status> {
         let principal = caller(&request);
+        // A reader's counts are of what it may read.
+        zhiku_runtime::auth::confine_scope(
+            principal.as_deref(),
+            &mut request.get_mut().readable_by,
+        );
         let mut response = self
             .via_retriever(request, |mut c, r| async move {
                 c.list_knowledge_bases(r).await
@@ -191,9 +196,14 @@ impl OrchestratorService for OrchestratorApi {
 
     async fn describe_knowledge_base(
         &self,
-        request: Request<DescribeKnowledgeBaseRequest>,
+        mut request: Request<DescribeKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
-        require_kb(caller(&request).as_deref(), &request.get_ref().name)?;
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().name)?;
+        zhiku_runtime::auth::confine_scope(
+            principal.as_deref(),
+            &mut request.get_mut().readable_by,
+        );
         self.via_retriever(request, |mut c, r| async move {
             c.describe_knowledge_base(r).await
         })
@@ -220,8 +230,15 @@ impl OrchestratorService for OrchestratorApi {
             principal.as_deref(),
             &mut request.get_mut().readable_by,
         );
-        self.via_retriever(request, |mut c, r| async move { c.list_documents(r).await })
-            .await
+        let mut listed = self
+            .via_retriever(request, |mut c, r| async move { c.list_documents(r).await })
+            .await?;
+        if !zhiku_runtime::auth::sees_readers(principal.as_deref()) {
+            for d in &mut listed.get_mut().documents {
+                d.readers.clear();
+            }
+        }
+        Ok(listed)
     }
 
     async fn delete_document(

@@ -215,6 +215,7 @@ impl Orchestrator {
                 name: name.to_owned(),
                 // The adapter only: no scan of the passages.
                 metadata_only: true,
+                ..Default::default()
             }))
             .await
             .map_err(OrchestratorError::downstream("retriever"))?

@@ -825,9 +825,10 @@ pub async fn models(
     let orchestrator = state.orchestrator()?;
     let generator = generator_model(&orchestrator).await?;
     let kbs = state
-        .retriever(
-            |mut c| async move { c.list_knowledge_bases(ListKnowledgeBasesRequest {}).await },
-        )
+        .retriever(|mut c| async move {
+            c.list_knowledge_bases(ListKnowledgeBasesRequest::default())
+                .await
+        })
         .await?
         .knowledge_bases;
     let created = now_secs();

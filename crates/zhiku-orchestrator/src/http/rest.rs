@@ -44,6 +44,7 @@ use super::{ApiError, HttpState, Json};
 use crate::access::{Audit, HttpCaller, http_principal, may_create, require_kb, spawn_audited};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
+use zhiku_runtime::auth::confine_scope;
 
 fn kb_json(kb: &KnowledgeBase) -> Value {
     json!({
@@ -235,13 +236,14 @@ pub async fn list_knowledge_bases(
     State(state): State<HttpState>,
     caller: HttpCaller,
 ) -> Result<Response, ApiError> {
+    let principal = http_principal(&caller);
+    // A reader's counts are of what it may read.
+    let mut request = ListKnowledgeBasesRequest::default();
+    confine_scope(principal, &mut request.readable_by);
     let kbs = state
-        .retriever(
-            |mut c| async move { c.list_knowledge_bases(ListKnowledgeBasesRequest {}).await },
-        )
+        .retriever(|mut c| async move { c.list_knowledge_bases(request).await })
         .await?
         .knowledge_bases;
-    let principal = http_principal(&caller);
     let data: Vec<Value> = kbs
         .iter()
         .filter(|kb| principal.is_none_or(|p| p.may_use(&kb.name)))
@@ -284,11 +286,14 @@ pub async fn describe_knowledge_base(
     caller: HttpCaller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_kb(http_principal(&caller), &name)?;
-    let request = DescribeKnowledgeBaseRequest {
+    let principal = http_principal(&caller);
+    require_kb(principal, &name)?;
+    let mut request = DescribeKnowledgeBaseRequest {
         name,
         metadata_only: false,
+        ..Default::default()
     };
+    confine_scope(principal, &mut request.readable_by);
     let kb = state
         .retriever(|mut c| async move { c.describe_knowledge_base(request).await })
         .await?;
@@ -321,6 +326,7 @@ pub async fn list_documents(
     require_kb(principal, &name)?;
     let mut readable_by = None;
     zhiku_runtime::auth::confine_scope(principal, &mut readable_by);
+    let sees_readers = zhiku_runtime::auth::sees_readers(principal);
     let mut data = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -334,13 +340,18 @@ pub async fn list_documents(
             .retriever(|mut c| async move { c.list_documents(request).await })
             .await?;
         data.extend(page.documents.iter().map(|d| {
-            json!({
+            let mut doc = json!({
                 "document_id": d.document_id,
                 "source": d.source,
                 "chunk_count": d.chunk_count,
                 "metadata": d.metadata.iter().collect::<BTreeMap<_, _>>(),
-                "readers": d.readers,
-            })
+            });
+            // Who may read it: for admins and editors only (absent, not "everyone", for a
+            // reader).
+            if sees_readers {
+                doc["readers"] = json!(d.readers);
+            }
+            doc
         }));
         if page.next_page_token.is_empty() {
             break;

@@ -12,7 +12,7 @@ use zhiku_proto::v1::{
     SetKnowledgeBaseAdapterRequest, UpsertRequest, UpsertResponse,
 };
 use zhiku_runtime::Ready;
-use zhiku_runtime::auth::{caller, confine_scope, require_kb};
+use zhiku_runtime::auth::{caller, confine_scope, require_kb, sees_readers};
 use zhiku_runtime::error::to_status;
 
 use crate::knowledge::Retriever;
@@ -73,10 +73,17 @@ impl RetrieverService for RetrieverApi {
 
     async fn list_knowledge_bases(
         &self,
-        _request: Request<ListKnowledgeBasesRequest>,
+        request: Request<ListKnowledgeBasesRequest>,
     ) -> Result<Response<ListKnowledgeBasesResponse>, Status> {
         let r = self.retriever.get()?;
-        reply(r.list_knowledge_bases().await)
+        let principal = caller(&request);
+        let mut request = request.into_inner();
+        confine_scope(principal.as_deref(), &mut request.readable_by);
+        let mut response = r.list_knowledge_bases(request.readable_by).await;
+        if let (Some(p), Ok(list)) = (principal.as_deref(), &mut response) {
+            list.knowledge_bases.retain(|kb| p.may_use(&kb.name));
+        }
+        reply(response)
     }
 
     #[tracing::instrument(skip_all, fields(kb = %request.get_ref().name))]
@@ -85,9 +92,12 @@ impl RetrieverService for RetrieverApi {
         request: Request<DescribeKnowledgeBaseRequest>,
     ) -> Result<Response<KnowledgeBase>, Status> {
         let r = self.retriever.get()?;
-        let request = request.into_inner();
+        let principal = caller(&request);
+        require_kb(principal.as_deref(), &request.get_ref().name)?;
+        let mut request = request.into_inner();
+        confine_scope(principal.as_deref(), &mut request.readable_by);
         reply(
-            r.describe_knowledge_base(&request.name, request.metadata_only)
+            r.describe_knowledge_base(&request.name, request.metadata_only, request.readable_by)
                 .await,
         )
     }
@@ -160,7 +170,13 @@ impl RetrieverService for RetrieverApi {
         require_kb(principal.as_deref(), &request.get_ref().knowledge_base)?;
         let mut request = request.into_inner();
         confine_scope(principal.as_deref(), &mut request.readable_by);
-        reply(r.list_documents(request).await)
+        let mut listed = r.list_documents(request).await;
+        if let Ok(list) = &mut listed
+            && !sees_readers(principal.as_deref())
+        {
+            list.documents.iter_mut().for_each(|d| d.readers.clear());
+        }
+        reply(listed)
     }
 
     async fn info(

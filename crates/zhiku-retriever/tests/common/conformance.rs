@@ -239,7 +239,7 @@ pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend
     assert!(d.created_at_ms > 1_700_000_000_000, "{}", d.created_at_ms);
     assert_eq!((d.passage_count, d.document_count), (0, 0));
     let list = c
-        .list_knowledge_bases(ListKnowledgeBasesRequest {})
+        .list_knowledge_bases(ListKnowledgeBasesRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -276,7 +276,7 @@ pub async fn knowledge_bases(c: &mut RetrieverClient<Channel>, kb: &str, backend
     );
     upsert_corpus(c, kb).await;
     let list = c
-        .list_knowledge_bases(ListKnowledgeBasesRequest {})
+        .list_knowledge_bases(ListKnowledgeBasesRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -847,7 +847,7 @@ pub async fn deletes(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         &[kb],
     );
     let list = c
-        .list_knowledge_bases(ListKnowledgeBasesRequest {})
+        .list_knowledge_bases(ListKnowledgeBasesRequest::default())
         .await
         .expect("list")
         .into_inner();

@@ -76,10 +76,20 @@ function authHeaders(headers) {
   return headers;
 }
 
-// The message of a failed call: the page's own words for a missing or wrong key (401) and a
-// read-only one (403), else the server's message.
+// A call came back 401: the key form is marked and takes the focus, so the page asks for
+// the key the server needs (saving one clears the mark and reloads the lists).
+function askForKey() {
+  $('key-form').classList.add('need-key');
+  if (document.activeElement !== $('api-key')) $('api-key').focus();
+}
+
+// The message of a failed call: the page's own words for a missing or wrong key (401, and
+// the key form asks for one) and a read-only one (403), else the server's message.
 function failure(statusCode, data, fallback) {
-  if (statusCode === 401) return T.unauthorized;
+  if (statusCode === 401) {
+    askForKey();
+    return T.unauthorized;
+  }
   if (statusCode === 403) return T.forbidden;
   return (data && data.error && data.error.message) || fallback;
 }
@@ -353,6 +363,7 @@ $('key-form').onsubmit = (e) => {
   e.preventDefault();
   const key = $('api-key').value.trim();
   if (key) localStorage.setItem(KEY_ITEM, key); else localStorage.removeItem(KEY_ITEM);
+  $('key-form').classList.remove('need-key');
   status(key ? T.keySaved : T.keyCleared);
   loadKbs();
 };

@@ -719,7 +719,7 @@ async fn prefill(
         let kb = format!("overhead-{size}");
         // Each size its own sequence, so that a kept size stays the same when others change.
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ size as u64);
-        match retriever.describe_knowledge_base(&kb, false).await {
+        match retriever.describe_knowledge_base(&kb, false, None).await {
             Ok(found) if found.passage_count == size as u64 && found.dimensions == dims as u32 => {
                 println!("{kb}: {size} passages found in {}", data_dir.display());
                 continue;
