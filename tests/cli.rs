@@ -536,3 +536,29 @@ fn the_in_process_cli_prints_only_its_own_output() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(!operator_noise(&stderr).is_empty(), "{stderr}");
 }
+
+/// An idle `zhiku serve` says nothing after start-up at the default level: the services'
+/// health probes, the readiness polling and the retriever's optimiser log at DEBUG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_zhiku_serve_logs_nothing_for_a_minute() {
+    let data = tempfile::tempdir().unwrap();
+    let smollm = models_dir().join("SmolLM2-135M-Instruct-GGUF");
+    let stack = ZhikuServe::spawn_with_env(
+        &minilm_dir(),
+        &smollm,
+        data.path(),
+        &[],
+        &[("ZHIKU_LOG", "info")],
+    );
+    wait_serving(&stack.serve, "zhiku.v1.Orchestrator", STARTUP).await;
+    // The last start-up lines (every service ready) land within moments of SERVING.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = stack.serve.logs();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = stack.serve.logs();
+    let new = after.get(before.len()..).unwrap_or_default();
+    assert!(
+        new.trim().is_empty(),
+        "an idle zhiku serve logged in a minute:\n{new}"
+    );
+}

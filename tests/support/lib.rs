@@ -1,6 +1,7 @@
 //! Helpers for zhiku's end-to-end tests: start service binaries on loopback, wait for their
 //! health, run grpcurl.
 
+pub mod http;
 pub mod pipeline;
 pub mod qdrant;
 

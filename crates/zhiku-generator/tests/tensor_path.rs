@@ -26,6 +26,7 @@ use zhiku_lm::decoder::{Batch, BatchModel, Decoder, Solo, prepare_adapter};
 use zhiku_lm::families::{GgufTensors, gguf_decoder};
 use zhiku_lm::kv::{KvCache, KvDtype, LayerKv};
 use zhiku_lm::lora::LoraAdapter;
+use zhiku_lm::transfer;
 
 use common::tiny_gguf::{HEAD_DIM, HEADS, HIDDEN, KV_HEADS, LAYERS, tiny_weights, write_tiny_gguf};
 use common::{max_abs_diff, worst, write_adapter};
@@ -237,12 +238,30 @@ fn a_batch_on_the_tensor_path_gives_each_sequence_its_logits_alone() {
     for ((p, ad, _), blocks) in prompts.iter().zip(&tables) {
         batch.push(p, 0, blocks, ad.clone(), true);
     }
-    let first = model.forward(&batch, &mut cache).unwrap();
+    let (first, prefill) = transfer::counted(|| model.forward(&batch, &mut cache).unwrap());
     let mut batch = Batch::default();
     for ((p, ad, _), blocks) in prompts.iter().zip(&tables).rev() {
         batch.push(&[42], p.len(), blocks, ad.clone(), true);
     }
-    let second = model.forward(&batch, &mut cache).unwrap();
+    let (second, decode) = transfer::counted(|| model.forward(&batch, &mut cache).unwrap());
+    // Host traffic per step, whatever the number of layers (LAYERS here): the tokens'
+    // embedding rows, the positions, every sequence's slots, the prompt chunks' masks and
+    // the logit rows, each one upload; nothing read back (the logits stay on the device).
+    assert_eq!(prefill.uploads, 5, "prefill: {prefill:?}");
+    assert_eq!(decode.uploads, 4, "decode (no mask): {decode:?}");
+    assert_eq!((prefill.read_backs, decode.read_backs), (0, 0));
+    let rows = prompts.iter().map(|p| p.0.len()).sum::<usize>();
+    let cached: usize = prompts.iter().map(|p| p.0.len() + 1).sum();
+    assert!(
+        decode.upload_bytes <= n_seqs_bytes(prompts.len(), cached) + prompts.len() * HIDDEN * 4,
+        "decode uploaded {} bytes for {} sequences",
+        decode.upload_bytes,
+        prompts.len()
+    );
+    assert!(
+        prefill.upload_bytes > decode.upload_bytes,
+        "{rows} prompt rows"
+    );
     let n = prompts.len();
     for (i, (p, ad, kad)) in prompts.iter().enumerate() {
         let (one, two) = alone(&model, p, ad.clone());
@@ -265,6 +284,12 @@ fn a_batch_on_the_tensor_path_gives_each_sequence_its_logits_alone() {
             );
         }
     }
+}
+
+/// The integers a decode step of `seqs` sequences uploads: a token, a position and a logit
+/// row each, and the slots of their `cached` tokens.
+fn n_seqs_bytes(seqs: usize, cached: usize) -> usize {
+    4 * (3 * seqs + cached)
 }
 
 fn state(path: &Path, compute: ComputePathArg, lora: &Path) -> GeneratorState {

@@ -15,7 +15,8 @@ use half::f16;
 
 use crate::kv::{BLOCK_SIZE, KvCache, LayerKv};
 use crate::layers::cpu_f32;
-use crate::rotary::{Rotary, RotaryTables};
+use crate::rotary::{Rotary, RotaryAt, RotaryTables};
+use crate::transfer;
 
 /// One sequence's rows in a batch.
 #[derive(Debug, Clone)]
@@ -73,18 +74,30 @@ impl KvElem for f16 {
     }
 }
 
+/// The rows of one step: every row's position and the sequences they belong to, and on the
+/// tensor path what every layer's attention reads on the device ([`TensorStep`], uploaded
+/// once per step).
+#[derive(Clone, Copy)]
+pub struct StepRows<'a> {
+    pub positions: &'a [u32],
+    pub seqs: &'a [SeqRows],
+    pub tensors: Option<&'a TensorStep>,
+}
+
 /// Rotates the new q/k rows, writes k/v to the cache, attends. q [rows, heads·head_dim],
 /// k, v [rows, kv_heads·head_dim]; returns [rows, heads·head_dim].
 pub fn attention(
     layer: usize,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
-    positions: &[u32],
-    seqs: &[SeqRows],
+    step: StepRows<'_>,
     shape: AttnShape,
     rotary: &Rotary,
     cache: &mut KvCache,
 ) -> candle_core::Result<Tensor> {
     let device = q.device().clone();
+    let StepRows {
+        positions, seqs, ..
+    } = step;
     match &mut cache.layers[layer] {
         LayerKv::F32 { k: kc, v: vc } => {
             cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
@@ -93,7 +106,12 @@ pub fn attention(
             cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
         }
         LayerKv::Tensor { k: kc, v: vc } => {
-            tensor_attention(q, k, v, positions, seqs, shape, rotary, kc, vc)
+            let inputs = step.tensors.ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "a KV cache of tensors needs the step's device inputs (TensorStep)".into(),
+                )
+            })?;
+            tensor_attention((q, k, v), seqs, inputs, shape, (kc, vc))
         }
     }
 }
@@ -186,32 +204,112 @@ fn cpu_attention<T: KvElem>(
     };
     let mut out = vec![0f32; rows * heads * d];
     zhiku_kernels::attend_batch(&batch, &mut out).map_err(candle_core::Error::wrap)?;
-    Tensor::from_vec(out, (rows, heads * d), device)
+    Tensor::from_vec(out, (rows, heads * d), device) // host: the kernel path, CPU only
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every layer's attention of one step reads on the device, made once per step
+/// (each a single upload, see [`crate::transfer`]): the rotary tables gathered at the rows'
+/// positions, every sequence's cache slots, and the causal masks of its prompt chunks. A
+/// decode row (one new token) sees every cached token of its sequence, so it needs no mask.
+pub struct TensorStep {
+    /// The rotary tables at each row's position, in the activations' dtype.
+    rotary: RotaryAt,
+    /// Every sequence's slots 0..total, one after another.
+    slots: Tensor,
+    seqs: Vec<SeqTensors>,
+}
+
+/// One sequence's part of a [`TensorStep`].
+struct SeqTensors {
+    /// Where its slots start in [`TensorStep::slots`], and how many (tokens cached after
+    /// this step).
+    slots_at: usize,
+    total: usize,
+    /// [1, rows, 1, total] f32: 0 where a row may look, −∞ past its position.
+    mask: Option<Tensor>,
+}
+
+impl TensorStep {
+    pub fn new(
+        positions: &[u32],
+        seqs: &[SeqRows],
+        rotary: &Rotary,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let rows = positions.len();
+        let pos = transfer::upload_slice(positions, rows, device)?;
+        let rotary = rotary.at(&pos, dtype)?;
+        let mut slots = Vec::new();
+        let mut masks = Vec::new();
+        let mut parts = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let total = s.first_pos + s.len;
+            let slots_at = slots.len();
+            slots.extend((0..total).map(|p| s.slot(p) as u32));
+            let mask_at = (s.len > 1).then(|| {
+                let at = masks.len();
+                for i in 0..s.len {
+                    let limit = s.first_pos + i;
+                    masks.extend(
+                        (0..total).map(|j| if j <= limit { 0.0 } else { f32::NEG_INFINITY }),
+                    );
+                }
+                at
+            });
+            parts.push((slots_at, total, mask_at));
+        }
+        let slot_count = slots.len();
+        let slots = transfer::upload(slots, slot_count, device)?;
+        let mask_count = masks.len();
+        let masks = if mask_count > 0 {
+            Some(transfer::upload(masks, mask_count, device)?)
+        } else {
+            None
+        };
+        let seqs = parts
+            .into_iter()
+            .zip(seqs)
+            .map(|((slots_at, total, mask_at), s)| {
+                let mask = match (mask_at, &masks) {
+                    (Some(at), Some(m)) => Some(
+                        m.narrow(0, at, s.len * total)?
+                            .reshape((1, s.len, 1, total))?,
+                    ),
+                    _ => None,
+                };
+                Ok(SeqTensors {
+                    slots_at,
+                    total,
+                    mask,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            rotary,
+            slots,
+            seqs,
+        })
+    }
+}
+
 fn tensor_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    positions: &[u32],
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
     seqs: &[SeqRows],
+    step: &TensorStep,
     shape: AttnShape,
-    rotary: &Rotary,
-    kc: &Tensor,
-    vc: &Tensor,
+    (kc, vc): (&Tensor, &Tensor),
 ) -> candle_core::Result<Tensor> {
     let AttnShape {
         heads,
         kv_heads,
         head_dim: d,
     } = shape;
-    let rows = positions.len();
-    let device = q.device();
-    let pos_t = Tensor::from_slice(positions, rows, device)?;
-    let q = rotary.apply_tensor(&q.reshape((rows, heads, d))?, &pos_t)?;
-    let k = rotary
-        .apply_tensor(&k.reshape((rows, kv_heads, d))?, &pos_t)?
+    let rows = q.dim(0)?;
+    let q = step.rotary.apply(&q.reshape((rows, heads, d))?)?;
+    let k = step
+        .rotary
+        .apply(&k.reshape((rows, kv_heads, d))?)?
         .reshape((rows, kv_heads * d))?
         .to_dtype(kc.dtype())?;
     let v = v.reshape((rows, kv_heads * d))?.to_dtype(vc.dtype())?;
@@ -231,10 +329,9 @@ fn tensor_attention(
     }
     let group = heads / kv_heads;
     let mut outs = Vec::with_capacity(seqs.len());
-    for s in seqs {
-        let total = s.first_pos + s.len;
-        let slots: Vec<u32> = (0..total).map(|p| s.slot(p) as u32).collect();
-        let slots = Tensor::from_vec(slots, total, device)?;
+    for (s, inputs) in seqs.iter().zip(&step.seqs) {
+        let total = inputs.total;
+        let slots = step.slots.narrow(0, inputs.slots_at, total)?;
         // [total, kv, d] -> [kv, total, d]
         let ks = kc
             .index_select(&slots, 0)?
@@ -254,18 +351,15 @@ fn tensor_attention(
             .transpose(0, 1)?
             .reshape((kv_heads, n * group, d))?
             .to_dtype(ks.dtype())?;
-        let scores = (qs.matmul(&ks.t()?)? * (1.0 / (d as f64).sqrt()))?.to_dtype(DType::F32)?;
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                let limit = s.first_pos + i;
-                (0..group).flat_map(move |_| {
-                    (0..total).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, n * group, total), device)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?
-            .to_dtype(vs.dtype())?;
+        let mut scores =
+            (qs.matmul(&ks.t()?)? * (1.0 / (d as f64).sqrt()))?.to_dtype(DType::F32)?;
+        if let Some(mask) = &inputs.mask {
+            scores = scores
+                .reshape((kv_heads, n, group, total))?
+                .broadcast_add(mask)?
+                .reshape((kv_heads, n * group, total))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vs.dtype())?;
         let ctx = probs
             .matmul(&vs)?
             .reshape((kv_heads, n, group, d))?
@@ -351,7 +445,7 @@ fn causal_attention_backward(
             (0..tokens).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
         })
         .collect();
-    let mask = Tensor::from_vec(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
+    let mask = transfer::upload(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
     let p = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
     drop(scores);
@@ -399,7 +493,7 @@ fn causal_attention_composed(
             (0..tokens).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
         })
         .collect();
-    let mask = Tensor::from_vec(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
+    let mask = transfer::upload(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
     let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, candle_core::D::Minus1)?;
     probs
         .matmul(&v)?

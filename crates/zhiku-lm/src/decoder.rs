@@ -9,12 +9,15 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::ComputePath;
-use crate::attention::{AttnShape, SeqRows, attention, causal_attention_train};
+use crate::attention::{
+    AttnShape, SeqRows, StepRows, TensorStep, attention, causal_attention_train,
+};
 use crate::error::LmError;
-use crate::kv::{KvCache, KvShape};
+use crate::kv::{KvCache, KvShape, LayerKv};
 use crate::layers::{Adapters, Embedding, Linear, Mlp, Norm};
 use crate::lora::{LoraAdapter, TrainLora};
 use crate::rotary::Rotary;
+use crate::transfer;
 
 /// The new tokens of one step, for several sequences.
 #[derive(Clone, Default)]
@@ -164,6 +167,7 @@ impl Decoder {
         block: &Block,
         x: &Tensor,
         batch: &Batch,
+        tensors: Option<&TensorStep>,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let a = &batch.adapters;
@@ -178,8 +182,11 @@ impl Decoder {
                 attention(
                     index,
                     (q, k, v),
-                    &batch.positions,
-                    &batch.seqs,
+                    StepRows {
+                        positions: &batch.positions,
+                        seqs: &batch.seqs,
+                        tensors,
+                    },
                     shape,
                     &self.rotary,
                     cache,
@@ -261,7 +268,7 @@ impl Decoder {
                 self.spec.context_length
             )));
         }
-        let ids = tokens.flatten_all()?.to_vec1::<u32>()?;
+        let ids = transfer::read_back::<u32>(&tokens.flatten_all()?)?;
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.spec.vocab) {
             return Err(LmError::Validation(format!(
                 "token id {id} is outside the vocabulary of {}",
@@ -363,13 +370,25 @@ impl Decoder {
             .embed
             .forward(&batch.tokens, &self.device)?
             .to_dtype(self.act_dtype)?;
+        // On a cache of tensors, what every layer's attention reads on the device is
+        // uploaded here, once for the step.
+        let tensors = match cache.layers.first() {
+            Some(LayerKv::Tensor { .. }) => Some(TensorStep::new(
+                &batch.positions,
+                &batch.seqs,
+                &self.rotary,
+                self.act_dtype,
+                &self.device,
+            )?),
+            _ => None,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(i, block, &x, batch, cache)?;
+            x = self.block_forward(i, block, &x, batch, tensors.as_ref(), cache)?;
         }
         if batch.logit_rows.is_empty() {
             return Tensor::zeros((0, self.spec.vocab), DType::F32, &self.device);
         }
-        let rows = Tensor::from_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
+        let rows = transfer::upload_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
         let mut last = x.index_select(&rows, 0)?;
         if let Some(n) = &self.final_norm {
             last = n.forward(&last)?;
@@ -512,10 +531,11 @@ pub fn prepare_adapter(
                 adapter.name
             )));
         }
+        // host: an adapter's pairs move to the device once, when it loads.
         pair.a = pair.a.to_device(&device)?.to_dtype(dtype)?;
-        let mut b = pair.b.to_device(&device)?.to_dtype(dtype)?;
+        let mut b = pair.b.to_device(&device)?.to_dtype(dtype)?; // host: the same
         if let Some(perm) = model.lora_output_permutation(&name) {
-            let perm = Tensor::from_vec(perm, b_out, &device)?;
+            let perm = Tensor::from_vec(perm, b_out, &device)?; // host: the same
             b = b.index_select(&perm, 0)?;
         }
         pair.b = b;

@@ -227,6 +227,7 @@ impl Linear {
         if w.dims() != [self.out_features, self.in_features] || w.dtype() != wt.dtype() {
             return Ok(false);
         }
+        // host: once, when a model is made trainable.
         Ok(wt.t()?.eq(w)?.min_all()?.to_scalar::<u8>()? == 1)
     }
 
@@ -275,7 +276,7 @@ fn dequantize_matrix(m: &QuantMatrix, device: &Device) -> candle_core::Result<Te
     for (r, row) in out.chunks_exact_mut(cols).enumerate() {
         m.dequantize_row(r, row).map_err(candle_core::Error::wrap)?;
     }
-    Tensor::from_vec(out, (m.rows(), cols), device)
+    Tensor::from_vec(out, (m.rows(), cols), device) // host: once, when a model is made dense
 }
 
 /// x [rows, k] · Wᵀ on zhiku's kernels (activations quantized once for the whole batch).
@@ -286,12 +287,12 @@ fn kernel_matmul(m: &QuantMatrix, x: &Tensor) -> candle_core::Result<Tensor> {
         Some(out) => out?,
         None => run(&cpu_f32(x)?)?,
     };
-    Tensor::from_vec(out, (rows, m.rows()), x.device())
+    Tensor::from_vec(out, (rows, m.rows()), x.device()) // host: the kernel path, CPU only
 }
 
 /// The f32 values of a CPU tensor, in row-major order.
 pub fn cpu_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>() // host: the kernel path, CPU only
 }
 
 /// `f` on the elements of a contiguous f32 CPU tensor, borrowed rather than copied out;
@@ -318,7 +319,7 @@ fn swiglu_kernel(g: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
         });
         if let Some(Some(out)) = fused {
             let out = out.map_err(candle_core::Error::wrap)?;
-            return Tensor::from_vec(out, g.shape(), g.device());
+            return Tensor::from_vec(out, g.shape(), g.device()); // host: f32 CPU tensors only
         }
     }
     candle_nn::ops::silu(g)? * u
@@ -558,7 +559,7 @@ impl Embedding {
     pub fn forward(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
         match self {
             Embedding::Dense(table) => {
-                let ids = Tensor::from_slice(ids, ids.len(), table.device())?;
+                let ids = crate::transfer::upload_slice(ids, ids.len(), table.device())?;
                 table.index_select(&ids, 0)
             }
             Embedding::Kernel(m) => {
@@ -568,7 +569,7 @@ impl Embedding {
                     m.dequantize_row(id as usize, row)
                         .map_err(candle_core::Error::wrap)?;
                 }
-                Tensor::from_vec(out, (ids.len(), hidden), device)
+                Tensor::from_vec(out, (ids.len(), hidden), device) // host: the kernel path, CPU only
             }
             Embedding::Mapped {
                 map,
@@ -593,7 +594,7 @@ impl Embedding {
                     )?;
                     rows.push(row.dequantize(&Device::Cpu)?);
                 }
-                Tensor::stack(&rows, 0)?.to_device(device)
+                crate::transfer::to_device(&Tensor::stack(&rows, 0)?, device)
             }
         }
     }

@@ -36,6 +36,7 @@ pub mod seeded;
 pub mod template;
 pub mod tiny;
 pub mod tokenizer;
+pub mod transfer;
 
 pub use error::LmError;
 pub use load::{ModelSpec, load_model};

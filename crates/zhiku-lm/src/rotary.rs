@@ -1,6 +1,6 @@
 //! Rotary position embedding tables, applied on host rows (the kernel path) or on tensors.
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 /// Rotary position embedding: `rotary_dim` leading dimensions of each head rotate, the rest
 /// pass. Pairs are (i, i + rotary_dim/2) ("half", Qwen2/NeoX) or (2i, 2i+1) ("interleaved",
@@ -39,8 +39,9 @@ impl Rotary {
                 sin.push(a.sin());
             }
         }
+        // host: the tables go to the device once, when the model loads.
         let cos_t = Tensor::from_slice(&cos, (max_positions, half), device)?;
-        let sin_t = Tensor::from_slice(&sin, (max_positions, half), device)?;
+        let sin_t = Tensor::from_slice(&sin, (max_positions, half), device)?; // host: the same
         Ok(Self {
             rotary_dim,
             interleaved,
@@ -73,28 +74,15 @@ impl Rotary {
         }
     }
 
-    /// The tensor path: x [tokens, heads, head_dim] rotated at `positions` [tokens] (u32).
-    pub fn apply_tensor(&self, x: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, head_dim) = x.dims3()?;
-        let cos = self.cos_t.index_select(positions, 0)?.to_dtype(x.dtype())?;
-        let sin = self.sin_t.index_select(positions, 0)?.to_dtype(x.dtype())?;
-        let rot = x
-            .narrow(D::Minus1, 0, self.rotary_dim)?
-            .transpose(0, 1)?
-            .unsqueeze(0)?
-            .contiguous()?;
-        let rot = if self.interleaved {
-            candle_nn::rotary_emb::rope_i(&rot, &cos, &sin)?
-        } else {
-            candle_nn::rotary_emb::rope(&rot, &cos, &sin)?
-        };
-        let rot = rot.squeeze(0)?.transpose(0, 1)?;
-        if self.rotary_dim == head_dim {
-            rot.contiguous()
-        } else {
-            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
-            Tensor::cat(&[&rot, &pass], D::Minus1)?.contiguous()
-        }
+    /// The tensor path's tables at `positions` [rows] (u32), in `dtype`: gathered once per
+    /// step and applied by every layer.
+    pub fn at(&self, positions: &Tensor, dtype: DType) -> candle_core::Result<RotaryAt> {
+        Ok(RotaryAt {
+            cos: self.cos_t.index_select(positions, 0)?.to_dtype(dtype)?,
+            sin: self.sin_t.index_select(positions, 0)?.to_dtype(dtype)?,
+            rotary_dim: self.rotary_dim,
+            interleaved: self.interleaved,
+        })
     }
 
     /// The training path: x [batch, heads, tokens, head_dim] at positions 0..tokens, rotated
@@ -159,6 +147,41 @@ impl RotaryTables {
         } else {
             let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
             Tensor::cat(&[&rot, &pass], D::Minus1)
+        }
+    }
+}
+
+/// The rotary tables at one step's positions (tensor path): cos / sin [rows, rotary_dim / 2].
+#[derive(Debug, Clone)]
+pub struct RotaryAt {
+    cos: Tensor,
+    sin: Tensor,
+    rotary_dim: usize,
+    interleaved: bool,
+}
+
+impl RotaryAt {
+    /// x [rows, heads, head_dim] rotated, row i at the i-th position.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, head_dim) = x.dims3()?;
+        let cos = self.cos.to_dtype(x.dtype())?;
+        let sin = self.sin.to_dtype(x.dtype())?;
+        let rot = x
+            .narrow(D::Minus1, 0, self.rotary_dim)?
+            .transpose(0, 1)?
+            .unsqueeze(0)?
+            .contiguous()?;
+        let rot = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&rot, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&rot, &cos, &sin)?
+        };
+        let rot = rot.squeeze(0)?.transpose(0, 1)?;
+        if self.rotary_dim == head_dim {
+            rot.contiguous()
+        } else {
+            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Tensor::cat(&[&rot, &pass], D::Minus1)?.contiguous()
         }
     }
 }

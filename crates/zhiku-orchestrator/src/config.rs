@@ -172,7 +172,9 @@ pub struct OrchestratorArgs {
     pub ocr: OcrSetting,
 
     /// The tuner's gRPC address (zhiku-tuner): the HTTP side's /v1/fine_tuning/jobs routes
-    /// pass to it. Unset: they answer 501.
+    /// pass to it. Several replicas: a comma-separated list or a `dns://name:port` name; a
+    /// new job goes to the serving one with the fewest unfinished jobs, a job's reads and
+    /// cancel to the one that holds it, a listing merges them all. Unset: they answer 501.
     #[arg(long, env = "ZHIKU_TUNER_ADDR")]
     pub tuner_addr: Option<String>,
 

@@ -20,6 +20,39 @@ pub enum OrchestratorError {
         service: &'static str,
         status: tonic::Status,
     },
+    /// What the request would create exists already (an adapter another job writes).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A streamed generation broke after some of it had been sent to the client: it cannot
+    /// be sent again elsewhere without repeating what the client has (`status` names the
+    /// replica).
+    #[error(
+        "the {service} was lost mid-answer, after {chunks} chunk(s) of the answer had been sent \
+         ({}); the answer is incomplete and was not retried on another replica: ask again",
+        status.message()
+    )]
+    LostMidAnswer {
+        service: &'static str,
+        chunks: usize,
+        status: tonic::Status,
+    },
+    /// The tuner replica that holds a training job (its queue, events and checkpoints are
+    /// that process's) cannot be reached.
+    #[error(
+        "job {job} is on the tuner replica {replica}, which cannot be reached ({reason}); the \
+         job's state is unknown until that replica is back"
+    )]
+    JobReplicaDown {
+        job: String,
+        replica: String,
+        reason: String,
+    },
+    /// No tuner replica that answered holds the job, and some could not be asked.
+    #[error(
+        "job {job} is on none of the tuner replicas that answered; {unreachable} could not be \
+         reached and may hold it: retry once it is back"
+    )]
+    JobMaybeOnDownReplica { job: String, unreachable: String },
     #[error("the {service} address `{address}` is invalid: {reason}")]
     BadAddress {
         service: &'static str,
@@ -59,6 +92,23 @@ impl OrchestratorError {
         move |status| OrchestratorError::Downstream { service, status }
     }
 
+    /// The failure of a streamed generation after `chunks` of its chunks were passed on:
+    /// once some were, a lost replica (UNAVAILABLE: the replica set names it) is
+    /// [`OrchestratorError::LostMidAnswer`]; any other failure is the generator's own.
+    pub fn generation(chunks: usize) -> impl FnOnce(tonic::Status) -> Self {
+        move |status| match (chunks, status.code()) {
+            (1.., tonic::Code::Unavailable) => OrchestratorError::LostMidAnswer {
+                service: "generator",
+                chunks,
+                status,
+            },
+            _ => OrchestratorError::Downstream {
+                service: "generator",
+                status,
+            },
+        }
+    }
+
     /// This failure wrapped as the failure of evaluation case `case`.
     pub fn in_case(self, case: &str) -> Self {
         OrchestratorError::Case {
@@ -79,6 +129,17 @@ impl OrchestratorError {
             OrchestratorError::Validation(_) => plain(Code::InvalidArgument),
             OrchestratorError::PermissionDenied(_) => plain(Code::PermissionDenied),
             OrchestratorError::NotFound(_) => plain(Code::NotFound),
+            OrchestratorError::AlreadyExists(_) => plain(Code::AlreadyExists),
+            OrchestratorError::LostMidAnswer {
+                service,
+                chunks,
+                status,
+            } => {
+                tracing::warn!(service, chunks, error = %status.message(), "a streamed answer was cut off");
+                plain(Code::Unavailable)
+            }
+            OrchestratorError::JobReplicaDown { .. }
+            | OrchestratorError::JobMaybeOnDownReplica { .. } => plain(Code::Unavailable),
             OrchestratorError::BadAddress { .. } => plain(Code::FailedPrecondition),
             OrchestratorError::Loading => plain(Code::Unavailable),
             OrchestratorError::DeadlineExceeded(_) => plain(Code::DeadlineExceeded),

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use zhiku_proto::v1::{Filter, ListDocumentsRequest, SearchMode, SearchRequest};
+use zhiku_proto::v1::{Filter, ListDocumentsRequest, ReaderScope, SearchMode, SearchRequest};
 
 use crate::Orchestrator;
 use crate::ask::Search;
@@ -254,7 +254,7 @@ impl Orchestrator {
                 .retriever
                 .clone()
                 .list_documents(deadline.request(ListDocumentsRequest {
-                    readable_by: None,
+                    readable_by: Some(every_reader()),
                     knowledge_base: knowledge_base.to_owned(),
                     page_size: 1000,
                     page_token,
@@ -271,7 +271,9 @@ impl Orchestrator {
         if documents.is_empty() {
             return Err(OrchestratorError::Validation(format!(
                 "knowledge base {knowledge_base} has no documents to make examples from: \
-                 ingest some first"
+                 ingest some first (documents with readers are left out: an adapter bound to \
+                 the knowledge base answers every reader, so it learns only from what every \
+                 reader may read)"
             )));
         }
         shuffle(&mut documents, settings.seed, |d| d.document_id.as_str());
@@ -386,7 +388,10 @@ impl Orchestrator {
                     question: &question,
                     top_k: (settings.distractors + 4) as u32,
                     score_threshold: Some(-1.0),
-                    filter: None,
+                    filter: Some(Filter {
+                        readable_by: Some(every_reader()),
+                        ..Default::default()
+                    }),
                     mode: SearchMode::Hybrid,
                     rerank: Some(false),
                     rrf_k: None,
@@ -466,6 +471,13 @@ impl Orchestrator {
         )
         .await
     }
+}
+
+/// The documents every reader of a knowledge base may read: those without readers. An
+/// adapter bound to the knowledge base answers every caller, so its examples (passages and
+/// distractors alike) come only from these; a group's document would leak through it.
+fn every_reader() -> ReaderScope {
+    ReaderScope { groups: Vec::new() }
 }
 
 /// `document_id#chunk_index`: a passage's key in the examples file.

@@ -14,6 +14,7 @@
 //!   request id and the caller's deadline;
 //! - [`replicas`]: each downstream service over its replicas: health-aware, least loaded,
 //!   retried elsewhere, generations routed by prompt prefix;
+//! - [`tuners`]: the tuner's replicas, each training job on the one that runs it;
 //! - [`api::OrchestratorApi`]: the `zhiku.v1.Orchestrator` handlers;
 //! - [`http`]: the same pipelines over HTTP (`--http-listen`): the OpenAI-compatible API,
 //!   REST for knowledge bases and documents, and the web page.
@@ -34,6 +35,7 @@ pub mod ingest;
 pub mod prompt;
 pub mod readiness;
 pub mod replicas;
+pub mod tuners;
 pub mod verify;
 
 use std::future::Future;
@@ -205,13 +207,14 @@ pub async fn serve_with_http(
     let http_keys =
         zhiku_runtime::auth::ApiKeys::from_args(&server.auth).map_err(RuntimeError::Auth)?;
     let tuner = match &http_listener {
-        Some(_) => http::fine_tuning::client(
+        Some(_) => tuners::Tuners::new(
             args.tuner_addr.as_deref(),
             args.ca_cert.as_deref(),
             zhiku_runtime::request_id::PropagateRequestId::with_api_key(
                 args.downstream_api_key.as_ref().map(|k| k.0.as_str()),
             )
             .map_err(|e| RuntimeError::Load(format!("--downstream-api-key: {e}")))?,
+            args.replicas.clone(),
         )
         .map_err(|e| RuntimeError::Load(e.to_string()))?,
         None => None,

@@ -443,6 +443,31 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         ),
         "ingest",
     );
+    // A document only group `hr` may read: no example may come from it or quote it, since
+    // the adapter answers every reader of the knowledge base.
+    let restricted = w.join("restricted");
+    std::fs::create_dir(&restricted).expect("a directory");
+    std::fs::write(
+        restricted.join("salary.md"),
+        "# 薪酬制度\n\n## 年终奖\n\n研发部门的年终奖按照绩效系数计算，系数最高为 3.5 倍月薪，\
+         在每年 1 月 15 日发放。保密编号 HR-7731。\n\n## 调薪\n\n每年 4 月进行一次调薪评审，\
+         平均调薪幅度为 6%。\n",
+    )
+    .expect("writes the restricted document");
+    ok(
+        zhiku(
+            &flags,
+            &[
+                "ingest",
+                restricted.to_str().expect("UTF-8"),
+                "--kb",
+                "handbook",
+                "--readers",
+                "hr",
+            ],
+        ),
+        "ingest with readers",
+    );
     let out = w.join("adapter");
     let examples = w.join("adapter.examples.jsonl");
     let run = || {
@@ -489,6 +514,12 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         (1..=4).contains(&records.len()),
         "{} examples: {written}",
         records.len()
+    );
+    assert!(
+        !written.contains("HR-7731")
+            && !written.contains("年终奖")
+            && !written.contains("salary.md"),
+        "an example came from or quoted the document only `hr` may read: {written}"
     );
     let texts: Vec<String> = ["deploy.md", "finetune.md", "history.md"]
         .iter()

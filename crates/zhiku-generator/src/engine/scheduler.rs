@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use super::block_manager::BlockManager;
 use super::executor::execute;
 use super::plan::plan_step;
-use super::sequence::{Next, Sequence};
+use super::sequence::{Next, Row, Sequence};
 use super::{EngineShared, Job, report};
 use crate::error::GeneratorError;
+use crate::sampling::{DeviceRow, penalise_on_device};
 use zhiku_lm::decoder::{Batch, BatchModel};
 use zhiku_lm::kv::{BLOCK_SIZE, KvCache, KvDtype};
 use zhiku_lm::lora::LoraAdapter;
@@ -307,6 +308,17 @@ impl Scheduler {
                 return;
             }
         };
+        // The rows' repetition penalties and greedy picks, on the device: a few integers
+        // up, the picks back, instead of every row's vocabulary both ways.
+        let (device, greedy) = {
+            let rows: Vec<DeviceRow<'_>> = members
+                .iter()
+                .filter(|(_, wants)| *wants)
+                .map(|&(i, _)| self.running[i].seq.device_row())
+                .collect();
+            let greedy: Vec<bool> = rows.iter().map(|r| r.argmax).collect();
+            (penalise_on_device(&logits, &rows), greedy)
+        };
         // Advance every member; sample those that got logits.
         let mut finished: Vec<(usize, Result<super::Completion, GeneratorError>)> = Vec::new();
         let mut row = 0;
@@ -322,10 +334,17 @@ impl Scheduler {
             if !wants {
                 continue;
             }
-            let next = logits.get(row).map_err(GeneratorError::from).and_then(|l| {
-                r.seq
-                    .on_logits(&l, &self.shared.tokenizer, &self.shared.stats)
-            });
+            let tokenizer = &self.shared.tokenizer;
+            let next = match &device {
+                Ok((_, Some(picks))) if greedy[row] => {
+                    r.seq.on_row(Row::Picked(picks[row]), tokenizer, stats)
+                }
+                Ok((penalised, _)) => penalised
+                    .get(row)
+                    .map_err(GeneratorError::from)
+                    .and_then(|l| r.seq.on_row(Row::Penalised(&l), tokenizer, stats)),
+                Err(e) => Err(GeneratorError::Inference(e.to_string())),
+            };
             row += 1;
             match next {
                 Ok(Next::Feed(token)) => r.tokens.push(token),

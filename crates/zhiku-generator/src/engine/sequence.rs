@@ -11,7 +11,18 @@ use candle_transformers::generation::LogitsProcessor;
 use super::{Completion, EngineStats, Event, Finish, Job};
 use crate::decode_stream::{DecodeStream, StopMatcher, StopOutcome};
 use crate::error::GeneratorError;
+use crate::sampling::DeviceRow;
 use zhiku_lm::tokenizer::GenTokenizer;
+
+/// A sequence's row of a step's logits, as far as the device took it.
+pub enum Row<'a> {
+    /// As the model gave them [vocab]: the penalty and the pick happen on the host.
+    Raw(&'a Tensor),
+    /// With the repetition penalty applied ([`crate::sampling::penalise_on_device`]).
+    Penalised(&'a Tensor),
+    /// The greedy pick, made on the device.
+    Picked(u32),
+}
 
 /// What a sequence does after a sampled token.
 pub enum Next {
@@ -74,10 +85,34 @@ impl Sequence {
             .map_err(|_| GeneratorError::Cancelled)
     }
 
-    /// Picks the next token from `logits` [vocab] and streams its text.
+    /// Picks the next token from `logits` [vocab] (penalty and pick on the host) and
+    /// streams its text.
     pub fn on_logits(
         &mut self,
         logits: &Tensor,
+        tokenizer: &GenTokenizer,
+        stats: &EngineStats,
+    ) -> Result<Next, GeneratorError> {
+        self.on_row(Row::Raw(logits), tokenizer, stats)
+    }
+
+    /// What the device does to this sequence's logits row before [`Sequence::on_row`]: its
+    /// repetition penalty over its recent tokens, and whether its pick is the argmax.
+    pub fn device_row(&self) -> DeviceRow<'_> {
+        let sampling = &self.job.sampling;
+        let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
+        DeviceRow {
+            penalty: sampling.repetition_penalty,
+            recent: &self.generated[start..],
+            argmax: sampling.temperature <= 0.0 && sampling.score_candidates.is_empty(),
+        }
+    }
+
+    /// Takes the next token from the step's logits row, however far the device took it,
+    /// and streams its text.
+    pub fn on_row(
+        &mut self,
+        row: Row<'_>,
         tokenizer: &GenTokenizer,
         stats: &EngineStats,
     ) -> Result<Next, GeneratorError> {
@@ -85,20 +120,29 @@ impl Sequence {
             self.first_logits = Some(Instant::now());
         }
         self.check_alive()?;
-        if !self.job.sampling.score_candidates.is_empty() {
-            return self.score(logits).map(Next::Done);
-        }
         let sampling = &self.job.sampling;
-        let next = if sampling.repetition_penalty != 1.0 && !self.generated.is_empty() {
-            let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
-            let penalised = candle_transformers::utils::apply_repeat_penalty(
-                logits,
-                sampling.repetition_penalty,
-                &self.generated[start..],
-            )?;
-            self.processor.sample(&penalised)?
-        } else {
-            self.processor.sample(logits)?
+        if !sampling.score_candidates.is_empty() {
+            // A scoring sequence has generated nothing, so no penalty touched its row.
+            return match row {
+                Row::Raw(l) | Row::Penalised(l) => self.score(l).map(Next::Done),
+                Row::Picked(_) => Err(GeneratorError::Inference(
+                    "a scoring sequence needs its logits, not a picked token".into(),
+                )),
+            };
+        }
+        let next = match row {
+            Row::Picked(token) => token,
+            Row::Penalised(l) => self.processor.sample(l)?,
+            Row::Raw(l) if sampling.repetition_penalty != 1.0 && !self.generated.is_empty() => {
+                let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
+                let penalised = candle_transformers::utils::apply_repeat_penalty(
+                    l,
+                    sampling.repetition_penalty,
+                    &self.generated[start..],
+                )?;
+                self.processor.sample(&penalised)?
+            }
+            Row::Raw(l) => self.processor.sample(l)?,
         };
         if tokenizer.eos_ids.contains(&next) {
             return self.finish(Finish::Eos, tokenizer).map(Next::Done);
@@ -122,8 +166,10 @@ impl Sequence {
 
     /// A scoring job's end: the log-softmax of `logits` at its candidates, nothing sampled.
     fn score(&mut self, logits: &Tensor) -> Result<Completion, GeneratorError> {
-        let logprobs = candle_nn::ops::log_softmax(&logits.to_dtype(candle_core::DType::F32)?, 0)?
-            .to_vec1::<f32>()?;
+        let logprobs = zhiku_lm::transfer::read_back::<f32>(&candle_nn::ops::log_softmax(
+            &logits.to_dtype(candle_core::DType::F32)?,
+            0,
+        )?)?;
         let candidates = &self.job.sampling.score_candidates;
         let picked = candidates
             .iter()

@@ -212,11 +212,14 @@ impl Orchestrator {
         let mut stream = self
             .generate_for(knowledge_base, generate, deadline)
             .await?;
+        // Chunks passed on: a generator lost after the first is not retried elsewhere.
+        let mut chunks = 0;
         while let Some(event) = stream.next().await {
-            let event = event.map_err(OrchestratorError::downstream("generator"))?;
+            let event = event.map_err(OrchestratorError::generation(chunks))?;
             match event.event {
                 Some(generate_stream_response::Event::Chunk(chunk)) => {
                     first_token_ms.get_or_insert_with(|| ms(started));
+                    chunks += 1;
                     send(events, ask_event::Event::Chunk(chunk)).await?;
                 }
                 Some(generate_stream_response::Event::Done(done)) => {

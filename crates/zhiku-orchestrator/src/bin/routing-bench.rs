@@ -22,6 +22,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use zhiku_orchestrator::replicas::metrics::metrics;
 use zhiku_orchestrator::replicas::{GenerationRouting, ReplicaArgs, ReplicaSet};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{
@@ -66,6 +67,12 @@ struct Args {
     /// Tokens generated per request.
     #[arg(long, default_value_t = 8)]
     max_new_tokens: u32,
+    /// With prefix routing: a request leaves the replica holding its prefix for the least
+    /// loaded one when the first has more than this many calls in flight over the second
+    /// (the orchestrator's --generator-max-imbalance). With --clients 3 over 2 replicas, 4
+    /// lets all three wait on one replica while the other idles; 1 keeps both busy.
+    #[arg(long, env = "ZHIKU_GENERATOR_MAX_IMBALANCE", default_value_t = 4)]
+    max_imbalance: usize,
     /// What to measure: `routing` (the three routings over --replicas), `scaling`
     /// (requests per second on 1 and 2 replicas, routed by prefix), or both.
     #[arg(long, value_delimiter = ',', default_value = "routing")]
@@ -186,6 +193,36 @@ struct Run {
     samples: Vec<Sample>,
     wall: Duration,
     failures: usize,
+    /// Requests each replica took.
+    calls: Vec<u64>,
+    /// CPU seconds each generator process used during the run, and this process (the
+    /// clients and the replica set).
+    generator_cpu: Vec<f64>,
+    client_cpu: f64,
+}
+
+/// CPU seconds (user and system) process `pid` (this one when None) has used, from
+/// /proc/PID/stat (Linux; clock ticks of 1/100 s); 0 where it cannot be read.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The fields after the command name (which may hold spaces): state is the first, utime
+    // the 12th and stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -262,9 +299,31 @@ async fn run(
             downstream_dns_refresh_seconds: 5,
             generator_routing: routing,
             generator_prefix_routes: 65_536,
-            generator_max_imbalance: 4,
+            generator_max_imbalance: args.max_imbalance,
         },
     )?;
+    let cpu = |generators: &Generators| {
+        let each: Vec<f64> = generators
+            .0
+            .iter()
+            .map(|c| cpu_seconds(Some(c.id())))
+            .collect();
+        (each, cpu_seconds(None))
+    };
+    let calls = |generators: &Generators| -> Vec<u64> {
+        generators
+            .1
+            .iter()
+            .map(|a| {
+                metrics()
+                    .calls
+                    .with_label_values(&["generator", a.as_str()])
+                    .get()
+            })
+            .collect()
+    };
+    let (calls_before, (generator_cpu_before, client_cpu_before)) =
+        (calls(&generators), cpu(&generators));
     let started = Instant::now();
     let per_client = args.requests.div_ceil(args.clients);
     let clients = (0..args.clients).map(|c| {
@@ -339,6 +398,9 @@ async fn run(
         samples: Vec::new(),
         wall: Duration::ZERO,
         failures: 0,
+        calls: Vec::new(),
+        generator_cpu: Vec::new(),
+        client_cpu: 0.0,
     };
     for client in futures::future::join_all(clients).await {
         let (samples, failures) = client.map_err(|e| e.to_string())?;
@@ -346,6 +408,18 @@ async fn run(
         all.failures += failures;
     }
     all.wall = started.elapsed();
+    let (generator_cpu, client_cpu) = cpu(&generators);
+    all.generator_cpu = generator_cpu
+        .iter()
+        .zip(&generator_cpu_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    all.client_cpu = client_cpu - client_cpu_before;
+    all.calls = calls(&generators)
+        .iter()
+        .zip(&calls_before)
+        .map(|(after, before)| after - before)
+        .collect();
     drop(generators);
     Ok(all)
 }
@@ -386,14 +460,15 @@ async fn main() -> ExitCode {
             .unwrap_or_else(|| PathBuf::from("zhiku-generator"))
     });
     println!(
-        "{} generator replicas ({} thread each), {} requests from {} clients over {} knowledge bases, {:.0}% follow-ups, {} tokens each",
+        "{} generator replicas ({} thread each), {} requests from {} clients over {} knowledge bases, {:.0}% follow-ups, {} tokens each, max imbalance {}",
         args.replicas,
         args.threads,
         args.requests,
         args.clients,
         args.kbs,
         args.follow_ups * 100.0,
-        args.max_new_tokens
+        args.max_new_tokens,
+        args.max_imbalance
     );
     let table = |first: &str| {
         println!(
@@ -427,17 +502,36 @@ async fn main() -> ExitCode {
     if args.measure.iter().any(|m| m == "scaling") {
         table("replicas (prefix routing)");
         let mut rates = Vec::new();
+        let mut runs = Vec::new();
         for n in [1, 2] {
             match run(&args, &bin, n, GenerationRouting::Prefix).await {
                 Ok(r) => {
                     report(&n.to_string(), &r);
                     rates.push(r.samples.len() as f64 / r.wall.as_secs_f64());
+                    runs.push((n, r));
                 }
                 Err(e) => {
                     eprintln!("{n} replicas: {e}");
                     return ExitCode::FAILURE;
                 }
             }
+        }
+        println!();
+        for (n, r) in &runs {
+            let wall = r.wall.as_secs_f64();
+            let busy: Vec<String> = r
+                .generator_cpu
+                .iter()
+                .map(|cpu| format!("{:.0}%", 100.0 * cpu / wall))
+                .collect();
+            println!(
+                "{n} replica(s): {:.1} s; requests per replica {:?}; each generator's CPU over \
+                 the run {}; the clients' process {:.0}% of a core",
+                wall,
+                r.calls,
+                busy.join(", "),
+                100.0 * r.client_cpu / wall
+            );
         }
         if let [one, two] = rates[..] {
             println!("\nrequests/s, 2 replicas over 1: {:.2}x", two / one);

@@ -1,5 +1,6 @@
 //! OpenAI-shaped fine-tuning routes, passed to the tuner (`zhiku.v1.Tuner`, `--tuner-addr`)
-//! over gRPC; without `--tuner-addr` they answer 501.
+//! over gRPC, over its replicas ([`crate::tuners`]: a job's calls go to the replica that
+//! holds it, a listing merges them all); without `--tuner-addr` they answer 501.
 //!
 //! | route | gRPC |
 //! |---|---|
@@ -19,65 +20,24 @@
 //! `learning_rate`, …). The base model is the tuner's: `model` is not used.
 
 use axum::extract::{Path, RawQuery, State};
-use futures::StreamExt;
 use serde_json::{Value, json};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use zhiku_proto::v1::tuner_client::TunerClient;
 use zhiku_proto::v1::{
-    CancelJobRequest, CreateJobRequest, GetJobRequest, ListJobsRequest, LoraInit, TooLongPolicy,
-    TuneHyperparameters, TuneJob, TuneJobEvent, TuneJobEventKind, TuneJobState, WatchJobRequest,
-    create_job_request,
+    CreateJobRequest, LoraInit, TooLongPolicy, TuneHyperparameters, TuneJob, TuneJobEvent,
+    TuneJobEventKind, TuneJobState, create_job_request,
 };
-use zhiku_runtime::request_id::PropagateRequestId;
 
 use super::{ApiError, HttpState, Json};
-use crate::error::OrchestratorError;
-
-pub type Tuner = TunerClient<InterceptedService<Channel, PropagateRequestId>>;
-
-/// The tuner's client for `--tuner-addr` (connecting lazily, as the other downstreams do);
-/// None without one.
-pub fn client(
-    address: Option<&str>,
-    ca_cert: Option<&std::path::Path>,
-    caller: PropagateRequestId,
-) -> Result<Option<Tuner>, OrchestratorError> {
-    let Some(address) = address.filter(|a| !a.trim().is_empty()) else {
-        return Ok(None);
-    };
-    let endpoint = zhiku_runtime::client::endpoint(address, ca_cert).map_err(|reason| {
-        OrchestratorError::BadAddress {
-            service: "tuner",
-            address: address.to_owned(),
-            reason,
-        }
-    })?;
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    let max = 64 * 1024 * 1024;
-    Ok(Some(
-        TunerClient::with_interceptor(channel, caller)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-    ))
-}
+use crate::tuners::Tuners;
 
 impl HttpState {
-    fn tuner(&self) -> Result<Tuner, ApiError> {
-        self.tuner.clone().ok_or_else(|| {
+    fn tuner(&self) -> Result<&Tuners, ApiError> {
+        self.tuner.as_ref().ok_or_else(|| {
             ApiError::unimplemented(
                 "fine-tuning needs the tuner: start zhiku-tuner and give the orchestrator \
                  --tuner-addr (ZHIKU_TUNER_ADDR)",
             )
         })
     }
-}
-
-fn downstream(status: tonic::Status) -> ApiError {
-    OrchestratorError::downstream("tuner")(status).into()
 }
 
 fn status_name(state: i32) -> &'static str {
@@ -335,29 +295,23 @@ pub async fn create_job(
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let request = create_request(&body)?;
-    let job = state
-        .tuner()?
-        .create_job(request)
-        .await
-        .map_err(downstream)?
-        .into_inner();
+    let job = state.tuner()?.create(request).await?;
     Ok(Json(job_json(&job)))
 }
 
-/// `GET /v1/fine_tuning/jobs`: newest first, as OpenAI lists them.
+/// `GET /v1/fine_tuning/jobs`: every tuner replica's jobs, newest first, as OpenAI lists
+/// them; the replicas that could not be asked are named under `zhiku.unreachable`.
 pub async fn list_jobs(State(state): State<HttpState>) -> Result<Json<Value>, ApiError> {
-    let mut jobs = state
-        .tuner()?
-        .list_jobs(ListJobsRequest {})
-        .await
-        .map_err(downstream)?
-        .into_inner()
-        .jobs;
-    jobs.reverse();
+    let list = state.tuner()?.list().await?;
     Ok(Json(json!({
         "object": "list",
-        "data": jobs.iter().map(job_json).collect::<Vec<_>>(),
+        "data": list.jobs.iter().rev().map(job_json).collect::<Vec<_>>(),
         "has_more": false,
+        "zhiku": {
+            "unreachable": list.unreachable.iter()
+                .map(|(replica, error)| json!({"replica": replica, "error": error}))
+                .collect::<Vec<_>>(),
+        },
     })))
 }
 
@@ -366,12 +320,7 @@ pub async fn get_job(
     State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state
-        .tuner()?
-        .get_job(GetJobRequest { job_id: id })
-        .await
-        .map_err(downstream)?
-        .into_inner();
+    let job = state.tuner()?.get(&id).await?;
     Ok(Json(job_json(&job)))
 }
 
@@ -380,12 +329,7 @@ pub async fn cancel_job(
     State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state
-        .tuner()?
-        .cancel_job(CancelJobRequest { job_id: id })
-        .await
-        .map_err(downstream)?
-        .into_inner();
+    let job = state.tuner()?.cancel(&id).await?;
     Ok(Json(job_json(&job)))
 }
 
@@ -422,19 +366,7 @@ pub async fn job_events(
             }
         }
     }
-    let mut stream = state
-        .tuner()?
-        .watch_job(WatchJobRequest {
-            job_id: id.clone(),
-            history_only: true,
-        })
-        .await
-        .map_err(downstream)?
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = stream.next().await {
-        events.push(event.map_err(downstream)?);
-    }
+    let events = state.tuner()?.history(&id).await?;
     let has_more = events.len() > limit;
     let data: Vec<Value> = events
         .iter()

@@ -52,8 +52,8 @@ pub struct HttpState {
     orchestrator: Ready<Arc<Orchestrator>>,
     /// True while the three downstream services are SERVING (the gRPC health's source).
     ready: watch::Receiver<bool>,
-    /// The tuner (`--tuner-addr`), for the fine-tuning routes.
-    tuner: Option<fine_tuning::Tuner>,
+    /// The tuner's replicas (`--tuner-addr`), for the fine-tuning routes.
+    tuner: Option<crate::tuners::Tuners>,
 }
 
 impl HttpState {
@@ -65,8 +65,8 @@ impl HttpState {
         }
     }
 
-    /// With the tuner's client: the fine-tuning routes pass to it (else they answer 501).
-    pub fn with_tuner(mut self, tuner: Option<fine_tuning::Tuner>) -> Self {
+    /// With the tuner's replicas: the fine-tuning routes pass to them (else they answer 501).
+    pub fn with_tuner(mut self, tuner: Option<crate::tuners::Tuners>) -> Self {
         self.tuner = tuner;
         self
     }

@@ -787,11 +787,14 @@ fn chat_chunks(
             ])
         }
     });
+    // Chunks passed on: a generator lost after the first is not retried elsewhere.
+    let mut chunks = 0;
     let rest = stream
         .map(move |event| {
-            let event = event.map_err(OrchestratorError::downstream("generator"))?;
+            let event = event.map_err(OrchestratorError::generation(chunks))?;
             Ok(match event.event {
                 Some(generate_stream_response::Event::Chunk(chunk)) => {
+                    chunks += 1;
                     vec![header.chunk(json!({ "content": chunk.text }), None)]
                 }
                 Some(generate_stream_response::Event::Done(done)) => {

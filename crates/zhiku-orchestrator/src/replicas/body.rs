@@ -39,8 +39,7 @@ impl http_body::Body for ReplicaBody {
             Poll::Ready(Some(Err(status))) => {
                 let status = match &self.started_on {
                     Some(replica) => tonic::Status::unavailable(format!(
-                        "the generator replica {replica} failed after the answer had started \
-                         ({}); the answer is incomplete, ask again",
+                        "the generator replica {replica} was lost while it streamed: {}",
                         status.message()
                     )),
                     None => status,

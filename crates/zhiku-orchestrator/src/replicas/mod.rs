@@ -17,6 +17,8 @@
 //!   RESOURCE_EXHAUSTED) is sent once more to another replica. A generation that breaks
 //!   after its first token ends with UNAVAILABLE naming the replica. LoadAdapter and
 //!   UnloadAdapter go to every replica.
+//! - Pinned: a call that carries [`Pinned`] goes to that replica alone, once (the tuner's
+//!   jobs live on the replica that runs them: [`crate::tuners`]).
 
 pub mod body;
 pub mod metrics;
@@ -95,6 +97,11 @@ pub struct ReplicaArgs {
     #[arg(long, env = "ZHIKU_GENERATOR_MAX_IMBALANCE", default_value_t = 4)]
     pub generator_max_imbalance: usize,
 }
+
+/// A request extension: the call goes to the replica at this address, once, whatever its
+/// health (it alone holds what the call is about); UNAVAILABLE when the set no longer has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned(pub Arc<str>);
 
 /// What a replica's last health check (or call) said.
 const UNKNOWN: u8 = 0;
@@ -305,6 +312,25 @@ impl ReplicaSet {
             .all(|r| r.health.load(Ordering::Relaxed) != UNKNOWN)
     }
 
+    /// The replicas a new call may go to now: those not known to be down, else all of them
+    /// (as the choice of a replica takes them).
+    pub fn candidates(&self) -> Vec<Arc<str>> {
+        let replicas = self.snapshot();
+        let loads: Vec<Load> = replicas.iter().map(|r| r.load()).collect();
+        pick::candidates(&loads, None)
+            .into_iter()
+            .map(|i| Arc::clone(&replicas[i].address))
+            .collect()
+    }
+
+    /// Every replica's address now, down or not.
+    pub fn all(&self) -> Vec<Arc<str>> {
+        self.snapshot()
+            .iter()
+            .map(|r| Arc::clone(&r.address))
+            .collect()
+    }
+
     /// Calls in flight per replica address now.
     pub fn in_flight(&self) -> Vec<(String, usize)> {
         self.snapshot()
@@ -346,6 +372,16 @@ impl ReplicaSet {
     ) -> Result<http::Response<Body>, BoxError> {
         self.start();
         self.first_resolution().await;
+        if let Some(Pinned(address)) = request.extensions().get::<Pinned>().cloned() {
+            let replicas = self.snapshot();
+            let Some(replica) = replicas.iter().find(|r| r.address == address) else {
+                return Err(Box::new(tonic::Status::unavailable(format!(
+                    "the {} replica {address} is no longer one of its addresses",
+                    self.shared.service
+                ))));
+            };
+            return self.send_once(replica, request).await;
+        }
         let kind = CallKind::of(request.uri().path());
         if kind == CallKind::Once {
             let replicas = self.snapshot();
@@ -817,10 +853,18 @@ mod tests {
     }
 
     async fn check(set: &ReplicaSet) -> Result<i32, tonic::Status> {
+        check_on(set, None).await
+    }
+
+    /// A health check through `set`, pinned to `replica` when there is one.
+    async fn check_on(set: &ReplicaSet, replica: Option<&str>) -> Result<i32, tonic::Status> {
         let mut request = tonic::Request::new(HealthCheckRequest {
             service: SERVICE.into(),
         });
         request.set_timeout(Duration::from_secs(5));
+        if let Some(replica) = replica {
+            request.extensions_mut().insert(Pinned(Arc::from(replica)));
+        }
         Ok(HealthClient::new(set.clone())
             .check(request)
             .await?
@@ -853,6 +897,28 @@ mod tests {
             check(&alone).await.unwrap_err().code(),
             tonic::Code::Unavailable
         );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_call_goes_to_its_replica_alone_and_is_not_retried_elsewhere() {
+        let dead = closed_address().await;
+        let (alive, _reporter) = health_server().await;
+        let set = set_of(&[&dead, &alive], 60_000);
+        for _ in 0..3 {
+            check_on(&set, Some(&alive)).await.unwrap();
+        }
+        assert_eq!(calls_to(&alive), 3);
+        // Pinned to the dead one (an idempotent call, else retried): its own failure.
+        let failed = check_on(&set, Some(&dead)).await.unwrap_err();
+        assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+        assert_eq!(calls_to(&alive), 3, "sent to another replica");
+        assert_eq!(calls_to(&dead), 1);
+        // An address the set does not have: UNAVAILABLE naming it.
+        let gone = check_on(&set, Some("http://127.0.0.1:9"))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::Unavailable);
+        assert!(gone.message().contains("http://127.0.0.1:9"), "{gone:?}");
     }
 
     #[tokio::test]
@@ -918,6 +984,8 @@ mod tests {
             ("Embedder/Embed", CallKind::Idempotent),
             ("Retriever/Search", CallKind::Idempotent),
             ("Embedder/Rerank", CallKind::Idempotent),
+            // OCR, on the embedder's replicas: retried once elsewhere as Embed is.
+            ("Embedder/Recognize", CallKind::Idempotent),
             ("Retriever/Upsert", CallKind::Once),
             ("Embedder/EmbedStream", CallKind::Once),
             ("Generator/LoadAdapter", CallKind::Broadcast),

@@ -150,7 +150,9 @@ impl JobQueue {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             changed: watch::Sender::new(0),
-            id_prefix: format!("ftjob-{:x}", now_ms()),
+            // The start time and the process: ids of replicas started in the same millisecond
+            // differ (an orchestrator over several tuners finds a job by its id).
+            id_prefix: format!("ftjob-{:x}{:05x}", now_ms(), std::process::id() & 0xf_ffff),
         });
         let worker = shared.clone();
         std::thread::Builder::new()
