@@ -218,17 +218,45 @@ fn server_args(keys: &Path, service_key: bool) -> ServerArgs {
 #[test]
 fn a_reader_never_gets_another_groups_passage() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let store = zhiku_retriever::RetrieverArgs::embedded(dir.path().join("data"));
+    run_no_leak(dir.path(), store);
+}
+
+/// The same over a Qdrant server (`ZHIKU_TEST_QDRANT_URL`, as `scripts/qdrant-test-server`
+/// sets it): the readers filter is applied by the server while it ranks.
+#[test]
+fn a_reader_never_gets_another_groups_passage_on_a_qdrant_server() {
+    let Some(url) = std::env::var("ZHIKU_TEST_QDRANT_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED access control on a Qdrant server: no server (set ZHIKU_TEST_QDRANT_URL, \
+             or run under scripts/qdrant-test-server)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = zhiku_retriever::RetrieverArgs::embedded(dir.path().join("data"));
+    store.backend = zhiku_retriever::Backend::Qdrant;
+    store.qdrant_url = url;
+    store.qdrant_collection_prefix = format!("zhiku_access_{}_", std::process::id());
+    run_no_leak(dir.path(), store);
+}
+
+fn run_no_leak(dir: &Path, store: zhiku_retriever::RetrieverArgs) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(no_leak(dir.path()));
+    runtime.block_on(no_leak(dir, store));
     // Every service stops (the retriever's shards flush) before the directory goes.
     runtime.shutdown_timeout(Duration::from_secs(10));
 }
 
-async fn no_leak(dir: &Path) {
+async fn no_leak(dir: &Path, store: zhiku_retriever::RetrieverArgs) {
     let Some(minilm) = minilm() else { return };
     if common::smollm2_or_skip().is_none() {
         return;
@@ -256,7 +284,7 @@ async fn no_leak(dir: &Path) {
         never(),
     ));
     tokio::spawn(zhiku_retriever::serve(
-        zhiku_retriever::RetrieverArgs::embedded(dir.join("data")),
+        store,
         server_args(&keys, true),
         retriever_listener,
         never(),
