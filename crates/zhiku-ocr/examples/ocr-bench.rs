@@ -2,22 +2,27 @@
 //! condition and speed (pages/s, seconds per page) at 1 and 2 threads.
 //!
 //! ```text
-//! cargo run -p zhiku-ocr --example ocr-bench -- [--models models/ppocr]
+//! cargo run --release -p zhiku-ocr --example ocr-bench -- [--models models/ppocr]
 //!     [--python .venv-bench/bin/python] [--repeat 3] [--threads 1,2]
 //! ```
 //!
 //! The reference is `scripts/rapidocr_bench.py`: rapidocr-onnxruntime 1.4.4 on onnxruntime,
 //! reading the same PNG files with the same model files (a Python environment holding both:
 //! `python3 -m venv .venv-bench && .venv-bench/bin/pip install rapidocr-onnxruntime==1.4.4
-//! onnxruntime==1.31.1`). RapidOCR orders lines top to bottom only; its CER is also given
-//! with its lines put in zhiku-ocr's reading order, which isolates recognition.
+//! onnxruntime==1.31.1`). It runs as a worker beside this program, and each timed read of
+//! ours alternates with one of RapidOCR's on the same page (which goes first alternates
+//! too): on a shared machine both then see the same load, and the ratio holds where the
+//! absolute times do not. Both sides time the file read and decode as well. RapidOCR orders
+//! lines top to bottom only; its CER is also given with its lines put in zhiku-ocr's reading
+//! order, which isolates recognition.
 
 #[path = "../tests/corpus/mod.rs"]
 mod corpus;
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use zhiku_ocr::{DecodeLimits, Line, OcrEngine, OcrOptions, Page, Point};
@@ -62,35 +67,48 @@ struct Run {
     lines: Vec<String>,
 }
 
-fn reference(args: &Args, threads: usize, files: &[PathBuf]) -> HashMap<String, (Run, String)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rapidocr_bench.py");
-    let output = Command::new(&args.python)
-        .arg(&script)
-        .arg("--models")
-        .arg(&args.models)
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "--repeat",
-            &args.repeat.to_string(),
-        ])
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", args.python.display()));
-    assert!(
-        output.status.success(),
-        "RapidOCR failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("RapidOCR's JSON");
-    let mut out = HashMap::new();
-    for (name, result) in json.as_object().expect("an object") {
-        let seconds: Vec<f64> = result["seconds"]
-            .as_array()
-            .expect("seconds")
-            .iter()
-            .filter_map(|s| s.as_f64())
-            .collect();
+/// RapidOCR in a Python worker: one image path a line in, one JSON line out.
+struct Reference {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Reference {
+    fn start(args: &Args, threads: usize) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rapidocr_bench.py");
+        let mut child = Command::new(&args.python)
+            .arg(&script)
+            .arg("--models")
+            .arg(&args.models)
+            .args(["--threads", &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", args.python.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// One timed read of `path`: its lines (raw order, and in zhiku-ocr's reading order)
+    /// and the seconds RapidOCR took.
+    fn read(&mut self, path: &Path) -> (Run, String) {
+        writeln!(self.stdin, "{}", path.display()).expect("writing to RapidOCR");
+        self.stdin.flush().expect("writing to RapidOCR");
+        let mut answer = String::new();
+        self.stdout
+            .read_line(&mut answer)
+            .expect("reading RapidOCR's answer");
+        assert!(
+            !answer.is_empty(),
+            "RapidOCR stopped (see its stderr above)"
+        );
+        let result: serde_json::Value = serde_json::from_str(&answer).expect("RapidOCR's JSON");
         let mut lines = Vec::new();
         let mut texts = Vec::new();
         for line in result["lines"].as_array().expect("lines") {
@@ -112,21 +130,35 @@ fn reference(args: &Args, threads: usize, files: &[PathBuf]) -> HashMap<String, 
                 vertical: false,
             });
         }
-        let raw = texts.join("\n");
         let ordered = Page::from_lines(0, 0, lines).text();
-        out.insert(
-            name.clone(),
-            (
-                Run {
-                    text: raw,
-                    seconds: seconds.iter().sum::<f64>() / seconds.len().max(1) as f64,
-                    lines: texts,
-                },
-                ordered,
-            ),
-        );
+        let run = Run {
+            text: texts.join("\n"),
+            seconds: result["seconds"].as_f64().expect("seconds"),
+            lines: texts,
+        };
+        (run, ordered)
     }
-    out
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One timed read of ours, the file read and decode included.
+fn ours(engine: &OcrEngine, path: &Path) -> Run {
+    let start = Instant::now();
+    let bytes = std::fs::read(path).expect("reading a page");
+    let page = engine
+        .recognize_bytes(&bytes, &DecodeLimits::default())
+        .expect("recognition");
+    Run {
+        seconds: start.elapsed().as_secs_f64(),
+        text: page.text(),
+        lines: page.lines.iter().map(|l| l.text.clone()).collect(),
+    }
 }
 
 fn same_lines(a: &[String], b: &[String]) -> usize {
@@ -176,9 +208,10 @@ fn main() {
             },
         )
         .expect("loading the models");
-        // One untimed run: the first inference allocates and plans.
-        let _ = engine.recognize(&conditions[0].1.image);
-        let theirs = reference(&args, threads, &files);
+        let mut reference = Reference::start(&args, threads);
+        // One untimed run each: the first inference allocates and plans.
+        ours(&engine, &files[0]);
+        reference.read(&files[0]);
         println!("\n== {threads} thread(s)");
         println!(
             "{:<12} {:>9} {:>13} {:>14} {:>10} {:>12} {:>11}",
@@ -191,41 +224,44 @@ fn main() {
             "same lines"
         );
         let (mut ours_total, mut theirs_total) = (0.0, 0.0);
+        let mut turn = 0usize;
         for ((name, page), path) in conditions.iter().zip(&files) {
-            let bytes = std::fs::read(path).expect("reading a page");
-            let mut seconds = 0.0;
-            let mut result = None;
-            for _ in 0..args.repeat {
-                let start = Instant::now();
-                result = Some(
-                    engine
-                        .recognize_bytes(&bytes, &DecodeLimits::default())
-                        .expect("recognition"),
-                );
-                seconds += start.elapsed().as_secs_f64();
+            let (mut mine, mut theirs) = (None, None);
+            let (mut my_seconds, mut their_seconds) = (0.0, 0.0);
+            for _ in 0..args.repeat.max(1) {
+                // Who goes first alternates, so neither always follows the other's caches.
+                turn += 1;
+                let (a, b) = if turn.is_multiple_of(2) {
+                    let a = ours(&engine, path);
+                    (a, reference.read(path))
+                } else {
+                    let b = reference.read(path);
+                    (ours(&engine, path), b)
+                };
+                my_seconds += a.seconds;
+                their_seconds += b.0.seconds;
+                mine = Some(a);
+                theirs = Some(b);
             }
-            let result = result.expect("at least one run");
-            let ours = Run {
-                text: result.text(),
-                seconds: seconds / args.repeat.max(1) as f64,
-                lines: result.lines.iter().map(|l| l.text.clone()).collect(),
-            };
-            let key = format!("{name}.png");
-            let (reference, reordered) = &theirs[&key];
+            let repeat = args.repeat.max(1) as f64;
+            let (mine, (reference_run, reordered)) = (
+                mine.expect("at least one run"),
+                theirs.expect("at least one run"),
+            );
             let truth = page.text();
             println!(
                 "{:<12} {:>8.2}% {:>12.2}% {:>13.2}% {:>10.3} {:>12.3} {:>5}/{:<5}",
                 name,
-                100.0 * corpus::cer(&truth, &ours.text),
-                100.0 * corpus::cer(&truth, &reference.text),
-                100.0 * corpus::cer(&truth, reordered),
-                ours.seconds,
-                reference.seconds,
-                same_lines(&ours.lines, &reference.lines),
-                reference.lines.len()
+                100.0 * corpus::cer(&truth, &mine.text),
+                100.0 * corpus::cer(&truth, &reference_run.text),
+                100.0 * corpus::cer(&truth, &reordered),
+                my_seconds / repeat,
+                their_seconds / repeat,
+                same_lines(&mine.lines, &reference_run.lines),
+                reference_run.lines.len()
             );
-            ours_total += ours.seconds;
-            theirs_total += reference.seconds;
+            ours_total += my_seconds / repeat;
+            theirs_total += their_seconds / repeat;
         }
         let pages = conditions.len() as f64;
         println!(

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The reference side of zhiku-ocr's benchmark (examples/ocr-bench.rs): RapidOCR
 (rapidocr-onnxruntime 1.4.4 on onnxruntime) reading the same page images with the same model
-files. Prints one JSON object: per image, its lines (box, text, score) and the seconds of
-each timed run.
+files. It reads one image path a line on standard input, reads that image once, and answers
+one JSON line: the lines found (box, text, score) and the seconds the read took. The
+benchmark alternates its own runs with these, so that both see the same load on a shared
+machine.
 
-    rapidocr_bench.py --models DIR --threads N --repeat R IMAGE...
+    rapidocr_bench.py --models DIR --threads N < paths
 """
 import argparse
 import json
@@ -12,6 +14,7 @@ import os
 import sys
 import time
 
+import cv2
 from rapidocr_onnxruntime import RapidOCR
 
 
@@ -19,9 +22,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", required=True)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("images", nargs="+")
     args = parser.parse_args()
+    # OpenCV's resizes and warps would otherwise use every core: held to the same threads
+    # as the models (zhiku-ocr's own image processing runs on one).
+    cv2.setNumThreads(args.threads)
     engine = RapidOCR(
         det_model_path=os.path.join(args.models, "ch_PP-OCRv4_det_infer.onnx"),
         rec_model_path=os.path.join(args.models, "ch_PP-OCRv4_rec_infer.onnx"),
@@ -29,22 +33,18 @@ def main():
         intra_op_num_threads=args.threads,
         inter_op_num_threads=1,
     )
-    # One untimed run: the first inference allocates and plans.
-    engine(args.images[0])
-    out = {}
-    for path in args.images:
-        seconds = []
-        result = None
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            result, _ = engine(path)
-            seconds.append(time.perf_counter() - start)
+    for path in sys.stdin:
+        path = path.rstrip("\n")
+        if not path:
+            continue
+        start = time.perf_counter()
+        result, _ = engine(path)
+        seconds = time.perf_counter() - start
         lines = [
             {"box": [[float(x), float(y)] for x, y in box], "text": text, "score": float(score)}
             for box, text, score in (result or [])
         ]
-        out[os.path.basename(path)] = {"lines": lines, "seconds": seconds}
-    json.dump(out, sys.stdout, ensure_ascii=False)
+        print(json.dumps({"lines": lines, "seconds": seconds}, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":
