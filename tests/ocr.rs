@@ -3,7 +3,9 @@
 //! scanner embeds them), as a PNG and as the scanned page of an OFD (whose other page is
 //! typed text), are ingested beside text files; the embedder reads
 //! them with the PP-OCR models (Recognize), and an Ask whose answer is only on a scanned
-//! page cites that file and page. A truncated image fails alone, naming the file. Needs
+//! page cites that file and page. A truncated image fails alone, naming the file. A DOCX
+//! holding a picture of text is read with `images` OCR, the picture's text found by an
+//! Ask at its place, and skipped without it. Needs
 //! models/ppocr (with libonnxruntime), a CJK font, an embedder and the chat model; prints
 //! SKIPPED without them.
 
@@ -18,10 +20,12 @@ use std::time::Duration;
 
 use image::{ImageFormat, RgbImage};
 use zhiku_e2e::models_dir;
-use zhiku_e2e::pipeline::{STARTUP, Services, ask_request, ask_with, documents, ingest_files};
+use zhiku_e2e::pipeline::{
+    STARTUP, Services, ask_request, ask_with, documents, ingest_files, ingest_request,
+};
 use zhiku_proto::v1::embedder_client::EmbedderClient;
 use zhiku_proto::v1::orchestrator_client::OrchestratorClient;
-use zhiku_proto::v1::{Citation, DocumentInput, RecognizeRequest};
+use zhiku_proto::v1::{Citation, DocumentInput, IngestRequest, OcrMode, RecognizeRequest};
 
 /// The chat model under models/ (scripts/fetch-models).
 const CHAT_MODEL: &str = "Qwen2.5-Coder-0.5B-Instruct-GGUF";
@@ -34,6 +38,11 @@ const OFD_TYPED: &str = "采购合同第一页：甲方为华东公司，乙方�
 
 /// Only in the PNG.
 const PNG_FACT: &str = "蓝湖仓库的负责人是周明远，仓库每天下午五点关门。";
+
+/// Only in the picture inside the DOCX; its typed text around it says nothing of it.
+const DOCX_PICTURE_FACT: &str = "白桦档案室的钥匙由李文静保管，借用需要登记。";
+const DOCX_BEFORE: &str = "附件一：档案室门口的告示照片如下。";
+const DOCX_AFTER: &str = "以上告示自十二月起施行。";
 
 fn page_image(font: &ab_glyph::FontVec, paragraphs: &[&str]) -> RgbImage {
     corpus::render(
@@ -101,7 +110,6 @@ fn image_only_pdf(pages: &[RgbImage]) -> Vec<u8> {
 
 /// An OFD (GB/T 33190) of two pages: typed text, then a scanned page (one PNG image).
 fn ofd(typed: &str, scan_png: &[u8]) -> Vec<u8> {
-    use std::io::Write;
     let ns = r#"xmlns:ofd="http://www.ofdspec.org/2016""#;
     let entries: Vec<(&str, Vec<u8>)> = vec![
         ("OFD.xml", format!(r#"<ofd:OFD {ns} Version="1.0" DocType="OFD"><ofd:DocBody><ofd:DocRoot>Doc_0/Document.xml</ofd:DocRoot></ofd:DocBody></ofd:OFD>"#).into_bytes()),
@@ -111,13 +119,41 @@ fn ofd(typed: &str, scan_png: &[u8]) -> Vec<u8> {
         ("Doc_0/Pages/Page_1/Content.xml", format!(r#"<ofd:Page {ns}><ofd:Content><ofd:Layer ID="5"><ofd:ImageObject ID="6" ResourceID="10" Boundary="0 0 210 297"/></ofd:Layer></ofd:Content></ofd:Page>"#).into_bytes()),
         ("Doc_0/Res/scan.png", scan_png.to_vec()),
     ];
+    zip_of(entries)
+}
+
+/// A zip archive of the entries (an OFD or a DOCX).
+fn zip_of(entries: Vec<(&str, Vec<u8>)>) -> Vec<u8> {
+    use std::io::Write;
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (name, content) in entries {
         zip.start_file(name, zip::write::SimpleFileOptions::default())
-            .expect("an OFD entry");
-        zip.write_all(&content).expect("an OFD entry");
+            .expect("a zip entry");
+        zip.write_all(&content).expect("a zip entry");
     }
-    zip.finish().expect("the OFD").into_inner()
+    zip.finish().expect("the zip").into_inner()
+}
+
+/// A Word file of a paragraph, a picture (PNG, in its own paragraph, as Word places an
+/// inline picture) and another paragraph.
+fn docx_with_picture(before: &str, picture_png: &[u8], after: &str) -> Vec<u8> {
+    let document = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" xmlns:wp="http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing" xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" xmlns:pic="http://schemas.openxmlformats.org/drawingml/2006/picture"><w:body>
+<w:p><w:r><w:t>{before}</w:t></w:r></w:p>
+<w:p><w:r><w:drawing><wp:inline><wp:extent cx="5486400" cy="1828800"/><wp:docPr id="1" name="图片 1"/><a:graphic><a:graphicData uri="http://schemas.openxmlformats.org/drawingml/2006/picture"><pic:pic><pic:nvPicPr><pic:cNvPr id="1" name="notice.png"/><pic:cNvPicPr/></pic:nvPicPr><pic:blipFill><a:blip r:embed="rId4"/></pic:blipFill><pic:spPr/></pic:pic></a:graphicData></a:graphic></wp:inline></w:drawing></w:r></w:p>
+<w:p><w:r><w:t>{after}</w:t></w:r></w:p>
+<w:sectPr/></w:body></w:document>"#
+    );
+    let rels = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId4" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="media/image1.png"/></Relationships>"#;
+    let entries: Vec<(&str, Vec<u8>)> = vec![
+        ("[Content_Types].xml", br#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="png" ContentType="image/png"/><Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>"#.to_vec()),
+        ("word/document.xml", document.into_bytes()),
+        ("word/_rels/document.xml.rels", rels.as_bytes().to_vec()),
+        ("word/media/image1.png", picture_png.to_vec()),
+    ];
+    zip_of(entries)
 }
 
 fn document(name: &str, content: Vec<u8>) -> DocumentInput {
@@ -297,6 +333,57 @@ async fn scanned_pdf_and_png_are_ingested_and_cited_by_page() {
             "{question}: {file} page {page} is not among the sources {shown:?}"
         );
     }
+    // A DOCX's picture: read at its place with `images`, skipped without.
+    let picture = encoded(&page_image(&font, &[DOCX_PICTURE_FACT]), ImageFormat::Png);
+    let docx = docx_with_picture(DOCX_BEFORE, &picture, DOCX_AFTER);
+    for (kb, mode) in [
+        ("docx-images", OcrMode::Images),
+        ("docx-plain", OcrMode::Auto),
+    ] {
+        let summary = ingest_request(
+            &mut client,
+            IngestRequest {
+                knowledge_base: kb.into(),
+                documents: vec![document("notice.docx", docx.clone())],
+                create_if_missing: true,
+                ocr: mode as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("ingest");
+        assert_eq!(summary.files_ingested, 1, "{kb}: {summary:?}");
+        let mut request = ask_request(kb, "白桦档案室的钥匙由谁保管？", Some(-1.0), 8);
+        request.top_k = 3;
+        let asked = ask_with(&mut client, request, Duration::from_secs(300))
+            .await
+            .expect("ask");
+        let texts: Vec<String> = asked
+            .sources
+            .iter()
+            .filter(|c| c.source == "notice.docx")
+            .map(|c| corpus::normalize(&c.text).into_iter().collect())
+            .collect();
+        println!("{kb}: {texts:?}");
+        let read = texts.iter().any(|t| t.contains("李文静保管"));
+        if mode == OcrMode::Images {
+            assert!(read, "{kb}: the picture's text is not among {texts:?}");
+            // At its place: after the paragraph before it, before the one after it, where
+            // the passage holds them.
+            for text in texts.iter().filter(|t| t.contains("李文静")) {
+                let fact = text.find("李文静").unwrap_or(0);
+                assert!(text.find("照片如下").is_none_or(|i| i < fact), "{text}");
+                assert!(text.find("以上告示").is_none_or(|i| i > fact), "{text}");
+            }
+        } else {
+            assert!(!texts.is_empty(), "{kb}: the DOCX's text is not cited");
+            assert!(
+                !read,
+                "{kb}: the picture was read without `images`: {texts:?}"
+            );
+        }
+    }
+
     // Text files have no pages.
     let asked = ask_with(
         &mut client,

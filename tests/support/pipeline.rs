@@ -145,16 +145,25 @@ pub async fn ingest_files(
     kb: &str,
     documents: Vec<DocumentInput>,
 ) -> Result<IngestSummary, tonic::Status> {
-    let files = documents.len();
-    let mut stream = client
-        .ingest(IngestRequest {
+    ingest_request(
+        client,
+        IngestRequest {
             knowledge_base: kb.into(),
             documents,
             create_if_missing: true,
             ..Default::default()
-        })
-        .await?
-        .into_inner();
+        },
+    )
+    .await
+}
+
+/// Runs an Ingest of the request's documents, checking its events; its summary.
+pub async fn ingest_request(
+    client: &mut OrchestratorClient<Channel>,
+    request: IngestRequest,
+) -> Result<IngestSummary, tonic::Status> {
+    let files = request.documents.len();
+    let mut stream = client.ingest(request).await?.into_inner();
     let mut stored = 0;
     // Files go through the pipeline side by side; each one's stages come in order, and
     // each file ends once (stored or failed).

@@ -72,8 +72,13 @@ pub enum PassageOrder {
 /// When the ingest reads text from images (see `--ocr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OcrSetting {
+    /// Image files, the PDF pages without a text layer, the OFD pages without text.
     Auto,
+    /// As `auto`, and the pictures embedded in DOCX files, read where they stand.
+    Images,
+    /// As `images`, and every PDF page with images read from them.
     Always,
+    /// No image is read.
     Off,
 }
 
@@ -165,9 +170,10 @@ pub struct OrchestratorArgs {
     pub embed_batch: usize,
 
     /// OCR while ingesting (the embedder's Recognize): `auto` reads images (PNG, JPEG,
-    /// BMP, TIFF, WebP) and the PDF pages without a text layer; `always` also reads every
-    /// PDF page with images from them; `off` reads no image. An Ingest request's `ocr`
-    /// overrides it.
+    /// BMP, TIFF, WebP) and the PDF pages without a text layer; `images` also the pictures
+    /// embedded in DOCX files (their text put where they stand); `always` also those, and
+    /// every PDF page with images read from them; `off` reads no image. An Ingest
+    /// request's `ocr` overrides it.
     #[arg(long, env = "ZHIKU_OCR", value_enum, default_value_t = OcrSetting::Auto)]
     pub ocr: OcrSetting,
 

@@ -359,10 +359,12 @@ impl Orchestrator {
     fn ocr_mode(&self, requested: i32) -> zhiku_text::OcrMode {
         match OcrMode::try_from(requested).unwrap_or(OcrMode::Unspecified) {
             OcrMode::Auto => zhiku_text::OcrMode::Auto,
+            OcrMode::Images => zhiku_text::OcrMode::Images,
             OcrMode::Always => zhiku_text::OcrMode::Always,
             OcrMode::Off => zhiku_text::OcrMode::Off,
             OcrMode::Unspecified => match self.args.ocr {
                 OcrSetting::Auto => zhiku_text::OcrMode::Auto,
+                OcrSetting::Images => zhiku_text::OcrMode::Images,
                 OcrSetting::Always => zhiku_text::OcrMode::Always,
                 OcrSetting::Off => zhiku_text::OcrMode::Off,
             },
@@ -554,15 +556,22 @@ async fn record_failure(
 
 impl Orchestrator {
     /// Reads a scan's images with the embedder's Recognize, one image per call, and puts
-    /// its text together. A bad image, or an embedder without OCR, fails the file alone.
+    /// its text together. A bad image, or an embedder without OCR, fails the file alone; a
+    /// DOCX picture the OCR cannot decode is left out (the document's text stands without
+    /// it).
     async fn read_scan(&self, scan: Scan, deadline: Deadline) -> Result<Document, FileFailure> {
         let mut read = std::collections::HashMap::new();
         let mut image_pages = Vec::new();
+        let place = if scan.format == Format::Docx {
+            "picture"
+        } else {
+            "page"
+        };
         for page in &scan.pages {
             let mut texts = Vec::new();
             let (mut weighted, mut chars) = (0.0f32, 0usize);
             for image in &page.images {
-                let response = self
+                let response = match self
                     .downstream
                     .embedder
                     .clone()
@@ -570,19 +579,37 @@ impl Orchestrator {
                         images: vec![image.clone()],
                     }))
                     .await
-                    .map_err(|status| match status.code() {
-                        tonic::Code::InvalidArgument
-                        | tonic::Code::FailedPrecondition
-                        | tonic::Code::Unimplemented
-                        | tonic::Code::ResourceExhausted => FileFailure::File(format!(
-                            "OCR of page {}: {}",
-                            page.number,
-                            // One image per call: its index says nothing here.
-                            status.message().trim_start_matches("`images[0]`: ")
-                        )),
-                        _ => FileFailure::Call(OrchestratorError::downstream("embedder")(status)),
-                    })?
-                    .into_inner();
+                {
+                    Ok(response) => response.into_inner(),
+                    Err(status)
+                        if scan.format == Format::Docx
+                            && status.code() == tonic::Code::InvalidArgument =>
+                    {
+                        tracing::warn!(
+                            file = %scan.source,
+                            picture = page.number,
+                            "picture left out: {}",
+                            status.message()
+                        );
+                        continue;
+                    }
+                    Err(status) => {
+                        return Err(match status.code() {
+                            tonic::Code::InvalidArgument
+                            | tonic::Code::FailedPrecondition
+                            | tonic::Code::Unimplemented
+                            | tonic::Code::ResourceExhausted => FileFailure::File(format!(
+                                "OCR of {place} {}: {}",
+                                page.number,
+                                // One image per call: its index says nothing here.
+                                status.message().trim_start_matches("`images[0]`: ")
+                            )),
+                            _ => {
+                                FileFailure::Call(OrchestratorError::downstream("embedder")(status))
+                            }
+                        });
+                    }
+                };
                 for ocr_page in response.pages {
                     let n = ocr_page.text.chars().count();
                     weighted += ocr_page.confidence * n as f32;
@@ -718,6 +745,10 @@ mod tests {
         assert_eq!(
             orchestrator.ocr_mode(OcrMode::Auto as i32),
             zhiku_text::OcrMode::Auto
+        );
+        assert_eq!(
+            orchestrator.ocr_mode(OcrMode::Images as i32),
+            zhiku_text::OcrMode::Images
         );
         // An unknown value is the flag's.
         assert_eq!(orchestrator.ocr_mode(42), zhiku_text::OcrMode::Off);

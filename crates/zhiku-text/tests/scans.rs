@@ -439,3 +439,129 @@ fn bad_ofd_files_give_errors_naming_the_file() {
     );
     damaged_never_panic("contract.ofd", &ofd(), 2);
 }
+
+/// A body with pictures: one in its own paragraph (DrawingML), one inside a table cell, one
+/// inside a text paragraph in old-Word markup, an old-Word copy in `mc:Fallback` (read
+/// once), a vector picture (EMF: skipped), a linked one (external: skipped) and one whose
+/// file is missing (skipped).
+const PICTURE_DOCUMENT_XML: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships" xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" xmlns:v="urn:schemas-microsoft-com:vml">
+<w:body>
+<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t>扫描附件</w:t></w:r></w:p>
+<w:p><w:r><w:t>下图是合同首页。</w:t></w:r></w:p>
+<w:p><w:r><mc:AlternateContent><mc:Choice Requires="wps"><w:drawing><a:graphic><a:graphicData><a:blip r:embed="rId7"/></a:graphicData></a:graphic></w:drawing></mc:Choice><mc:Fallback><w:pict><v:shape><v:imagedata r:id="rId7"/></v:shape></w:pict></mc:Fallback></mc:AlternateContent></w:r></w:p>
+<w:tbl><w:tr><w:tc><w:p><w:r><w:t>印章</w:t></w:r></w:p></w:tc><w:tc><w:p><w:r><w:drawing><a:blip r:embed="rId8"/></w:drawing></w:r></w:p></w:tc></w:tr></w:tbl>
+<w:p><w:r><w:t>图示：</w:t></w:r><w:r><w:pict><v:shape><v:imagedata r:id="rId9" o:title=""/></v:shape></w:pict></w:r><w:r><w:t>如上。</w:t></w:r></w:p>
+<w:p><w:r><w:drawing><a:blip r:embed="rId10"/></w:drawing><w:drawing><a:blip r:embed="rId11"/></w:drawing><w:drawing><a:blip r:embed="rId12"/></w:drawing></w:r></w:p>
+<w:p><w:r><w:t>结束。</w:t></w:r></w:p>
+</w:body>
+</w:document>"#;
+
+const PICTURE_RELS: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">
+<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/>
+<Relationship Id="rId7" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="media/image1.png"/>
+<Relationship Id="rId8" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="/word/media/image2.JPEG"/>
+<Relationship Id="rId9" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="./media/../media/image3.png"/>
+<Relationship Id="rId10" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="media/image4.emf"/>
+<Relationship Id="rId11" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="https://example.com/a.png" TargetMode="External"/>
+<Relationship Id="rId12" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/image" Target="media/missing.png"/>
+</Relationships>"#;
+
+fn picture_docx() -> Vec<u8> {
+    zip_of(&[
+        ("word/document.xml", PICTURE_DOCUMENT_XML.as_bytes()),
+        ("word/_rels/document.xml.rels", PICTURE_RELS.as_bytes()),
+        ("word/media/image1.png", b"\x89PNG first"),
+        ("word/media/image2.JPEG", b"\xFF\xD8second"),
+        ("word/media/image3.png", b"\x89PNG third"),
+        ("word/media/image4.emf", b"EMF vector"),
+    ])
+}
+
+const DOCX_TEXT: &str = "# 扫描附件\n\n下图是合同首页。\n\n印章 | \n\n图示：如上。\n\n结束。";
+
+#[test]
+fn docx_pictures_are_read_at_their_place_with_images_mode() {
+    // Without `images`, the pictures are skipped as they always were.
+    for mode in [OcrMode::Off, OcrMode::Auto] {
+        let Ok(Loaded::Document(document)) =
+            load_for_ocr("附件.docx", &picture_docx(), mode, &ScanLimits::default())
+        else {
+            panic!("{mode:?}: a document");
+        };
+        assert_eq!(document.text, DOCX_TEXT, "{mode:?}");
+    }
+    for mode in [OcrMode::Images, OcrMode::Always] {
+        let scan = scan_of("附件.docx", &picture_docx(), mode);
+        assert_eq!(scan.format, Format::Docx);
+        let pictures: Vec<(u32, &[u8])> = scan
+            .pages
+            .iter()
+            .filter(|p| !p.images.is_empty())
+            .map(|p| (p.number, p.images[0].as_slice()))
+            .collect();
+        assert_eq!(
+            pictures,
+            [
+                (1, &b"\x89PNG first"[..]),
+                (2, b"\xFF\xD8second"),
+                (3, b"\x89PNG third")
+            ]
+        );
+        let document = scan.into_document(|page| match page.number {
+            1 => Some(("甲方：华东公司".into(), 0.9)),
+            // A picture with nothing readable adds no block.
+            2 => Some((" ".into(), 0.0)),
+            _ => Some(("流程图文字".into(), 0.8)),
+        });
+        assert_eq!(
+            document.text,
+            "# 扫描附件\n\n下图是合同首页。\n\n甲方：华东公司\n\n印章 | \n\n图示：如上。\n\n流程图文字\n\n结束。"
+        );
+        assert!(document.pages.is_empty(), "a docx has no pages");
+    }
+}
+
+#[test]
+fn docx_without_pictures_or_over_the_limit() {
+    // No picture: the document as `load` gives it, with `images` too.
+    let plain = zip_of(&[(
+        "word/document.xml",
+        PICTURE_DOCUMENT_XML
+            .replace("r:embed", "r:other")
+            .replace("r:id", "r:other"),
+    )]);
+    let Ok(Loaded::Document(document)) = load_for_ocr(
+        "plain.docx",
+        &plain,
+        OcrMode::Images,
+        &ScanLimits::default(),
+    ) else {
+        panic!("a document");
+    };
+    assert_eq!(document.text, DOCX_TEXT);
+    let limits = ScanLimits {
+        max_pages: 2,
+        ..ScanLimits::default()
+    };
+    let err = load_for_ocr("many.docx", &picture_docx(), OcrMode::Images, &limits)
+        .expect_err("three pictures over a limit of two");
+    assert!(
+        matches!(
+            err,
+            LoadError::TooManyPages {
+                pages: 3,
+                limit: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.file(), "many.docx");
+}
+
+#[test]
+fn truncated_and_mutated_docx_never_panic() {
+    damaged_never_panic("pictures.docx", &picture_docx(), 7);
+}

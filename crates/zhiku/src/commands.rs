@@ -470,6 +470,7 @@ async fn send_ingest(
         ocr: match options.ocr {
             None => OcrMode::Unspecified,
             Some(OcrSetting::Auto) => OcrMode::Auto,
+            Some(OcrSetting::Images) => OcrMode::Images,
             Some(OcrSetting::Always) => OcrMode::Always,
             Some(OcrSetting::Off) => OcrMode::Off,
         } as i32,

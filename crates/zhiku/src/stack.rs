@@ -75,7 +75,8 @@ pub struct StackArgs {
     pub ocr_model: Option<String>,
 
     /// OCR while ingesting: `auto` reads images and the PDF pages without a text layer,
-    /// `always` also every PDF page with images, `off` none. Default: auto (`zhiku
+    /// `images` also the pictures in DOCX files, `always` also those and every PDF page
+    /// with images, `off` none. Default: auto (`zhiku
     /// ingest` then leaves it to the server).
     #[arg(long, global = true, env = "ZHIKU_OCR", value_enum)]
     pub ocr: Option<OcrSetting>,

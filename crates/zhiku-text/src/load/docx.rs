@@ -4,6 +4,10 @@
 //! `w:r` runs of `w:t` text. zip (deflate only, the one method Word writes) and quick-xml
 //! (no dependencies but memchr) read it; a full docx crate would add a writer and styles
 //! model we do not need.
+//!
+//! Pictures (`a:blip r:embed` in a drawing, `v:imagedata r:id` in old-Word markup) name an
+//! image part through `word/_rels/document.xml.rels`; [`parts`] hands the raster ones to
+//! OCR at their place in the body.
 
 use std::io::Cursor;
 
@@ -14,26 +18,166 @@ use quick_xml::events::{BytesStart, Event};
 /// bound stops a zip bomb from taking the memory.
 const MAX_XML_BYTES: u64 = 256 << 20;
 
+/// The most bytes one picture may inflate to (the pixel limit is the OCR's to enforce).
+const MAX_PICTURE_BYTES: u64 = 64 << 20;
+
+/// Picture parts the OCR decodes, by extension; vector ones (EMF, WMF, SVG) are skipped.
+const RASTER_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "jpe", "bmp", "tif", "tiff", "webp"];
+
+/// One piece of the body, in document order.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Part<P> {
+    /// A block of text (a paragraph, a heading, a table).
+    Text(String),
+    /// A picture: its relationship id while parsing, its bytes in [`parts`].
+    Picture(P),
+}
+
 /// The text of the document: paragraphs separated by blank lines, heading paragraphs as
 /// markdown `#` lines, table rows as `cell | cell` lines.
 pub(super) fn text(bytes: &[u8]) -> Result<String, String> {
-    let mut archive =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
-    let xml = super::zip_entry(&mut archive, "word/document.xml", MAX_XML_BYTES).map_err(|e| {
+    let mut archive = open(bytes)?;
+    let blocks = body(&mut archive)?;
+    Ok(join_text(blocks.iter().filter_map(|part| match part {
+        Part::Text(text) => Some(text.as_str()),
+        Part::Picture(_) => None,
+    })))
+}
+
+/// Blocks of text joined as [`text`] joins them.
+pub(super) fn join_text<'a>(blocks: impl Iterator<Item = &'a str>) -> String {
+    blocks.collect::<Vec<_>>().join("\n\n")
+}
+
+/// The body as text blocks and the raster pictures between them, each picture as the
+/// path of its image file in the archive ([`read_pictures`] reads them).
+pub(super) fn parts(bytes: &[u8]) -> Result<Vec<Part<String>>, String> {
+    let mut archive = open(bytes)?;
+    let blocks = body(&mut archive)?;
+    if !blocks.iter().any(|p| matches!(p, Part::Picture(_))) {
+        return Ok(blocks);
+    }
+    let targets = match super::zip_entry(&mut archive, RELATIONSHIPS, MAX_XML_BYTES) {
+        Ok(xml) => image_targets(&String::from_utf8_lossy(&xml))
+            .map_err(|e| format!("{RELATIONSHIPS}: {e}"))?,
+        // No relationships: nothing a picture could name.
+        Err(e) if e.ends_with("is missing") => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(blocks
+        .into_iter()
+        .filter_map(|part| match part {
+            Part::Text(text) => Some(Part::Text(text)),
+            Part::Picture(id) => {
+                let (_, path) = targets.iter().find(|(rid, _)| *rid == id)?;
+                let raster = path.rsplit_once('.').is_some_and(|(_, ext)| {
+                    RASTER_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+                });
+                // A missing file is a broken frame in Word too: left out.
+                let present = archive.index_for_name(path).is_some()
+                    || archive.index_for_name(&format!("/{path}")).is_some();
+                (raster && present).then(|| Part::Picture(path.clone()))
+            }
+        })
+        .collect())
+}
+
+/// The parts with each picture's image file read from the archive.
+pub(super) fn read_pictures(
+    bytes: &[u8],
+    parts: Vec<Part<String>>,
+) -> Result<Vec<Part<Vec<u8>>>, String> {
+    let mut archive = open(bytes)?;
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            Part::Text(text) => out.push(Part::Text(text)),
+            Part::Picture(path) => match super::zip_entry(&mut archive, &path, MAX_PICTURE_BYTES) {
+                Ok(image) => out.push(Part::Picture(image)),
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Ok(out)
+}
+
+const DOCUMENT: &str = "word/document.xml";
+const RELATIONSHIPS: &str = "word/_rels/document.xml.rels";
+
+fn open(bytes: &[u8]) -> Result<zip::ZipArchive<Cursor<&[u8]>>, String> {
+    zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))
+}
+
+/// The body's blocks, pictures as their relationship ids.
+fn body(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Result<Vec<Part<String>>, String> {
+    let xml = super::zip_entry(archive, DOCUMENT, MAX_XML_BYTES).map_err(|e| {
         if e.ends_with("is missing") {
-            "word/document.xml is missing: not a Word document".to_string()
+            format!("{DOCUMENT} is missing: not a Word document")
         } else {
             e
         }
     })?;
-    let xml = String::from_utf8(xml).map_err(|_| "word/document.xml is not UTF-8".to_string())?;
-    paragraphs(&xml).map_err(|e| format!("word/document.xml: {e}"))
+    let xml = String::from_utf8(xml).map_err(|_| format!("{DOCUMENT} is not UTF-8"))?;
+    blocks(&xml).map_err(|e| format!("{DOCUMENT}: {e}"))
+}
+
+/// The image relationships of the document part: (id, path in the zip). Targets are
+/// relative to `word/` unless they start with `/`; external ones (links) are left out.
+fn image_targets(xml: &str) -> Result<Vec<(String, String)>, quick_xml::Error> {
+    let mut reader = Reader::from_str(xml);
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event()? {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "Relationship" => {
+                let (mut id, mut target, mut image, mut external) =
+                    (String::new(), String::new(), false, false);
+                for a in e.attributes().flatten() {
+                    let value = a.value.into_owned();
+                    match a.key.local_name().as_ref() {
+                        "Id" => id = value,
+                        "Target" => target = value,
+                        "Type" => image = value.ends_with("/image"),
+                        "TargetMode" => external = value == "External",
+                        _ => {}
+                    }
+                }
+                if image && !external && !target.is_empty() {
+                    let path = match target.strip_prefix('/') {
+                        Some(absolute) => absolute.to_string(),
+                        None => resolve("word", &target),
+                    };
+                    out.push((id, path));
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `target` relative to the folder `base`, `..` and `.` resolved.
+fn resolve(base: &str, target: &str) -> String {
+    let mut path: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
+    for segment in target.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                path.pop();
+            }
+            s => path.push(s),
+        }
+    }
+    path.join("/")
 }
 
 /// What the walk over the XML is inside of.
 #[derive(Default)]
 struct State {
-    blocks: Vec<String>,
+    blocks: Vec<Part<String>>,
+    /// Pictures seen since the last block was written, by relationship id: they follow the
+    /// paragraph or table they sit in.
+    pictures: Vec<String>,
     /// The open paragraphs, innermost last (a text box's paragraphs sit inside a run of
     /// another paragraph), each with its heading level.
     paragraphs: Vec<(String, Option<usize>)>,
@@ -48,7 +192,7 @@ struct State {
     rows: Vec<String>,
 }
 
-fn paragraphs(xml: &str) -> Result<String, quick_xml::Error> {
+fn blocks(xml: &str) -> Result<Vec<Part<String>>, quick_xml::Error> {
     let mut reader = Reader::from_str(xml);
     let mut state = State::default();
     loop {
@@ -70,7 +214,8 @@ fn paragraphs(xml: &str) -> Result<String, quick_xml::Error> {
             _ => {}
         }
     }
-    Ok(state.blocks.join("\n\n"))
+    state.flush_pictures();
+    Ok(state.blocks)
 }
 
 impl State {
@@ -111,8 +256,23 @@ impl State {
             "tab" if !self.in_properties => self.push_str("\t"),
             "br" | "cr" if !self.in_properties => self.push_str("\n"),
             "tbl" if !empty => self.table_depth += 1,
+            // A DrawingML picture (`r:embed`) or an old-Word one (`r:id`).
+            "blip" | "imagedata" => {
+                let id = e.attributes().flatten().find(|a| {
+                    let key = a.key.local_name();
+                    key.as_ref() == "embed" || (name == "imagedata" && key.as_ref() == "id")
+                });
+                if let Some(id) = id {
+                    self.pictures.push(id.value.into_owned());
+                }
+            }
             _ => {}
         }
+    }
+
+    fn flush_pictures(&mut self) {
+        let pictures = std::mem::take(&mut self.pictures);
+        self.blocks.extend(pictures.into_iter().map(Part::Picture));
     }
 
     fn close(&mut self, name: &str) {
@@ -139,9 +299,12 @@ impl State {
             }
             "tbl" => {
                 self.table_depth = self.table_depth.saturating_sub(1);
-                if self.table_depth == 0 && !self.rows.is_empty() {
-                    let rows = std::mem::take(&mut self.rows).join("\n");
-                    self.blocks.push(rows);
+                if self.table_depth == 0 {
+                    if !self.rows.is_empty() {
+                        let rows = std::mem::take(&mut self.rows).join("\n");
+                        self.blocks.push(Part::Text(rows));
+                    }
+                    self.flush_pictures();
                 }
             }
             _ => {}
@@ -153,18 +316,21 @@ impl State {
             return;
         };
         let text = text.trim();
-        if text.is_empty() {
+        if self.table_depth > 0 {
+            if !text.is_empty() {
+                self.cell.push(text.replace('\n', " "));
+            }
             return;
         }
-        if self.table_depth > 0 {
-            self.cell.push(text.replace('\n', " "));
-        } else if let Some(level) = heading {
+        if let Some(level) = heading.filter(|_| !text.is_empty()) {
             let level = level.clamp(1, 6);
             let title = text.replace(['\n', '\t'], " ");
-            self.blocks.push(format!("{} {title}", "#".repeat(level)));
-        } else {
-            self.blocks.push(text.to_string());
+            self.blocks
+                .push(Part::Text(format!("{} {title}", "#".repeat(level))));
+        } else if !text.is_empty() {
+            self.blocks.push(Part::Text(text.to_string()));
         }
+        self.flush_pictures();
     }
 }
 

@@ -102,10 +102,10 @@ pub enum LoadError {
         /// The file.
         file: String,
     },
-    /// More pages to OCR than the limit.
+    /// More pages (or pictures) to OCR than the limit.
     #[error(
-        "{file}: {pages} pages need OCR, over the limit of {limit}: split the file into \
-         smaller ones"
+        "{file}: {pages} pages or pictures need OCR, over the limit of {limit}: split the \
+         file into smaller ones"
     )]
     TooManyPages {
         /// The file.
@@ -133,7 +133,9 @@ pub enum OcrMode {
     /// Images, and the PDF pages without a text layer.
     #[default]
     Auto,
-    /// As `Auto`, and every PDF page with images is read from them.
+    /// As `Auto`, and the pictures embedded in a DOCX, their text put at their place.
+    Images,
+    /// As `Images`, and every PDF page with images is read from them.
     Always,
     /// None: images are refused and a PDF without a text layer fails.
     Off,
@@ -144,7 +146,7 @@ pub enum OcrMode {
 pub struct ScanLimits {
     /// The most pixels (width × height) of one embedded image.
     pub max_pixels: u64,
-    /// The most pages of one file that need OCR.
+    /// The most pages (or DOCX pictures) of one file that need OCR.
     pub max_pages: usize,
 }
 
@@ -171,14 +173,15 @@ pub struct Scan {
     pub source: String,
     pub format: Format,
     /// Every page, in order. For an image file, one entry holding the whole file (a TIFF
-    /// may hold several pages: the OCR numbers them).
+    /// may hold several pages: the OCR numbers them). For a DOCX, its body in order: blocks
+    /// of text (numbered 0) and pictures (one image each, numbered from 1).
     pub pages: Vec<ScanPage>,
 }
 
 /// One page of a [`Scan`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScanPage {
-    /// The page number, from 1.
+    /// The page number, from 1 (for a DOCX, the picture's).
     pub number: u32,
     /// Its text layer; kept when `images` is empty.
     pub text: String,
@@ -189,11 +192,33 @@ pub struct ScanPage {
 
 impl Scan {
     /// The document, once each page that needs it was read: `ocr` gives, for each page with
-    /// images, the text of its images (joined in order) and their confidence.
+    /// images, the text of its images (joined in order) and their confidence. A DOCX's
+    /// pictures become blocks of its text, where they stood (it has no pages).
     pub fn into_document(
         self,
         mut ocr: impl FnMut(&ScanPage) -> Option<(String, f32)>,
     ) -> Document {
+        if self.format == Format::Docx {
+            let blocks: Vec<String> = self
+                .pages
+                .iter()
+                .filter_map(|part| {
+                    if part.images.is_empty() {
+                        Some(part.text.clone())
+                    } else {
+                        ocr(part).map(|(text, _)| text.trim().to_string())
+                    }
+                })
+                .filter(|text| !text.is_empty())
+                .collect();
+            return Document {
+                source: self.source,
+                format: self.format,
+                text: docx::join_text(blocks.iter().map(String::as_str)),
+                records: None,
+                pages: Vec::new(),
+            };
+        }
         let pages = self
             .pages
             .iter()
@@ -337,6 +362,9 @@ pub fn load_for_ocr(
                 images: vec![bytes.to_vec()],
             }],
         })),
+        (Some(Format::Docx), OcrMode::Images | OcrMode::Always) => {
+            docx_scan(file_name, bytes, limits)
+        }
         (Some(format @ (Format::Pdf | Format::Ofd)), _) => {
             let always = mode == OcrMode::Always;
             let pages = if format == Format::Pdf {
@@ -365,6 +393,58 @@ pub fn load_for_ocr(
         }
         _ => load(file_name, bytes).map(Loaded::Document),
     }
+}
+
+/// A DOCX whose pictures are read by OCR: a [`Scan`] of its text blocks and pictures, or
+/// the document as [`load`] gives it when it has no picture to read.
+fn docx_scan(file_name: &str, bytes: &[u8], limits: &ScanLimits) -> Result<Loaded, LoadError> {
+    let corrupt = |reason| LoadError::Corrupt {
+        file: file_name.to_string(),
+        format: Format::Docx,
+        reason,
+    };
+    let parts = docx::parts(bytes).map_err(corrupt)?;
+    let count = parts
+        .iter()
+        .filter(|p| matches!(p, docx::Part::Picture(_)))
+        .count();
+    if count > limits.max_pages {
+        return Err(LoadError::TooManyPages {
+            file: file_name.to_string(),
+            pages: count,
+            limit: limits.max_pages,
+        });
+    }
+    let parts = docx::read_pictures(bytes, parts).map_err(corrupt)?;
+    let mut pictures = 0;
+    let pages: Vec<ScanPage> = parts
+        .into_iter()
+        .map(|part| match part {
+            docx::Part::Text(text) => ScanPage {
+                number: 0,
+                text,
+                images: Vec::new(),
+            },
+            docx::Part::Picture(image) => {
+                pictures += 1;
+                ScanPage {
+                    number: pictures,
+                    text: String::new(),
+                    images: vec![image],
+                }
+            }
+        })
+        .collect();
+    let scan = Scan {
+        source: file_name.to_string(),
+        format: Format::Docx,
+        pages,
+    };
+    Ok(if pictures == 0 {
+        Loaded::Document(scan.into_document(|_| None))
+    } else {
+        Loaded::Scan(scan)
+    })
 }
 
 /// An OFD's pages, with the images of those without text (of all, when `always`).
