@@ -10,6 +10,7 @@ mod docx;
 mod html;
 mod ofd;
 mod pdf;
+mod pdf_filters;
 mod pdf_images;
 mod table;
 
@@ -342,8 +343,8 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Result<Document, LoadError> {
 /// Loads a file as [`load`] does, except that with OCR on, images and the PDF pages that
 /// need it come back as a [`Scan`]: the caller reads their images (zhiku-text runs no
 /// models) and then calls [`Scan::into_document`]. PDF page images are the ones scanners
-/// embed (JPEG as stored; Flate-compressed gray, RGB or CMYK samples as PNG), taken
-/// without rendering the page.
+/// embed (JPEG as stored; Flate-compressed gray, RGB or CMYK samples, JPEG 2000, CCITT fax
+/// and JBIG2 images as PNG), taken without rendering the page.
 pub fn load_for_ocr(
     file_name: &str,
     bytes: &[u8],

@@ -1,11 +1,12 @@
 //! The images a scanner embeds in a PDF page, as image files the OCR reads, without
-//! rendering the page: JPEG (DCTDecode) streams as stored, and Flate (or uncompressed)
-//! samples in gray, RGB or CMYK written out as PNG. Other encodings (JPEG 2000, CCITT fax,
-//! JBIG2, indexed colours) are reported, not read.
+//! rendering the page: JPEG (DCTDecode) streams as stored; Flate (or uncompressed) samples
+//! in gray, RGB or CMYK, JPEG 2000, CCITT fax and JBIG2 images decoded and written out as
+//! PNG ([`pdf_filters`]). Other encodings (indexed colours, chains of filters ending in an
+//! image codec) are reported, not read.
 
 use lopdf::{Document, Object, ObjectId};
 
-use super::ScanLimits;
+use super::{ScanLimits, pdf_filters};
 
 /// An image over the pixel limit: the file is refused (a decompression bomb, or a scan far
 /// finer than OCR needs), not just the image skipped.
@@ -49,19 +50,28 @@ pub(super) fn page_images(
         let Ok(stream) = document.get_object(image.id).and_then(Object::as_stream) else {
             continue;
         };
-        if stream
+        let filters = image.filters.clone().unwrap_or_default();
+        let single = filters.len() == 1;
+        let mask = stream
             .dict
             .get(b"ImageMask")
             .and_then(Object::as_bool)
-            .unwrap_or(false)
-        {
+            .unwrap_or(false);
+        // Stencil masks are logos and rules, except the bilevel ones scanners write as
+        // masks (CCITT, JBIG2): those are the page.
+        let bilevel = single && matches!(filters[0].as_str(), "CCITTFaxDecode" | "JBIG2Decode");
+        if mask && !bilevel {
             continue;
         }
-        let filters = image.filters.clone().unwrap_or_default();
         let result = match filters.last().map(String::as_str) {
-            Some("DCTDecode") if filters.len() == 1 => Ok(image.content.to_vec()),
+            Some("DCTDecode") if single => Ok(image.content.to_vec()),
+            Some("JPXDecode") if single => pdf_filters::jpx_to_png(image.content, limits),
+            Some("CCITTFaxDecode") if single => {
+                pdf_filters::ccitt_to_png(document, stream, height as u32, limits)
+            }
+            Some("JBIG2Decode") if single => pdf_filters::jbig2_to_png(document, stream, limits),
             Some("JPXDecode" | "CCITTFaxDecode" | "JBIG2Decode" | "DCTDecode") => Err(format!(
-                "its image is {} encoded, which zhiku does not decode",
+                "its image is {} encoded (a chain of filters), which zhiku does not decode",
                 filters.join(", ")
             )),
             _ => samples_to_png(document, stream, width as u32, height as u32, limits),
@@ -113,40 +123,12 @@ fn samples_to_png(
         ));
     }
     let samples = &samples[..expected];
-    let (color, depth, data): (png::ColorType, png::BitDepth, Vec<u8>) = match (components, bits) {
-        (1, 1) => (
-            png::ColorType::Grayscale,
-            png::BitDepth::One,
-            samples.to_vec(),
-        ),
-        (1, _) => (
-            png::ColorType::Grayscale,
-            png::BitDepth::Eight,
-            samples.to_vec(),
-        ),
-        (3, _) => (png::ColorType::Rgb, png::BitDepth::Eight, samples.to_vec()),
-        (4, _) => (
-            png::ColorType::Rgb,
-            png::BitDepth::Eight,
-            cmyk_to_rgb(samples),
-        ),
-        _ => return Err(format!("its image has {components} colour components")),
-    };
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(color);
-    encoder.set_depth(depth);
-    encoder.set_compression(png::Compression::Fast);
-    let mut writer = encoder
-        .write_header()
-        .map_err(|e| format!("its image cannot be re-encoded: {e}"))?;
-    writer
-        .write_image_data(&data)
-        .map_err(|e| format!("its image cannot be re-encoded: {e}"))?;
-    writer
-        .finish()
-        .map_err(|e| format!("its image cannot be re-encoded: {e}"))?;
-    Ok(out)
+    match (components, bits) {
+        (1, 1) => pdf_filters::png_of(width, height, 1, true, samples),
+        (1 | 3, _) => pdf_filters::png_of(width, height, components, false, samples),
+        (4, _) => pdf_filters::png_of(width, height, 3, false, &pdf_filters::cmyk_to_rgb(samples)),
+        _ => Err(format!("its image has {components} colour components")),
+    }
 }
 
 /// Colour components of a colour space: DeviceGray 1, DeviceRGB 3, DeviceCMYK 4, ICCBased
@@ -187,14 +169,4 @@ fn components(document: &Document, space: Option<&Object>) -> Result<usize, Stri
             String::from_utf8_lossy(other)
         )),
     }
-}
-
-fn cmyk_to_rgb(samples: &[u8]) -> Vec<u8> {
-    samples
-        .chunks_exact(4)
-        .flat_map(|p| {
-            let k = 255 - u16::from(p[3]);
-            [0, 1, 2].map(|i| ((255 - u16::from(p[i])) * k / 255) as u8)
-        })
-        .collect()
 }
