@@ -76,7 +76,7 @@ pub enum OcrSetting {
     Auto,
     /// As `auto`, and the pictures embedded in DOCX files, read where they stand.
     Images,
-    /// As `images`, and every PDF page with images read from them.
+    /// As `images`, and every PDF page read by OCR (its images, or the page rendered).
     Always,
     /// No image is read.
     Off,
@@ -172,7 +172,7 @@ pub struct OrchestratorArgs {
     /// OCR while ingesting (the embedder's Recognize): `auto` reads images (PNG, JPEG,
     /// BMP, TIFF, WebP) and the PDF pages without a text layer; `images` also the pictures
     /// embedded in DOCX files (their text put where they stand); `always` also those, and
-    /// every PDF page with images read from them; `off` reads no image. An Ingest
+    /// every PDF page read by OCR (from its images, or rendered); `off` reads no image. An Ingest
     /// request's `ocr` overrides it.
     #[arg(long, env = "ZHIKU_OCR", value_enum, default_value_t = OcrSetting::Auto)]
     pub ocr: OcrSetting,

@@ -102,10 +102,11 @@ fn pages_without_a_text_layer_hand_their_images_to_ocr() {
 }
 
 #[test]
-fn always_reads_pages_with_a_text_layer_from_their_images_too() {
+fn always_reads_every_page_from_its_images_or_its_rendering() {
     let scan = scan_of("mixed.pdf", &mixed_pdf(), OcrMode::Always);
-    // Page 1 has no image: it keeps its text layer.
-    assert!(scan.pages[0].images.is_empty());
+    // Page 1 has no image: it is rendered (a PNG of the page) for the OCR.
+    assert_eq!(scan.pages[0].images.len(), 1);
+    assert!(scan.pages[0].images[0].starts_with(b"\x89PNG"));
     assert!(scan.pages.iter().skip(1).all(|p| p.images.len() == 1));
 }
 

@@ -76,7 +76,7 @@ pub struct StackArgs {
 
     /// OCR while ingesting: `auto` reads images and the PDF pages without a text layer,
     /// `images` also the pictures in DOCX files, `always` also those and every PDF page
-    /// with images, `off` none. Default: auto (`zhiku
+    /// (its images, or rendered), `off` none. Default: auto (`zhiku
     /// ingest` then leaves it to the server).
     #[arg(long, global = true, env = "ZHIKU_OCR", value_enum)]
     pub ocr: Option<OcrSetting>,

@@ -12,6 +12,7 @@ mod ofd;
 mod pdf;
 mod pdf_filters;
 mod pdf_images;
+mod pdf_render;
 mod table;
 
 use std::path::Path;

@@ -36,8 +36,15 @@ pub(super) fn text_pages(bytes: &[u8]) -> Result<Vec<PageText>, PdfError> {
     })
 }
 
-/// Every page with its text layer, and for the pages without one (every page with images,
-/// when `always`) their images for OCR.
+/// A page with more images than this is read from its rendering: a scan cut into tiles (or
+/// strips) reads badly tile by tile, its lines cut at the tiles' edges.
+const MAX_TILES: usize = 8;
+
+/// Every page with its text layer, and for the pages without one (every page, when
+/// `always`) their images for OCR: the images a scanner embeds, or the page rendered when
+/// it has none we read (text drawn as paths, Type3 glyphs, an unread encoding) or more than
+/// [`MAX_TILES`]. An image that cannot be decoded is not rendered over: its page's error
+/// names the encoding.
 pub(super) fn scan_pages(
     bytes: &[u8],
     always: bool,
@@ -49,7 +56,8 @@ pub(super) fn scan_pages(
         let ids = document.get_pages();
         let mut out = Vec::with_capacity(pages.len());
         let mut unreadable = None;
-        for page in pages {
+        let mut renderer = super::pdf_render::Renderer::new(bytes);
+        for (index, page) in pages.into_iter().enumerate() {
             let wanted = always || page.text.is_empty();
             let images = match ids.get(&page.number) {
                 Some(&id) if wanted => {
@@ -58,10 +66,28 @@ pub(super) fn scan_pages(
                         page: page.number,
                         reason: over.0,
                     })?;
-                    if let Some(reason) = skipped {
-                        unreadable.get_or_insert((page.number, reason));
+                    // Text as paths or Type3 glyphs (no image), or tiles: the page itself,
+                    // rendered. An image that could not be decoded is not rendered either:
+                    // its error stands.
+                    let render =
+                        (images.is_empty() && skipped.is_none()) || images.len() > MAX_TILES;
+                    if render {
+                        match renderer.page_png(index, limits) {
+                            Ok(png) => vec![png],
+                            // Tiles are still read one by one.
+                            Err(reason) => {
+                                if images.is_empty() {
+                                    unreadable.get_or_insert((page.number, reason));
+                                }
+                                images
+                            }
+                        }
+                    } else {
+                        if let (true, Some(reason)) = (images.is_empty(), skipped) {
+                            unreadable.get_or_insert((page.number, reason));
+                        }
+                        images
                     }
-                    images
                 }
                 _ => Vec::new(),
             };
