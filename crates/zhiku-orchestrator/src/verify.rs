@@ -530,9 +530,10 @@ enum Unit {
 }
 
 impl Unit {
+    /// As a reason writes it after a number (a count has none).
     fn name(self) -> &'static str {
         match self {
-            Unit::Count => "count",
+            Unit::Count => "",
             Unit::Gigabytes => "GB",
             Unit::Megabytes => "MB",
             Unit::Terabytes => "TB",
