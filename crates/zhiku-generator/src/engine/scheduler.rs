@@ -22,7 +22,8 @@ use super::plan::plan_step;
 use super::sequence::{Next, Row, Sequence};
 use super::{EngineShared, Job, report};
 use crate::error::GeneratorError;
-use crate::sampling::{DeviceRow, penalise_on_device};
+use crate::sampling::{DeviceRow, DeviceSampler, Pick, pick_on_device};
+use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::{Batch, BatchModel};
 use zhiku_lm::kv::{BLOCK_SIZE, KvCache, KvDtype};
 use zhiku_lm::lora::LoraAdapter;
@@ -77,6 +78,8 @@ pub struct Scheduler {
     blocks: BlockManager,
     waiting: VecDeque<Job>,
     running: Vec<Running>,
+    /// On the tensor path, the device's sampling constants, made at the first sampled step.
+    sampler: Option<DeviceSampler>,
 }
 
 impl Scheduler {
@@ -110,6 +113,7 @@ impl Scheduler {
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            sampler: None,
         })
     }
 
@@ -308,16 +312,42 @@ impl Scheduler {
                 return;
             }
         };
-        // The rows' repetition penalties and greedy picks, on the device: a few integers
-        // up, the picks back, instead of every row's vocabulary both ways.
-        let (device, greedy) = {
+        // The rows' repetition penalties and picks, on the device: a few numbers up, the
+        // picks back, instead of every row's vocabulary both ways. On the kernel path the
+        // logits are host memory, and sampled rows are drawn there (the same draw).
+        for &(i, wants) in &members {
+            if wants {
+                self.running[i].seq.draw();
+            }
+        }
+        if self.model.compute_path() == ComputePath::Tensors && self.sampler.is_none() {
+            match logits
+                .dim(1)
+                .and_then(|vocab| DeviceSampler::new(vocab, logits.device()))
+            {
+                Ok(s) => self.sampler = Some(s),
+                Err(e) => tracing::error!(error = %e, "no sampling on the device"),
+            }
+        }
+        let (device, picked) = {
             let rows: Vec<DeviceRow<'_>> = members
                 .iter()
                 .filter(|(_, wants)| *wants)
                 .map(|&(i, _)| self.running[i].seq.device_row())
                 .collect();
-            let greedy: Vec<bool> = rows.iter().map(|r| r.argmax).collect();
-            (penalise_on_device(&logits, &rows), greedy)
+            let on_device = self.sampler.is_some();
+            let picked: Vec<bool> = rows
+                .iter()
+                .map(|r| match r.pick {
+                    Pick::Argmax => true,
+                    Pick::Sample { .. } => on_device,
+                    Pick::None => false,
+                })
+                .collect();
+            (
+                pick_on_device(&logits, &rows, self.sampler.as_ref()),
+                picked,
+            )
         };
         // Advance every member; sample those that got logits.
         let mut finished: Vec<(usize, Result<super::Completion, GeneratorError>)> = Vec::new();
@@ -336,7 +366,7 @@ impl Scheduler {
             }
             let tokenizer = &self.shared.tokenizer;
             let next = match &device {
-                Ok((_, Some(picks))) if greedy[row] => {
+                Ok((_, Some(picks))) if picked[row] => {
                     r.seq.on_row(Row::Picked(picks[row]), tokenizer, stats)
                 }
                 Ok((penalised, _)) => penalised
