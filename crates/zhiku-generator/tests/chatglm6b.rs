@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 use tokio::sync::oneshot;
+use zhiku_generator::sampling::SamplingConfig;
 use zhiku_generator::{GeneratorArgs, GeneratorState};
 use zhiku_lm::CausalLm;
 use zhiku_lm::chatglm6b::{ChatGlm6b, ChatGlm6bConfig, position_ids};
@@ -181,6 +182,94 @@ fn lora_zero_b_changes_nothing_and_merged_equals_unmerged() {
     assert!(unmerged.set_adapter(Some("nope")).is_err());
 }
 
+/// The tiny checkpoint (seed 11) with the adapters `legal` and `medical`, loaded as
+/// `zhiku serve` loads it.
+fn serving_state(dir: &Path) -> GeneratorState {
+    write_checkpoint(dir, 11);
+    write_adapter(&dir.join("legal"), 3, 0.8);
+    write_adapter(&dir.join("medical"), 4, 0.8);
+    let mut args = GeneratorArgs::for_model(dir.to_string_lossy().into_owned());
+    args.lora = vec![
+        format!("legal={}", dir.join("legal").display()),
+        format!("medical={}", dir.join("medical").display()),
+    ];
+    GeneratorState::load(&args).expect("the tiny ChatGLM-6B loads")
+}
+
+/// One recorded answer of [`ANSWERS`].
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Answer {
+    prompt: Vec<u32>,
+    adapter: Option<String>,
+    /// "greedy", "penalty" (greedy with the default repetition penalty) or "sampled"
+    /// (temperature 0.8, top-k 8, top-p 0.9, seed 5).
+    sampling: String,
+    text: String,
+    generated_tokens: usize,
+}
+
+const ANSWERS: &str = "tests/data/chatglm6b_answers.json";
+
+fn sampling(kind: &str) -> SamplingConfig {
+    let base = SamplingConfig {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    match kind {
+        "greedy" => SamplingConfig {
+            repetition_penalty: 1.0,
+            ..base
+        },
+        "penalty" => base,
+        "sampled" => SamplingConfig {
+            temperature: 0.8,
+            top_k: Some(8),
+            top_p: Some(0.9),
+            seed: 5,
+            ..base
+        },
+        other => panic!("no sampling kind {other}"),
+    }
+}
+
+/// The answers the single-sequence loop gave on the tiny checkpoint (recorded with
+/// `ZHIKU_BLESS=1`): whatever serves ChatGLM-6B must give them token for token (the
+/// word-level tokenizer makes each word one token).
+#[test]
+fn chatglm6b_answers_are_the_recorded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = serving_state(dir.path());
+    let prompts: [&[u32]; 3] = [&[5, 6, 7], &[8, 9, 10, 11, 12, 5, 6], &[13]];
+    let mut answers = Vec::new();
+    for prompt in prompts {
+        for adapter in [None, Some("legal"), Some("medical")] {
+            for kind in ["greedy", "penalty", "sampled"] {
+                let done = common::try_generate(&state, prompt.to_vec(), sampling(kind), adapter)
+                    .expect("generation succeeds");
+                answers.push(Answer {
+                    prompt: prompt.to_vec(),
+                    adapter: adapter.map(str::to_owned),
+                    sampling: kind.into(),
+                    text: done.text,
+                    generated_tokens: done.generated_tokens,
+                });
+            }
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(ANSWERS);
+    if std::env::var_os("ZHIKU_BLESS").is_some() {
+        let json = serde_json::to_string_pretty(&answers).unwrap();
+        std::fs::write(&path, json + "\n").unwrap();
+        println!("wrote {}", path.display());
+    }
+    let recorded: Vec<Answer> = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    assert!(recorded.iter().any(|a| a.generated_tokens > 1));
+    assert_eq!(answers, recorded);
+}
+
 fn request(adapter: &str) -> GenerateRequest {
     GenerateRequest {
         input: Some(generate_request::Input::Prompt("小拾 喜欢 什么".into())),
@@ -196,19 +285,11 @@ fn request(adapter: &str) -> GenerateRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_adapters_chosen_per_request_in_one_server() {
     let dir = tempfile::tempdir().unwrap();
-    write_checkpoint(dir.path(), 11);
-    write_adapter(&dir.path().join("legal"), 3, 0.8);
-    write_adapter(&dir.path().join("medical"), 4, 0.8);
-    let mut args = GeneratorArgs::for_model(dir.path().to_string_lossy().into_owned());
-    args.lora = vec![
-        format!("legal={}", dir.path().join("legal").display()),
-        format!("medical={}", dir.path().join("medical").display()),
-    ];
+    let path = dir.path().to_path_buf();
     let state = Arc::new(
-        tokio::task::spawn_blocking(move || GeneratorState::load(&args))
+        tokio::task::spawn_blocking(move || serving_state(&path))
             .await
-            .unwrap()
-            .expect("the tiny ChatGLM-6B loads"),
+            .unwrap(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
-use tokio::sync::mpsc;
 use zhiku_generator::config::{ComputePathArg, KvCacheDtype};
-use zhiku_generator::engine::{Completion, Event, Job};
+use zhiku_generator::engine::Completion;
 use zhiku_generator::sampling::{
     DeviceRow, DeviceSampler, Filter, Pick, SamplingConfig, pick_on_device, sample_host,
 };
@@ -339,25 +338,7 @@ fn generate_with(
     adapter: Option<&str>,
     sampling: SamplingConfig,
 ) -> Completion {
-    let (events, mut rx) = mpsc::unbounded_channel();
-    state
-        .engine
-        .submit(Job {
-            prompt: prompt.to_vec(),
-            sampling,
-            adapter: adapter.map(str::to_owned),
-            deadline: None,
-            events,
-        })
-        .unwrap();
-    loop {
-        match rx.blocking_recv() {
-            Some(Event::Chunk { .. }) => continue,
-            Some(Event::Done(c)) => return c,
-            Some(Event::Failed(e)) => panic!("{e}"),
-            None => panic!("the engine dropped the request"),
-        }
-    }
+    common::try_generate(state, prompt.to_vec(), sampling, adapter).expect("generation succeeds")
 }
 
 /// Through the engine (prompts prefilled in chunks of 8, a second request served from the

@@ -202,15 +202,26 @@ pub fn try_generate_ids(
     prompt: Vec<u32>,
     max_new_tokens: usize,
 ) -> Result<Completion, zhiku_generator::GeneratorError> {
+    let sampling = SamplingConfig {
+        max_new_tokens,
+        repetition_penalty: 1.0,
+        ..Default::default()
+    };
+    try_generate(state, prompt, sampling, None)
+}
+
+/// Generation from prompt ids with `sampling` and `adapter` through the engine.
+pub fn try_generate(
+    state: &GeneratorState,
+    prompt: Vec<u32>,
+    sampling: SamplingConfig,
+    adapter: Option<&str>,
+) -> Result<Completion, zhiku_generator::GeneratorError> {
     let (events, mut rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt,
-        sampling: SamplingConfig {
-            max_new_tokens,
-            repetition_penalty: 1.0,
-            ..Default::default()
-        },
-        adapter: None,
+        sampling,
+        adapter: adapter.map(str::to_owned),
         deadline: None,
         events,
     })?;
