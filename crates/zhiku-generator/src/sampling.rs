@@ -131,14 +131,16 @@ fn draw(weights: &[f32], u: f32) -> u32 {
     last as u32
 }
 
-/// The greedy pick of a row on the host: its largest logit, the last of equals (as
-/// candle's `LogitsProcessor` picked before).
+/// The greedy pick of a row on the host: its largest logit, the first of equals (as the
+/// device's argmax).
 pub fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .max_by(|(_, a), (_, b)| a.total_cmp(b))
-        .map_or(0, |(i, _)| i as u32)
+    let mut best = 0;
+    for (i, x) in logits.iter().enumerate() {
+        if *x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// The token `filter` and `u` pick from one row of logits, on the host: the kernel path's
@@ -670,7 +672,7 @@ mod tests {
         assert_eq!(picks(filter(1.0, None, None)).len(), 7);
         // Top-p over what top-k left: of {3, 1, 5}, 3 alone is 0.58 of it.
         assert_eq!(picks(filter(1.0, Some(2), Some(0.55))), [3].into());
-        assert_eq!(argmax(&[1.0, 3.0, 3.0, 0.0]), 2, "the last of equals");
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 0.0]), 1, "the first of equals");
     }
 
     /// Over many draws (fixed seed), each kept token comes as often as its filtered

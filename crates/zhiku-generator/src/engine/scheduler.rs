@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::block_manager::BlockManager;
 use super::executor::execute;
-use super::plan::plan_step;
+use super::plan::plan_step_whole;
 use super::sequence::{Next, Row, Sequence};
 use super::{EngineShared, Job, report};
 use crate::error::GeneratorError;
@@ -68,6 +68,17 @@ struct Running {
     blocks: Vec<u32>,
     adapter: Option<Arc<LoraAdapter>>,
     adapter_key: String,
+    /// Its first tokens that see each other (ChatGLM-6B's prompt through `[gMASK]`), else 0:
+    /// then its prompt is prefilled in one step and never shared through the prefix cache.
+    bidirectional: usize,
+}
+
+impl Running {
+    /// Whether its blocks may serve other prompts: a bidirectional prompt's K/V depend on
+    /// all of it, so none of its prefixes is a prefix of another prompt's.
+    fn shares_prefix(&self, prefix_cache: bool) -> bool {
+        prefix_cache && self.bidirectional == 0
+    }
 }
 
 pub struct Scheduler {
@@ -158,7 +169,7 @@ impl Scheduler {
 
     fn retire(&mut self, i: usize, outcome: Result<super::Completion, GeneratorError>) {
         let r = self.running.remove(i);
-        if self.config.prefix_cache && outcome.is_ok() {
+        if r.shares_prefix(self.config.prefix_cache) && outcome.is_ok() {
             self.blocks
                 .register_prefix(&r.blocks, &r.tokens[..r.computed], &r.adapter_key);
         }
@@ -208,6 +219,13 @@ impl Scheduler {
             } else {
                 tokens = job.prompt.clone();
             }
+            tokens.extend_from_slice(self.model.prompt_suffix());
+            let bidirectional = if self.model.bidirectional_prompt() {
+                tokens.len().saturating_sub(1)
+            } else {
+                0
+            };
+            let share = self.config.prefix_cache && bidirectional == 0;
             let context = self.shared.info.context_length;
             if tokens.len() >= context {
                 let added = tokens.len() - job.prompt.len().min(tokens.len());
@@ -234,9 +252,7 @@ impl Scheduler {
                 )));
                 continue;
             }
-            let Some((blocks, cached)) =
-                self.blocks
-                    .allocate(&tokens, total, &adapter_key, self.config.prefix_cache)
+            let Some((blocks, cached)) = self.blocks.allocate(&tokens, total, &adapter_key, share)
             else {
                 return; // waits for running sequences to free blocks
             };
@@ -246,7 +262,7 @@ impl Scheduler {
             job.sampling.max_new_tokens = max_new;
             let mut seq = Sequence::new(job);
             seq.cached_prompt_tokens = cached;
-            if self.config.prefix_cache {
+            if share {
                 let result = if cached > 0 { "hit" } else { "miss" };
                 zhiku_runtime::metrics::metrics()
                     .prefix_cache
@@ -260,6 +276,7 @@ impl Scheduler {
                 blocks,
                 adapter,
                 adapter_key,
+                bidirectional,
             });
         }
     }
@@ -278,7 +295,8 @@ impl Scheduler {
             .iter()
             .map(|r| r.tokens.len() - r.computed)
             .collect();
-        let plan = plan_step(&pending, self.config.prefill_chunk);
+        let whole: Vec<bool> = self.running.iter().map(|r| r.bidirectional > 0).collect();
+        let plan = plan_step_whole(&pending, &whole, self.config.prefill_chunk);
         let mut batch = Batch::default();
         for entry in &plan {
             let r = &self.running[entry.index];
@@ -289,6 +307,7 @@ impl Scheduler {
                 r.adapter.clone(),
                 entry.logits,
             );
+            batch.bidirectional(r.bidirectional);
         }
         let members: Vec<(usize, bool)> = plan.iter().map(|e| (e.index, e.logits)).collect();
         let stats = &self.shared.stats;
@@ -356,7 +375,7 @@ impl Scheduler {
             let took = batch.seqs[k].len;
             let r = &mut self.running[i];
             r.computed += took;
-            if took > 1 && self.config.prefix_cache {
+            if took > 1 && r.shares_prefix(self.config.prefix_cache) {
                 // A prompt chunk: its full blocks can serve other prompts from now on.
                 self.blocks
                     .register_prefix(&r.blocks, &r.tokens[..r.computed], &r.adapter_key);

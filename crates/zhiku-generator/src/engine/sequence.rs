@@ -16,8 +16,6 @@ use zhiku_lm::tokenizer::GenTokenizer;
 
 /// A sequence's row of a step's logits, as far as the device took it.
 pub enum Row<'a> {
-    /// As the model gave them [vocab]: the penalty and the pick happen on the host.
-    Raw(&'a Tensor),
     /// With the repetition penalty applied ([`crate::sampling::pick_on_device`]); the pick
     /// happens on the host.
     Penalised(&'a Tensor),
@@ -92,15 +90,23 @@ impl Sequence {
             .map_err(|_| GeneratorError::Cancelled)
     }
 
-    /// Picks the next token from `logits` [vocab] (penalty and pick on the host) and
-    /// streams its text.
-    pub fn on_logits(
+    /// Picks the next token from `logits` [vocab] as the scheduler does (penalty and
+    /// greedy pick through [`sampling::pick_on_device`], a draw on the host) and streams
+    /// its text.
+    #[cfg(test)]
+    fn on_logits(
         &mut self,
         logits: &Tensor,
         tokenizer: &GenTokenizer,
         stats: &EngineStats,
     ) -> Result<Next, GeneratorError> {
-        self.on_row(Row::Raw(logits), tokenizer, stats)
+        self.draw();
+        let row = self.device_row();
+        let (penalised, picks) = sampling::pick_on_device(&logits.unsqueeze(0)?, &[row], None)?;
+        match (row.pick, picks) {
+            (Pick::Argmax, Some(p)) => self.on_row(Row::Picked(p[0]), tokenizer, stats),
+            _ => self.on_row(Row::Penalised(&penalised.get(0)?), tokenizer, stats),
+        }
     }
 
     /// Draws the uniform number of this step's pick, if it samples: call once per step
@@ -131,8 +137,8 @@ impl Sequence {
 
     /// The host's pick from a penalised row: its argmax, or a draw with this step's number.
     fn pick_on_host(&mut self, logits: &Tensor) -> Result<u32, GeneratorError> {
-        // Only rows in host memory come here (the kernel path's, the single-sequence loop's):
-        // on the tensor path the device picks.
+        // Only the kernel path's rows come here (host memory): on the tensor path the device
+        // picks.
         let row = zhiku_lm::transfer::read_back::<f32>(&logits.to_dtype(candle_core::DType::F32)?)?;
         Ok(match &self.filter {
             Some(filter) => {
@@ -162,7 +168,7 @@ impl Sequence {
         if !sampling.score_candidates.is_empty() {
             // A scoring sequence has generated nothing, so no penalty touched its row.
             return match row {
-                Row::Raw(l) | Row::Penalised(l) => self.score(l).map(Next::Done),
+                Row::Penalised(l) => self.score(l).map(Next::Done),
                 Row::Picked(_) => Err(GeneratorError::Inference(
                     "a scoring sequence needs its logits, not a picked token".into(),
                 )),
@@ -174,16 +180,6 @@ impl Sequence {
                 token
             }
             Row::Penalised(l) => self.pick_on_host(l)?,
-            Row::Raw(l) if sampling.repetition_penalty != 1.0 && !self.generated.is_empty() => {
-                let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
-                let penalised = candle_transformers::utils::apply_repeat_penalty(
-                    l,
-                    sampling.repetition_penalty,
-                    &self.generated[start..],
-                )?;
-                self.pick_on_host(&penalised)?
-            }
-            Row::Raw(l) => self.pick_on_host(l)?,
         };
         if tokenizer.eos_ids.contains(&next) {
             return self.finish(Finish::Eos, tokenizer).map(Next::Done);

@@ -217,7 +217,7 @@ pub fn try_generate(
     sampling: SamplingConfig,
     adapter: Option<&str>,
 ) -> Result<Completion, zhiku_generator::GeneratorError> {
-    let (events, mut rx) = mpsc::unbounded_channel();
+    let (events, rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt,
         sampling,
@@ -225,6 +225,13 @@ pub fn try_generate(
         deadline: None,
         events,
     })?;
+    wait(rx)
+}
+
+/// The completion a submitted job's events end with.
+pub fn wait(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<Completion, zhiku_generator::GeneratorError> {
     loop {
         match rx.blocking_recv() {
             Some(Event::Chunk { .. }) => continue,
@@ -233,6 +240,11 @@ pub fn try_generate(
             None => panic!("the engine dropped the request"),
         }
     }
+}
+
+/// [`wait`]'s text, which must come.
+pub fn completion(rx: mpsc::UnboundedReceiver<Event>) -> String {
+    wait(rx).expect("generation succeeds").text
 }
 
 /// [`try_generate_ids`] that must succeed.
