@@ -98,6 +98,14 @@ fn position_ids_follow_the_articles_figure() {
     let (positions, blocks) = position_ids(8, 5, 4);
     assert_eq!(positions, vec![0, 1, 2, 3, 4, 4, 4, 4]);
     assert_eq!(blocks, vec![0, 0, 0, 0, 0, 1, 2, 3]);
+    // The shared decoder's, from the bidirectional length (through [gMASK]: 5 tokens).
+    let shared: Vec<(u32, u32)> = (0..8)
+        .map(|i| zhiku_lm::rotary::Rotary::two_d_positions(i, 5))
+        .collect();
+    assert_eq!(
+        shared,
+        positions.into_iter().zip(blocks).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -675,7 +683,20 @@ fn batching_changes_nothing_for_chatglm6b() {
                 batch.push(tokens, at, &tables[s], adapters[s].clone(), true);
                 batch.bidirectional(ids[s].len() - 1);
             }
-            model.forward(&batch, cache).unwrap()
+            // Host traffic on the tensor path, as for every family: 5 uploads for a step
+            // with a prompt (its mask among them), 4 for a decode step, nothing read back.
+            let prompt = parts.iter().any(|p| p.1.len() > 1);
+            let (logits, traffic) =
+                zhiku_lm::transfer::counted(|| model.forward(&batch, cache).unwrap());
+            if compute == ComputePath::Tensors {
+                let uploads = if prompt { 5 } else { 4 };
+                assert_eq!(
+                    (traffic.uploads, traffic.read_backs),
+                    (uploads, 0),
+                    "{traffic:?}"
+                );
+            }
+            logits
         };
         let mut together = [Vec::new(), Vec::new()];
         // The first prompt alone, then the second prompt beside the first's decode step.
