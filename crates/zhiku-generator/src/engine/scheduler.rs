@@ -339,21 +339,25 @@ impl Scheduler {
                 self.running[i].seq.draw();
             }
         }
-        if self.model.compute_path() == ComputePath::Tensors && self.sampler.is_none() {
-            match logits
-                .dim(1)
-                .and_then(|vocab| DeviceSampler::new(vocab, logits.device()))
-            {
-                Ok(s) => self.sampler = Some(s),
-                Err(e) => tracing::error!(error = %e, "no sampling on the device"),
-            }
-        }
         let (device, picked) = {
             let rows: Vec<DeviceRow<'_>> = members
                 .iter()
                 .filter(|(_, wants)| *wants)
                 .map(|&(i, _)| self.running[i].seq.device_row())
                 .collect();
+            let samples = rows.iter().any(|r| matches!(r.pick, Pick::Sample { .. }));
+            if samples
+                && self.sampler.is_none()
+                && self.model.compute_path() == ComputePath::Tensors
+            {
+                match logits
+                    .dim(1)
+                    .and_then(|vocab| DeviceSampler::new(vocab, logits.device()))
+                {
+                    Ok(s) => self.sampler = Some(s),
+                    Err(e) => tracing::error!(error = %e, "no sampling on the device"),
+                }
+            }
             let on_device = self.sampler.is_some();
             let picked: Vec<bool> = rows
                 .iter()
