@@ -29,12 +29,22 @@ pub struct SeqRows {
     pub first_pos: usize,
     /// Its block table.
     pub blocks: Vec<u32>,
+    /// Its first `bidirectional` tokens see each other (ChatGLM-6B's prompt, which must be
+    /// in the cache by the end of the step that brings its first row); 0: causal.
+    pub bidirectional: usize,
 }
 
 impl SeqRows {
     #[inline]
     pub fn slot(&self, pos: usize) -> usize {
         self.blocks[pos / BLOCK_SIZE] as usize * BLOCK_SIZE + pos % BLOCK_SIZE
+    }
+
+    /// How many of its tokens the row at `pos` sees: those up to its own, or the whole
+    /// bidirectional part when it lies in it.
+    #[inline]
+    pub fn visible(&self, pos: usize) -> usize {
+        (pos + 1).max(self.bidirectional.min(self.first_pos + self.len))
     }
 }
 
@@ -80,6 +90,9 @@ impl KvElem for f16 {
 #[derive(Clone, Copy)]
 pub struct StepRows<'a> {
     pub positions: &'a [u32],
+    /// Where each row rotates, if not at `positions`: with 2-D positions, every row's first
+    /// position, then every row's second ([`Rotary::two_d_positions`]).
+    pub rotary_positions: Option<&'a [u32]>,
     pub seqs: &'a [SeqRows],
     pub tensors: Option<&'a TensorStep>,
 }
@@ -95,15 +108,12 @@ pub fn attention(
     cache: &mut KvCache,
 ) -> candle_core::Result<Tensor> {
     let device = q.device().clone();
-    let StepRows {
-        positions, seqs, ..
-    } = step;
     match &mut cache.layers[layer] {
         LayerKv::F32 { k: kc, v: vc } => {
-            cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
+            cpu_attention((q, k, v), step, shape, rotary, (kc, vc), &device)
         }
         LayerKv::F16 { k: kc, v: vc } => {
-            cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
+            cpu_attention((q, k, v), step, shape, rotary, (kc, vc), &device)
         }
         LayerKv::Tensor { k: kc, v: vc } => {
             let inputs = step.tensors.ok_or_else(|| {
@@ -111,24 +121,25 @@ pub fn attention(
                     "a KV cache of tensors needs the step's device inputs (TensorStep)".into(),
                 )
             })?;
-            tensor_attention((q, k, v), seqs, inputs, shape, (kc, vc))
+            tensor_attention((q, k, v), step.seqs, inputs, shape, (kc, vc))
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn cpu_attention<T: KvElem>(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    positions: &[u32],
-    seqs: &[SeqRows],
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    step: StepRows<'_>,
     shape: AttnShape,
     rotary: &Rotary,
-    kc: &mut [T],
-    vc: &mut [T],
+    (kc, vc): (&mut [T], &mut [T]),
     device: &Device,
 ) -> candle_core::Result<Tensor> {
+    let StepRows {
+        positions,
+        rotary_positions,
+        seqs,
+        ..
+    } = step;
     let AttnShape {
         heads,
         kv_heads,
@@ -142,14 +153,21 @@ fn cpu_attention<T: KvElem>(
     if qv.len() != rows * heads * d || kv.len() != rows * width || vv.len() != rows * width {
         candle_core::bail!("attention: q/k/v do not match {rows} rows of {shape:?}");
     }
-    // Rotary on every head of q and k, each row at its own position.
-    for (r, &pos) in positions.iter().enumerate() {
-        let pos = pos as usize;
+    // Rotary on every head of q and k, each row at its own position(s).
+    let at = |r: usize| -> (usize, usize) {
+        match rotary_positions {
+            Some(p) if p.len() == 2 * rows => (p[r] as usize, p[rows + r] as usize),
+            Some(p) => (p[r] as usize, 0),
+            None => (positions[r] as usize, 0),
+        }
+    };
+    for r in 0..rows {
+        let (first, second) = at(r);
         for h in qv[r * heads * d..(r + 1) * heads * d].chunks_exact_mut(d) {
-            rotary.apply(h, pos);
+            rotary.apply_at(h, first, second);
         }
         for h in kv[r * width..(r + 1) * width].chunks_exact_mut(d) {
-            rotary.apply(h, pos);
+            rotary.apply_at(h, first, second);
         }
     }
     // New K/V into their slots.
@@ -183,10 +201,11 @@ fn cpu_attention<T: KvElem>(
                 .collect()
         })
         .collect();
-    // Each row attends to its sequence's tokens up to its own position (causal).
+    // Each row attends to its sequence's tokens up to its own position (causal), or to
+    // its sequence's whole bidirectional part.
     let tokens = (0..rows)
         .map(|r| {
-            let n = positions[r] as usize + 1;
+            let n = seqs[owner[r]].visible(positions[r] as usize);
             starts[owner[r]].get(..n).ok_or_else(|| {
                 candle_core::Error::Msg(format!("attention: row {r} at position {}", n - 1))
             })
@@ -209,8 +228,9 @@ fn cpu_attention<T: KvElem>(
 
 /// What every layer's attention of one step reads on the device, made once per step
 /// (each a single upload, see [`crate::transfer`]): the rotary tables gathered at the rows'
-/// positions, every sequence's cache slots, and the causal masks of its prompt chunks. A
-/// decode row (one new token) sees every cached token of its sequence, so it needs no mask.
+/// positions, every sequence's cache slots, and the causal masks of its prompt chunks
+/// (a bidirectional part seen whole). A decode row (one new token) sees every cached token
+/// of its sequence, so it needs no mask.
 pub struct TensorStep {
     /// The rotary tables at each row's position, in the activations' dtype.
     rotary: RotaryAt,
@@ -230,15 +250,18 @@ struct SeqTensors {
 }
 
 impl TensorStep {
+    /// `rotary_positions`: where the rows rotate ([`StepRows::rotary_positions`]), if not
+    /// at `positions`.
     pub fn new(
         positions: &[u32],
+        rotary_positions: Option<&[u32]>,
         seqs: &[SeqRows],
         rotary: &Rotary,
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let rows = positions.len();
-        let pos = transfer::upload_slice(positions, rows, device)?;
+        let at = rotary_positions.unwrap_or(positions);
+        let pos = transfer::upload_slice(at, at.len(), device)?;
         let rotary = rotary.at(&pos, dtype)?;
         let mut slots = Vec::new();
         let mut masks = Vec::new();
@@ -250,10 +273,9 @@ impl TensorStep {
             let mask_at = (s.len > 1).then(|| {
                 let at = masks.len();
                 for i in 0..s.len {
-                    let limit = s.first_pos + i;
-                    masks.extend(
-                        (0..total).map(|j| if j <= limit { 0.0 } else { f32::NEG_INFINITY }),
-                    );
+                    let seen = s.visible(s.first_pos + i);
+                    masks
+                        .extend((0..total).map(|j| if j < seen { 0.0 } else { f32::NEG_INFINITY }));
                 }
                 at
             });
