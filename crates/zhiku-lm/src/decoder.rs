@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::ComputePath;
 use crate::attention::{
-    AttnShape, SeqRows, StepRows, TensorStep, attention, causal_attention_train,
+    AttnShape, Segments, SeqRows, StepRows, TensorStep, attention, causal_attention_train,
+    causal_attention_train_segments,
 };
 use crate::error::LmError;
 use crate::kv::{KvCache, KvShape, LayerKv};
@@ -333,6 +334,21 @@ impl Decoder {
         lora: &dyn TrainLora,
         (batch, len): (usize, usize),
     ) -> Result<Tensor, LmError> {
+        let shape = self.attn_shape();
+        self.block_train_with(index, x, lora, &mut |q, k, v| {
+            causal_attention_train((q, k, v), (batch, len), shape, &self.rotary)
+        })
+    }
+
+    /// Block `index` of the training forward with the given attention.
+    #[allow(clippy::type_complexity)]
+    fn block_train_with(
+        &self,
+        index: usize,
+        x: &Tensor,
+        lora: &dyn TrainLora,
+        attend: &mut dyn FnMut(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor, LmError> {
         if self.rotary.two_d {
             return Err(LmError::UnsupportedModel(
                 "training ChatGLM-6B (2-D positions, a bidirectional prompt)".into(),
@@ -344,15 +360,53 @@ impl Decoder {
                 self.blocks.len()
             ))
         })?;
-        let shape = self.attn_shape();
         Ok(self.block_apply(
             block,
             x,
             &|l, x| l.forward_train(x, lora),
             &|n, x| n.forward_train(x),
             &|m, x| m.forward_train(x, lora),
-            &mut |q, k, v| causal_attention_train((q, k, v), (batch, len), shape, &self.rotary),
+            attend,
         )?)
+    }
+
+    /// [`Decoder::block_train`] on rows of packed examples ([`Segments`]): each example
+    /// attends only to itself, from position 0, as it would alone in a row.
+    pub fn block_train_segments(
+        &self,
+        index: usize,
+        x: &Tensor,
+        lora: &dyn TrainLora,
+        segments: &Segments,
+    ) -> Result<Tensor, LmError> {
+        let shape = self.attn_shape();
+        self.block_train_with(index, x, lora, &mut |q, k, v| {
+            causal_attention_train_segments((q, k, v), shape, &self.rotary, segments)
+        })
+    }
+
+    /// [`Decoder::forward_train`] on rows of packed examples ([`Segments`], one row of
+    /// `tokens` per row of the segments).
+    pub fn forward_train_segments(
+        &self,
+        tokens: &Tensor,
+        lora: &dyn TrainLora,
+        segments: &Segments,
+    ) -> Result<Tensor, LmError> {
+        let (batch, len) = tokens.dims2()?;
+        if (batch, len) != (segments.batch(), segments.tokens()) {
+            return Err(LmError::Validation(format!(
+                "{batch} rows of {len} tokens, but segments for {} rows of {}",
+                segments.batch(),
+                segments.tokens()
+            )));
+        }
+        let mut x = self.embed_train(tokens)?;
+        for index in 0..self.blocks.len() {
+            x = self.block_train_segments(index, &x, lora, segments)?;
+        }
+        let logits = self.head_train(&x, lora)?;
+        Ok(logits.reshape((batch, len, self.spec.vocab))?)
     }
 
     /// The final norm and the LM head on hidden states [rows, hidden]: logits [rows, vocab]

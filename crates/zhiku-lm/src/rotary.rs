@@ -2,6 +2,8 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
+use crate::transfer;
+
 /// Rotary position embedding: `rotary_dim` leading dimensions of each head rotate, the rest
 /// pass. Pairs are (i, i + rotary_dim/2) ("half", Qwen2/NeoX) or (2i, 2i+1) ("interleaved",
 /// GGUF Llama, the GLM family).
@@ -139,6 +141,27 @@ impl Rotary {
         Ok(RotaryTables {
             cos: self.cos_t.narrow(0, 0, tokens)?,
             sin: self.sin_t.narrow(0, 0, tokens)?,
+            rotary_dim: self.rotary_dim,
+            interleaved: self.interleaved,
+        })
+    }
+
+    /// The tables of the given positions, one per token of a row (a packed row restarts at
+    /// 0 for each example), for [`RotaryTables::apply`].
+    pub fn tables_at(&self, positions: &[u32]) -> candle_core::Result<RotaryTables> {
+        if let Some(&p) = positions
+            .iter()
+            .find(|&&p| p as usize >= self.max_positions)
+        {
+            candle_core::bail!(
+                "position {p} is past the rotary table of {} positions",
+                self.max_positions
+            );
+        }
+        let index = transfer::upload_slice(positions, positions.len(), self.cos_t.device())?;
+        Ok(RotaryTables {
+            cos: self.cos_t.index_select(&index, 0)?,
+            sin: self.sin_t.index_select(&index, 0)?,
             rotary_dim: self.rotary_dim,
             interleaved: self.interleaved,
         })
