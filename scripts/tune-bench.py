@@ -3,7 +3,9 @@
 runs it: LoRA training steps on the CPU in f32 on a GGUF model that transformers
 dequantizes, on the token ids tune-bench wrote, with the same LoRA and optimizer settings.
 Prints one JSON line: each timed step's seconds, the first step's loss, load seconds and
-the peak resident memory of this process.
+the peak resident memory of this process. With --batch-size, a step's examples (of varied
+lengths) are sorted by length and run that many a forward, each forward right-padded to
+its longest example, the loss the mean over the step's counted tokens (as zhiku's).
 
 Setup (PyPI only):
     python3 -m venv /work/.venv-peft
@@ -30,6 +32,32 @@ def peak_rss_bytes():
     return None
 
 
+def padded_step(model, batch, batch_size):
+    """Forwards and backwards of one step's examples, sorted by length, batch_size a
+    forward, right-padded (attention mask 0, label -100); each forward's mean loss weighed
+    by its share of the step's counted tokens. Returns the step's loss."""
+    # The first token predicts nothing (labels shift by one).
+    counted = lambda e: sum(e["loss_mask"][1:])
+    total = sum(counted(e) for e in batch)
+    ordered = sorted(batch, key=lambda e: len(e["tokens"]))
+    loss = 0.0
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
+        n = sum(counted(e) for e in chunk)
+        if n == 0:
+            continue
+        width = max(len(e["tokens"]) for e in chunk)
+        pad = lambda row, value: row + [value] * (width - len(row))
+        ids = torch.tensor([pad(e["tokens"], 0) for e in chunk], dtype=torch.long)
+        attention = torch.tensor([pad([1] * len(e["tokens"]), 0) for e in chunk])
+        mask = torch.tensor([pad(e["loss_mask"], False) for e in chunk], dtype=torch.bool)
+        labels = ids.masked_fill(~mask, -100)
+        part = model(input_ids=ids, attention_mask=attention, labels=labels).loss * (n / total)
+        part.backward()
+        loss += part.detach()
+    return loss
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--gguf", required=True)
@@ -42,6 +70,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    # Examples a forward (0: the whole step in one, every example of the same length).
+    p.add_argument("--batch-size", type=int, default=0)
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -75,12 +105,15 @@ def main():
     step_seconds = []
     first_loss = None
     for i, batch in enumerate(steps):
-        ids = torch.tensor([e["tokens"] for e in batch], dtype=torch.long)
-        mask = torch.tensor([e["loss_mask"] for e in batch], dtype=torch.bool)
-        labels = ids.masked_fill(~mask, -100)
         t = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
+        if args.batch_size == 0:
+            ids = torch.tensor([e["tokens"] for e in batch], dtype=torch.long)
+            mask = torch.tensor([e["loss_mask"] for e in batch], dtype=torch.bool)
+            labels = ids.masked_fill(~mask, -100)
+            loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
+        else:
+            loss = padded_step(model, batch, args.batch_size)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

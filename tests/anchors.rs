@@ -77,12 +77,20 @@ async fn a_near_miss_is_refused_on_anchors_and_the_answered_question_is_not() {
     let _ = minilm_dir();
     let data = tempfile::tempdir().unwrap();
     let data = data.path().to_str().expect("utf-8 path").to_owned();
-    // The orchestrator's level is 0 (never): the requests set theirs.
+    // The orchestrator's level is 0 (never): the requests set theirs. Answers are marked,
+    // not withdrawn: this is about refusing before generating.
     let services = Services::start_custom(
         &["--model", minilm_dir().to_str().expect("utf-8 path")],
         (&["--data-dir", &data], &[]),
         CHAT_MODEL,
-        &["--min-anchors", "0", "--min-coverage", "0.35"],
+        &[
+            "--min-anchors",
+            "0",
+            "--min-coverage",
+            "0.35",
+            "--verify",
+            "mark",
+        ],
     )
     .await;
     let mut client = services.client().await;

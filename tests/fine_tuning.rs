@@ -62,6 +62,17 @@ async fn fine_tuning_jobs_over_http_train_on_the_tuner() {
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("line 3"), "{body}");
+    let (status, body) = call(
+        http,
+        "POST",
+        "/v1/fine_tuning/jobs",
+        Some(&json!({"training_data": records(2), "hyperparameters": {"packing": "yes"}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("`packing` must be true or false"),
+        "{body}"
+    );
 
     let (status, job) = call(
         http,
@@ -81,6 +92,10 @@ async fn fine_tuning_jobs_over_http_train_on_the_tuner() {
     assert_eq!(job["object"], "fine_tuning.job");
     assert_eq!(job["hyperparameters"]["n_epochs"], 2);
     assert_eq!(job["hyperparameters"]["rank"], 2);
+    assert_eq!(
+        job["hyperparameters"]["packing"], false,
+        "the default, reported"
+    );
     assert_eq!(job["seed"], 3);
     let id = job["id"].as_str().expect("an id").to_owned();
 

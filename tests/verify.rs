@@ -135,7 +135,7 @@ async fn invented_numbers_are_withdrawn_or_marked_and_echoes_are_regenerated() {
     let retriever = ServiceProcess::start("zhiku-retriever", &["--data-dir", &path(&data)], &[]);
     let generator = ServiceProcess::start("zhiku-generator", &["--model", &path(&chat)], &[]);
     let downstream = [&embedder, &retriever, &generator];
-    // withdraw and mark from the environment variable (mark is the default).
+    // withdraw and mark from the environment variable (withdraw is the default).
     let withdraw = [("ZHIKU_VERIFY", "withdraw")];
     let withdrawing = orchestrator(&downstream, Some(&inventing), &withdraw);
     let marking = orchestrator(&downstream, Some(&inventing), &[("ZHIKU_VERIFY", "mark")]);

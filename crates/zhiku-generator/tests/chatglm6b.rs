@@ -14,10 +14,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 use tokio::sync::oneshot;
+use zhiku_generator::config::ComputePathArg;
+use zhiku_generator::sampling::SamplingConfig;
 use zhiku_generator::{GeneratorArgs, GeneratorState};
-use zhiku_lm::CausalLm;
 use zhiku_lm::chatglm6b::{ChatGlm6b, ChatGlm6bConfig, position_ids};
+use zhiku_lm::decoder::{Batch, BatchModel, Decoder, Solo, prepare_adapter};
+use zhiku_lm::families::{SafetensorsWeights, chatglm6b_decoder};
+use zhiku_lm::kv::{KvCache, KvDtype};
 use zhiku_lm::lora::LoraAdapter;
+use zhiku_lm::{CausalLm, ComputePath};
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{GenerateRequest, GeneratorInfoRequest, SamplingParams, generate_request};
 use zhiku_runtime::ServerArgs;
@@ -93,6 +98,14 @@ fn position_ids_follow_the_articles_figure() {
     let (positions, blocks) = position_ids(8, 5, 4);
     assert_eq!(positions, vec![0, 1, 2, 3, 4, 4, 4, 4]);
     assert_eq!(blocks, vec![0, 0, 0, 0, 0, 1, 2, 3]);
+    // The shared decoder's, from the bidirectional length (through [gMASK]: 5 tokens).
+    let shared: Vec<(u32, u32)> = (0..8)
+        .map(|i| zhiku_lm::rotary::Rotary::two_d_positions(i, 5))
+        .collect();
+    assert_eq!(
+        shared,
+        positions.into_iter().zip(blocks).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -181,6 +194,108 @@ fn lora_zero_b_changes_nothing_and_merged_equals_unmerged() {
     assert!(unmerged.set_adapter(Some("nope")).is_err());
 }
 
+/// The tiny checkpoint (seed 11) with the adapters `legal` and `medical`, loaded as
+/// `zhiku serve` loads it.
+fn serving_state(dir: &Path) -> GeneratorState {
+    serving_state_on(dir, ComputePathArg::Kernels)
+}
+
+fn serving_state_on(dir: &Path, compute: ComputePathArg) -> GeneratorState {
+    if !dir.join("config.json").is_file() {
+        write_checkpoint(dir, 11);
+        write_adapter(&dir.join("legal"), 3, 0.8);
+        write_adapter(&dir.join("medical"), 4, 0.8);
+    }
+    let mut args = GeneratorArgs::for_model(dir.to_string_lossy().into_owned());
+    args.compute_path = compute;
+    args.lora = vec![
+        format!("legal={}", dir.join("legal").display()),
+        format!("medical={}", dir.join("medical").display()),
+    ];
+    GeneratorState::load(&args).expect("the tiny ChatGLM-6B loads")
+}
+
+/// One recorded answer of [`ANSWERS`].
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Answer {
+    prompt: Vec<u32>,
+    adapter: Option<String>,
+    /// "greedy", "penalty" (greedy with the default repetition penalty) or "sampled"
+    /// (temperature 0.8, top-k 8, top-p 0.9, seed 5).
+    sampling: String,
+    text: String,
+    generated_tokens: usize,
+}
+
+const ANSWERS: &str = "tests/data/chatglm6b_answers.json";
+
+fn sampling(kind: &str) -> SamplingConfig {
+    let base = SamplingConfig {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    match kind {
+        "greedy" => SamplingConfig {
+            repetition_penalty: 1.0,
+            ..base
+        },
+        "penalty" => base,
+        "sampled" => SamplingConfig {
+            temperature: 0.8,
+            top_k: Some(8),
+            top_p: Some(0.9),
+            seed: 5,
+            ..base
+        },
+        other => panic!("no sampling kind {other}"),
+    }
+}
+
+/// The answers the single-sequence loop (`engine/legacy.rs`, since replaced by the batched
+/// engine) gave on the tiny checkpoint, recorded with `ZHIKU_BLESS=1` before it went: the
+/// engine gives them token for token (the word-level tokenizer makes each word one token),
+/// on both compute paths.
+#[test]
+fn chatglm6b_answers_are_the_recorded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for compute in [ComputePathArg::Kernels, ComputePathArg::Tensors] {
+        let state = serving_state_on(dir.path(), compute);
+        check_answers(&state, compute == ComputePathArg::Kernels);
+    }
+}
+
+fn check_answers(state: &GeneratorState, bless: bool) {
+    let prompts: [&[u32]; 3] = [&[5, 6, 7], &[8, 9, 10, 11, 12, 5, 6], &[13]];
+    let mut answers = Vec::new();
+    for prompt in prompts {
+        for adapter in [None, Some("legal"), Some("medical")] {
+            for kind in ["greedy", "penalty", "sampled"] {
+                let done = common::try_generate(state, prompt.to_vec(), sampling(kind), adapter)
+                    .expect("generation succeeds");
+                answers.push(Answer {
+                    prompt: prompt.to_vec(),
+                    adapter: adapter.map(str::to_owned),
+                    sampling: kind.into(),
+                    text: done.text,
+                    generated_tokens: done.generated_tokens,
+                });
+            }
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(ANSWERS);
+    if bless && std::env::var_os("ZHIKU_BLESS").is_some() {
+        let json = serde_json::to_string_pretty(&answers).unwrap();
+        std::fs::write(&path, json + "\n").unwrap();
+        println!("wrote {}", path.display());
+    }
+    let recorded: Vec<Answer> = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    assert!(recorded.iter().any(|a| a.generated_tokens > 1));
+    assert_eq!(answers, recorded);
+}
+
 fn request(adapter: &str) -> GenerateRequest {
     GenerateRequest {
         input: Some(generate_request::Input::Prompt("小拾 喜欢 什么".into())),
@@ -196,19 +311,11 @@ fn request(adapter: &str) -> GenerateRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_adapters_chosen_per_request_in_one_server() {
     let dir = tempfile::tempdir().unwrap();
-    write_checkpoint(dir.path(), 11);
-    write_adapter(&dir.path().join("legal"), 3, 0.8);
-    write_adapter(&dir.path().join("medical"), 4, 0.8);
-    let mut args = GeneratorArgs::for_model(dir.path().to_string_lossy().into_owned());
-    args.lora = vec![
-        format!("legal={}", dir.path().join("legal").display()),
-        format!("medical={}", dir.path().join("medical").display()),
-    ];
+    let path = dir.path().to_path_buf();
     let state = Arc::new(
-        tokio::task::spawn_blocking(move || GeneratorState::load(&args))
+        tokio::task::spawn_blocking(move || serving_state(&path))
             .await
-            .unwrap()
-            .expect("the tiny ChatGLM-6B loads"),
+            .unwrap(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -443,4 +550,248 @@ fn chatglm6b_ice_text_offset_is_inferred_or_checked() {
         err.contains("gmask_token_id") && err.contains("num_image_tokens"),
         "{err}"
     );
+}
+
+/// The shared decoder built from the tiny checkpoint, on `compute`.
+fn engine_decoder(dir: &Path, compute: ComputePath) -> Decoder {
+    let cfg: ChatGlm6bConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut w = SafetensorsWeights::open(
+        &[dir.join("model.safetensors")],
+        &Device::Cpu,
+        DType::F32,
+        &[],
+    )
+    .unwrap();
+    chatglm6b_decoder(&cfg, &mut w)
+        .unwrap()
+        .with_compute(compute)
+}
+
+/// `[gMASK] <sop>` of the tiny config.
+const SUFFIX: [u32; 2] = [2, 3];
+const FOLLOW: [u32; 4] = [10, 11, 5, 12];
+
+/// Logits at `<sop>` after `prompt`, then after each of [`FOLLOW`], on the shared decoder.
+fn decoder_logits(
+    model: &Decoder,
+    prompt: &[u32],
+    adapter: Option<Arc<LoraAdapter>>,
+) -> Vec<Tensor> {
+    let ids: Vec<u32> = prompt.iter().chain(&SUFFIX).copied().collect();
+    let mut solo = Solo::new(model, 64)
+        .unwrap()
+        .with_adapter(adapter)
+        .with_bidirectional(ids.len() - 1);
+    let mut out = vec![solo.feed(model, &ids).unwrap()];
+    for t in FOLLOW {
+        out.push(solo.feed(model, &[t]).unwrap());
+    }
+    out
+}
+
+/// The same from the single-sequence network (the reference).
+fn reference_logits(model: &mut ChatGlm6b, prompt: &[u32], adapter: Option<&str>) -> Vec<Tensor> {
+    model.set_adapter(adapter).unwrap();
+    let mut out = vec![model.forward(prompt, 0).unwrap()];
+    for (i, t) in FOLLOW.iter().enumerate() {
+        out.push(model.forward(&[*t], prompt.len() + 2 + i).unwrap());
+    }
+    out
+}
+
+fn adapter_for(model: &Decoder, dir: &Path, name: &str) -> Arc<LoraAdapter> {
+    let a = LoraAdapter::load(name, &dir.join(name), DType::F32, &Device::Cpu).unwrap();
+    Arc::new(prepare_adapter(a, model).unwrap())
+}
+
+/// ChatGLM-6B on the shared decoder (2-D positions, the prompt bidirectional, DeepNorm):
+/// the single-sequence network's logits on both compute paths, for the prompt and decode
+/// steps, with and without an adapter. Tolerance 1e-4: f32 on both sides, the sums in
+/// another order.
+#[test]
+fn the_shared_decoder_gives_the_single_sequence_networks_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), 42);
+    write_adapter(&dir.path().join("legal"), 3, 0.8);
+    let mut reference = load_model(dir.path());
+    let legal =
+        LoraAdapter::load("legal", &dir.path().join("legal"), DType::F32, &Device::Cpu).unwrap();
+    reference.attach_adapter(&legal).unwrap();
+    let prompt = [5u32, 6, 7, 8, 9, 13, 14];
+    for compute in [ComputePath::Kernels, ComputePath::Tensors] {
+        let model = engine_decoder(dir.path(), compute);
+        assert_eq!(model.compute_path(), compute);
+        assert_eq!(model.prompt_suffix(), SUFFIX);
+        assert!(model.bidirectional_prompt());
+        for adapter in [None, Some("legal")] {
+            let ours = decoder_logits(
+                &model,
+                &prompt,
+                adapter.map(|a| adapter_for(&model, dir.path(), a)),
+            );
+            let theirs = reference_logits(&mut reference, &prompt, adapter);
+            let diff = common::worst(&ours, &theirs);
+            println!("{compute:?}, adapter {adapter:?}: {diff:.2e} from the reference");
+            assert!(
+                diff < 1e-4,
+                "{compute:?}, adapter {adapter:?}: off by {diff}"
+            );
+        }
+    }
+}
+
+/// Two ChatGLM-6B sequences and their adapters in one batch (one prefilling its whole
+/// prompt while the other decodes, then both decoding, with scattered blocks) get the
+/// logits each gets alone, on both paths; and the paths agree.
+#[test]
+fn batching_changes_nothing_for_chatglm6b() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), 11);
+    write_adapter(&dir.path().join("legal"), 3, 0.8);
+    write_adapter(&dir.path().join("medical"), 4, 0.8);
+    let prompts: [&[u32]; 2] = [&[5, 6, 7, 8, 9, 13, 14], &[10, 11, 12]];
+    let mut by_path = Vec::new();
+    for compute in [ComputePath::Kernels, ComputePath::Tensors] {
+        let model = engine_decoder(dir.path(), compute);
+        let adapters = [
+            Some(adapter_for(&model, dir.path(), "legal")),
+            Some(adapter_for(&model, dir.path(), "medical")),
+        ];
+        let alone: Vec<Vec<Tensor>> = prompts
+            .iter()
+            .zip(&adapters)
+            .map(|(p, a)| decoder_logits(&model, p, a.clone()))
+            .collect();
+        let mut cache = KvCache::new(
+            model.kv_shape(),
+            16 * 4,
+            KvDtype::F32,
+            model.device(),
+            model.kv_dtype(),
+            model.compute_path(),
+        )
+        .unwrap();
+        let tables: [Vec<u32>; 2] = [vec![3, 0], vec![2, 1]];
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| p.iter().chain(&SUFFIX).copied().collect())
+            .collect();
+        let step = |cache: &mut KvCache, parts: &[(usize, &[u32], usize)]| -> Tensor {
+            let mut batch = Batch::default();
+            for &(s, tokens, at) in parts {
+                batch.push(tokens, at, &tables[s], adapters[s].clone(), true);
+                batch.bidirectional(ids[s].len() - 1);
+            }
+            // Host traffic on the tensor path, as for every family: 5 uploads for a step
+            // with a prompt (its mask among them), 4 for a decode step, nothing read back.
+            let prompt = parts.iter().any(|p| p.1.len() > 1);
+            let (logits, traffic) =
+                zhiku_lm::transfer::counted(|| model.forward(&batch, cache).unwrap());
+            if compute == ComputePath::Tensors {
+                let uploads = if prompt { 5 } else { 4 };
+                assert_eq!(
+                    (traffic.uploads, traffic.read_backs),
+                    (uploads, 0),
+                    "{traffic:?}"
+                );
+            }
+            logits
+        };
+        let mut together = [Vec::new(), Vec::new()];
+        // The first prompt alone, then the second prompt beside the first's decode step.
+        let l = step(&mut cache, &[(0, &ids[0], 0)]);
+        together[0].push(l.get(0).unwrap());
+        let l = step(
+            &mut cache,
+            &[(1, &ids[1], 0), (0, &FOLLOW[..1], ids[0].len())],
+        );
+        together[1].push(l.get(0).unwrap());
+        together[0].push(l.get(1).unwrap());
+        for i in 0..FOLLOW.len() - 1 {
+            let l = step(
+                &mut cache,
+                &[
+                    (0, &FOLLOW[i + 1..i + 2], ids[0].len() + i + 1),
+                    (1, &FOLLOW[i..i + 1], ids[1].len() + i),
+                ],
+            );
+            together[0].push(l.get(0).unwrap());
+            together[1].push(l.get(1).unwrap());
+        }
+        together[1].push(
+            step(&mut cache, &[(1, &FOLLOW[3..], ids[1].len() + 3)])
+                .get(0)
+                .unwrap(),
+        );
+        for s in 0..2 {
+            let diff = common::worst(&alone[s], &together[s]);
+            assert!(
+                diff < 1e-5,
+                "{compute:?}, sequence {s}: batching moved it by {diff}"
+            );
+        }
+        by_path.push(alone);
+    }
+    for (s, (kernels, tensors)) in by_path[0].iter().zip(&by_path[1]).enumerate() {
+        let diff = common::worst(kernels, tensors);
+        println!("sequence {s}: tensor path {diff:.2e} from the kernel path");
+        assert!(diff < 1e-4, "sequence {s}: the paths differ by {diff}");
+    }
+}
+
+/// Through the engine: two ChatGLM-6B requests served in one batch give the tokens each
+/// gets alone, and a prompt read bidirectionally is never served from the prefix cache.
+#[test]
+fn two_chatglm6b_requests_in_one_batch_answer_as_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for compute in [ComputePathArg::Kernels, ComputePathArg::Tensors] {
+        let state = serving_state_on(dir.path(), compute);
+        let jobs: [(&[u32], Option<&str>); 2] = [(&[5, 6, 7], Some("legal")), (&[13, 8], None)];
+        let stats = &state.shared.stats;
+        let steps = || stats.steps.load(std::sync::atomic::Ordering::Relaxed);
+        let before = steps();
+        let alone: Vec<String> = jobs
+            .iter()
+            .map(|(p, a)| {
+                let done =
+                    common::try_generate(&state, p.to_vec(), sampling("greedy"), *a).unwrap();
+                assert_eq!(
+                    done.cached_prompt_tokens, 0,
+                    "a bidirectional prompt is not shared"
+                );
+                done.text
+            })
+            .collect();
+        let alone_steps = steps() - before;
+        let mut batched = false;
+        for _ in 0..20 {
+            let before = steps();
+            let runs: Vec<_> = jobs
+                .iter()
+                .map(|(p, a)| {
+                    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+                    state
+                        .engine
+                        .submit(zhiku_generator::engine::Job {
+                            prompt: p.to_vec(),
+                            sampling: sampling("greedy"),
+                            adapter: a.map(str::to_owned),
+                            deadline: None,
+                            events,
+                        })
+                        .unwrap();
+                    rx
+                })
+                .collect();
+            let texts: Vec<String> = runs.into_iter().map(common::completion).collect();
+            assert_eq!(texts, alone, "{compute:?}");
+            // Together in a batch, they take fewer steps than one after the other.
+            if steps() - before < alone_steps {
+                batched = true;
+                break;
+            }
+        }
+        assert!(batched, "{compute:?}: the two requests never shared a step");
+    }
 }

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
-use tokio::sync::mpsc;
 use zhiku_generator::config::{ComputePathArg, KvCacheDtype};
-use zhiku_generator::engine::{Completion, Event, Job};
-use zhiku_generator::sampling::SamplingConfig;
+use zhiku_generator::engine::Completion;
+use zhiku_generator::sampling::{
+    DeviceRow, DeviceSampler, Filter, Pick, SamplingConfig, pick_on_device, sample_host,
+};
 use zhiku_generator::{GeneratorArgs, GeneratorState};
 use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::{Batch, BatchModel, Decoder, Solo, prepare_adapter};
@@ -222,15 +223,7 @@ fn a_batch_on_the_tensor_path_gives_each_sequence_its_logits_alone() {
         let first = solo.feed(m, p).unwrap();
         (first, solo.feed(m, &[42]).unwrap())
     };
-    let mut cache = KvCache::new(
-        model.kv_shape(),
-        16 * 4 * prompts.len(),
-        KvDtype::F32,
-        model.device(),
-        model.kv_dtype(),
-        model.compute_path(),
-    )
-    .unwrap();
+    let mut cache = f32_cache(&model, 16 * 4 * prompts.len());
     let tables: Vec<Vec<u32>> = (0..prompts.len() as u32)
         .map(|s| (s * 4..s * 4 + 4).rev().collect())
         .collect();
@@ -286,6 +279,19 @@ fn a_batch_on_the_tensor_path_gives_each_sequence_its_logits_alone() {
     }
 }
 
+/// An f32 KV cache of `tokens` laid out for `model`'s path.
+fn f32_cache(model: &Decoder, tokens: usize) -> KvCache {
+    KvCache::new(
+        model.kv_shape(),
+        tokens,
+        KvDtype::F32,
+        model.device(),
+        model.kv_dtype(),
+        model.compute_path(),
+    )
+    .unwrap()
+}
+
 /// The integers a decode step of `seqs` sequences uploads: a token, a position and a logit
 /// row each, and the slots of their `cached` tokens.
 fn n_seqs_bytes(seqs: usize, cached: usize) -> usize {
@@ -301,30 +307,38 @@ fn state(path: &Path, compute: ComputePathArg, lora: &Path) -> GeneratorState {
     GeneratorState::load(&args).unwrap()
 }
 
+/// A tiny llama and an adapter "legal" in `dir`, served on the kernel path and on the
+/// tensor path.
+fn engines_on_both_paths(dir: &Path) -> (GeneratorState, GeneratorState) {
+    let path = dir.join("llama-f32.gguf");
+    write_tiny_gguf(&path, "llama", &tiny_weights("llama", 9), GgmlDType::F32);
+    let lora = write_test_adapter(dir, "legal", 6);
+    (
+        state(&path, ComputePathArg::Kernels, &lora),
+        state(&path, ComputePathArg::Tensors, &lora),
+    )
+}
+
 fn generate(state: &GeneratorState, prompt: &[u32], adapter: Option<&str>) -> Completion {
-    let (events, mut rx) = mpsc::unbounded_channel();
-    state
-        .engine
-        .submit(Job {
-            prompt: prompt.to_vec(),
-            sampling: SamplingConfig {
-                max_new_tokens: 12,
-                repetition_penalty: 1.0,
-                ..Default::default()
-            },
-            adapter: adapter.map(str::to_owned),
-            deadline: None,
-            events,
-        })
-        .unwrap();
-    loop {
-        match rx.blocking_recv() {
-            Some(Event::Chunk { .. }) => continue,
-            Some(Event::Done(c)) => return c,
-            Some(Event::Failed(e)) => panic!("{e}"),
-            None => panic!("the engine dropped the request"),
-        }
-    }
+    generate_with(
+        state,
+        prompt,
+        adapter,
+        SamplingConfig {
+            max_new_tokens: 12,
+            repetition_penalty: 1.0,
+            ..Default::default()
+        },
+    )
+}
+
+fn generate_with(
+    state: &GeneratorState,
+    prompt: &[u32],
+    adapter: Option<&str>,
+    sampling: SamplingConfig,
+) -> Completion {
+    common::try_generate(state, prompt.to_vec(), sampling, adapter).expect("generation succeeds")
 }
 
 /// Through the engine (prompts prefilled in chunks of 8, a second request served from the
@@ -333,11 +347,7 @@ fn generate(state: &GeneratorState, prompt: &[u32], adapter: Option<&str>) -> Co
 #[test]
 fn the_engine_on_the_tensor_path_generates_the_kernel_paths_text() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("llama-f32.gguf");
-    write_tiny_gguf(&path, "llama", &tiny_weights("llama", 9), GgmlDType::F32);
-    let lora = write_test_adapter(dir.path(), "legal", 6);
-    let kernels = state(&path, ComputePathArg::Kernels, &lora);
-    let tensors = state(&path, ComputePathArg::Tensors, &lora);
+    let (kernels, tensors) = engines_on_both_paths(dir.path());
     let long: Vec<u32> = (30..70).collect();
     for adapter in [None, Some("legal")] {
         let k = generate(&kernels, &long, adapter);
@@ -352,4 +362,122 @@ fn the_engine_on_the_tensor_path_generates_the_kernel_paths_text() {
             "adapter {adapter:?}, from the prefix cache"
         );
     }
+}
+
+/// A sampled decode step (temperature, top-k, top-p, a repetition penalty) on the tensor
+/// path: the forward's uploads, the penalties' two and the sampling settings' one up, and
+/// only the picked ids back (no row of logits); each pick is the host reference's.
+#[test]
+fn a_sampled_step_reads_back_only_the_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama-f32.gguf");
+    write_tiny_gguf(&path, "llama", &tiny_weights("llama", 5), GgmlDType::F32);
+    let model = decoder(&path, "llama", ComputePath::Tensors);
+    let prompts: [&[u32]; 3] = [PROMPT, &[5, 6, 7], FOLLOW];
+    let mut cache = f32_cache(&model, 16 * 2 * prompts.len());
+    let tables: Vec<Vec<u32>> = (0..prompts.len() as u32)
+        .map(|s| vec![2 * s, 2 * s + 1])
+        .collect();
+    let mut batch = Batch::default();
+    for (p, blocks) in prompts.iter().zip(&tables) {
+        batch.push(p, 0, blocks, None, true);
+    }
+    let first = model.forward(&batch, &mut cache).unwrap();
+    let vocab = first.dim(1).unwrap();
+    let sampler = DeviceSampler::new(vocab, model.device()).unwrap();
+    let mut batch = Batch::default();
+    for (p, blocks) in prompts.iter().zip(&tables) {
+        batch.push(&[42], p.len(), blocks, None, true);
+    }
+    let filters = [
+        Filter {
+            temperature: 0.8,
+            top_k: Some(20),
+            top_p: Some(0.9),
+        },
+        Filter {
+            temperature: 1.0,
+            top_k: None,
+            top_p: Some(0.5),
+        },
+        Filter {
+            temperature: 1.5,
+            top_k: Some(3),
+            top_p: None,
+        },
+    ];
+    let recent: [&[u32]; 3] = [&[42, 7], &[42], &[42, 42, 9]];
+    let rows: Vec<DeviceRow<'_>> = filters
+        .iter()
+        .zip(recent)
+        .enumerate()
+        .map(|(i, (f, recent))| DeviceRow {
+            penalty: 1.2,
+            recent,
+            pick: Pick::Sample {
+                filter: *f,
+                u: 0.1 + 0.35 * i as f32,
+            },
+        })
+        .collect();
+    let ((logits, (penalised, picks)), step) = transfer::counted(|| {
+        let logits = model.forward(&batch, &mut cache).unwrap();
+        let picked = pick_on_device(&logits, &rows, Some(&sampler)).unwrap();
+        (logits, picked)
+    });
+    assert_eq!(step.uploads, 4 + 2 + 1, "{step:?}");
+    assert_eq!(
+        (step.read_backs, step.read_back_bytes),
+        (1, 4 * prompts.len()),
+        "only the ids come back: {step:?}"
+    );
+    assert!(
+        step.upload_bytes <= n_seqs_bytes(3, 3 * 16) + 3 * HIDDEN * 4 + 3 * (4 * 4 + 3 * 8),
+        "{step:?}"
+    );
+    let picks = picks.unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let Pick::Sample { filter, u } = r.pick else {
+            unreachable!()
+        };
+        let row: Vec<f32> = penalised.get(i).unwrap().to_vec1().unwrap();
+        assert_eq!(picks[i], sample_host(&row, &filter, u), "row {i}");
+        let raw: Vec<f32> = logits.get(i).unwrap().to_vec1().unwrap();
+        assert_ne!(raw, row, "row {i}: the penalty applied");
+    }
+}
+
+/// Sampling with a seed through the engine: the tensor path (drawn on the device) gives
+/// the kernel path's text (drawn on the host), and the same seed gives the same text.
+#[test]
+fn sampled_generation_on_the_tensor_path_is_the_kernel_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kernels, tensors) = engines_on_both_paths(dir.path());
+    let prompt: Vec<u32> = (30..50).collect();
+    let mut texts = std::collections::BTreeSet::new();
+    for (seed, top_k, top_p) in [
+        (1, Some(40), Some(0.9)),
+        (2, None, Some(0.7)),
+        (3, None, None),
+    ] {
+        let sampling = SamplingConfig {
+            max_new_tokens: 16,
+            temperature: 0.9,
+            top_k,
+            top_p,
+            seed,
+            ..Default::default()
+        };
+        let k = generate_with(&kernels, &prompt, None, sampling.clone());
+        let t = generate_with(&tensors, &prompt, None, sampling.clone());
+        assert!(t.generated_tokens > 0);
+        assert_eq!(k.text, t.text, "seed {seed}");
+        let again = generate_with(&tensors, &prompt, None, sampling);
+        assert_eq!(again.text, t.text, "seed {seed} again");
+        texts.insert(t.text);
+    }
+    assert!(
+        texts.len() > 1,
+        "different seeds, different draws: {texts:?}"
+    );
 }

@@ -10,6 +10,8 @@
 //! KV groups and (for few long rows) chunks of tokens on the kernel pool;
 //! on a GPU, candle ops (slot gather, one matmul per sequence and KV head group).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
@@ -29,12 +31,22 @@ pub struct SeqRows {
     pub first_pos: usize,
     /// Its block table.
     pub blocks: Vec<u32>,
+    /// Its first `bidirectional` tokens see each other (ChatGLM-6B's prompt, which must be
+    /// in the cache by the end of the step that brings its first row); 0: causal.
+    pub bidirectional: usize,
 }
 
 impl SeqRows {
     #[inline]
     pub fn slot(&self, pos: usize) -> usize {
         self.blocks[pos / BLOCK_SIZE] as usize * BLOCK_SIZE + pos % BLOCK_SIZE
+    }
+
+    /// How many of its tokens the row at `pos` sees: those up to its own, or the whole
+    /// bidirectional part when it lies in it.
+    #[inline]
+    pub fn visible(&self, pos: usize) -> usize {
+        (pos + 1).max(self.bidirectional.min(self.first_pos + self.len))
     }
 }
 
@@ -80,6 +92,9 @@ impl KvElem for f16 {
 #[derive(Clone, Copy)]
 pub struct StepRows<'a> {
     pub positions: &'a [u32],
+    /// Where each row rotates, if not at `positions`: with 2-D positions, every row's first
+    /// position, then every row's second ([`Rotary::two_d_positions`]).
+    pub rotary_positions: Option<&'a [u32]>,
     pub seqs: &'a [SeqRows],
     pub tensors: Option<&'a TensorStep>,
 }
@@ -95,15 +110,12 @@ pub fn attention(
     cache: &mut KvCache,
 ) -> candle_core::Result<Tensor> {
     let device = q.device().clone();
-    let StepRows {
-        positions, seqs, ..
-    } = step;
     match &mut cache.layers[layer] {
         LayerKv::F32 { k: kc, v: vc } => {
-            cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
+            cpu_attention((q, k, v), step, shape, rotary, (kc, vc), &device)
         }
         LayerKv::F16 { k: kc, v: vc } => {
-            cpu_attention(q, k, v, positions, seqs, shape, rotary, kc, vc, &device)
+            cpu_attention((q, k, v), step, shape, rotary, (kc, vc), &device)
         }
         LayerKv::Tensor { k: kc, v: vc } => {
             let inputs = step.tensors.ok_or_else(|| {
@@ -111,24 +123,25 @@ pub fn attention(
                     "a KV cache of tensors needs the step's device inputs (TensorStep)".into(),
                 )
             })?;
-            tensor_attention((q, k, v), seqs, inputs, shape, (kc, vc))
+            tensor_attention((q, k, v), step.seqs, inputs, shape, (kc, vc))
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn cpu_attention<T: KvElem>(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    positions: &[u32],
-    seqs: &[SeqRows],
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    step: StepRows<'_>,
     shape: AttnShape,
     rotary: &Rotary,
-    kc: &mut [T],
-    vc: &mut [T],
+    (kc, vc): (&mut [T], &mut [T]),
     device: &Device,
 ) -> candle_core::Result<Tensor> {
+    let StepRows {
+        positions,
+        rotary_positions,
+        seqs,
+        ..
+    } = step;
     let AttnShape {
         heads,
         kv_heads,
@@ -142,14 +155,21 @@ fn cpu_attention<T: KvElem>(
     if qv.len() != rows * heads * d || kv.len() != rows * width || vv.len() != rows * width {
         candle_core::bail!("attention: q/k/v do not match {rows} rows of {shape:?}");
     }
-    // Rotary on every head of q and k, each row at its own position.
-    for (r, &pos) in positions.iter().enumerate() {
-        let pos = pos as usize;
+    // Rotary on every head of q and k, each row at its own position(s).
+    let at = |r: usize| -> (usize, usize) {
+        match rotary_positions {
+            Some(p) if p.len() == 2 * rows => (p[r] as usize, p[rows + r] as usize),
+            Some(p) => (p[r] as usize, 0),
+            None => (positions[r] as usize, 0),
+        }
+    };
+    for r in 0..rows {
+        let (first, second) = at(r);
         for h in qv[r * heads * d..(r + 1) * heads * d].chunks_exact_mut(d) {
-            rotary.apply(h, pos);
+            rotary.apply_at(h, first, second);
         }
         for h in kv[r * width..(r + 1) * width].chunks_exact_mut(d) {
-            rotary.apply(h, pos);
+            rotary.apply_at(h, first, second);
         }
     }
     // New K/V into their slots.
@@ -183,10 +203,11 @@ fn cpu_attention<T: KvElem>(
                 .collect()
         })
         .collect();
-    // Each row attends to its sequence's tokens up to its own position (causal).
+    // Each row attends to its sequence's tokens up to its own position (causal), or to
+    // its sequence's whole bidirectional part.
     let tokens = (0..rows)
         .map(|r| {
-            let n = positions[r] as usize + 1;
+            let n = seqs[owner[r]].visible(positions[r] as usize);
             starts[owner[r]].get(..n).ok_or_else(|| {
                 candle_core::Error::Msg(format!("attention: row {r} at position {}", n - 1))
             })
@@ -209,8 +230,9 @@ fn cpu_attention<T: KvElem>(
 
 /// What every layer's attention of one step reads on the device, made once per step
 /// (each a single upload, see [`crate::transfer`]): the rotary tables gathered at the rows'
-/// positions, every sequence's cache slots, and the causal masks of its prompt chunks. A
-/// decode row (one new token) sees every cached token of its sequence, so it needs no mask.
+/// positions, every sequence's cache slots, and the causal masks of its prompt chunks
+/// (a bidirectional part seen whole). A decode row (one new token) sees every cached token
+/// of its sequence, so it needs no mask.
 pub struct TensorStep {
     /// The rotary tables at each row's position, in the activations' dtype.
     rotary: RotaryAt,
@@ -230,15 +252,18 @@ struct SeqTensors {
 }
 
 impl TensorStep {
+    /// `rotary_positions`: where the rows rotate ([`StepRows::rotary_positions`]), if not
+    /// at `positions`.
     pub fn new(
         positions: &[u32],
+        rotary_positions: Option<&[u32]>,
         seqs: &[SeqRows],
         rotary: &Rotary,
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let rows = positions.len();
-        let pos = transfer::upload_slice(positions, rows, device)?;
+        let at = rotary_positions.unwrap_or(positions);
+        let pos = transfer::upload_slice(at, at.len(), device)?;
         let rotary = rotary.at(&pos, dtype)?;
         let mut slots = Vec::new();
         let mut masks = Vec::new();
@@ -250,10 +275,9 @@ impl TensorStep {
             let mask_at = (s.len > 1).then(|| {
                 let at = masks.len();
                 for i in 0..s.len {
-                    let limit = s.first_pos + i;
-                    masks.extend(
-                        (0..total).map(|j| if j <= limit { 0.0 } else { f32::NEG_INFINITY }),
-                    );
+                    let seen = s.visible(s.first_pos + i);
+                    masks
+                        .extend((0..total).map(|j| if j < seen { 0.0 } else { f32::NEG_INFINITY }));
                 }
                 at
             });
@@ -370,6 +394,155 @@ fn tensor_attention(
     Tensor::cat(&outs, 0)?.to_dtype(q.dtype())
 }
 
+/// The examples packed side by side in the rows of a training batch: every token's position
+/// in its own example, row-major [batch·tokens], a position 0 starting an example. Each
+/// example attends only to itself (causally) and is rotated from position 0, so that a
+/// packed row computes for each of its examples what a row of its own would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segments {
+    batch: usize,
+    tokens: usize,
+    positions: Vec<u32>,
+}
+
+impl Segments {
+    /// Rows of `tokens` tokens, row b holding examples of the lengths `rows[b]`, in order;
+    /// the rest of a row (padding) is one more segment, which no real token sees.
+    pub fn from_lengths(tokens: usize, rows: &[Vec<usize>]) -> candle_core::Result<Self> {
+        let mut positions = Vec::with_capacity(rows.len() * tokens);
+        for (b, lengths) in rows.iter().enumerate() {
+            let used: usize = lengths.iter().sum();
+            if used > tokens || lengths.contains(&0) {
+                candle_core::bail!(
+                    "row {b}: examples of {lengths:?} tokens do not fit a row of {tokens}"
+                );
+            }
+            for &n in lengths {
+                positions.extend(0..n as u32);
+            }
+            positions.extend(0..(tokens - used) as u32);
+        }
+        Ok(Self {
+            batch: rows.len(),
+            tokens,
+            positions,
+        })
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens per row.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Every token's position in its example, row-major.
+    pub fn positions(&self) -> &[u32] {
+        &self.positions
+    }
+
+    fn row(&self, b: usize) -> &[u32] {
+        &self.positions[b * self.tokens..(b + 1) * self.tokens]
+    }
+
+    /// The additive mask [batch, 1, group·tokens, tokens]: 0 where query token i may see key
+    /// token j (j ≤ i in the same example: i − position(i) ≤ j ≤ i), −∞ elsewhere.
+    fn mask(&self, group: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
+        let t = self.tokens;
+        let mut mask = Vec::with_capacity(self.batch * group * t * t);
+        for b in 0..self.batch {
+            let pos = self.row(b);
+            for r in 0..group * t {
+                let i = r % t;
+                let first = i - pos[i] as usize;
+                mask.extend((0..t).map(|j| {
+                    if (first..=i).contains(&j) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                }));
+            }
+        }
+        transfer::upload(mask, (self.batch, 1, group * t, t), device)?.to_dtype(dtype)
+    }
+}
+
+/// How the rows of a training batch are laid out: each one sequence from position 0
+/// (causal), or packed examples ([`Segments`]).
+#[derive(Debug, Clone)]
+struct TrainLayout {
+    batch: usize,
+    tokens: usize,
+    /// One table set for every row, or (packed) one per row.
+    tables: Vec<RotaryTables>,
+    segments: Option<Arc<Segments>>,
+}
+
+impl TrainLayout {
+    fn causal(batch: usize, tokens: usize, rotary: &Rotary) -> candle_core::Result<Self> {
+        Ok(Self {
+            batch,
+            tokens,
+            tables: vec![rotary.train_tables(tokens)?],
+            segments: None,
+        })
+    }
+
+    fn packed(segments: &Segments, rotary: &Rotary) -> candle_core::Result<Self> {
+        let tables = (0..segments.batch)
+            .map(|b| rotary.tables_at(segments.row(b)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            batch: segments.batch,
+            tokens: segments.tokens,
+            tables,
+            segments: Some(Arc::new(segments.clone())),
+        })
+    }
+
+    /// x [batch, heads, tokens, head_dim] rotated, or (`inverse`) rotated back.
+    fn rotate(&self, x: &Tensor, inverse: bool) -> candle_core::Result<Tensor> {
+        let apply = |tables: &RotaryTables, x: &Tensor| {
+            if inverse {
+                tables.inverse()?.apply(x)
+            } else {
+                tables.apply(x)
+            }
+        };
+        match self.tables.as_slice() {
+            [shared] => apply(shared, x),
+            per_row => {
+                let rows = per_row
+                    .iter()
+                    .enumerate()
+                    .map(|(b, tables)| apply(tables, &x.narrow(0, b, 1)?))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)
+            }
+        }
+    }
+
+    /// The additive mask over scores [batch, kv_heads, group·tokens, tokens]: causal, and
+    /// (packed) within each example.
+    fn mask(&self, group: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
+        if let Some(segments) = &self.segments {
+            return segments.mask(group, device, dtype);
+        }
+        let tokens = self.tokens;
+        let mask: Vec<f32> = (0..group * tokens)
+            .flat_map(|row| {
+                let limit = row % tokens;
+                (0..tokens).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        transfer::upload(mask, (group * tokens, tokens), device)?.to_dtype(dtype)
+    }
+}
+
 /// Causal self-attention of a training forward, without a cache: q [batch·tokens,
 /// heads·head_dim], k, v [batch·tokens, kv_heads·head_dim], every sequence `tokens` long from
 /// position 0; returns [batch·tokens, heads·head_dim]. One node of the graph that keeps q,
@@ -378,18 +551,32 @@ fn tensor_attention(
 /// the gradients in closed form ([`causal_attention_backward`]). Right-padded sequences need no pad mask: a real token never
 /// attends to a later one.
 pub fn causal_attention_train(
-    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    qkv: (&Tensor, &Tensor, &Tensor),
     (batch, tokens): (usize, usize),
     shape: AttnShape,
     rotary: &Rotary,
 ) -> candle_core::Result<Tensor> {
-    let tables = rotary.train_tables(tokens)?;
-    let value = causal_attention_composed(
-        (&q.detach(), &k.detach(), &v.detach()),
-        (batch, tokens),
-        shape,
-        &tables,
-    )?;
+    attention_train_node(qkv, shape, TrainLayout::causal(batch, tokens, rotary)?)
+}
+
+/// [`causal_attention_train`] over rows of packed examples: each example attends only to
+/// itself, causally, rotated from position 0 ([`Segments`]), so that its outputs are those
+/// of the example alone in a row.
+pub fn causal_attention_train_segments(
+    qkv: (&Tensor, &Tensor, &Tensor),
+    shape: AttnShape,
+    rotary: &Rotary,
+    segments: &Segments,
+) -> candle_core::Result<Tensor> {
+    attention_train_node(qkv, shape, TrainLayout::packed(segments, rotary)?)
+}
+
+fn attention_train_node(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    shape: AttnShape,
+    layout: TrainLayout,
+) -> candle_core::Result<Tensor> {
+    let value = causal_attention_composed((&q.detach(), &k.detach(), &v.detach()), shape, &layout)?;
     crate::autograd::with_backward_n(
         &[q, k, v],
         value,
@@ -397,9 +584,8 @@ pub fn causal_attention_train(
             let (dq, dk, dv) = causal_attention_backward(
                 (&args[0].detach(), &args[1].detach(), &args[2].detach()),
                 &grad.detach(),
-                (batch, tokens),
                 shape,
-                &tables,
+                &layout,
             )?;
             Ok(vec![Some(dq), Some(dk), Some(dv)])
         }),
@@ -413,15 +599,15 @@ pub fn causal_attention_train(
 fn causal_attention_backward(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     grad: &Tensor,
-    (batch, tokens): (usize, usize),
     shape: AttnShape,
-    rotary: &RotaryTables,
+    layout: &TrainLayout,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let AttnShape {
         heads,
         kv_heads,
         head_dim: d,
     } = shape;
+    let (batch, tokens) = (layout.batch, layout.tokens);
     let group = heads / kv_heads;
     let split = |x: &Tensor, n: usize| {
         x.reshape((batch, tokens, n, d))?
@@ -434,18 +620,13 @@ fn causal_attention_backward(
             .reshape((batch * tokens, n * d))
     };
     let scale = 1.0 / (d as f64).sqrt();
-    let q = rotary
-        .apply(&split(q, heads)?)?
-        .reshape((batch, kv_heads, group * tokens, d))?;
-    let k = rotary.apply(&split(k, kv_heads)?)?;
+    let q =
+        layout
+            .rotate(&split(q, heads)?, false)?
+            .reshape((batch, kv_heads, group * tokens, d))?;
+    let k = layout.rotate(&split(k, kv_heads)?, false)?;
     let v = split(v, kv_heads)?;
-    let mask: Vec<f32> = (0..group * tokens)
-        .flat_map(|row| {
-            let limit = row % tokens;
-            (0..tokens).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
-        })
-        .collect();
-    let mask = transfer::upload(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
+    let mask = layout.mask(group, q.device(), q.dtype())?;
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
     let p = candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?;
     drop(scores);
@@ -456,9 +637,8 @@ fn causal_attention_backward(
     let ds = ((p * dp.broadcast_sub(&row)?)? * scale)?;
     let dq = ds.matmul(&k)?.reshape((batch, heads, tokens, d))?;
     let dk = ds.t()?.matmul(&q)?;
-    let inverse = rotary.inverse()?;
-    let dq = merge(&inverse.apply(&dq)?, heads)?;
-    let dk = merge(&inverse.apply(&dk)?, kv_heads)?;
+    let dq = merge(&layout.rotate(&dq, true)?, heads)?;
+    let dk = merge(&layout.rotate(&dk, true)?, kv_heads)?;
     let dv = merge(&dv, kv_heads)?;
     Ok((dq, dk, dv))
 }
@@ -466,34 +646,28 @@ fn causal_attention_backward(
 /// [`causal_attention_train`]'s ops.
 fn causal_attention_composed(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
-    (batch, tokens): (usize, usize),
     shape: AttnShape,
-    rotary: &RotaryTables,
+    layout: &TrainLayout,
 ) -> candle_core::Result<Tensor> {
     let AttnShape {
         heads,
         kv_heads,
         head_dim: d,
     } = shape;
+    let (batch, tokens) = (layout.batch, layout.tokens);
     let group = heads / kv_heads;
     let split = |x: &Tensor, n: usize| {
         x.reshape((batch, tokens, n, d))?
             .transpose(1, 2)?
             .contiguous()
     };
-    let q = rotary.apply(&split(q, heads)?)?;
-    let k = rotary.apply(&split(k, kv_heads)?)?;
+    let q = layout.rotate(&split(q, heads)?, false)?;
+    let k = layout.rotate(&split(k, kv_heads)?, false)?;
     let v = split(v, kv_heads)?;
     // Query heads of one KV group side by side: [batch, kv_heads, group·tokens, d].
     let q = q.reshape((batch, kv_heads, group * tokens, d))?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let mask: Vec<f32> = (0..group * tokens)
-        .flat_map(|row| {
-            let limit = row % tokens;
-            (0..tokens).map(move |j| if j <= limit { 0.0 } else { f32::NEG_INFINITY })
-        })
-        .collect();
-    let mask = transfer::upload(mask, (group * tokens, tokens), q.device())?.to_dtype(q.dtype())?;
+    let mask = layout.mask(group, q.device(), q.dtype())?;
     let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, candle_core::D::Minus1)?;
     probs
         .matmul(&v)?
@@ -509,41 +683,170 @@ mod train_tests {
     use super::*;
     use crate::autograd::grad_check::{probed, rel_diff, seeded, values};
 
+    const SHAPE: AttnShape = AttnShape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+    };
+
+    /// Half-split and interleaved rotary, and partial rotary.
+    const ROTARIES: [(usize, bool); 3] = [(8, false), (8, true), (4, true)];
+
+    fn rotary(rotary_dim: usize, interleaved: bool) -> Rotary {
+        Rotary::new(rotary_dim, 10000.0, interleaved, 16, &Device::Cpu).unwrap()
+    }
+
+    /// q, k, v of `rows` rows as variables, and a probe of the output's shape.
+    fn qkv_probe(rows: usize, seed: f64) -> (Var, Var, Var, Tensor) {
+        let var = |cols, s| Var::from_tensor(&seeded((rows, cols), s)).unwrap();
+        (
+            var(32, seed + 0.1),
+            var(16, seed + 0.5),
+            var(16, seed + 0.9),
+            seeded((rows, 32), seed + 1.7),
+        )
+    }
+
     /// The attention node against candle's autograd of the same ops: the same value, and
     /// the gradients of q, k and v within 1e-12 of the largest (f64; half-split and
-    /// interleaved rotary, grouped KV heads, partial rotary).
+    /// interleaved rotary, grouped KV heads, partial rotary), for rows each from position 0
+    /// and for rows of packed examples (with padding after them).
     #[test]
     fn recomputed_attention_has_the_compositions_value_and_gradients() {
         let (batch, tokens) = (2, 5);
-        let shape = AttnShape {
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 8,
-        };
-        for (rotary_dim, interleaved) in [(8, false), (8, true), (4, true)] {
-            let rotary = Rotary::new(rotary_dim, 10000.0, interleaved, 16, &Device::Cpu).unwrap();
-            let rows = batch * tokens;
-            let q = Var::from_tensor(&seeded((rows, 32), 0.1)).unwrap();
-            let k = Var::from_tensor(&seeded((rows, 16), 0.5)).unwrap();
-            let v = Var::from_tensor(&seeded((rows, 16), 0.9)).unwrap();
-            let probe = seeded((rows, 32), 1.7);
-            let qkv = (q.as_tensor(), k.as_tensor(), v.as_tensor());
-            let tables = rotary.train_tables(tokens).unwrap();
-            let composed = causal_attention_composed(qkv, (batch, tokens), shape, &tables).unwrap();
-            let node = causal_attention_train(qkv, (batch, tokens), shape, &rotary).unwrap();
-            assert_eq!(values(&composed), values(&node));
-            let g1 = probed(composed, &probe);
-            let g2 = probed(node, &probe);
-            for t in [&q, &k, &v] {
-                let d = rel_diff(
-                    g2.get(t.as_tensor()).unwrap(),
-                    g1.get(t.as_tensor()).unwrap(),
-                );
-                assert!(
-                    d <= 1e-12,
-                    "gradient off by {d:e} (relative to the largest)"
-                );
+        let segments = Segments::from_lengths(tokens, &[vec![2, 3], vec![1, 2]]).unwrap();
+        for (rotary_dim, interleaved) in ROTARIES {
+            let rotary = rotary(rotary_dim, interleaved);
+            let layouts = [
+                TrainLayout::causal(batch, tokens, &rotary).unwrap(),
+                TrainLayout::packed(&segments, &rotary).unwrap(),
+            ];
+            for layout in layouts {
+                let (q, k, v, probe) = qkv_probe(batch * tokens, 0.0);
+                let qkv = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+                let composed = causal_attention_composed(qkv, SHAPE, &layout).unwrap();
+                let node = match layout.segments {
+                    None => causal_attention_train(qkv, (batch, tokens), SHAPE, &rotary),
+                    Some(_) => causal_attention_train_segments(qkv, SHAPE, &rotary, &segments),
+                }
+                .unwrap();
+                assert_eq!(values(&composed), values(&node));
+                let g1 = probed(composed, &probe);
+                let g2 = probed(node, &probe);
+                for t in [&q, &k, &v] {
+                    let d = rel_diff(
+                        g2.get(t.as_tensor()).unwrap(),
+                        g1.get(t.as_tensor()).unwrap(),
+                    );
+                    assert!(
+                        d <= 1e-12,
+                        "gradient off by {d:e} (relative to the largest)"
+                    );
+                }
             }
         }
+    }
+
+    /// A packed row computes each of its examples as the example alone would: the
+    /// output rows and the gradients of q, k and v of every example equal those of the
+    /// example in a row of its own (f64, within 1e-12 of the largest), whatever shares
+    /// its row, before or after it.
+    #[test]
+    fn a_packed_row_computes_each_example_as_if_alone() {
+        let tokens = 9;
+        let rows = [vec![3, 4], vec![2, 5, 2]];
+        let segments = Segments::from_lengths(tokens, &rows).unwrap();
+        for (rotary_dim, interleaved) in ROTARIES {
+            let rotary = rotary(rotary_dim, interleaved);
+            let (q, k, v, probe) = qkv_probe(rows.len() * tokens, 0.3);
+            let packed = causal_attention_train_segments(
+                (q.as_tensor(), k.as_tensor(), v.as_tensor()),
+                SHAPE,
+                &rotary,
+                &segments,
+            )
+            .unwrap();
+            let packed_grads = probed(packed.clone(), &probe);
+            for (b, lengths) in rows.iter().enumerate() {
+                let mut start = b * tokens;
+                for &n in lengths {
+                    let part = |t: &Tensor| t.narrow(0, start, n).unwrap();
+                    let alone = [&q, &k, &v].map(|t| Var::from_tensor(&part(t)).unwrap());
+                    let out = causal_attention_train(
+                        (
+                            alone[0].as_tensor(),
+                            alone[1].as_tensor(),
+                            alone[2].as_tensor(),
+                        ),
+                        (1, n),
+                        SHAPE,
+                        &rotary,
+                    )
+                    .unwrap();
+                    let d = rel_diff(&part(&packed), &out);
+                    assert!(
+                        d <= 1e-12,
+                        "row {b}, example at {start}: output off by {d:e}"
+                    );
+                    let grads = probed(out, &part(&probe));
+                    for (whole, alone) in [&q, &k, &v].iter().zip(&alone) {
+                        let d = rel_diff(
+                            &part(packed_grads.get(whole.as_tensor()).unwrap()),
+                            grads.get(alone.as_tensor()).unwrap(),
+                        );
+                        assert!(
+                            d <= 1e-12,
+                            "row {b}, example at {start}: gradient off by {d:e}"
+                        );
+                    }
+                    start += n;
+                }
+            }
+        }
+    }
+
+    /// Positions restart at 0 for each packed example: the rotation of an example's
+    /// q and k in a packed row is the rotation of the example alone, exactly, and not the
+    /// one at the positions the row would run on to (which a relative-position attention
+    /// could not tell apart in its output, so this is checked where it is applied).
+    #[test]
+    fn packed_examples_are_rotated_from_position_zero() {
+        let tokens = 8;
+        let segments = Segments::from_lengths(tokens, &[vec![3, 4]]).unwrap();
+        assert_eq!(segments.positions(), &[0, 1, 2, 0, 1, 2, 3, 0]);
+        for (rotary_dim, interleaved) in ROTARIES {
+            let rotary = rotary(rotary_dim, interleaved);
+            let x = seeded((tokens, 2 * 8), 0.4)
+                .reshape((1, tokens, 2, 8))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let packed = TrainLayout::packed(&segments, &rotary).unwrap();
+            let rotated = packed.rotate(&x, false).unwrap();
+            let second = |t: &Tensor| t.narrow(2, 3, 4).unwrap().contiguous().unwrap();
+            let alone = TrainLayout::causal(1, 4, &rotary)
+                .unwrap()
+                .rotate(&second(&x), false)
+                .unwrap();
+            assert_eq!(values(&second(&rotated)), values(&alone));
+            let running_on = TrainLayout::causal(1, tokens, &rotary)
+                .unwrap()
+                .rotate(&x, false)
+                .unwrap();
+            assert!(rel_diff(&second(&running_on), &alone) > 1e-3);
+            // And the inverse undoes it (up to the f32 tables' cos² + sin² ≠ 1).
+            let back = packed.rotate(&rotated, true).unwrap();
+            assert!(rel_diff(&back, &x) <= 1e-6);
+        }
+    }
+
+    #[test]
+    fn segments_that_do_not_fit_their_row_are_refused() {
+        assert!(Segments::from_lengths(4, &[vec![3, 2]]).is_err());
+        assert!(Segments::from_lengths(4, &[vec![0, 2]]).is_err());
+        let padded = Segments::from_lengths(4, &[vec![1], vec![4]]).unwrap();
+        assert_eq!(padded.positions(), &[0, 0, 1, 2, 0, 1, 2, 3]);
     }
 }

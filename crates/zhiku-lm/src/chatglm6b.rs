@@ -12,17 +12,26 @@
 //! - **DeepNorm residuals.** Each sub-layer adds its output to its *normalised* input scaled
 //!   by alpha = sqrt(2 · layers): x' = LN(x)·alpha + f(LN(x)).
 //!
-//! Every linear layer is a [`LoraLinear`], so LoRA adapters can be merged at load or chosen
-//! per request.
+//! The server runs ChatGLM-6B on the shared decoder (`families::chatglm6b_decoder`: the
+//! same departures, expressed in `decoder.rs`, `attention.rs` and `rotary.rs`), batched
+//! like every family. The single-sequence network below (feature `reference`) is the
+//! reference the tests hold the shared decoder to, and what they write tiny checkpoints
+//! with; its linear layers are `LoraLinear`s, adapters merged or chosen per request.
 
+#[cfg(feature = "reference")]
 use std::collections::HashMap;
 
+#[cfg(feature = "reference")]
 use candle_core::{D, DType, Device, Module, Tensor};
+#[cfg(feature = "reference")]
 use candle_nn::{Embedding, LayerNorm, VarBuilder, embedding, layer_norm, linear, linear_no_bias};
 use serde::Deserialize;
 
+#[cfg(feature = "reference")]
 use crate::error::LmError;
+#[cfg(feature = "reference")]
 use crate::lora::{LoraAdapter, LoraLinear};
+#[cfg(feature = "reference")]
 use crate::model::CausalLm;
 
 /// ChatGLM-6B's `config.json`.
@@ -78,6 +87,7 @@ pub fn position_ids(
     (positions, blocks)
 }
 
+#[cfg(feature = "reference")]
 struct Layer {
     input_layernorm: LayerNorm,
     query_key_value: LoraLinear,
@@ -89,6 +99,7 @@ struct Layer {
 }
 
 /// Where the sequence being generated stands.
+#[cfg(feature = "reference")]
 #[derive(Debug, Clone, Copy, Default)]
 struct SequenceState {
     len: usize,
@@ -96,6 +107,7 @@ struct SequenceState {
     mask_position: usize,
 }
 
+#[cfg(feature = "reference")]
 pub struct ChatGlm6b {
     cfg: ChatGlm6bConfig,
     word_embeddings: Embedding,
@@ -111,6 +123,7 @@ pub struct ChatGlm6b {
     device: Device,
 }
 
+#[cfg(feature = "reference")]
 impl ChatGlm6b {
     pub fn load(cfg: &ChatGlm6bConfig, vb: VarBuilder) -> Result<Self, LmError> {
         if !cfg.position_encoding_2d {
@@ -375,6 +388,7 @@ impl ChatGlm6b {
     }
 }
 
+#[cfg(feature = "reference")]
 fn check_all_used(adapter: &LoraAdapter, used: usize) -> Result<(), LmError> {
     if used != adapter.pairs.len() {
         let mut names: Vec<&String> = adapter.pairs.keys().collect();
@@ -389,6 +403,7 @@ fn check_all_used(adapter: &LoraAdapter, used: usize) -> Result<(), LmError> {
     Ok(())
 }
 
+#[cfg(feature = "reference")]
 impl CausalLm for ChatGlm6b {
     /// At `pos == 0` the prompt gets `[gMASK] <sop>` appended and becomes Part A; every later
     /// token continues Part B.
@@ -475,6 +490,7 @@ impl CausalLm for ChatGlm6b {
 }
 
 /// The adapters a ChatGLM-6B checkpoint is served with.
+#[cfg(feature = "reference")]
 #[derive(Debug, Default, Clone)]
 pub struct AdapterPlan {
     /// Merged into the weights at load.
@@ -483,6 +499,7 @@ pub struct AdapterPlan {
     pub attach: Vec<LoraAdapter>,
 }
 
+#[cfg(feature = "reference")]
 impl AdapterPlan {
     pub fn apply(&self, model: &mut ChatGlm6b) -> Result<HashMap<String, bool>, LmError> {
         let mut applied = HashMap::new();

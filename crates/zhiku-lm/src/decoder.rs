@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::ComputePath;
 use crate::attention::{
-    AttnShape, SeqRows, StepRows, TensorStep, attention, causal_attention_train,
+    AttnShape, Segments, SeqRows, StepRows, TensorStep, attention, causal_attention_train,
+    causal_attention_train_segments,
 };
 use crate::error::LmError;
 use crate::kv::{KvCache, KvShape, LayerKv};
@@ -53,6 +54,7 @@ impl Batch {
             len: tokens.len(),
             first_pos,
             blocks: blocks.to_vec(),
+            bidirectional: 0,
         });
         self.adapters.groups.push(crate::layers::RowGroup {
             start,
@@ -67,6 +69,15 @@ impl Batch {
     pub fn rows(&self) -> usize {
         self.tokens.len()
     }
+
+    /// Makes the first `tokens` tokens of the sequence pushed last see each other
+    /// (ChatGLM-6B's prompt; give it with every step of the sequence, its 2-D positions
+    /// follow from it). The whole part must be in the cache by the end of the step.
+    pub fn bidirectional(&mut self, tokens: usize) {
+        if let Some(s) = self.seqs.last_mut() {
+            s.bidirectional = tokens;
+        }
+    }
 }
 
 /// A model the engine can batch.
@@ -78,6 +89,16 @@ pub trait BatchModel: Send + Sync {
     /// Tokens every prompt must start with (ChatGLM2/3's `[gMASK] sop`).
     fn prompt_prefix(&self) -> &[u32] {
         &[]
+    }
+    /// Tokens every prompt must end with (ChatGLM-6B's `[gMASK] <sop>`).
+    fn prompt_suffix(&self) -> &[u32] {
+        &[]
+    }
+    /// The prompt up to its suffix's last token but one is read bidirectionally
+    /// ([`Batch::bidirectional`]): it must be prefilled in one step, and its K/V depend
+    /// on all of it, so no prefix of it can be shared.
+    fn bidirectional_prompt(&self) -> bool {
+        false
     }
     fn device(&self) -> &Device;
     /// The dtype K/V take on the tensor path.
@@ -129,6 +150,20 @@ pub struct Block {
     pub post_ffn_norm: Option<Norm>,
 }
 
+/// ChatGLM-6B's departures from a causal decoder (with [`Rotary::two_d`] positions).
+#[derive(Debug, Clone)]
+pub struct BlankInfilling {
+    /// `[gMASK] <sop>`, appended to every prompt; the prompt through `[gMASK]` is read
+    /// bidirectionally, what follows `<sop>` fills the blank.
+    pub suffix: Vec<u32>,
+    /// DeepNorm: each sub-layer's residual is its normalised input times this, not its
+    /// input.
+    pub alpha: f64,
+    /// The fused query_key_value gives each head's [q | k | v] in turn; the loader put
+    /// its rows in [all q | all k | all v] order, and an adapter's B rows follow.
+    pub head_major_qkv: bool,
+}
+
 pub struct Decoder {
     pub spec: DecoderSpec,
     pub embed: Embedding,
@@ -144,6 +179,8 @@ pub struct Decoder {
     pub prefix: Vec<u32>,
     /// GGUF Llama: llama.cpp stores q/k rows permuted so that rotary pairs are adjacent.
     pub permuted_qk: bool,
+    /// ChatGLM-6B.
+    pub infilling: Option<BlankInfilling>,
 }
 
 impl Decoder {
@@ -172,6 +209,7 @@ impl Decoder {
     ) -> candle_core::Result<Tensor> {
         let a = &batch.adapters;
         let shape = self.attn_shape();
+        let rotary_positions = self.rotary_positions(batch);
         self.block_apply(
             block,
             x,
@@ -184,6 +222,7 @@ impl Decoder {
                     (q, k, v),
                     StepRows {
                         positions: &batch.positions,
+                        rotary_positions: rotary_positions.as_deref(),
                         seqs: &batch.seqs,
                         tensors,
                     },
@@ -226,15 +265,20 @@ impl Decoder {
         if let Some(n) = &block.post_attn_norm {
             attn = norm(n, &attn)?;
         }
+        // The residual: the input, or with DeepNorm the normalised input scaled.
+        let residual = |x: &Tensor, h: &Tensor| match &self.infilling {
+            Some(b) => h.to_dtype(x.dtype())? * b.alpha,
+            None => Ok(x.clone()),
+        };
         let dtype = x.dtype();
-        let x = (x + attn.to_dtype(dtype)?)?;
+        let x = (residual(x, &h)? + attn.to_dtype(dtype)?)?;
         let h = norm(&block.ffn_norm, &x)?;
         let mut m = mlp(&block.mlp, &h)?;
         if let Some(n) = &block.post_ffn_norm {
             m = norm(n, &m)?;
         }
         let dtype = x.dtype();
-        x + m.to_dtype(dtype)?
+        residual(&x, &h)? + m.to_dtype(dtype)?
     }
 
     /// The training forward: logits [batch, tokens, vocab] of `tokens` [batch, tokens] (u32),
@@ -290,21 +334,79 @@ impl Decoder {
         lora: &dyn TrainLora,
         (batch, len): (usize, usize),
     ) -> Result<Tensor, LmError> {
+        let shape = self.attn_shape();
+        self.block_train_with(index, x, lora, &mut |q, k, v| {
+            causal_attention_train((q, k, v), (batch, len), shape, &self.rotary)
+        })
+    }
+
+    /// Block `index` of the training forward with the given attention.
+    #[allow(clippy::type_complexity)]
+    fn block_train_with(
+        &self,
+        index: usize,
+        x: &Tensor,
+        lora: &dyn TrainLora,
+        attend: &mut dyn FnMut(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor, LmError> {
+        if self.rotary.two_d {
+            return Err(LmError::UnsupportedModel(
+                "training ChatGLM-6B (2-D positions, a bidirectional prompt)".into(),
+            ));
+        }
         let block = self.blocks.get(index).ok_or_else(|| {
             LmError::Validation(format!(
                 "block {index} of a model with {} blocks",
                 self.blocks.len()
             ))
         })?;
-        let shape = self.attn_shape();
         Ok(self.block_apply(
             block,
             x,
             &|l, x| l.forward_train(x, lora),
             &|n, x| n.forward_train(x),
             &|m, x| m.forward_train(x, lora),
-            &mut |q, k, v| causal_attention_train((q, k, v), (batch, len), shape, &self.rotary),
+            attend,
         )?)
+    }
+
+    /// [`Decoder::block_train`] on rows of packed examples ([`Segments`]): each example
+    /// attends only to itself, from position 0, as it would alone in a row.
+    pub fn block_train_segments(
+        &self,
+        index: usize,
+        x: &Tensor,
+        lora: &dyn TrainLora,
+        segments: &Segments,
+    ) -> Result<Tensor, LmError> {
+        let shape = self.attn_shape();
+        self.block_train_with(index, x, lora, &mut |q, k, v| {
+            causal_attention_train_segments((q, k, v), shape, &self.rotary, segments)
+        })
+    }
+
+    /// [`Decoder::forward_train`] on rows of packed examples ([`Segments`], one row of
+    /// `tokens` per row of the segments).
+    pub fn forward_train_segments(
+        &self,
+        tokens: &Tensor,
+        lora: &dyn TrainLora,
+        segments: &Segments,
+    ) -> Result<Tensor, LmError> {
+        let (batch, len) = tokens.dims2()?;
+        if (batch, len) != (segments.batch(), segments.tokens()) {
+            return Err(LmError::Validation(format!(
+                "{batch} rows of {len} tokens, but segments for {} rows of {}",
+                segments.batch(),
+                segments.tokens()
+            )));
+        }
+        let mut x = self.embed_train(tokens)?;
+        for index in 0..self.blocks.len() {
+            x = self.block_train_segments(index, &x, lora, segments)?;
+        }
+        let logits = self.head_train(&x, lora)?;
+        Ok(logits.reshape((batch, len, self.spec.vocab))?)
     }
 
     /// The final norm and the LM head on hidden states [rows, hidden]: logits [rows, vocab]
@@ -365,6 +467,23 @@ impl Decoder {
         all
     }
 
+    /// With 2-D positions, every row's first positions then its second ones.
+    fn rotary_positions(&self, batch: &Batch) -> Option<Vec<u32>> {
+        if !self.rotary.two_d {
+            return None;
+        }
+        let rows = batch.rows();
+        let mut out = vec![0; 2 * rows];
+        for s in &batch.seqs {
+            for i in 0..s.len {
+                let (first, second) = Rotary::two_d_positions(s.first_pos + i, s.bidirectional);
+                out[s.start + i] = first;
+                out[rows + s.start + i] = second;
+            }
+        }
+        Some(out)
+    }
+
     fn forward_inner(&self, batch: &Batch, cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let mut x = self
             .embed
@@ -375,6 +494,7 @@ impl Decoder {
         let tensors = match cache.layers.first() {
             Some(LayerKv::Tensor { .. }) => Some(TensorStep::new(
                 &batch.positions,
+                self.rotary_positions(batch).as_deref(),
                 &batch.seqs,
                 &self.rotary,
                 self.act_dtype,
@@ -460,6 +580,14 @@ impl BatchModel for Decoder {
         &self.prefix
     }
 
+    fn prompt_suffix(&self) -> &[u32] {
+        self.infilling.as_ref().map_or(&[], |b| &b.suffix)
+    }
+
+    fn bidirectional_prompt(&self) -> bool {
+        self.infilling.is_some()
+    }
+
     fn device(&self) -> &Device {
         &self.device
     }
@@ -480,6 +608,13 @@ impl BatchModel for Decoder {
     }
 
     fn lora_output_permutation(&self, module: &str) -> Option<Vec<u32>> {
+        if self
+            .infilling
+            .as_ref()
+            .is_some_and(|b| b.head_major_qkv && module.ends_with("attention.query_key_value"))
+        {
+            return Some(head_major_qkv_rows(self.spec.heads, self.spec.head_dim));
+        }
         if !self.permuted_qk {
             return None;
         }
@@ -543,6 +678,19 @@ pub fn prepare_adapter(
     Ok(adapter)
 }
 
+/// [all q | all k | all v] rows of a query_key_value that gives each head's [q | k | v] in
+/// turn (ChatGLM-6B): row `p·heads·head_dim + h·head_dim + j` is the checkpoint's row
+/// `h·3·head_dim + p·head_dim + j`.
+pub fn head_major_qkv_rows(heads: usize, head_dim: usize) -> Vec<u32> {
+    (0..3 * heads * head_dim)
+        .map(|row| {
+            let (part, rest) = (row / (heads * head_dim), row % (heads * head_dim));
+            let (h, j) = (rest / head_dim, rest % head_dim);
+            (h * 3 * head_dim + part * head_dim + j) as u32
+        })
+        .collect()
+}
+
 /// llama.cpp's q/k row order for `heads` heads of `head_dim`: within a head, row 2i + j of
 /// the file is row j·head_dim/2 + i of the checkpoint.
 pub fn qk_permutation(heads: usize, head_dim: usize) -> Vec<u32> {
@@ -561,6 +709,7 @@ pub struct Solo {
     blocks: Vec<u32>,
     len: usize,
     adapter: Option<std::sync::Arc<crate::lora::LoraAdapter>>,
+    bidirectional: usize,
 }
 
 impl Solo {
@@ -591,7 +740,14 @@ impl Solo {
             blocks,
             len: 0,
             adapter: None,
+            bidirectional: 0,
         })
+    }
+
+    /// The first `tokens` tokens see each other ([`Batch::bidirectional`]).
+    pub fn with_bidirectional(mut self, tokens: usize) -> Self {
+        self.bidirectional = tokens;
+        self
     }
 
     pub fn with_adapter(
@@ -609,6 +765,7 @@ impl Solo {
         }
         let mut batch = Batch::default();
         batch.push(tokens, self.len, &self.blocks, self.adapter.clone(), true);
+        batch.bidirectional(self.bidirectional);
         let logits = model.forward(&batch, &mut self.cache)?;
         self.len += tokens.len();
         Ok(logits.get(0)?)

@@ -16,7 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::ComputePath;
-use crate::decoder::{Block, Decoder, DecoderSpec, Qkv};
+use crate::chatglm6b::ChatGlm6bConfig;
+use crate::decoder::{BlankInfilling, Block, Decoder, DecoderSpec, Qkv, head_major_qkv_rows};
 use crate::error::LmError;
 use crate::layers::{Embedding, Linear, Mlp, Norm, activation_dtype};
 use crate::lora::{LoraAdapter, merged_weight};
@@ -355,6 +356,7 @@ pub fn gguf_decoder(gg: &mut GgufTensors, arch: &str) -> Result<Decoder, LmError
         device,
         prefix: Vec::new(),
         permuted_qk: arch == "llama",
+        infilling: None,
     })
 }
 
@@ -409,6 +411,12 @@ impl<'a> SafetensorsWeights<'a> {
     /// The linear layer `module` (`module.weight`, optional `module.bias`), with the merged
     /// adapters folded in.
     fn linear(&mut self, module: &str) -> Result<Linear, LmError> {
+        self.linear_rows(module, None)
+    }
+
+    /// [`Self::linear`] with its output rows (and bias) taken in the order `rows` gives
+    /// (after the merged adapters, whose B rows are in the checkpoint's order).
+    fn linear_rows(&mut self, module: &str, rows: Option<&[u32]>) -> Result<Linear, LmError> {
         let mut w = self.tensor(&format!("{module}.weight"))?;
         for adapter in self.merge {
             if let Some(pair) = adapter.pairs.get(module) {
@@ -416,7 +424,13 @@ impl<'a> SafetensorsWeights<'a> {
                 *self.used.entry(adapter.name.clone()).or_default() += 1;
             }
         }
-        let bias = self.optional(&format!("{module}.bias"))?;
+        let mut bias = self.optional(&format!("{module}.bias"))?;
+        if let Some(rows) = rows {
+            // host: the row order goes to the device once, when the model loads.
+            let rows = Tensor::from_slice(rows, rows.len(), &self.device)?;
+            w = w.index_select(&rows, 0)?;
+            bias = bias.map(|b| b.index_select(&rows, 0)).transpose()?;
+        }
         Ok(Linear::dense(w, bias, module)?)
     }
 
@@ -431,6 +445,33 @@ impl<'a> SafetensorsWeights<'a> {
             };
             Norm::Layer { weight, bias, eps }
         })
+    }
+
+    /// A causal decoder of these parts on the weights' device, its activations' dtype
+    /// chosen for theirs, on the kernel path where it can.
+    fn decoder(
+        &self,
+        spec: DecoderSpec,
+        embed: Embedding,
+        blocks: Vec<Block>,
+        final_norm: Option<Norm>,
+        lm_head: Linear,
+        rotary: Rotary,
+    ) -> Decoder {
+        Decoder {
+            spec,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            rotary,
+            act_dtype: activation_dtype(&self.device, self.dtype),
+            compute: ComputePath::on(ComputePath::Kernels, &self.device),
+            device: self.device.clone(),
+            prefix: Vec::new(),
+            permuted_qk: false,
+            infilling: None,
+        }
     }
 
     /// Every module of every merged adapter must have found its layer.
@@ -529,26 +570,85 @@ pub fn chatglm_decoder(config_json: &str, w: &mut SafetensorsWeights) -> Result<
     let device = w.device.clone();
     let base = 10_000f64 * c.rope_ratio as f64;
     let rotary = Rotary::new(c.kv_channels / 2, base, true, c.seq_length, &device)?;
-    Ok(Decoder {
-        spec: DecoderSpec {
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-            kv_heads,
-            head_dim: c.kv_channels,
-            vocab: c.padded_vocab_size,
-            context_length: c.seq_length,
-        },
-        embed,
-        blocks,
-        final_norm,
-        lm_head,
-        rotary,
-        act_dtype: activation_dtype(&device, w.dtype),
-        compute: ComputePath::on(ComputePath::Kernels, &device),
-        device,
-        prefix: Vec::new(),
-        permuted_qk: false,
-    })
+    let spec = DecoderSpec {
+        hidden: c.hidden_size,
+        heads: c.num_attention_heads,
+        kv_heads,
+        head_dim: c.kv_channels,
+        vocab: c.padded_vocab_size,
+        context_length: c.seq_length,
+    };
+    Ok(w.decoder(spec, embed, blocks, final_norm, lm_head, rotary))
+}
+
+/// ChatGLM-6B, the article's GLM: LayerNorms, one query_key_value giving each head's
+/// [q | k | v] in turn (its rows reordered here), a GELU MLP, DeepNorm residuals, 2-D
+/// positions over the two halves of each head, `[gMASK] <sop>` after every prompt, and the
+/// prompt read bidirectionally.
+pub fn chatglm6b_decoder(
+    c: &ChatGlm6bConfig,
+    w: &mut SafetensorsWeights,
+) -> Result<Decoder, LmError> {
+    if !c.position_encoding_2d {
+        return Err(LmError::UnsupportedModel(
+            "ChatGLM-6B with position_encoding_2d = false".into(),
+        ));
+    }
+    let (h, heads) = (c.hidden_size, c.num_attention_heads);
+    if heads == 0 || !h.is_multiple_of(heads) || !(h / heads).is_multiple_of(4) {
+        return Err(LmError::Load(format!(
+            "hidden_size {h} must split into {heads} heads whose size is a multiple of 4"
+        )));
+    }
+    let head_dim = h / heads;
+    let eps = c.layernorm_epsilon as f32;
+    let qkv_rows = head_major_qkv_rows(heads, head_dim);
+    let mut blocks = Vec::with_capacity(c.num_layers);
+    for i in 0..c.num_layers {
+        let p = format!("transformer.layers.{i}");
+        blocks.push(Block {
+            attn_norm: w.norm(&format!("{p}.input_layernorm"), eps, false)?,
+            qkv: Qkv::Fused(
+                w.linear_rows(&format!("{p}.attention.query_key_value"), Some(&qkv_rows))?,
+            ),
+            o: w.linear(&format!("{p}.attention.dense"))?,
+            post_attn_norm: None,
+            ffn_norm: w.norm(&format!("{p}.post_attention_layernorm"), eps, false)?,
+            mlp: Mlp::Gelu {
+                up: w.linear(&format!("{p}.mlp.dense_h_to_4h"))?,
+                down: w.linear(&format!("{p}.mlp.dense_4h_to_h"))?,
+            },
+            post_ffn_norm: None,
+        });
+    }
+    let final_norm = Some(w.norm("transformer.final_layernorm", eps, false)?);
+    let lm_head = w.linear("lm_head")?;
+    let embed = Embedding::new(w.tensor("transformer.word_embeddings.weight")?);
+    w.check_merged()?;
+    let device = w.device.clone();
+    let rotary = Rotary::new(
+        head_dim / 2,
+        10_000.0,
+        false,
+        c.max_sequence_length,
+        &device,
+    )?
+    .with_two_d();
+    let spec = DecoderSpec {
+        hidden: h,
+        heads,
+        kv_heads: heads,
+        head_dim,
+        vocab: c.vocab_size,
+        context_length: c.max_sequence_length,
+    };
+    let mut decoder = w.decoder(spec, embed, blocks, final_norm, lm_head, rotary);
+    decoder.infilling = Some(BlankInfilling {
+        suffix: vec![c.gmask_token_id, c.bos_token_id],
+        alpha: (2.0 * c.num_layers as f64).sqrt(),
+        head_major_qkv: true,
+    });
+    Ok(decoder)
 }
 
 /// config.json of GLM-4-0414 (model_type "glm4").
@@ -615,24 +715,14 @@ pub fn glm4_0414_decoder(
         c.max_position_embeddings,
         &device,
     )?;
-    Ok(Decoder {
-        spec: DecoderSpec {
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim,
-            vocab: c.vocab_size,
-            context_length: c.max_position_embeddings,
-        },
-        embed: Embedding::new(table),
-        blocks,
-        final_norm,
-        lm_head,
-        rotary,
-        act_dtype: activation_dtype(&device, w.dtype),
-        compute: ComputePath::on(ComputePath::Kernels, &device),
-        device,
-        prefix: Vec::new(),
-        permuted_qk: false,
-    })
+    let spec = DecoderSpec {
+        hidden: c.hidden_size,
+        heads: c.num_attention_heads,
+        kv_heads: c.num_key_value_heads,
+        head_dim,
+        vocab: c.vocab_size,
+        context_length: c.max_position_embeddings,
+    };
+    let embed = Embedding::new(table);
+    Ok(w.decoder(spec, embed, blocks, final_norm, lm_head, rotary))
 }

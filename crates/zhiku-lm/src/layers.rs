@@ -410,7 +410,7 @@ pub enum Mlp {
     },
     /// One matrix gives [gate | up] (GLM's dense_h_to_4h, GGUF glm4's ffn_up).
     SwiGluFused { gate_up: Linear, down: Linear },
-    /// down(gelu(up(x))).
+    /// down(gelu(up(x))), GELU's tanh approximation (ChatGLM-6B's).
     Gelu { up: Linear, down: Linear },
 }
 
@@ -460,7 +460,7 @@ impl Mlp {
                 linear(down, &swiglu(&g, &u)?)
             }
             Mlp::Gelu { up, down } => {
-                let h = linear(up, x)?.gelu_erf()?;
+                let h = linear(up, x)?.gelu()?;
                 linear(down, &h)
             }
         }

@@ -11,7 +11,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+#[cfg(feature = "reference")]
+use candle_core::Module;
+use candle_core::{DType, Device, Tensor};
+#[cfg(feature = "reference")]
 use candle_nn::Linear;
 use serde::Deserialize;
 
@@ -208,7 +211,7 @@ impl TrainLora for LoraAdapter {
 static NEXT_ADAPTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// W0 + (alpha/r)·B·A in W0's dtype: the one merge rule, used by our own layers
-/// ([`LoraLinear::merge`]) and by checkpoints merged before candle builds them
+/// (`LoraLinear::merge`) and by checkpoints merged before candle builds them
 /// ([`merge_into_tensors`]).
 pub fn merged_weight(weight: &Tensor, pair: &LoraPair) -> Result<Tensor, LmError> {
     let delta = pair.delta()?.to_dtype(weight.dtype())?;
@@ -249,13 +252,17 @@ pub fn merge_into_tensors(
     Ok(())
 }
 
-/// A linear layer that may carry unmerged LoRA adapters, one of which is applied per call.
+/// A linear layer that may carry unmerged LoRA adapters, one of which is applied per call
+/// (the reference ChatGLM-6B network's; the server's layers take adapters per row,
+/// `layers::Linear`).
+#[cfg(feature = "reference")]
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
     base: Linear,
     adapters: HashMap<String, LoraPair>,
 }
 
+#[cfg(feature = "reference")]
 impl LoraLinear {
     pub fn new(base: Linear) -> Self {
         Self {

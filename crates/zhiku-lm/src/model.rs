@@ -38,19 +38,16 @@ pub struct ModelInfo {
 
 /// How the engine runs a model.
 pub enum ModelKind {
-    /// Our decoder: continuous batching over the engine's KV cache.
+    /// Our decoder: continuous batching over the engine's KV cache (every family,
+    /// ChatGLM-6B included).
     Batched(std::sync::Arc<dyn crate::decoder::BatchModel>),
-    /// A model with its own single-sequence cache (ChatGLM-6B).
-    Single(Box<dyn CausalLm>),
 }
 
 impl ModelKind {
-    /// The batched decoder, if the model is one.
+    /// The batched decoder.
     pub fn batched(&self) -> Option<&std::sync::Arc<dyn crate::decoder::BatchModel>> {
-        match self {
-            ModelKind::Batched(m) => Some(m),
-            ModelKind::Single(_) => None,
-        }
+        let ModelKind::Batched(m) = self;
+        Some(m)
     }
 }
 
@@ -74,16 +71,18 @@ pub struct TrainableModel {
 }
 
 impl LoadedModel {
-    /// The decoder itself, for a trainer. ChatGLM-6B (its own single-sequence network) is
-    /// refused with a message, as are adapters loaded beside the weights.
+    /// The decoder itself, for a trainer. ChatGLM-6B (2-D positions, a bidirectional
+    /// prompt, which the training forward does not do yet) is refused with a message, as
+    /// are adapters loaded beside the weights.
     pub fn into_trainable(self) -> Result<TrainableModel, LmError> {
-        let ModelKind::Batched(model) = self.model else {
+        let ModelKind::Batched(model) = self.model;
+        if model.bidirectional_prompt() {
             return Err(LmError::UnsupportedModel(format!(
-                "{} runs on its own single-sequence network, which cannot be trained yet; \
-                 train ChatGLM2/3, GLM-4, Llama or Qwen2 models",
+                "{} (ChatGLM-6B: 2-D positions, a bidirectional prompt) cannot be trained \
+                 yet; train ChatGLM2/3, GLM-4, Llama or Qwen2 models",
                 self.info.architecture
             )));
-        };
+        }
         let decoder = model
             .into_any()
             .downcast::<crate::decoder::Decoder>()

@@ -2,6 +2,8 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
+use crate::transfer;
+
 /// Rotary position embedding: `rotary_dim` leading dimensions of each head rotate, the rest
 /// pass. Pairs are (i, i + rotary_dim/2) ("half", Qwen2/NeoX) or (2i, 2i+1) ("interleaved",
 /// GGUF Llama, the GLM family).
@@ -16,6 +18,10 @@ pub struct Rotary {
     /// The same tables as tensors on the model's device (for the tensor path).
     pub cos_t: Tensor,
     pub sin_t: Tensor,
+    /// ChatGLM-6B's 2-D positions: each half of a head rotates (`rotary_dim` = half the
+    /// head) at its own position, the first at the token's position, the second at its
+    /// block position ([`Rotary::two_d_positions`]).
+    pub two_d: bool,
 }
 
 impl Rotary {
@@ -50,7 +56,37 @@ impl Rotary {
             max_positions,
             cos_t,
             sin_t,
+            two_d: false,
         })
+    }
+
+    /// ChatGLM-6B's rotary: 2-D positions over the two halves of each head.
+    pub fn with_two_d(mut self) -> Self {
+        self.two_d = true;
+        self
+    }
+
+    /// The position and block position of the token at index `i` of a sequence whose
+    /// blank (`[gMASK]`) is the last token of its bidirectional part, `context` tokens long:
+    /// the prompt counts 0, 1, 2, … with block position 0; what follows keeps the blank's
+    /// position and counts block positions 1, 2, 3, …
+    #[inline]
+    pub fn two_d_positions(i: usize, context: usize) -> (u32, u32) {
+        let blank = context.saturating_sub(1);
+        (i.min(blank) as u32, i.saturating_sub(blank) as u32)
+    }
+
+    /// Rotates one head vector at `first` and, with 2-D positions, its second half at
+    /// `second` (ignored otherwise).
+    #[inline]
+    pub fn apply_at(&self, x: &mut [f32], first: usize, second: usize) {
+        if self.two_d {
+            let (a, b) = x.split_at_mut(x.len() / 2);
+            self.apply(a, first);
+            self.apply(b, second);
+        } else {
+            self.apply(x, first);
+        }
     }
 
     /// Rotates one head vector `x` (head_dim) in place at position `pos`.
@@ -74,7 +110,8 @@ impl Rotary {
         }
     }
 
-    /// The tensor path's tables at `positions` [rows] (u32), in `dtype`: gathered once per
+    /// The tensor path's tables at `positions` [rows] (u32; with 2-D positions [2·rows]:
+    /// every row's first positions, then its second ones), in `dtype`: gathered once per
     /// step and applied by every layer.
     pub fn at(&self, positions: &Tensor, dtype: DType) -> candle_core::Result<RotaryAt> {
         Ok(RotaryAt {
@@ -82,6 +119,7 @@ impl Rotary {
             sin: self.sin_t.index_select(positions, 0)?.to_dtype(dtype)?,
             rotary_dim: self.rotary_dim,
             interleaved: self.interleaved,
+            two_d: self.two_d,
         })
     }
 
@@ -103,6 +141,27 @@ impl Rotary {
         Ok(RotaryTables {
             cos: self.cos_t.narrow(0, 0, tokens)?,
             sin: self.sin_t.narrow(0, 0, tokens)?,
+            rotary_dim: self.rotary_dim,
+            interleaved: self.interleaved,
+        })
+    }
+
+    /// The tables of the given positions, one per token of a row (a packed row restarts at
+    /// 0 for each example), for [`RotaryTables::apply`].
+    pub fn tables_at(&self, positions: &[u32]) -> candle_core::Result<RotaryTables> {
+        if let Some(&p) = positions
+            .iter()
+            .find(|&&p| p as usize >= self.max_positions)
+        {
+            candle_core::bail!(
+                "position {p} is past the rotary table of {} positions",
+                self.max_positions
+            );
+        }
+        let index = transfer::upload_slice(positions, positions.len(), self.cos_t.device())?;
+        Ok(RotaryTables {
+            cos: self.cos_t.index_select(&index, 0)?,
+            sin: self.sin_t.index_select(&index, 0)?,
             rotary_dim: self.rotary_dim,
             interleaved: self.interleaved,
         })
@@ -151,19 +210,34 @@ impl RotaryTables {
     }
 }
 
-/// The rotary tables at one step's positions (tensor path): cos / sin [rows, rotary_dim / 2].
+/// The rotary tables at one step's positions (tensor path): cos / sin [rows, rotary_dim / 2]
+/// ([2·rows, …] with 2-D positions).
 #[derive(Debug, Clone)]
 pub struct RotaryAt {
     cos: Tensor,
     sin: Tensor,
     rotary_dim: usize,
     interleaved: bool,
+    two_d: bool,
 }
 
 impl RotaryAt {
-    /// x [rows, heads, head_dim] rotated, row i at the i-th position.
+    /// x [rows, heads, head_dim] rotated, row i at the i-th position (with 2-D positions,
+    /// each half of the head at its own).
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, head_dim) = x.dims3()?;
+        let (rows, _, head_dim) = x.dims3()?;
+        if self.two_d {
+            let half = |i: usize| -> candle_core::Result<Tensor> {
+                let at = Self {
+                    cos: self.cos.narrow(0, i * rows, rows)?,
+                    sin: self.sin.narrow(0, i * rows, rows)?,
+                    two_d: false,
+                    ..self.clone()
+                };
+                at.apply(&x.narrow(D::Minus1, i * head_dim / 2, head_dim / 2)?)
+            };
+            return Tensor::cat(&[half(0)?, half(1)?], D::Minus1)?.contiguous();
+        }
         let cos = self.cos.to_dtype(x.dtype())?;
         let sin = self.sin.to_dtype(x.dtype())?;
         let rot = x

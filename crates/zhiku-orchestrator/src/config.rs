@@ -296,10 +296,10 @@ pub struct AskPolicy {
     /// flags and model names must be stated by its passages or the question. withdraw: an
     /// answer with a key fact stated by neither is replaced by the refusal, the fact named
     /// as the reason (streamed, its chunks were the draft); mark: it is returned with the
-    /// facts listed; off: not checked. The bigram support stays reported beside it. The
-    /// default is mark until the checks stop withdrawing right answers (on the visible set,
-    /// withdraw refused 2 of 11 right ones: a version range, a reworded fact).
-    #[arg(long, env = "ZHIKU_VERIFY", value_enum, default_value_t = Verify::Mark)]
+    /// facts listed; off: not checked. A figure stated only by documents that name what the
+    /// question asks about less well than the best passage does (its anchors) counts as
+    /// unstated. The bigram support stays reported beside it.
+    #[arg(long, env = "ZHIKU_VERIFY", value_enum, default_value_t = Verify::Withdraw)]
     pub verify: Verify,
 
     /// Relevance judgment before generating: the chat model judges whether the passages

@@ -88,6 +88,7 @@ pub fn score_case(setting: u32, case: &EvalCase, answer: Answer) -> EvalCaseResu
         coverage: answer.coverage,
         anchors: answer.anchors,
         relevance: answer.relevance,
+        verification: answer.verification,
     }
 }
 
@@ -187,6 +188,19 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
         unsupported: answered.iter().filter(|&&s| s < SUPPORTED).count() as u32,
         rerank: Some(stats(&reranked)),
         reranked_cases: reranked.len() as u32,
+        unverified: results
+            .iter()
+            .filter(|r| {
+                !r.refused
+                    && r.verification
+                        .as_ref()
+                        .is_some_and(|v| !v.unsupported_facts.is_empty())
+            })
+            .count() as u32,
+        withdrawn: results
+            .iter()
+            .filter(|r| r.verification.as_ref().is_some_and(|v| v.withdrawn))
+            .count() as u32,
     }
 }
 
@@ -670,6 +684,7 @@ mod tests {
             crate::config::Verify::Withdraw,
             "最少需要准备 72GB 显存。",
             &sources,
+            &[],
             question,
         );
         assert!(verification.withdrawn);
@@ -679,6 +694,20 @@ mod tests {
         assert!(unanswerable.refused && !unanswerable.correct);
         let answerable = score_case(0, &case("h", &["6"], true), withdrawn);
         assert!(answerable.refused && !answerable.correct);
+
+        // Under mark the same draft stands, listed as unverified; the report counts both.
+        let mut marked = answer("最少需要准备 72GB 显存。", &sources, false, 50.0);
+        marked.verification = Some(crate::ask::verification(
+            crate::config::Verify::Mark,
+            &marked.text,
+            &sources,
+            &[],
+            question,
+        ));
+        let marked = score_case(0, &case("i", &[], false), marked);
+        assert!(!marked.refused);
+        let report = report(0, &EvalSetting::default(), &[answerable, marked]);
+        assert_eq!((report.unverified, report.withdrawn), (1, 1));
     }
 
     #[test]

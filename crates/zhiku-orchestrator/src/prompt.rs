@@ -37,7 +37,7 @@ pub const SYSTEM_INSTRUCTIONS_MAY_REFUSE: &str = "你是知识库问答助手。
 /// The user turn of the default prompt: the passages, the rules in one short sentence (the
 /// article's, without its refusal sentence: zhiku refuses from the evidence), then the
 /// question last. Short and not the article's wording, so that an answer that echoes it is
-/// told apart ([`crate::verify::echoes_instructions`]) and is not the article's instruction
+/// told apart ([`crate::verify::echoes_prompt`]) and is not the article's instruction
 /// sentence that small models continued.
 pub const USER_TEMPLATE: &str =
     "已知信息：\n{context}\n\n请根据上述已知信息，用中文简洁地回答，不要编造。\n问题：{question}";
@@ -89,7 +89,7 @@ impl PromptTemplate {
     }
 
     /// Every fixed text the model is shown (system instructions, then the template): what
-    /// an answer must not echo ([`crate::verify::echoes_instructions`]).
+    /// an answer must not echo ([`crate::verify::echoes_prompt`]).
     pub fn instructions(&self) -> String {
         match &self.system {
             Some(system) => format!("{system}\n{}", self.template),
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn the_default_prompts_rules_are_told_apart_from_a_passage_quoting_the_articles() {
         use crate::config::Abstention;
-        use crate::verify::echoes_instructions;
+        use crate::verify::echoes_prompt;
         let instructions = PromptTemplate::system_role(Abstention::Evidence).instructions();
         // The knowledge base is the article, whose passages print its instruction sentence.
         let passage = "本项目的 prompt 模板如下：已知信息：{context} 根据上述已知信息，简洁和专业的来回答用户的问题，\
@@ -251,11 +251,11 @@ mod tests {
         let question = "文本分割的 chunk_size 设为多少？";
         // Answering from that passage, or quoting the sentence it prints, is no echo.
         assert_eq!(
-            echoes_instructions("chunk_size 设为 500。", question, &[passage], &instructions),
+            echoes_prompt("chunk_size 设为 500。", question, &[passage], &instructions),
             None
         );
         assert_eq!(
-            echoes_instructions(
+            echoes_prompt(
                 "模板是：根据上述已知信息，简洁和专业的来回答用户的问题，不允许在答案中添加编造成分，答案请使用中文。",
                 "项目用的 prompt 模板是什么？",
                 &[passage],
@@ -269,7 +269,7 @@ mod tests {
             format!("请根据上述已知信息，用中文简洁地回答，不要编造。问题：{question}"),
         ] {
             assert!(
-                echoes_instructions(&echoed, question, &[passage], &instructions).is_some(),
+                echoes_prompt(&echoed, question, &[passage], &instructions).is_some(),
                 "{echoed}"
             );
         }

@@ -77,7 +77,24 @@ pub struct FactCheck {
 
 /// Checks every key fact of `answer` against `passages` and `question`.
 pub fn check_answer(answer: &str, passages: &[&str], question: &str) -> FactCheck {
+    check_answer_on_subject(answer, passages, &[], question)
+}
+
+/// As [`check_answer`], where `off_subject[i]` marks passage `i` as cut from a document that
+/// does not name what the question asks about as well as the best of them does (its anchors:
+/// `crate::grounding::anchors`). A figure of the answer (a quantity, a number or a version)
+/// that only such passages state is unsupported: the right kind of fact from another
+/// model's document is how a near-miss question gets a confident answer. Names and other
+/// identifiers are not held to it (an answer may name a tool that another document
+/// describes).
+pub fn check_answer_on_subject(
+    answer: &str,
+    passages: &[&str],
+    off_subject: &[bool],
+    question: &str,
+) -> FactCheck {
     let facts = extract_facts(answer);
+    let derived = derived_values(answer);
     let question_qualifiers: Vec<Qualifier> = extract_facts(question)
         .into_iter()
         .filter_map(|f| match (f.kind, f.key) {
@@ -94,15 +111,45 @@ pub fn check_answer(answer: &str, passages: &[&str], question: &str) -> FactChec
     // Stated by the passages alone (the question index past their end).
     let question_unstated: Vec<Fact> = extract_facts(question)
         .into_iter()
-        .filter(|f| unsupported_reason(f, &sources, sources.len(), &[]).is_some())
+        .filter(|f| unsupported_reason(f, &sources, sources.len(), &[], &[]).is_some())
         .collect();
     sources.push(Source::new(question));
     let question_index = sources.len() - 1;
     let mut unsupported = Vec::new();
     for fact in &facts {
-        if let Some(reason) =
-            unsupported_reason(fact, &sources, question_index, &question_qualifiers)
+        if let Key::Quantity { value, .. } = fact.key
+            && derived.iter().any(|&d| same_value(d, value))
         {
+            // The result of the answer's own arithmetic on stated figures (13GB + 5.2GB =
+            // 18.2GB): its operands are facts checked in turn.
+            continue;
+        }
+        let reason = unsupported_reason(fact, &sources, question_index, &question_qualifiers, &[])
+            .or_else(|| {
+                let figure = matches!(
+                    fact.kind,
+                    FactKind::Quantity | FactKind::Number | FactKind::Version
+                );
+                (figure && off_subject.iter().any(|&o| o))
+                    .then(|| {
+                        unsupported_reason(
+                            fact,
+                            &sources,
+                            question_index,
+                            &question_qualifiers,
+                            off_subject,
+                        )
+                    })
+                    .flatten()
+                    .map(|_| {
+                        format!(
+                            "{} is stated only by passages of documents that do not name what \
+                             the question asks about",
+                            fact.text
+                        )
+                    })
+            });
+        if let Some(reason) = reason {
             unsupported.push(UnsupportedFact {
                 fact: fact.clone(),
                 reason,
@@ -145,13 +192,13 @@ const ECHO_SHARE: f64 = 0.5;
 /// echo: 问题是, 已知信息.
 const MIN_CLAUSE_CHARS: usize = 6;
 
-/// Whether `answer` echoes the instructions of `template` (the prompt template, with its
-/// `{context}` and `{question}` placeholders) instead of answering: instruction clauses make
-/// up most of the answer, or the answer reproduces an instruction clause followed by the
-/// question itself, as the prompt ends. A clause that a passage also holds does not count
+/// Whether `answer` echoes the prompt of `template` (the prompt template, with its
+/// `{context}` and `{question}` placeholders) instead of answering: it only restates the
+/// question, instruction clauses make up most of it, or it reproduces an instruction clause
+/// followed by the question itself, as the prompt ends. A clause that a passage also holds does not count
 /// towards the share (the answer may quote the passage), but the instruction followed by the
 /// user's question is an echo whatever the passages hold: no passage holds the question.
-pub fn echoes_instructions(
+pub fn echoes_prompt(
     answer: &str,
     question: &str,
     passages: &[&str],
@@ -160,6 +207,12 @@ pub fn echoes_instructions(
     let answer_n = squash(answer);
     if answer_n.is_empty() {
         return None;
+    }
+    if restates_question(answer, question) {
+        return Some(Echo {
+            reason: "the answer restates the question instead of answering it".to_owned(),
+            clauses: Vec::new(),
+        });
     }
     let passages_n: Vec<String> = passages.iter().map(|p| squash(p)).collect();
     let clauses = instruction_clauses(template);
@@ -280,6 +333,21 @@ fn squash(text: &str) -> String {
         .collect()
 }
 
+/// Whether `answer` only repeats `question`, whole or a piece of it, still asking ("TensorRT-LLM
+/// 哪个 release？" for "用 TensorRT-LLM 部署 ChatGLM3，文档里用的是 TensorRT-LLM 哪个
+/// release？"): a small model's way of not answering. Punctuation and spacing are ignored. A
+/// piece of the question that does not end in a question mark may be an answer (a choice the
+/// question offers: "vLLM" for "vLLM 还是 Ollama？").
+fn restates_question(answer: &str, question: &str) -> bool {
+    let letters =
+        |t: &str| -> String { squash(t).chars().filter(|c| c.is_alphanumeric()).collect() };
+    let (answer_l, question_l) = (letters(answer), letters(question));
+    if answer_l.chars().count() < 2 || !question_l.contains(answer_l.as_str()) {
+        return false;
+    }
+    answer_l == question_l || answer.trim_end().ends_with(['？', '?'])
+}
+
 /// As [`squash`], keeping line breaks (they end clauses).
 fn squash_keep_breaks(text: &str) -> String {
     fold_width(text)
@@ -287,6 +355,139 @@ fn squash_keep_breaks(text: &str) -> String {
         .filter(|c| *c == '\n' || !c.is_whitespace())
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// `%XX` escapes of ASCII punctuation and the space decoded: passages quote URLs (a badge's
+/// `python-3.8%7C3.9%7C3.10` lists versions).
+fn percent_decoded(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let escaped = rest
+            .get(at + 1..at + 3)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_punctuation() || *b == b' ');
+        match escaped {
+            Some(b) => {
+                out.push(char::from(b));
+                rest = &rest[at + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+/// The results of arithmetic the text writes out (`13GB + 5.2GB = 18.2GB`, `2 × 24 = 48`):
+/// each value right of `=` (or `≈`) whose expression on the left, of numbers joined by `+`,
+/// `-`, `×`, `*`, `÷` or `/` (a unit in letters may follow a number), gives it to the
+/// precision the result is written with.
+fn derived_values(text: &str) -> Vec<f64> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Token {
+        Number(f64, i32),
+        Op(char),
+        Equals,
+        Break,
+    }
+    let chars: Vec<char> = fold_width(text).chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_digit()
+                    || (chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+            {
+                i += 1;
+            }
+            let written: String = chars[start..i].iter().collect();
+            let decimals = written.split_once('.').map_or(0, |(_, d)| d.len() as i32);
+            match written.parse::<f64>() {
+                Ok(v) => tokens.push(Token::Number(v, decimals)),
+                Err(_) => tokens.push(Token::Break),
+            }
+            // A unit written in letters belongs to the number.
+            while i < chars.len() && chars[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            continue;
+        }
+        tokens.push(match c {
+            '+' | '-' | '×' | '*' | '÷' | '/' => Token::Op(c),
+            '=' | '≈' => Token::Equals,
+            c if c.is_whitespace() => {
+                i += 1;
+                continue;
+            }
+            _ => Token::Break,
+        });
+        i += 1;
+    }
+    let mut out = Vec::new();
+    for (e, token) in tokens.iter().enumerate() {
+        if *token != Token::Equals {
+            continue;
+        }
+        let Some(&Token::Number(result, decimals)) = tokens.get(e + 1) else {
+            continue;
+        };
+        // The expression: alternating numbers and operators back to a break.
+        let start = tokens[..e]
+            .iter()
+            .rposition(|t| matches!(t, Token::Break | Token::Equals))
+            .map_or(0, |b| b + 1);
+        let expression = &tokens[start..e];
+        if expression.len() < 3 || expression.len() % 2 == 0 {
+            continue;
+        }
+        let mut numbers = Vec::new();
+        let mut ops = Vec::new();
+        for (j, t) in expression.iter().enumerate() {
+            match (j % 2, *t) {
+                (0, Token::Number(v, _)) => numbers.push(v),
+                (1, Token::Op(op)) => ops.push(op),
+                _ => break,
+            }
+        }
+        if numbers.len() != ops.len() + 1 || numbers.len() + ops.len() != expression.len() {
+            continue;
+        }
+        // Sums of products, left to right.
+        let (mut sum, mut sign, mut term) = (0.0, 1.0, numbers[0]);
+        let mut well_formed = true;
+        for (&op, &n) in ops.iter().zip(&numbers[1..]) {
+            match op {
+                '×' | '*' => term *= n,
+                '÷' | '/' if n != 0.0 => term /= n,
+                '+' | '-' => {
+                    sum += sign * term;
+                    sign = if op == '+' { 1.0 } else { -1.0 };
+                    term = n;
+                }
+                _ => well_formed = false,
+            }
+        }
+        if !well_formed {
+            continue;
+        }
+        let value = sum + sign * term;
+        let tolerance = 0.5 * 10f64.powi(-decimals) + 1e-9 * result.abs();
+        if value.is_finite() && (value - result).abs() <= tolerance {
+            out.push(result);
+        }
+    }
+    out
 }
 
 /// Full-width ASCII forms and the ideographic space folded to ASCII.
@@ -329,9 +530,10 @@ enum Unit {
 }
 
 impl Unit {
+    /// As a reason writes it after a number (a count has none).
     fn name(self) -> &'static str {
         match self {
-            Unit::Count => "count",
+            Unit::Count => "",
             Unit::Gigabytes => "GB",
             Unit::Megabytes => "MB",
             Unit::Terabytes => "TB",
@@ -928,7 +1130,7 @@ struct Source {
 
 impl Source {
     fn new(text: &str) -> Self {
-        let folded = fold_width(text);
+        let folded = fold_width(&percent_decoded(text));
         let raw_lines: Vec<&str> = folded.split('\n').collect();
         let mut facts: Vec<Vec<Key>> = vec![Vec::new(); raw_lines.len()];
         for s in scan(&folded, true) {
@@ -1205,11 +1407,14 @@ fn wrong_row(source: &Source, k: usize, first: usize, qualifiers: &[Qualifier]) 
 }
 
 /// Why `fact` is unsupported, or `None` when a passage or the question states it.
+/// Why no source states `fact` (None when one does). Sources marked in `ignored` (by index;
+/// the question is never marked) are left out.
 fn unsupported_reason(
     fact: &Fact,
     sources: &[Source],
     question_index: usize,
     qualifiers: &[Qualifier],
+    ignored: &[bool],
 ) -> Option<String> {
     let states = |source: &Source, k: usize| -> bool {
         match &fact.key {
@@ -1222,6 +1427,9 @@ fn unsupported_reason(
     };
     let mut table_hits: Vec<(usize, usize)> = Vec::new();
     for (s, source) in sources.iter().enumerate() {
+        if ignored.get(s).copied().unwrap_or(false) {
+            continue;
+        }
         for k in 0..source.lines.len() {
             if !states(source, k) {
                 continue;
@@ -1332,6 +1540,10 @@ mod tests {
             .into_iter()
             .map(|u| u.fact.text)
             .collect()
+    }
+
+    fn texts(unsupported: &[UnsupportedFact]) -> Vec<&str> {
+        unsupported.iter().map(|u| u.fact.text.as_str()).collect()
     }
 
     fn verdict(answer: &str, passages: &[&str], question: &str) -> Verdict {
@@ -1645,8 +1857,86 @@ mod tests {
             "| | |\n|---|\n| 6 | x |",
         ] {
             let _ = check_answer(text, &[text, "| a | 6 GB |"], text);
-            let _ = echoes_instructions(text, text, &[text], text);
+            let _ = echoes_prompt(text, text, &[text], text);
         }
+    }
+
+    // --- arithmetic, escaped URLs, the document a figure comes from ---
+
+    #[test]
+    fn a_sum_of_stated_figures_is_supported_when_it_adds_up() {
+        let passages =
+            ["加载 FP16 模型消耗大概 13GB 的内存，INT4 量化后的模型仅需大概 5.2GB 的内存。"];
+        let question = "先加载 FP16 再量化，一共要多少内存？";
+        let sum = check_answer("13GB + 5.2GB = 18.2GB", &passages, question);
+        assert_eq!(sum.verdict, Verdict::Supported, "{:?}", sum.unsupported);
+        let wrong = check_answer("13GB + 5.2GB = 20GB", &passages, question);
+        assert_eq!(texts(&wrong.unsupported), ["20GB"]);
+        // The operands are checked in turn.
+        let invented = check_answer("13GB + 7GB = 20GB", &passages, question);
+        assert_eq!(texts(&invented.unsupported), ["7GB"]);
+        let product = check_answer(
+            "需要 2 × 24GB = 48GB 显存",
+            &["每张卡 24GB，共 2 张卡。"],
+            "两张卡一共多少显存？",
+        );
+        assert_eq!(
+            product.verdict,
+            Verdict::Supported,
+            "{:?}",
+            product.unsupported
+        );
+        // Rounded as written: 14082 / 1024 = 13.75 to two places.
+        assert_eq!(derived_values("14082MiB / 1024 = 13.75GB"), [13.75]);
+        assert_eq!(derived_values("2023-05-15"), Vec::<f64>::new());
+        assert_eq!(derived_values("= 3 + = 4 + 1 ="), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn escaped_punctuation_in_a_passage_is_read_as_written() {
+        let badge =
+            "![python](https://img.shields.io/badge/python-3.8%7C3.9%7C3.10%7C3.11-blue.svg)";
+        let check = check_answer(
+            "Python 3.8, 3.9, 3.10, and 3.11",
+            &[badge],
+            "支持哪些 Python 版本？",
+        );
+        assert_eq!(check.verdict, Verdict::Supported, "{:?}", check.unsupported);
+        assert_eq!(percent_decoded("100%"), "100%");
+        assert_eq!(percent_decoded("a%2"), "a%2");
+        assert_eq!(percent_decoded("%E4%B8%AD"), "%E4%B8%AD");
+    }
+
+    #[test]
+    fn a_figure_only_another_models_document_states_is_unsupported() {
+        let passages = [
+            "Qwen-72B 的推理显存见下表，全参数微调需要多机。",
+            "ChatGLM3 微调: LORA 微调: 1张显卡，占用 14082MiB 显存。",
+        ];
+        let question = "Qwen-72B 做全参数微调需要多少显存？";
+        let answer = "Qwen-72B 做全参数微调需要 14082 MiB 显存。";
+        let off = check_answer_on_subject(answer, &passages, &[false, true], question);
+        assert_eq!(texts(&off.unsupported), ["14082 MiB"]);
+        assert!(
+            off.unsupported[0]
+                .reason
+                .contains("do not name what the question asks about"),
+            "{}",
+            off.unsupported[0].reason
+        );
+        // Every passage counting, it is stated.
+        assert_eq!(
+            check_answer(answer, &passages, question).verdict,
+            Verdict::Supported
+        );
+        // A name from the other document is not held to it.
+        let named = check_answer_on_subject(
+            "可以参考 ChatGLM3 的做法。",
+            &passages,
+            &[false, true],
+            question,
+        );
+        assert_eq!(named.verdict, Verdict::Supported, "{:?}", named.unsupported);
     }
 
     // --- echoed instructions ---
@@ -1659,14 +1949,14 @@ mod tests {
     fn an_answer_that_is_the_instruction_is_an_echo() {
         let question = "ChatGLM-6B 有多少参数？";
         let passages = ["ChatGLM-6B 具有 62 亿参数。"];
-        let echo = echoes_instructions(
+        let echo = echoes_prompt(
             "根据上述已知信息，简洁和专业的来回答用户的问题，不允许在答案中添加编造成分。",
             question,
             &passages,
             ARTICLE,
         );
         assert!(echo.is_some());
-        let with_question = echoes_instructions(
+        let with_question = echoes_prompt(
             "根据上述已知信息，简洁和专业的来回答用户的问题。问题是：ChatGLM-6B 有多少参数？",
             question,
             &passages,
@@ -1674,12 +1964,12 @@ mod tests {
         );
         assert!(with_question.is_some());
         assert_eq!(
-            echoes_instructions("ChatGLM-6B 具有 62 亿参数。", question, &passages, ARTICLE),
+            echoes_prompt("ChatGLM-6B 具有 62 亿参数。", question, &passages, ARTICLE),
             None
         );
         // A right answer that mentions one short instruction phrase is not an echo.
         assert_eq!(
-            echoes_instructions(
+            echoes_prompt(
                 "ChatGLM-6B 具有 62 亿参数，INT4 量化下最低只需 6GB 显存即可部署，适合消费级显卡。答案请使用中文",
                 question,
                 &passages,
@@ -1690,18 +1980,52 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_that_restates_the_question_is_an_echo() {
+        let question = "用 TensorRT-LLM 部署 ChatGLM3，文档里用的是 TensorRT-LLM 哪个 release？";
+        let passages = ["本文基于 TensorRT-LLM 的 release v0.5.0 版本。"];
+        for restated in [
+            "TensorRT-LLM 哪个 release？",
+            question,
+            "用TensorRT-LLM部署ChatGLM3，文档里用的是TensorRT-LLM哪个release",
+        ] {
+            let echo = echoes_prompt(restated, question, &passages, ARTICLE);
+            assert!(
+                echo.is_some_and(|e| e.reason.contains("restates the question")),
+                "{restated}"
+            );
+        }
+        for answer in [
+            "release v0.5.0",
+            "TensorRT-LLM 的 v0.5.0。",
+            "部署 ChatGLM3",
+        ] {
+            assert_eq!(
+                echoes_prompt(answer, question, &passages, ARTICLE),
+                None,
+                "{answer}"
+            );
+        }
+        // A choice the question offers is an answer, though the question holds it.
+        assert_eq!(
+            echoes_prompt("vLLM", "部署 ChatGLM3 用 vLLM 还是 Ollama？", &[], ARTICLE),
+            None
+        );
+        assert_eq!(echoes_prompt("？", question, &passages, ARTICLE), None);
+    }
+
+    #[test]
     fn a_passage_holding_the_instruction_lets_the_answer_quote_it() {
         // The knowledge base is the article, which prints its own prompt template.
         let passage = "本项目的 prompt 模板如下：已知信息：{context} 根据上述已知信息，简洁和专业的来回答用户的问题。\
             如果无法从中得到答案，请说 “根据已知信息无法回答该问题”。另外，文本分割时 chunk_size 设为 500。";
         let question = "文本分割的 chunk_size 设为多少？";
         assert_eq!(
-            echoes_instructions("chunk_size 设为 500。", question, &[passage], ARTICLE),
+            echoes_prompt("chunk_size 设为 500。", question, &[passage], ARTICLE),
             None
         );
         // Quoting the template the passage prints, when asked for it, is an answer.
         assert_eq!(
-            echoes_instructions(
+            echoes_prompt(
                 "模板是：根据上述已知信息，简洁和专业的来回答用户的问题。",
                 "项目用的 prompt 模板是什么？",
                 &[passage],
@@ -1711,7 +2035,7 @@ mod tests {
         );
         // The instruction followed by the user's question is an echo even so.
         assert!(
-            echoes_instructions(
+            echoes_prompt(
                 "根据上述已知信息，简洁和专业的来回答用户的问题。问题是：文本分割的 chunk_size 设为多少？",
                 question,
                 &[passage],

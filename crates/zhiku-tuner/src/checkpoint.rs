@@ -68,6 +68,10 @@ pub struct Hyperparameters {
     pub grad_accumulation: u64,
     pub max_grad_norm: Option<f64>,
     pub seed: u64,
+    /// The rows' length with packing (None: unpacked). Absent from checkpoints written
+    /// before packing: they were unpacked.
+    #[serde(default)]
+    pub packing: Option<u64>,
 }
 
 impl Hyperparameters {
@@ -119,6 +123,9 @@ impl Hyperparameters {
             opt(now.max_grad_norm),
         );
         field("seed", self.seed.to_string(), now.seed.to_string());
+        let packing =
+            |p: Option<u64>| p.map_or_else(|| "off".to_owned(), |n| format!("{n} tokens"));
+        field("packing", packing(self.packing), packing(now.packing));
         out
     }
 }

@@ -16,8 +16,11 @@ use crate::dataset::{
 };
 use crate::error::TuneError;
 use crate::peft::{BaseModel, read_adapter, write_adapter};
-use crate::spec::{LoraSpec, TrainedPair};
-use crate::trainer::{CheckpointPlan, StepReport, TrainConfig, Trainer, check_targets};
+use crate::spec::{LoraSpec, TrainExample, TrainedPair};
+use crate::trainer::{
+    CheckpointPlan, Padding, StepReport, TrainConfig, Trainer, check_targets, epoch_padding,
+    layout_rows,
+};
 
 /// The model a job trains an adapter for: the chat model as the generator is configured.
 #[derive(Debug, Clone)]
@@ -71,6 +74,9 @@ pub struct JobParams {
     pub max_grad_norm: f64,
     pub max_seq_len: usize,
     pub too_long: LengthPolicy,
+    /// Pack examples side by side into rows of up to `max_seq_len` tokens (each attends
+    /// only to itself); `batch_size` then counts rows.
+    pub packing: bool,
     /// Share of the records held out for the validation loss (0: none).
     pub validation: f64,
     /// Epochs without a better validation loss before stopping (0: never).
@@ -99,6 +105,7 @@ impl Default for JobParams {
             max_grad_norm: 1.0,
             max_seq_len: 1024,
             too_long: LengthPolicy::Truncate,
+            packing: false,
             validation: 0.1,
             early_stop: 1,
             seed: 42,
@@ -148,9 +155,21 @@ impl JobParams {
         check_targets(&self.lora.targets)
     }
 
-    /// Optimizer steps in one epoch of `examples` examples.
-    pub fn steps_per_epoch(&self, examples: usize) -> usize {
-        examples.div_ceil(self.batch_size.max(1) * self.grad_accumulation.max(1))
+    /// Optimizer steps in one epoch of `rows` rows (examples, or packed rows:
+    /// [`JobParams::rows`]).
+    pub fn steps_per_epoch(&self, rows: usize) -> usize {
+        rows.div_ceil(self.batch_size.max(1) * self.grad_accumulation.max(1))
+    }
+
+    /// The rows the trainer lays `examples` out in: one each, or packed up to
+    /// `max_seq_len` tokens with `packing`.
+    pub fn rows(&self, examples: &[TrainExample]) -> Vec<Vec<usize>> {
+        layout_rows(examples, self.packing_capacity(), self.seed)
+    }
+
+    /// The rows' length with packing.
+    pub fn packing_capacity(&self) -> Option<usize> {
+        self.packing.then_some(self.max_seq_len)
     }
 }
 
@@ -166,6 +185,8 @@ pub enum JobEvent<'a> {
         report: &'a DatasetReport,
         total_steps: usize,
         load_seconds: f64,
+        /// How the first epoch's forwards are filled (rows: packed rows with packing).
+        padding: Padding,
     },
     /// Continuing from a checkpoint, at this optimizer step and (1-based) epoch.
     Resumed {
@@ -240,17 +261,9 @@ pub fn run_job(
             report.read, report.skipped_too_long, params.max_seq_len
         )));
     }
-    let steps_per_epoch = params.steps_per_epoch(train_set.len());
+    let rows = params.rows(&train_set);
+    let steps_per_epoch = params.steps_per_epoch(rows.len());
     let total_steps = steps_per_epoch * params.epochs;
-    go_on(on_event(JobEvent::Data {
-        architecture: &model.info.architecture,
-        train: train_set.len(),
-        validation: validation_set.len(),
-        report: &report,
-        total_steps,
-        load_seconds: started.elapsed().as_secs_f64(),
-    }))?;
-
     let config = TrainConfig {
         lora: params.lora.clone(),
         learning_rate: params.learning_rate,
@@ -259,6 +272,7 @@ pub fn run_job(
         weight_decay: params.weight_decay,
         batch_size: params.batch_size,
         grad_accumulation: params.grad_accumulation,
+        packing: params.packing_capacity(),
         max_grad_norm: (params.max_grad_norm > 0.0).then_some(params.max_grad_norm),
         seed: params.seed,
         threads: params.threads,
@@ -266,6 +280,15 @@ pub fn run_job(
         gradient_checkpointing: params.gradient_checkpointing,
         ..TrainConfig::default()
     };
+    go_on(on_event(JobEvent::Data {
+        architecture: &model.info.architecture,
+        train: train_set.len(),
+        validation: validation_set.len(),
+        report: &report,
+        total_steps,
+        load_seconds: started.elapsed().as_secs_f64(),
+        padding: epoch_padding(&train_set, &config, 0),
+    }))?;
     let mut trainer = Trainer::new(model.decoder, config)?;
     if let Some(dir) = &params.init_adapter {
         let init = read_adapter(dir, &base.device)?;

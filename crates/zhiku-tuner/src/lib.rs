@@ -27,5 +27,6 @@ pub use job::{JobBase, JobEvent, JobOutcome, JobParams, run_job};
 pub use service::serve;
 pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
 pub use trainer::{
-    CheckpointPlan, Gradients, StepReport, TrainConfig, Trainer, check_targets, target_modules,
+    CheckpointPlan, Gradients, Padding, StepReport, TrainConfig, Trainer, check_targets,
+    epoch_padding, layout_rows, target_modules,
 };

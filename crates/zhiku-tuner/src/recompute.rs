@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use zhiku_lm::LmError;
+use zhiku_lm::attention::Segments;
 use zhiku_lm::autograd::with_backward;
 use zhiku_lm::decoder::Decoder;
+use zhiku_lm::lora::TrainLora;
 use zhiku_lm::seeded::SplitMix64;
 
 use crate::error::TuneError;
@@ -42,9 +45,26 @@ impl GradientSink {
     }
 }
 
+/// Block `index` of the training forward on `x` of a (rows, tokens) batch: rows of packed
+/// examples (`segments`) or rows each one sequence from position 0.
+pub(crate) fn train_block(
+    model: &Decoder,
+    index: usize,
+    x: &Tensor,
+    lora: &dyn TrainLora,
+    shape: (usize, usize),
+    segments: Option<&Segments>,
+) -> Result<Tensor, LmError> {
+    match segments {
+        Some(segments) => model.block_train_segments(index, x, lora, segments),
+        None => model.block_train(index, x, lora, shape),
+    }
+}
+
 /// Block `index` on `x`, checkpointed: `frozen` is the adapter detached (with the dropout
 /// of this forward, advancing its generator as the plain forward would), `tracked` the same
 /// pairs as variables, used when the backward pass recomputes the block.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn checkpointed_block(
     model: &Arc<Decoder>,
     index: usize,
@@ -52,6 +72,7 @@ pub(crate) fn checkpointed_block(
     frozen: &LoraView,
     tracked: &LoraView,
     shape: (usize, usize),
+    segments: Option<Arc<Segments>>,
     sink: &GradientSink,
 ) -> Result<Tensor, TuneError> {
     let rng_state = frozen
@@ -59,7 +80,14 @@ pub(crate) fn checkpointed_block(
         .lock()
         .map_err(|_| TuneError::Training("dropout generator poisoned".into()))?
         .0;
-    let y = model.block_train(index, &x.detach(), frozen, shape)?;
+    let y = train_block(
+        model,
+        index,
+        &x.detach(),
+        frozen,
+        shape,
+        segments.as_deref(),
+    )?;
     let model = model.clone();
     let pairs = tracked.pairs.clone();
     let dropout = tracked.dropout;
@@ -71,9 +99,15 @@ pub(crate) fn checkpointed_block(
             dropout,
             rng: Arc::new(Mutex::new(SplitMix64(rng_state))),
         };
-        let y = model
-            .block_train(index, x.as_tensor(), &replay, shape)
-            .map_err(|e| candle_core::Error::Msg(format!("recomputing a block: {e}")))?;
+        let y = train_block(
+            &model,
+            index,
+            x.as_tensor(),
+            &replay,
+            shape,
+            segments.as_deref(),
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("recomputing a block: {e}")))?;
         // d/dθ Σ y·g = gᵀ·dy/dθ: the output's gradient carried through the block.
         let grads = (y * grad.detach())?.sum_all()?.backward()?;
         let mut sink = sink

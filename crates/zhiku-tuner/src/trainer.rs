@@ -9,9 +9,13 @@
 //! checkpointing a block keeps only its input for the backward pass and is recomputed there
 //! ([`crate::recompute`]).
 //!
-//! Batches: a step's examples are sorted by length and cut into micro-batches of
-//! `batch_size`, each right-padded to its longest example. Right padding needs no attention
-//! mask (a token never attends to a later one) and pads never count in the loss.
+//! Batches: the unit of an epoch is a row, one example or (with packing) several examples
+//! side by side ([`pack_rows`]: first-fit decreasing up to `packing` tokens). A step's rows
+//! are sorted by length and cut into micro-batches of `batch_size` rows, each right-padded
+//! to its longest row. Right padding needs no attention mask (a token never attends to a
+//! later one) and pads never count in the loss. A packed row's examples attend each only to
+//! itself, from position 0 ([`Segments`]), so a packed step's loss and gradients are those
+//! of the same examples unpacked.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -21,6 +25,7 @@ use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
+use zhiku_lm::attention::Segments;
 use zhiku_lm::autograd::cross_entropy_sum;
 use zhiku_lm::decoder::{BatchModel, Decoder, Qkv};
 use zhiku_lm::layers::{Linear, Mlp};
@@ -31,9 +36,10 @@ use crate::checkpoint::{
     Checkpoint, Hyperparameters, ModuleState, Progress, find_checkpoint, load_checkpoint,
     save_checkpoint,
 };
+use crate::dataset::pack_rows;
 use crate::error::TuneError;
 use crate::optimizer::{AdamW, AdamWParams};
-use crate::recompute::{GradientSink, checkpointed_block};
+use crate::recompute::{GradientSink, checkpointed_block, train_block};
 use crate::spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
 use crate::view::LoraView;
 
@@ -52,10 +58,13 @@ pub struct TrainConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    /// Examples per micro-batch (one forward and backward).
+    /// Rows per micro-batch (one forward and backward): examples, or packed rows.
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accumulation: usize,
+    /// Pack examples side by side into rows of at most this many tokens (each attends only
+    /// to itself, from position 0); None: one example per row, padded.
+    pub packing: Option<usize>,
     /// Gradients are scaled so that their global L2 norm is at most this (None: unclipped).
     pub max_grad_norm: Option<f64>,
     /// Seeds A's initialisation, dropout and the order of examples.
@@ -90,6 +99,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             batch_size: 1,
             grad_accumulation: 1,
+            packing: None,
             max_grad_norm: Some(1.0),
             seed: 42,
             threads: None,
@@ -160,6 +170,102 @@ pub struct Gradients {
     pub norm: f64,
     /// dLoss/dA and dLoss/dB per module (after clipping), B's rows in checkpoint order.
     pub pairs: Vec<TrainedPair>,
+}
+
+/// A row of a micro-batch: its examples side by side (one unless packed).
+type Row<'e> = Vec<&'e TrainExample>;
+
+fn row_tokens(row: &Row<'_>) -> usize {
+    row.iter().map(|e| e.tokens.len()).sum()
+}
+
+/// The rows an epoch of `examples` is made of, as indices into `examples`: one example
+/// each, or (`packing`) examples packed into rows of at most that many tokens with
+/// [`pack_rows`] (seeded by `seed`). The trainer and the planning of a run share it.
+pub fn layout_rows(
+    examples: &[TrainExample],
+    packing: Option<usize>,
+    seed: u64,
+) -> Vec<Vec<usize>> {
+    match packing {
+        Some(capacity) => {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
+            pack_rows(&lengths, capacity, seed)
+        }
+        None => (0..examples.len()).map(|i| vec![i]).collect(),
+    }
+}
+
+/// Micro-batches of a step: its rows sorted by length (`len`), `batch_size` each.
+fn micro_batches<T>(mut rows: Vec<T>, len: impl Fn(&T) -> usize, batch_size: usize) -> Vec<Vec<T>> {
+    // Stable: rows of equal length keep their order.
+    rows.sort_by_key(|r| len(r));
+    let mut out = Vec::with_capacity(rows.len().div_ceil(batch_size.max(1)));
+    let mut rest = rows.into_iter().peekable();
+    while rest.peek().is_some() {
+        out.push(rest.by_ref().take(batch_size.max(1)).collect());
+    }
+    out
+}
+
+/// How an epoch's forwards are filled: what [`epoch_padding`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    /// Rows (examples, or packed rows).
+    pub rows: usize,
+    /// Forwards (micro-batches).
+    pub forwards: usize,
+    /// The examples' tokens.
+    pub tokens: usize,
+    /// Token slots the forwards run: rows × their micro-batch's longest row, summed.
+    pub slots: usize,
+}
+
+impl Padding {
+    /// The share of the slots that are padding.
+    pub fn share(&self) -> f64 {
+        if self.slots == 0 {
+            0.0
+        } else {
+            (self.slots - self.tokens) as f64 / self.slots as f64
+        }
+    }
+
+    /// "packed into R rows of up to N tokens, P % padding" (or one example a row).
+    pub fn summary(&self, packing: Option<usize>) -> String {
+        let rows = match packing {
+            Some(n) => format!("packed into {} rows of up to {n} tokens", self.rows),
+            None => format!("{} rows, one example each", self.rows),
+        };
+        format!(
+            "{rows}, {:.1} % of the tokens a forward runs are padding",
+            100.0 * self.share()
+        )
+    }
+}
+
+/// The padding of epoch `epoch` of `examples` as the trainer lays it out with `config`
+/// (its packing, seed, batch size and accumulation): the same rows, steps and
+/// micro-batches as [`Trainer::train`].
+pub fn epoch_padding(examples: &[TrainExample], config: &TrainConfig, epoch: usize) -> Padding {
+    let rows = layout_rows(examples, config.packing, config.seed);
+    let length = |row: &Vec<usize>| row.iter().map(|&i| examples[i].tokens.len()).sum::<usize>();
+    let per_step = (config.batch_size * config.grad_accumulation).max(1);
+    let order = epoch_order(config.seed, epoch, rows.len());
+    let mut padding = Padding {
+        rows: rows.len(),
+        forwards: 0,
+        tokens: examples.iter().map(|e| e.tokens.len()).sum(),
+        slots: 0,
+    };
+    for step in order.chunks(per_step) {
+        let step: Vec<&Vec<usize>> = step.iter().map(|&i| &rows[i]).collect();
+        for batch in micro_batches(step, |r| length(r), config.batch_size) {
+            padding.forwards += 1;
+            padding.slots += batch.len() * batch.iter().map(|r| length(r)).max().unwrap_or(0);
+        }
+    }
+    padding
 }
 
 /// One targeted layer's trainable pair.
@@ -333,6 +439,15 @@ impl Trainer {
             None => None,
         };
         let model = model.into_training(config.dtype)?;
+        if let Some(capacity) = config.packing {
+            let context = model.spec.context_length.min(model.rotary.max_positions);
+            if capacity < 2 || capacity > context {
+                return Err(TuneError::Validation(format!(
+                    "packing fills rows of up to {capacity} tokens (--max-seq-len), which \
+                     must be from 2 to the model's context of {context} tokens"
+                )));
+            }
+        }
         let modules = target_modules(&model, &spec.targets)?;
         let mut init_rng = SplitMix64(config.seed);
         let device = model.device.clone();
@@ -497,35 +612,50 @@ impl Trainer {
         Ok(())
     }
 
-    /// The summed cross-entropy of one micro-batch (right-padded) over its counted tokens,
-    /// and how many tokens it counted; tracked for gradients or not (evaluation). With
-    /// gradient checkpointing, the recomputed blocks' gradients of A and B go to `sink`.
+    /// The summed cross-entropy of one micro-batch (rows right-padded) over its counted
+    /// tokens, and how many tokens it counted; tracked for gradients or not (evaluation).
+    /// With gradient checkpointing, the recomputed blocks' gradients of A and B go to
+    /// `sink`.
     fn batch_nll(
         &self,
-        batch: &[&TrainExample],
+        batch: &[Row<'_>],
         dropout: bool,
         gradients: bool,
         sink: Option<&GradientSink>,
     ) -> Result<(Tensor, usize), TuneError> {
-        let len = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
+        let len = batch.iter().map(row_tokens).max().unwrap_or(0);
         let device = &self.model.device;
         let mut ids = Vec::with_capacity(batch.len() * len);
         let mut rows = Vec::new();
         let mut targets = Vec::new();
-        for (b, e) in batch.iter().enumerate() {
-            ids.extend_from_slice(&e.tokens);
-            ids.extend(std::iter::repeat_n(0, len - e.tokens.len()));
-            // The logits of position i predict token i + 1.
-            for i in 1..e.tokens.len() {
-                if e.loss_mask[i] {
-                    rows.push((b * len + i - 1) as u32);
-                    targets.push(e.tokens[i]);
+        for (b, row) in batch.iter().enumerate() {
+            let mut at = b * len;
+            for e in row {
+                ids.extend_from_slice(&e.tokens);
+                // The logits of position i predict token i + 1 (of the same example).
+                for i in 1..e.tokens.len() {
+                    if e.loss_mask[i] {
+                        rows.push((at + i - 1) as u32);
+                        targets.push(e.tokens[i]);
+                    }
                 }
+                at += e.tokens.len();
             }
+            ids.extend(std::iter::repeat_n(0, len - row_tokens(row)));
         }
         if rows.is_empty() {
             return Ok((Tensor::zeros((), self.config.dtype, device)?, 0));
         }
+        // Packed rows attend within each example; rows of one example need no segments.
+        let segments = if batch.iter().any(|row| row.len() > 1) {
+            let lengths: Vec<Vec<usize>> = batch
+                .iter()
+                .map(|row| row.iter().map(|e| e.tokens.len()).collect())
+                .collect();
+            Some(Arc::new(Segments::from_lengths(len, &lengths)?))
+        } else {
+            None
+        };
         let tokens = Tensor::from_vec(ids, (batch.len(), len), device)?;
         let view = self.lora.view(gradients, dropout);
         let shape = (batch.len(), len);
@@ -544,12 +674,13 @@ impl Trainer {
                     &self.lora.view(false, dropout),
                     &view,
                     shape,
+                    segments.clone(),
                     sink,
                 )?;
             }
         } else {
             for index in 0..self.model.blocks.len() {
-                x = self.model.block_train(index, &x, &view, shape)?;
+                x = train_block(&self.model, index, &x, &view, shape, segments.as_deref())?;
             }
         }
         // Only the rows whose logits the loss needs go through the head.
@@ -561,38 +692,47 @@ impl Trainer {
         Ok((cross_entropy_sum(&logits, &targets)?, count))
     }
 
-    /// Micro-batches of a step: sorted by length, `batch_size` each.
-    fn micro_batches<'e>(&self, examples: &'e [TrainExample]) -> Vec<Vec<&'e TrainExample>> {
-        let mut sorted: Vec<&TrainExample> = examples.iter().collect();
-        sorted.sort_by_key(|e| e.tokens.len());
-        sorted
-            .chunks(self.config.batch_size)
-            .map(|c| c.to_vec())
+    /// The rows `examples` are laid out in ([`layout_rows`] with this run's packing and
+    /// seed), as indices into `examples`.
+    pub fn rows(&self, examples: &[TrainExample]) -> Vec<Vec<usize>> {
+        layout_rows(examples, self.config.packing, self.config.seed)
+    }
+
+    fn row_refs<'e>(&self, examples: &'e [TrainExample]) -> Vec<Row<'e>> {
+        self.rows(examples)
+            .into_iter()
+            .map(|row| row.into_iter().map(|i| &examples[i]).collect())
             .collect()
     }
 
-    /// One optimizer step over `examples` (split into micro-batches of `batch_size`, their
-    /// gradients summed): loss = mean cross-entropy over every counted token of the step.
+    fn micro_batches<'e>(&self, rows: Vec<Row<'e>>) -> Vec<Vec<Row<'e>>> {
+        micro_batches(rows, row_tokens, self.config.batch_size)
+    }
+
+    /// One optimizer step over `examples` (laid out in rows, packed with packing, split
+    /// into micro-batches of `batch_size` rows, their gradients summed): loss = mean
+    /// cross-entropy over every counted token of the step.
     pub fn step(&mut self, examples: &[TrainExample]) -> Result<StepReport, TuneError> {
         let total = self.config.total_steps;
-        self.run(|t| t.step_inner(examples, total, 0))
+        let rows = self.row_refs(examples);
+        self.run(|t| t.step_inner(&rows, total, 0))
     }
 
     fn step_inner(
         &mut self,
-        examples: &[TrainExample],
+        rows: &[Row<'_>],
         total_steps: usize,
         epoch: usize,
     ) -> Result<StepReport, TuneError> {
         let started = Instant::now();
-        let (loss, mut grads, loss_tokens) = self.accumulate(examples, true)?;
+        let (loss, mut grads, loss_tokens) = self.accumulate(rows, true)?;
         let grad_norm = self.clip(&mut grads)?;
         let lr = self.config.lr_at(self.steps_done, total_steps);
         self.optimizer.set_learning_rate(lr);
         self.optimizer.step(&grads)?;
         self.steps_done += 1;
         let seconds = started.elapsed().as_secs_f64();
-        let tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
+        let tokens: usize = rows.iter().map(row_tokens).sum();
         Ok(StepReport {
             step: self.steps_done,
             total_steps,
@@ -613,14 +753,15 @@ impl Trainer {
     /// accumulation gives the gradient of the whole step's mean.
     fn accumulate(
         &self,
-        examples: &[TrainExample],
+        rows: &[Row<'_>],
         dropout: bool,
     ) -> Result<(f64, GradStore, usize), TuneError> {
-        for (i, e) in examples.iter().enumerate() {
+        for (i, e) in rows.iter().flatten().enumerate() {
             self.check(i, e)?;
         }
-        let loss_tokens: usize = examples
+        let loss_tokens: usize = rows
             .iter()
+            .flatten()
             .map(|e| e.loss_mask.iter().skip(1).filter(|&&m| m).count())
             .sum();
         if loss_tokens == 0 {
@@ -631,7 +772,7 @@ impl Trainer {
         let mut loss = 0f64;
         let mut acc: Option<GradStore> = None;
         let sink = GradientSink::default();
-        for batch in self.micro_batches(examples) {
+        for batch in self.micro_batches(rows.to_vec()) {
             let trace = crate::memtrace::enabled();
             if trace {
                 crate::memtrace::point("before forward");
@@ -678,8 +819,9 @@ impl Trainer {
     /// them; no dropout, no update), in the checkpoint's row order, with the norm before
     /// clipping: for gradient checks.
     pub fn gradients(&mut self, examples: &[TrainExample]) -> Result<Gradients, TuneError> {
+        let rows = self.row_refs(examples);
         self.run(|t| {
-            let (loss, mut grads, _) = t.accumulate(examples, false)?;
+            let (loss, mut grads, _) = t.accumulate(&rows, false)?;
             let norm = t.clip(&mut grads)?;
             let mut pairs = Vec::with_capacity(t.lora.vars.len());
             for v in &t.lora.vars {
@@ -761,9 +903,10 @@ impl Trainer {
         for (i, e) in examples.iter().enumerate() {
             self.check(i, e)?;
         }
+        let rows = self.row_refs(examples);
         let per_step = self.config.batch_size * self.config.grad_accumulation;
-        let steps_per_epoch = examples.len().div_ceil(per_step);
-        let total = self.planned_steps(examples.len(), epochs);
+        let steps_per_epoch = rows.len().div_ceil(per_step);
+        let total = self.planned_steps(rows.len(), epochs);
         if self.step_in_epoch >= steps_per_epoch {
             return Err(TuneError::Validation(format!(
                 "the data cursor (epoch {}, step {}) is past the {steps_per_epoch} steps of an \
@@ -779,10 +922,10 @@ impl Trainer {
         let mut reports = Vec::new();
         while self.epoch < epochs {
             let epoch = self.epoch;
-            let order = epoch_order(self.config.seed, epoch, examples.len());
+            let order = epoch_order(self.config.seed, epoch, rows.len());
             let steps: Vec<&[usize]> = order.chunks(per_step).collect();
             for (index, chunk) in steps.iter().enumerate().skip(self.step_in_epoch) {
-                let step: Vec<TrainExample> = chunk.iter().map(|&i| examples[i].clone()).collect();
+                let step: Vec<Row<'_>> = chunk.iter().map(|&i| rows[i].clone()).collect();
                 let mut report = self.run(|t| t.step_inner(&step, total, epoch))?;
                 if index + 1 == steps.len() {
                     self.epoch += 1;
@@ -808,12 +951,12 @@ impl Trainer {
         Ok(reports)
     }
 
-    /// The optimizer steps a run of `epochs` over `examples` examples takes: the configured
-    /// total, or as many as the epochs hold.
-    pub fn planned_steps(&self, examples: usize, epochs: usize) -> usize {
+    /// The optimizer steps a run of `epochs` over `rows` rows takes (examples, or packed
+    /// rows: [`Trainer::rows`]): the configured total, or as many as the epochs hold.
+    pub fn planned_steps(&self, rows: usize, epochs: usize) -> usize {
         let per_step = self.config.batch_size * self.config.grad_accumulation;
         match self.config.total_steps {
-            0 => examples.div_ceil(per_step) * epochs,
+            0 => rows.div_ceil(per_step) * epochs,
             n => n,
         }
     }
@@ -833,6 +976,7 @@ impl Trainer {
             grad_accumulation: c.grad_accumulation as u64,
             max_grad_norm: c.max_grad_norm,
             seed: c.seed,
+            packing: c.packing.map(|n| n as u64),
         }
     }
 
@@ -957,7 +1101,7 @@ impl Trainer {
             ))
         })?;
         let checkpoint = load_checkpoint(&path, &self.model.device)?;
-        let total = self.planned_steps(examples.len(), epochs);
+        let total = self.planned_steps(self.rows(examples).len(), epochs);
         self.restore(&checkpoint, &crate::dataset::fingerprint(examples), total)
             .map_err(|e| match e {
                 TuneError::Validation(m) => {
@@ -974,10 +1118,11 @@ impl Trainer {
         for (i, e) in examples.iter().enumerate() {
             self.check(i, e)?;
         }
+        let rows = self.row_refs(examples);
         self.run(|t| {
             let mut sum = 0f64;
             let mut count = 0usize;
-            for batch in t.micro_batches(examples) {
+            for batch in t.micro_batches(rows) {
                 let (nll, n) = t.batch_nll(&batch, false, false, None)?;
                 sum += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 count += n;
@@ -996,6 +1141,17 @@ impl Trainer {
         Ok(self
             .model
             .forward_train(tokens, &self.lora.view(false, false))?)
+    }
+
+    /// [`Trainer::logits`] of rows of packed examples ([`Segments`]).
+    pub fn logits_segments(
+        &self,
+        tokens: &Tensor,
+        segments: &Segments,
+    ) -> Result<Tensor, TuneError> {
+        Ok(self
+            .model
+            .forward_train_segments(tokens, &self.lora.view(false, false), segments)?)
     }
 
     /// The trained pairs, by module, in the checkpoint's row order (B un-permuted where the

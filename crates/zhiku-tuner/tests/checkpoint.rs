@@ -36,6 +36,7 @@ fn hyperparameters() -> Hyperparameters {
         grad_accumulation: 4,
         max_grad_norm: Some(1.0),
         seed: 42,
+        packing: None,
     }
 }
 
@@ -170,6 +171,7 @@ fn resume_refuses_another_spec_or_other_data() {
     let mut longer = h;
     longer.total_steps = 80;
     longer.batch_size = 4;
+    longer.packing = Some(512);
     match resume_from(dir.path(), &spec(), &longer, &"ab".repeat(32), &Device::Cpu) {
         Err(TuneError::Validation(m)) => {
             assert!(
@@ -177,6 +179,7 @@ fn resume_refuses_another_spec_or_other_data() {
                 "{m}"
             );
             assert!(m.contains("batch size 2 then, 4 now"), "{m}");
+            assert!(m.contains("packing off then, 512 tokens now"), "{m}");
             assert!(!m.contains("seed"), "{m}");
         }
         other => panic!("expected a refusal, got {other:?}"),

@@ -8,8 +8,8 @@ use candle_core::quantized::gguf_file;
 use zhiku_lm::template::{ChatTemplate, Message, Role};
 use zhiku_lm::tokenizer::GenTokenizer;
 use zhiku_tuner::dataset::{
-    BatchOptions, Conversation, LengthPolicy, SeededRng, epoch_batches, fingerprint,
-    parse_conversations, read_conversations, render_conversation, render_dataset,
+    Batch, BatchOptions, Conversation, LengthPolicy, SeededRng, epoch_batches, fingerprint,
+    pack_rows, parse_conversations, read_conversations, render_conversation, render_dataset,
     split_train_validation,
 };
 use zhiku_tuner::{TrainExample, TuneError};
@@ -434,14 +434,6 @@ fn batches_are_seeded_grouped_by_length_and_padded() {
         "{padding} vs {ungrouped_padding}"
     );
 
-    let packing = BatchOptions {
-        packing: true,
-        ..options.clone()
-    };
-    match epoch_batches(&examples, &packing, 0) {
-        Err(TuneError::Validation(m)) => assert!(m.contains("packing is not available"), "{m}"),
-        other => panic!("packing must be refused, got {other:?}"),
-    }
     assert!(
         epoch_batches(
             &examples,
@@ -494,4 +486,108 @@ fn the_fingerprint_follows_tokens_and_masks() {
     changed[2].loss_mask[0] = !changed[2].loss_mask[0];
     assert_ne!(same, fingerprint(&changed));
     assert_ne!(same, fingerprint(&examples[..4]));
+}
+
+/// Packing: every example once, in rows of at most `max_seq_len` tokens, each row its
+/// examples' tokens and loss masks side by side with positions restarting at 0; the same
+/// rows every epoch (in a seeded order), fewer rows and far less padding than one example
+/// a row on examples of varied lengths.
+#[test]
+fn packing_fills_rows_up_to_max_seq_len_and_pads_less() {
+    let examples = toy_examples(50); // 3 to 15 tokens
+    let total: usize = examples.iter().map(|e| e.tokens.len()).sum();
+    let padded = BatchOptions {
+        batch_size: 4,
+        pad_id: 7,
+        seed: 42,
+        bucket_batches: 4,
+        max_seq_len: 32,
+        ..BatchOptions::default()
+    };
+    let packed = BatchOptions {
+        packing: true,
+        ..padded.clone()
+    };
+    let batches = epoch_batches(&examples, &packed, 0).unwrap();
+    assert_eq!(batches, epoch_batches(&examples, &packed, 0).unwrap());
+    let rows_of = |batches: &[Batch]| {
+        let mut rows = Vec::new();
+        for batch in batches {
+            assert!(batch.rows <= 4 && batch.seq_len <= 32);
+            let mut next = batch.examples.iter();
+            for r in 0..batch.rows {
+                let (start, end) = (r * batch.seq_len, (r + 1) * batch.seq_len);
+                let real = batch.attention_mask[start..end]
+                    .iter()
+                    .filter(|&&m| m)
+                    .count();
+                let (mut at, mut row) = (start, Vec::new());
+                while at < start + real {
+                    let i = *next.next().expect("the row's examples");
+                    let e = &examples[i];
+                    let cells = at..at + e.tokens.len();
+                    assert_eq!(&batch.tokens[cells.clone()], e.tokens.as_slice());
+                    assert_eq!(&batch.loss_mask[cells.clone()], e.loss_mask.as_slice());
+                    let positions: Vec<u32> = (0..e.tokens.len() as u32).collect();
+                    assert_eq!(&batch.positions[cells], positions.as_slice());
+                    row.push(i);
+                    at += e.tokens.len();
+                }
+                assert_eq!(at, start + real);
+                assert!(batch.tokens[at..end].iter().all(|&t| t == 7));
+                assert!(!batch.loss_mask[at..end].iter().any(|&m| m));
+                rows.push(row);
+            }
+            assert!(next.next().is_none());
+        }
+        rows
+    };
+    let mut rows = rows_of(&batches);
+    let mut seen: Vec<usize> = rows.iter().flatten().copied().collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..50).collect::<Vec<_>>(), "each example once");
+    let mut next_epoch = rows_of(&epoch_batches(&examples, &packed, 1).unwrap());
+    rows.sort();
+    next_epoch.sort();
+    assert_eq!(rows, next_epoch, "the same rows every epoch");
+
+    let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
+    let packed_rows = pack_rows(&lengths, 32, 42);
+    assert_eq!(packed_rows.len(), rows.len());
+    let pads = |batches: &[Batch]| -> (usize, usize) {
+        (
+            batches.iter().map(|b| b.rows).sum(),
+            batches.iter().map(|b| b.pad_tokens()).sum(),
+        )
+    };
+    let (packed_n, packed_pads) = pads(&batches);
+    let (padded_n, padded_pads) = pads(&epoch_batches(&examples, &padded, 0).unwrap());
+    eprintln!(
+        "{total} tokens: padded {padded_n} rows, {padded_pads} pads ({:.1} %); packed \
+         {packed_n} rows, {packed_pads} pads ({:.1} %)",
+        100.0 * padded_pads as f64 / (total + padded_pads) as f64,
+        100.0 * packed_pads as f64 / (total + packed_pads) as f64
+    );
+    assert_eq!(padded_n, 50);
+    // First-fit decreasing: within two rows of the bound of total / 32.
+    assert!(packed_n <= total.div_ceil(32) + 2, "{packed_n} rows");
+    assert!(
+        packed_pads * 2 < padded_pads,
+        "{packed_pads} vs {padded_pads}"
+    );
+}
+
+#[test]
+fn pack_rows_is_first_fit_decreasing_seeded_and_gives_long_examples_a_row() {
+    // Longest first, each into the first row with room.
+    assert_eq!(
+        pack_rows(&[2, 7, 5, 3, 12], 10, 0),
+        vec![vec![4], vec![1, 3], vec![2, 0]]
+    );
+    // Equal lengths: which example goes where follows the seed.
+    let same = [4; 12];
+    assert_ne!(pack_rows(&same, 8, 1), pack_rows(&same, 8, 2));
+    assert_eq!(pack_rows(&same, 8, 1), pack_rows(&same, 8, 1));
+    assert_eq!(pack_rows(&same, 8, 1).len(), 6);
+    assert!(pack_rows(&[], 8, 1).is_empty());
 }

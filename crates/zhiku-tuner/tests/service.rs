@@ -529,3 +529,68 @@ async fn bad_requests_are_refused_with_what_to_fix() {
         "no refused request left a job"
     );
 }
+
+/// A job with `packing`: the examples go into fewer rows than examples (said in the job's
+/// first state message), one optimizer step per row, the adapter written; and a job whose
+/// rows would pass the model's context fails saying so, with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_job_trains_on_fewer_rows_and_rows_past_the_context_fail() {
+    let tuner = TestTuner::start(4).await;
+    let mut client = tuner.client().await;
+    let packed = |max_seq_len: u32, adapter: &str| CreateJobRequest {
+        hyperparameters: Some(TuneHyperparameters {
+            packing: Some(true),
+            max_seq_len: Some(max_seq_len),
+            ..hyperparameters(2)
+        }),
+        ..inline(dataset(8), 2, adapter)
+    };
+    let job = client
+        .create_job(packed(60, "packed"))
+        .await
+        .expect("CreateJob")
+        .into_inner();
+    assert_eq!(
+        job.hyperparameters.as_ref().and_then(|h| h.packing),
+        Some(true),
+        "the job reports the packing it runs with"
+    );
+    let events = watch_until(&mut client, &job.id, |_| false).await;
+    assert_eq!(
+        events.last().map(|e| e.state),
+        Some(TuneJobState::Succeeded as i32),
+        "{events:#?}"
+    );
+    let data = events
+        .iter()
+        .find(|e| e.message.starts_with("training on 6 examples"))
+        .expect("the data message");
+    assert!(data.message.contains("packed into"), "{}", data.message);
+    let steps = events
+        .iter()
+        .filter(|e| e.kind == TuneJobEventKind::Step as i32)
+        .count();
+    // 6 training examples, fewer rows, one row a step (batch 1, no accumulation), 2 epochs.
+    assert!(steps < 2 * 6 && steps % 2 == 0, "{steps} steps");
+    assert!(
+        tuner
+            .adapters()
+            .join("packed/adapter_model.safetensors")
+            .is_file()
+    );
+
+    let job = client
+        .create_job(packed(4096, "too-long"))
+        .await
+        .expect("CreateJob")
+        .into_inner();
+    let events = watch_until(&mut client, &job.id, |_| false).await;
+    let last = events.last().expect("events");
+    assert_eq!(last.state, TuneJobState::Failed as i32, "{events:#?}");
+    assert!(
+        last.message.contains("packing") && last.message.contains("context"),
+        "{}",
+        last.message
+    );
+    assert!(!tuner.adapters().join("too-long").exists());
+}

@@ -8,81 +8,20 @@ mod common;
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_diff, values_f64 as values};
-use zhiku_lm::ComputePath;
-use zhiku_lm::decoder::Decoder;
+use common::{config, example, max_diff, model, perturbed, values_f64 as values};
 use zhiku_lm::lora::LoraAdapter;
 use zhiku_lm::tiny::{self, TinyFamily};
 use zhiku_tuner::checkpoint::{latest_checkpoint, load_checkpoint};
 use zhiku_tuner::dataset::fingerprint;
 use zhiku_tuner::{
-    CheckpointPlan, LoraInit, LoraSpec, StepReport, TrainConfig, TrainExample, TrainedPair, Trainer,
+    CheckpointPlan, LoraInit, StepReport, TrainConfig, TrainExample, TrainedPair, Trainer,
 };
-
-const ALL_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
-
-fn model(family: TinyFamily, seed: u64) -> Decoder {
-    let dir = tempfile::tempdir().unwrap();
-    let path = tiny::write(family, dir.path(), seed).unwrap();
-    // Loaded as it serves (kernels where the file allows), then readied by the trainer.
-    tiny::load(family, &path, ComputePath::Kernels).unwrap()
-}
-
-fn config(dtype: DType) -> TrainConfig {
-    TrainConfig {
-        lora: LoraSpec {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            targets: ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
-            init: LoraInit::Gaussian,
-        },
-        learning_rate: 1e-2,
-        max_grad_norm: None,
-        dtype,
-        ..TrainConfig::default()
-    }
-}
-
-/// A prompt whose answer (the last tokens) counts in the loss.
-fn example(tokens: &[u32], answer: usize) -> TrainExample {
-    let n = tokens.len();
-    TrainExample {
-        tokens: tokens.to_vec(),
-        loss_mask: (0..n).map(|i| i >= n - answer).collect(),
-    }
-}
 
 fn examples() -> Vec<TrainExample> {
     vec![
         example(&[3, 17, 5, 40, 22, 9, 31, 2], 4),
         example(&[8, 1, 44, 13, 27, 6], 3),
     ]
-}
-
-/// Seeded pairs with B ≠ 0 (at B = 0 the gradient of A is 0 and proves nothing).
-fn perturbed(pairs: &[TrainedPair], seed: u32) -> Vec<TrainedPair> {
-    let mut s = seed;
-    let mut noise = |t: &Tensor| {
-        let v: Vec<f64> = (0..t.elem_count())
-            .map(|_| {
-                s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                ((s >> 8) as f64 / (1u32 << 24) as f64 - 0.5) * 0.2
-            })
-            .collect();
-        Tensor::from_vec(v, t.shape(), &Device::Cpu)
-            .unwrap()
-            .to_dtype(t.dtype())
-            .unwrap()
-    };
-    pairs
-        .iter()
-        .map(|p| TrainedPair {
-            module: p.module.clone(),
-            a: (&p.a + noise(&p.a)).unwrap(),
-            b: noise(&p.b),
-        })
-        .collect()
 }
 
 /// `pairs` with one element of module `m`'s A (or B) moved by `h`.

@@ -361,6 +361,8 @@ fn report_json(r: &EvalReport) -> Value {
         "reranked_cases": r.reranked_cases,
         "mean_support": r.mean_support,
         "unsupported": r.unsupported,
+        "unverified": r.unverified,
+        "withdrawn": r.withdrawn,
     })
 }
 
@@ -383,6 +385,10 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "coverage": c.coverage,
         "anchors": c.anchors,
         "search_question": c.search_question,
+        "verification": c.verification.as_ref().map(|v| json!({
+            "withdrawn": v.withdrawn, "echoed": v.echoed,
+            "unsupported_facts": v.unsupported_facts, "reason": v.reason,
+        })),
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,
         "generated_tokens": c.generated_tokens,
@@ -481,6 +487,10 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
         out += &format!(
             "support       mean {:.2} over answered questions; {} under 0.5 (likely not grounded)\n",
             r.mean_support, r.unsupported
+        );
+        out += &format!(
+            "verification  {} answered with a key fact no passage states; {} withdrawn\n",
+            r.unverified, r.withdrawn
         );
     }
     out += "latency (ms)       p50       p95\n";

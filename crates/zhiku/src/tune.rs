@@ -124,6 +124,12 @@ pub struct TuneArgs {
     /// less memory for about a third more compute; the same gradients.
     #[arg(long, env = "ZHIKU_TUNE_GRADIENT_CHECKPOINTING")]
     pub gradient_checkpointing: bool,
+    /// Pack examples side by side into rows of up to --max-seq-len tokens (first-fit
+    /// decreasing, seeded) instead of padding each: each example attends only to itself,
+    /// from position 0, so the loss and gradients are those of the examples unpacked;
+    /// --batch-size then counts rows.
+    #[arg(long, env = "ZHIKU_TUNE_PACKING")]
+    pub packing: bool,
     /// The evaluation gate and the binding to a knowledge base (tune_gate.rs).
     #[command(flatten)]
     pub gate: crate::tune_gate::GateArgs,
@@ -197,6 +203,7 @@ fn params(args: &TuneArgs) -> JobParams {
         seed: args.seed,
         threads: args.threads,
         gradient_checkpointing: args.gradient_checkpointing,
+        packing: args.packing,
         init_adapter: args.init_adapter.clone(),
         resume: args.resume.clone(),
         checkpoints,
@@ -234,21 +241,24 @@ fn train(stack: &StackArgs, args: &TuneArgs) -> Result<(), TuneError> {
                 report,
                 total_steps,
                 load_seconds,
+                padding,
             } => {
                 emit(
                     args,
                     serde_json::json!({"event": "data", "model": models.chat, "train": train,
                         "validation": validation, "report": report,
-                        "load_seconds": load_seconds}),
+                        "load_seconds": load_seconds, "packing": args.packing,
+                        "rows": padding.rows, "padding_share": padding.share()}),
                     || {
                         format!(
                             "model {} ({architecture}); {train} training and {validation} \
                              validation examples; {} truncated, {} skipped as longer than {} \
-                             tokens",
+                             tokens; {}",
                             models.chat,
                             report.truncated,
                             report.skipped_too_long,
-                            args.max_seq_len
+                            args.max_seq_len,
+                            padding.summary(args.packing.then_some(args.max_seq_len))
                         )
                     },
                 );

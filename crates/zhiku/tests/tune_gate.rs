@@ -57,6 +57,10 @@ fn stack_flags(models: &Path, data: &Path) -> Vec<String> {
         "-1",
         "--min-coverage",
         "0",
+        // The gate's adapter learns a fact the documents do not hold: verification would
+        // withdraw its answer.
+        "--verify",
+        "mark",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -6,55 +6,33 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use zhiku_tuner::peft::read_adapter;
 
 /// `zhiku tune` on `data` into `out` with the run's flags and `extra`.
 fn tune(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zhiku"))
-        .arg("--chat-model")
-        .arg(model)
-        .args(["tune", "--data"])
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--epochs",
-            "4",
-            "--grad-accumulation",
-            "1",
-            "--learning-rate",
-            "1e-3",
-            "--warmup-steps",
-            "2",
-            "--dropout",
-            "0.1",
-            "--validation",
-            "0",
-            "--max-seq-len",
-            "96",
-            "--threads",
-            "1",
-            "--json",
-        ])
-        .args(extra)
-        .output()
-        .expect("zhiku runs")
-}
-
-fn succeeded(run: &Output) -> Vec<serde_json::Value> {
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "zhiku tune failed: {}\n{stdout}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every --json line is JSON"))
-        .collect()
+    let flags = [
+        "--epochs",
+        "4",
+        "--grad-accumulation",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--dropout",
+        "0.1",
+        "--validation",
+        "0",
+        "--max-seq-len",
+        "96",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    common::zhiku_tune(model, data, out, &[&flags[..], extra].concat())
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -86,7 +64,7 @@ fn a_resumed_run_ends_with_the_adapter_of_the_run_that_never_stopped() {
 
     // The whole run, with checkpoints after steps 3 and 6 (of 8).
     let straight = work.path().join("straight");
-    let events = succeeded(&tune(
+    let events = common::json_events(&tune(
         &model,
         &data,
         &straight,
@@ -109,7 +87,7 @@ fn a_resumed_run_ends_with_the_adapter_of_the_run_that_never_stopped() {
     // Resumed from step 3 (mid-epoch 2), recomputing activations in the backward pass.
     let resumed = work.path().join("resumed");
     let resume = step_3.to_string_lossy().into_owned();
-    let events = succeeded(&tune(
+    let events = common::json_events(&tune(
         &model,
         &data,
         &resumed,

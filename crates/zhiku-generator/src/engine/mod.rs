@@ -1,18 +1,16 @@
 //! The generation engine: one worker thread owns the model and the KV cache.
 //!
-//! - Batched models ([`zhiku_lm::decoder::BatchModel`]) run under the [`scheduler`]:
-//!   continuous batching over a paged KV cache with prefix reuse, long prompts prefilled in
-//!   chunks between decode steps, a LoRA adapter per sequence.
-//! - Single-sequence models (ChatGLM-6B with its 2-D positions and bidirectional prompt)
-//!   run one request at a time ([`legacy`]).
+//! Every model ([`zhiku_lm::decoder::BatchModel`]) runs under the [`scheduler`]: continuous
+//! batching over a paged KV cache with prefix reuse, long prompts prefilled in chunks
+//! between decode steps, a LoRA adapter per sequence. ChatGLM-6B's prompt, read
+//! bidirectionally, is prefilled in one step and kept out of the prefix cache.
 //!
-//! Either way requests wait in a bounded FIFO queue (full: RESOURCE_EXHAUSTED at once), and
+//! Requests wait in a bounded FIFO queue (full: RESOURCE_EXHAUSTED at once), and
 //! a request whose client went away or whose deadline passed is dropped at the next step,
 //! its KV blocks freed for the next one.
 
 pub mod block_manager;
 mod executor;
-mod legacy;
 pub mod plan;
 pub mod scheduler;
 mod sequence;
@@ -241,45 +239,27 @@ impl GenerationEngine {
                 (s.name.clone(), entry)
             })
             .collect();
-        let (prompt_prefix, loader): (Vec<u32>, _) = match &model {
-            ModelKind::Batched(m) => {
-                let m = m.clone();
-                let prefix = m.prompt_prefix().to_vec();
-                let loader: AdapterLoader =
-                    Box::new(move |a| Ok(zhiku_lm::decoder::prepare_adapter(a, m.as_ref())?));
-                (prefix, Some(loader))
-            }
-            ModelKind::Single(_) => (Vec::new(), None),
-        };
+        let ModelKind::Batched(model) = model;
+        let prompt_prefix = model.prompt_prefix().to_vec();
+        let m = model.clone();
+        let loader: AdapterLoader =
+            Box::new(move |a| Ok(zhiku_lm::decoder::prepare_adapter(a, m.as_ref())?));
         let shared = Arc::new(EngineShared {
             tokenizer,
             template,
             info,
             stats: EngineStats::default(),
             adapters: RwLock::new(registry),
-            adapter_loader: loader,
+            adapter_loader: Some(loader),
             prompt_prefix,
             cache: Mutex::new(CacheReport::default()),
         });
         let worker_shared = shared.clone();
-        match model {
-            ModelKind::Batched(m) => {
-                let scheduler = scheduler::Scheduler::new(m, worker_shared, config)?;
-                std::thread::Builder::new()
-                    .name("zhiku-generate".into())
-                    .spawn(move || scheduler.run(rx))
-                    .map_err(|e| GeneratorError::Load(format!("cannot start the engine: {e}")))?;
-            }
-            ModelKind::Single(m) => {
-                if let Ok(mut c) = shared.cache.lock() {
-                    c.max_batch = 1;
-                }
-                std::thread::Builder::new()
-                    .name("zhiku-generate".into())
-                    .spawn(move || legacy::worker(m, worker_shared, rx))
-                    .map_err(|e| GeneratorError::Load(format!("cannot start the engine: {e}")))?;
-            }
-        }
+        let scheduler = scheduler::Scheduler::new(model, worker_shared, config)?;
+        std::thread::Builder::new()
+            .name("zhiku-generate".into())
+            .spawn(move || scheduler.run(rx))
+            .map_err(|e| GeneratorError::Load(format!("cannot start the engine: {e}")))?;
         Ok((Self { queue, max_queued }, shared))
     }
 

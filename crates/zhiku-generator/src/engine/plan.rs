@@ -18,6 +18,13 @@ pub struct Planned {
 /// so a long prompt never stalls the streams already running. Sequences with nothing
 /// pending take no part.
 pub fn plan_step(pending: &[usize], prefill_chunk: usize) -> Vec<Planned> {
+    plan_step_whole(pending, &vec![false; pending.len()], prefill_chunk)
+}
+
+/// [`plan_step`] where a prompt with `whole[i]` (read bidirectionally, ChatGLM-6B's) is fed
+/// in one step: when it is first in line, even past `prefill_chunk`; otherwise it and the
+/// prompts after it wait for a step of their own.
+pub fn plan_step_whole(pending: &[usize], whole: &[bool], prefill_chunk: usize) -> Vec<Planned> {
     let mut plan: Vec<Planned> = pending
         .iter()
         .enumerate()
@@ -28,10 +35,17 @@ pub fn plan_step(pending: &[usize], prefill_chunk: usize) -> Vec<Planned> {
             logits: true,
         })
         .collect();
-    let mut budget = prefill_chunk.max(1);
+    let full = prefill_chunk.max(1);
+    let mut budget = full;
     for (index, &p) in pending.iter().enumerate() {
         if p <= 1 || budget == 0 {
             continue;
+        }
+        if whole.get(index).copied().unwrap_or(false) && p > budget {
+            if budget < full {
+                break;
+            }
+            budget = p;
         }
         let tokens = p.min(budget);
         budget -= tokens;
@@ -94,5 +108,24 @@ mod tests {
     fn sequences_with_nothing_pending_take_no_part() {
         assert_eq!(plan_step(&[0, 1, 0], 8), vec![p(1, 1, true)]);
         assert!(plan_step(&[], 8).is_empty());
+    }
+
+    #[test]
+    fn a_whole_prompt_is_fed_in_one_step_when_first_in_line() {
+        // Alone in line: all 40 tokens at once, past the chunk of 16.
+        assert_eq!(
+            plan_step_whole(&[1, 40, 20], &[false, true, false], 16),
+            vec![p(0, 1, true), p(1, 40, true)]
+        );
+        // Behind a prompt that took part of the chunk: it and those after it wait.
+        assert_eq!(
+            plan_step_whole(&[10, 40, 3], &[false, true, false], 16),
+            vec![p(0, 10, true)]
+        );
+        // Small enough for what is left: fed with the others.
+        assert_eq!(
+            plan_step_whole(&[10, 5, 3], &[false, true, false], 16),
+            vec![p(0, 10, true), p(1, 5, true), p(2, 1, false)]
+        );
     }
 }

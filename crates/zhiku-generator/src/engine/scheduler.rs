@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 
 use super::block_manager::BlockManager;
 use super::executor::execute;
-use super::plan::plan_step;
+use super::plan::plan_step_whole;
 use super::sequence::{Next, Row, Sequence};
 use super::{EngineShared, Job, report};
 use crate::error::GeneratorError;
-use crate::sampling::{DeviceRow, penalise_on_device};
+use crate::sampling::{DeviceRow, DeviceSampler, Pick, pick_on_device};
+use zhiku_lm::ComputePath;
 use zhiku_lm::decoder::{Batch, BatchModel};
 use zhiku_lm::kv::{BLOCK_SIZE, KvCache, KvDtype};
 use zhiku_lm::lora::LoraAdapter;
@@ -67,6 +68,17 @@ struct Running {
     blocks: Vec<u32>,
     adapter: Option<Arc<LoraAdapter>>,
     adapter_key: String,
+    /// Its first tokens that see each other (ChatGLM-6B's prompt through `[gMASK]`), else 0:
+    /// then its prompt is prefilled in one step and never shared through the prefix cache.
+    bidirectional: usize,
+}
+
+impl Running {
+    /// Whether its blocks may serve other prompts: a bidirectional prompt's K/V depend on
+    /// all of it, so none of its prefixes is a prefix of another prompt's.
+    fn shares_prefix(&self, prefix_cache: bool) -> bool {
+        prefix_cache && self.bidirectional == 0
+    }
 }
 
 pub struct Scheduler {
@@ -77,6 +89,8 @@ pub struct Scheduler {
     blocks: BlockManager,
     waiting: VecDeque<Job>,
     running: Vec<Running>,
+    /// On the tensor path, the device's sampling constants, made at the first sampled step.
+    sampler: Option<DeviceSampler>,
 }
 
 impl Scheduler {
@@ -110,6 +124,7 @@ impl Scheduler {
             blocks,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            sampler: None,
         })
     }
 
@@ -154,7 +169,7 @@ impl Scheduler {
 
     fn retire(&mut self, i: usize, outcome: Result<super::Completion, GeneratorError>) {
         let r = self.running.remove(i);
-        if self.config.prefix_cache && outcome.is_ok() {
+        if r.shares_prefix(self.config.prefix_cache) && outcome.is_ok() {
             self.blocks
                 .register_prefix(&r.blocks, &r.tokens[..r.computed], &r.adapter_key);
         }
@@ -204,6 +219,13 @@ impl Scheduler {
             } else {
                 tokens = job.prompt.clone();
             }
+            tokens.extend_from_slice(self.model.prompt_suffix());
+            let bidirectional = if self.model.bidirectional_prompt() {
+                tokens.len().saturating_sub(1)
+            } else {
+                0
+            };
+            let share = self.config.prefix_cache && bidirectional == 0;
             let context = self.shared.info.context_length;
             if tokens.len() >= context {
                 let added = tokens.len() - job.prompt.len().min(tokens.len());
@@ -230,9 +252,7 @@ impl Scheduler {
                 )));
                 continue;
             }
-            let Some((blocks, cached)) =
-                self.blocks
-                    .allocate(&tokens, total, &adapter_key, self.config.prefix_cache)
+            let Some((blocks, cached)) = self.blocks.allocate(&tokens, total, &adapter_key, share)
             else {
                 return; // waits for running sequences to free blocks
             };
@@ -242,7 +262,7 @@ impl Scheduler {
             job.sampling.max_new_tokens = max_new;
             let mut seq = Sequence::new(job);
             seq.cached_prompt_tokens = cached;
-            if self.config.prefix_cache {
+            if share {
                 let result = if cached > 0 { "hit" } else { "miss" };
                 zhiku_runtime::metrics::metrics()
                     .prefix_cache
@@ -256,6 +276,7 @@ impl Scheduler {
                 blocks,
                 adapter,
                 adapter_key,
+                bidirectional,
             });
         }
     }
@@ -274,7 +295,8 @@ impl Scheduler {
             .iter()
             .map(|r| r.tokens.len() - r.computed)
             .collect();
-        let plan = plan_step(&pending, self.config.prefill_chunk);
+        let whole: Vec<bool> = self.running.iter().map(|r| r.bidirectional > 0).collect();
+        let plan = plan_step_whole(&pending, &whole, self.config.prefill_chunk);
         let mut batch = Batch::default();
         for entry in &plan {
             let r = &self.running[entry.index];
@@ -285,6 +307,7 @@ impl Scheduler {
                 r.adapter.clone(),
                 entry.logits,
             );
+            batch.bidirectional(r.bidirectional);
         }
         let members: Vec<(usize, bool)> = plan.iter().map(|e| (e.index, e.logits)).collect();
         let stats = &self.shared.stats;
@@ -308,16 +331,46 @@ impl Scheduler {
                 return;
             }
         };
-        // The rows' repetition penalties and greedy picks, on the device: a few integers
-        // up, the picks back, instead of every row's vocabulary both ways.
-        let (device, greedy) = {
+        // The rows' repetition penalties and picks, on the device: a few numbers up, the
+        // picks back, instead of every row's vocabulary both ways. On the kernel path the
+        // logits are host memory, and sampled rows are drawn there (the same draw).
+        for &(i, wants) in &members {
+            if wants {
+                self.running[i].seq.draw();
+            }
+        }
+        let (device, picked) = {
             let rows: Vec<DeviceRow<'_>> = members
                 .iter()
                 .filter(|(_, wants)| *wants)
                 .map(|&(i, _)| self.running[i].seq.device_row())
                 .collect();
-            let greedy: Vec<bool> = rows.iter().map(|r| r.argmax).collect();
-            (penalise_on_device(&logits, &rows), greedy)
+            let samples = rows.iter().any(|r| matches!(r.pick, Pick::Sample { .. }));
+            if samples
+                && self.sampler.is_none()
+                && self.model.compute_path() == ComputePath::Tensors
+            {
+                match logits
+                    .dim(1)
+                    .and_then(|vocab| DeviceSampler::new(vocab, logits.device()))
+                {
+                    Ok(s) => self.sampler = Some(s),
+                    Err(e) => tracing::error!(error = %e, "no sampling on the device"),
+                }
+            }
+            let on_device = self.sampler.is_some();
+            let picked: Vec<bool> = rows
+                .iter()
+                .map(|r| match r.pick {
+                    Pick::Argmax => true,
+                    Pick::Sample { .. } => on_device,
+                    Pick::None => false,
+                })
+                .collect();
+            (
+                pick_on_device(&logits, &rows, self.sampler.as_ref()),
+                picked,
+            )
         };
         // Advance every member; sample those that got logits.
         let mut finished: Vec<(usize, Result<super::Completion, GeneratorError>)> = Vec::new();
@@ -326,7 +379,7 @@ impl Scheduler {
             let took = batch.seqs[k].len;
             let r = &mut self.running[i];
             r.computed += took;
-            if took > 1 && self.config.prefix_cache {
+            if took > 1 && r.shares_prefix(self.config.prefix_cache) {
                 // A prompt chunk: its full blocks can serve other prompts from now on.
                 self.blocks
                     .register_prefix(&r.blocks, &r.tokens[..r.computed], &r.adapter_key);
@@ -336,7 +389,7 @@ impl Scheduler {
             }
             let tokenizer = &self.shared.tokenizer;
             let next = match &device {
-                Ok((_, Some(picks))) if greedy[row] => {
+                Ok((_, Some(picks))) if picked[row] => {
                     r.seq.on_row(Row::Picked(picks[row]), tokenizer, stats)
                 }
                 Ok((penalised, _)) => penalised

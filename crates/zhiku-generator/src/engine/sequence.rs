@@ -1,26 +1,25 @@
-//! One request's generation state, apart from the model: its sampler (own seed, so the
-//! output does not depend on what else shares a batch), incremental decoding, stop strings,
-//! cancellation and deadline.
+//! One request's generation state, apart from the model: its sampling (own seeded
+//! generator, so the output does not depend on what else shares a batch), incremental
+//! decoding, stop strings, cancellation and deadline.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use candle_transformers::generation::LogitsProcessor;
+use zhiku_lm::seeded::SplitMix64;
 
 use super::{Completion, EngineStats, Event, Finish, Job};
 use crate::decode_stream::{DecodeStream, StopMatcher, StopOutcome};
 use crate::error::GeneratorError;
-use crate::sampling::DeviceRow;
+use crate::sampling::{self, DeviceRow, Filter, Pick};
 use zhiku_lm::tokenizer::GenTokenizer;
 
 /// A sequence's row of a step's logits, as far as the device took it.
 pub enum Row<'a> {
-    /// As the model gave them [vocab]: the penalty and the pick happen on the host.
-    Raw(&'a Tensor),
-    /// With the repetition penalty applied ([`crate::sampling::penalise_on_device`]).
+    /// With the repetition penalty applied ([`crate::sampling::pick_on_device`]); the pick
+    /// happens on the host.
     Penalised(&'a Tensor),
-    /// The greedy pick, made on the device.
+    /// The pick (greedy or drawn), made on the device.
     Picked(u32),
 }
 
@@ -34,7 +33,12 @@ pub enum Next {
 
 pub struct Sequence {
     pub job: Job,
-    processor: LogitsProcessor,
+    /// Set when sampling (temperature > 0).
+    filter: Option<Filter>,
+    /// One uniform number per sampled token comes from here.
+    rng: SplitMix64,
+    /// The number drawn for the pick under way ([`Sequence::device_row`]).
+    u: Option<f32>,
     pub generated: Vec<u32>,
     decoder: DecodeStream,
     stops: StopMatcher,
@@ -45,11 +49,12 @@ pub struct Sequence {
 
 impl Sequence {
     pub fn new(job: Job) -> Self {
-        let processor = job.sampling.logits_processor();
         let stops = StopMatcher::new(job.sampling.stop.clone());
         Self {
+            filter: job.sampling.filter(),
+            rng: SplitMix64(job.sampling.seed),
+            u: None,
             job,
-            processor,
             generated: Vec::new(),
             decoder: DecodeStream::new(),
             stops,
@@ -85,27 +90,66 @@ impl Sequence {
             .map_err(|_| GeneratorError::Cancelled)
     }
 
-    /// Picks the next token from `logits` [vocab] (penalty and pick on the host) and
-    /// streams its text.
-    pub fn on_logits(
+    /// Picks the next token from `logits` [vocab] as the scheduler does (penalty and
+    /// greedy pick through [`sampling::pick_on_device`], a draw on the host) and streams
+    /// its text.
+    #[cfg(test)]
+    fn on_logits(
         &mut self,
         logits: &Tensor,
         tokenizer: &GenTokenizer,
         stats: &EngineStats,
     ) -> Result<Next, GeneratorError> {
-        self.on_row(Row::Raw(logits), tokenizer, stats)
+        self.draw();
+        let row = self.device_row();
+        let (penalised, picks) = sampling::pick_on_device(&logits.unsqueeze(0)?, &[row], None)?;
+        match (row.pick, picks) {
+            (Pick::Argmax, Some(p)) => self.on_row(Row::Picked(p[0]), tokenizer, stats),
+            _ => self.on_row(Row::Penalised(&penalised.get(0)?), tokenizer, stats),
+        }
+    }
+
+    /// Draws the uniform number of this step's pick, if it samples: call once per step
+    /// before [`Sequence::device_row`], whichever side then picks the token.
+    pub fn draw(&mut self) {
+        if self.filter.is_some() {
+            self.u = Some(sampling::uniform(&mut self.rng));
+        }
     }
 
     /// What the device does to this sequence's logits row before [`Sequence::on_row`]: its
-    /// repetition penalty over its recent tokens, and whether its pick is the argmax.
+    /// repetition penalty over its recent tokens, and how its token is picked.
     pub fn device_row(&self) -> DeviceRow<'_> {
         let sampling = &self.job.sampling;
         let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
+        let pick = match (&self.filter, self.u) {
+            _ if !sampling.score_candidates.is_empty() => Pick::None,
+            (Some(filter), Some(u)) => Pick::Sample { filter: *filter, u },
+            (Some(_), None) => Pick::None,
+            (None, _) => Pick::Argmax,
+        };
         DeviceRow {
             penalty: sampling.repetition_penalty,
             recent: &self.generated[start..],
-            argmax: sampling.temperature <= 0.0 && sampling.score_candidates.is_empty(),
+            pick,
         }
+    }
+
+    /// The host's pick from a penalised row: its argmax, or a draw with this step's number.
+    fn pick_on_host(&mut self, logits: &Tensor) -> Result<u32, GeneratorError> {
+        // Only the kernel path's rows come here (host memory): on the tensor path the device
+        // picks.
+        let row = zhiku_lm::transfer::read_back::<f32>(&logits.to_dtype(candle_core::DType::F32)?)?;
+        Ok(match &self.filter {
+            Some(filter) => {
+                let u = match self.u.take() {
+                    Some(u) => u,
+                    None => sampling::uniform(&mut self.rng),
+                };
+                sampling::sample_host(&row, filter, u)
+            }
+            None => sampling::argmax(&row),
+        })
     }
 
     /// Takes the next token from the step's logits row, however far the device took it,
@@ -124,25 +168,18 @@ impl Sequence {
         if !sampling.score_candidates.is_empty() {
             // A scoring sequence has generated nothing, so no penalty touched its row.
             return match row {
-                Row::Raw(l) | Row::Penalised(l) => self.score(l).map(Next::Done),
+                Row::Penalised(l) => self.score(l).map(Next::Done),
                 Row::Picked(_) => Err(GeneratorError::Inference(
                     "a scoring sequence needs its logits, not a picked token".into(),
                 )),
             };
         }
         let next = match row {
-            Row::Picked(token) => token,
-            Row::Penalised(l) => self.processor.sample(l)?,
-            Row::Raw(l) if sampling.repetition_penalty != 1.0 && !self.generated.is_empty() => {
-                let start = self.generated.len().saturating_sub(sampling.repeat_last_n);
-                let penalised = candle_transformers::utils::apply_repeat_penalty(
-                    l,
-                    sampling.repetition_penalty,
-                    &self.generated[start..],
-                )?;
-                self.processor.sample(&penalised)?
+            Row::Picked(token) => {
+                self.u = None;
+                token
             }
-            Row::Raw(l) => self.processor.sample(l)?,
+            Row::Penalised(l) => self.pick_on_host(l)?,
         };
         if tokenizer.eos_ids.contains(&next) {
             return self.finish(Finish::Eos, tokenizer).map(Next::Done);

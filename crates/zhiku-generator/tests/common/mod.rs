@@ -202,18 +202,36 @@ pub fn try_generate_ids(
     prompt: Vec<u32>,
     max_new_tokens: usize,
 ) -> Result<Completion, zhiku_generator::GeneratorError> {
-    let (events, mut rx) = mpsc::unbounded_channel();
+    let sampling = SamplingConfig {
+        max_new_tokens,
+        repetition_penalty: 1.0,
+        ..Default::default()
+    };
+    try_generate(state, prompt, sampling, None)
+}
+
+/// Generation from prompt ids with `sampling` and `adapter` through the engine.
+pub fn try_generate(
+    state: &GeneratorState,
+    prompt: Vec<u32>,
+    sampling: SamplingConfig,
+    adapter: Option<&str>,
+) -> Result<Completion, zhiku_generator::GeneratorError> {
+    let (events, rx) = mpsc::unbounded_channel();
     state.engine.submit(Job {
         prompt,
-        sampling: SamplingConfig {
-            max_new_tokens,
-            repetition_penalty: 1.0,
-            ..Default::default()
-        },
-        adapter: None,
+        sampling,
+        adapter: adapter.map(str::to_owned),
         deadline: None,
         events,
     })?;
+    wait(rx)
+}
+
+/// The completion a submitted job's events end with.
+pub fn wait(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<Completion, zhiku_generator::GeneratorError> {
     loop {
         match rx.blocking_recv() {
             Some(Event::Chunk { .. }) => continue,
@@ -222,6 +240,11 @@ pub fn try_generate_ids(
             None => panic!("the engine dropped the request"),
         }
     }
+}
+
+/// [`wait`]'s text, which must come.
+pub fn completion(rx: mpsc::UnboundedReceiver<Event>) -> String {
+    wait(rx).expect("generation succeeds").text
 }
 
 /// [`try_generate_ids`] that must succeed.

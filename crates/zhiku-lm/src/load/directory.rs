@@ -9,14 +9,13 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use crate::ComputePath;
-use crate::chatglm6b::{ChatGlm6b, ChatGlm6bConfig};
+use crate::chatglm6b::ChatGlm6bConfig;
 use crate::error::LmError;
-use crate::families::{SafetensorsWeights, chatglm_decoder, glm4_0414_decoder};
+use crate::families::{SafetensorsWeights, chatglm_decoder, chatglm6b_decoder, glm4_0414_decoder};
 use crate::glm::{GlmFamily, GlmHead, detect_family};
 use crate::lora::AdapterSummary;
 use crate::lora::LoraAdapter;
@@ -310,15 +309,8 @@ impl ModelFiles<'_> {
         }
     }
 
-    /// The weights, memory-mapped.
-    fn mmap(&self) -> Result<VarBuilder<'static>, LmError> {
-        let files = weight_files(self.dir)?;
-        // SAFETY: the files are memory-mapped read-only; zhiku never writes model files while
-        // serving them.
-        Ok(unsafe { VarBuilder::from_mmaped_safetensors(&files, self.dtype, self.device) }?)
-    }
-
-    /// ChatGLM-6B: our own implementation, adapters merged or attached.
+    /// ChatGLM-6B: the shared decoder with its 2-D positions and bidirectional prompt;
+    /// adapters merged at load or attached per request, as for every batched family.
     fn chatglm6b(self, adapters: &AdapterRequest) -> Result<LoadedModel, LmError> {
         let config: ChatGlm6bConfig = serde_json::from_str(self.config_text)
             .map_err(|e| LmError::Load(format!("ChatGLM-6B config.json: {e}")))?;
@@ -327,31 +319,32 @@ impl ModelFiles<'_> {
             stop.push(config.eos_token_id);
         }
         let tokenizer = chatglm6b_tokenizer(self.dir, &config, stop)?;
-        let mut model = ChatGlm6b::load(&config, self.mmap()?)?;
-
         let mut summaries = Vec::new();
+        let mut merged = Vec::new();
         for path in &adapters.merge {
             let adapter = LoraAdapter::load(&adapter_name(path), path, self.dtype, self.device)?;
-            model.merge_adapter(&adapter)?;
             summaries.push(adapter.summary(true));
+            merged.push(adapter);
         }
+        let mut weights =
+            SafetensorsWeights::open(&weight_files(self.dir)?, self.device, self.dtype, &merged)?;
+        let decoder = chatglm6b_decoder(&config, &mut weights)?.with_compute(self.compute);
+        let mut attached = Vec::new();
         for (name, path) in &adapters.attach {
             let adapter = LoraAdapter::load(name, path, self.dtype, self.device)?;
-            model.attach_adapter(&adapter)?;
+            let adapter = crate::decoder::prepare_adapter(adapter, &decoder)?;
             summaries.push(adapter.summary(false));
+            attached.push(adapter);
         }
         let template = chat_template(self.dir, &tokenizer, ChatTemplate::ChatGlm6b);
-        let info = self.info(
-            "chatglm",
-            config.max_sequence_length.saturating_sub(2),
-            summaries,
-        );
+        // The engine counts the `[gMASK] <sop>` it appends against this.
+        let info = self.info("chatglm", decoder.spec.context_length, summaries);
         Ok(LoadedModel {
-            model: ModelKind::Single(Box::new(model)),
+            model: ModelKind::Batched(std::sync::Arc::new(decoder)),
             tokenizer,
             template,
             info,
-            adapter_weights: Vec::new(),
+            adapter_weights: attached,
         })
     }
 

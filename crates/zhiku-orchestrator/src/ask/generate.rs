@@ -16,7 +16,7 @@ use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::grounding::{abstains, grounding_of};
 use crate::prompt::{PromptTemplate, REFUSAL};
-use crate::verify::echoes_instructions;
+use crate::verify::echoes_prompt;
 use crate::{Events, Orchestrator};
 
 use super::{ms, send};
@@ -105,7 +105,7 @@ impl Orchestrator {
                     events,
                 )
                 .await?;
-            echo = echoes_instructions(
+            echo = echoes_prompt(
                 &generated.text,
                 &question,
                 &passages,
@@ -117,7 +117,7 @@ impl Orchestrator {
                 Some(e) => tracing::info!(
                     reason = %e.reason,
                     draft = %done.as_ref().map_or("", |d| d.text.as_str()),
-                    "the answer echoed the prompt's instructions"
+                    "the answer echoed the prompt"
                 ),
             }
             if self.template.instructions() == self.article_template.instructions() {
@@ -149,7 +149,7 @@ impl Orchestrator {
                 withdrawn: true,
                 unsupported_facts: Vec::new(),
                 reason: format!(
-                    "the answer echoed the prompt's instructions, also when generated again \
+                    "the answer echoed the prompt (its instructions or the question), also when generated again \
                      with the article's template: {}",
                     echo.reason
                 ),
@@ -263,21 +263,49 @@ async fn verification_of(
         return Ok(Verification::default());
     }
     let texts: Vec<String> = citations.iter().map(|c| c.text.clone()).collect();
+    let off_subject = off_subject(citations);
     let (answer, question) = (answer.to_owned(), question.to_owned());
     tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        verification(mode, &answer, &texts, &question)
+        verification(mode, &answer, &texts, &off_subject, &question)
     })
     .await
     .map_err(|e| OrchestratorError::Internal(format!("verifying the answer failed: {e}")))
 }
 
+/// For each passage, whether its document names what the question asks about less well than
+/// the best passage does: a document's anchor share is its best passage's (a file names its
+/// model once, in its title or a table's caption, not in every passage).
+/// A citation that was not weighed counts as on the subject.
+pub fn off_subject(citations: &[Citation]) -> Vec<bool> {
+    let share = |c: &Citation| c.anchors.map_or(1.0, f64::from);
+    let best = citations.iter().map(share).fold(0.0, f64::max);
+    let document = |source: &str| {
+        citations
+            .iter()
+            .filter(|c| c.source == source)
+            .map(share)
+            .fold(0.0, f64::max)
+    };
+    citations
+        .iter()
+        .map(|c| document(&c.source) + 1e-9 < best)
+        .collect()
+}
+
 /// [`verification_of`] itself: an answer whose model wrote the refusal claims nothing.
-pub fn verification(mode: Verify, answer: &str, passages: &[&str], question: &str) -> Verification {
+/// `off_subject` as [`off_subject`] gives it (empty: every passage counts).
+pub fn verification(
+    mode: Verify,
+    answer: &str,
+    passages: &[&str],
+    off_subject: &[bool],
+    question: &str,
+) -> Verification {
     if mode == Verify::Off {
         return Verification::default();
     }
-    let check = crate::verify::check_answer(answer, passages, question);
+    let check = crate::verify::check_answer_on_subject(answer, passages, off_subject, question);
     if check.unsupported.is_empty() || crate::grounding::is_refusal(answer) {
         return Verification {
             checked: true,
@@ -313,6 +341,7 @@ mod tests {
             Verify::Withdraw,
             "最少需要准备 72GB 显存。",
             &[PASSAGE],
+            &[],
             QUESTION,
         );
         assert!(v.checked && v.withdrawn && !v.echoed);
@@ -326,6 +355,7 @@ mod tests {
             Verify::Mark,
             "最少需要准备 72GB 显存。",
             &[PASSAGE],
+            &[],
             QUESTION,
         );
         assert!(v.checked && !v.withdrawn);
@@ -338,13 +368,14 @@ mod tests {
             Verify::Withdraw,
             "INT4 下最少需要 6GB 显存。",
             &[PASSAGE],
+            &[],
             QUESTION,
         );
         assert!(right.checked && !right.withdrawn && right.unsupported_facts.is_empty());
         assert!(right.reason.is_empty());
-        let refusal = verification(Verify::Withdraw, REFUSAL, &[PASSAGE], QUESTION);
+        let refusal = verification(Verify::Withdraw, REFUSAL, &[PASSAGE], &[], QUESTION);
         assert!(refusal.checked && !refusal.withdrawn);
-        let off = verification(Verify::Off, "72GB", &[PASSAGE], QUESTION);
+        let off = verification(Verify::Off, "72GB", &[PASSAGE], &[], QUESTION);
         assert_eq!(off, Verification::default());
     }
 }

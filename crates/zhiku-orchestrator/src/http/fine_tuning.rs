@@ -132,6 +132,7 @@ pub fn job_json(job: &TuneJob) -> Value {
             "validation": h.validation,
             "early_stop": h.early_stop,
             "gradient_checkpointing": h.gradient_checkpointing,
+            "packing": h.packing,
         },
         "zhiku": {
             "adapter_name": job.adapter_name,
@@ -171,6 +172,18 @@ fn count<T: TryFrom<u64>>(object: &Value, key: &'static str) -> Result<Option<T>
             T::try_from(n as u64).map(Some).map_err(|_| bad())
         }
         Some(_) => Err(bad()),
+    }
+}
+
+/// A true/false field.
+fn flag(object: &Value, key: &'static str) -> Result<Option<bool>, ApiError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be true or false"),
+        )),
     }
 }
 
@@ -253,16 +266,6 @@ fn create_request(body: &Value) -> Result<CreateJobRequest, ApiError> {
             ));
         }
     };
-    let gradient_checkpointing = match h.get("gradient_checkpointing") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "gradient_checkpointing",
-                "`gradient_checkpointing` must be true or false",
-            ));
-        }
-    };
     Ok(CreateJobRequest {
         dataset: Some(dataset),
         adapter_name,
@@ -284,7 +287,8 @@ fn create_request(body: &Value) -> Result<CreateJobRequest, ApiError> {
             validation: number(h, "validation")?,
             early_stop: count(h, "early_stop")?,
             seed: count(body, "seed")?,
-            gradient_checkpointing,
+            gradient_checkpointing: flag(h, "gradient_checkpointing")?,
+            packing: flag(h, "packing")?,
         }),
     })
 }

@@ -10,6 +10,12 @@
 //!   --python /work/.venv-peft/bin/python --threads 2
 //! ```
 //! The Python side is `scripts/tune-bench.py` (torch, transformers, peft, gguf).
+//!
+//! With `--packing`, the steps hold `--examples-per-step` examples of varied lengths
+//! (random ids of seq-len/8 to seq-len tokens, or the records of `--data` rendered with the
+//! model's template) and zhiku runs them twice, padded by length and packed into rows of
+//! `--seq-len`, beside PyTorch + PEFT padded by length; tokens/s counts the examples' tokens
+//! (never padding), and each row says what share of the tokens its forwards ran was padding.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,8 +24,11 @@ use std::time::Instant;
 use candle_core::DType;
 use clap::Parser;
 use zhiku_lm::seeded::SplitMix64;
-use zhiku_lm::{ComputePath, ModelSpec};
-use zhiku_tuner::{LoraInit, LoraSpec, TrainConfig, TrainExample, Trainer};
+use zhiku_lm::{ComputePath, ModelSpec, TrainableModel};
+use zhiku_tuner::dataset::{LengthPolicy, read_conversations, render_dataset};
+use zhiku_tuner::{
+    LoraInit, LoraSpec, Padding, TrainConfig, TrainExample, Trainer, epoch_padding, layout_rows,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +87,17 @@ struct Args {
     /// Seeds the token ids.
     #[arg(long, env = "ZHIKU_TUNE_BENCH_SEED", default_value_t = 7)]
     seed: u64,
+    /// Examples of varied lengths, zhiku padded and packed (rows of --seq-len tokens,
+    /// --batch-size rows a forward) beside PyTorch + PEFT padded.
+    #[arg(long, env = "ZHIKU_TUNE_BENCH_PACKING")]
+    packing: bool,
+    /// With --packing: the examples of each optimizer step.
+    #[arg(long, env = "ZHIKU_TUNE_BENCH_EXAMPLES_PER_STEP", default_value_t = 16)]
+    examples_per_step: usize,
+    /// With --packing: train on these records (alpaca or sharegpt, as `zhiku tune --data`
+    /// reads them, truncated to --seq-len) instead of random ids, in file order.
+    #[arg(long, env = "ZHIKU_TUNE_BENCH_DATA", requires = "packing")]
+    data: Option<PathBuf>,
 }
 
 /// What one side measured.
@@ -89,21 +109,26 @@ struct Side {
 }
 
 impl Side {
-    fn tokens_per_second(&self, tokens_per_step: usize) -> (f64, f64) {
-        let mut s = self.step_seconds.clone();
-        s.sort_by(f64::total_cmp);
-        let median = if s.is_empty() {
+    /// (median of each step's tokens/s, all tokens / all seconds) over the timed steps,
+    /// whose examples' tokens are `tokens` (step by step).
+    fn tokens_per_second(&self, tokens: &[usize]) -> (f64, f64) {
+        let mut rates: Vec<f64> = self
+            .step_seconds
+            .iter()
+            .zip(tokens)
+            .map(|(s, &n)| n as f64 / s)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let median = if rates.is_empty() {
             f64::NAN
-        } else if s.len() % 2 == 1 {
-            s[s.len() / 2]
+        } else if rates.len() % 2 == 1 {
+            rates[rates.len() / 2]
         } else {
-            (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+            (rates[rates.len() / 2 - 1] + rates[rates.len() / 2]) / 2.0
         };
-        let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
-        (
-            tokens_per_step as f64 / median,
-            tokens_per_step as f64 / mean,
-        )
+        let seconds: f64 = self.step_seconds.iter().sum();
+        let all: usize = tokens.iter().take(self.step_seconds.len()).sum();
+        (median, all as f64 / seconds)
     }
 }
 
@@ -159,6 +184,92 @@ fn examples(args: &Args, vocab: usize, steps: usize) -> Vec<Vec<TrainExample>> {
         .collect()
 }
 
+/// `--packing` without `--data`: steps of `--examples-per-step` random examples of
+/// seq-len/8 to seq-len tokens, the loss on the second half of each.
+fn varied_examples(args: &Args, vocab: usize, steps: usize) -> Vec<Vec<TrainExample>> {
+    let mut rng = SplitMix64(args.seed);
+    let shortest = (args.seq_len / 8).max(2);
+    (0..steps)
+        .map(|_| {
+            (0..args.examples_per_step)
+                .map(|_| {
+                    let len =
+                        shortest + (rng.next_u64() % (args.seq_len - shortest + 1) as u64) as usize;
+                    TrainExample {
+                        tokens: (0..len)
+                            .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                            .collect(),
+                        loss_mask: (0..len).map(|i| i >= len / 2).collect(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The packed side's steps: the examples of every step packed together into rows of
+/// --seq-len tokens, as an epoch packs them, and the rows dealt in order into as many steps
+/// (packing each step's few examples alone would leave each step's last row part empty,
+/// which a whole epoch's packing does not).
+fn packed_steps(args: &Args, data: &[Vec<TrainExample>]) -> Vec<Vec<TrainExample>> {
+    let all: Vec<TrainExample> = data.iter().flatten().cloned().collect();
+    let rows = layout_rows(&all, Some(args.seq_len), args.seed);
+    let per_step = rows.len().div_ceil(data.len().max(1)).max(1);
+    rows.chunks(per_step)
+        .map(|step| step.iter().flatten().map(|&i| all[i].clone()).collect())
+        .collect()
+}
+
+/// The examples' tokens of each timed step (padding never counts).
+fn timed_tokens(args: &Args, data: &[Vec<TrainExample>]) -> Vec<usize> {
+    data.iter()
+        .skip(args.warmup)
+        .map(|step| step.iter().map(|e| e.tokens.len()).sum())
+        .collect()
+}
+
+/// `--data`: the records rendered with the model's template and tokenizer, truncated to
+/// --seq-len, `--examples-per-step` a step in file order (from the start again when they
+/// run out).
+fn dataset_examples(
+    args: &Args,
+    path: &Path,
+    model: &TrainableModel,
+    steps: usize,
+) -> BenchResult<Vec<Vec<TrainExample>>> {
+    let records = read_conversations(path)?;
+    let (examples, report) = render_dataset(
+        &records,
+        &model.template,
+        &model.tokenizer,
+        args.seq_len,
+        LengthPolicy::Truncate,
+    )?;
+    if examples.is_empty() {
+        return Err(format!("{}: no example", path.display()).into());
+    }
+    eprintln!(
+        "{}: {} records, {} examples ({} truncated to {} tokens, {} left out: no answer \
+         token within them)",
+        path.display(),
+        records.len(),
+        examples.len(),
+        report.truncated,
+        args.seq_len,
+        report.skipped_too_long
+    );
+    let mut cycle = examples.iter().cycle();
+    Ok((0..steps)
+        .map(|_| {
+            cycle
+                .by_ref()
+                .take(args.examples_per_step)
+                .cloned()
+                .collect()
+        })
+        .collect())
+}
+
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -166,14 +277,18 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Loads the model and readies zhiku's trainer: (trainer, vocabulary, load seconds).
-fn zhiku_trainer(args: &Args, file: &Path) -> BenchResult<(Trainer, usize, f64)> {
+/// Loads the model for training: (model, load seconds).
+fn load(file: &Path) -> BenchResult<(TrainableModel, f64)> {
     let started = Instant::now();
     let mut spec = ModelSpec::cpu(file.to_string_lossy(), "");
     spec.compute = ComputePath::Tensors;
     let model = zhiku_lm::load_model(&spec)?.into_trainable()?;
-    let vocab = model.decoder.spec.vocab;
-    let config = TrainConfig {
+    Ok((model, started.elapsed().as_secs_f64()))
+}
+
+/// zhiku's training configuration: packed into rows of `packing` tokens or padded.
+fn zhiku_config(args: &Args, packing: Option<usize>) -> TrainConfig {
+    TrainConfig {
         lora: LoraSpec {
             rank: args.rank,
             alpha: args.alpha,
@@ -187,14 +302,35 @@ fn zhiku_trainer(args: &Args, file: &Path) -> BenchResult<(Trainer, usize, f64)>
         threads: Some(args.threads),
         dtype: DType::F32,
         gradient_checkpointing: args.gradient_checkpointing,
+        packing,
         ..TrainConfig::default()
+    }
+}
+
+/// The share of padding in the forwards of `data`'s steps under `config` (a step is one
+/// `Trainer::step`: its rows sorted by length, `batch_size` a forward).
+fn padding_share(data: &[Vec<TrainExample>], config: &TrainConfig) -> f64 {
+    let mut all = Padding {
+        rows: 0,
+        forwards: 0,
+        tokens: 0,
+        slots: 0,
     };
-    let trainer = Trainer::new(model.decoder, config)?;
-    Ok((trainer, vocab, started.elapsed().as_secs_f64()))
+    for step in data {
+        let whole_step = TrainConfig {
+            grad_accumulation: step.len(),
+            ..config.clone()
+        };
+        let padding = epoch_padding(step, &whole_step, 0);
+        all.tokens += padding.tokens;
+        all.slots += padding.slots;
+    }
+    all.share()
 }
 
 fn run_zhiku(
     args: &Args,
+    name: &str,
     trainer: &mut Trainer,
     load_seconds: f64,
     data: &[Vec<TrainExample>],
@@ -212,7 +348,7 @@ fn run_zhiku(
             step_seconds.push(seconds);
         }
         eprintln!(
-            "zhiku step {}: {seconds:.2} s, loss {:.4}",
+            "{name} step {}: {seconds:.2} s, loss {:.4}",
             i + 1,
             report.loss
         );
@@ -256,6 +392,11 @@ fn run_python(args: &Args, file: &Path, data: &[Vec<TrainExample>]) -> BenchResu
         .args(["--targets", &targets.join(",")])
         .args(["--threads", &args.threads.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
+        .args(if args.packing {
+            vec!["--batch-size".to_owned(), args.batch_size.to_string()]
+        } else {
+            Vec::new()
+        })
         .args(if args.gradient_checkpointing {
             &["--gradient-checkpointing"][..]
         } else {
@@ -298,19 +439,51 @@ fn gib(bytes: Option<u64>) -> String {
 }
 
 fn run(args: &Args) -> BenchResult<()> {
-    if args.seq_len < 2 || args.batch_size == 0 || args.steps == 0 {
-        return Err("--seq-len must be at least 2, --batch-size and --steps at least 1".into());
+    if args.seq_len < 2 || args.batch_size == 0 || args.steps == 0 || args.examples_per_step == 0 {
+        return Err(
+            "--seq-len must be at least 2, --batch-size, --steps and --examples-per-step at \
+             least 1"
+                .into(),
+        );
     }
     let file = gguf_file(&args.model)?;
-    let (mut trainer, vocab, load_seconds) = zhiku_trainer(args, &file)?;
-    let data = examples(args, vocab, args.warmup + args.steps);
-    let tokens_per_step = args.seq_len * args.batch_size;
+    let (model, load_seconds) = load(&file)?;
+    let vocab = model.decoder.spec.vocab;
+    let steps = args.warmup + args.steps;
+    let data = match (&args.data, args.packing) {
+        (Some(path), _) => dataset_examples(args, path, &model, steps)?,
+        (None, true) => varied_examples(args, vocab, steps),
+        (None, false) => examples(args, vocab, steps),
+    };
+    let tokens = timed_tokens(args, &data);
+    let shape = if args.packing {
+        format!(
+            "{} examples a step ({}; {} tokens on average), zhiku padded by length and packed \
+             into rows of {} tokens, {} rows a forward",
+            args.examples_per_step,
+            match &args.data {
+                Some(path) => path.display().to_string(),
+                None => format!(
+                    "random ids, {} to {} tokens",
+                    (args.seq_len / 8).max(2),
+                    args.seq_len
+                ),
+            },
+            data.iter().flatten().map(|e| e.tokens.len()).sum::<usize>()
+                / data.iter().flatten().count().max(1),
+            args.seq_len,
+            args.batch_size
+        )
+    } else {
+        format!(
+            "{} tokens × batch {}, loss on the second half",
+            args.seq_len, args.batch_size
+        )
+    };
     println!(
-        "tune-bench: {}; {} tokens × batch {}, loss on the second half; LoRA rank {}, alpha {}, \
-         dropout {}, targets {}; AdamW, clipping 1.0; f32; {} threads; {} timed steps after {}{}",
+        "tune-bench: {}; {shape}; LoRA rank {}, alpha {}, dropout {}, targets {}; AdamW, \
+         clipping 1.0; f32; {} threads; {} timed steps after {}{}",
         file.display(),
-        args.seq_len,
-        args.batch_size,
         args.rank,
         args.alpha,
         args.dropout,
@@ -324,33 +497,86 @@ fn run(args: &Args) -> BenchResult<()> {
             ""
         }
     );
-    let zhiku = run_zhiku(args, &mut trainer, load_seconds, &data)?;
+    let mut rows: Vec<(String, Side, Option<f64>, Vec<usize>)> = Vec::new();
+    let padded = zhiku_config(args, None);
+    let share = args.packing.then(|| padding_share(&data, &padded));
+    let mut trainer = Trainer::new(model.decoder, padded)?;
+    let side = run_zhiku(args, "zhiku", &mut trainer, load_seconds, &data)?;
     drop(trainer);
-    let python = if args.no_python {
-        None
+    let name = if args.packing {
+        "zhiku, padded"
     } else {
-        Some(run_python(args, &file, &data)?)
+        "zhiku (candle)"
     };
+    rows.push((name.into(), side, share, tokens.clone()));
+    if args.packing {
+        let (model, load_seconds) = load(&file)?;
+        let packed = zhiku_config(args, Some(args.seq_len));
+        let packed_data = packed_steps(args, &data);
+        if packed_data.len() <= args.warmup {
+            return Err("too few examples for the packed side's timed steps".into());
+        }
+        let share = padding_share(&packed_data, &packed);
+        let mut trainer = Trainer::new(model.decoder, packed)?;
+        let side = run_zhiku(
+            args,
+            "zhiku packed",
+            &mut trainer,
+            load_seconds,
+            &packed_data,
+        )?;
+        let tokens = timed_tokens(args, &packed_data);
+        rows.push(("zhiku, packed".into(), side, Some(share), tokens));
+    }
+    if !args.no_python {
+        let side = run_python(args, &file, &data)?;
+        let name = if args.packing {
+            "PyTorch + PEFT, padded"
+        } else {
+            "PyTorch + PEFT"
+        };
+        rows.push((name.into(), side, share, tokens.clone()));
+    }
     println!(
-        "{:<16} {:>14} {:>14} {:>11} {:>10} {:>9}",
-        "", "tokens/s (med)", "tokens/s (mean)", "first loss", "peak RSS", "load s"
+        "{:<24} {:>14} {:>14} {:>11} {:>10} {:>9} {:>9}",
+        "", "tokens/s (med)", "tokens/s (mean)", "first loss", "peak RSS", "load s", "padding"
     );
-    let row = |name: &str, side: &Side| {
-        let (median, mean) = side.tokens_per_second(tokens_per_step);
+    let mut median = Vec::new();
+    for (name, side, share, tokens) in &rows {
+        let (med, mean) = side.tokens_per_second(tokens);
+        median.push(med);
         println!(
-            "{name:<16} {median:>14.1} {mean:>14.1} {:>11.4} {:>10} {:>9.1}",
+            "{name:<24} {med:>14.1} {mean:>14.1} {:>11.4} {:>10} {:>9.1} {:>9}",
             side.first_loss,
             gib(side.peak_rss_bytes),
-            side.load_seconds
+            side.load_seconds,
+            share.map_or_else(|| "-".to_owned(), |s| format!("{:.1} %", 100.0 * s))
         );
-        median
-    };
-    let ours = row("zhiku (candle)", &zhiku);
-    if let Some(python) = &python {
-        let theirs = row("PyTorch + PEFT", python);
+    }
+    if args.packing {
+        println!(
+            "ratio zhiku packed / zhiku padded (median tokens/s): {:.2}×",
+            median[1] / median[0]
+        );
+        if let Some(theirs) = median.get(2) {
+            println!(
+                "ratio zhiku packed / PyTorch padded (median tokens/s): {:.2}×",
+                median[1] / theirs
+            );
+            println!(
+                "ratio zhiku padded / PyTorch padded (median tokens/s): {:.2}×",
+                median[0] / theirs
+            );
+        }
+        println!(
+            "(the packed side's steps are the same examples packed as an epoch packs them, \
+             dealt into as many steps: its first loss is another step's; peak RSS: zhiku's \
+             rows are one process's high-water mark so far)"
+        );
+    } else if let Some(theirs) = median.get(1) {
         println!(
             "ratio zhiku / PyTorch (median tokens/s): {:.2}×",
-            ours / theirs
+            median[0] / theirs
         );
     }
     Ok(())

@@ -48,17 +48,18 @@ impl SeededRng {
 /// How an epoch's examples become batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchOptions {
-    /// Examples per batch (at least 1).
+    /// Rows per batch (at least 1): examples, or packed rows with `packing`.
     pub batch_size: usize,
     /// The id that fills a batch's shorter rows (attention and loss masks are false there).
     pub pad_id: u32,
     pub seed: u64,
     /// Length grouping: the shuffled examples are cut into buckets of this many batches,
     /// each bucket sorted by length, so that a batch holds examples of similar lengths
-    /// (little padding) while the order stays random. 1 turns grouping off.
+    /// (little padding) while the order stays random. 1 turns grouping off. Not used
+    /// with `packing` (its rows are already about `max_seq_len` long).
     pub bucket_batches: usize,
-    /// Concatenate examples up to `max_seq_len` instead of padding. Not available: see
-    /// [`epoch_batches`].
+    /// Concatenate examples into rows of up to `max_seq_len` tokens ([`pack_rows`])
+    /// instead of one example per row.
     pub packing: bool,
     pub max_seq_len: usize,
 }
@@ -86,7 +87,10 @@ pub struct Batch {
     pub attention_mask: Vec<bool>,
     /// True where predicting the token counts in the loss: the examples' answer tokens.
     pub loss_mask: Vec<bool>,
-    /// The examples in the batch, by index into the epoch's example list.
+    /// Every token's position in its example (0 starts one; a row's padding counts from 0
+    /// too): what a packed row's attention and rotary use.
+    pub positions: Vec<u32>,
+    /// The examples in the batch, by index into the epoch's example list, row by row.
     pub examples: Vec<usize>,
 }
 
@@ -100,27 +104,46 @@ impl Batch {
     pub fn real_tokens(&self) -> usize {
         self.attention_mask.iter().filter(|&&m| m).count()
     }
+
+    /// Pad tokens: the slots of the batch that hold no example's token.
+    pub fn pad_tokens(&self) -> usize {
+        self.rows * self.seq_len - self.real_tokens()
+    }
+}
+
+/// First-fit decreasing: the examples of `lengths` packed into rows of at most `capacity`
+/// tokens, the longest first, each into the first row with room for it (a new row when
+/// none has); examples of equal length in an order drawn from `seed`. An example longer
+/// than `capacity` gets a row of its own. Rows are returned in the order they were opened,
+/// each as indices into `lengths`.
+pub fn pack_rows(lengths: &[usize], capacity: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    SeededRng::new(seed).shuffle(&mut order);
+    // Stable: equal lengths keep their seeded order.
+    order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+    let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        let n = lengths[i];
+        match rows.iter_mut().find(|(used, _)| used + n <= capacity) {
+            Some((used, row)) => {
+                *used += n;
+                row.push(i);
+            }
+            None => rows.push((n, vec![i])),
+        }
+    }
+    rows.into_iter().map(|(_, row)| row).collect()
 }
 
 /// The batches of epoch `epoch`: the examples shuffled with (seed, epoch), grouped by
-/// length, padded to the longest in each batch; the batch order shuffled too.
-///
-/// Packing is refused: packed examples need a block-diagonal attention mask (and positions
-/// restarting at each example) so that one example cannot attend to the one before it, and
-/// the decoder's causal mask does not provide that; padding by length is the way to train.
+/// length, padded to the longest in each batch; the batch order shuffled too. With
+/// `packing`, the rows of [`pack_rows`] (the same for every epoch) in an order shuffled
+/// with (seed, epoch), `batch_size` rows a batch, each padded to the batch's longest row.
 pub fn epoch_batches(
     examples: &[TrainExample],
     options: &BatchOptions,
     epoch: u64,
 ) -> Result<Vec<Batch>, TuneError> {
-    if options.packing {
-        return Err(TuneError::Validation(
-            "packing is not available: packed examples need block-diagonal attention so that \
-             one example cannot see another, which the decoder does not have yet; train with \
-             padding by length (the default)"
-                .into(),
-        ));
-    }
     if options.batch_size == 0 {
         return Err(TuneError::Validation(
             "the batch size must be at least 1".into(),
@@ -136,6 +159,20 @@ pub fn epoch_batches(
         )));
     }
     let mut rng = SeededRng::new(epoch_seed(options.seed, epoch));
+    if options.packing {
+        if options.max_seq_len == 0 {
+            return Err(TuneError::Validation(
+                "packing needs rows of at least 1 token (max_seq_len)".into(),
+            ));
+        }
+        let lengths: Vec<usize> = examples.iter().map(|e| e.tokens.len()).collect();
+        let mut rows = pack_rows(&lengths, options.max_seq_len, options.seed);
+        rng.shuffle(&mut rows);
+        return Ok(rows
+            .chunks(options.batch_size)
+            .map(|rows| pad(examples, rows, options.pad_id))
+            .collect());
+    }
     let mut order: Vec<usize> = (0..examples.len()).collect();
     rng.shuffle(&mut order);
     let bucket = options
@@ -146,40 +183,44 @@ pub fn epoch_batches(
         // Stable: equal lengths keep their shuffled order.
         chunk.sort_by_key(|&i| examples[i].tokens.len());
         for rows in chunk.chunks(options.batch_size) {
-            batches.push(pad(examples, rows, options.pad_id));
+            let rows: Vec<Vec<usize>> = rows.iter().map(|&i| vec![i]).collect();
+            batches.push(pad(examples, &rows, options.pad_id));
         }
     }
     rng.shuffle(&mut batches);
     Ok(batches)
 }
 
-fn pad(examples: &[TrainExample], rows: &[usize], pad_id: u32) -> Batch {
-    let seq_len = rows
-        .iter()
-        .map(|&i| examples[i].tokens.len())
-        .max()
-        .unwrap_or(0);
+/// A batch of `rows` (each the examples laid side by side in one row), right-padded to the
+/// longest row.
+fn pad(examples: &[TrainExample], rows: &[Vec<usize>], pad_id: u32) -> Batch {
+    let row_len = |row: &Vec<usize>| row.iter().map(|&i| examples[i].tokens.len()).sum();
+    let seq_len = rows.iter().map(row_len).max().unwrap_or(0);
     let mut batch = Batch {
         rows: rows.len(),
         seq_len,
         tokens: Vec::with_capacity(rows.len() * seq_len),
         attention_mask: Vec::with_capacity(rows.len() * seq_len),
         loss_mask: Vec::with_capacity(rows.len() * seq_len),
-        examples: rows.to_vec(),
+        positions: Vec::with_capacity(rows.len() * seq_len),
+        examples: rows.iter().flatten().copied().collect(),
     };
-    for &i in rows {
-        let example = &examples[i];
-        let padding = seq_len - example.tokens.len();
-        batch.tokens.extend_from_slice(&example.tokens);
+    for row in rows {
+        for &i in row {
+            let example = &examples[i];
+            let n = example.tokens.len();
+            batch.tokens.extend_from_slice(&example.tokens);
+            batch.attention_mask.extend(std::iter::repeat_n(true, n));
+            batch.loss_mask.extend_from_slice(&example.loss_mask);
+            batch.positions.extend(0..n as u32);
+        }
+        let padding = seq_len - row_len(row);
         batch.tokens.extend(std::iter::repeat_n(pad_id, padding));
         batch
             .attention_mask
-            .extend(std::iter::repeat_n(true, example.tokens.len()));
-        batch
-            .attention_mask
             .extend(std::iter::repeat_n(false, padding));
-        batch.loss_mask.extend_from_slice(&example.loss_mask);
         batch.loss_mask.extend(std::iter::repeat_n(false, padding));
+        batch.positions.extend(0..padding as u32);
     }
     batch
 }

@@ -5,7 +5,7 @@ mod batch;
 mod formats;
 mod render;
 
-pub use batch::{Batch, BatchOptions, SeededRng, epoch_batches, split_train_validation};
+pub use batch::{Batch, BatchOptions, SeededRng, epoch_batches, pack_rows, split_train_validation};
 pub use formats::{Conversation, parse_conversations, read_conversations};
 pub use render::{DatasetReport, LengthPolicy, render_conversation, render_dataset};
 

@@ -165,6 +165,7 @@ fn params(h: TuneHyperparameters) -> JobParams {
         early_stop: count(h.early_stop, d.early_stop),
         seed: h.seed.unwrap_or(d.seed),
         gradient_checkpointing: h.gradient_checkpointing.unwrap_or(d.gradient_checkpointing),
+        packing: h.packing.unwrap_or(d.packing),
         ..d
     }
 }
@@ -197,6 +198,7 @@ fn hyperparameters(p: &JobParams) -> TuneHyperparameters {
         early_stop: count(p.early_stop),
         seed: Some(p.seed),
         gradient_checkpointing: Some(p.gradient_checkpointing),
+        packing: Some(p.packing),
     }
 }
 

@@ -489,6 +489,14 @@ impl Shared {
             .as_ref()
             .and_then(|h| h.epochs)
             .unwrap_or(0);
+        // The rows' length when the job packs (its hyper-parameters are all set).
+        let packing = job
+            .view
+            .hyperparameters
+            .as_ref()
+            .filter(|h| h.packing == Some(true))
+            .and_then(|h| h.max_seq_len)
+            .map(|n| n as usize);
         let last = job.view.progress.clone().unwrap_or_default();
         let elapsed_seconds = started.elapsed().as_secs_f64();
         match event {
@@ -497,6 +505,7 @@ impl Shared {
                 validation,
                 total_steps,
                 report,
+                padding,
                 ..
             } => {
                 job.view.train_examples = *train as u32;
@@ -509,8 +518,10 @@ impl Shared {
                     elapsed_seconds,
                     message: format!(
                         "training on {train} examples ({validation} held out; {} truncated, \
-                         {} skipped as too long)",
-                        report.truncated, report.skipped_too_long
+                         {} skipped as too long); {}",
+                        report.truncated,
+                        report.skipped_too_long,
+                        padding.summary(packing)
                     ),
                     ..TuneJobEvent::default()
                 });

@@ -1,7 +1,8 @@
 //! Shared helpers of the CLI crate's in-process tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// SmolLM2-135M as scripts/fetch-models lays it out.
 pub fn smollm2() -> PathBuf {
@@ -66,4 +67,32 @@ pub async fn listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     (listener, addr)
+}
+
+/// `zhiku --chat-model MODEL tune --data DATA --out OUT ARGS…`, run to its end.
+pub fn zhiku_tune(model: &Path, data: &Path, out: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .arg("--chat-model")
+        .arg(model)
+        .args(["tune", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("zhiku runs")
+}
+
+/// The `--json` lines of a run that must have succeeded.
+pub fn json_events(run: &Output) -> Vec<serde_json::Value> {
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "zhiku tune failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every --json line is JSON"))
+        .collect()
 }
