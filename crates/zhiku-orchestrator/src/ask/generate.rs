@@ -149,8 +149,8 @@ impl Orchestrator {
                 withdrawn: true,
                 unsupported_facts: Vec::new(),
                 reason: format!(
-                    "the answer echoed the prompt (its instructions or the question), also when generated again \
-                     with the article's template: {}",
+                    "the answer echoed the prompt (its instructions or the question), also when \
+                     generated again with the article's template: {}",
                     echo.reason
                 ),
                 echoed: true,
