@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p zhiku-ocr --example ocr-bench -- [--models models/ppocr]
 //!     [--python .venv-bench/bin/python] [--repeat 3] [--threads 1,2]
+//!     [--runtime onnxruntime|tract|both]
 //! ```
 //!
 //! The reference is `scripts/rapidocr_bench.py`: rapidocr-onnxruntime 1.4.4 on onnxruntime,
@@ -15,6 +16,10 @@
 //! absolute times do not. Both sides time the file read and decode as well. RapidOCR orders
 //! lines top to bottom only; its CER is also given with its lines put in zhiku-ocr's reading
 //! order, which isolates recognition.
+//!
+//! `--runtime both` (a build with `--features tract`) then times the same pipeline on tract,
+//! the pure-Rust ONNX runtime, against ONNX Runtime on the same pages, alternating as above,
+//! and says whether the two read identical text: the measurement behind the runtime choice.
 
 #[path = "../tests/corpus/mod.rs"]
 mod corpus;
@@ -25,13 +30,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-use zhiku_ocr::{DecodeLimits, Line, OcrEngine, OcrOptions, Page, Point};
+use zhiku_ocr::{DecodeLimits, Line, OcrEngine, OcrOptions, OcrRuntime, Page, Point};
 
 struct Args {
     models: PathBuf,
     python: PathBuf,
     repeat: usize,
     threads: Vec<usize>,
+    /// The runtime of the table against RapidOCR.
+    runtime: OcrRuntime,
+    /// Also tract against ONNX Runtime on the same pages.
+    compare_runtimes: bool,
 }
 
 fn args() -> Args {
@@ -41,6 +50,8 @@ fn args() -> Args {
         python: root.join(".venv-bench/bin/python"),
         repeat: 3,
         threads: vec![1, 2],
+        runtime: OcrRuntime::OnnxRuntime,
+        compare_runtimes: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +66,12 @@ fn args() -> Args {
                     .map(|t| t.parse().expect("--threads 1,2"))
                     .collect()
             }
+            "--runtime" => match value.as_str() {
+                "onnxruntime" => args.runtime = OcrRuntime::OnnxRuntime,
+                "tract" => args.runtime = OcrRuntime::Tract,
+                "both" => args.compare_runtimes = true,
+                other => panic!("--runtime onnxruntime|tract|both, not {other}"),
+            },
             other => panic!("unknown flag {other}"),
         }
     }
@@ -161,6 +178,83 @@ fn ours(engine: &OcrEngine, path: &Path) -> Run {
     }
 }
 
+fn load(args: &Args, threads: usize, runtime: OcrRuntime) -> OcrEngine {
+    OcrEngine::load(
+        args.models.to_str().expect("utf-8 path"),
+        None,
+        OcrOptions {
+            threads,
+            runtime,
+            ..OcrOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("loading the models on {runtime:?}: {e}"))
+}
+
+/// The same pipeline on tract against ONNX Runtime (`onnxruntime`): seconds per page, and
+/// whether the text and lines read are identical.
+fn compare_runtimes(
+    args: &Args,
+    threads: usize,
+    onnxruntime: &OcrEngine,
+    conditions: &[(&'static str, corpus::RenderedPage)],
+    files: &[PathBuf],
+) {
+    let started = Instant::now();
+    let tract = load(args, threads, OcrRuntime::Tract);
+    println!(
+        "\n== tract against ONNX Runtime, {threads} thread(s) (tract loaded and optimised in {:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    ours(&tract, &files[0]);
+    println!(
+        "{:<12} {:>10} {:>12} {:>7} {:>10} {:>10} {:>10}",
+        "condition", "s/page ORT", "s/page tract", "tract×", "same text", "CER tract", "same lines"
+    );
+    let (mut ort_total, mut tract_total, mut identical) = (0.0, 0.0, 0);
+    for (turn, ((name, page), path)) in conditions.iter().zip(files).enumerate() {
+        let (mut a_seconds, mut b_seconds) = (0.0, 0.0);
+        let (mut a_run, mut b_run) = (None, None);
+        for round in 0..args.repeat.max(1) {
+            let (a, b) = if (turn + round).is_multiple_of(2) {
+                let a = ours(onnxruntime, path);
+                (a, ours(&tract, path))
+            } else {
+                let b = ours(&tract, path);
+                (ours(onnxruntime, path), b)
+            };
+            a_seconds += a.seconds;
+            b_seconds += b.seconds;
+            a_run = Some(a);
+            b_run = Some(b);
+        }
+        let repeat = args.repeat.max(1) as f64;
+        let (a, b) = (a_run.expect("one run"), b_run.expect("one run"));
+        identical += usize::from(a.text == b.text);
+        println!(
+            "{:<12} {:>10.3} {:>12.3} {:>7.2} {:>10} {:>9.2}% {:>5}/{:<5}",
+            name,
+            a_seconds / repeat,
+            b_seconds / repeat,
+            a_seconds / b_seconds,
+            if a.text == b.text { "yes" } else { "NO" },
+            100.0 * corpus::cer(&page.text(), &b.text),
+            same_lines(&b.lines, &a.lines),
+            a.lines.len()
+        );
+        ort_total += a_seconds / repeat;
+        tract_total += b_seconds / repeat;
+    }
+    let pages = conditions.len() as f64;
+    println!(
+        "pages/s: ONNX Runtime {:.3}, tract {:.3} (tract at {:.2}x ONNX Runtime's speed); identical text on {identical}/{} pages",
+        pages / ort_total,
+        pages / tract_total,
+        ort_total / tract_total,
+        conditions.len()
+    );
+}
+
 fn same_lines(a: &[String], b: &[String]) -> usize {
     let mut pool: HashMap<&str, usize> = HashMap::new();
     for t in b {
@@ -199,15 +293,7 @@ fn main() {
             .join(", ")
     );
     for &threads in &args.threads {
-        let engine = OcrEngine::load(
-            args.models.to_str().expect("utf-8 path"),
-            None,
-            OcrOptions {
-                threads,
-                ..OcrOptions::default()
-            },
-        )
-        .expect("loading the models");
+        let engine = load(&args, threads, args.runtime);
         let mut reference = Reference::start(&args, threads);
         // One untimed run each: the first inference allocates and plans.
         ours(&engine, &files[0]);
@@ -270,6 +356,10 @@ fn main() {
             pages / theirs_total,
             theirs_total / ours_total
         );
+        if args.compare_runtimes {
+            drop(reference);
+            compare_runtimes(&args, threads, &engine, &conditions, &files);
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -43,6 +43,12 @@ pub enum OcrError {
          not set: run `scripts/fetch-models ppocr` or set ORT_DYLIB_PATH"
     )]
     NoRuntime(PathBuf),
+    /// tract was asked for in a build without it.
+    #[error(
+        "this build of zhiku-ocr has no tract runtime: build it with `--features tract`, or use \
+         ONNX Runtime (the default)"
+    )]
+    TractNotBuilt,
     /// A model is not the model this pipeline expects.
     #[error("model {model}: {reason}")]
     BadModel { model: String, reason: String },

@@ -36,7 +36,7 @@ use image::RgbImage;
 use zhiku_models::ModelSource;
 
 use crate::det::DbParams;
-use crate::onnx::Model;
+use crate::onnx::{Model, Runtime};
 use crate::rec::Charset;
 
 /// The model files, as `scripts/fetch-models ppocr` lays them out.
@@ -59,6 +59,19 @@ pub struct OcrOptions {
     pub batch: usize,
     /// ONNX Runtime's library; by default `ORT_DYLIB_PATH`, else the one beside the models.
     pub runtime_library: Option<PathBuf>,
+    /// Which ONNX runtime runs the models.
+    pub runtime: OcrRuntime,
+}
+
+/// The ONNX runtime that runs the models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OcrRuntime {
+    /// ONNX Runtime through `ort`, its library loaded at run time (the default).
+    #[default]
+    OnnxRuntime,
+    /// tract, pure Rust: only where zhiku-ocr is built with its `tract` feature (for the
+    /// runtime comparison in `ocr-bench`).
+    Tract,
 }
 
 impl Default for OcrOptions {
@@ -69,6 +82,7 @@ impl Default for OcrOptions {
             min_confidence: 0.5,
             batch: 6,
             runtime_library: None,
+            runtime: OcrRuntime::OnnxRuntime,
         }
     }
 }
@@ -219,20 +233,31 @@ impl OcrEngine {
         models_dir: Option<&Path>,
         options: OcrOptions,
     ) -> Result<Self, OcrError> {
+        if cfg!(not(feature = "tract")) && options.runtime == OcrRuntime::Tract {
+            return Err(OcrError::TractNotBuilt);
+        }
         let source = ModelSource::resolve(model, models_dir)?;
         let det = source.get(DETECTION_MODEL)?;
         let rec = source.get(RECOGNITION_MODEL)?;
         let cls = source.get(DIRECTION_MODEL)?;
-        let library = match (&options.runtime_library, std::env::var_os("ORT_DYLIB_PATH")) {
-            (Some(path), _) => path.clone(),
-            (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
-            _ => source.get_optional(RUNTIME_LIBRARY).ok_or_else(|| {
-                OcrError::NoRuntime(det.parent().map(Path::to_path_buf).unwrap_or_default())
-            })?,
+        let runtime = match options.runtime {
+            OcrRuntime::OnnxRuntime => Runtime::OnnxRuntime(
+                match (&options.runtime_library, std::env::var_os("ORT_DYLIB_PATH")) {
+                    (Some(path), _) => path.clone(),
+                    (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
+                    _ => source.get_optional(RUNTIME_LIBRARY).ok_or_else(|| {
+                        OcrError::NoRuntime(det.parent().map(Path::to_path_buf).unwrap_or_default())
+                    })?,
+                },
+            ),
+            #[cfg(feature = "tract")]
+            OcrRuntime::Tract => Runtime::Tract,
+            #[cfg(not(feature = "tract"))]
+            OcrRuntime::Tract => return Err(OcrError::TractNotBuilt),
         };
-        let detector = Model::load("detector", &det, &library, options.threads)?;
-        let direction = Model::load("direction classifier", &cls, &library, options.threads)?;
-        let recognizer = Model::load("recognizer", &rec, &library, options.threads)?;
+        let detector = Model::load("detector", &det, &runtime, options.threads, 32)?;
+        let direction = Model::load("direction classifier", &cls, &runtime, options.threads, 1)?;
+        let recognizer = Model::load("recognizer", &rec, &runtime, options.threads, 1)?;
         let characters = recognizer
             .metadata("character")
             .ok_or_else(|| OcrError::BadModel {

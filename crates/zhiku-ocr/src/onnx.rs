@@ -1,4 +1,7 @@
-//! The ONNX models on ONNX Runtime (through `ort`, the library loaded at run time).
+//! The ONNX models on ONNX Runtime (through `ort`, the library loaded at run time), or on
+//! tract (pure Rust) where the crate is built with its `tract` feature. ONNX Runtime is the
+//! default: `ocr-bench --runtime both` measures the two on the same pages
+//! (docs/src/benchmarks/ocr.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -33,7 +36,22 @@ fn environment(library: &Path) -> Result<&'static Environment, OcrError> {
 /// session's own threads do the parallel work.
 pub(crate) struct Model {
     name: &'static str,
-    session: Mutex<Session>,
+    backend: Backend,
+}
+
+/// Where a model runs, resolved from [`crate::OcrRuntime`] by the engine.
+#[derive(Debug, Clone)]
+pub(crate) enum Runtime {
+    /// ONNX Runtime, from this library.
+    OnnxRuntime(PathBuf),
+    #[cfg(feature = "tract")]
+    Tract,
+}
+
+enum Backend {
+    OnnxRuntime(Mutex<Session>),
+    #[cfg(feature = "tract")]
+    Tract(tract::TractModel),
 }
 
 impl std::fmt::Debug for Model {
@@ -45,43 +63,44 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
+    /// `spatial_step`: the input's free height and width are multiples of it (the
+    /// detector's 32); tract plans with that, where ONNX Runtime needs no hint.
     pub fn load(
         name: &'static str,
         path: &Path,
-        library: &Path,
+        runtime: &Runtime,
         threads: usize,
+        spatial_step: usize,
     ) -> Result<Self, OcrError> {
-        let env = environment(library)?;
-        let bad = |reason: String| OcrError::BadModel {
-            model: path.display().to_string(),
-            reason,
+        let backend = match runtime {
+            Runtime::OnnxRuntime(library) => {
+                Backend::OnnxRuntime(Mutex::new(ort_session(path, library, threads)?))
+            }
+            #[cfg(feature = "tract")]
+            Runtime::Tract => Backend::Tract(
+                tract::TractModel::load(path, threads, spatial_step).map_err(|e| {
+                    OcrError::BadModel {
+                        model: path.display().to_string(),
+                        reason: format!("{e:#}"),
+                    }
+                })?,
+            ),
         };
-        let session = Session::builder(env)
-            .map_err(|e| bad(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| bad(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| bad(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| bad(e.to_string()))?
-            .commit_from_file(path)
-            .map_err(|e| bad(e.to_string()))?;
-        if session.inputs().len() != 1 || session.outputs().is_empty() {
-            return Err(bad("expected one input and at least one output".into()));
-        }
-        Ok(Self {
-            name,
-            session: Mutex::new(session),
-        })
+        Ok(Self { name, backend })
     }
 
     /// A custom metadata entry of the model.
     pub fn metadata(&self, key: &str) -> Option<String> {
-        let session = self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        session.metadata().ok()?.custom(key)
+        match &self.backend {
+            Backend::OnnxRuntime(session) => {
+                let session = session
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                session.metadata().ok()?.custom(key)
+            }
+            #[cfg(feature = "tract")]
+            Backend::Tract(model) => model.metadata(key),
+        }
     }
 
     /// Runs the model on one f32 tensor; returns the first output's shape and values.
@@ -90,13 +109,28 @@ impl Model {
         shape: [usize; 4],
         data: Vec<f32>,
     ) -> Result<(Vec<usize>, Vec<f32>), OcrError> {
+        match &self.backend {
+            Backend::OnnxRuntime(session) => self.run_ort(session, shape, data),
+            #[cfg(feature = "tract")]
+            Backend::Tract(model) => model.run(shape, data).map_err(|e| OcrError::Inference {
+                model: self.name,
+                reason: format!("{e:#}"),
+            }),
+        }
+    }
+
+    fn run_ort(
+        &self,
+        session: &Mutex<Session>,
+        shape: [usize; 4],
+        data: Vec<f32>,
+    ) -> Result<(Vec<usize>, Vec<f32>), OcrError> {
         let fail = |e: ort::Error| OcrError::Inference {
             model: self.name,
             reason: e.to_string(),
         };
         let input = Tensor::from_array((shape, data)).map_err(fail)?;
-        let mut session = self
-            .session
+        let mut session = session
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session.run(ort::inputs![input]).map_err(fail)?;
@@ -112,5 +146,151 @@ impl Model {
             .map(|&d| usize::try_from(d).unwrap_or(0))
             .collect();
         Ok((dims, values.to_vec()))
+    }
+}
+
+fn ort_session(path: &Path, library: &Path, threads: usize) -> Result<Session, OcrError> {
+    let env = environment(library)?;
+    let bad = |reason: String| OcrError::BadModel {
+        model: path.display().to_string(),
+        reason,
+    };
+    let session = Session::builder(env)
+        .map_err(|e| bad(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| bad(e.to_string()))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| bad(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| bad(e.to_string()))?
+        .commit_from_file(path)
+        .map_err(|e| bad(e.to_string()))?;
+    if session.inputs().len() != 1 || session.outputs().is_empty() {
+        return Err(bad("expected one input and at least one output".into()));
+    }
+    Ok(session)
+}
+
+#[cfg(feature = "tract")]
+mod tract {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use tract_linalg::multithread::{Executor, multithread_tract_scope};
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_hir::infer::Factoid;
+
+    /// A model optimised once with its free dimensions (batch, height, width) left
+    /// symbolic, so one plan serves every input; where tract cannot reason about those
+    /// dimensions symbolically (the detector's feature pyramid), a plan per input shape,
+    /// kept for the next input of that shape.
+    pub struct TractModel {
+        plans: Plans,
+        executor: Executor,
+        metadata: HashMap<String, String>,
+    }
+
+    enum Plans {
+        Symbolic(Arc<TypedRunnableModel>),
+        PerShape {
+            model: InferenceModel,
+            plans: Mutex<HashMap<[usize; 4], Arc<TypedRunnableModel>>>,
+        },
+    }
+
+    impl TractModel {
+        pub fn load(path: &Path, threads: usize, spatial_step: usize) -> TractResult<Self> {
+            let model = tract_onnx::onnx().model_for_path(path)?;
+            let metadata = model
+                .properties
+                .iter()
+                .filter_map(|(key, value)| {
+                    let key = key.strip_prefix("onnx.metadata_props.")?;
+                    let value = value.to_plain_array_view::<String>().ok()?;
+                    Some((key.to_string(), value.iter().next()?.clone()))
+                })
+                .collect();
+            let declared = model.input_fact(0)?.shape.clone();
+            let mut dims: TVec<TDim> = tvec![];
+            for i in 0..4 {
+                let fixed = declared
+                    .dim(i)
+                    .and_then(|d| d.concretize())
+                    .and_then(|d| d.to_i64().ok())
+                    .filter(|&d| d > 0);
+                let free = TDim::from(model.sym(&format!("d{i}")));
+                dims.push(match fixed {
+                    Some(d) => TDim::from(d),
+                    None if i >= 2 && spatial_step > 1 => free * spatial_step as i64,
+                    None => free,
+                });
+            }
+            let symbolic = model
+                .clone()
+                .with_input_fact(0, f32::fact(dims).into())
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable());
+            let plans = match symbolic {
+                Ok(plan) => Plans::Symbolic(plan),
+                Err(e) => {
+                    tracing::debug!(model = %path.display(), "tract plans per input shape: {e}");
+                    Plans::PerShape {
+                        model,
+                        plans: Mutex::new(HashMap::new()),
+                    }
+                }
+            };
+            let executor = if threads > 1 {
+                Executor::multithread(threads)
+            } else {
+                Executor::SingleThread
+            };
+            Ok(Self {
+                plans,
+                executor,
+                metadata,
+            })
+        }
+
+        fn plan(&self, shape: [usize; 4]) -> TractResult<Arc<TypedRunnableModel>> {
+            match &self.plans {
+                Plans::Symbolic(plan) => Ok(plan.clone()),
+                Plans::PerShape { model, plans } => {
+                    let mut plans = plans.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(plan) = plans.get(&shape) {
+                        return Ok(plan.clone());
+                    }
+                    let plan = model
+                        .clone()
+                        .with_input_fact(0, f32::fact(shape).into())?
+                        .into_optimized()?
+                        .into_runnable()?;
+                    plans.insert(shape, plan.clone());
+                    Ok(plan)
+                }
+            }
+        }
+
+        pub fn metadata(&self, key: &str) -> Option<String> {
+            self.metadata.get(key).cloned()
+        }
+
+        pub fn run(
+            &self,
+            shape: [usize; 4],
+            data: Vec<f32>,
+        ) -> TractResult<(Vec<usize>, Vec<f32>)> {
+            let input = Tensor::from_shape(&shape, &data)?;
+            let plan = self.plan(shape)?;
+            let outputs = multithread_tract_scope(self.executor.clone(), || {
+                plan.run(tvec![input.into_tvalue()])
+            })?;
+            let output = outputs
+                .first()
+                .ok_or_else(|| TractError::msg("no output"))?;
+            let view = output.to_plain_array_view::<f32>()?;
+            Ok((view.shape().to_vec(), view.iter().copied().collect()))
+        }
     }
 }

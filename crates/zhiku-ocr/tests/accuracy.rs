@@ -257,3 +257,30 @@ fn missing_models_are_a_clear_error() {
     assert!(message.contains(zhiku_ocr::DETECTION_MODEL), "{message}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Both runtimes run the same pipeline on the same models: tract reads the fixed page as
+/// ONNX Runtime does (a build with `--features tract`).
+#[cfg(feature = "tract")]
+#[test]
+fn tract_reads_what_onnx_runtime_reads() {
+    let Some((engine, font)) = setup("tract_reads_what_onnx_runtime_reads") else {
+        return;
+    };
+    let tract = OcrEngine::load(
+        corpus::models_dir().to_str().expect("utf-8 path"),
+        None,
+        OcrOptions {
+            threads: 2,
+            runtime: zhiku_ocr::OcrRuntime::Tract,
+            ..OcrOptions::default()
+        },
+    )
+    .expect("the models on tract");
+    let page = condition(&font, "clean-24px");
+    let a = engine.recognize(&page.image).expect("ONNX Runtime");
+    let b = tract.recognize(&page.image).expect("tract");
+    assert_eq!(a.text(), b.text());
+    for (x, y) in a.lines.iter().zip(&b.lines) {
+        assert!((x.confidence - y.confidence).abs() < 1e-3, "{x:?} / {y:?}");
+    }
+}

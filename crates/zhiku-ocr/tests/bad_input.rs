@@ -110,3 +110,21 @@ proptest! {
         check(&bytes);
     }
 }
+
+/// tract is a build option (`--features tract`, for `ocr-bench`); asking a build without it
+/// says how to get it instead of failing on a missing library.
+#[test]
+fn tract_in_a_build_without_it_says_how_to_get_it() {
+    let options = zhiku_ocr::OcrOptions {
+        runtime: zhiku_ocr::OcrRuntime::Tract,
+        ..Default::default()
+    };
+    let result = zhiku_ocr::OcrEngine::load("/no/such/ppocr", None, options);
+    match result {
+        Err(e @ OcrError::TractNotBuilt) if cfg!(not(feature = "tract")) => {
+            assert!(e.to_string().contains("--features tract"), "{e}");
+        }
+        Err(OcrError::Model(_)) if cfg!(feature = "tract") => {}
+        other => panic!("unexpected: {other:?}"),
+    }
+}
