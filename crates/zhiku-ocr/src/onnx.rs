@@ -72,6 +72,8 @@ impl Model {
         threads: usize,
         spatial_step: usize,
     ) -> Result<Self, OcrError> {
+        #[cfg(not(feature = "tract"))]
+        let _ = spatial_step;
         let backend = match runtime {
             Runtime::OnnxRuntime(library) => {
                 Backend::OnnxRuntime(Mutex::new(ort_session(path, library, threads)?))
