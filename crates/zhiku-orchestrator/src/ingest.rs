@@ -27,8 +27,9 @@ const EMBEDS_IN_FLIGHT: usize = 2;
 /// Files loaded and split ahead of the one embedding (each still waits for a load permit).
 const LOADS_AHEAD: usize = 4;
 
-/// The passage metadata keys a paged document's passages carry: the page they start on
-/// (from 1), and for OCR text the recogniser's confidence on that page (0 to 1).
+/// The passage metadata keys: the page a paged document's passage starts on (from 1), and
+/// for OCR text the recogniser's confidence (0 to 1): its page's, or for a DOCX's pictures
+/// the mean over the picture text in the passage.
 pub const PAGE_KEY: &str = "page";
 pub const OCR_CONFIDENCE_KEY: &str = "ocr_confidence";
 
@@ -472,7 +473,7 @@ impl Orchestrator {
         Ok(passages
             .into_iter()
             .zip(vectors)
-            .map(|((p, page), vector)| Passage {
+            .map(|((p, place), vector)| Passage {
                 readers: source.readers.clone(),
                 document_id: source.document_id.clone(),
                 chunk_index: p.index as u32,
@@ -484,7 +485,7 @@ impl Orchestrator {
                 vector,
                 char_start: p.char_start as u32,
                 char_end: p.char_end as u32,
-                metadata: page_metadata(&source.metadata, page.as_ref()),
+                metadata: place_metadata(&source.metadata, place),
             })
             .collect())
     }
@@ -520,16 +521,28 @@ impl Orchestrator {
     }
 }
 
-/// A passage and the page it starts on, if its document has pages.
-type PagedPassage = (zhiku_text::Passage, Option<zhiku_text::PageSpan>);
+/// A passage and where it came from.
+type PagedPassage = (zhiku_text::Passage, PassagePlace);
+
+/// Where a passage lies in its document, as its metadata records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct PassagePlace {
+    /// The page it starts on, if its document has pages.
+    page: Option<u32>,
+    /// The OCR confidence of its text, if OCR read any of it.
+    confidence: Option<f32>,
+}
 
 fn split(splitter: &PassageSplitter, document: &Document) -> Vec<PagedPassage> {
     splitter
         .split_document(document)
         .into_iter()
         .map(|p| {
-            let page = document.page_at(p.char_start).cloned();
-            (p, page)
+            let place = PassagePlace {
+                page: document.page_at(p.char_start).map(|page| page.number),
+                confidence: document.ocr_confidence(p.char_start, p.char_end),
+            };
+            (p, place)
         })
         .collect()
 }
@@ -655,16 +668,16 @@ pub fn page_of(metadata: &std::collections::HashMap<String, String>) -> u32 {
 }
 
 /// A passage's metadata: the document's, with its page and OCR confidence when it has them.
-fn page_metadata(
+fn place_metadata(
     metadata: &std::collections::HashMap<String, String>,
-    page: Option<&zhiku_text::PageSpan>,
+    place: PassagePlace,
 ) -> std::collections::HashMap<String, String> {
     let mut metadata = metadata.clone();
-    if let Some(page) = page {
-        metadata.insert(PAGE_KEY.into(), page.number.to_string());
-        if let Some(confidence) = page.confidence {
-            metadata.insert(OCR_CONFIDENCE_KEY.into(), format!("{confidence:.3}"));
-        }
+    if let Some(page) = place.page {
+        metadata.insert(PAGE_KEY.into(), page.to_string());
+    }
+    if let Some(confidence) = place.confidence {
+        metadata.insert(OCR_CONFIDENCE_KEY.into(), format!("{confidence:.3}"));
     }
     metadata
 }
@@ -704,25 +717,31 @@ mod tests {
     #[test]
     fn passages_of_pages_carry_their_page_and_confidence() {
         let labels = HashMap::from([("team".to_string(), "ops".to_string())]);
-        let scanned = zhiku_text::PageSpan {
-            number: 3,
-            char_start: 0,
-            char_end: 10,
+        let scanned = PassagePlace {
+            page: Some(3),
             confidence: Some(0.9512),
         };
-        let metadata = page_metadata(&labels, Some(&scanned));
+        let metadata = place_metadata(&labels, scanned);
         assert_eq!(metadata["team"], "ops");
         assert_eq!(metadata[PAGE_KEY], "3");
         assert_eq!(metadata[OCR_CONFIDENCE_KEY], "0.951");
         assert_eq!(page_of(&metadata), 3);
-        let typed = zhiku_text::PageSpan {
+        let typed = PassagePlace {
             confidence: None,
             ..scanned
         };
-        let metadata = page_metadata(&labels, Some(&typed));
+        let metadata = place_metadata(&labels, typed);
         assert!(!metadata.contains_key(OCR_CONFIDENCE_KEY));
+        // A DOCX's picture text: a confidence, no page.
+        let picture = PassagePlace {
+            page: None,
+            confidence: Some(0.8),
+        };
+        let metadata = place_metadata(&labels, picture);
+        assert_eq!(metadata[OCR_CONFIDENCE_KEY], "0.800");
+        assert!(!metadata.contains_key(PAGE_KEY));
         // Documents without pages keep their labels alone.
-        assert_eq!(page_metadata(&labels, None), labels);
+        assert_eq!(place_metadata(&labels, PassagePlace::default()), labels);
         assert_eq!(page_of(&labels), 0);
         let garbled = HashMap::from([(PAGE_KEY.to_string(), "x".to_string())]);
         assert_eq!(page_of(&garbled), 0);

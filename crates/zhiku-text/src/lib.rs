@@ -109,6 +109,19 @@ pub struct Document {
     /// For paged formats (pdf, ofd, images): where each page's text lies in `text`, in order;
     /// empty otherwise. Pages without text have none.
     pub pages: Vec<PageSpan>,
+    /// For text read by OCR in a document without pages (a DOCX's pictures): where each
+    /// picture's text lies in `text`, with the recogniser's confidence, in order.
+    pub ocr_spans: Vec<OcrSpan>,
+}
+
+/// Text read by OCR inside a document without pages: `[char_start, char_end)` of
+/// [`Document::text`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OcrSpan {
+    pub char_start: usize,
+    pub char_end: usize,
+    /// The recogniser's confidence, 0 to 1.
+    pub confidence: f32,
 }
 
 /// One page's share of a [`Document::text`].
@@ -165,7 +178,26 @@ impl Document {
             text,
             records: None,
             pages: spans,
+            ocr_spans: Vec::new(),
         }
+    }
+
+    /// The OCR confidence of the text in `[char_start, char_end)`: for a paged document its
+    /// first page's, otherwise the mean over the OCR spans it overlaps, weighted by the
+    /// characters in common. `None` when none of it was read by OCR.
+    pub fn ocr_confidence(&self, char_start: usize, char_end: usize) -> Option<f32> {
+        if !self.pages.is_empty() {
+            return self.page_at(char_start).and_then(|page| page.confidence);
+        }
+        let (mut weighted, mut chars) = (0.0f32, 0usize);
+        for span in &self.ocr_spans {
+            let common = char_end
+                .min(span.char_end)
+                .saturating_sub(char_start.max(span.char_start));
+            weighted += span.confidence * common as f32;
+            chars += common;
+        }
+        (chars > 0).then(|| weighted / chars as f32)
     }
 
     /// The page a passage starting at character `char_start` of the text begins on.

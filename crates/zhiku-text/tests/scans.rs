@@ -521,6 +521,37 @@ fn docx_pictures_are_read_at_their_place_with_images_mode() {
             "# 扫描附件\n\n下图是合同首页。\n\n甲方：华东公司\n\n印章 | \n\n图示：如上。\n\n流程图文字\n\n结束。"
         );
         assert!(document.pages.is_empty(), "a docx has no pages");
+        // Each picture's text keeps its confidence, where it lies in the text.
+        let spans: Vec<(String, f32)> = document
+            .ocr_spans
+            .iter()
+            .map(|span| {
+                let text: String = document
+                    .text
+                    .chars()
+                    .skip(span.char_start)
+                    .take(span.char_end - span.char_start)
+                    .collect();
+                (text, span.confidence)
+            })
+            .collect();
+        assert_eq!(
+            spans,
+            [("甲方：华东公司".to_string(), 0.9), ("流程图文字".to_string(), 0.8)]
+        );
+        let (first, second) = (document.ocr_spans[0], document.ocr_spans[1]);
+        assert_eq!(document.ocr_confidence(0, 10), None, "the heading is text");
+        assert_eq!(
+            document.ocr_confidence(first.char_start, first.char_end),
+            Some(0.9)
+        );
+        // A passage over both pictures: their confidences weighted by the characters in it
+        // (7 at 0.9, 5 at 0.8).
+        let both = document
+            .ocr_confidence(0, document.text.chars().count())
+            .expect("OCR text in it");
+        assert!((both - (7.0 * 0.9 + 5.0 * 0.8) / 12.0).abs() < 1e-6, "{both}");
+        assert_eq!(document.ocr_confidence(first.char_end, second.char_start), None);
     }
 }
 

@@ -44,9 +44,12 @@ pub(super) fn text(bytes: &[u8]) -> Result<String, String> {
     })))
 }
 
+/// What goes between two blocks of text.
+pub(super) const BLOCK_SEPARATOR: &str = "\n\n";
+
 /// Blocks of text joined as [`text`] joins them.
-pub(super) fn join_text<'a>(blocks: impl Iterator<Item = &'a str>) -> String {
-    blocks.collect::<Vec<_>>().join("\n\n")
+fn join_text<'a>(blocks: impl Iterator<Item = &'a str>) -> String {
+    blocks.collect::<Vec<_>>().join(BLOCK_SEPARATOR)
 }
 
 /// The body as text blocks and the raster pictures between them, each picture as the

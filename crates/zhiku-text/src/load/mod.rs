@@ -17,7 +17,7 @@ mod table;
 
 use std::path::Path;
 
-use crate::{Document, Format, PageText, RECORD_SEPARATOR};
+use crate::{Document, Format, OcrSpan, PageText, RECORD_SEPARATOR};
 
 /// Why a file could not be loaded. Every variant names the file, as given to the loader.
 #[derive(Debug, thiserror::Error)]
@@ -201,24 +201,44 @@ impl Scan {
         mut ocr: impl FnMut(&ScanPage) -> Option<(String, f32)>,
     ) -> Document {
         if self.format == Format::Docx {
-            let blocks: Vec<String> = self
-                .pages
-                .iter()
-                .filter_map(|part| {
-                    if part.images.is_empty() {
-                        Some(part.text.clone())
-                    } else {
-                        ocr(part).map(|(text, _)| text.trim().to_string())
+            // The blocks as `docx::text` joins them, keeping where pictures' text lies.
+            let mut text = String::new();
+            let mut chars = 0;
+            let mut ocr_spans = Vec::new();
+            for part in &self.pages {
+                let (block, confidence) = if part.images.is_empty() {
+                    (part.text.clone(), None)
+                } else {
+                    match ocr(part) {
+                        Some((text, confidence)) => (text.trim().to_string(), Some(confidence)),
+                        None => continue,
                     }
-                })
-                .filter(|text| !text.is_empty())
-                .collect();
+                };
+                if block.is_empty() {
+                    continue;
+                }
+                if !text.is_empty() {
+                    text.push_str(docx::BLOCK_SEPARATOR);
+                    chars += docx::BLOCK_SEPARATOR.chars().count();
+                }
+                let start = chars;
+                text.push_str(&block);
+                chars += block.chars().count();
+                if let Some(confidence) = confidence {
+                    ocr_spans.push(OcrSpan {
+                        char_start: start,
+                        char_end: chars,
+                        confidence,
+                    });
+                }
+            }
             return Document {
                 source: self.source,
                 format: self.format,
-                text: docx::join_text(blocks.iter().map(String::as_str)),
+                text,
                 records: None,
                 pages: Vec::new(),
+                ocr_spans,
             };
         }
         let pages = self
@@ -338,6 +358,7 @@ pub fn load(file_name: &str, bytes: &[u8]) -> Result<Document, LoadError> {
         text,
         records,
         pages: Vec::new(),
+        ocr_spans: Vec::new(),
     })
 }
 
