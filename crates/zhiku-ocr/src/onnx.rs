@@ -51,7 +51,7 @@ pub(crate) enum Runtime {
 enum Backend {
     OnnxRuntime(Mutex<Session>),
     #[cfg(feature = "tract")]
-    Tract(tract::TractModel),
+    Tract(Box<tract::TractModel>),
 }
 
 impl std::fmt::Debug for Model {
@@ -79,14 +79,14 @@ impl Model {
                 Backend::OnnxRuntime(Mutex::new(ort_session(path, library, threads)?))
             }
             #[cfg(feature = "tract")]
-            Runtime::Tract => Backend::Tract(
+            Runtime::Tract => Backend::Tract(Box::new(
                 tract::TractModel::load(path, threads, spatial_step).map_err(|e| {
                     OcrError::BadModel {
                         model: path.display().to_string(),
                         reason: format!("{e:#}"),
                     }
                 })?,
-            ),
+            )),
         };
         Ok(Self { name, backend })
     }
@@ -196,7 +196,7 @@ mod tract {
     enum Plans {
         Symbolic(Arc<TypedRunnableModel>),
         PerShape {
-            model: InferenceModel,
+            model: Box<InferenceModel>,
             plans: Mutex<HashMap<[usize; 4], Arc<TypedRunnableModel>>>,
         },
     }
@@ -238,7 +238,7 @@ mod tract {
                 Err(e) => {
                     tracing::debug!(model = %path.display(), "tract plans per input shape: {e}");
                     Plans::PerShape {
-                        model,
+                        model: Box::new(model),
                         plans: Mutex::new(HashMap::new()),
                     }
                 }
