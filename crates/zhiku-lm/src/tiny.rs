@@ -295,6 +295,42 @@ fn chatglm6b_weights(add: &mut AddWeight<'_>) -> Result<(), LmError> {
     add("lm_head.weight".into(), &[VOCAB, HIDDEN])
 }
 
+/// ChatGLM-6B's special tokens (ids 0..5, as [`chatglm6b_config`] names them).
+const CHATGLM6B_SPECIALS: [&str; 5] = ["<unk>", "[MASK]", "[gMASK]", "<sop>", "<eop>"];
+
+/// Writes a tiny ChatGLM-6B that [`crate::load_model`] reads as a whole chat model from
+/// `dir`: [`write`]'s checkpoint and a word-level `tokenizer.json` (its special tokens, then
+/// `w0`, `w1`, … up to the vocabulary's size, split on whitespace and punctuation). The
+/// fixture of tests that train ChatGLM-6B through the loaders.
+pub fn write_chatglm6b_model(dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
+    write(TinyFamily::ChatGlm6b, dir, seed)?;
+    let words = (0..VOCAB - CHATGLM6B_SPECIALS.len()).map(|i| format!("w{i}"));
+    let vocab: serde_json::Map<String, serde_json::Value> = CHATGLM6B_SPECIALS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(words)
+        .enumerate()
+        .map(|(id, token)| (token, id.into()))
+        .collect();
+    let added: Vec<serde_json::Value> = CHATGLM6B_SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(id, content)| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": CHATGLM6B_SPECIALS[0]}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string())
+        .map_err(|e| LmError::Load(format!("{}: {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
+}
+
 /// The sizes a GGUF file's metadata declares.
 #[derive(Debug, Clone, Copy)]
 pub struct GgufSizes {
