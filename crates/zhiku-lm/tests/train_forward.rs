@@ -211,6 +211,7 @@ fn decode_logits(
 
 fn assert_close(want: &Tensor, got: &Tensor, what: &str) {
     let (diff, scale) = worst(want, got);
+    eprintln!("{what}: differs by {diff:.2e} (largest logit {scale:.2})");
     assert!(
         diff <= TOLERANCE * scale,
         "{what}: differs by {diff} (largest logit {scale})"
