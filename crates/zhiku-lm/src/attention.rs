@@ -396,37 +396,65 @@ fn tensor_attention(
 
 /// The examples packed side by side in the rows of a training batch: every token's position
 /// in its own example, row-major [batch·tokens], a position 0 starting an example. Each
-/// example attends only to itself (causally) and is rotated from position 0, so that a
-/// packed row computes for each of its examples what a row of its own would.
+/// example attends only to itself (causally, but for its bidirectional part) and is rotated
+/// from position 0, so that a packed row computes for each of its examples what a row of
+/// its own would.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segments {
     batch: usize,
     tokens: usize,
     positions: Vec<u32>,
+    /// The bidirectional part of every token's example ([`SeqRows::bidirectional`]: its
+    /// first so many tokens see each other, ChatGLM-6B's prompt through `[gMASK]`),
+    /// row-major; 0: causal.
+    bidirectional: Vec<u32>,
 }
 
 impl Segments {
     /// Rows of `tokens` tokens, row b holding examples of the lengths `rows[b]`, in order;
     /// the rest of a row (padding) is one more segment, which no real token sees.
     pub fn from_lengths(tokens: usize, rows: &[Vec<usize>]) -> candle_core::Result<Self> {
+        let rows: Vec<Vec<(usize, usize)>> = rows
+            .iter()
+            .map(|lengths| lengths.iter().map(|&n| (n, 0)).collect())
+            .collect();
+        Self::from_examples(tokens, &rows)
+    }
+
+    /// [`Segments::from_lengths`] with each example's bidirectional part: `rows[b]` holds
+    /// (length, bidirectional tokens) of row b's examples, in order.
+    pub fn from_examples(tokens: usize, rows: &[Vec<(usize, usize)>]) -> candle_core::Result<Self> {
         let mut positions = Vec::with_capacity(rows.len() * tokens);
-        for (b, lengths) in rows.iter().enumerate() {
-            let used: usize = lengths.iter().sum();
-            if used > tokens || lengths.contains(&0) {
+        let mut bidirectional = Vec::with_capacity(rows.len() * tokens);
+        for (b, examples) in rows.iter().enumerate() {
+            let used: usize = examples.iter().map(|&(n, _)| n).sum();
+            if used > tokens || examples.iter().any(|&(n, p)| n == 0 || p > n) {
                 candle_core::bail!(
-                    "row {b}: examples of {lengths:?} tokens do not fit a row of {tokens}"
+                    "row {b}: examples of {examples:?} (tokens, bidirectional) do not fit a \
+                     row of {tokens}"
                 );
             }
-            for &n in lengths {
+            for &(n, p) in examples {
                 positions.extend(0..n as u32);
+                bidirectional.extend(std::iter::repeat_n(p as u32, n));
             }
             positions.extend(0..(tokens - used) as u32);
+            bidirectional.extend(std::iter::repeat_n(0, tokens - used));
         }
         Ok(Self {
             batch: rows.len(),
             tokens,
             positions,
+            bidirectional,
         })
+    }
+
+    /// One example per row, filling it (padding after an example is its own, and never
+    /// seen by its real tokens), with the given bidirectional parts.
+    pub fn rows(tokens: usize, bidirectional: &[usize]) -> candle_core::Result<Self> {
+        let rows: Vec<Vec<(usize, usize)>> =
+            bidirectional.iter().map(|&p| vec![(tokens, p)]).collect();
+        Self::from_examples(tokens, &rows)
     }
 
     /// Rows.
@@ -448,18 +476,24 @@ impl Segments {
         &self.positions[b * self.tokens..(b + 1) * self.tokens]
     }
 
+    fn row_bidirectional(&self, b: usize) -> &[u32] {
+        &self.bidirectional[b * self.tokens..(b + 1) * self.tokens]
+    }
+
     /// The additive mask [batch, 1, group·tokens, tokens]: 0 where query token i may see key
-    /// token j (j ≤ i in the same example: i − position(i) ≤ j ≤ i), −∞ elsewhere.
+    /// token j (in the same example, starting at i − position(i), up to i or to the end of
+    /// the example's bidirectional part, as [`SeqRows::visible`] says), −∞ elsewhere.
     fn mask(&self, group: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
         let t = self.tokens;
         let mut mask = Vec::with_capacity(self.batch * group * t * t);
         for b in 0..self.batch {
-            let pos = self.row(b);
+            let (pos, both) = (self.row(b), self.row_bidirectional(b));
             for r in 0..group * t {
                 let i = r % t;
                 let first = i - pos[i] as usize;
+                let last = first + (pos[i] as usize).max((both[i] as usize).saturating_sub(1));
                 mask.extend((0..t).map(|j| {
-                    if (first..=i).contains(&j) {
+                    if (first..=last).contains(&j) {
                         0.0
                     } else {
                         f32::NEG_INFINITY
@@ -471,30 +505,88 @@ impl Segments {
     }
 }
 
+/// How one row's q and k rotate in a training forward: at its tokens' positions, or with
+/// 2-D positions ([`Rotary::two_d`]) each half of a head at its own.
+#[derive(Debug, Clone)]
+struct RowRotation {
+    first: RotaryTables,
+    second: Option<RotaryTables>,
+}
+
+impl RowRotation {
+    /// x [rows, heads, tokens, head_dim] rotated, or (`inverse`) rotated back.
+    fn apply(&self, x: &Tensor, inverse: bool) -> candle_core::Result<Tensor> {
+        let apply = |tables: &RotaryTables, x: &Tensor| {
+            if inverse {
+                tables.inverse()?.apply(x)
+            } else {
+                tables.apply(x)
+            }
+        };
+        match &self.second {
+            None => apply(&self.first, x),
+            Some(second) => {
+                let half = x.dim(candle_core::D::Minus1)? / 2;
+                Tensor::cat(
+                    &[
+                        apply(&self.first, &x.narrow(candle_core::D::Minus1, 0, half)?)?,
+                        apply(second, &x.narrow(candle_core::D::Minus1, half, half)?)?,
+                    ],
+                    candle_core::D::Minus1,
+                )
+            }
+        }
+    }
+}
+
 /// How the rows of a training batch are laid out: each one sequence from position 0
-/// (causal), or packed examples ([`Segments`]).
+/// (causal), or packed examples and examples with a bidirectional part ([`Segments`]).
 #[derive(Debug, Clone)]
 struct TrainLayout {
     batch: usize,
     tokens: usize,
-    /// One table set for every row, or (packed) one per row.
-    tables: Vec<RotaryTables>,
+    /// One rotation for every row, or (segments) one per row.
+    tables: Vec<RowRotation>,
     segments: Option<Arc<Segments>>,
 }
 
 impl TrainLayout {
     fn causal(batch: usize, tokens: usize, rotary: &Rotary) -> candle_core::Result<Self> {
+        // 2-D positions depend on the bidirectional part, even when it is empty.
+        if rotary.two_d {
+            return Self::packed(&Segments::rows(tokens, &vec![0; batch])?, rotary);
+        }
         Ok(Self {
             batch,
             tokens,
-            tables: vec![rotary.train_tables(tokens)?],
+            tables: vec![RowRotation {
+                first: rotary.train_tables(tokens)?,
+                second: None,
+            }],
             segments: None,
         })
     }
 
     fn packed(segments: &Segments, rotary: &Rotary) -> candle_core::Result<Self> {
         let tables = (0..segments.batch)
-            .map(|b| rotary.tables_at(segments.row(b)))
+            .map(|b| {
+                let positions = segments.row(b);
+                if !rotary.two_d {
+                    return Ok(RowRotation {
+                        first: rotary.tables_at(positions)?,
+                        second: None,
+                    });
+                }
+                let (first, second): (Vec<u32>, Vec<u32>) = positions
+                    .iter()
+                    .zip(segments.row_bidirectional(b))
+                    .map(|(&p, &both)| Rotary::two_d_positions(p as usize, both as usize))
+                    .unzip();
+                Ok(RowRotation {
+                    first: rotary.tables_at(&first)?,
+                    second: Some(rotary.tables_at(&second)?),
+                })
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             batch: segments.batch,
@@ -506,28 +598,21 @@ impl TrainLayout {
 
     /// x [batch, heads, tokens, head_dim] rotated, or (`inverse`) rotated back.
     fn rotate(&self, x: &Tensor, inverse: bool) -> candle_core::Result<Tensor> {
-        let apply = |tables: &RotaryTables, x: &Tensor| {
-            if inverse {
-                tables.inverse()?.apply(x)
-            } else {
-                tables.apply(x)
-            }
-        };
         match self.tables.as_slice() {
-            [shared] => apply(shared, x),
+            [shared] => shared.apply(x, inverse),
             per_row => {
                 let rows = per_row
                     .iter()
                     .enumerate()
-                    .map(|(b, tables)| apply(tables, &x.narrow(0, b, 1)?))
+                    .map(|(b, rotation)| rotation.apply(&x.narrow(0, b, 1)?, inverse))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&rows, 0)
             }
         }
     }
 
-    /// The additive mask over scores [batch, kv_heads, group·tokens, tokens]: causal, and
-    /// (packed) within each example.
+    /// The additive mask over scores [batch, kv_heads, group·tokens, tokens]: causal, or
+    /// as the segments say.
     fn mask(&self, group: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
         if let Some(segments) = &self.segments {
             return segments.mask(group, device, dtype);
@@ -545,7 +630,7 @@ impl TrainLayout {
 
 /// Causal self-attention of a training forward, without a cache: q [batch·tokens,
 /// heads·head_dim], k, v [batch·tokens, kv_heads·head_dim], every sequence `tokens` long from
-/// position 0; returns [batch·tokens, heads·head_dim]. One node of the graph that keeps q,
+/// position 0 (with 2-D positions, an empty bidirectional part); returns [batch·tokens, heads·head_dim]. One node of the graph that keeps q,
 /// k, v and the result ([`crate::autograd::with_backward_n`]; its value is the composed
 /// ops', bit for bit); its backward recomputes the rotation and the probabilities and gives
 /// the gradients in closed form ([`causal_attention_backward`]). Right-padded sequences need no pad mask: a real token never
@@ -560,8 +645,9 @@ pub fn causal_attention_train(
 }
 
 /// [`causal_attention_train`] over rows of packed examples: each example attends only to
-/// itself, causally, rotated from position 0 ([`Segments`]), so that its outputs are those
-/// of the example alone in a row.
+/// itself, causally but for its bidirectional part, rotated from position 0 (with 2-D
+/// positions, from its bidirectional part as serving does) ([`Segments`]), so that its
+/// outputs are those of the example alone in a row.
 pub fn causal_attention_train_segments(
     qkv: (&Tensor, &Tensor, &Tensor),
     shape: AttnShape,
@@ -722,29 +808,87 @@ mod train_tests {
                 TrainLayout::packed(&segments, &rotary).unwrap(),
             ];
             for layout in layouts {
-                let (q, k, v, probe) = qkv_probe(batch * tokens, 0.0);
-                let qkv = (q.as_tensor(), k.as_tensor(), v.as_tensor());
-                let composed = causal_attention_composed(qkv, SHAPE, &layout).unwrap();
-                let node = match layout.segments {
+                assert_node_is_composition(&layout, 0.0, &|qkv| match layout.segments {
                     None => causal_attention_train(qkv, (batch, tokens), SHAPE, &rotary),
                     Some(_) => causal_attention_train_segments(qkv, SHAPE, &rotary, &segments),
-                }
-                .unwrap();
-                assert_eq!(values(&composed), values(&node));
-                let g1 = probed(composed, &probe);
-                let g2 = probed(node, &probe);
-                for t in [&q, &k, &v] {
-                    let d = rel_diff(
-                        g2.get(t.as_tensor()).unwrap(),
-                        g1.get(t.as_tensor()).unwrap(),
-                    );
-                    assert!(
-                        d <= 1e-12,
-                        "gradient off by {d:e} (relative to the largest)"
-                    );
-                }
+                });
             }
         }
+    }
+
+    /// The attention `node` gives on q, k, v (seeded from `seed`) against candle's
+    /// autograd of the composed ops on `layout`: the same value, gradients within 1e-12
+    /// of the largest.
+    #[allow(clippy::type_complexity)]
+    fn assert_node_is_composition(
+        layout: &TrainLayout,
+        seed: f64,
+        node: &dyn Fn((&Tensor, &Tensor, &Tensor)) -> candle_core::Result<Tensor>,
+    ) {
+        let (q, k, v, probe) = qkv_probe(layout.batch * layout.tokens, seed);
+        let qkv = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let composed = causal_attention_composed(qkv, SHAPE, layout).unwrap();
+        let node = node(qkv).unwrap();
+        assert_eq!(values(&composed), values(&node));
+        let g1 = probed(composed, &probe);
+        let g2 = probed(node, &probe);
+        for t in [&q, &k, &v] {
+            let d = rel_diff(
+                g2.get(t.as_tensor()).unwrap(),
+                g1.get(t.as_tensor()).unwrap(),
+            );
+            assert!(
+                d <= 1e-12,
+                "gradient off by {d:e} (relative to the largest)"
+            );
+        }
+    }
+
+    /// The same with ChatGLM-6B's attention: 2-D positions (each half of a head rotated at
+    /// its own position) and bidirectional parts, per row and per packed example, and
+    /// rows with none (2-D positions all the same).
+    #[test]
+    fn bidirectional_attention_with_2d_positions_has_the_compositions_gradients() {
+        let tokens = 5;
+        let rotary = rotary(4, false).with_two_d();
+        let layouts = [
+            TrainLayout::causal(2, tokens, &rotary).unwrap(),
+            TrainLayout::packed(&Segments::rows(tokens, &[3, 5]).unwrap(), &rotary).unwrap(),
+            TrainLayout::packed(
+                &Segments::from_examples(tokens, &[vec![(2, 1), (3, 2)], vec![(4, 3)]]).unwrap(),
+                &rotary,
+            )
+            .unwrap(),
+        ];
+        for layout in layouts {
+            assert_node_is_composition(&layout, 0.2, &|qkv| {
+                attention_train_node(qkv, SHAPE, layout.clone())
+            });
+        }
+    }
+
+    /// A bidirectional part: its tokens see each other, those after it see it and
+    /// themselves, and a packed example sees nothing of its neighbours.
+    #[test]
+    fn a_bidirectional_part_is_seen_both_ways() {
+        let segments = Segments::from_examples(6, &[vec![(4, 2), (2, 0)]]).unwrap();
+        let mask = values(&segments.mask(1, &Device::Cpu, DType::F64).unwrap());
+        let seen: Vec<Vec<usize>> = mask
+            .chunks(6)
+            .map(|row| (0..6).filter(|&j| row[j] == 0.0).collect())
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                vec![0, 1],
+                vec![0, 1],
+                vec![0, 1, 2],
+                vec![0, 1, 2, 3],
+                vec![4],
+                vec![4, 5]
+            ]
+        );
+        assert!(Segments::from_examples(6, &[vec![(2, 3)]]).is_err());
     }
 
     /// A packed row computes each of its examples as the example alone would: the

@@ -286,6 +286,8 @@ impl Decoder {
     /// with `lora`'s pairs added to the layers they target. The same blocks as
     /// [`BatchModel::forward`]; the weights must be dense ([`Decoder::into_training`]).
     /// Right-padded batches need no attention mask (a token never sees a later one).
+    /// ChatGLM-6B's rows here have no bidirectional part; give its prompts' with
+    /// [`Decoder::forward_train_segments`].
     /// It is [`Decoder::embed_train`], [`Decoder::block_train`] for every block, then
     /// [`Decoder::head_train`]: a trainer may run the blocks one by one (to recompute them in
     /// the backward pass instead of keeping their activations).
@@ -349,11 +351,6 @@ impl Decoder {
         lora: &dyn TrainLora,
         attend: &mut dyn FnMut(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<Tensor, LmError> {
-        if self.rotary.two_d {
-            return Err(LmError::UnsupportedModel(
-                "training ChatGLM-6B (2-D positions, a bidirectional prompt)".into(),
-            ));
-        }
         let block = self.blocks.get(index).ok_or_else(|| {
             LmError::Validation(format!(
                 "block {index} of a model with {} blocks",
@@ -371,7 +368,10 @@ impl Decoder {
     }
 
     /// [`Decoder::block_train`] on rows of packed examples ([`Segments`]): each example
-    /// attends only to itself, from position 0, as it would alone in a row.
+    /// attends only to itself, from position 0, as it would alone in a row. ChatGLM-6B's
+    /// examples give their prompts' bidirectional parts there ([`Segments::from_examples`],
+    /// [`Segments::rows`]): the part serving reads both ways ([`Batch::bidirectional`]), and
+    /// the 2-D positions that follow from it.
     pub fn block_train_segments(
         &self,
         index: usize,

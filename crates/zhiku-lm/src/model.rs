@@ -71,18 +71,10 @@ pub struct TrainableModel {
 }
 
 impl LoadedModel {
-    /// The decoder itself, for a trainer. ChatGLM-6B (2-D positions, a bidirectional
-    /// prompt, which the training forward does not do yet) is refused with a message, as
-    /// are adapters loaded beside the weights.
+    /// The decoder itself, for a trainer. Adapters loaded beside the weights are refused
+    /// with a message.
     pub fn into_trainable(self) -> Result<TrainableModel, LmError> {
         let ModelKind::Batched(model) = self.model;
-        if model.bidirectional_prompt() {
-            return Err(LmError::UnsupportedModel(format!(
-                "{} (ChatGLM-6B: 2-D positions, a bidirectional prompt) cannot be trained \
-                 yet; train ChatGLM2/3, GLM-4, Llama or Qwen2 models",
-                self.info.architecture
-            )));
-        }
         let decoder = model
             .into_any()
             .downcast::<crate::decoder::Decoder>()

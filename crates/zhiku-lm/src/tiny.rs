@@ -10,10 +10,12 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
 use crate::ComputePath;
+use crate::chatglm6b::ChatGlm6bConfig;
 use crate::decoder::Decoder;
 use crate::error::LmError;
 use crate::families::{
-    GgufTensors, SafetensorsWeights, chatglm_decoder, gguf_decoder, glm4_0414_decoder,
+    GgufTensors, SafetensorsWeights, chatglm_decoder, chatglm6b_decoder, gguf_decoder,
+    glm4_0414_decoder,
 };
 use crate::seeded::SplitMix64;
 
@@ -39,6 +41,10 @@ pub enum TinyFamily {
     ChatGlm,
     /// GLM-4-0414 safetensors (partial rotary, extra norms).
     Glm4_0414,
+    /// ChatGLM-6B safetensors (2-D positions, a bidirectional prompt, DeepNorm, GELU). Not
+    /// in [`TinyFamily::ALL`]: its prompts need their bidirectional part, which the tests
+    /// of every family do not give.
+    ChatGlm6b,
 }
 
 impl TinyFamily {
@@ -55,7 +61,7 @@ impl TinyFamily {
             TinyFamily::Llama => Some("llama"),
             TinyFamily::Qwen2 => Some("qwen2"),
             TinyFamily::Glm4Gguf => Some("glm4"),
-            TinyFamily::ChatGlm | TinyFamily::Glm4_0414 => None,
+            TinyFamily::ChatGlm | TinyFamily::Glm4_0414 | TinyFamily::ChatGlm6b => None,
         }
     }
 }
@@ -102,7 +108,10 @@ pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmErr
         write_gguf(&path, arch, &t)?;
         return Ok(path);
     }
-    let config = if family == TinyFamily::ChatGlm {
+    let config = if family == TinyFamily::ChatGlm6b {
+        chatglm6b_weights(&mut |name, shape| add(name, shape, &mut rng))?;
+        chatglm6b_config()
+    } else if family == TinyFamily::ChatGlm {
         let e = "transformer.encoder";
         for i in 0..LAYERS {
             let p = format!("{e}.layers.{i}");
@@ -224,6 +233,101 @@ pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmErr
     std::fs::write(dir.join("config.json"), config.to_string()).map_err(io)?;
     let map: HashMap<String, Tensor> = t.into_iter().collect();
     candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+    Ok(dir.to_path_buf())
+}
+
+/// The tiny ChatGLM-6B's `config.json`: `[MASK]` 1, `[gMASK]` 2, `<sop>` 3, `<eop>` 4.
+fn chatglm6b_config() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "num_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "inner_hidden_size": INTERMEDIATE,
+        "layernorm_epsilon": 1e-5,
+        "max_sequence_length": CONTEXT,
+        "position_encoding_2d": true,
+        "bos_token_id": 3,
+        "eos_token_id": 4,
+        "mask_token_id": 1,
+        "gmask_token_id": 2,
+        "pad_token_id": 0
+    })
+}
+
+/// Adds a weight of the given name and shape.
+type AddWeight<'a> = dyn FnMut(String, &[usize]) -> Result<(), LmError> + 'a;
+
+/// ChatGLM-6B's tensors, as its checkpoints name them (LayerNorms with biases, every linear
+/// layer but the head with a bias, query_key_value giving each head's [q | k | v] in turn).
+fn chatglm6b_weights(add: &mut AddWeight<'_>) -> Result<(), LmError> {
+    let layer_norm = |add: &mut AddWeight<'_>, name: &str| {
+        add(format!("{name}.weight"), &[HIDDEN])?;
+        add(format!("{name}.bias"), &[HIDDEN])
+    };
+    let linear = |add: &mut AddWeight<'_>, name: &str, (out, inp): (usize, usize)| {
+        add(format!("{name}.weight"), &[out, inp])?;
+        add(format!("{name}.bias"), &[out])
+    };
+    let t = "transformer";
+    add(format!("{t}.word_embeddings.weight"), &[VOCAB, HIDDEN])?;
+    for i in 0..LAYERS {
+        let p = format!("{t}.layers.{i}");
+        layer_norm(add, &format!("{p}.input_layernorm"))?;
+        let qkv = format!("{p}.attention.query_key_value");
+        linear(add, &qkv, (3 * HIDDEN, HIDDEN))?;
+        linear(add, &format!("{p}.attention.dense"), (HIDDEN, HIDDEN))?;
+        layer_norm(add, &format!("{p}.post_attention_layernorm"))?;
+        linear(
+            add,
+            &format!("{p}.mlp.dense_h_to_4h"),
+            (INTERMEDIATE, HIDDEN),
+        )?;
+        linear(
+            add,
+            &format!("{p}.mlp.dense_4h_to_h"),
+            (HIDDEN, INTERMEDIATE),
+        )?;
+    }
+    layer_norm(add, &format!("{t}.final_layernorm"))?;
+    add("lm_head.weight".into(), &[VOCAB, HIDDEN])
+}
+
+/// ChatGLM-6B's special tokens (ids 0..5, as [`chatglm6b_config`] names them).
+const CHATGLM6B_SPECIALS: [&str; 5] = ["<unk>", "[MASK]", "[gMASK]", "<sop>", "<eop>"];
+
+/// Writes a tiny ChatGLM-6B that [`crate::load_model`] reads as a whole chat model from
+/// `dir`: [`write`]'s checkpoint and a word-level `tokenizer.json` (its special tokens, then
+/// `w0`, `w1`, … up to the vocabulary's size, split on whitespace and punctuation). The
+/// fixture of tests that train ChatGLM-6B through the loaders.
+pub fn write_chatglm6b_model(dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
+    write(TinyFamily::ChatGlm6b, dir, seed)?;
+    let words = (0..VOCAB - CHATGLM6B_SPECIALS.len()).map(|i| format!("w{i}"));
+    let vocab: serde_json::Map<String, serde_json::Value> = CHATGLM6B_SPECIALS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(words)
+        .enumerate()
+        .map(|(id, token)| (token, id.into()))
+        .collect();
+    let added: Vec<serde_json::Value> = CHATGLM6B_SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(id, content)| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": CHATGLM6B_SPECIALS[0]}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string())
+        .map_err(|e| LmError::Load(format!("{}: {e}", dir.display())))?;
     Ok(dir.to_path_buf())
 }
 
@@ -413,6 +517,11 @@ pub fn load(family: TinyFamily, path: &Path, compute: ComputePath) -> Result<Dec
     let mut w = SafetensorsWeights::open(&files, &device, DType::F32, &[])?;
     let decoder = match family {
         TinyFamily::ChatGlm => chatglm_decoder(&config, &mut w)?,
+        TinyFamily::ChatGlm6b => {
+            let c: ChatGlm6bConfig = serde_json::from_str(&config)
+                .map_err(|e| LmError::Load(format!("config.json: {e}")))?;
+            chatglm6b_decoder(&c, &mut w)?
+        }
         _ => glm4_0414_decoder(&config, &mut w)?,
     };
     Ok(decoder.with_compute(compute))

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use zhiku_lm::decoder::BatchModel;
 use zhiku_lm::{ComputePath, ModelSpec};
 
 use crate::dataset::{
@@ -248,6 +249,7 @@ pub fn run_job(
             records,
             &model.template,
             &model.tokenizer,
+            model.decoder.prompt_suffix(),
             params.max_seq_len,
             params.too_long,
         )

@@ -9,6 +9,9 @@ use candle_core::Tensor;
 pub struct TrainExample {
     pub tokens: Vec<u32>,
     pub loss_mask: Vec<bool>,
+    /// Its first so many tokens see each other: ChatGLM-6B's prompt through `[gMASK]`, as
+    /// the generator reads it (`Batch::bidirectional`); 0 for the causal families.
+    pub bidirectional: usize,
 }
 
 /// How A is initialised (B always starts at zero, so training starts from the base model).

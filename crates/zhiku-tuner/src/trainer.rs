@@ -15,7 +15,9 @@
 //! to its longest row. Right padding needs no attention mask (a token never attends to a
 //! later one) and pads never count in the loss. A packed row's examples attend each only to
 //! itself, from position 0 ([`Segments`]), so a packed step's loss and gradients are those
-//! of the same examples unpacked.
+//! of the same examples unpacked. ChatGLM-6B's examples give the part of their prompt read
+//! both ways ([`TrainExample::bidirectional`]); their rows always go through [`Segments`],
+//! which carry it to the attention.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -575,7 +577,8 @@ impl Trainer {
     }
 
     /// Checks an example against the model: same-length tokens and mask, at least two
-    /// tokens, inside the context and the vocabulary.
+    /// tokens, inside the context and the vocabulary, a bidirectional part inside the
+    /// example where the model reads its prompts both ways (ChatGLM-6B) and none elsewhere.
     fn check(&self, index: usize, e: &TrainExample) -> Result<(), TuneError> {
         let bad = |m: String| Err(TuneError::Validation(format!("example {index}: {m}")));
         if e.tokens.len() != e.loss_mask.len() {
@@ -609,7 +612,21 @@ impl Trainer {
                 self.model.spec.vocab
             ));
         }
-        Ok(())
+        match (self.model.infilling.is_some(), e.bidirectional) {
+            (true, 0) => bad(
+                "the model (ChatGLM-6B) reads its prompt both ways, but the example gives no \
+                 bidirectional part (render it with the model's prompt suffix)"
+                    .into(),
+            ),
+            (true, n) if n >= e.tokens.len() => bad(format!(
+                "a bidirectional part of {n} tokens leaves none of its {} tokens to answer",
+                e.tokens.len()
+            )),
+            (false, n) if n > 0 => bad(format!(
+                "a bidirectional part of {n} tokens, but the model reads its prompts causally"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The summed cross-entropy of one micro-batch (rows right-padded) over its counted
@@ -646,13 +663,21 @@ impl Trainer {
         if rows.is_empty() {
             return Ok((Tensor::zeros((), self.config.dtype, device)?, 0));
         }
-        // Packed rows attend within each example; rows of one example need no segments.
-        let segments = if batch.iter().any(|row| row.len() > 1) {
-            let lengths: Vec<Vec<usize>> = batch
+        // Packed rows attend within each example, and a prompt read both ways (ChatGLM-6B's)
+        // is given by its example; causal rows of one example need no segments.
+        let segments = if batch
+            .iter()
+            .any(|row| row.len() > 1 || row.iter().any(|e| e.bidirectional > 0))
+        {
+            let examples: Vec<Vec<(usize, usize)>> = batch
                 .iter()
-                .map(|row| row.iter().map(|e| e.tokens.len()).collect())
+                .map(|row| {
+                    row.iter()
+                        .map(|e| (e.tokens.len(), e.bidirectional))
+                        .collect()
+                })
                 .collect();
-            Some(Arc::new(Segments::from_lengths(len, &lengths)?))
+            Some(Arc::new(Segments::from_examples(len, &examples)?))
         } else {
             None
         };
@@ -845,7 +870,8 @@ impl Trainer {
         })
     }
 
-    /// B's rows in the checkpoint's order (where the file permutes q/k rows, llama.cpp).
+    /// B's rows in the checkpoint's order (where the file permutes q/k rows, llama.cpp, or the
+    /// loader reorders ChatGLM-6B's query_key_value).
     fn checkpoint_rows(&self, module: &str, b: &Tensor) -> Result<Tensor, TuneError> {
         let Some(perm) = self.model.lora_output_permutation(module) else {
             return Ok(b.clone());

@@ -157,6 +157,7 @@ fn truncated_or_mutated_input_never_panics() {
                 &conversations,
                 template,
                 tokenizer,
+                &[],
                 64,
                 LengthPolicy::Truncate,
             );
@@ -216,7 +217,7 @@ fn two_turns() -> Vec<Conversation> {
 fn multi_turn_chatml(tokenizer: &GenTokenizer, template: &ChatTemplate) {
     let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
     let conversations = two_turns();
-    let examples = render_conversation(&conversations[0], template, tokenizer).unwrap();
+    let examples = render_conversation(&conversations[0], template, tokenizer, &[]).unwrap();
     assert_eq!(
         examples.len(),
         1,
@@ -250,7 +251,7 @@ fn multi_turn_chatml(tokenizer: &GenTokenizer, template: &ChatTemplate) {
         "i.jsonl",
     )
     .unwrap();
-    let example = &render_conversation(&injected[0], template, tokenizer).unwrap()[0];
+    let example = &render_conversation(&injected[0], template, tokenizer, &[]).unwrap()[0];
     let answer: Vec<u32> = example
         .tokens
         .iter()
@@ -271,7 +272,8 @@ fn examples_render_with_the_models_template_and_mask_only_the_answers() {
     // GLM-4's template does not extend turn by turn: one example per assistant turn, each
     // with the template's `\n` lead-in before the answer.
     let conversations = two_turns();
-    let examples = render_conversation(&conversations[0], &ChatTemplate::Glm4, &tokenizer).unwrap();
+    let examples =
+        render_conversation(&conversations[0], &ChatTemplate::Glm4, &tokenizer, &[]).unwrap();
     assert_eq!(examples.len(), 2);
     for (example, answer) in examples.iter().zip(["\nThe rank.", "\nThe scale."]) {
         let spans = answer_spans(example);
@@ -282,6 +284,53 @@ fn examples_render_with_the_models_template_and_mask_only_the_answers() {
         assert_eq!(text, answer);
         assert_eq!(spans[0].end, example.tokens.len());
     }
+}
+
+/// ChatGLM-6B: each turn's prompt is the generator's (its template's rendering, then the
+/// model's `[gMASK] <sop>` suffix), read both ways through `[gMASK]` exactly as the
+/// generator sets it (the whole prompt less its last token), then the answer, the only
+/// part the loss counts; each turn an example of its own. Its vocabulary is stood in for
+/// by SmolLM2's tokenizer (ids 1 and 2 standing for `[gMASK]` and `<sop>`).
+#[test]
+fn chatglm6b_examples_read_their_prompts_both_ways_as_served() {
+    let Some((tokenizer, _)) = gguf_model(SMOLLM) else {
+        return;
+    };
+    let template = ChatTemplate::ChatGlm6b;
+    let suffix = [1, 2];
+    let conversations = two_turns();
+    let examples = render_conversation(&conversations[0], &template, &tokenizer, &suffix).unwrap();
+    assert_eq!(examples.len(), 2, "one example per turn");
+    let messages = &conversations[0].messages;
+    for (example, (turn, answer)) in examples.iter().zip([(1, "The rank."), (3, "The scale.")]) {
+        let mut served = tokenizer
+            .encode_prompt(&template.render_prompt(&messages[..turn]).unwrap())
+            .unwrap();
+        served.extend(suffix);
+        assert_eq!(&example.tokens[..served.len()], served.as_slice());
+        // The generator: `tokens.len() - 1` of prompt + suffix.
+        assert_eq!(example.bidirectional, served.len() - 1);
+        let spans = answer_spans(example);
+        assert_eq!(spans, vec![served.len()..example.tokens.len()]);
+        let text = tokenizer
+            .decode(&example.tokens[served.len()..example.tokens.len() - 1])
+            .unwrap();
+        assert_eq!(text, answer);
+        assert!(tokenizer.eos_ids.contains(example.tokens.last().unwrap()));
+    }
+    // Without a suffix the same template gives causal examples.
+    let causal = render_conversation(&conversations[0], &template, &tokenizer, &[]).unwrap();
+    assert!(causal.iter().all(|e| e.bidirectional == 0));
+    let (_, report) = render_dataset(
+        &conversations,
+        &template,
+        &tokenizer,
+        &suffix,
+        64,
+        LengthPolicy::Truncate,
+    )
+    .unwrap();
+    assert_eq!((report.examples, report.split_conversations), (2, 1));
 }
 
 /// Qwen2.5's own template (ChatML with a default system prompt) renders the same way.
@@ -309,6 +358,7 @@ fn max_seq_len_truncates_or_skips_and_counts() {
         &conversations,
         &template,
         &tokenizer,
+        &[],
         64,
         LengthPolicy::Skip,
     )
@@ -322,6 +372,7 @@ fn max_seq_len_truncates_or_skips_and_counts() {
         &conversations,
         &template,
         &tokenizer,
+        &[],
         64,
         LengthPolicy::Truncate,
     )
@@ -343,7 +394,17 @@ fn max_seq_len_truncates_or_skips_and_counts() {
             .filter(|&&m| m)
             .count()
     );
-    assert!(render_dataset(&conversations, &template, &tokenizer, 1, LengthPolicy::Skip).is_err());
+    assert!(
+        render_dataset(
+            &conversations,
+            &template,
+            &tokenizer,
+            &[],
+            1,
+            LengthPolicy::Skip
+        )
+        .is_err()
+    );
 }
 
 fn toy_examples(n: usize) -> Vec<TrainExample> {
@@ -353,6 +414,7 @@ fn toy_examples(n: usize) -> Vec<TrainExample> {
             TrainExample {
                 tokens: (0..len as u32).map(|t| 100 + i as u32 * 50 + t).collect(),
                 loss_mask: (0..len).map(|t| t >= len / 2).collect(),
+                bidirectional: 0,
             }
         })
         .collect()

@@ -156,6 +156,7 @@ fn check(family: &str) {
             TrainExample {
                 loss_mask: (0..n).map(|i| i >= n - answer).collect(),
                 tokens,
+                bidirectional: 0,
             }
         })
         .collect();

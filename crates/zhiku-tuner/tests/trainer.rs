@@ -1,15 +1,22 @@
 //! The trainer on tiny checkpoints of every family (written by `zhiku_lm::tiny`): its
 //! gradients are the loss's (central finite differences, f64), an untrained adapter changes
 //! nothing, training lowers the loss, accumulation equals one larger batch, clipping bounds
-//! the norm, and only A and B change.
+//! the norm, and only A and B change. ChatGLM-6B among them, its prompts read both ways;
+//! an adapter it trains serves as it trained.
 
 mod common;
 
 use std::ops::ControlFlow;
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
-use common::{config, example, max_diff, model, perturbed, values_f64 as values};
-use zhiku_lm::lora::LoraAdapter;
+use common::{
+    TRAINED, config, example, for_family, max_diff, model, perturbed, values_f64 as values,
+};
+use zhiku_lm::attention::Segments;
+use zhiku_lm::decoder::{Solo, prepare_adapter};
+use zhiku_lm::lora::{LoraAdapter, LoraPair};
 use zhiku_lm::tiny::{self, TinyFamily};
 use zhiku_tuner::checkpoint::{latest_checkpoint, load_checkpoint};
 use zhiku_tuner::dataset::fingerprint;
@@ -46,8 +53,8 @@ const GRAD_ABS: f64 = 1e-8;
 
 #[test]
 fn gradients_of_a_and_b_match_finite_differences_in_every_family() {
-    let data = examples();
-    for family in TinyFamily::ALL {
+    for family in TRAINED {
+        let data = for_family(family, examples());
         let mut trainer = Trainer::new(model(family, 5), config(DType::F64)).unwrap();
         let start = perturbed(&trainer.pairs().unwrap(), 9);
         trainer.load_pairs(&start).unwrap();
@@ -112,14 +119,18 @@ fn an_untrained_adapter_gives_the_base_models_logits() {
 
 #[test]
 fn loss_falls_when_memorising_two_examples() {
-    for family in [TinyFamily::Qwen2, TinyFamily::ChatGlm] {
+    for family in [
+        TinyFamily::Qwen2,
+        TinyFamily::ChatGlm,
+        TinyFamily::ChatGlm6b,
+    ] {
         let mut c = config(DType::F32);
         c.lora.dropout = 0.05;
         c.batch_size = 2;
         c.max_grad_norm = Some(1.0);
         c.warmup_steps = 3;
         let mut trainer = Trainer::new(model(family, 7), c).unwrap();
-        let data = examples();
+        let data = for_family(family, examples());
         let before = trainer.evaluate(&data).unwrap();
         let mut seen = Vec::new();
         let reports = trainer
@@ -130,10 +141,11 @@ fn loss_falls_when_memorising_two_examples() {
             .unwrap();
         assert_eq!(reports.len(), 30);
         assert_eq!(seen, (1..=30).collect::<Vec<_>>());
+        let tokens: usize = data.iter().map(|e| e.tokens.len()).sum();
         assert!(
             reports
                 .iter()
-                .all(|r| r.total_steps == 30 && r.tokens == 14)
+                .all(|r| r.total_steps == 30 && r.tokens == tokens)
         );
         assert_eq!(reports[0].lr, 0.0, "warm-up starts at 0");
         let after = trainer.evaluate(&data).unwrap();
@@ -142,6 +154,70 @@ fn loss_falls_when_memorising_two_examples() {
             after < 0.3 * before,
             "{family:?}: loss {before} → {after} after 30 steps"
         );
+    }
+}
+
+/// A ChatGLM-6B adapter trained here serves as it trained: its pairs in the checkpoint's
+/// row order (query_key_value's B rows back to each head's [q | k | v]), loaded as the
+/// generator loads an adapter, give the serving decoder (the prompt read both ways, then
+/// the answer decoded token by token) the trainer's logits, within 1e-4 of the largest.
+#[test]
+fn a_trained_chatglm6b_adapter_serves_as_it_trained() {
+    let family = TinyFamily::ChatGlm6b;
+    let mut trainer = Trainer::new(model(family, 31), config(DType::F32)).unwrap();
+    let data = for_family(family, examples());
+    trainer
+        .train(&data, 5, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let pairs = trainer.pairs().unwrap();
+    assert!(pairs.iter().all(|p| values(&p.b).iter().any(|&x| x != 0.0)));
+    let adapter = LoraAdapter {
+        name: "trained".into(),
+        id: 1,
+        rank: 4,
+        alpha: 8.0,
+        target_modules: Vec::new(),
+        pairs: pairs
+            .into_iter()
+            .map(|p| {
+                let pair = LoraPair {
+                    a: p.a,
+                    b: p.b,
+                    scale: 2.0,
+                };
+                (p.module, pair)
+            })
+            .collect(),
+    };
+    let served = model(family, 31);
+    let adapter = Arc::new(prepare_adapter(adapter, &served).unwrap());
+    for e in &data {
+        let n = e.tokens.len();
+        let tokens = Tensor::new(e.tokens.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let rows = Segments::rows(n, &[e.bidirectional]).unwrap();
+        let trained = trainer
+            .logits_segments(&tokens, &rows)
+            .unwrap()
+            .get(0)
+            .unwrap();
+        let mut solo = Solo::new(&served, n)
+            .unwrap()
+            .with_adapter(Some(adapter.clone()))
+            .with_bidirectional(e.bidirectional);
+        let mut decoded = vec![solo.feed(&served, &e.tokens[..=e.bidirectional]).unwrap()];
+        for &t in &e.tokens[e.bidirectional + 1..] {
+            decoded.push(solo.feed(&served, &[t]).unwrap());
+        }
+        let decoded = Tensor::stack(&decoded, 0).unwrap();
+        let answer = trained
+            .narrow(0, e.bidirectional, n - e.bidirectional)
+            .unwrap();
+        let scale = values(&decoded).iter().fold(1f64, |m, v| m.max(v.abs()));
+        let diff = max_diff(&decoded, &answer);
+        assert!(diff <= 1e-4 * scale, "served logits differ by {diff}");
     }
 }
 
@@ -328,6 +404,7 @@ fn bad_examples_are_refused_with_their_index() {
     data.push(TrainExample {
         tokens: vec![1, 2, 3],
         loss_mask: vec![false, true],
+        bidirectional: 0,
     });
     let err = trainer.step(&data).unwrap_err().to_string();
     assert!(err.contains("example 2"), "{err}");
@@ -335,6 +412,25 @@ fn bad_examples_are_refused_with_their_index() {
     assert!(trainer.step(&[too_big]).is_err());
     let nothing = example(&[1, 2, 3], 0);
     assert!(trainer.step(&[nothing]).is_err());
+    // A causal model is not given a bidirectional part...
+    let both_ways = for_family(TinyFamily::ChatGlm6b, examples());
+    let err = trainer.step(&both_ways).unwrap_err().to_string();
+    assert!(
+        err.contains("example 0") && err.contains("reads its prompts causally"),
+        "{err}"
+    );
+    // ...and ChatGLM-6B is given one, inside the example.
+    let mut glm = Trainer::new(model(TinyFamily::ChatGlm6b, 14), config(DType::F32)).unwrap();
+    let err = glm.step(&examples()).unwrap_err().to_string();
+    assert!(
+        err.contains("example 0") && err.contains("no bidirectional part"),
+        "{err}"
+    );
+    let mut whole = both_ways.clone();
+    whole[1].bidirectional = whole[1].tokens.len();
+    let err = glm.step(&whole).unwrap_err().to_string();
+    assert!(err.contains("example 1"), "{err}");
+    assert!(glm.step(&both_ways).is_ok());
 }
 
 fn more_examples() -> Vec<TrainExample> {
@@ -550,8 +646,8 @@ fn a_failed_checkpoint_write_stops_training_and_the_previous_checkpoint_resumes(
 
 #[test]
 fn gradient_checkpointing_gives_the_same_gradients_and_training() {
-    let data = more_examples();
-    for family in TinyFamily::ALL {
+    for family in TRAINED {
+        let data = for_family(family, more_examples());
         let mut plain = config(DType::F64);
         plain.batch_size = 2;
         let mut recomputed = plain.clone();

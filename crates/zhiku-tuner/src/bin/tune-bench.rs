@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use candle_core::DType;
 use clap::Parser;
+use zhiku_lm::decoder::BatchModel;
 use zhiku_lm::seeded::SplitMix64;
 use zhiku_lm::{ComputePath, ModelSpec, TrainableModel};
 use zhiku_tuner::dataset::{LengthPolicy, read_conversations, render_dataset};
@@ -178,6 +179,7 @@ fn examples(args: &Args, vocab: usize, steps: usize) -> Vec<Vec<TrainExample>> {
                         .map(|_| (rng.next_u64() % vocab as u64) as u32)
                         .collect(),
                     loss_mask: (0..args.seq_len).map(|i| i >= args.seq_len / 2).collect(),
+                    bidirectional: 0,
                 })
                 .collect()
         })
@@ -200,6 +202,7 @@ fn varied_examples(args: &Args, vocab: usize, steps: usize) -> Vec<Vec<TrainExam
                             .map(|_| (rng.next_u64() % vocab as u64) as u32)
                             .collect(),
                         loss_mask: (0..len).map(|i| i >= len / 2).collect(),
+                        bidirectional: 0,
                     }
                 })
                 .collect()
@@ -242,6 +245,7 @@ fn dataset_examples(
         &records,
         &model.template,
         &model.tokenizer,
+        model.decoder.prompt_suffix(),
         args.seq_len,
         LengthPolicy::Truncate,
     )?;

@@ -12,8 +12,8 @@ pub use render::{DatasetReport, LengthPolicy, render_conversation, render_datase
 use crate::digest::HexSha256;
 use crate::spec::TrainExample;
 
-/// A fingerprint of tokenized examples (their tokens and loss masks, in order): a checkpoint
-/// records it, and a resume refuses data that changed.
+/// A fingerprint of tokenized examples (their tokens, loss masks and bidirectional parts, in
+/// order): a checkpoint records it, and a resume refuses data that changed.
 pub fn fingerprint(examples: &[TrainExample]) -> String {
     let mut hash = HexSha256::default();
     hash.update(&(examples.len() as u64).to_le_bytes());
@@ -22,6 +22,11 @@ pub fn fingerprint(examples: &[TrainExample]) -> String {
         for (&token, &counts) in example.tokens.iter().zip(&example.loss_mask) {
             hash.update(&token.to_le_bytes());
             hash.update(&[u8::from(counts)]);
+        }
+        // Only where there is one, so that the causal families' fingerprints stay as they were.
+        if example.bidirectional > 0 {
+            hash.update(b"bidirectional");
+            hash.update(&(example.bidirectional as u64).to_le_bytes());
         }
     }
     hash.finish()

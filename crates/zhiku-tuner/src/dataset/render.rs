@@ -11,6 +11,11 @@
 //! of the turns before it (ChatML); otherwise (ChatGLM's rounds, a template that drops
 //! earlier answers' text) each assistant turn becomes an example of its own, counted in
 //! [`DatasetReport::split_conversations`].
+//!
+//! A model whose prompts end with a suffix (ChatGLM-6B's `[gMASK] <sop>`) gets it after
+//! every prompt, as the generator appends it, and reads the prompt through the suffix's
+//! last token but one both ways ([`TrainExample::bidirectional`]); each of its assistant
+//! turns is an example of its own, since an example has one such part.
 
 use zhiku_lm::template::{ChatTemplate, Message, Role};
 use zhiku_lm::tokenizer::GenTokenizer;
@@ -51,11 +56,13 @@ pub struct DatasetReport {
     pub longest: usize,
 }
 
-/// Renders and tokenizes every conversation, applying `max_seq_len` with `policy`.
+/// Renders and tokenizes every conversation, applying `max_seq_len` with `policy`;
+/// `prompt_suffix`: the tokens the model's prompts end with (`BatchModel::prompt_suffix`).
 pub fn render_dataset(
     conversations: &[Conversation],
     template: &ChatTemplate,
     tokenizer: &GenTokenizer,
+    prompt_suffix: &[u32],
     max_seq_len: usize,
     policy: LengthPolicy,
 ) -> Result<(Vec<TrainExample>, DatasetReport), TuneError> {
@@ -70,7 +77,7 @@ pub fn render_dataset(
     };
     let mut examples = Vec::new();
     for conversation in conversations {
-        let rendered = render_conversation(conversation, template, tokenizer)?;
+        let rendered = render_conversation(conversation, template, tokenizer, prompt_suffix)?;
         if rendered.len() > 1 {
             report.split_conversations += 1;
         }
@@ -107,6 +114,7 @@ pub fn render_conversation(
     conversation: &Conversation,
     template: &ChatTemplate,
     tokenizer: &GenTokenizer,
+    prompt_suffix: &[u32],
 ) -> Result<Vec<TrainExample>, TuneError> {
     let fail = |what: String| TuneError::Validation(format!("{}: {what}", conversation.origin));
     let messages = &conversation.messages;
@@ -118,9 +126,10 @@ pub fn render_conversation(
         let prompt = template
             .render_prompt(&messages[..j])
             .map_err(|e| fail(format!("the chat template fails: {e}")))?;
-        let prompt_tokens = tokenizer
+        let mut prompt_tokens = tokenizer
             .encode_prompt(&prompt)
             .map_err(|e| fail(format!("cannot tokenize the prompt: {e}")))?;
+        prompt_tokens.extend_from_slice(prompt_suffix);
         let answer = answer_tokens(template, tokenizer, &messages[..=j], &prompt.text)
             .map_err(|e| fail(format!("cannot tokenize the answer of turn {j}: {e}")))?;
         turns.push((prompt_tokens, answer));
@@ -133,24 +142,33 @@ pub fn render_conversation(
     let mut joined = TrainExample {
         tokens: Vec::new(),
         loss_mask: Vec::new(),
+        bidirectional: 0,
     };
-    let extends = turns.iter().all(|(prompt, answer)| {
-        let Some(new) = prompt.strip_prefix(joined.tokens.as_slice()) else {
-            return false;
-        };
-        push(&mut joined, new, false);
-        push(&mut joined, answer, true);
-        true
-    });
+    let extends = prompt_suffix.is_empty()
+        && turns.iter().all(|(prompt, answer)| {
+            let Some(new) = prompt.strip_prefix(joined.tokens.as_slice()) else {
+                return false;
+            };
+            push(&mut joined, new, false);
+            push(&mut joined, answer, true);
+            true
+        });
     if extends {
         return Ok(vec![joined]);
     }
     Ok(turns
         .into_iter()
         .map(|(prompt, answer)| {
+            // As the generator sets it: the prompt through the suffix's last token but one.
+            let bidirectional = if prompt_suffix.is_empty() {
+                0
+            } else {
+                prompt.len() - 1
+            };
             let mut example = TrainExample {
                 tokens: Vec::new(),
                 loss_mask: Vec::new(),
+                bidirectional,
             };
             push(&mut example, &prompt, false);
             push(&mut example, &answer, true);

@@ -74,7 +74,45 @@ pub fn example(tokens: &[u32], answer: usize) -> TrainExample {
     TrainExample {
         tokens: tokens.to_vec(),
         loss_mask: (0..n).map(|i| i >= n - answer).collect(),
+        bidirectional: 0,
     }
+}
+
+/// Every family the trainer trains: [`TinyFamily::ALL`] and ChatGLM-6B, whose examples
+/// [`for_family`] lays out.
+#[allow(dead_code)]
+pub const TRAINED: [TinyFamily; 6] = [
+    TinyFamily::Llama,
+    TinyFamily::Qwen2,
+    TinyFamily::Glm4Gguf,
+    TinyFamily::ChatGlm,
+    TinyFamily::Glm4_0414,
+    TinyFamily::ChatGlm6b,
+];
+
+/// `examples` as `family` reads them: for ChatGLM-6B, `[gMASK] <sop>` (2, 3 in the tiny
+/// checkpoint's vocabulary) between each prompt and its answer, the prompt through
+/// `[gMASK]` read both ways, as the dataset renders them; the others unchanged.
+#[allow(dead_code)]
+pub fn for_family(family: TinyFamily, examples: Vec<TrainExample>) -> Vec<TrainExample> {
+    if family != TinyFamily::ChatGlm6b {
+        return examples;
+    }
+    examples
+        .into_iter()
+        .map(|e| {
+            let prompt = e.loss_mask.iter().take_while(|&&m| !m).count();
+            let mut tokens = e.tokens[..prompt].to_vec();
+            tokens.extend([2, 3]);
+            tokens.extend_from_slice(&e.tokens[prompt..]);
+            let n = tokens.len();
+            TrainExample {
+                loss_mask: (0..n).map(|i| i >= prompt + 2).collect(),
+                tokens,
+                bidirectional: prompt + 1,
+            }
+        })
+        .collect()
 }
 
 /// Seeded pairs with B ≠ 0 (at B = 0 the gradient of A is 0 and proves nothing).
