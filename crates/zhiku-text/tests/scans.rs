@@ -537,7 +537,10 @@ fn docx_pictures_are_read_at_their_place_with_images_mode() {
             .collect();
         assert_eq!(
             spans,
-            [("甲方：华东公司".to_string(), 0.9), ("流程图文字".to_string(), 0.8)]
+            [
+                ("甲方：华东公司".to_string(), 0.9),
+                ("流程图文字".to_string(), 0.8)
+            ]
         );
         let (first, second) = (document.ocr_spans[0], document.ocr_spans[1]);
         assert_eq!(document.ocr_confidence(0, 10), None, "the heading is text");
@@ -550,8 +553,14 @@ fn docx_pictures_are_read_at_their_place_with_images_mode() {
         let both = document
             .ocr_confidence(0, document.text.chars().count())
             .expect("OCR text in it");
-        assert!((both - (7.0 * 0.9 + 5.0 * 0.8) / 12.0).abs() < 1e-6, "{both}");
-        assert_eq!(document.ocr_confidence(first.char_end, second.char_start), None);
+        assert!(
+            (both - (7.0 * 0.9 + 5.0 * 0.8) / 12.0).abs() < 1e-6,
+            "{both}"
+        );
+        assert_eq!(
+            document.ocr_confidence(first.char_end, second.char_start),
+            None
+        );
     }
 }
 
