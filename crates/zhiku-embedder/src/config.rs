@@ -93,7 +93,9 @@ pub struct EmbedderArgs {
     /// files, with libonnxruntime beside them or at ORT_DYLIB_PATH): a directory or a hub
     /// id, resolved as --model is. Unset: `ppocr` under --models-dir when
     /// `scripts/fetch-models ppocr` put it there, else Recognize answers
-    /// FAILED_PRECONDITION. `off`: no OCR.
+    /// FAILED_PRECONDITION. `off`: no OCR. On a CUDA --device (a build with `--features
+    /// cuda`) they run on ONNX Runtime's CUDA execution provider, which needs ONNX Runtime's
+    /// GPU library (untested: no GPU has run it; without it, the CPU and a warning).
     #[arg(long, env = "ZHIKU_OCR_MODEL")]
     pub ocr_model: Option<String>,
 
@@ -180,6 +182,14 @@ impl EmbedderArgs {
                     OcrModelChoice::Off
                 }
             }
+        }
+    }
+
+    /// The CUDA device the OCR models run on: --device's, when it names one.
+    pub fn ocr_cuda_device(&self) -> Option<u32> {
+        match self.device.trim() {
+            "cuda" => Some(0),
+            device => device.strip_prefix("cuda:")?.parse().ok(),
         }
     }
 

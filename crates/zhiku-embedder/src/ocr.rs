@@ -50,6 +50,7 @@ impl OcrState {
         let started = std::time::Instant::now();
         let options = OcrOptions {
             threads: args.ocr_threads(),
+            cuda_device: args.ocr_cuda_device(),
             ..OcrOptions::default()
         };
         let engine = match OcrEngine::load(&model, Some(&args.models_dir), options) {
@@ -200,6 +201,23 @@ fn page_message(image_index: u32, page_number: u32, page: &zhiku_ocr::Page) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// OCR follows the embedder's --device: a CUDA device there is ONNX Runtime's device.
+    #[test]
+    fn the_ocr_device_is_the_embedders_cuda_device() {
+        let mut args = crate::EmbedderArgs::for_model("m");
+        for (device, expected) in [
+            ("cpu", None),
+            ("cuda", Some(0)),
+            ("cuda:1", Some(1)),
+            (" cuda:3 ", Some(3)),
+            ("cuda:x", None),
+            ("metal", None),
+        ] {
+            args.device = device.into();
+            assert_eq!(args.ocr_cuda_device(), expected, "{device:?}");
+        }
+    }
 
     #[test]
     fn image_counts_are_checked() {

@@ -61,6 +61,11 @@ pub struct OcrOptions {
     pub runtime_library: Option<PathBuf>,
     /// Which ONNX runtime runs the models.
     pub runtime: OcrRuntime,
+    /// Run the models on this CUDA device through ONNX Runtime's CUDA execution provider (a
+    /// build with the `cuda` feature, and ONNX Runtime's GPU library at run time); where the
+    /// provider cannot be had, the models run on the CPU and a warning says why. Untested:
+    /// no GPU has run it.
+    pub cuda_device: Option<u32>,
 }
 
 /// The ONNX runtime that runs the models.
@@ -83,6 +88,7 @@ impl Default for OcrOptions {
             batch: 6,
             runtime_library: None,
             runtime: OcrRuntime::OnnxRuntime,
+            cuda_device: None,
         }
     }
 }
@@ -241,15 +247,23 @@ impl OcrEngine {
         let rec = source.get(RECOGNITION_MODEL)?;
         let cls = source.get(DIRECTION_MODEL)?;
         let runtime = match options.runtime {
-            OcrRuntime::OnnxRuntime => Runtime::OnnxRuntime(
-                match (&options.runtime_library, std::env::var_os("ORT_DYLIB_PATH")) {
+            OcrRuntime::OnnxRuntime => Runtime::OnnxRuntime {
+                cuda_device: options.cuda_device,
+                library: match (&options.runtime_library, std::env::var_os("ORT_DYLIB_PATH")) {
                     (Some(path), _) => path.clone(),
                     (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
                     _ => source.get_optional(RUNTIME_LIBRARY).ok_or_else(|| {
                         OcrError::NoRuntime(det.parent().map(Path::to_path_buf).unwrap_or_default())
                     })?,
                 },
-            ),
+            },
+            #[cfg(feature = "tract")]
+            OcrRuntime::Tract if options.cuda_device.is_some() => {
+                return Err(OcrError::BadModel {
+                    model: model.to_string(),
+                    reason: "tract runs on the CPU only: use ONNX Runtime for a CUDA device".into(),
+                });
+            }
             #[cfg(feature = "tract")]
             OcrRuntime::Tract => Runtime::Tract,
             #[cfg(not(feature = "tract"))]

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::Tensor;
 
 use crate::OcrError;
@@ -42,8 +42,11 @@ pub(crate) struct Model {
 /// Where a model runs, resolved from [`crate::OcrRuntime`] by the engine.
 #[derive(Debug, Clone)]
 pub(crate) enum Runtime {
-    /// ONNX Runtime, from this library.
-    OnnxRuntime(PathBuf),
+    /// ONNX Runtime, from this library, on the CPU or a CUDA device.
+    OnnxRuntime {
+        library: PathBuf,
+        cuda_device: Option<u32>,
+    },
     #[cfg(feature = "tract")]
     Tract,
 }
@@ -75,9 +78,15 @@ impl Model {
         #[cfg(not(feature = "tract"))]
         let _ = spatial_step;
         let backend = match runtime {
-            Runtime::OnnxRuntime(library) => {
-                Backend::OnnxRuntime(Mutex::new(ort_session(path, library, threads)?))
-            }
+            Runtime::OnnxRuntime {
+                library,
+                cuda_device,
+            } => Backend::OnnxRuntime(Mutex::new(ort_session(
+                path,
+                library,
+                threads,
+                *cuda_device,
+            )?)),
             #[cfg(feature = "tract")]
             Runtime::Tract => Backend::Tract(Box::new(
                 tract::TractModel::load(path, threads, spatial_step).map_err(|e| {
@@ -151,7 +160,12 @@ impl Model {
     }
 }
 
-fn ort_session(path: &Path, library: &Path, threads: usize) -> Result<Session, OcrError> {
+fn ort_session(
+    path: &Path,
+    library: &Path,
+    threads: usize,
+    cuda_device: Option<u32>,
+) -> Result<Session, OcrError> {
     let env = environment(library)?;
     let bad = |reason: String| OcrError::BadModel {
         model: path.display().to_string(),
@@ -164,13 +178,49 @@ fn ort_session(path: &Path, library: &Path, threads: usize) -> Result<Session, O
         .with_intra_threads(threads.max(1))
         .map_err(|e| bad(e.to_string()))?
         .with_inter_threads(1)
-        .map_err(|e| bad(e.to_string()))?
-        .commit_from_file(path)
         .map_err(|e| bad(e.to_string()))?;
+    let session = match cuda_device {
+        Some(device) => on_cuda(session, device, path),
+        None => session,
+    }
+    .commit_from_file(path)
+    .map_err(|e| bad(e.to_string()))?;
     if session.inputs().len() != 1 || session.outputs().is_empty() {
         return Err(bad("expected one input and at least one output".into()));
     }
     Ok(session)
+}
+
+/// ONNX Runtime's CUDA execution provider on `device`, or the CPU (with a warning) where
+/// the loaded library has no such provider or the build lacks the `cuda` feature.
+#[cfg(feature = "cuda")]
+fn on_cuda(builder: SessionBuilder, device: u32, path: &Path) -> SessionBuilder {
+    let cuda = ort::ep::CUDA::default()
+        .with_device_id(i32::try_from(device).unwrap_or(i32::MAX))
+        .build()
+        .error_on_failure();
+    match builder.with_execution_providers([cuda]) {
+        Ok(builder) => builder,
+        Err(e) => {
+            tracing::warn!(
+                model = %path.display(),
+                "OCR on the CPU: ONNX Runtime's CUDA execution provider on cuda:{device} \
+                 failed ({e}); its GPU library (onnxruntime-gpu) must be the one loaded \
+                 (ORT_DYLIB_PATH)"
+            );
+            e.recover()
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(builder: SessionBuilder, device: u32, path: &Path) -> SessionBuilder {
+    tracing::warn!(
+        model = %path.display(),
+        "OCR on the CPU, not cuda:{device}: this build has no CUDA for ONNX Runtime \
+         (build the embedder with `--features cuda`)"
+    );
+    builder
 }
 
 #[cfg(feature = "tract")]

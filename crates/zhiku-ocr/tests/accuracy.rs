@@ -258,29 +258,53 @@ fn missing_models_are_a_clear_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Loads the models with `options` (2 threads) and reads the fixed clean page with them
+/// and with the default engine: the same text, and line confidences within 1e-3.
+fn reads_as_the_default_engine(test: &str, options: OcrOptions) {
+    let Some((engine, font)) = setup(test) else {
+        return;
+    };
+    let other = OcrEngine::load(
+        corpus::models_dir().to_str().expect("utf-8 path"),
+        None,
+        OcrOptions {
+            threads: 2,
+            ..options
+        },
+    )
+    .expect("the models");
+    let page = condition(&font, "clean-24px");
+    let a = engine.recognize(&page.image).expect("the default engine");
+    let b = other.recognize(&page.image).expect("the other engine");
+    assert_eq!(a.text(), b.text());
+    for (x, y) in a.lines.iter().zip(&b.lines) {
+        assert!((x.confidence - y.confidence).abs() < 1e-3, "{x:?} / {y:?}");
+    }
+}
+
 /// Both runtimes run the same pipeline on the same models: tract reads the fixed page as
 /// ONNX Runtime does (a build with `--features tract`).
 #[cfg(feature = "tract")]
 #[test]
 fn tract_reads_what_onnx_runtime_reads() {
-    let Some((engine, font)) = setup("tract_reads_what_onnx_runtime_reads") else {
-        return;
-    };
-    let tract = OcrEngine::load(
-        corpus::models_dir().to_str().expect("utf-8 path"),
-        None,
+    reads_as_the_default_engine(
+        "tract_reads_what_onnx_runtime_reads",
         OcrOptions {
-            threads: 2,
             runtime: zhiku_ocr::OcrRuntime::Tract,
             ..OcrOptions::default()
         },
-    )
-    .expect("the models on tract");
-    let page = condition(&font, "clean-24px");
-    let a = engine.recognize(&page.image).expect("ONNX Runtime");
-    let b = tract.recognize(&page.image).expect("tract");
-    assert_eq!(a.text(), b.text());
-    for (x, y) in a.lines.iter().zip(&b.lines) {
-        assert!((x.confidence - y.confidence).abs() < 1e-3, "{x:?} / {y:?}");
-    }
+    );
+}
+
+/// A CUDA device that ONNX Runtime cannot use here (a build without `cuda`, or the CPU
+/// library loaded) leaves the models on the CPU: the engine loads and reads as on the CPU.
+#[test]
+fn a_cuda_device_without_its_provider_reads_on_the_cpu() {
+    reads_as_the_default_engine(
+        "a_cuda_device_without_its_provider_reads_on_the_cpu",
+        OcrOptions {
+            cuda_device: Some(0),
+            ..OcrOptions::default()
+        },
+    );
 }
