@@ -335,6 +335,33 @@ mod tests {
         "| 量化等级 | 最低 GPU 显存 |\n| --- | --- |\n| FP16 | 13 GB |\n| INT4 | 6 GB |";
     const QUESTION: &str = "ChatGLM-6B 在 INT4 量化下最少要多少显存？";
 
+    fn cited(source: &str, anchors: Option<f32>) -> Citation {
+        Citation {
+            source: source.into(),
+            anchors,
+            ..Default::default()
+        }
+    }
+
+    /// A document's share is its best passage's: a passage of the model's own README that
+    /// does not repeat the model's name stays on the subject; another model's document, whose
+    /// best passage names less of the question, is off it; an unweighed citation counts as on.
+    #[test]
+    fn a_document_is_off_the_subject_when_its_best_passage_names_less() {
+        let citations = [
+            cited("chatglm-6b.md", Some(1.0)),
+            cited("chatglm-6b.md", Some(0.25)),
+            cited("qwen-72b.md", Some(0.5)),
+            cited("qwen-72b.md", Some(0.5)),
+            cited("notes.txt", None),
+        ];
+        assert_eq!(off_subject(&citations), [false, false, true, true, false]);
+        // When no passage names the subject fully, the best share sets the bar.
+        let weaker = [cited("a.md", Some(0.5)), cited("b.md", Some(0.25))];
+        assert_eq!(off_subject(&weaker), [false, true]);
+        assert!(off_subject(&[]).is_empty());
+    }
+
     #[test]
     fn an_invented_number_is_withdrawn_with_its_name_in_the_reason() {
         let v = verification(
