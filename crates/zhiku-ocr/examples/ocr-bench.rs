@@ -212,38 +212,31 @@ fn compare_runtimes(
         "condition", "s/page ORT", "s/page tract", "tract×", "same text", "CER tract", "same lines"
     );
     let (mut ort_total, mut tract_total, mut identical) = (0.0, 0.0, 0);
-    for (turn, ((name, page), path)) in conditions.iter().zip(files).enumerate() {
-        let (mut a_seconds, mut b_seconds) = (0.0, 0.0);
-        let (mut a_run, mut b_run) = (None, None);
-        for round in 0..args.repeat.max(1) {
-            let (a, b) = if (turn + round).is_multiple_of(2) {
-                let a = ours(onnxruntime, path);
-                (a, ours(&tract, path))
-            } else {
-                let b = ours(&tract, path);
-                (ours(onnxruntime, path), b)
-            };
-            a_seconds += a.seconds;
-            b_seconds += b.seconds;
-            a_run = Some(a);
-            b_run = Some(b);
-        }
-        let repeat = args.repeat.max(1) as f64;
-        let (a, b) = (a_run.expect("one run"), b_run.expect("one run"));
+    let mut turn = 0usize;
+    for ((name, page), path) in conditions.iter().zip(files) {
+        let seconds = |run: &Run| run.seconds;
+        let (a, a_seconds, b, b_seconds) = alternating(
+            args.repeat,
+            &mut turn,
+            || ours(onnxruntime, path),
+            seconds,
+            || ours(&tract, path),
+            seconds,
+        );
         identical += usize::from(a.text == b.text);
         println!(
             "{:<12} {:>10.3} {:>12.3} {:>7.2} {:>10} {:>9.2}% {:>5}/{:<5}",
             name,
-            a_seconds / repeat,
-            b_seconds / repeat,
+            a_seconds,
+            b_seconds,
             a_seconds / b_seconds,
             if a.text == b.text { "yes" } else { "NO" },
             100.0 * corpus::cer(&page.text(), &b.text),
             same_lines(&b.lines, &a.lines),
             a.lines.len()
         );
-        ort_total += a_seconds / repeat;
-        tract_total += b_seconds / repeat;
+        ort_total += a_seconds;
+        tract_total += b_seconds;
     }
     let pages = conditions.len() as f64;
     println!(
@@ -253,6 +246,38 @@ fn compare_runtimes(
         ort_total / tract_total,
         conditions.len()
     );
+}
+
+/// `repeat` (at least one) timed reads of the same page by each of two sides, which goes
+/// first alternating with `turn` so that neither always follows the other's caches: each
+/// side's last result and its mean seconds.
+fn alternating<A, B>(
+    repeat: usize,
+    turn: &mut usize,
+    mut first: impl FnMut() -> A,
+    first_seconds: impl Fn(&A) -> f64,
+    mut second: impl FnMut() -> B,
+    second_seconds: impl Fn(&B) -> f64,
+) -> (A, f64, B, f64) {
+    let rounds = repeat.max(1);
+    let (mut a_seconds, mut b_seconds) = (0.0, 0.0);
+    let mut last = None;
+    for _ in 0..rounds {
+        *turn += 1;
+        let (a, b) = if turn.is_multiple_of(2) {
+            let a = first();
+            (a, second())
+        } else {
+            let b = second();
+            (first(), b)
+        };
+        a_seconds += first_seconds(&a);
+        b_seconds += second_seconds(&b);
+        last = Some((a, b));
+    }
+    let (a, b) = last.expect("at least one round");
+    let rounds = rounds as f64;
+    (a, a_seconds / rounds, b, b_seconds / rounds)
 }
 
 fn same_lines(a: &[String], b: &[String]) -> usize {
@@ -312,27 +337,13 @@ fn main() {
         let (mut ours_total, mut theirs_total) = (0.0, 0.0);
         let mut turn = 0usize;
         for ((name, page), path) in conditions.iter().zip(&files) {
-            let (mut mine, mut theirs) = (None, None);
-            let (mut my_seconds, mut their_seconds) = (0.0, 0.0);
-            for _ in 0..args.repeat.max(1) {
-                // Who goes first alternates, so neither always follows the other's caches.
-                turn += 1;
-                let (a, b) = if turn.is_multiple_of(2) {
-                    let a = ours(&engine, path);
-                    (a, reference.read(path))
-                } else {
-                    let b = reference.read(path);
-                    (ours(&engine, path), b)
-                };
-                my_seconds += a.seconds;
-                their_seconds += b.0.seconds;
-                mine = Some(a);
-                theirs = Some(b);
-            }
-            let repeat = args.repeat.max(1) as f64;
-            let (mine, (reference_run, reordered)) = (
-                mine.expect("at least one run"),
-                theirs.expect("at least one run"),
+            let (mine, my_seconds, (reference_run, reordered), their_seconds) = alternating(
+                args.repeat,
+                &mut turn,
+                || ours(&engine, path),
+                |run| run.seconds,
+                || reference.read(path),
+                |(run, _)| run.seconds,
             );
             let truth = page.text();
             println!(
@@ -341,13 +352,13 @@ fn main() {
                 100.0 * corpus::cer(&truth, &mine.text),
                 100.0 * corpus::cer(&truth, &reference_run.text),
                 100.0 * corpus::cer(&truth, &reordered),
-                my_seconds / repeat,
-                their_seconds / repeat,
+                my_seconds,
+                their_seconds,
                 same_lines(&mine.lines, &reference_run.lines),
                 reference_run.lines.len()
             );
-            ours_total += my_seconds / repeat;
-            theirs_total += their_seconds / repeat;
+            ours_total += my_seconds;
+            theirs_total += their_seconds;
         }
         let pages = conditions.len() as f64;
         println!(
