@@ -201,6 +201,10 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
             .iter()
             .filter(|r| r.verification.as_ref().is_some_and(|v| v.withdrawn))
             .count() as u32,
+        refocused: results
+            .iter()
+            .filter(|r| r.verification.as_ref().is_some_and(|v| v.refocused))
+            .count() as u32,
     }
 }
 

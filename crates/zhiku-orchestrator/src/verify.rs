@@ -53,6 +53,28 @@ pub struct Fact {
 pub struct UnsupportedFact {
     pub fact: Fact,
     pub reason: String,
+    pub why: Unsupported,
+}
+
+/// Why a key fact is unsupported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsupported {
+    /// No passage (nor the question) states it: invented, or misread.
+    NotStated,
+    /// Only table rows that the question's qualifiers do not pick state it: the right
+    /// table, the wrong row.
+    OtherRow,
+    /// Only passages of documents that name the question's subject less well than the best
+    /// one state it: another model's figure.
+    OtherDocument,
+}
+
+impl Unsupported {
+    /// The fact is in the passages, only in the wrong place: a reading the passages narrowed
+    /// to the question's rows and documents ([`focus_passages`]) may get right.
+    pub fn is_misplaced(self) -> bool {
+        matches!(self, Self::OtherRow | Self::OtherDocument)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,18 +117,7 @@ pub fn check_answer_on_subject(
 ) -> FactCheck {
     let facts = extract_facts(answer);
     let derived = derived_values(answer);
-    let question_qualifiers: Vec<Qualifier> = extract_facts(question)
-        .into_iter()
-        .filter_map(|f| match (f.kind, f.key) {
-            (FactKind::ModelName | FactKind::Identifier, Key::Literal(name)) => {
-                Some(Qualifier::Name(name))
-            }
-            (FactKind::Quantity | FactKind::Number, Key::Quantity { value, .. }) => {
-                Some(Qualifier::Value(value))
-            }
-            _ => None,
-        })
-        .collect();
+    let question_qualifiers = qualifiers_of(question);
     let mut sources: Vec<Source> = passages.iter().map(|p| Source::new(p)).collect();
     // Stated by the passages alone (the question index past their end).
     let question_unstated: Vec<Fact> = extract_facts(question)
@@ -142,17 +153,21 @@ pub fn check_answer_on_subject(
                     })
                     .flatten()
                     .map(|_| {
-                        format!(
-                            "{} is stated only by passages of documents that do not name what \
-                             the question asks about",
-                            fact.text
+                        (
+                            Unsupported::OtherDocument,
+                            format!(
+                                "{} is stated only by passages of documents that do not name \
+                                 what the question asks about",
+                                fact.text
+                            ),
                         )
                     })
             });
-        if let Some(reason) = reason {
+        if let Some((why, reason)) = reason {
             unsupported.push(UnsupportedFact {
                 fact: fact.clone(),
                 reason,
+                why,
             });
         }
     }
@@ -167,6 +182,197 @@ pub fn check_answer_on_subject(
         verdict,
         question_unstated,
     }
+}
+
+/// What `question` names that may tell table rows apart (see [`Qualifier`]).
+fn qualifiers_of(question: &str) -> Vec<Qualifier> {
+    extract_facts(question)
+        .into_iter()
+        .filter_map(|f| match (f.kind, f.key) {
+            (FactKind::ModelName | FactKind::Identifier, Key::Literal(name)) => {
+                Some(Qualifier::Name(name))
+            }
+            (FactKind::Quantity | FactKind::Number, Key::Quantity { value, .. }) => {
+                Some(Qualifier::Value(value))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The passages narrowed to what `question` names, for a second reading after an answer
+/// whose figure sat in another table row or another model's document
+/// ([`Unsupported::is_misplaced`]): a passage marked in `off_subject` is dropped (`None`),
+/// and from each markdown table of the others, the body rows that the question's qualifiers
+/// do not pick (as verification judges rows). A table that lost rows is written out cell by
+/// cell, one `- column: value` line each under its row's first cell: a small model reads the
+/// value from its column's name instead of counting pipes, and verification then checks a
+/// figure against its own cell (a table without the question's row keeps only its header).
+/// A passage with nothing to drop comes back unchanged.
+pub fn focus_passages(
+    passages: &[&str],
+    off_subject: &[bool],
+    question: &str,
+) -> Vec<Option<String>> {
+    let qualifiers = qualifiers_of(question);
+    passages
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            if off_subject.get(i).copied().unwrap_or(false) {
+                return None;
+            }
+            let source = Source::new(text);
+            let raw: Vec<&str> = text.split('\n').collect();
+            if raw.len() != source.lines.len() {
+                // Decoding changed the line count (an escaped line break): rows cannot be
+                // told apart safely, so the passage stays whole.
+                return Some((*text).to_owned());
+            }
+            let mut out: Vec<String> = Vec::new();
+            let mut k = 0;
+            while k < raw.len() {
+                let Some(first) = source.table_of[k] else {
+                    out.push(raw[k].to_owned());
+                    k += 1;
+                    continue;
+                };
+                let end = (first..raw.len())
+                    .take_while(|&l| source.table_of[l] == Some(first))
+                    .last()
+                    .map_or(first + 1, |l| l + 1);
+                let body = source.table_body(first);
+                let kept: Vec<usize> = body
+                    .iter()
+                    .copied()
+                    .filter(|&r| wrong_row(&source, r, first, &qualifiers).is_none())
+                    .collect();
+                let header = table_cells(raw[first]);
+                if kept.len() == body.len() || !source.is_table_head(first) || body.contains(&first)
+                {
+                    out.extend(raw[first..end].iter().map(|l| (*l).to_owned()));
+                } else if kept.is_empty() {
+                    out.extend(
+                        (first..end)
+                            .filter(|&l| source.is_table_head(l))
+                            .map(|l| raw[l].to_owned()),
+                    );
+                } else {
+                    for r in kept {
+                        out.extend(row_by_cells(&header, &table_cells(raw[r])));
+                    }
+                }
+                k = end;
+            }
+            Some(out.join("\n"))
+        })
+        .collect()
+}
+
+/// The cells of a markdown table row, trimmed (`\|` stays inside its cell).
+fn table_cells(line: &str) -> Vec<String> {
+    let inner = line.trim();
+    let inner = inner.strip_prefix('|').unwrap_or(inner);
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    let mut cells = vec![String::new()];
+    let mut escaped = false;
+    for ch in inner.chars() {
+        match ch {
+            '|' if !escaped => cells.push(String::new()),
+            _ => {
+                if let Some(cell) = cells.last_mut() {
+                    cell.push(ch);
+                }
+            }
+        }
+        escaped = ch == '\\';
+    }
+    cells.iter().map(|c| c.trim().to_owned()).collect()
+}
+
+/// A table row as lines: its first cell under its column's name, then `- column: value` for
+/// each other cell that holds something.
+fn row_by_cells(header: &[String], cells: &[String]) -> Vec<String> {
+    let name = |i: usize| header.get(i).map_or("", String::as_str);
+    let mut lines = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        if cell.is_empty() {
+            continue;
+        }
+        match (i, name(i)) {
+            (0, "") => lines.push(format!("{cell}:")),
+            (0, column) => lines.push(format!("{column}: {cell}")),
+            (_, "") => lines.push(format!("- {cell}")),
+            (_, column) => lines.push(format!("- {column}: {cell}")),
+        }
+    }
+    lines
+}
+
+/// [`check_answer`] for a second reading of passages narrowed by [`focus_passages`], held to
+/// a stricter reading of units: a quantity of the answer must be written with its unit in a
+/// passage, or sit alone in a cell written out as `- column: value` whose column names the
+/// unit. A bare number that shares a prose line with a unit (`8192的显存占用（GB）`) does not
+/// state that many gigabytes: the second reading is the model's second try, and its
+/// figure must be read, not assembled.
+pub fn check_second_reading(answer: &str, focused: &[&str], question: &str) -> FactCheck {
+    let mut check = check_answer(answer, focused, question);
+    let sources: Vec<Source> = focused.iter().map(|p| Source::new(p)).collect();
+    let question_source = Source::new(question);
+    for fact in &check.facts {
+        let Key::Quantity {
+            value,
+            unit,
+            bare: false,
+        } = fact.key
+        else {
+            continue;
+        };
+        let with_unit = |source: &Source, k: usize| {
+            source.facts[k].iter().any(|f| {
+                matches!(f, Key::Quantity { value: v, unit: u, bare: false }
+                    if *u == unit && same_value(*v, value))
+            })
+        };
+        let in_its_cell = |source: &Source, k: usize| {
+            let line = &source.lines[k];
+            line.strip_prefix("- ")
+                .and_then(|cell| cell.split_once(": "))
+                .is_some_and(|(column, _)| unit_spelled_in(column, unit))
+                && source.facts[k]
+                    .iter()
+                    .any(|f| matches!(f, Key::Quantity { value: v, .. } if same_value(*v, value)))
+        };
+        let stated = sources
+            .iter()
+            .chain(std::iter::once(&question_source))
+            .any(|s| (0..s.lines.len()).any(|k| with_unit(s, k) || in_its_cell(s, k)));
+        if !stated && !check.unsupported.iter().any(|u| u.fact == *fact) {
+            check.unsupported.push(UnsupportedFact {
+                fact: fact.clone(),
+                reason: format!(
+                    "no passage writes {} with its unit (a bare number beside a unit is not read \
+                     as one on a second reading)",
+                    fact.text
+                ),
+                why: Unsupported::NotStated,
+            });
+        }
+    }
+    if !check.unsupported.is_empty() {
+        check.verdict = Verdict::UnsupportedKeyFact;
+    }
+    check
+}
+
+/// Whether `text` states a figure: a quantity, a number or a version.
+pub fn states_a_figure(text: &str) -> bool {
+    extract_facts(text).iter().any(|f| {
+        matches!(
+            f.kind,
+            FactKind::Quantity | FactKind::Number | FactKind::Version
+        )
+    })
 }
 
 /// The key facts of `text`, in order.
@@ -1415,7 +1621,7 @@ fn unsupported_reason(
     question_index: usize,
     qualifiers: &[Qualifier],
     ignored: &[bool],
-) -> Option<String> {
+) -> Option<(Unsupported, String)> {
     let states = |source: &Source, k: usize| -> bool {
         match &fact.key {
             Key::Quantity { value, unit, bare } => {
@@ -1443,7 +1649,7 @@ fn unsupported_reason(
         }
     }
     if table_hits.is_empty() {
-        return Some(not_stated_reason(fact, sources));
+        return Some((Unsupported::NotStated, not_stated_reason(fact, sources)));
     }
     // Only table rows state the number: it must sit in a row the question's qualifiers pick.
     let mut wrong: Vec<String> = Vec::new();
@@ -1461,7 +1667,10 @@ fn unsupported_reason(
             }
         }
     }
-    Some(format!("{} is only in {}", fact.text, wrong.join("; ")))
+    Some((
+        Unsupported::OtherRow,
+        format!("{} is only in {}", fact.text, wrong.join("; ")),
+    ))
 }
 
 /// The first cell of a table row, trimmed.
@@ -1776,6 +1985,107 @@ mod tests {
                 ("显存占用为 25 GB。", Verdict::Supported),
             ],
         );
+    }
+
+    #[test]
+    fn misplaced_figures_are_told_from_invented_ones() {
+        let question = "INT4 量化下推理 ChatGLM-6B 最少要多少显存？";
+        let why = |answer: &str, off: &[bool], passages: &[&str]| -> Vec<Unsupported> {
+            check_answer_on_subject(answer, passages, off, question)
+                .unsupported
+                .iter()
+                .map(|u| u.why)
+                .collect()
+        };
+        assert_eq!(
+            why("需要 13GB", &[], &[CHATGLM_TABLE]),
+            [Unsupported::OtherRow]
+        );
+        assert_eq!(
+            why("需要 72GB", &[], &[CHATGLM_TABLE]),
+            [Unsupported::NotStated]
+        );
+        let other = "Qwen-72B 的 INT4 推理需要 48GB 显存。";
+        assert_eq!(
+            why("需要 48GB", &[false, true], &[CHATGLM_TABLE, other]),
+            [Unsupported::OtherDocument]
+        );
+        assert!(Unsupported::OtherRow.is_misplaced() && Unsupported::OtherDocument.is_misplaced());
+        assert!(!Unsupported::NotStated.is_misplaced());
+    }
+
+    #[test]
+    fn focus_keeps_the_rows_and_documents_the_question_names() {
+        let question = "INT4 量化下推理 ChatGLM-6B 最少要多少显存？";
+        let other = "Qwen-72B 的 INT4 推理需要 48GB 显存。";
+        let focused = focus_passages(&[CHATGLM_TABLE, other], &[false, true], question);
+        assert_eq!(focused.len(), 2);
+        assert_eq!(focused[1], None, "the other model's document is dropped");
+        let table = focused[0]
+            .as_deref()
+            .expect("the question's document stays");
+        // The row that stays is written cell by cell under its columns' names.
+        assert_eq!(
+            table,
+            "**量化等级**: INT4\n- **最低 GPU 显存**（推理）: 6 GB\n- **最低 GPU 显存**（高效参数微调）: 7 GB"
+        );
+        // After focusing, the right row's figure is the only one left, and it verifies.
+        let right = check_answer("需要 6GB", &[table], question);
+        assert_eq!(right.verdict, Verdict::Supported, "{right:?}");
+        // Nothing to drop: the passage comes back as it was.
+        let unqualified = focus_passages(&[CHATGLM_TABLE], &[], "ChatGLM-6B 要多少显存？");
+        assert_eq!(unqualified, [Some(CHATGLM_TABLE.to_owned())]);
+        // A table under another model's heading loses its rows, keeps its header.
+        let sections = "#### GLM-4-32B-0414\n\n| 精度 | 显存占用 |\n|---|---|\n| BF16 | 68 GB |\n\n\
+            #### GLM-4-9B-0414\n\n| 精度 | 显存占用 |\n|---|---|\n| BF16 | 19 GB |";
+        let focused = focus_passages(&[sections], &[], "GLM-4-9B-0414 用 BF16 显存占用多少？");
+        let text = focused[0].as_deref().unwrap_or_default();
+        // The question's table lost nothing: it stays as it was.
+        assert!(
+            text.contains("| BF16 | 19 GB |") && !text.contains("68 GB"),
+            "{text}"
+        );
+        // The other model's table keeps its heading and header, no row.
+        assert!(
+            text.contains("#### GLM-4-32B-0414\n\n| 精度 | 显存占用 |\n|---|---|\n\n"),
+            "{text}"
+        );
+    }
+
+    /// Cell by cell, a figure is checked against its own cell: a bare number from the token
+    /// column does not become gigabytes because another cell of the row holds some.
+    #[test]
+    fn a_focused_row_checks_each_figure_against_its_cell() {
+        let passage = "| 精度 | 显存占用 | 输入token数 |\n|---|---|---|\n\
+            | BF16 | 25 GB | 8000 |\n| INT4 | 10 GB | 8000 |";
+        let question = "BF16 输入 8000 token 时显存占用多少？";
+        let focused = focus_passages(&[passage], &[], question);
+        let text = focused[0].as_deref().unwrap_or_default();
+        assert_eq!(text, "精度: BF16\n- 显存占用: 25 GB\n- 输入token数: 8000");
+        assert_verdicts(
+            &[text],
+            question,
+            &[
+                ("25 GB", Verdict::Supported),
+                ("8000 GB", Verdict::UnsupportedKeyFact),
+                ("10 GB", Verdict::UnsupportedKeyFact),
+            ],
+        );
+        // A second reading is held to units written out: a bare number beside a unit in
+        // prose is not that many gigabytes; a cell whose column names the unit is.
+        let prose = "记录输入长度分别为256、512和8192的显存占用（GB）。";
+        assert_eq!(verdict("8192 GB", &[prose], question), Verdict::Supported);
+        let second = |answer: &str, passage: &str| {
+            check_second_reading(answer, &[passage], question).verdict
+        };
+        assert_eq!(second("8192 GB", prose), Verdict::UnsupportedKeyFact);
+        assert_eq!(second("25 GB", text), Verdict::Supported);
+        assert_eq!(second("8000 GB", text), Verdict::UnsupportedKeyFact);
+        assert_eq!(second("需要 40 GB", "- 显存（GB）: 40"), Verdict::Supported);
+        // In the whole table, 8000 GB passes: the row names GB in another cell.
+        assert_eq!(verdict("8000 GB", &[passage], question), Verdict::Supported);
+        // An escaped pipe stays inside its cell.
+        assert_eq!(table_cells("| a \\| b | c |"), ["a \\| b", "c"]);
     }
 
     #[test]

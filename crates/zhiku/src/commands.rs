@@ -551,6 +551,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "unsupported_facts": v.unsupported_facts,
                             "reason": v.reason,
                             "echoed": v.echoed,
+                            "refocused": v.refocused,
                         })),
                         "sources": answer.citations.iter().map(|c| json!({
                             "source": c.source,

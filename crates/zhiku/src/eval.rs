@@ -363,6 +363,7 @@ fn report_json(r: &EvalReport) -> Value {
         "unsupported": r.unsupported,
         "unverified": r.unverified,
         "withdrawn": r.withdrawn,
+        "refocused": r.refocused,
     })
 }
 
@@ -386,7 +387,7 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "anchors": c.anchors,
         "search_question": c.search_question,
         "verification": c.verification.as_ref().map(|v| json!({
-            "withdrawn": v.withdrawn, "echoed": v.echoed,
+            "withdrawn": v.withdrawn, "echoed": v.echoed, "refocused": v.refocused,
             "unsupported_facts": v.unsupported_facts, "reason": v.reason,
         })),
         "total_ms": c.timings.unwrap_or_default().total_ms,
@@ -489,8 +490,9 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
             r.mean_support, r.unsupported
         );
         out += &format!(
-            "verification  {} answered with a key fact no passage states; {} withdrawn\n",
-            r.unverified, r.withdrawn
+            "verification  {} answered with a key fact no passage states; {} withdrawn; {} read \
+             again from narrowed passages\n",
+            r.unverified, r.withdrawn, r.refocused
         );
     }
     out += "latency (ms)       p50       p95\n";

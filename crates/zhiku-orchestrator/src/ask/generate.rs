@@ -14,9 +14,10 @@ use zhiku_proto::v1::{
 use crate::config::{PassageOrder, Verify};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
+use crate::grounding::is_refusal;
 use crate::grounding::{abstains, grounding_of};
 use crate::prompt::{PromptTemplate, REFUSAL};
-use crate::verify::echoes_prompt;
+use crate::verify::{echoes_prompt, states_a_figure};
 use crate::{Events, Orchestrator};
 
 use super::{ms, send};
@@ -130,6 +131,46 @@ impl Orchestrator {
                 "no answer was generated".into(),
             ));
         };
+        let verification = match &echo {
+            Some(echo) => Verification {
+                checked: true,
+                withdrawn: true,
+                unsupported_facts: Vec::new(),
+                reason: format!(
+                    "the answer echoed the prompt (its instructions or the question), also when \
+                     generated again with the article's template: {}",
+                    echo.reason
+                ),
+                echoed: true,
+                refocused: false,
+            },
+            None => {
+                let mut verification = verification_of(
+                    self.args.ask.verify,
+                    &done.text,
+                    &draft.citations,
+                    &question,
+                    Reading::First,
+                )
+                .await?;
+                // The answer given was the regeneration after an echo.
+                verification.echoed = done.regenerated;
+                verification
+            }
+        };
+        let (done, verification) = self
+            .refocus_if_misplaced(
+                knowledge_base,
+                history,
+                &draft.citations,
+                (&question, draft.anchors),
+                (done, verification),
+                (sampling, max_new_tokens),
+                (started, &mut first_token_ms),
+                deadline,
+                events,
+            )
+            .await?;
         let mut timings = draft.timings.unwrap_or_default();
         timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
         timings.generate_ms = ms(generate_started);
@@ -143,31 +184,6 @@ impl Orchestrator {
                 "grounded abstention: the answer was replaced by the refusal"
             );
         }
-        let verification = match &echo {
-            Some(echo) => Verification {
-                checked: true,
-                withdrawn: true,
-                unsupported_facts: Vec::new(),
-                reason: format!(
-                    "the answer echoed the prompt (its instructions or the question), also when \
-                     generated again with the article's template: {}",
-                    echo.reason
-                ),
-                echoed: true,
-            },
-            None => {
-                let mut verification = verification_of(
-                    self.args.ask.verify,
-                    &done.text,
-                    &draft.citations,
-                    &question,
-                )
-                .await?;
-                // The answer given was the regeneration after an echo.
-                verification.echoed = done.regenerated;
-                verification
-            }
-        };
         if verification.withdrawn {
             tracing::info!(
                 reason = %verification.reason,
@@ -188,6 +204,118 @@ impl Orchestrator {
             grounded,
             ..draft
         })
+    }
+
+    /// When every unsupported key fact of the draft sat in the passages only in another table
+    /// row or another model's document, reads the question once more from the passages
+    /// narrowed to its rows and documents ([`crate::verify::focus_passages`]), its chunks
+    /// streamed after the draft's. The second answer stands when it verifies against the
+    /// narrowed passages; otherwise the draft keeps its verification, its reason extended.
+    /// Anything else passes through unchanged.
+    #[allow(clippy::too_many_arguments)]
+    async fn refocus_if_misplaced(
+        &self,
+        knowledge_base: &KnowledgeBase,
+        history: &[Turn],
+        citations: &[Citation],
+        (question, anchors): (&str, f64),
+        (draft, mut verification): (Generated, Verification),
+        (sampling, max_new_tokens): (SamplingParams, u32),
+        (started, first_token_ms): (Instant, &mut Option<f64>),
+        deadline: Deadline,
+        events: &Events<AskEvent>,
+    ) -> Result<(Generated, Verification), OrchestratorError> {
+        // Only when one passage names everything the question does: otherwise the question
+        // may ask about what the passages lack (ChatGLM3-6B at INT8, where only ChatGLM-6B's
+        // table has an INT8 row), and a narrowed reading would answer it from the wrong row.
+        let named = anchors >= 1.0 - 1e-6;
+        if !named
+            || verification.echoed && verification.withdrawn
+            || verification.unsupported_facts.is_empty()
+        {
+            return Ok((draft, verification));
+        }
+        let Some(focused) =
+            refocus_of(self.args.ask.verify, &draft.text, citations, question).await?
+        else {
+            return Ok((draft, verification));
+        };
+        let rendered: Vec<String> = focused.iter().map(crate::context::render).collect();
+        let chat = self
+            .prompt_chat(
+                &self.template,
+                history,
+                &focused,
+                &rendered,
+                question,
+                max_new_tokens,
+                deadline,
+            )
+            .await?;
+        let second = self
+            .generate_streamed(
+                knowledge_base,
+                chat,
+                sampling,
+                started,
+                first_token_ms,
+                deadline,
+                events,
+            )
+            .await?;
+        let texts: Vec<&str> = focused.iter().map(|c| c.text.as_str()).collect();
+        let echo = echoes_prompt(
+            &second.text,
+            question,
+            &texts,
+            &self.template.instructions(),
+        );
+        let checked = match &echo {
+            Some(_) => None,
+            None => Some(
+                verification_of(
+                    self.args.ask.verify,
+                    &second.text,
+                    &focused,
+                    question,
+                    Reading::Second,
+                )
+                .await?,
+            ),
+        };
+        tracing::info!(
+            draft = %draft.text,
+            second = %second.text,
+            stands = checked.as_ref().is_some_and(|v| v.unsupported_facts.is_empty()),
+            "the draft's figure sat in another table row or document: read again from the \
+             question's rows and documents"
+        );
+        // A second reading that drops the figure the draft got wrong evades the question.
+        let wanted_figure = states_a_figure(&verification.unsupported_facts.join(" "));
+        let answers = is_refusal(&second.text) || !wanted_figure || states_a_figure(&second.text);
+        match checked {
+            Some(v) if v.unsupported_facts.is_empty() && answers => Ok((
+                second,
+                Verification {
+                    echoed: verification.echoed,
+                    refocused: true,
+                    ..v
+                },
+            )),
+            other => {
+                let why = match other {
+                    Some(v) if !v.reason.is_empty() => v.reason,
+                    Some(_) => "the answer names no figure".to_owned(),
+                    None => "the answer echoed the prompt".to_owned(),
+                };
+                verification.refocused = true;
+                verification.reason = format!(
+                    "{}; read again from the rows and documents the question names: {why}",
+                    verification.reason
+                );
+                Ok((draft, verification))
+            }
+        }
     }
 
     /// One generation of `chat`, its chunks sent on `events` as they come; `first_token_ms`
@@ -251,13 +379,25 @@ struct Generated {
     regenerated: bool,
 }
 
+/// Which reading of the passages an answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// The first, against every cited passage.
+    First,
+    /// A second one, against the passages narrowed to the question
+    /// ([`crate::verify::check_second_reading`]).
+    Second,
+}
+
 /// The fact-level verification of `answer` against its passages and `question`
-/// ([`crate::verify::check_answer`]), off the async threads, as `mode` says.
+/// ([`crate::verify::check_answer`], or for a second reading
+/// [`crate::verify::check_second_reading`]), off the async threads, as `mode` says.
 async fn verification_of(
     mode: Verify,
     answer: &str,
     citations: &[Citation],
     question: &str,
+    reading: Reading,
 ) -> Result<Verification, OrchestratorError> {
     if mode == Verify::Off {
         return Ok(Verification::default());
@@ -267,10 +407,86 @@ async fn verification_of(
     let (answer, question) = (answer.to_owned(), question.to_owned());
     tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        verification(mode, &answer, &texts, &off_subject, &question)
+        match reading {
+            Reading::First => verification(mode, &answer, &texts, &off_subject, &question),
+            Reading::Second => checked_verification(
+                mode,
+                &answer,
+                crate::verify::check_second_reading(&answer, &texts, &question),
+            ),
+        }
     })
     .await
     .map_err(|e| OrchestratorError::Internal(format!("verifying the answer failed: {e}")))
+}
+
+/// The citations narrowed for a second reading when every unsupported key fact of `answer`
+/// sat in another table row or another model's document ([`refocus`]), off the async
+/// threads; `None` when there is nothing to narrow.
+async fn refocus_of(
+    mode: Verify,
+    answer: &str,
+    citations: &[Citation],
+    question: &str,
+) -> Result<Option<Vec<Citation>>, OrchestratorError> {
+    if mode == Verify::Off {
+        return Ok(None);
+    }
+    let citations = citations.to_vec();
+    let (answer, question) = (answer.to_owned(), question.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
+        let subject = (&off_subject(&citations)[..], &below_best(&citations)[..]);
+        let focus = refocus(&answer, &texts, subject, &question)?;
+        Some(
+            citations
+                .iter()
+                .zip(focus)
+                .filter_map(|(c, text)| text.map(|text| Citation { text, ..c.clone() }))
+                .collect(),
+        )
+    })
+    .await
+    .map_err(|e| OrchestratorError::Internal(format!("narrowing the passages failed: {e}")))
+}
+
+/// The passages narrowed to the question's rows and passages
+/// ([`crate::verify::focus_passages`]; `None` for a dropped one), when `answer` has
+/// unsupported key facts and each sat in the passages only in the wrong place
+/// ([`crate::verify::Unsupported::is_misplaced`], judged with `off_subject` as
+/// verification judges it), and narrowing drops something yet leaves a passage. `None`
+/// otherwise: an invented figure is not read again. The passages dropped are those in
+/// `below_best` ([`below_best`]): a second reading sees only the passages that name the
+/// question's subject best, not only their documents (one README's table for another model,
+/// under that model's heading, is the neighbouring row that misled the first).
+pub fn refocus(
+    answer: &str,
+    passages: &[&str],
+    (off_subject, below_best): (&[bool], &[bool]),
+    question: &str,
+) -> Option<Vec<Option<String>>> {
+    if crate::grounding::is_refusal(answer) {
+        return None;
+    }
+    let check = crate::verify::check_answer_on_subject(answer, passages, off_subject, question);
+    if check.unsupported.is_empty() || !check.unsupported.iter().all(|u| u.why.is_misplaced()) {
+        return None;
+    }
+    let focused = crate::verify::focus_passages(passages, below_best, question);
+    let narrowed = focused
+        .iter()
+        .zip(passages)
+        .any(|(f, p)| f.as_deref() != Some(*p));
+    (narrowed && focused.iter().any(Option::is_some)).then_some(focused)
+}
+
+/// For each passage, whether it (with its source name and heading path) names what the
+/// question asks about less well than the best passage does. A citation that was not
+/// weighed counts as naming it.
+pub fn below_best(citations: &[Citation]) -> Vec<bool> {
+    let share = |c: &Citation| c.anchors.map_or(1.0, f64::from);
+    let best = citations.iter().map(share).fold(0.0, f64::max);
+    citations.iter().map(|c| share(c) + 1e-9 < best).collect()
 }
 
 /// For each passage, whether its document names what the question asks about less well than
@@ -306,6 +522,15 @@ pub fn verification(
         return Verification::default();
     }
     let check = crate::verify::check_answer_on_subject(answer, passages, off_subject, question);
+    checked_verification(mode, answer, check)
+}
+
+/// The verification `check` of `answer` gives under `mode`.
+fn checked_verification(
+    mode: Verify,
+    answer: &str,
+    check: crate::verify::FactCheck,
+) -> Verification {
     if check.unsupported.is_empty() || crate::grounding::is_refusal(answer) {
         return Verification {
             checked: true,
@@ -324,6 +549,7 @@ pub fn verification(
         unsupported_facts: check.unsupported.into_iter().map(|u| u.fact.text).collect(),
         reason: format!("unsupported key fact: {reason}"),
         echoed: false,
+        refocused: false,
     }
 }
 
@@ -360,6 +586,45 @@ mod tests {
         let weaker = [cited("a.md", Some(0.5)), cited("b.md", Some(0.25))];
         assert_eq!(off_subject(&weaker), [false, true]);
         assert!(off_subject(&[]).is_empty());
+        // Passage by passage, the README's second passage names less than its first.
+        assert_eq!(below_best(&citations), [false, true, true, true, false]);
+    }
+
+    /// A figure from the neighbouring row or another model's document is read again from the
+    /// narrowed passages; an invented one, a refusal and a supported answer are not.
+    #[test]
+    fn only_a_misplaced_figure_is_read_again() {
+        let other = "Qwen-72B 的 INT4 推理需要 48GB 显存。";
+        let neighbour = refocus("INT4 下需要 13 GB。", &[PASSAGE], (&[], &[]), QUESTION)
+            .expect("13 GB is the FP16 row's");
+        assert_eq!(neighbour.len(), 1);
+        let table = neighbour[0].as_deref().unwrap_or_default();
+        assert!(
+            table.contains("6 GB") && !table.contains("13 GB"),
+            "{table}"
+        );
+        let document = refocus(
+            "需要 48GB。",
+            &[PASSAGE, other],
+            (&[false, true], &[false, true]),
+            QUESTION,
+        )
+        .expect("48GB is another model's");
+        assert_eq!(document[1], None);
+        assert_eq!(
+            refocus("需要 72GB。", &[PASSAGE], (&[], &[]), QUESTION),
+            None
+        );
+        assert_eq!(
+            refocus("需要 6 GB。", &[PASSAGE], (&[], &[]), QUESTION),
+            None
+        );
+        assert_eq!(refocus(REFUSAL, &[PASSAGE], (&[], &[]), QUESTION), None);
+        // A misplaced figure and an invented one together: not read again.
+        assert_eq!(
+            refocus("13 GB 或 72GB。", &[PASSAGE], (&[], &[]), QUESTION),
+            None
+        );
     }
 
     #[test]

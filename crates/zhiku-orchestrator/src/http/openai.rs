@@ -485,6 +485,7 @@ fn verification_json(verification: Option<&Verification>) -> Value {
             "unsupported_facts": v.unsupported_facts,
             "reason": v.reason,
             "echoed": v.echoed,
+            "refocused": v.refocused,
         })
     })
 }
@@ -1067,6 +1068,7 @@ mod tests {
                 unsupported_facts: vec!["72GB".into()],
                 reason: "unsupported key fact: no passage states 72GB".into(),
                 echoed: false,
+                refocused: false,
             }),
             ..Default::default()
         };
