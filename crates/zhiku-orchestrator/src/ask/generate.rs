@@ -403,7 +403,7 @@ async fn verification_of(
         return Ok(Verification::default());
     }
     let texts: Vec<String> = citations.iter().map(|c| c.text.clone()).collect();
-    let off_subject = off_subject(citations);
+    let off_subject = off_subject(citations, question);
     let (answer, question) = (answer.to_owned(), question.to_owned());
     tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -436,7 +436,10 @@ async fn refocus_of(
     let (answer, question) = (answer.to_owned(), question.to_owned());
     tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
-        let subject = (&off_subject(&citations)[..], &below_best(&citations)[..]);
+        let subject = (
+            &off_subject(&citations, &question)[..],
+            &below_best(&citations)[..],
+        );
         let focus = refocus(&answer, &texts, subject, &question)?;
         Some(
             citations
@@ -489,11 +492,15 @@ pub fn below_best(citations: &[Citation]) -> Vec<bool> {
     citations.iter().map(|c| share(c) + 1e-9 < best).collect()
 }
 
-/// For each passage, whether its document names what the question asks about less well than
-/// the best passage does: a document's anchor share is its best passage's (a file names its
-/// model once, in its title or a table's caption, not in every passage).
+/// For each passage, whether its document is off the question's subject: it names what the
+/// question asks about less well than the best passage does (a document's anchor share is its
+/// best passage's: a file names its model once, in its title or a table's caption, not in
+/// every passage), or it leaves out a model the question names that another document names
+/// ([`crate::grounding::anchors::documents_missing_a_model`]: the Qwen README's INT4 figure
+/// for a GLM-4-32B-0414 question, where each document holds half the question's anchors).
 /// A citation that was not weighed counts as on the subject.
-pub fn off_subject(citations: &[Citation]) -> Vec<bool> {
+pub fn off_subject(citations: &[Citation], question: &str) -> Vec<bool> {
+    let rendered: Vec<String> = citations.iter().map(crate::context::render).collect();
     let share = |c: &Citation| c.anchors.map_or(1.0, f64::from);
     let best = citations.iter().map(share).fold(0.0, f64::max);
     let document = |source: &str| {
@@ -505,7 +512,15 @@ pub fn off_subject(citations: &[Citation]) -> Vec<bool> {
     };
     citations
         .iter()
-        .map(|c| document(&c.source) + 1e-9 < best)
+        .zip(crate::grounding::anchors::documents_missing_a_model(
+            question,
+            &rendered.iter().map(String::as_str).collect::<Vec<_>>(),
+            &citations
+                .iter()
+                .map(|c| c.source.as_str())
+                .collect::<Vec<_>>(),
+        ))
+        .map(|(c, unnamed)| unnamed || document(&c.source) + 1e-9 < best)
         .collect()
 }
 
@@ -581,11 +596,29 @@ mod tests {
             cited("qwen-72b.md", Some(0.5)),
             cited("notes.txt", None),
         ];
-        assert_eq!(off_subject(&citations), [false, false, true, true, false]);
+        assert_eq!(
+            off_subject(&citations, "要多少显存？"),
+            [false, false, true, true, false]
+        );
         // When no passage names the subject fully, the best share sets the bar.
         let weaker = [cited("a.md", Some(0.5)), cited("b.md", Some(0.25))];
-        assert_eq!(off_subject(&weaker), [false, true]);
-        assert!(off_subject(&[]).is_empty());
+        assert_eq!(off_subject(&weaker, "要多少显存？"), [false, true]);
+        assert!(off_subject(&[], "").is_empty());
+        // Equal shares, but only one document names the question's model.
+        let halves = [
+            Citation {
+                text: "| INT8 | 8 GB |".into(),
+                ..cited("chatglm-6b--README.md", Some(0.5))
+            },
+            Citation {
+                text: "ChatGLM3-6B 以 FP16 加载需要 13GB 显存。".into(),
+                ..cited("chatglm3--README.md", Some(0.5))
+            },
+        ];
+        assert_eq!(
+            off_subject(&halves, "ChatGLM3-6B 用 INT8 要多少显存？"),
+            [true, false]
+        );
         // Passage by passage, the README's second passage names less than its first.
         assert_eq!(below_best(&citations), [false, true, true, true, false]);
     }

@@ -126,6 +126,59 @@ pub struct Anchor {
     pub parts: Vec<String>,
 }
 
+impl Anchor {
+    /// Whether it names a model: it joins parts, one of them a parameter count (`6b`, `32b`,
+    /// `13b`, the `5b` of `1.5B`), as `ChatGLM3-6B`, `GLM-4-32B-0414` and `Qwen-72B` do.
+    pub fn is_model(&self) -> bool {
+        self.parts.len() > 1
+            && self.parts.iter().any(|p| {
+                p.len() >= 2
+                    && p.ends_with('b')
+                    && p[..p.len() - 1].chars().all(|c| c.is_ascii_digit())
+            })
+    }
+}
+
+/// For each passage, whether its document (`documents[i]`: passages with the same source
+/// are one document, their names pooled) leaves out a model that the question names and
+/// another of the documents names. A model no document names holds no document to it.
+/// `passages` as rendered, with their source names and heading paths: a README names its
+/// model in its file name and headings more often than in a table.
+pub fn documents_missing_a_model(
+    question: &str,
+    passages: &[&str],
+    documents: &[&str],
+) -> Vec<bool> {
+    let models: Vec<Anchor> = question_anchors(question)
+        .into_iter()
+        .filter(Anchor::is_model)
+        .collect();
+    if models.is_empty() {
+        return vec![false; passages.len()];
+    }
+    let mut named: Vec<(&str, HashSet<String>)> = Vec::new();
+    for (passage, &document) in passages.iter().zip(documents) {
+        let names = passage_names(passage);
+        match named.iter_mut().find(|(d, _)| *d == document) {
+            Some((_, pooled)) => pooled.extend(names),
+            None => named.push((document, names)),
+        }
+    }
+    let names_model = |names: &HashSet<String>, a: &Anchor| {
+        names.contains(&a.name) || a.parts.iter().all(|x| names.contains(x))
+    };
+    let lacking: Vec<&str> = named
+        .iter()
+        .filter(|(_, names)| {
+            models.iter().any(|m| {
+                !names_model(names, m) && named.iter().any(|(_, other)| names_model(other, m))
+            })
+        })
+        .map(|(d, _)| *d)
+        .collect();
+    documents.iter().map(|d| lacking.contains(d)).collect()
+}
+
 /// The question's anchors, without repeats.
 pub fn question_anchors(question: &str) -> Vec<Anchor> {
     let mut seen = HashSet::new();
@@ -226,6 +279,41 @@ mod tests {
             ["ollama", "rtx", "4090"]
         );
         assert!(names_of("默认使用哪种知识库类型？").is_empty());
+    }
+
+    #[test]
+    fn a_document_that_leaves_out_the_questions_model_is_marked() {
+        let question = "ChatGLM3-6B 用 INT8 量化推理最少需要多少显存？";
+        let passages = [
+            "（来源：chatglm-6b--README.md；章节：ChatGLM-6B > 硬件需求）\n| INT8 | 8 GB |",
+            "（来源：chatglm3--README.md；章节：ChatGLM3 > 推理）\nChatGLM3-6B 以 FP16 加载需要 13GB 显存。",
+            "（来源：chatglm-6b--README.md；章节：ChatGLM-6B > 量化）\n按需以 INT4 加载。",
+        ];
+        let documents = [
+            "chatglm-6b--README.md",
+            "chatglm3--README.md",
+            "chatglm-6b--README.md",
+        ];
+        assert_eq!(
+            documents_missing_a_model(question, &passages, &documents),
+            [true, false, true]
+        );
+        // A model no document names marks none: the documents cannot be told apart by it.
+        assert_eq!(
+            documents_missing_a_model("MiniCPM5-1B 要多少显存？", &passages, &documents),
+            [false, false, false]
+        );
+        // A question that names no model (INT8 is a precision, RTX 4090 hardware) marks none.
+        assert_eq!(
+            documents_missing_a_model("INT8 在 RTX 4090 上要多少显存？", &passages, &documents),
+            [false, false, false]
+        );
+        let models: Vec<String> = question_anchors("Qwen1.5-72B 和 GLM-4-32B-0414 与 INT4、A100")
+            .into_iter()
+            .filter(Anchor::is_model)
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(models, ["qwen1572b", "glm432b0414"]);
     }
 
     #[test]
