@@ -1299,13 +1299,35 @@ fn classify_run(
     )
 }
 
-/// 每秒 right before the number at `start` (blanks between allowed): its count is a rate.
+/// The most characters between 每秒 and the number it makes a rate of: a verb and an
+/// adverb (每秒能输出, 每秒大约生成).
+const PER_SECOND_REACH: usize = 6;
+
+/// 每秒 before the number at `start`, in the same clause and at most [`PER_SECOND_REACH`]
+/// characters (blanks aside) ahead of it (每秒 24.4 token, 每秒能输出 28.7 tokens): its count is
+/// a rate.
 fn preceded_by_per_second(c: &[char], start: usize) -> bool {
     let mut j = start;
-    while j > 0 && (c[j - 1] == ' ' || c[j - 1] == '\t') {
+    let mut between = 0;
+    while j >= 2 && between <= PER_SECOND_REACH {
+        if c[j - 2] == '每' && c[j - 1] == '秒' {
+            return true;
+        }
+        let ch = c[j - 1];
+        if ch.is_ascii_digit() || ch.is_ascii_punctuation() || is_clause_break(ch) {
+            return false;
+        }
+        if ch != ' ' && ch != '\t' {
+            between += 1;
+        }
         j -= 1;
     }
-    j >= 2 && c[j - 2] == '每' && c[j - 1] == '秒'
+    false
+}
+
+/// Punctuation that ends a clause in Chinese text.
+fn is_clause_break(ch: char) -> bool {
+    matches!(ch, '，' | '。' | '；' | '：' | '、' | '？' | '！' | '\n')
 }
 
 /// A name compared across spellings: lower case, `_` as `-`.
@@ -1815,6 +1837,8 @@ mod tests {
             "需要６ＧＢ显存",
             "速度是 24.4 token/s",
             "每秒 24.4 token",
+            "每秒能输出 24.4 tokens",
+            "每秒大约生成 24.4 个 token",
             "延迟 0.16 s",
         ] {
             assert_eq!(
@@ -1828,6 +1852,11 @@ mod tests {
         assert_eq!(
             unsupported("生成速度能达到每秒 128 token", &[passage], ""),
             ["128 token"]
+        );
+        // 每秒 of another clause does not make a count a rate.
+        assert_eq!(
+            unsupported("每秒很快，共生成 24.4 token", &[passage], ""),
+            ["24.4 token"]
         );
         // 62 亿 and 6.2B are one count.
         assert!(unsupported("有 6.2B 参数", &["具有 62 亿参数"], "").is_empty());
