@@ -309,14 +309,19 @@ fn row_by_cells(header: &[String], cells: &[String]) -> Vec<String> {
     lines
 }
 
-/// [`check_answer`] for a second reading of passages narrowed by [`focus_passages`], held to
+/// [`check_answer_on_subject`] for a second reading of passages narrowed by [`focus_passages`], held to
 /// a stricter reading of units: a quantity of the answer must be written with its unit in a
 /// passage, or sit alone in a cell written out as `- column: value` whose column names the
 /// unit. A bare number that shares a prose line with a unit (`8192的显存占用（GB）`) does not
 /// state that many gigabytes: the second reading is the model's second try, and its
 /// figure must be read, not assembled.
-pub fn check_second_reading(answer: &str, focused: &[&str], question: &str) -> FactCheck {
-    let mut check = check_answer(answer, focused, question);
+pub fn check_second_reading(
+    answer: &str,
+    focused: &[&str],
+    off_subject: &[bool],
+    question: &str,
+) -> FactCheck {
+    let mut check = check_answer_on_subject(answer, focused, off_subject, question);
     let sources: Vec<Source> = focused.iter().map(|p| Source::new(p)).collect();
     let question_source = Source::new(question);
     for fact in &check.facts {
@@ -2105,7 +2110,7 @@ mod tests {
         let prose = "记录输入长度分别为256、512和8192的显存占用（GB）。";
         assert_eq!(verdict("8192 GB", &[prose], question), Verdict::Supported);
         let second = |answer: &str, passage: &str| {
-            check_second_reading(answer, &[passage], question).verdict
+            check_second_reading(answer, &[passage], &[], question).verdict
         };
         assert_eq!(second("8192 GB", prose), Verdict::UnsupportedKeyFact);
         assert_eq!(second("25 GB", text), Verdict::Supported);

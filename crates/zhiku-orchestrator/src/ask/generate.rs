@@ -412,7 +412,7 @@ async fn verification_of(
             Reading::Second => checked_verification(
                 mode,
                 &answer,
-                crate::verify::check_second_reading(&answer, &texts, &question),
+                crate::verify::check_second_reading(&answer, &texts, &off_subject, &question),
             ),
         }
     })

@@ -141,7 +141,10 @@ impl Anchor {
 
 /// For each passage, whether its document (`documents[i]`: passages with the same source
 /// are one document, their names pooled) leaves out a model that the question names and
-/// another of the documents names. A model no document names holds no document to it.
+/// another of the documents names. A model no document names marks every document when
+/// none names its family either (its first part: `glm` of `GLM-4-32B-0414`), since the
+/// passages are then about other models; when some document names the family (`MiniCPM`
+/// for `MiniCPM-2B`: a README names its variants less often than itself) it marks none.
 /// `passages` as rendered, with their source names and heading paths: a README names its
 /// model in its file name and headings more often than in a table.
 pub fn documents_missing_a_model(
@@ -167,11 +170,20 @@ pub fn documents_missing_a_model(
     let names_model = |names: &HashSet<String>, a: &Anchor| {
         names.contains(&a.name) || a.parts.iter().all(|x| names.contains(x))
     };
+    let names_family = |names: &HashSet<String>, a: &Anchor| {
+        a.parts.first().is_some_and(|family| names.contains(family))
+    };
     let lacking: Vec<&str> = named
         .iter()
         .filter(|(_, names)| {
             models.iter().any(|m| {
-                !names_model(names, m) && named.iter().any(|(_, other)| names_model(other, m))
+                if names_model(names, m) {
+                    return false;
+                }
+                let anywhere = |named_by: &dyn Fn(&HashSet<String>, &Anchor) -> bool| {
+                    named.iter().any(|(_, other)| named_by(other, m))
+                };
+                anywhere(&names_model) || !anywhere(&names_family)
             })
         })
         .map(|(d, _)| *d)
@@ -298,10 +310,16 @@ mod tests {
             documents_missing_a_model(question, &passages, &documents),
             [true, false, true]
         );
-        // A model no document names marks none: the documents cannot be told apart by it.
+        // A model no document names, of a family one names, marks none: the documents
+        // cannot be told apart by it.
         assert_eq!(
-            documents_missing_a_model("MiniCPM5-1B 要多少显存？", &passages, &documents),
+            documents_missing_a_model("ChatGLM-9B 要多少显存？", &passages, &documents),
             [false, false, false]
+        );
+        // A model whose family no document names marks them all: they are about others.
+        assert_eq!(
+            documents_missing_a_model("GLM-4-32B-0414 用 INT4 要多少显存？", &passages, &documents),
+            [true, true, true]
         );
         // A question that names no model (INT8 is a precision, RTX 4090 hardware) marks none.
         assert_eq!(
