@@ -1685,7 +1685,11 @@ fn unsupported_reason(
         let Some(first) = source.table_of[k] else {
             continue;
         };
-        match wrong_row(source, k, first, qualifiers) {
+        let column = match fact.key {
+            Key::Quantity { value, .. } => wrong_column(source, k, first, qualifiers, value),
+            _ => None,
+        };
+        match wrong_row(source, k, first, qualifiers).or(column) {
             None => return None,
             Some(why) => {
                 if !wrong.contains(&why) {
@@ -1698,6 +1702,54 @@ fn unsupported_reason(
         Unsupported::OtherRow,
         format!("{} is only in {}", fact.text, wrong.join("; ")),
     ))
+}
+
+/// Why the number `value` of table row `k` sits in another column than the one the
+/// question names, or `None`: a name the question gives (Q4_K, INT4) that heads exactly one
+/// column of the table, and that the row itself does not hold, picks that column; the row
+/// must state the value in that column's cell (12.91G under F16 is not the Q4_K size).
+fn wrong_column(
+    source: &Source,
+    k: usize,
+    first: usize,
+    qualifiers: &[Qualifier],
+    value: f64,
+) -> Option<String> {
+    if k == first || !source.is_table_head(first) {
+        return None;
+    }
+    let header = table_cells(&source.lines[first]);
+    let row = table_cells(&source.lines[k]);
+    let states = |cell: &str| {
+        scan(cell, true)
+            .iter()
+            .any(|s| matches!(s.fact.key, Key::Quantity { value: v, .. } if same_value(v, value)))
+    };
+    for q in qualifiers {
+        let Qualifier::Name(name) = q else {
+            continue;
+        };
+        let mut named = header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| contains_word(h, name));
+        let (Some((column, _)), None) = (named.next(), named.next()) else {
+            continue;
+        };
+        if row.iter().any(|cell| contains_word(cell, name))
+            || row.get(column).is_some_and(|cell| states(cell))
+        {
+            continue;
+        }
+        if let Some(holding) = row.iter().position(|cell| states(cell)) {
+            let under = header.get(holding).map_or("", String::as_str);
+            return Some(format!(
+                "the column {under}, not the column for {name}, of the table row for {}",
+                row_label(&source.lines[k])
+            ));
+        }
+    }
+    None
 }
 
 /// The first cell of a table row, trimmed.
@@ -2120,6 +2172,39 @@ mod tests {
         assert_eq!(verdict("8000 GB", &[passage], question), Verdict::Supported);
         // An escaped pipe stays inside its cell.
         assert_eq!(table_cells("| a \\| b | c |"), ["a \\| b", "c"]);
+    }
+
+    #[test]
+    fn a_name_heading_one_column_picks_its_cell() {
+        let passage = "| | F16 | Q2_K | Q4_0 | Q4_K |\n|---|---|---|---|---|\n\
+            | Size | 12.91G | 2.41G | 3.69G | 4.08G |\n| PPL | 9.128 | 11.107 | 9.576 | 9.290 |";
+        let question = "Chinese-LLaMA-2-7B 在 llama.cpp 里 Q4_K 量化后文件有多大？";
+        assert_verdicts(
+            &[passage],
+            question,
+            &[
+                ("4.08G", Verdict::Supported),
+                ("12.91G", Verdict::UnsupportedKeyFact),
+                ("3.69G", Verdict::UnsupportedKeyFact),
+            ],
+        );
+        let reason = &check_answer("12.91G", &[passage], question).unsupported[0];
+        assert!(
+            reason.reason.contains("f16") && reason.reason.contains("q4-k"),
+            "{reason:?}"
+        );
+        assert_eq!(reason.why, Unsupported::OtherRow);
+        // Without a name for a column, any cell of the row states it.
+        assert_eq!(
+            verdict("12.91G", &[passage], "量化后文件有多大？"),
+            Verdict::Supported
+        );
+        // A name that heads no column, or several, picks none.
+        let two = "| | INT4 推理 | INT4 微调 |\n|---|---|---|\n| ChatGLM-6B | 6 GB | 7 GB |";
+        assert_eq!(
+            verdict("7 GB", &[two], "INT4 要多少显存？"),
+            Verdict::Supported
+        );
     }
 
     #[test]
