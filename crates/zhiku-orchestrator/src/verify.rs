@@ -1706,7 +1706,8 @@ fn unsupported_reason(
 
 /// Why the number `value` of table row `k` sits in another column than the one the
 /// question names, or `None`: a name the question gives (Q4_K, INT4) that heads exactly one
-/// column of the table, and that the row itself does not hold, picks that column; the row
+/// column of the table, not its first (the rows' labels), and that the row itself does not
+/// hold, picks that column; the row
 /// must state the value in that column's cell (12.91G under F16 is not the Q4_K size).
 fn wrong_column(
     source: &Source,
@@ -1733,7 +1734,8 @@ fn wrong_column(
             .iter()
             .enumerate()
             .filter(|(_, h)| contains_word(h, name));
-        let (Some((column, _)), None) = (named.next(), named.next()) else {
+        // The first column labels the rows (its header may name the table: llama.cpp).
+        let (Some((column @ 1.., _)), None) = (named.next(), named.next()) else {
             continue;
         };
         if row.iter().any(|cell| contains_word(cell, name))
@@ -2176,7 +2178,7 @@ mod tests {
 
     #[test]
     fn a_name_heading_one_column_picks_its_cell() {
-        let passage = "| | F16 | Q2_K | Q4_0 | Q4_K |\n|---|---|---|---|---|\n\
+        let passage = "| llama.cpp | F16 | Q2_K | Q4_0 | Q4_K |\n|---|---|---|---|---|\n\
             | Size | 12.91G | 2.41G | 3.69G | 4.08G |\n| PPL | 9.128 | 11.107 | 9.576 | 9.290 |";
         let question = "Chinese-LLaMA-2-7B 在 llama.cpp 里 Q4_K 量化后文件有多大？";
         assert_verdicts(
