@@ -586,6 +586,14 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                              the answer above, so it is withdrawn:\n",
                             answer.support
                         );
+                    } else if verification.refocused {
+                        // The stream held the draft, then the second reading.
+                        print!(
+                            "\n\n[read again] the first draft gave a figure from another table \
+                             row or document; the answer, from the passages the question \
+                             names:\n{}",
+                            answer.text
+                        );
                     }
                     if answer.refused {
                         print!("{}", answer.text);

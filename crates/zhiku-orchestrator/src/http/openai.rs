@@ -497,6 +497,21 @@ fn withdrawal_notice(answer: &Answer) -> Option<String> {
     Some(format!("\n\n[withdrawn: {}]\n{}", v.reason, answer.text))
 }
 
+/// What a stream says before its sources when the answer is a second reading
+/// (`verification.refocused`) that stood: the content above holds the draft and the second
+/// reading one after the other, so the answer is restated under a marker.
+fn second_reading_notice(answer: &Answer) -> Option<String> {
+    answer
+        .verification
+        .as_ref()
+        .filter(|v| v.refocused && !v.withdrawn)?;
+    Some(format!(
+        "\n\n[read again: the first draft gave a figure from another table row or document; \
+         the answer, from the passages the question names:]\n{}",
+        answer.text
+    ))
+}
+
 fn completion_id() -> String {
     format!("chatcmpl-{}", uuid_like())
 }
@@ -755,6 +770,7 @@ fn kb_chunks(
                         answer.text.clone()
                     } else {
                         let mut rest = citer.as_mut().map(Citer::finish).unwrap_or_default();
+                        rest.push_str(&second_reading_notice(&answer).unwrap_or_default());
                         rest.push_str(&footer(&answer, is_refused(&answer), cites));
                         rest
                     };
@@ -1056,9 +1072,8 @@ mod tests {
         assert_eq!(f.zhiku.unwrap()["refused"], true);
     }
 
-    #[test]
-    fn a_withdrawn_answer_says_so_in_its_last_chunk_and_its_zhiku_object() {
-        let withdrawn = Answer {
+    fn withdrawn_answer() -> Answer {
+        Answer {
             text: crate::prompt::REFUSAL.into(),
             refused: true,
             generated_tokens: 12,
@@ -1071,7 +1086,12 @@ mod tests {
                 refocused: false,
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_withdrawn_answer_says_so_in_its_last_chunk_and_its_zhiku_object() {
+        let withdrawn = withdrawn_answer();
         let notice = withdrawal_notice(&withdrawn).unwrap();
         assert!(notice.contains("[withdrawn: unsupported key fact: no passage states 72GB]"));
         assert!(notice.ends_with(crate::prompt::REFUSAL));
@@ -1089,6 +1109,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(withdrawal_notice(&kept), None);
+        assert_eq!(second_reading_notice(&kept), None);
+        // A second reading that stood restates the answer under a marker; a withdrawn one
+        // leaves that to the withdrawal notice.
+        let read_again = Answer {
+            text: "72.3".into(),
+            verification: Some(Verification {
+                checked: true,
+                refocused: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let notice = second_reading_notice(&read_again).unwrap();
+        assert!(
+            notice.contains("[read again:") && notice.ends_with("\n72.3"),
+            "{notice}"
+        );
+        assert_eq!(withdrawal_notice(&read_again), None);
+        let mut withdrawn_again = withdrawn_answer();
+        if let Some(v) = withdrawn_again.verification.as_mut() {
+            v.refocused = true;
+        }
+        assert_eq!(second_reading_notice(&withdrawn_again), None);
         assert_eq!(
             kb_final("kb", kept, String::new()).zhiku.unwrap()["verification"]["withdrawn"],
             false
