@@ -297,8 +297,11 @@ pub struct AskPolicy {
     /// answer with a key fact stated by neither is replaced by the refusal, the fact named
     /// as the reason (streamed, its chunks were the draft); mark: it is returned with the
     /// facts listed; off: not checked. A figure stated only by documents that name what the
-    /// question asks about less well than the best passage does (its anchors) counts as
-    /// unstated. The bigram support stays reported beside it.
+    /// question asks about less well than the best passage does (its anchors), or that leave
+    /// out the model it names, counts as unstated, as does one from another table row or
+    /// another column than the question's. When every such fact is only misplaced, the
+    /// question is read once more from the passages narrowed to it, and that answer stands
+    /// if it verifies. The bigram support stays reported beside it.
     #[arg(long, env = "ZHIKU_VERIFY", value_enum, default_value_t = Verify::Withdraw)]
     pub verify: Verify,
 
