@@ -137,6 +137,11 @@ impl Anchor {
                     && p[..p.len() - 1].chars().all(|c| c.is_ascii_digit())
             })
     }
+
+    /// Whether `names` (a passage's, [`passage_names`]) hold it: whole, or every part of it.
+    fn named_in(&self, names: &HashSet<String>) -> bool {
+        names.contains(&self.name) || self.parts.iter().all(|x| names.contains(x))
+    }
 }
 
 /// For each passage, whether its document (`documents[i]`: passages with the same source
@@ -167,9 +172,7 @@ pub fn documents_missing_a_model(
             None => named.push((document, names)),
         }
     }
-    let names_model = |names: &HashSet<String>, a: &Anchor| {
-        names.contains(&a.name) || a.parts.iter().all(|x| names.contains(x))
-    };
+    let names_model = |names: &HashSet<String>, a: &Anchor| a.named_in(names);
     let names_family = |names: &HashSet<String>, a: &Anchor| {
         a.parts.first().is_some_and(|family| names.contains(family))
     };
@@ -232,10 +235,7 @@ pub fn anchor_shares(anchors: &[Anchor], passages: &[&str]) -> Vec<f64> {
                 return 1.0;
             }
             let named = passage_names(p);
-            let held = anchors
-                .iter()
-                .filter(|a| named.contains(&a.name) || a.parts.iter().all(|x| named.contains(x)))
-                .count();
+            let held = anchors.iter().filter(|a| a.named_in(&named)).count();
             held as f64 / anchors.len() as f64
         })
         .collect()
