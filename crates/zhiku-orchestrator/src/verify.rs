@@ -39,6 +39,13 @@ pub enum FactKind {
     Identifier,
 }
 
+impl FactKind {
+    /// A quantity, a number or a version: what a figure of an answer is.
+    pub fn is_figure(self) -> bool {
+        matches!(self, Self::Quantity | Self::Number | Self::Version)
+    }
+}
+
 /// A key fact of an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fact {
@@ -137,11 +144,7 @@ pub fn check_answer_on_subject(
         }
         let reason = unsupported_reason(fact, &sources, question_index, &question_qualifiers, &[])
             .or_else(|| {
-                let figure = matches!(
-                    fact.kind,
-                    FactKind::Quantity | FactKind::Number | FactKind::Version
-                );
-                (figure && off_subject.iter().any(|&o| o))
+                (fact.kind.is_figure() && off_subject.iter().any(|&o| o))
                     .then(|| {
                         unsupported_reason(
                             fact,
@@ -372,12 +375,7 @@ pub fn check_second_reading(
 
 /// Whether `text` states a figure: a quantity, a number or a version.
 pub fn states_a_figure(text: &str) -> bool {
-    extract_facts(text).iter().any(|f| {
-        matches!(
-            f.kind,
-            FactKind::Quantity | FactKind::Number | FactKind::Version
-        )
-    })
+    extract_facts(text).iter().any(|f| f.kind.is_figure())
 }
 
 /// The key facts of `text`, in order.
