@@ -131,21 +131,24 @@ impl Orchestrator {
                 "no answer was generated".into(),
             ));
         };
-        let verification = match &echo {
-            Some(echo) => Verification {
-                checked: true,
-                withdrawn: true,
-                unsupported_facts: Vec::new(),
-                reason: format!(
-                    "the answer echoed the prompt (its instructions or the question), also when \
-                     generated again with the article's template: {}",
-                    echo.reason
-                ),
-                echoed: true,
-                refocused: false,
-            },
+        let (verification, focused) = match &echo {
+            Some(echo) => (
+                Verification {
+                    checked: true,
+                    withdrawn: true,
+                    unsupported_facts: Vec::new(),
+                    reason: format!(
+                        "the answer echoed the prompt (its instructions or the question), also \
+                         when generated again with the article's template: {}",
+                        echo.reason
+                    ),
+                    echoed: true,
+                    refocused: false,
+                },
+                None,
+            ),
             None => {
-                let mut verification = verification_of(
+                let checked = verification_of(
                     self.args.ask.verify,
                     &done.text,
                     &draft.citations,
@@ -153,16 +156,17 @@ impl Orchestrator {
                     Reading::First,
                 )
                 .await?;
+                let mut verification = checked.verification;
                 // The answer given was the regeneration after an echo.
                 verification.echoed = done.regenerated;
-                verification
+                (verification, checked.focused)
             }
         };
         let (done, verification) = self
             .refocus_if_misplaced(
                 knowledge_base,
                 history,
-                &draft.citations,
+                focused,
                 (&question, draft.anchors),
                 (done, verification),
                 (sampling, max_new_tokens),
@@ -207,9 +211,9 @@ impl Orchestrator {
     }
 
     /// When every unsupported key fact of the draft sat in the passages only in another table
-    /// row or another model's document, reads the question once more from the passages
-    /// narrowed to its rows and documents ([`crate::verify::focus_passages`]), its chunks
-    /// streamed after the draft's. The second answer stands when it verifies against the
+    /// row or another model's document, reads the question once more from `focused`, the
+    /// passages its verification narrowed to the question's rows and documents ([`refocus`]),
+    /// its chunks streamed after the draft's. The second answer stands when it verifies against the
     /// narrowed passages; otherwise the draft keeps its verification, its reason extended.
     /// Anything else passes through unchanged.
     #[allow(clippy::too_many_arguments)]
@@ -217,7 +221,7 @@ impl Orchestrator {
         &self,
         knowledge_base: &KnowledgeBase,
         history: &[Turn],
-        citations: &[Citation],
+        focused: Option<Vec<Citation>>,
         (question, anchors): (&str, f64),
         (draft, mut verification): (Generated, Verification),
         (sampling, max_new_tokens): (SamplingParams, u32),
@@ -229,15 +233,7 @@ impl Orchestrator {
         // may ask about what the passages lack (ChatGLM3-6B at INT8, where only ChatGLM-6B's
         // table has an INT8 row), and a narrowed reading would answer it from the wrong row.
         let named = anchors >= 1.0 - 1e-6;
-        if !named
-            || verification.echoed && verification.withdrawn
-            || verification.unsupported_facts.is_empty()
-        {
-            return Ok((draft, verification));
-        }
-        let Some(focused) =
-            refocus_of(self.args.ask.verify, &draft.text, citations, question).await?
-        else {
+        let (true, Some(focused)) = (named, focused) else {
             return Ok((draft, verification));
         };
         let rendered: Vec<String> = focused.iter().map(crate::context::render).collect();
@@ -280,7 +276,8 @@ impl Orchestrator {
                     question,
                     Reading::Second,
                 )
-                .await?,
+                .await?
+                .verification,
             ),
         };
         tracing::info!(
@@ -389,90 +386,90 @@ enum Reading {
     Second,
 }
 
+/// What verifying an answer gave.
+struct Checked {
+    verification: Verification,
+    /// On a first reading whose every unsupported key fact was misplaced, the citations
+    /// narrowed for a second one ([`refocus`]).
+    focused: Option<Vec<Citation>>,
+}
+
 /// The fact-level verification of `answer` against its passages and `question`
-/// ([`crate::verify::check_answer`], or for a second reading
-/// [`crate::verify::check_second_reading`]), off the async threads, as `mode` says.
+/// ([`crate::verify::check_answer_on_subject`], or for a second reading
+/// [`crate::verify::check_second_reading`]), off the async threads, as `mode` says; a first
+/// reading's check also decides whether to read again, and on what.
 async fn verification_of(
     mode: Verify,
     answer: &str,
     citations: &[Citation],
     question: &str,
     reading: Reading,
-) -> Result<Verification, OrchestratorError> {
+) -> Result<Checked, OrchestratorError> {
     if mode == Verify::Off {
-        return Ok(Verification::default());
+        return Ok(Checked {
+            verification: Verification::default(),
+            focused: None,
+        });
     }
-    let texts: Vec<String> = citations.iter().map(|c| c.text.clone()).collect();
-    let off_subject = off_subject(citations, question);
+    let citations = citations.to_vec();
     let (answer, question) = (answer.to_owned(), question.to_owned());
     tokio::task::spawn_blocking(move || {
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
+        let off_subject = off_subject(&citations, &question);
         match reading {
-            Reading::First => verification(mode, &answer, &texts, &off_subject, &question),
-            Reading::Second => checked_verification(
-                mode,
-                &answer,
-                crate::verify::check_second_reading(&answer, &texts, &off_subject, &question),
-            ),
+            Reading::First => {
+                let check = crate::verify::check_answer_on_subject(
+                    &answer,
+                    &texts,
+                    &off_subject,
+                    &question,
+                );
+                let focused = refocus(&answer, &texts, &check, &below_best(&citations), &question)
+                    .map(|focus| {
+                        citations
+                            .iter()
+                            .zip(focus)
+                            .filter_map(|(c, text)| text.map(|text| Citation { text, ..c.clone() }))
+                            .collect()
+                    });
+                Checked {
+                    verification: checked_verification(mode, &answer, check),
+                    focused,
+                }
+            }
+            Reading::Second => Checked {
+                verification: checked_verification(
+                    mode,
+                    &answer,
+                    crate::verify::check_second_reading(&answer, &texts, &off_subject, &question),
+                ),
+                focused: None,
+            },
         }
     })
     .await
     .map_err(|e| OrchestratorError::Internal(format!("verifying the answer failed: {e}")))
 }
 
-/// The citations narrowed for a second reading when every unsupported key fact of `answer`
-/// sat in another table row or another model's document ([`refocus`]), off the async
-/// threads; `None` when there is nothing to narrow.
-async fn refocus_of(
-    mode: Verify,
-    answer: &str,
-    citations: &[Citation],
-    question: &str,
-) -> Result<Option<Vec<Citation>>, OrchestratorError> {
-    if mode == Verify::Off {
-        return Ok(None);
-    }
-    let citations = citations.to_vec();
-    let (answer, question) = (answer.to_owned(), question.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
-        let subject = (
-            &off_subject(&citations, &question)[..],
-            &below_best(&citations)[..],
-        );
-        let focus = refocus(&answer, &texts, subject, &question)?;
-        Some(
-            citations
-                .iter()
-                .zip(focus)
-                .filter_map(|(c, text)| text.map(|text| Citation { text, ..c.clone() }))
-                .collect(),
-        )
-    })
-    .await
-    .map_err(|e| OrchestratorError::Internal(format!("narrowing the passages failed: {e}")))
-}
-
 /// The passages narrowed to the question's rows and passages
-/// ([`crate::verify::focus_passages`]; `None` for a dropped one), when `answer` has
-/// unsupported key facts and each sat in the passages only in the wrong place
-/// ([`crate::verify::Unsupported::is_misplaced`], judged with `off_subject` as
-/// verification judges it), and narrowing drops something yet leaves a passage. `None`
-/// otherwise: an invented figure is not read again. The passages dropped are those in
-/// `below_best` ([`below_best`]): a second reading sees only the passages that name the
-/// question's subject best, not only their documents (one README's table for another model,
-/// under that model's heading, is the neighbouring row that misled the first).
+/// ([`crate::verify::focus_passages`]; `None` for a dropped one), when `check` (of `answer`)
+/// found unsupported key facts and each sat in the passages only in the wrong place
+/// ([`crate::verify::Unsupported::is_misplaced`]), and narrowing drops something yet leaves
+/// a passage. `None` otherwise: an invented figure is not read again. The passages dropped
+/// are those in `below_best` ([`below_best`]): a second reading sees only the passages that
+/// name the question's subject best, not only their documents (one README's table for
+/// another model, under that model's heading, is the neighbouring row that misled the first).
 pub fn refocus(
     answer: &str,
     passages: &[&str],
-    (off_subject, below_best): (&[bool], &[bool]),
+    check: &crate::verify::FactCheck,
+    below_best: &[bool],
     question: &str,
 ) -> Option<Vec<Option<String>>> {
-    if crate::grounding::is_refusal(answer) {
-        return None;
-    }
-    let check = crate::verify::check_answer_on_subject(answer, passages, off_subject, question);
-    if check.unsupported.is_empty() || !check.unsupported.iter().all(|u| u.why.is_misplaced()) {
+    if crate::grounding::is_refusal(answer)
+        || check.unsupported.is_empty()
+        || !check.unsupported.iter().all(|u| u.why.is_misplaced())
+    {
         return None;
     }
     let focused = crate::verify::focus_passages(passages, below_best, question);
@@ -483,12 +480,21 @@ pub fn refocus(
     (narrowed && focused.iter().any(Option::is_some)).then_some(focused)
 }
 
+/// A citation's anchor share; one that was not weighed counts as naming everything.
+fn share(c: &Citation) -> f64 {
+    c.anchors.map_or(1.0, f64::from)
+}
+
+/// The best anchor share among `citations` (0 for none).
+fn best_share(citations: &[Citation]) -> f64 {
+    citations.iter().map(share).fold(0.0, f64::max)
+}
+
 /// For each passage, whether it (with its source name and heading path) names what the
 /// question asks about less well than the best passage does. A citation that was not
 /// weighed counts as naming it.
 pub fn below_best(citations: &[Citation]) -> Vec<bool> {
-    let share = |c: &Citation| c.anchors.map_or(1.0, f64::from);
-    let best = citations.iter().map(share).fold(0.0, f64::max);
+    let best = best_share(citations);
     citations.iter().map(|c| share(c) + 1e-9 < best).collect()
 }
 
@@ -501,8 +507,7 @@ pub fn below_best(citations: &[Citation]) -> Vec<bool> {
 /// A citation that was not weighed counts as on the subject.
 pub fn off_subject(citations: &[Citation], question: &str) -> Vec<bool> {
     let rendered: Vec<String> = citations.iter().map(crate::context::render).collect();
-    let share = |c: &Citation| c.anchors.map_or(1.0, f64::from);
-    let best = citations.iter().map(share).fold(0.0, f64::max);
+    let best = best_share(citations);
     let document = |source: &str| {
         citations
             .iter()
@@ -628,6 +633,11 @@ mod tests {
     #[test]
     fn only_a_misplaced_figure_is_read_again() {
         let other = "Qwen-72B 的 INT4 推理需要 48GB 显存。";
+        let refocus =
+            |answer: &str, passages: &[&str], (off, below): (&[bool], &[bool]), question| {
+                let check = crate::verify::check_answer_on_subject(answer, passages, off, question);
+                refocus(answer, passages, &check, below, question)
+            };
         let neighbour = refocus("INT4 下需要 13 GB。", &[PASSAGE], (&[], &[]), QUESTION)
             .expect("13 GB is the FP16 row's");
         assert_eq!(neighbour.len(), 1);
