@@ -68,8 +68,9 @@ pub struct UnsupportedFact {
 pub enum Unsupported {
     /// No passage (nor the question) states it: invented, or misread.
     NotStated,
-    /// Only table rows that the question's qualifiers do not pick state it: the right
-    /// table, the wrong row.
+    /// Only table rows that the question's qualifiers do not pick, or lines about another
+    /// model size or bit width than the question's, state it: the right table, the wrong
+    /// row; the right sentence, another model's.
     OtherRow,
     /// Only passages of documents that name the question's subject less well than the best
     /// one state it: another model's figure.
@@ -124,12 +125,14 @@ pub fn check_answer_on_subject(
 ) -> FactCheck {
     let facts = extract_facts(answer);
     let derived = derived_values(answer);
-    let question_qualifiers = qualifiers_of(question);
+    let asked = Asked::of(question);
     let mut sources: Vec<Source> = passages.iter().map(|p| Source::new(p)).collect();
     // Stated by the passages alone (the question index past their end).
     let question_unstated: Vec<Fact> = extract_facts(question)
         .into_iter()
-        .filter(|f| unsupported_reason(f, &sources, sources.len(), &[], &[]).is_some())
+        .filter(|f| {
+            unsupported_reason(f, &sources, sources.len(), &Asked::default(), &[]).is_some()
+        })
         .collect();
     sources.push(Source::new(question));
     let question_index = sources.len() - 1;
@@ -142,17 +145,11 @@ pub fn check_answer_on_subject(
             // 18.2GB): its operands are facts checked in turn.
             continue;
         }
-        let reason = unsupported_reason(fact, &sources, question_index, &question_qualifiers, &[])
-            .or_else(|| {
+        let reason =
+            unsupported_reason(fact, &sources, question_index, &asked, &[]).or_else(|| {
                 (fact.kind.is_figure() && off_subject.iter().any(|&o| o))
                     .then(|| {
-                        unsupported_reason(
-                            fact,
-                            &sources,
-                            question_index,
-                            &question_qualifiers,
-                            off_subject,
-                        )
+                        unsupported_reason(fact, &sources, question_index, &asked, off_subject)
                     })
                     .flatten()
                     .map(|_| {
@@ -203,6 +200,217 @@ fn qualifiers_of(question: &str) -> Vec<Qualifier> {
         .collect()
 }
 
+/// What a question asks about, as verification holds a figure's row or line to it.
+#[derive(Debug, Default)]
+struct Asked {
+    /// Names and values that may tell table rows apart.
+    qualifiers: Vec<Qualifier>,
+    /// Model sizes in parameters (7B, 70亿: 7e9), alone or in a model's name.
+    sizes: Vec<f64>,
+    /// Bit widths (4-bit, INT4, 8bits, FP16).
+    bits: Vec<f64>,
+    /// Model names with a size (yi-9b-200k, internlm2.5-20b-chat), canonical.
+    models: Vec<String>,
+    /// `name=value` settings (batch=16), which may head table columns.
+    settings: Vec<(String, String)>,
+}
+
+impl Asked {
+    fn of(question: &str) -> Self {
+        let source = Source::new(question);
+        let keys: Vec<&Key> = source.facts.iter().flatten().collect();
+        let mut models: Vec<String> = Vec::new();
+        for key in &keys {
+            if let Key::Literal(name) = key
+                && is_sized_model(name)
+                && !models.contains(name)
+            {
+                models.push(name.clone());
+            }
+        }
+        Self {
+            qualifiers: qualifiers_of(question),
+            sizes: sizes_in(&keys),
+            bits: bits_in(&keys),
+            models,
+            settings: settings_in(&source.lines.join("\n")),
+        }
+    }
+
+    /// Why line `k` of `source` is about another subject than the question, or `None`: it
+    /// names a model size (or a bit width) and none of the question's, where the question
+    /// names one. A line that names none says nothing against it.
+    fn contradicted_by(&self, source: &Source, k: usize) -> Option<String> {
+        let keys: Vec<&Key> = source.facts[k].iter().collect();
+        let disjoint = |asked: &[f64], line: &[f64]| {
+            !asked.is_empty()
+                && !line.is_empty()
+                && !line
+                    .iter()
+                    .any(|l| asked.iter().any(|a| same_value(*a, *l)))
+        };
+        let sizes = sizes_in(&keys);
+        if disjoint(&self.sizes, &sizes) {
+            return Some(format!(
+                "a line about a {} model, not a {} one",
+                size_text(sizes[0]),
+                size_text(self.sizes[0])
+            ));
+        }
+        let bits = bits_in(&keys);
+        if disjoint(&self.bits, &bits) {
+            return Some(format!(
+                "a line about {}-bit, not {}-bit",
+                bits[0], self.bits[0]
+            ));
+        }
+        // A setting the question gives with another value on the line (`- batch=1: 7 GB`, a
+        // table cell written out under its column's name).
+        let line_settings = settings_in(&source.lines[k]);
+        for (name, wanted) in &self.settings {
+            let values: Vec<&String> = line_settings
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v)
+                .collect();
+            if !values.is_empty() && !values.contains(&wanted) {
+                return Some(format!(
+                    "a line about {name}={}, not {name}={wanted}",
+                    values[0]
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The model sizes among `keys`: counts of 100M to 1T written with a unit (7B, 1.8B, 70亿).
+fn sizes_in(keys: &[&Key]) -> Vec<f64> {
+    let mut sizes: Vec<f64> = Vec::new();
+    for key in keys {
+        if let Key::Quantity {
+            value,
+            unit: Unit::Count,
+            bare: false,
+        } = key
+            && (1e8..1e12).contains(value)
+            && !sizes.iter().any(|s| same_value(*s, *value))
+        {
+            sizes.push(*value);
+        }
+    }
+    sizes
+}
+
+/// The bit widths among `keys`: 4-bit, 8bits, and the parts of names INT4, FP16, BF16, NF4.
+fn bits_in(keys: &[&Key]) -> Vec<f64> {
+    let mut bits: Vec<f64> = Vec::new();
+    let mut add = |b: f64| {
+        if !bits.iter().any(|x| same_value(*x, b)) {
+            bits.push(b);
+        }
+    };
+    for key in keys {
+        match key {
+            Key::Quantity {
+                value,
+                unit: Unit::Bits,
+                ..
+            } => add(*value),
+            Key::Literal(name) => {
+                for part in name.split('-') {
+                    let digits = ["int", "fp", "bf", "nf"]
+                        .iter()
+                        .find_map(|p| part.strip_prefix(p));
+                    if let Some(d) = digits
+                        && !d.is_empty()
+                        && d.chars().all(|ch| ch.is_ascii_digit())
+                        && let Ok(b) = d.parse::<f64>()
+                    {
+                        add(b);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    bits
+}
+
+/// 7e9 as 7B, 1.5e9 as 1.5B.
+fn size_text(size: f64) -> String {
+    format!("{}B", size / 1e9)
+}
+
+/// A model's name with its size as one of its parts: yi-9b-200k, xverse-13b (not 7b alone).
+fn is_sized_model(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').filter(|p| !p.is_empty()).collect();
+    parts.len() > 1
+        && parts.iter().any(|p| {
+            p.strip_suffix(['b', 'm']).is_some_and(|n| {
+                !n.is_empty()
+                    && n.chars().all(|ch| ch.is_ascii_digit() || ch == '.')
+                    && n.chars().next().is_some_and(|ch| ch.is_ascii_digit())
+            })
+        })
+}
+
+/// Whether the row's model `row` is the question's `asked`: the same name, a variant of it
+/// (asked xverse-13b, row xverse-13b-base), or the question's with words only after it
+/// (asked yi-34b-chat, row yi-34b); not a name the question extends with a figure
+/// (asked yi-9b-200k, row yi-9b).
+fn same_model(asked: &str, row: &str) -> bool {
+    fn extends<'a>(long: &'a str, short: &str) -> Option<&'a str> {
+        long.strip_prefix(short)?.strip_prefix('-')
+    }
+    row == asked
+        || extends(row, asked).is_some()
+        || extends(asked, row).is_some_and(|rest| {
+            rest.split('-')
+                .all(|p| p.chars().all(|ch| ch.is_ascii_alphabetic()))
+        })
+}
+
+/// The `name=value` settings of `text` with a numeric value (batch=16), names canonical.
+fn settings_in(text: &str) -> Vec<(String, String)> {
+    let c: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    for (i, &ch) in c.iter().enumerate() {
+        if ch != '=' {
+            continue;
+        }
+        let mut a = i;
+        while a > 0 && c[a - 1] == ' ' {
+            a -= 1;
+        }
+        let name_end = a;
+        while a > 0 && (c[a - 1].is_ascii_alphanumeric() || matches!(c[a - 1], '_' | '-')) {
+            a -= 1;
+        }
+        let mut b = i + 1;
+        while b < c.len() && c[b] == ' ' {
+            b += 1;
+        }
+        let value_start = b;
+        while b < c.len() && c[b].is_ascii_digit() {
+            b += 1;
+        }
+        let name: String = c[a..name_end].iter().collect();
+        if name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphabetic())
+            && b > value_start
+        {
+            out.push((
+                canonical_name(&name),
+                c[value_start..b].iter().collect::<String>(),
+            ));
+        }
+    }
+    out
+}
+
 /// The passages narrowed to what `question` names, for a second reading after an answer
 /// whose figure sat in another table row or another model's document
 /// ([`Unsupported::is_misplaced`]): a passage marked in `off_subject` is dropped (`None`),
@@ -217,7 +425,7 @@ pub fn focus_passages(
     off_subject: &[bool],
     question: &str,
 ) -> Vec<Option<String>> {
-    let qualifiers = qualifiers_of(question);
+    let asked = Asked::of(question);
     passages
         .iter()
         .enumerate()
@@ -248,7 +456,7 @@ pub fn focus_passages(
                 let kept: Vec<usize> = body
                     .iter()
                     .copied()
-                    .filter(|&r| wrong_row(&source, r, first, &qualifiers).is_none())
+                    .filter(|&r| wrong_row(&source, r, first, &asked).is_none())
                     .collect();
                 let header = table_cells(raw[first]);
                 if kept.len() == body.len() || !source.is_table_head(first) || body.contains(&first)
@@ -1495,6 +1703,14 @@ fn line_states_quantity(source: &Source, k: usize, value: f64, unit: Unit, bare:
             (start..=end).any(|l| unit_spelled_in(&source.lines[l], unit))
         })
     };
+    // The line just above a table (its caption, 显存占用对比 (GPU Mem in GB)：) names the unit
+    // of its bare numbers as its header would.
+    let caption_names_unit = |first: usize| {
+        (0..first)
+            .rev()
+            .find(|&l| !source.lines[l].trim().is_empty())
+            .is_some_and(|l| source.table_of[l].is_none() && names_unit(l))
+    };
     source.facts[k].iter().any(|f| match f {
         Key::Quantity {
             value: v,
@@ -1506,8 +1722,14 @@ fn line_states_quantity(source: &Source, k: usize, value: f64, unit: Unit, bare:
                     || *u == unit
                     || (*b
                         && (names_unit(k)
-                            || source.table_of[k].is_some_and(&names_unit)
+                            || source.table_of[k].is_some_and(|first| {
+                                names_unit(first) || caption_names_unit(first)
+                            })
                             || html_header_names_unit(k))))
+        }
+        // A bare number is stated as a setting's value: rope_scaling_factor=2.0.
+        Key::Setting { value: Some(v), .. } => {
+            bare && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
         }
         _ => false,
     })
@@ -1592,11 +1814,13 @@ impl Qualifier {
     }
 }
 
-/// Why the table row `k` of `source` is not the one `qualifiers` pick, or `None` when it is:
-/// the row holds every qualifier that some rows of its table hold and others do not, and
+/// Why the table row `k` of `source` is not the one the question picks, or `None` when it
+/// is: the row holds every qualifier that some rows of its table hold and others do not,
 /// every model name that heads a section of the passage heads the row's section (or is in
-/// the row).
-fn wrong_row(source: &Source, k: usize, first: usize, qualifiers: &[Qualifier]) -> Option<String> {
+/// the row), a model its first cell names is the question's, and it names no other model
+/// size or bit width than the question's.
+fn wrong_row(source: &Source, k: usize, first: usize, asked: &Asked) -> Option<String> {
+    let qualifiers = &asked.qualifiers;
     let body = source.table_body(first);
     let missing_in_row: Vec<&Qualifier> = qualifiers
         .iter()
@@ -1620,7 +1844,7 @@ fn wrong_row(source: &Source, k: usize, first: usize, qualifiers: &[Qualifier]) 
                 .iter()
                 .any(|&h| q.in_line(source, h))
     });
-    headed_elsewhere.map(|q| {
+    let headed = headed_elsewhere.map(|q| {
         let section = source.headings_of[first]
             .first()
             .map(|&h| {
@@ -1634,7 +1858,49 @@ fn wrong_row(source: &Source, k: usize, first: usize, qualifiers: &[Qualifier]) 
             "the table row for {label} under \"{section}\", not under the section for {}",
             q.describe()
         )
-    })
+    });
+    if headed.is_some() {
+        return headed;
+    }
+    if let Some(asked_model) = asked.models.first()
+        && !asked
+            .models
+            .iter()
+            .any(|q| contains_word(&source.lines[k], q))
+    {
+        let label_literals = |line: &str| -> Vec<String> {
+            scan(&row_label(line), true)
+                .into_iter()
+                .filter_map(|s| match s.fact.key {
+                    Key::Literal(name) => Some(name),
+                    _ => None,
+                })
+                .collect()
+        };
+        let names_sized_model = |line: &str| label_literals(line).iter().any(|n| is_sized_model(n));
+        let row_names = label_literals(&source.lines[k]);
+        let is_asked = row_names
+            .iter()
+            .any(|r| asked.models.iter().any(|q| same_model(q, r)));
+        // A table whose rows are models (most first cells name a sized model): a row for
+        // another model, sized or not (GPT-4), is not the question's.
+        let model_rows = body
+            .iter()
+            .filter(|&&r| names_sized_model(&source.lines[r]))
+            .count();
+        let rows_are_models = model_rows >= 2 && model_rows * 2 >= body.len();
+        if !is_asked
+            && (row_names.iter().any(|n| is_sized_model(n))
+                || (rows_are_models && !row_names.is_empty()))
+        {
+            return Some(format!(
+                "the table row for {label}, another model than {asked_model}"
+            ));
+        }
+    }
+    asked
+        .contradicted_by(source, k)
+        .map(|why| format!("the table row for {label}, {why}"))
 }
 
 /// Why `fact` is unsupported, or `None` when a passage or the question states it.
@@ -1644,7 +1910,7 @@ fn unsupported_reason(
     fact: &Fact,
     sources: &[Source],
     question_index: usize,
-    qualifiers: &[Qualifier],
+    asked: &Asked,
     ignored: &[bool],
 ) -> Option<(Unsupported, String)> {
     let states = |source: &Source, k: usize| -> bool {
@@ -1657,6 +1923,7 @@ fn unsupported_reason(
         }
     };
     let mut table_hits: Vec<(usize, usize)> = Vec::new();
+    let mut wrong: Vec<String> = Vec::new();
     for (s, source) in sources.iter().enumerate() {
         if ignored.get(s).copied().unwrap_or(false) {
             continue;
@@ -1666,28 +1933,40 @@ fn unsupported_reason(
                 continue;
             }
             let in_table_body = source.table_of[k].is_some() && !source.is_table_head(k);
-            // Prose, a header, or the question itself states it.
-            if s == question_index || !in_table_body || !matches!(fact.key, Key::Quantity { .. }) {
+            // A name, the question itself, or a header states it.
+            if s == question_index || !matches!(fact.key, Key::Quantity { .. }) {
                 return None;
             }
-            table_hits.push((s, k));
+            if in_table_body {
+                table_hits.push((s, k));
+                continue;
+            }
+            // Prose states the number, unless it is said of another model size or bit width.
+            match asked.contradicted_by(source, k) {
+                None => return None,
+                Some(why) => {
+                    if !wrong.contains(&why) {
+                        wrong.push(why);
+                    }
+                }
+            }
         }
     }
-    if table_hits.is_empty() {
+    if table_hits.is_empty() && wrong.is_empty() {
         return Some((Unsupported::NotStated, not_stated_reason(fact, sources)));
     }
-    // Only table rows state the number: it must sit in a row the question's qualifiers pick.
-    let mut wrong: Vec<String> = Vec::new();
+    // Only table rows (or lines about something else) state the number: it must sit in a row
+    // the question picks.
     for &(s, k) in &table_hits {
         let source = &sources[s];
         let Some(first) = source.table_of[k] else {
             continue;
         };
         let column = match fact.key {
-            Key::Quantity { value, .. } => wrong_column(source, k, first, qualifiers, value),
+            Key::Quantity { value, .. } => wrong_column(source, k, first, asked, value),
             _ => None,
         };
-        match wrong_row(source, k, first, qualifiers).or(column) {
+        match wrong_row(source, k, first, asked).or(column) {
             None => return None,
             Some(why) => {
                 if !wrong.contains(&why) {
@@ -1711,7 +1990,7 @@ fn wrong_column(
     source: &Source,
     k: usize,
     first: usize,
-    qualifiers: &[Qualifier],
+    asked: &Asked,
     value: f64,
 ) -> Option<String> {
     if k == first || !source.is_table_head(first) {
@@ -1724,7 +2003,42 @@ fn wrong_column(
             .iter()
             .any(|s| matches!(s.fact.key, Key::Quantity { value: v, .. } if same_value(v, value)))
     };
-    for q in qualifiers {
+    // A setting the question gives (batch=64) picks the column headed by it among the
+    // columns its name heads (batch=1 … batch=32); none of them, when none has its value.
+    for (name, wanted) in &asked.settings {
+        let setting_of = |cell: &str| {
+            settings_in(cell)
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+        };
+        let columns: Vec<usize> = (0..header.len())
+            .filter(|&i| setting_of(&header[i]).is_some())
+            .collect();
+        let Some(holding) = row.iter().position(|cell| states(cell)) else {
+            continue;
+        };
+        if !columns.contains(&holding) || setting_of(&header[holding]).as_ref() == Some(wanted) {
+            continue;
+        }
+        let picked = columns
+            .iter()
+            .find(|&&i| setting_of(&header[i]).as_ref() == Some(wanted));
+        return Some(match picked {
+            Some(_) => format!(
+                "the column {}, not the column for {name}={wanted}, of the table row for {}",
+                header[holding],
+                row_label(&source.lines[k])
+            ),
+            None => format!(
+                "the column {} of the table row for {}: the table has no column for \
+                 {name}={wanted}",
+                header[holding],
+                row_label(&source.lines[k])
+            ),
+        });
+    }
+    for q in &asked.qualifiers {
         let Qualifier::Name(name) = q else {
             continue;
         };
@@ -2043,11 +2357,16 @@ mod tests {
             .verdict,
             Verdict::Supported
         );
-        // Stated in prose, a number is supported whatever the question qualifies.
-        let prose = "默认情况下，模型以 FP16 精度加载，运行上述代码需要大概 13GB 显存。";
+        // Stated in prose, a number is supported unless its line is about another bit width.
+        let prose = "默认情况下，运行上述代码需要大概 13GB 显存。";
         assert_eq!(
             verdict("需要 13GB", &[CHATGLM_TABLE, prose], question),
             Verdict::Supported
+        );
+        let fp16 = "默认情况下，模型以 FP16 精度加载，运行上述代码需要大概 13GB 显存。";
+        assert_eq!(
+            verdict("需要 13GB", &[CHATGLM_TABLE, fp16], question),
+            Verdict::UnsupportedKeyFact
         );
     }
 
@@ -2091,10 +2410,16 @@ mod tests {
             why("需要 72GB", &[], &[CHATGLM_TABLE]),
             [Unsupported::NotStated]
         );
-        let other = "Qwen-72B 的 INT4 推理需要 48GB 显存。";
+        let other = "Qwen 的 INT4 推理需要 48GB 显存。";
         assert_eq!(
             why("需要 48GB", &[false, true], &[CHATGLM_TABLE, other]),
             [Unsupported::OtherDocument]
+        );
+        // Said of another model size, the line itself is off the question's subject.
+        let sized = "Qwen-72B 的 INT4 推理需要 48GB 显存。";
+        assert_eq!(
+            why("需要 48GB", &[false, true], &[CHATGLM_TABLE, sized]),
+            [Unsupported::OtherRow]
         );
         assert!(Unsupported::OtherRow.is_misplaced() && Unsupported::OtherDocument.is_misplaced());
         assert!(!Unsupported::NotStated.is_misplaced());
@@ -2221,6 +2546,216 @@ mod tests {
                 ("大约需要 10GB。", Verdict::UnsupportedKeyFact),
             ],
         );
+    }
+
+    /// The kind of reason a figure of `answer` got, or None when it is supported.
+    fn misplaced(answer: &str, passages: &[&str], question: &str) -> Option<Unsupported> {
+        check_answer(answer, passages, question)
+            .unsupported
+            .first()
+            .map(|u| u.why)
+    }
+
+    #[test]
+    fn a_figure_said_of_another_model_size_or_bit_width_is_unsupported() {
+        let memory = "# 4-bit 量化的 InternLM3 8B 大约会消耗 8GB 显存.";
+        assert_eq!(
+            misplaced(
+                "大约 8GB",
+                &[memory],
+                "InternLM3 8B 按 8bit 加载要多少显存？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced(
+                "大约 8GB",
+                &[memory],
+                "InternLM3 8B 用 INT8 加载要多少显存？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced(
+                "大约 8GB",
+                &[memory],
+                "InternLM3 8B 按 4bit 加载要多少显存？"
+            ),
+            None
+        );
+        let tuning = "XTuner 支持在 8GB 显存下微调 7B 模型，同时也支持多节点微调更大的模型。";
+        assert_eq!(
+            misplaced(
+                "8GB",
+                &[tuning],
+                "用 XTuner 微调 InternLM2.5-20B 最少要多少显存？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced("8GB", &[tuning], "用 XTuner 最少多大显存能微调 7B 模型？"),
+            None
+        );
+        // A line that names no size or bit width says nothing against the question.
+        assert_eq!(
+            misplaced(
+                "8GB",
+                &["最少需要 8GB 显存。"],
+                "InternLM2.5-20B 要多少显存？"
+            ),
+            None
+        );
+        // Nor does a line that names the question's beside another.
+        let both = "7B 模型需要 16GB，20B 模型需要 40GB。";
+        assert_eq!(misplaced("40GB", &[both], "20B 模型要多少显存？"), None);
+    }
+
+    #[test]
+    fn a_row_for_another_model_is_unsupported_when_no_row_is_the_questions() {
+        let base = "| 模型 | 最低显存 | 推荐 GPU |\n|:--|:--|:--|\n\
+            | Yi-6B-200K | 50 GB | 1 x A800 (80 GB) |\n| Yi-9B | 20 GB | 1 x RTX 4090 (24 GB) |\n\
+            | Yi-34B-200K | 200 GB | 4 x A800 (80 GB) |";
+        assert_eq!(
+            misplaced("20 GB", &[base], "部署 Yi-9B-200K 最低需要多少显存？"),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced("20 GB", &[base], "部署 Yi-9B 最低需要多少显存？"),
+            None
+        );
+        assert_eq!(misplaced("200 GB", &[base], "Yi-34B-200K 最低显存？"), None);
+        let tools = "| 模型 | 是否集成工具 | MATH |\n| :-: | :-: | :-: |\n\
+            | InternLM2-Chat-20B | w/ | 51.2 |\n| InternLM2.5-7B-Chat | w/ | 63.0 |";
+        assert_eq!(
+            misplaced(
+                "63.0",
+                &[tools],
+                "InternLM2.5-20B-Chat 集成工具后 MATH 多少？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced(
+                "63.0",
+                &[tools],
+                "InternLM2.5-7B-Chat 集成工具后 MATH 多少？"
+            ),
+            None
+        );
+        // In a table whose rows are models, a row for a model without a size is another
+        // model's too.
+        let with_gpt4 = format!("{tools}\n| gpt-4-0125-preview | w/o | 64.2 |");
+        assert_eq!(
+            misplaced(
+                "64.2",
+                &[&with_gpt4],
+                "InternLM2.5-20B-Chat 集成工具后 MATH 多少？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        // Where rows are not models (GPUs), a row names no other model.
+        let speeds =
+            "| GPU | 速度 |\n|---|---|\n| A100 | 30 tokens/s |\n| RTX 4090 | 20 tokens/s |";
+        assert_eq!(
+            misplaced("30 tokens/s", &[speeds], "Qwen-7B 在 A100 上的生成速度？"),
+            None
+        );
+        // A row for a variant of the question's model (its base or chat model) is its row.
+        let scores = "| | GSM8K | MATH |\n|:-:|:-:|:-:|\n\
+            | **XVERSE-13B** | 18.20 | 2.18 |\n| **Baichuan2-13B-Base** | 52.77 | 10.08 |";
+        assert_eq!(
+            misplaced("52.77", &[scores], "Baichuan2-13B 的 GSM8K 多少？"),
+            None
+        );
+        assert_eq!(
+            misplaced(
+                "18.20",
+                &[scores],
+                "Baichuan2-13B-Chat-4bits 的 GSM8K 多少？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced(
+                "52.77",
+                &[scores],
+                "Baichuan2-13B-Chat-4bits 的 GSM8K 多少？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+    }
+
+    #[test]
+    fn a_bit_width_no_row_holds_leaves_the_others_rows_unsupported() {
+        let memory = "| Precision | Baichuan2-7B | Baichuan2-13B |\n|---|:-:|:-:|\n\
+            | bf16 / fp16 | 15.3 | 27.5 |\n| 8bits | 8.0 | 16.1 |\n| 4bits | 5.1 | 8.6 |";
+        assert_eq!(
+            misplaced("8.6", &[memory], "Baichuan2-13B 做 3bits 量化要多少显存？"),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced("16.1", &[memory], "Baichuan2-13B 做 8bits 量化要多少显存？"),
+            None
+        );
+        assert_eq!(
+            misplaced("27.5", &[memory], "Baichuan2-13B 用 fp16 要多少显存？"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_setting_in_the_question_picks_its_column() {
+        let batches = "| 模型 | batch=1 | batch=4 | batch=16 | batch=32 |\n\
+            | :-- | :-- | :-- | :-- | :-- |\n\
+            | Yi-6B-Chat-8bits | 7 GB | 8 GB | 10 GB | 14 GB |\n\
+            | Yi-34B-Chat-4bits | 19 GB | 20 GB | 30 GB | 40 GB |";
+        let q16 = "Yi-6B-Chat-8bits 在 batch=16 时最少要多少显存？";
+        assert_eq!(misplaced("10 GB", &[batches], q16), None);
+        assert_eq!(
+            misplaced("14 GB", &[batches], q16),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced(
+                "40 GB",
+                &[batches],
+                "Yi-34B-Chat-4bits 在 batch=64 时要多少显存？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        // A cell written out under its column's name (a second reading's passages).
+        let cells = "Yi-6B-Chat-8bits:\n- batch=1: 7 GB\n- batch=16: 10 GB";
+        assert_eq!(misplaced("10 GB", &[cells], q16), None);
+        assert_eq!(
+            misplaced("7 GB", &[cells], q16),
+            Some(Unsupported::OtherRow)
+        );
+    }
+
+    #[test]
+    fn a_caption_above_a_table_names_its_numbers_unit() {
+        let table = "量化前后显存占用对比 (GPU Mem in GB)：\n\
+            | Precision | Baichuan2-7B | Baichuan2-13B |\n|---|:-:|:-:|\n| 8bits | 8.0 | 16.1 |";
+        let question = "Baichuan2-13B 做 8bits 量化要多少显存？";
+        assert_eq!(misplaced("16.1GB", &[table], question), None);
+        assert_eq!(
+            misplaced("16.1 MB", &[table], question),
+            Some(Unsupported::NotStated)
+        );
+        // Without the caption the table does not say gigabytes.
+        let bare =
+            "| Precision | Baichuan2-7B | Baichuan2-13B |\n|---|:-:|:-:|\n| 8bits | 8.0 | 16.1 |";
+        assert_eq!(
+            misplaced("16.1GB", &[bare], question),
+            Some(Unsupported::NotStated)
+        );
+    }
+
+    #[test]
+    fn a_bare_number_is_stated_by_a_settings_value() {
+        let code = "engine_config = TurbomindEngineConfig(session_len=200000,\n    rope_scaling_factor=2.0)";
+        assert!(unsupported("2.0", &[code], "").is_empty());
+        assert_eq!(unsupported("3.0", &[code], ""), ["3.0"]);
     }
 
     #[test]
