@@ -139,7 +139,10 @@ impl Linear {
 
     /// x [rows, in] → [rows, out], each row with its own adapter: the base product, plus
     /// the LoRA update of every row whose adapter targets this layer, in one batched
-    /// product ([`crate::lora_rows`]).
+    /// product ([`crate::lora_rows`]). The kernel path takes it too: on the CPU it beats a
+    /// product per run of rows on decode steps and matches it on a prefill chunk; it loses
+    /// only where long runs of several adapters share a step (the mask multiplies each run
+    /// by every adapter's ranks), by little beside the base product.
     pub fn forward(&self, x: &Tensor, adapters: &RowAdapters) -> candle_core::Result<Tensor> {
         self.stacks.drop_unloaded();
         let y = self.base(x)?;
