@@ -492,15 +492,24 @@ impl Decoder {
     }
 
     /// The logit rows (None: no row wants logits) and every row's adapter, on the device in
-    /// one upload: a step with adapters costs no upload more than one without.
+    /// one upload: a step with adapters costs no upload more than one without. The kernel
+    /// path keeps the runs of rows on the host ([`RowAdapters::runs`]).
     fn step_rows(&self, batch: &Batch) -> candle_core::Result<(Option<Tensor>, RowAdapters)> {
         let (rows, wanted) = (batch.rows(), batch.logit_rows.len());
-        let Some(slots) = batch.adapters.row_slots(rows)? else {
+        let slots = match self.compute {
+            ComputePath::Kernels => None,
+            ComputePath::Tensors => batch.adapters.row_slots(rows)?,
+        };
+        let Some(slots) = slots else {
+            let adapters = match self.compute {
+                ComputePath::Kernels => RowAdapters::runs(&batch.adapters, rows)?,
+                ComputePath::Tensors => RowAdapters::none(),
+            };
             let logit_rows = match wanted {
                 0 => None,
                 n => Some(transfer::upload_slice(&batch.logit_rows, n, &self.device)?),
             };
-            return Ok((logit_rows, RowAdapters::none()));
+            return Ok((logit_rows, adapters));
         };
         let mut ids = Vec::with_capacity(wanted + rows);
         ids.extend_from_slice(&batch.logit_rows);
@@ -546,7 +555,7 @@ impl Decoder {
         }
         // The adapters of the logit rows, picked on the device.
         self.lm_head
-            .forward(&last, &step.adapters.select(&rows)?)?
+            .forward(&last, &step.adapters.select(&rows, &batch.logit_rows)?)?
             .to_dtype(DType::F32)
     }
 

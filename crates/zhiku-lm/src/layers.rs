@@ -138,26 +138,19 @@ impl Linear {
     }
 
     /// x [rows, in] → [rows, out], each row with its own adapter: the base product, plus
-    /// the LoRA update of every row whose adapter targets this layer, in one batched
-    /// product ([`crate::lora_rows`]). The kernel path takes it too: on the CPU it beats a
-    /// product per run of rows on decode steps and matches it on a prefill chunk; it loses
-    /// only where long runs of several adapters share a step (the mask multiplies each run
-    /// by every adapter's ranks), by little beside the base product.
+    /// the LoRA update of every row whose adapter targets this layer ([`crate::lora_rows`]:
+    /// one batched product on the tensor path, a product per run of rows on the kernel
+    /// path).
     pub fn forward(&self, x: &Tensor, adapters: &RowAdapters) -> candle_core::Result<Tensor> {
         self.stacks.drop_unloaded();
         let y = self.base(x)?;
-        match adapters.update(
+        adapters.apply(
             x,
+            y,
             &self.module,
             &self.stacks,
             (self.in_features, self.out_features),
-        )? {
-            None => Ok(y),
-            Some(update) => {
-                let update = update.to_dtype(y.dtype())?;
-                y + update
-            }
-        }
+        )
     }
 }
 

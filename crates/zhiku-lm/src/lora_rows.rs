@@ -14,6 +14,12 @@
 //! step (with the logit rows, by [`crate::decoder`]). The masks are made from it on the
 //! device, once per step and set of rank columns; the stacked weights once per set of
 //! adapters, kept by the layer ([`LoraStacks`]) for the steps that follow.
+//!
+//! The kernel path keeps a product per run of rows ([`RowAdapters::runs`]): it gives a
+//! sequence the same bits in a batch as alone (its run is the same matmul either way),
+//! which the batched product cannot (its sums run over other adapters' ranks, and the CPU
+//! matmul's blocking follows the batch's size), though on the CPU the batched product is
+//! the faster on decode steps.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -94,6 +100,8 @@ struct Columns {
 /// Which adapter each row of a forward uses, on the model's device: what
 /// [`crate::layers::Linear::forward`] reads. Made once per step.
 pub struct RowAdapters {
+    /// The kernel path's runs of rows, each applied on its own; None: the batched product.
+    runs: Option<Adapters>,
     adapters: Vec<Arc<LoraAdapter>>,
     /// [rows] u32, each row's slot; None: every row on the base model.
     slots: Option<Tensor>,
@@ -106,6 +114,7 @@ impl RowAdapters {
     /// Every row on the base model.
     pub fn none() -> Self {
         Self {
+            runs: None,
             adapters: Vec::new(),
             slots: None,
             rows: 0,
@@ -121,6 +130,7 @@ impl RowAdapters {
         }
         let rows = slots.dims1()?;
         Ok(Self {
+            runs: None,
             adapters,
             slots: Some(slots),
             rows,
@@ -143,17 +153,69 @@ impl RowAdapters {
         }
     }
 
-    /// The same adapters for the rows `rows` [n] (u32, on the device) pick, on the device.
-    pub fn select(&self, rows: &Tensor) -> candle_core::Result<Self> {
+    /// The kernel path's: `adapters`' runs of `rows` rows, each run's product on its own.
+    pub fn runs(adapters: &Adapters, rows: usize) -> candle_core::Result<Self> {
+        if adapters.row_slots(rows)?.is_none() {
+            return Ok(Self::none());
+        }
+        Ok(Self {
+            runs: Some(adapters.clone()),
+            rows,
+            ..Self::none()
+        })
+    }
+
+    /// The same adapters for the rows `rows` [n] (u32, on the device; `host_rows` the same
+    /// on the host) pick: on the device, or for runs a run of one row each.
+    pub fn select(&self, rows: &Tensor, host_rows: &[u32]) -> candle_core::Result<Self> {
+        if let Some(runs) = &self.runs {
+            let mut picked = Adapters::none();
+            for (i, &row) in host_rows.iter().enumerate() {
+                let row = row as usize;
+                let adapter = runs
+                    .groups
+                    .iter()
+                    .find(|g| (g.start..g.start + g.len).contains(&row))
+                    .and_then(|g| g.adapter.clone());
+                picked.groups.push(crate::layers::RowGroup {
+                    start: i,
+                    len: 1,
+                    adapter,
+                });
+            }
+            return Self::runs(&picked, host_rows.len());
+        }
         match &self.slots {
             None => Ok(Self::none()),
             Some(slots) => Self::new(self.adapters.clone(), slots.index_select(rows, 0)?),
         }
     }
 
+    /// `y` [rows, out], the base product of the layer `module` on `x` [rows, in], plus the
+    /// LoRA update of every row whose adapter targets the layer.
+    pub(crate) fn apply(
+        &self,
+        x: &Tensor,
+        y: Tensor,
+        module: &str,
+        stacks: &LoraStacks,
+        features: (usize, usize),
+    ) -> candle_core::Result<Tensor> {
+        if let Some(runs) = &self.runs {
+            return per_run(x, y, module, runs);
+        }
+        match self.update(x, module, stacks, features)? {
+            None => Ok(y),
+            Some(update) => {
+                let update = update.to_dtype(y.dtype())?;
+                y + update
+            }
+        }
+    }
+
     /// The LoRA update [rows, out] of the layer named `module` for the rows of `x`
     /// [rows, in], in the adapters' dtype; None when no row's adapter targets it.
-    pub(crate) fn update(
+    fn update(
         &self,
         x: &Tensor,
         module: &str,
@@ -234,6 +296,30 @@ impl RowAdapters {
             .push((columns.to_vec(), dtype, mask.clone()));
         Ok(mask)
     }
+}
+
+/// `y` plus, run by run, the update of the run's adapter where it targets `module`: narrow
+/// the run, x·Aᵀ·Bᵀ times the scale, and cat the runs back.
+fn per_run(x: &Tensor, y: Tensor, module: &str, runs: &Adapters) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::with_capacity(runs.groups.len());
+    let mut touched = false;
+    for g in &runs.groups {
+        let rows = y.narrow(0, g.start, g.len)?;
+        match g.adapter.as_ref().and_then(|a| a.pairs.get(module)) {
+            None => parts.push(rows),
+            Some(pair) => {
+                touched = true;
+                let xs = x.narrow(0, g.start, g.len)?.to_dtype(pair.a.dtype())?;
+                let low = xs.matmul(&pair.a.t()?)?;
+                let update = (low.matmul(&pair.b.t()?)? * pair.scale)?;
+                parts.push((rows + update.to_dtype(y.dtype())?)?);
+            }
+        }
+    }
+    if !touched {
+        return Ok(y);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// How many sets of adapters a layer keeps stacked: enough for the sets that alternate
@@ -408,24 +494,10 @@ mod tests {
         out
     }
 
-    /// The product per run of rows that the batched one replaced: narrow the run, x·Aᵀ·Bᵀ
-    /// times the scale, and cat the runs back.
+    /// The kernel path's product per run of rows: what the batched product must equal.
     fn per_group(layer: &Linear, x: &Tensor, adapters: &Adapters) -> Tensor {
-        let y = layer.base(x).unwrap();
-        let mut parts = Vec::new();
-        for g in &adapters.groups {
-            let rows = y.narrow(0, g.start, g.len).unwrap();
-            match g.adapter.as_ref().and_then(|a| a.pairs.get(layer.module())) {
-                None => parts.push(rows),
-                Some(pair) => {
-                    let xs = x.narrow(0, g.start, g.len).unwrap();
-                    let low = xs.matmul(&pair.a.t().unwrap()).unwrap();
-                    let update = (low.matmul(&pair.b.t().unwrap()).unwrap() * pair.scale).unwrap();
-                    parts.push((rows + update).unwrap());
-                }
-            }
-        }
-        Tensor::cat(&parts, 0).unwrap()
+        let runs = RowAdapters::runs(adapters, x.dim(0).unwrap()).unwrap();
+        layer.forward(x, &runs).unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -520,8 +592,15 @@ mod tests {
         let ids = Tensor::new(&picked, &Device::Cpu).unwrap();
         let rows = x.index_select(&ids, 0).unwrap();
         let head = groups(&[(1, Some(&a)), (1, Some(&b)), (1, None)]);
-        let got = l.forward(&rows, &on_device.select(&ids).unwrap()).unwrap();
+        let got = l
+            .forward(&rows, &on_device.select(&ids, &picked).unwrap())
+            .unwrap();
         assert!(max_diff(&got, &per_group(&l, &rows, &head)) <= 1e-5);
+        let runs = RowAdapters::runs(&adapters, 9).unwrap();
+        let on_host = l
+            .forward(&rows, &runs.select(&ids, &picked).unwrap())
+            .unwrap();
+        assert_eq!(max_diff(&on_host, &per_group(&l, &rows, &head)), 0.0);
     }
 
     /// The rows' slots are the one upload; the masks and the stacks are made on the device.
