@@ -279,6 +279,44 @@ fn a_batch_on_the_tensor_path_gives_each_sequence_its_logits_alone() {
     }
 }
 
+/// A decode step whose rows use different adapters (two, and the base model) uploads as
+/// often as the same step on the base model: the rows' adapter slots go up with the logit
+/// rows, one u32 a row, and the masks and stacked weights are made on the device.
+#[test]
+fn adapters_cost_a_decode_step_no_upload_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama-f32.gguf");
+    write_tiny_gguf(&path, "llama", &tiny_weights("llama", 5), GgmlDType::F32);
+    let model = decoder(&path, "llama", ComputePath::Tensors);
+    let a = adapter(&write_test_adapter(dir.path(), "a", 3), "a", &model);
+    let b = adapter(&write_test_adapter(dir.path(), "b", 4), "b", &model);
+    let prompts: [&[u32]; 4] = [PROMPT, &[5, 6, 7], FOLLOW, &[9]];
+    let tables: Vec<Vec<u32>> = (0..prompts.len() as u32)
+        .map(|s| vec![2 * s, 2 * s + 1])
+        .collect();
+    let mixed = [Some(a.clone()), None, Some(b), Some(a)];
+    let mut steps = Vec::new();
+    for adapters in [mixed.to_vec(), vec![None; prompts.len()]] {
+        let mut cache = f32_cache(&model, 16 * 2 * prompts.len());
+        let mut batch = Batch::default();
+        for ((p, blocks), ad) in prompts.iter().zip(&tables).zip(&adapters) {
+            batch.push(p, 0, blocks, ad.clone(), true);
+        }
+        model.forward(&batch, &mut cache).unwrap();
+        let mut batch = Batch::default();
+        for ((p, blocks), ad) in prompts.iter().zip(&tables).zip(&adapters) {
+            batch.push(&[42], p.len(), blocks, ad.clone(), true);
+        }
+        let (_, step) = transfer::counted(|| model.forward(&batch, &mut cache).unwrap());
+        steps.push(step);
+    }
+    let (with, without) = (steps[0], steps[1]);
+    assert_eq!(with.uploads, 4, "{with:?}");
+    assert_eq!(without.uploads, 4, "{without:?}");
+    assert_eq!(with.upload_bytes, without.upload_bytes + 4 * prompts.len());
+    assert_eq!((with.read_backs, without.read_backs), (0, 0));
+}
+
 /// An f32 KV cache of `tokens` laid out for `model`'s path.
 fn f32_cache(model: &Decoder, tokens: usize) -> KvCache {
     KvCache::new(

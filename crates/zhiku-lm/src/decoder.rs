@@ -15,7 +15,7 @@ use crate::attention::{
 };
 use crate::error::LmError;
 use crate::kv::{KvCache, KvShape, LayerKv};
-use crate::layers::{Adapters, Embedding, Linear, Mlp, Norm};
+use crate::layers::{Adapters, Embedding, Linear, Mlp, Norm, RowAdapters};
 use crate::lora::{LoraAdapter, TrainLora};
 use crate::rotary::Rotary;
 use crate::transfer;
@@ -164,6 +164,13 @@ pub struct BlankInfilling {
     pub head_major_qkv: bool,
 }
 
+/// What every block of a step reads on the device, uploaded before the first.
+struct DeviceStep {
+    adapters: RowAdapters,
+    /// On a cache of tensors, what every layer's attention reads.
+    tensors: Option<TensorStep>,
+}
+
 pub struct Decoder {
     pub spec: DecoderSpec,
     pub embed: Embedding,
@@ -204,10 +211,10 @@ impl Decoder {
         block: &Block,
         x: &Tensor,
         batch: &Batch,
-        tensors: Option<&TensorStep>,
+        step: &DeviceStep,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
-        let a = &batch.adapters;
+        let a = &step.adapters;
         let shape = self.attn_shape();
         let rotary_positions = self.rotary_positions(batch);
         self.block_apply(
@@ -224,7 +231,7 @@ impl Decoder {
                         positions: &batch.positions,
                         rotary_positions: rotary_positions.as_deref(),
                         seqs: &batch.seqs,
-                        tensors,
+                        tensors: step.tensors.as_ref(),
                     },
                     shape,
                     &self.rotary,
@@ -484,7 +491,40 @@ impl Decoder {
         Some(out)
     }
 
+    /// The logit rows (None: no row wants logits) and every row's adapter, on the device in
+    /// one upload: a step with adapters costs no upload more than one without. The kernel
+    /// path keeps the runs of rows on the host ([`RowAdapters::runs`]).
+    fn step_rows(&self, batch: &Batch) -> candle_core::Result<(Option<Tensor>, RowAdapters)> {
+        let (rows, wanted) = (batch.rows(), batch.logit_rows.len());
+        let slots = match self.compute {
+            ComputePath::Kernels => None,
+            ComputePath::Tensors => batch.adapters.row_slots(rows)?,
+        };
+        let Some(slots) = slots else {
+            let adapters = match self.compute {
+                ComputePath::Kernels => RowAdapters::runs(&batch.adapters, rows)?,
+                ComputePath::Tensors => RowAdapters::none(),
+            };
+            let logit_rows = match wanted {
+                0 => None,
+                n => Some(transfer::upload_slice(&batch.logit_rows, n, &self.device)?),
+            };
+            return Ok((logit_rows, adapters));
+        };
+        let mut ids = Vec::with_capacity(wanted + rows);
+        ids.extend_from_slice(&batch.logit_rows);
+        ids.extend_from_slice(&slots.slots);
+        let ids = transfer::upload(ids, wanted + rows, &self.device)?;
+        let logit_rows = match wanted {
+            0 => None,
+            n => Some(ids.narrow(0, 0, n)?),
+        };
+        let adapters = RowAdapters::new(slots.adapters, ids.narrow(0, wanted, rows)?)?;
+        Ok((logit_rows, adapters))
+    }
+
     fn forward_inner(&self, batch: &Batch, cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        let (logit_rows, adapters) = self.step_rows(batch)?;
         let mut x = self
             .embed
             .forward(&batch.tokens, &self.device)?
@@ -502,34 +542,20 @@ impl Decoder {
             )?),
             _ => None,
         };
+        let step = DeviceStep { adapters, tensors };
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(i, block, &x, batch, tensors.as_ref(), cache)?;
+            x = self.block_forward(i, block, &x, batch, &step, cache)?;
         }
-        if batch.logit_rows.is_empty() {
+        let Some(rows) = logit_rows else {
             return Tensor::zeros((0, self.spec.vocab), DType::F32, &self.device);
-        }
-        let rows = transfer::upload_slice(&batch.logit_rows, batch.logit_rows.len(), &self.device)?;
+        };
         let mut last = x.index_select(&rows, 0)?;
         if let Some(n) = &self.final_norm {
             last = n.forward(&last)?;
         }
-        // The adapters of the logit rows: one row per sequence that wants logits.
-        let mut head_adapters = Adapters::none();
-        for (i, row) in batch.logit_rows.iter().enumerate() {
-            let adapter = batch
-                .adapters
-                .groups
-                .iter()
-                .find(|g| (g.start..g.start + g.len).contains(&(*row as usize)))
-                .and_then(|g| g.adapter.clone());
-            head_adapters.groups.push(crate::layers::RowGroup {
-                start: i,
-                len: 1,
-                adapter,
-            });
-        }
+        // The adapters of the logit rows, picked on the device.
         self.lm_head
-            .forward(&last, &head_adapters)?
+            .forward(&last, &step.adapters.select(&rows, &batch.logit_rows)?)?
             .to_dtype(DType::F32)
     }
 

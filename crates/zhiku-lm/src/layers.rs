@@ -1,7 +1,7 @@
 //! The layers every family is built from: a `Linear` that holds dense or block-quantized
 //! weights and optional LoRA adapters, RMSNorm / LayerNorm, rotary tables (full or partial,
 //! half-split or interleaved pairs) and the MLPs. Layers know nothing of requests: a forward
-//! takes the rows of a batch and, per run of rows, the adapter those rows use.
+//! takes the rows of a batch and the adapter each row uses ([`RowAdapters`]).
 
 use std::sync::Arc;
 
@@ -11,6 +11,8 @@ use zhiku_kernels::QuantMatrix;
 
 use crate::ComputePath;
 use crate::lora::{LoraAdapter, TrainLora};
+use crate::lora_rows::LoraStacks;
+pub use crate::lora_rows::RowAdapters;
 
 /// A run of consecutive rows of a batch that share one adapter (None: the base model).
 #[derive(Clone)]
@@ -20,7 +22,8 @@ pub struct RowGroup {
     pub adapter: Option<Arc<LoraAdapter>>,
 }
 
-/// How the rows of a forward map to adapters. Built once per step by the engine.
+/// How the rows of a forward map to adapters. Built once per step by the engine; a forward
+/// reads it on the device as [`RowAdapters`].
 #[derive(Clone, Default)]
 pub struct Adapters {
     pub groups: Vec<RowGroup>,
@@ -30,10 +33,6 @@ impl Adapters {
     /// Every row on the base model.
     pub fn none() -> Self {
         Self::default()
-    }
-
-    fn any(&self) -> bool {
-        self.groups.iter().any(|g| g.adapter.is_some())
     }
 }
 
@@ -56,6 +55,8 @@ pub struct Linear {
     module: String,
     out_features: usize,
     in_features: usize,
+    /// The adapters of recent steps stacked for this layer.
+    pub(crate) stacks: LoraStacks,
 }
 
 impl Linear {
@@ -74,6 +75,7 @@ impl Linear {
             module: module.into(),
             out_features,
             in_features,
+            stacks: LoraStacks::default(),
         })
     }
 
@@ -90,6 +92,7 @@ impl Linear {
             module: module.into(),
             out_features,
             in_features,
+            stacks: LoraStacks::default(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Linear {
             module: module.into(),
             out_features,
             in_features,
+            stacks: LoraStacks::default(),
         }
     }
 
@@ -133,35 +137,20 @@ impl Linear {
         }
     }
 
-    /// x [rows, in] → [rows, out], each run of rows with its own adapter.
-    pub fn forward(&self, x: &Tensor, adapters: &Adapters) -> candle_core::Result<Tensor> {
+    /// x [rows, in] → [rows, out], each row with its own adapter: the base product, plus
+    /// the LoRA update of every row whose adapter targets this layer ([`crate::lora_rows`]:
+    /// one batched product on the tensor path, a product per run of rows on the kernel
+    /// path).
+    pub fn forward(&self, x: &Tensor, adapters: &RowAdapters) -> candle_core::Result<Tensor> {
+        self.stacks.drop_unloaded();
         let y = self.base(x)?;
-        if !adapters.any() {
-            return Ok(y);
-        }
-        let mut parts = Vec::with_capacity(adapters.groups.len());
-        let mut touched = false;
-        for g in &adapters.groups {
-            let rows = y.narrow(0, g.start, g.len)?;
-            let pair = g
-                .adapter
-                .as_ref()
-                .and_then(|a| a.pairs.get(self.module.as_str()));
-            match pair {
-                None => parts.push(rows),
-                Some(pair) => {
-                    touched = true;
-                    let xs = x.narrow(0, g.start, g.len)?.to_dtype(pair.a.dtype())?;
-                    let low = xs.matmul(&pair.a.t()?)?;
-                    let update = (low.matmul(&pair.b.t()?)? * pair.scale)?;
-                    parts.push((rows + update.to_dtype(y.dtype())?)?);
-                }
-            }
-        }
-        if !touched {
-            return Ok(y);
-        }
-        Tensor::cat(&parts, 0)
+        adapters.apply(
+            x,
+            y,
+            &self.module,
+            &self.stacks,
+            (self.in_features, self.out_features),
+        )
     }
 }
 
@@ -420,7 +409,7 @@ impl Mlp {
     pub fn forward(
         &self,
         x: &Tensor,
-        adapters: &Adapters,
+        adapters: &RowAdapters,
         compute: ComputePath,
     ) -> candle_core::Result<Tensor> {
         let swiglu = |g: &Tensor, u: &Tensor| match compute {

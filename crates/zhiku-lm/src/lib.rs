@@ -28,6 +28,7 @@ pub mod kv;
 pub mod layers;
 pub mod load;
 pub mod lora;
+pub mod lora_rows;
 pub mod model;
 #[cfg(feature = "reference")]
 pub mod reference;

@@ -29,6 +29,7 @@ fn serving_sources() -> Vec<PathBuf> {
         "kv.rs",
         "layers.rs",
         "lora.rs",
+        "lora_rows.rs",
     ]
     .iter()
     .chain(&["rotary.rs"])
