@@ -1637,14 +1637,24 @@ impl Source {
         }
     }
 
-    /// Whether line `k` is a table's header or its separator row (`|---|`).
+    /// Whether line `k` is a table's header or its separator row (`|---|`). A table's first
+    /// line is its header only when a separator row follows it: a passage cut from the
+    /// middle of a table starts with a body row.
     fn is_table_head(&self, k: usize) -> bool {
-        match self.table_of.get(k).copied().flatten() {
-            Some(first) => {
-                k == first
-                    || self.lines[k]
+        let is_separator = |l: usize| {
+            self.lines.get(l).is_some_and(|line| {
+                line.contains('-')
+                    && line
                         .chars()
                         .all(|ch| matches!(ch, '|' | '-' | ':' | ' ' | '\t'))
+            })
+        };
+        match self.table_of.get(k).copied().flatten() {
+            Some(first) => {
+                (k == first
+                    && self.table_of.get(k + 1) == Some(&Some(first))
+                    && is_separator(k + 1))
+                    || is_separator(k)
             }
             None => false,
         }
@@ -2683,6 +2693,20 @@ mod tests {
             ),
             Some(Unsupported::OtherRow)
         );
+    }
+
+    #[test]
+    fn a_passage_cut_from_a_tables_middle_starts_with_a_row() {
+        // No header: the first line is a row like the others, and is held to the question.
+        let rows = "| **XVERSE-13B**         |   18.20   | 2.18  | 15.85 |  16.80   |\n\
+            | **Baichuan-13B-Base**  |   26.76   | 4.84  | 11.59 |  22.80   |\n\
+            | **Baichuan2-13B-Base** |   52.77   | 10.08 | 17.07 |  30.20   |";
+        let question = "Baichuan2-13B-Base 在 GSM8K 上的成绩是多少？";
+        assert_eq!(
+            misplaced("15.85", &[rows], question),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(misplaced("52.77", &[rows], question), None);
     }
 
     #[test]
