@@ -213,6 +213,8 @@ struct Asked {
     models: Vec<String>,
     /// `name=value` settings (batch=16), which may head table columns.
     settings: Vec<(String, String)>,
+    /// The question's text, lower case, full width folded.
+    text: String,
 }
 
 impl Asked {
@@ -234,6 +236,7 @@ impl Asked {
             bits: bits_in(&keys),
             models,
             settings: settings_in(&source.lines.join("\n")),
+            text: source.lines.join("\n"),
         }
     }
 
@@ -242,15 +245,15 @@ impl Asked {
     /// names one. A line that names none says nothing against it.
     fn contradicted_by(&self, source: &Source, k: usize) -> Option<String> {
         let keys: Vec<&Key> = source.facts[k].iter().collect();
-        let disjoint = |asked: &[f64], line: &[f64]| {
+        let disjoint = |asked: &[f64], line: &[f64], same: &dyn Fn(f64, f64) -> bool| {
             !asked.is_empty()
                 && !line.is_empty()
-                && !line
-                    .iter()
-                    .any(|l| asked.iter().any(|a| same_value(*a, *l)))
+                && !line.iter().any(|l| asked.iter().any(|a| same(*a, *l)))
         };
+        // A model's name rounds its size: ChatGLM-6B has 62 亿 (6.2B) parameters.
+        let near = |a: f64, b: f64| (a - b).abs() <= 0.05 * a.abs().max(b.abs());
         let sizes = sizes_in(&keys);
-        if disjoint(&self.sizes, &sizes) {
+        if disjoint(&self.sizes, &sizes, &near) {
             return Some(format!(
                 "a line about a {} model, not a {} one",
                 size_text(sizes[0]),
@@ -258,7 +261,7 @@ impl Asked {
             ));
         }
         let bits = bits_in(&keys);
-        if disjoint(&self.bits, &bits) {
+        if disjoint(&self.bits, &bits, &same_value) {
             return Some(format!(
                 "a line about {}-bit, not {}-bit",
                 bits[0], self.bits[0]
@@ -2048,6 +2051,32 @@ fn wrong_column(
             ),
         });
     }
+    // A column whose header has words of its own (a run of Chinese no other column's header
+    // holds) that the question uses picks that column, when it is the only one: 最低 GPU
+    // 显存（高效参数微调） for "做高效参数微调" against （推理）.
+    let own_words = |i: usize| -> Vec<String> {
+        cjk_runs(&header[i])
+            .into_iter()
+            .filter(|w| {
+                w.chars().count() >= 2
+                    && (1..header.len()).all(|j| j == i || !header[j].contains(w.as_str()))
+            })
+            .collect()
+    };
+    let picked: Vec<usize> = (1..header.len())
+        .filter(|&i| own_words(i).iter().any(|w| asked.text.contains(w.as_str())))
+        .collect();
+    if let [column] = picked[..]
+        && !row.get(column).is_some_and(|cell| states(cell))
+        && let Some(holding) = (1..row.len()).find(|&i| states(&row[i]))
+    {
+        return Some(format!(
+            "the column {}, not the column {}, of the table row for {}",
+            header.get(holding).map_or("", String::as_str),
+            header[column],
+            row_label(&source.lines[k])
+        ));
+    }
     for q in &asked.qualifiers {
         let Qualifier::Name(name) = q else {
             continue;
@@ -2074,6 +2103,23 @@ fn wrong_column(
         }
     }
     None
+}
+
+/// The maximal runs of CJK characters in `text`.
+fn cjk_runs(text: &str) -> Vec<String> {
+    let mut runs = Vec::new();
+    let mut run = String::new();
+    for ch in text.chars() {
+        if ('\u{4e00}'..='\u{9fff}').contains(&ch) {
+            run.push(ch);
+        } else if !run.is_empty() {
+            runs.push(std::mem::take(&mut run));
+        }
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
 }
 
 /// The first cell of a table row, trimmed.
@@ -2618,6 +2664,16 @@ mod tests {
         // Nor does a line that names the question's beside another.
         let both = "7B 模型需要 16GB，20B 模型需要 40GB。";
         assert_eq!(misplaced("40GB", &[both], "20B 模型要多少显存？"), None);
+        // A name rounds its model's size.
+        let rounded = "具有 62 亿参数，INT4 量化级别下最低只需 6GB 显存。";
+        assert_eq!(
+            misplaced("6GB", &[rounded], "ChatGLM-6B 用 INT4 要多少显存？"),
+            None
+        );
+        assert_eq!(
+            misplaced("6GB", &[rounded], "ChatGLM-13B 用 INT4 要多少显存？"),
+            Some(Unsupported::OtherRow)
+        );
     }
 
     #[test]
@@ -2725,6 +2781,27 @@ mod tests {
             misplaced("27.5", &[memory], "Baichuan2-13B 用 fp16 要多少显存？"),
             None
         );
+    }
+
+    #[test]
+    fn a_column_named_in_chinese_picks_its_cell() {
+        let table = "| **量化等级** | **最低 GPU 显存**（推理） | **最低 GPU 显存**（高效参数微调） |\n\
+            | -------------- | ------------------------- | --------------------------------- |\n\
+            | FP16（无量化） | 13 GB | 14 GB |\n| INT8 | 8 GB | 9 GB |\n| INT4 | 6 GB | 7 GB |";
+        let tuning = "ChatGLM-6B 不做量化、按 FP16 做高效参数微调的话，最低需要多大显存？";
+        assert_eq!(misplaced("14 GB", &[table], tuning), None);
+        assert_eq!(
+            misplaced("13 GB", &[table], tuning),
+            Some(Unsupported::OtherRow)
+        );
+        let inference = "INT4 量化推理最低要多少显存？";
+        assert_eq!(misplaced("6 GB", &[table], inference), None);
+        assert_eq!(
+            misplaced("7 GB", &[table], inference),
+            Some(Unsupported::OtherRow)
+        );
+        // Naming neither column's own words, the question leaves the column open.
+        assert_eq!(misplaced("7 GB", &[table], "INT4 最低要多少显存？"), None);
     }
 
     #[test]
