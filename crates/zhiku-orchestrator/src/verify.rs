@@ -244,7 +244,11 @@ impl Asked {
     /// names a model size (or a bit width) and none of the question's, where the question
     /// names one. A line that names none says nothing against it.
     fn contradicted_by(&self, source: &Source, k: usize) -> Option<String> {
-        let keys: Vec<&Key> = source.facts[k].iter().collect();
+        // An HTML table row spans lines: its cells, and those spanning it, are one line's.
+        let keys: Vec<&Key> = match source.html_row_facts.get(k).and_then(Option::as_ref) {
+            Some(row) => row.iter().collect(),
+            None => source.facts[k].iter().collect(),
+        };
         let disjoint = |asked: &[f64], line: &[f64], same: &dyn Fn(f64, f64) -> bool| {
             !asked.is_empty()
                 && !line.is_empty()
@@ -1563,6 +1567,9 @@ struct Source {
     /// For each line in an HTML table: the lines of the table. Its rows span lines, so its
     /// numbers are not checked by row; its header names their unit.
     html_table_of: Vec<Option<(usize, usize)>>,
+    /// For each line in an HTML table row (`<tr>` … `</tr>`, found with or without its
+    /// `<table>`): the row's facts, with the cells of rows above that span it (`rowspan`).
+    html_row_facts: Vec<Option<std::rc::Rc<Vec<Key>>>>,
     /// For each line: the markdown headings above it, nearest first, each of a higher level
     /// than the one before it (the line's heading path).
     headings_of: Vec<Vec<usize>>,
@@ -1574,21 +1581,7 @@ impl Source {
     fn new(text: &str) -> Self {
         let folded = fold_width(&percent_decoded(text));
         let raw_lines: Vec<&str> = folded.split('\n').collect();
-        let mut facts: Vec<Vec<Key>> = vec![Vec::new(); raw_lines.len()];
-        for s in scan(&folded, true) {
-            if let Some(slot) = facts.get_mut(s.line) {
-                if let Key::Literal(name) = &s.fact.key {
-                    for part in name.split('-').filter(|p| !p.is_empty()) {
-                        for sub in scan(part, true) {
-                            if let Key::Quantity { .. } = sub.fact.key {
-                                slot.push(sub.fact.key);
-                            }
-                        }
-                    }
-                }
-                slot.push(s.fact.key);
-            }
-        }
+        let facts = facts_per_line(&folded, raw_lines.len());
         let mut table_of = vec![None; raw_lines.len()];
         let mut current: Option<usize> = None;
         for (k, l) in raw_lines.iter().enumerate() {
@@ -1615,6 +1608,7 @@ impl Source {
                 open = None;
             }
         }
+        let html_row_facts = html_rows(&lines);
         let level = |l: &str| {
             let t = l.trim_start();
             let hashes = t.chars().take_while(|&ch| ch == '#').count();
@@ -1635,6 +1629,7 @@ impl Source {
             facts,
             table_of,
             html_table_of,
+            html_row_facts,
             headings_of,
             is_heading,
         }
@@ -1670,6 +1665,83 @@ impl Source {
             .filter(|&k| !self.is_table_head(k))
             .collect()
     }
+}
+
+/// The facts of each of the `lines` lines of `folded`, with the figures in the parts of
+/// hyphenated names (Qwen-7B states 7B).
+fn facts_per_line(folded: &str, lines: usize) -> Vec<Vec<Key>> {
+    let mut facts: Vec<Vec<Key>> = vec![Vec::new(); lines];
+    for s in scan(folded, true) {
+        if let Some(slot) = facts.get_mut(s.line) {
+            if let Key::Literal(name) = &s.fact.key {
+                for part in name.split('-').filter(|p| !p.is_empty()) {
+                    for sub in scan(part, true) {
+                        if let Key::Quantity { .. } = sub.fact.key {
+                            slot.push(sub.fact.key);
+                        }
+                    }
+                }
+            }
+            slot.push(s.fact.key);
+        }
+    }
+    facts
+}
+
+/// The facts of each HTML table row for the lines it spans: its own cells and those of
+/// earlier rows whose `rowspan` reaches it (a `<td rowspan="3">72B</td>` names the model of
+/// the two rows below it too). Rows are found by `<tr>` and `</tr>` alone, so that a passage
+/// cut from a table's middle still has them; a spanning cell cut off above is not known.
+fn html_rows(lines: &[String]) -> Vec<Option<std::rc::Rc<Vec<Key>>>> {
+    let mut out = vec![None; lines.len()];
+    // Text of spanning cells and how many more rows each reaches.
+    let mut spans: Vec<(String, usize)> = Vec::new();
+    let mut open: Option<usize> = None;
+    for (k, line) in lines.iter().enumerate() {
+        if open.is_none() && line.contains("<tr") {
+            open = Some(k);
+        }
+        let Some(start) = open else {
+            continue;
+        };
+        if !line.contains("</tr") {
+            continue;
+        }
+        open = None;
+        let own: Vec<&str> = lines[start..=k].iter().map(String::as_str).collect();
+        let mut text: Vec<String> = spans.iter().map(|(t, _)| t.clone()).collect();
+        text.extend(own.iter().map(|l| (*l).to_owned()));
+        spans.retain_mut(|(_, left)| {
+            *left -= 1;
+            *left > 0
+        });
+        for cell in own.iter().flat_map(|l| l.split("<td").skip(1)) {
+            let Some(n) = cell
+                .split("rowspan=")
+                .nth(1)
+                .and_then(|r| {
+                    r.trim_start_matches(['"', '\''])
+                        .split(|ch: char| !ch.is_ascii_digit())
+                        .next()
+                })
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let content = cell
+                .split_once('>')
+                .map_or("", |(_, rest)| rest.split("</td").next().unwrap_or(""));
+            if n > 1 && !content.trim().is_empty() {
+                spans.push((content.trim().to_owned(), n - 1));
+            }
+        }
+        let facts = facts_per_line(&text.join("\n"), text.len()).concat();
+        let facts = std::rc::Rc::new(facts);
+        for slot in &mut out[start..=k] {
+            *slot = Some(facts.clone());
+        }
+    }
+    out
 }
 
 /// `needle` in `hay` with no ASCII letter or digit on either side.
@@ -2763,6 +2835,40 @@ mod tests {
             Some(Unsupported::OtherRow)
         );
         assert_eq!(misplaced("52.77", &[rows], question), None);
+    }
+
+    #[test]
+    fn an_html_row_carries_the_cells_that_span_it() {
+        let rows = "<td>11.20GB</td>\n    </tr>\n    <tr>\n        <td>Int4</td>\n        <td>50.09</td>\n\
+            <td>8.21GB</td>\n    </tr>\n    <tr>\n        <td rowspan=\"3\">72B</td>\n        <td>BF16</td>\n\
+            <td>8.48</td>\n        <td>144.69GB (2xA100)</td>\n    </tr>\n    <tr>\n        <td>Int8</td>\n\
+            <td>9.05</td>\n        <td>81.27GB (2xA100)</td>\n    </tr>\n    <tr>\n        <td>Int4</td>\n\
+            <td>11.32</td>\n        <td>48.86GB</td>\n    </tr>\n    <tr>\n        <td>72B + vLLM</td>\n\
+            <td>BF16</td>\n        <td>17.60</td>\n        <td>2xA100</td>\n    </tr>\n</table>";
+        let question = "Qwen-7B-Chat 的 Int4 模型生成 2048 个 token 时显存占用多少？";
+        // The 72B rows below the spanning cell are 72B's; the 7B row cut off above names no size.
+        assert_eq!(
+            misplaced("48.86GB", &[rows], question),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(misplaced("8.21GB", &[rows], question), None);
+        // Another bit width in the same model's rows.
+        assert_eq!(
+            misplaced(
+                "81.27GB",
+                &[rows],
+                "Qwen-72B-Chat 的 Int4 模型显存占用多少？"
+            ),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced(
+                "48.86GB",
+                &[rows],
+                "Qwen-72B-Chat 的 Int4 模型显存占用多少？"
+            ),
+            None
+        );
     }
 
     #[test]
