@@ -15,10 +15,13 @@
 //! is stated by the passage, so presence alone passes it. When a number appears in the
 //! passages only inside markdown table rows and the question names what tells the rows apart
 //! (INT4, a bit width, a model size), the number must sit in a row holding it, and under a
-//! heading naming the question's model when the passage heads its tables by model.
+//! heading naming the question's model when the passage heads its tables by model. A row
+//! whose first cell names another model than the question's is not its row, and a column
+//! the question names (Q4_K, batch=16, a header's own Chinese words) must hold the number.
+//! A line or row (an HTML row with the cells spanning it) that names a model size or a bit
+//! width, and not the question's, is about something else: its figures do not answer it.
 //!
-//! What it cannot tell: which column of a row a number sits in, the rows of HTML tables
-//! (their cells span lines; their header still names a bare number's unit), a number the
+//! What it cannot tell: a column the question describes in other words, a number the
 //! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
@@ -1812,9 +1815,11 @@ fn line_states_quantity(source: &Source, k: usize, value: f64, unit: Unit, bare:
                             })
                             || html_header_names_unit(k))))
         }
-        // A bare number is stated as a setting's value: rope_scaling_factor=2.0.
+        // A bare number is stated as a setting's value written with a decimal point
+        // (rope_scaling_factor=2.0); a whole one (--num_train_epochs 4) is too often some
+        // other setting's to stand for 4.0.
         Key::Setting { value: Some(v), .. } => {
-            bare && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
+            bare && v.contains('.') && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
         }
         _ => false,
     })
@@ -2963,6 +2968,8 @@ mod tests {
         let code = "engine_config = TurbomindEngineConfig(session_len=200000,\n    rope_scaling_factor=2.0)";
         assert!(unsupported("2.0", &[code], "").is_empty());
         assert_eq!(unsupported("3.0", &[code], ""), ["3.0"]);
+        let flags = "deepspeed fine-tune.py --num_train_epochs 4 --learning_rate 2e-5";
+        assert_eq!(unsupported("4.0", &[flags], ""), ["4.0"]);
     }
 
     #[test]
