@@ -140,6 +140,9 @@ pub struct QdrantStore {
 fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
+        // The client's own call cut short when the node's connection dropped mid-call
+        // (`operation was canceled`): nothing cancels our calls but a lost connection.
+        Code::Cancelled => true,
         // A cluster node answers these while a peer that held a shard replica is going away.
         Code::Internal | Code::Unknown => {
             let m = status.message().to_ascii_lowercase();
@@ -985,6 +988,13 @@ mod tests {
         assert_eq!(passed_on(missing).0, Code::Unavailable);
         // A collection that does not exist is no node's passing state.
         assert!(!retryable(&Status::internal("Collection `kb` not found")));
+    }
+
+    #[test]
+    fn a_call_cut_short_by_a_dropped_connection_is_retried_elsewhere() {
+        let cut = Status::cancelled("operation was canceled");
+        assert!(retryable(&cut));
+        assert_eq!(passed_on(cut).0, Code::Unavailable);
     }
 
     #[test]
