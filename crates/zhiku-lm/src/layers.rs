@@ -10,31 +10,9 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use zhiku_kernels::QuantMatrix;
 
 use crate::ComputePath;
-use crate::lora::{LoraAdapter, TrainLora};
+use crate::lora::TrainLora;
 use crate::lora_rows::LoraStacks;
-pub use crate::lora_rows::RowAdapters;
-
-/// A run of consecutive rows of a batch that share one adapter (None: the base model).
-#[derive(Clone)]
-pub struct RowGroup {
-    pub start: usize,
-    pub len: usize,
-    pub adapter: Option<Arc<LoraAdapter>>,
-}
-
-/// How the rows of a forward map to adapters. Built once per step by the engine; a forward
-/// reads it on the device as [`RowAdapters`].
-#[derive(Clone, Default)]
-pub struct Adapters {
-    pub groups: Vec<RowGroup>,
-}
-
-impl Adapters {
-    /// Every row on the base model.
-    pub fn none() -> Self {
-        Self::default()
-    }
-}
+pub use crate::lora_rows::{Adapters, RowAdapters, RowGroup};
 
 /// The weight of a linear layer, [out, in].
 pub enum Weight {

@@ -26,8 +26,29 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use candle_core::{DType, Tensor};
 
-use crate::layers::Adapters;
 use crate::lora::{LoraAdapter, LoraPair};
+
+/// A run of consecutive rows of a batch that share one adapter (None: the base model).
+#[derive(Clone)]
+pub struct RowGroup {
+    pub start: usize,
+    pub len: usize,
+    pub adapter: Option<Arc<LoraAdapter>>,
+}
+
+/// How the rows of a forward map to adapters. Built once per step by the engine; a forward
+/// reads it on the device as [`RowAdapters`].
+#[derive(Clone, Default)]
+pub struct Adapters {
+    pub groups: Vec<RowGroup>,
+}
+
+impl Adapters {
+    /// Every row on the base model.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
 
 /// The adapters of a step's rows as one slot per row: `adapters[slot]`, or the base model
 /// for slot `adapters.len()`.
@@ -177,7 +198,7 @@ impl RowAdapters {
                     .iter()
                     .find(|g| (g.start..g.start + g.len).contains(&row))
                     .and_then(|g| g.adapter.clone());
-                picked.groups.push(crate::layers::RowGroup {
+                picked.groups.push(RowGroup {
                     start: i,
                     len: 1,
                     adapter,
