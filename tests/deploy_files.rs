@@ -44,14 +44,29 @@ fn cuda_image_builds_with_the_shared_version_and_capability() {
 
 #[test]
 fn check_cuda_reads_the_shared_versions() {
-    let script = read("scripts/check-cuda");
-    assert!(script.contains("source deploy/cuda.env"));
-    for pinned in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
-        assert!(
-            !pinned.contains("==1"),
-            "scripts/check-cuda pins a version itself: {pinned}"
-        );
+    // check-cuda takes the toolkit from a helper, which reads deploy/cuda.env.
+    assert!(read("scripts/check-cuda").contains("source scripts/cuda-toolkit.sh"));
+    let helper = read("scripts/cuda-toolkit.sh");
+    assert!(helper.contains("source deploy/cuda.env"));
+    for script in ["scripts/check-cuda", "scripts/cuda-toolkit.sh"] {
+        for pinned in read(script)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+        {
+            assert!(
+                !pinned.contains("==1"),
+                "{script} pins a version itself: {pinned}"
+            );
+        }
     }
+    // The libraries a linked build needs come from the same CUDA release.
+    let env = cuda_env();
+    let release = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    assert_eq!(
+        release(&env["CUDA_VERSION"]),
+        release(&env["CUDA_CUBLAS_PYPI_VERSION"])
+    );
+    assert!(env.contains_key("CUDA_CURAND_PYPI_VERSION"));
 }
 
 #[test]
