@@ -1,6 +1,6 @@
 //! The deploy files agree with each other: one CUDA version and compute capability
-//! (deploy/cuda.env) for the CUDA image and scripts/check-cuda, and a generator health check
-//! that leaves room for the first start's model download.
+//! (deploy/cuda.env) for the CUDA image, scripts/check-cuda and scripts/gpu-bench, and a
+//! generator health check that leaves room for the first start's model download.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,11 +44,20 @@ fn cuda_image_builds_with_the_shared_version_and_capability() {
 
 #[test]
 fn check_cuda_reads_the_shared_versions() {
-    // check-cuda takes the toolkit from a helper, which reads deploy/cuda.env.
-    assert!(read("scripts/check-cuda").contains("source scripts/cuda-toolkit.sh"));
+    // check-cuda and gpu-bench take the toolkit from one helper, which reads deploy/cuda.env.
+    for script in ["scripts/check-cuda", "scripts/gpu-bench"] {
+        assert!(
+            read(script).contains("source scripts/cuda-toolkit.sh"),
+            "{script} must install CUDA through scripts/cuda-toolkit.sh"
+        );
+    }
     let helper = read("scripts/cuda-toolkit.sh");
     assert!(helper.contains("source deploy/cuda.env"));
-    for script in ["scripts/check-cuda", "scripts/cuda-toolkit.sh"] {
+    for script in [
+        "scripts/check-cuda",
+        "scripts/gpu-bench",
+        "scripts/cuda-toolkit.sh",
+    ] {
         for pinned in read(script)
             .lines()
             .filter(|l| !l.trim_start().starts_with('#'))
