@@ -1,6 +1,6 @@
 //! The deploy files agree with each other: one CUDA version and compute capability
-//! (deploy/cuda.env) for the CUDA image and scripts/check-cuda, and a generator health check
-//! that leaves room for the first start's model download.
+//! (deploy/cuda.env) for the CUDA image, scripts/check-cuda and scripts/gpu-bench, and a
+//! generator health check that leaves room for the first start's model download.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,14 +44,38 @@ fn cuda_image_builds_with_the_shared_version_and_capability() {
 
 #[test]
 fn check_cuda_reads_the_shared_versions() {
-    let script = read("scripts/check-cuda");
-    assert!(script.contains("source deploy/cuda.env"));
-    for pinned in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
+    // check-cuda and gpu-bench take the toolkit from one helper, which reads deploy/cuda.env.
+    for script in ["scripts/check-cuda", "scripts/gpu-bench"] {
         assert!(
-            !pinned.contains("==1"),
-            "scripts/check-cuda pins a version itself: {pinned}"
+            read(script).contains("source scripts/cuda-toolkit.sh"),
+            "{script} must install CUDA through scripts/cuda-toolkit.sh"
         );
     }
+    let helper = read("scripts/cuda-toolkit.sh");
+    assert!(helper.contains("source deploy/cuda.env"));
+    for script in [
+        "scripts/check-cuda",
+        "scripts/gpu-bench",
+        "scripts/cuda-toolkit.sh",
+    ] {
+        for pinned in read(script)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+        {
+            assert!(
+                !pinned.contains("==1"),
+                "{script} pins a version itself: {pinned}"
+            );
+        }
+    }
+    // The libraries a linked build needs come from the same CUDA release.
+    let env = cuda_env();
+    let release = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    assert_eq!(
+        release(&env["CUDA_VERSION"]),
+        release(&env["CUDA_CUBLAS_PYPI_VERSION"])
+    );
+    assert!(env.contains_key("CUDA_CURAND_PYPI_VERSION"));
 }
 
 #[test]

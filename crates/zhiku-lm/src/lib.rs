@@ -14,6 +14,8 @@
 //! - [`lora`]: PEFT LoRA adapters, merged at load or applied per row;
 //! - [`tokenizer`]: `tokenizer.json`, GGUF vocabularies, SentencePiece and tiktoken files;
 //! - [`template`]: chat templates per family, the model's own Jinja template first;
+//! - [`tiny`], [`synthetic`]: seeded checkpoints for tests, and of a real model's shape
+//!   (GLM-4-9B) for benchmarks;
 //! - `reference` (feature `reference`): candle-transformers' networks of the same families,
 //!   which the tests compare the decoder against.
 
@@ -34,6 +36,7 @@ pub mod model;
 pub mod reference;
 pub mod rotary;
 pub mod seeded;
+pub mod synthetic;
 pub mod template;
 pub mod tiny;
 pub mod tokenizer;

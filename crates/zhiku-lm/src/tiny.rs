@@ -112,45 +112,9 @@ pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmErr
         chatglm6b_weights(&mut |name, shape| add(name, shape, &mut rng))?;
         chatglm6b_config()
     } else if family == TinyFamily::ChatGlm {
-        let e = "transformer.encoder";
-        for i in 0..LAYERS {
-            let p = format!("{e}.layers.{i}");
-            add(format!("{p}.input_layernorm.weight"), &[HIDDEN], &mut rng)?;
-            let qkv = format!("{p}.self_attention.query_key_value");
-            add(format!("{qkv}.weight"), &[q + 2 * kv, HIDDEN], &mut rng)?;
-            add(format!("{qkv}.bias"), &[q + 2 * kv], &mut rng)?;
-            add(
-                format!("{p}.self_attention.dense.weight"),
-                &[HIDDEN, q],
-                &mut rng,
-            )?;
-            add(
-                format!("{p}.post_attention_layernorm.weight"),
-                &[HIDDEN],
-                &mut rng,
-            )?;
-            add(
-                format!("{p}.mlp.dense_h_to_4h.weight"),
-                &[2 * INTERMEDIATE, HIDDEN],
-                &mut rng,
-            )?;
-            add(
-                format!("{p}.mlp.dense_4h_to_h.weight"),
-                &[HIDDEN, INTERMEDIATE],
-                &mut rng,
-            )?;
+        for (name, shape) in crate::synthetic::ChatGlmShape::TINY.tensors() {
+            add(name, &shape, &mut rng)?;
         }
-        add(format!("{e}.final_layernorm.weight"), &[HIDDEN], &mut rng)?;
-        add(
-            "transformer.output_layer.weight".into(),
-            &[VOCAB, HIDDEN],
-            &mut rng,
-        )?;
-        add(
-            "transformer.embedding.word_embeddings.weight".into(),
-            &[VOCAB, HIDDEN],
-            &mut rng,
-        )?;
         serde_json::json!({
             "model_type": "chatglm",
             "_name_or_path": "THUDM/chatglm3-6b",
@@ -304,28 +268,7 @@ const CHATGLM6B_SPECIALS: [&str; 5] = ["<unk>", "[MASK]", "[gMASK]", "<sop>", "<
 /// fixture of tests that train ChatGLM-6B through the loaders.
 pub fn write_chatglm6b_model(dir: &Path, seed: u64) -> Result<PathBuf, LmError> {
     write(TinyFamily::ChatGlm6b, dir, seed)?;
-    let words = (0..VOCAB - CHATGLM6B_SPECIALS.len()).map(|i| format!("w{i}"));
-    let vocab: serde_json::Map<String, serde_json::Value> = CHATGLM6B_SPECIALS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(words)
-        .enumerate()
-        .map(|(id, token)| (token, id.into()))
-        .collect();
-    let added: Vec<serde_json::Value> = CHATGLM6B_SPECIALS
-        .iter()
-        .enumerate()
-        .map(|(id, content)| {
-            serde_json::json!({"id": id, "content": content, "single_word": false,
-                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": CHATGLM6B_SPECIALS[0]}
-    });
+    let tokenizer = crate::synthetic::word_level_tokenizer(&CHATGLM6B_SPECIALS, VOCAB);
     std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string())
         .map_err(|e| LmError::Load(format!("{}: {e}", dir.display())))?;
     Ok(dir.to_path_buf())
