@@ -48,16 +48,17 @@ impl ChatGlmShape {
         context: 131_072,
     };
 
-    /// The sizes of [`crate::tiny`]'s checkpoints, with room for a 4096-token prompt (the
-    /// rotary table is the one thing the context sizes).
+    /// The sizes of the tests' tiny checkpoints (`crate::tiny` takes its sizes from here),
+    /// with room for a 4096-token prompt (the rotary table is the one thing the context
+    /// sizes).
     pub const TINY: ChatGlmShape = ChatGlmShape {
-        hidden: crate::tiny::HIDDEN,
-        heads: crate::tiny::HEADS,
-        kv_heads: crate::tiny::KV_HEADS,
-        head_dim: crate::tiny::HEAD_DIM,
-        intermediate: crate::tiny::INTERMEDIATE,
-        layers: crate::tiny::LAYERS,
-        vocab: crate::tiny::VOCAB,
+        hidden: 32,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        intermediate: 48,
+        layers: 2,
+        vocab: 48,
         context: 8192,
     };
 

@@ -19,13 +19,15 @@ use crate::families::{
 };
 use crate::seeded::SplitMix64;
 
-pub const HIDDEN: usize = 32;
-pub const HEADS: usize = 4;
-pub const KV_HEADS: usize = 2;
-pub const HEAD_DIM: usize = 8;
-pub const INTERMEDIATE: usize = 48;
-pub const LAYERS: usize = 2;
-pub const VOCAB: usize = 48;
+use crate::synthetic::ChatGlmShape;
+
+pub const HIDDEN: usize = ChatGlmShape::TINY.hidden;
+pub const HEADS: usize = ChatGlmShape::TINY.heads;
+pub const KV_HEADS: usize = ChatGlmShape::TINY.kv_heads;
+pub const HEAD_DIM: usize = ChatGlmShape::TINY.head_dim;
+pub const INTERMEDIATE: usize = ChatGlmShape::TINY.intermediate;
+pub const LAYERS: usize = ChatGlmShape::TINY.layers;
+pub const VOCAB: usize = ChatGlmShape::TINY.vocab;
 pub const CONTEXT: usize = 64;
 
 /// A family of the decoder, in the file format it loads from.
@@ -112,7 +114,7 @@ pub fn write(family: TinyFamily, dir: &Path, seed: u64) -> Result<PathBuf, LmErr
         chatglm6b_weights(&mut |name, shape| add(name, shape, &mut rng))?;
         chatglm6b_config()
     } else if family == TinyFamily::ChatGlm {
-        for (name, shape) in crate::synthetic::ChatGlmShape::TINY.tensors() {
+        for (name, shape) in ChatGlmShape::TINY.tensors() {
             add(name, &shape, &mut rng)?;
         }
         serde_json::json!({
