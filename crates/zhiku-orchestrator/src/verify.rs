@@ -233,13 +233,14 @@ impl Asked {
                 models.push(name.clone());
             }
         }
+        let text = source.lines.join("\n");
         Self {
             qualifiers: qualifiers_of(question),
             sizes: sizes_in(&keys),
             bits: bits_in(&keys),
             models,
-            settings: settings_in(&source.lines.join("\n")),
-            text: source.lines.join("\n"),
+            settings: settings_in(&text),
+            text,
         }
     }
 
@@ -2093,6 +2094,7 @@ fn wrong_column(
             .iter()
             .any(|s| matches!(s.fact.key, Key::Quantity { value: v, .. } if same_value(v, value)))
     };
+    let holding = row.iter().position(|cell| states(cell));
     // A setting the question gives (batch=64) picks the column headed by it among the
     // columns its name heads (batch=1 … batch=32); none of them, when none has its value.
     for (name, wanted) in &asked.settings {
@@ -2105,7 +2107,7 @@ fn wrong_column(
         let columns: Vec<usize> = (0..header.len())
             .filter(|&i| setting_of(&header[i]).is_some())
             .collect();
-        let Some(holding) = row.iter().position(|cell| states(cell)) else {
+        let Some(holding) = holding else {
             continue;
         };
         if !columns.contains(&holding) || setting_of(&header[holding]).as_ref() == Some(wanted) {
@@ -2171,7 +2173,7 @@ fn wrong_column(
         {
             continue;
         }
-        if let Some(holding) = row.iter().position(|cell| states(cell)) {
+        if let Some(holding) = holding {
             let under = header.get(holding).map_or("", String::as_str);
             return Some(format!(
                 "the column {under}, not the column for {name}, of the table row for {}",
