@@ -37,6 +37,11 @@ const MIN_PASSAGE_CHARS: usize = 40;
 const PASSAGES_PER_DOCUMENT: u32 = 100;
 /// Lexical support an answer needs in its passage (the share of its bigrams the passage has).
 const MIN_ANSWER_SUPPORT: f64 = 0.5;
+/// Salts of the seeded draws, so that no two draws of one passage are the same number: the
+/// passages kept per document are those with the lowest shuffle keys, and an unsalted
+/// refusal draw made every one of them a refusal.
+const REFUSAL_SALT: u64 = 0x7265_6675_7361_6c00;
+const SLOT_SALT: u64 = 0xa11ce;
 
 /// How many examples, of what kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +151,8 @@ pub enum Rejection {
     WeakSupport,
     /// Retrieval found no passage to serve as a distractor.
     NoDistractors,
+    /// The question already states the answer.
+    AnswerInQuestion,
 }
 
 impl std::fmt::Display for Rejection {
@@ -158,6 +165,7 @@ impl std::fmt::Display for Rejection {
             }
             Rejection::WeakSupport => write!(f, "the passage does not state the answer"),
             Rejection::NoDistractors => write!(f, "no other passage to use as a distractor"),
+            Rejection::AnswerInQuestion => write!(f, "the question already states the answer"),
         }
     }
 }
@@ -367,6 +375,9 @@ impl Orchestrator {
         if answer.is_empty() || is_refusal(&answer) {
             return Ok(Err(Rejection::NoAnswer));
         }
+        if question_states_answer(&question, &answer) {
+            return Ok(Err(Rejection::AnswerInQuestion));
+        }
         let check = check_answer(&answer, &[&candidate.text], "");
         if check.verdict == Verdict::UnsupportedKeyFact {
             let fact = check
@@ -413,16 +424,11 @@ impl Orchestrator {
             return Ok(Err(Rejection::NoDistractors));
         }
 
-        let draw = unit_draw(settings.seed, &candidate.key);
-        let kind = if draw < settings.refusal_share {
-            ExampleKind::Refusal
-        } else {
-            ExampleKind::Answer
-        };
+        let kind = example_kind(settings.seed, &candidate.key, settings.refusal_share);
         let mut passages: Vec<&str> = distractors.iter().map(String::as_str).collect();
         if kind == ExampleKind::Answer {
-            let slot = (mix(settings.seed ^ 0xa11ce, &candidate.key) % (passages.len() as u64 + 1))
-                as usize;
+            let slot = (mix(settings.seed ^ SLOT_SALT, &candidate.key)
+                % (passages.len() as u64 + 1)) as usize;
             passages.insert(slot, &candidate.text);
         }
         let numbered: Vec<(u32, &str)> = passages
@@ -541,6 +547,23 @@ fn unit_draw(seed: u64, key: &str) -> f64 {
     (mix(seed, key) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Whether the question already holds all of the answer's wording: the teacher copied one
+/// sentence into both lines, and the example would teach nothing. An answer that restates
+/// the question and adds its fact is kept.
+fn question_states_answer(question: &str, answer: &str) -> bool {
+    support(answer, &[question]) >= 1.0
+}
+
+/// Whether the passage `key` makes a refusal example: a draw of its own salt, independent of
+/// the shuffles that chose the passage.
+fn example_kind(seed: u64, key: &str, refusal_share: f64) -> ExampleKind {
+    if unit_draw(seed ^ REFUSAL_SALT, key) < refusal_share {
+        ExampleKind::Refusal
+    } else {
+        ExampleKind::Answer
+    }
+}
+
 /// Orders `items` by a seeded hash of each one's key: a shuffle that does not depend on the
 /// order the items came in.
 fn shuffle<T>(items: &mut [T], seed: u64, key: impl Fn(&T) -> &str) {
@@ -583,6 +606,44 @@ mod tests {
             (150..250).contains(&refusals),
             "{refusals} of 1000 under 0.2"
         );
+    }
+
+    /// The passages sampling keeps (the first few of each document's shuffle) get refusals
+    /// in the share asked for, not all of them.
+    #[test]
+    fn kept_passages_get_the_refusal_share() {
+        let mut kept = Vec::new();
+        for doc in 0..200 {
+            let mut passages: Vec<String> = (0..30).map(|i| format!("doc{doc}#{i}")).collect();
+            shuffle(&mut passages, 1, |s| s.as_str());
+            passages.truncate(2);
+            kept.extend(passages);
+        }
+        let refusals = kept
+            .iter()
+            .filter(|k| example_kind(1, k, 0.2) == ExampleKind::Refusal)
+            .count();
+        assert!(
+            (50..110).contains(&refusals),
+            "{refusals} of {} kept passages are refusals, 0.2 asked",
+            kept.len()
+        );
+    }
+
+    #[test]
+    fn a_question_that_states_its_answer_is_caught() {
+        let copied = "评测脚本及prompt已开源在我们的Github仓库中。";
+        assert!(question_states_answer(copied, copied));
+        assert!(question_states_answer("INT4 量化要 6GB 显存吗？", "6GB"));
+        assert!(!question_states_answer("INT4 量化要多少显存？", "6GB"));
+        assert!(!question_states_answer(
+            "ChatGLM-6B 的 INT4 量化需要多少显存？",
+            "INT4 量化需要 6GB 显存。"
+        ));
+        assert!(!question_states_answer(
+            "ChatGLM-6B 在 INT4 量化等级下最低需要多少 GPU 显存？",
+            "ChatGLM-6B 在 INT4 量化等级下最低需要 6 GB GPU 显存。"
+        ));
     }
 
     #[test]
