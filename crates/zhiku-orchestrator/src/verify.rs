@@ -221,6 +221,11 @@ struct Asked {
 }
 
 impl Asked {
+    /// Whether the question names the setting `name` (canonical: lower case, `_` as `-`).
+    fn names_setting(&self, name: &str) -> bool {
+        !name.is_empty() && contains_word(&self.text.replace('_', "-"), name)
+    }
+
     fn of(question: &str) -> Self {
         let source = Source::new(question);
         let keys: Vec<&Key> = source.facts.iter().flatten().collect();
@@ -1586,12 +1591,28 @@ impl Source {
         let folded = fold_width(&percent_decoded(text));
         let raw_lines: Vec<&str> = folded.split('\n').collect();
         let facts = facts_per_line(&folded, raw_lines.len());
+        // Markdown tables: lines that start with `|`, or (GFM's tables without the outer
+        // pipes) a line with a `|` over a separator row, and the lines with a `|` after it.
+        let is_separator = |l: &str| {
+            l.contains('-')
+                && l.contains('|')
+                && l.chars()
+                    .all(|ch| matches!(ch, '|' | '-' | ':' | ' ' | '\t'))
+        };
         let mut table_of = vec![None; raw_lines.len()];
-        let mut current: Option<usize> = None;
+        let mut current: Option<(usize, bool)> = None;
         for (k, l) in raw_lines.iter().enumerate() {
-            if l.trim_start().starts_with('|') {
-                let first = *current.get_or_insert(k);
+            let piped = l.trim_start().starts_with('|');
+            let continues_bare = matches!(current, Some((_, true))) && l.contains('|');
+            let starts_bare = !piped
+                && l.contains('|')
+                && raw_lines.get(k + 1).is_some_and(|next| is_separator(next));
+            if piped || continues_bare {
+                let (first, _) = *current.get_or_insert((k, false));
                 table_of[k] = Some(first);
+            } else if starts_bare {
+                current = Some((k, true));
+                table_of[k] = Some(k);
             } else {
                 current = None;
             }
@@ -1780,7 +1801,14 @@ fn same_value(a: f64, b: f64) -> bool {
 /// Whether line `k` of `source` states the quantity `value unit`: the same unit (any
 /// spelling), or, for a bare number in the answer, any unit; or a bare number on a line (or
 /// under a table header) that names the unit.
-fn line_states_quantity(source: &Source, k: usize, value: f64, unit: Unit, bare: bool) -> bool {
+fn line_states_quantity(
+    source: &Source,
+    k: usize,
+    value: f64,
+    unit: Unit,
+    bare: bool,
+    asked: &Asked,
+) -> bool {
     let names_unit = |line: usize| {
         source.facts[line]
             .iter()
@@ -1817,10 +1845,15 @@ fn line_states_quantity(source: &Source, k: usize, value: f64, unit: Unit, bare:
                             || html_header_names_unit(k))))
         }
         // A bare number is stated as a setting's value written with a decimal point
-        // (rope_scaling_factor=2.0); a whole one (--num_train_epochs 4) is too often some
-        // other setting's to stand for 4.0.
-        Key::Setting { value: Some(v), .. } => {
-            bare && v.contains('.') && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
+        // (rope_scaling_factor=2.0), or as the value of the setting the question names
+        // (max_position_embeddings = 65536); any other whole one (--num_train_epochs 4) is
+        // too often some other setting's to stand for 4.0.
+        Key::Setting {
+            name,
+            value: Some(v),
+        } => {
+            bare && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
+                && (v.contains('.') || asked.names_setting(name))
         }
         _ => false,
     })
@@ -1831,11 +1864,22 @@ fn unit_spelled_in(line: &str, unit: Unit) -> bool {
     let words: &[&str] = match unit {
         Unit::Gigabytes => &["gb", "gib"],
         Unit::Megabytes => &["mb", "mib"],
-        Unit::TokensPerSecond => &["tokens/s", "token/s"],
+        Unit::TokensPerSecond => &["tokens/s", "token/s", "tok/s", "tokens per second"],
         Unit::Milliseconds => &["ms"],
+        Unit::Seconds => &["(s)", "(sec)", "(秒)", "seconds"],
+        Unit::MillisecondsPerToken => &["ms/token", "ms/tok"],
+        Unit::SecondsPerIteration => &["s/it"],
+        Unit::IterationsPerSecond => &["it/s"],
         Unit::Percent => &["%"],
         _ => &[],
     };
+    // A token generation speed in words (token 生成速度, 每秒生成的 token 数).
+    if unit == Unit::TokensPerSecond
+        && (contains_word(line, "token") || contains_word(line, "tokens"))
+        && (line.contains("速度") || line.contains("每秒"))
+    {
+        return true;
+    }
     words.iter().any(|w| {
         if w.chars().all(|ch| ch.is_ascii_alphanumeric()) {
             contains_word(line, w)
@@ -2007,7 +2051,7 @@ fn unsupported_reason(
     let states = |source: &Source, k: usize| -> bool {
         match &fact.key {
             Key::Quantity { value, unit, bare } => {
-                line_states_quantity(source, k, *value, *unit, *bare)
+                line_states_quantity(source, k, *value, *unit, *bare, asked)
             }
             Key::Literal(l) => line_states_literal(source, k, l, fact.kind),
             Key::Setting { name, value } => line_states_setting(source, k, name, value.as_deref()),
@@ -2972,6 +3016,51 @@ mod tests {
         assert_eq!(unsupported("3.0", &[code], ""), ["3.0"]);
         let flags = "deepspeed fine-tune.py --num_train_epochs 4 --learning_rate 2e-5";
         assert_eq!(unsupported("4.0", &[flags], ""), ["4.0"]);
+    }
+
+    #[test]
+    fn a_whole_number_is_stated_by_the_value_of_the_setting_the_question_names() {
+        let diff = "```diff\n+ max_position_embeddings = 65536\n```";
+        let q = "上下文要拓展到 64K，config 里 max_position_embeddings 改成多少？";
+        assert!(unsupported("改成 65536", &[diff], q).is_empty());
+        // Another setting's whole value stands for nothing.
+        let other = "上下文要拓展到 64K，rope_theta 改成多少？";
+        assert_eq!(unsupported("改成 65536", &[diff], other), ["65536"]);
+        assert_eq!(unsupported("改成 32768", &[diff], q), ["32768"]);
+    }
+
+    #[test]
+    fn a_table_without_outer_pipes_is_a_table() {
+        let table = "配置 | SeqLen | TimePerIter (s) | Tokens/GPU/Second\n-- | -- | -- | --\n\
+            BF16 | 65536 | 32.77 | 2000\nFP8  | 65536 | 26.75 | 2450";
+        let q = "XTuner 用 BF16 训练每个 iter 要多少秒？";
+        // Its header names seconds for the bare numbers under it …
+        assert!(unsupported("32.77 秒", &[table], q).is_empty());
+        assert_eq!(misplaced("32.77 秒", &[table], q), None);
+        // … and its rows are rows: FP8's figure is not BF16's.
+        assert_eq!(
+            misplaced("26.75 秒", &[table], q),
+            Some(Unsupported::OtherRow)
+        );
+    }
+
+    #[test]
+    fn a_caption_naming_token_speed_in_words_gives_the_unit() {
+        let table = "我们在 RTX 4090 上测试了 4-bit 模型的 token 生成速度。\n\
+            | model | llm-awq | mlc-llm |\n| --- | --- | --- |\n| Llama-2-7B-chat | 112.9 | 159.4 |";
+        let q = "4-bit Llama-2-7B-chat 用 mlc-llm 每秒能生成多少 token？";
+        assert!(unsupported("每秒能生成 159.4 token", &[table], q).is_empty());
+        assert!(unsupported("159.4 tokens/s", &[table], q).is_empty());
+        // The caption names a speed, not a latency.
+        assert_eq!(
+            unsupported("159.4 ms/token", &[table], q),
+            ["159.4 ms/token"]
+        );
+        let without = "| model | llm-awq | mlc-llm |\n| --- | --- | --- |\n| Llama-2-7B-chat | 112.9 | 159.4 |";
+        assert_eq!(
+            unsupported("159.4 tokens/s", &[without], q),
+            ["159.4 tokens/s"]
+        );
     }
 
     #[test]
