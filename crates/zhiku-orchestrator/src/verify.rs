@@ -216,6 +216,8 @@ struct Asked {
     models: Vec<String>,
     /// `name=value` settings (batch=16), which may head table columns.
     settings: Vec<(String, String)>,
+    /// GPU models (h100, 4090).
+    gpus: Vec<String>,
     /// The question's text, lower case, full width folded.
     text: String,
 }
@@ -245,18 +247,29 @@ impl Asked {
             bits: bits_in(&keys),
             models,
             settings: settings_in(&text),
+            gpus: gpus_in(&text),
             text,
         }
     }
 
     /// Why line `k` of `source` is about another subject than the question, or `None`: it
-    /// names a model size (or a bit width) and none of the question's, where the question
-    /// names one. A line that names none says nothing against it.
+    /// names a model size (a bit width, a GPU, a setting's value) and none of the
+    /// question's, where the question names one. What the line does not name, the line
+    /// leading into its table or code block may (在 H200 上测试：). A line that names none
+    /// says nothing against it.
     fn contradicted_by(&self, source: &Source, k: usize) -> Option<String> {
         // An HTML table row spans lines: its cells, and those spanning it, are one line's.
-        let keys: Vec<&Key> = match source.html_row_facts.get(k).and_then(Option::as_ref) {
-            Some(row) => row.iter().collect(),
-            None => source.facts[k].iter().collect(),
+        let keys_of = |k: usize| -> Vec<&Key> {
+            match source.html_row_facts.get(k).and_then(Option::as_ref) {
+                Some(row) => row.iter().collect(),
+                None => source.facts[k].iter().collect(),
+            }
+        };
+        let keys = keys_of(k);
+        let lead_keys = source.lead_in[k].map(keys_of).unwrap_or_default();
+        // The line's own, else its lead-in's.
+        let or_lead = |own: Vec<f64>, lead: &dyn Fn() -> Vec<f64>| {
+            if own.is_empty() { lead() } else { own }
         };
         let disjoint = |asked: &[f64], line: &[f64], same: &dyn Fn(f64, f64) -> bool| {
             !asked.is_empty()
@@ -265,7 +278,7 @@ impl Asked {
         };
         // A model's name rounds its size: ChatGLM-6B has 62 亿 (6.2B) parameters.
         let near = |a: f64, b: f64| (a - b).abs() <= 0.05 * a.abs().max(b.abs());
-        let sizes = sizes_in(&keys);
+        let sizes = or_lead(sizes_in(&keys), &|| sizes_in(&lead_keys));
         if disjoint(&self.sizes, &sizes, &near) {
             return Some(format!(
                 "a line about a {} model, not a {} one",
@@ -273,11 +286,25 @@ impl Asked {
                 size_text(self.sizes[0])
             ));
         }
-        let bits = bits_in(&keys);
+        let bits = or_lead(bits_in(&keys), &|| bits_in(&lead_keys));
         if disjoint(&self.bits, &bits, &same_value) {
             return Some(format!(
                 "a line about {}-bit, not {}-bit",
                 bits[0], self.bits[0]
+            ));
+        }
+        let mut gpus = gpus_in(&source.lines[k]);
+        if gpus.is_empty()
+            && let Some(lead) = source.lead_in[k]
+        {
+            gpus = gpus_in(&source.lines[lead]);
+        }
+        if !self.gpus.is_empty() && !gpus.is_empty() && !gpus.iter().any(|g| self.gpus.contains(g))
+        {
+            return Some(format!(
+                "a line about {}, not {}",
+                gpus[0].to_uppercase(),
+                self.gpus[0].to_uppercase()
             ));
         }
         // A setting the question gives with another value on the line (`- batch=1: 7 GB`, a
@@ -1584,6 +1611,10 @@ struct Source {
     headings_of: Vec<Vec<usize>>,
     /// Lines that are markdown headings.
     is_heading: Vec<bool>,
+    /// For each line of a markdown table or a fenced code block: the line that leads into
+    /// the block (the nearest non-empty line above it, outside any block), which often says
+    /// what the block's figures are of (在 H200 上测试：, 这里展示对 qwen1half-7b-chat 量化).
+    lead_in: Vec<Option<usize>>,
 }
 
 impl Source {
@@ -1649,6 +1680,7 @@ impl Source {
                 path.push((k, lv));
             }
         }
+        let lead_in = lead_in_lines(&lines, &table_of);
         Self {
             lines,
             facts,
@@ -1657,6 +1689,7 @@ impl Source {
             html_row_facts,
             headings_of,
             is_heading,
+            lead_in,
         }
     }
 
@@ -1690,6 +1723,59 @@ impl Source {
             .filter(|&k| !self.is_table_head(k))
             .collect()
     }
+}
+
+/// For each line of a markdown table (`table_of`) or a fenced code block, the nearest
+/// non-empty line above the block that is in no block: see [`Source::lead_in`].
+fn lead_in_lines(lines: &[String], table_of: &[Option<usize>]) -> Vec<Option<usize>> {
+    let is_fence = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("```") || t.starts_with("~~~")
+    };
+    // The first line of the block each line is in (the opening fence for code).
+    let mut block_of: Vec<Option<usize>> = table_of.to_vec();
+    let mut open: Option<usize> = None;
+    for (k, l) in lines.iter().enumerate() {
+        if let Some(start) = open {
+            block_of[k] = Some(start);
+            if is_fence(l) {
+                open = None;
+            }
+        } else if is_fence(l) {
+            open = Some(k);
+            block_of[k] = Some(k);
+        }
+    }
+    block_of
+        .iter()
+        .map(|block| {
+            let start = (*block)?;
+            (0..start)
+                .rev()
+                .find(|&l| !lines[l].trim().is_empty())
+                .filter(|&l| block_of[l].is_none())
+        })
+        .collect()
+}
+
+/// GPU models named in `text` (lower case): a100, h200, rtx 4090 as 4090.
+fn gpus_in(text: &str) -> Vec<String> {
+    const GPUS: &[&str] = &[
+        "a10", "a30", "a40", "a100", "a800", "a6000", "h20", "h100", "h200", "h800", "b100",
+        "b200", "l4", "l20", "l40", "l40s", "t4", "v100", "p100", "910b", "2080", "2080ti", "3060",
+        "3070", "3080", "3090", "3090ti", "4060", "4070", "4080", "4090", "5090",
+    ];
+    let mut found: Vec<String> = Vec::new();
+    for word in text
+        .to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if GPUS.contains(&word) && !found.iter().any(|f| f == word) {
+            found.push(word.to_owned());
+        }
+    }
+    found
 }
 
 /// The facts of each of the `lines` lines of `folded`, with the figures in the parts of
@@ -2139,6 +2225,15 @@ fn wrong_column(
             .any(|s| matches!(s.fact.key, Key::Quantity { value: v, .. } if same_value(v, value)))
     };
     let holding = row.iter().position(|cell| states(cell));
+    // A cell holding a number the question gives (SeqLen 65536, 输入 1000 token) is a
+    // condition the row meets, not the figure asked for: its column is not picked.
+    let meets_condition = |cell: &str| {
+        asked.qualifiers.iter().any(|q| {
+            matches!(q, Qualifier::Value(v) if scan(cell, true).iter().any(|s| {
+                matches!(s.fact.key, Key::Quantity { value, .. } if same_value(value, *v))
+            }))
+        })
+    };
     // A setting the question gives (batch=64) picks the column headed by it among the
     // columns its name heads (batch=1 … batch=32); none of them, when none has its value.
     for (name, wanted) in &asked.settings {
@@ -2188,6 +2283,7 @@ fn wrong_column(
     };
     let picked: Vec<usize> = (1..header.len())
         .filter(|&i| own_words(i).iter().any(|w| asked.text.contains(w.as_str())))
+        .filter(|&i| !row.get(i).is_some_and(|cell| meets_condition(cell)))
         .collect();
     if let [column] = picked[..]
         && !row.get(column).is_some_and(|cell| states(cell))
@@ -2213,7 +2309,9 @@ fn wrong_column(
             continue;
         };
         if row.iter().any(|cell| contains_word(cell, name))
-            || row.get(column).is_some_and(|cell| states(cell))
+            || row
+                .get(column)
+                .is_some_and(|cell| states(cell) || meets_condition(cell))
         {
             continue;
         }
@@ -2672,8 +2770,13 @@ mod tests {
         assert_eq!(second("25 GB", text), Verdict::Supported);
         assert_eq!(second("8000 GB", text), Verdict::UnsupportedKeyFact);
         assert_eq!(second("需要 40 GB", "- 显存（GB）: 40"), Verdict::Supported);
-        // In the whole table, 8000 GB passes: the row names GB in another cell.
-        assert_eq!(verdict("8000 GB", &[passage], question), Verdict::Supported);
+        // In the whole table too: 8000 is the token count the question gives (a condition
+        // the row meets), so the memory column is the one asked, and 8000 is not in it.
+        assert_eq!(
+            verdict("8000 GB", &[passage], question),
+            Verdict::UnsupportedKeyFact
+        );
+        assert_eq!(verdict("25 GB", &[passage], question), Verdict::Supported);
         // An escaped pipe stays inside its cell.
         assert_eq!(table_cells("| a \\| b | c |"), ["a \\| b", "c"]);
     }
@@ -3045,6 +3148,67 @@ mod tests {
     }
 
     #[test]
+    fn the_line_leading_into_a_block_says_what_its_figures_are_of() {
+        let code = "这里展示对 qwen1half-7b-chat 进行 gptq 量化.\n```bash\n\
+            # gptq-int4 量化 (使用 A100 大约需要 20 分钟, 显存占用: 7GB)\nswift export\n```";
+        let asked_14b = "用 swift 给 qwen1half-14b-chat 做 gptq-int4 量化，显存占用多少？";
+        assert_eq!(
+            misplaced("7GB", &[code], asked_14b),
+            Some(Unsupported::OtherRow)
+        );
+        let asked_7b = "用 swift 给 qwen1half-7b-chat 做 gptq-int4 量化，显存占用多少？";
+        assert_eq!(misplaced("7GB", &[code], asked_7b), None);
+        // A line that names its own size is not overruled by its lead-in.
+        let own = "这里展示 qwen1half-7b-chat 的量化.\n```bash\n# 14B: 显存占用 9GB\n```";
+        assert_eq!(misplaced("9GB", &[own], asked_14b), None);
+        // Prose outside any block has no lead-in.
+        let prose = "这里展示 qwen1half-7b-chat 的量化.\n\n量化时显存占用 7GB。";
+        assert_eq!(misplaced("7GB", &[prose], asked_14b), None);
+    }
+
+    #[test]
+    fn a_figure_measured_on_another_gpu_is_not_the_questions() {
+        let table = "在 H200 上使用 Qwen3-30B-A3B-Base 测试：\n\n| 指标 | TurboQuant |\n| --- | --- |\n\
+            | 输出吞吐 | 2027.0 tok/s |";
+        let on_h100 = "TurboQuant 在 H100 上跑 Qwen3-30B-A3B-Base 的输出吞吐是多少？";
+        assert_eq!(
+            misplaced("2027.0 tok/s", &[table], on_h100),
+            Some(Unsupported::OtherRow)
+        );
+        let on_h200 = "TurboQuant 在 H200 上跑 Qwen3-30B-A3B-Base 的输出吞吐是多少？";
+        assert_eq!(misplaced("2027.0 tok/s", &[table], on_h200), None);
+        // A question that names no GPU takes the figure.
+        let any = "TurboQuant 跑 Qwen3-30B-A3B-Base 的输出吞吐是多少？";
+        assert_eq!(misplaced("2027.0 tok/s", &[table], any), None);
+        assert_eq!(
+            gpus_in("NVIDIA GeForce RTX 4090 与 A100-80G"),
+            ["4090", "a100"]
+        );
+        assert!(gpus_in("v1.1 版本, 4096 tokens").is_empty());
+    }
+
+    #[test]
+    fn a_column_whose_cell_meets_the_questions_condition_is_not_the_one_asked() {
+        let table = "| 精度 | 输入token数 | Token 输出速度 |\n| --- | --- | --- |\n\
+            | INT4 | 1000 | 28.7 tokens/s |\n| INT4 | 8000 | 21.1 tokens/s |";
+        let q = "INT4 推理、输入 1000 token 时每秒能输出多少 token？";
+        assert_eq!(misplaced("28.7 tokens/s", &[table], q), None);
+        assert_eq!(
+            misplaced("21.1 tokens/s", &[table], q),
+            Some(Unsupported::OtherRow)
+        );
+        let seq = "配置 | SeqLen | Tokens/GPU/Second\n-- | -- | --\nFP8 | 65536 | 2450";
+        assert_eq!(
+            misplaced("2450", &[seq], "FP8、SeqLen 65536 时每秒多少 tokens？"),
+            None
+        );
+        assert_eq!(
+            misplaced("2450", &[seq], "FP8、SeqLen 32768 时每秒多少 tokens？"),
+            Some(Unsupported::OtherRow)
+        );
+    }
+
+    #[test]
     fn a_caption_naming_token_speed_in_words_gives_the_unit() {
         let table = "我们在 RTX 4090 上测试了 4-bit 模型的 token 生成速度。\n\
             | model | llm-awq | mlc-llm |\n| --- | --- | --- |\n| Llama-2-7B-chat | 112.9 | 159.4 |";
@@ -3073,10 +3237,20 @@ mod tests {
 
     #[test]
     fn question_facts_no_passage_states_are_reported() {
+        let question = "Qwen-7B-Chat-Int4 在 RTX 4090 上生成速度能到每秒多少 token？";
+        // A figure said of another GPU is not the question's.
+        assert_eq!(
+            verdict(
+                "在 RTX 4090 上约为 50.09 tokens/s。",
+                &["单张 A100 上 Int4 模型速度为 50.09 tokens/s。"],
+                question
+            ),
+            Verdict::UnsupportedKeyFact
+        );
         let check = check_answer(
             "在 RTX 4090 上约为 50.09 tokens/s。",
-            &["单张 A100 上 Int4 模型速度为 50.09 tokens/s。"],
-            "Qwen-7B-Chat-Int4 在 RTX 4090 上生成速度能到每秒多少 token？",
+            &["Int4 模型速度为 50.09 tokens/s。"],
+            question,
         );
         // The answer only repeats the question, so it is supported …
         assert_eq!(check.verdict, Verdict::Supported);
