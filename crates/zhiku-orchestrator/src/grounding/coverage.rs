@@ -4,9 +4,10 @@
 //! on another subject (a football final, a Kubernetes deployment) still gets some.
 //!
 //! The question's terms are its ASCII words (English stop words left out) and the pairs of
-//! adjacent characters inside each run of CJK text, except pairs holding an interrogative
-//! or a particle, or the classifier after 哪 or 几 (什么, 哪个, 多少, 的是 …: the form of the
-//! question, not its subject). A term is covered when a
+//! adjacent characters inside each run of CJK text, except pairs holding an interrogative,
+//! a particle, a preposition, conjunction, pronoun or auxiliary that joins the question's
+//! words (在, 做, 要, 里, 和 …), or the classifier after 哪 or 几 (什么, 哪个, 多少, 的是,
+//! 上做: the form of the question, not its subject). A term is covered when a
 //! passage holds it (words as whole words, pairs inside a CJK run), case ignored. Lexical on
 //! purpose: it needs no model and no word segmenter, and reads any language the passages share
 //! with the question.
@@ -17,6 +18,10 @@ use std::collections::HashSet;
 /// interrogatives, and the particles 的, 了 and the copula 是 that join its words.
 const FORM_CHARS: &[char] = &[
     '什', '么', '哪', '谁', '几', '吗', '呢', '怎', '何', '多', '少', '啥', '的', '了', '是',
+    // Prepositions, conjunctions, pronouns and auxiliaries that join a question's words:
+    // a pair across them (卡上做, 要调) is no term of any passage.
+    '在', '里', '做', '要', '想', '把', '和', '与', '或', '就', '都', '还', '也', '让', '给', '从',
+    '被', '这', '那', '我', '你', '它', '该', '请', '吧', '啊', '又', '再', '才',
 ];
 
 /// English words that carry no subject.
@@ -114,6 +119,18 @@ mod tests {
         assert_eq!(c, 1.0, "哪种 (and 种知) is the question's form, not a term");
         let c = question_coverage("默认监听地址 DEFAULT_BIND_HOST 是什么？", &[PASSAGE]);
         assert_eq!(c, 1.0);
+    }
+
+    #[test]
+    fn pairs_across_joining_words_are_not_terms() {
+        // 在显, 上做 and 做推 join the words; 显卡, 卡上 and 推理 are the terms.
+        let c = question_coverage("在显卡上做推理", &["显卡推理"]);
+        assert!((c - 2.0 / 3.0).abs() < 1e-9, "{c}");
+        let c = question_coverage(
+            "想在两张显卡上做推理，要调用哪个函数？",
+            &["两张显卡推理时调用函数"],
+        );
+        assert!(c > 0.6, "{c}");
     }
 
     #[test]
