@@ -25,6 +25,8 @@
 //! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
+use zhiku_text::markdown::{fence_marker, is_table_delimiter};
+
 /// What kind of key fact a span of the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FactKind {
@@ -218,14 +220,15 @@ struct Asked {
     settings: Vec<(String, String)>,
     /// GPU models (h100, 4090).
     gpus: Vec<String>,
-    /// The question's text, lower case, full width folded.
+    /// The question's text, lower case, full width folded, `_` as `-`.
     text: String,
 }
 
 impl Asked {
-    /// Whether the question names the setting `name` (canonical: lower case, `_` as `-`).
+    /// Whether the question names the setting `name` (canonical, as `text` is: lower case,
+    /// `_` as `-`).
     fn names_setting(&self, name: &str) -> bool {
-        !name.is_empty() && contains_word(&self.text.replace('_', "-"), name)
+        !name.is_empty() && contains_word(&self.text, name)
     }
 
     fn of(question: &str) -> Self {
@@ -254,9 +257,9 @@ impl Asked {
 
     /// Why line `k` of `source` is about another subject than the question, or `None`: it
     /// names a model size (a bit width, a GPU, a setting's value) and none of the
-    /// question's, where the question names one. What the line does not name, the line
-    /// leading into its table or code block may (在 H200 上测试：). A line that names none
-    /// says nothing against it.
+    /// question's, where the question names one. A size, bit width or GPU the line does not
+    /// name, the line leading into its table or code block may (在 H200 上测试：). A line
+    /// that names none says nothing against it.
     fn contradicted_by(&self, source: &Source, k: usize) -> Option<String> {
         // An HTML table row spans lines: its cells, and those spanning it, are one line's.
         let keys_of = |k: usize| -> Vec<&Key> {
@@ -266,11 +269,8 @@ impl Asked {
             }
         };
         let keys = keys_of(k);
-        let lead_keys = source.lead_in[k].map(keys_of).unwrap_or_default();
-        // The line's own, else its lead-in's.
-        let or_lead = |own: Vec<f64>, lead: &dyn Fn() -> Vec<f64>| {
-            if own.is_empty() { lead() } else { own }
-        };
+        let lead = source.lead_in[k];
+        let lead_keys = lead.map(keys_of).unwrap_or_default();
         let disjoint = |asked: &[f64], line: &[f64], same: &dyn Fn(f64, f64) -> bool| {
             !asked.is_empty()
                 && !line.is_empty()
@@ -278,7 +278,7 @@ impl Asked {
         };
         // A model's name rounds its size: ChatGLM-6B has 62 亿 (6.2B) parameters.
         let near = |a: f64, b: f64| (a - b).abs() <= 0.05 * a.abs().max(b.abs());
-        let sizes = or_lead(sizes_in(&keys), &|| sizes_in(&lead_keys));
+        let sizes = own_or_lead(sizes_in(&keys), || sizes_in(&lead_keys));
         if disjoint(&self.sizes, &sizes, &near) {
             return Some(format!(
                 "a line about a {} model, not a {} one",
@@ -286,19 +286,16 @@ impl Asked {
                 size_text(self.sizes[0])
             ));
         }
-        let bits = or_lead(bits_in(&keys), &|| bits_in(&lead_keys));
+        let bits = own_or_lead(bits_in(&keys), || bits_in(&lead_keys));
         if disjoint(&self.bits, &bits, &same_value) {
             return Some(format!(
                 "a line about {}-bit, not {}-bit",
                 bits[0], self.bits[0]
             ));
         }
-        let mut gpus = gpus_in(&source.lines[k]);
-        if gpus.is_empty()
-            && let Some(lead) = source.lead_in[k]
-        {
-            gpus = gpus_in(&source.lines[lead]);
-        }
+        let gpus = own_or_lead(gpus_in(&source.lines[k]), || {
+            lead.map(|l| gpus_in(&source.lines[l])).unwrap_or_default()
+        });
         if !self.gpus.is_empty() && !gpus.is_empty() && !gpus.iter().any(|g| self.gpus.contains(g))
         {
             return Some(format!(
@@ -1623,13 +1620,7 @@ impl Source {
         let raw_lines: Vec<&str> = folded.split('\n').collect();
         let facts = facts_per_line(&folded, raw_lines.len());
         // Markdown tables: lines that start with `|`, or (GFM's tables without the outer
-        // pipes) a line with a `|` over a separator row, and the lines with a `|` after it.
-        let is_separator = |l: &str| {
-            l.contains('-')
-                && l.contains('|')
-                && l.chars()
-                    .all(|ch| matches!(ch, '|' | '-' | ':' | ' ' | '\t'))
-        };
+        // pipes) a line with a `|` over a delimiter row, and the lines with a `|` after it.
         let mut table_of = vec![None; raw_lines.len()];
         let mut current: Option<(usize, bool)> = None;
         for (k, l) in raw_lines.iter().enumerate() {
@@ -1637,7 +1628,9 @@ impl Source {
             let continues_bare = matches!(current, Some((_, true))) && l.contains('|');
             let starts_bare = !piped
                 && l.contains('|')
-                && raw_lines.get(k + 1).is_some_and(|next| is_separator(next));
+                && raw_lines
+                    .get(k + 1)
+                    .is_some_and(|next| is_table_delimiter(next));
             if piped || continues_bare {
                 let (first, _) = *current.get_or_insert((k, false));
                 table_of[k] = Some(first);
@@ -1698,12 +1691,9 @@ impl Source {
     /// middle of a table starts with a body row.
     fn is_table_head(&self, k: usize) -> bool {
         let is_separator = |l: usize| {
-            self.lines.get(l).is_some_and(|line| {
-                line.contains('-')
-                    && line
-                        .chars()
-                        .all(|ch| matches!(ch, '|' | '-' | ':' | ' ' | '\t'))
-            })
+            self.lines
+                .get(l)
+                .is_some_and(|line| is_table_delimiter(line))
         };
         match self.table_of.get(k).copied().flatten() {
             Some(first) => {
@@ -1728,21 +1718,19 @@ impl Source {
 /// For each line of a markdown table (`table_of`) or a fenced code block, the nearest
 /// non-empty line above the block that is in no block: see [`Source::lead_in`].
 fn lead_in_lines(lines: &[String], table_of: &[Option<usize>]) -> Vec<Option<usize>> {
-    let is_fence = |l: &str| {
-        let t = l.trim_start();
-        t.starts_with("```") || t.starts_with("~~~")
-    };
-    // The first line of the block each line is in (the opening fence for code).
+    // The first line of the block each line is in (the opening fence for code); a fence
+    // closes only the block its own marker opened, as the splitter reads it.
     let mut block_of: Vec<Option<usize>> = table_of.to_vec();
-    let mut open: Option<usize> = None;
+    let mut open: Option<(usize, char)> = None;
     for (k, l) in lines.iter().enumerate() {
-        if let Some(start) = open {
+        let marker = fence_marker(l.trim_start());
+        if let Some((start, opened)) = open {
             block_of[k] = Some(start);
-            if is_fence(l) {
+            if marker == Some(opened) {
                 open = None;
             }
-        } else if is_fence(l) {
-            open = Some(k);
+        } else if let Some(marker) = marker {
+            open = Some((k, marker));
             block_of[k] = Some(k);
         }
     }
@@ -1756,6 +1744,11 @@ fn lead_in_lines(lines: &[String], table_of: &[Option<usize>]) -> Vec<Option<usi
                 .filter(|&l| block_of[l].is_none())
         })
         .collect()
+}
+
+/// What a line names itself, or when it names nothing of the kind, what its lead-in does.
+fn own_or_lead<T>(own: Vec<T>, lead: impl FnOnce() -> Vec<T>) -> Vec<T> {
+    if own.is_empty() { lead() } else { own }
 }
 
 /// GPU models named in `text` (lower case): a100, h200, rtx 4090 as 4090.

@@ -3,6 +3,8 @@
 //! - [`PassageSplitter`] cuts text into [`Passage`]s that fit the embedder, Chinese-aware.
 //! - The loaders ([`load`], [`load_path`]) turn a file's bytes into a [`Document`].
 //! - [`Walker`] finds the files of a list of files and directories, with their document ids.
+//! - [`markdown`] has the line tests (a table's delimiter row, a code fence) that the splitter
+//!   and answer verification share.
 //!
 //! ```
 //! use zhiku_text::{PassageSplitter, SplitterConfig, load};
@@ -19,6 +21,7 @@
 //! types for its BM25 tokens. Nothing here knows about models or services.
 
 mod load;
+pub mod markdown;
 mod split;
 pub mod walk;
 

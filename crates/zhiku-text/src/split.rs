@@ -8,6 +8,7 @@
 //! Everything is measured in Unicode scalar values (`char`s), never bytes, so no cut can fall
 //! inside a character, and every offset a [`Passage`] carries indexes `text.chars()`.
 
+use crate::markdown::{fence_marker, is_table_delimiter};
 use crate::{Document, Format};
 
 /// Why a [`SplitterConfig`] was refused.
@@ -1125,20 +1126,6 @@ fn strip_tags(html: &str) -> String {
     out
 }
 
-/// A table's delimiter row: cells of `-` with optional `:` alignment marks, split by `|`.
-fn is_table_delimiter(line: &str) -> bool {
-    let row = line.trim();
-    row.contains('-')
-        && (row.contains('|') || row.starts_with(':'))
-        && row
-            .chars()
-            .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'))
-        && row
-            .trim_matches('|')
-            .split('|')
-            .all(|cell| cell.trim().trim_matches(':').chars().any(|c| c == '-'))
-}
-
 /// A setext underline: up to three spaces, then only `=` (level 1) or only `-` (level 2).
 fn setext_level(line: &str) -> Option<usize> {
     let indent = line.len() - line.trim_start_matches(' ').len();
@@ -1163,17 +1150,6 @@ fn setext_content(line: &str) -> bool {
         && !text.is_empty()
         && !text.starts_with(['>', '|'])
         && !["- ", "* ", "+ "].iter().any(|m| text.starts_with(m))
-}
-
-/// ```` ``` ```` or `~~~` opening or closing a fenced code block, in which `#` is no heading.
-fn fence_marker(trimmed_line: &str) -> Option<char> {
-    if trimmed_line.starts_with("```") {
-        Some('`')
-    } else if trimmed_line.starts_with("~~~") {
-        Some('~')
-    } else {
-        None
-    }
 }
 
 /// An ATX heading line: up to three spaces, one to six `#`, then a space or the line's end;

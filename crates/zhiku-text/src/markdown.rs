@@ -1,0 +1,27 @@
+//! Markdown line tests shared by the splitter and by answer verification (which reads the
+//! passages the splitter cut), so that both agree on what a table or a code block is.
+
+/// A table's delimiter row: cells of `-` with optional `:` alignment marks, split by `|`.
+pub fn is_table_delimiter(line: &str) -> bool {
+    let row = line.trim();
+    row.contains('-')
+        && (row.contains('|') || row.starts_with(':'))
+        && row
+            .chars()
+            .all(|c| matches!(c, '|' | '-' | ':' | ' ' | '\t'))
+        && row
+            .trim_matches('|')
+            .split('|')
+            .all(|cell| cell.trim().trim_matches(':').chars().any(|c| c == '-'))
+}
+
+/// ```` ``` ```` or `~~~` opening or closing a fenced code block, in which `#` is no heading.
+pub fn fence_marker(trimmed_line: &str) -> Option<char> {
+    if trimmed_line.starts_with("```") {
+        Some('`')
+    } else if trimmed_line.starts_with("~~~") {
+        Some('~')
+    } else {
+        None
+    }
+}
