@@ -27,8 +27,12 @@ use crate::prompt::REFUSAL;
 use crate::verify::{Verdict, check_answer};
 
 /// Asks the teacher for one question the passage answers and its short answer.
+/// The question names its subject (the product, model or setting) so that it stands without
+/// the passage, as a user's question does, and asks for one fact that the answer copies.
 pub const QUESTION_TEMPLATE: &str = "下面是知识库中的一段文字。请提出一个用户可能会问的具体问题，\
-它的答案必须能在这段文字中找到；再给出简短的答案（一句话，保留原文中的数字、版本、名称和术语）。\n\n\
+它的答案必须能在这段文字中找到，并且是一个具体的事实（数字、版本、命令、参数、路径或名称）；\
+问题里要写明说的是哪个产品、模型或设置，不看这段文字也能读懂。再给出简短的答案：\
+只写这个事实，照抄原文中的写法。\n\n\
 文字：\n{passage}\n\n只按下面的格式输出两行：\n问题：……\n答案：……";
 
 /// Passages shorter than this (characters) hold too little to ask about.
@@ -37,6 +41,9 @@ const MIN_PASSAGE_CHARS: usize = 40;
 const PASSAGES_PER_DOCUMENT: u32 = 100;
 /// Lexical support an answer needs in its passage (the share of its bigrams the passage has).
 const MIN_ANSWER_SUPPORT: f64 = 0.5;
+/// Characters of a facts-only answer at most: a user's question asks for one fact, and a
+/// target that copies a code block or a paragraph teaches the model to copy passages.
+const MAX_FACT_ANSWER_CHARS: usize = 100;
 /// Salts of the seeded draws, so that no two draws of one passage are the same number: the
 /// passages kept per document are those with the lowest shuffle keys, and an unsalted
 /// refusal draw made every one of them a refusal.
@@ -59,6 +66,9 @@ pub struct ExampleSettings {
     pub seed: u64,
     /// Tokens the teacher may write for a question and its answer.
     pub max_new_tokens: u32,
+    /// Keep only answers that state a key fact (a number, version, flag, path or name):
+    /// what users ask a knowledge base for, and what verification can check.
+    pub facts_only: bool,
 }
 
 impl Default for ExampleSettings {
@@ -66,10 +76,11 @@ impl Default for ExampleSettings {
         Self {
             max_examples: 200,
             distractors: 3,
-            refusal_share: 0.2,
+            refusal_share: 0.1,
             per_document: 8,
             seed: 0,
             max_new_tokens: 160,
+            facts_only: true,
         }
     }
 }
@@ -153,6 +164,14 @@ pub enum Rejection {
     NoDistractors,
     /// The question already states the answer.
     AnswerInQuestion,
+    /// The answer states no key fact (with facts only).
+    NoKeyFact,
+    /// The answer is longer than one fact needs (with facts only).
+    LongAnswer,
+    /// Retrieval for the question does not find its own passage: the question is too
+    /// generic to pick it out of the base ("模型的名称是什么？"), so serving could not
+    /// answer it either.
+    NotRetrieved,
 }
 
 impl std::fmt::Display for Rejection {
@@ -166,6 +185,14 @@ impl std::fmt::Display for Rejection {
             Rejection::WeakSupport => write!(f, "the passage does not state the answer"),
             Rejection::NoDistractors => write!(f, "no other passage to use as a distractor"),
             Rejection::AnswerInQuestion => write!(f, "the question already states the answer"),
+            Rejection::NoKeyFact => write!(f, "the answer states no number, version or name"),
+            Rejection::LongAnswer => write!(
+                f,
+                "the answer is longer than {MAX_FACT_ANSWER_CHARS} characters: not one fact"
+            ),
+            Rejection::NotRetrieved => {
+                write!(f, "retrieval for the question does not find its passage")
+            }
         }
     }
 }
@@ -372,25 +399,10 @@ impl Orchestrator {
         let Some((question, answer)) = parse_question_answer(&written) else {
             return Ok(Err(Rejection::Unparsed));
         };
-        if answer.is_empty() || is_refusal(&answer) {
-            return Ok(Err(Rejection::NoAnswer));
-        }
-        if question_states_answer(&question, &answer) {
-            return Ok(Err(Rejection::AnswerInQuestion));
-        }
-        let check = check_answer(&answer, &[&candidate.text], "");
-        if check.verdict == Verdict::UnsupportedKeyFact {
-            let fact = check
-                .unsupported
-                .first()
-                .map(|u| u.fact.text.clone())
-                .unwrap_or_default();
-            return Ok(Err(Rejection::UnsupportedFact(fact)));
-        }
-        let answer_support = support(&answer, &[&candidate.text]);
-        if answer_support < MIN_ANSWER_SUPPORT {
-            return Ok(Err(Rejection::WeakSupport));
-        }
+        let answer_support = match screen_answer(&question, &answer, &candidate.text, settings) {
+            Ok(support) => support,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
 
         let retrieved = self
             .retrieve(
@@ -410,6 +422,13 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
+        if !retrieved
+            .citations
+            .iter()
+            .any(|c| passage_key(&c.document_id, c.chunk_index) == candidate.key)
+        {
+            return Ok(Err(Rejection::NotRetrieved));
+        }
         // A distractor must not answer the question too: one that states the answer would
         // teach the model to refuse (or to cite) the wrong way.
         let distractors: Vec<String> = retrieved
@@ -477,6 +496,42 @@ impl Orchestrator {
         )
         .await
     }
+}
+
+/// What the teacher got wrong, read from its question, its answer and the passage: the
+/// answer's support in the passage when the example may be kept.
+fn screen_answer(
+    question: &str,
+    answer: &str,
+    passage: &str,
+    settings: &ExampleSettings,
+) -> Result<f64, Rejection> {
+    if answer.is_empty() || is_refusal(answer) {
+        return Err(Rejection::NoAnswer);
+    }
+    if question_states_answer(question, answer) {
+        return Err(Rejection::AnswerInQuestion);
+    }
+    let check = check_answer(answer, &[passage], "");
+    if check.verdict == Verdict::UnsupportedKeyFact {
+        let fact = check
+            .unsupported
+            .first()
+            .map(|u| u.fact.text.clone())
+            .unwrap_or_default();
+        return Err(Rejection::UnsupportedFact(fact));
+    }
+    if settings.facts_only && check.facts.is_empty() {
+        return Err(Rejection::NoKeyFact);
+    }
+    if settings.facts_only && answer.chars().count() > MAX_FACT_ANSWER_CHARS {
+        return Err(Rejection::LongAnswer);
+    }
+    let answer_support = support(answer, &[passage]);
+    if answer_support < MIN_ANSWER_SUPPORT {
+        return Err(Rejection::WeakSupport);
+    }
+    Ok(answer_support)
 }
 
 /// The documents every reader of a knowledge base may read: those without readers. An
@@ -644,6 +699,46 @@ mod tests {
             "ChatGLM-6B 在 INT4 量化等级下最低需要多少 GPU 显存？",
             "ChatGLM-6B 在 INT4 量化等级下最低需要 6 GB GPU 显存。"
         ));
+    }
+
+    #[test]
+    fn answers_are_screened_for_a_supported_key_fact() {
+        let passage = "在 FP16 精度下运行 ChatGLM-6B 需要 13GB 显存，INT4 量化后最低只需要 6GB。\
+                       推荐使用 `--quantize 4` 参数启动。";
+        let settings = ExampleSettings::default();
+        let q = "ChatGLM-6B 用 INT4 量化最少要多少显存？";
+        assert!(screen_answer(q, "6GB", passage, &settings).is_ok());
+        assert!(screen_answer(q, "`--quantize 4`", passage, &settings).is_ok());
+        assert_eq!(
+            screen_answer(q, "8GB", passage, &settings),
+            Err(Rejection::UnsupportedFact("8GB".into()))
+        );
+        // A sentence with no number, version, flag or name teaches no fact to look up.
+        let vague = "量化后需要的显存更少。";
+        assert_eq!(
+            screen_answer(q, vague, passage, &settings),
+            Err(Rejection::NoKeyFact)
+        );
+        let any = ExampleSettings {
+            facts_only: false,
+            ..settings.clone()
+        };
+        assert_ne!(
+            screen_answer(q, vague, passage, &any),
+            Err(Rejection::NoKeyFact)
+        );
+        let copied = format!(
+            "```bash\npython serve.py --quantize 4\n```\n{}",
+            "注意".repeat(50)
+        );
+        assert_eq!(
+            screen_answer(q, &copied, &format!("{passage}{copied}"), &settings),
+            Err(Rejection::LongAnswer)
+        );
+        assert_eq!(
+            screen_answer(q, "根据已知信息无法回答该问题", passage, &settings),
+            Err(Rejection::NoAnswer)
+        );
     }
 
     #[test]

@@ -30,8 +30,14 @@ pub struct ExampleArgs {
     #[arg(long, env = "ZHIKU_TUNE_DISTRACTORS", default_value_t = 3)]
     pub distractors: usize,
     /// Share of examples (0-1) with distractors only, whose target is the refusal.
-    #[arg(long, env = "ZHIKU_TUNE_REFUSAL_SHARE", default_value_t = 0.2)]
+    #[arg(long, env = "ZHIKU_TUNE_REFUSAL_SHARE", default_value_t = 0.1)]
     pub refusal_share: f64,
+    /// Keep answers that state no key fact (no number, version, flag, path or name), or
+    /// that run past 100 characters, too.
+    /// By default such examples are dropped: users ask a knowledge base for facts, and
+    /// verification can check only facts.
+    #[arg(long, env = "ZHIKU_TUNE_ANY_ANSWER")]
+    pub any_answer: bool,
     /// Passages tried per document at most, so that examples spread over the base.
     #[arg(long, env = "ZHIKU_TUNE_EXAMPLES_PER_DOCUMENT", default_value_t = 8)]
     pub examples_per_document: usize,
@@ -58,6 +64,7 @@ impl ExampleArgs {
             refusal_share: self.refusal_share,
             per_document: self.examples_per_document,
             seed,
+            facts_only: !self.any_answer,
             ..ExampleSettings::default()
         }
     }
@@ -346,6 +353,7 @@ mod tests {
             max_examples: 1,
             distractors: 1,
             refusal_share: 0.0,
+            any_answer: false,
             examples_per_document: 1,
             teacher_model: None,
         };
