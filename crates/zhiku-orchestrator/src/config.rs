@@ -301,7 +301,8 @@ pub struct AskPolicy {
     /// out the model it names, counts as unstated, as does one from another table row or
     /// another column than the question's. When every such fact is only misplaced, the
     /// question is read once more from the passages narrowed to it, and that answer stands
-    /// if it verifies. The bigram support stays reported beside it.
+    /// if it verifies. A figure whose unit no passage states is checked again as its bare
+    /// number, and stands if that verifies. The bigram support stays reported beside it.
     #[arg(long, env = "ZHIKU_VERIFY", value_enum, default_value_t = Verify::Withdraw)]
     pub verify: Verify,
 

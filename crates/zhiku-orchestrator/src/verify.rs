@@ -621,6 +621,48 @@ pub fn check_second_reading(
     check
 }
 
+/// `answer` with each of its quantities that `check` found unsupported for want of a stated
+/// unit written as its bare number: "112.9 ms/tok" becomes "112.9" when no passage writes the
+/// unit (a table captioned as token speed, its cells bare). The model read the figure and
+/// added a unit of its own; the caller verifies the result again, so a number that no
+/// passage states (or only another row's) is withdrawn as before. Only numbers that are key
+/// facts on their own (two digits or more, or a decimal) qualify: a bare "4" would be
+/// checked against nothing. Nor when the question names a key fact that no passage states
+/// (`check.question_unstated`, RTX 4090 where the table is of an A100): such a near miss
+/// asks what the passages lack, and its figure's invented unit is one more sign of it.
+/// `None` when nothing qualifies.
+pub fn without_unstated_units(answer: &str, check: &FactCheck) -> Option<String> {
+    if !check.question_unstated.is_empty() {
+        return None;
+    }
+    let mut repaired = answer.to_owned();
+    let mut changed = false;
+    for u in &check.unsupported {
+        let Key::Quantity { bare: false, .. } = u.fact.key else {
+            continue;
+        };
+        if u.why != Unsupported::NotStated {
+            continue;
+        }
+        let number: String = u
+            .fact
+            .text
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let number = number.trim_end_matches('.');
+        let stands_alone = extract_facts(number)
+            .iter()
+            .any(|f| f.kind == FactKind::Number && f.text == number);
+        if !stands_alone || !repaired.contains(u.fact.text.as_str()) {
+            continue;
+        }
+        repaired = repaired.replacen(u.fact.text.as_str(), number, 1);
+        changed = true;
+    }
+    changed.then_some(repaired)
+}
+
 /// Whether `text` states a figure: a quantity, a number or a version.
 pub fn states_a_figure(text: &str) -> bool {
     extract_facts(text).iter().any(|f| f.kind.is_figure())
@@ -2289,6 +2331,30 @@ fn wrong_column(
             row_label(&source.lines[k])
         ));
     }
+    // A header cell that is, whole, a name the question writes (llm-awq, mlc-llm, turbomind:
+    // the engines a speed table compares) picks its column when it is the only such cell.
+    let asked_words: Vec<String> = asked
+        .text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .filter(|w| w.chars().filter(char::is_ascii_alphabetic).count() >= 3)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let named: Vec<usize> = (1..header.len())
+        .filter(|&i| asked_words.contains(&header[i].trim().to_ascii_lowercase()))
+        .collect();
+    if let [column] = named[..]
+        && !row
+            .get(column)
+            .is_some_and(|cell| states(cell) || meets_condition(cell))
+        && let Some(holding) = holding.filter(|&h| h >= 1)
+    {
+        return Some(format!(
+            "the column {}, not the column {}, of the table row for {}",
+            header.get(holding).map_or("", String::as_str),
+            header[column],
+            row_label(&source.lines[k])
+        ));
+    }
     for q in &asked.qualifiers {
         let Qualifier::Name(name) = q else {
             continue;
@@ -2405,6 +2471,67 @@ fn not_stated_reason(fact: &Fact, sources: &[Source]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token-speed table of LMDeploy's w4a16 guide: a caption, bare cells.
+    const SPEED_TABLE: &str = "我们在 NVIDIA GeForce RTX 4090 上分别测试了 4-bit Llama-2-7B-chat 和 \
+Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n\
+| model            | llm-awq | mlc-llm | turbomind |\n\
+| ---------------- | ------- | ------- | --------- |\n\
+| Llama-2-7B-chat  | 112.9   | 159.4   | 206.4     |\n\
+| Llama-2-13B-chat | N/A     | 90.7    | 115.8     |";
+
+    #[test]
+    fn a_unit_no_passage_states_is_dropped_and_the_bare_figure_checked_again() {
+        let question = "llm-awq 跑 4-bit 的 Llama-2-7B-chat 在 4090 上速度是多少？";
+        let answer = "llm-awq 上 4-bit Llama-2-7B-chat 的速度是 112.9 ms/tok。";
+        let check = check_answer(answer, &[SPEED_TABLE], question);
+        assert_eq!(check.verdict, Verdict::UnsupportedKeyFact, "{check:?}");
+        let bare = without_unstated_units(answer, &check).expect("the unit is dropped");
+        assert_eq!(bare, "llm-awq 上 4-bit Llama-2-7B-chat 的速度是 112.9。");
+        let again = check_answer(&bare, &[SPEED_TABLE], question);
+        assert_eq!(again.verdict, Verdict::Supported, "{again:?}");
+
+        // An invented figure stays unsupported once bare: the caller withdraws it as before.
+        let invented = "速度是 2027.0 tok/s。";
+        let check = check_answer(invented, &[SPEED_TABLE], question);
+        let bare = without_unstated_units(invented, &check).expect("the unit is dropped");
+        let again = check_answer(&bare, &[SPEED_TABLE], question);
+        assert_eq!(again.verdict, Verdict::UnsupportedKeyFact, "{again:?}");
+
+        // Another column's figure stays another column's once bare: the header cell the
+        // question names (llm-awq) picks the column.
+        let neighbour = "速度是 159.4 ms/tok。";
+        let check = check_answer(neighbour, &[SPEED_TABLE], question);
+        let again = without_unstated_units(neighbour, &check)
+            .map(|bare| check_answer(&bare, &[SPEED_TABLE], question));
+        assert!(
+            again
+                .as_ref()
+                .is_none_or(|c| c.verdict == Verdict::UnsupportedKeyFact),
+            "{again:?}"
+        );
+
+        // A one-digit number is no key fact alone: nothing to check it by, so it keeps its
+        // unit (and its withdrawal).
+        let small = "需要 7 GB 显存。";
+        let check = check_answer(small, &[SPEED_TABLE], question);
+        assert_eq!(check.verdict, Verdict::UnsupportedKeyFact);
+        assert_eq!(without_unstated_units(small, &check), None);
+
+        // A question naming what no passage states (the table is of an RTX 4090, the
+        // question of a 3090) is a near miss: its figure keeps its unit and its withdrawal.
+        let near_miss = "llm-awq 跑 4-bit 的 Llama-2-7B-chat 在 RTX 3090 上速度是多少？";
+        let check = check_answer("112.9 ms/tok", &[SPEED_TABLE], near_miss);
+        assert_eq!(check.verdict, Verdict::UnsupportedKeyFact, "{check:?}");
+        assert!(!check.question_unstated.is_empty(), "{check:?}");
+        assert_eq!(without_unstated_units("112.9 ms/tok", &check), None);
+
+        // A figure stated with its unit is not touched.
+        let stated = "最低需要 13 GB 显存。";
+        let check = check_answer(stated, &["FP16 推理最低需要 13GB 显存。"], "");
+        assert_eq!(check.verdict, Verdict::Supported);
+        assert_eq!(without_unstated_units(stated, &check), None);
+    }
 
     fn unsupported(answer: &str, passages: &[&str], question: &str) -> Vec<String> {
         check_answer(answer, passages, question)

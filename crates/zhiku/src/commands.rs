@@ -552,6 +552,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "reason": v.reason,
                             "echoed": v.echoed,
                             "refocused": v.refocused,
+                            "units_dropped": v.units_dropped,
                         })),
                         "sources": answer.citations.iter().map(|c| json!({
                             "source": c.source,
@@ -585,6 +586,13 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "\n\n[abstained] support {:.2}: the sources hold almost none of \
                              the answer above, so it is withdrawn:\n",
                             answer.support
+                        );
+                    } else if verification.units_dropped {
+                        // The stream held the draft with the unit it invented.
+                        print!(
+                            "\n\n[unit dropped] no source states the unit given for a figure \
+                             above; the answer, as the sources write it:\n{}",
+                            answer.text
                         );
                     } else if verification.refocused {
                         // The stream held the draft, then the second reading.

@@ -388,7 +388,7 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "search_question": c.search_question,
         "verification": c.verification.as_ref().map(|v| json!({
             "withdrawn": v.withdrawn, "echoed": v.echoed, "refocused": v.refocused,
-            "unsupported_facts": v.unsupported_facts, "reason": v.reason,
+            "units_dropped": v.units_dropped, "unsupported_facts": v.unsupported_facts, "reason": v.reason,
         })),
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,

@@ -126,7 +126,7 @@ impl Orchestrator {
                 break;
             }
         }
-        let Some(done) = done else {
+        let Some(mut done) = done else {
             return Err(OrchestratorError::Internal(
                 "no answer was generated".into(),
             ));
@@ -144,6 +144,7 @@ impl Orchestrator {
                     ),
                     echoed: true,
                     refocused: false,
+                    units_dropped: false,
                 },
                 None,
             ),
@@ -159,6 +160,9 @@ impl Orchestrator {
                 let mut verification = checked.verification;
                 // The answer given was the regeneration after an echo.
                 verification.echoed = done.regenerated;
+                if let Some(bare) = checked.units_dropped {
+                    done.text = bare;
+                }
                 (verification, checked.focused)
             }
         };
@@ -266,19 +270,23 @@ impl Orchestrator {
             &texts,
             &self.template.instructions(),
         );
+        let mut second = second;
         let checked = match &echo {
             Some(_) => None,
-            None => Some(
-                verification_of(
+            None => {
+                let checked = verification_of(
                     self.args.ask.verify,
                     &second.text,
                     &focused,
                     question,
                     Reading::Second,
                 )
-                .await?
-                .verification,
-            ),
+                .await?;
+                if let Some(bare) = checked.units_dropped {
+                    second.text = bare;
+                }
+                Some(checked.verification)
+            }
         };
         tracing::info!(
             draft = %draft.text,
@@ -392,6 +400,9 @@ struct Checked {
     /// On a first reading whose every unsupported key fact was misplaced, the citations
     /// narrowed for a second one ([`refocus`]).
     focused: Option<Vec<Citation>>,
+    /// The answer with figures whose unit no passage states written bare
+    /// ([`crate::verify::without_unstated_units`]), when that verified: the answer to give.
+    units_dropped: Option<String>,
 }
 
 /// The fact-level verification of `answer` against its passages and `question`
@@ -409,6 +420,7 @@ async fn verification_of(
         return Ok(Checked {
             verification: Verification::default(),
             focused: None,
+            units_dropped: None,
         });
     }
     let citations = citations.to_vec();
@@ -416,35 +428,43 @@ async fn verification_of(
     tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
         let off_subject = off_subject(&citations, &question);
-        match reading {
+        let check_of = |answer: &str| match reading {
             Reading::First => {
-                let check = crate::verify::check_answer_on_subject(
-                    &answer,
-                    &texts,
-                    &off_subject,
-                    &question,
-                );
-                let focused = refocus(&answer, &texts, &check, &below_best(&citations), &question)
-                    .map(|focus| {
-                        citations
-                            .iter()
-                            .zip(focus)
-                            .filter_map(|(c, text)| text.map(|text| Citation { text, ..c.clone() }))
-                            .collect()
-                    });
-                Checked {
-                    verification: checked_verification(mode, &answer, check),
-                    focused,
-                }
+                crate::verify::check_answer_on_subject(answer, &texts, &off_subject, &question)
             }
-            Reading::Second => Checked {
-                verification: checked_verification(
-                    mode,
-                    &answer,
-                    crate::verify::check_second_reading(&answer, &texts, &off_subject, &question),
-                ),
-                focused: None,
-            },
+            Reading::Second => {
+                crate::verify::check_second_reading(answer, &texts, &off_subject, &question)
+            }
+        };
+        let check = check_of(&answer);
+        if let Some(bare) = crate::verify::without_unstated_units(&answer, &check) {
+            let again = check_of(&bare);
+            if again.unsupported.is_empty() {
+                return Checked {
+                    verification: Verification {
+                        units_dropped: true,
+                        ..checked_verification(mode, &bare, again)
+                    },
+                    focused: None,
+                    units_dropped: Some(bare),
+                };
+            }
+        }
+        let focused = match reading {
+            Reading::First => refocus(&answer, &texts, &check, &below_best(&citations), &question)
+                .map(|focus| {
+                    citations
+                        .iter()
+                        .zip(focus)
+                        .filter_map(|(c, text)| text.map(|text| Citation { text, ..c.clone() }))
+                        .collect()
+                }),
+            Reading::Second => None,
+        };
+        Checked {
+            verification: checked_verification(mode, &answer, check),
+            focused,
+            units_dropped: None,
         }
     })
     .await
@@ -570,6 +590,7 @@ fn checked_verification(
         reason: format!("unsupported key fact: {reason}"),
         echoed: false,
         refocused: false,
+        units_dropped: false,
     }
 }
 

@@ -486,6 +486,7 @@ fn verification_json(verification: Option<&Verification>) -> Value {
             "reason": v.reason,
             "echoed": v.echoed,
             "refocused": v.refocused,
+            "units_dropped": v.units_dropped,
         })
     })
 }
@@ -501,10 +502,17 @@ fn withdrawal_notice(answer: &Answer) -> Option<String> {
 /// (`verification.refocused`) that stood: the content above holds the draft and the second
 /// reading one after the other, so the answer is restated under a marker.
 fn second_reading_notice(answer: &Answer) -> Option<String> {
-    answer
-        .verification
-        .as_ref()
-        .filter(|v| v.refocused && !v.withdrawn)?;
+    let v = answer.verification.as_ref().filter(|v| !v.withdrawn)?;
+    if v.units_dropped {
+        return Some(format!(
+            "\n\n[unit dropped: no source states the unit given for a figure above; the \
+             answer, as the sources write it:]\n{}",
+            answer.text
+        ));
+    }
+    if !v.refocused {
+        return None;
+    }
     Some(format!(
         "\n\n[read again: the first draft gave a figure from another table row or document; \
          the answer, from the passages the question names:]\n{}",
@@ -1084,6 +1092,7 @@ mod tests {
                 reason: "unsupported key fact: no passage states 72GB".into(),
                 echoed: false,
                 refocused: false,
+                units_dropped: false,
             }),
             ..Default::default()
         }
@@ -1117,6 +1126,7 @@ mod tests {
             verification: Some(Verification {
                 checked: true,
                 refocused: true,
+                units_dropped: false,
                 ..Default::default()
             }),
             ..Default::default()
@@ -1132,6 +1142,22 @@ mod tests {
             v.refocused = true;
         }
         assert_eq!(second_reading_notice(&withdrawn_again), None);
+        // An answer whose unit was dropped is restated as it stands: the stream held the
+        // draft with the unit.
+        let bare = Answer {
+            text: "112.9".into(),
+            verification: Some(Verification {
+                checked: true,
+                units_dropped: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let notice = second_reading_notice(&bare).unwrap();
+        assert!(
+            notice.contains("[unit dropped:") && notice.ends_with("\n112.9"),
+            "{notice}"
+        );
         assert_eq!(
             kb_final("kb", kept, String::new()).zhiku.unwrap()["verification"]["withdrawn"],
             false
