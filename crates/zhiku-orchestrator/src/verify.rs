@@ -25,7 +25,7 @@
 //! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
-use zhiku_text::markdown::{fence_marker, is_table_delimiter};
+use zhiku_text::markdown::{fence_marker, first_cell, is_ditto, is_table_delimiter};
 
 /// What kind of key fact a span of the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1656,6 +1656,46 @@ struct Source {
     lead_in: Vec<Option<usize>>,
 }
 
+/// Writes into each markdown table row whose first cell marks it as continuing the row
+/// above (`-`, `〃`, empty) the label of the nearest row above that has one, so that the
+/// row's model is read from the row as the table means it (LMDeploy's kv-cache table names
+/// llama2-chat-13b once, over its int8 and int4 rows). Header and delimiter rows give no
+/// label.
+fn label_ditto_rows(lines: &mut [String], table_of: &[Option<usize>]) {
+    let mut label: Option<(usize, String)> = None;
+    for k in 0..lines.len() {
+        let Some(table) = table_of[k] else {
+            label = None;
+            continue;
+        };
+        let is_header = lines
+            .get(k + 1)
+            .is_some_and(|next| is_table_delimiter(next));
+        if is_header || is_table_delimiter(&lines[k]) {
+            continue;
+        }
+        let first = first_cell(&lines[k]).to_owned();
+        if !is_ditto(&first) {
+            label = Some((table, first));
+            continue;
+        }
+        let Some((_, name)) = label.as_ref().filter(|(t, _)| *t == table) else {
+            continue;
+        };
+        let line = &lines[k];
+        let piped = line.trim_start().starts_with('|');
+        let cell_start = if piped {
+            line.find('|').map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        let cell_end = line[cell_start..]
+            .find('|')
+            .map_or(line.len(), |i| cell_start + i);
+        lines[k] = format!("{} {name} {}", &line[..cell_start], &line[cell_end..]);
+    }
+}
+
 impl Source {
     fn new(text: &str) -> Self {
         let folded = fold_width(&percent_decoded(text));
@@ -1683,7 +1723,8 @@ impl Source {
                 current = None;
             }
         }
-        let lines: Vec<String> = raw_lines.iter().map(|l| canonical_name(l)).collect();
+        let mut lines: Vec<String> = raw_lines.iter().map(|l| canonical_name(l)).collect();
+        label_ditto_rows(&mut lines, &table_of);
         let mut html_table_of = vec![None; lines.len()];
         let mut open: Option<usize> = None;
         for (k, l) in lines.iter().enumerate() {
@@ -2479,6 +2520,30 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
 | ---------------- | ------- | ------- | --------- |\n\
 | Llama-2-7B-chat  | 112.9   | 159.4   | 206.4     |\n\
 | Llama-2-13B-chat | N/A     | 90.7    | 115.8     |";
+
+    #[test]
+    fn a_row_marked_as_continuing_the_one_above_is_that_rows_model() {
+        // LMDeploy's kv-cache table, two passages merged: each model named once, the rows
+        // under it marked `-`.
+        let table = "| -                 | int4    | ratio 0.8 | 20.81 |\n\
+| llama2-chat-13b   | fp16    | ratio 0.9 | 8.55  |\n\
+| -                 | int8    | ratio 0.9 | 10.96 |\n\
+| -                 | int4    | ratio 0.9 | 11.91 |";
+        let q = "llama2-chat-13b 用 kv int8 的时候 RPS 能到多少？";
+        assert_eq!(
+            check_answer("10.96", &[table], q).verdict,
+            Verdict::Supported
+        );
+        for (other, why) in [
+            ("11.91", "not the row for int8"),
+            ("8.55", "not the row for int8"),
+            ("20.81", "not the row for llama2-chat-13b"),
+        ] {
+            let check = check_answer(other, &[table], q);
+            assert_eq!(check.verdict, Verdict::UnsupportedKeyFact, "{other}");
+            assert!(check.unsupported[0].reason.contains(why), "{check:?}");
+        }
+    }
 
     #[test]
     fn a_unit_no_passage_states_is_dropped_and_the_bare_figure_checked_again() {

@@ -25,3 +25,20 @@ pub fn fence_marker(trimmed_line: &str) -> Option<char> {
         None
     }
 }
+
+/// Whether a table cell says "same as the cell above": empty, a dash, or a ditto mark.
+/// Markdown has no merged cells, so a table whose rows group under one model names it once
+/// and marks the rows under it so.
+pub fn is_ditto(cell: &str) -> bool {
+    matches!(
+        cell.trim(),
+        "" | "-" | "–" | "—" | "〃" | "″" | "\"" | "''" | "同上" | "同前"
+    )
+}
+
+/// The first cell of a table row (with or without its outer pipes), trimmed.
+pub fn first_cell(row: &str) -> &str {
+    let row = row.trim();
+    let row = row.strip_prefix('|').unwrap_or(row);
+    row.split('|').next().unwrap_or_default().trim()
+}

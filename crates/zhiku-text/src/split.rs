@@ -8,7 +8,7 @@
 //! Everything is measured in Unicode scalar values (`char`s), never bytes, so no cut can fall
 //! inside a character, and every offset a [`Passage`] carries indexes `text.chars()`.
 
-use crate::markdown::{fence_marker, is_table_delimiter};
+use crate::markdown::{fence_marker, first_cell, is_ditto, is_table_delimiter};
 use crate::{Document, Format};
 
 /// Why a [`SplitterConfig`] was refused.
@@ -74,8 +74,9 @@ pub struct Passage {
     pub table_caption: Option<String>,
     /// When the passage starts inside an HTML table below a row whose cells span down into
     /// it (`<td rowspan="3">14B</td>`): those cells' text, joined by ` | ` ("14B"), so that
-    /// the rows under a merged cell still say which model or setting they belong to. Context
-    /// like [`Passage::table_header`].
+    /// the rows under a merged cell still say which model or setting they belong to; in a
+    /// markdown table, at a row whose first cell marks it as continuing the row above (`-`,
+    /// `〃`, empty): that row's label. Context like [`Passage::table_header`].
     pub table_spanned: Option<String>,
     /// First character of the passage in the source, counted in `char`s.
     pub char_start: usize,
@@ -759,8 +760,9 @@ struct Table {
     body_start: usize,
     /// One past the last character of the last row.
     end: usize,
-    /// Of an HTML table: each body row's first character, with the text of the merged
-    /// cells that earlier rows span into it (None when there are none). Empty for markdown.
+    /// Each body row's first character, with the text of the merged cells that earlier rows
+    /// span into it (None when there are none): of an HTML table, its `rowspan` cells; of a
+    /// markdown table, the label a ditto row continues ([`ditto_rows`]).
     body_rows: Vec<(usize, Option<String>)>,
 }
 
@@ -816,13 +818,34 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
                 header,
                 body_start: lines[k + 2].0,
                 end: lines[last - 1].1,
-                body_rows: Vec::new(),
+                body_rows: ditto_rows(&lines[k + 2..last]),
             });
         }
         k = last.max(k + 1);
     }
     tables.extend(html_tables(chars));
     tables
+}
+
+/// Each body row of a markdown table with the label it continues: markdown has no merged
+/// cells, so a table whose rows group under one model writes the model once and marks the
+/// rows under it with `-` (or `〃`, `同上`, nothing) in its first column. A row so marked
+/// carries the first cell of the nearest row above that names something; a passage starting
+/// at it gets that label as context ([`Passage::table_spanned`]), as a passage starting
+/// under an HTML `rowspan` cell does.
+fn ditto_rows(rows: &[(usize, usize, String)]) -> Vec<(usize, Option<String>)> {
+    let mut label: Option<String> = None;
+    rows.iter()
+        .map(|(start, _, line)| {
+            let first = first_cell(line);
+            if is_ditto(first) {
+                (*start, label.clone())
+            } else {
+                label = Some(first.to_owned());
+                (*start, None)
+            }
+        })
+        .collect()
 }
 
 /// The most characters of a table's caption paragraph kept as context (its start: where a

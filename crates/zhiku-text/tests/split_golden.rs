@@ -423,6 +423,49 @@ fn a_table_passage_carries_the_paragraph_before_its_table_as_caption() {
 }
 
 #[test]
+fn markdown_rows_marked_as_continuing_the_row_above_carry_its_label() {
+    // LMDeploy's kv-cache table: each model named once, the rows under it marked `-`.
+    let md = "## 推理效率\n\n\
+| model             | kv type | RPS   |\n\
+| ----------------- | ------- | ----- |\n\
+| llama2-chat-7b    | fp16    | 14.98 |\n\
+| -                 | int8    | 19.01 |\n\
+| -                 | int4    | 20.81 |\n\
+| llama2-chat-13b   | fp16    | 8.55  |\n\
+| -                 | int8    | 10.96 |\n\
+| 〃                | int4    | 11.91 |\n\
+|                   | w8      | 12.50 |\n\
+| internlm2-chat-7b | fp16    | 24.13 |\n";
+    // One row per passage (each row is 42 characters).
+    let passages = splitter(45, 0).split_markdown(md);
+    let label_of = |figure: &str| {
+        passages
+            .iter()
+            .find(|p| p.text.contains(figure))
+            .map(|p| p.table_spanned.clone())
+            .unwrap_or_else(|| panic!("{figure} is in no passage: {passages:#?}"))
+    };
+    assert_eq!(label_of("14.98"), None, "a named row carries nothing");
+    assert_eq!(label_of("19.01").as_deref(), Some("llama2-chat-7b"));
+    assert_eq!(label_of("10.96").as_deref(), Some("llama2-chat-13b"));
+    assert_eq!(label_of("11.91").as_deref(), Some("llama2-chat-13b"));
+    assert_eq!(label_of("12.50").as_deref(), Some("llama2-chat-13b"));
+    assert_eq!(label_of("24.13"), None);
+    let p = passages
+        .iter()
+        .find(|p| p.text.contains("10.96"))
+        .expect("a passage");
+    assert!(
+        p.indexed_text().contains("llama2-chat-13b\n| -"),
+        "{}",
+        p.indexed_text()
+    );
+    // A passage that starts at a named row needs no label, though ditto rows follow in it.
+    let whole = splitter(4000, 0).split_markdown(md);
+    assert_eq!(whole[0].table_spanned, None);
+}
+
+#[test]
 fn html_rows_under_a_merged_cell_carry_it() {
     // Three models, each a merged cell over three precisions, as Qwen's README writes its
     // speed table; passages small enough that most start below a model's first row.
