@@ -80,6 +80,9 @@ pub enum Unsupported {
     /// Only passages of documents that name the question's subject less well than the best
     /// one state it: another model's figure.
     OtherDocument,
+    /// Stated, but not the kind of quantity the question asks for: a parameter count or a
+    /// number of GPUs for a question about memory.
+    OtherKind,
 }
 
 impl Unsupported {
@@ -176,6 +179,18 @@ pub fn check_answer_on_subject(
             });
         }
     }
+    if unsupported.is_empty()
+        && let Some(fact) = not_the_quantity_asked(&facts, &asked)
+    {
+        unsupported.push(UnsupportedFact {
+            reason: format!(
+                "the question asks how much memory, and {} is not an amount of memory",
+                fact.text
+            ),
+            fact: fact.clone(),
+            why: Unsupported::OtherKind,
+        });
+    }
     let verdict = if unsupported.is_empty() {
         Verdict::Supported
     } else {
@@ -187,6 +202,40 @@ pub fn check_answer_on_subject(
         verdict,
         question_unstated,
     }
+}
+
+/// For a question that asks how much memory (显存, 内存), the answer's first key fact when
+/// none of its figures is an amount of memory or a bare number: a model size (30B), a
+/// number of cards, a speed, or only GPUs named (4个 A100-SXM4-80G GPUs). Such an answer states
+/// something the passages hold and answers another question (the near miss whose table has
+/// no memory column). None otherwise, and for an answer without key facts.
+fn not_the_quantity_asked<'a>(facts: &'a [Fact], asked: &Asked) -> Option<&'a Fact> {
+    let asks_memory = ["显存", "内存"].iter().any(|w| asked.text.contains(w))
+        && ["多少", "多大", "几", "占多"]
+            .iter()
+            .any(|w| asked.text.contains(w));
+    if !asks_memory {
+        return None;
+    }
+    let memory = |unit: Unit| {
+        matches!(
+            unit,
+            Unit::Gigabytes | Unit::Megabytes | Unit::Terabytes | Unit::Kilobytes
+        )
+    };
+    let answers_it = facts
+        .iter()
+        .any(|f| matches!(f.key, Key::Quantity { unit, bare, .. } if bare || memory(unit)));
+    if answers_it {
+        return None;
+    }
+    // Without figures, only an answer naming GPUs gives hardware for an amount; a name
+    // alone ("可以参考 ChatGLM3 的做法") is left to the other checks.
+    let figures = facts.iter().any(|f| f.kind.is_figure());
+    if !figures && !facts.iter().any(|f| !gpus_in(&f.text).is_empty()) {
+        return None;
+    }
+    facts.first()
 }
 
 /// What `question` names that may tell table rows apart (see [`Qualifier`]).
@@ -2520,6 +2569,34 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
 | ---------------- | ------- | ------- | --------- |\n\
 | Llama-2-7B-chat  | 112.9   | 159.4   | 206.4     |\n\
 | Llama-2-13B-chat | N/A     | 90.7    | 115.8     |";
+
+    #[test]
+    fn a_memory_question_answered_with_another_kind_of_figure_is_unsupported() {
+        let passage = "| Model | Size | Avg Score | Total Inference Time |\n| --- | --- | --- | --- |\n\
+                       | MiniCPM-V 4.5 | 8B | 74.5 | 7.5h |\n| Qwen2.5-VL | 30B | 70.1 | 9.2h |\n\
+                       微调在 4个 A100-SXM4-80G GPUs 上完成，每张卡显存占用 28G。";
+        let q = "MiniCPM-V 4.5 跑 OpenCompass 评测时显存占多少？";
+        for (answer, why) in [("8B", "8B"), ("4个 A100-SXM4-80G GPUs。", "A100-SXM4-80G")] {
+            let check = check_answer(answer, &[passage], q);
+            assert_eq!(
+                check.verdict,
+                Verdict::UnsupportedKeyFact,
+                "{answer}: {check:?}"
+            );
+            let u = &check.unsupported[0];
+            assert_eq!(u.why, Unsupported::OtherKind, "{check:?}");
+            assert!(u.reason.contains(why), "{check:?}");
+            // Not a unit to drop: the figure answers another question.
+            assert_eq!(without_unstated_units(answer, &check), None);
+        }
+        for answer in ["28G", "每张卡 28G，共 4个 A100-SXM4-80G GPUs。", "28"] {
+            let check = check_answer(answer, &[passage], q);
+            assert_eq!(check.verdict, Verdict::Supported, "{answer}: {check:?}");
+        }
+        // Another question may be answered with a size.
+        let check = check_answer("30B", &[passage], "Qwen2.5-VL 的参数量是多少？");
+        assert_eq!(check.verdict, Verdict::Supported, "{check:?}");
+    }
 
     #[test]
     fn a_row_marked_as_continuing_the_one_above_is_that_rows_model() {
