@@ -1282,6 +1282,34 @@ fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
             continue;
         }
         let after_boundary = i == 0 || !(is_run_char(c[i - 1]) || is_connector(c[i - 1]));
+        // A CMake define, -DNAME=VALUE (`CMAKE_ARGS="-DGGML_CUBLAS=ON"`): the setting
+        // NAME=VALUE, as an answer names it.
+        if ch == '-'
+            && i + 2 < n
+            && c[i + 1] == 'D'
+            && (c[i + 2].is_ascii_uppercase() || c[i + 2] == '_')
+            && (i == 0 || !(is_run_char(c[i - 1]) || c[i - 1] == '-'))
+        {
+            let (name, name_end) = read_run(&c, i + 2);
+            if c.get(name_end) == Some(&'=') {
+                let (value, end) = read_value(&c, name_end);
+                if let Some(value) = value {
+                    out.push(Spanned {
+                        fact: Fact {
+                            text: c[i..end].iter().collect::<String>().trim_end().to_owned(),
+                            kind: FactKind::Flag,
+                            key: Key::Setting {
+                                name: canonical_name(&name),
+                                value: Some(value.to_ascii_lowercase()),
+                            },
+                        },
+                        line,
+                    });
+                    i = end;
+                    continue;
+                }
+            }
+        }
         // A long flag: --name, with a value after a space or `=` when one follows.
         if ch == '-'
             && i + 2 < n
@@ -2115,16 +2143,28 @@ fn line_states_literal(source: &Source, k: usize, literal: &str, kind: FactKind)
 
 fn line_states_setting(source: &Source, k: usize, name: &str, value: Option<&str>) -> bool {
     let line = &source.lines[k];
-    if !contains_word(line, name) {
+    // Where the name starts: as a word, or after a CMake define's `-D` (`-DGGML_CUBLAS=ON`
+    // sets GGML_CUBLAS).
+    let at = if contains_word(line, name) {
+        line.find(name)
+    } else {
+        let define = format!("-d{name}");
+        line.find(&define)
+            .filter(|&p| {
+                !line[p + define.len()..]
+                    .starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '-')
+            })
+            .map(|p| p + 2)
+    };
+    let Some(at) = at else {
         return false;
-    }
+    };
     match value {
         None => true,
         Some(v) => {
             let v = canonical_name(v);
             // After the name on the line: `--world_size 2`, `lora_alpha=32, # …`.
-            line.find(name)
-                .is_some_and(|p| contains_word(&line[p + name.len()..], &v))
+            contains_word(&line[at + name.len()..], &v)
         }
     }
 }
@@ -2569,6 +2609,29 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
 | ---------------- | ------- | ------- | --------- |\n\
 | Llama-2-7B-chat  | 112.9   | 159.4   | 206.4     |\n\
 | Llama-2-13B-chat | N/A     | 90.7    | 115.8     |";
+
+    #[test]
+    fn a_cmake_define_states_its_setting() {
+        let passage = "如需使用 CUDA 加速，需要添加环境变量 `CMAKE_ARGS=\"-DGGML_CUBLAS=ON\"`。\n\
+                       ```sh\nCMAKE_ARGS=\"-DGGML_CUBLAS=ON\" pip install chatglm-cpp -v\n```";
+        let q = "pip 安装 chatglm-cpp 想要 CUDA 加速，CMAKE_ARGS 里要打开哪个选项？";
+        for answer in [
+            "GGML_CUBLAS=ON",
+            "`-DGGML_CUBLAS=ON`",
+            "CMAKE_ARGS=\"-DGGML_CUBLAS=ON\"",
+        ] {
+            let check = check_answer(answer, &[passage], q);
+            assert_eq!(check.verdict, Verdict::Supported, "{answer}: {check:?}");
+        }
+        for answer in ["GGML_CUBLAS=OFF", "-DGGML_CUDA=ON"] {
+            let check = check_answer(answer, &[passage], q);
+            assert_eq!(
+                check.verdict,
+                Verdict::UnsupportedKeyFact,
+                "{answer}: {check:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_memory_question_answered_with_another_kind_of_figure_is_unsupported() {
