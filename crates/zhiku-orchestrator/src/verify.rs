@@ -25,7 +25,7 @@
 //! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
-use zhiku_text::markdown::{fence_marker, first_cell, is_ditto, is_table_delimiter};
+use zhiku_text::markdown::{ditto_labels, fence_marker, is_table_delimiter};
 
 /// What kind of key fact a span of the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +236,19 @@ fn not_the_quantity_asked<'a>(facts: &'a [Fact], asked: &Asked) -> Option<&'a Fa
         return None;
     }
     facts.first()
+}
+
+/// A flag or setting as the answer or passage writes it (`text`): its name canonical, its
+/// value in lower case.
+fn setting_fact(text: String, name: &str, value: Option<&str>) -> Fact {
+    Fact {
+        text,
+        kind: FactKind::Flag,
+        key: Key::Setting {
+            name: canonical_name(name),
+            value: value.map(str::to_ascii_lowercase),
+        },
+    }
 }
 
 /// What `question` names that may tell table rows apart (see [`Qualifier`]).
@@ -1293,16 +1306,10 @@ fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
             let (name, name_end) = read_run(&c, i + 2);
             if c.get(name_end) == Some(&'=') {
                 let (value, end) = read_value(&c, name_end);
-                if let Some(value) = value {
+                if value.is_some() {
+                    let text = c[i..end].iter().collect::<String>().trim_end().to_owned();
                     out.push(Spanned {
-                        fact: Fact {
-                            text: c[i..end].iter().collect::<String>().trim_end().to_owned(),
-                            kind: FactKind::Flag,
-                            key: Key::Setting {
-                                name: canonical_name(&name),
-                                value: Some(value.to_ascii_lowercase()),
-                            },
-                        },
+                        fact: setting_fact(text, &name, value.as_deref()),
                         line,
                     });
                     i = end;
@@ -1319,15 +1326,9 @@ fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
         {
             let (name, end) = read_run(&c, i + 2);
             let (value, end) = read_value(&c, end);
+            let text = c[i..end].iter().collect::<String>().trim_end().to_owned();
             out.push(Spanned {
-                fact: Fact {
-                    text: c[i..end].iter().collect::<String>().trim_end().to_owned(),
-                    kind: FactKind::Flag,
-                    key: Key::Setting {
-                        name: canonical_name(&name),
-                        value: value.map(|v| v.to_ascii_lowercase()),
-                    },
-                },
+                fact: setting_fact(text, &name, value.as_deref()),
                 line,
             });
             i = end;
@@ -1631,14 +1632,7 @@ fn classify_run(
             value.is_some() && c[end..value_end].iter().any(|&ch| ch == '=' || ch == ':');
         if is_setting {
             return (
-                Some(Fact {
-                    text: text_of(value_end),
-                    kind: FactKind::Flag,
-                    key: Key::Setting {
-                        name: canonical_name(run),
-                        value: value.map(|v| v.to_ascii_lowercase()),
-                    },
-                }),
+                Some(setting_fact(text_of(value_end), run, value.as_deref())),
                 value_end,
             );
         }
@@ -1739,37 +1733,36 @@ struct Source {
 /// llama2-chat-13b once, over its int8 and int4 rows). Header and delimiter rows give no
 /// label.
 fn label_ditto_rows(lines: &mut [String], table_of: &[Option<usize>]) {
-    let mut label: Option<(usize, String)> = None;
-    for k in 0..lines.len() {
+    let mut k = 0;
+    while k < lines.len() {
         let Some(table) = table_of[k] else {
-            label = None;
+            k += 1;
             continue;
         };
-        let is_header = lines
-            .get(k + 1)
-            .is_some_and(|next| is_table_delimiter(next));
-        if is_header || is_table_delimiter(&lines[k]) {
-            continue;
+        let end = (k..lines.len())
+            .find(|&j| table_of[j] != Some(table))
+            .unwrap_or(lines.len());
+        let is_header = |j: usize| lines.get(j + 1).is_some_and(|n| is_table_delimiter(n));
+        let body: Vec<usize> = (k..end)
+            .filter(|&j| !is_header(j) && !is_table_delimiter(&lines[j]))
+            .collect();
+        let labels = ditto_labels(body.iter().map(|&j| lines[j].as_str()));
+        for (j, label) in body.into_iter().zip(labels) {
+            let Some(name) = label else {
+                continue;
+            };
+            let line = &lines[j];
+            let cell_start = if line.trim_start().starts_with('|') {
+                line.find('|').map_or(0, |i| i + 1)
+            } else {
+                0
+            };
+            let cell_end = line[cell_start..]
+                .find('|')
+                .map_or(line.len(), |i| cell_start + i);
+            lines[j] = format!("{} {name} {}", &line[..cell_start], &line[cell_end..]);
         }
-        let first = first_cell(&lines[k]).to_owned();
-        if !is_ditto(&first) {
-            label = Some((table, first));
-            continue;
-        }
-        let Some((_, name)) = label.as_ref().filter(|(t, _)| *t == table) else {
-            continue;
-        };
-        let line = &lines[k];
-        let piped = line.trim_start().starts_with('|');
-        let cell_start = if piped {
-            line.find('|').map_or(0, |i| i + 1)
-        } else {
-            0
-        };
-        let cell_end = line[cell_start..]
-            .find('|')
-            .map_or(line.len(), |i| cell_start + i);
-        lines[k] = format!("{} {name} {}", &line[..cell_start], &line[cell_end..]);
+        k = end;
     }
 }
 

@@ -42,3 +42,21 @@ pub fn first_cell(row: &str) -> &str {
     let row = row.strip_prefix('|').unwrap_or(row);
     row.split('|').next().unwrap_or_default().trim()
 }
+
+/// For each table body row, the label it continues: when its first cell is a ditto mark
+/// ([`is_ditto`]), the first cell of the nearest row above that names something; None for a
+/// row that names its own (or has nothing above to continue).
+pub fn ditto_labels<'a>(rows: impl IntoIterator<Item = &'a str>) -> Vec<Option<String>> {
+    let mut label: Option<String> = None;
+    rows.into_iter()
+        .map(|row| {
+            let first = first_cell(row);
+            if is_ditto(first) {
+                label.clone()
+            } else {
+                label = Some(first.to_owned());
+                None
+            }
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@
 //! Everything is measured in Unicode scalar values (`char`s), never bytes, so no cut can fall
 //! inside a character, and every offset a [`Passage`] carries indexes `text.chars()`.
 
-use crate::markdown::{fence_marker, first_cell, is_ditto, is_table_delimiter};
+use crate::markdown::{ditto_labels, fence_marker, is_table_delimiter};
 use crate::{Document, Format};
 
 /// Why a [`SplitterConfig`] was refused.
@@ -834,17 +834,10 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
 /// at it gets that label as context ([`Passage::table_spanned`]), as a passage starting
 /// under an HTML `rowspan` cell does.
 fn ditto_rows(rows: &[(usize, usize, String)]) -> Vec<(usize, Option<String>)> {
-    let mut label: Option<String> = None;
+    let labels = ditto_labels(rows.iter().map(|(_, _, line)| line.as_str()));
     rows.iter()
-        .map(|(start, _, line)| {
-            let first = first_cell(line);
-            if is_ditto(first) {
-                (*start, label.clone())
-            } else {
-                label = Some(first.to_owned());
-                (*start, None)
-            }
-        })
+        .map(|(start, _, _)| *start)
+        .zip(labels)
         .collect()
 }
 

@@ -252,7 +252,7 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        let second = self
+        let mut second = self
             .generate_streamed(
                 knowledge_base,
                 chat,
@@ -270,7 +270,6 @@ impl Orchestrator {
             &texts,
             &self.template.instructions(),
         );
-        let mut second = second;
         let checked = match &echo {
             Some(_) => None,
             None => {
