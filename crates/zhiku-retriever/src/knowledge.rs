@@ -609,6 +609,7 @@ impl Retriever {
             exact: false,
             rrf_k: req.rrf_k.unwrap_or(self.rrf_k),
             with_vectors: req.with_vectors,
+            distance: meta.distance,
         };
         let hits = self.store.search(&req.knowledge_base, spec).await?;
         Ok(pb::SearchResponse {

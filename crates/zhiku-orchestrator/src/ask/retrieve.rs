@@ -117,11 +117,11 @@ pub fn apply_rerank(
 impl Orchestrator {
     /// Embeds the question (not in sparse mode, which searches by keywords alone), searches
     /// and drops the hits under the threshold. The threshold is a similarity: in dense and
-    /// hybrid modes it is checked on each hit's cosine, so a hit found by keywords alone
-    /// (no cosine) does not pass it. When it reranks (`rerank`, else --rerank), it searches
-    /// for --rerank-candidates, thresholds them the same way, has the embedder's
-    /// cross-encoder score those left against the question and keeps the best `top_k` in
-    /// the reranker's order.
+    /// hybrid modes it is checked on each hit's cosine (the retriever computes that of a
+    /// passage BM25 finds beyond the dense candidates), so a hit without one does not pass.
+    /// When it reranks (`rerank`, else --rerank), it searches for --rerank-candidates,
+    /// thresholds them the same way, has the embedder's cross-encoder score those left
+    /// against the question and keeps the best `top_k` in the reranker's order.
     pub(crate) async fn retrieve(
         &self,
         search: Search<'_>,

@@ -201,6 +201,7 @@ async fn search_once(
         exact,
         with_vectors: false,
         rrf_k: zhiku_retriever::store::DEFAULT_RRF_K,
+        distance: Distance::Cosine,
     };
     let started = Instant::now();
     let hits = store.search(kb, spec).await?;

@@ -273,7 +273,8 @@ pub struct SearchSpec {
     pub sparse: Option<SparseVec>,
     pub limit: usize,
     pub filter: PassageFilter,
-    /// Dense: on the distance score; Sparse: on BM25; Hybrid: on the dense candidates only.
+    /// Dense: on the distance score; Sparse: on BM25; Hybrid: on the dense score, of the
+    /// dense candidates and of the BM25 ones (computed from their vectors).
     pub score_threshold: Option<f32>,
     /// HNSW `ef` for the dense search (None: the engine's default).
     pub hnsw_ef: Option<usize>,
@@ -282,6 +283,9 @@ pub struct SearchSpec {
     pub with_vectors: bool,
     /// Hybrid: the `k` of reciprocal-rank fusion (see [`DEFAULT_RRF_K`]).
     pub rrf_k: u32,
+    /// The knowledge base's distance: hybrid search scores the BM25 hits that the dense
+    /// ranking does not reach with it.
+    pub distance: Distance,
 }
 
 /// One search result.

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Hit, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec, SparseVec, StaleChunks,
-    UpsertOutcome, fields, metadata_kv,
+    Distance, Hit, Mode, PassageFilter, PassagePayload, PointRecord, SearchSpec, SparseVec,
+    StaleChunks, UpsertOutcome, fields, metadata_kv,
 };
 use crate::error::Result;
 
@@ -175,17 +175,36 @@ pub(crate) async fn search(points: &impl Points, spec: &SearchSpec) -> Result<Ve
             let dense = points
                 .nearest(nearest(dense, candidates, spec.score_threshold))
                 .await?;
+            // With their dense vectors: a passage that BM25 finds beyond the dense ranking's
+            // reach gets its similarity here, so that the threshold judges it like the rest.
             let sparse = match sparse {
-                Some(sparse) => points.nearest(nearest(sparse, candidates, None)).await?,
+                Some(sparse) => {
+                    let query = Nearest {
+                        with_vector: true,
+                        ..nearest(sparse, candidates, None)
+                    };
+                    points.nearest(query).await?
+                }
                 None => vec![],
             };
-            return Ok(fuse_rrf(
-                keyed(dense, Ranking::Dense),
+            let dense = keyed(dense, Ranking::Dense);
+            let sparse = with_similarity(
                 keyed(sparse, Ranking::Sparse),
-                candidates,
-                spec.limit,
-                spec.rrf_k,
-            ));
+                &dense,
+                spec.dense.as_deref().unwrap_or_default(),
+                spec.distance,
+            );
+            let admits = |hit: &Hit| match (hit.dense_score, spec.score_threshold) {
+                (Some(similarity), Some(threshold)) => passes(spec.distance, similarity, threshold),
+                _ => true,
+            };
+            let mut hits = fuse_rrf(dense, sparse, candidates, spec.limit, spec.rrf_k, admits);
+            if !spec.with_vectors {
+                for hit in &mut hits {
+                    hit.vector = None;
+                }
+            }
+            return Ok(hits);
         }
     };
     let found = points
@@ -249,9 +268,61 @@ fn prefetch_limit(limit: usize) -> usize {
     (limit * 4).max(20)
 }
 
+/// The BM25 hits that the dense ranking does not hold, each with its dense similarity to
+/// `query` (from the vector the search returned) as its `dense_score`: the dense ranking
+/// stops at its candidates, and a passage past them may still be as close as they are.
+/// Under Euclid distance (a distance, not a similarity) they are left without one.
+fn with_similarity(
+    sparse: Vec<(String, Hit)>,
+    dense: &[(String, Hit)],
+    query: &[f32],
+    distance: Distance,
+) -> Vec<(String, Hit)> {
+    let ranked: std::collections::HashSet<&str> = dense.iter().map(|(k, _)| k.as_str()).collect();
+    sparse
+        .into_iter()
+        .map(|(key, mut hit)| {
+            if !ranked.contains(key.as_str())
+                && let Some(vector) = &hit.vector
+            {
+                hit.dense_score = similarity(distance, query, vector);
+            }
+            (key, hit)
+        })
+        .collect()
+}
+
+/// The dense score the engines give `vector` against `query`: the cosine, or the dot
+/// product; None for Euclid distance and for vectors of another length or no norm.
+pub(crate) fn similarity(distance: Distance, query: &[f32], vector: &[f32]) -> Option<f32> {
+    if query.len() != vector.len() || query.is_empty() {
+        return None;
+    }
+    let dot: f32 = query.iter().zip(vector).map(|(a, b)| a * b).sum();
+    match distance {
+        Distance::Dot => Some(dot),
+        Distance::Cosine => {
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let denominator = norm(query) * norm(vector);
+            (denominator > 0.0).then(|| dot / denominator)
+        }
+        Distance::Euclid => None,
+    }
+}
+
+/// Whether a dense score passes a score threshold (a similarity: at least it).
+fn passes(distance: Distance, score: f32, threshold: f32) -> bool {
+    match distance {
+        Distance::Cosine | Distance::Dot => score >= threshold,
+        Distance::Euclid => true,
+    }
+}
+
 /// Reciprocal-rank fusion of a dense and a BM25 ranking (each `(point id, hit)` with that
 /// ranking's score, at most `candidates` long) with constant `k`, the top `limit`, for
-/// both backends.
+/// both backends. A BM25 hit that the dense ranking does not hold joins only when
+/// `admits` it (its similarity, when known, passes the threshold): otherwise it would take
+/// a place that the threshold empties later.
 ///
 /// Done here rather than by the engines: Qdrant (server and qdrant-edge alike) orders
 /// passages of equal score in no fixed order, inside each ranking, at its cut, and in the
@@ -266,6 +337,7 @@ fn fuse_rrf(
     candidates: usize,
     limit: usize,
     k: u32,
+    admits: impl Fn(&Hit) -> bool,
 ) -> Vec<Hit> {
     let started = std::time::Instant::now();
     let ranked = |mut list: Vec<(String, Hit)>| {
@@ -284,11 +356,14 @@ fn fuse_rrf(
     let mut fused: BTreeMap<String, Hit> = BTreeMap::new();
     for (list, is_dense) in [(ranked(dense), true), (ranked(sparse), false)] {
         for (rank, (key, hit)) in list.into_iter().enumerate() {
+            if !is_dense && !fused.contains_key(&key) && !admits(&hit) {
+                continue;
+            }
             let part = 1.0 / (k as f32 + rank as f32);
             let score = hit.score;
+            // A dense hit's dense score is set below; a BM25-only one keeps its similarity.
             let entry = fused.entry(key).or_insert_with(|| Hit {
                 score: 0.0,
-                dense_score: None,
                 sparse_score: None,
                 ..hit
             });
@@ -339,7 +414,7 @@ mod tests {
     fn fusion_sums_reciprocal_ranks_and_keeps_the_parts() {
         let dense = ranking(&[("a", 0.9), ("b", 0.8), ("c", 0.7)]);
         let sparse = ranking(&[("c", 5.0), ("d", 4.0)]);
-        let hits = fuse_rrf(dense, sparse, 10, 10, DEFAULT_RRF_K);
+        let hits = fuse_rrf(dense, sparse, 10, 10, DEFAULT_RRF_K, |_| true);
         let texts: Vec<&str> = hits.iter().map(|h| h.payload.text.as_str()).collect();
         // c: 1/62 + 1/60; a: 1/60; d: 1/61; b: 1/61 (b before d by id).
         assert_eq!(texts, ["c", "a", "b", "d"]);
@@ -354,7 +429,9 @@ mod tests {
             (None, Some(4.0))
         );
         assert_eq!(
-            fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0, DEFAULT_RRF_K),
+            fuse_rrf(ranking(&[("a", 1.0)]), vec![], 10, 0, DEFAULT_RRF_K, |_| {
+                true
+            }),
             vec![]
         );
     }
@@ -367,6 +444,7 @@ mod tests {
             10,
             3,
             DEFAULT_RRF_K,
+            |_| true,
         );
         let other = fuse_rrf(
             ranking(&[("y", 0.5), ("x", 0.5), ("z", 0.4)]),
@@ -374,6 +452,7 @@ mod tests {
             10,
             3,
             DEFAULT_RRF_K,
+            |_| true,
         );
         assert_eq!(one, other);
         // A full ranking cut inside a tie (either of b, c could have been returned): the
@@ -385,6 +464,7 @@ mod tests {
                 2,
                 10,
                 DEFAULT_RRF_K,
+                |_| true,
             )
         };
         assert_eq!(cut("b"), cut("c"));
@@ -397,7 +477,7 @@ mod tests {
         let dense = || ranking(&[("d", 0.9), ("a", 0.8), ("x", 0.7), ("y", 0.6)]);
         let sparse = || ranking(&[("s", 9.0), ("a", 8.0), ("x", 7.0), ("y", 6.0)]);
         let order = |k| {
-            fuse_rrf(dense(), sparse(), 10, 10, k)
+            fuse_rrf(dense(), sparse(), 10, 10, k, |_| true)
                 .into_iter()
                 .map(|h| h.payload.text)
                 .collect::<Vec<_>>()
@@ -406,5 +486,54 @@ mod tests {
         assert_eq!(order(60), ["a", "x", "y", "d", "s"]);
         // k = 1: a first place (1/1) is worth two second places (1/2 + 1/2).
         assert_eq!(order(1), ["a", "d", "s", "x", "y"]);
+    }
+
+    #[test]
+    fn bm25_finds_beyond_the_dense_ranking_are_scored_and_thresholded() {
+        let with_vector = |id: &str, v: [f32; 2]| {
+            let mut h = hit(id, 1.0);
+            h.vector = Some(v.to_vec());
+            (id.to_string(), h)
+        };
+        let dense = ranking(&[("a", 0.95)]);
+        // "a" is in the dense ranking (its dense score stays the engine's); "far" points
+        // away from the query, "near" along it.
+        let sparse = vec![
+            with_vector("far", [0.0, 1.0]),
+            with_vector("a", [0.6, 0.8]),
+            with_vector("near", [3.0, 0.0]),
+        ];
+        let scored = with_similarity(sparse, &dense, &[1.0, 0.0], Distance::Cosine);
+        let dense_scores: Vec<Option<f32>> = scored.iter().map(|(_, h)| h.dense_score).collect();
+        assert_eq!(dense_scores, [Some(0.0), None, Some(1.0)]);
+        // Under a threshold of 0.9 "far" does not join, and takes no place from "near".
+        let admits = |h: &Hit| {
+            h.dense_score
+                .is_none_or(|s| passes(Distance::Cosine, s, 0.9))
+        };
+        let fused = fuse_rrf(dense, scored, 10, 2, DEFAULT_RRF_K, admits);
+        let shown: Vec<(&str, Option<f32>)> = fused
+            .iter()
+            .map(|h| (h.payload.text.as_str(), h.dense_score))
+            .collect();
+        assert_eq!(shown, [("a", Some(0.95)), ("near", Some(1.0))]);
+    }
+
+    #[test]
+    fn similarity_is_the_engines_dense_score() {
+        assert_eq!(
+            similarity(Distance::Dot, &[1.0, 2.0], &[3.0, 4.0]),
+            Some(11.0)
+        );
+        let cos = similarity(Distance::Cosine, &[1.0, 0.0], &[1.0, 1.0]).expect("cosine");
+        assert!(
+            (cos - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+            "{cos}"
+        );
+        assert_eq!(similarity(Distance::Euclid, &[1.0], &[2.0]), None);
+        assert_eq!(similarity(Distance::Cosine, &[1.0], &[1.0, 0.0]), None);
+        assert_eq!(similarity(Distance::Cosine, &[0.0, 0.0], &[1.0, 0.0]), None);
+        assert!(passes(Distance::Euclid, 5.0, 0.1));
+        assert!(!passes(Distance::Cosine, 0.5, 0.9));
     }
 }

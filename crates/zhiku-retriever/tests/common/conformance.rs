@@ -641,22 +641,32 @@ pub async fn hybrid(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("rrf_k"), "{status:?}");
     }
-    // score_threshold in hybrid: dense candidates under it are dropped, BM25 finds are kept.
+    // score_threshold in hybrid holds for every hit's dense score: a BM25 find that the
+    // dense ranking did not hold is scored from its vector, and kept only above it.
     let mut h = search_request(kb);
     h.vector = vec![0.0, 1.0, 0.0, 0.0];
     h.query_text = "hybrid search 向量数据库".into();
     h.score_threshold = Some(0.99);
-    let r = search(c, h).await;
+    let r = search(c, h.clone()).await;
     assert_eq!(ids(&r)[0], ("a".to_string(), 1));
     assert!(
-        ids(&r).contains(&("b".to_string(), 0)),
-        "BM25-only hit dropped: {r:?}"
+        !ids(&r).contains(&("b".to_string(), 0)),
+        "a BM25 find of cosine 0 passed a threshold of 0.99: {r:?}"
     );
     for hit in &r.hits {
-        if let Some(d) = hit.dense_score {
-            assert!(d >= 0.99, "dense score {d} under the threshold");
-        }
+        let d = hit.dense_score.expect("every hybrid hit has a dense score");
+        assert!(d >= 0.99, "dense score {d} under the threshold");
     }
+    // Without a threshold the same passage is there, with its cosine.
+    h.score_threshold = None;
+    let r = search(c, h).await;
+    let b = r
+        .hits
+        .iter()
+        .find(|hit| hit.passage.as_ref().is_some_and(|p| p.document_id == "b"))
+        .unwrap_or_else(|| panic!("the BM25 find was dropped: {r:?}"));
+    assert!(b.sparse_score.is_some(), "{b:?}");
+    assert!(b.dense_score.is_some_and(|d| d.abs() < 1e-5), "{b:?}");
     // A hybrid search whose text matches nothing is the dense ranking.
     let mut h = dense_request(kb);
     h.query_text = "完全无关的词语".into();
