@@ -97,9 +97,11 @@ fn append(last: &mut Citation, next: Citation) {
 }
 
 /// A passage as the prompt shows it (its `[n]` aside): where it comes from, then its context
-/// (a table's caption and header row) and its text.
+/// (a table's caption and header row) and its text, HTML table rows as `cell | cell` lines
+/// (the model reads the cells, not the markup, and the budget pays for no tags).
 pub fn render(c: &Citation) -> String {
-    let trimmed = c.text.trim();
+    let readable = zhiku_text::readable_text(&c.text);
+    let trimmed = readable.trim();
     let context = c.context.trim();
     let joined;
     let text = if context.is_empty() {
@@ -265,6 +267,16 @@ mod tests {
         let merged = merge(vec![row, next]);
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].context, "以 7B 为例。\n| 精度 | 大小 |");
+        // HTML table rows are shown as their cells; the citation keeps the source's markup.
+        let html = Citation {
+            source: String::new(),
+            heading_path: String::new(),
+            context: String::new(),
+            text: "<tr>\n  <td align=\"left\">MiniCPM-V 4.5</td>\n  <td><b>28G</td>\n</tr>".into(),
+            ..c.clone()
+        };
+        assert_eq!(render(&html), "MiniCPM-V 4.5 | 28G");
+        assert!(html.text.contains("<b>28G</td>"));
     }
 
     #[test]

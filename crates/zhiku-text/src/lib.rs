@@ -29,7 +29,9 @@ pub use load::{
     LoadError, Loaded, OcrMode, Scan, ScanLimits, ScanPage, load, load_for_ocr, load_path,
     load_paths,
 };
-pub use split::{MAX_CAPTION_CHARS, Passage, PassageSplitter, SplitterConfig, SplitterError};
+pub use split::{
+    MAX_CAPTION_CHARS, Passage, PassageSplitter, SplitterConfig, SplitterError, readable_text,
+};
 pub use walk::{Walk, WalkError, WalkedFile, Walker};
 
 /// What [`Document::text`] puts between two records: a blank line, the paragraph break, so

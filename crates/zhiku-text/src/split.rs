@@ -129,11 +129,7 @@ impl Passage {
             out.push_str(&context);
             out.push('\n');
         }
-        if has_html_cells(&self.text) {
-            out.push_str(&html_rows_as_text(&self.text));
-        } else {
-            out.push_str(&self.text);
-        }
+        out.push_str(&readable_text(&self.text));
         out
     }
 }
@@ -762,7 +758,9 @@ struct Table {
     end: usize,
     /// Each body row's first character, with the text of the merged cells that earlier rows
     /// span into it (None when there are none): of an HTML table, its `rowspan` cells; of a
-    /// markdown table, the label a ditto row continues ([`ditto_rows`]).
+    /// markdown table, the label a ditto row continues ([`ditto_rows`]). An HTML row's own
+    /// `rowspan` cells add an entry where each ends, with those cells added, for a passage
+    /// that starts later in that row. In order of position.
     body_rows: Vec<(usize, Option<String>)>,
 }
 
@@ -922,18 +920,30 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
                 let body_start = open + row_end + "</tr>".len();
                 let mut spans = RowSpans::default();
                 spans.fill(html_cell_spans(&original));
-                let body_rows = row_pieces(&lower[body_start..close])
-                    .into_iter()
-                    .map(|(from, to)| {
-                        let piece: String = chars
-                            [byte_to_char(body_start + from)..byte_to_char(body_start + to)]
-                            .iter()
-                            .collect();
-                        let carried = spans.fill(html_cell_spans(&piece)).1;
-                        let carried = (!carried.is_empty()).then(|| carried.join(" | "));
-                        (byte_to_char(body_start + from), carried)
-                    })
-                    .collect();
+                let mut body_rows = Vec::new();
+                for (from, to) in row_pieces(&lower[body_start..close]) {
+                    let row_start = byte_to_char(body_start + from);
+                    let piece: String = chars[row_start..byte_to_char(body_start + to)]
+                        .iter()
+                        .collect();
+                    let cells = html_cell_spans(&piece);
+                    // The row's own merged cells, for a passage that starts after one of them
+                    // inside this row.
+                    let own: Vec<(usize, String)> = cells
+                        .iter()
+                        .filter(|c| c.rowspan > 1)
+                        .map(|c| (row_start + piece[..c.end].chars().count(), c.text.clone()))
+                        .collect();
+                    let mut carried = spans.fill(cells).1;
+                    body_rows.push((
+                        row_start,
+                        (!carried.is_empty()).then(|| carried.join(" | ")),
+                    ));
+                    for (end, text) in own {
+                        carried.push(text);
+                        body_rows.push((end, Some(carried.join(" | "))));
+                    }
+                }
                 tables.push(Table {
                     start,
                     caption: lead_paragraph(chars, start),
@@ -964,6 +974,8 @@ struct HtmlCell {
     text: String,
     rowspan: usize,
     colspan: usize,
+    /// Byte offset in the row where the cell ends (the next cell or row tag, or the row's end).
+    end: usize,
 }
 
 /// The cells of an HTML row, as [`html_cells`] with their `rowspan`/`colspan` (1 when absent
@@ -1004,6 +1016,7 @@ fn html_cell_spans(row: &str) -> Vec<HtmlCell> {
             text: collapse_whitespace(&text),
             rowspan: span_attribute(attributes, "rowspan").min(MAX_ROWSPAN),
             colspan: span_attribute(attributes, "colspan").min(MAX_COLSPAN),
+            end,
         });
     }
     cells
@@ -1083,6 +1096,17 @@ fn row_pieces(lower: &str) -> Vec<(usize, usize)> {
 fn has_html_cells(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     lower.contains("<td") || lower.contains("<th")
+}
+
+/// `text` as a reader (the embedder, a prompt) should see it: when it holds HTML table
+/// cells, its rows as `cell | cell` lines and every other tag removed
+/// ([`Passage::indexed_text`] does the same); otherwise `text` itself.
+pub fn readable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if has_html_cells(text) {
+        std::borrow::Cow::Owned(html_rows_as_text(text))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// `text` with its HTML table rows as `cell | cell` lines and every other tag removed;
