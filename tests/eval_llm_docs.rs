@@ -1,8 +1,9 @@
 //! The larger evaluation sets of zhiku's own must keep their retrieval floors:
 //! eval/llm-docs-zh (36 Chinese markdown files on deploying and fine-tuning LLMs, questions
 //! split into `dev` and `test`), then eval/llm-docs-zh2 (15 more files of other projects)
-//! eval/llm-docs-zh3 (16 more, of five other projects) and eval/llm-docs-zh4 (15 more, of
-//! five others again), each written as a held-out set,
+//! eval/llm-docs-zh3 (16 more, of five other projects), eval/llm-docs-zh4 (15 more, of
+//! five others again) and eval/llm-docs-zh5 (15 more, of six others), each written as a
+//! held-out set,
 //! ingested into the same knowledge base, as their benchmark runs them. Ingested through `zhiku serve` with the offline default embedder
 //! (e5-small), each set evaluated retrieval only (no generation) at the default setting.
 //! The full eval with generation is a benchmark (docs/src/benchmarks/eval.md), not a test.
@@ -29,6 +30,7 @@ const TEST_RECALL_AT_3_FLOOR: u32 = 21;
 const ZH2_RECALL_AT_3_FLOOR: u32 = 28;
 const ZH3_RECALL_AT_3_FLOOR: u32 = 41;
 const ZH4_RECALL_AT_3_FLOOR: u32 = 33;
+const ZH5_RECALL_AT_3_FLOOR: u32 = 50;
 
 fn cases(path: &Path) -> Vec<EvalCase> {
     std::fs::read_to_string(path)
@@ -196,4 +198,10 @@ async fn the_llm_docs_set_keeps_its_retrieval_floor() {
     let (report, results) = evaluate(&mut client, zh4).await;
     assert_eq!((report.answerable, report.unanswerable), (53, 13));
     check_floor("llm-docs-zh4", &report, &results, ZH4_RECALL_AT_3_FLOOR);
+
+    let zh5 = cases(&root.join("llm-docs-zh5.jsonl"));
+    ingest(&mut client, &root.join("llm-docs-zh5/docs")).await;
+    let (report, results) = evaluate(&mut client, zh5).await;
+    assert_eq!((report.answerable, report.unanswerable), (64, 14));
+    check_floor("llm-docs-zh5", &report, &results, ZH5_RECALL_AT_3_FLOOR);
 }
