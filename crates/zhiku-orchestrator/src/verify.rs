@@ -1282,6 +1282,9 @@ fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
         }
         j
     };
+    // A setting's text as written, without the blanks read past its value.
+    let written =
+        |from: usize, to: usize| c[from..to].iter().collect::<String>().trim_end().to_owned();
     while i < n {
         let ch = c[i];
         if ch == '\n' {
@@ -1295,21 +1298,18 @@ fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
             continue;
         }
         let after_boundary = i == 0 || !(is_run_char(c[i - 1]) || is_connector(c[i - 1]));
+        // A `-` that starts a flag or define: two more characters, no word or `-` before it.
+        let flag_start =
+            ch == '-' && i + 2 < n && (i == 0 || !(is_run_char(c[i - 1]) || c[i - 1] == '-'));
         // A CMake define, -DNAME=VALUE (`CMAKE_ARGS="-DGGML_CUBLAS=ON"`): the setting
         // NAME=VALUE, as an answer names it.
-        if ch == '-'
-            && i + 2 < n
-            && c[i + 1] == 'D'
-            && (c[i + 2].is_ascii_uppercase() || c[i + 2] == '_')
-            && (i == 0 || !(is_run_char(c[i - 1]) || c[i - 1] == '-'))
-        {
+        if flag_start && c[i + 1] == 'D' && (c[i + 2].is_ascii_uppercase() || c[i + 2] == '_') {
             let (name, name_end) = read_run(&c, i + 2);
             if c.get(name_end) == Some(&'=') {
                 let (value, end) = read_value(&c, name_end);
                 if value.is_some() {
-                    let text = c[i..end].iter().collect::<String>().trim_end().to_owned();
                     out.push(Spanned {
-                        fact: setting_fact(text, &name, value.as_deref()),
+                        fact: setting_fact(written(i, end), &name, value.as_deref()),
                         line,
                     });
                     i = end;
@@ -1318,17 +1318,11 @@ fn scan(text: &str, single_digits: bool) -> Vec<Spanned> {
             }
         }
         // A long flag: --name, with a value after a space or `=` when one follows.
-        if ch == '-'
-            && i + 2 < n
-            && c[i + 1] == '-'
-            && c[i + 2].is_ascii_alphabetic()
-            && (i == 0 || !(is_run_char(c[i - 1]) || c[i - 1] == '-'))
-        {
+        if flag_start && c[i + 1] == '-' && c[i + 2].is_ascii_alphabetic() {
             let (name, end) = read_run(&c, i + 2);
             let (value, end) = read_value(&c, end);
-            let text = c[i..end].iter().collect::<String>().trim_end().to_owned();
             out.push(Spanned {
-                fact: setting_fact(text, &name, value.as_deref()),
+                fact: setting_fact(written(i, end), &name, value.as_deref()),
                 line,
             });
             i = end;

@@ -294,7 +294,7 @@ fn with_similarity(
 
 /// The dense score the engines give `vector` against `query`: the cosine, or the dot
 /// product; None for Euclid distance and for vectors of another length or no norm.
-pub(crate) fn similarity(distance: Distance, query: &[f32], vector: &[f32]) -> Option<f32> {
+fn similarity(distance: Distance, query: &[f32], vector: &[f32]) -> Option<f32> {
     if query.len() != vector.len() || query.is_empty() {
         return None;
     }
