@@ -449,12 +449,18 @@ impl Orchestrator {
         let total = passages.len();
         let _ = send(IngestStage::Split, total, total).await;
 
+        // Each passage is embedded and keyword-indexed under its document's title: a passage
+        // deep in a README rarely names its project, and the file does.
+        let title = zhiku_text::document_title(&source.name);
         let mut vectors = Vec::with_capacity(total);
         let calls: Vec<_> = passages
             .chunks(self.args.embed_batch.max(1))
             .map(|batch| {
                 let request = deadline.request(EmbedRequest {
-                    texts: batch.iter().map(|(p, _)| p.indexed_text()).collect(),
+                    texts: batch
+                        .iter()
+                        .map(|(p, _)| p.indexed_text_under(&title))
+                        .collect(),
                     kind: EmbedKind::Passage as i32,
                     ..Default::default()
                 });
@@ -480,6 +486,7 @@ impl Orchestrator {
                 chunk_count: total as u32,
                 heading_path: p.heading(),
                 context: p.context(),
+                title: title.clone(),
                 text: p.text,
                 source: source.name.clone(),
                 vector,

@@ -446,13 +446,18 @@ impl Retriever {
                         p.readers,
                         &format!("passage of document {:?}", p.document_id),
                     )?;
-                    // The heading path and the context are indexed with the text (as they
-                    // are embedded).
-                    let indexed = [p.heading_path.as_str(), p.context.as_str(), &p.text]
-                        .into_iter()
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                    // The title, the heading path and the context are indexed with the text
+                    // (as they are embedded).
+                    let indexed = [
+                        p.title.as_str(),
+                        p.heading_path.as_str(),
+                        p.context.as_str(),
+                        &p.text,
+                    ]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("\n");
                     let metadata: BTreeMap<String, String> = p.metadata.into_iter().collect();
                     Ok(PointRecord {
                         id: point_id(&kb_name, &p.document_id, p.chunk_index),
@@ -467,6 +472,7 @@ impl Retriever {
                             source: p.source,
                             heading_path: p.heading_path,
                             context: p.context,
+                            title: p.title,
                             char_start: p.char_start,
                             char_end: p.char_end,
                             readers,
@@ -752,6 +758,7 @@ fn hit_to_proto(hit: Hit) -> pb::ScoredPassage {
             metadata: p.metadata.into_iter().collect(),
             readers: p.readers,
             context: p.context,
+            title: p.title,
         }),
         score: hit.score,
         dense_score: hit.dense_score,

@@ -23,6 +23,7 @@
 mod load;
 pub mod markdown;
 mod split;
+mod title;
 pub mod walk;
 
 pub use load::{
@@ -32,6 +33,7 @@ pub use load::{
 pub use split::{
     MAX_CAPTION_CHARS, Passage, PassageSplitter, SplitterConfig, SplitterError, readable_text,
 };
+pub use title::document_title;
 pub use walk::{Walk, WalkError, WalkedFile, Walker};
 
 /// What [`Document::text`] puts between two records: a blank line, the paragraph break, so

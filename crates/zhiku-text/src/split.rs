@@ -132,6 +132,17 @@ impl Passage {
         out.push_str(&readable_text(&self.text));
         out
     }
+
+    /// [`Passage::indexed_text`] under its document's title ([`crate::document_title`]) on a
+    /// line of its own: what the orchestrator embeds. Nothing is added for an empty title.
+    pub fn indexed_text_under(&self, title: &str) -> String {
+        let indexed = self.indexed_text();
+        if title.is_empty() {
+            indexed
+        } else {
+            format!("{title}\n{indexed}")
+        }
+    }
 }
 
 /// The recursive splitter. Pure: no I/O, no state between calls, deterministic.

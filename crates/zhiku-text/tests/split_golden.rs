@@ -381,6 +381,23 @@ fn html_table_rows_are_indexed_as_cells_without_markup() {
 }
 
 #[test]
+fn a_passage_is_embedded_under_its_documents_title() {
+    let md = "## 软硬件依赖\n\n| 必需项 | 至少 |\n| --- | --- |\n| transformers | 4.49.0 |\n";
+    let document = zhiku_text::load("LLaMA-Factory/README_zh.md", md.as_bytes()).expect("loads");
+    let passages = PassageSplitter::default().split_document(&document);
+    let title = zhiku_text::document_title(&document.source);
+    assert_eq!(title, "LLaMA-Factory / README_zh");
+    let first = &passages[0];
+    assert_eq!(
+        first.indexed_text_under(&title),
+        format!("LLaMA-Factory / README_zh\n{}", first.indexed_text())
+    );
+    assert!(first.indexed_text().starts_with("软硬件依赖\n"));
+    // No title, nothing added.
+    assert_eq!(first.indexed_text_under(""), first.indexed_text());
+}
+
+#[test]
 fn a_table_passage_carries_the_paragraph_before_its_table_as_caption() {
     let rows: String = (0..12)
         .map(|i| format!("| {i}-bit量化 | {i}.7 GB | 10.{i} |\n"))

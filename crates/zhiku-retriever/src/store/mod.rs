@@ -181,6 +181,10 @@ pub struct PassagePayload {
     /// [`zhiku_proto::v1::Passage::context`]; absent from the stored payload when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub context: String,
+    /// [`zhiku_proto::v1::Passage::title`]; absent from the stored payload when empty (and in
+    /// points written before titles existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
     #[serde(default)]
     pub char_start: u32,
     #[serde(default)]

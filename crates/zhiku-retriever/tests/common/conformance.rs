@@ -65,6 +65,7 @@ pub fn passage(doc: &str, chunk: u32, count: u32, text: &str, vector: &[f32]) ->
         vector: vector.to_vec(),
         heading_path: String::new(),
         context: String::new(),
+        title: String::new(),
         char_start: chunk * 20,
         char_end: chunk * 20 + 20,
         metadata,
@@ -590,20 +591,39 @@ pub async fn sparse_bm25(c: &mut RetrieverClient<Channel>, kb: &str, _: &str) {
     // comes back with it.
     let mut row = passage("c", 0, 1, "| 4-bit | 3.7 GB |", &[0.5; DIMS as usize]);
     row.context = "困惑度评测表\n| 精度 | 模型大小 |".into();
+    let found = upsert_and_find(c, kb, &row, "困惑度评测").await;
+    assert_eq!(found.context, row.context);
+    assert_eq!(found.title, "");
+    // So is its document's title: a passage that never names its project is found by it.
+    let mut titled = passage("d", 0, 1, "transformers 4.49.0", &[0.5; DIMS as usize]);
+    titled.title = "LLaMA-Factory / README_zh".into();
+    let found = upsert_and_find(c, kb, &titled, "LLaMA-Factory").await;
+    assert_eq!(found.title, titled.title);
+    clean(c, kb).await;
+}
+
+/// Upserts `p`, then searches `kb` for `words` by keyword: `p` must come first; the passage
+/// found, its text checked.
+async fn upsert_and_find(
+    c: &mut RetrieverClient<Channel>,
+    kb: &str,
+    p: &Passage,
+    words: &str,
+) -> Passage {
     c.upsert(UpsertRequest {
         knowledge_base: kb.into(),
-        passages: vec![row.clone()],
+        passages: vec![p.clone()],
     })
     .await
-    .expect("upsert a passage with context");
-    let mut by_context = search_request(kb);
-    by_context.query_text = "困惑度评测".into();
-    let r = search(c, by_context).await;
-    assert_eq!(ids(&r)[0], ("c".to_string(), 0), "{r:?}");
-    let found = r.hits[0].passage.as_ref().expect("passage");
-    assert_eq!(found.context, row.context);
-    assert_eq!(found.text, row.text);
-    clean(c, kb).await;
+    .expect("upsert one passage");
+    let mut by_words = search_request(kb);
+    by_words.query_text = words.into();
+    let r = search(c, by_words).await;
+    let first = (p.document_id.clone(), p.chunk_index);
+    assert_eq!(ids(&r)[0], first, "{words}: {r:?}");
+    let found = r.hits[0].passage.clone().expect("passage");
+    assert_eq!(found.text, p.text);
+    found
 }
 
 /// Hybrid: both rankings fused by reciprocal rank; the threshold cuts dense candidates only.

@@ -198,10 +198,14 @@ pub async fn run(server: &Server, settings: Settings<'_>) -> Result<(), String> 
         name: "split",
         seconds: seconds(started),
     });
-    let texts: Vec<String> = passages
+    // What Ingest embeds: each passage under its document's title.
+    let texts: Vec<String> = documents
         .iter()
-        .flatten()
-        .map(|p| p.indexed_text())
+        .zip(&passages)
+        .flat_map(|(d, ps)| {
+            let title = zhiku_text::document_title(&d.source);
+            ps.iter().map(move |p| p.indexed_text_under(&title))
+        })
         .collect();
     if texts.len() as u64 != stored {
         return Err(format!(
