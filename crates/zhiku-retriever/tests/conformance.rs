@@ -112,3 +112,47 @@ async fn both_backends_rank_alike() {
     server.stop().await;
     assert!(compared > 100, "too few hits compared: {compared}");
 }
+
+/// A hybrid search's first hits do not depend on how many were asked for, up to 20: each
+/// ranking brings at least as many candidates to the fusion as a search for 20 does. (With
+/// 20 candidates for a search of 5, a passage far down one ranking and high in the other was
+/// in one list only, and a search for 5 ranked it lower than a search for 20.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_first_hits_do_not_depend_on_top_k() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start(common::embedded_retriever(dir.path()).await).await;
+    let mut c = server.client().await;
+    let kb = "first_hits";
+    common::ranking::load(&mut c, kb, &common::ranking::corpus()).await;
+    let mut compared = 0;
+    for (i, query) in common::ranking::queries()
+        .into_iter()
+        .filter(|q| q.mode == zhiku_proto::v1::SearchMode::Hybrid)
+        .enumerate()
+    {
+        let mut few = query.request(kb);
+        few.top_k = 5;
+        let mut many = query.request(kb);
+        many.top_k = 20;
+        let few = common::conformance::search(&mut c, few).await;
+        let many = common::conformance::search(&mut c, many).await;
+        let first = |r: &zhiku_proto::v1::SearchResponse, n: usize| {
+            r.hits
+                .iter()
+                .take(n)
+                .map(|h| {
+                    let p = h.passage.as_ref().expect("passage");
+                    (p.document_id.clone(), p.chunk_index, h.score)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            first(&few, 5),
+            first(&many, few.hits.len()),
+            "query {i} ({query:?})"
+        );
+        compared += few.hits.len();
+    }
+    server.stop().await;
+    assert!(compared >= 50, "too few hits compared: {compared}");
+}
