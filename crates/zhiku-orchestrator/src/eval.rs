@@ -29,10 +29,28 @@ const MAX_CASES: usize = 10_000;
 const MAX_SETTINGS: usize = 256;
 const MAX_RUNS: usize = 100_000;
 
-/// Every gold substring is in `text` (normalized). No gold never matches.
+/// Every gold substring is in `text` (compared in [`gold_form`]). No gold never matches.
 pub fn contains_gold(text: &str, gold: &[String]) -> bool {
-    let text = normalize(text);
-    !gold.is_empty() && gold.iter().all(|g| text.contains(&normalize(g)))
+    let text = gold_form(text);
+    !gold.is_empty() && gold.iter().all(|g| text.contains(&gold_form(g)))
+}
+
+/// The form gold is compared in: [`normalize`]d (no whitespace, lower case), and a number's
+/// digit groups joined (`55,296` and `55，296` read as `55296`), since an answer that writes a
+/// number grouped states the same number.
+fn gold_form(text: &str) -> String {
+    let chars: Vec<char> = normalize(text).chars().collect();
+    let mut out = String::with_capacity(chars.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let grouping = matches!(c, ',' | '，')
+            && i > 0
+            && chars[i - 1].is_ascii_digit()
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if !grouping {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The 1-based rank of the source by which every gold substring has appeared in the sources
@@ -41,10 +59,10 @@ pub fn gold_rank(sources: &[&str], gold: &[String]) -> Option<usize> {
     if gold.is_empty() {
         return None;
     }
-    let gold: Vec<String> = gold.iter().map(|g| normalize(g)).collect();
+    let gold: Vec<String> = gold.iter().map(|g| gold_form(g)).collect();
     let mut found = vec![false; gold.len()];
     for (i, source) in sources.iter().enumerate() {
-        let source = normalize(source);
+        let source = gold_form(source);
         for (seen, g) in found.iter_mut().zip(&gold) {
             *seen |= source.contains(g.as_str());
         }
@@ -601,6 +619,19 @@ mod tests {
             "every gold must be there"
         );
         assert!(contains_gold("默认 faiss，监听 127.0.0.1", &two));
+    }
+
+    #[test]
+    fn a_grouped_number_states_the_same_number() {
+        let gold = vec!["55296".to_string()];
+        assert!(contains_gold("词表大小为 55,296", &gold));
+        assert!(contains_gold("词表大小为 55，296", &gold));
+        assert!(!contains_gold("词表大小为 55, 297", &gold));
+        // Commas that group nothing stay: a list is not one number.
+        let list = vec!["a,b".to_string()];
+        assert!(contains_gold("a,b", &list));
+        assert!(!contains_gold("ab", &list));
+        assert_eq!(gold_rank(&["55,296 个词"], &gold), Some(1));
     }
 
     #[test]
