@@ -523,9 +523,18 @@ pub fn below_best(citations: &[Citation]) -> Vec<bool> {
 /// every passage), or it leaves out a model the question names that another document names
 /// ([`crate::grounding::anchors::documents_missing_a_model`]: the Qwen README's INT4 figure
 /// for a GLM-4-32B-0414 question, where each document holds half the question's anchors).
-/// A citation that was not weighed counts as on the subject.
+/// A citation that was not weighed counts as on the subject. When the question asks of a
+/// benchmark, method or product that no passage names
+/// ([`crate::grounding::anchors::unnamed_subject`]: MMBench where the table has MME), every
+/// passage is off the subject.
 pub fn off_subject(citations: &[Citation], question: &str) -> Vec<bool> {
     let rendered: Vec<String> = citations.iter().map(crate::context::render).collect();
+    let texts: Vec<&str> = rendered.iter().map(String::as_str).collect();
+    // The question asks of something that no passage names: every passage is about
+    // something else ([`crate::grounding::anchors::unnamed_subject`]).
+    if crate::grounding::anchors::unnamed_subject(question, &texts).is_some() {
+        return vec![true; citations.len()];
+    }
     let best = best_share(citations);
     let document = |source: &str| {
         citations
@@ -538,7 +547,7 @@ pub fn off_subject(citations: &[Citation], question: &str) -> Vec<bool> {
         .iter()
         .zip(crate::grounding::anchors::documents_missing_a_model(
             question,
-            &rendered.iter().map(String::as_str).collect::<Vec<_>>(),
+            &texts,
             &citations
                 .iter()
                 .map(|c| c.source.as_str())

@@ -194,6 +194,34 @@ pub fn documents_missing_a_model(
     documents.iter().map(|d| lacking.contains(d)).collect()
 }
 
+/// The first of the question's anchors that is neither a model (those are
+/// [`documents_missing_a_model`]'s) nor a figure (its first part a number: `100K`, `8bit`,
+/// `2048`), and that no passage names, as the question writes it (lower case): the
+/// benchmark, method, language or product that the question asks a figure of (`MMBench`,
+/// `GRPO`, `Go`, `CogVLM2`). Passages that never name it cannot state a figure of it; a
+/// figure they give is another's (BELLE-VL's MME score for its MMBench). `passages` as
+/// rendered, with their source names, heading paths and context (a table's header row
+/// names its columns).
+pub fn unnamed_subject(question: &str, passages: &[&str]) -> Option<String> {
+    let subjects: Vec<Anchor> = question_anchors(question)
+        .into_iter()
+        .filter(|a| !a.is_model())
+        .filter(|a| {
+            !a.parts
+                .first()
+                .is_some_and(|p| p.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    if subjects.is_empty() || passages.is_empty() {
+        return None;
+    }
+    let named: HashSet<String> = passages.iter().flat_map(|p| passage_names(p)).collect();
+    subjects
+        .into_iter()
+        .find(|a| !a.named_in(&named))
+        .map(|a| a.name)
+}
+
 /// The question's anchors, without repeats.
 pub fn question_anchors(question: &str) -> Vec<Anchor> {
     let mut seen = HashSet::new();
@@ -332,6 +360,41 @@ mod tests {
             .map(|a| a.name)
             .collect();
         assert_eq!(models, ["qwen1572b", "glm432b0414"]);
+    }
+
+    #[test]
+    fn a_subject_no_passage_names_is_reported() {
+        let passages = [
+            "（来源：belle--README.md；章节：BELLE-VL > 评测）\n| 模型 | MME Perception | MME Cognition |\n| BELLE-VL | 1620.10 | 305.36 |",
+            "（来源：belle--README.md；章节：BELLE-VL）\nBELLE-VL 以 Qwen-14B 为底座。",
+        ];
+        // MMBench is in no passage: their figures are MME's.
+        assert_eq!(
+            unnamed_subject("BELLE-VL 在 MMBench 上得分多少？", &passages).as_deref(),
+            Some("mmbench")
+        );
+        // Named in a header row, or in parts apart: nothing to report.
+        assert_eq!(
+            unnamed_subject("BELLE-VL 的 MME Cognition 是多少？", &passages),
+            None
+        );
+        assert_eq!(unnamed_subject("BELLE VL 的 MME 是多少？", &passages), None);
+        // Models and figures are left to the other checks: Qwen-7B is a model, 100K a figure.
+        assert_eq!(
+            unnamed_subject("Qwen-7B 在 100K 上下文下多少分？", &passages),
+            None
+        );
+        // A product no passage names (CogVLM2: no parameter count, so not a model here).
+        assert_eq!(
+            unnamed_subject("CogVLM2 用 Int8 需要多少显存？", &passages).as_deref(),
+            Some("cogvlm2")
+        );
+        // Nothing in the question to name, or nothing to look in.
+        assert_eq!(unnamed_subject("默认端口是多少？", &passages), None);
+        assert_eq!(
+            unnamed_subject("BELLE-VL 在 MMBench 上得分多少？", &[]),
+            None
+        );
     }
 
     #[test]
