@@ -138,6 +138,23 @@ impl Anchor {
             })
     }
 
+    /// Whether it names a product release: it joins parts, and its first is a name of three
+    /// letters or more with its version in digits (`CogVLM2-LLaMA3`, `Qwen2-VL`,
+    /// `InternLM2-Chat`), not a precision or a card (`INT8-KV`, `RTX4090-24G`). Such a name
+    /// has no parameter count, so [`Anchor::is_model`] does not hold, yet a document that
+    /// leaves it out is about another release.
+    pub fn is_release(&self) -> bool {
+        const NOT_RELEASES: &[&str] = &["int", "fp", "bf", "rtx", "gtx", "sm", "cuda", "python"];
+        self.parts.len() > 1
+            && self.parts.first().is_some_and(|first| {
+                let letters = first.trim_end_matches(|c: char| c.is_ascii_digit());
+                letters.len() >= 3
+                    && letters.len() < first.len()
+                    && letters.chars().all(|c| c.is_ascii_alphabetic())
+                    && !NOT_RELEASES.contains(&letters)
+            })
+    }
+
     /// Whether `names` (a passage's, [`passage_names`]) hold it: whole, or every part of it.
     fn named_in(&self, names: &HashSet<String>) -> bool {
         names.contains(&self.name) || self.parts.iter().all(|x| names.contains(x))
@@ -145,7 +162,8 @@ impl Anchor {
 }
 
 /// For each passage, whether its document (`documents[i]`: passages with the same source
-/// are one document, their names pooled) leaves out a model that the question names and
+/// are one document, their names pooled) leaves out a model (or a release,
+/// [`Anchor::is_release`]: `CogVLM2-LLaMA3`) that the question names and
 /// another of the documents names. A model no document names marks every document when
 /// none names its family either (its first part: `glm` of `GLM-4-32B-0414`), since the
 /// passages are then about other models; when some document names the family (`MiniCPM`
@@ -159,7 +177,7 @@ pub fn documents_missing_a_model(
 ) -> Vec<bool> {
     let models: Vec<Anchor> = question_anchors(question)
         .into_iter()
-        .filter(Anchor::is_model)
+        .filter(|a| a.is_model() || a.is_release())
         .collect();
     if models.is_empty() {
         return vec![false; passages.len()];
@@ -205,7 +223,7 @@ pub fn documents_missing_a_model(
 pub fn unnamed_subject(question: &str, passages: &[&str]) -> Option<String> {
     let subjects: Vec<Anchor> = question_anchors(question)
         .into_iter()
-        .filter(|a| !a.is_model())
+        .filter(|a| !a.is_model() && !a.is_release())
         .filter(|a| {
             !a.parts
                 .first()
@@ -360,6 +378,29 @@ mod tests {
             .map(|a| a.name)
             .collect();
         assert_eq!(models, ["qwen1572b", "glm432b0414"]);
+    }
+
+    #[test]
+    fn a_release_without_a_parameter_count_is_held_to_the_model_rule() {
+        let releases: Vec<String> = question_anchors(
+            "CogVLM2-LLaMA3、Qwen2-VL、INT8-KV、RTX4090-24G、MME、CogVLM2 和 GPT-4",
+        )
+        .into_iter()
+        .filter(Anchor::is_release)
+        .map(|a| a.name)
+        .collect();
+        assert_eq!(releases, ["cogvlm2llama3", "qwen2vl"]);
+        // BELLE's document states an MME score but never names CogVLM2-LLaMA3, which
+        // CogVLM2's README does: BELLE's is off the subject.
+        let passages = [
+            "（来源：belle--README.md；章节：BELLE-VL）\n| 模型 | MME Cognition |\n| BELLE-VL | 305.36 |",
+            "（来源：cogvlm2--README.md；章节：CogVLM2）\ncogvlm2-llama3-chat-19B 基于 Meta-Llama-3-8B-Instruct。",
+        ];
+        let documents = ["belle--README.md", "cogvlm2--README.md"];
+        assert_eq!(
+            documents_missing_a_model("CogVLM2-LLaMA3 在 MME 上得分多少？", &passages, &documents),
+            [true, false]
+        );
     }
 
     #[test]
