@@ -155,6 +155,12 @@ impl Anchor {
             })
     }
 
+    /// Whether [`documents_missing_a_model`] holds documents to it: a model or a release.
+    /// Every other anchor that is no figure is [`unnamed_subject`]'s.
+    fn names_a_model(&self) -> bool {
+        self.is_model() || self.is_release()
+    }
+
     /// Whether `names` (a passage's, [`passage_names`]) hold it: whole, or every part of it.
     fn named_in(&self, names: &HashSet<String>) -> bool {
         names.contains(&self.name) || self.parts.iter().all(|x| names.contains(x))
@@ -177,7 +183,7 @@ pub fn documents_missing_a_model(
 ) -> Vec<bool> {
     let models: Vec<Anchor> = question_anchors(question)
         .into_iter()
-        .filter(|a| a.is_model() || a.is_release())
+        .filter(Anchor::names_a_model)
         .collect();
     if models.is_empty() {
         return vec![false; passages.len()];
@@ -223,7 +229,7 @@ pub fn documents_missing_a_model(
 pub fn unnamed_subject(question: &str, passages: &[&str]) -> Option<String> {
     let subjects: Vec<Anchor> = question_anchors(question)
         .into_iter()
-        .filter(|a| !a.is_model() && !a.is_release())
+        .filter(|a| !a.names_a_model())
         .filter(|a| {
             !a.parts
                 .first()
