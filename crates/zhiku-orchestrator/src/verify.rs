@@ -267,6 +267,24 @@ fn qualifiers_of(question: &str) -> Vec<Qualifier> {
         .collect()
 }
 
+/// Chinese words by which questions name settings, and the setting names (or their last
+/// parts: `server-port`, `num-train-epochs`) that each stands for.
+const SETTING_WORDS: &[(&str, &[&str])] = &[
+    ("端口", &["port"]),
+    ("学习率", &["lr", "learning-rate"]),
+    ("轮数", &["epochs", "epoch"]),
+    ("轮次", &["epochs", "epoch"]),
+    ("批大小", &["batch-size", "bs"]),
+    ("批次大小", &["batch-size", "bs"]),
+    ("长度", &["len", "length", "ctx-size"]),
+    ("秩", &["rank", "r"]),
+    ("梯度累积", &["accumulation-steps", "grad-accum"]),
+    ("温度", &["temperature"]),
+    ("种子", &["seed"]),
+    ("线程", &["threads"]),
+    ("步数", &["steps"]),
+];
+
 /// What a question asks about, as verification holds a figure's row or line to it.
 #[derive(Debug, Default)]
 struct Asked {
@@ -290,7 +308,16 @@ impl Asked {
     /// Whether the question names the setting `name` (canonical, as `text` is: lower case,
     /// `_` as `-`).
     fn names_setting(&self, name: &str) -> bool {
-        !name.is_empty() && contains_word(&self.text, name)
+        if name.is_empty() {
+            return false;
+        }
+        contains_word(&self.text, name)
+            || SETTING_WORDS.iter().any(|(word, names)| {
+                self.text.contains(word)
+                    && names.iter().any(|n| {
+                        name == *n || name.strip_suffix(n).is_some_and(|head| head.ends_with('-'))
+                    })
+            })
     }
 
     fn of(question: &str) -> Self {
@@ -1127,6 +1154,8 @@ fn ascii_unit(word: &str) -> Option<(Unit, f64)> {
         "token" | "tokens" => (Unit::Count, 1.0),
         "bit" | "bits" => (Unit::Bits, 1.0),
         "s" | "sec" => (Unit::Seconds, 1.0),
+        "min" | "mins" | "minute" | "minutes" => (Unit::Seconds, 60.0),
+        "h" | "hr" | "hrs" | "hour" | "hours" => (Unit::Seconds, 3600.0),
         "ms" => (Unit::Milliseconds, 1.0),
         "gpu" | "gpus" | "card" | "cards" => (Unit::Cards, 1.0),
         "x" => (Unit::Times, 1.0),
@@ -1155,6 +1184,9 @@ fn cjk_unit(rest: &[char]) -> Option<(Unit, f64, usize)> {
         ('张' | '块' | '台' | '卡', _) => (Unit::Cards, 1.0, 1),
         ('倍', _) => (Unit::Times, 1.0, 1),
         ('秒', _) => (Unit::Seconds, 1.0, 1),
+        ('分', Some('钟')) => (Unit::Seconds, 60.0, 2),
+        ('小', Some('时')) => (Unit::Seconds, 3600.0, 2),
+        ('天', _) => (Unit::Seconds, 86400.0, 1),
         ('毫', Some('秒')) => (Unit::Milliseconds, 1.0, 2),
         ('词', Some('元')) | ('令', Some('牌')) => (Unit::Count, 1.0, 2),
         _ => return None,
@@ -2078,8 +2110,14 @@ fn line_states_quantity(
             name,
             value: Some(v),
         } => {
-            bare && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
-                && (v.contains('.') || asked.names_setting(name))
+            (bare
+                && v.parse::<f64>().is_ok_and(|v| same_value(v, value))
+                && (v.contains('.') || asked.names_setting(name)))
+                // A value with its unit (`Q4_K_M  :  3.80G`) states that quantity.
+                || scan(v, true).iter().any(|s| {
+                    matches!(s.fact.key, Key::Quantity { value: v, unit: u, bare: false }
+                        if same_value(v, value) && (bare || u == unit))
+                })
         }
         _ => false,
     })
@@ -3442,6 +3480,49 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
         let other = "上下文要拓展到 64K，rope_theta 改成多少？";
         assert_eq!(unsupported("改成 65536", &[diff], other), ["65536"]);
         assert_eq!(unsupported("改成 32768", &[diff], q), ["32768"]);
+    }
+
+    #[test]
+    fn a_setting_named_in_chinese_is_named() {
+        let command = "启动tensorboard命令如下：\n```shell\n\
+            tensorboard --logdir output_dir/logs --host 0.0.0.0 --port 8008\n```";
+        let q = "MedicalGPT 训练完用 tensorboard 看日志，文档里给的端口是多少？";
+        assert!(unsupported("8008", &[command], q).is_empty());
+        assert_eq!(unsupported("8080", &[command], q), ["8080"]);
+        // A question that names no setting: a whole value stands for nothing.
+        let other = "MedicalGPT 训练完用 tensorboard 看日志，命令里有哪个数字？";
+        assert_eq!(unsupported("8008", &[command], other), ["8008"]);
+        let flags = "python train.py --num_train_epochs 12 --learning_rate 5e-5";
+        assert!(unsupported("12", &[flags], "默认训练轮数是多少？").is_empty());
+        assert_eq!(unsupported("12", &[flags], "默认的温度是多少？"), ["12"]);
+    }
+
+    #[test]
+    fn a_setting_value_with_its_unit_states_the_quantity() {
+        let listing = "  14  or  Q4_K_S  :  3.59G, +0.0992 ppl @ LLaMA-v1-7B\n\
+                       15  or  Q4_K_M  :  3.80G, +0.0532 ppl @ LLaMA-v1-7B";
+        let q = "llama.cpp 量化成 Q4_K_M 的话，LLaMA-v1-7B 大概有多大？";
+        assert!(unsupported("大概有3.80G。", &[listing], q).is_empty());
+        assert!(unsupported("3.80 GB", &[listing], q).is_empty());
+        assert_eq!(unsupported("大概有3.85G。", &[listing], q), ["3.85G"]);
+        assert_eq!(unsupported("大概有3.80MB。", &[listing], q), ["3.80MB"]);
+    }
+
+    #[test]
+    fn durations_compare_across_units() {
+        let faq = "对于200万的数据量，大概要350G的内存，加载时长大概在25min左右";
+        let q = "BELLE 加载 2M 条训练数据大约要花多长时间？";
+        for answer in ["大约需要25分钟。", "25 minutes", "25min"] {
+            assert!(unsupported(answer, &[faq], q).is_empty(), "{answer}");
+        }
+        assert_eq!(unsupported("大约需要35分钟。", &[faq], q), ["35分钟"]);
+        assert_eq!(unsupported("大约需要25小时。", &[faq], q), ["25小时"]);
+        let table = "| Model | Total Inference Time |\n| --- | --- |\n| MiniCPM-V 4.5 | 0.26h |";
+        let q = "MiniCPM-V 4.5 跑完 Video-MME 评测总共推理了多长时间？";
+        for answer in ["0.26h", "0.26 小时", "15.6 分钟"] {
+            assert!(unsupported(answer, &[table], q).is_empty(), "{answer}");
+        }
+        assert_eq!(unsupported("0.26 天", &[table], q), ["0.26 天"]);
     }
 
     #[test]
