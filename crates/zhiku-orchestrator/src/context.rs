@@ -98,16 +98,32 @@ fn append(last: &mut Citation, next: Citation) {
 
 /// A passage as the prompt shows it (its `[n]` aside): where it comes from, then its context
 /// (a table's caption and header row) and its text, HTML table rows as `cell | cell` lines
-/// (the model reads the cells, not the markup, and the budget pays for no tags).
+/// (the model reads the cells, not the markup, and the budget pays for no tags), markdown
+/// table rows written out under their column names
+/// ([`zhiku_text::markdown::headed_table_rows`]).
 pub fn render(c: &Citation) -> String {
     let readable = zhiku_text::readable_text(&c.text);
-    let trimmed = readable.trim();
-    let context = c.context.trim();
+    // The header row the context carries for a passage cut below it (written with its
+    // outer pipes, as the splitter keeps it).
+    let header = c
+        .context
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with('|'));
+    let (rows, header_used) = zhiku_text::markdown::headed_table_rows(readable.trim(), header);
+    let trimmed = rows.trim();
+    // A header that names every row's columns is said in each of them.
+    let context: Vec<&str> = c
+        .context
+        .lines()
+        .map(str::trim)
+        .filter(|l| !(l.is_empty() || (header_used && Some(*l) == header)))
+        .collect();
     let joined;
     let text = if context.is_empty() {
         trimmed
     } else {
-        joined = format!("{context}\n{trimmed}");
+        joined = format!("{}\n{trimmed}", context.join("\n"));
         &joined
     };
     match (c.source.is_empty(), c.heading_path.is_empty()) {
@@ -252,7 +268,7 @@ mod tests {
         };
         assert_eq!(
             render(&row),
-            "（来源：a.md；章节：指南 > 安装）\n以 7B 为例。\n| 精度 | 大小 |\n| 4-bit | 3.7 GB |"
+            "（来源：a.md；章节：指南 > 安装）\n以 7B 为例。\n精度：4-bit；大小：3.7 GB"
         );
         // Merging keeps the first chunk's context: the passage starts where it did.
         let next = Citation {

@@ -60,3 +60,140 @@ pub fn ditto_labels<'a>(rows: impl IntoIterator<Item = &'a str>) -> Vec<Option<S
         })
         .collect()
 }
+
+/// The cells of a markdown table row, its outer pipes stripped, each trimmed.
+pub fn row_cells(row: &str) -> Vec<&str> {
+    let row = row.trim();
+    let row = row.strip_prefix('|').unwrap_or(row);
+    let row = row.strip_suffix('|').unwrap_or(row);
+    row.split('|').map(str::trim).collect()
+}
+
+/// `text` with the body rows of its markdown tables written out under their column names,
+/// one row per line: `模型：Baichuan2-13B-Base；GSM8K：52.77；MATH：10.08`. A small model
+/// reading `| 量化后大小（8-bit） | 7.8 GB | 14.9 GB |` has to count columns to find 13B's
+/// figure, and often takes its neighbour's; written out, the figure stands beside its
+/// column's name. The header and delimiter rows of a table whose rows are written out are
+/// left out (every row repeats them). `header` is the header row of a table that `text`
+/// starts inside (a passage cut below it): it names the columns of the rows before the
+/// first line that is not a table row. Rows whose cell count differs from their header's,
+/// and everything outside tables and in fenced code blocks, are left as written.
+///
+/// Returns the text and whether `header` named the columns of any row.
+pub fn headed_table_rows(text: &str, header: Option<&str>) -> (String, bool) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut columns: Option<Vec<&str>> = header.map(row_cells);
+    let mut header_used = false;
+    let mut from_header = columns.is_some();
+    let mut fence: Option<char> = None;
+    let mut k = 0;
+    while k < lines.len() {
+        let line = lines[k];
+        let trimmed = line.trim();
+        if let Some(marker) = fence_marker(trimmed) {
+            fence = match fence {
+                None => Some(marker),
+                Some(open) if open == marker => None,
+                other => other,
+            };
+            columns = None;
+            out.push(line.to_owned());
+            k += 1;
+            continue;
+        }
+        if fence.is_some() || !trimmed.contains('|') {
+            columns = None;
+            out.push(line.to_owned());
+            k += 1;
+            continue;
+        }
+        if lines.get(k + 1).is_some_and(|l| is_table_delimiter(l)) {
+            let next_is_row = lines.get(k + 2).is_some_and(|l| {
+                let row = l.trim();
+                row.contains('|') && row_cells(row).len() == row_cells(trimmed).len()
+            });
+            columns = Some(row_cells(trimmed));
+            from_header = false;
+            if !next_is_row {
+                out.push(line.to_owned());
+                out.push(lines[k + 1].to_owned());
+            }
+            k += 2;
+            continue;
+        }
+        let cells = row_cells(trimmed);
+        match &columns {
+            Some(names) if names.len() == cells.len() && cells.len() > 1 => {
+                header_used |= from_header;
+                let pairs: Vec<String> = names
+                    .iter()
+                    .zip(&cells)
+                    .filter(|(_, cell)| !cell.is_empty())
+                    .map(|(name, cell)| {
+                        if name.is_empty() || name == cell {
+                            (*cell).to_owned()
+                        } else {
+                            format!("{name}：{cell}")
+                        }
+                    })
+                    .collect();
+                out.push(pairs.join("；"));
+            }
+            _ => out.push(line.to_owned()),
+        }
+        k += 1;
+    }
+    (out.join("\n"), header_used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_rows_are_written_under_their_column_names() {
+        let text = "以下是合并模型后的大小：\n\n\
+            | 模型版本 | 7B | 13B |\n| :-- | :-: | :-: |\n\
+            | 原模型大小（FP16） | 13 GB | 24 GB |\n| 量化后大小（8-bit） | 7.8 GB | 14.9 GB |\n\n\
+            具体内容请参考 Wiki";
+        let (out, used) = headed_table_rows(text, None);
+        assert!(!used);
+        assert_eq!(
+            out,
+            "以下是合并模型后的大小：\n\n\
+             模型版本：原模型大小（FP16）；7B：13 GB；13B：24 GB\n\
+             模型版本：量化后大小（8-bit）；7B：7.8 GB；13B：14.9 GB\n\n\
+             具体内容请参考 Wiki"
+        );
+    }
+
+    #[test]
+    fn a_passage_cut_below_its_header_uses_the_header_it_is_given() {
+        let rows =
+            "| 数学 | GSM8K | 54.9 | 18.4 |\n| 推理 | PIQA | 80.8 | 79.0 |\n说明：\n| a | b |";
+        let header = "| 类别 | 数据集 | XVERSE-13B-2 | XVERSE-13B |";
+        let (out, used) = headed_table_rows(rows, Some(header));
+        assert!(used);
+        assert_eq!(
+            out,
+            "类别：数学；数据集：GSM8K；XVERSE-13B-2：54.9；XVERSE-13B：18.4\n\
+             类别：推理；数据集：PIQA；XVERSE-13B-2：80.8；XVERSE-13B：79.0\n\
+             说明：\n| a | b |"
+        );
+        // A header of another width names nothing.
+        let (out, used) = headed_table_rows(rows, Some("| x | y |"));
+        assert!(!used);
+        assert_eq!(out, rows);
+    }
+
+    #[test]
+    fn code_blocks_empty_cells_and_lone_headers_are_left_alone() {
+        let text = "```\n| a | b |\n|---|---|\n| 1 | 2 |\n```\n| 名称 | 值 |\n|---|---|";
+        assert_eq!(headed_table_rows(text, None).0, text);
+        let text = "| | 7B | 13B |\n|---|---|---|\n| 8-bit | 7.8 GB | |";
+        assert_eq!(headed_table_rows(text, None).0, "8-bit；7B：7.8 GB");
+        let text = "| a | b |\n|---|---|\n| 1 | 2 | 3 |";
+        assert_eq!(headed_table_rows(text, None).0, text);
+    }
+}
