@@ -49,6 +49,11 @@ const MAX_FACT_ANSWER_CHARS: usize = 100;
 /// refusal draw made every one of them a refusal.
 const REFUSAL_SALT: u64 = 0x7265_6675_7361_6c00;
 const SLOT_SALT: u64 = 0xa11ce;
+const TABLE_CELL_SALT: u64 = 0x7ab1e;
+const PHRASING_SALT: u64 = 0x9e7a;
+/// Characters of a table cell at most for it to be asked about: one figure or name, not a
+/// sentence.
+const MAX_CELL_CHARS: usize = 40;
 
 /// How many examples, of what kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +74,10 @@ pub struct ExampleSettings {
     /// Keep only answers that state a key fact (a number, version, flag, path or name):
     /// what users ask a knowledge base for, and what verification can check.
     pub facts_only: bool,
+    /// Ask a passage holding markdown table rows about one of its cells without the teacher
+    /// ([`table_question`]): right by construction, and the reading that small models get
+    /// wrong most (the figure of the neighbouring row or column).
+    pub table_questions: bool,
 }
 
 impl Default for ExampleSettings {
@@ -81,6 +90,7 @@ impl Default for ExampleSettings {
             seed: 0,
             max_new_tokens: 160,
             facts_only: true,
+            table_questions: true,
         }
     }
 }
@@ -137,6 +147,10 @@ pub struct ExampleOrigin {
     pub answer: String,
     /// The answer's support in its passage.
     pub support: f64,
+    /// The question was read from a table row of the passage ([`table_question`]), not
+    /// written by the teacher.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_table: bool,
 }
 
 /// One training example as a sharegpt record (`zhiku tune --data` reads it back): the
@@ -220,6 +234,8 @@ struct Candidate {
     key: String,
     source: String,
     text: String,
+    /// The table header and caption above a passage cut below them.
+    context: String,
 }
 
 impl Orchestrator {
@@ -381,6 +397,7 @@ impl Orchestrator {
                 key: passage_key(&p.document_id, p.chunk_index),
                 source: p.source,
                 text: p.text,
+                context: p.context,
             })
             .collect())
     }
@@ -393,11 +410,28 @@ impl Orchestrator {
         settings: &ExampleSettings,
         deadline: Deadline,
     ) -> Result<Result<TrainingExample, Rejection>, OrchestratorError> {
-        let written = self
-            .teacher_question(&candidate.text, settings.max_new_tokens, deadline)
-            .await?;
-        let Some((question, answer)) = parse_question_answer(&written) else {
-            return Ok(Err(Rejection::Unparsed));
+        let from_table = settings
+            .table_questions
+            .then(|| {
+                table_question(
+                    &candidate.text,
+                    &candidate.context,
+                    settings.seed,
+                    &candidate.key,
+                )
+            })
+            .flatten();
+        let (question, answer) = match from_table.clone() {
+            Some(asked) => asked,
+            None => {
+                let written = self
+                    .teacher_question(&candidate.text, settings.max_new_tokens, deadline)
+                    .await?;
+                let Some(asked) = parse_question_answer(&written) else {
+                    return Ok(Err(Rejection::Unparsed));
+                };
+                asked
+            }
         };
         let answer_support = match screen_answer(&question, &answer, &candidate.text, settings) {
             Ok(support) => support,
@@ -422,21 +456,23 @@ impl Orchestrator {
                 deadline,
             )
             .await?;
-        if !retrieved
+        let Some(own) = retrieved
             .citations
             .iter()
-            .any(|c| passage_key(&c.document_id, c.chunk_index) == candidate.key)
-        {
+            .find(|c| passage_key(&c.document_id, c.chunk_index) == candidate.key)
+        else {
             return Ok(Err(Rejection::NotRetrieved));
-        }
+        };
+        // Passages as the Ask's prompt shows them: source, heading path, table context.
+        let own = crate::context::render(own);
         // A distractor must not answer the question too: one that states the answer would
         // teach the model to refuse (or to cite) the wrong way.
         let distractors: Vec<String> = retrieved
             .citations
-            .into_iter()
+            .iter()
             .filter(|c| passage_key(&c.document_id, c.chunk_index) != candidate.key)
             .filter(|c| support(&answer, &[&c.text]) < MIN_ANSWER_SUPPORT)
-            .map(|c| c.text)
+            .map(crate::context::render)
             .take(settings.distractors)
             .collect();
         if settings.distractors > 0 && distractors.is_empty() {
@@ -448,7 +484,7 @@ impl Orchestrator {
         if kind == ExampleKind::Answer {
             let slot = (mix(settings.seed ^ SLOT_SALT, &candidate.key)
                 % (passages.len() as u64 + 1)) as usize;
-            passages.insert(slot, &candidate.text);
+            passages.insert(slot, &own);
         }
         let numbered: Vec<(u32, &str)> = passages
             .iter()
@@ -479,6 +515,7 @@ impl Orchestrator {
                 question,
                 answer,
                 support: answer_support,
+                from_table: from_table.is_some(),
             },
         }))
     }
@@ -532,6 +569,143 @@ fn screen_answer(
         return Err(Rejection::WeakSupport);
     }
     Ok(answer_support)
+}
+
+/// A question about one cell of a markdown table row in `text`, and the cell as its answer:
+/// made without a teacher, so right by construction. The row's header is the table's own
+/// header row in `text`, or, for a passage cut below it, the one its `context` carries. The
+/// row is named by its leading cells up to the first figure (`数学 GSM8K`; a ditto mark takes
+/// the label of the row above), the column by its header; the cell asked about holds a digit
+/// (a figure, a size, a version) and is short. Which cell, and which of a few phrasings, is
+/// drawn from `seed` and `key`. None when no row has such a cell.
+pub fn table_question(text: &str, context: &str, seed: u64, key: &str) -> Option<(String, String)> {
+    use zhiku_text::markdown::{fence_marker, is_ditto, is_table_delimiter, row_cells};
+    let lines: Vec<&str> = text.lines().collect();
+    let mut header: Option<Vec<&str>> = context
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with('|'))
+        .map(row_cells);
+    let mut label_above: Option<String> = None;
+    let mut fence = false;
+    // (row name, column name, cell)
+    let mut cells: Vec<(String, String, String)> = Vec::new();
+    let mut k = 0;
+    while k < lines.len() {
+        let line = lines[k].trim();
+        if fence_marker(line).is_some() {
+            fence = !fence;
+            header = None;
+            k += 1;
+            continue;
+        }
+        if fence || !line.contains('|') {
+            header = None;
+            label_above = None;
+            k += 1;
+            continue;
+        }
+        if lines.get(k + 1).is_some_and(|l| is_table_delimiter(l)) {
+            header = Some(row_cells(line));
+            label_above = None;
+            k += 2;
+            continue;
+        }
+        k += 1;
+        let row = row_cells(line);
+        let Some(names) = header
+            .as_ref()
+            .filter(|h| h.len() == row.len() && row.len() >= 2)
+        else {
+            continue;
+        };
+        let plain_row: Vec<String> = row.iter().map(|c| plain_cell(c)).collect();
+        let is_figure = |c: &str| c.starts_with(|ch: char| ch.is_ascii_digit());
+        let label_cells = plain_row
+            .iter()
+            .take_while(|c| !is_figure(c))
+            .take(2)
+            .count();
+        if label_cells == 0 {
+            continue;
+        }
+        let first = if is_ditto(&plain_row[0]) {
+            match &label_above {
+                Some(above) => above.clone(),
+                None => continue,
+            }
+        } else {
+            label_above = Some(plain_row[0].clone());
+            plain_row[0].clone()
+        };
+        let label = std::iter::once(&first)
+            .chain(&plain_row[1..label_cells])
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for (name, cell) in names.iter().zip(&plain_row).skip(label_cells) {
+            let name = plain_cell(name);
+            let asked = !name.is_empty()
+                && !is_ditto(&name)
+                && name != label
+                && cell.chars().any(|ch| ch.is_ascii_digit())
+                && cell.chars().count() <= MAX_CELL_CHARS
+                && !label.contains(cell.as_str());
+            if asked {
+                cells.push((label.clone(), name, cell.clone()));
+            }
+        }
+    }
+    if cells.is_empty() {
+        return None;
+    }
+    let (row, column, cell) =
+        &cells[(mix(seed ^ TABLE_CELL_SALT, key) % cells.len() as u64) as usize];
+    let question = match mix(seed ^ PHRASING_SALT, key) % 3 {
+        0 => format!("{row} 的 {column} 是多少？"),
+        1 => format!("{row} 在 {column} 上是多少？"),
+        _ => format!("表格里 {row} 对应的 {column} 是多少？"),
+    };
+    Some((question, cell.clone()))
+}
+
+/// A table cell without its markdown emphasis, code marks, HTML tags and link targets
+/// (`[Qwen2](https://…)` is `Qwen2`).
+fn plain_cell(cell: &str) -> String {
+    // A footnote mark (`<sup>1</sup>`) is not part of what the cell names.
+    let mut cell = cell.to_owned();
+    while let Some(start) = cell.find("<sup>") {
+        let Some(len) = cell[start..].find("</sup>") else {
+            break;
+        };
+        cell.replace_range(start..start + len + "</sup>".len(), "");
+    }
+    let chars: Vec<char> = cell.chars().collect();
+    let mut out = String::with_capacity(cell.len());
+    let mut in_tag = false;
+    let mut k = 0;
+    while k < chars.len() {
+        let ch = chars[k];
+        k += 1;
+        match ch {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if in_tag => {}
+            '*' | '`' | '[' => {}
+            // `](url)`: the link's target is not what the cell says.
+            ']' => {
+                if chars.get(k) == Some(&'(') {
+                    while k < chars.len() && chars[k] != ')' {
+                        k += 1;
+                    }
+                    k += 1;
+                }
+            }
+            _ => out.push(ch),
+        }
+    }
+    out.trim().to_owned()
 }
 
 /// The documents every reader of a knowledge base may read: those without readers. An
@@ -641,6 +815,76 @@ mod tests {
                 .unwrap();
         assert_eq!(q, "默认端口是什么？");
         assert_eq!(a, "7861");
+    }
+
+    #[test]
+    fn a_table_row_gives_a_question_about_one_cell_and_the_cell() {
+        let table = "| **Model** | GSM8K | MATH |\n|---|---|---|\n\
+                     | **Baichuan-13B-Base** | 26.76 | 4.84 |\n| **Baichuan2-13B-Base** | 52.77 | 10.08 |";
+        let cells = ["26.76", "4.84", "52.77", "10.08"];
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..40 {
+            let (q, a) = table_question(table, "", seed, "b.md#3").expect("a question");
+            assert!(cells.contains(&a.as_str()), "{q} {a}");
+            // The question names the cell's row and column, and only they hold the answer.
+            let (row, column) = match a.as_str() {
+                "26.76" => ("Baichuan-13B-Base", "GSM8K"),
+                "4.84" => ("Baichuan-13B-Base", "MATH"),
+                "52.77" => ("Baichuan2-13B-Base", "GSM8K"),
+                _ => ("Baichuan2-13B-Base", "MATH"),
+            };
+            assert!(q.contains(row) && q.contains(column), "{q} {a}");
+            assert!(!q.contains('*') && !q.contains(&a), "{q}");
+            seen.insert(a);
+        }
+        assert_eq!(seen.len(), 4, "seeds reach every cell: {seen:?}");
+        // The same seed and key: the same question.
+        assert_eq!(
+            table_question(table, "", 7, "b.md#3"),
+            table_question(table, "", 7, "b.md#3")
+        );
+    }
+
+    #[test]
+    fn a_passage_cut_below_its_header_is_asked_with_the_header_it_carries() {
+        let rows = "| 数学 | GSM8K | 4-shot | 54.9 | 18.4 |\n| - | MATH | 4-shot | 11.2 | 3.5 |";
+        let context = "评测结果如下：\n| 类别 | 数据集 | 设置 | XVERSE-13B-2 | XVERSE-13B |";
+        for seed in 0..20 {
+            let (q, a) = table_question(rows, context, seed, "x.md#9").expect("a question");
+            // Row names stop at the first figure: "4-shot" is a cell, not part of the name.
+            match a.as_str() {
+                "54.9" => assert!(
+                    q.contains("数学 GSM8K") && q.contains("XVERSE-13B-2"),
+                    "{q}"
+                ),
+                "18.4" => assert!(q.contains("数学 GSM8K") && q.contains("XVERSE-13B "), "{q}"),
+                // A ditto mark takes the first cell of the row above.
+                "11.2" | "3.5" => assert!(q.contains("数学 MATH"), "{q}"),
+                "4-shot" => assert!(q.contains("设置"), "{q}"),
+                other => panic!("{other}: {q}"),
+            }
+        }
+        // Without the header, the rows name no columns.
+        assert_eq!(table_question(rows, "", 1, "x.md#9"), None);
+    }
+
+    #[test]
+    fn cells_are_read_without_markup() {
+        assert_eq!(
+            plain_cell(" [Qwen2 (Code/Math)](https://huggingface.co/Qwen) "),
+            "Qwen2 (Code/Math)"
+        );
+        assert_eq!(plain_cell("**7B**<sup>1</sup> <b>x</b>"), "7B x");
+        assert_eq!(plain_cell("`--port` [x]"), "--port x");
+    }
+
+    #[test]
+    fn text_code_and_cells_without_figures_give_no_table_question() {
+        assert_eq!(table_question("部署需要 13GB 显存。", "", 1, "a#1"), None);
+        let code = "```\n| a | b |\n|---|---|\n| x | 12 |\n```";
+        assert_eq!(table_question(code, "", 1, "a#1"), None);
+        let words = "| 名称 | 说明 |\n|---|---|\n| lora | 低秩适配 |";
+        assert_eq!(table_question(words, "", 1, "a#1"), None);
     }
 
     #[test]
@@ -798,10 +1042,13 @@ mod tests {
                 question: "多少显存？".into(),
                 answer: "6GB".into(),
                 support: 1.0,
+                from_table: false,
             },
         };
         let line = serde_json::to_string(&example).unwrap();
         assert!(line.contains("\"kind\":\"answer\""));
+        // Written only when set, and read as unset when absent (files of earlier runs).
+        assert!(!line.contains("from_table"));
         let back: TrainingExample = serde_json::from_str(&line).unwrap();
         assert_eq!(back, example);
     }

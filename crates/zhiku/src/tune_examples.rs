@@ -41,6 +41,12 @@ pub struct ExampleArgs {
     /// Passages tried per document at most, so that examples spread over the base.
     #[arg(long, env = "ZHIKU_TUNE_EXAMPLES_PER_DOCUMENT", default_value_t = 8)]
     pub examples_per_document: usize,
+    /// Have the teacher write every question. By default a passage holding markdown table
+    /// rows is asked about one of its cells without the teacher (the row and column named,
+    /// the cell the answer): right by construction, and the reading small models get wrong
+    /// most.
+    #[arg(long, env = "ZHIKU_TUNE_TEACHER_ONLY")]
+    pub teacher_only: bool,
     /// The model that writes the questions and answers: a .gguf file, a directory or a hub
     /// id. Default: the chat model (--chat-model).
     #[arg(long, env = "ZHIKU_TUNE_TEACHER_MODEL")]
@@ -65,6 +71,7 @@ impl ExampleArgs {
             per_document: self.examples_per_document,
             seed,
             facts_only: !self.any_answer,
+            table_questions: !self.teacher_only,
             ..ExampleSettings::default()
         }
     }
@@ -355,6 +362,7 @@ mod tests {
             refusal_share: 0.0,
             any_answer: false,
             examples_per_document: 1,
+            teacher_only: false,
             teacher_model: None,
         };
         assert_eq!(
