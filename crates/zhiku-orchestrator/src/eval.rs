@@ -29,10 +29,15 @@ const MAX_CASES: usize = 10_000;
 const MAX_SETTINGS: usize = 256;
 const MAX_RUNS: usize = 100_000;
 
-/// Every gold substring is in `text` (compared in [`gold_form`]). No gold never matches.
+/// Every gold substring is in `text` (compared in [`gold_form`]), or, for a gold that is one
+/// number with its unit, `text` states that quantity in another spelling of the unit
+/// (`25分钟` for `25min`; [`crate::verify::states_quantity`]). No gold never matches.
 pub fn contains_gold(text: &str, gold: &[String]) -> bool {
-    let text = gold_form(text);
-    !gold.is_empty() && gold.iter().all(|g| text.contains(&gold_form(g)))
+    let form = gold_form(text);
+    !gold.is_empty()
+        && gold
+            .iter()
+            .all(|g| form.contains(&gold_form(g)) || crate::verify::states_quantity(text, g))
 }
 
 /// The form gold is compared in: [`normalize`]d (no whitespace, lower case), and a number's
@@ -627,6 +632,19 @@ mod tests {
         assert!(contains_gold("词表大小为 55,296", &gold));
         assert!(contains_gold("词表大小为 55，296", &gold));
         assert!(!contains_gold("词表大小为 55, 297", &gold));
+        // A quantity in another spelling of its unit.
+        let minutes = vec!["25min".to_string()];
+        assert!(contains_gold("大约需要25分钟。", &minutes));
+        assert!(contains_gold("25 minutes", &minutes));
+        assert!(!contains_gold("大约需要35分钟。", &minutes));
+        assert!(!contains_gold("大约需要25小时。", &minutes));
+        let hours = vec!["0.26h".to_string()];
+        assert!(contains_gold("约 0.26 小时", &hours));
+        assert!(contains_gold("15.6 分钟", &hours));
+        // A gold that is not one quantity is matched as written only.
+        let cards = vec!["A100 * 4".to_string()];
+        assert!(!contains_gold("4 张 A100", &cards));
+        assert!(contains_gold("需要 A100 * 4。", &cards));
         // Commas that group nothing stay: a list is not one number.
         let list = vec!["a,b".to_string()];
         assert!(contains_gold("a,b", &list));

@@ -752,6 +752,34 @@ pub fn without_unstated_units(answer: &str, check: &FactCheck) -> Option<String>
     changed.then_some(repaired)
 }
 
+/// Whether `text` states `quantity`, a number with its unit and nothing else (`25min`,
+/// `0.26h`, `14 GB`), in any spelling of the unit that verification reads as the same
+/// (`25分钟`, `15.6 分钟`, `14GB`). False when `quantity` is not one such figure.
+pub fn states_quantity(text: &str, quantity: &str) -> bool {
+    let wanted = scan(&fold_width(&quantity.to_lowercase()), true);
+    let [
+        Spanned {
+            fact:
+                Fact {
+                    key:
+                        Key::Quantity {
+                            value,
+                            unit,
+                            bare: false,
+                        },
+                    ..
+                },
+            ..
+        },
+    ] = wanted.as_slice()
+    else {
+        return false;
+    };
+    scan(&fold_width(&text.to_lowercase()), true)
+        .iter()
+        .any(|s| matches!(s.fact.key, Key::Quantity { value: v, unit: u, bare: false } if u == *unit && same_value(v, *value)))
+}
+
 /// Whether `text` states a figure: a quantity, a number or a version.
 pub fn states_a_figure(text: &str) -> bool {
     extract_facts(text).iter().any(|f| f.kind.is_figure())
