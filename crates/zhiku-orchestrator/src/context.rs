@@ -103,13 +103,7 @@ fn append(last: &mut Citation, next: Citation) {
 /// ([`zhiku_text::markdown::headed_table_rows`]).
 pub fn render(c: &Citation) -> String {
     let readable = zhiku_text::readable_text(&c.text);
-    // The header row the context carries for a passage cut below it (written with its
-    // outer pipes, as the splitter keeps it).
-    let header = c
-        .context
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with('|'));
+    let header = zhiku_text::markdown::context_header(&c.context);
     let (rows, header_used) = zhiku_text::markdown::headed_table_rows(readable.trim(), header);
     let trimmed = rows.trim();
     // A header that names every row's columns is said in each of them.

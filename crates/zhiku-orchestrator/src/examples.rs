@@ -579,13 +579,11 @@ fn screen_answer(
 /// (a figure, a size, a version) and is short. Which cell, and which of a few phrasings, is
 /// drawn from `seed` and `key`. None when no row has such a cell.
 pub fn table_question(text: &str, context: &str, seed: u64, key: &str) -> Option<(String, String)> {
-    use zhiku_text::markdown::{fence_marker, is_ditto, is_table_delimiter, row_cells};
+    use zhiku_text::markdown::{
+        context_header, fence_marker, is_ditto, is_table_delimiter, row_cells,
+    };
     let lines: Vec<&str> = text.lines().collect();
-    let mut header: Option<Vec<&str>> = context
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with('|'))
-        .map(row_cells);
+    let mut header: Option<Vec<String>> = context_header(context).map(row_cells);
     let mut label_above: Option<String> = None;
     let mut fence = false;
     // (row name, column name, cell)

@@ -25,7 +25,7 @@
 //! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
-use zhiku_text::markdown::{ditto_labels, fence_marker, is_table_delimiter};
+use zhiku_text::markdown::{ditto_labels, fence_marker, is_table_delimiter, row_cells};
 
 /// What kind of key fact a span of the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -587,7 +587,7 @@ pub fn focus_passages(
                     .copied()
                     .filter(|&r| wrong_row(&source, r, first, &asked).is_none())
                     .collect();
-                let header = table_cells(raw[first]);
+                let header = row_cells(raw[first]);
                 if kept.len() == body.len() || !source.is_table_head(first) || body.contains(&first)
                 {
                     out.extend(raw[first..end].iter().map(|l| (*l).to_owned()));
@@ -599,7 +599,7 @@ pub fn focus_passages(
                     );
                 } else {
                     for r in kept {
-                        out.extend(row_by_cells(&header, &table_cells(raw[r])));
+                        out.extend(row_by_cells(&header, &row_cells(raw[r])));
                     }
                 }
                 k = end;
@@ -607,27 +607,6 @@ pub fn focus_passages(
             Some(out.join("\n"))
         })
         .collect()
-}
-
-/// The cells of a markdown table row, trimmed (`\|` stays inside its cell).
-fn table_cells(line: &str) -> Vec<String> {
-    let inner = line.trim();
-    let inner = inner.strip_prefix('|').unwrap_or(inner);
-    let inner = inner.strip_suffix('|').unwrap_or(inner);
-    let mut cells = vec![String::new()];
-    let mut escaped = false;
-    for ch in inner.chars() {
-        match ch {
-            '|' if !escaped => cells.push(String::new()),
-            _ => {
-                if let Some(cell) = cells.last_mut() {
-                    cell.push(ch);
-                }
-            }
-        }
-        escaped = ch == '\\';
-    }
-    cells.iter().map(|c| c.trim().to_owned()).collect()
 }
 
 /// A table row as lines: its first cell under its column's name, then `- column: value` for
@@ -2435,8 +2414,8 @@ fn wrong_column(
     if k == first || !source.is_table_head(first) {
         return None;
     }
-    let header = table_cells(&source.lines[first]);
-    let row = table_cells(&source.lines[k]);
+    let header = row_cells(&source.lines[first]);
+    let row = row_cells(&source.lines[k]);
     let states = |cell: &str| {
         scan(cell, true)
             .iter()
@@ -3156,7 +3135,7 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
         );
         assert_eq!(verdict("25 GB", &[passage], question), Verdict::Supported);
         // An escaped pipe stays inside its cell.
-        assert_eq!(table_cells("| a \\| b | c |"), ["a \\| b", "c"]);
+        assert_eq!(row_cells("| a \\| b | c |"), ["a \\| b", "c"]);
     }
 
     #[test]

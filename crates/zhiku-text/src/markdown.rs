@@ -61,12 +61,32 @@ pub fn ditto_labels<'a>(rows: impl IntoIterator<Item = &'a str>) -> Vec<Option<S
         .collect()
 }
 
-/// The cells of a markdown table row, its outer pipes stripped, each trimmed.
-pub fn row_cells(row: &str) -> Vec<&str> {
-    let row = row.trim();
-    let row = row.strip_prefix('|').unwrap_or(row);
-    let row = row.strip_suffix('|').unwrap_or(row);
-    row.split('|').map(str::trim).collect()
+/// The cells of a markdown table row, its outer pipes stripped, each trimmed (`\|` stays
+/// inside its cell).
+pub fn row_cells(row: &str) -> Vec<String> {
+    let inner = row.trim();
+    let inner = inner.strip_prefix('|').unwrap_or(inner);
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    let mut cells = vec![String::new()];
+    let mut escaped = false;
+    for ch in inner.chars() {
+        match ch {
+            '|' if !escaped => cells.push(String::new()),
+            _ => {
+                if let Some(cell) = cells.last_mut() {
+                    cell.push(ch);
+                }
+            }
+        }
+        escaped = ch == '\\';
+    }
+    cells.iter().map(|c| c.trim().to_owned()).collect()
+}
+
+/// The header row that a passage's context carries for a passage cut below it (the
+/// splitter keeps it with its outer pipes; see `Passage::context`).
+pub fn context_header(context: &str) -> Option<&str> {
+    context.lines().map(str::trim).find(|l| l.starts_with('|'))
 }
 
 /// `text` with the body rows of its markdown tables written out under their column names,
@@ -83,7 +103,7 @@ pub fn row_cells(row: &str) -> Vec<&str> {
 pub fn headed_table_rows(text: &str, header: Option<&str>) -> (String, bool) {
     let lines: Vec<&str> = text.lines().collect();
     let mut out: Vec<String> = Vec::with_capacity(lines.len());
-    let mut columns: Option<Vec<&str>> = header.map(row_cells);
+    let mut columns: Option<Vec<String>> = header.map(row_cells);
     let mut header_used = false;
     let mut from_header = columns.is_some();
     let mut fence: Option<char> = None;
