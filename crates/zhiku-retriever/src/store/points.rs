@@ -334,8 +334,11 @@ fn passes(distance: Distance, score: f32, threshold: f32) -> bool {
 /// passages of equal score in no fixed order, inside each ranking, at its cut, and in the
 /// fused result, so the same data fused by the two engines gave different ranks, and so
 /// different fused scores, to the same passage. Here ties go by point id (the same on both
-/// backends), and a full ranking loses its last run of equal scores (the engine may have cut
-/// through it, keeping any of them), so the fused order depends only on the scores.
+/// backends), passages of equal score share the rank of the first of them, and a full
+/// ranking loses its last run of equal scores (the engine may have cut through it, keeping
+/// any of them), so the fused order depends only on the scores. "Equal" is within
+/// [`TIE_EPS`]: the engines sum BM25 and dot products in their own order, and a last-bit
+/// difference once moved a passage three places in one backend's ranking and not the other's.
 /// Its time is the `fuse` stage of the metrics.
 fn fuse_rrf(
     dense: Vec<(String, Hit)>,
@@ -348,20 +351,19 @@ fn fuse_rrf(
     let started = std::time::Instant::now();
     let ranked = |mut list: Vec<(String, Hit)>| {
         list.sort_by(|(a, x), (b, y)| y.score.total_cmp(&x.score).then_with(|| a.cmp(b)));
+        let ranks = shared_ranks(&list);
         if list.len() >= candidates
-            && let Some(last) = list.last().map(|(_, h)| h.score)
-        {
-            let run = list.iter().position(|(_, h)| h.score == last).unwrap_or(0);
+            && let Some(&last) = ranks.last()
             // All tied: nothing better to keep.
-            if run > 0 {
-                list.truncate(run);
-            }
+            && last > 0
+        {
+            list.truncate(last);
         }
-        list
+        list.into_iter().zip(ranks)
     };
     let mut fused: BTreeMap<String, Hit> = BTreeMap::new();
     for (list, is_dense) in [(ranked(dense), true), (ranked(sparse), false)] {
-        for (rank, (key, hit)) in list.into_iter().enumerate() {
+        for ((key, hit), rank) in list {
             if !is_dense && !fused.contains_key(&key) && !admits(&hit) {
                 continue;
             }
@@ -389,6 +391,28 @@ fn fuse_rrf(
         started.elapsed().as_secs_f64(),
     );
     hits
+}
+
+/// Scores this close (relative, absolute below 1) are one score to the fusion: well above
+/// the engines' rounding differences, well below any difference a ranking should follow.
+const TIE_EPS: f32 = 1e-5;
+
+fn tied(a: f32, b: f32) -> bool {
+    (a - b).abs() <= TIE_EPS * a.abs().max(b.abs()).max(1.0)
+}
+
+/// The rank of each hit of a list sorted best first: its index, or, in a run of tied scores
+/// (each tied with the one before), the index of the run's first.
+fn shared_ranks(sorted: &[(String, Hit)]) -> Vec<usize> {
+    let mut ranks: Vec<usize> = Vec::with_capacity(sorted.len());
+    for (i, (_, hit)) in sorted.iter().enumerate() {
+        let rank = match (i.checked_sub(1), ranks.last()) {
+            (Some(prev), Some(&rank)) if tied(sorted[prev].1.score, hit.score) => rank,
+            _ => i,
+        };
+        ranks.push(rank);
+    }
+    ranks
 }
 
 #[cfg(test)]
@@ -475,6 +499,48 @@ mod tests {
         };
         assert_eq!(cut("b"), cut("c"));
         assert_eq!(cut("b").len(), 1);
+    }
+
+    #[test]
+    fn scores_a_rounding_apart_share_a_rank() {
+        // The same BM25 scores as two engines summed them: "m" and "n" a last bit above "d"
+        // in one, below it in the other. Before ranks were shared, "d" ranked 2nd in one
+        // and 0th in the other.
+        let bits = |x: f32, steps: i32| f32::from_bits((x.to_bits() as i32 + steps) as u32);
+        let base = 4.791_643_6_f32;
+        let fuse = |steps: i32| {
+            fuse_rrf(
+                ranking(&[("z", 0.9)]),
+                ranking(&[
+                    ("d", base),
+                    ("m", bits(base, steps)),
+                    ("n", bits(base, 2 * steps)),
+                    ("q", 1.0),
+                ]),
+                10,
+                10,
+                DEFAULT_RRF_K,
+                |_| true,
+            )
+        };
+        let one = fuse(3);
+        let other = fuse(-3);
+        let score = |hits: &[Hit], id: &str| {
+            hits.iter()
+                .find(|h| h.payload.text == id)
+                .map(|h| h.score)
+                .expect("hit")
+        };
+        for id in ["d", "m", "n"] {
+            assert_eq!(score(&one, id), score(&other, id), "{id}");
+            assert_eq!(score(&one, id), 1.0 / DEFAULT_RRF_K as f32, "{id}");
+        }
+        // A real difference keeps its rank: "q" is 3rd.
+        assert_eq!(score(&one, "q"), 1.0 / (DEFAULT_RRF_K as f32 + 3.0));
+        assert_eq!(
+            shared_ranks(&ranking(&[("a", 2.0), ("b", 1.0), ("c", 1.0), ("d", 0.5)])),
+            [0, 1, 1, 3]
+        );
     }
 
     #[test]

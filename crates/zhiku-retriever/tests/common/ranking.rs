@@ -14,9 +14,10 @@ const DOCS: usize = 100;
 const CHUNKS: u32 = 4;
 /// Relative score difference allowed between the engines (float summation order).
 const SCORE_EPS: f32 = 1e-4;
-/// Hybrid: the retriever fuses both backends' rankings the same way, but two passages whose
-/// dense (or BM25) scores differ by less than the engines' rounding may swap neighbouring
-/// ranks, which moves their fused scores by at most 1/60 − 1/61 (RRF, k = 60).
+/// Hybrid: the retriever fuses both backends' rankings the same way, and scores within the
+/// engines' rounding share a rank; two passages whose scores sit right at that tolerance may
+/// still swap neighbouring ranks, which moves their fused scores by at most 1/60 − 1/61
+/// (RRF, k = 60).
 pub const FUSED_EPS: f32 = 1.0 / 60.0 - 1.0 / 61.0 + 1e-6;
 
 const WORDS: &[&str] = &[
