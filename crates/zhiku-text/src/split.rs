@@ -67,11 +67,12 @@ pub struct Passage {
     /// columns are. Like the heading path, it is context for [`Passage::indexed_text`], not
     /// part of `text`.
     pub table_header: Option<String>,
-    /// When the passage starts inside a table (markdown or HTML, its header row included):
-    /// the paragraph just before the table, which often names what the table is about
-    /// ("以 Chinese-LLaMA-2-7B 为例，对比不同精度下的模型大小"), at most
-    /// [`MAX_CAPTION_CHARS`] characters of it. Context like [`Passage::table_header`].
-    pub table_caption: Option<String>,
+    /// When the passage starts inside a table (markdown or HTML, its header row included) or
+    /// at the opening fence of a code block: the paragraph just before it, which often names what the table
+    /// is about ("以 Chinese-LLaMA-2-7B 为例，对比不同精度下的模型大小") or what the code does
+    /// ("以下是使用 LMDeploy 的示例："), at most [`MAX_CAPTION_CHARS`] characters of it.
+    /// Context like [`Passage::table_header`].
+    pub caption: Option<String>,
     /// When the passage starts inside an HTML table below a row whose cells span down into
     /// it (`<td rowspan="3">14B</td>`): those cells' text, joined by ` | ` ("14B"), so that
     /// the rows under a merged cell still say which model or setting they belong to; in a
@@ -95,7 +96,7 @@ impl Passage {
     /// its first row, each on its own line (empty when the passage starts outside a table). Stored and shown with the passage.
     pub fn context(&self) -> String {
         let mut out = String::new();
-        for line in [&self.table_caption, &self.table_header, &self.table_spanned]
+        for line in [&self.caption, &self.table_header, &self.table_spanned]
             .into_iter()
             .flatten()
         {
@@ -241,11 +242,20 @@ impl PassageSplitter {
     ///
     /// A passage that starts inside a markdown table, below its header, carries the table's
     /// header row in [`Passage::table_header`]; one that starts in a table at all, the
-    /// paragraph before it in [`Passage::table_caption`].
+    /// paragraph before it in [`Passage::caption`], as does one that starts at the opening
+    /// fence of a code block.
     pub fn split_markdown(&self, text: &str) -> Vec<Passage> {
         let chars: Vec<char> = text.chars().collect();
         let sections = markdown_sections(&chars);
         let mut passages = self.split_sections(&chars, sections);
+        let blocks = code_blocks(&chars);
+        for passage in &mut passages {
+            let at = passage.char_start;
+            passage.caption = blocks
+                .iter()
+                .find(|(start, end, _)| *start <= at && at < *end)
+                .and_then(|(_, _, caption)| caption.clone());
+        }
         let tables = markdown_tables(&chars);
         if !tables.is_empty() {
             for passage in &mut passages {
@@ -253,10 +263,12 @@ impl PassageSplitter {
                     .iter()
                     .find(|t| t.body_start <= passage.char_start && passage.char_start < t.end)
                     .map(|t| t.header.clone());
-                passage.table_caption = tables
+                if let Some(table) = tables
                     .iter()
                     .find(|t| t.start <= passage.char_start && passage.char_start < t.end)
-                    .and_then(|t| t.caption.clone());
+                {
+                    passage.caption = table.caption.clone();
+                }
                 passage.table_spanned = tables
                     .iter()
                     .find(|t| t.body_start <= passage.char_start && passage.char_start < t.end)
@@ -444,7 +456,7 @@ fn passage(chars: &[char], heading_path: &[String], start: usize, end: usize) ->
         text: chars[start..end].iter().collect(),
         heading_path: heading_path.to_vec(),
         table_header: None,
-        table_caption: None,
+        caption: None,
         table_spanned: None,
         char_start: start,
         char_end: end,
@@ -784,6 +796,34 @@ impl Table {
     }
 }
 
+/// The fenced code blocks of a markdown text, each as (the first character of its opening
+/// fence line, one past that line, the paragraph before the block ([`lead_paragraph`])).
+///
+/// Only a passage that starts at the opening fence takes the caption: it has lost the
+/// sentence introducing it ("以下是使用 LMDeploy 的示例："). One that starts further into a
+/// long block continues a passage that already holds the fence, and a caption there only
+/// dilutes its own lines (measured: it moved the visible set's `DEFAULT_EMBEDDING_MODEL`
+/// passage from 1st to 7th).
+fn code_blocks(chars: &[char]) -> Vec<(usize, usize, Option<String>)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<char> = None;
+    for (start, end, _) in line_spans(chars) {
+        let line: String = chars[start..end].iter().collect();
+        let Some(marker) = fence_marker(line.trim()) else {
+            continue;
+        };
+        match open {
+            None => {
+                open = Some(marker);
+                blocks.push((start, end, lead_paragraph(chars, start)));
+            }
+            Some(opened) if opened == marker => open = None,
+            Some(_) => {}
+        }
+    }
+    blocks
+}
+
 /// The tables of a markdown text, outside fenced code blocks: a line holding `|`, a delimiter
 /// row under it (`|---|:--:|`), and the lines holding `|` that follow, up to a blank line.
 fn markdown_tables(chars: &[char]) -> Vec<Table> {
@@ -855,9 +895,13 @@ fn ditto_rows(rows: &[(usize, usize, String)]) -> Vec<(usize, Option<String>)> {
 pub const MAX_CAPTION_CHARS: usize = 200;
 
 /// The paragraph that ends just before the line holding `start` (blank lines between them
-/// allowed), its lines joined by spaces and cut to [`MAX_CAPTION_CHARS`]: None when a
-/// heading, a table row, a fence, an HTML tag line or the text's start comes first.
+/// and lines of tags alone allowed), its lines joined by spaces and cut to
+/// [`MAX_CAPTION_CHARS`]: None when a heading, a table row, a fence, a line starting with an
+/// HTML tag and holding text, or the text's start comes first.
 fn lead_paragraph(chars: &[char], start: usize) -> Option<String> {
+    // Lines of tags alone skipped above a table, at most: a bound on the walk back.
+    const MAX_WRAPPER_LINES: usize = 8;
+    let mut wrappers = 0;
     let line_start = chars[..start]
         .iter()
         .rposition(|&c| c == '\n')
@@ -873,7 +917,13 @@ fn lead_paragraph(chars: &[char], start: usize) -> Option<String> {
         let line: String = chars[begin..line_end].iter().collect();
         let trimmed = line.trim();
         end = begin;
-        if trimmed.is_empty() {
+        // A line of tags alone (`<div align="center">`, `</details>`) wraps the table in a
+        // README; the caption is above it.
+        let wrapper = trimmed.starts_with('<') && strip_tags(trimmed).trim().is_empty();
+        if wrapper {
+            wrappers += 1;
+        }
+        if trimmed.is_empty() || (wrapper && wrappers <= MAX_WRAPPER_LINES) {
             if lines.is_empty() {
                 continue;
             }
@@ -917,20 +967,26 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
             break;
         };
         let table = &lower[open..close];
-        let header_row = table
-            .find("<tr")
-            .and_then(|start| table[start..].find("</tr>").map(|end| (start, start + end)));
-        if let Some((row_start, row_end)) = header_row {
-            let original: String = chars
-                [byte_to_char(open + row_start)..byte_to_char(open + row_end)]
+        let header_rows = html_header_rows(table);
+        if let Some(&(_, row_end)) = header_rows.last() {
+            let rows: Vec<Vec<HtmlCell>> = header_rows
                 .iter()
+                .map(|&(from, to)| {
+                    let original: String = chars
+                        [byte_to_char(open + from)..byte_to_char(open + to)]
+                        .iter()
+                        .collect();
+                    html_cell_spans(&original)
+                })
                 .collect();
-            let cells = html_cells(&original);
+            let cells = header_columns(&rows);
             if !cells.is_empty() {
                 let start = byte_to_char(open);
                 let body_start = open + row_end + "</tr>".len();
                 let mut spans = RowSpans::default();
-                spans.fill(html_cell_spans(&original));
+                if let [.., last] = rows.as_slice() {
+                    spans.fill(last.clone());
+                }
                 let mut body_rows = Vec::new();
                 for (from, to) in row_pieces(&lower[body_start..close]) {
                     let row_start = byte_to_char(body_start + from);
@@ -938,12 +994,17 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
                         .iter()
                         .collect();
                     let cells = html_cell_spans(&piece);
-                    // The row's own merged cells, for a passage that starts after one of them
-                    // inside this row.
+                    // The row's own merged cells, and its label (its first cell, when more
+                    // follow), for a passage that starts after one of them inside this row:
+                    // a wide row of `<td align="center">` cells is longer than a passage,
+                    // and its numbers are nobody's without the model the row names.
                     let own: Vec<(usize, String)> = cells
                         .iter()
-                        .filter(|c| c.rowspan > 1)
-                        .map(|c| (row_start + piece[..c.end].chars().count(), c.text.clone()))
+                        .enumerate()
+                        .filter(|(i, c)| {
+                            c.rowspan > 1 || (*i == 0 && cells.len() > 1 && !c.text.is_empty())
+                        })
+                        .map(|(_, c)| (row_start + piece[..c.end].chars().count(), c.text.clone()))
                         .collect();
                     let mut carried = spans.fill(cells).1;
                     body_rows.push((
@@ -970,9 +1031,72 @@ fn html_tables(chars: &[char]) -> Vec<Table> {
     tables
 }
 
-/// The text of each `<td>` or `<th>` cell of an HTML row, tags removed, whitespace collapsed.
-fn html_cells(row: &str) -> Vec<String> {
-    html_cell_spans(row).into_iter().map(|c| c.text).collect()
+/// The byte spans (in `table`, lowercased, from `<tr` to its `</tr>`) of an HTML table's
+/// header rows: every row of its `<thead>` (multi-row headers: a task, then a metric, then
+/// a dataset per column), else its first row. Empty when it has no closed row.
+fn html_header_rows(table: &str) -> Vec<(usize, usize)> {
+    let closed_row = |from: usize| {
+        let start = from + table[from..].find("<tr")?;
+        let end = start + table[start..].find("</tr>")?;
+        Some((start, end))
+    };
+    let head = table.find("<thead").and_then(|start| {
+        table[start..]
+            .find("</thead>")
+            .map(|end| (start, start + end))
+    });
+    let mut rows = Vec::new();
+    if let Some((head_start, head_end)) = head {
+        let mut from = head_start;
+        while let Some((start, end)) = closed_row(from).filter(|&(start, _)| start < head_end) {
+            rows.push((start, end));
+            from = end;
+        }
+    }
+    if rows.is_empty() {
+        rows.extend(closed_row(0));
+    }
+    rows
+}
+
+/// The most header rows whose cells are joined into one column name.
+const MAX_HEADER_ROWS: usize = 4;
+
+/// One name per column of a table whose header has several rows: each column's cells from
+/// the top row down (a `colspan` cell names every column it covers, a `rowspan` cell the
+/// rows it covers), distinct texts joined by spaces: `ASR (zh) CER↓ AISHELL-1`. A one-row
+/// header gives its cells as they are.
+fn header_columns(rows: &[Vec<HtmlCell>]) -> Vec<String> {
+    if let [row] = rows {
+        return row.iter().map(|c| c.text.clone()).collect();
+    }
+    let mut columns: Vec<Vec<String>> = Vec::new();
+    // Per column: how many more rows a rowspan cell above still covers.
+    let mut covered: Vec<usize> = Vec::new();
+    for row in rows.iter().take(MAX_HEADER_ROWS) {
+        let mut column = 0;
+        for cell in row {
+            while covered.get(column).is_some_and(|&left| left > 0) {
+                column += 1;
+            }
+            for c in column..column + cell.colspan {
+                if columns.len() <= c {
+                    columns.resize(c + 1, Vec::new());
+                    covered.resize(c + 1, 0);
+                }
+                covered[c] = cell.rowspan.min(MAX_HEADER_ROWS);
+                let names = &mut columns[c];
+                if !cell.text.is_empty() && names.last() != Some(&cell.text) {
+                    names.push(cell.text.clone());
+                }
+            }
+            column += cell.colspan;
+        }
+        for left in &mut covered {
+            *left = left.saturating_sub(1);
+        }
+    }
+    columns.into_iter().map(|names| names.join(" ")).collect()
 }
 
 /// The most rows a merged cell is repeated in, and the most columns it covers: bounds on
@@ -981,6 +1105,7 @@ const MAX_ROWSPAN: usize = 1_000;
 const MAX_COLSPAN: usize = 64;
 
 /// One cell of an HTML row: its text and how many rows and columns it covers.
+#[derive(Clone)]
 struct HtmlCell {
     text: String,
     rowspan: usize,
@@ -989,7 +1114,7 @@ struct HtmlCell {
     end: usize,
 }
 
-/// The cells of an HTML row, as [`html_cells`] with their `rowspan`/`colspan` (1 when absent
+/// The cells of an HTML row (`<td>`, `<th>`: tags removed, whitespace collapsed), with their `rowspan`/`colspan` (1 when absent
 /// or unreadable, bounded by [`MAX_ROWSPAN`] and [`MAX_COLSPAN`]).
 fn html_cell_spans(row: &str) -> Vec<HtmlCell> {
     // Each tag as (its start, one past its `>`, its lowercased name, whether it closes).

@@ -281,7 +281,7 @@ fn table_rows_cut_from_their_header_carry_it() {
     assert!(!continued.is_empty(), "{passages:#?}");
     for p in &continued {
         assert_eq!(p.table_header.as_deref(), Some(header));
-        assert_eq!(p.table_caption.as_deref(), Some("下表是实测数据。"));
+        assert_eq!(p.caption.as_deref(), Some("下表是实测数据。"));
         assert_eq!(p.context(), format!("下表是实测数据。\n{header}"));
         assert_eq!(
             p.indexed_text(),
@@ -294,7 +294,7 @@ fn table_rows_cut_from_their_header_carry_it() {
     let after = passages.last().expect("passages");
     if after.text.starts_with("表后") {
         assert_eq!(after.table_header, None);
-        assert_eq!(after.table_caption, None);
+        assert_eq!(after.caption, None);
     }
     // Offsets still index the source: the header is context, not text.
     let chars: Vec<char> = md.chars().collect();
@@ -366,7 +366,7 @@ fn html_table_rows_are_indexed_as_cells_without_markup() {
         text: "32.22</td>\n    </tr>\n    <tr>\n        <td>Int4</td>".into(),
         heading_path: vec![],
         table_header: None,
-        table_caption: None,
+        caption: None,
         table_spanned: None,
         char_start: 0,
         char_end: 0,
@@ -408,7 +408,7 @@ fn a_table_passage_carries_the_paragraph_before_its_table_as_caption() {
             .split_markdown(md)
             .into_iter()
             .filter(|p| p.text.starts_with('|'))
-            .map(|p| p.table_caption)
+            .map(|p| p.caption)
             .collect()
     };
     // Two lines of one paragraph, joined; every passage that starts in the table has it,
@@ -522,10 +522,15 @@ fn html_rows_under_a_merged_cell_carry_it() {
             .expect("a speed cell");
         let own_row_names_it = p.text.contains(&format!("rowspan=\"3\">{model}<"));
         if !own_row_names_it {
-            assert_eq!(p.table_spanned.as_deref(), Some(model), "{p:#?}");
-            assert!(p.context().ends_with(model), "{p:#?}");
+            // The model, then the row's label when the passage starts after it.
+            let spanned = p.table_spanned.as_deref().unwrap_or_default();
             assert!(
-                p.indexed_text().contains(&format!("{model}\n")),
+                spanned == model || spanned.starts_with(&format!("{model} | ")),
+                "{p:#?}"
+            );
+            assert!(p.context().ends_with(spanned), "{p:#?}");
+            assert!(
+                p.indexed_text().contains(&format!("{spanned}\n")),
                 "{}",
                 p.indexed_text()
             );
@@ -558,4 +563,121 @@ fn merged_cell_attributes_from_a_document_are_bounded() {
     assert!(indexed.contains("x | y"), "{indexed}");
     assert!(indexed.contains("x | z"), "{indexed}");
     assert!(indexed.contains("x | w"), "{indexed}");
+}
+
+#[test]
+fn a_passage_starting_inside_a_wide_html_row_names_the_row() {
+    // MiniCPM-V's READMEs: a row of eleven `<td align="center">` cells is longer than a
+    // passage, so a passage holding "894" starts after the row's model name.
+    let mut rows = String::new();
+    for (model, score) in [("GPT-4v", "656"), ("MiniCPM-V 4.0", "894")] {
+        rows.push_str(&format!(
+            "        <tr>\n            <td nowrap=\"nowrap\" align=\"left\">{model}</td>\n"
+        ));
+        for cell in ["4.1B", "69.0", score, "66.9", "50.8", "51.2"] {
+            rows.push_str(&format!("            <td align=\"center\">{cell}</td>\n"));
+        }
+        rows.push_str("        </tr>\n");
+    }
+    let md = format!(
+        "# 性能评估\n\n<table>\n    <thead>\n        <tr>\n            <th>model</th><th>Size</th><th>Opencompass</th><th>OCRBench</th><th>MathVista</th><th>MMMU</th><th>MMVet</th>\n        </tr>\n    </thead>\n    <tbody>\n{rows}    </tbody>\n</table>\n"
+    );
+    let passages = splitter(120, 0).split_markdown(&md);
+    let holder = passages
+        .iter()
+        .find(|p| p.text.contains(">894<"))
+        .expect("a passage holds 894");
+    assert!(!holder.text.contains("MiniCPM-V 4.0"), "{holder:#?}");
+    assert_eq!(holder.table_spanned.as_deref(), Some("MiniCPM-V 4.0"));
+    let indexed = holder.indexed_text();
+    assert!(indexed.contains("OCRBench"), "{indexed}");
+    assert!(indexed.contains("MiniCPM-V 4.0\n"), "{indexed}");
+    // A row of one cell (a group title spanning the table) labels nothing.
+    let titled = "<table>\n<tr><th>a</th><th>b</th></tr>\n<tr><td colspan=\"2\">Open-Source</td></tr>\n<tr><td>x</td><td>1</td></tr>\n</table>\n";
+    for p in splitter(30, 0).split_markdown(titled) {
+        assert_ne!(p.table_spanned.as_deref(), Some("Open-Source"), "{p:#?}");
+    }
+}
+
+#[test]
+fn a_multi_row_html_header_names_each_column_from_every_row() {
+    // MiniCPM-o 2.6's speech table: a task, a metric and a dataset per column.
+    let md = "<div align=\"center\">\n\n**Speech understanding**\n\n<div align=\"center\">\n<table>\n    <thead>\n        <tr>\n            <th align=\"left\">Task</th>\n            <td>Size</td>\n            <th colspan=\"2\">ASR (zh)</th>\n            <th>AST</th>\n        </tr>\n        <tr>\n            <th align=\"left\">Metric</th>\n            <td></td>\n            <th colspan=\"2\">CER↓</th>\n            <th>BLEU↑</th>\n        </tr>\n        <tr>\n            <th align=\"left\">Dataset</th>\n            <td></td>\n            <th>AISHELL-1</th>\n            <th>Fleurs zh</th>\n            <th>CoVoST</th>\n        </tr>\n    </thead>\n    <tbody>\n        <tr>\n            <td>Qwen2-Audio-7B</td>\n            <td>8B</td>\n            <td>-</td>\n            <td>7.5</td>\n            <td>45.2</td>\n        </tr>\n        <tr>\n            <td>MiniCPM-o 2.6</td>\n            <td>8B</td>\n            <td>1.6</td>\n            <td>4.4</td>\n            <td>48.2</td>\n        </tr>\n    </tbody>\n</table>\n</div>\n";
+    let passages = splitter(100, 0).split_markdown(md);
+    let holder = passages
+        .iter()
+        .find(|p| p.text.contains(">1.6<"))
+        .expect("a passage holds 1.6");
+    assert_eq!(
+        holder.table_header.as_deref(),
+        Some(
+            "| Task Metric Dataset | Size | ASR (zh) CER↓ AISHELL-1 | ASR (zh) CER↓ Fleurs zh | AST BLEU↑ CoVoST |"
+        ),
+        "{holder:#?}"
+    );
+    // The caption is found above the `<div>` lines that wrap the table.
+    assert_eq!(holder.caption.as_deref(), Some("**Speech understanding**"));
+    // A header row spanning two rows down names its column once.
+    let spanned = "<table><thead>\n<tr><th rowspan=\"2\">Model</th><th colspan=\"2\">Speed</th></tr>\n<tr><th>BF16</th><th>Int4</th></tr>\n</thead>\n<tr><td>7B</td><td>30</td><td>50</td></tr>\n</table>\n";
+    let p = &splitter(20, 0).split_markdown(spanned);
+    let body = p.iter().find(|p| p.text.contains(">50<")).expect("50");
+    assert_eq!(
+        body.table_header.as_deref(),
+        Some("| Model | Speed BF16 | Speed Int4 |"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn a_passage_inside_a_code_block_carries_the_paragraph_before_it() {
+    // OpenCompass's README: the flag is in the code, the words a user asks with are in the
+    // sentence above it, and the block is a passage of its own.
+    let md = "# 评测\n\n- ### 推理后端\n\n  如果您想使用除 HuggingFace 之外的推理后端来进行加速评估，比如 LMDeploy 或 vLLM，可以通过以下命令进行。以下是使用 LMDeploy 的示例：\n\n  ```bash\n  opencompass --models hf_internlm2_5_1_8b_chat --datasets demo_gsm8k_chat_gen -a lmdeploy\n  ```\n\n## 其他\n\n后文。\n";
+    let passages = splitter(110, 0).split_markdown(md);
+    let code = passages
+        .iter()
+        .find(|p| p.text.contains("-a lmdeploy"))
+        .expect("the command");
+    assert!(code.text.starts_with("```bash"), "{passages:#?}");
+    let caption = code.caption.as_deref().unwrap_or_default();
+    assert!(
+        caption.starts_with("如果您想使用除 HuggingFace"),
+        "{code:#?}"
+    );
+    assert!(
+        code.indexed_text().contains("LMDeploy"),
+        "{}",
+        code.indexed_text()
+    );
+    // A passage further into a block continues one that holds its fence: no caption.
+    // (An introduction of 55 characters: with the fence it is over a passage of 60.)
+    let intro = format!("{}：", "说明".repeat(27));
+    let long = format!(
+        "{intro}\n\n```bash\n{}```\n",
+        (0..20)
+            .map(|i| format!("echo line-{i}\n"))
+            .collect::<String>()
+    );
+    let parts = splitter(60, 0).split_markdown(&long);
+    assert!(parts.len() >= 3, "{parts:#?}");
+    let opening = parts
+        .iter()
+        .find(|p| p.text.starts_with("```bash"))
+        .expect("fence");
+    assert_eq!(
+        opening.caption.as_deref(),
+        Some(intro.as_str()),
+        "{parts:#?}"
+    );
+    assert!(
+        parts
+            .iter()
+            .any(|p| p.text.starts_with("echo") && p.caption.is_none())
+    );
+    // Text after the block is outside it: no caption.
+    let after = passages
+        .iter()
+        .find(|p| p.text.contains("后文"))
+        .expect("after");
+    assert_eq!(after.caption, None, "{after:#?}");
 }
