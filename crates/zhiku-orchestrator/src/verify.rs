@@ -26,6 +26,7 @@
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
 use zhiku_text::markdown::{ditto_labels, fence_marker, is_table_delimiter, row_cells};
+use zhiku_text::terms::SETTING_WORDS;
 
 /// What kind of key fact a span of the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,24 +267,6 @@ fn qualifiers_of(question: &str) -> Vec<Qualifier> {
         })
         .collect()
 }
-
-/// Chinese words by which questions name settings, and the setting names (or their last
-/// parts: `server-port`, `num-train-epochs`) that each stands for.
-const SETTING_WORDS: &[(&str, &[&str])] = &[
-    ("端口", &["port"]),
-    ("学习率", &["lr", "learning-rate"]),
-    ("轮数", &["epochs", "epoch"]),
-    ("轮次", &["epochs", "epoch"]),
-    ("批大小", &["batch-size", "bs"]),
-    ("批次大小", &["batch-size", "bs"]),
-    ("长度", &["len", "length", "ctx-size"]),
-    ("秩", &["rank", "r"]),
-    ("梯度累积", &["accumulation-steps", "grad-accum"]),
-    ("温度", &["temperature"]),
-    ("种子", &["seed"]),
-    ("线程", &["threads"]),
-    ("步数", &["steps"]),
-];
 
 /// What a question asks about, as verification holds a figure's row or line to it.
 #[derive(Debug, Default)]

@@ -23,6 +23,7 @@
 mod load;
 pub mod markdown;
 mod split;
+pub mod terms;
 mod title;
 pub mod walk;
 

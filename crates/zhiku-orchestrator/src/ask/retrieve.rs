@@ -39,6 +39,19 @@ pub(crate) fn effective_top_k(top_k: u32) -> u32 {
     if top_k == 0 { 5 } else { top_k }
 }
 
+/// What keyword search (BM25) looks for: the question, then the names of the settings it
+/// names in Chinese (`学习率` → `lr learning_rate`): documents write `learning_rate: 1.0e-4`
+/// and `--lr 2e-5`, and no line of theirs says 学习率, so the passage that holds the figure
+/// shared no word with the question. The dense search embeds the question as asked.
+pub(crate) fn keyword_query(question: &str) -> String {
+    let keywords = zhiku_text::terms::setting_keywords(question);
+    if keywords.is_empty() {
+        question.to_owned()
+    } else {
+        format!("{question} {}", keywords.join(" "))
+    }
+}
+
 /// The search mode a request names (UNSPECIFIED: hybrid).
 pub(crate) fn search_mode(mode: i32) -> Result<SearchMode, OrchestratorError> {
     match SearchMode::try_from(mode) {
@@ -165,7 +178,7 @@ impl Orchestrator {
                 query_text: if mode == SearchMode::Dense {
                     String::new()
                 } else {
-                    question.to_owned()
+                    keyword_query(question)
                 },
                 top_k: candidates,
                 score_threshold,
@@ -352,6 +365,15 @@ mod tests {
         for order in [&[0, 1][..], &[0, 0, 1], &[0, 1, 7]] {
             assert!(apply_rerank(citations.clone(), order, &[0.0; 3], 3).is_err());
         }
+    }
+
+    #[test]
+    fn keyword_search_adds_the_names_of_settings_asked_in_chinese() {
+        assert_eq!(
+            keyword_query("配置里学习率是多少？"),
+            "配置里学习率是多少？ lr learning_rate"
+        );
+        assert_eq!(keyword_query("要多少显存？"), "要多少显存？");
     }
 
     #[test]
