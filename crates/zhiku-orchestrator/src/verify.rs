@@ -2500,6 +2500,10 @@ fn wrong_column(
             row_label(&source.lines[k])
         ));
     }
+    // Each name the question gives that heads exactly one column picks it. A question may
+    // name several (拿 Alpaca-Plus-7B、Plus-13B 和 33B 做对比时，Plus-13B 的…): the value
+    // stands in any column it names, and is misplaced only when none of them holds it.
+    let mut picked_by_name: Vec<(usize, &str)> = Vec::new();
     for q in &asked.qualifiers {
         let Qualifier::Name(name) = q else {
             continue;
@@ -2512,22 +2516,25 @@ fn wrong_column(
         let (Some((column @ 1.., _)), None) = (named.next(), named.next()) else {
             continue;
         };
-        if row.iter().any(|cell| contains_word(cell, name))
-            || row
-                .get(column)
-                .is_some_and(|cell| states(cell) || meets_condition(cell))
-        {
+        if row.iter().any(|cell| contains_word(cell, name)) {
             continue;
         }
-        if let Some(holding) = holding {
-            let under = header.get(holding).map_or("", String::as_str);
-            return Some(format!(
-                "the column {under}, not the column for {name}, of the table row for {}",
-                row_label(&source.lines[k])
-            ));
+        if row
+            .get(column)
+            .is_some_and(|cell| states(cell) || meets_condition(cell))
+        {
+            return None;
         }
+        picked_by_name.push((column, name.as_str()));
     }
-    None
+    let (&(_, name), Some(holding)) = (picked_by_name.first()?, holding) else {
+        return None;
+    };
+    let under = header.get(holding).map_or("", String::as_str);
+    Some(format!(
+        "the column {under}, not the column for {name}, of the table row for {}",
+        row_label(&source.lines[k])
+    ))
 }
 
 /// The maximal runs of CJK characters in `text`.
@@ -3151,6 +3158,35 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
         assert_eq!(
             verdict("7 GB", &[two], "INT4 要多少显存？"),
             Verdict::Supported
+        );
+    }
+
+    #[test]
+    fn a_question_naming_several_columns_takes_the_figure_of_any_of_them() {
+        // llm-docs-zh4's w12: the question names all three compared models and asks of one.
+        let passage = "| 测试任务 | 样例数 | Alpaca-Plus-7B | Alpaca-Plus-13B | Alpaca-33B |\n\
+            |---|---|---|---|---|\n\
+            | **总平均分** | 200 | 75.3 | 79.4 | 82.0 |\n\
+            | 知识问答 | 20 | 70.5 | 79.5 | 82.3 |";
+        let question = "拿 Alpaca-Plus-7B、Alpaca-Plus-13B 和 Alpaca-33B 做效果对比时，\
+            Alpaca-Plus-13B 的总平均分是多少？";
+        assert_verdicts(
+            &[passage],
+            question,
+            &[
+                ("79.4", Verdict::Supported),
+                // A column the question names, not another row's figure.
+                ("75.3", Verdict::Supported),
+            ],
+        );
+        // A column the question does not name stays another column's.
+        assert_eq!(
+            verdict(
+                "82.0",
+                &[passage],
+                "Alpaca-Plus-7B 和 Alpaca-Plus-13B 的总平均分是多少？"
+            ),
+            Verdict::UnsupportedKeyFact
         );
     }
 
