@@ -833,16 +833,28 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
         .collect();
     let mut tables = Vec::new();
     let mut fence: Option<char> = None;
+    // The opening fence of the code block `fence` is in.
+    let mut block_start = 0;
     let mut k = 0;
     while k < lines.len() {
         let trimmed = lines[k].2.trim();
         if let Some(marker) = fence_marker(trimmed) {
             match fence {
-                None => fence = Some(marker),
+                None => {
+                    fence = Some(marker);
+                    block_start = lines[k].0;
+                }
                 Some(open) if open == marker => fence = None,
                 Some(_) => {}
             }
             k += 1;
+            continue;
+        }
+        if fence.is_some()
+            && let Some(table) = text_table(chars, &lines, k, block_start)
+        {
+            k = lines.partition_point(|l| l.0 < table.end);
+            tables.push(table);
             continue;
         }
         let is_header = fence.is_none()
@@ -874,6 +886,45 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
     }
     tables.extend(html_tables(chars));
     tables
+}
+
+/// A table printed as text inside a code block, headed at line `k`: a header line, a rule
+/// of dashes under it (`-------  --------`, two columns or more), and the lines up to a blank
+/// line or the closing fence (`dataset  version  metric … qwen2-1.5b-instruct-hf`, then
+/// `demo_gsm8k  1d7fe4  accuracy … 56.25`: OpenCompass prints its results so). A passage cut
+/// below the rule has lost the column names that say which model a figure is of; it carries
+/// the header, its whitespace collapsed, and the paragraph before the block as caption.
+fn text_table(
+    chars: &[char],
+    lines: &[(usize, usize, String)],
+    k: usize,
+    block_start: usize,
+) -> Option<Table> {
+    let header = lines[k].2.split_whitespace().collect::<Vec<_>>();
+    let rule = &lines.get(k + 1)?.2;
+    let dash_runs = rule.split_whitespace().collect::<Vec<_>>();
+    let is_rule = dash_runs.len() >= 2
+        && dash_runs
+            .iter()
+            .all(|run| run.len() >= 2 && run.chars().all(|c| c == '-'));
+    if header.len() < 2 || !is_rule {
+        return None;
+    }
+    let mut last = k + 2;
+    while lines.get(last).is_some_and(|l| {
+        let row = l.2.trim();
+        !row.is_empty() && fence_marker(row).is_none()
+    }) {
+        last += 1;
+    }
+    (last > k + 2).then(|| Table {
+        start: lines[k].0,
+        caption: lead_paragraph(chars, block_start),
+        header: header.join(" "),
+        body_start: lines[k + 2].0,
+        end: lines[last - 1].1,
+        body_rows: Vec::new(),
+    })
 }
 
 /// Each body row of a markdown table with the label it continues: markdown has no merged

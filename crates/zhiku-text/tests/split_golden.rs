@@ -681,3 +681,53 @@ fn a_passage_inside_a_code_block_carries_the_paragraph_before_it() {
         .expect("after");
     assert_eq!(after.caption, None, "{after:#?}");
 }
+
+#[test]
+fn a_passage_inside_a_text_table_of_a_code_block_carries_its_column_names() {
+    // OpenCompass's quick start prints its results as a text table in a code block: a
+    // passage cut below the rule of dashes has lost which model each column is.
+    let rows = (0..6)
+        .map(|i| format!("demo_task{i}  1d7fe4     accuracy  gen       {i}6.25      3{i}.81\n"))
+        .collect::<String>();
+    let md = format!(
+        "# 快速上手\n\n评估完成后，评估结果表格将打印如下：\n\n```text\n\
+         dataset     version    metric    mode      qwen2-1.5b-instruct-hf    internlm2-chat-1.8b-hf\n\
+         ----------  ---------  --------  ------  ------------------------  ------------------------\n\
+         {rows}```\n\n后文。\n"
+    );
+    let passages = splitter(120, 0).split_markdown(&md);
+    let below = passages
+        .iter()
+        .filter(|p| p.text.contains("demo_task") && !p.text.contains("dataset"))
+        .collect::<Vec<_>>();
+    assert!(!below.is_empty(), "{passages:#?}");
+    for p in below {
+        assert_eq!(
+            p.table_header.as_deref(),
+            Some("dataset version metric mode qwen2-1.5b-instruct-hf internlm2-chat-1.8b-hf"),
+            "{p:#?}"
+        );
+        assert_eq!(
+            p.caption.as_deref(),
+            Some("评估完成后，评估结果表格将打印如下："),
+            "{p:#?}"
+        );
+        assert!(p.indexed_text().contains("qwen2-1.5b-instruct-hf"));
+    }
+    // Lines of code that are no table (one run of dashes, `--- a/file`) carry nothing.
+    let code = format!(
+        "# 补丁\n\n说明：\n\n```diff\n--- a/run.py\n+++ b/run.py\n{}```\n",
+        (0..12)
+            .map(|i| format!("+line {i} of the patch\n"))
+            .collect::<String>()
+    );
+    let parts = splitter(60, 0).split_markdown(&code);
+    assert!(parts.len() >= 2, "{parts:#?}");
+    assert!(parts.iter().all(|p| p.table_header.is_none()), "{parts:#?}");
+    // Text after the block is outside the table.
+    let after = passages
+        .iter()
+        .find(|p| p.text.contains("后文"))
+        .expect("after");
+    assert_eq!(after.table_header, None);
+}
