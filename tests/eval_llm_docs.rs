@@ -29,7 +29,7 @@ const DEV_RECALL_AT_3_FLOOR: u32 = 21;
 const TEST_RECALL_AT_3_FLOOR: u32 = 23;
 const ZH2_RECALL_AT_3_FLOOR: u32 = 28;
 const ZH3_RECALL_AT_3_FLOOR: u32 = 43;
-const ZH4_RECALL_AT_3_FLOOR: u32 = 41;
+const ZH4_RECALL_AT_3_FLOOR: u32 = 44;
 const ZH5_RECALL_AT_3_FLOOR: u32 = 55;
 
 fn cases(path: &Path) -> Vec<EvalCase> {
