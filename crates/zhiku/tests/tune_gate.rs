@@ -131,11 +131,23 @@ fn write_record(path: &Path, answer: &str) {
     std::fs::write(path, format!("{record}\n")).expect("writes the dataset");
 }
 
+/// A free loopback port that no earlier call returned (the kernel may reuse a released one,
+/// and this test takes four in a row).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let port = std::iter::repeat_with(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    })
+    .find(|port| !given.contains(port))
+    .expect("repeat_with never ends");
+    given.push(port);
+    port
 }
 
 /// A `zhiku serve` child, killed when dropped.
