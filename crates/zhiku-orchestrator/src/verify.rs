@@ -2503,7 +2503,8 @@ fn wrong_column(
     // Each name the question gives that heads exactly one column picks it. A question may
     // name several (拿 Alpaca-Plus-7B、Plus-13B 和 33B 做对比时，Plus-13B 的…): the value
     // stands in any column it names, and is misplaced only when none of them holds it.
-    let mut picked_by_name: Vec<(usize, &str)> = Vec::new();
+    // The first name that picks a column whose cell does not hold the value.
+    let mut first_missed: Option<&str> = None;
     for q in &asked.qualifiers {
         let Qualifier::Name(name) = q else {
             continue;
@@ -2525,9 +2526,9 @@ fn wrong_column(
         {
             return None;
         }
-        picked_by_name.push((column, name.as_str()));
+        first_missed.get_or_insert(name.as_str());
     }
-    let (&(_, name), Some(holding)) = (picked_by_name.first()?, holding) else {
+    let (Some(name), Some(holding)) = (first_missed, holding) else {
         return None;
     };
     let under = header.get(holding).map_or("", String::as_str);
