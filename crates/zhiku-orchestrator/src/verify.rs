@@ -181,12 +181,14 @@ pub fn check_answer_on_subject(
         }
     }
     if unsupported.is_empty()
-        && let Some(fact) = not_the_quantity_asked(&facts, &asked)
+        && let Some((fact, kind)) = not_the_quantity_asked(&facts, &asked)
     {
         unsupported.push(UnsupportedFact {
             reason: format!(
-                "the question asks how much memory, and {} is not an amount of memory",
-                fact.text
+                "the question asks {}, and {} is not {}",
+                kind.question(),
+                fact.text,
+                kind.noun()
             ),
             fact: fact.clone(),
             why: Unsupported::OtherKind,
@@ -205,38 +207,81 @@ pub fn check_answer_on_subject(
     }
 }
 
-/// For a question that asks how much memory (显存, 内存), the answer's first key fact when
-/// none of its figures is an amount of memory or a bare number: a model size (30B), a
-/// number of cards, a speed, or only GPUs named (4个 A100-SXM4-80G GPUs). Such an answer states
-/// something the passages hold and answers another question (the near miss whose table has
-/// no memory column). None otherwise, and for an answer without key facts.
-fn not_the_quantity_asked<'a>(facts: &'a [Fact], asked: &Asked) -> Option<&'a Fact> {
-    let asks_memory = ["显存", "内存"].iter().any(|w| asked.text.contains(w))
-        && ["多少", "多大", "几", "占多"]
-            .iter()
-            .any(|w| asked.text.contains(w));
-    if !asks_memory {
-        return None;
+/// The kinds of quantity a question may ask for by its words alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AskedQuantity {
+    /// 显存, 内存 with 多少, 多大, 几, 占多.
+    Memory,
+    /// 多长时间, 多久, 耗时, 用时, 时长.
+    Duration,
+}
+
+impl AskedQuantity {
+    fn of(asked: &Asked) -> Option<Self> {
+        let has = |words: &[&str]| words.iter().any(|w| asked.text.contains(w));
+        if has(&["显存", "内存"]) && has(&["多少", "多大", "几", "占多"]) {
+            Some(Self::Memory)
+        } else if has(&["多长时间", "多久", "多少时间", "耗时", "用时", "时长"]) {
+            Some(Self::Duration)
+        } else {
+            None
+        }
     }
-    let memory = |unit: Unit| {
-        matches!(
-            unit,
-            Unit::Gigabytes | Unit::Megabytes | Unit::Terabytes | Unit::Kilobytes
-        )
-    };
+
+    fn question(self) -> &'static str {
+        match self {
+            Self::Memory => "how much memory",
+            Self::Duration => "how long",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Memory => "an amount of memory",
+            Self::Duration => "a duration",
+        }
+    }
+
+    fn is(self, unit: Unit) -> bool {
+        match self {
+            Self::Memory => matches!(
+                unit,
+                Unit::Gigabytes | Unit::Megabytes | Unit::Terabytes | Unit::Kilobytes
+            ),
+            Self::Duration => matches!(unit, Unit::Seconds | Unit::Milliseconds),
+        }
+    }
+}
+
+/// For a question that asks how much memory (显存, 内存) or how long (多长时间, 多久), the
+/// answer's first key fact, with the kind asked, when none of its figures is a quantity of
+/// that kind or a bare number: a model size (30B), a number of cards, a speed (10FPS, also
+/// when read as a name), or for memory only GPUs named (4个 A100-SXM4-80G GPUs). Such an answer states something the
+/// passages hold and answers another question (the near miss whose table has no memory
+/// column). None otherwise, and for an answer without key facts.
+fn not_the_quantity_asked<'a>(
+    facts: &'a [Fact],
+    asked: &Asked,
+) -> Option<(&'a Fact, AskedQuantity)> {
+    let kind = AskedQuantity::of(asked)?;
     let answers_it = facts
         .iter()
-        .any(|f| matches!(f.key, Key::Quantity { unit, bare, .. } if bare || memory(unit)));
+        .any(|f| matches!(f.key, Key::Quantity { unit, bare, .. } if bare || kind.is(unit)));
     if answers_it {
         return None;
     }
     // Without figures, only an answer naming GPUs gives hardware for an amount; a name
     // alone ("可以参考 ChatGLM3 的做法") is left to the other checks.
-    let figures = facts.iter().any(|f| f.kind.is_figure());
-    if !figures && !facts.iter().any(|f| !gpus_in(&f.text).is_empty()) {
+    // A number with a unit of its own (10FPS, read as a name) is a figure too.
+    let figures = facts.iter().any(|f| {
+        f.kind.is_figure()
+            || matches!(&f.key, Key::Literal(n) if n.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    let gpus = kind == AskedQuantity::Memory && facts.iter().any(|f| !gpus_in(&f.text).is_empty());
+    if !figures && !gpus {
         return None;
     }
-    facts.first()
+    facts.first().map(|f| (f, kind))
 }
 
 /// A flag or setting as the answer or passage writes it (`text`): its name canonical, its
@@ -2681,6 +2726,36 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
         }
         // Another question may be answered with a size.
         let check = check_answer("30B", &[passage], "Qwen2.5-VL 的参数量是多少？");
+        assert_eq!(check.verdict, Verdict::Supported, "{check:?}");
+    }
+
+    #[test]
+    fn a_duration_question_answered_with_another_kind_of_figure_is_unsupported() {
+        let passage = "MiniCPM-V 4.5 可以实现业界领先的高帧率（最高 10FPS）视频理解。\n\
+                       | Model | Size | Total Inference Time |\n| --- | --- | --- |\n\
+                       | MiniCPM-V 4.5 | 8B | 0.26h |";
+        let q = "MiniCPM-V 4.5 跑完 Video-MME 评测总共推理了多长时间？";
+        for (answer, why) in [
+            ("总共推理了约 10FPS 的视频理解性能。", "10FPS"),
+            ("8B", "8B"),
+        ] {
+            let check = check_answer(answer, &[passage], q);
+            let u = check
+                .unsupported
+                .first()
+                .unwrap_or_else(|| panic!("{answer}: {check:?}"));
+            assert_eq!(u.why, Unsupported::OtherKind, "{check:?}");
+            assert!(
+                u.reason.contains("how long") && u.reason.contains(why),
+                "{check:?}"
+            );
+        }
+        for answer in ["0.26h", "约 15.6 分钟"] {
+            let check = check_answer(answer, &[passage], q);
+            assert_eq!(check.verdict, Verdict::Supported, "{answer}: {check:?}");
+        }
+        // A length of context is not a time.
+        let check = check_answer("8B", &[passage], "MiniCPM-V 4.5 支持多长的上下文？");
         assert_eq!(check.verdict, Verdict::Supported, "{check:?}");
     }
 
