@@ -102,17 +102,8 @@ fn append(last: &mut Citation, next: Citation) {
 /// table rows written out under their column names
 /// ([`zhiku_text::markdown::headed_table_rows`]).
 pub fn render(c: &Citation) -> String {
+    let readable = zhiku_text::readable_text(&c.text);
     let header = zhiku_text::markdown::context_header(&c.context);
-    // The merged cells spanning into the passage's first row follow the header in the
-    // context (zhiku_text::Passage::context).
-    let spanned = header.and_then(|h| {
-        c.context
-            .lines()
-            .map(str::trim)
-            .skip_while(|l| *l != h)
-            .nth(1)
-    });
-    let readable = zhiku_text::readable_text_in_table(&c.text, header, spanned);
     let (rows, header_used) = zhiku_text::markdown::headed_table_rows(readable.trim(), header);
     let trimmed = rows.trim();
     // A header that names every row's columns is said in each of them.
@@ -189,35 +180,6 @@ mod tests {
             text,
             ..Default::default()
         }
-    }
-
-    /// A passage cut below a merged cell (Qwen's speed table, 7B over three rows) shows its
-    /// rows with the merged cell its context carries.
-    #[test]
-    fn html_rows_below_a_merged_cell_of_the_context_name_it() {
-        let c = Citation {
-            source: "qwen.md".into(),
-            text: "<td>11.20GB</td>\n</tr>\n<tr>\n<td>Int4</td>\n<td>50.09</td>\n\
-                   <td>8.21GB</td>\n</tr>\n<tr>\n<td rowspan=\"3\">14B</td>\n<td>BF16</td>\n\
-                   <td>32.22</td>\n<td>30.15GB</td>\n</tr>"
-                .into(),
-            context: "我们测算了生成2048个token时的显存使用。\n\
-                      | Model Size | Quantization | Speed (Tokens/s) | GPU Memory Usage |\n7B | Int8"
-                .into(),
-            ..Default::default()
-        };
-        let shown = render(&c);
-        // Whole again, the row is written out under the header's column names.
-        assert!(
-            shown.contains("\nModel Size：7B；Quantization：Int4；Speed (Tokens/s)：50.09；"),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("\nModel Size：14B；Quantization：BF16；"),
-            "{shown}"
-        );
-        // The row cut at its start keeps the labels the context gives it.
-        assert!(shown.contains("\n7B | Int8 | 11.20GB\n"), "{shown}");
     }
 
     #[test]

@@ -33,7 +33,6 @@ pub use load::{
 };
 pub use split::{
     MAX_CAPTION_CHARS, Passage, PassageSplitter, SplitterConfig, SplitterError, readable_text,
-    readable_text_in_table,
 };
 pub use title::document_title;
 pub use walk::{Walk, WalkError, WalkedFile, Walker};

@@ -1289,42 +1289,16 @@ fn has_html_cells(text: &str) -> bool {
 /// cells, its rows as `cell | cell` lines and every other tag removed
 /// ([`Passage::indexed_text`] does the same); otherwise `text` itself.
 pub fn readable_text(text: &str) -> std::borrow::Cow<'_, str> {
-    readable_text_in_table(text, None, None)
-}
-
-/// [`readable_text`] of a passage that starts inside an HTML table, given its context's
-/// header row (`| Model Size | Quantization | … |`, [`Passage::table_header`]) and the merged
-/// cells spanning into its first row (`7B | Int8`, [`Passage::table_spanned`]): the rows
-/// before the passage's first whole row that are short of the header's columns are short of
-/// the merged cells above the passage, and get them back from `spanned` (`Int4 | 50.09 |
-/// 8.21GB` is 7B's row), as rows under a merged cell inside the passage do. Without both, or
-/// for text without HTML cells, the same as [`readable_text`].
-pub fn readable_text_in_table<'a>(
-    text: &'a str,
-    header: Option<&str>,
-    spanned: Option<&str>,
-) -> std::borrow::Cow<'a, str> {
-    if !has_html_cells(text) {
-        return std::borrow::Cow::Borrowed(text);
+    if has_html_cells(text) {
+        std::borrow::Cow::Owned(html_rows_as_text(text))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
-    let lead = header.zip(spanned).map(|(header, spanned)| Lead {
-        columns: header.trim().trim_matches('|').split('|').count(),
-        cells: spanned.split(" | ").map(str::to_owned).collect(),
-    });
-    std::borrow::Cow::Owned(html_rows_as_text(text, lead))
-}
-
-/// What a passage starting inside an HTML table knows of the table above it: the header's
-/// column count and the merged cells spanning into its first row.
-struct Lead {
-    columns: usize,
-    cells: Vec<String>,
 }
 
 /// `text` with its HTML table rows as `cell | cell` lines and every other tag removed;
-/// blank lines dropped. A passage that starts inside a row keeps that row's cells; with a
-/// `lead`, rows short of its columns before the first whole row get its merged cells first.
-fn html_rows_as_text(text: &str, mut lead: Option<Lead>) -> String {
+/// blank lines dropped. A passage that starts inside a row keeps that row's cells.
+fn html_rows_as_text(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     // The rows, and before the first one what comes before it (a row's tail, or text).
     // Lowercasing ASCII keeps byte offsets, so they index `text` too.
@@ -1337,13 +1311,7 @@ fn html_rows_as_text(text: &str, mut lead: Option<Lead>) -> String {
     let mut lines: Vec<String> = Vec::new();
     let mut spans = RowSpans::default();
     for piece in pieces.into_iter().map(|(from, to)| &text[from..to]) {
-        let html_cells = html_cell_spans(piece);
-        if html_cells.first().is_some_and(|c| c.rowspan > 1) {
-            // A new merged cell starts a new group of rows: the context's is over.
-            lead = None;
-        }
-        let spanned_width: usize = html_cells.iter().map(|c| c.colspan).sum();
-        let (cells, carried) = spans.fill(html_cells);
+        let cells = spans.fill(html_cell_spans(piece)).0;
         if cells.iter().any(|c| !c.is_empty()) {
             // Text before the first cell (a piece that starts mid-cell) is a cell's tail.
             let head_end = piece.to_ascii_lowercase().find("<t").unwrap_or(0);
@@ -1351,17 +1319,6 @@ fn html_rows_as_text(text: &str, mut lead: Option<Lead>) -> String {
             let mut row = Vec::with_capacity(cells.len() + 1);
             if !head.is_empty() {
                 row.push(head);
-            } else if let Some(l) = &lead {
-                let width = spanned_width + carried.len();
-                let missing = l.columns.saturating_sub(width);
-                if missing == 0 {
-                    // A whole row: what spans from above the passage ends here.
-                    lead = None;
-                } else {
-                    // The leading cells are the merged ones (row labels sit on the left);
-                    // a row cut after its own label gets what the context has.
-                    row.extend(l.cells.iter().take(missing).cloned());
-                }
             }
             row.extend(cells);
             lines.push(row.join(" | "));
