@@ -3,9 +3,12 @@
 
 pub mod http;
 pub mod pipeline;
+mod port;
 pub mod qdrant;
 
-use std::net::{SocketAddr, TcpListener};
+pub use port::free_port;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,26 +57,6 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A loopback port that was free a moment ago, and that no earlier call in this process
-/// returned: the kernel may hand a just-released port out again, and two services of one
-/// test given the same port fail to start (a retriever and `--metrics-listen` once did).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
 }
 
 /// A service binary running as a child process; killed on drop.

@@ -11,12 +11,15 @@
 //!    an adapter not loaded is NOT_FOUND naming the loaded ones; unbinding goes back.
 
 mod common;
+// The end-to-end tests' free_port, shared by path: this crate cannot depend on zhiku-e2e.
+#[path = "../../../tests/support/port.rs"]
+mod port;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use port::free_port;
 use serde_json::Value;
 
 const QUESTION: &str = "What is the vault code of zhiku?";
@@ -129,25 +132,6 @@ fn describe(flags: &[String]) -> Value {
 fn write_record(path: &Path, answer: &str) {
     let record = serde_json::json!({"instruction": QUESTION, "input": "", "output": answer});
     std::fs::write(path, format!("{record}\n")).expect("writes the dataset");
-}
-
-/// A free loopback port that no earlier call returned (the kernel may reuse a released one,
-/// and this test takes four in a row).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let port = std::iter::repeat_with(|| {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    })
-    .find(|port| !given.contains(port))
-    .expect("repeat_with never ends");
-    given.push(port);
-    port
 }
 
 /// A `zhiku serve` child, killed when dropped.

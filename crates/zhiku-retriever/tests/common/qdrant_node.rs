@@ -32,23 +32,10 @@ pub fn binary() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// A loopback port that was free a moment ago and that no earlier call in this test binary
-/// returned: a cluster takes nine in a row, and the kernel may hand a released one out again.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    std::iter::repeat_with(|| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port")
-    })
-    .find(|port| given.insert(*port))
-    .expect("repeat_with never ends")
-}
+// The end-to-end tests' free_port, shared by path: this crate cannot depend on zhiku-e2e.
+#[path = "../../../../tests/support/port.rs"]
+mod port;
+pub use port::free_port;
 
 /// One Qdrant process of a cluster on loopback: its ports and storage outlive restarts.
 pub struct QdrantNode {
