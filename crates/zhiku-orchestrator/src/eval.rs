@@ -228,6 +228,10 @@ pub fn report(index: u32, setting: &EvalSetting, results: &[EvalCaseResult]) -> 
             .iter()
             .filter(|r| r.verification.as_ref().is_some_and(|v| v.refocused))
             .count() as u32,
+        read_from_table: results
+            .iter()
+            .filter(|r| r.verification.as_ref().is_some_and(|v| v.read_from_table))
+            .count() as u32,
     }
 }
 

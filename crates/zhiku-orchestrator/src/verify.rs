@@ -28,6 +28,9 @@
 use zhiku_text::markdown::{ditto_labels, fence_marker, is_table_delimiter, row_cells};
 use zhiku_text::terms::SETTING_WORDS;
 
+mod table_cell;
+pub use table_cell::{TableCellReading, read_from_table};
+
 /// What kind of key fact a span of the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FactKind {
@@ -2545,24 +2548,30 @@ fn wrong_column(
             row_label(&source.lines[k])
         ));
     }
-    // Each name the question gives that heads exactly one column picks it. A question may
+    // Each name the question gives that heads exactly one column picks it, and so does a
+    // model size (33B over a table whose columns are 7B, 13B, 33B, 65B). A question may
     // name several (拿 Alpaca-Plus-7B、Plus-13B 和 33B 做对比时，Plus-13B 的…): the value
     // stands in any column it names, and is misplaced only when none of them holds it.
+    let names = |cell: &str, q: &Qualifier| {
+        match q {
+        Qualifier::Name(name) => contains_word(cell, name),
+        Qualifier::Value(size) if asked.sizes.iter().any(|s| same_value(*s, *size)) => {
+            scan(cell, true).iter().any(|s| {
+                matches!(s.fact.key, Key::Quantity { value, unit: Unit::Count, .. } if same_value(value, *size))
+            })
+        }
+        Qualifier::Value(_) => false,
+    }
+    };
     // The first name that picks a column whose cell does not hold the value.
-    let mut first_missed: Option<&str> = None;
+    let mut first_missed: Option<String> = None;
     for q in &asked.qualifiers {
-        let Qualifier::Name(name) = q else {
-            continue;
-        };
-        let mut named = header
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| contains_word(h, name));
+        let mut named = header.iter().enumerate().filter(|(_, h)| names(h, q));
         // The first column labels the rows (its header may name the table: llama.cpp).
         let (Some((column @ 1.., _)), None) = (named.next(), named.next()) else {
             continue;
         };
-        if row.iter().any(|cell| contains_word(cell, name)) {
+        if row.iter().any(|cell| names(cell, q)) {
             continue;
         }
         if row
@@ -2571,7 +2580,10 @@ fn wrong_column(
         {
             return None;
         }
-        first_missed.get_or_insert(name.as_str());
+        first_missed.get_or_insert_with(|| match q {
+            Qualifier::Value(size) => size_text(*size),
+            Qualifier::Name(name) => name.clone(),
+        });
     }
     let (Some(name), Some(holding)) = (first_missed, holding) else {
         return None;
@@ -2677,6 +2689,34 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
 | ---------------- | ------- | ------- | --------- |\n\
 | Llama-2-7B-chat  | 112.9   | 159.4   | 206.4     |\n\
 | Llama-2-13B-chat | N/A     | 90.7    | 115.8     |";
+
+    #[test]
+    fn a_model_size_the_question_names_picks_its_column() {
+        let table = "\
+| 模型版本 | 7B | 13B | 33B |
+| :--- | :---: | :---: | :---: |
+| 原模型大小（FP16） | 13 GB | 24 GB | 60 GB |
+| 量化后大小（4-bit） | 3.9 GB | 7.8 GB | 17.2 GB |";
+        let q = "33B 模型做 4-bit 量化后文件多大？";
+        let check = check_answer("约 7.8 GB", &[table], q);
+        let reasons: Vec<&str> = check
+            .unsupported
+            .iter()
+            .map(|u| u.reason.as_str())
+            .collect();
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("not the column for 33B"), "{reasons:?}");
+        assert_eq!(
+            check_answer("约 17.2 GB", &[table], q).verdict,
+            Verdict::Supported
+        );
+        // Without a size, the 4-bit row's cells all stand.
+        let q = "做 4-bit 量化后文件多大？";
+        assert_eq!(
+            check_answer("约 7.8 GB", &[table], q).verdict,
+            Verdict::Supported
+        );
+    }
 
     #[test]
     fn a_cmake_define_states_its_setting() {

@@ -553,6 +553,7 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "echoed": v.echoed,
                             "refocused": v.refocused,
                             "units_dropped": v.units_dropped,
+                            "read_from_table": v.read_from_table,
                         })),
                         "sources": answer.citations.iter().map(|c| json!({
                             "source": c.source,
@@ -586,6 +587,12 @@ async fn ask(mut client: Client, request: AskRequest, json_output: bool) -> Exit
                             "\n\n[abstained] support {:.2}: the sources hold almost none of \
                              the answer above, so it is withdrawn:\n",
                             answer.support
+                        );
+                    } else if verification.read_from_table {
+                        // The stream held the draft (and a second reading, if one was made).
+                        print!(
+                            "\n\n[read from the table] {}; the answer:\n{}",
+                            verification.reason, answer.text
                         );
                     } else if verification.units_dropped {
                         // The stream held the draft with the unit it invented.

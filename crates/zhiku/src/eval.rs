@@ -364,6 +364,7 @@ fn report_json(r: &EvalReport) -> Value {
         "unverified": r.unverified,
         "withdrawn": r.withdrawn,
         "refocused": r.refocused,
+        "read_from_table": r.read_from_table,
     })
 }
 
@@ -388,7 +389,7 @@ fn case_json(c: &EvalCaseResult) -> Value {
         "search_question": c.search_question,
         "verification": c.verification.as_ref().map(|v| json!({
             "withdrawn": v.withdrawn, "echoed": v.echoed, "refocused": v.refocused,
-            "units_dropped": v.units_dropped, "unsupported_facts": v.unsupported_facts, "reason": v.reason,
+            "units_dropped": v.units_dropped, "read_from_table": v.read_from_table, "unsupported_facts": v.unsupported_facts, "reason": v.reason,
         })),
         "total_ms": c.timings.unwrap_or_default().total_ms,
         "prompt_tokens": c.prompt_tokens,
@@ -491,8 +492,8 @@ pub fn report_table(r: &EvalReport, retrieval_only: bool) -> String {
         );
         out += &format!(
             "verification  {} answered with a key fact no passage states; {} withdrawn; {} read \
-             again from narrowed passages\n",
-            r.unverified, r.withdrawn, r.refocused
+             again from narrowed passages; {} read from the table cell the question names\n",
+            r.unverified, r.withdrawn, r.refocused, r.read_from_table
         );
     }
     out += "latency (ms)       p50       p95\n";

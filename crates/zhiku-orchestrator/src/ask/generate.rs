@@ -131,7 +131,7 @@ impl Orchestrator {
                 "no answer was generated".into(),
             ));
         };
-        let (verification, focused) = match &echo {
+        let (verification, focused, table_cell) = match &echo {
             Some(echo) => (
                 Verification {
                     checked: true,
@@ -145,7 +145,9 @@ impl Orchestrator {
                     echoed: true,
                     refocused: false,
                     units_dropped: false,
+                    read_from_table: false,
                 },
+                None,
                 None,
             ),
             None => {
@@ -163,7 +165,7 @@ impl Orchestrator {
                 if let Some(bare) = checked.units_dropped {
                     done.text = bare;
                 }
-                (verification, checked.focused)
+                (verification, checked.focused, checked.table_cell)
             }
         };
         let (done, verification) = self
@@ -179,6 +181,7 @@ impl Orchestrator {
                 events,
             )
             .await?;
+        let (done, verification) = read_from_table_if_withdrawn(done, verification, table_cell);
         let mut timings = draft.timings.unwrap_or_default();
         timings.first_token_ms = first_token_ms.unwrap_or_else(|| ms(started));
         timings.generate_ms = ms(generate_started);
@@ -373,6 +376,44 @@ impl Orchestrator {
     }
 }
 
+/// The draft with its figure read from the table cell the question names
+/// ([`crate::verify::read_from_table`]), when verification withdrew it (a second reading,
+/// if one was made, failed too) and such a cell was found; anything else unchanged.
+fn read_from_table_if_withdrawn(
+    mut done: Generated,
+    verification: Verification,
+    table_cell: Option<crate::verify::TableCellReading>,
+) -> (Generated, Verification) {
+    let (true, Some(reading)) = (verification.withdrawn, table_cell) else {
+        return (done, verification);
+    };
+    tracing::info!(
+        draft = %done.text,
+        answer = %reading.answer,
+        "the draft's figure sat in another cell of the table: read from the cell the question \
+         names"
+    );
+    let reason = format!(
+        "the draft's {} sat in another row or column of the table ({}); the cell the question \
+         names gives {}",
+        reading.draft_figure, verification.reason, reading.cell
+    );
+    done.text = reading.answer;
+    (
+        done,
+        Verification {
+            checked: true,
+            withdrawn: false,
+            unsupported_facts: Vec::new(),
+            reason,
+            echoed: verification.echoed,
+            refocused: verification.refocused,
+            units_dropped: false,
+            read_from_table: true,
+        },
+    )
+}
+
 /// What one generation gave.
 struct Generated {
     text: String,
@@ -402,6 +443,10 @@ struct Checked {
     /// The answer with figures whose unit no passage states written bare
     /// ([`crate::verify::without_unstated_units`]), when that verified: the answer to give.
     units_dropped: Option<String>,
+    /// On a first reading whose one unsupported figure sat in another cell of a table, the
+    /// draft with the figure of the cell the question names
+    /// ([`crate::verify::read_from_table`]): the answer to give when the draft is withdrawn.
+    table_cell: Option<crate::verify::TableCellReading>,
 }
 
 /// The fact-level verification of `answer` against its passages and `question`
@@ -420,6 +465,7 @@ async fn verification_of(
             verification: Verification::default(),
             focused: None,
             units_dropped: None,
+            table_cell: None,
         });
     }
     let citations = citations.to_vec();
@@ -446,6 +492,7 @@ async fn verification_of(
                     },
                     focused: None,
                     units_dropped: Some(bare),
+                    table_cell: None,
                 };
             }
         }
@@ -460,10 +507,25 @@ async fn verification_of(
                 }),
             Reading::Second => None,
         };
+        let table_cell = match reading {
+            Reading::First => {
+                let documents: Vec<&str> = citations.iter().map(|c| c.source.as_str()).collect();
+                crate::verify::read_from_table(
+                    &answer,
+                    &texts,
+                    &documents,
+                    &off_subject,
+                    &question,
+                    &check,
+                )
+            }
+            Reading::Second => None,
+        };
         Checked {
             verification: checked_verification(mode, &answer, check),
             focused,
             units_dropped: None,
+            table_cell,
         }
     })
     .await
@@ -599,6 +661,7 @@ fn checked_verification(
         echoed: false,
         refocused: false,
         units_dropped: false,
+        read_from_table: false,
     }
 }
 
@@ -711,6 +774,58 @@ mod tests {
         assert!(v.checked && v.withdrawn && !v.echoed);
         assert_eq!(v.unsupported_facts, ["72GB"]);
         assert!(v.reason.contains("72GB"), "{}", v.reason);
+    }
+
+    #[test]
+    fn a_withdrawn_draft_is_answered_from_the_table_cell_the_question_names() {
+        let generated = |text: &str| Generated {
+            text: text.into(),
+            finish_reason: 0,
+            prompt_tokens: 10,
+            generated_tokens: 5,
+            regenerated: false,
+        };
+        let reading = crate::verify::TableCellReading {
+            answer: "模型大小为3.69G。".into(),
+            draft_figure: "3.92G".into(),
+            cell: "3.69G".into(),
+        };
+        let withdrawn = Verification {
+            checked: true,
+            withdrawn: true,
+            unsupported_facts: vec!["3.92G".into()],
+            reason: "unsupported key fact: 3.92G is only in the column q4-k".into(),
+            refocused: true,
+            ..Default::default()
+        };
+        let (done, v) = read_from_table_if_withdrawn(
+            generated("模型大小为3.92G。"),
+            withdrawn.clone(),
+            Some(reading.clone()),
+        );
+        assert_eq!(done.text, "模型大小为3.69G。");
+        assert!(v.read_from_table && v.refocused && !v.withdrawn);
+        assert!(v.unsupported_facts.is_empty());
+        assert!(
+            v.reason.contains("3.92G") && v.reason.ends_with("gives 3.69G"),
+            "{}",
+            v.reason
+        );
+        // Nothing read: the withdrawal stands.
+        let (done, v) =
+            read_from_table_if_withdrawn(generated("模型大小为3.92G。"), withdrawn.clone(), None);
+        assert_eq!((done.text.as_str(), &v), ("模型大小为3.92G。", &withdrawn));
+        // A draft that stands (or is only marked) is left as it is.
+        let marked = Verification {
+            withdrawn: false,
+            ..withdrawn
+        };
+        let (done, v) = read_from_table_if_withdrawn(
+            generated("模型大小为3.92G。"),
+            marked.clone(),
+            Some(reading),
+        );
+        assert_eq!((done.text.as_str(), &v), ("模型大小为3.92G。", &marked));
     }
 
     #[test]

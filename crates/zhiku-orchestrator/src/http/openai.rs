@@ -487,6 +487,7 @@ fn verification_json(verification: Option<&Verification>) -> Value {
             "echoed": v.echoed,
             "refocused": v.refocused,
             "units_dropped": v.units_dropped,
+            "read_from_table": v.read_from_table,
         })
     })
 }
@@ -503,6 +504,12 @@ fn withdrawal_notice(answer: &Answer) -> Option<String> {
 /// reading one after the other, so the answer is restated under a marker.
 fn second_reading_notice(answer: &Answer) -> Option<String> {
     let v = answer.verification.as_ref().filter(|v| !v.withdrawn)?;
+    if v.read_from_table {
+        return Some(format!(
+            "\n\n[read from the table: {}; the answer:]\n{}",
+            v.reason, answer.text
+        ));
+    }
     if v.units_dropped {
         return Some(format!(
             "\n\n[unit dropped: no source states the unit given for a figure above; the \
@@ -1093,6 +1100,7 @@ mod tests {
                 echoed: false,
                 refocused: false,
                 units_dropped: false,
+                read_from_table: false,
             }),
             ..Default::default()
         }
@@ -1157,6 +1165,29 @@ mod tests {
         assert!(
             notice.contains("[unit dropped:") && notice.ends_with("\n112.9"),
             "{notice}"
+        );
+        // An answer read from the table cell the question names says which figure it
+        // replaced, after a second reading too.
+        let from_table = Answer {
+            text: "模型大小为3.69G。".into(),
+            verification: Some(Verification {
+                checked: true,
+                refocused: true,
+                read_from_table: true,
+                reason: "the draft's 3.92G sat in another row or column of the table".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let notice = second_reading_notice(&from_table).unwrap();
+        assert!(
+            notice.contains("[read from the table: the draft's 3.92G")
+                && notice.ends_with("\n模型大小为3.69G。"),
+            "{notice}"
+        );
+        assert_eq!(
+            kb_final("kb", from_table, notice).zhiku.unwrap()["verification"]["read_from_table"],
+            true
         );
         assert_eq!(
             kb_final("kb", kept, String::new()).zhiku.unwrap()["verification"]["withdrawn"],
