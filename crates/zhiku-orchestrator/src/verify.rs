@@ -25,7 +25,7 @@
 //! answer derives (14082MiB as 13.75GB is unsupported), and a fact true of the passage but
 //! not of the question's subject when nothing ASCII or numeric in the question says so.
 
-use zhiku_text::markdown::{ditto_labels, fence_marker, is_table_delimiter, row_cells};
+use zhiku_text::markdown::{code_block_of, ditto_labels, is_table_delimiter, row_cells};
 use zhiku_text::terms::SETTING_WORDS;
 
 mod table_cell;
@@ -1935,22 +1935,14 @@ impl Source {
 /// For each line of a markdown table (`table_of`) or a fenced code block, the nearest
 /// non-empty line above the block that is in no block: see [`Source::lead_in`].
 fn lead_in_lines(lines: &[String], table_of: &[Option<usize>]) -> Vec<Option<usize>> {
-    // The first line of the block each line is in (the opening fence for code); a fence
-    // closes only the block its own marker opened, as the splitter reads it.
-    let mut block_of: Vec<Option<usize>> = table_of.to_vec();
-    let mut open: Option<(usize, char)> = None;
-    for (k, l) in lines.iter().enumerate() {
-        let marker = fence_marker(l.trim_start());
-        if let Some((start, opened)) = open {
-            block_of[k] = Some(start);
-            if marker == Some(opened) {
-                open = None;
-            }
-        } else if let Some(marker) = marker {
-            open = Some((k, marker));
-            block_of[k] = Some(k);
-        }
-    }
+    // The first line of the block each line is in (the opening fence for code), as the
+    // splitter reads it.
+    let code = code_block_of(lines.iter().map(String::as_str));
+    let block_of: Vec<Option<usize>> = table_of
+        .iter()
+        .zip(code)
+        .map(|(table, code)| code.or(*table))
+        .collect();
     block_of
         .iter()
         .map(|block| {

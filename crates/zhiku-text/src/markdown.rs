@@ -26,6 +26,34 @@ pub fn fence_marker(trimmed_line: &str) -> Option<char> {
     }
 }
 
+/// For each of `lines`, the index of the line opening the fenced code block it is in, its
+/// opening and closing fences included; `None` outside any block. A fence closes only the
+/// block its own marker opened (a ```` ``` ```` line inside a `~~~` block is one of its
+/// lines), and a block left open runs to the end.
+pub fn code_block_of<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Option<usize>> {
+    let mut open: Option<(usize, char)> = None;
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(k, line)| {
+            let marker = fence_marker(line.trim_start());
+            match (open, marker) {
+                (Some((start, opened)), marker) => {
+                    if marker == Some(opened) {
+                        open = None;
+                    }
+                    Some(start)
+                }
+                (None, Some(marker)) => {
+                    open = Some((k, marker));
+                    Some(k)
+                }
+                (None, None) => None,
+            }
+        })
+        .collect()
+}
+
 /// Whether a table cell says "same as the cell above": empty, a dash, or a ditto mark.
 /// Markdown has no merged cells, so a table whose rows group under one model names it once
 /// and marks the rows under it so.
@@ -215,5 +243,25 @@ mod tests {
         assert_eq!(headed_table_rows(text, None).0, "8-bit；7B：7.8 GB");
         let text = "| a | b |\n|---|---|\n| 1 | 2 | 3 |";
         assert_eq!(headed_table_rows(text, None).0, text);
+    }
+
+    #[test]
+    fn code_blocks_close_only_on_their_own_marker() {
+        let lines = ["a", "```", "~~~", "x", "```", "b", "~~~", "```", "~~~", "c"];
+        let expected = [
+            None,
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            None,
+            Some(6),
+            Some(6),
+            Some(6),
+            None,
+        ];
+        assert_eq!(code_block_of(lines), expected);
+        // Left open, a block runs to the end.
+        assert_eq!(code_block_of(["  ```py", "x"]), [Some(0), Some(0)]);
     }
 }

@@ -8,7 +8,7 @@
 //! Everything is measured in Unicode scalar values (`char`s), never bytes, so no cut can fall
 //! inside a character, and every offset a [`Passage`] carries indexes `text.chars()`.
 
-use crate::markdown::{ditto_labels, fence_marker, is_table_delimiter};
+use crate::markdown::{code_block_of, ditto_labels, fence_marker, is_table_delimiter};
 use crate::{Document, Format};
 
 /// Why a [`SplitterConfig`] was refused.
@@ -715,24 +715,20 @@ fn markdown_sections(chars: &[char]) -> Vec<Section> {
             .map(|&(start, end, _)| chars[start..end].iter().collect())
     };
 
+    let texts: Vec<String> = (0..lines.len()).filter_map(text_of).collect();
+    let code = code_block_of(texts.iter().map(String::as_str));
     let mut sections = Vec::new();
     let mut path: Vec<(usize, String)> = Vec::new();
     let mut body_start = 0;
-    let mut fence: Option<char> = None;
     // Whether the line before starts no paragraph (blank, a heading, or none).
     let mut after_break = true;
     let mut k = 0;
-    while let Some(line) = text_of(k) {
+    while let Some(line) = texts.get(k).cloned() {
         let (line_start, _, mut next_line) = lines[k];
+        let in_code = code[k].is_some();
         k += 1;
         let mut heading = None;
-        if let Some(marker) = fence_marker(line.trim_start()) {
-            match fence {
-                None => fence = Some(marker),
-                Some(open) if open == marker => fence = None,
-                Some(_) => {}
-            }
-        } else if fence.is_none() {
+        if !in_code {
             heading = atx_heading(&line);
             if heading.is_none()
                 && after_break
@@ -805,23 +801,18 @@ impl Table {
 /// dilutes its own lines (measured: it moved the visible set's `DEFAULT_EMBEDDING_MODEL`
 /// passage from 1st to 7th).
 fn code_blocks(chars: &[char]) -> Vec<(usize, usize, Option<String>)> {
-    let mut blocks = Vec::new();
-    let mut open: Option<char> = None;
-    for (start, end, _) in line_spans(chars) {
-        let line: String = chars[start..end].iter().collect();
-        let Some(marker) = fence_marker(line.trim()) else {
-            continue;
-        };
-        match open {
-            None => {
-                open = Some(marker);
-                blocks.push((start, end, lead_paragraph(chars, start)));
-            }
-            Some(opened) if opened == marker => open = None,
-            Some(_) => {}
-        }
-    }
-    blocks
+    let spans = line_spans(chars);
+    let texts: Vec<String> = spans
+        .iter()
+        .map(|&(start, end, _)| chars[start..end].iter().collect())
+        .collect();
+    let code = code_block_of(texts.iter().map(String::as_str));
+    spans
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| code[k] == Some(k))
+        .map(|(_, &(start, end, _))| (start, end, lead_paragraph(chars, start)))
+        .collect()
 }
 
 /// The tables of a markdown text, outside fenced code blocks: a line holding `|`, a delimiter
@@ -831,33 +822,24 @@ fn markdown_tables(chars: &[char]) -> Vec<Table> {
         .into_iter()
         .map(|(start, end, _)| (start, end, chars[start..end].iter().collect()))
         .collect();
+    // The opening fence of the code block each line is in.
+    let code = code_block_of(lines.iter().map(|l| l.2.as_str()));
     let mut tables = Vec::new();
-    let mut fence: Option<char> = None;
-    // The opening fence of the code block `fence` is in.
-    let mut block_start = 0;
     let mut k = 0;
     while k < lines.len() {
         let trimmed = lines[k].2.trim();
-        if let Some(marker) = fence_marker(trimmed) {
-            match fence {
-                None => {
-                    fence = Some(marker);
-                    block_start = lines[k].0;
-                }
-                Some(open) if open == marker => fence = None,
-                Some(_) => {}
-            }
+        if fence_marker(trimmed).is_some() {
             k += 1;
             continue;
         }
-        if fence.is_some()
-            && let Some(table) = text_table(chars, &lines, k, block_start)
+        if let Some(opening) = code[k]
+            && let Some(table) = text_table(chars, &lines, k, lines[opening].0)
         {
             k = lines.partition_point(|l| l.0 < table.end);
             tables.push(table);
             continue;
         }
-        let is_header = fence.is_none()
+        let is_header = code[k].is_none()
             && trimmed.contains('|')
             && lines.get(k + 1).is_some_and(|l| is_table_delimiter(&l.2));
         if !is_header {
