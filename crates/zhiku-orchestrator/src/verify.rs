@@ -398,7 +398,12 @@ impl Asked {
         };
         // A model's name rounds its size: ChatGLM-6B has 62 亿 (6.2B) parameters.
         let near = |a: f64, b: f64| (a - b).abs() <= 0.05 * a.abs().max(b.abs());
-        let sizes = own_or_lead(sizes_in(&keys), || sizes_in(&lead_keys));
+        // A size under a column of the model's language model (LLM Size, 基座模型) is that
+        // part's: CogVLM2-LLaMA3-Chinese is a 19B model on an 8B LLM.
+        let sizes = match sizes_outside_component_columns(source, k) {
+            Some(own) => own,
+            None => own_or_lead(sizes_in(&keys), || sizes_in(&lead_keys)),
+        };
         if disjoint(&self.sizes, &sizes, &near) {
             return Some(format!(
                 "a line about a {} model, not a {} one",
@@ -406,7 +411,17 @@ impl Asked {
                 size_text(self.sizes[0])
             ));
         }
-        let bits = own_or_lead(bits_in(&keys), || bits_in(&lead_keys));
+        // A row continuing the one above (`-`, an empty first cell) is that row's label's:
+        // its bit width (tigerbot-70b-chat-4bit) counts as the row's own.
+        let label_keys: Vec<Key> = match source.table_of[k] {
+            Some(_) => scan(zhiku_text::markdown::first_cell(&source.lines[k]), true)
+                .into_iter()
+                .map(|s| s.fact.key)
+                .collect(),
+            None => Vec::new(),
+        };
+        let row_keys: Vec<&Key> = keys.iter().copied().chain(&label_keys).collect();
+        let bits = own_or_lead(bits_in(&row_keys), || bits_in(&lead_keys));
         if disjoint(&self.bits, &bits, &same_value) {
             return Some(format!(
                 "a line about {}-bit, not {}-bit",
@@ -444,6 +459,35 @@ impl Asked {
     }
 }
 
+/// The model sizes of markdown table row `k` outside the columns that describe a part of
+/// the model (a header naming its LLM, language model, base or backbone: `LLM Size`,
+/// `基座模型`), when its table has such a column; `None` otherwise.
+fn sizes_outside_component_columns(source: &Source, k: usize) -> Option<Vec<f64>> {
+    const PARTS: &[&str] = &["llm", "语言模型", "基座", "backbone", "base model"];
+    let first = source.table_of.get(k).copied().flatten()?;
+    if first == k || !source.is_table_head(first) || source.is_table_head(k) {
+        return None;
+    }
+    let header = row_cells(&source.lines[first]);
+    let part_column = |i: usize| {
+        i > 0
+            && header
+                .get(i)
+                .is_some_and(|h| PARTS.iter().any(|p| h.to_lowercase().contains(p)))
+    };
+    if !(0..header.len()).any(part_column) {
+        return None;
+    }
+    let row = row_cells(&source.lines[k]);
+    let keys: Vec<Key> = row
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !part_column(i))
+        .flat_map(|(_, cell)| scan(cell, true).into_iter().map(|s| s.fact.key))
+        .collect();
+    Some(sizes_in(&keys.iter().collect::<Vec<_>>()))
+}
+
 /// The model sizes among `keys`: counts of 100M to 1T written with a unit (7B, 1.8B, 70亿).
 fn sizes_in(keys: &[&Key]) -> Vec<f64> {
     let mut sizes: Vec<f64> = Vec::new();
@@ -462,7 +506,8 @@ fn sizes_in(keys: &[&Key]) -> Vec<f64> {
     sizes
 }
 
-/// The bit widths among `keys`: 4-bit, 8bits, and the parts of names INT4, FP16, BF16, NF4.
+/// The bit widths among `keys`: 4-bit, 8bits, and the parts of names INT4, FP16, BF16, NF4,
+/// 4bit (tigerbot-70b-chat-4bit).
 fn bits_in(keys: &[&Key]) -> Vec<f64> {
     let mut bits: Vec<f64> = Vec::new();
     let mut add = |b: f64| {
@@ -481,7 +526,9 @@ fn bits_in(keys: &[&Key]) -> Vec<f64> {
                 for part in name.split('-') {
                     let digits = ["int", "fp", "bf", "nf"]
                         .iter()
-                        .find_map(|p| part.strip_prefix(p));
+                        .find_map(|p| part.strip_prefix(p))
+                        .or_else(|| part.strip_suffix("bits"))
+                        .or_else(|| part.strip_suffix("bit"));
                     if let Some(d) = digits
                         && !d.is_empty()
                         && d.chars().all(|ch| ch.is_ascii_digit())
@@ -2759,6 +2806,25 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
         // Another question may be answered with a size.
         let check = check_answer("30B", &[passage], "Qwen2.5-VL 的参数量是多少？");
         assert_eq!(check.verdict, Verdict::Supported, "{check:?}");
+    }
+
+    /// A table's `LLM Size` column gives the size of the model's language model, not of the
+    /// model: CogVLM2-LLaMA3-Chinese's OCRbench score answers for its 19B chat model. A size
+    /// in any other column still tells rows apart.
+    #[test]
+    fn a_size_under_a_column_of_the_models_llm_is_not_the_models_size() {
+        let table = "| Model | Open Source | LLM Size | OCRbench | MMMU |\n\
+                     | --- | --- | --- | --- | --- |\n\
+                     | CogVLM2-LLaMA3 (Ours) | ✅ | 8B | 756 | 44.3 |\n\
+                     | CogVLM2-LLaMA3-Chinese (Ours) | ✅ | 8B | **780** | 42.8 |";
+        let q = "中文版 CogVLM2（cogvlm2-llama3-chinese-chat-19B）在 OCRbench 上多少分？";
+        let check = check_answer("780", &[table], q);
+        assert_eq!(check.verdict, Verdict::Supported, "{check:?}");
+        // The same table with the size as the model's own column: 8B is not 19B.
+        let sized = table.replace("LLM Size", "Size");
+        let check = check_answer("780", &[sized.as_str()], q);
+        assert_eq!(check.verdict, Verdict::UnsupportedKeyFact, "{check:?}");
+        assert!(check.unsupported[0].reason.contains("8B"), "{check:?}");
     }
 
     #[test]

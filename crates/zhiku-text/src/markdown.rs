@@ -195,6 +195,47 @@ pub fn headed_table_rows(text: &str, header: Option<&str>) -> (String, bool) {
     (out.join("\n"), header_used)
 }
 
+/// A passage cut inside a markdown table below its header (`text` starts with a row, and
+/// its `context` carries the header: see [`context_header`]) as a table of its own: the
+/// header and a delimiter row, then the passage's rows, the leading rows that continue the
+/// row above the cut (a ditto first cell: [`is_ditto`]) given the label the context carries
+/// after the header (`Passage::table_spanned`). A reader of the result finds each figure's
+/// column and row model as in the whole table. `None` when `text` does not start with a
+/// table row, when `context` holds no header, or when the header groups columns (a ditto
+/// cell after the first: `| - | internlm2.5-chat-7b | - | - |`, a second header row below it
+/// naming each column): alone, it names no column of the group but the first.
+pub fn with_context_header(text: &str, context: &str) -> Option<String> {
+    let header = context_header(context)?;
+    let text = text.trim_start();
+    if !text.starts_with('|') || row_cells(header).iter().skip(1).any(|c| is_ditto(c)) {
+        return None;
+    }
+    let columns = row_cells(header).len();
+    let label = context
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != header)
+        .nth(1)
+        .filter(|l| !l.is_empty() && !l.starts_with('|'));
+    let mut out = format!("{header}\n|{}", " --- |".repeat(columns));
+    let mut continuing = label.is_some();
+    for line in text.lines() {
+        out.push('\n');
+        let row = line.trim_start();
+        match label {
+            Some(label) if continuing && row.starts_with('|') && is_ditto(first_cell(row)) => {
+                let rest = row[1..].split_once('|').map_or("", |(_, rest)| rest);
+                out.push_str(&format!("| {label} |{rest}"));
+            }
+            _ => {
+                continuing = false;
+                out.push_str(line);
+            }
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +284,37 @@ mod tests {
         assert_eq!(headed_table_rows(text, None).0, "8-bit；7B：7.8 GB");
         let text = "| a | b |\n|---|---|\n| 1 | 2 | 3 |";
         assert_eq!(headed_table_rows(text, None).0, text);
+    }
+
+    #[test]
+    fn a_passage_cut_below_its_header_is_read_with_the_header_and_row_label_of_its_context() {
+        let context =
+            "以下是各版本：\n| Model | version | disk size (GB) |\ntigerbot-70b-chat-4bit";
+        let text = "|  | v3 | 37 |\n| - | v2 | 37 |\n| tigerbot-13b | v1 | 26 |\n|  | v0 | 25 |";
+        assert_eq!(
+            with_context_header(text, context).as_deref(),
+            Some(
+                "| Model | version | disk size (GB) |\n| --- | --- | --- |\n\
+                 | tigerbot-70b-chat-4bit | v3 | 37 |\n| tigerbot-70b-chat-4bit | v2 | 37 |\n\
+                 | tigerbot-13b | v1 | 26 |\n|  | v0 | 25 |"
+            )
+        );
+        // No label: the rows as they are, under the header.
+        assert_eq!(
+            with_context_header("| a | 1 |", "| k | v |").as_deref(),
+            Some("| k | v |\n| --- | --- |\n| a | 1 |")
+        );
+        // Not inside a table, or no header to give.
+        assert_eq!(with_context_header("量化结果见下表。", "| k | v |"), None);
+        assert_eq!(with_context_header("| a | 1 |", "以下是各版本："), None);
+        // A header grouping columns under a name (`-` after it) names one column alone.
+        assert_eq!(
+            with_context_header(
+                "| gsm8k | 85.67 | 83.78 |",
+                "| - | internlm2.5-chat-7b | - |"
+            ),
+            None
+        );
     }
 
     #[test]

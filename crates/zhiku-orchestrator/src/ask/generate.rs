@@ -472,13 +472,16 @@ async fn verification_of(
     let (answer, question) = (answer.to_owned(), question.to_owned());
     tokio::task::spawn_blocking(move || {
         let texts: Vec<&str> = citations.iter().map(|c| c.text.as_str()).collect();
+        let verified: Vec<std::borrow::Cow<'_, str>> =
+            citations.iter().map(verified_text).collect();
+        let read: Vec<&str> = verified.iter().map(|t| t.as_ref()).collect();
         let off_subject = off_subject(&citations, &question);
         let check_of = |answer: &str| match reading {
             Reading::First => {
-                crate::verify::check_answer_on_subject(answer, &texts, &off_subject, &question)
+                crate::verify::check_answer_on_subject(answer, &read, &off_subject, &question)
             }
             Reading::Second => {
-                crate::verify::check_second_reading(answer, &texts, &off_subject, &question)
+                crate::verify::check_second_reading(answer, &read, &off_subject, &question)
             }
         };
         let check = check_of(&answer);
@@ -512,7 +515,7 @@ async fn verification_of(
                 let documents: Vec<&str> = citations.iter().map(|c| c.source.as_str()).collect();
                 crate::verify::read_from_table(
                     &answer,
-                    &texts,
+                    &read,
                     &documents,
                     &off_subject,
                     &question,
@@ -530,6 +533,17 @@ async fn verification_of(
     })
     .await
     .map_err(|e| OrchestratorError::Internal(format!("verifying the answer failed: {e}")))
+}
+
+/// What verification reads of a passage: a passage cut inside a markdown table below its
+/// header, with the header and row label its context carries
+/// ([`zhiku_text::markdown::with_context_header`]), as the prompt shows its rows under the
+/// header's column names; any other as it is.
+fn verified_text(c: &Citation) -> std::borrow::Cow<'_, str> {
+    match zhiku_text::markdown::with_context_header(&c.text, &c.context) {
+        Some(headed) => std::borrow::Cow::Owned(headed),
+        None => std::borrow::Cow::Borrowed(c.text.as_str()),
+    }
 }
 
 /// The passages narrowed to the question's rows and passages
@@ -760,6 +774,85 @@ mod tests {
             refocus("13 GB 或 72GB。", &[PASSAGE], (&[], &[]), QUESTION),
             None
         );
+    }
+
+    /// A passage cut below its table's header is verified with the header its context
+    /// carries: its cells are read by column, as the prompt shows them (the column of the
+    /// model's LLM is not the model's size; a figure from another column than the one the
+    /// question names is not its answer).
+    #[test]
+    fn a_passage_cut_below_its_header_is_verified_with_the_header_from_its_context() {
+        let check = |c: &Citation, answer: &str, question: &str| {
+            let headed = verified_text(c);
+            assert_ne!(headed, c.text.as_str(), "the passage starts inside a table");
+            let raw = crate::verify::check_answer_on_subject(answer, &[&c.text], &[], question);
+            let read = crate::verify::check_answer_on_subject(answer, &[&headed], &[], question);
+            (raw.verdict, read.verdict)
+        };
+        use crate::verify::Verdict::{Supported, UnsupportedKeyFact};
+        let cogvlm = Citation {
+            text: "| CogVLM2-LLaMA3-Chinese (Ours) | ✅ | 8B | **780** | 42.8 |".into(),
+            context: "| Model | Open Source | LLM Size | OCRbench | MMMU |".into(),
+            ..Default::default()
+        };
+        let q = "中文版 CogVLM2（cogvlm2-llama3-chinese-chat-19B）在 OCRbench 上多少分？";
+        assert_eq!(check(&cogvlm, "780", q), (UnsupportedKeyFact, Supported));
+        let sizes = Citation {
+            text: "| 7B | 12.91G | 3.80G |\n| 13B | 24.69G | 7.32G |".into(),
+            context: "以 Chinese-LLaMA-2 为例：\n| 模型 | F16 | Q4_K |".into(),
+            ..Default::default()
+        };
+        let q = "7B 模型用 Q4_K 量化以后有多大？";
+        assert_eq!(check(&sizes, "12.91G", q), (Supported, UnsupportedKeyFact));
+        assert_eq!(check(&sizes, "3.80G", q), (Supported, Supported));
+        // Rows continuing the one above the passage (an empty first cell) are that row's:
+        // tigerbot-70b-chat-4bit's 37 is no 8-bit size.
+        let ditto = Citation {
+            text: "|  | v3 | llama-2 | 37 |\n|  | v2 | llama-2 | 37 |".into(),
+            context: "| Model | version | architecture | disk size (GB) |\n\
+                      tigerbot-70b-chat-4bit"
+                .into(),
+            ..Default::default()
+        };
+        let q = "tigerbot-70b-chat 的 8bit 量化版模型文件有多大？";
+        assert_eq!(check(&ditto, "37 GB", q).1, UnsupportedKeyFact);
+        let q = "tigerbot-70b-chat 的 4bit 量化版模型文件有多大？";
+        assert_eq!(check(&ditto, "37 GB", q).1, Supported);
+        // A passage that does not start inside a table is read as it is.
+        let prose = Citation {
+            text: "量化结果见下表。".into(),
+            ..sizes.clone()
+        };
+        assert_eq!(verified_text(&prose), prose.text.as_str());
+    }
+
+    /// The neighbouring cell of a passage cut below its header is read by the header's
+    /// columns: HumanEvalFIM's 85.0 for a question of HumanEval gives HumanEval's 82.3.
+    #[test]
+    fn a_cell_of_a_passage_cut_below_its_header_is_read_by_the_headers_columns() {
+        let c = Citation {
+            text: "| Codestral-22B | 32K | 81.1 | 78.2 | 91.6 |\n\
+                   | CodeGeeX4-All-9B | 128K | 82.3 | 75.7 | 85.0 |"
+                .into(),
+            context: "| **模型** | **序列长度** | **HumanEval** | **MBPP** | **HumanEvalFIM** |"
+                .into(),
+            source: "codegeex4/README_zh.md".into(),
+            ..Default::default()
+        };
+        let q = "CodeGeeX4-All-9B 在 HumanEval 上能拿多少分？";
+        let answer = "CodeGeeX4-All-9B 在 HumanEval 上能拿85.0分。";
+        let text = verified_text(&c);
+        let check = crate::verify::check_answer_on_subject(answer, &[&text], &[], q);
+        let reading =
+            crate::verify::read_from_table(answer, &[&text], &[&c.source], &[], q, &check)
+                .expect("read from the HumanEval column");
+        assert_eq!(
+            reading.answer,
+            "CodeGeeX4-All-9B 在 HumanEval 上能拿82.3分。"
+        );
+        // Read as it is, the passage has no columns: the draft stands.
+        let raw = crate::verify::check_answer_on_subject(answer, &[&c.text], &[], q);
+        assert!(raw.unsupported.is_empty(), "{raw:?}");
     }
 
     #[test]

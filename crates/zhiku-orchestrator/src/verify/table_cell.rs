@@ -8,6 +8,8 @@
 //! each cell of that row and column holding the same kind of figure, keeps those whose
 //! answer verifies, and gives the answer when exactly one value is left.
 
+use zhiku_text::markdown::is_ditto;
+
 use super::{
     FactCheck, FactKind, Key, Source, Unit, Unsupported, canonical_name, check_answer_on_subject,
     contains_word, extract_facts, fold_width, percent_decoded, row_cells, same_value, scan,
@@ -34,6 +36,28 @@ fn cell_quantity(cell: &str) -> Option<(f64, Unit, bool)> {
         },
         _ => None,
     }
+}
+
+/// `passage` with every line blanked that is not a markdown table's, a heading or a table's
+/// lead-in line (`source` is the passage read).
+fn tables_only(passage: &str, source: &Source) -> String {
+    let raw = fold_width(&percent_decoded(passage));
+    let kept: Vec<bool> = (0..source.lines.len())
+        .map(|k| source.table_of[k].is_some() || source.is_heading[k])
+        .collect();
+    let mut kept = kept;
+    for k in 0..source.lines.len() {
+        if source.table_of[k].is_some()
+            && let Some(lead) = source.lead_in[k]
+        {
+            kept[lead] = true;
+        }
+    }
+    raw.split('\n')
+        .zip(kept)
+        .map(|(line, keep)| if keep { line } else { "" })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The draft `answer` with its one misplaced figure replaced by the figure of the table
@@ -78,6 +102,16 @@ pub fn read_from_table(
         .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ',')
         .to_owned();
     let sources: Vec<Source> = passages.iter().map(|p| Source::new(p)).collect();
+    // The passages' tables alone, with their headings and lead-in lines: a cell's figure
+    // must verify as a cell. Prose may state it of something else (`CodeGeeX4-ALL-9B 分别
+    // 取得了 48.9 和 40.4 的高分`, of BigCodeBench, beside a HumanEval question's table row
+    // holding 40.4 under NCB), which verification lets stand for a whole answer.
+    let table_texts: Vec<String> = passages
+        .iter()
+        .zip(&sources)
+        .map(|(passage, source)| tables_only(passage, source))
+        .collect();
+    let tables: Vec<&str> = table_texts.iter().map(String::as_str).collect();
     let document_of = |i: usize| documents.get(i).copied().unwrap_or("");
     let document_names = |document: &str, name: &str| {
         contains_word(&canonical_name(&fold_width(document)), name)
@@ -109,7 +143,12 @@ pub fn read_from_table(
             let Some(first) = source.table_of[k] else {
                 continue;
             };
-            if source.is_table_head(k) {
+            // A header whose cells group the columns under them (`| - | llama2-7b-chat | - |
+            // - |`, a second header row below naming each) names no column alone: a cell
+            // that verifies under it may be another column of the group.
+            let grouped = source.is_table_head(first)
+                && cells_of(first).iter().skip(1).any(|cell| is_ditto(cell));
+            if source.is_table_head(k) || grouped {
                 continue;
             }
             let row = cells_of(k);
@@ -146,9 +185,12 @@ pub fn read_from_table(
                     };
                     let candidate =
                         answer.replacen(misplaced.fact.text.as_str(), figure.as_str(), 1);
-                    let again =
-                        check_answer_on_subject(&candidate, passages, off_subject, question);
-                    if again.unsupported.is_empty() {
+                    let verifies = |passages: &[&str]| {
+                        check_answer_on_subject(&candidate, passages, off_subject, question)
+                            .unsupported
+                            .is_empty()
+                    };
+                    if verifies(passages) && verifies(&tables) {
                         readings.push((
                             v,
                             TableCellReading {
@@ -288,6 +330,47 @@ mod tests {
         assert_eq!(read("9.7", &passages, &documents, q), None);
         // Read as one document, Baichuan's int8 row would be taken.
         assert!(read("9.7", &passages, &["one.md"; 2], q).is_some());
+    }
+
+    #[test]
+    fn a_figure_prose_states_of_something_else_is_no_second_reading() {
+        // 40.4, under NCB in the question's row, is also stated in prose (of BigCodeBench):
+        // the whole answer would verify, the cell does not.
+        let passage = "\
+| 模型 | 序列长度 | HumanEval | MBPP | NCB | HumanEvalFIM |
+| --- | --- | --- | --- | --- | --- |
+| Codestral-22B | 32K | 81.1 | 78.2 | 46.0 | 91.6 |
+| CodeGeeX4-All-9B | 128K | 82.3 | 75.7 | 40.4 | 85.0 |
+
+在 BigCodeBench 的 complete 和 instruct 任务中，CodeGeeX4-ALL-9B 分别取得了 `48.9` 和 `40.4` 的高分。";
+        let q = "CodeGeeX4-All-9B 在 HumanEval 上能拿多少分？";
+        let answer = "CodeGeeX4-All-9B 在 HumanEval 上能拿85.0分。";
+        assert!(
+            check_answer(&answer.replace("85.0", "40.4"), &[passage], q)
+                .unsupported
+                .is_empty()
+        );
+        let reading = read(answer, &[passage], &["codegeex4/README_zh.md"], q)
+            .expect("read from the HumanEval column");
+        assert_eq!(reading.cell, "82.3");
+    }
+
+    #[test]
+    fn nothing_is_read_under_a_header_that_groups_its_columns() {
+        // The header names each model once over its three kv columns; the kv int4 figure
+        // the question asks for is under a `-` cell.
+        let passage = "\
+| -       | -       | internlm2-chat-7b | -       | -       | internlm2.5-chat-7b | -       | -       |
+| ------- | ------- | ----------------- | ------- | ------- | ------------------- | ------- | ------- |
+| dataset | metric  | kv fp16           | kv int8 | kv int4 | kv fp16             | kv int8 | kv int4 |
+| gsm8k   | accuracy| 70.13             | 69.75   | 66.87   | 85.67               | 85.44   | 83.78   |";
+        let q = "internlm2.5-chat-7b 开了 kv int4 量化以后 gsm8k 还有多少分？";
+        let check = check_answer("66.87", &[passage], q);
+        assert_eq!(check.unsupported.len(), 1, "{check:?}");
+        assert_eq!(
+            read("66.87", &[passage], &["lmdeploy/kv_quant.md"], q),
+            None
+        );
     }
 
     #[test]
