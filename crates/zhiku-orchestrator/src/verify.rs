@@ -2591,16 +2591,19 @@ fn wrong_column(
     // model size (33B over a table whose columns are 7B, 13B, 33B, 65B). A question may
     // name several (拿 Alpaca-Plus-7B、Plus-13B 和 33B 做对比时，Plus-13B 的…): the value
     // stands in any column it names, and is misplaced only when none of them holds it.
-    let names = |cell: &str, q: &Qualifier| {
-        match q {
+    let names = |cell: &str, q: &Qualifier| match q {
         Qualifier::Name(name) => contains_word(cell, name),
         Qualifier::Value(size) if asked.sizes.iter().any(|s| same_value(*s, *size)) => {
-            scan(cell, true).iter().any(|s| {
-                matches!(s.fact.key, Key::Quantity { value, unit: Unit::Count, .. } if same_value(value, *size))
+            scan(cell, true).iter().any(|s| match s.fact.key {
+                Key::Quantity {
+                    value,
+                    unit: Unit::Count,
+                    ..
+                } => same_value(value, *size),
+                _ => false,
             })
         }
         Qualifier::Value(_) => false,
-    }
     };
     // The first name that picks a column whose cell does not hold the value.
     let mut first_missed: Option<String> = None;

@@ -195,19 +195,25 @@ pub fn headed_table_rows(text: &str, header: Option<&str>) -> (String, bool) {
     (out.join("\n"), header_used)
 }
 
+/// Whether a header row groups the columns under it rather than naming each: a ditto cell
+/// after the first (`| - | internlm2.5-chat-7b | - | - |`), a second header row below it
+/// naming each column. Alone, it names no column of a group but the first.
+pub fn groups_columns(header: &str) -> bool {
+    row_cells(header).iter().skip(1).any(|c| is_ditto(c))
+}
+
 /// A passage cut inside a markdown table below its header (`text` starts with a row, and
 /// its `context` carries the header: see [`context_header`]) as a table of its own: the
 /// header and a delimiter row, then the passage's rows, the leading rows that continue the
 /// row above the cut (a ditto first cell: [`is_ditto`]) given the label the context carries
 /// after the header (`Passage::table_spanned`). A reader of the result finds each figure's
 /// column and row model as in the whole table. `None` when `text` does not start with a
-/// table row, when `context` holds no header, or when the header groups columns (a ditto
-/// cell after the first: `| - | internlm2.5-chat-7b | - | - |`, a second header row below it
-/// naming each column): alone, it names no column of the group but the first.
+/// table row, when `context` holds no header, or when the header groups columns
+/// ([`groups_columns`]).
 pub fn with_context_header(text: &str, context: &str) -> Option<String> {
     let header = context_header(context)?;
     let text = text.trim_start();
-    if !text.starts_with('|') || row_cells(header).iter().skip(1).any(|c| is_ditto(c)) {
+    if !text.starts_with('|') || groups_columns(header) {
         return None;
     }
     let columns = row_cells(header).len();

@@ -8,7 +8,7 @@
 //! each cell of that row and column holding the same kind of figure, keeps those whose
 //! answer verifies, and gives the answer when exactly one value is left.
 
-use zhiku_text::markdown::is_ditto;
+use zhiku_text::markdown::groups_columns;
 
 use super::{
     FactCheck, FactKind, Key, Source, Unit, Unsupported, canonical_name, check_answer_on_subject,
@@ -38,14 +38,13 @@ fn cell_quantity(cell: &str) -> Option<(f64, Unit, bool)> {
     }
 }
 
-/// `passage` with every line blanked that is not a markdown table's, a heading or a table's
-/// lead-in line (`source` is the passage read).
-fn tables_only(passage: &str, source: &Source) -> String {
-    let raw = fold_width(&percent_decoded(passage));
-    let kept: Vec<bool> = (0..source.lines.len())
+/// The lines of `source` (read from a passage whose lines, width folded, are `raw_lines`)
+/// with every line blanked that is not a markdown table's, a heading or a table's lead-in
+/// line.
+fn tables_only(raw_lines: &[&str], source: &Source) -> String {
+    let mut kept: Vec<bool> = (0..source.lines.len())
         .map(|k| source.table_of[k].is_some() || source.is_heading[k])
         .collect();
-    let mut kept = kept;
     for k in 0..source.lines.len() {
         if source.table_of[k].is_some()
             && let Some(lead) = source.lead_in[k]
@@ -53,9 +52,10 @@ fn tables_only(passage: &str, source: &Source) -> String {
             kept[lead] = true;
         }
     }
-    raw.split('\n')
+    raw_lines
+        .iter()
         .zip(kept)
-        .map(|(line, keep)| if keep { line } else { "" })
+        .map(|(line, keep)| if keep { *line } else { "" })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -102,14 +102,20 @@ pub fn read_from_table(
         .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ',')
         .to_owned();
     let sources: Vec<Source> = passages.iter().map(|p| Source::new(p)).collect();
+    // Each passage's lines as written (width folded): the cells are taken from them.
+    let raw: Vec<String> = passages
+        .iter()
+        .map(|p| fold_width(&percent_decoded(p)))
+        .collect();
+    let raw_lines: Vec<Vec<&str>> = raw.iter().map(|r| r.split('\n').collect()).collect();
     // The passages' tables alone, with their headings and lead-in lines: a cell's figure
     // must verify as a cell. Prose may state it of something else (`CodeGeeX4-ALL-9B 分别
     // 取得了 48.9 和 40.4 的高分`, of BigCodeBench, beside a HumanEval question's table row
     // holding 40.4 under NCB), which verification lets stand for a whole answer.
-    let table_texts: Vec<String> = passages
+    let table_texts: Vec<String> = raw_lines
         .iter()
         .zip(&sources)
-        .map(|(passage, source)| tables_only(passage, source))
+        .map(|(lines, source)| tables_only(lines, source))
         .collect();
     let tables: Vec<&str> = table_texts.iter().map(String::as_str).collect();
     let document_of = |i: usize| documents.get(i).copied().unwrap_or("");
@@ -129,25 +135,21 @@ pub fn read_from_table(
         .filter(|name| (0..sources.len()).any(|i| document_names(document_of(i), name)))
         .collect();
     let mut readings: Vec<(f64, TableCellReading)> = Vec::new();
-    for (s, passage) in passages.iter().enumerate() {
+    for (s, source) in sources.iter().enumerate() {
         if off_subject.get(s).copied().unwrap_or(false)
             || names.iter().any(|n| !document_names(document_of(s), n))
         {
             continue;
         }
-        let source = &sources[s];
-        let raw = fold_width(&percent_decoded(passage));
-        let raw_lines: Vec<&str> = raw.split('\n').collect();
-        let cells_of = |k: usize| row_cells(raw_lines.get(k).copied().unwrap_or(""));
+        let cells_of = |k: usize| row_cells(raw_lines[s].get(k).copied().unwrap_or(""));
         for k in 0..source.lines.len() {
             let Some(first) = source.table_of[k] else {
                 continue;
             };
-            // A header whose cells group the columns under them (`| - | llama2-7b-chat | - |
-            // - |`, a second header row below naming each) names no column alone: a cell
-            // that verifies under it may be another column of the group.
+            // Under a header that groups its columns, a cell that verifies may be another
+            // column of the question's group.
             let grouped = source.is_table_head(first)
-                && cells_of(first).iter().skip(1).any(|cell| is_ditto(cell));
+                && groups_columns(raw_lines[s].get(first).copied().unwrap_or(""));
             if source.is_table_head(k) || grouped {
                 continue;
             }
