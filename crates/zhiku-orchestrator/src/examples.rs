@@ -8,7 +8,10 @@
 //! teacher got it wrong). The question is then retrieved as an Ask retrieves it, the best
 //! other passages become the distractors, and the example is the Ask's own prompt (the
 //! serving template, numbered passages, the question last) with the teacher's answer, or, for
-//! a share of them, the distractors alone with the refusal as the target.
+//! a share of them, the distractors alone with the refusal as the target. A share of the
+//! answer examples whose question names a size, bit width or GPU also give a near-miss twin
+//! ([`near_miss`]): the same passages, the question changed to ask for one that no passage
+//! states, the refusal the target.
 //!
 //! Sampling is seeded and keyed by passage (`document_id#chunk_index`), so a run that stopped
 //! resumes where it was: the caller passes the keys already tried.
@@ -25,6 +28,9 @@ use crate::error::OrchestratorError;
 use crate::grounding::{is_refusal, support};
 use crate::prompt::REFUSAL;
 use crate::verify::{Verdict, check_answer};
+
+pub mod near_miss;
+pub use near_miss::{NearMiss, near_miss_question};
 
 /// Asks the teacher for one question the passage answers and its short answer.
 /// The question names its subject (the product, model or setting) so that it stands without
@@ -51,6 +57,7 @@ const REFUSAL_SALT: u64 = 0x7265_6675_7361_6c00;
 const SLOT_SALT: u64 = 0xa11ce;
 const TABLE_CELL_SALT: u64 = 0x7ab1e;
 const PHRASING_SALT: u64 = 0x9e7a;
+const NEAR_MISS_DRAW_SALT: u64 = 0x7717;
 /// Characters of a table cell at most for it to be asked about: one figure or name, not a
 /// sentence.
 const MAX_CELL_CHARS: usize = 40;
@@ -65,6 +72,10 @@ pub struct ExampleSettings {
     /// Share of examples, 0–1, whose passages are distractors only and whose target is the
     /// refusal.
     pub refusal_share: f64,
+    /// Share of answer examples, 0–1, whose question can be changed into a near miss
+    /// ([`near_miss_question`]) that also give that near miss over the same passages, the
+    /// refusal its target.
+    pub near_miss_share: f64,
     /// Passages tried per document at most, so that examples spread over the base.
     pub per_document: usize,
     /// Seeds which passages are tried, in which order, and where the answering passage sits.
@@ -86,6 +97,7 @@ impl Default for ExampleSettings {
             max_examples: 200,
             distractors: 3,
             refusal_share: 0.1,
+            near_miss_share: 0.0,
             per_document: 8,
             seed: 0,
             max_new_tokens: 160,
@@ -105,6 +117,12 @@ impl ExampleSettings {
             return bad(format!(
                 "refusal share {} must be between 0 and 1",
                 self.refusal_share
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.near_miss_share) {
+            return bad(format!(
+                "near-miss share {} must be between 0 and 1",
+                self.near_miss_share
             ));
         }
         if self.refusal_share > 0.0 && self.distractors == 0 {
@@ -151,6 +169,18 @@ pub struct ExampleOrigin {
     /// written by the teacher.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_table: bool,
+    /// For a near-miss refusal: the question its prompt asks (`question` with one
+    /// qualifier changed) and the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_miss: Option<NearMissOrigin>,
+}
+
+/// How a near-miss refusal example changed its question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearMissOrigin {
+    pub asked: String,
+    /// `72B → 110B`.
+    pub changed: String,
 }
 
 /// One training example as a sharegpt record (`zhiku tune --data` reads it back): the
@@ -216,7 +246,8 @@ impl std::fmt::Display for Rejection {
 pub enum ExampleEvent {
     /// The sampling plan: passages that may be tried, in order.
     Planned { passages: usize },
-    /// A passage was tried (`attempt` counts from 1, this run and earlier ones).
+    /// An example was made from a passage (`attempt` counts the passages tried from 1,
+    /// this run and earlier ones; a passage whose answer has a near-miss twin gives two).
     Made {
         attempt: usize,
         example: Box<TrainingExample>,
@@ -272,12 +303,15 @@ impl Orchestrator {
                 .example_from(knowledge_base, &candidate, settings, deadline)
                 .await?
             {
-                Ok(example) => {
-                    made += 1;
-                    on_event(ExampleEvent::Made {
-                        attempt,
-                        example: Box::new(example),
-                    })?;
+                Ok(examples) => {
+                    // A near-miss twin past --max-examples is left out.
+                    for example in examples.into_iter().take(settings.max_examples - made) {
+                        made += 1;
+                        on_event(ExampleEvent::Made {
+                            attempt,
+                            example: Box::new(example),
+                        })?;
+                    }
                 }
                 Err(reason) => on_event(ExampleEvent::Rejected {
                     attempt,
@@ -409,7 +443,7 @@ impl Orchestrator {
         candidate: &Candidate,
         settings: &ExampleSettings,
         deadline: Deadline,
-    ) -> Result<Result<TrainingExample, Rejection>, OrchestratorError> {
+    ) -> Result<Result<Vec<TrainingExample>, Rejection>, OrchestratorError> {
         let from_table = settings
             .table_questions
             .then(|| {
@@ -491,33 +525,43 @@ impl Orchestrator {
             .enumerate()
             .map(|(i, p)| (i as u32 + 1, *p))
             .collect();
-        let user = self.template.render_numbered(&numbered, &question);
-        let target = match kind {
-            ExampleKind::Answer => answer.clone(),
-            ExampleKind::Refusal => REFUSAL.to_owned(),
-        };
-        Ok(Ok(TrainingExample {
-            system: self.template.system().map(str::to_owned),
-            conversations: vec![
-                Turn {
-                    from: "human".into(),
-                    value: user,
+        let example =
+            |asked: &str, kind: ExampleKind, near_miss: Option<NearMissOrigin>| TrainingExample {
+                system: self.template.system().map(str::to_owned),
+                conversations: vec![
+                    Turn {
+                        from: "human".into(),
+                        value: self.template.render_numbered(&numbered, asked),
+                    },
+                    Turn {
+                        from: "gpt".into(),
+                        value: match kind {
+                            ExampleKind::Answer => answer.clone(),
+                            ExampleKind::Refusal => REFUSAL.to_owned(),
+                        },
+                    },
+                ],
+                zhiku: ExampleOrigin {
+                    passage: candidate.key.clone(),
+                    source: candidate.source.clone(),
+                    kind,
+                    question: question.clone(),
+                    answer: answer.clone(),
+                    support: answer_support,
+                    from_table: from_table.is_some(),
+                    near_miss,
                 },
-                Turn {
-                    from: "gpt".into(),
-                    value: target,
-                },
-            ],
-            zhiku: ExampleOrigin {
-                passage: candidate.key.clone(),
-                source: candidate.source.clone(),
-                kind,
-                question,
-                answer,
-                support: answer_support,
-                from_table: from_table.is_some(),
-            },
-        }))
+            };
+        let mut examples = vec![example(&question, kind, None)];
+        // The twin: the same passages, asked for what none of them states.
+        if let Some(miss) = near_miss_twin(settings, &candidate.key, kind, &question, &passages) {
+            let origin = NearMissOrigin {
+                asked: miss.question.clone(),
+                changed: format!("{} → {}", miss.replaced, miss.by),
+            };
+            examples.push(example(&miss.question, ExampleKind::Refusal, Some(origin)));
+        }
+        Ok(Ok(examples))
     }
 
     async fn teacher_question(
@@ -791,6 +835,22 @@ fn example_kind(seed: u64, key: &str, refusal_share: f64) -> ExampleKind {
     }
 }
 
+/// The near-miss twin of the example made from passage `key`: for an answer example drawn
+/// into `settings.near_miss_share`, its question changed into a near miss over the same
+/// `passages` when it can be.
+fn near_miss_twin(
+    settings: &ExampleSettings,
+    key: &str,
+    kind: ExampleKind,
+    question: &str,
+    passages: &[&str],
+) -> Option<NearMiss> {
+    let drawn = unit_draw(settings.seed ^ NEAR_MISS_DRAW_SALT, key) < settings.near_miss_share;
+    (kind == ExampleKind::Answer && drawn)
+        .then(|| near_miss_question(question, passages, settings.seed, key))
+        .flatten()
+}
+
 /// Orders `items` by a seeded hash of each one's key: a shuffle that does not depend on the
 /// order the items came in.
 fn shuffle<T>(items: &mut [T], seed: u64, key: impl Fn(&T) -> &str) {
@@ -984,6 +1044,46 @@ mod tests {
     }
 
     #[test]
+    fn answer_examples_drawn_into_the_near_miss_share_get_a_twin() {
+        let passage = "| 模型 | 显存 |\n|---|---|\n| Qwen-7B | 16GB |";
+        let asked = "Qwen-7B 推理需要多少显存？";
+        let twins = |share: f64, kind: ExampleKind| {
+            let settings = ExampleSettings {
+                near_miss_share: share,
+                seed: 3,
+                ..ExampleSettings::default()
+            };
+            (0..400)
+                .filter_map(|i| {
+                    near_miss_twin(&settings, &format!("d#{i}"), kind, asked, &[passage])
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(twins(0.0, ExampleKind::Answer).is_empty());
+        assert!(twins(1.0, ExampleKind::Refusal).is_empty());
+        let all = twins(1.0, ExampleKind::Answer);
+        assert_eq!(all.len(), 400);
+        assert!(all.iter().all(|m| m.replaced == "7B" && m.by != "7B"));
+        let half = twins(0.5, ExampleKind::Answer).len();
+        assert!((150..250).contains(&half), "{half} of 400 under 0.5");
+        // A question with nothing to change has no twin.
+        let settings = ExampleSettings {
+            near_miss_share: 1.0,
+            ..ExampleSettings::default()
+        };
+        assert_eq!(
+            near_miss_twin(
+                &settings,
+                "d#0",
+                ExampleKind::Answer,
+                "默认端口是多少？",
+                &[passage]
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn shuffle_does_not_depend_on_input_order() {
         let mut a = vec!["x#1", "x#2", "y#0", "z#5"];
         let mut b = vec!["z#5", "y#0", "x#2", "x#1"];
@@ -1001,6 +1101,13 @@ mod tests {
                 ..Default::default()
             })
             .contains("between 0 and 1")
+        );
+        assert!(
+            bad(ExampleSettings {
+                near_miss_share: -0.1,
+                ..Default::default()
+            })
+            .contains("near-miss share -0.1 must be between 0 and 1")
         );
         assert!(
             bad(ExampleSettings {
@@ -1041,6 +1148,7 @@ mod tests {
                 answer: "6GB".into(),
                 support: 1.0,
                 from_table: false,
+                near_miss: None,
             },
         };
         let line = serde_json::to_string(&example).unwrap();

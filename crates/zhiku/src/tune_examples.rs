@@ -32,6 +32,13 @@ pub struct ExampleArgs {
     /// Share of examples (0-1) with distractors only, whose target is the refusal.
     #[arg(long, env = "ZHIKU_TUNE_REFUSAL_SHARE", default_value_t = 0.1)]
     pub refusal_share: f64,
+    /// Share of answer examples (0-1) whose question names a model size, bit width or GPU
+    /// that also give a near-miss twin: the same passages, the question changed to one of
+    /// these that no passage states (13B where the passage gives 7B), the refusal its
+    /// target. Teaches refusing the unanswerable questions users ask most: the passage on
+    /// the subject is there, for another size or setting.
+    #[arg(long, env = "ZHIKU_TUNE_NEAR_MISS_SHARE", default_value_t = 0.0)]
+    pub near_miss_share: f64,
     /// Keep answers that state no key fact (no number, version, flag, path or name), or
     /// that run past 100 characters, too.
     /// By default such examples are dropped: users ask a knowledge base for facts, and
@@ -68,6 +75,7 @@ impl ExampleArgs {
             max_examples: self.max_examples,
             distractors: self.distractors,
             refusal_share: self.refusal_share,
+            near_miss_share: self.near_miss_share,
             per_document: self.examples_per_document,
             seed,
             facts_only: !self.any_answer,
@@ -148,8 +156,11 @@ pub async fn make_examples_file(
                             ExampleKind::Answer => summary.answers += 1,
                             ExampleKind::Refusal => summary.refusals += 1,
                         }
+                        // A near-miss twin comes from the passage just tried.
+                        if summary.tried != attempt {
+                            this_run += 1;
+                        }
                         summary.tried = attempt;
-                        this_run += 1;
                         progress(&status_line(
                             &summary, planned, &settings, started, this_run,
                         ));
@@ -360,6 +371,7 @@ mod tests {
             max_examples: 1,
             distractors: 1,
             refusal_share: 0.0,
+            near_miss_share: 0.25,
             any_answer: false,
             examples_per_document: 1,
             teacher_only: false,
@@ -369,6 +381,7 @@ mod tests {
             args.path(Path::new("out/kb-adapter")),
             PathBuf::from("out/kb-adapter.examples.jsonl")
         );
+        assert_eq!(args.settings(7).near_miss_share, 0.25);
     }
 
     #[test]

@@ -489,6 +489,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
                 "1",
                 "--refusal-share",
                 "0.5",
+                "--near-miss-share",
+                "1",
                 "--force",
                 "--epochs",
                 "1",
@@ -536,8 +538,11 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         let target = turns[1]["value"].as_str().expect("the target");
         let origin = &record["zhiku"];
         let question = origin["question"].as_str().expect("the question");
+        // A near-miss twin asks its changed question over its answer's passages.
+        let near_miss = origin.get("near_miss");
+        let asked = near_miss.map_or(question, |m| m["asked"].as_str().expect("asked"));
         assert!(
-            prompt.contains("已知信息") && prompt.trim_end().ends_with(question),
+            prompt.contains("已知信息") && prompt.trim_end().ends_with(asked),
             "the Ask's prompt with the question last: {prompt}"
         );
         // The passage the question was written from is in the prompt exactly when the target
@@ -553,6 +558,26 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
                 assert!(
                     prompt.contains("[2]"),
                     "the passage and a distractor: {prompt}"
+                );
+            }
+            Some("refusal") if near_miss.is_some() => {
+                assert_eq!(target, REFUSAL);
+                assert_ne!(asked, question);
+                assert!(
+                    prompt.contains("[2]"),
+                    "the answer's passage and distractor: {prompt}"
+                );
+                // Its answer example was made from the same passage, with the same prompt
+                // but for the question.
+                let twin = records
+                    .iter()
+                    .find(|r| r["zhiku"]["passage"] == origin["passage"] && r != &record)
+                    .expect("the answer example of a near miss");
+                let twin_prompt = twin["conversations"][0]["value"].as_str().expect("prompt");
+                assert_eq!(
+                    twin_prompt.trim_end().strip_suffix(question),
+                    prompt.trim_end().strip_suffix(asked),
+                    "the same passages"
                 );
             }
             Some("refusal") => {
