@@ -368,6 +368,17 @@ fn report_json(r: &EvalReport) -> Value {
     })
 }
 
+/// One setting's report with its cases, as `--json` writes it.
+pub fn report_with_cases_json(r: &EvalReport, results: &[EvalCaseResult]) -> Value {
+    let mut o = report_json(r);
+    o["cases"] = results
+        .iter()
+        .filter(|c| c.setting == r.setting)
+        .map(case_json)
+        .collect();
+    o
+}
+
 fn case_json(c: &EvalCaseResult) -> Value {
     json!({
         "id": c.id,
@@ -635,15 +646,7 @@ pub async fn run(mut client: crate::commands::Client, args: EvalArgs) -> ExitCod
                     let settings: Vec<Value> = summary
                         .reports
                         .iter()
-                        .map(|r| {
-                            let mut o = report_json(r);
-                            o["cases"] = results
-                                .iter()
-                                .filter(|c| c.setting == r.setting)
-                                .map(case_json)
-                                .collect();
-                            o
-                        })
+                        .map(|r| report_with_cases_json(r, &results))
                         .collect();
                     println!(
                         "{}",

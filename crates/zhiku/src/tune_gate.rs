@@ -3,7 +3,8 @@
 //! the orchestrator's Evaluate (the adapter field: the new adapter, then none), both rows are
 //! printed side by side, and the adapter is bound to the knowledge base (BindAdapter, with
 //! its provenance and both rows) only when it is not worse on right answers, false refusals
-//! and refused unanswerables, or with `--force`.
+//! and refused unanswerables, or with `--force`. Both runs' answers, question by question,
+//! are written beside the adapter ([`report_path`]) so that what changed can be read.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,8 +14,8 @@ use futures::StreamExt;
 use zhiku_orchestrator::AskPolicy;
 use zhiku_proto::v1::generator_client::GeneratorClient;
 use zhiku_proto::v1::{
-    AdapterEvalFigures, AdapterProvenance, BindAdapterRequest, EvalCase, EvalReport,
-    EvaluateRequest, LoadAdapterRequest, SamplingParams, evaluate_event,
+    AdapterEvalFigures, AdapterProvenance, BindAdapterRequest, EvalCase, EvalCaseResult,
+    EvalReport, EvaluateRequest, LoadAdapterRequest, SamplingParams, evaluate_event,
 };
 
 use crate::stack::{Ports, Stack, StackArgs};
@@ -159,7 +160,7 @@ async fn evaluate(
     cases: &[EvalCase],
     adapter: &str,
     max_new_tokens: u32,
-) -> Result<Row, String> {
+) -> Result<(EvalReport, Vec<EvalCaseResult>), String> {
     let request = EvaluateRequest {
         knowledge_base: kb.to_owned(),
         cases: cases.to_vec(),
@@ -176,16 +177,49 @@ async fn evaluate(
         .map_err(|s| s.message().to_owned())?
         .into_inner();
     let mut report = None;
+    let mut results = Vec::new();
     while let Some(event) = stream.next().await {
         match event.map_err(|s| s.message().to_owned())?.event {
+            Some(evaluate_event::Event::CaseResult(c)) => results.push(c),
             Some(evaluate_event::Event::Report(r)) => report = Some(r),
             Some(evaluate_event::Event::Summary(_)) => break,
             _ => {}
         }
     }
     report
-        .map(|r| Row::of(&r))
+        .map(|r| (r, results))
         .ok_or_else(|| "the evaluation ended without a report".into())
+}
+
+/// Where the gate writes both evaluations' reports for an adapter written to `out`:
+/// `OUT.gate.json` beside it (the adapter directory holds PEFT's files only).
+pub fn report_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".gate.json");
+    PathBuf::from(name)
+}
+
+/// Writes both reports, as `zhiku eval --json` writes one, to `path` (through a temporary
+/// file, so that a reader never sees half of one).
+fn write_reports(
+    path: &Path,
+    kb: &str,
+    eval: &Path,
+    with: &(EvalReport, Vec<EvalCaseResult>),
+    without: &(EvalReport, Vec<EvalCaseResult>),
+) -> Result<(), String> {
+    let json = serde_json::json!({
+        "knowledge_base": kb,
+        "eval": eval,
+        "with_adapter": crate::eval::report_with_cases_json(&with.0, &with.1),
+        "without_adapter": crate::eval::report_with_cases_json(&without.0, &without.1),
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{json:#}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("writing the gate's reports to {}: {e}", path.display()))
 }
 
 /// What the training was given and how it reports, as the gate needs them.
@@ -276,9 +310,12 @@ async fn gate(
             "evaluating {} on `{kb}` with the new adapter",
             file.display()
         );
-        let with = evaluate(&mut client, &kb, &cases, CANDIDATE, max).await?;
+        let with_report = evaluate(&mut client, &kb, &cases, CANDIDATE, max).await?;
         eprintln!("evaluating {} on `{kb}` without it", file.display());
-        let without = evaluate(&mut client, &kb, &cases, "", max).await?;
+        let without_report = evaluate(&mut client, &kb, &cases, "", max).await?;
+        let reports = report_path(&adapter_dir);
+        write_reports(&reports, &kb, file, &with_report, &without_report)?;
+        let (with, without) = (Row::of(&with_report.0), Row::of(&without_report.0));
         let why = worse(with, without);
         let table = table(with, without);
         if args.json {
@@ -286,10 +323,12 @@ async fn gate(
                 "{}",
                 serde_json::json!({"event": "gate", "knowledge_base": kb,
                     "eval": file, "with_adapter": row_json(with),
-                    "without_adapter": row_json(without), "worse": why})
+                    "without_adapter": row_json(without), "worse": why,
+                    "reports": reports})
             );
         } else {
             println!("{table}");
+            println!("each answer of both runs: {}", reports.display());
         }
         provenance.eval_file = absolute(file).to_string_lossy().into_owned();
         provenance.with_adapter = Some(with.figures());

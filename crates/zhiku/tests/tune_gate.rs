@@ -192,6 +192,26 @@ fn the_gate_binds_a_better_adapter_refuses_a_worse_one_and_asks_follow_the_bindi
         "the base model cannot know it: {gate}"
     );
     assert_eq!(with["correct"], 1, "the adapter answers it: {gate}");
+    // Each answer of both runs, beside the adapter.
+    let reports_path = w.join("good.gate.json");
+    assert_eq!(gate["reports"], reports_path.to_string_lossy().as_ref());
+    let reports: Value = serde_json::from_str(
+        &std::fs::read_to_string(&reports_path).expect("the gate's reports are written"),
+    )
+    .expect("JSON");
+    let answer = |run: &str| {
+        reports[run]["cases"][0]["answer"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert!(
+        answer("with_adapter").is_some_and(|a| a.contains(CODE)),
+        "{reports}"
+    );
+    assert!(
+        answer("without_adapter").is_some_and(|a| !a.contains(CODE)),
+        "{reports}"
+    );
     let bound = event(&events, "bound").expect("bound");
     assert_eq!(bound["adapter"], "vault");
     let kb = describe(&flags);
