@@ -293,6 +293,14 @@ async fn examples_from_kb(cli: &Cli, args: &tune::TuneArgs) -> Result<PathBuf, E
     }
 }
 
+/// `path` with `suffix` appended to its last component (`out/kb` → `out/kb.gate.json`): the
+/// files `zhiku tune` keeps beside an adapter or an examples file.
+fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 fn in_process_server_args(log: Option<&str>) -> ServerArgs {
     ServerArgs {
         log: log.unwrap_or(IN_PROCESS_LOG).to_owned(),

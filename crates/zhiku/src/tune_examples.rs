@@ -63,11 +63,9 @@ pub struct ExampleArgs {
 impl ExampleArgs {
     /// Where the examples go for an adapter written to `out`.
     pub fn path(&self, out: &Path) -> PathBuf {
-        self.examples.clone().unwrap_or_else(|| {
-            let mut name = out.as_os_str().to_owned();
-            name.push(".examples.jsonl");
-            PathBuf::from(name)
-        })
+        self.examples
+            .clone()
+            .unwrap_or_else(|| crate::with_suffix(out, ".examples.jsonl"))
     }
 
     fn settings(&self, seed: u64) -> ExampleSettings {
@@ -188,9 +186,7 @@ pub async fn make_examples_file(
 }
 
 fn tried_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tried");
-    PathBuf::from(name)
+    crate::with_suffix(path, ".tried")
 }
 
 /// The examples already in `path` (counted by kind) and every passage tried: those of the

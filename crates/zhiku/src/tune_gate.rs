@@ -194,9 +194,7 @@ async fn evaluate(
 /// Where the gate writes both evaluations' reports for an adapter written to `out`:
 /// `OUT.gate.json` beside it (the adapter directory holds PEFT's files only).
 pub fn report_path(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".gate.json");
-    PathBuf::from(name)
+    crate::with_suffix(out, ".gate.json")
 }
 
 /// Writes both reports, as `zhiku eval --json` writes one, to `path` (through a temporary
@@ -214,9 +212,7 @@ fn write_reports(
         "with_adapter": crate::eval::report_with_cases_json(&with.0, &with.1),
         "without_adapter": crate::eval::report_with_cases_json(&without.0, &without.1),
     });
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = crate::with_suffix(path, ".tmp");
     std::fs::write(&tmp, format!("{json:#}\n"))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| format!("writing the gate's reports to {}: {e}", path.display()))

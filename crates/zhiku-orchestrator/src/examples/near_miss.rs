@@ -65,19 +65,21 @@ pub fn near_miss_question(
     }
     let mut tries: Vec<(u64, usize, usize, String)> = changes(question)
         .into_iter()
-        .flat_map(|c| {
-            c.options
-                .into_iter()
-                .map(move |o| (c.start, c.end, o))
-                .collect::<Vec<_>>()
-        })
-        .map(|(start, end, option)| {
-            let draw = mix(
-                seed ^ NEAR_MISS_SALT,
-                &format!("{key}\u{1f}{start}\u{1f}{option}"),
-            );
-            (draw, start, end, option)
-        })
+        .flat_map(
+            |Change {
+                 start,
+                 end,
+                 options,
+             }| {
+                options.into_iter().map(move |option| {
+                    let draw = mix(
+                        seed ^ NEAR_MISS_SALT,
+                        &format!("{key}\u{1f}{start}\u{1f}{option}"),
+                    );
+                    (draw, start, end, option)
+                })
+            },
+        )
         .collect();
     tries.sort();
     tries.into_iter().find_map(|(_, start, end, by)| {
