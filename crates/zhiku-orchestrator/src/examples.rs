@@ -30,7 +30,9 @@ use crate::prompt::REFUSAL;
 use crate::verify::{Verdict, check_answer};
 
 pub mod near_miss;
+pub mod restate;
 pub use near_miss::{NearMiss, near_miss_question};
+pub use restate::{is_question, restated_answer};
 
 /// Asks the teacher for one question the passage answers and its short answer.
 /// The question names its subject (the product, model or setting) so that it stands without
@@ -89,6 +91,9 @@ pub struct ExampleSettings {
     /// ([`table_question`]): right by construction, and the reading that small models get
     /// wrong most (the figure of the neighbouring row or column).
     pub table_questions: bool,
+    /// Answer targets restate what the question asks about before the fact
+    /// ([`restated_answer`]): `MiniCPM 的 vllm 版本是 0.2.7。`, not `0.2.7`.
+    pub restate_answers: bool,
 }
 
 impl Default for ExampleSettings {
@@ -103,6 +108,7 @@ impl Default for ExampleSettings {
             max_new_tokens: 160,
             facts_only: true,
             table_questions: true,
+            restate_answers: false,
         }
     }
 }
@@ -163,6 +169,10 @@ pub struct ExampleOrigin {
     /// The teacher's question and answer, before they were put in the prompt.
     pub question: String,
     pub answer: String,
+    /// The target, where it is not `answer` itself: the answer restated
+    /// ([`restated_answer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restated: Option<String>,
     /// The answer's support in its passage.
     pub support: f64,
     /// The question was read from a table row of the passage ([`table_question`]), not
@@ -212,6 +222,8 @@ pub enum Rejection {
     NoKeyFact,
     /// The answer is longer than one fact needs (with facts only).
     LongAnswer,
+    /// The teacher's "question" asks nothing: a sentence copied from the passage.
+    NotAQuestion,
     /// Retrieval for the question does not find its own passage: the question is too
     /// generic to pick it out of the base ("模型的名称是什么？"), so serving could not
     /// answer it either.
@@ -234,6 +246,7 @@ impl std::fmt::Display for Rejection {
                 f,
                 "the answer is longer than {MAX_FACT_ANSWER_CHARS} characters: not one fact"
             ),
+            Rejection::NotAQuestion => write!(f, "the teacher's question asks nothing"),
             Rejection::NotRetrieved => {
                 write!(f, "retrieval for the question does not find its passage")
             }
@@ -464,6 +477,9 @@ impl Orchestrator {
                 let Some(asked) = parse_question_answer(&written) else {
                     return Ok(Err(Rejection::Unparsed));
                 };
+                if !is_question(&asked.0) {
+                    return Ok(Err(Rejection::NotAQuestion));
+                }
                 asked
             }
         };
@@ -471,6 +487,10 @@ impl Orchestrator {
             Ok(support) => support,
             Err(rejection) => return Ok(Err(rejection)),
         };
+        let restated = settings
+            .restate_answers
+            .then(|| restated_target(&question, &answer, &candidate.text))
+            .flatten();
 
         let retrieved = self
             .retrieve(
@@ -536,7 +556,9 @@ impl Orchestrator {
                     Turn {
                         from: "gpt".into(),
                         value: match kind {
-                            ExampleKind::Answer => answer.clone(),
+                            ExampleKind::Answer => {
+                                restated.clone().unwrap_or_else(|| answer.clone())
+                            }
                             ExampleKind::Refusal => REFUSAL.to_owned(),
                         },
                     },
@@ -547,6 +569,7 @@ impl Orchestrator {
                     kind,
                     question: question.clone(),
                     answer: answer.clone(),
+                    restated: restated.clone().filter(|_| kind == ExampleKind::Answer),
                     support: answer_support,
                     from_table: from_table.is_some(),
                     near_miss,
@@ -613,6 +636,14 @@ fn screen_answer(
         return Err(Rejection::WeakSupport);
     }
     Ok(answer_support)
+}
+
+/// The answer restated as a statement of the question ([`restated_answer`]), where the
+/// statement states no key fact that neither the passage nor the question does (the
+/// question's words are what it adds).
+fn restated_target(question: &str, answer: &str, passage: &str) -> Option<String> {
+    restated_answer(question, answer)
+        .filter(|target| check_answer(target, &[passage], question).verdict == Verdict::Supported)
 }
 
 /// A question about one cell of a markdown table row in `text`, and the cell as its answer:
@@ -1044,6 +1075,20 @@ mod tests {
     }
 
     #[test]
+    fn a_restated_target_keeps_the_fact_or_stays_the_bare_answer() {
+        let passage = "ChatGLM-6B 的 INT4 量化版本最低只需要 6 GB 显存。";
+        assert_eq!(
+            restated_target("ChatGLM-6B 用 INT4 量化要多少 GB 显存？", "6", passage).as_deref(),
+            Some("ChatGLM-6B 用 INT4 量化要 6 GB 显存。")
+        );
+        // The question's unit would make the figure one that nothing states (6 MB).
+        assert_eq!(
+            restated_target("ChatGLM-6B 用 INT4 量化要多少 MB 显存？", "6", passage),
+            None
+        );
+    }
+
+    #[test]
     fn answer_examples_drawn_into_the_near_miss_share_get_a_twin() {
         let passage = "| 模型 | 显存 |\n|---|---|\n| Qwen-7B | 16GB |";
         let asked = "Qwen-7B 推理需要多少显存？";
@@ -1146,6 +1191,7 @@ mod tests {
                 kind: ExampleKind::Answer,
                 question: "多少显存？".into(),
                 answer: "6GB".into(),
+                restated: None,
                 support: 1.0,
                 from_table: false,
                 near_miss: None,
@@ -1155,6 +1201,7 @@ mod tests {
         assert!(line.contains("\"kind\":\"answer\""));
         // Written only when set, and read as unset when absent (files of earlier runs).
         assert!(!line.contains("from_table"));
+        assert!(!line.contains("restated"));
         let back: TrainingExample = serde_json::from_str(&line).unwrap();
         assert_eq!(back, example);
     }

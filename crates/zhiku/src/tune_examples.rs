@@ -54,6 +54,12 @@ pub struct ExampleArgs {
     /// most.
     #[arg(long, env = "ZHIKU_TUNE_TEACHER_ONLY")]
     pub teacher_only: bool,
+    /// Answer targets that restate what the question asks about before the fact
+    /// (`MiniCPM 的 vllm 版本是 0.2.7。`, not `0.2.7`): the question word replaced by the
+    /// teacher's answer or the table cell, the words around it the question's own. A target
+    /// that would state a fact neither the passage nor the question does stays the bare fact.
+    #[arg(long, env = "ZHIKU_TUNE_RESTATE_ANSWERS")]
+    pub restate_answers: bool,
     /// The model that writes the questions and answers: a .gguf file, a directory or a hub
     /// id. Default: the chat model (--chat-model).
     #[arg(long, env = "ZHIKU_TUNE_TEACHER_MODEL")]
@@ -78,6 +84,7 @@ impl ExampleArgs {
             seed,
             facts_only: !self.any_answer,
             table_questions: !self.teacher_only,
+            restate_answers: self.restate_answers,
             ..ExampleSettings::default()
         }
     }
@@ -371,6 +378,7 @@ mod tests {
             any_answer: false,
             examples_per_document: 1,
             teacher_only: false,
+            restate_answers: true,
             teacher_model: None,
         };
         assert_eq!(
@@ -378,6 +386,7 @@ mod tests {
             PathBuf::from("out/kb-adapter.examples.jsonl")
         );
         assert_eq!(args.settings(7).near_miss_share, 0.25);
+        assert!(args.settings(7).restate_answers);
     }
 
     #[test]
