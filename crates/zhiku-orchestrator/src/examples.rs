@@ -29,8 +29,10 @@ use crate::grounding::{is_refusal, support};
 use crate::prompt::REFUSAL;
 use crate::verify::{Verdict, check_answer};
 
+pub mod distill;
 pub mod near_miss;
 pub mod restate;
+pub use distill::{Distilled, states_fact};
 pub use near_miss::{NearMiss, near_miss_question};
 pub use restate::{is_question, restated_answer};
 
@@ -173,6 +175,9 @@ pub struct ExampleOrigin {
     /// ([`restated_answer`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restated: Option<String>,
+    /// Where the target came from after distillation ([`distill`]), when it was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distilled: Option<Distilled>,
     /// The answer's support in its passage.
     pub support: f64,
     /// The question was read from a table row of the passage ([`table_question`]), not
@@ -570,6 +575,7 @@ impl Orchestrator {
                     question: question.clone(),
                     answer: answer.clone(),
                     restated: restated.clone().filter(|_| kind == ExampleKind::Answer),
+                    distilled: None,
                     support: answer_support,
                     from_table: from_table.is_some(),
                     near_miss,
@@ -1192,6 +1198,7 @@ mod tests {
                 question: "多少显存？".into(),
                 answer: "6GB".into(),
                 restated: None,
+                distilled: None,
                 support: 1.0,
                 from_table: false,
                 near_miss: None,

@@ -276,6 +276,27 @@ async fn examples_from_kb(cli: &Cli, args: &tune::TuneArgs) -> Result<PathBuf, E
                 summary.tried,
                 path.display()
             ));
+            if args.from_kb.self_distill {
+                let distilled = tune_examples::distill_examples_file(
+                    &cli.stack,
+                    &cli.ask,
+                    &server,
+                    &path,
+                    args.gate.eval_max_new_tokens,
+                    progress,
+                )
+                .await;
+                match distilled {
+                    Ok(d) => progress(&format!(
+                        "answer targets: {} the model's own, {} rewritten from the teacher's, {} the teacher's",
+                        d.own, d.rewritten, d.teacher
+                    )),
+                    Err(e) => {
+                        eprintln!("zhiku tune: {e}");
+                        return Err(ExitCode::FAILURE);
+                    }
+                }
+            }
             Ok(path)
         }
         Ok(summary) => {

@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use zhiku_orchestrator::examples::{ExampleEvent, ExampleKind, ExampleSettings, TrainingExample};
+use zhiku_orchestrator::examples::{
+    Distilled, ExampleEvent, ExampleKind, ExampleSettings, TrainingExample,
+};
 use zhiku_orchestrator::{AskPolicy, Orchestrator, OrchestratorArgs, OrchestratorError};
 use zhiku_runtime::ServerArgs;
 
@@ -60,6 +62,15 @@ pub struct ExampleArgs {
     /// that would state a fact neither the passage nor the question does stays the bare fact.
     #[arg(long, env = "ZHIKU_TUNE_RESTATE_ANSWERS")]
     pub restate_answers: bool,
+    /// After the examples are made, the chat model (the one being trained) answers each
+    /// answer example's prompt, and its own answer becomes the target where it states the
+    /// teacher's fact; where it does not, it answers again with the teacher's answer shown
+    /// as a reference, and that rewrite is the target when it states the fact; else the
+    /// teacher's answer stays (self-distillation). Targets in the model's own words move it
+    /// less from what it already reads right. Each example records which (`zhiku.distilled`);
+    /// a rerun distills only those not yet distilled.
+    #[arg(long, env = "ZHIKU_TUNE_SELF_DISTILL")]
+    pub self_distill: bool,
     /// The model that writes the questions and answers: a .gguf file, a directory or a hub
     /// id. Default: the chat model (--chat-model).
     #[arg(long, env = "ZHIKU_TUNE_TEACHER_MODEL")]
@@ -190,6 +201,121 @@ pub async fn make_examples_file(
     .await;
     services.shutdown().await;
     result
+}
+
+/// What [`distill_examples_file`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DistillSummary {
+    /// Targets now in the model's own words, as first written or rewritten from the
+    /// teacher's, and those where the teacher's answer stayed.
+    pub own: usize,
+    pub rewritten: usize,
+    pub teacher: usize,
+}
+
+/// Puts the answer targets of the examples file at `path` in the chat model's own words
+/// ([`zhiku_orchestrator::examples::distill`]) with the services of `stack` started in this
+/// process (the chat model, not the teacher). The file is replaced whole (written beside it,
+/// then renamed), so a run that stops leaves it as it was, and a rerun skips the examples
+/// already distilled.
+pub async fn distill_examples_file(
+    stack: &StackArgs,
+    ask: &AskPolicy,
+    server: &ServerArgs,
+    path: &Path,
+    max_new_tokens: u32,
+    progress: impl Fn(&str),
+) -> Result<DistillSummary, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut examples = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let example: TrainingExample = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{} line {}: not an example zhiku made ({e})",
+                path.display(),
+                i + 1
+            )
+        })?;
+        examples.push(example);
+    }
+    let mut services = Stack::start(stack, ask, Ports::ephemeral(), server)
+        .await
+        .map_err(|e| format!("cannot start the services that distill examples: {e}"))?;
+    if let Err(e) = services.ready(Duration::from_secs(600)).await {
+        services.shutdown().await;
+        return Err(e);
+    }
+    let orchestrator_args = {
+        let mut args = OrchestratorArgs::local(
+            services.ports.embedder.port(),
+            services.ports.retriever.port(),
+            services.ports.generator.port(),
+        );
+        args.ask = ask.clone();
+        args
+    };
+    let result = async {
+        let orchestrator = Orchestrator::new(orchestrator_args).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let to_do = examples
+            .iter()
+            .filter(|e| e.zhiku.kind == ExampleKind::Answer && e.zhiku.distilled.is_none())
+            .count();
+        let mut done = 0usize;
+        let mut summary = DistillSummary::default();
+        let mut distilled = Vec::with_capacity(examples.len());
+        for example in examples {
+            let fresh = example.zhiku.kind == ExampleKind::Answer && example.zhiku.distilled.is_none();
+            let example = orchestrator
+                .distill(example, max_new_tokens)
+                .await
+                .map_err(|e| e.to_string())?;
+            match example.zhiku.distilled {
+                Some(Distilled::Own) => summary.own += 1,
+                Some(Distilled::Rewritten) => summary.rewritten += 1,
+                Some(Distilled::Teacher) => summary.teacher += 1,
+                None => {}
+            }
+            if fresh {
+                done += 1;
+                let per = started.elapsed().as_secs_f64() / done as f64;
+                let eta = (per * to_do.saturating_sub(done) as f64).round() as u64;
+                progress(&format!(
+                    "distilled {done} of {to_do} answer targets ({} the model's own, {} rewritten, {} the teacher's); ETA {}",
+                    summary.own,
+                    summary.rewritten,
+                    summary.teacher,
+                    duration(eta)
+                ));
+            }
+            distilled.push(example);
+        }
+        write_examples(path, &distilled)?;
+        Ok::<_, String>(summary)
+    }
+    .await;
+    services.shutdown().await;
+    result
+}
+
+/// Replaces the examples file at `path` with `examples`: written beside it and renamed over
+/// it, so that it is whole at every moment.
+fn write_examples(path: &Path, examples: &[TrainingExample]) -> Result<(), String> {
+    let tmp = crate::with_suffix(path, ".tmp");
+    let mut text = String::new();
+    for example in examples {
+        let line =
+            serde_json::to_string(example).map_err(|e| format!("an example as JSON: {e}"))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn tried_path(path: &Path) -> PathBuf {
@@ -379,6 +505,7 @@ mod tests {
             examples_per_document: 1,
             teacher_only: false,
             restate_answers: true,
+            self_distill: false,
             teacher_model: None,
         };
         assert_eq!(
@@ -387,6 +514,21 @@ mod tests {
         );
         assert_eq!(args.settings(7).near_miss_share, 0.25);
         assert!(args.settings(7).restate_answers);
+    }
+
+    #[test]
+    fn a_distilled_file_replaces_the_old_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.examples.jsonl");
+        std::fs::write(&path, "old\n").unwrap();
+        let line = r#"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"a"}],"zhiku":{"passage":"a.md#0","source":"a.md","kind":"answer","question":"q","answer":"a","support":1.0,"distilled":"own"}}"#;
+        let example: TrainingExample = serde_json::from_str(line).unwrap();
+        assert_eq!(example.zhiku.distilled, Some(Distilled::Own));
+        write_examples(&path, &[example.clone(), example]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().all(|l| l.contains(r#""distilled":"own""#)));
+        assert!(!crate::with_suffix(&path, ".tmp").exists());
     }
 
     #[test]

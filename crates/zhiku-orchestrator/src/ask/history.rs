@@ -46,17 +46,28 @@ impl Orchestrator {
         max_new_tokens: u32,
         deadline: Deadline,
     ) -> Result<String, OrchestratorError> {
+        let user = ChatMessage {
+            role: Role::User as i32,
+            content: prompt,
+        };
+        self.complete_chat_greedy(vec![user], max_new_tokens, deadline)
+            .await
+    }
+
+    /// The base model's greedy reply to `messages` (through its chat template), at most
+    /// `max_new_tokens` long.
+    pub(crate) async fn complete_chat_greedy(
+        &self,
+        messages: Vec<ChatMessage>,
+        max_new_tokens: u32,
+        deadline: Deadline,
+    ) -> Result<String, OrchestratorError> {
         let response = self
             .downstream
             .generator
             .clone()
             .generate(deadline.request(GenerateRequest {
-                input: Some(generate_request::Input::Chat(Chat {
-                    messages: vec![ChatMessage {
-                        role: Role::User as i32,
-                        content: prompt,
-                    }],
-                })),
+                input: Some(generate_request::Input::Chat(Chat { messages })),
                 sampling: Some(SamplingParams {
                     temperature: Some(0.0),
                     max_new_tokens: Some(max_new_tokens),
