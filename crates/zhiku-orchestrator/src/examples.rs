@@ -227,8 +227,8 @@ pub enum Rejection {
     NoKeyFact,
     /// The answer is longer than one fact needs (with facts only).
     LongAnswer,
-    /// The teacher's "question" asks nothing: a sentence copied from the passage.
-    NotAQuestion,
+    /// The teacher's "question" is a statement (named): a sentence copied from the passage.
+    NotAQuestion(String),
     /// Retrieval for the question does not find its own passage: the question is too
     /// generic to pick it out of the base ("模型的名称是什么？"), so serving could not
     /// answer it either.
@@ -251,7 +251,9 @@ impl std::fmt::Display for Rejection {
                 f,
                 "the answer is longer than {MAX_FACT_ANSWER_CHARS} characters: not one fact"
             ),
-            Rejection::NotAQuestion => write!(f, "the teacher's question asks nothing"),
+            Rejection::NotAQuestion(question) => {
+                write!(f, "the teacher's \"question\" is a statement: {question}")
+            }
             Rejection::NotRetrieved => {
                 write!(f, "retrieval for the question does not find its passage")
             }
@@ -483,7 +485,7 @@ impl Orchestrator {
                     return Ok(Err(Rejection::Unparsed));
                 };
                 if !is_question(&asked.0) {
-                    return Ok(Err(Rejection::NotAQuestion));
+                    return Ok(Err(Rejection::NotAQuestion(asked.0)));
                 }
                 asked
             }

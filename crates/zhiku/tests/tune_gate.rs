@@ -415,9 +415,12 @@ fn the_gate_binds_a_better_adapter_refuses_a_worse_one_and_asks_follow_the_bindi
 }
 
 /// `zhiku tune --kb NAME` without `--data`: a teacher (Qwen2.5-Coder-0.5B) writes questions
-/// for the knowledge base's passages; each kept example is the Ask's prompt with the
-/// answering passage among distractors (or distractors alone and the refusal), written to a
-/// JSONL that trains the adapter; a second run resumes and makes no more.
+/// for the knowledge base's passages (this small one copies a sentence of the passage as its
+/// "question", which is dropped), a passage holding a table is asked about one of its cells;
+/// each kept example is the Ask's prompt with the answering passage among distractors (or
+/// distractors alone and the refusal), written to a JSONL that trains the adapter; a second
+/// run resumes and makes no more; `--self-distill` then puts the answer targets in the
+/// trained model's own words.
 #[test]
 fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
     let Some(models) = models() else { return };
@@ -438,7 +441,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         (
             "deploy.md",
             "# 部署指南\n\n## 显存需求\n\n在 FP16 精度下运行 ChatGLM-6B 模型需要 13GB 显存。使用 INT4 \
-             量化后，最低只需要 6GB 显存即可完成推理。\n\n## 服务端口\n\nAPI 服务默认监听 8000 端口，\
+             量化后，最低只需要 6GB 显存即可完成推理。\n\n| 量化等级 | 最低显存 |\n|---|---|\n\
+             | FP16 | 13GB |\n| INT8 | 8GB |\n| INT4 | 6GB |\n\n## 服务端口\n\nAPI 服务默认监听 8000 端口，\
              可以通过 --port 参数修改。网页界面默认使用 7860 端口。\n",
         ),
         (
@@ -616,5 +620,80 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         std::fs::read_to_string(&examples).expect("reads"),
         before,
         "{stdout}"
+    );
+
+    // --self-distill: the answer targets in the chat model's own words where they state the
+    // teacher's answer; refusals as they were; a rerun distills nothing again.
+    let distill = || {
+        let args = [
+            "tune",
+            "--kb",
+            "handbook",
+            "--out",
+            out.to_str().expect("UTF-8"),
+            "--teacher-model",
+            teacher.to_str().expect("UTF-8"),
+            "--max-examples",
+            "4",
+            "--examples-per-document",
+            "4",
+            "--distractors",
+            "1",
+            "--refusal-share",
+            "0.5",
+            "--near-miss-share",
+            "1",
+            "--self-distill",
+            "--force",
+            "--epochs",
+            "1",
+            "--validation",
+            "0",
+            "--max-seq-len",
+            "512",
+            "--json",
+        ];
+        zhiku(&flags, &args)
+    };
+    let stdout = ok(distill(), "zhiku tune --kb --self-distill");
+    assert!(stdout.contains("answer targets:"), "{stdout}");
+    let distilled_text = std::fs::read_to_string(&examples).expect("reads");
+    let distilled: Vec<Value> = distilled_text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(distilled.len(), records.len(), "no example lost");
+    assert!(
+        distilled
+            .iter()
+            .any(|r| r["zhiku"]["distilled"].is_string()),
+        "an answer example was distilled: {distilled_text}"
+    );
+    for (record, old) in distilled.iter().zip(&records) {
+        let origin = &record["zhiku"];
+        assert_eq!(origin["passage"], old["zhiku"]["passage"], "the same order");
+        assert_eq!(
+            record["conversations"][0], old["conversations"][0],
+            "the same prompt"
+        );
+        let target = record["conversations"][1]["value"]
+            .as_str()
+            .expect("target");
+        let answer = origin["answer"].as_str().expect("the teacher's answer");
+        match (origin["kind"].as_str(), origin["distilled"].as_str()) {
+            (Some("answer"), Some("teacher")) => assert_eq!(target, answer),
+            (Some("answer"), Some("own" | "rewritten")) => assert!(
+                zhiku_orchestrator::eval::contains_gold(target, &[answer.to_owned()]),
+                "a distilled target states the teacher's answer: {target} / {answer}"
+            ),
+            (Some("refusal"), None) => assert_eq!(target, REFUSAL),
+            other => panic!("{other:?}: {record}"),
+        }
+    }
+    ok(distill(), "zhiku tune --kb --self-distill (again)");
+    assert_eq!(
+        std::fs::read_to_string(&examples).expect("reads"),
+        distilled_text,
+        "distilled targets are not redone"
     );
 }

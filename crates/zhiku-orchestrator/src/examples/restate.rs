@@ -32,17 +32,20 @@ const MAX_RESTATED_ANSWER_CHARS: usize = 40;
 /// Question endings dropped before the statement is made.
 const QUESTION_MARKS: &[char] = &['？', '?', '。', '！', '!', ' '];
 
-/// Whether the teacher's question reads as one: it ends with a question mark or asks with a
-/// question word. The 1.5B teacher writes a copied sentence of the passage as its
-/// "question" about one time in ten; the example would teach answering statements.
+/// Whether the teacher's question reads as one: not a statement, which ends with a full
+/// stop and has no question mark or question word. The 1.5B teacher writes a sentence copied
+/// from the passage as its "question" about one time in ten; the example would teach
+/// answering statements. A query without a full stop (`ChatGLM-6B 的显存需求`) is one, as
+/// users type them.
 pub fn is_question(question: &str) -> bool {
     let question = question.trim();
-    question.ends_with(['？', '?'])
+    let asks = question.contains(['？', '?'])
         || QUESTION_WORDS
             .iter()
             .chain(HOW_WORDS)
             .chain(&["吗", "是否", "为什么", "为何"])
-            .any(|w| question.contains(w))
+            .any(|w| question.contains(w));
+    asks || !question.ends_with(['。', '.', '！', '!'])
 }
 
 /// The answer as a statement of the question: the first question word replaced by the
@@ -225,6 +228,7 @@ mod tests {
         assert!(is_question("MiniCPM 3.0 的参数量是多少？"));
         assert!(is_question("如何启动服务端"));
         assert!(is_question("ChatGLM-6B 支持 INT4 吗"));
+        assert!(is_question("ChatGLM-6B 的显存需求"));
         assert!(!is_question(
             "在随机采样时，累积概率超过top_p的token将作为候选token被随机采样。"
         ));
