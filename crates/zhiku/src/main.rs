@@ -419,6 +419,14 @@ async fn run() -> ExitCode {
             }
         };
         let mut args = args.clone();
+        if args.data.is_some() && args.from_kb.self_distill {
+            eprintln!(
+                "zhiku tune: --self-distill works on the examples file that --kb makes (or \
+                 resumes); for a file zhiku made, pass it as --examples FILE with --kb NAME \
+                 instead of --data"
+            );
+            return ExitCode::from(2);
+        }
         if args.data.is_none() {
             match examples_from_kb(&cli, &args).await {
                 Ok(path) => args.data = Some(path),

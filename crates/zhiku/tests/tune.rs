@@ -133,3 +133,25 @@ fn a_malformed_dataset_line_is_named_and_nothing_is_written() {
     );
     assert!(!out.exists(), "no adapter is written");
 }
+
+#[test]
+fn self_distill_with_a_data_file_is_refused_with_what_to_pass_instead() {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = work.path().join("examples.jsonl");
+    std::fs::write(&data, "{\"instruction\": \"q\", \"output\": \"a\"}\n").expect("writes");
+    let out = work.path().join("adapter");
+    let run = Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .args(["tune", "--self-distill", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("zhiku runs");
+    assert_eq!(run.status.code(), Some(2), "bad flags exit 2");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("--examples FILE"),
+        "the error says what to pass: {stderr}"
+    );
+    assert!(!out.exists(), "no adapter is written");
+}

@@ -494,38 +494,34 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
     );
     let out = w.join("adapter");
     let examples = w.join("adapter.examples.jsonl");
-    let run = || {
-        zhiku(
-            &flags,
-            &[
-                "tune",
-                "--kb",
-                "handbook",
-                "--out",
-                out.to_str().expect("UTF-8"),
-                "--teacher-model",
-                teacher.to_str().expect("UTF-8"),
-                "--max-examples",
-                "4",
-                "--examples-per-document",
-                "4",
-                "--distractors",
-                "1",
-                "--refusal-share",
-                "0.5",
-                "--near-miss-share",
-                "1",
-                "--force",
-                "--epochs",
-                "1",
-                "--validation",
-                "0",
-                "--max-seq-len",
-                "512",
-                "--json",
-            ],
-        )
-    };
+    let tune_args = [
+        "tune",
+        "--kb",
+        "handbook",
+        "--out",
+        out.to_str().expect("UTF-8"),
+        "--teacher-model",
+        teacher.to_str().expect("UTF-8"),
+        "--max-examples",
+        "4",
+        "--examples-per-document",
+        "4",
+        "--distractors",
+        "1",
+        "--refusal-share",
+        "0.5",
+        "--near-miss-share",
+        "1",
+        "--force",
+        "--epochs",
+        "1",
+        "--validation",
+        "0",
+        "--max-seq-len",
+        "512",
+        "--json",
+    ];
+    let run = || zhiku(&flags, &tune_args);
     let stdout = ok(run(), "zhiku tune --kb");
     assert!(stdout.contains("\"examples\""), "progress events: {stdout}");
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
@@ -624,37 +620,7 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
 
     // --self-distill: the answer targets in the chat model's own words where they state the
     // teacher's answer; refusals as they were; a rerun distills nothing again.
-    let distill = || {
-        let args = [
-            "tune",
-            "--kb",
-            "handbook",
-            "--out",
-            out.to_str().expect("UTF-8"),
-            "--teacher-model",
-            teacher.to_str().expect("UTF-8"),
-            "--max-examples",
-            "4",
-            "--examples-per-document",
-            "4",
-            "--distractors",
-            "1",
-            "--refusal-share",
-            "0.5",
-            "--near-miss-share",
-            "1",
-            "--self-distill",
-            "--force",
-            "--epochs",
-            "1",
-            "--validation",
-            "0",
-            "--max-seq-len",
-            "512",
-            "--json",
-        ];
-        zhiku(&flags, &args)
-    };
+    let distill = || zhiku(&flags, &[&tune_args[..], &["--self-distill"]].concat());
     let stdout = ok(distill(), "zhiku tune --kb --self-distill");
     assert!(stdout.contains("answer targets:"), "{stdout}");
     let distilled_text = std::fs::read_to_string(&examples).expect("reads");
