@@ -32,7 +32,7 @@ use crate::verify::{Verdict, check_answer};
 pub mod distill;
 pub mod near_miss;
 pub mod restate;
-pub use distill::{Distilled, states_fact};
+pub use distill::{Distilled, needs_distilling, states_fact};
 pub use near_miss::{NearMiss, near_miss_question};
 pub use restate::{is_question, restated_answer};
 

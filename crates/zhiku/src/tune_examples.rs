@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zhiku_orchestrator::examples::{
-    Distilled, ExampleEvent, ExampleKind, ExampleSettings, TrainingExample,
+    Distilled, ExampleEvent, ExampleKind, ExampleSettings, TrainingExample, needs_distilling,
 };
 use zhiku_orchestrator::{AskPolicy, Orchestrator, OrchestratorArgs, OrchestratorError};
 use zhiku_runtime::ServerArgs;
@@ -142,21 +142,9 @@ pub async fn make_examples_file(
         stack_args.chat_model = Some(teacher.clone());
         stack_args.gguf_file = None;
     }
-    let mut services = Stack::start(&stack_args, ask, Ports::ephemeral(), server)
-        .await
-        .map_err(|e| format!("cannot start the services that make examples: {e}"))?;
-    if let Err(e) = services.ready(Duration::from_secs(600)).await {
-        services.shutdown().await;
-        return Err(e);
-    }
-    let mut orchestrator_args = OrchestratorArgs::local(
-        services.ports.embedder.port(),
-        services.ports.retriever.port(),
-        services.ports.generator.port(),
-    );
-    orchestrator_args.ask = ask.clone();
+    let (services, orchestrator) =
+        start_services(&stack_args, ask, server, "make examples").await?;
     let result = async {
-        let orchestrator = Orchestrator::new(orchestrator_args).map_err(|e| e.to_string())?;
         let mut writer = ExamplesWriter::open(path, &tried_path)?;
         let started = Instant::now();
         let mut planned = 0usize;
@@ -227,49 +215,16 @@ pub async fn distill_examples_file(
     progress: impl Fn(&str),
 ) -> Result<DistillSummary, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut examples = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let example: TrainingExample = serde_json::from_str(line).map_err(|e| {
-            format!(
-                "{} line {}: not an example zhiku made ({e})",
-                path.display(),
-                i + 1
-            )
-        })?;
-        examples.push(example);
-    }
-    let mut services = Stack::start(stack, ask, Ports::ephemeral(), server)
-        .await
-        .map_err(|e| format!("cannot start the services that distill examples: {e}"))?;
-    if let Err(e) = services.ready(Duration::from_secs(600)).await {
-        services.shutdown().await;
-        return Err(e);
-    }
-    let orchestrator_args = {
-        let mut args = OrchestratorArgs::local(
-            services.ports.embedder.port(),
-            services.ports.retriever.port(),
-            services.ports.generator.port(),
-        );
-        args.ask = ask.clone();
-        args
-    };
+    let examples = parse_examples(path, &text)?;
+    let (services, orchestrator) = start_services(stack, ask, server, "distill examples").await?;
     let result = async {
-        let orchestrator = Orchestrator::new(orchestrator_args).map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let to_do = examples
-            .iter()
-            .filter(|e| e.zhiku.kind == ExampleKind::Answer && e.zhiku.distilled.is_none())
-            .count();
+        let to_do = examples.iter().filter(|e| needs_distilling(e)).count();
         let mut done = 0usize;
         let mut summary = DistillSummary::default();
         let mut distilled = Vec::with_capacity(examples.len());
         for example in examples {
-            let fresh = example.zhiku.kind == ExampleKind::Answer && example.zhiku.distilled.is_none();
+            let fresh = needs_distilling(&example);
             let example = orchestrator
                 .distill(example, max_new_tokens)
                 .await
@@ -318,6 +273,55 @@ fn write_examples(path: &Path, examples: &[TrainingExample]) -> Result<(), Strin
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The services of `stack` started in this process and ready, and an orchestrator that calls
+/// them; `what` says what for in the error. The services are shut down again on an error.
+async fn start_services(
+    stack: &StackArgs,
+    ask: &AskPolicy,
+    server: &ServerArgs,
+    what: &str,
+) -> Result<(Stack, Orchestrator), String> {
+    let mut services = Stack::start(stack, ask, Ports::ephemeral(), server)
+        .await
+        .map_err(|e| format!("cannot start the services that {what}: {e}"))?;
+    if let Err(e) = services.ready(Duration::from_secs(600)).await {
+        services.shutdown().await;
+        return Err(e);
+    }
+    let mut orchestrator_args = OrchestratorArgs::local(
+        services.ports.embedder.port(),
+        services.ports.retriever.port(),
+        services.ports.generator.port(),
+    );
+    orchestrator_args.ask = ask.clone();
+    match Orchestrator::new(orchestrator_args) {
+        Ok(orchestrator) => Ok((services, orchestrator)),
+        Err(e) => {
+            services.shutdown().await;
+            Err(e.to_string())
+        }
+    }
+}
+
+/// The examples of an examples file's `text` (blank lines skipped); a line that is not one
+/// is named.
+fn parse_examples(path: &Path, text: &str) -> Result<Vec<TrainingExample>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                format!(
+                    "{} line {}: not an example zhiku made ({e}); move the file away or pass \
+                     --examples with another path",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
 fn tried_path(path: &Path) -> PathBuf {
     crate::with_suffix(path, ".tried")
 }
@@ -339,18 +343,7 @@ fn read_progress(
         tried: 0,
     };
     let mut tried = HashSet::new();
-    for (i, line) in read(path)?.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let example: TrainingExample = serde_json::from_str(line).map_err(|e| {
-            format!(
-                "{} line {}: not an example zhiku made ({e}); move the file away or pass \
-                 --examples with another path",
-                path.display(),
-                i + 1
-            )
-        })?;
+    for example in parse_examples(path, &read(path)?)? {
         match example.zhiku.kind {
             ExampleKind::Answer => summary.answers += 1,
             ExampleKind::Refusal => summary.refusals += 1,

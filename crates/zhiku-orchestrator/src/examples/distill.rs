@@ -44,6 +44,12 @@ pub fn states_fact(reply: &str, fact: &str) -> bool {
     !reply.trim().is_empty() && !is_refusal(reply) && contains_gold(reply, &[fact.to_owned()])
 }
 
+/// Whether [`Orchestrator::distill`] would ask the model about `example`: an answer example
+/// not distilled yet.
+pub fn needs_distilling(example: &TrainingExample) -> bool {
+    example.zhiku.kind == ExampleKind::Answer && example.zhiku.distilled.is_none()
+}
+
 impl Orchestrator {
     /// `example` with its target in the served model's own words where it can be (see the
     /// module), and which. A refusal example, or one distilled already, is returned as it
@@ -53,7 +59,7 @@ impl Orchestrator {
         mut example: TrainingExample,
         max_new_tokens: u32,
     ) -> Result<TrainingExample, OrchestratorError> {
-        if example.zhiku.kind != ExampleKind::Answer || example.zhiku.distilled.is_some() {
+        if !needs_distilling(&example) {
             return Ok(example);
         }
         let Some(prompt) = example.conversations.first().map(|t| t.value.clone()) else {

@@ -9,8 +9,8 @@
 //! teacher's (or the table cell) unchanged, and the words around it are the question's, so
 //! the target is as right as the bare fact was.
 
-/// Question words, longest first so that `是多少` wins over `多少`. Each is replaced by the
-/// answer where it first occurs.
+/// Question words that the answer can take the place of: the earliest in the question is
+/// replaced, the longest where two start at the same place.
 const QUESTION_WORDS: &[&str] = &[
     "哪一个",
     "哪一些",
@@ -29,6 +29,10 @@ const QUESTION_WORDS: &[&str] = &[
 const HOW_WORDS: &[&str] = &["如何", "怎么", "怎样", "怎么样"];
 /// Answers longer than this (characters) are already sentences and are kept as they are.
 const MAX_RESTATED_ANSWER_CHARS: usize = 40;
+/// Question words that ask why: a reason is not put where they stand.
+const WHY_WORDS: &[&str] = &["为什么", "为何"];
+/// Question words of a yes-or-no question.
+const YES_NO_WORDS: &[&str] = &["吗", "是否"];
 /// Question endings dropped before the statement is made.
 const QUESTION_MARKS: &[char] = &['？', '?', '。', '！', '!', ' '];
 
@@ -43,7 +47,8 @@ pub fn is_question(question: &str) -> bool {
         || QUESTION_WORDS
             .iter()
             .chain(HOW_WORDS)
-            .chain(&["吗", "是否", "为什么", "为何"])
+            .chain(WHY_WORDS)
+            .chain(YES_NO_WORDS)
             .any(|w| question.contains(w));
     asks || !question.ends_with(['。', '.', '！', '!'])
 }
@@ -56,8 +61,7 @@ pub fn restated_answer(question: &str, answer: &str) -> Option<String> {
     let answer = answer.trim();
     // A reason is not put where the question word was.
     if answer.is_empty()
-        || question.contains("为什么")
-        || question.contains("为何")
+        || WHY_WORDS.iter().any(|w| question.contains(w))
         || answer.chars().count() > MAX_RESTATED_ANSWER_CHARS
         || answer.ends_with(['。', '.'])
         || answer.contains('\n')
