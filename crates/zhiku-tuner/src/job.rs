@@ -13,7 +13,8 @@ use zhiku_lm::decoder::BatchModel;
 use zhiku_lm::{ComputePath, ModelSpec};
 
 use crate::dataset::{
-    Conversation, DatasetReport, LengthPolicy, render_dataset, split_train_validation,
+    Conversation, CounterfactualReport, DatasetReport, LengthPolicy, render_dataset,
+    split_train_validation, swap_figures,
 };
 use crate::error::TuneError;
 use crate::peft::{BaseModel, read_adapter, write_adapter};
@@ -82,6 +83,11 @@ pub struct JobParams {
     pub validation: f64,
     /// Epochs without a better validation loss before stopping (0: never).
     pub early_stop: usize,
+    /// Share (0-1) of the training records whose answers' figures, where the prompt states
+    /// them too, are swapped for other figures of the same shape in every turn
+    /// ([`crate::dataset::swap_figures`]; drawn with the seed). 0: none. Validation records
+    /// keep theirs.
+    pub counterfactual_share: f64,
     pub seed: u64,
     pub threads: Option<usize>,
     pub gradient_checkpointing: bool,
@@ -109,6 +115,7 @@ impl Default for JobParams {
             packing: false,
             validation: 0.1,
             early_stop: 1,
+            counterfactual_share: 0.0,
             seed: 42,
             threads: None,
             gradient_checkpointing: false,
@@ -127,6 +134,12 @@ impl JobParams {
             return fail(format!(
                 "--validation {} is not a share in [0, 1)",
                 self.validation
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.counterfactual_share) {
+            return fail(format!(
+                "--counterfactual-share {} is not a share in [0, 1]",
+                self.counterfactual_share
             ));
         }
         if self.epochs == 0 {
@@ -254,7 +267,13 @@ pub fn run_job(
             params.too_long,
         )
     };
-    let (train_set, report) = render(&train_records)?;
+    let (train_records, counterfactual) = if params.counterfactual_share > 0.0 {
+        swap_figures(&train_records, params.counterfactual_share, params.seed)
+    } else {
+        (train_records, CounterfactualReport::default())
+    };
+    let (train_set, mut report) = render(&train_records)?;
+    report.counterfactual = counterfactual;
     let (validation_set, _) = render(&validation_records)?;
     if train_set.is_empty() {
         return Err(TuneError::Validation(format!(

@@ -494,6 +494,13 @@ async fn bad_requests_are_refused_with_what_to_fix() {
                 ..hyperparameters(1)
             },
         ),
+        (
+            "counterfactual",
+            TuneHyperparameters {
+                counterfactual_share: Some(1.5),
+                ..hyperparameters(1)
+            },
+        ),
     ] {
         let bad = client
             .create_job(CreateJobRequest {

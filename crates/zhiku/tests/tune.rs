@@ -155,3 +155,69 @@ fn self_distill_with_a_data_file_is_refused_with_what_to_pass_instead() {
     );
     assert!(!out.exists(), "no adapter is written");
 }
+
+#[test]
+fn counterfactual_figures_are_swapped_in_the_training_records_and_reported() {
+    let Some(dir) = common::smollm2_or_skip() else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = work.path().join("train.jsonl");
+    // The first answer's 14082 is its prompt's (swapped); the second's 8 is not (kept).
+    let records = [
+        (
+            "LoRA needs 14082 MiB. How much memory does LoRA need?",
+            "14082 MiB",
+        ),
+        ("The card is small. How much memory?", "8 GB"),
+    ]
+    .map(|(q, a)| serde_json::json!({"instruction": q, "input": "", "output": a}).to_string());
+    std::fs::write(&data, records.join("\n")).expect("writes the dataset");
+    let run = |share: &str| {
+        Command::new(env!("CARGO_BIN_EXE_zhiku"))
+            .args(["--chat-model"])
+            .arg(&dir)
+            .args(["tune", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(work.path().join(format!("adapter-{share}")))
+            .args([
+                "--epochs",
+                "1",
+                "--validation",
+                "0",
+                "--threads",
+                "1",
+                "--json",
+            ])
+            .args(["--counterfactual-share", share])
+            .output()
+            .expect("zhiku runs")
+    };
+    let swapped = run("1");
+    let stdout = String::from_utf8_lossy(&swapped.stdout);
+    assert!(
+        swapped.status.success(),
+        "zhiku tune failed: {}\n{stdout}",
+        String::from_utf8_lossy(&swapped.stderr)
+    );
+    let data_event: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "data")
+        .expect("a data event");
+    assert_eq!(
+        data_event["report"]["counterfactual"],
+        serde_json::json!({"eligible": 1, "swapped": 1, "figures": 1}),
+        "{stdout}"
+    );
+
+    let refused = run("1.5");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a share above 1 is bad input"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--counterfactual-share 1.5"), "{stderr}");
+}

@@ -286,6 +286,7 @@ fn create_request(body: &Value) -> Result<CreateJobRequest, ApiError> {
             too_long: too_long as i32,
             validation: number(h, "validation")?,
             early_stop: count(h, "early_stop")?,
+            counterfactual_share: number(h, "counterfactual_share")?,
             seed: count(body, "seed")?,
             gradient_checkpointing: flag(h, "gradient_checkpointing")?,
             packing: flag(h, "packing")?,

@@ -1,11 +1,14 @@
 //! Training data: the formats users have ([`formats`]), rendered with the model's own chat
-//! template and tokenizer ([`render`]), batched by length with a seed ([`batch`]).
+//! template and tokenizer ([`render`]), batched by length with a seed ([`batch`]); the
+//! answers' figures optionally swapped for counterfactual ones ([`counterfactual`]).
 
 mod batch;
+mod counterfactual;
 mod formats;
 mod render;
 
 pub use batch::{Batch, BatchOptions, SeededRng, epoch_batches, pack_rows, split_train_validation};
+pub use counterfactual::{CounterfactualReport, figure_spans, swap_figures};
 pub use formats::{Conversation, parse_conversations, read_conversations};
 pub use render::{DatasetReport, LengthPolicy, render_conversation, render_dataset};
 

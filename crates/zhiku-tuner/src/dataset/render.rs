@@ -54,6 +54,8 @@ pub struct DatasetReport {
     pub answer_tokens: usize,
     /// The longest example kept, in tokens.
     pub longest: usize,
+    /// Training records whose answers' figures were swapped (`JobParams::counterfactual_share`).
+    pub counterfactual: super::CounterfactualReport,
 }
 
 /// Renders and tokenizes every conversation, applying `max_seq_len` with `policy`;
