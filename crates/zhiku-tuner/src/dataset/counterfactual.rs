@@ -28,7 +28,8 @@ pub struct CounterfactualReport {
 /// The byte ranges of the figures in `text`: maximal runs of ASCII digits with single dots
 /// between digits (`6`, `13.9`, `0.2.7`). A run that follows an ASCII letter, `_` or `.` is
 /// part of a name (`ChatGLM3`, `INT4`, `Qwen2.5`, `v1`) and is not a figure; one that
-/// follows `-` or anything else is (`ChatGLM3-6B`'s `6`, `13GB`'s `13`).
+/// follows `-` or anything else is (`ChatGLM3-6B`'s `6`, `13GB`'s `13`). A passage's number
+/// in the prompt (`[2]`) is not a figure either.
 pub fn figure_spans(text: &str) -> Vec<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut spans = Vec::new();
@@ -49,7 +50,9 @@ pub fn figure_spans(text: &str) -> Vec<(usize, usize)> {
             let before = bytes[start - 1];
             before.is_ascii_alphabetic() || before == b'_' || before == b'.'
         };
-        if !in_name {
+        // `[2]`: a passage's number in the prompt, not a fact of it.
+        let marker = start > 0 && bytes[start - 1] == b'[' && bytes.get(i) == Some(&b']');
+        if !in_name && !marker {
             spans.push((start, i));
         }
     }
@@ -221,6 +224,7 @@ mod tests {
             ["6", "6", "14082", "0.2.7", "13.9"]
         );
         assert_eq!(texts("2048。"), ["2048"]);
+        assert_eq!(texts("[2] （来源：a.md）\n[12 GB] 与 [3"), ["12", "3"]);
         assert_eq!(texts("a_1 x.5 版本1.2."), ["1.2"]);
         assert!(texts("没有数字").is_empty());
     }
