@@ -174,7 +174,8 @@ fn spec(args: &TuneArgs) -> LoraSpec {
 
 /// The data line's note on swapped figures (empty when none were asked for).
 fn counterfactual_summary(c: &zhiku_tuner::dataset::CounterfactualReport) -> String {
-    if c.eligible == 0 && c.swapped == 0 {
+    // Swapped records are eligible ones: none eligible, nothing was asked for or found.
+    if c.eligible == 0 {
         return String::new();
     }
     format!(

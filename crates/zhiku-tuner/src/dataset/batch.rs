@@ -2,6 +2,8 @@
 //! train/validation split. Everything here is a pure function of the examples, the options
 //! and (seed, epoch), so that a resumed run rebuilds the same batches from its data cursor.
 
+use zhiku_lm::seeded::SplitMix64;
+
 use crate::error::TuneError;
 use crate::spec::TrainExample;
 
@@ -17,12 +19,22 @@ impl SeededRng {
         Self { state: seed }
     }
 
+    /// The next value of `zhiku_lm`'s SplitMix64 from this state (one generator, one
+    /// implementation).
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.with_generator(SplitMix64::next_u64)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.with_generator(SplitMix64::uniform)
+    }
+
+    fn with_generator<T>(&mut self, draw: impl FnOnce(&mut SplitMix64) -> T) -> T {
+        let mut generator = SplitMix64(self.state);
+        let value = draw(&mut generator);
+        self.state = generator.0;
+        value
     }
 
     /// Uniform in `0..n` (n > 0), by rejection so that no value is favoured.

@@ -152,8 +152,7 @@ pub fn swap_figures(
             report.eligible += 1;
             // Drawn for every eligible record, so that the share picks the same records
             // whatever was drawn for the swaps before.
-            let pick = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            if pick >= share {
+            if rng.uniform() >= share {
                 return record.clone();
             }
             let mut taken: HashSet<String> = record
