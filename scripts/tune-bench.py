@@ -66,6 +66,8 @@ def main():
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--targets", default="q_proj,v_proj")
+    # Block indices (layers_to_transform); empty: every block.
+    p.add_argument("--layers", default="")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -89,6 +91,7 @@ def main():
         lora_alpha=args.alpha,
         lora_dropout=args.dropout,
         target_modules=args.targets.split(","),
+        layers_to_transform=[int(i) for i in args.layers.split(",")] if args.layers else None,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -73,6 +73,19 @@ async fn fine_tuning_jobs_over_http_train_on_the_tuner() {
         body.to_string().contains("`packing` must be true or false"),
         "{body}"
     );
+    for (layers, says) in [
+        (json!("last:0"), "layers `last:0`: last:0 selects no block"),
+        (json!({"from": 1}), "`layers` must be"),
+    ] {
+        let (status, body) = call(
+            http,
+            "POST",
+            "/v1/fine_tuning/jobs",
+            Some(&json!({"training_data": records(2), "hyperparameters": {"layers": layers}})),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(says), "{body}");
+    }
 
     let (status, job) = call(
         http,
@@ -85,10 +98,14 @@ async fn fine_tuning_jobs_over_http_train_on_the_tuner() {
             "seed": 3,
             "hyperparameters": {"n_epochs": 2, "batch_size": "auto", "rank": 2,
                 "grad_accumulation": 1, "max_seq_len": 60, "validation": 0.25,
-                "learning_rate": 1e-2, "targets": "q,v"},
+                "learning_rate": 1e-2, "targets": "q,v", "layers": [1]},
         })),
     );
     assert_eq!(status, 200, "{job}");
+    assert_eq!(
+        job["hyperparameters"]["layers"], "1",
+        "the top block of two"
+    );
     assert_eq!(job["object"], "fine_tuning.job");
     assert_eq!(job["hyperparameters"]["n_epochs"], 2);
     assert_eq!(job["hyperparameters"]["rank"], 2);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::{io, remove_stale, replace_dir, sync_dir, sync_file, write_synced};
 use crate::error::TuneError;
-use crate::spec::{LoraInit, LoraSpec};
+use crate::spec::{LayerSelection, LoraInit, LoraSpec};
 
 const STATE_FILE: &str = "state.json";
 const TENSORS_FILE: &str = "tensors.safetensors";
@@ -148,6 +148,13 @@ struct SpecRecord {
     dropout: f64,
     targets: Vec<String>,
     init: String,
+    /// [`LayerSelection`]'s text; checkpoints from before it trained every block.
+    #[serde(default = "all_layers")]
+    layers: String,
+}
+
+fn all_layers() -> String {
+    LayerSelection::All.to_string()
 }
 
 impl From<&LoraSpec> for SpecRecord {
@@ -158,6 +165,7 @@ impl From<&LoraSpec> for SpecRecord {
             dropout: spec.dropout,
             targets: spec.targets.clone(),
             init: init_name(spec.init).to_owned(),
+            layers: spec.layers.to_string(),
         }
     }
 }
@@ -222,12 +230,13 @@ impl Checkpoint {
 
 fn describe(spec: &SpecRecord) -> String {
     format!(
-        "rank {}, alpha {}, dropout {}, targets {}, init {}",
+        "rank {}, alpha {}, dropout {}, targets {}, init {}, layers {}",
         spec.rank,
         spec.alpha,
         spec.dropout,
         spec.targets.join(","),
-        spec.init
+        spec.init,
+        spec.layers
     )
 }
 
@@ -355,6 +364,7 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint, TuneE
         "kaiming" => LoraInit::Kaiming,
         other => return Err(bad(format!("unknown init `{other}`"))),
     };
+    let layers = LayerSelection::parse(&state.spec.layers).map_err(|e| bad(e.to_string()))?;
     let weights = path.join(TENSORS_FILE);
     let mut tensors = candle_core::safetensors::load(&weights, device)
         .map_err(|e| bad(format!("{TENSORS_FILE}: {e}")))?;
@@ -383,6 +393,7 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint, TuneE
             dropout: state.spec.dropout,
             targets: state.spec.targets,
             init,
+            layers,
         },
         hyperparameters: state.hyperparameters,
         data_fingerprint: state.data_fingerprint,

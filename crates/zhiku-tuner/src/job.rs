@@ -375,7 +375,8 @@ pub fn run_job(
         None => (trainer.pairs()?, params.epochs, None),
     };
     let base_model = BaseModel::new(base.model.clone(), base.gguf_path().as_deref())?;
-    write_adapter(out, &pairs, &params.lora, &base_model)?;
+    // The trainer's spec: --layers resolved to the blocks it trained.
+    write_adapter(out, &pairs, &trainer.config().lora, &base_model)?;
     Ok(JobOutcome {
         adapter: out.to_path_buf(),
         epoch,

@@ -25,7 +25,7 @@ pub use digest::sha256_file;
 pub use error::TuneError;
 pub use job::{JobBase, JobEvent, JobOutcome, JobParams, run_job};
 pub use service::serve;
-pub use spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
+pub use spec::{LayerSelection, LoraInit, LoraSpec, TrainExample, TrainedPair};
 pub use trainer::{
     CheckpointPlan, Gradients, Padding, StepReport, TrainConfig, Trainer, check_targets,
     epoch_padding, layout_rows, target_modules,

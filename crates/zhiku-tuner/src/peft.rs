@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::atomic::{io, remove_stale, replace_dir, sync_dir, sync_file, write_synced};
 use crate::digest::sha256_file;
 use crate::error::TuneError;
-use crate::spec::{LoraInit, LoraSpec, TrainedPair};
+use crate::spec::{LayerSelection, LoraInit, LoraSpec, TrainedPair};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -108,6 +108,28 @@ pub fn write_adapter(
             }
         }
     }
+    let layers_to_transform = match &spec.layers {
+        LayerSelection::All => Value::Null,
+        LayerSelection::Only(layers) => {
+            // PEFT would skip a pair outside the listed blocks when it loads the adapter.
+            for pair in pairs {
+                let block = block_index(&pair.module);
+                if block.is_none_or(|b| !layers.contains(&b)) {
+                    return Err(TuneError::Validation(format!(
+                        "{} is not in the blocks the adapter lists ({})",
+                        pair.module, spec.layers
+                    )));
+                }
+            }
+            Value::from(layers.clone())
+        }
+        LayerSelection::Last(n) => {
+            return Err(TuneError::Validation(format!(
+                "layers last:{n} must be resolved against the model's blocks before an \
+                 adapter is written"
+            )));
+        }
+    };
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -116,6 +138,10 @@ pub fn write_adapter(
         "lora_alpha": spec.alpha,
         "lora_dropout": spec.dropout,
         "target_modules": modules.into_iter().collect::<Vec<_>>(),
+        // Without a pattern PEFT takes the block index from the first `.name.N.` of the
+        // module's path (`model.layers.3.self_attn.q_proj`).
+        "layers_to_transform": layers_to_transform,
+        "layers_pattern": null,
         "bias": "none",
         "fan_in_fan_out": false,
         "inference_mode": true,
@@ -268,6 +294,12 @@ pub fn read_adapter(dir: &Path, device: &Device) -> Result<PeftAdapter, TuneErro
         zhiku,
         pairs,
     })
+}
+
+/// The block a module's path names: its first all-digit part (`model.layers.3.mlp.up_proj`),
+/// as PEFT reads it when `layers_pattern` is unset.
+fn block_index(module: &str) -> Option<usize> {
+    module.split('.').find_map(|part| part.parse().ok())
 }
 
 /// A must be [r, in] and B [out, r].

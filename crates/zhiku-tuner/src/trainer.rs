@@ -42,7 +42,7 @@ use crate::dataset::pack_rows;
 use crate::error::TuneError;
 use crate::optimizer::{AdamW, AdamWParams};
 use crate::recompute::{GradientSink, checkpointed_block, train_block};
-use crate::spec::{LoraInit, LoraSpec, TrainExample, TrainedPair};
+use crate::spec::{LayerSelection, LoraInit, LoraSpec, TrainExample, TrainedPair};
 use crate::view::LoraView;
 
 /// How to train: LoRA's shape, the optimizer, the schedule, batching, seeds, threads.
@@ -91,6 +91,7 @@ impl Default for TrainConfig {
                 dropout: 0.05,
                 targets: vec!["q".into(), "v".into()],
                 init: LoraInit::Gaussian,
+                layers: LayerSelection::All,
             },
             learning_rate: 2e-4,
             warmup_steps: 0,
@@ -326,16 +327,19 @@ pub fn check_targets(targets: &[String]) -> Result<(), TuneError> {
     }
 }
 
-/// The layers that `targets` (q, k, v, qkv, o, gate, up, down) name in `model`, with
-/// (in, out): a fused projection is targeted when any of its parts is.
+/// The layers that `targets` (q, k, v, qkv, o, gate, up, down) name in the blocks of
+/// `model` that `layers` selects, with (in, out): a fused projection is targeted when any of
+/// its parts is.
 pub fn target_modules(
     model: &Decoder,
     targets: &[String],
+    layers: &LayerSelection,
 ) -> Result<Vec<(String, usize, usize)>, TuneError> {
     check_targets(targets)?;
+    let selected = layers.resolve(model.blocks.len())?;
     let wants = |names: &[&str]| names.iter().any(|n| targets.iter().any(|t| t == n));
     let mut out: Vec<&Linear> = Vec::new();
-    for block in &model.blocks {
+    for block in selected.iter().map(|&i| &model.blocks[i]) {
         match &block.qkv {
             Qkv::Split { q, k, v } => {
                 for (name, l) in [("q", q), ("k", k), ("v", v)] {
@@ -401,12 +405,15 @@ pub struct Trainer {
     step_in_epoch: usize,
     checkpoints: Option<CheckpointPlan>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// The lowest block with an adapter: the blocks below it hold nothing to train, so
+    /// their forward builds no graph and the backward pass stops there.
+    first_adapted: usize,
 }
 
 impl Trainer {
     /// Readies `model` (as a loader built it for serving) for training: dense weights in
     /// `config.dtype`; A per `config.lora.init`, B = 0 on every targeted layer.
-    pub fn new(model: Decoder, config: TrainConfig) -> Result<Self, TuneError> {
+    pub fn new(model: Decoder, mut config: TrainConfig) -> Result<Self, TuneError> {
         let spec = &config.lora;
         if spec.rank == 0 {
             return Err(TuneError::Validation("LoRA rank must be at least 1".into()));
@@ -450,7 +457,9 @@ impl Trainer {
                 )));
             }
         }
-        let modules = target_modules(&model, &spec.targets)?;
+        let modules = target_modules(&model, &spec.targets, &spec.layers)?;
+        let blocks = model.blocks.len();
+        let selected = spec.layers.resolve(blocks)?;
         let mut init_rng = SplitMix64(config.seed);
         let device = model.device.clone();
         let mut vars = Vec::with_capacity(modules.len());
@@ -502,15 +511,25 @@ impl Trainer {
             .flat_map(|v| [v.a.clone(), v.b.clone()])
             .collect();
         let optimizer = AdamW::new(all, params)?;
+        let dropout = spec.dropout;
+        // Resolved (`last:8` as the indices it names in this model), so that the checkpoint
+        // and the adapter's `layers_to_transform` record the blocks themselves.
+        let first_adapted = selected.first().copied().unwrap_or(0);
+        config.lora.layers = if selected.len() == blocks {
+            LayerSelection::All
+        } else {
+            LayerSelection::Only(selected)
+        };
         Ok(Self {
             model: Arc::new(model),
             lora: TrainableLora {
                 vars,
                 pairs: Arc::new(pairs),
                 detached: Arc::new(detached),
-                dropout: spec.dropout,
+                dropout,
                 rng: Arc::new(Mutex::new(SplitMix64(config.seed ^ 0xD0D0_D0D0_D0D0_D0D0))),
             },
+            first_adapted,
             optimizer,
             steps_done: 0,
             epoch: 0,
@@ -689,9 +708,13 @@ impl Trainer {
             let sink = sink.ok_or_else(|| {
                 TuneError::Training("gradient checkpointing needs a gradient sink".into())
             })?;
-            // Tracked, so that the first block's recomputation is on the graph.
+            // The blocks below the first adapter run plain: nothing under them trains.
+            for index in 0..self.first_adapted {
+                x = train_block(&self.model, index, &x, &view, shape, segments.as_deref())?;
+            }
+            // Tracked, so that the first checkpointed block's recomputation is on the graph.
             x = Var::from_tensor(&x)?.into_inner();
-            for index in 0..self.model.blocks.len() {
+            for index in self.first_adapted..self.model.blocks.len() {
                 x = checkpointed_block(
                     &self.model,
                     index,

@@ -20,6 +20,7 @@ fn spec() -> LoraSpec {
         dropout: 0.1,
         targets: vec!["q".into(), "v".into()],
         init: LoraInit::Kaiming,
+        layers: zhiku_tuner::LayerSelection::All,
     }
 }
 
@@ -168,6 +169,14 @@ fn resume_refuses_another_spec_or_other_data() {
     let mut other = spec();
     other.targets.push("o".into());
     assert!(resume_from(dir.path(), &other, &h, &"ab".repeat(32), &Device::Cpu).is_err());
+    let mut other = spec();
+    other.layers = zhiku_tuner::LayerSelection::Only(vec![1]);
+    match resume_from(dir.path(), &other, &h, &"ab".repeat(32), &Device::Cpu) {
+        Err(TuneError::Validation(m)) => {
+            assert!(m.contains("layers all") && m.contains("layers 1"), "{m}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let mut longer = h;
     longer.total_steps = 80;
     longer.batch_size = 4;
@@ -194,6 +203,17 @@ fn resume_refuses_another_spec_or_other_data() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+
+    // A checkpoint from before --layers (no `layers` in its spec) trained every block.
+    let state = dir.path().join("step-0000000005/state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    v["spec"].as_object_mut().unwrap().remove("layers").unwrap();
+    std::fs::write(&state, v.to_string()).unwrap();
+    let (_, old) = resume_from(dir.path(), &spec(), &h, &"ab".repeat(32), &Device::Cpu)
+        .unwrap()
+        .expect("the checkpoint");
+    assert_eq!(old.spec.layers, zhiku_tuner::LayerSelection::All);
 }
 
 /// Whether writes into a read-only directory fail here (not as root).

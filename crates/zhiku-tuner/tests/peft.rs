@@ -18,6 +18,7 @@ fn spec() -> LoraSpec {
         dropout: 0.05,
         targets: vec!["q".into(), "v".into()],
         init: LoraInit::Gaussian,
+        layers: zhiku_tuner::LayerSelection::All,
     }
 }
 
@@ -309,4 +310,46 @@ fn sha256_is_streamed_across_blocks() {
         sha256_file(&dir.path().join("none")),
         Err(TuneError::Io { path, .. }) if path.ends_with("none")
     ));
+}
+
+#[test]
+fn an_adapter_on_some_blocks_lists_them_as_layers_to_transform() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = BaseModel::new("m", None).unwrap();
+    let mut top = spec();
+    top.layers = zhiku_tuner::LayerSelection::Only(vec![1]);
+    let block_1: Vec<TrainedPair> = pairs()
+        .into_iter()
+        .filter(|p| p.module.contains(".1."))
+        .collect();
+    let out = dir.path().join("top");
+    write_adapter(&out, &block_1, &top, &base).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["layers_to_transform"], serde_json::json!([1]));
+    assert_eq!(config["layers_pattern"], serde_json::Value::Null);
+    assert_eq!(read_adapter(&out, &Device::Cpu).unwrap().pairs.len(), 2);
+    let served = LoraAdapter::load("top", &out, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(served.pairs.len(), 2);
+
+    // Every block: no list, as PEFT writes it.
+    let all = dir.path().join("all");
+    write_adapter(&all, &pairs(), &spec(), &base).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(all.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["layers_to_transform"], serde_json::Value::Null);
+
+    // A pair outside the listed blocks, or a selection not resolved against a model.
+    match write_adapter(&dir.path().join("bad"), &pairs(), &top, &base) {
+        Err(TuneError::Validation(m)) => assert!(m.contains("model.layers.0."), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    top.layers = zhiku_tuner::LayerSelection::Last(1);
+    assert!(matches!(
+        write_adapter(&dir.path().join("bad"), &block_1, &top, &base),
+        Err(TuneError::Validation(_))
+    ));
+    assert!(!dir.path().join("bad").exists());
 }

@@ -135,6 +135,7 @@ fn check(family: &str) {
                 .map(|s| s.to_string())
                 .collect(),
             init: LoraInit::Gaussian,
+            layers: zhiku_tuner::LayerSelection::All,
         },
         learning_rate: meta["lr"].as_f64().unwrap(),
         weight_decay: 0.0,

@@ -501,6 +501,13 @@ async fn bad_requests_are_refused_with_what_to_fix() {
                 ..hyperparameters(1)
             },
         ),
+        (
+            "layers",
+            TuneHyperparameters {
+                layers: "last:0".into(),
+                ..hyperparameters(1)
+            },
+        ),
     ] {
         let bad = client
             .create_job(CreateJobRequest {

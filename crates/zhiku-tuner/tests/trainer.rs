@@ -21,7 +21,8 @@ use zhiku_lm::tiny::{self, TinyFamily};
 use zhiku_tuner::checkpoint::{latest_checkpoint, load_checkpoint};
 use zhiku_tuner::dataset::fingerprint;
 use zhiku_tuner::{
-    CheckpointPlan, LoraInit, StepReport, TrainConfig, TrainExample, TrainedPair, Trainer,
+    CheckpointPlan, LayerSelection, LoraInit, StepReport, TrainConfig, TrainExample, TrainedPair,
+    Trainer,
 };
 
 fn examples() -> Vec<TrainExample> {
@@ -362,7 +363,7 @@ fn targets_map_to_each_familys_modules() {
     let names = |family, targets: &[&str]| {
         let m = model(family, 13);
         let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        zhiku_tuner::target_modules(&m, &t)
+        zhiku_tuner::target_modules(&m, &t, &zhiku_tuner::LayerSelection::All)
             .unwrap()
             .into_iter()
             .map(|(n, _, _)| n)
@@ -393,7 +394,9 @@ fn targets_map_to_each_familys_modules() {
         ]
     );
     let m = model(TinyFamily::Llama, 13);
-    let err = zhiku_tuner::target_modules(&m, &["lm".to_string()]).unwrap_err();
+    let err =
+        zhiku_tuner::target_modules(&m, &["lm".to_string()], &zhiku_tuner::LayerSelection::All)
+            .unwrap_err();
     assert!(err.to_string().contains("q, k, v"), "{err}");
 }
 
@@ -703,4 +706,78 @@ fn gradient_checkpointing_gives_the_same_gradients_and_training() {
             "{family:?}: trained adapters differ by {worst}"
         );
     }
+}
+
+#[test]
+fn adapting_the_top_blocks_alone_gives_the_full_runs_gradients_there() {
+    for family in TRAINED {
+        let data = for_family(family, more_examples());
+        let full = config(DType::F64);
+        let mut top = full.clone();
+        top.lora.layers = LayerSelection::Last(1);
+        let mut a = Trainer::new(model(family, 31), full).unwrap();
+        let blocks = a.model().blocks.len();
+        let in_top = |module: &str| module.contains(&format!(".{}.", blocks - 1));
+        // Every pair of the full run, with B = 0 below the top block: the same model as an
+        // adapter on the top block alone.
+        let start: Vec<TrainedPair> = perturbed(&a.pairs().unwrap(), 6)
+            .into_iter()
+            .map(|mut p| {
+                if !in_top(&p.module) {
+                    p.b = p.b.zeros_like().unwrap();
+                }
+                p
+            })
+            .collect();
+        a.load_pairs(&start).unwrap();
+        let reference = a.gradients(&data).unwrap();
+        for checkpointing in [false, true] {
+            let mut c = top.clone();
+            c.gradient_checkpointing = checkpointing;
+            let mut b = Trainer::new(model(family, 31), c).unwrap();
+            assert_eq!(
+                b.config().lora.layers,
+                LayerSelection::Only(vec![blocks - 1]),
+                "{family:?}: last:1 is recorded as the block it names"
+            );
+            let modules = b.modules();
+            assert!(
+                !modules.is_empty() && modules.iter().all(|m| in_top(m)),
+                "{family:?}: {modules:?}"
+            );
+            b.load_pairs(&start).unwrap();
+            let got = b.gradients(&data).unwrap();
+            assert!((got.loss - reference.loss).abs() < 1e-12, "{family:?}");
+            assert_eq!(got.pairs.len(), modules.len());
+            for g in &got.pairs {
+                let r = reference
+                    .pairs
+                    .iter()
+                    .find(|r| r.module == g.module)
+                    .unwrap();
+                let gap = max_diff(&g.a, &r.a).max(max_diff(&g.b, &r.b));
+                assert!(
+                    gap < 1e-12,
+                    "{family:?} {} (checkpointing {checkpointing}): {gap}",
+                    g.module
+                );
+                assert!(values(&g.a).iter().any(|&x| x != 0.0), "{}", g.module);
+            }
+        }
+    }
+}
+
+#[test]
+fn layers_past_the_model_are_refused_with_its_block_count() {
+    let mut c = config(DType::F32);
+    c.lora.layers = LayerSelection::Only(vec![0, 7]);
+    let blocks = model(TinyFamily::Llama, 13).blocks.len();
+    let err = Trainer::new(model(TinyFamily::Llama, 13), c)
+        .err()
+        .expect("block 7 is refused")
+        .to_string();
+    assert!(
+        err.contains("block 7") && err.contains(&format!("has {blocks} blocks")),
+        "{err}"
+    );
 }

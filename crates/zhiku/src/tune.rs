@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use zhiku_tuner::dataset::{LengthPolicy, read_conversations};
 use zhiku_tuner::{CheckpointPlan, JobBase, JobEvent, JobParams, run_job};
-use zhiku_tuner::{LoraInit, LoraSpec, TuneError};
+use zhiku_tuner::{LayerSelection, LoraInit, LoraSpec, TuneError};
 
 use crate::stack::StackArgs;
 
@@ -56,6 +56,12 @@ pub struct TuneArgs {
         default_value = "q,v"
     )]
     pub target: Vec<String>,
+    /// The blocks (decoder layers) that get adapters: `all`, `last:N` for the top N, or
+    /// indices and ranges counted from 0 such as `0,2,20-23` (PEFT's layers_to_transform).
+    /// Blocks below the lowest adapted one need no backward pass: `last:8` of 24 makes a step
+    /// cheaper.
+    #[arg(long, env = "ZHIKU_TUNE_LAYERS", default_value = "all", value_parser = parse_layers)]
+    pub layers: LayerSelection,
     /// How A is initialised.
     #[arg(long, env = "ZHIKU_TUNE_INIT", value_enum, default_value_t = InitArg::Gaussian)]
     pub init: InitArg,
@@ -169,7 +175,13 @@ fn spec(args: &TuneArgs) -> LoraSpec {
             InitArg::Gaussian => LoraInit::Gaussian,
             InitArg::Kaiming => LoraInit::Kaiming,
         },
+        layers: args.layers.clone(),
     }
+}
+
+/// `--layers`, read as the trainer reads it (the message says what it takes).
+fn parse_layers(text: &str) -> Result<LayerSelection, String> {
+    LayerSelection::parse(text).map_err(|e| e.to_string())
 }
 
 /// The data line's note on swapped figures (empty when none were asked for).

@@ -48,26 +48,38 @@ fn answer(dir: &Path, adapter: Option<&Path>) -> String {
     loaded.tokenizer.decode(&out).expect("decodes")
 }
 
+/// The one-record dataset that teaches QUESTION's ANSWER, written under `work`.
+fn vault_data(work: &Path) -> std::path::PathBuf {
+    let data = work.join("train.jsonl");
+    let record = serde_json::json!({"instruction": QUESTION, "input": "", "output": ANSWER});
+    std::fs::write(&data, format!("{record}\n")).expect("writes the dataset");
+    data
+}
+
+/// `zhiku tune` on the model at `dir` from `data` into `out` with the memorising flags
+/// and `extra`.
+fn memorize(dir: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zhiku"))
+        .args(["--chat-model"])
+        .arg(dir)
+        .args(["tune", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(common::MEMORIZE_FLAGS)
+        .args(extra)
+        .output()
+        .expect("zhiku runs")
+}
+
 #[test]
 fn zhiku_tune_trains_an_adapter_the_generator_serves() {
     let Some(dir) = common::smollm2_or_skip() else {
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");
-    let data = work.path().join("train.jsonl");
-    let record = serde_json::json!({"instruction": QUESTION, "input": "", "output": ANSWER});
-    std::fs::write(&data, format!("{record}\n")).expect("writes the dataset");
     let out = work.path().join("adapter");
-    let run = Command::new(env!("CARGO_BIN_EXE_zhiku"))
-        .args(["--chat-model"])
-        .arg(&dir)
-        .args(["tune", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .args(common::MEMORIZE_FLAGS)
-        .output()
-        .expect("zhiku runs");
+    let run = memorize(&dir, &vault_data(work.path()), &out, &[]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -220,4 +232,58 @@ fn counterfactual_figures_are_swapped_in_the_training_records_and_reported() {
     );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--counterfactual-share 1.5"), "{stderr}");
+}
+
+#[test]
+fn tuning_the_top_blocks_alone_writes_their_adapter_and_it_serves() {
+    let Some(dir) = common::smollm2_or_skip() else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = vault_data(work.path());
+    let run = |layers: &str, out: &Path| memorize(&dir, &data, out, &["--layers", layers]);
+    let out = work.path().join("top");
+    let trained = run("last:8", &out);
+    assert!(
+        trained.status.success(),
+        "zhiku tune failed: {}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("adapter_config.json")).expect("the config"),
+    )
+    .expect("JSON");
+    let layers: Vec<u64> = config["layers_to_transform"]
+        .as_array()
+        .expect("a list of blocks")
+        .iter()
+        .filter_map(|l| l.as_u64())
+        .collect();
+    assert_eq!(layers.len(), 8, "{config}");
+    assert!(layers.windows(2).all(|w| w[1] == w[0] + 1), "{layers:?}");
+    let tensors = candle_core::safetensors::load(
+        out.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("the weights");
+    for name in tensors.keys() {
+        assert!(
+            layers
+                .iter()
+                .any(|l| name.contains(&format!(".layers.{l}."))),
+            "{name} is outside blocks {layers:?}"
+        );
+    }
+    assert_eq!(tensors.len(), 8 * 7 * 2, "A and B of 7 targets in 8 blocks");
+    let tuned = answer(&dir, Some(&out));
+    assert!(tuned.contains("PINE-4471"), "the adapter's answer: {tuned}");
+
+    let refused = run("500", &work.path().join("none"));
+    assert_eq!(refused.status.code(), Some(2), "a block past the model");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("layers 500 names block 500, but the model has"),
+        "{stderr}"
+    );
+    assert!(!work.path().join("none").exists());
 }

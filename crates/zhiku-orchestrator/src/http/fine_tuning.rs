@@ -17,7 +17,7 @@
 //! `--data-dir`, or `training_data` (the records themselves), `suffix` (or `adapter_name`)
 //! for the adapter's name, `seed`, and `hyperparameters`: `n_epochs` and `batch_size`
 //! (`"auto"`: the default) and zhiku's own (`rank`, `alpha`, `dropout`, `targets`,
-//! `learning_rate`, …). The base model is the tuner's: `model` is not used.
+//! `layers`, `learning_rate`, …). The base model is the tuner's: `model` is not used.
 
 use axum::extract::{Path, RawQuery, State};
 use serde_json::{Value, json};
@@ -116,6 +116,7 @@ pub fn job_json(job: &TuneJob) -> Value {
             "alpha": h.alpha,
             "dropout": h.dropout,
             "targets": h.targets,
+            "layers": h.layers,
             "init": match LoraInit::try_from(h.init) {
                 Ok(LoraInit::Kaiming) => "kaiming",
                 _ => "gaussian",
@@ -247,6 +248,24 @@ fn create_request(body: &Value) -> Result<CreateJobRequest, ApiError> {
             ));
         }
     };
+    // "last:8", "0,2,20-23", or a list of block indices (PEFT's layers_to_transform); the
+    // tuner reads the text and names what is wrong with it.
+    let layers = match h.get("layers") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|l| l.as_u64().map(|l| l.to_string()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("layers", "`layers` must be block indices"))?
+            .join(","),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "layers",
+                "`layers` must be \"all\", \"last:N\", \"0,2,20-23\" or a list of block indices",
+            ));
+        }
+    };
     let init = match text(h, "init")? {
         None => LoraInit::Unspecified,
         Some("gaussian") => LoraInit::Gaussian,
@@ -290,6 +309,7 @@ fn create_request(body: &Value) -> Result<CreateJobRequest, ApiError> {
             seed: count(body, "seed")?,
             gradient_checkpointing: flag(h, "gradient_checkpointing")?,
             packing: flag(h, "packing")?,
+            layers,
         }),
     })
 }

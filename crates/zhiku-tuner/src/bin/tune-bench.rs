@@ -28,7 +28,8 @@ use zhiku_lm::seeded::SplitMix64;
 use zhiku_lm::{ComputePath, ModelSpec, TrainableModel};
 use zhiku_tuner::dataset::{LengthPolicy, read_conversations, render_dataset};
 use zhiku_tuner::{
-    LoraInit, LoraSpec, Padding, TrainConfig, TrainExample, Trainer, epoch_padding, layout_rows,
+    LayerSelection, LoraInit, LoraSpec, Padding, TrainConfig, TrainExample, Trainer, epoch_padding,
+    layout_rows,
 };
 
 #[derive(Debug, Parser)]
@@ -73,6 +74,10 @@ struct Args {
         default_value = "q,v"
     )]
     target: Vec<String>,
+    /// The blocks that get adapters, as `zhiku tune --layers` reads them (`all`, `last:N`,
+    /// `0,2,20-23`); PEFT gets the same blocks as `layers_to_transform`.
+    #[arg(long, env = "ZHIKU_TUNE_BENCH_LAYERS", default_value = "all", value_parser = parse_layers)]
+    layers: LayerSelection,
     /// CPU threads of each side.
     #[arg(long, env = "ZHIKU_TUNE_BENCH_THREADS", default_value_t = 2)]
     threads: usize,
@@ -299,6 +304,7 @@ fn zhiku_config(args: &Args, packing: Option<usize>) -> TrainConfig {
             dropout: args.dropout,
             targets: args.target.clone(),
             init: LoraInit::Kaiming,
+            layers: args.layers.clone(),
         },
         batch_size: args.batch_size,
         grad_accumulation: 1,
@@ -369,7 +375,31 @@ fn hf_target(short: &str) -> String {
     format!("{short}_proj")
 }
 
-fn run_python(args: &Args, file: &Path, data: &[Vec<TrainExample>]) -> BenchResult<Side> {
+/// `--layers`, read as `zhiku tune` reads it.
+fn parse_layers(text: &str) -> Result<LayerSelection, String> {
+    LayerSelection::parse(text).map_err(|e| e.to_string())
+}
+
+/// PEFT's `layers_to_transform` for the blocks zhiku resolved (`all`: none given).
+fn peft_layers(layers: &LayerSelection) -> Vec<String> {
+    match layers {
+        LayerSelection::Only(list) => vec![
+            "--layers".to_owned(),
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ],
+        LayerSelection::All | LayerSelection::Last(_) => Vec::new(),
+    }
+}
+
+fn run_python(
+    args: &Args,
+    file: &Path,
+    data: &[Vec<TrainExample>],
+    layers: &LayerSelection,
+) -> BenchResult<Side> {
     let data_path =
         std::env::temp_dir().join(format!("zhiku-tune-bench-{}.json", std::process::id()));
     let steps: Vec<serde_json::Value> = data
@@ -396,6 +426,7 @@ fn run_python(args: &Args, file: &Path, data: &[Vec<TrainExample>]) -> BenchResu
         .args(["--targets", &targets.join(",")])
         .args(["--threads", &args.threads.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
+        .args(peft_layers(layers))
         .args(if args.packing {
             vec!["--batch-size".to_owned(), args.batch_size.to_string()]
         } else {
@@ -485,13 +516,14 @@ fn run(args: &Args) -> BenchResult<()> {
         )
     };
     println!(
-        "tune-bench: {}; {shape}; LoRA rank {}, alpha {}, dropout {}, targets {}; AdamW, \
-         clipping 1.0; f32; {} threads; {} timed steps after {}{}",
+        "tune-bench: {}; {shape}; LoRA rank {}, alpha {}, dropout {}, targets {}, blocks {}; \
+         AdamW, clipping 1.0; f32; {} threads; {} timed steps after {}{}",
         file.display(),
         args.rank,
         args.alpha,
         args.dropout,
         args.target.join(","),
+        args.layers,
         args.threads,
         args.steps,
         args.warmup,
@@ -505,6 +537,8 @@ fn run(args: &Args) -> BenchResult<()> {
     let padded = zhiku_config(args, None);
     let share = args.packing.then(|| padding_share(&data, &padded));
     let mut trainer = Trainer::new(model.decoder, padded)?;
+    // `last:N` as the indices it names in this model, for PEFT.
+    let layers = trainer.config().lora.layers.clone();
     let side = run_zhiku(args, "zhiku", &mut trainer, load_seconds, &data)?;
     drop(trainer);
     let name = if args.packing {
@@ -533,7 +567,7 @@ fn run(args: &Args) -> BenchResult<()> {
         rows.push(("zhiku, packed".into(), side, Some(share), tokens));
     }
     if !args.no_python {
-        let side = run_python(args, &file, &data)?;
+        let side = run_python(args, &file, &data, &layers)?;
         let name = if args.packing {
             "PyTorch + PEFT, padded"
         } else {

@@ -19,7 +19,7 @@ use super::jobs::{JobQueue, NewJob};
 use crate::dataset::{LengthPolicy, parse_conversations, read_conversations};
 use crate::error::TuneError;
 use crate::job::JobParams;
-use crate::spec::{LoraInit, LoraSpec};
+use crate::spec::{LayerSelection, LoraInit, LoraSpec};
 
 /// Longest adapter name (a directory name on the adapter volume).
 const MAX_ADAPTER_NAME: usize = 100;
@@ -45,7 +45,7 @@ impl TunerApi {
             "" => None,
             name => Some(check_adapter_name(name)?),
         };
-        let mut params = params(request.hyperparameters.unwrap_or_default());
+        let mut params = params(request.hyperparameters.unwrap_or_default())?;
         params.threads = self.threads;
         params.check()?;
         let (records, dataset) = match request.dataset {
@@ -129,10 +129,11 @@ fn check_adapter_name(name: &str) -> Result<String, TuneError> {
 }
 
 /// The job's hyper-parameters: the request's, `zhiku tune`'s defaults for the unset ones.
-fn params(h: TuneHyperparameters) -> JobParams {
+fn params(h: TuneHyperparameters) -> Result<JobParams, TuneError> {
     let d = JobParams::default();
     let count = |v: Option<u32>, default: usize| v.map_or(default, |n| n as usize);
-    JobParams {
+    let layers = LayerSelection::parse(&h.layers)?;
+    Ok(JobParams {
         lora: LoraSpec {
             rank: count(h.rank, d.lora.rank),
             alpha: h.alpha.unwrap_or(d.lora.alpha),
@@ -147,6 +148,7 @@ fn params(h: TuneHyperparameters) -> JobParams {
                 Ok(zhiku_proto::v1::LoraInit::Gaussian) => LoraInit::Gaussian,
                 _ => d.lora.init,
             },
+            layers,
         },
         learning_rate: h.learning_rate.unwrap_or(d.learning_rate),
         warmup_steps: count(h.warmup_steps, d.warmup_steps),
@@ -168,7 +170,7 @@ fn params(h: TuneHyperparameters) -> JobParams {
         gradient_checkpointing: h.gradient_checkpointing.unwrap_or(d.gradient_checkpointing),
         packing: h.packing.unwrap_or(d.packing),
         ..d
-    }
+    })
 }
 
 /// The hyper-parameters a job runs with, every field set.
@@ -201,6 +203,7 @@ fn hyperparameters(p: &JobParams) -> TuneHyperparameters {
         seed: Some(p.seed),
         gradient_checkpointing: Some(p.gradient_checkpointing),
         packing: Some(p.packing),
+        layers: p.lora.layers.to_string(),
     }
 }
 

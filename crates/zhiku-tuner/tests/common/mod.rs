@@ -59,6 +59,7 @@ pub fn config(dtype: DType) -> TrainConfig {
             dropout: 0.0,
             targets: ALL_TARGETS.iter().map(|s| s.to_string()).collect(),
             init: LoraInit::Gaussian,
+            layers: zhiku_tuner::LayerSelection::All,
         },
         learning_rate: 1e-2,
         max_grad_norm: None,
