@@ -122,10 +122,23 @@ pub fn render(c: &Citation) -> String {
     };
     match (c.source.is_empty(), c.heading_path.is_empty()) {
         (true, true) => text.to_owned(),
-        (false, true) => format!("（来源：{}）\n{text}", c.source),
-        (true, false) => format!("（章节：{}）\n{text}", c.heading_path),
-        (false, false) => format!("（来源：{}；章节：{}）\n{text}", c.source, c.heading_path),
+        (false, true) => format!("{SOURCE_LABEL}{}）\n{text}", c.source),
+        (true, false) => format!("{SECTION_LABEL}{}）\n{text}", c.heading_path),
+        (false, false) => format!(
+            "{SOURCE_LABEL}{}；章节：{}）\n{text}",
+            c.source, c.heading_path
+        ),
     }
+}
+
+/// How a passage's header line opens in the prompt: its source file, or its section.
+pub const SOURCE_LABEL: &str = "（来源：";
+pub const SECTION_LABEL: &str = "（章节：";
+
+/// Whether `text` holds a passage's header line as the prompt shows it (`（来源：a.md；章节：…）`):
+/// a reply with one has copied the prompt's passages, not answered from them.
+pub fn quotes_passage_header(text: &str) -> bool {
+    text.contains(SOURCE_LABEL) || text.contains(SECTION_LABEL)
 }
 
 /// The indices of the passages kept under `budget` tokens, given each one's `costs` (its
@@ -180,6 +193,20 @@ mod tests {
             text,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_rendered_passages_header_is_what_a_copied_reply_is_told_by() {
+        let mut c = chunk("a", 0, 0, 5, 0.9);
+        assert!(quotes_passage_header(&render(&c)), "source and section");
+        c.heading_path.clear();
+        assert!(quotes_passage_header(&render(&c)), "source alone");
+        c.source.clear();
+        c.heading_path = "指南".into();
+        assert!(quotes_passage_header(&render(&c)), "section alone");
+        assert!(!quotes_passage_header(
+            "用 pip 安装：pip install zhiku（来自官方源）"
+        ));
     }
 
     #[test]

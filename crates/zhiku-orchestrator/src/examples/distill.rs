@@ -17,6 +17,7 @@ use zhiku_proto::v1::{ChatMessage, Role};
 
 use super::{ExampleKind, TrainingExample};
 use crate::Orchestrator;
+use crate::context::quotes_passage_header;
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
 use crate::eval::contains_gold;
@@ -38,10 +39,15 @@ pub enum Distilled {
     Teacher,
 }
 
-/// Whether `reply` states `fact` (the teacher's answer): no refusal, and the fact in it as
-/// the eval reads a gold answer ([`contains_gold`]).
+/// Whether `reply` states `fact` (the teacher's answer): no refusal, no passage header
+/// copied from the prompt (a target that goes on into the next passage, `[5] （来源：…）`,
+/// teaches the adapter to answer with passages), and the fact in it as the eval reads a
+/// gold answer ([`contains_gold`]).
 pub fn states_fact(reply: &str, fact: &str) -> bool {
-    !reply.trim().is_empty() && !is_refusal(reply) && contains_gold(reply, &[fact.to_owned()])
+    !reply.trim().is_empty()
+        && !is_refusal(reply)
+        && !quotes_passage_header(reply)
+        && contains_gold(reply, &[fact.to_owned()])
 }
 
 /// Whether [`Orchestrator::distill`] would ask the model about `example`: an answer example
@@ -120,6 +126,12 @@ mod tests {
         assert!(!states_fact("需要 14 GB 内存", "13GB"));
         assert!(!states_fact("根据已知信息无法回答该问题", "根据已知信息"));
         assert!(!states_fact("  ", ""));
+        // The model's answer that runs on into the next passage of its prompt.
+        assert!(!states_fact(
+            "pip install -r requirements.txt\n\n[5] （来源：qwen.md；章节：环境）\nconda create -n qwen",
+            "pip install -r requirements.txt"
+        ));
+        assert!(!states_fact("0.2.7\n[2] （章节：安装）", "0.2.7"));
     }
 
     fn example(kind: ExampleKind, distilled: Option<Distilled>) -> TrainingExample {
