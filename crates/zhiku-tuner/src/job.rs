@@ -313,6 +313,16 @@ pub fn run_job(
     let mut trainer = Trainer::new(model.decoder, config)?;
     if let Some(dir) = &params.init_adapter {
         let init = read_adapter(dir, &base.device)?;
+        // A pair this run does not train would be dropped from the adapter it writes.
+        let trained = trainer.modules();
+        if let Some(extra) = init.pairs.iter().find(|p| !trained.contains(&p.module)) {
+            return Err(TuneError::Validation(format!(
+                "the initial adapter {} has a pair for `{}`, which this run does not train; \
+                 give the --target and --layers it was trained with",
+                dir.display(),
+                extra.module
+            )));
+        }
         trainer.load_pairs(&init.pairs)?;
     }
     if let Some(dir) = &params.resume {

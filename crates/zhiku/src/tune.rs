@@ -65,7 +65,7 @@ pub struct TuneArgs {
     /// How A is initialised.
     #[arg(long, env = "ZHIKU_TUNE_INIT", value_enum, default_value_t = InitArg::Gaussian)]
     pub init: InitArg,
-    /// Start from this PEFT adapter (same rank and targets) instead of B = 0.
+    /// Start from this PEFT adapter (same rank, targets and --layers) instead of B = 0.
     #[arg(long, env = "ZHIKU_TUNE_INIT_ADAPTER")]
     pub init_adapter: Option<PathBuf>,
     /// Peak learning rate (AdamW), reached after the warm-up, then a cosine decay to 0.

@@ -278,6 +278,29 @@ fn tuning_the_top_blocks_alone_writes_their_adapter_and_it_serves() {
     let tuned = answer(&dir, Some(&out));
     assert!(tuned.contains("PINE-4471"), "the adapter's answer: {tuned}");
 
+    // Continuing it on fewer blocks would drop the others' pairs: refused, naming one.
+    let fewer = memorize(
+        &dir,
+        &data,
+        &work.path().join("fewer"),
+        &[
+            "--layers",
+            "last:4",
+            "--init-adapter",
+            out.to_str().expect("UTF-8"),
+        ],
+    );
+    assert_eq!(
+        fewer.status.code(),
+        Some(2),
+        "pairs this run does not train"
+    );
+    let stderr = String::from_utf8_lossy(&fewer.stderr);
+    assert!(
+        stderr.contains("which this run does not train") && stderr.contains(".layers."),
+        "{stderr}"
+    );
+
     let refused = run("500", &work.path().join("none"));
     assert_eq!(refused.status.code(), Some(2), "a block past the model");
     let stderr = String::from_utf8_lossy(&refused.stderr);
