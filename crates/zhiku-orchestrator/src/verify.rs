@@ -887,6 +887,13 @@ pub fn echoes_prompt(
             clauses: Vec::new(),
         });
     }
+    if points_at_a_passage(answer) {
+        return Some(Echo {
+            reason: "the answer is a passage's marker or header from the prompt, not an answer"
+                .to_owned(),
+            clauses: Vec::new(),
+        });
+    }
     let passages_n: Vec<String> = passages.iter().map(|p| squash(p)).collect();
     let clauses = instruction_clauses(template);
     let mut own: Vec<String> = Vec::new();
@@ -938,6 +945,29 @@ pub fn echoes_prompt(
         }
     }
     None
+}
+
+/// Whether `answer` is the prompt's passage markup instead of an answer: only passage
+/// markers (`[3]`), or a passage copied from its header on (`[3] （来源：a.md；章节：…）…`).
+/// A marker after the answer's own words (`6 GB [1]`) is a citation, not this.
+fn points_at_a_passage(answer: &str) -> bool {
+    let mut rest = answer.trim_start();
+    let mut markers = 0;
+    while let Some(after) = rest.strip_prefix('[') {
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        match after[digits..].strip_prefix(']') {
+            Some(tail) if digits > 0 => {
+                markers += 1;
+                rest =
+                    tail.trim_start_matches(|c: char| c.is_whitespace() || c == ',' || c == '，');
+            }
+            _ => break,
+        }
+    }
+    let rest = rest.trim();
+    (markers > 0 && rest.is_empty())
+        || rest.starts_with(crate::context::SOURCE_LABEL)
+        || rest.starts_with(crate::context::SECTION_LABEL)
 }
 
 /// The template's fixed text (placeholders left out) cut at punctuation into clauses, each
@@ -3983,6 +4013,37 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
     const ARTICLE: &str = "已知信息：\n{context}\n\n根据上述已知信息，简洁和专业的来回答用户的问题。\
 如果无法从中得到答案，请说 “根据已知信息无法回答该问题” 或 “没有提供足够的相关信息”，\
 不允许在答案中添加编造成分，答案请使用中文。问题是：{question}";
+
+    #[test]
+    fn an_answer_that_is_a_passage_marker_or_a_copied_passage_is_an_echo() {
+        let question = "MiniCPM5-1B 开思考模式时推荐的 temperature 是多少？";
+        let passages = ["推荐 temperature=0.9。"];
+        for answer in [
+            "[3]",
+            " [3] [1]\n",
+            "[3] （来源：minicpm--README-cn.md；章节：✨ 亮点） ![图](./a.png) 双模式推理",
+            "（章节：亮点）推荐 temperature=0.9。",
+        ] {
+            let echo = echoes_prompt(answer, question, &passages, ARTICLE);
+            assert!(
+                echo.as_ref()
+                    .is_some_and(|e| e.reason.contains("marker or header")),
+                "{answer}: {echo:?}"
+            );
+        }
+        for answer in [
+            "0.9 [1]",
+            "推荐 0.9。[2]",
+            "[2] 推荐 temperature 为 0.9。",
+            "[x]",
+        ] {
+            assert_eq!(
+                echoes_prompt(answer, question, &passages, ARTICLE),
+                None,
+                "{answer}"
+            );
+        }
+    }
 
     #[test]
     fn an_answer_that_is_the_instruction_is_an_echo() {
