@@ -76,6 +76,7 @@ async fn fine_tuning_jobs_over_http_train_on_the_tuner() {
     for (layers, says) in [
         (json!("last:0"), "layers `last:0`: last:0 selects no block"),
         (json!({"from": 1}), "`layers` must be"),
+        (json!([]), "`layers` must be"),
     ] {
         let (status, body) = call(
             http,

@@ -253,7 +253,7 @@ fn create_request(body: &Value) -> Result<CreateJobRequest, ApiError> {
     let layers = match h.get("layers") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) => items
+        Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
             .map(|l| l.as_u64().map(|l| l.to_string()))
             .collect::<Option<Vec<_>>>()
