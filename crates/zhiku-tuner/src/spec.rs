@@ -137,6 +137,15 @@ impl LayerSelection {
     }
 }
 
+/// For `--layers` flags (clap reads a `FromStr` type itself): [`LayerSelection::parse`].
+impl std::str::FromStr for LayerSelection {
+    type Err = TuneError;
+
+    fn from_str(text: &str) -> Result<Self, TuneError> {
+        Self::parse(text)
+    }
+}
+
 /// The form [`LayerSelection::parse`] reads back: `all`, `last:N` or `0,2,20-23`.
 impl fmt::Display for LayerSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

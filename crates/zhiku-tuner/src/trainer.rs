@@ -336,7 +336,16 @@ pub fn target_modules(
     layers: &LayerSelection,
 ) -> Result<Vec<(String, usize, usize)>, TuneError> {
     check_targets(targets)?;
-    let selected = layers.resolve(model.blocks.len())?;
+    modules_in_blocks(model, targets, &layers.resolve(model.blocks.len())?)
+}
+
+/// [`target_modules`] in the blocks `selected` (resolved indices, each below the model's
+/// block count), the targets checked.
+fn modules_in_blocks(
+    model: &Decoder,
+    targets: &[String],
+    selected: &[usize],
+) -> Result<Vec<(String, usize, usize)>, TuneError> {
     let wants = |names: &[&str]| names.iter().any(|n| targets.iter().any(|t| t == n));
     let mut out: Vec<&Linear> = Vec::new();
     for block in selected.iter().map(|&i| &model.blocks[i]) {
@@ -457,9 +466,10 @@ impl Trainer {
                 )));
             }
         }
-        let modules = target_modules(&model, &spec.targets, &spec.layers)?;
+        check_targets(&spec.targets)?;
         let blocks = model.blocks.len();
         let selected = spec.layers.resolve(blocks)?;
+        let modules = modules_in_blocks(&model, &spec.targets, &selected)?;
         let mut init_rng = SplitMix64(config.seed);
         let device = model.device.clone();
         let mut vars = Vec::with_capacity(modules.len());

@@ -60,7 +60,7 @@ pub struct TuneArgs {
     /// indices and ranges counted from 0 such as `0,2,20-23` (PEFT's layers_to_transform).
     /// Blocks below the lowest adapted one need no backward pass: `last:8` of 24 makes a step
     /// cheaper.
-    #[arg(long, env = "ZHIKU_TUNE_LAYERS", default_value = "all", value_parser = parse_layers)]
+    #[arg(long, env = "ZHIKU_TUNE_LAYERS", default_value = "all")]
     pub layers: LayerSelection,
     /// How A is initialised.
     #[arg(long, env = "ZHIKU_TUNE_INIT", value_enum, default_value_t = InitArg::Gaussian)]
@@ -177,11 +177,6 @@ fn spec(args: &TuneArgs) -> LoraSpec {
         },
         layers: args.layers.clone(),
     }
-}
-
-/// `--layers`, read as the trainer reads it (the message says what it takes).
-fn parse_layers(text: &str) -> Result<LayerSelection, String> {
-    LayerSelection::parse(text).map_err(|e| e.to_string())
 }
 
 /// The data line's note on swapped figures (empty when none were asked for).

@@ -76,7 +76,7 @@ struct Args {
     target: Vec<String>,
     /// The blocks that get adapters, as `zhiku tune --layers` reads them (`all`, `last:N`,
     /// `0,2,20-23`); PEFT gets the same blocks as `layers_to_transform`.
-    #[arg(long, env = "ZHIKU_TUNE_BENCH_LAYERS", default_value = "all", value_parser = parse_layers)]
+    #[arg(long, env = "ZHIKU_TUNE_BENCH_LAYERS", default_value = "all")]
     layers: LayerSelection,
     /// CPU threads of each side.
     #[arg(long, env = "ZHIKU_TUNE_BENCH_THREADS", default_value_t = 2)]
@@ -373,11 +373,6 @@ fn run_zhiku(
 
 fn hf_target(short: &str) -> String {
     format!("{short}_proj")
-}
-
-/// `--layers`, read as `zhiku tune` reads it.
-fn parse_layers(text: &str) -> Result<LayerSelection, String> {
-    LayerSelection::parse(text).map_err(|e| e.to_string())
 }
 
 /// PEFT's `layers_to_transform` for the blocks zhiku resolved (`all`: none given).
