@@ -1044,11 +1044,40 @@ fn squash(text: &str) -> String {
 fn restates_question(answer: &str, question: &str) -> bool {
     let letters =
         |t: &str| -> String { squash(t).chars().filter(|c| c.is_alphanumeric()).collect() };
+    let answer = without_lead_in(answer);
     let (answer_l, question_l) = (letters(answer), letters(question));
     if answer_l.chars().count() < 2 || !question_l.contains(answer_l.as_str()) {
         return false;
     }
     answer_l == question_l || answer.trim_end().ends_with(['？', '?'])
+}
+
+/// Openings that say where an answer comes from and nothing else: the prompt's own words
+/// (the article's template says 根据上述已知信息, its refusal 根据已知信息) that models
+/// put before an answer, and before a restated question.
+const LEAD_INS: [&str; 6] = [
+    "根据上述已知信息",
+    "根据已知信息",
+    "根据提供的信息",
+    "根据以上信息",
+    "according to the known information",
+    "according to the information provided",
+];
+
+/// `answer` without a [`LEAD_INS`] opening and the punctuation after it.
+fn without_lead_in(answer: &str) -> &str {
+    let trimmed = answer.trim_start();
+    for lead_in in LEAD_INS {
+        let Some(head) = trimmed.get(..lead_in.len()) else {
+            continue;
+        };
+        if head.eq_ignore_ascii_case(lead_in) {
+            return trimmed[lead_in.len()..].trim_start_matches(|c: char| {
+                c.is_whitespace() || matches!(c, '，' | ',' | '：' | ':')
+            });
+        }
+    }
+    trimmed
 }
 
 /// As [`squash`], keeping line breaks (they end clauses).
@@ -4087,6 +4116,9 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
             "TensorRT-LLM 哪个 release？",
             question,
             "用TensorRT-LLM部署ChatGLM3，文档里用的是TensorRT-LLM哪个release",
+            // The refusal's opening before the question is still the question.
+            "根据已知信息，用 TensorRT-LLM 部署 ChatGLM3，文档里用的是 TensorRT-LLM 哪个 release？",
+            "According to the known information: TensorRT-LLM 哪个 release？",
         ] {
             let echo = echoes_prompt(restated, question, &passages, ARTICLE);
             assert!(
@@ -4098,6 +4130,8 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
             "release v0.5.0",
             "TensorRT-LLM 的 v0.5.0。",
             "部署 ChatGLM3",
+            "根据已知信息，文档里用的是 TensorRT-LLM 的 release v0.5.0。",
+            "根据已知信息",
         ] {
             assert_eq!(
                 echoes_prompt(answer, question, &passages, ARTICLE),
