@@ -80,6 +80,8 @@ impl Orchestrator {
             .unwrap_or(self.args.ask.max_new_tokens);
         let question = draft.search_question.clone();
         let passages: Vec<&str> = draft.citations.iter().map(|c| c.text.as_str()).collect();
+        let mut sampling = sampling;
+        sampling.stop = with_passage_header_stops(sampling.stop, &draft.citations, rendered);
         let mut first_token_ms = None;
         let mut echo = None;
         let mut done = None;
@@ -374,6 +376,37 @@ impl Orchestrator {
             status: tonic::Status::unavailable("the answer stream ended before its final event"),
         })
     }
+}
+
+/// Stop strings the generator takes at most (its `SamplingParams.stop` limit).
+const MAX_STOP_STRINGS: usize = 16;
+
+/// `stops` (the caller's) and, in the room left, one stop string per passage that opens
+/// with a header: a line break, then its marker and header as the prompt shows them
+/// (`\n[2] （来源：`). A small model that copies a passage as its answer runs on into the
+/// next passage's header; the answer ends there instead of taking that passage along and
+/// naming its file. A reply that opens with a header has no line break before it and is
+/// left to the echo check ([`echoes_prompt`]).
+fn with_passage_header_stops(
+    mut stops: Vec<String>,
+    citations: &[Citation],
+    rendered: &[String],
+) -> Vec<String> {
+    for (citation, passage) in citations.iter().zip(rendered) {
+        if stops.len() >= MAX_STOP_STRINGS {
+            break;
+        }
+        let label = [crate::context::SOURCE_LABEL, crate::context::SECTION_LABEL]
+            .into_iter()
+            .find(|label| passage.trim_start().starts_with(label));
+        if let Some(label) = label {
+            let stop = format!("\n[{}] {label}", citation.number);
+            if !stops.contains(&stop) {
+                stops.push(stop);
+            }
+        }
+    }
+    stops
 }
 
 /// The draft with its figure read from the table cell the question names
@@ -919,6 +952,34 @@ mod tests {
             Some(reading),
         );
         assert_eq!((done.text.as_str(), &v), ("模型大小为3.92G。", &marked));
+    }
+
+    #[test]
+    fn an_answer_stops_where_it_runs_on_into_a_passage_header() {
+        let citation = |number| Citation {
+            number,
+            ..Default::default()
+        };
+        let citations = [citation(1), citation(2), citation(3)];
+        let rendered = [
+            "（来源：README.md；章节：安装）\npip install langchain-chatchat -U".to_owned(),
+            "no header here".to_owned(),
+            "（章节：配置）\nDEFAULT_BIND_HOST".to_owned(),
+        ];
+        let stops = with_passage_header_stops(vec!["</s>".into()], &citations, &rendered);
+        assert_eq!(stops, ["</s>", "\n[1] （来源：", "\n[3] （章节："]);
+        // The prompt shows each passage as its stop string expects.
+        let prompt = crate::prompt::PromptTemplate::default()
+            .render_numbered(&[(1, rendered[0].as_str()), (3, rendered[2].as_str())], "q");
+        for stop in &stops[1..] {
+            assert!(prompt.contains(stop.as_str()), "{stop:?} not in {prompt}");
+        }
+        // The caller's stops come first and the generator's limit holds.
+        let many: Vec<String> = (0..MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect();
+        assert_eq!(
+            with_passage_header_stops(many.clone(), &citations, &rendered),
+            many
+        );
     }
 
     #[test]
