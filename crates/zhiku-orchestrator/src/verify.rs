@@ -331,6 +331,8 @@ struct Asked {
     settings: Vec<(String, String)>,
     /// GPU models (h100, 4090).
     gpus: Vec<String>,
+    /// Fine-tuning methods (LoRA, Q-LoRA, P-Tuning, full-parameter, freeze).
+    methods: Vec<TuningMethod>,
     /// The question's text, lower case, full width folded, `_` as `-`.
     text: String,
 }
@@ -371,6 +373,7 @@ impl Asked {
             models,
             settings: settings_in(&text),
             gpus: gpus_in(&text),
+            methods: tuning_methods_in(&text),
             text,
         }
     }
@@ -437,6 +440,22 @@ impl Asked {
                 "a line about {}, not {}",
                 gpus[0].to_uppercase(),
                 self.gpus[0].to_uppercase()
+            ));
+        }
+        // Memory and speed are given per fine-tuning method, a line or a row each
+        // (`+ SFT 全量微调: … 48346MiB` / `+ LORA 微调: … 14082MiB`).
+        let methods = own_or_lead(tuning_methods_in(&source.lines[k]), || {
+            lead.map(|l| tuning_methods_in(&source.lines[l]))
+                .unwrap_or_default()
+        });
+        if !self.methods.is_empty()
+            && !methods.is_empty()
+            && !methods.iter().any(|m| self.methods.contains(m))
+        {
+            return Some(format!(
+                "a line about {}, not {}",
+                methods[0].name(),
+                self.methods[0].name()
             ));
         }
         // A setting the question gives with another value on the line (`- batch=1: 7 GB`, a
@@ -2082,6 +2101,65 @@ fn gpus_in(text: &str) -> Vec<String> {
         if GPUS.contains(&word) && !found.iter().any(|f| f == word) {
             found.push(word.to_owned());
         }
+    }
+    found
+}
+
+/// A fine-tuning method, as documents give memory and speed for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TuningMethod {
+    Lora,
+    QLora,
+    PTuning,
+    Full,
+    Freeze,
+}
+
+impl TuningMethod {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "LoRA",
+            Self::QLora => "Q-LoRA",
+            Self::PTuning => "P-Tuning",
+            Self::Full => "full-parameter fine-tuning",
+            Self::Freeze => "freeze fine-tuning",
+        }
+    }
+}
+
+/// The fine-tuning methods `text` names, in order of first mention: words of ASCII letters
+/// and digits with their hyphens dropped (Q-LoRA is `qlora`, not LoRA; P-TuningV2 is
+/// `ptuningv2`), full-parameter tuning also as 全量 or 全参, or `full` before `param…` or
+/// `fine…`.
+fn tuning_methods_in(text: &str) -> Vec<TuningMethod> {
+    let folded = fold_width(text).to_lowercase();
+    let words: Vec<String> = folded
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .map(|w| w.replace('-', ""))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut found: Vec<TuningMethod> = Vec::new();
+    let mut add = |m: TuningMethod| {
+        if !found.contains(&m) {
+            found.push(m);
+        }
+    };
+    for (i, word) in words.iter().enumerate() {
+        let next = words.get(i + 1).map_or("", String::as_str);
+        match word.as_str() {
+            "lora" | "loras" => add(TuningMethod::Lora),
+            "qlora" => add(TuningMethod::QLora),
+            "freeze" => add(TuningMethod::Freeze),
+            "full" if next.starts_with("param") || next.starts_with("fine") => {
+                add(TuningMethod::Full)
+            }
+            w if w.starts_with("ptuning") => add(TuningMethod::PTuning),
+            w if w.starts_with("fullparam") || w.starts_with("fullfine") => add(TuningMethod::Full),
+            _ => {}
+        }
+    }
+    if folded.contains("全量") || folded.contains("全参") {
+        add(TuningMethod::Full);
     }
     found
 }
@@ -3843,6 +3921,42 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
     }
 
     #[test]
+    fn a_figure_of_another_fine_tuning_method_is_not_the_questions() {
+        let list = "本仓库中的**默认配置文件**中，我们记录了显存的占用情况：\n\n\
+            + SFT 全量微调: 4张显卡平均分配，每张显卡占用 `48346MiB` 显存。\n\
+            + P-TuningV2 微调: 1张显卡，占用 `18426MiB` 显存。\n\
+            + LORA 微调: 1张显卡，占用 `14082MiB` 显存。";
+        let lora = "用 ChatGLM3 自带的微调套件做 LoRA，单张卡大概吃多少显存？";
+        assert_eq!(misplaced("14082MiB", &[list], lora), None);
+        assert_eq!(
+            misplaced("48346 MiB", &[list], lora),
+            Some(Unsupported::OtherRow)
+        );
+        assert_eq!(
+            misplaced("18426MiB", &[list], "P-Tuning v2 微调要多少显存？"),
+            None
+        );
+        // A question that names no method takes any line's figure.
+        assert_eq!(misplaced("48346MiB", &[list], "微调要多少显存？"), None);
+        // Q-LoRA is not LoRA, in a table row as on a line.
+        let table = "| 方法 | 显存 |\n| --- | --- |\n| LoRA | 20.1G |\n| Q-LoRA | 13.9G |";
+        let qlora = "用 Q-LoRA 微调要多少显存？";
+        assert_eq!(misplaced("13.9G", &[table], qlora), None);
+        assert_eq!(
+            misplaced("20.1G", &[table], qlora),
+            Some(Unsupported::OtherRow)
+        );
+        use TuningMethod::*;
+        assert_eq!(tuning_methods_in("Q-LoRA 与 LoRA (emb)"), [QLora, Lora]);
+        assert_eq!(
+            tuning_methods_in("Full-parameter, P-Tuning v2, freeze"),
+            [Full, PTuning, Freeze]
+        );
+        assert_eq!(tuning_methods_in("full fine-tuning 全参数"), [Full]);
+        assert!(tuning_methods_in("a full GPU, explorations, 微调").is_empty());
+    }
+
+    #[test]
     fn a_column_whose_cell_meets_the_questions_condition_is_not_the_one_asked() {
         let table = "| 精度 | 输入token数 | Token 输出速度 |\n| --- | --- | --- |\n\
             | INT4 | 1000 | 28.7 tokens/s |\n| INT4 | 8000 | 21.1 tokens/s |";
@@ -4009,12 +4123,12 @@ Llama-2-13B-chat 模型的 token 生成速度。测试配置为 batch size = 1\n
     fn a_figure_only_another_models_document_states_is_unsupported() {
         let passages = [
             "Qwen-72B 的推理显存见下表，全参数微调需要多机。",
-            "ChatGLM3 微调: LORA 微调: 1张显卡，占用 14082MiB 显存。",
+            "ChatGLM3 微调: 全参数微调: 4张显卡，每张显卡占用 48346MiB 显存。",
         ];
         let question = "Qwen-72B 做全参数微调需要多少显存？";
-        let answer = "Qwen-72B 做全参数微调需要 14082 MiB 显存。";
+        let answer = "Qwen-72B 做全参数微调需要 48346 MiB 显存。";
         let off = check_answer_on_subject(answer, &passages, &[false, true], question);
-        assert_eq!(texts(&off.unsupported), ["14082 MiB"]);
+        assert_eq!(texts(&off.unsupported), ["48346 MiB"]);
         assert!(
             off.unsupported[0]
                 .reason
