@@ -3,6 +3,7 @@
 use candle_core::{D, DType, Device, Tensor};
 use zhiku_lm::seeded::SplitMix64;
 use zhiku_lm::transfer;
+use zhiku_proto::limits::{MAX_STOP_STRING_BYTES, MAX_STOP_STRINGS};
 
 use crate::error::GeneratorError;
 
@@ -72,8 +73,12 @@ impl SamplingConfig {
         if self.max_new_tokens == 0 {
             return bad("`max_new_tokens` must be at least 1".into());
         }
-        if self.stop.len() > 16 || self.stop.iter().any(|s| s.len() > 256) {
-            return bad("`stop`: at most 16 strings of at most 256 bytes".into());
+        if self.stop.len() > MAX_STOP_STRINGS
+            || self.stop.iter().any(|s| s.len() > MAX_STOP_STRING_BYTES)
+        {
+            return bad(format!(
+                "`stop`: at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_STRING_BYTES} bytes"
+            ));
         }
         Ok(())
     }

@@ -135,6 +135,15 @@ pub fn render(c: &Citation) -> String {
 pub const SOURCE_LABEL: &str = "（来源：";
 pub const SECTION_LABEL: &str = "（章节：";
 
+/// The label `text` opens with when it opens with a passage's header line as the prompt
+/// shows it ([`SOURCE_LABEL`] or [`SECTION_LABEL`]; leading whitespace skipped).
+pub fn header_label(text: &str) -> Option<&'static str> {
+    let text = text.trim_start();
+    [SOURCE_LABEL, SECTION_LABEL]
+        .into_iter()
+        .find(|label| text.starts_with(label))
+}
+
 /// Whether `text` holds a passage's header line as the prompt shows it (`（来源：a.md；章节：…）`):
 /// a reply with one has copied the prompt's passages, not answered from them.
 pub fn quotes_passage_header(text: &str) -> bool {

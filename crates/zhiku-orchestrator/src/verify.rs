@@ -394,11 +394,6 @@ impl Asked {
         let keys = keys_of(k);
         let lead = source.lead_in[k];
         let lead_keys = lead.map(keys_of).unwrap_or_default();
-        let disjoint = |asked: &[f64], line: &[f64], same: &dyn Fn(f64, f64) -> bool| {
-            !asked.is_empty()
-                && !line.is_empty()
-                && !line.iter().any(|l| asked.iter().any(|a| same(*a, *l)))
-        };
         // A model's name rounds its size: ChatGLM-6B has 62 亿 (6.2B) parameters.
         let near = |a: f64, b: f64| (a - b).abs() <= 0.05 * a.abs().max(b.abs());
         // A size under a column of the model's language model (LLM Size, 基座模型) is that
@@ -407,7 +402,7 @@ impl Asked {
             Some(own) => own,
             None => own_or_lead(sizes_in(&keys), || sizes_in(&lead_keys)),
         };
-        if disjoint(&self.sizes, &sizes, &near) {
+        if disjoint(&self.sizes, &sizes, |a, l| near(*a, *l)) {
             return Some(format!(
                 "a line about a {} model, not a {} one",
                 size_text(sizes[0]),
@@ -425,17 +420,14 @@ impl Asked {
         };
         let row_keys: Vec<&Key> = keys.iter().copied().chain(&label_keys).collect();
         let bits = own_or_lead(bits_in(&row_keys), || bits_in(&lead_keys));
-        if disjoint(&self.bits, &bits, &same_value) {
+        if disjoint(&self.bits, &bits, |a, l| same_value(*a, *l)) {
             return Some(format!(
                 "a line about {}-bit, not {}-bit",
                 bits[0], self.bits[0]
             ));
         }
-        let gpus = own_or_lead(gpus_in(&source.lines[k]), || {
-            lead.map(|l| gpus_in(&source.lines[l])).unwrap_or_default()
-        });
-        if !self.gpus.is_empty() && !gpus.is_empty() && !gpus.iter().any(|g| self.gpus.contains(g))
-        {
+        let gpus = line_or_lead(source, k, gpus_in);
+        if disjoint(&self.gpus, &gpus, PartialEq::eq) {
             return Some(format!(
                 "a line about {}, not {}",
                 gpus[0].to_uppercase(),
@@ -444,14 +436,8 @@ impl Asked {
         }
         // Memory and speed are given per fine-tuning method, a line or a row each
         // (`+ SFT 全量微调: … 48346MiB` / `+ LORA 微调: … 14082MiB`).
-        let methods = own_or_lead(tuning_methods_in(&source.lines[k]), || {
-            lead.map(|l| tuning_methods_in(&source.lines[l]))
-                .unwrap_or_default()
-        });
-        if !self.methods.is_empty()
-            && !methods.is_empty()
-            && !methods.iter().any(|m| self.methods.contains(m))
-        {
+        let methods = line_or_lead(source, k, tuning_methods_in);
+        if disjoint(&self.methods, &methods, PartialEq::eq) {
             return Some(format!(
                 "a line about {}, not {}",
                 methods[0].name(),
@@ -984,9 +970,7 @@ fn points_at_a_passage(answer: &str) -> bool {
         }
     }
     let rest = rest.trim();
-    (markers > 0 && rest.is_empty())
-        || rest.starts_with(crate::context::SOURCE_LABEL)
-        || rest.starts_with(crate::context::SECTION_LABEL)
+    (markers > 0 && rest.is_empty()) || crate::context::header_label(rest).is_some()
 }
 
 /// The template's fixed text (placeholders left out) cut at punctuation into clauses, each
@@ -2083,6 +2067,22 @@ fn lead_in_lines(lines: &[String], table_of: &[Option<usize>]) -> Vec<Option<usi
 /// What a line names itself, or when it names nothing of the kind, what its lead-in does.
 fn own_or_lead<T>(own: Vec<T>, lead: impl FnOnce() -> Vec<T>) -> Vec<T> {
     if own.is_empty() { lead() } else { own }
+}
+
+/// What `read` finds on line `k` of `source`, or on the line leading into its table or
+/// code block when line `k` has none ([`own_or_lead`]).
+fn line_or_lead<T>(source: &Source, k: usize, read: impl Fn(&str) -> Vec<T>) -> Vec<T> {
+    own_or_lead(read(&source.lines[k]), || {
+        source.lead_in[k]
+            .map(|l| read(&source.lines[l]))
+            .unwrap_or_default()
+    })
+}
+
+/// Whether the question names some (`asked`), the line some (`line`), and `same` pairs
+/// none of the line's with one of the question's: the line is about something else.
+fn disjoint<T>(asked: &[T], line: &[T], same: impl Fn(&T, &T) -> bool) -> bool {
+    !asked.is_empty() && !line.is_empty() && !line.iter().any(|l| asked.iter().any(|a| same(a, l)))
 }
 
 /// GPU models named in `text` (lower case): a100, h200, rtx 4090 as 4090.

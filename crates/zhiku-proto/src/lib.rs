@@ -13,6 +13,14 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every zhiku proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("zhiku_descriptor");
 
+/// Bounds the services enforce on request fields, for callers that fill them.
+pub mod limits {
+    /// `SamplingParams.stop`: stop strings in one request at most.
+    pub const MAX_STOP_STRINGS: usize = 16;
+    /// `SamplingParams.stop`: bytes of one stop string at most.
+    pub const MAX_STOP_STRING_BYTES: usize = 256;
+}
+
 /// Fully qualified gRPC service names, as reflection and `grpc.health.v1` know them.
 pub mod service_names {
     pub const EMBEDDER: &str = "zhiku.v1.Embedder";

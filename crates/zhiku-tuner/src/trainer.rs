@@ -340,7 +340,7 @@ pub fn target_modules(
 }
 
 /// [`target_modules`] in the blocks `selected` (resolved indices, each below the model's
-/// block count), the targets checked.
+/// block count); the caller has checked the targets.
 fn modules_in_blocks(
     model: &Decoder,
     targets: &[String],

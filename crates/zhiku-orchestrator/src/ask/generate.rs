@@ -11,6 +11,8 @@ use zhiku_proto::v1::{
     Verification, ask_event, generate_request, generate_stream_response,
 };
 
+use zhiku_proto::limits::MAX_STOP_STRINGS;
+
 use crate::config::{PassageOrder, Verify};
 use crate::downstream::Deadline;
 use crate::error::OrchestratorError;
@@ -378,9 +380,6 @@ impl Orchestrator {
     }
 }
 
-/// Stop strings the generator takes at most (its `SamplingParams.stop` limit).
-const MAX_STOP_STRINGS: usize = 16;
-
 /// `stops` (the caller's) and, in the room left, one stop string per passage that opens
 /// with a header: a line break, then its marker and header as the prompt shows them
 /// (`\n[2] （来源：`). A small model that copies a passage as its answer runs on into the
@@ -396,10 +395,7 @@ fn with_passage_header_stops(
         if stops.len() >= MAX_STOP_STRINGS {
             break;
         }
-        let label = [crate::context::SOURCE_LABEL, crate::context::SECTION_LABEL]
-            .into_iter()
-            .find(|label| passage.trim_start().starts_with(label));
-        if let Some(label) = label {
+        if let Some(label) = crate::context::header_label(passage) {
             let stop = format!("\n[{}] {label}", citation.number);
             if !stops.contains(&stop) {
                 stops.push(stop);
