@@ -3,15 +3,17 @@
 //! answer among distractors retrieved from the same base, and to refuse when only
 //! distractors are there.
 //!
-//! For each sampled passage the teacher (the served chat model) writes a question and a short
-//! answer; an answer whose key facts or wording the passage does not state is dropped (the
-//! teacher got it wrong). The question is then retrieved as an Ask retrieves it, the best
-//! other passages become the distractors, and the example is the Ask's own prompt (the
-//! serving template, numbered passages, the question last) with the teacher's answer, or, for
-//! a share of them, the distractors alone with the refusal as the target. A share of the
-//! answer examples whose question names a size, bit width or GPU also give a near-miss twin
-//! ([`near_miss`]): the same passages, the question changed to ask for one that no passage
-//! states, the refusal the target.
+//! For each sampled passage a question is read from the passage itself where it can be (a
+//! table cell, [`table_question`]; with `statement_questions` a sentence's figure,
+//! [`statement_question`]), and otherwise the teacher (the served chat model) writes a
+//! question and a short answer; an answer whose key facts or wording the passage does not
+//! state is dropped (the teacher got it wrong). The question is then retrieved as an Ask
+//! retrieves it, the best other passages become the distractors, and the example is the
+//! Ask's own prompt (the serving template, numbered passages, the question last) with the
+//! teacher's answer, or, for a share of them, the distractors alone with the refusal as the
+//! target. A share of the answer examples whose question names a size, bit width or GPU also
+//! give a near-miss twin ([`near_miss`]): the same passages, the question changed to ask for
+//! one that no passage states, the refusal the target.
 //!
 //! Sampling is seeded and keyed by passage (`document_id#chunk_index`), so a run that stopped
 //! resumes where it was: the caller passes the keys already tried.
@@ -32,9 +34,11 @@ use crate::verify::{Verdict, check_answer};
 pub mod distill;
 pub mod near_miss;
 pub mod restate;
+pub mod statement;
 pub use distill::{Distilled, needs_distilling, states_fact};
 pub use near_miss::{NearMiss, near_miss_question};
 pub use restate::{is_question, restated_answer};
+pub use statement::statement_question;
 
 /// Asks the teacher for one question the passage answers and its short answer.
 /// The question names its subject (the product, model or setting) so that it stands without
@@ -93,6 +97,13 @@ pub struct ExampleSettings {
     /// ([`table_question`]): right by construction, and the reading that small models get
     /// wrong most (the figure of the neighbouring row or column).
     pub table_questions: bool,
+    /// Ask a passage with no table question about a figure of one of its sentences without
+    /// the teacher ([`statement_question`]): `多少` in the figure's place, the figure the
+    /// answer. Right by construction.
+    pub statement_questions: bool,
+    /// Have the teacher write a question where no question is read from the passage itself
+    /// (table cells, sentences); without it such passages give no example.
+    pub teacher_questions: bool,
     /// Answer targets restate what the question asks about before the fact
     /// ([`restated_answer`]): `MiniCPM 的 vllm 版本是 0.2.7。`, not `0.2.7`.
     pub restate_answers: bool,
@@ -110,6 +121,8 @@ impl Default for ExampleSettings {
             max_new_tokens: 160,
             facts_only: true,
             table_questions: true,
+            statement_questions: false,
+            teacher_questions: true,
             restate_answers: false,
         }
     }
@@ -184,6 +197,9 @@ pub struct ExampleOrigin {
     /// written by the teacher.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_table: bool,
+    /// The question was read from a sentence of the passage ([`statement_question`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_statement: bool,
     /// For a near-miss refusal: the question its prompt asks (`question` with one
     /// qualifier changed) and the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,6 +249,8 @@ pub enum Rejection {
     /// generic to pick it out of the base ("模型的名称是什么？"), so serving could not
     /// answer it either.
     NotRetrieved,
+    /// Without the teacher: the passage has no table cell or sentence figure to ask about.
+    NothingToAsk,
 }
 
 impl std::fmt::Display for Rejection {
@@ -257,6 +275,10 @@ impl std::fmt::Display for Rejection {
             Rejection::NotRetrieved => {
                 write!(f, "retrieval for the question does not find its passage")
             }
+            Rejection::NothingToAsk => write!(
+                f,
+                "no table cell or sentence with a figure to ask about (the teacher is off)"
+            ),
         }
     }
 }
@@ -383,8 +405,14 @@ impl Orchestrator {
         }
         shuffle(&mut documents, settings.seed, |d| d.document_id.as_str());
         // Three tries per wanted example is enough when a third of the teacher's answers
-        // survive the checks; the documents beyond that are not read.
-        let wanted = settings.max_examples.saturating_mul(3);
+        // survive the checks; the documents beyond that are not read. Without the teacher a
+        // try costs no generation, and most prose passages hold no figure to ask about: read
+        // every document.
+        let wanted = if settings.teacher_questions {
+            settings.max_examples.saturating_mul(3)
+        } else {
+            usize::MAX
+        };
         let mut candidates = Vec::new();
         for document in documents {
             if candidates.len() >= wanted {
@@ -475,8 +503,16 @@ impl Orchestrator {
                 )
             })
             .flatten();
-        let (question, answer) = match from_table.clone() {
+        let from_statement = match from_table {
+            Some(_) => None,
+            None => settings
+                .statement_questions
+                .then(|| statement_question(&candidate.text, settings.seed, &candidate.key))
+                .flatten(),
+        };
+        let (question, answer) = match from_table.clone().or_else(|| from_statement.clone()) {
             Some(asked) => asked,
+            None if !settings.teacher_questions => return Ok(Err(Rejection::NothingToAsk)),
             None => {
                 let written = self
                     .teacher_question(&candidate.text, settings.max_new_tokens, deadline)
@@ -580,6 +616,7 @@ impl Orchestrator {
                     distilled: None,
                     support: answer_support,
                     from_table: from_table.is_some(),
+                    from_statement: from_statement.is_some(),
                     near_miss,
                 },
             };
@@ -1203,6 +1240,7 @@ mod tests {
                 distilled: None,
                 support: 1.0,
                 from_table: false,
+                from_statement: false,
                 near_miss: None,
             },
         };

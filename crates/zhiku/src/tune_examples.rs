@@ -54,8 +54,23 @@ pub struct ExampleArgs {
     /// rows is asked about one of its cells without the teacher (the row and column named,
     /// the cell the answer): right by construction, and the reading small models get wrong
     /// most.
-    #[arg(long, env = "ZHIKU_TUNE_TEACHER_ONLY")]
+    #[arg(long, env = "ZHIKU_TUNE_TEACHER_ONLY", conflicts_with = "no_teacher")]
     pub teacher_only: bool,
+    /// Also ask a passage without table rows about a figure of one of its sentences without
+    /// the teacher: the sentence with `多少` in the figure's place, the figure the answer
+    /// (`P-Tuning v2 将需要微调的参数量减少到原来的多少？` → `0.1%`). Right by construction;
+    /// the questions keep the passage's words.
+    #[arg(
+        long,
+        env = "ZHIKU_TUNE_STATEMENT_QUESTIONS",
+        conflicts_with = "teacher_only"
+    )]
+    pub statement_questions: bool,
+    /// Make only the questions read from the passages themselves (table cells, and with
+    /// --statement-questions sentence figures); a passage with none gives no example. The
+    /// teacher writes nothing, so making examples takes minutes, not the teacher's hour.
+    #[arg(long, env = "ZHIKU_TUNE_NO_TEACHER")]
+    pub no_teacher: bool,
     /// Answer targets that restate what the question asks about before the fact
     /// (`MiniCPM 的 vllm 版本是 0.2.7。`, not `0.2.7`): the question word replaced by the
     /// teacher's answer or the table cell, the words around it the question's own. A target
@@ -95,6 +110,8 @@ impl ExampleArgs {
             seed,
             facts_only: !self.any_answer,
             table_questions: !self.teacher_only,
+            statement_questions: self.statement_questions,
+            teacher_questions: !self.no_teacher,
             restate_answers: self.restate_answers,
             ..ExampleSettings::default()
         }
@@ -497,6 +514,8 @@ mod tests {
             any_answer: false,
             examples_per_document: 1,
             teacher_only: false,
+            statement_questions: false,
+            no_teacher: false,
             restate_answers: true,
             self_distill: false,
             teacher_model: None,

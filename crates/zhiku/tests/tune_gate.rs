@@ -117,6 +117,33 @@ fn tune(flags: &[String], data: &Path, out: &Path, extra: &[&str]) -> Vec<Value>
         .collect()
 }
 
+/// One short epoch on every example, for tests that make examples from a knowledge base.
+const QUICK_TRAINING: &[&str] = &[
+    "--force",
+    "--epochs",
+    "1",
+    "--validation",
+    "0",
+    "--max-seq-len",
+    "512",
+    "--json",
+];
+
+/// Writes `documents` (name, text) into `dir` and ingests them into knowledge base `handbook`.
+fn ingest_documents(flags: &[String], dir: &Path, documents: &[(&str, &str)]) {
+    std::fs::create_dir(dir).expect("a docs directory");
+    for (name, text) in documents {
+        std::fs::write(dir.join(name), text).expect("writes a document");
+    }
+    ok(
+        zhiku(
+            flags,
+            &["ingest", dir.to_str().expect("UTF-8"), "--kb", "handbook"],
+        ),
+        "ingest",
+    );
+}
+
 fn event<'a>(events: &'a [Value], name: &str) -> Option<&'a Value> {
     events.iter().find(|e| e["event"] == name)
 }
@@ -436,36 +463,30 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
     let w = work.path();
     let flags = stack_flags(&models, &w.join("data"));
     let docs = w.join("docs");
-    std::fs::create_dir(&docs).expect("a docs directory");
-    for (name, text) in [
-        (
-            "deploy.md",
-            "# 部署指南\n\n## 显存需求\n\n在 FP16 精度下运行 ChatGLM-6B 模型需要 13GB 显存。使用 INT4 \
+    ingest_documents(
+        &flags,
+        &docs,
+        &[
+            (
+                "deploy.md",
+                "# 部署指南\n\n## 显存需求\n\n在 FP16 精度下运行 ChatGLM-6B 模型需要 13GB 显存。使用 INT4 \
              量化后，最低只需要 6GB 显存即可完成推理。\n\n| 量化等级 | 最低显存 |\n|---|---|\n\
              | FP16 | 13GB |\n| INT8 | 8GB |\n| INT4 | 6GB |\n\n## 服务端口\n\nAPI 服务默认监听 8000 端口，\
              可以通过 --port 参数修改。网页界面默认使用 7860 端口。\n",
-        ),
-        (
-            "finetune.md",
-            "# 微调说明\n\n## 学习率\n\nP-Tuning v2 微调推荐使用 2e-2 的学习率，训练 3000 步。LoRA \
+            ),
+            (
+                "finetune.md",
+                "# 微调说明\n\n## 学习率\n\nP-Tuning v2 微调推荐使用 2e-2 的学习率，训练 3000 步。LoRA \
              微调推荐的秩为 8，alpha 为 32。\n\n## 数据格式\n\n训练数据使用 JSON 格式，每行包含 content 和 \
              summary 两个字段，文件名为 train.json。\n",
-        ),
-        (
-            "history.md",
-            "# 项目历史\n\n## 名称\n\n本项目最早发布于 2023 年 3 月，原来叫 Langchain-ChatGLM，后来改名为 \
+            ),
+            (
+                "history.md",
+                "# 项目历史\n\n## 名称\n\n本项目最早发布于 2023 年 3 月，原来叫 Langchain-ChatGLM，后来改名为 \
              Langchain-Chatchat，支持更多的模型。\n\n## 许可证\n\n代码使用 Apache-2.0 许可证发布，模型权重\
              需要遵守单独的模型许可证。\n",
-        ),
-    ] {
-        std::fs::write(docs.join(name), text).expect("writes a document");
-    }
-    ok(
-        zhiku(
-            &flags,
-            &["ingest", docs.to_str().expect("UTF-8"), "--kb", "handbook"],
-        ),
-        "ingest",
+            ),
+        ],
     );
     // A document only group `hr` may read: no example may come from it or quote it, since
     // the adapter answers every reader of the knowledge base.
@@ -512,15 +533,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         "0.5",
         "--near-miss-share",
         "1",
-        "--force",
-        "--epochs",
-        "1",
-        "--validation",
-        "0",
-        "--max-seq-len",
-        "512",
-        "--json",
     ];
+    let tune_args = [&tune_args[..], QUICK_TRAINING].concat();
     let run = || zhiku(&flags, &tune_args);
     let stdout = ok(run(), "zhiku tune --kb");
     assert!(stdout.contains("\"examples\""), "progress events: {stdout}");
@@ -661,5 +675,112 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         std::fs::read_to_string(&examples).expect("reads"),
         distilled_text,
         "distilled targets are not redone"
+    );
+}
+
+/// `zhiku tune --kb NAME --no-teacher --statement-questions`: every example's question is read
+/// from its passage (a table cell or a sentence's figure, with `多少` in its place) and its
+/// answer is that cell or figure as the document writes it; a passage with nothing to ask
+/// is dropped, and no teacher is needed. `--teacher-only` with `--no-teacher` is refused
+/// before anything runs.
+#[test]
+fn examples_read_from_the_passages_need_no_teacher() {
+    let Some(models) = models() else { return };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let w = work.path();
+    let flags = stack_flags(&models, &w.join("data"));
+    let docs = w.join("docs");
+    let deploy = "# 部署指南\n\n## 显存需求\n\n在 FP16 精度下运行 ChatGLM-6B 模型需要 13GB 显存。\n\n\
+                  | 量化等级 | 最低显存 |\n|---|---|\n| FP16 | 13GB |\n| INT8 | 8GB |\n| INT4 | 6GB |\n\n\
+                  ## 服务端口\n\nAPI 服务默认监听的端口号是 8000，可以通过 --port 参数修改为其他端口，\
+                  修改之后需要重启服务才能生效。\n";
+    let history = "# 项目历史\n\n## 名称\n\n本项目原来叫 Langchain-ChatGLM，后来改名为 Langchain-Chatchat，\
+                   支持更多的模型。\n\n## 许可证\n\n代码使用 Apache 许可证发布，模型权重需要遵守单独的模型许可证。\n";
+    ingest_documents(
+        &flags,
+        &docs,
+        &[("deploy.md", deploy), ("history.md", history)],
+    );
+    let out = w.join("adapter");
+    let examples = w.join("adapter.examples.jsonl");
+    let args = [
+        "tune",
+        "--kb",
+        "handbook",
+        "--out",
+        out.to_str().expect("UTF-8"),
+        "--no-teacher",
+        "--statement-questions",
+        "--max-examples",
+        "8",
+        "--distractors",
+        "1",
+        "--refusal-share",
+        "0",
+    ];
+    let args = [&args[..], QUICK_TRAINING].concat();
+    let stdout = ok(zhiku(&flags, &args), "zhiku tune --kb --no-teacher");
+    assert!(
+        stdout.contains("no table cell or sentence with a figure to ask about"),
+        "the history passages hold no figure and are dropped: {stdout}"
+    );
+    let written = std::fs::read_to_string(&examples).expect("the examples file");
+    let records: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(!records.is_empty(), "examples were made: {stdout}");
+    let mut kinds = (0, 0);
+    for record in &records {
+        let origin = &record["zhiku"];
+        let question = origin["question"].as_str().expect("the question");
+        let answer = origin["answer"].as_str().expect("the answer");
+        let from_table = origin["from_table"].as_bool().unwrap_or(false);
+        let from_statement = origin["from_statement"].as_bool().unwrap_or(false);
+        assert!(from_table != from_statement, "one source: {record}");
+        if from_table {
+            kinds.0 += 1;
+        } else {
+            kinds.1 += 1;
+            assert!(
+                question.contains("多少") && question.ends_with('？'),
+                "a sentence asked with 多少: {question}"
+            );
+        }
+        assert!(
+            origin["source"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("deploy.md")),
+            "only the document with figures gives examples: {record}"
+        );
+        assert!(deploy.contains(answer), "{answer} is the document's own");
+        assert!(!question.contains(answer), "{question} leaves out {answer}");
+        let prompt = record["conversations"][0]["value"]
+            .as_str()
+            .expect("prompt");
+        assert!(prompt.trim_end().ends_with(question), "{prompt}");
+    }
+    assert!(kinds.1 > 0, "a sentence question among {records:?}");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(out.join(file).is_file(), "{file} is written");
+    }
+
+    let both = zhiku(
+        &flags,
+        &[
+            "tune",
+            "--kb",
+            "handbook",
+            "--out",
+            out.to_str().expect("UTF-8"),
+            "--no-teacher",
+            "--teacher-only",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        stderr.contains("--teacher-only") && stderr.contains("--no-teacher"),
+        "names both flags: {stderr}"
     );
 }

@@ -157,6 +157,7 @@ mod tests {
                 distilled,
                 support: 1.0,
                 from_table: false,
+                from_statement: false,
                 near_miss: None,
             },
         }
