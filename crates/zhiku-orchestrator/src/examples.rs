@@ -38,7 +38,7 @@ pub mod statement;
 pub use distill::{Distilled, needs_distilling, states_fact};
 pub use near_miss::{NearMiss, near_miss_question};
 pub use restate::{is_question, restated_answer};
-pub use statement::statement_question;
+pub use statement::{statement_question, statement_questions};
 
 /// Asks the teacher for one question the passage answers and its short answer.
 /// The question names its subject (the product, model or setting) so that it stands without
@@ -66,6 +66,9 @@ const SLOT_SALT: u64 = 0xa11ce;
 const TABLE_CELL_SALT: u64 = 0x7ab1e;
 const PHRASING_SALT: u64 = 0x9e7a;
 const NEAR_MISS_DRAW_SALT: u64 = 0x7717;
+/// Questions read from one passage at most: more would make one passage's prompt most of
+/// the examples.
+const MAX_QUESTIONS_PER_PASSAGE: usize = 8;
 /// Characters of a table cell at most for it to be asked about: one figure or name, not a
 /// sentence.
 const MAX_CELL_CHARS: usize = 40;
@@ -104,6 +107,11 @@ pub struct ExampleSettings {
     /// Have the teacher write a question where no question is read from the passage itself
     /// (table cells, sentences); without it such passages give no example.
     pub teacher_questions: bool,
+    /// Questions at most from one passage whose questions are read from it (table cells,
+    /// sentence figures): the others ask for other figures over the same prompt, each with
+    /// its own answer, so that the model learns to read the question rather than the
+    /// passage's one answer.
+    pub questions_per_passage: usize,
     /// Answer targets restate what the question asks about before the fact
     /// ([`restated_answer`]): `MiniCPM 的 vllm 版本是 0.2.7。`, not `0.2.7`.
     pub restate_answers: bool,
@@ -123,6 +131,7 @@ impl Default for ExampleSettings {
             table_questions: true,
             statement_questions: false,
             teacher_questions: true,
+            questions_per_passage: 1,
             restate_answers: false,
         }
     }
@@ -151,6 +160,12 @@ impl ExampleSettings {
         }
         if self.distractors > 20 {
             return bad(format!("{} distractors: at most 20", self.distractors));
+        }
+        if !(1..=MAX_QUESTIONS_PER_PASSAGE).contains(&self.questions_per_passage) {
+            return bad(format!(
+                "{} questions per passage: between 1 and {MAX_QUESTIONS_PER_PASSAGE}",
+                self.questions_per_passage
+            ));
         }
         if self.per_document == 0 {
             return bad("passages per document must be at least 1".into());
@@ -492,25 +507,17 @@ impl Orchestrator {
         settings: &ExampleSettings,
         deadline: Deadline,
     ) -> Result<Result<Vec<TrainingExample>, Rejection>, OrchestratorError> {
-        let from_table = settings
-            .table_questions
-            .then(|| {
-                table_question(
-                    &candidate.text,
-                    &candidate.context,
-                    settings.seed,
-                    &candidate.key,
-                )
-            })
-            .flatten();
-        let from_statement = match from_table {
-            Some(_) => None,
-            None => settings
-                .statement_questions
-                .then(|| statement_question(&candidate.text, settings.seed, &candidate.key))
-                .flatten(),
-        };
-        let (question, answer) = match from_table.clone().or_else(|| from_statement.clone()) {
+        let (text, seed, key) = (&candidate.text, settings.seed, &candidate.key);
+        let mut read = Vec::new();
+        if settings.table_questions {
+            read = table_questions(text, &candidate.context, seed, key);
+        }
+        let from_table = !read.is_empty();
+        if read.is_empty() && settings.statement_questions {
+            read = statement_questions(text, seed, key);
+        }
+        let from_statement = !from_table && !read.is_empty();
+        let (question, answer) = match read.first().cloned() {
             Some(asked) => asked,
             None if !settings.teacher_questions => return Ok(Err(Rejection::NothingToAsk)),
             None => {
@@ -588,46 +595,93 @@ impl Orchestrator {
             .enumerate()
             .map(|(i, p)| (i as u32 + 1, *p))
             .collect();
-        let example =
-            |asked: &str, kind: ExampleKind, near_miss: Option<NearMissOrigin>| TrainingExample {
-                system: self.template.system().map(str::to_owned),
-                conversations: vec![
-                    Turn {
-                        from: "human".into(),
-                        value: self.template.render_numbered(&numbered, asked),
-                    },
-                    Turn {
-                        from: "gpt".into(),
-                        value: match kind {
-                            ExampleKind::Answer => {
-                                restated.clone().unwrap_or_else(|| answer.clone())
-                            }
-                            ExampleKind::Refusal => REFUSAL.to_owned(),
-                        },
-                    },
-                ],
-                zhiku: ExampleOrigin {
-                    passage: candidate.key.clone(),
-                    source: candidate.source.clone(),
-                    kind,
-                    question: question.clone(),
-                    answer: answer.clone(),
-                    restated: restated.clone().filter(|_| kind == ExampleKind::Answer),
-                    distilled: None,
-                    support: answer_support,
-                    from_table: from_table.is_some(),
-                    from_statement: from_statement.is_some(),
-                    near_miss,
+        // One example over `numbered`: `origin` the question and answer it was made for,
+        // `asked` the question its prompt asks.
+        let example = |origin: &Asked, asked: &str, kind: ExampleKind, near_miss| TrainingExample {
+            system: self.template.system().map(str::to_owned),
+            conversations: vec![
+                Turn {
+                    from: "human".into(),
+                    value: self.template.render_numbered(&numbered, asked),
                 },
-            };
-        let mut examples = vec![example(&question, kind, None)];
+                Turn {
+                    from: "gpt".into(),
+                    value: match kind {
+                        ExampleKind::Answer => origin
+                            .restated
+                            .clone()
+                            .unwrap_or_else(|| origin.answer.clone()),
+                        ExampleKind::Refusal => REFUSAL.to_owned(),
+                    },
+                },
+            ],
+            zhiku: ExampleOrigin {
+                passage: candidate.key.clone(),
+                source: candidate.source.clone(),
+                kind,
+                question: origin.question.clone(),
+                answer: origin.answer.clone(),
+                restated: origin
+                    .restated
+                    .clone()
+                    .filter(|_| kind == ExampleKind::Answer),
+                distilled: None,
+                support: origin.support,
+                from_table,
+                from_statement,
+                near_miss,
+            },
+        };
+        let first = Asked {
+            question: question.clone(),
+            answer: answer.clone(),
+            restated: restated.clone(),
+            support: answer_support,
+        };
+        let mut examples = vec![example(&first, &question, kind, None)];
         // The twin: the same passages, asked for what none of them states.
         if let Some(miss) = near_miss_twin(settings, &candidate.key, kind, &question, &passages) {
             let origin = NearMissOrigin {
                 asked: miss.question.clone(),
                 changed: format!("{} → {}", miss.replaced, miss.by),
             };
-            examples.push(example(&miss.question, ExampleKind::Refusal, Some(origin)));
+            examples.push(example(
+                &first,
+                &miss.question,
+                ExampleKind::Refusal,
+                Some(origin),
+            ));
+        }
+        // Siblings: other figures of the same passage asked over the same prompt, each with
+        // its own answer, so that the question, not the passage, decides the answer.
+        if kind == ExampleKind::Answer {
+            let mut answers = vec![answer.clone()];
+            for (asked, cell) in read.iter().skip(1) {
+                if answers.len() >= settings.questions_per_passage {
+                    break;
+                }
+                let distinct = !answers.contains(cell);
+                let stated_elsewhere = distractors
+                    .iter()
+                    .any(|d| support(cell, &[d.as_str()]) >= MIN_ANSWER_SUPPORT);
+                let Ok(support) = screen_answer(asked, cell, &candidate.text, settings) else {
+                    continue;
+                };
+                if !distinct || stated_elsewhere {
+                    continue;
+                }
+                answers.push(cell.clone());
+                let sibling = Asked {
+                    question: asked.clone(),
+                    answer: cell.clone(),
+                    restated: settings
+                        .restate_answers
+                        .then(|| restated_target(asked, cell, &candidate.text))
+                        .flatten(),
+                    support,
+                };
+                examples.push(example(&sibling, asked, kind, None));
+            }
         }
         Ok(Ok(examples))
     }
@@ -645,6 +699,14 @@ impl Orchestrator {
         )
         .await
     }
+}
+
+/// A question and the target made for it, before they are put in a prompt.
+struct Asked {
+    question: String,
+    answer: String,
+    restated: Option<String>,
+    support: f64,
 }
 
 /// What the teacher got wrong, read from its question, its answer and the passage: the
@@ -699,6 +761,12 @@ fn restated_target(question: &str, answer: &str, passage: &str) -> Option<String
 /// (a figure, a size, a version) and is short. Which cell, and which of a few phrasings, is
 /// drawn from `seed` and `key`. None when no row has such a cell.
 pub fn table_question(text: &str, context: &str, seed: u64, key: &str) -> Option<(String, String)> {
+    table_questions(text, context, seed, key).into_iter().next()
+}
+
+/// Every cell of `text` that [`table_question`] may ask about, as (question, cell), the one
+/// it asks first and the others after it in the table's order.
+pub fn table_questions(text: &str, context: &str, seed: u64, key: &str) -> Vec<(String, String)> {
     use zhiku_text::markdown::{
         context_header, fence_marker, is_ditto, is_table_delimiter, row_cells,
     };
@@ -776,16 +844,27 @@ pub fn table_question(text: &str, context: &str, seed: u64, key: &str) -> Option
         }
     }
     if cells.is_empty() {
-        return None;
+        return Vec::new();
     }
-    let (row, column, cell) =
-        &cells[(mix(seed ^ TABLE_CELL_SALT, key) % cells.len() as u64) as usize];
-    let question = match mix(seed ^ PHRASING_SALT, key) % 3 {
-        0 => format!("{row} 的 {column} 是多少？"),
-        1 => format!("{row} 在 {column} 上是多少？"),
-        _ => format!("表格里 {row} 对应的 {column} 是多少？"),
-    };
-    Some((question, cell.clone()))
+    let first = (mix(seed ^ TABLE_CELL_SALT, key) % cells.len() as u64) as usize;
+    cells.rotate_left(first);
+    cells
+        .into_iter()
+        .enumerate()
+        .map(|(k, (row, column, cell))| {
+            // The first keeps the passage's own phrasing draw; the others draw their own.
+            let draw = match k {
+                0 => mix(seed ^ PHRASING_SALT, key),
+                _ => mix(seed ^ PHRASING_SALT, &format!("{key}/{k}")),
+            };
+            let question = match draw % 3 {
+                0 => format!("{row} 的 {column} 是多少？"),
+                1 => format!("{row} 在 {column} 上是多少？"),
+                _ => format!("表格里 {row} 对应的 {column} 是多少？"),
+            };
+            (question, cell)
+        })
+        .collect()
 }
 
 /// A table cell without its markdown emphasis, code marks, HTML tags and link targets
@@ -1013,6 +1092,22 @@ mod tests {
     }
 
     #[test]
+    fn every_cell_is_listed_with_the_asked_one_first() {
+        let table = "| 模型 | 显存 | 速度 |\n|---|---|---|\n| ChatGLM-6B | 13GB | 20 token/s |\n\
+                     | Qwen-7B | 16GB | 25 token/s |";
+        for seed in 0..8 {
+            let all = table_questions(table, "", seed, "t.md#1");
+            assert_eq!(all.len(), 4, "{all:?}");
+            assert_eq!(
+                all.first().cloned(),
+                table_question(table, "", seed, "t.md#1")
+            );
+            let cells: HashSet<&str> = all.iter().map(|(_, c)| c.as_str()).collect();
+            assert_eq!(cells.len(), 4, "{all:?}");
+        }
+    }
+
+    #[test]
     fn text_code_and_cells_without_figures_give_no_table_question() {
         assert_eq!(table_question("部署需要 13GB 显存。", "", 1, "a#1"), None);
         let code = "```\n| a | b |\n|---|---|\n| x | 12 |\n```";
@@ -1213,6 +1308,15 @@ mod tests {
             })
             .contains("at least 1")
         );
+        for questions_per_passage in [0, 9] {
+            assert!(
+                bad(ExampleSettings {
+                    questions_per_passage,
+                    ..Default::default()
+                })
+                .contains("questions per passage: between 1 and 8")
+            );
+        }
         assert!(ExampleSettings::default().validate().is_ok());
     }
 

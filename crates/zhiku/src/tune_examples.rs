@@ -71,6 +71,12 @@ pub struct ExampleArgs {
     /// teacher writes nothing, so making examples takes minutes, not the teacher's hour.
     #[arg(long, env = "ZHIKU_TUNE_NO_TEACHER")]
     pub no_teacher: bool,
+    /// Questions at most (1-8) from a passage whose questions are read from it (table cells,
+    /// sentence figures): the others ask for its other figures over the same prompt, each
+    /// with its own answer, so that the model learns to read the question rather than one
+    /// answer per passage.
+    #[arg(long, env = "ZHIKU_TUNE_QUESTIONS_PER_PASSAGE", default_value_t = 1)]
+    pub questions_per_passage: usize,
     /// Answer targets that restate what the question asks about before the fact
     /// (`MiniCPM 的 vllm 版本是 0.2.7。`, not `0.2.7`): the question word replaced by the
     /// teacher's answer or the table cell, the words around it the question's own. A target
@@ -112,6 +118,7 @@ impl ExampleArgs {
             table_questions: !self.teacher_only,
             statement_questions: self.statement_questions,
             teacher_questions: !self.no_teacher,
+            questions_per_passage: self.questions_per_passage,
             restate_answers: self.restate_answers,
             ..ExampleSettings::default()
         }
@@ -516,6 +523,7 @@ mod tests {
             teacher_only: false,
             statement_questions: false,
             no_teacher: false,
+            questions_per_passage: 1,
             restate_answers: true,
             self_distill: false,
             teacher_model: None,

@@ -681,7 +681,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
 /// `zhiku tune --kb NAME --no-teacher --statement-questions`: every example's question is read
 /// from its passage (a table cell or a sentence's figure, with `多少` in its place) and its
 /// answer is that cell or figure as the document writes it; a passage with nothing to ask
-/// is dropped, and no teacher is needed. `--teacher-only` with `--no-teacher` is refused
+/// is dropped, and no teacher is needed. With `--questions-per-passage` a passage gives
+/// several questions over one prompt, each with another answer. `--teacher-only` with `--no-teacher` is refused
 /// before anything runs.
 #[test]
 fn examples_read_from_the_passages_need_no_teacher() {
@@ -711,6 +712,8 @@ fn examples_read_from_the_passages_need_no_teacher() {
         out.to_str().expect("UTF-8"),
         "--no-teacher",
         "--statement-questions",
+        "--questions-per-passage",
+        "3",
         "--max-examples",
         "8",
         "--distractors",
@@ -761,6 +764,30 @@ fn examples_read_from_the_passages_need_no_teacher() {
         assert!(prompt.trim_end().ends_with(question), "{prompt}");
     }
     assert!(kinds.1 > 0, "a sentence question among {records:?}");
+    // --questions-per-passage 3: the table passage is asked about its other cells too, over
+    // the same prompt, each question with its own answer.
+    let table_passage: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["zhiku"]["from_table"] == true && r["zhiku"]["kind"] == "answer")
+        .collect();
+    assert!(table_passage.len() >= 2, "siblings: {table_passage:?}");
+    let answers: std::collections::HashSet<&str> = table_passage
+        .iter()
+        .map(|r| r["zhiku"]["answer"].as_str().expect("answer"))
+        .collect();
+    assert_eq!(answers.len(), table_passage.len(), "one answer each");
+    let passages: std::collections::HashSet<&str> = table_passage
+        .iter()
+        .map(|r| {
+            let prompt = r["conversations"][0]["value"].as_str().expect("prompt");
+            let question = r["zhiku"]["question"].as_str().expect("question");
+            prompt
+                .trim_end()
+                .strip_suffix(question)
+                .expect("question last")
+        })
+        .collect();
+    assert_eq!(passages.len(), 1, "the same passages: {passages:?}");
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
         assert!(out.join(file).is_file(), "{file} is written");
     }
