@@ -537,10 +537,14 @@ impl Orchestrator {
             Ok(support) => support,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        let restated = settings
-            .restate_answers
-            .then(|| restated_target(&question, &answer, &candidate.text))
-            .flatten();
+        // The target restated, with `restate_answers`: the first question's and its siblings'.
+        let restate = |question: &str, answer: &str| {
+            settings
+                .restate_answers
+                .then(|| restated_target(question, answer, &candidate.text))
+                .flatten()
+        };
+        let restated = restate(&question, &answer);
 
         let retrieved = self
             .retrieve(
@@ -660,24 +664,22 @@ impl Orchestrator {
                 if answers.len() >= settings.questions_per_passage {
                     break;
                 }
-                let distinct = !answers.contains(cell);
-                let stated_elsewhere = distractors
-                    .iter()
-                    .any(|d| support(cell, &[d.as_str()]) >= MIN_ANSWER_SUPPORT);
+                let stated_elsewhere = || {
+                    distractors
+                        .iter()
+                        .any(|d| support(cell, &[d.as_str()]) >= MIN_ANSWER_SUPPORT)
+                };
+                if answers.contains(cell) || stated_elsewhere() {
+                    continue;
+                }
                 let Ok(support) = screen_answer(asked, cell, &candidate.text, settings) else {
                     continue;
                 };
-                if !distinct || stated_elsewhere {
-                    continue;
-                }
                 answers.push(cell.clone());
                 let sibling = Asked {
                     question: asked.clone(),
                     answer: cell.clone(),
-                    restated: settings
-                        .restate_answers
-                        .then(|| restated_target(asked, cell, &candidate.text))
-                        .flatten(),
+                    restated: restate(asked, cell),
                     support,
                 };
                 examples.push(example(&sibling, asked, kind, None));
@@ -843,11 +845,7 @@ pub fn table_questions(text: &str, context: &str, seed: u64, key: &str) -> Vec<(
             }
         }
     }
-    if cells.is_empty() {
-        return Vec::new();
-    }
-    let first = (mix(seed ^ TABLE_CELL_SALT, key) % cells.len() as u64) as usize;
-    cells.rotate_left(first);
+    put_drawn_first(&mut cells, seed ^ TABLE_CELL_SALT, key);
     cells
         .into_iter()
         .enumerate()
@@ -1004,6 +1002,15 @@ fn near_miss_twin(
     (kind == ExampleKind::Answer && drawn)
         .then(|| near_miss_question(question, passages, settings.seed, key))
         .flatten()
+}
+
+/// Moves the item drawn by `seed` and `key` to the front, the others following it in their
+/// order (wrapping round): the one asked about first, then its siblings.
+fn put_drawn_first<T>(items: &mut [T], seed: u64, key: &str) {
+    if !items.is_empty() {
+        let first = (mix(seed, key) % items.len() as u64) as usize;
+        items.rotate_left(first);
+    }
 }
 
 /// Orders `items` by a seeded hash of each one's key: a shuffle that does not depend on the

@@ -682,8 +682,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
 /// from its passage (a table cell or a sentence's figure, with `多少` in its place) and its
 /// answer is that cell or figure as the document writes it; a passage with nothing to ask
 /// is dropped, and no teacher is needed. With `--questions-per-passage` a passage gives
-/// several questions over one prompt, each with another answer. `--teacher-only` with `--no-teacher` is refused
-/// before anything runs.
+/// several questions over one prompt, each with another answer. `--teacher-only` with
+/// `--no-teacher` is refused before anything runs.
 #[test]
 fn examples_read_from_the_passages_need_no_teacher() {
     let Some(models) = models() else { return };

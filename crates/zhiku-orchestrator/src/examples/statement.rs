@@ -7,7 +7,7 @@
 
 use crate::verify::extract_facts;
 
-use super::{mix, plain_cell};
+use super::{plain_cell, put_drawn_first};
 
 const STATEMENT_SALT: u64 = 0x5e47_e4ce;
 /// Characters of a sentence asked about: long enough to name its subject, short enough to be
@@ -23,9 +23,9 @@ const MAX_TAIL_CHARS: usize = 24;
 
 /// A question about one figure of one sentence of `text` (prose only: not a table row, a
 /// heading, or a line inside a code fence; read without markdown marks), and the figure as
-/// its answer. The figure must
-/// appear once in its sentence, after words that name its subject; which sentence and figure
-/// is drawn from `seed` and `key`. None when no sentence qualifies.
+/// its answer. The figure must appear once in its sentence, after words that name its
+/// subject; which sentence and figure is drawn from `seed` and `key`. None when no sentence
+/// qualifies.
 pub fn statement_question(text: &str, seed: u64, key: &str) -> Option<(String, String)> {
     statement_questions(text, seed, key).into_iter().next()
 }
@@ -49,11 +49,7 @@ pub fn statement_questions(text: &str, seed: u64, key: &str) -> Vec<(String, Str
             asked.extend(questions_of(&plain_cell(sentence)));
         }
     }
-    if asked.is_empty() {
-        return asked;
-    }
-    let first = (mix(seed ^ STATEMENT_SALT, key) % asked.len() as u64) as usize;
-    asked.rotate_left(first);
+    put_drawn_first(&mut asked, seed ^ STATEMENT_SALT, key);
     asked
 }
 
