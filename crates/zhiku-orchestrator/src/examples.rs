@@ -32,10 +32,12 @@ use crate::prompt::REFUSAL;
 use crate::verify::{Verdict, check_answer};
 
 pub mod distill;
+pub mod evidence;
 pub mod near_miss;
 pub mod restate;
 pub mod statement;
 pub use distill::{Distilled, needs_distilling, states_fact};
+pub use evidence::{evidence_quote, with_evidence};
 pub use near_miss::{NearMiss, near_miss_question};
 pub use restate::{is_question, restated_answer};
 pub use statement::{statement_question, statement_questions};

@@ -45,6 +45,36 @@ pub const USER_TEMPLATE: &str =
 /// The answer given, without calling the model, when no passage passes the threshold.
 pub const REFUSAL: &str = "根据已知信息无法回答该问题";
 
+/// Opens an answer that quotes its evidence first: `依据：[k] <the line of passage k that
+/// holds the fact>`, then on the next line [`EVIDENCE_ANSWER`] and the answer (the chain of
+/// thought of RAFT, Zhang et al. 2024). Adapters trained with `zhiku tune --evidence-first`
+/// answer so; the Ask keeps what follows [`EVIDENCE_ANSWER`] as the answer
+/// ([`split_evidence`]). A model not trained so never writes it, and its answers pass
+/// through unchanged.
+pub const EVIDENCE_OPENING: &str = "依据：";
+/// Opens the answer after the quoted evidence, on a line of its own.
+pub const EVIDENCE_ANSWER: &str = "回答：";
+
+/// `answer` with its evidence quoted first: passage `number`'s line `quote`.
+pub fn evidence_first(number: u32, quote: &str, answer: &str) -> String {
+    format!("{EVIDENCE_OPENING}[{number}] {quote}\n{EVIDENCE_ANSWER}{answer}")
+}
+
+/// An answer written evidence first ([`EVIDENCE_OPENING`]) split into its quoted evidence
+/// and the answer after [`EVIDENCE_ANSWER`]; any other text is all answer. An answer that
+/// quotes evidence and never gives the answer keeps its whole text: what the model wrote
+/// is what verification reads.
+pub fn split_evidence(text: &str) -> (Option<&str>, &str) {
+    let trimmed = text.trim_start();
+    let Some(rest) = trimmed.strip_prefix(EVIDENCE_OPENING) else {
+        return (None, text);
+    };
+    match rest.split_once(&format!("\n{EVIDENCE_ANSWER}")) {
+        Some((quote, answer)) => (Some(quote.trim()), answer.trim()),
+        None => (None, text),
+    }
+}
+
 /// Asks the generator to turn a follow-up into a standalone question before retrieval.
 /// `{history}` becomes the last turns ("用户：…\n助手：…"), `{question}` the follow-up.
 pub const REWRITE_TEMPLATE: &str = "下面是一段对话和用户的最后一个问题。请把最后一个问题改写成一个\
@@ -181,6 +211,29 @@ impl PromptTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_written_evidence_first_keeps_the_answer_after_its_marker() {
+        let written = evidence_first(2, "后端：ArcLight；对应 Agent Skill：arclight", "arclight");
+        assert_eq!(
+            written,
+            "依据：[2] 后端：ArcLight；对应 Agent Skill：arclight\n回答：arclight"
+        );
+        assert_eq!(
+            split_evidence(&written),
+            (
+                Some("[2] 后端：ArcLight；对应 Agent Skill：arclight"),
+                "arclight"
+            )
+        );
+        // Plain answers, and evidence with no answer after it, stay whole.
+        assert_eq!(split_evidence("14082 MiB"), (None, "14082 MiB"));
+        assert_eq!(
+            split_evidence("依据：[1] 显存 6GB"),
+            (None, "依据：[1] 显存 6GB")
+        );
+        assert_eq!(split_evidence("回答：6GB"), (None, "回答：6GB"));
+    }
 
     #[test]
     fn the_articles_prompt() {

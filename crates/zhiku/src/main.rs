@@ -297,6 +297,17 @@ async fn examples_from_kb(cli: &Cli, args: &tune::TuneArgs) -> Result<PathBuf, E
                     }
                 }
             }
+            if args.from_kb.evidence_first {
+                match tune_examples::add_evidence_to_file(&path) {
+                    Ok((quoted, unquoted)) => progress(&format!(
+                        "evidence first: {quoted} answer targets now quote their line; {unquoted} had no line that holds their fact and stay as they were"
+                    )),
+                    Err(e) => {
+                        eprintln!("zhiku tune: {e}");
+                        return Err(ExitCode::FAILURE);
+                    }
+                }
+            }
             Ok(path)
         }
         Ok(summary) => {
@@ -419,11 +430,16 @@ async fn run() -> ExitCode {
             }
         };
         let mut args = args.clone();
-        if args.data.is_some() && args.from_kb.self_distill {
+        if args.data.is_some() && (args.from_kb.self_distill || args.from_kb.evidence_first) {
+            let flag = if args.from_kb.self_distill {
+                "--self-distill"
+            } else {
+                "--evidence-first"
+            };
             eprintln!(
-                "zhiku tune: --self-distill works on the examples file that --kb makes (or \
-                 resumes); for a file zhiku made, pass it as --examples FILE with --kb NAME \
-                 instead of --data"
+                "zhiku tune: {flag} works on the examples file that --kb makes (or resumes); \
+                 for a file zhiku made, pass it as --examples FILE with --kb NAME instead of \
+                 --data"
             );
             return ExitCode::from(2);
         }

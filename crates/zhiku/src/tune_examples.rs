@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use zhiku_orchestrator::examples::{
     Distilled, ExampleEvent, ExampleKind, ExampleSettings, TrainingExample, needs_distilling,
+    with_evidence,
 };
+use zhiku_orchestrator::prompt::EVIDENCE_OPENING;
 use zhiku_orchestrator::{AskPolicy, Orchestrator, OrchestratorArgs, OrchestratorError};
 use zhiku_runtime::ServerArgs;
 
@@ -92,6 +94,13 @@ pub struct ExampleArgs {
     /// a rerun distills only those not yet distilled.
     #[arg(long, env = "ZHIKU_TUNE_SELF_DISTILL")]
     pub self_distill: bool,
+    /// After the examples are made (and distilled), each answer target quotes its evidence
+    /// first: `依据：[k]` and the line of passage k that holds the fact (a table row's name
+    /// and cell under their column names, a sentence), then `回答：` and the target on the
+    /// next line. The Ask answers with what follows `回答：`. Off by default: measured in
+    /// docs/src/benchmarks/tuner.md. A rerun leaves targets written so as they are.
+    #[arg(long, env = "ZHIKU_TUNE_EVIDENCE_FIRST")]
+    pub evidence_first: bool,
     /// The model that writes the questions and answers: a .gguf file, a directory or a hub
     /// id. Default: the chat model (--chat-model).
     #[arg(long, env = "ZHIKU_TUNE_TEACHER_MODEL")]
@@ -279,6 +288,28 @@ pub async fn distill_examples_file(
     .await;
     services.shutdown().await;
     result
+}
+
+/// Puts the evidence before each answer target of the examples file at `path`
+/// ([`zhiku_orchestrator::examples::with_evidence`]), replacing the file whole; how many
+/// targets it changed and how many answer targets had no line to quote (kept as they were).
+pub fn add_evidence_to_file(path: &Path) -> Result<(usize, usize), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut examples = parse_examples(path, &text)?;
+    let (mut quoted, mut unquoted) = (0, 0);
+    for example in &mut examples {
+        let already = example
+            .conversations
+            .last()
+            .is_some_and(|t| t.value.trim_start().starts_with(EVIDENCE_OPENING));
+        if with_evidence(example) {
+            quoted += 1;
+        } else if example.zhiku.kind == ExampleKind::Answer && !already {
+            unquoted += 1;
+        }
+    }
+    write_examples(path, &examples)?;
+    Ok((quoted, unquoted))
 }
 
 /// Replaces the examples file at `path` with `examples`: written beside it and renamed over
@@ -526,6 +557,7 @@ mod tests {
             questions_per_passage: 1,
             restate_answers: true,
             self_distill: false,
+            evidence_first: false,
             teacher_model: None,
         };
         assert_eq!(
@@ -549,6 +581,32 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert!(text.lines().all(|l| l.contains(r#""distilled":"own""#)));
         assert!(!crate::with_suffix(&path, ".tmp").exists());
+    }
+
+    #[test]
+    fn evidence_is_put_before_each_answer_target_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.examples.jsonl");
+        let prompt = "已知信息：\\n[1] （来源：a.md）\\nINT4 量化最低需要 6 GB 显存。\\n\\n问题：INT4 要多少显存？";
+        let answer = format!(
+            r#"{{"conversations":[{{"from":"human","value":"{prompt}"}},{{"from":"gpt","value":"6 GB"}}],"zhiku":{{"passage":"a.md#0","source":"a.md","kind":"answer","question":"INT4 要多少显存？","answer":"6 GB","support":1.0}}}}"#
+        );
+        // Its fact is in no passage line: kept as it was, and counted.
+        let unquoted = answer.replace(r#""answer":"6 GB""#, r#""answer":"7 GB""#);
+        let refusal = answer.replace(r#""kind":"answer""#, r#""kind":"refusal""#);
+        std::fs::write(&path, format!("{answer}\n{unquoted}\n{refusal}\n")).unwrap();
+        assert_eq!(add_evidence_to_file(&path).unwrap(), (1, 1));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let examples = parse_examples(&path, &text).unwrap();
+        assert_eq!(
+            examples[0].conversations[1].value,
+            "依据：[1] INT4 量化最低需要 6 GB 显存。\n回答：6 GB"
+        );
+        assert_eq!(examples[1].conversations[1].value, "6 GB");
+        assert_eq!(examples[2].conversations[1].value, "6 GB");
+        // A rerun changes nothing.
+        assert_eq!(add_evidence_to_file(&path).unwrap(), (0, 1));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

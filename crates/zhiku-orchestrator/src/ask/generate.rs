@@ -362,8 +362,17 @@ impl Orchestrator {
                     send(events, ask_event::Event::Chunk(chunk)).await?;
                 }
                 Some(generate_stream_response::Event::Done(done)) => {
+                    // An adapter trained evidence first quotes its line before the answer:
+                    // the answer is what follows, and what verification reads.
+                    let text = match crate::prompt::split_evidence(&done.text) {
+                        (Some(quote), answer) => {
+                            tracing::debug!(quote, "the answer quoted its evidence first");
+                            answer.to_owned()
+                        }
+                        (None, _) => done.text,
+                    };
                     return Ok(Generated {
-                        text: done.text,
+                        text,
                         finish_reason: done.finish_reason,
                         prompt_tokens: done.prompt_tokens,
                         generated_tokens: done.generated_tokens,
