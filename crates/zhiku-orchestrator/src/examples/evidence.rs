@@ -158,7 +158,13 @@ fn sentence_quote(line: &str, answer: &str) -> String {
     let offset = trimmed
         .find(answer)
         .map_or(0, |b| trimmed[..b].chars().count());
-    let from = offset.saturating_sub(MAX_QUOTE_CHARS / 2);
+    // From the sentence's start when the answer ends within the first MAX_QUOTE_CHARS
+    // (no word cut at the front), else centred on it.
+    let from = if offset + answer.chars().count() <= MAX_QUOTE_CHARS {
+        0
+    } else {
+        offset.saturating_sub(MAX_QUOTE_CHARS / 2)
+    };
     let to = (from + MAX_QUOTE_CHARS).min(sentence.len());
     let from = to.saturating_sub(MAX_QUOTE_CHARS);
     sentence[from..to].iter().collect()
@@ -227,6 +233,11 @@ mod tests {
         let quote = sentence_quote(&long, "42 个");
         assert_eq!(quote.chars().count(), MAX_QUOTE_CHARS);
         assert!(quote.contains("42 个"));
+        // An answer near the start: the quote starts where the sentence does.
+        let early = format!("ChatGLM-6B 的 star 数达到 2 万，{}", "后".repeat(200));
+        let quote = sentence_quote(&early, "2 万");
+        assert!(quote.starts_with("ChatGLM-6B"), "{quote}");
+        assert_eq!(quote.chars().count(), MAX_QUOTE_CHARS);
     }
 
     #[test]
