@@ -2779,7 +2779,7 @@ fn cjk_runs(text: &str) -> Vec<String> {
     let mut runs = Vec::new();
     let mut run = String::new();
     for ch in text.chars() {
-        if ('\u{4e00}'..='\u{9fff}').contains(&ch) {
+        if zhiku_text::is_han(ch) {
             run.push(ch);
         } else if !run.is_empty() {
             runs.push(std::mem::take(&mut run));

@@ -37,6 +37,18 @@ pub use split::{
 pub use title::document_title;
 pub use walk::{Walk, WalkError, WalkedFile, Walker};
 
+/// Whether `c` is a Han character of the CJK Unified Ideographs block (U+4E00–U+9FFF): the
+/// characters Chinese words are written in, where questions, answers and passages are told
+/// apart from figures, names and punctuation.
+///
+/// ```
+/// assert!(zhiku_text::is_han('显'));
+/// assert!(!zhiku_text::is_han('6') && !zhiku_text::is_han('，') && !zhiku_text::is_han('B'));
+/// ```
+pub fn is_han(c: char) -> bool {
+    ('\u{4e00}'..='\u{9fff}').contains(&c)
+}
+
 /// What [`Document::text`] puts between two records: a blank line, the paragraph break, so
 /// that the text still reads as one record per paragraph.
 pub const RECORD_SEPARATOR: &str = "\n\n";

@@ -70,6 +70,13 @@ fn stack_flags(models: &Path, data: &Path) -> Vec<String> {
     .collect()
 }
 
+/// A temporary directory for one test, and [`stack_flags`] with its data directory in it.
+fn workspace(models: &Path) -> (tempfile::TempDir, Vec<String>) {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let flags = stack_flags(models, &work.path().join("data"));
+    (work, flags)
+}
+
 fn zhiku(flags: &[String], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zhiku"))
         .args(flags)
@@ -174,9 +181,8 @@ impl Drop for Server {
 #[test]
 fn the_gate_binds_a_better_adapter_refuses_a_worse_one_and_asks_follow_the_binding() {
     let Some(models) = models() else { return };
-    let work = tempfile::tempdir().expect("a temporary directory");
+    let (work, flags) = workspace(&models);
     let w = work.path();
-    let flags = stack_flags(&models, &w.join("data"));
     std::fs::write(
         w.join("zhiku.md"),
         "# zhiku\n\nzhiku is a knowledge base that answers questions from documents. Its \
@@ -459,9 +465,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
         );
         return;
     }
-    let work = tempfile::tempdir().expect("a temporary directory");
+    let (work, flags) = workspace(&models);
     let w = work.path();
-    let flags = stack_flags(&models, &w.join("data"));
     let docs = w.join("docs");
     ingest_documents(
         &flags,
@@ -687,9 +692,8 @@ fn examples_made_from_the_knowledge_base_train_the_adapter_and_resume() {
 #[test]
 fn examples_read_from_the_passages_need_no_teacher() {
     let Some(models) = models() else { return };
-    let work = tempfile::tempdir().expect("a temporary directory");
+    let (work, flags) = workspace(&models);
     let w = work.path();
-    let flags = stack_flags(&models, &w.join("data"));
     let docs = w.join("docs");
     let deploy = "# 部署指南\n\n## 显存需求\n\n在 FP16 精度下运行 ChatGLM-6B 模型需要 13GB 显存。\n\n\
                   | 量化等级 | 最低显存 |\n|---|---|\n| FP16 | 13GB |\n| INT8 | 8GB |\n| INT4 | 6GB |\n\n\

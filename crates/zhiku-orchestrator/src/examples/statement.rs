@@ -91,9 +91,7 @@ fn questions_of(sentence: &str) -> Vec<(String, String)> {
             // The subject must be words that say what the figure is of, and the figure not
             // inside a parenthesis the question would leave open.
             if !(MIN_SUBJECT_CHARS..=MAX_SUBJECT_CHARS).contains(&subject_chars)
-                || !subject
-                    .chars()
-                    .any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))
+                || !subject.chars().any(zhiku_text::is_han)
                 || subject.matches(['（', '(']).count() > subject.matches(['）', ')']).count()
             {
                 return None;
