@@ -52,6 +52,10 @@ pub const REFUSAL: &str = "根据已知信息无法回答该问题";
 /// ([`split_evidence`]). A model not trained so never writes it, and its answers pass
 /// through unchanged.
 pub const EVIDENCE_OPENING: &str = "依据：";
+/// The opening as adapters trained on a few dozen targets write it: the common word for
+/// "according to" in place of the target's (Qwen2.5-0.5B, docs/src/benchmarks/tuner.md).
+/// Read as [`EVIDENCE_OPENING`] when [`EVIDENCE_ANSWER`] follows.
+pub const EVIDENCE_OPENING_AS_WRITTEN: &str = "根据：";
 /// Opens the answer after the quoted evidence, on a line of its own.
 pub const EVIDENCE_ANSWER: &str = "回答：";
 
@@ -66,7 +70,10 @@ pub fn evidence_first(number: u32, quote: &str, answer: &str) -> String {
 /// is what verification reads.
 pub fn split_evidence(text: &str) -> (Option<&str>, &str) {
     let trimmed = text.trim_start();
-    let Some(rest) = trimmed.strip_prefix(EVIDENCE_OPENING) else {
+    let Some(rest) = [EVIDENCE_OPENING, EVIDENCE_OPENING_AS_WRITTEN]
+        .iter()
+        .find_map(|opening| trimmed.strip_prefix(opening))
+    else {
         return (None, text);
     };
     match rest.split_once(&format!("\n{EVIDENCE_ANSWER}")) {
@@ -233,6 +240,12 @@ mod tests {
             (None, "依据：[1] 显存 6GB")
         );
         assert_eq!(split_evidence("回答：6GB"), (None, "回答：6GB"));
+        assert_eq!(
+            split_evidence("根据：[1] 显存 6GB\n回答：6GB"),
+            (Some("[1] 显存 6GB"), "6GB")
+        );
+        // The refusal opens with the same word and is not evidence.
+        assert_eq!(split_evidence(REFUSAL), (None, REFUSAL));
     }
 
     #[test]
