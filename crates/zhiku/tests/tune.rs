@@ -147,25 +147,32 @@ fn a_malformed_dataset_line_is_named_and_nothing_is_written() {
 }
 
 #[test]
-fn self_distill_with_a_data_file_is_refused_with_what_to_pass_instead() {
+fn self_distill_or_evidence_first_with_a_data_file_is_refused_with_what_to_pass_instead() {
     let work = tempfile::tempdir().expect("a temporary directory");
     let data = work.path().join("examples.jsonl");
     std::fs::write(&data, "{\"instruction\": \"q\", \"output\": \"a\"}\n").expect("writes");
     let out = work.path().join("adapter");
-    let run = Command::new(env!("CARGO_BIN_EXE_zhiku"))
-        .args(["tune", "--self-distill", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("zhiku runs");
-    assert_eq!(run.status.code(), Some(2), "bad flags exit 2");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        stderr.contains("--examples FILE"),
-        "the error says what to pass: {stderr}"
-    );
-    assert!(!out.exists(), "no adapter is written");
+    for flag in ["--self-distill", "--evidence-first"] {
+        let run = Command::new(env!("CARGO_BIN_EXE_zhiku"))
+            .args(["tune", flag, "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("zhiku runs");
+        assert_eq!(run.status.code(), Some(2), "bad flags exit 2");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains("--examples FILE") && stderr.contains(flag),
+            "the error names the flag and says what to pass: {stderr}"
+        );
+        assert!(!out.exists(), "no adapter is written");
+        let data_file = std::fs::read_to_string(&data).expect("reads");
+        assert!(
+            data_file.contains("\"output\": \"a\""),
+            "the data file is untouched"
+        );
+    }
 }
 
 #[test]
