@@ -81,12 +81,9 @@ pub fn with_evidence(example: &mut TrainingExample) -> bool {
     if target.value.trim_start().starts_with(EVIDENCE_OPENING) {
         return false;
     }
-    let asked = example
-        .zhiku
-        .near_miss
-        .as_ref()
-        .map_or(example.zhiku.question.as_str(), |m| m.asked.as_str());
-    let Some((number, quote)) = evidence_quote(&prompt.value, asked, &example.zhiku.answer) else {
+    let origin = &example.zhiku;
+    let Some((number, quote)) = evidence_quote(&prompt.value, &origin.question, &origin.answer)
+    else {
         return false;
     };
     target.value = evidence_first(number, &quote, target.value.trim());
