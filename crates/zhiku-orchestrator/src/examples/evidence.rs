@@ -38,7 +38,7 @@ pub fn evidence_quote(prompt: &str, question: &str, answer: &str) -> Option<(u32
             number = Some(n);
             header = None;
             line = rest;
-            if line.starts_with("（来源：") {
+            if crate::context::header_label(line).is_some() {
                 continue;
             }
         }
@@ -193,7 +193,8 @@ mod tests {
 [2] （来源：chatglm.md；章节：量化）\n\
 量化等级为 INT4 时最低需要 6 GB 显存。INT8 时需要 8 GB。\n\
 [3] （来源：qwen.md；章节：微调）\n\
-方法：Q-LoRA；4096：16.9G / 11.6s/it\n\n\
+方法：Q-LoRA；4096：16.9G / 11.6s/it\n\
+[4] （章节：INT2 显存 1.5 GB）\n\n\
 请根据上述已知信息，用中文简洁地回答，不要编造。\n问题：{q}";
 
     fn prompt(q: &str) -> String {
@@ -221,6 +222,8 @@ mod tests {
             evidence_quote(&prompt(q), q, "8 GB"),
             Some((2, "INT8 时需要 8 GB。".to_owned()))
         );
+        // A passage's header line, the section-only one too, is not evidence.
+        assert_eq!(evidence_quote(&prompt(q), q, "1.5 GB"), None);
         // Nothing holds it: no quote (the question's own line is not evidence).
         assert_eq!(
             evidence_quote(&prompt("要 99 GB 吗？"), "要 99 GB 吗？", "99 GB"),
