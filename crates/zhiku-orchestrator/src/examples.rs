@@ -37,7 +37,7 @@ pub mod near_miss;
 pub mod restate;
 pub mod statement;
 pub use distill::{Distilled, needs_distilling, states_fact};
-pub use evidence::{evidence_quote, with_evidence};
+pub use evidence::{EvidenceOutcome, evidence_quote, with_evidence};
 pub use near_miss::{NearMiss, near_miss_question};
 pub use restate::{is_question, restated_answer};
 pub use statement::{statement_question, statement_questions};

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use zhiku_orchestrator::examples::{
-    Distilled, ExampleEvent, ExampleKind, ExampleSettings, TrainingExample, needs_distilling,
-    with_evidence,
+    Distilled, EvidenceOutcome, ExampleEvent, ExampleKind, ExampleSettings, TrainingExample,
+    needs_distilling, with_evidence,
 };
-use zhiku_orchestrator::prompt::EVIDENCE_OPENING;
 use zhiku_orchestrator::{AskPolicy, Orchestrator, OrchestratorArgs, OrchestratorError};
 use zhiku_runtime::ServerArgs;
 
@@ -298,14 +297,10 @@ pub fn add_evidence_to_file(path: &Path) -> Result<(usize, usize), String> {
     let mut examples = parse_examples(path, &text)?;
     let (mut quoted, mut unquoted) = (0, 0);
     for example in &mut examples {
-        let already = example
-            .conversations
-            .last()
-            .is_some_and(|t| t.value.trim_start().starts_with(EVIDENCE_OPENING));
-        if with_evidence(example) {
-            quoted += 1;
-        } else if example.zhiku.kind == ExampleKind::Answer && !already {
-            unquoted += 1;
+        match with_evidence(example) {
+            EvidenceOutcome::Quoted => quoted += 1,
+            EvidenceOutcome::NoLine => unquoted += 1,
+            EvidenceOutcome::AlreadyQuoted | EvidenceOutcome::NotAnAnswer => {}
         }
     }
     write_examples(path, &examples)?;

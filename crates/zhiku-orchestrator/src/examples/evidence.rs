@@ -68,26 +68,38 @@ pub fn evidence_quote(prompt: &str, question: &str, answer: &str) -> Option<(u32
     best.map(|(_, n, q)| (n, q))
 }
 
-/// Puts `example`'s answer target after its evidence ([`evidence_quote`]); whether it did.
-/// A refusal, a target already written so, or one whose fact no passage line holds, is
-/// left as it is.
-pub fn with_evidence(example: &mut TrainingExample) -> bool {
+/// What [`with_evidence`] did with a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceOutcome {
+    /// The target now quotes its evidence first.
+    Quoted,
+    /// It did already.
+    AlreadyQuoted,
+    /// An answer whose fact no passage line holds word for word: left as it was.
+    NoLine,
+    /// A refusal, or a record that is not one prompt and one target: left as it was.
+    NotAnAnswer,
+}
+
+/// Puts `example`'s answer target after its evidence ([`evidence_quote`]), and says what it
+/// did; anything but [`EvidenceOutcome::Quoted`] leaves the example as it was.
+pub fn with_evidence(example: &mut TrainingExample) -> EvidenceOutcome {
     if example.zhiku.kind != ExampleKind::Answer {
-        return false;
+        return EvidenceOutcome::NotAnAnswer;
     }
     let [prompt, target] = example.conversations.as_mut_slice() else {
-        return false;
+        return EvidenceOutcome::NotAnAnswer;
     };
     if target.value.trim_start().starts_with(EVIDENCE_OPENING) {
-        return false;
+        return EvidenceOutcome::AlreadyQuoted;
     }
     let origin = &example.zhiku;
     let Some((number, quote)) = evidence_quote(&prompt.value, &origin.question, &origin.answer)
     else {
-        return false;
+        return EvidenceOutcome::NoLine;
     };
     target.value = evidence_first(number, &quote, target.value.trim());
-    true
+    EvidenceOutcome::Quoted
 }
 
 /// `[3] rest` → (3, rest).
@@ -269,7 +281,7 @@ mod tests {
                 near_miss: None,
             },
         };
-        assert!(with_evidence(&mut example));
+        assert_eq!(with_evidence(&mut example), EvidenceOutcome::Quoted);
         let target = example.conversations[1].value.clone();
         assert_eq!(
             split_evidence(&target),
@@ -278,10 +290,15 @@ mod tests {
                 "显存占用 13.9G / 7.0s/it。"
             )
         );
-        assert!(!with_evidence(&mut example), "written so already");
+        assert_eq!(
+            with_evidence(&mut example),
+            EvidenceOutcome::AlreadyQuoted,
+            "written so already"
+        );
         assert_eq!(example.conversations[1].value, target);
         example.zhiku.kind = ExampleKind::Refusal;
         example.conversations[1].value = crate::prompt::REFUSAL.into();
-        assert!(!with_evidence(&mut example));
+        assert_eq!(with_evidence(&mut example), EvidenceOutcome::NotAnAnswer);
+        assert_eq!(example.conversations[1].value, crate::prompt::REFUSAL);
     }
 }
